@@ -1,0 +1,123 @@
+"""The integration result: one dataclass that every writer, plot and fitter takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from radint.config import IntegrationConfig
+
+
+@dataclass
+class Result:
+    """Cake, lineout and axes of one frame or a stack of frames.
+
+    Data arrays of a single frame have the shapes below; a stack adds a leading ``n_frames`` axis.
+    The cake is η-major like pyFAI and NXazint2d (MIDAS files store the transpose; the MIDAS
+    writers transpose).
+
+    Attributes
+    ----------
+    cake : ndarray, shape (n_eta, n_r)
+        Intensity per (η, R) bin: area-weighted mean pixel value (``normalized``) or the
+        weighted sum. Empty bins hold ``empty_value`` (NaN by default).
+    cake_sigma : ndarray or None, shape (n_eta, n_r)
+        Standard deviation of ``cake`` (None when no error model was used).
+    lineout : ndarray, shape (n_r,)
+        Azimuthal reduction of the cake (``lineout_mode``).
+    lineout_sigma : ndarray or None, shape (n_r,)
+    area : ndarray, shape (n_eta, n_r)
+        Σ overlap area (px²) of the unmasked pixels that contributed to each bin.
+    count : ndarray, shape (n_eta, n_r)
+        Number of map entries (pixel pieces) summed into each bin.
+    radius_px, two_theta_deg, q_inv_angstrom, d_spacing_angstrom : ndarray, shape (n_r,)
+        Radial bin centres (R centre of each bin; Q and d are NaN when the wavelength is 0).
+    eta_deg : ndarray, shape (n_eta,)
+        Azimuthal bin centres, degrees (0 along +Z, +90 along +Y).
+    r_edges_px : ndarray, shape (n_r + 1,)
+    eta_edges_deg : ndarray, shape (n_eta + 1,)
+    config : IntegrationConfig
+        The configuration that produced this result.
+    normalized : bool
+        True when ``cake`` is signal / area (MIDAS ``Normalize 1``).
+    lineout_mode : str
+        ``"area_weighted"`` (default) or ``"midas_nonzero_mean"``.
+    frame_ids : ndarray or None, shape (n_frames,)
+        Frame identifiers of a stack (or of a streamed frame).
+    metadata : dict
+        Free-form provenance (source file, timestamps, ...).
+    """
+
+    cake: np.ndarray
+    cake_sigma: np.ndarray | None
+    lineout: np.ndarray
+    lineout_sigma: np.ndarray | None
+    area: np.ndarray
+    count: np.ndarray
+    radius_px: np.ndarray
+    two_theta_deg: np.ndarray
+    q_inv_angstrom: np.ndarray
+    d_spacing_angstrom: np.ndarray
+    eta_deg: np.ndarray
+    r_edges_px: np.ndarray
+    eta_edges_deg: np.ndarray
+    config: IntegrationConfig | None = None
+    normalized: bool = True
+    lineout_mode: str = "area_weighted"
+    frame_ids: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_r(self) -> int:
+        """Number of radial bins."""
+        return int(self.radius_px.shape[0])
+
+    @property
+    def n_eta(self) -> int:
+        """Number of azimuthal bins."""
+        return int(self.eta_deg.shape[0])
+
+    @property
+    def is_stack(self) -> bool:
+        """True when the data arrays carry a leading ``n_frames`` axis."""
+        return self.cake.ndim == 3
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (1 for a single-frame result)."""
+        return int(self.cake.shape[0]) if self.is_stack else 1
+
+    def frame(self, index: int) -> Result:
+        """The single-frame result at ``index`` of a stack (``self`` for a single frame)."""
+        if not self.is_stack:
+            if index not in (0, -1):
+                raise IndexError(f"single-frame result has no frame {index}")
+            return self
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+
+        ids = None if self.frame_ids is None else self.frame_ids[index : index + 1]
+        return Result(
+            cake=self.cake[index],
+            cake_sigma=pick(self.cake_sigma),
+            lineout=self.lineout[index],
+            lineout_sigma=pick(self.lineout_sigma),
+            area=self.area[index] if self.area.ndim == 3 else self.area,
+            count=self.count[index] if self.count.ndim == 3 else self.count,
+            radius_px=self.radius_px,
+            two_theta_deg=self.two_theta_deg,
+            q_inv_angstrom=self.q_inv_angstrom,
+            d_spacing_angstrom=self.d_spacing_angstrom,
+            eta_deg=self.eta_deg,
+            r_edges_px=self.r_edges_px,
+            eta_edges_deg=self.eta_edges_deg,
+            config=self.config,
+            normalized=self.normalized,
+            lineout_mode=self.lineout_mode,
+            frame_ids=ids,
+            metadata=dict(self.metadata),
+        )

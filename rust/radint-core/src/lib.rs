@@ -1,0 +1,15 @@
+//! radint-core: the numerical heart of radint, free of Python.
+//!
+//! MIDAS parameter files ([`params`]), detector geometry ([`geometry`]), exact pixel splitting into
+//! a CSR [`map::DetectorMap`], MIDAS `Map.bin` files ([`midas_files`]), CSR integration
+//! ([`integrate`]) and peak fitting.
+
+pub mod bins;
+pub mod error;
+pub mod geometry;
+pub mod map;
+pub mod panels;
+pub mod params;
+pub mod polygon;
+
+pub use error::{Error, Result};

@@ -1,0 +1,128 @@
+//! Multi-panel detectors (spec §2.5): panel layout, per-panel shifts, per-pixel offsets.
+
+use crate::error::{Error, Location, Result};
+use crate::geometry::PanelOffset;
+use crate::params::Params;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panel {
+    pub y_min: i64,
+    pub y_max: i64,
+    pub z_min: i64,
+    pub z_max: i64,
+    pub d_y: f64,
+    pub d_z: f64,
+    pub d_theta_deg: f64,
+    pub d_lsd_um: f64,
+    pub d_p2: f64,
+}
+
+impl Panel {
+    fn contains(&self, y: i64, z: i64) -> bool {
+        y >= self.y_min && y <= self.y_max && z >= self.z_min && z <= self.z_max
+    }
+
+    /// Offsets (dY, dZ) of a transformed-frame pixel and the panel's geometry offsets.
+    fn correct(&self, y: i64, z: i64) -> (f64, f64, PanelOffset) {
+        let cy = 0.5 * (self.y_min + self.y_max) as f64;
+        let cz = 0.5 * (self.z_min + self.z_max) as f64;
+        let (s, c) = self.d_theta_deg.to_radians().sin_cos();
+        let (ry, rz) = (y as f64 - cy, z as f64 - cz);
+        let y_corr = cy + c * ry - s * rz + self.d_y;
+        let z_corr = cz + s * ry + c * rz + self.d_z;
+        (
+            y_corr - y as f64,
+            z_corr - z as f64,
+            PanelOffset {
+                d_lsd_um: self.d_lsd_um,
+                d_p2: self.d_p2,
+            },
+        )
+    }
+}
+
+/// Panel boxes in Y-major order (id = iy·NPanelsZ + iz), shifts all zero.
+pub fn layout(p: &Params) -> Vec<Panel> {
+    let starts = |n: usize, size: usize, gaps: &[i64]| -> Vec<i64> {
+        let mut out = Vec::with_capacity(n);
+        let mut pos = 0i64;
+        for i in 0..n {
+            out.push(pos);
+            pos += size as i64 + gaps.get(i).copied().unwrap_or(0);
+        }
+        out
+    };
+    let ys = starts(p.n_panels_y, p.panel_size_y, &p.panel_gaps_y);
+    let zs = starts(p.n_panels_z, p.panel_size_z, &p.panel_gaps_z);
+    let mut panels = Vec::with_capacity(ys.len() * zs.len());
+    for &y0 in &ys {
+        for &z0 in &zs {
+            panels.push(Panel {
+                y_min: y0,
+                y_max: y0 + p.panel_size_y as i64 - 1,
+                z_min: z0,
+                z_max: z0 + p.panel_size_z as i64 - 1,
+                d_y: 0.0,
+                d_z: 0.0,
+                d_theta_deg: 0.0,
+                d_lsd_um: 0.0,
+                d_p2: 0.0,
+            });
+        }
+    }
+    panels
+}
+
+/// Apply a panel-shifts file: lines `id dY dZ [dTheta dLsd dP2]`, `#` comments.
+pub fn apply_shifts(panels: &mut [Panel], text: &str, source: &str) -> Result<()> {
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let location = Location {
+            file: source.to_string(),
+            line: index + 1,
+        };
+        let err = |message: String| Error::Parameter {
+            location: location.clone(),
+            key: "PanelShiftsFile".into(),
+            message,
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 {
+            return Err(err(format!(
+                "expected 'id dY dZ [dTheta dLsd dP2]', got '{line}'"
+            )));
+        }
+        let id: usize = fields[0]
+            .parse()
+            .map_err(|_| err(format!("expected a panel id, got '{}'", fields[0])))?;
+        let mut values = [0.0f64; 5];
+        for (k, text) in fields[1..].iter().take(5).enumerate() {
+            values[k] = text
+                .parse()
+                .map_err(|_| err(format!("expected a number, got '{text}'")))?;
+        }
+        let n = panels.len();
+        let panel = panels
+            .get_mut(id)
+            .ok_or_else(|| err(format!("panel id must be < {n}, got {id}")))?;
+        panel.d_y = values[0];
+        panel.d_z = values[1];
+        panel.d_theta_deg = values[2];
+        panel.d_lsd_um = values[3];
+        panel.d_p2 = values[4];
+    }
+    Ok(())
+}
+
+/// (dY, dZ, offsets) of a transformed pixel: the first panel whose box holds it; gaps get none.
+pub fn pixel_offset(panels: &[Panel], y: usize, z: usize) -> (f64, f64, PanelOffset) {
+    let (y, z) = (y as i64, z as i64);
+    panels
+        .iter()
+        .find(|p| p.contains(y, z))
+        .map(|p| p.correct(y, z))
+        .unwrap_or((0.0, 0.0, PanelOffset::default()))
+}

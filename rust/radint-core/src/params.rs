@@ -1,0 +1,735 @@
+//! MIDAS parameter files (`Key value ...` per line) → typed [`Params`].
+//!
+//! The syntax is the union of the MIDAS readers (spec §1.1): `#` starts a comment (whole line or
+//! inline), a trailing `;` is ignored, the first whitespace token is the key, later lines win,
+//! except `ImTransOpt` and `PeakLocation`, which accumulate. Unknown keys are kept, never fatal.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Location, Result};
+
+/// How the radial axis is binned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RadialMode {
+    /// Uniform bins in R (pixels): `RMin RMax RBinSize`.
+    Radius,
+    /// Uniform bins in Q (Å⁻¹): `QMin QMax QBinSize` with `Wavelength`.
+    Q,
+    /// Uniform bins in 2θ (degrees): `TthMin TthMax TthBinSize`.
+    TwoTheta,
+}
+
+/// A key the parser does not know: kept so `radint info` can list it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnknownKey {
+    pub key: String,
+    pub value: String,
+    pub location: Location,
+}
+
+/// Every MIDAS key radint uses, with MIDAS DetectorMapper defaults where it has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub source: String,
+    // geometry
+    pub lsd_um: f64,
+    pub bc_y_px: f64,
+    pub bc_z_px: f64,
+    pub tx_deg: f64,
+    pub ty_deg: f64,
+    pub tz_deg: f64,
+    pub pixel_size_y_um: f64,
+    pub pixel_size_z_um: f64,
+    pub n_pixels_y: usize,
+    pub n_pixels_z: usize,
+    pub rho_d_um: f64,
+    pub distortion: [f64; 15],
+    pub parallax_um: f64,
+    pub im_trans_opt: Vec<i32>,
+    // binning
+    pub r_min_px: f64,
+    pub r_max_px: f64,
+    pub r_bin_px: f64,
+    pub eta_min_deg: f64,
+    pub eta_max_deg: f64,
+    pub eta_bin_deg: f64,
+    pub q_min: f64,
+    pub q_max: f64,
+    pub q_bin: f64,
+    pub tth_min_deg: f64,
+    pub tth_max_deg: f64,
+    pub tth_bin_deg: f64,
+    pub wavelength_angstrom: f64,
+    // files that shape the map
+    pub mask_file: String,
+    pub distortion_file: String,
+    pub residual_correction_map: String,
+    pub panel_shifts_file: String,
+    pub dark_file: String,
+    // panels
+    pub n_panels_y: usize,
+    pub n_panels_z: usize,
+    pub panel_size_y: usize,
+    pub panel_size_z: usize,
+    pub panel_gaps_y: Vec<i64>,
+    pub panel_gaps_z: Vec<i64>,
+    // splitting
+    pub sub_pixel_level: u32,
+    pub sub_pixel_cardinal_width_deg: f64,
+    // corrections and normalisation
+    pub solid_angle_correction: bool,
+    pub polarization_correction: bool,
+    pub polarization_fraction: f64,
+    pub polarization_plane_eta_deg: f64,
+    pub normalize: bool,
+    pub gradient_correction: bool,
+    // frames
+    pub omega_sum_frames: i64,
+    pub sum_images: bool,
+    pub save_individual_frames: bool,
+    pub skip_frame: usize,
+    pub omega_start_deg: f64,
+    pub omega_step_deg: f64,
+    pub write_2d: bool,
+    // peak fitting
+    pub do_peak_fit: bool,
+    pub peak_locations: Vec<f64>,
+    pub fit_roi_padding: usize,
+    pub fit_roi_auto: bool,
+    pub auto_detect_peaks: bool,
+    pub max_n_peaks: usize,
+    pub snip_iterations: usize,
+    pub doublet_separation: f64,
+    pub multiple_peaks: bool,
+    pub do_smoothing: bool,
+    // GSAS-II instrument parameters copied to outputs
+    pub gsas_polariz: f64,
+    pub gsas_sh_l: f64,
+    pub gsas_u: f64,
+    pub gsas_v: f64,
+    pub gsas_w: f64,
+    pub gsas_x: f64,
+    pub gsas_y: f64,
+    pub gsas_z: f64,
+    /// Keys radint does not use, in file order.
+    pub unknown: Vec<UnknownKey>,
+    /// Where each known key was last set (for validation messages).
+    pub set_at: BTreeMap<String, Location>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            source: "<defaults>".into(),
+            lsd_um: 1e6,
+            bc_y_px: 1024.0,
+            bc_z_px: 1024.0,
+            tx_deg: 0.0,
+            ty_deg: 0.0,
+            tz_deg: 0.0,
+            pixel_size_y_um: 200.0,
+            pixel_size_z_um: 200.0,
+            n_pixels_y: 0,
+            n_pixels_z: 0,
+            rho_d_um: 2e5,
+            distortion: [0.0; 15],
+            parallax_um: 0.0,
+            im_trans_opt: Vec::new(),
+            r_min_px: 10.0,
+            r_max_px: 1524.0,
+            r_bin_px: 0.25,
+            eta_min_deg: -180.0,
+            eta_max_deg: 180.0,
+            eta_bin_deg: 5.0,
+            q_min: 0.0,
+            q_max: 0.0,
+            q_bin: 0.0,
+            tth_min_deg: 0.0,
+            tth_max_deg: 0.0,
+            tth_bin_deg: 0.0,
+            wavelength_angstrom: 0.0,
+            mask_file: String::new(),
+            distortion_file: String::new(),
+            residual_correction_map: String::new(),
+            panel_shifts_file: String::new(),
+            dark_file: String::new(),
+            n_panels_y: 0,
+            n_panels_z: 0,
+            panel_size_y: 0,
+            panel_size_z: 0,
+            panel_gaps_y: Vec::new(),
+            panel_gaps_z: Vec::new(),
+            sub_pixel_level: 1,
+            sub_pixel_cardinal_width_deg: 10.0,
+            solid_angle_correction: false,
+            polarization_correction: false,
+            polarization_fraction: 0.99,
+            polarization_plane_eta_deg: 0.0,
+            normalize: true,
+            gradient_correction: false,
+            omega_sum_frames: 1,
+            sum_images: false,
+            save_individual_frames: true,
+            skip_frame: 0,
+            omega_start_deg: 0.0,
+            omega_step_deg: 0.0,
+            write_2d: false,
+            do_peak_fit: false,
+            peak_locations: Vec::new(),
+            fit_roi_padding: 20,
+            fit_roi_auto: false,
+            auto_detect_peaks: false,
+            max_n_peaks: 10,
+            snip_iterations: 50,
+            doublet_separation: 0.0,
+            multiple_peaks: false,
+            do_smoothing: false,
+            gsas_polariz: 0.99,
+            gsas_sh_l: 0.002,
+            gsas_u: 1.163,
+            gsas_v: -0.126,
+            gsas_w: 0.063,
+            gsas_x: 0.0,
+            gsas_y: 0.0,
+            gsas_z: 0.0,
+            unknown: Vec::new(),
+            set_at: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `Key values...` line after comment and `;` stripping.
+struct Line<'a> {
+    key: &'a str,
+    values: Vec<&'a str>,
+    rest: &'a str,
+    location: Location,
+}
+
+impl Line<'_> {
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::Parameter {
+            location: self.location.clone(),
+            key: self.key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn need(&self, n: usize, what: &str) -> Result<()> {
+        if self.values.len() < n {
+            return Err(self.err(format!(
+                "expected {n} value(s) ({what}), got {}",
+                self.values.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn f64_at(&self, i: usize) -> Result<f64> {
+        self.need(i + 1, "a number")?;
+        let text = self.values[i];
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(self.err(format!("expected a finite number, got '{text}'"))),
+        }
+    }
+
+    fn f64(&self) -> Result<f64> {
+        self.f64_at(0)
+    }
+
+    fn int_at(&self, i: usize) -> Result<i64> {
+        self.need(i + 1, "an integer")?;
+        let text = self.values[i];
+        if let Ok(v) = text.parse::<i64>() {
+            return Ok(v);
+        }
+        // MIDAS readers use atoi/sscanf, so "2.0" is accepted as 2; anything else is an error.
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(v as i64),
+            _ => Err(self.err(format!("expected an integer, got '{text}'"))),
+        }
+    }
+
+    fn usize(&self) -> Result<usize> {
+        let v = self.int_at(0)?;
+        usize::try_from(v).map_err(|_| self.err(format!("expected a non-negative integer, got {v}")))
+    }
+
+    fn flag(&self) -> Result<bool> {
+        Ok(self.int_at(0)? != 0)
+    }
+
+    fn text(&self) -> Result<String> {
+        if self.rest.is_empty() {
+            return Err(self.err("expected a value, got nothing"));
+        }
+        Ok(self.rest.to_string())
+    }
+}
+
+fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
+    let without_comment = match raw.find('#') {
+        Some(pos) => &raw[..pos],
+        None => raw,
+    };
+    let trimmed = without_comment.trim().trim_end_matches(';').trim_end();
+    let mut parts = trimmed.splitn(2, char::is_whitespace);
+    let key = parts.next()?;
+    if key.is_empty() {
+        return None;
+    }
+    let rest = parts.next().unwrap_or("").trim();
+    let values = rest.split_whitespace().map(|v| v.trim_end_matches(';')).collect();
+    Some(Line {
+        key,
+        values,
+        rest,
+        location,
+    })
+}
+
+impl Params {
+    /// Parse parameter-file text; `source` names the file in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Params> {
+        let mut params = Params {
+            source: source.to_string(),
+            ..Params::default()
+        };
+        for (index, raw) in text.lines().enumerate() {
+            let location = Location {
+                file: source.to_string(),
+                line: index + 1,
+            };
+            if let Some(line) = split_line(raw, location) {
+                params.apply(&line)?;
+            }
+        }
+        Ok(params)
+    }
+
+    /// Read and parse a parameter file.
+    pub fn from_file(path: &str) -> Result<Params> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8_lossy(&bytes);
+        Params::parse(&text, path)
+    }
+
+    /// Apply MIDAS-style overrides: each item is one `Key value ...` line (the CLI habit).
+    /// Accumulating keys (`ImTransOpt`, `PeakLocation`) are replaced, not extended, by an override.
+    pub fn apply_overrides(&mut self, overrides: &[String]) -> Result<()> {
+        let mut replaced_lists: Vec<String> = Vec::new();
+        for (index, raw) in overrides.iter().enumerate() {
+            let location = Location {
+                file: "<override>".to_string(),
+                line: index + 1,
+            };
+            let Some(line) = split_line(raw, location) else {
+                continue;
+            };
+            if (line.key == "ImTransOpt" || line.key == "PeakLocation")
+                && !replaced_lists.iter().any(|k| k == line.key)
+            {
+                replaced_lists.push(line.key.to_string());
+                match line.key {
+                    "ImTransOpt" => self.im_trans_opt.clear(),
+                    _ => self.peak_locations.clear(),
+                }
+            }
+            self.apply(&line)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, line: &Line) -> Result<()> {
+        let known = self.apply_known(line)?;
+        if known {
+            self.set_at
+                .insert(canonical_key(line.key).to_string(), line.location.clone());
+        } else {
+            self.unknown.push(UnknownKey {
+                key: line.key.to_string(),
+                value: line.rest.to_string(),
+                location: line.location.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_known(&mut self, line: &Line) -> Result<bool> {
+        match line.key {
+            "Lsd" | "DetDist" => self.lsd_um = line.f64()?,
+            "BC" => {
+                line.need(2, "BC y z")?;
+                self.bc_y_px = line.f64_at(0)?;
+                self.bc_z_px = line.f64_at(1)?;
+            }
+            "tx" => self.tx_deg = line.f64()?,
+            "ty" => self.ty_deg = line.f64()?,
+            "tz" => self.tz_deg = line.f64()?,
+            "px" | "PixelSize" => {
+                let v = line.f64()?;
+                self.pixel_size_y_um = v;
+                self.pixel_size_z_um = v;
+            }
+            "pxY" | "YPixelSize" | "PixelSizeY" => self.pixel_size_y_um = line.f64()?,
+            "pxZ" | "ZPixelSize" | "PixelSizeZ" => self.pixel_size_z_um = line.f64()?,
+            "NrPixels" => {
+                let v = line.usize()?;
+                self.n_pixels_y = v;
+                self.n_pixels_z = v;
+            }
+            "NrPixelsY" => self.n_pixels_y = line.usize()?,
+            "NrPixelsZ" => self.n_pixels_z = line.usize()?,
+            "RhoD" | "MaxRingRad" => self.rho_d_um = line.f64()?,
+            "Parallax" => self.parallax_um = line.f64()?,
+            "ImTransOpt" => {
+                line.need(1, "image transform 0..3")?;
+                for i in 0..line.values.len() {
+                    let op = line.int_at(i)?;
+                    if !(0..=3).contains(&op) {
+                        return Err(line.err(format!(
+                            "expected an image transform 0 (none), 1 (flip left-right), 2 (flip top-bottom) or 3 (transpose), got {op}"
+                        )));
+                    }
+                    self.im_trans_opt.push(op as i32);
+                }
+            }
+            "RMin" => self.r_min_px = line.f64()?,
+            "RMax" => self.r_max_px = line.f64()?,
+            "RBinSize" => self.r_bin_px = line.f64()?,
+            "EtaMin" | "MinEta" => self.eta_min_deg = line.f64()?,
+            "EtaMax" | "MaxEta" => self.eta_max_deg = line.f64()?,
+            "EtaBinSize" => self.eta_bin_deg = line.f64()?,
+            "QMin" => self.q_min = line.f64()?,
+            "QMax" => self.q_max = line.f64()?,
+            "QBinSize" => self.q_bin = line.f64()?,
+            "TthMin" => self.tth_min_deg = line.f64()?,
+            "TthMax" => self.tth_max_deg = line.f64()?,
+            "TthBinSize" => self.tth_bin_deg = line.f64()?,
+            "Wavelength" => self.wavelength_angstrom = line.f64()?,
+            "MaskFile" | "MaskFN" => self.mask_file = line.text()?,
+            "DistortionFile" | "DistortionFN" => self.distortion_file = line.text()?,
+            "ResidualCorrectionMap" => self.residual_correction_map = line.text()?,
+            "PanelShiftsFile" => self.panel_shifts_file = line.text()?,
+            "Dark" => self.dark_file = line.text()?,
+            "NPanelsY" => self.n_panels_y = line.usize()?,
+            "NPanelsZ" => self.n_panels_z = line.usize()?,
+            "PanelSizeY" => self.panel_size_y = line.usize()?,
+            "PanelSizeZ" => self.panel_size_z = line.usize()?,
+            "PanelGapsY" => {
+                self.panel_gaps_y = (0..line.values.len())
+                    .map(|i| line.int_at(i))
+                    .collect::<Result<_>>()?
+            }
+            "PanelGapsZ" => {
+                self.panel_gaps_z = (0..line.values.len())
+                    .map(|i| line.int_at(i))
+                    .collect::<Result<_>>()?
+            }
+            "SubPixelLevel" => {
+                let v = line.int_at(0)?;
+                if !(1..=64).contains(&v) {
+                    return Err(line.err(format!("expected an integer in 1..=64, got {v}")));
+                }
+                self.sub_pixel_level = v as u32;
+            }
+            "SubPixelCardinalWidth" => self.sub_pixel_cardinal_width_deg = line.f64()?,
+            "SolidAngleCorrection" => self.solid_angle_correction = line.flag()?,
+            "PolarizationCorrection" => self.polarization_correction = line.flag()?,
+            "PolarizationFraction" => self.polarization_fraction = line.f64()?,
+            "PolarizationPlaneEtaDeg" => self.polarization_plane_eta_deg = line.f64()?,
+            "Normalize" => self.normalize = line.flag()?,
+            "GradientCorrection" => self.gradient_correction = line.flag()?,
+            "OmegaSumFrames" => self.omega_sum_frames = line.int_at(0)?,
+            "SumImages" => self.sum_images = line.flag()?,
+            "SaveIndividualFrames" => self.save_individual_frames = line.flag()?,
+            "SkipFrame" => self.skip_frame = line.usize()?,
+            "OmegaStart" | "OmegaFirstFile" => self.omega_start_deg = line.f64()?,
+            "OmegaStep" => self.omega_step_deg = line.f64()?,
+            "Write2D" => self.write_2d = line.flag()?,
+            "DoPeakFit" => self.do_peak_fit = line.flag()?,
+            "PeakLocation" => {
+                line.need(1, "a peak position in R px")?;
+                for i in 0..line.values.len() {
+                    self.peak_locations.push(line.f64_at(i)?);
+                }
+                self.do_peak_fit = true;
+            }
+            "FitROIPadding" => self.fit_roi_padding = line.usize()?,
+            "FitROIAuto" => self.fit_roi_auto = line.flag()?,
+            "AutoDetectPeaks" => self.auto_detect_peaks = line.flag()?,
+            "MaxNPeaks" => self.max_n_peaks = line.usize()?,
+            "SNIPIterations" => self.snip_iterations = line.usize()?,
+            "DoubletSeparation" => self.doublet_separation = line.f64()?,
+            "MultiplePeaks" => self.multiple_peaks = line.flag()?,
+            "DoSmoothing" => self.do_smoothing = line.flag()?,
+            "Polariz" => self.gsas_polariz = line.f64()?,
+            "SHpL" => self.gsas_sh_l = line.f64()?,
+            "U" => self.gsas_u = line.f64()?,
+            "V" => self.gsas_v = line.f64()?,
+            "W" => self.gsas_w = line.f64()?,
+            "X" => self.gsas_x = line.f64()?,
+            "Y" => self.gsas_y = line.f64()?,
+            "Z" => self.gsas_z = line.f64()?,
+            key => {
+                if let Some(index) = distortion_index(key) {
+                    self.distortion[index] = line.f64()?;
+                } else {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The radial binning mode: Q when `QBinSize > 0` and `Wavelength > 0` (as DetectorMapper),
+    /// else 2θ when `TthBinSize > 0`, else R.
+    pub fn radial_mode(&self) -> RadialMode {
+        if self.q_bin > 0.0 && self.wavelength_angstrom > 0.0 {
+            RadialMode::Q
+        } else if self.tth_bin_deg > 0.0 {
+            RadialMode::TwoTheta
+        } else {
+            RadialMode::Radius
+        }
+    }
+
+    fn location_of(&self, key: &str) -> Location {
+        self.set_at.get(key).cloned().unwrap_or_else(|| Location {
+            file: self.source.clone(),
+            line: 0,
+        })
+    }
+
+    fn invalid(&self, key: &str, message: String) -> Error {
+        Error::Parameter {
+            location: self.location_of(key),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Check everything mapping and integration need; the first problem is reported.
+    pub fn validate(&self) -> Result<()> {
+        for key in ["NrPixelsY", "NrPixelsZ"] {
+            let value = if key == "NrPixelsY" {
+                self.n_pixels_y
+            } else {
+                self.n_pixels_z
+            };
+            if value == 0 {
+                let set = self.set_at.contains_key(key);
+                return Err(if set {
+                    self.invalid(key, "must be > 0, got 0".into())
+                } else {
+                    Error::MissingParameter {
+                        file: self.source.clone(),
+                        key: key.into(),
+                        hint: "give NrPixels N, or NrPixelsY and NrPixelsZ".into(),
+                    }
+                });
+            }
+        }
+        if self.n_pixels_y.saturating_mul(self.n_pixels_z) > u32::MAX as usize {
+            return Err(self.invalid(
+                "NrPixelsY",
+                format!(
+                    "detector of {}x{} pixels exceeds 2^32 pixels",
+                    self.n_pixels_y, self.n_pixels_z
+                ),
+            ));
+        }
+        let positive = [
+            ("Lsd", self.lsd_um),
+            ("pxY", self.pixel_size_y_um),
+            ("pxZ", self.pixel_size_z_um),
+            ("RhoD", self.rho_d_um),
+            ("EtaBinSize", self.eta_bin_deg),
+        ];
+        for (key, value) in positive {
+            if value <= 0.0 {
+                let key = if key.starts_with("px") && !self.set_at.contains_key(key) {
+                    "px"
+                } else {
+                    key
+                };
+                return Err(self.invalid(key, format!("must be > 0, got {value}")));
+            }
+        }
+        if self.eta_max_deg <= self.eta_min_deg {
+            return Err(self.invalid(
+                "EtaMax",
+                format!(
+                    "must be > EtaMin ({}), got {}",
+                    self.eta_min_deg, self.eta_max_deg
+                ),
+            ));
+        }
+        if self.eta_max_deg - self.eta_min_deg > 360.0 + 1e-9 {
+            return Err(self.invalid(
+                "EtaMax",
+                format!(
+                    "EtaMax - EtaMin must be <= 360 degrees, got {}",
+                    self.eta_max_deg - self.eta_min_deg
+                ),
+            ));
+        }
+        match self.radial_mode() {
+            RadialMode::Radius => {
+                if self.r_bin_px <= 0.0 {
+                    return Err(self.invalid("RBinSize", format!("must be > 0, got {}", self.r_bin_px)));
+                }
+                if self.r_min_px < 0.0 {
+                    return Err(self.invalid("RMin", format!("must be >= 0, got {}", self.r_min_px)));
+                }
+                if self.r_max_px <= self.r_min_px {
+                    return Err(self.invalid(
+                        "RMax",
+                        format!("must be > RMin ({}), got {}", self.r_min_px, self.r_max_px),
+                    ));
+                }
+            }
+            RadialMode::Q => {
+                if self.q_min < 0.0 {
+                    return Err(self.invalid("QMin", format!("must be >= 0, got {}", self.q_min)));
+                }
+                if self.q_max <= self.q_min {
+                    return Err(self.invalid(
+                        "QMax",
+                        format!("must be > QMin ({}), got {}", self.q_min, self.q_max),
+                    ));
+                }
+                let q_limit = 4.0 * std::f64::consts::PI / self.wavelength_angstrom;
+                if self.q_max >= q_limit {
+                    return Err(self.invalid(
+                        "QMax",
+                        format!("must be < 4π/λ = {q_limit:.6} Å⁻¹ (2θ < 180°), got {}", self.q_max),
+                    ));
+                }
+            }
+            RadialMode::TwoTheta => {
+                if self.tth_min_deg < 0.0 {
+                    return Err(self.invalid("TthMin", format!("must be >= 0, got {}", self.tth_min_deg)));
+                }
+                if self.tth_max_deg <= self.tth_min_deg || self.tth_max_deg >= 90.0 {
+                    return Err(self.invalid(
+                        "TthMax",
+                        format!(
+                            "must be > TthMin ({}) and < 90 degrees for a flat detector, got {}",
+                            self.tth_min_deg, self.tth_max_deg
+                        ),
+                    ));
+                }
+            }
+        }
+        let n_bins = crate::bins::radial_count(self)? as u128 * crate::bins::eta_count(self) as u128;
+        if n_bins > u32::MAX as u128 {
+            return Err(self.invalid(
+                "RBinSize",
+                format!("{n_bins} bins is more than the 2^32 a map can index"),
+            ));
+        }
+        if self.n_panels_y > 0 || self.n_panels_z > 0 {
+            if self.panel_size_y == 0 || self.panel_size_z == 0 {
+                return Err(self.invalid(
+                    "PanelSizeY",
+                    "PanelSizeY and PanelSizeZ must be > 0 when NPanelsY/NPanelsZ are given".into(),
+                ));
+            }
+            for (key, gaps, n) in [
+                ("PanelGapsY", &self.panel_gaps_y, self.n_panels_y),
+                ("PanelGapsZ", &self.panel_gaps_z, self.n_panels_z),
+            ] {
+                if n > 0 && gaps.len() != n - 1 {
+                    return Err(self.invalid(
+                        key,
+                        format!("expected {} gap values (NPanels - 1), got {}", n - 1, gaps.len()),
+                    ));
+                }
+            }
+        }
+        for &op in &self.im_trans_opt {
+            if op == 3 && self.n_pixels_y != self.n_pixels_z {
+                return Err(self.invalid(
+                    "ImTransOpt",
+                    format!(
+                        "transpose (3) needs a square detector, got {}x{}",
+                        self.n_pixels_y, self.n_pixels_z
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn distortion_index(key: &str) -> Option<usize> {
+    let digits = key.strip_prefix('p')?;
+    let index: usize = digits.parse().ok()?;
+    (index < 15 && digits.len() <= 2).then_some(index)
+}
+
+/// The name validation messages use for a key and its aliases.
+fn canonical_key(key: &str) -> &str {
+    match key {
+        "DetDist" => "Lsd",
+        "PixelSize" => "px",
+        "YPixelSize" | "PixelSizeY" => "pxY",
+        "ZPixelSize" | "PixelSizeZ" => "pxZ",
+        "MaxRingRad" => "RhoD",
+        "MinEta" => "EtaMin",
+        "MaxEta" => "EtaMax",
+        "MaskFN" => "MaskFile",
+        "DistortionFN" => "DistortionFile",
+        "OmegaFirstFile" => "OmegaStart",
+        "NrPixels" => "NrPixelsY",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_comments_semicolons_and_accumulating_keys() {
+        let text = "# header\nLsd 1000; # inline\nNrPixels 100\nImTransOpt 1\nImTransOpt 2\nPeakLocation 10\nPeakLocation 20 30\nFoo bar baz\nLsd 2000\n";
+        let p = Params::parse(text, "p.txt").unwrap();
+        assert_eq!(p.lsd_um, 2000.0);
+        assert_eq!((p.n_pixels_y, p.n_pixels_z), (100, 100));
+        assert_eq!(p.im_trans_opt, vec![1, 2]);
+        assert_eq!(p.peak_locations, vec![10.0, 20.0, 30.0]);
+        assert_eq!(p.unknown.len(), 1);
+        assert_eq!(p.unknown[0].key, "Foo");
+        assert_eq!(p.unknown[0].location.line, 8);
+    }
+
+    #[test]
+    fn bad_number_names_file_line_key() {
+        let err = Params::parse("Lsd 1e6\nRBinSize abc\n", "p.txt").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.txt:2: RBinSize: expected a finite number, got 'abc'"
+        );
+    }
+
+    #[test]
+    fn validation_names_line() {
+        let p = Params::parse("NrPixels 10\nRBinSize -0.5\n", "p.txt").unwrap();
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "p.txt:2: RBinSize: must be > 0, got -0.5"
+        );
+        let p = Params::parse("Lsd 1\n", "p.txt").unwrap();
+        assert!(p.validate().unwrap_err().to_string().contains("NrPixelsY"));
+    }
+
+    #[test]
+    fn overrides_replace_values() {
+        let mut p = Params::parse("NrPixels 10\nImTransOpt 1\nRMax 50\n", "p.txt").unwrap();
+        p.apply_overrides(&["RMax 80".into(), "ImTransOpt 2".into()]).unwrap();
+        assert_eq!(p.r_max_px, 80.0);
+        assert_eq!(p.im_trans_opt, vec![2]);
+    }
+}

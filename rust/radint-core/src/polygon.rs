@@ -1,0 +1,231 @@
+//! Exact areas of a polygon intersected with an annular sector.
+//!
+//! Points are in the "corrected plane" as (u, v) = (R cos η, R sin η) in pixels, so η is the ordinary
+//! polar angle. The sector [R_lo, R_hi) × [η_lo, η_hi) is handled as: clip the polygon by the wedge
+//! (two half-planes; a wedge wider than 180° as the full polygon minus its complement wedge), then
+//! area(clipped ∩ disk(R_hi)) − area(clipped ∩ disk(R_lo)), each disk area summed exactly over
+//! edges as triangle(origin, edge) ∩ disk. No arc/chord approximation anywhere.
+
+pub type Pt = [f64; 2];
+
+/// A polygon with at most `MAX_VERTS` vertices, stored inline (no allocation per pixel).
+pub const MAX_VERTS: usize = 16;
+
+#[derive(Clone, Copy)]
+pub struct Poly {
+    pub n: usize,
+    pub v: [Pt; MAX_VERTS],
+}
+
+impl Poly {
+    pub fn from_slice(points: &[Pt]) -> Poly {
+        let mut p = Poly {
+            n: points.len(),
+            v: [[0.0; 2]; MAX_VERTS],
+        };
+        p.v[..points.len()].copy_from_slice(points);
+        p
+    }
+
+    pub fn points(&self) -> &[Pt] {
+        &self.v[..self.n]
+    }
+
+    fn push(&mut self, p: Pt) {
+        if self.n < MAX_VERTS {
+            self.v[self.n] = p;
+            self.n += 1;
+        }
+    }
+
+    /// Signed shoelace area (positive when counter-clockwise).
+    pub fn signed_area(&self) -> f64 {
+        let pts = self.points();
+        let mut s = 0.0;
+        for i in 0..pts.len() {
+            let a = pts[i];
+            let b = pts[(i + 1) % pts.len()];
+            s += a[0] * b[1] - a[1] * b[0];
+        }
+        0.5 * s
+    }
+
+    pub fn make_ccw(&mut self) {
+        if self.signed_area() < 0.0 {
+            self.v[..self.n].reverse();
+        }
+    }
+
+    /// Whether the origin lies inside (or on the border of) a counter-clockwise convex polygon.
+    pub fn contains_origin(&self) -> bool {
+        let pts = self.points();
+        (0..pts.len()).all(|i| {
+            let a = pts[i];
+            let b = pts[(i + 1) % pts.len()];
+            // cross(b - a, O - a) >= 0
+            (b[0] - a[0]) * (-a[1]) - (b[1] - a[1]) * (-a[0]) >= 0.0
+        })
+    }
+
+    /// Smallest distance from the origin to the polygon's boundary.
+    pub fn min_radius(&self) -> f64 {
+        let pts = self.points();
+        let mut best = f64::INFINITY;
+        for i in 0..pts.len() {
+            let a = pts[i];
+            let b = pts[(i + 1) % pts.len()];
+            let d = [b[0] - a[0], b[1] - a[1]];
+            let len2 = d[0] * d[0] + d[1] * d[1];
+            let t = if len2 > 0.0 {
+                (-(a[0] * d[0] + a[1] * d[1]) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let q = [a[0] + t * d[0], a[1] + t * d[1]];
+            best = best.min((q[0] * q[0] + q[1] * q[1]).sqrt());
+        }
+        best
+    }
+
+    pub fn max_radius(&self) -> f64 {
+        self.points()
+            .iter()
+            .map(|p| (p[0] * p[0] + p[1] * p[1]).sqrt())
+            .fold(0.0, f64::max)
+    }
+
+    /// Keep the part on the left of the ray direction `dir` through the origin
+    /// (`cross(dir, p) * side >= 0`); Sutherland–Hodgman for one half-plane.
+    fn clip_half_plane(&self, dir: Pt, side: f64) -> Poly {
+        let mut out = Poly {
+            n: 0,
+            v: [[0.0; 2]; MAX_VERTS],
+        };
+        let pts = self.points();
+        if pts.is_empty() {
+            return out;
+        }
+        let f = |p: &Pt| side * (dir[0] * p[1] - dir[1] * p[0]);
+        for i in 0..pts.len() {
+            let cur = pts[i];
+            let next = pts[(i + 1) % pts.len()];
+            let (fc, fn_) = (f(&cur), f(&next));
+            if fc >= 0.0 {
+                out.push(cur);
+            }
+            if (fc >= 0.0) != (fn_ >= 0.0) {
+                let t = fc / (fc - fn_);
+                out.push([cur[0] + t * (next[0] - cur[0]), cur[1] + t * (next[1] - cur[1])]);
+            }
+        }
+        out
+    }
+
+    /// The part of the polygon inside the wedge from angle `lo` to `hi` (radians, hi − lo ≤ π).
+    pub fn clip_wedge(&self, lo: f64, hi: f64) -> Poly {
+        let (s_lo, c_lo) = lo.sin_cos();
+        let (s_hi, c_hi) = hi.sin_cos();
+        self.clip_half_plane([c_lo, s_lo], 1.0)
+            .clip_half_plane([c_hi, s_hi], -1.0)
+    }
+
+    /// Exact area of this (counter-clockwise) polygon ∩ disk of radius `r` about the origin.
+    pub fn disk_area(&self, r: f64) -> f64 {
+        let pts = self.points();
+        let r2 = r * r;
+        let mut total = 0.0;
+        for i in 0..pts.len() {
+            total += triangle_disk_area(pts[i], pts[(i + 1) % pts.len()], r, r2);
+        }
+        total
+    }
+}
+
+/// Signed area of triangle (origin, a, b) ∩ disk(r): straight pieces inside the circle contribute
+/// triangles, pieces outside contribute circular sectors.
+#[inline]
+fn triangle_disk_area(a: Pt, b: Pt, r: f64, r2: f64) -> f64 {
+    let d = [b[0] - a[0], b[1] - a[1]];
+    let qa = d[0] * d[0] + d[1] * d[1];
+    if qa == 0.0 {
+        return 0.0;
+    }
+    let a2 = a[0] * a[0] + a[1] * a[1];
+    let b2 = b[0] * b[0] + b[1] * b[1];
+    if a2 <= r2 && b2 <= r2 {
+        return 0.5 * (a[0] * b[1] - a[1] * b[0]);
+    }
+    let qb = 2.0 * (a[0] * d[0] + a[1] * d[1]);
+    let qc = a2 - r2;
+    let disc = qb * qb - 4.0 * qa * qc;
+    let mut cuts = [0.0f64, 1.0, 1.0, 1.0];
+    let mut n_cuts = 1;
+    if disc > 0.0 {
+        let sq = disc.sqrt();
+        // Numerically stable roots.
+        let q = -0.5 * (qb + qb.signum() * sq);
+        let (mut t1, mut t2) = if q != 0.0 { (q / qa, qc / q) } else { (0.0, 0.0) };
+        if t1 > t2 {
+            std::mem::swap(&mut t1, &mut t2);
+        }
+        for t in [t1, t2] {
+            if t > 0.0 && t < 1.0 {
+                cuts[n_cuts] = t;
+                n_cuts += 1;
+            }
+        }
+    }
+    cuts[n_cuts] = 1.0;
+    let at = |t: f64| [a[0] + t * d[0], a[1] + t * d[1]];
+    let mut area = 0.0;
+    for k in 0..n_cuts {
+        let (t0, t1) = (cuts[k], cuts[k + 1]);
+        if t1 <= t0 {
+            continue;
+        }
+        let p = at(t0);
+        let q = at(t1);
+        let m = at(0.5 * (t0 + t1));
+        let cross = p[0] * q[1] - p[1] * q[0];
+        if m[0] * m[0] + m[1] * m[1] <= r2 {
+            area += 0.5 * cross;
+        } else {
+            let dot = p[0] * q[0] + p[1] * q[1];
+            area += 0.5 * r2 * cross.atan2(dot);
+        }
+    }
+    let _ = r;
+    area
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(cx: f64, cy: f64, h: f64) -> Poly {
+        Poly::from_slice(&[
+            [cx - h, cy - h],
+            [cx + h, cy - h],
+            [cx + h, cy + h],
+            [cx - h, cy + h],
+        ])
+    }
+
+    #[test]
+    fn disk_areas() {
+        let sq = square(0.0, 0.0, 1.0);
+        assert!((sq.disk_area(10.0) - 4.0).abs() < 1e-14);
+        assert!((sq.disk_area(0.5) - std::f64::consts::PI * 0.25).abs() < 1e-14);
+        // Square [0,2]^2 ∩ unit disk = quarter disk.
+        let q = square(1.0, 1.0, 1.0);
+        assert!((q.disk_area(1.0) - std::f64::consts::PI / 4.0).abs() < 1e-14);
+    }
+
+    #[test]
+    fn wedge_clip_quarter() {
+        let sq = square(0.0, 0.0, 1.0);
+        let w = sq.clip_wedge(0.0, std::f64::consts::FRAC_PI_2);
+        assert!((w.signed_area() - 1.0).abs() < 1e-14);
+        assert!((w.disk_area(0.5) - std::f64::consts::PI * 0.25 / 4.0).abs() < 1e-14);
+    }
+}
