@@ -7,7 +7,9 @@
 pub mod bins;
 pub mod error;
 pub mod geometry;
+pub mod integrate;
 pub mod map;
+pub mod midas_files;
 pub mod panels;
 pub mod params;
 pub mod polygon;

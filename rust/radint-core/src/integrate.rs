@@ -1,0 +1,543 @@
+//! CSR integration: frames × [`DetectorMap`] → per-bin accumulators → cake and lineout.
+//!
+//! Per bin, over its unmasked entries (pixel p, overlap a, signal weight w = a unless the map
+//! carries MIDAS weights), with D = raw − dark and per-pixel scale s = 1/c (c = solid angle ×
+//! polarization × flat; NaN = masked):
+//! `signal = Σ w·D·s`, `area = Σ a`, `variance = Σ (w·s)²·var`, `count = #entries`.
+//! Entries whose value is NaN (NaN pixel, NaN dark, masked pixel) are skipped entirely.
+//! Work is split over rayon by runs of whole radial rows holding similar entry counts, so the
+//! lineout can be reduced in the same pass and no two threads ever write one bin (no atomics).
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::map::DetectorMap;
+
+/// A pixel type a frame may hold; read in place, converted per entry.
+pub trait Pixel: Copy + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    fn to_f32(self) -> f32;
+}
+
+macro_rules! impl_pixel {
+    ($($t:ty),*) => {$(
+        impl Pixel for $t {
+            #[inline(always)]
+            fn to_f64(self) -> f64 { self as f64 }
+            #[inline(always)]
+            fn to_f32(self) -> f32 { self as f32 }
+        }
+    )*};
+}
+impl_pixel!(u8, u16, u32, i32, i64, u64, f32, f64);
+
+/// Accumulator precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Float64 sums (default): exact to ~1e-15 relative.
+    Double,
+    /// Float32 sums within a bin: faster; ~1e-6 relative error for typical bins.
+    Single,
+}
+
+/// How per-pixel variance is obtained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorModel<'a> {
+    None,
+    /// `var = max(raw, 1)` with raw the value before dark subtraction.
+    Poisson,
+    /// A supplied per-pixel variance (one frame's worth, shared by every frame of a stack).
+    Given(&'a [f64]),
+}
+
+/// Per-frame inputs besides the frame itself, all flat raw-image arrays.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    pub dark: Option<&'a [f64]>,
+    /// 1 / correction per pixel; NaN marks a masked pixel.
+    pub scale: Option<&'a [f64]>,
+    pub error_model: ErrorModel<'a>,
+    pub precision: Precision,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            dark: None,
+            scale: None,
+            error_model: ErrorModel::None,
+            precision: Precision::Double,
+        }
+    }
+}
+
+/// Accumulators of `n_frames` frames, each `n_bins` long, frame-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sums {
+    pub n_frames: usize,
+    pub n_bins: usize,
+    pub signal: Vec<f64>,
+    pub area: Vec<f64>,
+    /// Empty when the error model is `None`.
+    pub variance: Vec<f64>,
+    pub count: Vec<u32>,
+}
+
+fn check_inputs(map: &DetectorMap, frame_len: usize, n_frames: usize, opts: &Options) -> Result<()> {
+    let n = map.n_pixels();
+    if frame_len != n * n_frames {
+        return Err(Error::shape(
+            "frame data",
+            format!("{n_frames} frame(s) of {}x{} (rows x columns) = {} values", map.n_z, map.n_y, n * n_frames),
+            format!("{frame_len} values"),
+        ));
+    }
+    for (what, v) in [("dark", opts.dark), ("per-pixel scale", opts.scale)] {
+        if let Some(v) = v {
+            if v.len() != n {
+                return Err(Error::shape(what, format!("{n} values ({}x{})", map.n_z, map.n_y), v.len()));
+            }
+        }
+    }
+    if let ErrorModel::Given(v) = opts.error_model {
+        if v.len() != n {
+            return Err(Error::shape("variance", format!("{n} values"), v.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Bin ranges of whole radial rows, each holding about `target` entries.
+pub fn row_partition(map: &DetectorMap, n_parts: usize) -> Vec<(usize, usize)> {
+    let n_eta = map.n_eta().max(1);
+    let n_r = map.n_r();
+    let nnz = map.n_entries().max(1);
+    let target = (nnz / n_parts.max(1)).max(1) as u64;
+    let mut parts = Vec::with_capacity(n_parts + 1);
+    let mut start_row = 0;
+    while start_row < n_r {
+        let start_entries = map.indptr[start_row * n_eta];
+        let mut end_row = start_row + 1;
+        while end_row < n_r && map.indptr[end_row * n_eta] - start_entries < target {
+            end_row += 1;
+        }
+        parts.push((start_row * n_eta, end_row * n_eta));
+        start_row = end_row;
+    }
+    parts
+}
+
+/// Split `data` (n_frames × n_bins, frame-major) into per-part mutable views: part k gets, for each
+/// frame, the slice of its bin range.
+fn split_parts<'a, T>(
+    data: &'a mut [T],
+    n_bins: usize,
+    parts: &[(usize, usize)],
+) -> Vec<Vec<&'a mut [T]>> {
+    let mut out: Vec<Vec<&'a mut [T]>> = parts.iter().map(|_| Vec::new()).collect();
+    if n_bins == 0 {
+        return out;
+    }
+    for frame in data.chunks_mut(n_bins) {
+        let mut rest = frame;
+        let mut offset = 0;
+        for (k, &(lo, hi)) in parts.iter().enumerate() {
+            let (_, tail) = rest.split_at_mut(lo - offset);
+            let (mine, tail) = tail.split_at_mut(hi - lo);
+            out[k].push(mine);
+            rest = tail;
+            offset = hi;
+        }
+    }
+    out
+}
+
+/// Number of frames integrated together per pass over the map.
+const FRAME_BLOCK: usize = 8;
+
+/// Integrate `n_frames` frames stored contiguously in `frames` (frame-major, each raw-image order).
+pub fn integrate<T: Pixel>(
+    map: &DetectorMap,
+    frames: &[T],
+    n_frames: usize,
+    opts: &Options,
+) -> Result<Sums> {
+    check_inputs(map, frames.len(), n_frames, opts)?;
+    let n_bins = map.n_bins();
+    let with_var = !matches!(opts.error_model, ErrorModel::None);
+    let mut sums = Sums {
+        n_frames,
+        n_bins,
+        signal: vec![0.0; n_frames * n_bins],
+        area: vec![0.0; n_frames * n_bins],
+        variance: if with_var { vec![0.0; n_frames * n_bins] } else { Vec::new() },
+        count: vec![0; n_frames * n_bins],
+    };
+    let parts = row_partition(map, 8 * rayon::current_num_threads());
+    let signal = split_parts(&mut sums.signal, n_bins, &parts);
+    let area = split_parts(&mut sums.area, n_bins, &parts);
+    let variance = split_parts(&mut sums.variance, n_bins, &parts);
+    let count = split_parts(&mut sums.count, n_bins, &parts);
+    let n_pixels = map.n_pixels();
+    parts
+        .par_iter()
+        .zip(signal)
+        .zip(area)
+        .zip(variance)
+        .zip(count)
+        .for_each(|((((&(lo, hi), mut s), mut a), mut v), mut c)| {
+            let mut f0 = 0;
+            while f0 < n_frames {
+                let nb = (n_frames - f0).min(FRAME_BLOCK);
+                let block = &frames[f0 * n_pixels..(f0 + nb) * n_pixels];
+                let mut out = OutBlock {
+                    signal: &mut s[f0..f0 + nb],
+                    area: &mut a[f0..f0 + nb],
+                    variance: if with_var { &mut v[f0..f0 + nb] } else { &mut [] },
+                    count: &mut c[f0..f0 + nb],
+                };
+                match (nb, opts.precision) {
+                    (FRAME_BLOCK, Precision::Double) => {
+                        bins_block::<T, f64, FRAME_BLOCK>(map, block, n_pixels, lo, hi, opts, &mut out)
+                    }
+                    (FRAME_BLOCK, Precision::Single) => {
+                        bins_block::<T, f32, FRAME_BLOCK>(map, block, n_pixels, lo, hi, opts, &mut out)
+                    }
+                    (_, Precision::Double) => {
+                        for k in 0..nb {
+                            let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                            let mut single = out.frame(k);
+                            bins_block::<T, f64, 1>(map, one, n_pixels, lo, hi, opts, &mut single);
+                        }
+                    }
+                    (_, Precision::Single) => {
+                        for k in 0..nb {
+                            let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                            let mut single = out.frame(k);
+                            bins_block::<T, f32, 1>(map, one, n_pixels, lo, hi, opts, &mut single);
+                        }
+                    }
+                }
+                f0 += nb;
+            }
+        });
+    Ok(sums)
+}
+
+/// Output views of one block of frames over one bin range: `signal[k]` is frame k's slice.
+struct OutBlock<'a, 'b> {
+    signal: &'a mut [&'b mut [f64]],
+    area: &'a mut [&'b mut [f64]],
+    variance: &'a mut [&'b mut [f64]],
+    count: &'a mut [&'b mut [u32]],
+}
+
+impl<'b> OutBlock<'_, 'b> {
+    fn frame(&mut self, k: usize) -> OutBlock<'_, 'b> {
+        OutBlock {
+            signal: &mut self.signal[k..k + 1],
+            area: &mut self.area[k..k + 1],
+            variance: if self.variance.is_empty() { &mut [] } else { &mut self.variance[k..k + 1] },
+            count: &mut self.count[k..k + 1],
+        }
+    }
+}
+
+/// Arithmetic of one accumulator type.
+trait Acc: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+    fn from_f64(v: f64) -> Self;
+    fn from_f32(v: f32) -> Self;
+    fn from_pixel<T: Pixel>(v: T) -> Self;
+    fn to_f64(self) -> f64;
+    fn is_nan(self) -> bool;
+}
+
+impl Acc for f64 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self { v }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self { v as f64 }
+    #[inline(always)]
+    fn from_pixel<T: Pixel>(v: T) -> Self { v.to_f64() }
+    #[inline(always)]
+    fn to_f64(self) -> f64 { self }
+    #[inline(always)]
+    fn is_nan(self) -> bool { self.is_nan() }
+}
+
+impl Acc for f32 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self { v as f32 }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self { v }
+    #[inline(always)]
+    fn from_pixel<T: Pixel>(v: T) -> Self { v.to_f32() }
+    #[inline(always)]
+    fn to_f64(self) -> f64 { self as f64 }
+    #[inline(always)]
+    fn is_nan(self) -> bool { self.is_nan() }
+}
+
+/// Accumulate bins `lo..hi` for `NB` frames at once (each map entry is read once per block).
+#[inline(never)]
+fn bins_block<T: Pixel, A: Acc, const NB: usize>(
+    map: &DetectorMap,
+    frames: &[T],
+    n_pixels: usize,
+    lo: usize,
+    hi: usize,
+    opts: &Options,
+    out: &mut OutBlock,
+) {
+    let weight = map.weight.as_deref();
+    let with_var = !out.variance.is_empty();
+    for b in lo..hi {
+        let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
+        let mut s = [A::default(); NB];
+        let mut a = [A::default(); NB];
+        let mut v = [A::default(); NB];
+        let mut c = [0u32; NB];
+        for e in e0..e1 {
+            let p = map.pixel[e] as usize;
+            let area = A::from_f32(map.area[e]);
+            let mut w = match weight {
+                Some(w) => A::from_f64(w[e]),
+                None => area,
+            };
+            if let Some(scale) = opts.scale {
+                w = w * A::from_f64(scale[p]);
+            }
+            let dark = opts.dark.map(|d| A::from_f64(-d[p]));
+            for k in 0..NB {
+                let raw = A::from_pixel(frames[k * n_pixels + p]);
+                let value = match dark {
+                    Some(minus_dark) => raw + minus_dark,
+                    None => raw,
+                };
+                let contribution = w * value;
+                if contribution.is_nan() {
+                    continue;
+                }
+                s[k] = s[k] + contribution;
+                a[k] = a[k] + area;
+                c[k] += 1;
+                if with_var {
+                    let var = match opts.error_model {
+                        ErrorModel::Poisson => {
+                            let r = raw.to_f64();
+                            A::from_f64(if r > 1.0 { r } else { 1.0 })
+                        }
+                        ErrorModel::Given(given) => A::from_f64(given[p]),
+                        ErrorModel::None => A::default(),
+                    };
+                    v[k] = v[k] + w * w * var;
+                }
+            }
+        }
+        let i = b - lo;
+        for k in 0..NB {
+            out.signal[k][i] = s[k].to_f64();
+            out.area[k][i] = a[k].to_f64();
+            out.count[k][i] = c[k];
+            if with_var {
+                out.variance[k][i] = v[k].to_f64();
+            }
+        }
+    }
+}
+
+/// Which rules turn accumulators into intensities (spec §5.2–5.3 for the MIDAS ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// radint: I = S/A (or S), empty bins = `empty_value`, lineout = Σ_η S / Σ_η A (or Σ_η S).
+    Radint,
+    /// MIDAS C CPU: I = S/A when S ≠ 0, masked-touched bins NaN, empty 0,
+    /// lineout = mean of the non-zero, non-NaN η bins (0 if none).
+    MidasCpu,
+    /// MIDAS GPU: I = S/A (or S) where A > 1e-9 else 0, lineout = Σ I·A / Σ A over A > 1e-9.
+    MidasGpu,
+}
+
+/// Lineout reduction over η for [`Rules::Radint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineoutMode {
+    AreaWeighted,
+    /// The MIDAS CPU rule, by name, on radint's cake.
+    NonzeroMean,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FinalizeOptions {
+    pub normalize: bool,
+    pub rules: Rules,
+    pub lineout: LineoutMode,
+    pub empty_value: f64,
+    /// NaN out bins a masked pixel touched (MIDAS CPU rule; implied by `Rules::MidasCpu`).
+    pub nan_masked_bins: bool,
+}
+
+/// Cake (bin order r·n_eta + e), its sigma, lineout (n_r) and its sigma, per frame, frame-major.
+#[derive(Debug, Clone, Default)]
+pub struct Finalized {
+    pub cake: Vec<f64>,
+    pub cake_sigma: Vec<f64>,
+    pub lineout: Vec<f64>,
+    pub lineout_sigma: Vec<f64>,
+}
+
+const MIDAS_GPU_MIN_AREA: f64 = 1e-9;
+
+/// Turn accumulators into intensities, in parallel over frames × radial rows.
+pub fn finalize(map: &DetectorMap, sums: &Sums, opts: &FinalizeOptions) -> Finalized {
+    let n_eta = map.n_eta();
+    let n_r = map.n_r();
+    let n_bins = sums.n_bins;
+    let with_var = !sums.variance.is_empty();
+    let total_rows = sums.n_frames * n_r;
+    let mut out = Finalized {
+        cake: vec![0.0; sums.n_frames * n_bins],
+        cake_sigma: if with_var { vec![0.0; sums.n_frames * n_bins] } else { Vec::new() },
+        lineout: vec![0.0; total_rows],
+        lineout_sigma: if with_var { vec![0.0; total_rows] } else { Vec::new() },
+    };
+    if n_eta == 0 || n_r == 0 {
+        return out;
+    }
+    let nan_masked = opts.nan_masked_bins || opts.rules == Rules::MidasCpu;
+    // Sigma buffers are filled even without variance (zeros) and dropped at the end: simpler than
+    // optional parallel zips, and negligible next to the integration itself.
+    out.cake_sigma.resize(sums.n_frames * n_bins, 0.0);
+    out.lineout_sigma.resize(total_rows, 0.0);
+    out.cake
+        .par_chunks_mut(n_eta)
+        .zip(out.cake_sigma.par_chunks_mut(n_eta))
+        .zip(out.lineout.par_iter_mut().zip(out.lineout_sigma.par_iter_mut()))
+        .enumerate()
+        .for_each(|(row, ((cake, sigma), (line, line_sigma)))| {
+            let b0 = row * n_eta;
+            let bin0 = b0 % n_bins;
+            let s = &sums.signal[b0..b0 + n_eta];
+            let a = &sums.area[b0..b0 + n_eta];
+            let v = if with_var { &sums.variance[b0..b0 + n_eta] } else { &[][..] };
+            let c = &sums.count[b0..b0 + n_eta];
+            let masked = &map.mask_hit[bin0..bin0 + n_eta];
+            (*line, *line_sigma) = finalize_row(s, a, v, c, masked, nan_masked, opts, cake, sigma);
+        });
+    if !with_var {
+        out.cake_sigma = Vec::new();
+        out.lineout_sigma = Vec::new();
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finalize_row(
+    s: &[f64],
+    a: &[f64],
+    v: &[f64],
+    c: &[u32],
+    masked: &[u8],
+    nan_masked: bool,
+    opts: &FinalizeOptions,
+    cake: &mut [f64],
+    sigma: &mut [f64],
+) -> (f64, f64) {
+    let with_var = !v.is_empty();
+    for e in 0..cake.len() {
+        let (value, sig) = match opts.rules {
+            Rules::Radint => {
+                if c[e] == 0 || a[e] <= 0.0 {
+                    (opts.empty_value, opts.empty_value)
+                } else if opts.normalize {
+                    (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
+                } else {
+                    (s[e], if with_var { v[e].sqrt() } else { 0.0 })
+                }
+            }
+            Rules::MidasCpu => {
+                if s[e] != 0.0 && opts.normalize && a[e] != 0.0 {
+                    (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
+                } else {
+                    (s[e], if with_var { v[e].sqrt() } else { 0.0 })
+                }
+            }
+            Rules::MidasGpu => {
+                if a[e] > MIDAS_GPU_MIN_AREA {
+                    if opts.normalize {
+                        (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
+                    } else {
+                        (s[e], if with_var { v[e].sqrt() } else { 0.0 })
+                    }
+                } else {
+                    (0.0, 0.0)
+                }
+            }
+        };
+        let nan = nan_masked && masked[e] != 0;
+        cake[e] = if nan { f64::NAN } else { value };
+        if with_var {
+            sigma[e] = if nan { f64::NAN } else { sig };
+        }
+    }
+    let use_nonzero_mean =
+        opts.rules == Rules::MidasCpu || (opts.rules == Rules::Radint && opts.lineout == LineoutMode::NonzeroMean);
+    if use_nonzero_mean {
+        let (mut sum, mut var, mut n) = (0.0, 0.0, 0usize);
+        for e in 0..cake.len() {
+            let x = cake[e];
+            if x != 0.0 && !x.is_nan() {
+                sum += x;
+                if with_var {
+                    var += sigma[e] * sigma[e];
+                }
+                n += 1;
+            }
+        }
+        return if n == 0 {
+            let empty = if opts.rules == Rules::MidasCpu { 0.0 } else { opts.empty_value };
+            (empty, empty)
+        } else {
+            (sum / n as f64, var.sqrt() / n as f64)
+        };
+    }
+    match opts.rules {
+        Rules::MidasGpu => {
+            let (mut num, mut den, mut var) = (0.0, 0.0, 0.0);
+            for e in 0..cake.len() {
+                if a[e] > MIDAS_GPU_MIN_AREA {
+                    num += cake[e] * a[e];
+                    den += a[e];
+                    if with_var {
+                        var += sigma[e] * sigma[e] * a[e] * a[e];
+                    }
+                }
+            }
+            if den > 0.0 {
+                (num / den, var.sqrt() / den)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+        _ => {
+            let (mut ss, mut aa, mut vv, mut cc) = (0.0, 0.0, 0.0, 0u64);
+            for e in 0..cake.len() {
+                if nan_masked && masked[e] != 0 {
+                    continue;
+                }
+                ss += s[e];
+                aa += a[e];
+                cc += c[e] as u64;
+                if with_var {
+                    vv += v[e];
+                }
+            }
+            if cc == 0 || aa <= 0.0 {
+                (opts.empty_value, opts.empty_value)
+            } else if opts.normalize {
+                (ss / aa, vv.sqrt() / aa)
+            } else {
+                (ss, vv.sqrt())
+            }
+        }
+    }
+}
