@@ -70,8 +70,10 @@ pub struct Geometry {
     pub p: [f64; 15],
     pub parallax_um: f64,
     pub residual: Option<ResidualMap>,
-    /// Whether the distortion polynomial has any non-zero term (skips trig when not).
+    /// Whether the distortion polynomial has any non-zero term (skips it when not).
     has_distortion: bool,
+    /// (cos, sin) of every p_k used as a phase (degrees), indexed by k.
+    phases: [(f64, f64); 15],
 }
 
 /// Result of the forward transform of one point.
@@ -102,12 +104,30 @@ impl Geometry {
             parallax_um: params.parallax_um,
             residual: None,
             has_distortion,
+            phases: std::array::from_fn(|k| {
+                let (s, c) = p[k].to_radians().sin_cos();
+                (c, s)
+            }),
         }
     }
 
     /// Forward transform of a transformed-frame point (spec §2.2).
     #[inline]
     pub fn point(&self, y: f64, z: f64, panel: PanelOffset) -> Point {
+        let (r_px, cos_eta, sin_eta, rad_um, d) = self.polar(y, z, panel);
+        Point {
+            r_px,
+            eta_deg: sin_eta.atan2(cos_eta).to_degrees(),
+            rad_um,
+            distortion_factor: d,
+        }
+    }
+
+    /// R (px), cos η, sin η, Rad (µm) and D of a point, without any inverse trigonometry:
+    /// η's direction comes straight from the rotated vector, and the distortion harmonics
+    /// cos(kη_T + φ) from powers of e^{iη_T} (η_T = 90° − η).
+    #[inline]
+    pub fn polar(&self, y: f64, z: f64, panel: PanelOffset) -> (f64, f64, f64, f64, f64) {
         let l = self.lsd_um + panel.d_lsd_um;
         let yc = (self.bc_y_px - y) * self.pixel_size_um;
         let zc = (z - self.bc_z_px) * self.pixel_size_um;
@@ -116,10 +136,12 @@ impl Geometry {
         let b = t[1][1] * yc + t[1][2] * zc;
         let c = t[2][1] * yc + t[2][2] * zc;
         let x = l + a;
-        let rad = (l / x) * (b * b + c * c).sqrt();
-        let eta_deg = (-b).atan2(c).to_degrees();
+        let rho = (b * b + c * c).sqrt();
+        let rad = (l / x) * rho;
+        // η = atan2(−b, c); on the axis itself MIDAS gets atan2(−0, 0) = 0.
+        let (cos_eta, sin_eta) = if rho > 0.0 { (c / rho, -b / rho) } else { (1.0, 0.0) };
         let d = if self.has_distortion || panel.d_p2 != 0.0 {
-            self.distortion_factor(rad, eta_deg, panel.d_p2)
+            self.distortion_factor(rad, cos_eta, sin_eta, panel.d_p2)
         } else {
             1.0
         };
@@ -130,38 +152,42 @@ impl Geometry {
         if let Some(residual) = &self.residual {
             r_px += residual.sample(y, z);
         }
-        Point {
-            r_px,
-            eta_deg,
-            rad_um: rad,
-            distortion_factor: d,
-        }
+        (r_px, cos_eta, sin_eta, rad, d)
     }
 
     /// Radial distortion factor D (spec §2.4); phases in degrees; RhoD ≤ 0 means no distortion.
-    fn distortion_factor(&self, rad_um: f64, eta_deg: f64, d_p2: f64) -> f64 {
+    fn distortion_factor(&self, rad_um: f64, cos_eta: f64, sin_eta: f64, d_p2: f64) -> f64 {
         let p = &self.p;
         let rho = if self.rho_d_um > 0.0 {
             rad_um / self.rho_d_um
         } else {
             0.0
         };
-        let eta_t = 90.0 - eta_deg;
-        let cosd = |deg: f64| deg.to_radians().cos();
+        // e^{iη_T} with η_T = 90° − η: cos η_T = sin η, sin η_T = cos η.
+        let w1 = (sin_eta, cos_eta);
+        let mul = |a: (f64, f64), b: (f64, f64)| (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0);
+        let w2 = mul(w1, w1);
+        let w3 = mul(w2, w1);
+        let w4 = mul(w2, w2);
+        let w5 = mul(w4, w1);
+        let w6 = mul(w3, w3);
+        let ph = &self.phases;
+        // cos(kη_T + φ) = Re(w^k · e^{iφ})
+        let harmonic = |w: (f64, f64), k: usize| w.0 * ph[k].0 - w.1 * ph[k].1;
         let rho2 = rho * rho;
         let rho3 = rho2 * rho;
         let rho4 = rho2 * rho2;
         let rho5 = rho4 * rho;
         let rho6 = rho3 * rho3;
-        1.0 + p[0] * rho2 * cosd(2.0 * eta_t + p[6])
-            + p[1] * rho4 * cosd(4.0 * eta_t + p[3])
+        1.0 + p[0] * rho2 * harmonic(w2, 6)
+            + p[1] * rho4 * harmonic(w4, 3)
             + (p[2] + d_p2) * rho2
             + p[4] * rho6
             + p[5] * rho4
-            + p[7] * rho4 * cosd(eta_t + p[8])
-            + p[9] * rho3 * cosd(3.0 * eta_t + p[10])
-            + p[11] * rho5 * cosd(5.0 * eta_t + p[12])
-            + p[13] * rho6 * cosd(6.0 * eta_t + p[14])
+            + p[7] * rho4 * harmonic(w1, 8)
+            + p[9] * rho3 * harmonic(w3, 10)
+            + p[11] * rho5 * harmonic(w5, 12)
+            + p[13] * rho6 * harmonic(w6, 14)
     }
 
     /// 2θ (radians) of a radius in pixels: `atan(R·px/Lsd)` with the global Lsd (spec §2.2).

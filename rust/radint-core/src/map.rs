@@ -143,6 +143,13 @@ struct Plan {
     shift_y: Option<Vec<f64>>,
     shift_z: Option<Vec<f64>>,
     panels: Vec<Panel>,
+    /// (cos, sin) of every η edge, so wedge clipping needs no trigonometry per pixel.
+    eta_edge_dirs: Vec<Pt>,
+    /// Plane positions of all pixel corners ((n_y+1)·(n_z+1), corner (i−½, j−½) at
+    /// j·(n_y+1)+i) when pixels are not shifted individually; shared by neighbouring pixels.
+    corner_grid: Option<Vec<Pt>>,
+    /// η (degrees) of the same corners.
+    corner_eta: Vec<f64>,
 }
 
 #[derive(Clone, Copy)]
@@ -185,7 +192,14 @@ impl Plan {
             });
         }
         let eta_edges = bins::eta_edges(params);
-        Ok(Plan {
+        let eta_edge_dirs = eta_edges
+            .iter()
+            .map(|e| {
+                let (sn, cs) = e.to_radians().sin_cos();
+                [cs, sn]
+            })
+            .collect();
+        let mut plan = Plan {
             geometry,
             r_edges: bins::radial_edges(params)?,
             eta_min: eta_edges[0],
@@ -198,7 +212,26 @@ impl Plan {
             shift_z: inputs.distortion_z.map(|m| transform.to_transformed(&m)),
             panels: inputs.panels,
             transform,
-        })
+            eta_edge_dirs,
+            corner_grid: None,
+            corner_eta: Vec::new(),
+        };
+        let shifted = !plan.panels.is_empty() || plan.shift_y.is_some();
+        if !shifted {
+            let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
+            let grid: Vec<Vec<Pt>> = (0..=n_z)
+                .into_par_iter()
+                .map(|j| {
+                    (0..=n_y)
+                        .map(|i| plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default()).0)
+                        .collect()
+                })
+                .collect();
+            let grid = grid.concat();
+            plan.corner_eta = grid.iter().map(|p| p[1].atan2(p[0]).to_degrees()).collect();
+            plan.corner_grid = Some(grid);
+        }
+        Ok(plan)
     }
 
     fn eta_edges(&self) -> Vec<f64> {
@@ -207,10 +240,10 @@ impl Plan {
             .collect()
     }
 
-    fn to_plane(&self, y: f64, z: f64, panel: PanelOffset) -> (Pt, f64, f64) {
-        let p = self.geometry.point(y, z, panel);
-        let (s, c) = p.eta_deg.to_radians().sin_cos();
-        ([p.r_px * c, p.r_px * s], p.r_px, p.eta_deg)
+    /// Corrected-plane position (R cos η, R sin η) and R of a transformed-frame point.
+    fn to_plane(&self, y: f64, z: f64, panel: PanelOffset) -> (Pt, f64) {
+        let (r, c, s, _, _) = self.geometry.polar(y, z, panel);
+        ([r * c, r * s], r)
     }
 
     fn near_cardinal(&self, eta_deg: f64) -> bool {
@@ -242,6 +275,17 @@ impl Plan {
             }
         }
         out.clear();
+        if let (Some(grid), 1) = (&self.corner_grid, n_sub) {
+            let w = self.transform.n_y + 1;
+            let ids = [j * w + i, j * w + i + 1, (j + 1) * w + i + 1, (j + 1) * w + i];
+            let corners = ids.map(|k| grid[k]);
+            let angles = ids.map(|k| self.corner_eta[k]);
+            let r_centre = self.geometry.polar(ypr, zpr, panel).0;
+            let mut quad = Poly::from_slice(&corners);
+            quad.make_ccw();
+            self.split(&quad, &angles, r_centre, out, eta_bins);
+            return;
+        }
         let step = 1.0 / n_sub as f64;
         for si in 0..n_sub {
             for sj in 0..n_sub {
@@ -253,10 +297,11 @@ impl Plan {
                     self.to_plane(y0 + step, z0 + step, panel).0,
                     self.to_plane(y0, z0 + step, panel).0,
                 ];
-                let (_, r_centre, _) = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel);
+                let (_, r_centre) = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel);
+                let angles = corners.map(|p| p[1].atan2(p[0]).to_degrees());
                 let mut quad = Poly::from_slice(&corners);
                 quad.make_ccw();
-                self.split(&quad, r_centre, out, eta_bins);
+                self.split(&quad, &angles, r_centre, out, eta_bins);
             }
         }
     }
@@ -265,6 +310,7 @@ impl Plan {
     fn split(
         &self,
         quad: &Poly,
+        corner_eta_deg: &[f64; 4],
         r_centre: f64,
         out: &mut Vec<(u32, f64, f64)>,
         eta_bins: &mut Vec<usize>,
@@ -289,18 +335,18 @@ impl Plan {
         if k_first >= k_last {
             return;
         }
-        self.eta_candidates(quad, eta_bins);
+        self.eta_candidates(quad, corner_eta_deg, eta_bins);
+        let single_bin = eta_bins.len() == 1 && !quad.contains_origin();
+        let width = self.eta_bin;
         for &e in eta_bins.iter() {
-            let lo = self.eta_min + e as f64 * self.eta_bin;
-            let hi = lo + self.eta_bin;
-            let width = hi - lo;
+            let (lo, hi) = (self.eta_edge_dirs[e], self.eta_edge_dirs[e + 1]);
             // Disk area of the quad's part inside the bin's wedge, as a function of R.
-            let pieces: (Poly, Option<Poly>) = if width >= 360.0 - 1e-12 {
+            let pieces: (Poly, Option<Poly>) = if single_bin || width >= 360.0 - 1e-12 {
                 (*quad, None)
             } else if width <= 180.0 {
-                (quad.clip_wedge(lo.to_radians(), hi.to_radians()), None)
+                (quad.clip_wedge(lo, hi), None)
             } else {
-                (*quad, Some(quad.clip_wedge(hi.to_radians(), (lo + 360.0).to_radians())))
+                (*quad, Some(quad.clip_wedge(hi, lo)))
             };
             if pieces.0.n < 3 && pieces.1.is_none() {
                 continue;
@@ -339,18 +385,16 @@ impl Plan {
     }
 
     /// η bins the quad may overlap, into `out` (every bin when the quad holds the beam centre).
-    fn eta_candidates(&self, quad: &Poly, out: &mut Vec<usize>) {
+    fn eta_candidates(&self, quad: &Poly, corner_eta_deg: &[f64; 4], out: &mut Vec<usize>) {
         out.clear();
         if self.n_eta == 1 || quad.contains_origin() {
             out.extend(0..self.n_eta);
             return;
         }
-        let pts = quad.points();
-        let angle = |p: &Pt| p[1].atan2(p[0]).to_degrees();
-        let a0 = angle(&pts[0]);
+        let a0 = corner_eta_deg[0];
         let (mut lo, mut hi) = (a0, a0);
-        for p in &pts[1..] {
-            let mut d = angle(p) - a0;
+        for &angle in &corner_eta_deg[1..] {
+            let mut d = angle - a0;
             if d > 180.0 {
                 d -= 360.0;
             } else if d <= -180.0 {

@@ -121,12 +121,10 @@ impl Poly {
         out
     }
 
-    /// The part of the polygon inside the wedge from angle `lo` to `hi` (radians, hi − lo ≤ π).
-    pub fn clip_wedge(&self, lo: f64, hi: f64) -> Poly {
-        let (s_lo, c_lo) = lo.sin_cos();
-        let (s_hi, c_hi) = hi.sin_cos();
-        self.clip_half_plane([c_lo, s_lo], 1.0)
-            .clip_half_plane([c_hi, s_hi], -1.0)
+    /// The part of the polygon inside the wedge counter-clockwise from direction `lo` to `hi`
+    /// (unit vectors (cos, sin); the wedge must span at most π).
+    pub fn clip_wedge(&self, lo: Pt, hi: Pt) -> Poly {
+        self.clip_half_plane(lo, 1.0).clip_half_plane(hi, -1.0)
     }
 
     /// Exact area of this (counter-clockwise) polygon ∩ disk of radius `r` about the origin.
@@ -224,7 +222,7 @@ mod tests {
     #[test]
     fn wedge_clip_quarter() {
         let sq = square(0.0, 0.0, 1.0);
-        let w = sq.clip_wedge(0.0, std::f64::consts::FRAC_PI_2);
+        let w = sq.clip_wedge([1.0, 0.0], [0.0, 1.0]);
         assert!((w.signed_area() - 1.0).abs() < 1e-14);
         assert!((w.disk_area(0.5) - std::f64::consts::PI * 0.25 / 4.0).abs() < 1e-14);
     }

@@ -1,1 +1,547 @@
-use pyo3::prelude::*; #[pymodule] fn _core(_m:&Bound<PyModule>)->PyResult<()>{Ok(())}
+//! `radint._core`: extract → validate → release the GIL → convert. Logic lives in radint-core.
+
+mod errors;
+mod params;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use numpy::ndarray::ArrayView1;
+use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use radint_core::integrate as core_integrate;
+use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision, Rules, Sums};
+use radint_core::map::{self, DetectorMap, MapInputs};
+use radint_core::midas_files::{self, MapHeader, ReadOptions, Sampling};
+use radint_core::params::Params;
+use radint_core::{bins, panels};
+
+use errors::{raise, shape_error, CoreError};
+
+/// One rayon pool per thread count, built on first use (the global pool is never touched).
+fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let n = n_threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut guard = pools
+        .lock()
+        .map_err(|_| raise("InvalidInputError", "thread-pool cache poisoned".into()))?;
+    if let Some(p) = guard.get(&n) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("radint-{i}"))
+            .build()
+            .map_err(|e| raise("InvalidInputError", format!("cannot start {n} threads: {e}")))?,
+    );
+    guard.insert(n, p.clone());
+    Ok(p)
+}
+
+/// Run `f` on a pool of `n_threads` with the GIL released, mapping core errors.
+fn run_detached<T: Send>(
+    py: Python<'_>,
+    n_threads: Option<usize>,
+    f: impl FnOnce() -> radint_core::Result<T> + Send,
+) -> PyResult<T> {
+    let pool = pool(n_threads)?;
+    py.detach(|| pool.install(f)).map_err(|e| CoreError(e).into())
+}
+
+/// Parse a MIDAS parameter file (or text when `text` is given) with `Key value` overrides.
+#[pyfunction]
+#[pyo3(signature = (path, overrides=Vec::new(), text=None))]
+fn parse_params<'py>(
+    py: Python<'py>,
+    path: String,
+    overrides: Vec<String>,
+    text: Option<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut p = match text {
+        Some(t) => Params::parse(&t, &path),
+        None => Params::from_file(&path),
+    }
+    .map_err(CoreError)?;
+    p.apply_overrides(&overrides).map_err(CoreError)?;
+    params::to_dict(py, &p)
+}
+
+/// Validate a configuration dict; raises ParameterError naming file, line and key.
+#[pyfunction]
+fn validate_params(config: &Bound<'_, PyDict>) -> PyResult<()> {
+    params::from_dict(config)?.validate().map_err(|e| CoreError(e).into())
+}
+
+/// Radial edges (R px) and η edges (deg) of a configuration.
+#[pyfunction]
+fn bin_edges<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let p = params::from_dict(config)?;
+    p.validate().map_err(CoreError)?;
+    let r = bins::radial_edges(&p).map_err(CoreError)?;
+    Ok((r.into_pyarray(py), bins::eta_edges(&p).into_pyarray(py)))
+}
+
+/// The MIDAS C parameter-hash string and its SHA-256 in hex (spec §4.3).
+#[pyfunction]
+fn param_hash(config: &Bound<'_, PyDict>) -> PyResult<(String, String)> {
+    let p = params::from_dict(config)?;
+    Ok((
+        midas_files::param_hash_string(&p),
+        midas_files::hex(&midas_files::param_hash(&p)),
+    ))
+}
+
+fn optional_vec<T: numpy::Element + Copy>(
+    what: &str,
+    a: Option<PyReadonlyArrayDyn<'_, T>>,
+) -> PyResult<Option<Vec<T>>> {
+    a.map(|a| {
+        a.as_slice()
+            .map(|s| s.to_vec())
+            .map_err(|_| shape_error(format!("{what}: expected a C-contiguous array")))
+    })
+    .transpose()
+}
+
+fn map_inputs(
+    p: &Params,
+    mask: Option<PyReadonlyArrayDyn<'_, u8>>,
+    distortion_y: Option<PyReadonlyArrayDyn<'_, f64>>,
+    distortion_z: Option<PyReadonlyArrayDyn<'_, f64>>,
+    residual: Option<PyReadonlyArrayDyn<'_, f64>>,
+    panel_shifts: Option<(String, String)>,
+) -> PyResult<MapInputs> {
+    let mut panel_list = if p.n_panels_y > 0 && p.n_panels_z > 0 {
+        panels::layout(p)
+    } else {
+        Vec::new()
+    };
+    if let Some((source, text)) = panel_shifts {
+        panels::apply_shifts(&mut panel_list, &text, &source).map_err(CoreError)?;
+    }
+    Ok(MapInputs {
+        mask: optional_vec("mask", mask)?,
+        distortion_y: optional_vec("distortion map ΔY", distortion_y)?,
+        distortion_z: optional_vec("distortion map ΔZ", distortion_z)?,
+        residual: optional_vec("residual correction map", residual)?,
+        panels: panel_list,
+    })
+}
+
+/// Build the exact detector map.
+#[pyfunction]
+#[pyo3(signature = (config, mask=None, distortion_y=None, distortion_z=None, residual=None, panel_shifts=None, n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn build_map(
+    py: Python<'_>,
+    config: &Bound<'_, PyDict>,
+    mask: Option<PyReadonlyArrayDyn<'_, u8>>,
+    distortion_y: Option<PyReadonlyArrayDyn<'_, f64>>,
+    distortion_z: Option<PyReadonlyArrayDyn<'_, f64>>,
+    residual: Option<PyReadonlyArrayDyn<'_, f64>>,
+    panel_shifts: Option<(String, String)>,
+    n_threads: Option<usize>,
+) -> PyResult<MapCore> {
+    let p = params::from_dict(config)?;
+    let inputs = map_inputs(&p, mask, distortion_y, distortion_z, residual, panel_shifts)?;
+    let map = run_detached(py, n_threads, || map::build(&p, inputs))?;
+    Ok(MapCore { map })
+}
+
+/// Per raw pixel: R (px), η (deg) of its centre and the cosine of the incidence angle.
+#[pyfunction]
+#[pyo3(signature = (config, distortion_y=None, distortion_z=None, residual=None, panel_shifts=None, n_threads=None))]
+#[allow(clippy::type_complexity)]
+fn pixel_centres<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyDict>,
+    distortion_y: Option<PyReadonlyArrayDyn<'py, f64>>,
+    distortion_z: Option<PyReadonlyArrayDyn<'py, f64>>,
+    residual: Option<PyReadonlyArrayDyn<'py, f64>>,
+    panel_shifts: Option<(String, String)>,
+    n_threads: Option<usize>,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let p = params::from_dict(config)?;
+    let inputs = map_inputs(&p, None, distortion_y, distortion_z, residual, panel_shifts)?;
+    let (r, eta, cos_inc) = run_detached(py, n_threads, || map::pixel_centres(&p, &inputs))?;
+    Ok((r.into_pyarray(py), eta.into_pyarray(py), cos_inc.into_pyarray(py)))
+}
+
+/// A detector map owned by Rust; its arrays are exposed as read-only numpy views (no copy).
+#[pyclass(module = "radint._core", name = "MapCore", frozen)]
+pub struct MapCore {
+    map: DetectorMap,
+}
+
+/// A read-only numpy view of a slice owned by `owner`.
+fn view<'py, T: numpy::Element>(owner: &Bound<'py, MapCore>, data: &[T]) -> Bound<'py, PyArray1<T>> {
+    let array = ArrayView1::from(data);
+    // SAFETY: `data` lives inside the frozen `MapCore` that the array keeps alive as its base object,
+    // and nothing mutates a MapCore after construction.
+    let out = unsafe { PyArray1::borrow_from_array(&array, owner.clone().into_any()) };
+    out.readwrite().make_nonwriteable();
+    out
+}
+
+#[pymethods]
+impl MapCore {
+    /// Assemble a map from CSR arrays (copied into Rust memory once).
+    #[staticmethod]
+    #[pyo3(signature = (n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r=None, weight=None, mask_hit=None, bin_geometric_area=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_arrays(
+        n_y: usize,
+        n_z: usize,
+        r_edges: PyReadonlyArray1<'_, f64>,
+        eta_edges: PyReadonlyArray1<'_, f64>,
+        indptr: PyReadonlyArray1<'_, u64>,
+        pixel: PyReadonlyArray1<'_, u32>,
+        area: PyReadonlyArray1<'_, f32>,
+        delta_r: Option<PyReadonlyArray1<'_, f32>>,
+        weight: Option<PyReadonlyArray1<'_, f64>>,
+        mask_hit: Option<PyReadonlyArray1<'_, u8>>,
+        bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
+    ) -> PyResult<MapCore> {
+        let nnz = pixel.len();
+        let mut map = DetectorMap {
+            n_y,
+            n_z,
+            r_edges: r_edges.to_vec()?,
+            eta_edges: eta_edges.to_vec()?,
+            indptr: indptr.to_vec()?,
+            pixel: pixel.to_vec()?,
+            area: area.to_vec()?,
+            delta_r: match delta_r {
+                Some(d) => d.to_vec()?,
+                None => vec![0.0; nnz],
+            },
+            weight: weight.map(|w| w.to_vec()).transpose()?,
+            mask_hit: Vec::new(),
+            bin_geometric_area: Vec::new(),
+        };
+        let n_bins = map.n_bins();
+        map.mask_hit = match mask_hit {
+            Some(m) => m.to_vec()?,
+            None => vec![0; n_bins],
+        };
+        map.bin_geometric_area = match bin_geometric_area {
+            Some(g) => g.to_vec()?,
+            None if map.indptr.len() == n_bins + 1 && map.area.len() == nnz => map.bin_area(),
+            None => vec![0.0; n_bins],
+        };
+        map.check().map_err(CoreError)?;
+        Ok(MapCore { map })
+    }
+
+    #[getter]
+    fn n_y(&self) -> usize {
+        self.map.n_y
+    }
+    #[getter]
+    fn n_z(&self) -> usize {
+        self.map.n_z
+    }
+    #[getter]
+    fn n_r(&self) -> usize {
+        self.map.n_r()
+    }
+    #[getter]
+    fn n_eta(&self) -> usize {
+        self.map.n_eta()
+    }
+    #[getter]
+    fn n_entries(&self) -> usize {
+        self.map.n_entries()
+    }
+    #[getter]
+    fn r_edges<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f64>> {
+        view(slf, &slf.get().map.r_edges)
+    }
+    #[getter]
+    fn eta_edges<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f64>> {
+        view(slf, &slf.get().map.eta_edges)
+    }
+    #[getter]
+    fn indptr<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<u64>> {
+        view(slf, &slf.get().map.indptr)
+    }
+    #[getter]
+    fn pixel<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<u32>> {
+        view(slf, &slf.get().map.pixel)
+    }
+    #[getter]
+    fn area<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f32>> {
+        view(slf, &slf.get().map.area)
+    }
+    #[getter]
+    fn delta_r<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f32>> {
+        view(slf, &slf.get().map.delta_r)
+    }
+    #[getter]
+    fn weight<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyArray1<f64>>> {
+        slf.get().map.weight.as_deref().map(|w| view(slf, w))
+    }
+    #[getter]
+    fn mask_hit<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<u8>> {
+        view(slf, &slf.get().map.mask_hit)
+    }
+    #[getter]
+    fn bin_geometric_area<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f64>> {
+        view(slf, &slf.get().map.bin_geometric_area)
+    }
+
+    /// Write Map.bin / nMap.bin / maskMap.bin (MIDAS format) into `directory`.
+    #[pyo3(signature = (directory, config, frac_factor=None))]
+    fn save_midas(
+        &self,
+        py: Python<'_>,
+        directory: PathBuf,
+        config: &Bound<'_, PyDict>,
+        frac_factor: Option<PyReadonlyArray1<'_, f64>>,
+    ) -> PyResult<()> {
+        let p = params::from_dict(config)?;
+        let header = MapHeader::for_params(&p);
+        let factor = frac_factor.map(|f| f.to_vec()).transpose()?;
+        if let Some(f) = &factor {
+            if f.len() != self.map.n_pixels() {
+                return Err(shape_error(format!(
+                    "frac_factor: expected {} values, got {}",
+                    self.map.n_pixels(),
+                    f.len()
+                )));
+            }
+        }
+        py.detach(|| midas_files::write(&self.map, &directory, &header, factor.as_deref()))
+            .map_err(|e| CoreError(e).into())
+    }
+}
+
+/// Read a MIDAS map from `directory`; returns the map and a dict of header facts.
+#[pyfunction]
+#[pyo3(signature = (directory, config, sampling="bilinear", gradient_centre=None))]
+fn load_midas<'py>(
+    py: Python<'py>,
+    directory: PathBuf,
+    config: &Bound<'py, PyDict>,
+    sampling: &str,
+    gradient_centre: Option<(f64, f64)>,
+) -> PyResult<(MapCore, Bound<'py, PyDict>)> {
+    let p = params::from_dict(config)?;
+    let sampling = match sampling {
+        "bilinear" => Sampling::Bilinear,
+        "floor" => Sampling::Floor,
+        other => {
+            return Err(raise(
+                "InvalidInputError",
+                format!("sampling must be 'bilinear' or 'floor', got '{other}'"),
+            ))
+        }
+    };
+    let opts = ReadOptions {
+        sampling,
+        gradient_centre,
+    };
+    let (map, info) = py
+        .detach(|| midas_files::read(&directory, &p, opts))
+        .map_err(CoreError)?;
+    let d = PyDict::new(py);
+    d.set_item("has_header", info.header.is_some())?;
+    d.set_item("hash_matches", info.hash_matches)?;
+    d.set_item("n_records", info.n_records)?;
+    if let Some(h) = info.header {
+        d.set_item("param_hash", midas_files::hex(&h.param_hash))?;
+        d.set_item("q_mode", h.q_mode)?;
+        d.set_item("gradient_mode", h.gradient_mode)?;
+        d.set_item("wavelength_angstrom", h.wavelength_angstrom)?;
+    }
+    Ok((MapCore { map }, d))
+}
+
+/// A frame (or stack) of any supported dtype, borrowed in place.
+enum Frames<'py> {
+    U8(PyReadonlyArrayDyn<'py, u8>),
+    U16(PyReadonlyArrayDyn<'py, u16>),
+    U32(PyReadonlyArrayDyn<'py, u32>),
+    I32(PyReadonlyArrayDyn<'py, i32>),
+    I64(PyReadonlyArrayDyn<'py, i64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F64(PyReadonlyArrayDyn<'py, f64>),
+}
+
+impl<'py> Frames<'py> {
+    fn extract(obj: &Bound<'py, PyAny>) -> PyResult<Frames<'py>> {
+        macro_rules! try_type {
+            ($t:ty, $v:ident) => {
+                if let Ok(a) = obj.cast::<PyArrayDyn<$t>>() {
+                    return Ok(Frames::$v(a.readonly()));
+                }
+            };
+        }
+        try_type!(u16, U16);
+        try_type!(u32, U32);
+        try_type!(i32, I32);
+        try_type!(f32, F32);
+        try_type!(f64, F64);
+        try_type!(u8, U8);
+        try_type!(i64, I64);
+        let dtype = obj
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| obj.get_type().to_string());
+        Err(raise(
+            "DtypeError",
+            format!("frame dtype must be uint8, uint16, uint32, int32, int64, float32 or float64, got {dtype}"),
+        ))
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Frames::U8(a) => a.shape().to_vec(),
+            Frames::U16(a) => a.shape().to_vec(),
+            Frames::U32(a) => a.shape().to_vec(),
+            Frames::I32(a) => a.shape().to_vec(),
+            Frames::I64(a) => a.shape().to_vec(),
+            Frames::F32(a) => a.shape().to_vec(),
+            Frames::F64(a) => a.shape().to_vec(),
+        }
+    }
+}
+
+fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into()))
+}
+
+/// Integrate one frame `(n_z, n_y)` or a stack `(n_frames, n_z, n_y)`; returns a dict of arrays.
+#[pyfunction]
+#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn integrate<'py>(
+    py: Python<'py>,
+    map: &Bound<'py, MapCore>,
+    frames: &Bound<'py, PyAny>,
+    dark: Option<PyReadonlyArray1<'py, f64>>,
+    scale: Option<PyReadonlyArray1<'py, f64>>,
+    error_model: &str,
+    variance: Option<PyReadonlyArray1<'py, f64>>,
+    precision: &str,
+    normalize: bool,
+    rules: &str,
+    lineout: &str,
+    empty_value: f64,
+    nan_masked_bins: bool,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let m = &map.get().map;
+    let frames = Frames::extract(frames)?;
+    let shape = frames.shape();
+    let n_frames = match shape.as_slice() {
+        [z, y] if (*z, *y) == (m.n_z, m.n_y) => 1,
+        [n, z, y] if (*z, *y) == (m.n_z, m.n_y) => *n,
+        _ => {
+            return Err(shape_error(format!(
+                "frame: expected shape ({}, {}) or (n_frames, {}, {}) (rows, columns), got {:?}",
+                m.n_z, m.n_y, m.n_z, m.n_y, shape
+            )))
+        }
+    };
+    let dark = dark.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
+    let scale = scale.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
+    let variance = variance.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("variance: expected a contiguous array".into()))?;
+    let error_model = match (error_model, variance) {
+        ("none", _) => ErrorModel::None,
+        ("poisson", _) => ErrorModel::Poisson,
+        ("given", Some(v)) => ErrorModel::Given(v),
+        (other, _) => {
+            return Err(raise(
+                "InvalidInputError",
+                format!("error_model must be 'none', 'poisson' or 'given' (with variance=), got '{other}'"),
+            ))
+        }
+    };
+    let precision = match precision {
+        "float64" => Precision::Double,
+        "float32" => Precision::Single,
+        other => return Err(raise("InvalidInputError", format!("precision must be 'float64' or 'float32', got '{other}'"))),
+    };
+    let rules = match rules {
+        "radint" => Rules::Radint,
+        "midas-cpu" => Rules::MidasCpu,
+        "midas-gpu" => Rules::MidasGpu,
+        other => return Err(raise("InvalidInputError", format!("compat must be None, 'midas-cpu' or 'midas-gpu', got '{other}'"))),
+    };
+    let lineout = match lineout {
+        "area_weighted" => LineoutMode::AreaWeighted,
+        "midas_nonzero_mean" => LineoutMode::NonzeroMean,
+        other => return Err(raise("InvalidInputError", format!("lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got '{other}'"))),
+    };
+    let opts = core_integrate::Options {
+        dark,
+        scale,
+        error_model,
+        precision,
+    };
+    let fin = FinalizeOptions {
+        normalize,
+        rules,
+        lineout,
+        empty_value,
+        nan_masked_bins,
+    };
+    macro_rules! run {
+        ($a:expr) => {{
+            let data = contiguous($a)?;
+            run_detached(py, n_threads, || {
+                let sums = core_integrate::integrate(m, data, n_frames, &opts)?;
+                let f = core_integrate::finalize(m, &sums, &fin);
+                Ok((sums, f))
+            })?
+        }};
+    }
+    let (sums, fin): (Sums, core_integrate::Finalized) = match &frames {
+        Frames::U8(a) => run!(a),
+        Frames::U16(a) => run!(a),
+        Frames::U32(a) => run!(a),
+        Frames::I32(a) => run!(a),
+        Frames::I64(a) => run!(a),
+        Frames::F32(a) => run!(a),
+        Frames::F64(a) => run!(a),
+    };
+    let d = PyDict::new(py);
+    d.set_item("n_frames", n_frames)?;
+    d.set_item("signal", sums.signal.into_pyarray(py))?;
+    d.set_item("area", sums.area.into_pyarray(py))?;
+    d.set_item("count", sums.count.into_pyarray(py))?;
+    if !sums.variance.is_empty() {
+        d.set_item("variance", sums.variance.into_pyarray(py))?;
+        d.set_item("cake_sigma", fin.cake_sigma.into_pyarray(py))?;
+        d.set_item("lineout_sigma", fin.lineout_sigma.into_pyarray(py))?;
+    }
+    d.set_item("cake", fin.cake.into_pyarray(py))?;
+    d.set_item("lineout", fin.lineout.into_pyarray(py))?;
+    Ok(d)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<MapCore>()?;
+    m.add_function(wrap_pyfunction!(parse_params, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_params, m)?)?;
+    m.add_function(wrap_pyfunction!(bin_edges, m)?)?;
+    m.add_function(wrap_pyfunction!(param_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(build_map, m)?)?;
+    m.add_function(wrap_pyfunction!(pixel_centres, m)?)?;
+    m.add_function(wrap_pyfunction!(load_midas, m)?)?;
+    m.add_function(wrap_pyfunction!(integrate, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+"""Type stubs of the compiled module radint._core (Rust, PyO3)."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__version__: str
+
+def parse_params(path: str, overrides: list[str] = ..., text: str | None = ...) -> dict[str, Any]: ...
+def validate_params(config: dict[str, Any]) -> None: ...
+def bin_edges(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]: ...
+def param_hash(config: dict[str, Any]) -> tuple[str, str]: ...
+def build_map(
+    config: dict[str, Any],
+    mask: np.ndarray | None = ...,
+    distortion_y: np.ndarray | None = ...,
+    distortion_z: np.ndarray | None = ...,
+    residual: np.ndarray | None = ...,
+    panel_shifts: tuple[str, str] | None = ...,
+    n_threads: int | None = ...,
+) -> MapCore: ...
+def pixel_centres(
+    config: dict[str, Any],
+    distortion_y: np.ndarray | None = ...,
+    distortion_z: np.ndarray | None = ...,
+    residual: np.ndarray | None = ...,
+    panel_shifts: tuple[str, str] | None = ...,
+    n_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def load_midas(
+    directory: str | Path,
+    config: dict[str, Any],
+    sampling: str = ...,
+    gradient_centre: tuple[float, float] | None = ...,
+) -> tuple[MapCore, dict[str, Any]]: ...
+def integrate(
+    map: MapCore,
+    frames: np.ndarray,
+    dark: np.ndarray | None = ...,
+    scale: np.ndarray | None = ...,
+    error_model: str = ...,
+    variance: np.ndarray | None = ...,
+    precision: str = ...,
+    normalize: bool = ...,
+    rules: str = ...,
+    lineout: str = ...,
+    empty_value: float = ...,
+    nan_masked_bins: bool = ...,
+    n_threads: int | None = ...,
+) -> dict[str, Any]: ...
+
+class MapCore:
+    n_y: int
+    n_z: int
+    n_r: int
+    n_eta: int
+    n_entries: int
+    r_edges: np.ndarray
+    eta_edges: np.ndarray
+    indptr: np.ndarray
+    pixel: np.ndarray
+    area: np.ndarray
+    delta_r: np.ndarray
+    weight: np.ndarray | None
+    mask_hit: np.ndarray
+    bin_geometric_area: np.ndarray
+    @staticmethod
+    def from_arrays(
+        n_y: int,
+        n_z: int,
+        r_edges: np.ndarray,
+        eta_edges: np.ndarray,
+        indptr: np.ndarray,
+        pixel: np.ndarray,
+        area: np.ndarray,
+        delta_r: np.ndarray | None = ...,
+        weight: np.ndarray | None = ...,
+        mask_hit: np.ndarray | None = ...,
+        bin_geometric_area: np.ndarray | None = ...,
+    ) -> MapCore: ...
+    def save_midas(
+        self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = ...
+    ) -> None: ...

@@ -1,0 +1,398 @@
+"""IntegrationConfig: every setting that shapes a map or an integration, from MIDAS or PONI files.
+
+Field names carry their units and match the Rust core's ``Params`` one for one; the parsing
+itself (comments, aliases, accumulating keys, precise errors) happens in Rust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint import _core
+from radint.exceptions import ParameterError, RadintFileNotFoundError
+
+#: Keys of MIDAS files that name other files, resolved relative to the parameter file.
+FILE_FIELDS = (
+    "mask_file",
+    "distortion_file",
+    "residual_correction_map",
+    "panel_shifts_file",
+    "dark_file",
+)
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    """Geometry, binning, corrections and outputs of an integration (MIDAS conventions).
+
+    Lengths in µm, angles in degrees, radii and beam centre in pixels of the (ImTransOpt-)
+    transformed image; ``img[z][y]`` with y the column (fast axis) and z the row. See
+    ``from_midas_params`` for the MIDAS key of each field.
+    """
+
+    source: str = "<defaults>"
+    lsd_um: float = 1e6
+    bc_y_px: float = 1024.0
+    bc_z_px: float = 1024.0
+    tx_deg: float = 0.0
+    ty_deg: float = 0.0
+    tz_deg: float = 0.0
+    pixel_size_y_um: float = 200.0
+    pixel_size_z_um: float = 200.0
+    n_pixels_y: int = 0
+    n_pixels_z: int = 0
+    rho_d_um: float = 2e5
+    distortion: tuple[float, ...] = (0.0,) * 15
+    parallax_um: float = 0.0
+    im_trans_opt: tuple[int, ...] = ()
+    r_min_px: float = 10.0
+    r_max_px: float = 1524.0
+    r_bin_px: float = 0.25
+    eta_min_deg: float = -180.0
+    eta_max_deg: float = 180.0
+    eta_bin_deg: float = 5.0
+    q_min: float = 0.0
+    q_max: float = 0.0
+    q_bin: float = 0.0
+    tth_min_deg: float = 0.0
+    tth_max_deg: float = 0.0
+    tth_bin_deg: float = 0.0
+    wavelength_angstrom: float = 0.0
+    mask_file: str = ""
+    distortion_file: str = ""
+    residual_correction_map: str = ""
+    panel_shifts_file: str = ""
+    dark_file: str = ""
+    n_panels_y: int = 0
+    n_panels_z: int = 0
+    panel_size_y: int = 0
+    panel_size_z: int = 0
+    panel_gaps_y: tuple[int, ...] = ()
+    panel_gaps_z: tuple[int, ...] = ()
+    sub_pixel_level: int = 1
+    sub_pixel_cardinal_width_deg: float = 10.0
+    solid_angle_correction: bool = False
+    polarization_correction: bool = False
+    polarization_fraction: float = 0.99
+    polarization_plane_eta_deg: float = 0.0
+    normalize: bool = True
+    gradient_correction: bool = False
+    omega_sum_frames: int = 1
+    sum_images: bool = False
+    save_individual_frames: bool = True
+    skip_frame: int = 0
+    omega_start_deg: float = 0.0
+    omega_step_deg: float = 0.0
+    write_2d: bool = False
+    do_peak_fit: bool = False
+    peak_locations: tuple[float, ...] = ()
+    fit_roi_padding: int = 20
+    fit_roi_auto: bool = False
+    auto_detect_peaks: bool = False
+    max_n_peaks: int = 10
+    snip_iterations: int = 50
+    doublet_separation: float = 0.0
+    multiple_peaks: bool = False
+    do_smoothing: bool = False
+    gsas_polariz: float = 0.99
+    gsas_sh_l: float = 0.002
+    gsas_u: float = 1.163
+    gsas_v: float = -0.126
+    gsas_w: float = 0.063
+    gsas_x: float = 0.0
+    gsas_y: float = 0.0
+    gsas_z: float = 0.0
+    #: Keys the parser did not know: (key, value, file, line).
+    unknown: tuple[tuple[str, str, str, int], ...] = field(default=(), compare=False)
+    #: Where each key was last set: key → (file, line).
+    set_at: dict[str, tuple[str, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_midas_params(
+        cls, path: str | Path, overrides: list[str] | dict[str, Any] | None = None
+    ) -> IntegrationConfig:
+        """Read a MIDAS parameter file, then apply ``Key value`` overrides.
+
+        Parameters
+        ----------
+        path : str or Path
+            The parameter file (``Key value ...`` per line, ``#`` comments).
+        overrides : list of str or dict, optional
+            MIDAS-style replacements, e.g. ``["RMax 800", "EtaBinSize 2"]`` or
+            ``{"RMax": 800}``; they replace file values (lists such as ImTransOpt are replaced).
+
+        Raises
+        ------
+        ParameterError
+            On an unreadable value, naming file, line and key.
+        RadintFileNotFoundError
+            When the file does not exist.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise RadintFileNotFoundError(f"{path}: parameter file not found")
+        parsed = _core.parse_params(str(path), _override_lines(overrides))
+        config = cls._from_core_dict(parsed)
+        return config._resolve_files(path.parent)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<text>") -> IntegrationConfig:
+        """Parse parameter-file text (as :meth:`from_midas_params`, without a file)."""
+        return cls._from_core_dict(_core.parse_params(source, [], text))
+
+    @classmethod
+    def from_poni(cls, path: str | Path, **overrides: Any) -> IntegrationConfig:
+        """Convert a pyFAI ``.poni`` file to MIDAS geometry (exact, no small-angle approximation).
+
+        The PONI frame (dim1 = rows, dim2 = columns, beam along x3) is related to MIDAS's
+        (beam along x, y = −column, z = row) by a fixed rotation C, so the MIDAS tilt matrix is
+        ``TRs = C·R·Cᵀ`` with R pyFAI's rotation; Lsd and the beam centre follow from the point
+        of the detector plane the beam hits. Needs square pixels (MIDAS uses one pixel size).
+        Binning and other fields may be given as keyword overrides (field names).
+        """
+        from radint.poni import midas_geometry_from_poni, read_poni
+
+        poni = read_poni(path)
+        fields = midas_geometry_from_poni(poni)
+        fields.update(overrides)
+        fields.setdefault("source", str(path))
+        return cls(**_tupled(fields))
+
+    @classmethod
+    def _from_core_dict(cls, d: dict[str, Any]) -> IntegrationConfig:
+        d = dict(d)
+        d["unknown"] = tuple(tuple(u) for u in d.get("unknown", ()))
+        return cls(**_tupled(d))
+
+    def _resolve_files(self, base: Path) -> IntegrationConfig:
+        changes = {}
+        for name in FILE_FIELDS:
+            value = getattr(self, name)
+            if value and not Path(value).is_absolute():
+                candidate = base / value
+                if candidate.exists() or not Path(value).exists():
+                    changes[name] = str(candidate)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    # ----------------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> IntegrationConfig:
+        """A copy with some fields changed (field names, not MIDAS keys)."""
+        return dataclasses.replace(self, **_tupled(changes))
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
+        """A copy with MIDAS ``Key value`` overrides applied (same rules as the file parser)."""
+        lines = [f"{k} {_format_value(v)}" for k, v in self._midas_items()]
+        text = "\n".join(lines + _override_lines(overrides))
+        parsed = _core.parse_params(self.source, [], text)
+        return self._from_core_dict(parsed).replace(source=self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON-serialisable Python values."""
+        d = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            d[f.name] = value
+        return d
+
+    def to_json(self) -> str:
+        """The configuration as a JSON string (for file metadata)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def core_dict(self) -> dict[str, Any]:
+        """The dict the compiled core takes."""
+        d = self.to_dict()
+        d.pop("unknown")
+        d.pop("set_at")
+        return d
+
+    def validate(self) -> IntegrationConfig:
+        """Check the configuration; raises :class:`ParameterError` naming file, line and key."""
+        _core.validate_params(self.core_dict())
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def radial_mode(self) -> str:
+        """``"q"``, ``"2theta"`` or ``"r"``: the unit in which radial bins are uniform."""
+        if self.q_bin > 0 and self.wavelength_angstrom > 0:
+            return "q"
+        if self.tth_bin_deg > 0:
+            return "2theta"
+        return "r"
+
+    def bin_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Radial edges in R pixels ``(n_r + 1,)`` and η edges in degrees ``(n_eta + 1,)``."""
+        r, eta = _core.bin_edges(self.core_dict())
+        return np.asarray(r), np.asarray(eta)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Raw image shape ``(n_pixels_z, n_pixels_y)`` = (rows, columns)."""
+        return (self.n_pixels_z, self.n_pixels_y)
+
+    def two_theta_deg(self, r_px: np.ndarray) -> np.ndarray:
+        """2θ (degrees) of radii in pixels: ``atan(R·px / Lsd)``."""
+        return np.degrees(np.arctan(np.asarray(r_px) * self.pixel_size_y_um / self.lsd_um))
+
+    def q_inv_angstrom(self, r_px: np.ndarray) -> np.ndarray:
+        """Q (Å⁻¹) of radii in pixels; NaN when the wavelength is not set."""
+        if self.wavelength_angstrom <= 0:
+            return np.full(np.shape(r_px), np.nan)
+        tth = np.arctan(np.asarray(r_px) * self.pixel_size_y_um / self.lsd_um)
+        return 4 * math.pi / self.wavelength_angstrom * np.sin(tth / 2)
+
+    def map_key(self) -> str:
+        """A hash of everything that shapes the detector map (geometry, bins, files' contents)."""
+        import hashlib
+
+        shaping = {k: v for k, v in self.core_dict().items() if k in _MAP_FIELDS}
+        h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+        for name in ("mask_file", "distortion_file", "residual_correction_map", "panel_shifts_file"):
+            path = getattr(self, name)
+            if path:
+                try:
+                    h.update(Path(path).read_bytes())
+                except OSError as e:
+                    raise RadintFileNotFoundError(f"{path}: cannot read {name}: {e}") from e
+        return h.hexdigest()[:24]
+
+    def midas_text(self) -> str:
+        """The configuration as a MIDAS parameter file (for MIDAS tools and provenance)."""
+        return "\n".join(f"{k} {_format_value(v)}" for k, v in self._midas_items()) + "\n"
+
+    def _midas_items(self) -> list[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = []
+        for name, key in _MIDAS_KEYS.items():
+            value = getattr(self, name)
+            if name == "distortion":
+                items.extend((f"p{i}", v) for i, v in enumerate(value))
+            elif name in ("im_trans_opt", "peak_locations"):
+                items.extend((key, v) for v in value)
+            elif isinstance(value, str):
+                if value:
+                    items.append((key, value))
+            elif isinstance(value, tuple):
+                if value:
+                    items.append((key, value))
+            else:
+                items.append((key, value))
+        items.insert(1, ("BC", (self.bc_y_px, self.bc_z_px)))
+        return items
+
+
+_MIDAS_KEYS = {
+    "lsd_um": "Lsd",
+    "tx_deg": "tx",
+    "ty_deg": "ty",
+    "tz_deg": "tz",
+    "pixel_size_y_um": "pxY",
+    "pixel_size_z_um": "pxZ",
+    "n_pixels_y": "NrPixelsY",
+    "n_pixels_z": "NrPixelsZ",
+    "rho_d_um": "RhoD",
+    "distortion": "p",
+    "parallax_um": "Parallax",
+    "im_trans_opt": "ImTransOpt",
+    "r_min_px": "RMin",
+    "r_max_px": "RMax",
+    "r_bin_px": "RBinSize",
+    "eta_min_deg": "EtaMin",
+    "eta_max_deg": "EtaMax",
+    "eta_bin_deg": "EtaBinSize",
+    "q_min": "QMin",
+    "q_max": "QMax",
+    "q_bin": "QBinSize",
+    "tth_min_deg": "TthMin",
+    "tth_max_deg": "TthMax",
+    "tth_bin_deg": "TthBinSize",
+    "wavelength_angstrom": "Wavelength",
+    "mask_file": "MaskFile",
+    "distortion_file": "DistortionFile",
+    "residual_correction_map": "ResidualCorrectionMap",
+    "panel_shifts_file": "PanelShiftsFile",
+    "dark_file": "Dark",
+    "n_panels_y": "NPanelsY",
+    "n_panels_z": "NPanelsZ",
+    "panel_size_y": "PanelSizeY",
+    "panel_size_z": "PanelSizeZ",
+    "panel_gaps_y": "PanelGapsY",
+    "panel_gaps_z": "PanelGapsZ",
+    "sub_pixel_level": "SubPixelLevel",
+    "sub_pixel_cardinal_width_deg": "SubPixelCardinalWidth",
+    "solid_angle_correction": "SolidAngleCorrection",
+    "polarization_correction": "PolarizationCorrection",
+    "polarization_fraction": "PolarizationFraction",
+    "polarization_plane_eta_deg": "PolarizationPlaneEtaDeg",
+    "normalize": "Normalize",
+    "gradient_correction": "GradientCorrection",
+    "omega_sum_frames": "OmegaSumFrames",
+    "sum_images": "SumImages",
+    "save_individual_frames": "SaveIndividualFrames",
+    "skip_frame": "SkipFrame",
+    "omega_start_deg": "OmegaStart",
+    "omega_step_deg": "OmegaStep",
+    "write_2d": "Write2D",
+    "do_peak_fit": "DoPeakFit",
+    "peak_locations": "PeakLocation",
+    "fit_roi_padding": "FitROIPadding",
+    "fit_roi_auto": "FitROIAuto",
+    "auto_detect_peaks": "AutoDetectPeaks",
+    "max_n_peaks": "MaxNPeaks",
+    "snip_iterations": "SNIPIterations",
+    "doublet_separation": "DoubletSeparation",
+    "multiple_peaks": "MultiplePeaks",
+    "do_smoothing": "DoSmoothing",
+    "gsas_polariz": "Polariz",
+    "gsas_sh_l": "SHpL",
+    "gsas_u": "U",
+    "gsas_v": "V",
+    "gsas_w": "W",
+    "gsas_x": "X",
+    "gsas_y": "Y",
+    "gsas_z": "Z",
+}
+
+#: Fields that shape a detector map (and so its cache key).
+_MAP_FIELDS = {
+    "lsd_um", "bc_y_px", "bc_z_px", "tx_deg", "ty_deg", "tz_deg", "pixel_size_y_um",
+    "pixel_size_z_um", "n_pixels_y", "n_pixels_z", "rho_d_um", "distortion", "parallax_um",
+    "im_trans_opt", "r_min_px", "r_max_px", "r_bin_px", "eta_min_deg", "eta_max_deg",
+    "eta_bin_deg", "q_min", "q_max", "q_bin", "tth_min_deg", "tth_max_deg", "tth_bin_deg",
+    "wavelength_angstrom", "mask_file", "distortion_file", "residual_correction_map",
+    "panel_shifts_file", "n_panels_y", "n_panels_z", "panel_size_y", "panel_size_z",
+    "panel_gaps_y", "panel_gaps_z", "sub_pixel_level", "sub_pixel_cardinal_width_deg",
+}  # fmt: skip
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (tuple, list)):
+        return " ".join(_format_value(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _override_lines(overrides: list[str] | dict[str, Any] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [f"{k} {_format_value(v)}" for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        raise ParameterError("overrides: expected a list of 'Key value' strings or a dict, got a str")
+    return [str(o) for o in overrides]
+
+
+def _tupled(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

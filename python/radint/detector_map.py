@@ -1,0 +1,376 @@
+"""DetectorMap: the exact pixel → (R, η) bin map, built in Rust, viewed from numpy without copies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint import _core
+from radint.config import IntegrationConfig
+from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
+
+log = logging.getLogger("radint")
+
+_CACHE_VERSION = 1
+
+
+def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
+    if not config.mask_file:
+        return None
+    import tifffile
+
+    path = Path(config.mask_file)
+    if not path.is_file():
+        raise RadintFileNotFoundError(f"{path}: MaskFile not found")
+    mask = tifffile.imread(path)
+    if mask.shape != config.shape:
+        raise ShapeError(
+            f"{path}: MaskFile shape must be {config.shape} (NrPixelsZ, NrPixelsY), got {mask.shape}"
+        )
+    # MIDAS: a pixel is masked only where the mask holds exactly 1.
+    return np.ascontiguousarray(mask == 1, dtype=np.uint8)
+
+
+def _read_f64_maps(path_text: str, config: IntegrationConfig, count: int, what: str) -> list:
+    path = Path(path_text)
+    if not path.is_file():
+        raise RadintFileNotFoundError(f"{path}: {what} not found")
+    n = config.n_pixels_y * config.n_pixels_z
+    data = np.fromfile(path, dtype="<f8")
+    if data.size != count * n:
+        raise ShapeError(
+            f"{path}: {what} must hold {count}x{n} float64 values "
+            f"({count} map(s) of {config.n_pixels_z}x{config.n_pixels_y}), got {data.size}"
+        )
+    return [np.ascontiguousarray(data[k * n : (k + 1) * n]) for k in range(count)]
+
+
+def _map_inputs(config: IntegrationConfig) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if config.distortion_file:
+        inputs["distortion_y"], inputs["distortion_z"] = _read_f64_maps(
+            config.distortion_file, config, 2, "DistortionFile"
+        )
+    if config.residual_correction_map:
+        (inputs["residual"],) = _read_f64_maps(
+            config.residual_correction_map, config, 1, "ResidualCorrectionMap"
+        )
+    if config.panel_shifts_file:
+        path = Path(config.panel_shifts_file)
+        if not path.is_file():
+            raise RadintFileNotFoundError(f"{path}: PanelShiftsFile not found")
+        inputs["panel_shifts"] = (str(path), path.read_text())
+    return inputs
+
+
+class DetectorMap:
+    """Sparse CSR map from raw-image pixels to (R, η) bins with exact overlap areas.
+
+    Bin ``b = r·n_eta + e``; the entries of bin b are ``indptr[b]:indptr[b+1]``. The arrays
+    (``indptr``, ``pixel``, ``area``, ``delta_r``, ``weight``, ``mask_hit``,
+    ``bin_geometric_area``) are read-only numpy views of memory owned by the compiled core.
+    """
+
+    def __init__(self, core: Any, config: IntegrationConfig | None = None) -> None:
+        self._core = core
+        self.config = config
+        self.origin = "built"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        config: IntegrationConfig,
+        n_threads: int | None = None,
+        mask: np.ndarray | None = None,
+    ) -> DetectorMap:
+        """Build the exact map of ``config`` (MaskFile, DistortionFile, panels, ImTransOpt applied).
+
+        Parameters
+        ----------
+        config : IntegrationConfig
+        n_threads : int, optional
+            Threads for the build (default: all cores).
+        mask : ndarray of bool/uint8, shape (n_pixels_z, n_pixels_y), optional
+            Extra map-time mask (True/1 = masked), OR-ed with ``MaskFile``.
+        """
+        config.validate()
+        file_mask = _read_mask(config)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != config.shape:
+                raise ShapeError(f"mask: expected shape {config.shape}, got {mask.shape}")
+            mask = mask.astype(bool)
+            file_mask = mask if file_mask is None else (file_mask.astype(bool) | mask)
+        if file_mask is not None:
+            file_mask = np.ascontiguousarray(file_mask, dtype=np.uint8).ravel()
+        core = _core.build_map(
+            config.core_dict(), mask=file_mask, n_threads=n_threads, **_map_inputs(config)
+        )
+        return cls(core, config)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        shape: tuple[int, int],
+        r_edges_px: np.ndarray,
+        eta_edges_deg: np.ndarray,
+        indptr: np.ndarray,
+        pixel: np.ndarray,
+        area: np.ndarray,
+        delta_r: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+        mask_hit: np.ndarray | None = None,
+        bin_geometric_area: np.ndarray | None = None,
+        config: IntegrationConfig | None = None,
+    ) -> DetectorMap:
+        """Assemble a map from CSR arrays (validated: lengths, monotone indptr, pixel range)."""
+
+        def arr(a: Any, dtype: Any) -> np.ndarray | None:
+            return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+        core = _core.MapCore.from_arrays(
+            int(shape[1]),
+            int(shape[0]),
+            arr(r_edges_px, np.float64),
+            arr(eta_edges_deg, np.float64),
+            arr(indptr, np.uint64),
+            arr(pixel, np.uint32),
+            arr(area, np.float32),
+            arr(delta_r, np.float32),
+            arr(weight, np.float64),
+            arr(mask_hit, np.uint8),
+            arr(bin_geometric_area, np.float64),
+        )
+        return cls(core, config)
+
+    @classmethod
+    def load_midas(
+        cls,
+        directory: str | Path,
+        config: IntegrationConfig,
+        sampling: str = "bilinear",
+        gradient_correction: bool | None = None,
+    ) -> DetectorMap:
+        """Read MIDAS ``Map.bin``/``nMap.bin``/``maskMap.bin`` from ``directory``.
+
+        Fractional positions become bilinear weights over up to 4 pixels (``sampling=
+        "bilinear"``, the C CPU integrator) or the truncated pixel (``"floor"``, the C GPU
+        program). The C ``frac`` (corrections folded in) becomes the signal weight and
+        ``areaWeight`` the area, so integrating reproduces C numbers. With gradient correction
+        (default: the config's ``GradientCorrection``) positions are first moved by −δR along
+        the radial direction from the beam centre, as MIDAS does.
+        """
+        gradient = config.gradient_correction if gradient_correction is None else gradient_correction
+        centre = (config.bc_y_px, config.bc_z_px) if gradient else None
+        core, info = _core.load_midas(str(directory), config.core_dict(), sampling, centre)
+        if info.get("hash_matches") is False:
+            log.warning(
+                "%s: Map.bin header hash differs from these parameters' C hash; "
+                "the map may have been built for another geometry",
+                directory,
+            )
+        m = cls(core, config)
+        m.origin = f"MIDAS files in {directory}"
+        m.midas_header = info
+        return m
+
+    def save_midas(self, directory: str | Path, config: IntegrationConfig | None = None) -> Path:
+        """Write MIDAS ``Map.bin``, ``nMap.bin`` (and ``maskMap.bin`` when a bin is flagged).
+
+        ``frac`` carries the C mapper's solid-angle / polarization factors when the config asks
+        for them (evaluated at pixel centres); ``areaWeight`` is the exact overlap area.
+        """
+        config = config or self.config
+        if config is None:
+            raise MapFormatError("save_midas needs the IntegrationConfig the map was built from")
+        factor = None
+        if config.solid_angle_correction or config.polarization_correction:
+            from radint.corrections import midas_frac_factor
+
+            factor = midas_frac_factor(config)
+        directory = Path(directory)
+        self._core.save_midas(str(directory), config.core_dict(), factor)
+        return directory
+
+    # ------------------------------------------------------------------ cache
+    def save(self, path: str | Path) -> Path:
+        """Save to radint's own cache format (an uncompressed ``.npz``), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "version": np.array(_CACHE_VERSION),
+            "shape": np.array(self.shape),
+            "r_edges": self.r_edges_px,
+            "eta_edges": self.eta_edges_deg,
+            "indptr": self.indptr,
+            "pixel": self.pixel,
+            "area": self.area,
+            "delta_r": self.delta_r,
+            "mask_hit": self.mask_hit,
+            "bin_geometric_area": self.bin_geometric_area,
+        }
+        if self.weight is not None:
+            arrays["weight"] = self.weight
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, config: IntegrationConfig | None = None) -> DetectorMap:
+        """Load a map saved with :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path) as z:
+                if int(z["version"]) != _CACHE_VERSION:
+                    raise MapFormatError(f"{path}: cache version {int(z['version'])} is not supported")
+                m = cls.from_arrays(
+                    tuple(int(v) for v in z["shape"]),
+                    z["r_edges"],
+                    z["eta_edges"],
+                    z["indptr"],
+                    z["pixel"],
+                    z["area"],
+                    z["delta_r"],
+                    z["weight"] if "weight" in z.files else None,
+                    z["mask_hit"],
+                    z["bin_geometric_area"],
+                    config=config,
+                )
+        except (OSError, KeyError, ValueError) as e:
+            if isinstance(e, MapFormatError):
+                raise
+            raise MapFormatError(f"{path}: not a radint map cache ({e})") from e
+        m.origin = f"cache {path}"
+        return m
+
+    @classmethod
+    def cached(
+        cls, config: IntegrationConfig, cache_dir: str | Path, n_threads: int | None = None
+    ) -> DetectorMap:
+        """Load the map for ``config`` from ``cache_dir`` if its key matches, else build and save it."""
+        path = Path(cache_dir) / f"radint-map-{config.map_key()}.npz"
+        if path.is_file():
+            try:
+                m = cls.load(path, config)
+                log.info("reusing cached detector map %s", path)
+                return m
+            except MapFormatError as e:
+                log.warning("rebuilding detector map: %s", e)
+        m = cls.build(config, n_threads=n_threads)
+        try:
+            m.save(path)
+            log.info("saved detector map cache %s", path)
+        except OSError as e:
+            log.warning("could not cache detector map at %s: %s", path, e)
+        return m
+
+    # ------------------------------------------------------------------ views
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Raw image shape (rows, columns) = (n_pixels_z, n_pixels_y)."""
+        return (self._core.n_z, self._core.n_y)
+
+    @property
+    def n_r(self) -> int:
+        """Number of radial bins."""
+        return self._core.n_r
+
+    @property
+    def n_eta(self) -> int:
+        """Number of azimuthal bins."""
+        return self._core.n_eta
+
+    @property
+    def n_bins(self) -> int:
+        """``n_r · n_eta``."""
+        return self.n_r * self.n_eta
+
+    @property
+    def n_entries(self) -> int:
+        """Number of (pixel, bin) entries."""
+        return self._core.n_entries
+
+    @property
+    def r_edges_px(self) -> np.ndarray:
+        """Radial bin edges in R pixels, shape (n_r + 1,)."""
+        return self._core.r_edges
+
+    @property
+    def eta_edges_deg(self) -> np.ndarray:
+        """Azimuthal bin edges in degrees, shape (n_eta + 1,)."""
+        return self._core.eta_edges
+
+    @property
+    def indptr(self) -> np.ndarray:
+        """CSR row pointer, uint64, shape (n_bins + 1,)."""
+        return self._core.indptr
+
+    @property
+    def pixel(self) -> np.ndarray:
+        """Flat raw-image pixel index ``z·n_y + y`` of each entry, uint32."""
+        return self._core.pixel
+
+    @property
+    def area(self) -> np.ndarray:
+        """Overlap area (px²) of each entry, float32."""
+        return self._core.area
+
+    @property
+    def delta_r(self) -> np.ndarray:
+        """R of the pixel centre minus R of the bin centre (px), float32."""
+        return self._core.delta_r
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """Per-entry signal weight of MIDAS C maps (None for radint maps: weight = area)."""
+        return self._core.weight
+
+    @property
+    def mask_hit(self) -> np.ndarray:
+        """1 where a masked pixel overlaps the bin, uint8, shape (n_bins,)."""
+        return self._core.mask_hit
+
+    @property
+    def bin_geometric_area(self) -> np.ndarray:
+        """Σ overlap of all pixels incl. masked ones per bin, float64, shape (n_bins,)."""
+        return self._core.bin_geometric_area
+
+    def stats(self) -> dict[str, Any]:
+        """Summary numbers for ``radint info`` and benchmarks."""
+        counts = np.diff(self.indptr.astype(np.int64))
+        cumulative = np.concatenate([[0.0], np.cumsum(self.area, dtype=np.float64)])
+        indptr = self.indptr.astype(np.int64)
+        bin_area = cumulative[indptr[1:]] - cumulative[indptr[:-1]]
+        n_pix = self.shape[0] * self.shape[1]
+        return {
+            "shape": self.shape,
+            "n_r": self.n_r,
+            "n_eta": self.n_eta,
+            "n_bins": self.n_bins,
+            "n_entries": self.n_entries,
+            "entries_per_pixel": self.n_entries / max(n_pix, 1),
+            "empty_bins": int((counts == 0).sum()),
+            "masked_touched_bins": int(self.mask_hit.sum()),
+            "total_area_px2": float(bin_area.sum()),
+            "memory_mb": sum(a.nbytes for a in (self.indptr, self.pixel, self.area, self.delta_r))
+            / 1e6,
+            "origin": self.origin,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"DetectorMap(shape={self.shape}, n_r={self.n_r}, n_eta={self.n_eta}, "
+            f"entries={self.n_entries}, origin={self.origin!r})"
+        )

@@ -1,0 +1,393 @@
+"""The Integrator: the one integration API used by the CLI, batch, streaming and GPU code."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint import _core
+from radint.config import IntegrationConfig
+from radint.corrections import pixel_geometry, polarization, solid_angle
+from radint.detector_map import DetectorMap
+from radint.exceptions import (
+    BackendUnavailableError,
+    DtypeError,
+    InvalidInputError,
+    ShapeError,
+)
+from radint.result import Result
+
+log = logging.getLogger("radint")
+
+BACKENDS = ("cpu", "cuda", "auto")
+COMPAT = (None, "midas-cpu", "midas-gpu")
+_SUPPORTED_DTYPES = {np.dtype(t) for t in ("u1", "u2", "u4", "i4", "i8", "f4", "f8")}
+
+
+def _cuda_status() -> tuple[bool, str]:
+    """Whether the CUDA backend can run here, and why not."""
+    try:
+        from radint.gpu import cuda_available
+    except ImportError as e:
+        return False, f"radint.gpu unavailable ({e})"
+    return cuda_available()
+
+
+class Integrator:
+    """Integrate frames into (η, R) cakes and radial lineouts with one detector map.
+
+    Parameters
+    ----------
+    config : IntegrationConfig
+        Geometry, binning and corrections.
+    backend : {"cpu", "cuda", "auto"}
+        ``"cpu"``: Rust/rayon. ``"cuda"``: CuPy kernels on the same map (``radint[gpu]``).
+        ``"auto"``: cuda when usable, else cpu (with a log line saying why).
+    n_threads : int, optional
+        CPU threads (default: all cores). The library never sizes a global pool.
+    detector_map : DetectorMap, optional
+        A prebuilt map (e.g. ``DetectorMap.load_midas``); built (or loaded from ``cache_dir``)
+        when omitted.
+    compat : {None, "midas-cpu", "midas-gpu"}
+        Intensity rules: radint's own (default: empty bins NaN, area-weighted lineout), the
+        MIDAS C CPU integrator's (masked-touched bins NaN, empty 0, lineout = mean of non-zero η
+        bins) or the MIDAS GPU program's (A > 1e-9 else 0, area-weighted lineout).
+    mask : ndarray of bool, shape (n_pixels_z, n_pixels_y), optional
+        Integration-time pixel mask (True = ignore), on top of the map's MaskFile.
+    flat : ndarray, shape (n_pixels_z, n_pixels_y), optional
+        Flat-field response; pixels are divided by it (≤ 0 or NaN ⇒ masked).
+    solid_angle : {"midas", "exact", None, "config"}
+        Solid-angle correction model; ``"config"`` (default) = ``"midas"`` if the parameter file
+        sets ``SolidAngleCorrection 1``, else none.
+    polarization : {"midas", "kahn", None, "config"}
+        Polarization model; ``"config"`` = ``"midas"`` if ``PolarizationCorrection 1``.
+    error_model : {"poisson", None}
+        Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma).
+    precision : {"float64", "float32"}
+        Accumulator precision: float64 (default, ~1e-15 relative) or float32 (faster, ~1e-6).
+    lineout_mode : {"area_weighted", "midas_nonzero_mean"}
+        η reduction of the lineout: Σ signal / Σ area (default) or MIDAS CPU's mean of the
+        non-zero η bins.
+    empty_value : float
+        Value of cake bins no pixel reached (NaN by default).
+    dead_below, hot_above : float, optional
+        Raw values below / above these are treated as masked (costs one float copy per frame).
+    cache_dir : path, optional
+        Where to cache the built map (keyed by everything that shapes it).
+    """
+
+    def __init__(
+        self,
+        config: IntegrationConfig,
+        backend: str = "cpu",
+        n_threads: int | None = None,
+        detector_map: DetectorMap | None = None,
+        compat: str | None = None,
+        mask: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        solid_angle: str | None = "config",
+        polarization: str | None = "config",
+        error_model: str | None = "poisson",
+        precision: str = "float64",
+        lineout_mode: str = "area_weighted",
+        empty_value: float = math.nan,
+        dead_below: float | None = None,
+        hot_above: float | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if compat not in COMPAT:
+            raise InvalidInputError(f"compat must be one of {COMPAT}, got {compat!r}")
+        if error_model not in ("poisson", None):
+            raise InvalidInputError(f"error_model must be 'poisson' or None, got {error_model!r}")
+        if precision not in ("float64", "float32"):
+            raise InvalidInputError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if lineout_mode not in ("area_weighted", "midas_nonzero_mean"):
+            raise InvalidInputError(
+                f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
+            )
+        self.config = config.validate()
+        self.n_threads = n_threads
+        self.compat = compat
+        self.error_model = error_model
+        self.precision = precision
+        self.lineout_mode = "midas_nonzero_mean" if compat == "midas-cpu" else lineout_mode
+        self.empty_value = 0.0 if compat else empty_value
+        self.dead_below = dead_below
+        self.hot_above = hot_above
+        self.backend = self._choose_backend(backend)
+        if detector_map is None:
+            if cache_dir is not None:
+                detector_map = DetectorMap.cached(config, cache_dir, n_threads=n_threads)
+            else:
+                detector_map = DetectorMap.build(config, n_threads=n_threads)
+        if detector_map.shape != config.shape:
+            raise ShapeError(
+                f"detector map is for {detector_map.shape} (rows, columns) images, "
+                f"the configuration for {config.shape}"
+            )
+        self.map = detector_map
+        self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
+        self._axes = self._make_axes()
+        self._gpu: Any = None
+
+    # ------------------------------------------------------------------ setup
+    def _choose_backend(self, backend: str) -> str:
+        if backend == "cpu":
+            return "cpu"
+        ok, why = _cuda_status()
+        if backend == "cuda" and not ok:
+            raise BackendUnavailableError(
+                f"backend='cuda' is not available: {why}. Install the GPU extra "
+                "(pip install 'radint[gpu]') on a machine with an NVIDIA GPU, or use backend='cpu'."
+            )
+        if backend == "auto" and not ok:
+            log.info("backend auto: using cpu (%s)", why)
+            return "cpu"
+        return "cuda"
+
+    def _pixel_scale(
+        self,
+        mask: np.ndarray | None,
+        flat: np.ndarray | None,
+        solid_angle_model: str | None,
+        polarization_model: str | None,
+    ) -> np.ndarray | None:
+        """1 / (solid angle × polarization × flat) per pixel, NaN where masked; None if all 1."""
+        cfg = self.config
+        if solid_angle_model == "config":
+            solid_angle_model = "midas" if cfg.solid_angle_correction else None
+        if polarization_model == "config":
+            polarization_model = "midas" if cfg.polarization_correction else None
+        if self.map.weight is not None and (solid_angle_model or polarization_model):
+            log.info("MIDAS map: corrections are already folded into its weights; not applied again")
+            solid_angle_model = polarization_model = None
+        self.solid_angle_model = solid_angle_model
+        self.polarization_model = polarization_model
+        shape = cfg.shape
+        correction = np.ones(shape[0] * shape[1])
+        used = False
+        if solid_angle_model or polarization_model:
+            g = pixel_geometry(cfg, self.n_threads)
+            if solid_angle_model:
+                correction *= solid_angle(g, solid_angle_model)
+            if polarization_model:
+                correction *= polarization(
+                    g, polarization_model, cfg.polarization_fraction, cfg.polarization_plane_eta_deg
+                )
+            used = True
+        if flat is not None:
+            flat = np.asarray(flat, dtype=np.float64)
+            if flat.shape != shape:
+                raise ShapeError(f"flat: expected shape {shape} (rows, columns), got {flat.shape}")
+            flat = flat.ravel()
+            correction = correction * np.where(flat > 0, flat, np.nan)
+            used = True
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = 1.0 / correction
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != shape:
+                raise ShapeError(f"mask: expected shape {shape} (rows, columns), got {mask.shape}")
+            scale[mask.ravel().astype(bool)] = np.nan
+            used = True
+        scale[~np.isfinite(scale)] = np.nan
+        return np.ascontiguousarray(scale) if used else None
+
+    def _make_axes(self) -> dict[str, np.ndarray]:
+        cfg = self.config
+        r_edges = np.asarray(self.map.r_edges_px, dtype=np.float64)
+        eta_edges = np.asarray(self.map.eta_edges_deg, dtype=np.float64)
+        r = 0.5 * (r_edges[1:] + r_edges[:-1])
+        tth = cfg.two_theta_deg(r)
+        q = cfg.q_inv_angstrom(r)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(q > 0, 2 * math.pi / q, np.nan)
+        return {
+            "radius_px": r,
+            "two_theta_deg": tth,
+            "q_inv_angstrom": q,
+            "d_spacing_angstrom": d,
+            "eta_deg": 0.5 * (eta_edges[1:] + eta_edges[:-1]),
+            "r_edges_px": r_edges,
+            "eta_edges_deg": eta_edges,
+        }
+
+    # ------------------------------------------------------------------ checks
+    def _check_frames(self, frames: Any, ndim: int, what: str) -> np.ndarray:
+        a = np.asarray(frames)
+        if a.dtype not in _SUPPORTED_DTYPES:
+            if a.dtype.kind in "iub" and a.dtype.itemsize <= 8:
+                a = a.astype(np.int64 if a.dtype.kind == "i" else np.uint32 if a.dtype.itemsize <= 4 else np.float64)
+            elif a.dtype.kind == "f":
+                a = a.astype(np.float64)
+            else:
+                raise DtypeError(
+                    f"{what}: dtype must be an integer or real floating type "
+                    f"(uint8/16/32, int32/64, float32/64), got {a.dtype}"
+                )
+        shape = self.config.shape
+        if a.ndim != ndim or a.shape[-2:] != shape:
+            want = shape if ndim == 2 else ("n_frames", *shape)
+            raise ShapeError(f"{what}: expected shape {want} (rows, columns), got {a.shape}")
+        a = np.ascontiguousarray(a)
+        if self.dead_below is not None or self.hot_above is not None:
+            a = a.astype(np.float64)
+            if self.dead_below is not None:
+                a[a < self.dead_below] = np.nan
+            if self.hot_above is not None:
+                a[a > self.hot_above] = np.nan
+        return a
+
+    def _prepare_dark(self, dark: Any) -> np.ndarray | None:
+        if dark is None:
+            return None
+        d = np.asarray(dark)
+        if d.dtype.kind not in "iuf":
+            raise DtypeError(f"dark: expected a real numeric array, got dtype {d.dtype}")
+        if d.shape != self.config.shape:
+            raise ShapeError(f"dark: expected shape {self.config.shape} (rows, columns), got {d.shape}")
+        return np.ascontiguousarray(d, dtype=np.float64).ravel()
+
+    def _prepare_variance(self, variance: Any) -> np.ndarray | None:
+        if variance is None:
+            return None
+        v = np.asarray(variance, dtype=np.float64)
+        if v.shape != self.config.shape:
+            raise ShapeError(f"variance: expected shape {self.config.shape} (rows, columns), got {v.shape}")
+        if np.any(v < 0):
+            raise InvalidInputError(f"variance: must be >= 0, found {int((v < 0).sum())} negative values")
+        return np.ascontiguousarray(v).ravel()
+
+    # ------------------------------------------------------------------ integration
+    def integrate(self, frame: Any, dark: Any = None, variance: Any = None) -> Result:
+        """Integrate one frame ``(n_pixels_z, n_pixels_y)`` (raw orientation).
+
+        NaN pixels (float frames) are treated as masked: they contribute neither signal nor
+        area, and ``result.metadata["nan_pixels"]`` counts them.
+        """
+        a = self._check_frames(frame, 2, "frame")
+        return self._run(a, dark, variance, stack=False)
+
+    def integrate_stack(self, frames: Any, dark: Any = None, variance: Any = None) -> Result:
+        """Integrate a stack ``(n_frames, n_pixels_z, n_pixels_y)``, reading the map once per
+        block of 8 frames (sparse matrix × many vectors)."""
+        a = self._check_frames(frames, 3, "frames")
+        return self._run(a, dark, variance, stack=True)
+
+    def _run(self, a: np.ndarray, dark: Any, variance: Any, stack: bool) -> Result:
+        dark_flat = self._prepare_dark(dark)
+        var_flat = self._prepare_variance(variance)
+        if self.backend == "cuda":
+            out = self._gpu_backend().integrate(a, dark=dark_flat, variance=var_flat)
+        else:
+            out = _core.integrate(
+                self.map._core,
+                a,
+                dark=dark_flat,
+                scale=self._scale,
+                error_model="given" if var_flat is not None else (self.error_model or "none"),
+                variance=var_flat,
+                precision=self.precision,
+                normalize=self.config.normalize,
+                rules=self.compat or "radint",
+                lineout=self.lineout_mode,
+                empty_value=self.empty_value,
+                nan_masked_bins=False,
+                n_threads=self.n_threads,
+            )
+        meta: dict[str, Any] = {"backend": self.backend}
+        if a.dtype.kind == "f":
+            meta["nan_pixels"] = int(np.isnan(a).sum())
+        return self._result(out, stack, meta)
+
+    def _gpu_backend(self) -> Any:
+        if self._gpu is None:
+            from radint.gpu import CudaIntegrator
+
+            self._gpu = CudaIntegrator(self)
+        return self._gpu
+
+    def _result(self, out: dict[str, Any], stack: bool, meta: dict[str, Any]) -> Result:
+        n_r, n_eta = self.map.n_r, self.map.n_eta
+        n = int(out["n_frames"])
+
+        def cake(key: str) -> np.ndarray | None:
+            if key not in out:
+                return None
+            c = np.asarray(out[key]).reshape(n, n_r, n_eta).transpose(0, 2, 1)
+            return c if stack else c[0]
+
+        def line(key: str) -> np.ndarray | None:
+            if key not in out:
+                return None
+            v = np.asarray(out[key]).reshape(n, n_r)
+            return v if stack else v[0]
+
+        return Result(
+            cake=cake("cake"),
+            cake_sigma=cake("cake_sigma"),
+            lineout=line("lineout"),
+            lineout_sigma=line("lineout_sigma"),
+            area=cake("area"),
+            count=cake("count"),
+            config=self.config,
+            normalized=self.config.normalize,
+            lineout_mode=self.lineout_mode,
+            frame_ids=np.arange(n) if stack else None,
+            metadata=meta,
+            **self._axes,
+        )
+
+    # ------------------------------------------------------------------ frame combinations
+    @staticmethod
+    def sum_frames(result: Result, group: int | None = None) -> Result:
+        """MIDAS ``OmegaSumFrames`` / ``SumImages`` as stack reductions.
+
+        Sums the per-frame (normalised) cakes of a stack result in consecutive groups of
+        ``group`` frames (``None`` or ≤ 0: all frames). NaN bins propagate, as in MIDAS.
+        Lineouts and sigmas are combined the same way (sums; sigmas in quadrature).
+        """
+        if not result.is_stack:
+            raise InvalidInputError("sum_frames needs a stack result (integrate_stack)")
+        n = result.n_frames
+        g = n if group is None or group <= 0 else group
+        starts = list(range(0, n, g))
+        cakes = np.stack([result.cake[s : s + g].sum(axis=0) for s in starts])
+        lineouts = np.stack([result.lineout[s : s + g].sum(axis=0) for s in starts])
+        sig = None
+        if result.cake_sigma is not None:
+            sig = np.stack([np.sqrt((result.cake_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts])
+        lsig = None
+        if result.lineout_sigma is not None:
+            lsig = np.stack([np.sqrt((result.lineout_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts])
+        area = result.area[0] if result.area.ndim == 3 else result.area
+        count = result.count[0] if result.count.ndim == 3 else result.count
+        return Result(
+            cake=cakes,
+            cake_sigma=sig,
+            lineout=lineouts,
+            lineout_sigma=lsig,
+            area=np.broadcast_to(area, cakes.shape).copy(),
+            count=np.broadcast_to(count, cakes.shape).copy(),
+            radius_px=result.radius_px,
+            two_theta_deg=result.two_theta_deg,
+            q_inv_angstrom=result.q_inv_angstrom,
+            d_spacing_angstrom=result.d_spacing_angstrom,
+            eta_deg=result.eta_deg,
+            r_edges_px=result.r_edges_px,
+            eta_edges_deg=result.eta_edges_deg,
+            config=result.config,
+            normalized=result.normalized,
+            lineout_mode=result.lineout_mode,
+            frame_ids=np.array([min(s + g, n) - 1 for s in starts]),
+            metadata={**result.metadata, "summed_groups": [(s, min(s + g, n) - 1) for s in starts]},
+        )
+
+    def __repr__(self) -> str:
+        return f"Integrator(backend={self.backend!r}, map={self.map!r}, compat={self.compat!r})"

@@ -1,0 +1,212 @@
+"""pyFAI PONI files ⇄ MIDAS geometry, exactly (no small-angle approximation).
+
+pyFAI places a pixel at ``r_P = R·(p1, p2, L)`` with ``p1 = (i + ½)·pixel1 − poni1`` (rows),
+``p2 = (j + ½)·pixel2 − poni2`` (columns), ``L = dist`` and ``R`` built from rot1..rot3.
+MIDAS places pixel (Y = j, Z = i) at ``r_M = (Lsd, 0, 0) + TRs·(0, (Ycen − Y)·px, (Z − Zcen)·px)``.
+The two lab frames differ by the fixed rotation ``C: (t1, t2, t3) ↦ (t3, −t2, t1)``, so
+``TRs = C·R·Cᵀ``, and Lsd, Ycen, Zcen follow from matching the pixel (0, 0). Both directions are
+tested against pyFAI's own pixel 2θ/χ arrays. η (MIDAS) = 90° − χ (pyFAI), modulo 360°.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint.exceptions import ParameterError, RadintFileNotFoundError
+
+#: MIDAS lab axes expressed in pyFAI's (t1, t2, t3) = (row, column, beam).
+C = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def pyfai_rotation(rot1: float, rot2: float, rot3: float) -> np.ndarray:
+    """pyFAI's rotation matrix (``Geometry.calc_pos_zyx``): columns map (p1, p2, L) to the lab."""
+    c1, s1 = math.cos(rot1), math.sin(rot1)
+    c2, s2 = math.cos(rot2), math.sin(rot2)
+    c3, s3 = math.cos(rot3), math.sin(rot3)
+    return np.array(
+        [
+            [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
+            [c2 * s3, c1 * c3 + s1 * s2 * s3, -(-c3 * s1 + c1 * s2 * s3)],
+            [s2, -c2 * s1, c1 * c2],
+        ]
+    )
+
+
+def midas_tilt_matrix(tx_deg: float, ty_deg: float, tz_deg: float) -> np.ndarray:
+    """``TRs = Rx(tx)·Ry(ty)·Rz(tz)`` (MIDAS, degrees)."""
+    sx, cx = math.sin(math.radians(tx_deg)), math.cos(math.radians(tx_deg))
+    sy, cy = math.sin(math.radians(ty_deg)), math.cos(math.radians(ty_deg))
+    sz, cz = math.sin(math.radians(tz_deg)), math.cos(math.radians(tz_deg))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def read_poni(path: str | Path) -> dict[str, Any]:
+    """Read a PONI file (pyFAI versions 1–2.1) into a dict with SI values.
+
+    Returns keys ``dist, poni1, poni2, rot1, rot2, rot3`` (m, rad), ``pixel1, pixel2`` (m),
+    ``wavelength`` (m, 0 when absent) and ``shape`` (rows, columns) or None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RadintFileNotFoundError(f"{path}: PONI file not found")
+    values: dict[str, tuple[str, int]] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        values[key.strip().lower()] = (value.strip(), number)
+
+    def number(key: str, default: float | None = None) -> float:
+        if key not in values:
+            if default is None:
+                raise ParameterError(f"{path}: missing PONI key '{key}'")
+            return default
+        text, line = values[key]
+        try:
+            return float(text)
+        except ValueError:
+            raise ParameterError(f"{path}:{line}: {key}: expected a number, got '{text}'") from None
+
+    pixel1 = pixel2 = None
+    shape = None
+    if "detector_config" in values:
+        text, line = values["detector_config"]
+        try:
+            det = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ParameterError(f"{path}:{line}: Detector_config: invalid JSON ({e})") from None
+        pixel1, pixel2 = det.get("pixel1"), det.get("pixel2")
+        if det.get("max_shape"):
+            shape = tuple(int(v) for v in det["max_shape"])
+        if det.get("splineFile") or det.get("splinefile"):
+            raise ParameterError(f"{path}:{line}: detectors with a distortion spline are not supported")
+    if pixel1 is None:
+        pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
+    if shape is None and "detector" in values:
+        shape = _known_detector_shape(values["detector"][0])
+    return {
+        "dist": number("distance"),
+        "poni1": number("poni1"),
+        "poni2": number("poni2"),
+        "rot1": number("rot1", 0.0),
+        "rot2": number("rot2", 0.0),
+        "rot3": number("rot3", 0.0),
+        "pixel1": float(pixel1),
+        "pixel2": float(pixel2),
+        "wavelength": number("wavelength", 0.0),
+        "shape": shape,
+        "source": str(path),
+    }
+
+
+def _known_detector_shape(name: str) -> tuple[int, int] | None:
+    shapes = {
+        "pilatus2m": (1679, 1475),
+        "pilatus1m": (1043, 981),
+        "pilatus300k": (619, 487),
+        "eiger4m": (2167, 2070),
+        "eiger9m": (3269, 3110),
+        "eiger16m": (4371, 4150),
+        "eiger1m": (1065, 1030),
+    }
+    return shapes.get(name.strip().lower().replace("_", "").replace(" ", ""))
+
+
+def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
+    """MIDAS fields (``IntegrationConfig`` names) equivalent to a PONI geometry."""
+    p1, p2 = poni["pixel1"], poni["pixel2"]
+    if not math.isclose(p1, p2, rel_tol=1e-9):
+        raise ParameterError(
+            f"{poni.get('source', 'PONI')}: MIDAS geometry needs square pixels, "
+            f"got pixel1={p1} m, pixel2={p2} m"
+        )
+    px = p1
+    rot = C @ pyfai_rotation(poni["rot1"], poni["rot2"], poni["rot3"])
+    trs = rot @ C.T
+    u = rot.T @ np.array([1.0, 0.0, 0.0])
+    if u[2] <= 0:
+        raise ParameterError("PONI geometry: the detector plane does not face the sample")
+    a1 = 0.5 * px - poni["poni1"]
+    a2 = 0.5 * px - poni["poni2"]
+    lsd = poni["dist"] / u[2]
+    z_cen = (lsd * u[0] - a1) / px
+    y_cen = (lsd * u[1] - a2) / px
+    ty = math.degrees(math.asin(max(-1.0, min(1.0, trs[0, 2]))))
+    tz = math.degrees(math.atan2(-trs[0, 1], trs[0, 0]))
+    tx = math.degrees(math.atan2(-trs[1, 2], trs[2, 2]))
+    fields: dict[str, Any] = {
+        "lsd_um": lsd * 1e6,
+        "bc_y_px": y_cen,
+        "bc_z_px": z_cen,
+        "tx_deg": tx,
+        "ty_deg": ty,
+        "tz_deg": tz,
+        "pixel_size_y_um": px * 1e6,
+        "pixel_size_z_um": px * 1e6,
+        "wavelength_angstrom": poni["wavelength"] * 1e10,
+    }
+    if poni.get("shape"):
+        fields["n_pixels_z"], fields["n_pixels_y"] = poni["shape"]
+    return fields
+
+
+def poni_from_midas(config: Any) -> dict[str, Any]:
+    """The PONI geometry of a MIDAS configuration (inverse of :func:`midas_geometry_from_poni`).
+
+    Distortion, panels and ImTransOpt have no PONI equivalent and must be absent.
+    """
+    if any(config.distortion) or config.im_trans_opt or config.n_panels_y:
+        raise ParameterError(
+            "PONI export needs a geometry without distortion, panels or ImTransOpt"
+        )
+    px = config.pixel_size_y_um * 1e-6
+    trs = midas_tilt_matrix(config.tx_deg, config.ty_deg, config.tz_deg)
+    rot = C.T @ trs @ C
+    rot2 = math.asin(max(-1.0, min(1.0, rot[2, 0])))
+    rot3 = math.atan2(rot[1, 0], rot[0, 0])
+    rot1 = math.atan2(-rot[2, 1], rot[2, 2])
+    lsd = config.lsd_um * 1e-6
+    u = rot[2]  # third row of R = Rᵀ·e3 = (C·R)ᵀ·x̂
+    dist = lsd * u[2]
+    a1 = lsd * u[0] - config.bc_z_px * px
+    a2 = lsd * u[1] - config.bc_y_px * px
+    return {
+        "dist": dist,
+        "poni1": 0.5 * px - a1,
+        "poni2": 0.5 * px - a2,
+        "rot1": rot1,
+        "rot2": rot2,
+        "rot3": rot3,
+        "pixel1": px,
+        "pixel2": px,
+        "wavelength": config.wavelength_angstrom * 1e-10,
+        "shape": (config.n_pixels_z, config.n_pixels_y),
+    }
+
+
+def write_poni(config: Any, path: str | Path) -> Path:
+    """Write a PONI file (version 2.1) for a MIDAS configuration."""
+    g = poni_from_midas(config)
+    det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"], "max_shape": list(g["shape"])}
+    text = (
+        "# Written by radint from MIDAS geometry\n"
+        "poni_version: 2.1\n"
+        "Detector: Detector\n"
+        f"Detector_config: {json.dumps(det)}\n"
+        f"Distance: {g['dist']!r}\n"
+        f"Poni1: {g['poni1']!r}\nPoni2: {g['poni2']!r}\n"
+        f"Rot1: {g['rot1']!r}\nRot2: {g['rot2']!r}\nRot3: {g['rot3']!r}\n"
+        f"Wavelength: {g['wavelength']!r}\n"
+    )
+    path = Path(path)
+    path.write_text(text)
+    return path
