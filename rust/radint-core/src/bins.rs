@@ -6,7 +6,7 @@ use crate::params::{Params, RadialMode};
 /// `ceil` as the MIDAS C code does it, guarded against absurd counts.
 fn count(span: f64, step: f64, key: &str, source: &str) -> Result<usize> {
     let n = (span / step).ceil();
-    if !(n >= 1.0 && n < 1e9) {
+    if !(1.0..1e9).contains(&n) {
         return Err(Error::Parameter {
             location: crate::error::Location {
                 file: source.to_string(),
@@ -36,7 +36,7 @@ pub fn radial_count(p: &Params) -> Result<usize> {
 /// Number of azimuthal bins.
 pub fn eta_count(p: &Params) -> usize {
     let n = ((p.eta_max_deg - p.eta_min_deg) / p.eta_bin_deg).ceil();
-    if n >= 1.0 && n < 1e9 {
+    if (1.0..1e9).contains(&n) {
         n as usize
     } else {
         1
@@ -52,7 +52,9 @@ pub fn r_px_of_two_theta(p: &Params, two_theta_rad: f64) -> f64 {
 pub fn radial_edges(p: &Params) -> Result<Vec<f64>> {
     let n = radial_count(p)?;
     let edges: Vec<f64> = match p.radial_mode() {
-        RadialMode::Radius => (0..=n).map(|k| p.r_min_px + k as f64 * p.r_bin_px).collect(),
+        RadialMode::Radius => (0..=n)
+            .map(|k| p.r_min_px + k as f64 * p.r_bin_px)
+            .collect(),
         RadialMode::Q => (0..=n)
             .map(|k| {
                 let q = p.q_min + k as f64 * p.q_bin;
@@ -67,7 +69,10 @@ pub fn radial_edges(p: &Params) -> Result<Vec<f64>> {
             })
             .collect(),
     };
-    if edges.windows(2).any(|w| !(w[1] > w[0]) || !w[1].is_finite()) {
+    if edges
+        .windows(2)
+        .any(|w| !(w[1] > w[0]) || !w[1].is_finite())
+    {
         return Err(Error::Invalid(format!(
             "{}: radial bin edges are not strictly increasing and finite (check QMax/TthMax against the detector)",
             p.source

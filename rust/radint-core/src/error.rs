@@ -72,7 +72,11 @@ impl Error {
         }
     }
 
-    pub fn shape(what: impl Into<String>, expected: impl fmt::Display, got: impl fmt::Display) -> Self {
+    pub fn shape(
+        what: impl Into<String>,
+        expected: impl fmt::Display,
+        got: impl fmt::Display,
+    ) -> Self {
         Error::Shape {
             what: what.into(),
             expected: expected.to_string(),

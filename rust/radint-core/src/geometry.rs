@@ -139,7 +139,11 @@ impl Geometry {
         let rho = (b * b + c * c).sqrt();
         let rad = (l / x) * rho;
         // η = atan2(−b, c); on the axis itself MIDAS gets atan2(−0, 0) = 0.
-        let (cos_eta, sin_eta) = if rho > 0.0 { (c / rho, -b / rho) } else { (1.0, 0.0) };
+        let (cos_eta, sin_eta) = if rho > 0.0 {
+            (c / rho, -b / rho)
+        } else {
+            (1.0, 0.0)
+        };
         let d = if self.has_distortion || panel.d_p2 != 0.0 {
             self.distortion_factor(rad, cos_eta, sin_eta, panel.d_p2)
         } else {
@@ -320,17 +324,61 @@ mod tests {
         let g = Geometry::new(&p);
         // (Y, Z, Rad µm, D, R px, η deg, 2θ deg, Q)
         let rows = [
-            (1000.0, 921.034377, 54060.1597, 0.9999822056, 314.297661, 90.001567, 4.700696, 2.979335),
-            (685.485460, 1300.0, 65159.0359, 0.9999347711, 378.806893, -0.0, 5.659774, 3.586752),
-            (100.0, 200.0, 160047.3382, 0.9999235042, 930.436600, -140.923194, 13.681017, 8.652968),
-            (1400.0, 1600.0, 169175.9465, 1.0000244585, 983.605141, 46.461478, 14.430981, 9.124860),
+            (
+                1000.0,
+                921.034377,
+                54060.1597,
+                0.9999822056,
+                314.297661,
+                90.001567,
+                4.700696,
+                2.979335,
+            ),
+            (
+                685.485460,
+                1300.0,
+                65159.0359,
+                0.9999347711,
+                378.806893,
+                -0.0,
+                5.659774,
+                3.586752,
+            ),
+            (
+                100.0,
+                200.0,
+                160047.3382,
+                0.9999235042,
+                930.436600,
+                -140.923194,
+                13.681017,
+                8.652968,
+            ),
+            (
+                1400.0,
+                1600.0,
+                169175.9465,
+                1.0000244585,
+                983.605141,
+                46.461478,
+                14.430981,
+                9.124860,
+            ),
         ];
         for (y, z, rad, d, r, eta, tth, q) in rows {
             let pt = g.point(y, z, PanelOffset::default());
             assert!((pt.rad_um - rad).abs() < 1e-4, "rad {} vs {rad}", pt.rad_um);
-            assert!((pt.distortion_factor - d).abs() < 1e-10, "D {}", pt.distortion_factor);
+            assert!(
+                (pt.distortion_factor - d).abs() < 1e-10,
+                "D {}",
+                pt.distortion_factor
+            );
             assert!((pt.r_px - r).abs() < 1e-6, "R {} vs {r}", pt.r_px);
-            assert!((pt.eta_deg - eta).abs() < 1e-6, "eta {} vs {eta}", pt.eta_deg);
+            assert!(
+                (pt.eta_deg - eta).abs() < 1e-6,
+                "eta {} vs {eta}",
+                pt.eta_deg
+            );
             let two_theta = g.two_theta_rad(pt.r_px);
             assert!((two_theta.to_degrees() - tth).abs() < 1e-6);
             let qq = 4.0 * std::f64::consts::PI / p.wavelength_angstrom * (two_theta / 2.0).sin();

@@ -15,13 +15,16 @@ use crate::map::DetectorMap;
 
 /// A pixel type a frame may hold; read in place, converted per entry.
 pub trait Pixel: Copy + Send + Sync + 'static {
+    /// Whether values can be NaN (and so need the masking checks).
+    const IS_FLOAT: bool;
     fn to_f64(self) -> f64;
     fn to_f32(self) -> f32;
 }
 
 macro_rules! impl_pixel {
-    ($($t:ty),*) => {$(
+    ($is_float:expr; $($t:ty),*) => {$(
         impl Pixel for $t {
+            const IS_FLOAT: bool = $is_float;
             #[inline(always)]
             fn to_f64(self) -> f64 { self as f64 }
             #[inline(always)]
@@ -29,7 +32,8 @@ macro_rules! impl_pixel {
         }
     )*};
 }
-impl_pixel!(u8, u16, u32, i32, i64, u64, f32, f64);
+impl_pixel!(false; u8, u16, u32, i32, i64, u64);
+impl_pixel!(true; f32, f64);
 
 /// Accumulator precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,19 +87,33 @@ pub struct Sums {
     pub count: Vec<u32>,
 }
 
-fn check_inputs(map: &DetectorMap, frame_len: usize, n_frames: usize, opts: &Options) -> Result<()> {
+fn check_inputs(
+    map: &DetectorMap,
+    frame_len: usize,
+    n_frames: usize,
+    opts: &Options,
+) -> Result<()> {
     let n = map.n_pixels();
     if frame_len != n * n_frames {
         return Err(Error::shape(
             "frame data",
-            format!("{n_frames} frame(s) of {}x{} (rows x columns) = {} values", map.n_z, map.n_y, n * n_frames),
+            format!(
+                "{n_frames} frame(s) of {}x{} (rows x columns) = {} values",
+                map.n_z,
+                map.n_y,
+                n * n_frames
+            ),
             format!("{frame_len} values"),
         ));
     }
     for (what, v) in [("dark", opts.dark), ("per-pixel scale", opts.scale)] {
         if let Some(v) = v {
             if v.len() != n {
-                return Err(Error::shape(what, format!("{n} values ({}x{})", map.n_z, map.n_y), v.len()));
+                return Err(Error::shape(
+                    what,
+                    format!("{n} values ({}x{})", map.n_z, map.n_y),
+                    v.len(),
+                ));
             }
         }
     }
@@ -170,7 +188,11 @@ pub fn integrate<T: Pixel>(
         n_bins,
         signal: vec![0.0; n_frames * n_bins],
         area: vec![0.0; n_frames * n_bins],
-        variance: if with_var { vec![0.0; n_frames * n_bins] } else { Vec::new() },
+        variance: if with_var {
+            vec![0.0; n_frames * n_bins]
+        } else {
+            Vec::new()
+        },
         count: vec![0; n_frames * n_bins],
     };
     let parts = row_partition(map, 8 * rayon::current_num_threads());
@@ -179,6 +201,10 @@ pub fn integrate<T: Pixel>(
     let variance = split_parts(&mut sums.variance, n_bins, &parts);
     let count = split_parts(&mut sums.count, n_bins, &parts);
     let n_pixels = map.n_pixels();
+    // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
+    // area and count are properties of the map and the loop only sums signal (and variance).
+    let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
+    let bin_area = if dense { map.bin_area() } else { Vec::new() };
     parts
         .par_iter()
         .zip(signal)
@@ -193,16 +219,36 @@ pub fn integrate<T: Pixel>(
                 let mut out = OutBlock {
                     signal: &mut s[f0..f0 + nb],
                     area: &mut a[f0..f0 + nb],
-                    variance: if with_var { &mut v[f0..f0 + nb] } else { &mut [] },
+                    variance: if with_var {
+                        &mut v[f0..f0 + nb]
+                    } else {
+                        &mut []
+                    },
                     count: &mut c[f0..f0 + nb],
                 };
+                if dense {
+                    for k in 0..nb {
+                        let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                        let mut single = out.frame(k);
+                        match opts.precision {
+                            Precision::Double => {
+                                dense_bins::<T, f64>(map, one, lo, hi, opts, &bin_area, &mut single)
+                            }
+                            Precision::Single => {
+                                dense_bins::<T, f32>(map, one, lo, hi, opts, &bin_area, &mut single)
+                            }
+                        }
+                    }
+                    f0 += nb;
+                    continue;
+                }
                 match (nb, opts.precision) {
-                    (FRAME_BLOCK, Precision::Double) => {
-                        bins_block::<T, f64, FRAME_BLOCK>(map, block, n_pixels, lo, hi, opts, &mut out)
-                    }
-                    (FRAME_BLOCK, Precision::Single) => {
-                        bins_block::<T, f32, FRAME_BLOCK>(map, block, n_pixels, lo, hi, opts, &mut out)
-                    }
+                    (FRAME_BLOCK, Precision::Double) => bins_block::<T, f64, FRAME_BLOCK>(
+                        map, block, n_pixels, lo, hi, opts, &mut out,
+                    ),
+                    (FRAME_BLOCK, Precision::Single) => bins_block::<T, f32, FRAME_BLOCK>(
+                        map, block, n_pixels, lo, hi, opts, &mut out,
+                    ),
                     (_, Precision::Double) => {
                         for k in 0..nb {
                             let one = &block[k * n_pixels..(k + 1) * n_pixels];
@@ -237,7 +283,11 @@ impl<'b> OutBlock<'_, 'b> {
         OutBlock {
             signal: &mut self.signal[k..k + 1],
             area: &mut self.area[k..k + 1],
-            variance: if self.variance.is_empty() { &mut [] } else { &mut self.variance[k..k + 1] },
+            variance: if self.variance.is_empty() {
+                &mut []
+            } else {
+                &mut self.variance[k..k + 1]
+            },
             count: &mut self.count[k..k + 1],
         }
     }
@@ -254,28 +304,48 @@ trait Acc: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output 
 
 impl Acc for f64 {
     #[inline(always)]
-    fn from_f64(v: f64) -> Self { v }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
     #[inline(always)]
-    fn from_f32(v: f32) -> Self { v as f64 }
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
     #[inline(always)]
-    fn from_pixel<T: Pixel>(v: T) -> Self { v.to_f64() }
+    fn from_pixel<T: Pixel>(v: T) -> Self {
+        v.to_f64()
+    }
     #[inline(always)]
-    fn to_f64(self) -> f64 { self }
+    fn to_f64(self) -> f64 {
+        self
+    }
     #[inline(always)]
-    fn is_nan(self) -> bool { self.is_nan() }
+    fn is_nan(self) -> bool {
+        self.is_nan()
+    }
 }
 
 impl Acc for f32 {
     #[inline(always)]
-    fn from_f64(v: f64) -> Self { v as f32 }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
     #[inline(always)]
-    fn from_f32(v: f32) -> Self { v }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
     #[inline(always)]
-    fn from_pixel<T: Pixel>(v: T) -> Self { v.to_f32() }
+    fn from_pixel<T: Pixel>(v: T) -> Self {
+        v.to_f32()
+    }
     #[inline(always)]
-    fn to_f64(self) -> f64 { self as f64 }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
     #[inline(always)]
-    fn is_nan(self) -> bool { self.is_nan() }
+    fn is_nan(self) -> bool {
+        self.is_nan()
+    }
 }
 
 /// Accumulate bins `lo..hi` for `NB` frames at once (each map entry is read once per block).
@@ -346,6 +416,73 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
     }
 }
 
+/// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`) with four
+/// independent partial sums so consecutive entries do not wait on one another.
+#[inline(never)]
+fn dense_bins<T: Pixel, A: Acc>(
+    map: &DetectorMap,
+    frame: &[T],
+    lo: usize,
+    hi: usize,
+    opts: &Options,
+    bin_area: &[f64],
+    out: &mut OutBlock,
+) {
+    let with_var = !out.variance.is_empty();
+    let pixel = &map.pixel[..];
+    let area = &map.area[..];
+    let weight = map.weight.as_deref();
+    let given = match opts.error_model {
+        ErrorModel::Given(v) => Some(v),
+        _ => None,
+    };
+    for b in lo..hi {
+        let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
+        let w_of = |e: usize| -> A {
+            match weight {
+                Some(w) => A::from_f64(w[e]),
+                None => A::from_f32(area[e]),
+            }
+        };
+        let mut s = [A::default(); 4];
+        let mut e = e0;
+        if !with_var {
+            while e + 4 <= e1 {
+                for k in 0..4 {
+                    s[k] = s[k] + w_of(e + k) * A::from_pixel(frame[pixel[e + k] as usize]);
+                }
+                e += 4;
+            }
+            while e < e1 {
+                s[0] = s[0] + w_of(e) * A::from_pixel(frame[pixel[e] as usize]);
+                e += 1;
+            }
+        } else {
+            let mut v = A::default();
+            while e < e1 {
+                let p = pixel[e] as usize;
+                let w = w_of(e);
+                let raw = A::from_pixel(frame[p]);
+                s[0] = s[0] + w * raw;
+                let var = match given {
+                    Some(g) => A::from_f64(g[p]),
+                    None => {
+                        let r = raw.to_f64();
+                        A::from_f64(if r > 1.0 { r } else { 1.0 })
+                    }
+                };
+                v = v + w * w * var;
+                e += 1;
+            }
+            out.variance[0][b - lo] = v.to_f64();
+        }
+        let i = b - lo;
+        out.signal[0][i] = ((s[0] + s[1]) + (s[2] + s[3])).to_f64();
+        out.area[0][i] = bin_area[b];
+        out.count[0][i] = (e1 - e0) as u32;
+    }
+}
+
 /// Which rules turn accumulators into intensities (spec §5.2–5.3 for the MIDAS ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rules {
@@ -396,9 +533,17 @@ pub fn finalize(map: &DetectorMap, sums: &Sums, opts: &FinalizeOptions) -> Final
     let total_rows = sums.n_frames * n_r;
     let mut out = Finalized {
         cake: vec![0.0; sums.n_frames * n_bins],
-        cake_sigma: if with_var { vec![0.0; sums.n_frames * n_bins] } else { Vec::new() },
+        cake_sigma: if with_var {
+            vec![0.0; sums.n_frames * n_bins]
+        } else {
+            Vec::new()
+        },
         lineout: vec![0.0; total_rows],
-        lineout_sigma: if with_var { vec![0.0; total_rows] } else { Vec::new() },
+        lineout_sigma: if with_var {
+            vec![0.0; total_rows]
+        } else {
+            Vec::new()
+        },
     };
     if n_eta == 0 || n_r == 0 {
         return out;
@@ -411,14 +556,22 @@ pub fn finalize(map: &DetectorMap, sums: &Sums, opts: &FinalizeOptions) -> Final
     out.cake
         .par_chunks_mut(n_eta)
         .zip(out.cake_sigma.par_chunks_mut(n_eta))
-        .zip(out.lineout.par_iter_mut().zip(out.lineout_sigma.par_iter_mut()))
+        .zip(
+            out.lineout
+                .par_iter_mut()
+                .zip(out.lineout_sigma.par_iter_mut()),
+        )
         .enumerate()
         .for_each(|(row, ((cake, sigma), (line, line_sigma)))| {
             let b0 = row * n_eta;
             let bin0 = b0 % n_bins;
             let s = &sums.signal[b0..b0 + n_eta];
             let a = &sums.area[b0..b0 + n_eta];
-            let v = if with_var { &sums.variance[b0..b0 + n_eta] } else { &[][..] };
+            let v = if with_var {
+                &sums.variance[b0..b0 + n_eta]
+            } else {
+                &[][..]
+            };
             let c = &sums.count[b0..b0 + n_eta];
             let masked = &map.mask_hit[bin0..bin0 + n_eta];
             (*line, *line_sigma) = finalize_row(s, a, v, c, masked, nan_masked, opts, cake, sigma);
@@ -479,8 +632,8 @@ fn finalize_row(
             sigma[e] = if nan { f64::NAN } else { sig };
         }
     }
-    let use_nonzero_mean =
-        opts.rules == Rules::MidasCpu || (opts.rules == Rules::Radint && opts.lineout == LineoutMode::NonzeroMean);
+    let use_nonzero_mean = opts.rules == Rules::MidasCpu
+        || (opts.rules == Rules::Radint && opts.lineout == LineoutMode::NonzeroMean);
     if use_nonzero_mean {
         let (mut sum, mut var, mut n) = (0.0, 0.0, 0usize);
         for e in 0..cake.len() {
@@ -494,7 +647,11 @@ fn finalize_row(
             }
         }
         return if n == 0 {
-            let empty = if opts.rules == Rules::MidasCpu { 0.0 } else { opts.empty_value };
+            let empty = if opts.rules == Rules::MidasCpu {
+                0.0
+            } else {
+                opts.empty_value
+            };
             (empty, empty)
         } else {
             (sum / n as f64, var.sqrt() / n as f64)

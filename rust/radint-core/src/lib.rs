@@ -4,6 +4,9 @@
 //! a CSR [`map::DetectorMap`], MIDAS `Map.bin` files ([`midas_files`]), CSR integration
 //! ([`integrate`]) and peak fitting.
 
+// `!(x > 0.0)` is deliberate: it is true for NaN too. Index loops mirror the CSR formulas.
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
+
 pub mod bins;
 pub mod error;
 pub mod geometry;

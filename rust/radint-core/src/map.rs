@@ -108,7 +108,11 @@ impl DetectorMap {
             )));
         }
         if self.mask_hit.len() != n_bins || self.bin_geometric_area.len() != n_bins {
-            return Err(Error::shape("mask_hit/bin_geometric_area length", n_bins, self.mask_hit.len()));
+            return Err(Error::shape(
+                "mask_hit/bin_geometric_area length",
+                n_bins,
+                self.mask_hit.len(),
+            ));
         }
         Ok(())
     }
@@ -223,7 +227,10 @@ impl Plan {
                 .into_par_iter()
                 .map(|j| {
                     (0..=n_y)
-                        .map(|i| plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default()).0)
+                        .map(|i| {
+                            plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default())
+                                .0
+                        })
                         .collect()
                 })
                 .collect();
@@ -253,7 +260,13 @@ impl Plan {
     }
 
     /// All entries of transformed pixel (i, j), merged per bin.
-    fn map_pixel(&self, i: usize, j: usize, out: &mut Vec<(u32, f64, f64)>, eta_bins: &mut Vec<usize>) {
+    fn map_pixel(
+        &self,
+        i: usize,
+        j: usize,
+        out: &mut Vec<(u32, f64, f64)>,
+        eta_bins: &mut Vec<usize>,
+    ) {
         let idx = j * self.transform.n_y + i;
         let (mut ypr, mut zpr) = (i as f64, j as f64);
         let mut panel = PanelOffset::default();
@@ -277,7 +290,12 @@ impl Plan {
         out.clear();
         if let (Some(grid), 1) = (&self.corner_grid, n_sub) {
             let w = self.transform.n_y + 1;
-            let ids = [j * w + i, j * w + i + 1, (j + 1) * w + i + 1, (j + 1) * w + i];
+            let ids = [
+                j * w + i,
+                j * w + i + 1,
+                (j + 1) * w + i + 1,
+                (j + 1) * w + i,
+            ];
             let corners = ids.map(|k| grid[k]);
             let angles = ids.map(|k| self.corner_eta[k]);
             let r_centre = self.geometry.polar(ypr, zpr, panel).0;
@@ -434,10 +452,7 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
                 plan.map_pixel(i, j, &mut scratch, &mut eta_scratch);
                 let (ry, rz) = plan.transform.raw_of_transformed(i, j);
                 let pixel = (rz * n_y + ry) as u32;
-                let masked = plan
-                    .mask
-                    .as_ref()
-                    .is_some_and(|m| m[j * n_y + i] == 1);
+                let masked = plan.mask.as_ref().is_some_and(|m| m[j * n_y + i] == 1);
                 for &(bin, area, dr_area) in scratch.iter() {
                     if masked {
                         row.masked.push((bin, area));
@@ -508,7 +523,10 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
 }
 
 /// Per raw pixel: R (px) and η (deg) of its centre, and the cosine of its incidence angle.
-pub fn pixel_centres(params: &Params, inputs: &MapInputs) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+pub fn pixel_centres(
+    params: &Params,
+    inputs: &MapInputs,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let plan = Plan::new(params, inputs.clone())?;
     let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
     let n = n_y * n_z;
@@ -535,7 +553,12 @@ pub fn pixel_centres(params: &Params, inputs: &MapInputs) -> Result<(Vec<f64>, V
                     }
                     let p = plan.geometry.point(y, z, panel);
                     let (ry, rz) = plan.transform.raw_of_transformed(i, j);
-                    (rz * n_y + ry, p.r_px, p.eta_deg, plan.geometry.incidence_cosine(y, z))
+                    (
+                        rz * n_y + ry,
+                        p.r_px,
+                        p.eta_deg,
+                        plan.geometry.incidence_cosine(y, z),
+                    )
                 })
                 .collect()
         })
@@ -627,7 +650,7 @@ mod tests {
             .map(|&(b, a, _)| (b as usize / n_eta, a))
             .collect();
         assert_eq!(bins.len(), 3, "{bins:?}");
-                // Independent check (mpmath quadrature split at the kinks): 0.498037824882322335. The
+        // Independent check (mpmath quadrature split at the kinks): 0.498037824882322335. The
         // spec's "exact 0.498036" is 1.8e-6 low; the C mapper's 0.500198 integrates a chord as an arc.
         assert!((bins[1].1 - 0.498037824882322335).abs() < 1e-12, "{bins:?}");
         assert!((bins[0].1 - 0.498778670925400414).abs() < 1e-12, "{bins:?}");

@@ -132,7 +132,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Paths of the three files in a directory.
 pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (dir.join("Map.bin"), dir.join("nMap.bin"), dir.join("maskMap.bin"))
+    (
+        dir.join("Map.bin"),
+        dir.join("nMap.bin"),
+        dir.join("maskMap.bin"),
+    )
 }
 
 /// Per-entry correction factor the C mapper folds into `frac` (spec §3.3 step 6), at the pixel centre.
@@ -157,7 +161,12 @@ pub fn c_correction(p: &Params, r_px: f64, eta_deg: f64) -> f64 {
 ///
 /// `frac_factor[p]` multiplies each entry's area into `frac` (C corrections); `None` = 1. Entries of
 /// a map that carries its own weights keep them. Positions are pixel centres (raw image).
-pub fn write(map: &DetectorMap, dir: &Path, header: &MapHeader, frac_factor: Option<&[f64]>) -> Result<()> {
+pub fn write(
+    map: &DetectorMap,
+    dir: &Path,
+    header: &MapHeader,
+    frac_factor: Option<&[f64]>,
+) -> Result<()> {
     map.check()?;
     let nnz = map.n_entries();
     if nnz > i32::MAX as usize {
@@ -281,7 +290,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io(path.display().to_string(), e))
 }
 
-fn strip_header<'a>(bytes: &'a [u8]) -> (Option<MapHeader>, &'a [u8]) {
+fn strip_header(bytes: &[u8]) -> (Option<MapHeader>, &[u8]) {
     match MapHeader::parse(bytes) {
         Some(h) => (Some(h), &bytes[HEADER_SIZE..]),
         None => (None, bytes),
@@ -347,7 +356,10 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
             let dr = f32_at(rec, 16);
             let a = f32_at(rec, 20);
             if !(y.is_finite() && z.is_finite() && frac.is_finite()) {
-                return Err(Error::format(&map_name, format!("record {k} holds a non-finite position or weight")));
+                return Err(Error::format(
+                    &map_name,
+                    format!("record {k} holds a non-finite position or weight"),
+                ));
             }
             let (y, z) = match opts.gradient_centre {
                 Some((bc_y, bc_z)) => gradient_shift(y, z, dr as f64, bc_y, bc_z),
@@ -368,7 +380,9 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
                     if iy < 0 || iz < 0 || iy as usize >= n_y || iz as usize >= n_z {
                         return Err(Error::format(
                             &map_name,
-                            format!("record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"),
+                            format!(
+                                "record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"
+                            ),
                         ));
                     }
                     push(iz as usize * n_y + iy as usize, 1.0);
@@ -377,7 +391,9 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
                     if !(y > -1.0 && z > -1.0 && y < n_y as f64 && z < n_z as f64) {
                         return Err(Error::format(
                             &map_name,
-                            format!("record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"),
+                            format!(
+                                "record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"
+                            ),
                         ));
                     }
                     for (p, w) in bilinear_pieces(y, z, n_y, n_z) {
@@ -396,10 +412,16 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
         if flags.len() != n_bins * 4 {
             return Err(Error::format(
                 mask_path.display().to_string(),
-                format!("holds {} bytes; expected {n_bins} int32 flags ({} bytes)", flags.len(), n_bins * 4),
+                format!(
+                    "holds {} bytes; expected {n_bins} int32 flags ({} bytes)",
+                    flags.len(),
+                    n_bins * 4
+                ),
             ));
         }
-        (0..n_bins).map(|b| u8::from(i32_at(flags, 4 * b) != 0)).collect()
+        (0..n_bins)
+            .map(|b| u8::from(i32_at(flags, 4 * b) != 0))
+            .collect()
     } else {
         vec![0u8; n_bins]
     };

@@ -253,7 +253,8 @@ impl Line<'_> {
 
     fn usize(&self) -> Result<usize> {
         let v = self.int_at(0)?;
-        usize::try_from(v).map_err(|_| self.err(format!("expected a non-negative integer, got {v}")))
+        usize::try_from(v)
+            .map_err(|_| self.err(format!("expected a non-negative integer, got {v}")))
     }
 
     fn flag(&self) -> Result<bool> {
@@ -280,7 +281,10 @@ fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
         return None;
     }
     let rest = parts.next().unwrap_or("").trim();
-    let values = rest.split_whitespace().map(|v| v.trim_end_matches(';')).collect();
+    let values = rest
+        .split_whitespace()
+        .map(|v| v.trim_end_matches(';'))
+        .collect();
     Some(Line {
         key,
         values,
@@ -578,10 +582,14 @@ impl Params {
         match self.radial_mode() {
             RadialMode::Radius => {
                 if self.r_bin_px <= 0.0 {
-                    return Err(self.invalid("RBinSize", format!("must be > 0, got {}", self.r_bin_px)));
+                    return Err(
+                        self.invalid("RBinSize", format!("must be > 0, got {}", self.r_bin_px))
+                    );
                 }
                 if self.r_min_px < 0.0 {
-                    return Err(self.invalid("RMin", format!("must be >= 0, got {}", self.r_min_px)));
+                    return Err(
+                        self.invalid("RMin", format!("must be >= 0, got {}", self.r_min_px))
+                    );
                 }
                 if self.r_max_px <= self.r_min_px {
                     return Err(self.invalid(
@@ -604,13 +612,18 @@ impl Params {
                 if self.q_max >= q_limit {
                     return Err(self.invalid(
                         "QMax",
-                        format!("must be < 4π/λ = {q_limit:.6} Å⁻¹ (2θ < 180°), got {}", self.q_max),
+                        format!(
+                            "must be < 4π/λ = {q_limit:.6} Å⁻¹ (2θ < 180°), got {}",
+                            self.q_max
+                        ),
                     ));
                 }
             }
             RadialMode::TwoTheta => {
                 if self.tth_min_deg < 0.0 {
-                    return Err(self.invalid("TthMin", format!("must be >= 0, got {}", self.tth_min_deg)));
+                    return Err(
+                        self.invalid("TthMin", format!("must be >= 0, got {}", self.tth_min_deg))
+                    );
                 }
                 if self.tth_max_deg <= self.tth_min_deg || self.tth_max_deg >= 90.0 {
                     return Err(self.invalid(
@@ -623,7 +636,8 @@ impl Params {
                 }
             }
         }
-        let n_bins = crate::bins::radial_count(self)? as u128 * crate::bins::eta_count(self) as u128;
+        let n_bins =
+            crate::bins::radial_count(self)? as u128 * crate::bins::eta_count(self) as u128;
         if n_bins > u32::MAX as u128 {
             return Err(self.invalid(
                 "RBinSize",
@@ -644,7 +658,11 @@ impl Params {
                 if n > 0 && gaps.len() != n - 1 {
                     return Err(self.invalid(
                         key,
-                        format!("expected {} gap values (NPanels - 1), got {}", n - 1, gaps.len()),
+                        format!(
+                            "expected {} gap values (NPanels - 1), got {}",
+                            n - 1,
+                            gaps.len()
+                        ),
                     ));
                 }
             }
@@ -728,7 +746,8 @@ mod tests {
     #[test]
     fn overrides_replace_values() {
         let mut p = Params::parse("NrPixels 10\nImTransOpt 1\nRMax 50\n", "p.txt").unwrap();
-        p.apply_overrides(&["RMax 80".into(), "ImTransOpt 2".into()]).unwrap();
+        p.apply_overrides(&["RMax 80".into(), "ImTransOpt 2".into()])
+            .unwrap();
         assert_eq!(p.r_max_px, 80.0);
         assert_eq!(p.im_trans_opt, vec![2]);
     }

@@ -115,7 +115,10 @@ impl Poly {
             }
             if (fc >= 0.0) != (fn_ >= 0.0) {
                 let t = fc / (fc - fn_);
-                out.push([cur[0] + t * (next[0] - cur[0]), cur[1] + t * (next[1] - cur[1])]);
+                out.push([
+                    cur[0] + t * (next[0] - cur[0]),
+                    cur[1] + t * (next[1] - cur[1]),
+                ]);
             }
         }
         out
@@ -162,7 +165,11 @@ fn triangle_disk_area(a: Pt, b: Pt, r: f64, r2: f64) -> f64 {
         let sq = disc.sqrt();
         // Numerically stable roots.
         let q = -0.5 * (qb + qb.signum() * sq);
-        let (mut t1, mut t2) = if q != 0.0 { (q / qa, qc / q) } else { (0.0, 0.0) };
+        let (mut t1, mut t2) = if q != 0.0 {
+            (q / qa, qc / q)
+        } else {
+            (0.0, 0.0)
+        };
         if t1 > t2 {
             std::mem::swap(&mut t1, &mut t2);
         }

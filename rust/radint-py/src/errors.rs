@@ -20,7 +20,9 @@ fn class_name(e: &Error) -> &'static str {
         Error::Parameter { .. } | Error::MissingParameter { .. } => "ParameterError",
         Error::Format { .. } => "MapFormatError",
         Error::Shape { .. } => "ShapeError",
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "RadintFileNotFoundError",
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "RadintFileNotFoundError"
+        }
         Error::Io { .. } => "RadintIOError",
         Error::Invalid(_) => "InvalidInputError",
     }
@@ -30,32 +32,29 @@ impl From<CoreError> for PyErr {
     fn from(err: CoreError) -> PyErr {
         let message = err.0.to_string();
         let name = class_name(&err.0);
-        Python::attach(|py| {
-            match py
-                .import("radint.exceptions")
-                .and_then(|m| m.getattr(name))
-            {
+        Python::attach(
+            |py| match py.import("radint.exceptions").and_then(|m| m.getattr(name)) {
                 Ok(class) => match class.call1((message.clone(),)) {
                     Ok(instance) => PyErr::from_value(instance),
                     Err(e) => e,
                 },
                 Err(_) => PyRuntimeError::new_err(message),
-            }
-        })
+            },
+        )
     }
 }
 
 /// Raise a radint exception by class name from binding-level validation.
 pub fn raise(name: &'static str, message: String) -> PyErr {
-    Python::attach(|py| {
-        match py.import("radint.exceptions").and_then(|m| m.getattr(name)) {
+    Python::attach(
+        |py| match py.import("radint.exceptions").and_then(|m| m.getattr(name)) {
             Ok(class) => match class.call1((message.clone(),)) {
                 Ok(instance) => PyErr::from_value(instance),
                 Err(e) => e,
             },
             Err(_) => PyRuntimeError::new_err(message),
-        }
-    })
+        },
+    )
 }
 
 pub fn shape_error(message: String) -> PyErr {

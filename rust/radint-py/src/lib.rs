@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use numpy::ndarray::ArrayView1;
-use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use radint_core::integrate as core_integrate;
@@ -38,7 +41,12 @@ fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
             .num_threads(n)
             .thread_name(|i| format!("radint-{i}"))
             .build()
-            .map_err(|e| raise("InvalidInputError", format!("cannot start {n} threads: {e}")))?,
+            .map_err(|e| {
+                raise(
+                    "InvalidInputError",
+                    format!("cannot start {n} threads: {e}"),
+                )
+            })?,
     );
     guard.insert(n, p.clone());
     Ok(p)
@@ -51,7 +59,8 @@ fn run_detached<T: Send>(
     f: impl FnOnce() -> radint_core::Result<T> + Send,
 ) -> PyResult<T> {
     let pool = pool(n_threads)?;
-    py.detach(|| pool.install(f)).map_err(|e| CoreError(e).into())
+    py.detach(|| pool.install(f))
+        .map_err(|e| CoreError(e).into())
 }
 
 /// Parse a MIDAS parameter file (or text when `text` is given) with `Key value` overrides.
@@ -75,10 +84,13 @@ fn parse_params<'py>(
 /// Validate a configuration dict; raises ParameterError naming file, line and key.
 #[pyfunction]
 fn validate_params(config: &Bound<'_, PyDict>) -> PyResult<()> {
-    params::from_dict(config)?.validate().map_err(|e| CoreError(e).into())
+    params::from_dict(config)?
+        .validate()
+        .map_err(|e| CoreError(e).into())
 }
 
 /// Radial edges (R px) and η edges (deg) of a configuration.
+#[allow(clippy::type_complexity)]
 #[pyfunction]
 fn bin_edges<'py>(
     py: Python<'py>,
@@ -169,11 +181,19 @@ fn pixel_centres<'py>(
     residual: Option<PyReadonlyArrayDyn<'py, f64>>,
     panel_shifts: Option<(String, String)>,
     n_threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<(
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
     let p = params::from_dict(config)?;
     let inputs = map_inputs(&p, None, distortion_y, distortion_z, residual, panel_shifts)?;
     let (r, eta, cos_inc) = run_detached(py, n_threads, || map::pixel_centres(&p, &inputs))?;
-    Ok((r.into_pyarray(py), eta.into_pyarray(py), cos_inc.into_pyarray(py)))
+    Ok((
+        r.into_pyarray(py),
+        eta.into_pyarray(py),
+        cos_inc.into_pyarray(py),
+    ))
 }
 
 /// A detector map owned by Rust; its arrays are exposed as read-only numpy views (no copy).
@@ -183,7 +203,10 @@ pub struct MapCore {
 }
 
 /// A read-only numpy view of a slice owned by `owner`.
-fn view<'py, T: numpy::Element>(owner: &Bound<'py, MapCore>, data: &[T]) -> Bound<'py, PyArray1<T>> {
+fn view<'py, T: numpy::Element>(
+    owner: &Bound<'py, MapCore>,
+    data: &[T],
+) -> Bound<'py, PyArray1<T>> {
     let array = ArrayView1::from(data);
     // SAFETY: `data` lives inside the frozen `MapCore` that the array keeps alive as its base object,
     // and nothing mutates a MapCore after construction.
@@ -417,8 +440,9 @@ impl<'py> Frames<'py> {
 }
 
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into()))
+    a.as_slice().map_err(|_| {
+        shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into())
+    })
 }
 
 /// Integrate one frame `(n_z, n_y)` or a stack `(n_frames, n_z, n_y)`; returns a dict of arrays.
@@ -454,9 +478,21 @@ fn integrate<'py>(
             )))
         }
     };
-    let dark = dark.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
-    let scale = scale.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
-    let variance = variance.as_ref().map(|d| d.as_slice()).transpose().map_err(|_| shape_error("variance: expected a contiguous array".into()))?;
+    let dark = dark
+        .as_ref()
+        .map(|d| d.as_slice())
+        .transpose()
+        .map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
+    let scale = scale
+        .as_ref()
+        .map(|d| d.as_slice())
+        .transpose()
+        .map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
+    let variance = variance
+        .as_ref()
+        .map(|d| d.as_slice())
+        .transpose()
+        .map_err(|_| shape_error("variance: expected a contiguous array".into()))?;
     let error_model = match (error_model, variance) {
         ("none", _) => ErrorModel::None,
         ("poisson", _) => ErrorModel::Poisson,
@@ -464,25 +500,44 @@ fn integrate<'py>(
         (other, _) => {
             return Err(raise(
                 "InvalidInputError",
-                format!("error_model must be 'none', 'poisson' or 'given' (with variance=), got '{other}'"),
+                format!(
+                "error_model must be 'none', 'poisson' or 'given' (with variance=), got '{other}'"
+            ),
             ))
         }
     };
     let precision = match precision {
         "float64" => Precision::Double,
         "float32" => Precision::Single,
-        other => return Err(raise("InvalidInputError", format!("precision must be 'float64' or 'float32', got '{other}'"))),
+        other => {
+            return Err(raise(
+                "InvalidInputError",
+                format!("precision must be 'float64' or 'float32', got '{other}'"),
+            ))
+        }
     };
     let rules = match rules {
         "radint" => Rules::Radint,
         "midas-cpu" => Rules::MidasCpu,
         "midas-gpu" => Rules::MidasGpu,
-        other => return Err(raise("InvalidInputError", format!("compat must be None, 'midas-cpu' or 'midas-gpu', got '{other}'"))),
+        other => {
+            return Err(raise(
+                "InvalidInputError",
+                format!("compat must be None, 'midas-cpu' or 'midas-gpu', got '{other}'"),
+            ))
+        }
     };
     let lineout = match lineout {
         "area_weighted" => LineoutMode::AreaWeighted,
         "midas_nonzero_mean" => LineoutMode::NonzeroMean,
-        other => return Err(raise("InvalidInputError", format!("lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got '{other}'"))),
+        other => {
+            return Err(raise(
+                "InvalidInputError",
+                format!(
+                    "lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got '{other}'"
+                ),
+            ))
+        }
     };
     let opts = core_integrate::Options {
         dark,
