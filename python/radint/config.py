@@ -212,7 +212,6 @@ class IntegrationConfig:
         """The dict the compiled core takes."""
         d = self.to_dict()
         d.pop("unknown")
-        d.pop("set_at")
         return d
 
     def validate(self) -> IntegrationConfig:

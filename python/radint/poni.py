@@ -194,12 +194,12 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
 
 
 def write_poni(config: Any, path: str | Path) -> Path:
-    """Write a PONI file (version 2.1) for a MIDAS configuration."""
-    g = poni_from_midas(config)
+    """Write a PONI file (version 2) for a MIDAS configuration."""
+    g = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in poni_from_midas(config).items()}
     det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"], "max_shape": list(g["shape"])}
     text = (
         "# Written by radint from MIDAS geometry\n"
-        "poni_version: 2.1\n"
+        "poni_version: 2\n"
         "Detector: Detector\n"
         f"Detector_config: {json.dumps(det)}\n"
         f"Distance: {g['dist']!r}\n"

@@ -38,7 +38,15 @@ macro_rules! params_conversion {
                             raise("ParameterError", format!("configuration field {key}: wrong length"))
                         })?;
                     } )*
-                    "unknown" | "set_at" => {}
+                    "set_at" => {
+                        let places: std::collections::BTreeMap<String, (String, usize)> =
+                            value.extract().map_err(bad)?;
+                        p.set_at = places
+                            .into_iter()
+                            .map(|(k, (file, line))| (k, radint_core::error::Location { file, line }))
+                            .collect();
+                    }
+                    "unknown" => {}
                     other => {
                         return Err(raise("ParameterError", format!("unknown configuration field '{other}'")));
                     }

@@ -1,0 +1,47 @@
+"""Shared fixtures: small synthetic detectors so the suite stays fast on 2 cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radint import IntegrationConfig
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+SMALL = """
+NrPixelsY 120
+NrPixelsZ 100
+px 172
+Lsd 300000
+BC 55.3 47.8
+tx 0.3
+ty 0.8
+tz -0.6
+Wavelength 0.172973
+RhoD 200000
+p0 0.0002
+p1 0.0001
+p2 -0.0005
+p3 -13.77
+p4 0.0019
+RMin 2
+RMax 70
+RBinSize 0.7
+EtaMin -180
+EtaMax 180
+EtaBinSize 10
+"""
+
+
+@pytest.fixture
+def small_config() -> IntegrationConfig:
+    """A tilted, distorted 120x100 detector with the beam inside it."""
+    return IntegrationConfig.from_text(SMALL, "small.txt")
+
+
+@pytest.fixture
+def example_config() -> IntegrationConfig:
+    """The bundled Pilatus 2M example (MIDAS calibration geometry)."""
+    return IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")

@@ -1,0 +1,152 @@
+"""The exact detector map: invariants, determinism, zero-copy views, MIDAS files, cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from radint import DetectorMap, MapFormatError, RadintError, ShapeError
+from radint.corrections import pixel_geometry
+
+
+def per_pixel_area(m: DetectorMap) -> np.ndarray:
+    return np.bincount(m.pixel, weights=m.area, minlength=m.shape[0] * m.shape[1])
+
+
+def test_invariants(small_config):
+    m = DetectorMap.build(small_config)
+    assert m.n_entries > 0
+    assert np.all(m.area > 0) and np.all(np.isfinite(m.area))
+    assert m.pixel.max() < m.shape[0] * m.shape[1]
+    assert np.all(np.diff(m.indptr.astype(np.int64)) >= 0)
+    # Pixels wholly inside the binned radial range: areas sum to the quad's area. The quad of
+    # an undistorted untilted detector is 1 px²; here (tilt + distortion) it differs by the
+    # Jacobian, so compare with a map whose bins are one huge annulus.
+    g = pixel_geometry(small_config)
+    r = g["r_px"]
+    inside = (r > small_config.r_min_px + 2) & (r < small_config.r_max_px - 2)
+    one_bin = DetectorMap.build(
+        small_config.replace(r_bin_px=small_config.r_max_px - small_config.r_min_px, eta_bin_deg=360)
+    )
+    a_fine = per_pixel_area(m)[inside]
+    a_one = per_pixel_area(one_bin)[inside]
+    np.testing.assert_allclose(a_fine, a_one, rtol=1e-6)  # float32 areas
+    assert np.all(np.abs(a_one - 1) < 0.05)
+
+
+def test_flat_geometry_pixels_have_unit_area(small_config):
+    flat = small_config.replace(tx_deg=0, ty_deg=0, tz_deg=0, distortion=(0.0,) * 15)
+    m = DetectorMap.build(flat)
+    r = pixel_geometry(flat)["r_px"]
+    inside = (r > flat.r_min_px + 2) & (r < flat.r_max_px - 2)
+    np.testing.assert_allclose(per_pixel_area(m)[inside], 1.0, rtol=2e-7)
+
+
+def test_deterministic_across_thread_counts(small_config):
+    a = DetectorMap.build(small_config, n_threads=1)
+    b = DetectorMap.build(small_config, n_threads=2)
+    for name in ("indptr", "pixel", "area", "delta_r", "mask_hit"):
+        assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+
+
+def test_views_are_zero_copy(small_config):
+    m = DetectorMap.build(small_config)
+    v1, v2 = m.pixel, m.pixel
+    assert v1.__array_interface__["data"][0] == v2.__array_interface__["data"][0]
+    assert not v1.flags.writeable and not v1.flags.owndata
+    assert type(v1.base).__name__ == "MapCore"
+
+
+def test_mask_and_imtransopt(small_config, tmp_path):
+    import tifffile
+
+    mask = np.zeros(small_config.shape, np.uint8)
+    mask[10:20, 30:40] = 1
+    mask[50, 50] = 255  # only value 1 masks (MIDAS)
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    m = DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "m.tif")))
+    masked = set(np.flatnonzero(mask.ravel() == 1))
+    assert not masked & set(m.pixel.tolist())
+    assert 50 * 120 + 50 in set(m.pixel.tolist())
+    assert m.mask_hit.sum() > 0
+    with pytest.raises(ShapeError, match=r"MaskFile shape must be \(100, 120\)"):
+        tifffile.imwrite(tmp_path / "bad.tif", mask[:, :60])
+        DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "bad.tif")))
+
+    # A left-right flipped detector (ImTransOpt 1) maps raw pixel (z, y) where the plain map
+    # has (z, NY-1-y).
+    plain = DetectorMap.build(small_config)
+    flipped = DetectorMap.build(small_config.replace(im_trans_opt=(1,)))
+    ny = small_config.n_pixels_y
+    remap = (plain.pixel // ny) * ny + (ny - 1 - plain.pixel % ny)
+    assert sorted(zip(remap.tolist(), plain.area.tolist())) == sorted(
+        zip(flipped.pixel.tolist(), flipped.area.tolist())
+    )
+
+
+def test_midas_files_round_trip(small_config, tmp_path):
+    m = DetectorMap.build(small_config)
+    m.save_midas(tmp_path, small_config)
+    raw = (tmp_path / "Map.bin").read_bytes()
+    assert raw[:4] == (0x3050414D).to_bytes(4, "little")
+    assert (len(raw) - 64) % 24 == 0
+    back = DetectorMap.load_midas(tmp_path, small_config)
+    assert back.midas_header["hash_matches"] is True
+    np.testing.assert_array_equal(back.indptr, m.indptr)
+    np.testing.assert_array_equal(back.pixel, m.pixel)
+    np.testing.assert_array_equal(back.area, m.area)
+    np.testing.assert_array_equal(back.weight, m.area.astype(np.float64))
+
+
+def test_midas_files_errors(small_config, tmp_path):
+    m = DetectorMap.build(small_config)
+    m.save_midas(tmp_path, small_config)
+    with pytest.raises(MapFormatError, match="holds 3528 bins .* parameters give 99 R bins x 36 eta bins"):
+        DetectorMap.load_midas(tmp_path, small_config.replace(r_max_px=71))
+    data = (tmp_path / "Map.bin").read_bytes()
+    (tmp_path / "Map.bin").write_bytes(data[:-5])
+    with pytest.raises(MapFormatError, match="must be a multiple of 24"):
+        DetectorMap.load_midas(tmp_path, small_config)
+    with pytest.raises(RadintError, match="No such file"):
+        DetectorMap.load_midas(tmp_path / "missing", small_config)
+
+
+def test_legacy_headerless_map(small_config, tmp_path):
+    m = DetectorMap.build(small_config)
+    m.save_midas(tmp_path, small_config)
+    for name in ("Map.bin", "nMap.bin"):
+        p = tmp_path / name
+        p.write_bytes(p.read_bytes()[64:])
+    back = DetectorMap.load_midas(tmp_path, small_config)
+    assert back.midas_header["has_header"] is False
+    np.testing.assert_array_equal(back.pixel, m.pixel)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(map_bytes=st.binary(max_size=400), nmap_bytes=st.binary(max_size=400))
+def test_fuzzed_map_files_only_raise_radint_errors(tmp_path_factory, map_bytes, nmap_bytes):
+    from radint import IntegrationConfig
+
+    cfg = IntegrationConfig(n_pixels_y=8, n_pixels_z=8, r_min_px=0, r_max_px=4, r_bin_px=1, eta_bin_deg=180)
+    d = tmp_path_factory.mktemp("fuzz")
+    (d / "Map.bin").write_bytes(map_bytes)
+    (d / "nMap.bin").write_bytes(nmap_bytes)
+    try:
+        DetectorMap.load_midas(d, cfg)
+    except RadintError:
+        pass
+
+
+def test_cache_reuse_and_rebuild(small_config, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="radint")
+    a = DetectorMap.cached(small_config, tmp_path)
+    b = DetectorMap.cached(small_config, tmp_path)
+    assert "reusing cached detector map" in caplog.text
+    np.testing.assert_array_equal(a.pixel, b.pixel)
+    c = DetectorMap.cached(small_config.replace(r_bin_px=0.9), tmp_path)
+    assert c.n_r != a.n_r
+    assert len(list(tmp_path.glob("radint-map-*.npz"))) == 2

@@ -1,0 +1,118 @@
+"""MIDAS parameter files: syntax, overrides, errors, defaults, hash."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from radint import IntegrationConfig, ParameterError, RadintError, RadintFileNotFoundError, _core
+
+
+def test_example_file_parses(example_config):
+    c = example_config
+    assert (c.n_pixels_y, c.n_pixels_z) == (1475, 1679)
+    assert c.lsd_um == pytest.approx(657436.895687981043)
+    assert (c.bc_y_px, c.bc_z_px) == pytest.approx((685.485459654125, 921.034377043941))
+    assert c.distortion[3] == pytest.approx(-13.773706892191)
+    assert c.mask_file.endswith("mask.tif")
+    assert c.set_at["Lsd"][1] == 6
+
+
+def test_syntax_comments_semicolon_accumulation(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text(
+        "# comment\nNrPixels 64;\nLsd 1e6 # inline\nImTransOpt 1\nImTransOpt 2\n"
+        "PeakLocation 10\nPeakLocation 12.5\nWeirdKey some value\nRMax 40\nRMax 50\n"
+    )
+    c = IntegrationConfig.from_midas_params(p)
+    assert (c.n_pixels_y, c.n_pixels_z, c.r_max_px) == (64, 64, 50)
+    assert c.im_trans_opt == (1, 2)
+    assert c.peak_locations == (10, 12.5)
+    assert c.unknown == (("WeirdKey", "some value", str(p), 8),)
+
+
+def test_overrides_replace(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("NrPixels 64\nRMax 40\nImTransOpt 1\n")
+    c = IntegrationConfig.from_midas_params(p, ["RMax 55", "ImTransOpt 2"])
+    assert c.r_max_px == 55 and c.im_trans_opt == (2,)
+    c2 = c.with_overrides({"EtaBinSize": 2})
+    assert c2.eta_bin_deg == 2 and c2.r_max_px == 55
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("NrPixels 10\nRBinSize -0.5\n", "p.txt:2: RBinSize: must be > 0, got -0.5"),
+        ("NrPixels 10\nRMin 50\nRMax 20\n", "p.txt:3: RMax: must be > RMin (50), got 20"),
+        ("NrPixels 10\nLsd abc\n", "p.txt:2: Lsd: expected a finite number, got 'abc'"),
+        ("Lsd 1000\n", "missing required parameter NrPixelsY"),
+        ("NrPixels 10\nBC 3\n", "p.txt:2: BC: expected 2 value(s) (BC y z), got 1"),
+        ("NrPixels 10\nImTransOpt 7\n", "p.txt:2: ImTransOpt: expected an image transform"),
+    ],
+)
+def test_errors_name_file_line_key(tmp_path, text, message):
+    p = tmp_path / "p.txt"
+    p.write_text(text)
+    with pytest.raises(ParameterError) as info:
+        IntegrationConfig.from_midas_params(p).validate()
+    assert message.replace("p.txt", str(p)) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RadintFileNotFoundError, match="parameter file not found"):
+        IntegrationConfig.from_midas_params(tmp_path / "nope.txt")
+
+
+def test_python_defaults_match_rust():
+    rust = IntegrationConfig.from_text("", "<defaults>")
+    py = IntegrationConfig()
+    for f in dataclasses.fields(py):
+        if f.name in ("unknown", "set_at", "source"):
+            continue
+        assert getattr(rust, f.name) == getattr(py, f.name), f.name
+
+
+def test_c_parameter_hash_vector(example_config):
+    c = example_config.replace(r_bin_px=0.25, eta_bin_deg=1.0, im_trans_opt=(2,))
+    text, digest = _core.param_hash(c.core_dict())
+    assert text.startswith("BC=685.485460,921.034377|EtaBinSize=1.000000")
+    assert digest == "a5a7a3c749267634cb19aeb6b071cfbdc4138e9caa8e1ad2a466b78fdbe5be79"
+
+
+def test_midas_text_round_trip(example_config):
+    again = IntegrationConfig.from_text(example_config.midas_text(), "x")
+    assert again == example_config.replace(source="x")
+
+
+KEYS = ["Lsd", "BC", "NrPixels", "NrPixelsY", "RMin", "RMax", "RBinSize", "EtaBinSize",
+        "ImTransOpt", "px", "QBinSize", "Wavelength", "SubPixelLevel", "p3", "PeakLocation", "tx"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*KEYS, "#", "", "Zz"]),
+            st.lists(
+                st.one_of(
+                    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                    st.integers(-10**12, 10**12).map(str),
+                    st.text(max_size=6),
+                ),
+                max_size=3,
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_fuzzed_parameter_text_only_raises_radint_errors(lines):
+    text = "\n".join(" ".join([k, *v]) for k, v in lines)
+    try:
+        IntegrationConfig.from_text(text, "fuzz.txt").validate().bin_edges()
+    except RadintError:
+        pass
