@@ -28,7 +28,9 @@ def test_invariants(small_config):
     r = g["r_px"]
     inside = (r > small_config.r_min_px + 2) & (r < small_config.r_max_px - 2)
     one_bin = DetectorMap.build(
-        small_config.replace(r_bin_px=small_config.r_max_px - small_config.r_min_px, eta_bin_deg=360)
+        small_config.replace(
+            r_bin_px=small_config.r_max_px - small_config.r_min_px, eta_bin_deg=360
+        )
     )
     a_fine = per_pixel_area(m)[inside]
     a_one = per_pixel_area(one_bin)[inside]
@@ -103,7 +105,9 @@ def test_midas_files_round_trip(small_config, tmp_path):
 def test_midas_files_errors(small_config, tmp_path):
     m = DetectorMap.build(small_config)
     m.save_midas(tmp_path, small_config)
-    with pytest.raises(MapFormatError, match="holds 3528 bins .* parameters give 99 R bins x 36 eta bins"):
+    with pytest.raises(
+        MapFormatError, match="holds 3528 bins .* parameters give 99 R bins x 36 eta bins"
+    ):
         DetectorMap.load_midas(tmp_path, small_config.replace(r_max_px=71))
     data = (tmp_path / "Map.bin").read_bytes()
     (tmp_path / "Map.bin").write_bytes(data[:-5])
@@ -124,12 +128,16 @@ def test_legacy_headerless_map(small_config, tmp_path):
     np.testing.assert_array_equal(back.pixel, m.pixel)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(map_bytes=st.binary(max_size=400), nmap_bytes=st.binary(max_size=400))
 def test_fuzzed_map_files_only_raise_radint_errors(tmp_path_factory, map_bytes, nmap_bytes):
     from radint import IntegrationConfig
 
-    cfg = IntegrationConfig(n_pixels_y=8, n_pixels_z=8, r_min_px=0, r_max_px=4, r_bin_px=1, eta_bin_deg=180)
+    cfg = IntegrationConfig(
+        n_pixels_y=8, n_pixels_z=8, r_min_px=0, r_max_px=4, r_bin_px=1, eta_bin_deg=180
+    )
     d = tmp_path_factory.mktemp("fuzz")
     (d / "Map.bin").write_bytes(map_bytes)
     (d / "nMap.bin").write_bytes(nmap_bytes)

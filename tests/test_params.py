@@ -101,7 +101,7 @@ KEYS = ["Lsd", "BC", "NrPixels", "NrPixelsY", "RMin", "RMax", "RBinSize", "EtaBi
             st.lists(
                 st.one_of(
                     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                    st.integers(-10**12, 10**12).map(str),
+                    st.integers(-(10**12), 10**12).map(str),
                     st.text(max_size=6),
                 ),
                 max_size=3,

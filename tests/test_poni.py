@@ -19,7 +19,9 @@ def test_midas_to_poni_matches_pyfai_pixel_angles(small_config, tmp_path):
     tth = ai.twoThetaArray(cfg.shape)
     chi = ai.chiArray(cfg.shape)
     g = pixel_geometry(cfg)
-    np.testing.assert_allclose(g["two_theta_rad"].reshape(cfg.shape), tth, atol=1e-8)  # pyFAI keeps pixel positions in float32
+    np.testing.assert_allclose(
+        g["two_theta_rad"].reshape(cfg.shape), tth, atol=1e-8
+    )  # pyFAI keeps pixel positions in float32
     eta_from_chi = (90.0 - np.degrees(chi) + 180.0) % 360.0 - 180.0
     d = (g["eta_deg"].reshape(cfg.shape) - eta_from_chi + 180.0) % 360.0 - 180.0
     # pyFAI's float32 positions blur χ near the beam centre; compare as arc length (px).
@@ -39,7 +41,9 @@ def test_poni_to_midas_round_trip(tmp_path):
     assert cfg.shape == (300, 260) and cfg.wavelength_angstrom == pytest.approx(1.0)
     ai = pyFAI.load(str(tmp_path / "a.poni"))
     g = pixel_geometry(cfg)
-    np.testing.assert_allclose(g["two_theta_rad"].reshape(cfg.shape), ai.twoThetaArray(cfg.shape), atol=1e-8)
+    np.testing.assert_allclose(
+        g["two_theta_rad"].reshape(cfg.shape), ai.twoThetaArray(cfg.shape), atol=1e-8
+    )
     back = read_poni(write_poni(cfg, tmp_path / "b.poni"))
     ref = read_poni(tmp_path / "a.poni")
     for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3"):

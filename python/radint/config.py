@@ -256,7 +256,12 @@ class IntegrationConfig:
 
         shaping = {k: v for k, v in self.core_dict().items() if k in _MAP_FIELDS}
         h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
-        for name in ("mask_file", "distortion_file", "residual_correction_map", "panel_shifts_file"):
+        for name in (
+            "mask_file",
+            "distortion_file",
+            "residual_correction_map",
+            "panel_shifts_file",
+        ):
             path = getattr(self, name)
             if path:
                 try:
@@ -389,7 +394,9 @@ def _override_lines(overrides: list[str] | dict[str, Any] | None) -> list[str]:
     if isinstance(overrides, dict):
         return [f"{k} {_format_value(v)}" for k, v in overrides.items()]
     if isinstance(overrides, str):
-        raise ParameterError("overrides: expected a list of 'Key value' strings or a dict, got a str")
+        raise ParameterError(
+            "overrides: expected a list of 'Key value' strings or a dict, got a str"
+        )
     return [str(o) for o in overrides]
 
 

@@ -24,7 +24,9 @@ SOLID_ANGLE_MODELS = ("midas", "exact")
 POLARIZATION_MODELS = ("midas", "kahn")
 
 
-def pixel_geometry(config: IntegrationConfig, n_threads: int | None = None) -> dict[str, np.ndarray]:
+def pixel_geometry(
+    config: IntegrationConfig, n_threads: int | None = None
+) -> dict[str, np.ndarray]:
     """R (px), η (deg), 2θ (rad) and incidence cosine of every raw pixel centre, flat arrays."""
     from radint.detector_map import _map_inputs
 
@@ -33,7 +35,12 @@ def pixel_geometry(config: IntegrationConfig, n_threads: int | None = None) -> d
     r, eta, cos_inc = _core.pixel_centres(config.core_dict(), n_threads=n_threads, **inputs)
     r = np.asarray(r)
     two_theta = np.arctan(r * config.pixel_size_y_um / config.lsd_um)
-    return {"r_px": r, "eta_deg": np.asarray(eta), "two_theta_rad": two_theta, "cos_incidence": np.asarray(cos_inc)}
+    return {
+        "r_px": r,
+        "eta_deg": np.asarray(eta),
+        "two_theta_rad": two_theta,
+        "cos_incidence": np.asarray(cos_inc),
+    }
 
 
 def solid_angle(geometry: dict[str, np.ndarray], model: str) -> np.ndarray:
@@ -42,7 +49,9 @@ def solid_angle(geometry: dict[str, np.ndarray], model: str) -> np.ndarray:
         return np.cos(geometry["two_theta_rad"]) ** 3
     if model == "exact":
         return geometry["cos_incidence"] ** 3
-    raise InvalidInputError(f"solid_angle must be one of {SOLID_ANGLE_MODELS} or None, got {model!r}")
+    raise InvalidInputError(
+        f"solid_angle must be one of {SOLID_ANGLE_MODELS} or None, got {model!r}"
+    )
 
 
 def polarization(
@@ -55,8 +64,12 @@ def polarization(
     if model == "midas":
         return 1.0 - fraction * s2 * np.cos(eta) ** 2
     if model == "kahn":
-        return 0.5 * (1.0 + np.cos(tth) ** 2 - fraction * np.cos(2 * (eta - np.radians(plane_eta_deg))) * s2)
-    raise InvalidInputError(f"polarization must be one of {POLARIZATION_MODELS} or None, got {model!r}")
+        return 0.5 * (
+            1.0 + np.cos(tth) ** 2 - fraction * np.cos(2 * (eta - np.radians(plane_eta_deg))) * s2
+        )
+    raise InvalidInputError(
+        f"polarization must be one of {POLARIZATION_MODELS} or None, got {model!r}"
+    )
 
 
 def midas_frac_factor(config: IntegrationConfig) -> np.ndarray:

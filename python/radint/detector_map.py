@@ -166,7 +166,9 @@ class DetectorMap:
         (default: the config's ``GradientCorrection``) positions are first moved by −δR along
         the radial direction from the beam centre, as MIDAS does.
         """
-        gradient = config.gradient_correction if gradient_correction is None else gradient_correction
+        gradient = (
+            config.gradient_correction if gradient_correction is None else gradient_correction
+        )
         centre = (config.bc_y_px, config.bc_z_px) if gradient else None
         core, info = _core.load_midas(str(directory), config.core_dict(), sampling, centre)
         if info.get("hash_matches") is False:
@@ -234,7 +236,9 @@ class DetectorMap:
         try:
             with np.load(path) as z:
                 if int(z["version"]) != _CACHE_VERSION:
-                    raise MapFormatError(f"{path}: cache version {int(z['version'])} is not supported")
+                    raise MapFormatError(
+                        f"{path}: cache version {int(z['version'])} is not supported"
+                    )
                 m = cls.from_arrays(
                     tuple(int(v) for v in z["shape"]),
                     z["r_edges"],

@@ -165,7 +165,9 @@ class Integrator:
         if polarization_model == "config":
             polarization_model = "midas" if cfg.polarization_correction else None
         if self.map.weight is not None and (solid_angle_model or polarization_model):
-            log.info("MIDAS map: corrections are already folded into its weights; not applied again")
+            log.info(
+                "MIDAS map: corrections are already folded into its weights; not applied again"
+            )
             solid_angle_model = polarization_model = None
         self.solid_angle_model = solid_angle_model
         self.polarization_model = polarization_model
@@ -223,7 +225,13 @@ class Integrator:
         a = np.asarray(frames)
         if a.dtype not in _SUPPORTED_DTYPES:
             if a.dtype.kind in "iub" and a.dtype.itemsize <= 8:
-                a = a.astype(np.int64 if a.dtype.kind == "i" else np.uint32 if a.dtype.itemsize <= 4 else np.float64)
+                a = a.astype(
+                    np.int64
+                    if a.dtype.kind == "i"
+                    else np.uint32
+                    if a.dtype.itemsize <= 4
+                    else np.float64
+                )
             elif a.dtype.kind == "f":
                 a = a.astype(np.float64)
             else:
@@ -251,7 +259,9 @@ class Integrator:
         if d.dtype.kind not in "iuf":
             raise DtypeError(f"dark: expected a real numeric array, got dtype {d.dtype}")
         if d.shape != self.config.shape:
-            raise ShapeError(f"dark: expected shape {self.config.shape} (rows, columns), got {d.shape}")
+            raise ShapeError(
+                f"dark: expected shape {self.config.shape} (rows, columns), got {d.shape}"
+            )
         return np.ascontiguousarray(d, dtype=np.float64).ravel()
 
     def _prepare_variance(self, variance: Any) -> np.ndarray | None:
@@ -259,9 +269,13 @@ class Integrator:
             return None
         v = np.asarray(variance, dtype=np.float64)
         if v.shape != self.config.shape:
-            raise ShapeError(f"variance: expected shape {self.config.shape} (rows, columns), got {v.shape}")
+            raise ShapeError(
+                f"variance: expected shape {self.config.shape} (rows, columns), got {v.shape}"
+            )
         if np.any(v < 0):
-            raise InvalidInputError(f"variance: must be >= 0, found {int((v < 0).sum())} negative values")
+            raise InvalidInputError(
+                f"variance: must be >= 0, found {int((v < 0).sum())} negative values"
+            )
         return np.ascontiguousarray(v).ravel()
 
     # ------------------------------------------------------------------ integration
@@ -362,10 +376,14 @@ class Integrator:
         lineouts = np.stack([result.lineout[s : s + g].sum(axis=0) for s in starts])
         sig = None
         if result.cake_sigma is not None:
-            sig = np.stack([np.sqrt((result.cake_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts])
+            sig = np.stack(
+                [np.sqrt((result.cake_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts]
+            )
         lsig = None
         if result.lineout_sigma is not None:
-            lsig = np.stack([np.sqrt((result.lineout_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts])
+            lsig = np.stack(
+                [np.sqrt((result.lineout_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts]
+            )
         area = result.area[0] if result.area.ndim == 3 else result.area
         count = result.count[0] if result.count.ndim == 3 else result.count
         return Result(

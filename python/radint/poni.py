@@ -88,7 +88,9 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         if det.get("max_shape"):
             shape = tuple(int(v) for v in det["max_shape"])
         if det.get("splineFile") or det.get("splinefile"):
-            raise ParameterError(f"{path}:{line}: detectors with a distortion spline are not supported")
+            raise ParameterError(
+                f"{path}:{line}: detectors with a distortion spline are not supported"
+            )
     if pixel1 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
     if shape is None and "detector" in values:
@@ -195,7 +197,10 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
 
 def write_poni(config: Any, path: str | Path) -> Path:
     """Write a PONI file (version 2) for a MIDAS configuration."""
-    g = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in poni_from_midas(config).items()}
+    g = {
+        k: (float(v) if isinstance(v, (float, np.floating)) else v)
+        for k, v in poni_from_midas(config).items()
+    }
     det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"], "max_shape": list(g["shape"])}
     text = (
         "# Written by radint from MIDAS geometry\n"

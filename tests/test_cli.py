@@ -1,0 +1,32 @@
+"""The radint command line on the bundled example."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radint.cli import main
+from tests.conftest import EXAMPLES
+
+
+def test_map_info_integrate(tmp_path, capsys):
+    params = str(EXAMPLES / "parameters.txt")
+    assert main(["map", params, "RBinSize", "4", "EtaBinSize", "30", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "Map.bin").stat().st_size > 64
+    assert (tmp_path / "maskMap.bin").exists()
+    assert main(["info", params, "RBinSize", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "298 radial bins" in out
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "2", "-o", str(tmp_path)]) == 0
+    npz = np.load(tmp_path / "ceo2_pilatus.npz")
+    assert npz["lineout"].shape == (3, 595)
+    lines = (tmp_path / "ceo2_pilatus_lineout.xy").read_text().splitlines()
+    assert lines[0].startswith("# 2theta_deg") and len(lines) == 1 + 3 * 595
+
+
+def test_bad_input_exit_code(tmp_path, capsys):
+    bad = tmp_path / "p.txt"
+    bad.write_text("NrPixels 10\nRBinSize -1\n")
+    assert main(["map", str(bad), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "p.txt:2: RBinSize: must be > 0, got -1" in err
