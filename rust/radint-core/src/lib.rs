@@ -6,6 +6,8 @@
 
 // `!(x > 0.0)` is deliberate: it is true for NaN too. Index loops mirror the CSR formulas.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
+// Test vectors are quoted with all the digits their sources give.
+#![cfg_attr(test, allow(clippy::excessive_precision))]
 
 pub mod bins;
 pub mod error;
