@@ -32,9 +32,7 @@ class TiffSource(FrameSource):
         try:
             return self._tif.pages[index].asarray()
         except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
-            raise ReaderError(
-                f"{self.path}: page {index} is truncated or corrupt ({exc})"
-            ) from exc
+            raise ReaderError(f"{self.path}: page {index} is truncated or corrupt ({exc})") from exc
 
     def close(self) -> None:
         """Close the TIFF file."""
