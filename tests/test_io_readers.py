@@ -65,7 +65,10 @@ def test_wrong_shape_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "scan.h5"
     with h5py.File(path, "w") as f:
         f["exchange/data"] = STACK
-    with pytest.raises(ReaderError, match=r"scan\.h5:exchange/data: frame 0 has shape \(12, 9\), expected \(10, 10\)"):
+    with pytest.raises(
+        ReaderError,
+        match=r"scan\.h5:exchange/data: frame 0 has shape \(12, 9\), expected \(10, 10\)",
+    ):
         list(read_frames(path, shape=(10, 10)))
 
 
