@@ -1,0 +1,95 @@
+"""Facts every writer derives from a Result: config values with defaults, frame axes, version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from typing import Any
+
+import numpy as np
+
+from radint.result import Result
+
+# MIDAS defaults (spec §1.2, §7.4) used when a Result carries no configuration.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "lsd_um": 1e6,
+    "pixel_size_y_um": 200.0,
+    "wavelength_angstrom": 0.0,
+    "omega_start_deg": 0.0,
+    "omega_step_deg": 0.0,
+    "omega_sum_frames": 1,
+    "save_individual_frames": True,
+    "sum_images": False,
+    "solid_angle_correction": False,
+    "polarization_correction": False,
+    "gsas_polariz": 0.99,
+    "gsas_sh_l": 0.002,
+    "gsas_u": 1.163,
+    "gsas_v": -0.126,
+    "gsas_w": 0.063,
+    "gsas_x": 0.0,
+    "gsas_y": 0.0,
+    "gsas_z": 0.0,
+}
+
+HC_KEV_ANGSTROM = 12.398419843320026
+
+
+def cfg(result: Result, name: str) -> Any:
+    """``result.config.<name>``, or the MIDAS default when there is no config or no such field."""
+    return getattr(result.config, name, CONFIG_DEFAULTS[name])
+
+
+def config_dict(result: Result) -> dict[str, Any]:
+    """The full configuration as a JSON-serialisable dict (empty without a config)."""
+    return {} if result.config is None else dict(result.config.to_dict())
+
+
+def software_version() -> str:
+    """Installed radint version, ``"unknown"`` when running from a source tree."""
+    try:
+        return importlib.metadata.version("radint")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def stacked(a: np.ndarray | None, ndim: int) -> np.ndarray | None:
+    """``a`` with a leading frame axis (a single-frame array gets one of length 1)."""
+    if a is None:
+        return None
+    return a[np.newaxis] if a.ndim == ndim else a
+
+
+def frame_ids(result: Result) -> np.ndarray:
+    """Frame identifiers of the result, shape (n_frames,), int64 (0..n-1 when not set)."""
+    if result.frame_ids is not None:
+        return np.asarray(result.frame_ids, dtype=np.int64).reshape(-1)
+    return np.arange(result.n_frames, dtype=np.int64)
+
+
+def two_theta_edges_deg(result: Result) -> np.ndarray | None:
+    """2θ of the radial bin edges (deg), shape (n_r + 1,); None without a config.
+
+    2θ = atan(R·px / Lsd), the relation MIDAS uses for bin centres (spec §5.4).
+    """
+    if result.config is None:
+        return None
+    r_um = np.asarray(result.r_edges_px, dtype=np.float64) * cfg(result, "pixel_size_y_um")
+    return np.degrees(np.arctan(r_um / cfg(result, "lsd_um")))
+
+
+def q_from_two_theta(two_theta_deg: np.ndarray, wavelength_angstrom: float) -> np.ndarray:
+    """Q = 4π/λ·sin(2θ/2) in Å⁻¹ (NaN when λ ≤ 0)."""
+    if not wavelength_angstrom > 0:
+        return np.full_like(two_theta_deg, math.nan, dtype=np.float64)
+    return 4 * math.pi / wavelength_angstrom * np.sin(np.radians(two_theta_deg) / 2)
+
+
+def omegas_deg(result: Result) -> np.ndarray:
+    """ω of each frame (deg), shape (n_frames,): ``metadata['omega_deg']`` when present, else
+    ``omega_start_deg + position·omega_step_deg``."""
+    given = result.metadata.get("omega_deg")
+    if given is not None:
+        return np.asarray(given, dtype=np.float64).reshape(-1)
+    start, step = cfg(result, "omega_start_deg"), cfg(result, "omega_step_deg")
+    return start + step * np.arange(result.n_frames, dtype=np.float64)

@@ -1,0 +1,83 @@
+"""The per-format frame source that :func:`radint.io.read_frames` drives.
+
+Every format module subclasses :class:`FrameSource`: it opens the file, knows how many frames it
+holds and reads one frame on request, so iteration keeps one frame in memory at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from radint.io.errors import ReaderError
+
+
+class FrameSource:
+    """An open frame file: ``n_frames`` frames of ``frame_shape``, read one at a time.
+
+    Parameters
+    ----------
+    path : Path
+        The file (or Zarr directory) being read.
+    """
+
+    #: True when ``dtype=`` describes the bytes on disk (raw, GE) rather than a cast.
+    dtype_on_disk = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n_frames = 0
+        self.frame_shape: tuple[int, ...] = ()
+        self.label = str(path)
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame ``index`` (0 ≤ index < n_frames) as a 2-D array of shape ``frame_shape``."""
+        raise NotImplementedError
+
+    def frame_metadata(self, index: int) -> dict[str, Any]:
+        """Per-frame metadata (empty unless the format stores some)."""
+        return {}
+
+    def default_indices(self) -> range:
+        """Frames read when the caller selects none (all of them unless the format says to skip)."""
+        return range(self.n_frames)
+
+    def close(self) -> None:
+        """Release the file handle."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def check_index(self, index: int) -> int:
+        """``index`` made non-negative; ReaderError when outside ``[-n_frames, n_frames)``."""
+        if not -self.n_frames <= index < self.n_frames:
+            raise ReaderError(
+                f"{self.label}: frame {index} requested, file holds {self.n_frames} frame(s)"
+            )
+        return index % self.n_frames
+
+
+def frames_from_stack(label: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+    """Number of frames and frame shape of a 2-D (one frame) or 3-D (stack) dataset shape.
+
+    Leading axes of length 1 beyond the third are dropped (e.g. ``(1, n, z, y)``).
+    """
+    dims = list(shape)
+    while len(dims) > 3 and dims[0] == 1:
+        dims.pop(0)
+    if len(dims) == 2:
+        return 1, (dims[0], dims[1])
+    if len(dims) == 3:
+        return dims[0], (dims[1], dims[2])
+    raise ReaderError(f"{label}: expected a 2-D frame or 3-D stack, found shape {tuple(shape)}")

@@ -1,0 +1,79 @@
+"""Atomic output: write under a hidden temporary name in the target directory, then rename.
+
+An interrupted or failed write leaves no file under the final name (at most a hidden
+``.<name>.<random>.partial`` that no reader mistakes for a result, removed on any Python-level
+failure); a successful one replaces the target in one ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden name next to ``path`` (same directory, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit_path(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` (file or directory) onto ``final``, replacing what was there.
+
+    A file is fsync-ed first so the data is on disk before the name appears. A directory that
+    replaces a directory goes through a hidden backup name, because ``os.replace`` cannot
+    overwrite a non-empty directory.
+    """
+    if tmp.is_file():
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+    if final.is_dir() and not final.is_symlink():
+        backup = temporary_sibling(final)
+        os.replace(final, backup)
+        os.replace(tmp, final)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        if tmp.is_dir() and final.exists():
+            final.unlink()
+        os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Context manager yielding a temporary path to write; renamed to ``path`` on success.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final file or directory name. Its parent directory must exist.
+
+    Yields
+    ------
+    Path
+        Where to write. On an exception it is deleted and the exception propagates; ``path``
+        is left untouched.
+
+    Examples
+    --------
+    >>> with atomic_output(out) as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("done")
+    """
+    final = Path(path)
+    tmp = temporary_sibling(final)
+    try:
+        yield tmp
+        commit_path(tmp, final)
+    except BaseException:
+        remove_path(tmp)
+        raise

@@ -1,0 +1,73 @@
+"""HDF5 reader (h5py): one dataset holding a 2-D frame or a 3-D stack, read frame by frame.
+
+Eiger/Dectris files need the bitshuffle/LZ4 filters of ``hdf5plugin``; it is imported (which
+registers the filters) when a file is opened, and its absence only matters for such files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from radint.io._source import FrameSource, frames_from_stack
+from radint.io.errors import ReaderError
+
+DEFAULT_DATASET = "exchange/data"
+
+
+def list_datasets(group: h5py.Group) -> list[str]:
+    """Paths of every dataset below ``group``, with their shapes, e.g. ``"entry/data (10, 5, 5)"``."""
+    found: list[str] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append(f"{name} {obj.shape}")
+
+    group.visititems(visit)
+    return found
+
+
+class Hdf5Source(FrameSource):
+    """Frames of one HDF5 dataset (default ``exchange/data``)."""
+
+    def __init__(self, path: Path, dataset: str | None = None) -> None:
+        super().__init__(path)
+        # hdf5plugin registers the Eiger compression filters with h5py on import.
+        with contextlib.suppress(ImportError):
+            import hdf5plugin  # noqa: F401
+        name = dataset or DEFAULT_DATASET
+        self.label = f"{path}:{name}"
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise ReaderError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        obj = self._file.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            available = list_datasets(self._file)
+            self._file.close()
+            what = "is not a dataset" if obj is not None else "does not exist"
+            raise ReaderError(
+                f"{path}: dataset '{name}' {what}; available datasets: "
+                f"{', '.join(available) if available else 'none'}"
+            )
+        self._ds = obj
+        self.n_frames, self.frame_shape = frames_from_stack(self.label, obj.shape)
+
+    def read(self, index: int) -> np.ndarray:
+        """Read frame ``index`` (decompressing only its chunks)."""
+        try:
+            if self._ds.ndim == 2:
+                return self._ds[()]
+            return self._ds[(0,) * (self._ds.ndim - 3) + (index,)]
+        except OSError as exc:
+            hint = ""
+            if "filter" in str(exc).lower():
+                hint = " (compressed with a filter h5py lacks: install hdf5plugin)"
+            raise ReaderError(f"{self.label}: cannot read frame {index}{hint}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        self._file.close()

@@ -1,0 +1,197 @@
+"""MIDAS-compatible outputs: ``<name>.caked.hdf`` (spec §9.1) and the GSAS-II ``.zarr.zip``.
+
+Both hold the same tree; MIDAS stores cakes R-major, so every (n_eta, n_r) cake of the Result
+is transposed to (n_r, n_eta) here:
+
+``REtaMap``                              (5, n_r, n_eta): R_c px, 2θ_c deg, η_c deg, bin area px², Q Å⁻¹ (0 if λ ≤ 0)
+``IntegrationResult/FrameNr_<id>``       (n_r, n_eta) per frame (config ``save_individual_frames``)
+``OmegaSumFrame/LastFrameNumber_<id>``   (n_r, n_eta): sum over chunks of ``omega_sum_frames`` frames
+``Omegas``                               (n_frames,) ω per frame, deg (when the config gives ω)
+``SumFrames``                            (n_r, n_eta) NaN-skipping sum over frames (config ``sum_images``)
+``InstrumentParameters/<key>``           (1,) float64: Polariz Lam SH_L U V W X Y Z Distance
+
+GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, requires
+``InstrumentParameters``, ``REtaMap`` and ``OmegaSumFrame``, reads ``REtaMap[1]`` (2θ) and
+``REtaMap[3]`` (area, 0 = unused bin), divides each OmegaSumFrame array by its
+``Number Of Frames Summed`` attribute and takes ω from ``FirstOme``/``LastOme``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint.io._common import cfg, frame_ids, omegas_deg, stacked
+from radint.io.atomic import atomic_output
+from radint.result import Result
+
+__all__ = ["midas_tree", "write_gsas_zarr_zip", "write_midas_caked"]
+
+_PER_CHUNK_ATTRS = ("Temperature", "Pressure", "I", "I0")
+
+
+def _chunks(n: int, size: int) -> Iterator[range]:
+    size = n if size < 0 else max(1, size)  # -1 = all frames in one chunk (stream_process)
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """The MIDAS caked tree as ``(path, array, attrs)`` entries (R-major arrays).
+
+    Parameters
+    ----------
+    result : Result
+        One frame or a stack. ``metadata`` may carry per-frame ``omega_deg``, ``Temperature``,
+        ``Pressure``, ``I``, ``I0`` arrays (n_frames,), averaged per OmegaSumFrame chunk
+        (``I0``: last value / frames in chunk, as IntegratorZarrOMP does).
+
+    Returns
+    -------
+    list of (str, ndarray, dict)
+    """
+    cake = stacked(np.asarray(result.cake, dtype=np.float64), 2)
+    cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
+    n_frames, n_r, n_eta = cakes_r_major.shape
+    ids = frame_ids(result)
+    omegas = omegas_deg(result)
+    area = np.asarray(result.area, dtype=np.float64)
+    area = area[0] if area.ndim == 3 else area
+    q = np.nan_to_num(np.asarray(result.q_inv_angstrom, dtype=np.float64), nan=0.0)
+    retamap = np.empty((5, n_r, n_eta))
+    retamap[0] = np.asarray(result.radius_px, dtype=np.float64)[:, np.newaxis]
+    retamap[1] = np.asarray(result.two_theta_deg, dtype=np.float64)[:, np.newaxis]
+    retamap[2] = np.asarray(result.eta_deg, dtype=np.float64)[np.newaxis, :]
+    retamap[3] = area.T
+    retamap[4] = q[:, np.newaxis]
+    entries: list[tuple[str, np.ndarray, dict[str, Any]]] = [
+        (
+            "REtaMap",
+            retamap,
+            {
+                "nEtaBins": n_eta,
+                "nRBins": n_r,
+                "Header": "Radius,2Theta,Eta,BinArea,Q",
+                "Units": "Pixels,Degrees,Degrees,Pixels,InvAngstrom",
+            },
+        )
+    ]
+    if cfg(result, "save_individual_frames"):
+        for k in range(n_frames):
+            entries.append(
+                (
+                    f"IntegrationResult/FrameNr_{ids[k]}",
+                    cakes_r_major[k],
+                    {"omega": float(omegas[k]), "Header": "Radius,Eta", "Units": "Pixels,Degrees"},
+                )
+            )
+    for chunk in _chunks(n_frames, int(cfg(result, "omega_sum_frames"))):
+        first, last = chunk[0], chunk[-1]
+        attrs: dict[str, Any] = {
+            "LastFrameNumber": int(ids[last]),
+            "Number Of Frames Summed": len(chunk),
+            "FirstOme": float(omegas[first]),
+            "LastOme": float(omegas[last]),
+        }
+        for key in _PER_CHUNK_ATTRS:
+            values = result.metadata.get(key)
+            if values is None:
+                attrs[key] = 0.0
+                continue
+            v = np.asarray(values, dtype=np.float64).reshape(-1)
+            attrs[key] = float(v[last] / len(chunk) if key == "I0" else v[first : last + 1].mean())
+        entries.append(
+            (f"OmegaSumFrame/LastFrameNumber_{ids[last]}", cakes_r_major[chunk].sum(axis=0), attrs)
+        )
+    if result.config is not None or "omega_deg" in result.metadata:
+        entries.append(("Omegas", omegas, {"Units": "Degrees"}))
+    if cfg(result, "sum_images"):
+        entries.append(
+            (
+                "SumFrames",
+                np.nansum(cakes_r_major, axis=0),
+                {"Header": "Radius,Eta", "Units": "Pixels,Degrees", "nFrames": n_frames},
+            )
+        )
+    instrument = {
+        "Polariz": cfg(result, "gsas_polariz"),
+        "Lam": cfg(result, "wavelength_angstrom"),
+        "SH_L": cfg(result, "gsas_sh_l"),
+        "U": cfg(result, "gsas_u"),
+        "V": cfg(result, "gsas_v"),
+        "W": cfg(result, "gsas_w"),
+        "X": cfg(result, "gsas_x"),
+        "Y": cfg(result, "gsas_y"),
+        "Z": cfg(result, "gsas_z"),
+        "Distance": cfg(result, "lsd_um"),
+    }
+    for key, value in instrument.items():
+        entries.append((f"InstrumentParameters/{key}", np.array([value], dtype=np.float64), {}))
+    return entries
+
+
+def write_midas_caked(result: Result, path: str | Path) -> Path:
+    """Write ``<name>.caked.hdf`` in the IntegratorZarrOMP layout (spec §9.1), atomically.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+        Output HDF5 file.
+
+    Returns
+    -------
+    Path
+    """
+    import h5py
+
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, data, attrs in midas_tree(result):
+            f.create_dataset(name, data=data).attrs.update(attrs)
+    return Path(path)
+
+
+def write_gsas_zarr_zip(result: Result, path: str | Path) -> Path:
+    """Write the ``.zarr.zip`` GSAS-II's MIDAS importer reads (zarr v2 in a ZIP), atomically.
+
+    Arrays are Blosc zstd level 3 with bit-shuffle, as MIDAS's ``Hdf5ToZarr`` writes them. The
+    store is built in a temporary directory and zipped once, so every key appears exactly once.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+        Output file, conventionally ``<name>.zarr.zip``.
+
+    Returns
+    -------
+    Path
+    """
+    import zarr
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+    with tempfile.TemporaryDirectory() as work:
+        root = zarr.open_group(work, mode="w", zarr_format=2)
+        for name, data, attrs in midas_tree(result):
+            arr = root.create_array(
+                name,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=data.shape,
+                compressors=codec,
+                attributes={
+                    k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
+                },
+            )
+            arr[...] = data
+        with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for file in sorted(Path(work).rglob("*")):
+                if file.is_file():
+                    zf.write(file, file.relative_to(work).as_posix())
+    return Path(path)

@@ -1,0 +1,530 @@
+"""NeXus writer (HDF5 or Zarr v3) following the NXazint1d and NXazint2d application definitions.
+
+Layout (one file, the NXsubentry "multi-method" convention both definitions prescribe for
+1-D and 2-D results stored together)::
+
+    /                        @default="entry"
+    entry/        NXentry    @default="azint1d"
+      azint1d/    NXsubentry @default="data"   definition="NXazint1d"
+      azint2d/    NXsubentry @default="data"   definition="NXazint2d"
+        solid_angle_applied, polarization_applied, normalization_applied, monitor_applied
+        instrument/  NXinstrument     name; monochromator/{wavelength, energy}; source/{name,type,probe}
+        reduction/   NXprocess        program, version, date, reference, note,
+                                      input/ NXparameters (configuration JSON + every scalar)
+        data/        NXdata           I [n_frames, n_eta, n_r] (azint1d: [n_frames, n_r]), I_errors,
+                                      radial_axis (2θ deg or q Å⁻¹) [+ _edges], azimuthal_axis [+ _edges],
+                                      norm, radius_px (R, px), two_theta/q (the other unit),
+                                      frame_id, timestamp
+
+Per-frame datasets grow along axis 0 (chunked one frame per chunk, compressed), so a stream can
+append frames as they come (:class:`NexusWriter`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from radint.io._common import (
+    HC_KEV_ANGSTROM,
+    cfg,
+    config_dict,
+    frame_ids,
+    q_from_two_theta,
+    software_version,
+    stacked,
+    two_theta_edges_deg,
+)
+from radint.io.atomic import commit_path, remove_path, temporary_sibling
+from radint.result import Result
+
+__all__ = ["NexusWriter", "write_nexus"]
+
+REFERENCE = (
+    "radint: exact-area pixel splitting re-implementation of the MIDAS radial integration suite "
+    "(H. Sharma et al., https://github.com/marinerhemant/MIDAS)"
+)
+NOTE = (
+    "MIDAS geometry: eta = 0 along +Z (up), +90 along +Y; R is the radial bin centre in pixels; "
+    "2theta = atan(R*px/Lsd); I is the area-weighted mean pixel value per bin when "
+    "normalization_applied is true, else the area-weighted sum; empty bins are NaN."
+)
+_UNITS_BY_SUFFIX = {"_um": "um", "_deg": "degree", "_px": "pixel", "_angstrom": "angstrom"}
+
+
+def _json_attr(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+class _H5Tree:
+    """Writes the tree into an HDF5 file (h5py)."""
+
+    def __init__(self, path: Path, compression: str | None, swmr: bool) -> None:
+        import h5py
+
+        self._h5py = h5py
+        self.file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
+        self._compression = compression
+        self._swmr = swmr
+
+    def group(self, path: str, attrs: dict[str, Any]) -> None:
+        g = self.file.require_group(path) if path else self.file
+        g.attrs.update(attrs)
+
+    def field(self, path: str, value: Any, attrs: dict[str, Any] | None = None) -> None:
+        ds = self.file.create_dataset(path, data=value)
+        ds.attrs.update(attrs or {})
+
+    def growing(
+        self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
+    ) -> Any:
+        rows_per_chunk = max(1, min(1024, (1 << 20) // max(1, int(np.prod(row)) * dtype.itemsize)))
+        ds = self.file.create_dataset(
+            path,
+            shape=(0, *row),
+            maxshape=(None, *row),
+            chunks=(rows_per_chunk if len(row) < 2 else 1, *row),
+            dtype=dtype,
+            compression=self._compression,
+            shuffle=self._compression is not None,
+            fillvalue=np.nan if dtype.kind == "f" else 0,
+        )
+        ds.attrs.update(attrs)
+        return ds
+
+    def ready(self) -> None:
+        if self._swmr:
+            self.file.swmr_mode = True
+
+    def append(self, ds: Any, rows: np.ndarray) -> None:
+        n = ds.shape[0]
+        ds.resize(n + rows.shape[0], axis=0)
+        ds[n:] = rows
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _ZarrTree:
+    """Writes the same tree into a Zarr v3 directory store."""
+
+    def __init__(self, path: Path) -> None:
+        import zarr
+
+        self.root = zarr.open_group(str(path), mode="w", zarr_format=3)
+
+    def group(self, path: str, attrs: dict[str, Any]) -> None:
+        g = self.root.require_group(path) if path else self.root
+        g.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
+
+    def field(self, path: str, value: Any, attrs: dict[str, Any] | None = None) -> None:
+        if isinstance(value, str):
+            arr = self.root.create_array(path, shape=(), dtype=str)
+            arr[()] = value
+        else:
+            data = np.asarray(value)
+            arr = self.root.create_array(path, shape=data.shape, dtype=data.dtype)
+            arr[...] = data
+        arr.attrs.update({k: _json_attr(v) for k, v in (attrs or {}).items()})
+
+    def growing(
+        self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
+    ) -> Any:
+        arr = self.root.create_array(
+            path,
+            shape=(0, *row),
+            chunks=(1 if len(row) >= 2 else 1024, *row),
+            dtype=dtype,
+            fill_value=np.nan if dtype.kind == "f" else 0,
+        )
+        arr.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
+        return arr
+
+    def ready(self) -> None:
+        """Nothing to switch on: Zarr chunks are visible to readers as soon as written."""
+
+    def append(self, arr: Any, rows: np.ndarray) -> None:
+        arr.append(rows, axis=0)
+
+    def flush(self) -> None:
+        """Zarr writes each chunk when assigned; nothing is buffered."""
+
+    def close(self) -> None:
+        """Directory stores hold no open handle."""
+
+
+def _as_rows(value: Any, n: int, default: np.ndarray, dtype: type) -> np.ndarray:
+    if value is None:
+        return default.astype(dtype)
+    rows = np.asarray(value, dtype=dtype).reshape(-1)
+    if rows.shape[0] != n:
+        raise ValueError(f"got {rows.shape[0]} frame ids/timestamps for {n} frame(s)")
+    return rows
+
+
+class NexusWriter:
+    """Write Results frame by frame into a NeXus NXazint1d + NXazint2d file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``backend="hdf5"``, conventionally ``.h5``/``.nxs``) or directory
+        (``backend="zarr"``, conventionally ``.zarr``).
+    backend : {"hdf5", "zarr"}
+        HDF5 through h5py, or a Zarr v3 directory store with the same tree.
+    radial_unit : {"2theta", "q"}
+        Unit of ``radial_axis``: 2θ in degrees (always available) or q in Å⁻¹ (needs a
+        wavelength). The other one, when defined, and R in pixels are written alongside.
+    atomic : bool
+        Write under a hidden temporary name and rename on :meth:`close` (default). With
+        ``False`` the file is written in place, so it can be read while it grows.
+    compression : str or None
+        HDF5 filter for the per-frame datasets (default ``"gzip"``; Zarr uses its default codec).
+    swmr : bool
+        HDF5 only: switch on single-writer/multiple-reader mode after the layout is written, so
+        readers opening with ``swmr=True`` see frames while the file grows (needs
+        ``atomic=False`` to be useful).
+    instrument_name, source_name, source_type, probe : str
+        Values of ``instrument/name`` and ``instrument/source/{name,type,probe}``.
+
+    Examples
+    --------
+    >>> with NexusWriter(tmp / "scan.h5") as w:  # doctest: +SKIP
+    ...     for i, res in enumerate(results):
+    ...         w.append(res, frame_id=i)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        backend: str = "hdf5",
+        radial_unit: str = "2theta",
+        atomic: bool = True,
+        compression: str | None = "gzip",
+        swmr: bool = False,
+        instrument_name: str = "unknown",
+        source_name: str = "unknown",
+        source_type: str = "Synchrotron X-ray Source",
+        probe: str = "x-ray",
+    ) -> None:
+        if backend not in ("hdf5", "zarr"):
+            raise ValueError(f"backend must be 'hdf5' or 'zarr', got {backend!r}")
+        if radial_unit not in ("2theta", "q"):
+            raise ValueError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
+        self.path = Path(path)
+        self.backend = backend
+        self.radial_unit = radial_unit
+        self.n_frames = 0
+        self._labels = {
+            "instrument": instrument_name,
+            "source_name": source_name,
+            "source_type": source_type,
+            "probe": probe,
+        }
+        self._target = temporary_sibling(self.path) if atomic else self.path
+        if not atomic:
+            remove_path(self.path)
+        self._tree: _H5Tree | _ZarrTree = (
+            _H5Tree(self._target, compression, swmr)
+            if backend == "hdf5"
+            else _ZarrTree(self._target)
+        )
+        self._rows: dict[str, Any] = {}
+        self._shape: tuple[int, int] | None = None
+        self._closed = False
+
+    # -- layout ---------------------------------------------------------------------------
+    def _radial(self, result: Result) -> tuple[np.ndarray, np.ndarray | None, dict[str, str]]:
+        tth_edges = two_theta_edges_deg(result)
+        if self.radial_unit == "2theta":
+            return (
+                np.asarray(result.two_theta_deg, dtype=np.float64),
+                tth_edges,
+                {"long_name": "2theta", "units": "degrees"},
+            )
+        q = np.asarray(result.q_inv_angstrom, dtype=np.float64)
+        if not np.all(np.isfinite(q)):
+            raise ValueError(
+                f"{self.path}: radial_unit='q' needs a wavelength > 0; the result's q axis is NaN"
+            )
+        q_edges = None
+        if tth_edges is not None:
+            q_edges = q_from_two_theta(tth_edges, cfg(result, "wavelength_angstrom"))
+        return q, q_edges, {"long_name": "q", "units": "1/angstrom"}
+
+    def _write_common(self, sub: str, definition: str, result: Result) -> None:
+        t = self._tree
+        t.group(sub, {"NX_class": "NXsubentry", "default": "data"})
+        t.field(f"{sub}/definition", definition)
+        t.field(f"{sub}/solid_angle_applied", bool(cfg(result, "solid_angle_correction")))
+        t.field(f"{sub}/polarization_applied", bool(cfg(result, "polarization_correction")))
+        t.field(f"{sub}/normalization_applied", bool(result.normalized))
+        t.field(f"{sub}/monitor_applied", False)
+        t.group(f"{sub}/instrument", {"NX_class": "NXinstrument"})
+        t.field(f"{sub}/instrument/name", self._labels["instrument"])
+        wl = float(cfg(result, "wavelength_angstrom"))
+        t.group(f"{sub}/instrument/monochromator", {"NX_class": "NXmonochromator"})
+        t.field(f"{sub}/instrument/monochromator/wavelength", wl, {"units": "angstrom"})
+        energy = HC_KEV_ANGSTROM / wl if wl > 0 else math.nan
+        t.field(f"{sub}/instrument/monochromator/energy", energy, {"units": "keV"})
+        t.group(f"{sub}/instrument/source", {"NX_class": "NXsource"})
+        t.field(f"{sub}/instrument/source/name", self._labels["source_name"])
+        t.field(f"{sub}/instrument/source/type", self._labels["source_type"])
+        t.field(f"{sub}/instrument/source/probe", self._labels["probe"])
+        red = f"{sub}/reduction"
+        t.group(red, {"NX_class": "NXprocess"})
+        t.field(f"{red}/program", "radint")
+        t.field(f"{red}/version", software_version())
+        t.field(f"{red}/date", datetime.now(timezone.utc).isoformat())
+        t.field(f"{red}/reference", REFERENCE)
+        t.field(f"{red}/note", NOTE)
+        t.group(f"{red}/input", {"NX_class": "NXparameters"})
+        params = config_dict(result)
+        t.field(f"{red}/input/configuration", json.dumps(params, sort_keys=True))
+        t.field(f"{red}/input/lineout_mode", result.lineout_mode)
+        for key, value in sorted(params.items()):
+            if isinstance(value, bool | int | float | str):
+                units = next((u for s, u in _UNITS_BY_SUFFIX.items() if key.endswith(s)), None)
+                t.field(f"{red}/input/{key}", value, {"units": units} if units else None)
+
+    def _write_axes(self, data: str, result: Result) -> None:
+        t = self._tree
+        radial, radial_edges, radial_attrs = self._radial(result)
+        t.field(f"{data}/radial_axis", radial, radial_attrs)
+        if radial_edges is not None:
+            edge_attrs = {
+                "long_name": f"{radial_attrs['long_name']} bin edges",
+                "units": radial_attrs["units"],
+            }
+            t.field(f"{data}/radial_axis_edges", radial_edges, edge_attrs)
+        t.field(
+            f"{data}/radius_px",
+            np.asarray(result.radius_px, dtype=np.float64),
+            {"long_name": "R (radial bin centre)", "units": "pixel"},
+        )
+        if self.radial_unit == "2theta":
+            q = np.asarray(result.q_inv_angstrom, dtype=np.float64)
+            if np.all(np.isfinite(q)):
+                t.field(f"{data}/q", q, {"long_name": "q", "units": "1/angstrom"})
+        else:
+            t.field(
+                f"{data}/two_theta",
+                np.asarray(result.two_theta_deg, dtype=np.float64),
+                {"long_name": "2theta", "units": "degrees"},
+            )
+
+    def _start(self, result: Result) -> None:
+        t = self._tree
+        t.group("", {"default": "entry", "creator": f"radint {software_version()}"})
+        t.group("entry", {"NX_class": "NXentry", "default": "azint1d"})
+        dtype = np.result_type(result.cake.dtype, np.float32)
+        has_err = result.cake_sigma is not None
+        area = np.asarray(result.area, dtype=np.float64)
+        area = area[0] if area.ndim == 3 else area
+        aux = ["radius_px"]
+        if self.radial_unit == "q":
+            aux.append("two_theta")
+        elif np.all(np.isfinite(result.q_inv_angstrom)):
+            aux.append("q")
+        i_attrs = {"long_name": "intensity", "units": "arbitrary units"}
+        e_attrs = {"long_name": "estimated intensity error", "units": "arbitrary units"}
+        norm_long = "effective number of pixels contributing to the corresponding bin"
+        for sub, definition, ndim in (("azint1d", "NXazint1d", 1), ("azint2d", "NXazint2d", 2)):
+            self._write_common(f"entry/{sub}", definition, result)
+            data = f"entry/{sub}/data"
+            radial_index = ndim
+            axes = [".", "radial_axis"] if ndim == 1 else [".", "azimuthal_axis", "radial_axis"]
+            attrs: dict[str, Any] = {
+                "NX_class": "NXdata",
+                "signal": "I",
+                "axes": axes,
+                "interpretation": "spectrum" if ndim == 1 else "image",
+                "radial_axis_indices": radial_index,
+                "frame_id_indices": 0,
+                "timestamp_indices": 0,
+            }
+            for name in aux:
+                attrs[f"{name}_indices"] = radial_index
+            if ndim == 2:
+                attrs["azimuthal_axis_indices"] = 1
+            t.group(data, attrs)
+            self._write_axes(data, result)
+            row = (result.n_r,) if ndim == 1 else (result.n_eta, result.n_r)
+            self._rows[f"{sub}/I"] = t.growing(f"{data}/I", row, dtype, i_attrs)
+            if has_err:
+                self._rows[f"{sub}/I_errors"] = t.growing(f"{data}/I_errors", row, dtype, e_attrs)
+            norm = area.sum(axis=0) if ndim == 1 else area
+            t.field(f"{data}/norm", norm, {"long_name": norm_long, "units": "arbitrary units"})
+            self._rows[f"{sub}/frame_id"] = t.growing(
+                f"{data}/frame_id", (), np.dtype(np.int64), {"long_name": "frame identifier"}
+            )
+            self._rows[f"{sub}/timestamp"] = t.growing(
+                f"{data}/timestamp",
+                (),
+                np.dtype(np.float64),
+                {"long_name": "time the frame was integrated (Unix epoch)", "units": "s"},
+            )
+            if ndim == 2:
+                t.field(
+                    f"{data}/azimuthal_axis",
+                    np.asarray(result.eta_deg, dtype=np.float64),
+                    {"long_name": "azimuthal bin center", "units": "degrees"},
+                )
+                t.field(
+                    f"{data}/azimuthal_axis_edges",
+                    np.asarray(result.eta_edges_deg, dtype=np.float64),
+                    {"long_name": "azimuthal bin edges", "units": "degrees"},
+                )
+        self._shape = (result.n_eta, result.n_r)
+        t.ready()
+
+    # -- public API -------------------------------------------------------------------------
+    def append(
+        self,
+        result: Result,
+        *,
+        frame_id: int | Sequence[int] | None = None,
+        timestamp: float | Sequence[float] | None = None,
+    ) -> None:
+        """Append the frame(s) of ``result`` as new rows.
+
+        Parameters
+        ----------
+        result : Result
+            One frame (cake (n_eta, n_r)) or a stack (n_frames, n_eta, n_r). The first append
+            fixes the axes; later results must have the same (n_eta, n_r).
+        frame_id : int or sequence of int, optional
+            Identifier(s) of the frame(s); default ``result.frame_ids``, else the running row
+            number.
+        timestamp : float or sequence of float, optional
+            Unix time(s) in seconds; default now.
+
+        Raises
+        ------
+        ValueError
+            Bin counts differ from the first result, or the number of ids/timestamps is wrong.
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: writer is closed")
+        if self._shape is None:
+            self._start(result)
+        elif (result.n_eta, result.n_r) != self._shape:
+            raise ValueError(
+                f"{self.path}: result has (n_eta, n_r) = {(result.n_eta, result.n_r)}, "
+                f"file has {self._shape}"
+            )
+        n = result.n_frames
+        default_ids = (
+            frame_ids(result)
+            if result.frame_ids is not None
+            else np.arange(self.n_frames, self.n_frames + n)
+        )
+        ids = _as_rows(frame_id, n, default_ids, np.int64)
+        stamps = _as_rows(timestamp, n, np.full(n, time.time()), np.float64)
+        cake = stacked(np.asarray(result.cake), 2)
+        lineout = stacked(np.asarray(result.lineout), 1)
+        rows = {"azint2d/I": cake, "azint1d/I": lineout}
+        if "azint2d/I_errors" in self._rows:
+            nan_cake = np.full_like(cake, np.nan)
+            nan_line = np.full_like(lineout, np.nan)
+            rows["azint2d/I_errors"] = (
+                nan_cake if result.cake_sigma is None else stacked(result.cake_sigma, 2)
+            )
+            rows["azint1d/I_errors"] = (
+                nan_line if result.lineout_sigma is None else stacked(result.lineout_sigma, 1)
+            )
+        for sub in ("azint1d", "azint2d"):
+            rows[f"{sub}/frame_id"] = ids
+            rows[f"{sub}/timestamp"] = stamps
+        for key, value in rows.items():
+            self._tree.append(self._rows[key], value)
+        self.n_frames += n
+
+    def flush(self) -> None:
+        """Push written frames to disk so readers of a non-atomic file see them."""
+        self._tree.flush()
+
+    def close(self) -> None:
+        """Finish the file and, when atomic, rename it to its final name.
+
+        Raises
+        ------
+        ValueError
+            No frame was ever appended (the temporary file is removed).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._tree.close()
+        if self._shape is None:
+            remove_path(self._target)
+            raise ValueError(f"{self.path}: nothing appended, no file written")
+        if self._target != self.path:
+            commit_path(self._target, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the output (used when a run fails part-way)."""
+        if not self._closed:
+            self._closed = True
+            self._tree.close()
+        remove_path(self._target)
+
+    def __enter__(self) -> NexusWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_nexus(
+    result: Result,
+    path: str | Path,
+    *,
+    backend: str = "hdf5",
+    radial_unit: str = "2theta",
+    timestamp: float | Sequence[float] | None = None,
+) -> Path:
+    """Write a whole Result (one frame or a stack) as a NeXus NXazint1d/NXazint2d file, atomically.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+        ``.h5`` file (``backend="hdf5"``) or ``.zarr`` directory (``backend="zarr"``).
+    backend, radial_unit
+        As for :class:`NexusWriter`.
+    timestamp : float or sequence of float, optional
+        Unix time(s) of the frame(s); default now.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    with NexusWriter(path, backend=backend, radial_unit=radial_unit) as writer:
+        writer.append(result, timestamp=timestamp)
+    return Path(path)

@@ -1,0 +1,243 @@
+"""One entry point for every frame format: :func:`read_frames`, :func:`read_dark`, :func:`count_frames`.
+
+The format is chosen from the extension, then from the file's first bytes:
+
+=====================================  ==================================================
+``.tif .tiff``                         TIFF, one frame per page (tifffile)
+``.h5 .hdf5 .hdf .nxs .nx5 .cxi``      HDF5 dataset ``dataset`` (default ``exchange/data``)
+directory / ``.zarr`` / ``.zip``       Zarr v2/v3 array, or group at ``dataset``
+``*.zip`` with ``exchange/data``       MIDAS Zarr zip (spec §8.2): ω per frame, SkipFrame
+``.ge1`` … ``.ge5``, ``.geN``          GE raw: 8192-byte header, uint16, ``shape`` or 2048²
+``.raw .bin`` or ``dtype`` given       raw binary frames of ``shape`` and ``dtype``
+``.edf .cbf``                          fabio (extra ``radint[formats]``)
+=====================================  ==================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from radint.io._source import FrameSource
+from radint.io.errors import ReaderError
+from radint.io.frame import Frame
+
+__all__ = ["FrameSelection", "count_frames", "open_frames", "read_dark", "read_frames"]
+
+FrameSelection = int | slice | Sequence[int] | None
+
+_TIFF = {".tif", ".tiff"}
+_HDF5 = {".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi"}
+_FABIO = {".edf", ".cbf"}
+_RAW = {".raw", ".bin"}
+_GE = re.compile(r"\.ge\d*$", re.IGNORECASE)
+
+
+def _sniff(path: Path) -> str:
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    return ""
+
+
+def open_frames(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    shape: tuple[int, int] | None = None,
+    dtype: npt.DTypeLike | None = None,
+) -> FrameSource:
+    """Open a frame file and return its :class:`~radint.io._source.FrameSource` (a context manager).
+
+    Parameters are those of :func:`read_frames`; the returned source has ``n_frames``,
+    ``frame_shape`` and ``read(index) -> ndarray (n_z, n_y)``.
+
+    Raises
+    ------
+    ReaderError
+        The file does not exist, its format is not recognised, or it cannot be opened.
+    """
+    from radint.io import fabio_formats, ge, hdf5, tiff, zarrstore
+
+    p = Path(path)
+    if not p.exists():
+        raise ReaderError(f"{p}: no such file or directory")
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        return zarrstore.ZarrSource(p, dataset)
+    if _GE.search(p.name):
+        return ge.open_ge(p, shape, None if dtype is None else np.dtype(dtype))
+    if suffix in _RAW or (dtype is not None and shape is not None and suffix not in _TIFF | _HDF5):
+        if shape is None or dtype is None:
+            raise ReaderError(f"{p}: raw binary frames need shape=(n_z, n_y) and dtype=")
+        return ge.RawSource(p, shape, np.dtype(dtype))
+    if suffix in _FABIO or p.name.lower().endswith((".edf.gz", ".cbf.gz")):
+        return fabio_formats.FabioSource(p)
+    kind = "tiff" if suffix in _TIFF else "hdf5" if suffix in _HDF5 else ""
+    kind = kind or ("zip" if suffix == ".zip" else _sniff(p))
+    if kind == "tiff":
+        return tiff.TiffSource(p)
+    if kind == "hdf5":
+        return hdf5.Hdf5Source(p, dataset)
+    if kind == "zip":
+        if zarrstore.is_midas_zip(p):
+            return zarrstore.MidasZipSource(p, dataset)
+        return zarrstore.ZarrSource(p, dataset)
+    raise ReaderError(
+        f"{p}: unrecognised frame format (extension '{suffix}'); supported: TIFF, HDF5, Zarr "
+        "(directory or .zip), MIDAS Zarr zip, GE (.geN), raw (.raw/.bin with shape and dtype), "
+        "EDF/CBF"
+    )
+
+
+def _indices(source: FrameSource, frames: FrameSelection) -> Sequence[int]:
+    if frames is None:
+        return source.default_indices()
+    if isinstance(frames, slice):
+        return range(source.n_frames)[frames]
+    if isinstance(frames, int | np.integer):
+        return [source.check_index(int(frames))]
+    return [source.check_index(int(i)) for i in frames]
+
+
+def _iter_source(
+    source: FrameSource,
+    frames: FrameSelection,
+    shape: tuple[int, int] | None,
+    dtype: npt.DTypeLike | None,
+    cast: bool,
+) -> Iterator[Frame]:
+    for index in _indices(source, frames):
+        data = source.read(index)
+        if data.ndim != 2:
+            raise ReaderError(f"{source.label}: frame {index} has shape {data.shape}, not 2-D")
+        if shape is not None and tuple(data.shape) != tuple(shape):
+            raise ReaderError(
+                f"{source.label}: frame {index} has shape {data.shape}, expected {tuple(shape)}"
+            )
+        if cast and dtype is not None:
+            data = data.astype(dtype, copy=False)
+        yield Frame(index, data, source.label, source.frame_metadata(index))
+
+
+def read_frames(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    shape: tuple[int, int] | None = None,
+    dtype: npt.DTypeLike | None = None,
+    frames: FrameSelection = None,
+) -> Iterator[Frame]:
+    """Yield the frames of a detector file one at a time (only one frame held in memory).
+
+    Parameters
+    ----------
+    path : str or Path
+        TIFF, HDF5, Zarr (directory or zip), MIDAS Zarr zip, GE, raw, EDF or CBF file.
+    dataset : str, optional
+        HDF5 dataset / Zarr array path inside the file (default ``exchange/data``).
+    shape : (n_z, n_y), optional
+        Frame shape in pixels. Required for raw files; for GE files the default is
+        (2048, 2048); for every other format the frames are checked against it.
+    dtype : numpy dtype, optional
+        On-disk pixel type of raw files (GE default ``<u2``); for other formats the frames are
+        cast to it.
+    frames : int, slice or sequence of int, optional
+        Which frames to read (negative indices count from the end). Default: all frames, except
+        that a MIDAS Zarr zip starts at its ``SkipFrame``.
+
+    Yields
+    ------
+    Frame
+        ``index`` (position in the file), ``data`` (n_z, n_y), ``source``, ``metadata``.
+
+    Raises
+    ------
+    ReaderError
+        Missing file or dataset, unknown format, truncated data, or a frame whose shape is not
+        ``shape``; the message names the file.
+    ImportError
+        EDF/CBF without fabio installed (extra ``radint[formats]``).
+    """
+    source = open_frames(path, dataset=dataset, shape=shape, dtype=dtype)
+    with source:
+        yield from _iter_source(source, frames, shape, dtype, cast=not source.dtype_on_disk)
+
+
+def count_frames(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    shape: tuple[int, int] | None = None,
+    dtype: npt.DTypeLike | None = None,
+) -> int:
+    """Number of frames the file holds (all of them, ``SkipFrame`` not applied).
+
+    Parameters are those of :func:`read_frames`.
+
+    Returns
+    -------
+    int
+    """
+    with open_frames(path, dataset=dataset, shape=shape, dtype=dtype) as source:
+        return source.n_frames
+
+
+def read_dark(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    shape: tuple[int, int] | None = None,
+    dtype: npt.DTypeLike | None = None,
+    frames: FrameSelection = None,
+) -> np.ndarray:
+    """Mean of the frames of a dark file, accumulated in float64 one frame at a time.
+
+    For a MIDAS Zarr zip the dark stack ``exchange/dark`` is used (unless ``dataset`` names
+    another array) and its first ``SkipFrame`` frames are left out, as IntegratorZarrOMP does
+    (spec §5.1).
+
+    Parameters
+    ----------
+    path, dataset, shape, dtype, frames
+        As for :func:`read_frames`.
+
+    Returns
+    -------
+    ndarray, shape (n_z, n_y), float64
+        Mean dark, counts per pixel.
+
+    Raises
+    ------
+    ReaderError
+        As :func:`read_frames`, and when no frame is selected.
+    """
+    from radint.io import zarrstore
+
+    p = Path(path)
+    if dataset is None and p.is_file() and zarrstore.is_midas_zip(p):
+        dataset = zarrstore.MIDAS_DARK_DATASET
+    total: np.ndarray | None = None
+    n = 0
+    for frame in read_frames(p, dataset=dataset, shape=shape, dtype=dtype, frames=frames):
+        if total is None:
+            total = np.zeros(frame.data.shape, dtype=np.float64)
+        elif frame.data.shape != total.shape:
+            raise ReaderError(
+                f"{frame.source}: dark frame {frame.index} has shape {frame.data.shape}, "
+                f"expected {total.shape}"
+            )
+        total += frame.data
+        n += 1
+    if total is None:
+        raise ReaderError(f"{p}: no dark frames selected")
+    return total / n

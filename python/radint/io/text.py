@@ -1,0 +1,85 @@
+"""Small exports: the MIDAS ``_lineout.xy`` text file (spec §9.2) and a MATLAB ``.mat``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from radint.io._common import config_dict, frame_ids, stacked
+from radint.io.atomic import atomic_output
+from radint.result import Result
+
+__all__ = ["write_lineout_xy", "write_mat"]
+
+
+def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str = "2theta") -> Path:
+    """Write the lineout(s) as IntegratorZarrOMP's ``<prefix>_lineout.xy``, atomically.
+
+    One header line (``# 2theta_deg  intensity`` or ``# Q_invA  intensity``), then
+    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+    radial_unit : {"2theta", "q"}
+        x column: 2θ in degrees or Q in Å⁻¹.
+
+    Returns
+    -------
+    Path
+    """
+    if radial_unit == "2theta":
+        x, header = np.asarray(result.two_theta_deg, dtype=np.float64), "# 2theta_deg  intensity"
+    elif radial_unit == "q":
+        x, header = np.asarray(result.q_inv_angstrom, dtype=np.float64), "# Q_invA  intensity"
+    else:
+        raise ValueError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
+    lineouts = stacked(np.asarray(result.lineout, dtype=np.float64), 1)
+    columns = np.column_stack(
+        [np.tile(x, lineouts.shape[0]), lineouts.reshape(-1)]
+    )  # (n_frames·n_r, 2)
+    with atomic_output(path) as tmp, tmp.open("w") as fh:
+        fh.write(header + "\n")
+        np.savetxt(fh, columns, fmt="%.6f", delimiter="  ")
+    return Path(path)
+
+
+def write_mat(result: Result, path: str | Path) -> Path:
+    """Write the Result's arrays to a MATLAB v5 ``.mat`` file (scipy), atomically.
+
+    Variables: ``cake`` (n_frames, n_eta, n_r), ``cake_sigma``, ``lineout`` (n_frames, n_r),
+    ``lineout_sigma``, ``area``, ``radius_px``, ``two_theta_deg``, ``q_inv_angstrom``,
+    ``eta_deg``, ``r_edges_px``, ``eta_edges_deg``, ``frame_ids``, ``configuration`` (JSON).
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
+    from scipy.io import savemat
+
+    arrays = {
+        "cake": stacked(np.asarray(result.cake), 2),
+        "cake_sigma": stacked(result.cake_sigma, 2),
+        "lineout": stacked(np.asarray(result.lineout), 1),
+        "lineout_sigma": stacked(result.lineout_sigma, 1),
+        "area": np.asarray(result.area),
+        "radius_px": result.radius_px,
+        "two_theta_deg": result.two_theta_deg,
+        "q_inv_angstrom": result.q_inv_angstrom,
+        "eta_deg": result.eta_deg,
+        "r_edges_px": result.r_edges_px,
+        "eta_edges_deg": result.eta_edges_deg,
+        "frame_ids": frame_ids(result),
+        "configuration": json.dumps(config_dict(result), sort_keys=True),
+    }
+    with atomic_output(path) as tmp, tmp.open("wb") as fh:
+        savemat(fh, {k: v for k, v in arrays.items() if v is not None}, do_compression=True)
+    return Path(path)

@@ -1,0 +1,88 @@
+"""One entry point for every output format: :func:`write_result`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
+from radint.io.nexus import write_nexus
+from radint.io.text import write_lineout_xy, write_mat
+from radint.result import Result
+
+__all__ = ["FORMATS", "output_name", "write_result"]
+
+#: format name → (file-name suffix appended to ``name``, writer)
+FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
+    "nexus": (".h5", write_nexus),
+    "zarr": (".zarr", lambda r, p: write_nexus(r, p, backend="zarr")),
+    "caked": (".caked.hdf", write_midas_caked),
+    "gsas": (".zarr.zip", write_gsas_zarr_zip),
+    "xy": ("_lineout.xy", write_lineout_xy),
+    "mat": (".mat", write_mat),
+}
+#: "midas" names the pair MIDAS users expect.
+ALIASES = {"midas": ("caked", "gsas")}
+
+
+def output_name(result: Result, name: str | None) -> str:
+    """``name``, or the input file's stem from ``result.metadata['source']``, or ``"result"``."""
+    if name:
+        return name
+    source = result.metadata.get("source")
+    if source:
+        return Path(str(source).split(":", 1)[0]).name.split(".", 1)[0] or "result"
+    return "result"
+
+
+def write_result(
+    result: Result,
+    path_or_dir: str | Path,
+    formats: Sequence[str] = ("nexus",),
+    name: str | None = None,
+) -> list[Path]:
+    """Write ``result`` in each requested format into a directory, every file atomically.
+
+    Parameters
+    ----------
+    result : Result
+        One frame or a stack.
+    path_or_dir : str or Path
+        Output directory (created if missing).
+    formats : sequence of str
+        Any of ``"nexus"`` (``<name>.h5``, NXazint1d/NXazint2d), ``"zarr"`` (``<name>.zarr``,
+        Zarr v3, same tree), ``"caked"`` (``<name>.caked.hdf``, MIDAS §9.1), ``"gsas"``
+        (``<name>.zarr.zip`` for GSAS-II), ``"midas"`` (caked + gsas), ``"xy"``
+        (``<name>_lineout.xy``), ``"mat"`` (``<name>.mat``).
+    name : str, optional
+        File stem; default the stem of ``result.metadata['source']`` (text before the first
+        dot), else ``"result"``.
+
+    Returns
+    -------
+    list of Path
+        The files written, in the order of ``formats``.
+
+    Raises
+    ------
+    ValueError
+        An unknown format name.
+    OSError
+        The directory cannot be created or written; no partial file is left behind.
+    """
+    wanted: list[str] = []
+    for fmt in formats:
+        for f in ALIASES.get(fmt.lower(), (fmt.lower(),)):
+            if f not in FORMATS:
+                known = ", ".join([*FORMATS, *ALIASES])
+                raise ValueError(f"unknown output format {fmt!r}; known: {known}")
+            if f not in wanted:
+                wanted.append(f)
+    out_dir = Path(path_or_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_name(result, name)
+    written = []
+    for f in wanted:
+        suffix, writer = FORMATS[f]
+        written.append(writer(result, out_dir / f"{stem}{suffix}"))
+    return written

@@ -1,0 +1,184 @@
+"""Readers: round trips for every format, and the error messages for bad input."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from numcodecs import Blosc
+from zarr.storage import ZipStore
+
+from radint.io import ReaderError, count_frames, read_dark, read_frames
+
+RNG = np.random.default_rng(1234)
+STACK = RNG.integers(0, 60000, size=(4, 12, 9), dtype=np.uint16)
+
+
+def frames_of(path: Path, **kw) -> np.ndarray:
+    return np.stack([f.data for f in read_frames(path, **kw)])
+
+
+def test_tiff_single_and_multi_page(tmp_path: Path) -> None:
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, STACK[0])
+    multi = tmp_path / "many.tiff"
+    tifffile.imwrite(multi, STACK, photometric="minisblack")
+    np.testing.assert_array_equal(frames_of(single), STACK[:1])
+    np.testing.assert_array_equal(frames_of(multi), STACK)
+    assert count_frames(multi) == 4
+    got = list(read_frames(multi, frames=[-1]))
+    assert got[0].index == 3 and got[0].source == str(multi)
+
+
+def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, STACK, photometric="minisblack")
+    blob = good.read_bytes()
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ReaderError, match=r"cut\.tif.*truncated"):
+        list(read_frames(bad))
+    header_only = tmp_path / "header.tif"
+    header_only.write_bytes(blob[:100])
+    with pytest.raises(ReaderError, match=r"header\.tif"):
+        list(read_frames(header_only))
+
+
+def test_hdf5_default_named_and_missing_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exchange/data", data=STACK, chunks=(1, 12, 9), compression="gzip")
+        f["entry/image"] = STACK[2]
+    np.testing.assert_array_equal(frames_of(path), STACK)
+    np.testing.assert_array_equal(frames_of(path, dataset="entry/image"), STACK[2:3])
+    with pytest.raises(ReaderError, match=r"scan\.h5: dataset 'entry/nope' does not exist") as e:
+        list(read_frames(path, dataset="entry/nope"))
+    assert "exchange/data (4, 12, 9)" in str(e.value)
+
+
+def test_wrong_shape_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = STACK
+    with pytest.raises(
+        ReaderError,
+        match=r"scan\.h5:exchange/data: frame 0 has shape \(12, 9\), expected \(10, 10\)",
+    ):
+        list(read_frames(path, shape=(10, 10)))
+
+
+def test_hdf5_bitshuffle_lz4_through_hdf5plugin(tmp_path: Path) -> None:
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    path = tmp_path / "eiger.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "entry/data/data", data=STACK, chunks=(1, 12, 9), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+    np.testing.assert_array_equal(frames_of(path, dataset="entry/data/data"), STACK)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_directory_array_and_group(tmp_path: Path, zarr_format: int) -> None:
+    arr_path = tmp_path / "a.zarr"
+    zarr.create_array(str(arr_path), data=STACK, chunks=(1, 12, 9), zarr_format=zarr_format)
+    np.testing.assert_array_equal(frames_of(arr_path), STACK)
+    grp_path = tmp_path / "g.zarr"
+    root = zarr.open_group(str(grp_path), mode="w", zarr_format=zarr_format)
+    root.create_array("exchange/data", data=STACK, chunks=(1, 12, 9))
+    np.testing.assert_array_equal(frames_of(grp_path), STACK)
+    with pytest.raises(ReaderError, match="array 'missing' does not exist"):
+        list(read_frames(grp_path, dataset="missing"))
+
+
+def test_zarr_zip(tmp_path: Path) -> None:
+    path = tmp_path / "frames.zip"
+    store = ZipStore(path, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root.create_array("images", data=STACK, chunks=(1, 12, 9))
+    store.close()
+    np.testing.assert_array_equal(frames_of(path, dataset="images"), STACK)
+
+
+def write_midas_zip(path: Path, skip: int = 1) -> np.ndarray:
+    """A MIDAS *.analysis.MIDAS.zip as ffGenerateZipRefactor writes it (spec §8.2)."""
+    dark = RNG.integers(0, 100, size=(3, 12, 9)).astype(np.uint16)
+    store = ZipStore(path, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    blosc = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE)
+    root.create_array("exchange/data", data=STACK, chunks=(1, 12, 9), compressors=blosc)
+    root.create_array("exchange/dark", data=dark, chunks=(1, 12, 9), compressors=blosc)
+    scan = "measurement/process/scan_parameters"
+    root.create_array(f"{scan}/start", data=np.array([10.0 - skip * 0.5]))
+    root.create_array(f"{scan}/step", data=np.array([0.5]))
+    root.create_array(
+        "analysis/process/analysis_parameters/SkipFrame", data=np.array([skip], dtype=np.int32)
+    )
+    store.close()
+    return dark
+
+
+def test_midas_zip_frames_dark_and_omega(tmp_path: Path) -> None:
+    path = tmp_path / "scan_000001.analysis.MIDAS.zip"
+    dark = write_midas_zip(path, skip=1)
+    assert "exchange/data/.zarray" in zipfile.ZipFile(path).namelist()
+    frames = list(read_frames(path))
+    # SkipFrame = 1: frame 0 is left out; omega = start + index·step, frame 1 at OmegaStart = 10.
+    assert [f.index for f in frames] == [1, 2, 3]
+    assert [f.metadata["omega_deg"] for f in frames] == [10.0, 10.5, 11.0]
+    np.testing.assert_array_equal(np.stack([f.data for f in frames]), STACK[1:])
+    assert count_frames(path) == 4
+    np.testing.assert_allclose(read_dark(path), dark[1:].mean(axis=0), rtol=0, atol=1e-12)
+    assert read_dark(path).dtype == np.float64
+
+
+def test_ge_raw(tmp_path: Path) -> None:
+    path = tmp_path / "ff_000123.ge3"
+    path.write_bytes(b"\x00" * 8192 + STACK.astype("<u2").tobytes())
+    np.testing.assert_array_equal(frames_of(path, shape=(12, 9)), STACK)
+    # The default GE frame is 2048 × 2048: a small file is not a whole number of those frames.
+    with pytest.raises(ReaderError, match=r"ff_000123\.ge3.*2048"):
+        count_frames(path)
+
+
+def test_raw_binary_and_bad_size(tmp_path: Path) -> None:
+    data = STACK.astype(np.float32)
+    path = tmp_path / "frames.raw"
+    path.write_bytes(data.tobytes())
+    np.testing.assert_array_equal(frames_of(path, shape=(12, 9), dtype=np.float32), data)
+    with pytest.raises(ReaderError, match=r"frames\.raw.*wrong frame shape"):
+        list(read_frames(path, shape=(10, 10), dtype=np.float32))
+    with pytest.raises(ReaderError, match="need shape"):
+        list(read_frames(path))
+
+
+def test_edf_through_fabio(tmp_path: Path) -> None:
+    fabio = pytest.importorskip("fabio")
+    path = tmp_path / "img.edf"
+    fabio.edfimage.EdfImage(data=STACK[0].astype(np.float32)).write(str(path))
+    np.testing.assert_array_equal(frames_of(path), STACK[:1].astype(np.float32))
+
+
+def test_dark_mean_of_tiff_and_cast(tmp_path: Path) -> None:
+    path = tmp_path / "dark.tif"
+    tifffile.imwrite(path, STACK, photometric="minisblack")
+    np.testing.assert_allclose(read_dark(path), STACK.mean(axis=0), rtol=0, atol=1e-9)
+    assert next(read_frames(path, dtype=np.float32)).data.dtype == np.float32
+
+
+def test_unknown_and_missing_files(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello")
+    with pytest.raises(ReaderError, match=r"notes\.txt: unrecognised frame format"):
+        list(read_frames(junk))
+    with pytest.raises(ReaderError, match="no such file"):
+        list(read_frames(tmp_path / "absent.tif"))
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = STACK
+    with pytest.raises(ReaderError, match="frame 9 requested, file holds 4"):
+        list(read_frames(path, frames=[9]))

@@ -1,0 +1,335 @@
+"""Writers: NeXus required fields, MIDAS caked.hdf layout, GSAS-II zarr.zip, text/mat, atomicity."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import zarr
+from zarr.storage import ZipStore
+
+from radint.io import (
+    NexusWriter,
+    write_gsas_zarr_zip,
+    write_lineout_xy,
+    write_mat,
+    write_midas_caked,
+    write_nexus,
+    write_result,
+)
+from tests.io_helpers import make_config, make_result
+
+# Every field/group/attribute the application definitions make required (no optional="true"):
+# nexusformat/definitions applications/NXazint1d.nxdl.xml (72d3cbd) and NXazint2d.nxdl.xml
+# (5b84653): NXentry/{definition, solid_angle_applied, polarization_applied,
+# normalization_applied}, NXinstrument/{name, NXmonochromator/{wavelength, energy},
+# NXsource/{name, type, probe}}, NXprocess "reduction"/{program, version, date, reference,
+# NXparameters "input"}, NXdata @axes @interpretation @signal, I (+ long_name, units),
+# radial_axis (+ long_name, units). Optional ones radint writes are checked too.
+REQUIRED_COMMON = [
+    "definition",
+    "solid_angle_applied",
+    "polarization_applied",
+    "normalization_applied",
+    "instrument/name",
+    "instrument/monochromator/wavelength",
+    "instrument/monochromator/energy",
+    "instrument/source/name",
+    "instrument/source/type",
+    "instrument/source/probe",
+    "reduction/program",
+    "reduction/version",
+    "reduction/date",
+    "reduction/reference",
+    "reduction/input",
+    "data/I",
+    "data/radial_axis",
+]
+GROUP_CLASSES = {
+    "instrument": "NXinstrument",
+    "instrument/monochromator": "NXmonochromator",
+    "instrument/source": "NXsource",
+    "reduction": "NXprocess",
+    "reduction/input": "NXparameters",
+    "data": "NXdata",
+}
+
+
+def _s(value: object) -> object:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def check_nxazint(sub: h5py.Group, ndim: int, n_frames: int, n_eta: int, n_r: int) -> None:
+    for name in REQUIRED_COMMON:
+        assert name in sub, f"{sub.name}/{name} missing"
+    for name, nx_class in GROUP_CLASSES.items():
+        assert _s(sub[name].attrs["NX_class"]) == nx_class
+    assert _s(sub["definition"][()]) == f"NXazint{ndim}d"
+    for flag in ("solid_angle_applied", "polarization_applied", "normalization_applied"):
+        assert sub[flag].dtype == np.bool_
+    assert _s(sub["instrument/monochromator/wavelength"].attrs["units"]) == "angstrom"
+    assert _s(sub["instrument/monochromator/energy"].attrs["units"]) == "keV"
+    data = sub["data"]
+    axes = [_s(a) for a in data.attrs["axes"]]
+    if ndim == 1:
+        assert axes == [".", "radial_axis"]
+        assert _s(data.attrs["interpretation"]) == "spectrum"
+        assert data["I"].shape == (n_frames, n_r)
+        assert data["norm"].shape == (n_r,)
+    else:
+        assert axes == [".", "azimuthal_axis", "radial_axis"]
+        assert _s(data.attrs["interpretation"]) == "image"
+        assert data["I"].shape == (n_frames, n_eta, n_r)
+        assert data["norm"].shape == (n_eta, n_r)
+        assert data["azimuthal_axis"].shape == (n_eta,)
+        assert data["azimuthal_axis_edges"].shape == (n_eta + 1,)
+        assert _s(data["azimuthal_axis"].attrs["long_name"]) == "azimuthal bin center"
+        assert int(data.attrs["azimuthal_axis_indices"]) == 1
+    assert _s(data.attrs["signal"]) == "I"
+    assert int(data.attrs["radial_axis_indices"]) == ndim
+    assert _s(data["I"].attrs["long_name"]) == "intensity"
+    assert _s(data["I"].attrs["units"]) == "arbitrary units"
+    assert _s(data["I_errors"].attrs["long_name"]) == "estimated intensity error"
+    assert data["I_errors"].shape == data["I"].shape
+    assert _s(data["radial_axis"].attrs["long_name"]) in ("2theta", "q")
+    assert data["radial_axis"].shape == (n_r,)
+    assert data["radial_axis_edges"].shape == (n_r + 1,)
+    assert _s(data["radial_axis_edges"].attrs["long_name"]).endswith("bin edges")
+    assert data["radius_px"].shape == (n_r,)
+    assert data["I"].chunks is not None and data["I"].maxshape[0] is None
+    assert data["I"].compression == "gzip"
+
+
+def test_nexus_required_fields_and_default_chain(tmp_path: Path) -> None:
+    res = make_result(n_frames=3)
+    path = write_nexus(res, tmp_path / "scan.h5")
+    with h5py.File(path, "r") as f:
+        # default chain: / -> entry -> azint1d -> data (NXdata with a signal)
+        assert _s(f.attrs["default"]) == "entry"
+        entry = f["entry"]
+        assert _s(entry.attrs["NX_class"]) == "NXentry"
+        for ndim in (1, 2):
+            sub = entry[f"azint{ndim}d"]
+            assert _s(sub.attrs["NX_class"]) == "NXsubentry"
+            assert _s(sub.attrs["default"]) == "data"
+            check_nxazint(sub, ndim, 3, res.n_eta, res.n_r)
+        assert _s(entry.attrs["default"]) == "azint1d"
+        d2 = entry["azint2d/data"]
+        np.testing.assert_array_equal(d2["I"][...], res.cake)
+        np.testing.assert_array_equal(entry["azint1d/data/I"][...], res.lineout)
+        np.testing.assert_array_equal(d2["frame_id"][...], [7, 8, 9])
+        np.testing.assert_allclose(d2["radial_axis"][...], res.two_theta_deg)
+        # edges: 2θ = atan(R·px/Lsd) at the R edges
+        np.testing.assert_allclose(
+            d2["radial_axis_edges"][...], np.degrees(np.arctan(res.r_edges_px * 200 / 1e6))
+        )
+        config = json.loads(entry["azint2d/reduction/input/configuration"][()])
+        assert config["lsd_um"] == 1e6 and config["omega_sum_frames"] == 2
+        assert _s(entry["azint2d/reduction/program"][()]) == "radint"
+
+
+def test_nexus_q_axis_and_no_config(tmp_path: Path) -> None:
+    res = make_result(n_frames=None)
+    path = write_nexus(res, tmp_path / "q.h5", radial_unit="q")
+    with h5py.File(path, "r") as f:
+        data = f["entry/azint1d/data"]
+        assert _s(data["radial_axis"].attrs["units"]) == "1/angstrom"
+        np.testing.assert_allclose(data["radial_axis"][...], res.q_inv_angstrom)
+        assert data["I"].shape == (1, res.n_r)
+    bare = make_result(n_frames=None, config=None, sigma=False)
+    with pytest.raises(ValueError, match="wavelength"):
+        write_nexus(bare, tmp_path / "bad.h5", radial_unit="q")
+    assert not list(tmp_path.glob("*bad.h5*"))
+    path = write_nexus(bare, tmp_path / "bare.h5")
+    with h5py.File(path, "r") as f:
+        assert "radial_axis_edges" not in f["entry/azint2d/data"]
+        assert "I_errors" not in f["entry/azint2d/data"]
+        assert json.loads(f["entry/azint2d/reduction/input/configuration"][()]) == {}
+
+
+def test_nexus_writer_appends_frames_incrementally(tmp_path: Path) -> None:
+    stack = make_result(n_frames=3)
+    path = tmp_path / "stream.h5"
+    with NexusWriter(path, atomic=False) as writer:
+        for k in range(3):
+            writer.append(stack.frame(k), frame_id=100 + k, timestamp=1.5 + k)
+            writer.flush()
+            with h5py.File(path, "r") as f:  # readable while it grows
+                assert f["entry/azint2d/data/I"].shape[0] == k + 1
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["entry/azint2d/data/I"][...], stack.cake)
+        np.testing.assert_array_equal(f["entry/azint1d/data/frame_id"][...], [100, 101, 102])
+        np.testing.assert_array_equal(f["entry/azint1d/data/timestamp"][...], [1.5, 2.5, 3.5])
+    other = make_result(n_frames=1, n_r=5)
+    with NexusWriter(tmp_path / "mixed.h5") as writer:
+        writer.append(stack)
+        with pytest.raises(ValueError, match=r"\(n_eta, n_r\)"):
+            writer.append(other)
+
+
+def test_zarr_v3_store_has_the_same_tree(tmp_path: Path) -> None:
+    res = make_result(n_frames=2)
+    h5 = write_nexus(res, tmp_path / "a.h5")
+    store = write_nexus(res, tmp_path / "a.zarr", backend="zarr")
+    root = zarr.open_group(str(store), mode="r")
+    assert root.metadata.zarr_format == 3
+    with h5py.File(h5, "r") as f:
+        names: list[str] = []
+        f.visit(names.append)
+        for name in names:
+            assert name in root, name
+            for key, value in f[name].attrs.items():
+                got = root[name].attrs[key]
+                if isinstance(value, np.ndarray):
+                    assert [_s(v) for v in value] == list(got)
+                else:
+                    assert _s(value) == got or np.isclose(value, got)
+        np.testing.assert_array_equal(
+            root["entry/azint2d/data/I"][...], f["entry/azint2d/data/I"][...]
+        )
+
+
+def test_midas_caked_hdf_layout(tmp_path: Path) -> None:
+    res = make_result(n_frames=3)
+    res.config = make_config(omega_sum_frames=2)
+    res.config.sum_images = True
+    res.metadata["Temperature"] = np.array([300.0, 310.0, 320.0])
+    path = write_midas_caked(res, tmp_path / "scan.caked.hdf")
+    n_eta, n_r = res.n_eta, res.n_r
+    with h5py.File(path, "r") as f:
+        rem = f["REtaMap"]
+        assert rem.shape == (5, n_r, n_eta)
+        assert _s(rem.attrs["Header"]) == "Radius,2Theta,Eta,BinArea,Q"
+        assert _s(rem.attrs["Units"]) == "Pixels,Degrees,Degrees,Pixels,InvAngstrom"
+        assert int(rem.attrs["nRBins"]) == n_r and int(rem.attrs["nEtaBins"]) == n_eta
+        np.testing.assert_allclose(rem[0][:, 0], res.radius_px)
+        np.testing.assert_allclose(rem[1][:, 0], res.two_theta_deg)
+        np.testing.assert_allclose(rem[2][0], res.eta_deg)
+        np.testing.assert_allclose(rem[3], res.area.T)
+        np.testing.assert_allclose(rem[4][:, 0], res.q_inv_angstrom)
+        for k, fid in enumerate((7, 8, 9)):
+            ds = f[f"IntegrationResult/FrameNr_{fid}"]
+            assert ds.shape == (n_r, n_eta)
+            np.testing.assert_array_equal(ds[...], res.cake[k].T)  # MIDAS is R-major
+            assert ds.attrs["omega"] == pytest.approx(5.0 + 0.25 * k)
+        assert sorted(f["OmegaSumFrame"]) == ["LastFrameNumber_8", "LastFrameNumber_9"]
+        s8 = f["OmegaSumFrame/LastFrameNumber_8"]
+        np.testing.assert_array_equal(s8[...], (res.cake[0] + res.cake[1]).T)
+        assert s8.attrs["Number Of Frames Summed"] == 2 and s8.attrs["LastFrameNumber"] == 8
+        assert (s8.attrs["FirstOme"], s8.attrs["LastOme"]) == (5.0, 5.25)
+        assert s8.attrs["Temperature"] == 305.0
+        for key in ("Pressure", "I", "I0"):
+            assert key in s8.attrs
+        np.testing.assert_allclose(f["Omegas"][...], [5.0, 5.25, 5.5])
+        np.testing.assert_allclose(f["SumFrames"][...], np.nansum(res.cake, axis=0).T)
+        for key in ("Polariz", "Lam", "SH_L", "U", "V", "W", "X", "Y", "Z", "Distance"):
+            assert f[f"InstrumentParameters/{key}"].shape == (1,)
+        assert f["InstrumentParameters/Distance"][0] == 1e6
+        assert f["InstrumentParameters/Lam"][0] == pytest.approx(0.172979)
+
+
+def test_gsas_zarr_zip_opens_the_way_gsas_ii_reads_it(tmp_path: Path) -> None:
+    res = make_result(n_frames=4)
+    path = write_gsas_zarr_zip(res, tmp_path / "scan.zarr.zip")
+    names = zipfile.ZipFile(path).namelist()
+    assert len(names) == len(set(names)), "duplicate zip entries"
+    assert "REtaMap/.zarray" in names  # zarr v2 keys, as zarr 2.18 (GSAS-II's pin) expects
+    # GSAS-II's G2pwd_MIDAS.readMidas, step by step (zarr 3 needs the ZipStore spelled out).
+    fp = zarr.open(ZipStore(path, mode="r"), mode="r")
+    assert all(k in fp for k in ("InstrumentParameters", "REtaMap", "OmegaSumFrame"))
+    retamap = np.array(fp["REtaMap"])
+    n_bins, n_azim = retamap[1].shape
+    assert (n_bins, n_azim) == (res.n_r, res.n_eta)
+    arrays = [fp["OmegaSumFrame"][k] for k in fp["OmegaSumFrame"]]
+    attrs = [dict(fp["OmegaSumFrame"][k].attrs.items()) for k in fp["OmegaSumFrame"]]
+    assert len(arrays) == 2  # omega_sum_frames = 2
+    # GSAS-II iterates .items() (zarr 2); zarr 3 spells it .members().
+    instprm = {i: j[0] for i, j in fp["InstrumentParameters"].members()}
+    assert set(instprm) == {"Polariz", "Lam", "SH_L", "U", "V", "W", "X", "Y", "Z", "Distance"}
+    # Keys iterate in name order ("_10" before "_8"), so find the first chunk by its attribute.
+    first = next(i for i, a in enumerate(attrs) if a["LastFrameNumber"] == 8)
+    unmasked = retamap[3][:, 1] != 0
+    y = arrays[first][:, 1][unmasked] / attrs[first]["Number Of Frames Summed"]
+    np.testing.assert_allclose(y, ((res.cake[0] + res.cake[1]) / 2)[1][unmasked])
+    omega = 0.5 * (attrs[first]["FirstOme"] + attrs[first]["LastOme"])
+    assert omega == pytest.approx(5.125)
+
+
+def test_lineout_xy_and_mat(tmp_path: Path) -> None:
+    res = make_result(n_frames=2)
+    xy = write_lineout_xy(res, tmp_path / "scan_lineout.xy")
+    lines = xy.read_text().splitlines()
+    assert lines[0] == "# 2theta_deg  intensity"
+    assert len(lines) == 1 + 2 * res.n_r
+    assert lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.6f}"
+    q = write_lineout_xy(res, tmp_path / "q_lineout.xy", radial_unit="q")
+    assert q.read_text().startswith("# Q_invA  intensity\n")
+    mat = scipy.io.loadmat(write_mat(res, tmp_path / "scan.mat"))
+    np.testing.assert_array_equal(mat["cake"], res.cake)
+    np.testing.assert_array_equal(mat["lineout"], res.lineout)
+    assert json.loads(str(mat["configuration"][0]))["lsd_um"] == 1e6
+
+
+def test_write_result_names_and_formats(tmp_path: Path) -> None:
+    res = make_result(n_frames=2)
+    out = write_result(res, tmp_path / "out", formats=("nexus", "zarr", "midas", "xy", "mat"))
+    assert [p.name for p in out] == [
+        "scan_000001.h5",
+        "scan_000001.zarr",
+        "scan_000001.caked.hdf",
+        "scan_000001.zarr.zip",
+        "scan_000001_lineout.xy",
+        "scan_000001.mat",
+    ]
+    assert all(p.exists() for p in out)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in out)
+    # rewriting replaces in place (directories too)
+    assert write_result(res, tmp_path / "out", formats=("zarr",), name="scan_000001") == [out[1]]
+    with pytest.raises(ValueError, match="unknown output format 'tiff'"):
+        write_result(res, tmp_path / "out", formats=("tiff",))
+
+
+def test_failed_writes_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = make_result(n_frames=2)
+
+    class DiskFull(OSError):
+        pass
+
+    original = h5py.Group.create_dataset
+    calls = {"n": 0}
+
+    def failing_create(self: h5py.Group, name: str, *args: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise DiskFull(28, "No space left on device")
+        return original(self, name, *args, **kw)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
+    for writer, name in ((write_midas_caked, "a.caked.hdf"), (write_nexus, "a.h5")):
+        calls["n"] = 0
+        with pytest.raises(DiskFull):
+            writer(res, tmp_path / name)
+    monkeypatch.undo()
+
+    # A stream that dies mid-run: the context manager removes the partial file.
+    with pytest.raises(RuntimeError, match="detector died"), NexusWriter(tmp_path / "s.h5") as w:
+        w.append(res.frame(0))
+        raise RuntimeError("detector died")
+
+    # An existing good file survives a failed rewrite untouched.
+    good = write_nexus(res, tmp_path / "good.h5")
+    before = good.read_bytes()
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
+    calls["n"] = 0
+    with pytest.raises(DiskFull):
+        write_nexus(res, good)
+    monkeypatch.undo()
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.h5"]
