@@ -11,6 +11,7 @@
 
 pub mod bins;
 pub mod error;
+pub mod fit;
 pub mod geometry;
 pub mod integrate;
 pub mod map;

@@ -1,6 +1,7 @@
 //! `radint._core`: extract → validate → release the GIL → convert. Logic lives in radint-core.
 
 mod errors;
+mod fit;
 mod params;
 
 use std::collections::HashMap;
@@ -598,5 +599,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pixel_centres, m)?)?;
     m.add_function(wrap_pyfunction!(load_midas, m)?)?;
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
+    fit::register(m)?;
     Ok(())
 }

@@ -1,0 +1,339 @@
+//! Peak fitting on lineouts (spec §6): TCH pseudo-Voigt peaks on a 2-term Chebyshev background,
+//! fitted by a bounded Levenberg–Marquardt with analytic Jacobians, at given positions or after
+//! SNIP + Savitzky–Golay auto-detection; plus the height-normalised pV of the per-η fits (§6.4).
+//!
+//! Rows follow MIDAS `fit.bin`: `[area, center, sig, gam, fwhm, eta_mix, reduced chi2]` with centre
+//! and FWHM in x units. Unlike MIDAS (which leaves zeros), a peak whose fit did not converge gets a
+//! NaN row and a non-`Converged` [`FitStatus`], so a failure can never pass for a result.
+//!
+//! Parallelism: rayon over curves × jobs on the caller's pool; nothing here builds a pool.
+
+mod detect;
+mod lm;
+mod model;
+mod pv;
+mod roi;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+pub use detect::{
+    detect_candidates, fit_auto, fit_auto_many, savgol_smooth7, snip_background, AutoFit,
+    AutoOptions,
+};
+pub use lm::{levenberg_marquardt, FitStatus, LmOptions, LmResult, Residuals};
+pub use model::{
+    chebyshev_x, model_gradient, model_value, n_params, pseudo_voigt, tch, tch_terms,
+    widths_from_fwhm, TchTerms, N_BACKGROUND, PARAMS_PER_PEAK,
+};
+pub use pv::{fit_pv, pv_height, pv_height_gradient, PvFit, PV_PARAMS};
+pub use roi::{
+    bin_size, edge_background, initial_guess, plan_jobs, snap_to_bin, Job, JobPeak, Starts,
+};
+
+/// Values per peak row.
+pub const ROW_LEN: usize = 7;
+/// Column indices of a row.
+pub const COL_AREA: usize = 0;
+pub const COL_CENTER: usize = 1;
+pub const COL_SIG: usize = 2;
+pub const COL_GAM: usize = 3;
+pub const COL_FWHM: usize = 4;
+pub const COL_ETA: usize = 5;
+pub const COL_CHI2: usize = 6;
+
+/// How peaks at given positions are fitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitOptions {
+    /// `FitROIPadding`: ROI half-width in bins (MIDAS default 20).
+    pub roi_padding: usize,
+    /// `FitROIAuto`: padding = max(15, 1.5 · largest estimated FWHM in bins).
+    pub auto_roi: bool,
+    /// Jobs (merged ROIs) with more peaks than this are not fitted (`TooManyPeaks`): the normal
+    /// equations grow as (4·peaks)³.
+    pub max_peaks_per_job: usize,
+    pub lm: LmOptions,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            roi_padding: 20,
+            auto_roi: false,
+            max_peaks_per_job: 32,
+            lm: LmOptions::default(),
+        }
+    }
+}
+
+/// One fitted peak: the MIDAS row, its standard errors (χ² column: NaN) and how the fit ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeakFit {
+    pub values: [f64; ROW_LEN],
+    pub errors: [f64; ROW_LEN],
+    pub status: FitStatus,
+    pub iterations: usize,
+}
+
+impl PeakFit {
+    /// A NaN row with a failure status.
+    pub fn failed(status: FitStatus, iterations: usize) -> PeakFit {
+        PeakFit {
+            values: [f64::NAN; ROW_LEN],
+            errors: [f64::NAN; ROW_LEN],
+            status,
+            iterations,
+        }
+    }
+
+    pub fn area(&self) -> f64 {
+        self.values[COL_AREA]
+    }
+    pub fn center(&self) -> f64 {
+        self.values[COL_CENTER]
+    }
+    pub fn fwhm(&self) -> f64 {
+        self.values[COL_FWHM]
+    }
+}
+
+/// Fits of many curves, flat for zero-copy hand-over: `values`/`errors` are
+/// `(n_curves, n_peaks, 7)` row-major, `status`/`iterations` are `(n_curves, n_peaks)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FitTable {
+    pub n_curves: usize,
+    pub n_peaks: usize,
+    pub values: Vec<f64>,
+    pub errors: Vec<f64>,
+    /// [`FitStatus::code`] of each peak.
+    pub status: Vec<u8>,
+    pub iterations: Vec<u32>,
+}
+
+impl FitTable {
+    fn from_rows(rows: Vec<Vec<PeakFit>>, n_peaks: usize) -> FitTable {
+        let n_curves = rows.len();
+        let mut t = FitTable {
+            n_curves,
+            n_peaks,
+            values: Vec::with_capacity(n_curves * n_peaks * ROW_LEN),
+            errors: Vec::with_capacity(n_curves * n_peaks * ROW_LEN),
+            status: Vec::with_capacity(n_curves * n_peaks),
+            iterations: Vec::with_capacity(n_curves * n_peaks),
+        };
+        for p in rows.iter().flatten() {
+            t.values.extend_from_slice(&p.values);
+            t.errors.extend_from_slice(&p.errors);
+            t.status.push(p.status.code());
+            t.iterations
+                .push(u32::try_from(p.iterations).unwrap_or(u32::MAX));
+        }
+        t
+    }
+}
+
+/// x must be finite and strictly increasing (bin centres) with at least 2 points.
+fn validate_axis(x: &[f64]) -> Result<f64> {
+    if x.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "peak fit: x axis needs at least 2 bin centres, got {}",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "peak fit: x[{i}] = {} is not finite",
+            x[i]
+        )));
+    }
+    if let Some(i) = x.windows(2).position(|w| w[1] <= w[0]) {
+        return Err(Error::Invalid(format!(
+            "peak fit: x must be strictly increasing, got x[{}] = {} >= x[{}] = {}",
+            i,
+            x[i],
+            i + 1,
+            x[i + 1]
+        )));
+    }
+    Ok(bin_size(x))
+}
+
+fn validate_options(opts: &FitOptions) -> Result<()> {
+    if opts.max_peaks_per_job == 0 || opts.lm.max_iterations == 0 {
+        return Err(Error::Invalid(
+            "peak fit: max_peaks_per_job and max_iterations must be >= 1, got 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Fit peaks near `positions` (x units) in one lineout `y` (same length as `x`). Returns one
+/// [`PeakFit`] per position, in the order given. Positions that snap to no bin get `OutOfRange`.
+pub fn fit_curve(
+    x: &[f64],
+    y: &[f64],
+    positions: &[f64],
+    opts: &FitOptions,
+) -> Result<Vec<PeakFit>> {
+    let bin = validate_axis(x)?;
+    validate_options(opts)?;
+    if y.len() != x.len() {
+        return Err(Error::shape("peak fit: lineout length", x.len(), y.len()));
+    }
+    Ok(fit_curve_checked(x, y, positions, bin, opts))
+}
+
+fn fit_curve_checked(
+    x: &[f64],
+    y: &[f64],
+    positions: &[f64],
+    bin: f64,
+    opts: &FitOptions,
+) -> Vec<PeakFit> {
+    let jobs = plan_jobs(x, y, positions, opts.roi_padding, opts.auto_roi);
+    let fitted: Vec<Vec<(usize, PeakFit)>> = jobs
+        .par_iter()
+        .map(|job| fit_job(x, y, job, bin, opts))
+        .collect();
+    let mut out = vec![PeakFit::failed(FitStatus::OutOfRange, 0); positions.len()];
+    for (slot, fit) in fitted.into_iter().flatten() {
+        if let Some(o) = out.get_mut(slot) {
+            *o = fit;
+        }
+    }
+    out
+}
+
+/// Fit the same `positions` in `n_curves` lineouts `ys` (row-major `(n_curves, x.len())`), in
+/// parallel over curves × jobs on the current rayon pool.
+pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> Result<FitTable> {
+    let bin = validate_axis(x)?;
+    validate_options(opts)?;
+    if ys.len() % x.len() != 0 {
+        return Err(Error::shape(
+            "peak fit: lineouts (n_curves × n_x)",
+            format!("a multiple of n_x = {}", x.len()),
+            ys.len(),
+        ));
+    }
+    let rows: Vec<Vec<PeakFit>> = ys
+        .par_chunks(x.len())
+        .map(|y| fit_curve_checked(x, y, positions, bin, opts))
+        .collect();
+    Ok(FitTable::from_rows(rows, positions.len()))
+}
+
+/// The least-squares problem of one job: model (§6.1) minus data over the ROI's finite points.
+struct JobProblem<'a> {
+    x: &'a [f64],
+    y: &'a [f64],
+    x_lo: f64,
+    x_hi: f64,
+    n_params: usize,
+}
+
+impl Residuals for JobProblem<'_> {
+    fn n_params(&self) -> usize {
+        self.n_params
+    }
+    fn n_points(&self) -> usize {
+        self.x.len()
+    }
+    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64 {
+        let m = match grad {
+            Some(g) => model_gradient(self.x[i], self.x_lo, self.x_hi, p, g),
+            None => model_value(self.x[i], self.x_lo, self.x_hi, p),
+        };
+        m - self.y[i]
+    }
+}
+
+/// Fit one job; returns `(slot, fit)` for each of its peaks.
+fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<(usize, PeakFit)> {
+    let fail_all = |status| {
+        job.peaks
+            .iter()
+            .map(|p| (p.slot, PeakFit::failed(status, 0)))
+            .collect()
+    };
+    if job.peaks.len() > opts.max_peaks_per_job {
+        return fail_all(FitStatus::TooManyPeaks);
+    }
+    let (Some(xr), Some(yr)) = (x.get(job.lo..=job.hi), y.get(job.lo..=job.hi)) else {
+        return fail_all(FitStatus::InsufficientData);
+    };
+    // NaN bins (e.g. fully masked) carry no information: fit the finite points only.
+    let (fx, fy): (Vec<f64>, Vec<f64>) = xr
+        .iter()
+        .zip(yr)
+        .filter(|(_, v)| v.is_finite())
+        .map(|(&a, &b)| (a, b))
+        .unzip();
+    let np = n_params(job.peaks.len());
+    if fx.len() <= np {
+        return fail_all(FitStatus::InsufficientData);
+    }
+    let pks: Vec<usize> = job
+        .peaks
+        .iter()
+        .map(|p| fx.partition_point(|&v| v < x[p.index]).min(fx.len() - 1))
+        .collect();
+    let s = initial_guess(&fx, &fy, &pks, bin);
+    let prob = JobProblem {
+        x: &fx,
+        y: &fy,
+        x_lo: xr[0],
+        x_hi: xr[xr.len() - 1],
+        n_params: np,
+    };
+    let res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
+    let chi2 = res.ssr / (fx.len() - np).max(1) as f64;
+    job.peaks
+        .iter()
+        .enumerate()
+        .map(|(k, p)| (p.slot, peak_row(&res, k, chi2)))
+        .collect()
+}
+
+/// Row k of a job's result, with standard errors; FWHM and η errors by the delta method on the
+/// (sig, gam) covariance block.
+fn peak_row(res: &LmResult, k: usize, chi2: f64) -> PeakFit {
+    if !res.status.is_ok() {
+        return PeakFit::failed(res.status, res.iterations);
+    }
+    let o = n_params(k);
+    let np = res.params.len();
+    let p = &res.params[o..o + PARAMS_PER_PEAK];
+    let se = &res.std_errors[o..o + PARAMS_PER_PEAK];
+    let t = tch_terms(p[2], p[3]);
+    let cov = |a: usize, b: usize| {
+        res.covariance
+            .get((o + a) * np + o + b)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let delta = |ds: f64, dg: f64| {
+        let v = ds * ds * cov(2, 2) + 2.0 * ds * dg * cov(2, 3) + dg * dg * cov(3, 3);
+        // NaN (singular covariance) must stay NaN; f64::max would turn it into 0.
+        if v.is_nan() {
+            f64::NAN
+        } else {
+            v.max(0.0).sqrt()
+        }
+    };
+    PeakFit {
+        values: [p[0], p[1], p[2], p[3], t.gamma, t.eta, chi2],
+        errors: [
+            se[0],
+            se[1],
+            se[2],
+            se[3],
+            delta(t.dgamma_dsig, t.dgamma_dgam),
+            delta(t.deta_dsig, t.deta_dgam),
+            f64::NAN,
+        ],
+        status: res.status,
+        iterations: res.iterations,
+    }
+}

@@ -1,0 +1,191 @@
+//! Automatic peak detection (spec §6.3): SNIP background, Savitzky–Golay curvature, prominence,
+//! minimum separation, greedy selection, fit on the background-subtracted lineout, width-outlier
+//! filter, keep the largest `max_peaks` by area.
+
+use rayon::prelude::*;
+
+use super::roi::bin_size;
+use super::{fit_curve_checked, validate_axis, validate_options, FitOptions, FitStatus, PeakFit};
+use crate::error::{Error, Result};
+
+/// `AutoDetectPeaks` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoOptions {
+    /// `MaxNPeaks` / `AutoDetectPeaks`: at most this many peaks are returned.
+    pub max_peaks: usize,
+    /// `SNIPIterations` (MIDAS default 50).
+    pub snip_iterations: usize,
+}
+
+impl Default for AutoOptions {
+    fn default() -> Self {
+        AutoOptions {
+            max_peaks: 10,
+            snip_iterations: 50,
+        }
+    }
+}
+
+/// Result of auto-detection on one lineout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoFit {
+    /// SNIP background that was subtracted before fitting (same length as the lineout); the
+    /// fitted Chebyshev background of each peak is relative to it.
+    pub background: Vec<f64>,
+    /// Kept peaks, ordered by centre; all `Converged`.
+    pub peaks: Vec<PeakFit>,
+}
+
+/// SNIP background (LLS-transformed, decreasing clipping window `p = iterations … 1`), ≥ 0.
+/// NaN input counts as 0.
+pub fn snip_background(y: &[f64], iterations: usize) -> Vec<f64> {
+    let n = y.len();
+    let mut v: Vec<f64> = y
+        .iter()
+        .map(|&i| ((i.max(0.0) + 1.0).sqrt() + 1.0).ln().ln_1p())
+        .collect();
+    let mut old = v.clone();
+    for p in (1..=iterations).rev() {
+        if 2 * p >= n {
+            continue;
+        }
+        old.copy_from_slice(&v);
+        for i in p..n - p {
+            v[i] = v[i].min(0.5 * (old[i - p] + old[i + p]));
+        }
+    }
+    v.iter()
+        .map(|&t| {
+            let a = (t.exp() - 1.0).exp() - 1.0;
+            (a * a - 1.0).max(0.0)
+        })
+        .collect()
+}
+
+/// Savitzky–Golay smoothing, window 7, quadratic: `(−2, 3, 6, 7, 6, 3, −2)/21`; the 3 points at
+/// each edge are copied unchanged (as MIDAS).
+pub fn savgol_smooth7(y: &[f64]) -> Vec<f64> {
+    const C: [f64; 7] = [-2.0, 3.0, 6.0, 7.0, 6.0, 3.0, -2.0];
+    let mut s = y.to_vec();
+    if y.len() >= 7 {
+        for (i, w) in y.windows(7).enumerate() {
+            s[i + 3] = w.iter().zip(C).map(|(a, c)| a * c).sum::<f64>() / 21.0;
+        }
+    }
+    s
+}
+
+/// Candidate peak indices of the background-subtracted `corr`, best prominence first, at least
+/// `min_sep` bins apart, at most `max_candidates`.
+pub fn detect_candidates(corr: &[f64], max_candidates: usize, min_sep: usize) -> Vec<usize> {
+    let n = corr.len();
+    if n < 5 {
+        return Vec::new();
+    }
+    let s = savgol_smooth7(corr);
+    let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
+    let mut cands: Vec<(f64, usize)> = (2..n - 2)
+        .filter(|&i| curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && corr[i] > 0.0)
+        .map(|i| (prominence(&s, i, min_sep), i))
+        .collect();
+    cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut chosen: Vec<usize> = Vec::new();
+    for (_, i) in cands {
+        if chosen.len() >= max_candidates {
+            break;
+        }
+        if chosen.iter().all(|&c| c.abs_diff(i) >= min_sep) {
+            chosen.push(i);
+        }
+    }
+    chosen
+}
+
+/// `s[i] − max(min left, min right)` within `w` bins; the value itself if that is negative.
+fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
+    let lo = i.saturating_sub(w);
+    let hi = (i + w).min(s.len() - 1);
+    let min_of = |r: &[f64]| r.iter().copied().fold(f64::INFINITY, f64::min);
+    let base = min_of(&s[lo..i]).max(min_of(&s[i + 1..=hi]));
+    let p = s[i] - base;
+    if p < 0.0 {
+        s[i]
+    } else {
+        p
+    }
+}
+
+/// Detect and fit up to `auto.max_peaks` peaks in one lineout.
+pub fn fit_auto(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions) -> Result<AutoFit> {
+    validate_axis(x)?;
+    validate_options(opts)?;
+    if y.len() != x.len() {
+        return Err(Error::shape(
+            "auto peak fit: lineout length",
+            x.len(),
+            y.len(),
+        ));
+    }
+    Ok(fit_auto_checked(x, y, auto, opts))
+}
+
+/// [`fit_auto`] over `n_curves` lineouts `ys` (row-major), in parallel on the current rayon pool.
+pub fn fit_auto_many(
+    x: &[f64],
+    ys: &[f64],
+    auto: &AutoOptions,
+    opts: &FitOptions,
+) -> Result<Vec<AutoFit>> {
+    validate_axis(x)?;
+    validate_options(opts)?;
+    if ys.len() % x.len() != 0 {
+        return Err(Error::shape(
+            "auto peak fit: lineouts (n_curves × n_x)",
+            format!("a multiple of n_x = {}", x.len()),
+            ys.len(),
+        ));
+    }
+    Ok(ys
+        .par_chunks(x.len())
+        .map(|y| fit_auto_checked(x, y, auto, opts))
+        .collect())
+}
+
+fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions) -> AutoFit {
+    let bin = bin_size(x);
+    let background = snip_background(y, auto.snip_iterations);
+    let corr: Vec<f64> = y
+        .iter()
+        .zip(&background)
+        .map(|(&v, &b)| (v - b).max(0.0))
+        .collect();
+    // x is uniform here, so MIDAS's max(3, 3·RBinSize/|x1 − x0|) is 3 bins.
+    let min_sep = 3;
+    let max_candidates = (3 * auto.max_peaks).min(x.len() / 2);
+    let cand = detect_candidates(&corr, max_candidates, min_sep);
+    let positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
+    let fits = fit_curve_checked(x, &corr, &positions, bin, opts);
+    AutoFit {
+        background,
+        peaks: select_peaks(fits, auto.max_peaks, bin),
+    }
+}
+
+/// Keep converged peaks with area > 0 and Γ > 0; with more than 2, drop widths above
+/// `max(5 · upper-median Γ, 2 · bin)`; keep the `max_peaks` largest areas, ordered by centre.
+fn select_peaks(fits: Vec<PeakFit>, max_peaks: usize, bin: f64) -> Vec<PeakFit> {
+    let mut kept: Vec<PeakFit> = fits
+        .into_iter()
+        .filter(|f| f.status == FitStatus::Converged && f.area() > 0.0 && f.fwhm() > 0.0)
+        .collect();
+    if kept.len() > 2 {
+        let mut widths: Vec<f64> = kept.iter().map(|f| f.fwhm()).collect();
+        widths.sort_by(f64::total_cmp);
+        let limit = (5.0 * widths[widths.len() / 2]).max(2.0 * bin);
+        kept.retain(|f| f.fwhm() <= limit);
+    }
+    kept.sort_by(|a, b| b.area().total_cmp(&a.area()));
+    kept.truncate(max_peaks);
+    kept.sort_by(|a, b| a.center().total_cmp(&b.center()));
+    kept
+}

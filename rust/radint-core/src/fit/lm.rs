@@ -1,0 +1,372 @@
+//! Bounded Levenberg–Marquardt with analytic Jacobians.
+//!
+//! Bounds are handled by projection: a trial point is clamped into the box, and a parameter that
+//! sits on a bound while the gradient pushes it outwards is frozen for that iteration (removed from
+//! the normal equations), so the remaining parameters still get a proper Gauss–Newton step.
+//! Damping uses Marquardt's diagonal scaling with the running maximum of diag(JᵀJ) (as MINPACK),
+//! which makes the step invariant to the very different scales of area, centre and centi-widths.
+
+/// A least-squares problem: residuals `r_i(p) = model_i(p) − data_i`, evaluated point by point so
+/// that JᵀJ and Jᵀr are accumulated without storing J.
+pub trait Residuals {
+    fn n_params(&self) -> usize;
+    fn n_points(&self) -> usize;
+    /// Residual at point `i`; when `grad` is given, also ∂r_i/∂p into it (length `n_params`).
+    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64;
+}
+
+/// Why a fit stopped, or why it never ran. Stored as a small integer in tables (`code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FitStatus {
+    /// Relative change of cost or parameters fell below tolerance.
+    Converged = 0,
+    /// The iteration limit was reached before convergence.
+    MaxIterations = 1,
+    /// The cost or Jacobian became NaN/∞ (overflowing data, degenerate widths).
+    NonFinite = 2,
+    /// The requested position is NaN or farther than 2 bins from every bin centre.
+    OutOfRange = 3,
+    /// Fewer finite data points in the ROI than parameters + 1.
+    InsufficientData = 4,
+    /// More peaks merged into one job than the configured maximum.
+    TooManyPeaks = 5,
+}
+
+impl FitStatus {
+    /// Only a converged fit yields numbers; every other status comes with a NaN row.
+    pub fn is_ok(self) -> bool {
+        self == FitStatus::Converged
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FitStatus::Converged => "converged",
+            FitStatus::MaxIterations => "max_iterations",
+            FitStatus::NonFinite => "non_finite",
+            FitStatus::OutOfRange => "out_of_range",
+            FitStatus::InsufficientData => "insufficient_data",
+            FitStatus::TooManyPeaks => "too_many_peaks",
+        }
+    }
+}
+
+/// Stopping rules of the Levenberg–Marquardt loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LmOptions {
+    /// Accepted steps before giving up with `MaxIterations`.
+    pub max_iterations: usize,
+    /// Converged when an accepted step lowers the cost by less than `ftol` relatively.
+    pub ftol: f64,
+    /// Converged when every parameter moves by less than `xtol·(|p| + xtol)`.
+    pub xtol: f64,
+}
+
+impl Default for LmOptions {
+    fn default() -> Self {
+        LmOptions {
+            // MIDAS allows 500·nParams objective evaluations; LM steps are worth far more each.
+            max_iterations: 500,
+            // 1e-8 relative in SSR is ~1e-8·n·σ², far below one unit of χ²; tighter values only
+            // make degenerate jobs (auto-detect candidates with area → 0) crawl.
+            ftol: 1e-8,
+            xtol: 1e-8,
+        }
+    }
+}
+
+/// Result of a least-squares fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LmResult {
+    pub params: Vec<f64>,
+    /// Sum of squared residuals at `params`.
+    pub ssr: f64,
+    /// Accepted steps taken.
+    pub iterations: usize,
+    pub status: FitStatus,
+    /// Standard errors `sqrt(diag((JᵀJ)⁻¹) · SSR/(n − n_params))`; NaN where JᵀJ is singular.
+    pub std_errors: Vec<f64>,
+    /// `(JᵀJ)⁻¹ · SSR/(n − n_params)`, row-major `n_params × n_params`; empty when singular.
+    pub covariance: Vec<f64>,
+}
+
+/// Above this damping no step can lower the cost any more: the point is a (numerical) minimum.
+const LAMBDA_MAX: f64 = 1e16;
+
+/// Cost, JᵀJ (row-major) and Jᵀr at `p`.
+struct Normal {
+    cost: f64,
+    jtj: Vec<f64>,
+    jtr: Vec<f64>,
+}
+
+fn normal_equations(prob: &impl Residuals, p: &[f64]) -> Normal {
+    let n = prob.n_params();
+    let mut jtj = vec![0.0; n * n];
+    let mut jtr = vec![0.0; n];
+    let mut grad = vec![0.0; n];
+    let mut cost = 0.0;
+    for i in 0..prob.n_points() {
+        let r = prob.residual(i, p, Some(&mut grad));
+        cost += r * r;
+        for a in 0..n {
+            let ga = grad[a];
+            if ga == 0.0 {
+                continue;
+            }
+            jtr[a] += ga * r;
+            // Upper triangle only; mirrored below.
+            for b in a..n {
+                jtj[a * n + b] += ga * grad[b];
+            }
+        }
+    }
+    for a in 0..n {
+        for b in 0..a {
+            jtj[a * n + b] = jtj[b * n + a];
+        }
+    }
+    Normal { cost, jtj, jtr }
+}
+
+fn cost_at(prob: &impl Residuals, p: &[f64]) -> f64 {
+    (0..prob.n_points())
+        .map(|i| {
+            let r = prob.residual(i, p, None);
+            r * r
+        })
+        .sum()
+}
+
+/// In-place Cholesky factorisation of a symmetric positive-definite `n × n` matrix (lower factor).
+/// Returns false when the matrix is not numerically positive definite.
+fn cholesky(a: &mut [f64], n: usize) -> bool {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if !(d > 0.0 && d.is_finite()) {
+            return false;
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    true
+}
+
+/// Solve L Lᵀ x = b with the factor from [`cholesky`]; `b` is overwritten with x.
+fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= l[i * n + k] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= l[k * n + i] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+}
+
+/// Inverse of a symmetric positive-definite matrix, or None when singular.
+pub(crate) fn spd_inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    // Equilibrate first: the parameters differ by many orders of magnitude in scale.
+    let scale: Vec<f64> = (0..n)
+        .map(|i| {
+            let d = a[i * n + i];
+            if d > 0.0 {
+                1.0 / d.sqrt()
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut l: Vec<f64> = (0..n * n)
+        .map(|k| a[k] * scale[k / n] * scale[k % n])
+        .collect();
+    if !cholesky(&mut l, n) {
+        return None;
+    }
+    let mut inv = vec![0.0; n * n];
+    let mut col = vec![0.0; n];
+    for j in 0..n {
+        col.iter_mut().for_each(|c| *c = 0.0);
+        col[j] = 1.0;
+        cholesky_solve(&l, n, &mut col);
+        for i in 0..n {
+            inv[i * n + j] = col[i] * scale[i] * scale[j];
+        }
+    }
+    Some(inv)
+}
+
+/// A parameter on a bound whose descent direction (−gradient) points out of the box is frozen.
+fn free_mask(p: &[f64], g: &[f64], lower: &[f64], upper: &[f64]) -> Vec<bool> {
+    (0..p.len())
+        .map(|i| !((p[i] <= lower[i] && g[i] > 0.0) || (p[i] >= upper[i] && g[i] < 0.0)))
+        .collect()
+}
+
+/// Damped Gauss–Newton step restricted to the free parameters; None if the system is singular.
+fn damped_step(nrm: &Normal, diag: &[f64], free: &[bool], lambda: f64) -> Option<Vec<f64>> {
+    let n = free.len();
+    let idx: Vec<usize> = (0..n).filter(|&i| free[i]).collect();
+    let m = idx.len();
+    if m == 0 {
+        return None;
+    }
+    let mut a = vec![0.0; m * m];
+    let mut b = vec![0.0; m];
+    for (r, &i) in idx.iter().enumerate() {
+        for (c, &j) in idx.iter().enumerate() {
+            a[r * m + c] = nrm.jtj[i * n + j];
+        }
+        a[r * m + r] += lambda * diag[i];
+        b[r] = -nrm.jtr[i];
+    }
+    if !cholesky(&mut a, m) {
+        return None;
+    }
+    cholesky_solve(&a, m, &mut b);
+    let mut step = vec![0.0; n];
+    for (r, &i) in idx.iter().enumerate() {
+        step[i] = b[r];
+    }
+    Some(step)
+}
+
+fn project(p: &[f64], step: &[f64], lower: &[f64], upper: &[f64]) -> Vec<f64> {
+    (0..p.len())
+        .map(|i| (p[i] + step[i]).max(lower[i]).min(upper[i]))
+        .collect()
+}
+
+fn small_step(old: &[f64], new: &[f64], xtol: f64) -> bool {
+    old.iter()
+        .zip(new)
+        .all(|(a, b)| (b - a).abs() <= xtol * (a.abs() + xtol))
+}
+
+/// Minimise Σ r_i(p)² over the box `[lower, upper]` from `start` (clamped into the box).
+/// `start`, `lower`, `upper` must have `prob.n_params()` entries; otherwise the result is
+/// `NonFinite` with NaN parameters rather than a panic.
+pub fn levenberg_marquardt(
+    prob: &impl Residuals,
+    start: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    opts: &LmOptions,
+) -> LmResult {
+    let n = prob.n_params();
+    if start.len() != n || lower.len() != n || upper.len() != n {
+        return failed_result(n, FitStatus::NonFinite, 0);
+    }
+    let mut p: Vec<f64> = (0..n)
+        .map(|i| start[i].max(lower[i]).min(upper[i]))
+        .collect();
+    let mut nrm = normal_equations(prob, &p);
+    if !finite_normal(&nrm) || p.iter().any(|v| !v.is_finite()) {
+        return failed_result(n, FitStatus::NonFinite, 0);
+    }
+    let mut diag: Vec<f64> = (0..n).map(|i| nrm.jtj[i * n + i]).collect();
+    let mut lambda = 1e-3;
+    let mut status = FitStatus::MaxIterations;
+    let mut iterations = 0;
+
+    'outer: while iterations < opts.max_iterations {
+        for (i, d) in diag.iter_mut().enumerate() {
+            *d = d.max(nrm.jtj[i * n + i]).max(1e-300);
+        }
+        let free = free_mask(&p, &nrm.jtr, lower, upper);
+        loop {
+            let trial =
+                damped_step(&nrm, &diag, &free, lambda).map(|s| project(&p, &s, lower, upper));
+            let cost = trial.as_ref().map_or(f64::INFINITY, |t| cost_at(prob, t));
+            if let (Some(t), true) = (trial, cost < nrm.cost) {
+                iterations += 1;
+                lambda = (lambda / 3.0).max(1e-12);
+                let rel_drop = (nrm.cost - cost) / nrm.cost.max(1e-300);
+                let tiny_step = small_step(&p, &t, opts.xtol);
+                p = t;
+                nrm = normal_equations(prob, &p);
+                if !finite_normal(&nrm) {
+                    return failed_result(n, FitStatus::NonFinite, iterations);
+                }
+                if rel_drop <= opts.ftol || tiny_step || nrm.cost == 0.0 {
+                    status = FitStatus::Converged;
+                    break 'outer;
+                }
+                break;
+            }
+            lambda *= 4.0;
+            if lambda > LAMBDA_MAX {
+                // No damped step lowers the cost: p is a minimum to working precision.
+                status = FitStatus::Converged;
+                break 'outer;
+            }
+        }
+    }
+    finish(prob, p, nrm, iterations, status)
+}
+
+fn finite_normal(nrm: &Normal) -> bool {
+    nrm.cost.is_finite() && nrm.jtj.iter().chain(&nrm.jtr).all(|v| v.is_finite())
+}
+
+/// Covariance `(JᵀJ)⁻¹ · SSR/(n − n_params)` and standard errors at the final point.
+fn finish(
+    prob: &impl Residuals,
+    p: Vec<f64>,
+    nrm: Normal,
+    iterations: usize,
+    status: FitStatus,
+) -> LmResult {
+    let n = p.len();
+    let dof = prob.n_points().saturating_sub(n).max(1) as f64;
+    let s2 = nrm.cost / dof;
+    let covariance: Vec<f64> = spd_inverse(&nrm.jtj, n)
+        .map(|inv| inv.into_iter().map(|v| v * s2).collect())
+        .unwrap_or_default();
+    let std_errors = (0..n)
+        .map(|i| {
+            covariance
+                .get(i * n + i)
+                .map_or(f64::NAN, |v| v.max(0.0).sqrt())
+        })
+        .collect();
+    LmResult {
+        params: p,
+        ssr: nrm.cost,
+        iterations,
+        status,
+        std_errors,
+        covariance,
+    }
+}
+
+fn failed_result(n: usize, status: FitStatus, iterations: usize) -> LmResult {
+    LmResult {
+        params: vec![f64::NAN; n],
+        ssr: f64::NAN,
+        iterations,
+        status,
+        std_errors: vec![f64::NAN; n],
+        covariance: Vec::new(),
+    }
+}

@@ -1,0 +1,150 @@
+//! Height-normalised pseudo-Voigt of the CPU per-η fits (spec §6.4):
+//! `I = BG + Imax·[μ/(1 + 4Δ²/Γ²) + (1 − μ)·exp(−4 ln2 Δ²/Γ²)]`, Δ = x − centre.
+//! Parameters `[bg, imax, center, fwhm, mu]`. Only the singlet is provided here.
+
+use std::f64::consts::LN_2;
+
+use super::lm::{levenberg_marquardt, FitStatus, LmOptions, Residuals};
+
+/// Parameters of the height-normalised pV.
+pub const PV_PARAMS: usize = 5;
+
+/// Value of the height-normalised pV at `x`.
+pub fn pv_height(x: f64, p: &[f64; PV_PARAMS]) -> f64 {
+    let [bg, imax, c, w, mu] = *p;
+    let u = 4.0 * (x - c) * (x - c) / (w * w);
+    bg + imax * (mu / (1.0 + u) + (1.0 - mu) * (-LN_2 * u).exp())
+}
+
+/// Value and analytic gradient (same order as the parameters).
+pub fn pv_height_gradient(x: f64, p: &[f64; PV_PARAMS], grad: &mut [f64; PV_PARAMS]) -> f64 {
+    let [bg, imax, c, w, mu] = *p;
+    let d = x - c;
+    let u = 4.0 * d * d / (w * w);
+    let l = 1.0 / (1.0 + u);
+    let g = (-LN_2 * u).exp();
+    let shape = mu * l + (1.0 - mu) * g;
+    // ∂shape/∂u, then the chain rule through u(c) and u(w).
+    let dshape_du = -mu * l * l - (1.0 - mu) * LN_2 * g;
+    *grad = [
+        1.0,
+        shape,
+        imax * dshape_du * (-8.0 * d / (w * w)),
+        imax * dshape_du * (-8.0 * d * d / (w * w * w)),
+        imax * (l - g),
+    ];
+    bg + imax * shape
+}
+
+/// Result of a height-normalised pV fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PvFit {
+    /// `[bg, imax, center, fwhm, mu]`; NaN unless converged.
+    pub params: [f64; PV_PARAMS],
+    pub std_errors: [f64; PV_PARAMS],
+    /// `Imax / sqrt(SSR / N)` (MIDAS accepts per-η peaks with SNR > 1).
+    pub snr: f64,
+    pub status: FitStatus,
+}
+
+/// MIDAS needs at least 6 points for a per-η fit.
+const MIN_POINTS: usize = 6;
+
+struct PvProblem<'a> {
+    x: &'a [f64],
+    y: &'a [f64],
+}
+
+impl Residuals for PvProblem<'_> {
+    fn n_params(&self) -> usize {
+        PV_PARAMS
+    }
+    fn n_points(&self) -> usize {
+        self.x.len()
+    }
+    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64 {
+        let Ok(p): std::result::Result<&[f64; PV_PARAMS], _> = p.try_into() else {
+            return f64::NAN;
+        };
+        let m = match grad {
+            Some(g) => {
+                let mut gg = [0.0; PV_PARAMS];
+                let m = pv_height_gradient(self.x[i], p, &mut gg);
+                g.iter_mut().zip(gg).for_each(|(a, b)| *a = b);
+                m
+            }
+            None => pv_height(self.x[i], p),
+        };
+        m - self.y[i]
+    }
+}
+
+/// Fit one height-normalised pV to the finite points of `(x, y)` starting at `center0`.
+/// Starts: bg = min, imax = y(nearest center0) − bg, FWHM by a half-maximum walk, μ = 0.5.
+/// Bounds: centre within the data range, FWHM in [bin/10, span], μ ∈ [0, 1], imax ≥ 0.
+pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, lm: &LmOptions) -> PvFit {
+    let (fx, fy): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .map(|(&a, &b)| (a, b))
+        .unzip();
+    let failed = |status| PvFit {
+        params: [f64::NAN; PV_PARAMS],
+        std_errors: [f64::NAN; PV_PARAMS],
+        snr: f64::NAN,
+        status,
+    };
+    if fx.len() < MIN_POINTS || !center0.is_finite() {
+        return failed(FitStatus::InsufficientData);
+    }
+    let (xmin, xmax) = fx
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (ymin, ymax) = fy
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    if !(center0 >= xmin && center0 <= xmax && xmax > xmin) {
+        return failed(FitStatus::OutOfRange);
+    }
+    let span = xmax - xmin;
+    let bin = span / (fx.len() - 1) as f64;
+    let range = (ymax - ymin).max(1e-12);
+    let pk = fx.partition_point(|&v| v < center0).min(fx.len() - 1);
+    let imax0 = (fy[pk] - ymin).max(0.5 * range);
+    let fwhm0 = half_max_width(&fx, &fy, pk, ymin + imax0 / 2.0).clamp(bin, span);
+    let start = [ymin, imax0, center0, fwhm0, 0.5];
+    let lower = [ymin - range, 0.0, xmin, 0.1 * bin, 0.0];
+    let upper = [ymax + range, 10.0 * range, xmax, span, 1.0];
+    let res = levenberg_marquardt(&PvProblem { x: &fx, y: &fy }, &start, &lower, &upper, lm);
+    if !res.status.is_ok() {
+        return failed(res.status);
+    }
+    let mut params = [0.0; PV_PARAMS];
+    let mut std_errors = [0.0; PV_PARAMS];
+    params.copy_from_slice(&res.params);
+    std_errors.copy_from_slice(&res.std_errors);
+    PvFit {
+        params,
+        std_errors,
+        snr: params[1] / (res.ssr / fx.len() as f64).sqrt(),
+        status: res.status,
+    }
+}
+
+/// Width (x units) of the run of points above `half` around index `pk`, at least one spacing.
+fn half_max_width(x: &[f64], y: &[f64], pk: usize, half: f64) -> f64 {
+    let mut left = pk;
+    while left > 0 && y[left - 1] > half {
+        left -= 1;
+    }
+    let mut right = pk;
+    while right + 1 < y.len() && y[right + 1] > half {
+        right += 1;
+    }
+    x[right] - x[left]
+}

@@ -1,0 +1,594 @@
+//! Peak fitting (spec §6) on synthetic lineouts built from the model itself, with Poisson-like
+//! noise from a deterministic PRNG, so every tolerance below is about the optimiser and the
+//! statistics, not about model mismatch.
+
+use radint_core::fit::*;
+
+/// SplitMix64: tiny, deterministic, good enough for test noise.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform(1e-300, 1.0);
+        let u2 = self.uniform(0.0, 1.0);
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// Poisson-like count: Gaussian with variance = mean (means here are ≥ 50).
+    fn poisson(&mut self, mean: f64) -> f64 {
+        mean + mean.max(0.0).sqrt() * self.normal()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TruePeak {
+    area: f64,
+    center: f64,
+    sig: f64,
+    gam: f64,
+}
+
+impl TruePeak {
+    fn fwhm(&self) -> f64 {
+        tch(self.sig, self.gam).0
+    }
+}
+
+/// A random peak: FWHM components 1.5–5 (Gaussian) and 0.5–4 (Lorentzian) bins, 1e6–3e6 counts.
+fn random_peak(rng: &mut Rng, center: f64, bin: f64) -> TruePeak {
+    let fg = rng.uniform(1.5, 5.0) * bin;
+    let fl = rng.uniform(0.5, 4.0) * bin;
+    TruePeak {
+        area: rng.uniform(1e6, 3e6) * bin,
+        center,
+        sig: (fg * 100.0).powi(2) / (8.0 * std::f64::consts::LN_2),
+        gam: fl * 100.0,
+    }
+}
+
+struct Case {
+    x: Vec<f64>,
+    y: Vec<f64>,
+    truth: Vec<TruePeak>,
+    guesses: Vec<f64>,
+    bin: f64,
+}
+
+/// Lineout of `n` bins: peaks + linear background `b0 + slope·(x − x_mid)/bin`, Poisson noise.
+fn synth(
+    rng: &mut Rng,
+    bin: f64,
+    x0: f64,
+    n: usize,
+    truth: Vec<TruePeak>,
+    b0: f64,
+    slope: f64,
+) -> Case {
+    let x: Vec<f64> = (0..n).map(|i| x0 + i as f64 * bin).collect();
+    let x_mid = x0 + 0.5 * (n - 1) as f64 * bin;
+    let y = x
+        .iter()
+        .map(|&xi| {
+            let bg = b0 + slope * (xi - x_mid) / bin;
+            let peaks: f64 = truth
+                .iter()
+                .map(|p| p.area * pseudo_voigt(xi, p.center, p.sig, p.gam))
+                .sum();
+            rng.poisson(bg + peaks)
+        })
+        .collect();
+    let guesses = truth
+        .iter()
+        .map(|p| p.center + rng.uniform(-0.5, 0.5) * bin)
+        .collect();
+    Case {
+        x,
+        y,
+        truth,
+        guesses,
+        bin,
+    }
+}
+
+fn single_case(rng: &mut Rng) -> Case {
+    let bin = rng.uniform(0.5, 2.0);
+    let x0 = rng.uniform(100.0, 1000.0);
+    let c = x0 + (100.0 + rng.uniform(-3.0, 3.0)) * bin;
+    let p = random_peak(rng, c, bin);
+    let b0 = rng.uniform(50.0, 500.0);
+    let slope = rng.uniform(-2.0, 2.0);
+    synth(rng, bin, x0, 200, vec![p], b0, slope)
+}
+
+/// Two peaks 1.0–1.8 FWHM apart (their ROIs merge into one job), area ratio up to 3.
+fn doublet_case(rng: &mut Rng) -> Case {
+    let bin = rng.uniform(0.5, 2.0);
+    let x0 = rng.uniform(100.0, 1000.0);
+    let c1 = x0 + (90.0 + rng.uniform(-3.0, 3.0)) * bin;
+    let p1 = random_peak(rng, c1, bin);
+    let mut p2 = random_peak(rng, c1, bin);
+    p2.center = c1 + rng.uniform(1.0, 1.8) * p1.fwhm().max(p2.fwhm());
+    let b0 = rng.uniform(50.0, 500.0);
+    let slope = rng.uniform(-2.0, 2.0);
+    synth(rng, bin, x0, 200, vec![p1, p2], b0, slope)
+}
+
+/// Background changing by 1–3 peak heights across the 41-bin ROI, on a 41-bin axis (the ROI) so
+/// that the background stays positive without dwarfing the peak.
+fn steep_case(rng: &mut Rng) -> Case {
+    let bin = rng.uniform(0.5, 2.0);
+    let x0 = rng.uniform(100.0, 1000.0);
+    let c = x0 + (20.0 + rng.uniform(-3.0, 3.0)) * bin;
+    // 4× the counts of the other cases: the background under the peak (up to 1.5 heights) and its
+    // trade-off with Lorentzian tails inside the ROI double the area uncertainty.
+    let mut p = random_peak(rng, c, bin);
+    p.area *= 4.0;
+    let height = p.area * pseudo_voigt(c, c, p.sig, p.gam);
+    let slope = rng.uniform(1.0, 3.0) * height / 40.0
+        * if rng.uniform(0.0, 1.0) < 0.5 {
+            -1.0
+        } else {
+            1.0
+        };
+    // Keep the background positive over the whole axis.
+    let b0 = 200.0 + slope.abs() * 20.0;
+    synth(rng, bin, x0, 41, vec![p], b0, slope)
+}
+
+#[derive(Default, Debug)]
+struct Worst {
+    n: usize,
+    center_bins: f64,
+    area_rel: f64,
+    fwhm_rel: f64,
+    /// Σ ((fit − true)/stderr)² for the centre, to check the reported errors are calibrated.
+    pull_sq: f64,
+    n_pull: usize,
+    iterations: usize,
+}
+
+fn check_case(case: &Case, worst: &mut Worst) {
+    let fits = fit_curve(&case.x, &case.y, &case.guesses, &FitOptions::default()).unwrap();
+    for (f, t) in fits.iter().zip(&case.truth) {
+        assert_eq!(f.status, FitStatus::Converged, "{f:?} vs {t:?}");
+        let dc = (f.center() - t.center).abs() / case.bin;
+        let da = (f.area() - t.area).abs() / t.area;
+        let dw = (f.fwhm() - t.fwhm()).abs() / t.fwhm();
+        worst.center_bins = worst.center_bins.max(dc);
+        worst.area_rel = worst.area_rel.max(da);
+        worst.fwhm_rel = worst.fwhm_rel.max(dw);
+        worst.iterations = worst.iterations.max(f.iterations);
+        let pull = (f.center() - t.center) / f.errors[COL_CENTER];
+        worst.pull_sq += pull * pull;
+        worst.n_pull += 1;
+        assert!(dc < 0.02, "centre off by {dc} bins: {f:?} vs {t:?}");
+        assert!(da < 0.01, "area off by {da}: {f:?} vs {t:?}");
+        assert!(dw < 0.02, "FWHM off by {dw}: {f:?} vs {t:?}");
+        assert!(
+            f.errors.iter().take(6).all(|e| e.is_finite() && *e >= 0.0),
+            "{f:?}"
+        );
+    }
+    worst.n += 1;
+}
+
+type MakeCase = fn(&mut Rng) -> Case;
+
+#[test]
+fn fit_recovers_synthetic_peaks_over_240_random_cases() {
+    let mut rng = Rng(0x05ee_df17);
+    let kinds: [(&str, MakeCase); 3] = [
+        ("single", single_case),
+        ("doublet", doublet_case),
+        ("steep background", steep_case),
+    ];
+    for (name, make) in kinds {
+        let mut worst = Worst::default();
+        for _ in 0..80 {
+            check_case(&make(&mut rng), &mut worst);
+        }
+        eprintln!(
+            "{name}: {} cases, max |Δcentre| = {:.4} bin, max |Δarea|/area = {:.4}, max |ΔFWHM|/FWHM = {:.4}, \
+             centre pull RMS = {:.2}, max iterations = {}",
+            worst.n,
+            worst.center_bins,
+            worst.area_rel,
+            worst.fwhm_rel,
+            (worst.pull_sq / worst.n_pull as f64).sqrt(),
+            worst.iterations
+        );
+    }
+}
+
+#[test]
+fn fit_analytic_jacobian_matches_finite_differences() {
+    let mut rng = Rng(7);
+    let mut worst: f64 = 0.0;
+    for _ in 0..200 {
+        let mut p = vec![rng.uniform(10.0, 100.0), rng.uniform(-20.0, 20.0)];
+        for _ in 0..3 {
+            p.extend_from_slice(&[
+                rng.uniform(100.0, 1e4),
+                rng.uniform(45.0, 55.0),
+                rng.uniform(50.0, 5e4),
+                rng.uniform(5.0, 400.0),
+            ]);
+        }
+        let x = rng.uniform(40.0, 60.0);
+        let mut grad = vec![0.0; p.len()];
+        let m = model_gradient(x, 30.0, 70.0, &p, &mut grad);
+        assert!((m - model_value(x, 30.0, 70.0, &p)).abs() <= 1e-12 * m.abs().max(1.0));
+        for i in 0..p.len() {
+            let h = 1e-6 * p[i].abs().max(1.0);
+            let (mut hi, mut lo) = (p.clone(), p.clone());
+            hi[i] += h;
+            lo[i] -= h;
+            let fd =
+                (model_value(x, 30.0, 70.0, &hi) - model_value(x, 30.0, 70.0, &lo)) / (2.0 * h);
+            // Relative to the parameter's typical contribution, so tiny derivatives do not
+            // turn rounding noise into failures.
+            // Absolute floor: 1e-8 of the model per unit relative change of the parameter, far
+            // below any formula error but above FD cancellation noise in far tails.
+            let tol = 1e-6 * fd.abs() + 1e-8 * m.abs() / p[i].abs().max(1.0);
+            let err = (grad[i] - fd).abs();
+            worst = worst.max(err / fd.abs().max(1e-300));
+            assert!(
+                err < tol,
+                "param {i}: analytic {} vs fd {fd} (p = {p:?}, x = {x})",
+                grad[i]
+            );
+        }
+    }
+    eprintln!("jacobian: 200 points x 14 params, worst relative difference analytic vs central FD = {worst:.2e}");
+}
+
+#[test]
+fn fit_pv_height_gradient_matches_finite_differences() {
+    let p = [10.0, 500.0, 50.3, 3.2, 0.4];
+    let mut g = [0.0; PV_PARAMS];
+    for x in [45.0, 49.0, 50.3, 51.7, 58.0] {
+        pv_height_gradient(x, &p, &mut g);
+        for i in 0..PV_PARAMS {
+            let h = 1e-6 * p[i].abs().max(1.0);
+            let (mut a, mut b) = (p, p);
+            a[i] += h;
+            b[i] -= h;
+            let fd = (pv_height(x, &a) - pv_height(x, &b)) / (2.0 * h);
+            assert!(
+                (g[i] - fd).abs() <= 1e-6 * fd.abs().max(1.0),
+                "{i}: {} vs {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn fit_stopped_early_reports_max_iterations_with_nan_row() {
+    let mut rng = Rng(11);
+    let case = doublet_case(&mut rng);
+    let opts = FitOptions {
+        lm: LmOptions {
+            max_iterations: 1,
+            ..LmOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    let fits = fit_curve(&case.x, &case.y, &case.guesses, &opts).unwrap();
+    for f in &fits {
+        assert_eq!(f.status, FitStatus::MaxIterations);
+        assert!(f.values.iter().all(|v| v.is_nan()), "{f:?}");
+        assert!(!f.status.is_ok());
+    }
+}
+
+#[test]
+fn fit_overflowing_data_reports_non_finite() {
+    let x: Vec<f64> = (0..100).map(|i| i as f64).collect();
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&v| if (v - 50.0).abs() < 3.0 { 1e300 } else { 1.0 })
+        .collect();
+    let fits = fit_curve(&x, &y, &[50.0], &FitOptions::default()).unwrap();
+    assert_eq!(fits[0].status, FitStatus::NonFinite);
+    assert!(fits[0].values.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn fit_bad_input_gives_errors_or_statuses_never_panics() {
+    let x: Vec<f64> = (0..100).map(|i| 100.0 + i as f64).collect();
+    let mut rng = Rng(3);
+    let peak = random_peak(&mut rng, 150.0, 1.0);
+    let case = synth(&mut rng, 1.0, 100.0, 100, vec![peak], 100.0, 0.0);
+    let opts = FitOptions::default();
+
+    // Peak outside the radial range, NaN position, negative position: OutOfRange rows.
+    let fits = fit_curve(&x, &case.y, &[150.0, 500.0, f64::NAN, -3.0, 97.0], &opts).unwrap();
+    assert_eq!(fits[0].status, FitStatus::Converged);
+    for f in &fits[1..] {
+        assert_eq!(f.status, FitStatus::OutOfRange);
+        assert!(f.values.iter().all(|v| v.is_nan()));
+    }
+    // Within 2 bins of the first centre is still kept (MIDAS rule).
+    assert_eq!(
+        fit_curve(&x, &case.y, &[98.5], &opts).unwrap()[0].status,
+        FitStatus::Converged
+    );
+
+    // All-NaN lineout: no data in the ROI.
+    let nan = vec![f64::NAN; 100];
+    let fits = fit_curve(&x, &nan, &[150.0], &opts).unwrap();
+    assert_eq!(fits[0].status, FitStatus::InsufficientData);
+
+    // A few NaN bins are skipped, the fit still works.
+    let mut holes = case.y.clone();
+    holes[40] = f64::NAN;
+    holes[60] = f64::INFINITY;
+    assert_eq!(
+        fit_curve(&x, &holes, &[150.0], &opts).unwrap()[0].status,
+        FitStatus::Converged
+    );
+
+    // ROI too small for the parameters (tiny padding, many peaks).
+    let tight = FitOptions {
+        roi_padding: 0,
+        ..opts
+    };
+    assert_eq!(
+        fit_curve(&x, &case.y, &[150.0], &tight).unwrap()[0].status,
+        FitStatus::InsufficientData
+    );
+
+    // Too many peaks merged into one job.
+    let crowd: Vec<f64> = (0..40).map(|i| 110.0 + 2.0 * i as f64).collect();
+    let fits = fit_curve(&x, &case.y, &crowd, &opts).unwrap();
+    assert!(fits.iter().all(|f| f.status == FitStatus::TooManyPeaks));
+
+    // No positions: an empty result, not an error.
+    assert!(fit_curve(&x, &case.y, &[], &opts).unwrap().is_empty());
+
+    // Errors with clear messages.
+    let e = fit_curve(&x, &case.y[..50], &[150.0], &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lineout length"), "{e}");
+    let mut bad_x = x.clone();
+    bad_x.swap(3, 4);
+    let e = fit_curve(&bad_x, &case.y, &[150.0], &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("strictly increasing"), "{e}");
+    assert!(fit_curve(&[1.0], &[1.0], &[1.0], &opts).is_err());
+    assert!(fit_many(&x, &case.y[..50], &[150.0], &opts).is_err());
+    let zero = FitOptions {
+        max_peaks_per_job: 0,
+        ..opts
+    };
+    assert!(fit_curve(&x, &case.y, &[150.0], &zero).is_err());
+}
+
+#[test]
+fn fit_plan_jobs_snaps_clips_and_merges() {
+    let x: Vec<f64> = (0..200).map(|i| 0.5 * i as f64).collect();
+    let y = vec![1.0; 200];
+    // 25.0 → idx 50, 30.2 → idx 60, 60.0 → idx 120; 5.0 → idx 10 (clipped at 0); 200 out of range.
+    let jobs = plan_jobs(&x, &y, &[60.0, 30.2, 25.0, 200.0, 5.0], 10, false);
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert_eq!((jobs[0].lo, jobs[0].hi), (0, 20));
+    assert_eq!((jobs[1].lo, jobs[1].hi), (40, 70));
+    let idx: Vec<(usize, usize)> = jobs[1].peaks.iter().map(|p| (p.slot, p.index)).collect();
+    assert_eq!(idx, vec![(2, 50), (1, 60)]);
+    assert_eq!((jobs[2].lo, jobs[2].hi), (110, 130));
+    assert_eq!(
+        jobs[2].peaks,
+        vec![JobPeak {
+            slot: 0,
+            index: 120
+        }]
+    );
+    // Exactly at the 2-bin limit is dropped, just inside is kept.
+    assert_eq!(snap_to_bin(&x, 99.5 + 1.0, 0.5), None);
+    assert_eq!(snap_to_bin(&x, 99.5 + 0.99, 0.5), Some(199));
+    // FitROIAuto: narrow peaks give the minimum padding of 15 bins.
+    let mut y2 = vec![0.0; 200];
+    y2[100] = 10.0;
+    let jobs = plan_jobs(&x, &y2, &[50.0], 3, true);
+    assert_eq!((jobs[0].lo, jobs[0].hi), (85, 115));
+    // A 30-bin plateau [85, 115): the half-maximum walk spans 29 bins, padding ⌈1.5 · 29⌉ = 44.
+    let y3: Vec<f64> = (0..200)
+        .map(|i| if (85..115).contains(&i) { 10.0 } else { 0.0 })
+        .collect();
+    let jobs = plan_jobs(&x, &y3, &[50.0], 3, true);
+    assert_eq!((jobs[0].lo, jobs[0].hi), (56, 144), "{jobs:?}");
+}
+
+#[test]
+fn fit_many_matches_fit_curve_and_uses_the_callers_pool() {
+    let mut rng = Rng(99);
+    let cases: Vec<Case> = (0..6)
+        .map(|_| {
+            let mut c = single_case(&mut rng);
+            // Same axis for all curves.
+            c.x = (0..200).map(|i| 300.0 + i as f64).collect();
+            c
+        })
+        .collect();
+    let x = cases[0].x.clone();
+    let ys: Vec<f64> = cases.iter().flat_map(|c| c.y.iter().copied()).collect();
+    let positions = [350.0, 400.0, 450.0];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let table = pool
+        .install(|| fit_many(&x, &ys, &positions, &FitOptions::default()))
+        .unwrap();
+    assert_eq!((table.n_curves, table.n_peaks), (6, 3));
+    assert_eq!(table.values.len(), 6 * 3 * ROW_LEN);
+    for (c, case) in cases.iter().enumerate() {
+        let fits = fit_curve(&x, &case.y, &positions, &FitOptions::default()).unwrap();
+        for (k, f) in fits.iter().enumerate() {
+            let row = &table.values[(c * 3 + k) * ROW_LEN..(c * 3 + k + 1) * ROW_LEN];
+            for (a, b) in row.iter().zip(&f.values) {
+                assert!(a == b || (a.is_nan() && b.is_nan()));
+            }
+            assert_eq!(table.status[c * 3 + k], f.status.code());
+        }
+    }
+}
+
+#[test]
+fn fit_auto_detection_finds_known_peaks() {
+    let mut rng = Rng(2024);
+    let bin = 1.0;
+    let x: Vec<f64> = (0..500).map(|i| 200.0 + i as f64 * bin).collect();
+    let centers = [260.3, 330.8, 420.1, 515.6, 610.4];
+    let truth: Vec<TruePeak> = centers
+        .iter()
+        .map(|&c| random_peak(&mut rng, c, bin))
+        .collect();
+    // Slowly curved background (SNIP's job) plus noise.
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&xi| {
+            let bg = 300.0 + 2000.0 * (-(xi - 200.0) / 150.0).exp();
+            let pk: f64 = truth
+                .iter()
+                .map(|p| p.area * pseudo_voigt(xi, p.center, p.sig, p.gam))
+                .sum();
+            rng.poisson(bg + pk)
+        })
+        .collect();
+    let auto = AutoOptions {
+        max_peaks: 5,
+        snip_iterations: 50,
+    };
+    let res = fit_auto(&x, &y, &auto, &FitOptions::default()).unwrap();
+    assert_eq!(res.background.len(), x.len());
+    assert_eq!(res.peaks.len(), 5, "{:?}", res.peaks);
+    let mut worst_c: f64 = 0.0;
+    let mut worst_w: f64 = 0.0;
+    for (f, t) in res.peaks.iter().zip(&truth) {
+        worst_c = worst_c.max((f.center() - t.center).abs());
+        worst_w = worst_w.max((f.fwhm() - t.fwhm()).abs() / t.fwhm());
+        assert!((f.center() - t.center).abs() < 0.1, "{f:?} vs {t:?}");
+        assert!(
+            (f.fwhm() - t.fwhm()).abs() / t.fwhm() < 0.1,
+            "{f:?} vs {t:?}"
+        );
+    }
+    eprintln!("auto-detect: 5/5 peaks found, max |Δcentre| = {worst_c:.4} bin, max |ΔFWHM|/FWHM = {worst_w:.4}");
+    // Asking for fewer keeps the largest areas.
+    let two = fit_auto(
+        &x,
+        &y,
+        &AutoOptions {
+            max_peaks: 2,
+            ..auto
+        },
+        &FitOptions::default(),
+    )
+    .unwrap();
+    let mut areas: Vec<f64> = truth.iter().map(|p| p.area).collect();
+    areas.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(two.peaks.len(), 2);
+    for f in &two.peaks {
+        assert!(f.area() >= 0.9 * areas[1], "{f:?} {areas:?}");
+    }
+    // Flat noise-free lineout: nothing to find, no panic.
+    let flat = fit_auto(&x, &vec![100.0; 500], &auto, &FitOptions::default()).unwrap();
+    assert!(flat.peaks.is_empty());
+    let nan = fit_auto(&x, &vec![f64::NAN; 500], &auto, &FitOptions::default()).unwrap();
+    assert!(nan.peaks.is_empty());
+}
+
+#[test]
+fn fit_snip_and_savgol_basics() {
+    // SNIP of a straight line is (nearly) the line; a narrow peak on it is removed.
+    let mut y: Vec<f64> = (0..200).map(|i| 100.0 + i as f64).collect();
+    let line = y.clone();
+    y[100] += 5000.0;
+    let bg = snip_background(&y, 20);
+    assert!(
+        (bg[100] - line[100]).abs() < 0.05 * line[100],
+        "{}",
+        bg[100]
+    );
+    // SG window 7 quadratic preserves a parabola exactly away from the edges.
+    let p: Vec<f64> = (0..20).map(|i| (i as f64 - 7.0).powi(2)).collect();
+    let s = savgol_smooth7(&p);
+    for i in 3..17 {
+        assert!((s[i] - p[i]).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn fit_per_eta_height_pv_recovers_parameters() {
+    let mut rng = Rng(5);
+    let truth = [50.0, 2000.0, 412.37, 3.1, 0.35];
+    let x: Vec<f64> = (0..25).map(|i| 400.0 + i as f64).collect();
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&v| rng.poisson(pv_height(v, &truth)))
+        .collect();
+    let f = fit_pv(&x, &y, 412.0, &LmOptions::default());
+    assert_eq!(f.status, FitStatus::Converged);
+    assert!((f.params[2] - truth[2]).abs() < 0.05, "{f:?}");
+    assert!((f.params[3] - truth[3]).abs() / truth[3] < 0.05, "{f:?}");
+    assert!(f.snr > 10.0, "{f:?}");
+    // Too few points, centre outside: statuses, not panics.
+    assert_eq!(
+        fit_pv(&x[..4], &y[..4], 401.0, &LmOptions::default()).status,
+        FitStatus::InsufficientData
+    );
+    assert_eq!(
+        fit_pv(&x, &y, 900.0, &LmOptions::default()).status,
+        FitStatus::OutOfRange
+    );
+}
+
+/// Rough throughput (run with `--ignored --nocapture`); speed is judged in benches/, not here.
+#[test]
+#[ignore]
+fn fit_throughput_1000_lineouts_10_peaks_2_threads() {
+    let mut rng = Rng(42);
+    let x: Vec<f64> = (0..1000).map(|i| 100.0 + i as f64).collect();
+    let centers: Vec<f64> = (0..10).map(|k| 150.0 + 90.0 * k as f64).collect();
+    let mut ys = Vec::with_capacity(1000 * x.len());
+    for _ in 0..1000 {
+        let truth: Vec<TruePeak> = centers
+            .iter()
+            .map(|&c| random_peak(&mut rng, c, 1.0))
+            .collect();
+        for &xi in &x {
+            let pk: f64 = truth
+                .iter()
+                .map(|p| p.area * pseudo_voigt(xi, p.center, p.sig, p.gam))
+                .sum();
+            ys.push(rng.poisson(300.0 + pk));
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let table = pool
+        .install(|| fit_many(&x, &ys, &centers, &FitOptions::default()))
+        .unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    let ok = table.status.iter().filter(|&&s| s == 0).count();
+    eprintln!(
+        "1000 lineouts x 10 peaks, 2 threads: {dt:.3} s, {:.0} peak fits/s, {ok}/10000 converged",
+        1e4 / dt
+    );
+}
