@@ -62,6 +62,8 @@ pub struct Options<'a> {
     pub scale: Option<&'a [f64]>,
     pub error_model: ErrorModel<'a>,
     pub precision: Precision,
+    /// `map.bin_area()`, when the caller keeps it between frames (it costs a pass over the map).
+    pub bin_area: Option<&'a [f64]>,
 }
 
 impl Default for Options<'_> {
@@ -71,6 +73,7 @@ impl Default for Options<'_> {
             scale: None,
             error_model: ErrorModel::None,
             precision: Precision::Double,
+            bin_area: None,
         }
     }
 }
@@ -204,7 +207,15 @@ pub fn integrate<T: Pixel>(
     // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
     // area and count are properties of the map and the loop only sums signal (and variance).
     let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
-    let bin_area = if dense { map.bin_area() } else { Vec::new() };
+    let computed;
+    let bin_area: &[f64] = match (dense, opts.bin_area) {
+        (false, _) => &[],
+        (true, Some(a)) if a.len() == n_bins => a,
+        (true, _) => {
+            computed = map.bin_area();
+            &computed
+        }
+    };
     parts
         .par_iter()
         .zip(signal)
@@ -232,10 +243,10 @@ pub fn integrate<T: Pixel>(
                         let mut single = out.frame(k);
                         match opts.precision {
                             Precision::Double => {
-                                dense_bins::<T, f64>(map, one, lo, hi, opts, &bin_area, &mut single)
+                                dense_bins::<T, f64>(map, one, lo, hi, opts, bin_area, &mut single)
                             }
                             Precision::Single => {
-                                dense_bins::<T, f32>(map, one, lo, hi, opts, &bin_area, &mut single)
+                                dense_bins::<T, f32>(map, one, lo, hi, opts, bin_area, &mut single)
                             }
                         }
                     }
@@ -368,6 +379,9 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
         let mut v = [A::default(); NB];
         let mut c = [0u32; NB];
         for e in e0..e1 {
+            for k in 0..NB {
+                prefetch_pixels(&frames[k * n_pixels..], &map.pixel, e + PREFETCH_DISTANCE);
+            }
             let p = map.pixel[e] as usize;
             let area = A::from_f32(map.area[e]);
             let mut w = match weight {
@@ -416,6 +430,27 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
     }
 }
 
+/// How many entries ahead the frame value is prefetched: the CSR walks a ring of the image, so
+/// each entry's pixel sits on another image row and its load would otherwise wait on L2/L3.
+const PREFETCH_DISTANCE: usize = 48;
+
+#[inline(always)]
+fn prefetch_pixels<T>(frame: &[T], pixel: &[u32], e: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&p) = pixel.get(e) {
+        if let Some(v) = frame.get(p as usize) {
+            // SAFETY: prefetch is a hint on a valid reference; it never faults or writes.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    (v as *const T).cast::<i8>(),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (frame, pixel, e);
+}
+
 /// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`) with four
 /// independent partial sums so consecutive entries do not wait on one another.
 #[inline(never)]
@@ -448,6 +483,7 @@ fn dense_bins<T: Pixel, A: Acc>(
         let mut e = e0;
         if !with_var {
             while e + 4 <= e1 {
+                prefetch_pixels(frame, pixel, e + PREFETCH_DISTANCE);
                 for k in 0..4 {
                     s[k] = s[k] + w_of(e + k) * A::from_pixel(frame[pixel[e + k] as usize]);
                 }
@@ -460,6 +496,7 @@ fn dense_bins<T: Pixel, A: Acc>(
         } else {
             let mut v = A::default();
             while e < e1 {
+                prefetch_pixels(frame, pixel, e + PREFETCH_DISTANCE);
                 let p = pixel[e] as usize;
                 let w = w_of(e);
                 let raw = A::from_pixel(frame[p]);

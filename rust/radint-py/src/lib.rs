@@ -167,7 +167,7 @@ fn build_map(
     let p = params::from_dict(config)?;
     let inputs = map_inputs(&p, mask, distortion_y, distortion_z, residual, panel_shifts)?;
     let map = run_detached(py, n_threads, || map::build(&p, inputs))?;
-    Ok(MapCore { map })
+    Ok(MapCore::new(map))
 }
 
 /// Per raw pixel: R (px), η (deg) of its centre and the cosine of the incidence angle.
@@ -201,6 +201,17 @@ fn pixel_centres<'py>(
 #[pyclass(module = "radint._core", name = "MapCore", frozen)]
 pub struct MapCore {
     map: DetectorMap,
+    /// Σ area per bin, computed on first integration and kept.
+    bin_area: OnceLock<Vec<f64>>,
+}
+
+impl MapCore {
+    fn new(map: DetectorMap) -> MapCore {
+        MapCore {
+            map,
+            bin_area: OnceLock::new(),
+        }
+    }
 }
 
 /// A read-only numpy view of a slice owned by `owner`.
@@ -263,7 +274,7 @@ impl MapCore {
             None => vec![0.0; n_bins],
         };
         map.check().map_err(CoreError)?;
-        Ok(MapCore { map })
+        Ok(MapCore::new(map))
     }
 
     #[getter]
@@ -387,7 +398,7 @@ fn load_midas<'py>(
         d.set_item("gradient_mode", h.gradient_mode)?;
         d.set_item("wavelength_angstrom", h.wavelength_angstrom)?;
     }
-    Ok((MapCore { map }, d))
+    Ok((MapCore::new(map), d))
 }
 
 /// A frame (or stack) of any supported dtype, borrowed in place.
@@ -466,7 +477,8 @@ fn integrate<'py>(
     nan_masked_bins: bool,
     n_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let m = &map.get().map;
+    let core = map.get();
+    let m = &core.map;
     let frames = Frames::extract(frames)?;
     let shape = frames.shape();
     let n_frames = match shape.as_slice() {
@@ -545,6 +557,7 @@ fn integrate<'py>(
         scale,
         error_model,
         precision,
+        bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
     };
     let fin = FinalizeOptions {
         normalize,
