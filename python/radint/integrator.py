@@ -205,8 +205,20 @@ class Integrator:
         cfg = self.config
         r_edges = np.asarray(self.map.r_edges_px, dtype=np.float64)
         eta_edges = np.asarray(self.map.eta_edges_deg, dtype=np.float64)
-        r = 0.5 * (r_edges[1:] + r_edges[:-1])
-        tth = cfg.two_theta_deg(r)
+        # Centres in the unit the bins are uniform in (as MIDAS's Q-mode text axis); the other
+        # units are that centre converted, so every axis names the same point of the bin.
+        k = np.arange(len(r_edges) - 1) + 0.5
+        scale = cfg.lsd_um / cfg.pixel_size_y_um
+        if cfg.radial_mode == "2theta":
+            tth = cfg.tth_min_deg + k * cfg.tth_bin_deg
+            r = scale * np.tan(np.radians(tth))
+        elif cfg.radial_mode == "q":
+            q_c = cfg.q_min + k * cfg.q_bin
+            tth = np.degrees(2 * np.arcsin(q_c * cfg.wavelength_angstrom / (4 * math.pi)))
+            r = scale * np.tan(np.radians(tth))
+        else:
+            r = 0.5 * (r_edges[1:] + r_edges[:-1])
+            tth = cfg.two_theta_deg(r)
         q = cfg.q_inv_angstrom(r)
         with np.errstate(divide="ignore", invalid="ignore"):
             d = np.where(q > 0, 2 * math.pi / q, np.nan)
