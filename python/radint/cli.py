@@ -119,56 +119,57 @@ def _key_matches(midas_key: str, field_name: str) -> bool:
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
-def _read_frames(path: Path) -> np.ndarray:
-    """All frames of a TIFF / HDF5 / NumPy file as a stack (n, rows, columns)."""
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+def _batches(path: Path, dataset: str | None, size: int = 16):
+    """Frames of a file in stacks of ``size`` (bounded memory), with their indices."""
+    from radint.io import read_frames
 
-        data = tifffile.imread(path)
-    elif suffix == ".npy":
-        data = np.load(path)
-    elif suffix in (".h5", ".hdf5", ".hdf", ".nxs"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if "exchange/data" not in f:
-                raise RadintError(f"{path}: no dataset 'exchange/data'")
-            data = f["exchange/data"][()]
-    else:
-        raise RadintError(f"{path}: unsupported file type '{suffix}' (tif, h5, npy)")
-    return data[np.newaxis] if data.ndim == 2 else data
+    batch: list[np.ndarray] = []
+    ids: list[int] = []
+    for frame in read_frames(path, dataset=dataset):
+        batch.append(frame.data)
+        ids.append(frame.index)
+        if len(batch) == size:
+            yield np.stack(batch), ids
+            batch, ids = [], []
+    if batch:
+        yield np.stack(batch), ids
 
 
 def cmd_integrate(args: argparse.Namespace) -> int:
-    """Integrate frames; write <stem>_lineout.xy and <stem>.npz (cake, lineout, axes) per file."""
+    """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
     from radint.integrator import Integrator
+    from radint.io import read_dark, write_result
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
         raise RadintError("no data files given")
     config = _load_config(args.params, overrides)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
     )
-    dark = None
-    if args.dark:
-        dark = _read_frames(Path(args.dark)).astype(np.float64).mean(axis=0)
+    dark = read_dark(args.dark, dataset=args.dark_dataset) if args.dark else None
     failures = 0
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
-        task = progress.add_task("integrating", total=len(paths))
+        task = progress.add_task("files", total=len(paths))
         for p in map(Path, paths):
             try:
-                frames = _read_frames(p)
                 t0 = time.perf_counter()
-                result = integrator.integrate_stack(frames, dark=dark)
-                rate = len(frames) / max(time.perf_counter() - t0, 1e-9)
-                written = _write_simple(result, out_dir / p.name.split(".")[0])
-                msg = f"{p}: {len(frames)} frame(s), {rate:.1f} frames/s -> {', '.join(map(str, written))}"
+                parts = [
+                    integrator.integrate_stack(stack, dark=dark)
+                    for stack, _ in _batches(p, args.dataset)
+                ]
+                if not parts:
+                    raise RadintError(f"{p}: no frames")
+                result = _concat(parts)
+                result.metadata["source"] = str(p)
+                rate = result.n_frames / max(time.perf_counter() - t0, 1e-9)
+                written = write_result(result, out_dir, formats, name=p.name.split(".")[0])
+                msg = f"{p}: {result.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(map(str, written))}"
                 progress.console.print(msg) if progress.live.is_started else print(msg)
             except (RadintError, OSError, ValueError) as e:
                 failures += 1
@@ -179,27 +180,28 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _write_simple(result, stem: Path) -> list[Path]:
-    """Lineouts as MIDAS-style ``_lineout.xy`` text and everything as ``.npz``."""
-    xy = stem.with_name(stem.name + "_lineout.xy")
-    with open(xy, "w") as f:
-        f.write("# 2theta_deg  intensity\n")
-        for k in range(result.n_frames):
-            line = result.frame(k).lineout
-            for x, y in zip(result.two_theta_deg, line):
-                f.write(f"{x:.6f}  {y:.6f}\n")
-    npz = stem.with_suffix(".npz")
-    np.savez_compressed(
-        npz,
-        cake=result.cake,
-        lineout=result.lineout,
-        lineout_sigma=result.lineout_sigma if result.lineout_sigma is not None else np.array([]),
-        radius_px=result.radius_px,
-        two_theta_deg=result.two_theta_deg,
-        q_inv_angstrom=result.q_inv_angstrom,
-        eta_deg=result.eta_deg,
+def _concat(parts: list):
+    """One stack Result from several stack Results of the same integrator."""
+    import dataclasses
+
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str):
+        arrays = [getattr(r, name) for r in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        cake=cat("cake"),
+        cake_sigma=cat("cake_sigma"),
+        lineout=cat("lineout"),
+        lineout_sigma=cat("lineout_sigma"),
+        area=cat("area"),
+        count=cat("count"),
+        frame_ids=np.arange(sum(r.n_frames for r in parts)),
     )
-    return [xy, npz]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,9 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("integrate", help="integrate frame files into lineouts and cakes")
     p.add_argument("params")
-    p.add_argument("data", nargs="+", help="frame files (tif, h5, npy), then 'Key value' overrides")
+    p.add_argument(
+        "data",
+        nargs="+",
+        help="frame files (tif, h5, zarr, ge, edf, cbf, ...), then 'Key value' overrides",
+    )
     p.add_argument("-o", "--output", default=".", help="output directory")
-    p.add_argument("--dark", help="dark file (frames are averaged)")
+    p.add_argument("--dark", help="dark file (its frames are averaged)")
+    p.add_argument(
+        "--dark-dataset", default=None, help="HDF5 dataset of the dark (default exchange/data)"
+    )
+    p.add_argument(
+        "--dataset", default=None, help="HDF5 dataset of the frames (default exchange/data)"
+    )
+    p.add_argument(
+        "--format",
+        default="nexus",
+        help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip), "
+        "caked, gsas, xy, mat",
+    )
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_integrate)
