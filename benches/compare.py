@@ -159,15 +159,15 @@ def run_case(peer: str, detector: str, task: str, threads: int, n_stack: int, re
         p = Path(os.environ.get("TMPDIR", "/tmp")) / f"radint-bench-{os.getpid()}.txt"
         p.write_text(config.midas_text())
         params = parse_params(str(p))
-        res = build_map(params)
+        res = build_map(params, n_jobs=threads)
         geom = build_csr(
-            res,
-            params.n_r_bins,
-            params.n_eta_bins,
-            params.NrPixelsY,
-            params.NrPixelsZ,
-            "cpu",
+            res.as_pixel_map(),
+            n_r=params.n_r_bins,
+            n_eta=params.n_eta_bins,
+            n_pixels_y=params.NrPixelsY,
+            n_pixels_z=params.NrPixelsZ,
             dtype=torch.float32,
+            build_modes=("floor",),
         )
         img = torch.from_numpy(frame.astype(np.float32))
         integrate(img, geom)

@@ -204,6 +204,69 @@ def _concat(parts: list):
     )
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Many files → outputs, MIDAS integrator.py flags accepted; exit 0 only if all succeed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from radint.batch import midas_file_series, run_batch
+    from radint.io import read_dark
+
+    params = args.paramFN or args.params
+    if not params:
+        raise RadintError("no parameter file: give PARAMS or -paramFN")
+    tokens = list(args.data)
+    if args.dataFN:
+        tokens = midas_file_series(args.dataFN, args.startFileNr, args.endFileNr) + tokens
+    paths, overrides = _split_overrides(tokens)
+    if not paths:
+        raise RadintError("no data files: give DATA... or -dataFN")
+    config = _load_config(params, overrides)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if args.writeMat and "mat" not in formats:
+        formats.append("mat")
+    out_dir = Path(args.resultFolder or args.output)
+    dark = read_dark(args.darkFN, dataset=args.darkLoc) if args.darkFN else None
+    names = [args.outName] if args.outName and len(paths) == 1 else None
+    failed: list[tuple[str, str]] = []
+    frames = 0
+    t0 = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
+        task = progress.add_task("files", total=len(paths), rate="")
+
+        def on_done(o):
+            nonlocal frames
+            frames += o.n_frames
+            rate = frames / max(time.perf_counter() - t0, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
+            if not o.ok:
+                failed.append((o.path, o.error))
+            line = f"{o.path}: " + ("skipped (outputs exist)" if o.skipped else
+                                     f"{o.n_frames} frame(s) -> {', '.join(o.outputs)}" if o.ok else f"FAILED: {o.error}")  # fmt: skip
+            if not args.quiet:
+                progress.console.print(line) if progress.live.is_started else print(line)
+
+        run_batch(
+            config, paths, out_dir, tuple(formats), n_procs=args.nCPUs, n_threads=args.nCPUsLocal,
+            dataset=args.dataLoc, dark=dark, skip_existing=args.skipExisting, dask=args.dask,
+            backend=args.backend, names=names, on_done=on_done,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    print(
+        f"radint batch: {len(paths) - len(failed)}/{len(paths)} file(s) ok, {frames} frames in {elapsed:.1f} s"
+    )
+    for path, why in failed:
+        print(f"radint: failed: {path}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -252,6 +315,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_integrate)
+
+    p = sub.add_parser(
+        "batch",
+        allow_abbrev=False,
+        help="integrate many files in parallel (MIDAS integrator.py flags accepted)",
+    )
+    p.add_argument("params", nargs="?", help="MIDAS parameter file (or -paramFN)")
+    p.add_argument("data", nargs="*", help="data files, then 'Key value' overrides")
+    p.add_argument("-paramFN", help="parameter file (MIDAS flag)")
+    p.add_argument("-dataFN", help="first data file of a numbered series (MIDAS flag)")
+    p.add_argument("-darkFN", help="dark file (frames averaged)")
+    p.add_argument(
+        "-dataLoc", default=None, help="HDF5 dataset of the frames (default exchange/data)"
+    )
+    p.add_argument("-darkLoc", default=None, help="HDF5 dataset of the dark")
+    p.add_argument("-resultFolder", help="output directory (MIDAS flag; same as -o)")
+    p.add_argument("-startFileNr", type=int, default=-1, help="first file number of the series")
+    p.add_argument("-endFileNr", type=int, default=-1, help="last file number of the series")
+    p.add_argument("-nCPUs", type=int, default=1, help="files processed in parallel (processes)")
+    p.add_argument("-nCPUsLocal", type=int, default=None, help="threads per process")
+    p.add_argument("-writeMat", type=int, default=0, help="1: also write .mat")
+    p.add_argument(
+        "-skipExisting",
+        "--skip-existing",
+        dest="skipExisting",
+        action="store_true",
+        help="skip files whose outputs exist",
+    )
+    p.add_argument("-outName", help="output stem (single input file)")
+    p.add_argument("-o", "--output", default=".", help="output directory")
+    p.add_argument(
+        "--format", default="nexus", help="comma-separated output formats (see integrate)"
+    )
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--dask", default=None, help="Dask scheduler address, or local:N for a local cluster"
+    )
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

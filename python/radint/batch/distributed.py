@@ -1,0 +1,68 @@
+"""Run the batch's per-file task on a Dask distributed cluster (``radint[dask]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from radint.batch import FileOutcome, _init_worker, process_file
+from radint.exceptions import BackendUnavailableError
+
+
+def _client(address: str) -> Any:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"--dask needs dask.distributed ({e}); install the extra: pip install 'radint[dask]'"
+        ) from e
+    if address.startswith("local"):
+        n = int(address.split(":", 1)[1]) if ":" in address else 2
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        )
+        return Client(cluster)
+    return Client(address)
+
+
+def _task(config, cache, n_threads, backend, path, name, args, dataset, dark, skip) -> FileOutcome:
+    from radint import batch
+
+    if "integrator" not in batch._WORKER:
+        _init_worker(config, cache, n_threads, backend)
+    return process_file(path, *args, name, dataset, dark, skip)
+
+
+def run_on_dask(
+    address, config, cache, n_threads, backend, files, names, args, dataset, dark, skip
+) -> Iterator[tuple[int, FileOutcome]]:
+    """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``)."""
+    from dask.distributed import as_completed
+
+    client = _client(address)
+    try:
+        futures = [
+            client.submit(
+                _task,
+                config,
+                cache,
+                n_threads,
+                backend,
+                f,
+                names[i],
+                args,
+                dataset,
+                dark,
+                skip,
+                pure=False,
+            )
+            for i, f in enumerate(files)
+        ]
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            yield index[fut.key], fut.result()
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None and address.startswith("local"):
+            cluster.close()
