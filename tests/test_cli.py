@@ -31,3 +31,11 @@ def test_bad_input_exit_code(tmp_path, capsys):
     assert main(["map", str(bad), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "p.txt:2: RBinSize: must be > 0, got -1" in err
+
+
+def test_plot(tmp_path):
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
+    assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

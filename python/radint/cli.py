@@ -267,6 +267,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Lineout and cake PNG of a result file."""
+    from radint.plot import plot_nexus
+
+    out = plot_nexus(args.result, args.output, args.frame)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -275,23 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    # The same flags after the subcommand (where users type them); SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("map", help="build the exact detector map, write MIDAS Map.bin/nMap.bin")
+    p = sub.add_parser(
+        "map", parents=[common], help="build the exact detector map, write MIDAS Map.bin/nMap.bin"
+    )
     p.add_argument("params", help="MIDAS parameter file")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument("-j", "--threads", type=int, default=None, help="threads (default: all)")
     p.set_defaults(func=cmd_map)
 
-    p = sub.add_parser("info", help="print the parsed configuration and bin/map statistics")
+    p = sub.add_parser(
+        "info", parents=[common], help="print the parsed configuration and bin/map statistics"
+    )
     p.add_argument("params")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--map", action="store_true", help="also build the map and print its statistics")
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("integrate", help="integrate frame files into lineouts and cakes")
+    p = sub.add_parser(
+        "integrate", parents=[common], help="integrate frame files into lineouts and cakes"
+    )
     p.add_argument("params")
     p.add_argument(
         "data",
@@ -318,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "batch",
+        parents=[common],
         allow_abbrev=False,
         help="integrate many files in parallel (MIDAS integrator.py flags accepted)",
     )
@@ -353,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dask", default=None, help="Dask scheduler address, or local:N for a local cluster"
     )
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser(
+        "plot", parents=[common], help="PNG of a result's lineout and cake (radint[plot])"
+    )
+    p.add_argument("result", help="a radint NeXus file (.h5)")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default: <result>.png)")
+    p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
