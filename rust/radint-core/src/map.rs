@@ -339,7 +339,8 @@ impl Plan {
         }
         let r_edges = &self.r_edges;
         let n_r = r_edges.len() - 1;
-        let (r_lo, r_hi) = if quad.contains_origin() {
+        let holds_origin = quad.contains_origin();
+        let (r_lo, r_hi) = if holds_origin {
             (0.0, quad.max_radius())
         } else {
             (quad.min_radius(), quad.max_radius())
@@ -354,7 +355,7 @@ impl Plan {
             return;
         }
         self.eta_candidates(quad, corner_eta_deg, eta_bins);
-        let single_bin = eta_bins.len() == 1 && !quad.contains_origin();
+        let single_bin = eta_bins.len() == 1 && !holds_origin;
         let width = self.eta_bin;
         for &e in eta_bins.iter() {
             let (lo, hi) = (self.eta_edge_dirs[e], self.eta_edge_dirs[e + 1]);
@@ -379,7 +380,8 @@ impl Plan {
                 } else if r >= r_hi {
                     clipped_area
                 } else {
-                    pieces.0.disk_area(r) - pieces.1.map_or(0.0, |c| c.disk_area(r))
+                    pieces.0.disk_area(r, !holds_origin)
+                        - pieces.1.map_or(0.0, |c| c.disk_area(r, !holds_origin))
                 }
             };
             let mut below = disk(r_edges[k_first]);

@@ -131,21 +131,65 @@ impl Poly {
     }
 
     /// Exact area of this (counter-clockwise) polygon ∩ disk of radius `r` about the origin.
-    pub fn disk_area(&self, r: f64) -> f64 {
+    ///
+    /// `origin_outside` promises the origin is not inside the polygon: then the arcs' angles sum
+    /// to less than π in magnitude and are obtained with one `atan2` of their complex product
+    /// instead of one per arc.
+    pub fn disk_area(&self, r: f64, origin_outside: bool) -> f64 {
         let pts = self.points();
         let r2 = r * r;
+        let mut arcs = Arcs {
+            product: [1.0, 0.0],
+            angle: 0.0,
+            combine: origin_outside,
+        };
         let mut total = 0.0;
         for i in 0..pts.len() {
-            total += triangle_disk_area(pts[i], pts[(i + 1) % pts.len()], r, r2);
+            total += triangle_disk_area(pts[i], pts[(i + 1) % pts.len()], r2, &mut arcs);
         }
-        total
+        let angle = if origin_outside {
+            arcs.product[1].atan2(arcs.product[0])
+        } else {
+            arcs.angle
+        };
+        total + 0.5 * r2 * angle
     }
 }
 
-/// Signed area of triangle (origin, a, b) ∩ disk(r): straight pieces inside the circle contribute
-/// triangles, pieces outside contribute circular sectors.
+/// Arc angles outside the circle, summed either directly or as a complex product.
+struct Arcs {
+    product: [f64; 2],
+    angle: f64,
+    combine: bool,
+}
+
+impl Arcs {
+    #[inline]
+    fn add(&mut self, p: Pt, q: Pt) {
+        // conj(p)·q has argument angle(p → q).
+        let z = [p[0] * q[0] + p[1] * q[1], p[0] * q[1] - p[1] * q[0]];
+        if self.combine {
+            let (a, b) = (self.product, z);
+            let re = a[0] * b[0] - a[1] * b[1];
+            let im = a[0] * b[1] + a[1] * b[0];
+            // Keep the product near unit size whatever the radius (no overflow over many arcs).
+            let norm = re.abs().max(im.abs());
+            self.product = if norm > 0.0 {
+                [re / norm, im / norm]
+            } else {
+                [re, im]
+            };
+        } else {
+            self.angle += z[1].atan2(z[0]);
+        }
+    }
+}
+
+/// Signed area of triangle (origin, a, b) ∩ disk(r) without its arcs: straight pieces inside the
+/// circle contribute triangles, pieces outside are handed to `arcs` (their sector area is
+/// ½ r² · angle).
 #[inline]
-fn triangle_disk_area(a: Pt, b: Pt, r: f64, r2: f64) -> f64 {
+fn triangle_disk_area(a: Pt, b: Pt, r2: f64, arcs: &mut Arcs) -> f64 {
     let d = [b[0] - a[0], b[1] - a[1]];
     let qa = d[0] * d[0] + d[1] * d[1];
     if qa == 0.0 {
@@ -195,11 +239,9 @@ fn triangle_disk_area(a: Pt, b: Pt, r: f64, r2: f64) -> f64 {
         if m[0] * m[0] + m[1] * m[1] <= r2 {
             area += 0.5 * cross;
         } else {
-            let dot = p[0] * q[0] + p[1] * q[1];
-            area += 0.5 * r2 * cross.atan2(dot);
+            arcs.add(p, q);
         }
     }
-    let _ = r;
     area
 }
 
@@ -219,11 +261,11 @@ mod tests {
     #[test]
     fn disk_areas() {
         let sq = square(0.0, 0.0, 1.0);
-        assert!((sq.disk_area(10.0) - 4.0).abs() < 1e-14);
-        assert!((sq.disk_area(0.5) - std::f64::consts::PI * 0.25).abs() < 1e-14);
+        assert!((sq.disk_area(10.0, false) - 4.0).abs() < 1e-14);
+        assert!((sq.disk_area(0.5, false) - std::f64::consts::PI * 0.25).abs() < 1e-14);
         // Square [0,2]^2 ∩ unit disk = quarter disk.
         let q = square(1.0, 1.0, 1.0);
-        assert!((q.disk_area(1.0) - std::f64::consts::PI / 4.0).abs() < 1e-14);
+        assert!((q.disk_area(1.0, true) - std::f64::consts::PI / 4.0).abs() < 1e-14);
     }
 
     #[test]
@@ -231,6 +273,6 @@ mod tests {
         let sq = square(0.0, 0.0, 1.0);
         let w = sq.clip_wedge([1.0, 0.0], [0.0, 1.0]);
         assert!((w.signed_area() - 1.0).abs() < 1e-14);
-        assert!((w.disk_area(0.5) - std::f64::consts::PI * 0.25 / 4.0).abs() < 1e-14);
+        assert!((w.disk_area(0.5, false) - std::f64::consts::PI * 0.25 / 4.0).abs() < 1e-14);
     }
 }
