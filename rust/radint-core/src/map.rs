@@ -61,7 +61,7 @@ impl DetectorMap {
     /// Σ area of the unmasked entries per bin.
     pub fn bin_area(&self) -> Vec<f64> {
         self.indptr
-            .windows(2)
+            .par_windows(2)
             .map(|w| {
                 self.area[w[0] as usize..w[1] as usize]
                     .iter()
@@ -235,7 +235,10 @@ impl Plan {
                 })
                 .collect();
             let grid = grid.concat();
-            plan.corner_eta = grid.iter().map(|p| p[1].atan2(p[0]).to_degrees()).collect();
+            plan.corner_eta = grid
+                .par_iter()
+                .map(|p| p[1].atan2(p[0]).to_degrees())
+                .collect();
             plan.corner_grid = Some(grid);
         }
         Ok(plan)
@@ -474,42 +477,77 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
     Ok(assemble(&plan, rows))
 }
 
+/// Raw pointers to the CSR arrays, for the parallel scatter below.
+struct Scatter {
+    pixel: *mut u32,
+    area: *mut f32,
+    delta_r: *mut f32,
+}
+// SAFETY: every thread writes only the slots its own counting pass reserved (disjoint ranges).
+unsafe impl Sync for Scatter {}
+
+/// Counting sort of the rows' entries into CSR, in parallel over contiguous groups of rows.
+/// Within a bin, entries keep row order (group by group), so the bytes do not depend on the
+/// thread count.
 fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
     let n_r = plan.r_edges.len() - 1;
     let n_bins = n_r * plan.n_eta;
-    let mut counts = vec![0u64; n_bins + 1];
-    for row in &rows {
-        for e in &row.entries {
-            counts[e.bin as usize + 1] += 1;
-        }
-    }
+    let n_groups = (2 * rayon::current_num_threads()).clamp(1, rows.len().max(1));
+    let per_group = rows.len().div_ceil(n_groups).max(1);
+    let groups: Vec<&[RowOutput]> = rows.chunks(per_group).collect();
+    // Entries per (group, bin), turned into each group's first slot per bin.
+    let mut starts: Vec<Vec<u64>> = groups
+        .par_iter()
+        .map(|g| {
+            let mut c = vec![0u64; n_bins];
+            for row in g.iter() {
+                for e in &row.entries {
+                    c[e.bin as usize] += 1;
+                }
+            }
+            c
+        })
+        .collect();
+    let mut indptr = vec![0u64; n_bins + 1];
     for b in 0..n_bins {
-        counts[b + 1] += counts[b];
+        let mut next = indptr[b];
+        for g in starts.iter_mut() {
+            let count = g[b];
+            g[b] = next;
+            next += count;
+        }
+        indptr[b + 1] = next;
     }
-    let indptr = counts;
     let nnz = indptr[n_bins] as usize;
-    let mut cursor: Vec<u64> = indptr[..n_bins].to_vec();
     let mut pixel = vec![0u32; nnz];
     let mut area = vec![0f32; nnz];
     let mut delta_r = vec![0f32; nnz];
+    let out = Scatter {
+        pixel: pixel.as_mut_ptr(),
+        area: area.as_mut_ptr(),
+        delta_r: delta_r.as_mut_ptr(),
+    };
+    groups
+        .par_iter()
+        .zip(starts.par_iter_mut())
+        .for_each(|(g, cursor)| {
+            let out = &out;
+            for row in g.iter() {
+                for e in &row.entries {
+                    let slot = &mut cursor[e.bin as usize];
+                    let k = *slot as usize;
+                    *slot += 1;
+                    // SAFETY: k < nnz and slot k belongs to this group alone (counted above).
+                    unsafe {
+                        *out.pixel.add(k) = e.pixel;
+                        *out.area.add(k) = e.area;
+                        *out.delta_r.add(k) = e.delta_r;
+                    }
+                }
+            }
+        });
     let mut mask_hit = vec![0u8; n_bins];
-    let mut geometric = vec![0f64; n_bins];
-    for row in rows {
-        for e in row.entries {
-            let slot = &mut cursor[e.bin as usize];
-            let k = *slot as usize;
-            *slot += 1;
-            pixel[k] = e.pixel;
-            area[k] = e.area;
-            delta_r[k] = e.delta_r;
-            geometric[e.bin as usize] += e.area as f64;
-        }
-        for (bin, a) in row.masked {
-            mask_hit[bin as usize] = 1;
-            geometric[bin as usize] += a as f32 as f64;
-        }
-    }
-    DetectorMap {
+    let mut map = DetectorMap {
         n_y: plan.transform.n_y,
         n_z: plan.transform.n_z,
         r_edges: plan.r_edges.clone(),
@@ -519,9 +557,19 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
         area,
         delta_r,
         weight: None,
-        mask_hit,
-        bin_geometric_area: geometric,
+        mask_hit: Vec::new(),
+        bin_geometric_area: Vec::new(),
+    };
+    let mut geometric = map.bin_area();
+    for row in &rows {
+        for &(bin, a) in &row.masked {
+            mask_hit[bin as usize] = 1;
+            geometric[bin as usize] += a as f32 as f64;
+        }
     }
+    map.mask_hit = mask_hit;
+    map.bin_geometric_area = geometric;
+    map
 }
 
 /// Per raw pixel: R (px) and η (deg) of its centre, and the cosine of its incidence angle.
