@@ -22,6 +22,7 @@ Copies that remain (everything else is zero-copy):
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,6 @@ def _preload_nvrtc() -> str | None:
     and NVRTC fails to load although it is installed. Loading it once with ``RTLD_GLOBAL`` makes
     the later lookup by soname succeed. Returns the path loaded, or None (nothing to do).
     """
-    import ctypes
     import importlib.util
 
     try:
@@ -332,7 +332,9 @@ class CudaIntegrator:
                 m = nb * self.n_pixels
                 # Host copy into page-locked memory (needed for an asynchronous DMA).
                 np.copyto(pinned[:m], flat[f0 * self.n_pixels : f0 * self.n_pixels + m])
-                dev_buf.data.copy_from_host_async(pinned.ctypes.data, m * dtype.itemsize, stream)
+                dev_buf.data.copy_from_host_async(
+                    ctypes.c_void_p(pinned.ctypes.data), m * dtype.itemsize, stream
+                )
                 ev = cp.cuda.Event(block=False, disable_timing=True)
                 ev.record(stream)
                 self._buffers[k] = (pinned, dev_buf, ev)
