@@ -1,0 +1,191 @@
+"""GPU integration benchmark (issue 8): radint CUDA vs the hardware limits (and midas-integrate).
+
+Detectors: Pilatus 2M (u32) and Eiger 4M (u32, u16); 1 px × 5° cake + lineout, float64
+accumulation, Poisson variance. For each: kernel-only time per frame (frames already on the
+device, CUDA events), end-to-end frames/s from host memory (pinned staging + upload included),
+single frame and batched (8 frames per pass over the map), next to two limits:
+
+* HBM limit: bytes the kernels read per frame (map + frame + outputs) ÷ measured device-to-device
+  bandwidth;
+* host→device limit: frame bytes ÷ measured pinned host→device bandwidth.
+
+midas-integrate's torch CUDA path is timed on the same frames when it is importable (the
+``bench`` extra); otherwise its column says why not.
+
+Run on a GPU machine: ``python benches/gpu.py [--frames 64] [--markdown]``. Without a usable GPU it
+prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+
+import numpy as np
+
+DETECTORS = [
+    # name, (rows, columns), pixel µm, dtype
+    ("Pilatus 2M", (1679, 1475), 172, np.uint32),
+    ("Eiger 4M", (2167, 2070), 75, np.uint32),
+    ("Eiger 4M", (2167, 2070), 75, np.uint16),
+]
+
+
+def _config(shape: tuple[int, int], px_um: float):
+    from radint import IntegrationConfig
+
+    rows, cols = shape
+    r_max = 0.5 * float(np.hypot(rows, cols))
+    text = f"""
+NrPixelsY {cols}
+NrPixelsZ {rows}
+px {px_um}
+Lsd 1000000
+BC {cols / 2 + 0.3} {rows / 2 - 0.7}
+Wavelength 0.172973
+RMin 1
+RMax {r_max:.0f}
+RBinSize 1
+EtaMin -180
+EtaMax 180
+EtaBinSize 5
+"""
+    return IntegrationConfig.from_text(text, "bench.txt")
+
+
+def _bandwidths(cp) -> tuple[float, float]:
+    """(device→device GB/s counted as read + write, pinned host→device GB/s)."""
+    import cupyx
+
+    n = 1 << 28  # 256 MiB
+    a = cp.empty(n, dtype=np.uint8)
+    b = cp.empty_like(a)
+    b[...] = a
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(10):
+        b[...] = a
+    stop.record()
+    stop.synchronize()
+    d2d = 2 * n * 10 / (cp.cuda.get_elapsed_time(start, stop) * 1e-3) / 1e9
+    h = cupyx.empty_pinned((n,), dtype=np.uint8)
+    h[:] = 1
+    a.set(h)
+    start.record()
+    for _ in range(5):
+        a.data.copy_from_host_async(ctypes.c_void_p(h.ctypes.data), n, cp.cuda.get_current_stream())
+    stop.record()
+    stop.synchronize()
+    h2d = n * 5 / (cp.cuda.get_elapsed_time(start, stop) * 1e-3) / 1e9
+    return d2d, h2d
+
+
+def _kernel_ms_per_frame(cp, gpu, frames_dev, reps: int) -> float:
+    gpu.integrate_device(frames_dev)  # warm-up (compile, allocations)
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        gpu.integrate_device(frames_dev)
+    cp.cuda.Device().synchronize()
+    n = 1 if frames_dev.ndim == 2 else frames_dev.shape[0]
+    return (time.perf_counter() - t0) / (reps * n) * 1e3
+
+
+def _end_to_end_fps(gpu, frames_host, reps: int) -> float:
+    gpu.integrate(frames_host)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        gpu.integrate(frames_host)
+    n = 1 if frames_host.ndim == 2 else frames_host.shape[0]
+    return reps * n / (time.perf_counter() - t0)
+
+
+def _midas_integrate_fps(frames_host) -> str:
+    try:
+        import midas_integrate  # noqa: F401
+    except ImportError:
+        return "n/a (midas-integrate not installed: pip install 'radint[bench]')"
+    # midas-integrate's torch CSR path needs its own map build from MIDAS parameters; wired up
+    # when this runs on a machine with the bench extra (see benches/README.md).
+    return "n/a (not wired yet)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=64, help="frames per batched run")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = ap.parse_args(argv)
+
+    from radint.gpu import cuda_available
+
+    ok, why = cuda_available()
+    if not ok:
+        print(f"benches/gpu.py: no GPU benchmark here: {why}")
+        return 0
+    import cupy as cp
+
+    from radint import Integrator
+
+    print(f"device: {why}")
+    d2d, h2d = _bandwidths(cp)
+    print(f"measured bandwidth: device {d2d:.0f} GB/s, pinned host->device {h2d:.1f} GB/s")
+    rows = []
+    rng = np.random.default_rng(0)
+    for name, shape, px, dtype in DETECTORS:
+        cfg = _config(shape, px)
+        integ = Integrator(cfg, backend="cuda", solid_angle=None, polarization=None)
+        gpu = integ._gpu_backend()
+        m = integ.map
+        hi = 4000 if dtype == np.uint16 else 100000
+        host = rng.integers(0, hi, (args.frames, *shape)).astype(dtype)
+        dev = cp.asarray(host)
+        frame_bytes = host[0].nbytes
+        map_bytes = m.n_entries * (4 + 4) + (m.n_bins + 1) * 8
+        out_bytes = m.n_bins * (4 * 8 + 4)
+        for mode, nf in (("single", 1), ("batch", args.frames)):
+            k_ms = _kernel_ms_per_frame(cp, gpu, dev[0] if nf == 1 else dev, args.reps)
+            fps = _end_to_end_fps(gpu, host[0] if nf == 1 else host, args.reps)
+            # Batched, the map is read once per 8 frames.
+            per_frame_read = frame_bytes + out_bytes + map_bytes / (1 if nf == 1 else 8)
+            hbm_ms = per_frame_read / (d2d / 2 * 1e9) * 1e3
+            h2d_fps = h2d * 1e9 / frame_bytes
+            rows.append(
+                (
+                    f"{name} {np.dtype(dtype).name}",
+                    mode,
+                    f"{k_ms:.3f}",
+                    f"{hbm_ms:.3f}",
+                    f"{100 * hbm_ms / k_ms:.0f}%",
+                    f"{fps:.0f}",
+                    f"{h2d_fps:.0f}",
+                    f"{100 * fps / h2d_fps:.0f}%",
+                    _midas_integrate_fps(host),
+                )
+            )
+    head = (
+        "detector",
+        "mode",
+        "kernel ms/frame",
+        "HBM limit ms",
+        "of HBM limit",
+        "end-to-end fps",
+        "H2D limit fps",
+        "of H2D limit",
+        "midas-integrate fps",
+    )
+    if args.markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    else:
+        for r in rows:
+            print("  ".join(f"{h}={v}" for h, v in zip(head, r)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""CUDA integration backend: CuPy raw kernels on the Rust-built detector map.
+
+CuPy is imported lazily, so ``import radint`` (and ``import radint.gpu``) work without it; the
+backend needs the GPU extra, ``pip install 'radint[gpu]'``, and an NVIDIA GPU with a working
+driver. The kernels live in ``kernels/integrate.cu``; their arithmetic is in
+``kernels/integrate.cuh``, which the CPU test suite also compiles with the host C++ compiler and
+checks against the Rust engine.
+
+Copies that remain (everything else is zero-copy):
+
+* **Map, once per** :class:`CudaIntegrator`: ``indptr``, ``pixel``, ``area``, ``weight``,
+  ``mask_hit`` (numpy views of Rust memory, no host copy) and the per-pixel scale go host → device
+  once through ``cupy.asarray``.
+* **Frames, per call**: a numpy frame is copied into a pinned (page-locked) host buffer — the
+  caller's pageable memory cannot be DMA'd asynchronously — then host → device asynchronously on
+  one of several CUDA streams, so the copy of one block of frames overlaps the kernels of the
+  previous one. CuPy (device) frames are used in place, no copy at all.
+* **Dark / variance, per call**: host → device (one frame's worth of float64 each), when given.
+* **Results**: :meth:`CudaIntegrator.integrate_device` leaves them on the device (CuPy arrays);
+  :meth:`CudaIntegrator.integrate` copies them device → host once, at the end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint.exceptions import BackendUnavailableError, DtypeError, ShapeError
+
+__all__ = [
+    "FRAME_DTYPES",
+    "KERNEL_DIR",
+    "CudaIntegrator",
+    "compile_ptx",
+    "cuda_available",
+    "kernel_source",
+]
+
+INSTALL_HINT = "pip install 'radint[gpu]'"
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+#: Frame dtypes with a kernel, by the suffix of its name.
+FRAME_DTYPES = {
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.uint16): "u16",
+    np.dtype(np.uint32): "u32",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float64): "f64",
+}
+#: Frames integrated per pass over the map by the batched kernels (RI_MAX_NB in the header).
+MAX_NB = 8
+#: Threads per block of the CSR kernels (8 warps, one bin each); must be a multiple of 32.
+CSR_BLOCK = 256
+#: Threads per block of the finalize / lineout kernels.
+FINALIZE_BLOCK = 256
+_RULES = {None: 0, "radint": 0, "midas-cpu": 1, "midas-gpu": 2}
+_LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
+_NVRTC_OPTIONS = ("-std=c++17",)
+
+
+def _import_cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendUnavailableError(f"the CUDA backend needs CuPy ({INSTALL_HINT}): {e}") from e
+    return cupy
+
+
+def cuda_available() -> tuple[bool, str]:
+    """Whether the CUDA backend can run here.
+
+    Returns
+    -------
+    (ok, reason) : (bool, str)
+        ``reason`` names the device when ``ok``, else says what is missing (CuPy, driver,
+        device) and how to install the extra.
+    """
+    try:
+        import cupy
+    except ImportError as e:
+        return False, f"CuPy is not installed ({e}); install it with {INSTALL_HINT}"
+    except Exception as e:  # a broken CuPy install raises all sorts of things on import
+        return False, f"CuPy failed to import ({type(e).__name__}: {e}); reinstall {INSTALL_HINT}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return False, (
+            f"no usable CUDA driver/runtime ({type(e).__name__}: {e}); needs an NVIDIA GPU with "
+            f"a driver matching CuPy's CUDA version ({INSTALL_HINT})"
+        )
+    if n < 1:
+        return False, f"no CUDA device found ({INSTALL_HINT} and an NVIDIA GPU are needed)"
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception as e:
+        return False, f"CUDA device unusable ({type(e).__name__}: {e})"
+    return True, f"CUDA device {name}"
+
+
+def kernel_source(name: str = "integrate") -> str:
+    """Source of ``kernels/<name>.cu`` with its ``#include "<name>.cuh"`` inlined, so NVRTC needs
+    no include path and the module cache key covers the header too."""
+    cu = (KERNEL_DIR / f"{name}.cu").read_text()
+    cuh = (KERNEL_DIR / f"{name}.cuh").read_text()
+    include = f'#include "{name}.cuh"'
+    if include not in cu:
+        raise RuntimeError(f"{name}.cu does not include {name}.cuh")
+    return cu.replace(include, cuh)
+
+
+def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
+    """Compile ``kernels/<name>.cu`` to PTX with NVRTC, without a GPU or driver.
+
+    Uses CuPy's NVRTC binding directly (``cupy.cuda.compiler`` asks the driver for the device's
+    architecture first, which fails on machines without a GPU). Raises ``RuntimeError`` with
+    NVRTC's log on a compile error.
+    """
+    _import_cupy()
+    _preload_nvrtc()
+    from cupy_backends.cuda.libs import nvrtc
+
+    try:
+        prog = nvrtc.createProgram(kernel_source(name), f"{name}.cu", [], [])
+    except Exception as e:  # the NVRTC shared library itself could not be found or loaded
+        raise BackendUnavailableError(
+            f"NVRTC is not loadable ({type(e).__name__}: {e}); install a CUDA toolkit or the "
+            "NVRTC wheel (pip install nvidia-cuda-nvrtc-cu12)"
+        ) from e
+    try:
+        try:
+            nvrtc.compileProgram(prog, [f"-arch={arch}", *_NVRTC_OPTIONS])
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(
+                f"NVRTC failed on {name}.cu: {e}\n{nvrtc.getProgramLog(prog)}"
+            ) from e
+        ptx = nvrtc.getPTX(prog)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+@functools.lru_cache(maxsize=1)
+def _preload_nvrtc() -> str | None:
+    """Load ``libnvrtc`` from the ``nvidia-cuda-nvrtc`` wheel if Python can import it.
+
+    CuPy's library finder looks in the interpreter's own site-packages; in a virtual environment
+    that reaches its packages through a ``.pth`` path (or a similar layering) it misses the wheel
+    and NVRTC fails to load although it is installed. Loading it once with ``RTLD_GLOBAL`` makes
+    the later lookup by soname succeed. Returns the path loaded, or None (nothing to do).
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
+    except (ImportError, ValueError):
+        return None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        for lib in sorted(Path(loc, "lib").glob("libnvrtc.so.*")):
+            try:
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                return str(lib)
+            except OSError:
+                continue
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _module(device_id: int, name: str = "integrate") -> Any:
+    """The RawModule of ``kernels/<name>.cu`` for one device, compiled once per process (and
+    cached on disk by CuPy)."""
+    cupy = _import_cupy()
+    _preload_nvrtc()
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(code=kernel_source(name), options=_NVRTC_OPTIONS)
+
+
+_BIN_KEYS = ("signal", "area", "count", "variance", "cake", "cake_sigma")
+
+
+def _opt(a: Any) -> Any:
+    """A device array, or a null device pointer for ``None``: CuPy passes numpy scalars by
+    value, and a uint64 0 has the size and value of a null pointer."""
+    return np.uint64(0) if a is None else a
+
+
+def _upload(cupy: Any, a: np.ndarray | None, dtype: Any, what: str) -> Any:
+    """One host → device copy of a contiguous array of the expected dtype (no host copy)."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.dtype != np.dtype(dtype) or not a.flags.c_contiguous:
+        raise DtypeError(
+            f"{what}: expected a C-contiguous {np.dtype(dtype)} array, got {a.dtype} "
+            f"(contiguous: {a.flags.c_contiguous})"
+        )
+    return cupy.asarray(a.ravel())
+
+
+class CudaIntegrator:
+    """The CUDA engine behind ``Integrator(backend="cuda")``.
+
+    Parameters
+    ----------
+    integrator : radint.Integrator
+        Supplies the map (uploaded once), the per-pixel scale, and the integration options
+        (precision, error model, rules, lineout mode, empty value).
+    n_streams : int
+        CUDA streams (each with its own pinned and device frame buffer) that blocks of frames
+        rotate over, so host → device copies overlap kernels.
+    """
+
+    def __init__(self, integrator: Any, n_streams: int = 3) -> None:
+        cupy = _import_cupy()
+        ok, why = cuda_available()
+        if not ok:
+            raise BackendUnavailableError(f"the CUDA backend is not available: {why}")
+        self._cp = cupy
+        self.integrator = integrator
+        m = integrator.map
+        self.shape: tuple[int, int] = tuple(m.shape)
+        self.n_pixels = self.shape[0] * self.shape[1]
+        self.n_r, self.n_eta = int(m.n_r), int(m.n_eta)
+        self.n_bins = self.n_r * self.n_eta
+        self.device_id = cupy.cuda.Device().id
+        # Map: numpy views of Rust memory straight to cupy.asarray, one H→D copy each.
+        self.indptr = _upload(cupy, m.indptr, np.uint64, "map indptr")
+        self.pixel = _upload(cupy, m.pixel, np.uint32, "map pixel")
+        self.area = _upload(cupy, m.area, np.float32, "map area")
+        self.weight = _upload(cupy, m.weight, np.float64, "map weight")
+        self.mask_hit = _upload(cupy, m.mask_hit, np.uint8, "map mask_hit")
+        self.scale = _upload(cupy, integrator._scale, np.float64, "per-pixel scale")
+        self._mod = _module(self.device_id)
+        self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
+        # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.
+        self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
+
+    # -------------------------------------------------------------- launch helpers
+    def _kernel(self, name: str) -> Any:
+        return self._mod.get_function(name)
+
+    def _frame_buffers(self, k: int, dtype: np.dtype) -> tuple[np.ndarray, Any, Any]:
+        import cupyx
+
+        cp = self._cp
+        n = MAX_NB * self.n_pixels
+        buf = self._buffers[k]
+        if buf is None or buf[0].dtype != dtype:
+            buf = (cupyx.empty_pinned((n,), dtype=dtype), cp.empty((n,), dtype=dtype), None)
+            self._buffers[k] = buf
+        return buf
+
+    def _check_frames(self, frames: Any) -> tuple[Any, int, bool]:
+        on_device = hasattr(frames, "__cuda_array_interface__")
+        a = frames if on_device else np.asarray(frames)
+        if np.dtype(a.dtype) not in FRAME_DTYPES:
+            raise DtypeError(
+                f"frames: CUDA kernels take {sorted(str(d) for d in FRAME_DTYPES)}, got {a.dtype}"
+            )
+        if a.ndim not in (2, 3) or tuple(a.shape[-2:]) != self.shape:
+            raise ShapeError(
+                f"frames: expected shape {self.shape} or (n_frames, *{self.shape}), got {a.shape}"
+            )
+        if not a.flags.c_contiguous:
+            raise ShapeError("frames: expected a C-contiguous array")
+        n = 1 if a.ndim == 2 else int(a.shape[0])
+        return a.reshape(n * self.n_pixels), n, on_device
+
+    def _per_pixel(self, v: Any, what: str) -> Any:
+        if v is None:
+            return None
+        a = v if hasattr(v, "__cuda_array_interface__") else np.asarray(v)
+        if a.dtype != np.float64 or a.size != self.n_pixels or not a.flags.c_contiguous:
+            raise ShapeError(
+                f"{what}: expected {self.n_pixels} contiguous float64 values, got "
+                f"{a.size} {a.dtype}"
+            )
+        return self._cp.asarray(a.reshape(-1))  # H→D once per call (no copy if on device)
+
+    # -------------------------------------------------------------- integration
+    def integrate_device(
+        self, frames: Any, dark: Any = None, variance: Any = None
+    ) -> dict[str, Any]:
+        """Integrate frames ``(n_z, n_y)`` or ``(n_frames, n_z, n_y)``; results stay on the
+        device (CuPy arrays, flat, frame-major, bin order ``r·n_eta + e``)."""
+        cp = self._cp
+        it = self.integrator
+        flat, n, on_device = self._check_frames(frames)
+        dtype = np.dtype(flat.dtype)
+        dark_d = self._per_pixel(dark, "dark")
+        var_d = self._per_pixel(variance, "variance")
+        var_mode = 2 if var_d is not None else (1 if it.error_model == "poisson" else 0)
+        acc = "f32" if it.precision == "float32" else "f64"
+        total = n * self.n_bins
+        out: dict[str, Any] = {
+            "signal": cp.zeros(total, dtype=np.float64),
+            "area": cp.zeros(total, dtype=np.float64),
+            "count": cp.zeros(total, dtype=np.uint32),
+            "cake": cp.zeros(total, dtype=np.float64),
+            "lineout": cp.zeros(n * self.n_r, dtype=np.float64),
+        }
+        if var_mode:
+            out["variance"] = cp.zeros(total, dtype=np.float64)
+            out["cake_sigma"] = cp.zeros(total, dtype=np.float64)
+            out["lineout_sigma"] = cp.zeros(n * self.n_r, dtype=np.float64)
+        if n == 0 or self.n_bins == 0:
+            out["n_frames"] = n
+            return out
+        fin = (
+            np.int32(_RULES[it.compat]),
+            np.int32(bool(it.config.normalize)),
+            np.int32(_LINEOUT[it.lineout_mode]),
+            np.int32(0),
+            np.float64(it.empty_value),
+        )
+        csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
+        for j, f0 in enumerate(range(0, n, MAX_NB)):
+            nb = min(MAX_NB, n - f0)
+            k = j % len(self._streams)
+            stream = self._streams[k]
+            if on_device:
+                dev = flat[f0 * self.n_pixels : (f0 + nb) * self.n_pixels]
+            else:
+                pinned, dev_buf, done = self._frame_buffers(k, dtype)
+                if done is not None:
+                    done.synchronize()  # the previous H→D copy from this pinned buffer finished
+                m = nb * self.n_pixels
+                # Host copy into page-locked memory (needed for an asynchronous DMA).
+                np.copyto(pinned[:m], flat[f0 * self.n_pixels : f0 * self.n_pixels + m])
+                dev_buf.data.copy_from_host_async(
+                    ctypes.c_void_p(pinned.ctypes.data), m * dtype.itemsize, stream
+                )
+                ev = cp.cuda.Event(block=False, disable_timing=True)
+                ev.record(stream)
+                self._buffers[k] = (pinned, dev_buf, ev)
+                dev = dev_buf
+            o0, o1 = f0 * self.n_bins, (f0 + nb) * self.n_bins
+            r0, r1 = f0 * self.n_r, (f0 + nb) * self.n_r
+            sl = {key: out[key][o0:o1] for key in _BIN_KEYS if key in out}
+            ln = {key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out}
+            name = f"ri_csr_{FRAME_DTYPES[dtype]}_{acc}_nb{1 if nb == 1 else MAX_NB}"
+            with stream:
+                self._kernel(name)(
+                    (csr_grid,),
+                    (CSR_BLOCK,),
+                    (
+                        self.indptr,
+                        self.pixel,
+                        self.area,
+                        _opt(self.weight),
+                        dev,
+                        np.uint64(self.n_pixels),
+                        np.int32(nb),
+                        np.uint64(self.n_bins),
+                        _opt(dark_d),
+                        _opt(self.scale),
+                        np.int32(var_mode),
+                        _opt(var_d),
+                        sl["signal"],
+                        sl["area"],
+                        _opt(sl.get("variance")),
+                        sl["count"],
+                    ),
+                )
+                m_bins = nb * self.n_bins
+                self._kernel("ri_finalize_cake")(
+                    ((m_bins + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
+                    (FINALIZE_BLOCK,),
+                    (
+                        sl["signal"],
+                        sl["area"],
+                        _opt(sl.get("variance")),
+                        sl["count"],
+                        self.mask_hit,
+                        np.uint64(self.n_bins),
+                        np.uint64(m_bins),
+                        *fin,
+                        sl["cake"],
+                        _opt(sl.get("cake_sigma")),
+                    ),
+                )
+                rows = nb * self.n_r
+                self._kernel("ri_lineout")(
+                    ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
+                    (FINALIZE_BLOCK,),
+                    (
+                        sl["signal"],
+                        sl["area"],
+                        _opt(sl.get("variance")),
+                        sl["count"],
+                        self.mask_hit,
+                        sl["cake"],
+                        _opt(sl.get("cake_sigma")),
+                        np.int32(self.n_eta),
+                        np.uint64(self.n_r),
+                        np.uint64(rows),
+                        *fin,
+                        ln["lineout"],
+                        _opt(ln.get("lineout_sigma")),
+                    ),
+                )
+        for s in self._streams:
+            s.synchronize()
+        out["n_frames"] = n
+        return out
+
+    def integrate(self, frames: Any, dark: Any = None, variance: Any = None) -> dict[str, Any]:
+        """As :meth:`integrate_device`, with the results copied to host numpy arrays: the dict
+        ``radint._core.integrate`` returns (keys ``n_frames``, ``signal``, ``area``, ``count``,
+        [``variance``, ``cake_sigma``, ``lineout_sigma``], ``cake``, ``lineout``)."""
+        d = self.integrate_device(frames, dark=dark, variance=variance)
+        return {k: (v if k == "n_frames" else self._cp.asnumpy(v)) for k, v in d.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"CudaIntegrator(device={self.device_id}, bins={self.n_bins}, "
+            f"entries={int(self.pixel.size)}, streams={len(self._streams)})"
+        )

@@ -1,0 +1,318 @@
+// radint CSR integration arithmetic, shared by the CUDA kernels (integrate.cu, compiled by NVRTC)
+// and the host C++ harness (tests/gpu_harness/cuh_harness.cpp, compiled by g++).
+//
+// Everything numerical lives here as __host__ __device__ inline functions so that the CPU-only
+// test suite checks the exact arithmetic the GPU runs against the Rust engine
+// (rust/radint-core/src/integrate.rs). The kernels only add index arithmetic, warp shuffles,
+// loads and stores.
+//
+// Contract (same as the Rust engine), per bin over its map entries e (pixel p, overlap a,
+// signal weight w = a unless the map carries MIDAS weights), D = raw − dark, s = per-pixel scale
+// (1 / correction, NaN = masked):
+//   signal = Σ w·s·D,  area = Σ a,  variance = Σ (w·s)²·var,  count = #entries summed,
+// where entries whose contribution w·s·D is NaN are skipped entirely, and var = max(raw, 1)
+// (Poisson) or a supplied per-pixel variance.
+//
+// No standard headers on the device side: NVRTC ships none, so fixed-width types are spelled with
+// builtin types and NaN is tested as x != x (valid: neither NVRTC nor the harness uses fast-math).
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(__NVRTC__)
+#define RI_HD __host__ __device__ __forceinline__
+#define RI_SQRT(x) sqrt(x)
+#else
+#include <cmath>
+#define RI_HD inline
+#define RI_SQRT(x) std::sqrt(x)
+#endif
+
+typedef unsigned long long ri_u64;
+typedef unsigned int ri_u32;
+typedef unsigned short ri_u16;
+typedef unsigned char ri_u8;
+typedef int ri_i32;
+typedef long long ri_i64;
+
+// Warp width the kernels use; the host harness emulates the same lane split and tree reduction.
+#define RI_WARP 32
+// Frames integrated together per pass over the map (the batched kernels), as in the Rust engine.
+#define RI_MAX_NB 8
+
+// Error models.
+#define RI_VAR_NONE 0
+#define RI_VAR_POISSON 1
+#define RI_VAR_GIVEN 2
+
+// Rule sets (spec §5.2–5.3), as Rust's `Rules`.
+#define RI_RULES_RADINT 0
+#define RI_RULES_MIDAS_CPU 1
+#define RI_RULES_MIDAS_GPU 2
+
+// Lineout reduction for RI_RULES_RADINT, as Rust's `LineoutMode`.
+#define RI_LINEOUT_AREA_WEIGHTED 0
+#define RI_LINEOUT_NONZERO_MEAN 1
+
+// MIDAS GPU: bins with area ≤ this are empty.
+#define RI_MIDAS_GPU_MIN_AREA 1e-9
+
+template <typename X>
+RI_HD bool ri_isnan(X x) {
+    return x != x;
+}
+
+RI_HD double ri_nan() {
+    // 0/0 would be folded with a warning by some compilers; build the bit pattern instead.
+    union {
+        ri_u64 u;
+        double d;
+    } v;
+    v.u = 0x7ff8000000000000ULL;
+    return v.d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accumulation
+// ---------------------------------------------------------------------------------------------
+
+// The four accumulators of one bin and one frame, in accumulator precision A (double or float).
+template <typename A>
+struct RiAcc {
+    A s;
+    A a;
+    A v;
+    ri_u32 c;
+};
+
+template <typename A>
+RI_HD void ri_acc_zero(RiAcc<A>& acc) {
+    acc.s = A(0);
+    acc.a = A(0);
+    acc.v = A(0);
+    acc.c = 0;
+}
+
+// Combine two partial sums of the same bin (the warp reduction step).
+template <typename A>
+RI_HD void ri_acc_merge(RiAcc<A>& acc, A s, A a, A v, ri_u32 c) {
+    acc.s = acc.s + s;
+    acc.a = acc.a + a;
+    acc.v = acc.v + v;
+    acc.c = acc.c + c;
+}
+
+// Per-map-entry factors shared by every frame of a batch: the signal weight w·s (scale folded
+// in), the area in accumulator precision and −dark.
+template <typename A>
+struct RiEntry {
+    A w;
+    A area;
+    A minus_dark;
+    bool has_dark;
+};
+
+// Entry e of the map: w = weight[e] (MIDAS maps) or area[e], times scale[p] when given.
+// Mirrors the Rust order of operations: w = w · scale; value = raw + (−dark).
+template <typename A>
+RI_HD RiEntry<A> ri_entry(float area_e, const double* weight, ri_u64 e, const double* scale,
+                          const double* dark, ri_u64 p) {
+    RiEntry<A> en;
+    en.area = A(area_e);
+    en.w = weight ? A(weight[e]) : en.area;
+    if (scale) en.w = en.w * A(scale[p]);
+    en.has_dark = dark != 0;
+    en.minus_dark = en.has_dark ? A(-dark[p]) : A(0);
+    return en;
+}
+
+// Accumulate one raw pixel value of one frame for one map entry. `given_var` is read only for
+// RI_VAR_GIVEN. NaN contributions (NaN pixel, NaN dark, masked pixel) are skipped entirely.
+template <typename A, typename T>
+RI_HD void ri_accumulate(RiAcc<A>& acc, const RiEntry<A>& en, T raw_px, int var_mode,
+                         double given_var) {
+    const A raw = A(raw_px);
+    const A value = en.has_dark ? raw + en.minus_dark : raw;
+    const A contribution = en.w * value;
+    if (ri_isnan(contribution)) return;
+    acc.s = acc.s + contribution;
+    acc.a = acc.a + en.area;
+    acc.c = acc.c + 1;
+    if (var_mode != RI_VAR_NONE) {
+        A var;
+        if (var_mode == RI_VAR_POISSON) {
+            const double r = double(raw);
+            var = A(r > 1.0 ? r : 1.0);
+        } else {
+            var = A(given_var);
+        }
+        acc.v = acc.v + en.w * en.w * var;
+    }
+}
+
+// One lane's share of bin b for NB frames: entries e0 + lane, e0 + lane + n_lanes, ...
+// `frames` holds nb ≤ NB frames of n_pixels values each, contiguous. This is the whole per-lane
+// body of the CSR kernel; the kernel then reduces the lanes with warp shuffles and the host
+// harness with the same tree (ri_lane_tree_reduce).
+template <typename T, typename A, int NB>
+RI_HD void ri_lane_accumulate(RiAcc<A> (&acc)[NB], int nb, const ri_u64* indptr,
+                              const ri_u32* pixel, const float* area, const double* weight,
+                              const T* frames, ri_u64 n_pixels, const double* dark,
+                              const double* scale, int var_mode, const double* variance,
+                              ri_u64 b, ri_u32 lane, ri_u32 n_lanes) {
+    for (int k = 0; k < NB; ++k) ri_acc_zero(acc[k]);
+    const ri_u64 e0 = indptr[b];
+    const ri_u64 e1 = indptr[b + 1];
+    for (ri_u64 e = e0 + lane; e < e1; e += n_lanes) {
+        const ri_u64 p = pixel[e];
+        const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
+        const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int k = 0; k < NB; ++k) {
+            if (k < nb) ri_accumulate<A, T>(acc[k], en, frames[ri_u64(k) * n_pixels + p], var_mode, gv);
+        }
+    }
+}
+
+// Store the reduced accumulators of bin b for nb frames (frame-major outputs, n_bins per frame).
+template <typename A, int NB>
+RI_HD void ri_store(const RiAcc<A> (&acc)[NB], int nb, ri_u64 b, ri_u64 n_bins, double* signal,
+                    double* area_out, double* variance_out, ri_u32* count) {
+    for (int k = 0; k < NB; ++k) {
+        if (k >= nb) break;
+        const ri_u64 i = ri_u64(k) * n_bins + b;
+        signal[i] = double(acc[k].s);
+        area_out[i] = double(acc[k].a);
+        count[i] = acc[k].c;
+        if (variance_out) variance_out[i] = double(acc[k].v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finalize (Rust `finalize_row`), one bin at a time, then the lineout of one radial row
+// ---------------------------------------------------------------------------------------------
+
+struct RiFinalize {
+    int rules;        // RI_RULES_*
+    int normalize;    // MIDAS Normalize: I = S/A (1) or S (0)
+    int lineout;      // RI_LINEOUT_* (RI_RULES_RADINT only; MIDAS CPU always uses nonzero mean)
+    int nan_masked;   // NaN out bins a masked pixel touched (implied by RI_RULES_MIDAS_CPU)
+    double empty;     // value of empty bins under RI_RULES_RADINT
+};
+
+RI_HD bool ri_nan_masked(const RiFinalize& f) {
+    return f.nan_masked != 0 || f.rules == RI_RULES_MIDAS_CPU;
+}
+
+// Cake value and sigma of one bin. with_var = 0: sigma is 0 (or the empty/NaN value, unused).
+RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri_u32 c,
+                           ri_u8 masked, int with_var, double* value, double* sigma) {
+    double val, sig;
+    const double sq = with_var ? RI_SQRT(v) : 0.0;
+    if (f.rules == RI_RULES_RADINT) {
+        if (c == 0 || a <= 0.0) {
+            val = f.empty;
+            sig = f.empty;
+        } else if (f.normalize) {
+            val = s / a;
+            sig = with_var ? sq / a : 0.0;
+        } else {
+            val = s;
+            sig = sq;
+        }
+    } else if (f.rules == RI_RULES_MIDAS_CPU) {
+        if (s != 0.0 && f.normalize && a != 0.0) {
+            val = s / a;
+            sig = with_var ? sq / a : 0.0;
+        } else {
+            val = s;
+            sig = sq;
+        }
+    } else {
+        if (a > RI_MIDAS_GPU_MIN_AREA) {
+            if (f.normalize) {
+                val = s / a;
+                sig = with_var ? sq / a : 0.0;
+            } else {
+                val = s;
+                sig = sq;
+            }
+        } else {
+            val = 0.0;
+            sig = 0.0;
+        }
+    }
+    const bool nan = ri_nan_masked(f) && masked != 0;
+    *value = nan ? ri_nan() : val;
+    *sigma = nan ? ri_nan() : sig;
+}
+
+// Lineout value and sigma of one radial row: the n_eta consecutive bins (bin order r·n_eta + e)
+// starting at s/a/v/c/masked/cake/sigma. `cake` and `sigma` are this row's finalized values
+// (ri_finalize_bin). v and sigma may be null (with_var = 0).
+RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const double* a,
+                          const double* v, const ri_u32* c, const ri_u8* masked,
+                          const double* cake, const double* sigma, int with_var, double* line,
+                          double* line_sigma) {
+    const bool nonzero_mean = f.rules == RI_RULES_MIDAS_CPU ||
+                              (f.rules == RI_RULES_RADINT && f.lineout == RI_LINEOUT_NONZERO_MEAN);
+    if (nonzero_mean) {
+        double sum = 0.0, var = 0.0;
+        ri_u64 n = 0;
+        for (int e = 0; e < n_eta; ++e) {
+            const double x = cake[e];
+            if (x != 0.0 && !ri_isnan(x)) {
+                sum += x;
+                if (with_var) var += sigma[e] * sigma[e];
+                n += 1;
+            }
+        }
+        if (n == 0) {
+            const double empty = f.rules == RI_RULES_MIDAS_CPU ? 0.0 : f.empty;
+            *line = empty;
+            *line_sigma = empty;
+        } else {
+            *line = sum / double(n);
+            *line_sigma = RI_SQRT(var) / double(n);
+        }
+        return;
+    }
+    if (f.rules == RI_RULES_MIDAS_GPU) {
+        double num = 0.0, den = 0.0, var = 0.0;
+        for (int e = 0; e < n_eta; ++e) {
+            if (a[e] > RI_MIDAS_GPU_MIN_AREA) {
+                num += cake[e] * a[e];
+                den += a[e];
+                if (with_var) var += sigma[e] * sigma[e] * a[e] * a[e];
+            }
+        }
+        if (den > 0.0) {
+            *line = num / den;
+            *line_sigma = RI_SQRT(var) / den;
+        } else {
+            *line = 0.0;
+            *line_sigma = 0.0;
+        }
+        return;
+    }
+    const bool nan_masked = ri_nan_masked(f);
+    double ss = 0.0, aa = 0.0, vv = 0.0;
+    ri_u64 cc = 0;
+    for (int e = 0; e < n_eta; ++e) {
+        if (nan_masked && masked[e] != 0) continue;
+        ss += s[e];
+        aa += a[e];
+        cc += c[e];
+        if (with_var) vv += v[e];
+    }
+    if (cc == 0 || aa <= 0.0) {
+        *line = f.empty;
+        *line_sigma = f.empty;
+    } else if (f.normalize) {
+        *line = ss / aa;
+        *line_sigma = RI_SQRT(vv) / aa;
+    } else {
+        *line = ss;
+        *line_sigma = RI_SQRT(vv);
+    }
+}

@@ -1,0 +1,405 @@
+"""CUDA backend: kernel arithmetic checked on the CPU, NVRTC compile, backend choice, GPU parity.
+
+Without a GPU the kernels are still proven three ways:
+
+* ``test_nvrtc_compiles_every_kernel``: NVRTC (CuPy's NVRTC wheel, no driver needed) compiles
+  ``kernels/integrate.cu`` to PTX, so a syntax error never lands;
+* ``test_cuh_harness_*``: ``tests/gpu_harness/cuh_harness.cpp`` compiles the same
+  ``integrate.cuh`` with g++, emulates the kernels' schedule (one 32-lane warp per bin, strided
+  entries, shuffle-down tree, 8-frame batches) and is compared with the Rust engine;
+* backend selection falls back / fails with the install hint.
+
+The ``gpu``-marked tests run the real kernels against Rust and skip where no device is usable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radint import _core
+from radint.detector_map import DetectorMap
+from radint.exceptions import BackendUnavailableError
+from radint.integrator import Integrator
+
+HARNESS = Path(__file__).resolve().parent / "gpu_harness" / "cuh_harness.cpp"
+KERNELS = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "kernels"
+SUFFIX = {
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.uint16): "u16",
+    np.dtype(np.uint32): "u32",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float64): "f64",
+}
+RULES = {"radint": 0, "midas-cpu": 1, "midas-gpu": 2}
+LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
+
+
+def _cuda_ok() -> tuple[bool, str]:
+    from radint.gpu import cuda_available
+
+    return cuda_available()
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def small_map_mod():
+    from radint import IntegrationConfig
+    from tests.conftest import SMALL
+
+    cfg = IntegrationConfig.from_text(SMALL, "small.txt")
+    return cfg, DetectorMap.build(cfg, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the host harness of integrate.cuh needs a C++ compiler")
+    out = tmp_path_factory.mktemp("cuh") / "cuh_harness.so"
+    # -ffp-contract=off: no FMA contraction, so the host sums are the plain IEEE ones Rust does.
+    cmd = [gxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]
+    cmd += ["-shared", "-fPIC", f"-I{KERNELS}", str(HARNESS), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(out))
+
+
+def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if a is None else a.ctypes.data)
+
+
+def harness_integrate(
+    lib,
+    m: DetectorMap,
+    frames: np.ndarray,
+    dark=None,
+    scale=None,
+    error_model="poisson",
+    variance=None,
+    precision="float64",
+    batch=8,
+    rules="radint",
+    lineout="area_weighted",
+    normalize=True,
+    empty=np.nan,
+) -> dict:
+    """integrate.cuh on the host, laid out like ``radint._core.integrate``'s dict."""
+    frames = np.ascontiguousarray(frames)
+    n_pixels = m.shape[0] * m.shape[1]
+    n = frames.size // n_pixels
+    n_bins = m.n_bins
+    var_mode = 2 if variance is not None else (1 if error_model == "poisson" else 0)
+    acc = "f32" if precision == "float32" else "f64"
+    signal = np.zeros(n * n_bins)
+    area = np.zeros(n * n_bins)
+    count = np.zeros(n * n_bins, dtype=np.uint32)
+    var_out = np.zeros(n * n_bins) if var_mode else None
+    fn = getattr(lib, f"ri_host_csr_{SUFFIX[frames.dtype]}_{acc}")
+    fn.restype = ctypes.c_int
+    u64 = ctypes.c_uint64
+    rc = fn(
+        _ptr(m.indptr),
+        _ptr(m.pixel),
+        _ptr(m.area),
+        _ptr(m.weight),
+        _ptr(frames),
+        u64(n_pixels),
+        u64(n),
+        u64(n_bins),
+        _ptr(dark),
+        _ptr(scale),
+        ctypes.c_int(var_mode),
+        _ptr(variance),
+        _ptr(signal),
+        _ptr(area),
+        _ptr(var_out),
+        _ptr(count),
+        ctypes.c_int(batch),
+    )
+    assert rc == 0
+    cake = np.zeros(n * n_bins)
+    line = np.zeros(n * m.n_r)
+    sigma = np.zeros(n * n_bins) if var_mode else None
+    line_sigma = np.zeros(n * m.n_r) if var_mode else None
+    lib.ri_host_finalize(
+        _ptr(signal),
+        _ptr(area),
+        _ptr(var_out),
+        _ptr(count),
+        _ptr(m.mask_hit),
+        u64(n),
+        u64(m.n_r),
+        ctypes.c_int(m.n_eta),
+        ctypes.c_int(RULES[rules]),
+        ctypes.c_int(int(normalize)),
+        ctypes.c_int(LINEOUT[lineout]),
+        ctypes.c_int(0),
+        ctypes.c_double(empty),
+        _ptr(cake),
+        _ptr(sigma),
+        _ptr(line),
+        _ptr(line_sigma),
+    )
+    d = {"n_frames": n, "signal": signal, "area": area, "count": count, "cake": cake}
+    d["lineout"] = line
+    if var_mode:
+        d.update(variance=var_out, cake_sigma=sigma, lineout_sigma=line_sigma)
+    return d
+
+
+def rust_integrate(m, frames, dark=None, scale=None, error_model="poisson", variance=None,
+                   precision="float64", rules="radint", lineout="area_weighted", normalize=True,
+                   empty=np.nan) -> dict:  # fmt: skip
+    return _core.integrate(
+        m._core,
+        np.ascontiguousarray(frames),
+        dark=dark,
+        scale=scale,
+        error_model="given" if variance is not None else error_model,
+        variance=variance,
+        precision=precision,
+        normalize=normalize,
+        rules=rules,
+        lineout=lineout,
+        empty_value=empty,
+        nan_masked_bins=False,
+        n_threads=1,
+    )
+
+
+def assert_same(got: dict, want: dict, rtol: float) -> None:
+    """Same keys; counts exact; floats within ``rtol`` relative, with an absolute floor of
+    ``rtol`` × the array's largest magnitude (dark subtraction can cancel a bin to ~0)."""
+    assert set(got) == set(want)
+    assert got["n_frames"] == want["n_frames"]
+    for k, w in want.items():
+        if k == "n_frames":
+            continue
+        g, w = np.asarray(got[k]), np.asarray(w)
+        assert g.shape == w.shape, k
+        if k == "count":
+            np.testing.assert_array_equal(g, w, err_msg=k)
+            continue
+        finite = w[np.isfinite(w)]
+        floor = rtol * (np.abs(finite).max() if finite.size else 1.0)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=floor, equal_nan=True, err_msg=k)
+
+
+def _inputs(shape, rng, n_frames, dtype):
+    if np.dtype(dtype).kind == "f":
+        f = rng.uniform(-2, 500, (n_frames, *shape)).astype(dtype)
+        f.reshape(n_frames, -1)[:, rng.choice(f[0].size, 40, replace=False)] = np.nan
+    else:
+        hi = min(np.iinfo(dtype).max, 5000)
+        f = rng.integers(0, hi, (n_frames, *shape)).astype(dtype)
+    return f
+
+
+def _random_map(rng, shape=(37, 41), n_r=23, n_eta=7, weights=True) -> DetectorMap:
+    """A random CSR map with empty bins, repeated pixels, MIDAS weights and masked-touched bins."""
+    n_bins = n_r * n_eta
+    counts = rng.integers(0, 90, n_bins)
+    counts[rng.choice(n_bins, 10, replace=False)] = 0
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+    nnz = int(indptr[-1])
+    pixel = rng.integers(0, shape[0] * shape[1], nnz).astype(np.uint32)
+    area = rng.uniform(0, 1, nnz).astype(np.float32)
+    weight = rng.uniform(0, 2, nnz) if weights else None
+    mask_hit = (rng.uniform(0, 1, n_bins) < 0.1).astype(np.uint8)
+    return DetectorMap.from_arrays(
+        shape,
+        np.linspace(0, n_r, n_r + 1),
+        np.linspace(-180, 180, n_eta + 1),
+        indptr,
+        pixel,
+        area,
+        weight=weight,
+        mask_hit=mask_hit,
+    )
+
+
+# ---------------------------------------------------------------------------------- harness
+@pytest.mark.parametrize("dtype", list(SUFFIX))
+def test_cuh_harness_matches_rust_all_dtypes(harness, small_map_mod, dtype):
+    """Every frame dtype, 11 frames (one 8-frame batch + a 3-frame tail), dark + NaN-masked
+    scale + Poisson variance: the header's float64 arithmetic equals Rust's to 1e-12 (only the
+    summation order differs)."""
+    _, m = small_map_mod
+    rng = np.random.default_rng(10)
+    frames = _inputs(m.shape, rng, 11, dtype)
+    n_pix = frames[0].size
+    dark = rng.uniform(0, 3, n_pix)
+    scale = rng.uniform(0.5, 1.5, n_pix)
+    scale[rng.choice(n_pix, 300, replace=False)] = np.nan
+    for batch in (1, 8):
+        got = harness_integrate(harness, m, frames, dark=dark, scale=scale, batch=batch)
+        assert_same(got, rust_integrate(m, frames, dark=dark, scale=scale), 1e-12)
+
+
+@pytest.mark.parametrize("rules", list(RULES))
+@pytest.mark.parametrize("lineout", list(LINEOUT))
+@pytest.mark.parametrize("normalize", [True, False])
+def test_cuh_harness_finalize_rules(harness, rules, lineout, normalize):
+    """The three rule sets × both lineout reductions × Normalize on a random map with MIDAS
+    weights, empty bins and masked-touched bins; given variance; dense and NaN paths."""
+    rng = np.random.default_rng(11)
+    m = _random_map(rng)
+    empty = 0.0 if rules != "radint" else np.nan
+    kw = dict(rules=rules, lineout=lineout, normalize=normalize, empty=empty)
+    u16 = rng.integers(0, 900, (3, *m.shape)).astype(np.uint16)
+    f64 = rng.uniform(-1, 50, (2, *m.shape))
+    f64[0, 3, 4] = np.nan
+    variance = rng.uniform(0, 4, u16[0].size)
+    for frames, extra in ((u16, {}), (f64, {"variance": variance}), (u16, {"error_model": "none"})):
+        got = harness_integrate(harness, m, frames, **extra, **kw)
+        assert_same(got, rust_integrate(m, frames, **extra, **kw), 1e-12)
+
+
+def test_cuh_harness_float32_accumulation(harness, small_map_mod):
+    """float32 accumulators: same tolerance the GPU parity test uses (1e-4 relative)."""
+    _, m = small_map_mod
+    rng = np.random.default_rng(12)
+    frames = _inputs(m.shape, rng, 9, np.uint32)
+    dark = rng.uniform(0, 3, frames[0].size)
+    got = harness_integrate(harness, m, frames, dark=dark, precision="float32")
+    assert_same(got, rust_integrate(m, frames, dark=dark, precision="float32"), 1e-4)
+
+
+# ---------------------------------------------------------------------------------- NVRTC
+def test_nvrtc_compiles_every_kernel():
+    """NVRTC compiles integrate.cu (header inlined) to PTX without a GPU or driver, and every
+    kernel the launcher asks for is in it."""
+    pytest.importorskip("cupy", reason="NVRTC compile check needs CuPy (pip install 'radint[gpu]')")
+    from radint.gpu import FRAME_DTYPES, compile_ptx
+
+    try:
+        ptx = compile_ptx(arch="compute_80")
+    except BackendUnavailableError as e:  # NVRTC shared library absent (no nvidia-cuda-nvrtc)
+        pytest.skip(f"NVRTC library not loadable here: {e}")
+    names = ["ri_finalize_cake", "ri_lineout"]
+    for s in FRAME_DTYPES.values():
+        names += [f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, 8)]
+    for name in names:
+        assert f".entry {name}(" in ptx, name
+
+
+def test_kernel_source_inlines_header():
+    from radint.gpu import kernel_source
+
+    src = kernel_source()
+    assert '#include "integrate.cuh"' not in src
+    assert "ri_lane_accumulate" in src
+
+
+# ---------------------------------------------------------------------------------- backend choice
+def test_import_radint_gpu_without_cupy_import():
+    """Importing radint.gpu must not import CuPy (lazy)."""
+    code = "import sys, radint, radint.gpu; assert 'cupy' not in sys.modules"
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_backend_unavailable_message(small_config, monkeypatch):
+    import radint.gpu
+
+    monkeypatch.setattr(radint.gpu, "cuda_available", lambda: (False, "no CUDA device found"))
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'radint\[gpu\]'"):
+        Integrator(small_config, backend="cuda")
+
+
+def test_cuda_available_reason_names_extra_when_unusable():
+    ok, why = _cuda_ok()
+    assert isinstance(why, str) and why
+    if not ok:
+        assert "radint[gpu]" in why
+
+
+def test_auto_falls_back_to_cpu(small_config, monkeypatch):
+    import radint.gpu
+
+    monkeypatch.setattr(radint.gpu, "cuda_available", lambda: (False, "no CUDA device found"))
+    integ = Integrator(small_config, backend="auto")
+    assert integ.backend == "cpu"
+    assert integ.integrate(np.ones(small_config.shape)).metadata["backend"] == "cpu"
+
+
+# ---------------------------------------------------------------------------------- GPU parity
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not _cuda_ok()[0], reason=f"no CUDA: {_cuda_ok()[1]}")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("precision,rtol", [("float64", 1e-6), ("float32", 1e-4)])
+@pytest.mark.parametrize("dtype", list(SUFFIX))
+def test_cuda_matches_rust(small_map_mod, precision, rtol, dtype):
+    cfg, m = small_map_mod
+    rng = np.random.default_rng(20)
+    frames = _inputs(m.shape, rng, 11, dtype)
+    dark = rng.uniform(0, 3, m.shape)
+    kw = dict(detector_map=m, precision=precision, mask=rng.uniform(0, 1, m.shape) < 0.02)
+    cpu = Integrator(cfg, backend="cpu", **kw)
+    cuda = Integrator(cfg, backend="cuda", **kw)
+    for got, want in (
+        (cuda.integrate_stack(frames, dark=dark), cpu.integrate_stack(frames, dark=dark)),
+        (cuda.integrate(frames[0]), cpu.integrate(frames[0])),
+    ):
+        assert got.metadata["backend"] == "cuda"
+        for k in ("cake", "lineout", "cake_sigma", "lineout_sigma", "area"):
+            np.testing.assert_allclose(
+                getattr(got, k), getattr(want, k), rtol=rtol, atol=rtol, equal_nan=True, err_msg=k
+            )
+        np.testing.assert_array_equal(got.count, want.count)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("compat", [None, "midas-cpu", "midas-gpu"])
+def test_cuda_rules_on_random_map(compat):
+    from radint.gpu import CudaIntegrator
+
+    rng = np.random.default_rng(21)
+    m = _random_map(rng)
+
+    class Stub:  # the attributes CudaIntegrator reads from an Integrator
+        map = m
+        _scale = None
+        error_model = "poisson"
+        precision = "float64"
+        lineout_mode = "midas_nonzero_mean" if compat == "midas-cpu" else "area_weighted"
+        empty_value = 0.0 if compat else np.nan
+
+        class config:
+            normalize = True
+
+    Stub.compat = compat
+    frames = rng.integers(0, 900, (5, *m.shape)).astype(np.uint16)
+    got = CudaIntegrator(Stub()).integrate(frames)
+    want = rust_integrate(
+        m, frames, rules=compat or "radint", lineout=Stub.lineout_mode, empty=Stub.empty_value
+    )
+    assert_same(got, want, 1e-6)
+
+
+@gpu
+@needs_cuda
+def test_cuda_example_frame(example_config):
+    """The bundled Pilatus example, CUDA vs Rust (float64, 1e-6 relative)."""
+    import tifffile
+
+    from tests.conftest import EXAMPLES
+
+    frame = tifffile.imread(EXAMPLES / "ceo2_pilatus.tif")
+    cpu = Integrator(example_config, backend="cpu")
+    cuda = Integrator(example_config, backend="cuda", detector_map=cpu.map)
+    got, want = cuda.integrate(frame), cpu.integrate(frame)
+    np.testing.assert_allclose(got.cake, want.cake, rtol=1e-6, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(got.lineout, want.lineout, rtol=1e-6, atol=1e-9, equal_nan=True)
