@@ -366,15 +366,17 @@ class PvaSource(Source):
         if self._stopped.is_set() or self._sink is None or self._stats is None:
             return
         stats = self._stats
+        uid = int(_get(pv, "uniqueId", 0))
         try:
-            data, uid = self._decode(pv)
+            data = self._decode(pv, uid)
         except ValueError as e:
+            data = None
             self.rejected += 1
             stats.add("dropped")
             log.error("pva %s: update rejected: %s", self.channel_name, e)
-            return
-        if data is None:  # the record's initial empty value
-            return
+        else:
+            if data is None:  # the record's initial empty value
+                return
         with self._lock:
             if self._last_uid is not None and uid > self._last_uid + 1:
                 gap = uid - self._last_uid - 1
@@ -388,14 +390,15 @@ class PvaSource(Source):
                     gap,
                 )
             self._last_uid = uid
+        if data is None:
+            return
         stats.add("received")
         item = StreamItem(uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid})
         if not self._sink(item):
             self.dropped_full += 1
             stats.add("dropped")
 
-    def _decode(self, pv: Any) -> tuple[np.ndarray | None, int]:
-        uid = int(_get(pv, "uniqueId", 0))
+    def _decode(self, pv: Any, uid: int) -> np.ndarray | None:
         codec = _get(pv, "codec")
         codec_name = _get(codec, "name", "") if codec is not None else ""
         if codec_name:
@@ -403,13 +406,13 @@ class PvaSource(Source):
         value = _get(pv, "value")
         branch = value[0] if isinstance(value, list | tuple) and value else value
         if not branch:
-            return None, uid
+            return None
         (kind, arr), *_ = branch.items()
         if kind not in _PVA_DTYPES:
             raise ValueError(f"value union branch {kind!r} is not a numeric array")
         arr = np.asarray(arr, dtype=_PVA_DTYPES[kind])
         if arr.size == 0:
-            return None, uid
+            return None
         dims = _get(pv, "dimension") or []
         sizes = [int(_get(d, "size", 0)) for d in dims]
         if len(sizes) != 2:
@@ -423,7 +426,7 @@ class PvaSource(Source):
         widen = _PVA_WIDEN.get(arr.dtype)
         if widen is not None:
             arr = arr.astype(widen)
-        return arr.reshape(shape), uid
+        return arr.reshape(shape)
 
     def stop(self) -> None:
         self._stopped.set()
