@@ -1,4 +1,4 @@
-"""The ``radint`` command line: map, info, integrate.
+"""The ``radint`` command line: map, info, integrate, stream, send.
 
 MIDAS habit: ``Key value`` parameter overrides may follow the parameter file, e.g.
 ``radint integrate parameters.txt frames.tif RMax 800 EtaBinSize 2 -o out``.
@@ -276,6 +276,75 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Integrate frames as they arrive (TCP / PVA / folder) into DIR/stream.h5."""
+    import signal
+
+    from radint.integrator import Integrator
+    from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource
+
+    _, overrides = _split_overrides(args.overrides)
+    config = _load_config(args.params, overrides)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.source == "tcp":
+        source = TcpSource(config.shape, host=args.host, port=args.port)
+    elif args.source == "pva":
+        if not args.channel:
+            raise RadintError("--source pva needs --channel NAME")
+        source = PvaSource(args.channel, config.shape)
+    else:
+        if not args.watch:
+            raise RadintError("--source folder needs --watch DIR")
+        source = FolderSource(args.watch, config.shape)
+    integrator = Integrator(
+        config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
+    )
+    pipeline = Pipeline(
+        integrator,
+        [source],
+        out_dir,
+        save_interval=args.save_interval,
+        max_frames=args.max_frames,
+        idle_timeout=args.timeout,
+        midas_files=args.midas_files,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stream: %s received, draining", signal.Signals(signum).name)
+        pipeline.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    summary = pipeline.run(status="none" if args.quiet else "auto")
+    print(summary.line())
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send frame files to a MIDAS-protocol server (radint stream or MIDAS's GPU program)."""
+    from radint.stream.sender import expand_inputs, iter_file_frames, send_frames
+
+    paths, overrides = _split_overrides(args.data)
+    config = _load_config(args.params, overrides)
+    files = expand_inputs(paths, args.extension)
+    if not files:
+        raise RadintError("no frame files to send")
+    t0 = time.perf_counter()
+    n = send_frames(
+        iter_file_frames(files, args.h5_location),
+        host=args.host,
+        port=args.port,
+        compress=args.compress,
+        mapping_file=args.mapping_file,
+        save_interval=args.save_interval,
+        shape=config.shape,
+    )
+    elapsed = time.perf_counter() - t0
+    print(f"send: {n} frame(s) in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} frames/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -381,6 +450,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="PNG path (default: <result>.png)")
     p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "stream",
+        parents=[common],
+        help="integrate frames live from TCP (MIDAS protocol), PVA or a folder",
+    )
+    p.add_argument("params", help="MIDAS parameter file")
+    p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
+    p.add_argument("-o", "--output", required=True, help="output directory (stream.h5)")
+    p.add_argument("--source", default="tcp", choices=["tcp", "pva", "folder"])
+    p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
+    p.add_argument("--port", type=int, default=60439, help="TCP port (default 60439)")
+    p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
+    p.add_argument("--watch", help="directory to watch, for --source folder")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--save-interval", type=int, default=100, help="flush every N frames")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--timeout", type=float, default=None, help="stop after S s without frames")
+    p.add_argument("--midas-files", action="store_true", help="also write lineout.bin, Int2D.bin")
+    p.add_argument("-j", "--threads", type=int, default=None)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser(
+        "send", parents=[common], help="send frame files to a MIDAS-protocol TCP server"
+    )
+    p.add_argument("params", help="MIDAS parameter file (frame size)")
+    p.add_argument("data", nargs="+", help="files or directories, then 'Key value' overrides")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=60439)
+    p.add_argument("--compress", action="store_true", help="uint16, or hybrid dtype 6 above 65535")
+    p.add_argument("--extension", help="only files with this suffix in directories (e.g. tif)")
+    p.add_argument("--h5-location", default="exchange/data", help="HDF5 dataset of the frames")
+    p.add_argument("--mapping-file", default="frame_mapping.json")
+    p.add_argument("--save-interval", type=int, default=500, help="rewrite the mapping every N")
+    p.set_defaults(func=cmd_send)
     return parser
 
 

@@ -1,0 +1,382 @@
+"""Sources → bounded queue → Integrator → writer thread → ``DIR/stream.h5`` (+ MIDAS binaries).
+
+Every frame a source hands over is either written (with its id, source name and timestamp) or
+counted as dropped; nothing is lost silently. Queues are bounded, so a slow integrator or writer
+stops the TCP sources from reading (TCP backpressure reaches the sender). :meth:`Pipeline.stop`
+(SIGINT/SIGTERM in ``radint stream``) stops the sources, drains the queues, closes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint.io import NexusWriter
+from radint.stream.sources import Source, SourceStats, StreamItem
+
+log = logging.getLogger("radint.stream")
+
+__all__ = ["Pipeline", "Summary"]
+
+
+@dataclass
+class Summary:
+    """Counts of one streaming run."""
+
+    received: int
+    integrated: int
+    written: int
+    dropped: int
+    partial: int
+    bad_connections: int
+    seconds: float
+    output: str
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"stream: received {self.received}, integrated {self.integrated}, written "
+            f"{self.written}, dropped {self.dropped}, partial frames discarded {self.partial}, "
+            f"bad connections {self.bad_connections}; {self.seconds:.1f} s, "
+            f"{self.frames_per_second:.1f} frames/s -> {self.output}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _StreamTable:
+    """Per-frame ``entry/stream/{frame_id,source,timestamp,dataset_num}`` next to the NeXus rows.
+
+    NexusWriter stores frame_id and timestamp; the source name (which client / PV / file) is
+    stream-specific, so it lives in its own NXcollection of the same file.
+    """
+
+    def __init__(self, h5file: Any) -> None:
+        import h5py
+
+        g = h5file.require_group("entry/stream")
+        g.attrs["NX_class"] = "NXcollection"
+        g.attrs["description"] = "one row per written frame, in the order of entry/azint*/data"
+
+        def grow(name: str, dtype: Any) -> Any:
+            return g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
+
+        self.ds = {
+            "frame_id": grow("frame_id", np.int64),
+            "source": grow("source", h5py.string_dtype()),
+            "timestamp": grow("timestamp", np.float64),
+            "dataset_num": grow("dataset_num", np.int64),
+        }
+
+    def append(self, item: StreamItem) -> None:
+        values = {
+            "frame_id": item.frame_id,
+            "source": item.source,
+            "timestamp": item.timestamp,
+            "dataset_num": int(item.metadata.get("dataset_num", -1)),
+        }
+        for key, ds in self.ds.items():
+            n = ds.shape[0]
+            ds.resize(n + 1, axis=0)
+            ds[n] = values[key]
+
+
+class Pipeline:
+    """Run sources into an Integrator and a NeXus writer.
+
+    Parameters
+    ----------
+    integrator : Integrator
+    sources : list of Source
+    output_dir : path
+        ``stream.h5`` (NeXus NXazint1d/2d, one row per frame, written in place and flushed every
+        ``save_interval`` frames so it can be read while it grows); with ``midas_files`` also
+        MIDAS ``lineout.bin`` (n_r pairs (R, I) float64 per frame) and ``Int2D.bin``
+        (n_r·n_eta float64, R-major, per frame).
+    save_interval : int
+        Flush every this many frames.
+    max_frames : int, optional
+        Stop (and drain) after this many frames were accepted.
+    idle_timeout : float, optional
+        Stop when no frame arrived for this many seconds.
+    queue_size, write_queue_size : int
+        Bounds of the frame queue and of the integrated-results queue.
+    compression : str or None
+        HDF5 filter for the per-frame rows (``None`` is fastest).
+    """
+
+    def __init__(
+        self,
+        integrator: Any,
+        sources: list[Source],
+        output_dir: str | Path,
+        *,
+        save_interval: int = 100,
+        max_frames: int | None = None,
+        idle_timeout: float | None = None,
+        queue_size: int = 8,
+        write_queue_size: int = 32,
+        midas_files: bool = False,
+        compression: str | None = None,
+    ) -> None:
+        if save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1, got {save_interval}")
+        self.integrator = integrator
+        self.sources = sources
+        self.output_dir = Path(output_dir)
+        self.output = self.output_dir / "stream.h5"
+        self.save_interval = save_interval
+        self.max_frames = max_frames
+        self.idle_timeout = idle_timeout
+        self.midas_files = midas_files
+        self.compression = compression
+        self.stats = SourceStats()
+        self.frames: queue.Queue[StreamItem] = queue.Queue(maxsize=queue_size)
+        self.results: queue.Queue[tuple[StreamItem, Any] | None] = queue.Queue(
+            maxsize=write_queue_size
+        )
+        self.integrated = 0
+        self.written = 0
+        self.accepted = 0
+        self._accept_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._sources_done = threading.Event()
+        self._finished = threading.Event()
+        self._last_frame = time.monotonic()
+        self._t0 = 0.0
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self._summary: Summary | None = None
+
+    # ------------------------------------------------------------------ sinks
+    def _admit(self) -> bool:
+        with self._accept_lock:
+            if self._stopping.is_set() or (
+                self.max_frames is not None and self.accepted >= self.max_frames
+            ):
+                return False
+            self.accepted += 1
+            if self.max_frames is not None and self.accepted >= self.max_frames:
+                threading.Thread(target=self.stop, name="radint-stop", daemon=True).start()
+            return True
+
+    def _blocking_sink(self, item: StreamItem) -> bool:
+        """TCP/folder: wait for room (the source stops reading meanwhile)."""
+        if not self._admit():
+            self.stats.add("dropped")
+            log.warning("%s: frame %d refused (stopping)", item.source, item.frame_id)
+            return False
+        self._last_frame = time.monotonic()
+        while True:
+            try:
+                self.frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._error is not None:
+                    self.stats.add("dropped")
+                    return False
+
+    def _nonblocking_sink(self, item: StreamItem) -> bool:
+        """PVA: no backpressure possible, so a full queue means a counted drop."""
+        if not self._admit():
+            return False
+        self._last_frame = time.monotonic()
+        try:
+            self.frames.put_nowait(item)
+            return True
+        except queue.Full:
+            with self._accept_lock:
+                self.accepted -= 1
+            log.warning("%s: queue full, frame %d dropped", item.source, item.frame_id)
+            return False
+
+    # ------------------------------------------------------------------ threads
+    def _integrate_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self.frames.get(timeout=0.05)
+                except queue.Empty:
+                    if self._sources_done.is_set() and self.frames.empty():
+                        break
+                    continue
+                result = self.integrator.integrate(item.data)
+                self.integrated += 1
+                self.results.put((item, result))
+        except BaseException as e:
+            self._error = e
+            log.error("stream: integration failed: %s", e)
+            self.stop()
+            while not self.frames.empty():
+                self.frames.get_nowait()
+                self.stats.add("dropped")
+        finally:
+            self.results.put(None)
+
+    def _write_loop(self) -> None:
+        writer: NexusWriter | None = None
+        table: _StreamTable | None = None
+        bins: list[Any] = []
+        try:
+            while (job := self.results.get()) is not None:
+                item, result = job
+                if writer is None:
+                    self.output_dir.mkdir(parents=True, exist_ok=True)
+                    writer = NexusWriter(
+                        self.output,
+                        atomic=False,
+                        compression=self.compression,
+                        source_name=item.source,
+                    )
+                writer.append(result, frame_id=item.frame_id, timestamp=item.timestamp)
+                if table is None:
+                    table = _StreamTable(writer._tree.file)
+                table.append(item)
+                if self.midas_files:
+                    if not bins:
+                        bins = [
+                            open(self.output_dir / "lineout.bin", "wb"),
+                            open(self.output_dir / "Int2D.bin", "wb"),
+                        ]
+                    r = np.asarray(result.radius_px, dtype=np.float64)
+                    line = np.asarray(result.lineout, dtype=np.float64)
+                    bins[0].write(np.column_stack([r, line]).tobytes())
+                    bins[1].write(
+                        np.ascontiguousarray(np.asarray(result.cake).T, np.float64).tobytes()
+                    )
+                self.written += 1
+                if self.written % self.save_interval == 0:
+                    writer.flush()
+                    for f in bins:
+                        f.flush()
+        except BaseException as e:
+            self._error = e
+            log.error("stream: writing %s failed: %s", self.output, e)
+            self.stop()
+            while self.results.get() is not None:
+                self.stats.add("dropped")
+        finally:
+            if writer is not None:
+                writer.close()
+            for f in bins:
+                f.close()
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        """Start the sources and the worker threads (returns at once)."""
+        self._t0 = time.monotonic()
+        self._last_frame = self._t0
+        for target, name in ((self._integrate_loop, "integrate"), (self._write_loop, "write")):
+            t = threading.Thread(target=target, name=f"radint-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for src in self.sources:
+            sink = self._nonblocking_sink if src.name == "pva" else self._blocking_sink
+            src.start(sink, self.stats)
+        threading.Thread(target=self._shutdown, name="radint-shutdown", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop taking frames; what was taken is integrated and written, then files close."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _shutdown(self) -> None:
+        while not self._stopping.wait(0.1):
+            if self.idle_timeout is not None:
+                if time.monotonic() - self._last_frame > self.idle_timeout:
+                    log.info("stream: no frame for %.1f s, stopping", self.idle_timeout)
+                    self.stop()
+        for src in self.sources:
+            src.stop()
+        for src in self.sources:
+            src.join(10.0)
+        self._sources_done.set()
+        for t in self._threads:
+            t.join()
+        self._summary = self._make_summary()
+        self._finished.set()
+
+    def _make_summary(self) -> Summary:
+        s = self.stats
+        return Summary(
+            received=s.received,
+            integrated=self.integrated,
+            written=self.written,
+            dropped=s.dropped,
+            partial=s.partial,
+            bad_connections=s.bad_connections,
+            seconds=time.monotonic() - self._t0,
+            output=str(self.output),
+        )
+
+    def wait(self, timeout: float | None = None) -> Summary | None:
+        """Block until drained and closed; the summary, or None on timeout."""
+        self._finished.wait(timeout)
+        if self._error is not None and self._finished.is_set():
+            raise self._error
+        return self._summary
+
+    def status(self) -> dict[str, Any]:
+        """Live counters: received, integrated, written, dropped, queue depth."""
+        return {
+            "received": self.stats.received,
+            "integrated": self.integrated,
+            "written": self.written,
+            "dropped": self.stats.dropped,
+            "queue": self.frames.qsize(),
+            "write_queue": self.results.qsize(),
+        }
+
+    def run(self, status: str = "auto") -> Summary:
+        """Start, show a status line until drained, return the summary.
+
+        ``status``: ``"rich"`` (a live line), ``"log"`` (a log line every 5 s), ``"none"``, or
+        ``"auto"`` (rich on a TTY, else log).
+        """
+        if status == "auto":
+            status = "rich" if sys.stderr.isatty() else "log"
+        self.start()
+        if status == "rich":
+            from rich.live import Live
+
+            with Live(self._status_text(0.0), refresh_per_second=4, transient=False) as live:
+                last, t_last = 0, time.monotonic()
+                while not self._finished.wait(0.25):
+                    now = time.monotonic()
+                    rate = (self.written - last) / max(now - t_last, 1e-9)
+                    last, t_last = self.written, now
+                    live.update(self._status_text(rate))
+        else:
+            last, t_last = 0, time.monotonic()
+            while not self._finished.wait(5.0 if status == "log" else 0.25):
+                if status == "log":
+                    now = time.monotonic()
+                    rate = (self.written - last) / max(now - t_last, 1e-9)
+                    last, t_last = self.written, now
+                    log.info("%s", self._status_text(rate))
+        summary = self.wait()
+        assert summary is not None
+        return summary
+
+    def _status_text(self, rate: float) -> str:
+        st = self.status()
+        return (
+            f"received {st['received']}  integrated {st['integrated']}  written {st['written']}  "
+            f"{rate:.1f} frames/s  queue {st['queue']}/{self.frames.maxsize}  "
+            f"dropped {st['dropped']}"
+        )

@@ -1,0 +1,557 @@
+"""Frame sources for the streaming server: MIDAS TCP, EPICS PVA (pvapy), folder watch.
+
+Every source runs in its own thread(s) and hands :class:`StreamItem` objects to a *sink*: a
+callable that blocks while the pipeline's bounded queue is full (TCP, folder: backpressure) or
+one that refuses (PVA: the frame is counted as dropped, never silently lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radint.exceptions import RadintError
+from radint.stream.protocol import (
+    DTYPES,
+    HEADER,
+    HYBRID,
+    HYBRID_COUNT,
+    ProtocolError,
+    decode_hybrid,
+)
+
+log = logging.getLogger("radint.stream")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 60439
+
+
+@dataclass
+class StreamItem:
+    """One frame from a source.
+
+    Attributes
+    ----------
+    frame_id : int
+        Identifier: the unwrapped MIDAS ``dataset_num`` (TCP), the NTNDArray ``uniqueId`` (PVA)
+        or a running count (folder).
+    data : ndarray, shape (n_z, n_y)
+    source : str
+        Where it came from, e.g. ``"tcp:127.0.0.1:53122"``, ``"pva:CHANNEL"``, ``"file:a.tif"``.
+    timestamp : float
+        Unix time the frame was complete at the server.
+    metadata : dict
+    """
+
+    frame_id: int
+    data: np.ndarray
+    source: str
+    timestamp: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+Sink = Callable[[StreamItem], bool]
+"""Takes an item; returns False when the pipeline is stopping (the item was not taken)."""
+
+
+class SourceStats:
+    """Thread-safe counters shared by the sources of one pipeline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.dropped = 0
+        self.partial = 0
+        self.bad_connections = 0
+        self.connections = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Source:
+    """Base class: ``start(sink, stats)``, ``stop()``, ``join()``."""
+
+    name = "source"
+
+    def start(self, sink: Sink, stats: SourceStats) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def join(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------- TCP
+class _Closed(Exception):
+    """The peer closed the connection (or the server is stopping)."""
+
+
+class TcpSource(Source):
+    """MIDAS wire-protocol server (spec §7.1): many clients, one thread each.
+
+    Each payload is received straight into a fresh numpy buffer of the exact size. While the
+    sink blocks (queue full) the client's socket is not read, so TCP flow control stops the
+    sender instead of memory growing. A connection that ends mid-frame has that partial frame
+    discarded and logged; an unknown dtype code closes that connection with a logged error;
+    the server keeps serving everyone else.
+
+    Parameters
+    ----------
+    shape : (n_z, n_y)
+        Frame shape (``NrPixelsZ``, ``NrPixelsY``) — the wire has no length field.
+    host, port : str, int
+        Where to listen; port 0 picks a free port (see :attr:`port` after :meth:`start`).
+    """
+
+    name = "tcp"
+
+    def __init__(self, shape: tuple[int, int], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.n_pixels = self.shape[0] * self.shape[1]
+        self.host = host
+        self.port = port
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._conn_seq = 0
+
+    def start(self, sink: Sink, stats: SourceStats) -> None:
+        lsock = socket.create_server((self.host, self.port), backlog=10)
+        lsock.settimeout(0.2)
+        self._listener = lsock
+        self.port = lsock.getsockname()[1]
+        log.info("tcp: listening on %s:%d (frames %dx%d)", self.host, self.port, *self.shape[::-1])
+        t = threading.Thread(
+            target=self._accept_loop, args=(sink, stats), name="radint-tcp-accept", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+
+    def _accept_loop(self, sink: Sink, stats: SourceStats) -> None:
+        assert self._listener is not None
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn, addr = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                stats.add("connections")
+                with self._lock:
+                    self._conn_seq += 1
+                    label = f"tcp:{addr[0]}:{addr[1]}"
+                    t = threading.Thread(
+                        target=self._serve,
+                        args=(conn, label, sink, stats),
+                        name=f"radint-tcp-{self._conn_seq}",
+                        daemon=True,
+                    )
+                    self._threads.append(t)
+                t.start()
+        finally:
+            self._listener.close()
+
+    def _recv_exact(self, conn: socket.socket, view: memoryview) -> None:
+        """Fill ``view`` from the socket; _Closed on EOF/stop (bytes may be partly filled)."""
+        got = 0
+        n = view.nbytes
+        while got < n:
+            if self._stop.is_set():
+                raise _Closed(got)
+            try:
+                k = conn.recv_into(view[got:], n - got)
+            except TimeoutError:
+                continue
+            except OSError as e:
+                raise _Closed(got) from e
+            if k == 0:
+                raise _Closed(got)
+            got += k
+
+    def _serve(self, conn: socket.socket, label: str, sink: Sink, stats: SourceStats) -> None:
+        conn.settimeout(0.2)
+        header = bytearray(HEADER.size)
+        hview = memoryview(header)
+        last_num = -1
+        wraps = 0
+        n_frames = 0
+        log.info("%s: connected", label)
+        try:
+            while True:
+                try:
+                    self._recv_exact(conn, hview)
+                except _Closed as e:
+                    if e.args and e.args[0]:
+                        stats.add("partial")
+                        log.warning(
+                            "%s: closed inside a frame header; partial frame discarded", label
+                        )
+                    break
+                num, code = HEADER.unpack(header)
+                try:
+                    data = self._read_payload(conn, code)
+                except ProtocolError as e:
+                    stats.add("bad_connections")
+                    log.error(
+                        "%s: %s; closing this connection after %d frame(s)", label, e, n_frames
+                    )
+                    break
+                except _Closed:
+                    stats.add("partial")
+                    log.warning(
+                        "%s: closed mid-frame (dataset_num %d, dtype %d); partial frame discarded",
+                        label,
+                        num,
+                        code,
+                    )
+                    break
+                if num <= last_num:  # dataset_num wraps mod 65536 (spec §7.1)
+                    wraps += 1
+                last_num = num
+                item = StreamItem(
+                    frame_id=wraps * 65536 + num,
+                    data=data.reshape(self.shape),
+                    source=label,
+                    timestamp=time.time(),
+                    metadata={"dataset_num": num, "dtype": code},
+                )
+                n_frames += 1
+                stats.add("received")
+                if not sink(item):
+                    break
+        finally:
+            conn.close()
+            log.info("%s: disconnected after %d frame(s)", label, n_frames)
+
+    def _read_payload(self, conn: socket.socket, code: int) -> np.ndarray:
+        if code in DTYPES:
+            data = np.empty(self.n_pixels, dtype=DTYPES[code])
+            self._recv_exact(conn, memoryview(data).cast("B"))
+            return data
+        if code != HYBRID:
+            raise ProtocolError(f"unknown dtype code {code} (expected 0-6)")
+        cbuf = bytearray(HYBRID_COUNT.size)
+        self._recv_exact(conn, memoryview(cbuf))
+        (count,) = HYBRID_COUNT.unpack(cbuf)
+        if count > self.n_pixels:
+            raise ProtocolError(f"hybrid overflow count {count} exceeds {self.n_pixels} pixels")
+        body = bytearray(2 * self.n_pixels + 12 * count)
+        self._recv_exact(conn, memoryview(body))
+        return decode_hybrid(count, body, self.n_pixels)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            for t in threads:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                if len(threads) == len(self._threads):
+                    return
+
+
+# --------------------------------------------------------------------------------- PVA
+_PVA_DTYPES = {
+    "byteValue": np.int8,
+    "ubyteValue": np.uint8,
+    "shortValue": np.int16,
+    "ushortValue": np.uint16,
+    "intValue": np.int32,
+    "uintValue": np.uint32,
+    "longValue": np.int64,
+    "ulongValue": np.uint64,
+    "floatValue": np.float32,
+    "doubleValue": np.float64,
+}
+# The integrator's pixel types; others are widened without loss where possible.
+_PVA_WIDEN = {
+    np.dtype(np.int8): np.int32,
+    np.dtype(np.int16): np.int32,
+    np.dtype(np.uint64): np.float64,
+}
+
+
+def import_pvaccess() -> Any:
+    """Import pvapy's ``pvaccess`` or raise a RadintError naming the extra."""
+    try:
+        import pvaccess
+    except ImportError as e:
+        raise RadintError(
+            f"the PVA source needs pvapy ({e}); install it with pip install 'radint[pva]'"
+        ) from e
+    return pvaccess
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    try:
+        return obj[key]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return default
+
+
+class PvaSource(Source):
+    """EPICS PV Access NTNDArray monitor (pvapy).
+
+    The frame shape comes from the ``dimension`` field (``dimension[0]`` = columns / fast axis,
+    ``dimension[1]`` = rows) and the pixel type from the selected branch of the ``value`` union,
+    so any detector works. PVA has no backpressure: when the queue is full the update is
+    counted as dropped; gaps in ``uniqueId`` are counted as frames dropped upstream.
+
+    Parameters
+    ----------
+    channel : str
+        PV name, e.g. ``16pil-idb:Pva1:Image``.
+    shape : (n_z, n_y)
+        Expected frame shape (from the parameter file); other shapes are dropped with a log line.
+    channel_factory : callable, optional
+        ``channel_factory(name)`` → object with ``subscribe(name, cb)``, ``startMonitor(request)``,
+        ``stopMonitor()``; default ``pvaccess.Channel(name, pvaccess.PVA)``.
+    """
+
+    name = "pva"
+    REQUEST = "field(uniqueId, value, dimension, codec, timeStamp)"
+
+    def __init__(
+        self,
+        channel: str,
+        shape: tuple[int, int],
+        channel_factory: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.channel_name = channel
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._factory = channel_factory
+        self._channel: Any = None
+        self._sink: Sink | None = None
+        self._stats: SourceStats | None = None
+        self._last_uid: int | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.dropped_upstream = 0
+        self.dropped_full = 0
+        self.rejected = 0
+
+    def start(self, sink: Sink, stats: SourceStats) -> None:
+        self._sink = sink
+        self._stats = stats
+        if self._factory is None:
+            pva = import_pvaccess()
+            self._channel = pva.Channel(self.channel_name, pva.PVA)
+        else:
+            self._channel = self._factory(self.channel_name)
+        self._channel.subscribe("radint", self.on_update)
+        self._channel.startMonitor(self.REQUEST)
+        log.info("pva: monitoring %s", self.channel_name)
+
+    def on_update(self, pv: Any) -> None:
+        """Monitor callback: one NTNDArray update → one StreamItem (or a counted drop)."""
+        if self._stopped.is_set() or self._sink is None or self._stats is None:
+            return
+        stats = self._stats
+        uid = int(_get(pv, "uniqueId", 0))
+        try:
+            data = self._decode(pv, uid)
+        except ValueError as e:
+            data = None
+            self.rejected += 1
+            stats.add("dropped")
+            log.error("pva %s: update rejected: %s", self.channel_name, e)
+        else:
+            if data is None:  # the record's initial empty value
+                return
+        with self._lock:
+            if self._last_uid is not None and uid > self._last_uid + 1:
+                gap = uid - self._last_uid - 1
+                self.dropped_upstream += gap
+                stats.add("dropped", gap)
+                log.warning(
+                    "pva %s: uniqueId jumped %d -> %d: %d frame(s) dropped upstream",
+                    self.channel_name,
+                    self._last_uid,
+                    uid,
+                    gap,
+                )
+            self._last_uid = uid
+        if data is None:
+            return
+        stats.add("received")
+        item = StreamItem(uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid})
+        if not self._sink(item):
+            self.dropped_full += 1
+            stats.add("dropped")
+
+    def _decode(self, pv: Any, uid: int) -> np.ndarray | None:
+        codec = _get(pv, "codec")
+        codec_name = _get(codec, "name", "") if codec is not None else ""
+        if codec_name:
+            raise ValueError(f"compressed NTNDArray (codec {codec_name!r}) is not supported")
+        value = _get(pv, "value")
+        branch = value[0] if isinstance(value, list | tuple) and value else value
+        if not branch:
+            return None
+        (kind, arr), *_ = branch.items()
+        if kind not in _PVA_DTYPES:
+            raise ValueError(f"value union branch {kind!r} is not a numeric array")
+        arr = np.asarray(arr, dtype=_PVA_DTYPES[kind])
+        if arr.size == 0:
+            return None
+        dims = _get(pv, "dimension") or []
+        sizes = [int(_get(d, "size", 0)) for d in dims]
+        if len(sizes) != 2:
+            raise ValueError(f"uniqueId {uid}: expected 2 dimensions, got {sizes}")
+        shape = (sizes[1], sizes[0])
+        if shape != self.shape or arr.size != shape[0] * shape[1]:
+            raise ValueError(
+                f"uniqueId {uid}: frame is {sizes[0]}x{sizes[1]} ({arr.size} values), "
+                f"the parameter file says {self.shape[1]}x{self.shape[0]}"
+            )
+        widen = _PVA_WIDEN.get(arr.dtype)
+        if widen is not None:
+            arr = arr.astype(widen)
+        return arr.reshape(shape)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._channel is not None:
+            try:
+                self._channel.stopMonitor()
+            except Exception as e:
+                log.debug("pva: stopMonitor: %s", e)
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------ folder
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".lock", ".swp")
+
+
+class FolderSource(Source):
+    """Watch a directory for new frame files (complete files only).
+
+    A file is taken when its size and modification time are unchanged over two polls (so a
+    file still being written is left alone) or when it appears by rename, which is the usual
+    "write then rename" pattern. Hidden files and ``*.tmp``/``*.part`` names are ignored.
+    Files already present at start are processed first, in name order.
+
+    Parameters
+    ----------
+    directory : path
+    shape : (n_z, n_y)
+    extensions : tuple of str, optional
+        Suffixes to take (default: any format :func:`radint.io.read_frames` reads).
+    poll_s : float
+        Poll interval in seconds.
+    dataset : str, optional
+        HDF5 dataset of the frames (default ``exchange/data``).
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        directory: str | Path,
+        shape: tuple[int, int],
+        extensions: tuple[str, ...] | None = None,
+        poll_s: float = 0.2,
+        dataset: str | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise RadintError(f"--watch {self.directory}: not a directory")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.extensions = extensions
+        self.poll_s = poll_s
+        self.dataset = dataset
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: set[str] = set()
+        self._pending: dict[str, tuple[int, float]] = {}
+        self._next_id = 0
+
+    def _wanted(self, name: str) -> bool:
+        low = name.lower()
+        if name.startswith(".") or low.endswith(_IGNORED_SUFFIXES):
+            return False
+        if self.extensions is None:
+            return True
+        return low.endswith(tuple(e.lower() for e in self.extensions))
+
+    def start(self, sink: Sink, stats: SourceStats) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, args=(sink, stats), name="radint-folder", daemon=True
+        )
+        self._thread.start()
+        log.info("folder: watching %s", self.directory)
+
+    def _complete_files(self) -> list[Path]:
+        ready = []
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except OSError as e:
+            log.error("folder %s: %s", self.directory, e)
+            return []
+        for entry in entries:
+            if entry.name in self._seen or not self._wanted(entry.name):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            sig = (st.st_size, st.st_mtime)
+            if st.st_size > 0 and self._pending.get(entry.name) == sig:
+                ready.append(Path(entry.path))
+            else:
+                self._pending[entry.name] = sig
+        return ready
+
+    def _loop(self, sink: Sink, stats: SourceStats) -> None:
+        from radint.io import read_frames
+
+        while not self._stop.is_set():
+            for path in self._complete_files():
+                self._seen.add(path.name)
+                self._pending.pop(path.name, None)
+                try:
+                    for fr in read_frames(path, dataset=self.dataset, shape=self.shape):
+                        label = f"file:{path.name}"
+                        if fr.index or fr.metadata.get("n_frames", 1) > 1:
+                            label += f":frame{fr.index}"
+                        item = StreamItem(
+                            self._next_id, fr.data, label, time.time(), {"file": str(path)}
+                        )
+                        self._next_id += 1
+                        stats.add("received")
+                        if not sink(item):
+                            return
+                except (RadintError, OSError, ValueError) as e:
+                    stats.add("dropped")
+                    log.error("folder: %s: %s (skipped)", path, e)
+            self._stop.wait(self.poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,547 @@
+"""Streaming server: wire protocol, TCP reliability, backpressure, drain, PVA, folder, sender.
+
+Every server listens on 127.0.0.1 with an ephemeral port, every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from radint import IntegrationConfig
+from radint.integrator import Integrator
+from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource, send_frames
+from radint.stream import pipeline as pipeline_mod
+from radint.stream.protocol import (
+    DTYPES,
+    ProtocolError,
+    decode_frame,
+    decode_stream,
+    encode_frame_bytes,
+    sender_encoding,
+)
+from radint.stream.sender import expand_inputs, iter_file_frames
+
+NY, NZ = 64, 48
+DETECTOR = f"""
+NrPixelsY {NY}
+NrPixelsZ {NZ}
+px 172
+Lsd 300000
+BC 30.5 22.5
+Wavelength 0.172973
+RMin 1
+RMax 40
+RBinSize 2
+EtaMin -180
+EtaMax 180
+EtaBinSize 30
+"""
+SHAPE = (NZ, NY)
+N_PIX = NY * NZ
+
+
+@pytest.fixture(scope="module")
+def config() -> IntegrationConfig:
+    return IntegrationConfig.from_text(DETECTOR, "stream.txt")
+
+
+@pytest.fixture(scope="module")
+def integrator(config: IntegrationConfig) -> Integrator:
+    return Integrator(config, backend="cpu", n_threads=1)
+
+
+def frame(i: int, dtype: str = "u4") -> np.ndarray:
+    return ((np.arange(N_PIX, dtype=np.int64).reshape(SHAPE) + i) % 251).astype(dtype)
+
+
+def start_pipeline(integrator, tmp_path, **kw) -> tuple[Pipeline, TcpSource]:
+    src = TcpSource(SHAPE, host="127.0.0.1", port=0)
+    kw.setdefault("idle_timeout", 20.0)  # bounded even if a test fails half-way
+    p = Pipeline(integrator, [src], tmp_path, **kw)
+    p.start()
+    return p, src
+
+
+def finish(p: Pipeline, timeout: float = 30.0):
+    p.stop()
+    summary = p.wait(timeout)
+    assert summary is not None, "pipeline did not drain in time"
+    return summary
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def stream_rows(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {
+            "frame_id": f["entry/azint1d/data/frame_id"][()],
+            "I": f["entry/azint1d/data/I"][()],
+            "cake": f["entry/azint2d/data/I"][()],
+            "source": f["entry/stream/source"].asstr()[()],
+            "dataset_num": f["entry/stream/dataset_num"][()],
+        }
+
+
+# ----------------------------------------------------------------------------- protocol
+@pytest.mark.parametrize("dtype", ["u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8"])
+def test_protocol_round_trip_every_dtype(dtype):
+    data = frame(3, dtype)
+    raw = encode_frame_bytes(70001, data)
+    num, code = struct.unpack("<HH", raw[:4])
+    assert num == 70001 % 65536
+    assert code == {"u1": 0, "i1": 0, "u2": 1, "i2": 1, "u4": 2, "i4": 2}.get(
+        dtype, {"u8": 3, "i8": 3, "f4": 4, "f8": 5}.get(dtype)
+    )
+    assert len(raw) == 4 + N_PIX * DTYPES[code].itemsize
+    (got,), used = decode_stream(raw, N_PIX)
+    assert used == len(raw) and got[1] == code
+    # signed data arrive re-interpreted as the unsigned type of that width (MIDAS behaviour)
+    np.testing.assert_array_equal(got[2].view(data.dtype).reshape(SHAPE), data)
+
+
+def test_protocol_byte_exact_layout():
+    data = np.array([[1, 2], [3, 4]], dtype=np.uint16)
+    assert encode_frame_bytes(5, data) == struct.pack("<HH", 5, 1) + data.tobytes()
+    assert encode_frame_bytes(0, data.astype("f8"))[:4] == b"\x00\x00\x05\x00"
+    # other types go out as int64 like MIDAS's fallback
+    code, pieces = sender_encoding(np.ones(4, dtype=np.float16))
+    assert code == 3 and pieces[0].dtype == np.dtype("<i8")
+
+
+def test_protocol_compress_uint16_and_hybrid():
+    small = frame(1, "u4")
+    raw = encode_frame_bytes(7, small, compress=True)
+    assert struct.unpack("<HH", raw[:4]) == (7, 1) and len(raw) == 4 + 2 * N_PIX
+    big = frame(2, "i8")
+    big.flat[[5, 17, N_PIX - 1]] = [70000, 2**40, 65536]
+    raw = encode_frame_bytes(8, big, compress=True)
+    expected = (
+        struct.pack("<HHI", 8, 6, 3)
+        + big.astype("<u2").tobytes()
+        + np.array([5, 17, N_PIX - 1], "<i4").tobytes()
+        + np.array([70000, 2**40, 65536], "<i8").tobytes()
+    )
+    assert raw == expected
+    assert len(raw) == 4 + 4 + 2 * N_PIX + 12 * 3
+    np.testing.assert_array_equal(decode_frame(6, raw[4:], N_PIX).reshape(SHAPE), big)
+
+
+def test_protocol_errors():
+    with pytest.raises(ProtocolError, match="unknown dtype code 9"):
+        decode_frame(9, b"", N_PIX)
+    with pytest.raises(ProtocolError, match="expected"):
+        decode_frame(1, b"\x00" * 10, N_PIX)
+    bad = struct.pack("<I", 1) + b"\x00" * (2 * N_PIX) + struct.pack("<iq", N_PIX, 1)
+    with pytest.raises(ProtocolError, match="out of range"):
+        decode_frame(6, bad, N_PIX)
+
+
+# ----------------------------------------------------------------------------- TCP server
+def test_2000_frames_written_exactly_once(integrator, tmp_path):
+    n = 2000
+    p, src = start_pipeline(integrator, tmp_path, max_frames=n, save_interval=500)
+    frames = ((frame(i, "u2"), f"f{i}") for i in range(n))
+    sent = send_frames(frames, port=src.port, mapping_file=tmp_path / "map.json", shape=SHAPE)
+    assert sent == n
+    summary = p.wait(120)
+    assert summary is not None
+    assert (summary.received, summary.integrated, summary.written, summary.dropped) == (n, n, n, 0)
+    rows = stream_rows(tmp_path / "stream.h5")
+    np.testing.assert_array_equal(rows["frame_id"], np.arange(n))
+    assert len(set(rows["frame_id"].tolist())) == n
+    # the integrated rows are the right frames: compare two against a direct integration
+    for k in (0, 1234):
+        want = integrator.integrate(frame(k, "u2")).lineout
+        np.testing.assert_allclose(rows["I"][k], want, rtol=1e-6, equal_nan=True)
+    mapping = json.loads((tmp_path / "map.json").read_text())
+    assert len(mapping) == n and mapping["1999"]["filename"] == "f1999"
+
+
+def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
+    p, src = start_pipeline(integrator, tmp_path, max_frames=6)
+    frames = ((frame(i), f"f{i}") for i in range(6))
+    send_frames(frames, port=src.port, mapping_file=None, first_dataset_num=65533)
+    summary = p.wait(30)
+    assert summary is not None and summary.written == 6
+    rows = stream_rows(tmp_path / "stream.h5")
+    np.testing.assert_array_equal(rows["dataset_num"], [65533, 65534, 65535, 0, 1, 2])
+    np.testing.assert_array_equal(rows["frame_id"], [65533, 65534, 65535, 65536, 65537, 65538])
+
+
+def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="radint.stream")
+    p, src = start_pipeline(integrator, tmp_path)
+    bad = connect(src.port)
+    bad.sendall(encode_frame_bytes(0, frame(0)) + encode_frame_bytes(1, frame(1))[:1000])
+    good = connect(src.port)
+    good.sendall(b"".join(encode_frame_bytes(i, frame(i, "f4")) for i in range(5)))
+    bad.close()
+    assert wait_for(lambda: p.stats.partial == 1)
+    good.sendall(encode_frame_bytes(5, frame(5, "f4")))
+    good.close()
+    assert wait_for(lambda: p.written == 7)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.partial) == (7, 7, 1)
+    assert "partial frame discarded" in caplog.text
+    rows = stream_rows(tmp_path / "stream.h5")
+    assert sorted(rows["frame_id"].tolist()) == [0, 0, 1, 2, 3, 4, 5]
+    assert len(set(rows["source"].tolist())) == 2  # the id plus the client name is unique
+
+
+def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="radint.stream")
+    p, src = start_pipeline(integrator, tmp_path)
+    for payload in (
+        encode_frame_bytes(0, frame(0)) + struct.pack("<HH", 1, 7) + b"\x00" * 64,
+        b"GET / HTTP/1.1\r\n\r\n",
+        struct.pack("<HHI", 0, 6, 0xFFFFFFFF),  # hybrid count larger than the frame
+    ):
+        s = connect(src.port)
+        s.sendall(payload)
+        # the server closes its end: EOF, or a reset when unread bytes were left behind
+        try:
+            assert s.recv(16) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert p.stats.bad_connections == 3
+    good = connect(src.port)
+    good.sendall(encode_frame_bytes(42, frame(42)))
+    good.close()
+    assert wait_for(lambda: p.written == 2)
+    summary = finish(p)
+    assert summary.written == 2 and summary.bad_connections == 3
+    assert "unknown dtype code 7" in caplog.text and "closing this connection" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(integrator, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    p, src = start_pipeline(integrator, tmp, idle_timeout=None)
+    yield p, src
+    finish(p)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    junk=st.one_of(
+        st.binary(max_size=3000),
+        st.builds(
+            lambda code, tail: struct.pack("<HH", 1, code) + tail,
+            st.integers(0, 65535),
+            st.binary(max_size=2000),
+        ),
+        st.builds(  # a valid frame with random bytes flipped / cut
+            lambda i, cut, flips: bytes(
+                b ^ 0xFF if k in flips else b
+                for k, b in enumerate(encode_frame_bytes(i, frame(i, "u1"))[:cut])
+            ),
+            st.integers(0, 10),
+            st.integers(0, 4 + N_PIX + 10),
+            st.sets(st.integers(0, 8), max_size=3),
+        ),
+    )
+)
+def test_random_bytes_never_kill_the_server(fuzz_server, junk):
+    p, src = fuzz_server
+    before = p.written
+    s = connect(src.port)
+    try:
+        s.sendall(junk)
+    except OSError:
+        pass  # the server may already have closed a bad connection
+    s.close()
+    good = connect(src.port)
+    good.sendall(encode_frame_bytes(1, frame(1, "u2")))
+    good.close()
+    # the good frame (plus any whole valid frames inside the junk) gets written
+    assert wait_for(lambda: p.written >= before + 1, 20)
+    assert not p.stopping
+
+
+def test_slow_writer_backpressure_reaches_sender(integrator, tmp_path, monkeypatch):
+    class SlowWriter(pipeline_mod.NexusWriter):
+        def append(self, *a, **kw):
+            time.sleep(0.02)
+            super().append(*a, **kw)
+
+    monkeypatch.setattr(pipeline_mod, "NexusWriter", SlowWriter)
+    n = 150
+    p, src = start_pipeline(integrator, tmp_path, queue_size=2, write_queue_size=2)
+    big = frame(0, "f8")  # 24 KiB per frame
+    s = connect(src.port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    sent = [0]
+
+    def sender():
+        for i in range(n):
+            s.sendall(encode_frame_bytes(i, big))
+            sent[0] += 1
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    # ~50 frames were written in 1 s; the rest sit in the sender, not in server memory
+    in_server = sent[0] - p.written
+    assert sent[0] < n, "sender never blocked"
+    assert p.frames.qsize() <= 2 and p.results.qsize() <= 2
+    t.join(60)
+    s.close()
+    assert wait_for(lambda: p.written == n, 60)
+    summary = finish(p)
+    assert summary.written == n and summary.dropped == 0
+    # bounded: what the server held at once is queues + in flight + socket buffers
+    assert in_server < 2 + 2 + 2 + (8 << 20) // big.nbytes
+
+
+def test_stop_drains_and_file_is_valid(integrator, tmp_path, monkeypatch):
+    class SlowWriter(pipeline_mod.NexusWriter):
+        def append(self, *a, **kw):
+            time.sleep(0.01)
+            super().append(*a, **kw)
+
+    monkeypatch.setattr(pipeline_mod, "NexusWriter", SlowWriter)
+    p, src = start_pipeline(integrator, tmp_path, queue_size=4, write_queue_size=4, save_interval=3)
+    s = connect(src.port)
+    s.sendall(b"".join(encode_frame_bytes(i, frame(i)) for i in range(12)))
+    assert wait_for(lambda: p.stats.received == 12)
+    summary = finish(p)  # stop while frames are still queued: they are drained, not lost
+    s.close()
+    assert summary.received == 12 and summary.written == 12 and summary.dropped == 0
+    rows = stream_rows(tmp_path / "stream.h5")
+    np.testing.assert_array_equal(rows["frame_id"], np.arange(12))
+    assert rows["cake"].shape[0] == 12
+
+
+def test_cli_stream_sigterm_and_send(tmp_path):
+    import subprocess
+    import sys
+
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    port = _free_port()
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out)]
+    cmd += ["--port", str(port), "--backend", "cpu", "--timeout", "60", "--midas-files", "-j", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        tif = tmp_path / "frames"
+        tif.mkdir()
+        import tifffile
+
+        for i in range(3):
+            tifffile.imwrite(tif / f"img_{i:03d}.tif", frame(i, "u4"))
+        assert wait_for(lambda: _port_open(port), 30)
+        mapping = tmp_path / "frame_mapping.json"
+        send = [sys.executable, "-m", "radint.cli", "send", str(params), str(tif)]
+        send += ["--port", str(port), "--mapping-file", str(mapping), "--compress"]
+        r = subprocess.run(send, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        m = json.loads(mapping.read_text())
+        assert [m[str(i)]["filename"] for i in range(3)] == [f"img_{i:03d}.tif" for i in range(3)]
+        assert wait_for(lambda: (out / "stream.h5").exists(), 30)
+        time.sleep(1.0)
+        proc.terminate()
+        text = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text
+    assert "written 3" in text and "SIGTERM" in text
+    rows = stream_rows(out / "stream.h5")
+    np.testing.assert_array_equal(rows["frame_id"], [0, 1, 2])
+    n_r = rows["I"].shape[1]
+    n_eta = rows["cake"].shape[1]
+    assert (out / "lineout.bin").stat().st_size == 3 * 16 * n_r
+    assert (out / "Int2D.bin").stat().st_size == 3 * 8 * n_r * n_eta
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- sender
+def test_sender_names_frames_like_midas(tmp_path):
+    import tifffile
+
+    with h5py.File(tmp_path / "stack.h5", "w") as f:
+        f["exchange/data"] = np.stack([frame(i, "u2") for i in range(3)])
+    tifffile.imwrite(tmp_path / "a.tif", frame(0, "u2"))
+    files = expand_inputs([tmp_path])
+    names = [name for _, name in iter_file_frames(files)]
+    assert names == ["a.tif"] + [f"stack.h5:exchange/data:frame{i}" for i in range(3)]
+
+
+# ----------------------------------------------------------------------------- folder
+def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tifffile.imwrite(watch / "old.tif", frame(0, "u2"))
+    src = FolderSource(watch, SHAPE, poll_s=0.05)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 1)
+    # a file being written (temporary name) is ignored until renamed into place
+    tifffile.imwrite(watch / "new.tif.part", frame(1, "u2"))
+    time.sleep(0.3)
+    assert p.stats.received == 1
+    os.replace(watch / "new.tif.part", watch / "new.tif")
+    assert wait_for(lambda: p.written == 2)
+    summary = finish(p)
+    assert summary.written == 2
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
+
+
+# ----------------------------------------------------------------------------- PVA
+class FakePv(dict):
+    """The parts of a pvapy NTNDArray PvObject the source reads."""
+
+
+def fake_update(uid: int, data: np.ndarray, branch: str = "ushortValue") -> FakePv:
+    return FakePv(
+        uniqueId=uid,
+        value=[{branch: data.ravel()}],
+        dimension=[{"size": data.shape[1]}, {"size": data.shape[0]}],
+        codec={"name": ""},
+    )
+
+
+class FakeChannel:
+    def __init__(self, name):
+        self.cb = None
+
+    def subscribe(self, name, cb):
+        self.cb = cb
+
+    def startMonitor(self, request):
+        pass
+
+    def stopMonitor(self):
+        pass
+
+
+def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    p = Pipeline(integrator, [src], tmp_path, queue_size=2, idle_timeout=20)
+    p.start()
+    cb = chan["c"].cb
+    cb(FakePv(uniqueId=0, value=[{}], dimension=[], codec={"name": ""}))  # initial empty record
+    for k, uid in enumerate((1, 2, 5)):  # 3 and 4 never arrived
+        cb(fake_update(uid, frame(uid, "i4"), "intValue"))
+        assert wait_for(lambda k=k: p.written == k + 1)
+    cb(fake_update(6, frame(6, "u2")[:, :10]))  # wrong shape: rejected, counted
+    assert wait_for(lambda: p.written == 3)
+    # a burst larger than the queue: what does not fit is counted as dropped
+    for uid in range(7, 47):
+        cb(fake_update(uid, frame(uid, "f4"), "floatValue"))
+    summary = finish(p)
+    assert summary.written + src.dropped_full == 3 + 40
+    assert src.dropped_upstream == 2 and src.rejected == 1
+    assert summary.dropped == 2 + 1 + src.dropped_full
+    rows = stream_rows(tmp_path / "stream.h5")
+    assert rows["frame_id"][:3].tolist() == [1, 2, 5]
+    assert set(rows["source"].tolist()) == {"pva:sim:img"}
+
+
+def test_pva_missing_pvapy_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pvaccess(name, *a, **kw):
+        if name == "pvaccess":
+            raise ImportError("No module named 'pvaccess'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_pvaccess)
+    from radint.exceptions import RadintError
+
+    with pytest.raises(RadintError, match=r"radint\[pva\]"):
+        PvaSource("x", SHAPE).start(lambda item: True, pipeline_mod.SourceStats())
+
+
+def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
+    port, bport = _free_port(), _free_port()
+    for k, v in {
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_SERVER_PORT": str(port),
+        "EPICS_PVA_BROADCAST_PORT": str(bport),
+        "EPICS_PVAS_BROADCAST_PORT": str(bport),
+    }.items():
+        monkeypatch.setenv(k, v)
+    pva = pytest.importorskip("pvaccess")
+    server = pva.PvaServer()
+    name = f"radint:test{port}:image"
+    server.addRecord(name, pva.NtNdArray())
+    src = PvaSource(name, SHAPE)
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=30)
+    try:
+        p.start()
+        time.sleep(1.0)
+        for uid in (1, 2, 4):
+            nt = pva.NtNdArray()
+            nt["uniqueId"] = uid
+            nt["value"] = {"ushortValue": frame(uid, "u2").ravel()}
+            nt["dimension"] = [
+                pva.PvDimension(NY, 0, NY, 1, False),
+                pva.PvDimension(NZ, 0, NZ, 1, False),
+            ]
+            server.update(name, nt)
+            time.sleep(0.2)
+        assert wait_for(lambda: p.written == 3, 20)
+        summary = finish(p)
+    finally:
+        p.stop()
+        server.stop()
+    assert summary.written == 3 and src.dropped_upstream == 1
+    rows = stream_rows(tmp_path / "stream.h5")
+    assert rows["frame_id"].tolist() == [1, 2, 4]
+    want = integrator.integrate(frame(4, "u2")).lineout
+    np.testing.assert_allclose(rows["I"][2], want, rtol=1e-6, equal_nan=True)
