@@ -10,6 +10,7 @@ A compatible re-implementation of the MIDAS radial-integration suite: MIDAS para
 >>> result.lineout, result.two_theta_deg          # doctest: +SKIP
 """
 
+from radint import fit
 from radint._core import __version__
 from radint.config import IntegrationConfig
 from radint.detector_map import DetectorMap
@@ -42,4 +43,5 @@ __all__ = [
     "Result",
     "ShapeError",
     "__version__",
+    "fit",
 ]

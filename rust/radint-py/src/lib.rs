@@ -54,7 +54,7 @@ fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
 }
 
 /// Run `f` on a pool of `n_threads` with the GIL released, mapping core errors.
-fn run_detached<T: Send>(
+pub(crate) fn run_detached<T: Send>(
     py: Python<'_>,
     n_threads: Option<usize>,
     f: impl FnOnce() -> radint_core::Result<T> + Send,
