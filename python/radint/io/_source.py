@@ -6,6 +6,7 @@ holds and reads one frame on request, so iteration keeps one frame in memory at 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from radint.io.errors import ReaderError
 
 
-class FrameSource:
+class FrameSource(ABC):
     """An open frame file: ``n_frames`` frames of ``frame_shape``, read one at a time.
 
     Parameters
@@ -33,9 +34,9 @@ class FrameSource:
         self.frame_shape: tuple[int, ...] = ()
         self.label = str(path)
 
+    @abstractmethod
     def read(self, index: int) -> np.ndarray:
         """Frame ``index`` (0 ≤ index < n_frames) as a 2-D array of shape ``frame_shape``."""
-        raise NotImplementedError
 
     def frame_metadata(self, index: int) -> dict[str, Any]:
         """Per-frame metadata (empty unless the format stores some)."""
@@ -45,7 +46,7 @@ class FrameSource:
         """Frames read when the caller selects none (all of them unless the format says to skip)."""
         return range(self.n_frames)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: sources without a handle keep it
         """Release the file handle."""
 
     def __enter__(self) -> FrameSource:

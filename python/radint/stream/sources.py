@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,19 +80,22 @@ class SourceStats:
             setattr(self, name, getattr(self, name) + n)
 
 
-class Source:
+class Source(ABC):
     """Base class: ``start(sink, stats)``, ``stop()``, ``join()``."""
 
     name = "source"
 
+    @abstractmethod
     def start(self, sink: Sink, stats: SourceStats) -> None:
-        raise NotImplementedError
+        """Begin producing frames into ``sink`` (non-blocking)."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Ask the source to stop producing."""
 
+    @abstractmethod
     def join(self, timeout: float | None = None) -> None:
-        raise NotImplementedError
+        """Wait for the source's threads to end."""
 
 
 # --------------------------------------------------------------------------------- TCP
