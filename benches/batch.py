@@ -1,0 +1,123 @@
+"""End-to-end batch benchmark: frames on disk → NeXus files, radint vs a pyFAI loop.
+
+Writes N Pilatus 2M uint32 frames (the example geometry, synthetic CeO2 with Poisson noise) as
+N TIFF files and as one HDF5 stack, then times:
+
+* radint integrate-only on the same frames in memory (the rate to approach),
+* ``radint batch`` over the TIFF files (-nCPUs 1, 2 threads) and ``radint integrate`` on the HDF5
+  stack, end to end, with the share of time spent reading, integrating and writing,
+* pyFAI: a loop of ``integrate2d`` (full split, CSR) + h5py writes of the same stack.
+
+Run: ``python benches/batch.py [N]`` (default 200).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import tifffile
+
+from radint import IntegrationConfig, Integrator
+from radint.cli import main as radint_main
+from radint.io import read_frames, write_result
+from radint.testing import ring_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    params = ROOT / "examples" / "parameters.txt"
+    config = IntegrationConfig.from_midas_params(params).replace(mask_file="")
+    rng = np.random.default_rng(0)
+    mean = ring_image(config, dtype=np.float64)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "tif").mkdir()
+        frames = rng.poisson(mean, size=(n, *config.shape)).astype(np.uint32)
+        for k, f in enumerate(frames):
+            tifffile.imwrite(d / "tif" / f"frame_{k:06d}.tif", f)
+        with h5py.File(d / "stack.h5", "w") as h:
+            h.create_dataset("exchange/data", data=frames, chunks=(1, *config.shape))
+        p = d / "p.txt"
+        p.write_text(config.midas_text())
+        integ = Integrator(config, n_threads=2, error_model=None)
+        integ.integrate_stack(frames[:8])
+
+        t0 = time.perf_counter()
+        for s in range(0, n, 8):
+            integ.integrate_stack(frames[s : s + 8])
+        integrate_only = n / (time.perf_counter() - t0)
+
+        # Phases of the HDF5 path, measured separately on the same data.
+        t0 = time.perf_counter()
+        stack = np.stack([fr.data for fr in read_frames(d / "stack.h5")])
+        t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        parts = [integ.integrate_stack(stack[s : s + 16]) for s in range(0, n, 16)]
+        t_int = time.perf_counter() - t0
+        from radint.cli import _concat
+
+        result = _concat(parts)
+        t0 = time.perf_counter()
+        write_result(result, d / "phase", ("nexus",), name="stack")
+        t_write = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        radint_main(
+            ["-q", "integrate", str(p), str(d / "stack.h5"), "-o", str(d / "out_h5"), "-j", "2"]
+        )
+        h5_rate = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tifs = sorted(str(f) for f in (d / "tif").glob("*.tif"))
+        radint_main(["-q", "batch", str(p), *tifs, "-o", str(d / "out_tif"), "-nCPUsLocal", "2"])
+        tif_rate = n / (time.perf_counter() - t0)
+
+        pyfai_rate = float("nan")
+        try:
+            import pyFAI
+
+            from radint.poni import write_poni
+
+            # pyFAI has no MIDAS distortion polynomial: same geometry without it (timing only).
+            plain = config.replace(distortion=(0.0,) * 15)
+            ai = pyFAI.load(str(write_poni(plain, d / "g.poni")))
+            n_r = round(config.r_max_px - config.r_min_px)
+            rng_mm = (config.r_min_px * 0.172, config.r_max_px * 0.172)
+            t0 = time.perf_counter()
+            with h5py.File(d / "stack.h5") as src, h5py.File(d / "pyfai.h5", "w") as dst:
+                out = dst.create_dataset("I", (n, 72, n_r), "f4", chunks=(1, 72, n_r))
+                for k in range(n):
+                    r = ai.integrate2d(src["exchange/data"][k], n_r, 72, unit="r_mm", radial_range=rng_mm,
+                                       method=("full", "csr", "cython"), correctSolidAngle=False)  # fmt: skip
+                    out[k] = r.intensity
+            pyfai_rate = n / (time.perf_counter() - t0)
+        except ImportError:
+            pass
+
+    total = t_read + t_int + t_write
+    print(f"Pilatus 2M uint32, {n} frames, 1 px x 5 deg cake + lineout, 2 threads")
+    print(f"{'path':40} {'frames/s':>9} {'vs integrate-only':>18}")
+    print(f"{'radint integrate-only (in memory)':40} {integrate_only:9.1f} {1.0:18.2f}")
+    print(
+        f"{'radint integrate, HDF5 stack -> NeXus':40} {h5_rate:9.1f} {h5_rate / integrate_only:18.2f}"
+    )
+    print(
+        f"{'radint batch, TIFF files -> NeXus':40} {tif_rate:9.1f} {tif_rate / integrate_only:18.2f}"
+    )
+    print(
+        f"{'pyFAI integrate2d loop + h5py':40} {pyfai_rate:9.1f} {pyfai_rate / integrate_only:18.2f}"
+    )
+    print(
+        f"HDF5 path phases (sequential): read {100 * t_read / total:.0f} %, "
+        f"integrate {100 * t_int / total:.0f} %, write {100 * t_write / total:.0f} %"
+    )
+
+
+if __name__ == "__main__":
+    main()
