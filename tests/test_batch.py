@@ -67,3 +67,29 @@ def test_batch_on_local_dask(series, small_config):
     )
     assert [o.ok for o in outcomes] == [True, True]
     assert all(o.n_frames == 2 for o in outcomes)
+
+
+def test_prefetch_order_errors_and_early_stop():
+    from radint.io.prefetch import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    it = prefetch(failing())
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+    produced = []
+
+    def counting():
+        for k in range(1000):
+            produced.append(k)
+            yield k
+
+    for k in prefetch(counting(), depth=2):
+        if k == 3:
+            break
+    assert len(produced) < 20  # the producer stopped instead of reading everything

@@ -119,28 +119,13 @@ def _key_matches(midas_key: str, field_name: str) -> bool:
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
-def _batches(path: Path, dataset: str | None, size: int = 16):
-    """Frames of a file in stacks of ``size`` (bounded memory), with their indices."""
-    from radint.io import read_frames
-
-    batch: list[np.ndarray] = []
-    ids: list[int] = []
-    for frame in read_frames(path, dataset=dataset):
-        batch.append(frame.data)
-        ids.append(frame.index)
-        if len(batch) == size:
-            yield np.stack(batch), ids
-            batch, ids = [], []
-    if batch:
-        yield np.stack(batch), ids
-
-
 def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
     from radint.integrator import Integrator
     from radint.io import read_dark, write_result
+    from radint.io.prefetch import frame_stacks, prefetch
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
@@ -159,10 +144,8 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         for p in map(Path, paths):
             try:
                 t0 = time.perf_counter()
-                parts = [
-                    integrator.integrate_stack(stack, dark=dark)
-                    for stack, _ in _batches(p, args.dataset)
-                ]
+                stacks = prefetch(frame_stacks(str(p), args.dataset))
+                parts = [integrator.integrate_stack(stack, dark=dark) for stack, _ in stacks]
                 if not parts:
                     raise RadintError(f"{p}: no frames")
                 result = _concat(parts)

@@ -85,7 +85,8 @@ def process_file(
 ) -> FileOutcome:
     """Integrate every frame of one file and write its outputs (atomically). Never raises for a
     bad file: the outcome carries the reason."""
-    from radint.io import read_frames, write_result
+    from radint.io import write_result
+    from radint.io.prefetch import frame_stacks, prefetch
     from radint.io.write import FORMATS
 
     integ = integrator or _WORKER.get("integrator")
@@ -95,14 +96,9 @@ def process_file(
         return FileOutcome(path, True, skipped=True, outputs=[str(p) for p in expected])
     t0 = time.perf_counter()
     try:
-        stacks, batch = [], []
-        for frame in read_frames(path, dataset=dataset):
-            batch.append(frame.data)
-            if len(batch) == 16:
-                stacks.append(integ.integrate_stack(np.stack(batch), dark=dark))
-                batch = []
-        if batch:
-            stacks.append(integ.integrate_stack(np.stack(batch), dark=dark))
+        stacks = [
+            integ.integrate_stack(s, dark=dark) for s, _ in prefetch(frame_stacks(path, dataset))
+        ]
         if not stacks:
             raise RadintError(f"{path}: no frames")
         from radint.cli import _concat

@@ -1,0 +1,70 @@
+"""Read ahead on a thread so file I/O overlaps integration (which releases the GIL)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield ``items`` while a background thread produces up to ``depth`` of them ahead.
+
+    Memory stays bounded (``depth`` items in flight); an exception raised by the producer is
+    re-raised in the consumer at the point it occurred; stopping early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="radint-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def frame_stacks(
+    path: str, dataset: str | None = None, size: int = 16
+) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Frames of one file as stacks of up to ``size`` (n, rows, columns) with their indices."""
+    from radint.io.read import read_frames
+
+    batch: list[np.ndarray] = []
+    ids: list[int] = []
+    for frame in read_frames(path, dataset=dataset):
+        batch.append(frame.data)
+        ids.append(frame.index)
+        if len(batch) == size:
+            yield np.stack(batch), ids
+            batch, ids = [], []
+    if batch:
+        yield np.stack(batch), ids
