@@ -1,108 +1,323 @@
-"""Python peak-fitting API over the Rust fitter (the Rust tests cover the fitter in depth)."""
+"""Peak fitting from Python (radint.fit): recovery of known peaks, agreement with scipy, failure
+statuses, bad input, fits of real integration results and the MIDAS output layouts."""
 
 from __future__ import annotations
 
 import math
 
+import h5py
 import numpy as np
 import pytest
 
-from radint import DetectorMap, Integrator, RadintError
-from radint.fit import fit_peaks, fit_result, write_fit_bin
-from radint.testing import ceo2_two_theta_deg, ring_image
+import radint
+import radint.fit as rfit
+from radint.exceptions import InvalidInputError, RadintError, ShapeError
+from radint.testing import ring_image
+
+from .conftest import SMALL
+
+LN2 = math.log(2)
 
 
-def tch_pv(x, area, center, sig, gam):
-    """The MIDAS model of spec §6.1 (centi-scaled widths, one TCH Γ for both components)."""
-    fg = math.sqrt(8 * math.log(2) * sig) / 100
-    fl = gam / 100
-    g = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-         + 0.07842 * fg * fl**4 + fl**5) ** 0.2  # fmt: skip
-    q = fl / g
-    eta = min(max(1.36603 * q - 0.47719 * q * q + 0.11116 * q**3, 0), 1)
-    s = g / (2 * math.sqrt(2 * math.log(2)))
-    gauss = np.exp(-((x - center) ** 2) / (2 * s * s)) / (s * math.sqrt(2 * math.pi))
-    lor = (g / 2) / math.pi / ((x - center) ** 2 + (g / 2) ** 2)
-    return area * (eta * lor + (1 - eta) * gauss), g
+def tch(sig: np.ndarray, gam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Γ (x units) and η of the centi-scaled TCH pseudo-Voigt (spec §6.1)."""
+    fg = np.sqrt(8 * LN2 * np.maximum(sig, 1e-12)) / 100
+    fl = np.maximum(gam, 1e-6) / 100
+    g5 = (
+        fg**5
+        + 2.69269 * fg**4 * fl
+        + 2.42843 * fg**3 * fl**2
+        + 4.47163 * fg**2 * fl**3
+        + 0.07842 * fg * fl**4
+        + fl**5
+    )
+    gamma = np.maximum(g5**0.2, 1e-15)
+    q = fl / gamma
+    eta = np.clip(1.36603 * q - 0.47719 * q**2 + 0.11116 * q**3, 0, 1)
+    return gamma, eta
 
 
-def test_recovers_synthetic_peaks():
-    rng = np.random.default_rng(5)
-    x = np.arange(400, dtype=float) * 0.25 + 100
-    n_cases = 200
-    truth, curves, starts = [], [], []
-    for _ in range(n_cases):
-        area, center = rng.uniform(2e5, 8e5), rng.uniform(140, 180)
-        sig, gam = rng.uniform(500, 3000), rng.uniform(20, 80)
-        y, fwhm = tch_pv(x, area, center, sig, gam)
-        y = y + 30 + 0.05 * (x - 150)
-        curves.append(rng.normal(y, np.sqrt(y)))
-        truth.append((area, center, fwhm))
-        starts.append(center + rng.uniform(-0.1, 0.1))
-    # One position list per call: fit each curve at its own start.
-    got = [fit_peaks(x, c, positions=[s]) for c, s in zip(curves, starts)]
-    d_center = np.array([abs(g.center[0] - t[1]) / 0.25 for g, t in zip(got, truth)])
-    d_area = np.array([abs(g.area[0] / t[0] - 1) for g, t in zip(got, truth)])
-    d_fwhm = np.array([abs(g.fwhm[0] / t[2] - 1) for g, t in zip(got, truth)])
-    assert all(g.ok.all() for g in got)
-    assert d_center.max() < 0.02, d_center.max()
-    assert d_area.max() < 0.01, d_area.max()
-    assert d_fwhm.max() < 0.02, d_fwhm.max()
+def model(x: np.ndarray, p: np.ndarray, x_lo: float, x_hi: float) -> np.ndarray:
+    """The MIDAS model: ``[bg0, bg1, (A, c, sig, gam) per peak]`` (spec §6.1)."""
+    xn = 2 * (x - x_lo) / (x_hi - x_lo) - 1
+    out = p[0] + p[1] * xn
+    for a, c, sig, gam in p[2:].reshape(-1, 4):
+        gamma, eta = tch(sig, gam)
+        s = gamma / (2 * math.sqrt(2 * LN2))
+        g = np.exp(-((x - c) ** 2) / (2 * s * s)) / (s * math.sqrt(2 * math.pi))
+        lor = (gamma / 2) / math.pi / ((x - c) ** 2 + (gamma / 2) ** 2)
+        out = out + a * (eta * lor + (1 - eta) * g)
+    return out
 
 
-def test_agrees_with_scipy_least_squares():
-    from scipy.optimize import least_squares
+def widths(fwhm: float, lorentz_fraction: float) -> tuple[float, float]:
+    """Centi-scaled (sig, gam) whose Gaussian/Lorentzian FWHMs split ``fwhm`` roughly as asked."""
+    fg, fl = fwhm * (1 - lorentz_fraction), fwhm * lorentz_fraction
+    return (100 * fg) ** 2 / (8 * LN2), 100 * fl
 
+
+X = np.arange(400, dtype=np.float64)
+PAD = 20
+
+
+def synthetic(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` Poisson lineouts of one case kind; returns (ys, nominal positions, true params).
+
+    True params per curve and peak: (area, centre, fwhm). Counts are high (peak heights ~1e5)
+    so that the noise-limited scatter stays well inside the tolerances of the issue.
+    """
+    rng = np.random.default_rng(seed)
+    nominal = {"single": [150.0], "doublet": [150.0, 156.0], "steep": [200.0]}[kind]
+    ys = np.empty((n, X.size))
+    truth = np.empty((n, len(nominal), 3))
+    for i in range(n):
+        centres = np.array(nominal) + rng.uniform(-0.5, 0.5, len(nominal))
+        lo = max(round(min(centres)) - PAD, 0)
+        hi = min(round(max(centres)) + PAD, X.size - 1)
+        bg = [rng.uniform(50, 200), 0.0 if kind != "steep" else rng.uniform(150, 300)]
+        p = list(bg)
+        for k, c in enumerate(centres):
+            fwhm = rng.uniform(3.0, 5.0)
+            sig, gam = widths(fwhm, rng.uniform(0.1, 0.7))
+            gamma, _ = tch(np.array(sig), np.array(gam))
+            area = rng.uniform(4e5, 8e5)
+            p += [area, c, sig, gam]
+            truth[i, k] = (area, c, float(gamma))
+        ys[i] = rng.poisson(np.maximum(model(X, np.array(p), X[lo], X[hi]), 0)).astype(float)
+        # Outside the ROI the lineout follows the same background (not refitted there).
+    return ys, np.array(nominal), truth
+
+
+@pytest.mark.parametrize(("kind", "n"), [("single", 100), ("doublet", 60), ("steep", 60)])
+def test_known_peaks_recovered(kind: str, n: int) -> None:
+    """Centre within 0.02 bin, area within 1 %, FWHM within 2 % (issue 6) on 220 Poisson cases."""
+    ys, nominal, truth = synthetic(kind, n, seed={"single": 1, "doublet": 2, "steep": 3}[kind])
+    t = rfit.fit_peaks(X, ys, positions=nominal + 0.4, roi_padding=PAD, n_threads=2)
+    assert t.center.shape == (n, nominal.size)
+    assert (t.status_name == "converged").all()
+    assert np.abs(t.center - truth[..., 1]).max() < 0.02
+    assert np.abs(t.area / truth[..., 0] - 1).max() < 0.01
+    assert np.abs(t.fwhm / truth[..., 2] - 1).max() < 0.02
+    assert np.isfinite(t.chi2).all() and (t.chi2 > 0).all()
+
+
+def test_single_lineout_gives_1d_columns() -> None:
+    ys, nominal, _ = synthetic("single", 1, seed=4)
+    t = rfit.fit_peaks(X, ys[0], positions=nominal)
+    assert not t.is_stack and t.n_curves == 1 and t.n_peaks == 1
+    for name in ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2", "status"):
+        assert getattr(t, name).shape == (1,)
+    assert t.rows().shape == (1, 7)
+    np.testing.assert_array_equal(t.rows()[:, 1], t.center)
+
+
+def test_agrees_with_scipy_least_squares() -> None:
+    """Same model, same data: scipy's minimum lies within 3 reported standard errors.
+
+    Both minimise the same SSR, so they should agree far better than the errors; the factor 3
+    also absorbs that the covariance errors are optimistic (~2× small on Poisson data, see the
+    module docstring of radint.fit). radint's errors also match scipy's Jacobian errors.
+    """
+    optimize = pytest.importorskip("scipy.optimize")
+    ys, nominal, truth = synthetic("doublet", 12, seed=5)
+    t = rfit.fit_peaks(X, ys, positions=nominal, roi_padding=PAD)
+    for i in range(ys.shape[0]):
+        lo = round(nominal[0]) - PAD
+        hi = round(nominal[-1]) + PAD
+        x, y = X[lo : hi + 1], ys[i, lo : hi + 1]
+        start = [float(y[:3].mean()), 0.0]
+        for k in range(nominal.size):
+            sig, gam = widths(float(truth[i, k, 2]) * 1.2, 0.4)
+            start += [truth[i, k, 0] * 0.8, truth[i, k, 1] + 0.3, sig, gam]
+        # radint's lower width bounds (spec §6.2): without them scipy can wander to gam < 0, where
+        # the model is flat (gam is floored) and a worse local minimum waits.
+        lower = [-np.inf, -np.inf] + [0.0, -np.inf, 1e-6, 0.01] * nominal.size
+        res = optimize.least_squares(
+            lambda p, x=x, y=y: model(x, p, x[0], x[-1]) - y,
+            start,
+            bounds=(lower, np.inf),
+            x_scale="jac",
+            ftol=1e-12,
+            xtol=1e-12,
+            gtol=1e-12,
+            max_nfev=5000,
+        )
+        assert res.success
+        dof = x.size - len(start)
+        cov = np.linalg.pinv(res.jac.T @ res.jac) * (2 * res.cost) / dof
+        se = np.sqrt(np.diag(cov))
+        for k in range(nominal.size):
+            a, c, sig, gam = res.x[2 + 4 * k : 6 + 4 * k]
+            gamma, _ = tch(np.array(sig), np.array(gam))
+            assert abs(t.center[i, k] - c) <= 3 * t.center_err[i, k]
+            assert abs(t.area[i, k] - a) <= 3 * t.area_err[i, k]
+            assert abs(t.fwhm[i, k] - gamma) <= 3 * t.fwhm_err[i, k]
+            np.testing.assert_allclose(t.center_err[i, k], se[3 + 4 * k], rtol=0.2)
+            np.testing.assert_allclose(t.area_err[i, k], se[2 + 4 * k], rtol=0.2)
+
+
+def test_non_convergent_fit_reports_failure_not_zeros() -> None:
+    ys, nominal, _ = synthetic("doublet", 3, seed=6)
+    t = rfit.fit_peaks(X, ys, positions=nominal, max_iterations=1)
+    assert (t.status_name == "max_iterations").all()
+    assert (t.status == 1).all() and not t.converged.any()
+    assert np.isnan(t.rows()).all()
+    assert np.isnan(t.center_err).all()
+
+
+def test_bad_input_gives_status_per_peak() -> None:
+    y = 10 + 1000 * np.exp(-0.5 * ((X - 100.2) / 2) ** 2)
+    nan_y = np.full_like(y, np.nan)
+    t = rfit.fit_peaks(X, np.stack([y, nan_y]), positions=[100, -50, 1e9, np.nan])
+    assert list(t.status_name[0]) == ["converged", "out_of_range", "out_of_range", "out_of_range"]
+    assert t.status_name[1, 0] == "insufficient_data"
+    assert np.isnan(t.rows()[0, 1:]).all() and np.isnan(t.rows()[1]).all()
+    # Empty ROI: padding 0 leaves one point for 6 parameters.
+    t = rfit.fit_peaks(X, y, positions=[100], roi_padding=0)
+    assert t.status_name[0] == "insufficient_data" and np.isnan(t.center[0])
+    # Too many peaks merged into one job.
+    t = rfit.fit_peaks(X, y, positions=np.arange(60.0, 140.0, 2.0), max_peaks_per_job=32)
+    assert (t.status_name == "too_many_peaks").all()
+    # No positions at all: an empty table, not an error.
+    assert rfit.fit_peaks(X, y, positions=[]).center.shape == (0,)
+    # Auto-detection on a flat / NaN lineout finds nothing and says so.
+    t = rfit.fit_peaks(X, np.stack([np.full_like(y, 7.0), nan_y]), auto=4)
+    assert (t.n_found == 0).all() and (t.status_name == "absent").all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"x": X, "y": np.ones(5), "positions": [1]}, ShapeError),
+        ({"x": X, "y": np.ones((2, 3, X.size)), "positions": [1]}, ShapeError),
+        ({"x": X[::-1].copy(), "y": np.ones(X.size), "positions": [1]}, InvalidInputError),
+        ({"x": np.r_[0.0, np.nan, 2.0], "y": np.ones(3), "positions": [1]}, InvalidInputError),
+        ({"x": X[:1], "y": np.ones(1), "positions": [0]}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size)}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size), "positions": [1], "auto": 3}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size), "auto": 0}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size), "positions": [1], "roi_padding": -1}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size), "positions": [1], "max_iterations": 0}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size, complex), "positions": [1]}, InvalidInputError),
+        ({"x": X, "y": np.ones(X.size), "positions": [[1, 2]]}, ShapeError),
+    ],
+)
+def test_bad_input_raises_radint_error(kwargs: dict, error: type) -> None:
+    with pytest.raises(error) as info:
+        rfit.fit_peaks(**kwargs)
+    assert isinstance(info.value, RadintError)
+
+
+def test_auto_detection_finds_peaks() -> None:
     rng = np.random.default_rng(7)
-    x = np.arange(200, dtype=float) * 0.25
-    y, _ = tch_pv(x, 5e4, 25.3, 1500, 40)
-    y = rng.normal(y + 50, np.sqrt(y + 50))
-    ours = fit_peaks(x, y, positions=[25.3])
-    roi = np.abs(x - x[np.argmin(np.abs(x - 25.3))]) <= 20 * 0.25 + 1e-9
-    xr, yr = x[roi], y[roi]
+    centres = np.array([60.3, 120.7, 200.1, 290.6])
+    y = 50 + 0.05 * X
+    for c in centres:
+        y = y + 4000 * np.exp(-0.5 * ((X - c) / 1.8) ** 2)
+    y = rng.poisson(y).astype(float)
+    t = rfit.fit_peaks(X, np.stack([y, y]), auto=4)
+    assert t.center.shape == (2, 4) and (t.n_found == 4).all()
+    np.testing.assert_allclose(t.center[0], centres, atol=0.05)
+    assert t.background is not None and t.background.shape == (2, X.size)
+    np.testing.assert_array_equal(t.center[0], t.center[1])
 
-    def resid(p):
-        xn = 2 * (xr - xr[0]) / (xr[-1] - xr[0]) - 1
-        return p[0] + p[1] * xn + tch_pv(xr, p[2], p[3], p[4], p[5])[0] - yr
 
-    ref = least_squares(
-        resid,
-        [50, 0, 4e4, 25.2, 1000, 30],
-        bounds=([-1e6, -1e6, 0, 20, 1e-6, 0.01], [1e6, 1e6, 1e6, 30, 1e7, 1e4]),
+def test_fit_result_finds_ring_centres_in_two_theta() -> None:
+    """Rings drawn at known 2θ on a tilted, distorted detector come back within 0.002°."""
+    config = radint.IntegrationConfig.from_text(SMALL, "small.txt")
+    tth = np.array([0.8, 1.3, 1.8])
+    img = ring_image(config, tth, fwhm_deg=0.12, amplitude=2000.0, noise=True, seed=3)
+    result = radint.Integrator(config).integrate(img)
+    t = rfit.fit_result(result, positions_two_theta_deg=tth)
+    assert (t.status_name == "converged").all()
+    np.testing.assert_allclose(t.center_two_theta_deg, tth, atol=0.002)
+    np.testing.assert_allclose(t.fwhm_deg, 0.12, rtol=0.1)  # binning broadens slightly
+    lam = config.wavelength_angstrom
+    np.testing.assert_allclose(t.center_d_angstrom, lam / (2 * np.sin(np.radians(tth) / 2)), 1e-3)
+    np.testing.assert_allclose(t.center_q, 4 * np.pi / lam * np.sin(np.radians(tth) / 2), 1e-3)
+    # The same peaks given in R px, and by auto-detection.
+    t_px = rfit.fit_result(result, positions_px=t.center)
+    np.testing.assert_allclose(t_px.center, t.center, atol=1e-6)
+    t_auto = rfit.fit_result(result, auto=3)
+    np.testing.assert_allclose(np.sort(t_auto.center_two_theta_deg), tth, atol=0.002)
+
+
+def test_fit_result_on_stack() -> None:
+    config = radint.IntegrationConfig.from_text(SMALL, "small.txt")
+    tth = np.array([1.0, 1.6])
+    frames = np.stack(
+        [
+            ring_image(config, tth, fwhm_deg=0.12, noise=True, seed=s, dtype=np.float64)
+            for s in (1, 2)
+        ]
     )
-    # Standard errors of the unweighted objective are ~2x optimistic (Rust tests): allow 3 sigma.
-    assert abs(ours.center[0] - ref.x[3]) < 3 * max(ours.center_err[0], 1e-4)
-    assert abs(ours.area[0] / ref.x[2] - 1) < 0.01
+    result = radint.Integrator(config).integrate_stack(frames)
+    t = rfit.fit_result(result, positions_two_theta_deg=tth)
+    assert t.center_two_theta_deg.shape == (2, 2)
+    np.testing.assert_allclose(t.center_two_theta_deg, np.broadcast_to(tth, (2, 2)), atol=0.002)
 
 
-def test_failures_are_nan_with_status():
-    x = np.arange(100, dtype=float)
-    y = np.full(100, np.nan)
-    t = fit_peaks(x, y, positions=[50.0])
-    assert not t.ok[0] and np.isnan(t.area[0]) and t.status_name[0] == "insufficient_data"
-    t = fit_peaks(x, np.ones(100), positions=[500.0])
-    assert t.status_name[0] == "out_of_range" and np.isnan(t.center[0])
-    t = fit_peaks(x, np.exp(-((x - 50) ** 2) / 8) * 100, positions=[50.0], max_iterations=1)
-    assert t.status_name[0] == "max_iterations" and np.isnan(t.area[0])
-    with pytest.raises(RadintError):
-        fit_peaks(x[::-1].copy(), np.ones(100), positions=[5.0])
-    with pytest.raises(ValueError):
-        fit_peaks(x, np.ones(99), positions=[5.0])
+def test_fit_bin_layout(tmp_path) -> None:
+    ys, nominal, _ = synthetic("single", 3, seed=8)
+    t = rfit.fit_peaks(X, ys, positions=[nominal[0], 1e6])  # second slot fails: NaN row
+    path = rfit.write_fit_bin(t, tmp_path / "fit.bin")
+    raw = np.fromfile(path, dtype="<f8")
+    assert raw.size == 3 * 2 * 7
+    rows = raw.reshape(3, 2, 7)
+    np.testing.assert_array_equal(rows, t.rows())
+    assert np.isnan(rows[:, 1]).all() and not np.isnan(rows[:, 0]).any()
+    np.testing.assert_array_equal(rfit.read_fit_bin(path, n_peaks=2), rows)
+    # Auto-detection: only the peaks found in each frame are written.
+    ta = rfit.fit_peaks(X, ys, auto=5)
+    rfit.write_fit_bin(ta, tmp_path / "auto.bin")
+    assert rfit.read_fit_bin(tmp_path / "auto.bin").shape == (int(ta.n_found.sum()), 7)
+    with pytest.raises(ShapeError):
+        rfit.read_fit_bin(path, n_peaks=4)
 
 
-def test_fit_result_finds_ceo2_rings(small_config, tmp_path):
-    cfg = small_config.replace(
-        distortion=(0.0,) * 15, lsd_um=100000.0, r_bin_px=0.25, eta_bin_deg=360
-    )
-    frame = ring_image(cfg, fwhm_deg=0.08, amplitude=5000, dtype=np.float64)
-    r = Integrator(cfg, detector_map=DetectorMap.build(cfg)).integrate(frame)
-    rings = ceo2_two_theta_deg(cfg.wavelength_angstrom)
-    inside = rings[(rings > r.two_theta_deg[25]) & (rings < r.two_theta_deg[-25])]
-    r_px = cfg.lsd_um / cfg.pixel_size_y_um * np.tan(np.radians(inside))
-    table = fit_result(r, positions_px=r_px)
-    assert table.ok.all()
-    assert np.max(np.abs(table.center_two_theta_deg - inside)) < 0.002
-    auto = fit_result(r, auto=len(inside))
-    assert len(auto.center) >= len(inside) - 1
-    path = write_fit_bin(table, tmp_path / "fit.bin")
-    assert path.stat().st_size == 8 * 7 * len(inside)
+def test_caked_peaks_h5_layout(tmp_path) -> None:
+    config = radint.IntegrationConfig.from_text(SMALL, "small.txt")
+    tth = np.array([0.8, 1.3])
+    frames = np.stack([ring_image(config, tth, fwhm_deg=0.12, dtype=np.float64)] * 2)
+    result = radint.Integrator(config).integrate_stack(frames)
+    t = rfit.fit_result(result, positions_two_theta_deg=np.r_[tth, 50.0])  # 3rd: out of range
+    path = rfit.write_caked_peaks_h5(t, result, tmp_path / "caked_peaks.h5")
+    with h5py.File(path, "r") as f:
+        assert "zarr_source" in f["metadata"].attrs
+        np.testing.assert_allclose(f["metadata/tth_axis"][()], result.two_theta_deg)
+        np.testing.assert_allclose(f["metadata/eta_axis"][()], result.eta_deg)
+        assert [k.decode() for k in f["metadata/frame_keys"][()]] == ["0", "1"]
+        p = f["peaks"]
+        for name in ("frame_idx", "eta_idx", "peak_nr"):
+            assert p[name].dtype == np.int32 and p[name].shape == (4,)
+        for name in ("eta_deg", "center_2theta", "area", "sig", "gam", "FWHM_deg", "eta_mix"):
+            assert p[name].dtype == np.float64 and p[name].shape == (4,)
+        assert p["d_spacing_A"].shape == (4,) and p["chi_sq"].shape == (4,)
+        np.testing.assert_array_equal(p["frame_idx"][()], [0, 0, 1, 1])
+        np.testing.assert_array_equal(p["peak_nr"][()], [0, 1, 0, 1])
+        np.testing.assert_allclose(p["center_2theta"][()], np.tile(tth, 2), atol=0.002)
+        assert [k.decode() for k in p["frame_key"][()]] == ["0", "0", "1", "1"]
+    with pytest.raises(InvalidInputError):
+        rfit.write_caked_peaks_h5(rfit.fit_peaks(X, np.ones(X.size), positions=[5]), result, path)
+
+
+def test_fit_pv_per_eta_rows() -> None:
+    x = np.linspace(10, 30, 41)
+    truth = np.array([[5, 800, 20.2, 1.5, 0.3], [2, 300, 19.8, 2.0, 0.7]])
+    ys = np.stack([p[0] + p[1] * (p[4] / (1 + 4 * (x - p[2]) ** 2 / p[3] ** 2)
+                   + (1 - p[4]) * np.exp(-4 * LN2 * (x - p[2]) ** 2 / p[3] ** 2)) for p in truth])  # fmt: skip
+    d = rfit.fit_pv(x, ys, 20.0)
+    assert (d["status"] == 0).all()
+    np.testing.assert_allclose(d["params"], truth, rtol=1e-6, atol=1e-6)
+    one = rfit.fit_pv(x, ys[0], 20.0)
+    np.testing.assert_allclose(one["params"], truth[0], rtol=1e-6, atol=1e-6)
+    assert rfit.fit_pv(x, np.full(x.size, np.nan), 20.0)["status"] == 4  # insufficient_data
+    with pytest.raises(ShapeError):
+        rfit.fit_pv(x, ys, [20.0, 20.0, 20.0])
+
+
+def test_snip_background_is_below_data() -> None:
+    y = 100 + 0.2 * X + 5000 * np.exp(-0.5 * ((X - 200) / 3) ** 2)
+    bg = rfit.snip_background(y, 30)
+    assert bg.shape == X.shape and (bg <= y + 1e-6).all()
+    assert abs(bg[200] - (100 + 0.2 * 200)) < 10

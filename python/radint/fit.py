@@ -1,13 +1,28 @@
-"""Peak fitting on lineouts: TCH pseudo-Voigt + 2-term Chebyshev background (MIDAS spec §6).
+"""Peak fitting of lineouts (MIDAS spec §6): TCH pseudo-Voigt peaks on a 2-term Chebyshev
+background, fitted in Rust by a bounded Levenberg–Marquardt with analytic Jacobians.
 
-The fitter runs in Rust (bounded Levenberg–Marquardt with analytic Jacobian, rayon over curves
-and jobs). Failed fits are NaN rows with a status, never zeros that look like a result.
-Standard errors come from the fit covariance of MIDAS's unweighted objective Σ(M − I)²; with
-Poisson data they are optimistic (about 2× small at the peak), see the peak-fitting tests.
+>>> import numpy as np, radint.fit
+>>> x = np.arange(200.0)
+>>> y = 5 + 300 * np.exp(-0.5 * ((x - 80.3) / 1.7) ** 2)
+>>> t = radint.fit.fit_peaks(x, y, positions=[80])
+>>> round(float(t.center[0]), 2), t.status_name[0]
+(80.3, 'converged')
+
+Rows follow MIDAS ``fit.bin``: ``[area, center, sig, gam, fwhm, eta_mix, chi2]`` with ``center``
+and ``fwhm`` in the units of x (R pixels for a :class:`~radint.result.Result`); ``sig`` and ``gam``
+are MIDAS's "centi"-scaled widths (``F_G = sqrt(8 ln2 · sig)/100``, ``F_L = gam/100`` in x units).
+Unlike MIDAS, which leaves zeros, a peak whose fit failed keeps a NaN row and a failure ``status``,
+so a failure can never pass for a result.
+
+Standard errors come from the fit covariance ``(JᵀJ)⁻¹ · SSR/(n − p)``; they assume independent,
+equal-variance residuals, so on Poisson data with a large background they are optimistic (about
+2× too small on the synthetic tests) — use them for relative comparisons, not as absolute
+uncertainties.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,20 +35,46 @@ from radint.exceptions import InvalidInputError, ShapeError
 if TYPE_CHECKING:
     from radint.result import Result
 
-#: MIDAS column order of one fitted peak (spec §6.2 step 5).
+#: Columns of a MIDAS fit.bin row, in order.
 COLUMNS = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2")
-STATUS_NAMES: tuple[str, ...] = tuple(_core.fit_status_names())
+#: Status code → name (0 is the only success; 255 marks an empty auto-detection slot).
+STATUS_NAMES: dict[int, str] = dict(_core.fit_status_names())
+CONVERGED = 0
+ABSENT = 255
 
 
 @dataclass
 class FitTable:
-    """Fitted peaks, one numpy array per column, each ``(n_peaks,)`` (or ``(n_curves, n_peaks)``).
+    """Fitted peaks, one numpy array per column.
 
-    ``center`` and ``fwhm`` are in the units of the fitted x; ``sig``/``gam`` in MIDAS's
-    centi-units; ``chi2`` is the reduced χ² of the peak's job; ``status`` 0 = converged (see
-    ``status_name``). ``*_err`` are standard errors. Columns derived from a Result's geometry
-    (``center_two_theta_deg``, ``center_q``, ``center_d_angstrom``, ``fwhm_deg``) are filled by
-    :func:`fit_result`.
+    For a single lineout every array has shape ``(n_peaks,)``; for a stack of lineouts a leading
+    ``n_curves`` axis is added: ``(n_curves, n_peaks)``. Slot k is the k-th requested position
+    (given positions) or the k-th kept peak ordered by centre (auto-detection, padded with
+    ``status == 255`` "absent" rows up to ``auto``).
+
+    Attributes
+    ----------
+    area, center, sig, gam, fwhm, eta_mix, chi2 : ndarray of float64
+        The MIDAS fit.bin columns: integrated area, centre (x units), centi-scaled Gaussian
+        ``sig`` and Lorentzian ``gam``, TCH total FWHM Γ (x units), Lorentzian fraction η and
+        the reduced χ² of the job (ROI) the peak was fitted in. NaN unless ``status == 0``.
+    area_err, center_err, sig_err, gam_err, fwhm_err, eta_mix_err : ndarray of float64
+        Standard errors from the fit covariance (FWHM, η by the delta method); NaN where the
+        covariance is singular or the fit failed.
+    status : ndarray of uint8
+        0 converged, 1 max_iterations, 2 non_finite, 3 out_of_range, 4 insufficient_data,
+        5 too_many_peaks, 255 absent (see :data:`STATUS_NAMES`).
+    status_name : ndarray of str
+        ``status`` as names.
+    iterations : ndarray of uint32
+        Accepted Levenberg–Marquardt steps.
+    n_found : ndarray of int or None
+        Auto-detection only: kept peaks per lineout, shape ``()`` or ``(n_curves,)``.
+    background : ndarray or None
+        Auto-detection only: the SNIP background subtracted before fitting, shape of y.
+    center_two_theta_deg, center_q, center_d_angstrom, fwhm_deg : ndarray or None
+        Set by :func:`fit_result`: centre as 2θ (deg), Q (Å⁻¹), d (Å) (NaN without a
+        wavelength) and the FWHM in degrees 2θ.
     """
 
     area: np.ndarray
@@ -44,55 +85,75 @@ class FitTable:
     eta_mix: np.ndarray
     chi2: np.ndarray
     status: np.ndarray
-    iterations: np.ndarray
     area_err: np.ndarray
     center_err: np.ndarray
     sig_err: np.ndarray
     gam_err: np.ndarray
     fwhm_err: np.ndarray
     eta_mix_err: np.ndarray
-    derived: dict[str, np.ndarray] = field(default_factory=dict)
+    status_name: np.ndarray
+    iterations: np.ndarray
+    n_found: np.ndarray | None = None
+    background: np.ndarray | None = None
+    center_two_theta_deg: np.ndarray | None = None
+    center_q: np.ndarray | None = None
+    center_d_angstrom: np.ndarray | None = None
+    fwhm_deg: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def _from_arrays(
-        cls, values: np.ndarray, errors: np.ndarray, status: np.ndarray, iterations: np.ndarray
-    ) -> FitTable:
-        v = np.moveaxis(values, -1, 0)
-        e = np.moveaxis(errors, -1, 0)
-        return cls(*v, status=status, iterations=iterations, area_err=e[0], center_err=e[1],
-                   sig_err=e[2], gam_err=e[3], fwhm_err=e[4], eta_mix_err=e[5])  # fmt: skip
+    def _from_core(cls, d: dict[str, Any], single: bool) -> FitTable:
+        values, errors = d["values"], d["errors"]
+        status = d["status"]
+        pick = (lambda a: a[0]) if single else (lambda a: a)
+        names = np.array([STATUS_NAMES.get(int(s), f"unknown_{s}") for s in status.ravel()])
+        cols = {c: pick(values[..., i]) for i, c in enumerate(COLUMNS)}
+        errs = {f"{c}_err": pick(errors[..., i]) for i, c in enumerate(COLUMNS[:-1])}
+        counts = d.get("counts")
+        bg = d.get("background")
+        return cls(
+            **cols,
+            **errs,
+            status=pick(status),
+            status_name=pick(names.reshape(status.shape)),
+            iterations=pick(d["iterations"]),
+            n_found=None if counts is None else pick(counts.astype(np.int64)),
+            background=None if bg is None else pick(bg),
+        )
 
     @property
-    def status_name(self) -> np.ndarray:
-        """Status of each peak as text (``"converged"``, ``"max_iterations"``, ...)."""
-        return np.vectorize(lambda s: STATUS_NAMES[int(s)])(self.status)
+    def is_stack(self) -> bool:
+        """True when the columns carry a leading ``n_curves`` axis."""
+        return self.center.ndim == 2
 
     @property
-    def ok(self) -> np.ndarray:
-        """True where the fit converged."""
-        return self.status == 0
+    def n_peaks(self) -> int:
+        """Peak slots per lineout."""
+        return int(self.center.shape[-1])
+
+    @property
+    def n_curves(self) -> int:
+        """Number of lineouts (1 for a single lineout)."""
+        return int(self.center.shape[0]) if self.is_stack else 1
+
+    @property
+    def converged(self) -> np.ndarray:
+        """Boolean mask of the slots whose fit converged."""
+        return self.status == CONVERGED
 
     def rows(self) -> np.ndarray:
-        """The MIDAS 7-column rows, shape ``(..., n_peaks, 7)``."""
-        return np.stack([getattr(self, c) for c in COLUMNS], axis=-1)
-
-    def __getattr__(self, name: str) -> Any:
-        derived = self.__dict__.get("derived", {})
-        if name in derived:
-            return derived[name]
-        raise AttributeError(name)
+        """The MIDAS fit.bin rows, shape ``(..., n_peaks, 7)`` float64 (NaN rows for failures)."""
+        return np.stack([getattr(self, c) for c in COLUMNS], axis=-1).astype(np.float64)
 
 
-def _curves(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, bool]:
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    single = y.ndim == 1
-    y2 = np.ascontiguousarray(y[np.newaxis] if single else y)
-    if x.ndim != 1 or y2.ndim != 2 or y2.shape[1] != x.shape[0]:
-        raise ShapeError(
-            f"fit: x must be (n,) and y (n,) or (n_curves, n); got {x.shape} and {y.shape}"
-        )
-    return x, y2, single
+def _as_float(name: str, a: Any, ndims: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInputError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ShapeError(f"{name}: expected a {want} array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
 
 
 def fit_peaks(
@@ -104,73 +165,333 @@ def fit_peaks(
     auto_roi: bool = False,
     snip_iterations: int = 50,
     max_iterations: int = 500,
+    max_peaks_per_job: int = 32,
     n_threads: int | None = None,
-) -> FitTable | list[FitTable]:
-    """Fit peaks on one lineout ``y`` (n,) or many ``(n_curves, n)`` over the axis ``x`` (n,).
+) -> FitTable:
+    """Fit pseudo-Voigt peaks in one lineout or a stack of lineouts.
 
     Parameters
     ----------
+    x : array_like, shape (n_x,)
+        Bin centres, finite and strictly increasing (any unit; results are in this unit).
+    y : array_like, shape (n_x,) or (n_curves, n_x)
+        Intensities; NaN bins (masked/empty) are left out of the fit.
     positions : sequence of float, optional
-        Peak positions in x units (MIDAS ``PeakLocation``): snapped to the nearest bin (kept
-        within 2 bins), ROIs of ±``roi_padding`` bins, overlapping ROIs fitted together.
+        Approximate peak centres (x units), each snapped to the nearest bin (within 2 bins, else
+        ``out_of_range``). Peaks whose ROIs overlap are fitted together in one job.
     auto : int, optional
-        Instead of positions: detect up to this many peaks (SNIP background, Savitzky–Golay second
-        derivative, prominence). Returns a list of tables (one per curve: counts differ).
-    roi_padding, auto_roi, snip_iterations, max_iterations, n_threads
-        MIDAS ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``; LM iteration cap; threads.
+        Instead of ``positions``: detect (SNIP + Savitzky–Golay) and fit up to ``auto`` peaks.
+    roi_padding : int
+        ROI half-width in bins (MIDAS ``FitROIPadding``).
+    auto_roi : bool
+        ``FitROIAuto``: padding = max(15, 1.5 · largest estimated FWHM in bins).
+    snip_iterations : int
+        ``SNIPIterations`` of the auto-detection background.
+    max_iterations : int
+        Levenberg–Marquardt step limit (status ``max_iterations`` beyond it).
+    max_peaks_per_job : int
+        Jobs with more merged peaks are not fitted (status ``too_many_peaks``).
+    n_threads : int, optional
+        Threads (default: all cores). The GIL is released while fitting.
+
+    Returns
+    -------
+    FitTable
+        Columns of shape ``(n_peaks,)``, or ``(n_curves, n_peaks)`` for a 2-D ``y``.
+
+    Raises
+    ------
+    ShapeError
+        ``x``/``y`` shapes do not fit together.
+    InvalidInputError
+        Neither or both of ``positions``/``auto``, non-increasing or non-finite ``x``, bad options.
     """
-    x, y2, single = _curves(x, y)
     if (positions is None) == (auto is None):
         raise InvalidInputError("fit_peaks: give exactly one of positions= or auto=")
+    xs = _as_float("x", x, (1,))
+    ys = _as_float("y", y, (1, 2))
+    single = ys.ndim == 1
+    if ys.shape[-1] != xs.shape[0]:
+        raise ShapeError(
+            f"y: expected last axis of length {xs.shape[0]} (len(x)), got shape {ys.shape}"
+        )
+    for name, v in (("roi_padding", roi_padding), ("snip_iterations", snip_iterations)):
+        if int(v) < 0:
+            raise InvalidInputError(f"fit_peaks: {name} must be >= 0, got {v}")
+    for name, v in (("max_iterations", max_iterations), ("max_peaks_per_job", max_peaks_per_job)):
+        if int(v) < 1:
+            raise InvalidInputError(f"fit_peaks: {name} must be >= 1, got {v}")
+    ys2 = ys.reshape(1, -1) if single else ys
     if auto is not None:
-        if auto < 1:
-            raise InvalidInputError(f"auto: expected a number of peaks >= 1, got {auto}")
-        fits = _core.fit_auto(
-            x, y2, int(auto), snip_iterations, roi_padding, max_iterations, n_threads
+        if int(auto) < 1:
+            raise InvalidInputError(f"fit_peaks: auto must be >= 1 peaks, got {auto}")
+        d = _core.fit_auto(
+            xs,
+            ys2,
+            int(auto),
+            snip_iterations=int(snip_iterations),
+            roi_padding=int(roi_padding),
+            auto_roi=bool(auto_roi),
+            max_iterations=int(max_iterations),
+            n_threads=n_threads,
         )
-        tables = [
-            FitTable._from_arrays(
-                f["values"], f["errors"], f["status"], np.zeros(len(f["status"]), np.uint32)
-            )
-            for f in fits
-        ]
-        return tables[0] if single else tables
-    pos = [float(p) for p in np.atleast_1d(positions)]
-    out = _core.fit_peaks(x, y2, pos, roi_padding, auto_roi, max_iterations, n_threads)
-    table = FitTable._from_arrays(out["values"], out["errors"], out["status"], out["iterations"])
-    if single:
-        table = FitTable._from_arrays(
-            out["values"][0], out["errors"][0], out["status"][0], out["iterations"][0]
+    else:
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.float64))
+        if pos.ndim != 1:
+            raise ShapeError(f"positions: expected a 1-D sequence, got shape {pos.shape}")
+        d = _core.fit_peaks(
+            xs,
+            ys2,
+            pos.tolist(),
+            roi_padding=int(roi_padding),
+            auto_roi=bool(auto_roi),
+            max_iterations=int(max_iterations),
+            max_peaks_per_job=int(max_peaks_per_job),
+            n_threads=n_threads,
         )
-    return table
+    return FitTable._from_core(d, single)
+
+
+def _r_from_two_theta_px(result: Result, tth_deg: np.ndarray) -> np.ndarray:
+    cfg = result.config
+    if cfg is not None:
+        return np.tan(np.radians(tth_deg)) * cfg.lsd_um / cfg.pixel_size_y_um
+    return np.interp(tth_deg, result.two_theta_deg, result.radius_px)
+
+
+def _two_theta_deg(result: Result, r_px: np.ndarray) -> np.ndarray:
+    if result.config is not None:
+        return result.config.two_theta_deg(r_px)
+    return np.interp(r_px, result.radius_px, result.two_theta_deg, left=np.nan, right=np.nan)
 
 
 def fit_result(
-    result: Result, positions_px: Any = None, auto: int | None = None, **kwargs: Any
-) -> FitTable | list[FitTable]:
-    """Fit the lineout(s) of a Result against R (px) and add 2θ, Q, d and FWHM in degrees."""
-    tables = fit_peaks(
-        result.radius_px, result.lineout, positions=positions_px, auto=auto, **kwargs
+    result: Result,
+    positions_px: Any = None,
+    auto: int | None = None,
+    positions_two_theta_deg: Any = None,
+    roi_padding: int = 20,
+    auto_roi: bool = False,
+    snip_iterations: int = 50,
+    max_iterations: int = 500,
+    n_threads: int | None = None,
+) -> FitTable:
+    """Fit peaks in the lineout(s) of an integration :class:`~radint.result.Result`.
+
+    Fits ``result.lineout`` (shape ``(n_r,)`` or ``(n_frames, n_r)``) against
+    ``result.radius_px`` — the x axis of MIDAS fits — and adds the centre in 2θ, Q and d and the
+    FWHM in degrees 2θ (``atan(R·px/Lsd)``, via ``result.config``).
+
+    Parameters
+    ----------
+    result : Result
+    positions_px : sequence of float, optional
+        Peak positions as radii in pixels (MIDAS ``PeakLocation``).
+    auto : int, optional
+        Detect and fit up to this many peaks instead.
+    positions_two_theta_deg : sequence of float, optional
+        Peak positions in degrees 2θ (converted to R px).
+    roi_padding, auto_roi, snip_iterations, max_iterations, n_threads
+        As in :func:`fit_peaks`.
+
+    Returns
+    -------
+    FitTable
+        With ``center``/``fwhm`` in R px plus ``center_two_theta_deg``, ``center_q``,
+        ``center_d_angstrom`` and ``fwhm_deg``; a stack result gives ``(n_frames, n_peaks)``.
+    """
+    if positions_two_theta_deg is not None:
+        if positions_px is not None:
+            raise InvalidInputError(
+                "fit_result: give positions_px= or positions_two_theta_deg=, not both"
+            )
+        positions_px = _r_from_two_theta_px(
+            result, np.asarray(positions_two_theta_deg, dtype=np.float64)
+        )
+    table = fit_peaks(
+        result.radius_px,
+        result.lineout,
+        positions=positions_px,
+        auto=auto,
+        roi_padding=roi_padding,
+        auto_roi=auto_roi,
+        snip_iterations=snip_iterations,
+        max_iterations=max_iterations,
+        n_threads=n_threads,
     )
-    cfg = result.config
-    for t in tables if isinstance(tables, list) else [tables]:
-        if cfg is None:
-            continue
-        c = t.center
-        t.derived["center_two_theta_deg"] = cfg.two_theta_deg(c)
-        t.derived["center_q"] = cfg.q_inv_angstrom(c)
+    c, w = table.center, table.fwhm
+    table.center_two_theta_deg = _two_theta_deg(result, c)
+    table.fwhm_deg = _two_theta_deg(result, c + w / 2) - _two_theta_deg(result, c - w / 2)
+    wavelength = 0.0 if result.config is None else float(result.config.wavelength_angstrom)
+    theta = np.radians(table.center_two_theta_deg) / 2
+    if wavelength > 0:
+        table.center_q = 4 * math.pi / wavelength * np.sin(theta)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t.derived["center_d_angstrom"] = 2 * np.pi / t.derived["center_q"]
-        half = t.fwhm / 2
-        t.derived["fwhm_deg"] = cfg.two_theta_deg(c + half) - cfg.two_theta_deg(c - half)
-    return tables
+            table.center_d_angstrom = wavelength / (2 * np.sin(theta))
+    else:
+        table.center_q = np.full_like(c, np.nan)
+        table.center_d_angstrom = np.full_like(c, np.nan)
+    table.metadata["wavelength_angstrom"] = wavelength
+    return table
 
 
 def write_fit_bin(table: FitTable, path: str | Path) -> Path:
-    """MIDAS ``fit.bin``: 7 float64 per peak per frame (spec §6.5), frame after frame."""
+    """Write MIDAS ``fit.bin`` (spec §6.5): per frame, 7 little-endian float64 per peak.
+
+    Rows are ``[area, center, sig, gam, fwhm, eta_mix, chi2]``, frames one after another. Given
+    positions keep every slot per frame (a failed peak is a NaN row, where MIDAS leaves zeros), so
+    the file is ``n_frames × n_peaks × 7`` doubles; auto-detection writes only the peaks found in
+    each frame (like the MIDAS GPU integrator), so frames may differ in length. Atomic.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from radint.io.atomic import atomic_output
+
+    rows = table.rows()
+    if rows.ndim == 2:
+        rows = rows[None]
+    status = np.asarray(table.status).reshape(rows.shape[:2])
+    keep = status != ABSENT
+    data = np.concatenate([rows[i][keep[i]] for i in range(rows.shape[0])], axis=0)
     path = Path(path)
-    rows = np.ascontiguousarray(table.rows(), dtype="<f8")
-    tmp = path.with_name(path.name + ".partial")
-    rows.tofile(tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        np.ascontiguousarray(data, dtype="<f8").tofile(tmp)
     return path
+
+
+def read_fit_bin(path: str | Path, n_peaks: int | None = None) -> np.ndarray:
+    """Read a ``fit.bin``: shape ``(n_rows, 7)``, or ``(n_frames, n_peaks, 7)`` given ``n_peaks``."""
+    data = np.fromfile(path, dtype="<f8")
+    if data.size % 7:
+        raise ShapeError(f"{path}: {data.size} doubles is not a multiple of 7 (one row per peak)")
+    rows = data.reshape(-1, 7)
+    if n_peaks is None:
+        return rows
+    if n_peaks < 1 or rows.shape[0] % n_peaks:
+        raise ShapeError(f"{path}: {rows.shape[0]} rows do not split into frames of {n_peaks}")
+    return rows.reshape(-1, n_peaks, 7)
+
+
+def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> Path:
+    """Write ``caked_peaks.h5`` (spec §9.4) from lineout fits, atomically.
+
+    Layout: ``/metadata`` (attr ``zarr_source``; ``tth_axis`` (n_r,), ``eta_axis`` (n_eta,),
+    ``frame_keys`` vlen str) and ``/peaks/{frame_idx, eta_idx, peak_nr}`` int32,
+    ``{eta_deg, center_2theta, area, sig, gam, FWHM_deg, eta_mix, d_spacing_A, chi_sq}`` float64,
+    ``frame_key`` vlen str — one row per converged peak (``peak_nr`` = slot, so failures show as
+    gaps); ``/peaks`` is omitted when there are none. Lineout rows have ``eta_idx = 0`` and
+    ``eta_deg = 0`` as in the MIDAS GPU writer. Difference from MIDAS: ``FWHM_deg`` holds the FWHM
+    in degrees 2θ, as its name says (MIDAS stores Γ in pixels there).
+
+    ``table`` must come from :func:`fit_result` on ``result`` (it needs the 2θ columns).
+    """
+    import h5py
+
+    from radint.io.atomic import atomic_output
+
+    if table.center_two_theta_deg is None or table.fwhm_deg is None:
+        raise InvalidInputError("write_caked_peaks_h5: table has no 2θ columns; use fit_result()")
+
+    def frames(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a).reshape(table.n_curves, table.n_peaks)
+
+    ok = frames(table.status) == CONVERGED
+    n_frames = table.n_curves
+    if result.frame_ids is not None and len(result.frame_ids) == n_frames:
+        keys = [str(k) for k in np.asarray(result.frame_ids).tolist()]
+    else:
+        keys = [str(i) for i in range(n_frames)]
+    fi, pk = np.nonzero(ok)
+    d_spacing = table.center_d_angstrom
+    columns = {
+        "frame_idx": fi.astype(np.int32),
+        "eta_idx": np.zeros(fi.size, np.int32),
+        "peak_nr": pk.astype(np.int32),
+        "eta_deg": np.zeros(fi.size),
+        "center_2theta": frames(table.center_two_theta_deg)[ok],
+        "area": frames(table.area)[ok],
+        "sig": frames(table.sig)[ok],
+        "gam": frames(table.gam)[ok],
+        "FWHM_deg": frames(table.fwhm_deg)[ok],
+        "eta_mix": frames(table.eta_mix)[ok],
+        "d_spacing_A": np.full(fi.size, np.nan) if d_spacing is None else frames(d_spacing)[ok],
+        "chi_sq": frames(table.chi2)[ok],
+    }
+    vlen = h5py.string_dtype()
+    path = Path(path)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        meta = f.create_group("metadata")
+        meta.attrs["zarr_source"] = str(result.metadata.get("source", ""))
+        meta.create_dataset("tth_axis", data=np.asarray(result.two_theta_deg, np.float64))
+        meta.create_dataset("eta_axis", data=np.asarray(result.eta_deg, np.float64))
+        meta.create_dataset("frame_keys", data=np.array(keys, dtype=object), dtype=vlen)
+        if fi.size:
+            g = f.create_group("peaks")
+            for name, values in columns.items():
+                g.create_dataset(name, data=values)
+            g.create_dataset(
+                "frame_key", data=np.array([keys[i] for i in fi], dtype=object), dtype=vlen
+            )
+    return path
+
+
+def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
+    """SNIP background (spec §6.3) of a lineout, shape ``(n_x,)``; NaN counts as 0."""
+    ys = _as_float("y", y, (1,))
+    if int(iterations) < 0:
+        raise InvalidInputError(f"snip_background: iterations must be >= 0, got {iterations}")
+    return _core.snip_background(ys, int(iterations))
+
+
+def fit_pv(
+    x: Any, y: Any, centers: Any, max_iterations: int = 500, n_threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """Height-normalised pseudo-Voigt fits (spec §6.4), e.g. per η bin of a cake.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_x,)
+    y : array_like, shape (n_x,) or (n_curves, n_x)
+        One curve per row (e.g. ``result.cake`` rows, η-major); NaN points are left out.
+    centers : float or array_like, shape (n_curves,)
+        Starting centre of each curve (x units).
+
+    Returns
+    -------
+    dict
+        ``params``/``std_errors`` ``(..., 5)`` as ``[bg, imax, center, fwhm, mu]`` (NaN unless
+        converged), ``snr`` ``Imax/sqrt(SSR/N)`` and ``status`` (uint8), per curve.
+    """
+    xs = _as_float("x", x, (1,))
+    ys = _as_float("y", y, (1, 2))
+    single = ys.ndim == 1
+    ys2 = ys.reshape(1, -1) if single else ys
+    if ys2.shape[1] != xs.shape[0]:
+        raise ShapeError(
+            f"y: expected last axis of length {xs.shape[0]} (len(x)), got shape {ys.shape}"
+        )
+    c = np.asarray(centers, dtype=np.float64)
+    if c.ndim > 1 or (c.ndim == 1 and c.size != ys2.shape[0]):
+        raise ShapeError(
+            f"centers: expected a scalar or {ys2.shape[0]} values (one per curve), got {c.shape}"
+        )
+    c = np.ascontiguousarray(np.broadcast_to(c, (ys2.shape[0],)))
+    d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations), n_threads=n_threads)
+    return {k: v[0] for k, v in d.items()} if single else dict(d)
+
+
+__all__ = [
+    "COLUMNS",
+    "STATUS_NAMES",
+    "FitTable",
+    "fit_peaks",
+    "fit_pv",
+    "fit_result",
+    "read_fit_bin",
+    "snip_background",
+    "write_caked_peaks_h5",
+    "write_fit_bin",
+]

@@ -1,50 +1,80 @@
-//! Bindings of `radint_core::fit` (peak fitting): extract → validate → detached rayon → numpy.
+//! Bindings of `radint_core::fit` (peak fitting): extract → validate → release the GIL → convert.
+//! Results come back as flat numpy arrays reshaped in place (no copy after the fit).
 
-use numpy::{
-    IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
-};
+use numpy::ndarray::Array;
+use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-use radint_core::fit::{self, AutoOptions, FitOptions, LmOptions};
+use pyo3::types::PyDict;
+use radint_core::fit::{
+    self as core_fit, AutoOptions, FitOptions, FitStatus, LmOptions, PeakFit, PV_PARAMS, ROW_LEN,
+};
+use rayon::prelude::*;
 
-use crate::errors::shape_error;
+use crate::errors::{raise, shape_error};
 use crate::run_detached;
 
-fn options(roi_padding: usize, auto_roi: bool, max_iterations: usize) -> FitOptions {
+/// Status code of the padding rows of auto-detection (slots where no peak was kept).
+const STATUS_ABSENT: u8 = 255;
+
+/// A flat vector as a numpy array of `shape` (moves the buffer, no copy).
+fn shaped<'py, T: numpy::Element>(
+    py: Python<'py>,
+    data: Vec<T>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let a = Array::from_shape_vec(shape.to_vec(), data)
+        .map_err(|e| shape_error(format!("peak fit result: {e}")))?;
+    Ok(a.into_pyarray(py))
+}
+
+fn slice_1d<'a>(what: &str, a: &'a PyReadonlyArray1<'_, f64>) -> PyResult<&'a [f64]> {
+    a.as_slice()
+        .map_err(|_| shape_error(format!("{what}: expected a C-contiguous float64 array")))
+}
+
+/// `ys` as a flat slice with its number of rows, checked against `x`.
+fn curves<'a>(ys: &'a PyReadonlyArray2<'_, f64>, n_x: usize) -> PyResult<(&'a [f64], usize)> {
+    let shape = ys.shape();
+    if shape[1] != n_x {
+        return Err(shape_error(format!(
+            "ys: expected shape (n_curves, {n_x}) to match x, got ({}, {})",
+            shape[0], shape[1]
+        )));
+    }
+    if shape[0] == 0 {
+        return Err(shape_error(
+            "ys: expected at least one curve, got shape (0, n)".into(),
+        ));
+    }
+    let flat = ys
+        .as_slice()
+        .map_err(|_| shape_error("ys: expected a C-contiguous float64 array".into()))?;
+    Ok((flat, shape[0]))
+}
+
+fn fit_options(
+    roi_padding: usize,
+    auto_roi: bool,
+    max_iterations: usize,
+    max_peaks_per_job: usize,
+) -> FitOptions {
     FitOptions {
         roi_padding,
         auto_roi,
+        max_peaks_per_job,
         lm: LmOptions {
             max_iterations,
             ..LmOptions::default()
         },
-        ..FitOptions::default()
     }
 }
 
-fn curves<'a>(
-    x: &'a PyReadonlyArray1<'_, f64>,
-    ys: &'a PyReadonlyArray2<'_, f64>,
-) -> PyResult<(&'a [f64], &'a [f64])> {
-    let xs = x
-        .as_slice()
-        .map_err(|_| shape_error("x: expected a contiguous float64 array".into()))?;
-    if ys.shape()[1] != xs.len() {
-        return Err(shape_error(format!(
-            "lineouts: expected shape (n_curves, {}) to match x, got {:?}",
-            xs.len(),
-            ys.shape()
-        )));
-    }
-    let ysl = ys
-        .as_slice()
-        .map_err(|_| shape_error("lineouts: expected a C-contiguous float64 array".into()))?;
-    Ok((xs, ysl))
-}
-
-/// Fit pseudo-Voigt peaks at given positions on every curve (rows of `ys`).
+/// Fit peaks at `positions` (x units) in every row of `ys` `(n_curves, n_x)`.
+///
+/// Returns a dict: `values`, `errors` `(n_curves, n_peaks, 7)` (MIDAS fit.bin rows; NaN unless
+/// converged), `status` u8 and `iterations` u32 `(n_curves, n_peaks)`.
 #[pyfunction]
-#[pyo3(signature = (x, ys, positions, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None))]
+#[pyo3(signature = (x, ys, positions, roi_padding=20, auto_roi=false, max_iterations=500, max_peaks_per_job=32, n_threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn fit_peaks<'py>(
     py: Python<'py>,
@@ -54,36 +84,40 @@ fn fit_peaks<'py>(
     roi_padding: usize,
     auto_roi: bool,
     max_iterations: usize,
+    max_peaks_per_job: usize,
     n_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (xs, ysl) = curves(&x, &ys)?;
-    let opts = options(roi_padding, auto_roi, max_iterations);
-    let table = run_detached(py, n_threads, || fit::fit_many(xs, ysl, &positions, &opts))?;
+    let xs = slice_1d("x", &x)?;
+    let (flat, n_curves) = curves(&ys, xs.len())?;
+    let opts = fit_options(roi_padding, auto_roi, max_iterations, max_peaks_per_job);
+    let t = run_detached(py, n_threads, || {
+        core_fit::fit_many(xs, flat, &positions, &opts)
+    })?;
+    let n_peaks = positions.len();
     let d = PyDict::new(py);
-    let shape = [table.n_curves, table.n_peaks, fit::ROW_LEN];
-    d.set_item("values", table.values.into_pyarray(py).reshape(shape)?)?;
-    d.set_item("errors", table.errors.into_pyarray(py).reshape(shape)?)?;
     d.set_item(
-        "status",
-        table
-            .status
-            .into_pyarray(py)
-            .reshape([table.n_curves, table.n_peaks])?,
+        "values",
+        shaped(py, t.values, &[n_curves, n_peaks, ROW_LEN])?,
     )?;
     d.set_item(
+        "errors",
+        shaped(py, t.errors, &[n_curves, n_peaks, ROW_LEN])?,
+    )?;
+    d.set_item("status", shaped(py, t.status, &[n_curves, n_peaks])?)?;
+    d.set_item(
         "iterations",
-        table
-            .iterations
-            .into_pyarray(py)
-            .reshape([table.n_curves, table.n_peaks])?,
+        shaped(py, t.iterations, &[n_curves, n_peaks])?,
     )?;
     Ok(d)
 }
 
-/// Auto-detect (SNIP + Savitzky–Golay) and fit up to `max_peaks` peaks per curve.
-/// Returns one dict per curve: values (n, 7), errors (n, 7), status (n,), background (n_x,).
+/// Detect and fit up to `max_peaks` peaks in every row of `ys` `(n_curves, n_x)`.
+///
+/// Returns a dict: `values`, `errors` `(n_curves, max_peaks, 7)` padded with NaN rows after the
+/// `counts[i]` kept peaks (ordered by centre), `status` (255 on padding), `iterations`,
+/// `counts` u32 `(n_curves,)` and the subtracted SNIP `background` `(n_curves, n_x)`.
 #[pyfunction]
-#[pyo3(signature = (x, ys, max_peaks=10, snip_iterations=50, roi_padding=20, max_iterations=500, n_threads=None))]
+#[pyo3(signature = (x, ys, max_peaks, snip_iterations=50, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn fit_auto<'py>(
     py: Python<'py>,
@@ -92,71 +126,157 @@ fn fit_auto<'py>(
     max_peaks: usize,
     snip_iterations: usize,
     roi_padding: usize,
+    auto_roi: bool,
     max_iterations: usize,
     n_threads: Option<usize>,
-) -> PyResult<Bound<'py, PyList>> {
-    let (xs, ysl) = curves(&x, &ys)?;
-    let opts = options(roi_padding, false, max_iterations);
+) -> PyResult<Bound<'py, PyDict>> {
+    if max_peaks == 0 {
+        return Err(raise(
+            "InvalidInputError",
+            "auto peak fit: max_peaks must be >= 1, got 0".into(),
+        ));
+    }
+    let xs = slice_1d("x", &x)?;
+    let (flat, n_curves) = curves(&ys, xs.len())?;
+    let opts = fit_options(roi_padding, auto_roi, max_iterations, 32);
     let auto = AutoOptions {
         max_peaks,
         snip_iterations,
     };
-    let fits = run_detached(py, n_threads, || fit::fit_auto_many(xs, ysl, &auto, &opts))?;
-    let out = PyList::empty(py);
-    for f in fits {
-        let n = f.peaks.len();
-        let values: Vec<f64> = f.peaks.iter().flat_map(|p| p.values).collect();
-        let errors: Vec<f64> = f.peaks.iter().flat_map(|p| p.errors).collect();
-        let status: Vec<u8> = f.peaks.iter().map(|p| p.status.code()).collect();
-        let d = PyDict::new(py);
-        d.set_item(
-            "values",
-            values.into_pyarray(py).reshape([n, fit::ROW_LEN])?,
-        )?;
-        d.set_item(
-            "errors",
-            errors.into_pyarray(py).reshape([n, fit::ROW_LEN])?,
-        )?;
-        d.set_item("status", status.into_pyarray(py))?;
-        d.set_item("background", f.background.into_pyarray(py))?;
-        out.append(d)?;
+    let fits = run_detached(py, n_threads, || {
+        core_fit::fit_auto_many(xs, flat, &auto, &opts)
+    })?;
+    let slots = n_curves * max_peaks;
+    let mut values = vec![f64::NAN; slots * ROW_LEN];
+    let mut errors = vec![f64::NAN; slots * ROW_LEN];
+    let mut status = vec![STATUS_ABSENT; slots];
+    let mut iterations = vec![0u32; slots];
+    let mut counts = Vec::with_capacity(n_curves);
+    let mut background = Vec::with_capacity(flat.len());
+    for (i, f) in fits.into_iter().enumerate() {
+        let kept: &[PeakFit] = &f.peaks[..f.peaks.len().min(max_peaks)];
+        counts.push(u32::try_from(kept.len()).unwrap_or(u32::MAX));
+        for (k, p) in kept.iter().enumerate() {
+            let s = i * max_peaks + k;
+            values[s * ROW_LEN..(s + 1) * ROW_LEN].copy_from_slice(&p.values);
+            errors[s * ROW_LEN..(s + 1) * ROW_LEN].copy_from_slice(&p.errors);
+            status[s] = p.status.code();
+            iterations[s] = u32::try_from(p.iterations).unwrap_or(u32::MAX);
+        }
+        background.extend_from_slice(&f.background);
     }
-    Ok(out)
+    let d = PyDict::new(py);
+    d.set_item(
+        "values",
+        shaped(py, values, &[n_curves, max_peaks, ROW_LEN])?,
+    )?;
+    d.set_item(
+        "errors",
+        shaped(py, errors, &[n_curves, max_peaks, ROW_LEN])?,
+    )?;
+    d.set_item("status", shaped(py, status, &[n_curves, max_peaks])?)?;
+    d.set_item(
+        "iterations",
+        shaped(py, iterations, &[n_curves, max_peaks])?,
+    )?;
+    d.set_item("counts", shaped(py, counts, &[n_curves])?)?;
+    d.set_item("background", shaped(py, background, &[n_curves, xs.len()])?)?;
+    Ok(d)
 }
 
-/// SNIP background of one curve (spec §6.3).
+/// SNIP background (spec §6.3) of one lineout; NaN counts as 0.
 #[pyfunction]
 #[pyo3(signature = (y, iterations=50))]
 fn snip_background<'py>(
     py: Python<'py>,
     y: PyReadonlyArray1<'py, f64>,
     iterations: usize,
-) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
-    let y = y.to_vec()?;
-    Ok(fit::snip_background(&y, iterations).into_pyarray(py))
+) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    let ys = slice_1d("y", &y)?;
+    let bg = py.detach(|| core_fit::snip_background(ys, iterations));
+    shaped(py, bg, &[ys.len()])
 }
 
-/// Names of the fit status codes, index = code.
+/// Height-normalised pV fits (spec §6.4) of every row of `ys` `(n_curves, n_x)`, row i started at
+/// `centers[i]` (x units); e.g. the rows of a cake for per-η fits.
+///
+/// Returns a dict: `params`, `std_errors` `(n_curves, 5)` as `[bg, imax, center, fwhm, mu]` (NaN
+/// unless converged), `snr` `(n_curves,)` and `status` u8 `(n_curves,)`.
 #[pyfunction]
-fn fit_status_names() -> Vec<&'static str> {
-    use fit::FitStatus::*;
-    [
-        Converged,
-        MaxIterations,
-        NonFinite,
-        OutOfRange,
-        InsufficientData,
-        TooManyPeaks,
-    ]
-    .iter()
-    .map(|s| s.name())
-    .collect()
+#[pyo3(signature = (x, ys, centers, max_iterations=500, n_threads=None))]
+fn fit_pv<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f64>,
+    ys: PyReadonlyArray2<'py, f64>,
+    centers: PyReadonlyArray1<'py, f64>,
+    max_iterations: usize,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let xs = slice_1d("x", &x)?;
+    let (flat, n_curves) = curves(&ys, xs.len())?;
+    let c0 = slice_1d("centers", &centers)?;
+    if c0.len() != n_curves {
+        return Err(shape_error(format!(
+            "centers: expected {n_curves} starting centres (one per curve), got {}",
+            c0.len()
+        )));
+    }
+    if max_iterations == 0 {
+        return Err(raise(
+            "InvalidInputError",
+            "pV fit: max_iterations must be >= 1, got 0".into(),
+        ));
+    }
+    let lm = LmOptions {
+        max_iterations,
+        ..LmOptions::default()
+    };
+    let fits = run_detached(py, n_threads, || {
+        Ok(flat
+            .par_chunks(xs.len())
+            .zip(c0.par_iter())
+            .map(|(y, &c)| core_fit::fit_pv(xs, y, c, &lm))
+            .collect::<Vec<_>>())
+    })?;
+    let mut params = Vec::with_capacity(n_curves * PV_PARAMS);
+    let mut errs = Vec::with_capacity(n_curves * PV_PARAMS);
+    let mut snr = Vec::with_capacity(n_curves);
+    let mut status = Vec::with_capacity(n_curves);
+    for f in &fits {
+        params.extend_from_slice(&f.params);
+        errs.extend_from_slice(&f.std_errors);
+        snr.push(f.snr);
+        status.push(f.status.code());
+    }
+    let d = PyDict::new(py);
+    d.set_item("params", shaped(py, params, &[n_curves, PV_PARAMS])?)?;
+    d.set_item("std_errors", shaped(py, errs, &[n_curves, PV_PARAMS])?)?;
+    d.set_item("snr", shaped(py, snr, &[n_curves])?)?;
+    d.set_item("status", shaped(py, status, &[n_curves])?)?;
+    Ok(d)
+}
+
+/// Names of the status codes, indexed by code (255: no peak in this slot).
+#[pyfunction]
+fn fit_status_names() -> Vec<(u8, &'static str)> {
+    let all = [
+        FitStatus::Converged,
+        FitStatus::MaxIterations,
+        FitStatus::NonFinite,
+        FitStatus::OutOfRange,
+        FitStatus::InsufficientData,
+        FitStatus::TooManyPeaks,
+    ];
+    let mut v: Vec<(u8, &'static str)> = all.iter().map(|s| (s.code(), s.name())).collect();
+    v.push((STATUS_ABSENT, "absent"));
+    v
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fit_peaks, m)?)?;
     m.add_function(wrap_pyfunction!(fit_auto, m)?)?;
     m.add_function(wrap_pyfunction!(snip_background, m)?)?;
+    m.add_function(wrap_pyfunction!(fit_pv, m)?)?;
     m.add_function(wrap_pyfunction!(fit_status_names, m)?)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use radint_core::{bins, panels};
 use errors::{raise, shape_error, CoreError};
 
 /// One rayon pool per thread count, built on first use (the global pool is never touched).
-fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
+pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let n = n_threads
         .filter(|&n| n > 0)

@@ -1,0 +1,161 @@
+"""Peak-fitting benchmark: radint.fit vs scipy.optimize.least_squares on the same lineouts, and the
+cost of integrating one Pilatus 2M frame for comparison.
+
+Run: python benches/fit.py [--scipy-curves N]   (prints one table)
+
+Data: 1000 Poisson lineouts of 1190 R bins (the Pilatus example's RMin..RMax at 1 px) with 10
+peaks (given positions) or 20 peaks (auto-detection), FWHM 3–5 px, on a sloping background.
+scipy fits the same model (spec §6.1) per peak ROI (±20 bins, as radint's jobs) with
+``least_squares(method="trf", x_scale="jac")`` and finite-difference Jacobians, the optimiser of
+midas-integrate's Python port (spec §6.6); it is timed on a subset of the curves and extrapolated
+to 1000 (linear: every curve is the same work).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import radint
+import radint.fit as rfit
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
+N_CURVES = 1000
+#: Auto-detection is timed on this many curves and extrapolated (it is ~30x slower per curve).
+N_AUTO = 50
+X = np.arange(10.5, 1200.0, 1.0)
+PAD = 20
+LN2 = math.log(2)
+
+
+def tch(sig: float, gam: float) -> tuple[float, float]:
+    fg = math.sqrt(8 * LN2 * max(sig, 1e-12)) / 100
+    fl = max(gam, 1e-6) / 100
+    g5 = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
+          + 0.07842 * fg * fl**4 + fl**5)  # fmt: skip
+    gamma = max(g5**0.2, 1e-15)
+    q = fl / gamma
+    return gamma, min(max(1.36603 * q - 0.47719 * q**2 + 0.11116 * q**3, 0.0), 1.0)
+
+
+def model(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """spec §6.1 with the Chebyshev x normalised over this ROI."""
+    xn = 2 * (x - x[0]) / (x[-1] - x[0]) - 1
+    out = p[0] + p[1] * xn
+    for a, c, sig, gam in p[2:].reshape(-1, 4):
+        gamma, eta = tch(sig, gam)
+        s = gamma / (2 * math.sqrt(2 * LN2))
+        g = np.exp(-((x - c) ** 2) / (2 * s * s)) / (s * math.sqrt(2 * math.pi))
+        lor = (gamma / 2) / math.pi / ((x - c) ** 2 + (gamma / 2) ** 2)
+        out = out + a * (eta * lor + (1 - eta) * g)
+    return out
+
+
+def lineouts(n_peaks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_curves, n_x) Poisson lineouts and the nominal peak positions."""
+    rng = np.random.default_rng(seed)
+    nominal = np.linspace(X[0] + 60, X[-1] - 60, n_peaks)
+    ys = np.empty((N_CURVES, X.size))
+    for i in range(N_CURVES):
+        y = 200 - 0.1 * (X - X[0])
+        for c in nominal + rng.uniform(-0.5, 0.5, n_peaks):
+            fwhm = rng.uniform(3, 5)
+            s = fwhm / 2.3548
+            y = y + rng.uniform(2e4, 6e4) / (s * math.sqrt(2 * math.pi)) * np.exp(
+                -0.5 * ((X - c) / s) ** 2
+            )
+        ys[i] = rng.poisson(y)
+    return ys, nominal
+
+
+def scipy_fit_seconds(ys: np.ndarray, nominal: np.ndarray, n_curves: int) -> float:
+    """Seconds for ``n_curves`` curves × all peaks, one least_squares per peak ROI."""
+    from scipy.optimize import least_squares
+
+    t0 = time.perf_counter()
+    for y in ys[:n_curves]:
+        for c in nominal:
+            k = int(np.argmin(np.abs(X - c)))
+            x, yy = X[k - PAD : k + PAD + 1], y[k - PAD : k + PAD + 1]
+            bg = 0.5 * (yy[:3].mean() + yy[-3:].mean())
+            f = 4.0
+            start = [bg, 0.0, 1.5 * (yy.max() - bg) * f, x[PAD], (50 * f) ** 2 / (8 * LN2), 50 * f]
+            lo = [-np.inf, -np.inf, 0, x[PAD] - 5, 1e-6, 0.01]
+            least_squares(lambda p, x=x, yy=yy: model(x, p) - yy, start, bounds=(lo, np.inf),
+                          method="trf", x_scale="jac", ftol=1e-9, xtol=1e-9, gtol=1e-9,
+                          max_nfev=4000)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def best_of(n: int, f) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def integrate_seconds(threads: int, cache: dict) -> tuple[float, float]:
+    """(map build s, best integrate s) of the Pilatus example frame; the map is built once."""
+    import tifffile
+
+    cfg = radint.IntegrationConfig.from_midas_params(EXAMPLE / "parameters.txt")
+    frame = tifffile.imread(EXAMPLE / "ceo2_pilatus.tif")
+    frame = frame[0] if frame.ndim == 3 else frame  # the example TIFF holds 3 frames
+    if "map" not in cache:
+        t0 = time.perf_counter()
+        cache["map"] = radint.DetectorMap.build(cfg, n_threads=2)
+        cache["build"] = time.perf_counter() - t0
+    integ = radint.Integrator(cfg, n_threads=threads, detector_map=cache["map"])
+    integ.integrate(frame)
+    return cache["build"], best_of(5, lambda: integ.integrate(frame))
+
+
+def main() -> None:
+    n_scipy = 20
+    if "--scipy-curves" in sys.argv:
+        n_scipy = int(sys.argv[sys.argv.index("--scipy-curves") + 1])
+    ys10, nom10 = lineouts(10, seed=1)
+    ys20, _ = lineouts(20, seed=2)
+    print(f"radint {radint.__version__}; {N_CURVES} lineouts x {X.size} bins, Poisson noise")
+    print(f"{'case':34} {'threads':>7} {'seconds':>9} {'peak fits/s':>12} {'vs scipy':>9}")
+    scipy_s = scipy_fit_seconds(ys10, nom10, n_scipy) * N_CURVES / n_scipy
+    scipy_rate = N_CURVES * 10 / scipy_s
+    rows = []
+    for threads in (1, 2):
+        rfit.fit_peaks(X, ys10[:10], positions=nom10, n_threads=threads)  # warm the pool
+        s = best_of(3, lambda t=threads: rfit.fit_peaks(X, ys10, positions=nom10, n_threads=t))
+        t = rfit.fit_peaks(X, ys10, positions=nom10, n_threads=threads)
+        ok = float(t.converged.mean())
+        rows.append((f"10 given peaks ({ok:.1%} converged)", threads, s, N_CURVES * 10 / s))
+    for threads in (1, 2):
+        t0 = time.perf_counter()
+        t = rfit.fit_peaks(X, ys20[:N_AUTO], auto=20, n_threads=threads)
+        s = (time.perf_counter() - t0) * N_CURVES / N_AUTO
+        found = float(np.mean(t.n_found))
+        rate = float(t.n_found.sum()) * N_CURVES / N_AUTO / s
+        rows.append((f"auto 20 (mean {found:.1f} kept)*", threads, s, rate))
+    for name, threads, s, rate in rows:
+        print(f"{name:34} {threads:7d} {s:9.3f} {rate:12.0f} {rate / scipy_rate:8.0f}x")
+    print(f"* auto-detection timed on {N_AUTO} curves, extrapolated to {N_CURVES}")
+    print(
+        f"{'scipy least_squares, 10 peaks':34} {1:7d} {scipy_s:9.1f} {scipy_rate:12.0f} {1:8.0f}x"
+        f"   (timed on {n_scipy} curves, extrapolated to {N_CURVES})"
+    )
+    cache: dict = {}
+    for threads in (1, 2):
+        build, s = integrate_seconds(threads, cache)
+        one_fit = next(r[2] for r in rows if r[1] == threads) / N_CURVES
+        print(
+            f"{'integrate 1 Pilatus 2M frame':34} {threads:7d} {s:9.4f}"
+            f"   (map build {build:.1f} s at 2 threads; 10-peak fit of its lineout: {one_fit * 1e3:.2f} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
