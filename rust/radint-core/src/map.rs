@@ -342,12 +342,13 @@ impl Plan {
         }
         let r_edges = &self.r_edges;
         let n_r = r_edges.len() - 1;
-        let holds_origin = quad.contains_origin();
-        let (r_lo, r_hi) = if holds_origin {
-            (0.0, quad.max_radius())
-        } else {
-            (quad.min_radius(), quad.max_radius())
-        };
+        let r_hi = quad.max_radius();
+        // A quad whose boundary passes (numerically) through the beam centre spans 180° of η, which
+        // the corner-angle unwrapping cannot place on the right side: treat it as holding the centre
+        // (every η bin is a candidate and the wedge clipping decides).
+        let r_min = quad.min_radius();
+        let holds_origin = quad.contains_origin() || r_min <= 1e-9 * r_hi.max(1.0);
+        let r_lo = if holds_origin { 0.0 } else { r_min };
         if r_hi <= r_edges[0] || r_lo >= r_edges[n_r] {
             return;
         }
@@ -357,8 +358,11 @@ impl Plan {
         if k_first >= k_last {
             return;
         }
-        self.eta_candidates(quad, corner_eta_deg, eta_bins);
+        self.eta_candidates(holds_origin, corner_eta_deg, eta_bins);
         let single_bin = eta_bins.len() == 1 && !holds_origin;
+        // The one-atan2 arc sum needs the quad's angular extent safely below π; a quad whose edge
+        // passes (numerically) through the beam centre spans π and takes the per-arc path.
+        let far_from_origin = !holds_origin && r_lo > 1e-3 * r_hi;
         let width = self.eta_bin;
         for &e in eta_bins.iter() {
             let (lo, hi) = (self.eta_edge_dirs[e], self.eta_edge_dirs[e + 1]);
@@ -383,8 +387,8 @@ impl Plan {
                 } else if r >= r_hi {
                     clipped_area
                 } else {
-                    pieces.0.disk_area(r, !holds_origin)
-                        - pieces.1.map_or(0.0, |c| c.disk_area(r, !holds_origin))
+                    pieces.0.disk_area(r, far_from_origin)
+                        - pieces.1.map_or(0.0, |c| c.disk_area(r, far_from_origin))
                 }
             };
             let mut below = disk(r_edges[k_first]);
@@ -408,9 +412,9 @@ impl Plan {
     }
 
     /// η bins the quad may overlap, into `out` (every bin when the quad holds the beam centre).
-    fn eta_candidates(&self, quad: &Poly, corner_eta_deg: &[f64; 4], out: &mut Vec<usize>) {
+    fn eta_candidates(&self, holds_origin: bool, corner_eta_deg: &[f64; 4], out: &mut Vec<usize>) {
         out.clear();
-        if self.n_eta == 1 || quad.contains_origin() {
+        if self.n_eta == 1 || holds_origin {
             out.extend(0..self.n_eta);
             return;
         }
