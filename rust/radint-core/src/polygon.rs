@@ -205,18 +205,23 @@ fn triangle_disk_area(a: Pt, b: Pt, r2: f64, arcs: &mut Arcs) -> f64 {
     let disc = qb * qb - 4.0 * qa * qc;
     let mut cuts = [0.0f64, 1.0, 1.0, 1.0];
     let mut n_cuts = 1;
+    // The line is inside the circle exactly between its roots; a piece is classified by where its
+    // mid-parameter falls against those same roots, never by re-measuring its midpoint (at tangency
+    // the midpoint's radius rounds either way, turning a whole arc into a chord).
+    let mut inside = (f64::INFINITY, f64::NEG_INFINITY);
     if disc > 0.0 {
         let sq = disc.sqrt();
-        // Numerically stable roots.
+        // Numerically stable roots (q ≠ 0 because disc > 0).
         let q = -0.5 * (qb + qb.signum() * sq);
-        let (mut t1, mut t2) = if q != 0.0 {
-            (q / qa, qc / q)
-        } else {
-            (0.0, 0.0)
+        let (t1, t2) = {
+            let (x, y) = (q / qa, qc / q);
+            if x <= y {
+                (x, y)
+            } else {
+                (y, x)
+            }
         };
-        if t1 > t2 {
-            std::mem::swap(&mut t1, &mut t2);
-        }
+        inside = (t1, t2);
         for t in [t1, t2] {
             if t > 0.0 && t < 1.0 {
                 cuts[n_cuts] = t;
@@ -234,10 +239,9 @@ fn triangle_disk_area(a: Pt, b: Pt, r2: f64, arcs: &mut Arcs) -> f64 {
         }
         let p = at(t0);
         let q = at(t1);
-        let m = at(0.5 * (t0 + t1));
-        let cross = p[0] * q[1] - p[1] * q[0];
-        if m[0] * m[0] + m[1] * m[1] <= r2 {
-            area += 0.5 * cross;
+        let mid = 0.5 * (t0 + t1);
+        if mid > inside.0 && mid < inside.1 {
+            area += 0.5 * (p[0] * q[1] - p[1] * q[0]);
         } else {
             arcs.add(p, q);
         }
@@ -274,5 +278,29 @@ mod tests {
         let w = sq.clip_wedge([1.0, 0.0], [0.0, 1.0]);
         assert!((w.signed_area() - 1.0).abs() < 1e-14);
         assert!((w.disk_area(0.5, false) - std::f64::consts::PI * 0.25 / 4.0).abs() < 1e-14);
+    }
+
+    #[test]
+    fn circle_tangent_to_an_edge_meets_the_polygon_nowhere() {
+        // A rotated wedge piece whose inner edge lies at distance 17 (up to rounding) from the
+        // origin: the disk of radius 17 touches it at one point, so the overlap is zero, not the
+        // sector-minus-triangle sliver (−6.4e-5) a chord would give.
+        for k in 0..200 {
+            let phi = 0.013 * k as f64;
+            let (s, c) = phi.sin_cos();
+            let rot = |x: f64, y: f64| [c * x - s * y, s * x + c * y];
+            let half = 17.0 * (0.5f64).to_radians().tan();
+            let outer = 18.0 * (0.5f64).to_radians().tan();
+            let mut p = Poly::from_slice(&[
+                rot(17.0, -half),
+                rot(18.0, -outer),
+                rot(18.0, outer),
+                rot(17.0, half),
+            ]);
+            p.make_ccw();
+            for combine in [false, true] {
+                assert!(p.disk_area(17.0, combine).abs() < 1e-12, "phi {phi}");
+            }
+        }
     }
 }
