@@ -231,4 +231,6 @@ def test_property_full_bins_get_the_exact_annular_sector_area(tx, bc, r_bin, eta
     full = edges[1:] < inscribed
     assert full.any()
     want = 0.5 * (edges[1:] ** 2 - edges[:-1] ** 2) * np.deg2rad(360 / n_eta)
-    np.testing.assert_allclose(got[full], np.broadcast_to(want[full, None], got[full].shape), rtol=1e-6)
+    np.testing.assert_allclose(
+        got[full], np.broadcast_to(want[full, None], got[full].shape), rtol=1e-6
+    )
