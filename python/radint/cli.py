@@ -1,4 +1,4 @@
-"""The ``radint`` command line: map, info, integrate, stream, send.
+"""The ``radint`` command line: map, info, integrate, batch, fit, plot, stream, send.
 
 MIDAS habit: ``Key value`` parameter overrides may follow the parameter file, e.g.
 ``radint integrate parameters.txt frames.tif RMax 800 EtaBinSize 2 -o out``.
@@ -44,8 +44,38 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
-def _load_config(params: str, overrides: list[str]) -> IntegrationConfig:
-    return IntegrationConfig.from_midas_params(params, overrides).validate()
+def _load_config(
+    params: str, overrides: list[str], args: argparse.Namespace | None = None
+) -> IntegrationConfig:
+    config = IntegrationConfig.from_midas_params(params, overrides).validate()
+    return config if args is None else _with_fit_flags(config, args)
+
+
+def _float_list(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise RadintError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise RadintError(f"{flag}: no values given")
+    return values
+
+
+def _with_fit_flags(config: IntegrationConfig, args: argparse.Namespace) -> IntegrationConfig:
+    """``--fit-peaks``/``--fit-auto`` as the MIDAS keys they stand for, so batch workers and the
+    stream see them in the configuration (``DoPeakFit``, ``PeakLocation`` in R px, ...)."""
+    peaks, auto = getattr(args, "fit_peaks", None), getattr(args, "fit_auto", None)
+    if peaks and auto:
+        raise RadintError("give --fit-peaks or --fit-auto, not both")
+    if peaks:
+        tth = np.radians(_float_list(peaks, "--fit-peaks"))
+        r_px = np.tan(tth) * config.lsd_um / config.pixel_size_y_um
+        return config.replace(
+            do_peak_fit=True, auto_detect_peaks=False, peak_locations=tuple(map(float, r_px))
+        )
+    if auto:
+        return config.replace(do_peak_fit=True, auto_detect_peaks=True, max_n_peaks=int(auto))
+    return config
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -130,7 +160,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     paths, overrides = _split_overrides(args.data)
     if not paths:
         raise RadintError("no data files given")
-    config = _load_config(args.params, overrides)
+    config = _load_config(args.params, overrides, args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,9 +204,13 @@ def _concat(parts: list):
         arrays = [getattr(r, name) for r in parts]
         return None if arrays[0] is None else np.concatenate(arrays)
 
+    from radint.fit import concat_tables
+
     first = parts[0]
+    peaks = [r.peaks for r in parts]
     return dataclasses.replace(
         first,
+        peaks=None if any(p is None for p in peaks) else concat_tables(peaks),
         cake=cat("cake"),
         cake_sigma=cat("cake_sigma"),
         lineout=cat("lineout"),
@@ -209,7 +243,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     paths, overrides = _split_overrides(tokens)
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
-    config = _load_config(params, overrides)
+    config = _load_config(params, overrides, args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
@@ -250,11 +284,71 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit peaks in the lineouts of an existing result file; write CSV / fit.bin / NeXus."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from radint.fit import FitSpec
+    from radint.io import read_nexus, write_nexus, write_result
+
+    if bool(args.peaks) == bool(args.auto):
+        raise RadintError("give --peaks LIST or --auto N")
+    src = Path(args.result)
+    result = read_nexus(src)
+    common = {"roi_padding": args.roi_padding, "auto_roi": args.roi_auto}
+    if args.auto:
+        spec = FitSpec(auto=args.auto, snip_iterations=args.snip_iterations, **common)
+    elif args.unit == "px":
+        spec = FitSpec(positions_px=tuple(_float_list(args.peaks, "--peaks")), **common)
+    else:
+        spec = FitSpec(positions_two_theta_deg=tuple(_float_list(args.peaks, "--peaks")), **common)
+    t0 = time.perf_counter()
+    result.peaks = spec.apply(result, n_threads=args.threads)
+    elapsed = time.perf_counter() - t0
+    stem = src.name.split(".")[0]
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    out_dir = Path(args.output) if args.output else src.parent
+    written = write_result(result, out_dir, formats, name=stem)
+    if args.update:
+        written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
+    peaks = result.peaks
+    status = np.asarray(peaks.status).reshape(result.n_frames, -1)
+    ok = status == 0
+    if not args.quiet:
+        table = Table(title=f"{src.name}: {result.n_frames} frame(s), {elapsed:.2f} s")
+        for col in ("slot", "converged", "2θ (deg)", "± scatter", "R (px)", "FWHM (deg)", "area"):
+            table.add_column(col, justify="right")
+
+        def mean(attr: str, k: int) -> float:
+            v = np.asarray(getattr(peaks, attr), dtype=np.float64).reshape(status.shape)[:, k]
+            return float(np.nanmean(v[ok[:, k]])) if ok[:, k].any() else float("nan")
+
+        for k in range(status.shape[1]):
+            if not (status[:, k] != 255).any():
+                continue
+            tth = np.asarray(peaks.center_two_theta_deg).reshape(status.shape)[:, k][ok[:, k]]
+            spread = float(np.std(tth)) if tth.size > 1 else float("nan")
+            table.add_row(
+                str(k), f"{ok[:, k].sum()}/{result.n_frames}", f"{mean('center_two_theta_deg', k):.5f}",
+                f"{spread:.2e}", f"{mean('center', k):.3f}", f"{mean('fwhm_deg', k):.5f}",
+                f"{mean('area', k):.4g}",
+            )  # fmt: skip
+        Console().print(table)
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0 if ok.any() else 1
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """Lineout and cake PNG of a result file."""
-    from radint.plot import plot_nexus
+    from radint.plot import follow_nexus, plot_nexus
 
-    out = plot_nexus(args.result, args.output, args.frame)
+    if args.follow:
+        n = follow_nexus(args.result, args.output, peak_param=args.peak_param,
+                         interval_s=args.interval, stop_after_s=args.follow_for)  # fmt: skip
+        print(f"follow: {n} redraw(s)")
+        return 0
+    out = plot_nexus(args.result, args.output, args.frame, peak_param=args.peak_param)
     print(f"wrote {out}")
     return 0
 
@@ -267,7 +361,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource
 
     _, overrides = _split_overrides(args.overrides)
-    config = _load_config(args.params, overrides)
+    config = _load_config(args.params, overrides, args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.source == "tcp":
@@ -291,6 +385,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         idle_timeout=args.timeout,
         midas_files=args.midas_files,
+        control_dir=args.control_dir,
     )
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -340,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    fitting = argparse.ArgumentParser(add_help=False)
+    fitting.add_argument(
+        "--fit-peaks",
+        metavar="LIST",
+        help="fit peaks at these 2θ (deg, comma-separated) on every lineout (= DoPeakFit 1 + "
+        "PeakLocation in R px)",
+    )
+    fitting.add_argument(
+        "--fit-auto", metavar="N", type=int, help="detect and fit up to N peaks per lineout"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -361,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "integrate", parents=[common], help="integrate frame files into lineouts and cakes"
+        "integrate", parents=[common, fitting], help="integrate frame files into lineouts and cakes"
     )
     p.add_argument("params")
     p.add_argument(
@@ -381,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="nexus",
         help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip), "
-        "caked, gsas, xy, mat",
+        "caked, gsas, xy, mat; with fitting also peaks (<stem>_peaks.csv), fit (<stem>_fit.bin)",
     )
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("-j", "--threads", type=int, default=None)
@@ -389,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "batch",
-        parents=[common],
+        parents=[common, fitting],
         allow_abbrev=False,
         help="integrate many files in parallel (MIDAS integrator.py flags accepted)",
     )
@@ -427,16 +532,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser(
+        "fit", parents=[common], help="fit peaks in the lineouts of a result file (.h5/.zarr)"
+    )
+    p.add_argument("result", help="a radint NeXus result (.h5 or .zarr)")
+    p.add_argument("--peaks", metavar="LIST", help="approximate peak positions, comma-separated")
+    p.add_argument("--unit", default="2theta", choices=["2theta", "px"], help="unit of --peaks")
+    p.add_argument("--auto", metavar="N", type=int, help="detect and fit up to N peaks instead")
+    p.add_argument("--roi-padding", type=int, default=20, help="ROI half-width in bins (20)")
+    p.add_argument("--roi-auto", action="store_true", help="ROI from the peak widths (FitROIAuto)")
+    p.add_argument("--snip-iterations", type=int, default=50, help="SNIP background iterations")
+    p.add_argument(
+        "--format", default="peaks", help="comma-separated: peaks (CSV, default), fit (fit.bin)"
+    )
+    p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
+    p.add_argument(
+        "--update", action="store_true", help="also store the fits in the result file (peaks group)"
+    )
+    p.add_argument("-j", "--threads", type=int, default=None)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
         "plot", parents=[common], help="PNG of a result's lineout and cake (radint[plot])"
     )
     p.add_argument("result", help="a radint NeXus file (.h5)")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: <result>.png)")
     p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
+    p.add_argument(
+        "--peak-param",
+        choices=["center", "center_px", "d", "fwhm", "area", "eta_mix", "chi2"],
+        help="also plot this fitted peak parameter vs frame (needs fitted peaks in the file)",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep redrawing the PNG as the file grows (e.g. a running 'radint stream')",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="--follow: seconds between checks")
+    p.add_argument("--follow-for", type=float, default=None, help="--follow: stop after S s")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
         "stream",
-        parents=[common],
+        parents=[common, fitting],
         help="integrate frames live from TCP (MIDAS protocol), PVA or a folder",
     )
     p.add_argument("params", help="MIDAS parameter file")
@@ -451,7 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-interval", type=int, default=100, help="flush every N frames")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--timeout", type=float, default=None, help="stop after S s without frames")
-    p.add_argument("--midas-files", action="store_true", help="also write lineout.bin, Int2D.bin")
+    p.add_argument(
+        "--midas-files",
+        action="store_true",
+        help="also write lineout.bin, Int2D.bin (and fit.bin when fitting)",
+    )
+    p.add_argument(
+        "--control-dir",
+        default=None,
+        help="where peak_update.txt / peaks.json change fitted peaks live (default: -o DIR)",
+    )
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_stream)
 

@@ -204,6 +204,19 @@ class IntegrationConfig:
             d[f.name] = value
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IntegrationConfig:
+        """The inverse of :meth:`to_dict` (e.g. the JSON stored in a result file); keys that are
+        not fields (written by another radint version) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = _tupled({k: v for k, v in d.items() if k in known and k != "set_at"})
+        if "unknown" in values:
+            values["unknown"] = tuple(
+                tuple(u) if isinstance(u, list) else u for u in values["unknown"]
+            )
+        set_at = {k: tuple(v) for k, v in d.get("set_at", {}).items()}
+        return dataclasses.replace(cls(), **values, set_at=set_at)
+
     def to_json(self) -> str:
         """The configuration as a JSON string (for file metadata)."""
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -22,6 +22,7 @@ uncertainties.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from radint import _core
 from radint.exceptions import InvalidInputError, ShapeError
 
 if TYPE_CHECKING:
+    from radint.config import IntegrationConfig
     from radint.result import Result
 
 #: Columns of a MIDAS fit.bin row, in order.
@@ -483,13 +485,154 @@ def fit_pv(
     return {k: v[0] for k, v in d.items()} if single else dict(d)
 
 
+def _pick_curve(table: FitTable, index: int) -> FitTable:
+    """Lineout ``index`` of a stacked table (the table itself when it is not stacked)."""
+    if not table.is_stack:
+        return table
+    picked = {}
+    for f in dataclasses.fields(table):
+        v = getattr(table, f.name)
+        picked[f.name] = v[index] if isinstance(v, np.ndarray) and v.ndim >= 1 else v
+    picked["metadata"] = dict(table.metadata)
+    return FitTable(**picked)
+
+
+def concat_tables(tables: list[FitTable]) -> FitTable:
+    """One stacked table ``(Σ n_curves, n_peaks)`` from tables of the same peak slots."""
+    stacked = [t if t.is_stack else _add_curve_axis(t) for t in tables]
+    out = {}
+    for f in dataclasses.fields(FitTable):
+        values = [getattr(t, f.name) for t in stacked]
+        if f.name == "metadata":
+            out[f.name] = dict(values[0])
+        elif any(v is None for v in values):
+            out[f.name] = None
+        else:
+            out[f.name] = np.concatenate(values)
+    return FitTable(**out)
+
+
+def _add_curve_axis(table: FitTable) -> FitTable:
+    lifted = {}
+    for f in dataclasses.fields(table):
+        v = getattr(table, f.name)
+        lifted[f.name] = v[np.newaxis] if isinstance(v, np.ndarray) else v
+    return FitTable(**lifted)
+
+
+def peak_profile(x: Any, table: FitTable) -> np.ndarray:
+    """The fitted peaks (without background) evaluated on ``x`` (spec §6.1 TCH pseudo-Voigt).
+
+    ``table`` must be a single lineout's table; failed or absent slots contribute nothing.
+    Returns shape ``(len(x),)`` in the lineout's intensity units.
+    """
+    xs = _as_float("x", x, (1,))
+    if table.is_stack:
+        raise ShapeError("peak_profile: give one lineout's table (FitTable of shape (n_peaks,))")
+    total = np.zeros_like(xs)
+    ok = table.status == CONVERGED
+    for a, c, g, mix in zip(table.area[ok], table.center[ok], table.fwhm[ok], table.eta_mix[ok]):
+        sigma = g / (2 * math.sqrt(2 * math.log(2)))
+        gauss = np.exp(-0.5 * ((xs - c) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        lorentz = (g / 2) / math.pi / ((xs - c) ** 2 + (g / 2) ** 2)
+        total += a * (mix * lorentz + (1 - mix) * gauss)
+    return total
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """Which peaks to fit on every integrated lineout (``Integrator(fit=...)``).
+
+    Give exactly one of ``positions_px`` (MIDAS ``PeakLocation``: radii in pixels),
+    ``positions_two_theta_deg`` or ``auto`` (detect up to this many peaks, MIDAS
+    ``AutoDetectPeaks 1`` + ``MaxNPeaks``). The other fields are as in :func:`fit_peaks`.
+
+    Examples
+    --------
+    >>> FitSpec(positions_two_theta_deg=(3.1, 3.58))  # doctest: +SKIP
+    >>> Integrator(config, fit=FitSpec(auto=12))  # doctest: +SKIP
+    """
+
+    positions_px: tuple[float, ...] = ()
+    positions_two_theta_deg: tuple[float, ...] = ()
+    auto: int | None = None
+    roi_padding: int = 20
+    auto_roi: bool = False
+    snip_iterations: int = 50
+    max_iterations: int = 500
+
+    def __post_init__(self) -> None:
+        given = sum(bool(v) for v in (self.positions_px, self.positions_two_theta_deg))
+        if given + (self.auto is not None) != 1:
+            raise InvalidInputError(
+                "FitSpec: give exactly one of positions_px=, positions_two_theta_deg= or auto="
+            )
+        if self.auto is not None and int(self.auto) < 1:
+            raise InvalidInputError(f"FitSpec: auto must be >= 1 peaks, got {self.auto}")
+
+    @classmethod
+    def from_config(cls, config: IntegrationConfig) -> FitSpec | None:
+        """The parameter file's fit (``DoPeakFit``, ``PeakLocation``, ``AutoDetectPeaks``,
+        ``MaxNPeaks``, ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``), or None."""
+        if not config.do_peak_fit:
+            return None
+        common = {
+            "roi_padding": int(config.fit_roi_padding),
+            "auto_roi": bool(config.fit_roi_auto),
+            "snip_iterations": int(config.snip_iterations),
+        }
+        if config.auto_detect_peaks or not config.peak_locations:
+            return cls(auto=int(config.max_n_peaks), **common)
+        return cls(positions_px=tuple(map(float, config.peak_locations)), **common)
+
+    @classmethod
+    def coerce(cls, value: Any, config: IntegrationConfig) -> FitSpec | None:
+        """Accept ``"config"`` (the parameter file decides), None/False (no fitting), a FitSpec
+        or a dict of FitSpec fields."""
+        if value is None or value is False:
+            return None
+        if isinstance(value, str):
+            if value != "config":
+                raise InvalidInputError(
+                    f"fit: expected 'config', None, FitSpec or dict, got {value!r}"
+                )
+            return cls.from_config(config)
+        if isinstance(value, FitSpec):
+            return value
+        if isinstance(value, dict):
+            try:
+                return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            except TypeError as e:
+                raise InvalidInputError(f"fit: {e}") from e
+        raise InvalidInputError(
+            f"fit: expected 'config', None, FitSpec or dict, got {type(value).__name__}"
+        )
+
+    def apply(self, result: Result, n_threads: int | None = None) -> FitTable:
+        """Fit the lineout(s) of ``result`` (see :func:`fit_result`)."""
+        return fit_result(
+            result,
+            positions_px=list(self.positions_px) or None,
+            positions_two_theta_deg=list(self.positions_two_theta_deg) or None,
+            auto=self.auto,
+            roi_padding=self.roi_padding,
+            auto_roi=self.auto_roi,
+            snip_iterations=self.snip_iterations,
+            max_iterations=self.max_iterations,
+            n_threads=n_threads,
+        )
+
+
 __all__ = [
     "COLUMNS",
     "STATUS_NAMES",
+    "FitSpec",
     "FitTable",
+    "concat_tables",
     "fit_peaks",
     "fit_pv",
     "fit_result",
+    "peak_profile",
     "read_fit_bin",
     "snip_background",
     "write_caked_peaks_h5",

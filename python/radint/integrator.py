@@ -19,6 +19,7 @@ from radint.exceptions import (
     InvalidInputError,
     ShapeError,
 )
+from radint.fit import FitSpec
 from radint.result import Result
 
 log = logging.getLogger("radint")
@@ -78,6 +79,12 @@ class Integrator:
         Raw values below / above these are treated as masked (costs one float copy per frame).
     cache_dir : path, optional
         Where to cache the built map (keyed by everything that shapes it).
+    fit : {"config", None} or FitSpec or dict
+        Peaks to fit on every lineout, into ``result.peaks``: ``"config"`` (default) follows the
+        parameter file (``DoPeakFit``, ``PeakLocation`` in R px, ``AutoDetectPeaks``/``MaxNPeaks``,
+        ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``); None switches fitting off; a
+        :class:`~radint.fit.FitSpec` (or a dict of its fields, e.g.
+        ``{"positions_two_theta_deg": [3.1, 3.6]}``) chooses explicitly.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class Integrator:
         dead_below: float | None = None,
         hot_above: float | None = None,
         cache_dir: str | Path | None = None,
+        fit: Any = "config",
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -112,6 +120,7 @@ class Integrator:
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
             )
         self.config = config.validate()
+        self.fit = FitSpec.coerce(fit, self.config)
         self.n_threads = n_threads
         self.compat = compat
         self.error_model = error_model
@@ -330,7 +339,10 @@ class Integrator:
         meta: dict[str, Any] = {"backend": self.backend}
         if a.dtype.kind == "f":
             meta["nan_pixels"] = int(np.isnan(a).sum())
-        return self._result(out, stack, meta)
+        result = self._result(out, stack, meta)
+        if self.fit is not None:
+            result.peaks = self.fit.apply(result, n_threads=self.n_threads)
+        return result
 
     def _gpu_backend(self) -> Any:
         if self._gpu is None:

@@ -22,50 +22,154 @@ def _pyplot():
     return plt
 
 
-def plot_nexus(path: str | Path, output: str | Path | None = None, frame: int = -1) -> Path:
-    """Plot frame ``frame`` of a radint NeXus file: lineout vs 2θ (top) and the η–2θ cake.
+#: ``--peak-param`` names → (FitTable attribute, axis label).
+PEAK_PARAMS = {
+    "center": ("center_two_theta_deg", "centre 2θ (deg)"),
+    "center_px": ("center", "centre R (px)"),
+    "d": ("center_d_angstrom", "d (Å)"),
+    "fwhm": ("fwhm_deg", "FWHM 2θ (deg)"),
+    "area": ("area", "area"),
+    "eta_mix": ("eta_mix", "η (Lorentzian fraction)"),
+    "chi2": ("chi2", "reduced χ²"),
+}
+
+
+def plot_nexus(
+    path: str | Path,
+    output: str | Path | None = None,
+    frame: int = -1,
+    peak_param: str | None = None,
+) -> Path:
+    """Plot frame ``frame`` of a radint NeXus file (``.h5`` or ``.zarr``): the lineout vs 2θ with
+    the fitted peaks overlaid when the file has them, and the η–2θ cake; with ``peak_param``
+    (one of :data:`PEAK_PARAMS`) also that fitted parameter of every peak vs frame.
 
     Returns the PNG path (default: next to the input, ``<stem>.png``).
     """
-    import h5py
+    from radint.fit import peak_profile, snip_background
+    from radint.io.nexus import read_nexus
 
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise RadintIOError(f"{path}: cannot open as HDF5 ({e})") from e
-    with f:
-        if "entry/azint1d/data/I" not in f:
-            raise RadintIOError(f"{path}: no entry/azint1d/data/I (not a radint NeXus result)")
-        d1 = f["entry/azint1d/data"]
-        radial = d1["radial_axis"][()]
-        unit = d1["radial_axis"].attrs.get("units", "")
-        lineout = d1["I"][frame]
-        cake = radial_edges = eta_edges = None
-        if "entry/azint2d/data/I" in f:
-            d2 = f["entry/azint2d/data"]
-            cake = d2["I"][frame]
-            # Edges, not centres: R-uniform bins are not uniform in 2θ, so imshow would misplace them.
-            radial_edges = d2["radial_axis_edges"][()]
-            eta_edges = d2["azimuthal_axis_edges"][()]
-        n_frames = d1["I"].shape[0]
+    if peak_param is not None and peak_param not in PEAK_PARAMS:
+        raise ValueError(f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}")
+    result = read_nexus(path)
+    n_frames = result.n_frames
+    if not -n_frames <= frame < n_frames:
+        raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n_frames}")
+    one = result.frame(frame)
+    if peak_param is not None and result.peaks is None:
+        raise RadintIOError(f"{path}: no fitted peaks (run 'radint fit {path} ... --update')")
+    tth = np.asarray(result.two_theta_deg)
+    radial = tth if np.all(np.isfinite(tth)) else np.asarray(result.radius_px)
+    label = "2θ (deg)" if radial is tth else "R (px)"
     plt = _pyplot()
-    rows = 2 if cake is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows + 0.6), sharex=True, squeeze=False)
-    label = "2θ (deg)" if "deg" in str(unit) else f"q ({unit})"
+    rows = 1 + (one.cake is not None) + (peak_param is not None)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows + 0.6), squeeze=False)
     ax = axes[0, 0]
-    ax.plot(radial, lineout, lw=0.8)
+    ax.plot(radial, one.lineout, lw=0.8, label="lineout")
+    if one.peaks is not None:
+        x = np.asarray(result.radius_px, dtype=np.float64)
+        lineout = np.nan_to_num(np.asarray(one.lineout, dtype=np.float64))
+        fitted = snip_background(lineout) + peak_profile(x, one.peaks)
+        ax.plot(radial, fitted, lw=0.8, color="C3", label="fitted peaks + SNIP background")
+        ok = one.peaks.status == 0
+        centres = np.interp(one.peaks.center[ok], x, radial)
+        for c in centres:
+            ax.axvline(c, color="C3", lw=0.5, ls=":")
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_ylabel("intensity")
+    ax.set_xlabel(label)
     ax.set_title(f"{path.name}  frame {frame % n_frames} of {n_frames}")
-    if cake is not None:
-        ax2 = axes[1, 0]
-        finite = cake[np.isfinite(cake)]
+    row = 1
+    if one.cake is not None:
+        ax2 = axes[row, 0]
+        row += 1
+        finite = one.cake[np.isfinite(one.cake)]
         vmax = np.percentile(finite, 99.5) if finite.size else 1
-        ax2.pcolormesh(radial_edges, eta_edges, cake, vmin=0, vmax=vmax, shading="flat")
+        # Edges, not centres: R-uniform bins are not uniform in 2θ, so imshow would misplace them.
+        edges = (
+            np.degrees(
+                np.arctan(result.r_edges_px * result.config.pixel_size_y_um / result.config.lsd_um)
+            )
+            if radial is tth and result.config is not None
+            else result.r_edges_px
+        )
+        ax2.pcolormesh(edges, result.eta_edges_deg, one.cake, vmin=0, vmax=vmax, shading="flat")
         ax2.set_ylabel("η (deg)")
-    axes[-1, 0].set_xlabel(label)
+        ax2.set_xlabel(label)
+    if peak_param is not None:
+        attr, ylabel = PEAK_PARAMS[peak_param]
+        ax3 = axes[row, 0]
+        status = np.asarray(result.peaks.status).reshape(n_frames, -1)
+        values = np.asarray(getattr(result.peaks, attr), dtype=np.float64).reshape(status.shape)
+        if peak_param in ("center", "center_px", "d"):
+            # Positions of different peaks differ by far more than their drift: show the drift.
+            values = values - np.nanmean(np.where(status == 0, values, np.nan), axis=0)
+            ylabel = f"{ylabel} − mean"
+        for k in range(status.shape[1]):
+            good = status[:, k] == 0
+            if good.any():
+                ax3.plot(
+                    result.frame_ids[good], values[good, k], ".-", ms=3, lw=0.6, label=f"peak {k}"
+                )
+        ax3.set_xlabel("frame")
+        ax3.set_ylabel(ylabel)
+        if status.shape[1] <= 12:
+            ax3.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     out = Path(output) if output else path.with_suffix(".png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def follow_nexus(
+    path: str | Path,
+    output: str | Path | None = None,
+    peak_param: str | None = None,
+    interval_s: float = 2.0,
+    stop_after_s: float | None = None,
+) -> int:
+    """Redraw the PNG of the newest frame whenever ``path`` (e.g. a growing ``stream.h5``) has
+    new frames, until interrupted or ``stop_after_s`` seconds passed. Returns the redraw count.
+
+    Point an image viewer that reloads on change at the PNG for a live view without a GUI.
+    """
+    import time
+
+    from radint.exceptions import RadintError
+
+    path = Path(path)
+    deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
+    seen, redraws = -1, 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                n = _frame_count(path)
+                if n > 0 and n != seen:
+                    out = plot_nexus(path, output, frame=-1, peak_param=peak_param)
+                    seen, redraws = n, redraws + 1
+                    print(
+                        f"{time.strftime('%H:%M:%S')} {path.name}: {n} frame(s) -> {out}",
+                        flush=True,
+                    )
+            except (OSError, KeyError, RadintError) as e:
+                # The writer may be between flushes; try again on the next tick.
+                print(f"{path}: not readable yet ({e})", flush=True)
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        pass
+    return redraws
+
+
+def _frame_count(path: Path) -> int:
+    if path.is_dir():
+        import zarr
+
+        return int(zarr.open_group(str(path), mode="r")["entry/azint1d/data/I"].shape[0])
+    import h5py
+
+    if not path.exists():
+        return 0
+    with h5py.File(path, "r", locking=False) as f:
+        return int(f["entry/azint1d/data/I"].shape[0]) if "entry/azint1d/data/I" in f else 0

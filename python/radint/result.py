@@ -9,6 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from radint.config import IntegrationConfig
+    from radint.fit import FitTable
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Result:
         Frame identifiers of a stack (or of a streamed frame).
     metadata : dict
         Free-form provenance (source file, timestamps, ...).
+    peaks : FitTable or None
+        Peaks fitted to the lineout(s) when the Integrator was asked to fit (``fit=``); columns
+        of shape ``(n_peaks,)``, or ``(n_frames, n_peaks)`` for a stack.
     """
 
     cake: np.ndarray
@@ -69,6 +73,7 @@ class Result:
     lineout_mode: str = "area_weighted"
     frame_ids: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    peaks: FitTable | None = None
 
     @property
     def n_r(self) -> int:
@@ -120,4 +125,10 @@ class Result:
             lineout_mode=self.lineout_mode,
             frame_ids=ids,
             metadata=dict(self.metadata),
+            peaks=None if self.peaks is None else self._peaks_of(index),
         )
+
+    def _peaks_of(self, index: int) -> FitTable:
+        from radint.fit import _pick_curve
+
+        return _pick_curve(self.peaks, index)

@@ -13,8 +13,13 @@ Layout (one file, the NXsubentry "multi-method" convention both definitions pres
                                       input/ NXparameters (configuration JSON + every scalar)
         data/        NXdata           I [n_frames, n_eta, n_r] (azint1d: [n_frames, n_r]), I_errors,
                                       radial_axis (2θ deg or q Å⁻¹) [+ _edges], azimuthal_axis [+ _edges],
-                                      norm, radius_px (R, px), two_theta/q (the other unit),
-                                      frame_id, timestamp
+                                      norm, count, radius_px (R, px), two_theta/q (the other
+                                      unit), frame_id, timestamp
+      peaks/      NXprocess    (when the Result carries fitted peaks) program, model, and per-frame
+                               [n_frames, n_peaks] columns: area, center_px, center_two_theta,
+                               center_q, center_d, sig, gam, fwhm_px, fwhm_two_theta, eta_mix, chi2,
+                               status (0 = converged; status_names attribute), their *_errors,
+                               frame_id
 
 Per-frame datasets grow along axis 0 (chunked one frame per chunk, compressed), so a stream can
 append frames as they come (:class:`NexusWriter`).
@@ -46,7 +51,7 @@ from radint.io._common import (
 from radint.io.atomic import commit_path, remove_path, temporary_sibling
 from radint.result import Result
 
-__all__ = ["NexusWriter", "write_nexus"]
+__all__ = ["NexusWriter", "read_nexus", "write_nexus"]
 
 REFERENCE = (
     "radint: exact-area pixel splitting re-implementation of the MIDAS radial integration suite "
@@ -57,6 +62,22 @@ NOTE = (
     "2theta = atan(R*px/Lsd); I is the area-weighted mean pixel value per bin when "
     "normalization_applied is true, else the area-weighted sum; empty bins are NaN."
 )
+#: NeXus peaks column → (FitTable attribute, units); errors follow as ``<name>_errors``.
+PEAK_COLUMNS = {
+    "area": ("area", "intensity*pixel"),
+    "center_px": ("center", "pixel"),
+    "center_two_theta": ("center_two_theta_deg", "degrees"),
+    "center_q": ("center_q", "1/angstrom"),
+    "center_d": ("center_d_angstrom", "angstrom"),
+    "sig": ("sig", "centi-pixel^2 (MIDAS)"),
+    "gam": ("gam", "centi-pixel (MIDAS)"),
+    "fwhm_px": ("fwhm", "pixel"),
+    "fwhm_two_theta": ("fwhm_deg", "degrees"),
+    "eta_mix": ("eta_mix", ""),
+    "chi2": ("chi2", ""),
+}
+_PEAK_ERRORS = {"area": "area_err", "center_px": "center_err", "sig": "sig_err", "gam": "gam_err",
+                "fwhm_px": "fwhm_err", "eta_mix": "eta_mix_err"}  # fmt: skip
 _UNITS_BY_SUFFIX = {"_um": "um", "_deg": "degree", "_px": "pixel", "_angstrom": "angstrom"}
 
 
@@ -201,6 +222,10 @@ class NexusWriter:
         ``atomic=False`` to be useful).
     instrument_name, source_name, source_type, probe : str
         Values of ``instrument/name`` and ``instrument/source/{name,type,probe}``.
+    peak_slots : int, optional
+        Width of the ``entry/peaks`` rows. The group is created with the first result that
+        carries fitted peaks, ``max(peak_slots, its slots)`` wide; results with fewer slots are
+        padded with absent slots (status 255), so fitted peaks may change during a stream.
 
     Examples
     --------
@@ -222,6 +247,7 @@ class NexusWriter:
         source_name: str = "unknown",
         source_type: str = "Synchrotron X-ray Source",
         probe: str = "x-ray",
+        peak_slots: int | None = None,
     ) -> None:
         if backend not in ("hdf5", "zarr"):
             raise ValueError(f"backend must be 'hdf5' or 'zarr', got {backend!r}")
@@ -231,6 +257,7 @@ class NexusWriter:
         self.backend = backend
         self.radial_unit = radial_unit
         self.n_frames = 0
+        self.peak_slots = peak_slots
         self._labels = {
             "instrument": instrument_name,
             "source_name": source_name,
@@ -371,6 +398,13 @@ class NexusWriter:
                 self._rows[f"{sub}/I_errors"] = t.growing(f"{data}/I_errors", row, dtype, e_attrs)
             norm = area.sum(axis=0) if ndim == 1 else area
             t.field(f"{data}/norm", norm, {"long_name": norm_long, "units": "arbitrary units"})
+            if ndim == 2:
+                count = np.asarray(result.count)
+                t.field(
+                    f"{data}/count",
+                    (count[0] if count.ndim == 3 else count).astype(np.int64),
+                    {"long_name": "number of pixel pieces summed into the bin"},
+                )
             self._rows[f"{sub}/frame_id"] = t.growing(
                 f"{data}/frame_id", (), np.dtype(np.int64), {"long_name": "frame identifier"}
             )
@@ -393,6 +427,40 @@ class NexusWriter:
                 )
         self._shape = (result.n_eta, result.n_r)
         t.ready()
+
+    def _start_peaks(self, n_peaks: int) -> None:
+        """Create the peaks group; frames appended before it existed get absent rows."""
+        from radint.fit import STATUS_NAMES
+
+        t = self._tree
+        t.group("entry/peaks", {"NX_class": "NXprocess"})
+        t.field("entry/peaks/program", "radint")
+        t.field("entry/peaks/version", software_version())
+        t.field(
+            "entry/peaks/model",
+            "TCH pseudo-Voigt peaks on a 2-term Chebyshev background per fitted ROI, fitted to "
+            "the azint1d lineout against R (pixels); MIDAS fit.bin columns (spec 6.1)",
+        )
+        f64 = np.dtype(np.float64)
+        for name, (_, units) in PEAK_COLUMNS.items():
+            attrs = {"units": units} if units else {}
+            self._rows[f"peaks/{name}"] = t.growing(f"entry/peaks/{name}", (n_peaks,), f64, attrs)
+            if name in _PEAK_ERRORS:
+                self._rows[f"peaks/{name}_errors"] = t.growing(
+                    f"entry/peaks/{name}_errors", (n_peaks,), f64, attrs
+                )
+        names = json.dumps({str(k): v for k, v in sorted(STATUS_NAMES.items())})
+        self._rows["peaks/status"] = t.growing(
+            "entry/peaks/status", (n_peaks,), np.dtype(np.uint8), {"status_names": names}
+        )
+        self._rows["peaks/frame_id"] = t.growing(
+            "entry/peaks/frame_id", (), np.dtype(np.int64), {"long_name": "frame identifier"}
+        )
+        if self.n_frames:
+            earlier = self._peak_rows(None, self.n_frames)
+            earlier["peaks/frame_id"] = np.asarray(self._rows["azint1d/frame_id"][()])
+            for key, value in earlier.items():
+                t.append(self._rows[key], value)
 
     # -- public API -------------------------------------------------------------------------
     def append(
@@ -452,9 +520,49 @@ class NexusWriter:
         for sub in ("azint1d", "azint2d"):
             rows[f"{sub}/frame_id"] = ids
             rows[f"{sub}/timestamp"] = stamps
+        if result.peaks is not None and "peaks/frame_id" not in self._rows:
+            self._start_peaks(max(int(result.peaks.center.shape[-1]), self.peak_slots or 0))
+        if "peaks/frame_id" in self._rows:
+            rows.update(self._peak_rows(result.peaks, n))
+            rows["peaks/frame_id"] = ids
         for key, value in rows.items():
             self._tree.append(self._rows[key], value)
         self.n_frames += n
+
+    def _peak_rows(self, peaks: Any, n: int) -> dict[str, np.ndarray]:
+        """Rows of the peaks datasets for ``n`` frames; fewer slots than the file are padded as
+        absent (status 255, NaN), no peaks at all gives absent rows."""
+        n_peaks = self._rows["peaks/status"].shape[1]
+        if peaks is None:
+            nan = np.full((n, n_peaks), np.nan)
+            rows = {k: nan for k in self._rows if k.startswith("peaks/") and k != "peaks/frame_id"}
+            rows["peaks/status"] = np.full((n, n_peaks), 255, dtype=np.uint8)
+            return rows
+        have = int(peaks.center.shape[-1])
+        if have > n_peaks:
+            raise ValueError(
+                f"{self.path}: result has {have} peak slots, the file was laid out for {n_peaks} "
+                "(NexusWriter(peak_slots=...))"
+            )
+
+        def padded(values: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full((n, n_peaks), fill, dtype=values.dtype)
+            out[:, :have] = values.reshape(n, have)
+            return out
+
+        def rows_of(attr: str) -> np.ndarray:
+            v = getattr(peaks, attr)
+            if v is None:
+                return np.full((n, n_peaks), np.nan)
+            return padded(np.asarray(v, dtype=np.float64), np.nan)
+
+        rows = {}
+        for name, (attr, _) in PEAK_COLUMNS.items():
+            rows[f"peaks/{name}"] = rows_of(attr)
+            if name in _PEAK_ERRORS:
+                rows[f"peaks/{name}_errors"] = rows_of(_PEAK_ERRORS[name])
+        rows["peaks/status"] = padded(np.asarray(peaks.status, dtype=np.uint8), 255)
+        return rows
 
     def flush(self) -> None:
         """Push written frames to disk so readers of a non-atomic file see them."""
@@ -528,3 +636,118 @@ def write_nexus(
     with NexusWriter(path, backend=backend, radial_unit=radial_unit) as writer:
         writer.append(result, timestamp=timestamp)
     return Path(path)
+
+
+def read_nexus(path: str | Path) -> Result:
+    """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
+
+    A file that ``radint stream`` is still writing can be read too (the frames flushed so far).
+    Everything the writer stored comes back: cake, lineout, their errors, bin areas and counts,
+    the axes, frame ids, the configuration (from ``reduction/input/configuration``) and, when the
+    file has an ``entry/peaks`` group, the fitted peaks as ``result.peaks``.
+
+    Raises
+    ------
+    RadintIOError
+        The file cannot be opened or is not a radint NeXus result (names the missing path).
+    """
+    from radint.config import IntegrationConfig
+    from radint.exceptions import RadintIOError
+    from radint.fit import STATUS_NAMES, FitTable
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            root: Any = zarr.open_group(str(path), mode="r")
+        else:
+            import h5py
+
+            try:
+                root = h5py.File(path, "r")
+            except BlockingIOError:
+                # A stream is still writing it (flushed every save-interval, not SWMR): read the
+                # flushed frames without taking the lock the writer holds.
+                root = h5py.File(path, "r", locking=False)
+    except (OSError, ValueError) as e:
+        raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
+
+    def get(name: str, required: bool = True) -> Any:
+        try:
+            return np.asarray(root[name][()])
+        except KeyError:
+            if required:
+                raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
+            return None
+
+    def text(name: str) -> str:
+        v = get(name, required=False)
+        if v is None:
+            return ""
+        v = v.item() if v.shape == () else v
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    try:
+        d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
+        lineout = get(f"{d1}/I")
+        cake = get(f"{d2}/I")
+        conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
+        config = IntegrationConfig.from_dict(conf) if conf else None
+        area = get(f"{d2}/norm")
+        count = get(f"{d2}/count", required=False)
+        n = lineout.shape[0]
+        radius = get(f"{d1}/radius_px")
+        if config is not None:
+            r_edges = config.bin_edges()[0]
+            tth = config.two_theta_deg(radius)
+        else:
+            mid = 0.5 * (radius[1:] + radius[:-1])
+            r_edges = np.concatenate([[2 * radius[0] - mid[0]], mid, [2 * radius[-1] - mid[-1]]])
+            tth = np.full_like(radius, np.nan)
+        wavelength = float(config.wavelength_angstrom) if config is not None else 0.0
+        q = q_from_two_theta(tth, wavelength)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_spacing = 2 * np.pi / q
+        peaks = None
+        if "peaks" in root["entry"]:
+            cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
+            errs = {attr: get(f"entry/peaks/{name}_errors") for name, attr in _PEAK_ERRORS.items()}
+            status = get("entry/peaks/status")
+            names = np.array([STATUS_NAMES.get(int(v), f"unknown_{v}") for v in status.ravel()])
+            peaks = FitTable(
+                **cols,
+                **errs,
+                status=status,
+                status_name=names.reshape(status.shape),
+                iterations=np.zeros(status.shape, dtype=np.uint32),
+                metadata={"source": str(path)},
+            )
+        return Result(
+            cake=cake,
+            cake_sigma=get(f"{d2}/I_errors", required=False),
+            lineout=lineout,
+            lineout_sigma=get(f"{d1}/I_errors", required=False),
+            area=np.broadcast_to(area, cake.shape).copy(),
+            count=(
+                np.broadcast_to(count, cake.shape).copy()
+                if count is not None
+                else np.zeros(cake.shape, dtype=np.int64)
+            ),
+            radius_px=radius,
+            two_theta_deg=tth,
+            q_inv_angstrom=q,
+            d_spacing_angstrom=d_spacing,
+            eta_deg=get(f"{d2}/azimuthal_axis"),
+            r_edges_px=np.asarray(r_edges, dtype=np.float64),
+            eta_edges_deg=get(f"{d2}/azimuthal_axis_edges"),
+            config=config,
+            normalized=bool(get("entry/azint1d/normalization_applied")),
+            lineout_mode=text("entry/azint1d/reduction/input/lineout_mode") or "area_weighted",
+            frame_ids=get(f"{d1}/frame_id").astype(np.int64),
+            metadata={"source": str(path), "n_frames": n},
+            peaks=peaks,
+        )
+    finally:
+        if hasattr(root, "close"):
+            root.close()

@@ -1,4 +1,5 @@
-"""Small exports: the MIDAS ``_lineout.xy`` text file (spec §9.2) and a MATLAB ``.mat``."""
+"""Small exports: the MIDAS ``_lineout.xy`` text file (spec §9.2), a MATLAB ``.mat`` and the
+fitted-peak table as CSV."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from radint.io._common import config_dict, frame_ids, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
 
-__all__ = ["write_lineout_xy", "write_mat"]
+__all__ = ["write_lineout_xy", "write_mat", "write_peaks_csv"]
 
 
 def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str = "2theta") -> Path:
@@ -82,4 +83,50 @@ def write_mat(result: Result, path: str | Path) -> Path:
     }
     with atomic_output(path) as tmp, tmp.open("wb") as fh:
         savemat(fh, {k: v for k, v in arrays.items() if v is not None}, do_compression=True)
+    return Path(path)
+
+
+#: Columns of the peaks CSV: (header, FitTable attribute).
+_PEAK_CSV = (
+    ("center_px", "center"), ("center_px_err", "center_err"),
+    ("center_two_theta_deg", "center_two_theta_deg"), ("center_q_invA", "center_q"),
+    ("center_d_A", "center_d_angstrom"), ("area", "area"), ("area_err", "area_err"),
+    ("fwhm_px", "fwhm"), ("fwhm_px_err", "fwhm_err"), ("fwhm_two_theta_deg", "fwhm_deg"),
+    ("eta_mix", "eta_mix"), ("sig", "sig"), ("gam", "gam"), ("chi2", "chi2"),
+)  # fmt: skip
+
+
+def write_peaks_csv(result: Result, path: str | Path) -> Path:
+    """Write ``result.peaks`` as CSV, atomically: one line per (frame, peak slot) with
+    ``frame_id, slot, status`` and the centre (px, 2θ deg, Q Å⁻¹, d Å), area, FWHM (px, 2θ deg),
+    η-mix, MIDAS sig/gam, reduced χ² and standard errors. Absent auto-detection slots are left out.
+
+    Raises
+    ------
+    ValueError
+        The result has no fitted peaks (integrate with ``fit=`` or run ``radint fit``).
+    """
+    peaks = result.peaks
+    if peaks is None:
+        raise ValueError(f"{path}: the result has no fitted peaks (use fit= or 'radint fit')")
+    ids = frame_ids(result)
+    status = np.asarray(peaks.status).reshape(len(ids), -1)
+    names = np.asarray(peaks.status_name).reshape(status.shape)
+
+    def column(attr: str) -> np.ndarray:
+        v = getattr(peaks, attr)
+        if v is None:
+            return np.full(status.shape, np.nan)
+        return np.asarray(v, dtype=np.float64).reshape(status.shape)
+
+    cols = [column(attr) for _, attr in _PEAK_CSV]
+    header = "frame_id,slot,status," + ",".join(h for h, _ in _PEAK_CSV)
+    with atomic_output(path) as tmp, tmp.open("w") as fh:
+        fh.write(header + "\n")
+        for i, fid in enumerate(ids):
+            for k in range(status.shape[1]):
+                if status[i, k] == 255:
+                    continue
+                values = ",".join(f"{c[i, k]:.9g}" for c in cols)
+                fh.write(f"{fid},{k},{names[i, k]},{values}\n")
     return Path(path)

@@ -7,10 +7,19 @@ from pathlib import Path
 
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import write_nexus
-from radint.io.text import write_lineout_xy, write_mat
+from radint.io.text import write_lineout_xy, write_mat, write_peaks_csv
 from radint.result import Result
 
 __all__ = ["FORMATS", "output_name", "write_result"]
+
+
+def _write_fit_bin(result: Result, path: Path) -> Path:
+    from radint.fit import write_fit_bin
+
+    if result.peaks is None:
+        raise ValueError(f"{path}: the result has no fitted peaks (use fit= or 'radint fit')")
+    return write_fit_bin(result.peaks, path)
+
 
 #: format name → (file-name suffix appended to ``name``, writer)
 FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
@@ -20,6 +29,8 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
     "gsas": (".zarr.zip", write_gsas_zarr_zip),
     "xy": ("_lineout.xy", write_lineout_xy),
     "mat": (".mat", write_mat),
+    "peaks": ("_peaks.csv", write_peaks_csv),
+    "fit": ("_fit.bin", _write_fit_bin),
 }
 #: "midas" names the pair MIDAS users expect.
 ALIASES = {"midas": ("caked", "gsas")}
@@ -53,7 +64,8 @@ def write_result(
         Any of ``"nexus"`` (``<name>.h5``, NXazint1d/NXazint2d), ``"zarr"`` (``<name>.zarr``,
         Zarr v3, same tree), ``"caked"`` (``<name>.caked.hdf``, MIDAS §9.1), ``"gsas"``
         (``<name>.zarr.zip`` for GSAS-II), ``"midas"`` (caked + gsas), ``"xy"``
-        (``<name>_lineout.xy``), ``"mat"`` (``<name>.mat``).
+        (``<name>_lineout.xy``), ``"mat"`` (``<name>.mat``), and for results with fitted peaks
+        ``"peaks"`` (``<name>_peaks.csv``) and ``"fit"`` (``<name>_fit.bin``, MIDAS §6.5).
     name : str, optional
         File stem; default the stem of ``result.metadata['source']`` (text before the first
         dot), else ``"result"``.

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from radint.fit import ABSENT
 from radint.io import NexusWriter
+from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
 from radint.stream.sources import Source, SourceStats, StreamItem
 
 log = logging.getLogger("radint.stream")
@@ -115,6 +117,10 @@ class Pipeline:
         Bounds of the frame queue and of the integrated-results queue.
     compression : str or None
         HDF5 filter for the per-frame rows (``None`` is fastest).
+    control_dir : path, optional
+        Where ``peak_update.txt`` / ``peaks.json`` change the fitted peaks live
+        (:mod:`radint.stream.control`); default ``output_dir``. Fitted peaks go to
+        ``stream.h5`` ``entry/peaks`` (and ``fit.bin`` with ``midas_files``).
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class Pipeline:
         write_queue_size: int = 32,
         midas_files: bool = False,
         compression: str | None = None,
+        control_dir: str | Path | None = None,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
@@ -142,6 +149,8 @@ class Pipeline:
         self.idle_timeout = idle_timeout
         self.midas_files = midas_files
         self.compression = compression
+        self.control = PeakControl(control_dir or self.output_dir, integrator.config)
+        self._next_poll = 0.0
         self.stats = SourceStats()
         self.frames: queue.Queue[StreamItem] = queue.Queue(maxsize=queue_size)
         self.results: queue.Queue[tuple[StreamItem, Any] | None] = queue.Queue(
@@ -203,6 +212,17 @@ class Pipeline:
             return False
 
     # ------------------------------------------------------------------ threads
+    def _poll_control(self) -> None:
+        """Apply a waiting peak-control file (at most every 0.2 s: a stat call per frame is
+        cheap, but not free at kHz rates)."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + 0.2
+        spec = self.control.poll(self.integrator.fit)
+        if spec is not UNCHANGED:
+            self.integrator.fit = spec
+
     def _integrate_loop(self) -> None:
         try:
             while True:
@@ -212,6 +232,7 @@ class Pipeline:
                     if self._sources_done.is_set() and self.frames.empty():
                         break
                     continue
+                self._poll_control()
                 result = self.integrator.integrate(item.data)
                 self.integrated += 1
                 self.results.put((item, result))
@@ -239,6 +260,7 @@ class Pipeline:
                         atomic=False,
                         compression=self.compression,
                         source_name=item.source,
+                        peak_slots=MAX_PEAKS,
                     )
                 writer.append(result, frame_id=item.frame_id, timestamp=item.timestamp)
                 if table is None:
@@ -256,6 +278,12 @@ class Pipeline:
                     bins[1].write(
                         np.ascontiguousarray(np.asarray(result.cake).T, np.float64).tobytes()
                     )
+                    if result.peaks is not None:
+                        if len(bins) < 3:
+                            bins.append(open(self.output_dir / "fit.bin", "wb"))
+                        # MIDAS GPU layout: 7 doubles per fitted peak, frames back to back.
+                        rows = result.peaks.rows()[result.peaks.status != ABSENT]
+                        bins[2].write(np.ascontiguousarray(rows, "<f8").tobytes())
                 self.written += 1
                 if self.written % self.save_interval == 0:
                     writer.flush()

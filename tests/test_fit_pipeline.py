@@ -1,0 +1,182 @@
+"""Peak fitting inside integration: Integrator(fit=...), the NeXus peaks group, `radint fit`,
+`--fit-peaks`/`--fit-auto`, the peaks CSV / fit.bin formats and `radint plot --peak-param`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radint import IntegrationConfig, Integrator
+from radint.exceptions import InvalidInputError
+from radint.fit import FitSpec, concat_tables, fit_result, peak_profile
+from radint.io import NexusWriter, read_nexus, write_nexus
+from radint.testing import ring_image
+
+# R = 18, 31 and 44 px on the small detector; well inside RMin..RMax and apart by > 2 ROIs' padding.
+RING_R_PX = np.array([18.0, 31.0, 44.0])
+
+
+@pytest.fixture
+def ring_config(small_config) -> IntegrationConfig:
+    return small_config.replace(r_bin_px=0.25, eta_bin_deg=360.0, r_max_px=55.0)
+
+
+def ring_frames(config: IntegrationConfig, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    tth = np.degrees(np.arctan(RING_R_PX * config.pixel_size_y_um / config.lsd_um))
+    frames = np.stack(
+        [
+            ring_image(config, tth, fwhm_deg=0.1, noise=True, seed=k, dtype=np.uint32)
+            for k in range(n)
+        ]
+    )
+    return frames, tth
+
+
+def test_fit_from_the_parameter_file(ring_config):
+    frames, _ = ring_frames(ring_config)
+    cfg = ring_config.replace(do_peak_fit=True, peak_locations=tuple(RING_R_PX + 0.3))
+    r = Integrator(cfg).integrate_stack(frames)
+    assert r.peaks is not None and r.peaks.center.shape == (3, 3)
+    assert (r.peaks.status == 0).all()
+    # The synthetic rings are Gaussian in 2θ about the tilted/distorted pixel geometry, so their
+    # centres in corrected R sit within a small fraction of a pixel of RING_R_PX.
+    np.testing.assert_allclose(r.peaks.center, np.broadcast_to(RING_R_PX, (3, 3)), atol=0.05)
+    np.testing.assert_allclose(r.peaks.center_two_theta_deg, cfg.two_theta_deg(r.peaks.center))
+    one = r.frame(1)
+    np.testing.assert_array_equal(one.peaks.center, r.peaks.center[1])
+    assert Integrator(cfg, fit=None).integrate(frames[0]).peaks is None
+    assert Integrator(ring_config).integrate(frames[0]).peaks is None  # DoPeakFit 0
+
+
+def test_fit_spec_forms_and_errors(ring_config):
+    frames, tth = ring_frames(ring_config, 1)
+    by_dict = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate(
+        frames[0]
+    )
+    auto = Integrator(ring_config, fit=FitSpec(auto=5)).integrate(frames[0])
+    found = auto.peaks.center[auto.peaks.status == 0]
+    nearest = np.abs(found[:, None] - by_dict.peaks.center[None, :]).min(axis=0)
+    assert (nearest < 0.05).all(), (found, by_dict.peaks.center)
+    with pytest.raises(InvalidInputError, match="exactly one"):
+        FitSpec()
+    with pytest.raises(InvalidInputError, match="exactly one"):
+        FitSpec(positions_px=(1.0,), auto=3)
+    with pytest.raises(InvalidInputError, match="auto must be"):
+        FitSpec(auto=0)
+    with pytest.raises(InvalidInputError, match="fit:"):
+        Integrator(ring_config, fit="sometimes")
+    with pytest.raises(InvalidInputError, match="fit:"):
+        Integrator(ring_config, fit={"positions": [3.0]})
+
+
+def test_peak_profile_integrates_to_the_areas(ring_config):
+    frames, tth = ring_frames(ring_config, 1)
+    r = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate(frames[0])
+    x = np.linspace(0, 80, 16001)
+    total = np.trapezoid(peak_profile(x, r.peaks), x)
+    assert total == pytest.approx(r.peaks.area.sum(), rel=2e-3)  # Lorentzian tails beyond x
+
+
+@pytest.mark.parametrize("backend", ["hdf5", "zarr"])
+def test_nexus_peaks_roundtrip(ring_config, tmp_path, backend):
+    frames, tth = ring_frames(ring_config)
+    r = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate_stack(frames)
+    path = write_nexus(r, tmp_path / ("r.h5" if backend == "hdf5" else "r.zarr"), backend=backend)
+    back = read_nexus(path)
+    for name in ("center", "area", "fwhm", "eta_mix", "chi2", "center_err", "area_err",
+                 "center_two_theta_deg", "center_q", "center_d_angstrom", "fwhm_deg"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(back.peaks, name), getattr(r.peaks, name), name)
+    np.testing.assert_array_equal(back.peaks.status, r.peaks.status)
+    np.testing.assert_array_equal(back.lineout, r.lineout)
+    np.testing.assert_array_equal(back.cake, r.cake)
+    np.testing.assert_array_equal(back.count, r.count)
+    assert back.config == r.config
+
+
+def test_writer_pads_changing_peak_sets(ring_config, tmp_path):
+    frames, tth = ring_frames(ring_config, 1)
+    integ = Integrator(ring_config, fit=None)
+    with NexusWriter(tmp_path / "s.h5", peak_slots=3) as w:
+        w.append(integ.integrate(frames[0]))  # before any fit: absent rows are back-filled
+        integ.fit = FitSpec(positions_two_theta_deg=tuple(tth[:1]))
+        w.append(integ.integrate(frames[0]))
+        integ.fit = FitSpec(positions_two_theta_deg=tuple(tth))
+        w.append(integ.integrate(frames[0]))
+        integ.fit = FitSpec(auto=4)  # 4 slots do not fit a file laid out for 3
+        with pytest.raises(ValueError, match="4 peak slots"):
+            w.append(integ.integrate(frames[0]))
+    back = read_nexus(tmp_path / "s.h5")
+    assert back.peaks.status.tolist() == [[255] * 3, [0, 255, 255], [0, 0, 0]]
+
+
+def test_read_nexus_of_a_file_still_open_for_writing(ring_config, tmp_path):
+    frames, _ = ring_frames(ring_config, 2)
+    integ = Integrator(ring_config)
+    w = NexusWriter(tmp_path / "live.h5", atomic=False)
+    try:
+        w.append(integ.integrate(frames[0]))
+        w.append(integ.integrate(frames[1]))
+        w.flush()
+        assert read_nexus(tmp_path / "live.h5").n_frames == 2
+    finally:
+        w.close()
+
+
+def test_concat_tables(ring_config):
+    frames, tth = ring_frames(ring_config)
+    integ = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)})
+    parts = [integ.integrate(frames[0]).peaks, integ.integrate_stack(frames[1:]).peaks]
+    joined = concat_tables(parts)
+    assert joined.center.shape == (3, 3)
+    np.testing.assert_array_equal(joined.center[0], parts[0].center)
+
+
+def test_cli_fit_flags_formats_and_radint_fit(ring_config, tmp_path):
+    import tifffile
+
+    from radint.cli import main
+
+    frames, tth = ring_frames(ring_config)
+    params = tmp_path / "p.txt"
+    params.write_text(ring_config.midas_text())
+    tifffile.imwrite(tmp_path / "scan.tif", frames, photometric="minisblack")
+    peaks = ",".join(f"{t:.5f}" for t in tth)
+    out = tmp_path / "out"
+    args = ["integrate", str(params), str(tmp_path / "scan.tif"), "--fit-peaks", peaks,
+            "--format", "nexus,peaks,fit", "-o", str(out), "-q"]  # fmt: skip
+    assert main(args) == 0
+    r = read_nexus(out / "scan.h5")
+    assert (r.peaks.status == 0).all()
+    np.testing.assert_allclose(
+        r.peaks.center_two_theta_deg, np.broadcast_to(tth, (3, 3)), atol=2e-3
+    )
+    fit_bin = np.fromfile(out / "scan_fit.bin", "<f8").reshape(3, 3, 7)
+    np.testing.assert_array_equal(fit_bin, r.peaks.rows())
+    csv = (out / "scan_peaks.csv").read_text().splitlines()
+    assert csv[0].startswith("frame_id,slot,status,center_px") and len(csv) == 1 + 9
+    # re-fit the stored lineouts by auto-detection and store them in the file
+    assert main(["fit", str(out / "scan.h5"), "--auto", "4", "--update", "-q"]) == 0
+    again = read_nexus(out / "scan.h5")
+    direct = fit_result(r, auto=4)  # the same fit through the library API
+    np.testing.assert_array_equal(again.peaks.status, direct.status)
+    np.testing.assert_array_equal(again.peaks.center, direct.center)
+    np.testing.assert_array_equal(again.lineout, r.lineout)
+    assert main(["fit", str(out / "scan.h5"), "-q"]) == 2  # neither --peaks nor --auto
+    assert main(["integrate", str(params), str(tmp_path / "scan.tif"), "--format", "fit",
+                 "-o", str(tmp_path / "none"), "-q"]) == 1  # fmt: skip
+
+
+def test_plot_overlay_and_peak_trend(ring_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    from radint.cli import main
+    from radint.plot import follow_nexus
+
+    frames, tth = ring_frames(ring_config)
+    r = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate_stack(frames)
+    path = write_nexus(r, tmp_path / "r.h5")
+    png = tmp_path / "r.png"
+    assert main(["plot", str(path), "--peak-param", "fwhm", "-o", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    assert follow_nexus(path, tmp_path / "f.png", interval_s=0.05, stop_after_s=0.3) == 1
+    plain = write_nexus(Integrator(ring_config).integrate(frames[0]), tmp_path / "plain.h5")
+    assert main(["plot", str(plain), "--peak-param", "area", "-o", str(png)]) == 2
