@@ -93,3 +93,54 @@ def test_prefetch_order_errors_and_early_stop():
         if k == 3:
             break
     assert len(produced) < 20  # the producer stopped instead of reading everything
+
+
+def test_batch_faults_are_reported_and_the_rest_is_processed(series, small_config, monkeypatch):
+    """HDF5 without the dataset, wrong frame shape, a simulated full disk on one file's write:
+    each failing file gets a one-line reason naming it; the others are written; no temporary or
+    half-written file is left."""
+    import errno
+
+    import radint.io.nexus as nexus
+
+    d, files, _ = series
+    with h5py.File(d / "nodata.h5", "w") as f:
+        f["entry/other"] = np.zeros((2, 3))
+    with h5py.File(d / "wrongshape.h5", "w") as f:
+        f["exchange/data"] = np.zeros((2, 7, 9), dtype=np.uint16)
+    original = nexus.NexusWriter.append
+
+    def disk_full_for_scan_4(self, result, **kw):
+        if "scan_000004" in self.path.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return original(self, result, **kw)
+
+    monkeypatch.setattr(nexus.NexusWriter, "append", disk_full_for_scan_4)
+    inputs = [files[0], d / "nodata.h5", d / "wrongshape.h5", files[3], files[1]]
+    out = d / "faults"
+    outcomes = run_batch(small_config, inputs, out, n_procs=1, n_threads=1)
+    assert [o.ok for o in outcomes] == [True, False, False, False, True]
+    assert "nodata.h5" in outcomes[1].error and "exchange/data" in outcomes[1].error
+    assert "wrongshape.h5" in outcomes[2].error and "got (2, 7, 9)" in outcomes[2].error
+    assert "No space left on device" in outcomes[3].error
+    assert all("\n" not in o.error for o in outcomes)
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith(".radint-cache"))
+    assert written == ["scan_000001.h5", "scan_000002.h5"]
+
+
+def test_batch_cli_setup_errors_exit_2_with_one_line(series, capsys):
+    d, files, params = series
+    rc = main(["batch", str(d / "missing.txt"), str(files[0]), "-o", str(d / "o1")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "missing.txt" in err[0]
+    (d / "dark.h5").write_bytes(b"not hdf5 at all")
+    rc = main(
+        ["batch", str(params), str(files[0]), "-darkFN", str(d / "dark.h5"), "-o", str(d / "o2")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "dark.h5" in err[0]
+    blocker = d / "not_a_dir"
+    blocker.write_text("a file where the output directory should go")
+    rc = main(["batch", str(params), str(files[0]), "-o", str(blocker / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not_a_dir" in err[0]

@@ -630,6 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RadintError as e:
         print(f"radint: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # Setup failures outside any one input file (output directory, parameter or dark file).
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

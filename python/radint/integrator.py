@@ -262,8 +262,11 @@ class Integrator:
                 )
         shape = self.config.shape
         if a.ndim != ndim or a.shape[-2:] != shape:
-            want = shape if ndim == 2 else ("n_frames", *shape)
-            raise ShapeError(f"{what}: expected shape {want} (rows, columns), got {a.shape}")
+            rows, cols = shape
+            want = f"({rows}, {cols})" if ndim == 2 else f"(n_frames, {rows}, {cols})"
+            raise ShapeError(
+                f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got {a.shape}"
+            )
         a = np.ascontiguousarray(a)
         if self.dead_below is not None or self.hot_above is not None:
             a = a.astype(np.float64)

@@ -109,11 +109,12 @@ def process_file(
         return FileOutcome(
             path, True, result.n_frames, time.perf_counter() - t0, [str(p) for p in written]
         )
-    except RadintError as e:
-        return FileOutcome(path, False, seconds=time.perf_counter() - t0, error=str(e))
     except Exception as e:  # one bad file must not stop the batch; the reason is reported
+        why = str(e) if isinstance(e, RadintError) else f"{type(e).__name__}: {e}"
+        if Path(path).name not in why:
+            why = f"{path}: {why}"
         return FileOutcome(
-            path, False, seconds=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"
+            path, False, seconds=time.perf_counter() - t0, error=" ".join(why.split("\n"))
         )
 
 
