@@ -102,7 +102,21 @@ def check_nxazint(sub: h5py.Group, ndim: int, n_frames: int, n_eta: int, n_r: in
     assert _s(data["radial_axis_edges"].attrs["long_name"]).endswith("bin edges")
     assert data["radius_px"].shape == (n_r,)
     assert data["I"].chunks is not None and data["I"].maxshape[0] is None
-    assert data["I"].compression == "gzip"
+    blosc = 32001  # the registered HDF5 filter id of Blosc (hdf5plugin)
+    assert data["I"].id.get_create_plist().get_filter(0)[0] == blosc
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "blosc-lz4"])
+def test_nexus_compression_choices_read_back_equal(tmp_path: Path, compression: str) -> None:
+    res = make_result(n_frames=2)
+    path = write_nexus(res, tmp_path / "c.h5", compression=compression)
+    with h5py.File(path) as f:
+        ds = f["entry/azint2d/data/I"]
+        assert (ds.compression == "gzip") == (compression == "gzip")
+        np.testing.assert_array_equal(ds[()], res.cake)
+    with pytest.raises(ValueError, match="compression must be one of"):
+        write_nexus(res, tmp_path / "d.h5", compression="zip")
+    assert not (tmp_path / "d.h5").exists()
 
 
 def test_nexus_required_fields_and_default_chain(tmp_path: Path) -> None:

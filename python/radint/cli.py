@@ -153,15 +153,15 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
+    from radint.batch import process_file
     from radint.integrator import Integrator
-    from radint.io import read_dark, write_result
-    from radint.io.prefetch import frame_stacks, prefetch
+    from radint.io import read_dark
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
         raise RadintError("no data files given")
     config = _load_config(args.params, overrides, args)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     integrator = Integrator(
@@ -171,22 +171,17 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     failures = 0
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths))
-        for p in map(Path, paths):
-            try:
-                t0 = time.perf_counter()
-                stacks = prefetch(frame_stacks(str(p), args.dataset))
-                parts = [integrator.integrate_stack(stack, dark=dark) for stack, _ in stacks]
-                if not parts:
-                    raise RadintError(f"{p}: no frames")
-                result = _concat(parts)
-                result.metadata["source"] = str(p)
-                rate = result.n_frames / max(time.perf_counter() - t0, 1e-9)
-                written = write_result(result, out_dir, formats, name=p.name.split(".")[0])
-                msg = f"{p}: {result.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(map(str, written))}"
-                progress.console.print(msg) if progress.live.is_started else print(msg)
-            except (RadintError, OSError, ValueError) as e:
+        for p in paths:
+            o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=dark,
+                             integrator=integrator, compression=args.compression)  # fmt: skip
+            if o.ok:
+                rate = o.n_frames / max(o.seconds, 1e-9)
+                msg = f"{p}: {o.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(o.outputs)}"
+                if not args.quiet:
+                    progress.console.print(msg) if progress.live.is_started else print(msg)
+            else:
                 failures += 1
-                print(f"radint: {p}: {e}", file=sys.stderr)
+                print(f"radint: {o.error}", file=sys.stderr)
             progress.advance(task)
     if failures:
         print(f"radint: {failures} of {len(paths)} file(s) failed", file=sys.stderr)
@@ -217,7 +212,7 @@ def _concat(parts: list):
         lineout_sigma=cat("lineout_sigma"),
         area=cat("area"),
         count=cat("count"),
-        frame_ids=np.arange(sum(r.n_frames for r in parts)),
+        frame_ids=cat("frame_ids"),
     )
 
 
@@ -273,7 +268,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         run_batch(
             config, paths, out_dir, tuple(formats), n_procs=args.nCPUs, n_threads=args.nCPUsLocal,
             dataset=args.dataLoc, dark=dark, skip_existing=args.skipExisting, dask=args.dask,
-            backend=args.backend, names=names, on_done=on_done,
+            backend=args.backend, names=names, on_done=on_done, compression=args.compression,
         )  # fmt: skip
     elapsed = time.perf_counter() - t0
     print(
@@ -489,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         "caked, gsas, xy, mat; with fitting also peaks (<stem>_peaks.csv), fit (<stem>_fit.bin)",
     )
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--compression",
+        default="blosc-lz4",
+        choices=["blosc-lz4", "gzip", "none"],
+        help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
+    )
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_integrate)
 
@@ -528,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(
         "--dask", default=None, help="Dask scheduler address, or local:N for a local cluster"
+    )
+    p.add_argument(
+        "--compression",
+        default="blosc-lz4",
+        choices=["blosc-lz4", "gzip", "none"],
+        help="NeXus HDF5 compression (see integrate)",
     )
     p.set_defaults(func=cmd_batch)
 

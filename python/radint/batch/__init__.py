@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,40 +82,84 @@ def process_file(
     dark: np.ndarray | None = None,
     skip_existing: bool = False,
     integrator: Any = None,
+    compression: str | None = "blosc-lz4",
 ) -> FileOutcome:
     """Integrate every frame of one file and write its outputs (atomically). Never raises for a
-    bad file: the outcome carries the reason."""
-    from radint.io import write_result
+    bad file: the outcome carries the reason.
+
+    Three stages overlap: a thread reads the next stack of frames, the integrator (GIL released)
+    works on the current one, and a writer thread appends the previous one to the NeXus/Zarr
+    outputs. Other formats need the whole file's result and are written at the end.
+    """
+    from radint.io import NexusWriter, write_result
     from radint.io.prefetch import frame_stacks, prefetch
-    from radint.io.write import FORMATS
+    from radint.io.write import FORMATS, expand_formats
 
     integ = integrator or _WORKER.get("integrator")
     stem = name or Path(path).name.split(".")[0]
-    expected = [Path(out_dir) / (stem + FORMATS[f][0]) for f in formats if f in FORMATS]
-    if skip_existing and expected and all(p.exists() for p in expected):
-        return FileOutcome(path, True, skipped=True, outputs=[str(p) for p in expected])
     t0 = time.perf_counter()
+    writers: list[Any] = []
     try:
-        stacks = [
-            integ.integrate_stack(s, dark=dark) for s, _ in prefetch(frame_stacks(path, dataset))
+        wanted = expand_formats(formats)
+        expected = [Path(out_dir) / (stem + FORMATS[f][0]) for f in wanted]
+        if skip_existing and expected and all(p.exists() for p in expected):
+            return FileOutcome(path, True, skipped=True, outputs=[str(p) for p in expected])
+        streamed = [f for f in wanted if f in ("nexus", "zarr")]
+        at_end = [f for f in wanted if f not in streamed]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        writers = [
+            NexusWriter(
+                Path(out_dir) / (stem + FORMATS[f][0]),
+                backend="hdf5" if f == "nexus" else "zarr",
+                compression=compression,
+            )
+            for f in streamed
         ]
-        if not stacks:
+        parts: list[Any] = []
+        n_frames = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="radint-write") as pool:
+            pending: list[Any] = []
+            for stack, ids in prefetch(frame_stacks(path, dataset)):
+                result = integ.integrate_stack(stack, dark=dark)
+                result.frame_ids = np.asarray(ids, dtype=np.int64)
+                result.metadata["source"] = str(path)
+                n_frames += result.n_frames
+                if writers:
+                    pending.append(pool.submit(_append_all, writers, result))
+                    while len(pending) > 1:  # at most one stack waiting to be written
+                        pending.pop(0).result()
+                if at_end:
+                    parts.append(result)
+            for fut in pending:
+                fut.result()
+        if not n_frames:
             raise RadintError(f"{path}: no frames")
-        from radint.cli import _concat
+        written = []
+        for w in writers:
+            w.close()
+            written.append(w.path)
+        if at_end:
+            from radint.cli import _concat
 
-        result = _concat(stacks)
-        result.metadata["source"] = str(path)
-        written = write_result(result, out_dir, formats, name=stem)
+            whole = _concat(parts)
+            written += write_result(whole, out_dir, at_end, name=stem)
         return FileOutcome(
-            path, True, result.n_frames, time.perf_counter() - t0, [str(p) for p in written]
+            path, True, n_frames, time.perf_counter() - t0, [str(p) for p in written]
         )
     except Exception as e:  # one bad file must not stop the batch; the reason is reported
+        for w in writers:
+            w.abort()
         why = str(e) if isinstance(e, RadintError) else f"{type(e).__name__}: {e}"
         if Path(path).name not in why:
             why = f"{path}: {why}"
         return FileOutcome(
             path, False, seconds=time.perf_counter() - t0, error=" ".join(why.split("\n"))
         )
+
+
+def _append_all(writers: list[Any], result: Any) -> None:
+    for w in writers:
+        w.append(result)
 
 
 def run_batch(
@@ -132,6 +176,7 @@ def run_batch(
     backend: str = "cpu",
     names: list[str] | None = None,
     on_done: Callable[[FileOutcome], None] | None = None,
+    compression: str | None = "blosc-lz4",
 ) -> list[FileOutcome]:
     """Integrate many files with one map; returns one outcome per file (in input order).
 
@@ -153,28 +198,17 @@ def run_batch(
         if on_done:
             on_done(o)
 
-    args = (str(out_dir), tuple(formats))
+    opts = {"out_dir": str(out_dir), "formats": tuple(formats), "dataset": dataset, "dark": dark,
+            "skip_existing": skip_existing, "compression": compression}  # fmt: skip
     if dask:
         from radint.batch.distributed import run_on_dask
 
-        for i, o in run_on_dask(
-            dask,
-            config,
-            str(cache),
-            n_threads,
-            backend,
-            files,
-            names,
-            args,
-            dataset,
-            dark,
-            skip_existing,
-        ):
+        for i, o in run_on_dask(dask, config, str(cache), n_threads, backend, files, names, opts):
             done(i, o)
     elif n_procs <= 1:
         _init_worker(config, str(cache), n_threads, backend)
         for i, f in enumerate(files):
-            done(i, process_file(f, *args, names[i], dataset, dark, skip_existing))
+            done(i, process_file(f, name=names[i], **opts))
     else:
         import multiprocessing
 
@@ -186,8 +220,7 @@ def run_batch(
             initargs=(config, str(cache), n_threads, backend),
         ) as pool:
             futures = {
-                pool.submit(process_file, f, *args, names[i], dataset, dark, skip_existing): i
-                for i, f in enumerate(files)
+                pool.submit(process_file, f, name=names[i], **opts): i for i, f in enumerate(files)
             }
             for fut in as_completed(futures):
                 done(futures[fut], fut.result())

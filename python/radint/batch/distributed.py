@@ -25,16 +25,16 @@ def _client(address: str) -> Any:
     return Client(address)
 
 
-def _task(config, cache, n_threads, backend, path, name, args, dataset, dark, skip) -> FileOutcome:
+def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
     from radint import batch
 
     if "integrator" not in batch._WORKER:
         _init_worker(config, cache, n_threads, backend)
-    return process_file(path, *args, name, dataset, dark, skip)
+    return process_file(path, name=name, **opts)
 
 
 def run_on_dask(
-    address, config, cache, n_threads, backend, files, names, args, dataset, dark, skip
+    address, config, cache, n_threads, backend, files, names, opts
 ) -> Iterator[tuple[int, FileOutcome]]:
     """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``)."""
     from dask.distributed import as_completed
@@ -50,10 +50,7 @@ def run_on_dask(
                 backend,
                 f,
                 names[i],
-                args,
-                dataset,
-                dark,
-                skip,
+                opts,
                 pure=False,
             )
             for i, f in enumerate(files)

@@ -89,6 +89,29 @@ def _json_attr(value: Any) -> Any:
     return value
 
 
+#: Names accepted for ``compression``.
+COMPRESSIONS = ("blosc-lz4", "gzip", "none")
+
+
+def _h5_filter(compression: str | None) -> dict[str, Any]:
+    """h5py dataset keywords for a compression name.
+
+    Blosc-LZ4 with byte shuffle is the default: on float64 cakes it compresses as well as gzip
+    (~0.6×) at 15× its speed (2 ms vs 30 ms per Pilatus frame), so writing no longer dominates a
+    batch. Reading it needs the ``hdf5plugin`` filters, which silx, h5web, nexpy, pyFAI and radint
+    load; ``"gzip"`` is readable by any HDF5 library.
+    """
+    if compression in (None, "none"):
+        return {}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if compression == "blosc-lz4":
+        import hdf5plugin
+
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ValueError(f"compression must be one of {COMPRESSIONS} or None, got {compression!r}")
+
+
 class _H5Tree:
     """Writes the tree into an HDF5 file (h5py)."""
 
@@ -96,8 +119,9 @@ class _H5Tree:
         import h5py
 
         self._h5py = h5py
+        self._filter = _h5_filter(compression)
         self.file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
-        self._compression = compression
+        self._groups: dict[str, Any] = {}
         self._swmr = swmr
 
     def group(self, path: str, attrs: dict[str, Any]) -> None:
@@ -105,8 +129,23 @@ class _H5Tree:
         g.attrs.update(attrs)
 
     def field(self, path: str, value: Any, attrs: dict[str, Any] | None = None) -> None:
-        ds = self.file.create_dataset(path, data=value)
-        ds.attrs.update(attrs or {})
+        parent, _, name = path.rpartition("/")
+        ds = self._parent(parent).create_dataset(name, data=value)
+        if attrs:
+            ds.attrs.update(attrs)
+
+    def _parent(self, path: str) -> Any:
+        # h5py resolves every intermediate group of a path again on each create; a file holds
+        # ~100 small fields, so the groups are looked up once.
+        group = self._groups.get(path)
+        if group is None:
+            group = self._groups[path] = self.file.require_group(path) if path else self.file
+        return group
+
+    def link(self, source: str, path: str) -> bool:
+        """Hard-link ``path`` to the existing object ``source``."""
+        self.file[path] = self.file[source]
+        return True
 
     def growing(
         self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
@@ -118,9 +157,8 @@ class _H5Tree:
             maxshape=(None, *row),
             chunks=(rows_per_chunk if len(row) < 2 else 1, *row),
             dtype=dtype,
-            compression=self._compression,
-            shuffle=self._compression is not None,
             fillvalue=np.nan if dtype.kind == "f" else 0,
+            **self._filter,
         )
         ds.attrs.update(attrs)
         return ds
@@ -162,6 +200,10 @@ class _ZarrTree:
             arr = self.root.create_array(path, shape=data.shape, dtype=data.dtype)
             arr[...] = data
         arr.attrs.update({k: _json_attr(v) for k, v in (attrs or {}).items()})
+
+    def link(self, source: str, path: str) -> bool:
+        """Zarr has no links: the caller writes a copy."""
+        return False
 
     def growing(
         self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
@@ -214,8 +256,10 @@ class NexusWriter:
     atomic : bool
         Write under a hidden temporary name and rename on :meth:`close` (default). With
         ``False`` the file is written in place, so it can be read while it grows.
-    compression : str or None
-        HDF5 filter for the per-frame datasets (default ``"gzip"``; Zarr uses its default codec).
+    compression : {"blosc-lz4", "gzip", "none"} or None
+        HDF5 filter of the per-frame datasets: Blosc-LZ4 + shuffle (default; fast, needs the
+        ``hdf5plugin`` filters that silx/h5web/nexpy/pyFAI load), gzip (any HDF5 reader, ~15×
+        slower to write) or none. Zarr uses its default codec.
     swmr : bool
         HDF5 only: switch on single-writer/multiple-reader mode after the layout is written, so
         readers opening with ``swmr=True`` see frames while the file grows (needs
@@ -241,7 +285,7 @@ class NexusWriter:
         backend: str = "hdf5",
         radial_unit: str = "2theta",
         atomic: bool = True,
-        compression: str | None = "gzip",
+        compression: str | None = "blosc-lz4",
         swmr: bool = False,
         instrument_name: str = "unknown",
         source_name: str = "unknown",
@@ -295,7 +339,12 @@ class NexusWriter:
             q_edges = q_from_two_theta(tth_edges, cfg(result, "wavelength_angstrom"))
         return q, q_edges, {"long_name": "q", "units": "1/angstrom"}
 
-    def _write_common(self, sub: str, definition: str, result: Result) -> None:
+    def _write_common(
+        self, sub: str, definition: str, result: Result, same_as: str | None = None
+    ) -> None:
+        """The NXsubentry fields both definitions require. With ``same_as``, the instrument and
+        reduction groups are hard links to that subentry's (HDF5), not a second copy: the ~100
+        configuration fields dominated the cost of writing a one-frame file."""
         t = self._tree
         t.group(sub, {"NX_class": "NXsubentry", "default": "data"})
         t.field(f"{sub}/definition", definition)
@@ -303,6 +352,9 @@ class NexusWriter:
         t.field(f"{sub}/polarization_applied", bool(cfg(result, "polarization_correction")))
         t.field(f"{sub}/normalization_applied", bool(result.normalized))
         t.field(f"{sub}/monitor_applied", False)
+        if same_as is not None and t.link(f"{same_as}/instrument", f"{sub}/instrument"):
+            t.link(f"{same_as}/reduction", f"{sub}/reduction")
+            return
         t.group(f"{sub}/instrument", {"NX_class": "NXinstrument"})
         t.field(f"{sub}/instrument/name", self._labels["instrument"])
         wl = float(cfg(result, "wavelength_angstrom"))
@@ -373,7 +425,9 @@ class NexusWriter:
         e_attrs = {"long_name": "estimated intensity error", "units": "arbitrary units"}
         norm_long = "effective number of pixels contributing to the corresponding bin"
         for sub, definition, ndim in (("azint1d", "NXazint1d", 1), ("azint2d", "NXazint2d", 2)):
-            self._write_common(f"entry/{sub}", definition, result)
+            self._write_common(
+                f"entry/{sub}", definition, result, None if ndim == 1 else "entry/azint1d"
+            )
             data = f"entry/{sub}/data"
             radial_index = ndim
             axes = [".", "radial_axis"] if ndim == 1 else [".", "azimuthal_axis", "radial_axis"]
@@ -615,6 +669,7 @@ def write_nexus(
     backend: str = "hdf5",
     radial_unit: str = "2theta",
     timestamp: float | Sequence[float] | None = None,
+    compression: str | None = "blosc-lz4",
 ) -> Path:
     """Write a whole Result (one frame or a stack) as a NeXus NXazint1d/NXazint2d file, atomically.
 
@@ -623,7 +678,7 @@ def write_nexus(
     result : Result
     path : str or Path
         ``.h5`` file (``backend="hdf5"``) or ``.zarr`` directory (``backend="zarr"``).
-    backend, radial_unit
+    backend, radial_unit, compression
         As for :class:`NexusWriter`.
     timestamp : float or sequence of float, optional
         Unix time(s) of the frame(s); default now.
@@ -633,7 +688,9 @@ def write_nexus(
     Path
         ``path``.
     """
-    with NexusWriter(path, backend=backend, radial_unit=radial_unit) as writer:
+    with NexusWriter(
+        path, backend=backend, radial_unit=radial_unit, compression=compression
+    ) as writer:
         writer.append(result, timestamp=timestamp)
     return Path(path)
 

@@ -10,7 +10,7 @@ from radint.io.nexus import write_nexus
 from radint.io.text import write_lineout_xy, write_mat, write_peaks_csv
 from radint.result import Result
 
-__all__ = ["FORMATS", "output_name", "write_result"]
+__all__ = ["FORMATS", "expand_formats", "output_name", "write_result"]
 
 
 def _write_fit_bin(result: Result, path: Path) -> Path:
@@ -34,6 +34,25 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
 }
 #: "midas" names the pair MIDAS users expect.
 ALIASES = {"midas": ("caked", "gsas")}
+
+
+def expand_formats(formats: Sequence[str]) -> list[str]:
+    """Format names with aliases expanded, lower-cased, de-duplicated, in order.
+
+    Raises
+    ------
+    ValueError
+        An unknown format name.
+    """
+    wanted: list[str] = []
+    for fmt in formats:
+        for f in ALIASES.get(fmt.lower(), (fmt.lower(),)):
+            if f not in FORMATS:
+                known = ", ".join([*FORMATS, *ALIASES])
+                raise ValueError(f"unknown output format {fmt!r}; known: {known}")
+            if f not in wanted:
+                wanted.append(f)
+    return wanted
 
 
 def output_name(result: Result, name: str | None) -> str:
@@ -82,14 +101,7 @@ def write_result(
     OSError
         The directory cannot be created or written; no partial file is left behind.
     """
-    wanted: list[str] = []
-    for fmt in formats:
-        for f in ALIASES.get(fmt.lower(), (fmt.lower(),)):
-            if f not in FORMATS:
-                known = ", ".join([*FORMATS, *ALIASES])
-                raise ValueError(f"unknown output format {fmt!r}; known: {known}")
-            if f not in wanted:
-                wanted.append(f)
+    wanted = expand_formats(formats)
     out_dir = Path(path_or_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_name(result, name)
