@@ -62,9 +62,9 @@ def main() -> None:
         t0 = time.perf_counter()
         parts = [integ.integrate_stack(stack[s : s + 16]) for s in range(0, n, 16)]
         t_int = time.perf_counter() - t0
-        from radint.cli import _concat
+        from radint.result import Result
 
-        result = _concat(parts)
+        result = Result.concatenate(parts)
         t0 = time.perf_counter()
         write_result(result, d / "phase", ("nexus",), name="stack")
         t_write = time.perf_counter() - t0

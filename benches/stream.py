@@ -61,13 +61,18 @@ def main() -> None:
         pipe.start()
         cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(src.port)]
         cmd.append("1" if args.compress else "0")
-        t0 = time.perf_counter()
         sender = subprocess.Popen(cmd)
+        # Sustained rate: from the first frame's arrival to the last one written (the sender's
+        # interpreter start-up and imports are not part of streaming).
+        deadline = time.monotonic() + 120
+        while pipe.stats.received == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
         summary = pipe.wait(600)
         wall = time.perf_counter() - t0
         sender.wait(60)
         assert summary is not None and summary.written == args.frames, summary
-        stream = args.frames / wall
+        stream = (args.frames - 1) / wall
 
     print(f"{'mode':<34}{'frames/s':>10}")
     print(f"{'integrate only (cpu)':<34}{only:>10.1f}")

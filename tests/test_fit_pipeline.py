@@ -180,3 +180,17 @@ def test_plot_overlay_and_peak_trend(ring_config, tmp_path):
     assert follow_nexus(path, tmp_path / "f.png", interval_s=0.05, stop_after_s=0.3) == 1
     plain = write_nexus(Integrator(ring_config).integrate(frames[0]), tmp_path / "plain.h5")
     assert main(["plot", str(plain), "--peak-param", "area", "-o", str(png)]) == 2
+
+
+def test_concat_tables_pads_fewer_slots_and_result_concatenate(ring_config):
+    from radint.result import Result
+
+    frames, tth = ring_frames(ring_config, 2)
+    one = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth[:1])})
+    three = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)})
+    a, b = one.integrate(frames[0]), three.integrate(frames[1])
+    joined = Result.concatenate([a, b])
+    assert joined.cake.shape == (2, *a.cake.shape) and joined.frame_ids.tolist() == [0, 1]
+    assert joined.peaks.status.tolist() == [[0, 255, 255], [0, 0, 0]]
+    assert np.isnan(joined.peaks.center[0, 1:]).all()
+    np.testing.assert_array_equal(joined.lineout[1], b.lineout)

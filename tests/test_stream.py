@@ -289,9 +289,9 @@ def test_random_bytes_never_kill_the_server(fuzz_server, junk):
 
 def test_slow_writer_backpressure_reaches_sender(integrator, tmp_path, monkeypatch):
     class SlowWriter(pipeline_mod.NexusWriter):
-        def append(self, *a, **kw):
-            time.sleep(0.02)
-            super().append(*a, **kw)
+        def append(self, result, **kw):
+            time.sleep(0.02 * result.n_frames)  # slow per frame, however they are grouped
+            super().append(result, **kw)
 
     monkeypatch.setattr(pipeline_mod, "NexusWriter", SlowWriter)
     n = 150
@@ -318,15 +318,15 @@ def test_slow_writer_backpressure_reaches_sender(integrator, tmp_path, monkeypat
     assert wait_for(lambda: p.written == n, 60)
     summary = finish(p)
     assert summary.written == n and summary.dropped == 0
-    # bounded: what the server held at once is queues + in flight + socket buffers
-    assert in_server < 2 + 2 + 2 + (8 << 20) // big.nbytes
+    # bounded: what the server held at once is queues + one write block + in flight + sockets
+    assert in_server < 2 + 2 + pipeline_mod.WRITE_BATCH + 2 + (8 << 20) // big.nbytes
 
 
 def test_stop_drains_and_file_is_valid(integrator, tmp_path, monkeypatch):
     class SlowWriter(pipeline_mod.NexusWriter):
-        def append(self, *a, **kw):
-            time.sleep(0.01)
-            super().append(*a, **kw)
+        def append(self, result, **kw):
+            time.sleep(0.01 * result.n_frames)
+            super().append(result, **kw)
 
     monkeypatch.setattr(pipeline_mod, "NexusWriter", SlowWriter)
     p, src = start_pipeline(integrator, tmp_path, queue_size=4, write_queue_size=4, save_interval=3)

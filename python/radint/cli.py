@@ -188,34 +188,6 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _concat(parts: list):
-    """One stack Result from several stack Results of the same integrator."""
-    import dataclasses
-
-    if len(parts) == 1:
-        return parts[0]
-
-    def cat(name: str):
-        arrays = [getattr(r, name) for r in parts]
-        return None if arrays[0] is None else np.concatenate(arrays)
-
-    from radint.fit import concat_tables
-
-    first = parts[0]
-    peaks = [r.peaks for r in parts]
-    return dataclasses.replace(
-        first,
-        peaks=None if any(p is None for p in peaks) else concat_tables(peaks),
-        cake=cat("cake"),
-        cake_sigma=cat("cake_sigma"),
-        lineout=cat("lineout"),
-        lineout_sigma=cat("lineout_sigma"),
-        area=cat("area"),
-        count=cat("count"),
-        frame_ids=cat("frame_ids"),
-    )
-
-
 def cmd_batch(args: argparse.Namespace) -> int:
     """Many files → outputs, MIDAS integrator.py flags accepted; exit 0 only if all succeed."""
     from rich.progress import (

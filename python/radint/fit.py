@@ -498,18 +498,32 @@ def _pick_curve(table: FitTable, index: int) -> FitTable:
 
 
 def concat_tables(tables: list[FitTable]) -> FitTable:
-    """One stacked table ``(Σ n_curves, n_peaks)`` from tables of the same peak slots."""
+    """One stacked table ``(Σ n_curves, n_peaks)`` from single or stacked tables; tables with
+    fewer peak slots (e.g. peaks changed during a stream) are padded with absent slots."""
     stacked = [t if t.is_stack else _add_curve_axis(t) for t in tables]
-    out = {}
+    width = max(int(t.center.shape[-1]) for t in stacked)
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(FitTable):
         values = [getattr(t, f.name) for t in stacked]
         if f.name == "metadata":
             out[f.name] = dict(values[0])
         elif any(v is None for v in values):
             out[f.name] = None
-        else:
+        elif f.name in ("n_found", "background"):
             out[f.name] = np.concatenate(values)
+        else:
+            out[f.name] = np.concatenate([_pad_slots(f.name, v, width) for v in values])
     return FitTable(**out)
+
+
+def _pad_slots(name: str, values: np.ndarray, width: int) -> np.ndarray:
+    missing = width - values.shape[-1]
+    if missing == 0:
+        return values
+    fill: Any = {"status": ABSENT, "status_name": STATUS_NAMES.get(ABSENT, "absent"),
+                 "iterations": 0}.get(name, np.nan)  # fmt: skip
+    pad = np.full((*values.shape[:-1], missing), fill, dtype=values.dtype)
+    return np.concatenate([values, pad], axis=-1)
 
 
 def _add_curve_axis(table: FitTable) -> FitTable:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +128,52 @@ class Result:
             frame_ids=ids,
             metadata=dict(self.metadata),
             peaks=None if self.peaks is None else self._peaks_of(index),
+        )
+
+    @classmethod
+    def concatenate(cls, results: Sequence[Result]) -> Result:
+        """One stack Result from single-frame and/or stack Results of the same bins, in order.
+
+        Frame ids are kept (a result without ids contributes its positions); fitted peaks are
+        concatenated when every part has them.
+        """
+        if not results:
+            raise ValueError("concatenate: no results")
+        first = results[0]
+        if len(results) == 1 and first.is_stack:
+            return first
+
+        def frames(a: np.ndarray | None, r: Result, ndim: int) -> np.ndarray | None:
+            if a is None:
+                return None
+            a = np.asarray(a)
+            return a if a.ndim == ndim + 1 else np.broadcast_to(a, (r.n_frames, *a.shape[-ndim:]))
+
+        def cat(name: str, ndim: int) -> np.ndarray | None:
+            parts = [frames(getattr(r, name), r, ndim) for r in results]
+            return None if any(p is None for p in parts) else np.concatenate(parts)
+
+        ids, start = [], 0
+        for r in results:
+            own = None if r.frame_ids is None else np.asarray(r.frame_ids).reshape(-1)
+            ids.append(own if own is not None else np.arange(start, start + r.n_frames))
+            start += r.n_frames
+        peaks = None
+        if all(r.peaks is not None for r in results):
+            from radint.fit import concat_tables
+
+            peaks = concat_tables([r.peaks for r in results])
+        return dataclasses.replace(
+            first,
+            cake=cat("cake", 2),
+            cake_sigma=cat("cake_sigma", 2),
+            lineout=cat("lineout", 1),
+            lineout_sigma=cat("lineout_sigma", 1),
+            area=cat("area", 2),
+            count=cat("count", 2),
+            frame_ids=np.concatenate(ids).astype(np.int64),
+            metadata=dict(first.metadata),
+            peaks=peaks,
         )
 
     def _peaks_of(self, index: int) -> FitTable:

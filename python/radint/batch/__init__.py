@@ -139,9 +139,9 @@ def process_file(
             w.close()
             written.append(w.path)
         if at_end:
-            from radint.cli import _concat
+            from radint.result import Result
 
-            whole = _concat(parts)
+            whole = Result.concatenate(parts)
             written += write_result(whole, out_dir, at_end, name=stem)
         return FileOutcome(
             path, True, n_frames, time.perf_counter() - t0, [str(p) for p in written]
