@@ -194,3 +194,17 @@ def test_concat_tables_pads_fewer_slots_and_result_concatenate(ring_config):
     assert joined.peaks.status.tolist() == [[0, 255, 255], [0, 0, 0]]
     assert np.isnan(joined.peaks.center[0, 1:]).all()
     np.testing.assert_array_equal(joined.lineout[1], b.lineout)
+
+
+def test_read_nexus_in_a_fresh_process(ring_config, tmp_path):
+    """The default Blosc compression must be readable by a process that never imported the
+    writer (hdf5plugin registered by read_nexus itself)."""
+    import subprocess
+    import sys
+
+    frames, _ = ring_frames(ring_config, 1)
+    path = write_nexus(Integrator(ring_config).integrate(frames[0]), tmp_path / "r.h5")
+    code = f"from radint.io import read_nexus; print(read_nexus({str(path)!r}).lineout.shape)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"(1, {ring_config.bin_edges()[0].size - 1})"

@@ -171,5 +171,6 @@ def _frame_count(path: Path) -> int:
 
     if not path.exists():
         return 0
+    # Only shapes are read here, so no compression filter is needed.
     with h5py.File(path, "r", locking=False) as f:
         return int(f["entry/azint1d/data/I"].shape[0]) if "entry/azint1d/data/I" in f else 0

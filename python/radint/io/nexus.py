@@ -720,6 +720,7 @@ def read_nexus(path: str | Path) -> Result:
             root: Any = zarr.open_group(str(path), mode="r")
         else:
             import h5py
+            import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
 
             try:
                 root = h5py.File(path, "r")
@@ -737,6 +738,8 @@ def read_nexus(path: str | Path) -> Result:
             if required:
                 raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
             return None
+        except OSError as e:
+            raise RadintIOError(f"{path}: cannot read {name}: {e}") from e
 
     def text(name: str) -> str:
         v = get(name, required=False)
