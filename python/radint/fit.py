@@ -321,6 +321,12 @@ def fit_result(
         max_iterations=max_iterations,
         n_threads=n_threads,
     )
+    return with_units(table, result)
+
+
+def with_units(table: FitTable, result: Result) -> FitTable:
+    """Add the centre in 2θ, Q and d and the FWHM in degrees 2θ to a table fitted against
+    ``result.radius_px`` (``atan(R·px/Lsd)``, via ``result.config``)."""
     c, w = table.center, table.fwhm
     table.center_two_theta_deg = _two_theta_deg(result, c)
     table.fwhm_deg = _two_theta_deg(result, c + w / 2) - _two_theta_deg(result, c - w / 2)
@@ -622,6 +628,20 @@ class FitSpec:
             f"fit: expected 'config', None, FitSpec or dict, got {type(value).__name__}"
         )
 
+    @property
+    def runs_on_gpu(self) -> bool:
+        """Given positions with a fixed ROI padding: the jobs do not depend on the data, so the
+        CUDA fitter can fit them where the lineouts are. Auto-detection and FitROIAuto run on
+        the CPU."""
+        return self.auto is None and not self.auto_roi
+
+    def positions_in_px(self, config: IntegrationConfig) -> list[float]:
+        """The requested positions as radii in pixels."""
+        if self.positions_px:
+            return list(self.positions_px)
+        tth = np.radians(np.asarray(self.positions_two_theta_deg, dtype=np.float64))
+        return list(np.tan(tth) * config.lsd_um / config.pixel_size_y_um)
+
     def apply(self, result: Result, n_threads: int | None = None) -> FitTable:
         """Fit the lineout(s) of ``result`` (see :func:`fit_result`)."""
         return fit_result(
@@ -649,6 +669,7 @@ __all__ = [
     "peak_profile",
     "read_fit_bin",
     "snip_background",
+    "with_units",
     "write_caked_peaks_h5",
     "write_fit_bin",
 ]

@@ -144,6 +144,7 @@ class Integrator:
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._axes = self._make_axes()
         self._gpu: Any = None
+        self._gpu_fit: tuple[Any, Any] = (None, None)
 
     # ------------------------------------------------------------------ setup
     def _choose_backend(self, backend: str) -> str:
@@ -321,8 +322,14 @@ class Integrator:
     def _run(self, a: np.ndarray, dark: Any, variance: Any, stack: bool) -> Result:
         dark_flat = self._prepare_dark(dark)
         var_flat = self._prepare_variance(variance)
+        gpu_fit = None
         if self.backend == "cuda":
-            out = self._gpu_backend().integrate(a, dark=dark_flat, variance=var_flat)
+            gpu = self._gpu_backend()
+            dev = gpu.integrate_device(a, dark=dark_flat, variance=var_flat)
+            if self.fit is not None and self.fit.runs_on_gpu:
+                # Fitted where the lineouts already are; only the fit table comes back.
+                gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))
+            out = {k: (v if k == "n_frames" else gpu._cp.asnumpy(v)) for k, v in dev.items()}
         else:
             out = _core.integrate(
                 self.map._core,
@@ -343,9 +350,26 @@ class Integrator:
         if a.dtype.kind == "f":
             meta["nan_pixels"] = int(np.isnan(a).sum())
         result = self._result(out, stack, meta)
-        if self.fit is not None:
+        if gpu_fit is not None:
+            from radint.fit import FitTable, with_units
+
+            result.peaks = with_units(FitTable._from_core(gpu_fit, not stack), result)
+        elif self.fit is not None:
             result.peaks = self.fit.apply(result, n_threads=self.n_threads)
         return result
+
+    def _gpu_fitter(self) -> Any:
+        """The CUDA fitter of the current fit spec (rebuilt when ``fit`` changes)."""
+        spec = self.fit
+        if self._gpu_fit[0] != spec:
+            from radint.gpu.fit import CudaFitter
+
+            fitter = CudaFitter(
+                self._axes["radius_px"], spec.positions_in_px(self.config),
+                roi_padding=spec.roi_padding, max_iterations=spec.max_iterations,
+            )  # fmt: skip
+            self._gpu_fit = (spec, fitter)
+        return self._gpu_fit[1]
 
     def _gpu_backend(self) -> Any:
         if self._gpu is None:

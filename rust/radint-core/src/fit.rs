@@ -159,6 +159,13 @@ fn validate_axis(x: &[f64]) -> Result<f64> {
     Ok(bin_size(x))
 }
 
+/// The jobs [`fit_many`] fits for `positions` on axis `x` with a fixed ROI padding, and the axis
+/// bin size: what the GPU fitter runs, so both backends fit exactly the same ROIs.
+pub fn plan_fixed_rois(x: &[f64], positions: &[f64], padding: usize) -> Result<(f64, Vec<Job>)> {
+    let bin = validate_axis(x)?;
+    Ok((bin, plan_jobs(x, &[], positions, padding, false)))
+}
+
 fn validate_options(opts: &FitOptions) -> Result<()> {
     if opts.max_peaks_per_job == 0 || opts.lm.max_iterations == 0 {
         return Err(Error::Invalid(

@@ -272,7 +272,49 @@ fn fit_status_names() -> Vec<(u8, &'static str)> {
     v
 }
 
+/// The fitting jobs of `positions` on axis `x` with a fixed ROI padding (the plan the CPU fitter
+/// uses), flattened for the GPU fitter.
+///
+/// Returns a dict: `bin` (axis bin size), `job_lo`, `job_hi` u32 `(n_jobs,)` (inclusive ROI bin
+/// range), `peak_start` u32 `(n_jobs + 1,)` (job j's peaks are `peak_start[j]..peak_start[j+1]`),
+/// `peak_slot`, `peak_index` u32 `(n_planned,)` (position index, snapped bin). Positions in no job
+/// are out of range.
+#[pyfunction]
+#[pyo3(signature = (x, positions, roi_padding=20))]
+fn fit_plan<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f64>,
+    positions: Vec<f64>,
+    roi_padding: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let xs = slice_1d("x", &x)?;
+    let (bin, jobs) = core_fit::plan_fixed_rois(xs, &positions, roi_padding)
+        .map_err(crate::errors::CoreError::from)?;
+    let (mut lo, mut hi, mut start, mut slot, mut index) =
+        (Vec::new(), Vec::new(), vec![0u32], Vec::new(), Vec::new());
+    for job in &jobs {
+        lo.push(job.lo as u32);
+        hi.push(job.hi as u32);
+        for pk in &job.peaks {
+            slot.push(pk.slot as u32);
+            index.push(pk.index as u32);
+        }
+        start.push(slot.len() as u32);
+    }
+    let d = PyDict::new(py);
+    d.set_item("bin", bin)?;
+    let n_jobs = lo.len();
+    let n_planned = slot.len();
+    d.set_item("job_lo", shaped(py, lo, &[n_jobs])?)?;
+    d.set_item("job_hi", shaped(py, hi, &[n_jobs])?)?;
+    d.set_item("peak_start", shaped(py, start, &[n_jobs + 1])?)?;
+    d.set_item("peak_slot", shaped(py, slot, &[n_planned])?)?;
+    d.set_item("peak_index", shaped(py, index, &[n_planned])?)?;
+    Ok(d)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(fit_plan, m)?)?;
     m.add_function(wrap_pyfunction!(fit_peaks, m)?)?;
     m.add_function(wrap_pyfunction!(fit_auto, m)?)?;
     m.add_function(wrap_pyfunction!(snip_background, m)?)?;

@@ -1,0 +1,122 @@
+"""CUDA peak fitting: one thread per (lineout, job) runs the Levenberg–Marquardt of
+``kernels/fit.cuh`` (a port of the Rust fitter, checked against it on the CPU by the test suite)
+on lineouts that are already on the device. Only the fit table comes back to the host.
+
+Jobs are planned once by the Rust planner (``radint._core.fit_plan``, the same code the CPU
+fitter uses), so both backends fit the same ROIs with the same starts and bounds. A job with more
+than ``RF_MAX_PEAKS`` (6) peaks or more than 1024 ROI bins exceeds the kernel's per-thread storage
+and is fitted by the Rust fitter instead (its lineouts are copied back for that).
+Auto-detection (SNIP + Savitzky–Golay + prominence) and ``FitROIAuto`` depend on the data in ways
+that are sequential per lineout; they run on the CPU after the lineouts come back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from radint import _core
+from radint.gpu import _import_cupy, _module
+
+__all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
+
+#: Threads per block of the fitting kernel (each thread holds ~17 KB of local memory).
+FIT_BLOCK = 64
+#: Status the kernel leaves for jobs it cannot hold (the launcher refits them on the CPU).
+CPU_FALLBACK = 254
+_OUT_OF_RANGE = 3
+
+
+class CudaFitter:
+    """Fit peaks at fixed positions in many lineouts on the device.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_x,)
+        Bin centres of the lineouts (R px for an Integrator's results).
+    positions : sequence of float
+        Peak positions in x units.
+    roi_padding, max_iterations, max_peaks_per_job
+        As in :func:`radint.fit.fit_peaks`.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        positions: list[float],
+        roi_padding: int = 20,
+        max_iterations: int = 500,
+        max_peaks_per_job: int = 32,
+    ) -> None:
+        cp = _import_cupy()
+        self._cp = cp
+        self.x = np.ascontiguousarray(x, dtype=np.float64)
+        self.positions = [float(p) for p in positions]
+        self.roi_padding = int(roi_padding)
+        self.max_iterations = int(max_iterations)
+        self.max_peaks_per_job = int(max_peaks_per_job)
+        plan = _core.fit_plan(self.x, self.positions, self.roi_padding)
+        self.bin = float(plan["bin"])
+        self.n_jobs = int(plan["job_lo"].size)
+        self._plan = {k: cp.asarray(plan[k]) for k in
+                      ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index")}  # fmt: skip
+        self._x = cp.asarray(self.x)
+        self._kernel = _module(cp.cuda.Device().id, "fit").get_function("rf_fit_jobs")
+
+    def fit(self, lineouts: Any) -> dict[str, np.ndarray]:
+        """Fit every row of ``lineouts`` (CuPy or numpy, shape ``(n_curves, n_x)``).
+
+        Returns the dict :func:`radint._core.fit_peaks` returns (host arrays): ``values`` and
+        ``errors`` ``(n_curves, n_peaks, 7)``, ``status`` u8, ``iterations`` u32.
+        """
+        cp = self._cp
+        ys = cp.ascontiguousarray(cp.asarray(lineouts, dtype=cp.float64))
+        if ys.ndim == 1:
+            ys = ys.reshape(1, -1)
+        n_curves, n_x = (int(v) for v in ys.shape)
+        if n_x != self.x.size:
+            raise ValueError(f"lineouts: expected rows of {self.x.size} bins, got {n_x}")
+        n_slots = len(self.positions)
+        values = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)
+        errors = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)
+        status = cp.full((n_curves, n_slots), _OUT_OF_RANGE, dtype=cp.uint8)
+        iterations = cp.zeros((n_curves, n_slots), dtype=cp.uint32)
+        total = n_curves * self.n_jobs
+        if total:
+            p = self._plan
+            self._kernel(
+                ((total + FIT_BLOCK - 1) // FIT_BLOCK,),
+                (FIT_BLOCK,),
+                (self._x, ys, np.uint32(n_x), np.uint32(n_curves), p["job_lo"], p["job_hi"],
+                 p["peak_start"], p["peak_slot"], p["peak_index"], np.uint32(self.n_jobs),
+                 np.uint32(n_slots), np.float64(self.bin), np.int32(self.max_iterations),
+                 np.int32(self.max_peaks_per_job), np.float64(1e-8), np.float64(1e-8),
+                 values, errors, status, iterations),
+            )  # fmt: skip
+        out = {
+            "values": cp.asnumpy(values),
+            "errors": cp.asnumpy(errors),
+            "status": cp.asnumpy(status),
+            "iterations": cp.asnumpy(iterations),
+        }
+        self._cpu_fallback(out, ys)
+        return out
+
+    def _cpu_fallback(self, out: dict[str, np.ndarray], ys: Any) -> None:
+        """Refit on the CPU the jobs the kernel could not hold (same plan, same fitter)."""
+        curves, slots = np.nonzero(out["status"] == CPU_FALLBACK)
+        if curves.size == 0:
+            return
+        rows = np.unique(curves)
+        cols = np.unique(slots)
+        host = self._cp.asnumpy(ys[self._cp.asarray(rows)])
+        # The job's peaks alone plan to that same job: its ROI is where no other job's ROI is.
+        d = _core.fit_peaks(self.x, np.ascontiguousarray(host), [self.positions[s] for s in cols],
+                            roi_padding=self.roi_padding, max_iterations=self.max_iterations,
+                            max_peaks_per_job=self.max_peaks_per_job)  # fmt: skip
+        for key in ("values", "errors", "status", "iterations"):
+            block = out[key][rows[:, None], cols[None, :]]
+            redo = out["status"][rows[:, None], cols[None, :]] == CPU_FALLBACK
+            block[redo] = d[key][redo]
+            out[key][rows[:, None], cols[None, :]] = block

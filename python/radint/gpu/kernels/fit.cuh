@@ -1,0 +1,499 @@
+// radint peak-fitting arithmetic, shared by the CUDA kernel (fit.cu, compiled by NVRTC) and the
+// host C++ harness (tests/gpu_harness/fit_harness.cpp, compiled by g++).
+//
+// A line-by-line port of the Rust fitter (rust/radint-core/src/fit/{model,roi,lm}.rs and
+// fit.rs::fit_job): the MIDAS model of spec §6.1 (TCH pseudo-Voigt peaks on a 2-term Chebyshev
+// background, centi-scaled widths), the MIDAS starts and bounds of §6.2 step 3, and the same
+// bounded Levenberg–Marquardt (projection onto the box, bound-active parameters frozen, Marquardt
+// scaling by the running max of diag(JᵀJ), λ ÷3 on success and ×4 on failure). One job (one ROI
+// with its peaks, planned on the host by the Rust planner) is fitted by one call of rf_fit_job,
+// i.e. by one GPU thread. The CPU test suite checks rf_fit_job against the Rust fitter.
+//
+// Per-thread storage is fixed: at most RF_MAX_PEAKS peaks per job and RF_MAX_ROI finite points;
+// bigger jobs return RF_CPU_FALLBACK and the launcher fits them with the Rust fitter.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(__NVRTC__)
+#define RF_HD __host__ __device__ __forceinline__
+#define RF_SQRT(x) sqrt(x)
+#define RF_EXP(x) exp(x)
+#define RF_POW(x, y) pow(x, y)
+#define RF_FMAX(x, y) fmax(x, y)
+#define RF_FMIN(x, y) fmin(x, y)
+#else
+#include <cmath>
+#define RF_HD inline
+#define RF_SQRT(x) std::sqrt(x)
+#define RF_EXP(x) std::exp(x)
+#define RF_POW(x, y) std::pow(x, y)
+#define RF_FMAX(x, y) std::fmax(x, y)
+#define RF_FMIN(x, y) std::fmin(x, y)
+#endif
+
+typedef unsigned int rf_u32;
+typedef unsigned char rf_u8;
+
+#define RF_MAX_PEAKS 6
+#define RF_MAX_PARAMS (2 + 4 * RF_MAX_PEAKS)
+#define RF_MAX_ROI 1024
+#define RF_ROW 7
+
+// FitStatus codes (rust/radint-core/src/fit/lm.rs), plus the launcher's fallback marker.
+#define RF_CONVERGED 0
+#define RF_MAX_ITERATIONS 1
+#define RF_NON_FINITE 2
+#define RF_OUT_OF_RANGE 3
+#define RF_INSUFFICIENT_DATA 4
+#define RF_TOO_MANY_PEAKS 5
+#define RF_CPU_FALLBACK 254
+
+#define RF_LN2 0.693147180559945309417232121458176568
+#define RF_PI 3.14159265358979323846264338327950288
+#define RF_SIG_FLOOR 1e-12
+#define RF_GAM_FLOOR 1e-6
+#define RF_GAMMA_FLOOR 1e-15
+#define RF_LAMBDA_MAX 1e16
+
+RF_HD bool rf_finite(double v) { return v == v && v - v == 0.0; }
+
+RF_HD double rf_powi(double x, int n) {
+    double r = 1.0;
+    for (int i = 0; i < n; ++i) r *= x;
+    return r;
+}
+
+// ------------------------------------------------------------------------------- model (§6.1)
+struct RfTch {
+    double gamma, eta, dgamma_dsig, dgamma_dgam, deta_dsig, deta_dgam;
+};
+
+// TCH Γ, η and their derivatives; clamped quantities have zero derivative (model.rs tch_terms).
+RF_HD RfTch rf_tch_terms(double sig, double gam) {
+    const double tch[6] = {1.0, 2.69269, 2.42843, 4.47163, 0.07842, 1.0};
+    const double fg = RF_SQRT(8.0 * RF_LN2 * RF_FMAX(sig, RF_SIG_FLOOR)) / 100.0;
+    const double dfg_dsig = sig > RF_SIG_FLOOR ? fg / (2.0 * sig) : 0.0;
+    const double fl = RF_FMAX(gam, RF_GAM_FLOOR) / 100.0;
+    const double dfl_dgam = gam > RF_GAM_FLOOR ? 0.01 : 0.0;
+    double s = 0.0, ds_dfg = 0.0, ds_dfl = 0.0;
+    for (int k = 0; k < 6; ++k) {
+        const int eg = 5 - k, el = k;
+        s += tch[k] * rf_powi(fg, eg) * rf_powi(fl, el);
+        if (eg > 0) ds_dfg += tch[k] * double(eg) * rf_powi(fg, eg - 1) * rf_powi(fl, el);
+        if (el > 0) ds_dfl += tch[k] * double(el) * rf_powi(fg, eg) * rf_powi(fl, el - 1);
+    }
+    const double raw = RF_POW(s, 0.2);
+    double gamma = RF_GAMMA_FLOOR, dgamma_dfg = 0.0, dgamma_dfl = 0.0;
+    if (raw >= RF_GAMMA_FLOOR) {
+        const double d = 5.0 * rf_powi(raw, 4);
+        gamma = raw;
+        dgamma_dfg = ds_dfg / d;
+        dgamma_dfl = ds_dfl / d;
+    }
+    const double q = fl / gamma;
+    const double eta_raw = 1.36603 * q + -0.47719 * q * q + 0.11116 * q * q * q;
+    const double deta_dq = (eta_raw >= 0.0 && eta_raw <= 1.0)
+                               ? 1.36603 + 2.0 * -0.47719 * q + 3.0 * 0.11116 * q * q
+                               : 0.0;
+    const double dq_dfg = -fl / (gamma * gamma) * dgamma_dfg;
+    const double dq_dfl = 1.0 / gamma - fl / (gamma * gamma) * dgamma_dfl;
+    RfTch t;
+    t.gamma = gamma;
+    t.eta = eta_raw < 0.0 ? 0.0 : (eta_raw > 1.0 ? 1.0 : eta_raw);
+    t.dgamma_dsig = dgamma_dfg * dfg_dsig;
+    t.dgamma_dgam = dgamma_dfl * dfl_dgam;
+    t.deta_dsig = deta_dq * dq_dfg * dfg_dsig;
+    t.deta_dgam = deta_dq * dq_dfl * dfl_dgam;
+    return t;
+}
+
+// Unit-area η L + (1 − η) G at offset d, single total FWHM Γ: value, ∂/∂d, ∂/∂Γ, ∂/∂η.
+RF_HD void rf_unit_pv(double d, double gamma, double eta, double out[4]) {
+    const double k = 2.0 * RF_SQRT(2.0 * RF_LN2);
+    const double sigma = gamma / k;
+    const double g = RF_EXP(-d * d / (2.0 * sigma * sigma)) / (sigma * RF_SQRT(2.0 * RF_PI));
+    const double h = gamma / 2.0;
+    const double den = d * d + h * h;
+    const double l = h / RF_PI / den;
+    const double dg_dd = -d / (sigma * sigma) * g;
+    const double dl_dd = -(h / RF_PI) * 2.0 * d / (den * den);
+    const double dg_dgamma = g * (d * d / rf_powi(sigma, 3) - 1.0 / sigma) / k;
+    const double dl_dgamma = 0.5 * (d * d - h * h) / (RF_PI * den * den);
+    out[0] = eta * l + (1.0 - eta) * g;
+    out[1] = eta * dl_dd + (1.0 - eta) * dg_dd;
+    out[2] = eta * dl_dgamma + (1.0 - eta) * dg_dgamma;
+    out[3] = l - g;
+}
+
+RF_HD double rf_chebyshev_x(double x, double x_lo, double x_hi) {
+    const double span = x_hi - x_lo;
+    return span != 0.0 ? 2.0 * (x - x_lo) / span - 1.0 : 0.0;
+}
+
+// Model value; with grad != 0 also its gradient (layout [bg0, bg1, A, c, sig, gam, ...]).
+RF_HD double rf_model(double x, double x_lo, double x_hi, const double* p, int np, double* grad) {
+    const double xn = rf_chebyshev_x(x, x_lo, x_hi);
+    double m = p[0] + p[1] * xn;
+    if (grad) {
+        grad[0] = 1.0;
+        grad[1] = xn;
+    }
+    double v[4];
+    for (int o = 2; o + 4 <= np; o += 4) {
+        const double area = p[o], center = p[o + 1];
+        const RfTch t = rf_tch_terms(p[o + 2], p[o + 3]);
+        rf_unit_pv(x - center, t.gamma, t.eta, v);
+        m += area * v[0];
+        if (grad) {
+            grad[o] = v[0];
+            grad[o + 1] = -area * v[1];
+            grad[o + 2] = area * (v[2] * t.dgamma_dsig + v[3] * t.deta_dsig);
+            grad[o + 3] = area * (v[2] * t.dgamma_dgam + v[3] * t.deta_dgam);
+        }
+    }
+    return m;
+}
+
+// ------------------------------------------------------------------ starts and bounds (§6.2)
+// The job's finite points: global indices fidx[0..n) into x / y.
+struct RfData {
+    const double* x;
+    const double* y;
+    const rf_u32* fidx;
+    int n;
+    double x_lo, x_hi;  // first and last x of the ROI (finite or not): the Chebyshev frame
+};
+
+RF_HD double rf_fy(const RfData& d, int k) { return d.y[d.fidx[k]]; }
+
+// Mean of the first and last bw = clamp(n/4, 1, 5) points (roi.rs edge_background).
+RF_HD double rf_edge_background(const RfData& d) {
+    const int n = d.n;
+    if (n == 0) return 0.0;
+    int bw = n / 4;
+    bw = bw < 1 ? 1 : (bw > 5 ? 5 : bw);
+    bw = bw > n ? n : bw;
+    double sum = 0.0;
+    for (int k = 0; k < bw; ++k) sum += rf_fy(d, k);
+    for (int k = n - bw; k < n; ++k) sum += rf_fy(d, k);
+    return sum / double(2 * bw);
+}
+
+RF_HD double rf_peak_amplitude(const RfData& d, int pk, double bg) {
+    const double v = pk < d.n ? rf_fy(d, pk) : 0.0;
+    return v - bg > 0.0 ? v - bg : v;
+}
+
+RF_HD int rf_fwhm_bins(const RfData& d, int pk, double bg, double amp) {
+    const double half = bg + amp / 2.0;
+    if (pk > d.n - 1) pk = d.n - 1;
+    if (pk < 0) pk = 0;
+    int left = pk, right = pk;
+    while (left > 0 && rf_fy(d, left - 1) > half) --left;
+    while (right + 1 < d.n && rf_fy(d, right + 1) > half) ++right;
+    return right - left > 2 ? right - left : 2;
+}
+
+RF_HD double rf_strictly_inside(double v, double lo, double hi) {
+    const double eps = 1e-6 * (hi - lo);
+    if (eps > 0.0) return RF_FMIN(RF_FMAX(v, lo + eps), hi - eps);
+    return RF_FMIN(RF_FMAX(v, lo), hi);
+}
+
+// roi.rs initial_guess for peaks at finite-point indices pks[0..n_peaks).
+RF_HD void rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double bin,
+                            double* start, double* lower, double* upper) {
+    double ymin = 1.0 / 0.0, ymax = -1.0 / 0.0;
+    for (int k = 0; k < d.n; ++k) {
+        ymin = RF_FMIN(ymin, rf_fy(d, k));
+        ymax = RF_FMAX(ymax, rf_fy(d, k));
+    }
+    const double range = RF_FMAX(ymax - ymin, 1.0);
+    const double span = double(d.n) * bin;
+    const double bg = rf_edge_background(d);
+    start[0] = bg;
+    lower[0] = RF_FMIN(ymin - range / 2.0, -1.0);
+    upper[0] = ymax + range;
+    start[1] = 0.0;
+    lower[1] = -range;
+    upper[1] = range;
+    const double width_cap = 200.0 * bin * 100.0;
+    for (int k = 0; k < n_peaks; ++k) {
+        int pk = pks[k];
+        if (pk > d.n - 1) pk = d.n - 1;
+        const double amp = rf_peak_amplitude(d, pk, bg);
+        const double fwhm = double(rf_fwhm_bins(d, pk, bg, amp)) * bin;
+        const double half = 0.5 * fwhm * 100.0;
+        const double sig0 = half * half / (8.0 * RF_LN2), gam0 = half;
+        const double c0 = d.x[d.fidx[pk]];
+        const double dc = RF_FMAX(fwhm, span / 2.0);
+        const int o = 2 + 4 * k;
+        start[o] = 1.5 * amp * fwhm;
+        start[o + 1] = c0;
+        start[o + 2] = sig0;
+        start[o + 3] = gam0;
+        lower[o] = 0.0;
+        lower[o + 1] = c0 - dc;
+        lower[o + 2] = 1e-6;
+        lower[o + 3] = 0.01;
+        upper[o] = RF_FMAX(2.0 * range * span, 1.0);
+        upper[o + 1] = c0 + dc;
+        upper[o + 2] = width_cap * width_cap / (8.0 * RF_LN2);
+        upper[o + 3] = width_cap;
+    }
+    for (int i = 0; i < 2 + 4 * n_peaks; ++i) start[i] = rf_strictly_inside(start[i], lower[i], upper[i]);
+}
+
+// ---------------------------------------------------------------- Levenberg–Marquardt (lm.rs)
+struct RfNormal {
+    double cost;
+    double jtj[RF_MAX_PARAMS * RF_MAX_PARAMS];
+    double jtr[RF_MAX_PARAMS];
+};
+
+RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, RfNormal& nrm) {
+    double grad[RF_MAX_PARAMS];
+    nrm.cost = 0.0;
+    for (int a = 0; a < n; ++a) {
+        nrm.jtr[a] = 0.0;
+        for (int b = 0; b < n; ++b) nrm.jtj[a * n + b] = 0.0;
+    }
+    for (int i = 0; i < d.n; ++i) {
+        const rf_u32 gi = d.fidx[i];
+        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, grad) - d.y[gi];
+        nrm.cost += r * r;
+        for (int a = 0; a < n; ++a) {
+            const double ga = grad[a];
+            if (ga == 0.0) continue;
+            nrm.jtr[a] += ga * r;
+            for (int b = a; b < n; ++b) nrm.jtj[a * n + b] += ga * grad[b];
+        }
+    }
+    for (int a = 0; a < n; ++a)
+        for (int b = 0; b < a; ++b) nrm.jtj[a * n + b] = nrm.jtj[b * n + a];
+}
+
+RF_HD double rf_cost(const RfData& d, const double* p, int n) {
+    double c = 0.0;
+    for (int i = 0; i < d.n; ++i) {
+        const rf_u32 gi = d.fidx[i];
+        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, 0) - d.y[gi];
+        c += r * r;
+    }
+    return c;
+}
+
+RF_HD bool rf_cholesky(double* a, int n) {
+    for (int j = 0; j < n; ++j) {
+        double dj = a[j * n + j];
+        for (int k = 0; k < j; ++k) dj -= a[j * n + k] * a[j * n + k];
+        if (!(dj > 0.0 && rf_finite(dj))) return false;
+        dj = RF_SQRT(dj);
+        a[j * n + j] = dj;
+        for (int i = j + 1; i < n; ++i) {
+            double s = a[i * n + j];
+            for (int k = 0; k < j; ++k) s -= a[i * n + k] * a[j * n + k];
+            a[i * n + j] = s / dj;
+        }
+    }
+    return true;
+}
+
+RF_HD void rf_cholesky_solve(const double* l, int n, double* b) {
+    for (int i = 0; i < n; ++i) {
+        double s = b[i];
+        for (int k = 0; k < i; ++k) s -= l[i * n + k] * b[k];
+        b[i] = s / l[i * n + i];
+    }
+    for (int i = n - 1; i >= 0; --i) {
+        double s = b[i];
+        for (int k = i + 1; k < n; ++k) s -= l[k * n + i] * b[k];
+        b[i] = s / l[i * n + i];
+    }
+}
+
+// Damped step over the free parameters into step[0..n); false when singular or none free.
+RF_HD bool rf_damped_step(const RfNormal& nrm, const double* diag, const bool* free_, int n,
+                          double lambda, double* work, double* step) {
+    int idx[RF_MAX_PARAMS];
+    int m = 0;
+    for (int i = 0; i < n; ++i)
+        if (free_[i]) idx[m++] = i;
+    if (m == 0) return false;
+    double b[RF_MAX_PARAMS];
+    for (int r = 0; r < m; ++r) {
+        const int i = idx[r];
+        for (int c = 0; c < m; ++c) work[r * m + c] = nrm.jtj[i * n + idx[c]];
+        work[r * m + r] += lambda * diag[i];
+        b[r] = -nrm.jtr[i];
+    }
+    if (!rf_cholesky(work, m)) return false;
+    rf_cholesky_solve(work, m, b);
+    for (int i = 0; i < n; ++i) step[i] = 0.0;
+    for (int r = 0; r < m; ++r) step[idx[r]] = b[r];
+    return true;
+}
+
+RF_HD bool rf_finite_normal(const RfNormal& nrm, int n) {
+    if (!rf_finite(nrm.cost)) return false;
+    for (int i = 0; i < n; ++i) {
+        if (!rf_finite(nrm.jtr[i])) return false;
+        for (int j = 0; j < n; ++j)
+            if (!rf_finite(nrm.jtj[i * n + j])) return false;
+    }
+    return true;
+}
+
+struct RfWork {
+    RfNormal nrm;
+    double work[RF_MAX_PARAMS * RF_MAX_PARAMS];
+};
+
+// lm.rs levenberg_marquardt; p holds the start (clamped here) and receives the solution.
+RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower,
+                                 const double* upper, int n, int max_iterations, double ftol,
+                                 double xtol, RfWork& w, int* iterations) {
+    *iterations = 0;
+    for (int i = 0; i < n; ++i) p[i] = RF_FMIN(RF_FMAX(p[i], lower[i]), upper[i]);
+    rf_normal_equations(d, p, n, w.nrm);
+    bool ok = rf_finite_normal(w.nrm, n);
+    for (int i = 0; i < n; ++i) ok = ok && rf_finite(p[i]);
+    if (!ok) return RF_NON_FINITE;
+    double diag[RF_MAX_PARAMS], step[RF_MAX_PARAMS], trial[RF_MAX_PARAMS];
+    bool free_[RF_MAX_PARAMS];
+    for (int i = 0; i < n; ++i) diag[i] = w.nrm.jtj[i * n + i];
+    double lambda = 1e-3;
+    while (*iterations < max_iterations) {
+        for (int i = 0; i < n; ++i) {
+            diag[i] = RF_FMAX(RF_FMAX(diag[i], w.nrm.jtj[i * n + i]), 1e-300);
+            const double g = w.nrm.jtr[i];
+            free_[i] = !((p[i] <= lower[i] && g > 0.0) || (p[i] >= upper[i] && g < 0.0));
+        }
+        for (;;) {
+            double cost = 1.0 / 0.0;
+            const bool have = rf_damped_step(w.nrm, diag, free_, n, lambda, w.work, step);
+            if (have) {
+                for (int i = 0; i < n; ++i)
+                    trial[i] = RF_FMIN(RF_FMAX(p[i] + step[i], lower[i]), upper[i]);
+                cost = rf_cost(d, trial, n);
+            }
+            if (have && cost < w.nrm.cost) {
+                *iterations += 1;
+                lambda = RF_FMAX(lambda / 3.0, 1e-12);
+                const double rel_drop = (w.nrm.cost - cost) / RF_FMAX(w.nrm.cost, 1e-300);
+                bool tiny = true;
+                for (int i = 0; i < n; ++i) {
+                    const double a = p[i], b = trial[i];
+                    tiny = tiny && (b - a < 0 ? a - b : b - a) <= xtol * ((a < 0 ? -a : a) + xtol);
+                }
+                for (int i = 0; i < n; ++i) p[i] = trial[i];
+                rf_normal_equations(d, p, n, w.nrm);
+                if (!rf_finite_normal(w.nrm, n)) return RF_NON_FINITE;
+                if (rel_drop <= ftol || tiny || w.nrm.cost == 0.0) return RF_CONVERGED;
+                break;
+            }
+            lambda *= 4.0;
+            if (lambda > RF_LAMBDA_MAX) return RF_CONVERGED;
+        }
+    }
+    return RF_MAX_ITERATIONS;
+}
+
+// Variances diag((JᵀJ)⁻¹)·s2 into var[0..n) and the (sig, gam) covariance of each peak into
+// cov_sg[k]; false when JᵀJ is singular (lm.rs spd_inverse with equilibration).
+RF_HD bool rf_covariance(const RfNormal& nrm, int n, double s2, double* work, double* var,
+                         double* cov_sg) {
+    double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS];
+    for (int i = 0; i < n; ++i) {
+        const double dd = nrm.jtj[i * n + i];
+        scale[i] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+    }
+    for (int k = 0; k < n * n; ++k) work[k] = nrm.jtj[k] * scale[k / n] * scale[k % n];
+    if (!rf_cholesky(work, n)) return false;
+    for (int j = 0; j < n; ++j) {
+        for (int i = 0; i < n; ++i) col[i] = 0.0;
+        col[j] = 1.0;
+        rf_cholesky_solve(work, n, col);
+        var[j] = col[j] * scale[j] * scale[j] * s2;
+        if (j >= 2 && (j - 2) % 4 == 3) cov_sg[(j - 2) / 4] = col[j - 1] * scale[j - 1] * scale[j] * s2;
+    }
+    return true;
+}
+
+RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
+    const double v = ds * ds * vs + 2.0 * ds * dg * csg + dg * dg * vg;
+    if (v != v) return v;
+    return RF_SQRT(v > 0.0 ? v : 0.0);
+}
+
+// Fit one job: ROI x/y[lo..=hi], peaks at global bin indices peak_index[0..n_peaks), written to
+// the rows of their slots (values/errors: RF_ROW doubles per slot; status, iterations).
+RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
+                      const rf_u32* peak_slot, const rf_u32* peak_index, int n_peaks, double bin,
+                      int max_iterations, int max_peaks_per_job, double ftol, double xtol,
+                      rf_u32* fidx, RfWork& w, double* values, double* errors, rf_u8* status,
+                      rf_u32* iterations) {
+    const double nan = 0.0 / 0.0;
+    int code = RF_CONVERGED;
+    if (n_peaks > max_peaks_per_job) code = RF_TOO_MANY_PEAKS;
+    else if (n_peaks > RF_MAX_PEAKS || hi - lo + 1 > RF_MAX_ROI) code = RF_CPU_FALLBACK;
+    RfData d;
+    d.x = x;
+    d.y = y;
+    d.fidx = fidx;
+    d.n = 0;
+    d.x_lo = x[lo];
+    d.x_hi = x[hi];
+    const int np = 2 + 4 * n_peaks;
+    if (code == RF_CONVERGED) {
+        for (rf_u32 i = lo; i <= hi; ++i)
+            if (rf_finite(y[i])) fidx[d.n++] = i;
+        if (d.n <= np) code = RF_INSUFFICIENT_DATA;
+    }
+    int iters = 0;
+    double p[RF_MAX_PARAMS], lower[RF_MAX_PARAMS], upper[RF_MAX_PARAMS];
+    if (code == RF_CONVERGED) {
+        int pks[RF_MAX_PEAKS] = {0};
+        for (int k = 0; k < n_peaks; ++k) {
+            // fit.rs: partition_point of the finite x below x[index], i.e. finite points before it.
+            int c = 0;
+            while (c < d.n && fidx[c] < peak_index[k]) ++c;
+            pks[k] = c < d.n - 1 ? c : d.n - 1;
+        }
+        rf_initial_guess(d, pks, n_peaks, bin, p, lower, upper);
+        code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, w,
+                                      &iters);
+    }
+    if (code != RF_CONVERGED) {
+        for (int k = 0; k < n_peaks; ++k) {
+            const rf_u32 s = peak_slot[k];
+            for (int c = 0; c < RF_ROW; ++c) values[s * RF_ROW + c] = errors[s * RF_ROW + c] = nan;
+            status[s] = rf_u8(code);
+            iterations[s] = rf_u32(code == RF_CPU_FALLBACK ? 0 : iters);
+        }
+        return;
+    }
+    const double dof = double(d.n - np > 1 ? d.n - np : 1);
+    const double chi2 = w.nrm.cost / dof;
+    double var[RF_MAX_PARAMS], cov_sg[RF_MAX_PEAKS];
+    const bool have_cov = rf_covariance(w.nrm, np, w.nrm.cost / dof, w.work, var, cov_sg);
+    for (int k = 0; k < n_peaks; ++k) {
+        const rf_u32 s = peak_slot[k];
+        const int o = 2 + 4 * k;
+        const RfTch t = rf_tch_terms(p[o + 2], p[o + 3]);
+        double* v = values + s * RF_ROW;
+        double* e = errors + s * RF_ROW;
+        v[0] = p[o];
+        v[1] = p[o + 1];
+        v[2] = p[o + 2];
+        v[3] = p[o + 3];
+        v[4] = t.gamma;
+        v[5] = t.eta;
+        v[6] = chi2;
+        for (int c = 0; c < 4; ++c) e[c] = have_cov ? RF_SQRT(var[o + c] > 0.0 ? var[o + c] : 0.0) : nan;
+        e[4] = have_cov ? rf_delta(t.dgamma_dsig, t.dgamma_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
+        e[5] = have_cov ? rf_delta(t.deta_dsig, t.deta_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
+        e[6] = nan;
+        status[s] = RF_CONVERGED;
+        iterations[s] = rf_u32(iters);
+    }
+}

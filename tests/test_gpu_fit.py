@@ -1,0 +1,184 @@
+"""CUDA peak fitting (kernels/fit.cu + fit.cuh) checked without a GPU, and on one when present.
+
+* ``test_fit_harness_*``: ``tests/gpu_harness/fit_harness.cpp`` compiles ``fit.cuh`` with g++ and
+  runs ``rf_fit_job`` for every (lineout, job) as the kernel's threads do; the results must match
+  the Rust fitter (same plan from ``_core.fit_plan``, same starts, bounds and LM steps) to
+  rounding, with the same statuses and iteration counts.
+* ``test_nvrtc_compiles_fit_kernel``: NVRTC compiles ``fit.cu`` without a driver.
+* ``gpu``-marked tests run the kernel on a device against the Rust fitter (1 000 lineouts) and
+  the ``Integrator(backend="cuda", fit=...)`` path against the CPU one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radint import _core
+from radint.exceptions import BackendUnavailableError
+from radint.fit import fit_peaks
+
+HARNESS = Path(__file__).resolve().parent / "gpu_harness" / "fit_harness.cpp"
+KERNELS = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "kernels"
+CPU_FALLBACK = 254
+
+
+def pv(x, c, w, eta):
+    s = w / (2 * np.sqrt(2 * np.log(2)))
+    g = np.exp(-0.5 * ((x - c) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+    return eta * (w / 2) / np.pi / ((x - c) ** 2 + (w / 2) ** 2) + (1 - eta) * g
+
+
+def lineouts(n_curves: int, seed: int = 1):
+    """Synthetic lineouts: a doublet and a triplet that merge into one job each, isolated peaks,
+    a sloped background, Poisson noise, a masked (NaN) stretch in one lineout."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(600.0) * 0.5 + 10
+    centres = np.array([40.0, 47.0, 48.8, 90.0, 150.0, 200.0, 203.5, 260.0])
+    ys = np.empty((n_curves, x.size))
+    for i in range(n_curves):
+        y = 50 + 0.05 * x
+        for c in centres:
+            y += rng.uniform(500, 3000) * pv(
+                x, c + rng.normal(0, 0.1), rng.uniform(1, 3), rng.uniform(0, 1)
+            )
+        ys[i] = rng.poisson(y)
+    ys[min(3, n_curves - 1), 100:110] = np.nan
+    positions = [*(centres + 0.3), 500.0, float("nan")]  # the last two are out of range
+    return x, ys, positions
+
+
+@pytest.fixture(scope="module")
+def fit_harness(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the host harness of fit.cuh needs a C++ compiler")
+    out = tmp_path_factory.mktemp("fit") / "fit_harness.so"
+    cmd = [gxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
+           "-shared", "-fPIC", f"-I{KERNELS}", str(HARNESS), "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(out))
+
+
+def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32):
+    plan = _core.fit_plan(x, positions, padding)
+    n_curves, n_slots = ys.shape[0], len(positions)
+    out = {
+        "values": np.full((n_curves, n_slots, 7), np.nan),
+        "errors": np.full((n_curves, n_slots, 7), np.nan),
+        "status": np.full((n_curves, n_slots), 3, np.uint8),
+        "iterations": np.zeros((n_curves, n_slots), np.uint32),
+    }
+    arrays = [np.ascontiguousarray(plan[k], np.uint32)
+              for k in ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index")]  # fmt: skip
+    x = np.ascontiguousarray(x, np.float64)
+    ys = np.ascontiguousarray(ys, np.float64)
+    ptr = [ctypes.c_void_p(a.ctypes.data) for a in (x, ys, *arrays)]
+    res = [
+        ctypes.c_void_p(out[k].ctypes.data) for k in ("values", "errors", "status", "iterations")
+    ]
+    rc = lib.rf_fit_jobs_host(
+        ptr[0], ptr[1], ctypes.c_uint32(x.size), ctypes.c_uint32(n_curves), *ptr[2:],
+        ctypes.c_uint32(arrays[0].size), ctypes.c_uint32(n_slots), ctypes.c_double(plan["bin"]),
+        ctypes.c_int(500), ctypes.c_int(max_peaks_per_job), ctypes.c_double(1e-8),
+        ctypes.c_double(1e-8), *res,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_fit_harness_matches_rust_fitter(fit_harness):
+    x, ys, positions = lineouts(40)
+    got = harness_fit(fit_harness, x, ys, positions)
+    ref = fit_peaks(x, ys, positions=positions)
+    np.testing.assert_array_equal(got["status"], ref.status)
+    assert {0, 3} <= set(np.unique(ref.status).tolist())  # converged and out-of-range slots
+    np.testing.assert_array_equal(got["iterations"], ref.iterations)
+    ok = ref.status == 0
+    # Same operations in the same order; only libm's pow/exp may differ in the last bit.
+    np.testing.assert_allclose(got["values"][ok], ref.rows()[ok], rtol=1e-10)
+    errs = np.stack([ref.area_err, ref.center_err, ref.sig_err, ref.gam_err, ref.fwhm_err,
+                     ref.eta_mix_err], axis=-1)  # fmt: skip
+    np.testing.assert_allclose(got["errors"][..., :6][ok], errs[ok], rtol=1e-8)
+    assert np.isnan(got["values"][~ok]).all()
+
+
+def test_fit_harness_statuses_for_jobs_it_cannot_hold(fit_harness):
+    """Seven peaks merged in one job exceed the kernel's storage: marked for the CPU fallback;
+    above max_peaks_per_job: too_many_peaks, as the Rust fitter says; a ROI with fewer finite
+    points than parameters: insufficient_data."""
+    x = np.arange(300.0)
+    y = 10 + sum(500 * pv(x, c, 2.0, 0.5) for c in range(100, 135, 5))
+    seven = [float(c) for c in range(100, 135, 5)]
+    got = harness_fit(fit_harness, x, y[None], seven)
+    assert (got["status"] == CPU_FALLBACK).all()
+    got = harness_fit(fit_harness, x, y[None], seven, max_peaks_per_job=5)
+    ref = fit_peaks(x, y, positions=seven, max_peaks_per_job=5)
+    np.testing.assert_array_equal(got["status"][0], ref.status)
+    masked = y.copy()
+    masked[:200] = np.nan
+    got = harness_fit(fit_harness, x, masked[None], [150.0], padding=3)
+    ref = fit_peaks(x, masked, positions=[150.0], roi_padding=3)
+    assert got["status"][0, 0] == ref.status[0] == 4
+
+
+def test_nvrtc_compiles_fit_kernel():
+    pytest.importorskip("cupy", reason="NVRTC compile check needs CuPy (pip install 'radint[gpu]')")
+    from radint.gpu import compile_ptx, kernel_source
+
+    assert '#include "fit.cuh"' not in kernel_source("fit")
+    try:
+        ptx = compile_ptx("fit", arch="compute_80")
+    except BackendUnavailableError as e:
+        pytest.skip(f"NVRTC library not loadable here: {e}")
+    assert ".entry rf_fit_jobs(" in ptx
+
+
+def _cuda_ok() -> tuple[bool, str]:
+    from radint.gpu import cuda_available
+
+    return cuda_available()
+
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not _cuda_ok()[0], reason=f"no CUDA: {_cuda_ok()[1]}")
+
+
+@gpu
+@needs_cuda
+def test_cuda_fitter_matches_rust_on_1000_lineouts():
+    from radint.gpu.fit import CudaFitter
+
+    x, ys, positions = lineouts(1000, seed=7)
+    got = CudaFitter(x, positions).fit(ys)
+    ref = fit_peaks(x, ys, positions=positions)
+    np.testing.assert_array_equal(got["status"], ref.status)
+    ok = ref.status == 0
+    bin_size = x[1] - x[0]
+    assert np.abs(got["values"][..., 1][ok] - ref.center[ok]).max() < 0.005 * bin_size
+    np.testing.assert_allclose(got["values"][..., 0][ok], ref.area[ok], rtol=2e-3)
+
+
+@gpu
+@needs_cuda
+def test_integrator_cuda_fit_equals_cpu(small_config):
+    from radint import Integrator
+    from radint.testing import ring_image
+
+    cfg = small_config.replace(r_bin_px=0.25, eta_bin_deg=360.0, r_max_px=55.0)
+    ring_r = np.array([18.0, 31.0, 44.0])
+    tth = np.degrees(np.arctan(ring_r * cfg.pixel_size_y_um / cfg.lsd_um))
+    frames = np.stack([ring_image(cfg, tth, fwhm_deg=0.1, noise=True, seed=k) for k in range(4)])
+    spec = {"positions_two_theta_deg": list(tth)}
+    cpu = Integrator(cfg, fit=spec).integrate_stack(frames)
+    cuda = Integrator(cfg, backend="cuda", fit=spec).integrate_stack(frames)
+    np.testing.assert_array_equal(cuda.peaks.status, cpu.peaks.status)
+    np.testing.assert_allclose(cuda.peaks.center, cpu.peaks.center, atol=1e-6)
+    np.testing.assert_allclose(
+        cuda.peaks.center_two_theta_deg, cpu.peaks.center_two_theta_deg, atol=1e-7
+    )
