@@ -1,4 +1,4 @@
-"""GPU integration benchmark (issue 8): radint CUDA vs the hardware limits (and midas-integrate).
+"""GPU integration and fitting benchmark (issues 8, 9): radint CUDA vs the hardware limits.
 
 Detectors: Pilatus 2M (u32) and Eiger 4M (u32, u16); 1 px × 5° cake + lineout, float64
 accumulation, Poisson variance. For each: kernel-only time per frame (frames already on the
@@ -184,7 +184,51 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             print("  ".join(f"{h}={v}" for h, v in zip(head, r)))
+    _fit_section(cp, args.frames, args.reps)
     return 0
+
+
+def _fit_section(cp, n_frames: int, reps: int) -> None:
+    """Issue 9: 10 fitted peaks per frame on the device vs integration alone, and the CUDA
+    fitter vs the Rust fitter on the same 1 000 lineouts."""
+    from radint import Integrator
+    from radint.fit import fit_peaks
+    from radint.gpu.fit import CudaFitter
+    from radint.testing import ring_image
+
+    cfg = _config((1679, 1475), 172).replace(r_bin_px=0.25, eta_bin_deg=360.0)
+    tth = np.degrees(np.arctan(np.linspace(150, 700, 10) * 172 / cfg.lsd_um))
+    host = np.stack(
+        [ring_image(cfg, tth, fwhm_deg=0.03, noise=True, seed=k) for k in range(n_frames)]
+    )
+    plain = Integrator(cfg, backend="cuda")
+    fitted = Integrator(cfg, backend="cuda", fit={"positions_two_theta_deg": list(tth)})
+    for integ in (plain, fitted):
+        integ.integrate_stack(host)  # warm-up
+    timings = {}
+    for label, integ in (("integrate", plain), ("integrate + fit 10 peaks", fitted)):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            integ.integrate_stack(host)
+        timings[label] = (time.perf_counter() - t0) / (reps * n_frames) * 1e3
+    base = timings["integrate"]
+    for label, ms in timings.items():
+        print(f"{label:28} {ms:8.3f} ms/frame  ({100 * (ms / base - 1):+.0f} % vs integrate)")
+    lines = plain.integrate_stack(host).lineout
+    ys = np.ascontiguousarray(np.tile(lines, (1000 // n_frames + 1, 1))[:1000])
+    x = plain.integrate(host[0]).radius_px
+    positions = list(np.linspace(150, 700, 10))
+    fitter = CudaFitter(x, positions)
+    fitter.fit(ys)
+    t0 = time.perf_counter()
+    fitter.fit(ys)
+    gpu_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_peaks(x, ys, positions=positions)
+    cpu_s = time.perf_counter() - t0
+    n = ys.shape[0] * len(positions)
+    print(f"fits/s on 1000 lineouts x 10 peaks: CUDA {n / gpu_s:,.0f}, Rust CPU {n / cpu_s:,.0f} "
+          f"({cpu_s / gpu_s:.1f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":
