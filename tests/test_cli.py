@@ -39,3 +39,24 @@ def test_plot(tmp_path):
     assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
     assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_convert_a_stored_result(tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    from radint.io import read_nexus
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
+    src = tmp_path / "ceo2_pilatus.h5"
+    out = tmp_path / "conv"
+    assert main(["convert", str(src), "--format", "midas,xy", "-o", str(out)]) == 0
+    stored = read_nexus(src)
+    with h5py.File(out / "ceo2_pilatus.caked.hdf") as f:
+        assert len(f["IntegrationResult"]) == stored.n_frames
+    xy = np.loadtxt(out / "ceo2_pilatus_lineout.xy")
+    np.testing.assert_allclose(xy[: stored.n_r, 1], stored.lineout[0], rtol=1e-6, atol=1e-6)
+    assert main(["convert", str(src), "--format", "fit", "-o", str(out)]) == 2  # no peaks stored
+    assert "no fitted peaks" in capsys.readouterr().err

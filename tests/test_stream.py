@@ -600,3 +600,7 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
     fit_bin = np.fromfile(tmp_path / "fit.bin", "<f8").reshape(-1, 7)
     assert fit_bin.shape[0] == 2 * 1 + 3 * 2  # one peak in frames 2-3, two in frames 4-6
     np.testing.assert_allclose(fit_bin[:, 1], [20, 20, 20, 30, 20, 30, 20, 30], atol=0.1)
+    # --midas-files also leaves the post-processed MIDAS files of the whole run (spec §7.4)
+    with h5py.File(tmp_path / "stream.caked.hdf") as f:
+        assert len(f["IntegrationResult"]) == 8
+    assert (tmp_path / "stream.zarr.zip").stat().st_size > 0

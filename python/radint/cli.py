@@ -1,4 +1,4 @@
-"""The ``radint`` command line: map, info, integrate, batch, fit, plot, stream, send.
+"""The ``radint`` command line: map, info, integrate, batch, fit, convert, plot, stream, send.
 
 MIDAS habit: ``Key value`` parameter overrides may follow the parameter file, e.g.
 ``radint integrate parameters.txt frames.tif RMax 800 EtaBinSize 2 -o out``.
@@ -306,6 +306,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if ok.any() else 1
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write a stored result (NeXus .h5 / .zarr) in other formats."""
+    from radint.io import read_nexus, write_result
+
+    src = Path(args.result)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    out_dir = Path(args.output) if args.output else src.parent
+    try:
+        written = write_result(read_nexus(src), out_dir, formats, name=src.name.split(".")[0])
+    except ValueError as e:
+        raise RadintError(f"{src}: {e}") from e
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """Lineout and cake PNG of a result file."""
     from radint.plot import follow_nexus, plot_nexus
@@ -529,6 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "convert", parents=[common], help="write a stored result in other formats (midas, xy, ...)"
+    )
+    p.add_argument("result", help="a radint NeXus result (.h5 or .zarr), e.g. a stream.h5")
+    p.add_argument(
+        "--format",
+        required=True,
+        help="comma-separated: midas, caked, gsas, xy, mat, zarr, peaks, fit",
+    )
+    p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
         "plot", parents=[common], help="PNG of a result's lineout and cake (radint[plot])"

@@ -113,7 +113,8 @@ class Pipeline:
         ``stream.h5`` (NeXus NXazint1d/2d, one row per frame, written in place and flushed every
         ``save_interval`` frames so it can be read while it grows); with ``midas_files`` also
         MIDAS ``lineout.bin`` (n_r pairs (R, I) float64 per frame) and ``Int2D.bin``
-        (n_r·n_eta float64, R-major, per frame).
+        (n_r·n_eta float64, R-major, per frame) as frames arrive, and at the end
+        ``stream.caked.hdf`` + the GSAS-II ``stream.zarr.zip`` (spec §7.4).
     save_interval : int
         Flush every this many frames.
     max_frames : int, optional
@@ -333,6 +334,22 @@ class Pipeline:
                 writer.close()
             for f in bins:
                 f.close()
+        if writer is not None and self.midas_files and self._error is None:
+            self._write_final_midas()
+
+    def _write_final_midas(self) -> None:
+        """The files MIDAS's post-processing makes from a stream (spec §7.4): ``stream.caked.hdf``
+        and the GSAS-II ``stream.zarr.zip``, from the finished stream.h5 (the whole run is read
+        into memory once, at the end)."""
+        from radint.io import read_nexus, write_result
+
+        try:
+            written = write_result(
+                read_nexus(self.output), self.output_dir, ("midas",), name="stream"
+            )
+            log.info("stream: wrote %s", ", ".join(map(str, written)))
+        except (OSError, ValueError, MemoryError) as e:
+            log.error("stream: MIDAS caked.hdf / zarr.zip not written: %s", e)
 
     def _write_midas(self, results: list[Any], bins: list[Any]) -> list[Any]:
         """Append MIDAS lineout.bin / Int2D.bin (and fit.bin when fitting) rows."""
