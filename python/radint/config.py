@@ -295,6 +295,13 @@ class IntegrationConfig:
                 items.extend((f"p{i}", v) for i, v in enumerate(value))
             elif name in ("im_trans_opt", "peak_locations"):
                 items.extend((key, v) for v in value)
+            elif name == "pixel_size_y_um":
+                # `px` is the key every MIDAS program reads (IntegratorZarrOMP ignores pxY and
+                # would compute 2θ = 0); it sets both sizes, pxZ below overrides when they differ.
+                items.append(("px", value))
+            elif name == "pixel_size_z_um":
+                if value != self.pixel_size_y_um:
+                    items.append((key, value))
             elif isinstance(value, str):
                 if value:
                     items.append((key, value))
