@@ -604,3 +604,40 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
     with h5py.File(tmp_path / "stream.caked.hdf") as f:
         assert len(f["IntegrationResult"]) == 8
     assert (tmp_path / "stream.zarr.zip").stat().st_size > 0
+
+
+def test_disk_full_stops_the_stream_cleanly(integrator, tmp_path, monkeypatch):
+    """A write failing with ENOSPC (as a 10-minute soak on this machine really did): the pipeline
+    stops taking frames, wait() raises that error, the summary counts what was written, the file
+    closes and keeps the frames written before, and no thread dies with a traceback."""
+    import errno
+
+    original = pipeline_mod.NexusWriter.append
+    calls = {"n": 0}
+
+    def fill_disk(self, result, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, result, **kw)
+
+    monkeypatch.setattr(pipeline_mod.NexusWriter, "append", fill_disk)
+    monkeypatch.setattr(pipeline_mod, "WRITE_DELAY_S", 0.0)  # one append per frame
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args))
+    p, src = start_pipeline(integrator, tmp_path, queue_size=2)
+    s = connect(src.port)
+    for i in range(2):
+        s.sendall(encode_frame_bytes(i, frame(i)))
+        assert wait_for(lambda i=i: p.written == i + 1)
+    with pytest.raises(OSError, match="No space left"):
+        try:
+            for i in range(2, 40):
+                s.sendall(encode_frame_bytes(i, frame(i)))
+        except OSError:
+            pass  # the server closed the connection when it stopped
+        p.wait(30)
+    s.close()
+    assert p.summary is not None and p.summary.written == 2
+    assert not errors
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0, 1]

@@ -330,10 +330,13 @@ class Pipeline:
             while self.results.get() is not None:
                 self.stats.add("dropped")
         finally:
-            if writer is not None:
-                writer.close()
-            for f in bins:
-                f.close()
+            # After a write error (disk full) closing can fail too; it must not hide the first
+            # error or kill the thread with a traceback.
+            for close in ([writer.close] if writer is not None else []) + [f.close for f in bins]:
+                try:
+                    close()
+                except Exception as e:
+                    log.error("stream: closing output after the error failed: %s", e)
         if writer is not None and self.midas_files and self._error is None:
             self._write_final_midas()
 
@@ -423,8 +426,15 @@ class Pipeline:
             output=str(self.output),
         )
 
+    @property
+    def summary(self) -> Summary | None:
+        """The final counters once the pipeline has drained (also after an error)."""
+        return self._summary
+
     def wait(self, timeout: float | None = None) -> Summary | None:
-        """Block until drained and closed; the summary, or None on timeout."""
+        """Block until drained and closed; the summary, or None on timeout. Re-raises the error
+        that stopped the pipeline (e.g. the disk filled up); :attr:`summary` still has the
+        counters then."""
         self._finished.wait(timeout)
         if self._error is not None and self._finished.is_set():
             raise self._error
