@@ -208,6 +208,20 @@ def test_bad_input_raises_radint_error(kwargs: dict, error: type) -> None:
     assert isinstance(info.value, RadintError)
 
 
+def test_auto_detection_reports_nothing_on_flat_noise() -> None:
+    """Regression: a flat Poisson lineout used to come back with a broad 'peak'. Candidates must
+    now stand 6 σ (noise σ from the data) above their surroundings."""
+    rng = np.random.default_rng(11)
+    x = np.arange(3000.0)
+    for level in (5.0, 200.0, 5000.0):
+        t = rfit.fit_peaks(x, rng.poisson(level, (10, x.size)).astype(float), auto=10)
+        assert (t.n_found == 0).all(), (level, t.n_found)
+    # A weak but real peak (12 σ high, FWHM 6 bins) on the same noise is still found.
+    y = rng.poisson(200.0 + 12 * np.sqrt(200) * np.exp(-0.5 * ((x - 1500.3) / 2.55) ** 2))
+    t = rfit.fit_peaks(x, y.astype(float), auto=10)
+    assert t.n_found == 1 and abs(t.center[0] - 1500.3) < 0.3
+
+
 def test_auto_detection_finds_peaks() -> None:
     rng = np.random.default_rng(7)
     centres = np.array([60.3, 120.7, 200.1, 290.6])
