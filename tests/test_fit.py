@@ -112,12 +112,8 @@ def test_single_lineout_gives_1d_columns() -> None:
 
 
 def test_agrees_with_scipy_least_squares() -> None:
-    """Same model, same data: scipy's minimum lies within 3 reported standard errors.
-
-    Both minimise the same SSR, so they should agree far better than the errors; the factor 3
-    also absorbs that the covariance errors are optimistic (~2× small on Poisson data, see the
-    module docstring of radint.fit). radint's errors also match scipy's Jacobian errors.
-    """
+    """Same model, same data: scipy's minimum lies within 3 reported standard errors (both
+    minimise the same SSR, so they agree far better than the errors)."""
     optimize = pytest.importorskip("scipy.optimize")
     ys, nominal, truth = synthetic("doublet", 12, seed=5)
     t = rfit.fit_peaks(X, ys, positions=nominal, roi_padding=PAD)
@@ -143,17 +139,38 @@ def test_agrees_with_scipy_least_squares() -> None:
             max_nfev=5000,
         )
         assert res.success
-        dof = x.size - len(start)
-        cov = np.linalg.pinv(res.jac.T @ res.jac) * (2 * res.cost) / dof
-        se = np.sqrt(np.diag(cov))
         for k in range(nominal.size):
             a, c, sig, gam = res.x[2 + 4 * k : 6 + 4 * k]
             gamma, _ = tch(np.array(sig), np.array(gam))
             assert abs(t.center[i, k] - c) <= 3 * t.center_err[i, k]
             assert abs(t.area[i, k] - a) <= 3 * t.area_err[i, k]
             assert abs(t.fwhm[i, k] - gamma) <= 3 * t.fwhm_err[i, k]
-            np.testing.assert_allclose(t.center_err[i, k], se[3 + 4 * k], rtol=0.2)
-            np.testing.assert_allclose(t.area_err[i, k], se[2 + 4 * k], rtol=0.2)
+
+
+def test_standard_errors_match_the_scatter_over_poisson_repeats() -> None:
+    """300 Poisson draws of one lineout (4 peaks, a merged doublet, sloped background): the
+    scatter of the fitted values against the mean reported error. The sandwich (HC2) covariance
+    gives centres and FWHMs within ~15 % (the textbook formula was 2–2.6× small for centres);
+    areas come out conservative (errors ~1.3× the scatter), never optimistic."""
+    rng = np.random.default_rng(5)
+    x = np.arange(400.0)
+    truth = 200 - 0.1 * x
+    for c, a in ((100.3, 3e4), (200.7, 8e3), (205.2, 6e3), (300.1, 2e4)):
+        s = 4 / 2.3548
+        truth = truth + a / (s * np.sqrt(2 * np.pi)) * np.exp(-0.5 * ((x - c) / s) ** 2)
+    t = rfit.fit_peaks(
+        x, rng.poisson(truth, (300, x.size)).astype(float), positions=[100, 201, 205, 300]
+    )
+    ok = (t.status == 0).all(axis=1)
+    assert ok.sum() > 290
+
+    def ratio(name: str) -> np.ndarray:
+        v, e = getattr(t, name)[ok], getattr(t, name + "_err")[ok]
+        return v.std(axis=0, ddof=1) / np.nanmean(e, axis=0)
+
+    assert ((ratio("center") > 0.85) & (ratio("center") < 1.2)).all(), ratio("center")
+    assert ((ratio("fwhm") > 0.8) & (ratio("fwhm") < 1.15)).all(), ratio("fwhm")
+    assert ((ratio("area") > 0.6) & (ratio("area") < 1.05)).all(), ratio("area")
 
 
 def test_non_convergent_fit_reports_failure_not_zeros() -> None:

@@ -398,23 +398,60 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
     return RF_MAX_ITERATIONS;
 }
 
-// Variances diag((JᵀJ)⁻¹)·s2 into var[0..n) and the (sig, gam) covariance of each peak into
-// cov_sg[k]; false when JᵀJ is singular (lm.rs spd_inverse with equilibration).
-RF_HD bool rf_covariance(const RfNormal& nrm, int n, double s2, double* work, double* var,
-                         double* cov_sg) {
-    double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS];
+// Sandwich (HC2) covariance, as lm.rs `finish`: C = A⁻¹ (Σ rᵢ²/(1 − hᵢ) gᵢgᵢᵀ) A⁻¹ with
+// A = JᵀJ and leverages hᵢ = gᵢᵀA⁻¹gᵢ. Writes diag(C) into var[0..n) and C(sig, gam) of each peak
+// into cov_sg[k]; false when A is singular. A (nrm.jtj) and `work` are overwritten.
+RF_HD bool rf_covariance(const RfData& d, const double* p, RfNormal& nrm, int n, double* work,
+                         double* var, double* cov_sg) {
+    double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS], grad[RF_MAX_PARAMS];
     for (int i = 0; i < n; ++i) {
         const double dd = nrm.jtj[i * n + i];
         scale[i] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
     }
     for (int k = 0; k < n * n; ++k) work[k] = nrm.jtj[k] * scale[k / n] * scale[k % n];
     if (!rf_cholesky(work, n)) return false;
+    double* inv = nrm.jtj;  // A is not needed any more
     for (int j = 0; j < n; ++j) {
         for (int i = 0; i < n; ++i) col[i] = 0.0;
         col[j] = 1.0;
         rf_cholesky_solve(work, n, col);
-        var[j] = col[j] * scale[j] * scale[j] * s2;
-        if (j >= 2 && (j - 2) % 4 == 3) cov_sg[(j - 2) / 4] = col[j - 1] * scale[j - 1] * scale[j] * s2;
+        for (int i = 0; i < n; ++i) inv[i * n + j] = col[i] * scale[i] * scale[j];
+    }
+    double* meat = work;  // the factor is not needed any more
+    for (int k = 0; k < n * n; ++k) meat[k] = 0.0;
+    for (int i = 0; i < d.n; ++i) {
+        const rf_u32 gi = d.fidx[i];
+        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, grad) - d.y[gi];
+        double h = 0.0;
+        for (int a = 0; a < n; ++a) {
+            double row = 0.0;
+            for (int b = 0; b < n; ++b) row += inv[a * n + b] * grad[b];
+            h += grad[a] * row;
+        }
+        const double shrink = RF_FMAX(1.0 - h, 1e-3);
+        const double r2 = r * r / shrink;
+        for (int a = 0; a < n; ++a) {
+            const double ga = r2 * grad[a];
+            if (ga == 0.0) continue;
+            for (int b = 0; b < n; ++b) meat[a * n + b] += ga * grad[b];
+        }
+    }
+    // C(k, l) = Σ_a inv[k, a] (Σ_b meat[a, b] inv[b, l]) for the entries the rows need.
+    for (int k = 0; k < n; ++k) {
+        double mk[RF_MAX_PARAMS];
+        for (int a = 0; a < n; ++a) {
+            double t = 0.0;
+            for (int b = 0; b < n; ++b) t += meat[a * n + b] * inv[b * n + k];
+            mk[a] = t;
+        }
+        double v = 0.0;
+        for (int a = 0; a < n; ++a) v += inv[k * n + a] * mk[a];
+        var[k] = v;
+        if (k >= 2 && (k - 2) % 4 == 3) {  // k = gam of peak (k − 2) / 4: C(sig, gam)
+            double c = 0.0;
+            for (int a = 0; a < n; ++a) c += inv[(k - 1) * n + a] * mk[a];
+            cov_sg[(k - 2) / 4] = c;
+        }
     }
     return true;
 }
@@ -475,7 +512,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
     const double dof = double(d.n - np > 1 ? d.n - np : 1);
     const double chi2 = w.nrm.cost / dof;
     double var[RF_MAX_PARAMS], cov_sg[RF_MAX_PEAKS];
-    const bool have_cov = rf_covariance(w.nrm, np, w.nrm.cost / dof, w.work, var, cov_sg);
+    const bool have_cov = rf_covariance(d, p, w.nrm, np, w.work, var, cov_sg);
     for (int k = 0; k < n_peaks; ++k) {
         const rf_u32 s = peak_slot[k];
         const int o = 2 + 4 * k;
