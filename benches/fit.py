@@ -116,6 +116,31 @@ def integrate_seconds(threads: int, cache: dict) -> tuple[float, float]:
     return cache["build"], best_of(5, lambda: integ.integrate(frame))
 
 
+def midas_rows(ys: np.ndarray, nominal: np.ndarray, scipy_rate: float, n: int = 20) -> None:
+    """midas-integrate 0.9.0's peakfit (its Python port of PeakFit.c, spec §6.6) on the first
+    ``n`` curves: rate, and how far its centres/areas are from radint's on the same lineouts."""
+    try:
+        from midas_integrate.peakfit import fit_peaks as midas_fit
+    except ImportError:
+        print("midas-integrate peakfit: not installed (pip install '.[bench]'), row skipped")
+        return
+    t0 = time.perf_counter()
+    rows = np.stack(
+        [midas_fit(X, y, list(nominal), x_bin_size=1.0, fit_roi_padding=PAD) for y in ys[:n]]
+    )
+    s = (time.perf_counter() - t0) * N_CURVES / n
+    rate = N_CURVES * nominal.size / s
+    ours = rfit.fit_peaks(X, ys[:n], positions=nominal, roi_padding=PAD)
+    ok = ours.converged & (rows[..., 0] > 0)
+    dc = np.abs(rows[..., 1] - ours.center)[ok]
+    da = (np.abs(rows[..., 0] - ours.area) / ours.area)[ok]
+    print(
+        f"{'midas-integrate peakfit, 10 peaks':34} {1:7d} {s:9.1f} {rate:12.0f} {rate / scipy_rate:8.1f}x"
+        f"   (timed on {n} curves; vs radint: centre max {dc.max():.2e} px, median {np.median(dc):.1e};"
+        f" area median {np.median(da):.1e} rel, max {da.max():.1e})"
+    )
+
+
 def main() -> None:
     n_scipy = 20
     if "--scipy-curves" in sys.argv:
@@ -147,6 +172,7 @@ def main() -> None:
         f"{'scipy least_squares, 10 peaks':34} {1:7d} {scipy_s:9.1f} {scipy_rate:12.0f} {1:8.0f}x"
         f"   (timed on {n_scipy} curves, extrapolated to {N_CURVES})"
     )
+    midas_rows(ys10, nom10, scipy_rate)
     cache: dict = {}
     for threads in (1, 2):
         build, s = integrate_seconds(threads, cache)
