@@ -74,11 +74,61 @@ def main() -> None:
         assert summary is not None and summary.written == args.frames, summary
         stream = (args.frames - 1) / wall
 
+    peer = midas_integrate_server(config, image, args)
     print(f"{'mode':<34}{'frames/s':>10}")
     print(f"{'integrate only (cpu)':<34}{only:>10.1f}")
     label = f"send -> stream (cpu{', --compress' if args.compress else ''})"
     print(f"{label:<34}{stream:>10.1f}   ({100 * stream / only:.0f} % of integrate-only)")
+    print(f"{'send -> midas-integrate server':<34}{peer}")
     print(summary.line())
+
+
+def midas_integrate_server(config, image: Path, args) -> str:
+    """The same sender against midas-integrate 0.9.0's FrameServer (torch CSR on the CPU,
+    lineout.bin + Int2D.bin written, as radint writes cake + lineout); its frames/s, or why not."""
+    try:
+        import torch
+        from midas_integrate.detector_mapper import build_map
+        from midas_integrate.kernels import build_csr
+        from midas_integrate.params import parse_params
+        from midas_integrate.server import FrameServer
+    except ImportError:
+        return "       n/a (midas-integrate not installed: pip install '.[bench]')"
+    import socket
+    import threading
+
+    torch.set_num_threads(args.threads or 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "params.txt"
+        p.write_text(config.replace(mask_file="").midas_text())
+        params = parse_params(str(p))
+        geom = build_csr(build_map(params, n_jobs=2).as_pixel_map(), n_r=params.n_r_bins,
+                         n_eta=params.n_eta_bins, n_pixels_y=params.NrPixelsY,
+                         n_pixels_z=params.NrPixelsZ, dtype=torch.float32,
+                         build_modes=("floor",))  # fmt: skip
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        done = threading.Event()
+        times: list[float] = []
+
+        def on_frame(_frame) -> None:
+            times.append(time.perf_counter())
+            if len(times) >= args.frames:
+                done.set()
+
+        server = FrameServer(geom=geom, params=params, out_dir=Path(tmp), host="127.0.0.1",
+                             port=port, write_2d=True, on_frame=on_frame)  # fmt: skip
+        server.start()
+        cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(port), "0"]
+        sender = subprocess.Popen(cmd)
+        finished = done.wait(600)
+        sender.wait(60)
+        server.stop()
+        if not finished or len(times) < 2:
+            return f"       n/a (only {len(times)} of {args.frames} frames processed)"
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        return f"{rate:>10.1f}   (frames/s, first to last frame processed)"
 
 
 if __name__ == "__main__":
