@@ -30,6 +30,36 @@ from radint.testing import ring_image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def midas_integrate_tiff_rate(config, tifs: list[str], d: Path) -> float:
+    """midas-integrate 0.9.0's path per file, in one process (its CLI starts a process per frame):
+    load_image → integrate (torch CSR, CPU, 2 threads) → lineout.bin + Int2D.bin. NaN if absent."""
+    try:
+        import torch
+        from midas_integrate.detector_mapper import build_map
+        from midas_integrate.image import load_image
+        from midas_integrate.kernels import build_csr, integrate, profile_1d
+        from midas_integrate.params import parse_params
+    except ImportError:
+        return float("nan")
+    torch.set_num_threads(2)
+    p = d / "midas_params.txt"
+    p.write_text(config.midas_text())
+    params = parse_params(str(p))
+    geom = build_csr(build_map(params, n_jobs=2).as_pixel_map(), n_r=params.n_r_bins,
+                     n_eta=params.n_eta_bins, n_pixels_y=params.NrPixelsY,
+                     n_pixels_z=params.NrPixelsZ, dtype=torch.float32, build_modes=("floor",))  # fmt: skip
+    out = d / "out_midas"
+    out.mkdir()
+    t0 = time.perf_counter()
+    for k, f in enumerate(tifs):
+        image = load_image(Path(f), n_pixels_y=params.NrPixelsY, n_pixels_z=params.NrPixelsZ)
+        int2d = integrate(torch.from_numpy(image.astype(np.float32)), geom)
+        prof = profile_1d(int2d, geom)
+        (out / f"{k}_lineout.bin").write_bytes(prof.numpy().astype(np.float64).tobytes())
+        (out / f"{k}_Int2D.bin").write_bytes(int2d.numpy().astype(np.float64).tobytes())
+    return len(tifs) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     params = ROOT / "examples" / "parameters.txt"
@@ -86,6 +116,7 @@ def main() -> None:
                      "-nCPUsLocal", "1"])  # fmt: skip
         tif2_rate = n / (time.perf_counter() - t0)
 
+        midas_rate = midas_integrate_tiff_rate(config, tifs, d)
         pyfai_rate = float("nan")
         try:
             import pyFAI
@@ -120,6 +151,9 @@ def main() -> None:
     )
     print(
         f"{'radint batch, TIFF, 2 procs x 1 thread':40} {tif2_rate:9.1f} {tif2_rate / integrate_only:18.2f}"
+    )
+    print(
+        f"{'midas-integrate loop, TIFF files -> .bin':40} {midas_rate:9.1f} {midas_rate / integrate_only:18.2f}"
     )
     print(
         f"{'pyFAI integrate2d loop + h5py':40} {pyfai_rate:9.1f} {pyfai_rate / integrate_only:18.2f}"

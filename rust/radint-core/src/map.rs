@@ -358,8 +358,9 @@ impl Plan {
         if k_first >= k_last {
             return;
         }
-        self.eta_candidates(holds_origin, corner_eta_deg, eta_bins);
-        let single_bin = eta_bins.len() == 1 && !holds_origin;
+        // Only a quad wholly inside its one bin may skip the wedge clipping: with a partial η range
+        // a pixel straddling EtaMin/EtaMax has one candidate bin but only part of it belongs there.
+        let single_bin = self.eta_candidates(holds_origin, corner_eta_deg, eta_bins);
         // The one-atan2 arc sum needs the quad's angular extent safely below π; a quad whose edge
         // passes (numerically) through the beam centre spans π and takes the per-arc path.
         let far_from_origin = !holds_origin && r_lo > 1e-3 * r_hi;
@@ -412,11 +413,18 @@ impl Plan {
     }
 
     /// η bins the quad may overlap, into `out` (every bin when the quad holds the beam centre).
-    fn eta_candidates(&self, holds_origin: bool, corner_eta_deg: &[f64; 4], out: &mut Vec<usize>) {
+    /// Returns whether the quad lies wholly inside the single candidate bin (then no clipping is
+    /// needed): one bin reached, and the quad's η extent not cut by the binned η range.
+    fn eta_candidates(
+        &self,
+        holds_origin: bool,
+        corner_eta_deg: &[f64; 4],
+        out: &mut Vec<usize>,
+    ) -> bool {
         out.clear();
         if self.n_eta == 1 || holds_origin {
             out.extend(0..self.n_eta);
-            return;
+            return false;
         }
         let a0 = corner_eta_deg[0];
         let (mut lo, mut hi) = (a0, a0);
@@ -430,12 +438,15 @@ impl Plan {
             lo = lo.min(a0 + d);
             hi = hi.max(a0 + d);
         }
+        let mut cut = false;
         for shift in [-360.0, 0.0, 360.0] {
             let first = ((lo + shift - self.eta_min) / self.eta_bin).floor();
             let last = ((hi + shift - self.eta_min) / self.eta_bin).floor();
             if last < 0.0 || first >= self.n_eta as f64 {
                 continue;
             }
+            // A partial η range can cut the quad: part of it lies outside every bin.
+            cut |= first < 0.0 || last >= self.n_eta as f64;
             let first = first.max(0.0) as usize;
             let last = (last as usize).min(self.n_eta - 1);
             for e in first..=last {
@@ -444,6 +455,7 @@ impl Plan {
                 }
             }
         }
+        out.len() == 1 && !cut
     }
 }
 
