@@ -37,10 +37,11 @@ cases):
   (exactly C's dropped slivers), ≤ 2.5e-5 px² (3.7e-5 relative) with sub-pixels; bins touched by
   seam pixels lose area in C, up to 0.51 px² (54 %) at R = 4 px. Per pixel likewise (≤ 2.8e-5
   px² away from the seam, up to 0.76 px² in seam pixels).
-* far_partial shows a radint defect (marked xfail, strict): a pixel straddling EtaMin or EtaMax of
-  a partial η range whose only in-range candidate η bin is the edge bin is credited whole to
-  that bin (93 pixels, 140 pairs, +48.3 px² in the 38 edge bins; worst bin 100, R 40–42 px,
-  η 110–115°: radint 8.9286 px², C and shapely 7.1558). C agrees with shapely there to 8e-6.
+* far_partial found a radint defect, now fixed (regression test below): a pixel straddling
+  EtaMin or EtaMax of a partial η range whose only in-range candidate η bin is the edge bin was
+  credited whole to that bin (93 pixels, 140 pairs, +48.3 px² in the 38 edge bins; worst bin
+  100, R 40–42 px, η 110–115°: radint 8.9286 px², C and shapely 7.1558). C agrees with shapely
+  there to 8e-6, and so does radint now.
 """
 
 from __future__ import annotations
@@ -66,21 +67,6 @@ CASES = [
     "subpixel_seam",
     "far_partial",
 ]
-RADINT_BUG = (
-    "radint defect: a pixel straddling EtaMin/EtaMax of a partial eta range whose only in-range "
-    "candidate eta bin is the edge bin gets its whole area in that bin (no wedge clipping)"
-)
-#: Cases where the radint defect above shows (the only one with a partial η range).
-BUGGY = {"far_partial"}
-
-
-def cases(buggy_xfail: bool = True) -> list:
-    return [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=RADINT_BUG))
-        if buggy_xfail and c in BUGGY
-        else c
-        for c in CASES
-    ]
 
 
 # -------------------------------------------------------------------- independent geometry
@@ -276,7 +262,7 @@ def test_every_c_pair_is_in_radints_map(case):
     assert not np.any((k.a_c > 0) & (k.a_r == 0))
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", CASES)
 def test_shared_pairs_agree_within_the_c_defect_bound(case):
     """Per (bin, pixel) held by both maps, seam pixels aside: |ΔA| ≤ the bound of
     ``Case.bound``. Measured: bit-identical for SubPixelLevel 1; ≤ 2.3e-5 px² with sub-pixels
@@ -289,7 +275,7 @@ def test_shared_pairs_agree_within_the_c_defect_bound(case):
     assert np.all(diff[both] <= limit)
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", CASES)
 def test_pairs_only_radint_holds_are_c_dropped_pieces(case):
     """Away from the seam, a pair the C map lacks is a piece C skipped (A < 1e-5 px² per
     record, or a sliver it moved to the next R bin): within ``Case.bound``; measured ≤ 2.3e-5 px²
@@ -304,7 +290,7 @@ def test_pairs_only_radint_holds_are_c_dropped_pieces(case):
         assert k.a_r[only & k.seam].max() == pytest.approx(worst_seam[case], abs=1e-6)
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", CASES)
 def test_per_pixel_area(case):
     """Σ area per pixel: radint's is the quad area inside the binned region (see
     test_geometry_helper_agrees_with_radint); C's differs by what the pair tests allow, away
@@ -321,7 +307,7 @@ def test_per_pixel_area(case):
     assert np.all(pc[seam_px] <= pr[seam_px] + 1e-5)  # C only loses area in seam pixels
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", CASES)
 def test_per_bin_area(case):
     """Σ area per bin (unmasked pixels): the same bins are reached; bins no seam pixel touches
     agree within the summed pair bounds, measured ≤ 9.9e-6 px² and 7.1e-6 relative (bins of
@@ -383,11 +369,10 @@ def test_mask_entries_and_flags():
     np.testing.assert_allclose(k.m.bin_geometric_area, per_bin, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=RADINT_BUG)
 def test_pixel_straddling_a_partial_eta_range_is_clipped():
     """far_partial, bin 169 (R 52–54 px, η 155–160°), raw pixel 709 (y 5, z 11): corners at
     η 161.38, 160.36, 159.995, 161.03°, so only a 2.8072e-5 px² corner lies below EtaMax = 160°
-    (C: 2.807200508e-05, shapely: 2.807200518e-05); radint gives the whole quad, 1.000424."""
+    (C: 2.807200508e-05, shapely: 2.807200518e-05); radint gave the whole quad, 1.000424."""
     k = load("far_partial")
     sel = (k.bin == 169) & (k.pixel == 709)
     assert k.a_c[sel][0] == pytest.approx(2.8072005e-5, rel=1e-6)
