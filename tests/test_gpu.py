@@ -15,7 +15,6 @@ The ``gpu``-marked tests run the real kernels against Rust and skip where no dev
 from __future__ import annotations
 
 import ctypes
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -60,15 +59,9 @@ def small_map_mod():
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host harness of integrate.cuh needs a C++ compiler")
-    out = tmp_path_factory.mktemp("cuh") / "cuh_harness.so"
-    # -ffp-contract=off: no FMA contraction, so the host sums are the plain IEEE ones Rust does.
-    cmd = [gxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]
-    cmd += ["-shared", "-fPIC", f"-I{KERNELS}", str(HARNESS), "-o", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(out))
+    from tests.conftest import compile_cuh_harness
+
+    return compile_cuh_harness(HARNESS, tmp_path_factory.mktemp("cuh") / f"{HARNESS.stem}.so")
 
 
 def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:

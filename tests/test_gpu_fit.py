@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +53,9 @@ def lineouts(n_curves: int, seed: int = 1):
 
 @pytest.fixture(scope="module")
 def fit_harness(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host harness of fit.cuh needs a C++ compiler")
-    out = tmp_path_factory.mktemp("fit") / "fit_harness.so"
-    cmd = [gxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-           "-shared", "-fPIC", f"-I{KERNELS}", str(HARNESS), "-o", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(out))
+    from tests.conftest import compile_cuh_harness
+
+    return compile_cuh_harness(HARNESS, tmp_path_factory.mktemp("cuh") / f"{HARNESS.stem}.so")
 
 
 def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32):
