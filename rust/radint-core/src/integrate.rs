@@ -482,39 +482,33 @@ fn prefetch_pixels<T>(frame: &[T], pixel: &[u32], e: usize) {
     }
 }
 
-/// [`dense_bins`] compiled for AVX2+FMA when the CPU has them (the wheel targets baseline x86-64).
-#[inline(never)]
-fn dense_dispatch<T: Pixel, A: Acc>(
-    map: &DetectorMap,
-    frame: &[T],
-    lo: usize,
-    hi: usize,
-    opts: &Options,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected on this CPU just above.
-        unsafe { dense_bins_avx2::<T, A>(map, frame, lo, hi, opts, bin_area, out) };
-        return;
-    }
-    dense_bins::<T, A>(map, frame, lo, hi, opts, bin_area, out)
+/// Generates `$dispatch`, which runs `$kernel` compiled for AVX2+FMA when the CPU has them (the
+/// wheel targets baseline x86-64), else the baseline build of it.
+macro_rules! avx2_dispatch {
+    ($dispatch:ident, $avx2:ident, $kernel:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        #[inline(never)]
+        fn $dispatch<T: Pixel, A: Acc>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected on this CPU just above.
+                unsafe { $avx2::<T, A>($($arg),*) };
+                return;
+            }
+            $kernel::<T, A>($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<T: Pixel, A: Acc>($($arg: $ty),*) {
+            $kernel::<T, A>($($arg),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dense_bins_avx2<T: Pixel, A: Acc>(
-    map: &DetectorMap,
-    frame: &[T],
-    lo: usize,
-    hi: usize,
-    opts: &Options,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
-    dense_bins::<T, A>(map, frame, lo, hi, opts, bin_area, out)
-}
+avx2_dispatch!(dense_dispatch, dense_bins_avx2, dense_bins, (map: &DetectorMap, frame: &[T],
+    lo: usize, hi: usize, opts: &Options, bin_area: &[f64], out: &mut OutBlock));
 
 /// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`) with four
 /// independent partial sums so consecutive entries do not wait on one another.
@@ -585,41 +579,8 @@ fn dense_bins<T: Pixel, A: Acc>(
     }
 }
 
-/// [`dense_block`] compiled for AVX2+FMA when the CPU has them.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-fn dense_block_dispatch<T: Pixel, A: Acc>(
-    map: &DetectorMap,
-    frames: &[T],
-    n_pixels: usize,
-    lo: usize,
-    hi: usize,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected on this CPU just above.
-        unsafe { dense_block_avx2::<T, A>(map, frames, n_pixels, lo, hi, bin_area, out) };
-        return;
-    }
-    dense_block::<T, A>(map, frames, n_pixels, lo, hi, bin_area, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dense_block_avx2<T: Pixel, A: Acc>(
-    map: &DetectorMap,
-    frames: &[T],
-    n_pixels: usize,
-    lo: usize,
-    hi: usize,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
-    dense_block::<T, A>(map, frames, n_pixels, lo, hi, bin_area, out)
-}
+avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &DetectorMap,
+    frames: &[T], n_pixels: usize, lo: usize, hi: usize, bin_area: &[f64], out: &mut OutBlock));
 
 /// The NaN-free kernel over a block of [`FRAME_BLOCK`] frames: each CSR entry is read once and
 /// applied to every frame of the block, so the map's memory traffic is shared by the block.
