@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 pub use detect::{
-    detect_candidates, fit_auto, fit_auto_many, noise_sigma, savgol_smooth7, snip_background,
-    AutoFit, AutoOptions, DETECTION_SIGMAS,
+    binomial_smooth5, detect_candidates, fit_auto, fit_auto_many, noise_sigma, savgol_smooth7,
+    snip_background, AutoFit, AutoOptions, DETECTION_SIGMAS,
 };
 pub use lm::{levenberg_marquardt, FitStatus, LmOptions, LmResult, Residuals};
 pub use model::{

@@ -75,14 +75,34 @@ pub fn savgol_smooth7(y: &[f64]) -> Vec<f64> {
     s
 }
 
-/// Height, in units of the lineout's noise σ, that a candidate must stand above the lower of the
-/// minima within ±[`SIGNIFICANCE_WINDOW`] bins of the smoothed lineout. Over 30 flat Poisson
-/// lineouts of 3 000 bins (means 5, 200, 5 000) the highest noise maximum reached 4.0 σ by that
-/// measure; 6 σ keeps a margin against noise while a peak 6 σ high survives.
+/// Height, in units of the lineout's noise σ, that a candidate (its Savitzky–Golay value) must
+/// stand above its foot: the higher of the minima left and right within ±[`SIGNIFICANCE_WINDOW`]
+/// bins of the [`binomial_smooth5`] lineout. Over 100 flat Poisson lineouts of 3 000 bins for each
+/// mean 5, 200 and 5 000 the highest noise maximum reached 4.0 σ by that measure; 6 σ keeps a
+/// margin against noise while a peak 6 σ high survives.
 pub const DETECTION_SIGMAS: f64 = 6.0;
 /// Half-width (bins) of the significance test: wide enough that a peak several bins broad is
 /// measured from its foot, not from its own shoulder.
 pub const SIGNIFICANCE_WINDOW: usize = 15;
+
+/// Binomial smoothing `(1, 4, 6, 4, 1)/16`; the 2 points at each edge are copied unchanged.
+///
+/// The feet of the significance test are taken from this curve, not from the Savitzky–Golay one:
+/// the SG7 kernel has negative side lobes, so a sharp peak dips below the background 4–6 bins to
+/// either side of it. Between two strong peaks ~25 bins apart both dips fall within the window, and
+/// measured from them, plain background noise stood 8 σ high: dense lineouts came back with a
+/// third more "peaks" than they had, all merged into one slow fitting job. A kernel without
+/// negative weights has no such dips.
+pub fn binomial_smooth5(y: &[f64]) -> Vec<f64> {
+    const C: [f64; 5] = [1.0, 4.0, 6.0, 4.0, 1.0];
+    let mut s = y.to_vec();
+    if y.len() >= 5 {
+        for (i, w) in y.windows(5).enumerate() {
+            s[i + 2] = w.iter().zip(C).map(|(a, c)| a * c).sum::<f64>() / 16.0;
+        }
+    }
+    s
+}
 
 /// Noise σ of `corr` from the median absolute deviation of its high-frequency part
 /// `corr − SG7(corr)`: for white noise that residual has √(2/3) σ (the SG7 quadratic is a
@@ -113,7 +133,7 @@ pub fn noise_sigma(corr: &[f64]) -> f64 {
 
 /// Candidate peak indices of the background-subtracted `corr`, best prominence first, at least
 /// `min_sep` bins apart, at most `max_candidates`, each standing at least `min_prominence` above
-/// its surroundings (±[`SIGNIFICANCE_WINDOW`] bins) in the smoothed lineout.
+/// its foot (see [`DETECTION_SIGMAS`]).
 pub fn detect_candidates(
     corr: &[f64],
     max_candidates: usize,
@@ -125,10 +145,11 @@ pub fn detect_candidates(
         return Vec::new();
     }
     let s = savgol_smooth7(corr);
+    let feet = binomial_smooth5(corr);
     let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
     let mut cands: Vec<(f64, usize)> = (2..n - 2)
         .filter(|&i| curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && corr[i] > 0.0)
-        .filter(|&i| prominence(&s, i, SIGNIFICANCE_WINDOW) >= min_prominence)
+        .filter(|&i| s[i] - foot(&feet, i, SIGNIFICANCE_WINDOW) >= min_prominence)
         .map(|i| (prominence(&s, i, min_sep), i))
         .collect();
     cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -144,13 +165,17 @@ pub fn detect_candidates(
     chosen
 }
 
-/// `s[i] − max(min left, min right)` within `w` bins; the value itself if that is negative.
-fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
+/// The higher of the minima of `s` left and right of `i` within `w` bins (`0 < i < len − 1`).
+fn foot(s: &[f64], i: usize, w: usize) -> f64 {
     let lo = i.saturating_sub(w);
     let hi = (i + w).min(s.len() - 1);
     let min_of = |r: &[f64]| r.iter().copied().fold(f64::INFINITY, f64::min);
-    let base = min_of(&s[lo..i]).max(min_of(&s[i + 1..=hi]));
-    let p = s[i] - base;
+    min_of(&s[lo..i]).max(min_of(&s[i + 1..=hi]))
+}
+
+/// MIDAS prominence: `s[i] − foot` within `w` bins; the value itself if that is negative.
+fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
+    let p = s[i] - foot(s, i, w);
     if p < 0.0 {
         s[i]
     } else {
