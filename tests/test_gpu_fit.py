@@ -68,7 +68,8 @@ def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32):
         "iterations": np.zeros((n_curves, n_slots), np.uint32),
     }
     arrays = [np.ascontiguousarray(plan[k], np.uint32)
-              for k in ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index")]  # fmt: skip
+              for k in ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index", "peak_lo",
+                        "peak_hi")]  # fmt: skip
     x = np.ascontiguousarray(x, np.float64)
     ys = np.ascontiguousarray(ys, np.float64)
     ptr = [ctypes.c_void_p(a.ctypes.data) for a in (x, ys, *arrays)]
@@ -99,6 +100,29 @@ def test_fit_harness_matches_rust_fitter(fit_harness):
                      ref.eta_mix_err], axis=-1)  # fmt: skip
     np.testing.assert_allclose(got["errors"][..., :6][ok], errs[ok], rtol=1e-8)
     assert np.isnan(got["values"][~ok]).all()
+
+
+def test_fit_harness_matches_rust_on_a_long_merged_job(fit_harness):
+    """Six narrow peaks 15 bins apart merge into one 115-bin job in which each peak is coupled to
+    the others only near its own ROI (fit.rs JobProblem): the kernel must couple the same."""
+    rng = np.random.default_rng(4)
+    x = np.arange(400.0)
+    centres = 150.0 + 15.0 * np.arange(6)
+    ys = np.stack([
+        rng.poisson(80 + sum(rng.uniform(2e3, 6e3) * pv(x, c + rng.normal(0, 0.2), 1.5, 0.5)
+                             for c in centres))
+        for _ in range(8)
+    ]).astype(float)  # fmt: skip
+    plan = _core.fit_plan(x, list(centres), 20)
+    assert plan["job_lo"].size == 1 and (plan["peak_hi"] < plan["job_hi"][0]).any()
+    got = harness_fit(fit_harness, x, ys, list(centres))
+    ref = fit_peaks(x, ys, positions=centres)
+    np.testing.assert_array_equal(got["status"], ref.status)
+    np.testing.assert_array_equal(got["iterations"], ref.iterations)
+    assert (ref.status == 0).all()
+    np.testing.assert_allclose(got["values"], ref.rows(), rtol=1e-10)
+    np.testing.assert_allclose(got["errors"][..., 1], ref.center_err, rtol=1e-8)
+    np.testing.assert_allclose(got["errors"][..., 0], ref.area_err, rtol=1e-8)
 
 
 def test_fit_harness_statuses_for_jobs_it_cannot_hold(fit_harness):

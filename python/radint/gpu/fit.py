@@ -60,7 +60,8 @@ class CudaFitter:
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
         self._plan = {k: cp.asarray(plan[k]) for k in
-                      ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index")}  # fmt: skip
+                      ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index", "peak_lo",
+                       "peak_hi")}  # fmt: skip
         self._x = cp.asarray(self.x)
         self._kernel = _module(cp.cuda.Device().id, "fit").get_function("rf_fit_jobs")
 
@@ -89,7 +90,8 @@ class CudaFitter:
                 ((total + FIT_BLOCK - 1) // FIT_BLOCK,),
                 (FIT_BLOCK,),
                 (self._x, ys, np.uint32(n_x), np.uint32(n_curves), p["job_lo"], p["job_hi"],
-                 p["peak_start"], p["peak_slot"], p["peak_index"], np.uint32(self.n_jobs),
+                 p["peak_start"], p["peak_slot"], p["peak_index"], p["peak_lo"], p["peak_hi"],
+                 np.uint32(self.n_jobs),
                  np.uint32(n_slots), np.float64(self.bin), np.int32(self.max_iterations),
                  np.int32(self.max_peaks_per_job), np.float64(1e-8), np.float64(1e-8),
                  values, errors, status, iterations),

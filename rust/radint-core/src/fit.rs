@@ -14,6 +14,8 @@ mod model;
 mod pv;
 mod roi;
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -25,7 +27,7 @@ pub use detect::{
 pub use lm::{levenberg_marquardt, FitStatus, LmOptions, LmResult, Residuals};
 pub use model::{
     chebyshev_x, model_gradient, model_value, n_params, pseudo_voigt, tch, tch_terms,
-    widths_from_fwhm, TchTerms, N_BACKGROUND, PARAMS_PER_PEAK,
+    widths_from_fwhm, PeakTerms, TchTerms, N_BACKGROUND, PARAMS_PER_PEAK,
 };
 pub use pv::{fit_pv, pv_height, pv_height_gradient, PvFit, PV_PARAMS};
 pub use roi::{
@@ -232,27 +234,89 @@ pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> 
 }
 
 /// The least-squares problem of one job: model (§6.1) minus data over the ROI's finite points.
+///
+/// Every peak is evaluated at every point (the MIDAS model of a merged job), but a peak's
+/// parameters are coupled (see [`Residuals`]) only within its window: its own planned ROI,
+/// widened to ±[`COUPLING_FWHMS`]·Γ around its current centre when the peak is that broad. Far
+/// from its window a peak contributes only tails, whose products with other peaks' gradients
+/// are below 1e-4 of the JᵀJ entries kept; a one-peak job's window is the whole ROI.
 struct JobProblem<'a> {
     x: &'a [f64],
     y: &'a [f64],
     x_lo: f64,
     x_hi: f64,
     n_params: usize,
+    /// Each peak's planned ROI as a half-open range of indices into `x`.
+    windows: Vec<(usize, usize)>,
+}
+
+/// Half-width, in FWHMs, of the stretch around a peak's centre where it is always coupled: there
+/// a Lorentzian falls to 1/401 of its top.
+const COUPLING_FWHMS: f64 = 10.0;
+
+impl JobProblem<'_> {
+    fn peak_terms(&self, p: &[f64]) -> Vec<PeakTerms> {
+        p.get(N_BACKGROUND..)
+            .unwrap_or_default()
+            .chunks_exact(PARAMS_PER_PEAK)
+            .map(PeakTerms::new)
+            .collect()
+    }
 }
 
 impl Residuals for JobProblem<'_> {
     fn n_params(&self) -> usize {
         self.n_params
     }
-    fn n_points(&self) -> usize {
-        self.x.len()
+
+    fn cost(&self, p: &[f64]) -> f64 {
+        let terms = self.peak_terms(p);
+        let mut cost = 0.0;
+        for (&x, &y) in self.x.iter().zip(self.y) {
+            let mut m = p[0] + p[1] * chebyshev_x(x, self.x_lo, self.x_hi);
+            for t in &terms {
+                m += t.area * t.profile(x);
+            }
+            let r = m - y;
+            cost += r * r;
+        }
+        cost
     }
-    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64 {
-        let m = match grad {
-            Some(g) => model_gradient(self.x[i], self.x_lo, self.x_hi, p, g),
-            None => model_value(self.x[i], self.x_lo, self.x_hi, p),
-        };
-        m - self.y[i]
+
+    fn for_each_row(&self, p: &[f64], mut row: impl FnMut(f64, &[f64], &[Range<usize>])) {
+        let terms = self.peak_terms(p);
+        let windows: Vec<(usize, usize)> = terms
+            .iter()
+            .zip(&self.windows)
+            .map(|(t, &(lo, hi))| {
+                let reach = COUPLING_FWHMS * t.tch.gamma;
+                let near_lo = self.x.partition_point(|&v| v < t.center - reach);
+                let near_hi = self.x.partition_point(|&v| v <= t.center + reach);
+                (lo.min(near_lo), hi.max(near_hi))
+            })
+            .collect();
+        let mut grad = vec![0.0; self.n_params];
+        let mut coupled = Vec::with_capacity(self.n_params);
+        for (i, (&x, &y)) in self.x.iter().zip(self.y).enumerate() {
+            let xn = chebyshev_x(x, self.x_lo, self.x_hi);
+            let mut m = p[0] + p[1] * xn;
+            grad[0] = 1.0;
+            grad[1] = xn;
+            coupled.clear();
+            coupled.push(0..N_BACKGROUND);
+            for (k, (t, &(lo, hi))) in terms.iter().zip(&windows).enumerate() {
+                let o = N_BACKGROUND + PARAMS_PER_PEAK * k;
+                m += t.area * t.profile_gradient(x, &mut grad[o..o + PARAMS_PER_PEAK]);
+                if (lo..hi).contains(&i) {
+                    // Extend the last run when it ends where this peak starts.
+                    match coupled.last_mut() {
+                        Some(last) if last.end == o => last.end = o + PARAMS_PER_PEAK,
+                        _ => coupled.push(o..o + PARAMS_PER_PEAK),
+                    }
+                }
+            }
+            row(m - y, &grad, &coupled);
+        }
     }
 }
 
@@ -281,10 +345,22 @@ fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<
     if fx.len() <= np {
         return fail_all(FitStatus::InsufficientData);
     }
+    // Positions on the axis → indices among the finite points (x is increasing).
+    let finite_index = |v: f64| fx.partition_point(|&f| f < v);
     let pks: Vec<usize> = job
         .peaks
         .iter()
-        .map(|p| fx.partition_point(|&v| v < x[p.index]).min(fx.len() - 1))
+        .map(|p| finite_index(x[p.index]).min(fx.len() - 1))
+        .collect();
+    let windows = job
+        .peaks
+        .iter()
+        .map(|p| {
+            let hi = x
+                .get(p.hi)
+                .map_or(fx.len(), |&v| fx.partition_point(|&f| f <= v));
+            (x.get(p.lo).map_or(0, |&v| finite_index(v)), hi)
+        })
         .collect();
     let s = initial_guess(&fx, &fy, &pks, bin);
     let prob = JobProblem {
@@ -293,6 +369,7 @@ fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<
         x_lo: xr[0],
         x_hi: xr[xr.len() - 1],
         n_params: np,
+        windows,
     };
     let res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;

@@ -387,12 +387,16 @@ fn fit_plan_jobs_snaps_clips_and_merges() {
     assert_eq!((jobs[1].lo, jobs[1].hi), (40, 70));
     let idx: Vec<(usize, usize)> = jobs[1].peaks.iter().map(|p| (p.slot, p.index)).collect();
     assert_eq!(idx, vec![(2, 50), (1, 60)]);
+    let own: Vec<(usize, usize)> = jobs[1].peaks.iter().map(|p| (p.lo, p.hi)).collect();
+    assert_eq!(own, vec![(40, 60), (50, 70)]);
     assert_eq!((jobs[2].lo, jobs[2].hi), (110, 130));
     assert_eq!(
         jobs[2].peaks,
         vec![JobPeak {
             slot: 0,
-            index: 120
+            index: 120,
+            lo: 110,
+            hi: 130
         }]
     );
     // Exactly at the 2-bin limit is dropped, just inside is kept.

@@ -277,8 +277,8 @@ fn fit_status_names() -> Vec<(u8, &'static str)> {
 ///
 /// Returns a dict: `bin` (axis bin size), `job_lo`, `job_hi` u32 `(n_jobs,)` (inclusive ROI bin
 /// range), `peak_start` u32 `(n_jobs + 1,)` (job j's peaks are `peak_start[j]..peak_start[j+1]`),
-/// `peak_slot`, `peak_index` u32 `(n_planned,)` (position index, snapped bin). Positions in no job
-/// are out of range.
+/// `peak_slot`, `peak_index`, `peak_lo`, `peak_hi` u32 `(n_planned,)` (position index, snapped
+/// bin, the peak's own inclusive ROI bin range). Positions in no job are out of range.
 #[pyfunction]
 #[pyo3(signature = (x, positions, roi_padding=20))]
 fn fit_plan<'py>(
@@ -292,12 +292,15 @@ fn fit_plan<'py>(
         .map_err(crate::errors::CoreError::from)?;
     let (mut lo, mut hi, mut start, mut slot, mut index) =
         (Vec::new(), Vec::new(), vec![0u32], Vec::new(), Vec::new());
+    let (mut peak_lo, mut peak_hi) = (Vec::new(), Vec::new());
     for job in &jobs {
         lo.push(job.lo as u32);
         hi.push(job.hi as u32);
         for pk in &job.peaks {
             slot.push(pk.slot as u32);
             index.push(pk.index as u32);
+            peak_lo.push(pk.lo as u32);
+            peak_hi.push(pk.hi as u32);
         }
         start.push(slot.len() as u32);
     }
@@ -310,6 +313,8 @@ fn fit_plan<'py>(
     d.set_item("peak_start", shaped(py, start, &[n_jobs + 1])?)?;
     d.set_item("peak_slot", shaped(py, slot, &[n_planned])?)?;
     d.set_item("peak_index", shaped(py, index, &[n_planned])?)?;
+    d.set_item("peak_lo", shaped(py, peak_lo, &[n_planned])?)?;
+    d.set_item("peak_hi", shaped(py, peak_hi, &[n_planned])?)?;
     Ok(d)
 }
 

@@ -13,7 +13,9 @@ extern "C" __global__ void rf_fit_jobs(const double* __restrict__ x,
                                        const rf_u32* __restrict__ job_hi,
                                        const rf_u32* __restrict__ peak_start,
                                        const rf_u32* __restrict__ peak_slot,
-                                       const rf_u32* __restrict__ peak_index, rf_u32 n_jobs,
+                                       const rf_u32* __restrict__ peak_index,
+                                       const rf_u32* __restrict__ peak_lo,
+                                       const rf_u32* __restrict__ peak_hi, rf_u32 n_jobs,
                                        rf_u32 n_slots, double bin, int max_iterations,
                                        int max_peaks_per_job, double ftol, double xtol,
                                        double* values, double* errors, rf_u8* status,
@@ -26,7 +28,8 @@ extern "C" __global__ void rf_fit_jobs(const double* __restrict__ x,
     RfWork w;
     const unsigned long long row = (unsigned long long)curve * n_slots;
     rf_fit_job(x, lineouts + (unsigned long long)curve * n_x, job_lo[job], job_hi[job],
-               peak_slot + p0, peak_index + p0, int(peak_start[job + 1] - p0), bin,
+               peak_slot + p0, peak_index + p0, peak_lo + p0, peak_hi + p0,
+               int(peak_start[job + 1] - p0), bin,
                max_iterations, max_peaks_per_job, ftol, xtol, fidx, w, values + row * RF_ROW,
                errors + row * RF_ROW, status + row, iterations + row);
 }

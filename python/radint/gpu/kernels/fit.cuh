@@ -8,6 +8,9 @@
 // scaling by the running max of diag(JᵀJ), λ ÷3 on success and ×4 on failure). One job (one ROI
 // with its peaks, planned on the host by the Rust planner) is fitted by one call of rf_fit_job,
 // i.e. by one GPU thread. The CPU test suite checks rf_fit_job against the Rust fitter.
+// As in Rust, each peak's x-independent terms are computed once per model evaluation, and in a
+// merged job a peak's parameters enter JᵀJ and the covariance only within its own planned ROI
+// (widened to ±10 Γ around its centre): the plan passes each peak's ROI as peak_lo / peak_hi.
 //
 // Per-thread storage is fixed: at most RF_MAX_PEAKS peaks per job and RF_MAX_ROI finite points;
 // bigger jobs return RF_CPU_FALLBACK and the launcher fits them with the Rust fitter.
@@ -49,6 +52,7 @@ typedef unsigned char rf_u8;
 
 #define RF_LN2 0.693147180559945309417232121458176568
 #define RF_PI 3.14159265358979323846264338327950288
+#define RF_FRAC_1_PI 0.318309886183790671537767526745028724  // Rust's FRAC_1_PI, not 1.0 / RF_PI
 #define RF_SIG_FLOOR 1e-12
 #define RF_GAM_FLOOR 1e-6
 #define RF_GAMMA_FLOOR 1e-15
@@ -106,51 +110,78 @@ RF_HD RfTch rf_tch_terms(double sig, double gam) {
     return t;
 }
 
-// Unit-area η L + (1 − η) G at offset d, single total FWHM Γ: value, ∂/∂d, ∂/∂Γ, ∂/∂η.
-RF_HD void rf_unit_pv(double d, double gamma, double eta, double out[4]) {
+// model.rs PeakTerms: what one peak contributes independently of x, computed once per evaluation.
+struct RfPeak {
+    double area, center;
+    RfTch t;
+    double inv_two_s2, inv_s2, inv_s3, inv_s, inv_norm, inv_k, h2, h_pi;
+};
+
+RF_HD RfPeak rf_peak_terms(const double* q) {
+    RfPeak pk;
+    pk.area = q[0];
+    pk.center = q[1];
+    pk.t = rf_tch_terms(q[2], q[3]);
     const double k = 2.0 * RF_SQRT(2.0 * RF_LN2);
-    const double sigma = gamma / k;
-    const double g = RF_EXP(-d * d / (2.0 * sigma * sigma)) / (sigma * RF_SQRT(2.0 * RF_PI));
-    const double h = gamma / 2.0;
-    const double den = d * d + h * h;
-    const double l = h / RF_PI / den;
-    const double dg_dd = -d / (sigma * sigma) * g;
-    const double dl_dd = -(h / RF_PI) * 2.0 * d / (den * den);
-    const double dg_dgamma = g * (d * d / rf_powi(sigma, 3) - 1.0 / sigma) / k;
-    const double dl_dgamma = 0.5 * (d * d - h * h) / (RF_PI * den * den);
-    out[0] = eta * l + (1.0 - eta) * g;
-    out[1] = eta * dl_dd + (1.0 - eta) * dg_dd;
-    out[2] = eta * dl_dgamma + (1.0 - eta) * dg_dgamma;
-    out[3] = l - g;
+    const double sigma = pk.t.gamma / k;
+    const double h = pk.t.gamma / 2.0;
+    pk.inv_two_s2 = 1.0 / (2.0 * sigma * sigma);
+    pk.inv_s2 = 1.0 / (sigma * sigma);
+    pk.inv_s3 = 1.0 / (sigma * sigma * sigma);
+    pk.inv_s = 1.0 / sigma;
+    pk.inv_norm = 1.0 / (sigma * RF_SQRT(2.0 * RF_PI));
+    pk.inv_k = 1.0 / k;
+    pk.h2 = h * h;
+    pk.h_pi = h / RF_PI;
+    return pk;
+}
+
+// Unit-area Gaussian g and Lorentzian l at offset d, with d² and 1/(d² + h²). Below −746 exp
+// underflows to exactly 0, so skipping it changes nothing (NaN still takes the exp path).
+RF_HD void rf_components(const RfPeak& pk, double d, double* g, double* l, double* dd,
+                         double* inv_den) {
+    *dd = d * d;
+    const double arg = -*dd * pk.inv_two_s2;
+    *g = !(arg < -746.0) ? RF_EXP(arg) * pk.inv_norm : 0.0;
+    *inv_den = 1.0 / (*dd + pk.h2);
+    *l = pk.h_pi * *inv_den;
+}
+
+// Unit-area η L + (1 − η) G at x (single total FWHM Γ).
+RF_HD double rf_profile(const RfPeak& pk, double x) {
+    double g, l, dd, inv_den;
+    rf_components(pk, x - pk.center, &g, &l, &dd, &inv_den);
+    return pk.t.eta * l + (1.0 - pk.t.eta) * g;
+}
+
+// Profile at x; gradient of area · profile w.r.t. [area, center, sig, gam] into grad[0..4).
+RF_HD double rf_profile_gradient(const RfPeak& pk, double x, double* grad) {
+    const double eta = pk.t.eta;
+    const double d = x - pk.center;
+    double g, l, dd, inv_den;
+    rf_components(pk, d, &g, &l, &dd, &inv_den);
+    const double ld = inv_den * inv_den;
+    const double dl_dd = -2.0 * pk.h_pi * d * ld;
+    const double dl_dgamma = (0.5 * RF_FRAC_1_PI) * (dd - pk.h2) * ld;
+    double dg_dd = 0.0, dg_dgamma = 0.0;
+    if (g != 0.0) {
+        dg_dd = -d * pk.inv_s2 * g;
+        dg_dgamma = g * (dd * pk.inv_s3 - pk.inv_s) * pk.inv_k;
+    }
+    const double v = eta * l + (1.0 - eta) * g;
+    const double dv_dd = eta * dl_dd + (1.0 - eta) * dg_dd;
+    const double dv_dgamma = eta * dl_dgamma + (1.0 - eta) * dg_dgamma;
+    const double dv_deta = l - g;
+    grad[0] = v;
+    grad[1] = -pk.area * dv_dd;
+    grad[2] = pk.area * (dv_dgamma * pk.t.dgamma_dsig + dv_deta * pk.t.deta_dsig);
+    grad[3] = pk.area * (dv_dgamma * pk.t.dgamma_dgam + dv_deta * pk.t.deta_dgam);
+    return v;
 }
 
 RF_HD double rf_chebyshev_x(double x, double x_lo, double x_hi) {
     const double span = x_hi - x_lo;
     return span != 0.0 ? 2.0 * (x - x_lo) / span - 1.0 : 0.0;
-}
-
-// Model value; with grad != 0 also its gradient (layout [bg0, bg1, A, c, sig, gam, ...]).
-RF_HD double rf_model(double x, double x_lo, double x_hi, const double* p, int np, double* grad) {
-    const double xn = rf_chebyshev_x(x, x_lo, x_hi);
-    double m = p[0] + p[1] * xn;
-    if (grad) {
-        grad[0] = 1.0;
-        grad[1] = xn;
-    }
-    double v[4];
-    for (int o = 2; o + 4 <= np; o += 4) {
-        const double area = p[o], center = p[o + 1];
-        const RfTch t = rf_tch_terms(p[o + 2], p[o + 3]);
-        rf_unit_pv(x - center, t.gamma, t.eta, v);
-        m += area * v[0];
-        if (grad) {
-            grad[o] = v[0];
-            grad[o + 1] = -area * v[1];
-            grad[o + 2] = area * (v[2] * t.dgamma_dsig + v[3] * t.deta_dsig);
-            grad[o + 3] = area * (v[2] * t.dgamma_dgam + v[3] * t.deta_dgam);
-        }
-    }
-    return m;
 }
 
 // ------------------------------------------------------------------ starts and bounds (§6.2)
@@ -161,6 +192,8 @@ struct RfData {
     const rf_u32* fidx;
     int n;
     double x_lo, x_hi;  // first and last x of the ROI (finite or not): the Chebyshev frame
+    // Each peak's planned ROI as a half-open range of finite-point indices (fit.rs JobProblem).
+    int win_lo[RF_MAX_PEAKS], win_hi[RF_MAX_PEAKS];
 };
 
 RF_HD double rf_fy(const RfData& d, int k) { return d.y[d.fidx[k]]; }
@@ -250,22 +283,83 @@ struct RfNormal {
     double jtr[RF_MAX_PARAMS];
 };
 
+// fit.rs COUPLING_FWHMS: a peak is always coupled within this many FWHMs of its centre.
+#define RF_COUPLING_FWHMS 10.0
+
+// Number of finite points with x < v (strict) or x <= v: Rust's partition_point.
+RF_HD int rf_count_below(const RfData& d, double v, bool inclusive) {
+    int lo = 0, hi = d.n;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        const double xm = d.x[d.fidx[mid]];
+        if (inclusive ? xm <= v : xm < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// Per-evaluation terms of every peak and its coupling window (JobProblem::for_each_row).
+RF_HD void rf_prepare(const RfData& d, const double* p, int np, RfPeak* pk, int* lo, int* hi) {
+    for (int k = 0; 2 + 4 * k + 4 <= np; ++k) {
+        pk[k] = rf_peak_terms(p + 2 + 4 * k);
+        const double reach = RF_COUPLING_FWHMS * pk[k].t.gamma;
+        const int near_lo = rf_count_below(d, pk[k].center - reach, false);
+        const int near_hi = rf_count_below(d, pk[k].center + reach, true);
+        lo[k] = d.win_lo[k] < near_lo ? d.win_lo[k] : near_lo;
+        hi[k] = d.win_hi[k] > near_hi ? d.win_hi[k] : near_hi;
+    }
+}
+
+// Residual and full gradient at finite point i; the coupled parameters as increasing, disjoint
+// ranges [rs[j], re[j]) (background first, then runs of peaks whose window holds i).
+RF_HD double rf_row(const RfData& d, int i, const double* p, int np, const RfPeak* pk,
+                    const int* lo, const int* hi, double* grad, int* rs, int* re, int* nr) {
+    const rf_u32 gi = d.fidx[i];
+    const double x = d.x[gi];
+    const double xn = rf_chebyshev_x(x, d.x_lo, d.x_hi);
+    double m = p[0] + p[1] * xn;
+    grad[0] = 1.0;
+    grad[1] = xn;
+    rs[0] = 0;
+    re[0] = 2;
+    *nr = 1;
+    for (int k = 0; 2 + 4 * k + 4 <= np; ++k) {
+        const int o = 2 + 4 * k;
+        m += pk[k].area * rf_profile_gradient(pk[k], x, grad + o);
+        if (i >= lo[k] && i < hi[k]) {
+            if (re[*nr - 1] == o) re[*nr - 1] = o + 4;
+            else {
+                rs[*nr] = o;
+                re[*nr] = o + 4;
+                *nr += 1;
+            }
+        }
+    }
+    return m - d.y[gi];
+}
+
 RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, RfNormal& nrm) {
     double grad[RF_MAX_PARAMS];
+    RfPeak pk[RF_MAX_PEAKS];
+    int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
+    rf_prepare(d, p, n, pk, lo, hi);
     nrm.cost = 0.0;
     for (int a = 0; a < n; ++a) {
         nrm.jtr[a] = 0.0;
         for (int b = 0; b < n; ++b) nrm.jtj[a * n + b] = 0.0;
     }
     for (int i = 0; i < d.n; ++i) {
-        const rf_u32 gi = d.fidx[i];
-        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, grad) - d.y[gi];
+        const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
         nrm.cost += r * r;
-        for (int a = 0; a < n; ++a) {
-            const double ga = grad[a];
-            if (ga == 0.0) continue;
-            nrm.jtr[a] += ga * r;
-            for (int b = a; b < n; ++b) nrm.jtj[a * n + b] += ga * grad[b];
+        for (int a = 0; a < n; ++a) nrm.jtr[a] += grad[a] * r;
+        for (int ka = 0; ka < nr; ++ka) {
+            for (int a = rs[ka]; a < re[ka]; ++a) {
+                const double ga = grad[a];
+                if (ga == 0.0) continue;
+                for (int b = a; b < re[ka]; ++b) nrm.jtj[a * n + b] += ga * grad[b];
+                for (int kb = ka + 1; kb < nr; ++kb)
+                    for (int b = rs[kb]; b < re[kb]; ++b) nrm.jtj[a * n + b] += ga * grad[b];
+            }
         }
     }
     for (int a = 0; a < n; ++a)
@@ -273,10 +367,16 @@ RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, RfNormal
 }
 
 RF_HD double rf_cost(const RfData& d, const double* p, int n) {
+    RfPeak pk[RF_MAX_PEAKS];
+    int n_peaks = 0;
+    for (int o = 2; o + 4 <= n; o += 4) pk[n_peaks++] = rf_peak_terms(p + o);
     double c = 0.0;
     for (int i = 0; i < d.n; ++i) {
         const rf_u32 gi = d.fidx[i];
-        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, 0) - d.y[gi];
+        const double x = d.x[gi];
+        double m = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+        for (int k = 0; k < n_peaks; ++k) m += pk[k].area * rf_profile(pk[k], x);
+        const double r = m - d.y[gi];
         c += r * r;
     }
     return c;
@@ -404,6 +504,8 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
 RF_HD bool rf_covariance(const RfData& d, const double* p, RfNormal& nrm, int n, double* work,
                          double* var, double* cov_sg) {
     double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS], grad[RF_MAX_PARAMS];
+    RfPeak pk[RF_MAX_PEAKS];
+    int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
     for (int i = 0; i < n; ++i) {
         const double dd = nrm.jtj[i * n + i];
         scale[i] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
@@ -419,21 +521,30 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, RfNormal& nrm, int n,
     }
     double* meat = work;  // the factor is not needed any more
     for (int k = 0; k < n * n; ++k) meat[k] = 0.0;
+    rf_prepare(d, p, n, pk, lo, hi);
     for (int i = 0; i < d.n; ++i) {
-        const rf_u32 gi = d.fidx[i];
-        const double r = rf_model(d.x[gi], d.x_lo, d.x_hi, p, n, grad) - d.y[gi];
+        const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
         double h = 0.0;
-        for (int a = 0; a < n; ++a) {
-            double row = 0.0;
-            for (int b = 0; b < n; ++b) row += inv[a * n + b] * grad[b];
-            h += grad[a] * row;
+        for (int ka = 0; ka < nr; ++ka) {
+            for (int a = rs[ka]; a < re[ka]; ++a) {
+                double row = 0.0;
+                for (int kb = 0; kb < nr; ++kb) {
+                    double t = 0.0;
+                    for (int b = rs[kb]; b < re[kb]; ++b) t += inv[a * n + b] * grad[b];
+                    row += t;
+                }
+                h += grad[a] * row;
+            }
         }
         const double shrink = RF_FMAX(1.0 - h, 1e-3);
         const double r2 = r * r / shrink;
-        for (int a = 0; a < n; ++a) {
-            const double ga = r2 * grad[a];
-            if (ga == 0.0) continue;
-            for (int b = 0; b < n; ++b) meat[a * n + b] += ga * grad[b];
+        for (int ka = 0; ka < nr; ++ka) {
+            for (int a = rs[ka]; a < re[ka]; ++a) {
+                const double ga = r2 * grad[a];
+                if (ga == 0.0) continue;
+                for (int kb = 0; kb < nr; ++kb)
+                    for (int b = rs[kb]; b < re[kb]; ++b) meat[a * n + b] += ga * grad[b];
+            }
         }
     }
     // C(k, l) = Σ_a inv[k, a] (Σ_b meat[a, b] inv[b, l]) for the entries the rows need.
@@ -465,7 +576,8 @@ RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
 // Fit one job: ROI x/y[lo..=hi], peaks at global bin indices peak_index[0..n_peaks), written to
 // the rows of their slots (values/errors: RF_ROW doubles per slot; status, iterations).
 RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
-                      const rf_u32* peak_slot, const rf_u32* peak_index, int n_peaks, double bin,
+                      const rf_u32* peak_slot, const rf_u32* peak_index, const rf_u32* peak_lo,
+                      const rf_u32* peak_hi, int n_peaks, double bin,
                       int max_iterations, int max_peaks_per_job, double ftol, double xtol,
                       rf_u32* fidx, RfWork& w, double* values, double* errors, rf_u8* status,
                       rf_u32* iterations) {
@@ -495,6 +607,13 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
             int c = 0;
             while (c < d.n && fidx[c] < peak_index[k]) ++c;
             pks[k] = c < d.n - 1 ? c : d.n - 1;
+            // The peak's own ROI among the finite points: [first at or after peak_lo, first after
+            // peak_hi).
+            int w = 0;
+            while (w < d.n && fidx[w] < peak_lo[k]) ++w;
+            d.win_lo[k] = w;
+            while (w < d.n && fidx[w] <= peak_hi[k]) ++w;
+            d.win_hi[k] = w;
         }
         rf_initial_guess(d, pks, n_peaks, bin, p, lower, upper);
         code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, w,

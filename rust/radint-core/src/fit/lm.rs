@@ -6,13 +6,25 @@
 //! Damping uses Marquardt's diagonal scaling with the running maximum of diag(JᵀJ) (as MINPACK),
 //! which makes the step invariant to the very different scales of area, centre and centi-widths.
 
-/// A least-squares problem: residuals `r_i(p) = model_i(p) − data_i`, evaluated point by point so
-/// that JᵀJ and Jᵀr are accumulated without storing J.
+use std::ops::Range;
+
+/// A least-squares problem: residuals `r_i(p) = model_i(p) − data_i` with their gradients, visited
+/// point by point so that JᵀJ and Jᵀr are accumulated without storing J.
+///
+/// Each point also names the parameters *coupled* at it: products of their gradient entries enter
+/// JᵀJ (and the covariance), the other entries enter only Jᵀr. A problem whose parameters act on
+/// separate stretches of the data — the peaks of a merged job, each with its own ROI — so builds
+/// JᵀJ at a cost that grows with the points each parameter touches rather than with all
+/// parameters squared at every point. Jᵀr, the cost, and therefore the minimum found stay exact;
+/// the neglected products (far tails) only shade the step direction and the covariance.
 pub trait Residuals {
     fn n_params(&self) -> usize;
-    fn n_points(&self) -> usize;
-    /// Residual at point `i`; when `grad` is given, also ∂r_i/∂p into it (length `n_params`).
-    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64;
+    /// `Σ r_i²` at `p`.
+    fn cost(&self, p: &[f64]) -> f64;
+    /// Calls `row(r_i, ∂r_i/∂p, coupled_i)` for every point at `p`, in a fixed order: the gradient
+    /// has `n_params` entries, `coupled_i` lists the coupled parameters as increasing, disjoint
+    /// index ranges (contiguous runs keep the JᵀJ loops free of gathers).
+    fn for_each_row(&self, p: &[f64], row: impl FnMut(f64, &[f64], &[Range<usize>]));
 }
 
 /// Why a fit stopped, or why it never ran. Stored as a small integer in tables (`code`).
@@ -109,23 +121,27 @@ fn normal_equations(prob: &impl Residuals, p: &[f64]) -> Normal {
     let n = prob.n_params();
     let mut jtj = vec![0.0; n * n];
     let mut jtr = vec![0.0; n];
-    let mut grad = vec![0.0; n];
     let mut cost = 0.0;
-    for i in 0..prob.n_points() {
-        let r = prob.residual(i, p, Some(&mut grad));
+    prob.for_each_row(p, |r, grad, coupled| {
         cost += r * r;
-        for a in 0..n {
-            let ga = grad[a];
-            if ga == 0.0 {
-                continue;
-            }
-            jtr[a] += ga * r;
-            // Upper triangle only; mirrored below.
-            for b in a..n {
-                jtj[a * n + b] += ga * grad[b];
+        for (j, &g) in jtr.iter_mut().zip(grad) {
+            *j += g * r;
+        }
+        for (k, ra) in coupled.iter().enumerate() {
+            for a in ra.clone() {
+                let ga = grad[a];
+                if ga == 0.0 {
+                    continue;
+                }
+                // Upper triangle only (the ranges increase); mirrored below.
+                let row = &mut jtj[a * n..(a + 1) * n];
+                add_scaled(&mut row[a..ra.end], ga, &grad[a..ra.end]);
+                for rb in &coupled[k + 1..] {
+                    add_scaled(&mut row[rb.clone()], ga, &grad[rb.clone()]);
+                }
             }
         }
-    }
+    });
     for a in 0..n {
         for b in 0..a {
             jtj[a * n + b] = jtj[b * n + a];
@@ -134,37 +150,28 @@ fn normal_equations(prob: &impl Residuals, p: &[f64]) -> Normal {
     Normal { cost, jtj, jtr }
 }
 
-fn cost_at(prob: &impl Residuals, p: &[f64]) -> f64 {
-    (0..prob.n_points())
-        .map(|i| {
-            let r = prob.residual(i, p, None);
-            r * r
-        })
-        .sum()
-}
-
 /// In-place Cholesky factorisation of a symmetric positive-definite `n × n` matrix (lower factor).
 /// Returns false when the matrix is not numerically positive definite.
 fn cholesky(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
+        let (row_j, below) = a[j * n..].split_at_mut(n);
+        let d = minus_dot(row_j[j], &row_j[..j], &row_j[..j]);
         if !(d > 0.0 && d.is_finite()) {
             return false;
         }
         let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
+        row_j[j] = d;
+        let lj = &row_j[..j];
+        for row_i in below.chunks_exact_mut(n) {
+            row_i[j] = minus_dot(row_i[j], &row_i[..j], lj) / d;
         }
     }
     true
+}
+
+/// `init − Σ a_k b_k`, subtracting term by term in index order (as the GPU port).
+fn minus_dot(init: f64, a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).fold(init, |s, (x, y)| s - x * y)
 }
 
 /// Solve L Lᵀ x = b with the factor from [`cholesky`]; `b` is overwritten with x.
@@ -298,7 +305,7 @@ pub fn levenberg_marquardt(
         loop {
             let trial =
                 damped_step(&nrm, &diag, &free, lambda).map(|s| project(&p, &s, lower, upper));
-            let cost = trial.as_ref().map_or(f64::INFINITY, |t| cost_at(prob, t));
+            let cost = trial.as_ref().map_or(f64::INFINITY, |t| prob.cost(t));
             if let (Some(t), true) = (trial, cost < nrm.cost) {
                 iterations += 1;
                 lambda = (lambda / 3.0).max(1e-12);
@@ -372,34 +379,47 @@ fn finish(
 }
 
 /// `Σ rᵢ²/(1 − hᵢ)² gᵢ gᵢᵀ` (row-major n × n) at `p`, with `hᵢ = gᵢᵀ inv gᵢ`.
+/// Only coupled entries are used, as in JᵀJ (see [`Residuals`]).
 fn residual_outer(prob: &impl Residuals, p: &[f64], inv: &[f64]) -> Vec<f64> {
     let n = p.len();
     let mut out = vec![0.0; n * n];
-    let mut grad = vec![0.0; n];
-    for i in 0..prob.n_points() {
-        let r = prob.residual(i, p, Some(&mut grad));
+    prob.for_each_row(p, |r, grad, coupled| {
         let mut h = 0.0;
-        for a in 0..n {
+        for a in coupled.iter().flat_map(Clone::clone) {
+            let inv_row = &inv[a * n..(a + 1) * n];
             let mut row = 0.0;
-            for b in 0..n {
-                row += inv[a * n + b] * grad[b];
+            for rb in coupled {
+                row += dot(&inv_row[rb.clone()], &grad[rb.clone()]);
             }
             h += grad[a] * row;
         }
         // A point that alone fixes a parameter (h → 1) carries no residual information.
         let shrink = (1.0 - h).max(1e-3);
         let r2 = r * r / shrink;
-        for a in 0..n {
+        for a in coupled.iter().flat_map(Clone::clone) {
             let ga = r2 * grad[a];
             if ga == 0.0 {
                 continue;
             }
-            for b in 0..n {
-                out[a * n + b] += ga * grad[b];
+            let row = &mut out[a * n..(a + 1) * n];
+            for rb in coupled {
+                add_scaled(&mut row[rb.clone()], ga, &grad[rb.clone()]);
             }
         }
-    }
+    });
     out
+}
+
+/// `dst += s · src`, element by element.
+fn add_scaled(dst: &mut [f64], s: f64, src: &[f64]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += s * v;
+    }
+}
+
+/// `Σ a_i b_i`, summed in index order (the GPU port sums in the same order).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
 }
 
 fn mat_mul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {

@@ -6,7 +6,7 @@
 //! `sig` and `gam` are "centi"-scaled (GSAS-II centidegree convention applied to x units):
 //! `F_G = sqrt(8 ln2 · sig) / 100` and `F_L = gam / 100` are widths in x units.
 
-use std::f64::consts::{LN_2, PI};
+use std::f64::consts::{FRAC_1_PI, LN_2, PI};
 
 /// Parameters per peak: area, centre, sig, gam.
 pub const PARAMS_PER_PEAK: usize = 4;
@@ -97,33 +97,114 @@ pub fn tch_terms(sig: f64, gam: f64) -> TchTerms {
     }
 }
 
-/// The unit-area pseudo-Voigt `η L + (1 − η) G` at offset `d = x − c`, both components with the
-/// single total FWHM Γ (MIDAS does not use separate Gaussian/Lorentzian widths here).
-/// Returns (value, ∂/∂d, ∂/∂Γ, ∂/∂η).
-fn unit_pv(d: f64, gamma: f64, eta: f64) -> [f64; 4] {
-    let k = 2.0 * (2.0 * LN_2).sqrt();
-    let sigma = gamma / k;
-    let g = (-d * d / (2.0 * sigma * sigma)).exp() / (sigma * (2.0 * PI).sqrt());
-    let h = gamma / 2.0;
-    let den = d * d + h * h;
-    let l = h / PI / den;
+/// Everything about one peak of a parameter vector that does not depend on x: the TCH terms and
+/// the profile's width constants, as reciprocals. A job evaluates its model at every ROI point for
+/// the same parameters, and in a merged job every peak at every point, so these are computed once
+/// per evaluation: the TCH polynomial with its fifth root and the divisions cost more than the
+/// profile itself. `fit.cuh` (the GPU port) computes the same expressions in the same order.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakTerms {
+    pub area: f64,
+    pub center: f64,
+    pub tch: TchTerms,
+    /// Gaussian σ = Γ / (2·sqrt(2 ln 2)) of the total FWHM: 1/(2σ²), 1/σ², 1/σ³, 1/σ, and
+    /// 1/(σ·sqrt(2π)); `inv_k` = 1 / (2·sqrt(2 ln 2)).
+    inv_two_s2: f64,
+    inv_s2: f64,
+    inv_s3: f64,
+    inv_s: f64,
+    inv_norm: f64,
+    inv_k: f64,
+    /// Square of the Lorentzian half width Γ/2, and (Γ/2)/π.
+    h2: f64,
+    h_pi: f64,
+}
 
-    let dg_dd = -d / (sigma * sigma) * g;
-    let dl_dd = -(h / PI) * 2.0 * d / (den * den);
-    let dg_dgamma = g * (d * d / sigma.powi(3) - 1.0 / sigma) / k;
-    let dl_dgamma = 0.5 * (d * d - h * h) / (PI * den * den);
-    [
-        eta * l + (1.0 - eta) * g,
-        eta * dl_dd + (1.0 - eta) * dg_dd,
-        eta * dl_dgamma + (1.0 - eta) * dg_dgamma,
-        l - g,
-    ]
+/// Below this, `exp` underflows to exactly +0 (the smallest subnormal is exp(−744.4)): skipping
+/// the call there changes no bit, and far from a peak the exponential is most of the cost.
+const EXP_UNDERFLOW: f64 = -746.0;
+const HALF_INV_PI: f64 = 0.5 * FRAC_1_PI;
+
+impl PeakTerms {
+    /// Terms of the peak `[area, center, sig, gam]` (at least 4 values; extra ones are ignored).
+    pub fn new(p: &[f64]) -> PeakTerms {
+        let tch = tch_terms(p[2], p[3]);
+        let k = 2.0 * (2.0 * LN_2).sqrt();
+        let sigma = tch.gamma / k;
+        let h = tch.gamma / 2.0;
+        PeakTerms {
+            area: p[0],
+            center: p[1],
+            tch,
+            inv_two_s2: 1.0 / (2.0 * sigma * sigma),
+            inv_s2: 1.0 / (sigma * sigma),
+            inv_s3: 1.0 / (sigma * sigma * sigma),
+            inv_s: 1.0 / sigma,
+            inv_norm: 1.0 / (sigma * (2.0 * PI).sqrt()),
+            inv_k: 1.0 / k,
+            h2: h * h,
+            h_pi: h / PI,
+        }
+    }
+
+    /// Unit-area Gaussian and Lorentzian at offset `d = x − c`, with `d²` and `1/(d² + h²)`.
+    #[inline]
+    fn components(&self, d: f64) -> (f64, f64, f64, f64) {
+        let dd = d * d;
+        let arg = -dd * self.inv_two_s2;
+        // `!(arg < …)` keeps NaN on the exp path, so NaN parameters still give a NaN model.
+        let g = if !(arg < EXP_UNDERFLOW) {
+            arg.exp() * self.inv_norm
+        } else {
+            0.0
+        };
+        let inv_den = 1.0 / (dd + self.h2);
+        (g, self.h_pi * inv_den, dd, inv_den)
+    }
+
+    /// Unit-area profile `η L + (1 − η) G` at `x` (Gaussian and Lorentzian share the total FWHM
+    /// Γ; MIDAS does not use separate widths here).
+    #[inline]
+    pub fn profile(&self, x: f64) -> f64 {
+        let eta = self.tch.eta;
+        let (g, l, _, _) = self.components(x - self.center);
+        eta * l + (1.0 - eta) * g
+    }
+
+    /// Unit-area profile at `x`, and the gradient of `area · profile` with respect to
+    /// `[area, center, sig, gam]` written to `grad` (4 entries).
+    #[inline]
+    pub fn profile_gradient(&self, x: f64, grad: &mut [f64]) -> f64 {
+        let (t, eta) = (&self.tch, self.tch.eta);
+        let d = x - self.center;
+        let (g, l, dd, inv_den) = self.components(d);
+        let ld = inv_den * inv_den;
+        let dl_dd = -2.0 * self.h_pi * d * ld;
+        let dl_dgamma = HALF_INV_PI * (dd - self.h2) * ld;
+        // Far from the peak the Gaussian is exactly 0, and so are its derivatives.
+        let (dg_dd, dg_dgamma) = if g != 0.0 {
+            (
+                -d * self.inv_s2 * g,
+                g * (dd * self.inv_s3 - self.inv_s) * self.inv_k,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let v = eta * l + (1.0 - eta) * g;
+        let dv_dd = eta * dl_dd + (1.0 - eta) * dg_dd;
+        let dv_dgamma = eta * dl_dgamma + (1.0 - eta) * dg_dgamma;
+        let dv_deta = l - g;
+        grad[0] = v;
+        grad[1] = -self.area * dv_dd;
+        grad[2] = self.area * (dv_dgamma * t.dgamma_dsig + dv_deta * t.deta_dsig);
+        grad[3] = self.area * (dv_dgamma * t.dgamma_dgam + dv_deta * t.deta_dgam);
+        v
+    }
 }
 
 /// Unit-area TCH pseudo-Voigt of centre `center` and centi-scaled widths at `x`.
 pub fn pseudo_voigt(x: f64, center: f64, sig: f64, gam: f64) -> f64 {
-    let (gamma, eta) = tch(sig, gam);
-    unit_pv(x - center, gamma, eta)[0]
+    PeakTerms::new(&[1.0, center, sig, gam]).profile(x)
 }
 
 /// Chebyshev abscissa `x_n = 2(x − x_lo)/(x_hi − x_lo) − 1` of the job's ROI (0 for a one-point ROI,
@@ -144,7 +225,7 @@ pub fn model_value(x: f64, x_lo: f64, x_hi: f64, params: &[f64]) -> f64 {
     let mut m = bg.first().copied().unwrap_or(0.0)
         + bg.get(1).copied().unwrap_or(0.0) * chebyshev_x(x, x_lo, x_hi);
     for p in peaks.chunks_exact(PARAMS_PER_PEAK) {
-        m += p[0] * pseudo_voigt(x, p[1], p[2], p[3]);
+        m += p[0] * PeakTerms::new(p).profile(x);
     }
     m
 }
@@ -163,14 +244,7 @@ pub fn model_gradient(x: f64, x_lo: f64, x_hi: f64, params: &[f64], grad: &mut [
     let peaks = params[N_BACKGROUND..].chunks_exact(PARAMS_PER_PEAK);
     let grads = grad[N_BACKGROUND..].chunks_exact_mut(PARAMS_PER_PEAK);
     for (p, g) in peaks.zip(grads) {
-        let (area, center) = (p[0], p[1]);
-        let t = tch_terms(p[2], p[3]);
-        let [v, dv_dd, dv_dgamma, dv_deta] = unit_pv(x - center, t.gamma, t.eta);
-        m += area * v;
-        g[0] = v;
-        g[1] = -area * dv_dd;
-        g[2] = area * (dv_dgamma * t.dgamma_dsig + dv_deta * t.deta_dsig);
-        g[3] = area * (dv_dgamma * t.dgamma_dgam + dv_deta * t.deta_dgam);
+        m += p[0] * PeakTerms::new(p).profile_gradient(x, g);
     }
     m
 }

@@ -4,6 +4,8 @@
 
 use std::f64::consts::LN_2;
 
+use std::ops::Range;
+
 use super::lm::{levenberg_marquardt, FitStatus, LmOptions, Residuals};
 
 /// Parameters of the height-normalised pV.
@@ -59,23 +61,31 @@ impl Residuals for PvProblem<'_> {
     fn n_params(&self) -> usize {
         PV_PARAMS
     }
-    fn n_points(&self) -> usize {
-        self.x.len()
-    }
-    fn residual(&self, i: usize, p: &[f64], grad: Option<&mut [f64]>) -> f64 {
+    fn cost(&self, p: &[f64]) -> f64 {
         let Ok(p): std::result::Result<&[f64; PV_PARAMS], _> = p.try_into() else {
             return f64::NAN;
         };
-        let m = match grad {
-            Some(g) => {
-                let mut gg = [0.0; PV_PARAMS];
-                let m = pv_height_gradient(self.x[i], p, &mut gg);
-                g.iter_mut().zip(gg).for_each(|(a, b)| *a = b);
-                m
-            }
-            None => pv_height(self.x[i], p),
+        self.x
+            .iter()
+            .zip(self.y)
+            .map(|(&x, &y)| {
+                let r = pv_height(x, p) - y;
+                r * r
+            })
+            .sum()
+    }
+    fn for_each_row(&self, p: &[f64], mut row: impl FnMut(f64, &[f64], &[Range<usize>])) {
+        // Every parameter is coupled at every point: one range holding all of them.
+        let all = std::slice::from_ref(&(0..PV_PARAMS));
+        let mut g = [0.0; PV_PARAMS];
+        let Ok(p): std::result::Result<&[f64; PV_PARAMS], _> = p.try_into() else {
+            row(f64::NAN, &g, all);
+            return;
         };
-        m - self.y[i]
+        for (&x, &y) in self.x.iter().zip(self.y) {
+            let r = pv_height_gradient(x, p, &mut g) - y;
+            row(r, &g, all);
+        }
     }
 }
 

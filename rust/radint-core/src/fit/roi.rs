@@ -12,6 +12,11 @@ pub struct JobPeak {
     pub slot: usize,
     /// Index of the bin centre the position was snapped to.
     pub index: usize,
+    /// The peak's own ROI `x[lo..=hi]` (`index ± padding`, clipped to the axis), inside its job's.
+    /// In a merged job the fitter couples the peak's parameters to the others only there
+    /// (see `Residuals`); a job of one peak is its own ROI.
+    pub lo: usize,
+    pub hi: usize,
 }
 
 /// A contiguous ROI `x[lo..=hi]` and the peaks fitted together in it (sorted by index).
@@ -65,7 +70,14 @@ pub fn plan_jobs(
     let mut peaks: Vec<JobPeak> = positions
         .iter()
         .enumerate()
-        .filter_map(|(slot, &pos)| snap_to_bin(x, pos, bin).map(|index| JobPeak { slot, index }))
+        .filter_map(|(slot, &pos)| {
+            snap_to_bin(x, pos, bin).map(|index| JobPeak {
+                slot,
+                index,
+                lo: index,
+                hi: index,
+            })
+        })
         .collect();
     peaks.sort_by_key(|p| (p.index, p.slot));
     let pad = if auto_roi {
@@ -75,8 +87,9 @@ pub fn plan_jobs(
     };
     let last = x.len().saturating_sub(1);
     let mut jobs: Vec<Job> = Vec::new();
-    for pk in peaks {
+    for mut pk in peaks {
         let (lo, hi) = (pk.index.saturating_sub(pad), (pk.index + pad).min(last));
+        (pk.lo, pk.hi) = (lo, hi);
         match jobs.last_mut() {
             Some(job) if lo <= job.hi => {
                 job.hi = job.hi.max(hi);
