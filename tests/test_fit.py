@@ -258,6 +258,26 @@ def test_auto_detection_on_dense_peaks_finds_each_once() -> None:
         np.testing.assert_allclose(t.center[:20], centres, atol=0.1)
 
 
+def test_auto_detection_ignores_noise_on_a_peaks_flank() -> None:
+    """Regression: a noise wiggle on the flank of a stronger peak (the top of a broad one, the
+    Lorentzian tail of a narrow one) was measured from the lowest point within 15 bins, so it
+    stood as high as the flank: broad peaks came back split in half the lineouts, and a narrow
+    peak got a neighbour 5 bins out fitted as a 70-bin-wide "peak" with twice its area."""
+    rng = np.random.default_rng(3)
+    x = np.arange(1500.0)
+    broad = 300 + sum(
+        1000 * np.exp(-0.5 * ((x - c) / (20 / 2.3548)) ** 2) for c in range(200, 1400, 200)
+    )
+    t = rfit.fit_peaks(x, rng.poisson(broad, (20, x.size)).astype(float), auto=12)
+    assert (t.n_found == 6).all(), t.n_found
+    x = np.arange(400.0)
+    w, s = 2.0, 2.0 / 2.3548
+    narrow = 50 + 1e4 * (0.5 * (w / 2) / np.pi / ((x - 200.3) ** 2 + (w / 2) ** 2)
+                         + 0.5 * np.exp(-0.5 * ((x - 200.3) / s) ** 2) / (s * np.sqrt(2 * np.pi)))  # fmt: skip
+    t = rfit.fit_peaks(x, rng.poisson(narrow, (300, x.size)).astype(float), auto=3)
+    assert (t.n_found == 1).all(), np.flatnonzero(t.n_found != 1)
+
+
 def test_auto_detection_finds_peaks() -> None:
     rng = np.random.default_rng(7)
     centres = np.array([60.3, 120.7, 200.1, 290.6])

@@ -75,11 +75,10 @@ pub fn savgol_smooth7(y: &[f64]) -> Vec<f64> {
     s
 }
 
-/// Height, in units of the lineout's noise σ, that a candidate (its Savitzky–Golay value) must
-/// stand above its foot: the higher of the minima left and right within ±[`SIGNIFICANCE_WINDOW`]
-/// bins of the [`binomial_smooth5`] lineout. Over 100 flat Poisson lineouts of 3 000 bins for each
-/// mean 5, 200 and 5 000 the highest noise maximum reached 4.0 σ by that measure; 6 σ keeps a
-/// margin against noise while a peak 6 σ high survives.
+/// Prominence, in units of the lineout's noise σ, that a candidate must have (see
+/// [`significance`]). Over 100 flat Poisson lineouts of 3 000 bins for each mean 5, 200 and
+/// 5 000 the most prominent noise maximum reached 4.0 σ; 6 σ keeps a margin against
+/// noise while a peak 6 σ high survives.
 pub const DETECTION_SIGMAS: f64 = 6.0;
 /// Half-width (bins) of the significance test: wide enough that a peak several bins broad is
 /// measured from its foot, not from its own shoulder.
@@ -87,11 +86,11 @@ pub const SIGNIFICANCE_WINDOW: usize = 15;
 
 /// Binomial smoothing `(1, 4, 6, 4, 1)/16`; the 2 points at each edge are copied unchanged.
 ///
-/// The feet of the significance test are taken from this curve, not from the Savitzky–Golay one:
-/// the SG7 kernel has negative side lobes, so a sharp peak dips below the background 4–6 bins to
-/// either side of it. Between two strong peaks ~25 bins apart both dips fall within the window, and
-/// measured from them, plain background noise stood 8 σ high: dense lineouts came back with a
-/// third more "peaks" than they had, all merged into one slow fitting job. A kernel without
+/// The significance test reads its cols on this curve, not on the Savitzky–Golay one: the SG7
+/// kernel has negative side lobes, so a sharp peak dips below the background 3–6 bins to either
+/// side of it. Between two strong peaks ~25 bins apart both dips fell within the test's window,
+/// and measured from them, plain background noise stood 8 σ high: dense lineouts came back with
+/// a third more "peaks" than they had, all merged into one slow fitting job. A kernel without
 /// negative weights has no such dips.
 pub fn binomial_smooth5(y: &[f64]) -> Vec<f64> {
     const C: [f64; 5] = [1.0, 4.0, 6.0, 4.0, 1.0];
@@ -145,11 +144,11 @@ pub fn detect_candidates(
         return Vec::new();
     }
     let s = savgol_smooth7(corr);
-    let feet = binomial_smooth5(corr);
+    let smooth = binomial_smooth5(corr);
     let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
     let mut cands: Vec<(f64, usize)> = (2..n - 2)
         .filter(|&i| curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && corr[i] > 0.0)
-        .filter(|&i| s[i] - foot(&feet, i, SIGNIFICANCE_WINDOW) >= min_prominence)
+        .filter(|&i| significance(&s, &smooth, i, SIGNIFICANCE_WINDOW) >= min_prominence)
         .map(|i| (prominence(&s, i, min_sep), i))
         .collect();
     cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -165,17 +164,36 @@ pub fn detect_candidates(
     chosen
 }
 
-/// The higher of the minima of `s` left and right of `i` within `w` bins (`0 < i < len − 1`).
-fn foot(s: &[f64], i: usize, w: usize) -> f64 {
+/// Prominence of the candidate at `i` (`0 < i < len − 1`, a maximum of the SG7 curve `s`): on
+/// each side, walk out up to `w` bins, stopping before the first point where `s` is higher than
+/// at `i`; the col is the lowest point passed, read on the ringing-free [`binomial_smooth5`]
+/// curve `b`; the prominence is `s[i]` minus the higher of the two cols.
+///
+/// Measured from the lowest points within the window instead, a noise wiggle on the flank of a
+/// stronger peak (its tail, or the top of a broad one) stood as high as the flank itself: broad
+/// peaks came back split, and a narrow peak got a "neighbour" 5 bins out that fitted as a
+/// 70-bin-wide peak with twice its area. Its col towards the stronger peak is the shallow dip
+/// beside it, so now it stands no higher than the noise.
+fn significance(s: &[f64], b: &[f64], i: usize, w: usize) -> f64 {
+    let n = s.len();
+    let top = s[i];
+    let col = |side: &mut dyn Iterator<Item = usize>| {
+        side.take_while(|&k| s[k] <= top)
+            .map(|k| b[k])
+            .fold(f64::INFINITY, f64::min)
+    };
+    let left = col(&mut (i.saturating_sub(w)..i).rev());
+    let right = col(&mut (i + 1..=(i + w).min(n - 1)));
+    top - left.max(right)
+}
+
+/// MIDAS prominence: `s[i] − max(min left, min right)` within `w` bins; the value itself if that
+/// is negative.
+fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
     let lo = i.saturating_sub(w);
     let hi = (i + w).min(s.len() - 1);
     let min_of = |r: &[f64]| r.iter().copied().fold(f64::INFINITY, f64::min);
-    min_of(&s[lo..i]).max(min_of(&s[i + 1..=hi]))
-}
-
-/// MIDAS prominence: `s[i] − foot` within `w` bins; the value itself if that is negative.
-fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
-    let p = s[i] - foot(s, i, w);
+    let p = s[i] - min_of(&s[lo..i]).max(min_of(&s[i + 1..=hi]));
     if p < 0.0 {
         s[i]
     } else {
