@@ -147,11 +147,21 @@ def test_agrees_with_scipy_least_squares() -> None:
             assert abs(t.fwhm[i, k] - gamma) <= 3 * t.fwhm_err[i, k]
 
 
+def _scatter_over_error(t: rfit.FitTable, ok: np.ndarray, name: str) -> np.ndarray:
+    """Standard deviation of a column over repeats divided by its mean reported error."""
+    v, e = getattr(t, name)[ok], getattr(t, name + "_err")[ok]
+    return v.std(axis=0, ddof=1) / np.nanmean(e, axis=0)
+
+
 def test_standard_errors_match_the_scatter_over_poisson_repeats() -> None:
-    """300 Poisson draws of one lineout (4 peaks, a merged doublet, sloped background): the
-    scatter of the fitted values against the mean reported error. The sandwich (HC2) covariance
-    gives centres and FWHMs within ~15 % (the textbook formula was 2–2.6× small for centres);
-    areas come out conservative (errors ~1.3× the scatter), never optimistic."""
+    """Poisson draws of one lineout (4 Gaussian peaks, a merged doublet, sloped background), the
+    scatter of the fitted values against the mean reported error.
+
+    Regression: the textbook (JᵀJ)⁻¹·SSR/(n − p) was 2–2.6× small for centres; HC2 (each point's
+    own residual) still 1.1–1.25× (and 1.9× for the narrow peak below); with gam free on its
+    floor (η = 0, half of these fits) area errors were 1.3× large. 300 repeats: the ratio itself
+    scatters by ~4 %, so the 0.85–1.15 band is the calibration tolerance plus margin.
+    """
     rng = np.random.default_rng(5)
     x = np.arange(400.0)
     truth = 200 - 0.1 * x
@@ -163,14 +173,35 @@ def test_standard_errors_match_the_scatter_over_poisson_repeats() -> None:
     )
     ok = (t.status == 0).all(axis=1)
     assert ok.sum() > 290
+    for name in ("center", "area", "fwhm"):
+        r = _scatter_over_error(t, ok, name)
+        assert ((r > 0.85) & (r < 1.15)).all(), (name, r)
+    # Gaussian peaks: gam ends on its floor in about half the fits, and has no error there.
+    on_floor = t.gam[ok] <= 0.01
+    assert 0.2 < on_floor.mean() < 0.8
+    assert np.isnan(t.gam_err[ok][on_floor]).all() and np.isfinite(t.gam_err[ok][~on_floor]).all()
+    assert np.isfinite(t.area_err[ok]).all() and np.isfinite(t.fwhm_err[ok]).all()
 
-    def ratio(name: str) -> np.ndarray:
-        v, e = getattr(t, name)[ok], getattr(t, name + "_err")[ok]
-        return v.std(axis=0, ddof=1) / np.nanmean(e, axis=0)
 
-    assert ((ratio("center") > 0.85) & (ratio("center") < 1.2)).all(), ratio("center")
-    assert ((ratio("fwhm") > 0.8) & (ratio("fwhm") < 1.15)).all(), ratio("fwhm")
-    assert ((ratio("area") > 0.6) & (ratio("area") < 1.05)).all(), ratio("area")
+@pytest.mark.parametrize("auto", [False, True])
+def test_standard_errors_of_a_narrow_peak(auto: bool) -> None:
+    """A pseudo-Voigt of FWHM 2 bins on a background of 50 counts, given or auto-detected (the
+    fit then runs on the SNIP-subtracted lineout, whose noise still goes with the counts)."""
+    rng = np.random.default_rng(9)
+    x = np.arange(400.0)
+    w, c = 2.0, 200.3
+    s = w / 2.3548
+    profile = 0.5 * (w / 2) / np.pi / ((x - c) ** 2 + (w / 2) ** 2) + 0.5 * np.exp(
+        -0.5 * ((x - c) / s) ** 2
+    ) / (s * np.sqrt(2 * np.pi))
+    ys = rng.poisson(50 + 1e4 * profile, (300, x.size)).astype(float)
+    t = rfit.fit_peaks(x, ys, auto=1) if auto else rfit.fit_peaks(x, ys, positions=[200])
+    ok = t.status[:, 0] == 0
+    assert ok.sum() > 290
+    assert np.abs(t.center[ok, 0] - c).max() < 0.2
+    for name in ("center", "area"):
+        r = _scatter_over_error(t, ok, name)
+        assert 0.85 < r[0] < 1.15, (name, r)
 
 
 def test_non_convergent_fit_reports_failure_not_zeros() -> None:

@@ -14,11 +14,15 @@ are MIDAS's "centi"-scaled widths (``F_G = sqrt(8 ln2 · sig)/100``, ``F_L = gam
 Unlike MIDAS, which leaves zeros, a peak whose fit failed keeps a NaN row and a failure ``status``,
 so a failure can never pass for a result.
 
-Standard errors come from a heteroscedasticity-consistent (sandwich, HC2) covariance of the fit,
-``(JᵀJ)⁻¹ (Σ rᵢ²/(1 − hᵢ) gᵢgᵢᵀ) (JᵀJ)⁻¹``: lineout noise is not uniform (Poisson noise is larger
-on a peak than on its background), so the textbook ``(JᵀJ)⁻¹ · SSR/(n − p)`` of MIDAS's unweighted
-objective made centre errors 2–2.6× too small. Over Poisson repeats centres and FWHMs now scatter
-as their errors say (within ~15 %); area errors are conservative (~1.3× the scatter).
+Standard errors come from a sandwich covariance of MIDAS's unweighted fit,
+``(JᵀJ)⁻¹ (Σ vᵢ gᵢgᵢᵀ) (JᵀJ)⁻¹``, with point variances ``vᵢ = g·(Mᵢ + bᵢ)``: lineouts are counts
+(or counts scaled by one factor), so the noise goes with the model ``M`` plus any background
+``b`` subtracted before the fit (auto-detection's SNIP), and ``g`` is the Poisson-weighted reduced
+χ² of the fit. Where ``M + b`` is not positive everywhere in a job (data already background-
+subtracted), the variances fall back to each point's own residual (HC2, ``rᵢ²/(1 − hᵢ)``). A
+parameter that ended on a bound is held there: its own error is NaN, the others are those of the
+fit with it fixed. Over Poisson repeats centre, area and FWHM scatter as their errors say, within
+~15 % (the textbook ``(JᵀJ)⁻¹ · SSR/(n − p)`` was 2–2.6× small for centres, HC2 alone 1.1–1.9×).
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ class FitTable:
         ``sig`` and Lorentzian ``gam``, TCH total FWHM Γ (x units), Lorentzian fraction η and
         the reduced χ² of the job (ROI) the peak was fitted in. NaN unless ``status == 0``.
     area_err, center_err, sig_err, gam_err, fwhm_err, eta_mix_err : ndarray of float64
-        Standard errors from the fit covariance (FWHM, η by the delta method); NaN where the
-        covariance is singular or the fit failed.
+        Standard errors from the fit covariance (FWHM, η by the delta method; see the module
+        docs); NaN where the covariance is singular, the fit failed, or the parameter itself
+        ended on a bound (typically ``gam`` on its floor for a Gaussian peak).
     status : ndarray of uint8
         0 converged, 1 max_iterations, 2 non_finite, 3 out_of_range, 4 insufficient_data,
         5 too_many_peaks, 255 absent (see :data:`STATUS_NAMES`).

@@ -190,12 +190,15 @@ pub fn fit_curve(
     if y.len() != x.len() {
         return Err(Error::shape("peak fit: lineout length", x.len(), y.len()));
     }
-    Ok(fit_curve_checked(x, y, positions, bin, opts))
+    Ok(fit_curve_checked(x, y, &[], positions, bin, opts))
 }
 
+/// [`fit_curve`] on a checked axis. `offset` (same length as `y`, or empty for none) is what was
+/// subtracted from the counts before `y` (auto-detection's background): it carries noise too.
 fn fit_curve_checked(
     x: &[f64],
     y: &[f64],
+    offset: &[f64],
     positions: &[f64],
     bin: f64,
     opts: &FitOptions,
@@ -203,7 +206,7 @@ fn fit_curve_checked(
     let jobs = plan_jobs(x, y, positions, opts.roi_padding, opts.auto_roi);
     let fitted: Vec<Vec<(usize, PeakFit)>> = jobs
         .par_iter()
-        .map(|job| fit_job(x, y, job, bin, opts))
+        .map(|job| fit_job(x, y, offset, job, bin, opts))
         .collect();
     let mut out = vec![PeakFit::failed(FitStatus::OutOfRange, 0); positions.len()];
     for (slot, fit) in fitted.into_iter().flatten() {
@@ -228,7 +231,7 @@ pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> 
     }
     let rows: Vec<Vec<PeakFit>> = ys
         .par_chunks(x.len())
-        .map(|y| fit_curve_checked(x, y, positions, bin, opts))
+        .map(|y| fit_curve_checked(x, y, &[], positions, bin, opts))
         .collect();
     Ok(FitTable::from_rows(rows, positions.len()))
 }
@@ -248,6 +251,9 @@ struct JobProblem<'a> {
     n_params: usize,
     /// Each peak's planned ROI as a half-open range of indices into `x`.
     windows: Vec<(usize, usize)>,
+    /// Counts subtracted from `y` before the fit (auto-detection's SNIP background), or empty:
+    /// the noise of point i goes with `model_i + offset_i` (see [`Residuals::noise_levels`]).
+    offset: Vec<f64>,
 }
 
 /// Half-width, in FWHMs, of the stretch around a peak's centre where it is always coupled: there
@@ -262,6 +268,14 @@ impl JobProblem<'_> {
             .map(PeakTerms::new)
             .collect()
     }
+
+    fn model(&self, terms: &[PeakTerms], p: &[f64], x: f64) -> f64 {
+        let mut m = p[0] + p[1] * chebyshev_x(x, self.x_lo, self.x_hi);
+        for t in terms {
+            m += t.area * t.profile(x);
+        }
+        m
+    }
 }
 
 impl Residuals for JobProblem<'_> {
@@ -273,14 +287,23 @@ impl Residuals for JobProblem<'_> {
         let terms = self.peak_terms(p);
         let mut cost = 0.0;
         for (&x, &y) in self.x.iter().zip(self.y) {
-            let mut m = p[0] + p[1] * chebyshev_x(x, self.x_lo, self.x_hi);
-            for t in &terms {
-                m += t.area * t.profile(x);
-            }
-            let r = m - y;
+            let r = self.model(&terms, p, x) - y;
             cost += r * r;
         }
         cost
+    }
+
+    /// Lineouts are integrated counts, Poisson or scaled by one factor (a mean over pixels): the
+    /// variance of a point goes with its expected value, the model plus what was subtracted.
+    /// A data set that breaks this (e.g. background already subtracted, so the level is ≤ 0
+    /// somewhere) shows it by a level ≤ 0, and the covariance falls back to HC2.
+    fn noise_levels(&self, p: &[f64]) -> Option<Vec<f64>> {
+        let terms = self.peak_terms(p);
+        let levels =
+            self.x.iter().enumerate().map(|(i, &x)| {
+                self.model(&terms, p, x) + self.offset.get(i).copied().unwrap_or(0.0)
+            });
+        Some(levels.collect())
     }
 
     fn for_each_row(&self, p: &[f64], mut row: impl FnMut(f64, &[f64], &[Range<usize>])) {
@@ -321,7 +344,14 @@ impl Residuals for JobProblem<'_> {
 }
 
 /// Fit one job; returns `(slot, fit)` for each of its peaks.
-fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<(usize, PeakFit)> {
+fn fit_job(
+    x: &[f64],
+    y: &[f64],
+    offset: &[f64],
+    job: &Job,
+    bin: f64,
+    opts: &FitOptions,
+) -> Vec<(usize, PeakFit)> {
     let fail_all = |status| {
         job.peaks
             .iter()
@@ -341,6 +371,16 @@ fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<
         .filter(|(_, v)| v.is_finite())
         .map(|(&a, &b)| (a, b))
         .unzip();
+    let offset: Vec<f64> = offset
+        .get(job.lo..=job.hi)
+        .map(|o| {
+            o.iter()
+                .zip(yr)
+                .filter(|(_, v)| v.is_finite())
+                .map(|(&a, _)| a)
+                .collect()
+        })
+        .unwrap_or_default();
     let np = n_params(job.peaks.len());
     if fx.len() <= np {
         return fail_all(FitStatus::InsufficientData);
@@ -370,6 +410,7 @@ fn fit_job(x: &[f64], y: &[f64], job: &Job, bin: f64, opts: &FitOptions) -> Vec<
         x_hi: xr[xr.len() - 1],
         n_params: np,
         windows,
+        offset,
     };
     let res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;

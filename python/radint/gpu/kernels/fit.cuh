@@ -498,54 +498,93 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
     return RF_MAX_ITERATIONS;
 }
 
-// Sandwich (HC2) covariance, as lm.rs `finish`: C = A⁻¹ (Σ rᵢ²/(1 − hᵢ) gᵢgᵢᵀ) A⁻¹ with
-// A = JᵀJ and leverages hᵢ = gᵢᵀA⁻¹gᵢ. Writes diag(C) into var[0..n) and C(sig, gam) of each peak
-// into cov_sg[k]; false when A is singular. A (nrm.jtj) and `work` are overwritten.
-RF_HD bool rf_covariance(const RfData& d, const double* p, RfNormal& nrm, int n, double* work,
-                         double* var, double* cov_sg) {
+// Sandwich covariance, as lm.rs `finish`: C = A⁻¹ (Σ vᵢ gᵢgᵢᵀ) A⁻¹ with A = JᵀJ over the
+// parameters not on a bound (pinned ones get zero rows and columns, and pinned[i] = true). The
+// point variances are vᵢ = g · Mᵢ (Poisson-like, g the Poisson-weighted reduced χ²) when the
+// model Mᵢ is positive at every point, else HC2, vᵢ = rᵢ²/(1 − hᵢ) with hᵢ = gᵢᵀA⁻¹gᵢ. Writes
+// diag(C) into var[0..n) and C(sig, gam) of each peak into cov_sg[k]; false when A is singular.
+// A (nrm.jtj) and `work` are overwritten.
+RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
+                         const double* upper, RfNormal& nrm, int n, double* work, double* var,
+                         double* cov_sg, bool* pinned) {
     double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS], grad[RF_MAX_PARAMS];
     RfPeak pk[RF_MAX_PEAKS];
     int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
+    int fr[RF_MAX_PARAMS];
+    int m = 0;
     for (int i = 0; i < n; ++i) {
-        const double dd = nrm.jtj[i * n + i];
-        scale[i] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+        pinned[i] = p[i] <= lower[i] || p[i] >= upper[i];
+        if (!pinned[i]) fr[m++] = i;
     }
-    for (int k = 0; k < n * n; ++k) work[k] = nrm.jtj[k] * scale[k / n] * scale[k % n];
-    if (!rf_cholesky(work, n)) return false;
+    // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block.
+    for (int r = 0; r < m; ++r) {
+        const double dd = nrm.jtj[fr[r] * n + fr[r]];
+        scale[r] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+    }
+    for (int r = 0; r < m; ++r)
+        for (int c = 0; c < m; ++c)
+            work[r * m + c] = nrm.jtj[fr[r] * n + fr[c]] * scale[r] * scale[c];
+    if (!rf_cholesky(work, m)) return false;
     double* inv = nrm.jtj;  // A is not needed any more
-    for (int j = 0; j < n; ++j) {
-        for (int i = 0; i < n; ++i) col[i] = 0.0;
-        col[j] = 1.0;
-        rf_cholesky_solve(work, n, col);
-        for (int i = 0; i < n; ++i) inv[i * n + j] = col[i] * scale[i] * scale[j];
+    for (int k = 0; k < n * n; ++k) inv[k] = 0.0;
+    for (int c = 0; c < m; ++c) {
+        for (int r = 0; r < m; ++r) col[r] = 0.0;
+        col[c] = 1.0;
+        rf_cholesky_solve(work, m, col);
+        for (int r = 0; r < m; ++r) inv[fr[r] * n + fr[c]] = col[r] * scale[r] * scale[c];
+    }
+    // Noise model: the model must be positive at every point (lm.rs noise_levels filter).
+    RfPeak lp[RF_MAX_PEAKS];
+    int n_peaks = 0;
+    for (int o = 2; o + 4 <= n; o += 4) lp[n_peaks++] = rf_peak_terms(p + o);
+    bool modelled = true;
+    for (int i = 0; i < d.n && modelled; ++i) {
+        const double x = d.x[d.fidx[i]];
+        double mi = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+        for (int k = 0; k < n_peaks; ++k) mi += lp[k].area * rf_profile(lp[k], x);
+        modelled = mi > 0.0 && rf_finite(mi);
     }
     double* meat = work;  // the factor is not needed any more
     for (int k = 0; k < n * n; ++k) meat[k] = 0.0;
     rf_prepare(d, p, n, pk, lo, hi);
+    double chi2 = 0.0;
     for (int i = 0; i < d.n; ++i) {
         const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
-        double h = 0.0;
-        for (int ka = 0; ka < nr; ++ka) {
-            for (int a = rs[ka]; a < re[ka]; ++a) {
-                double row = 0.0;
-                for (int kb = 0; kb < nr; ++kb) {
-                    double t = 0.0;
-                    for (int b = rs[kb]; b < re[kb]; ++b) t += inv[a * n + b] * grad[b];
-                    row += t;
+        double w;
+        if (modelled) {
+            const double x = d.x[d.fidx[i]];
+            double level = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+            for (int k = 0; k < n_peaks; ++k) level += lp[k].area * rf_profile(lp[k], x);
+            chi2 += r * r / level;
+            w = level;
+        } else {
+            double h = 0.0;
+            for (int ka = 0; ka < nr; ++ka) {
+                for (int a = rs[ka]; a < re[ka]; ++a) {
+                    double row = 0.0;
+                    for (int kb = 0; kb < nr; ++kb) {
+                        double t = 0.0;
+                        for (int b = rs[kb]; b < re[kb]; ++b) t += inv[a * n + b] * grad[b];
+                        row += t;
+                    }
+                    h += grad[a] * row;
                 }
-                h += grad[a] * row;
             }
+            const double shrink = RF_FMAX(1.0 - h, 1e-3);
+            w = r * r / shrink;
         }
-        const double shrink = RF_FMAX(1.0 - h, 1e-3);
-        const double r2 = r * r / shrink;
         for (int ka = 0; ka < nr; ++ka) {
             for (int a = rs[ka]; a < re[ka]; ++a) {
-                const double ga = r2 * grad[a];
+                const double ga = w * grad[a];
                 if (ga == 0.0) continue;
                 for (int kb = 0; kb < nr; ++kb)
                     for (int b = rs[kb]; b < re[kb]; ++b) meat[a * n + b] += ga * grad[b];
             }
         }
+    }
+    if (modelled) {
+        const double gain = chi2 / double(d.n - m > 1 ? d.n - m : 1);
+        for (int k = 0; k < n * n; ++k) meat[k] *= gain;
     }
     // C(k, l) = Σ_a inv[k, a] (Σ_b meat[a, b] inv[b, l]) for the entries the rows need.
     for (int k = 0; k < n; ++k) {
@@ -631,7 +670,9 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
     const double dof = double(d.n - np > 1 ? d.n - np : 1);
     const double chi2 = w.nrm.cost / dof;
     double var[RF_MAX_PARAMS], cov_sg[RF_MAX_PEAKS];
-    const bool have_cov = rf_covariance(d, p, w.nrm, np, w.work, var, cov_sg);
+    bool pinned[RF_MAX_PARAMS];
+    const bool have_cov =
+        rf_covariance(d, p, lower, upper, w.nrm, np, w.work, var, cov_sg, pinned);
     for (int k = 0; k < n_peaks; ++k) {
         const rf_u32 s = peak_slot[k];
         const int o = 2 + 4 * k;
@@ -645,7 +686,8 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         v[4] = t.gamma;
         v[5] = t.eta;
         v[6] = chi2;
-        for (int c = 0; c < 4; ++c) e[c] = have_cov ? RF_SQRT(var[o + c] > 0.0 ? var[o + c] : 0.0) : nan;
+        for (int c = 0; c < 4; ++c)
+            e[c] = have_cov && !pinned[o + c] ? RF_SQRT(var[o + c] > 0.0 ? var[o + c] : 0.0) : nan;
         e[4] = have_cov ? rf_delta(t.dgamma_dsig, t.dgamma_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
         e[5] = have_cov ? rf_delta(t.deta_dsig, t.deta_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
         e[6] = nan;

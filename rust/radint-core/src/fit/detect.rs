@@ -251,7 +251,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let min_prominence = DETECTION_SIGMAS * noise_sigma(&corr);
     let cand = detect_candidates(&corr, max_candidates, min_sep, min_prominence);
     let positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
-    let fits = fit_curve_checked(x, &corr, &positions, bin, opts);
+    let fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
     AutoFit {
         background,
         peaks: select_peaks(fits, auto.max_peaks, bin, (x[0], x[x.len() - 1])),
