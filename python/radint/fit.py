@@ -189,6 +189,9 @@ def fit_peaks(
         ``out_of_range``). Peaks whose ROIs overlap are fitted together in one job.
     auto : int, optional
         Instead of ``positions``: detect (SNIP + Savitzky–Golay) and fit up to ``auto`` peaks.
+        A candidate must stand 6 σ above the col towards its nearest higher neighbour (within
+        ±15 bins), σ being the lineout's noise estimated from the data; pure noise reaches
+        ~4 σ, so a flat lineout gives no peaks.
     roi_padding : int
         ROI half-width in bins (MIDAS ``FitROIPadding``).
     auto_roi : bool
