@@ -222,7 +222,7 @@ fn fit_curve_checked(
 pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> Result<FitTable> {
     let bin = validate_axis(x)?;
     validate_options(opts)?;
-    if ys.len() % x.len() != 0 {
+    if !ys.len().is_multiple_of(x.len()) {
         return Err(Error::shape(
             "peak fit: lineouts (n_curves × n_x)",
             format!("a multiple of n_x = {}", x.len()),

@@ -11,20 +11,24 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::gather::{self, GatherKind};
 use crate::map::DetectorMap;
 
 /// A pixel type a frame may hold; read in place, converted per entry.
 pub trait Pixel: Copy + Send + Sync + 'static {
     /// Whether values can be NaN (and so need the masking checks).
     const IS_FLOAT: bool;
+    /// How the SIMD gather kernel loads this type (if at all).
+    const GATHER: GatherKind;
     fn to_f64(self) -> f64;
     fn to_f32(self) -> f32;
 }
 
 macro_rules! impl_pixel {
-    ($is_float:expr; $($t:ty),*) => {$(
+    ($is_float:expr; $($t:ty => $gather:ident),*) => {$(
         impl Pixel for $t {
             const IS_FLOAT: bool = $is_float;
+            const GATHER: GatherKind = GatherKind::$gather;
             #[inline(always)]
             fn to_f64(self) -> f64 { self as f64 }
             #[inline(always)]
@@ -32,15 +36,16 @@ macro_rules! impl_pixel {
         }
     )*};
 }
-impl_pixel!(false; u8, u16, u32, i32, i64, u64);
-impl_pixel!(true; f32, f64);
+impl_pixel!(false; u8 => U8, u16 => U16, u32 => U32, i32 => I32, i64 => None, u64 => None);
+impl_pixel!(true; f32 => None, f64 => None);
 
 /// Accumulator precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     /// Float64 sums (default): exact to ~1e-15 relative.
     Double,
-    /// Float32 sums within a bin: faster; ~1e-6 relative error for typical bins.
+    /// Float32 sums within a bin: faster for float frames, dark or corrections; ~1e-6 relative
+    /// error for typical bins. (Integer frames on AVX-512 CPUs take the float64 gather kernel.)
     Single,
 }
 
@@ -216,6 +221,11 @@ pub fn integrate<T: Pixel>(
             &computed
         }
     };
+    // The gather kernel sums in float64 whatever `precision` asks: it is as fast as float32 there.
+    let use_gather = dense
+        && map.weight.is_none()
+        && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson)
+        && gather::available::<T>();
     parts
         .par_iter()
         .zip(signal)
@@ -255,6 +265,10 @@ pub fn integrate<T: Pixel>(
                     for k in 0..nb {
                         let one = &block[k * n_pixels..(k + 1) * n_pixels];
                         let mut single = out.frame(k);
+                        if use_gather {
+                            gather_bins(map, one, lo, hi, bin_area, &mut single);
+                            continue;
+                        }
                         match opts.precision {
                             Precision::Double => dense_dispatch::<T, f64>(
                                 map,
@@ -305,6 +319,48 @@ pub fn integrate<T: Pixel>(
             }
         });
     Ok(sums)
+}
+
+/// [`gather::dense_bins`] for one frame, with area and count taken from the map.
+#[cfg(target_arch = "x86_64")]
+fn gather_bins<T: Pixel>(
+    map: &DetectorMap,
+    frame: &[T],
+    lo: usize,
+    hi: usize,
+    bin_area: &[f64],
+    out: &mut OutBlock,
+) {
+    let variance: &mut [f64] = match out.variance.first_mut() {
+        Some(v) => v,
+        None => &mut [],
+    };
+    gather::dense_bins(
+        &map.indptr,
+        &map.pixel,
+        &map.area,
+        frame,
+        lo,
+        hi,
+        out.signal[0],
+        variance,
+    );
+    out.area[0].copy_from_slice(&bin_area[lo..hi]);
+    for (c, b) in out.count[0].iter_mut().zip(lo..hi) {
+        *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn gather_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &[T],
+    _: usize,
+    _: usize,
+    _: &[f64],
+    _: &mut OutBlock,
+) {
+    unreachable!("gather::available() is false off x86-64")
 }
 
 /// Output views of one block of frames over one bin range: `signal[k]` is frame k's slice.

@@ -12,6 +12,7 @@
 pub mod bins;
 pub mod error;
 pub mod fit;
+pub mod gather;
 pub mod geometry;
 pub mod integrate;
 pub mod map;

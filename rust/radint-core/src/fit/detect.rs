@@ -224,7 +224,7 @@ pub fn fit_auto_many(
 ) -> Result<Vec<AutoFit>> {
     validate_axis(x)?;
     validate_options(opts)?;
-    if ys.len() % x.len() != 0 {
+    if !ys.len().is_multiple_of(x.len()) {
         return Err(Error::shape(
             "auto peak fit: lineouts (n_curves × n_x)",
             format!("a multiple of n_x = {}", x.len()),

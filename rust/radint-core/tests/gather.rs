@@ -1,0 +1,149 @@
+//! The AVX-512 gather kernel against a plain scalar sum, on random CSR maps whose bins are
+//! unsorted, empty, long and short, and reach the frame's last pixels (where a 32-bit gather of a
+//! u8/u16 pixel would read past the frame and the kernel must fall back per lane).
+
+use radint_core::gather::{self, GatherKind};
+use radint_core::integrate::Pixel;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+struct Csr {
+    indptr: Vec<u64>,
+    pixel: Vec<u32>,
+    area: Vec<f32>,
+}
+
+fn random_csr(rng: &mut Lcg, n_bins: usize, n_pixels: usize) -> Csr {
+    let mut indptr = vec![0u64];
+    let (mut pixel, mut area) = (Vec::new(), Vec::new());
+    for b in 0..n_bins {
+        let len = match b % 7 {
+            0 => 0,
+            1 => 1 + (rng.next() % 7) as usize,
+            2 => 40 + (rng.next() % 200) as usize,
+            _ => (rng.next() % 33) as usize,
+        };
+        for _ in 0..len {
+            // One pixel in four from the last 5 of the frame.
+            let p = if rng.next().is_multiple_of(4) {
+                (n_pixels - 1).saturating_sub((rng.next() % 5) as usize)
+            } else {
+                (rng.next() % n_pixels as u64) as usize
+            };
+            pixel.push(p as u32);
+            area.push((rng.next() % 1_000_000) as f32 / 1_000_000.0);
+        }
+        indptr.push(pixel.len() as u64);
+    }
+    Csr {
+        indptr,
+        pixel,
+        area,
+    }
+}
+
+fn reference<T: Pixel>(csr: &Csr, frame: &[T], lo: usize, hi: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut s, mut v) = (Vec::new(), Vec::new());
+    for b in lo..hi {
+        let (mut sb, mut vb) = (0.0, 0.0);
+        for e in csr.indptr[b] as usize..csr.indptr[b + 1] as usize {
+            let x = frame[csr.pixel[e] as usize].to_f64();
+            let w = csr.area[e] as f64;
+            sb += w * x;
+            vb += w * w * x.max(1.0);
+        }
+        s.push(sb);
+        v.push(vb);
+    }
+    (s, v)
+}
+
+fn close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (b, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-12 * w.abs().max(1.0);
+        assert!((g - w).abs() <= tol, "{what}: bin {b}: got {g}, want {w}");
+    }
+}
+
+fn check<T: Pixel>(make: impl Fn(u64) -> T) {
+    if !gather::available::<T>() {
+        eprintln!(
+            "no AVX-512 gather path for {:?} on this CPU: nothing to compare",
+            T::GATHER
+        );
+        return;
+    }
+    let mut rng = Lcg(7);
+    // Odd frame lengths put the last pixel at every alignment relative to a 4-byte load.
+    for n_pixels in [1usize, 3, 17, 1000, 4097] {
+        let frame: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
+        let csr = random_csr(&mut rng, 300, n_pixels);
+        for (lo, hi) in [(0, 300), (13, 214), (299, 300)] {
+            let (want_s, want_v) = reference(&csr, &frame, lo, hi);
+            let mut s = vec![f64::NAN; hi - lo];
+            let mut v = vec![f64::NAN; hi - lo];
+            gather::dense_bins(
+                &csr.indptr,
+                &csr.pixel,
+                &csr.area,
+                &frame,
+                lo,
+                hi,
+                &mut s,
+                &mut v,
+            );
+            close(&s, &want_s, "signal with variance");
+            close(&v, &want_v, "variance");
+            let mut s_only = vec![f64::NAN; hi - lo];
+            gather::dense_bins(
+                &csr.indptr,
+                &csr.pixel,
+                &csr.area,
+                &frame,
+                lo,
+                hi,
+                &mut s_only,
+                &mut [],
+            );
+            close(&s_only, &want_s, "signal only");
+        }
+    }
+}
+
+#[test]
+fn gather_u8_matches_scalar() {
+    check::<u8>(|r| r as u8);
+}
+
+#[test]
+fn gather_u16_matches_scalar() {
+    check::<u16>(|r| r as u16);
+}
+
+#[test]
+fn gather_u32_matches_scalar() {
+    check::<u32>(|r| (r as u32) ^ 0x8000_0000);
+}
+
+#[test]
+fn gather_i32_matches_scalar() {
+    check::<i32>(|r| r as i32);
+}
+
+#[test]
+fn no_gather_for_wide_or_float_pixels() {
+    assert_eq!(<f64 as Pixel>::GATHER, GatherKind::None);
+    assert!(!gather::available::<f32>());
+    assert!(!gather::available::<u64>());
+}
