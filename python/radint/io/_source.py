@@ -27,6 +27,8 @@ class FrameSource(ABC):
 
     #: True when ``dtype=`` describes the bytes on disk (raw, GE) rather than a cast.
     dtype_on_disk = False
+    #: Pixel type of every frame when the format knows it before reading (else None).
+    dtype: np.dtype | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -37,6 +39,15 @@ class FrameSource(ABC):
     @abstractmethod
     def read(self, index: int) -> np.ndarray:
         """Frame ``index`` (0 ≤ index < n_frames) as a 2-D array of shape ``frame_shape``."""
+
+    def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``start .. stop-1`` as one ``(n, n_z, n_y)`` array, into ``out`` when given
+        (of that shape and the frames' dtype). Formats that store stacks read them in one call."""
+        if out is None:
+            return np.stack([self.read(i) for i in range(start, stop)])
+        for k, i in enumerate(range(start, stop)):
+            out[k] = self.read(i)
+        return out
 
     def frame_metadata(self, index: int) -> dict[str, Any]:
         """Per-frame metadata (empty unless the format stores some)."""

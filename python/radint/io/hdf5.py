@@ -30,14 +30,21 @@ def list_datasets(group: h5py.Group) -> list[str]:
     return found
 
 
+#: Filters HDF5 itself provides (deflate, shuffle, fletcher32, szip, n-bit, scale-offset, LZF).
+_BUILTIN = {1, 2, 3, 4, 5, 6, 32000}
+
+
+def _filter_ids(ds: h5py.Dataset) -> list[int]:
+    """The filter ids of a dataset's pipeline."""
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
 class Hdf5Source(FrameSource):
     """Frames of one HDF5 dataset (default ``exchange/data``)."""
 
     def __init__(self, path: Path, dataset: str | None = None) -> None:
         super().__init__(path)
-        # hdf5plugin registers the Eiger compression filters with h5py on import.
-        with contextlib.suppress(ImportError):
-            import hdf5plugin  # noqa: F401
         name = dataset or DEFAULT_DATASET
         self.label = f"{path}:{name}"
         try:
@@ -55,6 +62,27 @@ class Hdf5Source(FrameSource):
             )
         self._ds = obj
         self.n_frames, self.frame_shape = frames_from_stack(self.label, obj.shape)
+        self.dtype = obj.dtype
+        if set(_filter_ids(obj)) - _BUILTIN:
+            # hdf5plugin registers the Eiger/Dectris filters (bitshuffle, LZ4, Blosc...) with
+            # h5py on import; imported only when needed, as it costs ~0.2 s.
+            with contextlib.suppress(ImportError):
+                import hdf5plugin  # noqa: F401
+
+    def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``start .. stop-1`` in one HDF5 read (no per-frame copies), into ``out`` when
+        given."""
+        if self._ds.ndim != 3:
+            return super().read_block(start, stop, out)
+        try:
+            if out is None:
+                return self._ds[start:stop]
+            self._ds.read_direct(out, np.s_[start:stop])
+            return out
+        except OSError as exc:
+            raise ReaderError(
+                f"{self.label}: cannot read frames {start}..{stop - 1}: {exc}"
+            ) from exc
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""

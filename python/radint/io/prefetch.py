@@ -7,8 +7,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-import numpy as np
-
 T = TypeVar("T")
 _DONE = object()
 
@@ -50,21 +48,3 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def frame_stacks(
-    path: str, dataset: str | None = None, size: int = 16
-) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Frames of one file as stacks of up to ``size`` (n, rows, columns) with their indices."""
-    from radint.io.read import read_frames
-
-    batch: list[np.ndarray] = []
-    ids: list[int] = []
-    for frame in read_frames(path, dataset=dataset):
-        batch.append(frame.data)
-        ids.append(frame.index)
-        if len(batch) == size:
-            yield np.stack(batch), ids
-            batch, ids = [], []
-    if batch:
-        yield np.stack(batch), ids

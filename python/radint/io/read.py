@@ -16,7 +16,7 @@ directory / ``.zarr`` / ``.zip``       Zarr v2/v3 array, or group at ``dataset``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +171,58 @@ def read_frames(
     source = open_frames(path, dataset=dataset, shape=shape, dtype=dtype)
     with source:
         yield from _iter_source(source, frames, shape, dtype, cast=not source.dtype_on_disk)
+
+
+def read_stacks(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    size: int = 16,
+    max_bytes: int | None = None,
+    allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
+) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Yield the frames of a file as stacks ``(n ≤ size, n_z, n_y)`` with their indices.
+
+    The batch path's reader: a stacked format (HDF5) is read ``size`` frames per call instead
+    of frame by frame. Frame selection is the default one of :func:`read_frames`. With
+    ``allocate(shape, dtype)``, multi-frame stacks are read into the arrays it returns (a
+    caller's reusable buffers: fresh 100 MB arrays cost their page faults on every stack).
+    ``max_bytes`` caps a stack's size where the format knows its pixel type up front.
+
+    Raises
+    ------
+    ReaderError
+        As :func:`read_frames`; also for frames that are not 2-D.
+    """
+    with open_frames(path, dataset=dataset) as source:
+        indices = list(source.default_indices())
+        shape = tuple(source.frame_shape)
+        if max_bytes is not None and source.dtype is not None:
+            frame_bytes = int(np.prod(shape)) * source.dtype.itemsize
+            size = max(1, min(size, max_bytes // max(1, frame_bytes)))
+        for k in range(0, len(indices), size):
+            chunk = indices[k : k + size]
+            contiguous = chunk == list(range(chunk[0], chunk[-1] + 1))
+            if len(chunk) == 1:
+                data = source.read(chunk[0])[np.newaxis]
+            elif allocate is not None and source.dtype is not None and len(shape) == 2:
+                out = allocate((len(chunk), *shape), source.dtype)
+                if contiguous:
+                    data = source.read_block(chunk[0], chunk[-1] + 1, out)
+                else:
+                    for j, i in enumerate(chunk):
+                        out[j] = source.read(i)
+                    data = out
+            elif contiguous:
+                data = source.read_block(chunk[0], chunk[-1] + 1)
+            else:
+                data = np.stack([source.read(i) for i in chunk])
+            if data.ndim != 3:
+                raise ReaderError(
+                    f"{source.label}: frames {chunk[0]}..{chunk[-1]} have shape "
+                    f"{data.shape[1:]}, not 2-D"
+                )
+            yield data, chunk
 
 
 def count_frames(
