@@ -236,6 +236,7 @@ class Pipeline:
         # One frame per call: stacking the frames already waiting was measured slower (the block
         # kernel only pays without sigma) and holds more frames in the server under backpressure.
         result = self.integrator.integrate(item.data)
+        item.release()  # the writer needs only the result and the item's id fields
         self.integrated += 1
         self.results.put(([item], result))
 
