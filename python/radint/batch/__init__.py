@@ -127,7 +127,10 @@ def process_files(
     next_out = 0
     failed: set[int] = set()
 
-    buffers = _StackBuffers(count=4)  # prefetch depth 2 + one being read + one integrated
+    stop = threading.Event()
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return _STACK_BUFFERS.take(shape, dtype, stop)
 
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
@@ -145,7 +148,7 @@ def process_files(
                     dataset=dataset,
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
-                    allocate=buffers.take,
+                    allocate=allocate,
                 ):
                     yield ("stack", i, stack, ids)
             except Exception as e:  # handed on: this file fails, the next one is read
@@ -168,7 +171,7 @@ def process_files(
                     writer.put(("error", i, e))
                     continue
                 finally:
-                    buffers.give_back(ev[2])
+                    _STACK_BUFFERS.give_back(ev[2])
                 result.frame_ids = np.asarray(ev[3], dtype=np.int64)
                 result.metadata["source"] = str(paths[i])
                 writer.put(("result", i, result))
@@ -194,7 +197,7 @@ def process_files(
         if writer.error is not None:
             raise writer.error
     finally:
-        buffers.close()
+        stop.set()
         writer.stop()
         thread.join(timeout=30)
 
@@ -205,12 +208,14 @@ STACK_BYTES = 128 << 20
 
 
 class _StackBuffers:
-    """Reusable arrays for the stacks :func:`read_stacks` fills.
+    """Reusable arrays for the stacks :func:`read_stacks` fills, shared by every batch run of
+    the process.
 
-    Why: a fresh 100 MB array costs its page faults on every stack (~0.5 ms per MB on the
-    project's VM, more than reading the frames from the page cache), because glibc returns
-    such large blocks to the system when they are freed. ``count`` buffers circulate: ``take``
-    blocks while all are out, which also bounds the memory held by stacks in flight.
+    Why: a fresh 100 MB array costs ~1 ms per MB on the project's VM (page faults, huge-page
+    compaction), more than reading the frames from the page cache, and glibc returns such
+    blocks to the system when they are freed. ``count`` buffers circulate: ``take`` blocks while
+    all are out, which also bounds the memory held by stacks in flight (prefetch depth 2 + one
+    being read + one being integrated).
     """
 
     def __init__(self, count: int) -> None:
@@ -220,16 +225,16 @@ class _StackBuffers:
             raw = np.empty(0, dtype=np.uint8)
             self._owned.add(id(raw))
             self._free.put(raw)
-        self._closed = threading.Event()
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` (contents undefined) backed by a free buffer."""
+    def take(self, shape: tuple[int, ...], dtype: np.dtype, stop: threading.Event) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` (contents undefined) backed by a free buffer;
+        RadintError once ``stop`` is set while waiting."""
         while True:
             try:
                 raw = self._free.get(timeout=0.1)
                 break
             except queue.Empty:
-                if self._closed.is_set():
+                if stop.is_set():
                     raise RadintError("batch stopped") from None
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if raw.nbytes < nbytes:
@@ -244,9 +249,8 @@ class _StackBuffers:
         if raw is not None and id(raw) in self._owned:
             self._free.put(raw)
 
-    def close(self) -> None:
-        """Wake a reader blocked in ``take`` (it raises)."""
-        self._closed.set()
+
+_STACK_BUFFERS = _StackBuffers(count=4)
 
 
 def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:

@@ -203,9 +203,7 @@ def read_stacks(
         for k in range(0, len(indices), size):
             chunk = indices[k : k + size]
             contiguous = chunk == list(range(chunk[0], chunk[-1] + 1))
-            if len(chunk) == 1:
-                data = source.read(chunk[0])[np.newaxis]
-            elif allocate is not None and source.dtype is not None and len(shape) == 2:
+            if allocate is not None and source.dtype is not None and len(shape) == 2:
                 out = allocate((len(chunk), *shape), source.dtype)
                 if contiguous:
                     data = source.read_block(chunk[0], chunk[-1] + 1, out)
@@ -213,6 +211,8 @@ def read_stacks(
                     for j, i in enumerate(chunk):
                         out[j] = source.read(i)
                     data = out
+            elif len(chunk) == 1:
+                data = source.read(chunk[0])[np.newaxis]
             elif contiguous:
                 data = source.read_block(chunk[0], chunk[-1] + 1)
             else:

@@ -27,6 +27,7 @@ class TiffSource(FrameSource):
             self._tif.close()
             raise ReaderError(f"{path}: expected 2-D pages, page 0 has shape {first.shape}")
         self.frame_shape = tuple(first.shape)
+        self.dtype = first.dtype
         self._size = path.stat().st_size
         self._check_ifd_chain()
 
@@ -53,6 +54,21 @@ class TiffSource(FrameSource):
 
     def read(self, index: int) -> np.ndarray:
         """Decode page ``index``; ReaderError when the page's data is cut short."""
+        return self._decode(index, None)
+
+    def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Pages ``start .. stop-1``, decoded straight into ``out`` when given."""
+        if out is None:
+            return super().read_block(start, stop)
+        for k, i in enumerate(range(start, stop)):
+            page = self._tif.pages[i]
+            if page.dtype == out.dtype and tuple(page.shape) == out.shape[1:]:
+                self._decode(i, out[k])
+            else:  # a page unlike the first: decoded on its own, then cast
+                out[k] = self._decode(i, None)
+        return out
+
+    def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
         page = self._tif.pages[index]
         end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
         if end > self._size:
@@ -61,7 +77,7 @@ class TiffSource(FrameSource):
                 f"file has {self._size} bytes"
             )
         try:
-            return page.asarray()
+            return page.asarray(out=out)
         except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
             raise ReaderError(f"{self.path}: page {index} is truncated or corrupt ({exc})") from exc
 
