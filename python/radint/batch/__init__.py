@@ -14,6 +14,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -121,16 +122,12 @@ def process_files(
     from radint.io.prefetch import prefetch
 
     integ = integrator or _WORKER.get("integrator")
+    paths = [str(p) for p in paths]
     names = list(names) if names else [None] * len(paths)
     writer = _FileWriter(out_dir, formats, compression)
     done: dict[int, FileOutcome] = {}
     next_out = 0
     failed: set[int] = set()
-
-    stop = threading.Event()
-
-    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return _STACK_BUFFERS.take(shape, dtype, stop)
 
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
@@ -148,7 +145,7 @@ def process_files(
                     dataset=dataset,
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
-                    allocate=allocate,
+                    allocate=_STACK_BUFFERS.take,
                 ):
                     yield ("stack", i, stack, ids)
             except Exception as e:  # handed on: this file fails, the next one is read
@@ -197,7 +194,6 @@ def process_files(
         if writer.error is not None:
             raise writer.error
     finally:
-        stop.set()
         writer.stop()
         thread.join(timeout=30)
 
@@ -213,47 +209,48 @@ class _StackBuffers:
 
     Why: a fresh 100 MB array costs ~1 ms per MB on the project's VM (page faults, huge-page
     compaction), more than reading the frames from the page cache, and glibc returns such
-    blocks to the system when they are freed. ``count`` buffers circulate: ``take`` blocks while
-    all are out, which also bounds the memory held by stacks in flight (prefetch depth 2 + one
-    being read + one being integrated).
+    blocks to the system when they are freed. Up to ``keep`` buffers are kept for reuse (the
+    pipeline holds at most four stacks: prefetch depth 2, one being read, one integrated); an
+    array never handed back is simply garbage-collected.
     """
 
-    def __init__(self, count: int) -> None:
-        self._free: queue.Queue = queue.Queue()
-        self._owned: set[int] = set()
-        for _ in range(count):
-            raw = np.empty(0, dtype=np.uint8)
-            self._owned.add(id(raw))
-            self._free.put(raw)
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._owned: dict[int, weakref.ref] = {}  # buffers made here (ids alone can be reused)
+        self._lock = threading.Lock()
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype, stop: threading.Event) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` (contents undefined) backed by a free buffer;
-        RadintError once ``stop`` is set while waiting."""
-        while True:
-            try:
-                raw = self._free.get(timeout=0.1)
-                break
-            except queue.Empty:
-                if stop.is_set():
-                    raise RadintError("batch stopped") from None
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer when
+        one is free and large enough."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if raw.nbytes < nbytes:
-            self._owned.discard(id(raw))
+        with self._lock:
+            k = next((k for k, b in enumerate(self._free) if b.nbytes >= nbytes), None)
+            raw = None if k is None else self._free.pop(k)
+        if raw is None:
             raw = np.empty(nbytes, dtype=np.uint8)
-            self._owned.add(id(raw))
+            with self._lock:
+                self._owned[id(raw)] = weakref.ref(raw)
         return np.ndarray(shape, dtype=dtype, buffer=raw)
 
     def give_back(self, array: np.ndarray) -> None:
         """Return an array ``take`` made (other arrays are ignored)."""
         raw = array.base
-        if raw is not None and id(raw) in self._owned:
-            self._free.put(raw)
+        with self._lock:
+            ref = self._owned.get(id(raw))
+            if raw is None or ref is None or ref() is not raw:
+                return
+            if len(self._free) < self.keep:
+                self._free.append(raw)
+            else:
+                del self._owned[id(raw)]
 
 
-_STACK_BUFFERS = _StackBuffers(count=4)
+_STACK_BUFFERS = _StackBuffers(keep=4)
 
 
 def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:
+    log.debug("%s failed", path, exc_info=error)  # the traceback, for --verbose
     why = str(error) if isinstance(error, RadintError) else f"{type(error).__name__}: {error}"
     if Path(path).name not in why:
         why = f"{path}: {why}"
