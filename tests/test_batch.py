@@ -204,3 +204,36 @@ def test_stack_buffers_recycle_only_their_own_arrays():
     pool2.give_back(small)
     pool2.give_back(large)
     assert pool2.take((500,), np.dtype(np.uint8)).base is large.base
+
+
+def test_process_files_writer_bug_raises_instead_of_hanging(series, small_config, monkeypatch):
+    import threading
+
+    import radint.batch as batch
+    from radint import Integrator
+
+    d, files, _ = series
+    integ = Integrator(small_config, n_threads=1)
+    original = batch._FileWriter._handle
+
+    def broken(self, event):
+        if event[0] == "result":
+            raise RuntimeError("writer bug")
+        return original(self, event)
+
+    monkeypatch.setattr(batch._FileWriter, "_handle", broken)
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            list(batch.process_files([files[0], files[1]] * 5, str(d / "w"), ("nexus",),
+                                     names=[f"f{k}" for k in range(10)], integrator=integ))  # fmt: skip
+        except RuntimeError as e:
+            caught.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "process_files hung after its writer died"
+    assert caught and "writer bug" in str(caught[0])
+    assert not [p for p in (d / "w").iterdir() if p.name.endswith(".partial")]

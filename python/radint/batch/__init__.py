@@ -179,6 +179,8 @@ def process_files(
                     writer.put(ev)
             else:
                 writer.put(ev)
+            if writer.error is not None:
+                break  # the writer died: nothing more can be written
             for i_done, outcome in writer.finished():
                 done[i_done] = outcome
             while next_out in done:
@@ -285,8 +287,8 @@ class _FileWriter:
         return [self.out_dir / (stem + self.suffix[f][0]) for f in self.wanted]
 
     def put(self, event: tuple | None) -> None:
-        """Hand an event over (blocks while two are waiting; gives up once stopped)."""
-        while not self._stop.is_set():
+        """Hand an event over (blocks while two are waiting; gives up once stopped or dead)."""
+        while not self._stop.is_set() and self.error is None:
             try:
                 self.inbox.put(event, timeout=0.1)
                 return
