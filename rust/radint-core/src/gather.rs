@@ -1,5 +1,7 @@
-//! AVX-512 gather kernel for the NaN-free single-frame case (integer frames, no dark, no
-//! per-pixel scale, map weights = areas, float64 sums).
+//! AVX-512 gather kernels for single frames with map weights = areas, float64 sums:
+//! [`dense_bins`] for the NaN-free case (integer frames, no dark, no per-pixel scale) and
+//! [`masked_bins`] for the rest (float frames, dark, per-pixel scale with NaN = masked, given
+//! variances), which also counts area and entries per bin since NaN entries drop out.
 //!
 //! Why: a single frame is bound by the latency of its random pixel loads, not by bandwidth (the
 //! CSR walks a ring, one image row per entry). Eight-lane hardware gathers plus software prefetch
@@ -13,15 +15,17 @@ use std::arch::x86_64::*;
 
 use crate::integrate::Pixel;
 
-/// How a frame's pixels are loaded by a 32-bit gather.
+/// How a frame's pixels are gathered (32-bit gathers for the narrow types, 64-bit for f64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatherKind {
-    /// No gather path (64-bit or float pixels): the scalar kernel runs.
+    /// No gather path (64-bit integer pixels): the scalar kernel runs.
     None,
     U8,
     U16,
     U32,
     I32,
+    F32,
+    F64,
 }
 
 impl GatherKind {
@@ -29,13 +33,28 @@ impl GatherKind {
         match self {
             GatherKind::U8 => 1,
             GatherKind::U16 => 2,
-            GatherKind::U32 | GatherKind::I32 => 4,
+            GatherKind::U32 | GatherKind::I32 | GatherKind::F32 => 4,
+            GatherKind::F64 => 8,
             GatherKind::None => 0,
+        }
+    }
+
+    /// The const code `load8` dispatches on.
+    fn code(self) -> u8 {
+        match self {
+            GatherKind::U8 => 0,
+            GatherKind::U16 => 1,
+            GatherKind::U32 => 2,
+            GatherKind::I32 => 3,
+            GatherKind::F32 => 4,
+            GatherKind::F64 => 5,
+            GatherKind::None => u8::MAX,
         }
     }
 }
 
-/// Whether [`dense_bins`] can run here for pixels of type `T`.
+/// Whether the gather kernels can run here for pixels of type `T` ([`dense_bins`] also needs
+/// an integer `T`).
 pub fn available<T: Pixel>() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -102,12 +121,15 @@ pub fn dense_bins<T: Pixel>(
             (GatherKind::I32, false) => {
                 bins::<T, 3, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
             }
-            (GatherKind::None, _) => unreachable!("checked by available()"),
+            (GatherKind::None | GatherKind::F32 | GatherKind::F64, _) => {
+                unreachable!("checked above: integer pixels only")
+            }
         }
     }
 }
 
-/// Eight pixels (lanes where `mask` is set) as f64. `KIND`: 0 u8, 1 u16, 2 u32, 3 i32.
+/// Eight pixels (lanes where `mask` is set) as f64. `KIND`: 0 u8, 1 u16, 2 u32, 3 i32, 4 f32,
+/// 5 f64 ([`GatherKind::code`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
@@ -123,8 +145,23 @@ unsafe fn load8<const KIND: u8>(base: *const i32, idx: __m256i, mask: __mmask8) 
             _mm512_cvtepu32_pd(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)))
         }
         2 => _mm512_cvtepu32_pd(_mm256_mmask_i32gather_epi32::<4>(zero, mask, idx, base)),
-        _ => _mm512_cvtepi32_pd(_mm256_mmask_i32gather_epi32::<4>(zero, mask, idx, base)),
+        3 => _mm512_cvtepi32_pd(_mm256_mmask_i32gather_epi32::<4>(zero, mask, idx, base)),
+        4 => _mm512_cvtps_pd(_mm256_mmask_i32gather_ps::<4>(
+            _mm256_setzero_ps(),
+            mask,
+            idx,
+            base as *const f32,
+        )),
+        _ => gather_f64(base as *const f64, idx, mask),
     }
+}
+
+/// Eight f64 values `base[idx]` (lanes where `mask` is set, else 0).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn gather_f64(base: *const f64, idx: __m256i, mask: __mmask8) -> __m512d {
+    _mm512_mask_i32gather_pd::<8>(_mm512_setzero_pd(), mask, idx, base)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -216,6 +253,227 @@ unsafe fn bins<T: Pixel, const KIND: u8, const VAR: bool>(
         signal[i] = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + s_rest;
         if VAR {
             variance[i] = _mm512_reduce_add_pd(_mm512_add_pd(v0, v1)) + v_rest;
+        }
+    }
+}
+
+/// Per-pixel inputs of [`masked_bins`], all flat raw-image arrays as long as the frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PixelInputs<'a> {
+    pub dark: Option<&'a [f64]>,
+    /// 1 / correction; NaN marks a masked pixel.
+    pub scale: Option<&'a [f64]>,
+    /// Given variances (used when the error model is [`MaskedVariance::Given`]).
+    pub variance: Option<&'a [f64]>,
+}
+
+/// Variance model of [`masked_bins`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskedVariance {
+    None,
+    /// `max(raw, 1)` of the value before dark subtraction.
+    Poisson,
+    /// `PixelInputs::variance[p]`.
+    Given,
+}
+
+/// Accumulators of one bin range for [`masked_bins`], each `hi − lo` long (`variance` may be
+/// empty when the model is `None`).
+pub struct MaskedSums<'a> {
+    pub signal: &'a mut [f64],
+    pub area: &'a mut [f64],
+    pub variance: &'a mut [f64],
+    pub count: &'a mut [u32],
+}
+
+/// Per bin `lo..hi`, over entries whose value is not NaN (w = area·scale, value = raw − dark):
+/// `signal = Σ w·value`, `area = Σ area`, `variance = Σ w²·var`, `count = #entries`: the
+/// scalar kernel's sums (`integrate::bins_block`) for one frame. Callers check [`available`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub fn masked_bins<T: Pixel>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frame: &[T],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    hi: usize,
+    out: MaskedSums,
+) {
+    assert!(available::<T>(), "gather kernel called for {:?}", T::GATHER);
+    let n = hi - lo;
+    assert!(hi <= indptr.len().saturating_sub(1));
+    assert!(out.signal.len() == n && out.area.len() == n && out.count.len() == n);
+    assert!(model == MaskedVariance::None || out.variance.len() == n);
+    for v in [inputs.dark, inputs.scale, inputs.variance]
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            v.len(),
+            frame.len(),
+            "per-pixel input of another length than the frame"
+        );
+    }
+    assert!(model != MaskedVariance::Given || inputs.variance.is_some());
+    // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
+    // inside against the frame, whose length every per-pixel input shares (asserted above).
+    unsafe {
+        match (T::GATHER.code(), model) {
+            (0, m) => masked::<T, 0>(indptr, pixel, area, frame, inputs, m, lo, out),
+            (1, m) => masked::<T, 1>(indptr, pixel, area, frame, inputs, m, lo, out),
+            (2, m) => masked::<T, 2>(indptr, pixel, area, frame, inputs, m, lo, out),
+            (3, m) => masked::<T, 3>(indptr, pixel, area, frame, inputs, m, lo, out),
+            (4, m) => masked::<T, 4>(indptr, pixel, area, frame, inputs, m, lo, out),
+            (5, m) => masked::<T, 5>(indptr, pixel, area, frame, inputs, m, lo, out),
+            _ => unreachable!("checked by available()"),
+        }
+    }
+}
+
+/// One entry the scalar way: `(w·value, area, w²·var)`, or None when the value is NaN.
+#[inline]
+fn scalar_entry<T: Pixel>(
+    p: usize,
+    a: f32,
+    frame: &[T],
+    inputs: &PixelInputs,
+    model: MaskedVariance,
+) -> Option<(f64, f64, f64)> {
+    let raw = frame[p].to_f64();
+    let area = a as f64;
+    let w = inputs.scale.map_or(area, |s| area * s[p]);
+    let value = inputs.dark.map_or(raw, |d| raw + -d[p]);
+    let contribution = w * value;
+    if contribution.is_nan() {
+        return None;
+    }
+    let var = match model {
+        MaskedVariance::None => 0.0,
+        MaskedVariance::Poisson => {
+            if raw > 1.0 {
+                raw
+            } else {
+                1.0
+            }
+        }
+        MaskedVariance::Given => inputs.variance.map_or(0.0, |v| v[p]),
+    };
+    Some((contribution, area, w * w * var))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn masked<T: Pixel, const KIND: u8>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frame: &[T],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    out: MaskedSums,
+) {
+    let base = frame.as_ptr() as *const i32;
+    let bytes = T::GATHER.bytes();
+    let frame_bytes = frame.len() * bytes;
+    // A 32-bit gather of a narrower pixel reads up to 3 bytes past it: lanes at the very end of
+    // the frame (and any index a signed gather cannot take) go to the scalar fix-up.
+    let gatherable = if frame_bytes >= 4 {
+        (frame_bytes - 4) / bytes + 1
+    } else {
+        0
+    };
+    let limit = _mm256_set1_epi32(gatherable.min(1 << 31) as u32 as i32);
+    let one = _mm512_set1_pd(1.0);
+    let n_entries = pixel.len();
+    let MaskedSums {
+        signal,
+        area: area_out,
+        variance,
+        count,
+    } = out;
+    for b in lo..lo + signal.len() {
+        let (e0, e1) = (indptr[b] as usize, indptr[b + 1] as usize);
+        assert!(
+            e0 <= e1 && e1 <= n_entries.min(area.len()),
+            "CSR row {b} out of order"
+        );
+        let i = b - lo;
+        let (mut s, mut a, mut v) = (
+            _mm512_setzero_pd(),
+            _mm512_setzero_pd(),
+            _mm512_setzero_pd(),
+        );
+        let (mut s_rest, mut a_rest, mut v_rest) = (0.0, 0.0, 0.0);
+        let mut c = 0u32;
+        let mut e = e0;
+        while e < e1 {
+            if e + PREFETCH_AHEAD + 8 <= n_entries {
+                for k in 0..8 {
+                    let p = *pixel.get_unchecked(e + PREFETCH_AHEAD + k) as usize;
+                    // Prefetch is a hint: an address past an array never faults.
+                    _mm_prefetch::<_MM_HINT_T0>(frame.as_ptr().wrapping_add(p) as *const i8);
+                    for arr in [inputs.dark, inputs.scale].into_iter().flatten() {
+                        _mm_prefetch::<_MM_HINT_T0>(arr.as_ptr().wrapping_add(p) as *const i8);
+                    }
+                }
+            }
+            let n = (e1 - e).min(8);
+            let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
+            let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
+            let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
+            if inside != mask {
+                for k in 0..n {
+                    if inside & (1 << k) == 0 {
+                        let p = pixel[e + k] as usize;
+                        if let Some((cs, ca, cv)) =
+                            scalar_entry(p, area[e + k], frame, &inputs, model)
+                        {
+                            s_rest += cs;
+                            a_rest += ca;
+                            v_rest += cv;
+                            c += 1;
+                        }
+                    }
+                }
+            }
+            let ar = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(inside, area.as_ptr().add(e)));
+            let raw = load8::<KIND>(base, idx, inside);
+            let w = match inputs.scale {
+                Some(sc) => _mm512_mul_pd(ar, gather_f64(sc.as_ptr(), idx, inside)),
+                None => ar,
+            };
+            let value = match inputs.dark {
+                Some(d) => _mm512_sub_pd(raw, gather_f64(d.as_ptr(), idx, inside)),
+                None => raw,
+            };
+            let contribution = _mm512_mul_pd(w, value);
+            // Ordered compare with itself: false exactly for NaN.
+            let valid = _mm512_mask_cmp_pd_mask::<_CMP_ORD_Q>(inside, contribution, contribution);
+            s = _mm512_mask_add_pd(s, valid, s, contribution);
+            a = _mm512_mask_add_pd(a, valid, a, ar);
+            c += valid.count_ones();
+            let var = match model {
+                MaskedVariance::None => None,
+                MaskedVariance::Poisson => Some(_mm512_max_pd(raw, one)),
+                MaskedVariance::Given => inputs
+                    .variance
+                    .map(|gv| gather_f64(gv.as_ptr(), idx, valid)),
+            };
+            if let Some(var) = var {
+                v = _mm512_mask3_fmadd_pd(_mm512_mul_pd(w, w), var, v, valid);
+            }
+            e += n;
+        }
+        signal[i] = _mm512_reduce_add_pd(s) + s_rest;
+        area_out[i] = _mm512_reduce_add_pd(a) + a_rest;
+        count[i] = c;
+        if model != MaskedVariance::None {
+            variance[i] = _mm512_reduce_add_pd(v) + v_rest;
         }
     }
 }

@@ -37,7 +37,7 @@ macro_rules! impl_pixel {
     )*};
 }
 impl_pixel!(false; u8 => U8, u16 => U16, u32 => U32, i32 => I32, i64 => None, u64 => None);
-impl_pixel!(true; f32 => None, f64 => None);
+impl_pixel!(true; f32 => F32, f64 => F64);
 
 /// Accumulator precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +226,8 @@ pub fn integrate<T: Pixel>(
         && map.weight.is_none()
         && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson)
         && gather::available::<T>();
+    // Everything else with area weights has the masked gather kernel (also float64 sums).
+    let use_masked_gather = !dense && map.weight.is_none() && gather::available::<T>();
     parts
         .par_iter()
         .zip(signal)
@@ -295,6 +297,14 @@ pub fn integrate<T: Pixel>(
                     f0 += nb;
                     continue;
                 }
+                if use_masked_gather {
+                    for k in 0..nb {
+                        let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                        masked_gather_bins(map, one, lo, hi, opts, &mut out.frame(k));
+                    }
+                    f0 += nb;
+                    continue;
+                }
                 match (nb, opts.precision) {
                     (FRAME_BLOCK, Precision::Double) => bins_block::<T, f64, FRAME_BLOCK>(
                         map, block, n_pixels, lo, hi, opts, &mut out,
@@ -360,6 +370,61 @@ fn gather_bins<T: Pixel>(
     _: usize,
     _: usize,
     _: &[f64],
+    _: &mut OutBlock,
+) {
+    unreachable!("gather::available() is false off x86-64")
+}
+
+/// [`gather::masked_bins`] for one frame.
+#[cfg(target_arch = "x86_64")]
+fn masked_gather_bins<T: Pixel>(
+    map: &DetectorMap,
+    frame: &[T],
+    lo: usize,
+    hi: usize,
+    opts: &Options,
+    out: &mut OutBlock,
+) {
+    let (model, given) = match opts.error_model {
+        ErrorModel::None => (gather::MaskedVariance::None, None),
+        ErrorModel::Poisson => (gather::MaskedVariance::Poisson, None),
+        ErrorModel::Given(v) => (gather::MaskedVariance::Given, Some(v)),
+    };
+    let inputs = gather::PixelInputs {
+        dark: opts.dark,
+        scale: opts.scale,
+        variance: given,
+    };
+    let variance: &mut [f64] = match out.variance.first_mut() {
+        Some(v) => v,
+        None => &mut [],
+    };
+    let sums = gather::MaskedSums {
+        signal: out.signal[0],
+        area: out.area[0],
+        variance,
+        count: out.count[0],
+    };
+    gather::masked_bins(
+        &map.indptr,
+        &map.pixel,
+        &map.area,
+        frame,
+        inputs,
+        model,
+        lo,
+        hi,
+        sums,
+    );
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn masked_gather_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &[T],
+    _: usize,
+    _: usize,
+    _: &Options,
     _: &mut OutBlock,
 ) {
     unreachable!("gather::available() is false off x86-64")
