@@ -69,8 +69,9 @@ class Integrator:
     error_model : {"poisson", None}
         Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma).
     precision : {"float64", "float32"}
-        Accumulator precision: float64 (default, ~1e-15 relative) or float32 (faster for float
-        frames, dark or corrections, ~1e-6; integer frames on AVX-512 CPUs always sum in float64).
+        Accumulator precision: float64 (default, ~1e-15 relative) or float32 (~1e-6, faster
+        on CPUs without AVX-512 and with MIDAS-weighted maps; the AVX-512 kernels always sum in
+        float64, as fast).
     lineout_mode : {"area_weighted", "midas_nonzero_mean"}
         η reduction of the lineout: Σ signal / Σ area (default) or MIDAS CPU's mean of the
         non-zero η bins.

@@ -44,8 +44,9 @@ impl_pixel!(true; f32 => F32, f64 => F64);
 pub enum Precision {
     /// Float64 sums (default): exact to ~1e-15 relative.
     Double,
-    /// Float32 sums within a bin: faster for float frames, dark or corrections; ~1e-6 relative
-    /// error for typical bins. (Integer frames on AVX-512 CPUs take the float64 gather kernel.)
+    /// Float32 sums within a bin (~1e-6 relative error for typical bins), used by the scalar
+    /// kernels (CPUs without AVX-512, maps with MIDAS weights): faster there. The AVX-512 gather
+    /// kernels sum in float64 whatever is asked, as fast.
     Single,
 }
 
@@ -221,7 +222,7 @@ pub fn integrate<T: Pixel>(
             &computed
         }
     };
-    // The gather kernel sums in float64 whatever `precision` asks: it is as fast as float32 there.
+    // The gather kernels sum in float64 whatever `precision` asks: as fast as float32 there.
     let use_gather = dense
         && map.weight.is_none()
         && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson)
