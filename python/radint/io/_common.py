@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 from typing import Any
@@ -45,8 +46,10 @@ def config_dict(result: Result) -> dict[str, Any]:
     return {} if result.config is None else dict(result.config.to_dict())
 
 
+@functools.cache
 def software_version() -> str:
-    """Installed radint version, ``"unknown"`` when running from a source tree."""
+    """Installed radint version, ``"unknown"`` when running from a source tree (looked up once:
+    reading package metadata costs ~1 ms, paid per written file otherwise)."""
     try:
         return importlib.metadata.version("radint")
     except importlib.metadata.PackageNotFoundError:
