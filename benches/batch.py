@@ -85,11 +85,11 @@ def main() -> None:
         integrate_only = n / (time.perf_counter() - t0)
 
         # Phases of the HDF5 path, measured separately on the same data, the way the batch
-        # runs them: 12-frame stacks read into a reused buffer, integrated, appended to NeXus.
+        # runs them: 8-frame stacks read into a reused buffer, integrated, appended to NeXus.
         from radint.io import NexusWriter
         from radint.io.read import read_stacks
 
-        size = 12
+        size = 8
         buf = np.empty((size, *config.shape), dtype=frames.dtype)
 
         def read_all() -> None:
