@@ -96,34 +96,21 @@ pub fn dense_bins<T: Pixel>(
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with the
     // frame length inside, so even a corrupt map cannot read out of bounds.
     unsafe {
-        match (T::GATHER, variance.is_empty()) {
-            (GatherKind::U8, true) => {
-                bins::<T, 0, false>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::U8, false) => {
-                bins::<T, 0, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::U16, true) => {
-                bins::<T, 1, false>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::U16, false) => {
-                bins::<T, 1, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::U32, true) => {
-                bins::<T, 2, false>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::U32, false) => {
-                bins::<T, 2, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::I32, true) => {
-                bins::<T, 3, false>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::I32, false) => {
-                bins::<T, 3, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
-            }
-            (GatherKind::None | GatherKind::F32 | GatherKind::F64, _) => {
-                unreachable!("checked above: integer pixels only")
-            }
+        let with_var = !variance.is_empty();
+        match T::GATHER.code() {
+            0 => bins::<T, 0>(
+                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
+            ),
+            1 => bins::<T, 1>(
+                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
+            ),
+            2 => bins::<T, 2>(
+                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
+            ),
+            3 => bins::<T, 3>(
+                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
+            ),
+            _ => unreachable!("checked above: integer pixels only"),
         }
     }
 }
@@ -167,7 +154,7 @@ unsafe fn gather_f64(base: *const f64, idx: __m256i, mask: __mmask8) -> __m512d 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn bins<T: Pixel, const KIND: u8, const VAR: bool>(
+unsafe fn bins<T: Pixel, const KIND: u8>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
@@ -176,6 +163,7 @@ unsafe fn bins<T: Pixel, const KIND: u8, const VAR: bool>(
     hi: usize,
     signal: &mut [f64],
     variance: &mut [f64],
+    with_var: bool,
 ) {
     let base = frame.as_ptr() as *const i32;
     let bytes = T::GATHER.bytes();
@@ -236,13 +224,13 @@ unsafe fn bins<T: Pixel, const KIND: u8, const VAR: bool>(
                 let x = load8::<KIND>(base, idx, mask);
                 if half == 0 {
                     s0 = _mm512_fmadd_pd(w, x, s0);
-                    if VAR {
+                    if with_var {
                         let var = _mm512_maskz_max_pd(mask, x, one);
                         v0 = _mm512_fmadd_pd(_mm512_mul_pd(w, w), var, v0);
                     }
                 } else {
                     s1 = _mm512_fmadd_pd(w, x, s1);
-                    if VAR {
+                    if with_var {
                         let var = _mm512_maskz_max_pd(mask, x, one);
                         v1 = _mm512_fmadd_pd(_mm512_mul_pd(w, w), var, v1);
                     }
@@ -251,7 +239,7 @@ unsafe fn bins<T: Pixel, const KIND: u8, const VAR: bool>(
             e += 16;
         }
         signal[i] = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + s_rest;
-        if VAR {
+        if with_var {
             variance[i] = _mm512_reduce_add_pd(_mm512_add_pd(v0, v1)) + v_rest;
         }
     }
@@ -321,13 +309,13 @@ pub fn masked_bins<T: Pixel>(
     // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
     // inside against the frame, whose length every per-pixel input shares (asserted above).
     unsafe {
-        match (T::GATHER.code(), model) {
-            (0, m) => masked::<T, 0>(indptr, pixel, area, frame, inputs, m, lo, out),
-            (1, m) => masked::<T, 1>(indptr, pixel, area, frame, inputs, m, lo, out),
-            (2, m) => masked::<T, 2>(indptr, pixel, area, frame, inputs, m, lo, out),
-            (3, m) => masked::<T, 3>(indptr, pixel, area, frame, inputs, m, lo, out),
-            (4, m) => masked::<T, 4>(indptr, pixel, area, frame, inputs, m, lo, out),
-            (5, m) => masked::<T, 5>(indptr, pixel, area, frame, inputs, m, lo, out),
+        match T::GATHER.code() {
+            0 => masked::<T, 0>(indptr, pixel, area, frame, inputs, model, lo, out),
+            1 => masked::<T, 1>(indptr, pixel, area, frame, inputs, model, lo, out),
+            2 => masked::<T, 2>(indptr, pixel, area, frame, inputs, model, lo, out),
+            3 => masked::<T, 3>(indptr, pixel, area, frame, inputs, model, lo, out),
+            4 => masked::<T, 4>(indptr, pixel, area, frame, inputs, model, lo, out),
+            5 => masked::<T, 5>(indptr, pixel, area, frame, inputs, model, lo, out),
             _ => unreachable!("checked by available()"),
         }
     }
