@@ -151,6 +151,22 @@ unsafe fn gather_f64(base: *const f64, idx: __m256i, mask: __mmask8) -> __m512d 
     _mm512_mask_i32gather_pd::<8>(_mm512_setzero_pd(), mask, idx, base)
 }
 
+/// Lane limit of a frame's gathers: indices at or past it go to the scalar (bounds-checked)
+/// fix-up. A 32-bit gather of a narrower pixel reads up to 3 bytes past it, and gather indices
+/// are signed 32-bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn gather_limit<T: Pixel>(frame: &[T]) -> __m256i {
+    let bytes = T::GATHER.bytes();
+    let frame_bytes = frame.len() * bytes;
+    let gatherable = if frame_bytes >= 4 {
+        (frame_bytes - 4) / bytes + 1
+    } else {
+        0
+    };
+    _mm256_set1_epi32(gatherable.min(1 << 31) as u32 as i32)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
@@ -166,16 +182,7 @@ unsafe fn bins<T: Pixel, const KIND: u8>(
     with_var: bool,
 ) {
     let base = frame.as_ptr() as *const i32;
-    let bytes = T::GATHER.bytes();
-    // A 32-bit gather of a narrower pixel reads up to 3 bytes past it, and gather indices are
-    // signed: lanes beyond this limit are left to the scalar (bounds-checked) fix-up below.
-    let frame_bytes = frame.len() * bytes;
-    let gatherable = if frame_bytes >= 4 {
-        (frame_bytes - 4) / bytes + 1
-    } else {
-        0
-    };
-    let limit = _mm256_set1_epi32(gatherable.min(1 << 31) as u32 as i32);
+    let limit = gather_limit(frame);
     let one = _mm512_set1_pd(1.0);
     let n_entries = pixel.len();
     for b in lo..hi {
@@ -366,16 +373,7 @@ unsafe fn masked<T: Pixel, const KIND: u8>(
     out: MaskedSums,
 ) {
     let base = frame.as_ptr() as *const i32;
-    let bytes = T::GATHER.bytes();
-    let frame_bytes = frame.len() * bytes;
-    // A 32-bit gather of a narrower pixel reads up to 3 bytes past it: lanes at the very end of
-    // the frame (and any index a signed gather cannot take) go to the scalar fix-up.
-    let gatherable = if frame_bytes >= 4 {
-        (frame_bytes - 4) / bytes + 1
-    } else {
-        0
-    };
-    let limit = _mm256_set1_epi32(gatherable.min(1 << 31) as u32 as i32);
+    let limit = gather_limit(frame);
     let one = _mm512_set1_pd(1.0);
     let n_entries = pixel.len();
     let MaskedSums {
