@@ -53,19 +53,36 @@ impl GatherKind {
     }
 }
 
-/// Whether the gather kernels can run here for pixels of type `T` ([`dense_bins`] also needs
-/// an integer `T`).
+/// Whether the gather kernels run here for pixels of type `T` ([`dense_bins`] also needs an
+/// integer `T`): AVX-512F/VL present and gathers not slowed down (see [`gathers_wanted`]).
 pub fn available<T: Pixel>() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         T::GATHER != GatherKind::None
             && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512vl")
+            && gathers_wanted()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// Whether to use hardware gathers at all, decided once per process: `RADINT_GATHER=0` / `=1`
+/// forces it; otherwise no on Intel CPUs whose "Gather Data Sampling" (Downfall) microcode
+/// mitigation is active, which makes every gather several times slower (Linux reports it in
+/// `/sys/devices/system/cpu/vulnerabilities/gather_data_sampling`), where the scalar loop wins.
+pub fn gathers_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| match std::env::var("RADINT_GATHER").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => {
+            !std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/gather_data_sampling")
+                .is_ok_and(|state| state.contains("Mitigation: Microcode"))
+        }
+    })
 }
 
 /// Entries ahead whose pixel is prefetched (measured best between 96 and 768 on Zen 4).
