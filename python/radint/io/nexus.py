@@ -396,8 +396,7 @@ class NexusWriter:
         self, t: Any, sub: str, definition: str, result: Result, same_as: str | None = None
     ) -> None:
         """The NXsubentry fields both definitions require. With ``same_as``, the instrument and
-        reduction groups are hard links to that subentry's (HDF5), not a second copy: the ~100
-        configuration fields dominated the cost of writing a one-frame file)."""
+        reduction groups are hard links to that subentry's (HDF5), not a second copy."""
         t.group(sub, {"NX_class": "NXsubentry", "default": "data"})
         t.field(f"{sub}/definition", definition)
         t.field(f"{sub}/solid_angle_applied", bool(cfg(result, "solid_angle_correction")))
