@@ -80,6 +80,23 @@ def test_hdf5_bitshuffle_lz4_through_hdf5plugin(tmp_path: Path) -> None:
             "entry/data/data", data=STACK, chunks=(1, 12, 9), **hdf5plugin.Bitshuffle(cname="lz4")
         )
     np.testing.assert_array_equal(frames_of(path, dataset="entry/data/data"), STACK)
+    # A fresh process that never imported hdf5plugin: the reader imports it on seeing the
+    # dataset's non-built-in filter (and only then), for read_frames and read_stacks alike.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from radint.io import read_frames, read_stacks\n"
+        "assert 'hdf5plugin' not in sys.modules\n"
+        "a = np.stack([f.data for f in read_frames(sys.argv[1], dataset='entry/data/data')])\n"
+        "b = np.concatenate([s for s, _ in read_stacks(sys.argv[1], dataset='entry/data/data',"
+        " size=2)])\n"
+        "np.save(sys.argv[2], np.stack([a, b]))\n"
+    )
+    out = tmp_path / "read.npy"
+    subprocess.run([sys.executable, "-c", code, str(path), str(out)], check=True, timeout=60)
+    np.testing.assert_array_equal(np.load(out), np.stack([STACK, STACK]))
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
