@@ -21,27 +21,12 @@ import tifffile
 
 from radint import IntegrationConfig, Integrator
 from radint.stream import Pipeline, TcpSource
+from tests.test_stream import DETECTOR, SHAPE
 
 SENDER = os.environ.get("RADINT_MIDAS_SENDER", "")
 pytestmark = pytest.mark.skipif(
     not Path(SENDER).is_file(), reason="RADINT_MIDAS_SENDER (MIDAS integrator_server.py) not set"
 )
-
-DETECTOR = """
-NrPixelsY 64
-NrPixelsZ 48
-px 172
-Lsd 300000
-BC 30.5 22.5
-Wavelength 0.172973
-RMin 1
-RMax 40
-RBinSize 2
-EtaMin -180
-EtaMax 180
-EtaBinSize 30
-"""
-SHAPE = (48, 64)
 
 
 def frames(n: int, dtype: str, big: bool) -> list[np.ndarray]:
