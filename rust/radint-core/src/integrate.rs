@@ -7,6 +7,11 @@
 //! Entries whose value is NaN (NaN pixel, NaN dark, masked pixel) are skipped entirely.
 //! Work is split over rayon by runs of whole radial rows holding similar entry counts, so the
 //! lineout can be reduced in the same pass and no two threads ever write one bin (no atomics).
+//!
+//! Kernels: where the CPU has AVX-512 (and gathers are not slowed, see
+//! [`gather::gathers_wanted`]) every frame with area weights goes through the gather kernels of
+//! [`crate::gather`]; maps with MIDAS weights and other CPUs take the scalar loops here, which
+//! share one pass over the map among 8 frames of a stack.
 
 use rayon::prelude::*;
 
