@@ -237,3 +237,16 @@ def test_process_files_writer_bug_raises_instead_of_hanging(series, small_config
     assert not t.is_alive(), "process_files hung after its writer died"
     assert caught and "writer bug" in str(caught[0])
     assert not [p for p in (d / "w").iterdir() if p.name.endswith(".partial")]
+
+
+def test_process_pool_runs_files_in_chunks_in_order(series, small_config):
+    """-nCPUs: each worker task is a run of consecutive files through one pipeline; outcomes
+    still come back one per file, in input order, a bad file failing alone."""
+    d, files, _ = series
+    inputs = [files[k % 4] for k in range(16)]  # files[2] is the truncated TIFF
+    names = [f"n{k:02d}" for k in range(16)]
+    outcomes = run_batch(small_config, inputs, d / "pool", n_procs=2, n_threads=1, names=names)
+    assert [o.path for o in outcomes] == [str(p) for p in inputs]
+    assert [o.ok for o in outcomes] == [k % 4 != 2 for k in range(16)]
+    written = sorted(p.name for p in (d / "pool").glob("n*.h5"))
+    assert written == [f"n{k:02d}.h5" for k in range(16) if k % 4 != 2]

@@ -463,9 +463,20 @@ def run_batch(
             initializer=_init_worker,
             initargs=(config, str(cache), n_threads, backend),
         ) as pool:
+            # Each task is a run of consecutive files through one process_files pipeline, so a
+            # worker overlaps reading, integrating and writing across them as a single process
+            # does; runs are short enough (4 per process at least) to keep the processes busy.
+            size = max(1, min(16, len(files) // (4 * n_procs)))
             futures = {
-                pool.submit(process_file, f, name=names[i], **opts): i for i, f in enumerate(files)
+                pool.submit(_process_run, files[k : k + size], names[k : k + size], opts): k
+                for k in range(0, len(files), size)
             }
             for fut in as_completed(futures):
-                done(futures[fut], fut.result())
+                for j, o in enumerate(fut.result()):
+                    done(futures[fut] + j, o)
     return [outcomes[i] for i in range(len(files))]
+
+
+def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
+    """A worker's task: :func:`process_files` over consecutive files, all outcomes."""
+    return list(process_files(paths, names=names, **opts))
