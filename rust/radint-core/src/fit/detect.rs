@@ -76,7 +76,7 @@ pub fn savgol_smooth7(y: &[f64]) -> Vec<f64> {
 }
 
 /// Prominence, in units of the lineout's noise σ, that a candidate must have (see
-/// [`significance`]). Over 100 flat Poisson lineouts of 3 000 bins for each mean 5, 200 and
+/// `significance`). Over 100 flat Poisson lineouts of 3 000 bins for each mean 5, 200 and
 /// 5 000 the most prominent noise maximum reached 4.0 σ; 6 σ keeps a margin against
 /// noise while a peak 6 σ high survives.
 pub const DETECTION_SIGMAS: f64 = 6.0;

@@ -163,7 +163,7 @@ fn fwhm_bins(y: &[f64], pk: usize, bg: f64, amp: f64) -> usize {
     (right - left).max(2)
 }
 
-/// Starting point and box of one job (layout of [`super::model`]).
+/// Starting point and box of one job (layout of `fit::model`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Starts {
     pub start: Vec<f64>,
