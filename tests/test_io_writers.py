@@ -320,14 +320,18 @@ def test_failed_writes_leave_nothing_behind(
     calls = {"n": 0}
 
     def failing_create(self: h5py.Group, name: str, *args: object, **kw: object) -> object:
-        # The second create fails: a NeXus file copies its layout from a cached template
-        # and then creates only a few fields of its own.
         calls["n"] += 1
         if calls["n"] > 1:
             raise DiskFull(28, "No space left on device")
         return original(self, name, *args, **kw)
 
+    def failing_resize(self: h5py.Dataset, *args: object, **kw: object) -> None:
+        # A NeXus file copies its layout from a cached template and creates nothing itself:
+        # its first own write is the first row's resize.
+        raise DiskFull(28, "No space left on device")
+
     monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
+    monkeypatch.setattr(h5py.Dataset, "resize", failing_resize)
     for writer, name in ((write_midas_caked, "a.caked.hdf"), (write_nexus, "a.h5")):
         calls["n"] = 0
         with pytest.raises(DiskFull):
@@ -342,8 +346,7 @@ def test_failed_writes_leave_nothing_behind(
     # An existing good file survives a failed rewrite untouched.
     good = write_nexus(res, tmp_path / "good.h5")
     before = good.read_bytes()
-    monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
-    calls["n"] = 0
+    monkeypatch.setattr(h5py.Dataset, "resize", failing_resize)
     with pytest.raises(DiskFull):
         write_nexus(res, good)
     monkeypatch.undo()
@@ -379,3 +382,19 @@ def test_nexus_layout_template_follows_each_files_configuration(tmp_path: Path) 
         np.testing.assert_array_equal(f0["entry/azint2d/data/I"][0], a.cake[0])
         np.testing.assert_array_equal(f1["entry/azint1d/data/I"][0], b.lineout[0])
     assert tree(paths[0]) == tree(paths[2])
+
+
+def test_nexus_norm_and_count_follow_each_file_not_the_template(tmp_path: Path) -> None:
+    """norm and count come from each file's first frame: a file whose mask differs from the
+    one the cached layout template was built with gets its own values."""
+    a = make_result(n_frames=1)
+    b = make_result(n_frames=1)
+    b.area = np.asarray(b.area) * 0.5
+    b.area[2, 3] = 0.0
+    b.count = (b.area > 0).astype(np.int64) * 3
+    paths = [write_nexus(r, tmp_path / f"{k}.h5") for k, r in enumerate((a, b, a))]
+    for path, r in zip(paths, (a, b, a)):
+        with h5py.File(path) as f:
+            np.testing.assert_array_equal(f["entry/azint2d/data/norm"][()], r.area)
+            np.testing.assert_array_equal(f["entry/azint1d/data/norm"][()], r.area.sum(axis=0))
+            np.testing.assert_array_equal(f["entry/azint2d/data/count"][()], r.count)

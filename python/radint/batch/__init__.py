@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +110,14 @@ def process_files(
 ) -> Iterator[FileOutcome]:
     """Integrate files one after another, yielding one outcome per file in input order.
 
-    Three stages overlap, across file boundaries too: a reader thread reads the next stack of
+    Four stages overlap, across file boundaries too: a reader thread reads the next stack of
     frames (of this file or the next), the integrator (GIL released) works on the current one,
-    and a writer thread appends the previous one to its NeXus/Zarr outputs and finishes
-    (fsync, rename) the files already read, so a folder of one-frame files does not pay each
-    file's setup and sync in turn. Formats that need the whole file's result are written when
-    its last stack is in. Memory stays bounded: two stacks wait for integration, two results
-    for writing. A bad file never raises: its outcome carries the reason and nothing of it is
-    left behind.
+    a writer thread appends the previous one to its NeXus/Zarr outputs, and a finisher thread
+    closes the files already complete (fsync, rename), so a folder of one-frame files does not
+    pay each file's setup and sync in turn. Formats that need the whole file's result are
+    written when its last stack is in. Memory stays bounded: two stacks wait for integration,
+    two results for writing, four files for closing. A bad file never raises: its outcome
+    carries the reason and nothing of it is left behind.
     """
     from radint.io.prefetch import prefetch
 
@@ -284,6 +284,10 @@ class _FileWriter:
         self.open: dict[int, dict[str, Any]] = {}
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        # Closing a file and syncing it to disk (~4 ms of a one-frame file's ~8) run on their
+        # own thread so the writer goes on with the next file; a few may be pending at once.
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="radint-finish")
+        self._pending = threading.BoundedSemaphore(4)
 
     def expected(self, stem: str) -> list[Path]:
         """The outputs a file named ``stem`` gets."""
@@ -326,6 +330,7 @@ class _FileWriter:
         except BaseException as e:  # a bug here must reach the caller, not vanish with the thread
             self.error = e
         finally:
+            self._finisher.shutdown(wait=True)
             for state in self.open.values():
                 self._abort(state)
             self.open.clear()
@@ -374,13 +379,22 @@ class _FileWriter:
         if error is None and not state["n_frames"]:
             error = RadintError(f"{state['path']}: no frames")
         if error is None:
-            try:
-                self.outbox.put((i, self._finish(state)))
-                return
-            except Exception as e:
-                error = e
+            self._pending.acquire()
+            self._finisher.submit(self._finish_or_fail, i, state)
+            return
         self._abort(state)
         self.outbox.put((i, _failure(state["path"], error, state["t0"])))
+
+    def _finish_or_fail(self, i: int, state: dict[str, Any]) -> None:
+        """On the finisher thread: finish a file's outputs and report its outcome."""
+        try:
+            outcome = self._finish(state)
+        except BaseException as e:
+            self._abort(state)
+            outcome = _failure(state["path"], e, state["t0"])
+        finally:
+            self._pending.release()
+        self.outbox.put((i, outcome))
 
     def _finish(self, state: dict[str, Any]) -> FileOutcome:
         from radint.io import write_result

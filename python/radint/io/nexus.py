@@ -138,7 +138,9 @@ class _H5Tree:
 
     def field(self, path: str, value: Any, attrs: dict[str, Any] | None = None) -> None:
         parent, _, name = path.rpartition("/")
-        ds = self._parent(parent).create_dataset(name, data=value)
+        # Per-bin arrays (norm, count) are as large as a cake row: compressed like the rows.
+        big = isinstance(value, np.ndarray) and value.nbytes >= 1 << 16
+        ds = self._parent(parent).create_dataset(name, data=value, **(self._filter if big else {}))
         if attrs:
             ds.attrs.update(attrs)
 
@@ -155,9 +157,20 @@ class _H5Tree:
         self.file[path] = self.file[source]
         return True
 
-    def layout(self, key: Any, build: Callable[[Any], dict[str, str]]) -> dict[str, str]:
+    def layout(
+        self,
+        key: Any,
+        build: Callable[[Any], dict[str, str]],
+        data: dict[str, np.ndarray],
+    ) -> dict[str, str]:
         """Copy into this (empty) file the tree ``build(tree)`` writes, from an in-memory
-        template made once per ``key``; returns what ``build`` returned."""
+        template made once per ``key``; returns what ``build`` returned.
+
+        ``data`` are the fields ``build`` writes from the first frame rather than from the
+        configuration (path → value): the template keeps the values it was built with and
+        only those that differ are rewritten, since with an unmasked integer detector they
+        are the same for every file of a run.
+        """
         with _TEMPLATES_LOCK:
             entry = _TEMPLATES.get(key)
             if entry is None:
@@ -167,16 +180,20 @@ class _H5Tree:
                 tree = object.__new__(_H5Tree)
                 tree._h5py, tree.file, tree._groups = self._h5py, template, {}
                 tree._filter, tree._swmr = self._filter, False
-                entry = (template, build(tree))
+                rows = build(tree)
+                entry = (template, rows, {path: v.copy() for path, v in data.items()})
                 while len(_TEMPLATES) >= 8:
                     _TEMPLATES.pop(next(iter(_TEMPLATES)))[0].close()
                 _TEMPLATES[key] = entry
-            template, rows = entry
+            template, rows, built_with = entry
             # One copy call per top-level group keeps hard links inside it as links.
             for name in template:
                 template.copy(template[name], self.file, name)
             self.file.attrs.update(template.attrs)
         self._groups.clear()
+        for path, value in data.items():
+            if not np.array_equal(built_with[path], value, equal_nan=True):
+                self.file[path][...] = value
         return rows
 
     def dataset(self, path: str) -> Any:
@@ -245,8 +262,13 @@ class _ZarrTree:
         """Zarr has no links: the caller writes a copy."""
         return False
 
-    def layout(self, key: Any, build: Callable[[Any], dict[str, str]]) -> dict[str, str]:
-        """Write the tree directly (no templates for Zarr)."""
+    def layout(
+        self,
+        key: Any,
+        build: Callable[[Any], dict[str, str]],
+        data: dict[str, np.ndarray],
+    ) -> dict[str, str]:
+        """Write the tree directly (no templates for Zarr; ``build`` writes ``data``)."""
         return build(self)
 
     def dataset(self, path: str) -> Any:
@@ -464,27 +486,38 @@ class NexusWriter:
 
     def _start(self, result: Result) -> None:
         t = self._tree
-        rows = t.layout(self._layout_key(result), lambda tree: self._write_layout(tree, result))
-        self._rows = {name: t.dataset(path) for name, path in rows.items()}
-        # The fields that come from the first result's data rather than from its configuration.
-        area = np.asarray(result.area, dtype=np.float64)
-        area = area[0] if area.ndim == 3 else area
-        norm_long = "effective number of pixels contributing to the corresponding bin"
-        for sub, norm in (("azint1d", area.sum(axis=0)), ("azint2d", area)):
-            t.field(
-                f"entry/{sub}/data/norm", norm, {"long_name": norm_long, "units": "arbitrary units"}
-            )
-        count = np.asarray(result.count)
-        t.field(
-            "entry/azint2d/data/count",
-            (count[0] if count.ndim == 3 else count).astype(np.int64),
-            {"long_name": "number of pixel pieces summed into the bin"},
+        data = self._data_fields(result)
+        rows = t.layout(
+            self._layout_key(result),
+            lambda tree: self._write_layout(tree, result, data),
+            {path: value for path, (value, _) in data.items()},
         )
+        self._rows = {name: t.dataset(path) for name, path in rows.items()}
         now = datetime.now(timezone.utc).isoformat()
         for sub in ("azint1d", "azint2d"):  # one object in HDF5 (hard link), two in Zarr
             t.set_text(f"entry/{sub}/reduction/date", now)
         self._shape = (result.n_eta, result.n_r)
         t.ready()
+
+    @staticmethod
+    def _data_fields(result: Result) -> dict[str, tuple[np.ndarray, dict[str, str]]]:
+        """The fields that come from the first result's data rather than from its
+        configuration: path → (value, attributes)."""
+        area = np.asarray(result.area, dtype=np.float64)
+        area = area[0] if area.ndim == 3 else area
+        count = np.asarray(result.count)
+        norm_attrs = {
+            "long_name": "effective number of pixels contributing to the corresponding bin",
+            "units": "arbitrary units",
+        }
+        return {
+            "entry/azint1d/data/norm": (area.sum(axis=0), norm_attrs),
+            "entry/azint2d/data/norm": (area, norm_attrs),
+            "entry/azint2d/data/count": (
+                (count[0] if count.ndim == 3 else count).astype(np.int64),
+                {"long_name": "number of pixel pieces summed into the bin"},
+            ),
+        }
 
     def _layout_key(self, result: Result) -> tuple:
         """Everything :meth:`_write_layout` reads, so equal keys give identical layouts."""
@@ -507,11 +540,13 @@ class NexusWriter:
             digest.hexdigest(),
         )
 
-    def _write_layout(self, t: Any, result: Result) -> dict[str, str]:
-        """The file's groups, metadata, axes and empty growing datasets (whose paths are
-        returned by row name): all fixed by the configuration, so HDF5 files copy it from a
-        template made once per configuration (a one-frame file took ~28 ms to write, most of
-        it in ~200 h5py creates; a copy is one H5Ocopy)."""
+    def _write_layout(
+        self, t: Any, result: Result, per_frame: dict[str, tuple[np.ndarray, dict[str, str]]]
+    ) -> dict[str, str]:
+        """The file's groups, metadata, axes, ``per_frame`` fields and empty growing datasets
+        (whose paths are returned by row name): fixed by the configuration but for ``per_frame``,
+        so HDF5 files copy it from a template made once per configuration (a one-frame file
+        took ~28 ms to write, most of it in ~200 h5py creates; a copy is one H5Ocopy)."""
         rows: dict[str, str] = {}
 
         def growing(name: str, path: str, row: tuple[int, ...], dtype: Any, attrs: dict) -> None:
@@ -570,6 +605,8 @@ class NexusWriter:
                     np.asarray(result.eta_edges_deg, dtype=np.float64),
                     {"long_name": "azimuthal bin edges", "units": "degrees"},
                 )
+        for path, (value, attrs) in per_frame.items():
+            t.field(path, value, attrs)
         return rows
 
     def _start_peaks(self, n_peaks: int) -> None:
