@@ -142,6 +142,12 @@ class Integrator:
                 f"detector map is for {detector_map.shape} (rows, columns) images, "
                 f"the configuration for {config.shape}"
             )
+        if config.gradient_correction and not detector_map.gradient_corrected:
+            if detector_map.corrections_folded:
+                log.info("GradientCorrection: %s was read without it; used as is",
+                         detector_map.origin)  # fmt: skip
+            else:
+                detector_map = detector_map.with_gradient_correction(config)
         self.map = detector_map
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._axes = self._make_axes()
@@ -176,7 +182,7 @@ class Integrator:
             solid_angle_model = "midas" if cfg.solid_angle_correction else None
         if polarization_model == "config":
             polarization_model = "midas" if cfg.polarization_correction else None
-        if self.map.weight is not None and (solid_angle_model or polarization_model):
+        if self.map.corrections_folded and (solid_angle_model or polarization_model):
             log.info(
                 "MIDAS map: corrections are already folded into its weights; not applied again"
             )

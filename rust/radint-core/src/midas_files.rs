@@ -81,15 +81,23 @@ fn f64_at(b: &[u8], at: usize) -> f64 {
     f64::from_le_bytes(a)
 }
 
-/// The C hash string (spec §4.3); RMin/RMax are the Q-derived radii in Q mode.
+/// The C hash string (spec §4.3). In Q mode RMin/RMax are what DetectorMapper.c derives from
+/// QMin/QMax, each only when positive (else the file's RMin/RMax), with the C expression, so
+/// the hash matches even where the last bin edge is not R(QMax).
 pub fn param_hash_string(p: &Params) -> String {
-    let (r_min, r_max) = match p.radial_mode() {
-        RadialMode::Q | RadialMode::TwoTheta => match bins::radial_edges(p) {
-            Ok(edges) => (edges[0], edges[edges.len() - 1]),
-            Err(_) => (p.r_min_px, p.r_max_px),
-        },
-        RadialMode::Radius => (p.r_min_px, p.r_max_px),
-    };
+    let (mut r_min, mut r_max) = (p.r_min_px, p.r_max_px);
+    if p.radial_mode() == RadialMode::Q {
+        let radius = |q: f64| {
+            (p.lsd_um / p.pixel_size_y_um)
+                * (2.0 * (q * p.wavelength_angstrom / (4.0 * std::f64::consts::PI)).asin()).tan()
+        };
+        if p.q_min > 0.0 {
+            r_min = radius(p.q_min);
+        }
+        if p.q_max > 0.0 {
+            r_max = radius(p.q_max);
+        }
+    }
     let mut s = format!(
         "BC={:.6},{:.6}|EtaBinSize={:.6}|EtaMax={:.6}|EtaMin={:.6}|Lsd={:.6}|NrPixelsY={}|NrPixelsZ={}|RBinSize={:.6}|RMax={:.6}|RMin={:.6}|RhoD={:.6}|TransOpt={}",
         p.bc_y_px,
@@ -240,7 +248,9 @@ pub enum Sampling {
 /// Bilinear pieces of a position as the C CPU integrator samples it (spec §5.2).
 pub fn bilinear_pieces(y: f64, z: f64, n_y: usize, n_z: usize) -> [(usize, f64); 4] {
     let axis = |x: f64, n: usize| -> (usize, f64) {
-        let mut i = x.floor();
+        // C floors in single precision (`floorf`): a position a hair below an integer
+        // rounds up to it, leaving a fraction of about -1e-7.
+        let mut i = (x as f32).floor() as f64;
         let mut f = x - i;
         if i < 0.0 {
             i = 0.0;
@@ -361,6 +371,14 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
                     format!("record {k} holds a non-finite position or weight"),
                 ));
             }
+            // C writes pixel centres of the image: a position outside it means a map for
+            // another detector. Gradient correction may then move it out, which C clamps.
+            if !(y > -1.0 && z > -1.0 && y < n_y as f64 && z < n_z as f64) {
+                return Err(Error::format(
+                    &map_name,
+                    format!("record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"),
+                ));
+            }
             let (y, z) = match opts.gradient_centre {
                 Some((bc_y, bc_z)) => gradient_shift(y, z, dr as f64, bc_y, bc_z),
                 None => (y, z),
@@ -388,14 +406,6 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
                     push(iz as usize * n_y + iy as usize, 1.0);
                 }
                 _ => {
-                    if !(y > -1.0 && z > -1.0 && y < n_y as f64 && z < n_z as f64) {
-                        return Err(Error::format(
-                            &map_name,
-                            format!(
-                                "record {k}: position ({y}, {z}) is outside the {n_y}x{n_z} image"
-                            ),
-                        ));
-                    }
                     for (p, w) in bilinear_pieces(y, z, n_y, n_z) {
                         if w != 0.0 {
                             push(p, w);

@@ -261,6 +261,12 @@ impl Line<'_> {
         Ok(self.int_at(0)? != 0)
     }
 
+    /// A switch IntegratorZarrOMP tests with `== 1` (Normalize, SumImages,
+    /// SaveIndividualFrames): 2 is off there, so it is off here too.
+    fn exactly_one(&self) -> Result<bool> {
+        Ok(self.int_at(0)? == 1)
+    }
+
     fn text(&self) -> Result<String> {
         if self.rest.is_empty() {
             return Err(self.err("expected a value, got nothing"));
@@ -433,21 +439,26 @@ impl Params {
             }
             "SubPixelLevel" => {
                 let v = line.int_at(0)?;
-                if !(1..=64).contains(&v) {
-                    return Err(line.err(format!("expected an integer in 1..=64, got {v}")));
+                if !(0..=64).contains(&v) {
+                    return Err(line.err(format!("expected an integer in 0..=64, got {v}")));
                 }
-                self.sub_pixel_level = v as u32;
+                // 0 means no sub-pixels, as in the C mapper (which splits only above 1).
+                self.sub_pixel_level = v.max(1) as u32;
             }
             "SubPixelCardinalWidth" => self.sub_pixel_cardinal_width_deg = line.f64()?,
             "SolidAngleCorrection" => self.solid_angle_correction = line.flag()?,
             "PolarizationCorrection" => self.polarization_correction = line.flag()?,
             "PolarizationFraction" => self.polarization_fraction = line.f64()?,
             "PolarizationPlaneEtaDeg" => self.polarization_plane_eta_deg = line.f64()?,
-            "Normalize" => self.normalize = line.flag()?,
+            "Normalize" => self.normalize = line.exactly_one()?,
             "GradientCorrection" => self.gradient_correction = line.flag()?,
-            "OmegaSumFrames" => self.omega_sum_frames = line.int_at(0)?,
-            "SumImages" => self.sum_images = line.flag()?,
-            "SaveIndividualFrames" => self.save_individual_frames = line.flag()?,
+            "OmegaSumFrames" => {
+                // C reads 0 as 1 (each frame its own sum).
+                let v = line.int_at(0)?;
+                self.omega_sum_frames = if v == 0 { 1 } else { v };
+            }
+            "SumImages" => self.sum_images = line.exactly_one()?,
+            "SaveIndividualFrames" => self.save_individual_frames = line.exactly_one()?,
             "SkipFrame" => self.skip_frame = line.usize()?,
             "OmegaStart" | "OmegaFirstFile" => self.omega_start_deg = line.f64()?,
             "OmegaStep" => self.omega_step_deg = line.f64()?,
@@ -721,6 +732,21 @@ mod tests {
         assert_eq!(p.unknown.len(), 1);
         assert_eq!(p.unknown[0].key, "Foo");
         assert_eq!(p.unknown[0].location.line, 8);
+    }
+
+    #[test]
+    fn switches_read_as_the_c_integrator_reads_them() {
+        // IntegratorZarrOMP: Normalize/SumImages/SaveIndividualFrames on only when == 1,
+        // OmegaSumFrames 0 → 1; DetectorMapper splits pixels only for SubPixelLevel > 1.
+        let text = "Normalize 2\nSumImages 2\nSaveIndividualFrames 3\nOmegaSumFrames 0\nSubPixelLevel 0\nSolidAngleCorrection 2\n";
+        let p = Params::parse(text, "p.txt").unwrap();
+        assert!(!p.normalize && !p.sum_images && !p.save_individual_frames);
+        assert_eq!(p.omega_sum_frames, 1);
+        assert_eq!(p.sub_pixel_level, 1);
+        assert!(p.solid_angle_correction);
+        let p = Params::parse("Normalize 1\nSumImages 1\nOmegaSumFrames -1\n", "p.txt").unwrap();
+        assert!(p.normalize && p.sum_images);
+        assert_eq!(p.omega_sum_frames, -1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use radint_core::geometry::ImageTransform;
 use radint_core::integrate as core_integrate;
 use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision, Rules, Sums};
 use radint_core::map::{self, DetectorMap, MapInputs};
@@ -332,6 +333,23 @@ impl MapCore {
     #[getter]
     fn bin_geometric_area<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f64>> {
         view(slf, &slf.get().map.bin_geometric_area)
+    }
+
+    /// This map with MIDAS `GradientCorrection` applied (bilinear signal weights at each
+    /// entry's bin radius), for `config`'s beam centre and ImTransOpt.
+    fn gradient_resampled(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<MapCore> {
+        let p = params::from_dict(config)?;
+        let (n_y, n_z) = (self.map.n_y, self.map.n_z);
+        if (p.n_pixels_y, p.n_pixels_z) != (n_y, n_z) {
+            return Err(shape_error(format!(
+                "gradient correction: the map is {n_y}x{n_z} pixels, the parameters say {}x{}",
+                p.n_pixels_y, p.n_pixels_z
+            )));
+        }
+        let transform = ImageTransform::new(&p.im_trans_opt, n_y, n_z);
+        let bc = (p.bc_y_px, p.bc_z_px);
+        let map = py.detach(|| map::gradient_resampled(&self.map, &transform, bc));
+        Ok(MapCore::new(map))
     }
 
     /// Write Map.bin / nMap.bin / maskMap.bin (MIDAS format) into `directory`.
