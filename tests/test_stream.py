@@ -505,6 +505,54 @@ def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
     assert set(rows["source"].tolist()) == {"pva:sim:img"}
 
 
+def _adcore_payload(codec: str, data: np.ndarray) -> np.ndarray:
+    """``data`` compressed as areaDetector's NDPluginCodec sends it (ubyteValue bytes)."""
+    import numcodecs
+
+    if codec == "lz4":  # LZ4_compress_default: a raw block (numcodecs prefixes the size)
+        return np.frombuffer(numcodecs.LZ4().encode(data)[4:], np.uint8)
+    if codec == "bslz4":  # bshuf_compress_lz4(..., block_size=0), no header
+        import bitshuffle
+
+        return bitshuffle.compress_lz4(data.ravel())
+    return np.frombuffer(numcodecs.Blosc(cname="lz4", shuffle=1).encode(data), np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("codec", "dtype", "scalar_type"),
+    [("lz4", "u2", 6), ("bslz4", "u4", 7), ("bslz4", "i4", 3), ("blosc", "f4", 9)],
+)
+def test_pva_decompresses_areadetector_codecs(integrator, codec, dtype, scalar_type):
+    """lz4 / bslz4 / blosc NTNDArrays (ubyteValue payload, the pixel type in codec.parameters as
+    pvapy delivers the variant union) arrive as the original frame; without parameters the type
+    follows from uncompressedSize; jpeg and unknown codecs are rejected with a reason."""
+    got = []
+    src = PvaSource("sim:img", SHAPE, channel_factory=FakeChannel)
+    src.start(lambda item: got.append(item) or True, pipeline_mod.SourceStats())
+    data = frame(3, dtype) * 37
+    payload = _adcore_payload(codec, data)
+    assert payload.nbytes < data.nbytes
+    params = ({"value": scalar_type}, {"value": "INT"})
+    update = FakePv(uniqueId=1, value=[{"ubyteValue": payload}], codec={"name": codec,
+                    "parameters": params}, dimension=[{"size": NY}, {"size": NZ}],
+                    uncompressedSize=data.nbytes)  # fmt: skip
+    src._channel.cb(update)
+    assert len(got) == 1
+    np.testing.assert_array_equal(got[0].data.astype(data.dtype), data)
+    if dtype in ("u2", "u4"):  # no parameters: uint from uncompressedSize / pixels
+        update["uniqueId"], update["codec"] = 2, {"name": codec, "parameters": ()}
+        src._channel.cb(update)
+        np.testing.assert_array_equal(got[1].data, data)
+    for name in ("jpeg", "zstd"):
+        update["uniqueId"], update["codec"] = 9, {"name": name, "parameters": params}
+        src._channel.cb(update)
+    assert src.rejected == 2
+    corrupt = dict(update, uniqueId=10, codec={"name": codec, "parameters": params})
+    corrupt["value"] = [{"ubyteValue": payload[: len(payload) // 2]}]
+    src._channel.cb(FakePv(corrupt))
+    assert src.rejected == 3
+
+
 def test_pva_missing_pvapy_message(monkeypatch):
     import builtins
 
@@ -552,16 +600,29 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
             ]
             server.update(name, nt)
             time.sleep(0.2)
-        assert wait_for(lambda: p.written == 3, 20)
+        # As areaDetector sends a frame through its codec plugin: bslz4 bytes, uint32 (pvUInt 7).
+        data = frame(5, "u4") * 1000
+        nt = pva.NtNdArray()
+        nt["uniqueId"] = 5
+        nt["value"] = {"ubyteValue": _adcore_payload("bslz4", data)}
+        nt["codec"] = pva.PvCodec("bslz4", pva.PvInt(7))
+        nt["uncompressedSize"] = data.nbytes
+        nt["dimension"] = [
+            pva.PvDimension(NY, 0, NY, 1, False),
+            pva.PvDimension(NZ, 0, NZ, 1, False),
+        ]
+        server.update(name, nt)
+        assert wait_for(lambda: p.written == 4, 20)
         summary = finish(p)
     finally:
         p.stop()
         server.stop()
-    assert summary.written == 3 and src.dropped_upstream == 1
+    assert summary.written == 4 and src.dropped_upstream == 1
     rows = stream_rows(tmp_path / "stream.h5")
-    assert rows["frame_id"].tolist() == [1, 2, 4]
+    assert rows["frame_id"].tolist() == [1, 2, 4, 5]
     want = integrator.integrate(frame(4, "u2")).lineout
     np.testing.assert_allclose(rows["I"][2], want, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- live peak control
