@@ -250,3 +250,55 @@ def test_process_pool_runs_files_in_chunks_in_order(series, small_config):
     assert [o.ok for o in outcomes] == [k % 4 != 2 for k in range(16)]
     written = sorted(p.name for p in (d / "pool").glob("n*.h5"))
     assert written == [f"n{k:02d}.h5" for k in range(16) if k % 4 != 2]
+
+
+def _midas_zip(path, frames, dark, skip):
+    """A MIDAS *.analysis.MIDAS.zip (spec §8.2) holding ``frames`` and the ``dark`` stack."""
+    import zarr
+    from numcodecs import Blosc
+    from zarr.storage import ZipStore
+
+    store = ZipStore(path, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    blosc = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE)
+    chunks = (1, *frames.shape[1:])
+    root.create_array("exchange/data", data=frames, chunks=chunks, compressors=blosc)
+    root.create_array("exchange/dark", data=dark, chunks=chunks, compressors=blosc)
+    params = "analysis/process/analysis_parameters"
+    root.create_array(f"{params}/SkipFrame", data=np.array([skip], dtype=np.int32))
+    store.close()
+
+
+def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
+    """A MIDAS Zarr zip integrated without --dark: its exchange/dark (after SkipFrame) is
+    subtracted, and results number the frames from 0 after SkipFrame (FrameNr_0 is the first
+    frame kept), both as IntegratorZarrOMP does; a zip without dark frames after SkipFrame
+    integrates with no dark (C: the same) instead of failing."""
+    from radint import Integrator
+
+    rng = np.random.default_rng(3)
+    frames = np.stack(
+        [ring_image(small_config, amplitude=200 + 50 * k, dtype=np.uint16) + 100 for k in range(4)]
+    )
+    dark = rng.integers(80, 120, size=(3, *frames.shape[1:])).astype(np.uint16)
+    _midas_zip(tmp_path / "a.analysis.MIDAS.zip", frames, dark, skip=1)
+    _midas_zip(tmp_path / "b.analysis.MIDAS.zip", frames, dark[:1], skip=1)
+    out = tmp_path / "out"
+    outcomes = run_batch(
+        small_config,
+        [tmp_path / "a.analysis.MIDAS.zip", tmp_path / "b.analysis.MIDAS.zip"],
+        out,
+        formats=("nexus", "caked"),
+        n_threads=1,
+    )
+    assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
+    integ = Integrator(small_config, n_threads=1)
+    with_dark = integ.integrate_stack(frames[1:], dark=dark[1:].mean(axis=0))
+    without = integ.integrate_stack(frames[1:])
+    for stem, want in (("a", with_dark), ("b", without)):
+        with h5py.File(out / f"{stem}.h5") as f:
+            assert f["entry/azint2d/data/frame_id"][()].tolist() == [0, 1, 2]
+            np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
+        with h5py.File(out / f"{stem}.caked.hdf") as f:
+            assert sorted(f["IntegrationResult"]) == ["FrameNr_0", "FrameNr_1", "FrameNr_2"]
+    assert not np.allclose(with_dark.cake, without.cake, equal_nan=True)

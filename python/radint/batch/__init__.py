@@ -117,7 +117,8 @@ def process_files(
     pay each file's setup and sync in turn. Formats that need the whole file's result are
     written when its last stack is in. Memory stays bounded: two stacks wait for integration,
     two results for writing, four files for closing. A bad file never raises: its outcome
-    carries the reason and nothing of it is left behind.
+    carries the reason and nothing of it is left behind. Without ``dark``, a MIDAS Zarr zip's
+    own dark is subtracted (:func:`own_dark`), as IntegratorZarrOMP does.
     """
     from radint.io.prefetch import prefetch
 
@@ -140,6 +141,7 @@ def process_files(
                 continue
             yield ("start", i, path, stem)
             try:
+                file_dark = dark if dark is not None else own_dark(path)
                 for stack, ids in read_stacks(
                     path,
                     dataset=dataset,
@@ -147,7 +149,7 @@ def process_files(
                     max_bytes=STACK_BYTES,
                     allocate=_STACK_BUFFERS.take,
                 ):
-                    yield ("stack", i, stack, ids)
+                    yield ("stack", i, stack, ids, file_dark)
             except Exception as e:  # handed on: this file fails, the next one is read
                 yield ("error", i, e)
                 continue
@@ -162,7 +164,7 @@ def process_files(
                 try:
                     if i in failed:
                         continue
-                    result = integ.integrate_stack(ev[2], dark=dark)
+                    result = integ.integrate_stack(ev[2], dark=ev[4])
                 except Exception as e:
                     failed.add(i)
                     writer.put(("error", i, e))
@@ -198,6 +200,25 @@ def process_files(
     finally:
         writer.stop()
         thread.join(timeout=30)
+
+
+def own_dark(path: str | Path) -> np.ndarray | None:
+    """The dark a file carries and IntegratorZarrOMP subtracts without being asked: a MIDAS
+    Zarr zip's ``exchange/dark`` (mean, SkipFrame honoured). None for other files, and for a
+    zip without dark frames after SkipFrame (C then subtracts nothing either)."""
+    from radint.io import read_dark, zarrstore
+    from radint.io.errors import ReaderError
+
+    p = Path(path)
+    if p.suffix.lower() != ".zip" or not p.is_file() or not zarrstore.is_midas_zip(p):
+        return None
+    try:
+        dark = read_dark(p)
+    except ReaderError as e:
+        log.info("%s: no dark subtracted (%s)", p, e)
+        return None
+    log.info("%s: subtracting its own dark (exchange/dark)", p)
+    return dark
 
 
 #: Frames per stack read and integrated together (8 = the block kernel's width on CPUs

@@ -57,6 +57,11 @@ class FrameSource(ABC):
         """Frames read when the caller selects none (all of them unless the format says to skip)."""
         return range(self.n_frames)
 
+    def frame_id(self, index: int) -> int:
+        """The number results carry for frame ``index`` (its position, unless the format
+        numbers frames otherwise)."""
+        return index
+
     def close(self) -> None:  # noqa: B027 - optional hook: sources without a handle keep it
         """Release the file handle."""
 

@@ -181,7 +181,8 @@ def read_stacks(
     max_bytes: int | None = None,
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
 ) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Yield the frames of a file as stacks ``(n ≤ size, n_z, n_y)`` with their indices.
+    """Yield the frames of a file as stacks ``(n ≤ size, n_z, n_y)`` with their frame ids
+    (the positions in the file; for a MIDAS Zarr zip counted after ``SkipFrame``).
 
     The batch path's reader: a stacked format (HDF5) is read ``size`` frames per call instead
     of frame by frame. Frame selection is the default one of :func:`read_frames`. With
@@ -222,7 +223,7 @@ def read_stacks(
                     f"{source.label}: frames {chunk[0]}..{chunk[-1]} have shape "
                     f"{data.shape[1:]}, not 2-D"
                 )
-            yield data, chunk
+            yield data, [source.frame_id(i) for i in chunk]
 
 
 def count_frames(

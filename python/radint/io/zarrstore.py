@@ -80,9 +80,10 @@ class MidasZipSource(ZarrSource):
     """The MIDAS ``*.analysis.MIDAS.zip`` of spec §8.2.
 
     Frames come from ``exchange/data`` (or the dark stack from ``exchange/dark``); frames before
-    ``analysis_parameters/SkipFrame`` are left out by default, as IntegratorZarrOMP does; each
-    frame's ``omega_deg`` is ``start + index·step`` from ``scan_parameters`` (``start`` is the
-    ω of frame 0 of the file, i.e. OmegaStart − SkipFrame·OmegaStep).
+    ``analysis_parameters/SkipFrame`` are left out by default, as IntegratorZarrOMP does, and
+    results number the rest from 0 as it does; each frame's ``omega_deg`` is
+    ``start + index·step`` from ``scan_parameters`` (``index`` counting every frame of the file:
+    the C program adds SkipFrame·step to ``start``).
     """
 
     def __init__(self, path: Path, dataset: str | None = None) -> None:
@@ -100,6 +101,11 @@ class MidasZipSource(ZarrSource):
     def default_indices(self) -> range:
         """Frames from ``SkipFrame`` on."""
         return range(min(self.skip_frame, self.n_frames), self.n_frames)
+
+    def frame_id(self, index: int) -> int:
+        """Counted from the first frame after ``SkipFrame``, as IntegratorZarrOMP names its
+        ``FrameNr_<i>`` / ``LastFrameNumber_<i>`` datasets."""
+        return index - self.skip_frame
 
     def frame_metadata(self, index: int) -> dict[str, Any]:
         """``omega_deg`` of the frame when the scan parameters give start and step."""
