@@ -266,6 +266,11 @@ def _midas_zip(path, frames, dark, skip):
     root.create_array("exchange/dark", data=dark, chunks=chunks, compressors=blosc)
     params = "analysis/process/analysis_parameters"
     root.create_array(f"{params}/SkipFrame", data=np.array([skip], dtype=np.int32))
+    scan = "measurement/process/scan_parameters"
+    root.create_array(f"{scan}/start", data=np.array([30.0]))
+    root.create_array(f"{scan}/step", data=np.array([0.25]))
+    root.create_array(f"{scan}/Temperature", data=np.arange(len(frames)) + 300.0)
+    root.create_array(f"{scan}/I0", data=np.arange(len(frames)) * 10.0 + 1000.0)
     store.close()
 
 
@@ -301,4 +306,10 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
         with h5py.File(out / f"{stem}.caked.hdf") as f:
             assert sorted(f["IntegrationResult"]) == ["FrameNr_0", "FrameNr_1", "FrameNr_2"]
+            # ω of every frame of the file = start + index·step (C adds SkipFrame·step to
+            # start and counts after it); Temperature averaged per chunk, I0 as C takes it.
+            assert f["IntegrationResult/FrameNr_0"].attrs["omega"] == 30.25
+            np.testing.assert_allclose(f["Omegas"][()], [30.25, 30.5, 30.75])
+            chunk = f["OmegaSumFrame/LastFrameNumber_2"].attrs
+            assert chunk["Temperature"] == 303.0 and chunk["I0"] == 1030.0
     assert not np.allclose(with_dark.cake, without.cake, equal_nan=True)

@@ -90,7 +90,7 @@ def test_hdf5_bitshuffle_lz4_through_hdf5plugin(tmp_path: Path) -> None:
         "from radint.io import read_frames, read_stacks\n"
         "assert 'hdf5plugin' not in sys.modules\n"
         "a = np.stack([f.data for f in read_frames(sys.argv[1], dataset='entry/data/data')])\n"
-        "b = np.concatenate([s for s, _ in read_stacks(sys.argv[1], dataset='entry/data/data',"
+        "b = np.concatenate([s.data for s in read_stacks(sys.argv[1], dataset='entry/data/data',"
         " size=2)])\n"
         "np.save(sys.argv[2], np.stack([a, b]))\n"
     )

@@ -126,7 +126,10 @@ class Result:
             normalized=self.normalized,
             lineout_mode=self.lineout_mode,
             frame_ids=ids,
-            metadata=dict(self.metadata),
+            metadata={
+                k: (np.asarray(v).reshape(-1)[index : index + 1] if k in PER_FRAME_METADATA else v)
+                for k, v in self.metadata.items()
+            },
             peaks=None if self.peaks is None else self._peaks_of(index),
         )
 
@@ -172,7 +175,7 @@ class Result:
             area=cat("area", 2),
             count=cat("count", 2),
             frame_ids=np.concatenate(ids).astype(np.int64),
-            metadata=dict(first.metadata),
+            metadata=_concat_metadata(results),
             peaks=peaks,
         )
 
@@ -180,3 +183,19 @@ class Result:
         from radint.fit import _pick_curve
 
         return _pick_curve(self.peaks, index)
+
+
+#: Metadata keys holding one value per frame (concatenated when stacks are joined).
+PER_FRAME_METADATA = ("omega_deg", "Temperature", "Pressure", "I", "I0")
+
+
+def _concat_metadata(results: Sequence[Result]) -> dict:
+    """The first part's metadata, with the per-frame entries every part has joined in order."""
+    out = dict(results[0].metadata)
+    for key in PER_FRAME_METADATA:
+        parts = [r.metadata.get(key) for r in results]
+        if all(p is not None for p in parts):
+            out[key] = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
+        else:
+            out.pop(key, None)
+    return out

@@ -142,14 +142,14 @@ def process_files(
             yield ("start", i, path, stem)
             try:
                 file_dark = dark if dark is not None else own_dark(path)
-                for stack, ids in read_stacks(
+                for stack, ids, metadata in read_stacks(
                     path,
                     dataset=dataset,
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
                     allocate=_STACK_BUFFERS.take,
                 ):
-                    yield ("stack", i, stack, ids, file_dark)
+                    yield ("stack", i, stack, ids, file_dark, metadata)
             except Exception as e:  # handed on: this file fails, the next one is read
                 yield ("error", i, e)
                 continue
@@ -173,6 +173,9 @@ def process_files(
                     _STACK_BUFFERS.give_back(ev[2])
                 result.frame_ids = np.asarray(ev[3], dtype=np.int64)
                 result.metadata["source"] = str(paths[i])
+                result.metadata.update(
+                    {k: np.asarray(v, dtype=np.float64) for k, v in ev[5].items()}
+                )
                 writer.put(("result", i, result))
             elif kind in ("end", "error"):
                 if i not in failed:  # a file whose integration failed was reported already

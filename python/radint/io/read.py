@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -173,6 +174,14 @@ def read_frames(
         yield from _iter_source(source, frames, shape, dtype, cast=not source.dtype_on_disk)
 
 
+class Stack(NamedTuple):
+    """Frames read together by :func:`read_stacks`."""
+
+    data: np.ndarray
+    ids: list[int]
+    metadata: dict[str, list[Any]]
+
+
 def read_stacks(
     path: str | Path,
     *,
@@ -180,9 +189,11 @@ def read_stacks(
     size: int = 16,
     max_bytes: int | None = None,
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
-) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Yield the frames of a file as stacks ``(n ≤ size, n_z, n_y)`` with their frame ids
-    (the positions in the file; for a MIDAS Zarr zip counted after ``SkipFrame``).
+) -> Iterator[Stack]:
+    """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
+    metadata)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted after
+    ``SkipFrame``), metadata the per-frame values the file stores (key → one value per frame,
+    e.g. ``omega_deg``, ``Temperature`` of a MIDAS zip).
 
     The batch path's reader: a stacked format (HDF5) is read ``size`` frames per call instead
     of frame by frame. Frame selection is the default one of :func:`read_frames`. With
@@ -223,7 +234,10 @@ def read_stacks(
                     f"{source.label}: frames {chunk[0]}..{chunk[-1]} have shape "
                     f"{data.shape[1:]}, not 2-D"
                 )
-            yield data, [source.frame_id(i) for i in chunk]
+            per_frame = [source.frame_metadata(i) for i in chunk]
+            keys = set().union(*per_frame)
+            metadata = {k: [m.get(k, np.nan) for m in per_frame] for k in keys}
+            yield Stack(data, [source.frame_id(i) for i in chunk], metadata)
 
 
 def count_frames(

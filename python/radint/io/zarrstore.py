@@ -91,6 +91,12 @@ class MidasZipSource(ZarrSource):
         self.skip_frame = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
         self.omega_start_deg = self._scalar(f"{_MIDAS_SCAN}/start", None)
         self.omega_step_deg = self._scalar(f"{_MIDAS_SCAN}/step", None)
+        # Per-frame monitors IntegratorZarrOMP averages into each OmegaSumFrame's attributes.
+        self.monitors = {}
+        for key in ("Temperature", "Pressure", "I", "I0"):
+            arr = self.root.get(f"{_MIDAS_SCAN}/{key}")
+            if isinstance(arr, zarr.Array) and arr.size:
+                self.monitors[key] = np.asarray(arr[...], dtype=np.float64).reshape(-1)
 
     def _scalar(self, name: str, default: Any) -> Any:
         arr = self.root.get(name)
@@ -108,10 +114,16 @@ class MidasZipSource(ZarrSource):
         return index - self.skip_frame
 
     def frame_metadata(self, index: int) -> dict[str, Any]:
-        """``omega_deg`` of the frame when the scan parameters give start and step."""
-        if self.omega_start_deg is None or self.omega_step_deg is None:
-            return {}
-        return {"omega_deg": float(self.omega_start_deg + index * self.omega_step_deg)}
+        """``omega_deg`` of the frame when the scan parameters give start and step, and its
+        ``Temperature``, ``Pressure``, ``I``, ``I0`` where the zip stores them."""
+        out: dict[str, Any] = {
+            key: float(values[index])
+            for key, values in self.monitors.items()
+            if index < len(values)
+        }
+        if self.omega_start_deg is not None and self.omega_step_deg is not None:
+            out["omega_deg"] = float(self.omega_start_deg + index * self.omega_step_deg)
+        return out
 
 
 def is_midas_zip(path: Path) -> bool:
