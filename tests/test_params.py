@@ -116,3 +116,19 @@ def test_fuzzed_parameter_text_only_raises_radint_errors(lines):
         IntegrationConfig.from_text(text, "fuzz.txt").validate().bin_edges()
     except RadintError:
         pass
+
+
+def test_peak_fit_keys_as_integratorzarromp_reads_them():
+    """AutoDetectPeaks N = up to N auto-detected peaks and fitting on (it wins over
+    PeakLocation); DoPeakFit 1 with neither fits nothing; midas_text round-trips both."""
+    from radint.fit import FitSpec
+
+    base = "NrPixels 100\nLsd 1e6\nRMax 50\n"
+    auto = IntegrationConfig.from_text(base + "AutoDetectPeaks 3\nPeakLocation 20\n", "p.txt")
+    assert auto.do_peak_fit and FitSpec.from_config(auto).auto == 3
+    listed = IntegrationConfig.from_text(base + "DoPeakFit 1\nPeakLocation 20\n", "p.txt")
+    assert FitSpec.from_config(listed).positions_px == (20.0,)
+    assert FitSpec.from_config(IntegrationConfig.from_text(base + "DoPeakFit 1\n", "p.txt")) is None
+    for cfg in (auto, listed, IntegrationConfig.from_text(base, "p.txt")):
+        again = IntegrationConfig.from_text(cfg.midas_text(), "again.txt")
+        assert FitSpec.from_config(again) == FitSpec.from_config(cfg)

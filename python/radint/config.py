@@ -302,6 +302,10 @@ class IntegrationConfig:
             elif name == "pixel_size_z_um":
                 if value != self.pixel_size_y_um:
                     items.append((key, value))
+            elif name == "auto_detect_peaks":
+                # "AutoDetectPeaks N" means up to N peaks and switches fitting on (MIDAS).
+                if value and self.do_peak_fit:
+                    items.append((key, self.max_n_peaks))
             elif isinstance(value, str):
                 if value:
                     items.append((key, value))

@@ -28,6 +28,7 @@ fit with it fixed. Over Poisson repeats centre, area and FWHM scatter as their e
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ import numpy as np
 
 from radint import _core
 from radint.exceptions import InvalidInputError, ShapeError
+
+log = logging.getLogger("radint")
 
 if TYPE_CHECKING:
     from radint.config import IntegrationConfig
@@ -602,7 +605,12 @@ class FitSpec:
     @classmethod
     def from_config(cls, config: IntegrationConfig) -> FitSpec | None:
         """The parameter file's fit (``DoPeakFit``, ``PeakLocation``, ``AutoDetectPeaks``,
-        ``MaxNPeaks``, ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``), or None."""
+        ``MaxNPeaks``, ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``), or None.
+
+        As IntegratorZarrOMP decides: ``AutoDetectPeaks N`` (N > 0; it also switches
+        ``DoPeakFit`` on) detects up to N peaks and wins over ``PeakLocation``; otherwise the
+        ``PeakLocation`` list is fitted; ``DoPeakFit 1`` with neither fits nothing (logged).
+        """
         if not config.do_peak_fit:
             return None
         common = {
@@ -610,8 +618,11 @@ class FitSpec:
             "auto_roi": bool(config.fit_roi_auto),
             "snip_iterations": int(config.snip_iterations),
         }
-        if config.auto_detect_peaks or not config.peak_locations:
+        if config.auto_detect_peaks:
             return cls(auto=int(config.max_n_peaks), **common)
+        if not config.peak_locations:
+            log.info("DoPeakFit 1 without PeakLocation or AutoDetectPeaks: no peaks fitted")
+            return None
         return cls(positions_px=tuple(map(float, config.peak_locations)), **common)
 
     @classmethod

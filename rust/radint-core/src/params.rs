@@ -473,7 +473,15 @@ impl Params {
             }
             "FitROIPadding" => self.fit_roi_padding = line.usize()?,
             "FitROIAuto" => self.fit_roi_auto = line.flag()?,
-            "AutoDetectPeaks" => self.auto_detect_peaks = line.flag()?,
+            "AutoDetectPeaks" => {
+                // IntegratorZarrOMP: N > 0 = detect up to N peaks; any value turns fitting on.
+                let n = line.int_at(0)?;
+                self.auto_detect_peaks = n > 0;
+                if n > 0 {
+                    self.max_n_peaks = n as usize;
+                }
+                self.do_peak_fit = true;
+            }
             "MaxNPeaks" => self.max_n_peaks = line.usize()?,
             "SNIPIterations" => self.snip_iterations = line.usize()?,
             "DoubletSeparation" => self.doublet_separation = line.f64()?,
@@ -744,6 +752,8 @@ mod tests {
         assert_eq!(p.omega_sum_frames, 1);
         assert_eq!(p.sub_pixel_level, 1);
         assert!(p.solid_angle_correction);
+        let p = Params::parse("AutoDetectPeaks 3\n", "p.txt").unwrap();
+        assert!(p.do_peak_fit && p.auto_detect_peaks && p.max_n_peaks == 3);
         let p = Params::parse("Normalize 1\nSumImages 1\nOmegaSumFrames -1\n", "p.txt").unwrap();
         assert!(p.normalize && p.sum_images);
         assert_eq!(p.omega_sum_frames, -1);
