@@ -359,9 +359,11 @@ def write_fit_bin(table: FitTable, path: str | Path) -> Path:
     """Write MIDAS ``fit.bin`` (spec §6.5): per frame, 7 little-endian float64 per peak.
 
     Rows are ``[area, center, sig, gam, fwhm, eta_mix, chi2]``, frames one after another. Given
-    positions keep every slot per frame (a failed peak is a NaN row, where MIDAS leaves zeros), so
-    the file is ``n_frames × n_peaks × 7`` doubles; auto-detection writes only the peaks found in
-    each frame (like the MIDAS GPU integrator), so frames may differ in length. Atomic.
+    positions keep every slot per frame (a failed or out-of-range peak is a NaN row, where the
+    C integrator drops positions more than 2 bins outside the R range), so the file is
+    ``n_frames × n_peaks × 7`` doubles, in slot order (parameter-file positions are sorted by R
+    as in PeakFit.c); auto-detection writes only the peaks found in each frame (like the MIDAS
+    GPU integrator), so frames may differ in length. Atomic.
 
     Returns
     -------
@@ -623,7 +625,8 @@ class FitSpec:
         if not config.peak_locations:
             log.info("DoPeakFit 1 without PeakLocation or AutoDetectPeaks: no peaks fitted")
             return None
-        return cls(positions_px=tuple(map(float, config.peak_locations)), **common)
+        # Sorted, as PeakFit.c orders its jobs (and so its fit.bin rows) by R.
+        return cls(positions_px=tuple(sorted(map(float, config.peak_locations))), **common)
 
     @classmethod
     def coerce(cls, value: Any, config: IntegrationConfig) -> FitSpec | None:
