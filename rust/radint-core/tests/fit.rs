@@ -596,3 +596,74 @@ fn fit_throughput_1000_lineouts_10_peaks_2_threads() {
         1e4 / dt
     );
 }
+
+/// Area-normalised pseudo-Voigt with a linear Gaussian/Lorentzian mix (the truth, not the model).
+fn pv_area(x: f64, area: f64, center: f64, fwhm: f64, mix: f64) -> f64 {
+    let s = fwhm / (2.0 * (2.0 * std::f64::consts::LN_2).sqrt());
+    let g = (-0.5 * ((x - center) / s).powi(2)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt());
+    let l = (fwhm / 2.0) / std::f64::consts::PI / ((x - center).powi(2) + (fwhm / 2.0).powi(2));
+    area * (mix * l + (1.0 - mix) * g)
+}
+
+/// A lineout of the MIDAS comparison: a weak peak 0.8 px beside a strong one, a third peak and a
+/// broad hump on a sloped background, all merged into one job. The weak peak turns into a broad
+/// hump of its own; LM used to crawl along that flat valley for 30,000 steps, ending at
+/// `max_iterations` with every peak of the job NaN.
+#[test]
+fn fit_job_with_a_degenerate_peak_stops_and_keeps_the_strong_peaks() {
+    let (n, rbin, r0, bg0, slope) = (292, 0.7874, 144.44, 1078.07, 0.3955);
+    let x: Vec<f64> = (0..n).map(|i| r0 + (i as f64 + 0.5) * rbin).collect();
+    let peaks = [
+        (101.9, 254.635, 3.086, 0.087),
+        (22027.8, 255.443, 8.763, 0.312),
+        (11207.6, 281.899, 8.825, 0.249),
+    ];
+    let (x_lo, x_hi) = (x[0], x[n - 1]);
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&v| {
+            let hump = 0.5554 * (-0.5 * ((v - 266.742) / 68.74_f64).powi(2)).exp();
+            let bg = bg0 * (1.0 + slope * (v - x_lo) / (x_hi - x_lo) + hump);
+            bg + peaks
+                .iter()
+                .map(|&(a, c, w, m)| pv_area(v, a, c, w, m))
+                .sum::<f64>()
+        })
+        .collect();
+    let positions = [254.704, 256.689, 282.759];
+    let fit = |lm: LmOptions| {
+        let opts = FitOptions {
+            roi_padding: 50,
+            lm,
+            ..FitOptions::default()
+        };
+        fit_curve(&x, &y, &positions, &opts).unwrap()
+    };
+    let stopped = fit(LmOptions::default());
+    let run_on = fit(LmOptions {
+        max_iterations: 100_000,
+        stall_window: 0,
+        ..LmOptions::default()
+    });
+    for f in &stopped {
+        assert_eq!(f.status, FitStatus::Converged, "{f:?}");
+        assert!(f.iterations < 300, "{}", f.iterations);
+        assert!(f.values.iter().all(|v| v.is_finite()), "{f:?}");
+    }
+    // The strong peaks land on the truth to a fraction of their widths, and within one standard
+    // error of where running on without the stall test leaves them.
+    for k in [1, 2] {
+        let (area, center, fwhm, _) = peaks[k];
+        let (s, r) = (&stopped[k], &run_on[k]);
+        assert_eq!(r.status, FitStatus::Converged, "{r:?}");
+        for col in [COL_AREA, COL_CENTER, COL_FWHM] {
+            assert!(
+                (s.values[col] - r.values[col]).abs() < s.errors[col],
+                "{s:?} vs {r:?}"
+            );
+        }
+        assert!((s.values[COL_CENTER] - center).abs() < 0.01 * fwhm, "{s:?}");
+        assert!((s.values[COL_AREA] / area - 1.0).abs() < 0.03, "{s:?}");
+        assert!((s.values[COL_FWHM] / fwhm - 1.0).abs() < 0.03, "{s:?}");
+    }
+}

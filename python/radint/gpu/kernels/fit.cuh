@@ -57,6 +57,11 @@ typedef unsigned char rf_u8;
 #define RF_GAM_FLOOR 1e-6
 #define RF_GAMMA_FLOOR 1e-15
 #define RF_LAMBDA_MAX 1e16
+// lm.rs STALE_SCALE and LmOptions::default(): stalled when ten accepted steps together lower
+// the cost by < 1e-4 relatively.
+#define RF_STALE_SCALE 300.0
+#define RF_STALL_WINDOW 10
+#define RF_STALL_FTOL 1e-4
 
 RF_HD bool rf_finite(double v) { return v == v && v - v == 0.0; }
 
@@ -462,9 +467,15 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
     bool free_[RF_MAX_PARAMS];
     for (int i = 0; i < n; ++i) diag[i] = w.nrm.jtj[i * n + i];
     double lambda = 1e-3;
+    double recent[RF_STALL_WINDOW];
+    for (int k = 0; k < RF_STALL_WINDOW; ++k) recent[k] = w.nrm.cost;
     while (*iterations < max_iterations) {
         for (int i = 0; i < n; ++i) {
-            diag[i] = RF_FMAX(RF_FMAX(diag[i], w.nrm.jtj[i * n + i]), 1e-300);
+            // lm.rs marquardt_scale
+            const double c = w.nrm.jtj[i * n + i];
+            double scale = RF_FMAX(diag[i], c);
+            if (c > 0.0) scale = RF_FMIN(scale, RF_STALE_SCALE * c);
+            diag[i] = RF_FMAX(scale, 1e-300);
             const double g = w.nrm.jtr[i];
             free_[i] = !((p[i] <= lower[i] && g > 0.0) || (p[i] >= upper[i] && g < 0.0));
         }
@@ -488,7 +499,12 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
                 for (int i = 0; i < n; ++i) p[i] = trial[i];
                 rf_normal_equations(d, p, n, w.nrm);
                 if (!rf_finite_normal(w.nrm, n)) return RF_NON_FINITE;
-                if (rel_drop <= ftol || tiny || w.nrm.cost == 0.0) return RF_CONVERGED;
+                const int slot = *iterations % RF_STALL_WINDOW;
+                const double before = recent[slot];
+                recent[slot] = w.nrm.cost;
+                const bool stalled = *iterations >= RF_STALL_WINDOW &&
+                                     before - w.nrm.cost < RF_STALL_FTOL * before;
+                if (rel_drop <= ftol || tiny || w.nrm.cost == 0.0 || stalled) return RF_CONVERGED;
                 break;
             }
             lambda *= 4.0;
