@@ -190,10 +190,12 @@ impl Plan {
         let transform = ImageTransform::new(&params.im_trans_opt, n_y, n_z);
         let mut geometry = Geometry::new(params);
         if let Some(res) = inputs.residual {
+            // Unlike the mask and the distortion maps, DetectorMapper reads the residual map as
+            // stored and samples it at transformed (Y, Z): the file is in the transformed frame.
             geometry.residual = Some(ResidualMap {
                 n_y,
                 n_z,
-                delta_r_px: transform.to_transformed(&res),
+                delta_r_px: res,
             });
         }
         let eta_edges = bins::eta_edges(params);

@@ -54,6 +54,14 @@ def write_masks() -> None:
     tifffile.imwrite(HERE / "transopt_mask" / "mask.tif", mask)
 
 
+def write_residual_map() -> None:
+    """residual_transopt's ΔR map (float64, NrPixelsZ × NrPixelsY as stored): it varies along
+    both axes, so reading it flipped or not gives different maps."""
+    z, y = np.mgrid[0:48, 0:64]
+    resid = 0.4 * z / 48 + 0.2 * np.sin(y / 7.0)
+    resid.astype("<f8").tofile(HERE / "residual_transopt" / "resid.bin")
+
+
 def read_bin(path: Path) -> tuple[bytes | None, bytes]:
     raw = path.read_bytes()
     if len(raw) >= HEADER and int.from_bytes(raw[:4], "little") == MAGIC:
@@ -108,12 +116,13 @@ def n_pixels_y(params: Path) -> int:
 
 def main(mapper: str, cases: list[str]) -> None:
     write_masks()
+    write_residual_map()
     for case in cases:
         src = HERE / case
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             for f in src.iterdir():
-                if f.suffix in (".txt", ".tif"):
+                if f.suffix in (".txt", ".tif", ".bin"):
                     shutil.copy(f, work / f.name)
             subprocess.run(
                 [mapper, "params.txt", "-nCPUs", "1"],
