@@ -308,7 +308,7 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             assert sorted(f["IntegrationResult"]) == ["FrameNr_0", "FrameNr_1", "FrameNr_2"]
             # ω of every frame of the file = start + index·step (C adds SkipFrame·step to
             # start and counts after it); Temperature averaged per chunk, I0 as C takes it.
-            assert f["IntegrationResult/FrameNr_0"].attrs["omega"] == 30.25
+            assert f["IntegrationResult/FrameNr_0"].attrs["omega"][0] == 30.25
             np.testing.assert_allclose(f["Omegas"][()], [30.25, 30.5, 30.75])
             chunk = f["OmegaSumFrame/LastFrameNumber_2"].attrs
             assert chunk["Temperature"] == 303.0 and chunk["I0"] == 1030.0

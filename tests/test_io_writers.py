@@ -220,7 +220,10 @@ def test_midas_caked_hdf_layout(tmp_path: Path) -> None:
         assert rem.shape == (5, n_r, n_eta)
         assert _s(rem.attrs["Header"]) == "Radius,2Theta,Eta,BinArea,Q"
         assert _s(rem.attrs["Units"]) == "Pixels,Degrees,Degrees,Pixels,InvAngstrom"
-        assert int(rem.attrs["nRBins"]) == n_r and int(rem.attrs["nEtaBins"]) == n_eta
+        # As IntegratorZarrOMP's H5LT calls store them: (1,) int32 / float64, fixed-length bytes.
+        assert rem.attrs["nRBins"].dtype == np.int32 and rem.attrs["nRBins"].shape == (1,)
+        assert rem.attrs["nRBins"][0] == n_r and rem.attrs["nEtaBins"][0] == n_eta
+        assert isinstance(rem.attrs["Header"], bytes)
         np.testing.assert_allclose(rem[0][:, 0], res.radius_px)
         np.testing.assert_allclose(rem[1][:, 0], res.two_theta_deg)
         np.testing.assert_allclose(rem[2][0], res.eta_deg)
@@ -230,13 +233,15 @@ def test_midas_caked_hdf_layout(tmp_path: Path) -> None:
             ds = f[f"IntegrationResult/FrameNr_{fid}"]
             assert ds.shape == (n_r, n_eta)
             np.testing.assert_array_equal(ds[...], res.cake[k].T)  # MIDAS is R-major
-            assert ds.attrs["omega"] == pytest.approx(5.0 + 0.25 * k)
+            assert ds.attrs["omega"].dtype == np.float64 and ds.attrs["omega"].shape == (1,)
+            assert ds.attrs["omega"][0] == pytest.approx(5.0 + 0.25 * k)
         assert sorted(f["OmegaSumFrame"]) == ["LastFrameNumber_8", "LastFrameNumber_9"]
         s8 = f["OmegaSumFrame/LastFrameNumber_8"]
         np.testing.assert_array_equal(s8[...], (res.cake[0] + res.cake[1]).T)
-        assert s8.attrs["Number Of Frames Summed"] == 2 and s8.attrs["LastFrameNumber"] == 8
-        assert (s8.attrs["FirstOme"], s8.attrs["LastOme"]) == (5.0, 5.25)
-        assert s8.attrs["Temperature"] == 305.0
+        assert s8.attrs["Number Of Frames Summed"].dtype == np.int32
+        assert s8.attrs["Number Of Frames Summed"][0] == 2 and s8.attrs["LastFrameNumber"][0] == 8
+        assert (s8.attrs["FirstOme"][0], s8.attrs["LastOme"][0]) == (5.0, 5.25)
+        assert s8.attrs["Temperature"][0] == 305.0
         for key in ("Pressure", "I", "I0"):
             assert key in s8.attrs
         np.testing.assert_allclose(f["Omegas"][...], [5.0, 5.25, 5.5])
@@ -283,6 +288,14 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     assert lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.6f}"
     q = write_lineout_xy(res, tmp_path / "q_lineout.xy", radial_unit="q")
     assert q.read_text().startswith("# Q_invA  intensity\n")
+    # As IntegratorZarrOMP: bins with a NaN intensity are left out, Q-binned results get Q.
+    res.lineout[1, 3] = np.nan
+    lines = write_lineout_xy(res, tmp_path / "nan_lineout.xy").read_text().splitlines()
+    assert len(lines) == 2 * res.n_r
+    res.config = make_config(q_bin=0.01, q_min=0.5, q_max=3.0, wavelength_angstrom=0.17)
+    q_mode = write_lineout_xy(res, tmp_path / "q_mode_lineout.xy").read_text().splitlines()
+    assert q_mode[0] == "# Q_invA  intensity"
+    assert q_mode[1] == f"{res.q_inv_angstrom[0]:.6f}  {res.lineout[0, 0]:.6f}"
     mat = scipy.io.loadmat(write_mat(res, tmp_path / "scan.mat"))
     np.testing.assert_array_equal(mat["cake"], res.cake)
     np.testing.assert_array_equal(mat["lineout"], res.lineout)

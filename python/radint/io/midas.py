@@ -41,6 +41,24 @@ def _chunks(n: int, size: int) -> Iterator[range]:
         yield range(start, min(n, start + size))
 
 
+def _radial_columns(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """REtaMap's R, 2θ and Q per radial bin as IntegratorZarrOMP computes them: R the mean of
+    the bin's edge radii, 2θ = atan(R·px/Lsd), Q = 4π/λ·sin(θ) (0 without a wavelength). In Q
+    mode that R is not the R of the Q-bin centre (up to ~1e-5 relative apart)."""
+    if result.config is None:  # no geometry to recompute from: the Result's own axes
+        return (
+            np.asarray(result.radius_px, dtype=np.float64),
+            np.asarray(result.two_theta_deg, dtype=np.float64),
+            np.nan_to_num(np.asarray(result.q_inv_angstrom, dtype=np.float64), nan=0.0),
+        )
+    edges = np.asarray(result.r_edges_px, dtype=np.float64)
+    radius = (edges[:-1] + edges[1:]) / 2
+    two_theta = np.arctan(radius * cfg(result, "pixel_size_y_um") / cfg(result, "lsd_um"))
+    wavelength = cfg(result, "wavelength_angstrom")
+    q = 4 * np.pi / wavelength * np.sin(two_theta / 2) if wavelength > 0 else 0 * radius
+    return radius, np.degrees(two_theta), q
+
+
 def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     """The MIDAS caked tree as ``(path, array, attrs)`` entries (R-major arrays).
 
@@ -62,10 +80,10 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     omegas = omegas_deg(result)
     area = np.asarray(result.area, dtype=np.float64)
     area = area[0] if area.ndim == 3 else area
-    q = np.nan_to_num(np.asarray(result.q_inv_angstrom, dtype=np.float64), nan=0.0)
+    radius, two_theta, q = _radial_columns(result)
     retamap = np.empty((5, n_r, n_eta))
-    retamap[0] = np.asarray(result.radius_px, dtype=np.float64)[:, np.newaxis]
-    retamap[1] = np.asarray(result.two_theta_deg, dtype=np.float64)[:, np.newaxis]
+    retamap[0] = radius[:, np.newaxis]
+    retamap[1] = two_theta[:, np.newaxis]
     retamap[2] = np.asarray(result.eta_deg, dtype=np.float64)[np.newaxis, :]
     retamap[3] = area.T
     retamap[4] = q[:, np.newaxis]
@@ -152,8 +170,22 @@ def write_midas_caked(result: Result, path: str | Path) -> Path:
 
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for name, data, attrs in midas_tree(result):
-            f.create_dataset(name, data=data).attrs.update(attrs)
+            f.create_dataset(name, data=data).attrs.update(
+                {key: _c_attribute(value) for key, value in attrs.items()}
+            )
     return Path(path)
+
+
+def _c_attribute(value: Any) -> Any:
+    """An attribute as IntegratorZarrOMP's H5LTset_attribute_{int,double,string} stores it: a
+    1-element int32 or float64 array, or a fixed-length byte string (readers index ``[0]``)."""
+    if isinstance(value, str):
+        return np.bytes_(value.encode())
+    if isinstance(value, bool | np.bool_):
+        return np.array([value], dtype=np.int32)
+    if isinstance(value, int | np.integer):
+        return np.array([value], dtype=np.int32)
+    return np.array([value], dtype=np.float64)
 
 
 def write_gsas_zarr_zip(result: Result, path: str | Path) -> Path:

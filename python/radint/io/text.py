@@ -8,30 +8,35 @@ from pathlib import Path
 
 import numpy as np
 
-from radint.io._common import config_dict, frame_ids, stacked
+from radint.io._common import cfg, config_dict, frame_ids, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
 
 __all__ = ["write_lineout_xy", "write_mat", "write_peaks_csv"]
 
 
-def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str = "2theta") -> Path:
+def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | None = None) -> Path:
     """Write the lineout(s) as IntegratorZarrOMP's ``<prefix>_lineout.xy``, atomically.
 
     One header line (``# 2theta_deg  intensity`` or ``# Q_invA  intensity``), then
-    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators.
+    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators. Bins
+    whose intensity is NaN (no unmasked pixel) are left out, as IntegratorZarrOMP does.
 
     Parameters
     ----------
     result : Result
     path : str or Path
-    radial_unit : {"2theta", "q"}
-        x column: 2θ in degrees or Q in Å⁻¹.
+    radial_unit : {"2theta", "q"}, optional
+        x column: 2θ in degrees or Q in Å⁻¹. Default: Q when the bins are uniform in Q
+        (``QBinSize``), else 2θ, as IntegratorZarrOMP chooses.
 
     Returns
     -------
     Path
     """
+    if radial_unit is None:
+        q_mode = cfg(result, "q_bin") > 0 and cfg(result, "wavelength_angstrom") > 0
+        radial_unit = "q" if q_mode else "2theta"  # IntegrationConfig.radial_mode == "q"
     if radial_unit == "2theta":
         x, header = np.asarray(result.two_theta_deg, dtype=np.float64), "# 2theta_deg  intensity"
     elif radial_unit == "q":
@@ -42,6 +47,7 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str = "2t
     columns = np.column_stack(
         [np.tile(x, lineouts.shape[0]), lineouts.reshape(-1)]
     )  # (n_frames·n_r, 2)
+    columns = columns[~np.isnan(columns[:, 1])]
     with atomic_output(path) as tmp, tmp.open("w") as fh:
         fh.write(header + "\n")
         np.savetxt(fh, columns, fmt="%.6f", delimiter="  ")
