@@ -306,12 +306,21 @@ impl Params {
             source: source.to_string(),
             ..Params::default()
         };
+        // Keys given under their MIDAS name in this file: an alias line (DetDist, MaskFN, ...)
+        // never overrides them, whatever the order, since DetectorMapper reads only that name.
+        let mut spelled_out = std::collections::BTreeSet::new();
         for (index, raw) in text.lines().enumerate() {
             let location = Location {
                 file: source.to_string(),
                 line: index + 1,
             };
             if let Some(line) = split_line(raw, location) {
+                let canonical = canonical_key(line.key);
+                if canonical == line.key {
+                    spelled_out.insert(canonical.to_string());
+                } else if spelled_out.contains(canonical) {
+                    continue;
+                }
                 params.apply(&line)?;
             }
         }
@@ -728,6 +737,27 @@ fn canonical_key(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alias_never_overrides_the_midas_key_of_the_same_file() {
+        for text in [
+            "Lsd 400000\nDetDist 500000\n",
+            "DetDist 500000\nLsd 400000\n",
+        ] {
+            assert_eq!(
+                Params::parse(text, "p.txt").unwrap().lsd_um,
+                400000.0,
+                "{text}"
+            );
+        }
+        let alone = Params::parse("DetDist 500000\nMinEta -90\n", "p.txt").unwrap();
+        assert_eq!((alone.lsd_um, alone.eta_min_deg), (500000.0, -90.0));
+        let mut overridden = Params::parse("Lsd 400000\n", "p.txt").unwrap();
+        overridden
+            .apply_overrides(&["DetDist 600000".into()])
+            .unwrap();
+        assert_eq!(overridden.lsd_um, 600000.0);
+    }
 
     #[test]
     fn parses_comments_semicolons_and_accumulating_keys() {
