@@ -132,3 +132,28 @@ def test_peak_fit_keys_as_integratorzarromp_reads_them():
     for cfg in (auto, listed, IntegrationConfig.from_text(base, "p.txt")):
         again = IntegrationConfig.from_text(cfg.midas_text(), "again.txt")
         assert FitSpec.from_config(again) == FitSpec.from_config(cfg)
+
+
+def test_lines_detectormapper_reads_differently_are_logged(tmp_path, caplog):
+    params = tmp_path / "p.txt"
+    params.write_text(
+        "NrPixels 100\nLsd 400000\nDetDist 500000\nMinEta -90\nImTransOpt 1 2\n"
+        "PanelGapsY 3\nNPanelsY 2\nPanelSizeY 50\n"
+    )
+    with caplog.at_level("WARNING", logger="radint"):
+        config = IntegrationConfig.from_midas_params(params)
+    assert config.lsd_um == 400000 and config.eta_min_deg == -90
+    assert config.im_trans_opt == (1, 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"{params}:3: DetDist ignored: Lsd is given in this file (DetectorMapper reads only Lsd)",
+        f"{params}:4: MinEta read as EtaMin; DetectorMapper ignores MinEta and keeps its default",
+        f"{params}:5: ImTransOpt with 2 values on one line: radint (and IntegratorZarrOMP) apply "
+        "all, DetectorMapper only the first",
+        f"{params}:6: PanelGapsY before NPanelsY: radint applies the gaps, DetectorMapper ignores "
+        "them",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="radint"):
+        config.with_overrides(["RMax 40"])
+    assert not caplog.records  # re-parsing radint's own text says nothing

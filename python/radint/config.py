@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from radint import _core
 from radint.exceptions import ParameterError, RadintFileNotFoundError
+
+log = logging.getLogger("radint")
 
 #: Keys of MIDAS files that name other files, resolved relative to the parameter file.
 FILE_FIELDS = (
@@ -140,13 +143,16 @@ class IntegrationConfig:
         if not path.is_file():
             raise RadintFileNotFoundError(f"{path}: parameter file not found")
         parsed = _core.parse_params(str(path), _override_lines(overrides))
+        _log_midas_notes(parsed)
         config = cls._from_core_dict(parsed)
         return config._resolve_files(path.parent)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<text>") -> IntegrationConfig:
         """Parse parameter-file text (as :meth:`from_midas_params`, without a file)."""
-        return cls._from_core_dict(_core.parse_params(source, [], text))
+        parsed = _core.parse_params(source, [], text)
+        _log_midas_notes(parsed)
+        return cls._from_core_dict(parsed)
 
     @classmethod
     def from_poni(cls, path: str | Path, **overrides: Any) -> IntegrationConfig:
@@ -169,6 +175,7 @@ class IntegrationConfig:
     @classmethod
     def _from_core_dict(cls, d: dict[str, Any]) -> IntegrationConfig:
         d = dict(d)
+        d.pop("midas_notes", None)
         d["unknown"] = tuple(tuple(u) for u in d.get("unknown", ()))
         return cls(**_tupled(d))
 
@@ -410,6 +417,13 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def _log_midas_notes(parsed: dict[str, Any]) -> None:
+    """Warn about lines MIDAS's DetectorMapper reads differently (alias keys, several ImTransOpt
+    values on one line, panel gaps before the panel count): its map would differ from radint's."""
+    for message, file, line in parsed.get("midas_notes", ()):
+        log.warning("%s:%d: %s", file, line, message)
 
 
 def _override_lines(overrides: list[str] | dict[str, Any] | None) -> list[str]:

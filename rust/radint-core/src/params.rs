@@ -19,6 +19,13 @@ pub enum RadialMode {
     TwoTheta,
 }
 
+/// A line DetectorMapper reads differently from radint (see `Params::midas_notes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamNote {
+    pub message: String,
+    pub location: Location,
+}
+
 /// A key the parser does not know: kept so `radint info` can list it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnknownKey {
@@ -113,6 +120,10 @@ pub struct Params {
     pub gsas_z: f64,
     /// Keys radint does not use, in file order.
     pub unknown: Vec<UnknownKey>,
+    /// Lines radint reads differently from MIDAS's DetectorMapper (an alias key, several
+    /// ImTransOpt values on one line, panel gaps before the panel count), in file order: for a
+    /// user comparing maps with the C program. Not part of the configuration.
+    pub midas_notes: Vec<ParamNote>,
     /// Where each known key was last set (for validation messages).
     pub set_at: BTreeMap<String, Location>,
 }
@@ -193,6 +204,7 @@ impl Default for Params {
             gsas_y: 0.0,
             gsas_z: 0.0,
             unknown: Vec::new(),
+            midas_notes: Vec::new(),
             set_at: BTreeMap::new(),
         }
     }
@@ -316,15 +328,58 @@ impl Params {
             };
             if let Some(line) = split_line(raw, location) {
                 let canonical = canonical_key(line.key);
-                if canonical == line.key {
+                let foreign = detector_mapper_ignores(line.key);
+                let note = if !foreign {
                     spelled_out.insert(canonical.to_string());
+                    params.midas_difference(&line)
                 } else if spelled_out.contains(canonical) {
-                    continue;
+                    Some(format!(
+                        "{} ignored: {canonical} is given in this file (DetectorMapper reads only {canonical})",
+                        line.key
+                    ))
+                } else {
+                    Some(format!(
+                        "{} read as {canonical}; DetectorMapper ignores {} and keeps its default",
+                        line.key, line.key
+                    ))
+                };
+                if let Some(message) = note {
+                    params.midas_notes.push(ParamNote {
+                        message,
+                        location: line.location.clone(),
+                    });
                 }
-                params.apply(&line)?;
+                if !foreign || !spelled_out.contains(canonical) {
+                    params.apply(&line)?;
+                }
             }
         }
         Ok(params)
+    }
+
+    /// How DetectorMapper reads a line with a MIDAS key differently, if it does.
+    fn midas_difference(&self, line: &Line) -> Option<String> {
+        match line.key {
+            "ImTransOpt" if line.values.len() > 1 => Some(format!(
+                "ImTransOpt with {} values on one line: radint (and IntegratorZarrOMP) apply all, \
+                 DetectorMapper only the first",
+                line.values.len()
+            )),
+            "PanelGapsY" | "PanelGapsZ" => {
+                let count = if line.key == "PanelGapsY" {
+                    "NPanelsY"
+                } else {
+                    "NPanelsZ"
+                };
+                (!self.set_at.contains_key(count)).then(|| {
+                    format!(
+                        "{} before {count}: radint applies the gaps, DetectorMapper ignores them",
+                        line.key
+                    )
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Read and parse a parameter file.
@@ -717,6 +772,23 @@ fn distortion_index(key: &str) -> Option<usize> {
 }
 
 /// The name validation messages use for a key and its aliases.
+/// Aliases radint reads (from other MIDAS tools) that DetectorMapper's text mode does not know.
+fn detector_mapper_ignores(key: &str) -> bool {
+    matches!(
+        key,
+        "DetDist"
+            | "PixelSize"
+            | "YPixelSize"
+            | "ZPixelSize"
+            | "PixelSizeY"
+            | "PixelSizeZ"
+            | "MinEta"
+            | "MaxEta"
+            | "MaskFN"
+            | "DistortionFN"
+    )
+}
+
 fn canonical_key(key: &str) -> &str {
     match key {
         "DetDist" => "Lsd",
@@ -752,6 +824,26 @@ mod tests {
         }
         let alone = Params::parse("DetDist 500000\nMinEta -90\n", "p.txt").unwrap();
         assert_eq!((alone.lsd_um, alone.eta_min_deg), (500000.0, -90.0));
+        let notes = |text: &str| {
+            let p = Params::parse(text, "p.txt").unwrap();
+            p.midas_notes
+                .iter()
+                .map(|n| {
+                    (
+                        n.location.line,
+                        n.message.split(' ').take(2).collect::<Vec<_>>().join(" "),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            notes("Lsd 400000\nDetDist 500000\nMaskFN m.tif\n"),
+            [(2, "DetDist ignored:".into()), (3, "MaskFN read".into())]
+        );
+        assert_eq!(
+            notes("ImTransOpt 1 2\nPanelGapsY 3\nNPanelsY 2\nPanelGapsZ 1\nNPanelsZ 2\nImTransOpt 2\n"),
+            [(1, "ImTransOpt with".into()), (2, "PanelGapsY before".into()), (4, "PanelGapsZ before".into())]
+        );
         let mut overridden = Params::parse("Lsd 400000\n", "p.txt").unwrap();
         overridden
             .apply_overrides(&["DetDist 600000".into()])

@@ -17,6 +17,11 @@ macro_rules! params_conversion {
                 unknown.append((u.key.clone(), u.value.clone(), u.location.file.clone(), u.location.line))?;
             }
             d.set_item("unknown", unknown)?;
+            let notes = PyList::empty(py);
+            for n in &p.midas_notes {
+                notes.append((n.message.clone(), n.location.file.clone(), n.location.line))?;
+            }
+            d.set_item("midas_notes", notes)?;
             let set_at = PyDict::new(py);
             for (k, loc) in &p.set_at {
                 set_at.set_item(k, (loc.file.clone(), loc.line))?;
@@ -46,7 +51,7 @@ macro_rules! params_conversion {
                             .map(|(k, (file, line))| (k, radint_core::error::Location { file, line }))
                             .collect();
                     }
-                    "unknown" => {}
+                    "unknown" | "midas_notes" => {}
                     other => {
                         return Err(raise("ParameterError", format!("unknown configuration field '{other}'")));
                     }
