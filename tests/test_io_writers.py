@@ -252,6 +252,21 @@ def test_midas_caked_hdf_layout(tmp_path: Path) -> None:
         assert f["InstrumentParameters/Lam"][0] == pytest.approx(0.172979)
 
 
+def test_midas_caked_omegas_only_when_the_parameter_file_gives_them(tmp_path: Path) -> None:
+    """IntegratorZarrOMP knows ω only from OmegaStart/OmegaFirstFile (or a zip's scan start):
+    without it every frame's ω is 0, even with OmegaStep, and there is no /Omegas."""
+    res = make_result(n_frames=2)
+    res.config = make_config(omega_start_deg=0.0, omega_step_deg=0.25, set_at={"Lsd": ("p", 1)})
+    with h5py.File(write_midas_caked(res, tmp_path / "a.caked.hdf"), "r") as f:
+        assert "Omegas" not in f
+        assert f["IntegrationResult/FrameNr_8"].attrs["omega"][0] == 0.0
+    res.config = make_config(omega_start_deg=0.0, omega_step_deg=0.25,
+                             set_at={"OmegaStart": ("p", 3)})  # fmt: skip
+    with h5py.File(write_midas_caked(res, tmp_path / "b.caked.hdf"), "r") as f:
+        np.testing.assert_array_equal(f["Omegas"][...], [0.0, 0.25])
+        assert f["IntegrationResult/FrameNr_8"].attrs["omega"][0] == 0.25
+
+
 def test_gsas_zarr_zip_opens_the_way_gsas_ii_reads_it(tmp_path: Path) -> None:
     res = make_result(n_frames=4)
     path = write_gsas_zarr_zip(res, tmp_path / "scan.zarr.zip")

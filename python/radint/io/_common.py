@@ -89,11 +89,19 @@ def q_from_two_theta(two_theta_deg: np.ndarray, wavelength_angstrom: float) -> n
     return 4 * math.pi / wavelength_angstrom * np.sin(np.radians(two_theta_deg) / 2)
 
 
-def omegas_deg(result: Result) -> np.ndarray:
+def omegas_deg(result: Result) -> np.ndarray | None:
     """ω of each frame (deg), shape (n_frames,): ``metadata['omega_deg']`` when present, else
-    ``omega_start_deg + position·omega_step_deg``."""
+    ``omega_start_deg + position·omega_step_deg`` when ω is known; None when it is not.
+
+    Known as IntegratorZarrOMP decides it: the parameter file names ``OmegaStart`` (or
+    ``OmegaFirstFile``), or the frames carry ω (a MIDAS zip's scan start). A configuration built
+    in Python rather than read from a file counts as giving ω when start or step is not 0."""
     given = result.metadata.get("omega_deg")
     if given is not None:
         return np.asarray(given, dtype=np.float64).reshape(-1)
+    if result.config is None:
+        return None
     start, step = cfg(result, "omega_start_deg"), cfg(result, "omega_step_deg")
-    return start + step * np.arange(result.n_frames, dtype=np.float64)
+    set_at = getattr(result.config, "set_at", None)
+    known = "OmegaStart" in set_at if set_at else bool(start or step)
+    return start + step * np.arange(result.n_frames, dtype=np.float64) if known else None

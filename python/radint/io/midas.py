@@ -77,7 +77,9 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
     n_frames, n_r, n_eta = cakes_r_major.shape
     ids = frame_ids(result)
-    omegas = omegas_deg(result)
+    known_omegas = omegas_deg(result)
+    # Without ω IntegratorZarrOMP writes 0 for every frame and no /Omegas.
+    omegas = np.zeros(n_frames) if known_omegas is None else known_omegas
     area = np.asarray(result.area, dtype=np.float64)
     area = area[0] if area.ndim == 3 else area
     radius, two_theta, q = _radial_columns(result)
@@ -126,7 +128,7 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
         entries.append(
             (f"OmegaSumFrame/LastFrameNumber_{ids[last]}", cakes_r_major[chunk].sum(axis=0), attrs)
         )
-    if result.config is not None or "omega_deg" in result.metadata:
+    if known_omegas is not None:
         entries.append(("Omegas", omegas, {"Units": "Degrees"}))
     if cfg(result, "sum_images"):
         entries.append(
