@@ -220,10 +220,11 @@ def _pv_area(x: np.ndarray, area: float, c: float, fwhm: float, mix: float) -> n
     return area * (mix * lor + (1 - mix) * g)
 
 
-# Lineouts of the MIDAS comparison (fuzz seeds 222, 24, 250): peaks merged into one ROI where one
-# peak turns degenerate (a weak peak under a strong one becomes a broad hump with gam pinned at a
-# bound; a centre pinned at its bound; a Gaussian with gam on its floor). LM used to crawl there for
-# 600 – 20,000+ steps and end at max_iterations with every peak of the job NaN.
+# Lineouts of the MIDAS comparison (fuzz seeds 222, 24, 250), peaks merged into one ROI. In the
+# first a weak peak beside a strong one turns into a broad hump: LM used to crawl along that valley
+# for 33,000 steps and end at max_iterations with every peak of the job NaN. The two Poisson ones
+# (a Gaussian beside a Lorentzian, a broad peak beside a narrow one) converged before too: they
+# check that the stopping rules leave such jobs where a full fit leaves them.
 DEGENERATE_JOBS = {
     # noise-free: weak peak 0.8 px from a strong one, third peak, sloped background + broad hump
     "weak_under_strong": dict(
