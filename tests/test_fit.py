@@ -224,7 +224,7 @@ def _pv_area(x: np.ndarray, area: float, c: float, fwhm: float, mix: float) -> n
 # first a weak peak beside a strong one turns into a broad hump: LM used to crawl along that valley
 # for 33,000 steps and end at max_iterations with every peak of the job NaN. The two Poisson ones
 # (a Gaussian beside a Lorentzian, a broad peak beside a narrow one) converged before too: they
-# check that the stopping rules leave such jobs where a full fit leaves them.
+# check that such jobs still converge within 4 standard errors of the truth.
 DEGENERATE_JOBS = {
     # noise-free: weak peak 0.8 px from a strong one, third peak, sloped background + broad hump
     "weak_under_strong": dict(
