@@ -16,6 +16,7 @@ from zarr.storage import ZipStore
 from radint.io import (
     NexusWriter,
     write_gsas_zarr_zip,
+    write_lineout_bin,
     write_lineout_xy,
     write_mat,
     write_midas_caked,
@@ -311,6 +312,8 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     q_mode = write_lineout_xy(res, tmp_path / "q_mode_lineout.xy").read_text().splitlines()
     assert q_mode[0] == "# Q_invA  intensity"
     assert q_mode[1] == f"{res.q_inv_angstrom[0]:.6f}  {res.lineout[0, 0]:.6f}"
+    raw = np.fromfile(write_lineout_bin(res, tmp_path / "scan_lineout.bin"), dtype="<f8")
+    np.testing.assert_array_equal(raw.reshape(2, res.n_r), res.lineout)  # NaN kept, as C
     mat = scipy.io.loadmat(write_mat(res, tmp_path / "scan.mat"))
     np.testing.assert_array_equal(mat["cake"], res.cake)
     np.testing.assert_array_equal(mat["lineout"], res.lineout)

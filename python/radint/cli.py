@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="nexus",
         help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip), "
-        "caked, gsas, xy, mat; with fitting also peaks (<stem>_peaks.csv), fit (<stem>_fit.bin)",
+        "caked, gsas, xy, bin (<stem>_lineout.bin), mat; with fitting also peaks "
+        "(<stem>_peaks.csv), fit (<stem>_fit.bin)",
     )
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(
@@ -558,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        help="comma-separated: midas, caked, gsas, xy, mat, zarr, peaks, fit",
+        help="comma-separated: midas, caked, gsas, xy, bin, mat, zarr, peaks, fit",
     )
     p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
     p.set_defaults(func=cmd_convert)

@@ -12,7 +12,7 @@ from radint.io.frame import Frame
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import NexusWriter, read_nexus, write_nexus
 from radint.io.read import count_frames, open_frames, read_dark, read_frames, read_stacks
-from radint.io.text import write_lineout_xy, write_mat, write_peaks_csv
+from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
 from radint.io.write import write_result
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "read_nexus",
     "read_stacks",
     "write_gsas_zarr_zip",
+    "write_lineout_bin",
     "write_lineout_xy",
     "write_mat",
     "write_midas_caked",

@@ -12,7 +12,7 @@ from radint.io._common import cfg, config_dict, frame_ids, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
 
-__all__ = ["write_lineout_xy", "write_mat", "write_peaks_csv"]
+__all__ = ["write_lineout_bin", "write_lineout_xy", "write_mat", "write_peaks_csv"]
 
 
 def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | None = None) -> Path:
@@ -51,6 +51,25 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
     with atomic_output(path) as tmp, tmp.open("w") as fh:
         fh.write(header + "\n")
         np.savetxt(fh, columns, fmt="%.6f", delimiter="  ")
+    return Path(path)
+
+
+def write_lineout_bin(result: Result, path: str | Path) -> Path:
+    """Write the lineout(s) as IntegratorZarrOMP's ``<prefix>_lineout.bin``, atomically: n_r
+    little-endian float64 per frame, frames one after another, no R column, NaN kept.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
+    lineouts = stacked(np.asarray(result.lineout, dtype="<f8"), 1)
+    with atomic_output(path) as tmp:
+        lineouts.tofile(tmp)
     return Path(path)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import write_nexus
-from radint.io.text import write_lineout_xy, write_mat, write_peaks_csv
+from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
 from radint.result import Result
 
 __all__ = ["FORMATS", "expand_formats", "output_name", "write_result"]
@@ -28,6 +28,7 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
     "caked": (".caked.hdf", write_midas_caked),
     "gsas": (".zarr.zip", write_gsas_zarr_zip),
     "xy": ("_lineout.xy", write_lineout_xy),
+    "bin": ("_lineout.bin", write_lineout_bin),
     "mat": (".mat", write_mat),
     "peaks": ("_peaks.csv", write_peaks_csv),
     "fit": ("_fit.bin", _write_fit_bin),
@@ -83,7 +84,8 @@ def write_result(
         Any of ``"nexus"`` (``<name>.h5``, NXazint1d/NXazint2d), ``"zarr"`` (``<name>.zarr``,
         Zarr v3, same tree), ``"caked"`` (``<name>.caked.hdf``, MIDAS §9.1), ``"gsas"``
         (``<name>.zarr.zip`` for GSAS-II), ``"midas"`` (caked + gsas), ``"xy"``
-        (``<name>_lineout.xy``), ``"mat"`` (``<name>.mat``), and for results with fitted peaks
+        (``<name>_lineout.xy``), ``"bin"`` (``<name>_lineout.bin``, raw float64 lineouts as
+        IntegratorZarrOMP writes them), ``"mat"`` (``<name>.mat``), and for results with fitted peaks
         ``"peaks"`` (``<name>_peaks.csv``) and ``"fit"`` (``<name>_fit.bin``, MIDAS §6.5).
     name : str, optional
         File stem; default the stem of ``result.metadata['source']`` (text before the first
