@@ -328,20 +328,21 @@ impl Params {
             };
             if let Some(line) = split_line(raw, location) {
                 let canonical = canonical_key(line.key);
-                let foreign = detector_mapper_ignores(line.key);
-                let note = if !foreign {
+                let (apply, note) = if !detector_mapper_ignores(line.key) {
                     spelled_out.insert(canonical.to_string());
-                    params.midas_difference(&line)
+                    (true, params.midas_difference(&line))
                 } else if spelled_out.contains(canonical) {
-                    Some(format!(
+                    let note = format!(
                         "{} ignored: {canonical} is given in this file (DetectorMapper reads only {canonical})",
                         line.key
-                    ))
+                    );
+                    (false, Some(note))
                 } else {
-                    Some(format!(
+                    let note = format!(
                         "{} read as {canonical}; DetectorMapper ignores {} and keeps its default",
                         line.key, line.key
-                    ))
+                    );
+                    (true, Some(note))
                 };
                 if let Some(message) = note {
                     params.midas_notes.push(ParamNote {
@@ -349,7 +350,7 @@ impl Params {
                         location: line.location.clone(),
                     });
                 }
-                if !foreign || !spelled_out.contains(canonical) {
+                if apply {
                     params.apply(&line)?;
                 }
             }
@@ -771,7 +772,6 @@ fn distortion_index(key: &str) -> Option<usize> {
     (index < 15 && digits.len() <= 2).then_some(index)
 }
 
-/// The name validation messages use for a key and its aliases.
 /// Aliases radint reads (from other MIDAS tools) that DetectorMapper's text mode does not know.
 fn detector_mapper_ignores(key: &str) -> bool {
     matches!(
@@ -789,6 +789,7 @@ fn detector_mapper_ignores(key: &str) -> bool {
     )
 }
 
+/// The name validation messages use for a key and its aliases.
 fn canonical_key(key: &str) -> &str {
     match key {
         "DetDist" => "Lsd",
