@@ -448,6 +448,61 @@ def test_c_integrator_numbers_are_reproduced_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(r.lineout, ref["lineout"])
 
 
+def _h5_tree(path: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    import h5py
+
+    tree: dict[str, tuple[np.ndarray, dict]] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                tree.__setitem__(name, (obj[...], dict(obj.attrs)))
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
+    return tree
+
+
+def test_c_integrator_output_files_are_reproduced(tmp_path):
+    """IntegratorZarrOMP's own files for ring.tif (c_ring.tif.caked.hdf.gz, c_ring_lineout.bin
+    and .xy): radint's caked.hdf has the same datasets and values (1e-12; 2θ/Q of REtaMap from
+    the bin edges, as C) and the same attributes with C's types ((1,) int32/float64 arrays,
+    fixed-length byte strings); its _lineout.bin is byte-identical, its _lineout.xy
+    text-identical."""
+    import tifffile
+
+    from radint.io import write_lineout_bin, write_lineout_xy, write_midas_caked
+
+    unpack_distorted(tmp_path)
+    with (
+        gzip.open(DATA / "distorted" / "c_ring.tif.caked.hdf.gz", "rb") as src,
+        open(tmp_path / "c.caked.hdf", "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+    k = load("distorted")
+    c_map = DetectorMap.load_midas(tmp_path, k.cfg)
+    frame = tifffile.imread(DATA / "distorted" / "ring.tif")
+    r = Integrator(k.cfg, detector_map=c_map, compat="midas-cpu").integrate(frame)
+    want, got = (
+        _h5_tree(tmp_path / "c.caked.hdf"),
+        _h5_tree(write_midas_caked(r, tmp_path / "ring.caked.hdf")),
+    )
+    assert sorted(got) == sorted(want)
+    for name, (c_values, c_attrs) in want.items():
+        values, attrs = got[name]
+        np.testing.assert_allclose(values, c_values, rtol=1e-12, atol=0, err_msg=name)
+        assert sorted(attrs) == sorted(c_attrs), name
+        for key, c_value in c_attrs.items():
+            value = attrs[key]
+            assert type(value) is type(c_value), (name, key, value, c_value)
+            assert getattr(value, "dtype", None) == getattr(c_value, "dtype", None), (name, key)
+            assert np.array_equal(value, c_value), (name, key, value, c_value)
+    line_bin = write_lineout_bin(r, tmp_path / "ring_lineout.bin")
+    assert line_bin.read_bytes() == (DATA / "distorted" / "c_ring_lineout.bin").read_bytes()
+    line_xy = write_lineout_xy(r, tmp_path / "ring_lineout.xy")
+    assert line_xy.read_text() == (DATA / "distorted" / "c_ring_lineout.xy").read_text()
+
+
 def test_c_gradient_correction_is_reproduced(tmp_path):
     """IntegratorZarrOMP with GradientCorrection 1 on the same C map and ring.tif
     (c_integrator_ring_gradient.npz): every entry is sampled bilinearly at its position moved
