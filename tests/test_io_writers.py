@@ -15,6 +15,7 @@ from zarr.storage import ZipStore
 
 from radint.io import (
     NexusWriter,
+    read_nexus,
     write_gsas_zarr_zip,
     write_lineout_bin,
     write_lineout_xy,
@@ -429,3 +430,135 @@ def test_nexus_norm_and_count_follow_each_file_not_the_template(tmp_path: Path) 
             np.testing.assert_array_equal(f["entry/azint2d/data/norm"][()], r.area)
             np.testing.assert_array_equal(f["entry/azint1d/data/norm"][()], r.area.sum(axis=0))
             np.testing.assert_array_equal(f["entry/azint2d/data/count"][()], r.count)
+
+
+def _h5_contents(path: Path) -> dict[str, object]:
+    """Every object of an HDF5 file: groups as their attributes, datasets as (dtype, shape,
+    chunks, filters, value, attributes)."""
+    out: dict[str, object] = {}
+
+    def attrs(obj: h5py.HLObject) -> dict[str, object]:
+        return {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Group):
+            out[name] = attrs(obj)
+            return
+        plist = obj.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        value = obj[()]
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            value = np.where(np.isnan(value), -12345.0, value).tolist()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        out[name] = (
+            str(obj.dtype),
+            obj.shape,
+            obj.maxshape,
+            obj.chunks,
+            filters,
+            value,
+            attrs(obj),
+        )
+
+    with h5py.File(path) as f:
+        out["/"] = attrs(f)
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.parametrize("compression", ["blosc-lz4", "gzip", "none"])
+@pytest.mark.parametrize("sigma", [True, False])
+@pytest.mark.parametrize("radial_unit", ["2theta", "q"])
+def test_one_frame_files_from_the_byte_image_equal_h5py_files(
+    tmp_path: Path, compression: str, sigma: bool, radial_unit: str
+) -> None:
+    """A one-frame atomic file is written from its layout's byte image; every object, value,
+    attribute, dtype, chunking and filter equals the file h5py writes for the same frame."""
+    rng = np.random.default_rng(3)
+    for k in range(3):  # the first file builds the image, the next ones reuse it
+        res = make_result(n_frames=1, n_eta=36, n_r=400, sigma=sigma)
+        res.cake = rng.poisson(50.0, res.cake.shape).astype(np.float64)
+        res.cake[0, 0, 0] = np.nan
+        res.lineout = np.nanmean(res.cake, axis=1)
+        stamp, fid = 1.7e9 + k, 40 + k
+        kwargs = {"compression": compression, "radial_unit": radial_unit}
+        with NexusWriter(tmp_path / f"image{k}.h5", **kwargs) as w:
+            w.append(res, frame_id=fid, timestamp=stamp)
+            assert w._tree is None  # held for the image
+        with NexusWriter(tmp_path / f"h5py{k}.h5", atomic=False, **kwargs) as w:
+            w.append(res, frame_id=fid, timestamp=stamp)
+        image, reference = (_h5_contents(tmp_path / f"{n}{k}.h5") for n in ("image", "h5py"))
+        dates = [c.pop("entry/azint1d/reduction/date")[5] for c in (image, reference)]
+        assert [len(d) for d in dates] == [32, 32] and dates[0] <= dates[1]  # image first
+        assert image == reference
+        back = read_nexus(tmp_path / f"image{k}.h5")
+        np.testing.assert_array_equal(back.cake, res.cake)
+        assert list(back.frame_ids) == [fid]
+        with h5py.File(tmp_path / f"image{k}.h5") as f:
+            if sigma and compression == "blosc-lz4":  # what check_nxazint expects
+                check_nxazint(f["entry/azint2d"], 2, 1, 36, 400)
+            assert f["entry/azint2d/reduction"] == f["entry/azint1d/reduction"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_one_frame_image_falls_back_to_h5py_where_it_cannot_serve(tmp_path: Path) -> None:
+    """Per-file fields that differ from the template's (norm/count), fitted peaks and a second
+    frame all go through h5py; the files hold what was appended."""
+    a = make_result(n_frames=1)
+    b = make_result(n_frames=1)
+    b.area = np.asarray(b.area) * 0.25
+    write_nexus(a, tmp_path / "a.h5")
+    write_nexus(b, tmp_path / "b.h5")
+    with h5py.File(tmp_path / "b.h5") as f:
+        np.testing.assert_array_equal(f["entry/azint2d/data/norm"][()], b.area)
+    with NexusWriter(tmp_path / "two.h5") as w:
+        w.append(a, frame_id=1)
+        w.append(a, frame_id=2)
+    back = read_nexus(tmp_path / "two.h5")
+    assert list(back.frame_ids) == [1, 2] and back.cake.shape[0] == 2
+    np.testing.assert_array_equal(back.cake[1], a.cake[0])
+
+
+def test_a_held_frame_leaves_nothing_when_aborted(tmp_path: Path) -> None:
+    w = NexusWriter(tmp_path / "x.h5")
+    w.append(make_result(n_frames=1))
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+    w = NexusWriter(tmp_path / "y.h5")
+    with pytest.raises(ValueError, match="nothing appended"):
+        w.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError):
+        NexusWriter(tmp_path / "no" / "such" / "dir.h5")
+
+
+def test_file_image_refuses_what_it_cannot_patch() -> None:
+    """Filters it does not know and the newer HDF5 file format raise ImageUnsupported."""
+    from radint.io.h5image import FileImage, ImageUnsupported
+
+    def memory_file(**kw: object) -> h5py.File:
+        return h5py.File(f"m{id(kw)}", "w", driver="core", backing_store=False, **kw)
+
+    with memory_file() as f:
+        f.create_dataset(
+            "d", shape=(0, 4), maxshape=(None, 4), chunks=(1, 4), dtype="f4", fletcher32=True
+        )
+        with pytest.raises(ImageUnsupported, match="filter 3"):
+            FileImage.from_file(f, {"d": "d"}, {})
+    with memory_file(libver="latest") as f:
+        f.create_dataset("d", shape=(0, 4), maxshape=(None, 4), chunks=(1, 4), dtype="f4")
+        with pytest.raises(ImageUnsupported, match="superblock"):
+            FileImage.from_file(f, {"d": "d"}, {})
+    with memory_file() as f:
+        f.create_dataset("d", shape=(0, 4), maxshape=(None, 4), chunks=(1, 4), dtype="f4")
+        f["t"] = "some text"
+        img = FileImage.from_file(f, {"d": "d"}, {"t": ("t", 12)})
+        out = img.render({"d": np.arange(4, dtype="f4")}, {"t": "twelve chars"})
+        with pytest.raises(ValueError, match="must be 12 bytes"):
+            img.render({"d": np.arange(4, dtype="f4")}, {"t": "short"})
+    import io
+
+    with h5py.File(io.BytesIO(bytes(out))) as g:
+        np.testing.assert_array_equal(g["d"][()], [np.arange(4)])
+        assert g["t"].asstr()[()] == "twelve chars"
