@@ -474,7 +474,8 @@ def test_one_frame_files_from_the_byte_image_equal_h5py_files(
     tmp_path: Path, compression: str, sigma: bool, radial_unit: str
 ) -> None:
     """A one-frame atomic file is written from its layout's byte image; every object, value,
-    attribute, dtype, chunking and filter equals the file h5py writes for the same frame."""
+    attribute, dtype, maximum shape and filter equals the file h5py writes for the same frame
+    (chunks hold one row instead of ~1 MB)."""
     rng = np.random.default_rng(3)
     for k in range(3):  # the first file builds the image, the next ones reuse it
         res = make_result(n_frames=1, n_eta=36, n_r=400, sigma=sigma)
@@ -489,6 +490,10 @@ def test_one_frame_files_from_the_byte_image_equal_h5py_files(
         with NexusWriter(tmp_path / f"h5py{k}.h5", atomic=False, **kwargs) as w:
             w.append(res, frame_id=fid, timestamp=stamp)
         image, reference = (_h5_contents(tmp_path / f"{n}{k}.h5") for n in ("image", "h5py"))
+        for name, item in image.items():  # the image's growing datasets have one-row chunks
+            if isinstance(item, tuple) and item[2] and item[2][0] is None:
+                assert item[3][0] == 1, name
+                image[name] = item[:3] + reference[name][3:4] + item[4:]
         dates = [c.pop("entry/azint1d/reduction/date")[5] for c in (image, reference)]
         assert [len(d) for d in dates] == [32, 32] and dates[0] <= dates[1]  # image first
         assert image == reference

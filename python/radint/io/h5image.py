@@ -11,7 +11,8 @@ produces the next ones by compressing the new rows itself and patching where the
   B-trees) carry no metadata checksums, so a chunk's B-tree entry (size, address) and the
   superblock's end-of-file address can be rewritten in place;
 * a chunk that fits where the template's chunk lies is written there, a larger one is appended
-  at the end of the file;
+  at the end of the file; every filter is applied, even where HDF5 would have skipped an
+  optional one for a chunk it could not shrink (the entry's filter mask says which ran);
 * a string is replaced by one of the same length where the global heap holds it.
 
 The image is checked when it is made: a file rendered from it with random rows is read back
@@ -148,7 +149,7 @@ class FileImage:
                 0,
                 info.byte_offset,
             )
-            if image.count(key) != 1 or info.filter_mask:
+            if image.count(key) != 1:
                 raise ImageUnsupported(f"{ds.name}: chunk B-tree entry not found once")
             plist = ds.id.get_create_plist()
             filters = [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
@@ -208,8 +209,11 @@ class FileImage:
         tail: list[bytes] = []
         end = len(out)
         for name, chunk in self._chunks.items():
-            block = np.full(chunk.shape, chunk.fill, dtype=chunk.dtype)
-            block[0] = rows[name]
+            if chunk.shape[0] == 1:
+                block = np.ascontiguousarray(rows[name], dtype=chunk.dtype)
+            else:
+                block = np.full(chunk.shape, chunk.fill, dtype=chunk.dtype)
+                block[0] = rows[name]
             data = chunk.encode(block)
             if len(data) <= chunk.room:
                 address = chunk.address
@@ -218,7 +222,9 @@ class FileImage:
                 address = end
                 tail.append(data)
                 end += len(data)
-            struct.pack_into("<I", out, chunk.size_at, len(data))
+            # Size, and a filter mask of 0: every filter applied (HDF5 skips an optional filter
+            # that does not shrink a small chunk and says so in the mask).
+            struct.pack_into("<II", out, chunk.size_at, len(data), 0)
             struct.pack_into("<Q", out, chunk.address_at, address)
         for name, value in texts.items():
             at, size = self._texts[name]

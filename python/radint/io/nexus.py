@@ -191,9 +191,11 @@ def _one_frame_image(
         if entry.image is None:
             file = _in_memory_h5()
             try:
-                _copy_template(entry.file, file)
+                # One-row chunks: a one-frame file has no use for the ~1 MB lineout chunks
+                # that suit a growing file (and compressing them cost ~1 ms per file).
+                rows = build(_H5Tree(file, compression, swmr=False, rows_per_chunk=1))
                 entry.image = FileImage.from_file(
-                    file, entry.rows, {"date": (_DATE_PATH, len(_now_iso()))}
+                    file, rows, {"date": (_DATE_PATH, len(_now_iso()))}
                 )
             except ImageUnsupported as e:
                 log.info("NeXus one-frame files are written through h5py: %s", e)
@@ -215,8 +217,12 @@ _DATE_PATH = "entry/azint1d/reduction/date"
 class _H5Tree:
     """Writes the tree into an open HDF5 file (h5py)."""
 
-    def __init__(self, file: Any, compression: str | None, swmr: bool) -> None:
+    def __init__(
+        self, file: Any, compression: str | None, swmr: bool, rows_per_chunk: int | None = None
+    ) -> None:
         self.file = file
+        # Rows per chunk of growing datasets; None: ~1 MB chunks (and one row of a 2-D row).
+        self._rows_per_chunk = rows_per_chunk
         self._filter = _h5_filter(compression)
         self._compression = compression
         self._groups: dict[str, Any] = {}
@@ -288,7 +294,9 @@ class _H5Tree:
     def growing(
         self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
     ) -> Any:
-        rows_per_chunk = max(1, min(1024, (1 << 20) // max(1, int(np.prod(row)) * dtype.itemsize)))
+        rows_per_chunk = self._rows_per_chunk or max(
+            1, min(1024, (1 << 20) // max(1, int(np.prod(row)) * dtype.itemsize))
+        )
         ds = self.file.create_dataset(
             path,
             shape=(0, *row),
