@@ -313,3 +313,45 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             chunk = f["OmegaSumFrame/LastFrameNumber_2"].attrs
             assert chunk["Temperature"] == 303.0 and chunk["I0"] == 1030.0
     assert not np.allclose(with_dark.cake, without.cake, equal_nan=True)
+
+
+def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_config):
+    """Frames of consecutive files share a stack until it holds 8 frames or a file's frames
+    differ in type; each file's output holds its own frames and ids, and a bad file in the
+    middle of a group fails alone."""
+    from radint import Integrator
+    from radint.batch import process_files
+    from radint.io import read_nexus
+
+    base = ring_image(small_config, amplitude=50, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    spec = [("f0", 1, np.uint16), ("f1", 3, np.uint16), ("f2", 1, np.uint32),
+            ("f3", 1, np.uint16), ("bad", 0, None), ("f4", 5, np.uint16)]  # fmt: skip
+    paths, frames = [], {}
+    for name, n, dtype in spec:
+        path = tmp_path / f"{name}.tif"
+        if dtype is None:
+            path.write_bytes(b"II*\x00garbage")
+        else:
+            frames[name] = rng.poisson(base, size=(n, *base.shape)).astype(dtype)
+            tifffile.imwrite(path, frames[name], photometric="minisblack")
+        paths.append(path)
+    integ = Integrator(small_config, n_threads=1)
+    calls = []
+    original = integ.integrate_stack
+
+    def spy(data, dark=None):
+        calls.append((len(data), data.dtype))
+        return original(data, dark=dark)
+
+    integ.integrate_stack = spy
+    outcomes = list(process_files(paths, str(tmp_path / "o"), ("nexus",), integrator=integ))
+    assert [o.ok for o in outcomes] == [True, True, True, True, False, True]
+    assert [o.n_frames for o in outcomes if o.ok] == [1, 3, 1, 1, 5]
+    assert calls == [(4, np.uint16), (1, np.uint32), (6, np.uint16)]
+    for name, stack in frames.items():
+        got = read_nexus(tmp_path / "o" / f"{name}.h5")
+        want = original(stack)
+        assert list(got.frame_ids) == list(range(len(stack)))
+        np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(got.cake_sigma, want.cake_sigma, rtol=1e-12, equal_nan=True)

@@ -44,9 +44,10 @@ class ImageUnsupported(Exception):
     """The file cannot be reproduced by patching its bytes (format, filter or layout)."""
 
 
-def _encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], bytes]:
-    """The chunk encoder of an HDF5 filter pipeline (filters applied in order)."""
-    steps: list[Callable[[bytes, int], bytes]] = []
+def _encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], Any]:
+    """The chunk encoder of an HDF5 filter pipeline (filters applied in order). Encoders
+    take and give bytes-like objects, so an unfiltered chunk is never copied."""
+    steps: list[Callable[[Any, int], Any]] = []
     for code, values in filters:
         if code == _FILTER_SHUFFLE:
             steps.append(
@@ -59,19 +60,20 @@ def _encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray
             from numcodecs import Blosc
 
             codec = Blosc(cname=_BLOSC_CODECS[values[6]], clevel=values[4], shuffle=values[5])
+            # Blosc shuffles by the element size it is given: the dataset's, as HDF5's filter.
             steps.append(
-                lambda raw, size, codec=codec: bytes(
-                    codec.encode(np.frombuffer(raw, f"u{size}") if size in (1, 2, 4, 8) else raw)
+                lambda raw, size, codec=codec: codec.encode(
+                    np.frombuffer(raw, f"u{size}") if size in (1, 2, 4, 8) else raw
                 )
             )
         else:
             raise ImageUnsupported(f"HDF5 filter {code} {values}")
 
-    def encode(chunk: np.ndarray) -> bytes:
-        data = chunk.tobytes()
+    def encode(chunk: np.ndarray) -> Any:
+        data: Any = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
         for step in steps:
             data = step(data, chunk.dtype.itemsize)
-        return data
+        return memoryview(data).cast("B")
 
     return encode
 
@@ -83,7 +85,7 @@ class _Chunk:
     shape: tuple[int, ...]
     dtype: np.dtype
     fill: Any
-    encode: Callable[[np.ndarray], bytes]
+    encode: Callable[[np.ndarray], Any]
     size_at: int
     address_at: int
     address: int
@@ -206,7 +208,7 @@ class FileImage:
         """The file with ``rows`` (name → one row, shape = the dataset's row) and ``texts``
         (name → ASCII string of :meth:`text_length`)."""
         out = bytearray(self._image)
-        tail: list[bytes] = []
+        tail: list[Any] = []
         end = len(out)
         for name, chunk in self._chunks.items():
             if chunk.shape[0] == 1:
