@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FileImage", "ImageUnsupported"]
+__all__ = ["FileImage", "ImageUnsupported", "chunk_encoder"]
 
 #: Byte offset of the end-of-file address in a version-0 superblock with 8-byte addresses.
 _SUPERBLOCK_EOF_AT = 40
@@ -44,9 +44,16 @@ class ImageUnsupported(Exception):
     """The file cannot be reproduced by patching its bytes (format, filter or layout)."""
 
 
-def _encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], Any]:
-    """The chunk encoder of an HDF5 filter pipeline (filters applied in order). Encoders
-    take and give bytes-like objects, so an unfiltered chunk is never copied."""
+def chunk_encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], Any]:
+    """The chunk encoder of an HDF5 filter pipeline ``[(filter id, client values), ...]``,
+    applied in order; it returns a bytes-like object (an unfiltered chunk is not copied).
+    Blosc and zlib run without the GIL, unlike HDF5's own filters called through h5py.
+
+    Raises
+    ------
+    ImageUnsupported
+        A filter other than shuffle, deflate or Blosc.
+    """
     steps: list[Callable[[Any, int], Any]] = []
     for code, values in filters:
         if code == _FILTER_SHUFFLE:
@@ -160,7 +167,7 @@ class FileImage:
                 shape=tuple(ds.chunks),
                 dtype=ds.dtype,
                 fill=ds.fillvalue,
-                encode=_encoder(filters),
+                encode=chunk_encoder(filters),
                 size_at=size_at,
                 address_at=size_at + len(key) - 8,
                 address=info.byte_offset,
