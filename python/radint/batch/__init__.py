@@ -232,11 +232,13 @@ def own_dark(path: str | Path) -> np.ndarray | None:
     """The dark a file carries and IntegratorZarrOMP subtracts without being asked: a MIDAS
     Zarr zip's ``exchange/dark`` (mean, SkipFrame honoured). None for other files, and for a
     zip without dark frames after SkipFrame (C then subtracts nothing either)."""
+    p = Path(path)
+    if p.suffix.lower() != ".zip":  # checked first: importing zarr takes ~0.5 s
+        return None
     from radint.io import read_dark, zarrstore
     from radint.io.errors import ReaderError
 
-    p = Path(path)
-    if p.suffix.lower() != ".zip" or not p.is_file() or not zarrstore.is_midas_zip(p):
+    if not p.is_file() or not zarrstore.is_midas_zip(p):
         return None
     try:
         dark = read_dark(p)

@@ -28,14 +28,14 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def commit_path(tmp: Path, final: Path) -> None:
+def commit_path(tmp: Path, final: Path, synced: bool = False) -> None:
     """Move the finished ``tmp`` (file or directory) onto ``final``, replacing what was there.
 
-    A file is fsync-ed first so the data is on disk before the name appears. A directory that
-    replaces a directory goes through a hidden backup name, because ``os.replace`` cannot
-    overwrite a non-empty directory.
+    A file is fsync-ed first (unless the caller did: ``synced``) so the data is on disk before
+    the name appears. A directory that replaces a directory goes through a hidden backup name,
+    because ``os.replace`` cannot overwrite a non-empty directory.
     """
-    if tmp.is_file():
+    if not synced and tmp.is_file():
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
     if final.is_dir() and not final.is_symlink():

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -502,8 +503,10 @@ class NexusWriter:
         # file from its layout's byte image (~10x faster than h5py for one-frame files).
         self._may_hold = backend == "hdf5" and atomic and not swmr
         self._held: tuple[Result, np.ndarray, np.ndarray] | None = None
+        # The held file's handle, opened here so that an unwritable path fails now, not at close.
+        self._image_file: Any = None
         if self._may_hold:
-            self._target.touch()  # fails here, not at close, where the file cannot be written
+            self._image_file = open(self._target, "wb")  # closed by close() or abort()
         else:
             if not atomic:
                 remove_path(self.path)
@@ -515,6 +518,7 @@ class NexusWriter:
     def _open(self) -> _H5Tree | _ZarrTree:
         """The open output tree, created on first use (with the held frame written to it)."""
         if self._tree is None:
+            self._close_image_file()
             self._tree = (
                 _H5Tree.create(self._target, self._compression, self._swmr)
                 if self.backend == "hdf5"
@@ -874,9 +878,17 @@ class NexusWriter:
         assert isinstance(entry.image, FileImage)
         rows = self._row_values(result, ids, stamps, "azint2d/I_errors" in entry.rows)
         image = entry.image.render({k: v[0] for k, v in rows.items()}, {"date": _now_iso()})
-        with open(self._target, "wb") as fh:
+        fh, self._image_file = self._image_file, None
+        with fh:
             fh.write(image)
+            fh.flush()
+            os.fsync(fh.fileno())
         return True
+
+    def _close_image_file(self) -> None:
+        if self._image_file is not None:
+            self._image_file.close()
+            self._image_file = None
 
     def _peak_rows(self, peaks: Any, n: int) -> dict[str, np.ndarray]:
         """Rows of the peaks datasets for ``n`` frames; fewer slots than the file are padded as
@@ -931,20 +943,24 @@ class NexusWriter:
         if self._shape is None:
             self.abort()
             raise ValueError(f"{self.path}: nothing appended, no file written")
+        synced = False
         try:
-            if self._tree is not None or not self._write_image():
+            if self._tree is None and self._write_image():
+                synced = True
+            else:
                 self._open().close()
         except BaseException:
             self.abort()
             raise
         self._closed = True
         if self._target != self.path:
-            commit_path(self._target, self.path)
+            commit_path(self._target, self.path, synced=synced)
 
     def abort(self) -> None:
         """Close and delete the output (used when a run fails part-way)."""
         self._closed = True
         self._held = None
+        self._close_image_file()
         if self._tree is not None:
             with contextlib.suppress(Exception):
                 self._tree.close()
