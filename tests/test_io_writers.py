@@ -504,6 +504,13 @@ def test_one_frame_files_from_the_byte_image_equal_h5py_files(
             if sigma and compression == "blosc-lz4":  # what check_nxazint expects
                 check_nxazint(f["entry/azint2d"], 2, 1, 36, 400)
             assert f["entry/azint2d/reduction"] == f["entry/azint1d/reduction"]
+        with h5py.File(tmp_path / f"image{k}.h5", "r+") as f:  # HDF5 can extend it
+            for path in ("entry/azint2d/data/I", "entry/azint1d/data/frame_id"):
+                f[path].resize(40, axis=0)
+                f[path][1:] = f[path][0]
+        with h5py.File(tmp_path / f"image{k}.h5") as f:
+            np.testing.assert_array_equal(f["entry/azint2d/data/I"][39], res.cake[0])
+            assert list(f["entry/azint1d/data/frame_id"][()]) == [fid] * 40
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
