@@ -112,8 +112,8 @@ def process_files(
 
     Four stages overlap, across file boundaries too: a reader thread reads the next stack of
     frames (of this file or the next; the frames of consecutive small files, such as one-frame
-    TIFFs, share one stack: a one-frame call costs ~30 % more CPU per frame than a stack of
-    eight), the integrator (GIL released) works on the current one,
+    TIFFs, share one stack, read straight into its slots: a one-frame call costs ~30 % more CPU
+    per frame than a stack of eight), the integrator (GIL released) works on the current one,
     a writer thread appends the previous one to its NeXus/Zarr outputs, and a finisher thread
     closes the files already complete (fsync, rename), so a folder of one-frame files does not
     pay each file's setup and sync in turn. Formats that need the whole file's result are
