@@ -574,3 +574,24 @@ def test_file_image_refuses_what_it_cannot_patch() -> None:
     with h5py.File(io.BytesIO(bytes(out))) as g:
         np.testing.assert_array_equal(g["d"][()], [np.arange(4)])
         assert g["t"].asstr()[()] == "twelve chars"
+
+
+def test_nexus_swmr_reader_sees_frames_while_the_file_grows(tmp_path: Path) -> None:
+    """swmr=True: a reader opened with swmr=True sees each flushed block of frames (the
+    layout is written in the 1.10 format SWMR needs, not copied from the earliest-format
+    template)."""
+    res = make_result(n_frames=3, n_eta=6, n_r=50)
+    path = tmp_path / "live.h5"
+    writer = NexusWriter(path, atomic=False, swmr=True)
+    writer.append(res)
+    writer.flush()
+    with h5py.File(path, "r", swmr=True, libver="latest") as f:
+        ds = f["entry/azint2d/data/I"]
+        np.testing.assert_array_equal(ds[()], res.cake)
+        writer.append(res, frame_id=[10, 11, 12])
+        writer.flush()
+        ds.refresh()
+        assert ds.shape == (6, 6, 50)
+        np.testing.assert_array_equal(ds[3:], res.cake)
+    writer.close()
+    assert list(read_nexus(path).frame_ids) == [7, 8, 9, 10, 11, 12]

@@ -276,6 +276,8 @@ class _H5Tree:
         only those that differ are rewritten, since with an unmasked integer detector they
         are the same for every file of a run.
         """
+        if self._swmr:  # SWMR needs objects of the 1.10 format; templates are the earliest
+            return build(self)
         with _TEMPLATES_LOCK:
             entry = _template(key, build, data, self._compression)
             _copy_template(entry.file, self.file)
