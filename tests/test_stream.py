@@ -176,7 +176,7 @@ def test_2000_frames_written_exactly_once(integrator, tmp_path):
     assert len(set(rows["frame_id"].tolist())) == n
     # Frame buffers are recycled (bounded by the queues), and no frame was overwritten by a
     # later one before it was integrated: rows spread over the run match direct integrations.
-    assert src.pool.allocated <= 8 + 4
+    assert src.pool.allocated <= 6  # slabs of 8 frames
     for k in range(0, n, 97):
         want = integrator.integrate(frame(k, "u2")).lineout
         np.testing.assert_allclose(rows["I"][k], want, rtol=1e-6, equal_nan=True)
@@ -184,18 +184,71 @@ def test_2000_frames_written_exactly_once(integrator, tmp_path):
     assert len(mapping) == n and mapping["1999"]["filename"] == "f1999"
 
 
-def test_frame_pool_reuses_only_its_own_arrays():
+def test_waiting_frames_back_to_back_are_integrated_as_one_stack(integrator, tmp_path):
+    """Frames already queued that follow on in one slab go through one integrate_stack call;
+    a frame in a buffer of its own breaks the run; rows and ids come out as sent."""
+    from radint.stream.sources import StreamItem
+
+    pool = FramePool()
+    items = []
+    for i in range(11):
+        if i == 8:
+            data = frame(i, "u2").copy()  # not a pool row
+        else:
+            data = pool.take(N_PIX, "u2").reshape(SHAPE)
+            data[...] = frame(i, "u2")
+        items.append(StreamItem(i, data, "test", time.time(), pool=pool))
+    calls = []
+    real_stack, real_one = integrator.integrate_stack, integrator.integrate
+
+    def spy_stack(frames, **kw):
+        calls.append(len(frames))
+        return real_stack(frames, **kw)
+
+    def spy_one(f, **kw):
+        calls.append(1)
+        return real_one(f, **kw)
+
+    integrator.integrate_stack, integrator.integrate = spy_stack, spy_one
+    try:
+        p = Pipeline(integrator, [], tmp_path, queue_size=32)
+        for item in items:
+            p.frames.put(item)
+        p.start()
+        summary = finish(p)
+    finally:
+        integrator.integrate_stack, integrator.integrate = real_stack, real_one
+    assert calls == [8, 1, 2] and summary.written == 11
+    rows = stream_rows(tmp_path / "stream.h5")
+    np.testing.assert_array_equal(rows["frame_id"], np.arange(11))
+    for i in range(11):
+        want = integrator.integrate(frame(i, "u2"))
+        np.testing.assert_allclose(rows["cake"][i], want.cake, rtol=1e-12, equal_nan=True)
+
+
+def test_frame_pool_hands_out_slab_rows_and_reuses_only_its_own():
+    """Rows of one slab come back to back (so waiting frames stack without a copy); a slab is
+    reused once all its rows are given back; foreign arrays are ignored."""
     pool = FramePool(keep=2)
-    a = pool.take(12, "<u2")
-    pool.give_back(a.reshape(3, 4))  # the pipeline hands back the reshaped frame
-    assert pool.take(12, "<u2") is a and pool.allocated == 1
-    assert pool.take(12, "<u4") is not a  # another dtype is another size class
+    rows = [pool.take(12, "<u2") for _ in range(FramePool.SLOTS)]
+    frames = [r.reshape(3, 4) for r in rows]  # the pipeline sees reshaped frames
+    stack = FramePool.stacked(frames[2:6])
+    assert stack is not None and stack.shape == (4, 3, 4)
+    assert all(np.shares_memory(stack[k], frames[2 + k]) for k in range(4))
+    assert FramePool.stacked([frames[3], frames[2]]) is None  # out of order
+    assert FramePool.stacked([frames[0], frames[2]]) is None  # not adjacent
+    assert FramePool.stacked([frames[0], np.zeros((3, 4), "<u2")]) is None
+    other = pool.take(12, "<u4")  # another dtype is another slab
+    assert not np.shares_memory(other, rows[0]) and pool.allocated == 2
     pool.give_back(np.zeros((3, 4), "<u2")[1:])  # a view of a foreign array: ignored
-    pool.give_back(a)
-    assert pool.take(12, "<u2") is a
-    for _ in range(5):
-        pool.give_back(pool.take(12, "<u2").copy())  # copies own their data: kept, up to keep
-    assert len(pool._free[(12, np.dtype("<u2").str)]) <= 2
+    for f in frames[:-1]:
+        pool.give_back(f)
+    nxt = pool.take(12, "<u2")  # one row still out: a new slab
+    assert not np.shares_memory(nxt, rows[0]) and pool.allocated == 3
+    pool.give_back(frames[-1])  # now the first slab is free again
+    for _ in range(FramePool.SLOTS - 1):
+        pool.give_back(pool.take(12, "<u2"))
+    assert np.shares_memory(pool.take(12, "<u2"), rows[0]) and pool.allocated == 3
 
 
 def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
