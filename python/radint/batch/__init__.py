@@ -68,12 +68,20 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    config: IntegrationConfig, cache_dir: str, n_threads: int | None, backend: str
+    config: IntegrationConfig,
+    cache_dir: str,
+    n_threads: int | None,
+    backend: str,
+    detector_map: Any = None,
 ) -> None:
     from radint.detector_map import DetectorMap
     from radint.integrator import Integrator
 
-    m = DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # loads the parent's cache
+    m = (
+        detector_map
+        if detector_map is not None
+        else DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
+    )
     _WORKER["integrator"] = Integrator(config, detector_map=m, n_threads=n_threads, backend=backend)
 
 
@@ -575,7 +583,7 @@ def run_batch(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
-    DetectorMap.cached(config, cache, n_threads=n_threads)
+    detector_map = DetectorMap.cached(config, cache, n_threads=n_threads)
     names = names or [None] * len(files)
     outcomes: dict[int, FileOutcome] = {}
 
@@ -592,7 +600,7 @@ def run_batch(
         for i, o in run_on_dask(dask, config, str(cache), n_threads, backend, files, names, opts):
             done(i, o)
     elif n_procs <= 1:
-        _init_worker(config, str(cache), n_threads, backend)
+        _init_worker(config, str(cache), n_threads, backend, detector_map)
         for i, o in enumerate(process_files(files, names=names, **opts)):
             done(i, o)
     else:
