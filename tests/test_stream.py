@@ -642,7 +642,9 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
     p = Pipeline(integrator, [src], tmp_path, idle_timeout=30)
     try:
         p.start()
-        time.sleep(1.0)
+        # Connected once the record's initial (empty) value arrived; a fixed sleep was too
+        # short on a loaded machine.
+        assert wait_for(lambda: src.updates >= 1, 20)
         for uid in (1, 2, 4):
             nt = pva.NtNdArray()
             nt["uniqueId"] = uid

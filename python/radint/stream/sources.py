@@ -555,6 +555,8 @@ class PvaSource(Source):
         self.dropped_upstream = 0
         self.dropped_full = 0
         self.rejected = 0
+        #: Monitor updates seen, the record's initial value included (1 once connected).
+        self.updates = 0
 
     def start(self, sink: Sink, stats: SourceStats) -> None:
         self._sink = sink
@@ -570,6 +572,7 @@ class PvaSource(Source):
 
     def on_update(self, pv: Any) -> None:
         """Monitor callback: one NTNDArray update → one StreamItem (or a counted drop)."""
+        self.updates += 1
         if self._stopped.is_set() or self._sink is None or self._stats is None:
             return
         stats = self._stats
