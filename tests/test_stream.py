@@ -558,6 +558,27 @@ def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
     assert set(rows["source"].tolist()) == {"pva:sim:img"}
 
 
+def test_pva_frames_land_back_to_back_and_refused_ones_are_released():
+    """Consecutive PVA updates are copied (int16 widened to int32) into consecutive slab rows,
+    so a backlog integrates as one stack; a refused update gives its row back."""
+    from radint.stream.sources import SourceStats
+
+    chan, items = {}, []
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    src.start(lambda item: len(items) < 3 and not items.append(item), SourceStats())
+    for uid in range(1, 5):
+        chan["c"].cb(fake_update(uid, frame(uid, "i2"), "shortValue"))
+    assert [i.frame_id for i in items] == [1, 2, 3] and src.dropped_full == 1
+    stack = FramePool.stacked([i.data for i in items])
+    assert stack is not None and stack.dtype == np.int32
+    np.testing.assert_array_equal(stack, [frame(uid, "i2") for uid in (1, 2, 3)])
+    slab = next(iter(src.pool._live.values()))
+    assert (slab.handed, slab.outstanding) == (4, 3)  # the refused fourth came back
+    src.stop()
+
+
 def _adcore_payload(codec: str, data: np.ndarray) -> np.ndarray:
     """``data`` compressed as areaDetector's NDPluginCodec sends it (ubyteValue bytes)."""
     import numcodecs

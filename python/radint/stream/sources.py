@@ -340,6 +340,7 @@ class TcpSource(Source):
                 n_frames += 1
                 stats.add("received")
                 if not sink(item):
+                    item.release()
                     break
         finally:
             conn.close()
@@ -557,6 +558,7 @@ class PvaSource(Source):
         self.rejected = 0
         #: Monitor updates seen, the record's initial value included (1 once connected).
         self.updates = 0
+        self.pool = FramePool()
 
     def start(self, sink: Sink, stats: SourceStats) -> None:
         self._sink = sink
@@ -603,8 +605,11 @@ class PvaSource(Source):
         if data is None:
             return
         stats.add("received")
-        item = StreamItem(uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid})
+        item = StreamItem(
+            uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid}, pool=self.pool
+        )
         if not self._sink(item):
+            item.release()
             self.dropped_full += 1
             stats.add("dropped")
 
@@ -633,10 +638,11 @@ class PvaSource(Source):
                 f"uniqueId {uid}: frame is {sizes[0]}x{sizes[1]} ({arr.size} values), "
                 f"the parameter file says {self.shape[1]}x{self.shape[0]}"
             )
-        widen = _PVA_WIDEN.get(arr.dtype)
-        if widen is not None:
-            arr = arr.astype(widen)
-        return arr.reshape(shape)
+        # Copied (widened where needed) into a slab row, so that frames which pile up while the
+        # integrator is busy are integrated together as one stack (see FramePool).
+        row = self.pool.take(arr.size, _PVA_WIDEN.get(arr.dtype, arr.dtype))
+        np.copyto(row, arr.reshape(-1))
+        return row.reshape(shape)
 
     def stop(self) -> None:
         self._stopped.set()
