@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FileImage", "ImageUnsupported", "chunk_encoder"]
+__all__ = ["FileImage", "ImageUnsupported", "chunk_encoder", "filters_of"]
 
 #: Byte offset of the end-of-file address in a version-0 superblock with 8-byte addresses.
 _SUPERBLOCK_EOF_AT = 40
@@ -42,6 +42,12 @@ _BLOSC_CODECS = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: 
 
 class ImageUnsupported(Exception):
     """The file cannot be reproduced by patching its bytes (format, filter or layout)."""
+
+
+def filters_of(ds: Any) -> list[tuple[int, tuple[int, ...]]]:
+    """An h5py dataset's filter pipeline as ``[(filter id, client values), ...]``."""
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
 
 
 def chunk_encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], Any]:
@@ -160,14 +166,12 @@ class FileImage:
             )
             if image.count(key) != 1:
                 raise ImageUnsupported(f"{ds.name}: chunk B-tree entry not found once")
-            plist = ds.id.get_create_plist()
-            filters = [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
             size_at = image.find(key)
             chunks[name] = _Chunk(
                 shape=tuple(ds.chunks),
                 dtype=ds.dtype,
                 fill=ds.fillvalue,
-                encode=chunk_encoder(filters),
+                encode=chunk_encoder(filters_of(ds)),
                 size_at=size_at,
                 address_at=size_at + len(key) - 8,
                 address=info.byte_offset,

@@ -56,7 +56,7 @@ from radint.io._common import (
     two_theta_edges_deg,
 )
 from radint.io.atomic import commit_path, remove_path, temporary_sibling
-from radint.io.h5image import FileImage, ImageUnsupported, chunk_encoder
+from radint.io.h5image import FileImage, ImageUnsupported, chunk_encoder, filters_of
 from radint.result import Result
 
 __all__ = ["NexusWriter", "read_nexus", "write_nexus"]
@@ -334,8 +334,7 @@ class _H5Tree:
         compresses a row outside HDF5: without the GIL, so a writer thread no longer stalls
         integration for the ~1 ms per row compression takes. None for other datasets."""
         if ds.name not in self._encoders:
-            plist = ds.id.get_create_plist()
-            filters = [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
+            filters = filters_of(ds)
             one_row = ds.chunks is not None and ds.chunks == (1, *ds.shape[1:])
             encoder = None
             if filters and one_row and ds.dtype.kind in "fiu" and ds.dtype.byteorder != ">":
