@@ -415,7 +415,10 @@ class _FileWriter:
             self.wanted, self.format_error = [], e
         self.streamed = [f for f in self.wanted if f in ("nexus", "zarr")]
         self.at_end = [f for f in self.wanted if f not in self.streamed]
-        self.inbox: queue.Queue = queue.Queue(maxsize=2)
+        # Only results hold memory: at most two wait. Control events (start, end, skip, error)
+        # never block, so the reader is not held up by a writer busy with the previous stack.
+        self.inbox: queue.Queue = queue.Queue()
+        self._results = threading.BoundedSemaphore(2)
         self.outbox: queue.Queue = queue.Queue()
         self.open: dict[int, dict[str, Any]] = {}
         self.error: BaseException | None = None
@@ -430,13 +433,13 @@ class _FileWriter:
         return [self.out_dir / (stem + self.suffix[f][0]) for f in self.wanted]
 
     def put(self, event: tuple | None) -> None:
-        """Hand an event over (blocks while two are waiting; gives up once stopped or dead)."""
-        while not self._stop.is_set() and self.error is None:
-            try:
-                self.inbox.put(event, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        """Hand an event over (a result blocks while two are waiting; gives up once stopped
+        or dead)."""
+        if event is not None and event[0] == "result":
+            while not self._results.acquire(timeout=0.1):
+                if self._stop.is_set() or self.error is not None:
+                    return
+        self.inbox.put(event)
 
     def finished(self) -> list[tuple[int, FileOutcome]]:
         """Outcomes reported since the last call."""
@@ -462,7 +465,11 @@ class _FileWriter:
                     continue
                 if event is None:
                     break
-                self._handle(event)
+                try:
+                    self._handle(event)
+                finally:
+                    if event[0] == "result":
+                        self._results.release()
         except BaseException as e:  # a bug here must reach the caller, not vanish with the thread
             self.error = e
         finally:
