@@ -137,6 +137,8 @@ class _Template:
 # Templates by layout key (see NexusWriter._layout_key), the few most recent ones.
 _TEMPLATES: dict[Any, _Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
+# NexusWriter._axes_key by the ids of the objects it reads (which each value holds).
+_AXES_KEYS: dict[tuple[int, ...], tuple[tuple, tuple[str, str]]] = {}
 
 
 def _in_memory_h5() -> Any:
@@ -164,9 +166,18 @@ def _template(
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same shape, dtype and bytes (NaN equals NaN; a byte compare is ~20x faster than
-    ``np.array_equal(equal_nan=True)`` on a cake-sized array)."""
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    """Same shape, dtype and bytes (NaN equals NaN). Compared as unsigned integers of the item
+    size: ~15x faster than comparing ``tobytes()`` copies, ~300x than
+    ``np.array_equal(equal_nan=True)`` on a cake-sized array."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    size = a.dtype.itemsize
+    if size not in (1, 2, 4, 8):
+        return a.tobytes() == b.tobytes()
+    bits = np.dtype(f"u{size}")
+    return bool(
+        np.array_equal(np.ascontiguousarray(a).view(bits), np.ascontiguousarray(b).view(bits))
+    )
 
 
 def _copy_template(template: Any, file: Any) -> None:
@@ -654,25 +665,45 @@ class NexusWriter:
         }
 
     def _layout_key(self, result: Result) -> tuple:
-        """Everything :meth:`_write_layout` reads, so equal keys give identical layouts."""
-        digest = hashlib.sha256()
-        for values in (result.radius_px, result.two_theta_deg, result.q_inv_angstrom,
-                       result.eta_deg, result.eta_edges_deg, two_theta_edges_deg(result)):  # fmt: skip
-            digest.update(b"|" if values is None else np.asarray(values, np.float64).tobytes())
+        """Everything :meth:`_write_layout` reads, so equal keys give identical layouts.
+
+        Results of one Integrator share their configuration and axis arrays, so the costly part
+        (hashing the axes, the configuration as JSON: ~0.7 ms per one-frame file) is kept per
+        identity of those objects; the memo holds them, so their ids stay theirs.
+        """
+        sources = (result.config, result.radius_px, result.two_theta_deg, result.q_inv_angstrom,
+                   result.eta_deg, result.eta_edges_deg, result.r_edges_px)  # fmt: skip
+        ids = tuple(map(id, sources))
+        with _TEMPLATES_LOCK:
+            memo = _AXES_KEYS.get(ids)
+        if memo is None:
+            memo = (sources, self._axes_key(result))
+            with _TEMPLATES_LOCK:
+                while len(_AXES_KEYS) >= 8:
+                    _AXES_KEYS.pop(next(iter(_AXES_KEYS)))
+                _AXES_KEYS[ids] = memo
         return (
             software_version(),
             self.radial_unit,
             self._compression,
             tuple(self._labels.items()),
-            json.dumps(config_dict(result), sort_keys=True),
+            memo[1],
             result.lineout_mode,
             bool(result.normalized),
             str(np.result_type(result.cake.dtype, np.float32)),
             result.cake_sigma is not None,
             result.n_r,
             result.n_eta,
-            digest.hexdigest(),
         )
+
+    @staticmethod
+    def _axes_key(result: Result) -> tuple[str, str]:
+        """The configuration (as JSON) and a digest of the axes of ``result``."""
+        digest = hashlib.sha256()
+        for values in (result.radius_px, result.two_theta_deg, result.q_inv_angstrom,
+                       result.eta_deg, result.eta_edges_deg, two_theta_edges_deg(result)):  # fmt: skip
+            digest.update(b"|" if values is None else np.asarray(values, np.float64).tobytes())
+        return json.dumps(config_dict(result), sort_keys=True), digest.hexdigest()
 
     def _write_layout(
         self, t: Any, result: Result, per_frame: dict[str, tuple[np.ndarray, dict[str, str]]]
