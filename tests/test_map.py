@@ -160,6 +160,36 @@ def test_cache_reuse_and_rebuild(small_config, tmp_path, caplog):
     assert len(list(tmp_path.glob("radint-map-*.npz"))) == 2
 
 
+def test_cache_file_is_an_aligned_npz_and_plain_npz_caches_still_load(small_config, tmp_path):
+    """The cache is read as views of the mapped file: its arrays start 64-byte aligned, np.load
+    reads it as any npz, and an npz written by np.savez (unaligned members) loads too."""
+    import zipfile
+
+    built = DetectorMap.build(small_config)
+    path = built.save(tmp_path / "m.npz")
+    names = ("indptr", "pixel", "area", "delta_r", "mask_hit", "bin_geometric_area")
+    with np.load(path) as z:
+        plain = {k: z[k] for k in z.files}
+        for k in names:
+            np.testing.assert_array_equal(plain[k], getattr(built, k))
+    with zipfile.ZipFile(path) as z:
+        raw = path.read_bytes()
+        for info in z.infolist():
+            name_len, extra_len = np.frombuffer(raw, "<u2", 2, info.header_offset + 26)
+            start = info.header_offset + 30 + int(name_len) + int(extra_len)
+            header_len = len(raw[start:].split(b"\n", 1)[0]) + 1
+            assert (start + header_len) % 64 == 0, info.filename
+    np.savez(tmp_path / "plain.npz", **plain)
+    for p in (path, tmp_path / "plain.npz"):
+        loaded = DetectorMap.load(p, small_config)
+        for k in names:
+            np.testing.assert_array_equal(getattr(loaded, k), getattr(built, k))
+        np.testing.assert_array_equal(loaded.r_edges_px, built.r_edges_px)
+    (tmp_path / "bad.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(MapFormatError):
+        DetectorMap.load(tmp_path / "bad.npz", small_config)
+
+
 # Derandomized so CI is reproducible; a 20,000-case random campaign (tx/ty/tz, BC on and off pixel
 # edges, all η widths) found no violation after the tangent-chord fix in polygon.rs.
 @settings(max_examples=60, deadline=None, derandomize=True)

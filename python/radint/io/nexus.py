@@ -55,7 +55,7 @@ from radint.io._common import (
     stacked,
     two_theta_edges_deg,
 )
-from radint.io.atomic import commit_path, remove_path, temporary_sibling
+from radint.io.atomic import commit_path, remove_path, start_writeback, temporary_sibling
 from radint.io.h5image import FileImage, ImageUnsupported, chunk_encoder, filters_of
 from radint.result import Result
 
@@ -526,6 +526,7 @@ class NexusWriter:
         self._rows: dict[str, Any] = {}
         self._shape: tuple[int, int] | None = None
         self._closed = False
+        self._writeback_fd: int | None = None
 
     def _open(self) -> _H5Tree | _ZarrTree:
         """The open output tree, created on first use (with the held frame written to it)."""
@@ -855,6 +856,7 @@ class NexusWriter:
         else:
             self._open()
             self._write_rows(result, ids, stamps)
+            self._start_writeback()
         self._shape = (result.n_eta, result.n_r)
         self.n_frames += n
 
@@ -916,6 +918,24 @@ class NexusWriter:
             fh.flush()
             os.fsync(fh.fileno())
         return True
+
+    def _start_writeback(self) -> None:
+        """An atomic HDF5 file is fsync-ed before its rename: start writing it out as it grows
+        (through a read-only descriptor of our own; HDF5's is not exposed)."""
+        if self._target == self.path or self.backend != "hdf5":
+            return
+        if self._writeback_fd is None:
+            try:
+                self._writeback_fd = os.open(self._target, os.O_RDONLY)
+            except OSError:
+                self._writeback_fd = -1
+        if self._writeback_fd >= 0:
+            start_writeback(self._writeback_fd)
+
+    def _close_writeback_fd(self) -> None:
+        if self._writeback_fd is not None and self._writeback_fd >= 0:
+            os.close(self._writeback_fd)
+        self._writeback_fd = None
 
     def _close_image_file(self) -> None:
         if self._image_file is not None:
@@ -984,6 +1004,8 @@ class NexusWriter:
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._close_writeback_fd()
         self._closed = True
         if self._target != self.path:
             commit_path(self._target, self.path, synced=synced)
@@ -993,6 +1015,7 @@ class NexusWriter:
         self._closed = True
         self._held = None
         self._close_image_file()
+        self._close_writeback_fd()
         if self._tree is not None:
             with contextlib.suppress(Exception):
                 self._tree.close()
