@@ -571,6 +571,36 @@ def test_a_held_frame_leaves_nothing_when_aborted(tmp_path: Path) -> None:
         NexusWriter(tmp_path / "no" / "such" / "dir.h5")
 
 
+@pytest.mark.parametrize("n_frames", [1, 3])  # the byte image and the h5py path
+def test_close_without_commit_keeps_the_temporary_name_until_commit(
+    tmp_path: Path, n_frames: int
+) -> None:
+    """``close(commit=False)`` leaves a complete file under its hidden name; ``commit`` syncs
+    and renames it; ``abort`` in between deletes it; a second close commits."""
+    result = make_result(n_frames=n_frames)
+    w = NexusWriter(tmp_path / "x.h5")
+    w.append(result)
+    w.close(commit=False)
+    (hidden,) = tmp_path.iterdir()
+    assert hidden.name.startswith(".x.h5.") and hidden.name.endswith(".partial")
+    with h5py.File(hidden, "r") as f:  # complete before its rename
+        assert f["entry/azint2d/data/I"].shape[0] == n_frames
+    w.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]
+    w.commit()  # nothing left to do
+    w = NexusWriter(tmp_path / "y.h5")
+    w.append(result)
+    w.close(commit=False)
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5", "y.h5"]
+    w = NexusWriter(tmp_path / "z.h5")
+    w.append(result)
+    w.close(commit=False)
+    w.abort()
+    w.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5", "y.h5"]
+
+
 def test_file_image_refuses_what_it_cannot_patch() -> None:
     """Filters it does not know and the newer HDF5 file format raise ImageUnsupported."""
     from radint.io.h5image import FileImage, ImageUnsupported

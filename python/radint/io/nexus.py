@@ -174,6 +174,8 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     size = a.dtype.itemsize
     if size not in (1, 2, 4, 8):
         return a.tobytes() == b.tobytes()
+    if a.flags.f_contiguous and b.flags.f_contiguous and not a.flags.c_contiguous:
+        a, b = a.T, b.T  # transposed views (cakes are stored R-major): compared without a copy
     bits = np.dtype(f"u{size}")
     return bool(
         np.array_equal(np.ascontiguousarray(a).view(bits), np.ascontiguousarray(b).view(bits))
@@ -527,6 +529,8 @@ class NexusWriter:
         self._shape: tuple[int, int] | None = None
         self._closed = False
         self._writeback_fd: int | None = None
+        self._uncommitted = False  # closed, complete, still under its temporary name
+        self._synced = False  # ... and already fsync-ed
 
     def _open(self) -> _H5Tree | _ZarrTree:
         """The open output tree, created on first use (with the held frame written to it)."""
@@ -894,9 +898,10 @@ class NexusWriter:
         for key, value in rows.items():
             self._open().append(self._rows[key], value)
 
-    def _write_image(self) -> bool:
-        """Write the held frame as the whole file from its layout's byte image; False where
-        the image cannot serve (then nothing was written)."""
+    def _write_image(self, sync: bool) -> bool:
+        """Write the held frame as the whole file from its layout's byte image (fsync-ed with
+        ``sync``, else only handed to writeback); False where the image cannot serve (then
+        nothing was written)."""
         assert self._held is not None
         result, ids, stamps = self._held
         fields = self._data_fields(result)
@@ -916,7 +921,10 @@ class NexusWriter:
         with fh:
             fh.write(image)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
+            else:
+                start_writeback(fh.fileno())
         return True
 
     def _start_writeback(self) -> None:
@@ -982,8 +990,15 @@ class NexusWriter:
         if self._tree is not None:
             self._tree.flush()
 
-    def close(self) -> None:
-        """Finish the file and, when atomic, rename it to its final name.
+    def close(self, commit: bool = True) -> None:
+        """Finish the file and, when atomic, sync it and rename it to its final name.
+
+        Parameters
+        ----------
+        commit : bool
+            With False an atomic file is complete but keeps its temporary name until
+            :meth:`commit` (which syncs and renames it): a batch closes the next file while the
+            previous one syncs.
 
         Raises
         ------
@@ -991,14 +1006,15 @@ class NexusWriter:
             No frame was ever appended (the temporary file is removed).
         """
         if self._closed:
+            if commit:
+                self.commit()
             return
         if self._shape is None:
             self.abort()
             raise ValueError(f"{self.path}: nothing appended, no file written")
-        synced = False
         try:
-            if self._tree is None and self._write_image():
-                synced = True
+            if self._tree is None and self._write_image(sync=commit):
+                self._synced = commit
             else:
                 self._open().close()
         except BaseException:
@@ -1007,12 +1023,31 @@ class NexusWriter:
         finally:
             self._close_writeback_fd()
         self._closed = True
-        if self._target != self.path:
-            commit_path(self._target, self.path, synced=synced)
+        self._uncommitted = self._target != self.path
+        if commit:
+            self.commit()
+
+    def commit(self) -> None:
+        """Sync and rename a file closed with ``close(commit=False)`` (else nothing to do).
+
+        Raises
+        ------
+        OSError
+            The sync or rename failed (the temporary file is then removed).
+        """
+        if not self._uncommitted:
+            return
+        try:
+            commit_path(self._target, self.path, synced=self._synced)
+        except BaseException:
+            self.abort()
+            raise
+        self._uncommitted = False
 
     def abort(self) -> None:
         """Close and delete the output (used when a run fails part-way)."""
         self._closed = True
+        self._uncommitted = False
         self._held = None
         self._close_image_file()
         self._close_writeback_fd()
