@@ -199,3 +199,64 @@ def test_unknown_and_missing_files(tmp_path: Path) -> None:
         f["exchange/data"] = STACK
     with pytest.raises(ReaderError, match="frame 9 requested, file holds 4"):
         list(read_frames(path, frames=[9]))
+
+
+def _settle(*paths: Path) -> None:
+    import os
+
+    for p in paths:
+        os.utime(p, (1e9, 1e9))
+
+
+def test_read_stacks_maps_plain_frames_in_place(tmp_path: Path, monkeypatch) -> None:
+    """With ``mapped=True``, frames stored as plain native pixels (uncompressed TIFF pages,
+    contiguous or one-chunk-per-frame HDF5, raw) come as read-only views of the mapped file,
+    equal to a normal read; compressed, big-endian or freshly written files are read as
+    usual, and RADINT_MAP_FILES=0 turns mapping off."""
+    from radint.io import read_stacks
+
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, STACK, photometric="minisblack")
+    big_endian = tmp_path / "be.tif"
+    tifffile.imwrite(big_endian, STACK, photometric="minisblack", byteorder=">")
+    packed = tmp_path / "packed.tif"
+    tifffile.imwrite(packed, STACK, photometric="minisblack", compression="zlib")
+    h5 = tmp_path / "s.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("contiguous", data=STACK)
+        f.create_dataset("chunked", data=STACK, chunks=(1, 12, 9))
+        f.create_dataset("two_frames_a_chunk", data=STACK, chunks=(2, 12, 9))
+        f.create_dataset("deflate", data=STACK, chunks=(1, 12, 9), compression="gzip")
+        f.create_dataset("one", data=STACK[0])
+    raw = tmp_path / "s.ge2"  # GE: an 8192-byte header, then the frames
+    raw.write_bytes(b"\0" * 8192 + STACK.astype("<u2").tobytes())
+    _settle(tif, big_endian, packed, h5, raw)
+
+    def stacks(path: Path, **kw) -> list:
+        return list(read_stacks(path, size=3, mapped=True, **kw))
+
+    cases = [(tif, {}, True), (big_endian, {}, False), (packed, {}, False),
+             (h5, {"dataset": "contiguous"}, True), (h5, {"dataset": "chunked"}, True),
+             (h5, {"dataset": "two_frames_a_chunk"}, False), (h5, {"dataset": "deflate"}, False),
+             (h5, {"dataset": "one"}, None)]  # fmt: skip
+    for path, kw, maps in cases:
+        got = stacks(path, **kw)
+        if maps is None:  # HDF5 does not align data: a misaligned frame is read, not mapped
+            maps = isinstance(got[0].data, list)
+        assert all(isinstance(s.data, list) == maps for s in got), (path.name, kw)
+        frames = np.concatenate([np.stack(s.data) if maps else s.data for s in got])
+        want = STACK[:1] if kw.get("dataset") == "one" else STACK
+        np.testing.assert_array_equal(frames, want)
+        assert [i for s in got for i in s.ids] == list(range(len(want)))
+        if maps:
+            assert not got[0].data[0].flags.writeable
+    from radint.io import open_frames
+
+    with open_frames(raw, shape=(12, 9)) as source:
+        views = [source.mapped(i) for i in range(4)]
+    np.testing.assert_array_equal(np.stack(views), STACK)
+    fresh = tmp_path / "fresh.tif"
+    tifffile.imwrite(fresh, STACK, photometric="minisblack")
+    assert not isinstance(stacks(fresh)[0].data, list)
+    monkeypatch.setenv("RADINT_MAP_FILES", "0")
+    assert not isinstance(stacks(tif)[0].data, list)

@@ -184,16 +184,18 @@ def test_2000_frames_written_exactly_once(integrator, tmp_path):
     assert len(mapping) == n and mapping["1999"]["filename"] == "f1999"
 
 
-def test_waiting_frames_back_to_back_are_integrated_as_one_stack(integrator, tmp_path):
-    """Frames already queued that follow on in one slab go through one integrate_stack call;
-    a frame in a buffer of its own breaks the run; rows and ids come out as sent."""
+def test_waiting_frames_are_integrated_as_one_stack(integrator, tmp_path):
+    """Frames already queued go through one integrate_stack call (up to 8, wherever their
+    buffers are); a frame of another type breaks the run; rows and ids come out as sent."""
     from radint.stream.sources import StreamItem
 
     pool = FramePool()
     items = []
-    for i in range(11):
+    for i in range(12):
         if i == 8:
             data = frame(i, "u2").copy()  # not a pool row
+        elif i == 9:
+            data = frame(i, "u2").astype(np.uint32)  # another type
         else:
             data = pool.take(N_PIX, "u2").reshape(SHAPE)
             data[...] = frame(i, "u2")
@@ -218,26 +220,22 @@ def test_waiting_frames_back_to_back_are_integrated_as_one_stack(integrator, tmp
         summary = finish(p)
     finally:
         integrator.integrate_stack, integrator.integrate = real_stack, real_one
-    assert calls == [8, 1, 2] and summary.written == 11
+    assert calls == [8, 1, 1, 2] and summary.written == 12
     rows = stream_rows(tmp_path / "stream.h5")
-    np.testing.assert_array_equal(rows["frame_id"], np.arange(11))
-    for i in range(11):
+    np.testing.assert_array_equal(rows["frame_id"], np.arange(12))
+    for i in range(12):
         want = integrator.integrate(frame(i, "u2"))
         np.testing.assert_allclose(rows["cake"][i], want.cake, rtol=1e-12, equal_nan=True)
 
 
 def test_frame_pool_hands_out_slab_rows_and_reuses_only_its_own():
-    """Rows of one slab come back to back (so waiting frames stack without a copy); a slab is
-    reused once all its rows are given back; foreign arrays are ignored."""
+    """Rows of one slab are distinct frames of one allocation; a slab is reused once all its
+    rows are given back; foreign arrays are ignored."""
     pool = FramePool(keep=2)
     rows = [pool.take(12, "<u2") for _ in range(FramePool.SLOTS)]
     frames = [r.reshape(3, 4) for r in rows]  # the pipeline sees reshaped frames
-    stack = FramePool.stacked(frames[2:6])
-    assert stack is not None and stack.shape == (4, 3, 4)
-    assert all(np.shares_memory(stack[k], frames[2 + k]) for k in range(4))
-    assert FramePool.stacked([frames[3], frames[2]]) is None  # out of order
-    assert FramePool.stacked([frames[0], frames[2]]) is None  # not adjacent
-    assert FramePool.stacked([frames[0], np.zeros((3, 4), "<u2")]) is None
+    assert pool.allocated == 1
+    assert not any(np.shares_memory(frames[0], f) for f in frames[1:])
     other = pool.take(12, "<u4")  # another dtype is another slab
     assert not np.shares_memory(other, rows[0]) and pool.allocated == 2
     pool.give_back(np.zeros((3, 4), "<u2")[1:])  # a view of a foreign array: ignored
@@ -558,9 +556,9 @@ def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
     assert set(rows["source"].tolist()) == {"pva:sim:img"}
 
 
-def test_pva_frames_land_back_to_back_and_refused_ones_are_released():
-    """Consecutive PVA updates are copied (int16 widened to int32) into consecutive slab rows,
-    so a backlog integrates as one stack; a refused update gives its row back."""
+def test_pva_frames_land_in_slab_rows_and_refused_ones_are_released():
+    """PVA updates are copied (int16 widened to int32) into slab rows; a refused update gives
+    its row back."""
     from radint.stream.sources import SourceStats
 
     chan, items = {}, []
@@ -571,9 +569,8 @@ def test_pva_frames_land_back_to_back_and_refused_ones_are_released():
     for uid in range(1, 5):
         chan["c"].cb(fake_update(uid, frame(uid, "i2"), "shortValue"))
     assert [i.frame_id for i in items] == [1, 2, 3] and src.dropped_full == 1
-    stack = FramePool.stacked([i.data for i in items])
-    assert stack is not None and stack.dtype == np.int32
-    np.testing.assert_array_equal(stack, [frame(uid, "i2") for uid in (1, 2, 3)])
+    assert all(i.data.dtype == np.int32 for i in items)
+    np.testing.assert_array_equal([i.data for i in items], [frame(uid, "i2") for uid in (1, 2, 3)])
     slab = next(iter(src.pool._live.values()))
     assert (slab.handed, slab.outstanding) == (4, 3)  # the refused fourth came back
     src.stop()

@@ -38,7 +38,7 @@ def load_midas(
 ) -> tuple[MapCore, dict[str, Any]]: ...
 def integrate(
     map: MapCore,
-    frames: np.ndarray,
+    frames: np.ndarray | list[np.ndarray],
     dark: np.ndarray | None = ...,
     scale: np.ndarray | None = ...,
     error_model: str = ...,

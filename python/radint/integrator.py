@@ -323,15 +323,31 @@ class Integrator:
 
     def integrate_stack(self, frames: Any, dark: Any = None, variance: Any = None) -> Result:
         """Integrate a stack ``(n_frames, n_pixels_z, n_pixels_y)``, reading the map once per
-        block of 8 frames (sparse matrix × many vectors)."""
+        block of 8 frames (sparse matrix × many vectors).
+
+        ``frames`` may also be a list of frames ``(n_pixels_z, n_pixels_y)``, each in a buffer
+        of its own (separately read files, views of files mapped into memory): they are
+        integrated as one stack on the CPU without being copied into one first.
+        """
+        if isinstance(frames, (list, tuple)):
+            if not frames:
+                raise ShapeError("frames: an empty list")
+            parts = [self._check_frames(f, 2, f"frames[{k}]") for k, f in enumerate(frames)]
+            dtype = np.result_type(*parts)
+            parts = [p if p.dtype == dtype else p.astype(dtype) for p in parts]
+            return self._run(parts, dark, variance, stack=True)
         a = self._check_frames(frames, 3, "frames")
         return self._run(a, dark, variance, stack=True)
 
-    def _run(self, a: np.ndarray, dark: Any, variance: Any, stack: bool) -> Result:
+    def _run(
+        self, frames: np.ndarray | list[np.ndarray], dark: Any, variance: Any, stack: bool
+    ) -> Result:
         dark_flat = self._prepare_dark(dark)
         var_flat = self._prepare_variance(variance)
         gpu_fit = None
+        parts = frames if isinstance(frames, list) else [frames]
         if self.backend == "cuda":
+            a = frames if isinstance(frames, np.ndarray) else np.stack(frames)  # one upload
             gpu = self._gpu_backend()
             dev = gpu.integrate_device(a, dark=dark_flat, variance=var_flat)
             if self.fit is not None and self.fit.runs_on_gpu:
@@ -341,7 +357,7 @@ class Integrator:
         else:
             out = _core.integrate(
                 self.map._core,
-                a,
+                frames,
                 dark=dark_flat,
                 scale=self._scale,
                 error_model="given" if var_flat is not None else (self.error_model or "none"),
@@ -355,8 +371,8 @@ class Integrator:
                 n_threads=self.n_threads,
             )
         meta: dict[str, Any] = {"backend": self.backend}
-        if a.dtype.kind == "f":
-            meta["nan_pixels"] = int(np.isnan(a).sum())
+        if parts[0].dtype.kind == "f":
+            meta["nan_pixels"] = sum(int(np.isnan(p).sum()) for p in parts)
         result = self._result(out, stack, meta)
         if gpu_fit is not None:
             from radint.fit import FitTable, with_units

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radint.io._source import FrameSource
+from radint.io._source import FrameSource, native
 from radint.io.errors import ReaderError
 
 GE_HEADER_BYTES = 8192
@@ -56,6 +56,11 @@ class RawSource(FrameSource):
         if len(buf) != self._frame_bytes:
             raise ReaderError(f"{self.path}: frame {index} is truncated")
         return np.frombuffer(buf, dtype=self._dtype).reshape(self.frame_shape)
+
+    def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
+        if not native(self._dtype):
+            return None
+        return self._header + index * self._frame_bytes, self._dtype
 
     def close(self) -> None:
         """Close the file."""

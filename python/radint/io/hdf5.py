@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from radint.io._source import FrameSource, frames_from_stack
+from radint.io._source import FrameSource, frames_from_stack, native
 from radint.io.errors import ReaderError
 
 DEFAULT_DATASET = "exchange/data"
@@ -61,6 +61,7 @@ class Hdf5Source(FrameSource):
                 f"{', '.join(available) if available else 'none'}"
             )
         self._ds = obj
+        self._layout: int | None = None
         self.n_frames, self.frame_shape = frames_from_stack(self.label, obj.shape)
         self.dtype = obj.dtype
         if set(_filter_ids(obj)) - _BUILTIN:
@@ -95,6 +96,29 @@ class Hdf5Source(FrameSource):
             if "filter" in str(exc).lower():
                 hint = " (compressed with a filter h5py lacks: install hdf5plugin)"
             raise ReaderError(f"{self.label}: cannot read frame {index}{hint}: {exc}") from exc
+
+    def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
+        """Where a frame's pixels lie: unfiltered data, contiguous or one chunk per frame."""
+        ds = self._ds
+        dtype = ds.dtype
+        if self._layout is None:  # the dataset's storage, looked up once
+            plain = dtype.kind in "iuf" and native(dtype) and not ds.external
+            self._layout = ds.id.get_create_plist().get_layout() if plain else -1
+            if _filter_ids(ds):
+                self._layout = -1
+        layout = self._layout
+        frame_bytes = int(np.prod(self.frame_shape)) * dtype.itemsize
+        if layout == h5py.h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            return None if offset is None else (offset + index * frame_bytes, dtype)
+        one_frame = (1,) * (ds.ndim - 2) + tuple(self.frame_shape)
+        if layout != h5py.h5d.CHUNKED or ds.chunks != one_frame:
+            return None
+        coord = (0,) * (ds.ndim - 3) + (index, 0, 0) if ds.ndim >= 3 else (0, 0)
+        info = ds.id.get_chunk_info_by_coord(coord)
+        if info.byte_offset is None or info.size != frame_bytes or info.filter_mask:
+            return None
+        return info.byte_offset, dtype
 
     def close(self) -> None:
         """Close the HDF5 file."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from radint.io._source import FrameSource
+from radint.io._source import FrameSource, native
 from radint.io.errors import ReaderError
 
 
@@ -67,6 +67,14 @@ class TiffSource(FrameSource):
             else:  # a page unlike the first: decoded on its own, then cast
                 out[k] = self._decode(i, None)
         return out
+
+    def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
+        """Where an uncompressed page's pixels lie, when they lie in one piece."""
+        page = self._tif.pages[index]
+        if not (page.is_contiguous and page.is_final) or tuple(page.shape) != self.frame_shape:
+            return None
+        dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
+        return (int(page.dataoffsets[0]), dtype) if native(dtype) else None
 
     def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
         page = self._tif.pages[index]

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +74,9 @@ class FramePool:
 
     Why recycled: a fresh 10 MB array costs ~2 400 page faults, ~5 ms of CPU on the project's
     2-core VM (as much as receiving the frame), because glibc returns large freed blocks to the
-    system. Why slabs: frames received one after another lie back to back in memory, so when
-    several wait, the pipeline integrates them as one stack without copying them
-    (:meth:`stacked`), which reads the map once for all of them. A slab is reused once every
-    row handed out was given back; at most ``keep`` free slabs per (size, dtype) are held.
+    system. Slabs: one allocation serves several frames, and frames received one after
+    another lie side by side. A slab is reused once every row handed out was given back; at
+    most ``keep`` free slabs per (size, dtype) are held.
     """
 
     SLOTS = 8
@@ -126,30 +125,6 @@ class FramePool:
                 free = self._free.setdefault((base.shape[1], base.dtype.str), [])
                 if len(free) < self.keep:
                     free.append(base)
-
-    @staticmethod
-    def stacked(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
-        """``arrays`` as one ``(n, *frame shape)`` view when they are consecutive rows of one
-        slab, in order; else None."""
-        first = arrays[0]
-        base = first.base
-        if not isinstance(base, np.ndarray) or base.ndim != 2 or base.shape[1] != first.size:
-            return None
-        row_bytes = base.strides[0]
-        origin = base.__array_interface__["data"][0]
-        offset = first.__array_interface__["data"][0] - origin
-        if offset % row_bytes or offset // row_bytes + len(arrays) > base.shape[0]:
-            return None
-        k0 = offset // row_bytes
-        for j, a in enumerate(arrays):
-            at = origin + (k0 + j) * row_bytes
-            if (
-                a.base is not base
-                or a.shape != first.shape
-                or a.__array_interface__["data"][0] != at
-            ):
-                return None
-        return base[k0 : k0 + len(arrays)].reshape(len(arrays), *first.shape)
 
 
 @dataclass

@@ -101,23 +101,13 @@ pub struct Sums {
     pub count: Vec<u32>,
 }
 
-fn check_inputs(
-    map: &DetectorMap,
-    frame_len: usize,
-    n_frames: usize,
-    opts: &Options,
-) -> Result<()> {
+fn check_inputs<T>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
     let n = map.n_pixels();
-    if frame_len != n * n_frames {
+    if let Some((k, f)) = frames.iter().enumerate().find(|(_, f)| f.len() != n) {
         return Err(Error::shape(
-            "frame data",
-            format!(
-                "{n_frames} frame(s) of {}x{} (rows x columns) = {} values",
-                map.n_z,
-                map.n_y,
-                n * n_frames
-            ),
-            format!("{frame_len} values"),
+            format!("frame {k}"),
+            format!("{}x{} (rows x columns) = {n} values", map.n_z, map.n_y),
+            format!("{} values", f.len()),
         ));
     }
     for (what, v) in [("dark", opts.dark), ("per-pixel scale", opts.scale)] {
@@ -187,14 +177,12 @@ fn split_parts<'a, T>(
 /// Number of frames integrated together per pass over the map.
 const FRAME_BLOCK: usize = 8;
 
-/// Integrate `n_frames` frames stored contiguously in `frames` (frame-major, each raw-image order).
-pub fn integrate<T: Pixel>(
-    map: &DetectorMap,
-    frames: &[T],
-    n_frames: usize,
-    opts: &Options,
-) -> Result<Sums> {
-    check_inputs(map, frames.len(), n_frames, opts)?;
+/// Integrate `frames` (each one frame in raw-image order, wherever it lives: a stack's rows,
+/// separate buffers, a file mapped into memory), as one stack: each part of the map is read
+/// once for all of them.
+pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<Sums> {
+    check_inputs(map, frames, opts)?;
+    let n_frames = frames.len();
     let n_bins = map.n_bins();
     let with_var = !matches!(opts.error_model, ErrorModel::None);
     let mut sums = Sums {
@@ -214,7 +202,6 @@ pub fn integrate<T: Pixel>(
     let area = split_parts(&mut sums.area, n_bins, &parts);
     let variance = split_parts(&mut sums.variance, n_bins, &parts);
     let count = split_parts(&mut sums.count, n_bins, &parts);
-    let n_pixels = map.n_pixels();
     // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
     // area and count are properties of the map and the loop only sums signal (and variance).
     let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
@@ -244,7 +231,7 @@ pub fn integrate<T: Pixel>(
             let mut f0 = 0;
             while f0 < n_frames {
                 let nb = (n_frames - f0).min(FRAME_BLOCK);
-                let block = &frames[f0 * n_pixels..(f0 + nb) * n_pixels];
+                let block = &frames[f0..f0 + nb];
                 let mut out = OutBlock {
                     signal: &mut s[f0..f0 + nb],
                     area: &mut a[f0..f0 + nb],
@@ -261,19 +248,19 @@ pub fn integrate<T: Pixel>(
                 // 1D 96 vs 73 f/s at 2 threads), so the block is the fallback without AVX-512.
                 if dense && nb == FRAME_BLOCK && !with_var && !use_gather {
                     match opts.precision {
-                        Precision::Double => dense_block_dispatch::<T, f64>(
-                            map, block, n_pixels, lo, hi, bin_area, &mut out,
-                        ),
-                        Precision::Single => dense_block_dispatch::<T, f32>(
-                            map, block, n_pixels, lo, hi, bin_area, &mut out,
-                        ),
+                        Precision::Double => {
+                            dense_block_dispatch::<T, f64>(map, block, lo, hi, bin_area, &mut out)
+                        }
+                        Precision::Single => {
+                            dense_block_dispatch::<T, f32>(map, block, lo, hi, bin_area, &mut out)
+                        }
                     }
                     f0 += nb;
                     continue;
                 }
                 if dense {
                     for k in 0..nb {
-                        let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                        let one = block[k];
                         let mut single = out.frame(k);
                         if use_gather {
                             gather_bins(map, one, lo, hi, bin_area, &mut single);
@@ -305,31 +292,43 @@ pub fn integrate<T: Pixel>(
                 }
                 if use_masked_gather {
                     for k in 0..nb {
-                        let one = &block[k * n_pixels..(k + 1) * n_pixels];
+                        let one = block[k];
                         masked_gather_bins(map, one, lo, hi, opts, &mut out.frame(k));
                     }
                     f0 += nb;
                     continue;
                 }
                 match (nb, opts.precision) {
-                    (FRAME_BLOCK, Precision::Double) => bins_block::<T, f64, FRAME_BLOCK>(
-                        map, block, n_pixels, lo, hi, opts, &mut out,
-                    ),
-                    (FRAME_BLOCK, Precision::Single) => bins_block::<T, f32, FRAME_BLOCK>(
-                        map, block, n_pixels, lo, hi, opts, &mut out,
-                    ),
+                    (FRAME_BLOCK, Precision::Double) => {
+                        bins_block::<T, f64, FRAME_BLOCK>(map, block, lo, hi, opts, &mut out)
+                    }
+                    (FRAME_BLOCK, Precision::Single) => {
+                        bins_block::<T, f32, FRAME_BLOCK>(map, block, lo, hi, opts, &mut out)
+                    }
                     (_, Precision::Double) => {
                         for k in 0..nb {
-                            let one = &block[k * n_pixels..(k + 1) * n_pixels];
                             let mut single = out.frame(k);
-                            bins_block::<T, f64, 1>(map, one, n_pixels, lo, hi, opts, &mut single);
+                            bins_block::<T, f64, 1>(
+                                map,
+                                &block[k..k + 1],
+                                lo,
+                                hi,
+                                opts,
+                                &mut single,
+                            );
                         }
                     }
                     (_, Precision::Single) => {
                         for k in 0..nb {
-                            let one = &block[k * n_pixels..(k + 1) * n_pixels];
                             let mut single = out.frame(k);
-                            bins_block::<T, f32, 1>(map, one, n_pixels, lo, hi, opts, &mut single);
+                            bins_block::<T, f32, 1>(
+                                map,
+                                &block[k..k + 1],
+                                lo,
+                                hi,
+                                opts,
+                                &mut single,
+                            );
                         }
                     }
                 }
@@ -518,8 +517,7 @@ impl Acc for f32 {
 #[inline(never)]
 fn bins_block<T: Pixel, A: Acc, const NB: usize>(
     map: &DetectorMap,
-    frames: &[T],
-    n_pixels: usize,
+    frames: &[&[T]],
     lo: usize,
     hi: usize,
     opts: &Options,
@@ -535,7 +533,7 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
         let mut c = [0u32; NB];
         for e in e0..e1 {
             for k in 0..NB {
-                prefetch_pixels(&frames[k * n_pixels..], &map.pixel, e + PREFETCH_DISTANCE);
+                prefetch_pixels(frames[k], &map.pixel, e + PREFETCH_DISTANCE);
             }
             let p = map.pixel[e] as usize;
             let area = A::from_f32(map.area[e]);
@@ -548,7 +546,7 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
             }
             let dark = opts.dark.map(|d| A::from_f64(-d[p]));
             for k in 0..NB {
-                let raw = A::from_pixel(frames[k * n_pixels + p]);
+                let raw = A::from_pixel(frames[k][p]);
                 let value = match dark {
                     Some(minus_dark) => raw + minus_dark,
                     None => raw,
@@ -709,7 +707,7 @@ fn dense_bins<T: Pixel, A: Acc>(
 }
 
 avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &DetectorMap,
-    frames: &[T], n_pixels: usize, lo: usize, hi: usize, bin_area: &[f64], out: &mut OutBlock));
+    frames: &[&[T]], lo: usize, hi: usize, bin_area: &[f64], out: &mut OutBlock));
 
 /// The NaN-free kernel over a block of [`FRAME_BLOCK`] frames: each CSR entry is read once and
 /// applied to every frame of the block, so the map's memory traffic is shared by the block.
@@ -717,15 +715,14 @@ avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &Detec
 #[inline(always)]
 fn dense_block<T: Pixel, A: Acc>(
     map: &DetectorMap,
-    frames: &[T],
-    n_pixels: usize,
+    frames: &[&[T]],
     lo: usize,
     hi: usize,
     bin_area: &[f64],
     out: &mut OutBlock,
 ) {
     const NB: usize = FRAME_BLOCK;
-    let frame: [&[T]; NB] = std::array::from_fn(|k| &frames[k * n_pixels..(k + 1) * n_pixels]);
+    let frame: [&[T]; NB] = std::array::from_fn(|k| frames[k]);
     let weight = map.weight.as_deref();
     for b in lo..hi {
         let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);

@@ -14,7 +14,7 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use radint_core::geometry::ImageTransform;
 use radint_core::integrate as core_integrate;
 use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision, Rules, Sums};
@@ -456,6 +456,18 @@ impl<'py> Frames<'py> {
         ))
     }
 
+    fn dtype_name(&self) -> &'static str {
+        match self {
+            Frames::U8(_) => "uint8",
+            Frames::U16(_) => "uint16",
+            Frames::U32(_) => "uint32",
+            Frames::I32(_) => "int32",
+            Frames::I64(_) => "int64",
+            Frames::F32(_) => "float32",
+            Frames::F64(_) => "float64",
+        }
+    }
+
     fn shape(&self) -> Vec<usize> {
         match self {
             Frames::U8(a) => a.shape().to_vec(),
@@ -475,7 +487,8 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
     })
 }
 
-/// Integrate one frame `(n_z, n_y)` or a stack `(n_frames, n_z, n_y)`; returns a dict of arrays.
+/// Integrate one frame `(n_z, n_y)`, a stack `(n_frames, n_z, n_y)` or a list of frames
+/// `(n_z, n_y)` of one dtype (integrated as one stack); returns a dict of arrays.
 #[pyfunction]
 #[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None))]
 #[allow(clippy::too_many_arguments)]
@@ -497,18 +510,37 @@ fn integrate<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = map.get();
     let m = &core.map;
-    let frames = Frames::extract(frames)?;
-    let shape = frames.shape();
-    let n_frames = match shape.as_slice() {
-        [z, y] if (*z, *y) == (m.n_z, m.n_y) => 1,
-        [n, z, y] if (*z, *y) == (m.n_z, m.n_y) => *n,
-        _ => {
-            return Err(shape_error(format!(
+    // One array (a frame or a stack), or a list of frames that may live anywhere: integrated
+    // as one stack all the same, without gathering them into one buffer first.
+    let parts: Vec<Frames> = match frames.cast::<PyList>() {
+        Ok(list) => list
+            .iter()
+            .map(|f| Frames::extract(&f))
+            .collect::<PyResult<_>>()?,
+        Err(_) => vec![Frames::extract(frames)?],
+    };
+    let listed = frames.is_instance_of::<PyList>();
+    let mut n_frames = 0;
+    for (k, part) in parts.iter().enumerate() {
+        let shape = part.shape();
+        n_frames += match shape.as_slice() {
+            [z, y] if (*z, *y) == (m.n_z, m.n_y) => 1,
+            [n, z, y] if !listed && (*z, *y) == (m.n_z, m.n_y) => *n,
+            _ if listed => {
+                return Err(shape_error(format!(
+                    "frames[{k}]: expected shape ({}, {}) (rows, columns), got {:?}",
+                    m.n_z, m.n_y, shape
+                )))
+            }
+            _ => {
+                return Err(shape_error(format!(
                 "frame: expected shape ({}, {}) or (n_frames, {}, {}) (rows, columns), got {:?}",
                 m.n_z, m.n_y, m.n_z, m.n_y, shape
             )))
-        }
-    };
+            }
+        };
+    }
+    let n_pixels = m.n_pixels().max(1);
     let dark = dark
         .as_ref()
         .map(|d| d.as_slice())
@@ -585,23 +617,39 @@ fn integrate<'py>(
         nan_masked_bins,
     };
     macro_rules! run {
-        ($a:expr) => {{
-            let data = contiguous($a)?;
+        ($variant:ident) => {{
+            let mut slices = Vec::with_capacity(n_frames);
+            for (k, part) in parts.iter().enumerate() {
+                let Frames::$variant(a) = part else {
+                    return Err(raise(
+                        "DtypeError",
+                        format!(
+                            "frames[{k}]: all frames must share one dtype, got {} and {}",
+                            parts[0].dtype_name(),
+                            part.dtype_name()
+                        ),
+                    ));
+                };
+                slices.extend(contiguous(a)?.chunks_exact(n_pixels));
+            }
             run_detached(py, n_threads, || {
-                let sums = core_integrate::integrate(m, data, n_frames, &opts)?;
+                let sums = core_integrate::integrate(m, &slices, &opts)?;
                 let f = core_integrate::finalize(m, &sums, &fin);
                 Ok((sums, f))
             })?
         }};
     }
-    let (sums, fin): (Sums, core_integrate::Finalized) = match &frames {
-        Frames::U8(a) => run!(a),
-        Frames::U16(a) => run!(a),
-        Frames::U32(a) => run!(a),
-        Frames::I32(a) => run!(a),
-        Frames::I64(a) => run!(a),
-        Frames::F32(a) => run!(a),
-        Frames::F64(a) => run!(a),
+    let Some(first) = parts.first() else {
+        return Err(shape_error("frames: an empty list".into()));
+    };
+    let (sums, fin): (Sums, core_integrate::Finalized) = match first {
+        Frames::U8(_) => run!(U8),
+        Frames::U16(_) => run!(U16),
+        Frames::U32(_) => run!(U32),
+        Frames::I32(_) => run!(I32),
+        Frames::I64(_) => run!(I64),
+        Frames::F32(_) => run!(F32),
+        Frames::F64(_) => run!(F64),
     };
     let d = PyDict::new(py);
     d.set_item("n_frames", n_frames)?;
