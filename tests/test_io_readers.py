@@ -260,3 +260,53 @@ def test_read_stacks_maps_plain_frames_in_place(tmp_path: Path, monkeypatch) -> 
     assert not isinstance(stacks(fresh)[0].data, list)
     monkeypatch.setenv("RADINT_MAP_FILES", "0")
     assert not isinstance(stacks(tif)[0].data, list)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64]
+)
+def test_plain_single_page_tiffs_open_from_their_header(tmp_path: Path, dtype) -> None:
+    """A single-page TIFF stored plain is opened without tifffile: same shape, type and
+    pixels (one strip, several strips, rows per strip not dividing the height); everything
+    else (compressed, predictor, big-endian, multi-page, RGB, truncated) is left to tifffile."""
+    from radint.io import open_frames
+    from radint.io.tiff import plain_image
+
+    image = (
+        RNG.integers(0, 120, size=(37, 23)) * (-1 if np.dtype(dtype).kind == "i" else 1)
+    ).astype(dtype)
+    plain = {"one_strip": {}, "strips": {"rowsperstrip": 4}, "strips_uneven": {"rowsperstrip": 5}}
+    for name, kw in plain.items():
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, image, photometric="minisblack", **kw)
+        found = plain_image(path)
+        assert found is not None, name
+        with open_frames(path) as source:
+            assert source._tif_file is None  # tifffile not opened
+            assert source.frame_shape == image.shape and source.dtype == image.dtype
+            np.testing.assert_array_equal(source.read(0), image)
+        offset, found_dtype, shape = found
+        raw = np.frombuffer(path.read_bytes(), found_dtype, count=image.size, offset=offset)
+        np.testing.assert_array_equal(raw.reshape(shape), image)
+    others = {
+        "zlib": dict(data=image, compression="zlib"),
+        "predictor": dict(data=image, compression="zlib", predictor=True),
+        "big_endian": dict(data=image, byteorder=">"),
+        "pages": dict(data=np.stack([image, image])),
+        "rgb": dict(data=np.stack([image] * 3, axis=-1).astype(np.uint8), photometric="rgb"),
+    }
+    for name, kw in others.items():
+        if name == "predictor" and np.dtype(dtype).kind == "f":
+            continue  # tifffile writes a float predictor only with imagecodecs
+        if name == "big_endian" and np.dtype(dtype).itemsize == 1:
+            continue  # one byte per pixel has no byte order: plain either way
+        path = tmp_path / f"{name}.tif"
+        kw.setdefault("photometric", "minisblack")
+        tifffile.imwrite(path, **kw)
+        assert plain_image(path) is None, name
+    cut = tmp_path / "cut.tif"
+    tifffile.imwrite(cut, image, photometric="minisblack")
+    cut.write_bytes(cut.read_bytes()[:-7])
+    assert plain_image(cut) is None
+    with pytest.raises(ReaderError, match="truncated"):
+        frames_of(cut)
