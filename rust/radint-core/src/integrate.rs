@@ -298,39 +298,9 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     f0 += nb;
                     continue;
                 }
-                match (nb, opts.precision) {
-                    (FRAME_BLOCK, Precision::Double) => {
-                        bins_block::<T, f64, FRAME_BLOCK>(map, block, lo, hi, opts, &mut out)
-                    }
-                    (FRAME_BLOCK, Precision::Single) => {
-                        bins_block::<T, f32, FRAME_BLOCK>(map, block, lo, hi, opts, &mut out)
-                    }
-                    (_, Precision::Double) => {
-                        for k in 0..nb {
-                            let mut single = out.frame(k);
-                            bins_block::<T, f64, 1>(
-                                map,
-                                &block[k..k + 1],
-                                lo,
-                                hi,
-                                opts,
-                                &mut single,
-                            );
-                        }
-                    }
-                    (_, Precision::Single) => {
-                        for k in 0..nb {
-                            let mut single = out.frame(k);
-                            bins_block::<T, f32, 1>(
-                                map,
-                                &block[k..k + 1],
-                                lo,
-                                hi,
-                                opts,
-                                &mut single,
-                            );
-                        }
-                    }
+                match opts.precision {
+                    Precision::Double => bins_frames::<T, f64>(map, block, lo, hi, opts, &mut out),
+                    Precision::Single => bins_frames::<T, f32>(map, block, lo, hi, opts, &mut out),
                 }
                 f0 += nb;
             }
@@ -510,6 +480,24 @@ impl Acc for f32 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         self.is_nan()
+    }
+}
+
+/// [`bins_block`] over `frames`: one pass for a full block, else frame by frame.
+fn bins_frames<T: Pixel, A: Acc>(
+    map: &DetectorMap,
+    frames: &[&[T]],
+    lo: usize,
+    hi: usize,
+    opts: &Options,
+    out: &mut OutBlock,
+) {
+    if frames.len() == FRAME_BLOCK {
+        bins_block::<T, A, FRAME_BLOCK>(map, frames, lo, hi, opts, out);
+        return;
+    }
+    for k in 0..frames.len() {
+        bins_block::<T, A, 1>(map, &frames[k..k + 1], lo, hi, opts, &mut out.frame(k));
     }
 }
 
