@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -172,11 +171,3 @@ class FileMapping:
 
 def _mapping_off() -> bool:
     return os.environ.get("RADINT_MAP_FILES", "1") == "0"
-
-
-def native(dtype: np.dtype) -> bool:
-    """Whether pixels of ``dtype`` are stored in this machine's byte order."""
-    return (
-        dtype.byteorder in ("=", "|")
-        or dtype.byteorder == {"little": "<", "big": ">"}[sys.byteorder]
-    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radint.io._source import FrameSource, native
+from radint.io._source import FrameSource
 from radint.io.errors import ReaderError
 
 GE_HEADER_BYTES = 8192
@@ -58,7 +58,7 @@ class RawSource(FrameSource):
         return np.frombuffer(buf, dtype=self._dtype).reshape(self.frame_shape)
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
-        if not native(self._dtype):
+        if not self._dtype.isnative:
             return None
         return self._header + index * self._frame_bytes, self._dtype
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from radint.io._source import FrameSource, frames_from_stack, native
+from radint.io._source import FrameSource, frames_from_stack
 from radint.io.errors import ReaderError
 
 DEFAULT_DATASET = "exchange/data"
@@ -102,10 +102,10 @@ class Hdf5Source(FrameSource):
         ds = self._ds
         dtype = ds.dtype
         if self._layout is None:  # the dataset's storage, looked up once
-            plain = dtype.kind in "iuf" and native(dtype) and not ds.external
+            plain = (
+                dtype.kind in "iuf" and dtype.isnative and not ds.external and not _filter_ids(ds)
+            )
             self._layout = ds.id.get_create_plist().get_layout() if plain else -1
-            if _filter_ids(ds):
-                self._layout = -1
         layout = self._layout
         frame_bytes = int(np.prod(self.frame_shape)) * dtype.itemsize
         if layout == h5py.h5d.CONTIGUOUS:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from radint.io._source import FrameSource, native
+from radint.io._source import FrameSource
 from radint.io.errors import ReaderError
 
 #: Baseline TIFF tags read by :func:`plain_image`.
@@ -187,7 +187,7 @@ class TiffSource(FrameSource):
         if not (page.is_contiguous and page.is_final) or tuple(page.shape) != self.frame_shape:
             return None
         dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
-        return (int(page.dataoffsets[0]), dtype) if native(dtype) else None
+        return (int(page.dataoffsets[0]), dtype) if dtype.isnative else None
 
     def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
         page = self._tif.pages[index]
