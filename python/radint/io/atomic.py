@@ -12,7 +12,7 @@ import functools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def remove_path(path: Path) -> None:
 
 
 @functools.cache
-def _sync_file_range() -> object | None:
+def _sync_file_range() -> Callable[..., int] | None:
     """libc's ``sync_file_range`` (Linux), or None."""
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
@@ -45,8 +45,8 @@ def _sync_file_range() -> object | None:
 def start_writeback(fd: int) -> None:
     """Have the kernel start writing the file's dirty pages to disk now, without waiting for
     them (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; nothing elsewhere). A writer that
-    calls this as it goes finds little left for the fsync before its final rename: for a
-    200-frame NeXus file that sync took ~60–90 ms at the end of the run."""
+    calls this as it goes finds little left for the fsync before its final rename (a 120-frame
+    NeXus file: 56 ms at the end of the run without it, ~1 ms with it)."""
     call = _sync_file_range()
     if call is not None:
         call(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; a failure only means a longer fsync later
