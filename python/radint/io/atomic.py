@@ -35,7 +35,7 @@ def _sync_file_range() -> Callable[..., int] | None:
     """libc's ``sync_file_range`` (Linux), or None."""
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not Linux (Windows has no CDLL(None))
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int
