@@ -230,6 +230,23 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         .for_each(|((((&(lo, hi), mut s), mut a), mut v), mut c)| {
             let mut f0 = 0;
             while f0 < n_frames {
+                // Frames in pairs share the CSR stream (see `gather::STACK_BLOCK`).
+                if use_gather && n_frames - f0 >= gather::STACK_BLOCK {
+                    let nb = gather::STACK_BLOCK;
+                    let mut out = OutBlock {
+                        signal: &mut s[f0..f0 + nb],
+                        area: &mut a[f0..f0 + nb],
+                        variance: if with_var {
+                            &mut v[f0..f0 + nb]
+                        } else {
+                            &mut []
+                        },
+                        count: &mut c[f0..f0 + nb],
+                    };
+                    gather_stack_bins(map, &frames[f0..f0 + nb], lo, hi, bin_area, &mut out);
+                    f0 += nb;
+                    continue;
+                }
                 let nb = (n_frames - f0).min(FRAME_BLOCK);
                 let block = &frames[f0..f0 + nb];
                 let mut out = OutBlock {
@@ -242,10 +259,9 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     },
                     count: &mut c[f0..f0 + nb],
                 };
-                // Sharing the map across frames pays only for signal-only sums: with variance the
-                // 16 accumulators per bin spill and the block ran slower than frame by frame. The
-                // gather kernel frame by frame beats the block (Pilatus 2D 212 vs 196 f/s, Eiger
-                // 1D 96 vs 73 f/s at 2 threads), so the block is the fallback without AVX-512.
+                // Without AVX-512: sharing the map across frames pays only for signal-only
+                // sums; with variance the 16 accumulators per bin spill and the block ran slower
+                // than frame by frame.
                 if dense && nb == FRAME_BLOCK && !with_var && !use_gather {
                     match opts.precision {
                         Precision::Double => {
@@ -342,6 +358,46 @@ fn gather_bins<T: Pixel>(
 fn gather_bins<T: Pixel>(
     _: &DetectorMap,
     _: &[T],
+    _: usize,
+    _: usize,
+    _: &[f64],
+    _: &mut OutBlock,
+) {
+    unreachable!("gather::available() is false off x86-64")
+}
+
+/// [`gather::dense_bins_stack`] for one block of frames, area and count taken from the map.
+#[cfg(target_arch = "x86_64")]
+fn gather_stack_bins<T: Pixel>(
+    map: &DetectorMap,
+    frames: &[&[T]],
+    lo: usize,
+    hi: usize,
+    bin_area: &[f64],
+    out: &mut OutBlock,
+) {
+    gather::dense_bins_stack(
+        &map.indptr,
+        &map.pixel,
+        &map.area,
+        frames,
+        lo,
+        hi,
+        out.signal,
+        out.variance,
+    );
+    for k in 0..frames.len() {
+        out.area[k].copy_from_slice(&bin_area[lo..hi]);
+        for (c, b) in out.count[k].iter_mut().zip(lo..hi) {
+            *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn gather_stack_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &[&[T]],
     _: usize,
     _: usize,
     _: &[f64],

@@ -1,4 +1,4 @@
-//! The AVX-512 gather kernel against a plain scalar sum, on random CSR maps whose bins are
+//! The AVX-512 gather kernels (one frame and a block of frames) against a plain scalar sum, on random CSR maps whose bins are
 //! unsorted, empty, long and short, and reach the frame's last pixels (where a 32-bit gather of a
 //! u8/u16 pixel would read past the frame and the kernel must fall back per lane).
 
@@ -125,6 +125,42 @@ fn check<T: Pixel>(make: impl Fn(u64) -> T) {
                 &mut [],
             );
             close(&s_only, &want_s, "signal only");
+            // The same frame and another one sharing the CSR pass.
+            let other: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
+            let (other_s, other_v) = reference(&csr, &other, lo, hi);
+            let mut s2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
+            let mut v2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
+            {
+                let [sa, sb] = &mut s2;
+                let [va, vb] = &mut v2;
+                gather::dense_bins_stack(
+                    &csr.indptr,
+                    &csr.pixel,
+                    &csr.area,
+                    &[&frame[..], &other[..]],
+                    lo,
+                    hi,
+                    &mut [&mut sa[..], &mut sb[..]],
+                    &mut [&mut va[..], &mut vb[..]],
+                );
+            }
+            close(&s2[0], &want_s, "stack frame 0 signal");
+            close(&v2[0], &want_v, "stack frame 0 variance");
+            close(&s2[1], &other_s, "stack frame 1 signal");
+            close(&v2[1], &other_v, "stack frame 1 variance");
+            let [sa, sb] = &mut s2;
+            gather::dense_bins_stack(
+                &csr.indptr,
+                &csr.pixel,
+                &csr.area,
+                &[&other[..], &frame[..]],
+                lo,
+                hi,
+                &mut [&mut sa[..], &mut sb[..]],
+                &mut [],
+            );
+            close(&s2[0], &other_s, "stack signal only, frame 0");
+            close(&s2[1], &want_s, "stack signal only, frame 1");
         }
     }
 }
