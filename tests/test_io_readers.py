@@ -201,19 +201,13 @@ def test_unknown_and_missing_files(tmp_path: Path) -> None:
         list(read_frames(path, frames=[9]))
 
 
-def _settle(*paths: Path) -> None:
-    import os
-
-    for p in paths:
-        os.utime(p, (1e9, 1e9))
-
-
-def test_read_stacks_maps_plain_frames_in_place(tmp_path: Path, monkeypatch) -> None:
-    """With ``mapped=True``, frames stored as plain native pixels (uncompressed TIFF pages,
-    contiguous or one-chunk-per-frame HDF5, raw) come as read-only views of the mapped file,
-    equal to a normal read; compressed, big-endian or freshly written files are read as
-    usual, and RADINT_MAP_FILES=0 turns mapping off."""
-    from radint.io import read_stacks
+def test_plain_frames_are_read_with_one_call(tmp_path: Path) -> None:
+    """Frames stored as plain native pixels (uncompressed TIFF pages, contiguous or
+    one-chunk-per-frame HDF5, raw/GE) are read straight into the caller's buffer by
+    ``read_plain``; compressed, big-endian or multi-frame-chunk frames are decoded. Both ways
+    ``read_stacks`` gives the same frames, and a file cut short under the reader is an error
+    naming the frame."""
+    from radint.io import open_frames, read_stacks
 
     tif = tmp_path / "s.tif"
     tifffile.imwrite(tif, STACK, photometric="minisblack")
@@ -227,39 +221,33 @@ def test_read_stacks_maps_plain_frames_in_place(tmp_path: Path, monkeypatch) -> 
         f.create_dataset("chunked", data=STACK, chunks=(1, 12, 9))
         f.create_dataset("two_frames_a_chunk", data=STACK, chunks=(2, 12, 9))
         f.create_dataset("deflate", data=STACK, chunks=(1, 12, 9), compression="gzip")
-        f.create_dataset("one", data=STACK[0])
     raw = tmp_path / "s.ge2"  # GE: an 8192-byte header, then the frames
     raw.write_bytes(b"\0" * 8192 + STACK.astype("<u2").tobytes())
-    _settle(tif, big_endian, packed, h5, raw)
-
-    def stacks(path: Path, **kw) -> list:
-        return list(read_stacks(path, size=3, mapped=True, **kw))
-
     cases = [(tif, {}, True), (big_endian, {}, False), (packed, {}, False),
              (h5, {"dataset": "contiguous"}, True), (h5, {"dataset": "chunked"}, True),
              (h5, {"dataset": "two_frames_a_chunk"}, False), (h5, {"dataset": "deflate"}, False),
-             (h5, {"dataset": "one"}, None)]  # fmt: skip
-    for path, kw, maps in cases:
-        got = stacks(path, **kw)
-        if maps is None:  # HDF5 does not align data: a misaligned frame is read, not mapped
-            maps = isinstance(got[0].data, list)
-        assert all(isinstance(s.data, list) == maps for s in got), (path.name, kw)
-        frames = np.concatenate([np.stack(s.data) if maps else s.data for s in got])
-        want = STACK[:1] if kw.get("dataset") == "one" else STACK
-        np.testing.assert_array_equal(frames, want)
-        assert [i for s in got for i in s.ids] == list(range(len(want)))
-        if maps:
-            assert not got[0].data[0].flags.writeable
-    from radint.io import open_frames
+             (raw, {"shape": (12, 9)}, True)]  # fmt: skip
+    for path, kw, plain in cases:
+        with open_frames(path, **kw) as source:
+            out = np.zeros((4, 12, 9), dtype=source.dtype)
+            assert [source.read_plain(i, out[i]) for i in range(4)] == [plain] * 4, path.name
+            if plain:
+                np.testing.assert_array_equal(out, STACK)
+            # Another type than the stored one is decoded and cast, never read raw.
+            assert not source.read_plain(0, np.zeros((12, 9), np.float64))
+        if "shape" in kw:
+            continue
+        got = list(read_stacks(path, size=3, allocate=lambda s, t: np.empty(s, t), **kw))
+        np.testing.assert_array_equal(np.concatenate([s.data for s in got]), STACK)
+        assert [i for s in got for i in s.ids] == [0, 1, 2, 3]
 
-    with open_frames(raw, shape=(12, 9)) as source:
-        views = [source.mapped(i) for i in range(4)]
-    np.testing.assert_array_equal(np.stack(views), STACK)
-    fresh = tmp_path / "fresh.tif"
-    tifffile.imwrite(fresh, STACK, photometric="minisblack")
-    assert not isinstance(stacks(fresh)[0].data, list)
-    monkeypatch.setenv("RADINT_MAP_FILES", "0")
-    assert not isinstance(stacks(tif)[0].data, list)
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, STACK[0], photometric="minisblack")
+    with open_frames(one) as source:
+        with open(one, "r+b") as fh:
+            fh.truncate(one.stat().st_size - 10)
+        with pytest.raises(ReaderError, match="one.tif: frame 0 is truncated"):
+            source.read_plain(0, np.empty((12, 9), source.dtype))
 
 
 @pytest.mark.parametrize(

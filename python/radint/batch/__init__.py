@@ -159,17 +159,12 @@ def process_files(
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
                     allocate=lambda shape, dtype, d=file_dark: group.slots(shape, dtype, d),
-                    mapped=True,
                 ):
-                    if group.add(i, stack, ids, metadata, file_dark):
+                    if group.add(i, stack, ids, metadata):
                         if group.full:
                             yield from group.flush()
                         continue
                     yield from group.flush()  # the frames before this stack go first
-                    if isinstance(stack, list) and group.add(i, stack, ids, metadata, file_dark):
-                        if group.full:  # mapped frames start the next group
-                            yield from group.flush()
-                        continue
                     yield ("stack", i, stack, ids, file_dark, metadata)
             except Exception as e:  # handed on: this file fails, the next one is read
                 yield ("error", i, e)
@@ -201,8 +196,7 @@ def process_files(
                         writer.put(("error", i_failed, e))
                     continue
                 finally:
-                    if isinstance(data, np.ndarray):
-                        _STACK_BUFFERS.give_back(data)
+                    _STACK_BUFFERS.give_back(data)
                 for i_file, first, n, ids, metadata in live:
                     part = _frames(result, first, n)
                     part.frame_ids = np.asarray(ids, dtype=np.int64)
@@ -283,12 +277,12 @@ def _frames(result: Any, first: int, n: int) -> Any:
 
 
 class _Group:
-    """Stacks of consecutive files integrated together as one stack: frames read into one
-    buffer, or frames read in place from their mapped files (a list of views).
+    """Stacks of consecutive files integrated together as one stack, their frames read into
+    one buffer.
 
     :meth:`slots` offers the next free frames of the buffer to the reader (as its ``allocate``);
-    a stack read into them, or a list of mapped frames, is then :meth:`add`-ed. Files whose
-    frames differ in shape or type, or that have another dark, do not join.
+    a stack read into them is then :meth:`add`-ed. Files whose frames differ in shape or type,
+    or that have another dark, do not join.
     """
 
     def __init__(self) -> None:
@@ -296,7 +290,6 @@ class _Group:
 
     def _empty(self) -> None:
         self.buffer: np.ndarray | None = None
-        self.views: list[np.ndarray] = []
         self.dark: np.ndarray | None = None
         self.n = 0
         self.members: list[tuple[int, int, int, Any, dict]] = []
@@ -307,8 +300,6 @@ class _Group:
         """The next ``shape[0]`` free frames, or a buffer of its own where such a stack
         cannot join (see :meth:`add`)."""
         n, frame = shape[0], tuple(shape[1:])
-        if self.views:
-            return _STACK_BUFFERS.take(shape, dtype)
         if self.buffer is None:
             frame_bytes = int(np.prod(frame)) * np.dtype(dtype).itemsize
             capacity = max(1, min(STACK_FRAMES, STACK_BYTES // max(1, frame_bytes)))
@@ -326,25 +317,8 @@ class _Group:
         self._offered = self.buffer[self.n : self.n + n]
         return self._offered
 
-    def add(
-        self, i: int, stack: np.ndarray | list[np.ndarray], ids: Any, metadata: dict, dark: Any
-    ) -> bool:
-        """Take file ``i``'s ``stack`` if it was read into the offered frames, or if it is a
-        list of mapped frames that fits (same shape, type and dark, room left)."""
-        if isinstance(stack, list):
-            first = self.views[0] if self.views else stack[0]
-            if (
-                self.buffer is not None
-                or (self.views and self.dark is not dark)
-                or any(v.shape != first.shape or v.dtype != first.dtype for v in stack)
-                or self.n + len(stack) > STACK_FRAMES
-            ):
-                return False
-            self.dark = dark
-            self.views.extend(stack)
-            self.members.append((i, self.n, len(stack), ids, metadata))
-            self.n += len(stack)
-            return True
+    def add(self, i: int, stack: np.ndarray, ids: Any, metadata: dict) -> bool:
+        """Take file ``i``'s ``stack`` if it was read into the offered frames."""
         if self._offered is None or stack is not self._offered:
             return False
         self.members.append((i, self.n, len(stack), ids, metadata))
@@ -354,8 +328,6 @@ class _Group:
 
     @property
     def full(self) -> bool:
-        if self.views:
-            return self.n == STACK_FRAMES
         return self.buffer is not None and self.n == len(self.buffer)
 
     def holds(self, i: int) -> bool:
@@ -363,11 +335,6 @@ class _Group:
 
     def flush(self) -> Iterator[tuple]:
         """The group's event (none when empty: its buffer is handed back); then empty."""
-        if self.views:
-            views, members, dark, ends = self.views, self.members, self.dark, self.ends
-            self._empty()
-            yield ("group", None, views, members, dark, ends)
-            return
         if self.buffer is None:
             return
         buffer, members, dark, ends, n = self.buffer, self.members, self.dark, self.ends, self.n

@@ -36,7 +36,7 @@ class RawSource(FrameSource):
         if len(shape) != 2 or min(shape) <= 0:
             raise ReaderError(f"{path}: frame shape must be two positive sizes, got {shape}")
         self.frame_shape = (int(shape[0]), int(shape[1]))
-        self._dtype = np.dtype(dtype)
+        self._dtype = self.dtype = np.dtype(dtype)
         self._header = header_bytes
         self._frame_bytes = self.frame_shape[0] * self.frame_shape[1] * self._dtype.itemsize
         payload = path.stat().st_size - header_bytes

@@ -189,10 +189,9 @@ def read_frames(
 
 
 class Stack(NamedTuple):
-    """Frames read together by :func:`read_stacks`: ``data`` is one ``(n, n_z, n_y)`` array,
-    or with ``mapped=True`` possibly a list of ``(n_z, n_y)`` views of the file."""
+    """Frames read together by :func:`read_stacks`: ``data`` is one ``(n, n_z, n_y)`` array."""
 
-    data: np.ndarray | list[np.ndarray]
+    data: np.ndarray
     ids: list[int]
     metadata: dict[str, list[Any]]
 
@@ -204,7 +203,6 @@ def read_stacks(
     size: int = 16,
     max_bytes: int | None = None,
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
-    mapped: bool = False,
 ) -> Iterator[Stack]:
     """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
     metadata)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted after
@@ -215,10 +213,9 @@ def read_stacks(
     of frame by frame. Frame selection is the default one of :func:`read_frames`. With
     ``allocate(shape, dtype)``, multi-frame stacks are read into the arrays it returns (a
     caller's reusable buffers: fresh 100 MB arrays cost their page faults on every stack).
-    ``max_bytes`` caps a stack's size where the format knows its pixel type up front. With
-    ``mapped``, frames stored as plain pixels (uncompressed TIFF, HDF5 and raw/GE files) come
-    as a list of read-only views of the file mapped into memory, read in place without a copy
-    (see :class:`~radint.io._source.FileMapping`); other frames are read as usual.
+    ``max_bytes`` caps a stack's size where the format knows its pixel type up front. Frames
+    stored as plain pixels (uncompressed TIFF, HDF5 without filters, raw/GE) are read into
+    those arrays with one system call each (:meth:`~radint.io._source.FrameSource.read_plain`).
 
     Raises
     ------
@@ -238,13 +235,11 @@ def read_stacks(
             keys = set().union(*per_frame)
             metadata = {key: [m.get(key, np.nan) for m in per_frame] for key in keys}
             ids = [source.frame_id(i) for i in chunk]
-            views = _mapped(source, chunk) if mapped and len(shape) == 2 else None
-            if views is not None:
-                yield Stack(views, ids, metadata)
-                continue
             if allocate is not None and source.dtype is not None and len(shape) == 2:
                 out = allocate((len(chunk), *shape), source.dtype)
-                if contiguous:
+                if all(source.read_plain(i, out[j]) for j, i in enumerate(chunk)):
+                    data = out
+                elif contiguous:
                     data = source.read_block(chunk[0], chunk[-1] + 1, out)
                 else:
                     for j, i in enumerate(chunk):
@@ -262,17 +257,6 @@ def read_stacks(
                     f"{data.shape[1:]}, not 2-D"
                 )
             yield Stack(data, ids, metadata)
-
-
-def _mapped(source: FrameSource, chunk: list[int]) -> list[np.ndarray] | None:
-    """Views of the frames ``chunk`` in the mapped file, or None unless every one maps."""
-    views = []
-    for i in chunk:
-        view = source.mapped(i)
-        if view is None:
-            return None
-        views.append(view)
-    return views
 
 
 def count_frames(
