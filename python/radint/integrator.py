@@ -190,6 +190,8 @@ class Integrator:
         self.solid_angle_model = solid_angle_model
         self.polarization_model = polarization_model
         shape = cfg.shape
+        if not (solid_angle_model or polarization_model) and flat is None and mask is None:
+            return None
         correction = np.ones(shape[0] * shape[1])
         used = False
         if solid_angle_model or polarization_model:

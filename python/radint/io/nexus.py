@@ -345,14 +345,16 @@ class _H5Tree:
             ds.id.write_direct_chunk((n + k, *origin), encode(row))
 
     def _row_encoder(self, ds: Any) -> Callable[[np.ndarray], Any] | None:
-        """For a compressed dataset whose chunks are single rows (the cakes), the encoder that
-        compresses a row outside HDF5: without the GIL, so a writer thread no longer stalls
-        integration for the ~1 ms per row compression takes. None for other datasets."""
+        """For a dataset whose chunks are single rows (the cakes), the encoder that makes a
+        row's chunk outside HDF5, written as is: compression runs without the GIL, so a writer
+        thread no longer stalls integration for the ~1 ms per row it takes, and an unfiltered
+        row skips HDF5's write path (~1.4 → ~0.3 ms per Pilatus frame). None for other
+        datasets."""
         if ds.name not in self._encoders:
             filters = filters_of(ds)
             one_row = ds.chunks is not None and ds.chunks == (1, *ds.shape[1:])
             encoder = None
-            if filters and one_row and ds.dtype.kind in "fiu" and ds.dtype.byteorder != ">":
+            if one_row and ds.dtype.kind in "fiu" and ds.dtype.byteorder != ">":
                 with contextlib.suppress(ImageUnsupported):
                     encoder = chunk_encoder(filters)
             self._encoders[ds.name] = encoder
@@ -874,13 +876,15 @@ class NexusWriter:
         lineout = stacked(np.asarray(result.lineout), 1)
         rows = {"azint2d/I": cake, "azint1d/I": lineout}
         if with_errors:
-            nan_cake = np.full_like(cake, np.nan)
-            nan_line = np.full_like(lineout, np.nan)
             rows["azint2d/I_errors"] = (
-                nan_cake if result.cake_sigma is None else stacked(result.cake_sigma, 2)
+                np.full_like(cake, np.nan)
+                if result.cake_sigma is None
+                else stacked(result.cake_sigma, 2)
             )
             rows["azint1d/I_errors"] = (
-                nan_line if result.lineout_sigma is None else stacked(result.lineout_sigma, 1)
+                np.full_like(lineout, np.nan)
+                if result.lineout_sigma is None
+                else stacked(result.lineout_sigma, 1)
             )
         for sub in ("azint1d", "azint2d"):
             rows[f"{sub}/frame_id"] = ids

@@ -21,7 +21,6 @@ import numpy as np
 
 from radint.fit import ABSENT
 from radint.io import NexusWriter
-from radint.result import Result
 from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
 from radint.stream.sources import Source, SourceStats, StreamItem
 
@@ -338,12 +337,13 @@ class Pipeline:
                         peak_slots=MAX_PEAKS,
                     )
                 results = [r for _, r in batch]
-                block = Result.concatenate(results)
-                writer.append(
-                    block,
-                    frame_id=[i.frame_id for i in items],
-                    timestamp=[i.timestamp for i in items],
-                )
+                # Run by run: a concatenated block would copy every array once more.
+                for group, result in batch:
+                    writer.append(
+                        result,
+                        frame_id=[i.frame_id for i in group],
+                        timestamp=[i.timestamp for i in group],
+                    )
                 if table is None:
                     table = _StreamTable(writer._tree.file)
                 table.append(items)
