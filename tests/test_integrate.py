@@ -191,6 +191,7 @@ out["u16_one"] = plain.integrate(u16[0]).cake
 out["u16_one_sigma"] = plain.integrate(u16[0]).cake_sigma
 out["u16_stack"] = Integrator(config, n_threads=2, error_model=None).integrate_stack(u16).cake
 out["u16_stack_sigma"] = plain.integrate_stack(u16).cake_sigma  # frames in pairs + one
+out["u16_dark_stack_sigma"] = plain.integrate_stack(u16, dark=dark).cake_sigma
 corr = Integrator(config, n_threads=2, solid_angle="midas", polarization="midas")
 out["f32_dark_corr"] = corr.integrate_stack(f32, dark=dark).cake
 out["f32_dark_corr_sigma"] = corr.integrate_stack(f32, dark=dark).cake_sigma

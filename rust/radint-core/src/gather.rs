@@ -628,3 +628,174 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize>(
         }
     }
 }
+
+/// [`masked_bins`] for [`STACK_BLOCK`] frames at once: the CSR entry, the per-pixel scale,
+/// dark and given variance are loaded once and shared by the block; each frame keeps its own
+/// sums (its NaN pixels drop out of its own area and count). `out[k]` is frame k's. Callers
+/// check [`available`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub fn masked_bins_stack<T: Pixel>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frames: &[&[T]],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    out: [MaskedSums; STACK_BLOCK],
+) {
+    assert!(available::<T>(), "gather kernel called for {:?}", T::GATHER);
+    assert!(frames.len() == STACK_BLOCK);
+    let n = out[0].signal.len();
+    assert!(lo + n <= indptr.len().saturating_sub(1));
+    for (sums, frame) in out.iter().zip(frames) {
+        assert_eq!(
+            frame.len(),
+            frames[0].len(),
+            "frames of a block differ in length"
+        );
+        assert!(sums.signal.len() == n && sums.area.len() == n && sums.count.len() == n);
+        assert!(model == MaskedVariance::None || sums.variance.len() == n);
+    }
+    for v in [inputs.dark, inputs.scale, inputs.variance]
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            v.len(),
+            frames[0].len(),
+            "per-pixel input of another length than the frame"
+        );
+    }
+    assert!(model != MaskedVariance::Given || inputs.variance.is_some());
+    // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
+    // inside against the (common) frame length, which every per-pixel input shares.
+    unsafe {
+        match T::GATHER.code() {
+            0 => masked_stack::<T, 0>(indptr, pixel, area, frames, inputs, model, lo, out),
+            1 => masked_stack::<T, 1>(indptr, pixel, area, frames, inputs, model, lo, out),
+            2 => masked_stack::<T, 2>(indptr, pixel, area, frames, inputs, model, lo, out),
+            3 => masked_stack::<T, 3>(indptr, pixel, area, frames, inputs, model, lo, out),
+            4 => masked_stack::<T, 4>(indptr, pixel, area, frames, inputs, model, lo, out),
+            5 => masked_stack::<T, 5>(indptr, pixel, area, frames, inputs, model, lo, out),
+            _ => unreachable!("checked by available()"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn masked_stack<T: Pixel, const KIND: u8>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frames: &[&[T]],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    out: [MaskedSums; STACK_BLOCK],
+) {
+    const NB: usize = STACK_BLOCK;
+    let base: [*const i32; NB] = std::array::from_fn(|k| frames[k].as_ptr() as *const i32);
+    let limit = gather_limit(frames[0]);
+    let one = _mm512_set1_pd(1.0);
+    let n_entries = pixel.len();
+    let n_bins = out[0].signal.len();
+    let mut out = out;
+    for b in lo..lo + n_bins {
+        let (e0, e1) = (indptr[b] as usize, indptr[b + 1] as usize);
+        assert!(
+            e0 <= e1 && e1 <= n_entries.min(area.len()),
+            "CSR row {b} out of order"
+        );
+        let i = b - lo;
+        let mut s = [_mm512_setzero_pd(); NB];
+        let mut a = [_mm512_setzero_pd(); NB];
+        let mut v = [_mm512_setzero_pd(); NB];
+        let mut rest = [(0.0, 0.0, 0.0); NB];
+        let mut c = [0u32; NB];
+        let mut e = e0;
+        while e < e1 {
+            if e + PREFETCH_AHEAD + 8 <= n_entries {
+                for j in 0..8 {
+                    let p = *pixel.get_unchecked(e + PREFETCH_AHEAD + j) as usize;
+                    // Prefetch is a hint: an address past an array never faults.
+                    for f in frames.iter().take(NB) {
+                        _mm_prefetch::<_MM_HINT_T0>(f.as_ptr().wrapping_add(p) as *const i8);
+                    }
+                    for arr in [inputs.dark, inputs.scale].into_iter().flatten() {
+                        _mm_prefetch::<_MM_HINT_T0>(arr.as_ptr().wrapping_add(p) as *const i8);
+                    }
+                }
+            }
+            let n = (e1 - e).min(8);
+            let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
+            let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
+            let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
+            if inside != mask {
+                for j in 0..n {
+                    if inside & (1 << j) == 0 {
+                        let p = pixel[e + j] as usize;
+                        for k in 0..NB {
+                            if let Some((cs, ca, cv)) =
+                                scalar_entry(p, area[e + j], frames[k], &inputs, model)
+                            {
+                                rest[k].0 += cs;
+                                rest[k].1 += ca;
+                                rest[k].2 += cv;
+                                c[k] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            let ar = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(inside, area.as_ptr().add(e)));
+            let w = match inputs.scale {
+                Some(sc) => _mm512_mul_pd(ar, gather_f64(sc.as_ptr(), idx, inside)),
+                None => ar,
+            };
+            let w2 = _mm512_mul_pd(w, w);
+            let dark = inputs.dark.map(|d| gather_f64(d.as_ptr(), idx, inside));
+            let given = match model {
+                MaskedVariance::Given => inputs
+                    .variance
+                    .map(|gv| gather_f64(gv.as_ptr(), idx, inside)),
+                _ => None,
+            };
+            for k in 0..NB {
+                let raw = load8::<KIND>(base[k], idx, inside);
+                let value = match dark {
+                    Some(d) => _mm512_sub_pd(raw, d),
+                    None => raw,
+                };
+                let contribution = _mm512_mul_pd(w, value);
+                // Ordered compare with itself: false exactly for NaN.
+                let valid =
+                    _mm512_mask_cmp_pd_mask::<_CMP_ORD_Q>(inside, contribution, contribution);
+                s[k] = _mm512_mask_add_pd(s[k], valid, s[k], contribution);
+                a[k] = _mm512_mask_add_pd(a[k], valid, a[k], ar);
+                c[k] += valid.count_ones();
+                let var = match model {
+                    MaskedVariance::None => None,
+                    MaskedVariance::Poisson => Some(_mm512_max_pd(raw, one)),
+                    MaskedVariance::Given => given,
+                };
+                if let Some(var) = var {
+                    v[k] = _mm512_mask3_fmadd_pd(w2, var, v[k], valid);
+                }
+            }
+            e += n;
+        }
+        for k in 0..NB {
+            let sums = &mut out[k];
+            sums.signal[i] = _mm512_reduce_add_pd(s[k]) + rest[k].0;
+            sums.area[i] = _mm512_reduce_add_pd(a[k]) + rest[k].1;
+            sums.count[i] = c[k];
+            if model != MaskedVariance::None {
+                sums.variance[i] = _mm512_reduce_add_pd(v[k]) + rest[k].2;
+            }
+        }
+    }
+}

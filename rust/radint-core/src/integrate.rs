@@ -307,9 +307,26 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     continue;
                 }
                 if use_masked_gather {
-                    for k in 0..nb {
-                        let one = block[k];
-                        masked_gather_bins(map, one, lo, hi, opts, &mut out.frame(k));
+                    let mut k = 0;
+                    while k < nb {
+                        if nb - k >= gather::STACK_BLOCK {
+                            let pair = k..k + gather::STACK_BLOCK;
+                            let mut sub = OutBlock {
+                                signal: &mut out.signal[pair.clone()],
+                                area: &mut out.area[pair.clone()],
+                                variance: if with_var {
+                                    &mut out.variance[pair.clone()]
+                                } else {
+                                    &mut []
+                                },
+                                count: &mut out.count[pair.clone()],
+                            };
+                            masked_gather_stack_bins(map, &block[pair], lo, opts, &mut sub);
+                            k += gather::STACK_BLOCK;
+                        } else {
+                            masked_gather_bins(map, block[k], lo, hi, opts, &mut out.frame(k));
+                            k += 1;
+                        }
                     }
                     f0 += nb;
                     continue;
@@ -416,16 +433,7 @@ fn masked_gather_bins<T: Pixel>(
     opts: &Options,
     out: &mut OutBlock,
 ) {
-    let (model, given) = match opts.error_model {
-        ErrorModel::None => (gather::MaskedVariance::None, None),
-        ErrorModel::Poisson => (gather::MaskedVariance::Poisson, None),
-        ErrorModel::Given(v) => (gather::MaskedVariance::Given, Some(v)),
-    };
-    let inputs = gather::PixelInputs {
-        dark: opts.dark,
-        scale: opts.scale,
-        variance: given,
-    };
+    let (inputs, model) = masked_inputs(opts);
     let variance: &mut [f64] = match out.variance.first_mut() {
         Some(v) => v,
         None => &mut [],
@@ -454,6 +462,70 @@ fn masked_gather_bins<T: Pixel>(
     _: &DetectorMap,
     _: &[T],
     _: usize,
+    _: usize,
+    _: &Options,
+    _: &mut OutBlock,
+) {
+    unreachable!("gather::available() is false off x86-64")
+}
+
+/// The per-pixel inputs and variance model of `opts` for the masked gather kernels.
+#[cfg(target_arch = "x86_64")]
+fn masked_inputs<'a>(opts: &Options<'a>) -> (gather::PixelInputs<'a>, gather::MaskedVariance) {
+    let (model, given) = match opts.error_model {
+        ErrorModel::None => (gather::MaskedVariance::None, None),
+        ErrorModel::Poisson => (gather::MaskedVariance::Poisson, None),
+        ErrorModel::Given(v) => (gather::MaskedVariance::Given, Some(v)),
+    };
+    let inputs = gather::PixelInputs {
+        dark: opts.dark,
+        scale: opts.scale,
+        variance: given,
+    };
+    (inputs, model)
+}
+
+/// [`gather::masked_bins_stack`] for one block of [`gather::STACK_BLOCK`] frames (`out` holds
+/// exactly their outputs).
+#[cfg(target_arch = "x86_64")]
+fn masked_gather_stack_bins<T: Pixel>(
+    map: &DetectorMap,
+    frames: &[&[T]],
+    lo: usize,
+    opts: &Options,
+    out: &mut OutBlock,
+) {
+    let (inputs, model) = masked_inputs(opts);
+    let mut signal = out.signal.iter_mut();
+    let mut area = out.area.iter_mut();
+    let mut variance = out.variance.iter_mut();
+    let mut count = out.count.iter_mut();
+    let sums: [gather::MaskedSums; gather::STACK_BLOCK] =
+        std::array::from_fn(|_| gather::MaskedSums {
+            signal: signal.next().expect("one output per frame"),
+            area: area.next().expect("one output per frame"),
+            variance: match variance.next() {
+                Some(v) => v,
+                None => &mut [],
+            },
+            count: count.next().expect("one output per frame"),
+        });
+    gather::masked_bins_stack(
+        &map.indptr,
+        &map.pixel,
+        &map.area,
+        frames,
+        inputs,
+        model,
+        lo,
+        sums,
+    );
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn masked_gather_stack_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &[&[T]],
     _: usize,
     _: &Options,
     _: &mut OutBlock,

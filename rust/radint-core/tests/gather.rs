@@ -254,6 +254,7 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
     let mut rng = Lcg(11);
     for n_pixels in [1usize, 3, 17, 4097] {
         let frame: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
+        let other: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
         let dark: Vec<f64> = (0..n_pixels)
             .map(|_| (rng.next() % 50) as f64 * 0.5)
             .collect();
@@ -311,6 +312,45 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
                 assert_eq!(c, want.count, "masked count");
                 if model != MaskedVariance::None {
                     close(&v, &want.variance, "masked variance");
+                }
+                // The frame and another one (its own NaNs) sharing one pass.
+                let want_other = masked_reference(&csr, &other, &inputs, model, lo, hi);
+                let mut outs: Vec<Sums4> = (0..2)
+                    .map(|_| Sums4 {
+                        signal: vec![f64::NAN; n],
+                        area: vec![f64::NAN; n],
+                        variance: vec![f64::NAN; n],
+                        count: vec![u32::MAX; n],
+                    })
+                    .collect();
+                {
+                    let [o0, o1] = &mut outs[..] else {
+                        unreachable!()
+                    };
+                    let sums = [o0, o1].map(|o| MaskedSums {
+                        signal: &mut o.signal,
+                        area: &mut o.area,
+                        variance: &mut o.variance,
+                        count: &mut o.count,
+                    });
+                    gather::masked_bins_stack(
+                        &csr.indptr,
+                        &csr.pixel,
+                        &csr.area,
+                        &[&other[..], &frame[..]],
+                        inputs,
+                        model,
+                        lo,
+                        sums,
+                    );
+                }
+                for (got, want) in outs.iter().zip([&want_other, &want]) {
+                    close(&got.signal, &want.signal, "stack masked signal");
+                    close(&got.area, &want.area, "stack masked area");
+                    assert_eq!(got.count, want.count, "stack masked count");
+                    if model != MaskedVariance::None {
+                        close(&got.variance, &want.variance, "stack masked variance");
+                    }
                 }
             }
         }
