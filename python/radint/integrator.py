@@ -325,11 +325,12 @@ class Integrator:
 
     def integrate_stack(self, frames: Any, dark: Any = None, variance: Any = None) -> Result:
         """Integrate a stack ``(n_frames, n_pixels_z, n_pixels_y)``, reading the map once per
-        block of 8 frames (sparse matrix × many vectors).
+        block of frames (sparse matrix × many vectors: pairs in the AVX-512 kernels, 8 frames
+        in the portable one, which shares the map only for sums without variance).
 
         ``frames`` may also be a list of frames ``(n_pixels_z, n_pixels_y)``, each in a buffer
-        of its own (separately read files, views of files mapped into memory): they are
-        integrated as one stack on the CPU without being copied into one first.
+        of its own (frames received or read separately): they are integrated as one stack on
+        the CPU without being copied into one first.
         """
         if isinstance(frames, (list, tuple)):
             if not frames:
