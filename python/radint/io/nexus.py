@@ -158,7 +158,8 @@ def _template(
     if entry is None:
         file = _in_memory_h5()
         rows = build(_H5Tree(file, compression, swmr=False))
-        entry = _Template(file, rows, {path: v.copy() for path, v in data.items()})
+        # Copies in the values' own memory order, so later results compare in memory order.
+        entry = _Template(file, rows, {path: v.copy(order="K") for path, v in data.items()})
         while len(_TEMPLATES) >= 8:
             _TEMPLATES.pop(next(iter(_TEMPLATES))).file.close()
         _TEMPLATES[key] = entry
@@ -175,11 +176,10 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     if size not in (1, 2, 4, 8):
         return a.tobytes() == b.tobytes()
     if a.flags.f_contiguous and b.flags.f_contiguous and not a.flags.c_contiguous:
-        a, b = a.T, b.T  # transposed views (cakes are stored R-major): compared without a copy
+        a, b = a.T, b.T  # transposed views (cakes are stored R-major): compared in memory order
+    # A same-size view needs no contiguity: nothing is copied, whatever the layouts.
     bits = np.dtype(f"u{size}")
-    return bool(
-        np.array_equal(np.ascontiguousarray(a).view(bits), np.ascontiguousarray(b).view(bits))
-    )
+    return bool(np.array_equal(a.view(bits), b.view(bits)))
 
 
 def _copy_template(template: Any, file: Any) -> None:
