@@ -331,32 +331,76 @@ pub fn masked_bins<T: Pixel>(
     hi: usize,
     out: MaskedSums,
 ) {
+    assert_eq!(out.signal.len(), hi - lo, "outputs for bins {lo}..{hi}");
+    masked_run(indptr, pixel, area, [frame], inputs, model, lo, [out]);
+}
+
+/// [`masked_bins`] for [`STACK_BLOCK`] frames at once: the CSR entry, the per-pixel scale,
+/// dark and given variance are loaded once and shared by the block; each frame keeps its own
+/// sums (its NaN pixels drop out of its own area and count). `out[k]` is frame k's, for bins
+/// `lo..lo + out[k].signal.len()`. Callers check [`available`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub fn masked_bins_stack<T: Pixel>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frames: &[&[T]],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    out: [MaskedSums; STACK_BLOCK],
+) {
+    let frames: [&[T]; STACK_BLOCK] = frames.try_into().expect("one block of frames");
+    masked_run(indptr, pixel, area, frames, inputs, model, lo, out);
+}
+
+/// Checks the inputs of the masked kernel for `NB` frames and runs it.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn masked_run<T: Pixel, const NB: usize>(
+    indptr: &[u64],
+    pixel: &[u32],
+    area: &[f32],
+    frames: [&[T]; NB],
+    inputs: PixelInputs,
+    model: MaskedVariance,
+    lo: usize,
+    out: [MaskedSums; NB],
+) {
     assert!(available::<T>(), "gather kernel called for {:?}", T::GATHER);
-    let n = hi - lo;
-    assert!(hi <= indptr.len().saturating_sub(1));
-    assert!(out.signal.len() == n && out.area.len() == n && out.count.len() == n);
-    assert!(model == MaskedVariance::None || out.variance.len() == n);
+    let n = out[0].signal.len();
+    assert!(lo + n <= indptr.len().saturating_sub(1));
+    for (sums, frame) in out.iter().zip(&frames) {
+        assert_eq!(
+            frame.len(),
+            frames[0].len(),
+            "frames of a block differ in length"
+        );
+        assert!(sums.signal.len() == n && sums.area.len() == n && sums.count.len() == n);
+        assert!(model == MaskedVariance::None || sums.variance.len() == n);
+    }
     for v in [inputs.dark, inputs.scale, inputs.variance]
         .into_iter()
         .flatten()
     {
         assert_eq!(
             v.len(),
-            frame.len(),
+            frames[0].len(),
             "per-pixel input of another length than the frame"
         );
     }
     assert!(model != MaskedVariance::Given || inputs.variance.is_some());
     // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
-    // inside against the frame, whose length every per-pixel input shares (asserted above).
+    // inside against the (common) frame length, which every per-pixel input shares.
     unsafe {
         match T::GATHER.code() {
-            0 => masked::<T, 0>(indptr, pixel, area, frame, inputs, model, lo, out),
-            1 => masked::<T, 1>(indptr, pixel, area, frame, inputs, model, lo, out),
-            2 => masked::<T, 2>(indptr, pixel, area, frame, inputs, model, lo, out),
-            3 => masked::<T, 3>(indptr, pixel, area, frame, inputs, model, lo, out),
-            4 => masked::<T, 4>(indptr, pixel, area, frame, inputs, model, lo, out),
-            5 => masked::<T, 5>(indptr, pixel, area, frame, inputs, model, lo, out),
+            0 => masked::<T, 0, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+            1 => masked::<T, 1, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+            2 => masked::<T, 2, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+            3 => masked::<T, 3, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+            4 => masked::<T, 4, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+            5 => masked::<T, 5, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
             _ => unreachable!("checked by available()"),
         }
     }
@@ -391,111 +435,6 @@ fn scalar_entry<T: Pixel>(
         MaskedVariance::Given => inputs.variance.map_or(0.0, |v| v[p]),
     };
     Some((contribution, area, w * w * var))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn masked<T: Pixel, const KIND: u8>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
-    frame: &[T],
-    inputs: PixelInputs,
-    model: MaskedVariance,
-    lo: usize,
-    out: MaskedSums,
-) {
-    let base = frame.as_ptr() as *const i32;
-    let limit = gather_limit(frame);
-    let one = _mm512_set1_pd(1.0);
-    let n_entries = pixel.len();
-    let MaskedSums {
-        signal,
-        area: area_out,
-        variance,
-        count,
-    } = out;
-    for b in lo..lo + signal.len() {
-        let (e0, e1) = (indptr[b] as usize, indptr[b + 1] as usize);
-        assert!(
-            e0 <= e1 && e1 <= n_entries.min(area.len()),
-            "CSR row {b} out of order"
-        );
-        let i = b - lo;
-        let (mut s, mut a, mut v) = (
-            _mm512_setzero_pd(),
-            _mm512_setzero_pd(),
-            _mm512_setzero_pd(),
-        );
-        let (mut s_rest, mut a_rest, mut v_rest) = (0.0, 0.0, 0.0);
-        let mut c = 0u32;
-        let mut e = e0;
-        while e < e1 {
-            if e + PREFETCH_AHEAD + 8 <= n_entries {
-                for k in 0..8 {
-                    let p = *pixel.get_unchecked(e + PREFETCH_AHEAD + k) as usize;
-                    // Prefetch is a hint: an address past an array never faults.
-                    _mm_prefetch::<_MM_HINT_T0>(frame.as_ptr().wrapping_add(p) as *const i8);
-                    for arr in [inputs.dark, inputs.scale].into_iter().flatten() {
-                        _mm_prefetch::<_MM_HINT_T0>(arr.as_ptr().wrapping_add(p) as *const i8);
-                    }
-                }
-            }
-            let n = (e1 - e).min(8);
-            let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
-            let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
-            let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
-            if inside != mask {
-                for k in 0..n {
-                    if inside & (1 << k) == 0 {
-                        let p = pixel[e + k] as usize;
-                        if let Some((cs, ca, cv)) =
-                            scalar_entry(p, area[e + k], frame, &inputs, model)
-                        {
-                            s_rest += cs;
-                            a_rest += ca;
-                            v_rest += cv;
-                            c += 1;
-                        }
-                    }
-                }
-            }
-            let ar = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(inside, area.as_ptr().add(e)));
-            let raw = load8::<KIND>(base, idx, inside);
-            let w = match inputs.scale {
-                Some(sc) => _mm512_mul_pd(ar, gather_f64(sc.as_ptr(), idx, inside)),
-                None => ar,
-            };
-            let value = match inputs.dark {
-                Some(d) => _mm512_sub_pd(raw, gather_f64(d.as_ptr(), idx, inside)),
-                None => raw,
-            };
-            let contribution = _mm512_mul_pd(w, value);
-            // Ordered compare with itself: false exactly for NaN.
-            let valid = _mm512_mask_cmp_pd_mask::<_CMP_ORD_Q>(inside, contribution, contribution);
-            s = _mm512_mask_add_pd(s, valid, s, contribution);
-            a = _mm512_mask_add_pd(a, valid, a, ar);
-            c += valid.count_ones();
-            let var = match model {
-                MaskedVariance::None => None,
-                MaskedVariance::Poisson => Some(_mm512_max_pd(raw, one)),
-                MaskedVariance::Given => inputs
-                    .variance
-                    .map(|gv| gather_f64(gv.as_ptr(), idx, valid)),
-            };
-            if let Some(var) = var {
-                v = _mm512_mask3_fmadd_pd(_mm512_mul_pd(w, w), var, v, valid);
-            }
-            e += n;
-        }
-        signal[i] = _mm512_reduce_add_pd(s) + s_rest;
-        area_out[i] = _mm512_reduce_add_pd(a) + a_rest;
-        count[i] = c;
-        if model != MaskedVariance::None {
-            variance[i] = _mm512_reduce_add_pd(v) + v_rest;
-        }
-    }
 }
 
 /// Frames one pass of [`dense_bins_stack`] takes. Stacks are bound by the CSR stream (pixel
@@ -629,75 +568,19 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize>(
     }
 }
 
-/// [`masked_bins`] for [`STACK_BLOCK`] frames at once: the CSR entry, the per-pixel scale,
-/// dark and given variance are loaded once and shared by the block; each frame keeps its own
-/// sums (its NaN pixels drop out of its own area and count). `out[k]` is frame k's. Callers
-/// check [`available`].
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-pub fn masked_bins_stack<T: Pixel>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
-    frames: &[&[T]],
-    inputs: PixelInputs,
-    model: MaskedVariance,
-    lo: usize,
-    out: [MaskedSums; STACK_BLOCK],
-) {
-    assert!(available::<T>(), "gather kernel called for {:?}", T::GATHER);
-    assert!(frames.len() == STACK_BLOCK);
-    let n = out[0].signal.len();
-    assert!(lo + n <= indptr.len().saturating_sub(1));
-    for (sums, frame) in out.iter().zip(frames) {
-        assert_eq!(
-            frame.len(),
-            frames[0].len(),
-            "frames of a block differ in length"
-        );
-        assert!(sums.signal.len() == n && sums.area.len() == n && sums.count.len() == n);
-        assert!(model == MaskedVariance::None || sums.variance.len() == n);
-    }
-    for v in [inputs.dark, inputs.scale, inputs.variance]
-        .into_iter()
-        .flatten()
-    {
-        assert_eq!(
-            v.len(),
-            frames[0].len(),
-            "per-pixel input of another length than the frame"
-        );
-    }
-    assert!(model != MaskedVariance::Given || inputs.variance.is_some());
-    // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
-    // inside against the (common) frame length, which every per-pixel input shares.
-    unsafe {
-        match T::GATHER.code() {
-            0 => masked_stack::<T, 0>(indptr, pixel, area, frames, inputs, model, lo, out),
-            1 => masked_stack::<T, 1>(indptr, pixel, area, frames, inputs, model, lo, out),
-            2 => masked_stack::<T, 2>(indptr, pixel, area, frames, inputs, model, lo, out),
-            3 => masked_stack::<T, 3>(indptr, pixel, area, frames, inputs, model, lo, out),
-            4 => masked_stack::<T, 4>(indptr, pixel, area, frames, inputs, model, lo, out),
-            5 => masked_stack::<T, 5>(indptr, pixel, area, frames, inputs, model, lo, out),
-            _ => unreachable!("checked by available()"),
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn masked_stack<T: Pixel, const KIND: u8>(
+unsafe fn masked<T: Pixel, const KIND: u8, const NB: usize>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
-    frames: &[&[T]],
+    frames: [&[T]; NB],
     inputs: PixelInputs,
     model: MaskedVariance,
     lo: usize,
-    out: [MaskedSums; STACK_BLOCK],
+    out: [MaskedSums; NB],
 ) {
-    const NB: usize = STACK_BLOCK;
     let base: [*const i32; NB] = std::array::from_fn(|k| frames[k].as_ptr() as *const i32);
     let limit = gather_limit(frames[0]);
     let one = _mm512_set1_pd(1.0);

@@ -231,23 +231,12 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
             let mut f0 = 0;
             while f0 < n_frames {
                 // Frames in pairs share the CSR stream (see `gather::STACK_BLOCK`).
-                if use_gather && n_frames - f0 >= gather::STACK_BLOCK {
-                    let nb = gather::STACK_BLOCK;
-                    let mut out = OutBlock {
-                        signal: &mut s[f0..f0 + nb],
-                        area: &mut a[f0..f0 + nb],
-                        variance: if with_var {
-                            &mut v[f0..f0 + nb]
-                        } else {
-                            &mut []
-                        },
-                        count: &mut c[f0..f0 + nb],
-                    };
-                    gather_stack_bins(map, &frames[f0..f0 + nb], lo, hi, bin_area, &mut out);
-                    f0 += nb;
-                    continue;
-                }
-                let nb = (n_frames - f0).min(FRAME_BLOCK);
+                let paired = use_gather && n_frames - f0 >= gather::STACK_BLOCK;
+                let nb = if paired {
+                    gather::STACK_BLOCK
+                } else {
+                    (n_frames - f0).min(FRAME_BLOCK)
+                };
                 let block = &frames[f0..f0 + nb];
                 let mut out = OutBlock {
                     signal: &mut s[f0..f0 + nb],
@@ -259,6 +248,11 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     },
                     count: &mut c[f0..f0 + nb],
                 };
+                if paired {
+                    gather_stack_bins(map, block, lo, hi, bin_area, &mut out);
+                    f0 += nb;
+                    continue;
+                }
                 // Without AVX-512: sharing the map across frames pays only for signal-only
                 // sums; with variance the 16 accumulators per bin spill and the block ran slower
                 // than frame by frame.
@@ -311,16 +305,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     while k < nb {
                         if nb - k >= gather::STACK_BLOCK {
                             let pair = k..k + gather::STACK_BLOCK;
-                            let mut sub = OutBlock {
-                                signal: &mut out.signal[pair.clone()],
-                                area: &mut out.area[pair.clone()],
-                                variance: if with_var {
-                                    &mut out.variance[pair.clone()]
-                                } else {
-                                    &mut []
-                                },
-                                count: &mut out.count[pair.clone()],
-                            };
+                            let mut sub = out.frames(pair.clone());
                             masked_gather_stack_bins(map, &block[pair], lo, opts, &mut sub);
                             k += gather::STACK_BLOCK;
                         } else {
@@ -543,15 +528,19 @@ struct OutBlock<'a, 'b> {
 
 impl<'b> OutBlock<'_, 'b> {
     fn frame(&mut self, k: usize) -> OutBlock<'_, 'b> {
+        self.frames(k..k + 1)
+    }
+
+    fn frames(&mut self, range: std::ops::Range<usize>) -> OutBlock<'_, 'b> {
         OutBlock {
-            signal: &mut self.signal[k..k + 1],
-            area: &mut self.area[k..k + 1],
+            signal: &mut self.signal[range.clone()],
+            area: &mut self.area[range.clone()],
             variance: if self.variance.is_empty() {
                 &mut []
             } else {
-                &mut self.variance[k..k + 1]
+                &mut self.variance[range.clone()]
             },
-            count: &mut self.count[k..k + 1],
+            count: &mut self.count[range],
         }
     }
 }
