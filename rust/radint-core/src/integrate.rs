@@ -350,9 +350,24 @@ fn gather_bins<T: Pixel>(
         out.signal[0],
         variance,
     );
-    out.area[0].copy_from_slice(&bin_area[lo..hi]);
-    for (c, b) in out.count[0].iter_mut().zip(lo..hi) {
-        *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
+    areas_and_counts_of_map(map, lo, hi, bin_area, out);
+}
+
+/// Area and count of every frame of `out` from the map (the dense kernels sum neither: integer
+/// frames without dark or scale have no NaN, so every entry counts).
+#[cfg(target_arch = "x86_64")]
+fn areas_and_counts_of_map(
+    map: &DetectorMap,
+    lo: usize,
+    hi: usize,
+    bin_area: &[f64],
+    out: &mut OutBlock,
+) {
+    for (area, count) in out.area.iter_mut().zip(out.count.iter_mut()) {
+        area.copy_from_slice(&bin_area[lo..hi]);
+        for (c, b) in count.iter_mut().zip(lo..hi) {
+            *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
+        }
     }
 }
 
@@ -388,12 +403,7 @@ fn gather_stack_bins<T: Pixel>(
         out.signal,
         out.variance,
     );
-    for k in 0..frames.len() {
-        out.area[k].copy_from_slice(&bin_area[lo..hi]);
-        for (c, b) in out.count[k].iter_mut().zip(lo..hi) {
-            *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
-        }
-    }
+    areas_and_counts_of_map(map, lo, hi, bin_area, out);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
