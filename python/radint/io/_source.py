@@ -64,16 +64,19 @@ class FrameSource(ABC):
             self._plain_file = open(self.path, "rb", buffering=0)  # closed by __exit__
         view = memoryview(out.reshape(-1)).cast("B")
         fd = self._plain_file.fileno()
-        if hasattr(os, "preadv"):
-            got = os.preadv(fd, [view], offset)
-        else:  # Windows
-            self._plain_file.seek(offset)
-            got = self._plain_file.readinto(view) or 0
-        if got != out.nbytes:
-            raise ReaderError(
-                f"{self.label}: frame {index} is truncated: {out.nbytes} bytes expected from "
-                f"byte {offset}, the file holds {got}"
-            )
+        got = 0
+        while got < out.nbytes:  # a read may return less than asked (signals); 0 = end of file
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [view[got:]], offset + got)
+            else:  # Windows
+                self._plain_file.seek(offset + got)
+                n = self._plain_file.readinto(view[got:]) or 0
+            if n == 0:
+                raise ReaderError(
+                    f"{self.label}: frame {index} is truncated: {out.nbytes} bytes expected "
+                    f"from byte {offset}, the file ends after {got}"
+                )
+            got += n
         return True
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
