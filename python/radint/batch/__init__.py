@@ -609,7 +609,9 @@ def run_batch(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
-    detector_map = DetectorMap.cached(config, cache, n_threads=n_threads)
+    # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).
+    build_threads = n_threads * max(1, n_procs) if n_threads and not dask else n_threads
+    detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
     names = names or [None] * len(files)
     outcomes: dict[int, FileOutcome] = {}
 
