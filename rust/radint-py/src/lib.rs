@@ -15,11 +15,6 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-
-/// Result and accumulator buffers (megabytes per call) are allocated and freed on every call:
-/// glibc returned them to the system each time, so each call paid its page faults again.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use radint_core::geometry::ImageTransform;
 use radint_core::integrate as core_integrate;
 use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision, Rules, Sums};
