@@ -140,10 +140,15 @@ def harness_integrate(
         _ptr(line),
         _ptr(line_sigma),
     )
-    d = {"n_frames": n, "signal": signal, "area": area, "count": count, "cake": cake}
+
+    def eta_major(c: np.ndarray) -> np.ndarray:
+        # The kernels' bin-major cake, in the η-major layout the engines return.
+        return c.reshape(n, m.n_r, m.n_eta).transpose(0, 2, 1).ravel()
+
+    d = {"n_frames": n, "signal": signal, "area": area, "count": count, "cake": eta_major(cake)}
     d["lineout"] = line
     if var_mode:
-        d.update(variance=var_out, cake_sigma=sigma, lineout_sigma=line_sigma)
+        d.update(variance=var_out, cake_sigma=eta_major(sigma), lineout_sigma=line_sigma)
     return d
 
 

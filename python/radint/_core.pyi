@@ -50,7 +50,10 @@ def integrate(
     empty_value: float = ...,
     nan_masked_bins: bool = ...,
     n_threads: int | None = ...,
-) -> dict[str, Any]: ...
+) -> dict[str, Any]:
+    """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
+    in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
+    ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``."""
 
 class MapCore:
     n_y: int

@@ -27,6 +27,9 @@ log = logging.getLogger("radint")
 BACKENDS = ("cpu", "cuda", "auto")
 COMPAT = (None, "midas-cpu", "midas-gpu")
 _SUPPORTED_DTYPES = {np.dtype(t) for t in ("u1", "u2", "u4", "i4", "i8", "f4", "f8")}
+# What both backends' integration dicts hold η-major per frame (e·n_r + r: Result.cake's layout);
+# the per-bin sums (area, count, ...) are bin-major (r·n_eta + e).
+_ETA_MAJOR_KEYS = ("cake", "cake_sigma")
 
 
 def _cuda_status() -> tuple[bool, str]:
@@ -412,7 +415,10 @@ class Integrator:
         def cake(key: str) -> np.ndarray | None:
             if key not in out:
                 return None
-            c = np.asarray(out[key]).reshape(n, n_r, n_eta).transpose(0, 2, 1)
+            if key in _ETA_MAJOR_KEYS:
+                c = np.asarray(out[key]).reshape(n, n_eta, n_r)
+            else:  # per-bin sums, bin-major (r·n_eta + e): a transposed view
+                c = np.asarray(out[key]).reshape(n, n_r, n_eta).transpose(0, 2, 1)
             return c if stack else c[0]
 
         def line(key: str) -> np.ndarray | None:

@@ -287,7 +287,8 @@ class CudaIntegrator:
         self, frames: Any, dark: Any = None, variance: Any = None
     ) -> dict[str, Any]:
         """Integrate frames ``(n_z, n_y)`` or ``(n_frames, n_z, n_y)``; results stay on the
-        device (CuPy arrays, flat, frame-major, bin order ``r·n_eta + e``)."""
+        device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
+        and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them)."""
         cp = self._cp
         it = self.integrator
         flat, n, on_device = self._check_frames(frames)
@@ -406,6 +407,12 @@ class CudaIntegrator:
                 )
         for s in self._streams:
             s.synchronize()
+        for key in ("cake", "cake_sigma"):
+            # The kernels write bin-major (the lineout kernel reads the cake so); one device
+            # transpose gives the CPU engine's layout.
+            if key in out:
+                c = out[key].reshape(n, self.n_r, self.n_eta).transpose(0, 2, 1)
+                out[key] = cp.ascontiguousarray(c).reshape(-1)
         out["n_frames"] = n
         return out
 

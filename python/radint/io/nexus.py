@@ -177,7 +177,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     if size not in (1, 2, 4, 8):
         return a.tobytes() == b.tobytes()
     if a.flags.f_contiguous and b.flags.f_contiguous and not a.flags.c_contiguous:
-        a, b = a.T, b.T  # transposed views (cakes are stored R-major): compared in memory order
+        a, b = a.T, b.T  # transposed views (area, count: R-major sums): compared in memory order
     # A same-size view needs no contiguity: nothing is copied, whatever the layouts.
     bits = np.dtype(f"u{size}")
     return bool(np.array_equal(a.view(bits), b.view(bits)))

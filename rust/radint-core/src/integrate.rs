@@ -896,7 +896,9 @@ pub struct FinalizeOptions {
     pub nan_masked_bins: bool,
 }
 
-/// Cake (bin order r·n_eta + e), its sigma, lineout (n_r) and its sigma, per frame, frame-major.
+/// Cake and its sigma, η-major per frame (index `f·n_bins + e·n_r + r`, the layout of
+/// `Result.cake` and of NXazint2d rows, so writers take them as they are), lineout (n_r) and its
+/// sigma, per frame, frame-major. The sigmas are empty without variance.
 #[derive(Debug, Clone, Default)]
 pub struct Finalized {
     pub cake: Vec<f64>,
@@ -907,63 +909,134 @@ pub struct Finalized {
 
 const MIDAS_GPU_MIN_AREA: f64 = 1e-9;
 
-/// Turn accumulators into intensities, in parallel over frames × radial rows.
+/// Radial rows finalized per task: enough that each η row of the cake is written in runs of
+/// whole cache lines.
+const FINALIZE_ROWS: usize = 32;
+
+/// Output buffers written through raw pointers by the finalize tasks, each task owning the
+/// disjoint set of elements of its (frame, radial rows) block.
+#[derive(Clone, Copy)]
+struct Outputs {
+    cake: *mut f64,
+    cake_sigma: *mut f64,
+    lineout: *mut f64,
+    lineout_sigma: *mut f64,
+}
+
+// SAFETY: the pointers are only written at indices no other task writes (see `finalize`).
+unsafe impl Send for Outputs {}
+unsafe impl Sync for Outputs {}
+
+impl Outputs {
+    /// Write `x` at element `i` of the buffer `field` picks.
+    ///
+    /// # Safety
+    /// `i` lies within that buffer's capacity and no other task writes element `i`.
+    /// (A method, so that closures capture the whole `Sync` struct, not a raw-pointer field.)
+    unsafe fn write(&self, field: fn(&Outputs) -> *mut f64, i: usize, x: f64) {
+        field(self).add(i).write(x);
+    }
+}
+
+/// Turn accumulators into intensities, in parallel over blocks of radial rows of every frame.
+/// Reads bin-major sums (r·n_eta + e) and writes the cake η-major (see [`Finalized`]).
 pub fn finalize(map: &DetectorMap, sums: &Sums, opts: &FinalizeOptions) -> Finalized {
     let n_eta = map.n_eta();
     let n_r = map.n_r();
     let n_bins = sums.n_bins;
+    let n_frames = sums.n_frames;
     let with_var = !sums.variance.is_empty();
-    let total_rows = sums.n_frames * n_r;
-    let mut out = Finalized {
-        cake: vec![0.0; sums.n_frames * n_bins],
-        cake_sigma: if with_var {
-            vec![0.0; sums.n_frames * n_bins]
-        } else {
-            Vec::new()
-        },
-        lineout: vec![0.0; total_rows],
-        lineout_sigma: if with_var {
-            vec![0.0; total_rows]
-        } else {
-            Vec::new()
-        },
+    let sized = |n: usize| if with_var { n } else { 0 };
+    let mut cake = Vec::<f64>::with_capacity(n_frames * n_bins);
+    let mut cake_sigma = Vec::<f64>::with_capacity(sized(n_frames * n_bins));
+    let mut lineout = Vec::<f64>::with_capacity(n_frames * n_r);
+    let mut lineout_sigma = Vec::<f64>::with_capacity(sized(n_frames * n_r));
+    let out = Outputs {
+        cake: cake.as_mut_ptr(),
+        cake_sigma: cake_sigma.as_mut_ptr(),
+        lineout: lineout.as_mut_ptr(),
+        lineout_sigma: lineout_sigma.as_mut_ptr(),
     };
-    if n_eta == 0 || n_r == 0 {
-        return out;
-    }
     let nan_masked = opts.nan_masked_bins || opts.rules == Rules::MidasCpu;
-    // Sigma buffers are filled even without variance (zeros) and dropped at the end: simpler than
-    // optional parallel zips, and negligible next to the integration itself.
-    out.cake_sigma.resize(sums.n_frames * n_bins, 0.0);
-    out.lineout_sigma.resize(total_rows, 0.0);
-    out.cake
-        .par_chunks_mut(n_eta)
-        .zip(out.cake_sigma.par_chunks_mut(n_eta))
-        .zip(
-            out.lineout
-                .par_iter_mut()
-                .zip(out.lineout_sigma.par_iter_mut()),
-        )
-        .enumerate()
-        .for_each(|(row, ((cake, sigma), (line, line_sigma)))| {
-            let b0 = row * n_eta;
-            let bin0 = b0 % n_bins;
-            let s = &sums.signal[b0..b0 + n_eta];
-            let a = &sums.area[b0..b0 + n_eta];
-            let v = if with_var {
-                &sums.variance[b0..b0 + n_eta]
-            } else {
-                &[][..]
-            };
-            let c = &sums.count[b0..b0 + n_eta];
-            let masked = &map.mask_hit[bin0..bin0 + n_eta];
-            (*line, *line_sigma) = finalize_row(s, a, v, c, masked, nan_masked, opts, cake, sigma);
-        });
-    if !with_var {
-        out.cake_sigma = Vec::new();
-        out.lineout_sigma = Vec::new();
+    let blocks_per_frame = n_r.div_ceil(FINALIZE_ROWS);
+    (0..n_frames * blocks_per_frame)
+        .into_par_iter()
+        .for_each_init(
+            || {
+                let block = FINALIZE_ROWS * n_eta;
+                (vec![0.0; block], vec![0.0; sized(block)])
+            },
+            |(block_cake, block_sigma), task| {
+                let f = task / blocks_per_frame;
+                let r0 = (task % blocks_per_frame) * FINALIZE_ROWS;
+                let rows = (r0 + FINALIZE_ROWS).min(n_r) - r0;
+                for k in 0..rows {
+                    let bin0 = (r0 + k) * n_eta;
+                    let b0 = f * n_bins + bin0;
+                    let bins = b0..b0 + n_eta;
+                    let v = if with_var {
+                        &sums.variance[bins.clone()]
+                    } else {
+                        &[][..]
+                    };
+                    let row = k * n_eta..(k + 1) * n_eta;
+                    let (line, line_sigma) = finalize_row(
+                        &sums.signal[bins.clone()],
+                        &sums.area[bins.clone()],
+                        v,
+                        &sums.count[bins],
+                        &map.mask_hit[bin0..bin0 + n_eta],
+                        nan_masked,
+                        opts,
+                        &mut block_cake[row.clone()],
+                        if with_var {
+                            &mut block_sigma[row]
+                        } else {
+                            &mut []
+                        },
+                    );
+                    // SAFETY: lineout element f·n_r + r belongs to this task alone and lies
+                    // within the capacity reserved above.
+                    unsafe {
+                        out.write(|o| o.lineout, f * n_r + r0 + k, line);
+                        if with_var {
+                            out.write(|o| o.lineout_sigma, f * n_r + r0 + k, line_sigma);
+                        }
+                    }
+                }
+                // Rows r0..r0 + rows of every η row, written as runs along r.
+                // SAFETY: cake elements f·n_bins + e·n_r + r for r in this task's rows belong
+                // to it alone and lie within the capacities reserved above.
+                unsafe {
+                    for e in 0..n_eta {
+                        let at = f * n_bins + e * n_r + r0;
+                        for k in 0..rows {
+                            out.write(|o| o.cake, at + k, block_cake[k * n_eta + e]);
+                        }
+                        if with_var {
+                            for k in 0..rows {
+                                out.write(|o| o.cake_sigma, at + k, block_sigma[k * n_eta + e]);
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    // SAFETY: the tasks above covered every (frame, r) and so every element (n_bins = n_r·n_eta).
+    unsafe {
+        cake.set_len(n_frames * n_bins);
+        lineout.set_len(n_frames * n_r);
+        if with_var {
+            cake_sigma.set_len(n_frames * n_bins);
+            lineout_sigma.set_len(n_frames * n_r);
+        }
     }
-    out
+    Finalized {
+        cake,
+        cake_sigma,
+        lineout,
+        lineout_sigma,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -979,40 +1052,73 @@ fn finalize_row(
     sigma: &mut [f64],
 ) -> (f64, f64) {
     let with_var = !v.is_empty();
-    for e in 0..cake.len() {
-        let (value, sig) = match opts.rules {
-            Rules::Radint => {
-                if c[e] == 0 || a[e] <= 0.0 {
-                    (opts.empty_value, opts.empty_value)
-                } else if opts.normalize {
-                    (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
-                } else {
-                    (s[e], if with_var { v[e].sqrt() } else { 0.0 })
+    // One loop per rule (the rule is the same for every bin): branch-free bodies that vectorize.
+    let n = cake.len();
+    let (s, a, c) = (&s[..n], &a[..n], &c[..n]);
+    let scale = |x: f64, area: f64| if opts.normalize { x / area } else { x };
+    match opts.rules {
+        Rules::Radint => {
+            let empty = opts.empty_value;
+            // `&`, not `&&`, and the quotient taken for every bin: selects, no branches.
+            if opts.normalize {
+                for e in 0..n {
+                    let q = s[e] / a[e];
+                    cake[e] = if (c[e] != 0) & (a[e] > 0.0) { q } else { empty };
                 }
-            }
-            Rules::MidasCpu => {
-                if s[e] != 0.0 && opts.normalize && a[e] != 0.0 {
-                    (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
-                } else {
-                    (s[e], if with_var { v[e].sqrt() } else { 0.0 })
-                }
-            }
-            Rules::MidasGpu => {
-                if a[e] > MIDAS_GPU_MIN_AREA {
-                    if opts.normalize {
-                        (s[e] / a[e], if with_var { v[e].sqrt() / a[e] } else { 0.0 })
+            } else {
+                for e in 0..n {
+                    cake[e] = if (c[e] != 0) & (a[e] > 0.0) {
+                        s[e]
                     } else {
-                        (s[e], if with_var { v[e].sqrt() } else { 0.0 })
-                    }
-                } else {
-                    (0.0, 0.0)
+                        empty
+                    };
                 }
             }
-        };
-        let nan = nan_masked && masked[e] != 0;
-        cake[e] = if nan { f64::NAN } else { value };
-        if with_var {
-            sigma[e] = if nan { f64::NAN } else { sig };
+            if with_var {
+                let (v, sigma) = (&v[..n], &mut sigma[..n]);
+                let norm = if opts.normalize { 1.0 } else { 0.0 };
+                for e in 0..n {
+                    // a⁰ = 1 without normalization: one branch-free body for both.
+                    let q = v[e].sqrt() / (norm * a[e] + (1.0 - norm));
+                    sigma[e] = if (c[e] != 0) & (a[e] > 0.0) { q } else { empty };
+                }
+            }
+        }
+        Rules::MidasCpu => {
+            for e in 0..n {
+                let divide = s[e] != 0.0 && opts.normalize && a[e] != 0.0;
+                cake[e] = if divide { s[e] / a[e] } else { s[e] };
+                if with_var {
+                    sigma[e] = if divide {
+                        v[e].sqrt() / a[e]
+                    } else {
+                        v[e].sqrt()
+                    };
+                }
+            }
+        }
+        Rules::MidasGpu => {
+            for e in 0..n {
+                let filled = a[e] > MIDAS_GPU_MIN_AREA;
+                cake[e] = if filled { scale(s[e], a[e]) } else { 0.0 };
+                if with_var {
+                    sigma[e] = if filled {
+                        scale(v[e].sqrt(), a[e])
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+    if nan_masked {
+        for e in 0..n {
+            if masked[e] != 0 {
+                cake[e] = f64::NAN;
+                if with_var {
+                    sigma[e] = f64::NAN;
+                }
+            }
         }
     }
     let use_nonzero_mean = opts.rules == Rules::MidasCpu
@@ -1059,18 +1165,31 @@ fn finalize_row(
             }
         }
         _ => {
-            let (mut ss, mut aa, mut vv, mut cc) = (0.0, 0.0, 0.0, 0u64);
-            for e in 0..cake.len() {
-                if nan_masked && masked[e] != 0 {
-                    continue;
-                }
-                ss += s[e];
-                aa += a[e];
-                cc += c[e] as u64;
+            // Four partial sums per quantity: independent add chains (the single chain's
+            // latency was most of this function's time).
+            const LANES: usize = 4;
+            let (mut ss, mut aa, mut vv, mut cc) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], 0u64);
+            let keep = |e: usize| !nan_masked || masked[e] == 0;
+            let mut add = |e: usize, lane: usize| {
+                let k = keep(e);
+                ss[lane] += if k { s[e] } else { 0.0 };
+                aa[lane] += if k { a[e] } else { 0.0 };
+                cc += if k { c[e] as u64 } else { 0 };
                 if with_var {
-                    vv += v[e];
+                    vv[lane] += if k { v[e] } else { 0.0 };
+                }
+            };
+            let whole = n - n % LANES;
+            for e0 in (0..whole).step_by(LANES) {
+                for lane in 0..LANES {
+                    add(e0 + lane, lane);
                 }
             }
+            for e in whole..n {
+                add(e, 0);
+            }
+            let total = |x: [f64; LANES]| (x[0] + x[1]) + (x[2] + x[3]);
+            let (ss, aa, vv) = (total(ss), total(aa), total(vv));
             if cc == 0 || aa <= 0.0 {
                 (opts.empty_value, opts.empty_value)
             } else if opts.normalize {

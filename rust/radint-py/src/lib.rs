@@ -488,7 +488,9 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
 }
 
 /// Integrate one frame `(n_z, n_y)`, a stack `(n_frames, n_z, n_y)` or a list of frames
-/// `(n_z, n_y)` of one dtype (integrated as one stack); returns a dict of arrays.
+/// `(n_z, n_y)` of one dtype (integrated as one stack); returns a dict of flat frame-major
+/// arrays: per-bin sums (`signal`, `area`, `count`, `variance`) in bin order `r·n_eta + e`,
+/// `cake` and `cake_sigma` η-major (`e·n_r + r`), lineouts `n_r` per frame.
 #[pyfunction]
 #[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None))]
 #[allow(clippy::too_many_arguments)]
