@@ -5,6 +5,7 @@ the same Integrator on the same frame. The sender runs in its own process (as ``
 would); the server is the real Pipeline (TCP source → queue → Integrator → NeXus writer).
 
 Run: python benches/stream.py [--frames 200] [--threads N] [--compress] [--rounds 3]
+[--sender files|memory]
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ from radint.stream import Pipeline, TcpSource
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+# The sender process: `radint send`'s path for frame files (a plain uint32 TIFF, sent n times:
+# os.sendfile from the page cache), or with "memory" one frame held in memory and copied into
+# the socket each time (as a detector-side program would send).
 SENDER = """
-import sys, numpy as np, tifffile
-from radint.stream.sender import send_frames
-frame = np.ascontiguousarray(tifffile.imread(sys.argv[1])[0], dtype=np.uint32)
-n, port, compress = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-send_frames(((frame, f"f{i}") for i in range(n)), port=port, compress=compress, mapping_file=None)
+import sys
+from pathlib import Path
+import numpy as np, tifffile
+from radint.stream.sender import iter_file_frames, send_frames
+tif, n, port, compress, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+if mode == "files":
+    frames = iter_file_frames([Path(tif)] * n)
+else:
+    frame = tifffile.imread(tif)
+    frames = ((frame, f"f{i}") for i in range(n))
+send_frames(frames, port=port, compress=compress, mapping_file=None)
 """
 
 
@@ -42,12 +52,19 @@ def main() -> None:
     ap.add_argument(
         "--rounds", type=int, default=3, help="stream runs, alternated with integrate-only"
     )
+    ap.add_argument(
+        "--sender",
+        choices=("files", "memory"),
+        default="files",
+        help="files: radint send on a frame file (sendfile); memory: a frame copied from memory",
+    )
     args = ap.parse_args()
 
     config = IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")
-    image = EXAMPLES / "ceo2_pilatus.tif"
-    frame = np.ascontiguousarray(tifffile.imread(image)[0], dtype=np.uint32)
+    frame = np.ascontiguousarray(tifffile.imread(EXAMPLES / "ceo2_pilatus.tif")[0], np.uint32)
     with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "frame.tif"  # uncompressed uint32, as a detector writes it
+        tifffile.imwrite(image, frame)
         t0 = time.perf_counter()
         integ = Integrator(config, backend="cpu", n_threads=args.threads, cache_dir=Path(tmp) / "c")
         print(f"map: {time.perf_counter() - t0:.1f} s; frame {frame.shape} {frame.dtype}")
@@ -67,7 +84,7 @@ def main() -> None:
             pipe = Pipeline(integ, [src], out, max_frames=args.frames, idle_timeout=60)
             pipe.start()
             cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(src.port)]
-            cmd.append("1" if args.compress else "0")
+            cmd += ["1" if args.compress else "0", args.sender]
             sender = subprocess.Popen(cmd)
             # Sustained rate: from the first frame's arrival to the last one written (the
             # sender's interpreter start-up and imports are not part of streaming).
@@ -93,14 +110,14 @@ def main() -> None:
         only = float(np.median(only_rates))
         stream = float(np.median(stream_rates))
         ratio = float(np.median(ratios))
+        peer = midas_integrate_server(config, image, args)
 
-    peer = midas_integrate_server(config, image, args)
     print(f"{'mode':<34}{'frames/s':>10}")
     print("runs (frames/s): only " + " ".join(f"{r:.0f}" for r in only_rates)
           + "; stream " + " ".join(f"{r:.0f}" for r in stream_rates)
           + "; stream / neighbouring only " + " ".join(f"{100 * r:.0f} %" for r in ratios))  # fmt: skip
     print(f"{'integrate only (cpu)':<34}{only:>10.1f}")
-    label = f"send -> stream (cpu{', --compress' if args.compress else ''})"
+    label = f"send -> stream (cpu, {args.sender}{', --compress' if args.compress else ''})"
     print(f"{label:<34}{stream:>10.1f}   ({100 * ratio:.0f} % of integrate-only, median)")
     print(f"{'send -> midas-integrate server':<34}{peer}")
     print(summary.line())
@@ -143,7 +160,8 @@ def midas_integrate_server(config, image: Path, args) -> str:
         server = FrameServer(geom=geom, params=params, out_dir=Path(tmp), host="127.0.0.1",
                              port=port, write_2d=True, on_frame=on_frame)  # fmt: skip
         server.start()
-        cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(port), "0"]
+        cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(port), "0",
+               args.sender]  # fmt: skip
         sender = subprocess.Popen(cmd)
         finished = done.wait(600)
         sender.wait(60)

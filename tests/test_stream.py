@@ -479,6 +479,84 @@ def test_sender_names_frames_like_midas(tmp_path):
     assert names == ["a.tif"] + [f"stack.h5:exchange/data:frame{i}" for i in range(3)]
 
 
+def _capture_one_connection() -> tuple[int, list[bytes], threading.Thread]:
+    """A loopback listener that keeps every byte of its first connection (until it closes)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    got: list[bytes] = []
+
+    def run() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(20)
+                while chunk := conn.recv(1 << 20):
+                    got.append(chunk)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return server.getsockname()[1], got, t
+
+
+def _plain_files(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
+    """Frame files of several layouts and dtypes, and their frames in sending order."""
+    import tifffile
+
+    frames = [frame(0, "u2"), frame(1, "i4"), frame(2, "f4"), frame(3, "u2"), frame(4, "u2")]
+    frames += [frame(5, "u1"), frame(6, "f8")]
+    tifffile.imwrite(tmp_path / "a_plain.tif", frames[0])
+    tifffile.imwrite(tmp_path / "b_int32.tif", frames[1])
+    with h5py.File(tmp_path / "c_stack.h5", "w") as f:  # contiguous: frames in one piece
+        f["exchange/data"] = np.stack([frames[2]])
+    tifffile.imwrite(tmp_path / "d_zlib.tif", frames[3], compression="zlib")  # decoded
+    with h5py.File(tmp_path / "e_chunked.h5", "w") as f:
+        f.create_dataset("exchange/data", data=np.stack([frames[4]]), chunks=(1, *SHAPE))
+    tifffile.imwrite(tmp_path / "f_u8.tif", frames[5])
+    tifffile.imwrite(tmp_path / "g_be.tif", frames[6], byteorder=">")  # big-endian: decoded
+    return sorted(tmp_path.glob("*_*.*")), frames
+
+
+def test_sender_sends_plain_file_frames_without_reading_them(tmp_path):
+    """Plain frames go out by sendfile, compressed or big-endian ones decoded: the bytes on the
+    wire equal MIDAS's encoding of the decoded frames, with and without --compress."""
+    from radint.stream.sender import FileFrame
+
+    files, frames = _plain_files(tmp_path)
+    items = list(iter_file_frames(files))
+    kinds = [type(data).__name__ for data, _ in items]
+    assert kinds == ["FileFrame", "FileFrame", "FileFrame", "ndarray", "FileFrame", "FileFrame",
+                     "ndarray"]  # fmt: skip
+    for (data, _), want in zip(items, frames):
+        got = data.read() if isinstance(data, FileFrame) else data
+        np.testing.assert_array_equal(got, want)
+    for compress in (False, True):
+        port, got, t = _capture_one_connection()
+        n = send_frames(iter_file_frames(files), port=port, compress=compress, mapping_file=None)
+        t.join(20)
+        assert n == len(frames)
+        want = b"".join(encode_frame_bytes(i, f, compress) for i, f in enumerate(frames))
+        assert b"".join(got) == want
+
+
+def test_sender_stops_before_a_truncated_file_frame(tmp_path):
+    """A plain frame whose file was cut short after it was listed: the frames before it go out
+    whole, nothing of it does, and the error names the file."""
+    import tifffile
+
+    from radint.io.errors import ReaderError
+
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", frame(i, "u2"))
+    items = list(iter_file_frames(sorted(tmp_path.glob("f*.tif"))))
+    with open(tmp_path / "f1.tif", "r+b") as f:
+        f.truncate(1000)
+    port, got, t = _capture_one_connection()
+    with pytest.raises(ReaderError, match="f1.tif: frame is truncated"):
+        send_frames(iter(items), port=port, mapping_file=None)
+    t.join(20)
+    assert b"".join(got) == encode_frame_bytes(0, frame(0, "u2"))
+
+
 # ----------------------------------------------------------------------------- folder
 def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     import tifffile

@@ -54,7 +54,7 @@ class FrameSource(ABC):
         ReaderError
             When the file ends before the frame does.
         """
-        extent = self._frame_extent(index)
+        extent = self.plain_extent(index)
         if extent is None:
             return False
         offset, dtype = extent
@@ -78,6 +78,14 @@ class FrameSource(ABC):
                 )
             got += n
         return True
+
+    def plain_extent(self, index: int) -> tuple[int, np.dtype] | None:
+        """Byte offset and native pixel type of frame ``index`` where its pixels lie in the file
+        in one piece, row-major, as ``frame_shape`` (2-D) pixels of that type in this machine's
+        byte order; None where the frame must be decoded (compressed, split, big-endian)."""
+        if len(self.frame_shape) != 2:
+            return None
+        return self._frame_extent(index)
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
         """Byte offset and native pixel type of frame ``index``'s plain pixels, or None."""
