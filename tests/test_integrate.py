@@ -67,6 +67,42 @@ def test_stack_equals_single_frames_and_dtypes(small_config, small_map):
     )
 
 
+@pytest.mark.parametrize("kind", ["u16", "u16+dark", "f32+nan"])
+def test_cake_is_eta_major_and_bins_match_the_map(small_config, small_map, kind):
+    """Cakes and their sigmas come out C-contiguous (n_eta, n_r); every value is the map's bin
+    (r, η) summed independently here, and integer frames carry the map's area and entry count."""
+    m, shape = small_map, small_config.shape
+    rng = np.random.default_rng(11)
+    frames = rng.integers(0, 900, size=(3, *shape)).astype(np.float64)
+    dark = None
+    if kind == "u16+dark":
+        dark = rng.uniform(0, 5, shape)
+    if kind == "f32+nan":
+        frames.reshape(3, -1)[:, rng.choice(frames[0].size, 30, replace=False)] = np.nan
+    typed = frames.astype(np.float32 if kind == "f32+nan" else np.uint16)
+    integ = Integrator(small_config, detector_map=m)
+    stack = integ.integrate_stack(typed, dark=dark)
+    bins = np.repeat(np.arange(m.n_bins), np.diff(m.indptr).astype(np.int64))
+    for k in range(3):
+        one = integ.integrate(typed[k], dark=dark)
+        for res, idx in ((one, ()), (stack, (k,))):
+            assert res.cake[idx].flags.c_contiguous and res.cake_sigma[idx].flags.c_contiguous
+            assert res.cake[idx].shape == (m.n_eta, m.n_r)
+        value = typed[k].astype(np.float64).ravel() - (0 if dark is None else dark.ravel())
+        ok = ~np.isnan(value[m.pixel])
+        w = m.area.astype(np.float64)[ok]
+        signal = np.bincount(bins[ok], weights=w * value[m.pixel][ok], minlength=m.n_bins)
+        area = np.bincount(bins[ok], weights=w, minlength=m.n_bins)
+        count = np.bincount(bins[ok], minlength=m.n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            want = np.where(count > 0, signal / area, np.nan).reshape(m.n_r, m.n_eta).T
+        np.testing.assert_allclose(one.cake, want, rtol=1e-12, atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(stack.cake[k], want, rtol=1e-12, atol=1e-9, equal_nan=True)
+        np.testing.assert_array_equal(one.count, count.reshape(m.n_r, m.n_eta).T)
+        np.testing.assert_allclose(one.area, area.reshape(m.n_r, m.n_eta).T, rtol=1e-12)
+        np.testing.assert_array_equal(stack.count[k], one.count)
+
+
 @pytest.mark.parametrize("error_model", [None, "poisson"])
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 def test_a_list_of_frames_is_one_stack(small_config, small_map, error_model, dtype):

@@ -185,35 +185,38 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     let n_frames = frames.len();
     let n_bins = map.n_bins();
     let with_var = !matches!(opts.error_model, ErrorModel::None);
+    let n = n_frames * n_bins;
+    // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
+    // area and count are properties of the map, the same for every frame, made here once (no
+    // zeroed buffers refilled per part), and the kernels only sum signal (and variance).
+    let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
+    let (area, count) = if dense {
+        let counts: Vec<u32> = map
+            .indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as u32)
+            .collect();
+        let area = match opts.bin_area {
+            Some(a) if a.len() == n_bins => a.repeat(n_frames),
+            _ => map.bin_area().repeat(n_frames),
+        };
+        (area, counts.repeat(n_frames))
+    } else {
+        (vec![0.0; n], vec![0; n])
+    };
     let mut sums = Sums {
         n_frames,
         n_bins,
-        signal: vec![0.0; n_frames * n_bins],
-        area: vec![0.0; n_frames * n_bins],
-        variance: if with_var {
-            vec![0.0; n_frames * n_bins]
-        } else {
-            Vec::new()
-        },
-        count: vec![0; n_frames * n_bins],
+        signal: vec![0.0; n],
+        area,
+        variance: if with_var { vec![0.0; n] } else { Vec::new() },
+        count,
     };
     let parts = row_partition(map, 8 * rayon::current_num_threads());
     let signal = split_parts(&mut sums.signal, n_bins, &parts);
     let area = split_parts(&mut sums.area, n_bins, &parts);
     let variance = split_parts(&mut sums.variance, n_bins, &parts);
     let count = split_parts(&mut sums.count, n_bins, &parts);
-    // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
-    // area and count are properties of the map and the loop only sums signal (and variance).
-    let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
-    let computed;
-    let bin_area: &[f64] = match (dense, opts.bin_area) {
-        (false, _) => &[],
-        (true, Some(a)) if a.len() == n_bins => a,
-        (true, _) => {
-            computed = map.bin_area();
-            &computed
-        }
-    };
     // The gather kernels sum in float64 whatever `precision` asks: as fast as float32 there.
     let use_gather = dense
         && map.weight.is_none()
@@ -249,7 +252,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     count: &mut c[f0..f0 + nb],
                 };
                 if paired {
-                    gather_stack_bins(map, block, lo, hi, bin_area, &mut out);
+                    gather_stack_bins(map, block, lo, hi, &mut out);
                     f0 += nb;
                     continue;
                 }
@@ -259,10 +262,10 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                 if dense && nb == FRAME_BLOCK && !with_var && !use_gather {
                     match opts.precision {
                         Precision::Double => {
-                            dense_block_dispatch::<T, f64>(map, block, lo, hi, bin_area, &mut out)
+                            dense_block_dispatch::<T, f64>(map, block, lo, hi, &mut out)
                         }
                         Precision::Single => {
-                            dense_block_dispatch::<T, f32>(map, block, lo, hi, bin_area, &mut out)
+                            dense_block_dispatch::<T, f32>(map, block, lo, hi, &mut out)
                         }
                     }
                     f0 += nb;
@@ -273,28 +276,16 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                         let one = block[k];
                         let mut single = out.frame(k);
                         if use_gather {
-                            gather_bins(map, one, lo, hi, bin_area, &mut single);
+                            gather_bins(map, one, lo, hi, &mut single);
                             continue;
                         }
                         match opts.precision {
-                            Precision::Double => dense_dispatch::<T, f64>(
-                                map,
-                                one,
-                                lo,
-                                hi,
-                                opts,
-                                bin_area,
-                                &mut single,
-                            ),
-                            Precision::Single => dense_dispatch::<T, f32>(
-                                map,
-                                one,
-                                lo,
-                                hi,
-                                opts,
-                                bin_area,
-                                &mut single,
-                            ),
+                            Precision::Double => {
+                                dense_dispatch::<T, f64>(map, one, lo, hi, opts, &mut single)
+                            }
+                            Precision::Single => {
+                                dense_dispatch::<T, f32>(map, one, lo, hi, opts, &mut single)
+                            }
                         }
                     }
                     f0 += nb;
@@ -326,16 +317,9 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     Ok(sums)
 }
 
-/// [`gather::dense_bins`] for one frame, with area and count taken from the map.
+/// [`gather::dense_bins`] for one frame (area and count are the map's, set by `integrate`).
 #[cfg(target_arch = "x86_64")]
-fn gather_bins<T: Pixel>(
-    map: &DetectorMap,
-    frame: &[T],
-    lo: usize,
-    hi: usize,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
+fn gather_bins<T: Pixel>(map: &DetectorMap, frame: &[T], lo: usize, hi: usize, out: &mut OutBlock) {
     let variance: &mut [f64] = match out.variance.first_mut() {
         Some(v) => v,
         None => &mut [],
@@ -350,47 +334,20 @@ fn gather_bins<T: Pixel>(
         out.signal[0],
         variance,
     );
-    areas_and_counts_of_map(map, lo, hi, bin_area, out);
-}
-
-/// Area and count of every frame of `out` from the map (the dense kernels sum neither: integer
-/// frames without dark or scale have no NaN, so every entry counts).
-#[cfg(target_arch = "x86_64")]
-fn areas_and_counts_of_map(
-    map: &DetectorMap,
-    lo: usize,
-    hi: usize,
-    bin_area: &[f64],
-    out: &mut OutBlock,
-) {
-    for (area, count) in out.area.iter_mut().zip(out.count.iter_mut()) {
-        area.copy_from_slice(&bin_area[lo..hi]);
-        for (c, b) in count.iter_mut().zip(lo..hi) {
-            *c = (map.indptr[b + 1] - map.indptr[b]) as u32;
-        }
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn gather_bins<T: Pixel>(
-    _: &DetectorMap,
-    _: &[T],
-    _: usize,
-    _: usize,
-    _: &[f64],
-    _: &mut OutBlock,
-) {
+fn gather_bins<T: Pixel>(_: &DetectorMap, _: &[T], _: usize, _: usize, _: &mut OutBlock) {
     unreachable!("gather::available() is false off x86-64")
 }
 
-/// [`gather::dense_bins_stack`] for one block of frames, area and count taken from the map.
+/// [`gather::dense_bins_stack`] for one block of frames (area and count set by `integrate`).
 #[cfg(target_arch = "x86_64")]
 fn gather_stack_bins<T: Pixel>(
     map: &DetectorMap,
     frames: &[&[T]],
     lo: usize,
     hi: usize,
-    bin_area: &[f64],
     out: &mut OutBlock,
 ) {
     gather::dense_bins_stack(
@@ -403,18 +360,10 @@ fn gather_stack_bins<T: Pixel>(
         out.signal,
         out.variance,
     );
-    areas_and_counts_of_map(map, lo, hi, bin_area, out);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn gather_stack_bins<T: Pixel>(
-    _: &DetectorMap,
-    _: &[&[T]],
-    _: usize,
-    _: usize,
-    _: &[f64],
-    _: &mut OutBlock,
-) {
+fn gather_stack_bins<T: Pixel>(_: &DetectorMap, _: &[&[T]], _: usize, _: usize, _: &mut OutBlock) {
     unreachable!("gather::available() is false off x86-64")
 }
 
@@ -750,7 +699,7 @@ macro_rules! avx2_dispatch {
 }
 
 avx2_dispatch!(dense_dispatch, dense_bins_avx2, dense_bins, (map: &DetectorMap, frame: &[T],
-    lo: usize, hi: usize, opts: &Options, bin_area: &[f64], out: &mut OutBlock));
+    lo: usize, hi: usize, opts: &Options, out: &mut OutBlock));
 
 /// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`) with four
 /// independent partial sums so consecutive entries do not wait on one another.
@@ -761,7 +710,6 @@ fn dense_bins<T: Pixel, A: Acc>(
     lo: usize,
     hi: usize,
     opts: &Options,
-    bin_area: &[f64],
     out: &mut OutBlock,
 ) {
     let with_var = !out.variance.is_empty();
@@ -816,13 +764,11 @@ fn dense_bins<T: Pixel, A: Acc>(
         }
         let i = b - lo;
         out.signal[0][i] = ((s[0] + s[1]) + (s[2] + s[3])).to_f64();
-        out.area[0][i] = bin_area[b];
-        out.count[0][i] = (e1 - e0) as u32;
     }
 }
 
 avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &DetectorMap,
-    frames: &[&[T]], lo: usize, hi: usize, bin_area: &[f64], out: &mut OutBlock));
+    frames: &[&[T]], lo: usize, hi: usize, out: &mut OutBlock));
 
 /// The NaN-free kernel over a block of [`FRAME_BLOCK`] frames: each CSR entry is read once and
 /// applied to every frame of the block, so the map's memory traffic is shared by the block.
@@ -833,7 +779,6 @@ fn dense_block<T: Pixel, A: Acc>(
     frames: &[&[T]],
     lo: usize,
     hi: usize,
-    bin_area: &[f64],
     out: &mut OutBlock,
 ) {
     const NB: usize = FRAME_BLOCK;
@@ -860,8 +805,6 @@ fn dense_block<T: Pixel, A: Acc>(
         let i = b - lo;
         for k in 0..NB {
             out.signal[k][i] = s[k].to_f64();
-            out.area[k][i] = bin_area[b];
-            out.count[k][i] = (e1 - e0) as u32;
         }
     }
 }
