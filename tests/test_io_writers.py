@@ -383,13 +383,16 @@ def test_failed_writes_leave_nothing_behind(
             raise DiskFull(28, "No space left on device")
         return original(self, name, *args, **kw)
 
-    def failing_resize(self: h5py.Dataset, *args: object, **kw: object) -> None:
+    def failing_append(self: object, *args: object, **kw: object) -> None:
         # A NeXus file copies its layout from a cached template and creates nothing itself:
-        # its first own write is the first row's resize.
+        # its first own write is the first row's (extent, then data, through h5py's low-level
+        # calls, which cannot be patched: the whole append fails here).
         raise DiskFull(28, "No space left on device")
 
+    from radint.io import nexus as nexus_module
+
     monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
-    monkeypatch.setattr(h5py.Dataset, "resize", failing_resize)
+    monkeypatch.setattr(nexus_module._H5Tree, "append", failing_append)
     for writer, name in ((write_midas_caked, "a.caked.hdf"), (write_nexus, "a.h5")):
         calls["n"] = 0
         with pytest.raises(DiskFull):
@@ -404,7 +407,7 @@ def test_failed_writes_leave_nothing_behind(
     # An existing good file survives a failed rewrite untouched.
     good = write_nexus(res, tmp_path / "good.h5")
     before = good.read_bytes()
-    monkeypatch.setattr(h5py.Dataset, "resize", failing_resize)
+    monkeypatch.setattr(nexus_module._H5Tree, "append", failing_append)
     with pytest.raises(DiskFull):
         write_nexus(res, good)
     monkeypatch.undo()
