@@ -112,11 +112,7 @@ def iter_file_frames(
             for index in source.default_indices():
                 name = base if n == 1 else f"{base}:frame{index}"
                 extent = source.plain_extent(index)
-                if (
-                    extent is not None
-                    and extent[1].byteorder in "<|="
-                    and sys.byteorder == "little"
-                ):
+                if extent is not None and sys.byteorder == "little":  # native = wire order
                     shape = (int(source.frame_shape[0]), int(source.frame_shape[1]))
                     yield FileFrame(path, extent[0], np.dtype(extent[1]), shape), name
                     continue
@@ -159,7 +155,9 @@ class _FileSender:
                 f"{frame.offset}, the file ends at {size}"
             )
         # MSG_MORE: the header leaves with the payload's first segment, not in a packet alone.
-        self.sock.sendmsg([header], [], getattr(socket, "MSG_MORE", 0))
+        rest = memoryview(header)
+        while rest:
+            rest = rest[self.sock.send(rest, getattr(socket, "MSG_MORE", 0)) :]
         sent = 0
         while sent < frame.nbytes:
             n = os.sendfile(self.sock.fileno(), self.fd, frame.offset + sent, frame.nbytes - sent)
