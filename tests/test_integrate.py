@@ -226,6 +226,8 @@ plain = Integrator(config, n_threads=2, error_model="poisson")
 out["u16_one"] = plain.integrate(u16[0]).cake
 out["u16_one_sigma"] = plain.integrate(u16[0]).cake_sigma
 out["u16_stack"] = Integrator(config, n_threads=2, error_model=None).integrate_stack(u16).cake
+out["u8_one"] = plain.integrate((u16[2] % 256).astype(np.uint8)).cake
+out["i32_stack_sigma"] = plain.integrate_stack(u16[:3].astype(np.int32)).cake_sigma
 out["u16_stack_sigma"] = plain.integrate_stack(u16).cake_sigma  # frames in pairs + one
 out["u16_dark_stack_sigma"] = plain.integrate_stack(u16, dark=dark).cake_sigma
 corr = Integrator(config, n_threads=2, solid_angle="midas", polarization="midas")
@@ -236,9 +238,10 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def test_scalar_and_gather_kernels_agree(tmp_path):
-    """Both kernel families, forced with RADINT_GATHER, give the same cakes and sigmas (on a CPU
-    without AVX-512 both runs take the scalar kernels and agree trivially)."""
+def test_scalar_run_and_gather_kernels_agree(tmp_path):
+    """The three kernel families, forced with RADINT_GATHER / RADINT_RUNS, give the same cakes
+    and sigmas: scalar loops, run-length (AVX-512 without gathers: integer frames without dark)
+    and gathers (on a CPU without AVX-512 every run takes the scalar loops and agrees trivially)."""
     import os
     import subprocess
     import sys
@@ -246,12 +249,15 @@ def test_scalar_and_gather_kernels_agree(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     results = {}
-    for mode in ("0", "1"):
-        path = tmp_path / f"k{mode}.npz"
-        env = {**os.environ, "RADINT_GATHER": mode, "PYTHONPATH": str(root)}
+    modes = {"scalar": ("0", "0"), "runs": ("0", "1"), "gather": ("1", "1")}
+    for mode, (gather, runs) in modes.items():
+        path = tmp_path / f"{mode}.npz"
+        env = {**os.environ, "RADINT_GATHER": gather, "RADINT_RUNS": runs,
+               "PYTHONPATH": str(root)}  # fmt: skip
         subprocess.run([sys.executable, "-c", _KERNEL_CASES, str(path)], check=True, env=env,
                        cwd=root, timeout=120)  # fmt: skip
         results[mode] = dict(np.load(path))
-    for key, scalar in results["0"].items():
-        np.testing.assert_allclose(results["1"][key], scalar, rtol=1e-12, atol=1e-12,
-                                   equal_nan=True, err_msg=key)  # fmt: skip
+    for mode in ("runs", "gather"):
+        for key, scalar in results["scalar"].items():
+            np.testing.assert_allclose(results[mode][key], scalar, rtol=1e-12, atol=1e-12,
+                                       equal_nan=True, err_msg=f"{mode}: {key}")  # fmt: skip

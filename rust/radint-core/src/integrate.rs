@@ -10,14 +10,17 @@
 //!
 //! Kernels: where the CPU has AVX-512 (and gathers are not slowed, see
 //! [`gather::gathers_wanted`]) every frame with area weights goes through the gather kernels of
-//! [`crate::gather`]; maps with MIDAS weights and other CPUs take the scalar loops here, which
-//! share one pass over the map among 8 frames of a stack.
+//! [`crate::gather`]; where gathers are slowed, integer frames without dark or per-pixel scale go
+//! through the run-length kernels of [`crate::runs`] (contiguous masked loads); maps with MIDAS
+//! weights and the remaining cases take the scalar loops here, which share one pass over the map
+//! among 8 frames of a stack.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gather::{self, GatherKind};
 use crate::map::DetectorMap;
+use crate::runs::{self, PixelRuns};
 
 /// A pixel type a frame may hold; read in place, converted per entry.
 pub trait Pixel: Copy + Send + Sync + 'static {
@@ -218,11 +221,17 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     let area = split_parts(&mut sums.area, n_bins, &parts);
     let variance = split_parts(&mut sums.variance, n_bins, &parts);
     let count = split_parts(&mut sums.count, n_bins, &parts);
-    // The gather kernels sum in float64 whatever `precision` asks: as fast as float32 there.
-    let use_gather = dense
+    // The gather and run kernels sum in float64 whatever `precision` asks: as fast as float32
+    // there. Gathers where they are fast, else runs (contiguous loads, no gather unit).
+    let dense_simd = dense
         && map.weight.is_none()
-        && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson)
-        && gather::available::<T>();
+        && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson);
+    let use_gather = dense_simd && gather::available::<T>();
+    let run_form = if dense_simd && !use_gather && runs::available::<T>() {
+        map.runs()
+    } else {
+        None
+    };
     // Everything else with area weights has the masked gather kernel (also float64 sums).
     let use_masked_gather = !dense && map.weight.is_none() && gather::available::<T>();
     parts
@@ -235,7 +244,8 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
             let mut f0 = 0;
             while f0 < n_frames {
                 // Frames in pairs share the CSR stream (see `gather::STACK_BLOCK`).
-                let paired = use_gather && n_frames - f0 >= gather::STACK_BLOCK;
+                let paired =
+                    (use_gather || run_form.is_some()) && n_frames - f0 >= gather::STACK_BLOCK;
                 let nb = if paired {
                     gather::STACK_BLOCK
                 } else {
@@ -253,14 +263,17 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     count: &mut c[f0..f0 + nb],
                 };
                 if paired {
-                    gather_stack_bins(map, block, lo, hi, &mut out);
+                    match run_form {
+                        Some(r) => run_pair_bins(map, r, block, lo, hi, &mut out),
+                        None => gather_stack_bins(map, block, lo, hi, &mut out),
+                    }
                     f0 += nb;
                     continue;
                 }
                 // Without AVX-512: sharing the map across frames pays only for signal-only
                 // sums; with variance the 16 accumulators per bin spill and the block ran slower
                 // than frame by frame.
-                if dense && nb == FRAME_BLOCK && !with_var && !use_gather {
+                if dense && nb == FRAME_BLOCK && !with_var && !use_gather && run_form.is_none() {
                     match opts.precision {
                         Precision::Double => {
                             dense_block_dispatch::<T, f64>(map, block, lo, hi, &mut out)
@@ -276,6 +289,10 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     for k in 0..nb {
                         let one = block[k];
                         let mut single = out.frame(k);
+                        if let Some(r) = run_form {
+                            run_bins(map, r, one, lo, hi, &mut single);
+                            continue;
+                        }
                         if use_gather {
                             gather_bins(map, one, lo, hi, &mut single);
                             continue;
@@ -316,6 +333,68 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
             }
         });
     Ok(sums)
+}
+
+/// [`runs::dense_bins`] for one frame (area and count are the map's, set by `integrate`).
+#[cfg(target_arch = "x86_64")]
+fn run_bins<T: Pixel>(
+    map: &DetectorMap,
+    runs: &PixelRuns,
+    frame: &[T],
+    lo: usize,
+    hi: usize,
+    out: &mut OutBlock,
+) {
+    let variance: &mut [f64] = match out.variance.first_mut() {
+        Some(v) => v,
+        None => &mut [],
+    };
+    runs::dense_bins(runs, &map.area, frame, lo, hi, out.signal[0], variance);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn run_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &PixelRuns,
+    _: &[T],
+    _: usize,
+    _: usize,
+    _: &mut OutBlock,
+) {
+    unreachable!("runs::available() is false off x86-64")
+}
+
+/// [`runs::dense_bins_pair`] for one pair of frames (area and count set by `integrate`).
+#[cfg(target_arch = "x86_64")]
+fn run_pair_bins<T: Pixel>(
+    map: &DetectorMap,
+    runs: &PixelRuns,
+    frames: &[&[T]],
+    lo: usize,
+    hi: usize,
+    out: &mut OutBlock,
+) {
+    let frames: [&[T]; 2] = frames.try_into().expect("a pair of frames");
+    let [s0, s1] = out.signal else {
+        unreachable!("outputs of a pair")
+    };
+    let variance: [&mut [f64]; 2] = match out.variance {
+        [v0, v1] => [v0, v1],
+        _ => [&mut [], &mut []],
+    };
+    runs::dense_bins_pair(runs, &map.area, frames, lo, hi, [s0, s1], variance);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn run_pair_bins<T: Pixel>(
+    _: &DetectorMap,
+    _: &PixelRuns,
+    _: &[&[T]],
+    _: usize,
+    _: usize,
+    _: &mut OutBlock,
+) {
+    unreachable!("runs::available() is false off x86-64")
 }
 
 /// [`gather::dense_bins`] for one frame (area and count are the map's, set by `integrate`).

@@ -20,5 +20,6 @@ pub mod midas_files;
 pub mod panels;
 pub mod params;
 pub mod polygon;
+pub mod runs;
 
 pub use error::{Error, Result};

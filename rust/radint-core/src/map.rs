@@ -13,6 +13,7 @@ use crate::midas_files::{bilinear_pieces, gradient_shift};
 use crate::panels::{self, Panel};
 use crate::params::Params;
 use crate::polygon::{Poly, Pt};
+use crate::runs::PixelRuns;
 
 /// Overlaps below this (px²) are dropped, as midas-integrate 0.9 does (per-pixel loss ≤ 1e-8).
 pub const AREA_EPSILON: f64 = 1e-9;
@@ -40,6 +41,21 @@ pub struct DetectorMap {
     pub mask_hit: Vec<u8>,
     /// Σ overlap area of all pixels, masked ones included (coverage = area / this).
     pub bin_geometric_area: Vec<f64>,
+    /// Forms derived from the fields above on first use; build a new map rather than change
+    /// a field of one that has integrated.
+    pub derived: Derived,
+}
+
+/// Lazily built forms of a [`DetectorMap`], not part of its value (equality ignores them).
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    runs: std::sync::OnceLock<Option<PixelRuns>>,
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl DetectorMap {
@@ -57,6 +73,21 @@ impl DetectorMap {
     }
     pub fn n_pixels(&self) -> usize {
         self.n_y * self.n_z
+    }
+
+    /// The run-length form of the pixel indices ([`PixelRuns`]), built on first use; None for
+    /// maps with MIDAS weights (their kernel keeps the C summation order) or that runs cannot
+    /// describe.
+    pub fn runs(&self) -> Option<&PixelRuns> {
+        self.derived
+            .runs
+            .get_or_init(|| {
+                if self.weight.is_some() {
+                    return None;
+                }
+                PixelRuns::build(&self.indptr, &self.pixel, self.n_pixels())
+            })
+            .as_ref()
     }
 
     /// Σ area of the unmasked entries per bin.
@@ -578,6 +609,7 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
         weight: None,
         mask_hit: Vec::new(),
         bin_geometric_area: Vec::new(),
+        derived: Derived::default(),
     };
     let mut geometric = map.bin_area();
     for row in &rows {
@@ -644,6 +676,7 @@ pub fn gradient_resampled(
         weight: Some(weight),
         mask_hit: map.mask_hit.clone(),
         bin_geometric_area: map.bin_geometric_area.clone(),
+        derived: Derived::default(),
     }
 }
 

@@ -447,6 +447,7 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
         weight: Some(weight),
         mask_hit,
         bin_geometric_area: Vec::new(),
+        derived: Default::default(),
     };
     map.bin_geometric_area = map.bin_area();
     let hash_matches = header.map(|h| h.param_hash == param_hash(params));

@@ -263,6 +263,7 @@ impl MapCore {
             weight: weight.map(|w| w.to_vec()).transpose()?,
             mask_hit: Vec::new(),
             bin_geometric_area: Vec::new(),
+            derived: Default::default(),
         };
         let n_bins = map.n_bins();
         map.mask_hit = match mask_hit {
