@@ -3,26 +3,11 @@
 //! word holds, single pixels, repeats of the previous pixel), empty bins, and runs that end on
 //! the frame's last pixel (where an unmasked 8-lane load would read past the frame).
 
+mod common;
+
+use common::{close, reference, Csr, Lcg};
 use radint_core::integrate::Pixel;
 use radint_core::runs::{self, PixelRuns, MAX_RUN};
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
-struct Csr {
-    indptr: Vec<u64>,
-    pixel: Vec<u32>,
-    area: Vec<f32>,
-}
 
 fn random_runs_csr(rng: &mut Lcg, n_bins: usize, n_pixels: usize) -> Csr {
     let mut indptr = vec![0u64];
@@ -54,30 +39,6 @@ fn random_runs_csr(rng: &mut Lcg, n_bins: usize, n_pixels: usize) -> Csr {
         indptr,
         pixel,
         area,
-    }
-}
-
-fn reference<T: Pixel>(csr: &Csr, frame: &[T], lo: usize, hi: usize) -> (Vec<f64>, Vec<f64>) {
-    let (mut s, mut v) = (Vec::new(), Vec::new());
-    for b in lo..hi {
-        let (mut sb, mut vb) = (0.0, 0.0);
-        for e in csr.indptr[b] as usize..csr.indptr[b + 1] as usize {
-            let x = frame[csr.pixel[e] as usize].to_f64();
-            let w = csr.area[e] as f64;
-            sb += w * x;
-            vb += w * w * x.max(1.0);
-        }
-        s.push(sb);
-        v.push(vb);
-    }
-    (s, v)
-}
-
-fn close(got: &[f64], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (b, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = 1e-12 * w.abs().max(1.0);
-        assert!((g - w).abs() <= tol, "{what}: bin {b}: got {g}, want {w}");
     }
 }
 
