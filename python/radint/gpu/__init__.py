@@ -236,6 +236,9 @@ class CudaIntegrator:
         self.mask_hit = _upload(cupy, m.mask_hit, np.uint8, "map mask_hit")
         self.scale = _upload(cupy, integrator._scale, np.float64, "per-pixel scale")
         self._mod = _module(self.device_id)
+        # The uploads above are asynchronous on the current stream, which the non-blocking
+        # worker streams do not wait for.
+        cupy.cuda.get_current_stream().synchronize()
         self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
         # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
@@ -320,6 +323,13 @@ class CudaIntegrator:
             np.float64(it.empty_value),
         )
         csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
+        # What the caller's stream holds so far (the zeroed outputs, dark and variance uploads,
+        # whatever produced a device frame) must land before the worker streams read or write
+        # it: non-blocking streams do not wait for the default stream by themselves.
+        ready = cp.cuda.Event(block=False, disable_timing=True)
+        ready.record()
+        for s in self._streams:
+            s.wait_event(ready)
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)
             k = j % len(self._streams)
