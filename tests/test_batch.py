@@ -356,3 +356,131 @@ def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_con
         assert list(got.frame_ids) == list(range(len(stack)))
         np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(got.cake_sigma, want.cake_sigma, rtol=1e-12, equal_nan=True)
+
+
+def _h5_frames(path, frames, dark=None) -> None:
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = frames
+        if dark is not None:
+            f["exchange/dark"] = dark
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, capsys):
+    """An HDF5 input named like its NeXus output in the output directory, or two inputs of one
+    stem from different folders: refused before anything is read or written."""
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    data = tmp_path / "data.h5"
+    _h5_frames(data, frames)
+    before = data.read_bytes()
+    for argv in (["integrate", str(params), str(data), "-o", str(tmp_path)],
+                 ["batch", "-paramFN", str(params), "-dataFN", str(data),
+                  "-resultFolder", str(tmp_path), "--skip-existing"]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite the input" in err and str(data) in err
+        assert data.read_bytes() == before
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / "x.tif", frames[0])
+    out = tmp_path / "out"
+    assert main(["batch", str(params), str(tmp_path / "a" / "x.tif"), str(tmp_path / "b" / "x.tif"),
+                 "-o", str(out)]) == 2  # fmt: skip
+    assert "would be written for both" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_batch_midas_flags_dark_location_overrides_and_out_name(tmp_path, small_config, capsys):
+    """integrator.py habits: -darkFN of a file holding data and dark takes exchange/dark (its
+    -darkLoc default); with -paramFN every positional is data; Key value and -Key value
+    overrides anywhere on the line; -outName names one file's output and refuses several."""
+    from radint import Integrator
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    data = tmp_path / "scan.h5"
+    _h5_frames(data, frames, dark=np.full((3, *small_config.shape), 7, np.uint16))
+    out = tmp_path / "o1"
+    assert main(["batch", "-paramFN", str(params), "-dataFN", str(data), "-darkFN", str(data),
+                 "-resultFolder", str(out)]) == 0  # fmt: skip
+    want = Integrator(small_config).integrate_stack(frames, dark=np.full(small_config.shape, 7.0))
+    with h5py.File(out / "scan.h5") as f:
+        np.testing.assert_allclose(f["entry/azint2d/data/I"][...], want.cake, rtol=1e-12)
+        conf = f["entry/azint2d/reduction/input/configuration"][()].decode()
+        assert str(data) in conf  # the dark file is recorded
+    other = tmp_path / "other.h5"
+    _h5_frames(other, frames)
+    n_r = Integrator(small_config.replace(r_bin_px=2.0)).map.n_r
+    assert main(["batch", "-paramFN", str(params), str(data), str(other), "-o", str(tmp_path / "o2"),
+                 "RBinSize", "2"]) == 0  # fmt: skip
+    assert main(["batch", "-paramFN", str(params), "-dataFN", str(other), "-resultFolder",
+                 str(tmp_path / "o3"), "-RBinSize", "2", "-outName", "named"]) == 0  # fmt: skip
+    for path in (tmp_path / "o2" / "scan.h5", tmp_path / "o2" / "other.h5",
+                 tmp_path / "o3" / "named.h5"):  # fmt: skip
+        with h5py.File(path) as f:
+            assert f["entry/azint2d/data/I"].shape[-1] == n_r
+    capsys.readouterr()
+    assert main(["batch", "-paramFN", str(params), str(data), str(other), "-outName", "x",
+                 "-o", str(tmp_path / "o4")]) == 2  # fmt: skip
+    assert "-outName names the output of one input file; 2 given" in capsys.readouterr().err
+    assert main(["integrate", str(params), str(other), "-o", str(tmp_path / "o5"), "RBinSize",
+                 "2", "--dark", str(data)]) == 0  # fmt: skip
+
+
+def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsys):
+    """GE files of a detector that is not 2048², and raw files given their pixel type."""
+    from radint import Integrator
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, amplitude=a, dtype=np.uint16) for a in (50, 90)])
+    (tmp_path / "s.ge2").write_bytes(bytes(8192) + frames.astype("<u2").tobytes())
+    (tmp_path / "s2.raw").write_bytes(frames.astype("<u4").tobytes())
+    want = Integrator(small_config).integrate_stack(frames).cake
+    assert main(["integrate", str(params), str(tmp_path / "s2.raw"), "-o", str(tmp_path)]) == 1
+    assert "--raw-dtype" in capsys.readouterr().err
+    assert main(["batch", str(params), str(tmp_path / "s.ge2"), str(tmp_path / "s2.raw"),
+                 "--raw-dtype", "uint32", "-o", str(tmp_path / "o")]) == 0  # fmt: skip
+    for name in ("s.h5", "s2.h5"):
+        with h5py.File(tmp_path / "o" / name) as f:
+            np.testing.assert_allclose(f["entry/azint2d/data/I"][...], want, rtol=1e-12)
+
+
+def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small_config):
+    """What SLURM's scancel sends: files finished stay, the one in progress (its reader held up
+    by a FIFO that never delivers) leaves nothing, the summary says so, exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 8))
+    os.mkfifo(tmp_path / "b.tif")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
+         str(tmp_path / "b.tif"), "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "a.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "a.h5").exists()
+        time.sleep(0.3)  # the reader is now waiting on the FIFO
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "1/2 file(s) ok" in stdout and "interrupted; 1 not done" in stdout
+    assert "interrupted" in stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
+    with h5py.File(out / "a.h5") as f:
+        assert f["entry/azint2d/data/I"].shape[0] == 8

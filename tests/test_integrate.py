@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radint import DetectorMap, DtypeError, Integrator, ShapeError
+from radint import DetectorMap, DtypeError, Integrator, InvalidInputError, ShapeError
 from radint.testing import ring_image
 
 
@@ -160,6 +160,21 @@ def test_bad_input_errors(small_config, small_map):
         integ.integrate(np.zeros(small_config.shape), variance=-np.ones(small_config.shape))
 
 
+def test_bad_thread_counts_and_variances_are_refused(small_config, small_map):
+    for n in (-1, 0, 1.5, True):
+        with pytest.raises(InvalidInputError, match="n_threads"):
+            Integrator(small_config, detector_map=small_map, n_threads=n)
+    assert Integrator(small_config, detector_map=small_map, n_threads=np.int64(2)).n_threads == 2
+    integ = Integrator(small_config, detector_map=small_map)
+    frame = np.ones(small_config.shape)
+    with pytest.raises(DtypeError, match="variance"):
+        integ.integrate(frame, variance=np.full(small_config.shape, 1 + 1j))
+    with pytest.raises(InvalidInputError, match="1 infinite"):
+        v = np.ones(small_config.shape)
+        v[3, 4] = np.inf
+        integ.integrate(frame, variance=v)
+
+
 def _c_cpu_reference(map_dir, cfg, frame):
     """MIDAS C CPU integration (spec §5.2-5.3) straight from Map.bin records, in numpy."""
     rec = np.dtype([("y", "<f4"), ("z", "<f4"), ("frac", "<f8"), ("dr", "<f4"), ("a", "<f4")])
@@ -186,6 +201,37 @@ def test_midas_cpu_compat_with_written_map(small_config, tmp_path):
     nonzero = np.where(ref != 0, ref, np.nan)
     expected_line = np.nan_to_num(np.nanmean(nonzero, axis=0))
     np.testing.assert_allclose(r.lineout, expected_line, rtol=1e-12)
+
+
+def test_each_midas_compat_samples_a_midas_map_as_its_c_program(small_config, tmp_path, caplog):
+    """Map.bin positions are fractional with SubPixelLevel > 1: the C CPU integrator samples
+    them bilinearly, the GPU program reads the truncated pixel. A map read with the default
+    sampling is read again by Integrator(compat="midas-gpu") with "floor"; an explicit choice
+    is kept, with a warning when it is not the compat's."""
+    cfg = small_config
+    DetectorMap.build(cfg).save_midas(tmp_path, cfg)
+    path = tmp_path / "Map.bin"
+    raw = bytearray(path.read_bytes())
+    rec = np.dtype([("y", "<f4"), ("z", "<f4"), ("frac", "<f8"), ("dr", "<f4"), ("a", "<f4")])
+    entries = np.frombuffer(raw, rec, offset=64)
+    shifted = entries.copy()
+    # Quarter-pixel shifts that stay on the image (and inside the last pixel's floor).
+    shifted["y"] = np.minimum(shifted["y"] + 0.25, cfg.n_pixels_y - 1.5)
+    shifted["z"] = np.minimum(shifted["z"] + 0.4, cfg.n_pixels_z - 1.5)
+    raw[64:] = shifted.tobytes()
+    path.write_bytes(bytes(raw))
+    frame = ring_image(cfg, noise=True, dtype=np.float64)
+
+    def run(compat, sampling=None):
+        m = DetectorMap.load_midas(tmp_path, cfg, sampling=sampling)
+        return Integrator(cfg, detector_map=m, compat=compat).integrate(frame).cake
+
+    floor = run("midas-gpu", "floor")
+    np.testing.assert_array_equal(run("midas-gpu"), floor)
+    bilinear_gpu = run("midas-gpu", "bilinear")
+    assert np.nanmax(np.abs(bilinear_gpu - floor) / np.abs(floor).max()) > 1e-3
+    assert "sampling='bilinear'" in caplog.text and "samples 'floor'" in caplog.text
+    np.testing.assert_array_equal(run("midas-cpu"), run("midas-cpu", "bilinear"))
 
 
 def test_midas_gpu_rules(small_config, small_map):

@@ -169,7 +169,7 @@ def test_raw_binary_and_bad_size(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames_of(path, shape=(12, 9), dtype=np.float32), data)
     with pytest.raises(ReaderError, match=r"frames\.raw.*wrong frame shape"):
         list(read_frames(path, shape=(10, 10), dtype=np.float32))
-    with pytest.raises(ReaderError, match="need shape"):
+    with pytest.raises(ReaderError, match="need their shape"):
         list(read_frames(path))
 
 

@@ -157,6 +157,13 @@ def test_nexus_q_axis_and_no_config(tmp_path: Path) -> None:
         assert _s(data["radial_axis"].attrs["units"]) == "1/angstrom"
         np.testing.assert_allclose(data["radial_axis"][...], res.q_inv_angstrom)
         assert data["I"].shape == (1, res.n_r)
+    # By default the unit the bins are uniform in: q for MIDAS Q-mode binning (QBinSize).
+    res.config = make_config(q_bin=0.05)
+    with h5py.File(write_nexus(res, tmp_path / "qmode.h5"), "r") as f:
+        data = f["entry/azint2d/data"]
+        assert _s(data["radial_axis"].attrs["long_name"]) == "q"
+        np.testing.assert_allclose(data["radial_axis"][...], res.q_inv_angstrom)
+        np.testing.assert_allclose(data["two_theta"][...], res.two_theta_deg)
     bare = make_result(n_frames=None, config=None, sigma=False)
     with pytest.raises(ValueError, match="wavelength"):
         write_nexus(bare, tmp_path / "bad.h5", radial_unit="q")

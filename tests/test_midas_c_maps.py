@@ -448,6 +448,47 @@ def test_c_integrator_numbers_are_reproduced_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(r.lineout, ref["lineout"])
 
 
+def test_sum_images_adds_masked_bins_before_their_nan(tmp_path):
+    """distorted_mask: the distorted geometry with transopt_mask's mask.tif and SumImages 1, run
+    through DetectorMapper and IntegratorZarrOMP (PROVENANCE.md). C NaNs the 202 bins a masked
+    pixel touched in each frame's cake but adds their intensities from before that NaN into
+    /SumFrames (spec §5.5); radint's caked.hdf and Integrator.sum_images do the same, and the
+    pre-NaN values follow a frame through Result.frame and Result.concatenate."""
+    import h5py
+    import tifffile
+
+    from radint import Result
+    from radint.io import write_midas_caked
+
+    case = DATA / "distorted_mask"
+    for name in ("Map.bin", "nMap.bin", "maskMap.bin"):
+        with gzip.open(case / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    shutil.copy(case / "mask.tif", tmp_path / "mask.tif")
+    cfg = IntegrationConfig.from_midas_params(case / "params.txt")
+    assert cfg.sum_images
+    ref = np.load(case / "c_sum_frames.npz")
+    frame = tifffile.imread(DATA / "distorted" / "ring.tif")
+    c_map = DetectorMap.load_midas(tmp_path, cfg)
+    integ = Integrator(cfg, detector_map=c_map, compat="midas-cpu")
+    r = integ.integrate_stack([frame, frame])
+    assert np.isnan(ref["frame0"]).sum() == 202
+    for k in range(2):
+        np.testing.assert_array_equal(r.cake[k].T, ref["frame0"])
+    assert not np.isnan(ref["sum_frames"]).any()
+    with h5py.File(write_midas_caked(r.frame(0), tmp_path / "one.caked.hdf"), "r") as f:
+        np.testing.assert_allclose(f["SumFrames"][...], ref["sum_frames"], rtol=1e-12, atol=0)
+    with h5py.File(write_midas_caked(r, tmp_path / "two.caked.hdf"), "r") as f:
+        np.testing.assert_allclose(f["SumFrames"][...], 2 * ref["sum_frames"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        Integrator.sum_images(r).cake[0].T, 2 * ref["sum_frames"], rtol=1e-12
+    )
+    # OmegaSumFrames keeps C's NaN in those bins.
+    assert np.isnan(Integrator.sum_frames(r).cake[0]).sum() == 202
+    joined = Result.concatenate([r.frame(1), r.frame(0)])
+    np.testing.assert_array_equal(joined.cakes_before_mask_nan(), r.cakes_before_mask_nan())
+
+
 def _h5_tree(path: Path) -> dict[str, tuple[np.ndarray, dict]]:
     import h5py
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -21,10 +22,14 @@ from radint.exceptions import RadintError
 log = logging.getLogger("radint")
 
 
+#: MIDAS parameter keys that start lower-case (the others start upper-case).
+_LOWER_KEYS = {"px", "pxY", "pxZ", "tx", "ty", "tz"} | {f"p{i}" for i in range(15)}
+
+
 def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate data paths from trailing ``Key value ...`` overrides (keys start uppercase or
     are known lower-case MIDAS keys like ``px``, ``tx``)."""
-    lower_keys = {"px", "pxY", "pxZ", "tx", "ty", "tz"} | {f"p{i}" for i in range(15)}
+    lower_keys = _LOWER_KEYS
     paths: list[str] = []
     overrides: list[str] = []
     i = 0
@@ -153,7 +158,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
-    from radint.batch import process_file
+    from radint.batch import check_outputs, process_file
     from radint.integrator import Integrator
     from radint.io import read_dark
 
@@ -163,17 +168,21 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     config = _load_config(args.params, overrides, args)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out_dir = Path(args.output)
+    check_outputs(paths, out_dir, formats)
     out_dir.mkdir(parents=True, exist_ok=True)
+    dark = read_dark(args.dark, dataset=args.dark_dataset) if args.dark else None
+    if args.dark:  # recorded in the outputs' configuration (MIDAS key Dark)
+        config = config.replace(dark_file=str(Path(args.dark).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
     )
-    dark = read_dark(args.dark, dataset=args.dark_dataset) if args.dark else None
     failures = 0
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths))
         for p in paths:
             o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=dark,
-                             integrator=integrator, compression=args.compression)  # fmt: skip
+                             integrator=integrator, compression=args.compression,
+                             raw_dtype=args.raw_dtype)  # fmt: skip
             if o.ok:
                 rate = o.n_frames / max(o.seconds, 1e-9)
                 msg = f"{p}: {o.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(o.outputs)}"
@@ -201,6 +210,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from radint.batch import midas_file_series, run_batch
     from radint.io import read_dark
 
+    if args.paramFN and args.params:
+        # With -paramFN, the first positional is data, not a parameter file.
+        args.data.insert(0, args.params)
+        args.params = None
     params = args.paramFN or args.params
     if not params:
         raise RadintError("no parameter file: give PARAMS or -paramFN")
@@ -216,18 +229,30 @@ def cmd_batch(args: argparse.Namespace) -> int:
         formats.append("mat")
     out_dir = Path(args.resultFolder or args.output)
     dark = read_dark(args.darkFN, dataset=args.darkLoc) if args.darkFN else None
-    names = [args.outName] if args.outName and len(paths) == 1 else None
+    if args.darkFN:  # recorded in the outputs' configuration (MIDAS key Dark)
+        config = config.replace(dark_file=str(Path(args.darkFN).resolve()))
+    if args.outName and len(paths) != 1:
+        raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
+    names = [args.outName] if args.outName else None
     failed: list[tuple[str, str]] = []
-    frames = 0
+    frames = n_done = 0
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
 
+        def summary(tail: str) -> None:
+            elapsed = time.perf_counter() - t0
+            print(
+                f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames "
+                f"in {elapsed:.1f} s{tail}"
+            )
+
         def on_done(o):
-            nonlocal frames
+            nonlocal frames, n_done
             frames += o.n_frames
+            n_done += 1
             rate = frames / max(time.perf_counter() - t0, 1e-9)
             progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
             if not o.ok:
@@ -237,15 +262,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not args.quiet:
                 progress.console.print(line) if progress.live.is_started else print(line)
 
-        run_batch(
-            config, paths, out_dir, tuple(formats), n_procs=args.nCPUs, n_threads=args.nCPUsLocal,
-            dataset=args.dataLoc, dark=dark, skip_existing=args.skipExisting, dask=args.dask,
-            backend=args.backend, names=names, on_done=on_done, compression=args.compression,
-        )  # fmt: skip
-    elapsed = time.perf_counter() - t0
-    print(
-        f"radint batch: {len(paths) - len(failed)}/{len(paths)} file(s) ok, {frames} frames in {elapsed:.1f} s"
-    )
+        try:
+            run_batch(
+                config, paths, out_dir, tuple(formats), n_procs=args.nCPUs,
+                n_threads=args.nCPUsLocal, dataset=args.dataLoc, dark=dark,
+                skip_existing=args.skipExisting, dask=args.dask, backend=args.backend,
+                names=names, on_done=on_done, compression=args.compression,
+                raw_dtype=args.raw_dtype,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            summary(f" (interrupted; {len(paths) - n_done} not done)")
+            raise
+    summary("")
     for path, why in failed:
         print(f"radint: failed: {path}: {why}", file=sys.stderr)
     return 1 if failed else 0
@@ -337,7 +365,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Integrate frames as they arrive (TCP / PVA / folder) into DIR/stream.h5."""
-    import signal
 
     from radint.integrator import Integrator
     from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource
@@ -411,6 +438,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+RAW_DTYPE_HELP = (
+    "pixel type of raw binary frame files (.raw/.bin), e.g. uint16 or <u4; their shape is "
+    "NrPixelsZ x NrPixelsY, as for GE files"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -465,7 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=".", help="output directory")
     p.add_argument("--dark", help="dark file (its frames are averaged)")
     p.add_argument(
-        "--dark-dataset", default=None, help="HDF5 dataset of the dark (default exchange/data)"
+        "--dark-dataset",
+        default=None,
+        help="HDF5 dataset of the dark (default exchange/dark where the file has one, else "
+        "exchange/data)",
     )
     p.add_argument(
         "--dataset", default=None, help="HDF5 dataset of the frames (default exchange/data)"
@@ -485,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
     )
     p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("--raw-dtype", default=None, help=RAW_DTYPE_HELP)
     p.set_defaults(func=cmd_integrate)
 
     p = sub.add_parser(
@@ -497,16 +534,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="*", help="data files, then 'Key value' overrides")
     p.add_argument("-paramFN", help="parameter file (MIDAS flag)")
     p.add_argument("-dataFN", help="first data file of a numbered series (MIDAS flag)")
-    p.add_argument("-darkFN", help="dark file (frames averaged)")
+    p.add_argument("-darkFN", "--dark", dest="darkFN", help="dark file (frames averaged)")
     p.add_argument(
-        "-dataLoc", default=None, help="HDF5 dataset of the frames (default exchange/data)"
+        "-dataLoc",
+        "--dataset",
+        dest="dataLoc",
+        default=None,
+        help="HDF5 dataset of the frames (default exchange/data)",
     )
-    p.add_argument("-darkLoc", default=None, help="HDF5 dataset of the dark")
+    p.add_argument(
+        "-darkLoc",
+        "--dark-dataset",
+        dest="darkLoc",
+        default=None,
+        help="HDF5 dataset of the dark (default exchange/dark where the file has one, else "
+        "exchange/data)",
+    )
     p.add_argument("-resultFolder", help="output directory (MIDAS flag; same as -o)")
     p.add_argument("-startFileNr", type=int, default=-1, help="first file number of the series")
     p.add_argument("-endFileNr", type=int, default=-1, help="last file number of the series")
     p.add_argument("-nCPUs", type=int, default=1, help="files processed in parallel (processes)")
-    p.add_argument("-nCPUsLocal", type=int, default=None, help="threads per process")
+    p.add_argument(
+        "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=int, default=None,
+        help="threads per process",
+    )  # fmt: skip
+    p.add_argument("--raw-dtype", default=None, help=RAW_DTYPE_HELP)
     p.add_argument("-writeMat", type=int, default=0, help="1: also write .mat")
     p.add_argument(
         "-skipExisting",
@@ -637,16 +689,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _take_trailing_tokens(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
+) -> None:
+    """Give the words argparse left over to the subcommand's data/overrides list: MIDAS users
+    type ``Key value`` overrides (and, with ``radint batch``, ``-Key value``) anywhere on the
+    line, also after options (spec §8.1)."""
+    target = getattr(args, "data", None)
+    if target is None:
+        target = getattr(args, "overrides", None)
+    unknown = []
+    for tok in extras:
+        if target is not None and (not tok.startswith("-") or _is_number(tok)):
+            target.append(tok)
+        else:
+            unknown.append(tok)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
+def _dash_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``radint batch``: MIDAS's integrator.py takes ``-Key value`` as a parameter override
+    (spec §8.1); such a ``-Key`` that is not one of batch's own options becomes ``Key``."""
+    commands = [t for t in argv if not t.startswith("-")]
+    if not commands or commands[0] != "batch":
+        return argv
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    own = set(sub.choices["batch"]._option_string_actions)
+    at = argv.index("batch")
+    rest = [
+        t[1:]
+        if t.startswith("-") and t not in own and not _is_number(t)
+        and (t[1:2].isupper() or t[1:] in _LOWER_KEYS)
+        else t
+        for t in argv[at + 1 :]
+    ]  # fmt: skip
+    return [*argv[: at + 1], *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radint`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = _dash_overrides(parser, list(sys.argv[1:] if argv is None else argv))
+    args, extras = parser.parse_known_args(argv)
+    _take_trailing_tokens(parser, args, extras)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
         format="radint: %(message)s",
     )
+    if args.command in ("integrate", "batch"):
+        # SLURM's scancel / timeout and `kill` send SIGTERM: stop as Ctrl-C does, so files in
+        # progress are removed and the summary still prints.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(
+            "radint: interrupted; outputs not finished were removed, finished ones kept "
+            "(rerun with --skip-existing to resume)",
+            file=sys.stderr,
+        )
+        return 130
     except RadintError as e:
         print(f"radint: error: {e}", file=sys.stderr)
         return 2

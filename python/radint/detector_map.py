@@ -91,6 +91,9 @@ class DetectorMap:
         self.corrections_folded = core.weight is not None
         #: The weights sample each entry at its bin's centre radius (``GradientCorrection``).
         self.gradient_corrected = False
+        #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
+        #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
+        self.midas_sampling: tuple[Path, str, bool] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -165,14 +168,16 @@ class DetectorMap:
         cls,
         directory: str | Path,
         config: IntegrationConfig,
-        sampling: str = "bilinear",
+        sampling: str | None = None,
         gradient_correction: bool | None = None,
     ) -> DetectorMap:
         """Read MIDAS ``Map.bin``/``nMap.bin``/``maskMap.bin`` from ``directory``.
 
         Fractional positions become bilinear weights over up to 4 pixels (``sampling=
         "bilinear"``, the C CPU integrator) or the truncated pixel (``"floor"``, the C GPU
-        program). The C ``frac`` (corrections folded in) becomes the signal weight and
+        program). By default (``None``) bilinear, and an ``Integrator(compat="midas-gpu")``
+        given the map reads it again with ``"floor"``, so each compat samples as its C program
+        does. The C ``frac`` (corrections folded in) becomes the signal weight and
         ``areaWeight`` the area, so integrating reproduces C numbers. With gradient correction
         (default: the config's ``GradientCorrection``) positions are first moved by −δR along
         the radial direction from the beam centre, as MIDAS does.
@@ -181,7 +186,8 @@ class DetectorMap:
             config.gradient_correction if gradient_correction is None else gradient_correction
         )
         centre = (config.bc_y_px, config.bc_z_px) if gradient else None
-        core, info = _core.load_midas(str(directory), config.core_dict(), sampling, centre)
+        used = "bilinear" if sampling is None else sampling
+        core, info = _core.load_midas(str(directory), config.core_dict(), used, centre)
         if info.get("hash_matches") is False:
             log.warning(
                 "%s: Map.bin header hash differs from these parameters' C hash; "
@@ -192,6 +198,7 @@ class DetectorMap:
         m.origin = f"MIDAS files in {directory}"
         m.midas_header = info
         m.gradient_corrected = bool(gradient)
+        m.midas_sampling = (Path(directory), used, sampling is not None)
         return m
 
     def with_gradient_correction(self, config: IntegrationConfig | None = None) -> DetectorMap:

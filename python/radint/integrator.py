@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,11 @@ class Integrator:
             raise InvalidInputError(
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
             )
+        if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1
+                                      or not isinstance(n_threads, numbers.Integral)):  # fmt: skip
+            raise InvalidInputError(
+                f"n_threads must be a positive integer or None, got {n_threads!r}"
+            )
         self.config = config.validate()
         self.fit = FitSpec.coerce(fit, self.config)
         self.n_threads = n_threads
@@ -145,6 +151,7 @@ class Integrator:
                 f"detector map is for {detector_map.shape} (rows, columns) images, "
                 f"the configuration for {config.shape}"
             )
+        detector_map = self._sampled_as_compat(detector_map, config)
         if config.gradient_correction and not detector_map.gradient_corrected:
             if detector_map.corrections_folded:
                 log.info("GradientCorrection: %s was read without it; used as is",
@@ -158,6 +165,29 @@ class Integrator:
         self._gpu_fit: tuple[Any, Any] = (None, None)
 
     # ------------------------------------------------------------------ setup
+    def _sampled_as_compat(
+        self, detector_map: DetectorMap, config: IntegrationConfig
+    ) -> DetectorMap:
+        """A MIDAS map read with the default sampling, read again the way the compat's C
+        program samples (the GPU program reads the truncated pixel, the CPU one bilinearly)."""
+        source = detector_map.midas_sampling
+        if source is None or self.compat not in ("midas-cpu", "midas-gpu"):
+            return detector_map
+        directory, sampling, asked = source
+        wanted = "floor" if self.compat == "midas-gpu" else "bilinear"
+        if sampling == wanted:
+            return detector_map
+        if asked:
+            log.warning(
+                "compat=%r: the map from %s was read with sampling=%r; the C program samples "
+                "%r, so numbers may differ from it", self.compat, directory, sampling, wanted,
+            )  # fmt: skip
+            return detector_map
+        log.info("compat=%r: reading %s again with sampling=%r", self.compat, directory, wanted)
+        return DetectorMap.load_midas(
+            directory, config, sampling=wanted, gradient_correction=detector_map.gradient_corrected
+        )
+
     def _choose_backend(self, backend: str) -> str:
         if backend == "cpu":
             return "cpu"
@@ -305,14 +335,19 @@ class Integrator:
     def _prepare_variance(self, variance: Any) -> np.ndarray | None:
         if variance is None:
             return None
-        v = np.asarray(variance, dtype=np.float64)
+        v = np.asarray(variance)
+        if v.dtype.kind not in "biuf":
+            raise DtypeError(f"variance: expected real numbers, got dtype {v.dtype}")
+        v = v.astype(np.float64, copy=False)
         if v.shape != self.config.shape:
             raise ShapeError(
                 f"variance: expected shape {self.config.shape} (rows, columns), got {v.shape}"
             )
-        if np.any(v < 0):
+        bad = (v < 0) | np.isinf(v)  # NaN is let through: it marks the bins' sigma unknown
+        if bad.any():
             raise InvalidInputError(
-                f"variance: must be >= 0, found {int((v < 0).sum())} negative values"
+                f"variance: must be >= 0 and finite, found {int((v < 0).sum())} negative and "
+                f"{int(np.isinf(v).sum())} infinite values"
             )
         return np.ascontiguousarray(v).ravel()
 
@@ -427,6 +462,8 @@ class Integrator:
             v = np.asarray(out[key]).reshape(n, n_r)
             return v if stack else v[0]
 
+        if self.compat == "midas-cpu":
+            meta.update(self._masked_bin_values(out, n))
         return Result(
             cake=cake("cake"),
             cake_sigma=cake("cake_sigma"),
@@ -442,21 +479,50 @@ class Integrator:
             **self._axes,
         )
 
+    def _masked_bin_values(self, out: dict[str, Any], n: int) -> dict[str, np.ndarray]:
+        """The MIDAS CPU intensities of the bins its rule sets to NaN for touching a masked
+        pixel, from before that NaN (IntegratorZarrOMP sums them into ``SumFrames``)."""
+        hit = np.flatnonzero(np.asarray(self.map.mask_hit).reshape(-1))  # bin-major r·n_eta + e
+        if hit.size == 0:
+            return {}
+        s = np.asarray(out["signal"]).reshape(n, -1)[:, hit]
+        a = np.asarray(out["area"]).reshape(n, -1)[:, hit]
+        divide = (s != 0) & (a != 0) & bool(self.config.normalize)
+        values = np.where(divide, s / np.where(divide, a, 1.0), s)
+        n_r, n_eta = self.map.n_r, self.map.n_eta
+        r, e = np.divmod(hit, n_eta)
+        return {"masked_bins": e * n_r + r, "masked_bin_values": values}
+
     # ------------------------------------------------------------------ frame combinations
     @staticmethod
     def sum_frames(result: Result, group: int | None = None) -> Result:
-        """MIDAS ``OmegaSumFrames`` / ``SumImages`` as stack reductions.
+        """MIDAS ``OmegaSumFrames`` as a stack reduction.
 
         Sums the per-frame (normalised) cakes of a stack result in consecutive groups of
         ``group`` frames (``None`` or ≤ 0: all frames). NaN bins propagate, as in MIDAS.
         Lineouts and sigmas are combined the same way (sums; sigmas in quadrature).
         """
+        return Integrator._sum_groups(result, group, before_mask_nan=False)
+
+    @staticmethod
+    def sum_images(result: Result) -> Result:
+        """MIDAS ``SumImages``: every frame of a stack result summed into one.
+
+        As :meth:`sum_frames` over all frames, except that under ``compat="midas-cpu"`` the
+        bins the MIDAS CPU rule sets to NaN for touching a masked pixel add up their
+        intensities from before that NaN, as IntegratorZarrOMP's ``SumFrames`` does (spec §5.5).
+        """
+        return Integrator._sum_groups(result, None, before_mask_nan=True)
+
+    @staticmethod
+    def _sum_groups(result: Result, group: int | None, before_mask_nan: bool) -> Result:
         if not result.is_stack:
-            raise InvalidInputError("sum_frames needs a stack result (integrate_stack)")
+            raise InvalidInputError("summing frames needs a stack result (integrate_stack)")
         n = result.n_frames
         g = n if group is None or group <= 0 else group
         starts = list(range(0, n, g))
-        cakes = np.stack([result.cake[s : s + g].sum(axis=0) for s in starts])
+        frames = result.cakes_before_mask_nan() if before_mask_nan else result.cake
+        cakes = np.stack([frames[s : s + g].sum(axis=0) for s in starts])
         lineouts = np.stack([result.lineout[s : s + g].sum(axis=0) for s in starts])
         sig = None
         if result.cake_sigma is not None:
@@ -470,6 +536,10 @@ class Integrator:
             )
         area = result.area[0] if result.area.ndim == 3 else result.area
         count = result.count[0] if result.count.ndim == 3 else result.count
+        meta = {**result.metadata, "summed_groups": [(s, min(s + g, n) - 1) for s in starts]}
+        if "masked_bin_values" in meta:  # summed alike, so the sums carry their pre-NaN values
+            values = np.asarray(meta["masked_bin_values"])
+            meta["masked_bin_values"] = np.stack([values[s : s + g].sum(axis=0) for s in starts])
         return Result(
             cake=cakes,
             cake_sigma=sig,
@@ -488,7 +558,7 @@ class Integrator:
             normalized=result.normalized,
             lineout_mode=result.lineout_mode,
             frame_ids=np.array([min(s + g, n) - 1 for s in starts]),
-            metadata={**result.metadata, "summed_groups": [(s, min(s + g, n) - 1) for s in starts]},
+            metadata=meta,
         )
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,9 +60,7 @@ def plot_nexus(
     one = result.frame(frame)
     if peak_param is not None and result.peaks is None:
         raise RadintIOError(f"{path}: no fitted peaks (run 'radint fit {path} ... --update')")
-    tth = np.asarray(result.two_theta_deg)
-    radial = tth if np.all(np.isfinite(tth)) else np.asarray(result.radius_px)
-    label = "2θ (deg)" if radial is tth else "R (px)"
+    radial, edges, label = _radial_axis(result)
     plt = _pyplot()
     rows = 1 + (one.cake is not None) + (peak_param is not None)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows + 0.6), squeeze=False)
@@ -87,14 +86,10 @@ def plot_nexus(
         finite = one.cake[np.isfinite(one.cake)]
         vmax = np.percentile(finite, 99.5) if finite.size else 1
         # Edges, not centres: R-uniform bins are not uniform in 2θ, so imshow would misplace them.
-        edges = (
-            np.degrees(
-                np.arctan(result.r_edges_px * result.config.pixel_size_y_um / result.config.lsd_um)
-            )
-            if radial is tth and result.config is not None
-            else result.r_edges_px
+        mesh = ax2.pcolormesh(
+            edges, result.eta_edges_deg, one.cake, vmin=0, vmax=vmax, shading="flat"
         )
-        ax2.pcolormesh(edges, result.eta_edges_deg, one.cake, vmin=0, vmax=vmax, shading="flat")
+        fig.colorbar(mesh, ax=ax2, label="intensity", pad=0.01)
         ax2.set_ylabel("η (deg)")
         ax2.set_xlabel(label)
     if peak_param is not None:
@@ -121,6 +116,22 @@ def plot_nexus(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _radial_axis(result: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """Bin centres, bin edges and label of the radial axis to plot against: q for Q-mode
+    binning, else 2θ, else R in pixels (no geometry or wavelength to convert with)."""
+    from radint.io._common import q_from_two_theta
+
+    cfg = result.config
+    tth = np.asarray(result.two_theta_deg)
+    if cfg is None or not np.all(np.isfinite(tth)):
+        return np.asarray(result.radius_px), np.asarray(result.r_edges_px), "R (px)"
+    tth_edges = np.degrees(np.arctan(result.r_edges_px * cfg.pixel_size_y_um / cfg.lsd_um))
+    q = np.asarray(result.q_inv_angstrom)
+    if cfg.radial_mode == "q" and np.all(np.isfinite(q)):
+        return q, q_from_two_theta(tth_edges, cfg.wavelength_angstrom), "q (1/Å)"
+    return tth, tth_edges, "2θ (deg)"
 
 
 def follow_nexus(

@@ -51,7 +51,11 @@ class Result:
     frame_ids : ndarray or None, shape (n_frames,)
         Frame identifiers of a stack (or of a streamed frame).
     metadata : dict
-        Free-form provenance (source file, timestamps, ...).
+        Free-form provenance (source file, timestamps, ...). Under ``compat="midas-cpu"`` also
+        ``masked_bins`` (flat indices into an ``(n_eta, n_r)`` cake of the bins a masked pixel
+        touched, NaN in ``cake``) and ``masked_bin_values`` ``(n_frames, n_masked)``, their
+        intensities before that NaN, which MIDAS's ``SumFrames`` adds up (see
+        :meth:`cakes_before_mask_nan`).
     peaks : FitTable or None
         Peaks fitted to the lineout(s) when the Integrator was asked to fit (``fit=``); columns
         of shape ``(n_peaks,)``, or ``(n_frames, n_peaks)`` for a stack.
@@ -127,7 +131,7 @@ class Result:
             lineout_mode=self.lineout_mode,
             frame_ids=ids,
             metadata={
-                k: (np.asarray(v).reshape(-1)[index : index + 1] if k in PER_FRAME_METADATA else v)
+                k: (_frame_rows(v)[index : index + 1] if k in PER_FRAME_METADATA else v)
                 for k, v in self.metadata.items()
             },
             peaks=None if self.peaks is None else self._peaks_of(index),
@@ -179,14 +183,33 @@ class Result:
             peaks=peaks,
         )
 
+    def cakes_before_mask_nan(self) -> np.ndarray:
+        """The cakes ``(n_frames, n_eta, n_r)`` (a copy) with the bins that the MIDAS CPU rule
+        set to NaN for touching a masked pixel holding their intensity from before that rule,
+        as IntegratorZarrOMP sums them into ``SumFrames`` (spec §5.5). Other results: the cakes.
+        """
+        cakes = np.array(self.cake, dtype=np.float64, ndmin=3)
+        bins = self.metadata.get("masked_bins")
+        values = self.metadata.get("masked_bin_values")
+        if bins is not None and values is not None:
+            flat = cakes.reshape(cakes.shape[0], -1)
+            flat[:, np.asarray(bins)] = np.asarray(values).reshape(cakes.shape[0], -1)
+        return cakes
+
     def _peaks_of(self, index: int) -> FitTable:
         from radint.fit import _pick_curve
 
         return _pick_curve(self.peaks, index)
 
 
-#: Metadata keys holding one value per frame (concatenated when stacks are joined).
-PER_FRAME_METADATA = ("omega_deg", "Temperature", "Pressure", "I", "I0")
+#: Metadata keys holding one value (or one row) per frame (joined when stacks are joined).
+PER_FRAME_METADATA = ("omega_deg", "Temperature", "Pressure", "I", "I0", "masked_bin_values")
+
+
+def _frame_rows(value: Any) -> np.ndarray:
+    """A per-frame metadata entry as one row per frame (scalars and vectors: one value each)."""
+    a = np.asarray(value)
+    return a.reshape(-1) if a.ndim < 2 else a
 
 
 def _concat_metadata(results: Sequence[Result]) -> dict:
@@ -195,7 +218,7 @@ def _concat_metadata(results: Sequence[Result]) -> dict:
     for key in PER_FRAME_METADATA:
         parts = [r.metadata.get(key) for r in results]
         if all(p is not None for p in parts):
-            out[key] = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
+            out[key] = np.concatenate([_frame_rows(np.asarray(p, dtype=np.float64)) for p in parts])
         else:
             out.pop(key, None)
     return out

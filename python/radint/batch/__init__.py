@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from radint.config import IntegrationConfig
-from radint.exceptions import RadintError
+from radint.exceptions import InvalidInputError, RadintError
 
 log = logging.getLogger("radint")
 
@@ -85,6 +85,54 @@ def _init_worker(
     _WORKER["integrator"] = Integrator(config, detector_map=m, n_threads=n_threads, backend=backend)
 
 
+def output_stem(path: str | Path, name: str | None = None) -> str:
+    """The stem a file's outputs are named by: ``name``, else its name up to the first dot."""
+    return name or Path(path).name.split(".")[0]
+
+
+def check_outputs(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    formats: Sequence[str],
+    names: Sequence[str | None] | None = None,
+) -> None:
+    """Refuse, before any work, a run whose outputs would overwrite one of its inputs (an HDF5
+    or Zarr input named like its NeXus/Zarr output, in the output directory) or each other
+    (inputs of the same stem from different folders).
+
+    Raises
+    ------
+    InvalidInputError
+        Listing each collision; nothing has been read or written.
+    """
+    from radint.io.write import FORMATS, expand_formats
+
+    try:
+        wanted = expand_formats(formats)
+    except ValueError:
+        return  # every file then fails with the format's own message
+    names = list(names) if names else [None] * len(paths)
+    inputs = {Path(p).resolve(): str(p) for p in paths}
+    writers: dict[Path, str] = {}
+    problems: list[str] = []
+    for path, name in zip(paths, names, strict=True):
+        stem = output_stem(path, name)
+        for fmt in wanted:
+            out = (Path(out_dir) / (stem + FORMATS[fmt][0])).resolve()
+            if out in inputs:
+                problems.append(f"{out} would overwrite the input {inputs[out]}")
+            elif writers.setdefault(out, str(path)) != str(path):
+                problems.append(f"{out} would be written for both {writers[out]} and {path}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise InvalidInputError(
+            f"output names collide: {shown}. Write to another directory (-o DIR) or, for one "
+            "file, choose its output name (-outName)"
+        )
+
+
 def process_file(
     path: str,
     out_dir: str,
@@ -95,12 +143,14 @@ def process_file(
     skip_existing: bool = False,
     integrator: Any = None,
     compression: str | None = "blosc-lz4",
+    raw_dtype: str | None = None,
 ) -> FileOutcome:
     """Integrate every frame of one file and write its outputs (atomically). Never raises for a
     bad file: the outcome carries the reason. See :func:`process_files`."""
     outcomes = process_files(
         [path], out_dir, formats, names=[name], dataset=dataset, dark=dark,
         skip_existing=skip_existing, integrator=integrator, compression=compression,
+        raw_dtype=raw_dtype,
     )  # fmt: skip
     return next(iter(outcomes))
 
@@ -115,6 +165,7 @@ def process_files(
     skip_existing: bool = False,
     integrator: Any = None,
     compression: str | None = "blosc-lz4",
+    raw_dtype: str | None = None,
 ) -> Iterator[FileOutcome]:
     """Integrate files one after another, yielding one outcome per file in input order.
 
@@ -128,9 +179,10 @@ def process_files(
     written when its last stack is in. Memory stays bounded: two stacks wait for integration,
     two results for writing, four files for closing. A bad file never raises: its outcome
     carries the reason and nothing of it is left behind. Without ``dark``, a MIDAS Zarr zip's
-    own dark is subtracted (:func:`own_dark`), as IntegratorZarrOMP does.
+    own dark is subtracted (:func:`own_dark`), as IntegratorZarrOMP does. GE and raw files are
+    read with the configuration's frame shape (``raw_dtype``: the pixel type of raw files).
     """
-    from radint.io.prefetch import prefetch
+    from radint.io.prefetch import IDLE, prefetch
 
     integ = integrator or _WORKER.get("integrator")
     paths = [str(p) for p in paths]
@@ -145,7 +197,7 @@ def process_files(
 
         group = _Group()
         for i, path in enumerate(paths):
-            stem = names[i] or Path(path).name.split(".")[0]
+            stem = output_stem(path, names[i])
             expected = writer.expected(stem)
             if skip_existing and expected and all(p.exists() for p in expected):
                 yield ("skip", i, path, [str(p) for p in expected])
@@ -159,6 +211,8 @@ def process_files(
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
                     allocate=lambda shape, dtype, d=file_dark: group.slots(shape, dtype, d),
+                    shape=integ.config.shape,
+                    raw_dtype=raw_dtype,
                 ):
                     if group.add(i, stack, ids, metadata):
                         if group.full:
@@ -178,7 +232,16 @@ def process_files(
     thread = threading.Thread(target=writer.run, name="radint-write", daemon=True)
     thread.start()
     try:
-        for ev in prefetch(events(), depth=2):
+        # Woken while the reader waits (a slow disk, a file still arriving) to report the files
+        # the writer finished meanwhile.
+        for ev in prefetch(events(), depth=2, idle=0.2):
+            if ev is IDLE:
+                for i_done, outcome in writer.finished():
+                    done[i_done] = outcome
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                continue
             kind, i = ev[0], ev[1]
             if kind in ("stack", "group"):
                 # A stack is one file's frames; a group holds several files' (members: file
@@ -459,12 +522,10 @@ class _FileWriter:
 
     def run(self) -> None:
         try:
-            while True:
+            while not self._stop.is_set():  # stopped: what is open is removed below
                 try:
                     event = self.inbox.get(timeout=0.1)
                 except queue.Empty:
-                    if self._stop.is_set():
-                        break
                     continue
                 if event is None:
                     break
@@ -597,6 +658,7 @@ def run_batch(
     names: list[str] | None = None,
     on_done: Callable[[FileOutcome], None] | None = None,
     compression: str | None = "blosc-lz4",
+    raw_dtype: str | None = None,
 ) -> list[FileOutcome]:
     """Integrate many files with one map; returns one outcome per file (in input order).
 
@@ -607,6 +669,7 @@ def run_batch(
 
     files = [str(f) for f in files]
     out_dir = Path(out_dir)
+    check_outputs(files, out_dir, formats, names)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
     # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).
@@ -621,7 +684,8 @@ def run_batch(
             on_done(o)
 
     opts = {"out_dir": str(out_dir), "formats": tuple(formats), "dataset": dataset, "dark": dark,
-            "skip_existing": skip_existing, "compression": compression}  # fmt: skip
+            "skip_existing": skip_existing, "compression": compression,
+            "raw_dtype": raw_dtype}  # fmt: skip
     if dask:
         from radint.batch.distributed import run_on_dask
 
@@ -629,18 +693,22 @@ def run_batch(
             done(i, o)
     elif n_procs <= 1:
         _init_worker(config, str(cache), n_threads, backend, detector_map)
-        for i, o in enumerate(process_files(files, names=names, **opts)):
-            done(i, o)
+        # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
+        # removes the files it had not finished.
+        with contextlib.closing(process_files(files, names=names, **opts)) as outcomes_:
+            for i, o in enumerate(outcomes_):
+                done(i, o)
     else:
         import multiprocessing
 
         # spawn, not fork: forking a process whose rayon threads may hold locks can deadlock.
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(config, str(cache), n_threads, backend),
-        ) as pool:
+        )
+        try:
             # Each task is a run of consecutive files through one process_files pipeline, so a
             # worker overlaps reading, integrating and writing across them as a single process
             # does; runs are short enough (4 per process at least) to keep the processes busy.
@@ -652,6 +720,12 @@ def run_batch(
             for fut in as_completed(futures):
                 for j, o in enumerate(fut.result()):
                     done(futures[fut] + j, o)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped, running
+            # ones finish their current files (a worker removes what it has not finished).
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return [outcomes[i] for i in range(len(files))]
 
 

@@ -7,7 +7,7 @@ is transposed to (n_r, n_eta) here:
 ``IntegrationResult/FrameNr_<id>``       (n_r, n_eta) per frame (config ``save_individual_frames``)
 ``OmegaSumFrame/LastFrameNumber_<id>``   (n_r, n_eta): sum over chunks of ``omega_sum_frames`` frames
 ``Omegas``                               (n_frames,) ω per frame, deg (when the config gives ω)
-``SumFrames``                            (n_r, n_eta) NaN-skipping sum over frames (config ``sum_images``)
+``SumFrames``                            (n_r, n_eta) NaN-skipping sum over frames, masked-touched bins before their NaN (config ``sum_images``)
 ``InstrumentParameters/<key>``           (1,) float64: Polariz Lam SH_L U V W X Y Z Distance
 
 GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, requires
@@ -134,7 +134,8 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
         entries.append(
             (
                 "SumFrames",
-                np.nansum(cakes_r_major, axis=0),
+                # C adds each frame's intensity before its masked-bin NaN (spec §5.5).
+                np.nansum(result.cakes_before_mask_nan(), axis=0).T,
                 {"Header": "Radius,Eta", "Units": "Pixels,Degrees", "nFrames": n_frames},
             )
         )

@@ -12,7 +12,7 @@ Layout (one file, the NXsubentry "multi-method" convention both definitions pres
         reduction/   NXprocess        program, version, date, reference, note,
                                       input/ NXparameters (configuration JSON + every scalar)
         data/        NXdata           I [n_frames, n_eta, n_r] (azint1d: [n_frames, n_r]), I_errors,
-                                      radial_axis (2θ deg or q Å⁻¹) [+ _edges], azimuthal_axis [+ _edges],
+                                      radial_axis (2θ deg, or q Å⁻¹ for Q binning) [+ _edges], azimuthal_axis [+ _edges],
                                       norm, count, radius_px (R, px), two_theta/q (the other
                                       unit), frame_id, timestamp
       peaks/      NXprocess    (when the Result carries fitted peaks) program, model, and per-frame
@@ -472,9 +472,10 @@ class NexusWriter:
         (``backend="zarr"``, conventionally ``.zarr``).
     backend : {"hdf5", "zarr"}
         HDF5 through h5py, or a Zarr v3 directory store with the same tree.
-    radial_unit : {"2theta", "q"}
+    radial_unit : {"2theta", "q"}, optional
         Unit of ``radial_axis``: 2θ in degrees (always available) or q in Å⁻¹ (needs a
         wavelength). The other one, when defined, and R in pixels are written alongside.
+        Default: the unit the bins are uniform in (q for MIDAS Q-mode binning, else 2θ).
     atomic : bool
         Write under a hidden temporary name and rename on :meth:`close` (default). With
         ``False`` the file is written in place, so it can be read while it grows.
@@ -505,7 +506,7 @@ class NexusWriter:
         path: str | Path,
         *,
         backend: str = "hdf5",
-        radial_unit: str = "2theta",
+        radial_unit: str | None = None,
         atomic: bool = True,
         compression: str | None = "blosc-lz4",
         swmr: bool = False,
@@ -517,7 +518,7 @@ class NexusWriter:
     ) -> None:
         if backend not in ("hdf5", "zarr"):
             raise ValueError(f"backend must be 'hdf5' or 'zarr', got {backend!r}")
-        if radial_unit not in ("2theta", "q"):
+        if radial_unit not in (None, "2theta", "q"):
             raise ValueError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
         self.path = Path(path)
         self.backend = backend
@@ -568,9 +569,16 @@ class NexusWriter:
         return self._tree
 
     # -- layout ---------------------------------------------------------------------------
+    def _unit(self, result: Result) -> str:
+        """``radial_unit``, or by default the unit the bins are uniform in."""
+        if self.radial_unit is not None:
+            return self.radial_unit
+        q_mode = cfg(result, "q_bin") > 0  # IntegrationConfig.radial_mode == "q"
+        return "q" if q_mode and np.all(np.isfinite(result.q_inv_angstrom)) else "2theta"
+
     def _radial(self, result: Result) -> tuple[np.ndarray, np.ndarray | None, dict[str, str]]:
         tth_edges = two_theta_edges_deg(result)
-        if self.radial_unit == "2theta":
+        if self._unit(result) == "2theta":
             return (
                 np.asarray(result.two_theta_deg, dtype=np.float64),
                 tth_edges,
@@ -645,7 +653,7 @@ class NexusWriter:
             np.asarray(result.radius_px, dtype=np.float64),
             {"long_name": "R (radial bin centre)", "units": "pixel"},
         )
-        if self.radial_unit == "2theta":
+        if self._unit(result) == "2theta":
             q = np.asarray(result.q_inv_angstrom, dtype=np.float64)
             if np.all(np.isfinite(q)):
                 t.field(f"{data}/q", q, {"long_name": "q", "units": "1/angstrom"})
@@ -710,7 +718,7 @@ class NexusWriter:
                 _AXES_KEYS[ids] = memo
         return (
             software_version(),
-            self.radial_unit,
+            self._unit(result),
             self._compression,
             tuple(self._labels.items()),
             memo[1],
@@ -749,7 +757,7 @@ class NexusWriter:
         dtype = np.result_type(result.cake.dtype, np.float32)
         has_err = result.cake_sigma is not None
         aux = ["radius_px"]
-        if self.radial_unit == "q":
+        if self._unit(result) == "q":
             aux.append("two_theta")
         elif np.all(np.isfinite(result.q_inv_angstrom)):
             aux.append("q")
@@ -1099,7 +1107,7 @@ def write_nexus(
     path: str | Path,
     *,
     backend: str = "hdf5",
-    radial_unit: str = "2theta",
+    radial_unit: str | None = None,
     timestamp: float | Sequence[float] | None = None,
     compression: str | None = "blosc-lz4",
 ) -> Path:

@@ -11,11 +11,17 @@ T = TypeVar("T")
 _DONE = object()
 
 
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+#: Yielded by :func:`prefetch` with ``idle`` set when no item came within that time.
+IDLE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2, idle: float | None = None) -> Iterator[T]:
     """Yield ``items`` while a background thread produces up to ``depth`` of them ahead.
 
     Memory stays bounded (``depth`` items in flight); an exception raised by the producer is
     re-raised in the consumer at the point it occurred; stopping early stops the producer.
+    With ``idle`` (seconds), :data:`IDLE` is yielded whenever the producer is that long
+    without an item, so the consumer can do other work meanwhile.
     """
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -39,7 +45,11 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     thread.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=idle)
+            except queue.Empty:
+                yield IDLE  # type: ignore[misc]
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):

@@ -85,7 +85,11 @@ def open_frames(
         from radint.io import ge
 
         if shape is None or dtype is None:
-            raise ReaderError(f"{p}: raw binary frames need shape=(n_z, n_y) and dtype=")
+            raise ReaderError(
+                f"{p}: raw binary frames need their shape (n_z, n_y) and pixel type "
+                f"(got shape={shape}, dtype={dtype}; on the command line: --raw-dtype, "
+                "e.g. uint16; the shape is NrPixelsZ x NrPixelsY)"
+            )
         return ge.RawSource(p, shape, np.dtype(dtype))
     if suffix in _FABIO or p.name.lower().endswith((".edf.gz", ".cbf.gz")):
         from radint.io import fabio_formats
@@ -203,6 +207,8 @@ def read_stacks(
     size: int = 16,
     max_bytes: int | None = None,
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
+    shape: tuple[int, int] | None = None,
+    raw_dtype: npt.DTypeLike | None = None,
 ) -> Iterator[Stack]:
     """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
     metadata)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted after
@@ -213,7 +219,8 @@ def read_stacks(
     of frame by frame. Frame selection is the default one of :func:`read_frames`. With
     ``allocate(shape, dtype)``, multi-frame stacks are read into the arrays it returns (a
     caller's reusable buffers: fresh 100 MB arrays cost their page faults on every stack).
-    ``max_bytes`` caps a stack's size where the format knows its pixel type up front. Frames
+    ``shape`` is the frame shape of GE and raw files (the detector's, from the parameters) and
+    ``raw_dtype`` the pixel type of raw files; other formats carry their own. ``max_bytes`` caps a stack's size where the format knows its pixel type up front. Frames
     stored as plain pixels (uncompressed TIFF, HDF5 without filters, raw/GE) are read into
     those arrays with one system call each (:meth:`~radint.io._source.FrameSource.read_plain`).
 
@@ -222,7 +229,15 @@ def read_stacks(
     ReaderError
         As :func:`read_frames`; also for frames that are not 2-D.
     """
-    with open_frames(path, dataset=dataset) as source:
+    p = Path(path)
+    raw = p.suffix.lower() in _RAW
+    opened = open_frames(
+        p,
+        dataset=dataset,
+        shape=shape if raw or _GE.search(p.name) else None,
+        dtype=raw_dtype if raw else None,  # GE files are uint16
+    )
+    with opened as source:
         indices = list(source.default_indices())
         shape = tuple(source.frame_shape)
         if max_bytes is not None and source.dtype is not None:
@@ -278,6 +293,23 @@ def count_frames(
         return source.n_frames
 
 
+#: The dark dataset of an HDF5 file that holds both data and dark (MIDAS ``-darkLoc`` default).
+HDF5_DARK_DATASET = "exchange/dark"
+
+
+def _hdf5_has(path: Path, dataset: str) -> bool:
+    """Whether ``path`` is an HDF5 file with ``dataset`` in it (False for other files)."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get(dataset), h5py.Dataset)
+    except OSError:
+        return False
+
+
 def read_dark(
     path: str | Path,
     *,
@@ -290,7 +322,8 @@ def read_dark(
 
     For a MIDAS Zarr zip the dark stack ``exchange/dark`` is used (unless ``dataset`` names
     another array) and its first ``SkipFrame`` frames are left out, as IntegratorZarrOMP does
-    (spec §5.1).
+    (spec §5.1). An HDF5 file with an ``exchange/dark`` dataset gives that dataset (MIDAS's
+    ``-darkLoc`` default), not its data, unless ``dataset`` says otherwise.
 
     Parameters
     ----------
@@ -312,6 +345,9 @@ def read_dark(
     p = Path(path)
     if dataset is None and p.is_file() and zarrstore.is_midas_zip(p):
         dataset = zarrstore.MIDAS_DARK_DATASET
+    elif dataset is None and p.is_file() and _hdf5_has(p, HDF5_DARK_DATASET):
+        # A file that carries its own dark (MIDAS's -darkLoc default) is not a stack of darks.
+        dataset = HDF5_DARK_DATASET
     total: np.ndarray | None = None
     n = 0
     for frame in read_frames(p, dataset=dataset, shape=shape, dtype=dtype, frames=frames):

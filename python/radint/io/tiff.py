@@ -125,7 +125,15 @@ class TiffSource(FrameSource):
             raise ReaderError(f"{path}: not a readable TIFF file ({exc})") from exc
         if len(first.shape) != 2:
             self._tif.close()
-            raise ReaderError(f"{path}: expected 2-D pages, page 0 has shape {first.shape}")
+            hint = (
+                f" ({first.samplesperpixel} samples per pixel, as tifffile.imwrite stores a stack "
+                "of 3 or 4 frames unless given photometric='minisblack')"
+                if first.samplesperpixel > 1
+                else ""
+            )
+            raise ReaderError(
+                f"{path}: expected 2-D pages (one frame each), page 0 has shape {first.shape}{hint}"
+            )
         self.frame_shape = tuple(first.shape)
         self.dtype = first.dtype
         self._size = path.stat().st_size
