@@ -122,7 +122,7 @@ def test_batch_faults_are_reported_and_the_rest_is_processed(series, small_confi
     assert [o.ok for o in outcomes] == [True, False, False, False, True]
     assert "nodata.h5" in outcomes[1].error and "exchange/data" in outcomes[1].error
     assert "wrongshape.h5" in outcomes[2].error and "got (2, 7, 9)" in outcomes[2].error
-    assert "No space left on device" in outcomes[3].error
+    assert "no space left on device" in outcomes[3].error
     assert all("\n" not in o.error for o in outcomes)
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith(".radint-cache"))
     assert written == ["scan_000001.h5", "scan_000002.h5"]
@@ -484,3 +484,33 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
     with h5py.File(out / "a.h5") as f:
         assert f["entry/azint2d/data/I"].shape[0] == 8
+
+
+def test_a_file_failing_in_its_last_format_leaves_none_of_its_outputs(
+    tmp_path, small_config, monkeypatch
+):
+    """A full disk while writing the last whole-file format: the formats already written for
+    that file are removed with its NeXus file, the reason is one line, other files are whole."""
+    import errno
+
+    from radint.io import write as io_write
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", ring_image(small_config, dtype=np.uint16))
+    suffix, write_mat = io_write.FORMATS["mat"]
+
+    def full_for_b(result, path):
+        if path.name.startswith("b"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_mat(result, path)
+
+    monkeypatch.setitem(io_write.FORMATS, "mat", (suffix, full_for_b))
+    out = tmp_path / "out"
+    outcomes = run_batch(small_config, [tmp_path / "a.tif", tmp_path / "b.tif"], out,
+                         ("nexus", "midas", "xy", "mat"))  # fmt: skip
+    assert [o.ok for o in outcomes] == [True, False]
+    assert outcomes[1].error.startswith(f"{tmp_path / 'b.tif'}: no space left on device")
+    names = sorted(p.name for p in out.iterdir() if p.name != ".radint-cache")
+    assert names == ["a.caked.hdf", "a.h5", "a.mat", "a.zarr.zip", "a_lineout.xy"]

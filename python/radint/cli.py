@@ -257,8 +257,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
             if not o.ok:
                 failed.append((o.path, o.error))
-            line = f"{o.path}: " + ("skipped (outputs exist)" if o.skipped else
-                                     f"{o.n_frames} frame(s) -> {', '.join(o.outputs)}" if o.ok else f"FAILED: {o.error}")  # fmt: skip
+            line = (f"{o.path}: skipped (outputs exist)" if o.skipped else
+                    f"{o.path}: {o.n_frames} frame(s) -> {', '.join(o.outputs)}" if o.ok
+                    else f"FAILED: {o.error}")  # the reason names the file  # fmt: skip
             if not args.quiet:
                 progress.console.print(line) if progress.live.is_started else print(line)
 
@@ -274,8 +275,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             summary(f" (interrupted; {len(paths) - n_done} not done)")
             raise
     summary("")
-    for path, why in failed:
-        print(f"radint: failed: {path}: {why}", file=sys.stderr)
+    for _path, why in failed:
+        print(f"radint: failed: {why}", file=sys.stderr)  # the reason names the file
     return 1 if failed else 0
 
 

@@ -9,9 +9,11 @@ created by the user and passed as their scheduler address). No home-made schedul
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import queue
 import re
+import shutil
 import threading
 import time
 import weakref
@@ -456,7 +458,14 @@ _STACK_BUFFERS = _StackBuffers(keep=4)
 
 def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:
     log.debug("%s failed", path, exc_info=error)  # the traceback, for --verbose
-    why = str(error) if isinstance(error, RadintError) else f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        # HDF5's own message is a paragraph of internals; the cause is all a user needs.
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        why = f"no space left on device while writing its outputs{where}"
+    elif isinstance(error, RadintError):
+        why = str(error)
+    else:
+        why = f"{type(error).__name__}: {error}"
     if Path(path).name not in why:
         why = f"{path}: {why}"
     return FileOutcome(path, False, seconds=time.perf_counter() - t0, error=" ".join(why.split()))
@@ -617,7 +626,11 @@ class _FileWriter:
             from radint.result import Result
 
             whole = Result.concatenate(state["parts"])
-            written += write_result(whole, self.out_dir, self.at_end, name=state["stem"])
+            # One format at a time, so a failure (a full disk) removes the ones already done.
+            for fmt in self.at_end:
+                done = write_result(whole, self.out_dir, [fmt], name=state["stem"])
+                state.setdefault("finals", []).extend(done)
+                written += done
         return written
 
     def _commit_or_fail(self, i: int, state: dict[str, Any], written: list[Path]) -> None:
@@ -638,9 +651,17 @@ class _FileWriter:
 
     @staticmethod
     def _abort(state: dict[str, Any]) -> None:
+        """Remove all of a failed file's outputs: the streamed ones in progress and the
+        whole-file ones already written, so no output of a file reported failed remains."""
         for w in state["writers"]:
             with contextlib.suppress(Exception):
                 w.abort()
+        for path in state.pop("finals", []):
+            with contextlib.suppress(OSError):
+                if Path(path).is_dir():
+                    shutil.rmtree(path)
+                else:
+                    Path(path).unlink()
 
 
 def run_batch(

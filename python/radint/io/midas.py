@@ -18,6 +18,7 @@ GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, re
 
 from __future__ import annotations
 
+import io
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -171,11 +172,17 @@ def write_midas_caked(result: Result, path: str | Path) -> Path:
     """
     import h5py
 
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    # Laid out in memory, then written as bytes: a full disk fails the plain write with a clean
+    # OSError, where HDF5 failing mid-file leaves objects it cannot release (errors at garbage
+    # collection, a crash at exit).
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         for name, data, attrs in midas_tree(result):
             f.create_dataset(name, data=data).attrs.update(
                 {key: _c_attribute(value) for key, value in attrs.items()}
             )
+    with atomic_output(path) as tmp:
+        Path(tmp).write_bytes(image.getbuffer())
     return Path(path)
 
 
