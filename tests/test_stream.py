@@ -568,6 +568,12 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
     p.start()
     assert wait_for(lambda: p.written == 1)
+    # Flushed after its first frame and not locked: HDF5 readers open it while it grows (in
+    # this, the writing process, with the writer's locking flag).
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "stream.h5", "r", locking=False) as f:
+        assert f["entry/azint1d/data/I"].shape[0] == 1
     # a file being written (temporary name) is ignored until renamed into place
     tifffile.imwrite(watch / "new.tif.part", frame(1, "u2"))
     time.sleep(0.3)
@@ -578,6 +584,34 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     assert summary.written == 2
     rows = stream_rows(tmp_path / "out" / "stream.h5")
     assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
+
+
+def test_folder_watch_rereads_a_file_its_writer_paused_in(integrator, tmp_path, caplog):
+    """A writer that pauses longer than the settle time mid-file: the cut-short file fails to
+    read, is tried again once it changes, and its frame arrives once, nothing dropped."""
+    import io
+
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, frame(3, "u2"))
+    data = buf.getvalue()
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    with open(watch / "slow.tif", "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(0.6)  # settles: read, fails (cut short), waits for a change
+        f.write(data[len(data) // 2 :])
+    assert wait_for(lambda: p.written == 1)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (1, 0)
+    assert "slow.tif" in caplog.text and "waiting for it to change" in caplog.text
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == ["file:slow.tif"]
 
 
 # ----------------------------------------------------------------------------- PVA

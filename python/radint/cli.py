@@ -426,7 +426,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise RadintError("no frame files to send")
     t0 = time.perf_counter()
     n = send_frames(
-        iter_file_frames(files, args.h5_location),
+        iter_file_frames(files, args.h5_location, shape=config.shape),
         host=args.host,
         port=args.port,
         compress=args.compress,
@@ -437,6 +437,16 @@ def cmd_send(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     print(f"send: {n} frame(s) in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} frames/s)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 RAW_DTYPE_HELP = (
@@ -651,7 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
     p.add_argument("--watch", help="directory to watch, for --source folder")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--save-interval", type=int, default=100, help="flush every N frames")
+    p.add_argument(
+        "--save-interval", type=_positive_int, default=100, help="flush every N frames (and 5 s)"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--timeout", type=float, default=None, help="stop after S s without frames")
     p.add_argument(
@@ -685,7 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extension", help="only files with this suffix in directories (e.g. tif)")
     p.add_argument("--h5-location", default="exchange/data", help="HDF5 dataset of the frames")
     p.add_argument("--mapping-file", default="frame_mapping.json")
-    p.add_argument("--save-interval", type=int, default=500, help="rewrite the mapping every N")
+    p.add_argument(
+        "--save-interval", type=_positive_int, default=500, help="rewrite the mapping every N"
+    )
     p.set_defaults(func=cmd_send)
     return parser
 

@@ -245,11 +245,17 @@ class _H5Tree:
         self._encoders: dict[int, tuple[Any, Callable[[np.ndarray], Any] | None]] = {}
 
     @classmethod
-    def create(cls, path: Path, compression: str | None, swmr: bool) -> _H5Tree:
-        """A new file at ``path`` (the latest format for SWMR, else the most widely readable)."""
+    def create(
+        cls, path: Path, compression: str | None, swmr: bool, shared: bool = False
+    ) -> _H5Tree:
+        """A new file at ``path`` (the latest format for SWMR, else the most widely readable).
+        ``shared``: without HDF5's file lock, so readers (h5py, h5ls, silx) can open a file
+        written in place while it grows (they see what was last flushed)."""
         import h5py
 
-        return cls(h5py.File(path, "w", libver="latest" if swmr else "earliest"), compression, swmr)
+        libver = "latest" if swmr else "earliest"
+        file = h5py.File(path, "w", libver=libver, locking=False if shared else None)
+        return cls(file, compression, swmr)
 
     def group(self, path: str, attrs: dict[str, Any]) -> None:
         g = self.file.require_group(path) if path else self.file
@@ -487,6 +493,10 @@ class NexusWriter:
         HDF5 only: switch on single-writer/multiple-reader mode after the layout is written, so
         readers opening with ``swmr=True`` see frames while the file grows (needs
         ``atomic=False`` to be useful).
+    lock : bool
+        HDF5 only: take HDF5's file lock (default). ``False`` lets other processes (h5web,
+        silx, h5ls) open a file written in place while it grows; a reader in the writing process
+        itself must then open it with ``locking=False`` too (HDF5 wants the same flag).
     instrument_name, source_name, source_type, probe : str
         Values of ``instrument/name`` and ``instrument/source/{name,type,probe}``.
     peak_slots : int, optional
@@ -510,6 +520,7 @@ class NexusWriter:
         atomic: bool = True,
         compression: str | None = "blosc-lz4",
         swmr: bool = False,
+        lock: bool = True,
         instrument_name: str = "unknown",
         source_name: str = "unknown",
         source_type: str = "Synchrotron X-ray Source",
@@ -533,6 +544,7 @@ class NexusWriter:
         }
         self._compression = compression
         self._swmr = swmr
+        self._lock = lock
         self._target = temporary_sibling(self.path) if atomic else self.path
         self._tree: _H5Tree | _ZarrTree | None = None
         # An atomic HDF5 file's first frame is held back: if no other comes, close() writes the
@@ -559,7 +571,7 @@ class NexusWriter:
         if self._tree is None:
             self._close_image_file()
             self._tree = (
-                _H5Tree.create(self._target, self._compression, self._swmr)
+                _H5Tree.create(self._target, self._compression, self._swmr, shared=not self._lock)
                 if self.backend == "hdf5"
                 else _ZarrTree(self._target)
             )
@@ -1164,9 +1176,12 @@ def read_nexus(path: str | Path) -> Result:
 
             try:
                 root = h5py.File(path, "r")
-            except BlockingIOError:
-                # A stream is still writing it (flushed every save-interval, not SWMR): read the
-                # flushed frames without taking the lock the writer holds.
+            except OSError as e:
+                if not isinstance(e, BlockingIOError) and "lock" not in str(e):
+                    raise
+                # A writer still has it open (a stream, flushed as it goes, not SWMR): read the
+                # flushed frames without the lock it holds, or (in the writing process) with
+                # the same locking flag as it.
                 root = h5py.File(path, "r", locking=False)
     except (OSError, ValueError) as e:
         raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
@@ -1196,7 +1211,16 @@ def read_nexus(path: str | Path) -> Result:
         config = IntegrationConfig.from_dict(conf) if conf else None
         area = get(f"{d2}/norm")
         count = get(f"{d2}/count", required=False)
-        n = lineout.shape[0]
+        cake_sigma = get(f"{d2}/I_errors", required=False)
+        lineout_sigma = get(f"{d1}/I_errors", required=False)
+        frame_id = get(f"{d1}/frame_id")
+        # A file a stream is still writing may hold more rows of one table than of another
+        # (each grows on its own): only frames every table has are complete.
+        rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id]
+        n = min(len(a) for a in rows if a is not None)
+        lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
+        cake_sigma = None if cake_sigma is None else cake_sigma[:n]
+        lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
         radius = get(f"{d1}/radius_px")
         if config is not None:
             r_edges = config.bin_edges()[0]
@@ -1214,6 +1238,13 @@ def read_nexus(path: str | Path) -> Result:
             cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
             errs = {attr: get(f"entry/peaks/{name}_errors") for name, attr in _PEAK_ERRORS.items()}
             status = get("entry/peaks/status")
+            n = min(n, len(status), *(len(v) for v in (*cols.values(), *errs.values())))
+            lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
+            cake_sigma = None if cake_sigma is None else cake_sigma[:n]
+            lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
+            cols = {k: v[:n] for k, v in cols.items()}
+            errs = {k: v[:n] for k, v in errs.items()}
+            status = status[:n]
             names = np.array([STATUS_NAMES.get(int(v), f"unknown_{v}") for v in status.ravel()])
             peaks = FitTable(
                 **cols,
@@ -1225,9 +1256,9 @@ def read_nexus(path: str | Path) -> Result:
             )
         return Result(
             cake=cake,
-            cake_sigma=get(f"{d2}/I_errors", required=False),
+            cake_sigma=cake_sigma,
             lineout=lineout,
-            lineout_sigma=get(f"{d1}/I_errors", required=False),
+            lineout_sigma=lineout_sigma,
             area=np.broadcast_to(area, cake.shape).copy(),
             count=(
                 np.broadcast_to(count, cake.shape).copy()
@@ -1244,7 +1275,7 @@ def read_nexus(path: str | Path) -> Result:
             config=config,
             normalized=bool(get("entry/azint1d/normalization_applied")),
             lineout_mode=text("entry/azint1d/reduction/input/lineout_mode") or "area_weighted",
-            frame_ids=get(f"{d1}/frame_id").astype(np.int64),
+            frame_ids=frame_id.astype(np.int64),
             metadata={"source": str(path), "n_frames": n},
             peaks=peaks,
         )

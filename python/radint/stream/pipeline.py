@@ -51,13 +51,16 @@ class Summary:
             f"stream: received {self.received}, integrated {self.integrated}, written "
             f"{self.written}, dropped {self.dropped}, partial frames discarded {self.partial}, "
             f"bad connections {self.bad_connections}; {self.seconds:.1f} s, "
-            f"{self.frames_per_second:.1f} frames/s -> {self.output}"
+            f"{self.frames_per_second:.1f} frames/s -> "
+            + (self.output if self.written else "nothing written (no frames)")
         )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+#: Longest time (s) frames written to stream.h5 wait for a flush, whatever the save interval.
+FLUSH_SECONDS = 5.0
 #: Most waiting frames integrated in one call (8: where sharing the map's reads stops paying).
 RUN_FRAMES = 8
 
@@ -112,8 +115,9 @@ class Pipeline:
     integrator : Integrator
     sources : list of Source
     output_dir : path
-        ``stream.h5`` (NeXus NXazint1d/2d, one row per frame, written in place and flushed every
-        ``save_interval`` frames so it can be read while it grows); with ``midas_files`` also
+        ``stream.h5`` (NeXus NXazint1d/2d, one row per frame, written in place without HDF5's
+        file lock and flushed after the first frame, every ``save_interval`` frames and at
+        least every ``FLUSH_SECONDS``, so it can be read while it grows); with ``midas_files`` also
         MIDAS ``lineout.bin`` (n_r pairs (R, I) float64 per frame) and ``Int2D.bin``
         (n_r·n_eta float64, R-major, per frame) as frames arrive, and at the end
         ``stream.caked.hdf`` + the GSAS-II ``stream.zarr.zip`` (spec §7.4).
@@ -320,6 +324,7 @@ class Pipeline:
         writer: NexusWriter | None = None
         table: _StreamTable | None = None
         bins: list[Any] = []
+        last_flush = time.monotonic()
         try:
             done = False
             while not done:
@@ -332,6 +337,7 @@ class Pipeline:
                     writer = NexusWriter(
                         self.output,
                         atomic=False,
+                        lock=False,  # other processes read it while it grows
                         compression=self.compression,
                         source_name=items[0].source,
                         peak_slots=MAX_PEAKS,
@@ -351,10 +357,16 @@ class Pipeline:
                     bins = self._write_midas(results, bins)
                 before = self.written
                 self.written += len(items)
-                if self.written // self.save_interval != before // self.save_interval:
+                now = time.monotonic()
+                if (
+                    before == 0
+                    or self.written // self.save_interval != before // self.save_interval
+                    or now - last_flush >= FLUSH_SECONDS
+                ):
                     writer.flush()
                     for f in bins:
                         f.flush()
+                    last_flush = now
         except BaseException as e:
             self._error = e
             log.error("stream: writing %s failed: %s", self.output, e)

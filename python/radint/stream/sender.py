@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -69,6 +70,8 @@ class FileFrame:
 
 _FRAME_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".nxs", ".npy")
 _HDF5 = (".h5", ".hdf5", ".hdf", ".nxs")
+#: GE detector files: .ge, .ge1 ... .ge5 (no shape in their header: the detector's is used).
+_GE = re.compile(r"\.ge\d*$", re.IGNORECASE)
 
 
 def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> list[Path]:
@@ -79,7 +82,12 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
         if p.is_dir():
             suffixes = (f".{extension.lower().lstrip('.')}",) if extension else _FRAME_SUFFIXES
             out += sorted(
-                (c for c in p.iterdir() if c.is_file() and c.suffix.lower() in suffixes),
+                (
+                    c
+                    for c in p.iterdir()
+                    if c.is_file()
+                    and (c.suffix.lower() in suffixes or (not extension and _GE.search(c.name)))
+                ),
                 key=lambda c: c.name,
             )
         elif p.exists():
@@ -90,12 +98,15 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
 
 
 def iter_file_frames(
-    paths: Iterable[Path], h5_location: str = "exchange/data"
+    paths: Iterable[Path],
+    h5_location: str = "exchange/data",
+    shape: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray | FileFrame, str]]:
     """``(frame, mapping filename)`` for every frame, named as MIDAS's sender names them:
     ``base`` (one-frame file), ``base:frameK`` (multi-frame), ``base:loc`` / ``base:loc:frameK``
     (HDF5). Frames stored as plain pixels (uncompressed TIFF, unfiltered HDF5, GE/raw) come as
-    :class:`FileFrame` (where they lie, not read here); the others are decoded arrays."""
+    :class:`FileFrame` (where they lie, not read here); the others are decoded arrays.
+    ``shape``: the detector's frame shape, which GE files (no shape in their header) take."""
     from radint.io import open_frames
 
     for path in paths:
@@ -107,7 +118,10 @@ def iter_file_frames(
             continue
         is_h5 = path.suffix.lower() in _HDF5
         base = f"{path.name}:{h5_location}" if is_h5 else path.name
-        with open_frames(path, dataset=h5_location if is_h5 else None) as source:
+        ge = _GE.search(path.name) is not None
+        with open_frames(
+            path, dataset=h5_location if is_h5 else None, shape=shape if ge else None
+        ) as source:
             n = source.n_frames
             for index in source.default_indices():
                 name = base if n == 1 else f"{base}:frame{index}"

@@ -638,10 +638,13 @@ _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".lock", ".swp")
 class FolderSource(Source):
     """Watch a directory for new frame files (complete files only).
 
-    A file is taken when its size and modification time are unchanged over two polls (so a
-    file still being written is left alone) or when it appears by rename, which is the usual
-    "write then rename" pattern. Hidden files and ``*.tmp``/``*.part`` names are ignored.
-    Files already present at start are processed first, in name order.
+    A file is taken once its size and modification time have not changed for ``settle_s``
+    (so a file still being written is left alone, pauses of the writer included); files
+    already present at start are processed first, in name order. A file that still cannot be
+    read (cut short, or held open by an HDF5 writer) is tried again each time it changes, its
+    frames already sent are not sent twice; one that never becomes readable is counted as
+    dropped when the stream ends. Hidden files and ``*.tmp``/``*.part`` names are ignored
+    (the usual "write, then rename" pattern).
 
     Parameters
     ----------
@@ -651,6 +654,8 @@ class FolderSource(Source):
         Suffixes to take (default: any format :func:`radint.io.read_frames` reads).
     poll_s : float
         Poll interval in seconds.
+    settle_s : float
+        How long a file must stay unchanged before it is read.
     dataset : str, optional
         HDF5 dataset of the frames (default ``exchange/data``).
     """
@@ -664,6 +669,7 @@ class FolderSource(Source):
         extensions: tuple[str, ...] | None = None,
         poll_s: float = 0.2,
         dataset: str | None = None,
+        settle_s: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
@@ -674,8 +680,12 @@ class FolderSource(Source):
         self.dataset = dataset
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.settle_s = settle_s
         self._seen: set[str] = set()
-        self._pending: dict[str, tuple[int, float]] = {}
+        # name -> ((size, mtime), monotonic time that signature was first seen)
+        self._pending: dict[str, tuple[tuple[int, float], float]] = {}
+        # Files that could not be read yet: name -> (signature then, frames already sent, why).
+        self._retry: dict[str, tuple[tuple[int, float], int, str]] = {}
         self._next_id = 0
 
     def _wanted(self, name: str) -> bool:
@@ -710,35 +720,57 @@ class FolderSource(Source):
             except OSError:
                 continue
             sig = (st.st_size, st.st_mtime)
-            if st.st_size > 0 and self._pending.get(entry.name) == sig:
+            failed = self._retry.get(entry.name)
+            if failed is not None and failed[0] == sig:
+                continue  # unchanged since it last failed: wait for the writer
+            now = time.monotonic()
+            seen = self._pending.get(entry.name)
+            if seen is None or seen[0] != sig:
+                self._pending[entry.name] = (sig, now)
+            elif st.st_size > 0 and now - seen[1] >= self.settle_s:
                 ready.append(Path(entry.path))
-            else:
-                self._pending[entry.name] = sig
         return ready
 
     def _loop(self, sink: Sink, stats: SourceStats) -> None:
         from radint.io import read_frames
 
-        while not self._stop.is_set():
-            for path in self._complete_files():
-                self._seen.add(path.name)
-                self._pending.pop(path.name, None)
-                try:
-                    for fr in read_frames(path, dataset=self.dataset, shape=self.shape):
-                        label = f"file:{path.name}"
-                        if fr.index or fr.metadata.get("n_frames", 1) > 1:
-                            label += f":frame{fr.index}"
-                        item = StreamItem(
-                            self._next_id, fr.data, label, time.time(), {"file": str(path)}
-                        )
-                        self._next_id += 1
-                        stats.add("received")
-                        if not sink(item):
-                            return
-                except (RadintError, OSError, ValueError) as e:
-                    stats.add("dropped")
-                    log.error("folder: %s: %s (skipped)", path, e)
-            self._stop.wait(self.poll_s)
+        try:
+            while not self._stop.is_set():
+                for path in self._complete_files():
+                    if not self._read_file(path, sink, stats, read_frames):
+                        return
+                self._stop.wait(self.poll_s)
+        finally:
+            for name, (_, sent, why) in self._retry.items():
+                stats.add("dropped")
+                log.error("folder: %s never became readable after %d frame(s): %s", name, sent, why)
+
+    def _read_file(self, path: Path, sink: Sink, stats: SourceStats, read_frames: Any) -> bool:
+        """Send the frames of ``path`` not sent before; False when the sink stops taking."""
+        name = path.name
+        sig, _ = self._pending.pop(name)
+        sent_before = self._retry.pop(name, (sig, 0, ""))[1]
+        sent = sent_before
+        try:
+            for index, fr in enumerate(read_frames(path, dataset=self.dataset, shape=self.shape)):
+                if index < sent_before:
+                    continue  # sent before the file failed last time
+                label = f"file:{name}"
+                if fr.index or fr.metadata.get("n_frames", 1) > 1:
+                    label += f":frame{fr.index}"
+                item = StreamItem(self._next_id, fr.data, label, time.time(), {"file": str(path)})
+                self._next_id += 1
+                stats.add("received")
+                sent = index + 1
+                if not sink(item):
+                    return False
+        except (RadintError, OSError, ValueError) as e:
+            # Cut short or still held by its writer: tried again when it changes.
+            self._retry[name] = (sig, sent, str(e))
+            log.warning("folder: %s: %s (waiting for it to change)", path, e)
+            return True
+        self._seen.add(name)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
