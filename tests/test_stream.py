@@ -863,10 +863,33 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
     fit_bin = np.fromfile(tmp_path / "fit.bin", "<f8").reshape(-1, 7)
     assert fit_bin.shape[0] == 2 * 1 + 3 * 2  # one peak in frames 2-3, two in frames 4-6
     np.testing.assert_allclose(fit_bin[:, 1], [20, 20, 20, 30, 20, 30, 20, 30], atol=0.1)
-    # --midas-files also leaves the post-processed MIDAS files of the whole run (spec §7.4)
-    with h5py.File(tmp_path / "stream.caked.hdf") as f:
-        assert len(f["IntegrationResult"]) == 8
-    assert (tmp_path / "stream.zarr.zip").stat().st_size > 0
+    # --midas-files also leaves the post-processed MIDAS files of the whole run (spec §7.4),
+    # made from the GPU program's binary files (spec §7.3).
+    n_r, n_eta = r.n_r, r.n_eta
+    lines = np.fromfile(tmp_path / "lineout.bin", "<f8").reshape(8, n_r, 2)
+    means = np.fromfile(tmp_path / "lineout_simple_mean.bin", "<f8").reshape(8, n_r, 2)
+    cakes = np.fromfile(tmp_path / "Int2D.bin", "<f8").reshape(8, n_r, n_eta)
+    np.testing.assert_allclose(lines[:, :, 1], r.lineout, rtol=1e-12, equal_nan=True)
+    used = r.area[0] > 1e-9
+    want_mean = np.where(used, np.nan_to_num(r.cake), 0).sum(axis=1) / np.maximum(used.sum(0), 1)
+    np.testing.assert_allclose(means[:, :, 1], want_mean, rtol=1e-12)
+    with h5py.File(tmp_path / "integrator_output.h5") as f:
+        assert f.attrs["num_frames"] == 8 and len(f["lineouts"]) == 8
+        np.testing.assert_array_equal(f["lineouts/5"][...], lines[5])
+        np.testing.assert_array_equal(f["lineouts_simple_mean/7"][...], means[7])
+        np.testing.assert_array_equal(f["geometry_maps/Area_map"][...], r.area[0].T)
+        summed = f["OmegaSumFrame/Summed_from_3_to_3"]
+        np.testing.assert_array_equal(summed[...], cakes[3])
+        assert summed.attrs["Number Of Frames Summed"] == 1
+    import zarr
+    from zarr.storage import ZipStore
+
+    root = zarr.open_group(ZipStore(tmp_path / "integrator_output.zarr.zip", mode="r"), mode="r")
+    assert root["REtaMap"].shape == (5, n_r, n_eta)
+    last = root["OmegaSumFrame/LastFrameNumber_7"]
+    np.testing.assert_array_equal(last[...], cakes[7])
+    assert last.attrs["LastOme"] == 7.0
+    assert root["InstrumentParameters/Distance"][0] == r.config.lsd_um
 
 
 def test_disk_full_stops_the_stream_cleanly(integrator, tmp_path, monkeypatch):

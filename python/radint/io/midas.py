@@ -31,7 +31,14 @@ from radint.io._common import cfg, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
 
-__all__ = ["midas_tree", "write_gsas_zarr_zip", "write_midas_caked"]
+__all__ = [
+    "STREAM_BINARIES",
+    "midas_tree",
+    "reta_map",
+    "write_gsas_zarr_zip",
+    "write_midas_caked",
+    "write_stream_outputs",
+]
 
 _PER_CHUNK_ATTRS = ("Temperature", "Pressure", "I", "I0")
 
@@ -60,6 +67,22 @@ def _radial_columns(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return radius, np.degrees(two_theta), q
 
 
+def reta_map(result: Result) -> np.ndarray:
+    """MIDAS's per-bin geometry ``(5, n_r, n_eta)``: R px, 2θ deg, η deg, bin area, Q Å⁻¹ (the
+    caked.hdf ``REtaMap``; the GPU program's ``RTthEtaAreaMap.bin`` holds the same values)."""
+    area = np.asarray(result.area, dtype=np.float64)
+    area = area[0] if area.ndim == 3 else area
+    n_eta, n_r = area.shape
+    radius, two_theta, q = _radial_columns(result)
+    out = np.empty((5, n_r, n_eta))
+    out[0] = radius[:, np.newaxis]
+    out[1] = two_theta[:, np.newaxis]
+    out[2] = np.asarray(result.eta_deg, dtype=np.float64)[np.newaxis, :]
+    out[3] = area.T
+    out[4] = q[:, np.newaxis]
+    return out
+
+
 def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     """The MIDAS caked tree as ``(path, array, attrs)`` entries (R-major arrays).
 
@@ -81,19 +104,10 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     known_omegas = omegas_deg(result)
     # Without ω IntegratorZarrOMP writes 0 for every frame and no /Omegas.
     omegas = np.zeros(n_frames) if known_omegas is None else known_omegas
-    area = np.asarray(result.area, dtype=np.float64)
-    area = area[0] if area.ndim == 3 else area
-    radius, two_theta, q = _radial_columns(result)
-    retamap = np.empty((5, n_r, n_eta))
-    retamap[0] = radius[:, np.newaxis]
-    retamap[1] = two_theta[:, np.newaxis]
-    retamap[2] = np.asarray(result.eta_deg, dtype=np.float64)[np.newaxis, :]
-    retamap[3] = area.T
-    retamap[4] = q[:, np.newaxis]
     entries: list[tuple[str, np.ndarray, dict[str, Any]]] = [
         (
             "REtaMap",
-            retamap,
+            reta_map(result),
             {
                 "nEtaBins": n_eta,
                 "nRBins": n_r,
@@ -237,3 +251,118 @@ def write_gsas_zarr_zip(result: Result, path: str | Path) -> Path:
                 if file.is_file():
                     zf.write(file, file.relative_to(work).as_posix())
     return Path(path)
+
+
+#: The GPU program's per-frame binary files in a stream directory (spec §7.3).
+STREAM_BINARIES = ("lineout.bin", "lineout_simple_mean.bin", "Int2D.bin", "RTthEtaAreaMap.bin")
+_GEOMETRY_MAPS = (
+    ("R_map", "R-center for each bin", "pixels"),
+    ("TTh_map", "TwoTheta-center for each bin", "degrees"),
+    ("Eta_map", "Eta-center for each bin", "degrees"),
+    ("Area_map", "Effective pixel area for each bin", "fractional pixels"),
+    ("Q_map", "Q-center for each bin", "inv_Angstrom"),
+)
+
+
+def write_stream_outputs(
+    directory: str | Path, config: Any, name: str = "integrator_output"
+) -> list[Path]:
+    """MIDAS's post-processing of a stream (``integrator_stream_process_h5.py``, spec §7.4):
+    ``<name>.h5`` and the GSAS-II ``<name>.zarr.zip`` from the binary files of ``directory``
+    (:data:`STREAM_BINARIES`), read one OmegaSumFrames group of frames at a time, so memory
+    does not grow with the length of the run.
+
+    ``<name>.h5``: root attrs ``creation_date``, ``num_frames``; ``geometry_maps/{R,TTh,Eta,
+    Area,Q}_map`` (n_r × n_eta); ``lineouts/<i>`` and ``lineouts_simple_mean/<i>`` (n_r × 2:
+    R, I; attr ``frame_index``); ``OmegaSumFrame/Summed_from_<first>_to_<last>`` (Σ of the
+    group's R-major cakes; attrs ``Number Of Frames Summed``, ``original_frame_indices``).
+    Frames are named by their index in arrival order, as MIDAS names them without a frame
+    mapping. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
+    ω from OmegaStart/OmegaStep, else the frame index) and ``InstrumentParameters``.
+
+    Returns
+    -------
+    list of Path
+        The two files, each written atomically.
+    """
+    import datetime
+
+    import h5py
+    import zarr
+    from numcodecs import Blosc
+
+    directory = Path(directory)
+    geometry = np.fromfile(directory / "RTthEtaAreaMap.bin", dtype=np.float64)
+    n_r_eta = geometry.size // 5
+    line_size = directory.joinpath("lineout.bin").stat().st_size
+    if n_r_eta == 0 or line_size == 0:
+        raise ValueError(f"{directory}: no frames in lineout.bin / RTthEtaAreaMap.bin")
+    r_edges, eta_edges = config.bin_edges()
+    n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
+    if n_r * n_eta != n_r_eta:
+        raise ValueError(
+            f"{directory}: RTthEtaAreaMap.bin holds {n_r_eta} bins per row, the parameters "
+            f"give {n_r} x {n_eta}"
+        )
+    geometry = geometry.reshape(5, n_r, n_eta)
+    n_frames = line_size // (16 * n_r)
+    osf = int(getattr(config, "omega_sum_frames", 1))
+    groups = list(_chunks(n_frames, osf if osf != 0 else 1))
+    known = "OmegaStart" in (getattr(config, "set_at", None) or {})
+    start, step = float(config.omega_start_deg), float(config.omega_step_deg)
+
+    def omega(index: int) -> float:
+        return start + index * step if known else float(index)
+
+    def frames(file: str, shape: tuple[int, ...], rows: range) -> np.ndarray:
+        size = int(np.prod(shape)) * 8
+        with open(directory / file, "rb") as f:
+            f.seek(rows.start * size)
+            data = np.fromfile(f, dtype="<f8", count=len(rows) * size // 8)
+        return data.reshape(len(rows), *shape)
+
+    h5_path, zip_path = directory / f"{name}.h5", directory / f"{name}.zarr.zip"
+    codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+    with (
+        atomic_output(h5_path) as tmp,
+        h5py.File(tmp, "w") as h5,
+        tempfile.TemporaryDirectory() as work,
+    ):
+        h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
+        h5.attrs["num_frames"] = n_frames
+        maps = h5.create_group("geometry_maps")
+        for values, (key, description, units) in zip(geometry, _GEOMETRY_MAPS, strict=True):
+            ds = maps.create_dataset(key, data=values, track_times=False)
+            ds.attrs.update({"description": np.bytes_(description), "units": np.bytes_(units)})
+        root = zarr.open_group(work, mode="w", zarr_format=2)
+        root.create_array("REtaMap", data=geometry, chunks=geometry.shape, compressors=codec)
+        line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
+                       ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
+        summed = h5.create_group("OmegaSumFrame")
+        for rows in groups:
+            for file, group in line_groups.items():
+                for k, values in zip(rows, frames(file, (n_r, 2), rows), strict=True):
+                    ds = group.create_dataset(str(k), data=values, track_times=False)
+                    ds.attrs["frame_index"] = k
+            total = frames("Int2D.bin", (n_r, n_eta), rows).sum(axis=0)
+            first, last = rows.start, rows[-1]
+            ds = summed.create_dataset(f"Summed_from_{first}_to_{last}", data=total)
+            ds.attrs["Number Of Frames Summed"] = len(rows)
+            ds.attrs["original_frame_indices"] = np.arange(first, last + 1)
+            root.create_array(
+                f"OmegaSumFrame/LastFrameNumber_{last}", data=total, chunks=total.shape,
+                compressors=codec,
+                attributes={"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
+                            "FirstOme": omega(first), "LastOme": omega(last)},
+            )  # fmt: skip
+        instrument = {"Lam": config.wavelength_angstrom, "Polariz": config.gsas_polariz,
+                      "SH_L": config.gsas_sh_l, "U": config.gsas_u, "V": config.gsas_v,
+                      "W": config.gsas_w, "X": config.gsas_x, "Y": config.gsas_y,
+                      "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
+        for key, value in instrument.items():
+            root.create_array(f"InstrumentParameters/{key}", data=np.array([value], np.float64))
+        with atomic_output(zip_path) as ztmp, zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED) as zf:
+            for file in sorted(Path(work).rglob("*")):
+                if file.is_file():
+                    zf.write(file, file.relative_to(work).as_posix())
+    return [h5_path, zip_path]

@@ -117,10 +117,11 @@ class Pipeline:
     output_dir : path
         ``stream.h5`` (NeXus NXazint1d/2d, one row per frame, written in place without HDF5's
         file lock and flushed after the first frame, every ``save_interval`` frames and at
-        least every ``FLUSH_SECONDS``, so it can be read while it grows); with ``midas_files`` also
-        MIDAS ``lineout.bin`` (n_r pairs (R, I) float64 per frame) and ``Int2D.bin``
-        (n_r·n_eta float64, R-major, per frame) as frames arrive, and at the end
-        ``stream.caked.hdf`` + the GSAS-II ``stream.zarr.zip`` (spec §7.4).
+        least every ``FLUSH_SECONDS``, so it can be read while it grows); with ``midas_files``
+        also the GPU program's files as frames arrive (spec §7.3: ``lineout.bin`` and
+        ``lineout_simple_mean.bin``, n_r pairs (R, I) float64 per frame; ``Int2D.bin``,
+        n_r·n_eta float64, R-major, per frame; ``RTthEtaAreaMap.bin``; ``fit.bin``) and at the
+        end ``integrator_output.h5`` + the GSAS-II ``integrator_output.zarr.zip`` (spec §7.4).
     save_interval : int
         Flush every this many frames.
     max_frames : int, optional
@@ -323,7 +324,7 @@ class Pipeline:
     def _write_loop(self) -> None:
         writer: NexusWriter | None = None
         table: _StreamTable | None = None
-        bins: list[Any] = []
+        bins: dict[str, Any] = {}
         last_flush = time.monotonic()
         try:
             done = False
@@ -364,7 +365,7 @@ class Pipeline:
                     or now - last_flush >= FLUSH_SECONDS
                 ):
                     writer.flush()
-                    for f in bins:
+                    for f in bins.values():
                         f.flush()
                     last_flush = now
         except BaseException as e:
@@ -376,7 +377,9 @@ class Pipeline:
         finally:
             # After a write error (disk full) closing can fail too; it must not hide the first
             # error or kill the thread with a traceback.
-            for close in ([writer.close] if writer is not None else []) + [f.close for f in bins]:
+            for close in ([writer.close] if writer is not None else []) + [
+                f.close for f in bins.values()
+            ]:
                 try:
                     close()
                 except Exception as e:
@@ -385,38 +388,47 @@ class Pipeline:
             self._write_final_midas()
 
     def _write_final_midas(self) -> None:
-        """The files MIDAS's post-processing makes from a stream (spec §7.4): ``stream.caked.hdf``
-        and the GSAS-II ``stream.zarr.zip``, from the finished stream.h5 (the whole run is read
-        into memory once, at the end)."""
-        from radint.io import read_nexus, write_result
+        """The files MIDAS's post-processing makes from a stream (spec §7.4),
+        ``integrator_output.h5`` and the GSAS-II ``integrator_output.zarr.zip``, from the binary
+        files written as frames arrived (read a frame group at a time)."""
+        from radint.io.midas import write_stream_outputs
 
         try:
-            written = write_result(
-                read_nexus(self.output), self.output_dir, ("midas",), name="stream"
-            )
+            written = write_stream_outputs(self.output_dir, self.integrator.config)
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except (OSError, ValueError, MemoryError) as e:
-            log.error("stream: MIDAS caked.hdf / zarr.zip not written: %s", e)
+            log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
 
-    def _write_midas(self, results: list[Any], bins: list[Any]) -> list[Any]:
-        """Append MIDAS lineout.bin / Int2D.bin (and fit.bin when fitting) rows."""
+    def _write_midas(self, results: list[Any], bins: dict[str, Any]) -> dict[str, Any]:
+        """Append the GPU program's per-frame files (spec §7.3): lineout.bin,
+        lineout_simple_mean.bin, Int2D.bin (and fit.bin when fitting); RTthEtaAreaMap.bin once."""
+        from radint.io.midas import STREAM_BINARIES, reta_map
+
         if not bins:
-            bins = [
-                open(self.output_dir / "lineout.bin", "wb"),
-                open(self.output_dir / "Int2D.bin", "wb"),
-            ]
+            per_frame = [name for name in STREAM_BINARIES if name != "RTthEtaAreaMap.bin"]
+            bins = {name: open(self.output_dir / name, "wb") for name in per_frame}
+            (self.output_dir / "RTthEtaAreaMap.bin").write_bytes(
+                reta_map(results[0].frame(0)).astype("<f8").tobytes()
+            )
         singles = [r.frame(k) for r in results for k in range(r.n_frames)]
         for result in singles:
             r = np.asarray(result.radius_px, dtype=np.float64)
             line = np.asarray(result.lineout, dtype=np.float64)
-            bins[0].write(np.column_stack([r, line]).tobytes())
-            bins[1].write(np.ascontiguousarray(np.asarray(result.cake).T, np.float64).tobytes())
+            bins["lineout.bin"].write(np.column_stack([r, line]).tobytes())
+            # GPU simple mean: plain mean over the η bins of area > 1e-9, zeros included.
+            cake = np.asarray(result.cake, dtype=np.float64)
+            used = np.asarray(result.area) > 1e-9
+            n_used = used.sum(axis=0)
+            total = np.where(used, np.nan_to_num(cake), 0.0).sum(axis=0)
+            mean = np.divide(total, n_used, out=np.zeros_like(total), where=n_used > 0)
+            bins["lineout_simple_mean.bin"].write(np.column_stack([r, mean]).tobytes())
+            bins["Int2D.bin"].write(np.ascontiguousarray(cake.T, np.float64).tobytes())
             if result.peaks is not None:
-                if len(bins) < 3:
-                    bins.append(open(self.output_dir / "fit.bin", "wb"))
+                if "fit.bin" not in bins:
+                    bins["fit.bin"] = open(self.output_dir / "fit.bin", "wb")
                 # MIDAS GPU layout: 7 doubles per fitted peak, frames back to back.
                 rows = result.peaks.rows()[result.peaks.status != ABSENT]
-                bins[2].write(np.ascontiguousarray(rows, "<f8").tobytes())
+                bins["fit.bin"].write(np.ascontiguousarray(rows, "<f8").tobytes())
         return bins
 
     # ------------------------------------------------------------------ control
