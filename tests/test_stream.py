@@ -260,6 +260,18 @@ def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
     np.testing.assert_array_equal(rows["frame_id"], [65533, 65534, 65535, 65536, 65537, 65538])
 
 
+def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_path):
+    """--max-frames 5 against a client that already sent 12 frames: 5 written, and the 7 that
+    sat in the socket buffer are read, refused and counted as dropped, not lost unseen."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=5)
+    client = connect(src.port)
+    client.sendall(b"".join(encode_frame_bytes(i, frame(i)) for i in range(12)))
+    summary = p.wait(30)
+    client.close()
+    assert summary is not None and summary.written == 5
+    assert summary.received == 12 and summary.dropped == 7 and summary.partial == 0
+
+
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)
@@ -666,6 +678,28 @@ def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
     rows = stream_rows(tmp_path / "stream.h5")
     assert rows["frame_id"][:3].tolist() == [1, 2, 5]
     assert set(rows["source"].tolist()) == {"pva:sim:img"}
+
+
+def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog, monkeypatch):
+    """uniqueId going back (the IOC restarted) is said in the log, not only in repeated ids;
+    a channel that never sends anything is said after CONNECT_WARNING_S."""
+    from radint.stream import sources
+
+    monkeypatch.setattr(sources, "CONNECT_WARNING_S", 0.2)
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: "no update in" in caplog.text)
+    cb = chan["c"].cb
+    for k, uid in enumerate((4, 5, 1)):
+        cb(fake_update(uid, frame(uid, "u2")))
+        assert wait_for(lambda k=k: p.written == k + 1)
+    summary = finish(p)
+    assert summary.written == 3 and summary.dropped == 0
+    assert "uniqueId went back 5 -> 1" in caplog.text
 
 
 def test_pva_frames_land_in_slab_rows_and_refused_ones_are_released():

@@ -49,11 +49,31 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+#: Geometry keys MIDAS needs (spec §1.2): their defaults describe no real detector.
+_GEOMETRY_KEYS = (("Lsd",), ("BC",), ("px", "pxY"), ("Wavelength",))
+
+
 def _load_config(
     params: str, overrides: list[str], args: argparse.Namespace | None = None
 ) -> IntegrationConfig:
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
+    missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
+    if missing:
+        log.warning(
+            "%s: no %s given; using the defaults (%s), which describe no real detector",
+            params, ", ".join(missing),
+            ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
+        )  # fmt: skip
     return config if args is None else _with_fit_flags(config, args)
+
+
+def _default_text(config: IntegrationConfig, key: str) -> str:
+    return {
+        "Lsd": f"{config.lsd_um:g} µm",
+        "BC": f"{config.bc_y_px:g} {config.bc_z_px:g} px",
+        "px": f"{config.pixel_size_y_um:g} µm",
+        "Wavelength": f"{config.wavelength_angstrom:g} Å",
+    }[key]
 
 
 def _float_list(text: str, flag: str) -> list[float]:
@@ -760,10 +780,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _dash_overrides(parser, list(sys.argv[1:] if argv is None else argv))
     args, extras = parser.parse_known_args(argv)
     _take_trailing_tokens(parser, args, extras)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
-        format="radint: %(message)s",
-    )
+    # radint's own messages at the asked level; other libraries' (distributed, h5py) only
+    # when they warn, so -v is not drowned in their debug lines.
+    logging.basicConfig(level=logging.WARNING, format="radint: %(message)s")
+    log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     if args.command in ("integrate", "batch"):
         # SLURM's scancel / timeout and `kill` send SIGTERM: stop as Ctrl-C does, so files in
         # progress are removed and the summary still prints.

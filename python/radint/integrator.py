@@ -356,7 +356,8 @@ class Integrator:
         """Integrate one frame ``(n_pixels_z, n_pixels_y)`` (raw orientation).
 
         NaN pixels (float frames) are treated as masked: they contribute neither signal nor
-        area, and ``result.metadata["nan_pixels"]`` counts them.
+        area, and ``result.metadata["nan_pixels"]`` counts them (with ``dead_below`` /
+        ``hot_above``, the pixels they mask are NaN pixels too and counted there).
         """
         a = self._check_frames(frame, 2, "frame")
         return self._run(a, dark, variance, stack=False)

@@ -176,6 +176,7 @@ class Pipeline:
         self.accepted = 0
         self._accept_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._refusal_logged = False
         self._sources_done = threading.Event()
         self._finished = threading.Event()
         self._last_frame = time.monotonic()
@@ -200,7 +201,13 @@ class Pipeline:
         """TCP/folder: wait for room (the source stops reading meanwhile)."""
         if not self._admit():
             self.stats.add("dropped")
-            log.warning("%s: frame %d refused (stopping)", item.source, item.frame_id)
+            if not self._refusal_logged:  # once: the summary counts them all
+                self._refusal_logged = True
+                log.warning(
+                    "%s: frame %d refused (stopping); later refusals are only counted",
+                    item.source,
+                    item.frame_id,
+                )
             return False
         self._last_frame = time.monotonic()
         while True:

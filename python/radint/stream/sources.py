@@ -178,6 +178,11 @@ class _Closed(Exception):
     """The peer closed the connection (or the server is stopping)."""
 
 
+#: After stop, how long a TCP connection is still read for frames already sent (counted as
+#: refused, so none goes unseen in a socket buffer).
+DRAIN_S = 1.0
+
+
 class TcpSource(Source):
     """MIDAS wire-protocol server (spec §7.1): many clients, one thread each.
 
@@ -205,6 +210,7 @@ class TcpSource(Source):
         self.port = port
         self.pool = FramePool()
         self._stop = threading.Event()
+        self._drain_until = 0.0
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -252,11 +258,13 @@ class TcpSource(Source):
         got = 0
         n = view.nbytes
         while got < n:
-            if self._stop.is_set():
+            if self._stop.is_set() and time.monotonic() > self._drain_until:
                 raise _Closed(got)
             try:
                 k = conn.recv_into(view[got:], n - got)
             except TimeoutError:
+                if self._stop.is_set():
+                    raise _Closed(got) from None  # stopping and nothing more buffered
                 continue
             except OSError as e:
                 raise _Closed(got) from e
@@ -316,7 +324,11 @@ class TcpSource(Source):
                 stats.add("received")
                 if not sink(item):
                     item.release()
-                    break
+                    if not self._stop.is_set():
+                        break
+                    # Stopping: frames the sender had already sent are read for a moment
+                    # longer, so the summary counts them (refused, dropped) instead of losing
+                    # them unseen in the socket buffer.
         finally:
             conn.close()
             log.info("%s: disconnected after %d frame(s)", label, n_frames)
@@ -342,6 +354,7 @@ class TcpSource(Source):
         return decode_hybrid(count, body, self.n_pixels)
 
     def stop(self) -> None:
+        self._drain_until = time.monotonic() + DRAIN_S
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
@@ -490,6 +503,11 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
         return default
 
 
+#: Seconds without any monitor update after which a PVA source says so (a wrong channel name
+#: otherwise waits silently for --timeout).
+CONNECT_WARNING_S = 5.0
+
+
 class PvaSource(Source):
     """EPICS PV Access NTNDArray monitor (pvapy).
 
@@ -546,6 +564,18 @@ class PvaSource(Source):
         self._channel.subscribe("radint", self.on_update)
         self._channel.startMonitor(self.REQUEST)
         log.info("pva: monitoring %s", self.channel_name)
+        watchdog = threading.Timer(CONNECT_WARNING_S, self._warn_if_silent)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _warn_if_silent(self) -> None:
+        if self.updates == 0 and not self._stopped.is_set():
+            log.warning(
+                "pva %s: no update in %.0f s: check the channel name and that its IOC is "
+                "reachable (EPICS_PVA_ADDR_LIST / EPICS_PVA_AUTO_ADDR_LIST)",
+                self.channel_name,
+                CONNECT_WARNING_S,
+            )
 
     def on_update(self, pv: Any) -> None:
         """Monitor callback: one NTNDArray update → one StreamItem (or a counted drop)."""
@@ -575,6 +605,14 @@ class PvaSource(Source):
                     self._last_uid,
                     uid,
                     gap,
+                )
+            elif self._last_uid is not None and uid <= self._last_uid:
+                log.warning(
+                    "pva %s: uniqueId went back %d -> %d (the IOC or its plugin restarted): "
+                    "frame ids repeat from here, the timestamps tell the frames apart",
+                    self.channel_name,
+                    self._last_uid,
+                    uid,
                 )
             self._last_uid = uid
         if data is None:
