@@ -163,6 +163,12 @@ class Integrator:
         self._axes = self._make_axes()
         self._gpu: Any = None
         self._gpu_fit: tuple[Any, Any] = (None, None)
+        if self.backend == "cuda":
+            # Map upload and kernel compilation (seconds, the first time on a machine) now,
+            # not on the first frame of a stream.
+            self._gpu_backend().warm_up()
+            if self.fit is not None and self.fit.runs_on_gpu:
+                self._gpu_fitter()
 
     # ------------------------------------------------------------------ setup
     def _sampled_as_compat(
@@ -194,8 +200,9 @@ class Integrator:
         ok, why = _cuda_status()
         if backend == "cuda" and not ok:
             raise BackendUnavailableError(
-                f"backend='cuda' is not available: {why}. Install the GPU extra "
-                "(pip install 'radint[gpu]') on a machine with an NVIDIA GPU, or use backend='cpu'."
+                f"backend='cuda' is not available: {why}. Install the GPU extra (pip install "
+                "'radint[gpu]' for CUDA 12, 'radint[gpu-cuda13]' for CUDA 13) on a machine with "
+                "an NVIDIA GPU, or use backend='cpu'."
             )
         if backend == "auto" and not ok:
             log.info("backend auto: using cpu (%s)", why)

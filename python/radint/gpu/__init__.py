@@ -40,7 +40,7 @@ __all__ = [
     "kernel_source",
 ]
 
-INSTALL_HINT = "pip install 'radint[gpu]'"
+INSTALL_HINT = "pip install 'radint[gpu]' (CUDA 12) or 'radint[gpu-cuda13]' (CUDA 13)"
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 #: Frame dtypes with a kernel, by the suffix of its name.
 FRAME_DTYPES = {
@@ -60,7 +60,9 @@ CSR_BLOCK = 256
 FINALIZE_BLOCK = 256
 _RULES = {None: 0, "radint": 0, "midas-cpu": 1, "midas-gpu": 2}
 _LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
-_NVRTC_OPTIONS = ("-std=c++17",)
+# No fused multiply-adds: the kernels then round as the host harness that checks their
+# arithmetic does (the CSR kernels are memory-bound, so it costs nothing measurable there).
+_NVRTC_OPTIONS = ("-std=c++17", "--fmad=false")
 
 
 def _import_cupy() -> Any:
@@ -156,17 +158,21 @@ def _preload_nvrtc() -> str | None:
     """
     import importlib.util
 
-    try:
-        spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
-    except (ImportError, ValueError):
-        return None
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        for lib in sorted(Path(loc, "lib").glob("libnvrtc.so.*")):
-            try:
-                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-                return str(lib)
-            except OSError:
-                continue
+    libs: list[Path] = []
+    # nvidia-cuda-nvrtc-cu12: nvidia/cuda_nvrtc/lib; nvidia-cuda-nvrtc 13: nvidia/cu13/lib.
+    for module, sub in (("nvidia.cuda_nvrtc", "lib"), ("nvidia", "cu13/lib")):
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            libs += sorted(Path(loc, sub).glob("libnvrtc.so.*"))
+    for lib in libs:
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            return str(lib)
+        except OSError:
+            continue
     return None
 
 
@@ -236,6 +242,7 @@ class CudaIntegrator:
         self.mask_hit = _upload(cupy, m.mask_hit, np.uint8, "map mask_hit")
         self.scale = _upload(cupy, integrator._scale, np.float64, "per-pixel scale")
         self._mod = _module(self.device_id)
+        self._kernels: dict[str, Any] = {}
         # The uploads above are asynchronous on the current stream, which the non-blocking
         # worker streams do not wait for.
         cupy.cuda.get_current_stream().synchronize()
@@ -245,7 +252,21 @@ class CudaIntegrator:
 
     # -------------------------------------------------------------- launch helpers
     def _kernel(self, name: str) -> Any:
-        return self._mod.get_function(name)
+        # Looked up once: get_function builds a new RawKernel on every call.
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            kernel = self._kernels[name] = self._mod.get_function(name)
+        return kernel
+
+    def warm_up(self) -> None:
+        """Compile the module and look up every kernel now (NVRTC takes seconds the first time
+        on a machine; a stream's first frames should not wait for it)."""
+        for dtype in FRAME_DTYPES.values():
+            for acc in ("f64", "f32"):
+                for nb in (1, MAX_NB):
+                    self._kernel(f"ri_csr_{dtype}_{acc}_nb{nb}")
+        self._kernel("ri_finalize_cake")
+        self._kernel("ri_lineout")
 
     def _frame_buffers(self, k: int, dtype: np.dtype) -> tuple[np.ndarray, Any, Any]:
         import cupyx
@@ -292,6 +313,12 @@ class CudaIntegrator:
         """Integrate frames ``(n_z, n_y)`` or ``(n_frames, n_z, n_y)``; results stay on the
         device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
         and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them)."""
+        # On this integrator's device whatever the calling thread's current one (its streams,
+        # module and map live there).
+        with self._cp.cuda.Device(self.device_id):
+            return self._integrate_device(frames, dark, variance)
+
+    def _integrate_device(self, frames: Any, dark: Any, variance: Any) -> dict[str, Any]:
         cp = self._cp
         it = self.integrator
         flat, n, on_device = self._check_frames(frames)
@@ -322,7 +349,6 @@ class CudaIntegrator:
             np.int32(0),
             np.float64(it.empty_value),
         )
-        csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
         # What the caller's stream holds so far (the zeroed outputs, dark and variance uploads,
         # whatever produced a device frame) must land before the worker streams read or write
         # it: non-blocking streams do not wait for the default stream by themselves.
@@ -330,6 +356,30 @@ class CudaIntegrator:
         ready.record()
         for s in self._streams:
             s.wait_event(ready)
+        try:
+            self._launch_passes(flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin, out)
+        finally:
+            # Also after an error or an interrupt: nothing may still be copying into or out of
+            # buffers the memory pool is about to hand out again.
+            for s in self._streams:
+                s.synchronize()
+        for key in ("cake", "cake_sigma"):
+            # The kernels write bin-major (the lineout kernel reads the cake so); one device
+            # transpose gives the CPU engine's layout.
+            if key in out:
+                c = out[key].reshape(n, self.n_r, self.n_eta).transpose(0, 2, 1)
+                out[key] = cp.ascontiguousarray(c).reshape(-1)
+        out["n_frames"] = n
+        return out
+
+    def _launch_passes(
+        self, flat: Any, n: int, on_device: bool, dtype: np.dtype, dark_d: Any, var_d: Any,
+        var_mode: int, acc: str, fin: tuple, out: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Enqueue every pass of up to MAX_NB frames (copy, CSR, finalize, lineout) on the
+        rotating streams; the caller synchronises them."""
+        cp = self._cp
+        csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)
             k = j % len(self._streams)
@@ -415,16 +465,6 @@ class CudaIntegrator:
                         _opt(ln.get("lineout_sigma")),
                     ),
                 )
-        for s in self._streams:
-            s.synchronize()
-        for key in ("cake", "cake_sigma"):
-            # The kernels write bin-major (the lineout kernel reads the cake so); one device
-            # transpose gives the CPU engine's layout.
-            if key in out:
-                c = out[key].reshape(n, self.n_r, self.n_eta).transpose(0, 2, 1)
-                out[key] = cp.ascontiguousarray(c).reshape(-1)
-        out["n_frames"] = n
-        return out
 
     def integrate(self, frames: Any, dark: Any = None, variance: Any = None) -> dict[str, Any]:
         """As :meth:`integrate_device`, with the results copied to host numpy arrays: the dict

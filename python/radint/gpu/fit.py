@@ -63,7 +63,8 @@ class CudaFitter:
                       ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index", "peak_lo",
                        "peak_hi")}  # fmt: skip
         self._x = cp.asarray(self.x)
-        self._kernel = _module(cp.cuda.Device().id, "fit").get_function("rf_fit_jobs")
+        self.device_id = cp.cuda.Device().id
+        self._kernel = _module(self.device_id, "fit").get_function("rf_fit_jobs")
 
     def fit(self, lineouts: Any) -> dict[str, np.ndarray]:
         """Fit every row of ``lineouts`` (CuPy or numpy, shape ``(n_curves, n_x)``).
@@ -71,6 +72,10 @@ class CudaFitter:
         Returns the dict :func:`radint._core.fit_peaks` returns (host arrays): ``values`` and
         ``errors`` ``(n_curves, n_peaks, 7)``, ``status`` u8, ``iterations`` u32.
         """
+        with self._cp.cuda.Device(self.device_id):
+            return self._fit(lineouts)
+
+    def _fit(self, lineouts: Any) -> dict[str, np.ndarray]:
         cp = self._cp
         ys = cp.ascontiguousarray(cp.asarray(lineouts, dtype=cp.float64))
         if ys.ndim == 1:
