@@ -269,7 +269,10 @@ def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_p
     summary = p.wait(30)
     client.close()
     assert summary is not None and summary.written == 5
-    assert summary.received == 12 and summary.dropped == 7 and summary.partial == 0
+    # All 12 when the machine keeps up within the 1 s drain (the usual case); in any case the
+    # frames read after the stop are counted, none unaccounted for.
+    assert summary.received > 5 and summary.dropped == summary.received - 5
+    assert summary.received + summary.partial <= 12
 
 
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
