@@ -448,9 +448,13 @@ def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsy
             np.testing.assert_allclose(f["entry/azint2d/data/I"][...], want, rtol=1e-12)
 
 
-def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small_config):
+@pytest.mark.parametrize(
+    "procs", [[], ["-nCPUs", "2", "-nCPUsLocal", "1"]], ids=["1proc", "2procs"]
+)
+def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small_config, procs):
     """What SLURM's scancel sends: files finished stay, the one in progress (its reader held up
-    by a FIFO that never delivers) leaves nothing, the summary says so, exit code 130."""
+    by a FIFO that never delivers) leaves nothing, the summary says so, exit code 130; with a
+    process pool the workers are stopped the same way."""
     import os
     import signal
     import subprocess
@@ -464,7 +468,7 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
-         str(tmp_path / "b.tif"), "-o", str(out)],
+         str(tmp_path / "b.tif"), "-o", str(out), *procs],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

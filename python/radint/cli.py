@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
@@ -26,27 +27,47 @@ log = logging.getLogger("radint")
 _LOWER_KEYS = {"px", "pxY", "pxZ", "tx", "ty", "tz"} | {f"p{i}" for i in range(15)}
 
 
+def _is_key(token: str) -> bool:
+    """A MIDAS parameter key: a word of letters and digits starting upper-case, or one of the
+    lower-case keys (``px``, ``tx``, ``p0`` ...); never a path (``CeO2_0001.tif``)."""
+    word = re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", token) is not None
+    return word and (token[:1].isupper() or token in _LOWER_KEYS) and not Path(token).exists()
+
+
 def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate data paths from trailing ``Key value ...`` overrides (keys start uppercase or
-    are known lower-case MIDAS keys like ``px``, ``tx``)."""
-    lower_keys = _LOWER_KEYS
+    """Separate data paths from ``Key value ...`` overrides, wherever these stand. A key takes
+    the numbers that follow it; a word that is not a number only as its first value (the path
+    of ``MaskFile``, ``PanelShiftsFile`` ...), so ``RMax 80 a.tif b.tif`` keeps both files."""
     paths: list[str] = []
     overrides: list[str] = []
     i = 0
     while i < len(tokens):
         tok = tokens[i]
-        is_key = (tok[:1].isupper() or tok in lower_keys) and not Path(tok).exists()
-        if is_key:
-            values = []
-            i += 1
-            while i < len(tokens) and not (tokens[i][:1].isupper() or tokens[i] in lower_keys):
-                values.append(tokens[i])
-                i += 1
-            overrides.append(" ".join([tok, *values]))
-        else:
+        if not _is_key(tok):
             paths.append(tok)
             i += 1
+            continue
+        values: list[str] = []
+        i += 1
+        while i < len(tokens) and not _is_key(tokens[i]):
+            if not (_is_number(tokens[i]) or not values):
+                break
+            values.append(tokens[i])
+            i += 1
+        overrides.append(" ".join([tok, *values]))
     return paths, overrides
+
+
+def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str | None:
+    """The dark to subtract: the one given on the command line, else the parameter file's
+    ``Dark`` (as given, or beside the parameter file)."""
+    if given or not config.dark_file:
+        return given
+    path = Path(config.dark_file)
+    if not path.is_absolute() and not path.exists():
+        path = Path(params).parent / path
+    log.info("dark: %s (the parameters' Dark)", path)
+    return str(path)
 
 
 #: Geometry keys MIDAS needs (spec §1.2): their defaults describe no real detector.
@@ -57,6 +78,9 @@ def _load_config(
     params: str, overrides: list[str], args: argparse.Namespace | None = None
 ) -> IntegrationConfig:
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
+    for key, value, where, _ in config.unknown:
+        if where == "<override>":  # a typo on the command line must not pass unnoticed
+            log.warning("override %s %s: not a parameter radint knows; ignored", key, value)
     missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
     if missing:
         log.warning(
@@ -190,9 +214,10 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dark = read_dark(args.dark, dataset=args.dark_dataset) if args.dark else None
-    if args.dark:  # recorded in the outputs' configuration (MIDAS key Dark)
-        config = config.replace(dark_file=str(Path(args.dark).resolve()))
+    dark_path = _dark_path(args.dark, config, args.params)
+    dark = read_dark(dark_path, dataset=args.dark_dataset) if dark_path else None
+    if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
+        config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
     )
@@ -248,9 +273,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
     out_dir = Path(args.resultFolder or args.output)
-    dark = read_dark(args.darkFN, dataset=args.darkLoc) if args.darkFN else None
-    if args.darkFN:  # recorded in the outputs' configuration (MIDAS key Dark)
-        config = config.replace(dark_file=str(Path(args.darkFN).resolve()))
+    dark_path = _dark_path(args.darkFN, config, params)
+    dark = read_dark(dark_path, dataset=args.darkLoc) if dark_path else None
+    if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
+        config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
         raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
     names = [args.outName] if args.outName else None
@@ -403,6 +429,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     else:
         if not args.watch:
             raise RadintError("--source folder needs --watch DIR")
+        if Path(args.watch).resolve() == out_dir.resolve():
+            raise RadintError(
+                f"--watch {args.watch} is the output directory: the stream would read its own "
+                "files; write to another one (-o)"
+            )
         source = FolderSource(args.watch, config.shape)
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"

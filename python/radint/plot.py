@@ -101,13 +101,15 @@ def plot_nexus(
             # Positions of different peaks differ by far more than their drift: show the drift.
             values = values - np.nanmean(np.where(status == 0, values, np.nan), axis=0)
             ylabel = f"{ylabel} − mean"
+        # Frame ids restart with each stream connection: plot in file order unless they rise.
+        ids = np.asarray(result.frame_ids)
+        rising = ids.size < 2 or bool(np.all(np.diff(ids) > 0))
+        x = ids if rising else np.arange(n_frames)
         for k in range(status.shape[1]):
             good = status[:, k] == 0
             if good.any():
-                ax3.plot(
-                    result.frame_ids[good], values[good, k], ".-", ms=3, lw=0.6, label=f"peak {k}"
-                )
-        ax3.set_xlabel("frame")
+                ax3.plot(x[good], values[good, k], ".-", ms=3, lw=0.6, label=f"peak {k}")
+        ax3.set_xlabel("frame id" if rising else "frame (file order)")
         ax3.set_ylabel(ylabel)
         if status.shape[1] <= 12:
             ax3.legend(fontsize=7, ncol=4)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import queue
 import re
 import shutil
+import signal
 import threading
 import time
 import weakref
@@ -85,6 +87,19 @@ def _init_worker(
         else DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
     )
     _WORKER["integrator"] = Integrator(config, detector_map=m, n_threads=n_threads, backend=backend)
+
+
+def _init_pool_worker(*args: Any) -> None:
+    """A worker process: SIGTERM stops it as Ctrl-C does (its pipeline then removes the files
+    it had not finished), whether it comes from the parent or from a job scheduler."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _init_worker(*args)
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    if not _WORKER.get("busy"):
+        raise SystemExit(0)  # idle between runs: nothing to clean up, leave quietly
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def output_stem(path: str | Path, name: str | None = None) -> str:
@@ -726,7 +741,7 @@ def run_batch(
         pool = ProcessPoolExecutor(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
+            initializer=_init_pool_worker,
             initargs=(config, str(cache), n_threads, backend),
         )
         try:
@@ -742,8 +757,12 @@ def run_batch(
                 for j, o in enumerate(fut.result()):
                     done(futures[fut] + j, o)
         except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped, running
-            # ones finish their current files (a worker removes what it has not finished).
+            # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped and the
+            # workers are told to stop as this process was; each removes the files it had not
+            # finished (files it finished stay, reported or not: --skip-existing resumes).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(process.pid, signal.SIGTERM)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
@@ -752,4 +771,8 @@ def run_batch(
 
 def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
     """A worker's task: :func:`process_files` over consecutive files, all outcomes."""
-    return list(process_files(paths, names=names, **opts))
+    _WORKER["busy"] = True
+    try:
+        return list(process_files(paths, names=names, **opts))
+    finally:
+        _WORKER["busy"] = False

@@ -326,7 +326,9 @@ def write_stream_outputs(
     with (
         atomic_output(h5_path) as tmp,
         h5py.File(tmp, "w") as h5,
-        tempfile.TemporaryDirectory() as work,
+        # The zip's tree is built beside the outputs (hidden), not in /tmp: same disk, and a
+        # killed run leaves it where the user looks.
+        tempfile.TemporaryDirectory(dir=directory, prefix=f".{name}.zarr.") as work,
     ):
         h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
         h5.attrs["num_frames"] = n_frames
@@ -341,10 +343,13 @@ def write_stream_outputs(
         summed = h5.create_group("OmegaSumFrame")
         for rows in groups:
             for file, group in line_groups.items():
-                for k, values in zip(rows, frames(file, (n_r, 2), rows), strict=True):
+                for k in rows:
+                    values = frames(file, (n_r, 2), range(k, k + 1))[0]
                     ds = group.create_dataset(str(k), data=values, track_times=False)
                     ds.attrs["frame_index"] = k
-            total = frames("Int2D.bin", (n_r, n_eta), rows).sum(axis=0)
+            total = np.zeros((n_r, n_eta))
+            for k in range(rows.start, rows.stop, 16):  # a few frames at a time: bounded memory
+                total += frames("Int2D.bin", (n_r, n_eta), range(k, min(k + 16, rows.stop))).sum(0)
             first, last = rows.start, rows[-1]
             ds = summed.create_dataset(f"Summed_from_{first}_to_{last}", data=total)
             ds.attrs["Number Of Frames Summed"] = len(rows)

@@ -302,13 +302,18 @@ class Pipeline:
         finally:
             self.results.put(None)
 
-    def _next_batch(self) -> tuple[list[tuple[list[StreamItem], Any]], bool]:
-        """The next block of integrated frames (blocks for the first) and whether the end marker
-        came with it. The block grows until it holds WRITE_BATCH frames or its oldest frame
-        waited WRITE_DELAY_S: h5py holds the GIL through each append, stalling the integration
-        thread, so one append per dataset per block instead of per frame is what keeps the
-        stream near the integration rate."""
-        first = self.results.get()
+    def _next_batch(
+        self, idle: float | None = None
+    ) -> tuple[list[tuple[list[StreamItem], Any]], bool]:
+        """The next block of integrated frames (waiting for the first, at most ``idle`` s: an
+        empty block then) and whether the end marker came with it. The block grows until it
+        holds WRITE_BATCH frames or its oldest frame waited WRITE_DELAY_S: h5py holds the GIL
+        through each append, stalling the integration thread, so one append per dataset per
+        block instead of per frame is what keeps the stream near the integration rate."""
+        try:
+            first = self.results.get(timeout=idle)
+        except queue.Empty:
+            return [], False
         if first is None:
             return [], True
         batch = [first]
@@ -333,12 +338,21 @@ class Pipeline:
         table: _StreamTable | None = None
         bins: dict[str, Any] = {}
         last_flush = time.monotonic()
+        unflushed = False
         try:
             done = False
             while not done:
-                batch, done = self._next_batch()
+                # With frames not yet flushed, wake up in time to flush them even if no more
+                # come (a burst's end must be readable too, not only at exit).
+                idle = max(0.05, FLUSH_SECONDS - (time.monotonic() - last_flush))
+                batch, done = self._next_batch(idle if unflushed else None)
                 if not batch:
-                    break
+                    if unflushed and writer is not None:
+                        writer.flush()
+                        for f in bins.values():
+                            f.flush()
+                        last_flush, unflushed = time.monotonic(), False
+                    continue
                 items = [item for group, _ in batch for item in group]
                 if writer is None:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -374,7 +388,9 @@ class Pipeline:
                     writer.flush()
                     for f in bins.values():
                         f.flush()
-                    last_flush = now
+                    last_flush, unflushed = now, False
+                else:
+                    unflushed = True
         except BaseException as e:
             self._error = e
             log.error("stream: writing %s failed: %s", self.output, e)
@@ -400,6 +416,7 @@ class Pipeline:
         files written as frames arrived (read a frame group at a time)."""
         from radint.io.midas import write_stream_outputs
 
+        log.info("stream: writing integrator_output.h5 / .zarr.zip from the binary files")
         try:
             written = write_stream_outputs(self.output_dir, self.integrator.config)
             log.info("stream: wrote %s", ", ".join(map(str, written)))
@@ -420,13 +437,14 @@ class Pipeline:
         singles = [r.frame(k) for r in results for k in range(r.n_frames)]
         for result in singles:
             r = np.asarray(result.radius_px, dtype=np.float64)
-            line = np.asarray(result.lineout, dtype=np.float64)
+            # The GPU program writes 0, not NaN, where no pixel reached (spec §5.2-5.3).
+            line = np.nan_to_num(np.asarray(result.lineout, dtype=np.float64), nan=0.0)
             bins["lineout.bin"].write(np.column_stack([r, line]).tobytes())
             # GPU simple mean: plain mean over the η bins of area > 1e-9, zeros included.
-            cake = np.asarray(result.cake, dtype=np.float64)
+            cake = np.nan_to_num(np.asarray(result.cake, dtype=np.float64), nan=0.0)
             used = np.asarray(result.area) > 1e-9
             n_used = used.sum(axis=0)
-            total = np.where(used, np.nan_to_num(cake), 0.0).sum(axis=0)
+            total = np.where(used, cake, 0.0).sum(axis=0)
             mean = np.divide(total, n_used, out=np.zeros_like(total), where=n_used > 0)
             bins["lineout_simple_mean.bin"].write(np.column_stack([r, mean]).tobytes())
             bins["Int2D.bin"].write(np.ascontiguousarray(cake.T, np.float64).tobytes())

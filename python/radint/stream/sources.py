@@ -678,10 +678,11 @@ class FolderSource(Source):
 
     A file is taken once its size and modification time have not changed for ``settle_s``
     (so a file still being written is left alone, pauses of the writer included); files
-    already present at start are processed first, in name order. A file that still cannot be
-    read (cut short, or held open by an HDF5 writer) is tried again each time it changes, its
-    frames already sent are not sent twice; one that never becomes readable is counted as
-    dropped when the stream ends. Hidden files and ``*.tmp``/``*.part`` names are ignored
+    already present at start are processed first, in name order. A file that changes after it
+    was read (frames appended) or that could not be read (cut short, held open by an HDF5
+    writer) is read again each time it changes, from its first frame not yet sent, so no frame
+    is sent twice or lost; one that never becomes readable is counted as dropped when the
+    stream ends. Hidden files and ``*.tmp``/``*.part`` names are ignored
     (the usual "write, then rename" pattern).
 
     Parameters
@@ -719,11 +720,12 @@ class FolderSource(Source):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.settle_s = settle_s
-        self._seen: set[str] = set()
         # name -> ((size, mtime), monotonic time that signature was first seen)
         self._pending: dict[str, tuple[tuple[int, float], float]] = {}
-        # Files that could not be read yet: name -> (signature then, frames already sent, why).
-        self._retry: dict[str, tuple[tuple[int, float], int, str]] = {}
+        # Files read (or tried): name -> (signature then, frames sent, why it failed or None).
+        # A file that changes after is read again from its first frame not sent: a writer that
+        # appends frames (TIFF pages, HDF5 rows without file locking) loses none.
+        self._known: dict[str, tuple[tuple[int, float], int, str | None]] = {}
         self._next_id = 0
 
     def _wanted(self, name: str) -> bool:
@@ -749,7 +751,7 @@ class FolderSource(Source):
             log.error("folder %s: %s", self.directory, e)
             return []
         for entry in entries:
-            if entry.name in self._seen or not self._wanted(entry.name):
+            if not self._wanted(entry.name):
                 continue
             try:
                 if not entry.is_file():
@@ -758,9 +760,9 @@ class FolderSource(Source):
             except OSError:
                 continue
             sig = (st.st_size, st.st_mtime)
-            failed = self._retry.get(entry.name)
-            if failed is not None and failed[0] == sig:
-                continue  # unchanged since it last failed: wait for the writer
+            known = self._known.get(entry.name)
+            if known is not None and known[0] == sig:
+                continue  # unchanged since it was read (or failed): nothing new
             now = time.monotonic()
             seen = self._pending.get(entry.name)
             if seen is None or seen[0] != sig:
@@ -779,7 +781,9 @@ class FolderSource(Source):
                         return
                 self._stop.wait(self.poll_s)
         finally:
-            for name, (_, sent, why) in self._retry.items():
+            for name, (_, sent, why) in self._known.items():
+                if why is None:
+                    continue
                 stats.add("dropped")
                 log.error("folder: %s never became readable after %d frame(s): %s", name, sent, why)
 
@@ -787,12 +791,13 @@ class FolderSource(Source):
         """Send the frames of ``path`` not sent before; False when the sink stops taking."""
         name = path.name
         sig, _ = self._pending.pop(name)
-        sent_before = self._retry.pop(name, (sig, 0, ""))[1]
+        sent_before = self._known.pop(name, (sig, 0, None))[1]
         sent = sent_before
+        # Frames sent before (the file grew, or failed part-way) are not read again.
+        which = None if sent_before == 0 else slice(sent_before, None)
         try:
-            for index, fr in enumerate(read_frames(path, dataset=self.dataset, shape=self.shape)):
-                if index < sent_before:
-                    continue  # sent before the file failed last time
+            frames = read_frames(path, dataset=self.dataset, shape=self.shape, frames=which)
+            for index, fr in enumerate(frames, start=sent_before):
                 label = f"file:{name}"
                 if fr.index or fr.metadata.get("n_frames", 1) > 1:
                     label += f":frame{fr.index}"
@@ -804,10 +809,10 @@ class FolderSource(Source):
                     return False
         except (RadintError, OSError, ValueError) as e:
             # Cut short or still held by its writer: tried again when it changes.
-            self._retry[name] = (sig, sent, str(e))
+            self._known[name] = (sig, sent, str(e))
             log.warning("folder: %s: %s (waiting for it to change)", path, e)
             return True
-        self._seen.add(name)
+        self._known[name] = (sig, sent, None)
         return True
 
     def stop(self) -> None:
