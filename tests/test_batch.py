@@ -518,3 +518,21 @@ def test_a_file_failing_in_its_last_format_leaves_none_of_its_outputs(
     assert outcomes[1].error.startswith(f"{tmp_path / 'b.tif'}: no space left on device")
     names = sorted(p.name for p in out.iterdir() if p.name != ".radint-cache")
     assert names == ["a.caked.hdf", "a.h5", "a.mat", "a.zarr.zip", "a_lineout.xy"]
+
+
+def test_nexus_output_refused_before_hdf5_meets_a_full_disk(tmp_path, small_config, monkeypatch):
+    """HDF5 running out of space mid-write leaves objects it cannot release (the process crashed
+    at exit): a NeXus append first checks the free space and fails that file cleanly."""
+    import collections
+
+    from radint.io import nexus
+
+    data = tmp_path / "many.h5"
+    _h5_frames(data, np.stack([ring_image(small_config, dtype=np.uint16)] * 4))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(nexus.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 1 << 20))
+    out = tmp_path / "out"
+    [outcome] = run_batch(small_config, [data], out, ("nexus",))
+    assert not outcome.ok
+    assert outcome.error == f"{data}: no space left on device while writing its outputs in {out}"
+    assert [p.name for p in out.iterdir()] == [".radint-cache"]

@@ -475,8 +475,8 @@ def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:
     log.debug("%s failed", path, exc_info=error)  # the traceback, for --verbose
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         # HDF5's own message is a paragraph of internals; the cause is all a user needs.
-        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        why = f"no space left on device while writing its outputs{where}"
+        where = f" in {Path(error.filename).parent}" if getattr(error, "filename", None) else ""
+        why = f"{path}: no space left on device while writing its outputs{where}"
     elif isinstance(error, RadintError):
         why = str(error)
     else:

@@ -28,11 +28,13 @@ append frames as they come (:class:`NexusWriter`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -457,6 +459,23 @@ class _ZarrTree:
 
     def close(self) -> None:
         """Directory stores hold no open handle."""
+
+
+#: Room an HDF5 append leaves beyond its own bytes, for the metadata HDF5 writes at close.
+SPACE_MARGIN = 16 << 20
+
+
+def _ensure_space(path: Path, nbytes: int) -> None:
+    """Fail before HDF5 writes what the disk cannot hold: HDF5 running out of space
+    mid-write leaves objects it cannot release, and the process can crash at exit."""
+    free = shutil.disk_usage(path.parent).free
+    need = nbytes + SPACE_MARGIN
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {free} bytes free where writing needs {need}",
+            str(path),
+        )
 
 
 def _as_rows(value: Any, n: int, default: np.ndarray, dtype: type) -> np.ndarray:
@@ -938,6 +957,8 @@ class NexusWriter:
         if "peaks/frame_id" in self._rows:
             rows.update(self._peak_rows(result.peaks, n))
             rows["peaks/frame_id"] = ids
+        if self.backend == "hdf5":
+            _ensure_space(self._target, sum(np.asarray(v).nbytes for v in rows.values()))
         for key, value in rows.items():
             self._open().append(self._rows[key], value)
 
