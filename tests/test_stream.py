@@ -940,6 +940,9 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
         np.testing.assert_array_equal(f["lineouts/5"][...], lines[5])
         np.testing.assert_array_equal(f["lineouts_simple_mean/7"][...], means[7])
         np.testing.assert_array_equal(f["geometry_maps/Area_map"][...], r.area[0].T)
+        # Frames 4-6 fitted two peaks: the fit table holds their 7 fit.bin values each.
+        assert f["fit/5"].shape == (2, 7) and f["fit/0"].shape == (0, 7)
+        np.testing.assert_array_equal(f["fit/5"][...], fit_bin[4:6])
         summed = f["OmegaSumFrame/Summed_from_3_to_3"]
         np.testing.assert_array_equal(summed[...], cakes[3])
         assert summed.attrs["Number Of Frames Summed"] == 1

@@ -264,8 +264,15 @@ _GEOMETRY_MAPS = (
 )
 
 
+#: stream.h5 ``entry/peaks`` columns holding fit.bin's 7 values, in fit.bin's order.
+_FIT_COLUMNS = ("area", "center_px", "sig", "gam", "fwhm_px", "eta_mix", "chi2")
+
+
 def write_stream_outputs(
-    directory: str | Path, config: Any, name: str = "integrator_output"
+    directory: str | Path,
+    config: Any,
+    name: str = "integrator_output",
+    stream_file: str | Path | None = None,
 ) -> list[Path]:
     """MIDAS's post-processing of a stream (``integrator_stream_process_h5.py``, spec §7.4):
     ``<name>.h5`` and the GSAS-II ``<name>.zarr.zip`` from the binary files of ``directory``
@@ -275,8 +282,9 @@ def write_stream_outputs(
     ``<name>.h5``: root attrs ``creation_date``, ``num_frames``; ``geometry_maps/{R,TTh,Eta,
     Area,Q}_map`` (n_r × n_eta); ``lineouts/<i>`` and ``lineouts_simple_mean/<i>`` (n_r × 2:
     R, I; attr ``frame_index``); ``OmegaSumFrame/Summed_from_<first>_to_<last>`` (Σ of the
-    group's R-major cakes; attrs ``Number Of Frames Summed``, ``original_frame_indices``).
-    Frames are named by their index in arrival order, as MIDAS names them without a frame
+    group's R-major cakes; attrs ``Number Of Frames Summed``, ``original_frame_indices``);
+    with fitted peaks in ``stream_file`` (a stream's NeXus file) also ``fit/<i>`` (the frame's
+    fitted peaks × the 7 fit.bin values; attr ``frame_index``). Frames are named by their index in arrival order, as MIDAS names them without a frame
     mapping. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
     ω from OmegaStart/OmegaStep, else the frame index) and ``InstrumentParameters``.
 
@@ -341,7 +349,17 @@ def write_stream_outputs(
         line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
                        ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
         summed = h5.create_group("OmegaSumFrame")
+        peaks = _open_peaks(stream_file)
+        fits = h5.create_group("fit") if peaks is not None else None
         for rows in groups:
+            if peaks is not None and fits is not None:
+                columns = [peaks[c][rows.start : rows.stop] for c in _FIT_COLUMNS]
+                status = peaks["status"][rows.start : rows.stop]
+                for j, k in enumerate(rows):
+                    present = status[j] != 255  # an empty slot, not a peak
+                    table = np.stack([c[j][present] for c in columns], axis=-1)
+                    ds = fits.create_dataset(str(k), data=table, track_times=False)
+                    ds.attrs["frame_index"] = k
             for file, group in line_groups.items():
                 for k in rows:
                     values = frames(file, (n_r, 2), range(k, k + 1))[0]
@@ -370,4 +388,20 @@ def write_stream_outputs(
             for file in sorted(Path(work).rglob("*")):
                 if file.is_file():
                     zf.write(file, file.relative_to(work).as_posix())
+        if peaks is not None:
+            peaks.file.close()
     return [h5_path, zip_path]
+
+
+def _open_peaks(stream_file: str | Path | None) -> Any:
+    """The ``entry/peaks`` group of a stream's NeXus file, or None (no file, no peaks)."""
+    if stream_file is None or not Path(stream_file).is_file():
+        return None
+    import h5py
+    import hdf5plugin  # noqa: F401  (the file's filters)
+
+    f = h5py.File(stream_file, "r")
+    if "entry/peaks/status" not in f:
+        f.close()
+        return None
+    return f["entry/peaks"]

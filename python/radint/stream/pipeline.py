@@ -418,7 +418,9 @@ class Pipeline:
 
         log.info("stream: writing integrator_output.h5 / .zarr.zip from the binary files")
         try:
-            written = write_stream_outputs(self.output_dir, self.integrator.config)
+            written = write_stream_outputs(
+                self.output_dir, self.integrator.config, stream_file=self.output
+            )
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except (OSError, ValueError, MemoryError) as e:
             log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
