@@ -389,6 +389,12 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, ca
                  "-o", str(out)]) == 2  # fmt: skip
     assert "would be written for both" in capsys.readouterr().err
     assert not out.exists()
+    a = str(tmp_path / "a" / "x.tif")
+    assert main(["batch", str(params), a, a, "-o", str(out)]) == 2
+    assert "is given twice" in capsys.readouterr().err
+    assert main(["batch", str(params), a, "-outName", "sub/y", "-o", str(out)]) == 2
+    assert "is a path, not a file stem" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_batch_midas_flags_dark_location_overrides_and_out_name(tmp_path, small_config, capsys):

@@ -500,6 +500,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _pixel_dtype(text: str) -> str:
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(f"not a numpy pixel type: {text!r}") from None
+    if dtype.kind not in "uif":
+        raise argparse.ArgumentTypeError(f"not a numeric pixel type: {text!r} ({dtype})")
+    return text
+
+
 RAW_DTYPE_HELP = (
     "pixel type of raw binary frame files (.raw/.bin), e.g. uint16 or <u4; their shape is "
     "NrPixelsZ x NrPixelsY, as for GE files"
@@ -583,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
     )
     p.add_argument("-j", "--threads", type=int, default=None)
-    p.add_argument("--raw-dtype", default=None, help=RAW_DTYPE_HELP)
+    p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.set_defaults(func=cmd_integrate)
 
     p = sub.add_parser(
@@ -620,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=int, default=None,
         help="threads per process",
     )  # fmt: skip
-    p.add_argument("--raw-dtype", default=None, help=RAW_DTYPE_HELP)
+    p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.add_argument("-writeMat", type=int, default=0, help="1: also write .mat")
     p.add_argument(
         "-skipExisting",

@@ -142,6 +142,13 @@ class IntegrationConfig:
         path = Path(path)
         if not path.is_file():
             raise RadintFileNotFoundError(f"{path}: parameter file not found")
+        with path.open("rb") as f:
+            head = f.read(4096)
+        if b"\0" in head:  # a frame or other binary file given where the parameters go
+            raise ParameterError(
+                f"{path}: not a text parameter file (binary content); give the MIDAS parameter "
+                "file first, then the data"
+            )
         parsed = _core.parse_params(str(path), _override_lines(overrides))
         _log_midas_notes(parsed)
         config = cls._from_core_dict(parsed)

@@ -115,7 +115,8 @@ def check_outputs(
 ) -> None:
     """Refuse, before any work, a run whose outputs would overwrite one of its inputs (an HDF5
     or Zarr input named like its NeXus/Zarr output, in the output directory) or each other
-    (inputs of the same stem from different folders).
+    (inputs of the same stem from different folders, a file given twice under one name), or
+    an output name that is a path.
 
     Raises
     ------
@@ -129,24 +130,32 @@ def check_outputs(
     except ValueError:
         return  # every file then fails with the format's own message
     names = list(names) if names else [None] * len(paths)
-    inputs = {Path(p).resolve(): str(p) for p in paths}
-    writers: dict[Path, str] = {}
+    resolved = [Path(p).resolve() for p in paths]
+    inputs = {real: str(p) for real, p in zip(resolved, paths, strict=True)}
+    writers: dict[Path, int] = {}
     problems: list[str] = []
-    for path, name in zip(paths, names, strict=True):
+    for k, (path, name) in enumerate(zip(paths, names, strict=True)):
+        if name is not None and Path(name).name != name:
+            problems.append(f"output name {name!r} is a path, not a file stem (-o sets the folder)")
+            continue
         stem = output_stem(path, name)
         for fmt in wanted:
             out = (Path(out_dir) / (stem + FORMATS[fmt][0])).resolve()
+            first = writers.setdefault(out, k)
             if out in inputs:
                 problems.append(f"{out} would overwrite the input {inputs[out]}")
-            elif writers.setdefault(out, str(path)) != str(path):
-                problems.append(f"{out} would be written for both {writers[out]} and {path}")
+            elif first != k and resolved[first] == resolved[k]:
+                problems.append(f"{path} is given twice (its outputs would be written twice)")
+                break
+            elif first != k:
+                problems.append(f"{out} would be written for both {paths[first]} and {path}")
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
         raise InvalidInputError(
-            f"output names collide: {shown}. Write to another directory (-o DIR) or, for one "
-            "file, choose its output name (-outName)"
+            f"outputs refused: {shown}. Write to another directory (-o DIR), give each file "
+            "once, or with radint batch name one file's output (-outName)"
         )
 
 
