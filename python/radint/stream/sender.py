@@ -250,7 +250,11 @@ def send_frames(
         except BaseException as e:  # handed to the sending thread, which re-raises
             items.put(e)
 
-    sock = socket.create_connection((host, port), timeout=connect_timeout)
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except ConnectionRefusedError as e:
+        stop.set()
+        raise RadintError(f"send: nothing listens at {host}:{port} (start the server first)") from e
     sock.settimeout(None)
     t = threading.Thread(target=reader, name="radint-send-reader", daemon=True)
     t.start()
@@ -281,6 +285,11 @@ def send_frames(
             n += 1
             if mapping_file is not None and n % save_interval == 0:
                 write_mapping(mapping, mapping_file)
+    except (BrokenPipeError, ConnectionResetError) as e:
+        raise RadintError(
+            f"send: {host}:{port} closed the connection after {n} frame(s) (the server stopped "
+            "taking frames: its --max-frames, a stop, or an error there)"
+        ) from e
     finally:
         stop.set()
         files.close()
