@@ -102,6 +102,15 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _complete(path: Path) -> bool:
+    """An output --skip-existing may keep: present and not empty (radint writes atomically, so
+    an empty file comes from elsewhere, e.g. a tool killed mid-write)."""
+    try:
+        return path.is_dir() or path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def output_stem(path: str | Path, name: str | None = None) -> str:
     """The stem a file's outputs are named by: ``name``, else its name up to the first dot."""
     return name or Path(path).name.split(".")[0]
@@ -225,7 +234,7 @@ def process_files(
         for i, path in enumerate(paths):
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
-            if skip_existing and expected and all(p.exists() for p in expected):
+            if skip_existing and expected and all(_complete(p) for p in expected):
                 yield ("skip", i, path, [str(p) for p in expected])
                 continue
             yield ("start", i, path, stem)
