@@ -9,6 +9,7 @@ import tifffile
 
 from radint.batch import midas_file_series, run_batch
 from radint.cli import main
+from radint.io import read_nexus
 from radint.testing import ring_image
 
 
@@ -304,6 +305,10 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
         with h5py.File(out / f"{stem}.h5") as f:
             assert f["entry/azint2d/data/frame_id"][()].tolist() == [0, 1, 2]
             np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
+            # The zip's per-frame ω is kept in the NeXus file too (and read back from it).
+            np.testing.assert_allclose(f["entry/scan/omega"][()], [30.25, 30.5, 30.75])
+        np.testing.assert_allclose(read_nexus(out / f"{stem}.h5").metadata["omega_deg"],
+                                   [30.25, 30.5, 30.75])  # fmt: skip
         with h5py.File(out / f"{stem}.caked.hdf") as f:
             assert sorted(f["IntegrationResult"]) == ["FrameNr_0", "FrameNr_1", "FrameNr_2"]
             # ω of every frame of the file = start + index·step (C adds SkipFrame·step to

@@ -15,6 +15,7 @@ Layout (one file, the NXsubentry "multi-method" convention both definitions pres
                                       radial_axis (2θ deg, or q Å⁻¹ for Q binning) [+ _edges], azimuthal_axis [+ _edges],
                                       norm, count, radius_px (R, px), two_theta/q (the other
                                       unit), frame_id, timestamp
+      scan/       NXcollection (when the frames carry it: a MIDAS zip) omega [n_frames], degree
       peaks/      NXprocess    (when the Result carries fitted peaks) program, model, and per-frame
                                [n_frames, n_peaks] columns: area, center_px, center_two_theta,
                                center_q, center_d, sig, gam, fwhm_px, fwhm_two_theta, eta_mix, chi2,
@@ -874,6 +875,18 @@ class NexusWriter:
             for key, value in earlier.items():
                 t.append(self._rows[key], value)
 
+    def _start_scan(self) -> None:
+        """Create ``entry/scan`` for per-frame scan values the frames carry (ω of a MIDAS
+        Zarr zip); frames appended before it existed get NaN."""
+        t = self._open()
+        t.group("entry/scan", {"NX_class": "NXcollection"})
+        self._rows["scan/omega"] = t.growing(
+            "entry/scan/omega", (), np.dtype(np.float64), {"units": "degree", "long_name": "omega"}
+        )
+        written = self._rows["azint1d/frame_id"].shape[0]
+        if written:
+            t.append(self._rows["scan/omega"], np.full(written, np.nan))
+
     # -- public API -------------------------------------------------------------------------
     def append(
         self,
@@ -915,7 +928,8 @@ class NexusWriter:
         )
         ids = _as_rows(frame_id, n, default_ids, np.int64)
         stamps = _as_rows(timestamp, n, np.full(n, time.time()), np.float64)
-        if self._may_hold and self.n_frames == 0 and n == 1 and result.peaks is None:
+        plain = result.peaks is None and "omega_deg" not in result.metadata
+        if self._may_hold and self.n_frames == 0 and n == 1 and plain:
             self._held = (result, ids, stamps)
         else:
             self._open()
@@ -957,6 +971,14 @@ class NexusWriter:
         if "peaks/frame_id" in self._rows:
             rows.update(self._peak_rows(result.peaks, n))
             rows["peaks/frame_id"] = ids
+        omega = result.metadata.get("omega_deg")
+        if omega is not None and "scan/omega" not in self._rows:
+            self._start_scan()
+        if "scan/omega" in self._rows:
+            given = None if omega is None else np.asarray(omega, dtype=np.float64).reshape(-1)
+            rows["scan/omega"] = (
+                given if given is not None and given.size == n else np.full(n, np.nan)
+            )
         if self.backend == "hdf5":
             _ensure_space(self._target, sum(np.asarray(v).nbytes for v in rows.values()))
         for key, value in rows.items():
@@ -1275,6 +1297,10 @@ def read_nexus(path: str | Path) -> Result:
                 iterations=np.zeros(status.shape, dtype=np.uint32),
                 metadata={"source": str(path)},
             )
+        metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
+        omega = get("entry/scan/omega", required=False)
+        if omega is not None:  # per-frame ω (a MIDAS zip's), as the MIDAS writers want it
+            metadata["omega_deg"] = omega[:n]
         return Result(
             cake=cake,
             cake_sigma=cake_sigma,
@@ -1297,7 +1323,7 @@ def read_nexus(path: str | Path) -> Result:
             normalized=bool(get("entry/azint1d/normalization_applied")),
             lineout_mode=text("entry/azint1d/reduction/input/lineout_mode") or "area_weighted",
             frame_ids=frame_id.astype(np.int64),
-            metadata={"source": str(path), "n_frames": n},
+            metadata=metadata,
             peaks=peaks,
         )
     finally:
