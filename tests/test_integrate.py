@@ -175,6 +175,18 @@ def test_bad_thread_counts_and_variances_are_refused(small_config, small_map):
         integ.integrate(frame, variance=v)
 
 
+@pytest.mark.parametrize("fill", [0.0, -1.0, float("nan")])
+def test_empty_bins_take_the_fill_and_never_a_negative_sigma(small_config, small_map, fill):
+    integ = Integrator(small_config, detector_map=small_map, empty_value=fill)
+    r = integ.integrate(ring_image(small_config, dtype=np.float64))
+    empty = r.area == 0
+    assert empty.any()
+    np.testing.assert_array_equal(r.cake[empty], fill)
+    want_sigma = fill if fill >= 0 else np.nan
+    np.testing.assert_array_equal(r.cake_sigma[empty], want_sigma)
+    assert not (r.cake_sigma < 0).any() and not (r.lineout_sigma < 0).any()
+
+
 def _c_cpu_reference(map_dir, cfg, frame):
     """MIDAS C CPU integration (spec §5.2-5.3) straight from Map.bin records, in numpy."""
     rec = np.dtype([("y", "<f4"), ("z", "<f4"), ("frac", "<f8"), ("dr", "<f4"), ("a", "<f4")])

@@ -80,7 +80,8 @@ class Integrator:
         η reduction of the lineout: Σ signal / Σ area (default) or MIDAS CPU's mean of the
         non-zero η bins.
     empty_value : float
-        Value of cake bins no pixel reached (NaN by default).
+        Value of cake bins no pixel reached (NaN by default); their sigma takes it too unless
+        it is negative (then NaN: a sigma is never negative).
     dead_below, hot_above : float, optional
         Raw values below / above these are treated as masked (costs one float copy per frame).
     cache_dir : path, optional

@@ -919,6 +919,18 @@ pub struct FinalizeOptions {
     pub nan_masked_bins: bool,
 }
 
+impl FinalizeOptions {
+    /// Sigma of an empty bin under radint's rules: the fill value where it could be a sigma
+    /// (NaN, 0, positive), NaN for a negative fill, so no sigma is ever negative.
+    pub fn empty_sigma(&self) -> f64 {
+        if self.empty_value >= 0.0 {
+            self.empty_value
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 /// Cake and its sigma, η-major per frame (index `f·n_bins + e·n_r + r`, the layout of
 /// `Result.cake` and of NXazint2d rows, so writers take them as they are), lineout (n_r) and its
 /// sigma, per frame, frame-major. The sigmas are empty without variance.
@@ -1082,6 +1094,7 @@ fn finalize_row(
     match opts.rules {
         Rules::Radint => {
             let empty = opts.empty_value;
+            let empty_sigma = opts.empty_sigma();
             // `&`, not `&&`, and the quotient taken for every bin: selects, no branches.
             if opts.normalize {
                 for e in 0..n {
@@ -1103,7 +1116,11 @@ fn finalize_row(
                 for e in 0..n {
                     // a⁰ = 1 without normalization: one branch-free body for both.
                     let q = v[e].sqrt() / (norm * a[e] + (1.0 - norm));
-                    sigma[e] = if (c[e] != 0) & (a[e] > 0.0) { q } else { empty };
+                    sigma[e] = if (c[e] != 0) & (a[e] > 0.0) {
+                        q
+                    } else {
+                        empty_sigma
+                    };
                 }
             }
         }
@@ -1159,12 +1176,11 @@ fn finalize_row(
             }
         }
         return if n == 0 {
-            let empty = if opts.rules == Rules::MidasCpu {
-                0.0
+            if opts.rules == Rules::MidasCpu {
+                (0.0, 0.0)
             } else {
-                opts.empty_value
-            };
-            (empty, empty)
+                (opts.empty_value, opts.empty_sigma())
+            }
         } else {
             (sum / n as f64, var.sqrt() / n as f64)
         };
@@ -1214,7 +1230,7 @@ fn finalize_row(
             let total = |x: [f64; LANES]| (x[0] + x[1]) + (x[2] + x[3]);
             let (ss, aa, vv) = (total(ss), total(aa), total(vv));
             if cc == 0 || aa <= 0.0 {
-                (opts.empty_value, opts.empty_value)
+                (opts.empty_value, opts.empty_sigma())
             } else if opts.normalize {
                 (ss / aa, vv.sqrt() / aa)
             } else {

@@ -204,6 +204,12 @@ RI_HD bool ri_nan_masked(const RiFinalize& f) {
     return f.nan_masked != 0 || f.rules == RI_RULES_MIDAS_CPU;
 }
 
+// Sigma of an empty bin under radint's rules (Rust `FinalizeOptions::empty_sigma`): the fill
+// value where it could be a sigma, NaN for a negative fill.
+RI_HD double ri_empty_sigma(const RiFinalize& f) {
+    return f.empty >= 0.0 ? f.empty : ri_nan();
+}
+
 // Cake value and sigma of one bin. with_var = 0: sigma is 0 (or the empty/NaN value, unused).
 RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri_u32 c,
                            ri_u8 masked, int with_var, double* value, double* sigma) {
@@ -212,7 +218,7 @@ RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri
     if (f.rules == RI_RULES_RADINT) {
         if (c == 0 || a <= 0.0) {
             val = f.empty;
-            sig = f.empty;
+            sig = ri_empty_sigma(f);
         } else if (f.normalize) {
             val = s / a;
             sig = with_var ? sq / a : 0.0;
@@ -268,9 +274,9 @@ RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const
             }
         }
         if (n == 0) {
-            const double empty = f.rules == RI_RULES_MIDAS_CPU ? 0.0 : f.empty;
-            *line = empty;
-            *line_sigma = empty;
+            const int cpu = f.rules == RI_RULES_MIDAS_CPU;
+            *line = cpu ? 0.0 : f.empty;
+            *line_sigma = cpu ? 0.0 : ri_empty_sigma(f);
         } else {
             *line = sum / double(n);
             *line_sigma = RI_SQRT(var) / double(n);
@@ -307,7 +313,7 @@ RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const
     }
     if (cc == 0 || aa <= 0.0) {
         *line = f.empty;
-        *line_sigma = f.empty;
+        *line_sigma = ri_empty_sigma(f);
     } else if (f.normalize) {
         *line = ss / aa;
         *line_sigma = RI_SQRT(vv) / aa;
