@@ -668,3 +668,24 @@ def test_residual_map_is_read_in_the_transformed_frame():
     seam_bin[k.bin[k.seam]] = True
     per_bin = np.abs(np.bincount(k.bin, k.a_r, n) - k.c["bin_area"])
     assert per_bin[~seam_bin].max() < measured("residual_transopt", "bin")
+
+
+def test_a_c_caked_hdf_is_read_and_plotted(tmp_path):
+    """`radint plot` takes IntegratorZarrOMP's own caked.hdf: its cake, η/2θ axes and areas
+    as the file holds them, the lineout by the C CPU rule."""
+    from radint.cli import main
+    from radint.io.midas import read_midas_caked
+
+    with (
+        gzip.open(DATA / "distorted" / "c_ring.tif.caked.hdf.gz", "rb") as src,
+        open(tmp_path / "c.caked.hdf", "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+    ref = np.load(DATA / "distorted" / "c_integrator_ring.npz")
+    r = read_midas_caked(tmp_path / "c.caked.hdf")
+    np.testing.assert_array_equal(r.cake[0].T, ref["cake_r_eta"])
+    np.testing.assert_allclose(r.lineout[0], ref["lineout"], rtol=1e-12)
+    assert r.frame_ids.tolist() == [0]
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(tmp_path / "c.caked.hdf"), "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot", parents=[common], help="PNG of a result's lineout and cake (radint[plot])"
     )
-    p.add_argument("result", help="a radint NeXus file (.h5)")
+    p.add_argument("result", help="a radint NeXus file (.h5), or a MIDAS caked.hdf")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: <result>.png)")
     p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
     p.add_argument(

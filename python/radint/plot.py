@@ -48,12 +48,11 @@ def plot_nexus(
     Returns the PNG path (default: next to the input, ``<stem>.png``).
     """
     from radint.fit import peak_profile, snip_background
-    from radint.io.nexus import read_nexus
 
     path = Path(path)
     if peak_param is not None and peak_param not in PEAK_PARAMS:
         raise ValueError(f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}")
-    result = read_nexus(path)
+    result = _read_result(path)
     n_frames = result.n_frames
     if not -n_frames <= frame < n_frames:
         raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n_frames}")
@@ -120,6 +119,20 @@ def plot_nexus(
     return out
 
 
+def _read_result(path: Path) -> Any:
+    """A radint NeXus result, or a MIDAS caked.hdf (IntegratorZarrOMP's) to look at."""
+    from radint.io.midas import read_midas_caked
+    from radint.io.nexus import read_nexus
+
+    try:
+        return read_nexus(path)
+    except RadintIOError as nexus_error:
+        try:
+            return read_midas_caked(path)
+        except RadintIOError:
+            raise nexus_error from None
+
+
 def _radial_axis(result: Any) -> tuple[np.ndarray, np.ndarray, str]:
     """Bin centres, bin edges and label of the radial axis to plot against: q for Q-mode
     binning, else 2θ, else R in pixels (no geometry or wavelength to convert with)."""
@@ -127,6 +140,10 @@ def _radial_axis(result: Any) -> tuple[np.ndarray, np.ndarray, str]:
 
     cfg = result.config
     tth = np.asarray(result.two_theta_deg)
+    if cfg is None and np.all(np.isfinite(tth)) and tth.size > 1:  # a MIDAS file's 2θ column
+        mid = (tth[1:] + tth[:-1]) / 2
+        edges = np.concatenate([[2 * tth[0] - mid[0]], mid, [2 * tth[-1] - mid[-1]]])
+        return tth, edges, "2θ (deg)"
     if cfg is None or not np.all(np.isfinite(tth)):
         return np.asarray(result.radius_px), np.asarray(result.r_edges_px), "R (px)"
     tth_edges = np.degrees(np.arctan(result.r_edges_px * cfg.pixel_size_y_um / cfg.lsd_um))

@@ -34,6 +34,7 @@ from radint.result import Result
 __all__ = [
     "STREAM_BINARIES",
     "midas_tree",
+    "read_midas_caked",
     "reta_map",
     "write_gsas_zarr_zip",
     "write_midas_caked",
@@ -405,3 +406,77 @@ def _open_peaks(stream_file: str | Path | None) -> Any:
         f.close()
         return None
     return f["entry/peaks"]
+
+
+def read_midas_caked(path: str | Path) -> Result:
+    """A MIDAS ``<name>.caked.hdf`` (IntegratorZarrOMP's, or radint's) as a Result, to look at
+    (``radint plot``): the per-frame cakes of ``IntegrationResult`` (else the
+    ``OmegaSumFrame`` sums, else ``SumFrames``), axes and bin areas from ``REtaMap``, and the
+    lineout by MIDAS's CPU rule (mean of the non-zero η bins). No configuration, no sigmas.
+
+    Raises
+    ------
+    RadintIOError
+        Not such a file (no ``REtaMap`` or no cake in it).
+    """
+    import h5py
+
+    from radint.exceptions import RadintIOError
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise RadintIOError(f"{path}: cannot open as HDF5 ({e})") from e
+    with f:
+        if "REtaMap" not in f:
+            raise RadintIOError(f"{path}: no REtaMap (not a MIDAS caked.hdf)")
+        geometry = np.asarray(f["REtaMap"][()], dtype=np.float64)
+        cakes, ids = [], []
+        for group in ("IntegrationResult", "OmegaSumFrame"):
+            if group in f and len(f[group]):
+                names = sorted(f[group], key=lambda n: int(n.rsplit("_", 1)[-1]))
+                cakes = [np.asarray(f[group][n][()], dtype=np.float64) for n in names]
+                ids = [int(n.rsplit("_", 1)[-1]) for n in names]
+                break
+        if not cakes and "SumFrames" in f:
+            cakes, ids = [np.asarray(f["SumFrames"][()], dtype=np.float64)], [0]
+    if not cakes:
+        raise RadintIOError(f"{path}: no IntegrationResult, OmegaSumFrame or SumFrames cake")
+    cake = np.transpose(np.stack(cakes), (0, 2, 1))  # R-major in the file
+    valid = (cake != 0) & np.isfinite(cake)
+    n_valid = valid.sum(axis=1)
+    total = np.where(valid, cake, 0.0).sum(axis=1)
+    lineout = np.divide(total, n_valid, out=np.zeros_like(total), where=n_valid > 0)
+    radius, two_theta, eta = geometry[0][:, 0], geometry[1][:, 0], geometry[2][0, :]
+    q = geometry[4][:, 0] if geometry.shape[0] > 4 else np.zeros_like(radius)
+    q = np.where(q > 0, q, np.nan)
+
+    def edges(centres: np.ndarray) -> np.ndarray:
+        mid = (centres[1:] + centres[:-1]) / 2
+        first = 2 * centres[0] - mid[0] if mid.size else centres[0] - 0.5
+        last = 2 * centres[-1] - mid[-1] if mid.size else centres[0] + 0.5
+        return np.concatenate([[first], mid, [last]])
+
+    area = geometry[3].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_spacing = 2 * np.pi / q
+    return Result(
+        cake=cake,
+        cake_sigma=None,
+        lineout=lineout,
+        lineout_sigma=None,
+        area=np.broadcast_to(area, cake.shape).copy(),
+        count=np.zeros(cake.shape, dtype=np.int64),
+        radius_px=radius,
+        two_theta_deg=two_theta,
+        q_inv_angstrom=q,
+        d_spacing_angstrom=d_spacing,
+        eta_deg=eta,
+        r_edges_px=edges(radius),
+        eta_edges_deg=edges(eta),
+        config=None,
+        lineout_mode="midas_nonzero_mean",
+        frame_ids=np.asarray(ids, dtype=np.int64),
+        metadata={"source": str(path), "n_frames": len(ids)},
+    )
