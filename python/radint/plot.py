@@ -136,14 +136,12 @@ def _read_result(path: Path) -> Any:
 def _radial_axis(result: Any) -> tuple[np.ndarray, np.ndarray, str]:
     """Bin centres, bin edges and label of the radial axis to plot against: q for Q-mode
     binning, else 2θ, else R in pixels (no geometry or wavelength to convert with)."""
-    from radint.io._common import q_from_two_theta
+    from radint.io._common import edges_from_centres, q_from_two_theta
 
     cfg = result.config
     tth = np.asarray(result.two_theta_deg)
     if cfg is None and np.all(np.isfinite(tth)) and tth.size > 1:  # a MIDAS file's 2θ column
-        mid = (tth[1:] + tth[:-1]) / 2
-        edges = np.concatenate([[2 * tth[0] - mid[0]], mid, [2 * tth[-1] - mid[-1]]])
-        return tth, edges, "2θ (deg)"
+        return tth, edges_from_centres(tth), "2θ (deg)"
     if cfg is None or not np.all(np.isfinite(tth)):
         return np.asarray(result.radius_px), np.asarray(result.r_edges_px), "R (px)"
     tth_edges = np.degrees(np.arctan(result.r_edges_px * cfg.pixel_size_y_um / cfg.lsd_um))

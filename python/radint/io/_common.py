@@ -105,3 +105,13 @@ def omegas_deg(result: Result) -> np.ndarray | None:
     set_at = getattr(result.config, "set_at", None)
     known = "OmegaStart" in set_at if set_at else bool(start or step)
     return start + step * np.arange(result.n_frames, dtype=np.float64) if known else None
+
+
+def edges_from_centres(centres: np.ndarray) -> np.ndarray:
+    """Bin edges (n + 1) of bins with these centres: midpoints between them, the outer edges
+    mirrored (a single bin gets a width of 1)."""
+    c = np.asarray(centres, dtype=np.float64)
+    if c.size < 2:
+        return np.array([c[0] - 0.5, c[0] + 0.5]) if c.size else np.zeros(1)
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])

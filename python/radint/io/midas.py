@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.io._common import cfg, frame_ids, omegas_deg, stacked
+from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
 
@@ -452,12 +452,6 @@ def read_midas_caked(path: str | Path) -> Result:
     q = geometry[4][:, 0] if geometry.shape[0] > 4 else np.zeros_like(radius)
     q = np.where(q > 0, q, np.nan)
 
-    def edges(centres: np.ndarray) -> np.ndarray:
-        mid = (centres[1:] + centres[:-1]) / 2
-        first = 2 * centres[0] - mid[0] if mid.size else centres[0] - 0.5
-        last = 2 * centres[-1] - mid[-1] if mid.size else centres[0] + 0.5
-        return np.concatenate([[first], mid, [last]])
-
     area = geometry[3].T
     with np.errstate(divide="ignore", invalid="ignore"):
         d_spacing = 2 * np.pi / q
@@ -473,8 +467,8 @@ def read_midas_caked(path: str | Path) -> Result:
         q_inv_angstrom=q,
         d_spacing_angstrom=d_spacing,
         eta_deg=eta,
-        r_edges_px=edges(radius),
-        eta_edges_deg=edges(eta),
+        r_edges_px=edges_from_centres(radius),
+        eta_edges_deg=edges_from_centres(eta),
         config=None,
         lineout_mode="midas_nonzero_mean",
         frame_ids=np.asarray(ids, dtype=np.int64),

@@ -52,6 +52,7 @@ from radint.io._common import (
     HC_KEV_ANGSTROM,
     cfg,
     config_dict,
+    edges_from_centres,
     frame_ids,
     q_from_two_theta,
     software_version,
@@ -1269,8 +1270,7 @@ def read_nexus(path: str | Path) -> Result:
             r_edges = config.bin_edges()[0]
             tth = config.two_theta_deg(radius)
         else:
-            mid = 0.5 * (radius[1:] + radius[:-1])
-            r_edges = np.concatenate([[2 * radius[0] - mid[0]], mid, [2 * radius[-1] - mid[-1]]])
+            r_edges = edges_from_centres(radius)
             tth = np.full_like(radius, np.nan)
         wavelength = float(config.wavelength_angstrom) if config is not None else 0.0
         q = q_from_two_theta(tth, wavelength)
