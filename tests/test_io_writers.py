@@ -661,3 +661,38 @@ def test_nexus_swmr_reader_sees_frames_while_the_file_grows(tmp_path: Path) -> N
         np.testing.assert_array_equal(ds[3:], res.cake)
     writer.close()
     assert list(read_nexus(path).frame_ids) == [7, 8, 9, 10, 11, 12]
+
+
+def test_stream_outputs_sorted_and_named_by_the_frame_mapping(tmp_path: Path) -> None:
+    """integrator_output.h5 as MIDAS's post-processing makes it with the sender's mapping:
+    mapped frames sorted by file name (unmapped after), named without the extension, groups of
+    OmegaSumFrames summed in that order and labelled by their last frame."""
+    from radint import IntegrationConfig
+    from radint.io.midas import write_stream_outputs
+    from tests.conftest import SMALL
+
+    cfg = IntegrationConfig.from_text(SMALL + "OmegaSumFrames 2\n", "small.txt")
+    r_edges, eta_edges = cfg.bin_edges()
+    n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
+    rng = np.random.default_rng(3)
+    cakes = rng.uniform(0, 10, (4, n_r, n_eta))
+    lines = np.stack([np.column_stack([np.arange(n_r), c.mean(axis=1)]) for c in cakes])
+    (tmp_path / "RTthEtaAreaMap.bin").write_bytes(rng.uniform(1, 2, (5, n_r, n_eta)).tobytes())
+    (tmp_path / "Int2D.bin").write_bytes(cakes.tobytes())
+    (tmp_path / "lineout.bin").write_bytes(lines.tobytes())
+    (tmp_path / "lineout_simple_mean.bin").write_bytes((2 * lines).tobytes())
+    mapping = {0: {"filename": "b.tif"}, 1: {"filename": "a.tif"}, 2: {"filename": "c.tif"}}
+    h5_path, zip_path = write_stream_outputs(tmp_path, cfg, mapping=mapping)
+    with h5py.File(h5_path, "r") as f:
+        assert sorted(f["lineouts"]) == ["3", "a", "b", "c"]
+        np.testing.assert_array_equal(f["lineouts/a"][...], lines[1])
+        assert f["lineouts/a"].attrs["frame_index"] == 1
+        np.testing.assert_array_equal(f["lineouts_simple_mean/b"][...], 2 * lines[0])
+        first = f["OmegaSumFrame/Summed_from_a_to_b"]
+        np.testing.assert_allclose(first[...], cakes[1] + cakes[0], rtol=1e-15)
+        assert first.attrs["original_frame_indices"].tolist() == [1, 0]
+        assert _s(first.attrs["last_frame_identifier"]) == "b"
+        np.testing.assert_allclose(f["OmegaSumFrame/Summed_from_c_to_3"][...], cakes[2] + cakes[3])
+    root = zarr.open_group(ZipStore(zip_path, mode="r"), mode="r")
+    np.testing.assert_allclose(root["OmegaSumFrame/LastFrameNumber_0"][...], cakes[1] + cakes[0])
+    assert root["OmegaSumFrame/LastFrameNumber_3"].attrs["Number Of Frames Summed"] == 2

@@ -447,6 +447,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         idle_timeout=args.timeout,
         midas_files=args.midas_files,
         control_dir=args.control_dir,
+        mapping_file=args.mapping_file,
         compression=None if args.compression == "none" else args.compression,
     )
 
@@ -738,6 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "blosc-lz4", "gzip"],
         help="stream.h5 compression (default none: fastest; a Pilatus 2M 1 px x 5 deg frame with "
         "sigma is 1.4 MB raw, ~0.85 MB with blosc-lz4)",
+    )
+    p.add_argument(
+        "--mapping-file",
+        default=None,
+        help="--midas-files: the sender's frame_mapping.json, to sort and name the frames of "
+        "integrator_output.h5 by file name as MIDAS does (read at the end)",
     )
     p.add_argument(
         "--control-dir",

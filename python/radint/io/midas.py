@@ -19,6 +19,7 @@ GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, re
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -274,6 +275,7 @@ def write_stream_outputs(
     config: Any,
     name: str = "integrator_output",
     stream_file: str | Path | None = None,
+    mapping: dict[int, dict[str, Any]] | None = None,
 ) -> list[Path]:
     """MIDAS's post-processing of a stream (``integrator_stream_process_h5.py``, spec §7.4):
     ``<name>.h5`` and the GSAS-II ``<name>.zarr.zip`` from the binary files of ``directory``
@@ -285,8 +287,11 @@ def write_stream_outputs(
     R, I; attr ``frame_index``); ``OmegaSumFrame/Summed_from_<first>_to_<last>`` (Σ of the
     group's R-major cakes; attrs ``Number Of Frames Summed``, ``original_frame_indices``);
     with fitted peaks in ``stream_file`` (a stream's NeXus file) also ``fit/<i>`` (the frame's
-    fitted peaks × the 7 fit.bin values; attr ``frame_index``). Frames are named by their index in arrival order, as MIDAS names them without a frame
-    mapping. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
+    fitted peaks × the 7 fit.bin values; attr ``frame_index``). Without ``mapping`` frames are
+    named by their index in arrival order; with the sender's frame mapping (``frame_mapping.json``:
+    arrival index → ``filename``/``uniqueId``/``dataset_num``) they are sorted by file name and
+    named by it (extension dropped), and each sum carries ``last_frame_identifier``, as MIDAS
+    does. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
     ω from OmegaStart/OmegaStep, else the frame index) and ``InstrumentParameters``.
 
     Returns
@@ -316,7 +321,6 @@ def write_stream_outputs(
     geometry = geometry.reshape(5, n_r, n_eta)
     n_frames = line_size // (16 * n_r)
     osf = int(getattr(config, "omega_sum_frames", 1))
-    groups = list(_chunks(n_frames, osf if osf != 0 else 1))
     known = "OmegaStart" in (getattr(config, "set_at", None) or {})
     start, step = float(config.omega_start_deg), float(config.omega_step_deg)
 
@@ -352,27 +356,36 @@ def write_stream_outputs(
         summed = h5.create_group("OmegaSumFrame")
         peaks = _open_peaks(stream_file)
         fits = h5.create_group("fit") if peaks is not None else None
-        for rows in groups:
-            if peaks is not None and fits is not None:
-                columns = [peaks[c][rows.start : rows.stop] for c in _FIT_COLUMNS]
-                status = peaks["status"][rows.start : rows.stop]
-                for j, k in enumerate(rows):
-                    present = status[j] != 255  # an empty slot, not a peak
-                    table = np.stack([c[j][present] for c in columns], axis=-1)
-                    ds = fits.create_dataset(str(k), data=table, track_times=False)
+        order = list(range(n_frames))
+        if mapping:  # MIDAS: mapped frames by file name (or uniqueId), unmapped ones after
+            order.sort(key=lambda k: (0, _mapped_name(mapping[k])) if k in mapping else (1, str(k)))
+        labels: dict[int, str] = {}
+        taken: set[str] = set()
+        for k in order:
+            label = _frame_label(k, mapping)
+            labels[k] = f"{label}_{k}" if label in taken else label
+            taken.add(labels[k])
+        for positions in _chunks(n_frames, osf if osf != 0 else 1):
+            rows = [order[p] for p in positions]
+            for k in rows:
+                if peaks is not None and fits is not None:
+                    present = peaks["status"][k] != 255  # an empty slot, not a peak
+                    table = np.stack([peaks[c][k][present] for c in _FIT_COLUMNS], axis=-1)
+                    ds = fits.create_dataset(labels[k], data=table, track_times=False)
                     ds.attrs["frame_index"] = k
-            for file, group in line_groups.items():
-                for k in rows:
+                for file, group in line_groups.items():
                     values = frames(file, (n_r, 2), range(k, k + 1))[0]
-                    ds = group.create_dataset(str(k), data=values, track_times=False)
+                    ds = group.create_dataset(labels[k], data=values, track_times=False)
                     ds.attrs["frame_index"] = k
             total = np.zeros((n_r, n_eta))
-            for k in range(rows.start, rows.stop, 16):  # a few frames at a time: bounded memory
-                total += frames("Int2D.bin", (n_r, n_eta), range(k, min(k + 16, rows.stop))).sum(0)
-            first, last = rows.start, rows[-1]
-            ds = summed.create_dataset(f"Summed_from_{first}_to_{last}", data=total)
+            for k in rows:  # one frame at a time: memory does not grow with the group
+                total += frames("Int2D.bin", (n_r, n_eta), range(k, k + 1))[0]
+            first, last = rows[0], rows[-1]
+            ds = summed.create_dataset(f"Summed_from_{labels[first]}_to_{labels[last]}", data=total)
             ds.attrs["Number Of Frames Summed"] = len(rows)
-            ds.attrs["original_frame_indices"] = np.arange(first, last + 1)
+            ds.attrs["original_frame_indices"] = np.asarray(rows)
+            if mapping:
+                ds.attrs["last_frame_identifier"] = np.bytes_(labels[last])
             root.create_array(
                 f"OmegaSumFrame/LastFrameNumber_{last}", data=total, chunks=total.shape,
                 compressors=codec,
@@ -392,6 +405,25 @@ def write_stream_outputs(
         if peaks is not None:
             peaks.file.close()
     return [h5_path, zip_path]
+
+
+def _mapped_name(entry: dict[str, Any]) -> str:
+    return str(entry.get("filename") or entry.get("uniqueId", ""))
+
+
+def _frame_label(index: int, mapping: dict[int, dict[str, Any]] | None) -> str:
+    """A frame's dataset name as MIDAS's post-processing gives it: the mapped file name without
+    its extension, else its uniqueId / dataset_num, else the arrival index (the caller appends
+    the index to a name seen twice: one file sent twice)."""
+    entry = (mapping or {}).get(index)
+    if entry is None:
+        return str(index)
+    if entry.get("filename"):
+        label = os.path.splitext(str(entry["filename"]))[0]
+    else:
+        label = str(entry.get("uniqueId") or entry.get("dataset_num", index))
+    # HDF5 names cannot hold "/"; MIDAS's mapping names are base names with ":frameK" suffixes.
+    return label.replace("/", "_")
 
 
 def _open_peaks(stream_file: str | Path | None) -> Any:

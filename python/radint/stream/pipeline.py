@@ -8,6 +8,7 @@ stops the TCP sources from reading (TCP backpressure reaches the sender). :meth:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sys
@@ -136,6 +137,9 @@ class Pipeline:
         Where ``peak_update.txt`` / ``peaks.json`` change the fitted peaks live
         (:mod:`radint.stream.control`); default ``output_dir``. Fitted peaks go to
         ``stream.h5`` ``entry/peaks`` (and ``fit.bin`` with ``midas_files``).
+    mapping_file : path, optional
+        With ``midas_files``: the sender's ``frame_mapping.json`` (arrival index → file name),
+        read at the end to sort and name the frames of ``integrator_output.h5`` as MIDAS does.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Pipeline:
         midas_files: bool = False,
         compression: str | None = None,
         control_dir: str | Path | None = None,
+        mapping_file: str | Path | None = None,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
@@ -163,6 +168,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.idle_timeout = idle_timeout
         self.midas_files = midas_files
+        self.mapping_file = None if mapping_file is None else Path(mapping_file)
         self.compression = compression
         self.control = PeakControl(control_dir or self.output_dir, integrator.config)
         self._next_poll = 0.0
@@ -418,8 +424,12 @@ class Pipeline:
 
         log.info("stream: writing integrator_output.h5 / .zarr.zip from the binary files")
         try:
+            mapping = None
+            if self.mapping_file is not None:
+                raw = json.loads(self.mapping_file.read_text())
+                mapping = {int(k): v for k, v in raw.items()}
             written = write_stream_outputs(
-                self.output_dir, self.integrator.config, stream_file=self.output
+                self.output_dir, self.integrator.config, stream_file=self.output, mapping=mapping
             )
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except (OSError, ValueError, MemoryError) as e:
