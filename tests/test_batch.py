@@ -58,6 +58,13 @@ def test_batch_cli_with_midas_flags(series, capsys):
         ["batch", str(params), str(files[0]), str(files[1]), "-o", str(out), "--skip-existing"]
     )
     assert rc == 0 and "skipped (outputs exist)" in capsys.readouterr().out
+    # -q: nothing on stdout when every file succeeds; the failure and its summary when not.
+    rc = main(["batch", str(params), str(files[0]), "-o", str(d / "quiet"), "-q"])
+    assert rc == 0 and capsys.readouterr().out == ""
+    rc = main(["batch", str(params), str(files[0]), str(d / "scan_000003.tif"), "-o",
+               str(d / "quiet2"), "-q"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1 and "1/2 file(s) ok" in captured.out and "scan_000003.tif" in captured.err
 
 
 def test_batch_on_local_dask(series, small_config):

@@ -289,6 +289,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         task = progress.add_task("files", total=len(paths), rate="")
 
         def summary(tail: str) -> None:
+            if args.quiet and not failed and not tail:
+                return
             elapsed = time.perf_counter() - t0
             print(
                 f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames "
@@ -377,7 +379,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"{mean('area', k):.4g}",
             )  # fmt: skip
         Console().print(table)
-    print(f"wrote {', '.join(map(str, written))}")
+        print(f"wrote {', '.join(map(str, written))}")
     return 0 if ok.any() else 1
 
 
@@ -392,7 +394,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         written = write_result(read_nexus(src), out_dir, formats, name=src.name.split(".")[0])
     except ValueError as e:
         raise RadintError(f"{src}: {e}") from e
-    print(f"wrote {', '.join(map(str, written))}")
+    if not args.quiet:
+        print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 
@@ -403,10 +406,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.follow:
         n = follow_nexus(args.result, args.output, peak_param=args.peak_param,
                          interval_s=args.interval, stop_after_s=args.follow_for)  # fmt: skip
-        print(f"follow: {n} redraw(s)")
+        if not args.quiet:
+            print(f"follow: {n} redraw(s)")
         return 0
     out = plot_nexus(args.result, args.output, args.frame, peak_param=args.peak_param)
-    print(f"wrote {out}")
+    if not args.quiet:
+        print(f"wrote {out}")
     return 0
 
 
@@ -463,7 +468,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if pipeline.summary is not None:
             print(pipeline.summary.line())  # what was written before the error
         raise
-    print(summary.line())
+    if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
+        print(summary.line())
     return 0
 
 
@@ -487,7 +493,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         shape=config.shape,
     )
     elapsed = time.perf_counter() - t0
-    print(f"send: {n} frame(s) in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} frames/s)")
+    if not args.quiet:
+        print(f"send: {n} frame(s) in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} frames/s)")
     return 0
 
 
