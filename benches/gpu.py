@@ -102,14 +102,73 @@ def _end_to_end_fps(gpu, frames_host, reps: int) -> float:
     return reps * n / (time.perf_counter() - t0)
 
 
-def _midas_integrate_fps(frames_host) -> str:
+_MIDAS_GEOMS: dict = {}
+
+
+def _midas_integrate(cfg, host: np.ndarray, reps: int, device: str = "cuda") -> tuple[str, str]:
+    """midas-integrate 0.9.0's torch CUDA path on the same frames, as its ``FrameServer`` runs
+    a frame (pinned upload, CSR SpMV into the cake, area-weighted lineout, both back to the
+    host): (kernel ms/frame with the frame already on the device, end-to-end frames/s), as
+    text, or why not."""
     try:
-        import midas_integrate  # noqa: F401
-    except ImportError:
-        return "n/a (midas-integrate not installed: pip install 'radint[bench]')"
-    # midas-integrate's torch CSR path needs its own map build from MIDAS parameters; wired up
-    # when this runs on a machine with the bench extra (see benches/README.md).
-    return "n/a (not wired yet)"
+        import torch
+        from midas_integrate.detector_mapper import build_map
+        from midas_integrate.kernels import build_csr, integrate, profile_1d
+        from midas_integrate.params import parse_params
+    except ImportError as e:
+        why = f"n/a ({e.name or e} not importable: pip install 'radint[bench]')"
+        return why, why
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "n/a (torch sees no CUDA device)", "n/a"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    key = host.shape[1:]
+    if key not in _MIDAS_GEOMS:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "params.txt"
+            path.write_text(cfg.midas_text())
+            params = parse_params(str(path))
+            pixmap = build_map(params, n_jobs=os.cpu_count() or 1).as_pixel_map()
+            _MIDAS_GEOMS[key] = build_csr(
+                pixmap, n_r=params.n_r_bins, n_eta=params.n_eta_bins,
+                n_pixels_y=params.NrPixelsY, n_pixels_z=params.NrPixelsZ,
+                dtype=torch.float32, build_modes=("floor",), device=device,
+            )  # fmt: skip
+    geom = _MIDAS_GEOMS[key]
+
+    def run(img):
+        cake = integrate(img, geom)
+        return cake, profile_1d(cake, geom, mode="area_weighted")
+
+    dev = torch.from_numpy(host[0].astype(np.float32)).to(device)
+    run(dev)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps * 10):
+        run(dev)
+    sync()
+    kernel_ms = (time.perf_counter() - t0) / (reps * 10) * 1e3
+
+    def end_to_end(frame: np.ndarray) -> None:
+        pinned = torch.from_numpy(np.ascontiguousarray(frame))
+        if device == "cuda":
+            pinned = pinned.pin_memory()
+        try:
+            img = pinned.to(device=geom.device, dtype=geom.dtype, non_blocking=True)
+        except (RuntimeError, TypeError):  # a torch without this integer type on the device
+            img = torch.from_numpy(frame.astype(np.float32)).to(device)
+        cake, lineout = run(img)
+        cake.cpu().numpy(), lineout.cpu().numpy()
+
+    end_to_end(host[0])
+    t0 = time.perf_counter()
+    for frame in host:
+        end_to_end(frame)
+    fps = host.shape[0] / (time.perf_counter() - t0)
+    return f"{kernel_ms:.3f}", f"{fps:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         frame_bytes = host[0].nbytes
         map_bytes = m.n_entries * (4 + 4) + (m.n_bins + 1) * 8
         out_bytes = m.n_bins * (4 * 8 + 4)
+        peer = _midas_integrate(cfg, host, args.reps)  # per frame: the same for both rows
         for mode, nf in (("single", 1), ("batch", args.frames)):
             k_ms = _kernel_ms_per_frame(cp, gpu, dev[0] if nf == 1 else dev, args.reps)
             fps = _end_to_end_fps(gpu, host[0] if nf == 1 else host, args.reps)
@@ -162,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{fps:.0f}",
                     f"{h2d_fps:.0f}",
                     f"{100 * fps / h2d_fps:.0f}%",
-                    _midas_integrate_fps(host),
+                    *peer,
                 )
             )
     head = (
@@ -174,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "end-to-end fps",
         "H2D limit fps",
         "of H2D limit",
+        "midas-integrate kernel ms",
         "midas-integrate fps",
     )
     if args.markdown:

@@ -1,11 +1,12 @@
 """Streaming benchmark: sustained frames/s of ``radint send`` → ``radint stream`` on loopback.
 
-Pilatus 2M uint32 frames (the bundled example), CPU backend, next to the integrate-only rate of
+Pilatus 2M uint32 frames (the bundled example), CPU backend (``--backend cuda`` on a GPU
+machine), next to the integrate-only rate of
 the same Integrator on the same frame. The sender runs in its own process (as ``radint send``
 would); the server is the real Pipeline (TCP source → queue → Integrator → NeXus writer).
 
 Run: python benches/stream.py [--frames 200] [--threads N] [--compress] [--rounds 3]
-[--sender files|memory]
+[--sender files|memory] [--backend cpu|cuda]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
         default="files",
         help="files: radint send on a frame file (sendfile); memory: a frame copied from memory",
     )
+    ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
 
     config = IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")
@@ -66,7 +68,9 @@ def main() -> None:
         image = Path(tmp) / "frame.tif"  # uncompressed uint32, as a detector writes it
         tifffile.imwrite(image, frame)
         t0 = time.perf_counter()
-        integ = Integrator(config, backend="cpu", n_threads=args.threads, cache_dir=Path(tmp) / "c")
+        integ = Integrator(
+            config, backend=args.backend, n_threads=args.threads, cache_dir=Path(tmp) / "c"
+        )
         print(f"map: {time.perf_counter() - t0:.1f} s; frame {frame.shape} {frame.dtype}")
 
         integ.integrate(frame)
@@ -116,16 +120,19 @@ def main() -> None:
     print("runs (frames/s): only " + " ".join(f"{r:.0f}" for r in only_rates)
           + "; stream " + " ".join(f"{r:.0f}" for r in stream_rates)
           + "; stream / neighbouring only " + " ".join(f"{100 * r:.0f} %" for r in ratios))  # fmt: skip
-    print(f"{'integrate only (cpu)':<34}{only:>10.1f}")
-    label = f"send -> stream (cpu, {args.sender}{', --compress' if args.compress else ''})"
+    print(f"{f'integrate only ({args.backend})':<34}{only:>10.1f}")
+    label = (
+        f"send -> stream ({args.backend}, {args.sender}{', --compress' if args.compress else ''})"
+    )
     print(f"{label:<34}{stream:>10.1f}   ({100 * ratio:.0f} % of integrate-only, median)")
     print(f"{'send -> midas-integrate server':<34}{peer}")
     print(summary.line())
 
 
 def midas_integrate_server(config, image: Path, args) -> str:
-    """The same sender against midas-integrate 0.9.0's FrameServer (torch CSR on the CPU,
-    lineout.bin + Int2D.bin written, as radint writes cake + lineout); its frames/s, or why not."""
+    """The same sender against midas-integrate 0.9.0's FrameServer (torch CSR on the CPU, or on
+    the GPU with ``--backend cuda``; lineout.bin + Int2D.bin written, as radint writes cake +
+    lineout); its frames/s, or why not."""
     try:
         import torch
         from midas_integrate.detector_mapper import build_map
@@ -138,6 +145,7 @@ def midas_integrate_server(config, image: Path, args) -> str:
     import threading
 
     torch.set_num_threads(args.threads or 2)
+    device = "cuda" if args.backend == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "params.txt"
         p.write_text(config.replace(mask_file="").midas_text())
@@ -145,7 +153,7 @@ def midas_integrate_server(config, image: Path, args) -> str:
         geom = build_csr(build_map(params, n_jobs=2).as_pixel_map(), n_r=params.n_r_bins,
                          n_eta=params.n_eta_bins, n_pixels_y=params.NrPixelsY,
                          n_pixels_z=params.NrPixelsZ, dtype=torch.float32,
-                         build_modes=("floor",))  # fmt: skip
+                         build_modes=("floor",), device=device)  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

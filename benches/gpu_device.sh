@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Every GPU check of issues 8 and 9 in one call on a GPU machine (the `device` tool's `run`:
+# device time is scarce and each call pays the machine's start): environment, the GPU tests,
+# each kernel's registers / local memory, benches/gpu.py and the CUDA stream benchmark. Each
+# step has its own time limit and log under $OUT, so a slow step never loses the others.
+#
+# The machine has Python 3.12 with CuPy, torch, h5py, tifffile, rich and pytest, no Rust and no
+# network. Prepare here first (see benches/README.md, "GPU integration"):
+#   bash benches/gpu_device.sh --prepare      # abi3 wheel + zarr and midas-integrate into .whl/
+# then call run(command="bash benches/gpu_device.sh", carry=[".whl"], timeout_s=580).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
+    rm -rf .whl && mkdir .whl
+    maturin build --release -q -o .whl || exit 1
+    # hdf5plugin (46 MB) stays behind: radint and midas-integrate import it only when needed.
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl zarr==3.1.6 numcodecs==0.16.6 \
+        donfig==0.8.1.post1 google-crc32c==1.9.0 midas-integrate==0.9.0 \
+        midas-distortion==0.2.0 midas-params==0.14.0 || exit 1
+    du -sh .whl
+    exit 0
+fi
+
+OUT=${OUT:-/tmp/radint-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit} s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
+}
+
+step env 40 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total \
+    --format=csv; python3 -c "
+import cupy, radint
+from radint.gpu import cuda_available
+print(\"radint\", radint.__version__, radint.__file__)
+print(\"cupy\", cupy.__version__, \"cuda_available:\", cuda_available())"'
+
+step pytest-gpu 180 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
+    tests/test_gpu.py tests/test_gpu_fit.py
+
+# Per-thread local memory times resident threads is what the driver reserves on first launch.
+step kernel-attrs 40 python3 - <<'EOF'
+import cupy
+from radint.gpu import _module
+
+names = [f"ri_csr_{t}_{a}_{nb}" for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
+         for a in ("f64", "f32") for nb in ("nb1", "nb8")] + ["ri_finalize_cake", "ri_lineout"]
+dev = cupy.cuda.Device(0)
+resident = dev.attributes["MultiProcessorCount"] * dev.attributes["MaxThreadsPerMultiProcessor"]
+for module, kernels in (("integrate", names), ("fit", ["rf_fit_jobs"])):
+    mod = _module(0, module)
+    for name in kernels:
+        a = mod.get_function(name).attributes
+        local = a["local_size_bytes"]
+        print(f"{name:24} regs {a['num_regs']:3}  local {local:6} B  shared "
+              f"{a['shared_size_bytes']:6} B  max threads/block {a['max_threads_per_block']:4}  "
+              f"local reservation {local * resident / 2**30:.2f} GiB")
+free, total = cupy.cuda.runtime.memGetInfo()
+print(f"device memory after loading both modules: {(total - free) / 2**30:.2f} GiB in use")
+EOF
+
+step bench-gpu 180 python3 benches/gpu.py --markdown --frames 64 --reps 5
+step bench-stream-cuda 90 python3 benches/stream.py --backend cuda --frames 300 --rounds 2
+ls -la "$OUT"
