@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
-from radint import DetectorMap, DtypeError, Integrator, InvalidInputError, ShapeError
+from radint import (
+    DetectorMap,
+    DtypeError,
+    IntegrationConfig,
+    Integrator,
+    InvalidInputError,
+    ShapeError,
+)
 from radint.testing import ring_image
 
 
@@ -319,3 +328,44 @@ def test_scalar_run_and_gather_kernels_agree(tmp_path):
         for key, scalar in results["scalar"].items():
             np.testing.assert_allclose(results[mode][key], scalar, rtol=1e-12, atol=1e-12,
                                        equal_nan=True, err_msg=f"{mode}: {key}")  # fmt: skip
+
+
+def test_gap_and_bad_pixel_values_are_left_out(caplog):
+    """GapIntensity / BadPxIntensity (and ``invalid_values``) leave out the pixels holding those
+    raw values, exactly as a mask of them would; compat modes keep MIDAS's integrator rule
+    (parsed, unused); an unmasked frame with such values draws one warning."""
+    cfg = IntegrationConfig(
+        n_pixels_y=90, n_pixels_z=70, pixel_size_y_um=172, pixel_size_z_um=172, lsd_um=200000,
+        bc_y_px=41.3, bc_z_px=30.2, wavelength_angstrom=0.2, r_min_px=2, r_max_px=45,
+        r_bin_px=1, eta_bin_deg=30,
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 1000, cfg.shape).astype(np.int32)
+    frame[10:12, :] = -1  # Pilatus gaps
+    frame[rng.random(cfg.shape) < 0.01] = -2  # bad pixels
+    markers = frame < 0
+    expected = Integrator(cfg, mask=markers).integrate(frame)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        plain = Integrator(cfg).integrate(frame)
+    assert "negative counts (-2, -1)" in caplog.text and "GapIntensity -1" in caplog.text
+    assert not np.allclose(plain.lineout, expected.lineout, equal_nan=True)
+    marked = cfg.with_overrides(["GapIntensity -1", "BadPxIntensity -2"])
+    assert "GapIntensity -1" in marked.midas_text() and "GapIntensity" not in cfg.midas_text()
+    got = Integrator(marked).integrate(frame)
+    np.testing.assert_allclose(got.cake, expected.cake, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got.lineout, expected.lineout, rtol=1e-12, equal_nan=True)
+    assert got.metadata["nan_pixels"] == markers.sum()
+    explicit = Integrator(cfg, invalid_values=[-1, -2]).integrate(frame)
+    np.testing.assert_allclose(explicit.cake, expected.cake, rtol=1e-12, equal_nan=True)
+    midas = Integrator(marked, compat="midas-cpu").integrate(frame)
+    np.testing.assert_array_equal(
+        midas.cake, Integrator(cfg, compat="midas-cpu").integrate(frame).cake
+    )
+    eiger = rng.integers(0, 1000, cfg.shape).astype(np.uint16)
+    eiger[:, 30:33] = 65535
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        Integrator(cfg).integrate(eiger)
+    assert "hold 65535, the uint16 maximum" in caplog.text
+    with pytest.raises(InvalidInputError, match="invalid_values"):
+        Integrator(cfg, invalid_values="all")

@@ -112,6 +112,9 @@ class IntegrationConfig:
     gsas_x: float = 0.0
     gsas_y: float = 0.0
     gsas_z: float = 0.0
+    #: Raw values marking gap / bad pixels (0 = none); left out of the integration.
+    gap_intensity: float = 0.0
+    bad_px_intensity: float = 0.0
     #: Keys the parser did not know: (key, value, file, line).
     unknown: tuple[tuple[str, str, str, int], ...] = field(default=(), compare=False)
     #: Where each key was last set: key → (file, line).
@@ -316,6 +319,9 @@ class IntegrationConfig:
             elif name == "pixel_size_z_um":
                 if value != self.pixel_size_y_um:
                     items.append((key, value))
+            elif name in ("gap_intensity", "bad_px_intensity"):
+                if value:  # 0 = unset, as MIDAS reads it
+                    items.append((key, value))
             elif name == "auto_detect_peaks":
                 # "AutoDetectPeaks N" means up to N peaks and switches fitting on (MIDAS).
                 if value and self.do_peak_fit:
@@ -402,6 +408,8 @@ _MIDAS_KEYS = {
     "gsas_x": "X",
     "gsas_y": "Y",
     "gsas_z": "Z",
+    "gap_intensity": "GapIntensity",
+    "bad_px_intensity": "BadPxIntensity",
 }
 
 #: Fields that shape a detector map (and so its cache key).

@@ -84,6 +84,12 @@ class Integrator:
         it is negative (then NaN: a sigma is never negative).
     dead_below, hot_above : float, optional
         Raw values below / above these are treated as masked (costs one float copy per frame).
+    invalid_values : "config" or sequence of float
+        Raw values that mark gap / bad pixels, left out like masked pixels (e.g. 65535 or
+        4294967295 in Eiger frames, −1 and −2 in Pilatus frames; one float copy per frame).
+        ``"config"`` (default) takes the parameter file's non-zero ``GapIntensity`` and
+        ``BadPxIntensity`` (as MIDAS's calibrant integrator does; IntegratorZarrOMP ignores them,
+        so with ``compat`` set they are not applied).
     cache_dir : path, optional
         Where to cache the built map (keyed by everything that shapes it).
     fit : {"config", None} or FitSpec or dict
@@ -111,6 +117,7 @@ class Integrator:
         empty_value: float = math.nan,
         dead_below: float | None = None,
         hot_above: float | None = None,
+        invalid_values: Any = "config",
         cache_dir: str | Path | None = None,
         fit: Any = "config",
     ) -> None:
@@ -141,6 +148,20 @@ class Integrator:
         self.empty_value = 0.0 if compat else empty_value
         self.dead_below = dead_below
         self.hot_above = hot_above
+        if isinstance(invalid_values, str):
+            if invalid_values != "config":
+                raise InvalidInputError(
+                    f"invalid_values must be 'config' or a sequence of numbers, got {invalid_values!r}"
+                )
+            markers = (self.config.gap_intensity, self.config.bad_px_intensity)
+            invalid_values = () if compat else tuple(v for v in markers if v != 0)
+        try:
+            self.invalid_values = tuple(float(v) for v in invalid_values)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(
+                f"invalid_values must be numbers, got {invalid_values!r}"
+            ) from e
+        self._markers_checked = False
         self.backend = self._choose_backend(backend)
         if detector_map is None:
             if cache_dir is not None:
@@ -320,12 +341,17 @@ class Integrator:
                 f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got {a.shape}"
             )
         a = np.ascontiguousarray(a)
-        if self.dead_below is not None or self.hot_above is not None:
+        if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
             a = a.astype(np.float64)
             if self.dead_below is not None:
                 a[a < self.dead_below] = np.nan
             if self.hot_above is not None:
                 a[a > self.hot_above] = np.nan
+            if self.invalid_values:
+                a[np.isin(a, self.invalid_values)] = np.nan
+        elif not self._markers_checked:
+            self._markers_checked = True
+            _warn_marker_values(a, what)
         return a
 
     def _prepare_dark(self, dark: Any) -> np.ndarray | None:
@@ -572,3 +598,29 @@ class Integrator:
 
     def __repr__(self) -> str:
         return f"Integrator(backend={self.backend!r}, map={self.map!r}, compat={self.compat!r})"
+
+
+def _warn_marker_values(a: np.ndarray, what: str) -> None:
+    """Warn (once per Integrator, on its first frames) when integer frames hold the values
+    detectors use to mark gaps and bad pixels, and nothing leaves them out."""
+    if a.dtype.kind == "u" and a.dtype.itemsize >= 2:
+        top = np.iinfo(a.dtype).max
+        n = int(np.count_nonzero(a == top))
+        if n:
+            log.warning(
+                "%s: %d pixel(s) hold %d, the %s maximum, which Eiger-type detectors write in "
+                "gaps and bad pixels; they are integrated as counts. To leave them out, add "
+                "'GapIntensity %d' to the parameter file or the command line, or mask them",
+                what, n, top, a.dtype, top,
+            )  # fmt: skip
+    elif a.dtype.kind == "i":
+        n = int(np.count_nonzero(a < 0))
+        if n:
+            values = np.unique(a[a < 0])[:4]
+            log.warning(
+                "%s: %d pixel(s) hold negative counts (%s), which Pilatus-type detectors write "
+                "in gaps (-1) and bad pixels (-2); they are integrated as counts. To leave them "
+                "out, add 'GapIntensity -1' and 'BadPxIntensity -2' to the parameter file or the "
+                "command line, or mask them",
+                what, n, ", ".join(str(int(v)) for v in values),
+            )  # fmt: skip

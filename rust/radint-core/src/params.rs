@@ -118,6 +118,10 @@ pub struct Params {
     pub gsas_x: f64,
     pub gsas_y: f64,
     pub gsas_z: f64,
+    /// Raw pixel values marking gap / bad pixels (`GapIntensity`, `BadPxIntensity`); 0 = none,
+    /// as in MIDAS's calibrant integrator. IntegratorZarrOMP parses and ignores them.
+    pub gap_intensity: f64,
+    pub bad_px_intensity: f64,
     /// Keys radint does not use, in file order.
     pub unknown: Vec<UnknownKey>,
     /// Lines radint reads differently from MIDAS's DetectorMapper (an alias key, several
@@ -203,6 +207,8 @@ impl Default for Params {
             gsas_x: 0.0,
             gsas_y: 0.0,
             gsas_z: 0.0,
+            gap_intensity: 0.0,
+            bad_px_intensity: 0.0,
             unknown: Vec::new(),
             midas_notes: Vec::new(),
             set_at: BTreeMap::new(),
@@ -560,6 +566,8 @@ impl Params {
             "X" => self.gsas_x = line.f64()?,
             "Y" => self.gsas_y = line.f64()?,
             "Z" => self.gsas_z = line.f64()?,
+            "GapIntensity" => self.gap_intensity = line.f64()?,
+            "BadPxIntensity" => self.bad_px_intensity = line.f64()?,
             key => {
                 if let Some(index) = distortion_index(key) {
                     self.distortion[index] = line.f64()?;
