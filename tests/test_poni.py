@@ -48,3 +48,44 @@ def test_poni_to_midas_round_trip(tmp_path):
     ref = read_poni(tmp_path / "a.poni")
     for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3"):
         assert back[k] == pytest.approx(ref[k], abs=1e-12), k
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_detector_orientation_becomes_image_flips(orientation, tmp_path):
+    """pyFAI's detector orientation (PONI 2.1) flips where pixel rows / columns sit; radint
+    maps it onto ImTransOpt flips, so every raw pixel keeps pyFAI's 2θ and χ."""
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    det = Detector(pixel1=100e-6, pixel2=100e-6, max_shape=(120, 96), orientation=orientation)
+    ai = AzimuthalIntegrator(dist=0.1, poni1=0.004, poni2=0.006, rot1=0.05, rot2=0.02,
+                             rot3=0.1, detector=det, wavelength=1e-10)  # fmt: skip
+    path = tmp_path / "o.poni"
+    ai.write(str(path))
+    cfg = IntegrationConfig.from_poni(path, r_min_px=0, r_max_px=300, r_bin_px=1)
+    assert cfg.im_trans_opt == {1: (1, 2), 2: (2,), 3: (), 4: (1,)}[orientation]
+    g = pixel_geometry(cfg)
+    tth = ai.twoThetaArray(cfg.shape).astype(np.float64)
+    np.testing.assert_allclose(g["two_theta_rad"].reshape(cfg.shape), tth, atol=1e-7)
+    chi = ai.chiArray(cfg.shape).astype(np.float64)
+    d = (g["eta_deg"].reshape(cfg.shape) - (90.0 - np.degrees(chi)) + 180.0) % 360.0 - 180.0
+    assert (np.abs(np.radians(d)) * g["r_px"].reshape(cfg.shape)).max() < 1e-3
+
+
+def test_detectors_without_a_known_regular_grid_are_refused(tmp_path):
+    path = tmp_path / "x.poni"
+    path.write_text(
+        "poni_version: 2\nDetector: ImXPadS140\nDistance: 0.1\nPoni1: 0.01\nPoni2: 0.01\n"
+        "Rot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    with pytest.raises(Exception, match=r"x.poni:2: Detector 'ImXPadS140'.*plain 'Detector'"):
+        read_poni(path)
+
+
+def test_named_detector_takes_pyfai_shape_and_pixel_size(tmp_path):
+    ai = pyFAI.load({"detector": "Pilatus2M", "dist": 0.3, "poni1": 0.1, "poni2": 0.12,
+                     "wavelength": 1e-10})  # fmt: skip
+    path = tmp_path / "p2m.poni"
+    ai.write(str(path))
+    cfg = IntegrationConfig.from_poni(path, r_min_px=0, r_max_px=300, r_bin_px=1)
+    assert cfg.shape == (1679, 1475) and cfg.pixel_size_y_um == pytest.approx(172)

@@ -52,7 +52,8 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     """Read a PONI file (pyFAI versions 1–2.1) into a dict with SI values.
 
     Returns keys ``dist, poni1, poni2, rot1, rot2, rot3`` (m, rad), ``pixel1, pixel2`` (m),
-    ``wavelength`` (m, 0 when absent) and ``shape`` (rows, columns) or None.
+    ``wavelength`` (m, 0 when absent), ``shape`` (rows, columns) or None and ``orientation``
+    (pyFAI's detector orientation 1–4, 3 when absent: pyFAI's default).
     """
     path = Path(path)
     if not path.is_file():
@@ -78,6 +79,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
 
     pixel1 = pixel2 = None
     shape = None
+    orientation = 3
     if "detector_config" in values:
         text, line = values["detector_config"]
         try:
@@ -91,10 +93,29 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             raise ParameterError(
                 f"{path}:{line}: detectors with a distortion spline are not supported"
             )
+        orientation = int(det.get("orientation") or 3)  # 0 = unset, pyFAI reads it as 3
+        if orientation not in _ORIENTATION_FLIPS:
+            raise ParameterError(
+                f"{path}:{line}: Detector_config: orientation {orientation} is not one of "
+                "pyFAI's 1-4"
+            )
+    if "detector" in values:
+        name, line = values["detector"]
+        regular = name.strip().lower() in ("detector", "") or _known_detector_shape(name)
+        if shape is None:
+            shape = _known_detector_shape(name)
+        if not regular and shape is None:
+            raise ParameterError(
+                f"{path}:{line}: Detector '{name}': radint knows the pixel grid of a plain "
+                f"'Detector' with Detector_config (pixel1, pixel2, max_shape) and of "
+                f"{', '.join(sorted(_DETECTOR_SHAPES))}; re-save the geometry from pyFAI with "
+                "a plain Detector of that pixel size and shape"
+            )
+    if pixel1 is None and "pixelsize1" not in values and "detector" in values:
+        # Named detectors carry their pixel size in pyFAI, not in the file.
+        pixel1 = pixel2 = _DETECTOR_PIXEL.get(_detector_key(values["detector"][0]))
     if pixel1 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
-    if shape is None and "detector" in values:
-        shape = _known_detector_shape(values["detector"][0])
     return {
         "dist": number("distance"),
         "poni1": number("poni1"),
@@ -106,21 +127,41 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         "pixel2": float(pixel2),
         "wavelength": number("wavelength", 0.0),
         "shape": shape,
+        "orientation": orientation,
         "source": str(path),
     }
 
 
+#: pyFAI detector orientation → the MIDAS ImTransOpt flips that put the image in orientation 3
+#: (pyFAI's default, what the geometry conversion assumes): pyFAI places pixel row i of an
+#: orientation-2 detector where orientation 3 has row N−1−i (a top-bottom flip, ImTransOpt 2),
+#: column j of orientation 4 where it has column N−1−j (left-right, ImTransOpt 1), both for 1.
+_ORIENTATION_FLIPS = {1: (1, 2), 2: (2,), 3: (), 4: (1,)}
+
+
+_DETECTOR_SHAPES = {
+    "pilatus2m": (1679, 1475),
+    "pilatus1m": (1043, 981),
+    "pilatus300k": (619, 487),
+    "eiger4m": (2167, 2070),
+    "eiger9m": (3269, 3110),
+    "eiger16m": (4371, 4150),
+    "eiger1m": (1065, 1030),
+}
+
+
+#: Their pixel size (m): Pilatus 172 µm, Eiger 75 µm.
+_DETECTOR_PIXEL = {
+    name: 172e-6 if name.startswith("pilatus") else 75e-6 for name in _DETECTOR_SHAPES
+}
+
+
+def _detector_key(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace(" ", "")
+
+
 def _known_detector_shape(name: str) -> tuple[int, int] | None:
-    shapes = {
-        "pilatus2m": (1679, 1475),
-        "pilatus1m": (1043, 981),
-        "pilatus300k": (619, 487),
-        "eiger4m": (2167, 2070),
-        "eiger9m": (3269, 3110),
-        "eiger16m": (4371, 4150),
-        "eiger1m": (1065, 1030),
-    }
-    return shapes.get(name.strip().lower().replace("_", "").replace(" ", ""))
+    return _DETECTOR_SHAPES.get(_detector_key(name))
 
 
 def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +199,9 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     }
     if poni.get("shape"):
         fields["n_pixels_z"], fields["n_pixels_y"] = poni["shape"]
+    flips = _ORIENTATION_FLIPS[poni.get("orientation", 3)]
+    if flips:
+        fields["im_trans_opt"] = flips
     return fields
 
 
