@@ -298,3 +298,28 @@ def test_plain_single_page_tiffs_open_from_their_header(tmp_path: Path, dtype) -
     assert plain_image(cut) is None
     with pytest.raises(ReaderError, match="truncated"):
         frames_of(cut)
+
+
+def test_truncated_edf_and_cbf_are_errors_not_zeros(tmp_path: Path) -> None:
+    """fabio only logs a short EDF data block and pads it with zeros, and fails a short CBF on
+    a bare assert: both are ReaderErrors naming the file and the byte counts."""
+    fabio = pytest.importorskip("fabio")
+    edf = tmp_path / "img.edf"
+    fabio.edfimage.EdfImage(data=STACK[0]).write(str(edf))
+    cut_edf = tmp_path / "cut.edf"
+    cut_edf.write_bytes(edf.read_bytes()[:-100])
+    with pytest.raises(
+        ReaderError, match=r"cut\.edf: frame 0 is truncated.*incomplete: 116 < expected 216 bytes"
+    ):
+        frames_of(cut_edf)
+    cbf = tmp_path / "img.cbf"
+    fabio.cbfimage.CbfImage(data=STACK[0].astype(np.int32)).write(str(cbf))
+    blob = cbf.read_bytes()
+    cut_cbf = tmp_path / "cut.cbf"
+    cut_cbf.write_bytes(blob[: len(blob) - 150])
+    with pytest.raises(
+        ReaderError,
+        match=r"cut\.cbf: .*truncated: binary section holds \d+ bytes, header declares \d+; fabio: AssertionError",
+    ):
+        frames_of(cut_cbf)
+    np.testing.assert_array_equal(frames_of(cbf), STACK[:1].astype(np.int32))
