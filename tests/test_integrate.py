@@ -148,6 +148,17 @@ def test_dark_nan_and_mask(small_config, small_map):
     r = integ.integrate(frame)
     assert r.metadata["nan_pixels"] == 55 * 55
     np.testing.assert_allclose(r.cake[np.isfinite(r.cake)], 10.0, rtol=1e-14)
+    # ±inf pixels are not counts either (pyFAI drops them too); NaN dark pixels are counted.
+    for f in (frame, frame.astype(np.float32)):
+        f = f.copy()
+        f[70:72, 80:90] = np.inf
+        f[72, 80:90] = -np.inf
+        d = np.zeros(small_config.shape)
+        d[90, 90:95] = np.nan
+        for r in (integ.integrate(f, dark=d), integ.integrate_stack(np.stack([f, f]), dark=d)):
+            assert r.metadata["nan_pixels"] == (55 * 55 + 30 + 5) * r.n_frames
+            np.testing.assert_allclose(r.cake[np.isfinite(r.cake)], 10.0, rtol=1e-6)
+            assert np.array_equal(np.isfinite(r.lineout), np.isfinite(r.cake).any(axis=-2))
     mask = np.zeros(small_config.shape, bool)
     mask[:, :60] = True
     masked = Integrator(small_config, detector_map=small_map, mask=mask).integrate(

@@ -389,9 +389,9 @@ class Integrator:
     def integrate(self, frame: Any, dark: Any = None, variance: Any = None) -> Result:
         """Integrate one frame ``(n_pixels_z, n_pixels_y)`` (raw orientation).
 
-        NaN pixels (float frames) are treated as masked: they contribute neither signal nor
-        area, and ``result.metadata["nan_pixels"]`` counts them (with ``dead_below`` /
-        ``hot_above``, the pixels they mask are NaN pixels too and counted there).
+        NaN and ±inf pixels (float frames) are treated as masked: they contribute neither signal
+        nor area, and ``result.metadata["nan_pixels"]`` counts them, with the pixels ``dead_below``
+        / ``hot_above`` / ``invalid_values`` leave out and those whose dark is NaN.
         """
         a = self._check_frames(frame, 2, "frame")
         return self._run(a, dark, variance, stack=False)
@@ -447,8 +447,18 @@ class Integrator:
                 n_threads=self.n_threads,
             )
         meta: dict[str, Any] = {"backend": self.backend}
-        if parts[0].dtype.kind == "f":
-            meta["nan_pixels"] = sum(int(np.isnan(p).sum()) for p in parts)
+        dark_bad = None if dark_flat is None else ~np.isfinite(dark_flat)
+        if dark_bad is not None and not dark_bad.any():
+            dark_bad = None
+        if parts[0].dtype.kind == "f" or dark_bad is not None:
+            # Pixels left out of this call: NaN / ±inf values (masked by dead_below, hot_above,
+            # invalid_values, or in the frame itself) and NaN dark pixels, counted per frame.
+            def left_out(p: np.ndarray) -> int:
+                flat = p.reshape(-1, p.shape[-1] * p.shape[-2])
+                bad = ~np.isfinite(flat) if p.dtype.kind == "f" else np.zeros(flat.shape, bool)
+                return int((bad | dark_bad).sum() if dark_bad is not None else bad.sum())
+
+            meta["nan_pixels"] = sum(left_out(p) for p in parts)
         result = self._result(out, stack, meta)
         if gpu_fit is not None:
             from radint.fit import FitTable, with_units

@@ -420,7 +420,7 @@ fn scalar_entry<T: Pixel>(
     let w = inputs.scale.map_or(area, |s| area * s[p]);
     let value = inputs.dark.map_or(raw, |d| raw + -d[p]);
     let contribution = w * value;
-    if contribution.is_nan() {
+    if !contribution.is_finite() {
         return None;
     }
     let var = match model {
@@ -654,9 +654,12 @@ unsafe fn masked<T: Pixel, const KIND: u8, const NB: usize>(
                     None => raw,
                 };
                 let contribution = _mm512_mul_pd(w, value);
-                // Ordered compare with itself: false exactly for NaN.
-                let valid =
-                    _mm512_mask_cmp_pd_mask::<_CMP_ORD_Q>(inside, contribution, contribution);
+                // |c| < ∞ (ordered): false exactly for NaN and ±∞.
+                let valid = _mm512_mask_cmp_pd_mask::<_CMP_LT_OQ>(
+                    inside,
+                    _mm512_abs_pd(contribution),
+                    _mm512_set1_pd(f64::INFINITY),
+                );
                 s[k] = _mm512_mask_add_pd(s[k], valid, s[k], contribution);
                 a[k] = _mm512_mask_add_pd(a[k], valid, a[k], ar);
                 c[k] += valid.count_ones();

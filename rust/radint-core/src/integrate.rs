@@ -590,7 +590,8 @@ trait Acc: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output 
     fn from_f32(v: f32) -> Self;
     fn from_pixel<T: Pixel>(v: T) -> Self;
     fn to_f64(self) -> f64;
-    fn is_nan(self) -> bool;
+    /// NaN or ±∞: the entry is left out (masked pixels are NaN; an ∞ pixel is not a count).
+    fn is_invalid(self) -> bool;
 }
 
 impl Acc for f64 {
@@ -611,8 +612,8 @@ impl Acc for f64 {
         self
     }
     #[inline(always)]
-    fn is_nan(self) -> bool {
-        self.is_nan()
+    fn is_invalid(self) -> bool {
+        !self.is_finite()
     }
 }
 
@@ -634,8 +635,8 @@ impl Acc for f32 {
         self as f64
     }
     #[inline(always)]
-    fn is_nan(self) -> bool {
-        self.is_nan()
+    fn is_invalid(self) -> bool {
+        !self.is_finite()
     }
 }
 
@@ -696,7 +697,7 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
                     None => raw,
                 };
                 let contribution = w * value;
-                if contribution.is_nan() {
+                if contribution.is_invalid() {
                     continue;
                 }
                 s[k] = s[k] + contribution;

@@ -60,6 +60,12 @@ RI_HD bool ri_isnan(X x) {
     return x != x;
 }
 
+// NaN or ±inf (x − x is NaN for both, 0 for every finite x): such entries are left out.
+template <typename X>
+RI_HD bool ri_invalid(X x) {
+    return !((x - x) == X(0));
+}
+
 RI_HD double ri_nan() {
     // 0/0 would be folded with a warning by some compilers; build the bit pattern instead.
     union {
@@ -125,14 +131,15 @@ RI_HD RiEntry<A> ri_entry(float area_e, const double* weight, ri_u64 e, const do
 }
 
 // Accumulate one raw pixel value of one frame for one map entry. `given_var` is read only for
-// RI_VAR_GIVEN. NaN contributions (NaN pixel, NaN dark, masked pixel) are skipped entirely.
+// RI_VAR_GIVEN. NaN or infinite contributions (NaN / inf pixel, NaN dark, masked pixel) are
+// skipped entirely.
 template <typename A, typename T>
 RI_HD void ri_accumulate(RiAcc<A>& acc, const RiEntry<A>& en, T raw_px, int var_mode,
                          double given_var) {
     const A raw = A(raw_px);
     const A value = en.has_dark ? raw + en.minus_dark : raw;
     const A contribution = en.w * value;
-    if (ri_isnan(contribution)) return;
+    if (ri_invalid(contribution)) return;
     acc.s = acc.s + contribution;
     acc.a = acc.a + en.area;
     acc.c = acc.c + 1;
