@@ -323,3 +323,76 @@ def test_truncated_edf_and_cbf_are_errors_not_zeros(tmp_path: Path) -> None:
     ):
         frames_of(cut_cbf)
     np.testing.assert_array_equal(frames_of(cbf), STACK[:1].astype(np.int32))
+
+
+def write_dectris_master(tmp_path: Path, **filters) -> Path:
+    """A Dectris/Eiger master file whose entry/data/data_00000N link to 2 data files of 2
+    frames each (STACK[0:2], STACK[2:4])."""
+    for k in range(2):
+        with h5py.File(tmp_path / f"scan_data_{k + 1:06d}.h5", "w") as f:
+            frames = STACK[2 * k : 2 * k + 2]
+            f.create_dataset("entry/data/data", data=frames, chunks=(1, 12, 9), **filters)
+    master = tmp_path / "scan_master.h5"
+    with h5py.File(master, "w") as f:
+        for k in (2, 1):  # created out of order: read in numeric order
+            name = f"entry/data/data_{k:06d}"
+            f[name] = h5py.ExternalLink(f"scan_data_{k:06d}.h5", "/entry/data/data")
+        f["entry/instrument/detector/x_pixel_size"] = 75e-6
+    return master
+
+
+def test_dectris_master_file_reads_its_data_files_as_one_stack(tmp_path: Path) -> None:
+    from radint.io import open_frames, read_stacks
+
+    master = write_dectris_master(tmp_path, compression="gzip")
+    # No dataset given and no exchange/data: entry/data's data_NNNNNN members, in order.
+    np.testing.assert_array_equal(frames_of(master), STACK)
+    np.testing.assert_array_equal(frames_of(master, dataset="entry/data"), STACK)
+    assert [f.index for f in read_frames(master, frames=[1, 2, 3])] == [1, 2, 3]
+    for allocate in (None, lambda s, t: np.empty(s, t)):
+        got = list(read_stacks(master, size=3, allocate=allocate))
+        np.testing.assert_array_equal(np.concatenate([s.data for s in got]), STACK)
+        assert [s.ids for s in got] == [[0, 1, 2], [3]]
+    with open_frames(master) as source:
+        assert source.n_frames == 4
+        # Frames reached through external links are never read as plain bytes of the master.
+        assert not source.read_plain(0, np.empty((12, 9), source.dtype))
+    # One member alone still reads as a dataset.
+    np.testing.assert_array_equal(frames_of(master, dataset="entry/data/data_000002"), STACK[2:])
+
+    # The missing-dataset error lists the linked datasets, and a broken link as broken.
+    (tmp_path / "scan_data_000002.h5").unlink()
+    with pytest.raises(ReaderError, match=r"dataset 'nope' does not exist") as e:
+        frames_of(master, dataset="nope")
+    assert "entry/data/data_000001 (2, 12, 9)" in str(e.value)
+    assert "entry/data/data_000002 (broken link to scan_data_000002.h5:/entry/data/data)" in str(
+        e.value
+    )
+    with pytest.raises(
+        ReaderError,
+        match=r"scan_master\.h5:entry/data/data_000002: is a broken link to "
+        r"scan_data_000002\.h5:/entry/data/data",
+    ):
+        frames_of(master)
+
+
+def test_dectris_master_file_data_files_must_match(tmp_path: Path) -> None:
+    master = write_dectris_master(tmp_path)
+    with h5py.File(tmp_path / "scan_data_000002.h5", "w") as f:
+        f["entry/data/data"] = STACK[2:, :10].astype(np.uint32)
+    with pytest.raises(
+        ReaderError,
+        match=r"entry/data/data_000002: frames of shape \(10, 9\) and type uint32, expected "
+        r"\(12, 9\) and uint16 as in data_000001",
+    ):
+        frames_of(master)
+
+
+def test_dectris_master_file_bitshuffle(tmp_path: Path) -> None:
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    from radint.io import read_stacks
+
+    master = write_dectris_master(tmp_path, **hdf5plugin.Bitshuffle(cname="lz4"))
+    np.testing.assert_array_equal(frames_of(master), STACK)
+    got = read_stacks(master, size=4, allocate=lambda s, t: np.empty(s, t))
+    np.testing.assert_array_equal(np.concatenate([s.data for s in got]), STACK)

@@ -1,4 +1,5 @@
-"""HDF5 reader (h5py): one dataset holding a 2-D frame or a 3-D stack, read frame by frame.
+"""HDF5 reader (h5py): one dataset holding a 2-D frame or a 3-D stack, read frame by frame, or
+the ``data_NNNNNN`` datasets of a Dectris/Eiger master file read as one stack.
 
 Eiger/Dectris files need the bitshuffle/LZ4 filters of ``hdf5plugin``; it is imported (which
 registers the filters) when a file is opened, and its absence only matters for such files.
@@ -6,7 +7,10 @@ registers the filters) when a file is opened, and its absence only matters for s
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import logging
+import re
 from pathlib import Path
 
 import h5py
@@ -16,18 +20,53 @@ from radint.io._source import FrameSource, frames_from_stack
 from radint.io.errors import ReaderError
 
 DEFAULT_DATASET = "exchange/data"
+#: The group of a Dectris/Eiger master file whose ``data_NNNNNN`` members (external links to
+#: the data files) hold the frames; read when the file has no ``exchange/data``.
+DECTRIS_GROUP = "entry/data"
+_DECTRIS_MEMBER = re.compile(r"data_(\d+)")
+
+log = logging.getLogger(__name__)
 
 
 def list_datasets(group: h5py.Group) -> list[str]:
-    """Paths of every dataset below ``group``, with their shapes, e.g. ``"entry/data (10, 5, 5)"``."""
+    """Paths of every dataset below ``group``, with their shapes, e.g. ``"entry/data (10, 5, 5)"``,
+    sorted. Soft and external links (an Eiger master file's ``data_NNNNNN``) are followed one
+    level: a link to a dataset is listed with its shape, a link that resolves to nothing as
+    ``"name (broken link to file:path)"``."""
     found: list[str] = []
 
     def visit(name: str, obj: object) -> None:
         if isinstance(obj, h5py.Dataset):
             found.append(f"{name} {obj.shape}")
 
-    group.visititems(visit)
-    return found
+    def visit_link(name: str, link: object) -> None:
+        if isinstance(link, h5py.HardLink):
+            return  # seen by visititems
+        target = (
+            f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+        )
+        try:
+            obj = group.get(name)
+        except (OSError, KeyError, ValueError):
+            obj = None
+        if isinstance(obj, h5py.Dataset):
+            found.append(f"{name} {obj.shape}")
+        elif isinstance(obj, h5py.Group):
+            obj.visititems(lambda sub, o: visit(f"{name}/{sub}", o))
+        elif obj is None:
+            found.append(f"{name} (broken link to {target})")
+
+    group.visititems(visit)  # objects reached through hard links only
+    group.visititems_links(visit_link)
+    return sorted(found)
+
+
+def dectris_members(obj: object) -> list[str]:
+    """Names of the ``data_NNNNNN`` members of a group, in frame order; empty for anything else."""
+    if not isinstance(obj, h5py.Group):
+        return []
+    numbered = sorted((int(m[1]), m[0]) for name in obj if (m := _DECTRIS_MEMBER.fullmatch(name)))
+    return [name for _, name in numbered]
 
 
 #: Filters HDF5 itself provides (deflate, shuffle, fletcher32, szip, n-bit, scale-offset, LZF).
@@ -41,64 +80,142 @@ def _filter_ids(ds: h5py.Dataset) -> list[int]:
 
 
 class Hdf5Source(FrameSource):
-    """Frames of one HDF5 dataset (default ``exchange/data``)."""
+    """Frames of one HDF5 dataset (default ``exchange/data``), or of the ``data_NNNNNN``
+    datasets of a group (a Dectris/Eiger master file's ``entry/data``, the default when the
+    file has no ``exchange/data``) numbered consecutively across them."""
 
     def __init__(self, path: Path, dataset: str | None = None) -> None:
         super().__init__(path)
-        name = dataset or DEFAULT_DATASET
-        self.label = f"{path}:{name}"
         try:
             self._file = h5py.File(path, "r")
         except OSError as exc:
             raise ReaderError(f"{path}: not a readable HDF5 file ({exc})") from exc
-        obj = self._file.get(name)
-        if not isinstance(obj, h5py.Dataset):
-            available = list_datasets(self._file)
+        try:
+            self._open(dataset)
+        except BaseException:
             self._file.close()
+            raise
+
+    def _open(self, dataset: str | None) -> None:
+        """Find the dataset(s) to read and check they form one stack of frames."""
+        path, name = self.path, dataset or DEFAULT_DATASET
+        if dataset is None and name not in self._file:
+            members = dectris_members(self._file.get(DECTRIS_GROUP))
+            if members:
+                log.info(
+                    "%s: no %s; reading the Dectris master file's %s (%d data file(s))",
+                    path,
+                    DEFAULT_DATASET,
+                    DECTRIS_GROUP,
+                    len(members),
+                )
+                name = DECTRIS_GROUP
+        self.label = f"{path}:{name}"
+        obj = self._file.get(name)
+        members = dectris_members(obj)
+        if members:
+            self._parts = [self._member(obj, m) for m in members]
+            self._part_names = members
+        elif isinstance(obj, h5py.Dataset):
+            self._parts, self._part_names = [obj], [""]
+        else:
+            available = list_datasets(self._file)
             what = "is not a dataset" if obj is not None else "does not exist"
             raise ReaderError(
                 f"{path}: dataset '{name}' {what}; available datasets: "
                 f"{', '.join(available) if available else 'none'}"
             )
-        self._ds = obj
+        self._ds = self._parts[0]
         self._layout: tuple[str, int] | None = None
-        self.n_frames, self.frame_shape = frames_from_stack(self.label, obj.shape)
-        self.dtype = obj.dtype
-        if set(_filter_ids(obj)) - _BUILTIN:
+        self.dtype = self._ds.dtype
+        counts = []
+        for ds, member in zip(self._parts, self._part_names):
+            label = f"{self.label}/{member}" if member else self.label
+            n, shape = frames_from_stack(label, ds.shape)
+            if counts and (shape != self.frame_shape or ds.dtype != self.dtype):
+                raise ReaderError(
+                    f"{label}: frames of shape {shape} and type {ds.dtype}, expected "
+                    f"{self.frame_shape} and {self.dtype} as in {self._part_names[0]}"
+                )
+            self.frame_shape = shape
+            counts.append(n)
+        #: First frame of each dataset (frames are numbered on across the data files).
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        self.n_frames = self._starts[-1]
+        if any(set(_filter_ids(ds)) - _BUILTIN for ds in self._parts):
             # hdf5plugin registers the Eiger/Dectris filters (bitshuffle, LZ4, Blosc...) with
             # h5py on import; imported only when needed, as it costs ~0.2 s.
             with contextlib.suppress(ImportError):
                 import hdf5plugin  # noqa: F401
 
+    def _member(self, group: h5py.Group, member: str) -> h5py.Dataset:
+        """Dataset ``member`` of a master file's group; ReaderError for a broken link."""
+        obj = group.get(member)
+        if isinstance(obj, h5py.Dataset):
+            return obj
+        link = group.get(member, getlink=True)
+        target = f" to {link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else ""
+        what = "is not a dataset" if obj is not None else f"is a broken link{target}"
+        raise ReaderError(f"{self.label}/{member}: {what} (expected the frames of a data file)")
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """The dataset holding frame ``index`` and the frame's position in it."""
+        k = bisect.bisect_right(self._starts, index) - 1
+        return k, index - self._starts[k]
+
+    def _where(self, k: int, first: int, last: int) -> str:
+        """``"frames 4..5"`` (or ``"frame 4"``), naming the data file's member and its own frame
+        numbers when the frames come from several datasets."""
+        what = f"frame {first}" if first == last else f"frames {first}..{last}"
+        if len(self._parts) == 1:
+            return what
+        lo, hi = first - self._starts[k], last - self._starts[k]
+        inner = f"frame {lo}" if lo == hi else f"frames {lo}..{hi}"
+        return f"{what} ({inner} of {self._part_names[k]} in {self._parts[k].file.filename})"
+
     def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Frames ``start .. stop-1`` in one HDF5 read (no per-frame copies), into ``out`` when
-        given."""
-        if self._ds.ndim != 3:
+        """Frames ``start .. stop-1`` with one HDF5 read per dataset (no per-frame copies), into
+        ``out`` when given."""
+        if any(ds.ndim != 3 for ds in self._parts):
             return super().read_block(start, stop, out)
-        try:
-            if out is None:
-                return self._ds[start:stop]
-            self._ds.read_direct(out, np.s_[start:stop])
-            return out
-        except OSError as exc:
-            raise ReaderError(
-                f"{self.label}: cannot read frames {start}..{stop - 1}: {exc}"
-            ) from exc
+        if out is None:
+            out = np.empty((stop - start, *self.frame_shape), self.dtype)
+        for k, ds in enumerate(self._parts):
+            lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
+            if lo >= hi:
+                continue
+            try:
+                ds.read_direct(
+                    out[lo - start : hi - start], np.s_[lo - self._starts[k] : hi - self._starts[k]]
+                )
+            except OSError as exc:
+                raise ReaderError(
+                    f"{self.label}: cannot read {self._where(k, lo, hi - 1)}: {exc}"
+                ) from exc
+        return out
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""
+        k, i = self._locate(index)
+        ds = self._parts[k]
         try:
-            if self._ds.ndim == 2:
-                return self._ds[()]
-            return self._ds[(0,) * (self._ds.ndim - 3) + (index,)]
+            if ds.ndim == 2:
+                return ds[()]
+            return ds[(0,) * (ds.ndim - 3) + (i,)]
         except OSError as exc:
             hint = ""
             if "filter" in str(exc).lower():
                 hint = " (compressed with a filter h5py lacks: install hdf5plugin)"
-            raise ReaderError(f"{self.label}: cannot read frame {index}{hint}: {exc}") from exc
+            raise ReaderError(
+                f"{self.label}: cannot read {self._where(k, index, index)}{hint}: {exc}"
+            ) from exc
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
-        """Where a frame's pixels lie: unfiltered data, contiguous or one chunk per frame."""
+        """Where a frame's pixels lie: unfiltered data, contiguous or one chunk per frame, of a
+        dataset stored in the file opened (not reached through an external link, whose byte
+        offsets are in another file)."""
+        if len(self._parts) != 1 or self._ds.file != self._file:
+            return None
         if self._layout is None:  # the dataset's storage, looked up once (h5py's properties
             self._layout = self._storage()  # cost ~20 µs a call)
         kind, where = self._layout
