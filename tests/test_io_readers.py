@@ -396,3 +396,48 @@ def test_dectris_master_file_bitshuffle(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames_of(master), STACK)
     got = read_stacks(master, size=4, allocate=lambda s, t: np.empty(s, t))
     np.testing.assert_array_equal(np.concatenate([s.data for s in got]), STACK)
+
+
+def test_tiff_pages_unlike_the_first(tmp_path: Path) -> None:
+    """Reduced-resolution pages (previews) are not frames; a page of another shape is an
+    error; a page of another pixel type is stored into the first frame's type only when its
+    values fit (a uint32 page is not wrapped modulo 2^16)."""
+    from radint.io import count_frames, read_stacks
+
+    def stacks(path: Path) -> np.ndarray:
+        got = read_stacks(path, size=4, allocate=lambda s, t: np.empty(s, t))
+        return np.concatenate([s.data for s in got])
+
+    preview = np.zeros((4, 3), np.uint8)
+    with_previews = tmp_path / "previews.tif"
+    with tifffile.TiffWriter(with_previews) as t:
+        t.write(preview, photometric="minisblack", subfiletype=1)
+        for frame in STACK[:2]:
+            t.write(frame, photometric="minisblack")
+        t.write(preview, photometric="minisblack", subfiletype=1)
+    assert count_frames(with_previews) == 2
+    np.testing.assert_array_equal(frames_of(with_previews), STACK[:2])
+    np.testing.assert_array_equal(stacks(with_previews), STACK[:2])
+
+    other_shape = tmp_path / "shape.tif"
+    with tifffile.TiffWriter(other_shape) as t:
+        t.write(STACK[0], photometric="minisblack")
+        t.write(STACK[1, :10], photometric="minisblack")
+    with pytest.raises(
+        ReaderError, match=r"shape\.tif: page 1 has shape \(10, 9\), expected \(12, 9\) as page 0"
+    ):
+        frames_of(other_shape)
+
+    fits, wraps = tmp_path / "fits.tif", tmp_path / "wraps.tif"
+    for path, offset in ((fits, 0), (wraps, 70000)):
+        with tifffile.TiffWriter(path) as t:
+            t.write(STACK[0], photometric="minisblack")
+            t.write(STACK[1].astype(np.uint32) + offset, photometric="minisblack")
+    np.testing.assert_array_equal(stacks(fits), STACK[:2])
+    assert frames_of(wraps)[1].max() == int(STACK[1].max()) + 70000  # read_frames: its own type
+    with pytest.raises(
+        ReaderError,
+        match=r"wraps\.tif: page 1 holds uint32 pixels \(values \d+\.\.\d+\) that uint16, the "
+        r"type of page 0, cannot hold",
+    ):
+        stacks(wraps)

@@ -23,6 +23,7 @@ _WIDTH, _LENGTH, _BITS, _COMPRESSION, _OFFSETS, _SAMPLES, _COUNTS = (
     279,
 )
 _PLANAR, _PREDICTOR, _FORMAT, _FILL_ORDER = 284, 317, 339, 266
+_NEW_SUBFILE_TYPE = 254
 #: TIFF field types → (struct code, size) for the integer ones these tags use.
 _FIELD = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
@@ -106,7 +107,8 @@ def plain_image(path: Path) -> tuple[int, np.dtype, tuple[int, int]] | None:
 
 
 class TiffSource(FrameSource):
-    """Pages of a TIFF file as frames; each page must be one 2-D image. A single-page file
+    """Pages of a TIFF file as frames; each page must be one 2-D image of the first frame's
+    shape. Reduced-resolution pages (thumbnails, previews) are not frames. A single-page file
     stored plain (:func:`plain_image`) is opened from its header alone; tifffile is used
     when its pixels are to be decoded."""
 
@@ -116,13 +118,22 @@ class TiffSource(FrameSource):
         self._tif_file: tifffile.TiffFile | None = None
         if self._plain is not None:
             self.n_frames, self.dtype, self.frame_shape = 1, self._plain[1], self._plain[2]
+            self._pages = [0]
             self._size = path.stat().st_size
             return
-        first = self._tif.pages.first
+        tif = self._tif  # ReaderError when even the first page is unreadable
         try:
-            self.n_frames = len(self._tif.pages)
+            n_pages = len(tif.pages)
         except (tifffile.TiffFileError, ValueError, OSError) as exc:
             raise ReaderError(f"{path}: not a readable TIFF file ({exc})") from exc
+        self._size = path.stat().st_size
+        #: Page number of each frame.
+        self._pages = self._frame_pages(n_pages)
+        if not self._pages:
+            self._tif.close()
+            raise ReaderError(f"{path}: all {n_pages} page(s) are reduced-resolution previews")
+        self.n_frames = len(self._pages)
+        first = self._tif.pages[self._pages[0]]
         if len(first.shape) != 2:
             self._tif.close()
             hint = (
@@ -132,12 +143,11 @@ class TiffSource(FrameSource):
                 else ""
             )
             raise ReaderError(
-                f"{path}: expected 2-D pages (one frame each), page 0 has shape {first.shape}{hint}"
+                f"{path}: expected 2-D pages (one frame each), page {self._pages[0]} has shape "
+                f"{first.shape}{hint}"
             )
         self.frame_shape = tuple(first.shape)
         self.dtype = first.dtype
-        self._size = path.stat().st_size
-        self._check_ifd_chain()
 
     @property
     def _tif(self) -> tifffile.TiffFile:
@@ -150,65 +160,110 @@ class TiffSource(FrameSource):
                 raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
         return self._tif_file
 
-    def _check_ifd_chain(self) -> None:
-        """ReaderError when the last page points to a next page beyond the end of the file.
+    def _frame_pages(self, n_pages: int) -> list[int]:
+        """Numbers of the pages that are frames: all but those whose NewSubfileType marks them
+        reduced-resolution (bit 0: thumbnails, previews), read from the IFDs directly, as
+        tifffile's parsing of every page costs ~0.1 ms each.
 
+        ReaderError when the last page points to a next page beyond the end of the file:
         tifffile stops at such a page with only a log message, which would silently drop the
         rest of a truncated multi-page file.
         """
         fmt = self._tif.tiff
         fh = self._tif.filehandle
-        last = self._tif.pages[-1]
-        fh.seek(last.offset)
-        (n_tags,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
-        fh.seek(last.offset + fmt.tagnosize + n_tags * fmt.tagsize)
-        raw = fh.read(fmt.offsetsize)
-        next_offset = struct.unpack(fmt.offsetformat, raw)[0] if len(raw) == fmt.offsetsize else -1
-        if next_offset != 0 and not 0 < next_offset < self._size:
+        order = self._tif.byteorder
+        value_at = fmt.tagsize - fmt.offsetsize  # a tag's value field ends its entry
+        frames: list[int] = []
+        offset = self._tif.pages.first.offset
+        for number in range(n_pages):
+            fh.seek(offset)
+            (n_tags,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
+            ifd = fh.read(n_tags * fmt.tagsize + fmt.offsetsize)
+            reduced = False
+            for k in range(min(n_tags, len(ifd) // fmt.tagsize)):  # tags come sorted by code
+                code, kind = struct.unpack_from(order + "HH", ifd, k * fmt.tagsize)
+                if code >= _NEW_SUBFILE_TYPE:
+                    if code == _NEW_SUBFILE_TYPE:
+                        value = struct.unpack_from(
+                            order + ("H" if kind == 3 else "I"), ifd, k * fmt.tagsize + value_at
+                        )[0]
+                        reduced = bool(value & 1)
+                    break
+            if not reduced:
+                frames.append(number)
+            tail = ifd[n_tags * fmt.tagsize :]
+            offset = struct.unpack(fmt.offsetformat, tail)[0] if len(tail) == fmt.offsetsize else -1
+        if offset != 0 and not 0 < offset < self._size:
             self._tif.close()
             raise ReaderError(
-                f"{self.path}: truncated TIFF: page {self.n_frames - 1} points to a next page at "
-                f"byte {next_offset}, file has {self._size} bytes"
+                f"{self.path}: truncated TIFF: page {n_pages - 1} points to a next page at "
+                f"byte {offset}, file has {self._size} bytes"
             )
+        return frames
 
     def read(self, index: int) -> np.ndarray:
-        """Decode page ``index``; ReaderError when the page's data is cut short."""
+        """Decode frame ``index``; ReaderError when the page's data is cut short or its shape
+        is not the first frame's."""
         return self._decode(index, None)
 
     def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Pages ``start .. stop-1``, decoded straight into ``out`` when given."""
+        """Frames ``start .. stop-1``, decoded straight into ``out`` when given. A page of
+        another pixel type than ``out`` is decoded on its own and stored only when every value
+        fits ``out``'s type (ReaderError otherwise: a cast would wrap them silently)."""
         if out is None:
             return super().read_block(start, stop)
         for k, i in enumerate(range(start, stop)):
-            page = self._tif.pages[i]
-            if page.dtype == out.dtype and tuple(page.shape) == out.shape[1:]:
+            page = self._tif.pages[self._pages[i]]
+            if page.dtype == out.dtype:
                 self._decode(i, out[k])
-            else:  # a page unlike the first: decoded on its own, then cast
-                out[k] = self._decode(i, None)
+            else:
+                out[k] = self._fitting(i, self._decode(i, None), out.dtype)
         return out
+
+    def _fitting(self, index: int, data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """``data`` of frame ``index`` when its values are representable in ``dtype``."""
+        if np.can_cast(data.dtype, dtype, "safe"):
+            return data
+        if data.dtype.kind in "iub" and dtype.kind in "iu" and data.size:
+            info = np.iinfo(dtype)
+            if info.min <= data.min() and data.max() <= info.max:
+                return data
+        raise ReaderError(
+            f"{self.path}: page {self._pages[index]} holds {data.dtype} pixels (values "
+            f"{data.min()}..{data.max()}) that {dtype}, the type of page {self._pages[0]}, "
+            "cannot hold"
+        )
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:
         """Where an uncompressed page's pixels lie, when they lie in one piece."""
         if self._plain is not None:
             return self._plain[0], self._plain[1]
-        page = self._tif.pages[index]
+        page = self._tif.pages[self._pages[index]]
         if not (page.is_contiguous and page.is_final) or tuple(page.shape) != self.frame_shape:
             return None
         dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
         return (int(page.dataoffsets[0]), dtype) if dtype.isnative else None
 
     def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
-        page = self._tif.pages[index]
+        number = self._pages[index]
+        page = self._tif.pages[number]
+        if tuple(page.shape) != self.frame_shape:
+            raise ReaderError(
+                f"{self.path}: page {number} has shape {tuple(page.shape)}, expected "
+                f"{self.frame_shape} as page {self._pages[0]}"
+            )
         end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
         if end > self._size:
             raise ReaderError(
-                f"{self.path}: page {index} is truncated: its data ends at byte {end}, "
+                f"{self.path}: page {number} is truncated: its data ends at byte {end}, "
                 f"file has {self._size} bytes"
             )
         try:
             return page.asarray(out=out)
         except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
-            raise ReaderError(f"{self.path}: page {index} is truncated or corrupt ({exc})") from exc
+            raise ReaderError(
+                f"{self.path}: page {number} is truncated or corrupt ({exc})"
+            ) from exc
 
     def close(self) -> None:
         """Close the TIFF file."""
