@@ -380,3 +380,20 @@ def test_gap_and_bad_pixel_values_are_left_out(caplog):
     assert "hold 65535, the uint16 maximum" in caplog.text
     with pytest.raises(InvalidInputError, match="invalid_values"):
         Integrator(cfg, invalid_values="all")
+
+
+def test_midas_polarization_follows_the_plane_angle(small_config):
+    """PolarizationPlaneEtaDeg rotates the MIDAS formula's plane (0 = MIDAS C's η = 0 plane)."""
+    from radint.corrections import pixel_geometry, polarization
+
+    g = pixel_geometry(small_config)
+    s2, eta = np.sin(g["two_theta_rad"]) ** 2, np.radians(g["eta_deg"])
+    np.testing.assert_allclose(polarization(g, "midas", 0.9), 1 - 0.9 * s2 * np.cos(eta) ** 2)
+    np.testing.assert_allclose(
+        polarization(g, "midas", 0.9, 90.0), 1 - 0.9 * s2 * np.sin(eta) ** 2, atol=1e-15
+    )
+    cfg = small_config.replace(polarization_correction=True, polarization_fraction=0.9)
+    frame = ring_image(cfg, dtype=np.float64) + 50
+    flat0 = Integrator(cfg).integrate(frame).cake
+    turned = Integrator(cfg.replace(polarization_plane_eta_deg=90.0)).integrate(frame).cake
+    assert not np.allclose(flat0, turned, equal_nan=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 
 import pytest
@@ -52,6 +54,7 @@ def test_overrides_replace(tmp_path):
         ("Lsd 1000\n", "missing required parameter NrPixelsY"),
         ("NrPixels 10\nBC 3\n", "p.txt:2: BC: expected 2 value(s) (BC y z), got 1"),
         ("NrPixels 10\nImTransOpt 7\n", "p.txt:2: ImTransOpt: expected an image transform"),
+        ("NrPixels 10\nQMax 5\nQBinSize 0.01\n", "p.txt:3: QBinSize: Q bins need the wavelength"),
     ],
 )
 def test_errors_name_file_line_key(tmp_path, text, message):
@@ -157,3 +160,18 @@ def test_lines_detectormapper_reads_differently_are_logged(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="radint"):
         config.with_overrides(["RMax 40"])
     assert not caplog.records  # re-parsing radint's own text says nothing
+
+
+def test_settings_that_lose_or_double_count_data_are_logged(tmp_path, caplog):
+    p = tmp_path / "p.txt"
+    p.write_text("NrPixels 10\npx 172\npxZ 150\nEtaBinSize 7\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        IntegrationConfig.from_midas_params(p).validate()
+    assert f"{p}:3: pxZ: 150.0 µm differs from pxY 172.0 µm" in caplog.text
+    assert f"{p}:4: EtaBinSize: 7.0° bins do not divide" in caplog.text
+    assert "runs to 184°, 4° past a full turn" in caplog.text
+    caplog.clear()
+    p.write_text("NrPixels 10\nEtaBinSize 8\nEtaMin -180\nEtaMax 100\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        IntegrationConfig.from_midas_params(p).validate()
+    assert caplog.text == ""

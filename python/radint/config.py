@@ -245,9 +245,41 @@ class IntegrationConfig:
         return d
 
     def validate(self) -> IntegrationConfig:
-        """Check the configuration; raises :class:`ParameterError` naming file, line and key."""
+        """Check the configuration; raises :class:`ParameterError` naming file, line and key.
+        Settings that are valid but probably not what was meant are logged (once each)."""
         _core.validate_params(self.core_dict())
+        for note in self._doubtful():
+            if note not in _NOTED:
+                _NOTED.add(note)
+                log.warning("%s", note)
         return self
+
+    def _doubtful(self) -> list[str]:
+        """Warnings about valid settings that lose or double-count data silently."""
+        notes = []
+
+        def where(key: str) -> str:
+            file, line = self.set_at.get(key, (self.source, 0))
+            return f"{file}:{line}: {key}" if line else f"{file}: {key}"
+
+        if self.pixel_size_z_um != self.pixel_size_y_um:
+            notes.append(
+                f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
+                f"{self.pixel_size_y_um} µm; the geometry (MIDAS's and radint's) has one pixel "
+                "size, pxY, so pxZ is not used"
+            )
+        span = self.eta_max_deg - self.eta_min_deg
+        n_eta = math.ceil(span / self.eta_bin_deg - 1e-9)
+        overlap = self.eta_min_deg + n_eta * self.eta_bin_deg - (self.eta_min_deg + 360.0)
+        if overlap > 1e-6:
+            notes.append(
+                f"{where('EtaBinSize')}: {self.eta_bin_deg}° bins do not divide the η range "
+                f"{self.eta_min_deg}..{self.eta_max_deg}°: the last bin runs to "
+                f"{self.eta_min_deg + n_eta * self.eta_bin_deg:g}°, {overlap:g}° past a full "
+                "turn, so pixels there are counted in the first and the last bin (as MIDAS does) "
+                "and twice in the lineout; choose a bin size that divides 360°"
+            )
+        return notes
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -337,6 +369,9 @@ class IntegrationConfig:
         items.insert(1, ("BC", (self.bc_y_px, self.bc_z_px)))
         return items
 
+
+#: Warnings of :meth:`IntegrationConfig.validate` already given in this process.
+_NOTED: set[str] = set()
 
 _MIDAS_KEYS = {
     "lsd_um": "Lsd",

@@ -6,8 +6,8 @@ correction never needs a new map. Conventions (η in MIDAS convention, 0 along +
 * solid angle ``"midas"``: ``cos³(2θ)`` with ``2θ = atan(R·px/Lsd)`` (ignores tilt, as MIDAS C);
   ``"exact"``: ``cos³(α)`` with α the incidence angle on the tilted detector plane, 1 at the
   point of normal incidence (pyFAI's convention).
-* polarization ``"midas"``: ``1 − f·sin²2θ·cos²η`` (MIDAS C: f is the fraction polarized along
-  η = 0); ``"kahn"``: ``½(1 + cos²2θ − f·cos(2(η − η_pol))·sin²2θ)``, with η_pol the η of the
+* polarization ``"midas"``: ``1 − f·sin²2θ·cos²(η − η_pol)`` (MIDAS C, whose plane is η_pol = 0:
+  f is the fraction polarized along η = 0); ``"kahn"``: ``½(1 + cos²2θ − f·cos(2(η − η_pol))·sin²2θ)``, with η_pol the η of the
   polarization plane (``PolarizationPlaneEtaDeg``; 90 = horizontal plane for a detector whose
   +Y axis is horizontal), f ∈ [−1, 1]. Both equal 1 at 2θ = 0.
 """
@@ -62,7 +62,7 @@ def polarization(
     eta = np.radians(geometry["eta_deg"])
     s2 = np.sin(tth) ** 2
     if model == "midas":
-        return 1.0 - fraction * s2 * np.cos(eta) ** 2
+        return 1.0 - fraction * s2 * np.cos(eta - np.radians(plane_eta_deg)) ** 2
     if model == "kahn":
         return 0.5 * (
             1.0 + np.cos(tth) ** 2 - fraction * np.cos(2 * (eta - np.radians(plane_eta_deg))) * s2

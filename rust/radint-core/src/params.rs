@@ -671,6 +671,16 @@ impl Params {
                 ),
             ));
         }
+        if self.q_bin > 0.0 && self.wavelength_angstrom <= 0.0 {
+            // DetectorMapper silently bins in R then; the user asked for Q.
+            return Err(self.invalid(
+                "QBinSize",
+                format!(
+                    "Q bins need the wavelength: Wavelength (Å) must be > 0, got {}",
+                    self.wavelength_angstrom
+                ),
+            ));
+        }
         match self.radial_mode() {
             RadialMode::Radius => {
                 if self.r_bin_px <= 0.0 {
