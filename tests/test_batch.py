@@ -554,3 +554,35 @@ def test_nexus_output_refused_before_hdf5_meets_a_full_disk(tmp_path, small_conf
     assert not outcome.ok
     assert outcome.error == f"{data}: no space left on device while writing its outputs in {out}"
     assert [p.name for p in out.iterdir()] == [".radint-cache"]
+
+
+def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
+    """GE / raw darks take NrPixelsY × NrPixelsZ as the data do; a dark of another shape fails
+    once, naming the dark file, before any data file is read."""
+    d, files, params = series
+    rows, cols = small_config.shape
+    ge = d / "dark_00001.ge2"
+    ge.write_bytes(b"\0" * 8192 + np.full((2, rows, cols), 7, "<u2").tobytes())
+    raw = d / "dark.raw"
+    np.full((rows, cols), 7, "<u2").tofile(raw)
+    want = main(["integrate", str(params), str(files[0]), "-o", str(d / "nodark"), "-q"])
+    assert want == 0
+    for dark, extra in ((ge, []), (raw, ["--raw-dtype", "uint16"])):
+        out = d / f"with_{dark.suffix[1:]}"
+        assert main(["batch", str(params), str(files[0]), "--dark", str(dark), "-o", str(out),
+                     "-q", *extra]) == 0  # fmt: skip
+        with h5py.File(out / f"{files[0].stem}.h5") as f, \
+                h5py.File(d / "nodark" / f"{files[0].stem}.h5") as g:  # fmt: skip
+            lineout, plain = f["entry/azint1d/data/I"][0], g["entry/azint1d/data/I"][0]
+            ok = np.isfinite(plain)
+            np.testing.assert_allclose(lineout[ok], plain[ok] - 7, rtol=1e-9)
+    capsys.readouterr()
+    assert main(["integrate", str(params), str(files[0]), "--dark", str(raw), "-o", str(d)]) == 2
+    assert "a raw dark needs its pixel type" in capsys.readouterr().err
+    small = d / "small_dark.tif"
+    tifffile.imwrite(small, np.zeros((rows // 2, cols), np.uint16))
+    rc = main(["batch", str(params), str(files[0]), str(files[1]), "--dark", str(small),
+               "-o", str(d / "bad")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("small_dark.tif") == 1
+    assert f"expected {(rows, cols)}" in err and not (d / "bad").exists()

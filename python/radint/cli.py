@@ -70,6 +70,22 @@ def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str
     return str(path)
 
 
+def _read_dark(
+    path: str | None, dataset: str | None, config: IntegrationConfig, raw_dtype: str | None
+) -> np.ndarray | None:
+    """The mean dark of ``path`` (None without one), read as the data are: GE and raw darks at
+    the detector's shape (raw ones in ``--raw-dtype``), every other format checked against
+    it, so a wrong dark fails once, naming its file, before any data file is read."""
+    from radint.io import read_dark
+
+    if not path:
+        return None
+    raw = Path(path).suffix.lower() in (".raw", ".bin")
+    if raw and raw_dtype is None:
+        raise RadintError(f"{path}: a raw dark needs its pixel type: --raw-dtype, e.g. uint16")
+    return read_dark(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None)
+
+
 #: Geometry keys MIDAS needs (spec §1.2): their defaults describe no real detector.
 _GEOMETRY_KEYS = (("Lsd",), ("BC",), ("px", "pxY"), ("Wavelength",))
 
@@ -204,7 +220,6 @@ def cmd_integrate(args: argparse.Namespace) -> int:
 
     from radint.batch import check_outputs, process_file
     from radint.integrator import Integrator
-    from radint.io import read_dark
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
@@ -215,7 +230,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     check_outputs(paths, out_dir, formats)
     out_dir.mkdir(parents=True, exist_ok=True)
     dark_path = _dark_path(args.dark, config, args.params)
-    dark = read_dark(dark_path, dataset=args.dark_dataset) if dark_path else None
+    dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
@@ -253,7 +268,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     )
 
     from radint.batch import midas_file_series, run_batch
-    from radint.io import read_dark
 
     if args.paramFN and args.params:
         # With -paramFN, the first positional is data, not a parameter file.
@@ -274,7 +288,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         formats.append("mat")
     out_dir = Path(args.resultFolder or args.output)
     dark_path = _dark_path(args.darkFN, config, params)
-    dark = read_dark(dark_path, dataset=args.darkLoc) if dark_path else None
+    dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
