@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -61,14 +63,16 @@ def test_views_are_zero_copy(small_config):
     assert type(v1.base).__name__ == "MapCore"
 
 
-def test_mask_and_imtransopt(small_config, tmp_path):
+def test_mask_and_imtransopt(small_config, tmp_path, caplog):
     import tifffile
 
     mask = np.zeros(small_config.shape, np.uint8)
     mask[10:20, 30:40] = 1
     mask[50, 50] = 255  # only value 1 masks (MIDAS)
     tifffile.imwrite(tmp_path / "m.tif", mask)
-    m = DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "m.tif")))
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        m = DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "m.tif")))
+    assert "masks the 100 pixels holding 1" in caplog.text and "(255) are not masked" in caplog.text
     masked = set(np.flatnonzero(mask.ravel() == 1))
     assert not masked & set(m.pixel.tolist())
     assert 50 * 120 + 50 in set(m.pixel.tolist())
@@ -76,6 +80,13 @@ def test_mask_and_imtransopt(small_config, tmp_path):
     with pytest.raises(ShapeError, match=r"MaskFile shape must be \(100, 120\)"):
         tifffile.imwrite(tmp_path / "bad.tif", mask[:, :60])
         DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "bad.tif")))
+    (tmp_path / "junk.edf").write_bytes(b"not an image")
+    with pytest.raises(MapFormatError, match=r"MaskFile .*junk.edf: cannot be read as an image"):
+        DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "junk.edf")))
+    fabio = pytest.importorskip("fabio")
+    fabio.edfimage.EdfImage(data=mask.astype(np.int8)).write(str(tmp_path / "m.edf"))
+    from_edf = DetectorMap.build(small_config.replace(mask_file=str(tmp_path / "m.edf")))
+    np.testing.assert_array_equal(from_edf.pixel, m.pixel)
 
     # A left-right flipped detector (ImTransOpt 1) maps raw pixel (z, y) where the plain map
     # has (z, NY-1-y).
