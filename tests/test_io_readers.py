@@ -441,3 +441,43 @@ def test_tiff_pages_unlike_the_first(tmp_path: Path) -> None:
         r"type of page 0, cannot hold",
     ):
         stacks(wraps)
+
+
+def test_tiff_codec_missing_and_no_first_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An LZW page without imagecodecs names the codec and how to install it (not
+    "truncated"); a file cut short before its first page (Pillow writes it last) says so,
+    and tifffile's own log record of it is not printed besides radint's error."""
+    image_module = pytest.importorskip("PIL.Image")
+
+    decompressors = tifffile.TIFF.DECOMPRESSORS
+
+    class WithoutImagecodecs:
+        """tifffile's codec table as it is when imagecodecs is not installed."""
+
+        def __getitem__(self, key: int) -> object:
+            if key == 5:
+                raise KeyError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+            return decompressors[key]
+
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", WithoutImagecodecs())
+    lzw = tmp_path / "lzw.tif"
+    image_module.fromarray(STACK[0]).save(lzw, compression="tiff_lzw")
+    with pytest.raises(
+        ReaderError,
+        match=r"lzw\.tif: page 0 is compressed with LZW, which needs the imagecodecs package: "
+        r"pip install imagecodecs \(or pip install 'radint\[formats\]'\)",
+    ):
+        frames_of(lzw)
+
+    cut = tmp_path / "cut.tif"
+    blob = lzw.read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(
+        ReaderError,
+        match=rf"cut\.tif: TIFF file without a readable first page \(truncated\? the header "
+        rf"puts it at byte \d+, file has {len(blob) // 2} bytes\)",
+    ):
+        frames_of(cut)
+    assert not [r for r in caplog.records if r.name == "tifffile"]

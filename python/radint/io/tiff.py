@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +110,57 @@ def plain_image(path: Path) -> tuple[int, np.dtype, tuple[int, int]] | None:
     return offsets[0], dtype, (length, width)
 
 
+class _QuietWhileOpening(logging.Filter):
+    """Drops the records of tifffile's logger on a thread while radint opens a TIFF file there.
+
+    Why: what tifffile logs then ("invalid offset to first page", a next page beyond the end)
+    radint reports itself as a ReaderError naming the file; printed as well, through radint's
+    log handler, it read as a second radint message. Other threads' records pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self._local, "opening", False)
+
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[None]:
+        """The block in which this thread's tifffile records are dropped."""
+        self._local.opening = True
+        try:
+            yield
+        finally:
+            self._local.opening = False
+
+
+_QUIET = _QuietWhileOpening()
+logging.getLogger("tifffile").addFilter(_QUIET)
+
+
+def missing_codec(page: tifffile.TiffPage) -> str | None:
+    """Why tifffile cannot decode ``page`` when its compression or predictor lacks a codec,
+    e.g. "compressed with LZW, which needs the imagecodecs package: ..."; None otherwise."""
+    for what, key, codecs in (
+        ("compressed with", page.compression, tifffile.TIFF.DECOMPRESSORS),
+        ("stored with the predictor", page.predictor, tifffile.TIFF.UNPREDICTORS),
+    ):
+        if key == 1:  # none
+            continue
+        try:
+            codecs[key]
+        except KeyError as exc:
+            name = getattr(key, "name", key)
+            if "imagecodecs" in str(exc):
+                return (
+                    f"{what} {name}, which needs the imagecodecs package: pip install imagecodecs "
+                    "(or pip install 'radint[formats]')"
+                )
+            return f"{what} {name}, which tifffile cannot decode ({str(exc).strip(chr(39))})"
+    return None
+
+
 class TiffSource(FrameSource):
     """Pages of a TIFF file as frames; each page must be one 2-D image of the first frame's
     shape. Reduced-resolution pages (thumbnails, previews) are not frames. A single-page file
@@ -123,7 +178,8 @@ class TiffSource(FrameSource):
             return
         tif = self._tif  # ReaderError when even the first page is unreadable
         try:
-            n_pages = len(tif.pages)
+            with _QUIET.opening():  # a truncated chain of pages is reported by _frame_pages
+                n_pages = len(tif.pages)
         except (tifffile.TiffFileError, ValueError, OSError) as exc:
             raise ReaderError(f"{path}: not a readable TIFF file ({exc})") from exc
         self._size = path.stat().st_size
@@ -153,11 +209,27 @@ class TiffSource(FrameSource):
     def _tif(self) -> tifffile.TiffFile:
         """The file opened by tifffile (on first use for a plain single-page file)."""
         if self._tif_file is None:
-            try:
-                self._tif_file = tifffile.TiffFile(self.path)
-                self._tif_file.pages.first  # noqa: B018 - parses page 0: errors surface here
-            except (tifffile.TiffFileError, ValueError, OSError) as exc:
-                raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
+            with _QUIET.opening():
+                try:
+                    tif = tifffile.TiffFile(self.path)
+                except (tifffile.TiffFileError, ValueError, OSError) as exc:
+                    raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
+                try:
+                    tif.pages.first  # noqa: B018 - parses page 0: errors surface here
+                except IndexError as exc:  # tifffile found no page where the header points
+                    fmt, fh = tif.tiff, tif.filehandle
+                    fh.seek(4 if fmt.offsetsize == 4 else 8)  # BigTIFF: 8-byte offset at 8
+                    (first,) = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))
+                    tif.close()
+                    raise ReaderError(
+                        f"{self.path}: TIFF file without a readable first page (truncated? the "
+                        f"header puts it at byte {first}, file has {self.path.stat().st_size} "
+                        "bytes)"
+                    ) from exc
+                except (tifffile.TiffFileError, ValueError, OSError) as exc:
+                    tif.close()
+                    raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
+            self._tif_file = tif
         return self._tif_file
 
     def _frame_pages(self, n_pages: int) -> list[int]:
@@ -261,6 +333,9 @@ class TiffSource(FrameSource):
         try:
             return page.asarray(out=out)
         except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+            codec = missing_codec(page)
+            if codec is not None:
+                raise ReaderError(f"{self.path}: page {number} is {codec}") from exc
             raise ReaderError(
                 f"{self.path}: page {number} is truncated or corrupt ({exc})"
             ) from exc
