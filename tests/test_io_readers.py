@@ -481,3 +481,52 @@ def test_tiff_codec_missing_and_no_first_page(
     ):
         frames_of(cut)
     assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def test_hdf5_frames_never_written_are_errors(tmp_path: Path) -> None:
+    """A chunked dataset pre-allocated for more frames than a (killed) writer stored reads the
+    rest as fill values: the frames with a chunk never written are named, whatever the chunk
+    layout; a contiguous dataset cannot tell and reads as before."""
+    path = tmp_path / "killed.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "exchange/data",
+            shape=(4, 12, 9),
+            dtype=np.uint16,
+            chunks=(1, 12, 9),
+            compression="gzip",
+        )
+        ds[:2] = STACK[:2]
+        tiles = f.create_dataset("tiles", shape=(6, 12, 9), dtype=np.uint16, chunks=(2, 6, 9))
+        tiles[:2] = STACK[:2]
+        tiles[2, :6] = STACK[2, :6]  # frames 2-3 share chunks: only their upper half written
+        tiles[4:] = STACK[2:]
+        f.create_dataset("empty", shape=(3, 12, 9), dtype=np.uint16, chunks=(1, 12, 9), fillvalue=7)
+        f.create_dataset("contiguous", shape=(3, 12, 9), dtype=np.uint16)[0] = STACK[0]
+        f.create_dataset("frame", shape=(12, 9), dtype=np.uint16, chunks=(6, 9))[:6] = 1
+    with pytest.raises(
+        ReaderError,
+        match=r"killed\.h5:exchange/data: frames 2\.\.3 of 4 never written: their chunks are not "
+        r"allocated in .*killed\.h5 \(the writer stopped early\?\)",
+    ):
+        frames_of(path)
+    with pytest.raises(ReaderError, match=r"killed\.h5:tiles: frames 2\.\.3 of 6 never written"):
+        frames_of(path, dataset="tiles")
+    with pytest.raises(ReaderError, match=r"killed\.h5:empty: frames 0\.\.2 of 3 never written"):
+        frames_of(path, dataset="empty")
+    with pytest.raises(ReaderError, match=r"killed\.h5:frame: frame 0 of 1 never written"):
+        frames_of(path, dataset="frame")
+    assert frames_of(path, dataset="contiguous").shape == (3, 12, 9)
+
+    # In a Dectris master file, the frame numbers run on across the data files.
+    master = write_dectris_master(tmp_path)
+    with h5py.File(tmp_path / "scan_data_000002.h5", "w") as f:
+        ds = f.create_dataset(
+            "entry/data/data", shape=(2, 12, 9), dtype=np.uint16, chunks=(1, 12, 9)
+        )
+        ds[0] = STACK[2]
+    with pytest.raises(
+        ReaderError,
+        match=r"scan_master\.h5:entry/data: frame 3 of 4 never written.*scan_data_000002",
+    ):
+        frames_of(master)

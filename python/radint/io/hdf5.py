@@ -10,7 +10,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -67,6 +69,44 @@ def dectris_members(obj: object) -> list[str]:
         return []
     numbered = sorted((int(m[1]), m[0]) for name in obj if (m := _DECTRIS_MEMBER.fullmatch(name)))
     return [name for _, name in numbered]
+
+
+def unwritten_frames(ds: h5py.Dataset) -> list[int]:
+    """Frames of a chunked 2-D frame or 3-D stack (leading axes of length 1 allowed) that touch
+    a chunk never written: HDF5 reads those as the fill value, e.g. the frames a killed writer
+    pre-allocated but never stored. Contiguous datasets cannot tell and give [].
+
+    Cheap for complete datasets (one count of the allocated chunks); only when chunks are
+    missing is each allocated chunk's position looked up.
+    """
+    if ds.chunks is None or ds.size == 0:
+        return []
+    grid = [-(-n // c) for n, c in zip(ds.shape, ds.chunks)]
+    n_written = ds.id.get_num_chunks()
+    if n_written >= math.prod(grid):
+        return []
+    if ds.ndim < 3:
+        return [0]
+    axis = ds.ndim - 3
+    per_row = math.prod(grid) // grid[axis]  # chunks in each row of chunks along the frames
+    step = ds.chunks[axis]
+    written: Counter[int] = Counter()
+    if hasattr(ds.id, "chunk_iter"):  # one pass over the chunk index (HDF5 >= 1.12.3)
+        ds.id.chunk_iter(lambda info: written.update((info.chunk_offset[axis],)))
+    else:  # get_chunk_info(i) walks the index from its start: slower
+        written.update(ds.id.get_chunk_info(i).chunk_offset[axis] for i in range(n_written))
+    return [f for f in range(ds.shape[axis]) if written[f - f % step] < per_row]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[2, 3, 4, 7]`` as ``"2..4, 7"``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in runs)
 
 
 #: Filters HDF5 itself provides (deflate, shuffle, fletcher32, szip, n-bit, scale-offset, LZF).
@@ -142,11 +182,26 @@ class Hdf5Source(FrameSource):
         #: First frame of each dataset (frames are numbered on across the data files).
         self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
         self.n_frames = self._starts[-1]
+        self._check_written()
         if any(set(_filter_ids(ds)) - _BUILTIN for ds in self._parts):
             # hdf5plugin registers the Eiger/Dectris filters (bitshuffle, LZ4, Blosc...) with
             # h5py on import; imported only when needed, as it costs ~0.2 s.
             with contextlib.suppress(ImportError):
                 import hdf5plugin  # noqa: F401
+
+    def _check_written(self) -> None:
+        """ReaderError naming the frames whose chunks were never written (a killed writer's
+        pre-allocated frames), which would be integrated as fill values."""
+        missing = {k: unwritten_frames(ds) for k, ds in enumerate(self._parts)}
+        frames = [self._starts[k] + i for k, local in missing.items() for i in local]
+        if not frames:
+            return
+        files = sorted({self._parts[k].file.filename for k, local in missing.items() if local})
+        raise ReaderError(
+            f"{self.label}: frame{'s' if len(frames) > 1 else ''} {_ranges(frames)} of "
+            f"{self.n_frames} never written: their chunks are not allocated in "
+            f"{', '.join(files)} (the writer stopped early?), and would read as fill values"
+        )
 
     def _member(self, group: h5py.Group, member: str) -> h5py.Dataset:
         """Dataset ``member`` of a master file's group; ReaderError for a broken link."""
