@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import h5py
+import numpy as np
 
 from radint.cli import main
 from tests.conftest import EXAMPLES
@@ -60,3 +61,32 @@ def test_convert_a_stored_result(tmp_path, capsys):
     np.testing.assert_allclose(xy[: stored.n_r, 1], stored.lineout[0], rtol=1e-6, atol=1e-6)
     assert main(["convert", str(src), "--format", "fit", "-o", str(out)]) == 2  # no peaks stored
     assert "no fitted peaks" in capsys.readouterr().err
+
+
+def test_a_pyfai_poni_file_as_parameters(tmp_path, capsys):
+    """`radint integrate g.poni frames... Key value`: pyFAI geometry, MIDAS binning overrides;
+    the same numbers as the MIDAS parameter file it came from."""
+    from radint import IntegrationConfig
+    from radint.poni import write_poni
+
+    config = IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt").replace(
+        distortion=(0.0,) * 15, mask_file="", r_bin_px=4.0
+    )  # PONI holds neither distortion nor a mask
+    params = tmp_path / "p.txt"
+    params.write_text(config.midas_text())
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    poni = write_poni(config, tmp_path / "g.poni")
+    assert main(["integrate", str(params), data, "-o", str(tmp_path / "m"), "-q"]) == 0
+    rc = main(["integrate", str(poni), data, "RMin", "10", "RMax", "1200", "RBinSize", "4",
+               "EtaBinSize", "5", "-o", str(tmp_path / "p"), "-q"])  # fmt: skip
+    assert rc == 0
+    with h5py.File(tmp_path / "m" / "ceo2_pilatus.h5") as a, \
+            h5py.File(tmp_path / "p" / "ceo2_pilatus.h5") as b:  # fmt: skip
+        ia, ib = a["entry/azint1d/data/I"][0], b["entry/azint1d/data/I"][0]
+    n = min(ia.size, ib.size)
+    np.testing.assert_allclose(ib[:n], ia[:n], rtol=1e-6, equal_nan=True)
+    bare = tmp_path / "bare.poni"
+    bare.write_text("poni_version: 2\nDetector: Detector\nDistance: 0.1\nPoni1: 0.01\n"
+                    "Poni2: 0.01\nPixelSize1: 1e-4\nPixelSize2: 1e-4\n")  # fmt: skip
+    assert main(["integrate", str(bare), data, "-o", str(tmp_path / "x")]) == 2
+    assert "names no detector shape" in capsys.readouterr().err

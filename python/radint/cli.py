@@ -93,6 +93,24 @@ _GEOMETRY_KEYS = (("Lsd",), ("BC",), ("px", "pxY"), ("Wavelength",))
 def _load_config(
     params: str, overrides: list[str], args: argparse.Namespace | None = None
 ) -> IntegrationConfig:
+    if _is_poni(params):
+        # pyFAI geometry: MIDAS binning keys (RMin, RBinSize, EtaBinSize, ...) come as overrides.
+        config = IntegrationConfig.from_poni(params)
+        if not config.n_pixels_y:
+            raise RadintError(
+                f"{params}: the PONI file names no detector shape (Detector_config max_shape); "
+                "give it as overrides: NrPixelsY N NrPixelsZ M"
+            )
+        config = (config.with_overrides(overrides) if overrides else config).validate()
+        log.info(
+            "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
+            "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s",
+            params, config.lsd_um, config.bc_y_px, config.bc_z_px, config.tx_deg, config.ty_deg,
+            config.tz_deg, config.pixel_size_y_um, config.wavelength_angstrom, config.n_pixels_y,
+            config.n_pixels_z,
+            f", ImTransOpt {' '.join(map(str, config.im_trans_opt))}" if config.im_trans_opt else "",
+        )  # fmt: skip
+        return config if args is None else _with_fit_flags(config, args)
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
     for key, value, where, _ in config.unknown:
         if where == "<override>":  # a typo on the command line must not pass unnoticed
@@ -105,6 +123,18 @@ def _load_config(
             ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
         )  # fmt: skip
     return config if args is None else _with_fit_flags(config, args)
+
+
+def _is_poni(path: str) -> bool:
+    """A pyFAI PONI file (by extension, or a ``Poni1:`` line near the top)."""
+    if path.lower().endswith(".poni"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("utf-8", "replace").lower()
+    except OSError:
+        return False
+    return any(line.strip().startswith("poni1:") for line in head.splitlines())
 
 
 def _default_text(config: IntegrationConfig, key: str) -> str:

@@ -460,12 +460,12 @@ _MAP_FIELDS = {
 
 
 def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return str(int(value))
     if isinstance(value, (tuple, list)):
         return " ".join(_format_value(v) for v in value)
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # shortest exact form; numpy scalars repr as np.float64(...)
     return str(value)
 
 

@@ -187,9 +187,9 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     tz = math.degrees(math.atan2(-trs[0, 1], trs[0, 0]))
     tx = math.degrees(math.atan2(-trs[1, 2], trs[2, 2]))
     fields: dict[str, Any] = {
-        "lsd_um": lsd * 1e6,
-        "bc_y_px": y_cen,
-        "bc_z_px": z_cen,
+        "lsd_um": float(lsd * 1e6),
+        "bc_y_px": float(y_cen),
+        "bc_z_px": float(z_cen),
         "tx_deg": tx,
         "ty_deg": ty,
         "tz_deg": tz,
