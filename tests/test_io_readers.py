@@ -530,3 +530,24 @@ def test_hdf5_frames_never_written_are_errors(tmp_path: Path) -> None:
         match=r"scan_master\.h5:entry/data: frame 3 of 4 never written.*scan_data_000002",
     ):
         frames_of(master)
+
+
+def test_directory_that_is_not_a_zarr_store(tmp_path: Path) -> None:
+    """A folder of TIFF files given as frames says it is not a Zarr store and how to pass the
+    files inside, with examples of them."""
+    folder = tmp_path / "tifdir"
+    folder.mkdir()
+    for k in range(4):
+        tifffile.imwrite(folder / f"scan_{k:05d}.tif", STACK[k])
+    (folder / "notes.txt").write_text("beam down at 3 am")
+    with pytest.raises(
+        ReaderError,
+        match=r"tifdir: a directory given as frames, but not a Zarr store \(no \.zarray, \.zgroup, "
+        r"zarr\.json in it\); it holds 5 file\(s\): notes\.txt, scan_00000\.tif, scan_00001\.tif, "
+        r"\.\.\.; to read the files inside, pass them, e\.g\. '.*tifdir/\*\.tif'",
+    ):
+        frames_of(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReaderError, match=r"empty: .*not a Zarr store.*; it holds no files"):
+        frames_of(empty)

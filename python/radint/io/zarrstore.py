@@ -6,6 +6,7 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,41 @@ def _list_arrays(group: zarr.Group) -> list[str]:
     ]
 
 
+#: Files at the top of a Zarr directory store: v2 array, v2 group, v3 node.
+_ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
+
+
+def _check_zarr_directory(path: Path) -> None:
+    """ReaderError for a directory that is not a Zarr store (e.g. a folder of TIFF files),
+    saying how to pass the files inside instead."""
+    if any((path / marker).is_file() for marker in _ZARR_MARKERS):
+        return
+    files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        found = "it holds no files"
+    else:
+        suffixes = Counter(Path(name).suffix for name in files)
+        suffix = suffixes.most_common(1)[0][0]
+        examples = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        pattern = f"{path}/*{suffix}" if suffix else f"{path}/*"
+        found = (
+            f"it holds {len(files)} file(s): {examples}; to read the files inside, pass them, "
+            f"e.g. '{pattern}'"
+        )
+    raise ReaderError(
+        f"{path}: a directory given as frames, but not a Zarr store (no "
+        f"{', '.join(_ZARR_MARKERS)} in it); {found}"
+    )
+
+
 class ZarrSource(FrameSource):
     """Frames of one Zarr array (v2 or v3; directory or zip)."""
 
     def __init__(self, path: Path, dataset: str | None = None) -> None:
         super().__init__(path)
         self._store: ZipStore | None = None
+        if path.is_dir():
+            _check_zarr_directory(path)
         try:
             if path.is_dir():
                 root = zarr.open(str(path), mode="r")
