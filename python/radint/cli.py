@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +198,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    _, overrides = _split_overrides(args.overrides)
+    data, overrides = _split_overrides(args.overrides)
     config = _load_config(args.params, overrides)
     console = Console()
     table = Table(title=f"radint configuration: {config.source}")
@@ -231,7 +232,38 @@ def cmd_info(args: argparse.Namespace) -> int:
         stats["build_seconds"] = round(time.perf_counter() - t0, 3)
         for k, v in stats.items():
             console.print(f"map.{k}: {v}")
-    return 0
+    return _describe_data(console, config, data, args.dataset, args.raw_dtype)
+
+
+def _describe_data(
+    console: Any, config: IntegrationConfig, paths: list[str], dataset: str | None,
+    raw_dtype: str | None,
+) -> int:  # fmt: skip
+    """One line per data file: format, frames, frame shape and pixel type, and whether the
+    parameters' detector shape fits; 1 when a file cannot be read or does not fit."""
+    from radint.io import open_frames
+    from radint.io.errors import ReaderError
+
+    bad = 0
+    for path in paths:
+        raw = Path(path).suffix.lower() in (".raw", ".bin")
+        try:
+            with open_frames(path, dataset=dataset, shape=config.shape,
+                             dtype=raw_dtype if raw else None) as source:  # fmt: skip
+                shape = tuple(source.frame_shape)
+                fits = shape == config.shape
+                bad += not fits
+                dtype = source.dtype if source.dtype is not None else "per frame"
+                console.print(
+                    f"data {source.label}: {type(source).__name__.removesuffix('Source')}, "
+                    f"{source.n_frames} frame(s) of {shape} {dtype}; "
+                    + ("fits NrPixelsZ x NrPixelsY" if fits else
+                       f"[red]NrPixelsZ x NrPixelsY is {config.shape}[/red]")
+                )  # fmt: skip
+        except (ReaderError, ImportError, OSError) as e:
+            bad += 1
+            console.print(f"[red]data: {e}[/red]")
+    return 1 if bad else 0
 
 
 def _key_matches(midas_key: str, field_name: str) -> bool:
@@ -605,8 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         "info", parents=[common], help="print the parsed configuration and bin/map statistics"
     )
     p.add_argument("params")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument(
+        "overrides", nargs="*", metavar="[DATA...] [Key value ...]",
+        help="data files to describe and check against the parameters, and overrides",
+    )  # fmt: skip
     p.add_argument("--map", action="store_true", help="also build the map and print its statistics")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset of the frames")
+    p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.add_argument("-j", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_info)
 
