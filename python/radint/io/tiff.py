@@ -151,13 +151,13 @@ def missing_codec(page: tifffile.TiffPage) -> str | None:
         try:
             codecs[key]
         except KeyError as exc:
-            name = getattr(key, "name", key)
-            if "imagecodecs" in str(exc):
+            name, why = getattr(key, "name", key), str(exc.args[0] if exc.args else exc)
+            if "imagecodecs" in why:
                 return (
                     f"{what} {name}, which needs the imagecodecs package: pip install imagecodecs "
                     "(or pip install 'radint[formats]')"
                 )
-            return f"{what} {name}, which tifffile cannot decode ({str(exc).strip(chr(39))})"
+            return f"{what} {name}, which tifffile cannot decode ({why})"
     return None
 
 
@@ -181,6 +181,7 @@ class TiffSource(FrameSource):
             with _QUIET.opening():  # a truncated chain of pages is reported by _frame_pages
                 n_pages = len(tif.pages)
         except (tifffile.TiffFileError, ValueError, OSError) as exc:
+            tif.close()
             raise ReaderError(f"{path}: not a readable TIFF file ({exc})") from exc
         self._size = path.stat().st_size
         #: Page number of each frame.
