@@ -15,15 +15,13 @@ def test_map_info_integrate(tmp_path, capsys):
     assert (tmp_path / "Map.bin").stat().st_size > 64
     assert (tmp_path / "maskMap.bin").exists()
     assert main(["info", params, "RBinSize", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "298 radial bins" in out
     data = str(EXAMPLES / "ceo2_pilatus.tif")
-    capsys.readouterr()
     assert main(["info", params, data, "RBinSize", "4"]) == 0
     assert "3 frame(s) of (1679, 1475) uint16; fits" in " ".join(capsys.readouterr().out.split())
     assert main(["info", params, data, "NrPixelsY", "1000"]) == 1
     assert main(["info", params, str(tmp_path / "missing.h5")]) == 1
-    out = capsys.readouterr().out
-    assert "298 radial bins" in out
-    data = str(EXAMPLES / "ceo2_pilatus.tif")
     args = ["integrate", params, data, "RBinSize", "2", "-o", str(tmp_path), "--format", "nexus,xy"]
     assert main(args) == 0
     with h5py.File(tmp_path / "ceo2_pilatus.h5") as f:
