@@ -155,6 +155,12 @@ class Integrator:
                 )
             markers = (self.config.gap_intensity, self.config.bad_px_intensity)
             invalid_values = () if compat else tuple(v for v in markers if v != 0)
+            if invalid_values:
+                log.info(
+                    "pixels holding %s (GapIntensity / BadPxIntensity) are left out; "
+                    "IntegratorZarrOMP ignores these keys, as compat='midas-cpu' does",
+                    " or ".join(f"{v:g}" for v in invalid_values),
+                )
         try:
             self.invalid_values = tuple(float(v) for v in invalid_values)
         except (TypeError, ValueError) as e:
