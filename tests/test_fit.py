@@ -286,10 +286,15 @@ def test_job_with_a_degenerate_peak_converges(name: str) -> None:
     if case["noise"] is not None:
         y = np.random.default_rng(case["noise"]).poisson(y).astype(float)
     t = rfit.fit_peaks(x, y, positions=case["positions"], roi_padding=case["pad"], n_threads=1)
-    assert (t.status_name == "converged").all(), (t.status_name, t.iterations)
+    # The strong peaks converge; a weak one may end as a constrained fit: in weak_under_strong
+    # it widens to its width cap to model the broad hump, and says so (at_bound, NaN row).
+    strong = case["strong"]
+    assert (t.status_name[strong] == "converged").all(), (t.status_name, t.iterations)
+    assert np.isin(t.status_name, ["converged", "at_bound"]).all(), t.status_name
     assert (t.iterations < 300).all(), t.iterations
     rows = t.rows()
-    assert np.isfinite(rows).all()
+    assert np.isfinite(rows[strong]).all()
+    assert np.isfinite(rows[t.status_name == "converged"]).all()
     for k in case["strong"]:
         area, c, fwhm, _ = case["peaks"][k]
         errors = np.array([t.area_err[k], t.center_err[k], t.fwhm_err[k]])
@@ -511,3 +516,19 @@ def test_snip_background_is_below_data() -> None:
     bg = rfit.snip_background(y, 30)
     assert bg.shape == X.shape and (bg <= y + 1e-6).all()
     assert abs(bg[200] - (100 + 0.2 * 200)) < 10
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1e-3, 1.0, 1e3])
+def test_fit_does_not_depend_on_the_unit_of_x(scale):
+    """The width floors follow the axis' bin size, so a peak keeps its area, FWHM and η whether
+    x is in pixels, Å⁻¹ or radians (the floors were absolute: a Gaussian read as η 0.96 and
+    area ×2.65 at 1e-5)."""
+    x = np.arange(400.0) + 0.5
+    y = np.random.default_rng(3).poisson(100 + _pv_area(x, 3e4, 200.3, 4.0, 0.0)).astype(float)
+    ref = rfit.fit_peaks(x, y, positions=[200.0])
+    t = rfit.fit_peaks(x * scale, y * 1.0, positions=[200.0 * scale])
+    assert t.status_name[0] == "converged"
+    np.testing.assert_allclose(t.area[0] / scale, ref.area[0], rtol=1e-5)
+    np.testing.assert_allclose(t.fwhm[0] / scale, ref.fwhm[0], rtol=1e-5)
+    np.testing.assert_allclose(t.center[0] / scale, ref.center[0], rtol=1e-9)
+    np.testing.assert_allclose(t.eta_mix[0], ref.eta_mix[0], atol=1e-6)

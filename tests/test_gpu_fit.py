@@ -205,3 +205,26 @@ def test_integrator_cuda_fit_equals_cpu(small_config):
     np.testing.assert_allclose(
         cuda.peaks.center_two_theta_deg, cpu.peaks.center_two_theta_deg, atol=1e-7
     )
+
+
+def test_fit_harness_matches_rust_on_lineouts_without_a_fit(fit_harness):
+    """no_signal (a frame without counts, a constant lineout, a peak whose area falls to 0),
+    insufficient_data (a NaN gap over a peak's own bin) and at_bound (a peak wider than its
+    ROI pushes the background onto its floor): the kernel decides as the Rust fitter."""
+    rng = np.random.default_rng(9)
+    x = np.arange(400.0)
+    peak = 2e4 * pv(x, 200.3, 4.0, 0.3)
+    gap = rng.poisson(100 + peak).astype(float)
+    gap[195:206] = np.nan
+    wide = rng.poisson(2000 + 3e5 * pv(x, 200.0, 30.0, 0.0)).astype(float)
+    ys = np.stack([np.zeros_like(x), np.full_like(x, 100.0), 50 + 0.2 * x, gap,
+                   wide, rng.poisson(100 + peak)]).astype(float)  # fmt: skip
+    got = harness_fit(fit_harness, x, ys, [200.0], padding=10)
+    ref = fit_peaks(x, ys, positions=[200.0], roi_padding=10)
+    np.testing.assert_array_equal(got["status"], ref.status)
+    assert [ref.status_name[i][0] for i in range(5)] == [
+        "no_signal", "no_signal", "no_signal", "insufficient_data", "at_bound"
+    ]  # fmt: skip
+    assert ref.status_name[5][0] == "converged"
+    np.testing.assert_allclose(got["values"][5], ref.rows()[5], rtol=1e-10)
+    assert np.isnan(got["values"][:5]).all() and np.isnan(ref.rows()[:5]).all()

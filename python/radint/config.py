@@ -354,6 +354,9 @@ class IntegrationConfig:
             elif name in ("gap_intensity", "bad_px_intensity"):
                 if value:  # 0 = unset, as MIDAS reads it
                     items.append((key, value))
+            elif name == "max_n_peaks":
+                if not (self.auto_detect_peaks and self.do_peak_fit):  # else AutoDetectPeaks N
+                    items.append((key, value))
             elif name == "auto_detect_peaks":
                 # "AutoDetectPeaks N" means up to N peaks and switches fitting on (MIDAS).
                 if value and self.do_peak_fit:

@@ -73,8 +73,11 @@ class FitTable:
         docs); NaN where the covariance is singular, the fit failed, or the parameter itself
         ended on a bound (typically ``gam`` on its floor for a Gaussian peak).
     status : ndarray of uint8
-        0 converged, 1 max_iterations, 2 non_finite, 3 out_of_range, 4 insufficient_data,
-        5 too_many_peaks, 255 absent (see :data:`STATUS_NAMES`).
+        0 converged, 1 max_iterations, 2 non_finite, 3 out_of_range, 4 insufficient_data (too
+        few finite points, or the peak's own bin is NaN), 5 too_many_peaks, 6 no_signal (constant
+        data, or the area fell to 0), 7 at_bound (a parameter stopped on a non-physical limit of
+        the starting box: background, area cap, centre, width cap; usually a peak wider than its
+        ROI), 255 absent (see :data:`STATUS_NAMES`).
     status_name : ndarray of str
         ``status`` as names.
     iterations : ndarray of uint32

@@ -382,8 +382,17 @@ fn fit_job(
         })
         .unwrap_or_default();
     let np = n_params(job.peaks.len());
-    if fx.len() <= np {
+    if fx.len() <= np
+        || job
+            .peaks
+            .iter()
+            .any(|p| !y.get(p.index).is_some_and(|v| v.is_finite()))
+    {
+        // A peak whose own bin is NaN (masked gap over its top) cannot be placed or sized.
         return fail_all(FitStatus::InsufficientData);
+    }
+    if fy.iter().all(|&v| v == fy[0]) {
+        return fail_all(FitStatus::NoSignal);
     }
     // Positions on the axis → indices among the finite points (x is increasing).
     let finite_index = |v: f64| fx.partition_point(|&f| f < v);
@@ -414,10 +423,50 @@ fn fit_job(
     };
     let res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;
+    let verdict = bound_verdict(&res.params, &s.lower, &s.upper, job.peaks.len());
     job.peaks
         .iter()
         .enumerate()
-        .map(|(k, p)| (p.slot, peak_row(&res, k, chi2)))
+        .map(|(k, p)| {
+            let fit = match verdict[k] {
+                Some(status) if res.status.is_ok() => PeakFit::failed(status, res.iterations),
+                _ => peak_row(&res, k, chi2),
+            };
+            (p.slot, fit)
+        })
+        .collect()
+}
+
+/// Per peak of a converged job: `NoSignal` where its area collapsed onto 0 (≤ 1e-9 of the area
+/// cap); else `AtBound` where the background, or one of the peak's own parameters, sits on a
+/// limit of the starting box that is not physical (background, area cap, centre, width caps;
+/// area ≥ 0 and the width floors are physical); else None (a result).
+pub(crate) fn bound_verdict(
+    p: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    n_peaks: usize,
+) -> Vec<Option<FitStatus>> {
+    let on_lower = |i: usize| p[i] <= lower[i];
+    let on_upper = |i: usize| p[i] >= upper[i];
+    let background = (0..N_BACKGROUND).any(|i| on_lower(i) || on_upper(i));
+    (0..n_peaks)
+        .map(|k| {
+            let o = n_params(k);
+            if on_lower(o) || p[o] <= 1e-9 * upper[o] {
+                Some(FitStatus::NoSignal)
+            } else if background
+                || on_upper(o)
+                || on_lower(o + 1)
+                || on_upper(o + 1)
+                || on_upper(o + 2)
+                || on_upper(o + 3)
+            {
+                Some(FitStatus::AtBound)
+            } else {
+                None
+            }
+        })
         .collect()
 }
 

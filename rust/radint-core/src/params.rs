@@ -372,6 +372,21 @@ impl Params {
                  DetectorMapper only the first",
                 line.values.len()
             )),
+            "MaxNPeaks" if self.set_at.contains_key("AutoDetectPeaks") => Some(
+                "MaxNPeaks ignored: AutoDetectPeaks N sets the number of peaks (IntegratorZarrOMP \
+                 does not read MaxNPeaks)"
+                    .to_string(),
+            ),
+            "AutoDetectPeaks" if self.set_at.contains_key("MaxNPeaks") => Some(
+                "AutoDetectPeaks N sets the number of peaks, not the earlier MaxNPeaks \
+                 (IntegratorZarrOMP does not read MaxNPeaks)"
+                    .to_string(),
+            ),
+            "DoubletSeparation" => Some(
+                "DoubletSeparation is not used: radint fits overlapping lineout peaks as one job \
+                 and does not do IntegratorZarrOMP's per-eta doublet fits"
+                    .to_string(),
+            ),
             "PanelGapsY" | "PanelGapsZ" => {
                 let count = if line.key == "PanelGapsY" {
                     "NPanelsY"
@@ -553,7 +568,14 @@ impl Params {
                 }
                 self.do_peak_fit = true;
             }
-            "MaxNPeaks" => self.max_n_peaks = line.usize()?,
+            "MaxNPeaks" => {
+                // IntegratorZarrOMP never reads MaxNPeaks (a key of MIDAS's 2-D peak search):
+                // `AutoDetectPeaks N` sets the count, whichever line comes first.
+                let n = line.usize()?;
+                if !self.set_at.contains_key("AutoDetectPeaks") {
+                    self.max_n_peaks = n;
+                }
+            }
             "SNIPIterations" => self.snip_iterations = line.usize()?,
             "DoubletSeparation" => self.doublet_separation = line.f64()?,
             "MultiplePeaks" => self.multiple_peaks = line.flag()?,

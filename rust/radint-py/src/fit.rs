@@ -266,6 +266,8 @@ fn fit_status_names() -> Vec<(u8, &'static str)> {
         FitStatus::OutOfRange,
         FitStatus::InsufficientData,
         FitStatus::TooManyPeaks,
+        FitStatus::NoSignal,
+        FitStatus::AtBound,
     ];
     let mut v: Vec<(u8, &'static str)> = all.iter().map(|s| (s.code(), s.name())).collect();
     v.push((STATUS_ABSENT, "absent"));

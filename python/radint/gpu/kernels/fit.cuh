@@ -48,6 +48,8 @@ typedef unsigned char rf_u8;
 #define RF_OUT_OF_RANGE 3
 #define RF_INSUFFICIENT_DATA 4
 #define RF_TOO_MANY_PEAKS 5
+#define RF_NO_SIGNAL 6
+#define RF_AT_BOUND 7
 #define RF_CPU_FALLBACK 254
 
 #define RF_LN2 0.693147180559945309417232121458176568
@@ -271,8 +273,8 @@ RF_HD void rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double
         start[o + 3] = gam0;
         lower[o] = 0.0;
         lower[o + 1] = c0 - dc;
-        lower[o + 2] = 1e-6;
-        lower[o + 3] = 0.01;
+        lower[o + 2] = 1e-6 * bin * bin;  // roi.rs: width floors in the axis' own unit
+        lower[o + 3] = 0.01 * bin;
         upper[o] = RF_FMAX(2.0 * range * span, 1.0);
         upper[o + 1] = c0 + dc;
         upper[o + 2] = width_cap * width_cap / (8.0 * RF_LN2);
@@ -652,6 +654,14 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         for (rf_u32 i = lo; i <= hi; ++i)
             if (rf_finite(y[i])) fidx[d.n++] = i;
         if (d.n <= np) code = RF_INSUFFICIENT_DATA;
+        // fit.rs fit_job: a peak whose own bin is NaN; constant data hold no peak.
+        for (int k = 0; k < n_peaks && code == RF_CONVERGED; ++k)
+            if (!rf_finite(y[peak_index[k]])) code = RF_INSUFFICIENT_DATA;
+        if (code == RF_CONVERGED) {
+            bool constant = true;
+            for (int i = 1; i < d.n && constant; ++i) constant = y[fidx[i]] == y[fidx[0]];
+            if (constant) code = RF_NO_SIGNAL;
+        }
     }
     int iters = 0;
     double p[RF_MAX_PARAMS], lower[RF_MAX_PARAMS], upper[RF_MAX_PARAMS];
@@ -683,6 +693,19 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         }
         return;
     }
+    // fit.rs bound_verdict: area collapsed onto 0 → no_signal; the background or the peak's own
+    // parameter on a non-physical limit of the starting box → at_bound.
+    rf_u8 verdict[RF_MAX_PEAKS];
+    const bool background =
+        p[0] <= lower[0] || p[0] >= upper[0] || p[1] <= lower[1] || p[1] >= upper[1];
+    for (int k = 0; k < n_peaks; ++k) {
+        const int o = 2 + 4 * k;
+        const bool own = p[o] >= upper[o] || p[o + 1] <= lower[o + 1] || p[o + 1] >= upper[o + 1] ||
+                         p[o + 2] >= upper[o + 2] || p[o + 3] >= upper[o + 3];
+        verdict[k] = (p[o] <= lower[o] || p[o] <= 1e-9 * upper[o]) ? rf_u8(RF_NO_SIGNAL)
+                     : (background || own)                         ? rf_u8(RF_AT_BOUND)
+                                                                   : rf_u8(RF_CONVERGED);
+    }
     const double dof = double(d.n - np > 1 ? d.n - np : 1);
     const double chi2 = w.nrm.cost / dof;
     double var[RF_MAX_PARAMS], cov_sg[RF_MAX_PEAKS];
@@ -692,6 +715,12 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
     for (int k = 0; k < n_peaks; ++k) {
         const rf_u32 s = peak_slot[k];
         const int o = 2 + 4 * k;
+        if (verdict[k] != RF_CONVERGED) {
+            for (int c = 0; c < RF_ROW; ++c) values[s * RF_ROW + c] = errors[s * RF_ROW + c] = nan;
+            status[s] = verdict[k];
+            iterations[s] = rf_u32(iters);
+            continue;
+        }
         const RfTch t = rf_tch_terms(p[o + 2], p[o + 3]);
         double* v = values + s * RF_ROW;
         double* e = errors + s * RF_ROW;

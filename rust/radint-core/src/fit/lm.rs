@@ -60,6 +60,14 @@ pub enum FitStatus {
     InsufficientData = 4,
     /// More peaks merged into one job than the configured maximum.
     TooManyPeaks = 5,
+    /// No peak to fit: the ROI data are constant (e.g. a frame without counts) or the peak's
+    /// area collapsed onto 0, where its centre and widths mean nothing.
+    NoSignal = 6,
+    /// The fit stopped with a parameter on a limit of MIDAS's starting box (background floor or
+    /// ceiling, area cap, centre or width cap; not the physical floors area ≥ 0 and the width
+    /// floors): the numbers and errors are those of a constrained fit, typically of a peak
+    /// wider than its ROI (`FitROIAuto` or more `FitROIPadding`).
+    AtBound = 7,
 }
 
 impl FitStatus {
@@ -80,6 +88,8 @@ impl FitStatus {
             FitStatus::OutOfRange => "out_of_range",
             FitStatus::InsufficientData => "insufficient_data",
             FitStatus::TooManyPeaks => "too_many_peaks",
+            FitStatus::NoSignal => "no_signal",
+            FitStatus::AtBound => "at_bound",
         }
     }
 }

@@ -203,7 +203,9 @@ pub fn initial_guess(x: &[f64], y: &[f64], pks: &[usize], bin: f64) -> Starts {
         let dc = fwhm.max(span / 2.0);
         let o = n_params(k);
         start[o..o + 4].copy_from_slice(&[1.5 * amp * fwhm, c0, sig0, gam0]);
-        lower[o..o + 4].copy_from_slice(&[0.0, c0 - dc, 1e-6, 0.01]);
+        // Width floors in the axis' own unit (sig is (100·x)², gam 100·x): MIDAS's 1e-6 and
+        // 0.01 for 1-unit bins, so an axis in Å⁻¹ or radians is not held above 1e-4 of a unit.
+        lower[o..o + 4].copy_from_slice(&[0.0, c0 - dc, 1e-6 * bin * bin, 0.01 * bin]);
         upper[o..o + 4].copy_from_slice(&[
             (2.0 * range * span).max(1.0),
             c0 + dc,
