@@ -318,10 +318,15 @@ fn fit_bad_input_gives_errors_or_statuses_never_panics() {
         assert_eq!(f.status, FitStatus::OutOfRange);
         assert!(f.values.iter().all(|v| v.is_nan()));
     }
-    // Within 2 bins of the first centre is still kept (MIDAS rule).
-    assert_eq!(
-        fit_curve(&x, &case.y, &[98.5], &opts).unwrap()[0].status,
-        FitStatus::Converged
+    // Within 2 bins of the first centre is still kept (MIDAS rule): fitted, not OutOfRange
+    // (there is no peak there, so the fit says so itself).
+    let edge = fit_curve(&x, &case.y, &[98.5], &opts).unwrap()[0].status;
+    assert!(
+        matches!(
+            edge,
+            FitStatus::Converged | FitStatus::NoSignal | FitStatus::AtBound
+        ),
+        "{edge:?}"
     );
 
     // All-NaN lineout: no data in the ROI.
@@ -645,7 +650,10 @@ fn fit_job_with_a_degenerate_peak_stops_and_keeps_the_strong_peaks() {
         stall_window: 0,
         ..LmOptions::default()
     });
-    for f in &stopped {
+    // The weak peak widens to its width cap to model the broad hump: a constrained fit, which
+    // says so (AtBound, NaN row); the strong peaks converge.
+    assert_eq!(stopped[0].status, FitStatus::AtBound, "{:?}", stopped[0]);
+    for f in &stopped[1..] {
         assert_eq!(f.status, FitStatus::Converged, "{f:?}");
         assert!(f.iterations < 300, "{}", f.iterations);
         assert!(f.values.iter().all(|v| v.is_finite()), "{f:?}");
