@@ -3,6 +3,7 @@ statuses, bad input, fits of real integration results and the MIDAS output layou
 
 from __future__ import annotations
 
+import logging
 import math
 
 import h5py
@@ -532,3 +533,19 @@ def test_fit_does_not_depend_on_the_unit_of_x(scale):
     np.testing.assert_allclose(t.fwhm[0] / scale, ref.fwhm[0], rtol=1e-5)
     np.testing.assert_allclose(t.center[0] / scale, ref.center[0], rtol=1e-9)
     np.testing.assert_allclose(t.eta_mix[0], ref.eta_mix[0], atol=1e-6)
+
+
+def test_peaks_wider_than_their_roi_are_warned_about(caplog):
+    x = np.arange(400.0) + 0.5
+    rng = np.random.default_rng(8)
+    ys = np.stack([rng.poisson(300 + _pv_area(x, 2e5, 200.3, 24.0, 0.0)) for _ in range(6)])
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        t = rfit.fit_peaks(x, ys.astype(float), positions=[200.0], roi_padding=15)
+        rfit.fit_peaks(x, ys.astype(float), positions=[200.0], roi_padding=15)
+    assert (t.status == 0).sum() >= 4 and set(t.status_name.ravel()) <= {"converged", "at_bound"}
+    assert caplog.text.count("wider (FWHM up to") == 1 and "FitROIAuto 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        auto = rfit.fit_peaks(x, ys.astype(float), positions=[200.0], auto_roi=True)
+    assert "wider" not in caplog.text and (auto.status == 0).all()
+    np.testing.assert_allclose(auto.fwhm, 24.0, rtol=0.05)

@@ -266,7 +266,31 @@ def fit_peaks(
             max_peaks_per_job=int(max_peaks_per_job),
             n_threads=n_threads,
         )
-    return FitTable._from_core(d, single)
+    table = FitTable._from_core(d, single)
+    if not auto_roi:
+        _warn_wide_peaks(table, roi_padding * float(np.median(np.diff(xs))))
+    return table
+
+
+#: ROI half-widths already warned about in this process (one warning each, not one per frame).
+_WIDE_WARNED: set[float] = set()
+
+
+def _warn_wide_peaks(table: FitTable, half_width: float) -> None:
+    """Warn once when converged peaks are wider than their fixed ROI's half-width: the
+    background then takes up the peak's tails and area and FWHM come out biased (their errors
+    do not show it), which a FitROIAuto ROI avoids."""
+    ok = table.status == CONVERGED
+    wide = ok & (np.abs(table.fwhm) > half_width)
+    if wide.any() and half_width not in _WIDE_WARNED:
+        _WIDE_WARNED.add(half_width)
+        log.warning(
+            "%d of %d converged peak(s) are wider (FWHM up to %.4g) than their ROI's half-width "
+            "(%.4g: FitROIPadding bins either side): area and FWHM are biased; fit with "
+            "FitROIAuto 1 (auto_roi=True) or a larger FitROIPadding",
+            int(wide.sum()), int(ok.sum()), float(np.nanmax(np.abs(table.fwhm)[wide])),
+            half_width,
+        )  # fmt: skip
 
 
 def _r_from_two_theta_px(result: Result, tth_deg: np.ndarray) -> np.ndarray:
