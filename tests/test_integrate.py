@@ -32,13 +32,25 @@ def test_flat_image_gives_flat_lineout(small_config, small_map):
 
 
 def test_total_intensity_conserved_without_normalize(small_config):
-    cfg = small_config.replace(normalize=False, r_min_px=0, r_max_px=200)
-    m = DetectorMap.build(cfg)
+    """Normalize 0 sums pixel value × overlap. By area (MIDAS), a pixel weighs its area in the
+    tilt-corrected plane (DetectorMap.pixel_areas, ≠ 1 px² when tilted); by fraction (pyFAI),
+    every pixel counts once: Σ cake = Σ pixels, the issue's invariant, here on a detector tilted
+    by 8° whose bins cover it whole."""
+    cfg = small_config.replace(normalize=False, r_min_px=0, r_max_px=400, ty_deg=8.0, tz_deg=-5.0)
     frame = np.random.default_rng(1).uniform(0, 10, cfg.shape)
+    whole = DetectorMap.pixel_areas(cfg)
+    assert whole.min() < 0.99 or whole.max() > 1.01  # the tilt changes pixel areas
+    m = DetectorMap.build(cfg)
+    np.testing.assert_allclose(np.bincount(m.pixel, weights=m.area, minlength=frame.size),
+                               whole, rtol=1e-6)  # fmt: skip
     r = Integrator(cfg, detector_map=m, error_model=None).integrate(frame)
-    covered = np.bincount(m.pixel, weights=m.area, minlength=frame.size)
-    assert np.nansum(r.cake) == pytest.approx((frame.ravel() * covered).sum(), rel=1e-9)
+    assert np.nansum(r.cake) == pytest.approx((frame.ravel() * whole).sum(), rel=1e-6)
     assert np.nansum(r.lineout) == pytest.approx(np.nansum(r.cake), rel=1e-12)
+    counted = Integrator(cfg, error_model=None, pixel_weights="fraction").integrate(frame)
+    assert np.nansum(counted.cake) == pytest.approx(frame.sum(), rel=1e-6)
+    assert np.nansum(counted.area) == pytest.approx(frame.size, rel=1e-6)
+    with pytest.raises(InvalidInputError, match="pixel_weights='fraction'"):
+        Integrator(cfg, compat="midas-cpu", pixel_weights="fraction")
 
 
 def test_poisson_sigma_matches_scatter(small_config, small_map):

@@ -216,6 +216,67 @@ class DetectorMap:
         m.midas_sampling = (Path(directory), used, sampling is not None)
         return m
 
+    @staticmethod
+    def pixel_areas(
+        config: IntegrationConfig, n_threads: int | None = None, cache_dir: str | Path | None = None
+    ) -> np.ndarray:
+        """Each raw pixel's area (px², flat, float64) in the plane where the bins are cut (after
+        tilt, distortion and panel corrections): what its map entries add up to when it lies
+        wholly inside the binned range. 1 on an untilted, undistorted detector.
+
+        Read off a map of the same geometry with one bin holding every pixel whole.
+        """
+        reach = 4.0 * (config.n_pixels_y + config.n_pixels_z + abs(config.bc_y_px)
+                       + abs(config.bc_z_px)) + 16.0  # fmt: skip
+        whole = config.replace(
+            r_min_px=0.0, r_max_px=reach, r_bin_px=reach, eta_min_deg=-180.0,
+            eta_max_deg=180.0, eta_bin_deg=360.0, q_min=0.0, q_max=0.0, q_bin=0.0,
+            tth_min_deg=0.0, tth_max_deg=0.0, tth_bin_deg=0.0, mask_file="",
+            gradient_correction=False,
+        )  # fmt: skip
+        if cache_dir is not None:
+            m = DetectorMap.cached(whole, cache_dir, n_threads=n_threads)
+        else:
+            m = DetectorMap.build(whole, n_threads=n_threads)
+        n = config.n_pixels_y * config.n_pixels_z
+        return np.bincount(m.pixel, weights=m.area, minlength=n)[:n]
+
+    def with_pixel_fractions(
+        self, n_threads: int | None = None, cache_dir: str | Path | None = None
+    ) -> DetectorMap:
+        """This map with each entry's area divided by its pixel's whole area
+        (:meth:`pixel_areas`): every pixel then counts once, split over bins in proportion to
+        its overlap, as in pyFAI. With ``Normalize 0`` a bin's sum is then its share of the
+        pixel values, so totals are conserved on tilted detectors too; areas become pixel
+        equivalents.
+
+        Raises
+        ------
+        MapFormatError
+            For maps whose signal weights are not their areas (MIDAS C maps, gradient
+            correction) or without their configuration.
+        """
+        if self.config is None:
+            raise MapFormatError("with_pixel_fractions needs the map's IntegrationConfig")
+        if self.weight is not None:
+            raise MapFormatError(
+                f"{self.origin}: pixel fractions need a map whose weights are its areas "
+                "(radint's own, without GradientCorrection), not MIDAS C factors or resampling"
+            )
+        whole = self.pixel_areas(self.config, n_threads, cache_dir)
+        per_entry = whole[self.pixel]
+        if not (per_entry > 0).all():
+            raise MapFormatError(
+                f"{self.origin}: {int((per_entry <= 0).sum())} entries belong to pixels of no "
+                "area in the one-bin map"
+            )
+        m = DetectorMap.from_arrays(
+            self.shape, self.r_edges_px, self.eta_edges_deg, self.indptr, self.pixel,
+            self.area / per_entry, self.delta_r, None, self.mask_hit, None, self.config,
+        )  # fmt: skip
+        m.origin = f"{self.origin}, pixel fractions"
+        return m
+
     def with_gradient_correction(self, config: IntegrationConfig | None = None) -> DetectorMap:
         """This map with MIDAS ``GradientCorrection`` applied (spec §5.2): each entry's pixel
         is sampled bilinearly at its centre moved by −δR along the ray from the beam centre,

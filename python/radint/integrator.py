@@ -84,6 +84,13 @@ class Integrator:
         it is negative (then NaN: a sigma is never negative).
     dead_below, hot_above : float, optional
         Raw values below / above these are treated as masked (costs one float copy per frame).
+    pixel_weights : {"area", "fraction"}
+        How a pixel's value is shared among the bins it overlaps: by the overlap's area in the
+        tilt-corrected plane (default, MIDAS: a pixel weighs its area there, 1 px² untilted) or
+        by the fraction of the pixel in each bin (pyFAI: every pixel counts once, so with
+        ``Normalize 0`` totals are conserved on tilted detectors too;
+        :meth:`~radint.detector_map.DetectorMap.with_pixel_fractions`). Not with ``compat``,
+        GradientCorrection or MIDAS C maps, whose weights are MIDAS's.
     invalid_values : "config" or sequence of float
         Raw values that mark gap / bad pixels, left out like masked pixels (e.g. 65535 or
         4294967295 in Eiger frames, −1 and −2 in Pilatus frames; one float copy per frame).
@@ -118,6 +125,7 @@ class Integrator:
         dead_below: float | None = None,
         hot_above: float | None = None,
         invalid_values: Any = "config",
+        pixel_weights: str = "area",
         cache_dir: str | Path | None = None,
         fit: Any = "config",
     ) -> None:
@@ -132,6 +140,15 @@ class Integrator:
         if lineout_mode not in ("area_weighted", "midas_nonzero_mean"):
             raise InvalidInputError(
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
+            )
+        if pixel_weights not in ("area", "fraction"):
+            raise InvalidInputError(
+                f"pixel_weights must be 'area' or 'fraction', got {pixel_weights!r}"
+            )
+        if pixel_weights == "fraction" and (compat or config.gradient_correction):
+            raise InvalidInputError(
+                "pixel_weights='fraction' is radint's pyFAI-like weighting: not with compat "
+                "(MIDAS's rules weigh by area) or GradientCorrection"
             )
         if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1
                                       or not isinstance(n_threads, numbers.Integral)):  # fmt: skip
@@ -186,6 +203,9 @@ class Integrator:
                          detector_map.origin)  # fmt: skip
             else:
                 detector_map = detector_map.with_gradient_correction(config)
+        if pixel_weights == "fraction":
+            detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
+        self.pixel_weights = pixel_weights
         self.map = detector_map
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._axes = self._make_axes()
