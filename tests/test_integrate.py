@@ -48,6 +48,10 @@ def test_total_intensity_conserved_without_normalize(small_config):
     assert np.nansum(r.lineout) == pytest.approx(np.nansum(r.cake), rel=1e-12)
     counted = Integrator(cfg, error_model=None, pixel_weights="fraction").integrate(frame)
     assert np.nansum(counted.cake) == pytest.approx(frame.sum(), rel=1e-6)
+    from_file = cfg.with_overrides(["PixelWeights fraction"])
+    assert "PixelWeights fraction" in from_file.midas_text()
+    again = Integrator(from_file, error_model=None).integrate(frame)
+    np.testing.assert_array_equal(again.cake, counted.cake)
     assert np.nansum(counted.area) == pytest.approx(frame.size, rel=1e-6)
     with pytest.raises(InvalidInputError, match="pixel_weights='fraction'"):
         Integrator(cfg, compat="midas-cpu", pixel_weights="fraction")

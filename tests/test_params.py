@@ -54,6 +54,7 @@ def test_overrides_replace(tmp_path):
         ("NrPixels 10\nBC 3\n", "p.txt:2: BC: expected 2 value(s) (BC y z), got 1"),
         ("NrPixels 10\nImTransOpt 7\n", "p.txt:2: ImTransOpt: expected an image transform"),
         ("NrPixels 10\nQMax 5\nQBinSize 0.01\n", "p.txt:3: QBinSize: Q bins need the wavelength"),
+        ("NrPixels 10\nPixelWeights pyfai\n", "p.txt:2: PixelWeights: expected area or fraction"),
     ],
 )
 def test_errors_name_file_line_key(tmp_path, text, message):

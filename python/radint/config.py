@@ -115,6 +115,8 @@ class IntegrationConfig:
     #: Raw values marking gap / bad pixels (0 = none); left out of the integration.
     gap_intensity: float = 0.0
     bad_px_intensity: float = 0.0
+    #: "area" (MIDAS) or "fraction" (pyFAI): see ``Integrator(pixel_weights=)``.
+    pixel_weights: str = "area"
     #: Keys the parser did not know: (key, value, file, line).
     unknown: tuple[tuple[str, str, str, int], ...] = field(default=(), compare=False)
     #: Where each key was last set: key → (file, line).
@@ -354,6 +356,9 @@ class IntegrationConfig:
             elif name in ("gap_intensity", "bad_px_intensity"):
                 if value:  # 0 = unset, as MIDAS reads it
                     items.append((key, value))
+            elif name == "pixel_weights":
+                if value != "area":  # radint's key: MIDAS files keep their own keys only
+                    items.append((key, value))
             elif name == "max_n_peaks":
                 if not (self.auto_detect_peaks and self.do_peak_fit):  # else AutoDetectPeaks N
                     items.append((key, value))
@@ -448,6 +453,7 @@ _MIDAS_KEYS = {
     "gsas_z": "Z",
     "gap_intensity": "GapIntensity",
     "bad_px_intensity": "BadPxIntensity",
+    "pixel_weights": "PixelWeights",
 }
 
 #: Fields that shape a detector map (and so its cache key).

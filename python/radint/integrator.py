@@ -84,8 +84,9 @@ class Integrator:
         it is negative (then NaN: a sigma is never negative).
     dead_below, hot_above : float, optional
         Raw values below / above these are treated as masked (costs one float copy per frame).
-    pixel_weights : {"area", "fraction"}
-        How a pixel's value is shared among the bins it overlaps: by the overlap's area in the
+    pixel_weights : {"config", "area", "fraction"}
+        ``"config"`` (default): the parameter file's ``PixelWeights`` (``area`` unless set). How
+        a pixel's value is shared among the bins it overlaps: by the overlap's area in the
         tilt-corrected plane (default, MIDAS: a pixel weighs its area there, 1 px² untilted) or
         by the fraction of the pixel in each bin (pyFAI: every pixel counts once, so with
         ``Normalize 0`` totals are conserved on tilted detectors too;
@@ -125,7 +126,7 @@ class Integrator:
         dead_below: float | None = None,
         hot_above: float | None = None,
         invalid_values: Any = "config",
-        pixel_weights: str = "area",
+        pixel_weights: str = "config",
         cache_dir: str | Path | None = None,
         fit: Any = "config",
     ) -> None:
@@ -141,9 +142,11 @@ class Integrator:
             raise InvalidInputError(
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
             )
+        if pixel_weights == "config":
+            pixel_weights = "area" if compat else config.pixel_weights
         if pixel_weights not in ("area", "fraction"):
             raise InvalidInputError(
-                f"pixel_weights must be 'area' or 'fraction', got {pixel_weights!r}"
+                f"pixel_weights must be 'config', 'area' or 'fraction', got {pixel_weights!r}"
             )
         if pixel_weights == "fraction" and (compat or config.gradient_correction):
             raise InvalidInputError(

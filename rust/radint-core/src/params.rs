@@ -121,6 +121,9 @@ pub struct Params {
     /// Raw pixel values marking gap / bad pixels (`GapIntensity`, `BadPxIntensity`); 0 = none,
     /// as in MIDAS's calibrant integrator. IntegratorZarrOMP parses and ignores them.
     pub gap_intensity: f64,
+    /// How a pixel's value is shared among its bins: "area" (MIDAS: overlap area in the
+    /// corrected plane) or "fraction" (pyFAI: the fraction of the pixel in each bin).
+    pub pixel_weights: String,
     pub bad_px_intensity: f64,
     /// Keys radint does not use, in file order.
     pub unknown: Vec<UnknownKey>,
@@ -208,6 +211,7 @@ impl Default for Params {
             gsas_y: 0.0,
             gsas_z: 0.0,
             gap_intensity: 0.0,
+            pixel_weights: "area".to_string(),
             bad_px_intensity: 0.0,
             unknown: Vec::new(),
             midas_notes: Vec::new(),
@@ -589,6 +593,13 @@ impl Params {
             "Y" => self.gsas_y = line.f64()?,
             "Z" => self.gsas_z = line.f64()?,
             "GapIntensity" => self.gap_intensity = line.f64()?,
+            "PixelWeights" => {
+                let value = line.text()?;
+                if value != "area" && value != "fraction" {
+                    return Err(line.err(format!("expected area or fraction, got '{value}'")));
+                }
+                self.pixel_weights = value;
+            }
             "BadPxIntensity" => self.bad_px_intensity = line.f64()?,
             key => {
                 if let Some(index) = distortion_index(key) {
