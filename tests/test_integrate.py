@@ -394,6 +394,17 @@ def test_gap_and_bad_pixel_values_are_left_out(caplog):
     with caplog.at_level(logging.WARNING, logger="radint"):
         Integrator(cfg).integrate(eiger)
     assert "hold 65535, the uint16 maximum" in caplog.text
+    # No warning where they are already left out (a mask) or set and ignored on purpose (compat).
+    caplog.clear()
+    gaps = np.zeros(cfg.shape, bool)
+    gaps[:, 30:33] = True
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        Integrator(cfg, mask=gaps).integrate(eiger)
+        Integrator(cfg.with_overrides(["GapIntensity 65535"]), compat="midas-cpu").integrate(eiger)
+    assert "maximum" not in caplog.text
+    got = Integrator(cfg.with_overrides(["GapIntensity 65535"])).integrate(eiger)
+    want = Integrator(cfg, mask=gaps).integrate(eiger)
+    np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
     with pytest.raises(InvalidInputError, match="invalid_values"):
         Integrator(cfg, invalid_values="all")
 

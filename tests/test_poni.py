@@ -72,14 +72,23 @@ def test_detector_orientation_becomes_image_flips(orientation, tmp_path):
     assert (np.abs(np.radians(d)) * g["r_px"].reshape(cfg.shape)).max() < 1e-3
 
 
-def test_detectors_without_a_known_regular_grid_are_refused(tmp_path):
+def test_detectors_without_a_regular_grid_are_refused(tmp_path):
+    """ImXPad tiles sit at angles (1° of 2θ off if read as a grid): refused with the reason; a
+    PONI 1 file naming another detector with its pixel sizes is read (pyFAI reads it too)."""
     path = tmp_path / "x.poni"
     path.write_text(
-        "poni_version: 2\nDetector: ImXPadS140\nDistance: 0.1\nPoni1: 0.01\nPoni2: 0.01\n"
-        "Rot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+        "poni_version: 2\nDetector: ImXPadS140\n"
+        'Detector_config: {"pixel1": 0.00013, "pixel2": 0.00013, "orientation": 3}\n'
+        "Distance: 0.1\nPoni1: 0.01\nPoni2: 0.01\nRot1: 0\nRot2: 0\nRot3: 0\n"
+        "Wavelength: 1e-10\n"
     )
-    with pytest.raises(Exception, match=r"x.poni:2: Detector 'ImXPadS140'.*plain 'Detector'"):
+    with pytest.raises(Exception, match=r"x.poni:2: Detector 'ImXPadS140': pyFAI places"):
         read_poni(path)
+    v1 = tmp_path / "v1.poni"
+    v1.write_text("PixelSize1: 0.0002\nPixelSize2: 0.0002\nDetector: Perkin\nDistance: 0.5\n"
+                  "Poni1: 0.2\nPoni2: 0.2\nRot1: 0\nRot2: 0\nRot3: 0\n")  # fmt: skip
+    poni = read_poni(v1)
+    assert poni["pixel1"] == pytest.approx(2e-4) and poni["shape"] is None
 
 
 def test_named_detector_takes_pyfai_shape_and_pixel_size(tmp_path):

@@ -103,6 +103,8 @@ def _load_config(
                 "give it as overrides: NrPixelsY N NrPixelsZ M"
             )
         config = (config.with_overrides(overrides) if overrides else config).validate()
+        for key, value, where, _ in config.unknown:
+            log.warning("override %s %s: not a parameter radint knows; ignored", key, value)
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
             "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s",
@@ -456,7 +458,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
             )  # fmt: skip
         Console().print(table)
         print(f"wrote {', '.join(map(str, written))}")
-    return 0 if ok.any() else 1
+    if not ok.any():
+        names = sorted(set(np.asarray(peaks.status_name).ravel().tolist()))
+        print(f"radint: fit: no peak converged ({', '.join(names)})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -264,7 +264,7 @@ class IntegrationConfig:
             file, line = self.set_at.get(key, (self.source, 0))
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
-        if self.pixel_size_z_um != self.pixel_size_y_um:
+        if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
                 f"{self.pixel_size_y_um} µm; the geometry (MIDAS's and radint's) has one pixel "

@@ -371,17 +371,57 @@ class Integrator:
             )
         a = np.ascontiguousarray(a)
         if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
-            a = a.astype(np.float64)
+            bad = np.zeros(a.shape, dtype=bool)
+            for v in self.invalid_values:  # on the stored values, before any conversion
+                bad |= a == v
             if self.dead_below is not None:
-                a[a < self.dead_below] = np.nan
+                bad |= a < self.dead_below
             if self.hot_above is not None:
-                a[a > self.hot_above] = np.nan
-            if self.invalid_values:
-                a[np.isin(a, self.invalid_values)] = np.nan
+                bad |= a > self.hot_above
+            a = a.astype(_exact_float(a, bad))
+            a[bad] = np.nan
         elif not self._markers_checked:
             self._markers_checked = True
-            _warn_marker_values(a, what)
+            self._warn_marker_values(a, what)
         return a
+
+    def _warn_marker_values(self, a: np.ndarray, what: str) -> None:
+        """Warn (once per Integrator, on its first frames) when integer frames hold, in pixels
+        that reach a bin unmasked, the values detectors use to mark gaps and bad pixels."""
+        if a.dtype.kind == "u" and a.dtype.itemsize >= 2:
+            marked = a == np.iinfo(a.dtype).max
+        elif a.dtype.kind == "i":
+            marked = a < 0
+        else:
+            return
+        marked = marked.reshape(-1, marked.shape[-1] * marked.shape[-2]).any(axis=0)
+        if not marked.any():
+            return
+        used = np.zeros(marked.size, dtype=bool)
+        used[self.map.pixel] = True
+        if self._scale is not None:
+            used &= np.isfinite(self._scale)
+        values = np.unique(a.reshape(-1, marked.size)[:, marked & used])
+        configured = {self.config.gap_intensity, self.config.bad_px_intensity} - {0.0}
+        if self.compat and configured & set(values.tolist()):
+            return  # set in the parameters; the compat rules integrate them, as C does
+        n = int((marked & used).sum())
+        if n and a.dtype.kind == "u":
+            top = int(np.iinfo(a.dtype).max)
+            log.warning(
+                "%s: %d pixel(s) hold %d, the %s maximum, which Eiger-type detectors write in "
+                "gaps and bad pixels; they are integrated as counts. To leave them out, add "
+                "'GapIntensity %d' to the parameter file or the command line, or mask them",
+                what, n, top, a.dtype, top,
+            )  # fmt: skip
+        elif n:
+            log.warning(
+                "%s: %d pixel(s) hold negative counts (%s), which Pilatus-type detectors write "
+                "in gaps (-1) and bad pixels (-2); they are integrated as counts. To leave them "
+                "out, add 'GapIntensity -1' and 'BadPxIntensity -2' to the parameter file or the "
+                "command line, or mask them",
+                what, n, ", ".join(str(int(v)) for v in values[:4]),
+            )  # fmt: skip
 
     def _prepare_dark(self, dark: Any) -> np.ndarray | None:
         if dark is None:
@@ -639,27 +679,16 @@ class Integrator:
         return f"Integrator(backend={self.backend!r}, map={self.map!r}, compat={self.compat!r})"
 
 
-def _warn_marker_values(a: np.ndarray, what: str) -> None:
-    """Warn (once per Integrator, on its first frames) when integer frames hold the values
-    detectors use to mark gaps and bad pixels, and nothing leaves them out."""
-    if a.dtype.kind == "u" and a.dtype.itemsize >= 2:
-        top = np.iinfo(a.dtype).max
-        n = int(np.count_nonzero(a == top))
-        if n:
-            log.warning(
-                "%s: %d pixel(s) hold %d, the %s maximum, which Eiger-type detectors write in "
-                "gaps and bad pixels; they are integrated as counts. To leave them out, add "
-                "'GapIntensity %d' to the parameter file or the command line, or mask them",
-                what, n, top, a.dtype, top,
-            )  # fmt: skip
-    elif a.dtype.kind == "i":
-        n = int(np.count_nonzero(a < 0))
-        if n:
-            values = np.unique(a[a < 0])[:4]
-            log.warning(
-                "%s: %d pixel(s) hold negative counts (%s), which Pilatus-type detectors write "
-                "in gaps (-1) and bad pixels (-2); they are integrated as counts. To leave them "
-                "out, add 'GapIntensity -1' and 'BadPxIntensity -2' to the parameter file or the "
-                "command line, or mask them",
-                what, n, ", ".join(str(int(v)) for v in values),
-            )  # fmt: skip
+def _exact_float(a: np.ndarray, bad: np.ndarray) -> type:
+    """float32 where it holds every value ``a`` keeps exactly (integers below 2²⁴ in size, as
+    16-bit detectors' always are: half the bytes of float64 and the faster kernel), else float64."""
+    if a.dtype == np.float32 or (a.dtype.kind in "iub" and a.dtype.itemsize <= 2):
+        return np.float32
+    if a.dtype.kind in "iu":
+        keep = ~bad
+        if not keep.any():
+            return np.float32
+        lo, hi = a.min(where=keep, initial=0), a.max(where=keep, initial=0)
+        if -(2**24) <= int(lo) and int(hi) <= 2**24:
+            return np.float32
+    return np.float64

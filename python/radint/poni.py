@@ -101,15 +101,15 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             )
     if "detector" in values:
         name, line = values["detector"]
-        regular = name.strip().lower() in ("detector", "") or _known_detector_shape(name)
+        key = _detector_key(name)
         if shape is None:
             shape = _known_detector_shape(name)
-        if not regular and shape is None:
+        if key.startswith(_IRREGULAR_DETECTORS):
             raise ParameterError(
-                f"{path}:{line}: Detector '{name}': radint knows the pixel grid of a plain "
-                f"'Detector' with Detector_config (pixel1, pixel2, max_shape) and of "
-                f"{', '.join(sorted(_DETECTOR_SHAPES))}; re-save the geometry from pyFAI with "
-                "a plain Detector of that pixel size and shape"
+                f"{path}:{line}: Detector '{name}': pyFAI places its pixels on an irregular grid "
+                "(tiles at angles, double-size pixels), which a MIDAS geometry of one pixel size "
+                "cannot describe; radint reads plain 'Detector' grids and named detectors of "
+                "equal square pixels"
             )
     if pixel1 is None and "pixelsize1" not in values and "detector" in values:
         # Named detectors carry their pixel size in pyFAI, not in the file.
@@ -149,6 +149,9 @@ _DETECTOR_SHAPES = {
     "eiger1m": (1065, 1030),
 }
 
+
+#: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes).
+_IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau")
 
 #: Their pixel size (m): Pilatus 172 µm, Eiger 75 µm.
 _DETECTOR_PIXEL = {

@@ -1253,6 +1253,9 @@ def read_nexus(path: str | Path) -> Result:
         cake = get(f"{d2}/I")
         conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
         config = IntegrationConfig.from_dict(conf) if conf else None
+        if config is not None and config.q_bin > 0 and config.wavelength_angstrom <= 0:
+            # Written before QBinSize without a wavelength became an error: binned in R then.
+            config = config.replace(q_min=0.0, q_max=0.0, q_bin=0.0)
         area = get(f"{d2}/norm")
         count = get(f"{d2}/count", required=False)
         cake_sigma = get(f"{d2}/I_errors", required=False)
