@@ -103,7 +103,7 @@ def _load_config(
                 "give it as overrides: NrPixelsY N NrPixelsZ M"
             )
         config = (config.with_overrides(overrides) if overrides else config).validate()
-        for key, value, where, _ in config.unknown:
+        for key, value, _, _ in config.unknown:
             log.warning("override %s %s: not a parameter radint knows; ignored", key, value)
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
