@@ -696,3 +696,21 @@ def test_stream_outputs_sorted_and_named_by_the_frame_mapping(tmp_path: Path) ->
     root = zarr.open_group(ZipStore(zip_path, mode="r"), mode="r")
     np.testing.assert_allclose(root["OmegaSumFrame/LastFrameNumber_0"][...], cakes[1] + cakes[0])
     assert root["OmegaSumFrame/LastFrameNumber_3"].attrs["Number Of Frames Summed"] == 2
+
+
+def test_nexus_written_with_q_bins_but_no_wavelength_reads_back(tmp_path: Path) -> None:
+    """Before QBinSize without a Wavelength became an error such runs were binned in R; their
+    stored configuration must still read back (as R bins)."""
+    import json
+
+    res = make_result(n_frames=2)
+    path = write_nexus(res, tmp_path / "old.h5", compression="gzip")
+    key = "entry/azint1d/reduction/input/configuration"
+    with h5py.File(path, "r+") as f:
+        conf = json.loads(f[key][()])
+        conf.update(q_min=0.0, q_max=5.0, q_bin=0.01, wavelength_angstrom=0.0)
+        del f[key]
+        f[key] = json.dumps(conf)
+    back = read_nexus(path)
+    assert back.config is not None and back.config.radial_mode == "r"
+    np.testing.assert_array_equal(back.lineout, res.lineout)
