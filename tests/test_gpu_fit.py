@@ -208,7 +208,7 @@ def test_integrator_cuda_fit_equals_cpu(small_config):
 
 
 def test_fit_harness_matches_rust_on_lineouts_without_a_fit(fit_harness):
-    """no_signal (a frame without counts, a constant lineout, a peak whose area falls to 0),
+    """no_peak (a frame without counts, a constant lineout, a peak whose area falls to 0),
     insufficient_data (a NaN gap over a peak's own bin) and at_bound (a peak wider than its
     ROI pushes the background onto its floor): the kernel decides as the Rust fitter."""
     rng = np.random.default_rng(9)
@@ -223,7 +223,7 @@ def test_fit_harness_matches_rust_on_lineouts_without_a_fit(fit_harness):
     ref = fit_peaks(x, ys, positions=[200.0], roi_padding=10)
     np.testing.assert_array_equal(got["status"], ref.status)
     assert [ref.status_name[i][0] for i in range(5)] == [
-        "no_signal", "no_signal", "no_signal", "insufficient_data", "at_bound"
+        "no_peak", "no_peak", "no_peak", "insufficient_data", "at_bound"
     ]  # fmt: skip
     assert ref.status_name[5][0] == "converged"
     np.testing.assert_allclose(got["values"][5], ref.rows()[5], rtol=1e-10)

@@ -260,6 +260,18 @@ def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
     np.testing.assert_array_equal(rows["frame_id"], [65533, 65534, 65535, 65536, 65537, 65538])
 
 
+def test_a_restarted_stream_keeps_the_previous_runs_files(integrator, tmp_path, caplog):
+    for run in range(2):
+        p, src = start_pipeline(integrator, tmp_path, max_frames=3)
+        send_frames(((frame(i + 10 * run), f"f{i}") for i in range(3)), port=src.port,
+                    mapping_file=None, first_dataset_num=10 * run)  # fmt: skip
+        assert p.wait(30).written == 3
+    kept = list(tmp_path.glob("previous-*/stream.h5"))
+    assert len(kept) == 1 and "moved to" in caplog.text
+    np.testing.assert_array_equal(stream_rows(kept[0])["frame_id"], [0, 1, 2])
+    np.testing.assert_array_equal(stream_rows(tmp_path / "stream.h5")["frame_id"], [10, 11, 12])
+
+
 def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_path):
     """--max-frames 5 against a client that already sent 12 frames: 5 written, and the 7 that
     sat in the socket buffer are read, refused and counted as dropped, not lost unseen."""

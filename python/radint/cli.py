@@ -361,6 +361,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     failed: list[tuple[str, str]] = []
     frames = n_done = 0
     t0 = time.perf_counter()
+    started = time.time() - 1.0  # file times may be rounded down to the second
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
@@ -398,7 +399,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raw_dtype=args.raw_dtype,
             )  # fmt: skip
         except KeyboardInterrupt:
-            summary(f" (interrupted; {len(paths) - n_done} not done)")
+            from radint.batch import finished_since
+
+            # Files the pipeline finished may not have been reported before the interrupt.
+            finished = finished_since(paths, out_dir, formats, names, started)
+            n_done = max(n_done, len(finished) + len(failed))
+            summary(f" (interrupted; {len(paths) - n_done} not done: run again with "
+                    "--skip-existing to finish them)")  # fmt: skip
             raise
     summary("")
     for _path, why in failed:

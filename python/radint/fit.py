@@ -74,7 +74,7 @@ class FitTable:
         ended on a bound (typically ``gam`` on its floor for a Gaussian peak).
     status : ndarray of uint8
         0 converged, 1 max_iterations, 2 non_finite, 3 out_of_range, 4 insufficient_data (too
-        few finite points, or the peak's own bin is NaN), 5 too_many_peaks, 6 no_signal (constant
+        few finite points, or the peak's own bin is NaN), 5 too_many_peaks, 6 no_peak (constant
         data, or the area fell to 0), 7 at_bound (a parameter stopped on a non-physical limit of
         the starting box: background, area cap, centre, width cap; usually a peak wider than its
         ROI), 255 absent (see :data:`STATUS_NAMES`).

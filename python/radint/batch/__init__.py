@@ -116,6 +116,32 @@ def output_stem(path: str | Path, name: str | None = None) -> str:
     return name or Path(path).name.split(".")[0]
 
 
+def finished_since(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    formats: Sequence[str],
+    names: Sequence[str | None] | None,
+    since: float,
+) -> list[str]:
+    """Inputs whose outputs are all complete and were written at or after ``since`` (a
+    ``time.time()``): after an interrupt, what the run finished, including files whose
+    outcome had not been reported yet."""
+    from radint.io.write import FORMATS, expand_formats
+
+    wanted = expand_formats(formats)
+    names = list(names) if names else [None] * len(paths)
+    done = []
+    for path, name in zip(paths, names, strict=True):
+        stem = output_stem(path, name)
+        outputs = [Path(out_dir) / (stem + FORMATS[f][0]) for f in wanted]
+        try:
+            if outputs and all(_complete(o) and o.stat().st_mtime >= since for o in outputs):
+                done.append(str(path))
+        except OSError:
+            continue
+    return done
+
+
 def check_outputs(
     paths: Sequence[str | Path],
     out_dir: str | Path,

@@ -471,6 +471,7 @@ class Pipeline:
     # ------------------------------------------------------------------ control
     def start(self) -> None:
         """Start the sources and the worker threads (returns at once)."""
+        self._keep_previous_run()
         self._t0 = time.monotonic()
         self._last_frame = self._t0
         for target, name in ((self._integrate_loop, "integrate"), (self._write_loop, "write")):
@@ -543,6 +544,31 @@ class Pipeline:
             "queue": self.frames.qsize(),
             "write_queue": self.results.qsize(),
         }
+
+    def _keep_previous_run(self) -> None:
+        """Move a previous run's files out of the way into ``DIR/previous-<time>/`` (a
+        restarted stream must not overwrite what the last one recorded)."""
+        from radint.io.midas import STREAM_BINARIES
+
+        names = ["stream.h5", *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
+                 "integrator_output.zarr.zip"]  # fmt: skip
+        found = [self.output_dir / n for n in dict.fromkeys(names)]
+        found = [p for p in found if p.exists()]
+        if not found:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(found[0].stat().st_mtime))
+        keep = self.output_dir / f"previous-{stamp}"
+        k = 1
+        while keep.exists():
+            k += 1
+            keep = self.output_dir / f"previous-{stamp}-{k}"
+        keep.mkdir()
+        for p in found:
+            p.rename(keep / p.name)
+        log.warning(
+            "stream: %s already held a run's files (%s); moved to %s", self.output_dir,
+            ", ".join(p.name for p in found), keep,
+        )  # fmt: skip
 
     def run(self, status: str = "auto") -> Summary:
         """Start, show a status line until drained, return the summary.

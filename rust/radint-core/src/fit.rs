@@ -392,7 +392,7 @@ fn fit_job(
         return fail_all(FitStatus::InsufficientData);
     }
     if fy.iter().all(|&v| v == fy[0]) {
-        return fail_all(FitStatus::NoSignal);
+        return fail_all(FitStatus::NoPeak);
     }
     // Positions on the axis → indices among the finite points (x is increasing).
     let finite_index = |v: f64| fx.partition_point(|&f| f < v);
@@ -437,7 +437,7 @@ fn fit_job(
         .collect()
 }
 
-/// Per peak of a converged job: `NoSignal` where its area collapsed onto 0 (≤ 1e-9 of the area
+/// Per peak of a converged job: `NoPeak` where its area collapsed onto 0 (≤ 1e-9 of the area
 /// cap); else `AtBound` where the background, or one of the peak's own parameters, sits on a
 /// limit of the starting box that is not physical (background, area cap, centre, width caps;
 /// area ≥ 0 and the width floors are physical); else None (a result).
@@ -454,7 +454,7 @@ pub(crate) fn bound_verdict(
         .map(|k| {
             let o = n_params(k);
             if on_lower(o) || p[o] <= 1e-9 * upper[o] {
-                Some(FitStatus::NoSignal)
+                Some(FitStatus::NoPeak)
             } else if background
                 || on_upper(o)
                 || on_lower(o + 1)

@@ -324,7 +324,7 @@ fn fit_bad_input_gives_errors_or_statuses_never_panics() {
     assert!(
         matches!(
             edge,
-            FitStatus::Converged | FitStatus::NoSignal | FitStatus::AtBound
+            FitStatus::Converged | FitStatus::NoPeak | FitStatus::AtBound
         ),
         "{edge:?}"
     );

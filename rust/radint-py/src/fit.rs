@@ -266,7 +266,7 @@ fn fit_status_names() -> Vec<(u8, &'static str)> {
         FitStatus::OutOfRange,
         FitStatus::InsufficientData,
         FitStatus::TooManyPeaks,
-        FitStatus::NoSignal,
+        FitStatus::NoPeak,
         FitStatus::AtBound,
     ];
     let mut v: Vec<(u8, &'static str)> = all.iter().map(|s| (s.code(), s.name())).collect();

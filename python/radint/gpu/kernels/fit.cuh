@@ -48,7 +48,7 @@ typedef unsigned char rf_u8;
 #define RF_OUT_OF_RANGE 3
 #define RF_INSUFFICIENT_DATA 4
 #define RF_TOO_MANY_PEAKS 5
-#define RF_NO_SIGNAL 6
+#define RF_NO_PEAK 6
 #define RF_AT_BOUND 7
 #define RF_CPU_FALLBACK 254
 
@@ -660,7 +660,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         if (code == RF_CONVERGED) {
             bool constant = true;
             for (int i = 1; i < d.n && constant; ++i) constant = y[fidx[i]] == y[fidx[0]];
-            if (constant) code = RF_NO_SIGNAL;
+            if (constant) code = RF_NO_PEAK;
         }
     }
     int iters = 0;
@@ -693,7 +693,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         }
         return;
     }
-    // fit.rs bound_verdict: area collapsed onto 0 → no_signal; the background or the peak's own
+    // fit.rs bound_verdict: area collapsed onto 0 → no_peak; the background or the peak's own
     // parameter on a non-physical limit of the starting box → at_bound.
     rf_u8 verdict[RF_MAX_PEAKS];
     const bool background =
@@ -702,7 +702,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         const int o = 2 + 4 * k;
         const bool own = p[o] >= upper[o] || p[o + 1] <= lower[o + 1] || p[o + 1] >= upper[o + 1] ||
                          p[o + 2] >= upper[o + 2] || p[o + 3] >= upper[o + 3];
-        verdict[k] = (p[o] <= lower[o] || p[o] <= 1e-9 * upper[o]) ? rf_u8(RF_NO_SIGNAL)
+        verdict[k] = (p[o] <= lower[o] || p[o] <= 1e-9 * upper[o]) ? rf_u8(RF_NO_PEAK)
                      : (background || own)                         ? rf_u8(RF_AT_BOUND)
                                                                    : rf_u8(RF_CONVERGED);
     }

@@ -62,7 +62,7 @@ pub enum FitStatus {
     TooManyPeaks = 5,
     /// No peak to fit: the ROI data are constant (e.g. a frame without counts) or the peak's
     /// area collapsed onto 0, where its centre and widths mean nothing.
-    NoSignal = 6,
+    NoPeak = 6,
     /// The fit stopped with a parameter on a limit of MIDAS's starting box (background floor or
     /// ceiling, area cap, centre or width cap; not the physical floors area ≥ 0 and the width
     /// floors): the numbers and errors are those of a constrained fit, typically of a peak
@@ -88,7 +88,7 @@ impl FitStatus {
             FitStatus::OutOfRange => "out_of_range",
             FitStatus::InsufficientData => "insufficient_data",
             FitStatus::TooManyPeaks => "too_many_peaks",
-            FitStatus::NoSignal => "no_signal",
+            FitStatus::NoPeak => "no_peak",
             FitStatus::AtBound => "at_bound",
         }
     }
