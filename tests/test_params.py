@@ -175,3 +175,19 @@ def test_settings_that_lose_or_double_count_data_are_logged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="radint"):
         IntegrationConfig.from_midas_params(p).validate()
     assert caplog.text == ""
+
+
+def test_misspelled_keys_get_a_suggestion(tmp_path, caplog):
+    """A near miss of a key radint reads is warned with the key meant; keys of other MIDAS
+    programs (FF-HEDM files carry many) stay quiet."""
+    p = tmp_path / "p.txt"
+    p.write_text("NrPixels 10\nRBinsize 0.5\nEtaBinSze 3\nSpaceGroup 225\nLatticeConstant 5.4\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p)
+    assert c.r_bin_px != 0.5
+    assert (
+        f"{p}:2: RBinsize is not a key radint reads (ignored); did you mean RBinSize?"
+        in caplog.text
+    )
+    assert f"{p}:3: EtaBinSze" in caplog.text and "did you mean EtaBinSize?" in caplog.text
+    assert "SpaceGroup" not in caplog.text and "LatticeConstant" not in caplog.text

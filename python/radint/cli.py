@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.config import IntegrationConfig
+from radint.config import IntegrationConfig, near_key
 from radint.exceptions import RadintError
 
 log = logging.getLogger("radint")
@@ -104,7 +104,9 @@ def _load_config(
             )
         config = (config.with_overrides(overrides) if overrides else config).validate()
         for key, value, _, _ in config.unknown:
-            log.warning("override %s %s: not a parameter radint knows; ignored", key, value)
+            near = near_key(key)
+            log.warning("override %s %s: not a parameter radint knows; ignored%s", key, value,
+                        f" (did you mean {near}?)" if near else "")  # fmt: skip
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
             "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s",
@@ -117,7 +119,9 @@ def _load_config(
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
     for key, value, where, _ in config.unknown:
         if where == "<override>":  # a typo on the command line must not pass unnoticed
-            log.warning("override %s %s: not a parameter radint knows; ignored", key, value)
+            near = near_key(key)
+            log.warning("override %s %s: not a parameter radint knows; ignored%s", key, value,
+                        f" (did you mean {near}?)" if near else "")  # fmt: skip
     missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
     if missing:
         log.warning(

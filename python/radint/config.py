@@ -157,6 +157,10 @@ class IntegrationConfig:
         parsed = _core.parse_params(str(path), _override_lines(overrides))
         _log_midas_notes(parsed)
         config = cls._from_core_dict(parsed)
+        for key, _value, file, line in config.unknown:
+            if file != "<override>" and (near := near_key(key)):
+                log.warning("%s:%d: %s is not a key radint reads (ignored); did you mean %s?",
+                            file, line, key, near)  # fmt: skip
         return config._resolve_files(path.parent)
 
     @classmethod
@@ -476,6 +480,28 @@ def _format_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return repr(float(value))  # shortest exact form; numpy scalars repr as np.float64(...)
     return str(value)
+
+
+#: Keys read beyond the fields' own (aliases, keys several fields share, accumulating ones).
+_OTHER_KEYS = (
+    "NrPixels", "px", "BC", "DetDist", "PixelSize", "YPixelSize", "MinEta", "MaxEta", "MaskFN",
+    "DistortionFN", "PeakLocation", "ImTransOpt", "AutoDetectPeaks", "DoPeakFit",
+    *(f"p{i}" for i in range(15)),
+)  # fmt: skip
+
+
+def near_key(key: str) -> str | None:
+    """The parameter key ``key`` is most likely a misspelling of (same letters in another
+    case, or a close match), or None: MIDAS files also carry keys of other MIDAS programs,
+    which are not mistakes and get no suggestion."""
+    import difflib
+
+    known = {*_MIDAS_KEYS.values(), *_OTHER_KEYS}
+    same = [k for k in known if k.lower() == key.lower()]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 def _log_midas_notes(parsed: dict[str, Any]) -> None:
