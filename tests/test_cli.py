@@ -94,3 +94,20 @@ def test_a_pyfai_poni_file_as_parameters(tmp_path, capsys):
                     "Poni2: 0.01\nPixelSize1: 1e-4\nPixelSize2: 1e-4\n")  # fmt: skip
     assert main(["integrate", str(bare), data, "-o", str(tmp_path / "x")]) == 2
     assert "names no detector shape" in capsys.readouterr().err
+
+
+def test_first_mistakes_are_reported_before_any_work(tmp_path, capsys):
+    """An unknown format, a missing input, an output path that is a file: one clear error,
+    exit 2, before the map is built (no cache folder left behind)."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "o"
+    assert main(["integrate", params, data, "--format", "nexus,foo", "-o", str(out)]) == 2
+    assert "--format: unknown output format 'foo'" in capsys.readouterr().err
+    assert main(["integrate", params, str(tmp_path / "ceo2.tif"), "-o", str(out)]) == 2
+    assert "no such file or directory: " in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["batch", params, data, "-o", str(afile)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert not out.exists()

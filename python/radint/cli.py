@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -130,6 +131,35 @@ def _load_config(
             ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
         )  # fmt: skip
     return config if args is None else _with_fit_flags(config, args)
+
+
+def _check_run(
+    paths: list[str], out_dir: Path, formats: tuple[str, ...], inputs_must_exist: bool
+) -> None:
+    """Mistakes found before the map is built: an unknown output format, inputs that do not
+    exist (``integrate``; a batch reports them per file and goes on), an output folder that
+    cannot be written."""
+    from radint.io.write import expand_formats
+
+    try:
+        expand_formats(formats)
+    except ValueError as e:
+        raise RadintError(f"--format: {e}") from None
+    missing = [p for p in paths if not Path(p).exists()]
+    if inputs_must_exist and missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise RadintError(f"no such file or directory: {shown}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RadintError(f"-o {out_dir}: exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".radint-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RadintError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def _is_poni(path: str) -> bool:
@@ -296,7 +326,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_run(paths, out_dir, formats, inputs_must_exist=True)
     dark_path = _dark_path(args.dark, config, args.params)
     dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
@@ -335,7 +365,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from radint.batch import midas_file_series, run_batch
+    from radint.batch import check_outputs, midas_file_series, run_batch
 
     if args.paramFN and args.params:
         # With -paramFN, the first positional is data, not a parameter file.
@@ -362,6 +392,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.outName and len(paths) != 1:
         raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
     names = [args.outName] if args.outName else None
+    check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
+    _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
     frames = n_done = 0
     t0 = time.perf_counter()
