@@ -551,3 +551,21 @@ def test_directory_that_is_not_a_zarr_store(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ReaderError, match=r"empty: .*not a Zarr store.*; it holds no files"):
         frames_of(empty)
+
+
+def test_hdf5_without_the_dataset_lists_frame_like_ones_first(tmp_path):
+    import h5py
+
+    from radint.io import read_frames
+    from radint.io.errors import ReaderError
+
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        for k in range(30):
+            f[f"meta/v{k:02d}"] = np.arange(3)
+        f["scan/images"] = np.zeros((2, 4, 5), np.uint16)
+    with pytest.raises(ReaderError) as info:
+        next(read_frames(path))
+    msg = str(info.value)
+    assert "available datasets: scan/images (2, 4, 5)" in msg and "(19 more)" in msg
+    assert "--dataset" in msg

@@ -159,11 +159,21 @@ class Hdf5Source(FrameSource):
         elif isinstance(obj, h5py.Dataset):
             self._parts, self._part_names = [obj], [""]
         else:
+            if "entry/azint1d" in self._file or "entry/azint2d" in self._file:
+                raise ReaderError(
+                    f"{path}: a reduced result (NXazint1d/2d lineouts and cakes), not detector "
+                    "frames; radint plot / convert / fit read it"
+                )
             available = list_datasets(self._file)
             what = "is not a dataset" if obj is not None else "does not exist"
+            # Frames are 2-D or 3-D: list those first; a long list is cut short.
+            available.sort(key=lambda d: ", " not in d[d.rfind("(") :])
+            shown = ", ".join(available[:12]) + (
+                f", ... ({len(available) - 12} more)" if len(available) > 12 else ""
+            )
             raise ReaderError(
-                f"{path}: dataset '{name}' {what}; available datasets: "
-                f"{', '.join(available) if available else 'none'}"
+                f"{path}: dataset '{name}' {what}; available datasets: {shown or 'none'} "
+                "(--dataset / -dataLoc chooses one)"
             )
         self._ds = self._parts[0]
         self._layout: tuple[str, int] | None = None
