@@ -455,6 +455,9 @@ def test_cli_stream_sigterm_and_send(tmp_path):
 
         for i in range(3):
             tifffile.imwrite(tif / f"img_{i:03d}.tif", frame(i, "u4"))
+        # The parameters' mask sits in the folder too: radint send leaves it out.
+        tifffile.imwrite(tif / "mask.tif", np.zeros(SHAPE, np.uint8))
+        params.write_text(DETECTOR + f"\nMaskFile {tif / 'mask.tif'}\n")
         assert wait_for(lambda: _port_open(port), 30)
         mapping = tmp_path / "frame_mapping.json"
         send = [sys.executable, "-m", "radint.cli", "send", str(params), str(tif)]

@@ -224,7 +224,8 @@ def cmd_map(args: argparse.Namespace) -> int:
     stats = m.stats()
     print(
         f"map: {stats['n_r']} R x {stats['n_eta']} eta bins, {stats['n_entries']} entries "
-        f"({stats['entries_per_pixel']:.2f}/pixel), built in {elapsed:.2f} s -> {out}/Map.bin, nMap.bin"
+        f"({stats['entries_per_pixel']:.2f}/pixel), built in {elapsed:.2f} s -> {out}/Map.bin, nMap.bin, "
+        "maskMap.bin"
     )
     return 0
 
@@ -605,6 +606,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     paths, overrides = _split_overrides(args.data)
     config = _load_config(args.params, overrides)
     files = expand_inputs(paths, args.extension)
+    # A folder often holds the parameters' own mask or dark beside the frames: not frames.
+    aux = {Path(f).resolve() for f in (config.mask_file, config.dark_file) if f}
+    skipped = [f for f in files if Path(f).resolve() in aux]
+    if skipped:
+        log.info("send: not sending %s (the parameters' MaskFile / Dark)",
+                 ", ".join(map(str, skipped)))  # fmt: skip
+        files = [f for f in files if Path(f).resolve() not in aux]
     if not files:
         raise RadintError("no frame files to send")
     t0 = time.perf_counter()
@@ -649,6 +657,12 @@ RAW_DTYPE_HELP = (
 )
 
 
+def _version() -> str:
+    from radint import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -657,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser.add_argument("--version", action="version", version=f"radint {_version()}")
     # The same flags after the subcommand (where users type them); SUPPRESS keeps the top-level value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -685,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info", parents=[common], help="print the parsed configuration and bin/map statistics"
     )
-    p.add_argument("params")
+    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument(
         "overrides", nargs="*", metavar="[DATA...] [Key value ...]",
         help="data files to describe and check against the parameters, and overrides",
@@ -699,13 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "integrate", parents=[common, fitting], help="integrate frame files into lineouts and cakes"
     )
-    p.add_argument("params")
+    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument(
         "data",
         nargs="+",
         help="frame files (tif, h5, zarr, ge, edf, cbf, ...), then 'Key value' overrides",
     )
-    p.add_argument("-o", "--output", default=".", help="output directory")
+    p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument("--dark", help="dark file (its frames are averaged)")
     p.add_argument(
         "--dark-dataset",
@@ -830,7 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", parents=[common], help="PNG of a result's lineout and cake (radint[plot])"
     )
     p.add_argument("result", help="a radint NeXus file (.h5), or a MIDAS caked.hdf")
-    p.add_argument("-o", "--output", default=None, help="PNG path (default: <result>.png)")
+    p.add_argument(
+        "-o", "--output", default=None,
+        help="PNG path (default: beside the result, <name up to the first dot>.png)",
+    )  # fmt: skip
     p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
     p.add_argument(
         "--peak-param",
@@ -854,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="MIDAS parameter file")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", required=True, help="output directory (stream.h5)")
-    p.add_argument("--source", default="tcp", choices=["tcp", "pva", "folder"])
+    p.add_argument("--source", default="tcp", choices=["tcp", "pva", "folder"], help="default: tcp")
     p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
     p.add_argument("--port", type=int, default=60439, help="TCP port (default 60439)")
     p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
@@ -896,12 +914,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("params", help="MIDAS parameter file (frame size)")
     p.add_argument("data", nargs="+", help="files or directories, then 'Key value' overrides")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=60439)
+    p.add_argument("--host", default="127.0.0.1", help="server address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=60439, help="server port (default: 60439)")
     p.add_argument("--compress", action="store_true", help="uint16, or hybrid dtype 6 above 65535")
     p.add_argument("--extension", help="only files with this suffix in directories (e.g. tif)")
     p.add_argument("--h5-location", default="exchange/data", help="HDF5 dataset of the frames")
-    p.add_argument("--mapping-file", default="frame_mapping.json")
+    p.add_argument(
+        "--mapping-file", default="frame_mapping.json",
+        help="JSON of frame number -> source file, as MIDAS's sender writes (default: "
+        "frame_mapping.json)",
+    )  # fmt: skip
     p.add_argument(
         "--save-interval", type=_positive_int, default=500, help="rewrite the mapping every N"
     )
