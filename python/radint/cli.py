@@ -483,8 +483,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ok = status == 0
     if not args.quiet:
         table = Table(title=f"{src.name}: {result.n_frames} frame(s), {elapsed:.2f} s")
-        for col in ("slot", "converged", "2θ (deg)", "± scatter", "R (px)", "FWHM (deg)", "area"):
+        columns = ("slot", "converged", "2θ (deg)", "± scatter", "R (px)", "FWHM (deg)", "area",
+                   "otherwise")  # fmt: skip
+        for col in columns:
             table.add_column(col, justify="right")
+        names = np.asarray(peaks.status_name).reshape(status.shape)
+
+        def failures(k: int) -> str:
+            bad, counts = np.unique(names[:, k][~ok[:, k]], return_counts=True)
+            return ", ".join(f"{c} {b}" for b, c in zip(bad, counts))
 
         def mean(attr: str, k: int) -> float:
             v = np.asarray(getattr(peaks, attr), dtype=np.float64).reshape(status.shape)[:, k]
@@ -498,7 +505,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             table.add_row(
                 str(k), f"{ok[:, k].sum()}/{result.n_frames}", f"{mean('center_two_theta_deg', k):.5f}",
                 f"{spread:.2e}", f"{mean('center', k):.3f}", f"{mean('fwhm_deg', k):.5f}",
-                f"{mean('area', k):.4g}",
+                f"{mean('area', k):.4g}", failures(k),
             )  # fmt: skip
         Console().print(table)
         print(f"wrote {', '.join(map(str, written))}")
