@@ -988,6 +988,23 @@ def _dash_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
     return [*argv[: at + 1], *rest]
 
 
+def _is_own(record: logging.LogRecord) -> bool:
+    return record.name == "radint" or record.name.startswith("radint.")
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+    """The command's log filter: radint's records at its level, other libraries' (Dask sets
+    its loggers to INFO) only from warnings up."""
+    return _is_own(record) or record.levelno >= logging.WARNING
+
+
+class _CliLogFormat(logging.Formatter):
+    """``radint: message``, or ``<library logger>: message`` for another library's warning."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{'radint' if _is_own(record) else record.name}: {super().format(record)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radint`` command; returns the exit code."""
     parser = build_parser()
@@ -996,7 +1013,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _take_trailing_tokens(parser, args, extras)
     # radint's own messages at the asked level; other libraries' (distributed, h5py) only
     # when they warn, so -v is not drowned in their debug lines.
-    logging.basicConfig(level=logging.WARNING, format="radint: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host application's handlers stay
+        handler = logging.StreamHandler()
+        handler.setFormatter(_CliLogFormat())
+        handler.addFilter(_own_or_warning)
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     if args.command in ("integrate", "batch"):
         # SLURM's scancel / timeout and `kill` send SIGTERM: stop as Ctrl-C does, so files in

@@ -98,7 +98,10 @@ def plot_nexus(
         values = np.asarray(getattr(result.peaks, attr), dtype=np.float64).reshape(status.shape)
         if peak_param in ("center", "center_px", "d"):
             # Positions of different peaks differ by far more than their drift: show the drift.
-            values = values - np.nanmean(np.where(status == 0, values, np.nan), axis=0)
+            ok = status == 0
+            # Slots without a converged fit (a stream's unused slots) have no mean: 0 there.
+            mean = np.where(ok, values, 0.0).sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
+            values = values - mean
             ylabel = f"{ylabel} − mean"
         # Frame ids restart with each stream connection: plot in file order unless they rise.
         ids = np.asarray(result.frame_ids)
