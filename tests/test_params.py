@@ -191,3 +191,7 @@ def test_misspelled_keys_get_a_suggestion(tmp_path, caplog):
     )
     assert f"{p}:3: EtaBinSze" in caplog.text and "did you mean EtaBinSize?" in caplog.text
     assert "SpaceGroup" not in caplog.text and "LatticeConstant" not in caplog.text
+    # Other MIDAS programs' keys that look like radint's are not typos.
+    from radint.config import near_key
+
+    assert [near_key(k) for k in ("doPeakFit", "FitWavelength", "tolWavelength")] == [None] * 3

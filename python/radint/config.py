@@ -490,6 +490,11 @@ _OTHER_KEYS = (
 )  # fmt: skip
 
 
+#: Keys of other MIDAS programs that differ from one radint reads only in case (checked against
+#: MIDAS_ParamParser.c, the C programs' strncmp keys and MIDAS's example parameter files).
+_OTHER_PROGRAMS_KEYS = frozenset({"doPeakFit"})
+
+
 def near_key(key: str) -> str | None:
     """The parameter key ``key`` is most likely a misspelling of (same letters in another
     case, or a close match), or None: MIDAS files also carry keys of other MIDAS programs,
@@ -497,6 +502,8 @@ def near_key(key: str) -> str | None:
     import difflib
 
     known = {*_MIDAS_KEYS.values(), *_OTHER_KEYS}
+    if key in _OTHER_PROGRAMS_KEYS or any(k in key for k in known if len(k) > 3):
+        return None  # another MIDAS program's key (doPeakFit, FitWavelength, tolWavelength...)
     same = [k for k in known if k.lower() == key.lower()]
     if same:
         return same[0]
