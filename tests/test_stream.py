@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -1007,3 +1008,46 @@ def test_disk_full_stops_the_stream_cleanly(integrator, tmp_path, monkeypatch):
     assert p.summary is not None and p.summary.written == 2
     assert not errors
     assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0, 1]
+
+
+def test_pvapy_area_detector_simulator_streams_into_radint(tmp_path):
+    """pvapy's own areaDetector simulator (pvapy-ad-sim-server, what beamlines test PVA
+    clients with) publishing uint16 NTNDArrays on loopback: `radint stream --source pva` takes
+    shape and type from the arrays and writes every frame it is sent, ids from uniqueId."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("pvaccess")
+    sim = shutil.which("pvapy-ad-sim-server", path=str(Path(sys.executable).parent))
+    if sim is None:
+        pytest.skip("pvapy-ad-sim-server not installed")
+    port, bport = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVA_BROADCAST_PORT": str(bport),
+           "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    channel = f"radint:sim{port}:image"
+    out = tmp_path / "out"
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out), "--source",
+         "pva", "--channel", channel, "--backend", "cpu", "-j", "1", "--max-frames", "30",
+         "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        server = subprocess.run(
+            [sim, "-cn", channel, "-nx", str(NY), "-ny", str(NZ), "-dt", "uint16", "-fps", "20",
+             "-nf", "10", "-rt", "8", "-std", "2", "-dc"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        text = stream.communicate(timeout=60)[0].decode()
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    assert server.returncode == 0, server.stdout + server.stderr
+    assert stream.returncode == 0, text
+    assert "written 30" in text and "dropped 0" in text, text
+    ids = stream_rows(out / "stream.h5")["frame_id"]
+    assert len(ids) == 30 and (np.diff(ids) == 1).all()
