@@ -100,6 +100,11 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     list of (str, ndarray, dict)
     """
     cake = stacked(np.asarray(result.cake, dtype=np.float64), 2)
+    # IntegratorZarrOMP writes 0 where no pixel reached a bin (NaN only where a masked pixel
+    # did, the compat rule): MIDAS's viewers take max() and SNIP over these arrays.
+    area = np.asarray(result.area, dtype=np.float64)
+    if area.size:
+        cake = np.where(np.isnan(cake) & ~(area > 0), 0.0, cake)
     cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
     n_frames, n_r, n_eta = cakes_r_major.shape
     ids = frame_ids(result)
