@@ -1,7 +1,7 @@
 """Type stubs of the compiled module radint._core (Rust, PyO3)."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 
@@ -55,6 +55,7 @@ def integrate(
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
     ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``."""
 
+@final
 class MapCore:
     n_y: int
     n_z: int
