@@ -384,6 +384,17 @@ def test_gap_and_bad_pixel_values_are_left_out(caplog):
     assert got.metadata["nan_pixels"] == markers.sum()
     explicit = Integrator(cfg, invalid_values=[-1, -2]).integrate(frame)
     np.testing.assert_allclose(explicit.cake, expected.cake, rtol=1e-12, equal_nan=True)
+    # Integer frames marking the same pixels take a map without them (cached); frames marking
+    # other pixels, in one call or the next, the float copy: the same numbers either way.
+    other = frame.copy()
+    other[30, 5:9] = -2
+    marks = Integrator(marked)
+    for frames in ([frame, frame], [frame, other], [other, other], [frame]):
+        got = marks.integrate_stack(np.stack(frames))
+        for k, f in enumerate(frames):
+            want = Integrator(cfg, mask=f < 0).integrate(f)
+            np.testing.assert_allclose(got.cake[k], want.cake, rtol=1e-12, equal_nan=True)
+        assert got.metadata["nan_pixels"] == sum(int((f < 0).sum()) for f in frames)
     midas = Integrator(marked, compat="midas-cpu").integrate(frame)
     np.testing.assert_array_equal(
         midas.cake, Integrator(cfg, compat="midas-cpu").integrate(frame).cake

@@ -188,6 +188,8 @@ class Integrator:
                 f"invalid_values must be numbers, got {invalid_values!r}"
             ) from e
         self._markers_checked = False
+        # Flat indices of the pixels marked in the last frames, and the map without them.
+        self._marker_cache: tuple[np.ndarray, DetectorMap] | None = None
         self.backend = self._choose_backend(backend)
         if detector_map is None:
             if cache_dir is not None:
@@ -370,6 +372,8 @@ class Integrator:
                 f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got {a.shape}"
             )
         a = np.ascontiguousarray(a)
+        if self._markers_by_map(a):
+            return a  # _run leaves the marked pixels out through a map without them
         if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
             bad = np.zeros(a.shape, dtype=bool)
             for v in self.invalid_values:  # on the stored values, before any conversion
@@ -384,6 +388,66 @@ class Integrator:
             self._markers_checked = True
             self._warn_marker_values(a, what)
         return a
+
+    def _markers_by_map(self, a: np.ndarray) -> bool:
+        """Whether the pixels holding ``invalid_values`` are left out by integrating the
+        integer frames with a map without them (see :meth:`_marker_map`) rather than through a
+        float copy with NaN: integer frames on the CPU, markers the only per-frame rule."""
+        return (
+            bool(self.invalid_values) and self.dead_below is None and self.hot_above is None
+            and a.dtype.kind in "iu" and self.backend == "cpu" and self.map.weight is None
+        )  # fmt: skip
+
+    def _marker_map(self, parts: list[np.ndarray]) -> tuple[Any, list[np.ndarray], int]:
+        """The map core to integrate ``parts`` with, the parts to integrate, and the pixels left
+        out per frame. Detectors mark the same gap / dead pixels in every frame: when all
+        frames of the call mark the same pixels, a map without those pixels' entries (cached
+        while they stay the same) keeps the integer kernels, which leave out exactly what NaN
+        would (signal, area, count, variance), at the speed of an unmasked frame. Frames that
+        differ take the float copy with NaN."""
+        # In the frames' own integer type (a float comparison costs ~3× as much); a value that
+        # type cannot hold marks nothing.
+        info = np.iinfo(parts[0].dtype)
+        values = np.array(
+            [v for v in self.invalid_values if float(v).is_integer() and info.min <= v <= info.max],
+            dtype=parts[0].dtype,
+        )
+        frames = [f for p in parts for f in p.reshape(-1, p.shape[-2] * p.shape[-1])]
+        cached = self._marker_cache
+        # The cached pixels still marked and no others (one count per value and frame, a few
+        # thousand lookups): the cheap check for the common case.
+        if cached is None or not all(
+            np.isin(f[cached[0]], values).all()
+            and sum(np.count_nonzero(f == v) for v in values) == cached[0].size
+            for f in frames
+        ):
+            marked = [np.isin(f, values) for f in frames]
+            first = marked[0]
+            if not all(np.array_equal(m, first) for m in marked[1:]):
+                slow = []
+                for p in parts:
+                    m = np.isin(p, values)
+                    q = p.astype(_exact_float(p, m))
+                    q[m] = np.nan
+                    slow.append(q)
+                return self.map._core, slow, -1
+            cached = self._marker_cache = (np.flatnonzero(first), self._without(first))
+        return cached[1]._core, parts, int(cached[0].size)
+
+    def _without(self, marked: np.ndarray) -> DetectorMap:
+        """This integrator's map without the entries of the ``marked`` pixels (flat bool)."""
+        m = self.map
+        if not marked.any():
+            return m
+        keep = ~marked[m.pixel]
+        counts = np.diff(np.asarray(m.indptr, dtype=np.int64))
+        bins = np.repeat(np.arange(counts.size), counts)
+        indptr = np.zeros(counts.size + 1, dtype=np.uint64)
+        np.cumsum(np.bincount(bins[keep], minlength=counts.size), out=indptr[1:])
+        return DetectorMap.from_arrays(
+            m.shape, m.r_edges_px, m.eta_edges_deg, indptr, m.pixel[keep], m.area[keep],
+            m.delta_r[keep], None, m.mask_hit, m.bin_geometric_area, m.config,
+        )  # fmt: skip
 
     def _warn_marker_values(self, a: np.ndarray, what: str) -> None:
         """Warn (once per Integrator, on its first frames) when integer frames hold, in pixels
@@ -490,6 +554,7 @@ class Integrator:
         dark_flat = self._prepare_dark(dark)
         var_flat = self._prepare_variance(variance)
         gpu_fit = None
+        marked = 0  # pixels per frame the marker map leaves out
         parts = frames if isinstance(frames, list) else [frames]
         if self.backend == "cuda":
             a = frames if isinstance(frames, np.ndarray) else np.stack(frames)  # one upload
@@ -500,8 +565,12 @@ class Integrator:
                 gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))
             out = {k: (v if k == "n_frames" else gpu._cp.asnumpy(v)) for k, v in dev.items()}
         else:
+            core = self.map._core
+            if self._markers_by_map(parts[0]):
+                core, parts, marked = self._marker_map(parts)
+                frames = parts if isinstance(frames, list) else parts[0]
             out = _core.integrate(
-                self.map._core,
+                core,
                 frames,
                 dark=dark_flat,
                 scale=self._scale,
@@ -528,6 +597,10 @@ class Integrator:
                 return int((bad | dark_bad).sum() if dark_bad is not None else bad.sum())
 
             meta["nan_pixels"] = sum(left_out(p) for p in parts)
+        if self.invalid_values and parts[0].dtype.kind in "iu":
+            # Left out through the marker map (the same pixels in every frame of the call).
+            n_frames = sum(1 if p.ndim == 2 else p.shape[0] for p in parts)
+            meta["nan_pixels"] = meta.get("nan_pixels", 0) + max(marked, 0) * n_frames
         result = self._result(out, stack, meta)
         if gpu_fit is not None:
             from radint.fit import FitTable, with_units
