@@ -261,6 +261,17 @@ def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
     np.testing.assert_array_equal(rows["frame_id"], [65533, 65534, 65535, 65536, 65537, 65538])
 
 
+def test_stream_subtracts_a_dark(integrator, tmp_path):
+    dark = np.full(SHAPE, 7.0)
+    p, src = start_pipeline(integrator, tmp_path, max_frames=3, dark=dark)
+    send_frames(((frame(i), f"f{i}") for i in range(3)), port=src.port, mapping_file=None)
+    assert p.wait(30).written == 3
+    rows = stream_rows(tmp_path / "stream.h5")
+    for k in range(3):
+        want = integrator.integrate(frame(k), dark=dark).lineout
+        np.testing.assert_allclose(rows["I"][k], want, rtol=1e-12, equal_nan=True)
+
+
 def test_a_restarted_stream_keeps_the_previous_runs_files(integrator, tmp_path, caplog):
     for run in range(2):
         p, src = start_pipeline(integrator, tmp_path, max_frames=3)

@@ -573,6 +573,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 "files; write to another one (-o)"
             )
         source = FolderSource(args.watch, config.shape)
+    dark_path = _dark_path(args.dark, config, args.params)
+    dark = _read_dark(dark_path, args.dark_dataset, config, None)
+    if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
+        config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
     )
@@ -587,6 +591,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         control_dir=args.control_dir,
         mapping_file=args.mapping_file,
         compression=None if args.compression == "none" else args.compression,
+        dark=dark,
     )
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -883,6 +888,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
     p.add_argument("--port", type=int, default=60439, help="TCP port (default 60439)")
     p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
+    p.add_argument(
+        "--dark", help="dark file subtracted from every frame (frames averaged; default: the "
+        "parameters' Dark)",
+    )  # fmt: skip
+    p.add_argument("--dark-dataset", default=None, help="HDF5 dataset of the dark")
     p.add_argument("--watch", help="directory to watch, for --source folder")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(

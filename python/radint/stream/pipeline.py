@@ -140,6 +140,8 @@ class Pipeline:
     mapping_file : path, optional
         With ``midas_files``: the sender's ``frame_mapping.json`` (arrival index → file name),
         read at the end to sort and name the frames of ``integrator_output.h5`` as MIDAS does.
+    dark : ndarray (n_pixels_z, n_pixels_y), optional
+        Subtracted from every frame (the GPU program's dark argument).
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class Pipeline:
         compression: str | None = None,
         control_dir: str | Path | None = None,
         mapping_file: str | Path | None = None,
+        dark: np.ndarray | None = None,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
@@ -170,6 +173,7 @@ class Pipeline:
         self.midas_files = midas_files
         self.mapping_file = None if mapping_file is None else Path(mapping_file)
         self.compression = compression
+        self.dark = dark
         self.control = PeakControl(control_dir or self.output_dir, integrator.config)
         self._next_poll = 0.0
         self.stats = SourceStats()
@@ -258,9 +262,9 @@ class Pipeline:
         self._poll_control()
         try:
             if len(run) == 1:
-                results = [self.integrator.integrate(run[0].data)]
+                results = [self.integrator.integrate(run[0].data, dark=self.dark)]
             else:
-                whole = self.integrator.integrate_stack([item.data for item in run])
+                whole = self.integrator.integrate_stack([item.data for item in run], dark=self.dark)
                 results = [whole.frame(k) for k in range(len(run))]
         except BaseException:
             self.stats.add("dropped", len(run))
