@@ -272,6 +272,23 @@ def test_stream_subtracts_a_dark(integrator, tmp_path):
         np.testing.assert_allclose(rows["I"][k], want, rtol=1e-12, equal_nan=True)
 
 
+def test_midas_lineout_bin_follows_the_gpu_program_with_normalize_0(config, tmp_path):
+    """The GPU program writes Σ_η I·A / Σ_η A whatever Normalize says; radint's own lineout
+    sums over η with Normalize 0 (stream.h5 keeps that)."""
+    from radint.io import read_nexus
+
+    integ = Integrator(config.replace(normalize=False), backend="cpu", n_threads=1)
+    p, src = start_pipeline(integ, tmp_path, max_frames=2, midas_files=True)
+    send_frames(((frame(i), f"f{i}") for i in range(2)), port=src.port, mapping_file=None)
+    assert p.wait(30).written == 2
+    r = read_nexus(tmp_path / "stream.h5")
+    lines = np.fromfile(tmp_path / "lineout.bin", "<f8").reshape(2, r.n_r, 2)[:, :, 1]
+    area = np.where(r.area[0] > 1e-9, r.area[0], 0.0)
+    want = (np.nan_to_num(r.cake) * area).sum(axis=1) / np.maximum(area.sum(axis=0), 1e-300)
+    np.testing.assert_allclose(lines, want, rtol=1e-12)
+    assert not np.allclose(lines, np.nan_to_num(r.lineout))
+
+
 def test_a_restarted_stream_keeps_the_previous_runs_files(integrator, tmp_path, caplog):
     for run in range(2):
         p, src = start_pipeline(integrator, tmp_path, max_frames=3)

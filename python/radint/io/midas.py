@@ -363,7 +363,10 @@ def write_stream_outputs(
         fits = h5.create_group("fit") if peaks is not None else None
         order = list(range(n_frames))
         if mapping:  # MIDAS: mapped frames by file name (or uniqueId), unmapped ones after
-            order.sort(key=lambda k: (0, _mapped_name(mapping[k])) if k in mapping else (1, str(k)))
+            # (an unmapped frame by its number, as integrator_stream_process_h5.py sorts them)
+            order.sort(
+                key=lambda k: (0, _mapped_name(mapping[k]), 0) if k in mapping else (1, "", k)
+            )
         labels: dict[int, str] = {}
         taken: set[str] = set()
         for k in order:

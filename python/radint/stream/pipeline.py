@@ -387,6 +387,8 @@ class Pipeline:
                 table.append(items)
                 if self.midas_files:
                     bins = self._write_midas(results, bins)
+                    for f in bins.values():  # the GPU program flushes every frame: live viewers
+                        f.flush()  # tail these files
                 before = self.written
                 self.written += len(items)
                 now = time.monotonic()
@@ -453,12 +455,18 @@ class Pipeline:
         singles = [r.frame(k) for r in results for k in range(r.n_frames)]
         for result in singles:
             r = np.asarray(result.radius_px, dtype=np.float64)
-            # The GPU program writes 0, not NaN, where no pixel reached (spec §5.2-5.3).
-            line = np.nan_to_num(np.asarray(result.lineout, dtype=np.float64), nan=0.0)
+            # The GPU program writes 0, not NaN, where no pixel reached (spec §5.2-5.3), and its
+            # lineout is Σ_η I·A / Σ_η A of the cake whatever Normalize says (radint's own
+            # lineout sums over η with Normalize 0).
+            cake = np.nan_to_num(np.asarray(result.cake, dtype=np.float64), nan=0.0)
+            area = np.asarray(result.area, dtype=np.float64)
+            used = area > 1e-9
+            weight = np.where(used, area, 0.0)
+            a_sum = weight.sum(axis=0)
+            line = np.divide((cake * weight).sum(axis=0), a_sum, out=np.zeros_like(a_sum),
+                             where=a_sum > 0)  # fmt: skip
             bins["lineout.bin"].write(np.column_stack([r, line]).tobytes())
             # GPU simple mean: plain mean over the η bins of area > 1e-9, zeros included.
-            cake = np.nan_to_num(np.asarray(result.cake, dtype=np.float64), nan=0.0)
-            used = np.asarray(result.area) > 1e-9
             n_used = used.sum(axis=0)
             total = np.where(used, cake, 0.0).sum(axis=0)
             mean = np.divide(total, n_used, out=np.zeros_like(total), where=n_used > 0)
