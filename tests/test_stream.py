@@ -1079,3 +1079,20 @@ def test_pvapy_area_detector_simulator_streams_into_radint(tmp_path):
     assert "written 30" in text and "dropped 0" in text, text
     ids = stream_rows(out / "stream.h5")["frame_id"]
     assert len(ids) == 30 and (np.diff(ids) == 1).all()
+
+
+def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):
+    """Lines that are not a radius > 0 are skipped (the GPU's sscanf loop), not the whole
+    update; positions come out sorted by R (its fitPeaks order, so fit.bin rows follow); the
+    starting PeakLocation peaks are listed in active_peaks.txt before any update."""
+    from radint.fit import FitSpec
+    from radint.stream.control import PeakControl
+
+    control = PeakControl(tmp_path, config)
+    start = FitSpec(positions_px=(30.0,))
+    control.announce(start)
+    assert (tmp_path / "active_peaks.txt").read_text() == "30.0000\n"
+    (tmp_path / "peak_update.txt").write_text("mode append\n# picked in viewer\n24.5\n-3\n12.25\n")
+    spec = control.poll(start)
+    assert spec.positions_px == (12.25, 24.5, 30.0)
+    assert (tmp_path / "active_peaks.txt").read_text() == "12.2500\n24.5000\n30.0000\n"

@@ -57,6 +57,12 @@ class PeakControl:
         self.config = config
         self.updates = 0
 
+    def announce(self, current: FitSpec | None) -> None:
+        """Write ``active_peaks.txt`` for the starting peaks (given positions), as the GPU
+        program does at start-up, so a viewer shows them before any update."""
+        if current is not None and current.positions_px:
+            self._write_active(current)
+
     def poll(self, current: FitSpec | None) -> Any:
         """The spec to use from now on, or :data:`UNCHANGED` when no file is waiting."""
         for name, parse in (
@@ -94,10 +100,16 @@ class PeakControl:
             token = line.split()[0] if line.split() else ""
             if not token:
                 continue
+            # As the GPU program's sscanf loop: a line that is not a radius > 0 is skipped.
             try:
-                r_px.append(float(token))
+                value = float(token)
             except ValueError:
-                raise ValueError(f"line {n}: expected an R value in pixels, got {line!r}") from None
+                value = math.nan
+            if math.isfinite(value) and value > 0:
+                r_px.append(value)
+            else:
+                log.warning("peak control: line %d skipped (not an R value > 0 in pixels): %r",
+                            n, line)  # fmt: skip
         if not r_px:
             # MIDAS ignores an update without positions; so do we.
             return current
@@ -156,7 +168,8 @@ class PeakControl:
                     math.tan(math.radians(t)) * c.lsd_um / c.pixel_size_y_um
                     for t in current.positions_two_theta_deg
                 ]
-        merged = (base + r_px)[:MAX_PEAKS]
+        # Sorted by R, as the GPU program's fitPeaks orders them (fit.bin rows follow).
+        merged = sorted(base + r_px)[:MAX_PEAKS]
         return FitSpec(positions_px=tuple(merged), **self._common())
 
     def _write_active(self, spec: FitSpec | None) -> None:

@@ -484,6 +484,7 @@ class Pipeline:
     def start(self) -> None:
         """Start the sources and the worker threads (returns at once)."""
         self._keep_previous_run()
+        self.control.announce(self.integrator.fit)
         self._t0 = time.monotonic()
         self._last_frame = self._t0
         for target, name in ((self._integrate_loop, "integrate"), (self._write_loop, "write")):
