@@ -77,7 +77,9 @@ def plot_nexus(
         ax.legend(loc="upper right", fontsize=8)
     ax.set_ylabel("intensity")
     ax.set_xlabel(label)
-    ax.set_title(f"{path.name}  frame {frame % n_frames} of {n_frames}")
+    k = frame % n_frames
+    fid = int(np.asarray(result.frame_ids).reshape(-1)[k]) if result.frame_ids is not None else k
+    ax.set_title(f"{path.name}  frame {k + 1} of {n_frames} (id {fid})")
     row = 1
     if one.cake is not None:
         ax2 = axes[row, 0]
