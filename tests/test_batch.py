@@ -586,3 +586,13 @@ def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("small_dark.tif") == 1
     assert f"expected {(rows, cols)}" in err and not (d / "bad").exists()
+
+
+def test_output_names_keep_dots_that_are_not_the_format_ending():
+    from radint.batch import output_stem
+
+    assert output_stem("d/CeO2.0001.tif") == "CeO2.0001"
+    assert output_stem("2026.12.03_run1.h5") == "2026.12.03_run1"
+    assert output_stem("scan_000001.analysis.MIDAS.zip") == "scan_000001"
+    assert output_stem("frame.edf.gz") == "frame" and output_stem("ff_00012.ge3") == "ff_00012"
+    assert output_stem(".bg.tif") == ".bg" and output_stem("x.tif", "y") == "y"

@@ -472,7 +472,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result.peaks = spec.apply(result, n_threads=args.threads)
     elapsed = time.perf_counter() - t0
-    stem = src.name.split(".")[0]
+    from radint.batch import output_stem
+
+    stem = output_stem(src)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out_dir = Path(args.output) if args.output else src.parent
     written = write_result(result, out_dir, formats, name=stem)
@@ -524,7 +526,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out_dir = Path(args.output) if args.output else src.parent
     try:
-        written = write_result(read_nexus(src), out_dir, formats, name=src.name.split(".")[0])
+        from radint.batch import output_stem
+
+        written = write_result(read_nexus(src), out_dir, formats, name=output_stem(src))
     except ValueError as e:
         raise RadintError(f"{src}: {e}") from e
     if not args.quiet:

@@ -97,6 +97,9 @@ def _init_pool_worker(*args: Any) -> None:
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
+    # The pool's worker loop catches the interrupt and takes its next queued run: that run
+    # must not start (see _process_run).
+    _WORKER["stopping"] = True
     if not _WORKER.get("busy"):
         raise SystemExit(0)  # idle between runs: nothing to clean up, leave quietly
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -111,9 +114,29 @@ def _complete(path: Path) -> bool:
         return False
 
 
+#: Endings of frame files taken off to name their outputs, longest first (a dot elsewhere in a
+#: name, as in ``CeO2.0001.tif`` or ``2026.12.03_run1.h5``, stays).
+_FRAME_SUFFIXES = (
+    ".analysis.midas.zip", ".midas.zip", ".edf.gz", ".cbf.gz", ".tiff", ".tif", ".hdf5", ".hdf",
+    ".h5", ".nxs", ".nx5", ".cxi", ".zarr", ".zip", ".edf", ".cbf", ".raw", ".bin",
+)  # fmt: skip
+
+
 def output_stem(path: str | Path, name: str | None = None) -> str:
-    """The stem a file's outputs are named by: ``name``, else its name up to the first dot."""
-    return name or Path(path).name.split(".")[0]
+    """The stem a file's outputs are named by: ``name``, else its name without its frame
+    format's ending (``.tif``, ``.h5``, ``.edf.gz``, ``.geN``, MIDAS ``.analysis.MIDAS.zip``,
+    ...), other dots kept."""
+    if name:
+        return name
+    file = Path(path).name
+    lower = file.lower()
+    for suffix in _FRAME_SUFFIXES:
+        if lower.endswith(suffix) and len(file) > len(suffix):
+            return file[: -len(suffix)]
+    ge = re.search(r"\.ge\d*$", lower)
+    if ge and ge.start() > 0:
+        return file[: ge.start()]
+    return Path(file).stem if Path(file).suffix else file
 
 
 def finished_since(
@@ -814,7 +837,10 @@ def run_batch(
 
 
 def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
-    """A worker's task: :func:`process_files` over consecutive files, all outcomes."""
+    """A worker's task: :func:`process_files` over consecutive files, all outcomes; nothing
+    once the worker was told to stop (runs already queued to it are not started)."""
+    if _WORKER.get("stopping"):
+        raise KeyboardInterrupt("stopping")
     _WORKER["busy"] = True
     try:
         return list(process_files(paths, names=names, **opts))
