@@ -717,3 +717,14 @@ def test_nexus_written_with_q_bins_but_no_wavelength_reads_back(tmp_path: Path) 
     back = read_nexus(path)
     assert back.config is not None and back.config.radial_mode == "r"
     np.testing.assert_array_equal(back.lineout, res.lineout)
+
+
+def test_outputs_near_the_file_name_limit_are_written(tmp_path: Path) -> None:
+    """The temporary sibling of an output whose name fits (255 bytes) fits too."""
+    from radint.io.atomic import temporary_sibling
+
+    long = tmp_path / ("é" * 60 + "x" * 125 + ".h5")  # 248 bytes
+    tmp = temporary_sibling(long)
+    assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(".partial")
+    res = make_result(n_frames=1)
+    assert write_nexus(res, long, compression="gzip") == long and long.is_file()

@@ -18,8 +18,13 @@ from pathlib import Path
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A fresh hidden name next to ``path`` (same directory, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    """A fresh hidden name next to ``path`` (same directory, so the final rename is atomic),
+    no longer than a file name may be (255 bytes) whenever ``path``'s own name fits: the name
+    inside it is cut short for outputs near that limit."""
+    tag = uuid.uuid4().hex[:12]
+    room = 255 - len(f"..{tag}.partial")
+    name = path.name.encode()[:room].decode(errors="ignore")
+    return path.with_name(f".{name}.{tag}.partial")
 
 
 def remove_path(path: Path) -> None:
