@@ -507,9 +507,14 @@ def test_cli_stream_sigterm_and_send(tmp_path):
     rows = stream_rows(out / "stream.h5")
     np.testing.assert_array_equal(rows["frame_id"], [0, 1, 2])
     n_r = rows["I"].shape[1]
-    n_eta = rows["cake"].shape[1]
     assert (out / "lineout.bin").stat().st_size == 3 * 16 * n_r
-    assert (out / "Int2D.bin").stat().st_size == 3 * 8 * n_r * n_eta
+    # Write2D 0 (MIDAS's default): no per-frame cakes, so no GSAS-II zip, as MIDAS.
+    import h5py
+
+    assert not (out / "Int2D.bin").exists() and not (out / "integrator_output.zarr.zip").exists()
+    with h5py.File(out / "integrator_output.h5") as f:
+        assert len(f["lineouts"]) == 3 and "OmegaSumFrame" not in f
+    assert "Write2D 0" in text
 
 
 def _free_port() -> int:
@@ -923,7 +928,9 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
     from radint.io import read_nexus
     from radint.testing import ring_image
 
-    fine = config.replace(r_bin_px=0.5, eta_bin_deg=360.0, eta_min_deg=-180, eta_max_deg=180)
+    fine = config.replace(
+        r_bin_px=0.5, eta_bin_deg=360.0, eta_min_deg=-180, eta_max_deg=180, write_2d=True
+    )
     ring_r = np.array([20.0, 30.0])
     ring_tth = np.degrees(np.arctan(ring_r * fine.pixel_size_y_um / fine.lsd_um))
     image = ring_image(fine, ring_tth, fwhm_deg=0.08, dtype=np.uint32)

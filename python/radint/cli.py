@@ -907,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--midas-files",
         action="store_true",
-        help="also write lineout.bin, Int2D.bin (and fit.bin when fitting)",
+        help="also write MIDAS's lineout.bin, Int2D.bin (with Write2D 1, as MIDAS), fit.bin "
+        "(when fitting) and at the end integrator_output.h5 / .zarr.zip",
     )
     p.add_argument(
         "--compression",

@@ -299,10 +299,13 @@ def write_stream_outputs(
     does. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
     ω from OmegaStart/OmegaStep, else the frame index) and ``InstrumentParameters``.
 
+    Without ``Int2D.bin`` (a stream run with ``Write2D 0``, MIDAS's default) there are no cakes
+    to sum: as MIDAS, ``<name>.h5`` has no ``OmegaSumFrame`` group and no zip is written.
+
     Returns
     -------
     list of Path
-        The two files, each written atomically.
+        The files written, each atomically.
     """
     import datetime
 
@@ -340,6 +343,7 @@ def write_stream_outputs(
         return data.reshape(len(rows), *shape)
 
     h5_path, zip_path = directory / f"{name}.h5", directory / f"{name}.zarr.zip"
+    with_2d = (directory / "Int2D.bin").exists()
     codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
     with (
         atomic_output(h5_path) as tmp,
@@ -358,7 +362,7 @@ def write_stream_outputs(
         root.create_array("REtaMap", data=geometry, chunks=geometry.shape, compressors=codec)
         line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
                        ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
-        summed = h5.create_group("OmegaSumFrame")
+        summed = h5.create_group("OmegaSumFrame") if with_2d else None
         peaks = _open_peaks(stream_file)
         fits = h5.create_group("fit") if peaks is not None else None
         order = list(range(n_frames))
@@ -385,6 +389,8 @@ def write_stream_outputs(
                     values = frames(file, (n_r, 2), range(k, k + 1))[0]
                     ds = group.create_dataset(labels[k], data=values, track_times=False)
                     ds.attrs["frame_index"] = k
+            if summed is None:
+                continue
             total = np.zeros((n_r, n_eta))
             for k in rows:  # one frame at a time: memory does not grow with the group
                 total += frames("Int2D.bin", (n_r, n_eta), range(k, k + 1))[0]
@@ -406,13 +412,17 @@ def write_stream_outputs(
                       "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
         for key, value in instrument.items():
             root.create_array(f"InstrumentParameters/{key}", data=np.array([value], np.float64))
-        with atomic_output(zip_path) as ztmp, zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED) as zf:
-            for file in sorted(Path(work).rglob("*")):
-                if file.is_file():
-                    zf.write(file, file.relative_to(work).as_posix())
+        if with_2d:
+            with (
+                atomic_output(zip_path) as ztmp,
+                zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED) as zf,
+            ):
+                for file in sorted(Path(work).rglob("*")):
+                    if file.is_file():
+                        zf.write(file, file.relative_to(work).as_posix())
         if peaks is not None:
             peaks.file.close()
-    return [h5_path, zip_path]
+    return [h5_path, zip_path] if with_2d else [h5_path]
 
 
 def _mapped_name(entry: dict[str, Any]) -> str:

@@ -120,9 +120,10 @@ class Pipeline:
         file lock and flushed after the first frame, every ``save_interval`` frames and at
         least every ``FLUSH_SECONDS``, so it can be read while it grows); with ``midas_files``
         also the GPU program's files as frames arrive (spec §7.3: ``lineout.bin`` and
-        ``lineout_simple_mean.bin``, n_r pairs (R, I) float64 per frame; ``Int2D.bin``,
-        n_r·n_eta float64, R-major, per frame; ``RTthEtaAreaMap.bin``; ``fit.bin``) and at the
-        end ``integrator_output.h5`` + the GSAS-II ``integrator_output.zarr.zip`` (spec §7.4).
+        ``lineout_simple_mean.bin``, n_r pairs (R, I) float64 per frame; with ``Write2D 1``
+        ``Int2D.bin``, n_r·n_eta float64, R-major, per frame; ``RTthEtaAreaMap.bin``; ``fit.bin``)
+        and at the end ``integrator_output.h5`` + (with ``Int2D.bin``) the GSAS-II
+        ``integrator_output.zarr.zip`` (spec §7.4).
     save_interval : int
         Flush every this many frames.
     max_frames : int, optional
@@ -447,7 +448,15 @@ class Pipeline:
         from radint.io.midas import STREAM_BINARIES, reta_map
 
         if not bins:
-            per_frame = [name for name in STREAM_BINARIES if name != "RTthEtaAreaMap.bin"]
+            # As the GPU program: Int2D.bin (and so the GSAS-II zip made from it) only with
+            # Write2D 1, since it is n_r × n_eta doubles per frame.
+            skip = {"RTthEtaAreaMap.bin"} | (
+                set() if self.integrator.config.write_2d else {"Int2D.bin"}
+            )
+            per_frame = [name for name in STREAM_BINARIES if name not in skip]
+            if "Int2D.bin" in skip:
+                log.info("stream: Int2D.bin and the GSAS-II zarr.zip are not written (Write2D 0, "
+                         "as in MIDAS; set Write2D 1 in the parameters for them)")  # fmt: skip
             bins = {name: open(self.output_dir / name, "wb") for name in per_frame}
             (self.output_dir / "RTthEtaAreaMap.bin").write_bytes(
                 reta_map(results[0].frame(0)).astype("<f8").tobytes()
@@ -471,7 +480,8 @@ class Pipeline:
             total = np.where(used, cake, 0.0).sum(axis=0)
             mean = np.divide(total, n_used, out=np.zeros_like(total), where=n_used > 0)
             bins["lineout_simple_mean.bin"].write(np.column_stack([r, mean]).tobytes())
-            bins["Int2D.bin"].write(np.ascontiguousarray(cake.T, np.float64).tobytes())
+            if "Int2D.bin" in bins:
+                bins["Int2D.bin"].write(np.ascontiguousarray(cake.T, np.float64).tobytes())
             if result.peaks is not None:
                 if "fit.bin" not in bins:
                     bins["fit.bin"] = open(self.output_dir / "fit.bin", "wb")
