@@ -18,9 +18,10 @@ GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, re
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,11 +220,60 @@ def _c_attribute(value: Any) -> Any:
     return np.array([value], dtype=np.float64)
 
 
+class _ZarrV2Zip:
+    """A zarr v2 store written straight into an open ZIP file, one chunk per array, every key
+    once: the ``.zgroup``/``.zattrs``/``.zarray`` JSON and chunk bytes zarr itself writes
+    (Blosc zstd level 3 with bit-shuffle, as MIDAS's ``Hdf5ToZarr``). zarr's own API spent
+    ~5 ms per array in its event loop (~130 ms of a one-frame file's 150 ms)."""
+
+    def __init__(self, zf: zipfile.ZipFile) -> None:
+        from numcodecs import Blosc
+
+        self._zf = zf
+        self._codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+        self._groups: set[str] = set()
+        self._group("")
+
+    def _json(self, key: str, value: dict[str, Any]) -> None:
+        self._zf.writestr(key, json.dumps(value, indent=2))
+
+    def _group(self, path: str) -> None:
+        if path in self._groups:
+            return
+        if path:
+            self._group(path.rpartition("/")[0])
+        self._groups.add(path)
+        prefix = f"{path}/" if path else ""
+        self._json(f"{prefix}.zgroup", {"zarr_format": 2})
+        self._json(f"{prefix}.zattrs", {})
+
+    def array(self, name: str, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
+        """``name`` (``a/b/c``) = ``data`` (float64, one chunk) with ``attrs``."""
+        data = np.ascontiguousarray(data, dtype="<f8")
+        self._group(name.rpartition("/")[0])
+        meta = {
+            "shape": list(data.shape),
+            "chunks": list(data.shape),
+            "dtype": "<f8",
+            "fill_value": 0.0,
+            "order": "C",
+            "filters": None,
+            "dimension_separator": ".",
+            "compressor": self._codec.get_config(),
+            "zarr_format": 2,
+        }
+        self._json(f"{name}/.zarray", meta)
+        plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in (attrs or {}).items()}
+        self._json(f"{name}/.zattrs", plain)
+        chunk_key = ".".join("0" * data.ndim) if data.ndim else "0"
+        self._zf.writestr(f"{name}/{chunk_key}", bytes(self._codec.encode(data)))
+
+
 def write_gsas_zarr_zip(result: Result, path: str | Path) -> Path:
     """Write the ``.zarr.zip`` GSAS-II's MIDAS importer reads (zarr v2 in a ZIP), atomically.
 
-    Arrays are Blosc zstd level 3 with bit-shuffle, as MIDAS's ``Hdf5ToZarr`` writes them. The
-    store is built in a temporary directory and zipped once, so every key appears exactly once.
+    Arrays are Blosc zstd level 3 with bit-shuffle, as MIDAS's ``Hdf5ToZarr`` writes them, one
+    chunk each; every key appears exactly once.
 
     Parameters
     ----------
@@ -235,28 +285,10 @@ def write_gsas_zarr_zip(result: Result, path: str | Path) -> Path:
     -------
     Path
     """
-    import zarr
-    from numcodecs import Blosc
-
-    codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
-    with tempfile.TemporaryDirectory() as work:
-        root = zarr.open_group(work, mode="w", zarr_format=2)
+    with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        store = _ZarrV2Zip(zf)
         for name, data, attrs in midas_tree(result):
-            arr = root.create_array(
-                name,
-                shape=data.shape,
-                dtype=data.dtype,
-                chunks=data.shape,
-                compressors=codec,
-                attributes={
-                    k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
-                },
-            )
-            arr[...] = data
-        with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-            for file in sorted(Path(work).rglob("*")):
-                if file.is_file():
-                    zf.write(file, file.relative_to(work).as_posix())
+            store.array(name, data, attrs)
     return Path(path)
 
 
@@ -310,8 +342,6 @@ def write_stream_outputs(
     import datetime
 
     import h5py
-    import zarr
-    from numcodecs import Blosc
 
     directory = Path(directory)
     geometry = np.fromfile(directory / "RTthEtaAreaMap.bin", dtype=np.float64)
@@ -344,22 +374,23 @@ def write_stream_outputs(
 
     h5_path, zip_path = directory / f"{name}.h5", directory / f"{name}.zarr.zip"
     with_2d = (directory / "Int2D.bin").exists()
-    codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
     with (
         atomic_output(h5_path) as tmp,
         h5py.File(tmp, "w") as h5,
-        # The zip's tree is built beside the outputs (hidden), not in /tmp: same disk, and a
-        # killed run leaves it where the user looks.
-        tempfile.TemporaryDirectory(dir=directory, prefix=f".{name}.zarr.") as work,
+        contextlib.ExitStack() as zip_stack,
     ):
+        store = None
+        if with_2d:
+            ztmp = zip_stack.enter_context(atomic_output(zip_path))
+            zf = zip_stack.enter_context(zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED))
+            store = _ZarrV2Zip(zf)
+            store.array("REtaMap", geometry)
         h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
         h5.attrs["num_frames"] = n_frames
         maps = h5.create_group("geometry_maps")
         for values, (key, description, units) in zip(geometry, _GEOMETRY_MAPS, strict=True):
             ds = maps.create_dataset(key, data=values, track_times=False)
             ds.attrs.update({"description": np.bytes_(description), "units": np.bytes_(units)})
-        root = zarr.open_group(work, mode="w", zarr_format=2)
-        root.create_array("REtaMap", data=geometry, chunks=geometry.shape, compressors=codec)
         line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
                        ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
         summed = h5.create_group("OmegaSumFrame") if with_2d else None
@@ -389,7 +420,7 @@ def write_stream_outputs(
                     values = frames(file, (n_r, 2), range(k, k + 1))[0]
                     ds = group.create_dataset(labels[k], data=values, track_times=False)
                     ds.attrs["frame_index"] = k
-            if summed is None:
+            if summed is None or store is None:
                 continue
             total = np.zeros((n_r, n_eta))
             for k in rows:  # one frame at a time: memory does not grow with the group
@@ -400,26 +431,18 @@ def write_stream_outputs(
             ds.attrs["original_frame_indices"] = np.asarray(rows)
             if mapping:
                 ds.attrs["last_frame_identifier"] = np.bytes_(labels[last])
-            root.create_array(
-                f"OmegaSumFrame/LastFrameNumber_{last}", data=total, chunks=total.shape,
-                compressors=codec,
-                attributes={"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
-                            "FirstOme": omega(first), "LastOme": omega(last)},
+            store.array(
+                f"OmegaSumFrame/LastFrameNumber_{last}", total,
+                {"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
+                 "FirstOme": omega(first), "LastOme": omega(last)},
             )  # fmt: skip
         instrument = {"Lam": config.wavelength_angstrom, "Polariz": config.gsas_polariz,
                       "SH_L": config.gsas_sh_l, "U": config.gsas_u, "V": config.gsas_v,
                       "W": config.gsas_w, "X": config.gsas_x, "Y": config.gsas_y,
                       "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
-        for key, value in instrument.items():
-            root.create_array(f"InstrumentParameters/{key}", data=np.array([value], np.float64))
-        if with_2d:
-            with (
-                atomic_output(zip_path) as ztmp,
-                zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED) as zf,
-            ):
-                for file in sorted(Path(work).rglob("*")):
-                    if file.is_file():
-                        zf.write(file, file.relative_to(work).as_posix())
+        if store is not None:
+            for key, value in instrument.items():
+                store.array(f"InstrumentParameters/{key}", np.array([value], np.float64))
         if peaks is not None:
             peaks.file.close()
     return [h5_path, zip_path] if with_2d else [h5_path]
