@@ -314,8 +314,11 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
             # The zip's per-frame ω is kept in the NeXus file too (and read back from it).
             np.testing.assert_allclose(f["entry/scan/omega"][()], [30.25, 30.5, 30.75])
-        np.testing.assert_allclose(read_nexus(out / f"{stem}.h5").metadata["omega_deg"],
-                                   [30.25, 30.5, 30.75])  # fmt: skip
+        back = read_nexus(out / f"{stem}.h5")
+        np.testing.assert_allclose(back.metadata["omega_deg"], [30.25, 30.5, 30.75])
+        # Provenance: positions in the zip's exchange/data (SkipFrame counted), not frame ids.
+        assert back.metadata["source_frame"].tolist() == [1, 2, 3]
+        assert set(back.metadata["source_path"]) == {str(tmp_path / f"{stem}.analysis.MIDAS.zip")}
         with h5py.File(out / f"{stem}.caked.hdf") as f:
             assert sorted(f["IntegrationResult"]) == ["FrameNr_0", "FrameNr_1", "FrameNr_2"]
             # ω of every frame of the file = start + index·step (C adds SkipFrame·step to
@@ -366,6 +369,9 @@ def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_con
         got = read_nexus(tmp_path / "o" / f"{name}.h5")
         want = original(stack)
         assert list(got.frame_ids) == list(range(len(stack)))
+        # Each file's frames of a shared stack are traced to that file, not to the group's.
+        assert got.metadata["source_files"] == [str(tmp_path / f"{name}.tif")]
+        assert got.metadata["source_frame"].tolist() == list(range(len(stack)))
         np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(got.cake_sigma, want.cake_sigma, rtol=1e-12, equal_nan=True)
 
@@ -596,3 +602,34 @@ def test_output_names_keep_dots_that_are_not_the_format_ending():
     assert output_stem("scan_000001.analysis.MIDAS.zip") == "scan_000001"
     assert output_stem("frame.edf.gz") == "frame" and output_stem("ff_00012.ge3") == "ff_00012"
     assert output_stem(".bg.tif") == ".bg" and output_stem("x.tif", "y") == "y"
+
+
+@pytest.mark.parametrize("n_procs", ["1", "2"])
+def test_outputs_trace_every_frame_to_its_input_file_and_frame(
+    series, capsys, monkeypatch, n_procs
+):
+    """radint batch with relative input paths: every output (NeXus HDF5 and Zarr) records, per
+    frame, the input's absolute path and the frame's position in it; ``radint info RESULT``
+    lists them and ``--row`` answers for one frame."""
+    from radint.io import read_provenance
+
+    d, files, _ = series
+    monkeypatch.chdir(d)  # relative paths in, absolute paths recorded
+    rc = main(["batch", "p.txt", files[0].name, files[1].name, "-o", "out", "-nCPUs", n_procs,
+               "--format", "nexus,zarr,caked"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for f in files[:2]:
+        stem = f.name.removesuffix(".tif")
+        for out in (d / "out" / f"{stem}.h5", d / "out" / f"{stem}.zarr"):
+            prov = read_provenance(out)
+            assert prov is not None and prov.files == [str(f)], out
+            assert prov.file_index.tolist() == [0, 0]
+            assert prov.frame_index.tolist() == [0, 1]
+        assert main(["info", str(d / "out" / f"{stem}.h5")]) == 0
+        shown = capsys.readouterr().out
+        assert f"{f}: 2 frame(s), its frames 0..1, output rows 0..1" in shown
+    assert main(["info", "out/scan_000002.zarr", "--row", "1"]) == 0
+    assert f"row 1 (frame_id 1): {files[1]}, frame 1" in capsys.readouterr().out
+    assert main(["info", "out/scan_000002.h5", "--row", "2"]) == 2
+    assert "no row 2 (it holds 2 frame(s))" in capsys.readouterr().err

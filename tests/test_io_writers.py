@@ -222,7 +222,7 @@ def test_atomic_writer_starts_writeback_and_releases_its_descriptor(tmp_path: Pa
 
 
 def test_zarr_v3_store_has_the_same_tree(tmp_path: Path) -> None:
-    res = make_result(n_frames=2)
+    res = _with_sources(make_result(n_frames=2), ["/d/a.h5", "/d/b.h5"], [3, 0])
     h5 = write_nexus(res, tmp_path / "a.h5")
     store = write_nexus(res, tmp_path / "a.zarr", backend="zarr")
     root = zarr.open_group(str(store), mode="r")
@@ -728,3 +728,95 @@ def test_outputs_near_the_file_name_limit_are_written(tmp_path: Path) -> None:
     assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(".partial")
     res = make_result(n_frames=1)
     assert write_nexus(res, long, compression="gzip") == long and long.is_file()
+
+
+def _with_sources(res, paths: list[str], frames: list[int]):
+    res.metadata["source_path"] = np.array(paths, dtype=object)
+    res.metadata["source_frame"] = np.array(frames, dtype=np.int64)
+    return res
+
+
+@pytest.mark.parametrize("backend", ["hdf5", "zarr"])
+def test_provenance_file_table_and_per_frame_rows(tmp_path: Path, backend: str) -> None:
+    """Frames from several inputs, appended over several calls: each input path is stored once
+    in entry/provenance/file, each frame gets its row there and its position in that file;
+    frames that do not say where they came from get -1, also when they come first (the group
+    is then created later); the file still passes the NXazint checks and reads back."""
+    from radint.io import read_provenance
+
+    path = tmp_path / ("p.h5" if backend == "hdf5" else "p.zarr")
+    a, b = "/beamline/run 7/scan_000001.h5", "/beamline/run 7/données/frame_2.tif"
+    with NexusWriter(path, backend=backend) as w:
+        w.append(make_result(n_frames=1))  # no provenance
+        w.append(_with_sources(make_result(n_frames=3), [a, a, b], [10, 11, 0]))
+        w.append(_with_sources(make_result(n_frames=2), [a, b], [12, 0]))
+    prov = read_provenance(path)
+    assert prov is not None and prov.files == [a, b]
+    assert prov.file_index.tolist() == [-1, 0, 0, 1, 0, 1]
+    assert prov.frame_index.tolist() == [-1, 10, 11, 0, 12, 0]
+    assert prov.source(3) == (b, 0) and prov.source(0) == ("", -1)
+    back = read_nexus(path)
+    assert back.metadata["source_path"].tolist() == ["", a, a, b, a, b]
+    assert back.metadata["source_frame"].tolist() == [-1, 10, 11, 0, 12, 0]
+    assert back.metadata["source_files"] == [a, b]
+    if backend == "zarr":
+        root = zarr.open_group(str(path), mode="r")
+        assert root["entry/provenance"].attrs["NX_class"] == "NXcollection"
+        assert root["entry/provenance/file_index"].dtype == np.int32
+        return
+    with h5py.File(path) as f:
+        for ndim in (1, 2):
+            check_nxazint(f[f"entry/azint{ndim}d"], ndim, 6, 4, 10)
+        g = f["entry/provenance"]
+        assert _s(g.attrs["NX_class"]) == "NXcollection"
+        assert "file[file_index]" in _s(g.attrs["description"])
+        assert h5py.check_string_dtype(g["file"].dtype).encoding == "utf-8"
+        assert g["file"].maxshape == (None,) and g["file_index"].dtype == np.int32
+        for name in ("file", "file_index", "frame_index"):
+            assert _s(g[name].attrs["long_name"])
+        assert g["file_index"].shape == f["entry/azint1d/data/frame_id"].shape
+
+
+def test_provenance_survives_frame_and_concatenate() -> None:
+    """Result.frame / Result.concatenate keep the per-frame paths (as str) and positions
+    (as int), as the batch's whole-file formats and the stream rely on."""
+    from radint.result import Result
+
+    first = _with_sources(make_result(n_frames=2), ["/x/a.tif", "/x/a.tif"], [0, 1])
+    second = _with_sources(make_result(n_frames=1), ["/x/b.tif"], [5])
+    whole = Result.concatenate([first, second])
+    assert whole.metadata["source_path"].tolist() == ["/x/a.tif", "/x/a.tif", "/x/b.tif"]
+    assert whole.metadata["source_frame"].dtype == np.int64
+    one = whole.frame(2)
+    assert one.metadata["source_path"].tolist() == ["/x/b.tif"]
+    assert one.metadata["source_frame"].tolist() == [5]
+
+
+def test_one_frame_files_from_the_byte_image_record_their_input(tmp_path: Path) -> None:
+    """One-frame files with provenance are still written from the byte image (the input path
+    patched in place, one image per path length in bytes, UTF-8 included) and equal, object
+    for object, the file h5py writes; paths of every length read back exactly."""
+    from radint.io import nexus
+    from radint.io.h5image import FileImage
+
+    names = ["frame_2.tif", "frame_10.tif", "frame_11.tif", "é_frame_3.tif", "frame_100.tif"]
+    for k, name in enumerate(names):
+        src = f"/data/sample ä/{name}"
+        res = _with_sources(make_result(n_frames=1, n_eta=6, n_r=40), [src], [k])
+        with NexusWriter(tmp_path / f"image{k}.h5") as w:
+            w.append(res, frame_id=k, timestamp=1.7e9)
+            assert w._tree is None  # held for the image
+        with NexusWriter(tmp_path / f"h5py{k}.h5", atomic=False) as w:
+            w.append(res, frame_id=k, timestamp=1.7e9)
+        image, reference = (_h5_contents(tmp_path / f"{n}{k}.h5") for n in ("image", "h5py"))
+        for key, item in image.items():  # growing datasets: one-row chunks in the image
+            if isinstance(item, tuple) and item[2] and item[2][0] is None:
+                image[key] = item[:3] + reference[key][3:4] + item[4:]
+        for c in (image, reference):
+            c.pop("entry/azint1d/reduction/date")
+        assert image == reference
+        prov = nexus.read_provenance(tmp_path / f"image{k}.h5")
+        assert prov is not None and prov.files == [src] and prov.source(0) == (src, k)
+    images = [e.image for key, e in nexus._TEMPLATES.items() if key[-1] == len(
+        "/data/sample ä/frame_10.tif".encode())]  # fmt: skip
+    assert images and all(isinstance(i, FileImage) for i in images)

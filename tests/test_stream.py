@@ -259,6 +259,13 @@ def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
     rows = stream_rows(tmp_path / "stream.h5")
     np.testing.assert_array_equal(rows["dataset_num"], [65533, 65534, 65535, 0, 1, 2])
     np.testing.assert_array_equal(rows["frame_id"], [65533, 65534, 65535, 65536, 65537, 65538])
+    # Provenance as a batch records it: the TCP client by its source name, the frame's number.
+    from radint.io import read_provenance
+
+    prov = read_provenance(tmp_path / "stream.h5")
+    assert prov is not None and prov.files == sorted(set(rows["source"].tolist()))
+    assert prov.files[0].startswith("tcp:127.0.0.1:")
+    assert prov.frame_index.tolist() == rows["frame_id"].tolist()
 
 
 def test_stream_subtracts_a_dark(integrator, tmp_path):
@@ -697,6 +704,12 @@ def test_folder_watch_reads_frames_appended_to_a_file_it_already_read(integrator
     assert rows["source"].tolist() == [f"file:grow.tif:frame{k}" for k in range(3)][:1] + [
         f"file:grow.tif:frame{k}" for k in (1, 2)
     ] or rows["source"].tolist()[1:] == ["file:grow.tif:frame1", "file:grow.tif:frame2"]
+    # The file by its absolute path and each frame's position in it, as a batch records them.
+    from radint.io import read_nexus
+
+    back = read_nexus(tmp_path / "out" / "stream.h5")
+    assert back.metadata["source_files"] == [str((watch / "grow.tif").absolute())]
+    assert back.metadata["source_frame"].tolist() == [0, 1, 2]
     for k in range(3):
         np.testing.assert_allclose(
             rows["I"][k], integrator.integrate(frame(k, "u2")).lineout, rtol=1e-12, equal_nan=True

@@ -231,10 +231,17 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the parsed configuration, unknown keys, bin counts and (optionally) map statistics."""
+    """Print the parsed configuration, unknown keys, bin counts and (optionally) map statistics;
+    for a result file, its frames and the input file (and frame) each came from."""
     from rich.console import Console
     from rich.table import Table
 
+    if _is_result_file(args.params):
+        if args.overrides:
+            raise RadintError(f"{args.params} is a result file: give it alone (and --row N)")
+        return _describe_result(args.params, args.row, verbose=args.verbose)
+    if args.row is not None:
+        raise RadintError("--row N describes a row of a result file (radint info RESULT --row N)")
     data, overrides = _split_overrides(args.overrides)
     config = _load_config(args.params, overrides)
     console = Console()
@@ -301,6 +308,83 @@ def _describe_data(
             bad += 1
             console.print(f"[red]data: {e}[/red]")
     return 1 if bad else 0
+
+
+def _is_result_file(path: str) -> bool:
+    """A radint NeXus result (HDF5 file or Zarr store with ``entry/azint1d``), not parameters."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / "entry" / "azint1d").is_dir()
+    import h5py
+
+    try:
+        if not p.is_file() or not h5py.is_hdf5(p):
+            return False
+        with h5py.File(p, "r", locking=False) as f:
+            return "entry/azint1d/data" in f
+    except OSError:
+        return False
+
+
+#: Input files ``radint info RESULT`` lists (all of them with -v).
+_INFO_FILES = 20
+
+
+def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
+    """``radint info RESULT``: frames, bins and, from ``entry/provenance``, the input files
+    with the frames each gave (or, with ``row``, where that output frame came from)."""
+    from radint.io import read_provenance
+
+    if Path(path).is_dir():
+        import zarr
+
+        root: Any = zarr.open_group(path, mode="r")
+    else:
+        import h5py
+
+        root = h5py.File(path, "r", locking=False)
+    try:
+        n_frames, n_r = root["entry/azint1d/data/I"].shape
+        n_eta = root["entry/azint2d/data/I"].shape[1] if "entry/azint2d/data/I" in root else 0
+        axis = root["entry/azint1d/data/radial_axis"]
+        units = axis.attrs.get("units", "")
+        units = units.decode() if isinstance(units, bytes) else units
+        radial = np.asarray(axis[()])
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+    span = f", radial axis {radial[0]:.4g}..{radial[-1]:.4g} {units}" if radial.size else ""
+    print(f"result {path}: {n_frames} frame(s), {n_eta} eta x {n_r} radial bins{span}")
+    prov = read_provenance(path)
+    if prov is None:
+        print("  no entry/provenance: written without the input files recorded")
+        return 0 if row is None else _no_row(path, row, n_frames)
+    if row is not None:
+        if not -n_frames <= row < n_frames:
+            return _no_row(path, row, n_frames)
+        file, index = prov.source(row)
+        where = f"{file}, frame {index}" if file else "not known"
+        print(f"  row {row % n_frames} (frame_id {prov.frame_id[row]}): {where}")
+        return 0
+    # Rows grouped by input file in one sort (a 100 000-file result lists quickly with -v).
+    order = np.argsort(prov.file_index, kind="stable")
+    used, starts, counts = np.unique(prov.file_index[order], return_index=True, return_counts=True)
+    print(f"  from {len(prov.files)} input file(s) (entry/provenance):")
+    shown = used if verbose else used[:_INFO_FILES]
+    for k, start, count in zip(shown, starts, counts, strict=False):
+        rows = order[start : start + count]
+        frames = prov.frame_index[rows]
+        name = prov.files[k] if k >= 0 else "(not known)"
+        print(f"  {name}: {count} frame(s), its frames {frames.min()}..{frames.max()}, "
+              f"output rows {rows[0]}..{rows[-1]}")  # fmt: skip
+    if len(shown) < len(used):
+        print(f"  ... and {len(used) - len(shown)} more input file(s) (-v lists them all)")
+    return 0
+
+
+def _no_row(path: str, row: int, n_frames: int) -> int:
+    print(f"radint: error: {path}: no row {row} (it holds {n_frames} frame(s))", file=sys.stderr)
+    return 2
 
 
 def _key_matches(midas_key: str, field_name: str) -> bool:
@@ -714,14 +798,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser(
-        "info", parents=[common], help="print the parsed configuration and bin/map statistics"
+        "info", parents=[common],
+        help="print the parsed configuration and bin/map statistics, or what a result file holds",
+        description="radint info PARAMS [DATA...]: the configuration (and data files checked "
+        "against it). radint info RESULT: a result file's frames and the input file and frame "
+        "each came from (entry/provenance); --row N for one output frame.",
+    )  # fmt: skip
+    p.add_argument(
+        "params", help="MIDAS parameter file or pyFAI .poni; or a radint result (.h5 / .zarr)"
     )
-    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument(
         "overrides", nargs="*", metavar="[DATA...] [Key value ...]",
         help="data files to describe and check against the parameters, and overrides",
     )  # fmt: skip
     p.add_argument("--map", action="store_true", help="also build the map and print its statistics")
+    p.add_argument(
+        "--row", type=int, default=None, metavar="N",
+        help="RESULT: the input file and frame output frame N (0-based) came from",
+    )  # fmt: skip
     p.add_argument("--dataset", default=None, help="HDF5 dataset of the frames")
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.add_argument("-j", "--threads", type=int, default=None)

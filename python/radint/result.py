@@ -55,7 +55,11 @@ class Result:
         ``masked_bins`` (flat indices into an ``(n_eta, n_r)`` cake of the bins a masked pixel
         touched, NaN in ``cake``) and ``masked_bin_values`` ``(n_frames, n_masked)``, their
         intensities before that NaN, which MIDAS's ``SumFrames`` adds up (see
-        :meth:`cakes_before_mask_nan`).
+        :meth:`cakes_before_mask_nan`). Where each frame came from, when known:
+        ``source_path`` ``(n_frames,)`` object array of str (the input file's absolute path, a
+        stream's source name, ``""`` where not known) and ``source_frame`` ``(n_frames,)``
+        int64 (the frame's position in that file, −1 where not known); the NeXus writers store
+        them in ``entry/provenance``.
     peaks : FitTable or None
         Peaks fitted to the lineout(s) when the Integrator was asked to fit (``fit=``); columns
         of shape ``(n_peaks,)``, or ``(n_frames, n_peaks)`` for a stack.
@@ -203,7 +207,12 @@ class Result:
 
 
 #: Metadata keys holding one value (or one row) per frame (joined when stacks are joined).
-PER_FRAME_METADATA = ("omega_deg", "Temperature", "Pressure", "I", "I0", "masked_bin_values")
+PER_FRAME_METADATA = (
+    "omega_deg", "Temperature", "Pressure", "I", "I0", "masked_bin_values", "source_path",
+    "source_frame",
+)  # fmt: skip
+#: Per-frame metadata joined in their own type (the others are float64 values).
+_METADATA_DTYPES = {"source_path": object, "source_frame": np.int64}
 
 
 def _frame_rows(value: Any) -> np.ndarray:
@@ -218,7 +227,8 @@ def _concat_metadata(results: Sequence[Result]) -> dict:
     for key in PER_FRAME_METADATA:
         parts = [r.metadata.get(key) for r in results]
         if all(p is not None for p in parts):
-            out[key] = np.concatenate([_frame_rows(np.asarray(p, dtype=np.float64)) for p in parts])
+            dtype = _METADATA_DTYPES.get(key, np.float64)
+            out[key] = np.concatenate([_frame_rows(np.asarray(p, dtype=dtype)) for p in parts])
         else:
             out.pop(key, None)
     return out

@@ -270,6 +270,7 @@ def process_files(
 
     integ = integrator or _WORKER.get("integrator")
     paths = [str(p) for p in paths]
+    absolute = [os.path.abspath(p) for p in paths]  # not resolve(): symlinked folders kept
     names = list(names) if names else [None] * len(paths)
     writer = _FileWriter(out_dir, formats, compression)
     done: dict[int, FileOutcome] = {}
@@ -289,7 +290,7 @@ def process_files(
             yield ("start", i, path, stem)
             try:
                 file_dark = dark if dark is not None else own_dark(path)
-                for stack, ids, metadata in read_stacks(
+                for stack, ids, metadata, indices in read_stacks(
                     path,
                     dataset=dataset,
                     size=STACK_FRAMES,
@@ -298,12 +299,12 @@ def process_files(
                     shape=integ.config.shape,
                     raw_dtype=raw_dtype,
                 ):
-                    if group.add(i, stack, ids, metadata):
+                    if group.add(i, stack, ids, metadata, indices):
                         if group.full:
                             yield from group.flush()
                         continue
                     yield from group.flush()  # the frames before this stack go first
-                    yield ("stack", i, stack, ids, file_dark, metadata)
+                    yield ("stack", i, stack, ids, file_dark, metadata, indices)
             except Exception as e:  # handed on: this file fails, the next one is read
                 yield ("error", i, e)
                 continue
@@ -329,9 +330,10 @@ def process_files(
             kind, i = ev[0], ev[1]
             if kind in ("stack", "group"):
                 # A stack is one file's frames; a group holds several files' (members: file
-                # index, first frame, frame count, ids, metadata), whose "end"s come with it.
+                # index, first frame, frame count, ids, metadata, positions in the file), whose
+                # "end"s come with it.
                 data, file_dark = ev[2], ev[4]
-                members = [(i, 0, len(data), ev[3], ev[5])] if kind == "stack" else ev[3]
+                members = [(i, 0, len(data), ev[3], ev[5], ev[6])] if kind == "stack" else ev[3]
                 live = [m for m in members if m[0] not in failed]
                 try:
                     if not live:
@@ -344,10 +346,13 @@ def process_files(
                     continue
                 finally:
                     _STACK_BUFFERS.give_back(data)
-                for i_file, first, n, ids, metadata in live:
+                for i_file, first, n, ids, metadata, indices in live:
                     part = _frames(result, first, n)
                     part.frame_ids = np.asarray(ids, dtype=np.int64)
                     part.metadata["source"] = str(paths[i_file])
+                    # Provenance in the outputs: absolute, so it survives moving the folder.
+                    part.metadata["source_path"] = np.full(n, absolute[i_file], dtype=object)
+                    part.metadata["source_frame"] = np.asarray(indices, dtype=np.int64)
                     part.metadata.update(
                         {k: np.asarray(v, dtype=np.float64) for k, v in metadata.items()}
                     )
@@ -439,7 +444,7 @@ class _Group:
         self.buffer: np.ndarray | None = None
         self.dark: np.ndarray | None = None
         self.n = 0
-        self.members: list[tuple[int, int, int, Any, dict]] = []
+        self.members: list[tuple[int, int, int, Any, dict, list[int]]] = []
         self.ends: list[int] = []
         self._offered: np.ndarray | None = None
 
@@ -464,11 +469,12 @@ class _Group:
         self._offered = self.buffer[self.n : self.n + n]
         return self._offered
 
-    def add(self, i: int, stack: np.ndarray, ids: Any, metadata: dict) -> bool:
-        """Take file ``i``'s ``stack`` if it was read into the offered frames."""
+    def add(self, i: int, stack: np.ndarray, ids: Any, metadata: dict, indices: list[int]) -> bool:
+        """Take file ``i``'s ``stack`` (frames ``indices`` of the file) if it was read into the
+        offered frames."""
         if self._offered is None or stack is not self._offered:
             return False
-        self.members.append((i, self.n, len(stack), ids, metadata))
+        self.members.append((i, self.n, len(stack), ids, metadata, indices))
         self.n += len(stack)
         self._offered = None
         return True

@@ -13,7 +13,8 @@ produces the next ones by compressing the new rows itself and patching where the
 * a chunk that fits where the template's chunk lies is written there, a larger one is appended
   at the end of the file; every filter is applied, even where HDF5 would have skipped an
   optional one for a chunk it could not shrink (the entry's filter mask says which ran);
-* a string is replaced by one of the same length where the global heap holds it.
+* a string is replaced by one of the same length in bytes where the global heap holds it (the
+  reduction date; the input file of ``entry/provenance/file``, so images are made per length).
 
 The image is checked when it is made: a file rendered from it with random rows is read back
 by HDF5, and anything HDF5 reads differently (or a filter this module does not know) makes
@@ -127,8 +128,9 @@ class FileImage:
         rows : mapping
             Row name → dataset path.
         texts : mapping
-            Text name → (path of a scalar variable-length string dataset, length in bytes of
-            the ASCII strings it will hold).
+            Text name → (path of a variable-length string dataset, scalar or an empty
+            extendable 1-D one (given one element), length in bytes of the UTF-8 strings it
+            will hold).
 
         Raises
         ------
@@ -140,7 +142,12 @@ class FileImage:
         sentinels = {}
         for name, (path, length) in texts.items():
             sentinels[name] = (uuid.uuid4().hex * (length // 32 + 1))[:length].encode()
-            h5file[path][()] = sentinels[name].decode()
+            ds = h5file[path]
+            if ds.shape == (0,):
+                ds.resize(1, axis=0)
+                ds[0] = sentinels[name].decode()
+            else:
+                ds[()] = sentinels[name].decode()
         datasets = {name: h5file[path] for name, path in rows.items()}
         for ds in datasets.values():
             if ds.shape[0] != 0 or ds.chunks is None:
@@ -204,7 +211,10 @@ class FileImage:
                     if back.shape != ds.shape or not np.array_equal(back[0], rows[name]):
                         raise ImageUnsupported(f"{ds.name}: read back differs")
                 for name, (path, _) in texts.items():
-                    if f[path].asstr()[()] != strings[name]:
+                    back_text = f[path].asstr()[()]
+                    if f[path].shape == (1,):
+                        back_text = back_text[0]
+                    if back_text != strings[name]:
                         raise ImageUnsupported(f"{path}: text read back differs")
         except ImageUnsupported:
             raise
@@ -217,7 +227,7 @@ class FileImage:
 
     def render(self, rows: Mapping[str, np.ndarray], texts: Mapping[str, str]) -> bytearray:
         """The file with ``rows`` (name → one row, shape = the dataset's row) and ``texts``
-        (name → ASCII string of :meth:`text_length`)."""
+        (name → string of :meth:`text_length` bytes in UTF-8)."""
         out = bytearray(self._image)
         tail: list[Any] = []
         end = len(out)
@@ -241,7 +251,7 @@ class FileImage:
             struct.pack_into("<Q", out, chunk.address_at, address)
         for name, value in texts.items():
             at, size = self._texts[name]
-            raw = value.encode("ascii")
+            raw = value.encode("utf-8")
             if len(raw) != size:
                 raise ValueError(f"text {name!r} must be {size} bytes, got {len(raw)}")
             out[at : at + size] = raw

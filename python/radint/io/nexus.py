@@ -16,6 +16,10 @@ Layout (one file, the NXsubentry "multi-method" convention both definitions pres
                                       norm, count, radius_px (R, px), two_theta/q (the other
                                       unit), frame_id, timestamp
       scan/       NXcollection (when the frames carry it: a MIDAS zip) omega [n_frames], degree
+      provenance/ NXcollection (when the frames say where they came from: batch, integrate,
+                               stream) file [n_files] (UTF-8: absolute input paths, or a stream's
+                               source name), file_index [n_frames] int32 (row of file; -1: not
+                               known), frame_index [n_frames] int64 (position in that file)
       peaks/      NXprocess    (when the Result carries fitted peaks) program, model, and per-frame
                                [n_frames, n_peaks] columns: area, center_px, center_two_theta,
                                center_q, center_d, sig, gam, fwhm_px, fwhm_two_theta, eta_mix, chi2,
@@ -63,7 +67,7 @@ from radint.io.atomic import commit_path, remove_path, start_writeback, temporar
 from radint.io.h5image import FileImage, ImageUnsupported, chunk_encoder, filters_of
 from radint.result import Result
 
-__all__ = ["NexusWriter", "read_nexus", "write_nexus"]
+__all__ = ["NexusWriter", "Provenance", "read_nexus", "read_provenance", "write_nexus"]
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +203,12 @@ def _one_frame_image(
     build: Callable[[Any], dict[str, str]],
     data: dict[str, np.ndarray],
     compression: str | None,
+    texts: dict[str, tuple[str, int]] | None = None,
 ) -> _Template | None:
     """The template for ``key`` with its one-frame byte image, or None where the image cannot
     serve: ``data`` differs from what the template was built with, or
-    :class:`~radint.io.h5image.FileImage` does not support the layout."""
+    :class:`~radint.io.h5image.FileImage` does not support the layout. ``texts``: strings
+    patched besides the date (name → (path, length in bytes), the length part of ``key``)."""
     with _TEMPLATES_LOCK:
         entry = _template(key, build, data, compression)
         if not all(_same(entry.built_with[path], v) for path, v in data.items()):
@@ -213,8 +219,10 @@ def _one_frame_image(
                 # One-row chunks: a one-frame file has no use for the ~1 MB lineout chunks
                 # that suit a growing file (and compressing them cost ~1 ms per file).
                 rows = build(_H5Tree(file, compression, swmr=False, rows_per_chunk=1))
+                # The file table is text, patched as the date is; the rest are numeric rows.
+                numeric = {k: v for k, v in rows.items() if k != "provenance/file"}
                 entry.image = FileImage.from_file(
-                    file, rows, {"date": (_DATE_PATH, len(_now_iso()))}
+                    file, numeric, {"date": (_DATE_PATH, len(_now_iso())), **(texts or {})}
                 )
             except ImageUnsupported as e:
                 log.info("NeXus one-frame files are written through h5py: %s", e)
@@ -231,6 +239,49 @@ def _now_iso() -> str:
 
 #: The reduction date both subentries share (azint2d's reduction group is a hard link).
 _DATE_PATH = "entry/azint1d/reduction/date"
+
+#: Where each frame came from: a table of input files (a 500-file batch into one stream file
+#: stores each path once) and, per frame, its row in the table and its position in that file.
+PROVENANCE = "entry/provenance"
+_PROVENANCE_PATHS = {
+    "provenance/file": f"{PROVENANCE}/file",
+    "provenance/file_index": f"{PROVENANCE}/file_index",
+    "provenance/frame_index": f"{PROVENANCE}/frame_index",
+}
+_PROVENANCE_DESCRIPTION = (
+    "where each frame came from, one row per frame in the order of entry/azint*/data: "
+    "file[file_index] is its input file (absolute path; for a stream, its source: the file, "
+    "tcp:HOST:PORT or pva:CHANNEL), frame_index its position in that file (0-based, counting "
+    "every frame the file stores; for TCP/PVA the frame's number at its source)"
+)
+
+
+def _provenance(result: Result) -> tuple[list[str], np.ndarray] | None:
+    """Per frame, the input file and the position in it (``metadata['source_path']``,
+    ``['source_frame']``; ``""`` and −1 where not known); None when the result says neither."""
+    paths, frames = result.metadata.get("source_path"), result.metadata.get("source_frame")
+    if paths is None and frames is None:
+        return None
+    n = result.n_frames
+    if paths is None:
+        texts = [""] * n
+    else:
+        values = np.asarray(paths, dtype=object).reshape(-1)
+        if values.size == 1 and n > 1:
+            values = np.repeat(values, n)
+        if values.size != n:
+            raise ValueError(f"got {values.size} source paths for {n} frame(s)")
+        texts = [_utf8(v) for v in values]
+    where = _as_rows(frames, n, np.full(n, -1), np.int64)
+    return texts, where
+
+
+def _utf8(value: Any) -> str:
+    """A path as text HDF5 and Zarr store as UTF-8 (bytes and undecodable names included)."""
+    if value is None:
+        return ""
+    text = os.fsdecode(value) if isinstance(value, bytes | os.PathLike) else str(value)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class _H5Tree:
@@ -336,6 +387,17 @@ class _H5Tree:
             # alone is twice a one-frame file's row, and each encode cost ~0.1 ms per file.
             **(self._filter if row else {}),
         )
+        ds.attrs.update(attrs)
+        return ds
+
+    def growing_text(self, path: str, attrs: dict[str, Any]) -> Any:
+        """An empty extendable 1-D dataset of variable-length UTF-8 strings."""
+        import h5py
+
+        ds = self.file.create_dataset(
+            path, shape=(0,), maxshape=(None,), chunks=(self._rows_per_chunk or 64,),
+            dtype=h5py.string_dtype(),
+        )  # fmt: skip
         ds.attrs.update(attrs)
         return ds
 
@@ -447,6 +509,12 @@ class _ZarrTree:
             dtype=dtype,
             fill_value=np.nan if dtype.kind == "f" else 0,
         )
+        arr.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
+        return arr
+
+    def growing_text(self, path: str, attrs: dict[str, Any]) -> Any:
+        """An empty extendable 1-D array of variable-length strings."""
+        arr = self.root.create_array(path, shape=(0,), chunks=(1024,), dtype=str, fill_value="")
         arr.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
         return arr
 
@@ -581,6 +649,7 @@ class NexusWriter:
                 remove_path(self.path)
             self._open()
         self._rows: dict[str, Any] = {}
+        self._files: dict[str, int] = {}  # entry/provenance/file: path → row
         self._shape: tuple[int, int] | None = None
         self._closed = False
         self._writeback_fd: int | None = None
@@ -759,6 +828,7 @@ class NexusWriter:
             bool(result.normalized),
             str(np.result_type(result.cake.dtype, np.float32)),
             result.cake_sigma is not None,
+            "source_path" in result.metadata or "source_frame" in result.metadata,
             result.n_r,
             result.n_eta,
         )
@@ -837,9 +907,31 @@ class NexusWriter:
                     np.asarray(result.eta_edges_deg, dtype=np.float64),
                     {"long_name": "azimuthal bin edges", "units": "degrees"},
                 )
+        if "source_path" in result.metadata or "source_frame" in result.metadata:
+            self._provenance_layout(t)
+            rows.update(_PROVENANCE_PATHS)
         for path, (value, attrs) in per_frame.items():
             t.field(path, value, attrs)
         return rows
+
+    @staticmethod
+    def _provenance_layout(t: Any) -> dict[str, Any]:
+        """Create ``entry/provenance`` (empty); its datasets by row name."""
+        t.group(PROVENANCE, {"NX_class": "NXcollection", "description": _PROVENANCE_DESCRIPTION})
+        made = {
+            "provenance/file": t.growing_text(
+                _PROVENANCE_PATHS["provenance/file"],
+                {"long_name": "input file (absolute path) or stream source, one row per source"},
+            )
+        }
+        for name, dtype, long_name in (
+            ("provenance/file_index", np.int32, "row of file the frame came from (-1: not known)"),
+            ("provenance/frame_index", np.int64,
+             "position of the frame in its input file, 0-based (-1: not known)"),
+        ):  # fmt: skip
+            made[name] = t.growing(_PROVENANCE_PATHS[name], (), np.dtype(dtype),
+                                   {"long_name": long_name})  # fmt: skip
+        return made
 
     def _start_peaks(self, n_peaks: int) -> None:
         """Create the peaks group; frames appended before it existed get absent rows."""
@@ -887,6 +979,38 @@ class NexusWriter:
         written = self._rows["azint1d/frame_id"].shape[0]
         if written:
             t.append(self._rows["scan/omega"], np.full(written, np.nan))
+
+    def _start_provenance(self) -> None:
+        """Create ``entry/provenance`` for frames that say where they came from after some
+        that did not (their rows: -1, not known)."""
+        t = self._open()
+        self._rows.update(self._provenance_layout(t))
+        written = self._rows["azint1d/frame_id"].shape[0]
+        if written:
+            for key, value in self._provenance_rows(None, written)[1].items():
+                t.append(self._rows[key], value)
+
+    def _provenance_rows(
+        self, provenance: tuple[list[str], np.ndarray] | None, n: int
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """The paths new to the file table (now given their rows) and the rows of
+        ``file_index`` / ``frame_index`` for ``n`` frames."""
+        if provenance is None:
+            return [], {
+                "provenance/file_index": np.full(n, -1, dtype=np.int32),
+                "provenance/frame_index": np.full(n, -1, dtype=np.int64),
+            }
+        paths, where = provenance
+        new: list[str] = []
+        index = np.full(n, -1, dtype=np.int32)
+        for k, path in enumerate(paths):
+            if path:
+                row = self._files.get(path)
+                if row is None:
+                    row = self._files[path] = len(self._files)
+                    new.append(path)
+                index[k] = row
+        return new, {"provenance/file_index": index, "provenance/frame_index": where}
 
     # -- public API -------------------------------------------------------------------------
     def append(
@@ -980,6 +1104,15 @@ class NexusWriter:
             rows["scan/omega"] = (
                 given if given is not None and given.size == n else np.full(n, np.nan)
             )
+        provenance = _provenance(result)
+        if provenance is not None and "provenance/file_index" not in self._rows:
+            self._start_provenance()
+        if "provenance/file_index" in self._rows:
+            new_files, provenance_rows = self._provenance_rows(provenance, n)
+            if new_files:  # the table first: a reader of a growing file never meets a row
+                # pointing past it
+                self._open().append(self._rows["provenance/file"], np.array(new_files, object))
+            rows.update(provenance_rows)
         if self.backend == "hdf5":
             _ensure_space(self._target, sum(np.asarray(v).nbytes for v in rows.values()))
         for key, value in rows.items():
@@ -993,17 +1126,32 @@ class NexusWriter:
         result, ids, stamps = self._held
         fields = self._data_fields(result)
         data = {path: value for path, (value, _) in fields.items()}
+        key = self._layout_key(result)
+        provenance = _provenance(result)
+        texts: dict[str, tuple[str, int]] = {}
+        if provenance is not None:
+            path = provenance[0][0]
+            if not path:
+                return False  # an empty file table: not the image's layout
+            # The path is patched in place, so each length in bytes has its own image.
+            texts["file"] = (_PROVENANCE_PATHS["provenance/file"], len(path.encode()))
+            key = (*key, texts["file"][1])
         entry = _one_frame_image(
-            self._layout_key(result),
+            key,
             lambda tree: self._write_layout(tree, result, fields),
             data,
             self._compression,
+            texts,
         )
         if entry is None:
             return False
         assert isinstance(entry.image, FileImage)
         rows = self._row_values(result, ids, stamps, "azint2d/I_errors" in entry.rows)
-        image = entry.image.render({k: v[0] for k, v in rows.items()}, {"date": _now_iso()})
+        strings = {"date": _now_iso()}
+        if provenance is not None:
+            rows.update(self._provenance_rows(provenance, 1)[1])
+            strings["file"] = provenance[0][0]
+        image = entry.image.render({k: v[0] for k, v in rows.items()}, strings)
         fh, self._image_file = self._image_file, None
         with fh:
             fh.write(image)
@@ -1191,13 +1339,102 @@ def write_nexus(
     return Path(path)
 
 
+@dataclass
+class Provenance:
+    """Where the frames of a result file came from (its ``entry/provenance``).
+
+    Attributes
+    ----------
+    files : list of str
+        The input files (absolute paths; a stream's TCP/PVA sources by name), each once.
+    file_index : ndarray, shape (n_frames,), int32
+        Row of ``files`` each output frame came from; −1 where not known.
+    frame_index : ndarray, shape (n_frames,), int64
+        Position of each output frame in its input file (0-based); −1 where not known.
+    frame_id : ndarray, shape (n_frames,), int64
+        The output frames' ``frame_id`` (as in ``entry/azint*/data``).
+    """
+
+    files: list[str]
+    file_index: np.ndarray
+    frame_index: np.ndarray
+    frame_id: np.ndarray
+
+    def source(self, row: int) -> tuple[str, int]:
+        """(input file, position in it) of output frame ``row`` (``("", -1)`` if not known)."""
+        k = int(self.file_index[row])
+        return (self.files[k] if 0 <= k < len(self.files) else ""), int(self.frame_index[row])
+
+
+def read_provenance(path: str | Path) -> Provenance | None:
+    """Read only ``entry/provenance`` (and the frame ids) of a radint result file, HDF5 or
+    Zarr: cheap on a file of many frames, where :func:`read_nexus` reads every cake.
+
+    Returns
+    -------
+    Provenance or None
+        None for a file written without it (before radint recorded it, or from frames that
+        did not say where they came from).
+
+    Raises
+    ------
+    RadintIOError
+        The file cannot be opened or is not a radint NeXus result.
+    """
+    from radint.exceptions import RadintIOError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            root: Any = zarr.open_group(str(path), mode="r")
+        else:
+            import h5py
+
+            root = h5py.File(path, "r", locking=False)  # a growing stream file too
+    except (OSError, ValueError) as e:
+        raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
+    try:
+        try:
+            frame_id = np.asarray(root["entry/azint1d/data/frame_id"][()], dtype=np.int64)
+        except KeyError:
+            raise RadintIOError(f"{path}: missing entry/azint1d/data/frame_id (not a radint "
+                                "NeXus result)") from None  # fmt: skip
+        try:
+            table = np.asarray(root[f"{PROVENANCE}/file"][()])
+            file_index = np.asarray(root[f"{PROVENANCE}/file_index"][()], dtype=np.int32)
+            frame_index = np.asarray(root[f"{PROVENANCE}/frame_index"][()], dtype=np.int64)
+        except KeyError:
+            return None
+        n = min(len(frame_id), len(file_index), len(frame_index))
+        files = [v.decode() if isinstance(v, bytes) else str(v) for v in table.ravel()]
+        return Provenance(files, file_index[:n], frame_index[:n], frame_id[:n])
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+
+
+def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any]:
+    """``source_files`` (the stored table, list of str) and ``source_path`` (per frame, ``""``
+    where not known) from ``entry/provenance``."""
+    files = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(table).ravel()]
+    lookup = np.array([*files, ""], dtype=object)  # -1 (not known) picks the ""
+    index = np.asarray(file_index, dtype=np.int64)
+    index = np.where((index >= 0) & (index < len(files)), index, -1)
+    return {"source_files": files, "source_path": lookup[index]}
+
+
 def read_nexus(path: str | Path) -> Result:
     """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
 
     A file that ``radint stream`` is still writing can be read too (the frames flushed so far).
     Everything the writer stored comes back: cake, lineout, their errors, bin areas and counts,
-    the axes, frame ids, the configuration (from ``reduction/input/configuration``) and, when the
-    file has an ``entry/peaks`` group, the fitted peaks as ``result.peaks``.
+    the axes, frame ids, the configuration (from ``reduction/input/configuration``), when the
+    file has an ``entry/peaks`` group the fitted peaks as ``result.peaks``, and where it has
+    ``entry/provenance``, in ``result.metadata``: ``source_path`` (per frame, the input file's
+    absolute path), ``source_frame`` (per frame, the position in that file) and
+    ``source_files`` (the file table, each input once).
 
     Raises
     ------
@@ -1261,9 +1498,11 @@ def read_nexus(path: str | Path) -> Result:
         cake_sigma = get(f"{d2}/I_errors", required=False)
         lineout_sigma = get(f"{d1}/I_errors", required=False)
         frame_id = get(f"{d1}/frame_id")
+        file_index = get(f"{PROVENANCE}/file_index", required=False)
+        frame_index = get(f"{PROVENANCE}/frame_index", required=False)
         # A file a stream is still writing may hold more rows of one table than of another
         # (each grows on its own): only frames every table has are complete.
-        rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id]
+        rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id, file_index, frame_index]
         n = min(len(a) for a in rows if a is not None)
         lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
         cake_sigma = None if cake_sigma is None else cake_sigma[:n]
@@ -1301,6 +1540,9 @@ def read_nexus(path: str | Path) -> Result:
                 metadata={"source": str(path)},
             )
         metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
+        if file_index is not None and frame_index is not None:
+            metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
+            metadata["source_frame"] = frame_index[:n].astype(np.int64)
         omega = get("entry/scan/omega", required=False)
         if omega is not None:  # per-frame ω (a MIDAS zip's), as the MIDAS writers want it
             metadata["omega_deg"] = omega[:n]

@@ -193,11 +193,14 @@ def read_frames(
 
 
 class Stack(NamedTuple):
-    """Frames read together by :func:`read_stacks`: ``data`` is one ``(n, n_z, n_y)`` array."""
+    """Frames read together by :func:`read_stacks`: ``data`` is one ``(n, n_z, n_y)`` array,
+    ``ids`` the numbers results carry, ``indices`` the frames' positions in the file (the same
+    but for a MIDAS Zarr zip, whose ids count from ``SkipFrame``)."""
 
     data: np.ndarray
     ids: list[int]
     metadata: dict[str, list[Any]]
+    indices: list[int]
 
 
 def read_stacks(
@@ -211,9 +214,9 @@ def read_stacks(
     raw_dtype: npt.DTypeLike | None = None,
 ) -> Iterator[Stack]:
     """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
-    metadata)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted after
-    ``SkipFrame``), metadata the per-frame values the file stores (key → one value per frame,
-    e.g. ``omega_deg``, ``Temperature`` of a MIDAS zip).
+    metadata, indices)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted
+    after ``SkipFrame``), metadata the per-frame values the file stores (key → one value per
+    frame, e.g. ``omega_deg``, ``Temperature`` of a MIDAS zip), indices the positions.
 
     The batch path's reader: a stacked format (HDF5) is read ``size`` frames per call instead
     of frame by frame. Frame selection is the default one of :func:`read_frames`. With
@@ -271,7 +274,7 @@ def read_stacks(
                     f"{source.label}: frames {chunk[0]}..{chunk[-1]} have shape "
                     f"{data.shape[1:]}, not 2-D"
                 )
-            yield Stack(data, ids, metadata)
+            yield Stack(data, ids, metadata, list(chunk))
 
 
 def count_frames(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -106,6 +107,23 @@ class _StreamTable:
             n = ds.shape[0]
             ds.resize(n + len(items), axis=0)
             ds[n:] = values[key]
+
+
+def _mark_provenance(result: Any, items: list[StreamItem]) -> None:
+    """Where ``result``'s frames came from, for ``entry/provenance`` as a batch records it: a
+    folder source's file (absolute path) and position in it; a TCP client or PVA channel by
+    its source name and the frame's number there."""
+    paths, frames = [], []
+    for item in items:
+        file = item.metadata.get("file")
+        if file is not None:
+            paths.append(os.path.abspath(file))
+            frames.append(int(item.metadata.get("frame", -1)))
+        else:
+            paths.append(item.source)
+            frames.append(int(item.frame_id))
+    result.metadata["source_path"] = np.array(paths, dtype=object)
+    result.metadata["source_frame"] = np.array(frames, dtype=np.int64)
 
 
 class Pipeline:
@@ -378,6 +396,7 @@ class Pipeline:
                 results = [r for _, r in batch]
                 # Run by run: a concatenated block would copy every array once more.
                 for group, result in batch:
+                    _mark_provenance(result, group)
                     writer.append(
                         result,
                         frame_id=[i.frame_id for i in group],

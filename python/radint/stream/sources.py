@@ -801,7 +801,8 @@ class FolderSource(Source):
                 label = f"file:{name}"
                 if fr.index or fr.metadata.get("n_frames", 1) > 1:
                     label += f":frame{fr.index}"
-                item = StreamItem(self._next_id, fr.data, label, time.time(), {"file": str(path)})
+                item = StreamItem(self._next_id, fr.data, label, time.time(),
+                                  {"file": str(path), "frame": fr.index})  # fmt: skip
                 self._next_id += 1
                 stats.add("received")
                 sent = index + 1
