@@ -9,7 +9,9 @@ import tifffile
 
 from radint.batch import midas_file_series, run_batch
 from radint.cli import main
-from radint.io import read_nexus
+from radint.exceptions import RadintError
+from radint.io import read_nexus, write_nexus
+from radint.result import Result
 from radint.testing import ring_image
 
 
@@ -633,3 +635,183 @@ def test_outputs_trace_every_frame_to_its_input_file_and_frame(
     assert f"row 1 (frame_id 1): {files[1]}, frame 1" in capsys.readouterr().out
     assert main(["info", "out/scan_000002.h5", "--row", "2"]) == 2
     assert "no row 2 (it holds 2 frame(s))" in capsys.readouterr().err
+
+
+@pytest.fixture
+def frame_folder(tmp_path, small_config):
+    """A folder of one-frame TIFFs frame_1 .. frame_12 among files that are not frames: a
+    hidden file, notes, MIDAS maps, the parameters' dark, and radint outputs of an earlier run
+    (NeXus .h5, Zarr store, caked.hdf, _lineout.bin, the map cache)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(1, 13):
+        image = ring_image(small_config, amplitude=50 * k, dtype=np.uint16)
+        tifffile.imwrite(folder / f"frame_{k}.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / ".hidden.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / "dark.tif", np.zeros_like(image), photometric="minisblack")
+    (folder / "notes.txt").write_text("beamtime notes")
+    (folder / "Map.bin").write_bytes(b"\0" * 64)
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text() + f"Dark {folder / 'dark.tif'}\n")
+    assert main(["integrate", str(params), str(folder / "frame_1.tif"), "-o", str(folder), "-q",
+                 "--format", "nexus,zarr,caked,bin"]) == 0  # fmt: skip
+    return tmp_path, folder, params
+
+
+def _names(out):
+    return sorted(p.name for p in out.glob("*.h5"))
+
+
+def test_a_folder_is_its_frame_files_in_natural_order(frame_folder, capsys, caplog):
+    """A folder as DATA: its frame files in natural order (frame_2 before frame_10), without
+    hidden files, other files, the parameters' dark or radint's own outputs; the log says how
+    many; the provenance of each output names its file."""
+    import logging
+
+    from radint.io.inputs import collect_inputs, is_frame_file
+
+    tmp_path, folder, params = frame_folder
+    got = collect_inputs([str(folder)], exclude=[folder / "dark.tif"])
+    assert got == [str(folder / f"frame_{k}.tif") for k in range(1, 13)]
+    # Outputs are known by content, not name: written through h5py (2 frames) as well.
+    one = read_nexus(folder / "frame_1.h5")
+    write_nexus(Result.concatenate([one, one]), folder / "stack.h5")
+    with h5py.File(folder / "scan.h5", "w") as f:
+        f["exchange/data"] = np.zeros((1, 100, 120), np.uint16)
+    assert not is_frame_file(folder / "stack.h5") and is_frame_file(folder / "scan.h5")
+    (folder / "scan.h5").unlink()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="radint"):
+        rc = main(["integrate", str(params), str(folder), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    # hidden: .hidden.tif, .radint-cache; other: notes, Map.bin and 5 outputs of earlier runs
+    want = f"{folder}: 12 frame file(s) (skipped 2 hidden, 1 dark/mask, 7 other)"
+    assert want in caplog.messages
+    assert _names(out) == sorted(f"frame_{k}.h5" for k in range(1, 13))
+    from radint.io import read_provenance
+
+    assert read_provenance(out / "frame_10.h5").files == [str(folder / "frame_10.tif")]
+    # batch the same, across a process pool.
+    rc = main(["batch", str(params), str(folder), "-o", str(tmp_path / "b"), "-q", "-nCPUs", "2"])
+    assert rc == 0 and _names(tmp_path / "b") == _names(out)
+
+
+def test_natural_order_and_empty_folder_error(tmp_path, capsys):
+    from radint.io.inputs import collect_inputs, natural_key
+
+    names = ["f_10.tif", "f_2.tif", "F_1.tif", "f_2b.tif", "f_100.tif"]
+    assert sorted(names, key=natural_key) == ["F_1.tif", "f_2.tif", "f_2b.tif", "f_10.tif",
+                                              "f_100.tif"]  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"x")
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(RadintError, match=r"empty: no frame files in this folder .*skipped 1 "
+                       r"hidden, 1 other"):  # fmt: skip
+        collect_inputs([str(empty)])
+    eiger = tmp_path / "eiger"
+    eiger.mkdir()
+    for name in ("b_master.h5", "b_data_000001.h5", "b_data_000002.h5", "c_data_000001.h5"):
+        with h5py.File(eiger / name, "w"):
+            pass
+    # The master reads its data files; a data file without its master is taken.
+    assert collect_inputs([str(eiger)]) == [str(eiger / "b_master.h5"),
+                                            str(eiger / "c_data_000001.h5")]  # fmt: skip
+    params = tmp_path / "p.txt"
+    params.write_text("NrPixelsY 20\nNrPixelsZ 20\nLsd 1e6\nBC 10 10\npx 200\nWavelength 0.2\n")
+    for cmd in ("integrate", "batch"):
+        assert main([cmd, str(params), str(empty), "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {empty}: no frame files in this folder" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_list_file_paths_comments_and_errors(frame_folder, capsys, monkeypatch):
+    """@LIST: one path per line, '#' comment lines and blank lines skipped, relative paths from
+    the list's folder, absolute ones as they are, a folder expanded; a missing file is an error
+    naming the list file and line before anything is read."""
+    from radint.io.inputs import collect_inputs
+
+    tmp_path, folder, params = frame_folder
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    listing = lists / "run.txt"
+    listing.write_text(
+        "# frames of run 7\n\n"
+        "../frames/frame_3.tif\n"
+        f"  {folder / 'frame_11.tif'}  \n"
+        "   # indented comment\n"
+        "../frames/frame_1.tif\n"
+    )
+    monkeypatch.chdir(tmp_path / "frames")  # relative to the list, not to the working folder
+    want = [str(lists / "../frames/frame_3.tif"), str(folder / "frame_11.tif"),
+            str(lists / "../frames/frame_1.tif")]  # fmt: skip
+    assert collect_inputs([f"@{listing}"]) == want
+    out = tmp_path / "from_list"
+    assert main(["integrate", str(params), f"@{listing}", "RMax", "40", "-o", str(out), "-q"]) == 0
+    assert _names(out) == ["frame_1.h5", "frame_11.h5", "frame_3.h5"]
+    with h5py.File(out / "frame_3.h5") as f:
+        assert f["entry/azint1d/data/I"].shape[1] < 60  # RMax 40 after the list: an override
+    listing.write_text("../frames/frame_2.tif\n# next one is gone\n../frames/frame_99.tif\n")
+    for cmd in ("integrate", "batch"):
+        rc = main([cmd, str(params), f"@{listing}", "-o", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"{listing}:3: ../frames/frame_99.tif: no such file" in err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+    (lists / "nothing.txt").write_text("# only a comment\n")
+    assert main(["batch", str(params), f"@{lists / 'nothing.txt'}", "-o", str(tmp_path / "x")]) == 2
+    assert "lists no files" in capsys.readouterr().err
+    assert main(["batch", str(params), "@missing.txt", "-o", str(tmp_path / "x")]) == 2
+    assert "@missing.txt: cannot read the list file" in capsys.readouterr().err
+
+
+def test_quoted_patterns_expand_when_no_file_has_that_name(frame_folder, capsys):
+    """'frames/*.tif' is expanded by radint (natural order, filtered like a folder's files; the
+    parameters' dark left out); a pattern matching nothing is an error naming it; a file whose
+    literal name looks like a pattern is taken as it is."""
+    from radint.io.inputs import collect_inputs
+
+    tmp_path, folder, params = frame_folder
+    got = collect_inputs([str(folder / "frame_1?.tif")])
+    assert got == [str(folder / f"frame_{k}.tif") for k in (10, 11, 12)]
+    with pytest.raises(RadintError, match=r"\*\.h5: 1 match\(es\), none a frame file"):
+        collect_inputs([str(folder / "*.h5")])  # only the earlier run's output
+    out = tmp_path / "pat"
+    assert main(["batch", str(params), str(folder / "*"), "-o", str(out), "-q"]) == 0
+    assert len(_names(out)) == 12  # not the dark, the hidden file, Map.bin or the outputs
+    odd = tmp_path / "odd[1].tif"
+    odd.write_bytes((folder / "frame_1.tif").read_bytes())
+    assert collect_inputs([str(odd)]) == [str(odd)]
+    for cmd in ("integrate", "batch"):
+        assert main([cmd, str(params), str(tmp_path / "none_*.tif"), "-o", str(out)]) == 2
+        assert f"{tmp_path / 'none_*.tif'}: nothing matches" in capsys.readouterr().err
+
+
+def test_expanded_inputs_keep_the_up_front_checks(frame_folder, capsys):
+    """Folders and patterns go through the same checks as names: outputs that would collide
+    (frame_1.tif in two folders), an input an output would overwrite, an unwritable -o;
+    raw .bin files are taken from a folder only with --raw-dtype."""
+    from radint.io.inputs import collect_inputs
+
+    tmp_path, folder, params = frame_folder
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "frame_1.tif").write_bytes((folder / "frame_1.tif").read_bytes())
+    rc = main(["batch", str(params), str(folder), str(other), "-o", str(tmp_path / "c")])
+    assert rc == 2 and "would be written for both" in capsys.readouterr().err
+    h5in = tmp_path / "h5in"
+    h5in.mkdir()
+    with h5py.File(h5in / "scan.h5", "w") as f:
+        f["exchange/data"] = np.zeros((1, 100, 120), np.uint16)
+    rc = main(["integrate", str(params), str(h5in), "-o", str(h5in)])
+    assert rc == 2 and "would overwrite the input" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = main(["integrate", str(params), str(folder), "-o", str(blocker)])
+    assert rc == 2 and "exists and is not a directory" in capsys.readouterr().err
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    np.zeros((100, 120), np.uint16).tofile(raw / "f_1.bin")
+    with pytest.raises(RadintError, match="no frame files"):
+        collect_inputs([str(raw)])
+    assert collect_inputs([str(raw)], raw_dtype="uint16") == [str(raw / "f_1.bin")]

@@ -60,6 +60,24 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+def _expand_data(
+    paths: list[str], config: IntegrationConfig, params: str, dark: str | None,
+    raw_dtype: str | None,
+) -> list[str]:  # fmt: skip
+    """DATA as files: folders, ``@list`` files and quoted patterns expanded (see
+    :mod:`radint.io.inputs`), without the dark and mask files a folder or pattern also holds."""
+    from radint.io.inputs import collect_inputs
+
+    aux: list[str | Path] = []
+    for name in (dark, config.dark_file, config.mask_file):
+        if name:  # as given, or (a parameter file's names) beside the parameter file
+            aux += [name, Path(params).parent / name]
+    files = collect_inputs(paths, raw_dtype, exclude=aux)
+    if not files:
+        raise RadintError("no data files given")
+    return files
+
+
 def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str | None:
     """The dark to subtract: the one given on the command line, else the parameter file's
     ``Dark`` (as given, or beside the parameter file)."""
@@ -408,6 +426,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     if not paths:
         raise RadintError("no data files given")
     config = _load_config(args.params, overrides, args)
+    paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
@@ -466,6 +485,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
     config = _load_config(params, overrides, args)
+    paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
@@ -751,6 +771,26 @@ def _pixel_dtype(text: str) -> str:
     return text
 
 
+DATA_HELP = (
+    "frame files (tif, h5, zarr, ge, edf, cbf, ...), folders of them, @LIST files or quoted "
+    "patterns (see below); then 'Key value' overrides"
+)
+DATA_EPILOG = """\
+DATA may be, in any mix:
+  FILE            a frame file (TIFF, HDF5, Zarr store/zip, MIDAS zip, GE, EDF/CBF, raw)
+  DIR             its frame files in natural order (frame_2 before frame_10): formats the
+                  readers handle (.raw/.bin only with --raw-dtype); hidden files, radint's
+                  own outputs, the parameters' Dark/MaskFile and Eiger *_data_NNNNNN.h5
+                  files beside their *_master.h5 skipped; not recursive
+  @LIST           a text file with one path per line ('#' comment lines and blank lines
+                  skipped; relative paths are relative to the list file's folder)
+  'PATTERN'       quoted, expanded by radint when no file has that name: 'frames/*.tif',
+                  'run*/**/*.h5' (** = any depth); matches filtered as a folder's files
+examples:
+  radint {cmd} parameters.txt /data/run7/ -o out
+  radint {cmd} parameters.txt @frames.txt -o out
+  radint {cmd} parameters.txt '/data/run7/*.tif' RMax 800 -o out
+"""
 RAW_DTYPE_HELP = (
     "pixel type of raw binary frame files (.raw/.bin), e.g. uint16 or <u4; their shape is "
     "NrPixelsZ x NrPixelsY, as for GE files"
@@ -822,14 +862,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "integrate", parents=[common, fitting], help="integrate frame files into lineouts and cakes"
+        "integrate",
+        parents=[common, fitting],
+        help="integrate frame files into lineouts and cakes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DATA_EPILOG.format(cmd="integrate"),
     )
     p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
-    p.add_argument(
-        "data",
-        nargs="+",
-        help="frame files (tif, h5, zarr, ge, edf, cbf, ...), then 'Key value' overrides",
-    )
+    p.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument("--dark", help="dark file (its frames are averaged)")
     p.add_argument(
@@ -864,9 +904,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, fitting],
         allow_abbrev=False,
         help="integrate many files in parallel (MIDAS integrator.py flags accepted)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DATA_EPILOG.format(cmd="batch"),
     )
     p.add_argument("params", nargs="?", help="MIDAS parameter file (or -paramFN)")
-    p.add_argument("data", nargs="*", help="data files, then 'Key value' overrides")
+    p.add_argument("data", nargs="*", metavar="DATA", help=DATA_HELP)
     p.add_argument("-paramFN", help="parameter file (MIDAS flag)")
     p.add_argument("-dataFN", help="first data file of a numbered series (MIDAS flag)")
     p.add_argument("-darkFN", "--dark", dest="darkFN", help="dark file (frames averaged)")
