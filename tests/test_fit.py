@@ -51,6 +51,13 @@ def model(x: np.ndarray, p: np.ndarray, x_lo: float, x_hi: float) -> np.ndarray:
     return out
 
 
+def binned(x: np.ndarray, p: np.ndarray, x_lo: float, x_hi: float) -> np.ndarray:
+    """The model averaged over each bin of x (1-unit bins, 32-point midpoint rule), as an
+    integrated lineout holds it and as the fitter models it (``bin_average``, the default)."""
+    offsets = (np.arange(32) + 0.5) / 32 - 0.5
+    return np.mean([model(x + o, p, x_lo, x_hi) for o in offsets], axis=0)
+
+
 def widths(fwhm: float, lorentz_fraction: float) -> tuple[float, float]:
     """Centi-scaled (sig, gam) whose Gaussian/Lorentzian FWHMs split ``fwhm`` roughly as asked."""
     fg, fl = fwhm * (1 - lorentz_fraction), fwhm * lorentz_fraction
@@ -84,7 +91,7 @@ def synthetic(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
             area = rng.uniform(4e5, 8e5)
             p += [area, c, sig, gam]
             truth[i, k] = (area, c, float(gamma))
-        ys[i] = rng.poisson(np.maximum(model(X, np.array(p), X[lo], X[hi]), 0)).astype(float)
+        ys[i] = rng.poisson(np.maximum(binned(X, np.array(p), X[lo], X[hi]), 0)).astype(float)
         # Outside the ROI the lineout follows the same background (not refitted there).
     return ys, np.array(nominal), truth
 
@@ -113,11 +120,11 @@ def test_single_lineout_gives_1d_columns() -> None:
 
 
 def test_agrees_with_scipy_least_squares() -> None:
-    """Same model, same data: scipy's minimum lies within 3 reported standard errors (both
-    minimise the same SSR, so they agree far better than the errors)."""
+    """Same model (MIDAS's, values at bin centres), same data: scipy's minimum lies within 3
+    reported standard errors (both minimise the same SSR, so they agree far better)."""
     optimize = pytest.importorskip("scipy.optimize")
     ys, nominal, truth = synthetic("doublet", 12, seed=5)
-    t = rfit.fit_peaks(X, ys, positions=nominal, roi_padding=PAD)
+    t = rfit.fit_peaks(X, ys, positions=nominal, roi_padding=PAD, bin_average=False)
     for i in range(ys.shape[0]):
         lo = round(nominal[0]) - PAD
         hi = round(nominal[-1]) + PAD
@@ -159,9 +166,12 @@ def test_standard_errors_match_the_scatter_over_poisson_repeats() -> None:
     scatter of the fitted values against the mean reported error.
 
     Regression: the textbook (JᵀJ)⁻¹·SSR/(n − p) was 2–2.6× small for centres; HC2 (each point's
-    own residual) still 1.1–1.25× (and 1.9× for the narrow peak below); with gam free on its
-    floor (η = 0, half of these fits) area errors were 1.3× large. 300 repeats: the ratio itself
-    scatters by ~4 %, so the 0.85–1.15 band is the calibration tolerance plus margin.
+    own residual) still 1.1–1.25× (and 1.9× for the narrow peak below). 300 repeats: the ratio
+    itself scatters by ~4 %, so the 0.85–1.15 band is the calibration tolerance plus margin.
+    These peaks are exactly Gaussian, i.e. on the gam floor (η = 0), where about half the fits
+    end: the width floors count as free in the covariance (holding them made the area errors of
+    nearly-Gaussian peaks 1.5–3× small, benches/fit_calibration.py), so here, with the truth on
+    the floor itself, area errors are conservative (1.2–1.5× the scatter).
     """
     rng = np.random.default_rng(5)
     x = np.arange(400.0)
@@ -174,13 +184,15 @@ def test_standard_errors_match_the_scatter_over_poisson_repeats() -> None:
     )
     ok = (t.status == 0).all(axis=1)
     assert ok.sum() > 290
-    for name in ("center", "area", "fwhm"):
+    for name in ("center", "fwhm"):
         r = _scatter_over_error(t, ok, name)
         assert ((r > 0.85) & (r < 1.15)).all(), (name, r)
-    # Gaussian peaks: gam ends on its floor in about half the fits, and has no error there.
+    r = _scatter_over_error(t, ok, "area")
+    assert ((r > 0.6) & (r < 1.0)).all(), ("area", r)
+    # Gaussian peaks: gam ends on its floor in about half the fits, with an error there.
     on_floor = t.gam[ok] <= 0.01
     assert 0.2 < on_floor.mean() < 0.8
-    assert np.isnan(t.gam_err[ok][on_floor]).all() and np.isfinite(t.gam_err[ok][~on_floor]).all()
+    assert np.isfinite(t.gam_err[ok]).all() and np.isfinite(t.eta_mix_err[ok]).all()
     assert np.isfinite(t.area_err[ok]).all() and np.isfinite(t.fwhm_err[ok]).all()
 
 
@@ -549,3 +561,42 @@ def test_peaks_wider_than_their_roi_are_warned_about(caplog):
         auto = rfit.fit_peaks(x, ys.astype(float), positions=[200.0], auto_roi=True)
     assert "wider" not in caplog.text and (auto.status == 0).all()
     np.testing.assert_allclose(auto.fwhm, 24.0, rtol=0.05)
+
+
+def _bin_mean_pv(edges: np.ndarray, c: float, fwhm: float, eta: float) -> np.ndarray:
+    """Exact mean of the unit-area pseudo-Voigt (one total FWHM, spec §6.1) over each bin."""
+    s, h = fwhm / (2 * math.sqrt(2 * LN2)), fwhm / 2
+    erf = np.vectorize(math.erf)
+    cdf = eta * np.arctan((edges - c) / h) / math.pi + (1 - eta) * 0.5 * (
+        1 + erf((edges - c) / (s * math.sqrt(2)))
+    )
+    return np.diff(cdf) / np.diff(edges)
+
+
+@pytest.mark.parametrize("fwhm", [0.5, 8.0])
+def test_errors_are_calibrated_for_sub_bin_and_wide_peaks(fwhm: float) -> None:
+    """Monte-Carlo pulls (benches/fit_calibration.py, seeded, 120 repeats): lineouts made as
+    integration makes them (bin means of the profile, centre at a random sub-bin offset, Poisson
+    counts); (fit − truth)/error of centre, area and FWHM must scatter with std 0.8–1.25 and no
+    bias beyond 0.35 σ for a wide peak. A sub-bin peak (FWHM 0.4 bins) is not linear in its
+    parameters over its errors: there the errors may be conservative (pull std ≥ 0.6) but never
+    small. Regression: with MIDAS's centre-sampled model its FWHM came out with pulls
+    +2.3 ± 3.5, and with the width floors held in the covariance η errors were 0."""
+    rng = np.random.default_rng(17)
+    x = np.arange(121.0)
+    edges = np.append(x - 0.5, x[-1] + 0.5)
+    sig, gam = widths(fwhm, 0.5)
+    gamma, eta = (float(v) for v in tch(np.array(sig), np.array(gam)))
+    bg, area = 100.0, 60 * 10 * max(gamma, 1.0)  # peak S/N ~ 60 over √background
+    centres = 60 + rng.uniform(-0.5, 0.5, 120)
+    ys = np.stack([rng.poisson(bg + area * _bin_mean_pv(edges, c, gamma, eta)) for c in centres])
+    t = rfit.fit_peaks(x, ys.astype(float), positions=[60.0], roi_padding=max(20, 3 * int(fwhm)))
+    ok = (t.status[:, 0] == 0) & np.isfinite(t.fwhm_err[:, 0])
+    assert ok.mean() > 0.95
+    for name, truth in (("center", centres), ("area", area), ("fwhm", gamma)):
+        pull = (getattr(t, name)[ok, 0] - np.broadcast_to(truth, ok.shape)[ok]) / getattr(
+            t, f"{name}_err"
+        )[ok, 0]
+        low, bias = (0.8, 0.35) if fwhm > 2 else (0.6, 0.6)
+        assert low < pull.std() < 1.25, (name, pull.std())
+        assert abs(pull.mean()) < bias, (name, pull.mean())

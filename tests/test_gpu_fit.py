@@ -58,7 +58,7 @@ def fit_harness(tmp_path_factory):
     return compile_cuh_harness(HARNESS, tmp_path_factory.mktemp("cuh") / f"{HARNESS.stem}.so")
 
 
-def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32):
+def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32, bin_average=True):
     plan = _core.fit_plan(x, positions, padding)
     n_curves, n_slots = ys.shape[0], len(positions)
     out = {
@@ -79,21 +79,23 @@ def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32):
     rc = lib.rf_fit_jobs_host(
         ptr[0], ptr[1], ctypes.c_uint32(x.size), ctypes.c_uint32(n_curves), *ptr[2:],
         ctypes.c_uint32(arrays[0].size), ctypes.c_uint32(n_slots), ctypes.c_double(plan["bin"]),
-        ctypes.c_int(500), ctypes.c_int(max_peaks_per_job), ctypes.c_double(1e-8),
+        ctypes.c_int(int(bin_average)), ctypes.c_int(500), ctypes.c_int(max_peaks_per_job), ctypes.c_double(1e-8),
         ctypes.c_double(1e-8), *res,
     )  # fmt: skip
     assert rc == 0
     return out
 
 
+@pytest.mark.parametrize("bin_average", [True, False])
 @pytest.mark.parametrize("shift", [0.0, -100.0])
-def test_fit_harness_matches_rust_fitter(fit_harness, shift):
+def test_fit_harness_matches_rust_fitter(fit_harness, shift, bin_average):
     """shift -100 puts the background below 0: the covariance's Poisson-like noise model does
-    not apply there and both fitters fall back to HC2."""
+    not apply there and both fitters fall back to HC2. Both models: bin means (default) and
+    MIDAS's centre values."""
     x, ys, positions = lineouts(40)
     ys = ys + shift
-    got = harness_fit(fit_harness, x, ys, positions)
-    ref = fit_peaks(x, ys, positions=positions)
+    got = harness_fit(fit_harness, x, ys, positions, bin_average=bin_average)
+    ref = fit_peaks(x, ys, positions=positions, bin_average=bin_average)
     np.testing.assert_array_equal(got["status"], ref.status)
     assert {0, 3} <= set(np.unique(ref.status).tolist())  # converged and out-of-range slots
     np.testing.assert_array_equal(got["iterations"], ref.iterations)
@@ -103,8 +105,14 @@ def test_fit_harness_matches_rust_fitter(fit_harness, shift):
     errs = np.stack([ref.area_err, ref.center_err, ref.sig_err, ref.gam_err, ref.fwhm_err,
                      ref.eta_mix_err], axis=-1)  # fmt: skip
     # The covariance inverts JᵀJ: its condition number (1e5–1e6 for broad overlapping peaks)
-    # scales those last bits up.
-    np.testing.assert_allclose(got["errors"][..., :6][ok], errs[ok], rtol=1e-7)
+    # scales those last bits up. A width on its floor is counted free in the covariance, and
+    # there JᵀJ is near singular (a little more η looks much like a little more width): those
+    # rows agree to 1e-2, and the Cholesky test of singularity may fall either way.
+    floor = ok & ((ref.gam <= 0.01 * 0.5 * 1.000001) | (ref.sig <= 1e-6 * 0.25 * 1.000001))
+    inner = ok & ~floor
+    np.testing.assert_allclose(got["errors"][..., :6][inner], errs[inner], rtol=1e-7)
+    both = floor[..., None] & np.isfinite(errs) & np.isfinite(got["errors"][..., :6])
+    np.testing.assert_allclose(got["errors"][..., :6][both], errs[both], rtol=1e-2)
     assert np.isnan(got["values"][~ok]).all()
 
 

@@ -21,8 +21,15 @@ Standard errors come from a sandwich covariance of MIDAS's unweighted fit,
 χ² of the fit. Where ``M + b`` is not positive everywhere in a job (data already background-
 subtracted), the variances fall back to each point's own residual (HC2, ``rᵢ²/(1 − hᵢ)``). A
 parameter that ended on a bound is held there: its own error is NaN, the others are those of the
-fit with it fixed. Over Poisson repeats centre, area and FWHM scatter as their errors say, within
-~15 % (the textbook ``(JᵀJ)⁻¹ · SSR/(n − p)`` was 2–2.6× small for centres, HC2 alone 1.1–1.9×).
+fit with it fixed; the width floors (``gam`` of a Gaussian-like, ``sig`` of a Lorentzian-like
+peak) are counted free instead, as the true width is often just near them. Over Poisson repeats
+centre, area and FWHM of peaks of FWHM ≥ 2 bins scatter as their errors say within ~15 % (the
+textbook ``(JᵀJ)⁻¹ · SSR/(n − p)`` was 2–2.6× small for centres, HC2 alone 1.1–1.9×); sub-bin
+peaks get conservative errors (benches/fit_calibration.py, README).
+
+Each point is modelled as the mean of the profile over its bin (``bin_average=True``), which is
+what an integrated lineout holds; MIDAS's model (``bin_average=False``) takes the value at the bin
+centre, which widens FWHMs by the bin and biases sub-bin peaks.
 """
 
 from __future__ import annotations
@@ -181,6 +188,7 @@ def fit_peaks(
     max_iterations: int = 500,
     max_peaks_per_job: int = 32,
     n_threads: int | None = None,
+    bin_average: bool = True,
 ) -> FitTable:
     """Fit pseudo-Voigt peaks in one lineout or a stack of lineouts.
 
@@ -210,6 +218,12 @@ def fit_peaks(
         Jobs with more merged peaks are not fitted (status ``too_many_peaks``).
     n_threads : int, optional
         Threads (default: all cores). The GIL is released while fitting.
+    bin_average : bool
+        Model each point as the mean of the peak profile over its bin (edges halfway between the
+        centres in ``x``), which is what an integrated lineout holds (default). False: MIDAS's
+        model, the profile's value at the bin centre, which widens FWHMs by the bin
+        (~Δ²/(12σ²) relatively) and for peaks of FWHM ≲ 2 bins biases FWHM, area and their
+        errors (see the module docs).
 
     Returns
     -------
@@ -251,6 +265,7 @@ def fit_peaks(
             auto_roi=bool(auto_roi),
             max_iterations=int(max_iterations),
             n_threads=n_threads,
+            bin_average=bool(bin_average),
         )
     else:
         pos = np.atleast_1d(np.asarray(positions, dtype=np.float64))
@@ -265,6 +280,7 @@ def fit_peaks(
             max_iterations=int(max_iterations),
             max_peaks_per_job=int(max_peaks_per_job),
             n_threads=n_threads,
+            bin_average=bool(bin_average),
         )
     table = FitTable._from_core(d, single)
     if not auto_roi:
@@ -316,6 +332,7 @@ def fit_result(
     snip_iterations: int = 50,
     max_iterations: int = 500,
     n_threads: int | None = None,
+    bin_average: bool = True,
 ) -> FitTable:
     """Fit peaks in the lineout(s) of an integration :class:`~radint.result.Result`.
 
@@ -332,7 +349,7 @@ def fit_result(
         Detect and fit up to this many peaks instead.
     positions_two_theta_deg : sequence of float, optional
         Peak positions in degrees 2θ (converted to R px).
-    roi_padding, auto_roi, snip_iterations, max_iterations, n_threads
+    roi_padding, auto_roi, snip_iterations, max_iterations, n_threads, bin_average
         As in :func:`fit_peaks`.
 
     Returns
@@ -359,6 +376,7 @@ def fit_result(
         snip_iterations=snip_iterations,
         max_iterations=max_iterations,
         n_threads=n_threads,
+        bin_average=bin_average,
     )
     return with_units(table, result)
 
@@ -621,6 +639,7 @@ class FitSpec:
     auto_roi: bool = False
     snip_iterations: int = 50
     max_iterations: int = 500
+    bin_average: bool = True
 
     def __post_init__(self) -> None:
         given = sum(bool(v) for v in (self.positions_px, self.positions_two_theta_deg))
@@ -704,6 +723,7 @@ class FitSpec:
             snip_iterations=self.snip_iterations,
             max_iterations=self.max_iterations,
             n_threads=n_threads,
+            bin_average=self.bin_average,
         )
 
 

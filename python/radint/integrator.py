@@ -619,6 +619,7 @@ class Integrator:
             fitter = CudaFitter(
                 self._axes["radius_px"], spec.positions_in_px(self.config),
                 roi_padding=spec.roi_padding, max_iterations=spec.max_iterations,
+                bin_average=spec.bin_average,
             )  # fmt: skip
             self._gpu_fit = (spec, fitter)
         return self._gpu_fit[1]

@@ -9,7 +9,7 @@ extern "C" int rf_fit_jobs_host(const double* x, const double* lineouts, rf_u32 
                                 const rf_u32* peak_start, const rf_u32* peak_slot,
                                 const rf_u32* peak_index, const rf_u32* peak_lo,
                                 const rf_u32* peak_hi, rf_u32 n_jobs, rf_u32 n_slots,
-                                double bin, int max_iterations, int max_peaks_per_job,
+                                double bin, int bin_average, int max_iterations, int max_peaks_per_job,
                                 double ftol, double xtol, double* values, double* errors,
                                 rf_u8* status, rf_u32* iterations) {
     static thread_local rf_u32 fidx[RF_MAX_ROI];
@@ -20,7 +20,7 @@ extern "C" int rf_fit_jobs_host(const double* x, const double* lineouts, rf_u32 
             const unsigned long long row = (unsigned long long)curve * n_slots;
             rf_fit_job(x, lineouts + (unsigned long long)curve * n_x, job_lo[job], job_hi[job],
                        peak_slot + p0, peak_index + p0, peak_lo + p0, peak_hi + p0,
-                       int(peak_start[job + 1] - p0), bin,
+                       int(peak_start[job + 1] - p0), bin, bin_average,
                        max_iterations, max_peaks_per_job, ftol, xtol, fidx, w,
                        values + row * RF_ROW, errors + row * RF_ROW, status + row,
                        iterations + row);

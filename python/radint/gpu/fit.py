@@ -37,7 +37,7 @@ class CudaFitter:
         Bin centres of the lineouts (R px for an Integrator's results).
     positions : sequence of float
         Peak positions in x units.
-    roi_padding, max_iterations, max_peaks_per_job
+    roi_padding, max_iterations, max_peaks_per_job, bin_average
         As in :func:`radint.fit.fit_peaks`.
     """
 
@@ -48,6 +48,7 @@ class CudaFitter:
         roi_padding: int = 20,
         max_iterations: int = 500,
         max_peaks_per_job: int = 32,
+        bin_average: bool = True,
     ) -> None:
         cp = _import_cupy()
         self._cp = cp
@@ -56,6 +57,7 @@ class CudaFitter:
         self.roi_padding = int(roi_padding)
         self.max_iterations = int(max_iterations)
         self.max_peaks_per_job = int(max_peaks_per_job)
+        self.bin_average = bool(bin_average)
         plan = _core.fit_plan(self.x, self.positions, self.roi_padding)
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
@@ -97,7 +99,8 @@ class CudaFitter:
                 (self._x, ys, np.uint32(n_x), np.uint32(n_curves), p["job_lo"], p["job_hi"],
                  p["peak_start"], p["peak_slot"], p["peak_index"], p["peak_lo"], p["peak_hi"],
                  np.uint32(self.n_jobs),
-                 np.uint32(n_slots), np.float64(self.bin), np.int32(self.max_iterations),
+                 np.uint32(n_slots), np.float64(self.bin), np.int32(self.bin_average),
+                 np.int32(self.max_iterations),
                  np.int32(self.max_peaks_per_job), np.float64(1e-8), np.float64(1e-8),
                  values, errors, status, iterations),
             )  # fmt: skip
@@ -121,7 +124,8 @@ class CudaFitter:
         # The job's peaks alone plan to that same job: its ROI is where no other job's ROI is.
         d = _core.fit_peaks(self.x, np.ascontiguousarray(host), [self.positions[s] for s in cols],
                             roi_padding=self.roi_padding, max_iterations=self.max_iterations,
-                            max_peaks_per_job=self.max_peaks_per_job)  # fmt: skip
+                            max_peaks_per_job=self.max_peaks_per_job,
+                            bin_average=self.bin_average)  # fmt: skip
         for key in ("values", "errors", "status", "iterations"):
             block = out[key][rows[:, None], cols[None, :]]
             redo = out["status"][rows[:, None], cols[None, :]] == CPU_FALLBACK

@@ -63,7 +63,16 @@ struct Case {
     bin: f64,
 }
 
-/// Lineout of `n` bins: peaks + linear background `b0 + slope·(x − x_mid)/bin`, Poisson noise.
+/// Mean of a peak over the bin `[xi − bin/2, xi + bin/2]`: what an integrated lineout holds and
+/// what the fitter models by default (`FitOptions::bin_average`).
+fn bin_mean(xi: f64, bin: f64, p: &TruePeak) -> f64 {
+    let t = PeakTerms::new(&[p.area, p.center, p.sig, p.gam]);
+    let (lo, hi) = (t.edge(xi - 0.5 * bin), t.edge(xi + 0.5 * bin));
+    p.area * t.bin_mean(&lo, &hi, 1.0 / bin)
+}
+
+/// Lineout of `n` bins: peaks (bin means) + linear background `b0 + slope·(x − x_mid)/bin`,
+/// Poisson noise.
 fn synth(
     rng: &mut Rng,
     bin: f64,
@@ -79,10 +88,7 @@ fn synth(
         .iter()
         .map(|&xi| {
             let bg = b0 + slope * (xi - x_mid) / bin;
-            let peaks: f64 = truth
-                .iter()
-                .map(|p| p.area * pseudo_voigt(xi, p.center, p.sig, p.gam))
-                .sum();
+            let peaks: f64 = truth.iter().map(|p| bin_mean(xi, bin, p)).sum();
             rng.poisson(bg + peaks)
         })
         .collect();

@@ -57,11 +57,13 @@ fn fit_options(
     auto_roi: bool,
     max_iterations: usize,
     max_peaks_per_job: usize,
+    bin_average: bool,
 ) -> FitOptions {
     FitOptions {
         roi_padding,
         auto_roi,
         max_peaks_per_job,
+        bin_average,
         lm: LmOptions {
             max_iterations,
             ..LmOptions::default()
@@ -74,7 +76,7 @@ fn fit_options(
 /// Returns a dict: `values`, `errors` `(n_curves, n_peaks, 7)` (MIDAS fit.bin rows; NaN unless
 /// converged), `status` u8 and `iterations` u32 `(n_curves, n_peaks)`.
 #[pyfunction]
-#[pyo3(signature = (x, ys, positions, roi_padding=20, auto_roi=false, max_iterations=500, max_peaks_per_job=32, n_threads=None))]
+#[pyo3(signature = (x, ys, positions, roi_padding=20, auto_roi=false, max_iterations=500, max_peaks_per_job=32, n_threads=None, bin_average=true))]
 #[allow(clippy::too_many_arguments)]
 fn fit_peaks<'py>(
     py: Python<'py>,
@@ -86,10 +88,17 @@ fn fit_peaks<'py>(
     max_iterations: usize,
     max_peaks_per_job: usize,
     n_threads: Option<usize>,
+    bin_average: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let xs = slice_1d("x", &x)?;
     let (flat, n_curves) = curves(&ys, xs.len())?;
-    let opts = fit_options(roi_padding, auto_roi, max_iterations, max_peaks_per_job);
+    let opts = fit_options(
+        roi_padding,
+        auto_roi,
+        max_iterations,
+        max_peaks_per_job,
+        bin_average,
+    );
     let t = run_detached(py, n_threads, || {
         core_fit::fit_many(xs, flat, &positions, &opts)
     })?;
@@ -117,7 +126,7 @@ fn fit_peaks<'py>(
 /// `counts[i]` kept peaks (ordered by centre), `status` (255 on padding), `iterations`,
 /// `counts` u32 `(n_curves,)` and the subtracted SNIP `background` `(n_curves, n_x)`.
 #[pyfunction]
-#[pyo3(signature = (x, ys, max_peaks, snip_iterations=50, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None))]
+#[pyo3(signature = (x, ys, max_peaks, snip_iterations=50, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None, bin_average=true))]
 #[allow(clippy::too_many_arguments)]
 fn fit_auto<'py>(
     py: Python<'py>,
@@ -129,6 +138,7 @@ fn fit_auto<'py>(
     auto_roi: bool,
     max_iterations: usize,
     n_threads: Option<usize>,
+    bin_average: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     if max_peaks == 0 {
         return Err(raise(
@@ -138,7 +148,7 @@ fn fit_auto<'py>(
     }
     let xs = slice_1d("x", &x)?;
     let (flat, n_curves) = curves(&ys, xs.len())?;
-    let opts = fit_options(roi_padding, auto_roi, max_iterations, 32);
+    let opts = fit_options(roi_padding, auto_roi, max_iterations, 32, bin_average);
     let auto = AutoOptions {
         max_peaks,
         snip_iterations,

@@ -16,7 +16,7 @@ extern "C" __global__ void rf_fit_jobs(const double* __restrict__ x,
                                        const rf_u32* __restrict__ peak_index,
                                        const rf_u32* __restrict__ peak_lo,
                                        const rf_u32* __restrict__ peak_hi, rf_u32 n_jobs,
-                                       rf_u32 n_slots, double bin, int max_iterations,
+                                       rf_u32 n_slots, double bin, int bin_average, int max_iterations,
                                        int max_peaks_per_job, double ftol, double xtol,
                                        double* values, double* errors, rf_u8* status,
                                        rf_u32* iterations) {
@@ -29,7 +29,7 @@ extern "C" __global__ void rf_fit_jobs(const double* __restrict__ x,
     const unsigned long long row = (unsigned long long)curve * n_slots;
     rf_fit_job(x, lineouts + (unsigned long long)curve * n_x, job_lo[job], job_hi[job],
                peak_slot + p0, peak_index + p0, peak_lo + p0, peak_hi + p0,
-               int(peak_start[job + 1] - p0), bin,
+               int(peak_start[job + 1] - p0), bin, bin_average,
                max_iterations, max_peaks_per_job, ftol, xtol, fidx, w, values + row * RF_ROW,
                errors + row * RF_ROW, status + row, iterations + row);
 }

@@ -23,6 +23,9 @@
 #define RF_POW(x, y) pow(x, y)
 #define RF_FMAX(x, y) fmax(x, y)
 #define RF_FMIN(x, y) fmin(x, y)
+#define RF_ERFC(x) erfc(x)
+#define RF_ATAN(x) atan(x)
+#define RF_FABS(x) fabs(x)
 #else
 #include <cmath>
 #define RF_HD inline
@@ -31,6 +34,9 @@
 #define RF_POW(x, y) std::pow(x, y)
 #define RF_FMAX(x, y) std::fmax(x, y)
 #define RF_FMIN(x, y) std::fmin(x, y)
+#define RF_ERFC(x) std::erfc(x)  // glibc's, as the Rust fitter calls (model.rs c_erfc)
+#define RF_ATAN(x) std::atan(x)
+#define RF_FABS(x) std::fabs(x)
 #endif
 
 typedef unsigned int rf_u32;
@@ -55,6 +61,7 @@ typedef unsigned char rf_u8;
 #define RF_LN2 0.693147180559945309417232121458176568
 #define RF_PI 3.14159265358979323846264338327950288
 #define RF_FRAC_1_PI 0.318309886183790671537767526745028724  // Rust's FRAC_1_PI, not 1.0 / RF_PI
+#define RF_SQRT_2 1.41421356237309504880168872420969808  // Rust's SQRT_2
 #define RF_SIG_FLOOR 1e-12
 #define RF_GAM_FLOOR 1e-6
 #define RF_GAMMA_FLOOR 1e-15
@@ -122,6 +129,7 @@ struct RfPeak {
     double area, center;
     RfTch t;
     double inv_two_s2, inv_s2, inv_s3, inv_s, inv_norm, inv_k, h2, h_pi;
+    double inv_s_sqrt2, h, inv_gamma;  // bin averages
 };
 
 RF_HD RfPeak rf_peak_terms(const double* q) {
@@ -140,6 +148,9 @@ RF_HD RfPeak rf_peak_terms(const double* q) {
     pk.inv_k = 1.0 / k;
     pk.h2 = h * h;
     pk.h_pi = h / RF_PI;
+    pk.inv_s_sqrt2 = 1.0 / (sigma * RF_SQRT_2);
+    pk.h = h;
+    pk.inv_gamma = 1.0 / pk.t.gamma;
     return pk;
 }
 
@@ -186,6 +197,71 @@ RF_HD double rf_profile_gradient(const RfPeak& pk, double x, double* grad) {
     return v;
 }
 
+// ------------------------------------------------- bin averages (model.rs PeakTerms::edge etc.)
+// The peak at bin edge e: offset d = e − c, Gaussian and Lorentzian densities, and the mass of
+// each beyond e on its own side of the centre (erfc, atan).
+struct RfEdge {
+    double d, g, l, tail_g, tail_l;
+};
+
+RF_HD RfEdge rf_edge(const RfPeak& pk, double e) {
+    RfEdge r;
+    r.d = e - pk.center;
+    const double ad = RF_FABS(r.d);
+    const double dd = r.d * r.d;
+    const double arg = -dd * pk.inv_two_s2;
+    if (!(arg < -746.0)) {
+        r.g = RF_EXP(arg) * pk.inv_norm;
+        r.tail_g = 0.5 * RF_ERFC(ad * pk.inv_s_sqrt2);
+    } else {
+        r.g = 0.0;
+        r.tail_g = 0.0;
+    }
+    r.l = pk.h_pi / (dd + pk.h2);
+    r.tail_l = RF_ATAN(pk.h / ad) * RF_FRAC_1_PI;
+    return r;
+}
+
+// Gaussian and Lorentzian masses between the edges lo < hi (model.rs PeakTerms::masses).
+RF_HD void rf_masses(const RfEdge& lo, const RfEdge& hi, double* mg, double* ml) {
+    if (lo.d >= 0.0) {
+        *mg = lo.tail_g - hi.tail_g;
+        *ml = lo.tail_l - hi.tail_l;
+    } else if (hi.d < 0.0) {
+        *mg = hi.tail_g - lo.tail_g;
+        *ml = hi.tail_l - lo.tail_l;
+    } else {
+        *mg = 1.0 - lo.tail_g - hi.tail_g;
+        *ml = 1.0 - lo.tail_l - hi.tail_l;
+    }
+}
+
+RF_HD double rf_bin_mean(const RfPeak& pk, const RfEdge& lo, const RfEdge& hi,
+                         double inv_width) {
+    double mg, ml;
+    rf_masses(lo, hi, &mg, &ml);
+    return (pk.t.eta * ml + (1.0 - pk.t.eta) * mg) * inv_width;
+}
+
+// Bin mean; gradient of area · mean w.r.t. [area, center, sig, gam] into grad[0..4).
+RF_HD double rf_bin_mean_gradient(const RfPeak& pk, const RfEdge& lo, const RfEdge& hi,
+                                  double inv_width, double* grad) {
+    const double eta = pk.t.eta;
+    double mg, ml;
+    rf_masses(lo, hi, &mg, &ml);
+    const double f_lo = eta * lo.l + (1.0 - eta) * lo.g;
+    const double f_hi = eta * hi.l + (1.0 - eta) * hi.g;
+    const double v = (eta * ml + (1.0 - eta) * mg) * inv_width;
+    const double dv_dc = (f_lo - f_hi) * inv_width;
+    const double dv_dgamma = (lo.d * f_lo - hi.d * f_hi) * pk.inv_gamma * inv_width;
+    const double dv_deta = (ml - mg) * inv_width;
+    grad[0] = v;
+    grad[1] = pk.area * dv_dc;
+    grad[2] = pk.area * (dv_dgamma * pk.t.dgamma_dsig + dv_deta * pk.t.deta_dsig);
+    grad[3] = pk.area * (dv_dgamma * pk.t.dgamma_dgam + dv_deta * pk.t.deta_dgam);
+    return v;
+}
+
 RF_HD double rf_chebyshev_x(double x, double x_lo, double x_hi) {
     const double span = x_hi - x_lo;
     return span != 0.0 ? 2.0 * (x - x_lo) / span - 1.0 : 0.0;
@@ -199,11 +275,45 @@ struct RfData {
     const rf_u32* fidx;
     int n;
     double x_lo, x_hi;  // first and last x of the ROI (finite or not): the Chebyshev frame
+    rf_u32 roi_lo, roi_hi;  // the ROI's global bin range (inclusive): bin edges
+    double bin;
+    int bin_average;  // fit.rs FitOptions::bin_average: peaks as bin means, else centre values
     // Each peak's planned ROI as a half-open range of finite-point indices (fit.rs JobProblem).
     int win_lo[RF_MAX_PEAKS], win_hi[RF_MAX_PEAKS];
 };
 
 RF_HD double rf_fy(const RfData& d, int k) { return d.y[d.fidx[k]]; }
+
+// Edges of the bin of global index gi in the ROI (fit.rs bin_edges): halfway to the neighbours,
+// the outer edges of the ROI's first and last bin mirrored.
+RF_HD void rf_bin_edges(const RfData& d, rf_u32 gi, double* lo, double* hi) {
+    const double* x = d.x;
+    const bool many = d.roi_hi > d.roi_lo;
+    if (gi > d.roi_lo) *lo = 0.5 * (x[gi - 1] + x[gi]);
+    else if (many) *lo = x[gi] - 0.5 * (x[gi + 1] - x[gi]);
+    else *lo = x[gi] - 0.5 * d.bin;
+    if (gi < d.roi_hi) *hi = 0.5 * (x[gi] + x[gi + 1]);
+    else if (many) *hi = x[gi] + 0.5 * (x[gi] - x[gi - 1]);
+    else *hi = x[gi] + 0.5 * d.bin;
+}
+
+// Unit-area profile of peak pk at finite point i: its mean over the bin, or MIDAS's centre value.
+RF_HD double rf_point_profile(const RfData& d, const RfPeak& pk, int i) {
+    const rf_u32 gi = d.fidx[i];
+    if (!d.bin_average) return rf_profile(pk, d.x[gi]);
+    double lo, hi;
+    rf_bin_edges(d, gi, &lo, &hi);
+    return rf_bin_mean(pk, rf_edge(pk, lo), rf_edge(pk, hi), 1.0 / (hi - lo));
+}
+
+// rf_point_profile with the gradient of area · profile into grad[0..4).
+RF_HD double rf_point_gradient(const RfData& d, const RfPeak& pk, int i, double* grad) {
+    const rf_u32 gi = d.fidx[i];
+    if (!d.bin_average) return rf_profile_gradient(pk, d.x[gi], grad);
+    double lo, hi;
+    rf_bin_edges(d, gi, &lo, &hi);
+    return rf_bin_mean_gradient(pk, rf_edge(pk, lo), rf_edge(pk, hi), 1.0 / (hi - lo), grad);
+}
 
 // Mean of the first and last bw = clamp(n/4, 1, 5) points (roi.rs edge_background).
 RF_HD double rf_edge_background(const RfData& d) {
@@ -332,7 +442,7 @@ RF_HD double rf_row(const RfData& d, int i, const double* p, int np, const RfPea
     *nr = 1;
     for (int k = 0; 2 + 4 * k + 4 <= np; ++k) {
         const int o = 2 + 4 * k;
-        m += pk[k].area * rf_profile_gradient(pk[k], x, grad + o);
+        m += pk[k].area * rf_point_gradient(d, pk[k], i, grad + o);
         if (i >= lo[k] && i < hi[k]) {
             if (re[*nr - 1] == o) re[*nr - 1] = o + 4;
             else {
@@ -382,7 +492,7 @@ RF_HD double rf_cost(const RfData& d, const double* p, int n) {
         const rf_u32 gi = d.fidx[i];
         const double x = d.x[gi];
         double m = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-        for (int k = 0; k < n_peaks; ++k) m += pk[k].area * rf_profile(pk[k], x);
+        for (int k = 0; k < n_peaks; ++k) m += pk[k].area * rf_point_profile(d, pk[k], i);
         const double r = m - d.y[gi];
         c += r * r;
     }
@@ -531,7 +641,9 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
     int fr[RF_MAX_PARAMS];
     int m = 0;
     for (int i = 0; i < n; ++i) {
-        pinned[i] = p[i] <= lower[i] || p[i] >= upper[i];
+        // fit.rs held_at_bound: the width floors (sig, gam) are counted free.
+        const bool width = i >= 2 && (i - 2) % 4 >= 2;
+        pinned[i] = (p[i] <= lower[i] || p[i] >= upper[i]) && !width;
         if (!pinned[i]) fr[m++] = i;
     }
     // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block.
@@ -559,7 +671,7 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
     for (int i = 0; i < d.n && modelled; ++i) {
         const double x = d.x[d.fidx[i]];
         double mi = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-        for (int k = 0; k < n_peaks; ++k) mi += lp[k].area * rf_profile(lp[k], x);
+        for (int k = 0; k < n_peaks; ++k) mi += lp[k].area * rf_point_profile(d, lp[k], i);
         modelled = mi > 0.0 && rf_finite(mi);
     }
     double* meat = work;  // the factor is not needed any more
@@ -572,7 +684,7 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
         if (modelled) {
             const double x = d.x[d.fidx[i]];
             double level = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-            for (int k = 0; k < n_peaks; ++k) level += lp[k].area * rf_profile(lp[k], x);
+            for (int k = 0; k < n_peaks; ++k) level += lp[k].area * rf_point_profile(d, lp[k], i);
             chi2 += r * r / level;
             w = level;
         } else {
@@ -634,7 +746,7 @@ RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
 // the rows of their slots (values/errors: RF_ROW doubles per slot; status, iterations).
 RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                       const rf_u32* peak_slot, const rf_u32* peak_index, const rf_u32* peak_lo,
-                      const rf_u32* peak_hi, int n_peaks, double bin,
+                      const rf_u32* peak_hi, int n_peaks, double bin, int bin_average,
                       int max_iterations, int max_peaks_per_job, double ftol, double xtol,
                       rf_u32* fidx, RfWork& w, double* values, double* errors, rf_u8* status,
                       rf_u32* iterations) {
@@ -649,6 +761,10 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
     d.n = 0;
     d.x_lo = x[lo];
     d.x_hi = x[hi];
+    d.roi_lo = lo;
+    d.roi_hi = hi;
+    d.bin = bin;
+    d.bin_average = bin_average;
     const int np = 2 + 4 * n_peaks;
     if (code == RF_CONVERGED) {
         for (rf_u32 i = lo; i <= hi; ++i)

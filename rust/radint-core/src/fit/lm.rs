@@ -42,6 +42,13 @@ pub trait Residuals {
     fn noise_levels(&self, _p: &[f64]) -> Option<Vec<f64>> {
         None
     }
+    /// Whether parameter `i`, when it ends on a bound, is held there in the covariance (its rows
+    /// and columns 0, its error NaN: the default), or counted as free. A bound that the true value
+    /// may well sit next to (a width floor) is better counted free: holding it reports the errors
+    /// of a fit that knew the width, while the fitted width only landed there by noise.
+    fn held_at_bound(&self, _i: usize) -> bool {
+        true
+    }
 }
 
 /// Why a fit stopped, or why it never ran. Stored as a small integer in tables (`code`).
@@ -431,7 +438,7 @@ fn finish(
 ) -> LmResult {
     let n = p.len();
     let pinned: Vec<bool> = (0..n)
-        .map(|i| p[i] <= lower[i] || p[i] >= upper[i])
+        .map(|i| (p[i] <= lower[i] || p[i] >= upper[i]) && prob.held_at_bound(i))
         .collect();
     let n_free = pinned.iter().filter(|&&b| !b).count();
     let levels = prob

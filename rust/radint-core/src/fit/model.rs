@@ -6,7 +6,7 @@
 //! `sig` and `gam` are "centi"-scaled (GSAS-II centidegree convention applied to x units):
 //! `F_G = sqrt(8 ln2 · sig) / 100` and `F_L = gam / 100` are widths in x units.
 
-use std::f64::consts::{FRAC_1_PI, LN_2, PI};
+use std::f64::consts::{FRAC_1_PI, LN_2, PI, SQRT_2};
 
 /// Parameters per peak: area, centre, sig, gam.
 pub const PARAMS_PER_PEAK: usize = 4;
@@ -118,6 +118,35 @@ pub struct PeakTerms {
     /// Square of the Lorentzian half width Γ/2, and (Γ/2)/π.
     h2: f64,
     h_pi: f64,
+    /// Bin averages: 1/(σ·sqrt 2) (erfc argument per unit offset), Γ/2 and 1/Γ.
+    inv_s_sqrt2: f64,
+    h: f64,
+    inv_gamma: f64,
+}
+
+/// The peak at one bin edge `e` (see [`PeakTerms::edge`]): offset `d = e − c`, the unit-area
+/// Gaussian and Lorentzian densities there, and the mass of each beyond `e` on its own side of
+/// the centre (the tail away from the centre: `P(X > e)` for `e ≥ c`, `P(X < e)` below).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdgeTerms {
+    pub d: f64,
+    pub g: f64,
+    pub l: f64,
+    pub tail_g: f64,
+    pub tail_l: f64,
+}
+
+extern "C" {
+    /// The C library's complementary error function (glibc on Linux: the same function the
+    /// GPU fitter's host harness calls, so both give the same bits). Rust's std has no erfc.
+    fn erfc(x: f64) -> f64;
+}
+
+/// `erfc(x)` from the C math library.
+#[inline]
+pub fn c_erfc(x: f64) -> f64 {
+    // SAFETY: erfc is a pure function of one double in the C math library, which std links.
+    unsafe { erfc(x) }
 }
 
 /// Below this, `exp` underflows to exactly +0 (the smallest subnormal is exp(−744.4)): skipping
@@ -144,7 +173,85 @@ impl PeakTerms {
             inv_k: 1.0 / k,
             h2: h * h,
             h_pi: h / PI,
+            inv_s_sqrt2: 1.0 / (sigma * SQRT_2),
+            h,
+            inv_gamma: 1.0 / tch.gamma,
         }
+    }
+
+    /// The peak at bin edge `e`: densities and the outer tail masses (erfc, atan). Far from the
+    /// centre the Gaussian terms are exactly 0 (both underflow there) and are not computed.
+    #[inline]
+    pub fn edge(&self, e: f64) -> EdgeTerms {
+        let d = e - self.center;
+        let ad = d.abs();
+        let dd = d * d;
+        let arg = -dd * self.inv_two_s2;
+        let (g, tail_g) = if !(arg < EXP_UNDERFLOW) {
+            (
+                arg.exp() * self.inv_norm,
+                0.5 * c_erfc(ad * self.inv_s_sqrt2),
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        EdgeTerms {
+            d,
+            g,
+            l: self.h_pi / (dd + self.h2),
+            tail_g,
+            // atan(h/|d|)/π = P(X beyond e) of the Lorentzian; 1/2 at the centre (atan(+∞)).
+            tail_l: (self.h / ad).atan() * FRAC_1_PI,
+        }
+    }
+
+    /// Masses of the Gaussian and Lorentzian between edges `lo < hi`, from their outer tails:
+    /// a difference of two small tails on one side of the centre, or one minus both tails when
+    /// the bin holds the centre, so a bin far out in a tail keeps its relative precision.
+    #[inline]
+    fn masses(lo: &EdgeTerms, hi: &EdgeTerms) -> (f64, f64) {
+        if lo.d >= 0.0 {
+            (lo.tail_g - hi.tail_g, lo.tail_l - hi.tail_l)
+        } else if hi.d < 0.0 {
+            (hi.tail_g - lo.tail_g, hi.tail_l - lo.tail_l)
+        } else {
+            (1.0 - lo.tail_g - hi.tail_g, 1.0 - lo.tail_l - hi.tail_l)
+        }
+    }
+
+    /// Mean of the unit-area profile over the bin between edges `lo` and `hi` (from
+    /// [`PeakTerms::edge`]); `inv_width` = 1/(hi − lo).
+    #[inline]
+    pub fn bin_mean(&self, lo: &EdgeTerms, hi: &EdgeTerms, inv_width: f64) -> f64 {
+        let (mg, ml) = Self::masses(lo, hi);
+        (self.tch.eta * ml + (1.0 - self.tch.eta) * mg) * inv_width
+    }
+
+    /// Bin mean of the unit-area profile, and the gradient of `area · mean` with respect to
+    /// `[area, center, sig, gam]` written to `grad` (4 entries). With F the profile's CDF and f
+    /// its density: ∂F(e)/∂c = −f(e) and ∂F(e)/∂Γ = −(e − c)·f(e)/Γ (both components scale with
+    /// the one Γ), ∂/∂η = F_L − F_G.
+    #[inline]
+    pub fn bin_mean_gradient(
+        &self,
+        lo: &EdgeTerms,
+        hi: &EdgeTerms,
+        inv_width: f64,
+        grad: &mut [f64],
+    ) -> f64 {
+        let (t, eta) = (&self.tch, self.tch.eta);
+        let (mg, ml) = Self::masses(lo, hi);
+        let f_lo = eta * lo.l + (1.0 - eta) * lo.g;
+        let f_hi = eta * hi.l + (1.0 - eta) * hi.g;
+        let v = (eta * ml + (1.0 - eta) * mg) * inv_width;
+        let dv_dc = (f_lo - f_hi) * inv_width;
+        let dv_dgamma = (lo.d * f_lo - hi.d * f_hi) * self.inv_gamma * inv_width;
+        let dv_deta = (ml - mg) * inv_width;
+        grad[0] = v;
+        grad[1] = self.area * dv_dc;
+        grad[2] = self.area * (dv_dgamma * t.dgamma_dsig + dv_deta * t.deta_dsig);
+        grad[3] = self.area * (dv_dgamma * t.dgamma_dgam + dv_deta * t.deta_dgam);
+        v
     }
 
     /// Unit-area Gaussian and Lorentzian at offset `d = x − c`, with `d²` and `1/(d² + h²)`.
