@@ -151,6 +151,19 @@ def _load_config(
     return config if args is None else _with_fit_flags(config, args)
 
 
+def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
+    """``--format`` as a tuple, ``midas`` made explicit: with peak fitting on (DoPeakFit,
+    --fit-peaks, --fit-auto) it adds IntegratorZarrOMP's fit files (fit.bin, per-η CSV and
+    caked_peaks.h5)."""
+    from radint.fit import FitSpec
+    from radint.io.write import resolve_formats
+
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not any(f.lower() == "midas" for f in formats):
+        return formats
+    return resolve_formats(formats, FitSpec.from_config(config) is not None)
+
+
 def _check_run(
     paths: list[str], out_dir: Path, formats: tuple[str, ...], inputs_must_exist: bool
 ) -> None:
@@ -427,7 +440,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         raise RadintError("no data files given")
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    formats = _formats(args.format, config)
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
     _check_run(paths, out_dir, formats, inputs_must_exist=True)
@@ -486,7 +499,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise RadintError("no data files: give DATA... or -dataFN")
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = list(_formats(args.format, config))
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
     out_dir = Path(args.resultFolder or args.output)
@@ -884,9 +897,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="nexus",
-        help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip), "
-        "caked, gsas, xy, bin (<stem>_lineout.bin), mat; with fitting also peaks "
-        "(<stem>_peaks.csv), fit (<stem>_fit.bin)",
+        help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip; "
+        "with fitting also fit.bin, _fit_per_eta.csv, _caked_peaks.h5), caked, gsas, xy, bin "
+        "(<stem>_lineout.bin), mat; with fitting also peaks (<stem>_peaks.csv), fit "
+        "(<stem>_fit.bin), fit_per_eta / caked_peaks (IntegratorZarrOMP's per-eta fits: "
+        "<stem>_fit_per_eta.csv / <stem>_caked_peaks.h5), peaks_per_eta (both)",
     )
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(

@@ -448,16 +448,16 @@ def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> P
     Layout: ``/metadata`` (attr ``zarr_source``; ``tth_axis`` (n_r,), ``eta_axis`` (n_eta,),
     ``frame_keys`` vlen str) and ``/peaks/{frame_idx, eta_idx, peak_nr}`` int32,
     ``{eta_deg, center_2theta, area, sig, gam, FWHM_deg, eta_mix, d_spacing_A, chi_sq}`` float64,
-    ``frame_key`` vlen str — one row per converged peak (``peak_nr`` = slot, so failures show as
+    ``frame_key`` vlen str (PeakFitIO.c's layout, :func:`radint.io.peaks.write_caked_peaks`)
+    — one row per converged peak (``peak_nr`` = slot, so failures show as
     gaps); ``/peaks`` is omitted when there are none. Lineout rows have ``eta_idx = 0`` and
     ``eta_deg = 0`` as in the MIDAS GPU writer. Difference from MIDAS: ``FWHM_deg`` holds the FWHM
-    in degrees 2θ, as its name says (MIDAS stores Γ in pixels there).
+    in degrees 2θ, as its name says (MIDAS stores Γ in pixels there). IntegratorZarrOMP's
+    own file holds per-η fits instead: :func:`radint.io.peaks.write_caked_peaks_per_eta`.
 
     ``table`` must come from :func:`fit_result` on ``result`` (it needs the 2θ columns).
     """
-    import h5py
-
-    from radint.io.atomic import atomic_output
+    from radint.io.peaks import write_caked_peaks
 
     if table.center_two_theta_deg is None or table.fwhm_deg is None:
         raise InvalidInputError("write_caked_peaks_h5: table has no 2θ columns; use fit_result()")
@@ -487,22 +487,11 @@ def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> P
         "d_spacing_A": np.full(fi.size, np.nan) if d_spacing is None else frames(d_spacing)[ok],
         "chi_sq": frames(table.chi2)[ok],
     }
-    vlen = h5py.string_dtype()
-    path = Path(path)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        meta = f.create_group("metadata")
-        meta.attrs["zarr_source"] = str(result.metadata.get("source", ""))
-        meta.create_dataset("tth_axis", data=np.asarray(result.two_theta_deg, np.float64))
-        meta.create_dataset("eta_axis", data=np.asarray(result.eta_deg, np.float64))
-        meta.create_dataset("frame_keys", data=np.array(keys, dtype=object), dtype=vlen)
-        if fi.size:
-            g = f.create_group("peaks")
-            for name, values in columns.items():
-                g.create_dataset(name, data=values)
-            g.create_dataset(
-                "frame_key", data=np.array([keys[i] for i in fi], dtype=object), dtype=vlen
-            )
-    return path
+    return write_caked_peaks(
+        path, columns, np.asarray(result.two_theta_deg, np.float64),
+        np.asarray(result.eta_deg, np.float64), keys, str(result.metadata.get("source", "")),
+        [keys[i] for i in fi],
+    )  # fmt: skip
 
 
 def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
@@ -548,6 +537,396 @@ def fit_pv(
     c = np.ascontiguousarray(np.broadcast_to(c, (ys2.shape[0],)))
     d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations), n_threads=n_threads)
     return {k: v[0] for k, v in d.items()} if single else dict(d)
+
+
+#: Parameters of :func:`fit_pv_doublet`, in order (as MIDAS's ``pf_fit_doublet_pv``).
+DOUBLET_PARAMS = ("center1", "center2", "mu", "fwhm1", "imax1", "fwhm2", "imax2", "bg")
+
+
+def _doublet_model(x: np.ndarray, p: np.ndarray, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Height-normalised pV doublet (spec §6.4) of parameters ``p`` (m, 8) on ``x`` (n,):
+    values (m, n) and, with ``jac``, the Jacobian (m, n, 8)."""
+    c1, c2, mu, g1, a1, g2, a2, bg = (p[:, k : k + 1] for k in range(8))
+    total = np.broadcast_to(bg, (p.shape[0], x.size)).copy()
+    parts = []
+    for c, g, a in ((c1, g1, a1), (c2, g2, a2)):
+        d = x - c
+        u = 4.0 * d * d / (g * g)
+        lor = 1.0 / (1.0 + u)
+        gau = np.exp(-math.log(2.0) * u)
+        shape = mu * lor + (1.0 - mu) * gau
+        total += a * shape
+        parts.append((d, g, a, lor, gau, shape))
+    if not jac:
+        return total, None
+    j = np.empty((*total.shape, 8))
+    for k, (d, g, a, lor, gau, shape) in enumerate(parts):
+        dshape_du = -mu * lor * lor - (1.0 - mu) * math.log(2.0) * gau
+        j[..., k] = a * dshape_du * (-8.0 * d / (g * g))  # centre
+        j[..., 3 + 2 * k] = a * dshape_du * (-8.0 * d * d / (g * g * g))  # fwhm
+        j[..., 4 + 2 * k] = shape  # imax
+    (_, _, a1_, l1, gg1, _), (_, _, a2_, l2, gg2, _) = parts
+    j[..., 2] = a1_ * (l1 - gg1) + a2_ * (l2 - gg2)
+    j[..., 7] = 1.0
+    return total, j
+
+
+def fit_pv_doublet(
+    x: Any, y: Any, low: float, high: float, max_iterations: int = 200
+) -> dict[str, np.ndarray]:
+    """Two height-normalised pseudo-Voigts with a shared mixing μ and background (spec §6.4,
+    MIDAS ``pf_fit_doublet_pv``), fitted to each curve of ``y`` (e.g. the η rows of a cake).
+
+    ``I = BG + Σₖ Imaxₖ[μ/(1+4Δₖ²/Γₖ²) + (1−μ)exp(−4 ln2 Δₖ²/Γₖ²)]``, Δₖ = x − centreₖ. As in
+    MIDAS the centres are split at the midpoint ``m = (low + high)/2``: centre1 ∈ [x₀, m],
+    centre2 ∈ [m, x_last]; starts at ``low`` and ``high``. Other bounds (radint's, as
+    :func:`fit_pv`): Γ ∈ [bin/10, span], Imax ∈ [0, 10·range], BG ∈ [min − range, max + range],
+    μ ∈ [0, 1]. Fitted by a bounded Levenberg–Marquardt (analytic Jacobian, all curves at
+    once); NaN points are left out, a curve needs 9 finite points.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_x,)
+        Strictly increasing (R px for a cake).
+    y : array_like, shape (n_x,) or (n_curves, n_x)
+    low, high : float
+        Starting centres, ``low < high`` (x units).
+
+    Returns
+    -------
+    dict
+        ``params`` ``(..., 8)`` in :data:`DOUBLET_PARAMS` order (NaN unless converged),
+        ``snr`` ``(..., 2)`` = ``Imaxₖ / sqrt(SSR/N)`` (MIDAS's per-peak SNR) and ``status``
+        (uint8, as :data:`STATUS_NAMES`: 0 converged, 1 max_iterations, 2 non_finite,
+        4 insufficient_data).
+    """
+    xs = _as_float("x", x, (1,))
+    ys = _as_float("y", y, (1, 2))
+    single = ys.ndim == 1
+    ys2 = ys.reshape(1, -1) if single else ys
+    if ys2.shape[1] != xs.size:
+        raise ShapeError(f"y: expected last axis of length {xs.size} (len(x)), got {ys.shape}")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise InvalidInputError(f"fit_pv_doublet: need finite low < high, got {low}, {high}")
+    if xs.size < 2 or np.any(np.diff(xs) <= 0):
+        raise InvalidInputError("fit_pv_doublet: x must hold 2+ strictly increasing values")
+    m = ys2.shape[0]
+    w = np.isfinite(ys2)
+    yz = np.where(w, ys2, 0.0)
+    n_ok = w.sum(axis=1)
+    status = np.where(n_ok >= 9, 0, 4).astype(np.uint8)
+    big = np.finfo(np.float64).max
+    ymin = np.where(w, ys2, big).min(axis=1, initial=big)
+    ymax = np.where(w, ys2, -big).max(axis=1, initial=-big)
+    rng = np.maximum(ymax - ymin, 1e-12)
+    x0, x1 = float(xs[0]), float(xs[-1])
+    span = x1 - x0
+    step = span / (xs.size - 1)
+    mid = 0.5 * (low + high)
+    lo = np.column_stack([np.full(m, x0), np.full(m, mid), np.zeros(m), np.full(m, 0.1 * step),
+                          np.zeros(m), np.full(m, 0.1 * step), np.zeros(m), ymin - rng])  # fmt: skip
+    hi = np.column_stack([np.full(m, mid), np.full(m, x1), np.ones(m), np.full(m, span),
+                          10 * rng, np.full(m, span), 10 * rng, ymax + rng])  # fmt: skip
+
+    def height_at(c: float) -> np.ndarray:
+        k = int(np.clip(np.searchsorted(xs, c), 0, xs.size - 1))
+        return np.maximum(yz[:, k] - ymin, 0.1 * rng)
+
+    g0 = min(3.0 * step, span)
+    p = np.column_stack([np.full(m, low), np.full(m, high), np.full(m, 0.5), np.full(m, g0),
+                         height_at(low), np.full(m, g0), height_at(high), ymin])  # fmt: skip
+    # Starts strictly inside the box (a centre on the midpoint bound could not move off it).
+    pad = 1e-6 * (hi - lo)
+    p = np.clip(p, lo + pad, hi - pad)
+    active = status == 0
+    p[~active] = 0.5 * (lo[~active] + hi[~active])
+
+    cost = _doublet_cost(xs, p, yz, w)
+    lam = np.full(m, 1e-3)
+    done = ~active
+    iters = 0
+    while not done.all() and iters < int(max_iterations):
+        iters += 1
+        idx = np.flatnonzero(~done)
+        pi = p[idx]
+        model, jac = _doublet_model(xs, pi, jac=True)
+        assert jac is not None
+        r = (model - yz[idx]) * w[idx]
+        jw = jac * w[idx][..., None]
+        a = np.einsum("mni,mnj->mij", jw, jw)
+        g = np.einsum("mni,mn->mi", jw, r)
+        # Parameters on a bound that the gradient pushes further out are held there.
+        held = ((pi <= lo[idx]) & (g > 0)) | ((pi >= hi[idx]) & (g < 0))
+        g = np.where(held, 0.0, g)
+        a = np.where(held[:, :, None] | held[:, None, :], 0.0, a)
+        diag = np.einsum("mii->mi", a)
+        damp = lam[idx, None] * np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True))
+        a_d = a + np.einsum("mi,ij->mij", damp + held, np.eye(8))
+        try:
+            delta = np.linalg.solve(a_d, -g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            delta = -g / np.maximum(np.einsum("mii->mi", a_d), 1e-300)
+        trial = np.clip(pi + delta, lo[idx], hi[idx])
+        new_cost = _doublet_cost(xs, trial, yz[idx], w[idx])
+        better = np.isfinite(new_cost) & (new_cost < cost[idx])
+        gain = cost[idx] - new_cost
+        moved = np.abs(trial - pi) <= 1e-10 * (np.abs(pi) + 1e-10)
+        p[idx[better]] = trial[better]
+        conv = better & ((gain <= 1e-12 * cost[idx]) | moved.all(axis=1))
+        cost[idx[better]] = new_cost[better]
+        lam[idx] = np.where(better, lam[idx] / 3.0, lam[idx] * 4.0)
+        # No step lowers the cost even with a tiny step: a minimum within the box.
+        stuck = ~better & (lam[idx] > 1e12)
+        bad = ~np.isfinite(cost[idx])
+        status[idx[bad]] = 2
+        done[idx[conv | stuck | bad]] = True
+    status[~done] = 1
+    ok = status == 0
+    snr = np.full((m, 2), np.nan)
+    rms = np.sqrt(cost / np.maximum(n_ok, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr[ok] = p[ok][:, [4, 6]] / rms[ok, None]
+    params = np.where(ok[:, None], p, np.nan)
+    out = {"params": params, "snr": snr, "status": status}
+    return {k: v[0] for k, v in out.items()} if single else out
+
+
+def _doublet_cost(x: np.ndarray, p: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    model, _ = _doublet_model(x, p, jac=False)
+    return (((model - y) * w) ** 2).sum(axis=1)
+
+
+@dataclass
+class EtaPeaks:
+    """Peaks fitted in every η bin of a cake (IntegratorZarrOMP's per-η fits, spec §6.5): one
+    row per accepted peak, ordered by frame, η bin, then peak index — the rows of MIDAS's
+    ``_fit_per_eta.csv`` and ``_caked_peaks.h5``.
+
+    Attributes
+    ----------
+    frame, eta_bin, peak : ndarray of int64, shape (n_rows,)
+        Frame position in the result, η bin, and peak index: the position's index in the list
+        fitted (``PeakLocation`` order of the parameter file), or the k-th detected peak by R.
+    eta_deg : ndarray, shape (n_rows,)
+        η bin centre (deg).
+    area, center, sig, gam, fwhm, eta_mix, chi2 : ndarray, shape (n_rows,)
+        The fit.bin columns as IntegratorZarrOMP fills them: auto-detected peaks carry the TCH
+        fit (``center``/``fwhm`` in R px, ``chi2`` its reduced χ²); for given positions (pV fits)
+        only ``center`` is set, the others are 0 and ``chi2`` holds the fit's SNR.
+    snr : ndarray, shape (n_rows,)
+        ``Imax/sqrt(SSR/N)`` of the pV fit (NaN for auto-detected peaks).
+    pv_fwhm, pv_mu, pv_imax, pv_background : ndarray, shape (n_rows,)
+        The pV fit's Γ (R px), Lorentzian fraction, peak height and background (NaN for
+        auto-detected peaks); not written to the MIDAS files, which have no column for them.
+    center_two_theta_deg, center_d_angstrom, fwhm_deg : ndarray, shape (n_rows,)
+        ``atan(R·px/Lsd)``, ``λ/(2 sin θ)`` (0 without a wavelength, as MIDAS) and the FWHM in
+        degrees 2θ (0 where ``fwhm`` is 0).
+    n_frames : int
+        Frames of the result (rows exist only for accepted peaks).
+    eta_axis_deg, two_theta_axis_deg : ndarray
+        The cake's η bin centres and the 2θ of its R bin centres (the HDF5 file's axes).
+    source : str
+        The input the result came from (``zarr_source`` of the HDF5 file).
+    pixel_size_um : float
+        For the CSV's ``R_um`` (NaN without a config).
+    """
+
+    frame: np.ndarray
+    eta_bin: np.ndarray
+    peak: np.ndarray
+    eta_deg: np.ndarray
+    area: np.ndarray
+    center: np.ndarray
+    sig: np.ndarray
+    gam: np.ndarray
+    fwhm: np.ndarray
+    eta_mix: np.ndarray
+    chi2: np.ndarray
+    snr: np.ndarray
+    pv_fwhm: np.ndarray
+    pv_mu: np.ndarray
+    pv_imax: np.ndarray
+    pv_background: np.ndarray
+    center_two_theta_deg: np.ndarray
+    center_d_angstrom: np.ndarray
+    fwhm_deg: np.ndarray
+    n_frames: int = 0
+    eta_axis_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    two_theta_axis_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    source: str = ""
+    pixel_size_um: float = math.nan
+
+    @property
+    def n_rows(self) -> int:
+        """Accepted peaks over all frames and η bins."""
+        return int(self.center.size)
+
+
+#: Per-η rows need this many R bins of a profile that are neither 0 nor NaN (IntegratorZarrOMP).
+PER_ETA_MIN_NONZERO = 5
+#: ... and this many R bin centres within the ±FitROIPadding·RBinSize window of a position.
+PER_ETA_MIN_POINTS = 6
+
+
+def fit_per_eta(
+    result: Result,
+    positions_px: Any = None,
+    auto: int | None = None,
+    doublet_separation: float = 0.0,
+    roi_padding: int = 20,
+    snip_iterations: int = 50,
+    r_bin_px: float | None = None,
+    max_iterations: int = 500,
+    n_threads: int | None = None,
+) -> EtaPeaks:
+    """Fit peaks in every η bin of ``result.cake`` as IntegratorZarrOMP does with ``DoPeakFit``
+    (spec §6.4–6.5), for every frame.
+
+    A bin's R profile is fitted when at least 5 of its R bins are neither 0 nor NaN. With
+    ``positions_px`` (MIDAS ``PeakLocation``, in the order given): each position gets a
+    height-normalised pV (:func:`fit_pv`) on the R bin centres within ``±roi_padding·r_bin_px``
+    (at least 6 of them), starting at the position; two positions adjacent in the list and
+    closer than ``doublet_separation`` are fitted together (:func:`fit_pv_doublet`, window from
+    the lower one's minus to the upper one's plus padding, centres split at their midpoint), as
+    pairs taken from the start of the list. A peak is kept when its fit converged with
+    ``SNR = Imax/sqrt(SSR/N) > 1``; its row holds the centre and the SNR (in ``chi2``, as
+    MIDAS). With ``auto``: up to ``auto`` peaks are detected and fitted in each profile
+    (:func:`fit_peaks`, TCH model) and the converged ones kept with all their columns.
+
+    Parameters
+    ----------
+    result : Result
+        One frame or a stack; uses ``cake``, ``radius_px``, ``eta_deg`` and ``config``
+        (pixel size, Lsd, wavelength for the 2θ/d columns).
+    positions_px, auto
+        Exactly one: positions (R px) or the number of peaks to detect.
+    doublet_separation : float
+        MIDAS ``DoubletSeparation`` (R px; 0 = no doublets).
+    roi_padding : int
+        MIDAS ``FitROIPadding`` (bins).
+    snip_iterations : int
+        Auto-detection background (``SNIPIterations``).
+    r_bin_px : float, optional
+        The window's bin size; default ``result.config.r_bin_px`` (the median spacing of
+        ``radius_px`` when the bins are in Q or 2θ or there is no config).
+
+    Returns
+    -------
+    EtaPeaks
+    """
+    if (positions_px is None) == (auto is None):
+        raise InvalidInputError("fit_per_eta: give exactly one of positions_px= or auto=")
+    r = np.asarray(result.radius_px, dtype=np.float64)
+    cake = np.asarray(result.cake, dtype=np.float64)
+    cakes = cake[None] if cake.ndim == 2 else cake  # (n_frames, n_eta, n_r)
+    n_frames, n_eta, n_r = cakes.shape
+    cfg = result.config
+    if r_bin_px is None:
+        binned_in_r = cfg is not None and not (cfg.q_bin > 0 or cfg.tth_bin_deg > 0)
+        r_bin_px = float(cfg.r_bin_px) if binned_in_r else float(np.median(np.diff(r)))
+    profiles = cakes.reshape(-1, n_r)
+    # IntegratorZarrOMP skips bins with < 5 nonzero values (it counts NaN as nonzero; radint
+    # does not, so a masked-out profile is skipped rather than fitted on NaNs).
+    fitted = (np.isfinite(profiles) & (profiles != 0)).sum(axis=1) >= PER_ETA_MIN_NONZERO
+    rows: list[tuple[np.ndarray, int, dict[str, np.ndarray]]] = []  # (curve ids, peak, cols)
+
+    def keep(curves: np.ndarray, peak: int, center: np.ndarray, snr: np.ndarray,
+             pv: np.ndarray) -> None:  # fmt: skip
+        ok = np.isfinite(snr) & (snr > 1.0) & (center != 0)
+        if ok.any():
+            zero = np.zeros(int(ok.sum()))
+            rows.append((curves[ok], peak, {
+                "area": zero, "center": center[ok], "sig": zero, "gam": zero, "fwhm": zero,
+                "eta_mix": zero, "chi2": snr[ok], "snr": snr[ok], "pv_fwhm": pv[ok, 0],
+                "pv_mu": pv[ok, 1], "pv_imax": pv[ok, 2], "pv_background": pv[ok, 3],
+            }))  # fmt: skip
+
+    curves = np.flatnonzero(fitted)
+    if auto is not None and curves.size:
+        table = fit_peaks(r, profiles[curves], auto=int(auto), roi_padding=roi_padding,
+                          snip_iterations=snip_iterations, max_iterations=max_iterations,
+                          n_threads=n_threads)  # fmt: skip
+        for k in range(table.center.shape[-1]):
+            ok = (table.status[:, k] == CONVERGED) & (table.center[:, k] != 0)
+            if not ok.any():
+                continue
+            nan = np.full(int(ok.sum()), np.nan)
+            cols = {c: getattr(table, c)[:, k][ok] for c in COLUMNS}
+            cols.update(snr=nan, pv_fwhm=nan, pv_mu=nan, pv_imax=nan, pv_background=nan)
+            rows.append((curves[ok], k, cols))
+    elif curves.size:
+        pos = [float(v) for v in np.atleast_1d(np.asarray(positions_px, dtype=np.float64))]
+        pad = roi_padding * r_bin_px
+        k = 0
+        while k < len(pos):
+            pair = (k + 1 < len(pos) and doublet_separation > 0
+                    and abs(pos[k + 1] - pos[k]) < doublet_separation)  # fmt: skip
+            lo_r, hi_r = (min(pos[k], pos[k + 1]), max(pos[k], pos[k + 1])) if pair else (
+                pos[k], pos[k])  # fmt: skip
+            inside = np.flatnonzero((r >= lo_r - pad) & (r <= hi_r + pad))
+            if inside.size and inside[-1] - inside[0] + 1 >= PER_ETA_MIN_POINTS:
+                window = slice(int(inside[0]), int(inside[-1]) + 1)
+                x, y = r[window], profiles[curves, window]
+                if pair:
+                    d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations)
+                    low_first = pos[k] < pos[k + 1]
+                    for j, slot in enumerate((k, k + 1) if low_first else (k + 1, k)):
+                        prm = d["params"]
+                        pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
+                                              prm[:, 7]])  # fmt: skip
+                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv)
+                else:
+                    d = fit_pv(x, y, pos[k], max_iterations=max_iterations, n_threads=n_threads)
+                    prm = d["params"]  # [bg, imax, center, fwhm, mu]
+                    pv = np.column_stack([prm[:, 3], prm[:, 4], prm[:, 1], prm[:, 0]])
+                    keep(curves, k, prm[:, 2], d["snr"], pv)
+            k += 2 if pair else 1
+    return _eta_peaks(result, rows, n_frames, n_eta)
+
+
+def _eta_peaks(
+    result: Result, rows: list[tuple[np.ndarray, int, dict[str, np.ndarray]]], n_frames: int,
+    n_eta: int,
+) -> EtaPeaks:  # fmt: skip
+    """The accepted rows as an :class:`EtaPeaks`, sorted by (frame, η bin, peak)."""
+    names = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2", "snr", "pv_fwhm",
+             "pv_mu", "pv_imax", "pv_background")  # fmt: skip
+    if rows:
+        curve = np.concatenate([c for c, _, _ in rows])
+        peak = np.concatenate([np.full(c.size, k, np.int64) for c, k, _ in rows])
+        cols = {n: np.concatenate([d[n] for _, _, d in rows]).astype(np.float64) for n in names}
+    else:
+        curve, peak = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cols = {n: np.zeros(0) for n in names}
+    order = np.lexsort((peak, curve))
+    curve, peak = curve[order], peak[order]
+    cols = {n: v[order] for n, v in cols.items()}
+    frame, eta_bin = np.divmod(curve, n_eta)
+    eta_axis = np.asarray(result.eta_deg, dtype=np.float64)
+    c, w = cols["center"], cols["fwhm"]
+    cfg = result.config
+    if cfg is not None:
+        tth = np.degrees(np.arctan(c * cfg.pixel_size_y_um / cfg.lsd_um))
+        tth_axis = np.degrees(np.arctan(np.asarray(result.radius_px) * cfg.pixel_size_y_um
+                                        / cfg.lsd_um))  # fmt: skip
+        lam = float(cfg.wavelength_angstrom)
+    else:
+        tth = _two_theta_deg(result, c)
+        tth_axis = np.asarray(result.two_theta_deg, dtype=np.float64)
+        lam = 0.0
+    theta = np.radians(tth) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_spacing = np.where(theta > 1e-10, lam / (2 * np.sin(theta)), 0.0)
+    fwhm_deg = np.where(w != 0, _two_theta_deg(result, c + w / 2)
+                        - _two_theta_deg(result, c - w / 2), 0.0)  # fmt: skip
+    return EtaPeaks(
+        frame=frame.astype(np.int64), eta_bin=eta_bin.astype(np.int64), peak=peak,
+        eta_deg=eta_axis[eta_bin] if eta_bin.size else np.zeros(0), **cols,
+        center_two_theta_deg=tth, center_d_angstrom=d_spacing, fwhm_deg=fwhm_deg,
+        n_frames=n_frames, eta_axis_deg=eta_axis, two_theta_axis_deg=tth_axis,
+        source=str(result.metadata.get("source", "")),
+        pixel_size_um=math.nan if cfg is None else float(cfg.pixel_size_y_um),
+    )  # fmt: skip
 
 
 def _pick_curve(table: FitTable, index: int) -> FitTable:
@@ -639,6 +1018,7 @@ class FitSpec:
     auto_roi: bool = False
     snip_iterations: int = 50
     max_iterations: int = 500
+    doublet_separation: float = 0.0
     bin_average: bool = True
 
     def __post_init__(self) -> None:
@@ -653,7 +1033,8 @@ class FitSpec:
     @classmethod
     def from_config(cls, config: IntegrationConfig) -> FitSpec | None:
         """The parameter file's fit (``DoPeakFit``, ``PeakLocation``, ``AutoDetectPeaks``,
-        ``MaxNPeaks``, ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``), or None.
+        ``MaxNPeaks``, ``FitROIPadding``, ``FitROIAuto``, ``SNIPIterations``,
+        ``DoubletSeparation``), or None.
 
         As IntegratorZarrOMP decides: ``AutoDetectPeaks N`` (N > 0; it also switches
         ``DoPeakFit`` on) detects up to N peaks and wins over ``PeakLocation``; otherwise the
@@ -665,6 +1046,7 @@ class FitSpec:
             "roi_padding": int(config.fit_roi_padding),
             "auto_roi": bool(config.fit_roi_auto),
             "snip_iterations": int(config.snip_iterations),
+            "doublet_separation": float(config.doublet_separation),
         }
         if config.auto_detect_peaks:
             return cls(auto=int(config.max_n_peaks), **common)
@@ -712,8 +1094,9 @@ class FitSpec:
         return list(np.tan(tth) * config.lsd_um / config.pixel_size_y_um)
 
     def apply(self, result: Result, n_threads: int | None = None) -> FitTable:
-        """Fit the lineout(s) of ``result`` (see :func:`fit_result`)."""
-        return fit_result(
+        """Fit the lineout(s) of ``result`` (see :func:`fit_result`); the table's
+        ``metadata["fit_spec"]`` is this spec (for :meth:`per_eta`)."""
+        table = fit_result(
             result,
             positions_px=list(self.positions_px) or None,
             positions_two_theta_deg=list(self.positions_two_theta_deg) or None,
@@ -725,17 +1108,57 @@ class FitSpec:
             n_threads=n_threads,
             bin_average=self.bin_average,
         )
+        table.metadata["fit_spec"] = self
+        return table
+
+    def per_eta(self, result: Result, n_threads: int | None = None) -> EtaPeaks:
+        """IntegratorZarrOMP's per-η fits of ``result``'s cake (see :func:`fit_per_eta`).
+
+        Positions that are the parameter file's ``PeakLocation`` lines are taken in the file's
+        order, as IntegratorZarrOMP pairs doublets and numbers its per-η peaks in that order
+        (its fit.bin, like :attr:`positions_px`, is in R order).
+        """
+        common = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
+                  "max_iterations": self.max_iterations, "n_threads": n_threads}  # fmt: skip
+        if self.auto is not None:
+            return fit_per_eta(result, auto=self.auto, **common)
+        cfg = result.config
+        positions = self.positions_in_px(cfg) if cfg is not None else list(self.positions_px)
+        if (
+            cfg is not None
+            and self.positions_px
+            and cfg.peak_locations
+            and sorted(map(float, cfg.peak_locations)) == list(self.positions_px)
+        ):
+            positions = [float(v) for v in cfg.peak_locations]
+        return fit_per_eta(result, positions_px=positions,
+                           doublet_separation=self.doublet_separation, **common)  # fmt: skip
+
+
+def fit_spec_of(result: Result) -> FitSpec | None:
+    """The fit that made ``result.peaks`` (recorded by :meth:`FitSpec.apply`), else the
+    parameter file's (``DoPeakFit`` ...), else None."""
+    if result.peaks is not None:
+        spec = result.peaks.metadata.get("fit_spec")
+        if isinstance(spec, FitSpec):
+            return spec
+    return FitSpec.from_config(result.config) if result.config is not None else None
 
 
 __all__ = [
     "COLUMNS",
+    "DOUBLET_PARAMS",
     "STATUS_NAMES",
+    "EtaPeaks",
     "FitSpec",
     "FitTable",
     "concat_tables",
     "fit_peaks",
+    "fit_per_eta",
     "fit_pv",
+    "fit_pv_doublet",
     "fit_result",
+    "fit_spec_of",
     "peak_profile",
     "read_fit_bin",
     "snip_background",

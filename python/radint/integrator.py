@@ -606,6 +606,7 @@ class Integrator:
             from radint.fit import FitTable, with_units
 
             result.peaks = with_units(FitTable._from_core(gpu_fit, not stack), result)
+            result.peaks.metadata["fit_spec"] = self.fit
         elif self.fit is not None:
             result.peaks = self.fit.apply(result, n_threads=self.n_threads)
         return result

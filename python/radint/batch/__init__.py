@@ -267,11 +267,14 @@ def process_files(
     read with the configuration's frame shape (``raw_dtype``: the pixel type of raw files).
     """
     from radint.io.prefetch import IDLE, prefetch
+    from radint.io.write import resolve_formats
 
     integ = integrator or _WORKER.get("integrator")
     paths = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in paths]  # not resolve(): symlinked folders kept
     names = list(names) if names else [None] * len(paths)
+    # "midas" adds IntegratorZarrOMP's fit files when this integrator fits peaks.
+    formats = resolve_formats(formats, integ is not None and integ.fit is not None)
     writer = _FileWriter(out_dir, formats, compression)
     done: dict[int, FileOutcome] = {}
     next_out = 0
@@ -775,9 +778,13 @@ def run_batch(
     load that cache instead of rebuilding it.
     """
     from radint.detector_map import DetectorMap
+    from radint.fit import FitSpec
+    from radint.io.write import resolve_formats
 
     files = [str(f) for f in files]
     out_dir = Path(out_dir)
+    # The workers' Integrators fit as the configuration says (fit="config").
+    formats = resolve_formats(formats, FitSpec.from_config(config) is not None)
     check_outputs(files, out_dir, formats, names)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"

@@ -10,7 +10,7 @@ from radint.io.nexus import write_nexus
 from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
 from radint.result import Result
 
-__all__ = ["FORMATS", "expand_formats", "output_name", "write_result"]
+__all__ = ["FORMATS", "expand_formats", "output_name", "resolve_formats", "write_result"]
 
 
 def _write_fit_bin(result: Result, path: Path) -> Path:
@@ -19,6 +19,18 @@ def _write_fit_bin(result: Result, path: Path) -> Path:
     if result.peaks is None:
         raise ValueError(f"{path}: the result has no fitted peaks (use fit= or 'radint fit')")
     return write_fit_bin(result.peaks, path)
+
+
+def _write_fit_per_eta(result: Result, path: Path) -> Path:
+    from radint.io.peaks import peaks_per_eta, write_fit_per_eta_csv
+
+    return write_fit_per_eta_csv(peaks_per_eta(result), path)
+
+
+def _write_caked_peaks(result: Result, path: Path) -> Path:
+    from radint.io.peaks import peaks_per_eta, write_caked_peaks_per_eta
+
+    return write_caked_peaks_per_eta(peaks_per_eta(result), path)
 
 
 #: format name → (file-name suffix appended to ``name``, writer)
@@ -32,13 +44,31 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
     "mat": (".mat", write_mat),
     "peaks": ("_peaks.csv", write_peaks_csv),
     "fit": ("_fit.bin", _write_fit_bin),
+    "fit_per_eta": ("_fit_per_eta.csv", _write_fit_per_eta),
+    "caked_peaks": ("_caked_peaks.h5", _write_caked_peaks),
 }
-#: "midas" names the pair MIDAS users expect.
-ALIASES = {"midas": ("caked", "gsas")}
+#: "midas" names the pair MIDAS users expect; "peaks_per_eta" IntegratorZarrOMP's per-η fit files.
+ALIASES = {"midas": ("caked", "gsas"), "peaks_per_eta": ("fit_per_eta", "caked_peaks")}
+#: What "midas" adds when peaks are fitted (IntegratorZarrOMP with DoPeakFit 1 writes them).
+MIDAS_FIT_FORMATS = ("fit", "fit_per_eta", "caked_peaks")
+
+
+def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
+    """``formats`` with ``"midas"`` made explicit: caked + gsas, and when peaks are fitted
+    (``fitting``: DoPeakFit / ``--fit-peaks`` / ``fit=``) also IntegratorZarrOMP's fit files
+    ``fit``, ``fit_per_eta`` and ``caked_peaks``. Other names are kept as given."""
+    out: list[str] = []
+    for fmt in formats:
+        if fmt.lower() == "midas":
+            out += [*ALIASES["midas"], *(MIDAS_FIT_FORMATS if fitting else ())]
+        else:
+            out.append(fmt)
+    return tuple(out)
 
 
 def expand_formats(formats: Sequence[str]) -> list[str]:
-    """Format names with aliases expanded, lower-cased, de-duplicated, in order.
+    """Format names with aliases expanded, lower-cased, de-duplicated, in order (``"midas"`` as
+    caked + gsas; :func:`resolve_formats` first adds the fit files where peaks are fitted).
 
     Raises
     ------
@@ -86,7 +116,12 @@ def write_result(
         (``<name>.zarr.zip`` for GSAS-II), ``"midas"`` (caked + gsas), ``"xy"``
         (``<name>_lineout.xy``), ``"bin"`` (``<name>_lineout.bin``, raw float64 lineouts as
         IntegratorZarrOMP writes them), ``"mat"`` (``<name>.mat``), and for results with fitted peaks
-        ``"peaks"`` (``<name>_peaks.csv``) and ``"fit"`` (``<name>_fit.bin``, MIDAS §6.5).
+        ``"peaks"`` (``<name>_peaks.csv``) and ``"fit"`` (``<name>_fit.bin``, MIDAS §6.5),
+        ``"fit_per_eta"`` (``<name>_fit_per_eta.csv``) and ``"caked_peaks"``
+        (``<name>_caked_peaks.h5``): IntegratorZarrOMP's per-η fits of the cake
+        (:func:`radint.fit.fit_per_eta`), ``"peaks_per_eta"`` both. For a result with fitted
+        peaks, ``"midas"`` also writes ``fit``, ``fit_per_eta`` and ``caked_peaks``, as
+        IntegratorZarrOMP does with ``DoPeakFit 1``.
     name : str, optional
         File stem; default the stem of ``result.metadata['source']`` (text before the first
         dot), else ``"result"``.
@@ -103,7 +138,7 @@ def write_result(
     OSError
         The directory cannot be created or written; no partial file is left behind.
     """
-    wanted = expand_formats(formats)
+    wanted = expand_formats(resolve_formats(formats, result.peaks is not None))
     out_dir = Path(path_or_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_name(result, name)

@@ -1,0 +1,286 @@
+"""IntegratorZarrOMP's per-η peak fits (``DoPeakFit 1``): pV singlets and doublets at given
+positions, auto-detection per η bin, and the ``_fit_per_eta.csv`` / ``_caked_peaks.h5`` files,
+checked against the C program's own outputs in tests/data/midas_c_peaks (PROVENANCE.md)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import radint.fit as rfit
+from radint.config import IntegrationConfig
+from radint.exceptions import InvalidInputError
+from radint.io.peaks import CSV_HEADER, PEAK_COLUMNS
+from radint.io.write import expand_formats, resolve_formats, write_result
+from radint.result import Result
+
+DATA = Path(__file__).parent / "data" / "midas_c_peaks"
+LN2 = math.log(2)
+
+
+def c_result(case: str) -> Result:
+    """A Result holding the cake IntegratorZarrOMP fitted (its caked.hdf FrameNr_0)."""
+    d = np.load(DATA / f"c_{case}_cake.npz")
+    cfg = IntegrationConfig.from_midas_params(DATA / f"params_{case}.txt")
+    cake = d["cake"].T  # (n_eta, n_r)
+    r, eta = d["r_px"], d["eta_deg"]
+    half_r, half_eta = 0.5 * cfg.r_bin_px, 0.5 * cfg.eta_bin_deg
+    nan = np.full(r.size, np.nan)
+    return Result(
+        cake=cake, cake_sigma=None, lineout=np.nanmean(cake, axis=0), lineout_sigma=None,
+        area=np.ones_like(cake), count=np.ones_like(cake), radius_px=r,
+        two_theta_deg=cfg.two_theta_deg(r), q_inv_angstrom=nan, d_spacing_angstrom=nan,
+        eta_deg=eta, r_edges_px=np.r_[r - half_r, r[-1] + half_r],
+        eta_edges_deg=np.r_[eta - half_eta, eta[-1] + half_eta], config=cfg, normalized=True,
+        lineout_mode="midas_nonzero_mean", metadata={"source": f"{case}.tif"},
+    )  # fmt: skip
+
+
+def c_rows(case: str) -> list[dict[str, str]]:
+    with open(DATA / f"c_{case}_fit_per_eta.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def pv(x: np.ndarray, bg: float, imax: float, c: float, w: float, mu: float) -> np.ndarray:
+    u = 4 * (x - c) ** 2 / w**2
+    return bg + imax * (mu / (1 + u) + (1 - mu) * np.exp(-LN2 * u))
+
+
+def test_specified_per_eta_rows_match_c() -> None:
+    """On the cake C fitted, the same (η bin, peak) rows are kept, PeakIdx in PeakLocation file
+    order (52, 22, 36, 39.5: the last two a doublet, DoubletSeparation 5) and centres and SNRs
+    as C's: both optimisers reach the same minimum (C's LBFGS stops within ~4e-5 px of it)."""
+    peaks = rfit.FitSpec.from_config(c_result("specified").config).per_eta(c_result("specified"))
+    rows = c_rows("specified")
+    assert [(int(r["EtaBin"]), int(r["PeakIdx"])) for r in rows] == list(
+        zip(peaks.eta_bin.tolist(), peaks.peak.tolist(), strict=True)
+    )
+    c_center = np.array([float(r["R_px"]) for r in rows])
+    c_snr = np.array([float(r["ChiSq"]) for r in rows])
+    np.testing.assert_allclose(peaks.center, c_center, atol=2e-4)
+    np.testing.assert_allclose(peaks.chi2, c_snr, rtol=1e-3)
+    np.testing.assert_array_equal(peaks.chi2, peaks.snr)
+    for name in ("area", "sig", "gam", "fwhm", "eta_mix"):  # C keeps only centre and SNR
+        assert not getattr(peaks, name).any()
+    # Peak 0 is R = 52 (first PeakLocation line), 2/3 the doublet split at 37.75.
+    by_peak = {k: np.median(peaks.center[peaks.peak == k]) for k in range(4)}
+    assert [round(v * 2) / 2 for v in by_peak.values()] == [52, 22, 36, 39.5]
+    assert np.isfinite(peaks.pv_fwhm).all() and ((peaks.pv_mu >= 0) & (peaks.pv_mu <= 1)).all()
+
+
+def test_auto_per_eta_centres_match_c() -> None:
+    """Auto-detection per η bin: every peak radint keeps is one C found, centres within
+    0.15 px (C's TCH LBFGS stops near its start: median 0.04 px off), but for the outer ring
+    in η bin 4, where it leaves the detector and C fits two peaks (42.8, 48.3 px) to its
+    remains. C keeps 19 more: spurious low-area peaks on the flat background (and those two),
+    which radint's significance test rejects."""
+    peaks = rfit.FitSpec.from_config(c_result("auto").config).per_eta(c_result("auto"))
+    rows = c_rows("auto")
+    matched = 0
+    for e in range(18):
+        c_centres = np.array([float(r["R_px"]) for r in rows if int(r["EtaBin"]) == e])
+        ours = peaks.center[peaks.eta_bin == e]
+        assert ours.size >= 3
+        off = np.abs(ours[:, None] - c_centres[None, :]).min(axis=1)
+        if e == 4:
+            assert ours[-1] > 51 and off[-1] > 3
+            off = off[:-1]
+        assert off.max() < 0.15, (e, ours, c_centres)
+        matched += ours.size
+    assert matched == peaks.n_rows == 72 and len(rows) == 90
+    assert np.isnan(peaks.snr).all() and (peaks.fwhm > 0).all()
+    assert (np.diff(peaks.peak[peaks.eta_bin == 0]) == 1).all()  # numbered by R
+
+
+def _h5_layout(path: Path) -> dict[str, tuple]:
+    """Every object of an HDF5 file with its type details and storage (not its values)."""
+    out: dict[str, tuple] = {}
+
+    def describe(t: h5py.h5t.TypeID) -> tuple:
+        if isinstance(t, h5py.h5t.TypeStringID):
+            return ("str", t.is_variable_str(), None if t.is_variable_str() else t.get_size(),
+                    t.get_cset(), t.get_strpad())  # fmt: skip
+        return (t.get_class(), t.get_size(), getattr(t, "get_order", lambda: None)())
+
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            attrs = tuple(sorted((k, describe(obj.attrs.get_id(k).get_type()))
+                                 for k in obj.attrs))  # fmt: skip
+            if isinstance(obj, h5py.Dataset):
+                dcpl = obj.id.get_create_plist()
+                out[name] = (describe(obj.id.get_type()), obj.ndim, obj.chunks, obj.compression,
+                             dcpl.get_layout(), dcpl.get_fill_time(), attrs)  # fmt: skip
+            else:
+                out[name] = ("group", attrs)
+
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.parametrize("case", ["specified", "auto"])
+def test_files_have_c_layout(case: str, tmp_path: Path) -> None:
+    """The two files have IntegratorZarrOMP's layout exactly: CSV header and number formats;
+    HDF5 groups, dataset names, types (int32/float64, ASCII strings: fixed NUL-terminated
+    zarr_source, variable-length keys), contiguous unfiltered storage and fill settings."""
+    result = c_result(case)
+    written = write_result(result, tmp_path, ["peaks_per_eta"], name=case)
+    assert [p.name for p in written] == [f"{case}_fit_per_eta.csv", f"{case}_caked_peaks.h5"]
+    ours, theirs = _h5_layout(written[1]), _h5_layout(DATA / f"c_{case}_caked_peaks.h5")
+    assert ours == theirs
+    with h5py.File(written[1]) as a, h5py.File(DATA / f"c_{case}_caked_peaks.h5") as b:
+        assert a["metadata"].attrs["zarr_source"] == b["metadata"].attrs["zarr_source"]
+        np.testing.assert_allclose(a["metadata/tth_axis"][()], b["metadata/tth_axis"][()],
+                                   rtol=1e-12)  # fmt: skip
+        np.testing.assert_array_equal(a["metadata/eta_axis"][()], b["metadata/eta_axis"][()])
+        # C writes one frame key per ImTransOpt entry (none here); radint one per frame.
+        assert b["metadata/frame_keys"].shape == (0,)
+        assert [k.decode() for k in a["metadata/frame_keys"][()]] == ["0"]
+        assert list(a["peaks"]) == sorted([*PEAK_COLUMNS, "frame_key"])
+        if case == "specified":  # same rows: values as C's
+            for name in ("frame_idx", "eta_idx", "peak_nr", "eta_deg", "area", "sig", "gam",
+                         "FWHM_deg", "eta_mix"):  # fmt: skip
+                np.testing.assert_array_equal(a["peaks"][name][()], b["peaks"][name][()])
+            for name, tol in (("center_2theta", 1e-5), ("d_spacing_A", 1e-5), ("chi_sq", 1e-3)):
+                np.testing.assert_allclose(a["peaks"][name][()], b["peaks"][name][()], rtol=tol)
+            assert list(a["peaks/frame_key"][()]) == list(b["peaks/frame_key"][()])
+    ours_csv = written[0].read_text().splitlines()
+    c_csv = (DATA / f"c_{case}_fit_per_eta.csv").read_text().splitlines()
+    assert ours_csv[0] == c_csv[0] == CSV_HEADER
+    fields = [len(line.split(",")) for line in ours_csv]
+    assert set(fields) == {14}
+    decimals = [[len(v.split(".")[1]) if "." in v else 0 for v in line.split(",")]
+                for line in (ours_csv[1], c_csv[1])]  # fmt: skip
+    assert decimals[0] == decimals[1]
+    if case == "specified":  # 71 of 72 rows byte for byte; the others differ in the 5th decimal
+        same = sum(a == b for a, b in zip(ours_csv, c_csv, strict=True))
+        assert same >= len(c_csv) - 3
+
+
+def test_doublet_fit_recovers_two_peaks() -> None:
+    x = np.arange(30.0, 46.0, 0.5)
+    truth = [(36.1, 2.0, 900.0), (39.4, 2.4, 600.0)]
+    y = 25.0 + sum(pv(x, 0, a, c, w, 0.3) for c, w, a in truth)
+    noisy = np.stack([y, y + np.random.default_rng(1).normal(0, 3, x.size)])
+    d = rfit.fit_pv_doublet(x, noisy, 36.0, 39.5)
+    assert (d["status"] == 0).all()
+    p = d["params"][0]  # DOUBLET_PARAMS order
+    np.testing.assert_allclose(p, [36.1, 39.4, 0.3, 2.0, 900, 2.4, 600, 25.0], rtol=1e-6)
+    np.testing.assert_allclose(d["params"][1, :2], [36.1, 39.4], atol=0.02)
+    assert (d["snr"][1] > 100).all() and d["snr"][1, 0] > d["snr"][1, 1]
+    # NaN points are left out; too few points is insufficient_data (status 4).
+    holes = noisy[1].copy()
+    holes[::5] = np.nan
+    assert rfit.fit_pv_doublet(x, holes, 36.0, 39.5)["status"] == 0
+    assert rfit.fit_pv_doublet(x[:8], noisy[1, :8], 33.0, 34.0)["status"] == 4
+    with pytest.raises(InvalidInputError):
+        rfit.fit_pv_doublet(x, noisy, 39.5, 36.0)
+
+
+def _synthetic(n_frames: int = 2) -> Result:
+    """A stack whose η bins hold a singlet at 20 px and a doublet at 30 / 32.5 px."""
+    cfg = IntegrationConfig(
+        n_pixels_y=8, n_pixels_z=8, r_min_px=10, r_max_px=40, r_bin_px=0.5, eta_bin_deg=90
+    )
+    r = np.arange(10.25, 40.0, 0.5)
+    eta = np.array([-135.0, -45.0, 45.0, 135.0])
+    cakes = np.zeros((n_frames, 4, r.size))
+    for f in range(n_frames):
+        for e in range(4):
+            cakes[f, e] = (10 + pv(r, 0, 500 + 100 * e, 20.0 + 0.1 * f, 1.8, 0.4)
+                           + pv(r, 0, 400, 30.0, 1.8, 0.4) + pv(r, 0, 300, 32.5, 1.8, 0.4))  # fmt: skip
+    cakes[:, 3, :] = 0.0  # an empty η bin: skipped (< 5 nonzero values)
+    return Result(
+        cake=cakes, cake_sigma=None, lineout=cakes.mean(axis=1), lineout_sigma=None,
+        area=np.ones_like(cakes), count=np.ones_like(cakes), radius_px=r,
+        two_theta_deg=cfg.two_theta_deg(r), q_inv_angstrom=r * 0, d_spacing_angstrom=r * 0,
+        eta_deg=eta, r_edges_px=np.r_[r - 0.25, r[-1] + 0.25],
+        eta_edges_deg=np.r_[eta - 45, 180.0], config=cfg, normalized=True,
+        lineout_mode="area_weighted", metadata={"source": "synthetic"},
+    )  # fmt: skip
+
+
+def test_doublet_separation_pairs_adjacent_positions() -> None:
+    result = _synthetic()
+    paired = rfit.fit_per_eta(result, positions_px=[20, 30, 32.5], doublet_separation=3,
+                              roi_padding=8)  # fmt: skip
+    assert paired.n_frames == 2 and paired.n_rows == 2 * 3 * 3
+    np.testing.assert_array_equal(paired.frame, np.repeat([0, 1], 9))
+    np.testing.assert_array_equal(paired.eta_bin, np.tile(np.repeat([0, 1, 2], 3), 2))
+    np.testing.assert_array_equal(paired.peak, np.tile([0, 1, 2], 6))
+    # Within 2e-3 px: each window also holds the Lorentzian tails of the other peaks.
+    np.testing.assert_allclose(paired.center[paired.peak == 1], 30.0, atol=2e-3)
+    np.testing.assert_allclose(paired.center[paired.peak == 2], 32.5, atol=2e-3)
+    np.testing.assert_allclose(paired.center[paired.peak == 0], np.repeat([20.0, 20.1], 3),
+                               atol=2e-3)  # fmt: skip
+    # Singlets on the doublet: each window holds the neighbour, so the centres are pulled.
+    apart = rfit.fit_per_eta(result, positions_px=[20, 30, 32.5], roi_padding=8)
+    assert np.abs(apart.center[apart.peak == 1] - 30.0).max() > 0.05
+    # Position order is kept (PeakIdx = index in the list; the pair is found in either order).
+    reordered = rfit.fit_per_eta(result, positions_px=[32.5, 30, 20], doublet_separation=3,
+                                 roi_padding=8)  # fmt: skip
+    np.testing.assert_allclose(reordered.center[reordered.peak == 0], 32.5, atol=2e-3)
+    # A window with fewer than 6 R bins is not fitted.
+    assert rfit.fit_per_eta(result, positions_px=[20], roi_padding=2).n_rows == 0
+    assert rfit.fit_per_eta(result, positions_px=[20], roi_padding=3).n_rows == 6
+    with pytest.raises(InvalidInputError):
+        rfit.fit_per_eta(result)
+
+
+def test_midas_format_adds_fit_files_when_fitting(tmp_path: Path) -> None:
+    assert resolve_formats(["midas"], fitting=False) == ("caked", "gsas")
+    assert resolve_formats(["nexus", "midas"], fitting=True) == (
+        "nexus", "caked", "gsas", "fit", "fit_per_eta", "caked_peaks")  # fmt: skip
+    assert expand_formats(["peaks_per_eta"]) == ["fit_per_eta", "caked_peaks"]
+    result = _synthetic(1)
+    with pytest.raises(ValueError, match="DoPeakFit"):  # nothing to fit
+        write_result(result, tmp_path, ["fit_per_eta"], name="x")
+    spec = rfit.FitSpec(positions_px=(20.0, 30.0, 32.5), roi_padding=8, doublet_separation=3.0)
+    result.peaks = spec.apply(result)
+    assert result.peaks.metadata["fit_spec"] is spec
+    written = write_result(result, tmp_path, ["midas"], name="x")
+    assert [p.name for p in written] == ["x.caked.hdf", "x.zarr.zip", "x_fit.bin",
+                                         "x_fit_per_eta.csv", "x_caked_peaks.h5"]  # fmt: skip
+    lines = (tmp_path / "x_fit_per_eta.csv").read_text().splitlines()
+    assert len(lines) == 1 + 9 and lines[1].startswith("0,0,-135.0000,0,20.00")
+    with h5py.File(tmp_path / "x_caked_peaks.h5") as f:
+        assert f["peaks/eta_idx"].shape == (9,)
+        assert f["metadata"].attrs["zarr_source"] == b"synthetic"
+
+
+def test_cli_integrate_midas_writes_per_eta_files(tmp_path: Path) -> None:
+    """``radint integrate PARAMS ring.tif --format midas`` with DoPeakFit 1 gives the MIDAS
+    fit files; on radint's own map (empty bins NaN, not 0) the rows are C's but for the ring
+    leaving the detector in η bin 4, which C fits on the zeros beyond the edge."""
+    from radint.cli import main
+
+    params = tmp_path / "specified.txt"
+    params.write_text((DATA / "params_specified.txt").read_text())
+    rc = main(["integrate", str(params), str(DATA / "ring.tif"), "--format", "midas",
+               "-o", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "out"
+    for suffix in (".caked.hdf", ".zarr.zip", "_fit.bin", "_fit_per_eta.csv",
+                   "_caked_peaks.h5"):  # fmt: skip
+        assert (out / f"ring{suffix}").is_file(), suffix
+    with open(out / "ring_fit_per_eta.csv") as f:
+        ours = {(int(r["EtaBin"]), int(r["PeakIdx"])): float(r["R_px"]) for r in csv.DictReader(f)}
+    theirs = {(int(r["EtaBin"]), int(r["PeakIdx"])): float(r["R_px"]) for r in c_rows("specified")}
+    assert set(theirs) - set(ours) == {(4, 0)} and set(ours) <= set(theirs)
+    assert max(abs(ours[k] - theirs[k]) for k in ours) < 1e-3
+
+
+def test_doublet_separation_is_not_logged_as_unused(tmp_path: Path, caplog) -> None:
+    params = tmp_path / "p.txt"
+    params.write_text((DATA / "params_specified.txt").read_text())
+    with caplog.at_level(logging.INFO, logger="radint"):
+        cfg = IntegrationConfig.from_midas_params(params)
+    assert cfg.doublet_separation == 5.0
+    assert rfit.FitSpec.from_config(cfg).doublet_separation == 5.0
+    assert not [r for r in caplog.records if "DoubletSeparation" in r.getMessage()]
