@@ -111,3 +111,18 @@ def test_first_mistakes_are_reported_before_any_work(tmp_path, capsys):
     assert main(["batch", params, data, "-o", str(afile)]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_info_on_a_result_without_provenance_and_row_on_parameters(tmp_path, capsys):
+    """A result written before provenance was recorded (or from frames that did not say where
+    they came from) is described and says so; --row needs a result file."""
+    from radint.io import read_provenance, write_nexus
+    from tests.io_helpers import make_result
+
+    path = write_nexus(make_result(n_frames=2), tmp_path / "old.h5")
+    assert read_provenance(path) is None
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 frame(s), 4 eta x 10 radial bins" in out and "no entry/provenance" in out
+    assert main(["info", str(EXAMPLES / "parameters.txt"), "--row", "0"]) == 2
+    assert "--row N describes a row of a result file" in capsys.readouterr().err
