@@ -48,6 +48,24 @@ def test_fit_from_the_parameter_file(ring_config):
     assert Integrator(ring_config).integrate(frames[0]).peaks is None  # DoPeakFit 0
 
 
+def test_compat_fits_the_midas_model(ring_config):
+    """compat='midas-cpu'/'midas-gpu' fit MIDAS's model (profile values at bin centres), also
+    for a spec assigned later (live peak control); radint's own rules fit bin means."""
+    frames, _ = ring_frames(ring_config, 1)
+    cfg = ring_config.replace(do_peak_fit=True, peak_locations=tuple(RING_R_PX))
+    own = Integrator(cfg)
+    assert own.fit.bin_average
+    for compat in ("midas-cpu", "midas-gpu"):
+        integ = Integrator(cfg, compat=compat)
+        assert integ.fit is not None and not integ.fit.bin_average
+        integ.fit = FitSpec(positions_px=(18.0,))
+        assert not integ.fit.bin_average
+    r = Integrator(cfg, compat="midas-gpu").integrate(frames[0])
+    want = FitSpec(positions_px=tuple(RING_R_PX), bin_average=False).apply(r)
+    np.testing.assert_array_equal(r.peaks.fwhm, want.fwhm)
+    assert not np.allclose(r.peaks.fwhm, own.integrate(frames[0]).peaks.fwhm, rtol=1e-6)
+
+
 def test_fit_spec_forms_and_errors(ring_config):
     frames, tth = ring_frames(ring_config, 1)
     by_dict = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
@@ -159,9 +160,9 @@ class Integrator:
                 f"n_threads must be a positive integer or None, got {n_threads!r}"
             )
         self.config = config.validate()
-        self.fit = FitSpec.coerce(fit, self.config)
         self.n_threads = n_threads
         self.compat = compat
+        self.fit = fit
         self.error_model = error_model
         self.precision = precision
         self.lineout_mode = "midas_nonzero_mean" if compat == "midas-cpu" else lineout_mode
@@ -610,6 +611,20 @@ class Integrator:
         elif self.fit is not None:
             result.peaks = self.fit.apply(result, n_threads=self.n_threads)
         return result
+
+    @property
+    def fit(self) -> FitSpec | None:
+        """Peaks fitted in every frame's lineout (None: no fitting). Assign a FitSpec, a dict of
+        its fields, ``"config"`` or None; with ``compat`` the MIDAS programs' model is fitted
+        (values at bin centres, ``bin_average=False``)."""
+        return self._fit
+
+    @fit.setter
+    def fit(self, value: Any) -> None:
+        spec = FitSpec.coerce(value, self.config)
+        if spec is not None and self.compat and spec.bin_average:
+            spec = dataclasses.replace(spec, bin_average=False)
+        self._fit = spec
 
     def _gpu_fitter(self) -> Any:
         """The CUDA fitter of the current fit spec (rebuilt when ``fit`` changes)."""
