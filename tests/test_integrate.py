@@ -435,3 +435,32 @@ def test_midas_polarization_follows_the_plane_angle(small_config):
     flat0 = Integrator(cfg).integrate(frame).cake
     turned = Integrator(cfg.replace(polarization_plane_eta_deg=90.0)).integrate(frame).cake
     assert not np.allclose(flat0, turned, equal_nan=True)
+
+
+def test_exact_solid_angle_follows_panel_distance(tmp_path):
+    """solid_angle="exact" on a panel moved along the beam (PanelShiftsFile dLsd) is
+    d0²·(n̂·r)/|r|³ with r on the panel's plane (Lsd + dLsd), from the tilt matrix alone; it was
+    cos³ of the incidence angle on the main plane (2·dLsd/Lsd off)."""
+    shifts = tmp_path / "shifts.txt"
+    shifts.write_text("0 0 0 0 0\n1 0 0 0 2000\n")  # panel 1 (z 40..79) 2 mm further away
+    lsd, px, bc = 200_000.0, 100.0, (30.3, 41.7)
+    cfg = IntegrationConfig(
+        n_pixels_y=60, n_pixels_z=80, pixel_size_y_um=px, pixel_size_z_um=px, lsd_um=lsd,
+        bc_y_px=bc[0], bc_z_px=bc[1], tx_deg=0.4, ty_deg=1.5, tz_deg=-2.0, r_min_px=0.0,
+        r_max_px=60.0, r_bin_px=1.0, n_panels_y=1, n_panels_z=2, panel_size_y=60,
+        panel_size_z=40, panel_gaps_z=(0,), panel_shifts_file=str(shifts),
+    )  # fmt: skip
+    scale = Integrator(cfg, solid_angle="exact", error_model=None)._scale.reshape(80, 60)
+    ty, tz, tx = np.radians([1.5, -2.0, 0.4])
+    rx = np.array([[1, 0, 0], [0, np.cos(tx), -np.sin(tx)], [0, np.sin(tx), np.cos(tx)]])
+    ry = np.array([[np.cos(ty), 0, np.sin(ty)], [0, 1, 0], [-np.sin(ty), 0, np.cos(ty)]])
+    rz = np.array([[np.cos(tz), -np.sin(tz), 0], [np.sin(tz), np.cos(tz), 0], [0, 0, 1]])
+    t = rx @ ry @ rz
+    z, y = np.mgrid[0:80, 0:60].astype(float)
+    d_lsd = np.where(z >= 40, 2000.0, 0.0)
+    v = np.stack([np.zeros_like(y), (bc[0] - y) * px, (z - bc[1]) * px])
+    r = np.einsum("ij,jkl->ikl", t, v)
+    r[0] += lsd + d_lsd
+    n_dot_r = np.einsum("i,ikl->kl", t[:, 0], r)
+    expected = (lsd * t[0, 0]) ** 2 * n_dot_r / np.linalg.norm(r, axis=0) ** 3
+    np.testing.assert_allclose(1.0 / scale, expected, rtol=1e-12)

@@ -516,10 +516,6 @@ def _log_midas_notes(parsed: dict[str, Any]) -> None:
     line, panel gaps before the panel count, MaxNPeaks beside AutoDetectPeaks): the C programs'
     map or fits would differ from radint's."""
     for message, file, line in parsed.get("midas_notes", ()):
-        # The core still notes DoubletSeparation as unused; it is used (per-η doublet fits,
-        # radint.fit.fit_per_eta), so nothing is logged for it.
-        if message.startswith("DoubletSeparation"):
-            continue
         log.warning("%s:%d: %s", file, line, message)
 
 

@@ -4,8 +4,10 @@ The integrator divides each pixel by ``c = solid_angle × polarization × flat``
 correction never needs a new map. Conventions (η in MIDAS convention, 0 along +Z, +90 along +Y):
 
 * solid angle ``"midas"``: ``cos³(2θ)`` with ``2θ = atan(R·px/Lsd)`` (ignores tilt, as MIDAS C);
-  ``"exact"``: ``cos³(α)`` with α the incidence angle on the tilted detector plane, 1 at the
-  point of normal incidence (pyFAI's convention).
+  ``"exact"``: ``d0²·(n̂·r)/|r|³``, r the pixel's position on its (tilted) plane, n̂ the plane
+  normal, d0 the main plane's normal distance: ``cos³(α)`` of the incidence angle α, 1 at the
+  point of normal incidence (pyFAI's convention), and for a panel moved along the beam
+  (``PanelShiftsFile`` dLsd) also its 1/distance² factor.
 * polarization ``"midas"``: ``1 − f·sin²2θ·cos²(η − η_pol)`` (MIDAS C, whose plane is η_pol = 0:
   f is the fraction polarized along η = 0); ``"kahn"``: ``½(1 + cos²2θ − f·cos(2(η − η_pol))·sin²2θ)``, with η_pol the η of the
   polarization plane (``PolarizationPlaneEtaDeg``; 90 = horizontal plane for a detector whose
@@ -27,19 +29,21 @@ POLARIZATION_MODELS = ("midas", "kahn")
 def pixel_geometry(
     config: IntegrationConfig, n_threads: int | None = None
 ) -> dict[str, np.ndarray]:
-    """R (px), η (deg), 2θ (rad) and incidence cosine of every raw pixel centre, flat arrays."""
+    """R (px), η (deg), 2θ (rad) and exact relative solid angle (1 at normal incidence on the
+    main detector plane; panels moved along the beam included) of every raw pixel centre, flat
+    arrays."""
     from radint.detector_map import _map_inputs
 
     inputs = _map_inputs(config)
     inputs.pop("mask", None)
-    r, eta, cos_inc = _core.pixel_centres(config.core_dict(), n_threads=n_threads, **inputs)
+    r, eta, solid = _core.pixel_centres(config.core_dict(), n_threads=n_threads, **inputs)
     r = np.asarray(r)
     two_theta = np.arctan(r * config.pixel_size_y_um / config.lsd_um)
     return {
         "r_px": r,
         "eta_deg": np.asarray(eta),
         "two_theta_rad": two_theta,
-        "cos_incidence": np.asarray(cos_inc),
+        "solid_angle_exact": np.asarray(solid),
     }
 
 
@@ -48,7 +52,7 @@ def solid_angle(geometry: dict[str, np.ndarray], model: str) -> np.ndarray:
     if model == "midas":
         return np.cos(geometry["two_theta_rad"]) ** 3
     if model == "exact":
-        return geometry["cos_incidence"] ** 3
+        return geometry["solid_angle_exact"]
     raise InvalidInputError(
         f"solid_angle must be one of {SOLID_ANGLE_MODELS} or None, got {model!r}"
     )

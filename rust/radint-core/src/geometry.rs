@@ -199,18 +199,22 @@ impl Geometry {
         (r_px * self.pixel_size_um / self.lsd_um).atan()
     }
 
-    /// Cosine of the incidence angle on the (tilted) detector plane at a transformed-frame point:
-    /// `(n̂·r)/|r|`, where the exact solid angle of a pixel relative to normal incidence is its cube.
-    pub fn incidence_cosine(&self, y: f64, z: f64) -> f64 {
+    /// Exact solid angle of a pixel at a transformed-frame point relative to a pixel at normal
+    /// incidence on the main detector plane: `d0²·(n̂·r)/|r|³`, r the point's lab position on its
+    /// panel's plane (Lsd + dLsd along the beam), n̂ = TRs·x̂, d0 = Lsd·TRs₀₀. Without a panel
+    /// offset this is cos³ of the incidence angle.
+    pub fn relative_solid_angle(&self, y: f64, z: f64, panel: PanelOffset) -> f64 {
+        let l = self.lsd_um + panel.d_lsd_um;
         let yc = (self.bc_y_px - y) * self.pixel_size_um;
         let zc = (z - self.bc_z_px) * self.pixel_size_um;
         let t = &self.tilt;
-        let x = self.lsd_um + t[0][1] * yc + t[0][2] * zc;
+        let x = l + t[0][1] * yc + t[0][2] * zc;
         let b = t[1][1] * yc + t[1][2] * zc;
         let c = t[2][1] * yc + t[2][2] * zc;
-        // The detector normal is TRs·x̂; TRs is orthonormal, so n̂·(TRs·(0,Yc,Zc)) = 0.
-        let normal_distance = self.lsd_um * t[0][0];
-        normal_distance / (x * x + b * b + c * c).sqrt()
+        // TRs is orthonormal, so n̂·(TRs·(0,Yc,Zc)) = 0 and n̂·r = l·TRs₀₀.
+        let d0 = self.lsd_um * t[0][0];
+        let r = (x * x + b * b + c * c).sqrt();
+        d0 * d0 * (l * t[0][0]) / (r * r * r)
     }
 }
 

@@ -473,7 +473,13 @@ impl Plan {
             hi = hi.max(a0 + d);
         }
         let mut cut = false;
-        for shift in [-360.0, 0.0, 360.0] {
+        // Every turn of the quad's η extent that reaches the binned range: EtaMin may sit
+        // anywhere (e.g. 180..540), so a quad unwrapped near −180° can need ±720°.
+        let span_hi = self.eta_min + self.n_eta as f64 * self.eta_bin;
+        let k_lo = ((self.eta_min - hi) / 360.0).floor() as i64;
+        let k_hi = ((span_hi - lo) / 360.0).ceil() as i64;
+        for k in k_lo..=k_hi {
+            let shift = 360.0 * k as f64;
             let first = ((lo + shift - self.eta_min) / self.eta_bin).floor();
             let last = ((hi + shift - self.eta_min) / self.eta_bin).floor();
             if last < 0.0 || first >= self.n_eta as f64 {
@@ -680,7 +686,8 @@ pub fn gradient_resampled(
     }
 }
 
-/// Per raw pixel: R (px) and η (deg) of its centre, and the cosine of its incidence angle.
+/// Per raw pixel: R (px) and η (deg) of its centre, and its exact relative solid angle
+/// ([`Geometry::relative_solid_angle`]).
 pub fn pixel_centres(
     params: &Params,
     inputs: &MapInputs,
@@ -690,7 +697,7 @@ pub fn pixel_centres(
     let n = n_y * n_z;
     let mut r = vec![0.0; n];
     let mut eta = vec![0.0; n];
-    let mut cos_inc = vec![0.0; n];
+    let mut solid = vec![0.0; n];
     let rows: Vec<Vec<(usize, f64, f64, f64)>> = (0..n_z)
         .into_par_iter()
         .map(|j| {
@@ -715,7 +722,7 @@ pub fn pixel_centres(
                         rz * n_y + ry,
                         p.r_px,
                         p.eta_deg,
-                        plan.geometry.incidence_cosine(y, z),
+                        plan.geometry.relative_solid_angle(y, z, panel),
                     )
                 })
                 .collect()
@@ -725,10 +732,10 @@ pub fn pixel_centres(
         for (k, rr, ee, cc) in row {
             r[k] = rr;
             eta[k] = ee;
-            cos_inc[k] = cc;
+            solid[k] = cc;
         }
     }
-    Ok((r, eta, cos_inc))
+    Ok((r, eta, solid))
 }
 
 #[cfg(test)]

@@ -386,11 +386,6 @@ impl Params {
                  (IntegratorZarrOMP does not read MaxNPeaks)"
                     .to_string(),
             ),
-            "DoubletSeparation" => Some(
-                "DoubletSeparation is not used: radint fits overlapping lineout peaks as one job \
-                 and does not do IntegratorZarrOMP's per-eta doublet fits"
-                    .to_string(),
-            ),
             "PanelGapsY" | "PanelGapsZ" => {
                 let count = if line.key == "PanelGapsY" {
                     "NPanelsY"

@@ -171,7 +171,7 @@ fn build_map(
     Ok(MapCore::new(map))
 }
 
-/// Per raw pixel: R (px), η (deg) of its centre and the cosine of the incidence angle.
+/// Per raw pixel: R (px), η (deg) of its centre and its exact relative solid angle.
 #[pyfunction]
 #[pyo3(signature = (config, distortion_y=None, distortion_z=None, residual=None, panel_shifts=None, n_threads=None))]
 #[allow(clippy::type_complexity)]
@@ -190,11 +190,11 @@ fn pixel_centres<'py>(
 )> {
     let p = params::from_dict(config)?;
     let inputs = map_inputs(&p, None, distortion_y, distortion_z, residual, panel_shifts)?;
-    let (r, eta, cos_inc) = run_detached(py, n_threads, || map::pixel_centres(&p, &inputs))?;
+    let (r, eta, solid_angle) = run_detached(py, n_threads, || map::pixel_centres(&p, &inputs))?;
     Ok((
         r.into_pyarray(py),
         eta.into_pyarray(py),
-        cos_inc.into_pyarray(py),
+        solid_angle.into_pyarray(py),
     ))
 }
 
