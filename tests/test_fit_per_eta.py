@@ -284,3 +284,19 @@ def test_doublet_separation_is_not_logged_as_unused(tmp_path: Path, caplog) -> N
     assert cfg.doublet_separation == 5.0
     assert rfit.FitSpec.from_config(cfg).doublet_separation == 5.0
     assert not [r for r in caplog.records if "DoubletSeparation" in r.getMessage()]
+
+
+def test_doublet_of_equal_positions_is_fitted() -> None:
+    """A PeakLocation given twice (within DoubletSeparation of itself) is a doublet starting
+    both centres at that position, as MIDAS fits it; it used to raise 'need finite low <
+    high' and fail the whole file (every output of it lost)."""
+    result = _synthetic(1)
+    peaks = rfit.fit_per_eta(result, positions_px=[20, 20], doublet_separation=3, roi_padding=8)
+    assert set(peaks.peak.tolist()) <= {0, 1} and set(peaks.eta_bin.tolist()) == {0, 1, 2}
+    strong = peaks.snr > 1000  # the ring; the other centre takes what else the window holds
+    np.testing.assert_array_equal(peaks.eta_bin[strong], [0, 1, 2])
+    np.testing.assert_allclose(peaks.center[strong], 20.0, atol=2e-3)
+    d = rfit.fit_pv_doublet(result.radius_px, result.cake[0], 20.0, 20.0)
+    assert (d["status"][:3] == 0).all()
+    p = d["params"][:3]
+    assert (p[:, 0] <= 20.0).all() and (p[:, 1] >= 20.0).all()  # split at the midpoint

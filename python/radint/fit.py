@@ -590,7 +590,8 @@ def fit_pv_doublet(
         Strictly increasing (R px for a cake).
     y : array_like, shape (n_x,) or (n_curves, n_x)
     low, high : float
-        Starting centres, ``low < high`` (x units).
+        Starting centres, ``low <= high`` (x units; equal ones, e.g. a ``PeakLocation``
+        given twice, start both centres at the midpoint, one on each side, as MIDAS fits them).
 
     Returns
     -------
@@ -606,8 +607,8 @@ def fit_pv_doublet(
     ys2 = ys.reshape(1, -1) if single else ys
     if ys2.shape[1] != xs.size:
         raise ShapeError(f"y: expected last axis of length {xs.size} (len(x)), got {ys.shape}")
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise InvalidInputError(f"fit_pv_doublet: need finite low < high, got {low}, {high}")
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise InvalidInputError(f"fit_pv_doublet: need finite low <= high, got {low}, {high}")
     if xs.size < 2 or np.any(np.diff(xs) <= 0):
         raise InvalidInputError("fit_pv_doublet: x must hold 2+ strictly increasing values")
     m = ys2.shape[0]
@@ -869,7 +870,7 @@ def fit_per_eta(
                 x, y = r[window], profiles[curves, window]
                 if pair:
                     d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations)
-                    low_first = pos[k] < pos[k + 1]
+                    low_first = pos[k] <= pos[k + 1]
                     for j, slot in enumerate((k, k + 1) if low_first else (k + 1, k)):
                         prm = d["params"]
                         pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
