@@ -815,3 +815,34 @@ def test_expanded_inputs_keep_the_up_front_checks(frame_folder, capsys):
     with pytest.raises(RadintError, match="no frame files"):
         collect_inputs([str(raw)])
     assert collect_inputs([str(raw)], raw_dtype="uint16") == [str(raw / "f_1.bin")]
+
+
+def test_pattern_leaves_out_eiger_data_files_beside_their_master(tmp_path, small_config):
+    """'run/*.h5' matches an Eiger master and its data files: the master reads them, so the
+    data files are left out as in a folder (they were integrated again, or failed: 2 of 3
+    files failed, exit code 1)."""
+    from radint.io.inputs import collect_inputs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    for j in (1, 2):
+        with h5py.File(run / f"scan_data_{j:06d}.h5", "w") as f:
+            f["entry/data/data"] = frames
+    with h5py.File(run / "scan_master.h5", "w") as f:
+        for j in (1, 2):
+            f[f"entry/data/data_{j:06d}"] = h5py.ExternalLink(
+                f"scan_data_{j:06d}.h5", "entry/data/data"
+            )
+    with h5py.File(run / "other_data_000001.h5", "w") as f:  # no master: taken
+        f["entry/data/data"] = frames
+    pattern = str(run / "*.h5")
+    assert collect_inputs([pattern]) == [str(run / "other_data_000001.h5"),
+                                         str(run / "scan_master.h5")]  # fmt: skip
+    assert collect_inputs([str(run / "scan_*")]) == [str(run / "scan_master.h5")]
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    out = tmp_path / "out"
+    assert main(["integrate", str(params), str(run / "scan*.h5"), "-o", str(out), "-q"]) == 0
+    assert _names(out) == ["scan_master.h5"]
+    assert read_nexus(out / "scan_master.h5").n_frames == 4

@@ -105,6 +105,25 @@ def _is_frame(p: Path, is_dir: bool, raw_dtype: str | None) -> bool:
     return raw_dtype is not None and name.endswith(_RAW)
 
 
+def _read_by_master(files: list[str], names: set[str] | None = None) -> list[str]:
+    """The Eiger data files of ``files`` (``<prefix>_data_NNNNNN.h5``) whose
+    ``<prefix>_master.h5`` is beside them: the master reads them, so each frame is taken once.
+    ``names``: the lower-cased names in their folder when known (else looked up on disk)."""
+    out = []
+    for f in files:
+        m = _DECTRIS_DATA.fullmatch(Path(f).name)
+        if m is None:
+            continue
+        master = f"{m[1]}_master.h5"
+        if names is not None:
+            beside = master.lower() in names
+        else:
+            beside = (Path(f).parent / master).is_file()
+        if beside:
+            out.append(f)
+    return out
+
+
 class _Collector:
     """Expands DATA tokens with one pixel type for raw files and one set of files to leave
     out of folders and patterns (their real paths)."""
@@ -127,13 +146,7 @@ class _Collector:
             if _is_frame(path / e.name, e.is_dir(), self.raw_dtype)
         ]
         aux = self._aux(files)
-        # An Eiger master reads its data files: each frame once, not again from those.
-        names = {e.name for e in entries}
-        eiger = [
-            f
-            for f in files
-            if (m := _DECTRIS_DATA.fullmatch(Path(f).name)) and f"{m[1]}_master.h5" in names
-        ]
+        eiger = _read_by_master(files, {e.name.lower() for e in entries})
         files = [f for f in files if f not in aux and f not in eiger]
         hidden = sum(e.name.startswith(".") for e in entries)
         # other: formats no reader takes, radint's own outputs
@@ -171,12 +184,23 @@ class _Collector:
             elif is_frame_file(m, self.raw_dtype):
                 files.append(m)
         aux = self._aux(files)
-        files = [f for f in files if f not in aux]
+        # 'run/*.h5' matches an Eiger master and its data files: each frame once, as a folder.
+        eiger = _read_by_master(files)
+        left_out = {*aux, *eiger}
+        files = [f for f in files if f not in left_out]
         if not files:
             found = f"{len(matches)} match(es), none a frame file" if matches else "nothing matches"
             raise InvalidInputError(f"{token}: {found}")
+        skipped = ", ".join(
+            f"{n} {what}"
+            for n, what in (
+                (len(aux), "dark/mask"),
+                (len(eiger), "Eiger data read through their master"),
+            )
+            if n
+        )
         log.info("%s: %d frame file(s)%s", token, len(files),
-                 f" (skipped {len(aux)} dark/mask)" * bool(aux))  # fmt: skip
+                 f" (skipped {skipped})" * bool(skipped))  # fmt: skip
         return files
 
     def listed(self, token: str) -> list[str]:
