@@ -146,6 +146,11 @@ class _Template:
 # Templates by layout key (see NexusWriter._layout_key), the few most recent ones.
 _TEMPLATES: dict[Any, _Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
+#: Keys pushed out of _TEMPLATES. A one-frame image of a provenance path length asked for again
+#: after that means more lengths take turns than the cache holds (one-frame files whose paths
+#: have more than 8 lengths, interleaved): building each image anew (~100 ms) costs far more
+#: than writing the file through h5py (~10-25 ms), so that length is written that way from then.
+_EVICTED: set[Any] = set()
 # NexusWriter._axes_key by the ids of the objects it reads (which each value holds).
 _AXES_KEYS: dict[tuple[int, ...], tuple[tuple, tuple[str, str]]] = {}
 
@@ -170,7 +175,11 @@ def _template(
         # Copies in the values' own memory order, so later results compare in memory order.
         entry = _Template(file, rows, {path: v.copy(order="K") for path, v in data.items()})
         while len(_TEMPLATES) >= 8:
-            _TEMPLATES.pop(next(iter(_TEMPLATES))).file.close()
+            if len(_EVICTED) > 4096:
+                _EVICTED.clear()
+            old = next(iter(_TEMPLATES))
+            _EVICTED.add(old)
+            _TEMPLATES.pop(old).file.close()
         _TEMPLATES[key] = entry
     return entry
 
@@ -210,6 +219,8 @@ def _one_frame_image(
     :class:`~radint.io.h5image.FileImage` does not support the layout. ``texts``: strings
     patched besides the date (name → (path, length in bytes), the length part of ``key``)."""
     with _TEMPLATES_LOCK:
+        if texts and key in _EVICTED and key not in _TEMPLATES:
+            return None  # path lengths take turns: h5py, not an image built anew per file
         entry = _template(key, build, data, compression)
         if not all(_same(entry.built_with[path], v) for path, v in data.items()):
             return None
