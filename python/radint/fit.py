@@ -779,6 +779,7 @@ def fit_per_eta(
     r_bin_px: float | None = None,
     max_iterations: int = 500,
     n_threads: int | None = None,
+    bin_average: bool = True,
 ) -> EtaPeaks:
     """Fit peaks in every η bin of ``result.cake`` as IntegratorZarrOMP does with ``DoPeakFit``
     (spec §6.4–6.5), for every frame.
@@ -810,6 +811,9 @@ def fit_per_eta(
     r_bin_px : float, optional
         The window's bin size; default ``result.config.r_bin_px`` (the median spacing of
         ``radius_px`` when the bins are in Q or 2θ or there is no config).
+    bin_average : bool
+        Auto-detected peaks: the TCH model as bin means (True) or MIDAS's values at bin
+        centres (False), as :func:`fit_peaks`; the pV fits at given positions are MIDAS's.
 
     Returns
     -------
@@ -846,7 +850,7 @@ def fit_per_eta(
     if auto is not None and curves.size:
         table = fit_peaks(r, profiles[curves], auto=int(auto), roi_padding=roi_padding,
                           snip_iterations=snip_iterations, max_iterations=max_iterations,
-                          n_threads=n_threads)  # fmt: skip
+                          n_threads=n_threads, bin_average=bin_average)  # fmt: skip
         for k in range(table.center.shape[-1]):
             ok = (table.status[:, k] == CONVERGED) & (table.center[:, k] != 0)
             if not ok.any():
@@ -1121,8 +1125,8 @@ class FitSpec:
         """
         common = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
                   "max_iterations": self.max_iterations, "n_threads": n_threads}  # fmt: skip
-        if self.auto is not None:
-            return fit_per_eta(result, auto=self.auto, **common)
+        if self.auto is not None:  # the spec's model (compat: MIDAS's, bin_average=False)
+            return fit_per_eta(result, auto=self.auto, bin_average=self.bin_average, **common)
         cfg = result.config
         positions = self.positions_in_px(cfg) if cfg is not None else list(self.positions_px)
         if (
