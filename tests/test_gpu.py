@@ -117,6 +117,15 @@ def harness_integrate(
         ctypes.c_int(batch),
     )
     assert rc == 0
+    cross = None
+    if var_mode:
+        c_indptr, c_pixel, c_weight = m._core.eta_cross()
+        cross = np.zeros(n * m.n_r)
+        getattr(lib, f"ri_host_cross_{SUFFIX[frames.dtype]}")(
+            _ptr(c_indptr), _ptr(c_pixel), _ptr(c_weight), _ptr(frames), u64(n_pixels),
+            u64(m.n_r), u64(n * m.n_r), _ptr(dark), _ptr(scale), ctypes.c_int(var_mode),
+            _ptr(variance), _ptr(cross),
+        )  # fmt: skip
     cake = np.zeros(n * n_bins)
     line = np.zeros(n * m.n_r)
     sigma = np.zeros(n * n_bins) if var_mode else None
@@ -127,6 +136,7 @@ def harness_integrate(
         _ptr(var_out),
         _ptr(count),
         _ptr(m.mask_hit),
+        _ptr(cross),
         u64(n),
         u64(m.n_r),
         ctypes.c_int(m.n_eta),
@@ -284,6 +294,7 @@ def test_nvrtc_compiles_every_kernel():
     names = ["ri_finalize_cake", "ri_lineout"]
     for s in FRAME_DTYPES.values():
         names += [f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, 8)]
+        names.append(f"ri_cross_{s}")
     for name in names:
         assert f".entry {name}(" in ptx, name
 

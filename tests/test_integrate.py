@@ -464,3 +464,41 @@ def test_exact_solid_angle_follows_panel_distance(tmp_path):
     n_dot_r = np.einsum("i,ikl->kl", t[:, 0], r)
     expected = (lsd * t[0, 0]) ** 2 * n_dot_r / np.linalg.norm(r, axis=0) ** 3
     np.testing.assert_allclose(1.0 / scale, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("eta_bin", [360.0, 5.0, 1.0])
+def test_lineout_sigma_counts_a_pixel_once_across_eta_bins(eta_bin):
+    """The lineout's variance is Σ_p (Σ_η w_pη)²·var_p: a pixel split between η bins of a radial
+    row carries one value, not independent ones (found against pyFAI's 1-D sigma: 2.6 % low at
+    5° bins, 15 % at 1°). Poisson and given variances, a NaN-masked pixel scale, a dark."""
+    cfg = IntegrationConfig(
+        n_pixels_y=120, n_pixels_z=100, pixel_size_y_um=172, pixel_size_z_um=172,
+        lsd_um=300000, bc_y_px=55.3, bc_z_px=47.1, ty_deg=1.0, r_min_px=5, r_max_px=45,
+        r_bin_px=1, eta_bin_deg=eta_bin,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(200, cfg.shape).astype(np.uint32)
+    m = DetectorMap.build(cfg)
+    ip = np.asarray(m.indptr).astype(np.int64)
+    pix = np.asarray(m.pixel).astype(np.int64)
+    area = np.asarray(m.area, np.float64)
+    row = np.repeat(np.arange(m.n_bins), np.diff(ip)) // m.n_eta
+    given = rng.uniform(1, 9, frame.size)
+
+    def brute(var, scale):
+        keep = np.isfinite(scale[pix])
+        key, inv = np.unique(row[keep] * frame.size + pix[keep], return_inverse=True)
+        w = np.bincount(inv, area[keep]) * scale[key % frame.size]
+        v = np.bincount(key // frame.size, w**2 * var[key % frame.size], minlength=m.n_r)
+        a = np.bincount(row[keep], area[keep], minlength=m.n_r)
+        return np.sqrt(v) / a
+
+    ones = np.ones(frame.size)
+    got = Integrator(cfg, detector_map=m, n_threads=2).integrate(frame).lineout_sigma
+    want = brute(np.maximum(frame.ravel(), 1.0), ones)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    scale = rng.uniform(0.5, 2.0, frame.size)
+    scale[rng.choice(frame.size, 200, replace=False)] = np.nan
+    integ = Integrator(cfg, detector_map=m, n_threads=1, flat=(1 / scale).reshape(cfg.shape))
+    got = integ.integrate(frame, dark=np.full(cfg.shape, 3.0), variance=given.reshape(cfg.shape))
+    np.testing.assert_allclose(got.lineout_sigma, brute(given, scale), rtol=1e-12)

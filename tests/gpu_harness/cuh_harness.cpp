@@ -80,12 +80,31 @@ RI_HOST_CSR_BOTH(i64, ri_i64)
 RI_HOST_CSR_BOTH(f32, float)
 RI_HOST_CSR_BOTH(f64, double)
 
+// ri_cross_<dtype>: one value per (frame, radial row).
+#define RI_HOST_CROSS(SUFFIX, T)                                                              \
+    extern "C" void ri_host_cross_##SUFFIX(                                                   \
+        const ri_u64* indptr, const ri_u32* pixel, const double* weight, const T* frames,     \
+        ri_u64 n_pixels, ri_u64 n_r, ri_u64 n_rows, const double* dark, const double* scale,  \
+        int var_mode, const double* variance, double* cross) {                                \
+        for (ri_u64 row = 0; row < n_rows; ++row)                                             \
+            cross[row] = ri_row_cross<T>(indptr, pixel, weight, frames + (row / n_r) * n_pixels, \
+                                         row % n_r, dark, scale, var_mode, variance);         \
+    }
+
+RI_HOST_CROSS(u8, ri_u8)
+RI_HOST_CROSS(u16, ri_u16)
+RI_HOST_CROSS(u32, ri_u32)
+RI_HOST_CROSS(i32, ri_i32)
+RI_HOST_CROSS(i64, ri_i64)
+RI_HOST_CROSS(f32, float)
+RI_HOST_CROSS(f64, double)
+
 // ri_finalize_cake then ri_lineout, thread loops unrolled into host loops.
 extern "C" void ri_host_finalize(const double* signal, const double* area, const double* variance,
-                                 const ri_u32* count, const ri_u8* mask_hit, ri_u64 n_frames,
-                                 ri_u64 n_r, int n_eta, int rules, int normalize, int lineout,
-                                 int nan_masked, double empty, double* cake, double* sigma,
-                                 double* line, double* line_sigma) {
+                                 const ri_u32* count, const ri_u8* mask_hit, const double* cross,
+                                 ri_u64 n_frames, ri_u64 n_r, int n_eta, int rules, int normalize,
+                                 int lineout, int nan_masked, double empty, double* cake,
+                                 double* sigma, double* line, double* line_sigma) {
     const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};
     const int with_var = variance != nullptr;
     const ri_u64 n_bins = n_r * ri_u64(n_eta);
@@ -101,7 +120,8 @@ extern "C" void ri_host_finalize(const double* signal, const double* area, const
         double value, sig;
         ri_lineout_row(f, n_eta, signal + i0, area + i0, with_var ? variance + i0 : nullptr,
                        count + i0, mask_hit + (row % n_r) * ri_u64(n_eta), cake + i0,
-                       with_var ? sigma + i0 : nullptr, with_var, &value, &sig);
+                       with_var ? sigma + i0 : nullptr, with_var, cross ? cross[row] : 0.0,
+                       &value, &sig);
         line[row] = value;
         if (with_var) line_sigma[row] = sig;
     }

@@ -241,6 +241,7 @@ class CudaIntegrator:
         self.weight = _upload(cupy, m.weight, np.float64, "map weight")
         self.mask_hit = _upload(cupy, m.mask_hit, np.uint8, "map mask_hit")
         self.scale = _upload(cupy, integrator._scale, np.float64, "per-pixel scale")
+        self._eta_cross: tuple[Any, Any, Any] | None = None  # uploaded when a sigma is asked
         self._mod = _module(self.device_id)
         self._kernels: dict[str, Any] = {}
         # The uploads above are asynchronous on the current stream, which the non-blocking
@@ -251,6 +252,16 @@ class CudaIntegrator:
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
 
     # -------------------------------------------------------------- launch helpers
+    def _cross_arrays(self) -> tuple[Any, Any, Any]:
+        """The map's pixels shared between η bins of a radial row and their covariance weights
+        (``MapCore.eta_cross``), on the device: built and uploaded on first use."""
+        if self._eta_cross is None:
+            cp = self._cp
+            indptr, pixel, weight = self.integrator.map._core.eta_cross()
+            self._eta_cross = tuple(cp.asarray(a) for a in (indptr, pixel, weight))
+            cp.cuda.get_current_stream().synchronize()  # the worker streams do not wait for it
+        return self._eta_cross
+
     def _kernel(self, name: str) -> Any:
         # Looked up once: get_function builds a new RawKernel on every call.
         kernel = self._kernels.get(name)
@@ -262,6 +273,7 @@ class CudaIntegrator:
         """Compile the module and look up every kernel now (NVRTC takes seconds the first time
         on a machine; a stream's first frames should not wait for it)."""
         for dtype in FRAME_DTYPES.values():
+            self._kernel(f"ri_cross_{dtype}")
             for acc in ("f64", "f32"):
                 for nb in (1, MAX_NB):
                     self._kernel(f"ri_csr_{dtype}_{acc}_nb{nb}")
@@ -380,6 +392,10 @@ class CudaIntegrator:
         rotating streams; the caller synchronises them."""
         cp = self._cp
         csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
+        it = self.integrator
+        # Pixels shared between η bins add to radint's area-weighted lineout variance.
+        use_cross = var_mode and it.compat is None and it.lineout_mode == "area_weighted"
+        cross_arrays = self._cross_arrays() if use_cross else None
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)
             k = j % len(self._streams)
@@ -446,8 +462,18 @@ class CudaIntegrator:
                     ),
                 )
                 rows = nb * self.n_r
+                grid = ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,)
+                cross = None
+                if cross_arrays is not None:
+                    cross = cp.empty(rows, dtype=np.float64)
+                    self._kernel(f"ri_cross_{FRAME_DTYPES[dtype]}")(
+                        grid, (FINALIZE_BLOCK,),
+                        (*cross_arrays, dev, np.uint64(self.n_pixels), np.uint64(self.n_r),
+                         np.uint64(rows), _opt(dark_d), _opt(self.scale), np.int32(var_mode),
+                         _opt(var_d), cross),
+                    )  # fmt: skip
                 self._kernel("ri_lineout")(
-                    ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
+                    grid,
                     (FINALIZE_BLOCK,),
                     (
                         sl["signal"],
@@ -457,6 +483,7 @@ class CudaIntegrator:
                         self.mask_hit,
                         sl["cake"],
                         _opt(sl.get("cake_sigma")),
+                        _opt(cross),
                         np.int32(self.n_eta),
                         np.uint64(self.n_r),
                         np.uint64(rows),

@@ -102,6 +102,10 @@ pub struct Sums {
     /// Empty when the error model is `None`.
     pub variance: Vec<f64>,
     pub count: Vec<u32>,
+    /// Per frame and radial row (`n_frames·n_r`, empty without variance): the covariance of the
+    /// row's η bins from pixels split between them ([`DetectorMap::eta_cross`]), which the
+    /// area-weighted lineout's variance adds to the bins' own.
+    pub lineout_cross: Vec<f64>,
 }
 
 fn check_inputs<T>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
@@ -215,6 +219,11 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         area,
         variance: if with_var { vec![0.0; n] } else { Vec::new() },
         count,
+        lineout_cross: if with_var {
+            lineout_cross(map, frames, opts)
+        } else {
+            Vec::new()
+        },
     };
     let parts = row_partition(map, 8 * rayon::current_num_threads());
     let signal = split_parts(&mut sums.signal, n_bins, &parts);
@@ -333,6 +342,44 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
             }
         });
     Ok(sums)
+}
+
+/// [`Sums::lineout_cross`]: per frame and radial row, Σ over the row's shared pixels of
+/// weight·scale²·var, over the pixels the bins count (value·scale finite), as the kernels do.
+fn lineout_cross<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Vec<f64> {
+    let cross = map.eta_cross();
+    let n_r = map.n_r();
+    let rows: Vec<Vec<f64>> = (0..n_r)
+        .into_par_iter()
+        .map(|r| {
+            let mut acc = vec![0.0; frames.len()];
+            for e in cross.indptr[r] as usize..cross.indptr[r + 1] as usize {
+                let p = cross.pixel[e] as usize;
+                let scale = opts.scale.map_or(1.0, |s| s[p]);
+                let dark = opts.dark.map_or(0.0, |d| d[p]);
+                for (k, frame) in frames.iter().enumerate() {
+                    let raw = frame[p].to_f64();
+                    if !(scale * (raw - dark)).is_finite() {
+                        continue;
+                    }
+                    let var = match opts.error_model {
+                        ErrorModel::Poisson => raw.max(1.0),
+                        ErrorModel::Given(given) => given[p],
+                        ErrorModel::None => 0.0,
+                    };
+                    acc[k] += cross.weight[e] * scale * scale * var;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0.0; frames.len() * n_r];
+    for (r, row) in rows.into_iter().enumerate() {
+        for (k, x) in row.into_iter().enumerate() {
+            out[k * n_r + r] = x;
+        }
+    }
+    out
 }
 
 /// [`runs::dense_bins`] for one frame (area and count are the map's, set by `integrate`).
@@ -1023,6 +1070,10 @@ pub fn finalize(map: &DetectorMap, sums: &Sums, opts: &FinalizeOptions) -> Final
                         &sums.count[bins],
                         &map.mask_hit[bin0..bin0 + n_eta],
                         nan_masked,
+                        sums.lineout_cross
+                            .get(f * n_r + r0 + k)
+                            .copied()
+                            .unwrap_or(0.0),
                         opts,
                         &mut block_cake[row.clone()],
                         if with_var {
@@ -1083,6 +1134,7 @@ fn finalize_row(
     c: &[u32],
     masked: &[u8],
     nan_masked: bool,
+    cross: f64,
     opts: &FinalizeOptions,
     cake: &mut [f64],
     sigma: &mut [f64],
@@ -1229,7 +1281,11 @@ fn finalize_row(
                 add(e, 0);
             }
             let total = |x: [f64; LANES]| (x[0] + x[1]) + (x[2] + x[3]);
-            let (ss, aa, vv) = (total(ss), total(aa), total(vv));
+            // Pixels shared between η bins: their covariance, unless a bin left out here
+            // (masked-touched, NaN'd) may hold some of them.
+            let dropped = nan_masked && masked[..n].iter().any(|&m| m != 0);
+            let shared = if dropped { 0.0 } else { cross };
+            let (ss, aa, vv) = (total(ss), total(aa), total(vv) + shared);
             if cc == 0 || aa <= 0.0 {
                 (opts.empty_value, opts.empty_sigma())
             } else if opts.normalize {

@@ -50,6 +50,19 @@ pub struct DetectorMap {
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
     runs: std::sync::OnceLock<Option<PixelRuns>>,
+    eta_cross: std::sync::OnceLock<EtaCross>,
+}
+
+/// Pixels split across several η bins of one radial row, with the weight of their covariance
+/// in that row's lineout: a pixel's pieces share its one value, so the variance of Σ_η signal is
+/// Σ_p (Σ_e w_pe)²·var_p, not Σ_e Σ_p w_pe²·var_p; `weight` = (Σ_e w_pe)² − Σ_e w_pe² adds the
+/// difference (w = the entry's signal weight: MIDAS weight or area).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EtaCross {
+    /// Per radial row (`n_r + 1`).
+    pub indptr: Vec<u64>,
+    pub pixel: Vec<u32>,
+    pub weight: Vec<f64>,
 }
 
 impl PartialEq for Derived {
@@ -88,6 +101,52 @@ impl DetectorMap {
                 PixelRuns::build(&self.indptr, &self.pixel, self.n_pixels())
             })
             .as_ref()
+    }
+
+    /// The pixels each radial row shares between η bins ([`EtaCross`]), built on first use.
+    pub fn eta_cross(&self) -> &EtaCross {
+        self.derived.eta_cross.get_or_init(|| {
+            let n_eta = self.n_eta();
+            let rows: Vec<Vec<(u32, f64)>> = (0..self.n_r())
+                .into_par_iter()
+                .map(|r| {
+                    let lo = self.indptr[r * n_eta] as usize;
+                    let hi = self.indptr[(r + 1) * n_eta] as usize;
+                    let mut pieces: Vec<(u32, f64)> = (lo..hi)
+                        .map(|e| {
+                            let w = match &self.weight {
+                                Some(w) => w[e],
+                                None => self.area[e] as f64,
+                            };
+                            (self.pixel[e], w)
+                        })
+                        .collect();
+                    pieces.sort_unstable_by_key(|&(p, _)| p);
+                    let mut shared = Vec::new();
+                    for group in pieces.chunk_by(|a, b| a.0 == b.0) {
+                        if group.len() > 1 {
+                            let sum: f64 = group.iter().map(|g| g.1).sum();
+                            let squares: f64 = group.iter().map(|g| g.1 * g.1).sum();
+                            shared.push((group[0].0, sum * sum - squares));
+                        }
+                    }
+                    shared
+                })
+                .collect();
+            let mut cross = EtaCross {
+                indptr: Vec::with_capacity(rows.len() + 1),
+                ..EtaCross::default()
+            };
+            cross.indptr.push(0);
+            for row in rows {
+                for (p, w) in row {
+                    cross.pixel.push(p);
+                    cross.weight.push(w);
+                }
+                cross.indptr.push(cross.pixel.len() as u64);
+            }
+            cross
+        })
     }
 
     /// Σ area of the unmasked entries per bin.

@@ -336,6 +336,24 @@ impl MapCore {
         view(slf, &slf.get().map.bin_geometric_area)
     }
 
+    /// The pixels each radial row shares between η bins and the weights of their covariance
+    /// in the row's lineout variance: `(indptr` (n_r + 1), `pixel`, `weight)`, built on first use.
+    #[allow(clippy::type_complexity)]
+    fn eta_cross<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> (
+        Bound<'py, PyArray1<u64>>,
+        Bound<'py, PyArray1<u32>>,
+        Bound<'py, PyArray1<f64>>,
+    ) {
+        let cross = slf.get().map.eta_cross();
+        (
+            view(slf, &cross.indptr),
+            view(slf, &cross.pixel),
+            view(slf, &cross.weight),
+        )
+    }
+
     /// This map with MIDAS `GradientCorrection` applied (bilinear signal weights at each
     /// entry's bin radius), for `config`'s beam centre and ImTransOpt.
     fn gradient_resampled(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<MapCore> {

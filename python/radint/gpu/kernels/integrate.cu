@@ -5,7 +5,7 @@
 // Loaded by radint.gpu through one cached cupy.RawModule; the header is inlined into this source
 // before compilation (so NVRTC needs no include path). Every kernel is `extern "C"` so names are
 // not mangled: ri_csr_<frame dtype>_<accumulator>_nb<frames per pass>, ri_finalize_cake,
-// ri_lineout. Null pointers (no weight / dark / scale / variance) are passed as 0.
+// ri_cross_<frame dtype>, ri_lineout. Null pointers (no weight / dark / scale / variance) are passed as 0.
 #include "integrate.cuh"
 
 #define RI_FULL_MASK 0xffffffffu
@@ -88,13 +88,35 @@ extern "C" __global__ void ri_finalize_cake(const double* signal, const double* 
     if (with_var) sigma[i] = sig;
 }
 
+// One thread per (frame, radial row): the covariance term of the row's lineout variance
+// (ri_row_cross) for nb frames of n_pixels values each, contiguous.
+#define RI_CROSS_KERNEL(SUFFIX, T)                                                              \
+    extern "C" __global__ void ri_cross_##SUFFIX(                                              \
+        const ri_u64* indptr, const ri_u32* pixel, const double* weight, const T* frames,      \
+        ri_u64 n_pixels, ri_u64 n_r, ri_u64 n_rows, const double* dark, const double* scale,   \
+        int var_mode, const double* variance, double* cross) {                                 \
+        const ri_u64 row = ri_u64(blockIdx.x) * blockDim.x + threadIdx.x;                      \
+        if (row >= n_rows) return;                                                             \
+        cross[row] = ri_row_cross<T>(indptr, pixel, weight, frames + (row / n_r) * n_pixels,   \
+                                     row % n_r, dark, scale, var_mode, variance);              \
+    }
+
+RI_CROSS_KERNEL(u8, ri_u8)
+RI_CROSS_KERNEL(u16, ri_u16)
+RI_CROSS_KERNEL(u32, ri_u32)
+RI_CROSS_KERNEL(i32, ri_i32)
+RI_CROSS_KERNEL(i64, ri_i64)
+RI_CROSS_KERNEL(f32, float)
+RI_CROSS_KERNEL(f64, double)
+
 // One thread per (frame, radial row): lineout value and sigma over the row's n_eta bins.
+// `cross` (per row, from ri_cross_*) may be 0: no shared-pixel term.
 extern "C" __global__ void ri_lineout(const double* signal, const double* area,
                                       const double* variance, const ri_u32* count,
                                       const ri_u8* mask_hit, const double* cake,
-                                      const double* sigma, int n_eta, ri_u64 n_r,
-                                      ri_u64 n_rows, int rules, int normalize, int lineout,
-                                      int nan_masked, double empty, double* line,
+                                      const double* sigma, const double* cross, int n_eta,
+                                      ri_u64 n_r, ri_u64 n_rows, int rules, int normalize,
+                                      int lineout, int nan_masked, double empty, double* line,
                                       double* line_sigma) {
     const ri_u64 row = ri_u64(blockIdx.x) * blockDim.x + threadIdx.x;
     if (row >= n_rows) return;
@@ -104,7 +126,8 @@ extern "C" __global__ void ri_lineout(const double* signal, const double* area,
     const ri_u64 m0 = (row % n_r) * ri_u64(n_eta);
     double value, sig;
     ri_lineout_row(f, n_eta, signal + i0, area + i0, with_var ? variance + i0 : 0, count + i0,
-                   mask_hit + m0, cake + i0, with_var ? sigma + i0 : 0, with_var, &value, &sig);
+                   mask_hit + m0, cake + i0, with_var ? sigma + i0 : 0, with_var,
+                   cross ? cross[row] : 0.0, &value, &sig);
     line[row] = value;
     if (with_var) line_sigma[row] = sig;
 }

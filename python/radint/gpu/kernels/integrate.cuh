@@ -260,13 +260,38 @@ RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri
     *sigma = nan ? ri_nan() : sig;
 }
 
+// The covariance term of radial row `row` of one frame (DetectorMap.eta_cross): Σ over the
+// pixels the row shares between η bins of weight·scale²·var, over the pixels the bins count
+// (scale·(raw − dark) finite). Mirrors the Rust `lineout_cross`.
+template <typename T>
+RI_HD double ri_row_cross(const ri_u64* indptr, const ri_u32* pixel, const double* weight,
+                          const T* frame, ri_u64 row, const double* dark, const double* scale,
+                          int var_mode, const double* variance) {
+    double acc = 0.0;
+    for (ri_u64 e = indptr[row]; e < indptr[row + 1]; ++e) {
+        const ri_u64 p = pixel[e];
+        const double sc = scale ? scale[p] : 1.0;
+        const double raw = double(frame[p]);
+        const double d = dark ? dark[p] : 0.0;
+        if (ri_invalid(sc * (raw - d))) continue;
+        double var = 0.0;
+        if (var_mode == RI_VAR_POISSON) {
+            var = raw > 1.0 ? raw : 1.0;
+        } else if (var_mode == RI_VAR_GIVEN) {
+            var = variance[p];
+        }
+        acc += weight[e] * sc * sc * var;
+    }
+    return acc;
+}
+
 // Lineout value and sigma of one radial row: the n_eta consecutive bins (bin order r·n_eta + e)
 // starting at s/a/v/c/masked/cake/sigma. `cake` and `sigma` are this row's finalized values
 // (ri_finalize_bin). v and sigma may be null (with_var = 0).
 RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const double* a,
                           const double* v, const ri_u32* c, const ri_u8* masked,
-                          const double* cake, const double* sigma, int with_var, double* line,
-                          double* line_sigma) {
+                          const double* cake, const double* sigma, int with_var, double cross,
+                          double* line, double* line_sigma) {
     const bool nonzero_mean = f.rules == RI_RULES_MIDAS_CPU ||
                               (f.rules == RI_RULES_RADINT && f.lineout == RI_LINEOUT_NONZERO_MEAN);
     if (nonzero_mean) {
@@ -311,13 +336,20 @@ RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const
     const bool nan_masked = ri_nan_masked(f);
     double ss = 0.0, aa = 0.0, vv = 0.0;
     ri_u64 cc = 0;
+    bool dropped = false;
     for (int e = 0; e < n_eta; ++e) {
-        if (nan_masked && masked[e] != 0) continue;
+        if (nan_masked && masked[e] != 0) {
+            dropped = true;
+            continue;
+        }
         ss += s[e];
         aa += a[e];
         cc += c[e];
         if (with_var) vv += v[e];
     }
+    // Pixels shared between the row's η bins: their covariance, unless a bin left out here may
+    // hold some of them (as the Rust finalize).
+    if (with_var && !dropped) vv += cross;
     if (cc == 0 || aa <= 0.0) {
         *line = f.empty;
         *line_sigma = ri_empty_sigma(f);
