@@ -195,3 +195,25 @@ def test_misspelled_keys_get_a_suggestion(tmp_path, caplog):
     from radint.config import near_key
 
     assert [near_key(k) for k in ("doPeakFit", "FitWavelength", "tolWavelength")] == [None] * 3
+
+
+def test_two_theta_bin_size_given_as_span_over_n_gives_n_bins():
+    """TthBinSize = (TthMax − TthMin)/n (pyFAI's npt) whose quotient rounds a hair above n gives
+    n bins, not n + 1 with a sliver (it did in 114 of 2000 random ranges); a range genuinely past
+    n bins still gets the extra bin (ceil)."""
+    import numpy as np
+
+    from radint import IntegrationConfig
+
+    base = IntegrationConfig(
+        n_pixels_y=100, n_pixels_z=100, pixel_size_y_um=100, pixel_size_z_um=100, lsd_um=1e5,
+        bc_y_px=50, bc_z_px=50, wavelength_angstrom=1.0, eta_bin_deg=360.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        lo, n = rng.uniform(0, 5), int(rng.integers(10, 4000))
+        hi = lo + rng.uniform(1, 20)
+        c = base.replace(tth_min_deg=lo, tth_max_deg=hi, tth_bin_deg=(hi - lo) / n)
+        assert len(c.bin_edges()[0]) - 1 == n, (lo, hi, n)
+    over = base.replace(tth_min_deg=1.0, tth_max_deg=2.0000001, tth_bin_deg=0.1)
+    assert len(over.bin_edges()[0]) - 1 == 11

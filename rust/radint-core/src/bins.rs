@@ -24,12 +24,18 @@ pub fn radial_count(p: &Params) -> Result<usize> {
     match p.radial_mode() {
         RadialMode::Radius => count(p.r_max_px - p.r_min_px, p.r_bin_px, "RBinSize", &p.source),
         RadialMode::Q => count(p.q_max - p.q_min, p.q_bin, "QBinSize", &p.source),
-        RadialMode::TwoTheta => count(
-            p.tth_max_deg - p.tth_min_deg,
-            p.tth_bin_deg,
-            "TthBinSize",
-            &p.source,
-        ),
+        // radint's own 2θ keys: a bin size given as span / n (pyFAI's npt) whose quotient
+        // rounds a hair above n must give n bins, not n + 1 with a sliver (the MIDAS keys keep
+        // C's plain ceil, for bin-for-bin parity).
+        RadialMode::TwoTheta => {
+            let x = (p.tth_max_deg - p.tth_min_deg) / p.tth_bin_deg;
+            let near = x.round();
+            if near >= 1.0 && (x - near).abs() <= 1e-9 * near {
+                count(near, 1.0, "TthBinSize", &p.source)
+            } else {
+                count(x, 1.0, "TthBinSize", &p.source)
+            }
+        }
     }
 }
 
