@@ -448,7 +448,8 @@ class Pipeline:
         files written as frames arrived (read a frame group at a time)."""
         from radint.io.midas import write_stream_outputs
 
-        log.info("stream: writing integrator_output.h5 / .zarr.zip from the binary files")
+        zip_too = " / .zarr.zip" if self.integrator.config.write_2d else ""
+        log.info("stream: writing integrator_output.h5%s from the binary files", zip_too)
         try:
             mapping = None
             if self.mapping_file is not None:
