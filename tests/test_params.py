@@ -217,3 +217,36 @@ def test_two_theta_bin_size_given_as_span_over_n_gives_n_bins():
         assert len(c.bin_edges()[0]) - 1 == n, (lo, hi, n)
     over = base.replace(tth_min_deg=1.0, tth_max_deg=2.0000001, tth_bin_deg=0.1)
     assert len(over.bin_edges()[0]) - 1 == 11
+
+
+def test_with_overrides_keeps_where_keys_were_set(tmp_path):
+    """with_overrides applies overrides as from_midas_params does: lists replaced, the file's
+    lines and unknown keys kept, the overridden keys at ``<override>:N``."""
+    p = tmp_path / "p.txt"
+    p.write_text("NrPixels 64\nRMax 40\nImTransOpt 1\nPeakLocation 10\nFooBar 2\n")
+    c = IntegrationConfig.from_midas_params(p).with_overrides(
+        ["ImTransOpt 2", "PeakLocation 20", "Bar 1"]
+    )
+    assert c.im_trans_opt == (2,) and c.peak_locations == (20.0,)
+    assert c.set_at["RMax"] == (str(p), 2)
+    assert c.set_at["PeakLocation"] == ("<override>", 2)
+    assert "EtaBinSize" not in c.set_at  # a default, set nowhere
+    assert c.unknown == (("FooBar", "2", str(p), 5), ("Bar", "1", "<override>", 3))
+    assert c.source == str(p)
+
+
+def test_poni_overrides_errors_name_the_override(tmp_path):
+    """`radint info g.poni RBinSize -0.5` named `g.poni:74`, a line of radint's own text."""
+    poni = tmp_path / "g.poni"
+    poni.write_text(
+        "poni_version: 2\nDetector: Detector\n"
+        'Detector_config: {"pixel1": 1e-4, "pixel2": 1e-4, "max_shape": [64, 64]}\n'
+        "Distance: 0.1\nPoni1: 0.0032\nPoni2: 0.0032\nRot1: 0\nRot2: 0\nRot3: 0\n"
+        "Wavelength: 1e-10\n"
+    )
+    config = IntegrationConfig.from_poni(poni)
+    assert config.set_at["Lsd"] == (str(poni), 0) and config.set_at["BC"] == (str(poni), 0)
+    c = config.with_overrides(["RMax 30"])
+    assert c.set_at["RMax"] == ("<override>", 1) and c.set_at["Lsd"] == (str(poni), 0)
+    with pytest.raises(ParameterError, match=r"^<override>:1: RBinSize: must be > 0"):
+        config.with_overrides(["RBinSize -0.5"]).validate()

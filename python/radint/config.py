@@ -184,9 +184,12 @@ class IntegrationConfig:
 
         poni = read_poni(path)
         fields = midas_geometry_from_poni(poni)
+        alias = {"bc_y_px": "BC", "bc_z_px": "BC", "pixel_size_y_um": "px", "pixel_size_z_um": "px"}
+        keys = {alias.get(name, _MIDAS_KEYS.get(name)) for name in fields} - {None}
+        set_at = {key: (str(path), 0) for key in sorted(keys)}  # the PONI file, no line
         fields.update(overrides)
         fields.setdefault("source", str(path))
-        return cls(**_tupled(fields))
+        return cls(**_tupled(fields), set_at=set_at)
 
     @classmethod
     def _from_core_dict(cls, d: dict[str, Any]) -> IntegrationConfig:
@@ -211,11 +214,17 @@ class IntegrationConfig:
         return dataclasses.replace(self, **_tupled(changes))
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
-        """A copy with MIDAS ``Key value`` overrides applied (same rules as the file parser)."""
+        """A copy with MIDAS ``Key value`` overrides applied, as :meth:`from_midas_params`
+        applies them: lists such as ImTransOpt and PeakLocation are replaced, errors and
+        :attr:`set_at` name ``<override>:N``; keys not overridden keep where they were set,
+        unknown keys are kept."""
         lines = [f"{k} {_format_value(v)}" for k, v in self._midas_items()]
-        text = "\n".join(lines + _override_lines(overrides))
-        parsed = _core.parse_params(self.source, [], text)
-        return self._from_core_dict(parsed).replace(source=self.source)
+        parsed = _core.parse_params("<config>", _override_lines(overrides), "\n".join(lines))
+        new = self._from_core_dict(parsed)
+        set_at = dict(self.set_at)
+        set_at.update({k: v for k, v in new.set_at.items() if v[0] == "<override>"})
+        unknown = self.unknown + tuple(u for u in new.unknown if u[2] == "<override>")
+        return dataclasses.replace(new, source=self.source, set_at=set_at, unknown=unknown)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON-serialisable Python values."""
