@@ -844,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "map", parents=[common], help="build the exact detector map, write MIDAS Map.bin/nMap.bin"
     )
-    p.add_argument("params", help="MIDAS parameter file")
+    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument("-j", "--threads", type=int, default=None, help="threads (default: all)")
@@ -922,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=DATA_EPILOG.format(cmd="batch"),
     )
-    p.add_argument("params", nargs="?", help="MIDAS parameter file (or -paramFN)")
+    p.add_argument("params", nargs="?", help="MIDAS parameter file or pyFAI .poni (or -paramFN)")
     p.add_argument("data", nargs="*", metavar="DATA", help=DATA_HELP)
     p.add_argument("-paramFN", help="parameter file (MIDAS flag)")
     p.add_argument("-dataFN", help="first data file of a numbered series (MIDAS flag)")
@@ -945,7 +945,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-resultFolder", help="output directory (MIDAS flag; same as -o)")
     p.add_argument("-startFileNr", type=int, default=-1, help="first file number of the series")
     p.add_argument("-endFileNr", type=int, default=-1, help="last file number of the series")
-    p.add_argument("-nCPUs", type=int, default=1, help="files processed in parallel (processes)")
+    p.add_argument(
+        "-nCPUs", type=int, default=1, help="files processed in parallel (processes; default 1)"
+    )
     p.add_argument(
         "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=int, default=None,
         help="threads per process",
@@ -960,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files whose outputs exist",
     )
     p.add_argument("-outName", help="output stem (single input file)")
-    p.add_argument("-o", "--output", default=".", help="output directory")
+    p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument(
         "--format", default="nexus", help="comma-separated output formats (see integrate)"
     )
@@ -981,11 +983,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("result", help="a radint NeXus result (.h5 or .zarr)")
     p.add_argument("--peaks", metavar="LIST", help="approximate peak positions, comma-separated")
-    p.add_argument("--unit", default="2theta", choices=["2theta", "px"], help="unit of --peaks")
+    p.add_argument(
+        "--unit",
+        default="2theta",
+        choices=["2theta", "px"],
+        help="unit of --peaks (default 2theta)",
+    )
     p.add_argument("--auto", metavar="N", type=int, help="detect and fit up to N peaks instead")
     p.add_argument("--roi-padding", type=int, default=20, help="ROI half-width in bins (20)")
     p.add_argument("--roi-auto", action="store_true", help="ROI from the peak widths (FitROIAuto)")
-    p.add_argument("--snip-iterations", type=int, default=50, help="SNIP background iterations")
+    p.add_argument(
+        "--snip-iterations", type=int, default=50, help="SNIP background iterations (50)"
+    )
     p.add_argument(
         "--format", default="peaks", help="comma-separated: peaks (CSV, default), fit (fit.bin)"
     )
@@ -1036,11 +1045,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, fitting],
         help="integrate frames live from TCP (MIDAS protocol), PVA or a folder",
     )
-    p.add_argument("params", help="MIDAS parameter file")
+    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", required=True, help="output directory (stream.h5)")
     p.add_argument("--source", default="tcp", choices=["tcp", "pva", "folder"], help="default: tcp")
-    p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=int, default=60439, help="TCP port (default 60439)")
     p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
     p.add_argument(
@@ -1051,10 +1062,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", help="directory to watch, for --source folder")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
-        "--save-interval", type=_positive_int, default=100, help="flush every N frames (and 5 s)"
+        "--save-interval",
+        type=_positive_int,
+        default=100,
+        help="flush every N frames (default 100) and every 5 s",
     )
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-    p.add_argument("--timeout", type=float, default=None, help="stop after S s without frames")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop after S s without frames (default: run until Ctrl-C / SIGTERM)",
+    )
     p.add_argument(
         "--midas-files",
         action="store_true",
@@ -1085,8 +1104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "send", parents=[common], help="send frame files to a MIDAS-protocol TCP server"
     )
-    p.add_argument("params", help="MIDAS parameter file (frame size)")
-    p.add_argument("data", nargs="+", help="files or directories, then 'Key value' overrides")
+    p.add_argument("params", help="MIDAS parameter file or pyFAI .poni (frame size)")
+    p.add_argument(
+        "data",
+        nargs="+",
+        help="files or directories (their frame files sorted by name: frame_10 before "
+        "frame_2), then 'Key value' overrides",
+    )
     p.add_argument("--host", default="127.0.0.1", help="server address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=60439, help="server port (default: 60439)")
     p.add_argument("--compress", action="store_true", help="uint16, or hybrid dtype 6 above 65535")
@@ -1094,11 +1118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h5-location", default="exchange/data", help="HDF5 dataset of the frames")
     p.add_argument(
         "--mapping-file", default="frame_mapping.json",
-        help="JSON of frame number -> source file, as MIDAS's sender writes (default: "
-        "frame_mapping.json)",
+        help="JSON of frame number -> source file it writes, as MIDAS's sender (default: "
+        "frame_mapping.json in the current folder)",
     )  # fmt: skip
     p.add_argument(
-        "--save-interval", type=_positive_int, default=500, help="rewrite the mapping every N"
+        "--save-interval",
+        type=_positive_int,
+        default=500,
+        help="rewrite the mapping every N frames (default 500)",
     )
     p.set_defaults(func=cmd_send)
     return parser
