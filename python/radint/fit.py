@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -836,8 +837,8 @@ def fit_per_eta(
     rows: list[tuple[np.ndarray, int, dict[str, np.ndarray]]] = []  # (curve ids, peak, cols)
 
     def keep(curves: np.ndarray, peak: int, center: np.ndarray, snr: np.ndarray,
-             pv: np.ndarray) -> None:  # fmt: skip
-        ok = np.isfinite(snr) & (snr > 1.0) & (center != 0)
+             pv: np.ndarray, flat: np.ndarray) -> None:  # fmt: skip
+        ok = np.isfinite(snr) & (snr > 1.0) & (center != 0) & ~flat
         if ok.any():
             zero = np.zeros(int(ok.sum()))
             rows.append((curves[ok], peak, {
@@ -872,6 +873,13 @@ def fit_per_eta(
             if inside.size and inside[-1] - inside[0] + 1 >= PER_ETA_MIN_POINTS:
                 window = slice(int(inside[0]), int(inside[-1]) + 1)
                 x, y = r[window], profiles[curves, window]
+                # A constant window (all 0 where a ring misses this η bin's R range in the
+                # 0-filled midas-cpu cake) holds no peak: C's fit there is exact, its SNR
+                # then 1 (rms 0) and the row dropped; radint's fit ends with Imax and rms
+                # both ~0 and an arbitrary SNR (up to 1e29), so it is refused outright.
+                with warnings.catch_warnings():  # all-NaN windows: flat too
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    flat = ~(np.nanmax(y, axis=1) > np.nanmin(y, axis=1))
                 if pair:
                     d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations)
                     low_first = pos[k] <= pos[k + 1]
@@ -879,12 +887,12 @@ def fit_per_eta(
                         prm = d["params"]
                         pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
                                               prm[:, 7]])  # fmt: skip
-                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv)
+                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat)
                 else:
                     d = fit_pv(x, y, pos[k], max_iterations=max_iterations, n_threads=n_threads)
                     prm = d["params"]  # [bg, imax, center, fwhm, mu]
                     pv = np.column_stack([prm[:, 3], prm[:, 4], prm[:, 1], prm[:, 0]])
-                    keep(curves, k, prm[:, 2], d["snr"], pv)
+                    keep(curves, k, prm[:, 2], d["snr"], pv, flat)
             k += 2 if pair else 1
     return _eta_peaks(result, rows, n_frames, n_eta)
 

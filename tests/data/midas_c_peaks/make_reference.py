@@ -7,7 +7,7 @@ Usage::
 
 Writes ``ring.tif`` (uint16, 128 × 128, four Gaussian rings at R = 22, 36, 39.5, 52 px with
 Poisson noise; the beam centre is near the left edge so the outer ring leaves the detector in
-some η bins) and, for each case ``specified`` / ``auto`` (``params_<case>.txt``), runs in a
+some η bins) and, for each case ``specified`` / ``auto`` / ``offset`` (``params_<case>.txt``), runs in a
 temporary folder::
 
     DetectorMapper params_<case>.txt -nCPUs 1
@@ -61,6 +61,8 @@ CASES = {
     "specified": "DoPeakFit 1\nFitROIPadding 10\nDoubletSeparation 5\n"
     "PeakLocation 52\nPeakLocation 22\nPeakLocation 36\nPeakLocation 39.5\n",
     "auto": "DoPeakFit 1\nFitROIPadding 10\nAutoDetectPeaks 5\nSNIPIterations 30\n",
+    # 24.2: 2.2 px off the ring at 22; 58: beyond the detector (all-0 window) in η bin 4.
+    "offset": "DoPeakFit 1\nFitROIPadding 6\nPeakLocation 58\nPeakLocation 24.2\nPeakLocation 36\n",
 }
 
 
