@@ -126,3 +126,16 @@ def test_info_on_a_result_without_provenance_and_row_on_parameters(tmp_path, cap
     assert "2 frame(s), 4 eta x 10 radial bins" in out and "no entry/provenance" in out
     assert main(["info", str(EXAMPLES / "parameters.txt"), "--row", "0"]) == 2
     assert "--row N describes a row of a result file" in capsys.readouterr().err
+
+
+def test_fit_formats_without_fitting_are_refused_up_front(tmp_path, capsys):
+    """`--format peaks` (fit, fit_per_eta, caked_peaks) with nothing fitted: one error before
+    the map is built (it failed per file after the map, as a ValueError)."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "out"
+    for cmd, fmt in (("integrate", "nexus,peaks"), ("batch", "peaks_per_eta")):
+        assert main([cmd, params, data, "--format", fmt, "-o", str(out), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"--format {fmt.removeprefix('nexus,')}: no peaks are fitted" in err
+        assert not out.exists()

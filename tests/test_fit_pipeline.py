@@ -180,7 +180,8 @@ def test_cli_fit_flags_formats_and_radint_fit(ring_config, tmp_path):
     np.testing.assert_array_equal(again.lineout, r.lineout)
     assert main(["fit", str(out / "scan.h5"), "-q"]) == 2  # neither --peaks nor --auto
     assert main(["integrate", str(params), str(tmp_path / "scan.tif"), "--format", "fit",
-                 "-o", str(tmp_path / "none"), "-q"]) == 1  # fmt: skip
+                 "-o", str(tmp_path / "none"), "-q"]) == 2  # fmt: skip
+    assert not (tmp_path / "none").exists()  # refused before the map is built
 
 
 def test_plot_overlay_and_peak_trend(ring_config, tmp_path):

@@ -159,9 +159,21 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
     from radint.io.write import resolve_formats
 
     formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    fitting = FitSpec.from_config(config) is not None
+    fit_only = [f for f in formats if f.lower() in _FIT_FORMATS]
+    if fit_only and not fitting:  # refused before the map is built and any file is read
+        raise RadintError(
+            f"--format {','.join(fit_only)}: no peaks are fitted; add --fit-peaks 2θ,... or "
+            "--fit-auto N, or DoPeakFit 1 with PeakLocation / AutoDetectPeaks N to the "
+            "parameters ('radint fit RESULT' fits a stored result)"
+        )
     if not any(f.lower() == "midas" for f in formats):
         return formats
-    return resolve_formats(formats, FitSpec.from_config(config) is not None)
+    return resolve_formats(formats, fitting)
+
+
+#: Output formats that hold fitted peaks.
+_FIT_FORMATS = ("peaks", "fit", "fit_per_eta", "caked_peaks", "peaks_per_eta")
 
 
 def _check_run(
