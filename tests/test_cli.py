@@ -139,3 +139,15 @@ def test_fit_formats_without_fitting_are_refused_up_front(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"--format {fmt.removeprefix('nexus,')}: no peaks are fitted" in err
         assert not out.exists()
+
+
+def test_info_table_shows_where_each_key_was_set_in_80_columns(capsys, monkeypatch):
+    """`radint info PARAMS | less` (80 columns): 'set at' was cut to 'examples/parameters.tx…',
+    hiding the line; now `line N` (the title names the file) or `<override>:N`, nothing cut."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["info", str(EXAMPLES / "parameters.txt"), "RMax", "800"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    lsd = next(line for line in out.splitlines() if "lsd_um" in line)
+    assert "line 6" in lsd
+    assert "<override>:1" in next(line for line in out.splitlines() if "r_max_px" in line)

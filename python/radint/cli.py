@@ -289,16 +289,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     config = _load_config(args.params, overrides)
     console = Console()
     table = Table(title=f"radint configuration: {config.source}")
-    table.add_column("field")
-    table.add_column("value")
-    table.add_column("set at")
+    # Nothing cut with "…" in 80 columns (a pipe): the title names the file, "set at" its line.
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("set at", overflow="fold")
     for name, value in config.to_dict().items():
         if name in ("unknown", "set_at"):
             continue
         where = ""
         for key, (file, line) in config.set_at.items():
             if _key_matches(key, name):
-                where = f"{file}:{line}" if line else file
+                if file == config.source:
+                    where = f"line {line}" if line else "the file"
+                else:
+                    where = f"{file}:{line}" if line else file
         table.add_row(name, str(value), where)
     console.print(table)
     r_edges, eta_edges = config.bin_edges()
