@@ -617,11 +617,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     status = np.asarray(peaks.status).reshape(result.n_frames, -1)
     ok = status == 0
     if not args.quiet:
-        table = Table(title=f"{src.name}: {result.n_frames} frame(s), {elapsed:.2f} s")
-        columns = ("slot", "converged", "2θ (deg)", "± scatter", "R (px)", "FWHM (deg)", "area",
-                   "otherwise")  # fmt: skip
+        table = Table(
+            title=f"{src.name}: {result.n_frames} frame(s), {elapsed:.2f} s; "
+            "means over the converged frames"
+        )
+        # short headers: in 80 columns (a pipe) "converged" and "otherwise" were cut with "…"
+        columns = ("slot", "ok", "2θ (deg)", "± std", "R (px)", "FWHM (deg)", "area", "failed")
         for col in columns:
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", overflow="fold")
         names = np.asarray(peaks.status_name).reshape(status.shape)
 
         def failures(k: int) -> str:
