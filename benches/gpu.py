@@ -2,7 +2,8 @@
 
 Detectors: Pilatus 2M (u32) and Eiger 4M (u32, u16); 1 px × 5° cake + lineout, float64
 accumulation, Poisson variance. For each: kernel-only time per frame (frames already on the
-device, CUDA events), end-to-end frames/s from host memory (pinned staging + upload included),
+device, CUDA events), end-to-end frames/s from host memory through ``Integrator.integrate`` /
+``integrate_stack`` (pinned staging, upload and the Result's downloads included),
 single frame and batched (8 frames per pass over the map), next to two limits:
 
 * HBM limit: bytes the kernels read per frame (map + frame + outputs) ÷ measured device-to-device
@@ -93,11 +94,14 @@ def _kernel_ms_per_frame(cp, gpu, frames_dev, reps: int) -> float:
     return (time.perf_counter() - t0) / (reps * n) * 1e3
 
 
-def _end_to_end_fps(gpu, frames_host, reps: int) -> float:
-    gpu.integrate(frames_host)
+def _end_to_end_fps(integ, frames_host, reps: int) -> float:
+    """Frames/s through the user's call: host frames in, a Result (cake, lineout, their sigmas,
+    area, count as host arrays) out."""
+    run = integ.integrate if frames_host.ndim == 2 else integ.integrate_stack
+    run(frames_host)
     t0 = time.perf_counter()
     for _ in range(reps):
-        gpu.integrate(frames_host)
+        run(frames_host)
     n = 1 if frames_host.ndim == 2 else frames_host.shape[0]
     return reps * n / (time.perf_counter() - t0)
 
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = (f"n/a ({type(e).__name__}: {e})",) * 2
         for mode, nf in (("single", 1), ("batch", args.frames)):
             k_ms = _kernel_ms_per_frame(cp, gpu, dev[0] if nf == 1 else dev, args.reps)
-            fps = _end_to_end_fps(gpu, host[0] if nf == 1 else host, args.reps)
+            fps = _end_to_end_fps(integ, host[0] if nf == 1 else host, args.reps)
             # Batched, the map is read once per 8 frames.
             per_frame_read = frame_bytes + out_bytes + map_bytes / (1 if nf == 1 else 8)
             hbm_ms = per_frame_read / (d2d / 2 * 1e9) * 1e3

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of issues 8 and 9 in one call on a GPU machine (the `device` tool's `run`:
 # device time is scarce and each call pays the machine's start): environment, the GPU tests,
-# each kernel's registers / local memory, benches/gpu.py and the CUDA stream benchmark. Each
-# step has its own time limit and log under $OUT, so a slow step never loses the others.
+# each kernel's registers / local memory, benches/gpu.py, benches/gpu_profile.py (plain and under
+# Nsight Compute), the CLI, compute-sanitizer and the CUDA stream benchmark. Each step has its
+# own time limit and appends to $OUT/steps.log, so a slow step never loses the others.
 #
 # The machine has Python 3.12 with CuPy, torch, h5py, tifffile, rich and pytest, no Rust and no
 # network. Prepare here first (see benches/README.md, "GPU integration"):
@@ -30,14 +31,16 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# Few files come back from the device tool: every step appends to one log.
+LOG=$OUT/steps.log
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
+step() {  # step NAME SECONDS COMMAND...: run with a limit, append to $LOG
     local name=$1 limit=$2
     shift 2
-    echo "=== $name (limit ${limit} s)"
+    echo "=== $name (limit ${limit} s)" | tee -a "$LOG"
     local t0=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-    echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+    echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
 step env 40 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total \
@@ -47,16 +50,61 @@ from radint.gpu import cuda_available
 print(\"radint\", radint.__version__, radint.__file__)
 print(\"cupy\", cupy.__version__, \"cuda_available:\", cuda_available())"'
 
-step pytest-gpu 180 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
-    tests/test_gpu.py tests/test_gpu_fit.py
+step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
+    --timeout 90 tests/test_gpu.py tests/test_gpu_fit.py
+
+step bench-gpu 150 python3 benches/gpu.py --markdown --frames 64 --reps 5
+
+step profile 60 python3 benches/gpu_profile.py
+
+# Per-kernel device time and DRAM bytes (Nsight Compute reads the counters on this machine).
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+step ncu 120 "$NCU" --clock-control none --csv --log-file "$OUT/ncu.csv" --metrics \
+    gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+    python3 benches/gpu_profile.py --kernels-only
+step ncu-summary 20 python3 benches/ncu_summary.py "$OUT/ncu.csv"
+
+# The CLI end to end on the bundled frames, CUDA against CPU (every float dataset compared).
+step cli-cuda 60 bash -c 'for b in cpu cuda; do python3 -c "import sys; from radint.cli import main; \
+    sys.exit(main())" integrate examples/parameters.txt examples/ceo2_pilatus.tif -o /tmp/cli-$b \
+    --backend $b --format nexus,xy --compression gzip || exit 1; done'
+step cli-compare 30 python3 - <<'PYEOF'
+import h5py
+import numpy as np
+
+def datasets(b):
+    out = {}
+    with h5py.File(f"/tmp/cli-{b}/ceo2_pilatus.h5") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     and o.dtype.kind == "f" and o.size > 1 else None)
+    return out
+
+c, g = datasets("cpu"), datasets("cuda")
+for k in sorted(c):
+    if k in g and c[k].shape == g[k].shape:
+        a, b = c[k], g[k]
+        both = np.isfinite(a) & np.isfinite(b)
+        rel = (np.abs(a[both] - b[both]).max() / max(np.abs(a[both]).max(), 1e-300)
+               if both.any() else 0.0)
+        bad = int((np.isfinite(a) != np.isfinite(b)).sum())
+        print(f"{k:60} nan-mismatch {bad:5}  max rel {rel:.2e}")
+PYEOF
+
+# Out-of-bounds and uninitialised accesses in the kernels, on small maps.
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+    /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+step sanitizer 90 "$SAN" --tool memcheck --error-exitcode 9 python3 -m pytest -q -x \
+    -p no:cacheprovider --import-mode=importlib tests/test_gpu.py -k "rules_on_random or staging"
+
+step bench-stream-cuda 60 python3 benches/stream.py --backend cuda --frames 300 --rounds 2
 
 # Per-thread local memory times resident threads is what the driver reserves on first launch.
-step kernel-attrs 40 python3 - <<'EOF'
+step kernel-attrs 40 python3 - <<'PYEOF'
 import cupy
 from radint.gpu import _module
 
 names = [f"ri_csr_{t}_{a}_{nb}" for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
-         for a in ("f64", "f32") for nb in ("nb1", "nb8")] + ["ri_finalize_cake", "ri_lineout"]
+         for a in ("f64", "f32") for nb in ("nb1", "nb8")] + ["ri_cross_u32", "ri_lineout"]
 dev = cupy.cuda.Device(0)
 resident = dev.attributes["MultiProcessorCount"] * dev.attributes["MaxThreadsPerMultiProcessor"]
 for module, kernels in (("integrate", names), ("fit", ["rf_fit_jobs"])):
@@ -69,8 +117,5 @@ for module, kernels in (("integrate", names), ("fit", ["rf_fit_jobs"])):
               f"local reservation {local * resident / 2**30:.2f} GiB")
 free, total = cupy.cuda.runtime.memGetInfo()
 print(f"device memory after loading both modules: {(total - free) / 2**30:.2f} GiB in use")
-EOF
-
-step bench-gpu 180 python3 benches/gpu.py --markdown --frames 64 --reps 5
-step bench-stream-cuda 90 python3 benches/stream.py --backend cuda --frames 300 --rounds 2
+PYEOF
 ls -la "$OUT"

@@ -291,7 +291,7 @@ def test_nvrtc_compiles_every_kernel():
         ptx = compile_ptx(arch="compute_80")
     except BackendUnavailableError as e:  # NVRTC shared library absent (no nvidia-cuda-nvrtc)
         pytest.skip(f"NVRTC library not loadable here: {e}")
-    names = ["ri_finalize_cake", "ri_lineout"]
+    names = ["ri_lineout"]
     for s in FRAME_DTYPES.values():
         names += [f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, 8)]
         names.append(f"ri_cross_{s}")
@@ -401,14 +401,52 @@ def test_cuda_rules_on_random_map(compat):
 @gpu
 @needs_cuda
 def test_cuda_example_frame(example_config):
-    """The bundled Pilatus example, CUDA vs Rust (float64, 1e-6 relative)."""
+    """The bundled Pilatus example (a 3-frame stack), CUDA vs Rust (float64, 1e-6 relative):
+    the stack and its first frame alone, with Poisson sigma."""
     import tifffile
 
     from tests.conftest import EXAMPLES
 
-    frame = tifffile.imread(EXAMPLES / "ceo2_pilatus.tif")
-    cpu = Integrator(example_config, backend="cpu")
-    cuda = Integrator(example_config, backend="cuda", detector_map=cpu.map)
-    got, want = cuda.integrate(frame), cpu.integrate(frame)
-    np.testing.assert_allclose(got.cake, want.cake, rtol=1e-6, atol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(got.lineout, want.lineout, rtol=1e-6, atol=1e-9, equal_nan=True)
+    frames = tifffile.imread(EXAMPLES / "ceo2_pilatus.tif")
+    assert frames.ndim == 3
+    cpu = Integrator(example_config, backend="cpu", error_model="poisson")
+    cuda = Integrator(example_config, backend="cuda", detector_map=cpu.map, error_model="poisson")
+    for got, want in (
+        (cuda.integrate_stack(frames), cpu.integrate_stack(frames)),
+        (cuda.integrate(frames[0]), cpu.integrate(frames[0])),
+    ):
+        for key in ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count"):
+            np.testing.assert_allclose(
+                getattr(got, key), getattr(want, key), rtol=1e-6, atol=1e-9, equal_nan=True,
+                err_msg=key,
+            )  # fmt: skip
+
+
+@gpu
+@needs_cuda
+def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
+    """Host frames staged in many small chunks over rotating streams (more passes than
+    streams), device frames used in place, and downloads of a subset of the results: all equal
+    the Rust engine; keys not asked for are not downloaded."""
+    import cupy as cp
+
+    import radint.gpu
+
+    cfg, m = small_map_mod
+    monkeypatch.setattr(radint.gpu, "STAGE_CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(22)
+    frames = rng.integers(0, 60000, (4 * radint.gpu.MAX_NB + 3, *m.shape)).astype(np.uint16)
+    cpu = Integrator(cfg, backend="cpu", detector_map=m)
+    want = cpu.integrate_stack(frames)
+    gpu = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
+    n, n_r, n_eta = frames.shape[0], m.n_r, m.n_eta
+    host = gpu.integrate(frames, keys=("cake", "lineout"))
+    assert set(host) == {"cake", "lineout", "n_frames"}
+    dev = gpu.integrate_device(cp.asarray(frames))
+    for got in (host, {k: cp.asnumpy(dev[k]) for k in ("cake", "lineout")}):
+        np.testing.assert_allclose(
+            got["cake"].reshape(n, n_eta, n_r), want.cake, rtol=1e-6, atol=1e-9, equal_nan=True
+        )
+        np.testing.assert_allclose(
+            got["lineout"].reshape(n, n_r), want.lineout, rtol=1e-6, atol=1e-9, equal_nan=True
+        )

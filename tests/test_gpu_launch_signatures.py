@@ -216,6 +216,17 @@ class _MemoryPointer:
         addr = src.value if isinstance(src, ctypes.c_void_p) else int(src)
         ctypes.memmove(a.ctypes.data, addr, int(nbytes))
 
+    def copy_to_host_async(self, dst: Any, nbytes: int, stream: Any = None) -> None:
+        a = self._owner._a
+        if not isinstance(nbytes, (int, np.integer)) or not 0 <= nbytes <= a.nbytes:
+            raise LaunchError(f"copy_to_host_async: {nbytes} bytes from a {a.nbytes}-byte buffer")
+        if stream is not None and not isinstance(stream, _Stream):
+            raise LaunchError(f"copy_to_host_async: stream {stream!r}")
+        if not a.flags.c_contiguous:
+            raise LaunchError("copy_to_host_async: from a non-contiguous view")
+        addr = dst.value if isinstance(dst, ctypes.c_void_p) else int(dst)
+        ctypes.memmove(addr, a.ctypes.data, int(nbytes))
+
 
 class DeviceArray:
     """A CuPy array stand-in: numpy memory, but no implicit conversion to the host."""
@@ -373,23 +384,20 @@ class KernelRecorder:
 # A kernel missing here is checked for its signature only.
 def _csr_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     nb, n_bins, n_pix, n_e = a["nb"], a["n_bins"], a["n_pixels"], a["pixel"]
-    out = {k: (">=", nb * n_bins) for k in ("signal", "area_out", "variance_out", "count")}
+    keys = ("signal", "area_out", "variance_out", "count", "cake", "sigma")
+    if n_bins % a["n_eta"]:
+        raise LaunchError(f"n_bins {n_bins} is not a multiple of n_eta {a['n_eta']}")
     return n_bins * 32, {
         "indptr": ("==", n_bins + 1), "area": ("==", n_e), "weight": ("==", n_e),
         "frames": (">=", nb * n_pix), "dark": ("==", n_pix), "scale": ("==", n_pix),
-        "variance": ("==", n_pix), **out,
+        "variance": ("==", n_pix), "mask_hit": ("==", n_bins),
+        **{k: (">=", nb * n_bins) for k in keys},
     }  # fmt: skip
-
-
-def _finalize_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
-    n = a["n_total"]
-    per_bin = {k: (">=", n) for k in ("signal", "area", "variance", "count", "cake", "sigma")}
-    return n, {"mask_hit": ("==", a["n_bins"]), **per_bin}
 
 
 def _cross_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     n_rows, n_r, n_pix = a["n_rows"], a["n_r"], a["n_pixels"]
-    return n_rows, {
+    return n_rows * 32, {
         "indptr": ("==", n_r + 1), "weight": ("==", a["pixel"]),
         "frames": (">=", -(-n_rows // n_r) * n_pix), "dark": ("==", n_pix),
         "scale": ("==", n_pix), "variance": ("==", n_pix), "cross": (">=", n_rows),
@@ -418,7 +426,6 @@ def _fit_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
 
 EXTENTS = {
     "ri_csr_*": _csr_extents,
-    "ri_finalize_cake": _finalize_extents,
     "ri_cross_*": _cross_extents,
     "ri_lineout": _lineout_extents,
     "rf_fit_jobs": _fit_extents,
@@ -678,7 +685,7 @@ def _drive_integrator(it: Integrator, config, dtypes, counts=(None, 1, 3, 9), ex
 # ---------------------------------------------------------------------------------- parser tests
 def test_parser_reads_every_kernel_as_compiled():
     ks = parse_kernels(kernel_source("integrate"))
-    expected = {"ri_finalize_cake", "ri_lineout"}
+    expected = {"ri_lineout"}
     for s in FRAME_DTYPES.values():
         expected |= {f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, MAX_NB)}
         expected.add(f"ri_cross_{s}")
@@ -767,7 +774,7 @@ def test_integrator_launches_match_signatures(fake_cupy, config, maps, opts):
     _drive_integrator(it, config, list(FRAME_DTYPES))
     names = {launch.kernel for launch in launched()}
     acc = "f32" if opts["precision"] == "float32" else "f64"
-    want = {"ri_finalize_cake", "ri_lineout"}
+    want = {"ri_lineout"}
     want |= {f"ri_csr_{s}_{acc}_nb{nb}" for s in FRAME_DTYPES.values() for nb in (1, MAX_NB)}
     if opts["compat"] is None and opts["lineout_mode"] == "area_weighted":
         want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}  # variance given or Poisson

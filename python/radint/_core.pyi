@@ -90,3 +90,7 @@ class MapCore:
     def save_midas(
         self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = ...
     ) -> None: ...
+
+def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
+    """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on
+    ``n_threads`` threads (default: all cores) with the GIL released."""

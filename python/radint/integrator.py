@@ -560,11 +560,15 @@ class Integrator:
         if self.backend == "cuda":
             a = frames if isinstance(frames, np.ndarray) else np.stack(frames)  # one upload
             gpu = self._gpu_backend()
-            dev = gpu.integrate_device(a, dark=dark_flat, variance=var_flat)
+            # What the Result holds (the per-bin signal only for the MIDAS CPU masked-bin
+            # values); the variance sums stay on the device.
+            keys = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+            if self.compat == "midas-cpu":
+                keys += ("signal",)
+            dev, out = gpu.run(a, dark_flat, var_flat, host_keys=keys)
             if self.fit is not None and self.fit.runs_on_gpu:
                 # Fitted where the lineouts already are; only the fit table comes back.
                 gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))
-            out = {k: (v if k == "n_frames" else gpu._cp.asnumpy(v)) for k, v in dev.items()}
         else:
             core = self.map._core
             if self._markers_by_map(parts[0]):

@@ -120,7 +120,7 @@ extern "C" void ri_host_finalize(const double* signal, const double* area, const
         double value, sig;
         ri_lineout_row(f, n_eta, signal + i0, area + i0, with_var ? variance + i0 : nullptr,
                        count + i0, mask_hit + (row % n_r) * ri_u64(n_eta), cake + i0,
-                       with_var ? sigma + i0 : nullptr, with_var, cross ? cross[row] : 0.0,
+                       with_var ? sigma + i0 : nullptr, 1, with_var, cross ? cross[row] : 0.0,
                        &value, &sig);
         line[row] = value;
         if (with_var) line_sigma[row] = sig;

@@ -12,12 +12,15 @@ Copies that remain (everything else is zero-copy):
   ``mask_hit`` (numpy views of Rust memory, no host copy) and the per-pixel scale go host → device
   once through ``cupy.asarray``.
 * **Frames, per call**: a numpy frame is copied into a pinned (page-locked) host buffer — the
-  caller's pageable memory cannot be DMA'd asynchronously — then host → device asynchronously on
-  one of several CUDA streams, so the copy of one block of frames overlaps the kernels of the
-  previous one. CuPy (device) frames are used in place, no copy at all.
+  caller's pageable memory cannot be DMA'd asynchronously — by all cores (``_core.copy_bytes``),
+  in chunks, each chunk's host → device DMA starting while the next one is copied; passes of
+  ``MAX_NB`` frames rotate over several CUDA streams, so one pass's upload overlaps the previous
+  pass's kernels. CuPy (device) frames are used in place, no copy at all.
 * **Dark / variance, per call**: host → device (one frame's worth of float64 each), when given.
 * **Results**: :meth:`CudaIntegrator.integrate_device` leaves them on the device (CuPy arrays);
-  :meth:`CudaIntegrator.integrate` copies them device → host once, at the end.
+  :meth:`CudaIntegrator.integrate` copies the arrays asked for device → host straight into
+  pinned host arrays (from CuPy's pinned memory pool, returned to it when the caller drops them),
+  each pass's share as soon as its kernels finish, overlapping the next pass.
 """
 
 from __future__ import annotations
@@ -56,8 +59,14 @@ FRAME_DTYPES = {
 MAX_NB = 8
 #: Threads per block of the CSR kernels (8 warps, one bin each); must be a multiple of 32.
 CSR_BLOCK = 256
-#: Threads per block of the finalize / lineout kernels.
+#: Threads per block of the lineout kernel.
 FINALIZE_BLOCK = 256
+#: Frame bytes staged (copied into pinned memory, then DMA'd) per step: the copy of one chunk
+#: overlaps the DMA of the one before.
+STAGE_CHUNK_BYTES = 4 << 20
+#: Result arrays :meth:`CudaIntegrator.integrate` downloads by default.
+HOST_KEYS = ("signal", "area", "count", "variance", "cake", "cake_sigma", "lineout",
+             "lineout_sigma")  # fmt: skip
 _RULES = {None: 0, "radint": 0, "midas-cpu": 1, "midas-gpu": 2}
 _LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
 # No fused multiply-adds: the kernels then round as the host harness that checks their
@@ -277,7 +286,6 @@ class CudaIntegrator:
             for acc in ("f64", "f32"):
                 for nb in (1, MAX_NB):
                     self._kernel(f"ri_csr_{dtype}_{acc}_nb{nb}")
-        self._kernel("ri_finalize_cake")
         self._kernel("ri_lineout")
 
     def _frame_buffers(self, k: int, dtype: np.dtype) -> tuple[np.ndarray, Any, Any]:
@@ -325,12 +333,34 @@ class CudaIntegrator:
         """Integrate frames ``(n_z, n_y)`` or ``(n_frames, n_z, n_y)``; results stay on the
         device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
         and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them)."""
+        return self.run(frames, dark, variance, host_keys=())[0]
+
+    def integrate(
+        self, frames: Any, dark: Any = None, variance: Any = None,
+        keys: tuple[str, ...] = HOST_KEYS,
+    ) -> dict[str, Any]:  # fmt: skip
+        """As :meth:`integrate_device`, with the results in ``keys`` (those present) copied to
+        host numpy arrays: the dict ``radint._core.integrate`` returns (``n_frames``,
+        ``signal``, ``area``, ``count``, [``variance``, ``cake_sigma``, ``lineout_sigma``],
+        ``cake``, ``lineout``), restricted to ``keys``."""
+        return self.run(frames, dark, variance, host_keys=keys)[1]
+
+    def run(
+        self, frames: Any, dark: Any, variance: Any, host_keys: tuple[str, ...]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Integrate; return the device results and host copies of those in ``host_keys``
+        (pinned numpy arrays, each pass downloaded as soon as its kernels finish). Both dicts
+        hold ``n_frames``."""
         # On this integrator's device whatever the calling thread's current one (its streams,
         # module and map live there).
         with self._cp.cuda.Device(self.device_id):
-            return self._integrate_device(frames, dark, variance)
+            return self._run(frames, dark, variance, host_keys)
 
-    def _integrate_device(self, frames: Any, dark: Any, variance: Any) -> dict[str, Any]:
+    def _run(
+        self, frames: Any, dark: Any, variance: Any, host_keys: tuple[str, ...]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        import cupyx
+
         cp = self._cp
         it = self.integrator
         flat, n, on_device = self._check_frames(frames)
@@ -340,56 +370,82 @@ class CudaIntegrator:
         var_mode = 2 if var_d is not None else (1 if it.error_model == "poisson" else 0)
         acc = "f32" if it.precision == "float32" else "f64"
         total = n * self.n_bins
+        # Every element is written by the kernels: no zeroing needed.
         out: dict[str, Any] = {
-            "signal": cp.zeros(total, dtype=np.float64),
-            "area": cp.zeros(total, dtype=np.float64),
-            "count": cp.zeros(total, dtype=np.uint32),
-            "cake": cp.zeros(total, dtype=np.float64),
-            "lineout": cp.zeros(n * self.n_r, dtype=np.float64),
+            "signal": cp.empty(total, dtype=np.float64),
+            "area": cp.empty(total, dtype=np.float64),
+            "count": cp.empty(total, dtype=np.uint32),
+            "cake": cp.empty(total, dtype=np.float64),
+            "lineout": cp.empty(n * self.n_r, dtype=np.float64),
         }
         if var_mode:
-            out["variance"] = cp.zeros(total, dtype=np.float64)
-            out["cake_sigma"] = cp.zeros(total, dtype=np.float64)
-            out["lineout_sigma"] = cp.zeros(n * self.n_r, dtype=np.float64)
-        if n == 0 or self.n_bins == 0:
-            out["n_frames"] = n
-            return out
-        fin = (
-            np.int32(_RULES[it.compat]),
-            np.int32(bool(it.config.normalize)),
-            np.int32(_LINEOUT[it.lineout_mode]),
-            np.int32(0),
-            np.float64(it.empty_value),
-        )
-        # What the caller's stream holds so far (the zeroed outputs, dark and variance uploads,
-        # whatever produced a device frame) must land before the worker streams read or write
-        # it: non-blocking streams do not wait for the default stream by themselves.
-        ready = cp.cuda.Event(block=False, disable_timing=True)
-        ready.record()
-        for s in self._streams:
-            s.wait_event(ready)
-        try:
-            self._launch_passes(flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin, out)
-        finally:
-            # Also after an error or an interrupt: nothing may still be copying into or out of
-            # buffers the memory pool is about to hand out again.
+            out["variance"] = cp.empty(total, dtype=np.float64)
+            out["cake_sigma"] = cp.empty(total, dtype=np.float64)
+            out["lineout_sigma"] = cp.empty(n * self.n_r, dtype=np.float64)
+        host = {
+            key: cupyx.empty_pinned(out[key].shape, dtype=out[key].dtype)
+            for key in host_keys
+            if key in out
+        }
+        if n > 0 and self.n_bins > 0:
+            fin = (
+                np.int32(_RULES[it.compat]),
+                np.int32(bool(it.config.normalize)),
+                np.int32(_LINEOUT[it.lineout_mode]),
+                np.int32(0),
+                np.float64(it.empty_value),
+            )
+            # What the caller's stream holds so far (dark and variance uploads, whatever
+            # produced a device frame) must land before the worker streams read it:
+            # non-blocking streams do not wait for the default stream by themselves.
+            ready = cp.cuda.Event(block=False, disable_timing=True)
+            ready.record()
             for s in self._streams:
-                s.synchronize()
-        for key in ("cake", "cake_sigma"):
-            # The kernels write bin-major (the lineout kernel reads the cake so); one device
-            # transpose gives the CPU engine's layout.
-            if key in out:
-                c = out[key].reshape(n, self.n_r, self.n_eta).transpose(0, 2, 1)
-                out[key] = cp.ascontiguousarray(c).reshape(-1)
+                s.wait_event(ready)
+            try:
+                self._launch_passes(
+                    flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin, out, host
+                )
+            finally:
+                # Also after an error or an interrupt: nothing may still be copying into or
+                # out of buffers the memory pools are about to hand out again.
+                for s in self._streams:
+                    s.synchronize()
         out["n_frames"] = n
-        return out
+        host["n_frames"] = n
+        return out, host
+
+    def _stage(self, k: int, dtype: np.dtype, src: np.ndarray, stream: Any) -> Any:
+        """Copy host frames ``src`` (flat) into stream k's pinned buffer and on to its device
+        buffer, chunk by chunk (all cores copy a chunk while the DMA of the previous one runs);
+        return the device buffer."""
+        from radint import _core
+
+        pinned, dev_buf, done = self._frame_buffers(k, dtype)
+        if done is not None:
+            done.synchronize()  # the previous H→D copy from this pinned buffer finished
+        step = max(1, STAGE_CHUNK_BYTES // dtype.itemsize)
+        pinned_bytes = pinned.view(np.uint8)
+        src_bytes = src.view(np.uint8)
+        size = dtype.itemsize
+        for c0 in range(0, src.size, step):
+            c1 = min(src.size, c0 + step)
+            _core.copy_bytes(pinned_bytes[c0 * size : c1 * size], src_bytes[c0 * size : c1 * size])
+            dev_buf[c0:c1].data.copy_from_host_async(
+                ctypes.c_void_p(pinned[c0:].ctypes.data), (c1 - c0) * size, stream
+            )
+        ev = self._cp.cuda.Event(block=False, disable_timing=True)
+        ev.record(stream)
+        self._buffers[k] = (pinned, dev_buf, ev)
+        return dev_buf
 
     def _launch_passes(
         self, flat: Any, n: int, on_device: bool, dtype: np.dtype, dark_d: Any, var_d: Any,
-        var_mode: int, acc: str, fin: tuple, out: dict[str, Any],
+        var_mode: int, acc: str, fin: tuple, out: dict[str, Any], host: dict[str, np.ndarray],
     ) -> None:  # fmt: skip
-        """Enqueue every pass of up to MAX_NB frames (copy, CSR, finalize, lineout) on the
-        rotating streams; the caller synchronises them."""
+        """Enqueue every pass of up to MAX_NB frames (upload, CSR + finalize, cross term,
+        lineout, downloads of ``host``'s arrays) on the rotating streams; the caller
+        synchronises them."""
         cp = self._cp
         csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
         it = self.integrator
@@ -400,26 +456,12 @@ class CudaIntegrator:
             nb = min(MAX_NB, n - f0)
             k = j % len(self._streams)
             stream = self._streams[k]
-            if on_device:
-                dev = flat[f0 * self.n_pixels : (f0 + nb) * self.n_pixels]
-            else:
-                pinned, dev_buf, done = self._frame_buffers(k, dtype)
-                if done is not None:
-                    done.synchronize()  # the previous H→D copy from this pinned buffer finished
-                m = nb * self.n_pixels
-                # Host copy into page-locked memory (needed for an asynchronous DMA).
-                np.copyto(pinned[:m], flat[f0 * self.n_pixels : f0 * self.n_pixels + m])
-                dev_buf.data.copy_from_host_async(
-                    ctypes.c_void_p(pinned.ctypes.data), m * dtype.itemsize, stream
-                )
-                ev = cp.cuda.Event(block=False, disable_timing=True)
-                ev.record(stream)
-                self._buffers[k] = (pinned, dev_buf, ev)
-                dev = dev_buf
+            p0, p1 = f0 * self.n_pixels, (f0 + nb) * self.n_pixels
+            dev = flat[p0:p1] if on_device else self._stage(k, dtype, flat[p0:p1], stream)
             o0, o1 = f0 * self.n_bins, (f0 + nb) * self.n_bins
             r0, r1 = f0 * self.n_r, (f0 + nb) * self.n_r
-            sl = {key: out[key][o0:o1] for key in _BIN_KEYS if key in out}
-            ln = {key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out}
+            per_bin = {key: out[key][o0:o1] for key in _BIN_KEYS if key in out}
+            per_row = {key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out}
             name = f"ri_csr_{FRAME_DTYPES[dtype]}_{acc}_nb{1 if nb == 1 else MAX_NB}"
             with stream:
                 self._kernel(name)(
@@ -434,71 +476,57 @@ class CudaIntegrator:
                         np.uint64(self.n_pixels),
                         np.int32(nb),
                         np.uint64(self.n_bins),
+                        np.int32(self.n_eta),
                         _opt(dark_d),
                         _opt(self.scale),
                         np.int32(var_mode),
                         _opt(var_d),
-                        sl["signal"],
-                        sl["area"],
-                        _opt(sl.get("variance")),
-                        sl["count"],
-                    ),
-                )
-                m_bins = nb * self.n_bins
-                self._kernel("ri_finalize_cake")(
-                    ((m_bins + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
-                    (FINALIZE_BLOCK,),
-                    (
-                        sl["signal"],
-                        sl["area"],
-                        _opt(sl.get("variance")),
-                        sl["count"],
                         self.mask_hit,
-                        np.uint64(self.n_bins),
-                        np.uint64(m_bins),
                         *fin,
-                        sl["cake"],
-                        _opt(sl.get("cake_sigma")),
+                        per_bin["signal"],
+                        per_bin["area"],
+                        _opt(per_bin.get("variance")),
+                        per_bin["count"],
+                        per_bin["cake"],
+                        _opt(per_bin.get("cake_sigma")),
                     ),
                 )
                 rows = nb * self.n_r
-                grid = ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,)
                 cross = None
                 if cross_arrays is not None:
                     cross = cp.empty(rows, dtype=np.float64)
                     self._kernel(f"ri_cross_{FRAME_DTYPES[dtype]}")(
-                        grid, (FINALIZE_BLOCK,),
+                        ((rows * 32 + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
                         (*cross_arrays, dev, np.uint64(self.n_pixels), np.uint64(self.n_r),
                          np.uint64(rows), _opt(dark_d), _opt(self.scale), np.int32(var_mode),
                          _opt(var_d), cross),
                     )  # fmt: skip
                 self._kernel("ri_lineout")(
-                    grid,
+                    ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
                     (FINALIZE_BLOCK,),
                     (
-                        sl["signal"],
-                        sl["area"],
-                        _opt(sl.get("variance")),
-                        sl["count"],
+                        per_bin["signal"],
+                        per_bin["area"],
+                        _opt(per_bin.get("variance")),
+                        per_bin["count"],
                         self.mask_hit,
-                        sl["cake"],
-                        _opt(sl.get("cake_sigma")),
+                        per_bin["cake"],
+                        _opt(per_bin.get("cake_sigma")),
                         _opt(cross),
                         np.int32(self.n_eta),
                         np.uint64(self.n_r),
                         np.uint64(rows),
                         *fin,
-                        ln["lineout"],
-                        _opt(ln.get("lineout_sigma")),
+                        per_row["lineout"],
+                        _opt(per_row.get("lineout_sigma")),
                     ),
                 )
-
-    def integrate(self, frames: Any, dark: Any = None, variance: Any = None) -> dict[str, Any]:
-        """As :meth:`integrate_device`, with the results copied to host numpy arrays: the dict
-        ``radint._core.integrate`` returns (keys ``n_frames``, ``signal``, ``area``, ``count``,
-        [``variance``, ``cake_sigma``, ``lineout_sigma``], ``cake``, ``lineout``)."""
-        d = self.integrate_device(frames, dark=dark, variance=variance)
-        return {k: (v if k == "n_frames" else self._cp.asnumpy(v)) for k, v in d.items()}
+            for key, h in host.items():
+                part = per_bin.get(key, per_row.get(key))
+                lo = o0 if key in per_bin else r0
+                part.data.copy_to_host_async(
+                    ctypes.c_void_p(h[lo:].ctypes.data), part.nbytes, stream
+                )
 
     def __repr__(self) -> str:
         return (

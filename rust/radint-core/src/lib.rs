@@ -2,7 +2,7 @@
 //!
 //! MIDAS parameter files ([`params`]), detector geometry ([`geometry`]), exact pixel splitting into
 //! a CSR [`map::DetectorMap`], MIDAS `Map.bin` files ([`midas_files`]), CSR integration
-//! ([`integrate`]) and peak fitting.
+//! ([`integrate`]), peak fitting, and a parallel byte copy for GPU staging ([`copy`]).
 
 // `!(x > 0.0)` is deliberate: it is true for NaN too. Index loops mirror the CSR formulas.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
 pub mod bins;
+pub mod copy;
 pub mod error;
 pub mod fit;
 pub mod gather;

@@ -687,6 +687,35 @@ fn integrate<'py>(
     Ok(d)
 }
 
+/// Copy the bytes of `src` into `dst` (1-D uint8 views of equal length) on `n_threads` threads
+/// with the GIL released: the CUDA backend stages frames into pinned host memory with it.
+#[pyfunction]
+#[pyo3(signature = (dst, src, n_threads=None))]
+fn copy_bytes(
+    py: Python<'_>,
+    mut dst: numpy::PyReadwriteArray1<'_, u8>,
+    src: PyReadonlyArray1<'_, u8>,
+    n_threads: Option<usize>,
+) -> PyResult<()> {
+    let src = src
+        .as_slice()
+        .map_err(|_| shape_error("copy_bytes: src must be contiguous".into()))?;
+    let dst = dst
+        .as_slice_mut()
+        .map_err(|_| shape_error("copy_bytes: dst must be contiguous".into()))?;
+    if dst.len() != src.len() {
+        return Err(shape_error(format!(
+            "copy_bytes: dst holds {} bytes, src {}",
+            dst.len(),
+            src.len()
+        )));
+    }
+    run_detached(py, n_threads, || {
+        radint_core::copy::copy_parallel(dst, src);
+        Ok(())
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -699,6 +728,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pixel_centres, m)?)?;
     m.add_function(wrap_pyfunction!(load_midas, m)?)?;
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     fit::register(m)?;
     Ok(())
 }

@@ -260,48 +260,57 @@ RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri
     *sigma = nan ? ri_nan() : sig;
 }
 
-// The covariance term of radial row `row` of one frame (DetectorMap.eta_cross): Σ over the
-// pixels the row shares between η bins of weight·scale²·var, over the pixels the bins count
-// (scale·(raw − dark) finite). Mirrors the Rust `lineout_cross`.
+// One map entry's share of the covariance term of its radial row (DetectorMap.eta_cross):
+// weight·scale²·var for a pixel the bins count (scale·(raw − dark) finite), else 0. Mirrors the
+// Rust `lineout_cross`.
+template <typename T>
+RI_HD double ri_cross_term(const ri_u32* pixel, const double* weight, const T* frame, ri_u64 e,
+                           const double* dark, const double* scale, int var_mode,
+                           const double* variance) {
+    const ri_u64 p = pixel[e];
+    const double sc = scale ? scale[p] : 1.0;
+    const double raw = double(frame[p]);
+    const double d = dark ? dark[p] : 0.0;
+    if (ri_invalid(sc * (raw - d))) return 0.0;
+    double var = 0.0;
+    if (var_mode == RI_VAR_POISSON) {
+        var = raw > 1.0 ? raw : 1.0;
+    } else if (var_mode == RI_VAR_GIVEN) {
+        var = variance[p];
+    }
+    return weight[e] * sc * sc * var;
+}
+
+// The covariance term of radial row `row` of one frame, summed in entry order (the kernel sums
+// the same terms lane-strided and combines the lanes with a shuffle tree).
 template <typename T>
 RI_HD double ri_row_cross(const ri_u64* indptr, const ri_u32* pixel, const double* weight,
                           const T* frame, ri_u64 row, const double* dark, const double* scale,
                           int var_mode, const double* variance) {
     double acc = 0.0;
-    for (ri_u64 e = indptr[row]; e < indptr[row + 1]; ++e) {
-        const ri_u64 p = pixel[e];
-        const double sc = scale ? scale[p] : 1.0;
-        const double raw = double(frame[p]);
-        const double d = dark ? dark[p] : 0.0;
-        if (ri_invalid(sc * (raw - d))) continue;
-        double var = 0.0;
-        if (var_mode == RI_VAR_POISSON) {
-            var = raw > 1.0 ? raw : 1.0;
-        } else if (var_mode == RI_VAR_GIVEN) {
-            var = variance[p];
-        }
-        acc += weight[e] * sc * sc * var;
-    }
+    for (ri_u64 e = indptr[row]; e < indptr[row + 1]; ++e)
+        acc += ri_cross_term<T>(pixel, weight, frame, e, dark, scale, var_mode, variance);
     return acc;
 }
 
 // Lineout value and sigma of one radial row: the n_eta consecutive bins (bin order r·n_eta + e)
-// starting at s/a/v/c/masked/cake/sigma. `cake` and `sigma` are this row's finalized values
-// (ri_finalize_bin). v and sigma may be null (with_var = 0).
+// starting at s/a/v/c/masked. `cake` and `sigma` are this row's finalized values
+// (ri_finalize_bin), bin e at cake[e·cake_stride] (1 for bin-major, n_r for an η-major cake).
+// v and sigma may be null (with_var = 0).
 RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const double* a,
                           const double* v, const ri_u32* c, const ri_u8* masked,
-                          const double* cake, const double* sigma, int with_var, double cross,
-                          double* line, double* line_sigma) {
+                          const double* cake, const double* sigma, ri_u64 cake_stride,
+                          int with_var, double cross, double* line, double* line_sigma) {
     const bool nonzero_mean = f.rules == RI_RULES_MIDAS_CPU ||
                               (f.rules == RI_RULES_RADINT && f.lineout == RI_LINEOUT_NONZERO_MEAN);
     if (nonzero_mean) {
         double sum = 0.0, var = 0.0;
         ri_u64 n = 0;
         for (int e = 0; e < n_eta; ++e) {
-            const double x = cake[e];
+            const double x = cake[e * cake_stride];
             if (x != 0.0 && !ri_isnan(x)) {
                 sum += x;
-                if (with_var) var += sigma[e] * sigma[e];
+                if (with_var) var += sigma[e * cake_stride] * sigma[e * cake_stride];
                 n += 1;
             }
         }
@@ -319,9 +328,13 @@ RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const
         double num = 0.0, den = 0.0, var = 0.0;
         for (int e = 0; e < n_eta; ++e) {
             if (a[e] > RI_MIDAS_GPU_MIN_AREA) {
-                num += cake[e] * a[e];
+                const double x = cake[e * cake_stride];
+                num += x * a[e];
                 den += a[e];
-                if (with_var) var += sigma[e] * sigma[e] * a[e] * a[e];
+                if (with_var) {
+                    const double sg = sigma[e * cake_stride];
+                    var += sg * sg * a[e] * a[e];
+                }
             }
         }
         if (den > 0.0) {

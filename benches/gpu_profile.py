@@ -1,0 +1,118 @@
+"""Where a CUDA frame's time goes (issue 8): host staging copy rates, transfer rates, and
+per-kernel device times for one Pilatus 2M uint32 frame and one 8-frame pass.
+
+Run on a GPU machine: ``python benches/gpu_profile.py``; for per-kernel times and DRAM bytes
+run it under Nsight Compute, which times each kernel launch the script makes::
+
+    ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,\\
+        dram__bytes_write.sum --csv python benches/gpu_profile.py --kernels-only
+
+Without a usable GPU it prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import _config  # benches/gpu.py: the same detector
+
+
+def _rate(fn, nbytes: int, reps: int = 20) -> float:
+    """GB/s of fn() (which moves nbytes), median of reps after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return nbytes / float(np.median(times)) / 1e9
+
+
+def _staging_rates(cp, label: str, src: np.ndarray) -> None:
+    import cupyx
+
+    from radint import _core
+
+    flat = src.reshape(-1)
+    pinned = cupyx.empty_pinned(flat.shape, dtype=flat.dtype)
+    dev = cp.empty(flat.shape, dtype=flat.dtype)
+    stream = cp.cuda.Stream(non_blocking=True)
+    nb = flat.nbytes
+
+    def h2d() -> None:
+        dev.data.copy_from_host_async(ctypes.c_void_p(pinned.ctypes.data), nb, stream)
+        stream.synchronize()
+
+    copyto = _rate(lambda: np.copyto(pinned, flat), nb)
+    parallel = _rate(lambda: _core.copy_bytes(pinned.view(np.uint8), flat.view(np.uint8)), nb)
+    print(
+        f"{label} ({nb / 1e6:.1f} MB): np.copyto -> pinned {copyto:.1f} GB/s; "
+        f"_core.copy_bytes -> pinned {parallel:.1f} GB/s; pinned H2D {_rate(h2d, nb):.1f} GB/s; "
+        f"pageable H2D {_rate(lambda: dev.set(flat), nb):.1f} GB/s"
+    )
+
+
+def host_rates(cp, frame: np.ndarray, out_bytes: int) -> None:
+    """Staging copies (pageable → pinned) and transfers, for one frame and for 8."""
+    import cupyx
+
+    _staging_rates(cp, "1 frame", frame)
+    _staging_rates(cp, "8 frames", np.stack([frame] * 8))
+    res = cp.empty(out_bytes // 8, dtype=np.float64)
+    pinned = cupyx.empty_pinned(res.shape, dtype=res.dtype)
+    print(
+        f"results ({out_bytes / 1e6:.1f} MB/frame): D2H pageable (asnumpy) "
+        f"{_rate(lambda: cp.asnumpy(res), out_bytes):.1f} GB/s, D2H pinned "
+        f"{_rate(lambda: res.get(out=pinned), out_bytes):.1f} GB/s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernels-only", action="store_true", help="only the launches ncu times")
+    args = ap.parse_args(argv)
+    from radint.gpu import cuda_available
+
+    ok, why = cuda_available()
+    if not ok:
+        print(f"benches/gpu_profile.py: nothing to profile here: {why}")
+        return 0
+    import cupy as cp
+
+    from radint import Integrator
+
+    cfg = _config((1679, 1475), 172)
+    integ = Integrator(cfg, backend="cuda", solid_angle=None, polarization=None)
+    gpu = integ._gpu_backend()
+    rng = np.random.default_rng(0)
+    host = rng.integers(0, 100000, (8, *cfg.shape)).astype(np.uint32)
+    dev = cp.asarray(host)
+    gpu.integrate_device(dev)  # compile, allocate, upload the cross-term arrays
+    cp.cuda.Device().synchronize()
+    if not args.kernels_only:
+        host_rates(cp, host[0], out_bytes=integ.map.n_bins * 8 * 5)
+        for label, frames in (("1 frame", dev[0]), ("8 frames", dev)):
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            for _ in range(20):
+                gpu.integrate_device(frames)
+            stop.record()
+            stop.synchronize()
+            print(f"integrate_device {label}: {cp.cuda.get_elapsed_time(start, stop) / 20:.3f} ms "
+                  "per call (device events, launch overhead included)")  # fmt: skip
+        return 0
+    gpu.integrate_device(dev[0])
+    gpu.integrate_device(dev)
+    cp.cuda.Device().synchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
