@@ -103,8 +103,8 @@ step kernel-attrs 40 python3 - <<'PYEOF'
 import cupy
 from radint.gpu import _module
 
-names = [f"ri_csr_{t}_{a}_{nb}" for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
-         for a in ("f64", "f32") for nb in ("nb1", "nb8")] + ["ri_cross_u32", "ri_lineout"]
+names = [f"ri_csr_{t}_{a}" for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
+         for a in ("f64", "f32")] + ["ri_cross_u32", "ri_lineout"]
 dev = cupy.cuda.Device(0)
 resident = dev.attributes["MultiProcessorCount"] * dev.attributes["MaxThreadsPerMultiProcessor"]
 for module, kernels in (("integrate", names), ("fit", ["rf_fit_jobs"])):

@@ -74,6 +74,41 @@ def host_rates(cp, frame: np.ndarray, out_bytes: int) -> None:
     )
 
 
+def breakdown(cp, integ, gpu, rng, n: int = 64) -> None:
+    """ms/frame of the end-to-end path with one part left out at a time (host vs device frames,
+    downloads or not, the Integrator's Result around it), then where the host time goes."""
+    import cProfile
+    import pstats
+
+    host = rng.integers(0, 100000, (n, *integ.config.shape)).astype(np.uint32)
+    dev = cp.asarray(host)
+    keys = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+    cases = {
+        "Integrator.integrate_stack(host frames)": lambda: integ.integrate_stack(host),
+        "run(host frames, download Result keys)": lambda: gpu.run(host, None, None, keys),
+        "run(host frames, no download)": lambda: gpu.run(host, None, None, ()),
+        "run(device frames, download Result keys)": lambda: gpu.run(dev, None, None, keys),
+        "run(device frames, no download)": lambda: gpu.run(dev, None, None, ()),
+    }
+    for label, fn in cases.items():
+        fn()
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fn()
+        cp.cuda.Device().synchronize()
+        print(f"{label:44} {(time.perf_counter() - t0) / (5 * n) * 1e3:7.3f} ms/frame")
+    for label, frames, reps in (("64-frame stacks", host, 5), ("single frames", host[0], 100)):
+        run = integ.integrate_stack if frames.ndim == 3 else integ.integrate
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(reps):
+            run(frames)
+        prof.disable()
+        print(f"--- host time, Integrator with {label} (top 12 by own time)")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernels-only", action="store_true", help="only the launches ncu times")
@@ -107,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.synchronize()
             print(f"integrate_device {label}: {cp.cuda.get_elapsed_time(start, stop) / 20:.3f} ms "
                   "per call (device events, launch overhead included)")  # fmt: skip
+        breakdown(cp, integ, gpu, rng)
         return 0
     gpu.integrate_device(dev[0])
     gpu.integrate_device(dev)

@@ -293,7 +293,7 @@ def test_nvrtc_compiles_every_kernel():
         pytest.skip(f"NVRTC library not loadable here: {e}")
     names = ["ri_lineout"]
     for s in FRAME_DTYPES.values():
-        names += [f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, 8)]
+        names += [f"ri_csr_{s}_{a}" for a in ("f64", "f32")]
         names.append(f"ri_cross_{s}")
     for name in names:
         assert f".entry {name}(" in ptx, name
@@ -305,6 +305,19 @@ def test_kernel_source_inlines_header():
     src = kernel_source()
     assert '#include "integrate.cuh"' not in src
     assert "ri_lane_accumulate" in src
+
+
+def test_launcher_constants_match_header():
+    """The launcher sizes grids with the header's lane counts and batch size."""
+    import re
+
+    import radint.gpu
+
+    src = radint.gpu.kernel_source()
+    defined = dict(re.findall(r"^#define (RI_\w+) (\d+)$", src, flags=re.M))
+    assert int(defined["RI_BIN_LANES"]) == radint.gpu.BIN_LANES
+    assert int(defined["RI_WARP"]) == radint.gpu.ROW_LANES
+    assert int(defined["RI_MAX_NB"]) == radint.gpu.MAX_NB
 
 
 # ---------------------------------------------------------------------------------- backend choice
@@ -425,8 +438,9 @@ def test_cuda_example_frame(example_config):
 @gpu
 @needs_cuda
 def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
-    """Host frames staged in many small chunks over rotating streams (more passes than
-    streams), device frames used in place, and downloads of a subset of the results: all equal
+    """Host frames (a stack, and a list of frames) staged in many small chunks over rotating
+    streams (more passes than streams), device frames used in place, and downloads of a subset
+    of the results: all equal
     the Rust engine; keys not asked for are not downloaded."""
     import cupy as cp
 
@@ -443,7 +457,8 @@ def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
     host = gpu.integrate(frames, keys=("cake", "lineout"))
     assert set(host) == {"cake", "lineout", "n_frames"}
     dev = gpu.integrate_device(cp.asarray(frames))
-    for got in (host, {k: cp.asnumpy(dev[k]) for k in ("cake", "lineout")}):
+    listed = gpu.integrate(list(frames), keys=("cake", "lineout"))
+    for got in (host, listed, {k: cp.asnumpy(dev[k]) for k in ("cake", "lineout")}):
         np.testing.assert_allclose(
             got["cake"].reshape(n, n_eta, n_r), want.cake, rtol=1e-6, atol=1e-9, equal_nan=True
         )

@@ -387,7 +387,7 @@ def _csr_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     keys = ("signal", "area_out", "variance_out", "count", "cake", "sigma")
     if n_bins % a["n_eta"]:
         raise LaunchError(f"n_bins {n_bins} is not a multiple of n_eta {a['n_eta']}")
-    return n_bins * 32, {
+    return nb * n_bins * radint.gpu.BIN_LANES, {
         "indptr": ("==", n_bins + 1), "area": ("==", n_e), "weight": ("==", n_e),
         "frames": (">=", nb * n_pix), "dark": ("==", n_pix), "scale": ("==", n_pix),
         "variance": ("==", n_pix), "mask_hit": ("==", n_bins),
@@ -397,7 +397,7 @@ def _csr_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
 
 def _cross_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     n_rows, n_r, n_pix = a["n_rows"], a["n_r"], a["n_pixels"]
-    return n_rows * 32, {
+    return n_rows * radint.gpu.ROW_LANES, {
         "indptr": ("==", n_r + 1), "weight": ("==", a["pixel"]),
         "frames": (">=", -(-n_rows // n_r) * n_pix), "dark": ("==", n_pix),
         "scale": ("==", n_pix), "variance": ("==", n_pix), "cross": (">=", n_rows),
@@ -407,7 +407,7 @@ def _cross_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
 def _lineout_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     n_rows, n_eta = a["n_rows"], a["n_eta"]
     keys = ("signal", "area", "variance", "count", "cake", "sigma")
-    return n_rows, {
+    return n_rows * radint.gpu.ROW_LANES, {
         "mask_hit": ("==", a["n_r"] * n_eta), **{k: (">=", n_rows * n_eta) for k in keys},
         "cross": (">=", n_rows), "line": (">=", n_rows), "line_sigma": (">=", n_rows),
     }  # fmt: skip
@@ -687,10 +687,10 @@ def test_parser_reads_every_kernel_as_compiled():
     ks = parse_kernels(kernel_source("integrate"))
     expected = {"ri_lineout"}
     for s in FRAME_DTYPES.values():
-        expected |= {f"ri_csr_{s}_{a}_nb{nb}" for a in ("f64", "f32") for nb in (1, MAX_NB)}
+        expected |= {f"ri_csr_{s}_{a}" for a in ("f64", "f32")}
         expected.add(f"ri_cross_{s}")
     assert set(ks) == expected
-    csr = ks["ri_csr_u16_f32_nb8"]
+    csr = ks["ri_csr_u16_f32"]
     assert csr.max_threads == 256
     assert [str(p) for p in csr.params[:7]] == [
         "const unsigned long long* indptr", "const unsigned int* pixel", "const float* area",
@@ -756,7 +756,7 @@ def test_recorder_rejects_wrong_launches(fake_cupy):
         with pytest.raises(LaunchError, match=match):
             rec((1,), (64,), args)
     csr = KernelRecorder(
-        parse_kernels(kernel_source("integrate"))["ri_csr_u8_f64_nb1"], [], extents=False
+        parse_kernels(kernel_source("integrate"))["ri_csr_u8_f64"], [], extents=False
     )
     args = tuple(
         cp.zeros(4, dtype=p.dtype) if p.pointer else p.dtype.type(1) for p in csr.kernel.params
@@ -775,7 +775,7 @@ def test_integrator_launches_match_signatures(fake_cupy, config, maps, opts):
     names = {launch.kernel for launch in launched()}
     acc = "f32" if opts["precision"] == "float32" else "f64"
     want = {"ri_lineout"}
-    want |= {f"ri_csr_{s}_{acc}_nb{nb}" for s in FRAME_DTYPES.values() for nb in (1, MAX_NB)}
+    want |= {f"ri_csr_{s}_{acc}" for s in FRAME_DTYPES.values()}
     if opts["compat"] is None and opts["lineout_mode"] == "area_weighted":
         want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}  # variance given or Poisson
     assert names == want, (sorted(want - names), sorted(names - want))
@@ -857,6 +857,23 @@ def test_cuda_integrator_streams_reuse_buffers(fake_cupy, config, maps):
     for dtype in (np.uint8, np.float64, np.uint8):
         out = gpu.integrate(_frames(config, dtype, 3 * MAX_NB + 1))
         assert out["lineout"].shape == ((3 * MAX_NB + 1) * it.map.n_r,)
+    # A list of separately held frames is staged frame by frame into the pinned buffer.
+    frames = _frames(config, np.uint16, MAX_NB + 2)
+    staged = []
+    real_stage = gpu._stage
+
+    def stage(k, dtype, parts, stream):
+        dev = real_stage(k, dtype, parts, stream)
+        staged.append(np.concatenate(parts))
+        assert np.array_equal(dev._a[: staged[-1].size], staged[-1])
+        return dev
+
+    gpu._stage = stage
+    out = gpu.integrate(list(frames), keys=("lineout",))
+    assert set(out) == {"lineout", "n_frames"} and out["n_frames"] == MAX_NB + 2
+    assert np.array_equal(np.concatenate(staged), frames.reshape(-1))
+    with pytest.raises(radint.exceptions.DtypeError, match="one dtype"):
+        gpu.integrate([frames[0], frames[1].astype(np.uint32)])
     grids = {launch.kernel[:6]: launch for launch in launched()}
     assert grids["ri_csr"].block == (radint.gpu.CSR_BLOCK,)
 
@@ -884,5 +901,5 @@ def test_recorder_checks_extents(fake_cupy):
         rec((1,), (256,), args(line=rows - 1))
     with pytest.raises(LaunchError, match="mask_hit holds 12 elements, needs == 6"):
         rec((1,), (256,), args(mask_hit=rows * n_eta))
-    with pytest.raises(LaunchError, match="threads for 6 work items"):
-        rec((1,), (4,), args())
+    with pytest.raises(LaunchError, match="threads for 192 work items"):  # a warp per row
+        rec((1,), (32,), args())

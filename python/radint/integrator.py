@@ -558,14 +558,14 @@ class Integrator:
         marked = 0  # pixels per frame the marker map leaves out
         parts = frames if isinstance(frames, list) else [frames]
         if self.backend == "cuda":
-            a = frames if isinstance(frames, np.ndarray) else np.stack(frames)  # one upload
             gpu = self._gpu_backend()
             # What the Result holds (the per-bin signal only for the MIDAS CPU masked-bin
             # values); the variance sums stay on the device.
             keys = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
             if self.compat == "midas-cpu":
                 keys += ("signal",)
-            dev, out = gpu.run(a, dark_flat, var_flat, host_keys=keys)
+            # A list of frames is staged frame by frame, never stacked on the host first.
+            dev, out = gpu.run(frames, dark_flat, var_flat, host_keys=keys)
             if self.fit is not None and self.fit.runs_on_gpu:
                 # Fitted where the lineouts already are; only the fit table comes back.
                 gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))

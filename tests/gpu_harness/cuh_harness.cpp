@@ -1,14 +1,14 @@
 // Host C++ driver for python/radint/gpu/kernels/integrate.cuh: runs the kernels' arithmetic on
-// the CPU the way the CUDA kernels schedule it (one emulated 32-lane warp per bin, lanes taking
+// the CPU the way the CUDA kernels schedule it (RI_BIN_LANES emulated lanes per bin, lanes taking
 // strided entries, the same shuffle-down tree), so tests/test_gpu.py can compare it with the Rust
 // engine without a GPU. Built by the test with g++ into a shared library and called via ctypes.
 #include "integrate.cuh"
 
-// Emulate __shfl_down_sync(off) + merge for offsets 16..1: after each step lane i holds
+// Emulate __shfl_down_sync(off) + merge for offsets RI_BIN_LANES/2..1: after each step lane i holds
 // lane i + lane i+off; only lanes below `off` matter for lane 0's final value.
 template <typename A, int NB>
-static void tree_reduce(RiAcc<A> (&lanes)[RI_WARP][NB]) {
-    for (int off = RI_WARP / 2; off > 0; off >>= 1) {
+static void tree_reduce(RiAcc<A> (&lanes)[RI_BIN_LANES][NB]) {
+    for (int off = RI_BIN_LANES / 2; off > 0; off >>= 1) {
         for (int i = 0; i < off; ++i) {
             for (int k = 0; k < NB; ++k) {
                 const RiAcc<A>& o = lanes[i + off][k];
@@ -24,12 +24,12 @@ static void csr_pass(const ri_u64* indptr, const ri_u32* pixel, const float* are
                      ri_u64 n_bins, const double* dark, const double* scale, int var_mode,
                      const double* variance, double* signal, double* area_out,
                      double* variance_out, ri_u32* count) {
-    static thread_local RiAcc<A> lanes[RI_WARP][NB];
+    static thread_local RiAcc<A> lanes[RI_BIN_LANES][NB];
     for (ri_u64 b = 0; b < n_bins; ++b) {
-        for (ri_u32 lane = 0; lane < RI_WARP; ++lane)
+        for (ri_u32 lane = 0; lane < RI_BIN_LANES; ++lane)
             ri_lane_accumulate<T, A, NB>(lanes[lane], nb, indptr, pixel, area, weight, frames,
                                          n_pixels, dark, scale, var_mode, variance, b, lane,
-                                         RI_WARP);
+                                         RI_BIN_LANES);
         tree_reduce<A, NB>(lanes);
         ri_store<A, NB>(lanes[0], nb, b, n_bins, signal, area_out, variance_out, count);
     }

@@ -55,12 +55,15 @@ FRAME_DTYPES = {
     np.dtype(np.float32): "f32",
     np.dtype(np.float64): "f64",
 }
-#: Frames integrated per pass over the map by the batched kernels (RI_MAX_NB in the header).
+#: Frames per pass: one pinned staging buffer, one CSR launch reading the map about once (its
+#: blocks interleave the frames; RI_MAX_NB in the header).
 MAX_NB = 8
-#: Threads per block of the CSR kernels (8 warps, one bin each); must be a multiple of 32.
+#: Threads per block of every integration kernel (8 warps); must be a multiple of 32.
 CSR_BLOCK = 256
-#: Threads per block of the lineout kernel.
-FINALIZE_BLOCK = 256
+#: Lanes per bin in the CSR kernels (RI_BIN_LANES in the header).
+BIN_LANES = 8
+#: Lanes per radial row in the cross-term and lineout kernels (a warp).
+ROW_LANES = 32
 #: Frame bytes staged (copied into pinned memory, then DMA'd) per step: the copy of one chunk
 #: overlaps the DMA of the one before.
 STAGE_CHUNK_BYTES = 4 << 20
@@ -284,8 +287,7 @@ class CudaIntegrator:
         for dtype in FRAME_DTYPES.values():
             self._kernel(f"ri_cross_{dtype}")
             for acc in ("f64", "f32"):
-                for nb in (1, MAX_NB):
-                    self._kernel(f"ri_csr_{dtype}_{acc}_nb{nb}")
+                self._kernel(f"ri_csr_{dtype}_{acc}")
         self._kernel("ri_lineout")
 
     def _frame_buffers(self, k: int, dtype: np.dtype) -> tuple[np.ndarray, Any, Any]:
@@ -299,10 +301,29 @@ class CudaIntegrator:
             self._buffers[k] = buf
         return buf
 
-    def _check_frames(self, frames: Any) -> tuple[Any, int, bool]:
+    def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:
+        """(frames, n, on_device, dtype): device frames as one flat CuPy array; host frames as a
+        list of flat per-frame numpy views (a list of separately received frames is staged
+        frame by frame, never stacked into one host array first)."""
+        if isinstance(frames, (list, tuple)):
+            if not frames:
+                raise ShapeError("frames: an empty list")
+            if all(hasattr(f, "__cuda_array_interface__") for f in frames):
+                frames = self._cp.stack(frames)  # one device copy
+            else:
+                parts = [self._check_frames(f) for f in frames]
+                dtypes = {p[3] for p in parts}
+                if len(dtypes) > 1 or any(p[2] for p in parts):
+                    raise DtypeError(
+                        "frames: a list must hold host frames of one dtype, got "
+                        f"{sorted(str(d) for d in dtypes)}"
+                    )
+                views = [v for p in parts for v in p[0]]
+                return views, len(views), False, parts[0][3]
         on_device = hasattr(frames, "__cuda_array_interface__")
         a = frames if on_device else np.asarray(frames)
-        if np.dtype(a.dtype) not in FRAME_DTYPES:
+        dtype = np.dtype(a.dtype)
+        if dtype not in FRAME_DTYPES:
             raise DtypeError(
                 f"frames: CUDA kernels take {sorted(str(d) for d in FRAME_DTYPES)}, got {a.dtype}"
             )
@@ -313,7 +334,15 @@ class CudaIntegrator:
         if not a.flags.c_contiguous:
             raise ShapeError("frames: expected a C-contiguous array")
         n = 1 if a.ndim == 2 else int(a.shape[0])
-        return a.reshape(n * self.n_pixels), n, on_device
+        flat = a.reshape(n * self.n_pixels)
+        if on_device:
+            return flat, n, True, dtype
+        return (
+            [flat[i * self.n_pixels : (i + 1) * self.n_pixels] for i in range(n)],
+            n,
+            False,
+            dtype,
+        )
 
     def _per_pixel(self, v: Any, what: str) -> Any:
         if v is None:
@@ -330,8 +359,8 @@ class CudaIntegrator:
     def integrate_device(
         self, frames: Any, dark: Any = None, variance: Any = None
     ) -> dict[str, Any]:
-        """Integrate frames ``(n_z, n_y)`` or ``(n_frames, n_z, n_y)``; results stay on the
-        device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
+        """Integrate frames ``(n_z, n_y)``, ``(n_frames, n_z, n_y)`` or a list of frames (numpy
+        or CuPy) of one dtype; results stay on the device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
         and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them)."""
         return self.run(frames, dark, variance, host_keys=())[0]
 
@@ -363,8 +392,7 @@ class CudaIntegrator:
 
         cp = self._cp
         it = self.integrator
-        flat, n, on_device = self._check_frames(frames)
-        dtype = np.dtype(flat.dtype)
+        flat, n, on_device, dtype = self._check_frames(frames)
         dark_d = self._per_pixel(dark, "dark")
         var_d = self._per_pixel(variance, "variance")
         var_mode = 2 if var_d is not None else (1 if it.error_model == "poisson" else 0)
@@ -400,72 +428,88 @@ class CudaIntegrator:
             # non-blocking streams do not wait for the default stream by themselves.
             ready = cp.cuda.Event(block=False, disable_timing=True)
             ready.record()
-            for s in self._streams:
+            streams = self._streams[: -(-n // MAX_NB)]  # one pass per stream at most
+            for s in streams:
                 s.wait_event(ready)
             try:
                 self._launch_passes(
-                    flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin, out, host
-                )
+                    streams, flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin,
+                    out, host,
+                )  # fmt: skip
             finally:
                 # Also after an error or an interrupt: nothing may still be copying into or
                 # out of buffers the memory pools are about to hand out again.
-                for s in self._streams:
+                for s in streams:
                     s.synchronize()
         out["n_frames"] = n
         host["n_frames"] = n
         return out, host
 
-    def _stage(self, k: int, dtype: np.dtype, src: np.ndarray, stream: Any) -> Any:
-        """Copy host frames ``src`` (flat) into stream k's pinned buffer and on to its device
-        buffer, chunk by chunk (all cores copy a chunk while the DMA of the previous one runs);
-        return the device buffer."""
+    def _stage(self, k: int, dtype: np.dtype, frames: list[np.ndarray], stream: Any) -> Any:
+        """Copy host frames (flat, one per frame) into stream k's pinned buffer and on to its
+        device buffer, chunk by chunk (all cores copy a chunk while the DMA of the previous one
+        runs); return the device buffer."""
         from radint import _core
 
         pinned, dev_buf, done = self._frame_buffers(k, dtype)
         if done is not None:
             done.synchronize()  # the previous H→D copy from this pinned buffer finished
         step = max(1, STAGE_CHUNK_BYTES // dtype.itemsize)
-        pinned_bytes = pinned.view(np.uint8)
-        src_bytes = src.view(np.uint8)
         size = dtype.itemsize
-        for c0 in range(0, src.size, step):
-            c1 = min(src.size, c0 + step)
-            _core.copy_bytes(pinned_bytes[c0 * size : c1 * size], src_bytes[c0 * size : c1 * size])
-            dev_buf[c0:c1].data.copy_from_host_async(
-                ctypes.c_void_p(pinned[c0:].ctypes.data), (c1 - c0) * size, stream
-            )
+        pinned_bytes = pinned.view(np.uint8)
+        for i, frame in enumerate(frames):
+            src_bytes = frame.view(np.uint8)
+            base = i * self.n_pixels
+            for c0 in range(0, self.n_pixels, step):
+                c1 = min(self.n_pixels, c0 + step)
+                _core.copy_bytes(
+                    pinned_bytes[(base + c0) * size : (base + c1) * size],
+                    src_bytes[c0 * size : c1 * size],
+                )
+                dev_buf[base + c0 : base + c1].data.copy_from_host_async(
+                    ctypes.c_void_p(pinned[base + c0 :].ctypes.data), (c1 - c0) * size, stream
+                )
         ev = self._cp.cuda.Event(block=False, disable_timing=True)
         ev.record(stream)
         self._buffers[k] = (pinned, dev_buf, ev)
         return dev_buf
 
     def _launch_passes(
-        self, flat: Any, n: int, on_device: bool, dtype: np.dtype, dark_d: Any, var_d: Any,
-        var_mode: int, acc: str, fin: tuple, out: dict[str, Any], host: dict[str, np.ndarray],
+        self, streams: list[Any], flat: Any, n: int, on_device: bool, dtype: np.dtype,
+        dark_d: Any, var_d: Any, var_mode: int, acc: str, fin: tuple, out: dict[str, Any],
+        host: dict[str, np.ndarray],
     ) -> None:  # fmt: skip
         """Enqueue every pass of up to MAX_NB frames (upload, CSR + finalize, cross term,
-        lineout, downloads of ``host``'s arrays) on the rotating streams; the caller
+        lineout, downloads of ``host``'s arrays) on ``streams`` in turn; the caller
         synchronises them."""
         cp = self._cp
-        csr_grid = (self.n_bins * 32 + CSR_BLOCK - 1) // CSR_BLOCK
+        csr_grid = (self.n_bins * BIN_LANES + CSR_BLOCK - 1) // CSR_BLOCK
         it = self.integrator
         # Pixels shared between η bins add to radint's area-weighted lineout variance.
         use_cross = var_mode and it.compat is None and it.lineout_mode == "area_weighted"
         cross_arrays = self._cross_arrays() if use_cross else None
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)
-            k = j % len(self._streams)
-            stream = self._streams[k]
-            p0, p1 = f0 * self.n_pixels, (f0 + nb) * self.n_pixels
-            dev = flat[p0:p1] if on_device else self._stage(k, dtype, flat[p0:p1], stream)
+            k = j % len(streams)
+            stream = streams[k]
+            if on_device:
+                dev = flat[f0 * self.n_pixels : (f0 + nb) * self.n_pixels]
+            else:
+                dev = self._stage(k, dtype, flat[f0 : f0 + nb], stream)
             o0, o1 = f0 * self.n_bins, (f0 + nb) * self.n_bins
             r0, r1 = f0 * self.n_r, (f0 + nb) * self.n_r
-            per_bin = {key: out[key][o0:o1] for key in _BIN_KEYS if key in out}
-            per_row = {key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out}
-            name = f"ri_csr_{FRAME_DTYPES[dtype]}_{acc}_nb{1 if nb == 1 else MAX_NB}"
+            if nb == n:  # one pass: the whole arrays (slicing costs microseconds per array)
+                per_bin = {key: out[key] for key in _BIN_KEYS if key in out}
+                per_row = {key: out[key] for key in ("lineout", "lineout_sigma") if key in out}
+            else:
+                per_bin = {key: out[key][o0:o1] for key in _BIN_KEYS if key in out}
+                per_row = {
+                    key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out
+                }
+            name = f"ri_csr_{FRAME_DTYPES[dtype]}_{acc}"
             with stream:
                 self._kernel(name)(
-                    (csr_grid,),
+                    (csr_grid * nb,),  # nb frames, interleaved by block
                     (CSR_BLOCK,),
                     (
                         self.indptr,
@@ -496,14 +540,14 @@ class CudaIntegrator:
                 if cross_arrays is not None:
                     cross = cp.empty(rows, dtype=np.float64)
                     self._kernel(f"ri_cross_{FRAME_DTYPES[dtype]}")(
-                        ((rows * 32 + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
+                        ((rows * ROW_LANES + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
                         (*cross_arrays, dev, np.uint64(self.n_pixels), np.uint64(self.n_r),
                          np.uint64(rows), _opt(dark_d), _opt(self.scale), np.int32(var_mode),
                          _opt(var_d), cross),
                     )  # fmt: skip
                 self._kernel("ri_lineout")(
-                    ((rows + FINALIZE_BLOCK - 1) // FINALIZE_BLOCK,),
-                    (FINALIZE_BLOCK,),
+                    ((rows * ROW_LANES + CSR_BLOCK - 1) // CSR_BLOCK,),
+                    (CSR_BLOCK,),
                     (
                         per_bin["signal"],
                         per_bin["area"],

@@ -33,9 +33,16 @@ typedef unsigned char ri_u8;
 typedef int ri_i32;
 typedef long long ri_i64;
 
-// Warp width the kernels use; the host harness emulates the same lane split and tree reduction.
+// Warp width; the cross-term and lineout kernels give each radial row a whole warp.
 #define RI_WARP 32
-// Frames integrated together per pass over the map (the batched kernels), as in the Rust engine.
+// Lanes that share one bin in the CSR kernels (a power of two ≤ RI_WARP): a bin holds a few
+// tens of map entries, so 8 lanes each take several, a shuffle tree of 3 steps combines them,
+// and the 4 bins of a warp are finalized and stored side by side. The host harness emulates
+// the same lane split and tree.
+#define RI_BIN_LANES 8
+// Frames per pass: one CSR launch (its blocks interleave the frames). The header's accumulate
+// and store also take NB frames per thread, as the host harness checks, though the kernels
+// instantiate NB = 1.
 #define RI_MAX_NB 8
 
 // Error models.
@@ -293,84 +300,124 @@ RI_HD double ri_row_cross(const ri_u64* indptr, const ri_u32* pixel, const doubl
     return acc;
 }
 
-// Lineout value and sigma of one radial row: the n_eta consecutive bins (bin order r·n_eta + e)
-// starting at s/a/v/c/masked. `cake` and `sigma` are this row's finalized values
-// (ri_finalize_bin), bin e at cake[e·cake_stride] (1 for bin-major, n_r for an η-major cake).
-// v and sigma may be null (with_var = 0).
-RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const double* a,
-                          const double* v, const ri_u32* c, const ri_u8* masked,
-                          const double* cake, const double* sigma, ri_u64 cake_stride,
-                          int with_var, double cross, double* line, double* line_sigma) {
-    const bool nonzero_mean = f.rules == RI_RULES_MIDAS_CPU ||
-                              (f.rules == RI_RULES_RADINT && f.lineout == RI_LINEOUT_NONZERO_MEAN);
-    if (nonzero_mean) {
-        double sum = 0.0, var = 0.0;
-        ri_u64 n = 0;
-        for (int e = 0; e < n_eta; ++e) {
-            const double x = cake[e * cake_stride];
-            if (x != 0.0 && !ri_isnan(x)) {
-                sum += x;
-                if (with_var) var += sigma[e * cake_stride] * sigma[e * cake_stride];
-                n += 1;
-            }
+// Lineout of one radial row, in pieces a warp can share: each lane adds some of the row's bins
+// (ri_line_add), lanes are merged (ri_line_merge), and the total gives the value and sigma
+// (ri_line_final). Which sums are kept depends on the reduction:
+//   area-weighted (radint):   x = Σ signal, y = Σ area, z = Σ variance, n = Σ count, dropped
+//   mean of non-zero bins:    x = Σ cake, z = Σ sigma², n = #bins
+//   MIDAS GPU:                x = Σ cake·area, y = Σ area, z = Σ sigma²·area²
+#define RI_LINE_AREA_WEIGHTED 0
+#define RI_LINE_NONZERO_MEAN 1
+#define RI_LINE_MIDAS_GPU 2
+
+struct RiLineAcc {
+    double x;
+    double y;
+    double z;
+    ri_u64 n;
+    int dropped;  // a bin was left out for touching a masked pixel
+};
+
+RI_HD int ri_line_kind(const RiFinalize& f) {
+    if (f.rules == RI_RULES_MIDAS_CPU ||
+        (f.rules == RI_RULES_RADINT && f.lineout == RI_LINEOUT_NONZERO_MEAN))
+        return RI_LINE_NONZERO_MEAN;
+    return f.rules == RI_RULES_MIDAS_GPU ? RI_LINE_MIDAS_GPU : RI_LINE_AREA_WEIGHTED;
+}
+
+RI_HD void ri_line_zero(RiLineAcc& acc) {
+    acc.x = 0.0;
+    acc.y = 0.0;
+    acc.z = 0.0;
+    acc.n = 0;
+    acc.dropped = 0;
+}
+
+// Add one bin: its sums s/a/v/c, masked flag and finalized cake value and sigma (v and sigma
+// are read only with with_var; cake and sigma only by the reductions that use them).
+RI_HD void ri_line_add(const RiFinalize& f, int kind, RiLineAcc& acc, int with_var, double s,
+                       double a, double v, ri_u32 c, ri_u8 masked, double cake, double sigma) {
+    if (kind == RI_LINE_NONZERO_MEAN) {
+        if (cake != 0.0 && !ri_isnan(cake)) {
+            acc.x += cake;
+            if (with_var) acc.z += sigma * sigma;
+            acc.n += 1;
         }
-        if (n == 0) {
+    } else if (kind == RI_LINE_MIDAS_GPU) {
+        if (a > RI_MIDAS_GPU_MIN_AREA) {
+            acc.x += cake * a;
+            acc.y += a;
+            if (with_var) acc.z += sigma * sigma * a * a;
+        }
+    } else if (ri_nan_masked(f) && masked != 0) {
+        acc.dropped = 1;
+    } else {
+        acc.x += s;
+        acc.y += a;
+        acc.n += c;
+        if (with_var) acc.z += v;
+    }
+}
+
+RI_HD void ri_line_merge(RiLineAcc& acc, double x, double y, double z, ri_u64 n, int dropped) {
+    acc.x += x;
+    acc.y += y;
+    acc.z += z;
+    acc.n += n;
+    acc.dropped |= dropped;
+}
+
+RI_HD void ri_line_final(const RiFinalize& f, int kind, const RiLineAcc& acc, int with_var,
+                         double cross, double* line, double* line_sigma) {
+    if (kind == RI_LINE_NONZERO_MEAN) {
+        if (acc.n == 0) {
             const int cpu = f.rules == RI_RULES_MIDAS_CPU;
             *line = cpu ? 0.0 : f.empty;
             *line_sigma = cpu ? 0.0 : ri_empty_sigma(f);
         } else {
-            *line = sum / double(n);
-            *line_sigma = RI_SQRT(var) / double(n);
+            *line = acc.x / double(acc.n);
+            *line_sigma = RI_SQRT(acc.z) / double(acc.n);
         }
         return;
     }
-    if (f.rules == RI_RULES_MIDAS_GPU) {
-        double num = 0.0, den = 0.0, var = 0.0;
-        for (int e = 0; e < n_eta; ++e) {
-            if (a[e] > RI_MIDAS_GPU_MIN_AREA) {
-                const double x = cake[e * cake_stride];
-                num += x * a[e];
-                den += a[e];
-                if (with_var) {
-                    const double sg = sigma[e * cake_stride];
-                    var += sg * sg * a[e] * a[e];
-                }
-            }
-        }
-        if (den > 0.0) {
-            *line = num / den;
-            *line_sigma = RI_SQRT(var) / den;
+    if (kind == RI_LINE_MIDAS_GPU) {
+        if (acc.y > 0.0) {
+            *line = acc.x / acc.y;
+            *line_sigma = RI_SQRT(acc.z) / acc.y;
         } else {
             *line = 0.0;
             *line_sigma = 0.0;
         }
         return;
     }
-    const bool nan_masked = ri_nan_masked(f);
-    double ss = 0.0, aa = 0.0, vv = 0.0;
-    ri_u64 cc = 0;
-    bool dropped = false;
-    for (int e = 0; e < n_eta; ++e) {
-        if (nan_masked && masked[e] != 0) {
-            dropped = true;
-            continue;
-        }
-        ss += s[e];
-        aa += a[e];
-        cc += c[e];
-        if (with_var) vv += v[e];
-    }
     // Pixels shared between the row's η bins: their covariance, unless a bin left out here may
     // hold some of them (as the Rust finalize).
-    if (with_var && !dropped) vv += cross;
-    if (cc == 0 || aa <= 0.0) {
+    const double vv = with_var && !acc.dropped ? acc.z + cross : acc.z;
+    if (acc.n == 0 || acc.y <= 0.0) {
         *line = f.empty;
         *line_sigma = ri_empty_sigma(f);
     } else if (f.normalize) {
-        *line = ss / aa;
-        *line_sigma = RI_SQRT(vv) / aa;
+        *line = acc.x / acc.y;
+        *line_sigma = RI_SQRT(vv) / acc.y;
     } else {
-        *line = ss;
+        *line = acc.x;
         *line_sigma = RI_SQRT(vv);
     }
+}
+
+// Lineout value and sigma of one radial row, its bins added in order: the n_eta consecutive
+// bins (bin order r·n_eta + e) starting at s/a/v/c/masked; `cake` and `sigma` are this row's
+// finalized values (ri_finalize_bin), bin e at cake[e·cake_stride]. v and sigma may be null
+// (with_var = 0).
+RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const double* a,
+                          const double* v, const ri_u32* c, const ri_u8* masked,
+                          const double* cake, const double* sigma, ri_u64 cake_stride,
+                          int with_var, double cross, double* line, double* line_sigma) {
+    const int kind = ri_line_kind(f);
+    RiLineAcc acc;
+    ri_line_zero(acc);
+    for (int e = 0; e < n_eta; ++e)
+        ri_line_add(f, kind, acc, with_var, s[e], a[e], with_var ? v[e] : 0.0, c[e], masked[e],
+                    cake[e * cake_stride], with_var ? sigma[e * cake_stride] : 0.0);
+    ri_line_final(f, kind, acc, with_var, cross, line, line_sigma);
 }
