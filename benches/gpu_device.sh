@@ -63,6 +63,11 @@ step ncu 120 "$NCU" --clock-control none --csv --log-file "$OUT/ncu.csv" --metri
     gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     python3 benches/gpu_profile.py --kernels-only
 step ncu-summary 20 python3 benches/ncu_summary.py "$OUT/ncu.csv"
+# Why the CSR kernel runs below the memory limit: occupancy, stall reasons, memory traffic.
+step ncu-csr 120 "$NCU" --clock-control none -k regex:ri_csr --launch-count 2 \
+    --section SpeedOfLight --section Occupancy --section SchedulerStats \
+    --section WarpStateStats --section MemoryWorkloadAnalysis \
+    python3 benches/gpu_profile.py --kernels-only
 
 # The CLI end to end on the bundled frames, CUDA against CPU (every float dataset compared).
 step cli-cuda 60 bash -c 'for b in cpu cuda; do python3 -c "import sys; from radint.cli import main; \

@@ -438,10 +438,10 @@ def test_cuda_example_frame(example_config):
 @gpu
 @needs_cuda
 def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
-    """Host frames (a stack, and a list of frames) staged in many small chunks over rotating
-    streams (more passes than streams), device frames used in place, and downloads of a subset
-    of the results: all equal
-    the Rust engine; keys not asked for are not downloaded."""
+    """Host frames (a stack, a list of frames) staged in many small chunks, page-locked frames
+    DMA'd as they are, over rotating streams (more passes than streams); device frames used in
+    place; downloads of a subset of the results: all equal the Rust engine, and keys not asked
+    for are not downloaded."""
     import cupy as cp
 
     import radint.gpu
@@ -458,7 +458,11 @@ def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
     assert set(host) == {"cake", "lineout", "n_frames"}
     dev = gpu.integrate_device(cp.asarray(frames))
     listed = gpu.integrate(list(frames), keys=("cake", "lineout"))
-    for got in (host, listed, {k: cp.asnumpy(dev[k]) for k in ("cake", "lineout")}):
+    locked = gpu.integrator.host_buffer(frames.shape, frames.dtype)  # DMA'd with no staging
+    locked[...] = frames
+    assert gpu._page_locked(locked) and not gpu._page_locked(frames)
+    pinned = gpu.integrate(locked, keys=("cake", "lineout"))
+    for got in (host, listed, pinned, {k: cp.asnumpy(dev[k]) for k in ("cake", "lineout")}):
         np.testing.assert_allclose(
             got["cake"].reshape(n, n_eta, n_r), want.cake, rtol=1e-6, atol=1e-9, equal_nan=True
         )

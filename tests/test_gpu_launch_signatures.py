@@ -525,6 +525,17 @@ def _host(a: Any) -> np.ndarray:
 
 
 def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
+    pinned: list[np.ndarray] = []  # "page-locked" host arrays, for pointerGetAttributes
+
+    def empty_pinned(shape: Any, dtype: Any = float) -> np.ndarray:
+        a = np.empty(shape, dtype=dtype)
+        pinned.append(a)
+        return a
+
+    def pointer_attributes(ptr: int) -> types.SimpleNamespace:
+        locked = any(a.ctypes.data <= ptr < a.ctypes.data + max(a.nbytes, 1) for a in pinned)
+        return types.SimpleNamespace(type=1 if locked else 0)  # cudaMemoryTypeHost / pageable
+
     cp = types.ModuleType("cupy")
     cp.__version__ = "0.0-fake"
     cp.ndarray = DeviceArray
@@ -563,11 +574,12 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
         runtime=types.SimpleNamespace(
             getDeviceCount=lambda: 1,
             getDeviceProperties=lambda i: {"name": b"fake GPU (launch signature test)"},
+            pointerGetAttributes=pointer_attributes,
         ),
     )
     cp.cuda = cuda
     cupyx = types.ModuleType("cupyx")
-    cupyx.empty_pinned = lambda shape, dtype=float: np.empty(shape, dtype=dtype)
+    cupyx.empty_pinned = empty_pinned
     return cp, cupyx
 
 
@@ -869,6 +881,18 @@ def test_cuda_integrator_streams_reuse_buffers(fake_cupy, config, maps):
         return dev
 
     gpu._stage = stage
+    # Frames in page-locked memory (Integrator.host_buffer) are DMA'd from there: no staging.
+    locked = it.host_buffer(frames.shape, frames.dtype)
+    locked[...] = frames
+    copies = []
+    real_copy = radint._core.copy_bytes
+    radint._core.copy_bytes = lambda *a, **k: copies.append(a)
+    try:
+        gpu.integrate(locked, keys=("lineout",))
+    finally:
+        radint._core.copy_bytes = real_copy
+    assert copies == [] and np.array_equal(np.concatenate(staged), frames.reshape(-1))
+    staged.clear()
     out = gpu.integrate(list(frames), keys=("lineout",))
     assert set(out) == {"lineout", "n_frames"} and out["n_frames"] == MAX_NB + 2
     assert np.array_equal(np.concatenate(staged), frames.reshape(-1))

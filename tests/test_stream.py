@@ -250,6 +250,33 @@ def test_frame_pool_hands_out_slab_rows_and_reuses_only_its_own():
     assert np.shares_memory(pool.take(12, "<u2"), rows[0]) and pool.allocated == 3
 
 
+def test_frame_pool_slabs_from_the_integrators_host_buffer(integrator, tmp_path):
+    """The pipeline makes its sources' slabs with Integrator.host_buffer (page-locked under the
+    CUDA backend); slabs whose memory belongs to a non-array buffer (as cupyx.empty_pinned's)
+    are recycled like numpy's own."""
+    made = []
+
+    def buffer_backed(shape, dtype):  # the memory is a bytearray, as a pinned allocation's
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        a = np.ndarray(shape, dtype=dtype, buffer=bytearray(n))
+        made.append(a)
+        return a
+
+    pool = FramePool(allocate=buffer_backed)
+    rows = [pool.take(12, "<u2") for _ in range(FramePool.SLOTS)]
+    assert len(made) == 1 and all(np.shares_memory(r, made[0]) for r in rows)
+    for r in rows:
+        pool.give_back(r.reshape(3, 4))
+    for _ in range(FramePool.SLOTS):
+        pool.give_back(pool.take(12, "<u2"))
+    assert pool.allocated == 1 and len(made) == 1  # reused, not reallocated
+
+    p, src = start_pipeline(integrator, tmp_path, max_frames=1)
+    assert src.pool.allocate == integrator.host_buffer
+    send_frames(((frame(0), "f0"),), port=src.port, mapping_file=None)
+    assert p.wait(30).written == 1
+
+
 def test_dataset_num_wrap_gives_unique_ids(integrator, tmp_path):
     p, src = start_pipeline(integrator, tmp_path, max_frames=6)
     frames = ((frame(i), f"f{i}") for i in range(6))

@@ -11,11 +11,12 @@ Copies that remain (everything else is zero-copy):
 * **Map, once per** :class:`CudaIntegrator`: ``indptr``, ``pixel``, ``area``, ``weight``,
   ``mask_hit`` (numpy views of Rust memory, no host copy) and the per-pixel scale go host → device
   once through ``cupy.asarray``.
-* **Frames, per call**: a numpy frame is copied into a pinned (page-locked) host buffer — the
-  caller's pageable memory cannot be DMA'd asynchronously — by all cores (``_core.copy_bytes``),
-  in chunks, each chunk's host → device DMA starting while the next one is copied; passes of
-  ``MAX_NB`` frames rotate over several CUDA streams, so one pass's upload overlaps the previous
-  pass's kernels. CuPy (device) frames are used in place, no copy at all.
+* **Frames, per call**: a frame already in page-locked memory (``Integrator.host_buffer``, which
+  ``radint stream`` receives into) goes host → device by DMA straight from there. Any other numpy
+  frame is first copied into a pinned buffer — pageable memory cannot be DMA'd asynchronously —
+  by all cores (``_core.copy_bytes``), in chunks, each chunk's DMA starting while the next one
+  is copied. Passes of ``MAX_NB`` frames rotate over several CUDA streams, so one pass's upload
+  overlaps the previous pass's kernels. CuPy (device) frames are used in place, no copy at all.
 * **Dark / variance, per call**: host → device (one frame's worth of float64 each), when given.
 * **Results**: :meth:`CudaIntegrator.integrate_device` leaves them on the device (CuPy arrays);
   :meth:`CudaIntegrator.integrate` copies the arrays asked for device → host straight into
@@ -458,8 +459,13 @@ class CudaIntegrator:
         size = dtype.itemsize
         pinned_bytes = pinned.view(np.uint8)
         for i, frame in enumerate(frames):
-            src_bytes = frame.view(np.uint8)
             base = i * self.n_pixels
+            if self._page_locked(frame):  # DMA straight from the caller's memory
+                dev_buf[base : base + self.n_pixels].data.copy_from_host_async(
+                    ctypes.c_void_p(frame.ctypes.data), frame.nbytes, stream
+                )
+                continue
+            src_bytes = frame.view(np.uint8)
             for c0 in range(0, self.n_pixels, step):
                 c1 = min(self.n_pixels, c0 + step)
                 _core.copy_bytes(
@@ -473,6 +479,15 @@ class CudaIntegrator:
         ev.record(stream)
         self._buffers[k] = (pinned, dev_buf, ev)
         return dev_buf
+
+    def _page_locked(self, a: np.ndarray) -> bool:
+        """Whether ``a``'s memory is page-locked for CUDA (``Integrator.host_buffer``,
+        ``cupyx.empty_pinned``, registered memory): the GPU can DMA it directly."""
+        try:
+            attrs = self._cp.cuda.runtime.pointerGetAttributes(a.ctypes.data)
+        except Exception:  # pageable memory on drivers that answer with an error
+            return False
+        return int(attrs.type) == 1  # cudaMemoryTypeHost
 
     def _launch_passes(
         self, streams: list[Any], flat: Any, n: int, on_device: bool, dtype: np.dtype,

@@ -82,8 +82,12 @@ class FramePool:
     SLOTS = 8
     SLAB_BYTES = 96 << 20
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 4, allocate: Any = np.empty) -> None:
         self.keep = keep
+        #: ``allocate(shape, dtype)`` makes a slab: :meth:`radint.Integrator.host_buffer` under
+        #: the CUDA backend, so frames are received straight into page-locked memory that the
+        #: GPU reads by DMA without a staging copy. Set before the first :meth:`take`.
+        self.allocate = allocate
         #: Slabs allocated because none was free (the rest were reused).
         self.allocated = 0
         self._current: dict[tuple[int, str], _Slab] = {}
@@ -104,7 +108,7 @@ class FramePool:
                 else:
                     frame_bytes = max(1, n * np.dtype(dtype).itemsize)
                     rows = max(1, min(self.SLOTS, self.SLAB_BYTES // frame_bytes))
-                    array = np.empty((rows, n), dtype=dtype)
+                    array = self.allocate((rows, n), dtype)
                     self.allocated += 1
                 slab = self._current[key] = self._live[id(array)] = _Slab(array)
             row = slab.array[slab.handed]

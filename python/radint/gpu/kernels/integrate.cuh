@@ -175,6 +175,11 @@ RI_HD void ri_lane_accumulate(RiAcc<A> (&acc)[NB], int nb, const ri_u64* indptr,
     for (int k = 0; k < NB; ++k) ri_acc_zero(acc[k]);
     const ri_u64 e0 = indptr[b];
     const ri_u64 e1 = indptr[b + 1];
+    // Unrolled on the GPU so that several entries' pixel loads, then their frame gathers, are
+    // in flight at once (the loop is bound by load latency); the sums keep their order.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll 4
+#endif
     for (ri_u64 e = e0 + lane; e < e1; e += n_lanes) {
         const ri_u64 p = pixel[e];
         const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
