@@ -8,7 +8,7 @@
 # The machine has Python 3.12 with CuPy, torch, h5py, tifffile, rich and pytest, no Rust and no
 # network. Prepare here first (see benches/README.md, "GPU integration"):
 #   bash benches/gpu_device.sh --prepare      # abi3 wheel + zarr and midas-integrate into .whl/
-# then call run(command="bash benches/gpu_device.sh", carry=[".whl"], timeout_s=580).
+# then call run(command="bash benches/gpu_device.sh", carry=[".whl"], timeout_s=300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
