@@ -214,6 +214,56 @@ def test_stack_buffers_recycle_only_their_own_arrays():
     pool2.give_back(small)
     pool2.give_back(large)
     assert pool2.take((500,), np.dtype(np.uint8)).base is large.base
+    # buffers of another allocator (page-locked ones for the CUDA backend) are kept apart; a
+    # buffer whose memory belongs to a non-array object (as cupyx.empty_pinned's) recycles too
+    made = []
+
+    def locked(n, dtype):
+        a = np.ndarray((n,), dtype=dtype, buffer=bytearray(n * np.dtype(dtype).itemsize))
+        made.append(a)
+        return a
+
+    pool3 = _StackBuffers(keep=3)
+    plain = pool3.take((64,), np.dtype(np.uint8))
+    pool3.give_back(plain)
+    pinned = pool3.take((8,), np.dtype(np.uint16), locked)
+    assert pinned.base is made[0] and pinned.base is not plain.base
+    pool3.give_back(pinned)
+    assert pool3.take((4,), np.dtype(np.uint32), locked).base is made[0]
+    assert pool3.take((4,), np.dtype(np.uint32)).base is plain.base and len(made) == 1
+
+
+def test_batch_reads_cuda_stacks_into_the_integrators_host_buffer(
+    series, small_config, monkeypatch
+):
+    """Under the CUDA backend the reader fills page-locked stacks (Integrator.host_buffer), which
+    the GPU then reads by DMA; checked with the integration itself stubbed (no GPU here)."""
+    import radint.batch as batch
+    from radint import Integrator
+
+    d, files, _ = series
+    integ = Integrator(small_config, n_threads=1)
+    allocated, seen = [], []
+
+    def host_buffer(shape, dtype):
+        a = np.empty(shape, dtype)
+        allocated.append(a)
+        return a
+
+    cpu = Integrator(small_config, n_threads=1)
+
+    def integrate_stack(data, dark=None):
+        seen.append(data)
+        return cpu.integrate_stack(data, dark=dark)
+
+    monkeypatch.setattr(integ, "backend", "cuda")
+    monkeypatch.setattr(integ, "host_buffer", host_buffer)
+    monkeypatch.setattr(integ, "integrate_stack", integrate_stack)
+    monkeypatch.setattr(batch, "_STACK_BUFFERS", batch._StackBuffers(keep=4))
+    out = list(batch.process_files(files[:2], str(d / "pinned"), ("nexus",), integrator=integ))
+    assert [o.ok for o in out] == [True, True], [o.error for o in out]
+    assert allocated and seen
+    assert all(any(np.shares_memory(s, a) for a in allocated) for s in seen)
 
 
 def test_process_files_writer_bug_raises_instead_of_hanging(series, small_config, monkeypatch):

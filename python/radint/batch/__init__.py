@@ -283,7 +283,9 @@ def process_files(
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
 
-        group = _Group()
+        # Page-locked stacks under CUDA (read where the GPU DMAs them); plain ones otherwise,
+        # recycled across the process's runs.
+        group = _Group(integ.host_buffer if integ.backend == "cuda" else np.empty)
         for i, path in enumerate(paths):
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
@@ -437,10 +439,13 @@ class _Group:
 
     :meth:`slots` offers the next free frames of the buffer to the reader (as its ``allocate``);
     a stack read into them is then :meth:`add`-ed. Files whose frames differ in shape or type,
-    or that have another dark, do not join.
+    or that have another dark, do not join. Buffers come from ``allocate(shape, dtype)``:
+    the Integrator's :meth:`~radint.Integrator.host_buffer`, page-locked under the CUDA
+    backend, so the GPU reads the frames by DMA where the reader put them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allocate: Any = np.empty) -> None:
+        self.allocate = allocate
         self._empty()
 
     def _empty(self) -> None:
@@ -459,8 +464,8 @@ class _Group:
             frame_bytes = int(np.prod(frame)) * np.dtype(dtype).itemsize
             capacity = max(1, min(STACK_FRAMES, STACK_BYTES // max(1, frame_bytes)))
             if n > capacity:
-                return _STACK_BUFFERS.take(shape, dtype)
-            self.buffer = _STACK_BUFFERS.take((capacity, *frame), dtype)
+                return _STACK_BUFFERS.take(shape, dtype, self.allocate)
+            self.buffer = _STACK_BUFFERS.take((capacity, *frame), dtype, self.allocate)
             self.dark = dark
         elif (
             self.buffer.shape[1:] != frame
@@ -468,7 +473,7 @@ class _Group:
             or self.dark is not dark
             or self.n + n > len(self.buffer)
         ):
-            return _STACK_BUFFERS.take(shape, dtype)
+            return _STACK_BUFFERS.take(shape, dtype, self.allocate)
         self._offered = self.buffer[self.n : self.n + n]
         return self._offered
 
@@ -514,32 +519,37 @@ class _StackBuffers:
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self._free: list[np.ndarray] = []
-        self._owned: dict[int, weakref.ref] = {}  # buffers made here (ids alone can be reused)
+        # Free buffers with the allocator that made them (pinned and plain are not swapped).
+        self._free: list[tuple[np.ndarray, Any]] = []
+        # Buffers made here (ids alone can be reused), with their allocator.
+        self._owned: dict[int, tuple[weakref.ref, Any]] = {}
         self._lock = threading.Lock()
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer when
-        one is free and large enough."""
+    def take(self, shape: tuple[int, ...], dtype: np.dtype, allocate: Any = np.empty) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer of
+        ``allocate``'s making when one is free and large enough, else ``allocate(n, uint8)``'s."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._lock:
-            k = next((k for k, b in enumerate(self._free) if b.nbytes >= nbytes), None)
-            raw = None if k is None else self._free.pop(k)
+            k = next(
+                (k for k, (b, a) in enumerate(self._free) if a == allocate and b.nbytes >= nbytes),
+                None,
+            )
+            raw = None if k is None else self._free.pop(k)[0]
         if raw is None:
-            raw = np.empty(nbytes, dtype=np.uint8)
+            raw = allocate(nbytes, np.uint8)
             with self._lock:
-                self._owned[id(raw)] = weakref.ref(raw)
+                self._owned[id(raw)] = (weakref.ref(raw), allocate)
         return np.ndarray(shape, dtype=dtype, buffer=raw)
 
     def give_back(self, array: np.ndarray) -> None:
         """Return an array ``take`` made (other arrays are ignored)."""
         raw = array.base
         with self._lock:
-            ref = self._owned.get(id(raw))
+            ref, allocate = self._owned.get(id(raw), (None, None))
             if raw is None or ref is None or ref() is not raw:
                 return
             if len(self._free) < self.keep:
-                self._free.append(raw)
+                self._free.append((raw, allocate))
             else:
                 del self._owned[id(raw)]
 
