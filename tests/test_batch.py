@@ -226,10 +226,10 @@ def test_stack_buffers_recycle_only_their_own_arrays():
     pool3 = _StackBuffers(keep=3)
     plain = pool3.take((64,), np.dtype(np.uint8))
     pool3.give_back(plain)
-    pinned = pool3.take((8,), np.dtype(np.uint16), locked)
+    pinned = pool3.take((8,), np.dtype(np.uint16), locked, "pinned")
     assert pinned.base is made[0] and pinned.base is not plain.base
     pool3.give_back(pinned)
-    assert pool3.take((4,), np.dtype(np.uint32), locked).base is made[0]
+    assert pool3.take((4,), np.dtype(np.uint32), locked, "pinned").base is made[0]
     assert pool3.take((4,), np.dtype(np.uint32)).base is plain.base and len(made) == 1
 
 

@@ -398,6 +398,7 @@ def test_cuda_rules_on_random_map(compat):
         precision = "float64"
         lineout_mode = "midas_nonzero_mean" if compat == "midas-cpu" else "area_weighted"
         empty_value = 0.0 if compat else np.nan
+        n_threads = None
 
         class config:
             normalize = True

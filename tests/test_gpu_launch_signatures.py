@@ -215,6 +215,8 @@ class _MemoryPointer:
             raise LaunchError(f"copy_from_host_async: stream {stream!r}")
         addr = src.value if isinstance(src, ctypes.c_void_p) else int(src)
         ctypes.memmove(a.ctypes.data, addr, int(nbytes))
+        if isinstance(stream, _Stream):
+            stream.pending.append((addr, addr + int(nbytes)))
 
     def copy_to_host_async(self, dst: Any, nbytes: int, stream: Any = None) -> None:
         a = self._owner._a
@@ -289,11 +291,17 @@ class DeviceArray:
 
 
 class _Stream:
+    """Tracks the host ranges its host→device copies read until they are known complete (the
+    stream or an event recorded after them synchronised): a host write into such a range is
+    the race the staging buffers must avoid (see ``_checked_copy_bytes``)."""
+
     def __init__(self, non_blocking: bool = False, null: bool = False) -> None:
         self.non_blocking = non_blocking
+        self.pending: list[tuple[int, int]] = []
+        _FAKE_STATE.setdefault("streams", []).append(self)
 
     def synchronize(self) -> None:
-        pass
+        self.pending.clear()
 
     def wait_event(self, event: Any) -> None:
         if not isinstance(event, _Event):
@@ -310,15 +318,21 @@ class _Event:
     def __init__(self, block: bool = False, disable_timing: bool = False,
                  interprocess: bool = False) -> None:  # fmt: skip
         self.recorded = False
+        self._stream: _Stream | None = None
+        self._covers: list[tuple[int, int]] = []
 
     def record(self, stream: Any = None) -> None:
         if stream is not None and not isinstance(stream, _Stream):
             raise LaunchError(f"Event.record({stream!r})")
         self.recorded = True
+        self._stream = stream
+        self._covers = list(stream.pending) if stream is not None else []
 
     def synchronize(self) -> None:
         if not self.recorded:
             raise LaunchError("Event.synchronize() before record()")
+        if self._stream is not None:  # the copies enqueued before the record are done
+            self._stream.pending = [r for r in self._stream.pending if r not in self._covers]
 
 
 class _Device:
@@ -517,7 +531,24 @@ class _RawModule:
         return KernelRecorder(self.kernels[name], _FAKE_STATE["log"], _FAKE_STATE["hook"])
 
 
-_FAKE_STATE: dict[str, Any] = {"log": [], "hook": None, "modules": []}
+_FAKE_STATE: dict[str, Any] = {"log": [], "hook": None, "modules": [], "streams": []}
+
+
+def _checked_copy_bytes(real: Any) -> Any:
+    """``_core.copy_bytes`` that first refuses to write host memory a host→device copy may
+    still be reading (a staging buffer reused before its DMA finished)."""
+
+    def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: Any = None) -> None:
+        lo, hi = dst.ctypes.data, dst.ctypes.data + dst.nbytes
+        for stream in _FAKE_STATE["streams"]:
+            for a, b in stream.pending:
+                if lo < b and a < hi:
+                    raise LaunchError(
+                        "host write into pinned memory that a host→device copy may still read"
+                    )
+        real(dst, src, n_threads=n_threads)
+
+    return copy_bytes
 
 
 def _host(a: Any) -> np.ndarray:
@@ -556,6 +587,7 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
         np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1).astype(dtype)
     )
     cp.full = lambda shape, fill_value, dtype=None: DeviceArray(np.full(shape, fill_value, dtype))
+    cp.concatenate = lambda arrays: DeviceArray(np.concatenate([_host(a) for a in arrays]))
     cp.ascontiguousarray = lambda a, dtype=None: DeviceArray(
         np.ascontiguousarray(_host(a), dtype=dtype)
     )
@@ -587,16 +619,17 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
 def fake_cupy(monkeypatch):
     """Fake ``cupy``/``cupyx`` in sys.modules; the launcher's module cache cleared before and
     after (so real GPU tests in the same process never get a fake module)."""
+    _FAKE_STATE.update(log=[], hook=None, modules=[], streams=[])
     cp, cupyx = make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    _FAKE_STATE.update(log=[], hook=None, modules=[])
+    monkeypatch.setattr(radint._core, "copy_bytes", _checked_copy_bytes(radint._core.copy_bytes))
     radint.gpu._module.cache_clear()
     try:
         yield cp
     finally:
         radint.gpu._module.cache_clear()
-        _FAKE_STATE.update(log=[], hook=None, modules=[])
+        _FAKE_STATE.update(log=[], hook=None, modules=[], streams=[])
 
 
 def launched() -> list[Launch]:
@@ -861,8 +894,9 @@ def test_integrator_with_gpu_fit_launches_match(fake_cupy, config, maps, bin_ave
 
 
 def test_cuda_integrator_streams_reuse_buffers(fake_cupy, config, maps):
-    """One stream: the pinned buffer is reused after its copy's event; dtype changes
-    reallocate; warm_up looks up only kernels that exist."""
+    """One stream: the pinned buffer is reused only after its copy's event (a reuse without
+    the wait is caught); dtype changes reallocate; warm_up looks up only kernels that exist;
+    lists of host or device frames, checked element by element."""
     it = Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None)
     gpu = radint.gpu.CudaIntegrator(it, n_streams=1)
     gpu.warm_up()
@@ -898,6 +932,25 @@ def test_cuda_integrator_streams_reuse_buffers(fake_cupy, config, maps):
     assert np.array_equal(np.concatenate(staged), frames.reshape(-1))
     with pytest.raises(radint.exceptions.DtypeError, match="one dtype"):
         gpu.integrate([frames[0], frames[1].astype(np.uint32)])
+    cp = fake_cupy
+    with pytest.raises(radint.exceptions.DtypeError, match="one kind"):
+        gpu.integrate([frames[0], cp.asarray(frames[1])])
+    with pytest.raises(radint.exceptions.ShapeError, match="expected shape"):
+        gpu.integrate([cp.asarray(frames[0]), cp.asarray(frames[1][:, :-1].copy())])
+    dev = gpu.integrate([cp.asarray(f) for f in frames[:3]], keys=("lineout",))
+    assert dev["n_frames"] == 3
+
+    # The staging race the streams' events prevent: without the wait for the previous copy
+    # from a pinned buffer, the next pass would write into it while the DMA may still read it.
+    real_sync = type(cp.cuda.Event()).synchronize
+    type(cp.cuda.Event()).synchronize = lambda self: None
+    try:
+        with pytest.raises(LaunchError, match="may still read"):
+            gpu.integrate(_frames(config, np.uint16, 2 * MAX_NB))
+    finally:
+        type(cp.cuda.Event()).synchronize = real_sync
+    for s in gpu._streams:
+        s.synchronize()
     grids = {launch.kernel[:6]: launch for launch in launched()}
     assert grids["ri_csr"].block == (radint.gpu.CSR_BLOCK,)
 

@@ -1143,3 +1143,71 @@ def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):
     spec = control.poll(start)
     assert spec.positions_px == (12.25, 24.5, 30.0)
     assert (tmp_path / "active_peaks.txt").read_text() == "12.2500\n24.5000\n30.0000\n"
+
+
+def _write_failure_run(integrator, tmp_path, monkeypatch, runs: list[int], end_with_first: bool):
+    """The writer's NexusWriter fails on its first block; runs of the given sizes were
+    integrated (the first one fails to be written). Returns (pipeline, writer thread)."""
+    from radint.stream.sources import StreamItem
+
+    class Boom:
+        def __init__(self, *a, **k):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline_mod, "NexusWriter", Boom)
+    if not end_with_first:  # a block is one run; else the block waits for, and takes, the end
+        monkeypatch.setattr(pipeline_mod, "WRITE_DELAY_S", 0.0)
+    p = Pipeline(integrator, [], tmp_path / "out")
+    start = 0
+    for k, n in enumerate(runs):
+        items = [
+            StreamItem(frame_id=start + i, data=frame(start + i), source="x", timestamp=0.0)
+            for i in range(n)
+        ]
+        start += n
+        p._write_budget.acquire(n)
+        p.results.put((items, integrator.integrate_stack([it.data for it in items])))
+        if k == 0 and end_with_first:
+            p.results.put(None)
+    if not end_with_first:
+        p.results.put(None)
+    t = threading.Thread(target=p._write_loop, daemon=True)
+    t.start()
+    t.join(10)
+    return p, t
+
+
+def test_write_error_counts_every_lost_frame(integrator, tmp_path, monkeypatch, caplog):
+    """Runs of several frames: each frame the writer could not write is counted as dropped
+    (the failed block and the runs still queued), so received = written + dropped."""
+    p, t = _write_failure_run(integrator, tmp_path, monkeypatch, [3, 8, 8], end_with_first=False)
+    assert not t.is_alive()
+    assert p.stats.dropped == 19 and p.written == 0
+    assert isinstance(p._error, OSError) and p._write_budget.held == 0
+
+
+def test_write_error_on_the_last_block_does_not_hang(integrator, tmp_path, monkeypatch):
+    """The end marker taken with the block whose write fails: the writer stops at once."""
+    p, t = _write_failure_run(integrator, tmp_path, monkeypatch, [4], end_with_first=True)
+    assert not t.is_alive() and p.stats.dropped == 4
+
+
+def test_write_budget_bounds_frames_not_runs():
+    """Integrated frames waiting for the writer are bounded in frames; a run larger than the
+    bound passes alone (never waits forever)."""
+    budget = pipeline_mod._FrameBudget(10)
+    budget.acquire(8)
+    waited = threading.Event()
+
+    def second():
+        budget.acquire(8)  # 16 > 10: waits for the writer
+        waited.set()
+
+    th = threading.Thread(target=second, daemon=True)
+    th.start()
+    assert not waited.wait(0.3)
+    budget.release(8)
+    assert waited.wait(5) and budget.held == 8
+    budget.release(8)
+    budget.acquire(25)  # larger than the bound, nothing held: passes
+    assert budget.held == 25

@@ -283,9 +283,10 @@ def process_files(
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
 
-        # Page-locked stacks under CUDA (read where the GPU DMAs them); plain ones otherwise,
-        # recycled across the process's runs.
-        group = _Group(integ.host_buffer if integ.backend == "cuda" else np.empty)
+        # Page-locked stacks under CUDA (read where the GPU DMAs them); plain ones otherwise.
+        # Either kind is recycled across the process's runs.
+        cuda = integ.backend == "cuda"
+        group = _Group(integ.host_buffer, "pinned") if cuda else _Group(np.empty, "plain")
         for i, path in enumerate(paths):
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
@@ -444,8 +445,9 @@ class _Group:
     backend, so the GPU reads the frames by DMA where the reader put them.
     """
 
-    def __init__(self, allocate: Any = np.empty) -> None:
+    def __init__(self, allocate: Any = np.empty, kind: str = "plain") -> None:
         self.allocate = allocate
+        self.kind = kind
         self._empty()
 
     def _empty(self) -> None:
@@ -464,8 +466,8 @@ class _Group:
             frame_bytes = int(np.prod(frame)) * np.dtype(dtype).itemsize
             capacity = max(1, min(STACK_FRAMES, STACK_BYTES // max(1, frame_bytes)))
             if n > capacity:
-                return _STACK_BUFFERS.take(shape, dtype, self.allocate)
-            self.buffer = _STACK_BUFFERS.take((capacity, *frame), dtype, self.allocate)
+                return _STACK_BUFFERS.take(shape, dtype, self.allocate, self.kind)
+            self.buffer = _STACK_BUFFERS.take((capacity, *frame), dtype, self.allocate, self.kind)
             self.dark = dark
         elif (
             self.buffer.shape[1:] != frame
@@ -473,7 +475,7 @@ class _Group:
             or self.dark is not dark
             or self.n + n > len(self.buffer)
         ):
-            return _STACK_BUFFERS.take(shape, dtype, self.allocate)
+            return _STACK_BUFFERS.take(shape, dtype, self.allocate, self.kind)
         self._offered = self.buffer[self.n : self.n + n]
         return self._offered
 
@@ -519,37 +521,41 @@ class _StackBuffers:
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        # Free buffers with the allocator that made them (pinned and plain are not swapped).
-        self._free: list[tuple[np.ndarray, Any]] = []
-        # Buffers made here (ids alone can be reused), with their allocator.
-        self._owned: dict[int, tuple[weakref.ref, Any]] = {}
+        # Free buffers with their kind ("plain", "pinned"): a kind is only reused as itself.
+        self._free: list[tuple[np.ndarray, str]] = []
+        # Buffers made here (ids alone can be reused), with their kind. Only the kind is kept,
+        # not the allocator, which may be a method holding an Integrator and its GPU state.
+        self._owned: dict[int, tuple[weakref.ref, str]] = {}
         self._lock = threading.Lock()
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype, allocate: Any = np.empty) -> np.ndarray:
+    def take(
+        self, shape: tuple[int, ...], dtype: np.dtype, allocate: Any = np.empty,
+        kind: str = "plain",
+    ) -> np.ndarray:  # fmt: skip
         """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer of
-        ``allocate``'s making when one is free and large enough, else ``allocate(n, uint8)``'s."""
+        ``kind`` when one is free and large enough, else in ``allocate(n, uint8)``."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._lock:
             k = next(
-                (k for k, (b, a) in enumerate(self._free) if a == allocate and b.nbytes >= nbytes),
+                (k for k, (b, c) in enumerate(self._free) if c == kind and b.nbytes >= nbytes),
                 None,
             )
             raw = None if k is None else self._free.pop(k)[0]
         if raw is None:
             raw = allocate(nbytes, np.uint8)
             with self._lock:
-                self._owned[id(raw)] = (weakref.ref(raw), allocate)
+                self._owned[id(raw)] = (weakref.ref(raw), kind)
         return np.ndarray(shape, dtype=dtype, buffer=raw)
 
     def give_back(self, array: np.ndarray) -> None:
         """Return an array ``take`` made (other arrays are ignored)."""
         raw = array.base
         with self._lock:
-            ref, allocate = self._owned.get(id(raw), (None, None))
+            ref, kind = self._owned.get(id(raw), (None, "plain"))
             if raw is None or ref is None or ref() is not raw:
                 return
             if len(self._free) < self.keep:
-                self._free.append((raw, allocate))
+                self._free.append((raw, kind))
             else:
                 del self._owned[id(raw)]
 

@@ -228,7 +228,7 @@ class CudaIntegrator:
     ----------
     integrator : radint.Integrator
         Supplies the map (uploaded once), the per-pixel scale, and the integration options
-        (precision, error model, rules, lineout mode, empty value).
+        (precision, error model, rules, lineout mode, empty value, threads for staging).
     n_streams : int
         CUDA streams (each with its own pinned and device frame buffer) that blocks of frames
         rotate over, so host → device copies overlap kernels.
@@ -309,18 +309,21 @@ class CudaIntegrator:
         if isinstance(frames, (list, tuple)):
             if not frames:
                 raise ShapeError("frames: an empty list")
-            if all(hasattr(f, "__cuda_array_interface__") for f in frames):
-                frames = self._cp.stack(frames)  # one device copy
-            else:
-                parts = [self._check_frames(f) for f in frames]
-                dtypes = {p[3] for p in parts}
-                if len(dtypes) > 1 or any(p[2] for p in parts):
-                    raise DtypeError(
-                        "frames: a list must hold host frames of one dtype, got "
-                        f"{sorted(str(d) for d in dtypes)}"
-                    )
-                views = [v for p in parts for v in p[0]]
-                return views, len(views), False, parts[0][3]
+            parts = [self._check_frames(f) for f in frames]  # each one's dtype and shape
+            if len({p[2] for p in parts}) > 1:
+                raise DtypeError(
+                    "frames: a list holds host (numpy) and device (CuPy) frames; pass one kind"
+                )
+            dtypes = {p[3] for p in parts}
+            if len(dtypes) > 1:
+                raise DtypeError(
+                    f"frames: a list must hold frames of one dtype, got "
+                    f"{sorted(str(d) for d in dtypes)}"
+                )
+            n = sum(p[1] for p in parts)
+            if parts[0][2]:  # device frames: one device copy into one array
+                return self._cp.concatenate([p[0] for p in parts]), n, True, parts[0][3]
+            return [v for p in parts for v in p[0]], n, False, parts[0][3]
         on_device = hasattr(frames, "__cuda_array_interface__")
         a = frames if on_device else np.asarray(frames)
         dtype = np.dtype(a.dtype)
@@ -471,6 +474,7 @@ class CudaIntegrator:
                 _core.copy_bytes(
                     pinned_bytes[(base + c0) * size : (base + c1) * size],
                     src_bytes[c0 * size : c1 * size],
+                    n_threads=self.integrator.n_threads,  # -nCPUsLocal, as the CPU engine
                 )
                 dev_buf[base + c0 : base + c1].data.copy_from_host_async(
                     ctypes.c_void_p(pinned[base + c0 :].ctypes.data), (c1 - c0) * size, stream

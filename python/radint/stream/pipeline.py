@@ -72,6 +72,29 @@ WRITE_BATCH = 32
 WRITE_DELAY_S = 0.25
 
 
+class _FrameBudget:
+    """Frames integrated but not yet taken by the writer, at most ``limit`` (the integrated
+    results queue holds whole runs of up to RUN_FRAMES frames, so it is bounded in frames here,
+    not in queue entries). A run larger than the limit still passes when nothing is held, so
+    no run waits forever."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.held = 0
+        self._cv = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cv:
+            while self.held > 0 and self.held + n > self.limit:
+                self._cv.wait(0.1)
+            self.held += n
+
+    def release(self, n: int) -> None:
+        with self._cv:
+            self.held -= n
+            self._cv.notify_all()
+
+
 class _StreamTable:
     """Per-frame ``entry/stream/{frame_id,source,timestamp,dataset_num}`` next to the NeXus rows.
 
@@ -149,7 +172,8 @@ class Pipeline:
     idle_timeout : float, optional
         Stop when no frame arrived for this many seconds.
     queue_size, write_queue_size : int
-        Bounds of the frame queue and of the integrated-results queue.
+        Bounds, in frames, of the frame queue and of the integrated frames waiting for the
+        writer.
     compression : str or None
         HDF5 filter for the per-frame rows (``None`` is fastest).
     control_dir : path, optional
@@ -197,9 +221,9 @@ class Pipeline:
         self._next_poll = 0.0
         self.stats = SourceStats()
         self.frames: queue.Queue[StreamItem] = queue.Queue(maxsize=queue_size)
-        self.results: queue.Queue[tuple[list[StreamItem], Any] | None] = queue.Queue(
-            maxsize=write_queue_size
-        )
+        # Whole runs of frames; bounded in frames by _write_budget.
+        self.results: queue.Queue[tuple[list[StreamItem], Any] | None] = queue.Queue()
+        self._write_budget = _FrameBudget(write_queue_size)
         self.integrated = 0
         self.written = 0
         self.accepted = 0
@@ -293,7 +317,8 @@ class Pipeline:
             item.release()  # the writer needs only the result and the item's id fields
         self.integrated += len(run)
         # The run stays one stack result: the writer appends it with one write per dataset
-        # (per-frame appends cost ~0.1 ms each in h5py, which capped the GPU stream).
+        # (per-frame appends cost ~0.1 ms each in h5py).
+        self._write_budget.acquire(len(run))
         self.results.put((run, result))
 
     def _integrate_loop(self) -> None:
@@ -348,6 +373,7 @@ class Pipeline:
             return [], False
         if first is None:
             return [], True
+        self._write_budget.release(len(first[0]))
         batch = [first]
         n_frames = len(first[0])
         deadline = time.monotonic() + WRITE_DELAY_S
@@ -361,6 +387,7 @@ class Pipeline:
                 break
             if job is None:
                 return batch, True
+            self._write_budget.release(len(job[0]))
             batch.append(job)
             n_frames += len(job[0])
         return batch, False
@@ -371,8 +398,9 @@ class Pipeline:
         bins: dict[str, Any] = {}
         last_flush = time.monotonic()
         unflushed = False
+        done = False  # the end marker was taken
+        in_hand = 0  # frames taken from the queue and not yet counted as written
         try:
-            done = False
             while not done:
                 # With frames not yet flushed, wake up in time to flush them even if no more
                 # come (a burst's end must be readable too, not only at exit).
@@ -386,6 +414,7 @@ class Pipeline:
                         last_flush, unflushed = time.monotonic(), False
                     continue
                 items = [item for group, _ in batch for item in group]
+                in_hand = len(items)
                 if writer is None:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
                     writer = NexusWriter(
@@ -414,6 +443,7 @@ class Pipeline:
                         f.flush()  # tail these files
                 before = self.written
                 self.written += len(items)
+                in_hand = 0
                 now = time.monotonic()
                 if (
                     before == 0
@@ -430,8 +460,12 @@ class Pipeline:
             self._error = e
             log.error("stream: writing %s failed: %s", self.output, e)
             self.stop()
-            while self.results.get() is not None:
-                self.stats.add("dropped")
+            # The block that failed and what was still coming are dropped (and counted, frame by
+            # frame); the end marker may have come with the failed block.
+            self.stats.add("dropped", in_hand)
+            while not done and (job := self.results.get()) is not None:
+                self._write_budget.release(len(job[0]))
+                self.stats.add("dropped", len(job[0]))
         finally:
             # After a write error (disk full) closing can fail too; it must not hide the first
             # error or kill the thread with a traceback.
@@ -591,7 +625,7 @@ class Pipeline:
             "written": self.written,
             "dropped": self.stats.dropped,
             "queue": self.frames.qsize(),
-            "write_queue": self.results.qsize(),
+            "write_queue": self._write_budget.held,
         }
 
     def _keep_previous_run(self) -> None:
