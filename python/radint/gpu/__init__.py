@@ -66,8 +66,10 @@ BIN_LANES = 8
 #: Lanes per radial row in the cross-term and lineout kernels (a warp).
 ROW_LANES = 32
 #: Frame bytes staged (copied into pinned memory, then DMA'd) per step: the copy of one chunk
-#: overlaps the DMA of the one before.
-STAGE_CHUNK_BYTES = 4 << 20
+#: overlaps the DMA of the one before. Large on purpose: each copy wakes the rayon pool, ~0.1 ms
+#: and more (on the H200 machine 4 MiB chunks copied at ~14 GB/s in the pipeline, one 10 MB
+#: call at 40-76 GB/s, one 80 MB call at 116-140 GB/s).
+STAGE_CHUNK_BYTES = 64 << 20
 #: Result arrays :meth:`CudaIntegrator.integrate` downloads by default.
 HOST_KEYS = ("signal", "area", "count", "variance", "cake", "cake_sigma", "lineout",
              "lineout_sigma")  # fmt: skip
@@ -304,8 +306,9 @@ class CudaIntegrator:
 
     def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:
         """(frames, n, on_device, dtype): device frames as one flat CuPy array; host frames as a
-        list of flat per-frame numpy views (a list of separately received frames is staged
-        frame by frame, never stacked into one host array first)."""
+        list of flat blocks of whole frames, one per contiguous input array (a list of
+        separately received frames is staged frame by frame, never stacked into one host array
+        first)."""
         if isinstance(frames, (list, tuple)):
             if not frames:
                 raise ShapeError("frames: an empty list")
@@ -339,14 +342,20 @@ class CudaIntegrator:
             raise ShapeError("frames: expected a C-contiguous array")
         n = 1 if a.ndim == 2 else int(a.shape[0])
         flat = a.reshape(n * self.n_pixels)
-        if on_device:
-            return flat, n, True, dtype
-        return (
-            [flat[i * self.n_pixels : (i + 1) * self.n_pixels] for i in range(n)],
-            n,
-            False,
-            dtype,
-        )
+        return (flat if on_device else [flat]), n, on_device, dtype
+
+    def _pass_blocks(self, blocks: list[np.ndarray], f0: int, nb: int) -> list[np.ndarray]:
+        """The parts of host ``blocks`` (flat, whole frames each) holding frames f0 .. f0+nb-1."""
+        out, start = [], 0  # start: index of the block's first frame
+        for block in blocks:
+            n_frames = block.size // self.n_pixels
+            lo, hi = max(f0, start), min(f0 + nb, start + n_frames)
+            if lo < hi:
+                out.append(block[(lo - start) * self.n_pixels : (hi - start) * self.n_pixels])
+            start += n_frames
+            if start >= f0 + nb:
+                break
+        return out
 
     def _per_pixel(self, v: Any, what: str) -> Any:
         if v is None:
@@ -449,10 +458,11 @@ class CudaIntegrator:
         host["n_frames"] = n
         return out, host
 
-    def _stage(self, k: int, dtype: np.dtype, frames: list[np.ndarray], stream: Any) -> Any:
-        """Copy host frames (flat, one per frame) into stream k's pinned buffer and on to its
-        device buffer, chunk by chunk (all cores copy a chunk while the DMA of the previous one
-        runs); return the device buffer."""
+    def _stage(self, k: int, dtype: np.dtype, blocks: list[np.ndarray], stream: Any) -> Any:
+        """Copy host frames (``blocks``: flat, contiguous, whole frames each) into stream k's
+        pinned buffer and on to its device buffer, chunk by chunk (all cores copy a chunk while
+        the DMA of the previous one runs); page-locked blocks go by DMA as they are. Return the
+        device buffer."""
         from radint import _core
 
         pinned, dev_buf, done = self._frame_buffers(k, dtype)
@@ -461,16 +471,17 @@ class CudaIntegrator:
         step = max(1, STAGE_CHUNK_BYTES // dtype.itemsize)
         size = dtype.itemsize
         pinned_bytes = pinned.view(np.uint8)
-        for i, frame in enumerate(frames):
-            base = i * self.n_pixels
-            if self._page_locked(frame):  # DMA straight from the caller's memory
-                dev_buf[base : base + self.n_pixels].data.copy_from_host_async(
-                    ctypes.c_void_p(frame.ctypes.data), frame.nbytes, stream
+        base = 0  # elements of the pass staged so far
+        for block in blocks:
+            if self._page_locked(block):  # DMA straight from the caller's memory
+                dev_buf[base : base + block.size].data.copy_from_host_async(
+                    ctypes.c_void_p(block.ctypes.data), block.nbytes, stream
                 )
+                base += block.size
                 continue
-            src_bytes = frame.view(np.uint8)
-            for c0 in range(0, self.n_pixels, step):
-                c1 = min(self.n_pixels, c0 + step)
+            src_bytes = block.view(np.uint8)
+            for c0 in range(0, block.size, step):
+                c1 = min(block.size, c0 + step)
                 _core.copy_bytes(
                     pinned_bytes[(base + c0) * size : (base + c1) * size],
                     src_bytes[c0 * size : c1 * size],
@@ -479,6 +490,7 @@ class CudaIntegrator:
                 dev_buf[base + c0 : base + c1].data.copy_from_host_async(
                     ctypes.c_void_p(pinned[base + c0 :].ctypes.data), (c1 - c0) * size, stream
                 )
+            base += block.size
         ev = self._cp.cuda.Event(block=False, disable_timing=True)
         ev.record(stream)
         self._buffers[k] = (pinned, dev_buf, ev)
@@ -514,7 +526,7 @@ class CudaIntegrator:
             if on_device:
                 dev = flat[f0 * self.n_pixels : (f0 + nb) * self.n_pixels]
             else:
-                dev = self._stage(k, dtype, flat[f0 : f0 + nb], stream)
+                dev = self._stage(k, dtype, self._pass_blocks(flat, f0, nb), stream)
             o0, o1 = f0 * self.n_bins, (f0 + nb) * self.n_bins
             r0, r1 = f0 * self.n_r, (f0 + nb) * self.n_r
             if nb == n:  # one pass: the whole arrays (slicing costs microseconds per array)
