@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import re
 import shutil
@@ -216,7 +217,7 @@ class _MemoryPointer:
         addr = src.value if isinstance(src, ctypes.c_void_p) else int(src)
         ctypes.memmove(a.ctypes.data, addr, int(nbytes))
         if isinstance(stream, _Stream):
-            stream.pending.append((addr, addr + int(nbytes)))
+            stream.pending.append((addr, addr + int(nbytes), next(_COPY_IDS)))
 
     def copy_to_host_async(self, dst: Any, nbytes: int, stream: Any = None) -> None:
         a = self._owner._a
@@ -297,7 +298,7 @@ class _Stream:
 
     def __init__(self, non_blocking: bool = False, null: bool = False) -> None:
         self.non_blocking = non_blocking
-        self.pending: list[tuple[int, int]] = []
+        self.pending: list[tuple[int, int, int]] = []  # (lo, hi, copy id)
         _FAKE_STATE.setdefault("streams", []).append(self)
 
     def synchronize(self) -> None:
@@ -319,20 +320,20 @@ class _Event:
                  interprocess: bool = False) -> None:  # fmt: skip
         self.recorded = False
         self._stream: _Stream | None = None
-        self._covers: list[tuple[int, int]] = []
+        self._covers: set[int] = set()  # ids of the copies enqueued before the record
 
     def record(self, stream: Any = None) -> None:
         if stream is not None and not isinstance(stream, _Stream):
             raise LaunchError(f"Event.record({stream!r})")
         self.recorded = True
         self._stream = stream
-        self._covers = list(stream.pending) if stream is not None else []
+        self._covers = {c for _, _, c in stream.pending} if stream is not None else set()
 
     def synchronize(self) -> None:
         if not self.recorded:
             raise LaunchError("Event.synchronize() before record()")
         if self._stream is not None:  # the copies enqueued before the record are done
-            self._stream.pending = [r for r in self._stream.pending if r not in self._covers]
+            self._stream.pending = [r for r in self._stream.pending if r[2] not in self._covers]
 
 
 class _Device:
@@ -532,6 +533,7 @@ class _RawModule:
 
 
 _FAKE_STATE: dict[str, Any] = {"log": [], "hook": None, "modules": [], "streams": []}
+_COPY_IDS = itertools.count()
 
 
 def _checked_copy_bytes(real: Any) -> Any:
@@ -541,7 +543,7 @@ def _checked_copy_bytes(real: Any) -> Any:
     def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: Any = None) -> None:
         lo, hi = dst.ctypes.data, dst.ctypes.data + dst.nbytes
         for stream in _FAKE_STATE["streams"]:
-            for a, b in stream.pending:
+            for a, b, _ in stream.pending:
                 if lo < b and a < hi:
                     raise LaunchError(
                         "host write into pinned memory that a host→device copy may still read"
@@ -980,3 +982,95 @@ def test_recorder_checks_extents(fake_cupy):
         rec((1,), (256,), args(mask_hit=rows * n_eta))
     with pytest.raises(LaunchError, match="threads for 192 work items"):  # a warp per row
         rec((1,), (32,), args())
+
+
+# ------------------------------------------------------------------------------ staging layouts
+@pytest.mark.parametrize("seed", range(40))
+def test_staging_random_layouts(fake_cupy, config, maps, monkeypatch, seed):
+    """Random frame layouts (2-D frames and 3-D stacks of 0..19 frames, some page-locked, as a
+    list or one array), chunk sizes and stream counts: every pass's device buffer is written
+    once, contiguously and in order, up to its frames and no further, and the passes together
+    hold exactly the input frames."""
+    import random
+
+    rng = random.Random(seed)
+    writes: list[tuple[int, int]] = []
+    real_copy = _MemoryPointer.copy_from_host_async
+
+    def recording(self, src, nbytes, stream=None):
+        writes.append((self._owner._a.ctypes.data, int(nbytes)))
+        return real_copy(self, src, nbytes, stream)
+
+    monkeypatch.setattr(_MemoryPointer, "copy_from_host_async", recording)
+    dtype = np.dtype(rng.choice([np.uint8, np.uint16, np.uint32, np.float32, np.float64]))
+    monkeypatch.setattr(radint.gpu, "STAGE_CHUNK_BYTES", rng.choice([4001, 7777, 96000, 64 << 20]))
+    it = Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None)
+    gpu = radint.gpu.CudaIntegrator(it, n_streams=rng.randint(1, 3))
+    n_pix = gpu.n_pixels
+    blocks, n = [], 0
+    for _ in range(rng.randint(1, 7)):
+        stack = rng.random() < 0.5
+        k = rng.randint(0, 2 * MAX_NB + 3) if stack else 1
+        data = (np.arange(n, n + k)[:, None] * 7 + np.arange(n_pix)[None, :]) % 200
+        data = data.astype(dtype).reshape(k, *config.shape)
+        n += k
+        if rng.random() < 0.3:
+            locked = it.host_buffer(data.shape, dtype)
+            locked[...] = data
+            data = locked
+        blocks.append(data if stack else data[0])
+    want = np.concatenate([b.reshape(-1) for b in blocks])
+    staged = []
+    real_stage = gpu._stage
+
+    def stage(k, dt, parts, stream):
+        dev_buf = gpu._frame_buffers(k, dt)[1]
+        writes.clear()
+        dev = real_stage(k, dt, parts, stream)
+        m = sum(p.size for p in parts)
+        pos = 0
+        for ptr, nbytes in writes:
+            assert ptr - dev_buf._a.ctypes.data == pos
+            pos += nbytes
+        assert pos == m * dt.itemsize and m % n_pix == 0 and m // n_pix <= MAX_NB
+        staged.append(dev._a[:m].copy())
+        return dev
+
+    gpu._stage = stage
+    arg = blocks if (len(blocks) > 1 or rng.random() < 0.8) else blocks[0]
+    assert gpu.integrate(arg, keys=("lineout",))["n_frames"] == n
+    assert len(staged) == -(-n // MAX_NB)
+    assert all(s.size == MAX_NB * n_pix for s in staged[:-1])
+    got = np.concatenate(staged) if staged else want[:0]
+    assert np.array_equal(got, want)
+
+
+def test_pass_blocks_and_empty_inputs(fake_cupy, config, maps):
+    """The blocks of a pass are the frames f0 .. f0+nb-1 in order, whatever the block sizes;
+    0-frame inputs integrate nothing; an empty list is refused; device views need not be
+    contiguous in a list (they are concatenated)."""
+    import random
+
+    cp = fake_cupy
+    it = Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None)
+    gpu = radint.gpu.CudaIntegrator(it, n_streams=1)
+    n_pix = gpu.n_pixels
+    rng = random.Random(1)
+    for _ in range(500):
+        sizes = [rng.randint(0, 6) for _ in range(rng.randint(1, 6))]
+        starts = np.cumsum([0, *sizes])
+        if starts[-1] == 0:
+            continue
+        blocks = [np.arange(a * n_pix, b * n_pix) for a, b in itertools.pairwise(starts)]
+        f0 = rng.randint(0, starts[-1] - 1)
+        nb = rng.randint(1, starts[-1] - f0)
+        got = np.concatenate(gpu._pass_blocks(blocks, f0, nb))
+        assert np.array_equal(got, np.arange(f0 * n_pix, (f0 + nb) * n_pix))
+    empty = np.zeros((0, *config.shape), np.uint16)
+    assert gpu.integrate(empty, keys=("lineout",))["n_frames"] == 0
+    assert gpu.integrate([empty, empty], keys=("lineout",))["n_frames"] == 0
+    assert gpu.integrate([cp.asarray(empty)], keys=("lineout",))["n_frames"] == 0
+    with pytest.raises(radint.exceptions.ShapeError, match="empty list"):
+        gpu.integrate([])
+    frame = cp.asarray(np.ones(config.shape[::-1], np.uint16)).T  # a non-contiguous view
+    assert gpu.integrate([frame, frame], keys=("lineout",))["n_frames"] == 2

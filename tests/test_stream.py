@@ -1211,3 +1211,73 @@ def test_write_budget_bounds_frames_not_runs():
     budget.release(8)
     budget.acquire(25)  # larger than the bound, nothing held: passes
     assert budget.held == 25
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_writer_failures_at_random_points_never_hang_or_lose_count(
+    integrator, tmp_path, monkeypatch, seed
+):
+    """The integrate and write threads with a writer failing after 0, 1, 2, 5 or no appends,
+    various block delays, write bounds and frame counts: both threads end, nothing stays held,
+    written + dropped = frames, and at most max(bound, RUN_FRAMES) frames wait for the writer."""
+    import random
+
+    from radint.stream.sources import StreamItem
+
+    rng = random.Random(seed)
+    fail_after = rng.choice([0, 1, 2, 5, 10**9])
+    appends = {"n": 0}
+
+    class Failing(pipeline_mod.NexusWriter):
+        def append(self, *a, **k):
+            appends["n"] += 1
+            if appends["n"] > fail_after:
+                raise OSError("disk full")
+            return super().append(*a, **k)
+
+    monkeypatch.setattr(pipeline_mod, "NexusWriter", Failing)
+    monkeypatch.setattr(pipeline_mod, "WRITE_DELAY_S", rng.choice([0.0, 0.01, 0.25]))
+    total = rng.randint(1, 60)
+    p = Pipeline(integrator, [], tmp_path / "out", queue_size=total + 1,
+                 write_queue_size=rng.choice([1, 2, 5, 8, 32]))  # fmt: skip
+    peak, watching = [0], threading.Event()
+
+    def watch():
+        while not watching.is_set():
+            peak[0] = max(peak[0], p._write_budget.held)
+            time.sleep(0.0005)
+
+    threading.Thread(target=watch, daemon=True).start()
+    for i in range(total):
+        p.stats.add("received")
+        p.frames.put(StreamItem(frame_id=i, data=frame(i), source="x", timestamp=0.0))
+    threads = [threading.Thread(target=f, daemon=True) for f in (p._integrate_loop, p._write_loop)]
+    for t in threads:
+        t.start()
+    p._sources_done.set()
+    for t in threads:
+        t.join(30)
+    watching.set()
+    assert not any(t.is_alive() for t in threads)
+    assert p._write_budget.held == 0
+    assert p.written + p.stats.dropped == total
+    assert peak[0] <= max(p._write_budget.limit, pipeline_mod.RUN_FRAMES)
+
+
+def test_frame_left_in_the_queue_after_an_integration_error_is_counted(integrator, tmp_path):
+    """A frame a source puts after the integration thread stopped on an error is dropped at
+    shutdown: counted (received = written + dropped) and its buffer handed back to its pool."""
+    from radint.stream.sources import FramePool, StreamItem
+
+    p = Pipeline(integrator, [], tmp_path / "out")
+    p._t0 = time.monotonic()
+    pool = FramePool()
+    row = pool.take(int(np.prod(frame(0).shape)), frame(0).dtype)
+    late = StreamItem(frame_id=7, data=row.reshape(frame(0).shape), source="x", timestamp=0.0,
+                      pool=pool)  # fmt: skip
+    p.stats.add("received")
+    p.frames.put(late)
+    p.stop()
+    p._shutdown()
+    assert p.stats.dropped == 1 and p.summary is not None and p.summary.dropped == 1
+    assert late.pool is None  # released

@@ -65,8 +65,8 @@ CSR_BLOCK = 256
 BIN_LANES = 8
 #: Lanes per radial row in the cross-term and lineout kernels (a warp).
 ROW_LANES = 32
-#: Frame bytes staged (copied into pinned memory, then DMA'd) per step: the copy of one chunk
-#: overlaps the DMA of the one before. Large on purpose: each copy wakes the rayon pool, ~0.1 ms
+#: Frame bytes staged (copied into pinned memory, then DMA'd) per step: the copy of one piece
+#: overlaps the DMA of the one before (and passes on other streams). Large on purpose: each copy wakes the rayon pool, ~0.1 ms
 #: and more (on the H200 machine 4 MiB chunks copied at ~14 GB/s in the pipeline, one 10 MB
 #: call at 40-76 GB/s, one 80 MB call at 116-140 GB/s).
 STAGE_CHUNK_BYTES = 64 << 20
@@ -312,7 +312,14 @@ class CudaIntegrator:
         if isinstance(frames, (list, tuple)):
             if not frames:
                 raise ShapeError("frames: an empty list")
-            parts = [self._check_frames(f) for f in frames]  # each one's dtype and shape
+            # Each one's dtype and shape; device frames are concatenated (copied) anyway, so
+            # views need not be contiguous.
+            parts = [
+                self._check_frames(
+                    self._cp.ascontiguousarray(f) if hasattr(f, "__cuda_array_interface__") else f
+                )
+                for f in frames
+            ]
             if len({p[2] for p in parts}) > 1:
                 raise DtypeError(
                     "frames: a list holds host (numpy) and device (CuPy) frames; pass one kind"

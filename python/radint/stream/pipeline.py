@@ -587,6 +587,15 @@ class Pipeline:
         self._sources_done.set()
         for t in self._threads:
             t.join()
+        # A frame a source put after the integration thread's last look (it stopped on an
+        # error) is dropped here, counted, and its buffer handed back.
+        while True:
+            try:
+                item = self.frames.get_nowait()
+            except queue.Empty:
+                break
+            item.release()
+            self.stats.add("dropped")
         self._summary = self._make_summary()
         self._finished.set()
 
