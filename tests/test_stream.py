@@ -1281,3 +1281,15 @@ def test_frame_left_in_the_queue_after_an_integration_error_is_counted(integrato
     p._shutdown()
     assert p.stats.dropped == 1 and p.summary is not None and p.summary.dropped == 1
     assert late.pool is None  # released
+
+
+def test_summary_says_how_long_each_stage_worked(integrator, tmp_path):
+    """The summary splits the run's time: seconds spent integrating and writing (which stage
+    bounds the rate), each within the run's wall time."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=5)
+    send_frames(((frame(i), f"f{i}") for i in range(5)), port=src.port, mapping_file=None)
+    summary = p.wait(30)
+    assert summary is not None and summary.written == 5
+    assert 0 < summary.integrate_seconds <= summary.seconds
+    assert 0 < summary.write_seconds <= summary.seconds
+    assert "busy: integrating" in summary.line() and summary.as_dict()["write_seconds"] > 0

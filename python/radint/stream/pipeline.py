@@ -43,6 +43,10 @@ class Summary:
     bad_connections: int
     seconds: float
     output: str
+    #: Seconds the integration thread spent integrating, and the writer writing: with
+    #: ``seconds`` they say which stage bounds the rate.
+    integrate_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     @property
     def frames_per_second(self) -> float:
@@ -53,7 +57,8 @@ class Summary:
             f"stream: received {self.received}, integrated {self.integrated}, written "
             f"{self.written}, dropped {self.dropped}, partial frames discarded {self.partial}, "
             f"bad connections {self.bad_connections}; {self.seconds:.1f} s, "
-            f"{self.frames_per_second:.1f} frames/s -> "
+            f"{self.frames_per_second:.1f} frames/s (busy: integrating "
+            f"{self.integrate_seconds:.1f} s, writing {self.write_seconds:.1f} s) -> "
             + (self.output if self.written else "nothing written (no frames)")
         )
 
@@ -226,6 +231,7 @@ class Pipeline:
         self._write_budget = _FrameBudget(write_queue_size)
         self.integrated = 0
         self.written = 0
+        self._busy = {"integrate": 0.0, "write": 0.0}  # seconds each thread spent working
         self.accepted = 0
         self._accept_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -303,6 +309,7 @@ class Pipeline:
         buffers: the map is read once for all of them (~25 % less CPU per frame than one call
         each)."""
         self._poll_control()
+        t0 = time.perf_counter()
         try:
             if len(run) == 1:
                 result = self.integrator.integrate(run[0].data, dark=self.dark)
@@ -313,6 +320,8 @@ class Pipeline:
         except BaseException:
             self.stats.add("dropped", len(run))
             raise
+        finally:
+            self._busy["integrate"] += time.perf_counter() - t0
         for item in run:
             item.release()  # the writer needs only the result and the item's id fields
         self.integrated += len(run)
@@ -415,6 +424,7 @@ class Pipeline:
                     continue
                 items = [item for group, _ in batch for item in group]
                 in_hand = len(items)
+                t_write = time.perf_counter()
                 if writer is None:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
                     writer = NexusWriter(
@@ -456,6 +466,7 @@ class Pipeline:
                     last_flush, unflushed = now, False
                 else:
                     unflushed = True
+                self._busy["write"] += time.perf_counter() - t_write
         except BaseException as e:
             self._error = e
             log.error("stream: writing %s failed: %s", self.output, e)
@@ -610,6 +621,8 @@ class Pipeline:
             bad_connections=s.bad_connections,
             seconds=time.monotonic() - self._t0,
             output=str(self.output),
+            integrate_seconds=self._busy["integrate"],
+            write_seconds=self._busy["write"],
         )
 
     @property
