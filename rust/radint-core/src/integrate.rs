@@ -719,18 +719,35 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
     let with_var = !out.variance.is_empty();
     for b in lo..hi {
         let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
+        let pixel = &map.pixel[e0..e1];
+        let areas = &map.area[e0..e1];
+        let weights = weight.map(|w| &w[e0..e1]);
+        let ahead = map.pixel.get(e0 + PREFETCH_DISTANCE..).unwrap_or(&[]);
         let mut s = [A::default(); NB];
         let mut a = [A::default(); NB];
         let mut v = [A::default(); NB];
         let mut c = [0u32; NB];
-        for e in e0..e1 {
-            for k in 0..NB {
-                prefetch_pixels(frames[k], &map.pixel, e + PREFETCH_DISTANCE);
+        for (j, (&p, &area)) in pixel.iter().zip(areas).enumerate() {
+            if let Some(&ahead) = ahead.get(j) {
+                let ahead = ahead as usize;
+                for f in frames.iter().take(NB) {
+                    prefetch_pixel(f, ahead);
+                }
+                // The per-pixel inputs are read at the same scattered pixels as the frames.
+                if let Some(scale) = opts.scale {
+                    prefetch_pixel(scale, ahead);
+                }
+                if let Some(dark) = opts.dark {
+                    prefetch_pixel(dark, ahead);
+                }
+                if let ErrorModel::Given(given) = opts.error_model {
+                    prefetch_pixel(given, ahead);
+                }
             }
-            let p = map.pixel[e] as usize;
-            let area = A::from_f32(map.area[e]);
-            let mut w = match weight {
-                Some(w) => A::from_f64(w[e]),
+            let p = p as usize;
+            let area = A::from_f32(area);
+            let mut w = match weights {
+                Some(w) => A::from_f64(w[j]),
                 None => area,
             };
             if let Some(scale) = opts.scale {
@@ -777,28 +794,23 @@ fn bins_block<T: Pixel, A: Acc, const NB: usize>(
 
 /// How many entries ahead the frame value is prefetched: the CSR walks a ring of the image, so
 /// each entry's pixel sits on another image row and its load would otherwise wait on L2/L3.
-const PREFETCH_DISTANCE: usize = 48;
+/// Measured on Zen 3 (2 threads, one frame, every entry prefetched): 192–320 alike; against 48
+/// (one prefetch per 4 entries), Pilatus 2M cake 4.6 → 3.7 ms, lineout 8.6 → 6.9, Eiger 4M cake
+/// 10.3 → 9.1, lineout 17.2 → 15.6.
+const PREFETCH_DISTANCE: usize = 192;
 
 #[inline(always)]
 fn prefetch_pixel<T>(frame: &[T], p: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = frame.get(p) {
-        // SAFETY: prefetch is a hint on a valid reference; it never faults or writes.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                (v as *const T).cast::<i8>(),
-            )
-        };
-    }
+    // SAFETY: prefetch is a hint; it never faults or writes, whatever the address (an index
+    // past the frame, which the checked loads then refuse, prefetches nothing useful).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            frame.as_ptr().wrapping_add(p).cast::<i8>(),
+        )
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (frame, p);
-}
-
-#[inline(always)]
-fn prefetch_pixels<T>(frame: &[T], pixel: &[u32], e: usize) {
-    if let Some(&p) = pixel.get(e) {
-        prefetch_pixel(frame, p as usize);
-    }
 }
 
 /// Generates `$dispatch`, which runs `$kernel` compiled for AVX2+FMA when the CPU has them (the
@@ -829,8 +841,9 @@ macro_rules! avx2_dispatch {
 avx2_dispatch!(dense_dispatch, dense_bins_avx2, dense_bins, (map: &DetectorMap, frame: &[T],
     lo: usize, hi: usize, opts: &Options, out: &mut OutBlock));
 
-/// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`) with four
-/// independent partial sums so consecutive entries do not wait on one another.
+/// The NaN-free kernel: `signal = Σ w·v` (and `variance = Σ w²·max(v, 1)`, or `Σ w²·var` with
+/// given variances) per bin, over the bin's own slices of the map so only the frame reads are
+/// bounds-checked (checking every CSR read cost a quarter of the time).
 #[inline(always)]
 fn dense_bins<T: Pixel, A: Acc>(
     map: &DetectorMap,
@@ -841,58 +854,98 @@ fn dense_bins<T: Pixel, A: Acc>(
     out: &mut OutBlock,
 ) {
     let with_var = !out.variance.is_empty();
-    let pixel = &map.pixel[..];
-    let area = &map.area[..];
-    let weight = map.weight.as_deref();
     let given = match opts.error_model {
         ErrorModel::Given(v) => Some(v),
         _ => None,
     };
     for b in lo..hi {
         let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
-        let w_of = |e: usize| -> A {
-            match weight {
-                Some(w) => A::from_f64(w[e]),
-                None => A::from_f32(area[e]),
+        let pixel = &map.pixel[e0..e1];
+        // The pixels whose values are prefetched while this bin's are summed.
+        let ahead = map.pixel.get(e0 + PREFETCH_DISTANCE..).unwrap_or(&[]);
+        let i = b - lo;
+        let (signal, variance) = match map.weight.as_deref() {
+            Some(w) => bin_sums(
+                frame,
+                pixel,
+                &w[e0..e1],
+                ahead,
+                A::from_f64,
+                with_var,
+                given,
+            ),
+            None => bin_sums(
+                frame,
+                pixel,
+                &map.area[e0..e1],
+                ahead,
+                A::from_f32,
+                with_var,
+                given,
+            ),
+        };
+        out.signal[0][i] = signal.to_f64();
+        if with_var {
+            out.variance[0][i] = variance.to_f64();
+        }
+    }
+}
+
+/// One bin of [`dense_bins`]: its pixels and weights, `ahead` the map's pixels from the bin's
+/// first entry plus [`PREFETCH_DISTANCE`]. Signal alone takes four independent partial sums so
+/// consecutive entries do not wait on one another.
+#[inline(always)]
+fn bin_sums<T: Pixel, A: Acc, W: Copy>(
+    frame: &[T],
+    pixel: &[u32],
+    weight: &[W],
+    ahead: &[u32],
+    to_acc: impl Fn(W) -> A,
+    with_var: bool,
+    given: Option<&[f64]>,
+) -> (A, A) {
+    let prefetch = |j: usize| {
+        if let Some(&p) = ahead.get(j) {
+            prefetch_pixel(frame, p as usize);
+            if let Some(g) = given {
+                prefetch_pixel(g, p as usize);
+            }
+        }
+    };
+    if !with_var {
+        let mut s = [A::default(); 4];
+        let mut pixels = pixel.chunks_exact(4);
+        let mut weights = weight.chunks_exact(4);
+        for (j, (p4, w4)) in (&mut pixels).zip(&mut weights).enumerate() {
+            for k in 0..4 {
+                prefetch(4 * j + k);
+            }
+            for k in 0..4 {
+                s[k] = s[k] + to_acc(w4[k]) * A::from_pixel(frame[p4[k] as usize]);
+            }
+        }
+        for (&p, &w) in pixels.remainder().iter().zip(weights.remainder()) {
+            s[0] = s[0] + to_acc(w) * A::from_pixel(frame[p as usize]);
+        }
+        return ((s[0] + s[1]) + (s[2] + s[3]), A::default());
+    }
+    let (mut s, mut v) = (A::default(), A::default());
+    for (j, (&p, &w)) in pixel.iter().zip(weight).enumerate() {
+        prefetch(j);
+        let p = p as usize;
+        let w = to_acc(w);
+        let raw = A::from_pixel(frame[p]);
+        s = s + w * raw;
+        let var = match given {
+            Some(g) => A::from_f64(g[p]),
+            None => {
+                let r = raw.to_f64();
+                A::from_f64(if r > 1.0 { r } else { 1.0 })
             }
         };
-        let mut s = [A::default(); 4];
-        let mut e = e0;
-        if !with_var {
-            while e + 4 <= e1 {
-                prefetch_pixels(frame, pixel, e + PREFETCH_DISTANCE);
-                for k in 0..4 {
-                    s[k] = s[k] + w_of(e + k) * A::from_pixel(frame[pixel[e + k] as usize]);
-                }
-                e += 4;
-            }
-            while e < e1 {
-                s[0] = s[0] + w_of(e) * A::from_pixel(frame[pixel[e] as usize]);
-                e += 1;
-            }
-        } else {
-            let mut v = A::default();
-            while e < e1 {
-                prefetch_pixels(frame, pixel, e + PREFETCH_DISTANCE);
-                let p = pixel[e] as usize;
-                let w = w_of(e);
-                let raw = A::from_pixel(frame[p]);
-                s[0] = s[0] + w * raw;
-                let var = match given {
-                    Some(g) => A::from_f64(g[p]),
-                    None => {
-                        let r = raw.to_f64();
-                        A::from_f64(if r > 1.0 { r } else { 1.0 })
-                    }
-                };
-                v = v + w * w * var;
-                e += 1;
-            }
-            out.variance[0][b - lo] = v.to_f64();
-        }
-        let i = b - lo;
-        out.signal[0][i] = ((s[0] + s[1]) + (s[2] + s[3])).to_f64();
+        v = v + w * w * var;
     }
+    (s, v)
 }
 
 avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &DetectorMap,
@@ -911,30 +964,44 @@ fn dense_block<T: Pixel, A: Acc>(
 ) {
     const NB: usize = FRAME_BLOCK;
     let frame: [&[T]; NB] = std::array::from_fn(|k| frames[k]);
-    let weight = map.weight.as_deref();
     for b in lo..hi {
         let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
-        let mut s = [A::default(); NB];
-        for e in e0..e1 {
-            if let Some(&ahead) = map.pixel.get(e + PREFETCH_DISTANCE) {
-                for f in &frame {
-                    prefetch_pixel(f, ahead as usize);
-                }
-            }
-            let p = map.pixel[e] as usize;
-            let w = match weight {
-                Some(w) => A::from_f64(w[e]),
-                None => A::from_f32(map.area[e]),
-            };
-            for k in 0..NB {
-                s[k] = s[k] + w * A::from_pixel(frame[k][p]);
-            }
-        }
+        let pixel = &map.pixel[e0..e1];
+        let ahead = map.pixel.get(e0 + PREFETCH_DISTANCE..).unwrap_or(&[]);
+        let s = match map.weight.as_deref() {
+            Some(w) => block_sums(&frame, pixel, &w[e0..e1], ahead, A::from_f64),
+            None => block_sums(&frame, pixel, &map.area[e0..e1], ahead, A::from_f32),
+        };
         let i = b - lo;
         for k in 0..NB {
             out.signal[k][i] = s[k].to_f64();
         }
     }
+}
+
+/// One bin of [`dense_block`] (arguments as [`bin_sums`]).
+#[inline(always)]
+fn block_sums<T: Pixel, A: Acc, W: Copy, const NB: usize>(
+    frame: &[&[T]; NB],
+    pixel: &[u32],
+    weight: &[W],
+    ahead: &[u32],
+    to_acc: impl Fn(W) -> A,
+) -> [A; NB] {
+    let mut s = [A::default(); NB];
+    for (j, (&p, &w)) in pixel.iter().zip(weight).enumerate() {
+        if let Some(&next) = ahead.get(j) {
+            for f in frame {
+                prefetch_pixel(f, next as usize);
+            }
+        }
+        let p = p as usize;
+        let w = to_acc(w);
+        for k in 0..NB {
+            s[k] = s[k] + w * A::from_pixel(frame[k][p]);
+        }
+    }
+    s
 }
 
 /// Which rules turn accumulators into intensities (spec §5.2–5.3 for the MIDAS ones).
