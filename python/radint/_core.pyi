@@ -50,10 +50,12 @@ def integrate(
     empty_value: float = ...,
     nan_masked_bins: bool = ...,
     n_threads: int | None = ...,
+    signal_offset: np.ndarray | None = ...,
 ) -> dict[str, Any]:
     """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
-    ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``."""
+    ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``. ``signal_offset`` (per
+    bin) is subtracted from every frame's signal (the dark of a :meth:`MapCore.folded` map)."""
 
 @final
 class MapCore:
@@ -87,9 +89,18 @@ class MapCore:
     ) -> MapCore: ...
     def eta_cross(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def gradient_resampled(self, config: dict[str, Any]) -> MapCore: ...
+    def folded(
+        self, scale: np.ndarray | None = ..., dark: np.ndarray | None = ...
+    ) -> tuple[MapCore, np.ndarray]:
+        """This map with the per-pixel ``scale`` and ``dark`` folded into its weights (entries
+        whose weight or dark is not finite dropped) and the per-bin signal offset to pass to
+        :func:`integrate` as ``signal_offset``."""
     def save_midas(
         self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = ...
     ) -> None: ...
+
+def gather_kernels() -> bool:
+    """Whether this CPU runs the AVX-512 gather kernels."""
 
 def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on

@@ -465,13 +465,14 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
-        config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
-    )
+        config, backend=args.backend, n_threads=args.threads, dark=dark,
+        cache_dir=out_dir / ".radint-cache",
+    )  # fmt: skip
     failures = 0
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths))
         for p in paths:
-            o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=dark,
+            o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
                              integrator=integrator, compression=args.compression,
                              raw_dtype=args.raw_dtype)  # fmt: skip
             if o.ok:
@@ -718,8 +719,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
-        config, backend=args.backend, n_threads=args.threads, cache_dir=out_dir / ".radint-cache"
-    )
+        config, backend=args.backend, n_threads=args.threads, dark=dark,
+        cache_dir=out_dir / ".radint-cache",
+    )  # fmt: skip
     pipeline = Pipeline(
         integrator,
         [source],
@@ -731,7 +733,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         control_dir=args.control_dir,
         mapping_file=args.mapping_file,
         compression=None if args.compression == "none" else args.compression,
-        dark=dark,
+        dark=integrator.dark,
     )
 
     def on_signal(signum: int, _frame: object) -> None:

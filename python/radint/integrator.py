@@ -66,6 +66,12 @@ class Integrator:
         Integration-time pixel mask (True = ignore), on top of the map's MaskFile.
     flat : ndarray, shape (n_pixels_z, n_pixels_y), optional
         Flat-field response; pixels are divided by it (≤ 0 or NaN ⇒ masked).
+    dark : ndarray, shape (n_pixels_z, n_pixels_y), optional
+        Dark image subtracted from every frame (NaN pixels ⇒ masked), copied once here. The
+        same as passing it to every ``integrate`` call (a ``dark=`` there takes precedence), but
+        integer frames on the CPU then take the fast path: dark, mask, flat, solid angle and
+        polarization are folded into a copy of the map once (``DetectorMap.folded``), so a frame
+        costs what an uncorrected one does.
     solid_angle : {"midas", "exact", None, "config"}
         Solid-angle correction model; ``"config"`` (default) = ``"midas"`` if the parameter file
         sets ``SolidAngleCorrection 1``, else none.
@@ -118,6 +124,7 @@ class Integrator:
         compat: str | None = None,
         mask: np.ndarray | None = None,
         flat: np.ndarray | None = None,
+        dark: np.ndarray | None = None,
         solid_angle: str | None = "config",
         polarization: str | None = "config",
         error_model: str | None = "poisson",
@@ -214,6 +221,15 @@ class Integrator:
         self.pixel_weights = pixel_weights
         self.map = detector_map
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
+        self._dark = self._prepare_dark(dark)
+        if self._dark is not None:
+            self._dark = self._dark.copy()  # ours: a caller's later change cannot reach it
+            self._dark.flags.writeable = False
+        bad = None if self._dark is None else ~np.isfinite(self._dark)
+        self._dark_bad = bad if bad is not None and bad.any() else None
+        self._dark_image = None if self._dark is None else self._dark.reshape(config.shape)
+        # The map with scale and dark folded in, and the dark's per-bin offset (on first use).
+        self._folded: tuple[Any, np.ndarray] | None = None
         self._axes = self._make_axes()
         self._gpu: Any = None
         self._gpu_fit: tuple[Any, Any] = (None, None)
@@ -549,10 +565,29 @@ class Integrator:
         a = self._check_frames(frames, 3, "frames")
         return self._run(a, dark, variance, stack=True)
 
+    def _folds(self, a: np.ndarray) -> bool:
+        """Whether frames like ``a`` integrate through the folded map (:meth:`_folded_map`):
+        integer frames on the CPU with a fixed scale or dark, float64 sums, radint's own map
+        weights (MIDAS-weighted maps keep the C summation order), and no AVX-512 gather
+        kernels (which read scale and dark per entry at little cost)."""
+        return (
+            (self._scale is not None or self._dark is not None)
+            and a.dtype.kind in "iu" and self.backend == "cpu" and self.precision == "float64"
+            and not self.compat and self.map.weight is None and not _core.gather_kernels()
+        )  # fmt: skip
+
+    def _folded_map(self) -> tuple[Any, np.ndarray]:
+        """The map core with this integrator's scale and dark folded into its weights, and the
+        signal offset per bin the dark leaves (built once, ~one frame's integration time)."""
+        if self._folded is None:
+            self._folded = self.map._core.folded(scale=self._scale, dark=self._dark)
+        return self._folded
+
     def _run(
         self, frames: np.ndarray | list[np.ndarray], dark: Any, variance: Any, stack: bool
     ) -> Result:
-        dark_flat = self._prepare_dark(dark)
+        own_dark = dark is None or (self._dark_image is not None and dark is self._dark_image)
+        dark_flat = self._dark if own_dark else self._prepare_dark(dark)
         var_flat = self._prepare_variance(variance)
         gpu_fit = None
         marked = 0  # pixels per frame the marker map leaves out
@@ -570,15 +605,19 @@ class Integrator:
                 # Fitted where the lineouts already are; only the fit table comes back.
                 gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))
         else:
-            core = self.map._core
+            core, scale, offset = self.map._core, self._scale, None
             if self._markers_by_map(parts[0]):
                 core, parts, marked = self._marker_map(parts)
                 frames = parts if isinstance(frames, list) else parts[0]
+            elif own_dark and self._folds(parts[0]):
+                core, offset = self._folded_map()
+                scale = None
             out = _core.integrate(
                 core,
                 frames,
-                dark=dark_flat,
-                scale=self._scale,
+                dark=dark_flat if offset is None else None,
+                scale=scale,
+                signal_offset=offset,
                 error_model="given" if var_flat is not None else (self.error_model or "none"),
                 variance=var_flat,
                 precision=self.precision,
@@ -590,9 +629,12 @@ class Integrator:
                 n_threads=self.n_threads,
             )
         meta: dict[str, Any] = {"backend": self.backend}
-        dark_bad = None if dark_flat is None else ~np.isfinite(dark_flat)
-        if dark_bad is not None and not dark_bad.any():
-            dark_bad = None
+        if dark_flat is self._dark:
+            dark_bad = self._dark_bad
+        else:
+            dark_bad = None if dark_flat is None else ~np.isfinite(dark_flat)
+            if dark_bad is not None and not dark_bad.any():
+                dark_bad = None
         if parts[0].dtype.kind == "f" or dark_bad is not None:
             # Pixels left out of this call: NaN / ±inf values (masked by dead_below, hot_above,
             # invalid_values, or in the frame itself) and NaN dark pixels, counted per frame.
@@ -615,6 +657,27 @@ class Integrator:
         elif self.fit is not None:
             result.peaks = self.fit.apply(result, n_threads=self.n_threads)
         return result
+
+    @property
+    def dark(self) -> np.ndarray | None:
+        """The dark given at construction, float64 ``(n_pixels_z, n_pixels_y)``, read-only
+        (None without one). Passing this very array as ``dark=`` counts as passing none."""
+        return self._dark_image
+
+    def same_dark(self, dark: Any) -> Any:
+        """``dark``, or :attr:`dark` when it holds the same values (NaN = NaN): callers that
+        receive a dark separately hand it on this way, so integer frames keep the folded map."""
+        own = self._dark_image
+        if dark is None or own is None or dark is own:
+            return dark
+        d = np.asarray(dark)
+        if (
+            d.shape == own.shape
+            and d.dtype.kind in "iuf"
+            and np.array_equal(d, own, equal_nan=True)
+        ):
+            return own
+        return dark
 
     @property
     def fit(self) -> FitSpec | None:

@@ -77,6 +77,7 @@ def _init_worker(
     n_threads: int | None,
     backend: str,
     detector_map: Any = None,
+    dark: Any = None,
 ) -> None:
     from radint.detector_map import DetectorMap
     from radint.integrator import Integrator
@@ -86,7 +87,9 @@ def _init_worker(
         if detector_map is not None
         else DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
     )
-    _WORKER["integrator"] = Integrator(config, detector_map=m, n_threads=n_threads, backend=backend)
+    _WORKER["integrator"] = Integrator(
+        config, detector_map=m, n_threads=n_threads, backend=backend, dark=dark
+    )
 
 
 def _init_pool_worker(*args: Any) -> None:
@@ -270,6 +273,8 @@ def process_files(
     from radint.io.write import resolve_formats
 
     integ = integrator or _WORKER.get("integrator")
+    if integ is not None:
+        dark = integ.same_dark(dark)  # the integrator's own dark keeps its folded map
     paths = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in paths]  # not resolve(): symlinked folders kept
     names = list(names) if names else [None] * len(paths)
@@ -824,7 +829,7 @@ def run_batch(
         for i, o in run_on_dask(dask, config, str(cache), n_threads, backend, files, names, opts):
             done(i, o)
     elif n_procs <= 1:
-        _init_worker(config, str(cache), n_threads, backend, detector_map)
+        _init_worker(config, str(cache), n_threads, backend, detector_map, dark)
         # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
         # removes the files it had not finished.
         with contextlib.closing(process_files(files, names=names, **opts)) as outcomes_:
@@ -838,7 +843,7 @@ def run_batch(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_pool_worker,
-            initargs=(config, str(cache), n_threads, backend),
+            initargs=(config, str(cache), n_threads, backend, None, dark),
         )
         try:
             # Each task is a run of consecutive files through one process_files pipeline, so a

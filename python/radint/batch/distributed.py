@@ -29,7 +29,7 @@ def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
     from radint import batch
 
     if "integrator" not in batch._WORKER:
-        _init_worker(config, cache, n_threads, backend)
+        _init_worker(config, cache, n_threads, backend, dark=opts.get("dark"))
     return process_file(path, name=name, **opts)
 
 

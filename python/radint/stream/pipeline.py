@@ -221,7 +221,7 @@ class Pipeline:
         self.midas_files = midas_files
         self.mapping_file = None if mapping_file is None else Path(mapping_file)
         self.compression = compression
-        self.dark = dark
+        self.dark = integrator.same_dark(dark)  # the integrator's own keeps its folded map
         self.control = PeakControl(control_dir or self.output_dir, integrator.config)
         self._next_poll = 0.0
         self.stats = SourceStats()

@@ -78,6 +78,9 @@ pub struct Options<'a> {
     pub precision: Precision,
     /// `map.bin_area()`, when the caller keeps it between frames (it costs a pass over the map).
     pub bin_area: Option<&'a [f64]>,
+    /// Per bin, subtracted from every frame's signal: the dark of a map from
+    /// [`DetectorMap::folded`].
+    pub signal_offset: Option<&'a [f64]>,
 }
 
 impl Default for Options<'_> {
@@ -88,6 +91,7 @@ impl Default for Options<'_> {
             error_model: ErrorModel::None,
             precision: Precision::Double,
             bin_area: None,
+            signal_offset: None,
         }
     }
 }
@@ -126,6 +130,11 @@ fn check_inputs<T>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result
                     v.len(),
                 ));
             }
+        }
+    }
+    if let Some(offset) = opts.signal_offset {
+        if offset.len() != map.n_bins() {
+            return Err(Error::shape("signal offset", map.n_bins(), offset.len()));
         }
     }
     if let ErrorModel::Given(v) = opts.error_model {
@@ -341,6 +350,13 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                 f0 += nb;
             }
         });
+    if let Some(offset) = opts.signal_offset {
+        for frame in sums.signal.chunks_mut(n_bins.max(1)) {
+            for (s, o) in frame.iter_mut().zip(offset) {
+                *s -= o;
+            }
+        }
+    }
     Ok(sums)
 }
 

@@ -162,6 +162,85 @@ impl DetectorMap {
             .collect()
     }
 
+    /// This map with a fixed per-pixel `scale` (1 / correction, NaN = masked) and `dark` folded
+    /// into its entries, and the per-bin signal offset the dark leaves: entry weights become
+    /// `w·scale`, entries whose weight or dark is not finite are dropped (exactly the entries
+    /// the integration kernels would leave out), and `offset[b] = Σ w·scale·dark` over the
+    /// kept entries. Integrating integer frames with the result (no dark, no scale) and
+    /// subtracting `offset` gives the sums of the original map with `dark` and `scale`, up to
+    /// summation order, through the NaN-free kernel: no per-entry scale and dark loads or
+    /// validity checks per frame. `scale` and `dark` are as long as the image.
+    pub fn folded(
+        &self,
+        scale: Option<&[f64]>,
+        dark: Option<&[f64]>,
+    ) -> Result<(DetectorMap, Vec<f64>)> {
+        let n_pixels = self.n_pixels();
+        for (what, v) in [("scale", scale), ("dark", dark)] {
+            if let Some(v) = v {
+                if v.len() != n_pixels {
+                    return Err(Error::shape(what, n_pixels, v.len()));
+                }
+            }
+        }
+        self.check()?;
+        let kept: Vec<(Vec<usize>, Vec<f64>, f64)> = self
+            .indptr
+            .par_windows(2)
+            .map(|w| {
+                let (mut entries, mut weights, mut offset) = (Vec::new(), Vec::new(), 0.0);
+                for e in w[0] as usize..w[1] as usize {
+                    let p = self.pixel[e] as usize;
+                    let base = match &self.weight {
+                        Some(weight) => weight[e],
+                        None => self.area[e] as f64,
+                    };
+                    let weight = base * scale.map_or(1.0, |s| s[p]);
+                    let d = dark.map_or(0.0, |d| d[p]);
+                    if weight.is_finite() && d.is_finite() {
+                        entries.push(e);
+                        weights.push(weight);
+                        offset += weight * d;
+                    }
+                }
+                (entries, weights, offset)
+            })
+            .collect();
+        let n_kept: usize = kept.iter().map(|k| k.0.len()).sum();
+        let mut indptr = Vec::with_capacity(self.indptr.len());
+        indptr.push(0u64);
+        let mut pixel = Vec::with_capacity(n_kept);
+        let mut area = Vec::with_capacity(n_kept);
+        let mut delta_r = Vec::with_capacity(n_kept);
+        let mut weight = Vec::with_capacity(n_kept);
+        let mut offset = Vec::with_capacity(kept.len());
+        for (entries, weights, bin_offset) in kept {
+            for &e in &entries {
+                pixel.push(self.pixel[e]);
+                area.push(self.area[e]);
+                delta_r.push(self.delta_r[e]);
+            }
+            weight.extend(weights);
+            indptr.push(pixel.len() as u64);
+            offset.push(bin_offset);
+        }
+        let map = DetectorMap {
+            n_y: self.n_y,
+            n_z: self.n_z,
+            r_edges: self.r_edges.clone(),
+            eta_edges: self.eta_edges.clone(),
+            indptr,
+            pixel,
+            area,
+            delta_r,
+            weight: Some(weight),
+            mask_hit: self.mask_hit.clone(),
+            bin_geometric_area: self.bin_geometric_area.clone(),
+            derived: Derived::default(),
+        };
+        Ok((map, offset))
+    }
+
     /// Structural checks: lengths agree, indptr monotone, pixel indices inside the image.
     pub fn check(&self) -> Result<()> {
         let n_bins = self.n_bins();
@@ -800,6 +879,63 @@ pub fn pixel_centres(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folded_drops_invalid_entries_and_sums_the_dark_offset() {
+        let map = build(&flat(1.0, 1.0, 30.0), MapInputs::default()).unwrap();
+        let n = map.n_pixels();
+        let scale: Vec<f64> = (0..n)
+            .map(|p| {
+                if p % 17 == 3 {
+                    f64::NAN
+                } else {
+                    0.5 + (p % 7) as f64 * 0.1
+                }
+            })
+            .collect();
+        let dark: Vec<f64> = (0..n)
+            .map(|p| {
+                if p % 23 == 5 {
+                    f64::NAN
+                } else {
+                    (p % 5) as f64
+                }
+            })
+            .collect();
+        let (f, offset) = map.folded(Some(&scale), Some(&dark)).unwrap();
+        f.check().unwrap();
+        assert_eq!((f.n_bins(), offset.len()), (map.n_bins(), map.n_bins()));
+        let weight = f.weight.as_ref().unwrap();
+        for b in 0..map.n_bins() {
+            let (lo, hi) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
+            let kept: Vec<usize> = (lo..hi)
+                .filter(|&e| {
+                    let p = map.pixel[e] as usize;
+                    scale[p].is_finite() && dark[p].is_finite()
+                })
+                .collect();
+            let (flo, fhi) = (f.indptr[b] as usize, f.indptr[b + 1] as usize);
+            assert_eq!(fhi - flo, kept.len(), "bin {b}");
+            let mut want_offset = 0.0;
+            for (k, &e) in kept.iter().enumerate() {
+                let p = map.pixel[e] as usize;
+                let w = map.area[e] as f64 * scale[p];
+                assert_eq!(
+                    (f.pixel[flo + k], f.area[flo + k]),
+                    (map.pixel[e], map.area[e])
+                );
+                assert_eq!(weight[flo + k], w);
+                want_offset += w * dark[p];
+            }
+            assert_eq!(offset[b], want_offset, "bin {b}");
+        }
+        // Without scale and dark: the same entries, weights = areas, no offset.
+        let (plain, zero) = map.folded(None, None).unwrap();
+        assert_eq!((&plain.pixel, &plain.indptr), (&map.pixel, &map.indptr));
+        assert!(zero.iter().all(|&o| o == 0.0));
+        assert!(map.folded(Some(&scale[1..]), None).is_err());
+        assert!(map.folded(None, Some(&dark[..3])).is_err());
+    }
 
     fn flat(r_min: f64, r_bin: f64, eta_bin: f64) -> Params {
         Params {

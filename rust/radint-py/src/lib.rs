@@ -371,6 +371,32 @@ impl MapCore {
         Ok(MapCore::new(map))
     }
 
+    /// This map with a fixed per-pixel `scale` and `dark` folded into its weights, and the
+    /// per-bin signal offset to pass to `integrate(..., signal_offset=)` (see the core's
+    /// `DetectorMap::folded`): integer frames then take the NaN-free kernel.
+    #[pyo3(signature = (scale=None, dark=None))]
+    fn folded<'py>(
+        &self,
+        py: Python<'py>,
+        scale: Option<PyReadonlyArray1<'py, f64>>,
+        dark: Option<PyReadonlyArray1<'py, f64>>,
+    ) -> PyResult<(MapCore, Bound<'py, PyArray1<f64>>)> {
+        let scale = scale
+            .as_ref()
+            .map(|a| a.as_slice())
+            .transpose()
+            .map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
+        let dark = dark
+            .as_ref()
+            .map(|a| a.as_slice())
+            .transpose()
+            .map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
+        let (map, offset) = py
+            .detach(|| self.map.folded(scale, dark))
+            .map_err(CoreError)?;
+        Ok((MapCore::new(map), offset.into_pyarray(py)))
+    }
+
     /// Write Map.bin / nMap.bin / maskMap.bin (MIDAS format) into `directory`.
     #[pyo3(signature = (directory, config, frac_factor=None))]
     fn save_midas(
@@ -511,7 +537,7 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
 /// arrays: per-bin sums (`signal`, `area`, `count`, `variance`) in bin order `r·n_eta + e`,
 /// `cake` and `cake_sigma` η-major (`e·n_r + r`), lineouts `n_r` per frame.
 #[pyfunction]
-#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None))]
+#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None, signal_offset=None))]
 #[allow(clippy::too_many_arguments)]
 fn integrate<'py>(
     py: Python<'py>,
@@ -528,6 +554,7 @@ fn integrate<'py>(
     empty_value: f64,
     nan_masked_bins: bool,
     n_threads: Option<usize>,
+    signal_offset: Option<PyReadonlyArray1<'py, f64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = map.get();
     let m = &core.map;
@@ -623,12 +650,18 @@ fn integrate<'py>(
             ))
         }
     };
+    let signal_offset = signal_offset
+        .as_ref()
+        .map(|d| d.as_slice())
+        .transpose()
+        .map_err(|_| shape_error("signal_offset: expected a contiguous array".into()))?;
     let opts = core_integrate::Options {
         dark,
         scale,
         error_model,
         precision,
         bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
+        signal_offset,
     };
     let fin = FinalizeOptions {
         normalize,
@@ -687,6 +720,13 @@ fn integrate<'py>(
     Ok(d)
 }
 
+/// Whether this CPU runs the AVX-512 gather kernels (they read dark and per-pixel scale per
+/// entry at little cost, so the Integrator does not fold them into the map there).
+#[pyfunction]
+fn gather_kernels() -> bool {
+    radint_core::gather::available::<u32>()
+}
+
 /// Copy the bytes of `src` into `dst` (1-D uint8 views of equal length) on `n_threads` threads
 /// with the GIL released: the CUDA backend stages frames into pinned host memory with it.
 #[pyfunction]
@@ -729,6 +769,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_midas, m)?)?;
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_kernels, m)?)?;
     fit::register(m)?;
     Ok(())
 }

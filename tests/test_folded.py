@@ -1,0 +1,137 @@
+"""Integer frames with a fixed dark and per-pixel corrections go through a copy of the map with
+both folded in (``DetectorMap.folded`` in the core): the results must be those of the general
+kernel, which reads dark and scale per entry (float frames always take it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radint import DetectorMap, Integrator, ShapeError
+from radint import integrator as integrator_module
+from radint.batch import process_file
+from radint.testing import ring_image
+
+FIELDS = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+
+
+@pytest.fixture
+def no_gathers(monkeypatch):
+    """The fold is skipped where the AVX-512 gather kernels run: pretend they do not."""
+    monkeypatch.setattr(integrator_module._core, "gather_kernels", lambda: False)
+
+
+@pytest.fixture
+def small_map(small_config):
+    return DetectorMap.build(small_config)
+
+
+def _inputs(config, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    dark = rng.normal(4.0, 1.5, config.shape)
+    dark[10:13, 20:40] = np.nan  # NaN dark pixels are left out, as masked ones
+    mask = np.zeros(config.shape, bool)
+    mask[:, 57:60] = True
+    mask[30:34, :] = True
+    flat = rng.uniform(0.8, 1.2, config.shape)
+    flat[70, 70:75] = 0.0  # a flat of 0 masks its pixel
+    return dark, mask, flat
+
+
+def _assert_same(folded, general, rtol=1e-12):
+    for name in FIELDS:
+        if getattr(general, name) is None:  # no sigma without an error model
+            assert getattr(folded, name) is None, name
+            continue
+        a, b = np.asarray(getattr(folded, name)), np.asarray(getattr(general, name))
+        assert a.shape == b.shape, name
+        assert np.array_equal(np.isfinite(a), np.isfinite(b)), name
+        ok = np.isfinite(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=rtol, atol=1e-9 * np.abs(b[ok]).max(),
+                                   err_msg=name)  # fmt: skip
+    assert folded.metadata.get("nan_pixels", 0) == general.metadata.get("nan_pixels", 0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32])
+@pytest.mark.parametrize("error_model", ["poisson", None])
+def test_folded_map_equals_the_general_kernel(small_config, small_map, no_gathers, dtype,
+                                              error_model):  # fmt: skip
+    config = small_config.replace(solid_angle_correction=True, polarization_correction=True)
+    dark, mask, flat = _inputs(config)
+    mean = ring_image(config, noise=False, dtype=np.float64) * 0.05 + 6
+    rng = np.random.default_rng(1)
+    frames = rng.poisson(mean, size=(3, *config.shape)).astype(dtype)
+    kw = {"detector_map": small_map, "mask": mask, "flat": flat, "error_model": error_model}
+    fast = Integrator(config, dark=dark, **kw)
+    general = Integrator(config, **kw)
+    assert fast._folds(frames[0])
+    for got, want in (
+        (fast.integrate(frames[0]), general.integrate(frames[0].astype(np.float64), dark=dark)),
+        (fast.integrate_stack(frames), general.integrate_stack(frames.astype(float), dark=dark)),
+        (fast.integrate_stack(list(frames)), general.integrate_stack(frames.astype(float), dark=dark)),
+    ):  # fmt: skip
+        _assert_same(got, want)
+    assert fast._folded is not None  # the folded map was used, and kept
+
+
+def test_fold_with_scale_only_and_given_variances(small_config, small_map, no_gathers):
+    config = small_config.replace(solid_angle_correction=True)
+    _, mask, _ = _inputs(config)
+    frame = np.random.default_rng(2).poisson(50, config.shape).astype(np.uint16)
+    var = np.random.default_rng(3).uniform(1, 80, config.shape)
+    fast = Integrator(config, detector_map=small_map, mask=mask)
+    general = Integrator(config, detector_map=small_map, mask=mask)
+    assert fast._folds(frame)
+    _assert_same(fast.integrate(frame), general.integrate(frame.astype(np.float32)))
+    _assert_same(fast.integrate(frame, variance=var),
+                 general.integrate(frame.astype(np.float64), variance=var))  # fmt: skip
+
+
+def test_a_dark_given_per_call_takes_precedence(small_config, small_map, no_gathers):
+    dark, mask, _ = _inputs(small_config)
+    other = np.full(small_config.shape, 2.5)
+    frame = np.random.default_rng(4).poisson(30, small_config.shape).astype(np.uint32)
+    with_dark = Integrator(small_config, detector_map=small_map, mask=mask, dark=dark)
+    plain = Integrator(small_config, detector_map=small_map, mask=mask)
+    _assert_same(with_dark.integrate(frame, dark=other), plain.integrate(frame, dark=other))
+    # The integrator's own dark passed back (or an equal copy through same_dark) is no override.
+    _assert_same(with_dark.integrate(frame, dark=with_dark.dark), with_dark.integrate(frame))
+    assert with_dark.same_dark(dark.copy()) is with_dark.dark
+    assert with_dark.same_dark(other) is other
+    assert plain.same_dark(other) is other
+
+
+def test_the_dark_is_copied_read_only_and_checked(small_config, small_map):
+    dark = np.full(small_config.shape, 1.0)
+    integ = Integrator(small_config, detector_map=small_map, dark=dark)
+    dark[:] = 100.0  # the caller's array is not the integrator's
+    assert (integ.dark == 1.0).all()
+    with pytest.raises(ValueError):
+        integ.dark[0, 0] = 5.0
+    with pytest.raises(ShapeError, match="dark"):
+        Integrator(small_config, detector_map=small_map, dark=np.zeros((3, 3)))
+    assert Integrator(small_config, detector_map=small_map).dark is None
+
+
+def test_no_fold_where_it_would_change_the_rules(small_config, small_map, no_gathers):
+    dark, mask, _ = _inputs(small_config)
+    frame = np.ones(small_config.shape, np.uint16)
+    assert not Integrator(small_config, detector_map=small_map)._folds(frame)  # nothing to fold
+    kw = {"detector_map": small_map, "mask": mask, "dark": dark}
+    assert not Integrator(small_config, **kw)._folds(frame.astype(np.float32))
+    assert not Integrator(small_config, precision="float32", **kw)._folds(frame)
+    assert not Integrator(small_config, compat="midas-gpu", **kw)._folds(frame)
+
+
+def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map, no_gathers,
+                                                     tmp_path):  # fmt: skip
+    import tifffile
+
+    dark, mask, _ = _inputs(small_config)
+    frames = np.random.default_rng(5).poisson(40, (2, *small_config.shape)).astype(np.uint32)
+    tifffile.imwrite(tmp_path / "f.tif", frames)
+    fast = Integrator(small_config, detector_map=small_map, mask=mask, dark=dark)
+    out = process_file(tmp_path / "f.tif", str(tmp_path / "out"), ["xy"], dark=dark.copy(),
+                       integrator=fast)  # fmt: skip
+    assert out.ok, out.error
+    assert fast._folded is not None
