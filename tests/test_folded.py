@@ -135,3 +135,20 @@ def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map, no
                        integrator=fast)  # fmt: skip
     assert out.ok, out.error
     assert fast._folded is not None
+
+
+def test_fold_on_top_of_the_marker_map(small_config, small_map, no_gathers):
+    """Gap / bad-pixel values (``invalid_values``) leave their pixels out through a map without
+    them; with a fixed dark that map is folded in turn (and again when the marked pixels move)."""
+    dark, mask, _ = _inputs(small_config)
+    rng = np.random.default_rng(6)
+    kw = {"detector_map": small_map, "mask": mask, "invalid_values": [65535]}
+    fast = Integrator(small_config, dark=dark, **kw)
+    general = Integrator(small_config, **kw)
+    for gap in ((slice(40, 44), slice(None)), (slice(None), slice(80, 83))):
+        frames = rng.poisson(60, (2, *small_config.shape)).astype(np.uint16)
+        frames[(slice(None), *gap)] = 65535
+        floats = frames.astype(np.float64)
+        floats[frames == 65535] = np.nan
+        _assert_same(fast.integrate_stack(frames), general.integrate_stack(floats, dark=dark))
+        assert fast._folded is not None and fast._folded[0] is not small_map._core

@@ -228,8 +228,8 @@ class Integrator:
         bad = None if self._dark is None else ~np.isfinite(self._dark)
         self._dark_bad = bad if bad is not None and bad.any() else None
         self._dark_image = None if self._dark is None else self._dark.reshape(config.shape)
-        # The map with scale and dark folded in, and the dark's per-bin offset (on first use).
-        self._folded: tuple[Any, np.ndarray] | None = None
+        # (map core, that core with scale and dark folded in, the dark's per-bin offset).
+        self._folded: tuple[Any, Any, np.ndarray] | None = None
         self._axes = self._make_axes()
         self._gpu: Any = None
         self._gpu_fit: tuple[Any, Any] = (None, None)
@@ -576,12 +576,13 @@ class Integrator:
             and not self.compat and self.map.weight is None and not _core.gather_kernels()
         )  # fmt: skip
 
-    def _folded_map(self) -> tuple[Any, np.ndarray]:
-        """The map core with this integrator's scale and dark folded into its weights, and the
-        signal offset per bin the dark leaves (built once, ~one frame's integration time)."""
-        if self._folded is None:
-            self._folded = self.map._core.folded(scale=self._scale, dark=self._dark)
-        return self._folded
+    def _folded_map(self, core: Any) -> tuple[Any, np.ndarray]:
+        """``core`` (this integrator's map, or its marker map) with the scale and dark folded
+        into its weights, and the signal offset per bin the dark leaves (built once per core,
+        ~one frame's integration time)."""
+        if self._folded is None or self._folded[0] is not core:
+            self._folded = (core, *core.folded(scale=self._scale, dark=self._dark))
+        return self._folded[1], self._folded[2]
 
     def _run(
         self, frames: np.ndarray | list[np.ndarray], dark: Any, variance: Any, stack: bool
@@ -609,8 +610,8 @@ class Integrator:
             if self._markers_by_map(parts[0]):
                 core, parts, marked = self._marker_map(parts)
                 frames = parts if isinstance(frames, list) else parts[0]
-            elif own_dark and self._folds(parts[0]):
-                core, offset = self._folded_map()
+            if own_dark and self._folds(parts[0]):
+                core, offset = self._folded_map(core)
                 scale = None
             out = _core.integrate(
                 core,
