@@ -288,21 +288,6 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                     f0 += nb;
                     continue;
                 }
-                // Without AVX-512: sharing the map across frames pays only for signal-only
-                // sums; with variance the 16 accumulators per bin spill and the block ran slower
-                // than frame by frame.
-                if dense && nb == FRAME_BLOCK && !with_var && !use_gather && run_form.is_none() {
-                    match opts.precision {
-                        Precision::Double => {
-                            dense_block_dispatch::<T, f64>(map, block, lo, hi, &mut out)
-                        }
-                        Precision::Single => {
-                            dense_block_dispatch::<T, f32>(map, block, lo, hi, &mut out)
-                        }
-                    }
-                    f0 += nb;
-                    continue;
-                }
                 if dense {
                     for k in 0..nb {
                         let one = block[k];
@@ -962,62 +947,6 @@ fn bin_sums<T: Pixel, A: Acc, W: Copy>(
         v = v + w * w * var;
     }
     (s, v)
-}
-
-avx2_dispatch!(dense_block_dispatch, dense_block_avx2, dense_block, (map: &DetectorMap,
-    frames: &[&[T]], lo: usize, hi: usize, out: &mut OutBlock));
-
-/// The NaN-free kernel over a block of [`FRAME_BLOCK`] frames: each CSR entry is read once and
-/// applied to every frame of the block, so the map's memory traffic is shared by the block.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn dense_block<T: Pixel, A: Acc>(
-    map: &DetectorMap,
-    frames: &[&[T]],
-    lo: usize,
-    hi: usize,
-    out: &mut OutBlock,
-) {
-    const NB: usize = FRAME_BLOCK;
-    let frame: [&[T]; NB] = std::array::from_fn(|k| frames[k]);
-    for b in lo..hi {
-        let (e0, e1) = (map.indptr[b] as usize, map.indptr[b + 1] as usize);
-        let pixel = &map.pixel[e0..e1];
-        let ahead = map.pixel.get(e0 + PREFETCH_DISTANCE..).unwrap_or(&[]);
-        let s = match map.weight.as_deref() {
-            Some(w) => block_sums(&frame, pixel, &w[e0..e1], ahead, A::from_f64),
-            None => block_sums(&frame, pixel, &map.area[e0..e1], ahead, A::from_f32),
-        };
-        let i = b - lo;
-        for k in 0..NB {
-            out.signal[k][i] = s[k].to_f64();
-        }
-    }
-}
-
-/// One bin of [`dense_block`] (arguments as [`bin_sums`]).
-#[inline(always)]
-fn block_sums<T: Pixel, A: Acc, W: Copy, const NB: usize>(
-    frame: &[&[T]; NB],
-    pixel: &[u32],
-    weight: &[W],
-    ahead: &[u32],
-    to_acc: impl Fn(W) -> A,
-) -> [A; NB] {
-    let mut s = [A::default(); NB];
-    for (j, (&p, &w)) in pixel.iter().zip(weight).enumerate() {
-        if let Some(&next) = ahead.get(j) {
-            for f in frame {
-                prefetch_pixel(f, next as usize);
-            }
-        }
-        let p = p as usize;
-        let w = to_acc(w);
-        for k in 0..NB {
-            s[k] = s[k] + w * A::from_pixel(frame[k][p]);
-        }
-    }
-    s
 }
 
 /// Which rules turn accumulators into intensities (spec §5.2–5.3 for the MIDAS ones).
