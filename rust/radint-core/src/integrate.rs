@@ -345,6 +345,9 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     Ok(sums)
 }
 
+/// Shared pixels ahead whose frame values [`lineout_cross`] prefetches.
+const CROSS_PREFETCH_AHEAD: usize = 16;
+
 /// [`Sums::lineout_cross`]: per frame and radial row, Σ over the row's shared pixels of
 /// weight·scale²·var, over the pixels the bins count (value·scale finite), as the kernels do.
 fn lineout_cross<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Vec<f64> {
@@ -354,7 +357,14 @@ fn lineout_cross<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         .into_par_iter()
         .map(|r| {
             let mut acc = vec![0.0; frames.len()];
-            for e in cross.indptr[r] as usize..cross.indptr[r + 1] as usize {
+            let (lo, hi) = (cross.indptr[r] as usize, cross.indptr[r + 1] as usize);
+            for e in lo..hi {
+                // Shared pixels lie around the row's ring, each on another image row.
+                if let Some(&ahead) = cross.pixel[..hi].get(e + CROSS_PREFETCH_AHEAD) {
+                    for frame in frames {
+                        prefetch_pixel(frame, ahead as usize);
+                    }
+                }
                 let p = cross.pixel[e] as usize;
                 let scale = opts.scale.map_or(1.0, |s| s[p]);
                 let dark = opts.dark.map_or(0.0, |d| d[p]);
