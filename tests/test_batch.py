@@ -896,3 +896,42 @@ def test_pattern_leaves_out_eiger_data_files_beside_their_master(tmp_path, small
     assert main(["integrate", str(params), str(run / "scan*.h5"), "-o", str(out), "-q"]) == 0
     assert _names(out) == ["scan_master.h5"]
     assert read_nexus(out / "scan_master.h5").n_frames == 4
+
+
+def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, small_config):
+    """The integrator's own dark (Integrator(dark=), as --dark makes it) is subtracted from a
+    MIDAS zip instead of the zip's exchange/dark; a Dask worker reused by a later run keeps its
+    integrator only while the dark is the same (a run without --dark subtracts nothing)."""
+    from radint import Integrator
+    from radint.batch import _WORKER, process_file
+    from radint.batch.distributed import _task
+
+    rng = np.random.default_rng(4)
+    frames = np.stack([ring_image(small_config, amplitude=300, dtype=np.uint16) + 100] * 2)
+    zip_dark = rng.integers(80, 120, size=(2, *frames.shape[1:])).astype(np.uint16)
+    _midas_zip(tmp_path / "a.analysis.MIDAS.zip", frames, zip_dark, skip=0)
+    given = np.full(frames.shape[1:], 7.0)
+    plain = Integrator(small_config, n_threads=1)
+    want_given = plain.integrate_stack(frames, dark=given).cake
+    o = process_file(tmp_path / "a.analysis.MIDAS.zip", str(tmp_path / "o1"), ["nexus"],
+                     integrator=Integrator(small_config, n_threads=1, dark=given))  # fmt: skip
+    assert o.ok, o.error
+    with h5py.File(tmp_path / "o1" / "a.h5") as f:
+        np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want_given, rtol=1e-12)
+
+    tifffile.imwrite(tmp_path / "t.tif", frames)
+    saved = dict(_WORKER)
+    try:
+        _WORKER.clear()
+        for k, dark in enumerate((given, None, given + 1)):
+            opts = {"out_dir": str(tmp_path / f"w{k}"), "formats": ("nexus",), "dataset": None,
+                    "dark": dark, "skip_existing": False, "compression": None, "raw_dtype": None}  # fmt: skip
+            o = _task(small_config, str(tmp_path / "cache"), 1, "cpu", tmp_path / "t.tif", None,
+                      opts)  # fmt: skip
+            assert o.ok, o.error
+            want = plain.integrate_stack(frames, dark=dark).cake
+            with h5py.File(tmp_path / f"w{k}" / "t.h5") as f:
+                np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want, rtol=1e-12)
+    finally:
+        _WORKER.clear()
+        _WORKER.update(saved)

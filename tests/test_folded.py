@@ -152,3 +152,18 @@ def test_fold_on_top_of_the_marker_map(small_config, small_map, no_gathers):
         floats[frames == 65535] = np.nan
         _assert_same(fast.integrate_stack(frames), general.integrate_stack(floats, dark=dark))
         assert fast._folded is not None and fast._folded[0] is not small_map._core
+
+
+def test_a_signal_offset_only_goes_with_a_folded_map(small_config, small_map):
+    from radint import RadintError, _core
+
+    offset = np.zeros(small_map.n_r * small_map.n_eta)
+    frame = np.ones(small_config.shape, np.uint16)
+    _core.integrate(small_map._core, frame, signal_offset=offset)  # integer frame: accepted
+    for kw in ({"dark": np.zeros(frame.size)}, {"scale": np.ones(frame.size)}):
+        with pytest.raises(RadintError, match="signal offset"):
+            _core.integrate(small_map._core, frame, signal_offset=offset, **kw)
+    with pytest.raises(RadintError, match="signal offset"):
+        _core.integrate(small_map._core, frame.astype(np.float32), signal_offset=offset)
+    with pytest.raises(ShapeError, match="signal offset"):
+        _core.integrate(small_map._core, frame, signal_offset=offset[:-1])

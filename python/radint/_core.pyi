@@ -90,7 +90,10 @@ class MapCore:
     def eta_cross(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def gradient_resampled(self, config: dict[str, Any]) -> MapCore: ...
     def folded(
-        self, scale: np.ndarray | None = ..., dark: np.ndarray | None = ...
+        self,
+        scale: np.ndarray | None = ...,
+        dark: np.ndarray | None = ...,
+        n_threads: int | None = ...,
     ) -> tuple[MapCore, np.ndarray]:
         """This map with the per-pixel ``scale`` and ``dark`` folded into its weights (entries
         whose weight or dark is not finite dropped) and the per-bin signal offset to pass to

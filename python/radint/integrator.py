@@ -580,9 +580,13 @@ class Integrator:
         """``core`` (this integrator's map, or its marker map) with the scale and dark folded
         into its weights, and the signal offset per bin the dark leaves (built once per core,
         ~one frame's integration time)."""
-        if self._folded is None or self._folded[0] is not core:
-            self._folded = (core, *core.folded(scale=self._scale, dark=self._dark))
-        return self._folded[1], self._folded[2]
+        cached = self._folded  # one read: another thread may replace it meanwhile
+        if cached is None or cached[0] is not core:
+            folded, offset = core.folded(
+                scale=self._scale, dark=self._dark, n_threads=self.n_threads
+            )
+            cached = self._folded = (core, folded, offset)
+        return cached[1], cached[2]
 
     def _run(
         self, frames: np.ndarray | list[np.ndarray], dark: Any, variance: Any, stack: bool

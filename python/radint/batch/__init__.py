@@ -300,7 +300,10 @@ def process_files(
                 continue
             yield ("start", i, path, stem)
             try:
-                file_dark = dark if dark is not None else own_dark(path)
+                # A dark given (or the integrator's own) before the file's own (MIDAS zips).
+                file_dark = dark if dark is not None else integ.dark
+                if file_dark is None:
+                    file_dark = own_dark(path)
                 for stack, ids, metadata, indices in read_stacks(
                     path,
                     dataset=dataset,

@@ -28,8 +28,16 @@ def _client(address: str) -> Any:
 def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
     from radint import batch
 
-    if "integrator" not in batch._WORKER:
-        _init_worker(config, cache, n_threads, backend, dark=opts.get("dark"))
+    dark = opts.get("dark")
+    integ = batch._WORKER.get("integrator")
+    # A worker of a long-lived cluster keeps its integrator between runs: not its dark, though,
+    # when this run has another one or none.
+    if (
+        integ is None
+        or integ.config != config
+        or ((dark is None) != (integ.dark is None) or integ.same_dark(dark) is not integ.dark)
+    ):
+        _init_worker(config, cache, n_threads, backend, dark=dark)
     return process_file(path, name=name, **opts)
 
 

@@ -112,7 +112,7 @@ pub struct Sums {
     pub lineout_cross: Vec<f64>,
 }
 
-fn check_inputs<T>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
+fn check_inputs<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
     let n = map.n_pixels();
     if let Some((k, f)) = frames.iter().enumerate().find(|(_, f)| f.len() != n) {
         return Err(Error::shape(
@@ -135,6 +135,14 @@ fn check_inputs<T>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result
     if let Some(offset) = opts.signal_offset {
         if offset.len() != map.n_bins() {
             return Err(Error::shape("signal offset", map.n_bins(), offset.len()));
+        }
+        // The offset stands for a dark and scale already folded into the map: integer frames
+        // only (a NaN pixel would drop its entry, not its share of the offset).
+        if opts.dark.is_some() || opts.scale.is_some() || T::IS_FLOAT {
+            return Err(Error::Invalid(
+                "signal offset: only for integer frames on a folded map, without dark or scale"
+                    .into(),
+            ));
         }
     }
     if let ErrorModel::Given(v) = opts.error_model {

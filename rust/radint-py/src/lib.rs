@@ -374,12 +374,13 @@ impl MapCore {
     /// This map with a fixed per-pixel `scale` and `dark` folded into its weights, and the
     /// per-bin signal offset to pass to `integrate(..., signal_offset=)` (see the core's
     /// `DetectorMap::folded`): integer frames then take the NaN-free kernel.
-    #[pyo3(signature = (scale=None, dark=None))]
+    #[pyo3(signature = (scale=None, dark=None, n_threads=None))]
     fn folded<'py>(
         &self,
         py: Python<'py>,
         scale: Option<PyReadonlyArray1<'py, f64>>,
         dark: Option<PyReadonlyArray1<'py, f64>>,
+        n_threads: Option<usize>,
     ) -> PyResult<(MapCore, Bound<'py, PyArray1<f64>>)> {
         let scale = scale
             .as_ref()
@@ -391,9 +392,7 @@ impl MapCore {
             .map(|a| a.as_slice())
             .transpose()
             .map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
-        let (map, offset) = py
-            .detach(|| self.map.folded(scale, dark))
-            .map_err(CoreError)?;
+        let (map, offset) = run_detached(py, n_threads, || self.map.folded(scale, dark))?;
         Ok((MapCore::new(map), offset.into_pyarray(py)))
     }
 
