@@ -370,9 +370,14 @@ def test_cuda_matches_rust(small_map_mod, precision, rtol, dtype):
     kw = dict(detector_map=m, precision=precision, mask=rng.uniform(0, 1, m.shape) < 0.02)
     cpu = Integrator(cfg, backend="cpu", **kw)
     cuda = Integrator(cfg, backend="cuda", **kw)
+    # A dark given once (the CPU folds it into its map for integer frames; CUDA reads it per entry).
+    cpu_dark = Integrator(cfg, backend="cpu", dark=dark, **kw)
+    cuda_dark = Integrator(cfg, backend="cuda", dark=dark, **kw)
     for got, want in (
         (cuda.integrate_stack(frames, dark=dark), cpu.integrate_stack(frames, dark=dark)),
         (cuda.integrate(frames[0]), cpu.integrate(frames[0])),
+        (cuda_dark.integrate_stack(frames), cpu_dark.integrate_stack(frames)),
+        (cuda_dark.integrate_stack(frames), cpu.integrate_stack(frames, dark=dark)),
     ):
         assert got.metadata["backend"] == "cuda"
         for k in ("cake", "lineout", "cake_sigma", "lineout_sigma", "area"):
