@@ -382,16 +382,8 @@ impl MapCore {
         dark: Option<PyReadonlyArray1<'py, f64>>,
         n_threads: Option<usize>,
     ) -> PyResult<(MapCore, Bound<'py, PyArray1<f64>>)> {
-        let scale = scale
-            .as_ref()
-            .map(|a| a.as_slice())
-            .transpose()
-            .map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
-        let dark = dark
-            .as_ref()
-            .map(|a| a.as_slice())
-            .transpose()
-            .map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
+        let scale = contiguous_opt(&scale, "scale")?;
+        let dark = contiguous_opt(&dark, "dark")?;
         let (map, offset) = run_detached(py, n_threads, || self.map.folded(scale, dark))?;
         Ok((MapCore::new(map), offset.into_pyarray(py)))
     }
@@ -525,6 +517,17 @@ impl<'py> Frames<'py> {
     }
 }
 
+/// An optional 1-D array as a slice; a non-contiguous one is refused, naming it.
+fn contiguous_opt<'a>(
+    a: &'a Option<PyReadonlyArray1<'_, f64>>,
+    what: &str,
+) -> PyResult<Option<&'a [f64]>> {
+    a.as_ref()
+        .map(|a| a.as_slice())
+        .transpose()
+        .map_err(|_| shape_error(format!("{what}: expected a contiguous array")))
+}
+
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| {
         shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into())
@@ -588,21 +591,9 @@ fn integrate<'py>(
         };
     }
     let n_pixels = m.n_pixels().max(1);
-    let dark = dark
-        .as_ref()
-        .map(|d| d.as_slice())
-        .transpose()
-        .map_err(|_| shape_error("dark: expected a contiguous array".into()))?;
-    let scale = scale
-        .as_ref()
-        .map(|d| d.as_slice())
-        .transpose()
-        .map_err(|_| shape_error("scale: expected a contiguous array".into()))?;
-    let variance = variance
-        .as_ref()
-        .map(|d| d.as_slice())
-        .transpose()
-        .map_err(|_| shape_error("variance: expected a contiguous array".into()))?;
+    let dark = contiguous_opt(&dark, "dark")?;
+    let scale = contiguous_opt(&scale, "scale")?;
+    let variance = contiguous_opt(&variance, "variance")?;
     let error_model = match (error_model, variance) {
         ("none", _) => ErrorModel::None,
         ("poisson", _) => ErrorModel::Poisson,
@@ -649,11 +640,7 @@ fn integrate<'py>(
             ))
         }
     };
-    let signal_offset = signal_offset
-        .as_ref()
-        .map(|d| d.as_slice())
-        .transpose()
-        .map_err(|_| shape_error("signal_offset: expected a contiguous array".into()))?;
+    let signal_offset = contiguous_opt(&signal_offset, "signal_offset")?;
     let opts = core_integrate::Options {
         dark,
         scale,
