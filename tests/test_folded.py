@@ -167,3 +167,15 @@ def test_a_signal_offset_only_goes_with_a_folded_map(small_config, small_map):
         _core.integrate(small_map._core, frame.astype(np.float32), signal_offset=offset)
     with pytest.raises(ShapeError, match="signal offset"):
         _core.integrate(small_map._core, frame, signal_offset=offset[:-1])
+
+
+def test_count_equal_counts_marker_values_in_the_frames_own_type():
+    from radint import DtypeError, _core
+
+    frame = np.array([[0, 65535, 7], [65535, 3, 7]], dtype=np.uint16)
+    assert _core.count_equal(frame.ravel(), [65535, 7]) == 4
+    assert _core.count_equal(frame.ravel(), [-1]) == 0  # -1 is no uint16 value
+    big = np.tile(np.arange(-3, 4, dtype=np.int32), 100_000)
+    assert _core.count_equal(big, [-1, -2, -1], n_threads=2) == 200_000
+    with pytest.raises(DtypeError, match="integer frames only"):
+        _core.count_equal(np.zeros(3, np.float32), [0])

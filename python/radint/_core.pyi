@@ -102,6 +102,9 @@ class MapCore:
         self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = ...
     ) -> None: ...
 
+def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ...) -> int:
+    """How many elements of the contiguous integer array ``frame`` equal any of ``values``."""
+
 def gather_kernels() -> bool:
     """Whether this CPU runs the AVX-512 gather kernels."""
 

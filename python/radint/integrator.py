@@ -431,11 +431,12 @@ class Integrator:
         )
         frames = [f for p in parts for f in p.reshape(-1, p.shape[-2] * p.shape[-1])]
         cached = self._marker_cache
-        # The cached pixels still marked and no others (one count per value and frame, a few
-        # thousand lookups): the cheap check for the common case.
+        # The cached pixels still marked and no others (a few thousand lookups, and one
+        # multithreaded count per frame): the cheap check for the common case.
+        wanted = [int(v) for v in values]
         if cached is None or not all(
             np.isin(f[cached[0]], values).all()
-            and sum(np.count_nonzero(f == v) for v in values) == cached[0].size
+            and _core.count_equal(f, wanted, self.n_threads) == cached[0].size
             for f in frames
         ):
             marked = [np.isin(f, values) for f in frames]

@@ -742,6 +742,42 @@ fn copy_bytes(
     })
 }
 
+/// How many elements of the integer array `frame` equal any of `values` (values its dtype
+/// cannot hold match nothing), on `n_threads` threads with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (frame, values, n_threads=None))]
+fn count_equal(
+    py: Python<'_>,
+    frame: &Bound<'_, PyAny>,
+    values: Vec<i64>,
+    n_threads: Option<usize>,
+) -> PyResult<usize> {
+    let frames = Frames::extract(frame)?;
+    macro_rules! count {
+        ($a:expr) => {{
+            let data = contiguous($a)?;
+            let wanted: Vec<_> = values.iter().filter_map(|&v| v.try_into().ok()).collect();
+            run_detached(py, n_threads, || {
+                Ok(radint_core::scan::count_equal(data, &wanted))
+            })
+        }};
+    }
+    match &frames {
+        Frames::U8(a) => count!(a),
+        Frames::U16(a) => count!(a),
+        Frames::U32(a) => count!(a),
+        Frames::I32(a) => count!(a),
+        Frames::I64(a) => count!(a),
+        _ => Err(raise(
+            "DtypeError",
+            format!(
+                "count_equal: integer frames only, got {}",
+                frames.dtype_name()
+            ),
+        )),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -756,6 +792,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(gather_kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(count_equal, m)?)?;
     fit::register(m)?;
     Ok(())
 }

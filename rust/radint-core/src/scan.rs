@@ -1,0 +1,46 @@
+//! Whole-frame scans outside the CSR kernels: counting the pixels that hold gap / bad-pixel
+//! marker values, which the Integrator does for every integer frame when such values are
+//! configured (numpy's one pass per value took ~1.5 ms of a Pilatus 2M frame on 2 cores).
+
+use rayon::prelude::*;
+
+/// Pixels per rayon task.
+const CHUNK: usize = 64 * 1024;
+
+/// How many elements of `data` equal any of `values`, on the current rayon pool.
+pub fn count_equal<T: Copy + PartialEq + Send + Sync>(data: &[T], values: &[T]) -> usize {
+    let mut distinct: Vec<T> = Vec::with_capacity(values.len());
+    for &v in values {
+        if !distinct.contains(&v) {
+            distinct.push(v);
+        }
+    }
+    // One branch-free pass per value over a cache-resident chunk: the compiler vectorizes it
+    // (a per-element search of the value list did not, and took 3x as long).
+    let count = |chunk: &[T]| -> usize {
+        distinct
+            .iter()
+            .map(|&v| chunk.iter().map(|&x| usize::from(x == v)).sum::<usize>())
+            .sum()
+    };
+    if data.len() <= CHUNK {
+        return count(data);
+    }
+    data.par_chunks(CHUNK).map(count).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_listed_value_at_any_length() {
+        for n in [0usize, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let data: Vec<i32> = (0..n).map(|i| (i % 7) as i32 - 2).collect();
+            let want = data.iter().filter(|&&x| x == -1 || x == -2).count();
+            assert_eq!(count_equal(&data, &[-1, -2]), want, "length {n}");
+            assert_eq!(count_equal(&data, &[-1, -2, -1]), want, "a value listed twice");
+            assert_eq!(count_equal(&data, &[]), 0);
+        }
+    }
+}
