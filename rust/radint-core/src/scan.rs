@@ -39,7 +39,11 @@ mod tests {
             let data: Vec<i32> = (0..n).map(|i| (i % 7) as i32 - 2).collect();
             let want = data.iter().filter(|&&x| x == -1 || x == -2).count();
             assert_eq!(count_equal(&data, &[-1, -2]), want, "length {n}");
-            assert_eq!(count_equal(&data, &[-1, -2, -1]), want, "a value listed twice");
+            assert_eq!(
+                count_equal(&data, &[-1, -2, -1]),
+                want,
+                "a value listed twice"
+            );
             assert_eq!(count_equal(&data, &[]), 0);
         }
     }
