@@ -903,7 +903,7 @@ def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, 
     MIDAS zip instead of the zip's exchange/dark; a Dask worker reused by a later run keeps its
     integrator only while the dark is the same (a run without --dark subtracts nothing)."""
     from radint import Integrator
-    from radint.batch import _WORKER, process_file
+    from radint.batch import _WORKER, process_file, process_files
     from radint.batch.distributed import _task
 
     rng = np.random.default_rng(4)
@@ -928,10 +928,16 @@ def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, 
                     "dark": dark, "skip_existing": False, "compression": None, "raw_dtype": None}  # fmt: skip
             o = _task(small_config, str(tmp_path / "cache"), 1, "cpu", tmp_path / "t.tif", None,
                       opts)  # fmt: skip
+            # Another run's task swapping the worker's integrator meanwhile does not reach this
+            # one's next task: it is checked, and rebuilt, before every task.
+            _WORKER["integrator"] = Integrator(small_config, n_threads=1, dark=given * 3)
             assert o.ok, o.error
             want = plain.integrate_stack(frames, dark=dark).cake
             with h5py.File(tmp_path / f"w{k}" / "t.h5") as f:
                 np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want, rtol=1e-12)
+        _WORKER.clear()  # no worker integrator and none given: a clear error
+        with pytest.raises(RadintError, match="integrator="):
+            list(process_files([tmp_path / "t.tif"], str(tmp_path / "none"), ["nexus"]))
     finally:
         _WORKER.clear()
         _WORKER.update(saved)

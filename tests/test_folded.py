@@ -179,3 +179,35 @@ def test_count_equal_counts_marker_values_in_the_frames_own_type():
     assert _core.count_equal(big, [-1, -2, -1], n_threads=2) == 200_000
     with pytest.raises(DtypeError, match="integer frames only"):
         _core.count_equal(np.zeros(3, np.float32), [0])
+
+
+def test_marker_values_in_a_mixed_dtype_list_are_left_out(small_config, small_map):
+    """A list mixing integer and float frames is integrated in the common (float) type: the
+    integer frame's marker values must be masked there too, not integrated as counts."""
+    integ = Integrator(small_config, detector_map=small_map, invalid_values=[65535])
+    rng = np.random.default_rng(7)
+    ints = rng.poisson(40, small_config.shape).astype(np.uint16)
+    ints[20:22, :] = 65535
+    floats = rng.poisson(40, small_config.shape).astype(np.float32)
+    want_int = ints.astype(np.float64)
+    want_int[ints == 65535] = np.nan
+    for frames, wants in (
+        ([ints, floats], [want_int, floats]),
+        ([floats, ints], [floats, want_int]),
+    ):
+        got = integ.integrate_stack(frames)
+        want = integ.integrate_stack(np.stack(wants).astype(np.float64))
+        np.testing.assert_allclose(got.cake, want.cake, rtol=1e-6, equal_nan=True)
+
+
+def test_fortran_ordered_frames_are_refused_by_the_core(small_config, small_map):
+    from radint import _core
+
+    frame = np.asfortranarray(np.arange(small_config.shape[0] * small_config.shape[1],
+                                        dtype=np.uint32).reshape(small_config.shape))  # fmt: skip
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        _core.integrate(small_map._core, frame)
+    # The Integrator makes such frames C-ordered itself.
+    integ = Integrator(small_config, detector_map=small_map)
+    np.testing.assert_allclose(integ.integrate(frame).cake,
+                               integ.integrate(np.ascontiguousarray(frame)).cake, equal_nan=True)  # fmt: skip

@@ -561,7 +561,13 @@ class Integrator:
                 raise ShapeError("frames: an empty list")
             parts = [self._check_frames(f, 2, f"frames[{k}]") for k, f in enumerate(frames)]
             dtype = np.result_type(*parts)
-            parts = [p if p.dtype == dtype else p.astype(dtype) for p in parts]
+            if any(p.dtype != dtype for p in parts):
+                # Integrated in the common type, so checked again in it: an integer part whose
+                # marker values were left for the marker map gets them masked once it is float.
+                parts = [
+                    self._check_frames(p.astype(dtype), 2, f"frames[{k}]")
+                    for k, p in enumerate(parts)
+                ]
             return self._run(parts, dark, variance, stack=True)
         a = self._check_frames(frames, 3, "frames")
         return self._run(a, dark, variance, stack=True)

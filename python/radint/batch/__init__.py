@@ -273,13 +273,14 @@ def process_files(
     from radint.io.write import resolve_formats
 
     integ = integrator or _WORKER.get("integrator")
-    if integ is not None:
-        dark = integ.same_dark(dark)  # the integrator's own dark keeps its folded map
+    if integ is None:
+        raise RadintError("process_files: pass integrator= (run_batch makes one per worker)")
+    dark = integ.same_dark(dark)  # the integrator's own dark keeps its folded map
     paths = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in paths]  # not resolve(): symlinked folders kept
     names = list(names) if names else [None] * len(paths)
     # "midas" adds IntegratorZarrOMP's fit files when this integrator fits peaks.
-    formats = resolve_formats(formats, integ is not None and integ.fit is not None)
+    formats = resolve_formats(formats, integ.fit is not None)
     writer = _FileWriter(out_dir, formats, compression)
     done: dict[int, FileOutcome] = {}
     next_out = 0

@@ -30,15 +30,19 @@ def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
 
     dark = opts.get("dark")
     integ = batch._WORKER.get("integrator")
-    # A worker of a long-lived cluster keeps its integrator between runs: not its dark, though,
-    # when this run has another one or none.
+    key = (config, cache, n_threads, backend)
+    # A worker of a long-lived cluster keeps its integrator between runs: not when this run has
+    # other settings or another dark (or none). The integrator is handed on explicitly, so a
+    # task of another run swapping the worker's integrator meanwhile cannot reach this one.
     if (
         integ is None
-        or integ.config != config
+        or batch._WORKER.get("key") != key
         or ((dark is None) != (integ.dark is None) or integ.same_dark(dark) is not integ.dark)
     ):
         _init_worker(config, cache, n_threads, backend, dark=dark)
-    return process_file(path, name=name, **opts)
+        integ = batch._WORKER["integrator"]
+        batch._WORKER["key"] = key
+    return process_file(path, name=name, integrator=integ, **opts)
 
 
 def run_on_dask(

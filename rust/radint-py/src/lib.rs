@@ -529,9 +529,13 @@ fn contiguous_opt<'a>(
 }
 
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| {
-        shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into())
-    })
+    let refuse =
+        || shape_error("frame: expected a C-contiguous array (use numpy.ascontiguousarray)".into());
+    // as_slice also takes Fortran order, whose memory order is the transposed frame.
+    if !a.is_c_contiguous() {
+        return Err(refuse());
+    }
+    a.as_slice().map_err(|_| refuse())
 }
 
 /// Integrate one frame `(n_z, n_y)`, a stack `(n_frames, n_z, n_y)` or a list of frames
