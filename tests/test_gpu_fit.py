@@ -59,7 +59,7 @@ def fit_harness(tmp_path_factory):
 
 
 def harness_fit(lib, x, ys, positions, padding=20, max_peaks_per_job=32, bin_average=True):
-    plan = _core.fit_plan(x, positions, padding)
+    plan = _core.fit_plan(x, positions, padding, max_peaks_per_job)
     n_curves, n_slots = ys.shape[0], len(positions)
     out = {
         "values": np.full((n_curves, n_slots, 7), np.nan),
@@ -141,8 +141,8 @@ def test_fit_harness_matches_rust_on_a_long_merged_job(fit_harness):
 
 def test_fit_harness_statuses_for_jobs_it_cannot_hold(fit_harness):
     """Seven peaks merged in one job exceed the kernel's storage: marked for the CPU fallback;
-    above max_peaks_per_job: too_many_peaks, as the Rust fitter says; a ROI with fewer finite
-    points than parameters: insufficient_data."""
+    with max_peaks_per_job 5 the plan cuts them into jobs it holds, fitted as the Rust fitter
+    fits them; a ROI with fewer finite points than parameters: insufficient_data."""
     x = np.arange(300.0)
     y = 10 + sum(500 * pv(x, c, 2.0, 0.5) for c in range(100, 135, 5))
     seven = [float(c) for c in range(100, 135, 5)]
@@ -151,6 +151,7 @@ def test_fit_harness_statuses_for_jobs_it_cannot_hold(fit_harness):
     got = harness_fit(fit_harness, x, y[None], seven, max_peaks_per_job=5)
     ref = fit_peaks(x, y, positions=seven, max_peaks_per_job=5)
     np.testing.assert_array_equal(got["status"][0], ref.status)
+    assert (ref.status == 0).all()
     masked = y.copy()
     masked[:200] = np.nan
     got = harness_fit(fit_harness, x, masked[None], [150.0], padding=3)

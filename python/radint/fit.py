@@ -216,7 +216,9 @@ def fit_peaks(
     max_iterations : int
         Levenberg–Marquardt step limit (status ``max_iterations`` beyond it).
     max_peaks_per_job : int
-        Jobs with more merged peaks are not fitted (status ``too_many_peaks``).
+        Most peaks fitted together: a chain of overlapping ROIs with more is cut into jobs of at
+        most this many at its widest gaps between neighbouring peaks (each part's ROI ends
+        half-way across the gap).
     n_threads : int, optional
         Threads (default: all cores). The GIL is released while fitting.
     bin_average : bool

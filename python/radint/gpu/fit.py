@@ -58,7 +58,7 @@ class CudaFitter:
         self.max_iterations = int(max_iterations)
         self.max_peaks_per_job = int(max_peaks_per_job)
         self.bin_average = bool(bin_average)
-        plan = _core.fit_plan(self.x, self.positions, self.roi_padding)
+        plan = _core.fit_plan(self.x, self.positions, self.roi_padding, self.max_peaks_per_job)
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
         self._plan = {k: cp.asarray(plan[k]) for k in

@@ -105,7 +105,14 @@ fn main() {
                 t[2] += clock.elapsed().as_secs_f64();
                 let positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
                 let clock = Instant::now();
-                let jobs = plan_jobs(&x, &corr, &positions, opts.roi_padding, false);
+                let jobs = plan_jobs(
+                    &x,
+                    &corr,
+                    &positions,
+                    opts.roi_padding,
+                    false,
+                    opts.max_peaks_per_job,
+                );
                 t[3] += clock.elapsed().as_secs_f64();
                 let clock = Instant::now();
                 let fits = fit_curve(&x, &corr, &positions, &opts).expect("valid input");

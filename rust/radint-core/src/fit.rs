@@ -52,8 +52,8 @@ pub struct FitOptions {
     pub roi_padding: usize,
     /// `FitROIAuto`: padding = max(15, 1.5 · largest estimated FWHM in bins).
     pub auto_roi: bool,
-    /// Jobs (merged ROIs) with more peaks than this are not fitted (`TooManyPeaks`): the normal
-    /// equations grow as (4·peaks)³.
+    /// Merged ROIs with more peaks than this are cut into jobs of at most this many at their
+    /// widest gaps ([`roi::plan_jobs`]): the normal equations grow as (4·peaks)³.
     pub max_peaks_per_job: usize,
     /// Model each point as the mean of the profile over its bin (edges halfway between bin
     /// centres), as integration makes a lineout, rather than MIDAS's value at the bin centre.
@@ -170,9 +170,17 @@ fn validate_axis(x: &[f64]) -> Result<f64> {
 
 /// The jobs [`fit_many`] fits for `positions` on axis `x` with a fixed ROI padding, and the axis
 /// bin size: what the GPU fitter runs, so both backends fit exactly the same ROIs.
-pub fn plan_fixed_rois(x: &[f64], positions: &[f64], padding: usize) -> Result<(f64, Vec<Job>)> {
+pub fn plan_fixed_rois(
+    x: &[f64],
+    positions: &[f64],
+    padding: usize,
+    max_peaks_per_job: usize,
+) -> Result<(f64, Vec<Job>)> {
     let bin = validate_axis(x)?;
-    Ok((bin, plan_jobs(x, &[], positions, padding, false)))
+    Ok((
+        bin,
+        plan_jobs(x, &[], positions, padding, false, max_peaks_per_job),
+    ))
 }
 
 fn validate_options(opts: &FitOptions) -> Result<()> {
@@ -210,7 +218,14 @@ fn fit_curve_checked(
     bin: f64,
     opts: &FitOptions,
 ) -> Vec<PeakFit> {
-    let jobs = plan_jobs(x, y, positions, opts.roi_padding, opts.auto_roi);
+    let jobs = plan_jobs(
+        x,
+        y,
+        positions,
+        opts.roi_padding,
+        opts.auto_roi,
+        opts.max_peaks_per_job,
+    );
     let fitted: Vec<Vec<(usize, PeakFit)>> = jobs
         .par_iter()
         .map(|job| fit_job(x, y, offset, job, bin, opts))

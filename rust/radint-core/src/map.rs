@@ -107,27 +107,32 @@ impl DetectorMap {
     pub fn eta_cross(&self) -> &EtaCross {
         self.derived.eta_cross.get_or_init(|| {
             let n_eta = self.n_eta();
+            let weight = |e: usize| match &self.weight {
+                Some(w) => w[e],
+                None => self.area[e] as f64,
+            };
             let rows: Vec<Vec<(u32, f64)>> = (0..self.n_r())
                 .into_par_iter()
                 .map(|r| {
                     let lo = self.indptr[r * n_eta] as usize;
                     let hi = self.indptr[(r + 1) * n_eta] as usize;
-                    let mut pieces: Vec<(u32, f64)> = (lo..hi)
-                        .map(|e| {
-                            let w = match &self.weight {
-                                Some(w) => w[e],
-                                None => self.area[e] as f64,
-                            };
-                            (self.pixel[e], w)
-                        })
+                    // Plain integers sort ~3x faster than (pixel, weight) pairs by key; the
+                    // entry's offset in the low half finds its weight again.
+                    let mut keys: Vec<u64> = (lo..hi)
+                        .map(|e| (u64::from(self.pixel[e]) << 32) | (e - lo) as u64)
                         .collect();
-                    pieces.sort_unstable_by_key(|&(p, _)| p);
+                    keys.sort_unstable();
                     let mut shared = Vec::new();
-                    for group in pieces.chunk_by(|a, b| a.0 == b.0) {
+                    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
                         if group.len() > 1 {
-                            let sum: f64 = group.iter().map(|g| g.1).sum();
-                            let squares: f64 = group.iter().map(|g| g.1 * g.1).sum();
-                            shared.push((group[0].0, sum * sum - squares));
+                            let w = || {
+                                group
+                                    .iter()
+                                    .map(|&k| weight(lo + (k & 0xffff_ffff) as usize))
+                            };
+                            let sum: f64 = w().sum();
+                            let squares: f64 = w().map(|x| x * x).sum();
+                            shared.push(((group[0] >> 32) as u32, sum * sum - squares));
                         }
                     }
                     shared

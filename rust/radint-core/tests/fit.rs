@@ -359,10 +359,10 @@ fn fit_bad_input_gives_errors_or_statuses_never_panics() {
         FitStatus::InsufficientData
     );
 
-    // Too many peaks merged into one job.
+    // More peaks than a job takes: the merged ROI is cut into jobs, none is refused.
     let crowd: Vec<f64> = (0..40).map(|i| 110.0 + 2.0 * i as f64).collect();
     let fits = fit_curve(&x, &case.y, &crowd, &opts).unwrap();
-    assert!(fits.iter().all(|f| f.status == FitStatus::TooManyPeaks));
+    assert!(fits.iter().all(|f| f.status != FitStatus::TooManyPeaks));
 
     // No positions: an empty result, not an error.
     assert!(fit_curve(&x, &case.y, &[], &opts).unwrap().is_empty());
@@ -388,11 +388,48 @@ fn fit_bad_input_gives_errors_or_statuses_never_panics() {
 }
 
 #[test]
+fn fit_plan_cuts_crowded_jobs_at_their_widest_gaps() {
+    let x: Vec<f64> = (0..1200).map(|i| i as f64).collect();
+    // 39 rings 30 bins apart chain into one ROI with padding 20; one gap is wider (35 bins).
+    let mut positions: Vec<f64> = (0..39).map(|i| 10.0 + 30.0 * i as f64).collect();
+    for p in positions.iter_mut().skip(20) {
+        *p += 5.0;
+    }
+    let jobs = plan_jobs(&x, &[], &positions, 20, false, 32);
+    assert_eq!(jobs.len(), 2);
+    // The cut is at the widest gap (between peaks 19 and 20), half-way across it.
+    assert_eq!(jobs[0].peaks.len(), 20);
+    assert_eq!(jobs[1].peaks.len(), 19);
+    let mid = (jobs[0].peaks[19].index + jobs[1].peaks[0].index) / 2;
+    assert_eq!((jobs[0].hi, jobs[1].lo), (mid, mid + 1));
+    for job in &jobs {
+        assert!(job.peaks.len() <= 32);
+        for pk in &job.peaks {
+            assert!(job.lo <= pk.lo && pk.hi <= job.hi && pk.lo <= pk.index && pk.index <= pk.hi);
+        }
+    }
+    let mut slots: Vec<usize> = jobs
+        .iter()
+        .flat_map(|j| j.peaks.iter().map(|p| p.slot))
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(slots, (0..39).collect::<Vec<_>>());
+    // Evenly spaced: cut into balanced parts, each at most the cap.
+    let even: Vec<f64> = (0..100).map(|i| 5.0 + 11.0 * i as f64).collect();
+    let jobs = plan_jobs(&x, &[], &even, 20, false, 32);
+    assert!(jobs
+        .iter()
+        .all(|j| !j.peaks.is_empty() && j.peaks.len() <= 32));
+    assert_eq!(jobs.iter().map(|j| j.peaks.len()).sum::<usize>(), 100);
+    assert!(jobs.windows(2).all(|w| w[0].hi < w[1].lo));
+}
+
+#[test]
 fn fit_plan_jobs_snaps_clips_and_merges() {
     let x: Vec<f64> = (0..200).map(|i| 0.5 * i as f64).collect();
     let y = vec![1.0; 200];
     // 25.0 → idx 50, 30.2 → idx 60, 60.0 → idx 120; 5.0 → idx 10 (clipped at 0); 200 out of range.
-    let jobs = plan_jobs(&x, &y, &[60.0, 30.2, 25.0, 200.0, 5.0], 10, false);
+    let jobs = plan_jobs(&x, &y, &[60.0, 30.2, 25.0, 200.0, 5.0], 10, false, 32);
     assert_eq!(jobs.len(), 3, "{jobs:?}");
     assert_eq!((jobs[0].lo, jobs[0].hi), (0, 20));
     assert_eq!((jobs[1].lo, jobs[1].hi), (40, 70));
@@ -416,13 +453,13 @@ fn fit_plan_jobs_snaps_clips_and_merges() {
     // FitROIAuto: narrow peaks give the minimum padding of 15 bins.
     let mut y2 = vec![0.0; 200];
     y2[100] = 10.0;
-    let jobs = plan_jobs(&x, &y2, &[50.0], 3, true);
+    let jobs = plan_jobs(&x, &y2, &[50.0], 3, true, 32);
     assert_eq!((jobs[0].lo, jobs[0].hi), (85, 115));
     // A 30-bin plateau [85, 115): the half-maximum walk spans 29 bins, padding ⌈1.5 · 29⌉ = 44.
     let y3: Vec<f64> = (0..200)
         .map(|i| if (85..115).contains(&i) { 10.0 } else { 0.0 })
         .collect();
-    let jobs = plan_jobs(&x, &y3, &[50.0], 3, true);
+    let jobs = plan_jobs(&x, &y3, &[50.0], 3, true, 32);
     assert_eq!((jobs[0].lo, jobs[0].hi), (56, 144), "{jobs:?}");
 }
 

@@ -292,15 +292,16 @@ fn fit_status_names() -> Vec<(u8, &'static str)> {
 /// `peak_slot`, `peak_index`, `peak_lo`, `peak_hi` u32 `(n_planned,)` (position index, snapped
 /// bin, the peak's own inclusive ROI bin range). Positions in no job are out of range.
 #[pyfunction]
-#[pyo3(signature = (x, positions, roi_padding=20))]
+#[pyo3(signature = (x, positions, roi_padding=20, max_peaks_per_job=32))]
 fn fit_plan<'py>(
     py: Python<'py>,
     x: PyReadonlyArray1<'py, f64>,
     positions: Vec<f64>,
     roi_padding: usize,
+    max_peaks_per_job: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     let xs = slice_1d("x", &x)?;
-    let (bin, jobs) = core_fit::plan_fixed_rois(xs, &positions, roi_padding)
+    let (bin, jobs) = core_fit::plan_fixed_rois(xs, &positions, roi_padding, max_peaks_per_job)
         .map_err(crate::errors::CoreError::from)?;
     let (mut lo, mut hi, mut start, mut slot, mut index) =
         (Vec::new(), Vec::new(), vec![0u32], Vec::new(), Vec::new());

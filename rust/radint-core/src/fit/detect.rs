@@ -37,10 +37,11 @@ pub struct AutoFit {
 }
 
 /// SNIP background (LLS-transformed, decreasing clipping window `p = iterations … 1`), ≥ 0.
-/// NaN input counts as 0.
+/// NaN bins (masked or empty) are bridged linearly from their finite neighbours first: read as
+/// 0, one such bin pulled the clipped background down to ~0 for hundreds of bins around it.
 pub fn snip_background(y: &[f64], iterations: usize) -> Vec<f64> {
     let n = y.len();
-    let mut v: Vec<f64> = y
+    let mut v: Vec<f64> = bridge_nan(y)
         .iter()
         .map(|&i| ((i.max(0.0) + 1.0).sqrt() + 1.0).ln().ln_1p())
         .collect();
@@ -60,6 +61,25 @@ pub fn snip_background(y: &[f64], iterations: usize) -> Vec<f64> {
             (a * a - 1.0).max(0.0)
         })
         .collect()
+}
+
+/// `y` with each run of NaN bins replaced by the straight line between the finite bins on either
+/// side (the nearest finite value at the ends; all 0 when nothing is finite).
+pub fn bridge_nan(y: &[f64]) -> Vec<f64> {
+    let finite: Vec<usize> = (0..y.len()).filter(|&i| y[i].is_finite()).collect();
+    let (Some(&first), Some(&last)) = (finite.first(), finite.last()) else {
+        return vec![0.0; y.len()];
+    };
+    let mut out = y.to_vec();
+    out[..first].fill(y[first]);
+    out[last + 1..].fill(y[last]);
+    for pair in finite.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        for (k, v) in out.iter_mut().enumerate().take(b).skip(a + 1) {
+            *v = y[a] + (y[b] - y[a]) * (k - a) as f64 / (b - a) as f64;
+        }
+    }
+    out
 }
 
 /// Savitzky–Golay smoothing, window 7, quadratic: `(−2, 3, 6, 7, 6, 3, −2)/21`; the 3 points at
@@ -240,16 +260,21 @@ pub fn fit_auto_many(
 fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions) -> AutoFit {
     let bin = bin_size(x);
     let background = snip_background(y, auto.snip_iterations);
-    let corr: Vec<f64> = y
-        .iter()
-        .zip(&background)
-        .map(|(&v, &b)| (v - b).max(0.0))
-        .collect();
+    // Candidates are found on the NaN-bridged curve (smoothing would spread a NaN over its
+    // neighbours); the fits see the NaN bins as NaN, so they leave them out.
+    let bridged = bridge_nan(y);
+    let clipped = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .zip(&background)
+            .map(|(&v, &b)| if v.is_nan() { v } else { (v - b).max(0.0) })
+            .collect()
+    };
+    let (corr, corr_bridged) = (clipped(y), clipped(&bridged));
     // x is uniform here, so MIDAS's max(3, 3·RBinSize/|x1 − x0|) is 3 bins.
     let min_sep = 3;
     let max_candidates = (3 * auto.max_peaks).min(x.len() / 2);
-    let min_prominence = DETECTION_SIGMAS * noise_sigma(&corr);
-    let cand = detect_candidates(&corr, max_candidates, min_sep, min_prominence);
+    let min_prominence = DETECTION_SIGMAS * noise_sigma(&corr_bridged);
+    let cand = detect_candidates(&corr_bridged, max_candidates, min_sep, min_prominence);
     let positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
     let fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
     AutoFit {

@@ -58,13 +58,17 @@ pub fn snap_to_bin(x: &[f64], position: f64, bin: f64) -> Option<usize> {
 /// Plan fitting jobs: snap `positions` to bins, take ROI `[idx − P, idx + P]` clipped to the axis,
 /// merge consecutive peaks whose ROI starts at or before the current job's end into one job.
 /// `P = padding`, or with `auto_roi` the GPU FitROIAuto rule from `y`. Positions that do not snap
-/// (NaN, outside the axis by 2 bins or more) appear in no job.
+/// (NaN, outside the axis by 2 bins or more) appear in no job. A merged job of more than
+/// `max_peaks` peaks is cut at its widest gaps between neighbouring peaks (each side's ROI ends
+/// half-way) until no part has more: evenly spaced rings otherwise chain into one job too big
+/// to fit, and every one of their peaks was lost.
 pub fn plan_jobs(
     x: &[f64],
     y: &[f64],
     positions: &[f64],
     padding: usize,
     auto_roi: bool,
+    max_peaks: usize,
 ) -> Vec<Job> {
     let bin = bin_size(x);
     let mut peaks: Vec<JobPeak> = positions
@@ -102,7 +106,45 @@ pub fn plan_jobs(
             }),
         }
     }
-    jobs
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        split_job(job, max_peaks.max(1), &mut out);
+    }
+    out
+}
+
+/// Push `job`, cut at the widest gap between consecutive peaks while it has more than
+/// `max_peaks` (the left part ends half-way across the gap, the right part starts after it).
+fn split_job(job: Job, max_peaks: usize, out: &mut Vec<Job>) {
+    if job.peaks.len() <= max_peaks {
+        out.push(job);
+        return;
+    }
+    // Widest gap; among equal ones the most central, so the parts come out balanced.
+    let n = job.peaks.len();
+    let cut = (1..n)
+        .max_by_key(|&k| {
+            let gap = job.peaks[k].index - job.peaks[k - 1].index;
+            (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
+        })
+        .expect("a job with more than one peak");
+    let mid = (job.peaks[cut - 1].index + job.peaks[cut].index) / 2;
+    let mut left = job.peaks;
+    let right = left.split_off(cut);
+    let clip = |peaks: Vec<JobPeak>, lo: usize, hi: usize| Job {
+        lo,
+        hi,
+        peaks: peaks
+            .into_iter()
+            .map(|pk| JobPeak {
+                lo: pk.lo.max(lo),
+                hi: pk.hi.min(hi),
+                ..pk
+            })
+            .collect(),
+    };
+    split_job(clip(left, job.lo, mid), max_peaks, out);
+    split_job(clip(right, mid + 1, job.hi), max_peaks, out);
 }
 
 /// FitROIAuto padding: `max(15, 1.5 · max FWHM_bins)` with each FWHM estimated in a ±50-bin window.
@@ -127,15 +169,24 @@ fn auto_padding(y: &[f64], peaks: &[JobPeak]) -> usize {
     AUTO_ROI_MIN.max((1.5 * widest as f64).ceil() as usize)
 }
 
-/// MIDAS background start: mean of the first and last `bw = clamp(n/4, 1, 5)` points.
+/// MIDAS background start: mean of the first and last `bw = clamp(n/4, 1, 5)` points, over the
+/// finite ones (0 when none is).
 pub fn edge_background(y: &[f64]) -> f64 {
     let n = y.len();
     if n == 0 {
         return 0.0;
     }
     let bw = (n / 4).clamp(1, 5).min(n);
-    let sum: f64 = y[..bw].iter().chain(&y[n - bw..]).sum();
-    sum / (2 * bw) as f64
+    let (sum, count) = y[..bw]
+        .iter()
+        .chain(&y[n - bw..])
+        .filter(|v| v.is_finite())
+        .fold((0.0, 0usize), |(s, c), &v| (s + v, c + 1));
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
 }
 
 /// `I[pk] − bg`, or `I[pk]` when that is not positive.
@@ -148,16 +199,20 @@ fn peak_amplitude(y: &[f64], pk: usize, bg: f64) -> f64 {
     }
 }
 
-/// FWHM in bins by walking out from `pk` while `I > bg + amp/2` (at least 2).
+/// FWHM in bins by walking out from `pk` while `I > bg + amp/2`, across NaN bins (at least 2).
 fn fwhm_bins(y: &[f64], pk: usize, bg: f64, amp: f64) -> usize {
     let half = bg + amp / 2.0;
+    if !half.is_finite() {
+        return 2;
+    }
+    let above = |v: f64| v.is_nan() || v > half;
     let pk = pk.min(y.len().saturating_sub(1));
     let mut left = pk;
-    while left > 0 && y[left - 1] > half {
+    while left > 0 && above(y[left - 1]) {
         left -= 1;
     }
     let mut right = pk;
-    while right + 1 < y.len() && y[right + 1] > half {
+    while right + 1 < y.len() && above(y[right + 1]) {
         right += 1;
     }
     (right - left).max(2)
