@@ -125,6 +125,17 @@ def test_protocol_round_trip_every_dtype(dtype):
     np.testing.assert_array_equal(got[2].view(data.dtype).reshape(SHAPE), data)
 
 
+@pytest.mark.parametrize("dtype", [">i2", ">i4", ">u2", ">u4", ">f4", ">f8"])
+def test_protocol_big_endian_frames_keep_their_values(dtype):
+    """Big-endian frames (HDF5 / .npy written so) go out with their values, not their bytes read
+    backwards (a '>i4' 300 arrived as 738 263 040)."""
+    data = (np.arange(N_PIX) % 1000 - 300 * ("i" in dtype)).astype(dtype).reshape(SHAPE)
+    (got,), _ = decode_stream(encode_frame_bytes(3, data), N_PIX)
+    expected = data.astype(data.dtype.newbyteorder("="))
+    arrived = got[2].view(expected.dtype) if expected.dtype.kind == "i" else got[2]
+    np.testing.assert_array_equal(arrived.reshape(SHAPE), expected)
+
+
 def test_protocol_byte_exact_layout():
     data = np.array([[1, 2], [3, 4]], dtype=np.uint16)
     assert encode_frame_bytes(5, data) == struct.pack("<HH", 5, 1) + data.tobytes()

@@ -111,7 +111,10 @@ def sender_encoding(data: np.ndarray, compress: bool = False) -> tuple[int, list
         return 3, [flat.astype("<i8")]
     wire = DTYPES[code]
     if flat.dtype.kind in "iu" and flat.dtype.kind != wire.kind:
-        flat = flat.view(flat.dtype.newbyteorder("<").str.replace("i", "u"))
+        # Values to little-endian first: a big-endian array viewed as "<u" had its bytes read
+        # backwards (300 as 738 263 040).
+        flat = flat.astype(flat.dtype.newbyteorder("<"), copy=False)
+        flat = flat.view(flat.dtype.str.replace("i", "u"))
     return code, [flat.astype(wire, copy=False)]
 
 
