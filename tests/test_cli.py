@@ -151,3 +151,30 @@ def test_info_table_shows_where_each_key_was_set_in_80_columns(capsys, monkeypat
     lsd = next(line for line in out.splitlines() if "lsd_um" in line)
     assert "line 6" in lsd
     assert "<override>:1" in next(line for line in out.splitlines() if "r_max_px" in line)
+
+
+def test_missing_data_folder_is_an_error_not_an_override(tmp_path, capsys, monkeypatch):
+    """A data folder named like a parameter key (``Run8``) that does not exist is reported as
+    missing (it was taken as an unknown override, dropped with a warning, and the run exited 0);
+    an unknown key followed by a number still reads as another MIDAS program's override."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    params = str(EXAMPLES / "parameters.txt")
+    (tmp_path / "Run7").mkdir()
+    shutil.copy(EXAMPLES / "ceo2_pilatus.tif", tmp_path / "Run7" / "a.tif")
+    for order in (["Run7", "Run8"], ["Run8", "Run7"]):
+        assert main(["-q", "batch", params, *order, "RBinSize", "8", "-o", "out"]) == 1
+        assert "Run8: no such file or directory" in capsys.readouterr().err
+    assert main(["info", params, "SpaceGroup", "225"]) == 0
+
+
+def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
+    """``radint map`` / ``radint stream`` take no data: a stray word or a lower-case key is an
+    error naming it (both were dropped silently)."""
+    params = str(EXAMPLES / "parameters.txt")
+    for extra in (["rmax", "20"], ["RMax", "20", "extra.tif"]):
+        assert main(["map", params, *extra, "-o", str(tmp_path)]) == 2
+        assert "not a 'Key value' parameter override" in capsys.readouterr().err
+    assert main(["stream", params, "extra.tif", "-o", str(tmp_path), "--timeout", "1"]) == 2
+    assert "'extra.tif'" in capsys.readouterr().err

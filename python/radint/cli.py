@@ -36,16 +36,40 @@ def _is_key(token: str) -> bool:
     return word and (token[:1].isupper() or token in _LOWER_KEYS) and not Path(token).exists()
 
 
+def _known_key(token: str) -> bool:
+    """A parameter key radint reads, in any letter case (MIDAS's own spelling or a near miss)."""
+    from radint.config import _MIDAS_KEYS, _OTHER_KEYS
+
+    known = {*_MIDAS_KEYS.values(), *_OTHER_KEYS}
+    return token in known or near_key(token) is not None
+
+
+def _only_overrides(tokens: Sequence[str], command: str) -> list[str]:
+    """The ``Key value`` overrides of a command that takes no data paths; anything else is an
+    error (silently dropped, ``rmax 20`` or a stray file name went unnoticed)."""
+    stray, overrides = _split_overrides(tokens)
+    if stray:
+        raise RadintError(
+            f"radint {command}: {' '.join(stray)!r}: not a 'Key value' parameter override "
+            "(keys are MIDAS parameter names, e.g. RMax 20; this command takes no data files)"
+        )
+    return overrides
+
+
 def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate data paths from ``Key value ...`` overrides, wherever these stand. A key takes
     the numbers that follow it; a word that is not a number only as its first value (the path
-    of ``MaskFile``, ``PanelShiftsFile`` ...), so ``RMax 80 a.tif b.tif`` keeps both files."""
+    of ``MaskFile``, ``PanelShiftsFile`` ...), so ``RMax 80 a.tif b.tif`` keeps both files.
+    A key-like word radint does not know counts as a key only when a number follows it (another
+    MIDAS program's ``Key 3``); otherwise it is a path, so a missing folder named ``Run8`` is
+    reported as missing instead of being dropped as an unknown override."""
     paths: list[str] = []
     overrides: list[str] = []
     i = 0
     while i < len(tokens):
         tok = tokens[i]
-        if not _is_key(tok):
+        followed_by_number = i + 1 < len(tokens) and _is_number(tokens[i + 1])
+        if not _is_key(tok) or not (_known_key(tok) or followed_by_number):
             paths.append(tok)
             i += 1
             continue
@@ -257,7 +281,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     """Build the exact map and write MIDAS Map.bin / nMap.bin (and maskMap.bin)."""
     from radint.detector_map import DetectorMap
 
-    _, overrides = _split_overrides(args.overrides)
+    overrides = _only_overrides(args.overrides, "map")
     config = _load_config(args.params, overrides)
     t0 = time.perf_counter()
     m = DetectorMap.build(config, n_threads=args.threads)
@@ -695,7 +719,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from radint.integrator import Integrator
     from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource
 
-    _, overrides = _split_overrides(args.overrides)
+    overrides = _only_overrides(args.overrides, "stream")
     config = _load_config(args.params, overrides, args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
