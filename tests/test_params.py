@@ -250,3 +250,68 @@ def test_poni_overrides_errors_name_the_override(tmp_path):
     assert c.set_at["RMax"] == ("<override>", 1) and c.set_at["Lsd"] == (str(poni), 0)
     with pytest.raises(ParameterError, match=r"^<override>:1: RBinSize: must be > 0"):
         config.with_overrides(["RBinSize -0.5"]).validate()
+
+
+BASE = "NrPixelsY 64\nNrPixelsZ 48\npx 172\nLsd 250000\nBC 30 20\nWavelength 0.17\nRMax 40\n"
+
+
+def test_byte_order_mark_and_lone_cr_line_ends(tmp_path):
+    """A UTF-8 BOM (Windows editors) does not hide the first key, and old-Mac CR line ends do
+    not fold the file into one line."""
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfRBinSize 2\r\n" + BASE.replace("\n", "\r\n").encode())
+    assert IntegrationConfig.from_midas_params(bom).r_bin_px == 2.0
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes((BASE + "RBinSize 3\nRMin 5\n").replace("\n", "\r").encode())
+    c = IntegrationConfig.from_midas_params(cr)
+    assert (c.r_bin_px, c.r_min_px, c.r_max_px) == (3.0, 5.0, 40.0)
+    assert c.set_at["RMin"] == (str(cr), 9)
+
+
+def test_file_names_are_their_first_word_and_may_hold_a_hash(tmp_path):
+    """As DetectorMapper's sscanf("%s %s"): ``MaskFile m.tif 1`` names m.tif, and a '#' inside a
+    path is part of it (only a word starting with '#' opens a comment)."""
+    (tmp_path / "run#3").mkdir()
+    p = tmp_path / "p.txt"
+    p.write_text(BASE + "MaskFile run#3/mask.tif 1\nDark dark.tif # the dark\nRBinSize 1 #c\n")
+    c = IntegrationConfig.from_midas_params(p)
+    assert c.mask_file == str(tmp_path / "run#3" / "mask.tif")
+    assert c.dark_file == str(tmp_path / "dark.tif")
+    assert c.r_bin_px == 1.0
+
+
+def test_override_file_names_are_relative_to_the_current_directory(tmp_path, monkeypatch):
+    """A file named on the command line is the one the user's shell sees, even when the parameter
+    file's folder holds a file of the same name; names inside the file stay beside it."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "p.txt").write_text(BASE + "MaskFile mask.tif\n")
+    (sub / "mask.tif").write_bytes(b"")
+    (tmp_path / "mask.tif").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert IntegrationConfig.from_midas_params("sub/p.txt").mask_file == "sub/mask.tif"
+    c = IntegrationConfig.from_midas_params("sub/p.txt", ["MaskFile ./mask.tif"])
+    assert c.mask_file == "./mask.tif"
+
+
+def test_misspelled_keys_with_punctuation_or_plural_are_named(tmp_path, caplog):
+    p = tmp_path / "p.txt"
+    p.write_text(BASE + "RBinSize: 2\nEtaBinSizes 1\n")
+    with caplog.at_level("WARNING", logger="radint"):
+        IntegrationConfig.from_midas_params(p)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "RBinSize: is not a key radint reads (ignored); did you mean RBinSize?" in text
+    assert "did you mean EtaBinSize?" in text
+
+
+@pytest.mark.parametrize("fit_line", ["PeakLocation 20", "AutoDetectPeaks 5"])
+def test_fit_switches_survive_overrides_and_midas_text(fit_line):
+    """``PeakLocation`` / ``AutoDetectPeaks`` switch fitting on as they are read; a later
+    ``DoPeakFit 0`` must still hold after with_overrides() and midas_text() (it was written
+    before them and lost)."""
+    c = IntegrationConfig.from_text(BASE + f"{fit_line}\nDoPeakFit 0\n")
+    assert not c.do_peak_fit
+    for again in (c.with_overrides(["RMax 35"]), IntegrationConfig.from_text(c.midas_text())):
+        assert (again.do_peak_fit, again.auto_detect_peaks, again.max_n_peaks) == (
+            c.do_peak_fit, c.auto_detect_peaks, c.max_n_peaks)  # fmt: skip
+        assert again.peak_locations == c.peak_locations

@@ -199,9 +199,14 @@ class IntegrationConfig:
         return cls(**_tupled(d))
 
     def _resolve_files(self, base: Path) -> IntegrationConfig:
+        """Relative file names written in the parameter file, looked up beside it (where they
+        exist there, or nowhere else); names given as overrides stay as typed, relative to the
+        current directory like any path on a command line."""
         changes = {}
         for name in FILE_FIELDS:
             value = getattr(self, name)
+            if self.set_at.get(_MIDAS_KEYS.get(name, ""), ("",))[0] == "<override>":
+                continue
             if value and not Path(value).is_absolute():
                 candidate = base / value
                 if candidate.exists() or not Path(value).exists():
@@ -373,11 +378,12 @@ class IntegrationConfig:
                 if value != "area":  # radint's key: MIDAS files keep their own keys only
                     items.append((key, value))
             elif name == "max_n_peaks":
-                if not (self.auto_detect_peaks and self.do_peak_fit):  # else AutoDetectPeaks N
+                if not self.auto_detect_peaks:  # else AutoDetectPeaks N
                     items.append((key, value))
             elif name == "auto_detect_peaks":
-                # "AutoDetectPeaks N" means up to N peaks and switches fitting on (MIDAS).
-                if value and self.do_peak_fit:
+                # "AutoDetectPeaks N" means up to N peaks and switches fitting on (MIDAS);
+                # DoPeakFit, written last, then says whether fitting is on.
+                if value:
                     items.append((key, self.max_n_peaks))
             elif isinstance(value, str):
                 if value:
@@ -388,7 +394,9 @@ class IntegrationConfig:
             else:
                 items.append((key, value))
         items.insert(1, ("BC", (self.bc_y_px, self.bc_z_px)))
-        return items
+        # PeakLocation and AutoDetectPeaks switch fitting on as they are read: DoPeakFit last.
+        do_fit = _MIDAS_KEYS["do_peak_fit"]
+        return [i for i in items if i[0] != do_fit] + [i for i in items if i[0] == do_fit]
 
 
 #: Warnings of :meth:`IntegrationConfig.validate` already given in this process.
@@ -511,7 +519,13 @@ def near_key(key: str) -> str | None:
     import difflib
 
     known = {*_MIDAS_KEYS.values(), *_OTHER_KEYS}
-    if key in _OTHER_PROGRAMS_KEYS or any(k in key for k in known if len(k) > 3):
+    if key in _OTHER_PROGRAMS_KEYS:
+        return None
+    # A known key with punctuation or a plural glued on (``RBinSize:``, ``EtaBinSizes``).
+    for stem in (key.rstrip(":=;,"), key.removesuffix("s")):
+        if stem != key and stem in known:
+            return stem
+    if any(k in key for k in known if len(k) > 3):
         return None  # another MIDAS program's key (doPeakFit, FitWavelength, tolWavelength...)
     same = [k for k in known if k.lower() == key.lower()]
     if same:

@@ -289,16 +289,24 @@ impl Line<'_> {
         Ok(self.int_at(0)? == 1)
     }
 
+    /// The first word of the value: DetectorMapper reads file names and words with
+    /// `sscanf("%s %s")`, so anything after them is ignored there too.
     fn text(&self) -> Result<String> {
-        if self.rest.is_empty() {
-            return Err(self.err("expected a value, got nothing"));
+        match self.values.first() {
+            Some(word) => Ok(word.to_string()),
+            None => Err(self.err("expected a value, got nothing")),
         }
-        Ok(self.rest.to_string())
     }
 }
 
 fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
-    let without_comment = match raw.find('#') {
+    // A comment starts with a word beginning with '#'; a '#' inside a word (a path such as
+    // /data/run#3/mask.tif) is part of it, as for MIDAS's sscanf.
+    let comment = raw
+        .char_indices()
+        .find(|&(i, c)| c == '#' && raw[..i].chars().next_back().is_none_or(char::is_whitespace))
+        .map(|(i, _)| i);
+    let without_comment = match comment {
         Some(pos) => &raw[..pos],
         None => raw,
     };
@@ -331,7 +339,15 @@ impl Params {
         // Keys given under their MIDAS name in this file: an alias line (DetDist, MaskFN, ...)
         // never overrides them, whatever the order, since DetectorMapper reads only that name.
         let mut spelled_out = std::collections::BTreeSet::new();
-        for (index, raw) in text.lines().enumerate() {
+        // A UTF-8 byte-order mark would glue itself to the first key; files from old Macs end
+        // their lines with a lone CR.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let lines: Box<dyn Iterator<Item = &str>> = if text.contains('\r') && !text.contains('\n') {
+            Box::new(text.split('\r'))
+        } else {
+            Box::new(text.lines())
+        };
+        for (index, raw) in lines.enumerate() {
             let location = Location {
                 file: source.to_string(),
                 line: index + 1,
