@@ -315,3 +315,20 @@ def test_fit_switches_survive_overrides_and_midas_text(fit_line):
         assert (again.do_peak_fit, again.auto_detect_peaks, again.max_n_peaks) == (
             c.do_peak_fit, c.auto_detect_peaks, c.max_n_peaks)  # fmt: skip
         assert again.peak_locations == c.peak_locations
+
+
+def test_missing_referenced_files_name_file_line_and_key(tmp_path, capsys):
+    """A MaskFile / Dark that does not exist is reported at the line that names it."""
+    import numpy as np
+    import tifffile
+
+    from radint.cli import main
+
+    tifffile.imwrite(tmp_path / "f.tif", np.ones((48, 64), np.uint16))
+    for key, name, expected in (("MaskFile", "nomask.tif", "cannot read"),
+                                ("Dark", "nodark.tif", "no such file")):  # fmt: skip
+        (tmp_path / "p.txt").write_text(BASE + f"{key} {name}\n")
+        argv = ["integrate", str(tmp_path / "p.txt"), str(tmp_path / "f.tif"), "-o", str(tmp_path)]
+        assert main(argv) != 0
+        err = capsys.readouterr().err
+        assert f"p.txt:8: {key}: " in err and f"{name}: {expected}" in err

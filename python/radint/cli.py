@@ -110,6 +110,8 @@ def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str
     path = Path(config.dark_file)
     if not path.is_absolute() and not path.exists():
         path = Path(params).parent / path
+    if not path.exists():
+        raise RadintError(f"{config.where_set('dark_file')}: {config.dark_file}: no such file")
     log.info("dark: %s (the parameters' Dark)", path)
     return str(path)
 

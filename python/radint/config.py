@@ -349,8 +349,17 @@ class IntegrationConfig:
                 try:
                     h.update(Path(path).read_bytes())
                 except OSError as e:
-                    raise RadintFileNotFoundError(f"{path}: cannot read {name}: {e}") from e
+                    raise RadintFileNotFoundError(
+                        f"{self.where_set(name)}: {path}: cannot read: {e.strerror or e}"
+                    ) from e
         return h.hexdigest()[:24]
+
+    def where_set(self, name: str) -> str:
+        """``file:line: Key`` where the field ``name`` was set (its MIDAS key alone when the
+        configuration was not read from a file), for error messages about its value."""
+        key = _MIDAS_KEYS.get(name, name)
+        file, line = self.set_at.get(key, ("", 0))
+        return f"{file}:{line}: {key}" if file and line else (f"{file}: {key}" if file else key)
 
     def midas_text(self) -> str:
         """The configuration as a MIDAS parameter file (for MIDAS tools and provenance)."""
