@@ -178,3 +178,18 @@ def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
         assert "not a 'Key value' parameter override" in capsys.readouterr().err
     assert main(["stream", params, "extra.tif", "-o", str(tmp_path), "--timeout", "1"]) == 2
     assert "'extra.tif'" in capsys.readouterr().err
+
+
+def test_batch_takes_the_rest_of_an_integrator_py_command_line(tmp_path, capsys):
+    """integrator.py flags for MIDAS's own steps run (nothing to do in radint); those that would
+    change the result here are refused naming what radint does instead."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    flags = ["-convertFiles", "1", "-mapDetector", "1", "-numFrameChunks", "-1", "-logLevel",
+             "WARNING", "-shortNames", "1", "-preProcThresh", "-1", "-csvOutput", "0"]  # fmt: skip
+    argv = ["-q", "batch", "-paramFN", params, "-dataFN", data, "RBinSize", "8"]
+    assert main([*argv, *flags, "-resultFolder", str(tmp_path)]) == 0
+    assert (tmp_path / "ceo2_pilatus.h5").exists()
+    for refused in (["-peakFit"], ["-preProcThresh", "20"], ["-shortNames", "0"]):
+        assert main([*argv, *refused, "-resultFolder", str(tmp_path / "x")]) == 2
+        assert "is not supported" in capsys.readouterr().err

@@ -515,6 +515,43 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _integrator_py_flags(args: argparse.Namespace) -> None:
+    """MIDAS integrator.py flags radint has no step for: those that change no result are
+    accepted (with a note), those that would are refused, saying what radint does instead."""
+    if args.logLevel:
+        level = logging.getLevelName(args.logLevel.upper())
+        if not isinstance(level, int):
+            raise RadintError(f"-logLevel {args.logLevel}: expected DEBUG, INFO, WARNING or ERROR")
+        log.setLevel(level)
+    for flag, value, why in (
+        ("-convertFiles", args.convertFiles, "frames are read from the files directly, no zip"),
+        ("-mapDetector", args.mapDetector, "the map is built once and cached in the output folder"),
+        ("-numFrameChunks", args.numFrameChunks, "frames are read in bounded stacks anyway"),
+        ("-viewerTheme", args.viewerTheme, "no viewer; see radint plot --follow"),
+        ("-liveViewer", args.liveViewer or None, "no viewer; see radint plot --follow"),
+    ):
+        if value is not None:
+            log.info("%s: nothing to do in radint (%s)", flag, why)
+    refused = (
+        ("-preProcThresh", args.preProcThresh not in (None, -1.0), "no threshold pre-processing"),
+        (
+            "-shortNames",
+            args.shortNames == 0,
+            "outputs are named by the input's short stem; use -outName for another name",
+        ),
+        ("-csvOutput", bool(args.csvOutput), "use --format xy for text lineouts"),
+        (
+            "-peakFit / -peakParamsFN",
+            args.peakFit or bool(args.peakParamsFN),
+            "give DoPeakFit 1 and PeakLocation (or AutoDetectPeaks) in the parameters",
+        ),
+        ("-brightFN", bool(args.brightFN), "no bright-field step"),
+    )
+    for flag, given, instead in refused:
+        if given:
+            raise RadintError(f"radint batch: {flag} is not supported ({instead})")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """Many files → outputs, MIDAS integrator.py flags accepted; exit 0 only if all succeed."""
     from rich.progress import (
@@ -540,6 +577,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     paths, overrides = _split_overrides(tokens)
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
+    _integrator_py_flags(args)
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
     formats = list(_formats(args.format, config))
@@ -1009,6 +1047,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files whose outputs exist",
     )
     p.add_argument("-outName", help="output stem (single input file)")
+    # integrator.py flags that steer MIDAS's own steps (zip conversion, map files, chunked
+    # reading, logging): accepted so an existing command line runs; see _integrator_py_flags.
+    for flag, kind in (("-convertFiles", int), ("-mapDetector", int), ("-numFrameChunks", int),
+                       ("-preProcThresh", float), ("-shortNames", int), ("-csvOutput", int),
+                       ("-logLevel", str), ("-viewerTheme", str), ("-peakParamsFN", str),
+                       ("-brightFN", str)):  # fmt: skip
+        p.add_argument(flag, type=kind, default=None, help=argparse.SUPPRESS)
+    for flag in ("-liveViewer", "-peakFit"):
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument(
         "--format", default="nexus", help="comma-separated output formats (see integrate)"
