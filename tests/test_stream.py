@@ -754,6 +754,72 @@ def test_folder_watch_reads_frames_appended_to_a_file_it_already_read(integrator
         )
 
 
+def test_folder_watch_reads_a_file_written_again_under_an_old_name(integrator, tmp_path):
+    """A name used again (files deleted and a new run written, a file replaced by rename, a
+    detector's "latest.tif" rewritten in place) is a new file: its frames were skipped as
+    frames already sent."""
+    import os
+
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+
+    def put(name, k):
+        tifffile.imwrite(watch / f".{name}", frame(k, "u2"))
+        os.replace(watch / f".{name}", watch / name)
+
+    put("a.tif", 0)
+    put("b.tif", 1)
+    assert wait_for(lambda: p.written == 2)
+    (watch / "a.tif").unlink()
+    time.sleep(0.3)
+    put("a.tif", 2)  # deleted, then written again
+    assert wait_for(lambda: p.written == 3)
+    put("b.tif", 3)  # replaced by rename
+    assert wait_for(lambda: p.written == 4)
+    tifffile.imwrite(watch / ".c.tif", frame(4, "u2"))
+    new = (watch / ".c.tif").read_bytes()
+    assert len(new) == (watch / "b.tif").stat().st_size
+    with open(watch / "b.tif", "r+b") as f:  # rewritten in place, same size and inode
+        f.write(new)
+    os.utime(watch / "b.tif", (time.time() + 5, time.time() + 5))
+    assert wait_for(lambda: p.written == 5)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (5, 5, 0)
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    for row, k in enumerate(range(5)):
+        np.testing.assert_allclose(
+            rows["I"][row], integrator.integrate(frame(k, "u2")).lineout, rtol=1e-12,
+            equal_nan=True,
+        )  # fmt: skip
+
+
+def test_folder_watch_leaves_out_mask_dark_and_other_files(integrator, tmp_path):
+    """The parameters' mask and dark in the watched folder are not frames, nor are notes or
+    logs: none is integrated or counted as a dropped frame."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tifffile.imwrite(watch / "mask.tif", np.zeros(SHAPE, np.uint8))
+    tifffile.imwrite(watch / "dark.tif", frame(9, "u2"))
+    (watch / "notes.txt").write_text("beam dump at 10:42\n")
+    tifffile.imwrite(watch / "frame_001.tif", frame(1, "u2"))
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15,
+                       exclude=(watch / "mask.tif", str(watch / "dark.tif")))  # fmt: skip
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 1)
+    time.sleep(0.4)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (1, 1, 0)
+    assert stream_rows(tmp_path / "out" / "stream.h5")["source"].tolist() == ["file:frame_001.tif"]
+
+
 # ----------------------------------------------------------------------------- PVA
 class FakePv(dict):
     """The parts of a pvapy NTNDArray PvObject the source reads."""

@@ -777,8 +777,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 f"--watch {args.watch} is the output directory: the stream would read its own "
                 "files; write to another one (-o)"
             )
-        source = FolderSource(args.watch, config.shape)
     dark_path = _dark_path(args.dark, config, args.params)
+    if args.source == "folder":  # the mask and dark may lie among the frames
+        source = FolderSource(args.watch, config.shape, exclude=(config.mask_file, dark_path))
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))

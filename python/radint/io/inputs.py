@@ -78,6 +78,16 @@ def _is_radint_result(path: Path) -> bool:
     return head.startswith(b"\x89HDF") and b"NXazint1d" in head and b"radint" in head
 
 
+def frame_name(name: str) -> bool:
+    """Whether a file of this name is one the readers take as frames, by its name alone (no
+    file access: for folder watchers that ask again at every poll): TIFF, HDF5, Zarr zip,
+    EDF/CBF, GE; not hidden, not one of radint's (or MIDAS's) outputs."""
+    low = name.lower()
+    if low.startswith(".") or low in _OUTPUT_NAMES or low.endswith(_output_suffixes()):
+        return False
+    return low.endswith(_TIFF_HDF5 + _OTHER) or _GE.search(low) is not None
+
+
 def is_frame_file(path: str | Path, raw_dtype: str | None = None) -> bool:
     """Whether a file found in a folder (or by a pattern) is one to integrate: a format the
     readers handle (TIFF, HDF5, Zarr store or zip, EDF/CBF, GE; raw ``.raw``/``.bin`` only

@@ -7,13 +7,14 @@ one that refuses (PVA: the frame is counted as dropped, never silently lost).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -687,14 +688,17 @@ class FolderSource(Source):
     writer) is read again each time it changes, from its first frame not yet sent, so no frame
     is sent twice or lost; one that never becomes readable is counted as dropped when the
     stream ends. Hidden files and ``*.tmp``/``*.part`` names are ignored
-    (the usual "write, then rename" pattern).
+    (the usual "write, then rename" pattern), and so are files of other kinds (notes, logs) and
+    the ``exclude`` files (the parameters' mask and dark).
 
     Parameters
     ----------
     directory : path
     shape : (n_z, n_y)
     extensions : tuple of str, optional
-        Suffixes to take (default: any format :func:`radint.io.read_frames` reads).
+        Suffixes to take (default: the frame formats :func:`radint.io.inputs.frame_name` names).
+    exclude : iterable of path, optional
+        Files in the directory that are not frames (compared by resolved path).
     poll_s : float
         Poll interval in seconds.
     settle_s : float
@@ -713,8 +717,10 @@ class FolderSource(Source):
         poll_s: float = 0.2,
         dataset: str | None = None,
         settle_s: float = 1.0,
+        exclude: Iterable[str | Path] = (),
     ) -> None:
         self.directory = Path(directory)
+        self._excluded = {Path(p).resolve() for p in exclude if p}
         if not self.directory.is_dir():
             raise RadintError(f"--watch {self.directory}: not a directory")
         self.shape = (int(shape[0]), int(shape[1]))
@@ -724,20 +730,26 @@ class FolderSource(Source):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.settle_s = settle_s
-        # name -> ((size, mtime), monotonic time that signature was first seen)
-        self._pending: dict[str, tuple[tuple[int, float], float]] = {}
+        # name -> ((size, mtime, inode), monotonic time that signature was first seen)
+        self._pending: dict[str, tuple[tuple[int, float, int], float]] = {}
         # Files read (or tried): name -> (signature then, frames sent, why it failed or None).
         # A file that changes after is read again from its first frame not sent: a writer that
-        # appends frames (TIFF pages, HDF5 rows without file locking) loses none.
-        self._known: dict[str, tuple[tuple[int, float], int, str | None]] = {}
+        # appends frames (TIFF pages, HDF5 rows without file locking) loses none. A file replaced
+        # under the same name (another inode, or smaller), rewritten in place with no frame past
+        # those sent, or deleted and written again, is a new file: all its frames are read.
+        self._known: dict[str, tuple[tuple[int, float, int], int, str | None]] = {}
         self._next_id = 0
 
     def _wanted(self, name: str) -> bool:
+        from radint.io.inputs import frame_name
+
         low = name.lower()
         if name.startswith(".") or low.endswith(_IGNORED_SUFFIXES):
             return False
+        if self._excluded and (self.directory / name).resolve() in self._excluded:
+            return False
         if self.extensions is None:
-            return True
+            return frame_name(name)
         return low.endswith(tuple(e.lower() for e in self.extensions))
 
     def start(self, sink: Sink, stats: SourceStats) -> None:
@@ -754,6 +766,11 @@ class FolderSource(Source):
         except OSError as e:
             log.error("folder %s: %s", self.directory, e)
             return []
+        present = {entry.name for entry in entries}
+        for name in [
+            n for n, known in self._known.items() if n not in present and known[2] is None
+        ]:
+            del self._known[name]  # deleted: a file written under its name later is new
         for entry in entries:
             if not self._wanted(entry.name):
                 continue
@@ -763,7 +780,7 @@ class FolderSource(Source):
                 st = entry.stat()
             except OSError:
                 continue
-            sig = (st.st_size, st.st_mtime)
+            sig = (st.st_size, st.st_mtime, st.st_ino)
             known = self._known.get(entry.name)
             if known is not None and known[0] == sig:
                 continue  # unchanged since it was read (or failed): nothing new
@@ -795,12 +812,26 @@ class FolderSource(Source):
         """Send the frames of ``path`` not sent before; False when the sink stops taking."""
         name = path.name
         sig, _ = self._pending.pop(name)
-        sent_before = self._known.pop(name, (sig, 0, None))[1]
+        before, sent_before, _ = self._known.pop(name, (sig, 0, None))
+        if before[2] != sig[2] or sig[0] < before[0]:
+            sent_before = 0  # replaced (a new inode) or cut down: a new file under an old name
         sent = sent_before
-        # Frames sent before (the file grew, or failed part-way) are not read again.
-        which = None if sent_before == 0 else slice(sent_before, None)
         try:
-            frames = read_frames(path, dataset=self.dataset, shape=self.shape, frames=which)
+            # Frames sent before (the file grew, or failed part-way) are not read again; a file
+            # of the same size that changed but holds no frame past them was rewritten in place
+            # (a detector's "latest.tif"): read it all.
+            frames: Any = iter(())
+            if sent_before:
+                frames = read_frames(path, dataset=self.dataset, shape=self.shape,
+                                     frames=slice(sent_before, None))  # fmt: skip
+                first = next(frames, None)
+                if first is not None:
+                    frames = itertools.chain([first], frames)
+                elif sig[0] == before[0]:
+                    log.info("folder: %s rewritten in place: read again", path)
+                    sent_before = sent = 0
+            if not sent_before:
+                frames = read_frames(path, dataset=self.dataset, shape=self.shape)
             for index, fr in enumerate(frames, start=sent_before):
                 label = f"file:{name}"
                 if fr.index or fr.metadata.get("n_frames", 1) > 1:
