@@ -361,6 +361,42 @@ def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_p
     assert summary.received + summary.partial <= 12
 
 
+def test_stopping_reads_only_what_was_already_sent(integrator, tmp_path, monkeypatch):
+    """Stopping under a sender that never pauses: the frames already in the socket buffer are
+    read and counted as dropped, then the connection closes (the sender sees it). Reading on
+    for the whole drain second had ~23 000 small frames refused at full speed."""
+    import threading
+
+    slow = integrator.integrate_stack
+
+    def slow_stack(*args, **kwargs):
+        time.sleep(0.05)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(integrator, "integrate_stack", slow_stack)
+    p, src = start_pipeline(integrator, tmp_path)
+    sent, failed = [0], threading.Event()
+
+    def client():
+        s = connect(src.port)
+        try:
+            while True:
+                s.sendall(encode_frame_bytes(sent[0], frame(sent[0] % 7, "f8")))
+                sent[0] += 1
+        except OSError:
+            failed.set()
+        finally:
+            s.close()
+
+    threading.Thread(target=client, daemon=True).start()
+    assert wait_for(lambda: p.written >= 3)
+    p.stop()
+    summary = p.wait(30)
+    assert failed.wait(10), "the sender was not told that the stream stopped"
+    assert summary.dropped == summary.received - summary.written
+    assert summary.received <= sent[0] and summary.dropped < 1000
+
+
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)

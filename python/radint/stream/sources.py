@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -188,6 +189,17 @@ class _Closed(Exception):
 DRAIN_S = 1.0
 
 
+def _queued_bytes(conn: socket.socket) -> int:
+    """Bytes received on ``conn`` and not yet read (0 where the system cannot tell)."""
+    try:
+        import fcntl
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except (ImportError, OSError, AttributeError):
+        return 0
+
+
 class TcpSource(Source):
     """MIDAS wire-protocol server (spec §7.1): many clients, one thread each.
 
@@ -284,6 +296,7 @@ class TcpSource(Source):
         last_num = -1
         wraps = 0
         n_frames = 0
+        unread: int | None = None  # once stopping: bytes already sent, still to be read
         log.info("%s: connected", label)
         try:
             while True:
@@ -298,7 +311,7 @@ class TcpSource(Source):
                     break
                 num, code = HEADER.unpack(header)
                 try:
-                    data = self._read_payload(conn, code)
+                    data, wire_bytes = self._read_payload(conn, code)
                 except ProtocolError as e:
                     stats.add("bad_connections")
                     log.error(
@@ -331,14 +344,23 @@ class TcpSource(Source):
                     item.release()
                     if not self._stop.is_set():
                         break
-                    # Stopping: frames the sender had already sent are read for a moment
-                    # longer, so the summary counts them (refused, dropped) instead of losing
-                    # them unseen in the socket buffer.
+                    # Stopping: the frames the sender had already sent (in the socket buffer
+                    # when the first was refused) are read, so the summary counts them
+                    # (refused, dropped) instead of losing them unseen; then the connection
+                    # closes, so the sender learns that the rest was not taken (reading on,
+                    # a fast sender had thousands of frames refused in the drain).
+                    if unread is None:
+                        unread = _queued_bytes(conn)
+                    else:
+                        unread -= HEADER.size + wire_bytes
+                    if unread <= 0:
+                        break
         finally:
             conn.close()
             log.info("%s: disconnected after %d frame(s)", label, n_frames)
 
-    def _read_payload(self, conn: socket.socket, code: int) -> np.ndarray:
+    def _read_payload(self, conn: socket.socket, code: int) -> tuple[np.ndarray, int]:
+        """The frame of dtype ``code`` and its size on the wire (bytes after the header)."""
         if code in DTYPES:
             data = self.pool.take(self.n_pixels, DTYPES[code])
             try:
@@ -346,7 +368,7 @@ class TcpSource(Source):
             except BaseException:
                 self.pool.give_back(data)
                 raise
-            return data
+            return data, data.nbytes
         if code != HYBRID:
             raise ProtocolError(f"unknown dtype code {code} (expected 0-6)")
         cbuf = bytearray(HYBRID_COUNT.size)
@@ -356,7 +378,7 @@ class TcpSource(Source):
             raise ProtocolError(f"hybrid overflow count {count} exceeds {self.n_pixels} pixels")
         body = bytearray(2 * self.n_pixels + 12 * count)
         self._recv_exact(conn, memoryview(body))
-        return decode_hybrid(count, body, self.n_pixels)
+        return decode_hybrid(count, body, self.n_pixels), HYBRID_COUNT.size + len(body)
 
     def stop(self) -> None:
         self._drain_until = time.monotonic() + DRAIN_S
