@@ -341,10 +341,12 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     assert lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.6f}"
     q = write_lineout_xy(res, tmp_path / "q_lineout.xy", radial_unit="q")
     assert q.read_text().startswith("# Q_invA  intensity\n")
-    # As IntegratorZarrOMP: bins with a NaN intensity are left out, Q-binned results get Q.
+    # n_r lines per frame, an empty (NaN) bin as 0 as IntegratorZarrOMP's lineout holds it, so
+    # the file splits into frames by line count; Q-binned results get Q.
     res.lineout[1, 3] = np.nan
     lines = write_lineout_xy(res, tmp_path / "nan_lineout.xy").read_text().splitlines()
-    assert len(lines) == 2 * res.n_r
+    assert len(lines) == 1 + 2 * res.n_r
+    assert lines[1 + res.n_r + 3] == f"{res.two_theta_deg[3]:.6f}  0.000000"
     res.config = make_config(q_bin=0.01, q_min=0.5, q_max=3.0, wavelength_angstrom=0.17)
     q_mode = write_lineout_xy(res, tmp_path / "q_mode_lineout.xy").read_text().splitlines()
     assert q_mode[0] == "# Q_invA  intensity"

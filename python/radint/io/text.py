@@ -19,8 +19,10 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
     """Write the lineout(s) as IntegratorZarrOMP's ``<prefix>_lineout.xy``, atomically.
 
     One header line (``# 2theta_deg  intensity`` or ``# Q_invA  intensity``), then
-    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators. Bins
-    whose intensity is NaN (no unmasked pixel) are left out, as IntegratorZarrOMP does.
+    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators: n_r
+    lines per frame, so the file splits into frames by line count. A bin with no unmasked pixel
+    (NaN in the Result) is written as 0, as IntegratorZarrOMP's lineout holds it (its NaN test
+    never fires: its empty bins are 0).
 
     Parameters
     ----------
@@ -47,7 +49,7 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
     columns = np.column_stack(
         [np.tile(x, lineouts.shape[0]), lineouts.reshape(-1)]
     )  # (n_frames·n_r, 2)
-    columns = columns[~np.isnan(columns[:, 1])]
+    columns[np.isnan(columns[:, 1]), 1] = 0.0
     with atomic_output(path) as tmp, tmp.open("w") as fh:
         fh.write(header + "\n")
         np.savetxt(fh, columns, fmt="%.6f", delimiter="  ")
