@@ -483,6 +483,33 @@ def test_tiff_codec_missing_and_no_first_page(
     assert not [r for r in caplog.records if r.name == "tifffile"]
 
 
+def test_hdf5_virtual_dataset_with_a_missing_source_is_an_error(tmp_path: Path, monkeypatch):
+    """A VDS master (Odin, Eiger filewriter2, LIMA) copied without one of its data files read
+    the missing frames as the fill value (zeros, integrated as frames); now the source file and
+    its frames are named. Sources are found beside the master from any working directory."""
+    data = tmp_path / "run"
+    data.mkdir()
+    for k in range(2):
+        with h5py.File(data / f"src{k}.h5", "w") as f:
+            f["data"] = STACK[2 * k : 2 * k + 2]
+    layout = h5py.VirtualLayout((4, *STACK.shape[1:]), STACK.dtype)
+    for k in range(2):
+        layout[2 * k : 2 * k + 2] = h5py.VirtualSource(
+            f"src{k}.h5", "data", shape=(2, *STACK.shape[1:])
+        )
+    with h5py.File(data / "master.h5", "w") as f:
+        f.create_virtual_dataset("exchange/data", layout, fillvalue=0)
+    monkeypatch.chdir(tmp_path)
+    np.testing.assert_array_equal(np.stack([fr.data for fr in frames_of(data / "master.h5")]),
+                                  STACK[:4])  # fmt: skip
+    (data / "src1.h5").rename(data / "src1.moved")
+    with pytest.raises(
+        ReaderError, match=r"master\.h5:exchange/data: virtual dataset sources missing.*"
+        r"src1\.h5 \(file not found\): frames 2\.\.3",
+    ):  # fmt: skip
+        frames_of(data / "master.h5")
+
+
 def test_hdf5_frames_never_written_are_errors(tmp_path: Path) -> None:
     """A chunked dataset pre-allocated for more frames than a (killed) writer stored reads the
     rest as fill values: the frames with a chunk never written are named, whatever the chunk

@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import logging
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -199,9 +200,56 @@ class Hdf5Source(FrameSource):
             with contextlib.suppress(ImportError):
                 import hdf5plugin  # noqa: F401
 
+    def _check_virtual_sources(self, ds: h5py.Dataset, first_frame: int) -> None:
+        """ReaderError naming a virtual dataset's missing source files (or datasets) and the
+        frames they hold. Sources are looked up as HDF5 does: under ``HDF5_VDS_PREFIX``, beside
+        the file holding the virtual dataset, then as written."""
+        here = Path(ds.file.filename).parent
+        prefix = os.environ.get("HDF5_VDS_PREFIX", "")
+        frame_axis = max(ds.ndim - 3, 0)
+        gone: dict[str, list[int]] = {}
+        for vs in ds.virtual_sources():
+            name = vs.file_name
+            if name == ".":
+                problem = None if vs.dset_name in ds.file else "dataset not in this file"
+            else:
+                written = Path(name)
+                candidates = (
+                    [written]
+                    if written.is_absolute()
+                    else [*([Path(prefix) / written] if prefix else []), here / written, written]
+                )
+                found = next((c for c in candidates if c.is_file()), None)
+                if found is None:
+                    problem = "file not found"
+                else:
+                    try:
+                        with h5py.File(found, "r") as src:
+                            ok = vs.dset_name in src
+                    except OSError as e:
+                        ok, problem = False, f"cannot open: {e}"
+                    else:
+                        problem = None if ok else f"no dataset {vs.dset_name}"
+            if problem is None:
+                continue
+            lo, hi = vs.vspace.get_select_bounds()
+            frames = range(first_frame + lo[frame_axis], first_frame + hi[frame_axis] + 1)
+            gone.setdefault(f"{name} ({problem})", []).extend(frames)
+        if gone:
+            detail = "; ".join(f"{src}: frames {_ranges(sorted(f))}" for src, f in gone.items())
+            raise ReaderError(
+                f"{self.label}: virtual dataset sources missing, whose frames would read as "
+                f"fill values: {detail} (copy the data files with the master)"
+            )
+
     def _check_written(self) -> None:
         """ReaderError naming the frames whose chunks were never written (a killed writer's
-        pre-allocated frames), which would be integrated as fill values."""
+        pre-allocated frames), or whose virtual-dataset source file or dataset is missing (a
+        master copied without its data files): HDF5 reads both as fill values, which would be
+        integrated as frames."""
+        for k, ds in enumerate(self._parts):
+            if ds.is_virtual:
+                self._check_virtual_sources(ds, self._starts[k])
         missing = {k: unwritten_frames(ds) for k, ds in enumerate(self._parts)}
         frames = [self._starts[k] + i for k, local in missing.items() for i in local]
         if not frames:
