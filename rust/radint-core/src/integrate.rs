@@ -1212,7 +1212,9 @@ fn finalize_row(
                 let divide = s[e] != 0.0 && opts.normalize && a[e] != 0.0;
                 cake[e] = if divide { s[e] / a[e] } else { s[e] };
                 if with_var {
-                    sigma[e] = if divide {
+                    // C's `s != 0` test only spares 0 / a for the value (0 either way); the
+                    // sigma of a normalized bin is per area whatever its signal.
+                    sigma[e] = if opts.normalize && a[e] != 0.0 {
                         v[e].sqrt() / a[e]
                     } else {
                         v[e].sqrt()
@@ -1247,16 +1249,30 @@ fn finalize_row(
     let use_nonzero_mean = opts.rules == Rules::MidasCpu
         || (opts.rules == Rules::Radint && opts.lineout == LineoutMode::NonzeroMean);
     if use_nonzero_mean {
-        let (mut sum, mut var, mut n) = (0.0, 0.0, 0usize);
+        // Empty bins never count, whatever value they were filled with (`empty_value`).
+        let (mut sum, mut var, mut n, mut inv_area, mut left_out) = (0.0, 0.0, 0usize, 0.0, false);
         for e in 0..cake.len() {
             let x = cake[e];
-            if x != 0.0 && !x.is_nan() {
+            if x != 0.0 && !x.is_nan() && c[e] != 0 && a[e] > 0.0 {
                 sum += x;
                 if with_var {
                     var += sigma[e] * sigma[e];
                 }
+                inv_area += 1.0 / a[e];
                 n += 1;
+            } else if c[e] != 0 {
+                left_out = true;
             }
+        }
+        if with_var && n > 0 && !left_out {
+            // Pixels shared between η bins correlate them: Σ_{e≠e'} w·w'·var, per area² of
+            // the bins (taken at their mean 1/area) when the cake is normalized.
+            let per_area = if opts.normalize {
+                inv_area / n as f64
+            } else {
+                1.0
+            };
+            var += cross * per_area * per_area;
         }
         return if n == 0 {
             if opts.rules == Rules::MidasCpu {
@@ -1270,7 +1286,7 @@ fn finalize_row(
     }
     match opts.rules {
         Rules::MidasGpu => {
-            let (mut num, mut den, mut var) = (0.0, 0.0, 0.0);
+            let (mut num, mut den, mut var, mut left_out) = (0.0, 0.0, 0.0, false);
             for e in 0..cake.len() {
                 if a[e] > MIDAS_GPU_MIN_AREA {
                     num += cake[e] * a[e];
@@ -1278,7 +1294,12 @@ fn finalize_row(
                     if with_var {
                         var += sigma[e] * sigma[e] * a[e] * a[e];
                     }
+                } else if c[e] != 0 {
+                    left_out = true;
                 }
+            }
+            if with_var && opts.normalize && !left_out {
+                var += cross; // the shared pixels' covariance, as in radint's lineout
             }
             if den > 0.0 {
                 (num / den, var.sqrt() / den)

@@ -246,13 +246,11 @@ RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri
             sig = sq;
         }
     } else if (f.rules == RI_RULES_MIDAS_CPU) {
-        if (s != 0.0 && f.normalize && a != 0.0) {
-            val = s / a;
-            sig = with_var ? sq / a : 0.0;
-        } else {
-            val = s;
-            sig = sq;
-        }
+        // C's `s != 0` test only spares 0 / a for the value; the sigma of a normalized bin is
+        // per area whatever its signal.
+        const bool per_area = f.normalize && a != 0.0;
+        val = s != 0.0 && per_area ? s / a : s;
+        sig = per_area ? sq / a : sq;
     } else {
         if (a > RI_MIDAS_GPU_MIN_AREA) {
             if (f.normalize) {
@@ -309,8 +307,9 @@ RI_HD double ri_row_cross(const ri_u64* indptr, const ri_u32* pixel, const doubl
 // (ri_line_add), lanes are merged (ri_line_merge), and the total gives the value and sigma
 // (ri_line_final). Which sums are kept depends on the reduction:
 //   area-weighted (radint):   x = Σ signal, y = Σ area, z = Σ variance, n = Σ count, dropped
-//   mean of non-zero bins:    x = Σ cake, z = Σ sigma², n = #bins
-//   MIDAS GPU:                x = Σ cake·area, y = Σ area, z = Σ sigma²·area²
+//   mean of non-zero bins:    x = Σ cake, y = Σ 1/area, z = Σ sigma², n = #bins, dropped
+//   MIDAS GPU:                x = Σ cake·area, y = Σ area, z = Σ sigma²·area², dropped
+// (dropped: a bin holding pixels was left out, so the row's covariance term is not added)
 #define RI_LINE_AREA_WEIGHTED 0
 #define RI_LINE_NONZERO_MEAN 1
 #define RI_LINE_MIDAS_GPU 2
@@ -320,7 +319,7 @@ struct RiLineAcc {
     double y;
     double z;
     ri_u64 n;
-    int dropped;  // a bin was left out for touching a masked pixel
+    int dropped;  // a bin holding pixels was left out (masked-touched, or not counted)
 };
 
 RI_HD int ri_line_kind(const RiFinalize& f) {
@@ -343,16 +342,22 @@ RI_HD void ri_line_zero(RiLineAcc& acc) {
 RI_HD void ri_line_add(const RiFinalize& f, int kind, RiLineAcc& acc, int with_var, double s,
                        double a, double v, ri_u32 c, ri_u8 masked, double cake, double sigma) {
     if (kind == RI_LINE_NONZERO_MEAN) {
-        if (cake != 0.0 && !ri_isnan(cake)) {
+        // Empty bins never count, whatever value they were filled with.
+        if (cake != 0.0 && !ri_isnan(cake) && c != 0 && a > 0.0) {
             acc.x += cake;
+            acc.y += 1.0 / a;
             if (with_var) acc.z += sigma * sigma;
             acc.n += 1;
+        } else if (c != 0) {
+            acc.dropped = 1;
         }
     } else if (kind == RI_LINE_MIDAS_GPU) {
         if (a > RI_MIDAS_GPU_MIN_AREA) {
             acc.x += cake * a;
             acc.y += a;
             if (with_var) acc.z += sigma * sigma * a * a;
+        } else if (c != 0) {
+            acc.dropped = 1;
         }
     } else if (ri_nan_masked(f) && masked != 0) {
         acc.dropped = 1;
@@ -380,15 +385,20 @@ RI_HD void ri_line_final(const RiFinalize& f, int kind, const RiLineAcc& acc, in
             *line = cpu ? 0.0 : f.empty;
             *line_sigma = cpu ? 0.0 : ri_empty_sigma(f);
         } else {
+            // Shared pixels correlate the bins: the row's term per area² (mean 1/area).
+            const double per_area = f.normalize ? acc.y / double(acc.n) : 1.0;
+            const double z = with_var && !acc.dropped ? acc.z + cross * per_area * per_area
+                                                      : acc.z;
             *line = acc.x / double(acc.n);
-            *line_sigma = RI_SQRT(acc.z) / double(acc.n);
+            *line_sigma = RI_SQRT(z) / double(acc.n);
         }
         return;
     }
     if (kind == RI_LINE_MIDAS_GPU) {
         if (acc.y > 0.0) {
+            const double z = with_var && f.normalize && !acc.dropped ? acc.z + cross : acc.z;
             *line = acc.x / acc.y;
-            *line_sigma = RI_SQRT(acc.z) / acc.y;
+            *line_sigma = RI_SQRT(z) / acc.y;
         } else {
             *line = 0.0;
             *line_sigma = 0.0;
