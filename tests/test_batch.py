@@ -60,6 +60,15 @@ def test_batch_cli_with_midas_flags(series, capsys):
         ["batch", str(params), str(files[0]), str(files[1]), "-o", str(out), "--skip-existing"]
     )
     assert rc == 0 and "skipped (outputs exist)" in capsys.readouterr().out
+    # An output cut short elsewhere (a copy, a killed tool) is not taken as done.
+    broken = out / "scan_000002.h5"
+    broken.write_bytes(broken.read_bytes()[:3000])
+    rc = main(
+        ["batch", str(params), str(files[0]), str(files[1]), "-o", str(out), "--skip-existing"]
+    )
+    assert rc == 0 and capsys.readouterr().out.count("skipped (outputs exist)") == 1
+    with h5py.File(broken) as f:
+        assert f["entry/azint2d/data/I"].shape[0] == 2
     # -q: nothing on stdout when every file succeeds; the failure and its summary when not.
     rc = main(["batch", str(params), str(files[0]), "-o", str(d / "quiet"), "-q"])
     assert rc == 0 and capsys.readouterr().out == ""
@@ -368,6 +377,11 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             np.testing.assert_allclose(f["entry/scan/omega"][()], [30.25, 30.5, 30.75])
         back = read_nexus(out / f"{stem}.h5")
         np.testing.assert_allclose(back.metadata["omega_deg"], [30.25, 30.5, 30.75])
+        # ... and its monitors, so a NeXus file converted to MIDAS files keeps them (they
+        # were written as 0.0); ones the zip lacks are not invented.
+        np.testing.assert_allclose(back.metadata["Temperature"], [301.0, 302.0, 303.0])
+        np.testing.assert_allclose(back.metadata["I0"], [1010.0, 1020.0, 1030.0])
+        assert "Pressure" not in back.metadata
         # Provenance: positions in the zip's exchange/data (SkipFrame counted), not frame ids.
         assert back.metadata["source_frame"].tolist() == [1, 2, 3]
         assert set(back.metadata["source_path"]) == {str(tmp_path / f"{stem}.analysis.MIDAS.zip")}

@@ -109,10 +109,27 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 
 
 def _complete(path: Path) -> bool:
-    """An output --skip-existing may keep: present and not empty (radint writes atomically, so
-    an empty file comes from elsewhere, e.g. a tool killed mid-write)."""
+    """An output --skip-existing may keep: present, not empty, and whole where that is cheap to
+    tell: an HDF5 file h5py opens (its end-of-file address within the file), a zip with its
+    central directory, a Zarr store with its root metadata. radint writes atomically, so a
+    broken one comes from elsewhere (a copy cut short, a tool killed mid-write)."""
+    import zipfile
+
     try:
-        return path.is_dir() or path.stat().st_size > 0
+        if path.is_dir():
+            return any((path / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray"))
+        if path.stat().st_size == 0:
+            return False
+        with path.open("rb") as fh:
+            head = fh.read(8)
+        if head.startswith(b"\x89HDF"):
+            import h5py
+
+            with h5py.File(path, "r"):
+                return True
+        if path.suffix.lower() == ".zip":
+            return zipfile.is_zipfile(path)
+        return True
     except OSError:
         return False
 

@@ -99,6 +99,22 @@ _PEAK_ERRORS = {"area": "area_err", "center_px": "center_err", "sig": "sig_err",
 _UNITS_BY_SUFFIX = {"_um": "um", "_deg": "degree", "_px": "pixel", "_angstrom": "angstrom"}
 
 
+#: Per-frame values of ``entry/scan`` (a MIDAS Zarr zip's ω and monitors, which the MIDAS
+#: writers average per OmegaSumFrames chunk), with their attributes.
+_SCAN_FIELDS: dict[str, dict[str, str]] = {
+    "omega": {"units": "degree", "long_name": "omega"},
+    "Temperature": {"long_name": "Temperature (MIDAS zip scan parameter)"},
+    "Pressure": {"long_name": "Pressure (MIDAS zip scan parameter)"},
+    "I": {"long_name": "I (MIDAS zip scan parameter)"},
+    "I0": {"long_name": "I0 (MIDAS zip scan parameter)"},
+}
+
+
+def _scan_key(name: str) -> str:
+    """The Result.metadata key of an ``entry/scan`` field."""
+    return "omega_deg" if name == "omega" else name
+
+
 def _json_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -980,16 +996,17 @@ class NexusWriter:
                 t.append(self._rows[key], value)
 
     def _start_scan(self) -> None:
-        """Create ``entry/scan`` for per-frame scan values the frames carry (ω of a MIDAS
-        Zarr zip); frames appended before it existed get NaN."""
+        """Create ``entry/scan`` for per-frame scan values the frames carry (ω and the
+        monitors of a MIDAS Zarr zip); frames appended before it existed get NaN."""
         t = self._open()
         t.group("entry/scan", {"NX_class": "NXcollection"})
-        self._rows["scan/omega"] = t.growing(
-            "entry/scan/omega", (), np.dtype(np.float64), {"units": "degree", "long_name": "omega"}
-        )
         written = self._rows["azint1d/frame_id"].shape[0]
-        if written:
-            t.append(self._rows["scan/omega"], np.full(written, np.nan))
+        for name, attrs in _SCAN_FIELDS.items():
+            self._rows[f"scan/{name}"] = t.growing(
+                f"entry/scan/{name}", (), np.dtype(np.float64), attrs
+            )
+            if written:
+                t.append(self._rows[f"scan/{name}"], np.full(written, np.nan))
 
     def _start_provenance(self) -> None:
         """Create ``entry/provenance`` for frames that say where they came from after some
@@ -1064,7 +1081,9 @@ class NexusWriter:
         )
         ids = _as_rows(frame_id, n, default_ids, np.int64)
         stamps = _as_rows(timestamp, n, np.full(n, time.time()), np.float64)
-        plain = result.peaks is None and "omega_deg" not in result.metadata
+        plain = result.peaks is None and not any(
+            _scan_key(name) in result.metadata for name in _SCAN_FIELDS
+        )
         if self._may_hold and self.n_frames == 0 and n == 1 and plain:
             self._held = (result, ids, stamps)
         else:
@@ -1107,14 +1126,15 @@ class NexusWriter:
         if "peaks/frame_id" in self._rows:
             rows.update(self._peak_rows(result.peaks, n))
             rows["peaks/frame_id"] = ids
-        omega = result.metadata.get("omega_deg")
-        if omega is not None and "scan/omega" not in self._rows:
+        carried = {name: result.metadata.get(_scan_key(name)) for name in _SCAN_FIELDS}
+        if any(v is not None for v in carried.values()) and "scan/omega" not in self._rows:
             self._start_scan()
         if "scan/omega" in self._rows:
-            given = None if omega is None else np.asarray(omega, dtype=np.float64).reshape(-1)
-            rows["scan/omega"] = (
-                given if given is not None and given.size == n else np.full(n, np.nan)
-            )
+            for name, value in carried.items():
+                given = None if value is None else np.asarray(value, np.float64).reshape(-1)
+                rows[f"scan/{name}"] = (
+                    given if given is not None and given.size == n else np.full(n, np.nan)
+                )
         provenance = _provenance(result)
         if provenance is not None and "provenance/file_index" not in self._rows:
             self._start_provenance()
@@ -1554,9 +1574,10 @@ def read_nexus(path: str | Path) -> Result:
         if file_index is not None and frame_index is not None:
             metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
             metadata["source_frame"] = frame_index[:n].astype(np.int64)
-        omega = get("entry/scan/omega", required=False)
-        if omega is not None:  # per-frame ω (a MIDAS zip's), as the MIDAS writers want it
-            metadata["omega_deg"] = omega[:n]
+        for name in _SCAN_FIELDS:  # per-frame ω and monitors (a MIDAS zip's), for its writers
+            values = get(f"entry/scan/{name}", required=False)
+            if values is not None and not (name != "omega" and np.isnan(values[:n]).all()):
+                metadata[_scan_key(name)] = values[:n]
         return Result(
             cake=cake,
             cake_sigma=cake_sigma,
