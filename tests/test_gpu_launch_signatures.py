@@ -823,8 +823,8 @@ def test_integrator_launches_match_signatures(fake_cupy, config, maps, opts):
     acc = "f32" if opts["precision"] == "float32" else "f64"
     want = {"ri_lineout"}
     want |= {f"ri_csr_{s}_{acc}" for s in FRAME_DTYPES.values()}
-    if opts["compat"] is None and opts["lineout_mode"] == "area_weighted":
-        want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}  # variance given or Poisson
+    # Variance given or Poisson in every drive: every lineout mode adds the shared-pixel term.
+    want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}
     assert names == want, (sorted(want - names), sorted(names - want))
 
 
@@ -877,6 +877,18 @@ def test_cuda_fitter_cpu_fallback_path(fake_cupy):
     ys = np.random.default_rng(2).poisson(50, size=(3, x.size)).astype(np.float64)
     out = CudaFitter(x, [50.0, 120.0]).fit(ys)
     assert (out["status"][0] != CPU_FALLBACK).all()
+    # Refitted with every position, so a job cut from a crowded chain keeps the kernel's ROI:
+    # the same numbers as the CPU fitter on the whole row.
+    crowd = [float(c) for c in range(20, 181, 5)]  # 33 peaks: one chain, cut at peak 16
+
+    def second_job(kernel: Kernel, args: dict[str, Any]) -> None:
+        args["status"][0, 16:] = CPU_FALLBACK
+
+    _FAKE_STATE["hook"] = second_job
+    out = CudaFitter(x, crowd, max_peaks_per_job=28).fit(ys)
+    cpu = radint._core.fit_peaks(x, ys[:1], crowd, max_peaks_per_job=28)
+    np.testing.assert_array_equal(out["status"][0, 16:], cpu["status"][0, 16:])
+    np.testing.assert_array_equal(out["values"][0, 16:], cpu["values"][0, 16:])
 
 
 @pytest.mark.parametrize("bin_average", [True, False])
@@ -1074,3 +1086,40 @@ def test_pass_blocks_and_empty_inputs(fake_cupy, config, maps):
         gpu.integrate([])
     frame = cp.asarray(np.ones(config.shape[::-1], np.uint16)).T  # a non-contiguous view
     assert gpu.integrate([frame, frame], keys=("lineout",))["n_frames"] == 2
+
+
+def test_kernels_that_cannot_be_set_up_fall_back_under_auto(fake_cupy, config, maps, monkeypatch,
+                                                            caplog):  # fmt: skip
+    """A GPU that is there but cannot take the kernels (NVRTC missing or too old for it):
+    backend="auto" integrates on the CPU with a warning saying why; backend="cuda" raises
+    BackendUnavailableError naming the cause (a raw CuPy error escaped before)."""
+    from radint.exceptions import BackendUnavailableError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("NVRTC_ERROR_INVALID_OPTION: --gpu-architecture=sm_120")
+
+    broken.cache_clear = lambda: None  # as the lru_cache it stands in for (fixture teardown)
+    monkeypatch.setattr(radint.gpu, "_module", broken)
+    with caplog.at_level("WARNING", logger="radint"):
+        it = Integrator(config, backend="auto", detector_map=maps["plain"], fit=None)
+    assert it.backend == "cpu" and "NVRTC_ERROR_INVALID_OPTION" in caplog.text
+    frame = _frames(config, np.uint16, 1)[0]
+    cpu = Integrator(config, backend="cpu", detector_map=maps["plain"], fit=None)
+    np.testing.assert_array_equal(it.integrate(frame).cake, cpu.integrate(frame).cake)
+    with pytest.raises(BackendUnavailableError, match="NVRTC_ERROR_INVALID_OPTION"):
+        Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None)
+
+
+def test_own_dark_is_uploaded_once(fake_cupy, config, maps):
+    """Integrator(dark=) on CUDA: the dark goes to the device once, not with every call; a
+    per-call dark is uploaded for its call."""
+    dark = np.full(config.shape, 3.0)
+    it = Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None, dark=dark)
+    frames = _frames(config, np.uint16, 2)
+    it.integrate(frames[0])
+    gpu = it._gpu_backend()
+    first = gpu._own_dark_d
+    assert first is not None
+    it.integrate(frames[1])
+    assert gpu._own_dark_d is first and gpu._per_pixel(it._dark, "dark") is first
+    assert gpu._per_pixel(np.full(dark.size, 2.0), "dark") is not first

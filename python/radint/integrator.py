@@ -235,10 +235,22 @@ class Integrator:
         self._gpu_fit: tuple[Any, Any] = (None, None)
         if self.backend == "cuda":
             # Map upload and kernel compilation (seconds, the first time on a machine) now,
-            # not on the first frame of a stream.
-            self._gpu_backend().warm_up()
-            if self.fit is not None and self.fit.runs_on_gpu:
-                self._gpu_fitter()
+            # not on the first frame of a stream. A device that is there but cannot take the
+            # kernels (NVRTC missing or too old for it, out of memory) is the same as none.
+            try:
+                self._gpu_backend().warm_up()
+                if self.fit is not None and self.fit.runs_on_gpu:
+                    self._gpu_fitter()
+            except Exception as e:
+                why = f"{type(e).__name__}: {e}".strip()
+                if backend != "auto":
+                    raise BackendUnavailableError(
+                        f"backend='cuda': the CUDA kernels cannot be set up on this machine "
+                        f"({why}); use backend='cpu' or 'auto'"
+                    ) from e
+                log.warning("backend auto: using cpu (the CUDA kernels cannot be set up: %s)", why)
+                self.backend = "cpu"
+                self._gpu, self._gpu_fit = None, (None, None)
 
     # ------------------------------------------------------------------ setup
     def _sampled_as_compat(

@@ -257,6 +257,7 @@ class CudaIntegrator:
         self.mask_hit = _upload(cupy, m.mask_hit, np.uint8, "map mask_hit")
         self.scale = _upload(cupy, integrator._scale, np.float64, "per-pixel scale")
         self._eta_cross: tuple[Any, Any, Any] | None = None  # uploaded when a sigma is asked
+        self._own_dark_d: Any = None  # the integrator's own dark on the device (first use)
         self._mod = _module(self.device_id)
         self._kernels: dict[str, Any] = {}
         # The uploads above are asynchronous on the current stream, which the non-blocking
@@ -373,6 +374,13 @@ class CudaIntegrator:
                 f"{what}: expected {self.n_pixels} contiguous float64 values, got "
                 f"{a.size} {a.dtype}"
             )
+        own = getattr(self.integrator, "_dark", None)
+        if own is not None and a is own:
+            # The integrator's own dark (read-only, never changes): uploaded once, not with
+            # every call (an Eiger 4M float64 dark is 36 MB of pageable copy).
+            if self._own_dark_d is None:
+                self._own_dark_d = self._cp.asarray(own.reshape(-1))
+            return self._own_dark_d
         return self._cp.asarray(a.reshape(-1))  # H→D once per call (no copy if on device)
 
     # -------------------------------------------------------------- integration
@@ -522,9 +530,9 @@ class CudaIntegrator:
         synchronises them."""
         cp = self._cp
         csr_grid = (self.n_bins * BIN_LANES + CSR_BLOCK - 1) // CSR_BLOCK
-        it = self.integrator
-        # Pixels shared between η bins add to radint's area-weighted lineout variance.
-        use_cross = var_mode and it.compat is None and it.lineout_mode == "area_weighted"
+        # Pixels shared between η bins add to every lineout's variance (rules as the Rust
+        # finalize: ri_line_final scales or leaves it out per mode).
+        use_cross = bool(var_mode)
         cross_arrays = self._cross_arrays() if use_cross else None
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)

@@ -115,19 +115,18 @@ class CudaFitter:
 
     def _cpu_fallback(self, out: dict[str, np.ndarray], ys: Any) -> None:
         """Refit on the CPU the jobs the kernel could not hold (same plan, same fitter)."""
-        curves, slots = np.nonzero(out["status"] == CPU_FALLBACK)
-        if curves.size == 0:
+        rows = np.flatnonzero((out["status"] == CPU_FALLBACK).any(axis=1))
+        if rows.size == 0:
             return
-        rows = np.unique(curves)
-        cols = np.unique(slots)
         host = self._cp.asnumpy(ys[self._cp.asarray(rows)])
-        # The job's peaks alone plan to that same job: its ROI is where no other job's ROI is.
-        d = _core.fit_peaks(self.x, np.ascontiguousarray(host), [self.positions[s] for s in cols],
+        # All positions, so the plan is the kernel's: a job cut out of a crowded chain has its
+        # ROI clipped at the gap, which its own peaks alone would not reproduce.
+        d = _core.fit_peaks(self.x, np.ascontiguousarray(host), self.positions,
                             roi_padding=self.roi_padding, max_iterations=self.max_iterations,
                             max_peaks_per_job=self.max_peaks_per_job,
                             bin_average=self.bin_average)  # fmt: skip
+        redo = out["status"][rows] == CPU_FALLBACK
         for key in ("values", "errors", "status", "iterations"):
-            block = out[key][rows[:, None], cols[None, :]]
-            redo = out["status"][rows[:, None], cols[None, :]] == CPU_FALLBACK
+            block = out[key][rows]
             block[redo] = d[key][redo]
-            out[key][rows[:, None], cols[None, :]] = block
+            out[key][rows] = block
