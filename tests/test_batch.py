@@ -539,12 +539,18 @@ def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsy
 
 
 @pytest.mark.parametrize(
-    "procs", [[], ["-nCPUs", "2", "-nCPUsLocal", "1"]], ids=["1proc", "2procs"]
-)
-def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small_config, procs):
+    ("procs", "group"),
+    [([], False), (["-nCPUs", "2", "-nCPUsLocal", "1"], False),
+     (["-nCPUs", "2", "-nCPUsLocal", "1"], True)],
+    ids=["1proc", "2procs", "2procs-group"],
+)  # fmt: skip
+def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
+    tmp_path, small_config, procs, group
+):
     """What SLURM's scancel sends: files finished stay, the one in progress (its reader held up
     by a FIFO that never delivers) leaves nothing, the summary says so, exit code 130; with a
-    process pool the workers are stopped the same way."""
+    process pool the workers are stopped the same way, also when the signal goes to the whole
+    process group (each worker then gets it twice: the group's and the parent's)."""
     import os
     import signal
     import subprocess
@@ -558,8 +564,8 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
-         str(tmp_path / "b.tif"), "-o", str(out), *procs],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         str(tmp_path / "b.tif"), "-o", str(out), "--format", "nexus,xy,mat", *procs],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -567,7 +573,10 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small
             time.sleep(0.05)
         assert (out / "a.h5").exists()
         time.sleep(0.3)  # the reader is now waiting on the FIFO
-        proc.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -575,7 +584,8 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(tmp_path, small
     assert proc.returncode == 130, stderr
     assert "1/2 file(s) ok" in stdout and "interrupted; 1 not done" in stdout
     assert "interrupted" in stderr
-    assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == [
+        "a.h5", "a.mat", "a_lineout.xy"]  # fmt: skip
     with h5py.File(out / "a.h5") as f:
         assert f["entry/azint2d/data/I"].shape[0] == 8
 
@@ -955,3 +965,57 @@ def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, 
     finally:
         _WORKER.clear()
         _WORKER.update(saved)
+
+
+def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
+    """A pool worker killed (SIGKILL, the OOM killer) while it integrates: its files fail with
+    that reason, the other files' results stand, no temporary output is left and the run ends
+    with a summary and exit code 1, not a BrokenProcessPool traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 4))
+    os.mkfifo(tmp_path / "b.tif")  # its worker waits here until it is killed
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
+         str(tmp_path / "b.tif"), "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def children() -> list[int]:
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == proc.pid:
+                kids.append(int(stat.parent.name))
+        return kids
+
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "a.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        # The pool's workers (a.h5's is idle by now, b.tif's waits on the FIFO): both killed.
+        workers = [k for k in children()
+                   if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]  # fmt: skip
+        assert workers
+        for k in workers:
+            os.kill(k, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr and "worker process integrating it died" in stderr
+    assert "1/2 file(s) ok" in stdout
+    assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]

@@ -9,7 +9,9 @@ created by the user and passed as their scheduler address). No home-made schedul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import glob
 import logging
 import os
 import queue
@@ -21,6 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +104,10 @@ def _init_pool_worker(*args: Any) -> None:
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
     # The pool's worker loop catches the interrupt and takes its next queued run: that run
-    # must not start (see _process_run).
+    # must not start (see _process_run). A second signal (a job scheduler's SIGTERM to the
+    # whole process group, then the parent's) must not cut the first one's clean-up short.
+    if _WORKER.get("stopping"):
+        return
     _WORKER["stopping"] = True
     if not _WORKER.get("busy"):
         raise SystemExit(0)  # idle between runs: nothing to clean up, leave quietly
@@ -417,7 +423,10 @@ def process_files(
             raise writer.error
     finally:
         writer.stop()
-        thread.join(timeout=30)
+        # Not thread.join(): a join that an interrupt broke off marks the thread as stopped
+        # (CPython 3.11), so a second join returned at once while the writer was still
+        # committing, and the process left its files half done.
+        writer.all_done.wait(timeout=30)
 
 
 def own_dark(path: str | Path) -> np.ndarray | None:
@@ -635,6 +644,8 @@ class _FileWriter:
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="radint-finish")
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="radint-sync")
         self._pending = threading.BoundedSemaphore(4)
+        #: Set when run() has returned: every file committed or its outputs removed.
+        self.all_done = threading.Event()
 
     def expected(self, stem: str) -> list[Path]:
         """The outputs a file named ``stem`` gets."""
@@ -679,11 +690,14 @@ class _FileWriter:
         except BaseException as e:  # a bug here must reach the caller, not vanish with the thread
             self.error = e
         finally:
-            self._finisher.shutdown(wait=True)  # first: its tasks hand on to the syncer
-            self._syncer.shutdown(wait=True)
-            for state in self.open.values():
-                self._abort(state)
-            self.open.clear()
+            try:
+                self._finisher.shutdown(wait=True)  # first: its tasks hand on to the syncer
+                self._syncer.shutdown(wait=True)
+                for state in self.open.values():
+                    self._abort(state)
+                self.open.clear()
+            finally:
+                self.all_done.set()
 
     def _handle(self, event: tuple) -> None:
         from radint.io import NexusWriter
@@ -847,8 +861,13 @@ def run_batch(
     if dask:
         from radint.batch.distributed import run_on_dask
 
-        for i, o in run_on_dask(dask, config, str(cache), n_threads, backend, files, names, opts):
-            done(i, o)
+        # Workers of a cluster run in their own working directories: absolute paths only (a
+        # relative one was read, and its outputs written, relative to the worker's).
+        opts["out_dir"] = os.path.abspath(out_dir)
+        absolute = [os.path.abspath(f) for f in files]
+        cache_dir = os.path.abspath(cache)
+        for i, o in run_on_dask(dask, config, cache_dir, n_threads, backend, absolute, names, opts):
+            done(i, dataclasses.replace(o, path=files[i]))
     elif n_procs <= 1:
         _init_worker(config, str(cache), n_threads, backend, detector_map, dark)
         # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
@@ -876,8 +895,15 @@ def run_batch(
                 for k in range(0, len(files), size)
             }
             for fut in as_completed(futures):
-                for j, o in enumerate(fut.result()):
-                    done(futures[fut] + j, o)
+                k = futures[fut]
+                try:
+                    run = fut.result()
+                except BrokenProcessPool:
+                    # A worker died (killed, out of memory): the files of its run and of every
+                    # run not done fail with that reason, the others' results stand.
+                    run = _lost_run(files[k : k + size], names[k : k + size], out_dir, formats)
+                for j, o in enumerate(run):
+                    done(k + j, o)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped and the
             # workers are told to stop as this process was; each removes the files it had not
@@ -889,6 +915,29 @@ def run_batch(
             raise
         pool.shutdown(wait=True)
     return [outcomes[i] for i in range(len(files))]
+
+
+def _lost_run(
+    paths: list[str], names: list[str | None], out_dir: Path, formats: Sequence[str]
+) -> list[FileOutcome]:
+    """Outcomes of files whose worker process died before reporting them, with the temporary
+    outputs it left removed (outputs it had completed stay: --skip-existing keeps them)."""
+    from radint.io.write import FORMATS, expand_formats
+
+    out = []
+    for path, name in zip(paths, names):
+        stem = output_stem(path, name)
+        for fmt in expand_formats(formats):
+            final = Path(out_dir) / (stem + FORMATS[fmt][0])
+            for temp in Path(out_dir).glob(f".{glob.escape(final.name)}.*.partial"):
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
+        why = RadintError(
+            f"{path}: the worker process integrating it died (killed, e.g. out of memory) "
+            "before reporting it; rerun with --skip-existing to redo what is missing"
+        )
+        out.append(_failure(path, why, time.perf_counter()))
+    return out
 
 
 def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
