@@ -7,6 +7,7 @@ MIDAS habit: ``Key value`` parameter overrides may follow the parameter file, e.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -1316,12 +1317,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        resume = (" (rerun with --skip-existing to resume)"
+                  if getattr(args, "command", None) == "batch" else "")  # fmt: skip
         print(
-            "radint: interrupted; outputs not finished were removed, finished ones kept "
-            "(rerun with --skip-existing to resume)",
+            f"radint: interrupted; outputs not finished were removed, finished ones kept{resume}",
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (radint info ... | head): not an error of ours.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RadintError as e:
         print(f"radint: error: {e}", file=sys.stderr)
         return 2
