@@ -122,12 +122,13 @@ fn split_job(job: Job, max_peaks: usize, out: &mut Vec<Job>) {
     }
     // Widest gap; among equal ones the most central, so the parts come out balanced.
     let n = job.peaks.len();
-    let cut = (1..n)
-        .max_by_key(|&k| {
-            let gap = job.peaks[k].index - job.peaks[k - 1].index;
-            (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
-        })
-        .expect("a job with more than one peak");
+    let Some(cut) = (1..n).max_by_key(|&k| {
+        let gap = job.peaks[k].index - job.peaks[k - 1].index;
+        (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
+    }) else {
+        out.push(job); // one peak: nothing to cut (max_peaks is at least 1)
+        return;
+    };
     let mid = (job.peaks[cut - 1].index + job.peaks[cut].index) / 2;
     let mut left = job.peaks;
     let right = left.split_off(cut);
