@@ -581,7 +581,10 @@ def test_errors_are_calibrated_for_sub_bin_and_wide_peaks(fwhm: float) -> None:
     bias beyond 0.35 σ for a wide peak. A sub-bin peak (FWHM 0.4 bins) is not linear in its
     parameters over its errors: there the errors may be conservative (pull std ≥ 0.6) but never
     small. Regression: with MIDAS's centre-sampled model its FWHM came out with pulls
-    +2.3 ± 3.5, and with the width floors held in the covariance η errors were 0."""
+    +2.3 ± 3.5, and with the width floors held in the covariance η errors were 0. Since narrow
+    peaks are fitted from a 1-bin start too and the lower SSR kept, the FWHM of a 0.5-bin peak
+    is the least-squares one, ~0.8 σ wide (MIDAS's 2-bin start alone stopped short of that
+    minimum, at 0.25 σ, and left 0.7-bin peaks in wrong minima)."""
     rng = np.random.default_rng(17)
     x = np.arange(121.0)
     edges = np.append(x - 0.5, x[-1] + 0.5)
@@ -597,7 +600,7 @@ def test_errors_are_calibrated_for_sub_bin_and_wide_peaks(fwhm: float) -> None:
         pull = (getattr(t, name)[ok, 0] - np.broadcast_to(truth, ok.shape)[ok]) / getattr(
             t, f"{name}_err"
         )[ok, 0]
-        low, bias = (0.8, 0.35) if fwhm > 2 else (0.6, 0.6)
+        low, bias = (0.8, 0.35) if fwhm > 2 else (0.6, 0.9)
         assert low < pull.std() < 1.25, (name, pull.std())
         assert abs(pull.mean()) < bias, (name, pull.mean())
 
@@ -654,3 +657,25 @@ def test_auto_roi_width_estimate_steps_over_nan_bins():
     table = rfit.fit_peaks(x, y, positions=[200.0], auto_roi=True)
     assert table.status_name[0] == "converged"
     assert table.fwhm[0] == pytest.approx(30.0, rel=0.02)
+
+
+def test_narrow_peaks_are_not_left_in_a_wrong_minimum():
+    """A peak of 0.7 bins at high S/N, started at MIDAS's 2-bin width, stopped in a wrong
+    minimum reported as converged (centre 150.14 for 150.1, reduced χ² 20 against ~0 at the
+    truth); narrow peaks are now also fitted from a 1-bin start and the lower SSR kept. Over
+    Poisson repeats the centre pulls scatter as their errors say (std 1.8 with 9 of 300
+    beyond 5 σ before)."""
+    x = np.arange(300.0)
+    for fwhm, centre in ((0.7, 150.1), (0.7, 150.35), (0.5, 150.45), (1.0, 150.0), (3.0, 150.2)):
+        t = rfit.fit_peaks(x, 20 + _bin_averaged_pv(x, 5000, centre, fwhm), positions=[150.5])
+        assert t.status_name[0] == "converged"
+        assert t.center[0] == pytest.approx(centre, abs=2e-3)
+        assert t.fwhm[0] == pytest.approx(fwhm, rel=0.02)
+    rng = np.random.default_rng(11)
+    xs = np.arange(300.0) + 0.5
+    centres = 150 + rng.uniform(0, 1, 150)
+    ys = np.stack([rng.poisson(20 + _bin_averaged_pv(xs, 3000, c, 0.7, 0.3)) for c in centres])
+    t = rfit.fit_peaks(xs, ys.astype(float), positions=[150.5])
+    ok = t.status[:, 0] == 0
+    pull = (t.center[ok, 0] - centres[ok]) / t.center_err[ok, 0]
+    assert ok.mean() > 0.95 and 0.7 < pull.std() < 1.25 and (np.abs(pull) > 5).sum() == 0

@@ -25,9 +25,9 @@ fit with it fixed; the width floors (``gam`` of a Gaussian-like, ``sig`` of a Lo
 peak) are counted free instead, as the true width is often just near them. Over Poisson repeats
 centre, area and FWHM of peaks of FWHM ≥ 2 bins scatter as their errors say within ~15 % (the
 textbook ``(JᵀJ)⁻¹ · SSR/(n − p)`` was 2–2.6× small for centres, HC2 alone 1.1–1.9×); sub-bin
-peaks get conservative errors at moderate S/N (benches/fit_calibration.py, README), but at high
-S/N peaks of FWHM 0.5–1.3 bins can stop in a wrong local minimum reported as converged (README:
-use bins finer than FWHM / 1.5 where their sub-bin position matters).
+peaks get conservative errors (benches/fit_calibration.py, README). Narrow peaks (top one or two
+bins above half height) are fitted from a 1-bin and MIDAS's 2-bin FWHM start, the lower SSR kept:
+from 2 bins alone, ~0.7-bin peaks at high S/N stopped in wrong minima reported as converged.
 
 Each point is modelled as the mean of the profile over its bin (``bin_average=True``), which is
 what an integrated lineout holds; MIDAS's model (``bin_average=False``) takes the value at the bin

@@ -32,6 +32,7 @@ pub use model::{
 pub use pv::{fit_pv, pv_height, pv_height_gradient, PvFit, PV_PARAMS};
 pub use roi::{
     bin_size, edge_background, initial_guess, plan_jobs, snap_to_bin, Job, JobPeak, Starts,
+    NARROW_START_BINS,
 };
 
 /// Values per peak row.
@@ -544,7 +545,7 @@ fn fit_job(
             (x.get(p.lo).map_or(0, |&v| finite_index(v)), hi)
         })
         .collect();
-    let s = initial_guess(&fx, &fy, &pks, bin);
+    let mut s = initial_guess(&fx, &fy, &pks, bin, NARROW_START_BINS);
     let prob = JobProblem {
         x: &fx,
         y: &fy,
@@ -555,7 +556,17 @@ fn fit_job(
         offset,
         edges,
     };
-    let res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
+    let mut res = levenberg_marquardt(&prob, &s.start, &s.lower, &s.upper, &opts.lm);
+    if s.narrow {
+        // A narrow peak: also from MIDAS's 2-bin start; the lower SSR wins (see Starts::narrow).
+        let wide = initial_guess(&fx, &fy, &pks, bin, 2.0);
+        let alt = levenberg_marquardt(&prob, &wide.start, &wide.lower, &wide.upper, &opts.lm);
+        if alt.status == FitStatus::Converged
+            && (res.status != FitStatus::Converged || alt.ssr < res.ssr)
+        {
+            (s, res) = (wide, alt);
+        }
+    }
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;
     let verdict = bound_verdict(&res.params, &s.lower, &s.upper, job.peaks.len());
     job.peaks

@@ -333,15 +333,21 @@ RF_HD double rf_peak_amplitude(const RfData& d, int pk, double bg) {
     return v - bg > 0.0 ? v - bg : v;
 }
 
-RF_HD int rf_fwhm_bins(const RfData& d, int pk, double bg, double amp) {
+// roi.rs fwhm_walk: bins between the outermost points above half height around pk.
+RF_HD int rf_fwhm_walk(const RfData& d, int pk, double bg, double amp) {
     const double half = bg + amp / 2.0;
     if (pk > d.n - 1) pk = d.n - 1;
     if (pk < 0) pk = 0;
     int left = pk, right = pk;
     while (left > 0 && rf_fy(d, left - 1) > half) --left;
     while (right + 1 < d.n && rf_fy(d, right + 1) > half) ++right;
-    return right - left > 2 ? right - left : 2;
+    return right - left;
 }
+
+// roi.rs NARROW_WALK / NARROW_START_BINS: a peak with only its top bin or two above half height
+// is narrow; the first fit starts it at 1 bin, a second one at MIDAS's 2 (Starts::narrow).
+#define RF_NARROW_WALK 1
+#define RF_NARROW_START_BINS 1.0
 
 RF_HD double rf_strictly_inside(double v, double lo, double hi) {
     const double eps = 1e-6 * (hi - lo);
@@ -349,9 +355,11 @@ RF_HD double rf_strictly_inside(double v, double lo, double hi) {
     return RF_FMIN(RF_FMAX(v, lo), hi);
 }
 
-// roi.rs initial_guess for peaks at finite-point indices pks[0..n_peaks).
-RF_HD void rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double bin,
-                            double* start, double* lower, double* upper) {
+// roi.rs initial_guess for peaks at finite-point indices pks[0..n_peaks), narrow peaks started
+// at narrow_fwhm_bins; returns Starts::narrow (some peak is narrow).
+RF_HD bool rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double bin,
+                            double narrow_fwhm_bins, double* start, double* lower,
+                            double* upper) {
     double ymin = 1.0 / 0.0, ymax = -1.0 / 0.0;
     for (int k = 0; k < d.n; ++k) {
         ymin = RF_FMIN(ymin, rf_fy(d, k));
@@ -367,11 +375,14 @@ RF_HD void rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double
     lower[1] = -range;
     upper[1] = range;
     const double width_cap = 200.0 * bin * 100.0;
+    bool narrow = false;
     for (int k = 0; k < n_peaks; ++k) {
         int pk = pks[k];
         if (pk > d.n - 1) pk = d.n - 1;
         const double amp = rf_peak_amplitude(d, pk, bg);
-        const double fwhm = double(rf_fwhm_bins(d, pk, bg, amp)) * bin;
+        const int walk = rf_fwhm_walk(d, pk, bg, amp);
+        narrow = narrow || walk <= RF_NARROW_WALK;
+        const double fwhm = (walk <= RF_NARROW_WALK ? narrow_fwhm_bins : double(walk)) * bin;
         const double half = 0.5 * fwhm * 100.0;
         const double sig0 = half * half / (8.0 * RF_LN2), gam0 = half;
         const double c0 = d.x[d.fidx[pk]];
@@ -391,6 +402,7 @@ RF_HD void rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double
         upper[o + 3] = width_cap;
     }
     for (int i = 0; i < 2 + 4 * n_peaks; ++i) start[i] = rf_strictly_inside(start[i], lower[i], upper[i]);
+    return narrow;
 }
 
 // ---------------------------------------------------------------- Levenberg–Marquardt (lm.rs)
@@ -796,9 +808,30 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
             while (w < d.n && fidx[w] <= peak_hi[k]) ++w;
             d.win_hi[k] = w;
         }
-        rf_initial_guess(d, pks, n_peaks, bin, p, lower, upper);
+        const bool narrow =
+            rf_initial_guess(d, pks, n_peaks, bin, RF_NARROW_START_BINS, p, lower, upper);
         code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, w,
                                       &iters);
+        if (narrow) {
+            // fit.rs: a narrow peak is also fitted from MIDAS's 2-bin start; the lower SSR wins.
+            const double cost = w.nrm.cost;
+            double p2[RF_MAX_PARAMS], lower2[RF_MAX_PARAMS], upper2[RF_MAX_PARAMS];
+            int iters2 = 0;
+            rf_initial_guess(d, pks, n_peaks, bin, 2.0, p2, lower2, upper2);
+            const int code2 = rf_levenberg_marquardt(d, p2, lower2, upper2, np, max_iterations,
+                                                     ftol, xtol, w, &iters2);
+            if (code2 == RF_CONVERGED && (code != RF_CONVERGED || w.nrm.cost < cost)) {
+                for (int i = 0; i < np; ++i) {
+                    p[i] = p2[i];
+                    lower[i] = lower2[i];
+                    upper[i] = upper2[i];
+                }
+                code = code2;
+                iters = iters2;
+            } else if (code == RF_CONVERGED) {
+                rf_normal_equations(d, p, np, w.nrm);  // the first fit's, as it ended
+            }
+        }
     }
     if (code != RF_CONVERGED) {
         for (int k = 0; k < n_peaks; ++k) {
