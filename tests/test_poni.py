@@ -137,3 +137,29 @@ def test_named_detector_takes_pyfai_shape_and_pixel_size(tmp_path):
     ai.write(str(path))
     cfg = IntegrationConfig.from_poni(path, r_min_px=0, r_max_px=300, r_bin_px=1)
     assert cfg.shape == (1679, 1475) and cfg.pixel_size_y_um == pytest.approx(172)
+
+
+@pytest.mark.parametrize(
+    "config",
+    ['{"binning": [2, 2], "orientation": 3}',  # binning given: pyFAI bins the named detector
+     '{"pixel1": 0.00015, "pixel2": 0.00015, "orientation": 3}'],  # pyFAI's own binned file
+    ids=["binning-key", "binned-pixel"],
+)  # fmt: skip
+def test_binned_named_detectors_take_pyfai_shape_and_geometry(config, tmp_path):
+    """A binned Eiger 4M read as pyFAI reads it: half the shape, twice the pixel (the binning
+    was dropped, so frames of the right size were refused, and a forced shape gave 2θ up to 29°
+    off)."""
+    path = tmp_path / "b.poni"
+    path.write_text(
+        f"poni_version: 2.1\nDetector: Eiger4M\nDetector_config: {config}\nDistance: 0.2\n"
+        "Poni1: 0.08\nPoni2: 0.078\nRot1: 0.01\nRot2: -0.02\nRot3: 0.0\nWavelength: 1e-10\n"
+    )
+    ai = pyFAI.load(str(path))
+    cfg = IntegrationConfig.from_poni(path, r_min_px=1, r_max_px=200, r_bin_px=1)
+    assert cfg.shape == tuple(ai.detector.shape) == (1083, 1035)
+    assert cfg.pixel_size_y_um == pytest.approx(ai.detector.pixel1 * 1e6)
+    rows, cols = np.meshgrid(np.arange(1083.0), np.arange(1035.0), indexing="ij")
+    g = pixel_geometry(cfg)
+    np.testing.assert_allclose(
+        g["two_theta_rad"].reshape(cfg.shape), ai.tth(rows, cols), rtol=1e-11, atol=1e-13
+    )

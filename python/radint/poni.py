@@ -80,6 +80,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     pixel1 = pixel2 = None
     shape = None
     orientation = 3
+    binning: tuple[int, int] | None = None
     if "detector_config" in values:
         text, line = values["detector_config"]
         try:
@@ -93,6 +94,15 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             raise ParameterError(
                 f"{path}:{line}: detectors with a distortion spline are not supported"
             )
+        if det.get("binning") is not None:
+            b = det["binning"]
+            b = (b, b) if isinstance(b, int) else tuple(b)
+            if len(b) != 2 or any(int(v) != v or v < 1 for v in b):
+                raise ParameterError(
+                    f"{path}:{line}: Detector_config: binning {det['binning']} is not one or two "
+                    "positive integers"
+                )
+            binning = (int(b[0]), int(b[1]))
         orientation = int(det.get("orientation") or 3)  # 0 = unset, pyFAI reads it as 3
         if orientation not in _ORIENTATION_FLIPS:
             raise ParameterError(
@@ -111,11 +121,23 @@ def read_poni(path: str | Path) -> dict[str, Any]:
                 "cannot describe; radint reads plain 'Detector' grids and named detectors of "
                 "equal square pixels"
             )
-    if pixel1 is None and "pixelsize1" not in values and "detector" in values:
+    native = (
+        _DETECTOR_PIXEL.get(_detector_key(values["detector"][0])) if "detector" in values else None
+    )
+    if binning is None and native and pixel1 and pixel2:
+        # pyFAI writes a binned named detector as its binned pixel size, no binning key.
+        ratio = (pixel1 / native, pixel2 / native)
+        if all(r > 1.5 and abs(r - round(r)) < 1e-6 for r in ratio):
+            binning = (round(ratio[0]), round(ratio[1]))
+    if pixel1 is None and "pixelsize1" not in values and native:
         # Named detectors carry their pixel size in pyFAI, not in the file.
-        pixel1 = pixel2 = _DETECTOR_PIXEL.get(_detector_key(values["detector"][0]))
+        b = binning or (1, 1)
+        pixel1, pixel2 = native * b[0], native * b[1]
     if pixel1 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
+    if binning is not None and shape is not None:
+        # The full (max_shape or pyFAI's own) shape, read out binned: pyFAI's detector.shape.
+        shape = (shape[0] // binning[0], shape[1] // binning[1])
     return {
         "dist": number("distance"),
         "poni1": number("poni1"),
