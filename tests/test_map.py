@@ -170,6 +170,17 @@ def test_cache_reuse_and_rebuild(small_config, tmp_path, caplog):
     c = DetectorMap.cached(small_config.replace(r_bin_px=0.9), tmp_path)
     assert c.n_r != a.n_r
     assert len(list(tmp_path.glob("radint-map-*.npz"))) == 2
+    # The map version is in the name: a cache of an older mapper (whose map for the same
+    # configuration may differ) is never picked up by this one.
+    from radint.detector_map import _CACHE_VERSION
+
+    assert all(p.name.startswith(f"radint-map-v{_CACHE_VERSION}-")
+               for p in tmp_path.glob("radint-map-*.npz"))  # fmt: skip
+    old = tmp_path / f"radint-map-{small_config.map_key()}.npz"
+    (tmp_path / f"radint-map-v{_CACHE_VERSION}-{small_config.map_key()}.npz").rename(old)
+    caplog.clear()
+    DetectorMap.cached(small_config, tmp_path)
+    assert "saved detector map cache" in caplog.text and "reusing" not in caplog.text
 
 
 def test_cache_file_is_an_aligned_npz_and_plain_npz_caches_still_load(small_config, tmp_path):

@@ -22,7 +22,10 @@ from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeErro
 
 log = logging.getLogger("radint")
 
-_CACHE_VERSION = 1
+#: Version of the map radint builds for a configuration, in every cache file's name and
+#: contents: bump it whenever a mapper change alters maps (a fix in the area clipping, the
+#: residual map's frame ...), so caches written by an older build are rebuilt, not reused.
+_CACHE_VERSION = 2
 
 
 def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
@@ -391,7 +394,7 @@ class DetectorMap:
         cls, config: IntegrationConfig, cache_dir: str | Path, n_threads: int | None = None
     ) -> DetectorMap:
         """Load the map for ``config`` from ``cache_dir`` if its key matches, else build and save it."""
-        path = Path(cache_dir) / f"radint-map-{config.map_key()}.npz"
+        path = Path(cache_dir) / f"radint-map-v{_CACHE_VERSION}-{config.map_key()}.npz"
         if path.is_file():
             try:
                 m = cls.load(path, config)
