@@ -343,3 +343,19 @@ def test_full_turn_past_360_keeps_every_pixel(eta_min, eta_bin, bc):
     r = np.asarray(m.r_edges_px)
     exact = math.pi * (r[1:] ** 2 - r[:-1] ** 2)
     np.testing.assert_allclose(area.sum(axis=1), exact, rtol=1e-6)
+
+
+def test_save_midas_refuses_maps_midas_would_read_otherwise(small_config, tmp_path):
+    """MIDAS rebuilds R (or Q) bins and applies GradientCorrection itself: a 2θ-binned map
+    (read back with other bins, past the end of nMap.bin) and a gradient-corrected one (shifted
+    twice) are refused instead of written."""
+    from radint.exceptions import MapFormatError
+
+    tth = small_config.replace(tth_bin_deg=0.5, tth_min_deg=1.0, tth_max_deg=2.0)
+    with pytest.raises(MapFormatError, match="2θ"):
+        DetectorMap.build(tth).save_midas(tmp_path / "tth", tth)
+    plain = DetectorMap.build(small_config)
+    with pytest.raises(MapFormatError, match="gradient-corrected"):
+        plain.with_gradient_correction(small_config).save_midas(tmp_path / "g", small_config)
+    plain.save_midas(tmp_path / "ok", small_config)
+    assert (tmp_path / "ok" / "Map.bin").is_file()

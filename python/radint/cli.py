@@ -292,10 +292,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     out = Path(args.output)
     m.save_midas(out, config)
     stats = m.stats()
+    files = "Map.bin, nMap.bin" + (", maskMap.bin" if (out / "maskMap.bin").exists() else "")
     print(
         f"map: {stats['n_r']} R x {stats['n_eta']} eta bins, {stats['n_entries']} entries "
-        f"({stats['entries_per_pixel']:.2f}/pixel), built in {elapsed:.2f} s -> {out}/Map.bin, nMap.bin, "
-        "maskMap.bin"
+        f"({stats['entries_per_pixel']:.2f}/pixel), built in {elapsed:.2f} s -> {out}/{files}"
     )
     return 0
 

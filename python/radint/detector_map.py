@@ -321,6 +321,20 @@ class DetectorMap:
         config = config or self.config
         if config is None:
             raise MapFormatError("save_midas needs the IntegrationConfig the map was built from")
+        if config.radial_mode == "2theta":
+            # MIDAS programs rebuild the R bins from RMin/RMax/RBinSize (or Q) and take the
+            # header hash from them: a 2θ-binned map would be read with other bins.
+            raise MapFormatError(
+                "save_midas: a map binned in 2θ (TthBinSize) cannot be written as MIDAS "
+                "Map.bin/nMap.bin: MIDAS bins R (RBinSize) or Q (QBinSize)"
+            )
+        if self.gradient_corrected or self.weight is not None:
+            # Map.bin holds the plain overlap areas; IntegratorZarrOMP applies GradientCorrection
+            # itself when it reads them, so a resampled map would be shifted twice.
+            raise MapFormatError(
+                "save_midas: this map is gradient-corrected or carries per-entry weights; write "
+                "the plain map (DetectorMap.build) and let the reader apply GradientCorrection"
+            )
         factor = None
         if config.solid_angle_correction or config.polarization_correction:
             from radint.corrections import midas_frac_factor
