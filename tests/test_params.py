@@ -332,3 +332,18 @@ def test_missing_referenced_files_name_file_line_and_key(tmp_path, capsys):
         assert main(argv) != 0
         err = capsys.readouterr().err
         assert f"p.txt:8: {key}: " in err and f"{name}: {expected}" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"bc_y_px": float("nan")}, "BC: must be a finite number, got NaN"),
+     ({"lsd_um": float("inf")}, "Lsd: must be a finite number, got inf"),
+     ({"ty_deg": 90.0}, "ty: must be within ±90°"),
+     ({"im_trans_opt": (4,)}, "ImTransOpt: must be 0 (none), 1 (flip Y), 2 (flip Z) or 3")],
+)  # fmt: skip
+def test_impossible_geometries_set_through_the_api_are_refused(change, message):
+    """Values a parameter file cannot hold but the API can (NaN, inf), an edge-on detector and
+    an ImTransOpt MIDAS does not define: refused by validate() (the map came out empty)."""
+    c = IntegrationConfig.from_text(BASE + "RBinSize 1\n", "p.txt").replace(**change)
+    with pytest.raises(ParameterError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        c.validate()

@@ -680,6 +680,68 @@ impl Params {
                 ),
             ));
         }
+        // Values set through the API (not parsed) may be NaN or infinite: the map would come out
+        // empty without a word.
+        let p = &self.distortion;
+        let numbers = [
+            ("Lsd", self.lsd_um),
+            ("BC", self.bc_y_px),
+            ("BC", self.bc_z_px),
+            ("tx", self.tx_deg),
+            ("ty", self.ty_deg),
+            ("tz", self.tz_deg),
+            ("pxY", self.pixel_size_y_um),
+            ("pxZ", self.pixel_size_z_um),
+            ("RhoD", self.rho_d_um),
+            ("Parallax", self.parallax_um),
+            ("RMin", self.r_min_px),
+            ("RMax", self.r_max_px),
+            ("RBinSize", self.r_bin_px),
+            ("EtaMin", self.eta_min_deg),
+            ("EtaMax", self.eta_max_deg),
+            ("EtaBinSize", self.eta_bin_deg),
+            ("QMin", self.q_min),
+            ("QMax", self.q_max),
+            ("QBinSize", self.q_bin),
+            ("TthMin", self.tth_min_deg),
+            ("TthMax", self.tth_max_deg),
+            ("TthBinSize", self.tth_bin_deg),
+            ("Wavelength", self.wavelength_angstrom),
+            ("p0", p[0]),
+            ("p1", p[1]),
+            ("p2", p[2]),
+            ("p3", p[3]),
+            ("p4", p[4]),
+            ("p5", p[5]),
+            ("p6", p[6]),
+            ("p7", p[7]),
+            ("p8", p[8]),
+            ("p9", p[9]),
+            ("p10", p[10]),
+            ("p11", p[11]),
+            ("p12", p[12]),
+            ("p13", p[13]),
+            ("p14", p[14]),
+        ];
+        for (key, value) in numbers {
+            if !value.is_finite() {
+                return Err(self.invalid(key, format!("must be a finite number, got {value}")));
+            }
+        }
+        for (key, value) in [("ty", self.ty_deg), ("tz", self.tz_deg)] {
+            if value.abs() >= 90.0 {
+                return Err(self.invalid(
+                    key,
+                    format!("must be within ±90° (the detector would be edge-on), got {value}"),
+                ));
+            }
+        }
+        if let Some(&bad) = self.im_trans_opt.iter().find(|&&t| !(0..=3).contains(&t)) {
+            return Err(self.invalid(
+                "ImTransOpt",
+                format!("must be 0 (none), 1 (flip Y), 2 (flip Z) or 3 (transpose), got {bad}"),
+            ));
+        }
         let positive = [
             ("Lsd", self.lsd_um),
             ("pxY", self.pixel_size_y_um),
