@@ -619,9 +619,17 @@ def test_sender_names_frames_like_midas(tmp_path):
     with h5py.File(tmp_path / "stack.h5", "w") as f:
         f["exchange/data"] = np.stack([frame(i, "u2") for i in range(3)])
     tifffile.imwrite(tmp_path / "a.tif", frame(0, "u2"))
+    # One frame in a 3-D dataset and in a GE file is still ":frame0" for MIDAS's sender; a 2-D
+    # dataset goes by its name alone.
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["exchange/data"] = frame(1, "u2")[np.newaxis]
+    with h5py.File(tmp_path / "two_d.h5", "w") as f:
+        f["exchange/data"] = frame(2, "u2")
+    (tmp_path / "g.ge3").write_bytes(b"\0" * 8192 + frame(3, "u2").astype("<u2").tobytes())
     files = expand_inputs([tmp_path])
-    names = [name for _, name in iter_file_frames(files)]
-    assert names == ["a.tif"] + [f"stack.h5:exchange/data:frame{i}" for i in range(3)]
+    names = [name for _, name in iter_file_frames(files, shape=SHAPE)]
+    assert names == ["a.tif", "g.ge3:frame0", "one.h5:exchange/data:frame0"] + [
+        f"stack.h5:exchange/data:frame{i}" for i in range(3)] + ["two_d.h5:exchange/data"]  # fmt: skip
 
 
 def _capture_one_connection() -> tuple[int, list[bytes], threading.Thread]:
@@ -1406,3 +1414,17 @@ def test_summary_says_how_long_each_stage_worked(integrator, tmp_path):
     assert 0 < summary.integrate_seconds <= summary.seconds
     assert 0 < summary.write_seconds <= summary.seconds
     assert "busy: integrating" in summary.line() and summary.as_dict()["write_seconds"] > 0
+
+
+def test_live_auto_beyond_the_peak_table_is_refused(tmp_path, config, caplog):
+    """{"auto": N} with N above the stream's 100 peak slots is refused with a log line and the
+    current peaks stay (it was applied, and the writer then failed and stopped the stream)."""
+    from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
+
+    control = PeakControl(tmp_path, config)
+    (tmp_path / "peaks.json").write_text(json.dumps({"auto": MAX_PEAKS + 50}))
+    with caplog.at_level(logging.ERROR, logger="radint"):
+        assert control.poll(None) is UNCHANGED
+    assert f"at most {MAX_PEAKS} peaks" in caplog.text
+    (tmp_path / "peaks.json").write_text(json.dumps({"auto": MAX_PEAKS}))
+    assert control.poll(None).auto == MAX_PEAKS

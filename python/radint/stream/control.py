@@ -128,7 +128,15 @@ class PeakControl:
         if cmd.get("off"):
             return None
         if "auto" in cmd:
-            return FitSpec(auto=int(cmd["auto"]), **self._common())
+            n = int(cmd["auto"])
+            if n > MAX_PEAKS:
+                # The stream's peak table holds MAX_PEAKS slots from its first frame on (a wider
+                # request failed the writer and stopped the stream).
+                raise ValueError(
+                    f"auto {n}: at most {MAX_PEAKS} peaks can be asked for while streaming "
+                    "(start the stream with --fit-auto N for more)"
+                )
+            return FitSpec(auto=n, **self._common())
         mode = cmd.get("mode", "replace")
         if mode not in ("replace", "append"):
             raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")

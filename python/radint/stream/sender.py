@@ -97,6 +97,14 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
     return out
 
 
+def _stored_ndim(path: Path, location: str) -> int:
+    """Dimensions of the HDF5 dataset at ``location`` (3 for a group of data files, as a stack)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(getattr(f.get(location), "ndim", 3))
+
+
 def iter_file_frames(
     paths: Iterable[Path],
     h5_location: str = "exchange/data",
@@ -122,9 +130,11 @@ def iter_file_frames(
         with open_frames(
             path, dataset=h5_location if is_h5 else None, shape=shape if ge else None
         ) as source:
-            n = source.n_frames
+            # MIDAS names every frame of a GE file and of a 3-D HDF5 dataset ":frameK", even a
+            # lone one; a 2-D dataset and a one-frame TIFF go by their name alone.
+            numbered = source.n_frames > 1 or ge or (is_h5 and _stored_ndim(path, h5_location) >= 3)
             for index in source.default_indices():
-                name = base if n == 1 else f"{base}:frame{index}"
+                name = f"{base}:frame{index}" if numbered else base
                 extent = source.plain_extent(index)
                 if extent is not None and sys.byteorder == "little":  # native = wire order
                     shape = (int(source.frame_shape[0]), int(source.frame_shape[1]))
