@@ -1428,3 +1428,42 @@ def test_live_auto_beyond_the_peak_table_is_refused(tmp_path, config, caplog):
     assert f"at most {MAX_PEAKS} peaks" in caplog.text
     (tmp_path / "peaks.json").write_text(json.dumps({"auto": MAX_PEAKS}))
     assert control.poll(None).auto == MAX_PEAKS
+
+
+def test_disk_full_keeps_stream_h5_and_the_midas_files_in_step(integrator, tmp_path, monkeypatch):
+    """With --midas-files, a disk that holds a block's stream.h5 rows but not its binary records
+    as well is refused before either is written: stream.h5 and lineout.bin keep the same frames
+    (the rows were in stream.h5, a partial record in Int2D.bin and the frames counted dropped)."""
+    import errno
+    import shutil as shutil_mod
+
+    from radint.io import nexus
+
+    real = shutil_mod.disk_usage
+    full = {"on": False}
+
+    def usage(path):
+        u = real(path)
+        return u._replace(free=nexus.SPACE_MARGIN + 100) if full["on"] else u
+
+    monkeypatch.setattr(nexus.shutil, "disk_usage", usage)
+    monkeypatch.setattr(pipeline_mod, "WRITE_DELAY_S", 0.0)
+    p, src = start_pipeline(integrator, tmp_path, queue_size=2, midas_files=True)
+    s = connect(src.port)
+    for i in range(2):
+        s.sendall(encode_frame_bytes(i, frame(i)))
+        assert wait_for(lambda i=i: p.written == i + 1)
+    full["on"] = True
+    with pytest.raises(OSError, match="No space left") as caught:
+        try:
+            for i in range(2, 10):
+                s.sendall(encode_frame_bytes(i, frame(i)))
+        except OSError:
+            pass
+        p.wait(30)
+    s.close()
+    assert caught.value.errno == errno.ENOSPC
+    rows = stream_rows(tmp_path / "stream.h5")["frame_id"].tolist()
+    n_r = integrator.map.n_r
+    lines = np.fromfile(tmp_path / "lineout.bin", "<f8").size // (2 * n_r)
+    assert rows == [0, 1] and lines == 2 and p.summary.written == 2

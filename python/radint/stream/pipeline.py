@@ -436,6 +436,10 @@ class Pipeline:
                         peak_slots=MAX_PEAKS,
                     )
                 results = [r for _, r in batch]
+                if self.midas_files:
+                    # The binaries' room first: a disk filling between stream.h5 and them left
+                    # the frames in one and a partial record in the other.
+                    self._midas_room(results)
                 # Run by run: a concatenated block would copy every array once more.
                 for group, result in batch:
                     _mark_provenance(result, group)
@@ -509,6 +513,23 @@ class Pipeline:
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except (OSError, ValueError, MemoryError) as e:
             log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
+
+    def _midas_room(self, results: list[Any]) -> None:
+        """OSError (ENOSPC) unless the disk holds this block's MIDAS binary records on top of
+        its stream.h5 rows (counted uncompressed, as the writer's own check counts them)."""
+        from radint.io.nexus import _ensure_space
+
+        need = 0
+        for r in results:
+            need += sum(np.asarray(a).nbytes for a in (r.cake, r.cake_sigma, r.lineout,
+                                                       r.lineout_sigma) if a is not None)  # fmt: skip
+            per_frame = 2 * 16 * r.n_r  # lineout.bin, lineout_simple_mean.bin: (R, I) pairs
+            if self.integrator.config.write_2d:
+                per_frame += 8 * r.n_r * r.n_eta  # Int2D.bin
+            need += r.n_frames * per_frame
+            if r.peaks is not None:
+                need += 7 * 8 * int(np.asarray(r.peaks.status).size)  # fit.bin rows
+        _ensure_space(self.output_dir / "Int2D.bin", need)
 
     def _write_midas(self, results: list[Any], bins: dict[str, Any]) -> dict[str, Any]:
         """Append the GPU program's per-frame files (spec §7.3): lineout.bin,
