@@ -1019,3 +1019,22 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
     assert "Traceback" not in stderr and "worker process integrating it died" in stderr
     assert "1/2 file(s) ok" in stdout
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
+
+
+def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
+    """A second SIGTERM is ignored only while the worker is still cleaning up (busy); an idle
+    worker that was told to stop exits on the next one (it stayed, orphaned, until SIGKILL)."""
+    import signal
+
+    from radint import batch
+
+    saved = dict(batch._WORKER)
+    try:
+        batch._WORKER.update(stopping=True, busy=True)
+        batch._raise_interrupt(signal.SIGTERM, None)  # ignored: the clean-up goes on
+        batch._WORKER["busy"] = False
+        with pytest.raises(SystemExit):
+            batch._raise_interrupt(signal.SIGTERM, None)
+    finally:
+        batch._WORKER.clear()
+        batch._WORKER.update(saved)

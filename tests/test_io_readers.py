@@ -502,6 +502,20 @@ def test_hdf5_virtual_dataset_with_a_missing_source_is_an_error(tmp_path: Path, 
     monkeypatch.chdir(tmp_path)
     np.testing.assert_array_equal(np.stack([fr.data for fr in frames_of(data / "master.h5")]),
                                   STACK[:4])  # fmt: skip
+    # Sources named by absolute paths, the folder moved: found beside the master, as HDF5 does.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    layout = h5py.VirtualLayout((4, *STACK.shape[1:]), STACK.dtype)
+    for k in range(2):
+        layout[2 * k : 2 * k + 2] = h5py.VirtualSource(
+            str(tmp_path / "gone" / f"src{k}.h5"), "data", shape=(2, *STACK.shape[1:])
+        )
+    with h5py.File(moved / "master.h5", "w") as f:
+        f.create_virtual_dataset("exchange/data", layout, fillvalue=0)
+    for k in range(2):
+        (moved / f"src{k}.h5").write_bytes((data / f"src{k}.h5").read_bytes())
+    np.testing.assert_array_equal(np.stack([fr.data for fr in frames_of(moved / "master.h5")]),
+                                  STACK[:4])  # fmt: skip
     (data / "src1.h5").rename(data / "src1.moved")
     with pytest.raises(
         ReaderError, match=r"master\.h5:exchange/data: virtual dataset sources missing.*"

@@ -273,11 +273,13 @@ def test_file_names_are_their_first_word_and_may_hold_a_hash(tmp_path):
     path is part of it (only a word starting with '#' opens a comment)."""
     (tmp_path / "run#3").mkdir()
     p = tmp_path / "p.txt"
-    p.write_text(BASE + "MaskFile run#3/mask.tif 1\nDark dark.tif # the dark\nRBinSize 1 #c\n")
+    p.write_text(BASE + "MaskFile run#3/mask.tif 1\nDark dark.tif # the dark\nRBinSize 1 #c\n"
+                 "RMin 5#inner radius\n")  # fmt: skip
     c = IntegrationConfig.from_midas_params(p)
     assert c.mask_file == str(tmp_path / "run#3" / "mask.tif")
     assert c.dark_file == str(tmp_path / "dark.tif")
     assert c.r_bin_px == 1.0
+    assert c.r_min_px == 5.0  # a '#' after a number still starts a comment
 
 
 def test_override_file_names_are_relative_to_the_current_directory(tmp_path, monkeypatch):

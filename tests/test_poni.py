@@ -163,3 +163,17 @@ def test_binned_named_detectors_take_pyfai_shape_and_geometry(config, tmp_path):
     np.testing.assert_allclose(
         g["two_theta_rad"].reshape(cfg.shape), ai.tth(rows, cols), rtol=1e-11, atol=1e-13
     )
+
+
+def test_binning_of_one_axis_is_inferred_too(tmp_path):
+    """pyFAI writes an Eiger 4M binned (2, 1) as pixels of 150 × 75 µm: the shape is pyFAI's
+    (the ratio of 1 on one axis kept it unbinned on both)."""
+    from radint.poni import read_poni
+
+    path = tmp_path / "b.poni"
+    path.write_text(
+        'poni_version: 2.1\nDetector: Eiger4M\nDetector_config: {"pixel1": 0.00015, '
+        '"pixel2": 7.5e-05, "orientation": 3}\nDistance: 0.2\nPoni1: 0.08\nPoni2: 0.078\n'
+        "Rot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    assert read_poni(path)["shape"] == tuple(pyFAI.load(str(path)).detector.shape)

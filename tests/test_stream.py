@@ -832,6 +832,8 @@ def test_folder_watch_reads_a_file_written_again_under_an_old_name(integrator, t
         f.write(new)
     os.utime(watch / "b.tif", (time.time() + 5, time.time() + 5))
     assert wait_for(lambda: p.written == 5)
+    os.utime(watch / "b.tif", (time.time() + 9, time.time() + 9))  # touched only: no new frame
+    time.sleep(0.6)
     summary = finish(p)
     assert (summary.received, summary.written, summary.dropped) == (5, 5, 0)
     rows = stream_rows(tmp_path / "out" / "stream.h5")

@@ -127,7 +127,8 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     if binning is None and native and pixel1 and pixel2:
         # pyFAI writes a binned named detector as its binned pixel size, no binning key.
         ratio = (pixel1 / native, pixel2 / native)
-        if all(r > 1.5 and abs(r - round(r)) < 1e-6 for r in ratio):
+        integral = all(r > 0.5 and abs(r - round(r)) < 1e-6 for r in ratio)
+        if integral and max(ratio) > 1.5:
             binning = (round(ratio[0]), round(ratio[1]))
     if pixel1 is None and "pixelsize1" not in values and native:
         # Named detectors carry their pixel size in pyFAI, not in the file.

@@ -106,7 +106,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     # The pool's worker loop catches the interrupt and takes its next queued run: that run
     # must not start (see _process_run). A second signal (a job scheduler's SIGTERM to the
     # whole process group, then the parent's) must not cut the first one's clean-up short.
-    if _WORKER.get("stopping"):
+    if _WORKER.get("stopping") and _WORKER.get("busy"):
         return
     _WORKER["stopping"] = True
     if not _WORKER.get("busy"):

@@ -214,11 +214,14 @@ class Hdf5Source(FrameSource):
                 problem = None if vs.dset_name in ds.file else "dataset not in this file"
             else:
                 written = Path(name)
-                candidates = (
-                    [written]
-                    if written.is_absolute()
-                    else [*([Path(prefix) / written] if prefix else []), here / written, written]
-                )
+                if written.is_absolute():
+                    # An absolute source that moved with its master is found by its name
+                    # beside it (as HDF5 finds it).
+                    candidates = [written, *([Path(prefix) / written.name] if prefix else []),
+                                  here / written.name]  # fmt: skip
+                else:
+                    candidates = [*([Path(prefix) / written] if prefix else []), here / written,
+                                  written]  # fmt: skip
                 found = next((c for c in candidates if c.is_file()), None)
                 if found is None:
                     problem = "file not found"

@@ -700,6 +700,23 @@ class PvaSource(Source):
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".lock", ".swp")
 
 
+def _fingerprint(path: Path, blocks: int = 16, size: int = 4096) -> bytes:
+    """A digest of ``blocks`` samples spread over the file (a few pages, whatever its size):
+    a file rewritten with a new frame differs in them; one only touched does not."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with path.open("rb") as fh:
+            length = fh.seek(0, os.SEEK_END)
+            for k in range(blocks):
+                fh.seek(max(0, (length - size) * k // max(1, blocks - 1)))
+                h.update(fh.read(size))
+    except OSError:
+        return b""
+    return h.digest()
+
+
 class FolderSource(Source):
     """Watch a directory for new frame files (complete files only).
 
@@ -760,6 +777,8 @@ class FolderSource(Source):
         # under the same name (another inode, or smaller), rewritten in place with no frame past
         # those sent, or deleted and written again, is a new file: all its frames are read.
         self._known: dict[str, tuple[tuple[int, float, int], int, str | None]] = {}
+        # name -> sample of the bytes read (_fingerprint): tells a rewrite from a mere touch.
+        self._prints: dict[str, bytes] = {}
         self._next_id = 0
 
     def _wanted(self, name: str) -> bool:
@@ -793,6 +812,7 @@ class FolderSource(Source):
             n for n, known in self._known.items() if n not in present and known[2] is None
         ]:
             del self._known[name]  # deleted: a file written under its name later is new
+            self._prints.pop(name, None)
         for entry in entries:
             if not self._wanted(entry.name):
                 continue
@@ -849,9 +869,10 @@ class FolderSource(Source):
                 first = next(frames, None)
                 if first is not None:
                     frames = itertools.chain([first], frames)
-                elif sig[0] == before[0]:
+                elif sig[0] == before[0] and _fingerprint(path) != self._prints.get(name):
                     log.info("folder: %s rewritten in place: read again", path)
                     sent_before = sent = 0
+                # (the same bytes, touched only: nothing new)
             if not sent_before:
                 frames = read_frames(path, dataset=self.dataset, shape=self.shape)
             for index, fr in enumerate(frames, start=sent_before):
@@ -871,6 +892,7 @@ class FolderSource(Source):
             log.warning("folder: %s: %s (waiting for it to change)", path, e)
             return True
         self._known[name] = (sig, sent, None)
+        self._prints[name] = _fingerprint(path)
         return True
 
     def stop(self) -> None:

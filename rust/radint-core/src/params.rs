@@ -299,13 +299,33 @@ impl Line<'_> {
     }
 }
 
+/// Keys whose value is a file name: a '#' inside it is part of the name.
+const FILE_KEYS: [&str; 7] = [
+    "MaskFile",
+    "MaskFN",
+    "DistortionFile",
+    "DistortionFN",
+    "ResidualCorrectionMap",
+    "PanelShiftsFile",
+    "Dark",
+];
+
 fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
-    // A comment starts with a word beginning with '#'; a '#' inside a word (a path such as
-    // /data/run#3/mask.tif) is part of it, as for MIDAS's sscanf.
-    let comment = raw
-        .char_indices()
-        .find(|&(i, c)| c == '#' && raw[..i].chars().next_back().is_none_or(char::is_whitespace))
-        .map(|(i, _)| i);
+    // A '#' starts a comment (`RMax 60#outer` is 60, as MIDAS's sscanf reads it), except inside
+    // a file name (/data/run#3/mask.tif), where only a word beginning with '#' does.
+    let anywhere = raw.find('#');
+    let key = raw[..anywhere.unwrap_or(raw.len())]
+        .split_whitespace()
+        .next();
+    let comment = if key.is_some_and(|k| FILE_KEYS.contains(&k)) {
+        raw.char_indices()
+            .find(|&(i, c)| {
+                c == '#' && raw[..i].chars().next_back().is_none_or(char::is_whitespace)
+            })
+            .map(|(i, _)| i)
+    } else {
+        anywhere
+    };
     let without_comment = match comment {
         Some(pos) => &raw[..pos],
         None => raw,

@@ -422,6 +422,11 @@ fn fit_plan_cuts_crowded_jobs_at_their_widest_gaps() {
         .all(|j| !j.peaks.is_empty() && j.peaks.len() <= 32));
     assert_eq!(jobs.iter().map(|j| j.peaks.len()).sum::<usize>(), 100);
     assert!(jobs.windows(2).all(|w| w[0].hi < w[1].lo));
+    // Peaks at one bin cannot be parted: that job stays whole (each part's ROI would end
+    // before the other's peak).
+    let jobs = plan_jobs(&x, &[], &[5.0, 5.0], 20, false, 1);
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].peaks.iter().all(|p| jobs[0].lo <= p.index && p.index <= jobs[0].hi));
 }
 
 #[test]

@@ -120,13 +120,17 @@ fn split_job(job: Job, max_peaks: usize, out: &mut Vec<Job>) {
         out.push(job);
         return;
     }
-    // Widest gap; among equal ones the most central, so the parts come out balanced.
     let n = job.peaks.len();
-    let Some(cut) = (1..n).max_by_key(|&k| {
-        let gap = job.peaks[k].index - job.peaks[k - 1].index;
-        (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
-    }) else {
-        out.push(job); // one peak: nothing to cut (max_peaks is at least 1)
+    // Widest gap; among equal ones the most central. Peaks at one bin cannot be parted (each
+    // side's ROI would end before the other's peak): such a job stays whole (too many peaks).
+    let Some(cut) = (1..n)
+        .filter(|&k| job.peaks[k].index > job.peaks[k - 1].index)
+        .max_by_key(|&k| {
+            let gap = job.peaks[k].index - job.peaks[k - 1].index;
+            (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
+        })
+    else {
+        out.push(job);
         return;
     };
     let mid = (job.peaks[cut - 1].index + job.peaks[cut].index) / 2;
