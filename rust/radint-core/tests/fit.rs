@@ -426,7 +426,10 @@ fn fit_plan_cuts_crowded_jobs_at_their_widest_gaps() {
     // before the other's peak).
     let jobs = plan_jobs(&x, &[], &[5.0, 5.0], 20, false, 1);
     assert_eq!(jobs.len(), 1);
-    assert!(jobs[0].peaks.iter().all(|p| jobs[0].lo <= p.index && p.index <= jobs[0].hi));
+    assert!(jobs[0]
+        .peaks
+        .iter()
+        .all(|p| jobs[0].lo <= p.index && p.index <= jobs[0].hi));
 }
 
 #[test]
