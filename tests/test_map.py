@@ -359,3 +359,28 @@ def test_save_midas_refuses_maps_midas_would_read_otherwise(small_config, tmp_pa
         plain.with_gradient_correction(small_config).save_midas(tmp_path / "g", small_config)
     plain.save_midas(tmp_path / "ok", small_config)
     assert (tmp_path / "ok" / "Map.bin").is_file()
+
+
+def test_cache_key_ignores_what_does_not_shape_the_map(small_config, tmp_path):
+    """The wavelength and Q keys outside Q binning, the 2θ keys outside 2θ binning, the files'
+    paths (not their contents) and SubPixelLevel 0 vs 1 do not make a new map; what shapes the
+    map still does."""
+    import shutil
+
+    import tifffile
+
+    key = small_config.map_key()
+    assert small_config.replace(wavelength_angstrom=0.3).map_key() == key
+    assert small_config.replace(q_max=2.0, tth_max_deg=20.0).map_key() == key
+    assert small_config.replace(sub_pixel_level=0).map_key() == small_config.replace(
+        sub_pixel_level=1).map_key()  # fmt: skip
+    assert small_config.replace(r_bin_px=0.9).map_key() != key
+    q = small_config.replace(q_bin=0.01, q_min=0.1, q_max=1.0)
+    assert q.map_key() != q.replace(wavelength_angstrom=0.3).map_key()
+    mask = np.zeros(small_config.shape, np.uint8)
+    mask[3, 4] = 1
+    tifffile.imwrite(tmp_path / "a.tif", mask)
+    shutil.copy(tmp_path / "a.tif", tmp_path / "b.tif")
+    a = small_config.replace(mask_file=str(tmp_path / "a.tif"))
+    assert a.map_key() == small_config.replace(mask_file=str(tmp_path / "b.tif")).map_key()
+    assert a.map_key() != key

@@ -337,6 +337,21 @@ class IntegrationConfig:
         import hashlib
 
         shaping = {k: v for k, v in self.core_dict().items() if k in _MAP_FIELDS}
+        # What does not shape this map stays out, so it is not rebuilt for it: the Q keys and
+        # the wavelength outside Q binning, the 2θ keys outside 2θ binning, the files' paths
+        # (their contents are hashed below), SubPixelLevel 0 (= 1).
+        mode = self.radial_mode
+        if mode != "q":
+            for k in ("q_min", "q_max", "q_bin", "wavelength_angstrom"):
+                shaping.pop(k, None)
+        if mode != "2theta":
+            for k in ("tth_min_deg", "tth_max_deg", "tth_bin_deg"):
+                shaping.pop(k, None)
+        for k in ("mask_file", "distortion_file", "residual_correction_map", "panel_shifts_file"):
+            if k in shaping:
+                shaping[k] = bool(shaping[k])
+        if "sub_pixel_level" in shaping:
+            shaping["sub_pixel_level"] = max(1, int(shaping["sub_pixel_level"]))
         h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
         for name in (
             "mask_file",
