@@ -508,6 +508,30 @@ def _h5_tree(path: Path) -> dict[str, tuple[np.ndarray, dict]]:
     return tree
 
 
+def _unpack(case: str, names: tuple[str, ...], tmp_path: Path) -> None:
+    for name in names:
+        with (
+            gzip.open(DATA / case / f"{name}.gz", "rb") as src,
+            open(tmp_path / name.removeprefix("c_"), "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+
+
+def _assert_same_caked(got: Path, want: Path) -> None:
+    """Same datasets, values to 1e-12 (NaN where C has NaN), same attributes with C's types."""
+    got_tree, want_tree = _h5_tree(got), _h5_tree(want)
+    assert sorted(got_tree) == sorted(want_tree)
+    for name, (c_values, c_attrs) in want_tree.items():
+        values, attrs = got_tree[name]
+        np.testing.assert_allclose(values, c_values, rtol=1e-12, atol=0, err_msg=name)
+        assert sorted(attrs) == sorted(c_attrs), name
+        for key, c_value in c_attrs.items():
+            value = attrs[key]
+            assert type(value) is type(c_value), (name, key, value, c_value)
+            assert getattr(value, "dtype", None) == getattr(c_value, "dtype", None), (name, key)
+            assert np.array_equal(value, c_value), (name, key, value, c_value)
+
+
 def test_c_integrator_output_files_are_reproduced(tmp_path):
     """IntegratorZarrOMP's own files for ring.tif (c_ring.tif.caked.hdf.gz, c_ring_lineout.bin
     and .xy): radint's caked.hdf has the same datasets and values (1e-12; 2θ/Q of REtaMap from
@@ -519,33 +543,42 @@ def test_c_integrator_output_files_are_reproduced(tmp_path):
     from radint.io import write_lineout_bin, write_lineout_xy, write_midas_caked
 
     unpack_distorted(tmp_path)
-    with (
-        gzip.open(DATA / "distorted" / "c_ring.tif.caked.hdf.gz", "rb") as src,
-        open(tmp_path / "c.caked.hdf", "wb") as dst,
-    ):
-        shutil.copyfileobj(src, dst)
+    _unpack("distorted", ("c_ring.tif.caked.hdf",), tmp_path)
     k = load("distorted")
     c_map = DetectorMap.load_midas(tmp_path, k.cfg)
     frame = tifffile.imread(DATA / "distorted" / "ring.tif")
     r = Integrator(k.cfg, detector_map=c_map, compat="midas-cpu").integrate(frame)
-    want, got = (
-        _h5_tree(tmp_path / "c.caked.hdf"),
-        _h5_tree(write_midas_caked(r, tmp_path / "ring.caked.hdf")),
+    _assert_same_caked(
+        write_midas_caked(r, tmp_path / "ring.caked.hdf"), tmp_path / "ring.tif.caked.hdf"
     )
-    assert sorted(got) == sorted(want)
-    for name, (c_values, c_attrs) in want.items():
-        values, attrs = got[name]
-        np.testing.assert_allclose(values, c_values, rtol=1e-12, atol=0, err_msg=name)
-        assert sorted(attrs) == sorted(c_attrs), name
-        for key, c_value in c_attrs.items():
-            value = attrs[key]
-            assert type(value) is type(c_value), (name, key, value, c_value)
-            assert getattr(value, "dtype", None) == getattr(c_value, "dtype", None), (name, key)
-            assert np.array_equal(value, c_value), (name, key, value, c_value)
     line_bin = write_lineout_bin(r, tmp_path / "ring_lineout.bin")
     assert line_bin.read_bytes() == (DATA / "distorted" / "c_ring_lineout.bin").read_bytes()
     line_xy = write_lineout_xy(r, tmp_path / "ring_lineout.xy")
     assert line_xy.read_text() == (DATA / "distorted" / "c_ring_lineout.xy").read_text()
+
+
+def test_c_integrator_masked_bins_are_nan_in_the_caked_file(tmp_path):
+    """mask_empty_bin: a mask block covers whole bins. IntegratorZarrOMP writes NaN in every bin
+    a masked pixel touched, also those that only masked pixels reach (area 0), and 0 in bins no
+    pixel reaches; radint's caked.hdf from the C map holds the same (it once wrote 0 in the
+    wholly masked bins), and its _lineout.xy is C's text."""
+    import tifffile
+
+    from radint.io import write_lineout_xy, write_midas_caked
+
+    case = "mask_empty_bin"
+    _unpack(case, ("Map.bin", "nMap.bin", "maskMap.bin", "c_frame.tif.caked.hdf"), tmp_path)
+    cfg = IntegrationConfig.from_midas_params(DATA / case / "params.txt")
+    c_map = DetectorMap.load_midas(tmp_path, cfg)
+    frame = tifffile.imread(DATA / case / "frame.tif")
+    r = Integrator(cfg, detector_map=c_map, compat="midas-cpu").integrate(frame)
+    got = write_midas_caked(r, tmp_path / "frame.caked.hdf")
+    _assert_same_caked(got, tmp_path / "frame.tif.caked.hdf")
+    c_cake = _h5_tree(tmp_path / "frame.tif.caked.hdf")["IntegrationResult/FrameNr_0"][0]
+    c_area = _h5_tree(tmp_path / "frame.tif.caked.hdf")["REtaMap"][0][3]
+    assert np.isnan(c_cake[c_area == 0]).any()  # the case exercises wholly masked bins
+    line_xy = write_lineout_xy(r, tmp_path / "frame_lineout.xy")
+    assert line_xy.read_text() == (DATA / case / "c_frame_lineout.xy").read_text()
 
 
 def test_c_gradient_correction_is_reproduced(tmp_path):

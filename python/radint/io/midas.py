@@ -101,11 +101,17 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     list of (str, ndarray, dict)
     """
     cake = stacked(np.asarray(result.cake, dtype=np.float64), 2)
-    # IntegratorZarrOMP writes 0 where no pixel reached a bin (NaN only where a masked pixel
-    # did, the compat rule): MIDAS's viewers take max() and SNIP over these arrays.
+    # IntegratorZarrOMP writes 0 where no pixel reached a bin and NaN wherever a masked pixel
+    # did, even a bin that only masked pixels reached (the compat rule): MIDAS's viewers take
+    # max() and SNIP over these arrays.
     area = np.asarray(result.area, dtype=np.float64)
     if area.size:
-        cake = np.where(np.isnan(cake) & ~(area > 0), 0.0, cake)
+        empty = np.isnan(cake) & ~(area > 0)
+        masked_bins = result.metadata.get("masked_bins")
+        if masked_bins is not None:
+            flat = empty.reshape(empty.shape[0], -1)
+            flat[:, np.asarray(masked_bins, dtype=np.int64)] = False
+        cake = np.where(empty, 0.0, cake)
     cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
     n_frames, n_r, n_eta = cakes_r_major.shape
     ids = frame_ids(result)
