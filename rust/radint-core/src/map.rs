@@ -88,6 +88,30 @@ impl DetectorMap {
         self.n_y * self.n_z
     }
 
+    /// Moves the weights of entries that read the same pixel within one bin (bilinear pieces,
+    /// MIDAS sub-pixel records) onto the first of them and zeroes the others, so the per-entry
+    /// variance Σ w²·var becomes the per-pixel Σ (Σ w)²·var. Areas, counts and the signal stay
+    /// as they were (up to rounding of the regrouped product).
+    pub fn pool_shared_pixel_weights(&mut self) {
+        let Some(weight) = self.weight.as_mut() else {
+            return;
+        };
+        // first_entry[p] = 1 + the entry of pixel p seen first in the current bin.
+        let mut first_entry = vec![0usize; self.n_y * self.n_z];
+        for b in 0..self.indptr.len().saturating_sub(1) {
+            let (lo, hi) = (self.indptr[b] as usize, self.indptr[b + 1] as usize);
+            for e in lo..hi {
+                let slot = &mut first_entry[self.pixel[e] as usize];
+                if *slot > lo {
+                    weight[*slot - 1] += weight[e];
+                    weight[e] = 0.0;
+                } else {
+                    *slot = e + 1;
+                }
+            }
+        }
+    }
+
     /// The run-length form of the pixel indices ([`PixelRuns`]), built on first use; None for
     /// maps with MIDAS weights (their kernel keeps the C summation order) or that runs cannot
     /// describe.
@@ -813,7 +837,7 @@ pub fn gradient_resampled(
         }
         indptr.push(pixel.len() as u64);
     }
-    DetectorMap {
+    let mut resampled = DetectorMap {
         n_y,
         n_z,
         r_edges: map.r_edges.clone(),
@@ -826,7 +850,9 @@ pub fn gradient_resampled(
         mask_hit: map.mask_hit.clone(),
         bin_geometric_area: map.bin_geometric_area.clone(),
         derived: Derived::default(),
-    }
+    };
+    resampled.pool_shared_pixel_weights();
+    resampled
 }
 
 /// Per raw pixel: R (px) and η (deg) of its centre, and its exact relative solid angle
@@ -884,6 +910,22 @@ pub fn pixel_centres(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_pixel_weights_pool_on_the_first_entry_of_each_bin() {
+        let mut map = build(&flat(1.0, 1.0, 30.0), MapInputs::default()).unwrap();
+        // Bin 0 reads pixel 7 three times, bin 1 once more (another bin: not pooled).
+        map.indptr = vec![0, 4, 6];
+        map.pixel = vec![7, 3, 7, 7, 7, 3];
+        map.area = vec![1.0; 6];
+        map.delta_r = vec![0.0; 6];
+        map.weight = Some(vec![0.5, 1.0, 0.25, 0.125, 2.0, 4.0]);
+        map.pool_shared_pixel_weights();
+        assert_eq!(
+            map.weight.as_deref(),
+            Some(&[0.875, 1.0, 0.0, 0.0, 2.0, 4.0][..])
+        );
+    }
 
     #[test]
     fn folded_drops_invalid_entries_and_sums_the_dark_offset() {

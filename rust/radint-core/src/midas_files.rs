@@ -450,6 +450,7 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
         derived: Default::default(),
     };
     map.bin_geometric_area = map.bin_area();
+    map.pool_shared_pixel_weights();
     let hash_matches = header.map(|h| h.param_hash == param_hash(params));
     Ok((
         map,
