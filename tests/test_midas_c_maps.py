@@ -2,7 +2,7 @@
 
 The references (tests/data/midas_c/<case>/c_map.npz, made by make_reference.py next to them as
 tests/data/PROVENANCE.md says) hold every (bin, raw pixel) pair of the C map with its Σ
-areaWeight, deltaR and record count, the per-bin sums, maskMap.bin and the header hash. Seven
+areaWeight, deltaR and record count, the per-bin sums, maskMap.bin and the header hash. Nine
 64 × 48 geometries (px 172 µm) that no issue or example uses:
 
 =============  ===========================================================================
@@ -18,6 +18,8 @@ far_partial    Lsd 900 mm, ty 2°, BC (−12.4, 60.7) off the detector, R 20–9
                cutting through pixels, 2 px × 5°
 q_mode         Q bins: QMin 0 (C then hashes the file's RMin), QMax 1.05 not a multiple of
                QBinSize 0.04 Å⁻¹ (C hashes R(QMax), not the last edge), ty/tz, p0–p3, 12° η
+eta_over_turn  η −180…200° in 15° bins (more than a turn: the last 30° bin again the first
+               pixels, as C does; radint once refused the range), tilts, p0–p3, 1.5 px bins
 =============  ===========================================================================
 
 What was measured (radint areas were also checked pair by pair against an independent shapely
@@ -80,6 +82,7 @@ CASES = [
     "subpixel_seam",
     "far_partial",
     "q_mode",
+    "eta_over_turn",
 ]
 
 
@@ -251,7 +254,13 @@ def test_geometry_helper_agrees_with_radint(case):
     k = load(case)
     cfg, geo = k.cfg, k.geo
     lo, hi = cfg.eta_min_deg, cfg.eta_max_deg
-    if hi - lo >= 360:
+    turns, most = np.ones(k.n_pixels), np.ones(k.n_pixels)
+    if hi - lo > 360:  # η past lo + 360 (to the last bin's edge) is binned again, as in C
+        again = np.mod(geo["eta"] - lo, 360) <= k.m.n_eta * cfg.eta_bin_deg - 360
+        eta_inside = again.all(axis=1) | ~again.any(axis=1)
+        turns += again.all(axis=1)
+        most += again.any(axis=1)
+    elif hi - lo == 360:
         eta_inside = np.ones(k.n_pixels, bool)
     else:  # a wedge < 180° is convex: corners inside ⇒ quad inside (no seam in these cases)
         eta_inside = np.all((geo["eta"] >= lo) & (geo["eta"] <= hi), axis=1)
@@ -260,8 +269,8 @@ def test_geometry_helper_agrees_with_radint(case):
     masked = per_pixel == 0 if cfg.mask_file else np.zeros(k.n_pixels, bool)
     sel = inside & ~masked
     assert sel.sum() > 0.5 * k.n_pixels
-    np.testing.assert_allclose(per_pixel[sel], geo["area"][sel], rtol=2e-6)
-    assert np.all(per_pixel <= geo["area"] * (1 + 2e-6))
+    np.testing.assert_allclose(per_pixel[sel], (turns * geo["area"])[sel], rtol=2e-6)
+    assert np.all(per_pixel <= most * geo["area"] * (1 + 2e-6))
 
 
 # Without tilt or distortion the detector plane is the corrected plane, so sectors are exact.

@@ -291,7 +291,13 @@ class IntegrationConfig:
         span = self.eta_max_deg - self.eta_min_deg
         n_eta = math.ceil(span / self.eta_bin_deg - 1e-9)
         overlap = self.eta_min_deg + n_eta * self.eta_bin_deg - (self.eta_min_deg + 360.0)
-        if overlap > 1e-6:
+        if span > 360.0 + 1e-9:
+            notes.append(
+                f"{where('EtaMax')}: the η range {self.eta_min_deg}..{self.eta_max_deg}° spans "
+                f"{span:g}°, more than a full turn: pixels in the last {overlap:g}° are counted "
+                "in two η bins (as MIDAS does) and twice in the lineout"
+            )
+        elif overlap > 1e-6:
             notes.append(
                 f"{where('EtaBinSize')}: {self.eta_bin_deg}° bins do not divide the η range "
                 f"{self.eta_min_deg}..{self.eta_max_deg}°: the last bin runs to "

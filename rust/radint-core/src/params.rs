@@ -788,15 +788,6 @@ impl Params {
                 ),
             ));
         }
-        if self.eta_max_deg - self.eta_min_deg > 360.0 + 1e-9 {
-            return Err(self.invalid(
-                "EtaMax",
-                format!(
-                    "EtaMax - EtaMin must be <= 360 degrees, got {}",
-                    self.eta_max_deg - self.eta_min_deg
-                ),
-            ));
-        }
         if self.q_bin > 0.0 && self.wavelength_angstrom <= 0.0 {
             // DetectorMapper silently bins in R then; the user asked for Q.
             return Err(self.invalid(
