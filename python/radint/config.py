@@ -282,6 +282,16 @@ class IntegrationConfig:
             file, line = self.set_at.get(key, (self.source, 0))
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
+        if self.set_at:  # read from a parameter file: say which geometry it left to defaults
+            for keys, what in (
+                (("Lsd",), f"the sample-detector distance Lsd {self.lsd_um:g} µm"),
+                (("BC",), f"the beam centre BC ({self.bc_y_px:g}, {self.bc_z_px:g}) px"),
+                (("px", "pxY"), f"the pixel size px {self.pixel_size_y_um:g} µm"),
+            ):
+                if not any(k in self.set_at for k in keys):
+                    notes.append(
+                        f"{self.source}: no {keys[0]} line: {what} is DetectorMapper's default"
+                    )
         if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
@@ -552,7 +562,7 @@ def near_key(key: str) -> str | None:
     if key in _OTHER_PROGRAMS_KEYS:
         return None
     # A known key with punctuation or a plural glued on (``RBinSize:``, ``EtaBinSizes``).
-    for stem in (key.rstrip(":=;,"), key.removesuffix("s")):
+    for stem in (key.rstrip(":=;,"), key.removesuffix("s"), key.split("=")[0], key.split(":")[0]):
         if stem != key and stem in known:
             return stem
     if any(k in key for k in known if len(k) > 3):

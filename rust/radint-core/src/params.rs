@@ -390,7 +390,15 @@ impl Params {
                     );
                     (true, Some(note))
                 };
-                if let Some(message) = note {
+                let unmatched = detector_mapper_skips(raw, line.key).then(|| {
+                    format!(
+                        "{}: DetectorMapper reads a line only when it starts with \"{} \" (no \
+                         leading blanks, one space, not a tab), so it ignores this one and keeps \
+                         its default; radint and IntegratorZarrOMP read it",
+                        line.key, line.key
+                    )
+                });
+                for message in note.into_iter().chain(unmatched) {
                     params.midas_notes.push(ParamNote {
                         message,
                         location: line.location.clone(),
@@ -422,6 +430,16 @@ impl Params {
                  (IntegratorZarrOMP does not read MaxNPeaks)"
                     .to_string(),
             ),
+            "pxY"
+                if self.set_at.contains_key("px")
+                    && line.f64().is_ok_and(|v| v != self.pixel_size_y_um) =>
+            {
+                Some(format!(
+                    "pxY {} after px {}: the map (radint's, DetectorMapper's) uses pxY, but \
+                     IntegratorZarrOMP computes the 2θ and Q it writes from px",
+                    line.rest, self.pixel_size_y_um
+                ))
+            }
             "PanelGapsY" | "PanelGapsZ" => {
                 let count = if line.key == "PanelGapsY" {
                     "NPanelsY"
@@ -495,6 +513,8 @@ impl Params {
                 self.bc_y_px = line.f64_at(0)?;
                 self.bc_z_px = line.f64_at(1)?;
             }
+            // DetectorMapper skips it: the distortion terms present are the order.
+            "DistortionOrder" => {}
             "tx" => self.tx_deg = line.f64()?,
             "ty" => self.ty_deg = line.f64()?,
             "tz" => self.tz_deg = line.f64()?,
@@ -907,6 +927,29 @@ fn distortion_index(key: &str) -> Option<usize> {
     (index < 15 && digits.len() <= 2).then_some(index)
 }
 
+/// The keys DetectorMapper's text mode reads (DetectorMapper.c), each matched as `"Key "` at
+/// the very start of a line.
+#[rustfmt::skip]
+const DETECTOR_MAPPER_KEYS: [&str; 56] = [
+    "tx", "ty", "tz", "pxY", "pxZ", "NPanelsY", "NPanelsZ", "PanelSizeY", "PanelSizeZ",
+    "PanelShiftsFile", "PanelGapsY", "PanelGapsZ", "px", "BC", "Lsd", "RhoD", "MaxRingRad",
+    "p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13",
+    "p14", "DistortionOrder", "EtaBinSize", "RBinSize", "RMax", "RMin", "EtaMax", "EtaMin",
+    "QBinSize", "SubPixelLevel", "SubPixelCardinalWidth", "QMin", "QMax", "Wavelength",
+    "NrPixelsY", "NrPixelsZ", "NrPixels", "DistortionFile", "ImTransOpt", "MaskFile",
+    "Parallax", "SolidAngleCorrection", "PolarizationCorrection", "PolarizationFraction",
+    "ResidualCorrectionMap",
+];
+
+/// Whether DetectorMapper passes over a line radint reads as `key`: it has leading blanks or
+/// another separator than a space after the key (`RMin\t5`).
+fn detector_mapper_skips(raw: &str, key: &str) -> bool {
+    DETECTOR_MAPPER_KEYS.contains(&key)
+        && !raw
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with(' '))
+}
+
 /// Aliases radint reads (from other MIDAS tools) that DetectorMapper's text mode does not know.
 fn detector_mapper_ignores(key: &str) -> bool {
     matches!(
@@ -979,6 +1022,19 @@ mod tests {
         assert_eq!(
             notes("ImTransOpt 1 2\nPanelGapsY 3\nNPanelsY 2\nPanelGapsZ 1\nNPanelsZ 2\nImTransOpt 2\n"),
             [(1, "ImTransOpt with".into()), (2, "PanelGapsY before".into()), (4, "PanelGapsZ before".into())]
+        );
+        // DetectorMapper matches "Key " at the start of a line only.
+        assert_eq!(
+            notes("RMin\t5\n  RMax 40\nRBinSize  1\nDistortionOrder 2\nNormalize\t1\nOmegaSumFrames 1\n"),
+            [(1, "RMin: DetectorMapper".into()), (2, "RMax: DetectorMapper".into())]
+        );
+        assert!(Params::parse("DistortionOrder 2\n", "p.txt")
+            .unwrap()
+            .unknown
+            .is_empty());
+        assert_eq!(
+            notes("px 172\npxY 172\npxY 150\npxZ 150\n"),
+            [(3, "pxY 150".into())]
         );
         let mut overridden = Params::parse("Lsd 400000\n", "p.txt").unwrap();
         overridden
