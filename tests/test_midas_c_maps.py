@@ -566,26 +566,35 @@ def test_c_integrator_output_files_are_reproduced(tmp_path):
     assert line_xy.read_text() == (DATA / "distorted" / "c_ring_lineout.xy").read_text()
 
 
-def test_c_integrator_masked_bins_are_nan_in_the_caked_file(tmp_path):
-    """mask_empty_bin: a mask block covers whole bins. IntegratorZarrOMP writes NaN in every bin
-    a masked pixel touched, also those that only masked pixels reach (area 0), and 0 in bins no
-    pixel reaches; radint's caked.hdf from the C map holds the same (it once wrote 0 in the
-    wholly masked bins), and its _lineout.xy is C's text."""
+@pytest.mark.parametrize("case", ["mask_empty_bin", "no_wavelength"])
+def test_c_integrator_files_of_small_cases_are_reproduced(case, tmp_path):
+    """IntegratorZarrOMP's caked.hdf and _lineout.xy, from radint with the C map:
+
+    * mask_empty_bin: a mask block covers whole bins. C writes NaN in every bin a masked pixel
+      touched, also those only masked pixels reach (area 0), and 0 in bins no pixel reaches
+      (radint once wrote 0 in the wholly masked bins).
+    * no_wavelength: no Wavelength line. C writes REtaMap's Q and InstrumentParameters/Lam for
+      its default λ 0.172978 Å (radint once wrote 0)."""
     import tifffile
 
     from radint.io import write_lineout_xy, write_midas_caked
 
-    case = "mask_empty_bin"
-    _unpack(case, ("Map.bin", "nMap.bin", "maskMap.bin", "c_frame.tif.caked.hdf"), tmp_path)
+    names = ["Map.bin", "nMap.bin", "c_frame.tif.caked.hdf"]
+    if (DATA / case / "maskMap.bin.gz").exists():
+        names.append("maskMap.bin")
+    _unpack(case, tuple(names), tmp_path)
     cfg = IntegrationConfig.from_midas_params(DATA / case / "params.txt")
     c_map = DetectorMap.load_midas(tmp_path, cfg)
-    frame = tifffile.imread(DATA / case / "frame.tif")
+    frame = tifffile.imread(DATA / "mask_empty_bin" / "frame.tif")
     r = Integrator(cfg, detector_map=c_map, compat="midas-cpu").integrate(frame)
     got = write_midas_caked(r, tmp_path / "frame.caked.hdf")
     _assert_same_caked(got, tmp_path / "frame.tif.caked.hdf")
-    c_cake = _h5_tree(tmp_path / "frame.tif.caked.hdf")["IntegrationResult/FrameNr_0"][0]
-    c_area = _h5_tree(tmp_path / "frame.tif.caked.hdf")["REtaMap"][0][3]
-    assert np.isnan(c_cake[c_area == 0]).any()  # the case exercises wholly masked bins
+    c_tree = _h5_tree(tmp_path / "frame.tif.caked.hdf")
+    if case == "mask_empty_bin":  # the case exercises wholly masked bins
+        area = c_tree["REtaMap"][0][3]
+        assert np.isnan(c_tree["IntegrationResult/FrameNr_0"][0][area == 0]).any()
+    else:
+        assert cfg.wavelength_angstrom == 0 and c_tree["InstrumentParameters/Lam"][0] == 0.172978
     line_xy = write_lineout_xy(r, tmp_path / "frame_lineout.xy")
     assert line_xy.read_text() == (DATA / case / "c_frame_lineout.xy").read_text()
 

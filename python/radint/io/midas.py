@@ -45,6 +45,11 @@ __all__ = [
 
 _PER_CHUNK_ATTRS = ("Temperature", "Pressure", "I", "I0")
 
+#: The wavelength (Å) IntegratorZarrOMP assumes without a ``Wavelength`` line: its caked.hdf
+#: then holds Q for this λ in REtaMap and as InstrumentParameters/Lam (the map, DetectorMapper's
+#: and radint's, has none: λ = 0 there).
+IZ_DEFAULT_WAVELENGTH = 0.172978
+
 
 def _chunks(n: int, size: int) -> Iterator[range]:
     size = n if size < 0 else max(1, size)  # -1 = all frames in one chunk (stream_process)
@@ -52,10 +57,13 @@ def _chunks(n: int, size: int) -> Iterator[range]:
         yield range(start, min(n, start + size))
 
 
-def _radial_columns(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _radial_columns(
+    result: Result, default_wavelength: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """REtaMap's R, 2θ and Q per radial bin as IntegratorZarrOMP computes them: R the mean of
-    the bin's edge radii, 2θ = atan(R·px/Lsd), Q = 4π/λ·sin(θ) (0 without a wavelength). In Q
-    mode that R is not the R of the Q-bin centre (up to ~1e-5 relative apart)."""
+    the bin's edge radii, 2θ = atan(R·px/Lsd), Q = 4π/λ·sin(θ) (λ = ``default_wavelength``
+    without a wavelength, Q = 0 if that is 0 too). In Q mode that R is not the R of the Q-bin
+    centre (up to ~1e-5 relative apart)."""
     if result.config is None:  # no geometry to recompute from: the Result's own axes
         return (
             np.asarray(result.radius_px, dtype=np.float64),
@@ -65,18 +73,20 @@ def _radial_columns(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     edges = np.asarray(result.r_edges_px, dtype=np.float64)
     radius = (edges[:-1] + edges[1:]) / 2
     two_theta = np.arctan(radius * cfg(result, "pixel_size_y_um") / cfg(result, "lsd_um"))
-    wavelength = cfg(result, "wavelength_angstrom")
+    wavelength = cfg(result, "wavelength_angstrom") or default_wavelength
     q = 4 * np.pi / wavelength * np.sin(two_theta / 2) if wavelength > 0 else 0 * radius
     return radius, np.degrees(two_theta), q
 
 
-def reta_map(result: Result) -> np.ndarray:
+def reta_map(result: Result, default_wavelength: float = 0.0) -> np.ndarray:
     """MIDAS's per-bin geometry ``(5, n_r, n_eta)``: R px, 2θ deg, η deg, bin area, Q Å⁻¹ (the
-    caked.hdf ``REtaMap``; the GPU program's ``RTthEtaAreaMap.bin`` holds the same values)."""
+    caked.hdf ``REtaMap``; the GPU program's ``RTthEtaAreaMap.bin`` holds the same values).
+    ``default_wavelength``: the λ for Q when the configuration has none (IntegratorZarrOMP's
+    :data:`IZ_DEFAULT_WAVELENGTH`; the GPU program writes Q = 0)."""
     area = np.asarray(result.area, dtype=np.float64)
     area = area[0] if area.ndim == 3 else area
     n_eta, n_r = area.shape
-    radius, two_theta, q = _radial_columns(result)
+    radius, two_theta, q = _radial_columns(result, default_wavelength)
     out = np.empty((5, n_r, n_eta))
     out[0] = radius[:, np.newaxis]
     out[1] = two_theta[:, np.newaxis]
@@ -121,7 +131,7 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     entries: list[tuple[str, np.ndarray, dict[str, Any]]] = [
         (
             "REtaMap",
-            reta_map(result),
+            reta_map(result, IZ_DEFAULT_WAVELENGTH),
             {
                 "nEtaBins": n_eta,
                 "nRBins": n_r,
@@ -170,7 +180,7 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
         )
     instrument = {
         "Polariz": cfg(result, "gsas_polariz"),
-        "Lam": cfg(result, "wavelength_angstrom"),
+        "Lam": cfg(result, "wavelength_angstrom") or IZ_DEFAULT_WAVELENGTH,
         "SH_L": cfg(result, "gsas_sh_l"),
         "U": cfg(result, "gsas_u"),
         "V": cfg(result, "gsas_v"),
