@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -241,6 +242,24 @@ def test_zarr_v3_store_has_the_same_tree(tmp_path: Path) -> None:
         np.testing.assert_array_equal(
             root["entry/azint2d/data/I"][...], f["entry/azint2d/data/I"][...]
         )
+
+
+@pytest.mark.parametrize("omega_sum_frames", [-1, 0, 4])
+def test_midas_caked_omega_sums_follow_integratorzarromp(tmp_path, omega_sum_frames, caplog):
+    """IntegratorZarrOMP writes OmegaSumFrame chunks only for OmegaSumFrames >= 0, 0 counting
+    as 1 (IntegratorZarrOMP.c: chunkFiles > 0); radint summed all frames for -1 (found
+    against C on a MIDAS zip)."""
+    res = make_result(n_frames=5)
+    res.config = make_config(omega_sum_frames=omega_sum_frames)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        path = write_midas_caked(res, tmp_path / "scan.caked.hdf")
+    with h5py.File(path, "r") as f:
+        sums = sorted(f["OmegaSumFrame"]) if "OmegaSumFrame" in f else []
+    ids = [int(i) for i in res.frame_ids]
+    lasts = {-1: [], 0: ids, 4: [ids[3], ids[4]]}[omega_sum_frames]
+    want = sorted(f"LastFrameNumber_{i}" for i in lasts)
+    assert sums == want
+    assert ("GSAS-II needs it" in caplog.text) == (omega_sum_frames < 0)
 
 
 def test_midas_caked_hdf_layout(tmp_path: Path) -> None:

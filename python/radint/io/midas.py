@@ -5,7 +5,7 @@ is transposed to (n_r, n_eta) here:
 
 ``REtaMap``                              (5, n_r, n_eta): R_c px, 2θ_c deg, η_c deg, bin area px², Q Å⁻¹ (0 if λ ≤ 0)
 ``IntegrationResult/FrameNr_<id>``       (n_r, n_eta) per frame (config ``save_individual_frames``)
-``OmegaSumFrame/LastFrameNumber_<id>``   (n_r, n_eta): sum over chunks of ``omega_sum_frames`` frames
+``OmegaSumFrame/LastFrameNumber_<id>``   (n_r, n_eta): sum over chunks of ``omega_sum_frames`` frames (none if < 0)
 ``Omegas``                               (n_frames,) ω per frame, deg (when the config gives ω)
 ``SumFrames``                            (n_r, n_eta) NaN-skipping sum over frames, masked-touched bins before their NaN (config ``sum_images``)
 ``InstrumentParameters/<key>``           (1,) float64: Polariz Lam SH_L U V W X Y Z Distance
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ import numpy as np
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
+
+log = logging.getLogger("radint")
 
 __all__ = [
     "STREAM_BINARIES",
@@ -149,7 +152,15 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
                     {"omega": float(omegas[k]), "Header": "Radius,Eta", "Units": "Pixels,Degrees"},
                 )
             )
-    for chunk in _chunks(n_frames, int(cfg(result, "omega_sum_frames"))):
+    omega_sum_frames = int(cfg(result, "omega_sum_frames"))
+    if omega_sum_frames < 0:
+        # IntegratorZarrOMP writes OmegaSumFrame only for OmegaSumFrames >= 0 (0 counts as 1).
+        log.warning(
+            "OmegaSumFrames %d: no OmegaSumFrame group in the MIDAS caked file (as "
+            "IntegratorZarrOMP); GSAS-II needs it to import the .zarr.zip",
+            omega_sum_frames,
+        )
+    for chunk in _chunks(n_frames, omega_sum_frames) if omega_sum_frames >= 0 else ():
         first, last = chunk[0], chunk[-1]
         attrs: dict[str, Any] = {
             "LastFrameNumber": int(ids[last]),
