@@ -715,6 +715,13 @@ class Integrator:
         spec = FitSpec.coerce(value, self.config)
         if spec is not None and self.compat and spec.bin_average:
             spec = dataclasses.replace(spec, bin_average=False)
+        if isinstance(value, str) and spec and spec.auto_roi and self.compat == "midas-cpu":
+            # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding.
+            log.warning(
+                "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not read "
+                "it (the GPU program does)"
+            )
+            spec = dataclasses.replace(spec, auto_roi=False)
         self._fit = spec
 
     def host_buffer(self, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
