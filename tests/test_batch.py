@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
 import tifffile
 
+from radint import IntegrationConfig
 from radint.batch import midas_file_series, run_batch
 from radint.cli import main
 from radint.exceptions import RadintError
@@ -394,6 +397,34 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             chunk = f["OmegaSumFrame/LastFrameNumber_2"].attrs
             assert chunk["Temperature"] == 303.0 and chunk["I0"] == 1030.0
     assert not np.allclose(with_dark.cake, without.cake, equal_nan=True)
+
+
+def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_config, caplog):
+    """SkipFrame, OmegaStart and OmegaStep set in the parameter file win over the zip's (with a
+    warning), as MIDAS's integrator.py has them (it regenerates the zip from the parameter
+    file); radint took them from the zip and the rest from the file, matching neither route."""
+    from radint import Integrator
+
+    frames = np.stack([ring_image(small_config, amplitude=200 + 50 * k, dtype=np.uint16)
+                       for k in range(4)])  # fmt: skip
+    dark = np.full((3, *frames.shape[1:]), 5, np.uint16)
+    dark[0] = 50  # only in the zip's SkipFrame 1 dark
+    _midas_zip(tmp_path / "a.analysis.MIDAS.zip", frames, dark, skip=1)
+    cfg = IntegrationConfig.from_text(
+        small_config.midas_text() + "SkipFrame 0\nOmegaStart 100\nOmegaStep 2\n", "p.txt"
+    )
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        outcomes = run_batch(cfg, [tmp_path / "a.analysis.MIDAS.zip"], tmp_path / "out",
+                             formats=("nexus",), n_threads=1)  # fmt: skip
+    assert outcomes[0].ok, outcomes[0].error
+    for key, value, own in (("SkipFrame", 0, 1), ("OmegaStart", 100, 30), ("OmegaStep", 2, 0.25)):
+        assert f"{key} {value:g} from the parameter file replaces the zip's {own:g}" in caplog.text
+    want = Integrator(cfg, n_threads=1).integrate_stack(frames, dark=dark.mean(axis=0))
+    with h5py.File(tmp_path / "out" / "a.h5") as f:
+        assert f["entry/azint2d/data/frame_id"][()].tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
+        np.testing.assert_allclose(f["entry/scan/omega"][()], [100, 102, 104, 106])
+    assert IntegrationConfig.from_text(small_config.midas_text(), "p.txt").zip_parameters() == {}
 
 
 def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_config):

@@ -130,7 +130,8 @@ def _read_dark(
     raw = Path(path).suffix.lower() in (".raw", ".bin")
     if raw and raw_dtype is None:
         raise RadintError(f"{path}: a raw dark needs its pixel type: --raw-dtype, e.g. uint16")
-    return read_dark(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None)
+    return read_dark(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None,
+                     zip_parameters=config.zip_parameters())  # fmt: skip
 
 
 #: Geometry keys MIDAS needs (spec §1.2): their defaults describe no real detector.

@@ -264,6 +264,14 @@ class IntegrationConfig:
         d.pop("unknown")
         return d
 
+    def zip_parameters(self) -> dict[str, float]:
+        """The ``SkipFrame``, ``OmegaStart`` and ``OmegaStep`` this parameter file sets: they
+        replace a MIDAS Zarr zip's own values, as MIDAS's integrator.py, which regenerates the
+        zip from the parameter file, has them do (the zip's fill in what the file leaves out)."""
+        fields = (("SkipFrame", "skip_frame"), ("OmegaStart", "omega_start_deg"),
+                  ("OmegaStep", "omega_step_deg"))  # fmt: skip
+        return {key: getattr(self, name) for key, name in fields if key in self.set_at}
+
     def validate(self) -> IntegrationConfig:
         """Check the configuration; raises :class:`ParameterError` naming file, line and key.
         Settings that are valid but probably not what was meant are logged (once each)."""
@@ -410,6 +418,10 @@ class IntegrationConfig:
                 items.append(("px", value))
             elif name == "pixel_size_z_um":
                 if value != self.pixel_size_y_um:
+                    items.append((key, value))
+            elif name in ("skip_frame", "omega_start_deg", "omega_step_deg"):
+                # Written when set: they replace a MIDAS zip's own values (zip_parameters).
+                if value or key in self.set_at:
                     items.append((key, value))
             elif name in ("gap_intensity", "bad_px_intensity"):
                 if value:  # 0 = unset, as MIDAS reads it

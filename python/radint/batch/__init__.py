@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -327,7 +327,7 @@ def process_files(
                 # A dark given (or the integrator's own) before the file's own (MIDAS zips).
                 file_dark = dark if dark is not None else integ.dark
                 if file_dark is None:
-                    file_dark = own_dark(path)
+                    file_dark = own_dark(path, integ.config.zip_parameters())
                 for stack, ids, metadata, indices in read_stacks(
                     path,
                     dataset=dataset,
@@ -336,6 +336,7 @@ def process_files(
                     allocate=lambda shape, dtype, d=file_dark: group.slots(shape, dtype, d),
                     shape=integ.config.shape,
                     raw_dtype=raw_dtype,
+                    zip_parameters=integ.config.zip_parameters(),
                 ):
                     if group.add(i, stack, ids, metadata, indices):
                         if group.full:
@@ -429,10 +430,13 @@ def process_files(
         writer.all_done.wait(timeout=30)
 
 
-def own_dark(path: str | Path) -> np.ndarray | None:
+def own_dark(
+    path: str | Path, zip_parameters: Mapping[str, float] | None = None
+) -> np.ndarray | None:
     """The dark a file carries and IntegratorZarrOMP subtracts without being asked: a MIDAS
-    Zarr zip's ``exchange/dark`` (mean, SkipFrame honoured). None for other files, and for a
-    zip without dark frames after SkipFrame (C then subtracts nothing either)."""
+    Zarr zip's ``exchange/dark`` (mean, SkipFrame honoured; ``zip_parameters`` as for
+    :func:`~radint.io.read_frames`). None for other files, and for a zip without dark frames
+    after SkipFrame (C then subtracts nothing either)."""
     p = Path(path)
     if p.suffix.lower() != ".zip":  # checked first: importing zarr takes ~0.5 s
         return None
@@ -442,7 +446,7 @@ def own_dark(path: str | Path) -> np.ndarray | None:
     if not p.is_file() or not zarrstore.is_midas_zip(p):
         return None
     try:
-        dark = read_dark(p)
+        dark = read_dark(p, zip_parameters=zip_parameters)
     except ReaderError as e:
         log.info("%s: no dark subtracted (%s)", p, e)
         return None

@@ -16,7 +16,7 @@ directory / ``.zarr`` / ``.zip``       Zarr v2/v3 array, or group at ``dataset``
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +56,7 @@ def open_frames(
     dataset: str | None = None,
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
+    zip_parameters: Mapping[str, float] | None = None,
 ) -> FrameSource:
     """Open a frame file and return its :class:`~radint.io._source.FrameSource` (a context manager).
 
@@ -109,7 +110,7 @@ def open_frames(
         from radint.io import zarrstore
 
         if zarrstore.is_midas_zip(p):
-            return zarrstore.MidasZipSource(p, dataset)
+            return zarrstore.MidasZipSource(p, dataset, zip_parameters)
         return zarrstore.ZarrSource(p, dataset)
     raise ReaderError(
         f"{p}: unrecognised frame format (extension '{suffix}'); supported: TIFF, HDF5, Zarr "
@@ -155,6 +156,7 @@ def read_frames(
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
     frames: FrameSelection = None,
+    zip_parameters: Mapping[str, float] | None = None,
 ) -> Iterator[Frame]:
     """Yield the frames of a detector file one at a time (only one frame held in memory).
 
@@ -173,6 +175,9 @@ def read_frames(
     frames : int, slice or sequence of int, optional
         Which frames to read (negative indices count from the end). Default: all frames, except
         that a MIDAS Zarr zip starts at its ``SkipFrame``.
+    zip_parameters : mapping, optional
+        ``SkipFrame``, ``OmegaStart``, ``OmegaStep`` that replace a MIDAS Zarr zip's own (a
+        parameter file's: :meth:`~radint.IntegrationConfig.zip_parameters`).
 
     Yields
     ------
@@ -187,7 +192,8 @@ def read_frames(
     ImportError
         EDF/CBF without fabio installed (extra ``radint[formats]``).
     """
-    source = open_frames(path, dataset=dataset, shape=shape, dtype=dtype)
+    source = open_frames(path, dataset=dataset, shape=shape, dtype=dtype,
+                         zip_parameters=zip_parameters)  # fmt: skip
     with source:
         yield from _iter_source(source, frames, shape, dtype, cast=not source.dtype_on_disk)
 
@@ -212,6 +218,7 @@ def read_stacks(
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
     shape: tuple[int, int] | None = None,
     raw_dtype: npt.DTypeLike | None = None,
+    zip_parameters: Mapping[str, float] | None = None,
 ) -> Iterator[Stack]:
     """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
     metadata, indices)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted
@@ -223,7 +230,8 @@ def read_stacks(
     ``allocate(shape, dtype)``, multi-frame stacks are read into the arrays it returns (a
     caller's reusable buffers: fresh 100 MB arrays cost their page faults on every stack).
     ``shape`` is the frame shape of GE and raw files (the detector's, from the parameters) and
-    ``raw_dtype`` the pixel type of raw files; other formats carry their own. ``max_bytes`` caps a stack's size where the format knows its pixel type up front. Frames
+    ``raw_dtype`` the pixel type of raw files; other formats carry their own;
+    ``zip_parameters`` as for :func:`read_frames`. ``max_bytes`` caps a stack's size where the format knows its pixel type up front. Frames
     stored as plain pixels (uncompressed TIFF, HDF5 without filters, raw/GE) are read into
     those arrays with one system call each (:meth:`~radint.io._source.FrameSource.read_plain`).
 
@@ -239,6 +247,7 @@ def read_stacks(
         dataset=dataset,
         shape=shape if raw or _GE.search(p.name) else None,
         dtype=raw_dtype if raw else None,  # GE files are uint16
+        zip_parameters=zip_parameters,
     )
     with opened as source:
         indices = list(source.default_indices())
@@ -320,6 +329,7 @@ def read_dark(
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
     frames: FrameSelection = None,
+    zip_parameters: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """Mean of the frames of a dark file, accumulated in float64 one frame at a time.
 
@@ -330,7 +340,7 @@ def read_dark(
 
     Parameters
     ----------
-    path, dataset, shape, dtype, frames
+    path, dataset, shape, dtype, frames, zip_parameters
         As for :func:`read_frames`.
 
     Returns
@@ -353,7 +363,8 @@ def read_dark(
         dataset = HDF5_DARK_DATASET
     total: np.ndarray | None = None
     n = 0
-    for frame in read_frames(p, dataset=dataset, shape=shape, dtype=dtype, frames=frames):
+    for frame in read_frames(p, dataset=dataset, shape=shape, dtype=dtype, frames=frames,
+                             zip_parameters=zip_parameters):  # fmt: skip
         if total is None:
             total = np.zeros(frame.data.shape, dtype=np.float64)
         elif frame.data.shape != total.shape:

@@ -6,7 +6,9 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ DEFAULT_DATASET = "exchange/data"
 MIDAS_DARK_DATASET = "exchange/dark"
 _MIDAS_SCAN = "measurement/process/scan_parameters"
 _MIDAS_PARAMS = "analysis/process/analysis_parameters"
+#: Parameter-file keys that replace a MIDAS zip's own values (MidasZipSource attributes).
+_PARAMETER_ATTRS = {"SkipFrame": "skip_frame", "OmegaStart": "omega_start_deg",
+                    "OmegaStep": "omega_step_deg"}  # fmt: skip
+
+log = logging.getLogger("radint")
+#: (zip, key) whose value a parameter file replaced, already warned about in this process.
+_WARNED: set[tuple[str, str]] = set()
 
 
 def _list_arrays(group: zarr.Group) -> list[str]:
@@ -113,14 +122,29 @@ class MidasZipSource(ZarrSource):
     ``analysis_parameters/SkipFrame`` are left out by default, as IntegratorZarrOMP does, and
     results number the rest from 0 as it does; each frame's ``omega_deg`` is
     ``start + index·step`` from ``scan_parameters`` (``index`` counting every frame of the file:
-    the C program adds SkipFrame·step to ``start``).
+    the C program adds SkipFrame·step to ``start``). ``parameters`` (``SkipFrame``,
+    ``OmegaStart``, ``OmegaStep``: a parameter file's, :meth:`IntegrationConfig.zip_parameters`)
+    replace the zip's values, with a warning where they differ.
     """
 
-    def __init__(self, path: Path, dataset: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        dataset: str | None = None,
+        parameters: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__(path, dataset)
         self.skip_frame = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
         self.omega_start_deg = self._scalar(f"{_MIDAS_SCAN}/start", None)
         self.omega_step_deg = self._scalar(f"{_MIDAS_SCAN}/step", None)
+        for key, value in (parameters or {}).items():
+            name = _PARAMETER_ATTRS[key]
+            own = getattr(self, name)
+            if own is not None and own != value and (str(path), key) not in _WARNED:
+                _WARNED.add((str(path), key))  # once per file, not for its dark and its data
+                log.warning("%s: %s %g from the parameter file replaces the zip's %g",
+                            path, key, value, own)  # fmt: skip
+            setattr(self, name, int(value) if key == "SkipFrame" else float(value))
         # Per-frame monitors IntegratorZarrOMP averages into each OmegaSumFrame's attributes.
         self.monitors = {}
         for key in ("Temperature", "Pressure", "I", "I0"):
