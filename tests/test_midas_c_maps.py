@@ -599,6 +599,32 @@ def test_c_integrator_files_of_small_cases_are_reproduced(case, tmp_path):
     assert line_xy.read_text() == (DATA / case / "c_frame_lineout.xy").read_text()
 
 
+@pytest.mark.parametrize("command", ["integrate", "batch"])
+def test_cli_with_compat_and_the_c_map_writes_integratorzarromps_files(command, tmp_path):
+    """`radint integrate|batch ... --format midas,xy --compat midas-cpu --midas-map DIR` writes
+    IntegratorZarrOMP's caked.hdf and _lineout.xy (mask_empty_bin: masked-touched bins NaN, the
+    nonzero-mean lineout); without the options the CLI had only radint's own rules and map."""
+    from radint.cli import main
+
+    case = DATA / "mask_empty_bin"
+    maps = tmp_path / "c_map"
+    maps.mkdir()
+    _unpack("mask_empty_bin", ("Map.bin", "nMap.bin", "maskMap.bin"), maps)
+    _unpack("mask_empty_bin", ("c_frame.tif.caked.hdf",), tmp_path)
+    frame = tmp_path / "frame.tif"
+    shutil.copy(case / "frame.tif", frame)
+    out = tmp_path / "out"
+    rules = ["--format", "midas,xy", "--compat", "midas-cpu", "--midas-map", str(maps)]
+    if command == "integrate":
+        argv = ["integrate", str(case / "params.txt"), str(frame), "-o", str(out), *rules]
+    else:
+        argv = ["batch", "-paramFN", str(case / "params.txt"), "-dataFN", str(frame),
+                "-resultFolder", str(out), *rules]  # fmt: skip
+    assert main(argv) == 0
+    _assert_same_caked(out / "frame.caked.hdf", tmp_path / "frame.tif.caked.hdf")
+    assert (out / "frame_lineout.xy").read_text() == (case / "c_frame_lineout.xy").read_text()
+
+
 def test_c_gradient_correction_is_reproduced(tmp_path):
     """IntegratorZarrOMP with GradientCorrection 1 on the same C map and ring.tif
     (c_integrator_ring_gradient.npz): every entry is sampled bilinearly at its position moved

@@ -472,6 +472,16 @@ def _key_matches(midas_key: str, field_name: str) -> bool:
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
+def _rules(args: argparse.Namespace, config: IntegrationConfig) -> dict[str, Any]:
+    """The Integrator's ``compat`` and ``detector_map`` from ``--compat`` / ``--midas-map``."""
+    from radint.detector_map import DetectorMap
+
+    rules: dict[str, Any] = {"compat": args.compat}
+    if args.midas_map:
+        rules["detector_map"] = DetectorMap.load_midas(args.midas_map, config)
+    return rules
+
+
 def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
@@ -494,7 +504,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, dark=dark,
-        cache_dir=out_dir / ".radint-cache",
+        cache_dir=out_dir / ".radint-cache", **_rules(args, config),
     )  # fmt: skip
     failures = 0
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
@@ -633,7 +643,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 n_threads=args.nCPUsLocal, dataset=args.dataLoc, dark=dark,
                 skip_existing=args.skipExisting, dask=args.dask, backend=args.backend,
                 names=names, on_done=on_done, compression=args.compression,
-                raw_dtype=args.raw_dtype,
+                raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
             )  # fmt: skip
         except KeyboardInterrupt:
             from radint.batch import finished_since
@@ -787,7 +797,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, dark=dark,
-        cache_dir=out_dir / ".radint-cache",
+        cache_dir=out_dir / ".radint-cache", **_rules(args, config),
     )  # fmt: skip
     pipeline = Pipeline(
         integrator,
@@ -927,6 +937,22 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument(
         "--fit-auto", metavar="N", type=int, help="detect and fit up to N peaks per lineout"
     )
+    rules = argparse.ArgumentParser(add_help=False)
+    rules.add_argument(
+        "--compat",
+        choices=["midas-cpu", "midas-gpu"],
+        default=None,
+        help="integrate by a MIDAS program's rules instead of radint's: midas-cpu = "
+        "IntegratorZarrOMP (bins a masked pixel touches NaN, lineout = mean of the non-zero η "
+        "bins, empty bins 0), midas-gpu = the GPU streaming program",
+    )
+    rules.add_argument(
+        "--midas-map",
+        metavar="DIR",
+        help="integrate with the Map.bin/nMap.bin (and maskMap.bin) MIDAS's DetectorMapper "
+        "wrote in DIR instead of radint's exact map; with --compat midas-cpu the numbers are "
+        "IntegratorZarrOMP's",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -964,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "integrate",
-        parents=[common, fitting],
+        parents=[common, fitting, rules],
         help="integrate frame files into lineouts and cakes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=DATA_EPILOG.format(cmd="integrate"),
@@ -1004,7 +1030,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "batch",
-        parents=[common, fitting],
+        parents=[common, fitting, rules],
         allow_abbrev=False,
         help="integrate many files in parallel (MIDAS integrator.py flags accepted)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1139,7 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "stream",
-        parents=[common, fitting],
+        parents=[common, fitting, rules],
         help="integrate frames live from TCP (MIDAS protocol), PVA or a folder",
     )
     p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")

@@ -81,17 +81,20 @@ def _init_worker(
     backend: str,
     detector_map: Any = None,
     dark: Any = None,
+    compat: str | None = None,
+    midas_map: str | None = None,
 ) -> None:
     from radint.detector_map import DetectorMap
     from radint.integrator import Integrator
 
-    m = (
-        detector_map
-        if detector_map is not None
-        else DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
-    )
+    if detector_map is not None:
+        m = detector_map
+    elif midas_map:
+        m = DetectorMap.load_midas(midas_map, config)
+    else:
+        m = DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
     _WORKER["integrator"] = Integrator(
-        config, detector_map=m, n_threads=n_threads, backend=backend, dark=dark
+        config, detector_map=m, n_threads=n_threads, backend=backend, dark=dark, compat=compat
     )
 
 
@@ -831,11 +834,14 @@ def run_batch(
     on_done: Callable[[FileOutcome], None] | None = None,
     compression: str | None = "blosc-lz4",
     raw_dtype: str | None = None,
+    compat: str | None = None,
+    midas_map: str | None = None,
 ) -> list[FileOutcome]:
     """Integrate many files with one map; returns one outcome per file (in input order).
 
     The map is built (or loaded) once here and cached in ``out_dir/.radint-cache``; workers
-    load that cache instead of rebuilding it.
+    load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
+    ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.
     """
     from radint.detector_map import DetectorMap
     from radint.fit import FitSpec
@@ -850,7 +856,11 @@ def run_batch(
     cache = out_dir / ".radint-cache"
     # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).
     build_threads = n_threads * max(1, n_procs) if n_threads and not dask else n_threads
-    detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
+    if midas_map:
+        midas_map = os.path.abspath(midas_map)  # Dask workers run elsewhere
+        detector_map = DetectorMap.load_midas(midas_map, config)
+    else:
+        detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
     names = names or [None] * len(files)
     outcomes: dict[int, FileOutcome] = {}
 
@@ -870,10 +880,13 @@ def run_batch(
         opts["out_dir"] = os.path.abspath(out_dir)
         absolute = [os.path.abspath(f) for f in files]
         cache_dir = os.path.abspath(cache)
-        for i, o in run_on_dask(dask, config, cache_dir, n_threads, backend, absolute, names, opts):
+        rules = {"compat": compat, "midas_map": midas_map}
+        for i, o in run_on_dask(
+            dask, config, cache_dir, n_threads, backend, absolute, names, opts, rules
+        ):
             done(i, dataclasses.replace(o, path=files[i]))
     elif n_procs <= 1:
-        _init_worker(config, str(cache), n_threads, backend, detector_map, dark)
+        _init_worker(config, str(cache), n_threads, backend, detector_map, dark, compat)
         # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
         # removes the files it had not finished.
         with contextlib.closing(process_files(files, names=names, **opts)) as outcomes_:
@@ -887,7 +900,7 @@ def run_batch(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_pool_worker,
-            initargs=(config, str(cache), n_threads, backend, None, dark),
+            initargs=(config, str(cache), n_threads, backend, None, dark, compat, midas_map),
         )
         try:
             # Each task is a run of consecutive files through one process_files pipeline, so a

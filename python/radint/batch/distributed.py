@@ -25,12 +25,12 @@ def _client(address: str) -> Any:
     return Client(address)
 
 
-def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
+def _task(config, cache, n_threads, backend, path, name, opts, rules) -> FileOutcome:
     from radint import batch
 
     dark = opts.get("dark")
     integ = batch._WORKER.get("integrator")
-    key = (config, cache, n_threads, backend)
+    key = (config, cache, n_threads, backend, tuple(sorted(rules.items())))
     # A worker of a long-lived cluster keeps its integrator between runs: not when this run has
     # other settings or another dark (or none). The integrator is handed on explicitly, so a
     # task of another run swapping the worker's integrator meanwhile cannot reach this one.
@@ -39,16 +39,17 @@ def _task(config, cache, n_threads, backend, path, name, opts) -> FileOutcome:
         or batch._WORKER.get("key") != key
         or ((dark is None) != (integ.dark is None) or integ.same_dark(dark) is not integ.dark)
     ):
-        _init_worker(config, cache, n_threads, backend, dark=dark)
+        _init_worker(config, cache, n_threads, backend, dark=dark, **rules)
         integ = batch._WORKER["integrator"]
         batch._WORKER["key"] = key
     return process_file(path, name=name, integrator=integ, **opts)
 
 
 def run_on_dask(
-    address, config, cache, n_threads, backend, files, names, opts
+    address, config, cache, n_threads, backend, files, names, opts, rules
 ) -> Iterator[tuple[int, FileOutcome]]:
-    """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``)."""
+    """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``);
+    ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None)."""
     from dask.distributed import as_completed
 
     client = _client(address)
@@ -63,6 +64,7 @@ def run_on_dask(
                 f,
                 names[i],
                 opts,
+                rules,
                 pure=False,
             )
             for i, f in enumerate(files)
