@@ -206,6 +206,27 @@ def _synthetic(n_frames: int = 2) -> Result:
     )  # fmt: skip
 
 
+def test_doublet_fit_reaches_midas_minimum_in_a_crowded_window() -> None:
+    """A doublet window (PeakLocation 9.347 and 9.539, 0.37 px bins) holding a stronger ring at
+    ~8.3 px and a weak one at ~11.5 px, from a random sweep against IntegratorZarrOMP: MIDAS's
+    NLopt fit (PeakFit.c pf_fit_doublet_pv, emulated) ends at SSR 38792.48; radint's LM from its
+    own start let one height fall to 0, where that peak's centre and width lose their gradient,
+    and stopped at 4.3x that. With MIDAS's start run too and its height floor it reaches it."""
+    x = 5.185 + 0.37 * np.arange(24)
+    y = np.array([61.255, 74.677, 93.87, 114.422, 155.995, 282.079, 481.851, 1039.142, 2142.241,
+                  2012.722, 1147.535, 730.046, 632.07, 510.62, 365.646, 284.017, 243.184,
+                  266.474, 252.841, 194.873, 150.018, 142.637, 138.784, 137.038])  # fmt: skip
+    d = rfit.fit_pv_doublet(x, y, 9.347, 9.539)
+    assert d["status"] == 0
+    c1, c2, mu, g1, a1, g2, a2, bg = d["params"]
+    model = bg
+    for c, g, a in ((c1, g1, a1), (c2, g2, a2)):
+        u = 4 * (x - c) ** 2 / g**2
+        model = model + a * (mu / (1 + u) + (1 - mu) * np.exp(-math.log(2) * u))
+    assert np.sum((model - y) ** 2) <= 38792.4835 * (1 + 1e-6)
+    assert a1 > 0 and a2 > 0
+
+
 def test_doublet_separation_pairs_adjacent_positions() -> None:
     result = _synthetic()
     paired = rfit.fit_per_eta(result, positions_px=[20, 30, 32.5], doublet_separation=3,

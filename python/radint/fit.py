@@ -584,10 +584,13 @@ def fit_pv_doublet(
 
     ``I = BG + Σₖ Imaxₖ[μ/(1+4Δₖ²/Γₖ²) + (1−μ)exp(−4 ln2 Δₖ²/Γₖ²)]``, Δₖ = x − centreₖ. As in
     MIDAS the centres are split at the midpoint ``m = (low + high)/2``: centre1 ∈ [x₀, m],
-    centre2 ∈ [m, x_last]; starts at ``low`` and ``high``. Other bounds (radint's, as
-    :func:`fit_pv`): Γ ∈ [bin/10, span], Imax ∈ [0, 10·range], BG ∈ [min − range, max + range],
-    μ ∈ [0, 1]. Fitted by a bounded Levenberg–Marquardt (analytic Jacobian, all curves at
-    once); NaN points are left out, a curve needs 9 finite points.
+    centre2 ∈ [m, x_last]; starts at ``low`` and ``high``; each Imax ≥ (max − bg₀)/100 with
+    bg₀ the mean of the end points (MIDAS's floor). Other bounds (radint's, as :func:`fit_pv`):
+    Γ ∈ [bin/10, span], Imax ≤ 10·range, BG ∈ [min − range, max + range], μ ∈ [0, 1]. Fitted
+    by a bounded Levenberg–Marquardt (analytic Jacobian, all curves at once) from two starts,
+    radint's (heights at the starting centres over the minimum) and MIDAS's (half of max − bg₀
+    each, BG bg₀), keeping the lower SSR; NaN points are left out, a curve needs 9 finite
+    points.
 
     Parameters
     ----------
@@ -639,19 +642,65 @@ def fit_pv_doublet(
         return np.maximum(yz[:, k] - ymin, 0.1 * rng)
 
     g0 = min(3.0 * step, span)
-    p = np.column_stack([np.full(m, low), np.full(m, high), np.full(m, 0.5), np.full(m, g0),
-                         height_at(low), np.full(m, g0), height_at(high), ymin])  # fmt: skip
+    own = np.column_stack([np.full(m, low), np.full(m, high), np.full(m, 0.5), np.full(m, g0),
+                           height_at(low), np.full(m, g0), height_at(high), ymin])  # fmt: skip
+    # MIDAS's start (PeakFit.c pf_fit_doublet_pv): half the maximum over the end-point
+    # background for each peak. In windows holding other rings it often reaches a lower
+    # minimum than the start above (and the other way round), so both run, the lower kept.
+    first = np.argmax(w, axis=1)
+    last = xs.size - 1 - np.argmax(w[:, ::-1], axis=1)
+    rows = np.arange(m)
+    bg0 = np.maximum(0.5 * (yz[rows, first] + yz[rows, last]), 0.0)
+    half = 0.5 * np.maximum(ymax - bg0, 1e-6)
+    midas = own.copy()
+    midas[:, 4], midas[:, 6], midas[:, 7] = half, half, bg0
+    # MIDAS's floor on both heights (a hundredth of max − background): at Imax = 0 a peak's
+    # centre and width have no gradient left, and the fit stalls with one peak gone.
+    lo[:, 4] = lo[:, 6] = np.minimum(0.02 * half, hi[:, 4])
+    starts = np.concatenate([own, midas])
+    lo2, hi2 = np.concatenate([lo, lo]), np.concatenate([hi, hi])
+    p, cost, st = _doublet_lm(xs, starts, lo2, hi2, np.concatenate([yz, yz]),
+                              np.concatenate([w, w]), np.concatenate([status, status]),
+                              int(max_iterations))  # fmt: skip
+    # Per curve: a converged fit over a failed one, then the lower cost.
+    rank = np.where(st == 0, cost, np.inf).reshape(2, m)
+    pick = np.where(rank[1] < rank[0], m + rows, rows)
+    p, cost, status = p[pick], cost[pick], st[pick]
+    ok = status == 0
+    snr = np.full((m, 2), np.nan)
+    rms = np.sqrt(cost / np.maximum(n_ok, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr[ok] = p[ok][:, [4, 6]] / rms[ok, None]
+    params = np.where(ok[:, None], p, np.nan)
+    out = {"params": params, "snr": snr, "status": status}
+    return {k: v[0] for k, v in out.items()} if single else out
+
+
+def _doublet_lm(
+    xs: np.ndarray,
+    p: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    yz: np.ndarray,
+    w: np.ndarray,
+    status: np.ndarray,
+    max_iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounded Levenberg–Marquardt of :func:`_doublet_model` on every curve from start ``p``
+    (curves with ``status`` ≠ 0 are not fitted); returns the parameters, costs and statuses."""
+    p = p.copy()
+    status = status.copy()
     # Starts strictly inside the box (a centre on the midpoint bound could not move off it).
     pad = 1e-6 * (hi - lo)
     p = np.clip(p, lo + pad, hi - pad)
     active = status == 0
     p[~active] = 0.5 * (lo[~active] + hi[~active])
-
+    m = p.shape[0]
     cost = _doublet_cost(xs, p, yz, w)
     lam = np.full(m, 1e-3)
     done = ~active
     iters = 0
-    while not done.all() and iters < int(max_iterations):
+    while not done.all() and iters < max_iterations:
         iters += 1
         idx = np.flatnonzero(~done)
         pi = p[idx]
@@ -687,14 +736,7 @@ def fit_pv_doublet(
         status[idx[bad]] = 2
         done[idx[conv | stuck | bad]] = True
     status[~done] = 1
-    ok = status == 0
-    snr = np.full((m, 2), np.nan)
-    rms = np.sqrt(cost / np.maximum(n_ok, 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr[ok] = p[ok][:, [4, 6]] / rms[ok, None]
-    params = np.where(ok[:, None], p, np.nan)
-    out = {"params": params, "snr": snr, "status": status}
-    return {k: v[0] for k, v in out.items()} if single else out
+    return p, cost, status
 
 
 def _doublet_cost(x: np.ndarray, p: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
