@@ -227,6 +227,29 @@ def test_doublet_fit_reaches_midas_minimum_in_a_crowded_window() -> None:
     assert a1 > 0 and a2 > 0
 
 
+def test_per_eta_centre_on_the_window_edge_gives_no_row() -> None:
+    """PeakLocation 34 px, 15 px padding, the η bin's only ring at 16.3 px: its flank rising into
+    the window's first bin drew the pV centre onto that edge (19.5) with SNR 3.86, and the row
+    was kept as a peak (84 such rows in a 45-case sweep against IntegratorZarrOMP, C: 5)."""
+    x = np.arange(19.5, 35.0, 1.0)
+    y = np.array([224.785, 210.323, 212.19, 199.528, 201.095, 193.559, 186.069, 188.3, 186.953,
+                  190.32, 184.183, 197.55, 195.982, 191.998, 190.231, 189.684])  # fmt: skip
+    alone = rfit.fit_pv(x, y, 34.019)
+    assert alone["params"][2] == x[0] and alone["snr"] > 1  # the fit itself ends on the edge
+    cfg = IntegrationConfig(n_pixels_y=8, n_pixels_z=8, r_min_px=19, r_max_px=35, r_bin_px=1,
+                            eta_bin_deg=360)  # fmt: skip
+    cake = y[np.newaxis, np.newaxis]
+    result = Result(
+        cake=cake, cake_sigma=None, lineout=cake[:, 0], lineout_sigma=None,
+        area=np.ones_like(cake), count=np.ones_like(cake), radius_px=x,
+        two_theta_deg=cfg.two_theta_deg(x), q_inv_angstrom=x * 0, d_spacing_angstrom=x * 0,
+        eta_deg=np.array([0.0]), r_edges_px=np.r_[x - 0.5, x[-1] + 0.5],
+        eta_edges_deg=np.array([-180.0, 180.0]), config=cfg, normalized=True,
+        lineout_mode="area_weighted", metadata={},
+    )  # fmt: skip
+    assert rfit.fit_per_eta(result, positions_px=[34.019], roi_padding=15).n_rows == 0
+
+
 def test_doublet_separation_pairs_adjacent_positions() -> None:
     result = _synthetic()
     paired = rfit.fit_per_eta(result, positions_px=[20, 30, 32.5], doublet_separation=3,

@@ -883,8 +883,12 @@ def fit_per_eta(
     rows: list[tuple[np.ndarray, int, dict[str, np.ndarray]]] = []  # (curve ids, peak, cols)
 
     def keep(curves: np.ndarray, peak: int, center: np.ndarray, snr: np.ndarray,
-             pv: np.ndarray, flat: np.ndarray) -> None:  # fmt: skip
-        ok = np.isfinite(snr) & (snr > 1.0) & (center != 0) & ~flat
+             pv: np.ndarray, flat: np.ndarray, x: np.ndarray) -> None:  # fmt: skip
+        # A centre stopped on the window's edge is a ring's flank outside it, not a peak in it
+        # (the 1-D fits call it at_bound): no row, where C keeps it when its SNR passes.
+        tol = 1e-6 * (x[-1] - x[0])
+        inside = (center > x[0] + tol) & (center < x[-1] - tol)
+        ok = np.isfinite(snr) & (snr > 1.0) & (center != 0) & ~flat & inside
         if ok.any():
             zero = np.zeros(int(ok.sum()))
             rows.append((curves[ok], peak, {
@@ -933,12 +937,12 @@ def fit_per_eta(
                         prm = d["params"]
                         pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
                                               prm[:, 7]])  # fmt: skip
-                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat)
+                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat, x)
                 else:
                     d = fit_pv(x, y, pos[k], max_iterations=max_iterations, n_threads=n_threads)
                     prm = d["params"]  # [bg, imax, center, fwhm, mu]
                     pv = np.column_stack([prm[:, 3], prm[:, 4], prm[:, 1], prm[:, 0]])
-                    keep(curves, k, prm[:, 2], d["snr"], pv, flat)
+                    keep(curves, k, prm[:, 2], d["snr"], pv, flat, x)
             k += 2 if pair else 1
     return _eta_peaks(result, rows, n_frames, n_eta)
 
