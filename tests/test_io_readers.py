@@ -110,6 +110,10 @@ def test_zarr_directory_array_and_group(tmp_path: Path, zarr_format: int) -> Non
     np.testing.assert_array_equal(frames_of(grp_path), STACK)
     with pytest.raises(ReaderError, match="array 'missing' does not exist"):
         list(read_frames(grp_path, dataset="missing"))
+    for k in range(12):  # a MIDAS zip's ~50 parameter arrays: a few named, the rest counted
+        root.create_array(f"params/p{k:02d}", data=np.zeros(1))
+    with pytest.raises(ReaderError, match=r"params/p06 \(1,\) and 5 more$"):
+        list(read_frames(grp_path, dataset="missing"))
 
 
 def test_zarr_zip(tmp_path: Path) -> None:

@@ -91,11 +91,13 @@ class ZarrSource(FrameSource):
             self.label = f"{path}:{name}"
             arr = root.get(name)
             if not isinstance(arr, zarr.Array):
-                available = _list_arrays(root)
+                available = sorted(_list_arrays(root))
                 self.close()
+                # A MIDAS zip holds ~50 parameter arrays: name the first, count the rest.
+                shown = ", ".join(available[:8]) if available else "none"
+                more = f" and {len(available) - 8} more" if len(available) > 8 else ""
                 raise ReaderError(
-                    f"{path}: array '{name}' does not exist; available arrays: "
-                    f"{', '.join(available) if available else 'none'}"
+                    f"{path}: array '{name}' does not exist; available arrays: {shown}{more}"
                 )
         self._arr = arr
         self.n_frames, self.frame_shape = frames_from_stack(self.label, arr.shape)
