@@ -981,8 +981,9 @@ def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, 
         for k, dark in enumerate((given, None, given + 1)):
             opts = {"out_dir": str(tmp_path / f"w{k}"), "formats": ("nexus",), "dataset": None,
                     "dark": dark, "skip_existing": False, "compression": None, "raw_dtype": None}  # fmt: skip
+            rules = {"compat": None, "midas_map": None}
             o = _task(small_config, str(tmp_path / "cache"), 1, "cpu", tmp_path / "t.tif", None,
-                      opts)  # fmt: skip
+                      opts, rules)  # fmt: skip
             # Another run's task swapping the worker's integrator meanwhile does not reach this
             # one's next task: it is checked, and rebuilt, before every task.
             _WORKER["integrator"] = Integrator(small_config, n_threads=1, dark=given * 3)
