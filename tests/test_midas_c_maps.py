@@ -599,7 +599,7 @@ def test_c_integrator_files_of_small_cases_are_reproduced(case, tmp_path):
     assert line_xy.read_text() == (DATA / case / "c_frame_lineout.xy").read_text()
 
 
-@pytest.mark.parametrize("command", ["integrate", "batch"])
+@pytest.mark.parametrize("command", ["integrate", "batch", "batch-pool"])
 def test_cli_with_compat_and_the_c_map_writes_integratorzarromps_files(command, tmp_path):
     """`radint integrate|batch ... --format midas,xy --compat midas-cpu --midas-map DIR` writes
     IntegratorZarrOMP's caked.hdf and _lineout.xy (mask_empty_bin: masked-touched bins NaN, the
@@ -620,6 +620,8 @@ def test_cli_with_compat_and_the_c_map_writes_integratorzarromps_files(command, 
     else:
         argv = ["batch", "-paramFN", str(case / "params.txt"), "-dataFN", str(frame),
                 "-resultFolder", str(out), *rules]  # fmt: skip
+        if command == "batch-pool":  # the worker processes get the rules too
+            argv += ["-nCPUs", "2"]
     assert main(argv) == 0
     _assert_same_caked(out / "frame.caked.hdf", tmp_path / "frame.tif.caked.hdf")
     assert (out / "frame_lineout.xy").read_text() == (case / "c_frame_lineout.xy").read_text()
