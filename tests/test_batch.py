@@ -417,7 +417,11 @@ def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_con
         outcomes = run_batch(cfg, [tmp_path / "a.analysis.MIDAS.zip"], tmp_path / "out",
                              formats=("nexus",), n_threads=1)  # fmt: skip
     assert outcomes[0].ok, outcomes[0].error
-    for key, value, own in (("SkipFrame", 0, 1), ("OmegaStart", 100, 30), ("OmegaStep", 2, 0.25)):
+    for key, value, own in (
+        ("SkipFrame", 0, 1),
+        ("OmegaStart", 100, 30.25),
+        ("OmegaStep", 2, 0.25),
+    ):
         assert f"{key} {value:g} from the parameter file replaces the zip's {own:g}" in caplog.text
     want = Integrator(cfg, n_threads=1).integrate_stack(frames, dark=dark.mean(axis=0))
     with h5py.File(tmp_path / "out" / "a.h5") as f:
@@ -425,6 +429,19 @@ def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_con
         np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
         np.testing.assert_allclose(f["entry/scan/omega"][()], [100, 102, 104, 106])
     assert IntegrationConfig.from_text(small_config.midas_text(), "p.txt").zip_parameters() == {}
+    # The parameter file the zip was made from: OmegaStart is the ω of the first frame after
+    # SkipFrame (the zip stores start = OmegaStart − SkipFrame·OmegaStep): same ω, no warning.
+    same = IntegrationConfig.from_text(
+        small_config.midas_text() + "SkipFrame 1\nOmegaStart 30.25\nOmegaStep 0.25\n", "q.txt"
+    )
+    _midas_zip(tmp_path / "b.analysis.MIDAS.zip", frames, dark, skip=1)  # warned once per zip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        outcomes = run_batch(same, [tmp_path / "b.analysis.MIDAS.zip"], tmp_path / "same",
+                             formats=("nexus",), n_threads=1)  # fmt: skip
+    assert outcomes[0].ok and "replaces the zip's" not in caplog.text
+    with h5py.File(tmp_path / "same" / "b.h5") as f:
+        np.testing.assert_allclose(f["entry/scan/omega"][()], [30.25, 30.5, 30.75])
 
 
 def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_config):
@@ -951,6 +968,35 @@ def test_pattern_leaves_out_eiger_data_files_beside_their_master(tmp_path, small
     assert main(["integrate", str(params), str(run / "scan*.h5"), "-o", str(out), "-q"]) == 0
     assert _names(out) == ["scan_master.h5"]
     assert read_nexus(out / "scan_master.h5").n_frames == 4
+
+
+def test_a_reused_dask_worker_takes_new_zip_parameters(tmp_path, small_config):
+    """Configs equal but for where keys were set (a SkipFrame line added) differ in
+    zip_parameters(): a long-lived Dask worker rebuilds its integrator for them (it kept the
+    old one and read the zip's SkipFrame)."""
+    from radint.batch import _WORKER
+    from radint.batch.distributed import _task
+
+    frames = np.stack([ring_image(small_config, amplitude=300, dtype=np.uint16)] * 4)
+    _midas_zip(tmp_path / "a.analysis.MIDAS.zip", frames, frames[:1] * 0, skip=1)
+    plain = IntegrationConfig.from_text(small_config.midas_text(), "p.txt")
+    skip0 = IntegrationConfig.from_text(small_config.midas_text() + "SkipFrame 0\n", "p.txt")
+    assert plain == skip0 and plain.zip_parameters() != skip0.zip_parameters()
+    saved = dict(_WORKER)
+    try:
+        _WORKER.clear()
+        counts = []
+        for k, cfg in enumerate((plain, skip0)):
+            opts = {"out_dir": str(tmp_path / f"w{k}"), "formats": ("nexus",), "dataset": None,
+                    "dark": None, "skip_existing": False, "compression": None, "raw_dtype": None}  # fmt: skip
+            o = _task(cfg, str(tmp_path / "cache"), 1, "cpu", tmp_path / "a.analysis.MIDAS.zip",
+                      None, opts, {"compat": None, "midas_map": None})  # fmt: skip
+            assert o.ok, o.error
+            counts.append(o.n_frames)
+        assert counts == [3, 4]
+    finally:
+        _WORKER.clear()
+        _WORKER.update(saved)
 
 
 def test_a_given_dark_beats_a_zips_own_and_workers_forget_an_old_dark(tmp_path, small_config):

@@ -291,12 +291,16 @@ class IntegrationConfig:
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
         if self.set_at:  # read from a parameter file: say which geometry it left to defaults
-            for keys, what in (
-                (("Lsd",), f"the sample-detector distance Lsd {self.lsd_um:g} µm"),
-                (("BC",), f"the beam centre BC ({self.bc_y_px:g}, {self.bc_z_px:g}) px"),
-                (("px", "pxY"), f"the pixel size px {self.pixel_size_y_um:g} µm"),
-            ):
-                if not any(k in self.set_at for k in keys):
+            default = IntegrationConfig()
+            for keys, fields, what in (
+                (("Lsd",), ("lsd_um",), f"the sample-detector distance Lsd {self.lsd_um:g} µm"),
+                (("BC",), ("bc_y_px", "bc_z_px"),
+                 f"the beam centre BC ({self.bc_y_px:g}, {self.bc_z_px:g}) px"),
+                (("px", "pxY"), ("pixel_size_y_um",),
+                 f"the pixel size px {self.pixel_size_y_um:g} µm"),
+            ):  # fmt: skip
+                unchanged = all(getattr(self, f) == getattr(default, f) for f in fields)
+                if unchanged and not any(k in self.set_at for k in keys):
                     notes.append(
                         f"{self.source}: no {keys[0]} line: {what} is DetectorMapper's default"
                     )
@@ -310,10 +314,12 @@ class IntegrationConfig:
         n_eta = math.ceil(span / self.eta_bin_deg - 1e-9)
         overlap = self.eta_min_deg + n_eta * self.eta_bin_deg - (self.eta_min_deg + 360.0)
         if span > 360.0 + 1e-9:
+            times = math.ceil(n_eta * self.eta_bin_deg / 360.0 - 1e-9)
             notes.append(
                 f"{where('EtaMax')}: the η range {self.eta_min_deg}..{self.eta_max_deg}° spans "
                 f"{span:g}°, more than a full turn: pixels in the last {overlap:g}° are counted "
-                "in two η bins (as MIDAS does) and twice in the lineout"
+                f"in {times} η bins and {times} times in the lineout (MIDAS's mapper does so "
+                "for ranges from -180°; from 0° it leaves the bins past 360° empty)"
             )
         elif overlap > 1e-6:
             notes.append(

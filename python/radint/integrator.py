@@ -715,8 +715,9 @@ class Integrator:
         spec = FitSpec.coerce(value, self.config)
         if spec is not None and self.compat and spec.bin_average:
             spec = dataclasses.replace(spec, bin_average=False)
-        if isinstance(value, str) and spec and spec.auto_roi and self.compat == "midas-cpu":
-            # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding.
+        if spec and spec.auto_roi and self.compat == "midas-cpu":
+            # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding
+            # (also for specs a live peak update builds from the parameter file).
             log.warning(
                 "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not read "
                 "it (the GPU program does)"

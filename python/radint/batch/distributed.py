@@ -30,7 +30,9 @@ def _task(config, cache, n_threads, backend, path, name, opts, rules) -> FileOut
 
     dark = opts.get("dark")
     integ = batch._WORKER.get("integrator")
-    key = (config, cache, n_threads, backend, tuple(sorted(rules.items())))
+    # Config equality ignores where keys were set, which decides zip_parameters().
+    key = (config, tuple(sorted(config.zip_parameters().items())), cache, n_threads, backend,
+           tuple(sorted(rules.items())))  # fmt: skip
     # A worker of a long-lived cluster keeps its integrator between runs: not when this run has
     # other settings or another dark (or none). The integrator is handed on explicitly, so a
     # task of another run swapping the worker's integrator meanwhile cannot reach this one.

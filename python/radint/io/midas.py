@@ -35,6 +35,8 @@ from radint.io.atomic import atomic_output
 from radint.result import Result
 
 log = logging.getLogger("radint")
+#: Warnings already given in this process.
+_NOTED: dict[str, bool] = {}
 
 __all__ = [
     "STREAM_BINARIES",
@@ -153,7 +155,8 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
                 )
             )
     omega_sum_frames = int(cfg(result, "omega_sum_frames"))
-    if omega_sum_frames < 0:
+    if omega_sum_frames < 0 and not _NOTED.get("omega_sum_frames"):
+        _NOTED["omega_sum_frames"] = True  # once per process, not per file and format
         # IntegratorZarrOMP writes OmegaSumFrame only for OmegaSumFrames >= 0 (0 counts as 1).
         log.warning(
             "OmegaSumFrames %d: no OmegaSumFrame group in the MIDAS caked file (as "

@@ -126,7 +126,9 @@ class MidasZipSource(ZarrSource):
     ``start + index·step`` from ``scan_parameters`` (``index`` counting every frame of the file:
     the C program adds SkipFrame·step to ``start``). ``parameters`` (``SkipFrame``,
     ``OmegaStart``, ``OmegaStep``: a parameter file's, :meth:`IntegrationConfig.zip_parameters`)
-    replace the zip's values, with a warning where they differ.
+    replace the zip's values, with a warning where they differ. A parameter file's
+    ``OmegaStart`` is the ω of the first frame after ``SkipFrame``, as MIDAS's zipper reads it
+    (it stores ``start = OmegaStart − SkipFrame·OmegaStep``).
     """
 
     def __init__(
@@ -139,14 +141,22 @@ class MidasZipSource(ZarrSource):
         self.skip_frame = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
         self.omega_start_deg = self._scalar(f"{_MIDAS_SCAN}/start", None)
         self.omega_step_deg = self._scalar(f"{_MIDAS_SCAN}/step", None)
-        for key, value in (parameters or {}).items():
-            name = _PARAMETER_ATTRS[key]
-            own = getattr(self, name)
+        given = dict(parameters or {})
+        own_first = None  # the zip's ω of its first frame used
+        if self.omega_start_deg is not None:
+            own_first = self.omega_start_deg + self.skip_frame * (self.omega_step_deg or 0.0)
+        for key in ("SkipFrame", "OmegaStep", "OmegaStart"):
+            if key not in given:
+                continue
+            value = given[key]
+            own = own_first if key == "OmegaStart" else getattr(self, _PARAMETER_ATTRS[key])
             if own is not None and own != value and (str(path), key) not in _WARNED:
                 _WARNED.add((str(path), key))  # once per file, not for its dark and its data
                 log.warning("%s: %s %g from the parameter file replaces the zip's %g",
                             path, key, value, own)  # fmt: skip
-            setattr(self, name, int(value) if key == "SkipFrame" else float(value))
+            if key == "OmegaStart":
+                value = value - self.skip_frame * (self.omega_step_deg or 0.0)
+            setattr(self, _PARAMETER_ATTRS[key], int(value) if key == "SkipFrame" else float(value))
         # Per-frame monitors IntegratorZarrOMP averages into each OmegaSumFrame's attributes.
         self.monitors = {}
         for key in ("Temperature", "Pressure", "I", "I0"):

@@ -96,17 +96,19 @@ impl DetectorMap {
         let Some(weight) = self.weight.as_mut() else {
             return;
         };
-        // first_entry[p] = 1 + the entry of pixel p seen first in the current bin.
-        let mut first_entry = vec![0usize; self.n_y * self.n_z];
+        // Per bin, its entries sorted by (pixel, entry): each run of one pixel pools on its
+        // first entry. Bins hold few entries, so no per-pixel table is needed.
+        let mut keys: Vec<(u32, usize)> = Vec::new();
         for b in 0..self.indptr.len().saturating_sub(1) {
             let (lo, hi) = (self.indptr[b] as usize, self.indptr[b + 1] as usize);
-            for e in lo..hi {
-                let slot = &mut first_entry[self.pixel[e] as usize];
-                if *slot > lo {
-                    weight[*slot - 1] += weight[e];
+            keys.clear();
+            keys.extend((lo..hi).map(|e| (self.pixel[e], e)));
+            keys.sort_unstable();
+            for run in keys.chunk_by(|a, b| a.0 == b.0) {
+                let first = run[0].1;
+                for &(_, e) in &run[1..] {
+                    weight[first] += weight[e];
                     weight[e] = 0.0;
-                } else {
-                    *slot = e + 1;
                 }
             }
         }
