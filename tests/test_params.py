@@ -184,10 +184,11 @@ def test_settings_that_lose_or_double_count_data_are_logged(tmp_path, caplog):
     assert caplog.text == ""
 
 
-def test_geometry_left_to_defaults_and_lines_detectormapper_skips_are_logged(tmp_path, caplog):
-    """Found side by side with DetectorMapper and midas-integrate: a file without Lsd (or with
-    ``Lsd=260000``) silently took the 1 m default, and DetectorMapper skips ``RMin<TAB>5`` and
-    indented lines that radint read, so the maps differed without a word. A pxY after px
+def test_key_equals_value_and_lines_detectormapper_skips_are_logged(tmp_path, caplog):
+    """Found side by side with DetectorMapper and midas-integrate: ``Lsd=260000`` was only
+    suggested as "Lsd" (the CLI then warns the 1 m default is used), and DetectorMapper skips
+    ``RMin<TAB>5`` and indented lines that radint read, so the maps differed without a word.
+    A pxY after px
     changes the map but not IntegratorZarrOMP's 2θ, and an η range over a full turn bins
     pixels twice (C accepts it; radint refused it)."""
     p = tmp_path / "p.txt"
@@ -199,14 +200,14 @@ def test_geometry_left_to_defaults_and_lines_detectormapper_skips_are_logged(tmp
         c = IntegrationConfig.from_midas_params(p).validate()
     assert (c.r_min_px, c.r_max_px, c.pixel_size_y_um, c.lsd_um) == (5, 40, 150, 1e6)
     text = caplog.text
-    assert f"{p}:2: Lsd=260000 is not a key radint reads (ignored); did you mean Lsd?" in text
-    assert f"{p}: no Lsd line: the sample-detector distance Lsd 1e+06 µm is DetectorMapper" in text
-    assert f"{p}: no BC line: the beam centre BC (1024, 1024) px" in text
+    assert (
+        f"{p}:2: Lsd=260000 is not a key radint reads (ignored); did you mean 'Lsd 260000' (a "
+        "space between key and value, not '=')?" in text
+    )
     assert f'{p}:3: RMin: DetectorMapper reads a line only when it starts with "RMin "' in text
     assert f"{p}:4: RMax: DetectorMapper" in text
     assert f"{p}:6: pxY 150 after px 172: the map" in text
     assert f"{p}:8: EtaMax: the η range -180.0..200.0° spans 380°, more than a full turn" in text
-    assert "no px line" not in text
     assert DetectorMap.build(c).n_eta == 26
 
 

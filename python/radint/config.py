@@ -159,6 +159,9 @@ class IntegrationConfig:
         config = cls._from_core_dict(parsed)
         for key, _value, file, line in config.unknown:
             if file != "<override>" and (near := near_key(key)):
+                head, eq, value = key.partition("=")
+                if eq and value and head == near:  # Lsd=657000
+                    near = f"'{near} {value}' (a space between key and value, not '=')"
                 log.warning("%s:%d: %s is not a key radint reads (ignored); did you mean %s?",
                             file, line, key, near)  # fmt: skip
         return config._resolve_files(path.parent)
@@ -290,20 +293,6 @@ class IntegrationConfig:
             file, line = self.set_at.get(key, (self.source, 0))
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
-        if self.set_at:  # read from a parameter file: say which geometry it left to defaults
-            default = IntegrationConfig()
-            for keys, fields, what in (
-                (("Lsd",), ("lsd_um",), f"the sample-detector distance Lsd {self.lsd_um:g} µm"),
-                (("BC",), ("bc_y_px", "bc_z_px"),
-                 f"the beam centre BC ({self.bc_y_px:g}, {self.bc_z_px:g}) px"),
-                (("px", "pxY"), ("pixel_size_y_um",),
-                 f"the pixel size px {self.pixel_size_y_um:g} µm"),
-            ):  # fmt: skip
-                unchanged = all(getattr(self, f) == getattr(default, f) for f in fields)
-                if unchanged and not any(k in self.set_at for k in keys):
-                    notes.append(
-                        f"{self.source}: no {keys[0]} line: {what} is DetectorMapper's default"
-                    )
         if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
