@@ -875,3 +875,21 @@ def test_one_frame_images_do_not_thrash_on_many_path_lengths(tmp_path: Path, mon
         prov = nexus.read_provenance(tmp_path / f"f{k}.h5")
         assert prov is not None and prov.source(0) == (src, k)
     assert len(built) == len(lengths)  # each length imaged once, not once per file
+
+
+def test_mat_without_scipy_is_refused_before_any_work(tmp_path, monkeypatch):
+    """--format mat without scipy (the formats extra) failed every file with a bare
+    ModuleNotFoundError and wrote none of its other formats; now the run is refused up front
+    naming the extra, and the writer itself says the same."""
+    import sys
+
+    from radint.batch import check_outputs
+    from radint.exceptions import BackendUnavailableError, InvalidInputError
+
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # import scipy.io -> ImportError
+    with pytest.raises(InvalidInputError, match=r"--format mat needs scipy .*radint\[formats\]"):
+        check_outputs([tmp_path / "a.tif"], tmp_path / "out", ("nexus", "mat"))
+    check_outputs([tmp_path / "a.tif"], tmp_path / "out", ("nexus", "xy"))
+    with pytest.raises(BackendUnavailableError, match=r"radint\[formats\]"):
+        write_mat(make_result(n_frames=1), tmp_path / "a.mat")
+    assert not list(tmp_path.iterdir())

@@ -210,12 +210,14 @@ def check_outputs(
     InvalidInputError
         Listing each collision; nothing has been read or written.
     """
-    from radint.io.write import FORMATS, expand_formats
+    from radint.io.write import FORMATS, expand_formats, missing_format_packages
 
     try:
         wanted = expand_formats(formats)
     except ValueError:
         return  # every file then fails with the format's own message
+    if missing := missing_format_packages(wanted):
+        raise InvalidInputError("; ".join(missing))
     names = list(names) if names else [None] * len(paths)
     resolved = [Path(p).resolve() for p in paths]
     inputs = {real: str(p) for real, p in zip(resolved, paths, strict=True)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radint.exceptions import BackendUnavailableError
 from radint.io._common import cfg, config_dict, frame_ids, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
@@ -90,8 +91,18 @@ def write_mat(result: Result, path: str | Path) -> Path:
     Returns
     -------
     Path
+
+    Raises
+    ------
+    BackendUnavailableError
+        scipy is not installed (the ``formats`` extra).
     """
-    from scipy.io import savemat
+    try:
+        from scipy.io import savemat
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"{path}: the .mat format needs scipy ({e}): pip install 'radint[formats]'"
+        ) from e
 
     arrays = {
         "cake": stacked(np.asarray(result.cake), 2),

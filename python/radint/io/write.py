@@ -51,6 +51,25 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
 ALIASES = {"midas": ("caked", "gsas"), "peaks_per_eta": ("fit_per_eta", "caked_peaks")}
 #: What "midas" adds when peaks are fitted (IntegratorZarrOMP with DoPeakFit 1 writes them).
 MIDAS_FIT_FORMATS = ("fit", "fit_per_eta", "caked_peaks")
+#: Formats whose writer needs an optional package: format → (module, radint extra).
+FORMAT_EXTRAS = {"mat": ("scipy.io", "formats")}
+
+
+def missing_format_packages(formats: Sequence[str]) -> list[str]:
+    """One line per wanted format whose writer's optional package is not installed, e.g.
+    "--format mat needs scipy (No module named 'scipy'): pip install 'radint[formats]'"."""
+    import importlib
+
+    missing = []
+    for fmt in expand_formats(formats):
+        if fmt in FORMAT_EXTRAS:
+            module, extra = FORMAT_EXTRAS[fmt]
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                missing.append(f"--format {fmt} needs {module.split('.')[0]} ({e}): "
+                               f"pip install 'radint[{extra}]'")  # fmt: skip
+    return missing
 
 
 def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
