@@ -1116,3 +1116,17 @@ def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
     finally:
         batch._WORKER.clear()
         batch._WORKER.update(saved)
+
+
+def test_dask_without_distributed_is_refused_before_the_map(tmp_path, small_config, monkeypatch):
+    """--dask without dask.distributed ended in a traceback after the map was built; now a
+    BackendUnavailableError naming the extra, with nothing written."""
+    import sys
+
+    from radint.exceptions import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros(small_config.shape, np.uint16))
+    with pytest.raises(BackendUnavailableError, match=r"radint\[dask\]"):
+        run_batch(small_config, [tmp_path / "a.tif"], tmp_path / "out", dask="local:1")
+    assert not (tmp_path / "out").exists()

@@ -854,6 +854,10 @@ def run_batch(
     # The workers' Integrators fit as the configuration says (fit="config").
     formats = resolve_formats(formats, FitSpec.from_config(config) is not None)
     check_outputs(files, out_dir, formats, names)
+    if dask:  # refused before the map is built
+        from radint.batch.distributed import require_distributed
+
+        require_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
     # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).

@@ -9,13 +9,20 @@ from radint.batch import FileOutcome, _init_worker, process_file
 from radint.exceptions import BackendUnavailableError
 
 
-def _client(address: str) -> Any:
+def require_distributed() -> Any:
+    """The ``dask.distributed`` module, or a BackendUnavailableError naming the extra."""
     try:
-        from dask.distributed import Client, LocalCluster
+        import dask.distributed
     except ImportError as e:
         raise BackendUnavailableError(
             f"--dask needs dask.distributed ({e}); install the extra: pip install 'radint[dask]'"
         ) from e
+    return dask.distributed
+
+
+def _client(address: str) -> Any:
+    distributed = require_distributed()
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
     if address.startswith("local"):
         n = int(address.split(":", 1)[1]) if ":" in address else 2
         cluster = LocalCluster(
@@ -52,9 +59,8 @@ def run_on_dask(
 ) -> Iterator[tuple[int, FileOutcome]]:
     """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``);
     ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None)."""
-    from dask.distributed import as_completed
-
     client = _client(address)
+    as_completed = require_distributed().as_completed
     try:
         futures = [
             client.submit(
