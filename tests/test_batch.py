@@ -631,6 +631,11 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "1/2 file(s) ok" in stdout and "interrupted; 1 not done" in stdout
+    # a.h5's 8 frames, or, if it finished unreported while stopping, frames said to be of 0
+    # files (the count once read "1/2 file(s) ok, 0 frames").
+    import re
+
+    assert re.search(r"1/2 file\(s\) ok, (8 frames in|0 frames \(of 0 file\(s\)\) in)", stdout)
     assert "interrupted" in stderr
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == [
         "a.h5", "a.mat", "a_lineout.xy"]  # fmt: skip

@@ -614,13 +614,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
 
-        def summary(tail: str) -> None:
+        def summary(tail: str, unreported: int = 0) -> None:
             if args.quiet and not failed and not tail:
                 return
             elapsed = time.perf_counter() - t0
+            # Frames are counted from the files reported; those finished while stopping are not.
+            counted = f" (of {n_done - len(failed) - unreported} file(s))" if unreported else ""
             print(
-                f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames "
-                f"in {elapsed:.1f} s{tail}"
+                f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames"
+                f"{counted} in {elapsed:.1f} s{tail}"
             )
 
         def on_done(o):
@@ -650,9 +652,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
             # Files the pipeline finished may not have been reported before the interrupt.
             finished = finished_since(paths, out_dir, formats, names, started)
+            reported = n_done
             n_done = max(n_done, len(finished) + len(failed))
             summary(f" (interrupted; {len(paths) - n_done} not done: run again with "
-                    "--skip-existing to finish them)")  # fmt: skip
+                    "--skip-existing to finish them)", n_done - reported)  # fmt: skip
             raise
     summary("")
     for _path, why in failed:
