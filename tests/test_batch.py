@@ -812,7 +812,10 @@ def test_a_folder_is_its_frame_files_in_natural_order(frame_folder, capsys, capl
         rc = main(["integrate", str(params), str(folder), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     # hidden: .hidden.tif, .radint-cache; other: notes, Map.bin and 5 outputs of earlier runs
-    want = f"{folder}: 12 frame file(s) (skipped 2 hidden, 1 dark/mask, 7 other)"
+    want = (
+        f"{folder}: 12 frame file(s) (skipped 2 hidden, 1 dark/mask, 7 not frames: radint "
+        "outputs, MIDAS maps, other formats)"
+    )
     assert want in caplog.messages
     assert _names(out) == sorted(f"frame_{k}.h5" for k in range(1, 13))
     from radint.io import read_provenance
@@ -834,7 +837,7 @@ def test_natural_order_and_empty_folder_error(tmp_path, capsys):
     (empty / ".DS_Store").write_bytes(b"x")
     (empty / "readme.txt").write_text("x")
     with pytest.raises(RadintError, match=r"empty: no frame files in this folder .*skipped 1 "
-                       r"hidden, 1 other"):  # fmt: skip
+                       r"hidden, 1 not frames"):  # fmt: skip
         collect_inputs([str(empty)])
     eiger = tmp_path / "eiger"
     eiger.mkdir()

@@ -159,7 +159,6 @@ class _Collector:
         eiger = _read_by_master(files, {e.name.lower() for e in entries})
         files = [f for f in files if f not in aux and f not in eiger]
         hidden = sum(e.name.startswith(".") for e in entries)
-        # other: formats no reader takes, radint's own outputs
         others = len(entries) - len(files) - len(aux) - len(eiger) - hidden
         skipped = ", ".join(
             f"{n} {what}"
@@ -167,7 +166,7 @@ class _Collector:
                 (hidden, "hidden"),
                 (len(aux), "dark/mask"),
                 (len(eiger), "Eiger data read through their master"),
-                (others, "other"),
+                (others, "not frames: radint outputs, MIDAS maps, other formats"),
             )
             if n
         )
