@@ -209,6 +209,11 @@ def test_key_equals_value_and_lines_detectormapper_skips_are_logged(tmp_path, ca
     assert f"{p}:6: pxY 150 after px 172: the map" in text
     assert f"{p}:8: EtaMax: the η range -180.0..200.0° spans 380°, more than a full turn" in text
     assert DetectorMap.build(c).n_eta == 26
+    caplog.clear()
+    p.write_text("NrPixels 100\nWavelength 0.2\nQBinSize 0.01\nQMin 0.1\nQMax 1\nTthBinSize 0.1\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p).validate()
+    assert c.radial_mode == "q" and f"{p}:6: TthBinSize: 0.1° 2θ bins ignored" in caplog.text
 
 
 def test_misspelled_keys_get_a_suggestion(tmp_path, caplog):

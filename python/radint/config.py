@@ -293,6 +293,12 @@ class IntegrationConfig:
             file, line = self.set_at.get(key, (self.source, 0))
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
+        if self.radial_mode == "q" and self.tth_bin_deg > 0:
+            notes.append(
+                f"{where('TthBinSize')}: {self.tth_bin_deg}° 2θ bins ignored: QBinSize "
+                f"{self.q_bin} Å⁻¹ is given too, and Q bins take precedence (as in MIDAS, which "
+                "has no 2θ bins)"
+            )
         if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
