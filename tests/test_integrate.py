@@ -186,8 +186,11 @@ def test_dark_nan_and_mask(small_config, small_map):
 
 def test_bad_input_errors(small_config, small_map):
     integ = Integrator(small_config, detector_map=small_map)
-    with pytest.raises(ShapeError, match=r"expected shape \(100, 120\)"):
+    with pytest.raises(ShapeError, match=r"expected shape \(100, 120\)") as e:
         integ.integrate(np.zeros((100, 121)))
+    assert "swapped" not in str(e.value)
+    with pytest.raises(ShapeError, match=r"got \(120, 100\) \(its transpose: are NrPixelsY and "):
+        integ.integrate(np.zeros((120, 100)))
     with pytest.raises(DtypeError, match="complex128"):
         integ.integrate(np.zeros(small_config.shape, complex))
     with pytest.raises(ShapeError, match="dark"):

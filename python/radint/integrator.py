@@ -397,8 +397,11 @@ class Integrator:
         if a.ndim != ndim or a.shape[-2:] != shape:
             rows, cols = shape
             want = f"({rows}, {cols})" if ndim == 2 else f"(n_frames, {rows}, {cols})"
+            swapped = a.ndim == ndim and a.shape[-2:] == shape[::-1] and rows != cols
+            hint = " (its transpose: are NrPixelsY and NrPixelsZ swapped?)" if swapped else ""
             raise ShapeError(
-                f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got {a.shape}"
+                f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got "
+                f"{a.shape}{hint}"
             )
         a = np.ascontiguousarray(a)
         if self._markers_by_map(a):
