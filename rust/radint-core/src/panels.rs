@@ -73,7 +73,9 @@ pub fn layout(p: &Params) -> Vec<Panel> {
     panels
 }
 
-/// Apply a panel-shifts file: lines `id dY dZ [dTheta dLsd dP2]`, `#` comments.
+/// Apply a panel-shifts file: lines `id dY dZ [dTheta dLsd dP2]`, `#` comments. As MIDAS's
+/// `LoadPanelShifts`, a line sets only the columns it has: a later, shorter line for the same
+/// panel keeps the earlier dTheta / dLsd / dP2.
 pub fn apply_shifts(panels: &mut [Panel], text: &str, source: &str) -> Result<()> {
     for (index, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -98,21 +100,35 @@ pub fn apply_shifts(panels: &mut [Panel], text: &str, source: &str) -> Result<()
         let id: usize = fields[0]
             .parse()
             .map_err(|_| err(format!("expected a panel id, got '{}'", fields[0])))?;
-        let mut values = [0.0f64; 5];
-        for (k, text) in fields[1..].iter().take(5).enumerate() {
-            values[k] = text
-                .parse()
-                .map_err(|_| err(format!("expected a number, got '{text}'")))?;
-        }
+        let values = fields[1..]
+            .iter()
+            .take(5)
+            .map(|text| {
+                text.parse::<f64>()
+                    .map_err(|_| err(format!("expected a number, got '{text}'")))
+            })
+            .collect::<Result<Vec<f64>>>()?;
         let n = panels.len();
+        if n == 0 {
+            return Err(err(
+                "a panel-shifts file but no panels: give NPanelsY, NPanelsZ, PanelSizeY and \
+                 PanelSizeZ (DetectorMapper ignores the file without them)"
+                    .into(),
+            ));
+        }
         let panel = panels
             .get_mut(id)
             .ok_or_else(|| err(format!("panel id must be < {n}, got {id}")))?;
-        panel.d_y = values[0];
-        panel.d_z = values[1];
-        panel.d_theta_deg = values[2];
-        panel.d_lsd_um = values[3];
-        panel.d_p2 = values[4];
+        let slots = [
+            &mut panel.d_y,
+            &mut panel.d_z,
+            &mut panel.d_theta_deg,
+            &mut panel.d_lsd_um,
+            &mut panel.d_p2,
+        ];
+        for (slot, value) in slots.into_iter().zip(values) {
+            *slot = value;
+        }
     }
     Ok(())
 }
@@ -125,4 +141,39 @@ pub fn pixel_offset(panels: &[Panel], y: usize, z: usize) -> (f64, f64, PanelOff
         .find(|p| p.contains(y, z))
         .map(|p| p.correct(y, z))
         .unwrap_or((0.0, 0.0, PanelOffset::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panel() -> Panel {
+        Panel {
+            y_min: 0,
+            y_max: 9,
+            z_min: 0,
+            z_max: 9,
+            d_y: 0.0,
+            d_z: 0.0,
+            d_theta_deg: 0.0,
+            d_lsd_um: 0.0,
+            d_p2: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_shorter_later_line_keeps_the_earlier_columns_as_midas_does() {
+        let mut panels = vec![panel(), panel()];
+        apply_shifts(&mut panels, "0 0.3 0.2 1.5 400 0.001\n0 0.5 0.4\n", "s.txt").unwrap();
+        let p = &panels[0];
+        assert_eq!((p.d_y, p.d_z), (0.5, 0.4));
+        assert_eq!((p.d_theta_deg, p.d_lsd_um, p.d_p2), (1.5, 400.0, 0.001));
+        assert_eq!(panels[1], panel());
+    }
+
+    #[test]
+    fn shifts_without_panels_name_the_missing_layout() {
+        let err = apply_shifts(&mut [], "0 0.3 0.2\n", "s.txt").unwrap_err();
+        assert!(err.to_string().contains("give NPanelsY, NPanelsZ"), "{err}");
+    }
 }
