@@ -157,6 +157,40 @@ def test_midas_zip_frames_dark_and_omega(tmp_path: Path) -> None:
     assert read_dark(path).dtype == np.float64
 
 
+def test_midas_zip_omega_follows_the_midas_triple(tmp_path: Path, caplog) -> None:
+    """ω of file frame i = OmegaStart + (i − SkipFrame)·OmegaStep, each of the three from the
+    parameter file where it sets it, else from the zip (whose OmegaStart is start + SkipFrame·
+    step, summed in C's order); a value equal to the zip's up to rounding is not warned about
+    (OmegaStart 0.1 with SkipFrame 2 came back as 0.09999999999999998 and was)."""
+    path = tmp_path / "s.analysis.MIDAS.zip"
+    write_midas_zip(path, skip=1)  # zip: OmegaStart 10, step 0.5, SkipFrame 1
+
+    def omegas(**given: float) -> list[float]:
+        return [f.metadata["omega_deg"] for f in read_frames(path, zip_parameters=given)]
+
+    assert omegas() == [10.0, 10.5, 11.0]
+    assert omegas(SkipFrame=1, OmegaStart=10.0, OmegaStep=0.5) == [10.0, 10.5, 11.0]
+    assert omegas(OmegaStep=0.25) == [10.0, 10.25, 10.5]  # the zip's OmegaStart kept
+    assert omegas(SkipFrame=0) == [10.0, 10.5, 11.0, 11.5]  # OmegaStart: the first frame used
+    assert omegas(SkipFrame=2, OmegaStart=-1.0) == [-1.0, -0.5]
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("OmegaStart 10 " in m for m in messages)
+    odd = tmp_path / "o.analysis.MIDAS.zip"
+    store = ZipStore(odd, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    root.create_array("exchange/data", data=STACK, chunks=(1, 12, 9))
+    root.create_array("measurement/process/scan_parameters/start", data=np.array([0.1 - 2 * 0.25]))
+    root.create_array("measurement/process/scan_parameters/step", data=np.array([0.25]))
+    root.create_array(
+        "analysis/process/analysis_parameters/SkipFrame", data=np.array([2], np.int32)
+    )
+    store.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="radint"):
+        frames = list(read_frames(odd, zip_parameters={"OmegaStart": 0.1, "SkipFrame": 2}))
+    assert not caplog.records and len(frames) == 2
+
+
 def test_ge_raw(tmp_path: Path) -> None:
     path = tmp_path / "ff_000123.ge3"
     path.write_bytes(b"\x00" * 8192 + STACK.astype("<u2").tobytes())

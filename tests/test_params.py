@@ -194,7 +194,7 @@ def test_key_equals_value_and_lines_detectormapper_skips_are_logged(tmp_path, ca
     p = tmp_path / "p.txt"
     p.write_text(
         "NrPixels 100\nLsd=260000\nRMin\t5\n  RMax 40\npx 172\npxY 150\nEtaMin -180\n"
-        "EtaMax 200\nEtaBinSize 15\n"
+        "EtaMax 200\nEtaBinSize 15\nBC=55.3 47.8\n"
     )
     with caplog.at_level(logging.WARNING, logger="radint"):
         c = IntegrationConfig.from_midas_params(p).validate()
@@ -204,6 +204,7 @@ def test_key_equals_value_and_lines_detectormapper_skips_are_logged(tmp_path, ca
         f"{p}:2: Lsd=260000 is not a key radint reads (ignored); did you mean 'Lsd 260000' (a "
         "space between key and value, not '=')?" in text
     )
+    assert "did you mean 'BC 55.3 47.8' (a space" in text
     assert f'{p}:3: RMin: DetectorMapper reads a line only when it starts with "RMin "' in text
     assert f"{p}:4: RMax: DetectorMapper" in text
     assert f"{p}:6: pxY 150 after px 172: the map" in text

@@ -157,11 +157,12 @@ class IntegrationConfig:
         parsed = _core.parse_params(str(path), _override_lines(overrides))
         _log_midas_notes(parsed)
         config = cls._from_core_dict(parsed)
-        for key, _value, file, line in config.unknown:
+        for key, rest, file, line in config.unknown:
             if file != "<override>" and (near := near_key(key)):
                 head, eq, value = key.partition("=")
-                if eq and value and head == near:  # Lsd=657000
-                    near = f"'{near} {value}' (a space between key and value, not '=')"
+                if eq and value and head == near:  # Lsd=657000, BC=55.3 47.8
+                    spelled = " ".join(v for v in (near, value, rest) if v)
+                    near = f"'{spelled}' (a space between key and value, not '=')"
                 log.warning("%s:%d: %s is not a key radint reads (ignored); did you mean %s?",
                             file, line, key, near)  # fmt: skip
         return config._resolve_files(path.parent)

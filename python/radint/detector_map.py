@@ -25,7 +25,7 @@ log = logging.getLogger("radint")
 #: Version of the map radint builds for a configuration, in every cache file's name and
 #: contents: bump it whenever a mapper change alters maps (a fix in the area clipping, the
 #: residual map's frame ...), so caches written by an older build are rebuilt, not reused.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: panel-shift lines keep columns they leave out (DetectorMapper)
 
 
 def _read_mask(config: IntegrationConfig) -> np.ndarray | None:

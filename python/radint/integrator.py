@@ -25,6 +25,8 @@ from radint.fit import FitSpec
 from radint.result import Result
 
 log = logging.getLogger("radint")
+#: Warnings already given in this process.
+_NOTED: dict[str, bool] = {}
 
 BACKENDS = ("cpu", "cuda", "auto")
 COMPAT = (None, "midas-cpu", "midas-gpu")
@@ -721,10 +723,12 @@ class Integrator:
         if spec and spec.auto_roi and self.compat == "midas-cpu":
             # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding
             # (also for specs a live peak update builds from the parameter file).
-            log.warning(
-                "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not read "
-                "it (the GPU program does)"
-            )
+            if not _NOTED.get("fit_roi_auto"):
+                _NOTED["fit_roi_auto"] = True  # once per process, not per peak update
+                log.warning(
+                    "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not "
+                    "read it (the GPU program does)"
+                )
             spec = dataclasses.replace(spec, auto_roi=False)
         self._fit = spec
 

@@ -7,6 +7,7 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,10 +24,6 @@ DEFAULT_DATASET = "exchange/data"
 MIDAS_DARK_DATASET = "exchange/dark"
 _MIDAS_SCAN = "measurement/process/scan_parameters"
 _MIDAS_PARAMS = "analysis/process/analysis_parameters"
-#: Parameter-file keys that replace a MIDAS zip's own values (MidasZipSource attributes).
-_PARAMETER_ATTRS = {"SkipFrame": "skip_frame", "OmegaStart": "omega_start_deg",
-                    "OmegaStep": "omega_step_deg"}  # fmt: skip
-
 log = logging.getLogger("radint")
 #: (zip, key) whose value a parameter file replaced, already warned about in this process.
 _WARNED: set[tuple[str, str]] = set()
@@ -122,13 +119,13 @@ class MidasZipSource(ZarrSource):
 
     Frames come from ``exchange/data`` (or the dark stack from ``exchange/dark``); frames before
     ``analysis_parameters/SkipFrame`` are left out by default, as IntegratorZarrOMP does, and
-    results number the rest from 0 as it does; each frame's ``omega_deg`` is
-    ``start + index·step`` from ``scan_parameters`` (``index`` counting every frame of the file:
-    the C program adds SkipFrame·step to ``start``). ``parameters`` (``SkipFrame``,
-    ``OmegaStart``, ``OmegaStep``: a parameter file's, :meth:`IntegrationConfig.zip_parameters`)
-    replace the zip's values, with a warning where they differ. A parameter file's
-    ``OmegaStart`` is the ω of the first frame after ``SkipFrame``, as MIDAS's zipper reads it
-    (it stores ``start = OmegaStart − SkipFrame·OmegaStep``).
+    results number the rest from 0 as it does. ω is MIDAS's: ``OmegaStart`` is the ω of the
+    first frame after ``SkipFrame`` (the zip stores ``start = OmegaStart − SkipFrame·step`` in
+    ``scan_parameters``, and IntegratorZarrOMP adds SkipFrame·step back), so frame ``index`` of
+    the file has ``omega_deg = OmegaStart + (index − SkipFrame)·OmegaStep``, summed in C's
+    order. ``parameters`` (``SkipFrame``, ``OmegaStart``, ``OmegaStep``: a parameter file's,
+    :meth:`IntegrationConfig.zip_parameters`) replace the zip's values, with a warning where
+    they differ; the zip's fill in the others.
     """
 
     def __init__(
@@ -138,25 +135,27 @@ class MidasZipSource(ZarrSource):
         parameters: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(path, dataset)
-        self.skip_frame = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
-        self.omega_start_deg = self._scalar(f"{_MIDAS_SCAN}/start", None)
-        self.omega_step_deg = self._scalar(f"{_MIDAS_SCAN}/step", None)
-        given = dict(parameters or {})
-        own_first = None  # the zip's ω of its first frame used
-        if self.omega_start_deg is not None:
-            own_first = self.omega_start_deg + self.skip_frame * (self.omega_step_deg or 0.0)
-        for key in ("SkipFrame", "OmegaStep", "OmegaStart"):
-            if key not in given:
-                continue
-            value = given[key]
-            own = own_first if key == "OmegaStart" else getattr(self, _PARAMETER_ATTRS[key])
-            if own is not None and own != value and (str(path), key) not in _WARNED:
+        skip = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
+        start = self._scalar(f"{_MIDAS_SCAN}/start", None)
+        step = self._scalar(f"{_MIDAS_SCAN}/step", None)
+        own = {
+            "SkipFrame": skip,
+            "OmegaStep": step,
+            "OmegaStart": None if start is None else start + skip * (step or 0.0),
+        }
+        values = dict(own)
+        for key, value in (parameters or {}).items():
+            was = own[key]
+            differs = was is not None and not math.isclose(value, was, rel_tol=1e-12, abs_tol=1e-9)
+            if differs and (str(path), key) not in _WARNED:
                 _WARNED.add((str(path), key))  # once per file, not for its dark and its data
                 log.warning("%s: %s %g from the parameter file replaces the zip's %g",
-                            path, key, value, own)  # fmt: skip
-            if key == "OmegaStart":
-                value = value - self.skip_frame * (self.omega_step_deg or 0.0)
-            setattr(self, _PARAMETER_ATTRS[key], int(value) if key == "SkipFrame" else float(value))
+                            path, key, value, was)  # fmt: skip
+            values[key] = value
+        self.skip_frame = int(values["SkipFrame"])
+        #: ω of the first frame after SkipFrame, and the step (None where not known).
+        self.omega_first_deg = None if values["OmegaStart"] is None else float(values["OmegaStart"])
+        self.omega_step_deg = None if values["OmegaStep"] is None else float(values["OmegaStep"])
         # Per-frame monitors IntegratorZarrOMP averages into each OmegaSumFrame's attributes.
         self.monitors = {}
         for key in ("Temperature", "Pressure", "I", "I0"):
@@ -187,8 +186,10 @@ class MidasZipSource(ZarrSource):
             for key, values in self.monitors.items()
             if index < len(values)
         }
-        if self.omega_start_deg is not None and self.omega_step_deg is not None:
-            out["omega_deg"] = float(self.omega_start_deg + index * self.omega_step_deg)
+        if self.omega_first_deg is not None and self.omega_step_deg is not None:
+            out["omega_deg"] = (
+                self.omega_first_deg + (index - self.skip_frame) * self.omega_step_deg
+            )
         return out
 
 
