@@ -307,8 +307,9 @@ def _warn_wide_peaks(table: FitTable, half_width: float) -> None:
         _WIDE_WARNED.add(half_width)
         log.warning(
             "%d of %d converged peak(s) are wider (FWHM up to %.4g) than their ROI's half-width "
-            "(%.4g: FitROIPadding bins either side): area and FWHM are biased; fit with "
-            "FitROIAuto 1 (auto_roi=True) or a larger FitROIPadding",
+            "(%.4g: FitROIPadding bins either side): area and FWHM are biased; fit with a "
+            "larger FitROIPadding, or FitROIAuto 1 (auto_roi=True; not read under "
+            "compat='midas-cpu', as IntegratorZarrOMP)",
             int(wide.sum()), int(ok.sum()), float(np.nanmax(np.abs(table.fwhm)[wide])),
             half_width,
         )  # fmt: skip
