@@ -73,9 +73,9 @@ def test_fit_roi_auto_is_ignored_like_integratorzarromp_under_midas_cpu(
     compat='midas-cpu' the parameter file's FitROIAuto 1 is dropped with a warning (it changed
     the fit silently, where C's fit.bin stays byte-identical), also from a spec assigned later
     (a live peak update builds one from the parameter file)."""
-    import radint.integrator
+    import radint._once
 
-    monkeypatch.setattr(radint.integrator, "_NOTED", {})  # warned once per process
+    monkeypatch.setattr(radint._once, "GIVEN", set())  # warned once per process
     cfg = ring_config.replace(do_peak_fit=True, peak_locations=(18.0,), fit_roi_auto=True)
     with caplog.at_level("WARNING", logger="radint"):
         cpu = Integrator(cfg, compat="midas-cpu")

@@ -251,9 +251,9 @@ def test_midas_caked_omega_sums_follow_integratorzarromp(
     """IntegratorZarrOMP writes OmegaSumFrame chunks only for OmegaSumFrames >= 0, 0 counting
     as 1 (IntegratorZarrOMP.c: chunkFiles > 0); radint summed all frames for -1 (found
     against C on a MIDAS zip)."""
-    import radint.io.midas
+    import radint._once
 
-    monkeypatch.setattr(radint.io.midas, "_NOTED", {})  # the warning is given once per process
+    monkeypatch.setattr(radint._once, "GIVEN", set())  # the warning is given once per process
     res = make_result(n_frames=5)
     res.config = make_config(omega_sum_frames=omega_sum_frames)
     with caplog.at_level(logging.WARNING, logger="radint"):

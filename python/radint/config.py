@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from radint import _core
+from radint._once import warn_once
 from radint.exceptions import ParameterError, RadintFileNotFoundError
 
 log = logging.getLogger("radint")
@@ -281,9 +282,7 @@ class IntegrationConfig:
         Settings that are valid but probably not what was meant are logged (once each)."""
         _core.validate_params(self.core_dict())
         for note in self._doubtful():
-            if note not in _NOTED:
-                _NOTED.add(note)
-                log.warning("%s", note)
+            warn_once(note, "%s", note)
         return self
 
     def _doubtful(self) -> list[str]:
@@ -452,9 +451,6 @@ class IntegrationConfig:
         do_fit = _MIDAS_KEYS["do_peak_fit"]
         return [i for i in items if i[0] != do_fit] + [i for i in items if i[0] == do_fit]
 
-
-#: Warnings of :meth:`IntegrationConfig.validate` already given in this process.
-_NOTED: set[str] = set()
 
 _MIDAS_KEYS = {
     "lsd_um": "Lsd",

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radint import _core
+from radint._once import warn_once
 from radint.exceptions import InvalidInputError, ShapeError
 
 log = logging.getLogger("radint")
@@ -293,19 +294,15 @@ def fit_peaks(
     return table
 
 
-#: ROI half-widths already warned about in this process (one warning each, not one per frame).
-_WIDE_WARNED: set[float] = set()
-
-
 def _warn_wide_peaks(table: FitTable, half_width: float) -> None:
     """Warn once when converged peaks are wider than their fixed ROI's half-width: the
     background then takes up the peak's tails and area and FWHM come out biased (their errors
     do not show it), which a FitROIAuto ROI avoids."""
     ok = table.status == CONVERGED
     wide = ok & (np.abs(table.fwhm) > half_width)
-    if wide.any() and half_width not in _WIDE_WARNED:
-        _WIDE_WARNED.add(half_width)
-        log.warning(
+    if wide.any():
+        warn_once(
+            ("wide peaks", half_width),
             "%d of %d converged peak(s) are wider (FWHM up to %.4g) than their ROI's half-width "
             "(%.4g: FitROIPadding bins either side): area and FWHM are biased; fit with a "
             "larger FitROIPadding, or FitROIAuto 1 (auto_roi=True; not read under "

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from radint import _core
+from radint._once import warn_once
 from radint.config import IntegrationConfig
 from radint.corrections import pixel_geometry, polarization, solid_angle
 from radint.detector_map import DetectorMap
@@ -25,8 +26,6 @@ from radint.fit import FitSpec
 from radint.result import Result
 
 log = logging.getLogger("radint")
-#: Warnings already given in this process.
-_NOTED: dict[str, bool] = {}
 
 BACKENDS = ("cpu", "cuda", "auto")
 COMPAT = (None, "midas-cpu", "midas-gpu")
@@ -723,12 +722,11 @@ class Integrator:
         if spec and spec.auto_roi and self.compat == "midas-cpu":
             # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding
             # (also for specs a live peak update builds from the parameter file).
-            if not _NOTED.get("fit_roi_auto"):
-                _NOTED["fit_roi_auto"] = True  # once per process, not per peak update
-                log.warning(
-                    "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not "
-                    "read it (the GPU program does)"
-                )
+            warn_once(  # once per process, not per live peak update
+                "FitROIAuto under midas-cpu",
+                "FitROIAuto ignored under compat='midas-cpu': IntegratorZarrOMP does not read "
+                "it (the GPU program does)",
+            )
             spec = dataclasses.replace(spec, auto_roi=False)
         self._fit = spec
 

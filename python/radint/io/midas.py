@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -30,13 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from radint._once import warn_once
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
-
-log = logging.getLogger("radint")
-#: Warnings already given in this process.
-_NOTED: dict[str, bool] = {}
 
 __all__ = [
     "STREAM_BINARIES",
@@ -155,10 +151,10 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
                 )
             )
     omega_sum_frames = int(cfg(result, "omega_sum_frames"))
-    if omega_sum_frames < 0 and not _NOTED.get("omega_sum_frames"):
-        _NOTED["omega_sum_frames"] = True  # once per process, not per file and format
+    if omega_sum_frames < 0:
         # IntegratorZarrOMP writes OmegaSumFrame only for OmegaSumFrames >= 0 (0 counts as 1).
-        log.warning(
+        warn_once(  # once per process, not per file and format
+            "OmegaSumFrames < 0",
             "OmegaSumFrames %d: no OmegaSumFrame group in the MIDAS caked file (as "
             "IntegratorZarrOMP); GSAS-II needs it to import the .zarr.zip",
             omega_sum_frames,

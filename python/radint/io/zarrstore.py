@@ -6,7 +6,6 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ import numpy as np
 import zarr
 from zarr.storage import ZipStore
 
+from radint._once import warn_once
 from radint.io._source import FrameSource, frames_from_stack
 from radint.io.errors import ReaderError
 
@@ -24,9 +24,6 @@ DEFAULT_DATASET = "exchange/data"
 MIDAS_DARK_DATASET = "exchange/dark"
 _MIDAS_SCAN = "measurement/process/scan_parameters"
 _MIDAS_PARAMS = "analysis/process/analysis_parameters"
-log = logging.getLogger("radint")
-#: (zip, key) whose value a parameter file replaced, already warned about in this process.
-_WARNED: set[tuple[str, str]] = set()
 
 
 def _list_arrays(group: zarr.Group) -> list[str]:
@@ -147,10 +144,9 @@ class MidasZipSource(ZarrSource):
         for key, value in (parameters or {}).items():
             was = own[key]
             differs = was is not None and not math.isclose(value, was, rel_tol=1e-12, abs_tol=1e-9)
-            if differs and (str(path), key) not in _WARNED:
-                _WARNED.add((str(path), key))  # once per file, not for its dark and its data
-                log.warning("%s: %s %g from the parameter file replaces the zip's %g",
-                            path, key, value, was)  # fmt: skip
+            if differs:  # once per zip, not for its dark and its data
+                warn_once((str(path), key), "%s: %s %g from the parameter file replaces the zip's %g",
+                          path, key, value, was)  # fmt: skip
             values[key] = value
         self.skip_frame = int(values["SkipFrame"])
         #: ω of the first frame after SkipFrame, and the step (None where not known).
