@@ -739,6 +739,31 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
 
 
+def test_folder_watch_takes_the_parameter_files_skipframe_for_midas_zips(integrator, tmp_path):
+    """As `radint batch`, a watched MIDAS zip's SkipFrame comes from the parameter file when it
+    sets one (`radint stream` read the zip's own)."""
+    import zarr
+    from zarr.storage import ZipStore
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tmp = tmp_path / "s.analysis.MIDAS.zip"
+    store = ZipStore(tmp, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    root.create_array("exchange/data", data=np.stack([frame(k, "u2") for k in range(4)]),
+                      chunks=(1, *SHAPE))  # fmt: skip
+    root.create_array(
+        "analysis/process/analysis_parameters/SkipFrame", data=np.array([1], np.int32)
+    )
+    store.close()
+    os.replace(tmp, watch / tmp.name)
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15, zip_parameters={"SkipFrame": 0})
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 4)
+    assert finish(p).written == 4
+
+
 def test_folder_watch_rereads_a_file_its_writer_paused_in(integrator, tmp_path, caplog):
     """A writer that pauses longer than the settle time mid-file: the cut-short file fails to
     read, is tried again once it changes, and its frame arrives once, nothing dropped."""

@@ -794,7 +794,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             )
     dark_path = _dark_path(args.dark, config, args.params)
     if args.source == "folder":  # the mask and dark may lie among the frames
-        source = FolderSource(args.watch, config.shape, exclude=(config.mask_file, dark_path))
+        source = FolderSource(args.watch, config.shape, exclude=(config.mask_file, dark_path),
+                              zip_parameters=config.zip_parameters())  # fmt: skip
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -744,6 +744,9 @@ class FolderSource(Source):
         How long a file must stay unchanged before it is read.
     dataset : str, optional
         HDF5 dataset of the frames (default ``exchange/data``).
+    zip_parameters : mapping, optional
+        ``SkipFrame``, ``OmegaStart``, ``OmegaStep`` replacing a MIDAS zip's own (the parameter
+        file's, :meth:`~radint.IntegrationConfig.zip_parameters`), as in ``radint batch``.
     """
 
     name = "folder"
@@ -757,8 +760,10 @@ class FolderSource(Source):
         dataset: str | None = None,
         settle_s: float = 1.0,
         exclude: Iterable[str | Path] = (),
+        zip_parameters: Mapping[str, float] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.zip_parameters = dict(zip_parameters or {})
         self._excluded = {Path(p).resolve() for p in exclude if p}
         if not self.directory.is_dir():
             raise RadintError(f"--watch {self.directory}: not a directory")
@@ -865,7 +870,8 @@ class FolderSource(Source):
             frames: Any = iter(())
             if sent_before:
                 frames = read_frames(path, dataset=self.dataset, shape=self.shape,
-                                     frames=slice(sent_before, None))  # fmt: skip
+                                     frames=slice(sent_before, None),
+                                     zip_parameters=self.zip_parameters)  # fmt: skip
                 first = next(frames, None)
                 if first is not None:
                     frames = itertools.chain([first], frames)
@@ -874,7 +880,8 @@ class FolderSource(Source):
                     sent_before = sent = 0
                 # (the same bytes, touched only: nothing new)
             if not sent_before:
-                frames = read_frames(path, dataset=self.dataset, shape=self.shape)
+                frames = read_frames(path, dataset=self.dataset, shape=self.shape,
+                                     zip_parameters=self.zip_parameters)  # fmt: skip
             for index, fr in enumerate(frames, start=sent_before):
                 label = f"file:{name}"
                 if fr.index or fr.metadata.get("n_frames", 1) > 1:
