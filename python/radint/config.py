@@ -293,6 +293,13 @@ class IntegrationConfig:
             file, line = self.set_at.get(key, (self.source, 0))
             return f"{file}:{line}: {key}" if line else f"{file}: {key}"
 
+        if any(self.distortion) and (fold := _core.distortion_fold(self.core_dict())):
+            notes.append(
+                f"{self.source}: the distortion folds the detector over: along η {fold[1]:g}° "
+                f"the corrected radius stops growing at R ≈ {fold[0]:.4g} px (or D ≤ 0), so "
+                "pixels beyond map onto smaller radii and the map means nothing there (MIDAS's "
+                "neither); check p0..p14 and RhoD (a RhoD much smaller than the detector?)"
+            )
         if self.radial_mode == "q" and self.tth_bin_deg > 0:
             notes.append(
                 f"{where('TthBinSize')}: {self.tth_bin_deg}° 2θ bins ignored: QBinSize "

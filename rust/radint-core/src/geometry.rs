@@ -194,6 +194,33 @@ impl Geometry {
             + p[13] * rho6 * harmonic(w6, 14)
     }
 
+    /// Where the distortion folds the detector over, if it does: the first (R px, η deg) of a
+    /// grid over the detector at which the corrected radius Rad·D stops growing with Rad along
+    /// the ray from the beam centre (or D ≤ 0). There pixels land on radii nearer the centre
+    /// than their inner neighbours': the calibration means nothing (MIDAS's map neither).
+    /// None without distortion or when it is monotonic everywhere on the detector.
+    pub fn distortion_fold(&self, n_y: usize, n_z: usize) -> Option<(f64, f64)> {
+        if !self.has_distortion || self.rho_d_um <= 0.0 {
+            return None;
+        }
+        const GRID: usize = 128;
+        for i in 0..=GRID {
+            for j in 0..=GRID {
+                let y = -0.5 + n_y as f64 * i as f64 / GRID as f64;
+                let z = -0.5 + n_z as f64 * j as f64 / GRID as f64;
+                let (_, cos_eta, sin_eta, rad, d) = self.polar(y, z, PanelOffset::default());
+                let step = 1e-4 * rad + 1e-6;
+                let outer =
+                    (rad + step) * self.distortion_factor(rad + step, cos_eta, sin_eta, 0.0);
+                if d <= 0.0 || outer <= rad * d {
+                    let eta = sin_eta.atan2(cos_eta).to_degrees();
+                    return Some(((rad * d).max(0.0) / self.pixel_size_um, eta));
+                }
+            }
+        }
+        None
+    }
+
     /// 2θ (radians) of a radius in pixels: `atan(R·px/Lsd)` with the global Lsd (spec §2.2).
     pub fn two_theta_rad(&self, r_px: f64) -> f64 {
         (r_px * self.pixel_size_um / self.lsd_um).atan()
@@ -304,6 +331,25 @@ mod tests {
             0.001909017437,
         ]);
         p
+    }
+
+    #[test]
+    fn a_distortion_that_folds_the_detector_over_is_found() {
+        let p = example();
+        assert_eq!(Geometry::new(&p).distortion_fold(1475, 1679), None);
+        // RhoD far inside the detector with a strong negative p2: Rad·D turns back.
+        let mut folded = Params {
+            lsd_um: 1e6,
+            bc_y_px: 20.3,
+            bc_z_px: 20.2,
+            pixel_size_y_um: 100.0,
+            pixel_size_z_um: 100.0,
+            rho_d_um: 1500.0,
+            ..Params::default()
+        };
+        folded.distortion[2] = -1.0;
+        let (r_px, _) = Geometry::new(&folded).distortion_fold(41, 41).unwrap();
+        assert!(r_px < 10.0, "{r_px}");
     }
 
     #[test]

@@ -91,6 +91,14 @@ fn validate_params(config: &Bound<'_, PyDict>) -> PyResult<()> {
         .map_err(|e| CoreError(e).into())
 }
 
+/// Where the configuration's distortion folds the detector over: (R px, η deg) of the first
+/// point on a ray from the beam centre at which the corrected radius stops growing, or None.
+#[pyfunction]
+fn distortion_fold(config: &Bound<'_, PyDict>) -> PyResult<Option<(f64, f64)>> {
+    let p = params::from_dict(config)?;
+    Ok(radint_core::geometry::Geometry::new(&p).distortion_fold(p.n_pixels_y, p.n_pixels_z))
+}
+
 /// Radial edges (R px) and η edges (deg) of a configuration.
 #[allow(clippy::type_complexity)]
 #[pyfunction]
@@ -789,6 +797,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_params, m)?)?;
     m.add_function(wrap_pyfunction!(validate_params, m)?)?;
     m.add_function(wrap_pyfunction!(bin_edges, m)?)?;
+    m.add_function(wrap_pyfunction!(distortion_fold, m)?)?;
     m.add_function(wrap_pyfunction!(param_hash, m)?)?;
     m.add_function(wrap_pyfunction!(build_map, m)?)?;
     m.add_function(wrap_pyfunction!(pixel_centres, m)?)?;
