@@ -392,12 +392,12 @@ def test_impossible_geometries_set_through_the_api_are_refused(change, message):
 
 
 def test_a_distortion_that_folds_the_detector_over_is_warned(tmp_path, caplog):
-    from tests.conftest import EXAMPLES
-
     """A RhoD far inside the detector with p2 −1: the corrected radius turns back within the
     detector, so pixels land on smaller radii (MIDAS's DetectorMapper then reports an empty or
     partial map; radint mapped the reflected branch without a word). Found on 7 of 240
     extreme random geometries; none of 370 others is flagged, nor the bundled calibration."""
+    from tests.conftest import EXAMPLES
+
     p = tmp_path / "p.txt"
     p.write_text("NrPixels 41\npx 100\nLsd 1000000\nBC 20.3 20.2\nRhoD 1500\np2 -1\n")
     with caplog.at_level(logging.WARNING, logger="radint"):

@@ -198,7 +198,8 @@ impl Geometry {
     /// grid over the detector at which the corrected radius Rad·D stops growing with Rad along
     /// the ray from the beam centre (or D ≤ 0). There pixels land on radii nearer the centre
     /// than their inner neighbours': the calibration means nothing (MIDAS's map neither).
-    /// None without distortion or when it is monotonic everywhere on the detector.
+    /// None without distortion or when it is monotonic everywhere on the detector. Panels'
+    /// dP2, residual and distortion-file maps are not included (the global polynomial only).
     pub fn distortion_fold(&self, n_y: usize, n_z: usize) -> Option<(f64, f64)> {
         if !self.has_distortion || self.rho_d_um <= 0.0 {
             return None;
