@@ -74,9 +74,16 @@ typedef unsigned char rf_u8;
 
 RF_HD bool rf_finite(double v) { return v == v && v - v == 0.0; }
 
-RF_HD double rf_powi(double x, int n) {
+// Rust's f64::powi (compiler-rt __powidf2) squares repeatedly; multiplying in sequence rounds
+// differently, and the TCH terms' last bits then steer ill-conditioned fits apart.
+RF_HD double rf_powi(double x, int n) {  // n >= 0
     double r = 1.0;
-    for (int i = 0; i < n; ++i) r *= x;
+    while (true) {
+        if (n & 1) r *= x;
+        n /= 2;
+        if (n == 0) break;
+        x *= x;
+    }
     return r;
 }
 
@@ -728,20 +735,25 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
         const double gain = chi2 / double(d.n - m > 1 ? d.n - m : 1);
         for (int k = 0; k < n * n; ++k) meat[k] *= gain;
     }
-    // C(k, l) = Σ_a inv[k, a] (Σ_b meat[a, b] inv[b, l]) for the entries the rows need.
+    // C = (inv·meat)·inv in lm.rs's order (half = inv·meat, then half·inv): errors match bit for bit.
     for (int k = 0; k < n; ++k) {
-        double mk[RF_MAX_PARAMS];
-        for (int a = 0; a < n; ++a) {
-            double t = 0.0;
-            for (int b = 0; b < n; ++b) t += meat[a * n + b] * inv[b * n + k];
-            mk[a] = t;
+        const bool gam_row = k >= 2 && (k - 2) % 4 == 3;  // also C(sig, gam) of peak (k − 2) / 4
+        double half_k[RF_MAX_PARAMS], half_sig[RF_MAX_PARAMS];
+        for (int j = 0; j < n; ++j) {
+            double t = 0.0, u = 0.0;
+            for (int a = 0; a < n; ++a) {
+                t += inv[k * n + a] * meat[a * n + j];
+                if (gam_row) u += inv[(k - 1) * n + a] * meat[a * n + j];
+            }
+            half_k[j] = t;
+            half_sig[j] = u;
         }
         double v = 0.0;
-        for (int a = 0; a < n; ++a) v += inv[k * n + a] * mk[a];
+        for (int j = 0; j < n; ++j) v += half_k[j] * inv[j * n + k];
         var[k] = v;
-        if (k >= 2 && (k - 2) % 4 == 3) {  // k = gam of peak (k − 2) / 4: C(sig, gam)
+        if (gam_row) {
             double c = 0.0;
-            for (int a = 0; a < n; ++a) c += inv[(k - 1) * n + a] * mk[a];
+            for (int j = 0; j < n; ++j) c += half_sig[j] * inv[j * n + k];
             cov_sg[(k - 2) / 4] = c;
         }
     }
