@@ -346,6 +346,37 @@ def test_a_restarted_stream_keeps_the_previous_runs_files(integrator, tmp_path, 
     np.testing.assert_array_equal(stream_rows(tmp_path / "stream.h5")["frame_id"], [10, 11, 12])
 
 
+@pytest.mark.parametrize(
+    ("numbers", "ids"),
+    [([0, 0, 0], [0, 0, 0]), ([5, 6, 3, 4], [5, 6, 3, 4]), ([65535, 2, 1], [65535, 65538, 65537])],
+)
+def test_dataset_num_steps_back_are_the_senders_own_numbers(integrator, tmp_path, caplog,
+                                                            numbers, ids):  # fmt: skip
+    """Only a step back of more than half the 16-bit range is a wrap past 65535; a sender that
+    numbers anew keeps its numbers (ids repeat, logged once)."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=len(numbers))
+    client = connect(src.port)
+    client.sendall(b"".join(encode_frame_bytes(n, frame(i)) for i, n in enumerate(numbers)))
+    assert p.wait(30).written == len(numbers)
+    client.close()
+    np.testing.assert_array_equal(stream_rows(tmp_path / "stream.h5")["frame_id"], ids)
+    assert caplog.text.count("numbers frames anew") == 1
+
+
+def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path, caplog):
+    """A sender that goes on for a while after --max-frames (as `radint send` with more files
+    does): every frame it sent is read and counted, written or dropped."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=10)
+    client = connect(src.port)
+    for i in range(15):
+        client.sendall(encode_frame_bytes(i, frame(i)))
+        time.sleep(0.02)
+    summary = p.wait(30)
+    client.close()
+    assert (summary.received, summary.written, summary.dropped) == (15, 10, 5)
+    assert "5 frame(s) sent after the stream stopped taking frames" in caplog.text
+
+
 def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_path):
     """--max-frames 5 against a client that already sent 12 frames: 5 written, and the 7 that
     sat in the socket buffer are read, refused and counted as dropped, not lost unseen."""
@@ -355,16 +386,12 @@ def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_p
     summary = p.wait(30)
     client.close()
     assert summary is not None and summary.written == 5
-    # All 12 when the machine keeps up within the 1 s drain (the usual case); in any case the
-    # frames read after the stop are counted, none unaccounted for.
-    assert summary.received > 5 and summary.dropped == summary.received - 5
-    assert summary.received + summary.partial <= 12
+    assert summary.received == 12 and summary.dropped == 7
 
 
-def test_stopping_reads_only_what_was_already_sent(integrator, tmp_path, monkeypatch):
-    """Stopping under a sender that never pauses: the frames already in the socket buffer are
-    read and counted as dropped, then the connection closes (the sender sees it). Reading on
-    for the whole drain second had ~23 000 small frames refused at full speed."""
+def test_stopping_under_a_sender_that_never_pauses(integrator, tmp_path, monkeypatch):
+    """Stopping under a sender that never pauses: what it sends in the drain second is read and
+    counted as dropped, then the connection closes (the sender sees it) and the stop ends."""
     import threading
 
     slow = integrator.integrate_stack
@@ -394,7 +421,8 @@ def test_stopping_reads_only_what_was_already_sent(integrator, tmp_path, monkeyp
     summary = p.wait(30)
     assert failed.wait(10), "the sender was not told that the stream stopped"
     assert summary.dropped == summary.received - summary.written
-    assert summary.received <= sent[0] and summary.dropped < 1000
+    assert summary.written < summary.received <= sent[0]
+    assert summary.seconds < 15
 
 
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):

@@ -297,8 +297,10 @@ def send_frames(
                 write_mapping(mapping, mapping_file)
     except (BrokenPipeError, ConnectionResetError) as e:
         raise RadintError(
-            f"send: {host}:{port} closed the connection after {n} frame(s) (the server stopped "
-            "taking frames: its --max-frames, a stop, or an error there)"
+            f"send: {host}:{port} closed the connection after {n} frame(s) were handed over "
+            "(the server stopped taking frames: its --max-frames, a stop, or an error there); "
+            "the last of them may still have been in the socket buffers: the server's summary "
+            "counts every frame it read"
         ) from e
     finally:
         stop.set()

@@ -184,20 +184,11 @@ class _Closed(Exception):
     """The peer closed the connection (or the server is stopping)."""
 
 
-#: After stop, how long a TCP connection is still read for frames already sent (counted as
-#: refused, so none goes unseen in a socket buffer).
+#: Once a connection's frames are refused (the stream stops, or reached --max-frames), how long
+#: it is still read: frames the sender had already sent are counted as dropped, not lost unseen
+#: in socket buffers. Reading ends sooner when the sender goes quiet for QUIET_S.
 DRAIN_S = 1.0
-
-
-def _queued_bytes(conn: socket.socket) -> int:
-    """Bytes received on ``conn`` and not yet read (0 where the system cannot tell)."""
-    try:
-        import fcntl
-        import termios
-
-        return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-    except (ImportError, OSError, AttributeError):
-        return 0
+QUIET_S = 0.2
 
 
 class TcpSource(Source):
@@ -208,7 +199,10 @@ class TcpSource(Source):
     sink blocks (queue full) the client's socket is not read, so TCP flow control stops the
     sender instead of memory growing. A connection that ends mid-frame has that partial frame
     discarded and logged; an unknown dtype code closes that connection with a logged error;
-    the server keeps serving everyone else.
+    the server keeps serving everyone else. Once frames are refused (stopping), the connection
+    is read for up to :data:`DRAIN_S` more, until the sender goes quiet, and every complete
+    frame is counted as dropped; a sender still sending after that has the connection closed
+    (it sees a reset; what was still in its own socket buffers never reached this server).
 
     Parameters
     ----------
@@ -270,18 +264,22 @@ class TcpSource(Source):
         finally:
             self._listener.close()
 
-    def _recv_exact(self, conn: socket.socket, view: memoryview) -> None:
-        """Fill ``view`` from the socket; _Closed on EOF/stop (bytes may be partly filled)."""
+    def _recv_exact(
+        self, conn: socket.socket, view: memoryview, drain_until: float | None = None
+    ) -> None:
+        """Fill ``view`` from the socket; _Closed on EOF, or when draining (``drain_until``
+        set, or the server stopping) once the sender is quiet or the drain time is over."""
         got = 0
         n = view.nbytes
         while got < n:
-            if self._stop.is_set() and time.monotonic() > self._drain_until:
+            draining = drain_until is not None or self._stop.is_set()
+            if draining and time.monotonic() > (drain_until or self._drain_until):
                 raise _Closed(got)
             try:
                 k = conn.recv_into(view[got:], n - got)
             except TimeoutError:
-                if self._stop.is_set():
-                    raise _Closed(got) from None  # stopping and nothing more buffered
+                if draining:
+                    raise _Closed(got) from None  # the sender is quiet: nothing more to read
                 continue
             except OSError as e:
                 raise _Closed(got) from e
@@ -290,18 +288,20 @@ class TcpSource(Source):
             got += k
 
     def _serve(self, conn: socket.socket, label: str, sink: Sink, stats: SourceStats) -> None:
-        conn.settimeout(0.2)
+        conn.settimeout(QUIET_S)
         header = bytearray(HEADER.size)
         hview = memoryview(header)
         last_num = -1
         wraps = 0
         n_frames = 0
-        unread: int | None = None  # once stopping: bytes already sent, still to be read
+        went_back = False
+        drain_until: float | None = None  # set once this connection's frames are refused
+        n_refused = 0
         log.info("%s: connected", label)
         try:
             while True:
                 try:
-                    self._recv_exact(conn, hview)
+                    self._recv_exact(conn, hview, drain_until)
                 except _Closed as e:
                     if e.args and e.args[0]:
                         stats.add("partial")
@@ -311,12 +311,20 @@ class TcpSource(Source):
                     break
                 num, code = HEADER.unpack(header)
                 try:
-                    data, wire_bytes = self._read_payload(conn, code)
+                    data, _ = self._read_payload(conn, code, drain_until)
                 except ProtocolError as e:
                     stats.add("bad_connections")
-                    log.error(
-                        "%s: %s; closing this connection after %d frame(s)", label, e, n_frames
+                    hint = (
+                        f" (the wire has no length field: a sender whose frames are not "
+                        f"{self.shape[1]}x{self.shape[0]} pixels, NrPixelsY x NrPixelsZ, "
+                        "misaligns the stream)"
+                        if n_frames
+                        else ""
                     )
+                    log.error(
+                        "%s: %s; closing this connection after %d frame(s)%s",
+                        label, e, n_frames, hint,
+                    )  # fmt: skip
                     break
                 except _Closed:
                     stats.add("partial")
@@ -327,8 +335,17 @@ class TcpSource(Source):
                         code,
                     )
                     break
-                if num <= last_num:  # dataset_num wraps mod 65536 (spec §7.1)
+                # dataset_num is 16-bit (spec §7.1): a big step back is a wrap past 65535;
+                # any other step back is the sender's own numbering (ids then repeat).
+                if last_num - num > 32768:
                     wraps += 1
+                elif num <= last_num and not went_back:
+                    went_back = True
+                    log.warning(
+                        "%s: dataset_num %d after %d: the sender numbers frames anew, frame "
+                        "ids repeat (logged once; timestamps and rows keep them apart)",
+                        label, num, last_num,
+                    )  # fmt: skip
                 last_num = num
                 item = StreamItem(
                     frame_id=wraps * 65536 + num,
@@ -340,31 +357,29 @@ class TcpSource(Source):
                 )
                 n_frames += 1
                 stats.add("received")
-                if not sink(item):
+                if not sink(item):  # counted as dropped by the sink
                     item.release()
-                    if not self._stop.is_set():
-                        break
-                    # Stopping: the frames the sender had already sent (in the socket buffer
-                    # when the first was refused) are read, so the summary counts them
-                    # (refused, dropped) instead of losing them unseen; then the connection
-                    # closes, so the sender learns that the rest was not taken (reading on,
-                    # a fast sender had thousands of frames refused in the drain).
-                    if unread is None:
-                        unread = _queued_bytes(conn)
-                    else:
-                        unread -= HEADER.size + wire_bytes
-                    if unread <= 0:
-                        break
+                    n_refused += 1
+                    if drain_until is None:
+                        drain_until = time.monotonic() + DRAIN_S
         finally:
             conn.close()
+            if n_refused:
+                log.warning(
+                    "%s: %d frame(s) sent after the stream stopped taking frames were read "
+                    "and counted as dropped",
+                    label, n_refused,
+                )  # fmt: skip
             log.info("%s: disconnected after %d frame(s)", label, n_frames)
 
-    def _read_payload(self, conn: socket.socket, code: int) -> tuple[np.ndarray, int]:
+    def _read_payload(
+        self, conn: socket.socket, code: int, drain_until: float | None = None
+    ) -> tuple[np.ndarray, int]:
         """The frame of dtype ``code`` and its size on the wire (bytes after the header)."""
         if code in DTYPES:
             data = self.pool.take(self.n_pixels, DTYPES[code])
             try:
-                self._recv_exact(conn, memoryview(data).cast("B"))
+                self._recv_exact(conn, memoryview(data).cast("B"), drain_until)
             except BaseException:
                 self.pool.give_back(data)
                 raise
@@ -372,12 +387,12 @@ class TcpSource(Source):
         if code != HYBRID:
             raise ProtocolError(f"unknown dtype code {code} (expected 0-6)")
         cbuf = bytearray(HYBRID_COUNT.size)
-        self._recv_exact(conn, memoryview(cbuf))
+        self._recv_exact(conn, memoryview(cbuf), drain_until)
         (count,) = HYBRID_COUNT.unpack(cbuf)
         if count > self.n_pixels:
             raise ProtocolError(f"hybrid overflow count {count} exceeds {self.n_pixels} pixels")
         body = bytearray(2 * self.n_pixels + 12 * count)
-        self._recv_exact(conn, memoryview(body))
+        self._recv_exact(conn, memoryview(body), drain_until)
         return decode_hybrid(count, body, self.n_pixels), HYBRID_COUNT.size + len(body)
 
     def stop(self) -> None:
