@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from radint import IntegrationConfig
+from radint.exceptions import RadintError
 from radint.integrator import Integrator
 from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource, send_frames
 from radint.stream import pipeline as pipeline_mod
@@ -375,6 +376,23 @@ def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path
     client.close()
     assert (summary.received, summary.written, summary.dropped) == (15, 10, 5)
     assert "5 frame(s) sent after the stream stopped taking frames" in caplog.text
+
+
+def test_a_second_stream_on_the_same_directory_leaves_the_first_alone(integrator, tmp_path):
+    """The second fails before it moves or touches the running one's files."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=3)
+    second = Pipeline(integrator, [TcpSource(SHAPE, port=0)], tmp_path)
+    with pytest.raises(
+        RadintError, match=rf"another radint stream writes there \(pid {os.getpid()}"
+    ):
+        second.start()
+    send_frames(((frame(i), f"f{i}") for i in range(3)), port=src.port, mapping_file=None)
+    assert p.wait(30).written == 3
+    assert not list(tmp_path.glob("previous-*"))
+    np.testing.assert_array_equal(stream_rows(tmp_path / "stream.h5")["frame_id"], [0, 1, 2])
+    third, src3 = start_pipeline(integrator, tmp_path, max_frames=1)  # the lock went with it
+    send_frames(((frame(0), "f0"),), port=src3.port, mapping_file=None)
+    assert third.wait(30).written == 1
 
 
 def test_frames_already_sent_when_the_stream_stops_are_counted(integrator, tmp_path):
@@ -1074,7 +1092,6 @@ def test_pva_missing_pvapy_message(monkeypatch):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_pvaccess)
-    from radint.exceptions import RadintError
 
     with pytest.raises(RadintError, match=r"radint\[pva\]"):
         PvaSource("x", SHAPE).start(lambda item: True, pipeline_mod.SourceStats())

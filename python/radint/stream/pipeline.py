@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from radint.exceptions import RadintError
 from radint.fit import ABSENT
 from radint.io import NexusWriter
 from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
@@ -243,6 +244,7 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
         self._summary: Summary | None = None
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ sinks
     def _admit(self) -> bool:
@@ -582,6 +584,14 @@ class Pipeline:
     # ------------------------------------------------------------------ control
     def start(self) -> None:
         """Start the sources and the worker threads (returns at once)."""
+        self._lock_output()
+        try:
+            self._start()
+        except BaseException:
+            self._unlock_output()
+            raise
+
+    def _start(self) -> None:
         self._keep_previous_run()
         self.control.announce(self.integrator.fit)
         self._t0 = time.monotonic()
@@ -629,7 +639,35 @@ class Pipeline:
             item.release()
             self.stats.add("dropped")
         self._summary = self._make_summary()
+        self._unlock_output()
         self._finished.set()
+
+    def _lock_output(self) -> None:
+        """Hold ``DIR/.radint-stream.lock`` while running: a second stream started on the same
+        directory stops there, before it moves or touches the first one's files."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): nothing to hold
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.output_dir / ".radint-stream.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RadintError(
+                f"{self.output_dir}: another radint stream writes there (pid {holder}); stop "
+                "it first or write to another directory (-o)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_output(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     def _make_summary(self) -> Summary:
         s = self.stats

@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from abc import ABC, abstractmethod
