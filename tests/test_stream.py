@@ -11,6 +11,8 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -836,6 +838,77 @@ def test_folder_watch_rereads_a_file_its_writer_paused_in(integrator, tmp_path, 
     assert "slow.tif" in caplog.text and "waiting for it to change" in caplog.text
     rows = stream_rows(tmp_path / "out" / "stream.h5")
     assert rows["source"].tolist() == ["file:slow.tif"]
+
+
+def test_folder_watch_waits_for_frames_a_writer_allocated_before_filling(integrator, tmp_path):
+    """A fixed-size contiguous HDF5 stack written frame by frame without file locking, with
+    pauses longer than the settle time, and a pre-sized zero TIFF filled in place: every frame
+    arrives once, with its pixels, none as the zeros the file held before."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    # The writer in its own process (one HDF5 library cannot open a file with two lockings).
+    np.save(tmp_path / "frames.npy", np.stack([frame(k, "u2") for k in range(3)]))
+    writer = f"""
+import time, h5py, numpy as np
+frames = np.load({str(tmp_path / "frames.npy")!r})
+with h5py.File({str(watch / "scan.h5")!r}, "w", locking=False) as f:
+    ds = f.create_dataset("exchange/data", frames.shape, "u2")
+    for k in range(3):
+        ds[k] = frames[k]
+        f.flush()
+        time.sleep(0.8)  # settles: read, the frames after k still zeros
+"""
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
+    assert wait_for(lambda: p.written == 3)
+    tifffile.imwrite(watch / "late.tif", np.zeros(SHAPE, "u2"))
+    time.sleep(0.5)
+    assert p.written == 3
+    buf = tifffile.memmap(watch / "late.tif")  # the same file and size, its pixels now written
+    buf[:] = frame(7, "u2")
+    buf.flush()
+    del buf
+    assert wait_for(lambda: p.written == 4)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (4, 4, 0)
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == [f"file:scan.h5:frame{k}" for k in range(3)] + [
+        "file:late.tif"
+    ]
+    for k, want in enumerate([0, 1, 2, 7]):
+        np.testing.assert_allclose(rows["I"][k], integrator.integrate(frame(want, "u2")).lineout,
+                                   rtol=1e-12, equal_nan=True)  # fmt: skip
+
+
+def test_folder_watch_sends_zero_frames_that_stay_zero(integrator, tmp_path, caplog):
+    """Zero frames inside a file are frames; trailing ones are sent once the file has stayed
+    unchanged for hold_s, and ones still held when the stream stops are counted as dropped."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    zero = np.zeros(SHAPE, "u2")
+    stack = np.stack([frame(1, "u2"), zero, frame(2, "u2"), zero])
+    tifffile.imwrite(watch / "a.tif", stack, photometric="minisblack")
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1, hold_s=0.5)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 4)
+    src.hold_s = 60.0
+    tifffile.imwrite(watch / "b.tif", np.stack([frame(3, "u2"), zero]), photometric="minisblack")
+    assert wait_for(lambda: p.written == 5)
+    time.sleep(0.3)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (5, 5, 1)
+    assert "b.tif: its last 1 frame(s) held only zeros" in caplog.text
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == [f"file:a.tif:frame{k}" for k in range(4)] + [
+        "file:b.tif:frame0"
+    ]
 
 
 def test_folder_watch_reads_frames_appended_to_a_file_it_already_read(integrator, tmp_path):

@@ -794,8 +794,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
             )
     dark_path = _dark_path(args.dark, config, args.params)
     if args.source == "folder":  # the mask and dark may lie among the frames
+        if not args.settle > 0:
+            raise RadintError(f"--settle: expected seconds > 0, got {args.settle}")
         source = FolderSource(args.watch, config.shape, exclude=(config.mask_file, dark_path),
-                              zip_parameters=config.zip_parameters())  # fmt: skip
+                              zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
@@ -1187,6 +1189,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dark-dataset", default=None, help="HDF5 dataset of the dark")
     p.add_argument("--watch", help="directory to watch, for --source folder")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="--source folder: seconds a file must stay unchanged before it is read (default 1; "
+        "raise it for writers that pause longer between frames)",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--save-interval",
