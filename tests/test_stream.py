@@ -1025,14 +1025,17 @@ def fake_update(uid: int, data: np.ndarray, branch: str = "ushortValue") -> Fake
 
 
 class FakeChannel:
-    def __init__(self, name):
+    def __init__(self, name, initial=True):
         self.cb = None
+        self.initial = initial
 
     def subscribe(self, name, cb):
         self.cb = cb
 
     def startMonitor(self, request):
-        pass
+        # As a PVA server does: the first update is the record's current value (here empty).
+        if self.initial:
+            self.cb(FakePv(uniqueId=0, value=[{}], dimension=[], codec={"name": ""}))
 
     def stopMonitor(self):
         pass
@@ -1070,20 +1073,46 @@ def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog,
     from radint.stream import sources
 
     monkeypatch.setattr(sources, "CONNECT_WARNING_S", 0.2)
+    caplog.set_level(logging.INFO, logger="radint")
     chan = {}
     src = PvaSource(
-        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n, False))
     )
     p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
     p.start()
     assert wait_for(lambda: "no update in" in caplog.text)
     cb = chan["c"].cb
+    cb(fake_update(3, frame(3, "u2")))  # the current value: published before the subscription
     for k, uid in enumerate((4, 5, 1)):
         cb(fake_update(uid, frame(uid, "u2")))
         assert wait_for(lambda k=k: p.written == k + 1)
     summary = finish(p)
     assert summary.written == 3 and summary.dropped == 0
     assert "uniqueId went back 5 -> 1" in caplog.text
+    assert "not integrating the channel's current value (uniqueId 3)" in caplog.text
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [4, 5, 1]
+
+
+def test_pva_reconnect_resend_is_skipped_a_publisher_without_ids_is_not(integrator, tmp_path):
+    """A value re-sent on reconnect (same uniqueId and timeStamp) is not integrated twice; a
+    publisher that sets neither (uniqueId 0 throughout) still has every frame taken."""
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    cb = chan["c"].cb
+    stamped = fake_update(7, frame(7, "u2"))
+    stamped["timeStamp"] = {"secondsPastEpoch": 1_700_000_000, "nanoseconds": 5}
+    cb(stamped)
+    cb(FakePv(stamped))  # the reconnect's re-send
+    for k in range(3):
+        cb(fake_update(0, frame(k, "u2")))
+    assert wait_for(lambda: p.written == 4)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (4, 0)
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [7, 0, 0, 0]
 
 
 def test_pva_frames_land_in_slab_rows_and_refused_ones_are_released():

@@ -245,6 +245,9 @@ class Pipeline:
         self._error: BaseException | None = None
         self._summary: Summary | None = None
         self._lock_fd: int | None = None
+        # Queue-full drops (PVA) are logged at most once a second, with the count since.
+        self._full_unlogged = 0
+        self._full_next_log = 0.0
 
     # ------------------------------------------------------------------ sinks
     def _admit(self) -> bool:
@@ -291,7 +294,15 @@ class Pipeline:
         except queue.Full:
             with self._accept_lock:
                 self.accepted -= 1
-            log.warning("%s: queue full, frame %d dropped", item.source, item.frame_id)
+                self._full_unlogged += 1
+                now = time.monotonic()
+                if now < self._full_next_log:
+                    return False
+                n, self._full_unlogged, self._full_next_log = self._full_unlogged, 0, now + 1.0
+            log.warning(
+                "%s: queue full, frame %d dropped%s", item.source, item.frame_id,
+                f" ({n} frame(s) dropped since the last such line)" if n > 1 else "",
+            )  # fmt: skip
             return False
 
     # ------------------------------------------------------------------ threads

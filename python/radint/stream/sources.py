@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from radint._once import warn_once
 from radint.exceptions import RadintError
 from radint.stream.protocol import (
     DTYPES,
@@ -486,6 +487,12 @@ def decompress_ndarray(
                 f"uncompressedSize {uncompressed_size!r} for {n} pixels"
             )
         dtype = np.dtype({1: np.uint8, 2: np.uint16, 4: np.uint32}[per_pixel])
+        warn_once(
+            ("pva-guessed-type", codec_name, per_pixel),
+            "codec %r: no pixel type in codec.parameters; %d bytes per pixel read as %s "
+            "(a float32 or int32 detector would be misread: set the codec plugin's data type)",
+            codec_name, per_pixel, dtype,
+        )  # fmt: skip
     raw = np.ascontiguousarray(data, dtype=np.uint8)
     nbytes = n * dtype.itemsize
     try:
@@ -526,6 +533,22 @@ def decompress_ndarray(
             f"{dtype} pixels need {nbytes}"
         )
     return arr.view(dtype)
+
+
+def _stamp(pv: Any) -> tuple[int, int] | None:
+    """An NTNDArray's ``timeStamp`` as (seconds, nanoseconds); None where it is not set."""
+    ts = _get(pv, "timeStamp")
+    stamp = (int(_get(ts, "secondsPastEpoch", 0) or 0), int(_get(ts, "nanoseconds", 0) or 0))
+    return stamp if any(stamp) else None
+
+
+def _holds_frame(pv: Any) -> bool:
+    """Whether an NTNDArray update carries pixels (a new record's value is empty)."""
+    value = _get(pv, "value")
+    branch = value[0] if isinstance(value, list | tuple) and value else value
+    if not isinstance(branch, dict) or not branch:
+        return bool(branch)
+    return any(np.size(v) for v in branch.values())
 
 
 def import_pvaccess() -> Any:
@@ -587,6 +610,8 @@ class PvaSource(Source):
         self._sink: Sink | None = None
         self._stats: SourceStats | None = None
         self._last_uid: int | None = None
+        self._last_stamp: tuple[int, int] | None = None
+        self._repeat_logged = False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.dropped_upstream = 0
@@ -627,6 +652,27 @@ class PvaSource(Source):
             return
         stats = self._stats
         uid = int(_get(pv, "uniqueId", 0))
+        stamp = _stamp(pv)
+        if self.updates == 1:
+            # A monitor's first update is the value the channel held when radint subscribed:
+            # a frame published before (the last one of an earlier acquisition, perhaps one
+            # a previous stream already wrote), not one of this run.
+            if _holds_frame(pv):
+                with self._lock:
+                    self._last_uid, self._last_stamp = uid, stamp
+                log.info(
+                    "pva %s: not integrating the channel's current value (uniqueId %d), "
+                    "published before radint subscribed",
+                    self.channel_name, uid,
+                )  # fmt: skip
+            return
+        with self._lock:
+            if uid == self._last_uid and stamp is not None and stamp == self._last_stamp:
+                # A reconnect re-sends the current value: the frame was taken already.
+                log.info("pva %s: uniqueId %d again, same timestamp (re-sent on reconnect): "
+                         "skipped", self.channel_name, uid)  # fmt: skip
+                return
+            self._last_stamp = stamp
         try:
             data = self._decode(pv, uid)
         except Exception as e:  # a bad update is counted and logged, never lost in pvapy
@@ -635,7 +681,7 @@ class PvaSource(Source):
             stats.add("dropped")
             log.error("pva %s: update rejected: %s", self.channel_name, e)
         else:
-            if data is None:  # the record's initial empty value
+            if data is None:  # an empty value (a record that holds no frame yet)
                 return
         with self._lock:
             if self._last_uid is not None and uid > self._last_uid + 1:
@@ -649,7 +695,16 @@ class PvaSource(Source):
                     uid,
                     gap,
                 )
-            elif self._last_uid is not None and uid <= self._last_uid:
+            elif uid == self._last_uid:
+                if not self._repeat_logged:
+                    self._repeat_logged = True
+                    log.warning(
+                        "pva %s: uniqueId %d repeats (the publisher does not number its "
+                        "frames?): frame ids do not tell frames apart, the timestamps do "
+                        "(logged once)",
+                        self.channel_name, uid,
+                    )  # fmt: skip
+            elif self._last_uid is not None and uid < self._last_uid:
                 log.warning(
                     "pva %s: uniqueId went back %d -> %d (the IOC or its plugin restarted): "
                     "frame ids repeat from here, the timestamps tell the frames apart",
