@@ -680,6 +680,32 @@ def test_sender_names_frames_like_midas(tmp_path):
         f"stack.h5:exchange/data:frame{i}" for i in range(3)] + ["two_d.h5:exchange/data"]  # fmt: skip
 
 
+def test_sender_sends_each_dataset_of_a_group_as_midas_does(integrator, tmp_path):
+    """An HDF5 location that is a group of 2-D datasets: each one a frame, in name order, named
+    ``file:loc/name`` (MIDAS's integrator_server.py); anything else in it is refused clearly."""
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        for k in (2, 0, 1):
+            f[f"exchange/data/img{k}"] = frame(k, "u2")
+        f["exchange/data/sub/ignored"] = 1  # a subgroup: skipped, as MIDAS skips it
+    items = list(iter_file_frames([tmp_path / "g.h5"], shape=SHAPE))
+    assert [name for _, name in items] == [f"g.h5:exchange/data/img{k}" for k in range(3)]
+    p, src = start_pipeline(integrator, tmp_path / "out", max_frames=3)
+    mapping = tmp_path / "m.json"
+    assert send_frames(iter(items), port=src.port, mapping_file=mapping) == 3
+    assert p.wait(30).written == 3
+    assert [v["filename"] for v in json.loads(mapping.read_text()).values()] == [
+        name for _, name in items
+    ]
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    for k in range(3):
+        np.testing.assert_allclose(rows["I"][k], integrator.integrate(frame(k, "u2")).lineout,
+                                   rtol=1e-12, equal_nan=True)  # fmt: skip
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["exchange/data/img0"] = np.stack([frame(0, "u2")] * 2)
+    with pytest.raises(RadintError, match=r"'exchange/data/img0' is \(2, 48, 64\) uint16"):
+        list(iter_file_frames([tmp_path / "bad.h5"], shape=SHAPE))
+
+
 def _capture_one_connection() -> tuple[int, list[bytes], threading.Thread]:
     """A loopback listener that keeps every byte of its first connection (until it closes)."""
     server = socket.create_server(("127.0.0.1", 0))
