@@ -1109,6 +1109,10 @@ def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog,
     assert wait_for(lambda: "no update in" in caplog.text)
     cb = chan["c"].cb
     cb(fake_update(3, frame(3, "u2")))  # the current value: published before the subscription
+    for connected in (False, True, False, True):  # pvapy's first call may say "not yet"
+        src.on_connection(connected)
+    assert caplog.text.count("disconnected (the IOC stopped") == 1
+    assert caplog.text.count("connected again") == 1
     for k, uid in enumerate((4, 5, 1)):
         cb(fake_update(uid, frame(uid, "u2")))
         assert wait_for(lambda k=k: p.written == k + 1)

@@ -612,6 +612,8 @@ class PvaSource(Source):
         self._last_uid: int | None = None
         self._last_stamp: tuple[int, int] | None = None
         self._repeat_logged = False
+        self._was_disconnected = False
+        self._connected = False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.dropped_upstream = 0
@@ -629,6 +631,8 @@ class PvaSource(Source):
             self._channel = pva.Channel(self.channel_name, pva.PVA)
         else:
             self._channel = self._factory(self.channel_name)
+        if hasattr(self._channel, "setConnectionCallback"):
+            self._channel.setConnectionCallback(self.on_connection)
         self._channel.subscribe("radint", self.on_update)
         self._channel.startMonitor(self.REQUEST)
         log.info("pva: monitoring %s", self.channel_name)
@@ -644,6 +648,18 @@ class PvaSource(Source):
                 self.channel_name,
                 CONNECT_WARNING_S,
             )
+
+    def on_connection(self, connected: bool) -> None:
+        """pvapy connection callback: a lost or regained channel is said in the log."""
+        if self._stopped.is_set():
+            return
+        was, self._connected = self._connected, bool(connected)
+        if was and not connected:
+            self._was_disconnected = True
+            log.warning("pva %s: disconnected (the IOC stopped or the network failed): "
+                        "waiting for it to come back", self.channel_name)  # fmt: skip
+        elif connected and not was and self._was_disconnected:
+            log.info("pva %s: connected again", self.channel_name)
 
     def on_update(self, pv: Any) -> None:
         """Monitor callback: one NTNDArray update → one StreamItem (or a counted drop)."""
