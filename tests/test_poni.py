@@ -139,6 +139,21 @@ def test_named_detector_takes_pyfai_shape_and_pixel_size(tmp_path):
     assert cfg.shape == (1679, 1475) and cfg.pixel_size_y_um == pytest.approx(172)
 
 
+def test_a_named_detector_radint_does_not_list_is_looked_up_in_pyfai(tmp_path):
+    """A PONI 1 file naming a Perkin Elmer without pixel sizes takes pyFAI's (it said "missing
+    PONI key 'pixelsize1'"); an unknown name says so."""
+    path = tmp_path / "pe.poni"
+    text = "Detector: {}\nDistance: 0.5\nPoni1: 0.2\nPoni2: 0.2\nRot1: 0\nRot2: 0\nRot3: 0\n"
+    path.write_text(text.format("Perkin"))
+    det = pyFAI.detector_factory("Perkin")
+    poni = read_poni(path)
+    assert (poni["pixel1"], poni["pixel2"]) == (det.pixel1, det.pixel2)
+    assert poni["shape"] == tuple(det.max_shape)
+    path.write_text(text.format("NoSuchDetector"))
+    with pytest.raises(Exception, match=r"pe.poni:1: Detector 'NoSuchDetector': not a detector"):
+        read_poni(path)
+
+
 @pytest.mark.parametrize(
     "config",
     ['{"binning": [2, 2], "orientation": 3}',  # binning given: pyFAI bins the named detector

@@ -134,6 +134,9 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         # Named detectors carry their pixel size in pyFAI, not in the file.
         b = binning or (1, 1)
         pixel1, pixel2 = native * b[0], native * b[1]
+    elif pixel1 is None and "pixelsize1" not in values and "detector" in values:
+        pixel1, pixel2, pyfai_shape = _pyfai_detector(path, *values["detector"])
+        shape = shape or pyfai_shape
     if pixel1 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
     if binning is not None and shape is not None:
@@ -180,6 +183,34 @@ _IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid"
 _DETECTOR_PIXEL = {
     name: 172e-6 if name.startswith("pilatus") else 75e-6 for name in _DETECTOR_SHAPES
 }
+
+
+def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any]:
+    """Pixel size (m) and shape of a pyFAI detector named in a PONI file without its pixel
+    size, looked up in pyFAI (when installed)."""
+    try:
+        import pyFAI.detectors
+    except ImportError:
+        raise ParameterError(
+            f"{path}:{line}: Detector '{name}': the file gives no pixel size and radint knows "
+            f"only {', '.join(sorted(_DETECTOR_SHAPES))} without pyFAI: install pyFAI, or save "
+            "the PONI with Detector_config (pyFAI >= 0.21 writes pixel1/pixel2 there)"
+        ) from None
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pyFAI prints its detector list
+            det = pyFAI.detectors.detector_factory(name)
+    except Exception:
+        raise ParameterError(
+            f"{path}:{line}: Detector '{name}': not a detector pyFAI knows, and the file gives "
+            "no pixel size (PixelSize1/PixelSize2 or Detector_config)"
+        ) from None
+    if not (det.pixel1 and det.pixel2):
+        raise ParameterError(f"{path}:{line}: Detector '{name}': pyFAI gives it no pixel size")
+    shape = tuple(int(v) for v in det.max_shape) if det.max_shape else None
+    return float(det.pixel1), float(det.pixel2), shape
 
 
 def _detector_key(name: str) -> str:
