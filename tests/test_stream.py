@@ -37,7 +37,7 @@ from radint.stream.protocol import (
     sender_encoding,
 )
 from radint.stream.sender import expand_inputs, iter_file_frames
-from radint.stream.sources import FramePool
+from radint.stream.sources import FramePool, decompress_ndarray
 
 NY, NZ = 64, 48
 DETECTOR = f"""
@@ -1211,6 +1211,36 @@ def test_pva_decompresses_areadetector_codecs(integrator, codec, dtype, scalar_t
     corrupt["value"] = [{"ubyteValue": payload[: len(payload) // 2]}]
     src._channel.cb(FakePv(corrupt))
     assert src.rejected == 3
+
+
+@pytest.mark.parametrize(("codec", "dtype"), [("bslz4", "u4"), ("bslz4", "u2"), ("lz4", "i4")])
+def test_pva_decompresses_payloads_with_the_hdf5_filter_header(codec, dtype):
+    """Payloads framed as HDF5's bitshuffle / LZ4 filters frame them (u64 BE size, u32 BE block
+    bytes, then blocks: Dectris streams, areaDetector's direct-chunk modes) are read too."""
+    import bitshuffle
+    import numcodecs
+
+    data = frame(4, dtype) * 37
+    raw = data.tobytes()
+    if codec == "bslz4":
+        block = 256  # elements
+        body = bitshuffle.compress_lz4(data.ravel(), block).tobytes()
+        header = len(raw).to_bytes(8, "big") + (block * data.itemsize).to_bytes(4, "big")
+    else:
+        block_bytes, body = 1000, b""
+        for at in range(0, len(raw), block_bytes):
+            piece = numcodecs.LZ4().encode(raw[at : at + block_bytes])[4:]
+            if at == 0:  # the filter stores a block that does not shrink as it is
+                piece = raw[:block_bytes]
+            body += len(piece).to_bytes(4, "big") + piece
+        header = len(raw).to_bytes(8, "big") + block_bytes.to_bytes(4, "big")
+    payload = np.frombuffer(header + body, np.uint8)
+    scalar = {"u4": 7, "u2": 6, "i4": 3}[dtype]
+    codec_field = {"name": codec, "parameters": ({"value": scalar},)}
+    got = decompress_ndarray(codec, payload, codec_field, SHAPE, len(raw))
+    np.testing.assert_array_equal(got.reshape(SHAPE), data)
+    with pytest.raises(ValueError, match="cut short|cannot decompress"):
+        decompress_ndarray(codec, payload[:-40], codec_field, SHAPE, len(raw))
 
 
 def test_pva_missing_pvapy_message(monkeypatch):

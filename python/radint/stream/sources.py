@@ -495,8 +495,15 @@ def decompress_ndarray(
         )  # fmt: skip
     raw = np.ascontiguousarray(data, dtype=np.uint8)
     nbytes = n * dtype.itemsize
+    # An HDF5-filter header (u64 BE size, u32 BE block bytes: Dectris streams, ADEiger without
+    # decompression, areaDetector's direct-chunk modes) cannot start a headerless payload (a
+    # bitshuffle block starts with its nonzero size, an LZ4 block with literals).
+    framed = raw.size >= 12 and int.from_bytes(raw[:8].tobytes(), "big") == nbytes
+    block_bytes = int.from_bytes(raw[8:12].tobytes(), "big") if framed else 0
     try:
-        if codec_name == "lz4":
+        if codec_name == "lz4" and framed:
+            out = _hdf5_lz4_blocks(raw[12:].tobytes(), nbytes, block_bytes)
+        elif codec_name == "lz4":
             import numcodecs
 
             out = numcodecs.LZ4().decode(nbytes.to_bytes(4, "little") + raw.tobytes())
@@ -517,7 +524,14 @@ def decompress_ndarray(
                 raise ValueError(
                     f"codec 'bslz4' needs the bitshuffle package ({e}): pip install 'radint[pva]'"
                 ) from e
-            out = bitshuffle.decompress_lz4(raw, (n,), dtype)
+            if framed:
+                if block_bytes % dtype.itemsize:
+                    raise ValueError(f"block of {block_bytes} bytes for {dtype} pixels")
+                out = bitshuffle.decompress_lz4(
+                    raw[12:], (n,), dtype, block_bytes // dtype.itemsize
+                )
+            else:
+                out = bitshuffle.decompress_lz4(raw, (n,), dtype)
         elif codec_name == "jpeg":
             raise ValueError("codec 'jpeg' is lossy (8-bit); use lz4, bslz4 or blosc for data")
         else:
@@ -549,6 +563,26 @@ def _holds_frame(pv: Any) -> bool:
     if not isinstance(branch, dict) or not branch:
         return bool(branch)
     return any(np.size(v) for v in branch.values())
+
+
+def _hdf5_lz4_blocks(body: bytes, nbytes: int, block_bytes: int) -> bytes:
+    """The HDF5 LZ4 filter's blocks (each a u32 BE compressed size, then a raw LZ4 block of
+    ``block_bytes``, the last one shorter) decoded into ``nbytes``."""
+    import numcodecs
+
+    if block_bytes <= 0:
+        raise ValueError(f"block size {block_bytes}")
+    codec, out, at = numcodecs.LZ4(), bytearray(), 0
+    while len(out) < nbytes:
+        size = int.from_bytes(body[at : at + 4], "big")
+        want = min(block_bytes, nbytes - len(out))
+        chunk = body[at + 4 : at + 4 + size]
+        if size <= 0 or len(chunk) != size:
+            raise ValueError(f"LZ4 block at byte {at + 12} cut short")
+        # A block stored uncompressed (its size equals the data's) is copied as is.
+        out += chunk if size == want else codec.decode(want.to_bytes(4, "little") + chunk)
+        at += 4 + size
+    return bytes(out)
 
 
 def import_pvaccess() -> Any:
