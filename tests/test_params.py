@@ -407,3 +407,44 @@ def test_a_distortion_that_folds_the_detector_over_is_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="radint"):
         IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt").validate()
     assert "folds" not in caplog.text
+
+
+SMALL = (
+    "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\nWavelength 0.17\nRMin 1\n"
+    "RMax 30\nRBinSize 1\nEtaBinSize 10\n"
+)
+
+
+@pytest.mark.parametrize(
+    "line", ["NrPixelsY 53.5", "NrPixelsY 1e3", "ImTransOpt 1e0", "SubPixelLevel 2.7"]
+)
+def test_integer_keys_refuse_spellings_atoi_reads_otherwise(tmp_path, line):
+    """`NrPixelsY 1e3` was 1000 (MIDAS's atoi reads 1) while `NrPixelsY 53.5` was an error;
+    only spellings both read alike (`2`, `2.0`) are integers."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    key = line.split()[0]
+    with pytest.raises(ParameterError, match=rf"^<override>:1: {key}: expected an integer, got "):
+        IntegrationConfig.from_midas_params(p, [line])
+    assert IntegrationConfig.from_midas_params(p, ["NrPixelsY 53.0"]).n_pixels_y == 53
+
+
+def test_extra_values_on_a_line_are_warned(tmp_path, caplog):
+    """`px 172 999`, `BC 26 18 5` ...: the extra values were dropped without a word (MIDAS's
+    sscanf drops them too, so they stay accepted); keys that take a list stay quiet."""
+    p = tmp_path / "p.txt"
+    p.write_text(
+        "NrPixelsY 53\nNrPixelsZ 37\npx 172 999\nLsd 500000 junk\nBC 26 18 5\nRBinSize 1 7\n"
+        "ImTransOpt 1 2\nPeakLocation 10 20\nNPanelsY 3\nPanelGapsY 1 2\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p, ["EtaBinSize 5 6"])
+    assert (c.pixel_size_y_um, c.lsd_um, c.bc_z_px, c.r_bin_px) == (172, 500000, 18, 1)
+    extra = [r.getMessage() for r in caplog.records if "extra value" in r.getMessage()]
+    assert extra == [
+        f"{p}:3: px: 1 extra value(s) ignored: 999",
+        f"{p}:4: Lsd: 1 extra value(s) ignored: junk",
+        f"{p}:5: BC: 1 extra value(s) ignored: 5",
+        f"{p}:6: RBinSize: 1 extra value(s) ignored: 7",
+        "<override>:1: EtaBinSize: 1 extra value(s) ignored: 6",
+    ]

@@ -1251,7 +1251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=60439, help="server port (default: 60439)")
     p.add_argument("--compress", action="store_true", help="uint16, or hybrid dtype 6 above 65535")
     p.add_argument("--extension", help="only files with this suffix in directories (e.g. tif)")
-    p.add_argument("--h5-location", default="exchange/data", help="HDF5 dataset of the frames")
+    p.add_argument(
+        "--h5-location", "--dataset", dest="h5_location", default="exchange/data",
+        help="HDF5 dataset of the frames (default exchange/data); a group: each of its 2-D "
+        "datasets is a frame, as MIDAS's sender sends them",
+    )  # fmt: skip
     p.add_argument(
         "--mapping-file", default="frame_mapping.json",
         help="JSON of frame number -> source file it writes, as MIDAS's sender (default: "

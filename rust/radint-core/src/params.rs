@@ -129,7 +129,8 @@ pub struct Params {
     pub unknown: Vec<UnknownKey>,
     /// Lines radint reads differently from MIDAS's DetectorMapper (an alias key, several
     /// ImTransOpt values on one line, panel gaps before the panel count), in file order: for a
-    /// user comparing maps with the C program. Not part of the configuration.
+    /// user comparing maps with the C program; also lines with values that radint and MIDAS
+    /// both ignore (`px 172 999`). Warned by the Python layer, not part of the configuration.
     pub midas_notes: Vec<ParamNote>,
     /// Where each known key was last set (for validation messages).
     pub set_at: BTreeMap<String, Location>,
@@ -263,14 +264,16 @@ impl Line<'_> {
     fn int_at(&self, i: usize) -> Result<i64> {
         self.need(i + 1, "an integer")?;
         let text = self.values[i];
-        if let Ok(v) = text.parse::<i64>() {
-            return Ok(v);
-        }
-        // MIDAS readers use atoi/sscanf, so "2.0" is accepted as 2; anything else is an error.
-        match text.parse::<f64>() {
-            Ok(v) if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(v as i64),
-            _ => Err(self.err(format!("expected an integer, got '{text}'"))),
-        }
+        // MIDAS reads integers with atoi / sscanf("%d"), which stop at the first character that
+        // is not a digit: "2.0" is 2 there as here, but "1e3" is 1 and "53.5" is 53 there. Only
+        // spellings both read alike are accepted (digits, then at most a '.' and zeros).
+        let digits = match text.split_once('.') {
+            Some((whole, zeros)) if zeros.bytes().all(|b| b == b'0') => whole,
+            _ => text,
+        };
+        digits
+            .parse::<i64>()
+            .map_err(|_| self.err(format!("expected an integer, got '{text}'")))
     }
 
     fn usize(&self) -> Result<usize> {
@@ -495,6 +498,20 @@ impl Params {
         if known {
             self.set_at
                 .insert(canonical_key(line.key).to_string(), line.location.clone());
+            // MIDAS's sscanf reads as many values as it asks for and drops the rest without a
+            // word, and so does radint; but a dropped value is usually a typo (`px 172 999`).
+            if let Some(n) = values_read(line.key).filter(|&n| line.values.len() > n) {
+                let extra = &line.values[n..];
+                self.midas_notes.push(ParamNote {
+                    message: format!(
+                        "{}: {} extra value(s) ignored: {}",
+                        line.key,
+                        extra.len(),
+                        extra.join(" ")
+                    ),
+                    location: line.location.clone(),
+                });
+            }
         } else {
             self.unknown.push(UnknownKey {
                 key: line.key.to_string(),
@@ -921,6 +938,17 @@ impl Params {
     }
 }
 
+/// How many values a known key reads: the rest of its line is ignored (as by MIDAS's sscanf).
+/// `None` for keys that read every value (ImTransOpt, PeakLocation, PanelGapsY/Z) and for
+/// DistortionOrder, which nothing reads.
+fn values_read(key: &str) -> Option<usize> {
+    match key {
+        "ImTransOpt" | "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
+        "BC" => Some(2),
+        _ => Some(1),
+    }
+}
+
 fn distortion_index(key: &str) -> Option<usize> {
     let digits = key.strip_prefix('p')?;
     let index: usize = digits.parse().ok()?;
@@ -1091,6 +1119,55 @@ mod tests {
         );
         let p = Params::parse("Lsd 1\n", "p.txt").unwrap();
         assert!(p.validate().unwrap_err().to_string().contains("NrPixelsY"));
+    }
+
+    #[test]
+    fn integers_are_read_only_where_atoi_reads_the_same() {
+        // atoi reads "1e3" as 1 and "53.5" as 53: both refused; "2.0" and "2." are 2 there too.
+        for bad in ["1e3", "53.5", "1.0e3", ".0", "0x10"] {
+            let err = Params::parse(&format!("NrPixelsY {bad}\n"), "p.txt").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("p.txt:1: NrPixelsY: expected an integer, got '{bad}'")
+            );
+        }
+        let p = Params::parse("NrPixelsY 2.0\nNrPixelsZ 3.\nSubPixelLevel +4\n", "p.txt").unwrap();
+        assert_eq!((p.n_pixels_y, p.n_pixels_z, p.sub_pixel_level), (2, 3, 4));
+        assert!(Params::parse("ImTransOpt 1e0\n", "p.txt").is_err());
+    }
+
+    #[test]
+    fn extra_values_are_noted_once_per_line() {
+        let text = "px 172 999\nLsd 500000 junk\nBC 26 18 5\nRBinSize 1 7 8\nImTransOpt 1 2\n\
+                    PeakLocation 10 20 30\nNPanelsY 3\nPanelGapsY 1 2\nMaskFile m.tif x\n";
+        let mut p = Params::parse(text, "p.txt").unwrap();
+        p.apply_overrides(&["EtaBinSize 5 6".into()]).unwrap();
+        let notes: Vec<(String, usize, &str)> = p
+            .midas_notes
+            .iter()
+            .filter(|n| n.message.contains("extra"))
+            .map(|n| (n.location.file.clone(), n.location.line, n.message.as_str()))
+            .collect();
+        let at = |line: usize, m: &'static str| ("p.txt".to_string(), line, m);
+        assert_eq!(
+            notes,
+            [
+                at(1, "px: 1 extra value(s) ignored: 999"),
+                at(2, "Lsd: 1 extra value(s) ignored: junk"),
+                at(3, "BC: 1 extra value(s) ignored: 5"),
+                at(4, "RBinSize: 2 extra value(s) ignored: 7 8"),
+                at(9, "MaskFile: 1 extra value(s) ignored: x"),
+                (
+                    "<override>".into(),
+                    1,
+                    "EtaBinSize: 1 extra value(s) ignored: 6"
+                ),
+            ]
+        );
+        assert_eq!(
+            (p.pixel_size_y_um, p.bc_z_px, p.r_bin_px),
+            (172.0, 18.0, 1.0)
+        );
     }
 
     #[test]
