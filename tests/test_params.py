@@ -416,6 +416,42 @@ SMALL = (
 
 
 @pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("EtaBinSize 1e-7", "<override>:1: EtaBinSize: η range / bin size gives 3600000000 bins; "
+                            "expected 1 to 1e9"),
+        ("EtaBinSize 1e-12", "<override>:1: EtaBinSize: η range / bin size gives 360000000000000"),
+        ("EtaMax 1e12", "<override>:1: EtaMax: η range / bin size gives 100000000018 bins"),
+        ("EtaBinSize 5e-324", "<override>:1: EtaBinSize: η range / bin size gives inf bins"),
+    ],
+)  # fmt: skip
+def test_too_many_eta_bins_are_refused(tmp_path, override, message):
+    """A tiny EtaBinSize or a huge η range became one η bin without a word (all NaN for 1e-12),
+    where the same mistake in RBinSize was refused; 5e-324 raised an OverflowError traceback."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    with pytest.raises(ParameterError) as info:
+        IntegrationConfig.from_midas_params(p, [override]).validate()
+    assert str(info.value).startswith(message)
+    assert "(command line)" in str(info.value)
+
+
+def test_too_many_bins_blames_the_key_that_causes_them(tmp_path, capsys):
+    """`EtaBinSize 1e-6` on the command line was blamed on RBinSize at the file's line 9."""
+    from radint.cli import main
+
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    assert main(["info", str(p), "EtaBinSize", "1e-6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "radint: error: <override>:1: EtaBinSize: 29 radial bins x 360000000 η bins = "
+        f"10440000000 bins, more than the 2^32 - 1 a map can index (RBinSize 1 ({p}:9), "
+        "EtaBinSize 1e-6 (command line)); use larger bins or a smaller range"
+    )
+
+
+@pytest.mark.parametrize(
     "line", ["NrPixelsY 53.5", "NrPixelsY 1e3", "ImTransOpt 1e0", "SubPixelLevel 2.7"]
 )
 def test_integer_keys_refuse_spellings_atoi_reads_otherwise(tmp_path, line):

@@ -398,7 +398,7 @@ impl Plan {
                 delta_r_px: res,
             });
         }
-        let eta_edges = bins::eta_edges(params);
+        let eta_edges = bins::eta_edges(params)?;
         let eta_edge_dirs = eta_edges
             .iter()
             .map(|e| {

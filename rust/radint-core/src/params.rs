@@ -699,7 +699,70 @@ impl Params {
         })
     }
 
-    fn invalid(&self, key: &str, message: String) -> Error {
+    /// Where a key's value came from, for messages: `p.txt:9`, `command line` (an override),
+    /// `default` (set nowhere), or the file alone where it has no line (a PONI file).
+    pub fn origin(&self, key: &str) -> String {
+        match self.set_at.get(key) {
+            None => "default".to_string(),
+            Some(loc) if loc.file == "<override>" => "command line".to_string(),
+            Some(loc) => loc.to_string(),
+        }
+    }
+
+    /// `Key value (origin)` for each key, comma-separated: the values a message is about.
+    pub fn described(&self, keys: &[(&str, f64)]) -> String {
+        keys.iter()
+            .map(|&(key, value)| format!("{key} {} ({})", number_text(value), self.origin(key)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Of several keys that together give a value, the one set last (an override after any
+    /// file line, a later line after an earlier one, a default never; on a tie the last key
+    /// listed): the likeliest cause when that value is wrong.
+    pub fn set_last<'k>(&self, keys: &[&'k str]) -> &'k str {
+        let rank = |key: &str| match self.set_at.get(key) {
+            None => (0, 0),
+            Some(loc) if loc.file == "<override>" => (2, loc.line),
+            Some(loc) => (1, loc.line),
+        };
+        keys.iter()
+            .copied()
+            .max_by_key(|&key| rank(key))
+            .unwrap_or_default()
+    }
+
+    /// The radial binning keys of the active mode: (min, max, bin size), with their values.
+    pub fn radial_keys(&self) -> [(&'static str, f64); 3] {
+        match self.radial_mode() {
+            RadialMode::Radius => [
+                ("RMin", self.r_min_px),
+                ("RMax", self.r_max_px),
+                ("RBinSize", self.r_bin_px),
+            ],
+            RadialMode::Q => [
+                ("QMin", self.q_min),
+                ("QMax", self.q_max),
+                ("QBinSize", self.q_bin),
+            ],
+            RadialMode::TwoTheta => [
+                ("TthMin", self.tth_min_deg),
+                ("TthMax", self.tth_max_deg),
+                ("TthBinSize", self.tth_bin_deg),
+            ],
+        }
+    }
+
+    /// The η binning keys: (EtaMin, EtaMax, EtaBinSize), with their values.
+    pub fn eta_keys(&self) -> [(&'static str, f64); 3] {
+        [
+            ("EtaMin", self.eta_min_deg),
+            ("EtaMax", self.eta_max_deg),
+            ("EtaBinSize", self.eta_bin_deg),
+        ]
+    }
+
+    pub(crate) fn invalid(&self, key: &str, message: String) -> Error {
         Error::Parameter {
             location: self.location_of(key),
             key: key.to_string(),
@@ -892,12 +955,22 @@ impl Params {
                 }
             }
         }
-        let n_bins =
-            crate::bins::radial_count(self)? as u128 * crate::bins::eta_count(self) as u128;
+        let n_r = crate::bins::radial_count(self)?;
+        let n_eta = crate::bins::eta_count(self)?;
+        let n_bins = n_r as u128 * n_eta as u128;
         if n_bins > u32::MAX as u128 {
+            // R and η bins multiply: blame the axis with more bins, and within it the key set
+            // last; name both bin sizes and where they come from.
+            let (radial, eta) = (self.radial_keys(), self.eta_keys());
+            let axis = if n_eta >= n_r { eta } else { radial };
+            let key = self.set_last(&axis.map(|(k, _)| k));
             return Err(self.invalid(
-                "RBinSize",
-                format!("{n_bins} bins is more than the 2^32 a map can index"),
+                key,
+                format!(
+                    "{n_r} radial bins x {n_eta} η bins = {n_bins} bins, more than the 2^32 - 1 \
+                     a map can index ({}); use larger bins or a smaller range",
+                    self.described(&[radial[2], eta[2]])
+                ),
             ));
         }
         if self.n_panels_y > 0 || self.n_panels_z > 0 {
@@ -946,6 +1019,15 @@ fn values_read(key: &str) -> Option<usize> {
         "ImTransOpt" | "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
         "BC" => Some(2),
         _ => Some(1),
+    }
+}
+
+/// A number as messages show it: `1e-7`, not `0.0000001` (nor 324 digits for 5e-324).
+pub(crate) fn number_text(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e15).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -1121,6 +1203,19 @@ mod tests {
         assert!(p.validate().unwrap_err().to_string().contains("NrPixelsY"));
     }
 
+    /// Base of the validation tests below: a 53 x 37 detector binned 1..30 px x 10°.
+    const SMALL: &str = "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\n\
+                         Wavelength 0.17\nRMin 1\nRMax 30\nRBinSize 1\nEtaBinSize 10\n";
+
+    fn error_with(overrides: &[&str]) -> String {
+        let mut p = Params::parse(SMALL, "p.txt").unwrap();
+        let lines: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match p.apply_overrides(&lines) {
+            Err(e) => e.to_string(),
+            Ok(()) => p.validate().unwrap_err().to_string(),
+        }
+    }
+
     #[test]
     fn integers_are_read_only_where_atoi_reads_the_same() {
         // atoi reads "1e3" as 1 and "53.5" as 53: both refused; "2.0" and "2." are 2 there too.
@@ -1168,6 +1263,42 @@ mod tests {
             (p.pixel_size_y_um, p.bc_z_px, p.r_bin_px),
             (172.0, 18.0, 1.0)
         );
+    }
+
+    #[test]
+    fn eta_bin_counts_are_limited_like_radial_ones() {
+        // Too many η bins collapsed silently to one bin (all NaN for EtaBinSize 1e-12).
+        assert_eq!(
+            error_with(&["EtaBinSize 1e-7"]),
+            "<override>:1: EtaBinSize: η range / bin size gives 3600000000 bins; expected 1 to \
+             1e9 (EtaMin -180 (default), EtaMax 180 (default), EtaBinSize 1e-7 (command line))"
+        );
+        assert!(error_with(&["EtaMax 1e12"]).starts_with("<override>:1: EtaMax: η range"));
+        // 5e-324 gives an infinite count.
+        let p = Params::parse(&format!("{SMALL}EtaBinSize 5e-324\n"), "p.txt").unwrap();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("p.txt:11: EtaBinSize: η range / bin size gives inf bins"));
+        assert!(error_with(&["RBinSize 1e-9"]).starts_with("<override>:1: RBinSize: radial range"));
+    }
+
+    #[test]
+    fn too_many_bins_names_the_bin_sizes_and_where_they_come_from() {
+        // Blamed RBinSize at p.txt:9 though EtaBinSize on the command line caused it.
+        assert_eq!(
+            error_with(&["EtaBinSize 1e-6"]),
+            "<override>:1: EtaBinSize: 29 radial bins x 360000000 η bins = 10440000000 bins, \
+             more than the 2^32 - 1 a map can index (RBinSize 1 (p.txt:9), EtaBinSize 1e-6 \
+             (command line)); use larger bins or a smaller range"
+        );
+        let p = Params::parse(&format!("{SMALL}RMax 300000\nRBinSize 0.001\n"), "p.txt").unwrap();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("p.txt:12: RBinSize: "));
     }
 
     #[test]
