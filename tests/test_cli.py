@@ -193,3 +193,25 @@ def test_batch_takes_the_rest_of_an_integrator_py_command_line(tmp_path, capsys)
     for refused in (["-peakFit"], ["-preProcThresh", "20"], ["-shortNames", "0"]):
         assert main([*argv, *refused, "-resultFolder", str(tmp_path / "x")]) == 2
         assert "is not supported" in capsys.readouterr().err
+
+
+SMALL = (
+    "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\nWavelength 0.17\nRMin 1\n"
+    "RMax 30\nRBinSize 1\nEtaBinSize 10\n"
+)
+
+
+def test_wavelength_zero_writes_no_nan_energy(tmp_path, caplog):
+    """`Wavelength 0` (MIDAS's "none") wrote energy NaN; now both 0, and a warning."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    tifffile.imwrite(tmp_path / "ok.tif", np.full((37, 53), 100, "u2"))
+    argv = ["integrate", str(tmp_path / "p.txt"), str(tmp_path / "ok.tif"), "Wavelength", "0",
+            "-o", str(tmp_path / "o"), "-q"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="radint"):
+        assert main(argv) == 0
+    assert "<override>:1: Wavelength: 0 means no wavelength" in caplog.text
+    with h5py.File(tmp_path / "o" / "ok.h5") as f:
+        mono = f["entry/azint1d/instrument/monochromator"]
+        assert (mono["wavelength"][()], mono["energy"][()]) == (0.0, 0.0)

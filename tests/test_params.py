@@ -452,6 +452,42 @@ def test_too_many_bins_blames_the_key_that_causes_them(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["QMin 0", "QMax 0.5", "QBinSize -1"], "<override>:3: QBinSize: expected > 0, got -1"),
+        (["QMin 0", "QMax 0.5", "QBinSize 0"], "<override>:3: QBinSize: expected > 0, got 0"),
+        (["TthMin 0", "TthMax 1", "TthBinSize 0"], "<override>:3: TthBinSize: expected > 0, got 0"),
+        (["TthMax 1", "TthBinSize -0.1"], "<override>:2: TthBinSize: expected > 0, got -0.1"),
+        (["Wavelength -0.17"], "<override>:1: Wavelength: must be > 0 Å (or 0 for none"),
+    ],
+)  # fmt: skip
+def test_invalid_q_and_two_theta_bins_and_wavelength_are_refused(tmp_path, overrides, message):
+    """They were ignored (the run binned in R) or, for the wavelength, written to the outputs."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    with pytest.raises(ParameterError, match="^" + message.replace("(", r"\(")):
+        IntegrationConfig.from_midas_params(p, overrides).validate()
+
+
+def test_wavelength_zero_is_midas_none_and_warned(tmp_path, caplog):
+    """MIDAS reads Wavelength 0 as "no wavelength" (DetectorMapper's default): accepted, warned,
+    R bins; radint's own midas_text (QBinSize 0, Wavelength 0) still reads back quietly."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL + "Wavelength 0\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p).validate()
+    assert c.radial_mode == "r"
+    assert f"{p}:11: Wavelength: 0 means no wavelength (as in MIDAS)" in caplog.text
+    caplog.clear()
+    c = IntegrationConfig.from_text(SMALL.replace("Wavelength 0.17\n", ""), "q.txt")
+    assert "QBinSize 0" in c.midas_text() and "Wavelength 0" in c.midas_text()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        IntegrationConfig.from_midas_params(p, ["Wavelength 0.2"]).validate()
+        c.with_overrides(["RMax 25"]).validate()
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
     "line", ["NrPixelsY 53.5", "NrPixelsY 1e3", "ImTransOpt 1e0", "SubPixelLevel 2.7"]
 )
 def test_integer_keys_refuse_spellings_atoi_reads_otherwise(tmp_path, line):

@@ -879,6 +879,46 @@ impl Params {
                 return Err(self.invalid(key, format!("must be > 0, got {value}")));
             }
         }
+        if self.wavelength_angstrom < 0.0 {
+            return Err(self.invalid(
+                "Wavelength",
+                format!(
+                    "must be > 0 Å (or 0 for none, as MIDAS reads it), got {}",
+                    self.wavelength_angstrom
+                ),
+            ));
+        }
+        // A bin size ≤ 0 switches Q / 2θ bins off (MIDAS bins in R then, and radint's own
+        // midas_text writes `QBinSize 0` for "no Q bins"); but with a range given, or negative,
+        // it is a mistake that would silently bin in R instead.
+        for (size_key, size, lo_key, lo, hi_key, hi) in [
+            (
+                "QBinSize", self.q_bin, "QMin", self.q_min, "QMax", self.q_max,
+            ),
+            (
+                "TthBinSize",
+                self.tth_bin_deg,
+                "TthMin",
+                self.tth_min_deg,
+                "TthMax",
+                self.tth_max_deg,
+            ),
+        ] {
+            if size < 0.0 || (size == 0.0 && (lo != 0.0 || hi != 0.0)) {
+                let range = if lo != 0.0 || hi != 0.0 {
+                    format!(
+                        " ({}; leave {size_key} and the range out for R bins)",
+                        self.described(&[(lo_key, lo), (hi_key, hi)])
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(self.invalid(
+                    size_key,
+                    format!("expected > 0, got {}{range}", number_text(size)),
+                ));
+            }
+        }
         if self.eta_max_deg <= self.eta_min_deg {
             return Err(self.invalid(
                 "EtaMax",
@@ -1299,6 +1339,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("p.txt:12: RBinSize: "));
+    }
+
+    #[test]
+    fn q_and_two_theta_bin_sizes_and_the_wavelength_must_be_positive() {
+        // They were ignored (R bins instead) or accepted (Wavelength -0.17 in the outputs).
+        assert_eq!(
+            error_with(&["QMin 0", "QMax 0.5", "QBinSize 0"]),
+            "<override>:3: QBinSize: expected > 0, got 0 (QMin 0 (command line), QMax 0.5 \
+             (command line); leave QBinSize and the range out for R bins)"
+        );
+        assert!(error_with(&["QMax 0.5", "QBinSize -1"])
+            .starts_with("<override>:2: QBinSize: expected > 0, got -1"));
+        assert!(error_with(&["TthMax 1", "TthBinSize 0"])
+            .starts_with("<override>:2: TthBinSize: expected > 0, got 0"));
+        assert!(error_with(&["TthBinSize -0.1"])
+            .starts_with("<override>:1: TthBinSize: expected > 0, got -0.1"));
+        assert_eq!(
+            error_with(&["Wavelength -0.17"]),
+            "<override>:1: Wavelength: must be > 0 Å (or 0 for none, as MIDAS reads it), got -0.17"
+        );
+        // 0 is MIDAS's "none" (radint's own midas_text writes QBinSize 0 and Wavelength 0).
+        let p = Params::parse(
+            &format!("{SMALL}Wavelength 0\nQBinSize 0\nTthBinSize 0\n"),
+            "p.txt",
+        )
+        .unwrap();
+        assert!(p.validate().is_ok());
+        assert_eq!(p.radial_mode(), RadialMode::Radius);
     }
 
     #[test]
