@@ -692,7 +692,7 @@ impl Params {
         }
     }
 
-    fn location_of(&self, key: &str) -> Location {
+    pub(crate) fn location_of(&self, key: &str) -> Location {
         self.set_at.get(key).cloned().unwrap_or_else(|| Location {
             file: self.source.clone(),
             line: 0,
