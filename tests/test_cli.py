@@ -193,3 +193,71 @@ def test_batch_takes_the_rest_of_an_integrator_py_command_line(tmp_path, capsys)
     for refused in (["-peakFit"], ["-preProcThresh", "20"], ["-shortNames", "0"]):
         assert main([*argv, *refused, "-resultFolder", str(tmp_path / "x")]) == 2
         assert "is not supported" in capsys.readouterr().err
+
+
+SMALL = (
+    "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\nWavelength 0.17\nRMin 1\n"
+    "RMax 30\nRBinSize 1\nEtaBinSize 10\n"
+)
+
+
+def test_frames_of_another_shape_are_refused_before_the_map_is_built(tmp_path, capsys):
+    """`NrPixelsY 60000 NrPixelsZ 60000` with 37 x 53 frames built a 3.6e9-pixel map first and
+    aborted in Rust (memory allocation failed, rc 134)."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    tifffile.imwrite(tmp_path / "ok.tif", np.full((37, 53), 100, "u2"))
+    for command in ("integrate", "batch"):
+        argv = [command, str(tmp_path / "p.txt"), str(tmp_path / "ok.tif"), "NrPixelsY", "60000",
+                "NrPixelsZ", "60000", "-o", str(tmp_path / "o")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"radint: error: {tmp_path / 'ok.tif'}: frames of shape (37, 53), but NrPixelsZ x "
+            "NrPixelsY is (60000, 60000) (<override>:2: NrPixelsZ, <override>:1: NrPixelsY); "
+            "no map built"
+        )
+        assert not (tmp_path / "o" / ".radint-cache").exists()
+
+
+def test_a_map_too_big_for_memory_is_an_error_not_an_abort(tmp_path):
+    """The map build's large allocations are fallible: under an 8 GB address-space limit a
+    60000 x 60000 detector fails with a message naming NrPixelsY/NrPixelsZ (it aborted)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    resource = pytest.importorskip("resource")
+    (tmp_path / "p.txt").write_text(SMALL)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 10**9, 8 * 10**9))
+
+    argv = [sys.executable, "-c", "import sys; from radint.cli import main; sys.exit(main())",
+            "map", "p.txt", "NrPixelsY", "60000", "NrPixelsZ", "60000", "-o", "m"]  # fmt: skip
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == (
+        "radint: error: <override>:1: NrPixelsY: the detector map cannot be built: the pixel "
+        "corners' positions need 57.602 GB, more than can be allocated (NrPixelsY 60000 (command "
+        "line), NrPixelsZ 60000 (command line)); check these values"
+    )
+
+
+def test_wavelength_zero_writes_no_nan_energy(tmp_path, caplog):
+    """`Wavelength 0` (MIDAS's "none") wrote energy NaN; now both 0, and a warning."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    tifffile.imwrite(tmp_path / "ok.tif", np.full((37, 53), 100, "u2"))
+    argv = ["integrate", str(tmp_path / "p.txt"), str(tmp_path / "ok.tif"), "Wavelength", "0",
+            "-o", str(tmp_path / "o"), "-q"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="radint"):
+        assert main(argv) == 0
+    assert "<override>:1: Wavelength: 0 means no wavelength" in caplog.text
+    with h5py.File(tmp_path / "o" / "ok.h5") as f:
+        mono = f["entry/azint1d/instrument/monochromator"]
+        assert (mono["wavelength"][()], mono["energy"][()]) == (0.0, 0.0)

@@ -407,3 +407,116 @@ def test_a_distortion_that_folds_the_detector_over_is_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="radint"):
         IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt").validate()
     assert "folds" not in caplog.text
+
+
+SMALL = (
+    "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\nWavelength 0.17\nRMin 1\n"
+    "RMax 30\nRBinSize 1\nEtaBinSize 10\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("EtaBinSize 1e-7", "<override>:1: EtaBinSize: η range / bin size gives 3600000000 bins; "
+                            "expected 1 to 1e9"),
+        ("EtaBinSize 1e-12", "<override>:1: EtaBinSize: η range / bin size gives 360000000000000"),
+        ("EtaMax 1e12", "<override>:1: EtaMax: η range / bin size gives 100000000018 bins"),
+        ("EtaBinSize 5e-324", "<override>:1: EtaBinSize: η range / bin size gives inf bins"),
+    ],
+)  # fmt: skip
+def test_too_many_eta_bins_are_refused(tmp_path, override, message):
+    """A tiny EtaBinSize or a huge η range became one η bin without a word (all NaN for 1e-12),
+    where the same mistake in RBinSize was refused; 5e-324 raised an OverflowError traceback."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    with pytest.raises(ParameterError) as info:
+        IntegrationConfig.from_midas_params(p, [override]).validate()
+    assert str(info.value).startswith(message)
+    assert "(command line)" in str(info.value)
+
+
+def test_too_many_bins_blames_the_key_that_causes_them(tmp_path, capsys):
+    """`EtaBinSize 1e-6` on the command line was blamed on RBinSize at the file's line 9."""
+    from radint.cli import main
+
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    assert main(["info", str(p), "EtaBinSize", "1e-6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "radint: error: <override>:1: EtaBinSize: 29 radial bins x 360000000 η bins = "
+        f"10440000000 bins, more than the 2^32 - 1 a map can index (RBinSize 1 ({p}:9), "
+        "EtaBinSize 1e-6 (command line)); use larger bins or a smaller range"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["QMin 0", "QMax 0.5", "QBinSize -1"], "<override>:3: QBinSize: expected > 0, got -1"),
+        (["QMin 0", "QMax 0.5", "QBinSize 0"], "<override>:3: QBinSize: expected > 0, got 0"),
+        (["TthMin 0", "TthMax 1", "TthBinSize 0"], "<override>:3: TthBinSize: expected > 0, got 0"),
+        (["TthMax 1", "TthBinSize -0.1"], "<override>:2: TthBinSize: expected > 0, got -0.1"),
+        (["Wavelength -0.17"], "<override>:1: Wavelength: must be > 0 Å (or 0 for none"),
+    ],
+)  # fmt: skip
+def test_invalid_q_and_two_theta_bins_and_wavelength_are_refused(tmp_path, overrides, message):
+    """They were ignored (the run binned in R) or, for the wavelength, written to the outputs."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    with pytest.raises(ParameterError, match="^" + message.replace("(", r"\(")):
+        IntegrationConfig.from_midas_params(p, overrides).validate()
+
+
+def test_wavelength_zero_is_midas_none_and_warned(tmp_path, caplog):
+    """MIDAS reads Wavelength 0 as "no wavelength" (DetectorMapper's default): accepted, warned,
+    R bins; radint's own midas_text (QBinSize 0, Wavelength 0) still reads back quietly."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL + "Wavelength 0\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p).validate()
+    assert c.radial_mode == "r"
+    assert f"{p}:11: Wavelength: 0 means no wavelength (as in MIDAS)" in caplog.text
+    caplog.clear()
+    c = IntegrationConfig.from_text(SMALL.replace("Wavelength 0.17\n", ""), "q.txt")
+    assert "QBinSize 0" in c.midas_text() and "Wavelength 0" in c.midas_text()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        IntegrationConfig.from_midas_params(p, ["Wavelength 0.2"]).validate()
+        c.with_overrides(["RMax 25"]).validate()
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    "line", ["NrPixelsY 53.5", "NrPixelsY 1e3", "ImTransOpt 1e0", "SubPixelLevel 2.7"]
+)
+def test_integer_keys_refuse_spellings_atoi_reads_otherwise(tmp_path, line):
+    """`NrPixelsY 1e3` was 1000 (MIDAS's atoi reads 1) while `NrPixelsY 53.5` was an error;
+    only spellings both read alike (`2`, `2.0`) are integers."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    key = line.split()[0]
+    with pytest.raises(ParameterError, match=rf"^<override>:1: {key}: expected an integer, got "):
+        IntegrationConfig.from_midas_params(p, [line])
+    assert IntegrationConfig.from_midas_params(p, ["NrPixelsY 53.0"]).n_pixels_y == 53
+
+
+def test_extra_values_on_a_line_are_warned(tmp_path, caplog):
+    """`px 172 999`, `BC 26 18 5` ...: the extra values were dropped without a word (MIDAS's
+    sscanf drops them too, so they stay accepted); keys that take a list stay quiet."""
+    p = tmp_path / "p.txt"
+    p.write_text(
+        "NrPixelsY 53\nNrPixelsZ 37\npx 172 999\nLsd 500000 junk\nBC 26 18 5\nRBinSize 1 7\n"
+        "ImTransOpt 1 2\nPeakLocation 10 20\nNPanelsY 3\nPanelGapsY 1 2\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p, ["EtaBinSize 5 6"])
+    assert (c.pixel_size_y_um, c.lsd_um, c.bc_z_px, c.r_bin_px) == (172, 500000, 18, 1)
+    extra = [r.getMessage() for r in caplog.records if "extra value" in r.getMessage()]
+    assert extra == [
+        f"{p}:3: px: 1 extra value(s) ignored: 999",
+        f"{p}:4: Lsd: 1 extra value(s) ignored: junk",
+        f"{p}:5: BC: 1 extra value(s) ignored: 5",
+        f"{p}:6: RBinSize: 1 extra value(s) ignored: 7",
+        "<override>:1: EtaBinSize: 1 extra value(s) ignored: 6",
+    ]

@@ -103,6 +103,42 @@ def _expand_data(
     return files
 
 
+def _check_frame_shapes(
+    paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
+) -> None:
+    """Refuse a run in which no input's frames have the parameters' shape, before the map is
+    built: a mistyped detector size (``NrPixelsY 60000``) built a map of billions of pixels
+    first, or ran out of memory doing so, only to refuse every frame. Probing stops at the first
+    file that fits or cannot be opened (it is left to the run, which names its error)."""
+    from radint.io import open_frames
+    from radint.io.errors import ReaderError
+
+    mismatched: list[tuple[str, tuple[int, ...]]] = []
+    for path in paths:
+        raw = Path(path).suffix.lower() in (".raw", ".bin")
+        try:
+            with open_frames(path, dataset=dataset, shape=config.shape,
+                             dtype=raw_dtype if raw else None) as source:  # fmt: skip
+                shape = tuple(source.frame_shape)
+        except (ReaderError, ImportError, OSError):
+            return
+        if shape == config.shape:
+            return
+        mismatched.append((path, shape))
+    if not mismatched:
+        return
+    path, shape = mismatched[0]
+    swapped = shape == config.shape[::-1]
+    more = len(mismatched) - 1
+    raise RadintError(
+        f"{path}: frames of shape {shape}, but NrPixelsZ x NrPixelsY is {config.shape} "
+        f"({config.where_set('n_pixels_z')}, {config.where_set('n_pixels_y')})"
+        + (" (its transpose: are NrPixelsY and NrPixelsZ swapped?)" if swapped else "")
+        + (f"; {more} more file(s) do not fit either" if more else "")
+        + "; no map built"
+    )
+
+
 def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str | None:
     """The dark to subtract: the one given on the command line, else the parameter file's
     ``Dark`` (as given, or beside the parameter file)."""
@@ -494,6 +530,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         raise RadintError("no data files given")
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
+    _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
     formats = _formats(args.format, config)
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
@@ -592,6 +629,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     _integrator_py_flags(args)
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
+    _check_frame_shapes(paths, config, args.dataLoc, args.raw_dtype)
     formats = list(_formats(args.format, config))
     if args.writeMat and "mat" not in formats:
         formats.append("mat")

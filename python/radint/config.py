@@ -306,6 +306,14 @@ class IntegrationConfig:
                 f"{self.q_bin} Å⁻¹ is given too, and Q bins take precedence (as in MIDAS, which "
                 "has no 2θ bins)"
             )
+        if "Wavelength" in self.set_at and self.wavelength_angstrom == 0:
+            # MIDAS's "no wavelength" (DetectorMapper's default; its integrators then write
+            # Q 0), so accepted; but it is easy to mistake for a value.
+            notes.append(
+                f"{where('Wavelength')}: 0 means no wavelength (as in MIDAS): no Q axis and no "
+                "Q bins; the NeXus monochromator's wavelength and energy are written as 0 "
+                "(unknown)"
+            )
         if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "

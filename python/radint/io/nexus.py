@@ -38,7 +38,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -776,7 +775,9 @@ class NexusWriter:
         wl = float(cfg(result, "wavelength_angstrom"))
         t.group(f"{sub}/instrument/monochromator", {"NX_class": "NXmonochromator"})
         t.field(f"{sub}/instrument/monochromator/wavelength", wl, {"units": "angstrom"})
-        energy = HC_KEV_ANGSTROM / wl if wl > 0 else math.nan
+        # The application definitions require both fields; without a wavelength both are 0,
+        # MIDAS's "unknown" (its integrators write Q 0 then), not NaN.
+        energy = HC_KEV_ANGSTROM / wl if wl > 0 else 0.0
         t.field(f"{sub}/instrument/monochromator/energy", energy, {"units": "keV"})
         t.group(f"{sub}/instrument/source", {"NX_class": "NXsource"})
         t.field(f"{sub}/instrument/source/name", self._labels["source_name"])

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use crate::bins;
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 use crate::geometry::{Geometry, ImageTransform, PanelOffset, ResidualMap};
 use crate::midas_files::{bilinear_pieces, gradient_shift};
 use crate::panels::{self, Panel};
@@ -355,6 +355,51 @@ struct Plan {
     corner_grid: Option<Vec<Pt>>,
     /// η (degrees) of the same corners.
     corner_eta: Vec<f64>,
+    /// Who is named when memory that grows with the pixels, or with the bins, runs out.
+    pixels_blame: Blame,
+    bins_blame: Blame,
+}
+
+/// The key a failed allocation is reported at, and the values that asked for the memory: a
+/// mistyped detector size (NrPixelsY 60000) or bin count must fail with a message naming them,
+/// not abort the process (Rust aborts when an infallible allocation fails).
+struct Blame {
+    key: String,
+    location: Location,
+    values: String,
+}
+
+impl Blame {
+    fn error(&self, what: &str) -> Error {
+        Error::Parameter {
+            location: self.location.clone(),
+            key: self.key.clone(),
+            message: format!(
+                "the detector map cannot be built: {what} ({}); check these values",
+                self.values
+            ),
+        }
+    }
+
+    /// An empty Vec with room for `n` elements, or this blame's error.
+    fn vec_with_capacity<T>(&self, n: usize, what: &str) -> Result<Vec<T>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            let bytes = n as f64 * std::mem::size_of::<T>() as f64;
+            self.error(&format!(
+                "{what} need {:.3} GB, more than can be allocated",
+                bytes / 1e9
+            ))
+        })?;
+        Ok(v)
+    }
+
+    /// `n` copies of `value`, or this blame's error.
+    fn vec_filled<T: Clone>(&self, n: usize, value: T, what: &str) -> Result<Vec<T>> {
+        let mut v = self.vec_with_capacity(n, what)?;
+        v.resize(n, value);
+        Ok(v)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -398,7 +443,7 @@ impl Plan {
                 delta_r_px: res,
             });
         }
-        let eta_edges = bins::eta_edges(params);
+        let eta_edges = bins::eta_edges(params)?;
         let eta_edge_dirs = eta_edges
             .iter()
             .map(|e| {
@@ -406,6 +451,21 @@ impl Plan {
                 [cs, sn]
             })
             .collect();
+        let pixels_blame = Blame {
+            key: "NrPixelsY".into(),
+            location: params.location_of("NrPixelsY"),
+            values: params.described(&[
+                ("NrPixelsY", params.n_pixels_y as f64),
+                ("NrPixelsZ", params.n_pixels_z as f64),
+            ]),
+        };
+        let bin_sizes = [params.radial_keys()[2], params.eta_keys()[2]];
+        let bins_key = params.set_last(&bin_sizes.map(|(k, _)| k));
+        let bins_blame = Blame {
+            key: bins_key.into(),
+            location: params.location_of(bins_key),
+            values: params.described(&bin_sizes),
+        };
         let mut plan = Plan {
             geometry,
             r_edges: bins::radial_edges(params)?,
@@ -422,26 +482,28 @@ impl Plan {
             eta_edge_dirs,
             corner_grid: None,
             corner_eta: Vec::new(),
+            pixels_blame,
+            bins_blame,
         };
         let shifted = !plan.panels.is_empty() || plan.shift_y.is_some();
         if !shifted {
             let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
-            let grid: Vec<Vec<Pt>> = (0..=n_z)
-                .into_par_iter()
-                .map(|j| {
-                    (0..=n_y)
-                        .map(|i| {
-                            plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default())
-                                .0
-                        })
-                        .collect()
-                })
-                .collect();
-            let grid = grid.concat();
-            plan.corner_eta = grid
-                .par_iter()
-                .map(|p| p[1].atan2(p[0]).to_degrees())
-                .collect();
+            let n_corners = (n_y + 1) * (n_z + 1);
+            // Reserved up front (fallibly) and filled in place: par_extend of an indexed
+            // iterator writes into the reserved capacity without growing it.
+            let mut grid = plan
+                .pixels_blame
+                .vec_with_capacity::<Pt>(n_corners, "the pixel corners' positions")?;
+            grid.par_extend((0..n_corners).into_par_iter().map(|k| {
+                let (j, i) = (k / (n_y + 1), k % (n_y + 1));
+                plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default())
+                    .0
+            }));
+            let mut corner_eta = plan
+                .pixels_blame
+                .vec_with_capacity::<f64>(n_corners, "the pixel corners' η")?;
+            corner_eta.par_extend(grid.par_iter().map(|p| p[1].atan2(p[0]).to_degrees()));
+            plan.corner_eta = corner_eta;
             plan.corner_grid = Some(grid);
         }
         Ok(plan)
@@ -683,6 +745,16 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
                 let (ry, rz) = plan.transform.raw_of_transformed(i, j);
                 let pixel = (rz * n_y + ry) as u32;
                 let masked = plan.mask.as_ref().is_some_and(|m| m[j * n_y + i] == 1);
+                let grown = if masked {
+                    row.masked.try_reserve(scratch.len())
+                } else {
+                    row.entries.try_reserve(scratch.len())
+                };
+                grown.map_err(|_| {
+                    plan.pixels_blame.error(&format!(
+                        "its entries need more memory than can be allocated, at row {j} of {n_z}"
+                    ))
+                })?;
                 for &(bin, area, dr_area) in scratch.iter() {
                     if masked {
                         row.masked.push((bin, area));
@@ -696,10 +768,10 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
                     }
                 }
             }
-            row
+            Ok(row)
         })
-        .collect();
-    Ok(assemble(&plan, rows))
+        .collect::<Result<_>>()?;
+    assemble(&plan, rows)
 }
 
 /// Raw pointers to the CSR arrays, for the parallel scatter below.
@@ -714,26 +786,28 @@ unsafe impl Sync for Scatter {}
 /// Counting sort of the rows' entries into CSR, in parallel over contiguous groups of rows.
 /// Within a bin, entries keep row order (group by group), so the bytes do not depend on the
 /// thread count.
-fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
+fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> Result<DetectorMap> {
     let n_r = plan.r_edges.len() - 1;
     let n_bins = n_r * plan.n_eta;
     let n_groups = (2 * rayon::current_num_threads()).clamp(1, rows.len().max(1));
     let per_group = rows.len().div_ceil(n_groups).max(1);
     let groups: Vec<&[RowOutput]> = rows.chunks(per_group).collect();
+    let bins = &plan.bins_blame;
+    let per_bin = format!("the entry counts of its {n_bins} bins");
     // Entries per (group, bin), turned into each group's first slot per bin.
     let mut starts: Vec<Vec<u64>> = groups
         .par_iter()
         .map(|g| {
-            let mut c = vec![0u64; n_bins];
+            let mut c = bins.vec_filled(n_bins, 0u64, &per_bin)?;
             for row in g.iter() {
                 for e in &row.entries {
                     c[e.bin as usize] += 1;
                 }
             }
-            c
+            Ok(c)
         })
-        .collect();
-    let mut indptr = vec![0u64; n_bins + 1];
+        .collect::<Result<_>>()?;
+    let mut indptr = bins.vec_filled(n_bins + 1, 0u64, &per_bin)?;
     for b in 0..n_bins {
         let mut next = indptr[b];
         for g in starts.iter_mut() {
@@ -744,9 +818,10 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
         indptr[b + 1] = next;
     }
     let nnz = indptr[n_bins] as usize;
-    let mut pixel = vec![0u32; nnz];
-    let mut area = vec![0f32; nnz];
-    let mut delta_r = vec![0f32; nnz];
+    let entries = format!("its {nnz} entries");
+    let mut pixel = plan.pixels_blame.vec_filled(nnz, 0u32, &entries)?;
+    let mut area = plan.pixels_blame.vec_filled(nnz, 0f32, &entries)?;
+    let mut delta_r = plan.pixels_blame.vec_filled(nnz, 0f32, &entries)?;
     let out = Scatter {
         pixel: pixel.as_mut_ptr(),
         area: area.as_mut_ptr(),
@@ -771,7 +846,8 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
                 }
             }
         });
-    let mut mask_hit = vec![0u8; n_bins];
+    let mut mask_hit =
+        bins.vec_filled(n_bins, 0u8, &format!("the mask flags of its {n_bins} bins"))?;
     let mut map = DetectorMap {
         n_y: plan.transform.n_y,
         n_z: plan.transform.n_z,
@@ -795,7 +871,7 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> DetectorMap {
     }
     map.mask_hit = mask_hit;
     map.bin_geometric_area = geometric;
-    map
+    Ok(map)
 }
 
 /// MIDAS `GradientCorrection` (spec §5.2) on a map: every entry's pixel value is sampled at the

@@ -328,7 +328,7 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
         ));
     }
     let r_edges = bins::radial_edges(params)?;
-    let eta_edges = bins::eta_edges(params);
+    let eta_edges = bins::eta_edges(params)?;
     let n_bins = (r_edges.len() - 1) * (eta_edges.len() - 1);
     if pairs.len() != n_bins * 8 {
         return Err(Error::format(

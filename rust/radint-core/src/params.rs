@@ -129,7 +129,8 @@ pub struct Params {
     pub unknown: Vec<UnknownKey>,
     /// Lines radint reads differently from MIDAS's DetectorMapper (an alias key, several
     /// ImTransOpt values on one line, panel gaps before the panel count), in file order: for a
-    /// user comparing maps with the C program. Not part of the configuration.
+    /// user comparing maps with the C program; also lines with values that radint and MIDAS
+    /// both ignore (`px 172 999`). Warned by the Python layer, not part of the configuration.
     pub midas_notes: Vec<ParamNote>,
     /// Where each known key was last set (for validation messages).
     pub set_at: BTreeMap<String, Location>,
@@ -263,14 +264,16 @@ impl Line<'_> {
     fn int_at(&self, i: usize) -> Result<i64> {
         self.need(i + 1, "an integer")?;
         let text = self.values[i];
-        if let Ok(v) = text.parse::<i64>() {
-            return Ok(v);
-        }
-        // MIDAS readers use atoi/sscanf, so "2.0" is accepted as 2; anything else is an error.
-        match text.parse::<f64>() {
-            Ok(v) if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(v as i64),
-            _ => Err(self.err(format!("expected an integer, got '{text}'"))),
-        }
+        // MIDAS reads integers with atoi / sscanf("%d"), which stop at the first character that
+        // is not a digit: "2.0" is 2 there as here, but "1e3" is 1 and "53.5" is 53 there. Only
+        // spellings both read alike are accepted (digits, then at most a '.' and zeros).
+        let digits = match text.split_once('.') {
+            Some((whole, zeros)) if zeros.bytes().all(|b| b == b'0') => whole,
+            _ => text,
+        };
+        digits
+            .parse::<i64>()
+            .map_err(|_| self.err(format!("expected an integer, got '{text}'")))
     }
 
     fn usize(&self) -> Result<usize> {
@@ -495,6 +498,20 @@ impl Params {
         if known {
             self.set_at
                 .insert(canonical_key(line.key).to_string(), line.location.clone());
+            // MIDAS's sscanf reads as many values as it asks for and drops the rest without a
+            // word, and so does radint; but a dropped value is usually a typo (`px 172 999`).
+            if let Some(n) = values_read(line.key).filter(|&n| line.values.len() > n) {
+                let extra = &line.values[n..];
+                self.midas_notes.push(ParamNote {
+                    message: format!(
+                        "{}: {} extra value(s) ignored: {}",
+                        line.key,
+                        extra.len(),
+                        extra.join(" ")
+                    ),
+                    location: line.location.clone(),
+                });
+            }
         } else {
             self.unknown.push(UnknownKey {
                 key: line.key.to_string(),
@@ -675,14 +692,77 @@ impl Params {
         }
     }
 
-    fn location_of(&self, key: &str) -> Location {
+    pub(crate) fn location_of(&self, key: &str) -> Location {
         self.set_at.get(key).cloned().unwrap_or_else(|| Location {
             file: self.source.clone(),
             line: 0,
         })
     }
 
-    fn invalid(&self, key: &str, message: String) -> Error {
+    /// Where a key's value came from, for messages: `p.txt:9`, `command line` (an override),
+    /// `default` (set nowhere), or the file alone where it has no line (a PONI file).
+    pub fn origin(&self, key: &str) -> String {
+        match self.set_at.get(key) {
+            None => "default".to_string(),
+            Some(loc) if loc.file == "<override>" => "command line".to_string(),
+            Some(loc) => loc.to_string(),
+        }
+    }
+
+    /// `Key value (origin)` for each key, comma-separated: the values a message is about.
+    pub fn described(&self, keys: &[(&str, f64)]) -> String {
+        keys.iter()
+            .map(|&(key, value)| format!("{key} {} ({})", number_text(value), self.origin(key)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Of several keys that together give a value, the one set last (an override after any
+    /// file line, a later line after an earlier one, a default never; on a tie the last key
+    /// listed): the likeliest cause when that value is wrong.
+    pub fn set_last<'k>(&self, keys: &[&'k str]) -> &'k str {
+        let rank = |key: &str| match self.set_at.get(key) {
+            None => (0, 0),
+            Some(loc) if loc.file == "<override>" => (2, loc.line),
+            Some(loc) => (1, loc.line),
+        };
+        keys.iter()
+            .copied()
+            .max_by_key(|&key| rank(key))
+            .unwrap_or_default()
+    }
+
+    /// The radial binning keys of the active mode: (min, max, bin size), with their values.
+    pub fn radial_keys(&self) -> [(&'static str, f64); 3] {
+        match self.radial_mode() {
+            RadialMode::Radius => [
+                ("RMin", self.r_min_px),
+                ("RMax", self.r_max_px),
+                ("RBinSize", self.r_bin_px),
+            ],
+            RadialMode::Q => [
+                ("QMin", self.q_min),
+                ("QMax", self.q_max),
+                ("QBinSize", self.q_bin),
+            ],
+            RadialMode::TwoTheta => [
+                ("TthMin", self.tth_min_deg),
+                ("TthMax", self.tth_max_deg),
+                ("TthBinSize", self.tth_bin_deg),
+            ],
+        }
+    }
+
+    /// The η binning keys: (EtaMin, EtaMax, EtaBinSize), with their values.
+    pub fn eta_keys(&self) -> [(&'static str, f64); 3] {
+        [
+            ("EtaMin", self.eta_min_deg),
+            ("EtaMax", self.eta_max_deg),
+            ("EtaBinSize", self.eta_bin_deg),
+        ]
+    }
+
+    pub(crate) fn invalid(&self, key: &str, message: String) -> Error {
         Error::Parameter {
             location: self.location_of(key),
             key: key.to_string(),
@@ -799,6 +879,46 @@ impl Params {
                 return Err(self.invalid(key, format!("must be > 0, got {value}")));
             }
         }
+        if self.wavelength_angstrom < 0.0 {
+            return Err(self.invalid(
+                "Wavelength",
+                format!(
+                    "must be > 0 Å (or 0 for none, as MIDAS reads it), got {}",
+                    self.wavelength_angstrom
+                ),
+            ));
+        }
+        // A bin size ≤ 0 switches Q / 2θ bins off (MIDAS bins in R then, and radint's own
+        // midas_text writes `QBinSize 0` for "no Q bins"); but with a range given, or negative,
+        // it is a mistake that would silently bin in R instead.
+        for (size_key, size, lo_key, lo, hi_key, hi) in [
+            (
+                "QBinSize", self.q_bin, "QMin", self.q_min, "QMax", self.q_max,
+            ),
+            (
+                "TthBinSize",
+                self.tth_bin_deg,
+                "TthMin",
+                self.tth_min_deg,
+                "TthMax",
+                self.tth_max_deg,
+            ),
+        ] {
+            if size < 0.0 || (size == 0.0 && (lo != 0.0 || hi != 0.0)) {
+                let range = if lo != 0.0 || hi != 0.0 {
+                    format!(
+                        " ({}; leave {size_key} and the range out for R bins)",
+                        self.described(&[(lo_key, lo), (hi_key, hi)])
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(self.invalid(
+                    size_key,
+                    format!("expected > 0, got {}{range}", number_text(size)),
+                ));
+            }
+        }
         if self.eta_max_deg <= self.eta_min_deg {
             return Err(self.invalid(
                 "EtaMax",
@@ -875,12 +995,22 @@ impl Params {
                 }
             }
         }
-        let n_bins =
-            crate::bins::radial_count(self)? as u128 * crate::bins::eta_count(self) as u128;
+        let n_r = crate::bins::radial_count(self)?;
+        let n_eta = crate::bins::eta_count(self)?;
+        let n_bins = n_r as u128 * n_eta as u128;
         if n_bins > u32::MAX as u128 {
+            // R and η bins multiply: blame the axis with more bins, and within it the key set
+            // last; name both bin sizes and where they come from.
+            let (radial, eta) = (self.radial_keys(), self.eta_keys());
+            let axis = if n_eta >= n_r { eta } else { radial };
+            let key = self.set_last(&axis.map(|(k, _)| k));
             return Err(self.invalid(
-                "RBinSize",
-                format!("{n_bins} bins is more than the 2^32 a map can index"),
+                key,
+                format!(
+                    "{n_r} radial bins x {n_eta} η bins = {n_bins} bins, more than the 2^32 - 1 \
+                     a map can index ({}); use larger bins or a smaller range",
+                    self.described(&[radial[2], eta[2]])
+                ),
             ));
         }
         if self.n_panels_y > 0 || self.n_panels_z > 0 {
@@ -918,6 +1048,26 @@ impl Params {
             }
         }
         Ok(())
+    }
+}
+
+/// How many values a known key reads: the rest of its line is ignored (as by MIDAS's sscanf).
+/// `None` for keys that read every value (ImTransOpt, PeakLocation, PanelGapsY/Z) and for
+/// DistortionOrder, which nothing reads.
+fn values_read(key: &str) -> Option<usize> {
+    match key {
+        "ImTransOpt" | "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
+        "BC" => Some(2),
+        _ => Some(1),
+    }
+}
+
+/// A number as messages show it: `1e-7`, not `0.0000001` (nor 324 digits for 5e-324).
+pub(crate) fn number_text(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e15).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -1091,6 +1241,132 @@ mod tests {
         );
         let p = Params::parse("Lsd 1\n", "p.txt").unwrap();
         assert!(p.validate().unwrap_err().to_string().contains("NrPixelsY"));
+    }
+
+    /// Base of the validation tests below: a 53 x 37 detector binned 1..30 px x 10°.
+    const SMALL: &str = "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\n\
+                         Wavelength 0.17\nRMin 1\nRMax 30\nRBinSize 1\nEtaBinSize 10\n";
+
+    fn error_with(overrides: &[&str]) -> String {
+        let mut p = Params::parse(SMALL, "p.txt").unwrap();
+        let lines: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match p.apply_overrides(&lines) {
+            Err(e) => e.to_string(),
+            Ok(()) => p.validate().unwrap_err().to_string(),
+        }
+    }
+
+    #[test]
+    fn integers_are_read_only_where_atoi_reads_the_same() {
+        // atoi reads "1e3" as 1 and "53.5" as 53: both refused; "2.0" and "2." are 2 there too.
+        for bad in ["1e3", "53.5", "1.0e3", ".0", "0x10"] {
+            let err = Params::parse(&format!("NrPixelsY {bad}\n"), "p.txt").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("p.txt:1: NrPixelsY: expected an integer, got '{bad}'")
+            );
+        }
+        let p = Params::parse("NrPixelsY 2.0\nNrPixelsZ 3.\nSubPixelLevel +4\n", "p.txt").unwrap();
+        assert_eq!((p.n_pixels_y, p.n_pixels_z, p.sub_pixel_level), (2, 3, 4));
+        assert!(Params::parse("ImTransOpt 1e0\n", "p.txt").is_err());
+    }
+
+    #[test]
+    fn extra_values_are_noted_once_per_line() {
+        let text = "px 172 999\nLsd 500000 junk\nBC 26 18 5\nRBinSize 1 7 8\nImTransOpt 1 2\n\
+                    PeakLocation 10 20 30\nNPanelsY 3\nPanelGapsY 1 2\nMaskFile m.tif x\n";
+        let mut p = Params::parse(text, "p.txt").unwrap();
+        p.apply_overrides(&["EtaBinSize 5 6".into()]).unwrap();
+        let notes: Vec<(String, usize, &str)> = p
+            .midas_notes
+            .iter()
+            .filter(|n| n.message.contains("extra"))
+            .map(|n| (n.location.file.clone(), n.location.line, n.message.as_str()))
+            .collect();
+        let at = |line: usize, m: &'static str| ("p.txt".to_string(), line, m);
+        assert_eq!(
+            notes,
+            [
+                at(1, "px: 1 extra value(s) ignored: 999"),
+                at(2, "Lsd: 1 extra value(s) ignored: junk"),
+                at(3, "BC: 1 extra value(s) ignored: 5"),
+                at(4, "RBinSize: 2 extra value(s) ignored: 7 8"),
+                at(9, "MaskFile: 1 extra value(s) ignored: x"),
+                (
+                    "<override>".into(),
+                    1,
+                    "EtaBinSize: 1 extra value(s) ignored: 6"
+                ),
+            ]
+        );
+        assert_eq!(
+            (p.pixel_size_y_um, p.bc_z_px, p.r_bin_px),
+            (172.0, 18.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn eta_bin_counts_are_limited_like_radial_ones() {
+        // Too many η bins collapsed silently to one bin (all NaN for EtaBinSize 1e-12).
+        assert_eq!(
+            error_with(&["EtaBinSize 1e-7"]),
+            "<override>:1: EtaBinSize: η range / bin size gives 3600000000 bins; expected 1 to \
+             1e9 (EtaMin -180 (default), EtaMax 180 (default), EtaBinSize 1e-7 (command line))"
+        );
+        assert!(error_with(&["EtaMax 1e12"]).starts_with("<override>:1: EtaMax: η range"));
+        // 5e-324 gives an infinite count.
+        let p = Params::parse(&format!("{SMALL}EtaBinSize 5e-324\n"), "p.txt").unwrap();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("p.txt:11: EtaBinSize: η range / bin size gives inf bins"));
+        assert!(error_with(&["RBinSize 1e-9"]).starts_with("<override>:1: RBinSize: radial range"));
+    }
+
+    #[test]
+    fn too_many_bins_names_the_bin_sizes_and_where_they_come_from() {
+        // Blamed RBinSize at p.txt:9 though EtaBinSize on the command line caused it.
+        assert_eq!(
+            error_with(&["EtaBinSize 1e-6"]),
+            "<override>:1: EtaBinSize: 29 radial bins x 360000000 η bins = 10440000000 bins, \
+             more than the 2^32 - 1 a map can index (RBinSize 1 (p.txt:9), EtaBinSize 1e-6 \
+             (command line)); use larger bins or a smaller range"
+        );
+        let p = Params::parse(&format!("{SMALL}RMax 300000\nRBinSize 0.001\n"), "p.txt").unwrap();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("p.txt:12: RBinSize: "));
+    }
+
+    #[test]
+    fn q_and_two_theta_bin_sizes_and_the_wavelength_must_be_positive() {
+        // They were ignored (R bins instead) or accepted (Wavelength -0.17 in the outputs).
+        assert_eq!(
+            error_with(&["QMin 0", "QMax 0.5", "QBinSize 0"]),
+            "<override>:3: QBinSize: expected > 0, got 0 (QMin 0 (command line), QMax 0.5 \
+             (command line); leave QBinSize and the range out for R bins)"
+        );
+        assert!(error_with(&["QMax 0.5", "QBinSize -1"])
+            .starts_with("<override>:2: QBinSize: expected > 0, got -1"));
+        assert!(error_with(&["TthMax 1", "TthBinSize 0"])
+            .starts_with("<override>:2: TthBinSize: expected > 0, got 0"));
+        assert!(error_with(&["TthBinSize -0.1"])
+            .starts_with("<override>:1: TthBinSize: expected > 0, got -0.1"));
+        assert_eq!(
+            error_with(&["Wavelength -0.17"]),
+            "<override>:1: Wavelength: must be > 0 Å (or 0 for none, as MIDAS reads it), got -0.17"
+        );
+        // 0 is MIDAS's "none" (radint's own midas_text writes QBinSize 0 and Wavelength 0).
+        let p = Params::parse(
+            &format!("{SMALL}Wavelength 0\nQBinSize 0\nTthBinSize 0\n"),
+            "p.txt",
+        )
+        .unwrap();
+        assert!(p.validate().is_ok());
+        assert_eq!(p.radial_mode(), RadialMode::Radius);
     }
 
     #[test]

@@ -109,7 +109,8 @@ fn bin_edges<'py>(
     let p = params::from_dict(config)?;
     p.validate().map_err(CoreError)?;
     let r = bins::radial_edges(&p).map_err(CoreError)?;
-    Ok((r.into_pyarray(py), bins::eta_edges(&p).into_pyarray(py)))
+    let eta = bins::eta_edges(&p).map_err(CoreError)?;
+    Ok((r.into_pyarray(py), eta.into_pyarray(py)))
 }
 
 /// The MIDAS C parameter-hash string and its SHA-256 in hex (spec §4.3).
