@@ -578,6 +578,8 @@ class _StackBuffers:
     ) -> np.ndarray:  # fmt: skip
         """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer of
         ``kind`` when one is free and large enough, else in ``allocate(n, uint8)``."""
+        if np.dtype(dtype).hasobject:  # readers refuse these; pointers over recycled bytes crash
+            raise TypeError(f"stack buffers hold numbers, not {np.dtype(dtype)}")
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._lock:
             k = next(
