@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from radint.cli import main
 from tests.conftest import EXAMPLES
@@ -193,3 +194,63 @@ def test_batch_takes_the_rest_of_an_integrator_py_command_line(tmp_path, capsys)
     for refused in (["-peakFit"], ["-preProcThresh", "20"], ["-shortNames", "0"]):
         assert main([*argv, *refused, "-resultFolder", str(tmp_path / "x")]) == 2
         assert "is not supported" in capsys.readouterr().err
+
+
+def test_non_numeric_frames_fail_cleanly_and_later_files_go_on(tmp_path, small_config):
+    """Regression: a variable-length (object) HDF5 dataset crashed `radint integrate` with a
+    segfault (a folder run lost every later file; with -nCPUs 2 the pool reported the worker
+    "killed"); `radint info` said it "fits". Now it fails with one line naming the file and
+    its type, the other files are integrated. Run in a subprocess: a crash must not take the
+    test session with it."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    d = tmp_path / "dir"
+    d.mkdir()
+    for n in "ac":
+        tifffile.imwrite(d / f"{n}.tif", np.full(small_config.shape, 100, np.uint16))
+    with h5py.File(d / "b.h5", "w") as f:
+        f.create_dataset("exchange/data", shape=small_config.shape, dtype=h5py.vlen_dtype("i4"))
+    cli = [sys.executable, "-m", "radint.cli"]
+    for extra in ([], ["-nCPUs", "2"]):
+        out = tmp_path / f"out{len(extra)}"
+        command = "batch" if extra else "integrate"
+        run = subprocess.run([*cli, command, str(params), str(d), "-o", str(out), *extra],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        assert "b.h5:exchange/data: pixels of type object (variable-length" in run.stderr
+        assert "died" not in run.stderr + run.stdout
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "a.h5", "c.h5"]  # fmt: skip
+    info = subprocess.run([*cli, "info", str(params), str(d / "b.h5")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert info.returncode == 1
+    assert "fits" not in info.stdout and "pixels of type object" in " ".join(info.stdout.split())
+
+
+def test_an_empty_format_list_is_refused(tmp_path, capsys):
+    """Regression: --format "" (an unset shell variable) or "," integrated everything, wrote
+    nothing and exited 0."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    for fmt in ("", ",", " , "):
+        for command in ("integrate", "batch"):
+            out = tmp_path / "out"
+            assert main([command, params, data, "--format", fmt, "-o", str(out)]) == 2
+            assert "no output format given" in capsys.readouterr().err
+            assert not out.exists()
+    assert main(["integrate", params, data, "RBinSize", "8", "-o", str(tmp_path), "-q"]) == 0
+    assert main(["convert", str(tmp_path / "ceo2_pilatus.h5"), "--format", ","]) == 2
+    assert "no output format given" in capsys.readouterr().err
+    from radint.io import read_nexus, write_result
+    from radint.io.write import expand_formats
+
+    with pytest.raises(ValueError, match="no output format given"):
+        expand_formats([])
+    with pytest.raises(ValueError, match="no output format given"):
+        write_result(read_nexus(tmp_path / "ceo2_pilatus.h5"), tmp_path / "w", [""])
+    assert not (tmp_path / "w").exists()

@@ -179,6 +179,20 @@ def _load_config(
     return config if args is None else _with_fit_flags(config, args)
 
 
+def _format_list(text: str, flag: str = "--format") -> list[str]:
+    """A comma-separated format option as a list of names; RadintError when it names none
+    (``--format ""`` from an empty shell variable, or ``","``): the run would write nothing."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not formats:
+        from radint.io.write import ALIASES, FORMATS
+
+        raise RadintError(
+            f"{flag} {text!r}: no output format given; give one or more of "
+            f"{', '.join([*FORMATS, *ALIASES])}, comma-separated"
+        )
+    return formats
+
+
 def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
     """``--format`` as a tuple, ``midas`` made explicit: with peak fitting on (DoPeakFit,
     --fit-peaks, --fit-auto) it adds IntegratorZarrOMP's fit files (fit.bin, per-η CSV and
@@ -186,7 +200,7 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
     from radint.fit import FitSpec
     from radint.io.write import resolve_formats
 
-    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    formats = tuple(_format_list(text))
     fitting = FitSpec.from_config(config) is not None
     fit_only = [f for f in formats if f.lower() in _FIT_FORMATS]
     if fit_only and not fitting:  # refused before the map is built and any file is read
@@ -688,9 +702,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
 
     stem = output_stem(src)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    # --update alone (--format "") stores the fits in the result file and writes nothing else.
+    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
     out_dir = Path(args.output) if args.output else src.parent
-    written = write_result(result, out_dir, formats, name=stem)
+    written = write_result(result, out_dir, formats, name=stem) if formats else []
     if args.update:
         written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
     peaks = result.peaks
@@ -739,7 +754,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from radint.io import read_nexus, write_result
 
     src = Path(args.result)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = _format_list(args.format)
     out_dir = Path(args.output) if args.output else src.parent
     try:
         from radint.batch import output_stem
