@@ -1138,3 +1138,63 @@ def test_dask_without_distributed_is_refused_before_the_map(tmp_path, small_conf
     with pytest.raises(BackendUnavailableError, match=r"radint\[dask\]"):
         run_batch(small_config, [tmp_path / "a.tif"], tmp_path / "out", dask="local:1")
     assert not (tmp_path / "out").exists()
+
+
+def test_pool_workers_exit_when_the_batch_is_killed(tmp_path, small_config):
+    """Regression: SIGKILL of `radint batch -nCPUs 2` left its workers running as orphans
+    (parent PID 1): they went on writing outputs, then blocked forever. Each worker watches
+    its parent and stops (unfinished outputs removed) within a few seconds of its death."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 4))
+    os.mkfifo(tmp_path / "b.tif")  # its worker waits here, mid-file, when the batch is killed
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
+         str(tmp_path / "b.tif"), "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def alive(pid: int) -> bool:  # a zombie (not reaped by PID 1 in a container) is gone
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "a.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "a.h5").exists()
+        time.sleep(0.5)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"spawn_main" in cmd:
+                workers.append(int(stat.parent.name))
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if alive(w)], "orphaned workers still running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+    assert not list(out.glob(".*.partial")), "an unfinished output was left"

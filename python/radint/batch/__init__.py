@@ -100,9 +100,40 @@ def _init_worker(
 
 def _init_pool_worker(*args: Any) -> None:
     """A worker process: SIGTERM stops it as Ctrl-C does (its pipeline then removes the files
-    it had not finished), whether it comes from the parent or from a job scheduler."""
+    it had not finished), whether it comes from the parent or from a job scheduler; and it
+    stops by itself when its parent dies (:func:`_watch_parent`)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name="radint-parent-watch", daemon=True
+    ).start()
     _init_worker(*args)
+
+
+#: How often a pool worker checks that its parent is alive, and how long it may then take to
+#: remove its unfinished outputs before it leaves anyway.
+PARENT_POLL_S = 0.5
+ORPHAN_GRACE_S = 40.0
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker once its parent process is gone (SIGKILL, a crash, the OOM killer).
+
+    Why: an orphaned worker went on integrating its queued files, then blocked forever on
+    the result pipe nobody reads. Polling ``os.getppid()`` (re-parented to init or a
+    subreaper when the parent dies) works on every platform, unlike Linux's
+    ``PR_SET_PDEATHSIG``, which also fires when the *thread* that spawned the worker exits.
+    The worker is stopped as SIGTERM stops it (unfinished outputs removed), then leaves with
+    ``os._exit``: the normal exit would flush the pool's queues to the dead parent."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.warning("radint batch worker %d: parent process %d is gone; stopping", os.getpid(), parent)
+    with contextlib.suppress(OSError):
+        os.kill(os.getpid(), signal.SIGTERM)  # _raise_interrupt on the main thread
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    time.sleep(PARENT_POLL_S)  # the interrupt reaches the main thread first
+    while _WORKER.get("busy") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(1)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
