@@ -1198,3 +1198,30 @@ def test_pool_workers_exit_when_the_batch_is_killed(tmp_path, small_config):
             if alive(w):
                 os.kill(w, signal.SIGKILL)
     assert not list(out.glob(".*.partial")), "an unfinished output was left"
+
+
+def test_rerun_removes_the_partials_a_killed_run_left(tmp_path, small_config):
+    """Regression: after a SIGKILL the hidden temporary outputs stayed for ever; a rerun or a
+    --skip-existing resume into the folder removes those of its own outputs whose writer is
+    gone, and leaves others alone."""
+    import os
+    import subprocess
+    import sys
+
+    from radint.io.atomic import _host_tag
+
+    for n in "ab":
+        tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
+    out = tmp_path / "out"
+    run_batch(small_config, [tmp_path / "a.tif"], out)  # a.h5 done: skipped below
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+    tag = f"0123456789-{_host_tag()}"
+    stale = [f".a.h5.{tag}-{dead}.partial", f".b.h5.{tag}-{dead}.partial"]
+    kept = [f".b.h5.{tag}-{os.getpid()}.partial", f".c.h5.{tag}-{dead}.partial"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"\0" * 1000)
+    outcomes = run_batch(small_config, [tmp_path / "a.tif", tmp_path / "b.tif"], out,
+                         skip_existing=True)  # fmt: skip
+    assert [o.skipped for o in outcomes] == [True, False] and all(o.ok for o in outcomes)
+    assert sorted(p.name for p in out.glob(".*.partial")) == sorted(kept)

@@ -345,6 +345,12 @@ def process_files(
     next_out = 0
     failed: set[int] = set()
 
+    # Temporary outputs a killed run left (hundreds of MB each): one listing of the folder,
+    # then each file's own are removed as it comes up (see radint.io.atomic).
+    from radint.io.atomic import partials_in, remove_stale_partials
+
+    leftovers = partials_in(Path(out_dir))
+
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
 
@@ -355,6 +361,9 @@ def process_files(
         for i, path in enumerate(paths):
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
+            if leftovers:
+                for gone in remove_stale_partials(expected, leftovers):
+                    log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
                 yield ("skip", i, path, [str(p) for p in expected])
                 continue
