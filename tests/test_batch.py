@@ -1225,3 +1225,30 @@ def test_rerun_removes_the_partials_a_killed_run_left(tmp_path, small_config):
                          skip_existing=True)  # fmt: skip
     assert [o.skipped for o in outcomes] == [True, False] and all(o.ok for o in outcomes)
     assert sorted(p.name for p in out.glob(".*.partial")) == sorted(kept)
+
+
+def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small_config, caplog):
+    """Regression: --skip-existing kept an output made with RBinSize 1 beside new ones made
+    with RBinSize 2, a mixed result set without a word. The configuration each NeXus/Zarr
+    output stores is compared: a file made otherwise is integrated again (as a run without
+    --skip-existing would), with a warning naming what differs; the same parameters skip."""
+    for n in "ab":
+        tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
+    files = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    out = tmp_path / "out"
+    run_batch(small_config, files[:1], out, formats=("nexus", "xy"))
+    n_r = read_nexus(out / "a.h5").lineout.shape[-1]
+    again = run_batch(small_config, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in again] == [True, False]
+    wider = small_config.replace(r_bin_px=small_config.r_bin_px * 2)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        redone = run_batch(wider, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in redone] == [False, False] and all(o.ok for o in redone)
+    warned = [r.getMessage() for r in caplog.records if "integrated again" in r.getMessage()]
+    assert len(warned) == 2 and all("r_bin_px" in w for w in warned), warned
+    for n in "ab":
+        assert read_nexus(out / f"{n}.h5").lineout.shape[-1] < n_r
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        done = run_batch(wider, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in done] == [True, True] and not caplog.records

@@ -1094,7 +1094,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing",
         dest="skipExisting",
         action="store_true",
-        help="skip files whose outputs exist",
+        help="skip files whose outputs exist and were made with the same parameters (outputs "
+        "made with others are redone, with a warning)",
     )
     p.add_argument("-outName", help="output stem (single input file)")
     # integrator.py flags that steer MIDAS's own steps (zip conversion, map files, chunked

@@ -174,6 +174,23 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig) -> list[str]:
+    """How the configuration stored in the first of the NeXus/Zarr ``outputs`` that has one
+    differs from ``config`` (empty when it does not, or none stores one: the other formats
+    carry no configuration to compare).
+
+    Why: --skip-existing resumes a run; an output made with other parameters (another RBinSize)
+    kept beside new ones gives a result set that mixes two binnings without a word. Such a
+    file is integrated again, as a run without --skip-existing would do."""
+    from radint.io.nexus import configuration_changes, stored_configuration
+
+    for out in outputs:
+        stored = stored_configuration(out)
+        if stored is not None:
+            return configuration_changes(stored, config)
+    return []
+
+
 #: Endings of frame files taken off to name their outputs, longest first (a dot elsewhere in a
 #: name, as in ``CeO2.0001.tif`` or ``2026.12.03_run1.h5``, stays).
 _FRAME_SUFFIXES = (
@@ -365,8 +382,15 @@ def process_files(
                 for gone in remove_stale_partials(expected, leftovers):
                     log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
-                yield ("skip", i, path, [str(p) for p in expected])
-                continue
+                nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]
+                changes = _made_otherwise(nexus, integ.config)
+                if not changes:
+                    yield ("skip", i, path, [str(p) for p in expected])
+                    continue
+                log.warning(
+                    "%s: integrated again: its outputs were made with other parameters (%s)",
+                    path, "; ".join(changes),
+                )  # fmt: skip
             yield ("start", i, path, stem)
             try:
                 # A dark given (or the integrator's own) before the file's own (MIDAS zips).

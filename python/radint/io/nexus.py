@@ -1485,6 +1485,49 @@ def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any
     return {"source_files": files, "source_path": lookup[index]}
 
 
+#: Configuration fields that say where a value came from, not what was computed.
+_NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown"})
+
+
+def stored_configuration(path: str | Path) -> dict[str, Any] | None:
+    """The configuration a radint NeXus result (HDF5 file or Zarr store) was made with, as
+    :meth:`IntegrationConfig.to_dict` gives it, fields an older radint did not store filled
+    with their defaults; None when the file holds none or cannot be read."""
+    from radint.config import IntegrationConfig
+
+    name = "entry/azint1d/reduction/input/configuration"
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            value = np.asarray(zarr.open_group(str(path), mode="r")[name][()])
+        else:
+            import h5py
+
+            with h5py.File(path, "r", locking=False) as f:
+                value = np.asarray(f[name][()])
+        v = value.item() if value.shape == () else value
+        text = v.decode() if isinstance(v, bytes) else str(v)
+        return IntegrationConfig.from_dict(json.loads(text)).to_dict() if text else None
+    except Exception:  # not a result, unreadable, written by something else: nothing to compare
+        return None
+
+
+def configuration_changes(stored: dict[str, Any], current: Any, limit: int = 6) -> list[str]:
+    """What differs between a stored configuration (:func:`stored_configuration`) and the
+    IntegrationConfig ``current``, as ``"r_bin_px 1.0 -> 2.0"`` (at most ``limit``, then a
+    count); where values come from (parameter file, lines) is not compared."""
+    now = json.loads(json.dumps(current.to_dict()))  # tuples as lists, as stored
+    was = json.loads(json.dumps(stored))
+    keys = sorted(k for k in set(now) | set(was) - _NOT_RESULT_FIELDS
+                  if k not in _NOT_RESULT_FIELDS and now.get(k) != was.get(k))  # fmt: skip
+    out = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        out.append(f"and {len(keys) - limit} more")
+    return out
+
+
 def read_nexus(path: str | Path) -> Result:
     """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
 
