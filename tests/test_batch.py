@@ -502,7 +502,8 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, ca
     stem from different folders: refused before anything is read or written."""
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
     data = tmp_path / "data.h5"
     _h5_frames(data, frames)
     before = data.read_bytes()
@@ -537,7 +538,8 @@ def test_batch_midas_flags_dark_location_overrides_and_out_name(tmp_path, small_
 
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
     data = tmp_path / "scan.h5"
     _h5_frames(data, frames, dark=np.full((3, *small_config.shape), 7, np.uint16))
     out = tmp_path / "o1"
@@ -631,11 +633,9 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "1/2 file(s) ok" in stdout and "interrupted; 1 not done" in stdout
-    # a.h5's 8 frames, or, if it finished unreported while stopping, frames said to be of 0
-    # files (the count once read "1/2 file(s) ok, 0 frames").
-    import re
-
-    assert re.search(r"1/2 file\(s\) ok, (8 frames in|0 frames \(of 0 file\(s\)\) in)", stdout)
+    # a.h5's 8 frames, also when it finished unreported while stopping (counted from its
+    # output: the line once read "1/2 file(s) ok, 0 frames (of 0 file(s))").
+    assert "1/2 file(s) ok, 8 frames in" in stdout
     assert "interrupted" in stderr
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == [
         "a.h5", "a.mat", "a_lineout.xy"]  # fmt: skip
@@ -955,7 +955,8 @@ def test_pattern_leaves_out_eiger_data_files_beside_their_master(tmp_path, small
 
     run = tmp_path / "run"
     run.mkdir()
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
     for j in (1, 2):
         with h5py.File(run / f"scan_data_{j:06d}.h5", "w") as f:
             f["entry/data/data"] = frames
@@ -1252,3 +1253,51 @@ def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small
     with caplog.at_level(logging.WARNING, logger="radint"):
         done = run_batch(wider, files, out, formats=("nexus", "xy"), skip_existing=True)
     assert [o.skipped for o in done] == [True, True] and not caplog.records
+
+
+def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):
+    """Regression: an interrupted -nCPUs 2 batch printed "31/80 file(s) ok, 60 frames (of 20
+    file(s))" (3 frames per file): a pool reports a run of files only when all of it is done,
+    and the frames of files finished but unreported were not counted. Files and frames now
+    describe the same files, those on disk."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    data = tmp_path / "in"
+    data.mkdir()
+    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    names = [f"f_{k:02d}.tif" for k in range(24)]  # runs of 3 files per task with 2 processes
+    for name in names:
+        if name == "f_02.tif":
+            os.mkfifo(data / name)  # ends the first run: it never reports f_00, f_01
+        else:
+            tifffile.imwrite(data / name, frames, photometric="minisblack")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), *[str(data / n) for n in names],
+         "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(out.glob("f_*.h5"))) < 23 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(list(out.glob("f_*.h5"))) == 23
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    m = re.search(r"(\d+)/24 file\(s\) ok, (\d+) frames( \(of \d+ file\(s\)\))? in", stdout)
+    assert m, stdout
+    assert (int(m[1]), int(m[2]), m[3]) == (23, 23 * 8, None), stdout
+    assert "interrupted; 1 not done" in stdout

@@ -620,6 +620,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
+    reported: set[str] = set()
     frames = n_done = 0
     t0 = time.perf_counter()
     started = time.time() - 1.0  # file times may be rounded down to the second
@@ -628,12 +629,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
 
-        def summary(tail: str, unreported: int = 0) -> None:
+        def summary(tail: str, uncounted: int = 0) -> None:
             if args.quiet and not failed and not tail:
                 return
             elapsed = time.perf_counter() - t0
-            # Frames are counted from the files reported; those finished while stopping are not.
-            counted = f" (of {n_done - len(failed) - unreported} file(s))" if unreported else ""
+            # Frames of files finished while stopping are read from their NeXus/Zarr outputs;
+            # those without one cannot be counted, and the line says so.
+            counted = f" (of {n_done - len(failed) - uncounted} file(s))" if uncounted else ""
             print(
                 f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames"
                 f"{counted} in {elapsed:.1f} s{tail}"
@@ -643,6 +645,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             nonlocal frames, n_done
             frames += o.n_frames
             n_done += 1
+            reported.add(o.path)
             rate = frames / max(time.perf_counter() - t0, 1e-9)
             progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
             if not o.ok:
@@ -662,14 +665,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
             )  # fmt: skip
         except KeyboardInterrupt:
-            from radint.batch import finished_since
+            from radint.batch import finished_since, frames_written
 
-            # Files the pipeline finished may not have been reported before the interrupt.
+            # Files the pipeline finished may not have been reported before the interrupt (a
+            # pool reports a run of files when all of it is done): counted from their
+            # outputs, files and frames alike, so the two numbers describe the same files.
             finished = finished_since(paths, out_dir, formats, names, started)
-            reported = n_done
-            n_done = max(n_done, len(finished) + len(failed))
+            extra = [p for p in finished if p not in reported]
+            more_frames, uncounted = frames_written(extra, out_dir, formats, names)
+            frames += more_frames
+            n_done += len(extra)
             summary(f" (interrupted; {len(paths) - n_done} not done: run again with "
-                    "--skip-existing to finish them)", n_done - reported)  # fmt: skip
+                    "--skip-existing to finish them)", uncounted)  # fmt: skip
             raise
     summary("")
     for _path, why in failed:

@@ -242,6 +242,52 @@ def finished_since(
     return done
 
 
+def frames_written(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    formats: Sequence[str],
+    names: Sequence[str | None] | None,
+) -> tuple[int, int]:
+    """Frames in the outputs of ``paths`` (files a run finished but did not report, e.g. when
+    interrupted), read from each file's NeXus/Zarr output (the shape of its lineouts); and
+    how many of the files have no such output to tell (other formats only, unreadable)."""
+    from radint.io.write import FORMATS, expand_formats
+
+    nexus = [f for f in expand_formats(formats) if f in ("nexus", "zarr")]
+    names = list(names) if names else [None] * len(paths)
+    name_of = {str(p): n for p, n in zip(paths, names, strict=False)}
+    frames = unknown = 0
+    for path in paths:
+        stem = output_stem(path, name_of.get(str(path)))
+        n = None
+        for fmt in nexus:
+            n = _frames_in(Path(out_dir) / (stem + FORMATS[fmt][0]))
+            if n is not None:
+                break
+        if n is None:
+            unknown += 1
+        else:
+            frames += n
+    return frames, unknown
+
+
+def _frames_in(output: Path) -> int | None:
+    """Frames of a radint NeXus result (HDF5 or Zarr), from its lineouts' shape; None if it
+    cannot be read."""
+    name = "entry/azint1d/data/I"
+    try:
+        if output.is_dir():
+            import zarr
+
+            return int(zarr.open_group(str(output), mode="r")[name].shape[0])
+        import h5py
+
+        with h5py.File(output, "r", locking=False) as f:
+            return int(f[name].shape[0])
+    except Exception:  # not there, not a result: not counted
+        return None
+
+
 def check_outputs(
     paths: Sequence[str | Path],
     out_dir: str | Path,
