@@ -502,8 +502,7 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, ca
     stem from different folders: refused before anything is read or written."""
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
-    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
     data = tmp_path / "data.h5"
     _h5_frames(data, frames)
     before = data.read_bytes()
@@ -538,8 +537,7 @@ def test_batch_midas_flags_dark_location_overrides_and_out_name(tmp_path, small_
 
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
-    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
     data = tmp_path / "scan.h5"
     _h5_frames(data, frames, dark=np.full((3, *small_config.shape), 7, np.uint16))
     out = tmp_path / "o1"
@@ -955,8 +953,7 @@ def test_pattern_leaves_out_eiger_data_files_beside_their_master(tmp_path, small
 
     run = tmp_path / "run"
     run.mkdir()
-    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
     for j in (1, 2):
         with h5py.File(run / f"scan_data_{j:06d}.h5", "w") as f:
             f["entry/data/data"] = frames
