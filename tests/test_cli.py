@@ -254,3 +254,45 @@ def test_an_empty_format_list_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="no output format given"):
         write_result(read_nexus(tmp_path / "ceo2_pilatus.h5"), tmp_path / "w", [""])
     assert not (tmp_path / "w").exists()
+
+
+def test_timestamps_are_the_integration_time_and_survive_convert(tmp_path, monkeypatch):
+    """Regression: ``timestamp`` ("time the frame was integrated") was the time each output was
+    written (the .h5 and .zarr of one run differed), and `radint convert` replaced it and
+    reduction/date with the conversion's time. Write and convert now run "later" (time.time
+    moved on by an hour once integration is done): the stored times do not move."""
+    import time
+    from types import SimpleNamespace
+
+    import zarr
+
+    import radint.io.nexus as nexus
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    before = time.time()
+    real_time = time.time
+    later = {k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
+    later["time"] = lambda: real_time() + 3600
+    monkeypatch.setattr(nexus, "time", SimpleNamespace(**later))  # the writers' clock only
+    monkeypatch.setattr(nexus, "_now_iso", lambda: "2099-01-01T00:00:00.000000+00:00")
+    args = ["integrate", params, data, "RBinSize", "10", "--format", "nexus,zarr", "-q"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    path = "entry/azint1d/data/timestamp"
+    with h5py.File(tmp_path / "out" / "ceo2_pilatus.h5") as f:
+        stamps = f[path][()]
+        date = f["entry/azint1d/reduction/date"][()].decode()
+        assert f[path].attrs["long_name"].startswith("time the frame was integrated")
+    assert stamps.shape == (3,) and np.all((stamps >= before) & (stamps <= real_time()))
+    assert date.startswith("2099")  # written by the writer (the reduction's date)
+    same_run = zarr.open_group(str(tmp_path / "out" / "ceo2_pilatus.zarr"), mode="r")
+    np.testing.assert_array_equal(same_run[path][()], stamps)
+    monkeypatch.setattr(nexus, "_now_iso", lambda: "2100-01-01T00:00:00.000000+00:00")
+    src = str(tmp_path / "out" / "ceo2_pilatus.h5")
+    assert main(["convert", src, "--format", "zarr,nexus", "-o", str(tmp_path / "conv")]) == 0
+    conv = zarr.open_group(str(tmp_path / "conv" / "ceo2_pilatus.zarr"), mode="r")
+    np.testing.assert_array_equal(conv[path][()], stamps)
+    assert str(np.asarray(conv["entry/azint1d/reduction/date"][()])) == date
+    with h5py.File(tmp_path / "conv" / "ceo2_pilatus.h5") as f:
+        np.testing.assert_array_equal(f[path][()], stamps)
+        assert f["entry/azint1d/reduction/date"][()].decode() == date
