@@ -631,11 +631,9 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "1/2 file(s) ok" in stdout and "interrupted; 1 not done" in stdout
-    # a.h5's 8 frames, or, if it finished unreported while stopping, frames said to be of 0
-    # files (the count once read "1/2 file(s) ok, 0 frames").
-    import re
-
-    assert re.search(r"1/2 file\(s\) ok, (8 frames in|0 frames \(of 0 file\(s\)\) in)", stdout)
+    # a.h5's 8 frames, also when it finished unreported while stopping (counted from its
+    # output: the line once read "1/2 file(s) ok, 0 frames (of 0 file(s))").
+    assert "1/2 file(s) ok, 8 frames in" in stdout
     assert "interrupted" in stderr
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == [
         "a.h5", "a.mat", "a_lineout.xy"]  # fmt: skip
@@ -1138,3 +1136,165 @@ def test_dask_without_distributed_is_refused_before_the_map(tmp_path, small_conf
     with pytest.raises(BackendUnavailableError, match=r"radint\[dask\]"):
         run_batch(small_config, [tmp_path / "a.tif"], tmp_path / "out", dask="local:1")
     assert not (tmp_path / "out").exists()
+
+
+def test_pool_workers_exit_when_the_batch_is_killed(tmp_path, small_config):
+    """Regression: SIGKILL of `radint batch -nCPUs 2` left its workers running as orphans
+    (parent PID 1): they went on writing outputs, then blocked forever. Each worker watches
+    its parent and stops (unfinished outputs removed) within a few seconds of its death."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 4))
+    os.mkfifo(tmp_path / "b.tif")  # its worker waits here, mid-file, when the batch is killed
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
+         str(tmp_path / "b.tif"), "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def alive(pid: int) -> bool:  # a zombie (not reaped by PID 1 in a container) is gone
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "a.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "a.h5").exists()
+        time.sleep(0.5)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"spawn_main" in cmd:
+                workers.append(int(stat.parent.name))
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if alive(w)], "orphaned workers still running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+    assert not list(out.glob(".*.partial")), "an unfinished output was left"
+
+
+def test_rerun_removes_the_partials_a_killed_run_left(tmp_path, small_config):
+    """Regression: after a SIGKILL the hidden temporary outputs stayed for ever; a rerun or a
+    --skip-existing resume into the folder removes those of its own outputs whose writer is
+    gone, and leaves others alone."""
+    import os
+    import subprocess
+    import sys
+
+    from radint.io.atomic import _host_tag
+
+    for n in "ab":
+        tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
+    out = tmp_path / "out"
+    run_batch(small_config, [tmp_path / "a.tif"], out)  # a.h5 done: skipped below
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+    tag = f"0123456789-{_host_tag()}"
+    stale = [f".a.h5.{tag}-{dead}.partial", f".b.h5.{tag}-{dead}.partial"]
+    kept = [f".b.h5.{tag}-{os.getpid()}.partial", f".c.h5.{tag}-{dead}.partial"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"\0" * 1000)
+    outcomes = run_batch(small_config, [tmp_path / "a.tif", tmp_path / "b.tif"], out,
+                         skip_existing=True)  # fmt: skip
+    assert [o.skipped for o in outcomes] == [True, False] and all(o.ok for o in outcomes)
+    assert sorted(p.name for p in out.glob(".*.partial")) == sorted(kept)
+
+
+def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small_config, caplog):
+    """Regression: --skip-existing kept an output made with RBinSize 1 beside new ones made
+    with RBinSize 2, a mixed result set without a word. The configuration each NeXus/Zarr
+    output stores is compared: a file made otherwise is integrated again (as a run without
+    --skip-existing would), with a warning naming what differs; the same parameters skip."""
+    for n in "ab":
+        tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
+    files = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    out = tmp_path / "out"
+    run_batch(small_config, files[:1], out, formats=("nexus", "xy"))
+    n_r = read_nexus(out / "a.h5").lineout.shape[-1]
+    again = run_batch(small_config, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in again] == [True, False]
+    wider = small_config.replace(r_bin_px=small_config.r_bin_px * 2)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        redone = run_batch(wider, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in redone] == [False, False] and all(o.ok for o in redone)
+    warned = [r.getMessage() for r in caplog.records if "integrated again" in r.getMessage()]
+    assert len(warned) == 2 and all("r_bin_px" in w for w in warned), warned
+    for n in "ab":
+        assert read_nexus(out / f"{n}.h5").lineout.shape[-1] < n_r
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        done = run_batch(wider, files, out, formats=("nexus", "xy"), skip_existing=True)
+    assert [o.skipped for o in done] == [True, True] and not caplog.records
+
+
+def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):
+    """Regression: an interrupted -nCPUs 2 batch printed "31/80 file(s) ok, 60 frames (of 20
+    file(s))" (3 frames per file): a pool reports a run of files only when all of it is done,
+    and the frames of files finished but unreported were not counted. Files and frames now
+    describe the same files, those on disk."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    data = tmp_path / "in"
+    data.mkdir()
+    # 8 frames: a full stack, so f_01's frames are integrated without waiting for f_02's
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    names = [f"f_{k:02d}.tif" for k in range(24)]  # runs of 3 files per task with 2 processes
+    for name in names:
+        if name == "f_02.tif":
+            os.mkfifo(data / name)  # ends the first run: it never reports f_00, f_01
+        else:
+            tifffile.imwrite(data / name, frames, photometric="minisblack")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), *[str(data / n) for n in names],
+         "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(out.glob("f_*.h5"))) < 23 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(list(out.glob("f_*.h5"))) == 23
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    m = re.search(r"(\d+)/24 file\(s\) ok, (\d+) frames( \(of \d+ file\(s\)\))? in", stdout)
+    assert m, stdout
+    assert (int(m[1]), int(m[2]), m[3]) == (23, 23 * 8, None), stdout
+    assert "interrupted; 1 not done" in stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from radint.cli import main
 from tests.conftest import EXAMPLES
@@ -261,3 +262,105 @@ def test_wavelength_zero_writes_no_nan_energy(tmp_path, caplog):
     with h5py.File(tmp_path / "o" / "ok.h5") as f:
         mono = f["entry/azint1d/instrument/monochromator"]
         assert (mono["wavelength"][()], mono["energy"][()]) == (0.0, 0.0)
+
+
+def test_non_numeric_frames_fail_cleanly_and_later_files_go_on(tmp_path, small_config):
+    """Regression: a variable-length (object) HDF5 dataset crashed `radint integrate` with a
+    segfault (a folder run lost every later file; with -nCPUs 2 the pool reported the worker
+    "killed"); `radint info` said it "fits". Now it fails with one line naming the file and
+    its type, the other files are integrated. Run in a subprocess: a crash must not take the
+    test session with it."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    d = tmp_path / "dir"
+    d.mkdir()
+    for n in "ac":
+        tifffile.imwrite(d / f"{n}.tif", np.full(small_config.shape, 100, np.uint16))
+    with h5py.File(d / "b.h5", "w") as f:
+        f.create_dataset("exchange/data", shape=small_config.shape, dtype=h5py.vlen_dtype("i4"))
+    cli = [sys.executable, "-m", "radint.cli"]
+    for extra in ([], ["-nCPUs", "2"]):
+        out = tmp_path / f"out{len(extra)}"
+        command = "batch" if extra else "integrate"
+        run = subprocess.run([*cli, command, str(params), str(d), "-o", str(out), *extra],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        assert "b.h5:exchange/data: pixels of type object (variable-length" in run.stderr
+        assert "died" not in run.stderr + run.stdout
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "a.h5", "c.h5"]  # fmt: skip
+    info = subprocess.run([*cli, "info", str(params), str(d / "b.h5")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert info.returncode == 1
+    assert "fits" not in info.stdout and "pixels of type object" in " ".join(info.stdout.split())
+
+
+def test_an_empty_format_list_is_refused(tmp_path, capsys):
+    """Regression: --format "" (an unset shell variable) or "," integrated everything, wrote
+    nothing and exited 0."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    for fmt in ("", ",", " , "):
+        for command in ("integrate", "batch"):
+            out = tmp_path / "out"
+            assert main([command, params, data, "--format", fmt, "-o", str(out)]) == 2
+            assert "no output format given" in capsys.readouterr().err
+            assert not out.exists()
+    assert main(["integrate", params, data, "RBinSize", "8", "-o", str(tmp_path), "-q"]) == 0
+    assert main(["convert", str(tmp_path / "ceo2_pilatus.h5"), "--format", ","]) == 2
+    assert "no output format given" in capsys.readouterr().err
+    from radint.io import read_nexus, write_result
+    from radint.io.write import expand_formats
+
+    with pytest.raises(ValueError, match="no output format given"):
+        expand_formats([])
+    with pytest.raises(ValueError, match="no output format given"):
+        write_result(read_nexus(tmp_path / "ceo2_pilatus.h5"), tmp_path / "w", [""])
+    assert not (tmp_path / "w").exists()
+
+
+def test_timestamps_are_the_integration_time_and_survive_convert(tmp_path, monkeypatch):
+    """Regression: ``timestamp`` ("time the frame was integrated") was the time each output was
+    written (the .h5 and .zarr of one run differed), and `radint convert` replaced it and
+    reduction/date with the conversion's time. Write and convert now run "later" (time.time
+    moved on by an hour once integration is done): the stored times do not move."""
+    import time
+    from types import SimpleNamespace
+
+    import zarr
+
+    import radint.io.nexus as nexus
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    before = time.time()
+    real_time = time.time
+    later = {k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
+    later["time"] = lambda: real_time() + 3600
+    monkeypatch.setattr(nexus, "time", SimpleNamespace(**later))  # the writers' clock only
+    monkeypatch.setattr(nexus, "_now_iso", lambda: "2099-01-01T00:00:00.000000+00:00")
+    args = ["integrate", params, data, "RBinSize", "10", "--format", "nexus,zarr", "-q"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    path = "entry/azint1d/data/timestamp"
+    with h5py.File(tmp_path / "out" / "ceo2_pilatus.h5") as f:
+        stamps = f[path][()]
+        date = f["entry/azint1d/reduction/date"][()].decode()
+        assert f[path].attrs["long_name"].startswith("time the frame was integrated")
+    assert stamps.shape == (3,) and np.all((stamps >= before) & (stamps <= real_time()))
+    assert date.startswith("2099")  # written by the writer (the reduction's date)
+    same_run = zarr.open_group(str(tmp_path / "out" / "ceo2_pilatus.zarr"), mode="r")
+    np.testing.assert_array_equal(same_run[path][()], stamps)
+    monkeypatch.setattr(nexus, "_now_iso", lambda: "2100-01-01T00:00:00.000000+00:00")
+    src = str(tmp_path / "out" / "ceo2_pilatus.h5")
+    assert main(["convert", src, "--format", "zarr,nexus", "-o", str(tmp_path / "conv")]) == 0
+    conv = zarr.open_group(str(tmp_path / "conv" / "ceo2_pilatus.zarr"), mode="r")
+    np.testing.assert_array_equal(conv[path][()], stamps)
+    assert str(np.asarray(conv["entry/azint1d/reduction/date"][()])) == date
+    with h5py.File(tmp_path / "conv" / "ceo2_pilatus.h5") as f:
+        np.testing.assert_array_equal(f[path][()], stamps)
+        assert f["entry/azint1d/reduction/date"][()].decode() == date

@@ -648,3 +648,71 @@ def test_hdf5_without_the_dataset_lists_frame_like_ones_first(tmp_path):
     msg = str(info.value)
     assert "available datasets: scan/images (2, 4, 5)" in msg and "(19 more)" in msg
     assert "--dataset" in msg
+
+
+@pytest.mark.parametrize(
+    ("dtype", "what"),
+    [
+        (h5py.vlen_dtype("i4"), r"type object \(variable-length or references\)"),
+        (h5py.string_dtype(), r"type object"),
+        (np.dtype("S4"), r"type \|S4 \(byte string\)"),
+        (np.dtype([("a", "<u2"), ("b", "<f4")]), r"compound type"),
+        (np.dtype("c8"), r"type complex64 \(complex\)"),
+    ],
+)
+def test_non_numeric_pixels_are_refused_before_any_buffer(tmp_path: Path, dtype, what) -> None:
+    """Regression: a variable-length (object) HDF5 dataset read into the batch path's recycled
+    stack buffers made an object array over raw bytes (a segfault); every reader refuses
+    non-numeric pixels when it opens the file, naming file, dataset and type."""
+    from radint.io import open_frames
+    from radint.io.read import read_stacks
+
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exchange/data", shape=(2, 12, 9), dtype=dtype)
+    pattern = rf"odd\.h5:exchange/data: pixels of {what}.*expected real numbers"
+    with pytest.raises(ReaderError, match=pattern):
+        open_frames(path)
+    with pytest.raises(ReaderError, match=pattern):
+        frames_of(path)
+    with pytest.raises(ReaderError, match=pattern):
+        list(read_stacks(path, allocate=lambda shape, dt: np.empty(shape, dt)))
+    for zarr_format, dt in ((3, "c8"), (2, "c16")):
+        store = tmp_path / f"odd{zarr_format}.zarr"
+        zarr.create_array(store, shape=(2, 12, 9), dtype=dt, zarr_format=zarr_format)[:] = 1
+        with pytest.raises(ReaderError, match=r"odd\d\.zarr: pixels of type complex"):
+            frames_of(store)
+    tiff = tmp_path / "odd.tif"
+    tifffile.imwrite(tiff, STACK[0].astype(np.complex64))
+    with pytest.raises(ReaderError, match=r"odd\.tif: pixels of type complex64"):
+        frames_of(tiff)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("kind", ["directory", "zip", "group"])
+def test_zarr_frames_never_written_are_errors(tmp_path: Path, zarr_format: int, kind: str) -> None:
+    """Regression: a Zarr store whose writer stopped early read its missing frames as the fill
+    value and integrated them; they are named as for HDF5 (v2 and v3, directory and zip)."""
+    path = tmp_path / ("part.zip" if kind == "zip" else "part.zarr")
+    store = ZipStore(path, mode="w") if kind == "zip" else path
+    if kind == "group":
+        root = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+        arr = root.create_array("exchange/data", shape=(5, 12, 9), dtype="u2", chunks=(1, 12, 9))
+        complete = root.create_array("full", shape=(5, 12, 9), dtype="u2", chunks=(2, 6, 9))
+        complete[:] = STACK[np.arange(5) % 4]
+    else:
+        arr = zarr.create_array(store, shape=(5, 12, 9), dtype="u2", chunks=(1, 12, 9),
+                                fill_value=0, zarr_format=zarr_format)  # fmt: skip
+    arr[0] = STACK[0]
+    arr[2] = STACK[2]
+    arr[4, :6] = STACK[3, :6]  # frame 4 written in its upper half only: still complete chunks
+    if kind == "zip":
+        store.close()
+    with pytest.raises(
+        ReaderError,
+        match=r"part\.z(arr|ip)(:exchange/data)?: frames 1, 3 of 5 never written: their chunks "
+        r"are not in the store \(the writer stopped early\?\), and would read as the fill value 0",
+    ):
+        frames_of(path)
+    if kind == "group":
+        assert frames_of(path, dataset="full").shape == (5, 12, 9)

@@ -893,3 +893,57 @@ def test_mat_without_scipy_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(BackendUnavailableError, match=r"radint\[formats\]"):
         write_mat(make_result(n_frames=1), tmp_path / "a.mat")
     assert not list(tmp_path.iterdir())
+
+
+def test_stale_partials_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    """Regression: a SIGKILLed run's `.NAME.<tag>.partial` files (hundreds of MB) stayed
+    forever. Only abandoned ones of the outputs named are removed: a dead pid on this host, or
+    (writer unknown) unchanged for STALE_AFTER_S; a live writer's, another output's (a.zarr vs
+    a.zarr.zip) and a cut-short long name's are handled as such."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from radint.io import atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+    host = atomic._host_tag()
+    other_host = f"{(int(host, 16) + 1) % 0x10000:04x}"
+    made = {
+        "dead": f".a.h5.0123456789-{host}-{dead}.partial",
+        "live": f".a.h5.0123456789-{host}-{os.getpid()}.partial",
+        "old_format": ".a.h5.0123456789ab.partial",
+        "other_host_recent": f".a.h5.0123456789-{other_host}-{dead}.partial",
+        "zarr_dir_dead": f".a.zarr.0123456789-{host}-{dead}.partial",
+        "gsas_live": f".a.zarr.zip.0123456789-{host}-{os.getpid()}.partial",
+        "other_output": f".b.h5.0123456789-{host}-{dead}.partial",
+    }
+    for key, name in made.items():
+        if key.startswith("zarr_dir"):
+            (tmp_path / name / "c").mkdir(parents=True)
+            (tmp_path / name / "c" / "0").write_bytes(b"x")
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    old = time.time() - atomic.STALE_AFTER_S - 60
+    os.utime(tmp_path / made["old_format"], (old, old))
+    # the temporary name radint writes now carries host and pid, and a live one is kept
+    fresh = atomic.temporary_sibling(tmp_path / "a.h5")
+    assert fresh.name.endswith(f"-{host}-{os.getpid()}.partial") and not atomic.is_stale(fresh)
+
+    finals = [tmp_path / "a.h5", tmp_path / "a.zarr"]
+    removed = atomic.remove_stale_partials(finals)
+    assert sorted(p.name for p in removed) == sorted(
+        made[k] for k in ("dead", "old_format", "zarr_dir_dead")
+    )
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {made[k] for k in ("live", "other_host_recent", "gsas_live", "other_output")}
+    # where the writer cannot be checked, only the age counts
+    assert atomic.remove_stale_partials(finals, max_age_s=-1) == [
+        tmp_path / made["other_host_recent"]]  # fmt: skip
+    # a name cut short to fit 255 bytes is still recognised as the long output's
+    long = tmp_path / ("x" * 250 + ".h5")
+    cut = atomic.temporary_sibling(long).name.replace(f"-{os.getpid()}.", f"-{dead}.")
+    (tmp_path / cut).write_bytes(b"x")
+    assert atomic.remove_stale_partials([long]) == [tmp_path / cut]

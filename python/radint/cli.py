@@ -215,6 +215,20 @@ def _load_config(
     return config if args is None else _with_fit_flags(config, args)
 
 
+def _format_list(text: str, flag: str = "--format") -> list[str]:
+    """A comma-separated format option as a list of names; RadintError when it names none
+    (``--format ""`` from an empty shell variable, or ``","``): the run would write nothing."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not formats:
+        from radint.io.write import ALIASES, FORMATS
+
+        raise RadintError(
+            f"{flag} {text!r}: no output format given; give one or more of "
+            f"{', '.join([*FORMATS, *ALIASES])}, comma-separated"
+        )
+    return formats
+
+
 def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
     """``--format`` as a tuple, ``midas`` made explicit: with peak fitting on (DoPeakFit,
     --fit-peaks, --fit-auto) it adds IntegratorZarrOMP's fit files (fit.bin, per-η CSV and
@@ -222,7 +236,7 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
     from radint.fit import FitSpec
     from radint.io.write import resolve_formats
 
-    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    formats = tuple(_format_list(text))
     fitting = FitSpec.from_config(config) is not None
     fit_only = [f for f in formats if f.lower() in _FIT_FORMATS]
     if fit_only and not fitting:  # refused before the map is built and any file is read
@@ -644,6 +658,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
+    reported: set[str] = set()
     frames = n_done = 0
     t0 = time.perf_counter()
     started = time.time() - 1.0  # file times may be rounded down to the second
@@ -652,12 +667,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
 
-        def summary(tail: str, unreported: int = 0) -> None:
+        def summary(tail: str, uncounted: int = 0) -> None:
             if args.quiet and not failed and not tail:
                 return
             elapsed = time.perf_counter() - t0
-            # Frames are counted from the files reported; those finished while stopping are not.
-            counted = f" (of {n_done - len(failed) - unreported} file(s))" if unreported else ""
+            # Frames of files finished while stopping are read from their NeXus/Zarr outputs;
+            # those without one cannot be counted, and the line says so.
+            counted = f" (of {n_done - len(failed) - uncounted} file(s))" if uncounted else ""
             print(
                 f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames"
                 f"{counted} in {elapsed:.1f} s{tail}"
@@ -667,6 +683,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             nonlocal frames, n_done
             frames += o.n_frames
             n_done += 1
+            reported.add(o.path)
             rate = frames / max(time.perf_counter() - t0, 1e-9)
             progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
             if not o.ok:
@@ -686,14 +703,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
             )  # fmt: skip
         except KeyboardInterrupt:
-            from radint.batch import finished_since
+            from radint.batch import finished_since, frames_written
 
-            # Files the pipeline finished may not have been reported before the interrupt.
+            # Files the pipeline finished may not have been reported before the interrupt (a
+            # pool reports a run of files when all of it is done): counted from their
+            # outputs, files and frames alike, so the two numbers describe the same files.
             finished = finished_since(paths, out_dir, formats, names, started)
-            reported = n_done
-            n_done = max(n_done, len(finished) + len(failed))
+            extra = [p for p in finished if p not in reported]
+            more_frames, uncounted = frames_written(extra, out_dir, formats, names)
+            frames += more_frames
+            n_done += len(extra)
             summary(f" (interrupted; {len(paths) - n_done} not done: run again with "
-                    "--skip-existing to finish them)", n_done - reported)  # fmt: skip
+                    "--skip-existing to finish them)", uncounted)  # fmt: skip
             raise
     summary("")
     for _path, why in failed:
@@ -726,9 +747,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
 
     stem = output_stem(src)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    # --update alone (--format "") stores the fits in the result file and writes nothing else.
+    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
     out_dir = Path(args.output) if args.output else src.parent
-    written = write_result(result, out_dir, formats, name=stem)
+    written = write_result(result, out_dir, formats, name=stem) if formats else []
     if args.update:
         written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
     peaks = result.peaks
@@ -777,7 +799,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from radint.io import read_nexus, write_result
 
     src = Path(args.result)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = _format_list(args.format)
     out_dir = Path(args.output) if args.output else src.parent
     try:
         from radint.batch import output_stem
@@ -1117,7 +1139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing",
         dest="skipExisting",
         action="store_true",
-        help="skip files whose outputs exist",
+        help="skip files whose outputs exist and were made with the same parameters (outputs "
+        "made with others are redone, with a warning)",
     )
     p.add_argument("-outName", help="output stem (single input file)")
     # integrator.py flags that steer MIDAS's own steps (zip conversion, map files, chunked

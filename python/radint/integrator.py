@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import numbers
+import time
 from pathlib import Path
 from typing import Any
 
@@ -656,7 +657,10 @@ class Integrator:
                 nan_masked_bins=False,
                 n_threads=self.n_threads,
             )
-        meta: dict[str, Any] = {"backend": self.backend}
+        # When the frames were integrated (Unix s, one per frame): every output of the result
+        # stores this, not the time it happens to be written.
+        n_done = int(out["n_frames"])
+        meta: dict[str, Any] = {"backend": self.backend, "timestamp": np.full(n_done, time.time())}
         if dark_flat is self._dark:
             dark_bad = self._dark_bad
         else:
@@ -859,6 +863,9 @@ class Integrator:
         area = result.area[0] if result.area.ndim == 3 else result.area
         count = result.count[0] if result.count.ndim == 3 else result.count
         meta = {**result.metadata, "summed_groups": [(s, min(s + g, n) - 1) for s in starts]}
+        if "timestamp" in meta:  # a sum is integrated when its last frame is
+            stamps = np.asarray(meta["timestamp"], dtype=np.float64).reshape(-1)
+            meta["timestamp"] = stamps[[min(s + g, n) - 1 for s in starts]]
         if "masked_bin_values" in meta:  # summed alike, so the sums carry their pre-NaN values
             values = np.asarray(meta["masked_bin_values"])
             meta["masked_bin_values"] = np.stack([values[s : s + g].sum(axis=0) for s in starts])

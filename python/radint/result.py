@@ -209,7 +209,7 @@ class Result:
 #: Metadata keys holding one value (or one row) per frame (joined when stacks are joined).
 PER_FRAME_METADATA = (
     "omega_deg", "Temperature", "Pressure", "I", "I0", "masked_bin_values", "source_path",
-    "source_frame",
+    "source_frame", "timestamp",
 )  # fmt: skip
 #: Per-frame metadata joined in their own type (the others are float64 values).
 _METADATA_DTYPES = {"source_path": object, "source_frame": np.int64}

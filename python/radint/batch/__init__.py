@@ -100,9 +100,40 @@ def _init_worker(
 
 def _init_pool_worker(*args: Any) -> None:
     """A worker process: SIGTERM stops it as Ctrl-C does (its pipeline then removes the files
-    it had not finished), whether it comes from the parent or from a job scheduler."""
+    it had not finished), whether it comes from the parent or from a job scheduler; and it
+    stops by itself when its parent dies (:func:`_watch_parent`)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name="radint-parent-watch", daemon=True
+    ).start()
     _init_worker(*args)
+
+
+#: How often a pool worker checks that its parent is alive, and how long it may then take to
+#: remove its unfinished outputs before it leaves anyway.
+PARENT_POLL_S = 0.5
+ORPHAN_GRACE_S = 40.0
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker once its parent process is gone (SIGKILL, a crash, the OOM killer).
+
+    Why: an orphaned worker went on integrating its queued files, then blocked forever on
+    the result pipe nobody reads. Polling ``os.getppid()`` (re-parented to init or a
+    subreaper when the parent dies) works on every platform, unlike Linux's
+    ``PR_SET_PDEATHSIG``, which also fires when the *thread* that spawned the worker exits.
+    The worker is stopped as SIGTERM stops it (unfinished outputs removed), then leaves with
+    ``os._exit``: the normal exit would flush the pool's queues to the dead parent."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.warning("radint batch worker %d: parent process %d is gone; stopping", os.getpid(), parent)
+    with contextlib.suppress(OSError):
+        os.kill(os.getpid(), signal.SIGTERM)  # _raise_interrupt on the main thread
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    time.sleep(PARENT_POLL_S)  # the interrupt reaches the main thread first
+    while _WORKER.get("busy") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(1)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -141,6 +172,23 @@ def _complete(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig) -> list[str]:
+    """How the configuration stored in the first of the NeXus/Zarr ``outputs`` that has one
+    differs from ``config`` (empty when it does not, or none stores one: the other formats
+    carry no configuration to compare).
+
+    Why: --skip-existing resumes a run; an output made with other parameters (another RBinSize)
+    kept beside new ones gives a result set that mixes two binnings without a word. Such a
+    file is integrated again, as a run without --skip-existing would do."""
+    from radint.io.nexus import configuration_changes, stored_configuration
+
+    for out in outputs:
+        stored = stored_configuration(out)
+        if stored is not None:
+            return configuration_changes(stored, config)
+    return []
 
 
 #: Endings of frame files taken off to name their outputs, longest first (a dot elsewhere in a
@@ -192,6 +240,52 @@ def finished_since(
         except OSError:
             continue
     return done
+
+
+def frames_written(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    formats: Sequence[str],
+    names: Sequence[str | None] | None,
+) -> tuple[int, int]:
+    """Frames in the outputs of ``paths`` (files a run finished but did not report, e.g. when
+    interrupted), read from each file's NeXus/Zarr output (the shape of its lineouts); and
+    how many of the files have no such output to tell (other formats only, unreadable)."""
+    from radint.io.write import FORMATS, expand_formats
+
+    nexus = [f for f in expand_formats(formats) if f in ("nexus", "zarr")]
+    names = list(names) if names else [None] * len(paths)
+    name_of = {str(p): n for p, n in zip(paths, names, strict=False)}
+    frames = unknown = 0
+    for path in paths:
+        stem = output_stem(path, name_of.get(str(path)))
+        n = None
+        for fmt in nexus:
+            n = _frames_in(Path(out_dir) / (stem + FORMATS[fmt][0]))
+            if n is not None:
+                break
+        if n is None:
+            unknown += 1
+        else:
+            frames += n
+    return frames, unknown
+
+
+def _frames_in(output: Path) -> int | None:
+    """Frames of a radint NeXus result (HDF5 or Zarr), from its lineouts' shape; None if it
+    cannot be read."""
+    name = "entry/azint1d/data/I"
+    try:
+        if output.is_dir():
+            import zarr
+
+            return int(zarr.open_group(str(output), mode="r")[name].shape[0])
+        import h5py
+
+        with h5py.File(output, "r", locking=False) as f:
+            return int(f[name].shape[0])
+    except Exception:  # not there, not a result: not counted
+        return None
 
 
 def check_outputs(
@@ -314,6 +408,12 @@ def process_files(
     next_out = 0
     failed: set[int] = set()
 
+    # Temporary outputs a killed run left (hundreds of MB each): one listing of the folder,
+    # then each file's own are removed as it comes up (see radint.io.atomic).
+    from radint.io.atomic import partials_in, remove_stale_partials
+
+    leftovers = partials_in(Path(out_dir))
+
     def events() -> Iterator[tuple]:
         from radint.io.read import read_stacks
 
@@ -324,9 +424,19 @@ def process_files(
         for i, path in enumerate(paths):
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
+            if leftovers:
+                for gone in remove_stale_partials(expected, leftovers):
+                    log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
-                yield ("skip", i, path, [str(p) for p in expected])
-                continue
+                nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]
+                changes = _made_otherwise(nexus, integ.config)
+                if not changes:
+                    yield ("skip", i, path, [str(p) for p in expected])
+                    continue
+                log.warning(
+                    "%s: integrated again: its outputs were made with other parameters (%s)",
+                    path, "; ".join(changes),
+                )  # fmt: skip
             yield ("start", i, path, stem)
             try:
                 # A dark given (or the integrator's own) before the file's own (MIDAS zips).
@@ -578,6 +688,8 @@ class _StackBuffers:
     ) -> np.ndarray:  # fmt: skip
         """An array of ``shape`` and ``dtype`` (contents undefined), in a recycled buffer of
         ``kind`` when one is free and large enough, else in ``allocate(n, uint8)``."""
+        if np.dtype(dtype).hasobject:  # readers refuse these; pointers over recycled bytes crash
+            raise TypeError(f"stack buffers hold numbers, not {np.dtype(dtype)}")
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._lock:
             k = next(

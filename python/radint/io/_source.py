@@ -142,6 +142,52 @@ class FrameSource(ABC):
         return index % self.n_frames
 
 
+#: numpy kinds of pixel types radint integrates: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+_KIND_NAMES = {
+    "O": "variable-length or references",
+    "S": "byte string",
+    "U": "string",
+    "T": "string",
+    "V": "opaque",
+    "c": "complex",
+    "M": "date-time",
+    "m": "time delta",
+}
+
+
+def check_pixel_dtype(label: str, dtype: object) -> np.dtype:
+    """``dtype`` as a numpy dtype when it holds real numbers (bool, integer, float); else
+    ReaderError naming the file and what was found.
+
+    Why: every reader checks this before any frame buffer is made or read. A stack buffer of
+    object type built over recycled bytes holds garbage pointers (a segfault when touched),
+    and strings, compounds or complex numbers have no intensity to integrate.
+
+    Raises
+    ------
+    ReaderError
+        For object (HDF5 variable-length, references), string, compound, complex, date-time
+        and any other non-numeric pixel type.
+    """
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        dt = None
+    if dt is not None and dt.kind in NUMERIC_KINDS and dt.fields is None and dt.subdtype is None:
+        return dt
+    if dt is None:
+        what = f"type {dtype}"
+    elif dt.fields is not None:
+        what = f"compound type {dt}"
+    else:
+        what = f"type {dt} ({_KIND_NAMES.get(dt.kind, 'not a number')})"
+    raise ReaderError(
+        f"{label}: pixels of {what}, expected real numbers (integer or floating point); "
+        "is this the detector frames' dataset? (--dataset / -dataLoc chooses another)"
+    )
+
+
 def frames_from_stack(label: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     """Number of frames and frame shape of a 2-D (one frame) or 3-D (stack) dataset shape.
 

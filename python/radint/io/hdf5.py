@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from radint.io._source import FrameSource, frames_from_stack
+from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
 
 DEFAULT_DATASET = "exchange/data"
@@ -178,7 +178,7 @@ class Hdf5Source(FrameSource):
             )
         self._ds = self._parts[0]
         self._layout: tuple[str, int] | None = None
-        self.dtype = self._ds.dtype
+        self.dtype = check_pixel_dtype(self.label, self._ds.dtype)  # before any buffer is made
         counts = []
         for ds, member in zip(self._parts, self._part_names):
             label = f"{self.label}/{member}" if member else self.label

@@ -264,6 +264,29 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _reduction_date(result: Result) -> str:
+    """The reduction's date: the one a stored result carries (``metadata['reduction_date']``,
+    so ``radint convert`` keeps it), else now; always 32 characters (the one-frame file image
+    patches it in place)."""
+    given = result.metadata.get("reduction_date")
+    if isinstance(given, str) and len(given) == len(_now_iso()):
+        return given
+    return _now_iso()
+
+
+def _integrated_at(result: Result) -> np.ndarray:
+    """Per frame, when it was integrated (Unix s): ``metadata['timestamp']``, which the
+    Integrator sets and :func:`read_nexus` reads back, so every format of one run, and a
+    conversion, store the same times; now for a result that has none."""
+    n = result.n_frames
+    given = result.metadata.get("timestamp")
+    if given is not None:
+        stamps = np.asarray(given, dtype=np.float64).reshape(-1)
+        if stamps.size == n:
+            return stamps
+    return np.full(n, time.time())
+
+
 #: The reduction date both subentries share (azint2d's reduction group is a hard link).
 _DATE_PATH = "entry/azint1d/reduction/date"
 
@@ -832,7 +855,7 @@ class NexusWriter:
             {path: value for path, (value, _) in data.items()},
         )
         self._rows = {name: t.dataset(path) for name, path in rows.items()}
-        now = _now_iso()
+        now = _reduction_date(result)
         for sub in ("azint1d", "azint2d"):  # one object in HDF5 (hard link), two in Zarr
             t.set_text(f"entry/{sub}/reduction/date", now)
         t.ready()
@@ -1089,7 +1112,8 @@ class NexusWriter:
             Identifier(s) of the frame(s); default ``result.frame_ids``, else the running row
             number.
         timestamp : float or sequence of float, optional
-            Unix time(s) in seconds; default now.
+            Unix time(s) in seconds; default when the frames were integrated
+            (``result.metadata["timestamp"]``, set by the Integrator), else now.
 
         Raises
         ------
@@ -1110,7 +1134,7 @@ class NexusWriter:
             else np.arange(self.n_frames, self.n_frames + n)
         )
         ids = _as_rows(frame_id, n, default_ids, np.int64)
-        stamps = _as_rows(timestamp, n, np.full(n, time.time()), np.float64)
+        stamps = _as_rows(timestamp, n, _integrated_at(result), np.float64)
         plain = result.peaks is None and not any(
             _scan_key(name) in result.metadata for name in _SCAN_FIELDS
         )
@@ -1208,7 +1232,7 @@ class NexusWriter:
             return False
         assert isinstance(entry.image, FileImage)
         rows = self._row_values(result, ids, stamps, "azint2d/I_errors" in entry.rows)
-        strings = {"date": _now_iso()}
+        strings = {"date": _reduction_date(result)}
         if provenance is not None:
             rows.update(self._provenance_rows(provenance, 1)[1])
             strings["file"] = provenance[0][0]
@@ -1486,6 +1510,49 @@ def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any
     return {"source_files": files, "source_path": lookup[index]}
 
 
+#: Configuration fields that say where a value came from, not what was computed.
+_NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown"})
+
+
+def stored_configuration(path: str | Path) -> dict[str, Any] | None:
+    """The configuration a radint NeXus result (HDF5 file or Zarr store) was made with, as
+    :meth:`IntegrationConfig.to_dict` gives it, fields an older radint did not store filled
+    with their defaults; None when the file holds none or cannot be read."""
+    from radint.config import IntegrationConfig
+
+    name = "entry/azint1d/reduction/input/configuration"
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            value = np.asarray(zarr.open_group(str(path), mode="r")[name][()])
+        else:
+            import h5py
+
+            with h5py.File(path, "r", locking=False) as f:
+                value = np.asarray(f[name][()])
+        v = value.item() if value.shape == () else value
+        text = v.decode() if isinstance(v, bytes) else str(v)
+        return IntegrationConfig.from_dict(json.loads(text)).to_dict() if text else None
+    except Exception:  # not a result, unreadable, written by something else: nothing to compare
+        return None
+
+
+def configuration_changes(stored: dict[str, Any], current: Any, limit: int = 6) -> list[str]:
+    """What differs between a stored configuration (:func:`stored_configuration`) and the
+    IntegrationConfig ``current``, as ``"r_bin_px 1.0 -> 2.0"`` (at most ``limit``, then a
+    count); where values come from (parameter file, lines) is not compared."""
+    now = json.loads(json.dumps(current.to_dict()))  # tuples as lists, as stored
+    was = json.loads(json.dumps(stored))
+    keys = sorted(k for k in set(now) | set(was) - _NOT_RESULT_FIELDS
+                  if k not in _NOT_RESULT_FIELDS and now.get(k) != was.get(k))  # fmt: skip
+    out = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        out.append(f"and {len(keys) - limit} more")
+    return out
+
+
 def read_nexus(path: str | Path) -> Result:
     """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
 
@@ -1601,6 +1668,12 @@ def read_nexus(path: str | Path) -> Result:
                 metadata={"source": str(path)},
             )
         metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
+        # When the frames were integrated, and the reduction's date: kept by a conversion.
+        stamps = get("entry/azint1d/data/timestamp", required=False)
+        if stamps is not None and stamps.size >= n:
+            metadata["timestamp"] = np.asarray(stamps, dtype=np.float64).reshape(-1)[:n]
+        if date := text(_DATE_PATH):
+            metadata["reduction_date"] = date
         if file_index is not None and frame_index is not None:
             metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
             metadata["source_frame"] = frame_index[:n].astype(np.int64)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from radint.io._source import FrameSource
+from radint.io._source import FrameSource, check_pixel_dtype
 from radint.io.errors import ReaderError
 from radint.io.frame import Frame
 
@@ -66,11 +66,29 @@ def open_frames(
     Raises
     ------
     ReaderError
-        The file does not exist, its format is not recognised, or it cannot be opened.
+        The file does not exist, its format is not recognised, it cannot be opened, or its
+        pixels are not real numbers (object, string, compound, complex...).
     """
+    source = _open_source(Path(path), dataset, shape, dtype, zip_parameters)
+    if source.dtype is not None:  # formats that know it up front: before any frame is read
+        try:
+            check_pixel_dtype(source.label, source.dtype)
+        except ReaderError:
+            with source:  # closes it
+                raise
+    return source
+
+
+def _open_source(
+    p: Path,
+    dataset: str | None,
+    shape: tuple[int, int] | None,
+    dtype: npt.DTypeLike | None,
+    zip_parameters: Mapping[str, float] | None,
+) -> FrameSource:
+    """The format's source for ``p`` (see :func:`open_frames`)."""
     # Each reader is imported where it is needed: zarr alone takes ~0.5 s to import, which a
     # batch of TIFF files should not pay.
-    p = Path(path)
     if not p.exists():
         raise ReaderError(f"{p}: no such file or directory")
     suffix = p.suffix.lower()
@@ -138,6 +156,8 @@ def _iter_source(
 ) -> Iterator[Frame]:
     for index in _indices(source, frames):
         data = source.read(index)
+        if source.dtype is None:  # formats that learn it per frame (EDF, CBF)
+            check_pixel_dtype(f"{source.label}: frame {index}", data.dtype)
         if data.ndim != 2:
             raise ReaderError(f"{source.label}: frame {index} has shape {data.shape}, not 2-D")
         if shape is not None and tuple(data.shape) != tuple(shape):
@@ -278,6 +298,8 @@ def read_stacks(
                 data = source.read_block(chunk[0], chunk[-1] + 1)
             else:
                 data = np.stack([source.read(i) for i in chunk])
+            if source.dtype is None:
+                check_pixel_dtype(f"{source.label}: frames {chunk[0]}..{chunk[-1]}", data.dtype)
             if data.ndim != 3:
                 raise ReaderError(
                     f"{source.label}: frames {chunk[0]}..{chunk[-1]} have shape "

@@ -92,13 +92,18 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
     Raises
     ------
     ValueError
-        An unknown format name.
+        An unknown format name, or no format at all (an empty name or list, e.g. ``--format ""``
+        from an unset shell variable, would otherwise integrate everything and write nothing).
     """
+    if isinstance(formats, str):  # "nexus" is one format, not five letters
+        formats = [formats]
+    known = ", ".join([*FORMATS, *ALIASES])
+    if not formats or any(not str(f).strip() for f in formats):
+        raise ValueError(f"no output format given (got {list(formats)!r}); known: {known}")
     wanted: list[str] = []
     for fmt in formats:
         for f in ALIASES.get(fmt.lower(), (fmt.lower(),)):
             if f not in FORMATS:
-                known = ", ".join([*FORMATS, *ALIASES])
                 raise ValueError(f"unknown output format {fmt!r}; known: {known}")
             if f not in wanted:
                 wanted.append(f)
@@ -153,7 +158,7 @@ def write_result(
     Raises
     ------
     ValueError
-        An unknown format name.
+        An unknown format name, or none.
     OSError
         The directory cannot be created or written; no partial file is left behind.
     """

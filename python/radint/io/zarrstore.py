@@ -6,6 +6,7 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ import zarr
 from zarr.storage import ZipStore
 
 from radint._once import warn_once
-from radint.io._source import FrameSource, frames_from_stack
+from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
 
 DEFAULT_DATASET = "exchange/data"
@@ -94,7 +95,31 @@ class ZarrSource(FrameSource):
                     f"{path}: array '{name}' does not exist; available arrays: {shown}{more}"
                 )
         self._arr = arr
-        self.n_frames, self.frame_shape = frames_from_stack(self.label, arr.shape)
+        try:
+            check_pixel_dtype(self.label, arr.dtype)  # before any buffer is made
+            self.n_frames, self.frame_shape = frames_from_stack(self.label, arr.shape)
+            self._check_written()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_written(self) -> None:
+        """ReaderError naming the frames whose chunks are not in the store (a writer stopped
+        early): zarr reads them as the fill value, which would be integrated as frames, as
+        :func:`radint.io.hdf5.unwritten_frames` refuses for HDF5."""
+        frames = unwritten_frames(self._arr)
+        if not frames:
+            return
+        from radint.io.hdf5 import _ranges
+
+        fill = self._arr.fill_value
+        raise ReaderError(
+            f"{self.label}: frame{'s' if len(frames) > 1 else ''} {_ranges(frames)} of "
+            f"{self.n_frames} never written: their chunks are not in the store (the writer "
+            f"stopped early?), and would read as the fill value {fill}. (A writer with "
+            "write_empty_chunks off also leaves out chunks that hold only the fill value: "
+            "rewrite such a store with write_empty_chunks=True.)"
+        )
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""
@@ -109,6 +134,42 @@ class ZarrSource(FrameSource):
         """Close the zip store (no-op for directories)."""
         if self._store is not None:
             self._store.close()
+
+
+def _stored_keys(arr: zarr.Array) -> set[str]:
+    """Keys under ``arr``'s node in its store, relative to it (one listing of the store: a
+    directory walk, or the zip's index)."""
+    from zarr.core.sync import sync
+
+    store, path = arr.store_path.store, arr.store_path.path
+    prefix = f"{path}/" if path else ""
+
+    async def listing() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
+    return {key[len(prefix) :] for key in sync(listing())}
+
+
+def unwritten_frames(arr: zarr.Array) -> list[int]:
+    """Frames of a 2-D frame or 3-D stack (leading axes of length 1 allowed) that touch a chunk
+    (a shard, where the array is sharded) not in the store: zarr reads those as the fill value,
+    e.g. the frames a killed writer never stored. One listing of the store's keys; the chunk
+    grid is then looked up in it."""
+    if arr.size == 0:
+        return []
+    block = getattr(arr, "shards", None) or arr.chunks
+    grid = [-(-n // c) for n, c in zip(arr.shape, block)]
+    stored = _stored_keys(arr)
+    encode = arr.metadata.encode_chunk_key
+    missing = [c for c in itertools.product(*map(range, grid)) if encode(c) not in stored]
+    if not missing:
+        return []
+    if arr.ndim < 3:
+        return [0]
+    axis = arr.ndim - 3
+    step = block[axis]
+    gone = {c[axis] for c in missing}
+    return [f for f in range(arr.shape[axis]) if f // step in gone]
 
 
 class MidasZipSource(ZarrSource):
