@@ -148,7 +148,9 @@ def test_a_named_detector_radint_does_not_list_is_looked_up_in_pyfai(tmp_path):
     det = pyFAI.detector_factory("Perkin")
     poni = read_poni(path)
     assert (poni["pixel1"], poni["pixel2"]) == (det.pixel1, det.pixel2)
-    assert poni["shape"] == tuple(det.max_shape)
+    assert poni["shape"] == tuple(det.shape) == (2048, 2048)  # binned 2x2 by default in pyFAI
+    ai = pyFAI.load(str(path))
+    assert (ai.detector.pixel1, ai.detector.shape) == (poni["pixel1"], poni["shape"])
     path.write_text(text.format("NoSuchDetector"))
     with pytest.raises(Exception, match=r"pe.poni:1: Detector 'NoSuchDetector': not a detector"):
         read_poni(path)

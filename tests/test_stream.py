@@ -910,6 +910,35 @@ with h5py.File({str(watch / "scan.h5")!r}, "w", locking=False) as f:
                                    rtol=1e-12, equal_nan=True)  # fmt: skip
 
 
+def test_folder_watch_resends_only_the_frames_a_rewrite_changed(integrator, tmp_path):
+    """A 3-frame TIFF of which frame 1 is rewritten in place, twice: frame 1 again each time,
+    frames 0 and 2 never twice."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tifffile.imwrite(watch / "r.tif", np.stack([frame(k, "u2") for k in range(3)]),
+                     photometric="minisblack")  # fmt: skip
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.15)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 3)
+    for n, k in enumerate((5, 6)):
+        time.sleep(0.1)
+        pages = tifffile.memmap(watch / "r.tif", page=1)
+        pages[:] = frame(k, "u2")
+        pages.flush()
+        del pages
+        assert wait_for(lambda n=n: p.written == 4 + n)
+        time.sleep(0.5)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (5, 5, 0)
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == [f"file:r.tif:frame{k}" for k in (0, 1, 2, 1, 1)]
+    np.testing.assert_allclose(rows["I"][4], integrator.integrate(frame(6, "u2")).lineout,
+                               rtol=1e-12, equal_nan=True)  # fmt: skip
+
+
 def test_folder_watch_sends_zero_frames_that_stay_zero(integrator, tmp_path, caplog):
     """Zero frames inside a file are frames; trailing ones are sent once the file has stayed
     unchanged for hold_s, and ones still held when the stream stops are counted as dropped."""
@@ -929,7 +958,7 @@ def test_folder_watch_sends_zero_frames_that_stay_zero(integrator, tmp_path, cap
     assert wait_for(lambda: p.written == 5)
     time.sleep(0.3)
     summary = finish(p)
-    assert (summary.received, summary.written, summary.dropped) == (5, 5, 1)
+    assert (summary.received, summary.written, summary.dropped) == (6, 5, 1)
     assert "b.tif: its last 1 frame(s) held only zeros" in caplog.text
     rows = stream_rows(tmp_path / "out" / "stream.h5")
     assert rows["source"].tolist() == [f"file:a.tif:frame{k}" for k in range(4)] + [
@@ -1119,8 +1148,29 @@ def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog,
     summary = finish(p)
     assert summary.written == 3 and summary.dropped == 0
     assert "uniqueId went back 5 -> 1" in caplog.text
-    assert "not integrating the channel's current value (uniqueId 3)" in caplog.text
+    assert (
+        "not integrating the channel's value at connection (uniqueId 3, no timeStamp" in caplog.text
+    )
     assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [4, 5, 1]
+
+
+def test_pva_a_channel_connecting_with_a_new_frame_has_it_integrated(integrator, tmp_path):
+    """radint waiting for a channel whose record appears holding a frame published after the
+    subscription: its first update is that frame, and it is integrated."""
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n, False))
+    )
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    first = fake_update(1, frame(1, "u2"))
+    first["timeStamp"] = {"secondsPastEpoch": int(time.time()) + 1, "nanoseconds": 0}
+    chan["c"].cb(first)
+    chan["c"].cb(fake_update(2, frame(2, "u2")))
+    assert wait_for(lambda: p.written == 2)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (2, 0)
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [1, 2]
 
 
 def test_pva_reconnect_resend_is_skipped_a_publisher_without_ids_is_not(integrator, tmp_path):
@@ -1134,7 +1184,7 @@ def test_pva_reconnect_resend_is_skipped_a_publisher_without_ids_is_not(integrat
     p.start()
     cb = chan["c"].cb
     stamped = fake_update(7, frame(7, "u2"))
-    stamped["timeStamp"] = {"secondsPastEpoch": 1_700_000_000, "nanoseconds": 5}
+    stamped["timeStamp"] = {"secondsPastEpoch": int(time.time()) + 1, "nanoseconds": 5}
     cb(stamped)
     cb(FakePv(stamped))  # the reconnect's re-send
     for k in range(3):

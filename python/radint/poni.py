@@ -198,18 +198,25 @@ def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any
         ) from None
     import contextlib
     import io
+    import logging
 
+    pyfai_log = logging.getLogger("pyFAI")
+    level = pyfai_log.level
+    pyfai_log.setLevel(logging.CRITICAL)  # it logs its whole detector list for a wrong name
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pyFAI prints its detector list
+        with contextlib.redirect_stdout(io.StringIO()):
             det = pyFAI.detectors.detector_factory(name)
     except Exception:
         raise ParameterError(
             f"{path}:{line}: Detector '{name}': not a detector pyFAI knows, and the file gives "
             "no pixel size (PixelSize1/PixelSize2 or Detector_config)"
         ) from None
+    finally:
+        pyfai_log.setLevel(level)
     if not (det.pixel1 and det.pixel2):
         raise ParameterError(f"{path}:{line}: Detector '{name}': pyFAI gives it no pixel size")
-    shape = tuple(int(v) for v in det.max_shape) if det.max_shape else None
+    # pyFAI's shape and pixel size as it reads this file (some detectors are binned by default).
+    shape = tuple(int(v) for v in det.shape) if det.shape else None
     return float(det.pixel1), float(det.pixel2), shape
 
 

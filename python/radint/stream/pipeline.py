@@ -649,6 +649,9 @@ class Pipeline:
                 break
             item.release()
             self.stats.add("dropped")
+        if self._full_unlogged:
+            log.warning("%d more frame(s) dropped (queue full) since the last such line",
+                        self._full_unlogged)  # fmt: skip
         self._summary = self._make_summary()
         self._unlock_output()
         self._finished.set()
@@ -664,13 +667,18 @@ class Pipeline:
         fd = os.open(self.output_dir / ".radint-stream.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RadintError(
                 f"{self.output_dir}: another radint stream writes there (pid {holder}); stop "
                 "it first or write to another directory (-o)"
             ) from None
+        except OSError as e:  # a file system without flock (some NFS / Lustre mounts)
+            os.close(fd)
+            log.warning("stream: cannot lock %s (%s): a second stream there would not be "
+                        "stopped", self.output_dir, e)  # fmt: skip
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

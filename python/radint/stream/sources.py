@@ -648,6 +648,7 @@ class PvaSource(Source):
         self._repeat_logged = False
         self._was_disconnected = False
         self._connected = False
+        self._subscribed_at = float("inf")
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.dropped_upstream = 0
@@ -668,6 +669,7 @@ class PvaSource(Source):
         if hasattr(self._channel, "setConnectionCallback"):
             self._channel.setConnectionCallback(self.on_connection)
         self._channel.subscribe("radint", self.on_update)
+        self._subscribed_at = time.time()
         self._channel.startMonitor(self.REQUEST)
         log.info("pva: monitoring %s", self.channel_name)
         watchdog = threading.Timer(CONNECT_WARNING_S, self._warn_if_silent)
@@ -682,6 +684,11 @@ class PvaSource(Source):
                 self.channel_name,
                 CONNECT_WARNING_S,
             )
+
+    def _published_since_start(self, stamp: tuple[int, int] | None) -> bool:
+        """Whether a frame's timeStamp (pvData's: seconds past 1970 UTC) is after this source
+        subscribed; False where it has none."""
+        return stamp is not None and stamp[0] + stamp[1] * 1e-9 >= self._subscribed_at
 
     def on_connection(self, connected: bool) -> None:
         """pvapy connection callback: a lost or regained channel is said in the log."""
@@ -703,17 +710,18 @@ class PvaSource(Source):
         stats = self._stats
         uid = int(_get(pv, "uniqueId", 0))
         stamp = _stamp(pv)
-        if self.updates == 1:
-            # A monitor's first update is the value the channel held when radint subscribed:
-            # a frame published before (the last one of an earlier acquisition, perhaps one
-            # a previous stream already wrote), not one of this run.
+        if self.updates == 1 and not self._published_since_start(stamp):
+            # A monitor's first update is the value the channel holds when it connects: a
+            # frame published before radint subscribed (the last one of an earlier
+            # acquisition, perhaps one a previous stream already wrote) is not one of this run.
             if _holds_frame(pv):
                 with self._lock:
                     self._last_uid, self._last_stamp = uid, stamp
                 log.info(
-                    "pva %s: not integrating the channel's current value (uniqueId %d), "
-                    "published before radint subscribed",
+                    "pva %s: not integrating the channel's value at connection (uniqueId %d, "
+                    "%s, before radint subscribed)",
                     self.channel_name, uid,
+                    "no timeStamp" if stamp is None else f"timeStamp {stamp[0]}.{stamp[1]:09d}",
                 )  # fmt: skip
             return
         with self._lock:
@@ -996,6 +1004,7 @@ class FolderSource(Source):
                 stats.add("dropped")
                 log.error("folder: %s never became readable after %d frame(s): %s", name, sent, why)
             for name, (_, n_held) in self._held.items():
+                stats.add("received", n_held)  # read from the file, never sent on
                 stats.add("dropped", n_held)
                 log.error(
                     "folder: %s: its last %d frame(s) held only zeros (allocated, not yet "
@@ -1027,9 +1036,11 @@ class FolderSource(Source):
                 elif sig[0] == before[0] and _fingerprint(path) != self._prints.get(name):
                     log.info("folder: %s rewritten in place: its changed frames are sent", path)
                     sent_before = sent = 0
-                    rewritten = self._digests.get(name, [])
+                    rewritten = list(self._digests.get(name, []))
                 # (the same bytes, touched only: nothing new)
             if not sent_before:
+                if not rewritten:
+                    self._digests.pop(name, None)  # a new file under this name
                 frames = read_frames(path, dataset=self.dataset, shape=self.shape,
                                      zip_parameters=self.zip_parameters)  # fmt: skip
             flush = name in self._flush
@@ -1070,9 +1081,8 @@ class FolderSource(Source):
     def _send_frame(self, path: Path, fr: Any, several: bool, sink: Sink, stats: SourceStats
                     ) -> bool:  # fmt: skip
         digests = self._digests.setdefault(path.name, [])
-        del digests[fr.index :]
-        digests.extend([0] * (fr.index - len(digests)))
-        digests.append(_digest(fr.data))
+        digests.extend([-1] * (fr.index + 1 - len(digests)))
+        digests[fr.index] = _digest(fr.data)
         label = f"file:{path.name}:frame{fr.index}" if several else f"file:{path.name}"
         item = StreamItem(self._next_id, fr.data, label, time.time(),
                           {"file": str(path), "frame": fr.index})  # fmt: skip
