@@ -454,8 +454,6 @@ def test_too_many_bins_blames_the_key_that_causes_them(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["QMin 0", "QMax 0.5", "QBinSize -1"], "<override>:3: QBinSize: expected > 0, got -1"),
-        (["QMin 0", "QMax 0.5", "QBinSize 0"], "<override>:3: QBinSize: expected > 0, got 0"),
         (["TthMin 0", "TthMax 1", "TthBinSize 0"], "<override>:3: TthBinSize: expected > 0, got 0"),
         (["TthMax 1", "TthBinSize -0.1"], "<override>:2: TthBinSize: expected > 0, got -0.1"),
         (["Wavelength -0.17"], "<override>:1: Wavelength: must be > 0 Å (or 0 for none"),
@@ -467,6 +465,20 @@ def test_invalid_q_and_two_theta_bins_and_wavelength_are_refused(tmp_path, overr
     p.write_text(SMALL)
     with pytest.raises(ParameterError, match="^" + message.replace("(", r"\(")):
         IntegrationConfig.from_midas_params(p, overrides).validate()
+
+
+@pytest.mark.parametrize(
+    "overrides", [["QMin 0.5", "QMax 5"], ["QMin 0", "QMax 0.5", "QBinSize -1"]]
+)
+def test_a_q_range_without_q_bins_is_r_bins_as_in_midas(tmp_path, caplog, overrides):
+    """MIDAS bins in R unless QBinSize > 0 (a MIDAS file with QMin/QMax and no QBinSize was
+    refused for a while): R bins, and a warning naming the keys."""
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p, overrides).validate()
+    assert c.radial_mode == "r"
+    assert "no Q bins (as in MIDAS, which bins in R unless QBinSize > 0)" in caplog.text
 
 
 def test_wavelength_zero_is_midas_none_and_warned(tmp_path, caplog):

@@ -306,6 +306,14 @@ class IntegrationConfig:
                 f"{self.q_bin} Å⁻¹ is given too, and Q bins take precedence (as in MIDAS, which "
                 "has no 2θ bins)"
             )
+        if self.q_bin < 0 or (self.q_bin == 0 and (self.q_min != 0 or self.q_max != 0)):
+            # MIDAS bins in R unless QBinSize > 0 (DetectorMapper, integrator.py,
+            # midas-integrate): kept, but a Q range with no Q bins is likely a slip.
+            notes.append(
+                f"{where('QBinSize')}: QBinSize {self.q_bin:g} with QMin {self.q_min:g} / QMax "
+                f"{self.q_max:g}: no Q bins (as in MIDAS, which bins in R unless QBinSize > 0); "
+                "the radial bins are RMin/RMax/RBinSize"
+            )
         if "Wavelength" in self.set_at and self.wavelength_angstrom == 0:
             # MIDAS's "no wavelength" (DetectorMapper's default; its integrators then write
             # Q 0), so accepted; but it is easy to mistake for a value.

@@ -888,22 +888,18 @@ impl Params {
                 ),
             ));
         }
-        // A bin size ≤ 0 switches Q / 2θ bins off (MIDAS bins in R then, and radint's own
-        // midas_text writes `QBinSize 0` for "no Q bins"); but with a range given, or negative,
-        // it is a mistake that would silently bin in R instead.
-        for (size_key, size, lo_key, lo, hi_key, hi) in [
-            (
-                "QBinSize", self.q_bin, "QMin", self.q_min, "QMax", self.q_max,
-            ),
-            (
-                "TthBinSize",
-                self.tth_bin_deg,
-                "TthMin",
-                self.tth_min_deg,
-                "TthMax",
-                self.tth_max_deg,
-            ),
-        ] {
+        // TthBinSize ≤ 0 (radint's own key; 0 = no 2θ bins, as radint's midas_text writes it)
+        // with a range given, or negative, is a mistake that would silently bin in R instead.
+        // QBinSize ≤ 0 is MIDAS's "R bins" whatever the Q range (DetectorMapper, integrator.py
+        // and midas-integrate read it so): accepted, and warned about by the Python layer.
+        for (size_key, size, lo_key, lo, hi_key, hi) in [(
+            "TthBinSize",
+            self.tth_bin_deg,
+            "TthMin",
+            self.tth_min_deg,
+            "TthMax",
+            self.tth_max_deg,
+        )] {
             if size < 0.0 || (size == 0.0 && (lo != 0.0 || hi != 0.0)) {
                 let range = if lo != 0.0 || hi != 0.0 {
                     format!(
@@ -1344,13 +1340,20 @@ mod tests {
     #[test]
     fn q_and_two_theta_bin_sizes_and_the_wavelength_must_be_positive() {
         // They were ignored (R bins instead) or accepted (Wavelength -0.17 in the outputs).
-        assert_eq!(
-            error_with(&["QMin 0", "QMax 0.5", "QBinSize 0"]),
-            "<override>:3: QBinSize: expected > 0, got 0 (QMin 0 (command line), QMax 0.5 \
-             (command line); leave QBinSize and the range out for R bins)"
-        );
-        assert!(error_with(&["QMax 0.5", "QBinSize -1"])
-            .starts_with("<override>:2: QBinSize: expected > 0, got -1"));
+        // QBinSize <= 0 is MIDAS's R bins, with or without a Q range.
+        for extra in [
+            &["QMin 0.5", "QMax 5"][..],
+            &["QMax 0.5", "QBinSize -1"][..],
+        ] {
+            let mut text = SMALL.to_string();
+            for line in extra {
+                text.push_str(line);
+                text.push('\n');
+            }
+            let p = Params::parse(&text, "p.txt").unwrap();
+            p.validate().unwrap();
+            assert_eq!(p.radial_mode(), RadialMode::Radius);
+        }
         assert!(error_with(&["TthMax 1", "TthBinSize 0"])
             .starts_with("<override>:2: TthBinSize: expected > 0, got 0"));
         assert!(error_with(&["TthBinSize -0.1"])
