@@ -104,22 +104,24 @@ class ZarrSource(FrameSource):
             raise
 
     def _check_written(self) -> None:
-        """ReaderError naming the frames whose chunks are not in the store (a writer stopped
-        early): zarr reads them as the fill value, which would be integrated as frames, as
-        :func:`radint.io.hdf5.unwritten_frames` refuses for HDF5."""
+        """Warn (once per store) naming the frames whose chunks are not in the store: zarr
+        reads them as the fill value. zarr leaves out chunks that hold only the fill value
+        unless written with ``write_empty_chunks=True`` (zarr 3's default), so an all-zero
+        frame or tile is stored that way; a writer that stopped early leaves them out too. HDF5
+        has no such convention, and :func:`radint.io.hdf5.unwritten_frames` refuses there."""
         frames = unwritten_frames(self._arr)
         if not frames:
             return
         from radint.io.hdf5 import _ranges
 
-        fill = self._arr.fill_value
-        raise ReaderError(
-            f"{self.label}: frame{'s' if len(frames) > 1 else ''} {_ranges(frames)} of "
-            f"{self.n_frames} never written: their chunks are not in the store (the writer "
-            f"stopped early?), and would read as the fill value {fill}. (A writer with "
-            "write_empty_chunks off also leaves out chunks that hold only the fill value: "
-            "rewrite such a store with write_empty_chunks=True.)"
-        )
+        warn_once(
+            ("zarr-unstored-chunks", self.label),
+            "%s: frame%s %s of %d touch chunks that are not in the store: read as the fill "
+            "value %s (zarr leaves out chunks holding only the fill value unless written with "
+            "write_empty_chunks=True; a writer that stopped early leaves them out too)",
+            self.label, "s" if len(frames) > 1 else "", _ranges(frames), self.n_frames,
+            self._arr.fill_value,
+        )  # fmt: skip
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""
