@@ -1203,22 +1203,25 @@ def test_rerun_removes_the_partials_a_killed_run_left(tmp_path, small_config):
     --skip-existing resume into the folder removes those of its own outputs whose writer is
     gone, and leaves others alone."""
     import os
-    import subprocess
-    import sys
+    import time
 
-    from radint.io.atomic import _host_tag
+    from radint.io.atomic import DEAD_WRITER_QUIET_S, _host_tag
 
     for n in "ab":
         tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
     out = tmp_path / "out"
     run_batch(small_config, [tmp_path / "a.tif"], out)  # a.h5 done: skipped below
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+    dead = "99999"  # above this machine's pid_max: no process has it
     tag = f"0123456789-{_host_tag()}"
     stale = [f".a.h5.{tag}-{dead}.partial", f".b.h5.{tag}-{dead}.partial"]
     kept = [f".b.h5.{tag}-{os.getpid()}.partial", f".c.h5.{tag}-{dead}.partial"]
+    quiet = time.time() - DEAD_WRITER_QUIET_S - 10  # a dead writer's file, unchanged a while
     for name in stale + kept:
         (out / name).write_bytes(b"\0" * 1000)
+        os.utime(out / name, (quiet, quiet))
+    recent = f".b.h5.{tag}-{int(dead) - 1}.partial"  # a writer this pid namespace cannot see
+    (out / recent).write_bytes(b"\0")
+    kept.append(recent)
     outcomes = run_batch(small_config, [tmp_path / "a.tif", tmp_path / "b.tif"], out,
                          skip_existing=True)  # fmt: skip
     assert [o.skipped for o in outcomes] == [True, False] and all(o.ok for o in outcomes)

@@ -935,8 +935,17 @@ def test_stale_partials_of_killed_writers_are_removed(tmp_path: Path) -> None:
             (tmp_path / name / "c" / "0").write_bytes(b"x")
         else:
             (tmp_path / name).write_bytes(b"x")
+    quiet = time.time() - atomic.DEAD_WRITER_QUIET_S - 10  # unchanged for a while
+    for name in made.values():
+        for path in (tmp_path / name, *(tmp_path / name).rglob("*")):
+            os.utime(path, (quiet, quiet))
     old = time.time() - atomic.STALE_AFTER_S - 60
     os.utime(tmp_path / made["old_format"], (old, old))
+    # a dead pid's file written to just now: a writer in another PID namespace, kept
+    recent = tmp_path / f".a.h5.0123456789-{host}-{dead}9.partial"
+    recent.write_bytes(b"x")
+    assert not atomic.is_stale(recent)
+    recent.unlink()
     # the temporary name radint writes now carries host and pid, and a live one is kept
     fresh = atomic.temporary_sibling(tmp_path / "a.h5")
     assert fresh.name.endswith(f"-{host}-{os.getpid()}.partial") and not atomic.is_stale(fresh)
@@ -955,4 +964,5 @@ def test_stale_partials_of_killed_writers_are_removed(tmp_path: Path) -> None:
     long = tmp_path / ("x" * 250 + ".h5")
     cut = atomic.temporary_sibling(long).name.replace(f"-{os.getpid()}.", f"-{dead}.")
     (tmp_path / cut).write_bytes(b"x")
+    os.utime(tmp_path / cut, (quiet, quiet))
     assert atomic.remove_stale_partials([long]) == [tmp_path / cut]

@@ -31,6 +31,8 @@ from pathlib import Path
 #: changed for this long (seconds): radint's writers touch their files at least once per
 #: frame or stack, far more often.
 STALE_AFTER_S = 3600.0
+#: A dead writer's temporary file is removed once unchanged for this long (seconds).
+DEAD_WRITER_QUIET_S = 60.0
 
 
 @functools.cache
@@ -104,14 +106,17 @@ def is_stale(partial: Path, max_age_s: float = STALE_AFTER_S) -> bool:
     m = _TAG.search(partial.name)
     if m is None:
         return False
+    try:
+        age = time.time() - _newest_change(partial)
+    except OSError:
+        return False
     if m["pid"] is not None and m["host"] == _host_tag():
         alive = _pid_alive(int(m["pid"]))
         if alive is not None:
-            return not alive
-    try:
-        return time.time() - _newest_change(partial) > max_age_s
-    except OSError:
-        return False
+            # Also quiet for a minute: a writer in another PID namespace of this host (a
+            # container sharing its hostname) has a pid this process cannot see.
+            return not alive and age > min(DEAD_WRITER_QUIET_S, max_age_s)
+    return age > max_age_s
 
 
 def remove_stale_partials(
