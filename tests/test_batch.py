@@ -1255,6 +1255,34 @@ def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small
     assert [o.skipped for o in done] == [True, True] and not caplog.records
 
 
+def test_skip_existing_compares_mask_and_dark_files_by_name_and_contents(tmp_path, small_config):
+    """A run folder moved elsewhere (the mask's absolute path changed, same file) still skips;
+    a mask of the same name with other contents, both present, redoes."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tifffile.imwrite(run / "a.tif", ring_image(small_config, dtype=np.uint16))
+    mask = np.zeros(small_config.shape, np.uint8)
+    tifffile.imwrite(run / "mask.tif", mask)
+    out = tmp_path / "out"
+    run_batch(small_config.replace(mask_file=str(run / "mask.tif")), [run / "a.tif"], out)
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    config = small_config.replace(mask_file=str(moved / "mask.tif"))
+    again = run_batch(config, [moved / "a.tif"], out, skip_existing=True)
+    assert [o.skipped for o in again] == [True]
+    other = tmp_path / "other"
+    other.mkdir()
+    mask[0, :5] = 1
+    tifffile.imwrite(other / "mask.tif", mask)
+    tifffile.imwrite(moved / "mask.tif", np.zeros_like(mask))  # the stored path exists again
+    shutil.move(moved, run)  # the first run's paths are back
+    redo = run_batch(small_config.replace(mask_file=str(other / "mask.tif")), [run / "a.tif"],
+                     out, skip_existing=True)  # fmt: skip
+    assert [o.skipped for o in redo] == [False]
+
+
 def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):
     """Regression: an interrupted -nCPUs 2 batch printed "31/80 file(s) ok, 60 frames (of 20
     file(s))" (3 frames per file): a pool reports a run of files only when all of it is done,

@@ -1539,6 +1539,27 @@ def stored_configuration(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+#: Configuration fields naming a file (mask, dark, distortion, ...): stored as given.
+_FILE_FIELDS = frozenset(
+    {"mask_file", "dark_file", "distortion_file", "residual_correction_map", "panel_shifts_file"}
+)
+
+
+def _same_file(was: Any, now: Any) -> bool:
+    """Whether two stored paths name the same file: equal names, and where both files are
+    there, equal contents (a folder moved or mounted elsewhere is the same run; the contents
+    of a file rewritten under its old path cannot be compared)."""
+    if not was or not now or Path(was).name != Path(now).name:
+        return was == now
+    old, new = Path(was), Path(now)
+    try:
+        if not (old.is_file() and new.is_file()) or old.resolve() == new.resolve():
+            return True
+        return old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes()
+    except OSError:
+        return True
+
+
 def configuration_changes(stored: dict[str, Any], current: Any, limit: int = 6) -> list[str]:
     """What differs between a stored configuration (:func:`stored_configuration`) and the
     IntegrationConfig ``current``, as ``"r_bin_px 1.0 -> 2.0"`` (at most ``limit``, then a
@@ -1546,7 +1567,8 @@ def configuration_changes(stored: dict[str, Any], current: Any, limit: int = 6) 
     now = json.loads(json.dumps(current.to_dict()))  # tuples as lists, as stored
     was = json.loads(json.dumps(stored))
     keys = sorted(k for k in set(now) | set(was) - _NOT_RESULT_FIELDS
-                  if k not in _NOT_RESULT_FIELDS and now.get(k) != was.get(k))  # fmt: skip
+                  if k not in _NOT_RESULT_FIELDS and now.get(k) != was.get(k)
+                  and not (k in _FILE_FIELDS and _same_file(was.get(k), now.get(k))))  # fmt: skip
     out = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys[:limit]]
     if len(keys) > limit:
         out.append(f"and {len(keys) - limit} more")
