@@ -587,18 +587,20 @@ def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsy
 
 
 @pytest.mark.parametrize(
-    ("procs", "group"),
-    [([], False), (["-nCPUs", "2", "-nCPUsLocal", "1"], False),
-     (["-nCPUs", "2", "-nCPUsLocal", "1"], True)],
-    ids=["1proc", "2procs", "2procs-group"],
+    ("procs", "group", "signame"),
+    [([], False, "SIGTERM"), (["-nCPUs", "2", "-nCPUsLocal", "1"], False, "SIGTERM"),
+     (["-nCPUs", "2", "-nCPUsLocal", "1"], True, "SIGTERM"),
+     (["-nCPUs", "2", "-nCPUsLocal", "1"], True, "SIGINT")],
+    ids=["1proc", "2procs", "2procs-group", "2procs-ctrl-c"],
 )  # fmt: skip
 def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
-    tmp_path, small_config, procs, group
+    tmp_path, small_config, procs, group, signame
 ):
     """What SLURM's scancel sends: files finished stay, the one in progress (its reader held up
     by a FIFO that never delivers) leaves nothing, the summary says so, exit code 130; with a
     process pool the workers are stopped the same way, also when the signal goes to the whole
-    process group (each worker then gets it twice: the group's and the parent's)."""
+    process group (each worker then gets it twice: the group's and the parent's), and for
+    Ctrl-C in a terminal (SIGINT to the group), with no traceback."""
     import os
     import signal
     import subprocess
@@ -622,9 +624,9 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
         assert (out / "a.h5").exists()
         time.sleep(0.3)  # the reader is now waiting on the FIFO
         if group:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, getattr(signal, signame))
         else:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(getattr(signal, signame))
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -634,7 +636,7 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
     # a.h5's 8 frames, also when it finished unreported while stopping (counted from its
     # output: the line once read "1/2 file(s) ok, 0 frames (of 0 file(s))").
     assert "1/2 file(s) ok, 8 frames in" in stdout
-    assert "interrupted" in stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == [
         "a.h5", "a.mat", "a_lineout.xy"]  # fmt: skip
     with h5py.File(out / "a.h5") as f:
@@ -1113,15 +1115,20 @@ def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
     from radint import batch
 
     saved = dict(batch._WORKER)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         batch._WORKER.update(stopping=True, busy=True)
         batch._raise_interrupt(signal.SIGTERM, None)  # ignored: the clean-up goes on
         batch._WORKER["busy"] = False
         with pytest.raises(SystemExit):
             batch._raise_interrupt(signal.SIGTERM, None)
+        # leaving: later signals must not interrupt the interpreter's exit
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in handlers)
     finally:
         batch._WORKER.clear()
         batch._WORKER.update(saved)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def test_dask_without_distributed_is_refused_before_the_map(tmp_path, small_config, monkeypatch):

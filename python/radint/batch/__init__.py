@@ -99,10 +99,14 @@ def _init_worker(
 
 
 def _init_pool_worker(*args: Any) -> None:
-    """A worker process: SIGTERM stops it as Ctrl-C does (its pipeline then removes the files
-    it had not finished), whether it comes from the parent or from a job scheduler; and it
+    """A worker process: SIGTERM and SIGINT stop it (its pipeline then removes the files it
+    had not finished), whether they come from the parent, a terminal or a job scheduler; and it
     stops by itself when its parent dies (:func:`_watch_parent`)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C reaches every process of the terminal's group: the worker's own SIGINT, then the
+    # parent's SIGTERM, must not cut the first one's clean-up short (Python's default SIGINT
+    # handler raised a second KeyboardInterrupt inside it).
+    signal.signal(signal.SIGINT, _raise_interrupt)
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), name="radint-parent-watch", daemon=True
     ).start()
@@ -144,7 +148,11 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
         return
     _WORKER["stopping"] = True
     if not _WORKER.get("busy"):
-        raise SystemExit(0)  # idle between runs: nothing to clean up, leave quietly
+        # Idle between runs: nothing to clean up, leave quietly; a signal during the exit (the
+        # group's and the parent's arrive together) would interrupt the interpreter's shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise SystemExit(0)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
