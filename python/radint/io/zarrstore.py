@@ -96,7 +96,7 @@ class ZarrSource(FrameSource):
                 )
         self._arr = arr
         try:
-            check_pixel_dtype(self.label, arr.dtype)  # before any buffer is made
+            self.dtype = check_pixel_dtype(self.label, arr.dtype)  # before any buffer is made
             self.n_frames, self.frame_shape = frames_from_stack(self.label, arr.shape)
             self._check_written()
         except BaseException:
