@@ -76,6 +76,8 @@ def test_errors_name_file_line_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(RadintFileNotFoundError, match="parameter file not found"):
         IntegrationConfig.from_midas_params(tmp_path / "nope.txt")
+    with pytest.raises(RadintFileNotFoundError, match="a directory, not a parameter file"):
+        IntegrationConfig.from_midas_params(tmp_path)
 
 
 def test_python_defaults_match_rust():

@@ -146,6 +146,11 @@ class IntegrationConfig:
             When the file does not exist.
         """
         path = Path(path)
+        if path.is_dir():
+            raise RadintFileNotFoundError(
+                f"{path}: a directory, not a parameter file (the parameter file comes first, "
+                "then the data)"
+            )
         if not path.is_file():
             raise RadintFileNotFoundError(f"{path}: parameter file not found")
         with path.open("rb") as f:
