@@ -103,6 +103,16 @@ def _expand_data(
     return files
 
 
+def _open_input(
+    path: str | Path, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
+) -> Any:
+    """The frame source of a data file, raw ones (``.raw``/``.bin``) read as ``raw_dtype``."""
+    from radint.io import open_frames
+
+    raw = Path(path).suffix.lower() in (".raw", ".bin")
+    return open_frames(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None)
+
+
 def _check_frame_shapes(
     paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
 ) -> None:
@@ -110,15 +120,12 @@ def _check_frame_shapes(
     built: a mistyped detector size (``NrPixelsY 60000``) built a map of billions of pixels
     first, or ran out of memory doing so, only to refuse every frame. Probing stops at the first
     file that fits or cannot be opened (it is left to the run, which names its error)."""
-    from radint.io import open_frames
     from radint.io.errors import ReaderError
 
     mismatched: list[tuple[str, tuple[int, ...]]] = []
     for path in paths:
-        raw = Path(path).suffix.lower() in (".raw", ".bin")
         try:
-            with open_frames(path, dataset=dataset, shape=config.shape,
-                             dtype=raw_dtype if raw else None) as source:  # fmt: skip
+            with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
         except (ReaderError, ImportError, OSError):
             return
@@ -410,15 +417,12 @@ def _describe_data(
 ) -> int:  # fmt: skip
     """One line per data file: format, frames, frame shape and pixel type, and whether the
     parameters' detector shape fits; 1 when a file cannot be read or does not fit."""
-    from radint.io import open_frames
     from radint.io.errors import ReaderError
 
     bad = 0
     for path in paths:
-        raw = Path(path).suffix.lower() in (".raw", ".bin")
         try:
-            with open_frames(path, dataset=dataset, shape=config.shape,
-                             dtype=raw_dtype if raw else None) as source:  # fmt: skip
+            with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
                 fits = shape == config.shape
                 bad += not fits
