@@ -1293,6 +1293,16 @@ def test_pva_decompresses_payloads_with_the_hdf5_filter_header(codec, dtype):
         decompress_ndarray(codec, payload[:-40], codec_field, SHAPE, len(raw))
 
 
+def test_pva_blosc_payload_of_the_pixels_size_is_the_pixels():
+    """An HDF5 chunk Blosc could not shrink is stored unfiltered; the simulator's direct-chunk
+    mode still labels it blosc (a Blosc frame is always 16 bytes longer than its data)."""
+    data = frame(2, "u2")
+    codec_field = {"name": "blosc", "parameters": ({"value": 6},)}
+    got = decompress_ndarray("blosc", np.frombuffer(data.tobytes(), np.uint8), codec_field,
+                             SHAPE, data.nbytes)  # fmt: skip
+    np.testing.assert_array_equal(got.reshape(SHAPE), data)
+
+
 def test_pva_missing_pvapy_message(monkeypatch):
     import builtins
 

@@ -330,12 +330,13 @@ class TcpSource(Source):
                     break
                 except _Closed:
                     stats.add("partial")
-                    log.warning(
-                        "%s: closed mid-frame (dataset_num %d, dtype %d); partial frame discarded",
-                        label,
-                        num,
-                        code,
+                    why = (
+                        "stopped reading mid-frame (the sender still sending when the drain ended)"
+                        if drain_until is not None or self._stop.is_set()
+                        else "closed mid-frame"
                     )
+                    log.warning("%s: %s (dataset_num %d, dtype %d); partial frame discarded",
+                                label, why, num, code)  # fmt: skip
                     break
                 # dataset_num is 16-bit (spec §7.1): a big step back is a wrap past 65535;
                 # any other step back is the sender's own numbering (ids then repeat).
@@ -507,6 +508,10 @@ def decompress_ndarray(
             import numcodecs
 
             out = numcodecs.LZ4().decode(nbytes.to_bytes(4, "little") + raw.tobytes())
+        elif codec_name == "blosc" and raw.size == nbytes:
+            # A Blosc frame is its data plus a 16-byte header: exactly the pixels' size means
+            # they went out unfiltered (an HDF5 chunk blosc could not shrink, direct-chunk mode).
+            out = raw.tobytes()
         elif codec_name == "blosc":
             import numcodecs
 
