@@ -1295,12 +1295,28 @@ def test_pva_decompresses_payloads_with_the_hdf5_filter_header(codec, dtype):
 
 def test_pva_blosc_payload_of_the_pixels_size_is_the_pixels():
     """An HDF5 chunk Blosc could not shrink is stored unfiltered; the simulator's direct-chunk
-    mode still labels it blosc (a Blosc frame is always 16 bytes longer than its data)."""
+    mode still labels it blosc. A real Blosc frame that happens to be exactly the pixels' size
+    (its header says so) is decoded."""
+    import numcodecs
+
     data = frame(2, "u2")
     codec_field = {"name": "blosc", "parameters": ({"value": 6},)}
     got = decompress_ndarray("blosc", np.frombuffer(data.tobytes(), np.uint8), codec_field,
                              SHAPE, data.nbytes)  # fmt: skip
     np.testing.assert_array_equal(got.reshape(SHAPE), data)
+    # Leading zeros then noise: find a frame whose Blosc encoding is exactly its size.
+    rng = np.random.default_rng(0)
+    for zeros in range(0, 400):
+        noisy = rng.integers(0, 65536, SHAPE).astype("u2")
+        noisy.flat[:zeros] = 0
+        encoded = numcodecs.Blosc(cname="lz4", shuffle=0).encode(noisy)
+        if len(encoded) == noisy.nbytes:
+            break
+    else:
+        pytest.skip("no Blosc frame of exactly the data's size found")
+    got = decompress_ndarray("blosc", np.frombuffer(encoded, np.uint8), codec_field, SHAPE,
+                             noisy.nbytes)  # fmt: skip
+    np.testing.assert_array_equal(got.reshape(SHAPE), noisy)
 
 
 def test_pva_missing_pvapy_message(monkeypatch):

@@ -106,7 +106,8 @@ def _init_pool_worker(*args: Any) -> None:
     # Ctrl-C reaches every process of the terminal's group: the worker's own SIGINT, then the
     # parent's SIGTERM, must not cut the first one's clean-up short (Python's default SIGINT
     # handler raised a second KeyboardInterrupt inside it).
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `cmd &` ignores it: kept so
+        signal.signal(signal.SIGINT, _raise_interrupt)
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), name="radint-parent-watch", daemon=True
     ).start()
@@ -140,6 +141,10 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def _leaving(signum: int, _frame: object) -> None:
+    """A worker's signal handler once it is exiting: nothing more to stop."""
+
+
 def _raise_interrupt(signum: int, _frame: object) -> None:
     # The pool's worker loop catches the interrupt and takes its next queued run: that run
     # must not start (see _process_run). A second signal (a job scheduler's SIGTERM to the
@@ -150,8 +155,10 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     if not _WORKER.get("busy"):
         # Idle between runs: nothing to clean up, leave quietly; a signal during the exit (the
         # group's and the parent's arrive together) would interrupt the interpreter's shutdown.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # (A Python no-op, not SIG_IGN: a signal already pending when SIG_IGN is set raises
+        # "Signal 15 ignored due to race condition".)
+        signal.signal(signal.SIGTERM, _leaving)
+        signal.signal(signal.SIGINT, _leaving)
         raise SystemExit(0)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 

@@ -7,6 +7,7 @@ A store holding a bare array is read as that array; a group is read at ``dataset
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from zarr.storage import ZipStore
 from radint._once import warn_once
 from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
+
+log = logging.getLogger("radint")
 
 DEFAULT_DATASET = "exchange/data"
 MIDAS_DARK_DATASET = "exchange/dark"
@@ -111,6 +114,10 @@ class ZarrSource(FrameSource):
         has no such convention, and :func:`radint.io.hdf5.unwritten_frames` refuses there."""
         frames = unwritten_frames(self._arr)
         if not frames:
+            return
+        if len(frames) == self.n_frames:  # an array made with zeros() (a MIDAS zip's dark)
+            log.info("%s: no chunk stored: every frame reads as the fill value %s", self.label,
+                     self._arr.fill_value)  # fmt: skip
             return
         from radint.io.hdf5 import _ranges
 

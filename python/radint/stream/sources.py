@@ -276,17 +276,17 @@ class TcpSource(Source):
         while got < n:
             draining = drain_until is not None or self._stop.is_set()
             if draining and time.monotonic() > (drain_until or self._drain_until):
-                raise _Closed(got)
+                raise _Closed(got, "drain over")
             try:
                 k = conn.recv_into(view[got:], n - got)
             except TimeoutError:
                 if draining:
-                    raise _Closed(got) from None  # the sender is quiet: nothing more to read
+                    raise _Closed(got, "quiet") from None  # nothing more to read
                 continue
             except OSError as e:
-                raise _Closed(got) from e
+                raise _Closed(got, "closed") from e
             if k == 0:
-                raise _Closed(got)
+                raise _Closed(got, "closed")
             got += k
 
     def _serve(self, conn: socket.socket, label: str, sink: Sink, stats: SourceStats) -> None:
@@ -328,13 +328,14 @@ class TcpSource(Source):
                         label, e, n_frames, hint,
                     )  # fmt: skip
                     break
-                except _Closed:
+                except _Closed as e:
                     stats.add("partial")
-                    why = (
-                        "stopped reading mid-frame (the sender still sending when the drain ended)"
-                        if drain_until is not None or self._stop.is_set()
-                        else "closed mid-frame"
-                    )
+                    why = {
+                        "drain over": "stopped reading mid-frame (the sender was still sending "
+                        "when the drain ended)",
+                        "quiet": "stopped reading mid-frame (the sender went quiet while the "
+                        "stream was stopping)",
+                    }.get(e.args[1] if len(e.args) > 1 else "", "closed mid-frame")
                     log.warning("%s: %s (dataset_num %d, dtype %d); partial frame discarded",
                                 label, why, num, code)  # fmt: skip
                     break
@@ -508,9 +509,9 @@ def decompress_ndarray(
             import numcodecs
 
             out = numcodecs.LZ4().decode(nbytes.to_bytes(4, "little") + raw.tobytes())
-        elif codec_name == "blosc" and raw.size == nbytes:
-            # A Blosc frame is its data plus a 16-byte header: exactly the pixels' size means
-            # they went out unfiltered (an HDF5 chunk blosc could not shrink, direct-chunk mode).
+        elif codec_name == "blosc" and raw.size == nbytes and not _blosc_header_fits(raw, nbytes):
+            # The pixels' size and no Blosc header of them: the chunk went out unfiltered (one
+            # Blosc could not shrink, in areaDetector's direct-chunk mode).
             out = raw.tobytes()
         elif codec_name == "blosc":
             import numcodecs
@@ -568,6 +569,15 @@ def _holds_frame(pv: Any) -> bool:
     if not isinstance(branch, dict) or not branch:
         return bool(branch)
     return any(np.size(v) for v in branch.values())
+
+
+def _blosc_header_fits(raw: np.ndarray, nbytes: int) -> bool:
+    """Whether ``raw`` starts with a Blosc header of ``nbytes`` of data in ``raw.size`` bytes."""
+    if raw.size < 16:
+        return False
+    head = raw[:16].tobytes()
+    return (int.from_bytes(head[4:8], "little") == nbytes
+            and int.from_bytes(head[12:16], "little") == raw.size)  # fmt: skip
 
 
 def _hdf5_lz4_blocks(body: bytes, nbytes: int, block_bytes: int) -> bytes:
