@@ -1134,6 +1134,29 @@ def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
             signal.signal(s, handler)
 
 
+def test_pool_workers_keep_an_ignored_sigint(monkeypatch):
+    """A batch started with SIGINT ignored (`cmd &` in a script) must not have its workers
+    stopped by Ctrl-C; otherwise they take SIGINT as SIGTERM."""
+    import signal
+
+    from radint import batch
+
+    monkeypatch.setattr(batch, "_init_worker", lambda *a: None)
+    monkeypatch.setattr(batch, "_watch_parent", lambda parent: None)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        batch._init_pool_worker()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is batch._raise_interrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        batch._init_pool_worker()
+        assert signal.getsignal(signal.SIGINT) is batch._raise_interrupt
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 def test_dask_without_distributed_is_refused_before_the_map(tmp_path, small_config, monkeypatch):
     """--dask without dask.distributed ended in a traceback after the map was built; now a
     BackendUnavailableError naming the extra, with nothing written."""
