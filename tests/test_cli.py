@@ -31,6 +31,17 @@ def test_map_info_integrate(tmp_path, capsys):
     assert lines[0].startswith("#") and len([ln for ln in lines if not ln.startswith("#")]) >= 595
 
 
+def test_info_names_the_pixel_type_of_an_edf(tmp_path, capsys):
+    """EDF/CBF learn their pixel type per frame; `radint info` said only "per frame"."""
+    fabio = pytest.importorskip("fabio")
+    params = str(EXAMPLES / "parameters.txt")
+    edf = tmp_path / "f.edf"
+    fabio.edfimage.EdfImage(data=np.zeros((1679, 1475), np.int32)).write(str(edf))
+    assert main(["info", params, str(edf)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 frame(s) of (1679, 1475) int32 (frame 0; each frame has its own); fits" in out
+
+
 def test_bad_input_exit_code(tmp_path, capsys):
     bad = tmp_path / "p.txt"
     bad.write_text("NrPixels 10\nRBinSize -1\n")

@@ -426,7 +426,9 @@ def _describe_data(
                 shape = tuple(source.frame_shape)
                 fits = shape == config.shape
                 bad += not fits
-                dtype = source.dtype if source.dtype is not None else "per frame"
+                dtype: object = source.dtype
+                if dtype is None and source.n_frames:  # EDF/CBF: a type per frame
+                    dtype = f"{source.read(0).dtype} (frame 0; each frame has its own)"
                 console.print(
                     f"data {source.label}: {type(source).__name__.removesuffix('Source')}, "
                     f"{source.n_frames} frame(s) of {shape} {dtype}; "
