@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import h5py
@@ -1314,6 +1315,40 @@ def test_skip_existing_compares_mask_and_dark_files_by_name_and_contents(tmp_pat
     redo = run_batch(small_config.replace(mask_file=str(other / "mask.tif")), [run / "a.tif"],
                      out, skip_existing=True)  # fmt: skip
     assert [o.skipped for o in redo] == [False]
+
+
+def test_skip_existing_redoes_outputs_whose_mask_or_dark_was_rewritten(
+    tmp_path, small_config, caplog
+):
+    """Regression: a mask or dark rewritten under its old path has the same name, so
+    --skip-existing kept outputs made with the old one. The outputs store the digests of the
+    files their configuration names; a rewritten file redoes, a conversion keeps them."""
+    from radint.cli import main
+
+    tifffile.imwrite(tmp_path / "a.tif", ring_image(small_config, dtype=np.uint16))
+    mask, dark = tmp_path / "mask.tif", tmp_path / "dark.tif"
+    tifffile.imwrite(mask, np.zeros(small_config.shape, np.uint8))
+    tifffile.imwrite(dark, np.zeros(small_config.shape, np.uint16))
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.replace(mask_file=str(mask)).midas_text())
+    out = tmp_path / "out"
+    args = ["batch", str(params), str(tmp_path / "a.tif"), "-o", str(out), "--dark", str(dark)]
+    assert main([*args, "-q"]) == 0
+    first = read_nexus(out / "a.h5")
+    assert set(json.loads(first.metadata["file_digests"])) == {"mask_file", "dark_file"}
+    assert main([*args, "-q", "--skip-existing"]) == 0
+    assert read_nexus(out / "a.h5").metadata["reduction_date"] == first.metadata["reduction_date"]
+    for path, value in ((mask, 1), (dark, 7)):
+        stored = tifffile.imread(path)
+        stored[:4, :4] = value
+        tifffile.imwrite(path, stored)
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            assert main([*args, "-q", "--skip-existing"]) == 0
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        assert "integrated again" in warned and f"{path.name}' has other contents" in warned
+        caplog.clear()
+        assert main([*args, "-q", "--skip-existing"]) == 0  # made with these files: kept
+        assert not caplog.records
 
 
 def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):

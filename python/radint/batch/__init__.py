@@ -197,12 +197,12 @@ def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig) -> list[
     Why: --skip-existing resumes a run; an output made with other parameters (another RBinSize)
     kept beside new ones gives a result set that mixes two binnings without a word. Such a
     file is integrated again, as a run without --skip-existing would do."""
-    from radint.io.nexus import configuration_changes, stored_configuration
+    from radint.io.nexus import configuration_changes, stored_configuration, stored_file_digests
 
     for out in outputs:
         stored = stored_configuration(out)
         if stored is not None:
-            return configuration_changes(stored, config)
+            return configuration_changes(stored, config, digests=stored_file_digests(out))
     return []
 
 

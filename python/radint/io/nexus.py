@@ -274,6 +274,51 @@ def _reduction_date(result: Result) -> str:
     return _now_iso()
 
 
+_DIGEST_PATH = "entry/azint1d/reduction/input/file_digests"
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_digest(path: str | Path) -> str | None:
+    """``"sha256:<hex>"`` of a file's contents, None when it cannot be read. Cached per
+    process by (path, inode, size, mtime): a batch writes it into every output, and the dark
+    or mask it names is read once per run anyway."""
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        with _DIGESTS_LOCK:
+            if key in _DIGESTS:
+                return _DIGESTS[key]
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    except OSError:
+        return None
+    digest = f"sha256:{h.hexdigest()}"
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
+    return digest
+
+
+def _file_digests_json(result: Result) -> str:
+    """The contents' digests of the files the configuration names (mask, dark, ...), as JSON
+    ``{field: digest}``: what a stored result carries (``metadata['file_digests']``, so
+    ``radint convert`` keeps the originals), else those of the files now.
+
+    Why: --skip-existing compares a rerun's configuration with the stored one; a mask
+    rewritten under its old path has the same name, and only its digest tells."""
+    given = result.metadata.get("file_digests")
+    if isinstance(given, str):
+        return given
+    digests = {}
+    for key in sorted(_FILE_FIELDS):
+        path = getattr(result.config, key, None)
+        if path and (digest := file_digest(path)) is not None:
+            digests[key] = digest
+    return json.dumps(digests, sort_keys=True)
+
+
 def _integrated_at(result: Result) -> np.ndarray:
     """Per frame, when it was integrated (Unix s): ``metadata['timestamp']``, which the
     Integrator sets and :func:`read_nexus` reads back, so every format of one run, and a
@@ -815,6 +860,7 @@ class NexusWriter:
         t.field(f"{red}/note", NOTE)
         t.group(f"{red}/input", {"NX_class": "NXparameters"})
         t.field(f"{red}/input/configuration", json.dumps(params, sort_keys=True))
+        t.field(f"{red}/input/file_digests", _file_digests_json(result))
         t.field(f"{red}/input/lineout_mode", result.lineout_mode)
         for key, value in sorted(params.items()):
             if isinstance(value, bool | int | float | str):
@@ -911,6 +957,7 @@ class NexusWriter:
             "source_path" in result.metadata or "source_frame" in result.metadata,
             result.n_r,
             result.n_eta,
+            _file_digests_json(result),  # a mask rewritten under its name: the same config
         )
 
     @staticmethod
@@ -1560,16 +1607,59 @@ def _same_file(was: Any, now: Any) -> bool:
         return True
 
 
-def configuration_changes(stored: dict[str, Any], current: Any, limit: int = 6) -> list[str]:
+def stored_file_digests(path: str | Path) -> dict[str, str]:
+    """The file digests a radint NeXus result stored (:func:`file_digest` per configuration
+    field naming a file); empty when it stores none (older radint) or cannot be read."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            value = np.asarray(zarr.open_group(str(path), mode="r")[_DIGEST_PATH][()])
+        else:
+            import h5py
+
+            with h5py.File(path, "r", locking=False) as f:
+                value = np.asarray(f[_DIGEST_PATH][()])
+        v = value.item() if value.shape == () else value
+        digests = json.loads(v.decode() if isinstance(v, bytes) else str(v))
+        return {str(k): str(d) for k, d in digests.items()} if isinstance(digests, dict) else {}
+    except Exception:  # not stored, unreadable: compared by name and contents as before
+        return {}
+
+
+def configuration_changes(
+    stored: dict[str, Any], current: Any, limit: int = 6, digests: dict[str, str] | None = None
+) -> list[str]:
     """What differs between a stored configuration (:func:`stored_configuration`) and the
     IntegrationConfig ``current``, as ``"r_bin_px 1.0 -> 2.0"`` (at most ``limit``, then a
-    count); where values come from (parameter file, lines) is not compared."""
+    count); where values come from (parameter file, lines) is not compared. Files (mask,
+    dark, ...) compare by the stored ``digests`` of their contents where the result has them
+    and the file is there now, else by name and contents (:func:`_same_file`)."""
     now = json.loads(json.dumps(current.to_dict()))  # tuples as lists, as stored
     was = json.loads(json.dumps(stored))
-    keys = sorted(k for k in set(now) | set(was) - _NOT_RESULT_FIELDS
-                  if k not in _NOT_RESULT_FIELDS and now.get(k) != was.get(k)
-                  and not (k in _FILE_FIELDS and _same_file(was.get(k), now.get(k))))  # fmt: skip
-    out = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys[:limit]]
+    digests = digests or {}
+    rewritten = set()
+
+    def differs(k: str) -> bool:
+        if k in _NOT_RESULT_FIELDS:
+            return False
+        if k in _FILE_FIELDS and k in digests and now.get(k):
+            digest = file_digest(now[k])
+            if digest is not None:
+                if digest != digests[k] and now.get(k) == was.get(k):
+                    rewritten.add(k)
+                return digest != digests[k]
+        if k in _FILE_FIELDS and _same_file(was.get(k), now.get(k)):
+            return False
+        return now.get(k) != was.get(k)
+
+    keys = sorted(k for k in set(now) | set(was) if differs(k))
+    out = [
+        f"{k} {now.get(k)!r} has other contents" if k in rewritten
+        else f"{k} {was.get(k)!r} -> {now.get(k)!r}"
+        for k in keys[:limit]
+    ]  # fmt: skip
     if len(keys) > limit:
         out.append(f"and {len(keys) - limit} more")
     return out
@@ -1696,6 +1786,8 @@ def read_nexus(path: str | Path) -> Result:
             metadata["timestamp"] = np.asarray(stamps, dtype=np.float64).reshape(-1)[:n]
         if date := text(_DATE_PATH):
             metadata["reduction_date"] = date
+        if digests := text(_DIGEST_PATH):
+            metadata["file_digests"] = digests
         if file_index is not None and frame_index is not None:
             metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
             metadata["source_frame"] = frame_index[:n].astype(np.int64)
