@@ -1128,6 +1128,7 @@ def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog,
     from radint.stream import sources
 
     monkeypatch.setattr(sources, "CONNECT_WARNING_S", 0.2)
+    monkeypatch.setattr(PvaSource, "LATE_CONNECT_S", 60.0)  # the first value: held before
     caplog.set_level(logging.INFO, logger="radint")
     chan = {}
     src = PvaSource(
@@ -1149,7 +1150,7 @@ def test_pva_restart_and_silent_channel_are_logged(integrator, tmp_path, caplog,
     assert summary.written == 3 and summary.dropped == 0
     assert "uniqueId went back 5 -> 1" in caplog.text
     assert (
-        "not integrating the channel's value at connection (uniqueId 3, no timeStamp" in caplog.text
+        "not integrating the channel's value at connection (uniqueId 3, no timestamp" in caplog.text
     )
     assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [4, 5, 1]
 
@@ -1193,6 +1194,63 @@ def test_pva_reconnect_resend_is_skipped_a_publisher_without_ids_is_not(integrat
     summary = finish(p)
     assert (summary.written, summary.dropped) == (4, 0)
     assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [7, 0, 0, 0]
+
+
+def test_pva_publishers_without_timestamps(integrator, tmp_path, caplog, monkeypatch):
+    """p4p leaves timeStamp at 0 unless told. Regressions: (1) a server that started after
+    radint subscribed had its first frame skipped as "published before radint subscribed",
+    uncounted; (2) the value re-sent on a reconnect was integrated a second time. Now a first
+    update that comes LATE_CONNECT_S after subscribing is integrated, dataTimeStamp stands in
+    for timeStamp, and after a reconnect the same uniqueId with the same pixels is skipped
+    (other pixels are a new frame of a publisher that does not number them)."""
+    monkeypatch.setattr(PvaSource, "LATE_CONNECT_S", 0.2)
+    caplog.set_level(logging.INFO, logger="radint")
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n, False))
+    )
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    time.sleep(0.3)  # the server starts late: its first frame is new
+    cb = chan["c"].cb
+    src.on_connection(True)
+    cb(fake_update(1, frame(1, "u2")))
+    cb(fake_update(2, frame(2, "u2")))
+    assert wait_for(lambda: p.written == 2)
+    src.on_connection(False)
+    src.on_connection(True)
+    cb(fake_update(2, frame(2, "u2")))  # the reconnect's re-send: skipped
+    cb(fake_update(3, frame(3, "u2")))
+    src.on_connection(False)
+    src.on_connection(True)
+    cb(fake_update(3, frame(4, "u2")))  # same id, other pixels: a new frame
+    assert wait_for(lambda: p.written == 4)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (4, 0)
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [1, 2, 3, 3]
+    assert "uniqueId 2 again, same pixels, first update after a reconnect" in caplog.text
+    stamped = fake_update(5, frame(5, "u2"))
+    stamped["timeStamp"] = {"secondsPastEpoch": 0, "nanoseconds": 0}
+    stamped["dataTimeStamp"] = {"secondsPastEpoch": 1_700_000_000, "nanoseconds": 7}
+    assert sources_stamp(stamped) == (1_700_000_000, 7)
+
+
+def sources_stamp(pv):
+    from radint.stream.sources import _stamp
+
+    return _stamp(pv)
+
+
+def test_pva_a_channel_that_never_connects_is_said_at_the_end(integrator, tmp_path, caplog):
+    """Regression: with --timeout shorter than the silence warning, a mistyped channel name
+    ended like an idle detector (exit 0, no word about the channel)."""
+    caplog.set_level(logging.INFO, logger="radint")
+    src = PvaSource("nosuch:img", SHAPE, channel_factory=lambda n: FakeChannel(n, False))
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    summary = finish(p)
+    assert summary.written == 0 and src.never_connected
+    assert "pva nosuch:img: the channel never connected in" in caplog.text
 
 
 def test_pva_frames_land_in_slab_rows_and_refused_ones_are_released():
@@ -1390,6 +1448,90 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
     want = integrator.integrate(frame(4, "u2")).lineout
     np.testing.assert_allclose(rows["I"][2], want, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)
+
+
+_P4P_SERVER = """
+import sys, threading, time
+import numpy as np
+from p4p.nt import NTNDArray
+from p4p.server import Server
+from p4p.server.thread import SharedPV
+
+name, ny, nz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+nt = NTNDArray()
+connected = threading.Event()
+
+class Handler:
+    def onFirstConnect(self, pv):
+        connected.set()
+
+def frame(uid, dtype):  # as tests/test_stream.py's frame(); p4p leaves timeStamp at 0
+    data = ((np.arange(ny * nz).reshape(nz, ny) + uid) % 251).astype(dtype)
+    value = nt.wrap(data)
+    value["uniqueId"] = uid
+    return value
+
+pv = SharedPV(handler=Handler())
+pv.open(nt.wrap(np.zeros((0,), np.uint16)))  # a record without a frame yet
+with Server(providers=[{name: pv}]):
+    if not connected.wait(60):
+        sys.exit("radint never connected")
+    time.sleep(1.0)  # its monitor is up
+    last = None
+    for uid, dtype in ((1, "u2"), (2, "i4"), (3, "f4"), (4, "f8")):
+        last = frame(uid, dtype)
+        pv.post(last)
+        time.sleep(0.2)
+    pv.close()  # clients disconnect; reopened with the same value, re-sent on reconnect
+    time.sleep(1.0)
+    pv.open(last)
+    time.sleep(1.0)
+    pv.post(frame(5, "u1"))
+    time.sleep(1.0)
+"""
+
+
+def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path):
+    """A real PVA server of the other Python EPICS library (p4p): its NTNDArray value types,
+    its dimension order, no timeStamps (p4p's default) and a server-side disconnect whose
+    reconnect re-sends the current value. `radint stream` writes every frame once, equal to
+    integrating it directly. Both in their own processes (pvapy's client context keeps the
+    EPICS ports it first saw)."""
+    pytest.importorskip("p4p")
+    pytest.importorskip("pvaccess")
+    port, bport = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVAS_SERVER_PORT": str(port),
+           "EPICS_PVA_BROADCAST_PORT": str(bport), "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    channel = f"radint:p4p{port}:image"
+    out = tmp_path / "out"
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out), "--source",
+         "pva", "--channel", channel, "--backend", "cpu", "-j", "1", "--max-frames", "5",
+         "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        server = subprocess.run(
+            [sys.executable, "-c", _P4P_SERVER, channel, str(NY), str(NZ)],
+            capture_output=True, text=True, timeout=90, env=env,
+        )  # fmt: skip
+        text = stream.communicate(timeout=60)[0].decode()
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    assert server.returncode == 0, server.stdout + server.stderr
+    assert stream.returncode == 0, text
+    assert "written 5" in text and "dropped 0" in text, text
+    assert "uniqueId 4 again, same pixels, first update after a reconnect" in text, text
+    rows = stream_rows(out / "stream.h5")
+    assert rows["frame_id"].tolist() == [1, 2, 3, 4, 5]
+    for row, (uid, dtype) in enumerate(((1, "u2"), (2, "i4"), (3, "f4"), (4, "f8"), (5, "u1"))):
+        want = integrator.integrate(frame(uid, dtype)).lineout
+        np.testing.assert_allclose(rows["I"][row], want, rtol=1e-12, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------- live peak control

@@ -899,7 +899,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise
     if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
         print(summary.line())
-    return 0
+    return 1 if getattr(source, "never_connected", False) else 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:

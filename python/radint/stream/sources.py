@@ -556,10 +556,17 @@ def decompress_ndarray(
 
 
 def _stamp(pv: Any) -> tuple[int, int] | None:
-    """An NTNDArray's ``timeStamp`` as (seconds, nanoseconds); None where it is not set."""
-    ts = _get(pv, "timeStamp")
-    stamp = (int(_get(ts, "secondsPastEpoch", 0) or 0), int(_get(ts, "nanoseconds", 0) or 0))
-    return stamp if any(stamp) else None
+    """An NTNDArray's ``timeStamp`` as (seconds, nanoseconds), else its ``dataTimeStamp`` (when
+    the frame was taken: a publisher that leaves the update's stamp at 0, p4p's default, may
+    set that one); None where neither is set."""
+    for name in ("timeStamp", "dataTimeStamp"):
+        ts = _get(pv, name)
+        if ts is None:
+            continue
+        stamp = (int(_get(ts, "secondsPastEpoch", 0) or 0), int(_get(ts, "nanoseconds", 0) or 0))
+        if any(stamp):
+            return stamp
+    return None
 
 
 def _holds_frame(pv: Any) -> bool:
@@ -644,7 +651,10 @@ class PvaSource(Source):
     """
 
     name = "pva"
-    REQUEST = "field(uniqueId, value, dimension, codec, uncompressedSize, timeStamp)"
+    REQUEST = "field(uniqueId, value, dimension, codec, uncompressedSize, timeStamp, dataTimeStamp)"
+    #: A first update this long after subscribing comes from a channel that connected late
+    #: (its server started since): published after radint subscribed, stamped or not.
+    LATE_CONNECT_S = 1.0
 
     def __init__(
         self,
@@ -663,6 +673,12 @@ class PvaSource(Source):
         self._repeat_logged = False
         self._was_disconnected = False
         self._connected = False
+        #: Set on reconnecting: the first update then may be the current value re-sent.
+        self._reconnected = False
+        #: The last frame's pixels as decoded, kept only for publishers without timestamps,
+        #: to tell a re-sent value from a new frame of the same uniqueId after a reconnect.
+        self._last_pixels: np.ndarray | None = None
+        self._decoded: np.ndarray | None = None  # the latest update's pixels, before the copy
         self._subscribed_at = float("inf")
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -701,9 +717,11 @@ class PvaSource(Source):
             )
 
     def _published_since_start(self, stamp: tuple[int, int] | None) -> bool:
-        """Whether a frame's timeStamp (pvData's: seconds past 1970 UTC) is after this source
-        subscribed; False where it has none."""
-        return stamp is not None and stamp[0] + stamp[1] * 1e-9 >= self._subscribed_at
+        """Whether a frame's timestamp (pvData's: seconds past 1970 UTC) is after this source
+        subscribed. Without one, whether the channel connected late (see LATE_CONNECT_S)."""
+        if stamp is None:
+            return time.time() - self._subscribed_at >= self.LATE_CONNECT_S
+        return stamp[0] + stamp[1] * 1e-9 >= self._subscribed_at
 
     def on_connection(self, connected: bool) -> None:
         """pvapy connection callback: a lost or regained channel is said in the log."""
@@ -715,6 +733,7 @@ class PvaSource(Source):
             log.warning("pva %s: disconnected (the IOC stopped or the network failed): "
                         "waiting for it to come back", self.channel_name)  # fmt: skip
         elif connected and not was and self._was_disconnected:
+            self._reconnected = True
             log.info("pva %s: connected again", self.channel_name)
 
     def on_update(self, pv: Any) -> None:
@@ -734,12 +753,15 @@ class PvaSource(Source):
                     self._last_uid, self._last_stamp = uid, stamp
                 log.info(
                     "pva %s: not integrating the channel's value at connection (uniqueId %d, "
-                    "%s, before radint subscribed)",
+                    "%s)",
                     self.channel_name, uid,
-                    "no timeStamp" if stamp is None else f"timeStamp {stamp[0]}.{stamp[1]:09d}",
+                    "no timestamp, and the channel connected at once: taken as the value it "
+                    "held before radint subscribed" if stamp is None
+                    else f"timeStamp {stamp[0]}.{stamp[1]:09d}, before radint subscribed",
                 )  # fmt: skip
             return
         with self._lock:
+            reconnected, self._reconnected = self._reconnected, False
             if uid == self._last_uid and stamp is not None and stamp == self._last_stamp:
                 # A reconnect re-sends the current value: the frame was taken already.
                 log.info("pva %s: uniqueId %d again, same timestamp (re-sent on reconnect): "
@@ -748,6 +770,15 @@ class PvaSource(Source):
             self._last_stamp = stamp
         try:
             data = self._decode(pv, uid)
+            if stamp is None and data is not None:
+                # The decoded array itself is kept (a copy per frame would cost ~1 ms).
+                last, self._last_pixels = self._last_pixels, self._decoded
+                if (reconnected and uid == self._last_uid and last is not None
+                        and np.array_equal(last, self._decoded)):  # fmt: skip
+                    self.pool.give_back(data)
+                    log.info("pva %s: uniqueId %d again, same pixels, first update after a "
+                             "reconnect (re-sent): skipped", self.channel_name, uid)  # fmt: skip
+                    return
         except Exception as e:  # a bad update is counted and logged, never lost in pvapy
             data = None
             self.rejected += 1
@@ -824,12 +855,26 @@ class PvaSource(Source):
             )
         # Copied (widened where needed) into a slab row, so that frames which pile up while the
         # integrator is busy are integrated together as one stack (see FramePool).
+        self._decoded = arr
         row = self.pool.take(arr.size, _PVA_WIDEN.get(arr.dtype, arr.dtype))
         np.copyto(row, arr.reshape(-1))
         return row.reshape(shape)
 
+    @property
+    def never_connected(self) -> bool:
+        """Whether the channel never connected (no update, no connection callback): a
+        mistyped name or an unreachable IOC, not an idle detector."""
+        return self.updates == 0 and not self._connected and not self._was_disconnected
+
     def stop(self) -> None:
+        was_stopped = self._stopped.is_set()
         self._stopped.set()
+        if not was_stopped and self._channel is not None and self.never_connected:
+            log.warning(
+                "pva %s: the channel never connected in %.0f s: check its name and that its "
+                "IOC is reachable (EPICS_PVA_ADDR_LIST / EPICS_PVA_AUTO_ADDR_LIST)",
+                self.channel_name, time.time() - self._subscribed_at,
+            )  # fmt: skip
         if self._channel is not None:
             try:
                 self._channel.stopMonitor()
