@@ -386,9 +386,10 @@ def test_delta_r_agrees(case):
 
 def test_mask_entries_and_flags():
     """transopt_mask: the mask TIFF is in the raw frame (ImTransOpt 1, 2 apply to it); only the
-    value 1 masks. Masked pixels have no entries in either map; radint flags exactly the bins a
-    masked pixel overlaps, C (maskMap.bin) flags every candidate bin of its corner box, a
-    superset (measured 245 ⊇ 224)."""
+    value 1 masks. Masked pixels have no entries in either map. The bins flagged for masked
+    pixels (maskMap.bin, NaN under compat="midas-cpu") are C's: every candidate bin of each
+    masked pixel's corner box, a superset of the bins they overlap (245 ⊇ 224). radint flagged
+    only the overlapped ones, so its own map NaNed fewer bins than IntegratorZarrOMP."""
     import tifffile
 
     k = load("transopt_mask")
@@ -403,8 +404,8 @@ def test_mask_entries_and_flags():
     touched = np.zeros(unmasked.n_bins, bool)
     touched[b[masked[unmasked.pixel]]] = True
     hit, c_hit = k.m.mask_hit.astype(bool), k.c["mask_map"].astype(bool)
-    np.testing.assert_array_equal(hit, touched)
-    assert np.all(c_hit[hit]) and (hit.sum(), c_hit.sum()) == (224, 245)
+    np.testing.assert_array_equal(hit, c_hit)
+    assert np.all(hit[touched]) and (touched.sum(), hit.sum()) == (224, 245)
     # radint's geometric bin area counts masked pixels too (coverage = area / it).
     per_bin = np.bincount(b, unmasked.area.astype(np.float64), unmasked.n_bins)
     np.testing.assert_allclose(k.m.bin_geometric_area, per_bin, rtol=1e-6, atol=1e-9)
@@ -564,6 +565,23 @@ def test_c_integrator_output_files_are_reproduced(tmp_path):
     assert line_bin.read_bytes() == (DATA / "distorted" / "c_ring_lineout.bin").read_bytes()
     line_xy = write_lineout_xy(r, tmp_path / "ring_lineout.xy")
     assert line_xy.read_text() == (DATA / "distorted" / "c_ring_lineout.xy").read_text()
+
+
+@pytest.mark.parametrize("case", ["mask_empty_bin", "distorted_mask"])
+def test_own_map_flags_the_bins_detectormapper_flags_for_masked_pixels(case, tmp_path):
+    """Regression: radint flagged only the bins a masked pixel overlaps, DetectorMapper every
+    bin of its corner box (overlap or not), so `--compat midas-cpu` on radint's own map left
+    numbers where IntegratorZarrOMP writes NaN (a sweep: 250 bins in 62 cases). radint's
+    maskMap.bin is now C's, bit for bit."""
+    from radint.cli import main
+
+    _unpack(case, ("maskMap.bin",), tmp_path)
+    out = tmp_path / "own"
+    assert main(["map", str(DATA / case / "params.txt"), "-o", str(out)]) == 0
+    c_bytes = (tmp_path / "maskMap.bin").read_bytes()
+    own = (out / "maskMap.bin").read_bytes()
+    c_flags = np.frombuffer(c_bytes[64:], np.int32)
+    assert c_flags.sum() > 0 and np.array_equal(np.frombuffer(own[64:], np.int32), c_flags)
 
 
 @pytest.mark.parametrize("case", ["mask_empty_bin", "no_wavelength"])

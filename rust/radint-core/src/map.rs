@@ -37,7 +37,8 @@ pub struct DetectorMap {
     /// Per-entry signal weight when it differs from `area` (MIDAS C maps fold corrections and
     /// bilinear sampling into it); `None` means the weight is `area`.
     pub weight: Option<Vec<f64>>,
-    /// 1 where a masked pixel overlaps the bin.
+    /// 1 where MIDAS's rule flags the bin for a masked pixel (`maskMap.bin`): every bin of the
+    /// R × η box the pixel's corners span, as DetectorMapper does, overlap or not.
     pub mask_hit: Vec<u8>,
     /// Σ overlap area of all pixels, masked ones included (coverage = area / this).
     pub bin_geometric_area: Vec<f64>,
@@ -414,6 +415,8 @@ struct Entry {
 struct RowOutput {
     entries: Vec<Entry>,
     masked: Vec<(u32, f64)>,
+    /// Bins DetectorMapper flags for the row's masked pixels (see `midas_masked_bins`).
+    mask_flags: Vec<u32>,
 }
 
 fn check_len(what: &str, v: &Option<Vec<impl Sized>>, n: usize) -> Result<()> {
@@ -527,14 +530,9 @@ impl Plan {
         a <= w || (a - 90.0).abs() <= w || (a - 180.0).abs() <= w
     }
 
-    /// All entries of transformed pixel (i, j), merged per bin.
-    fn map_pixel(
-        &self,
-        i: usize,
-        j: usize,
-        out: &mut Vec<(u32, f64, f64)>,
-        eta_bins: &mut Vec<usize>,
-    ) {
+    /// Centre (Y, Z) of transformed pixel (i, j) after panel and distortion-map shifts, its
+    /// panel's offsets, and its sub-pixel count per side.
+    fn pixel_centre(&self, i: usize, j: usize) -> (f64, f64, PanelOffset, usize) {
         let idx = j * self.transform.n_y + i;
         let (mut ypr, mut zpr) = (i as f64, j as f64);
         let mut panel = PanelOffset::default();
@@ -555,6 +553,56 @@ impl Plan {
                 n_sub = self.sub_pixel_level as usize;
             }
         }
+        (ypr, zpr, panel, n_sub)
+    }
+
+    /// The bins DetectorMapper flags for masked pixel (i, j), into `out`: every bin of the box
+    /// of R × η its (first sub-pixel's) corners span, closed intervals, whether the pixel
+    /// overlaps the bin or not. IntegratorZarrOMP sets these bins NaN (`maskMap.bin`).
+    fn midas_masked_bins(&self, i: usize, j: usize, out: &mut Vec<u32>) {
+        let (ypr, zpr, panel, n_sub) = self.pixel_centre(i, j);
+        let step = 1.0 / n_sub as f64;
+        let (y0, z0) = (ypr - 0.5, zpr - 0.5);
+        let (mut r_lo, mut r_hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut eta_lo, mut eta_hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (dy, dz) in [(0.0, 0.0), (0.0, step), (step, 0.0), (step, step)] {
+            let (p, r) = self.to_plane(y0 + dy, z0 + dz, panel);
+            let eta = p[1].atan2(p[0]).to_degrees();
+            r_lo = r_lo.min(r);
+            r_hi = r_hi.max(r);
+            eta_lo = eta_lo.min(eta);
+            eta_hi = eta_hi.max(eta);
+        }
+        if eta_hi - eta_lo > 180.0 {
+            (eta_lo, eta_hi) = (eta_hi, 360.0 + eta_lo);
+        }
+        let r_edges = &self.r_edges;
+        for k in 0..r_edges.len() - 1 {
+            if !(r_edges[k + 1] >= r_lo && r_edges[k] <= r_hi) {
+                continue;
+            }
+            for e in 0..self.n_eta {
+                let lo = self.eta_min + e as f64 * self.eta_bin;
+                let hi = self.eta_min + (e + 1) as f64 * self.eta_bin;
+                if [0.0, 360.0, -360.0]
+                    .iter()
+                    .any(|s| hi >= eta_lo + s && lo <= eta_hi + s)
+                {
+                    out.push((k * self.n_eta + e) as u32);
+                }
+            }
+        }
+    }
+
+    /// All entries of transformed pixel (i, j), merged per bin.
+    fn map_pixel(
+        &self,
+        i: usize,
+        j: usize,
+        out: &mut Vec<(u32, f64, f64)>,
+        eta_bins: &mut Vec<usize>,
+    ) {
+        let (ypr, zpr, panel, n_sub) = self.pixel_centre(i, j);
         out.clear();
         if let (Some(grid), 1) = (&self.corner_grid, n_sub) {
             let w = self.transform.n_y + 1;
@@ -755,6 +803,9 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
                         "its entries need more memory than can be allocated, at row {j} of {n_z}"
                     ))
                 })?;
+                if masked {
+                    plan.midas_masked_bins(i, j, &mut row.mask_flags);
+                }
                 for &(bin, area, dr_area) in scratch.iter() {
                     if masked {
                         row.masked.push((bin, area));
@@ -865,8 +916,10 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> Result<DetectorMap> {
     let mut geometric = map.bin_area();
     for row in &rows {
         for &(bin, a) in &row.masked {
-            mask_hit[bin as usize] = 1;
             geometric[bin as usize] += a as f32 as f64;
+        }
+        for &bin in &row.mask_flags {
+            mask_hit[bin as usize] = 1;
         }
     }
     map.mask_hit = mask_hit;
