@@ -45,6 +45,23 @@ def _cuda_status() -> tuple[bool, str]:
     return cuda_available()
 
 
+def check_compat(config: IntegrationConfig, compat: str | None) -> None:
+    """Refuse parameters that a MIDAS compat's rules cannot honour, naming where they were set
+    (the CLI calls this before reading any data; :class:`Integrator` on construction).
+
+    Raises
+    ------
+    InvalidInputError
+        ``PixelWeights fraction`` with a compat: MIDAS's rules weigh by area, and dropping the
+        key silently would leave outputs whose stored configuration says fraction.
+    """
+    if compat and config.pixel_weights == "fraction":
+        raise InvalidInputError(
+            f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
+            f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
+        )
+
+
 class Integrator:
     """Integrate frames into (η, R) cakes and radial lineouts with one detector map.
 
@@ -153,7 +170,8 @@ class Integrator:
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
             )
         if pixel_weights == "config":
-            pixel_weights = "area" if compat else config.pixel_weights
+            check_compat(config, compat)
+            pixel_weights = config.pixel_weights
         if pixel_weights not in ("area", "fraction"):
             raise InvalidInputError(
                 f"pixel_weights must be 'config', 'area' or 'fraction', got {pixel_weights!r}"
