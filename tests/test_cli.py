@@ -375,3 +375,29 @@ def test_timestamps_are_the_integration_time_and_survive_convert(tmp_path, monke
     with h5py.File(tmp_path / "conv" / "ceo2_pilatus.h5") as f:
         np.testing.assert_array_equal(f[path][()], stamps)
         assert f["entry/azint1d/reduction/date"][()].decode() == date
+
+
+def test_pixel_weights_fraction_with_compat_is_refused(tmp_path, capsys):
+    # `PixelWeights fraction` with --compat midas-cpu was dropped silently while the NeXus
+    # output said pixel_weights=fraction; Integrator(compat=, pixel_weights="fraction") refused.
+    from radint import IntegrationConfig, Integrator, InvalidInputError
+    from tests.conftest import SMALL
+
+    params = tmp_path / "p.txt"
+    params.write_text(SMALL + "PixelWeights fraction\n")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    for compat in ("midas-cpu", "midas-gpu"):
+        code = main(["integrate", str(params), data, "-o", str(tmp_path / "out"), "--compat",
+                     compat, "-q"])  # fmt: skip
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "p.txt:23: PixelWeights fraction is radint's pyFAI-like weighting" in err
+        assert f"compat={compat!r}" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    config = IntegrationConfig.from_midas_params(params)
+    with pytest.raises(InvalidInputError, match="p.txt:23: PixelWeights fraction"):
+        Integrator(config, compat="midas-cpu")
+    # On the command line too, naming it.
+    code = main(["integrate", str(EXAMPLES / "parameters.txt"), data, "PixelWeights", "fraction",
+                 "-o", str(tmp_path / "out2"), "--compat", "midas-cpu", "-q"])  # fmt: skip
+    assert code == 2 and "<override>:1: PixelWeights fraction" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from radint import (
     IntegrationConfig,
     Integrator,
     InvalidInputError,
+    RadintError,
     ShapeError,
 )
 from radint.testing import ring_image
@@ -579,3 +580,89 @@ def test_cake_sigma_counts_a_pixel_once_within_a_bin_of_a_resampled_map(small_co
                 want = np.sqrt(v).reshape(m.n_r, m.n_eta).T / r.area
             np.testing.assert_allclose(r.cake_sigma[ok], want[ok], rtol=1e-12, err_msg=name)
             assert ok.sum() > 100
+
+
+# ---------------------------------------------------------------- FlatFile, Normalize values
+def _params_file(tmp_path, extra: str) -> IntegrationConfig:
+    from tests.conftest import SMALL
+
+    path = tmp_path / "p.txt"
+    path.write_text(SMALL + extra)
+    return IntegrationConfig.from_midas_params(path)
+
+
+def test_flat_file_divides_as_midas_integrate_does(tmp_path, small_map, caplog, monkeypatch):
+    # FlatFile was listed as an unused key and silently ignored; midas-integrate's mapper
+    # divides each pixel's weight by the flat where it is > 1e-12 (not normalised; 0 and NaN
+    # leave the pixel undivided).
+    import tifffile
+
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    rng = np.random.default_rng(3)
+    shape = (100, 120)
+    flat = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    flat[10, 20], flat[30, 40] = 0.0, np.nan
+    tifffile.imwrite(tmp_path / "flat.tif", flat)
+    config = _params_file(tmp_path, "FlatFile flat.tif\n")
+    assert config.flat_file == str(tmp_path / "flat.tif") and not config.unknown
+    frame = rng.uniform(100, 200, shape)
+    expected_flat = np.where(flat > 1e-12, flat, 1.0).astype(np.float64)
+    plain = config.replace(flat_file="")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        for compat in (None, "midas-gpu"):
+            got = Integrator(config, detector_map=small_map, compat=compat).integrate(frame)
+            want = Integrator(plain, detector_map=small_map, compat=compat).integrate(
+                frame / expected_flat
+            )
+            np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12)
+            np.testing.assert_allclose(got.lineout, want.lineout, rtol=1e-12)
+    assert "2 pixel(s) hold a flat value <= 1e-12 or NaN" in caplog.text
+    assert "p.txt:23: FlatFile" in caplog.text
+    # IntegratorZarrOMP does not read FlatFile: compat="midas-cpu" ignores it, warning once.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        for _ in range(2):
+            got = Integrator(config, detector_map=small_map, compat="midas-cpu").integrate(frame)
+    want = Integrator(plain, detector_map=small_map, compat="midas-cpu").integrate(frame)
+    np.testing.assert_array_equal(got.cake, want.cake)
+    assert caplog.text.count("IntegratorZarrOMP does not read FlatFile") == 1
+    # An explicit flat= wins over the file.
+    got = Integrator(config, detector_map=small_map, flat=np.full(shape, 2.0)).integrate(frame)
+    want = Integrator(plain, detector_map=small_map).integrate(frame / 2.0)
+    np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12)
+
+
+def test_flat_file_of_the_wrong_shape_is_refused(tmp_path, small_map):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "flat.tif", np.ones((120, 100), np.float32))
+    config = _params_file(tmp_path, "FlatFile flat.tif\n")
+    with pytest.raises(ShapeError, match=r"p.txt:23: FlatFile: .*flat.tif: expected shape "
+                       r"\(100, 120\).*got \(120, 100\) \(its transpose: are NrPixelsY"):  # fmt: skip
+        Integrator(config, detector_map=small_map)
+    missing = _params_file(tmp_path, "FlatFile nothing.tif\n")
+    with pytest.raises(RadintError, match="p.txt:23: FlatFile: .*nothing.tif: no such file"):
+        Integrator(missing, detector_map=small_map)
+    # ignored under compat="midas-cpu": not read at all
+    Integrator(missing, detector_map=small_map, compat="midas-cpu")
+
+
+def test_normalize_values_other_than_0_and_1(tmp_path, small_map, caplog):
+    # `Normalize 2` turned normalisation off everywhere (read as `== 1`, IntegratorZarrOMP's
+    # test); the GPU program tests `if (Normalize)` and midas-integrate bool(Normalize).
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        two = _params_file(tmp_path, "Normalize 2\n")
+    assert two.normalize == 2
+    assert (
+        "p.txt:23: Normalize 2: IntegratorZarrOMP divides by the bin area only for" in caplog.text
+    )
+    one, zero = two.replace(normalize=1), two.replace(normalize=0)
+    frame = ring_image(two, noise=True)
+    for compat, same_as in ((None, one), ("midas-gpu", one), ("midas-cpu", zero)):
+        got = Integrator(two, detector_map=small_map, compat=compat).integrate(frame)
+        want = Integrator(same_as, detector_map=small_map, compat=compat).integrate(frame)
+        np.testing.assert_array_equal(got.cake, want.cake)
+        np.testing.assert_array_equal(got.lineout, want.lineout)
+        assert got.normalized == bool(same_as.normalize)

@@ -384,3 +384,38 @@ def test_cache_key_ignores_what_does_not_shape_the_map(small_config, tmp_path):
     a = small_config.replace(mask_file=str(tmp_path / "a.tif"))
     assert a.map_key() == small_config.replace(mask_file=str(tmp_path / "b.tif")).map_key()
     assert a.map_key() != key
+
+
+def test_corners_folded_across_the_beam_centre_are_warned(tmp_path, caplog, monkeypatch):
+    # A residual map below -R at the beam centre puts pixel corners at a negative corrected
+    # R: the map folds there, and the build said nothing (only a RhoD fold was warned).
+    import radint._once
+    from tests.conftest import SMALL
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    shape = (100, 120)
+    np.full(shape, -0.8).tofile(tmp_path / "resid.bin")
+    path = tmp_path / "p.txt"
+    path.write_text(SMALL + "RMin 0\nResidualCorrectionMap resid.bin\n")
+    config = IntegrationConfig.from_midas_params(path)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        m = DetectorMap.cached(config, tmp_path / "cache", n_threads=1)
+    # BC (55.3, 47.8): corners (55.5, 47.5) and (55.5, 48.5) lie 0.36 and 0.73 px from it,
+    # the next one, (54.5, 47.5), 0.85 px.
+    assert m.fold is not None and m.fold[0] == 2
+    assert -0.6 < m.fold[1] < -0.3 and (m.fold[2], m.fold[3]) == (55.5, 47.5)
+    assert caplog.text.count("pixel corner(s) map to a negative corrected R") == 1
+    assert "2 pixel corner(s)" in caplog.text and "ResidualCorrectionMap" in caplog.text
+    # A cached map says it again (a later run reuses the cache), once per process.
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        again = DetectorMap.cached(config, tmp_path / "cache", n_threads=1)
+        DetectorMap.cached(config, tmp_path / "cache", n_threads=1)
+    assert again.origin.startswith("cache") and again.fold == m.fold
+    assert caplog.text.count("pixel corner(s) map to a negative corrected R") == 1
+    # Panels shifted one by one (corners per pixel) count each pixel's own corners.
+    np.zeros(2 * shape[0] * shape[1]).tofile(tmp_path / "dist.bin")
+    shifted = config.replace(distortion_file=str(tmp_path / "dist.bin"))
+    assert DetectorMap.build(shifted, n_threads=1).fold[0] == 8  # 2 corners of 4 pixels each
+    assert DetectorMap.build(config.replace(residual_correction_map=""), n_threads=1).fold is None

@@ -184,6 +184,17 @@ _GEOMETRY_KEYS = (("Lsd",), ("BC",), ("px", "pxY"), ("Wavelength",))
 def _load_config(
     params: str, overrides: list[str], args: argparse.Namespace | None = None
 ) -> IntegrationConfig:
+    config = _read_config(params, overrides, args)
+    if args is not None and getattr(args, "compat", None):
+        from radint.integrator import check_compat
+
+        check_compat(config, args.compat)  # before any data is read (batch workers too)
+    return config
+
+
+def _read_config(
+    params: str, overrides: list[str], args: argparse.Namespace | None
+) -> IntegrationConfig:
     if _is_poni(params):
         # pyFAI geometry: MIDAS binning keys (RMin, RBinSize, EtaBinSize, ...) come as overrides.
         config = IntegrationConfig.from_poni(params)

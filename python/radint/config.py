@@ -29,6 +29,7 @@ FILE_FIELDS = (
     "residual_correction_map",
     "panel_shifts_file",
     "dark_file",
+    "flat_file",
 )
 
 
@@ -74,6 +75,8 @@ class IntegrationConfig:
     residual_correction_map: str = ""
     panel_shifts_file: str = ""
     dark_file: str = ""
+    #: ``FlatFile`` (midas-integrate's key): pixels divided by it, see ``Integrator(flat=)``.
+    flat_file: str = ""
     n_panels_y: int = 0
     n_panels_z: int = 0
     panel_size_y: int = 0
@@ -86,7 +89,9 @@ class IntegrationConfig:
     polarization_correction: bool = False
     polarization_fraction: float = 0.99
     polarization_plane_eta_deg: float = 0.0
-    normalize: bool = True
+    #: ``Normalize`` as written (IntegratorZarrOMP divides only for 1, the GPU program and
+    #: midas-integrate for any non-zero value; see ``Integrator``).
+    normalize: int = 1
     gradient_correction: bool = False
     omega_sum_frames: int = 1
     sum_images: bool = False
@@ -511,6 +516,7 @@ _MIDAS_KEYS = {
     "residual_correction_map": "ResidualCorrectionMap",
     "panel_shifts_file": "PanelShiftsFile",
     "dark_file": "Dark",
+    "flat_file": "FlatFile",
     "n_panels_y": "NPanelsY",
     "n_panels_z": "NPanelsZ",
     "panel_size_y": "PanelSizeY",

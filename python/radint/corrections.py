@@ -1,7 +1,7 @@
 """Per-pixel correction factors (solid angle, polarization, flat), kept apart from the map.
 
 The integrator divides each pixel by ``c = solid_angle × polarization × flat``; changing a
-correction never needs a new map. Conventions (η in MIDAS convention, 0 along +Z, +90 along +Y):
+correction never needs a new map. ``FlatFile`` in the parameters is the flat (``read_flat_file``). Conventions (η in MIDAS convention, 0 along +Z, +90 along +Y):
 
 * solid angle ``"midas"``: ``cos³(2θ)`` with ``2θ = atan(R·px/Lsd)`` (ignores tilt, as MIDAS C);
   ``"exact"``: ``d0²·(n̂·r)/|r|³``, r the pixel's position on its (tilted) plane, n̂ the plane
@@ -74,6 +74,57 @@ def polarization(
     raise InvalidInputError(
         f"polarization must be one of {POLARIZATION_MODELS} or None, got {model!r}"
     )
+
+
+#: Flat values at or below this (and NaN) leave a ``FlatFile`` pixel undivided (midas-integrate).
+FLAT_FLOOR = 1e-12
+
+
+def read_flat_file(config: IntegrationConfig) -> np.ndarray | None:
+    """``FlatFile`` as the flat-field divisor per raw pixel (None without one), with
+    midas-integrate's rules: each pixel is divided by its flat value as stored (not normalised);
+    a value ≤ 1e-12 or NaN leaves the pixel undivided (warned, with the count). The file is in
+    the raw orientation, like the frames, the dark and the mask (midas-integrate reads it at
+    the ImTransOpt-transformed pixel, as it reads the mask). Any frame format radint reads (TIFF,
+    EDF, HDF5, ...); the first frame of a file holding several."""
+    if not config.flat_file:
+        return None
+    import logging
+    from pathlib import Path
+
+    from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
+    from radint.io import read_frames
+    from radint.io.errors import ReaderError
+
+    path = Path(config.flat_file)
+    where = config.where_set("flat_file")
+    if not path.is_file():
+        raise RadintFileNotFoundError(f"{where}: {path}: no such file")
+    try:
+        flat = next(read_frames(path, frames=0)).data
+    except (ReaderError, ImportError, OSError, ValueError, StopIteration) as e:
+        raise MapFormatError(f"{where}: {path}: cannot be read as an image ({e})") from e
+    if flat.dtype.kind not in "biuf":
+        raise MapFormatError(f"{where}: {path}: expected real numbers, got dtype {flat.dtype}")
+    shape = config.shape
+    if flat.shape != shape:
+        rows, cols = shape
+        swapped = flat.shape == shape[::-1] and rows != cols
+        raise ShapeError(
+            f"{where}: {path}: expected shape ({rows}, {cols}) (NrPixelsZ rows, NrPixelsY "
+            f"columns), got {flat.shape}"
+            + (" (its transpose: are NrPixelsY and NrPixelsZ swapped?)" if swapped else "")
+        )
+    flat = np.asarray(flat, dtype=np.float64)
+    low = ~(flat > FLAT_FLOOR)
+    if low.any():
+        logging.getLogger("radint").warning(
+            "%s: %s: %d pixel(s) hold a flat value <= %g or NaN and are integrated undivided "
+            "(as midas-integrate does); mask them (MaskFile) to leave them out",
+            where, path, int(low.sum()), FLAT_FLOOR,
+        )  # fmt: skip
+        flat = np.where(low, 1.0, flat)
+    return np.ascontiguousarray(flat)
 
 
 def midas_frac_factor(config: IntegrationConfig) -> np.ndarray:

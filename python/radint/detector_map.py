@@ -60,6 +60,34 @@ def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
     return np.ascontiguousarray(masked, dtype=np.uint8)
 
 
+def _warn_fold(fold: tuple[int, float, float, float], config: IntegrationConfig | None) -> None:
+    """Warn (once) that some pixel corners mapped to a negative corrected R."""
+    from radint._once import warn_once
+
+    corners, worst, y, z = (int(fold[0]), *(float(v) for v in fold[1:]))
+    source = config.source if config is not None else "map"
+    causes = ""
+    if config is not None:
+        present = [key for key, on in (
+            ("ResidualCorrectionMap", config.residual_correction_map),
+            ("DistortionFile", config.distortion_file),
+            ("PanelShiftsFile", config.panel_shifts_file),
+            ("p0..p14", any(config.distortion)),
+            ("Parallax", config.parallax_um),
+        ) if on]  # fmt: skip
+        if present:
+            causes = f" (set here: {', '.join(present)})"
+    warn_once(
+        ("fold", source, corners, worst),
+        "%s: %d pixel corner(s) map to a negative corrected R (worst %.4g px, at (y, z) = "
+        "(%g, %g) of the ImTransOpt-transformed image): the corrections%s move them across "
+        "the beam centre, so the mapping folds the detector over there and the pixels around "
+        "it overlap in the map (MIDAS's mappers fold alike); check the residual/distortion "
+        "maps and panel shifts near the beam centre",
+        source, corners, worst, y, z, causes,
+    )  # fmt: skip
+
+
 def _read_f64_maps(path_text: str, config: IntegrationConfig, count: int, what: str) -> list:
     path = Path(path_text)
     if not path.is_file():
@@ -112,6 +140,9 @@ class DetectorMap:
         #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
         #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
         self.midas_sampling: tuple[Path, str, bool] | None = None
+        #: ``(corners, worst R px, y, z)`` of the pixel corners the build mapped to a negative
+        #: corrected R (warned when built or loaded from the cache), or None.
+        self.fold: tuple[int, float, float, float] | None = getattr(core, "fold", None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -144,7 +175,10 @@ class DetectorMap:
         core = _core.build_map(
             config.core_dict(), mask=file_mask, n_threads=n_threads, **_map_inputs(config)
         )
-        return cls(core, config)
+        m = cls(core, config)
+        if m.fold is not None:
+            _warn_fold(m.fold, config)
+        return m
 
     @classmethod
     def from_arrays(
@@ -363,6 +397,8 @@ class DetectorMap:
         }
         if self.weight is not None:
             arrays["weight"] = self.weight
+        if self.fold is not None:
+            arrays["fold"] = np.array(self.fold, dtype=np.float64)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
         os.close(fd)
         try:
@@ -396,11 +432,16 @@ class DetectorMap:
                     z["bin_geometric_area"],
                     config=config,
                 )
+                fold = z.get("fold")
+                fold = None if fold is None else np.array(fold)  # a copy: the file is unmapped
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             if isinstance(e, MapFormatError):
                 raise
             raise MapFormatError(f"{path}: not a radint map cache ({e})") from e
         m.origin = f"cache {path}"
+        if fold is not None and fold.shape == (4,):
+            m.fold = (int(fold[0]), float(fold[1]), float(fold[2]), float(fold[3]))
+            _warn_fold(m.fold, config)
         return m
 
     @classmethod

@@ -45,6 +45,23 @@ def _cuda_status() -> tuple[bool, str]:
     return cuda_available()
 
 
+def check_compat(config: IntegrationConfig, compat: str | None) -> None:
+    """Refuse parameters that a MIDAS compat's rules cannot honour, naming where they were set
+    (the CLI calls this before reading any data; :class:`Integrator` on construction).
+
+    Raises
+    ------
+    InvalidInputError
+        ``PixelWeights fraction`` with a compat: MIDAS's rules weigh by area, and dropping the
+        key silently would leave outputs whose stored configuration says fraction.
+    """
+    if compat and config.pixel_weights == "fraction":
+        raise InvalidInputError(
+            f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
+            f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
+        )
+
+
 class Integrator:
     """Integrate frames into (η, R) cakes and radial lineouts with one detector map.
 
@@ -67,7 +84,10 @@ class Integrator:
     mask : ndarray of bool, shape (n_pixels_z, n_pixels_y), optional
         Integration-time pixel mask (True = ignore), on top of the map's MaskFile.
     flat : ndarray, shape (n_pixels_z, n_pixels_y), optional
-        Flat-field response; pixels are divided by it (≤ 0 or NaN ⇒ masked).
+        Flat-field response; pixels are divided by it (≤ 0 or NaN ⇒ masked). Without it the
+        parameters' ``FlatFile`` is the flat (midas-integrate's rules: values ≤ 1e-12 or NaN
+        leave the pixel undivided; ignored with ``compat="midas-cpu"``, whose C program does
+        not read the key).
     dark : ndarray, shape (n_pixels_z, n_pixels_y), optional
         Dark image subtracted from every frame (NaN pixels ⇒ masked), copied once here. The
         same as passing it to every ``integrate`` call (a ``dark=`` there takes precedence), but
@@ -153,7 +173,8 @@ class Integrator:
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
             )
         if pixel_weights == "config":
-            pixel_weights = "area" if compat else config.pixel_weights
+            check_compat(config, compat)
+            pixel_weights = config.pixel_weights
         if pixel_weights not in ("area", "fraction"):
             raise InvalidInputError(
                 f"pixel_weights must be 'config', 'area' or 'fraction', got {pixel_weights!r}"
@@ -172,6 +193,9 @@ class Integrator:
         self.n_threads = n_threads
         self.compat = compat
         self._corrections_at_source = False  # see _corrected_at_source
+        #: Whether bins are divided by their area: ``Normalize`` 1 for IntegratorZarrOMP's
+        #: rules (``== 1``), any non-zero value otherwise (the GPU program, midas-integrate).
+        self.normalize = config.normalize == 1 if compat == "midas-cpu" else bool(config.normalize)
         self.fit = fit
         self.error_model = error_model
         self.precision = precision
@@ -227,6 +251,20 @@ class Integrator:
             detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
         self.pixel_weights = pixel_weights
         self.map = detector_map
+        if flat is None and config.flat_file:
+            if compat == "midas-cpu":
+                warn_once(
+                    ("flat_file", config.flat_file),
+                    "%s %s ignored with compat='midas-cpu': IntegratorZarrOMP does not read "
+                    "FlatFile (midas-integrate's key; radint's default and compat='midas-gpu' "
+                    "divide by it)", config.where_set("flat_file"), config.flat_file,
+                )  # fmt: skip
+            else:
+                from radint.corrections import read_flat_file
+
+                flat = read_flat_file(config)
+        elif flat is not None and config.flat_file:
+            log.info("flat given: the parameters' FlatFile %s is not used", config.flat_file)
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._dark = self._prepare_dark(dark)
         if self._dark is not None:
@@ -696,7 +734,7 @@ class Integrator:
                 error_model="given" if var_flat is not None else (self.error_model or "none"),
                 variance=var_flat,
                 precision=self.precision,
-                normalize=self.config.normalize,
+                normalize=self.normalize,
                 rules=self.compat or "radint",
                 lineout=self.lineout_mode,
                 empty_value=self.empty_value,
@@ -844,7 +882,7 @@ class Integrator:
             area=cake("area"),
             count=cake("count"),
             config=self.config,
-            normalized=self.config.normalize,
+            normalized=self.normalize,
             lineout_mode=self.lineout_mode,
             frame_ids=np.arange(n) if stack else None,
             metadata=meta,
@@ -859,7 +897,7 @@ class Integrator:
             return {}
         s = np.asarray(out["signal"]).reshape(n, -1)[:, hit]
         a = np.asarray(out["area"]).reshape(n, -1)[:, hit]
-        divide = (s != 0) & (a != 0) & bool(self.config.normalize)
+        divide = (s != 0) & (a != 0) & self.normalize
         values = np.where(divide, s / np.where(divide, a, 1.0), s)
         n_r, n_eta = self.map.n_r, self.map.n_eta
         r, e = np.divmod(hit, n_eta)

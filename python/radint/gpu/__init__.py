@@ -446,7 +446,7 @@ class CudaIntegrator:
         if n > 0 and self.n_bins > 0:
             fin = (
                 np.int32(_RULES[it.compat]),
-                np.int32(bool(it.config.normalize)),
+                np.int32(it.normalize),
                 np.int32(_LINEOUT[it.lineout_mode]),
                 np.int32(0),
                 np.float64(it.empty_value),

@@ -334,6 +334,49 @@ pub struct MapInputs {
     pub panels: Vec<Panel>,
 }
 
+/// Pixel corners whose corrected R came out negative: there the mapping folds the detector over
+/// (a residual map below −R near the beam centre, a distortion with D < 0, distortion-map or
+/// panel shifts moving corners across the centre), so the pixels around overlap in the map.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fold {
+    /// How many pixel corners map to R < 0 (each pixel's own corners where pixels are shifted
+    /// one by one, else the corners of the pixel grid, shared by neighbours).
+    pub corners: u64,
+    /// The most negative corrected R (px).
+    pub worst_r_px: f64,
+    /// Where: (y, z) of that corner in the transformed image (pixel centres at integers).
+    pub worst_at: (f64, f64),
+}
+
+impl Fold {
+    fn none() -> Fold {
+        Fold {
+            corners: 0,
+            worst_r_px: 0.0,
+            worst_at: (0.0, 0.0),
+        }
+    }
+
+    fn add(&mut self, r: f64, y: f64, z: f64) {
+        if r < 0.0 {
+            self.corners += 1;
+            if r < self.worst_r_px {
+                self.worst_r_px = r;
+                self.worst_at = (y, z);
+            }
+        }
+    }
+
+    fn merge(mut self, other: Fold) -> Fold {
+        self.corners += other.corners;
+        if other.worst_r_px < self.worst_r_px {
+            self.worst_r_px = other.worst_r_px;
+            self.worst_at = other.worst_at;
+        }
+        self
+    }
+}
+
 /// Build-time description shared by all pixels.
 struct Plan {
     geometry: Geometry,
@@ -356,6 +399,8 @@ struct Plan {
     corner_grid: Option<Vec<Pt>>,
     /// η (degrees) of the same corners.
     corner_eta: Vec<f64>,
+    /// The grid's corners with a negative corrected R.
+    grid_fold: Fold,
     /// Who is named when memory that grows with the pixels, or with the bins, runs out.
     pixels_blame: Blame,
     bins_blame: Blame,
@@ -417,6 +462,7 @@ struct RowOutput {
     masked: Vec<(u32, f64)>,
     /// Bins DetectorMapper flags for the row's masked pixels (see `midas_masked_bins`).
     mask_flags: Vec<u32>,
+    fold: Option<Fold>,
 }
 
 fn check_len(what: &str, v: &Option<Vec<impl Sized>>, n: usize) -> Result<()> {
@@ -485,6 +531,7 @@ impl Plan {
             eta_edge_dirs,
             corner_grid: None,
             corner_eta: Vec::new(),
+            grid_fold: Fold::none(),
             pixels_blame,
             bins_blame,
         };
@@ -494,14 +541,25 @@ impl Plan {
             let n_corners = (n_y + 1) * (n_z + 1);
             // Reserved up front (fallibly) and filled in place: par_extend of an indexed
             // iterator writes into the reserved capacity without growing it.
-            let mut grid = plan
-                .pixels_blame
-                .vec_with_capacity::<Pt>(n_corners, "the pixel corners' positions")?;
-            grid.par_extend((0..n_corners).into_par_iter().map(|k| {
-                let (j, i) = (k / (n_y + 1), k % (n_y + 1));
-                plan.to_plane(i as f64 - 0.5, j as f64 - 0.5, PanelOffset::default())
-                    .0
-            }));
+            let mut grid = plan.pixels_blame.vec_filled::<Pt>(
+                n_corners,
+                [0.0, 0.0],
+                "the pixel corners' positions",
+            )?;
+            plan.grid_fold = grid
+                .par_chunks_mut(n_y + 1)
+                .enumerate()
+                .map(|(j, row)| {
+                    let mut fold = Fold::none();
+                    for (i, corner) in row.iter_mut().enumerate() {
+                        let (y, z) = (i as f64 - 0.5, j as f64 - 0.5);
+                        let (point, r) = plan.to_plane(y, z, PanelOffset::default());
+                        *corner = point;
+                        fold.add(r, y, z);
+                    }
+                    fold
+                })
+                .reduce(Fold::none, Fold::merge);
             let mut corner_eta = plan
                 .pixels_blame
                 .vec_with_capacity::<f64>(n_corners, "the pixel corners' η")?;
@@ -595,12 +653,26 @@ impl Plan {
     }
 
     /// All entries of transformed pixel (i, j), merged per bin.
+    #[cfg(test)]
     fn map_pixel(
         &self,
         i: usize,
         j: usize,
         out: &mut Vec<(u32, f64, f64)>,
         eta_bins: &mut Vec<usize>,
+    ) {
+        self.map_pixel_folding(i, j, out, eta_bins, &mut Fold::none());
+    }
+
+    /// [`Plan::map_pixel`], adding the pixel's own corners with a negative corrected R to
+    /// `fold` where pixels are shifted one by one (the shared grid's are counted in `new`).
+    fn map_pixel_folding(
+        &self,
+        i: usize,
+        j: usize,
+        out: &mut Vec<(u32, f64, f64)>,
+        eta_bins: &mut Vec<usize>,
+        fold: &mut Fold,
     ) {
         let (ypr, zpr, panel, n_sub) = self.pixel_centre(i, j);
         out.clear();
@@ -625,12 +697,17 @@ impl Plan {
             for sj in 0..n_sub {
                 let y0 = ypr - 0.5 + si as f64 * step;
                 let z0 = zpr - 0.5 + sj as f64 * step;
-                let corners = [
-                    self.to_plane(y0, z0, panel).0,
-                    self.to_plane(y0 + step, z0, panel).0,
-                    self.to_plane(y0 + step, z0 + step, panel).0,
-                    self.to_plane(y0, z0 + step, panel).0,
-                ];
+                let offsets = [(0, 0), (1, 0), (1, 1), (0, 1)];
+                let corners = offsets.map(|(a, b)| {
+                    let (y, z) = (y0 + a as f64 * step, z0 + b as f64 * step);
+                    let (point, r) = self.to_plane(y, z, panel);
+                    // The pixel's own corners (not those inside it, between its sub-pixels).
+                    let outer = |k: usize| k == 0 || k == n_sub;
+                    if self.corner_grid.is_none() && outer(si + a) && outer(sj + b) {
+                        fold.add(r, y, z);
+                    }
+                    point
+                });
                 let (_, r_centre) = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel);
                 let angles = corners.map(|p| p[1].atan2(p[0]).to_degrees());
                 let mut quad = Poly::from_slice(&corners);
@@ -780,6 +857,11 @@ impl Plan {
 
 /// Build the exact map for `params` (validated first). `n_threads = None` uses rayon's current pool.
 pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
+    Ok(build_with_fold(params, inputs)?.0)
+}
+
+/// [`build`], also returning the pixel corners whose corrected R is negative, if any.
+pub fn build_with_fold(params: &Params, inputs: MapInputs) -> Result<(DetectorMap, Option<Fold>)> {
     let plan = Plan::new(params, inputs)?;
     let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
     let rows: Vec<RowOutput> = (0..n_z)
@@ -788,8 +870,9 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
             let mut row = RowOutput::default();
             let mut scratch = Vec::with_capacity(16);
             let mut eta_scratch = Vec::with_capacity(8);
+            let mut fold = Fold::none();
             for i in 0..n_y {
-                plan.map_pixel(i, j, &mut scratch, &mut eta_scratch);
+                plan.map_pixel_folding(i, j, &mut scratch, &mut eta_scratch, &mut fold);
                 let (ry, rz) = plan.transform.raw_of_transformed(i, j);
                 let pixel = (rz * n_y + ry) as u32;
                 let masked = plan.mask.as_ref().is_some_and(|m| m[j * n_y + i] == 1);
@@ -819,10 +902,16 @@ pub fn build(params: &Params, inputs: MapInputs) -> Result<DetectorMap> {
                     }
                 }
             }
+            row.fold = Some(fold);
             Ok(row)
         })
         .collect::<Result<_>>()?;
-    assemble(&plan, rows)
+    let fold = rows
+        .iter()
+        .filter_map(|row| row.fold)
+        .fold(plan.grid_fold, Fold::merge);
+    let map = assemble(&plan, rows)?;
+    Ok((map, (fold.corners > 0).then_some(fold)))
 }
 
 /// Raw pointers to the CSR arrays, for the parallel scatter below.

@@ -73,6 +73,9 @@ pub struct Params {
     pub residual_correction_map: String,
     pub panel_shifts_file: String,
     pub dark_file: String,
+    /// Flat field (`FlatFile`, midas-integrate's key): pixels are divided by it. The MIDAS C
+    /// integrators do not read it.
+    pub flat_file: String,
     // panels
     pub n_panels_y: usize,
     pub n_panels_z: usize,
@@ -88,7 +91,9 @@ pub struct Params {
     pub polarization_correction: bool,
     pub polarization_fraction: f64,
     pub polarization_plane_eta_deg: f64,
-    pub normalize: bool,
+    /// `Normalize` as written: IntegratorZarrOMP divides by the area only for 1, the GPU
+    /// program and midas-integrate for any non-zero value.
+    pub normalize: i64,
     pub gradient_correction: bool,
     // frames
     pub omega_sum_frames: i64,
@@ -172,6 +177,7 @@ impl Default for Params {
             residual_correction_map: String::new(),
             panel_shifts_file: String::new(),
             dark_file: String::new(),
+            flat_file: String::new(),
             n_panels_y: 0,
             n_panels_z: 0,
             panel_size_y: 0,
@@ -184,7 +190,7 @@ impl Default for Params {
             polarization_correction: false,
             polarization_fraction: 0.99,
             polarization_plane_eta_deg: 0.0,
-            normalize: true,
+            normalize: 1,
             gradient_correction: false,
             omega_sum_frames: 1,
             sum_images: false,
@@ -286,8 +292,8 @@ impl Line<'_> {
         Ok(self.int_at(0)? != 0)
     }
 
-    /// A switch IntegratorZarrOMP tests with `== 1` (Normalize, SumImages,
-    /// SaveIndividualFrames): 2 is off there, so it is off here too.
+    /// A switch IntegratorZarrOMP tests with `== 1` (SumImages, SaveIndividualFrames): 2 is
+    /// off there, so it is off here too.
     fn exactly_one(&self) -> Result<bool> {
         Ok(self.int_at(0)? == 1)
     }
@@ -303,7 +309,7 @@ impl Line<'_> {
 }
 
 /// Keys whose value is a file name: a '#' inside it is part of the name.
-const FILE_KEYS: [&str; 7] = [
+const FILE_KEYS: [&str; 8] = [
     "MaskFile",
     "MaskFN",
     "DistortionFile",
@@ -311,6 +317,7 @@ const FILE_KEYS: [&str; 7] = [
     "ResidualCorrectionMap",
     "PanelShiftsFile",
     "Dark",
+    "FlatFile",
 ];
 
 fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
@@ -581,6 +588,7 @@ impl Params {
             "ResidualCorrectionMap" => self.residual_correction_map = line.text()?,
             "PanelShiftsFile" => self.panel_shifts_file = line.text()?,
             "Dark" => self.dark_file = line.text()?,
+            "FlatFile" => self.flat_file = line.text()?,
             "NPanelsY" => self.n_panels_y = line.usize()?,
             "NPanelsZ" => self.n_panels_z = line.usize()?,
             "PanelSizeY" => self.panel_size_y = line.usize()?,
@@ -608,7 +616,22 @@ impl Params {
             "PolarizationCorrection" => self.polarization_correction = line.flag()?,
             "PolarizationFraction" => self.polarization_fraction = line.f64()?,
             "PolarizationPlaneEtaDeg" => self.polarization_plane_eta_deg = line.f64()?,
-            "Normalize" => self.normalize = line.exactly_one()?,
+            "Normalize" => {
+                // Kept as written: the MIDAS programs disagree about values other than 0 and 1.
+                let v = line.int_at(0)?;
+                if v != 0 && v != 1 {
+                    self.midas_notes.push(ParamNote {
+                        message: format!(
+                            "Normalize {v}: IntegratorZarrOMP divides by the bin area only for \
+                             Normalize 1 (so compat='midas-cpu' does not), the GPU program and \
+                             midas-integrate for any non-zero value (so radint's default and \
+                             compat='midas-gpu' do); write 0 or 1"
+                        ),
+                        location: line.location.clone(),
+                    });
+                }
+                self.normalize = v;
+            }
             "GradientCorrection" => self.gradient_correction = line.flag()?,
             "OmegaSumFrames" => {
                 // C reads 0 as 1 (each frame its own sum).
@@ -1204,18 +1227,26 @@ mod tests {
 
     #[test]
     fn switches_read_as_the_c_integrator_reads_them() {
-        // IntegratorZarrOMP: Normalize/SumImages/SaveIndividualFrames on only when == 1,
+        // IntegratorZarrOMP: SumImages/SaveIndividualFrames on only when == 1,
         // OmegaSumFrames 0 → 1; DetectorMapper splits pixels only for SubPixelLevel > 1.
+        // Normalize is kept as written (IntegratorZarrOMP tests == 1, the GPU program != 0),
+        // with a note for values other than 0 and 1.
         let text = "Normalize 2\nSumImages 2\nSaveIndividualFrames 3\nOmegaSumFrames 0\nSubPixelLevel 0\nSolidAngleCorrection 2\n";
         let p = Params::parse(text, "p.txt").unwrap();
-        assert!(!p.normalize && !p.sum_images && !p.save_individual_frames);
+        assert!(!p.sum_images && !p.save_individual_frames);
+        assert_eq!(p.normalize, 2);
+        assert_eq!(p.midas_notes.len(), 1);
+        assert!(p.midas_notes[0]
+            .message
+            .starts_with("Normalize 2: IntegratorZarrOMP"));
+        assert_eq!(p.midas_notes[0].location.line, 1);
         assert_eq!(p.omega_sum_frames, 1);
         assert_eq!(p.sub_pixel_level, 1);
         assert!(p.solid_angle_correction);
         let p = Params::parse("AutoDetectPeaks 3\n", "p.txt").unwrap();
         assert!(p.do_peak_fit && p.auto_detect_peaks && p.max_n_peaks == 3);
         let p = Params::parse("Normalize 1\nSumImages 1\nOmegaSumFrames -1\n", "p.txt").unwrap();
-        assert!(p.normalize && p.sum_images);
+        assert!(p.normalize == 1 && p.sum_images && p.midas_notes.is_empty());
         assert_eq!(p.omega_sum_frames, -1);
     }
 

@@ -176,8 +176,10 @@ fn build_map(
 ) -> PyResult<MapCore> {
     let p = params::from_dict(config)?;
     let inputs = map_inputs(&p, mask, distortion_y, distortion_z, residual, panel_shifts)?;
-    let map = run_detached(py, n_threads, || map::build(&p, inputs))?;
-    Ok(MapCore::new(map))
+    let (map, fold) = run_detached(py, n_threads, || map::build_with_fold(&p, inputs))?;
+    let mut core = MapCore::new(map);
+    core.fold = fold;
+    Ok(core)
 }
 
 /// Per raw pixel: R (px), η (deg) of its centre and its exact relative solid angle.
@@ -213,6 +215,8 @@ pub struct MapCore {
     map: DetectorMap,
     /// Σ area per bin, computed on first integration and kept.
     bin_area: OnceLock<Vec<f64>>,
+    /// Pixel corners the build found at a negative corrected R (None when built otherwise).
+    fold: Option<map::Fold>,
 }
 
 impl MapCore {
@@ -220,6 +224,7 @@ impl MapCore {
         MapCore {
             map,
             bin_area: OnceLock::new(),
+            fold: None,
         }
     }
 }
@@ -291,6 +296,13 @@ impl MapCore {
     #[getter]
     fn n_y(&self) -> usize {
         self.map.n_y
+    }
+    /// `(corners, worst R px, y, z)` of the pixel corners the build mapped to a negative
+    /// corrected R (y, z of the worst one, transformed image), or None.
+    #[getter]
+    fn fold(&self) -> Option<(u64, f64, f64, f64)> {
+        self.fold
+            .map(|f| (f.corners, f.worst_r_px, f.worst_at.0, f.worst_at.1))
     }
     #[getter]
     fn n_z(&self) -> usize {

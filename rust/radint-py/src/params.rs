@@ -68,7 +68,7 @@ params_conversion! {
         n_pixels_y, n_pixels_z, rho_d_um, parallax_um, r_min_px, r_max_px, r_bin_px, eta_min_deg,
         eta_max_deg, eta_bin_deg, q_min, q_max, q_bin, tth_min_deg, tth_max_deg, tth_bin_deg,
         wavelength_angstrom, mask_file, distortion_file, residual_correction_map, panel_shifts_file,
-        dark_file, n_panels_y, n_panels_z, panel_size_y, panel_size_z, sub_pixel_level,
+        dark_file, flat_file, n_panels_y, n_panels_z, panel_size_y, panel_size_z, sub_pixel_level,
         sub_pixel_cardinal_width_deg, solid_angle_correction, polarization_correction,
         polarization_fraction, polarization_plane_eta_deg, normalize, gradient_correction,
         omega_sum_frames, sum_images, save_individual_frames, skip_frame, omega_start_deg,
