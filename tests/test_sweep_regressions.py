@@ -1,0 +1,45 @@
+"""Regressions from a user sweep of the CLI: `info` on radint's own non-NeXus outputs,
+`convert` leaving files behind, `plot --follow` on a missing file, stream restarts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radint import Integrator
+from radint.cli import main
+from radint.io import write_result
+
+
+@pytest.fixture
+def stored(tmp_path, small_config):
+    """A small NeXus result without fitted peaks, `tmp_path/small.h5`."""
+    rng = np.random.default_rng(7)
+    frames = rng.poisson(50, (2, *small_config.shape)).astype(np.uint16)
+    result = Integrator(small_config).integrate_stack(frames)
+    (path,) = write_result(result, tmp_path, ["nexus"], name="small")
+    return path
+
+
+def test_convert_checks_every_format_before_writing_any(stored, tmp_path, capsys):
+    """`--format caked,gsas,bin,mat,zarr,peaks,fit` failed on `peaks` after writing the others."""
+    out = tmp_path / "conv"
+    args = ["convert", str(stored), "--format", "caked,gsas,bin,zarr,peaks,fit", "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no fitted peaks" in err and "peaks,fit" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_write_result_removes_its_outputs_when_a_writer_fails(stored, tmp_path, monkeypatch):
+    from radint.io import read_nexus, write
+    from radint.result import Result
+
+    def broken(result: Result, path):
+        raise OSError(f"{path}: disk full")
+
+    monkeypatch.setitem(write.FORMATS, "xy", ("_lineout.xy", broken))
+    out = tmp_path / "conv"
+    with pytest.raises(OSError, match="disk full"):
+        write_result(read_nexus(stored), out, ["caked", "zarr", "bin", "xy"], name="s")
+    assert list(out.iterdir()) == []
