@@ -43,3 +43,24 @@ def test_write_result_removes_its_outputs_when_a_writer_fails(stored, tmp_path, 
     with pytest.raises(OSError, match="disk full"):
         write_result(read_nexus(stored), out, ["caked", "zarr", "bin", "xy"], name="s")
     assert list(out.iterdir()) == []
+
+
+def test_info_describes_radints_own_non_nexus_outputs(stored, tmp_path, capsys):
+    """`radint info X.caked.hdf` said "not a text parameter file (binary content)" and
+    `radint info X_lineout.xy` "missing required parameter NrPixelsY"."""
+    from radint.io import read_nexus
+
+    out = tmp_path / "conv"
+    write_result(read_nexus(stored), out, ["nexus", "caked", "gsas", "bin", "xy"], name="small")
+    capsys.readouterr()
+    expected = {
+        "small.caked.hdf": "a MIDAS caked.hdf result (IntegratorZarrOMP layout): 2 frame(s)",
+        "small.zarr.zip": "a GSAS-II .zarr.zip result (MIDAS caked tree, zarr v2): 2 frame(s)",
+        "small_lineout.bin": "2 frame(s) x",
+        "small_lineout.xy": "2 frame(s) x",
+    }
+    for name, text in expected.items():
+        assert main(["info", str(out / name)]) == 0, name
+        printed = capsys.readouterr().out
+        assert text in printed and "not a parameter file" in printed, printed
+    assert main(["info", str(out / "small.caked.hdf"), "RBinSize", "2"]) == 2
