@@ -64,3 +64,26 @@ def test_info_describes_radints_own_non_nexus_outputs(stored, tmp_path, capsys):
         printed = capsys.readouterr().out
         assert text in printed and "not a parameter file" in printed, printed
     assert main(["info", str(out / "small.caked.hdf"), "RBinSize", "2"]) == 2
+
+
+def test_follow_says_it_waits_for_a_missing_file_and_fails_if_it_never_appears(tmp_path, capsys):
+    """`radint plot live_typo/stream.h5 --follow-for 3` waited silently and exited 0."""
+    pytest.importorskip("matplotlib")
+    missing = tmp_path / "live_typo" / "stream.h5"
+    args = ["plot", str(missing), "--follow", "--interval", "0.05", "--follow-for", "0.3"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("waiting for it to appear") == 1
+    assert "never appeared" in captured.err
+
+
+def test_follow_without_fitted_peaks_leaves_the_peak_panel_out(stored, tmp_path, capsys):
+    """A stream without fitting was reported "not readable yet (... no fitted peaks ...)"."""
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "f.png"
+    args = ["plot", str(stored), "--follow", "--peak-param", "center", "-o", str(png),
+            "--interval", "0.05", "--follow-for", "0.3"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "not readable" not in out and "follow: 1 redraw(s)" in out
+    assert png.stat().st_size > 1000
