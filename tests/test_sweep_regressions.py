@@ -87,3 +87,30 @@ def test_follow_without_fitted_peaks_leaves_the_peak_panel_out(stored, tmp_path,
     out = capsys.readouterr().out
     assert "not readable" not in out and "follow: 1 redraw(s)" in out
     assert png.stat().st_size > 1000
+
+
+def test_a_restarted_stream_moves_everything_made_from_the_previous_stream(tmp_path, small_config):
+    """Only stream.h5 and the MIDAS binaries moved to previous-<time>/; stream.caked.hdf,
+    stream_lineout.xy, ... made from it by `radint convert` stayed behind."""
+    from radint.stream import Pipeline, TcpSource
+
+    before = ["stream.h5", "stream.caked.hdf", "stream.zarr.zip", "stream_lineout.xy",
+              "stream_lineout.bin", "stream.png", "lineout.bin", "Int2D.bin", "fit.bin",
+              "active_peaks.txt"]  # fmt: skip
+    for name in before:
+        (tmp_path / name).write_bytes(b"previous run")
+    (tmp_path / "stream.zarr").mkdir()
+    (tmp_path / "stream.zarr" / "zarr.json").write_text("{}")
+    for name in ("notes.txt", "streams.txt", "dark.h5"):
+        (tmp_path / name).write_text("not the stream's")
+    p = Pipeline(Integrator(small_config, n_threads=1), [TcpSource(small_config.shape, host="127.0.0.1", port=0)],
+                 tmp_path, idle_timeout=20.0)  # fmt: skip
+    p.start()
+    p.stop()
+    assert p.wait(30) is not None
+    (kept,) = tmp_path.glob("previous-*")
+    assert sorted(q.name for q in kept.iterdir()) == sorted([*before, "stream.zarr"])
+    for name in ("notes.txt", "streams.txt", "dark.h5"):
+        assert (tmp_path / name).read_text() == "not the stream's"
+    for name in before[1:]:
+        assert name == "active_peaks.txt" or not (tmp_path / name).exists(), name

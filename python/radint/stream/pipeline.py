@@ -730,12 +730,20 @@ class Pipeline:
 
     def _keep_previous_run(self) -> None:
         """Move a previous run's files out of the way into ``DIR/previous-<time>/`` (a
-        restarted stream must not overwrite what the last one recorded)."""
+        restarted stream must not overwrite what the last one recorded): ``stream.h5``, every
+        file or folder made from it under its stem (``stream.caked.hdf``, ``stream.zarr.zip``,
+        ``stream_lineout.xy``, ``stream.png``... by ``radint convert`` / ``plot``), the MIDAS
+        GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together."""
         from radint.io.midas import STREAM_BINARIES
 
-        names = ["stream.h5", *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
-                 "integrator_output.zarr.zip"]  # fmt: skip
-        found = [self.output_dir / n for n in dict.fromkeys(names)]
+        names = [self.output.name, *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
+                 "integrator_output.zarr.zip", "active_peaks.txt"]  # fmt: skip
+        stem = self.output.stem
+        derived = sorted(
+            p.name for p in self.output_dir.iterdir()
+            if p.name.startswith((f"{stem}.", f"{stem}_")) and p.name != self.output.name
+        )  # fmt: skip
+        found = [self.output_dir / n for n in dict.fromkeys([*names, *derived])]
         found = [p for p in found if p.exists()]
         if not found:
             return
