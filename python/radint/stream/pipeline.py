@@ -181,7 +181,9 @@ class Pipeline:
         Bounds, in frames, of the frame queue and of the integrated frames waiting for the
         writer.
     compression : str or None
-        HDF5 filter for the per-frame rows (``None`` is fastest).
+        HDF5 filter for the per-frame rows. ``None`` (the default, unlike the other writers'
+        Blosc-LZ4): readers in other processes open the growing file without ``hdf5plugin``,
+        and the one writer thread spends no compression time per frame.
     control_dir : path, optional
         Where ``peak_update.txt`` / ``peaks.json`` change the fitted peaks live
         (:mod:`radint.stream.control`); default ``output_dir``. Fitted peaks go to
