@@ -114,3 +114,32 @@ def test_a_restarted_stream_moves_everything_made_from_the_previous_stream(tmp_p
         assert (tmp_path / name).read_text() == "not the stream's"
     for name in before[1:]:
         assert name == "active_peaks.txt" or not (tmp_path / name).exists(), name
+
+
+PONI = (
+    "poni_version: 2.1\nDetector: Detector\n"
+    'Detector_config: {"pixel1": 7.5e-05, "pixel2": 7.5e-05, "max_shape": [300, 260]}\n'
+    "Distance: 0.2\nPoni1: 0.0121\nPoni2: 0.0093\nRot1: 0.021\nRot2: -0.013\nRot3: 0.4\n"
+    "Wavelength: 1.0e-10\n"
+)
+
+
+def test_from_poni_takes_midas_keys_as_from_midas_params_does(tmp_path):
+    """`from_poni('g.poni', RBinSize=2)` raised a raw TypeError (field names only)."""
+    from radint import IntegrationConfig
+    from radint.exceptions import ParameterError
+
+    path = tmp_path / "g.poni"
+    path.write_text(PONI)
+    by_field = IntegrationConfig.from_poni(
+        path, r_min_px=1, r_max_px=200, r_bin_px=2, eta_bin_deg=10
+    )
+    by_key = IntegrationConfig.from_poni(path, RMin=1, RMax=200, RBinSize=2, EtaBinSize=10)
+    key_d, field_d = by_key.to_dict(), by_field.to_dict()
+    assert key_d.pop("set_at") != field_d.pop("set_at")
+    assert key_d == field_d
+    assert by_key.set_at["RBinSize"][0] == "<override>" and by_key.set_at["Lsd"][0] == str(path)
+    mixed = IntegrationConfig.from_poni(path, r_bin_px=2, RMax=200)
+    assert (mixed.r_bin_px, mixed.r_max_px) == (2, 200)
+    with pytest.raises(ParameterError, match="RBinSze=2.*neither a field.*did you mean RBinSize"):
+        IntegrationConfig.from_poni(path, RBinSze=2)
