@@ -247,3 +247,78 @@ def test_read_nexus_in_a_fresh_process(ring_config, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"(1, {ring_config.bin_edges()[0].size - 1})"
+
+
+@pytest.mark.parametrize("one_frame", [False, True])
+def test_derived_peak_columns_have_propagated_errors(ring_config, tmp_path, one_frame):
+    """entry/peaks had _errors only for the px columns; center_two_theta, center_q, center_d and
+    fwhm_two_theta now carry the px errors propagated through the conversion, read back too."""
+    import copy
+    import dataclasses
+
+    import h5py
+
+    from radint.fit import with_units
+    from radint.io import read_nexus
+
+    frames, tth = ring_frames(ring_config)
+    r = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate_stack(frames)
+    if one_frame:  # the one-frame fast path (a byte image of the layout)
+        r = r.frame(0)
+    p = r.peaks
+    cfg = ring_config
+    # Finite-difference propagation: |f(c + h) - f(c - h)| / 2h · σ_c, per derived column.
+    h = 1e-4
+    lam = cfg.wavelength_angstrom
+
+    def tth_of(c):
+        return cfg.two_theta_deg(c)
+
+    def q_of(c):
+        return 4 * np.pi / lam * np.sin(np.radians(tth_of(c)) / 2)
+
+    def d_of(c):
+        return lam / (2 * np.sin(np.radians(tth_of(c)) / 2))
+
+    c, w, sc, sw = p.center, p.fwhm, p.center_err, p.fwhm_err
+    assert np.isfinite(sc).all() and (sc > 0).all()
+    for f, err in (
+        (tth_of, p.center_two_theta_deg_err),
+        (q_of, p.center_q_err),
+        (d_of, p.center_d_angstrom_err),
+    ):
+        want = np.abs(f(c + h) - f(c - h)) / (2 * h) * sc
+        np.testing.assert_allclose(err, want, rtol=1e-6)  # central difference error ~h²
+
+    def fwhm_of(c, w):
+        return tth_of(c + w / 2) - tth_of(c - w / 2)
+
+    dw = (fwhm_of(c, w + h) - fwhm_of(c, w - h)) / (2 * h)
+    dc = (fwhm_of(c + h, w) - fwhm_of(c - h, w)) / (2 * h)
+    np.testing.assert_allclose(p.fwhm_deg_err, np.hypot(dw * sw, dc * sc), rtol=1e-6)
+    path = write_nexus(r, tmp_path / "r.h5")
+    with h5py.File(path) as f:
+        for name in ("center_two_theta", "center_q", "center_d", "fwhm_two_theta"):
+            assert (
+                f[f"entry/peaks/{name}_errors"].attrs["units"]
+                == f[f"entry/peaks/{name}"].attrs["units"]
+            )
+    back = read_nexus(path).peaks
+    for attr in (
+        "center_two_theta_deg_err",
+        "center_q_err",
+        "center_d_angstrom_err",
+        "fwhm_deg_err",
+    ):
+        np.testing.assert_allclose(
+            getattr(back, attr).reshape(c.shape), getattr(p, attr), rtol=1e-12
+        )
+    # Without a configuration (a MIDAS caked.hdf) 2θ is interpolated from the bin centres: the
+    # slope of that interpolation times σ_c.
+    bare = with_units(copy.copy(p), dataclasses.replace(r, config=None))
+    slope = np.interp(
+        c,
+        r.radius_px[1:] - np.diff(r.radius_px) / 2,
+        np.diff(r.two_theta_deg) / np.diff(r.radius_px),
+    )
+    np.testing.assert_allclose(bare.center_two_theta_deg_err, slope * sc, rtol=1e-3)

@@ -1,9 +1,33 @@
 """Type stubs of the compiled module radint._core (Rust, PyO3)."""
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
 
 import numpy as np
+
+__all__ = [
+    "MapCore",
+    "__version__",
+    "bin_edges",
+    "build_map",
+    "copy_bytes",
+    "count_equal",
+    "distortion_fold",
+    "fit_auto",
+    "fit_peaks",
+    "fit_plan",
+    "fit_pv",
+    "fit_status_names",
+    "gather_kernels",
+    "integrate",
+    "load_midas",
+    "param_hash",
+    "parse_params",
+    "pixel_centres",
+    "snip_background",
+    "validate_params",
+]
 
 __version__: str
 
@@ -113,3 +137,68 @@ def gather_kernels() -> bool:
 def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on
     ``n_threads`` threads (default: all cores) with the GIL released."""
+
+def fit_plan(
+    x: np.ndarray, positions: Sequence[float], roi_padding: int = ..., max_peaks_per_job: int = ...
+) -> dict[str, Any]:
+    """The fitting jobs of ``positions`` on axis ``x`` with a fixed ROI padding (the plan the CPU
+    fitter uses), flattened for the GPU fitter.
+
+    Returns a dict: ``bin`` (axis bin size), ``job_lo``, ``job_hi`` u32 ``(n_jobs,)`` (inclusive
+    ROI bin range), ``peak_start`` u32 ``(n_jobs + 1,)`` (job j's peaks are
+    ``peak_start[j]..peak_start[j+1]``), ``peak_slot``, ``peak_index``, ``peak_lo``, ``peak_hi``
+    u32 ``(n_planned,)`` (position index, snapped bin, the peak's own inclusive ROI bin range).
+    Positions in no job are out of range."""
+
+def fit_peaks(
+    x: np.ndarray,
+    ys: np.ndarray,
+    positions: Sequence[float],
+    roi_padding: int = ...,
+    auto_roi: bool = ...,
+    max_iterations: int = ...,
+    max_peaks_per_job: int = ...,
+    n_threads: int | None = ...,
+    bin_average: bool = ...,
+) -> dict[str, Any]:
+    """Fit peaks at ``positions`` (x units) in every row of ``ys`` ``(n_curves, n_x)`` float64.
+
+    Returns a dict: ``values``, ``errors`` ``(n_curves, n_peaks, 7)`` (MIDAS fit.bin rows; NaN
+    unless converged), ``status`` u8 and ``iterations`` u32 ``(n_curves, n_peaks)``."""
+
+def fit_auto(
+    x: np.ndarray,
+    ys: np.ndarray,
+    max_peaks: int,
+    snip_iterations: int = ...,
+    roi_padding: int = ...,
+    auto_roi: bool = ...,
+    max_iterations: int = ...,
+    n_threads: int | None = ...,
+    bin_average: bool = ...,
+) -> dict[str, Any]:
+    """Detect and fit up to ``max_peaks`` peaks in every row of ``ys`` ``(n_curves, n_x)``.
+
+    Returns a dict: ``values``, ``errors`` ``(n_curves, max_peaks, 7)`` padded with NaN rows
+    after the ``counts[i]`` kept peaks (ordered by centre), ``status`` (255 on padding),
+    ``iterations``, ``counts`` u32 ``(n_curves,)`` and the subtracted SNIP ``background``
+    ``(n_curves, n_x)``."""
+
+def snip_background(y: np.ndarray, iterations: int = ...) -> np.ndarray:
+    """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; NaN counts as 0."""
+
+def fit_pv(
+    x: np.ndarray,
+    ys: np.ndarray,
+    centers: np.ndarray,
+    max_iterations: int = ...,
+    n_threads: int | None = ...,
+) -> dict[str, Any]:
+    """Height-normalised pV fits (spec §6.4) of every row of ``ys`` ``(n_curves, n_x)``, row i
+    started at ``centers[i]`` (x units); e.g. the rows of a cake for per-η fits.
+
+    Returns a dict: ``params``, ``std_errors`` ``(n_curves, 5)`` as ``[bg, imax, center, fwhm,
+    mu]`` (NaN unless converged), ``snr`` ``(n_curves,)`` and ``status`` u8 ``(n_curves,)``."""
+
+def fit_status_names() -> list[tuple[int, str]]:
+    """Names of the status codes, as ``(code, name)`` pairs (255: no peak in this slot)."""

@@ -379,6 +379,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.overrides:
             raise RadintError(f"{args.params} is a result file: give it alone (and --row N)")
         return _describe_result(args.params, args.row, verbose=args.verbose)
+    from radint.io.describe import describe_output
+
+    if (about := describe_output(args.params)) is not None:
+        if args.overrides or args.row is not None:
+            raise RadintError(f"{args.params} is an output file: give it alone")
+        print(about)
+        return 0
     if args.row is not None:
         raise RadintError("--row N describes a row of a result file (radint info RESULT --row N)")
     data, overrides = _split_overrides(args.overrides)

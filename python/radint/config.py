@@ -193,7 +193,17 @@ class IntegrationConfig:
         (beam along x, y = −column, z = row) by a fixed rotation C, so the MIDAS tilt matrix is
         ``TRs = C·R·Cᵀ`` with R pyFAI's rotation; Lsd and the beam centre follow from the point
         of the detector plane the beam hits. Needs square pixels (MIDAS uses one pixel size).
-        Binning and other fields may be given as keyword overrides (field names).
+
+        Binning and other settings may be given as keyword overrides, by field name
+        (``r_bin_px=2``) or by MIDAS key (``RBinSize=2``, read as :meth:`from_midas_params` reads
+        a ``RBinSize 2`` override; ``set_at`` then names ``<override>:N``), e.g.
+        ``from_poni("g.poni", RMin=10, RMax=1200, RBinSize=1, EtaBinSize=5)``.
+
+        Raises
+        ------
+        ParameterError
+            An override that is neither a field name nor a MIDAS key radint reads (naming the
+            closest key), or a MIDAS value it cannot read.
         """
         from radint.poni import midas_geometry_from_poni, read_poni
 
@@ -202,9 +212,23 @@ class IntegrationConfig:
         alias = {"bc_y_px": "BC", "bc_z_px": "BC", "pixel_size_y_um": "px", "pixel_size_z_um": "px"}
         keys = {alias.get(name, _MIDAS_KEYS.get(name)) for name in fields} - {None}
         set_at = {key: (str(path), 0) for key in sorted(keys)}  # the PONI file, no line
-        fields.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        midas = {k: v for k, v in overrides.items() if k not in names}
+        fields.update({k: v for k, v in overrides.items() if k in names})
         fields.setdefault("source", str(path))
-        return cls(**_tupled(fields), set_at=set_at)
+        config = cls(**_tupled(fields), set_at=set_at)
+        if not midas:
+            return config
+        config = config.with_overrides(midas)
+        for key, *_ in config.unknown:
+            if key in midas:
+                near = near_key(key)
+                raise ParameterError(
+                    f"{path}: from_poni override {key}={midas[key]!r}: neither a field of "
+                    f"IntegrationConfig (e.g. r_bin_px=2) nor a MIDAS key (e.g. RBinSize=2)"
+                    + (f"; did you mean {near}?" if near else "")
+                )
+        return config
 
     @classmethod
     def _from_core_dict(cls, d: dict[str, Any]) -> IntegrationConfig:

@@ -100,6 +100,11 @@ class FitTable:
     center_two_theta_deg, center_q, center_d_angstrom, fwhm_deg : ndarray or None
         Set by :func:`fit_result`: centre as 2θ (deg), Q (Å⁻¹), d (Å) (NaN without a
         wavelength) and the FWHM in degrees 2θ.
+    center_two_theta_deg_err, center_q_err, center_d_angstrom_err, fwhm_deg_err : ndarray or None
+        Their standard errors, propagated from ``center_err``/``fwhm_err`` through the px → 2θ
+        → Q, d conversion (first order: the conversion's derivative at the centre times the px
+        error; the FWHM's from both its ends, the centre–FWHM covariance taken as 0, which it
+        is for a symmetric profile).
     """
 
     area: np.ndarray
@@ -124,6 +129,10 @@ class FitTable:
     center_q: np.ndarray | None = None
     center_d_angstrom: np.ndarray | None = None
     fwhm_deg: np.ndarray | None = None
+    center_two_theta_deg_err: np.ndarray | None = None
+    center_q_err: np.ndarray | None = None
+    center_d_angstrom_err: np.ndarray | None = None
+    fwhm_deg_err: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -325,6 +334,17 @@ def _two_theta_deg(result: Result, r_px: np.ndarray) -> np.ndarray:
     return np.interp(r_px, result.radius_px, result.two_theta_deg, left=np.nan, right=np.nan)
 
 
+def _two_theta_slope(result: Result, r_px: np.ndarray) -> np.ndarray:
+    """d(2θ)/dR in degrees per pixel at ``r_px``: exact for ``atan(R·px/Lsd)``, else the slope of
+    the piecewise-linear 2θ column the result holds (a MIDAS caked.hdf without configuration)."""
+    r = np.asarray(r_px, dtype=np.float64)
+    if result.config is not None:
+        k = result.config.pixel_size_y_um / result.config.lsd_um
+        return np.degrees(k / (1 + (k * r) ** 2))
+    h = 1e-3
+    return (_two_theta_deg(result, r + h) - _two_theta_deg(result, r - h)) / (2 * h)
+
+
 def fit_result(
     result: Result,
     positions_px: Any = None,
@@ -400,6 +420,22 @@ def with_units(table: FitTable, result: Result) -> FitTable:
         table.center_q = np.full_like(c, np.nan)
         table.center_d_angstrom = np.full_like(c, np.nan)
     table.metadata["wavelength_angstrom"] = wavelength
+    # Errors: first-order propagation of the px errors (see the FitTable attributes).
+    slope = _two_theta_slope(result, c)
+    c_err, w_err = np.asarray(table.center_err), np.asarray(table.fwhm_err)
+    table.center_two_theta_deg_err = np.abs(slope) * c_err
+    hi, lo = _two_theta_slope(result, c + w / 2), _two_theta_slope(result, c - w / 2)
+    table.fwhm_deg_err = np.hypot((hi + lo) / 2 * w_err, (hi - lo) * c_err)
+    dtheta_rad = np.radians(table.center_two_theta_deg_err) / 2  # σ of θ in radians
+    if wavelength > 0:
+        table.center_q_err = 4 * math.pi / wavelength * np.abs(np.cos(theta)) * dtheta_rad
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table.center_d_angstrom_err = (
+                wavelength * np.abs(np.cos(theta)) / (2 * np.sin(theta) ** 2) * dtheta_rad
+            )
+    else:
+        table.center_q_err = np.full_like(c, np.nan)
+        table.center_d_angstrom_err = np.full_like(c, np.nan)
     return table
 
 

@@ -40,10 +40,14 @@ def plot_nexus(
     output: str | Path | None = None,
     frame: int = -1,
     peak_param: str | None = None,
+    require_peaks: bool = True,
 ) -> Path:
     """Plot frame ``frame`` of a radint NeXus file (``.h5`` or ``.zarr``): the lineout vs 2θ with
     the fitted peaks overlaid when the file has them, and the η–2θ cake; with ``peak_param``
     (one of :data:`PEAK_PARAMS`) also that fitted parameter of every peak vs frame.
+
+    ``require_peaks=False`` leaves the peak panel out of a file without fitted peaks (a stream
+    that fits nothing, or not yet) instead of raising.
 
     Returns the PNG path (default: next to the input, ``<stem>.png``).
     """
@@ -57,6 +61,8 @@ def plot_nexus(
     if not -n_frames <= frame < n_frames:
         raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n_frames}")
     one = result.frame(frame)
+    if peak_param is not None and result.peaks is None and not require_peaks:
+        peak_param = None
     if peak_param is not None and result.peaks is None:
         raise RadintIOError(f"{path}: no fitted peaks (run 'radint fit {path} ... --update')")
     radial, edges, label = _radial_axis(result)
@@ -166,7 +172,15 @@ def follow_nexus(
     """Redraw the PNG of the newest frame whenever ``path`` (e.g. a growing ``stream.h5``) has
     new frames, until interrupted or ``stop_after_s`` seconds passed. Returns the redraw count.
 
+    A ``path`` that does not exist yet is waited for (said once). With ``peak_param``, the peak
+    panel is drawn once the file holds fitted peaks (a stream without fitting has none).
+
     Point an image viewer that reloads on change at the PNG for a live view without a GUI.
+
+    Raises
+    ------
+    RadintIOError
+        ``path`` never appeared (by ``stop_after_s``, or when interrupted): a mistyped path.
     """
     import time
 
@@ -175,12 +189,18 @@ def follow_nexus(
     path = Path(path)
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     seen, redraws = -1, 0
+    appeared = path.exists()
+    if not appeared:
+        print(f"{path}: does not exist yet; waiting for it to appear", flush=True)
     try:
         while deadline is None or time.monotonic() < deadline:
+            appeared = appeared or path.exists()
             try:
                 n = _frame_count(path)
                 if n > 0 and n != seen:
-                    out = plot_nexus(path, output, frame=-1, peak_param=peak_param)
+                    out = plot_nexus(
+                        path, output, frame=-1, peak_param=peak_param, require_peaks=False
+                    )
                     seen, redraws = n, redraws + 1
                     print(
                         f"{time.strftime('%H:%M:%S')} {path.name}: {n} frame(s) -> {out}",
@@ -192,6 +212,10 @@ def follow_nexus(
             time.sleep(interval_s)
     except KeyboardInterrupt:
         pass
+    if not appeared and not path.exists():
+        raise RadintIOError(
+            f"{path}: never appeared (check the path; a stream writes DIR/stream.h5)"
+        )
     return redraws
 
 

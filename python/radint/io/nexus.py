@@ -23,8 +23,9 @@ Layout (one file, the NXsubentry "multi-method" convention both definitions pres
       peaks/      NXprocess    (when the Result carries fitted peaks) program, model, and per-frame
                                [n_frames, n_peaks] columns: area, center_px, center_two_theta,
                                center_q, center_d, sig, gam, fwhm_px, fwhm_two_theta, eta_mix, chi2,
-                               status (0 = converged; status_names attribute), their *_errors,
-                               frame_id
+                               status (0 = converged; status_names attribute), their *_errors
+                               (all but chi2; those of the 2θ/q/d columns propagated from the px
+                               errors), frame_id
 
 Per-frame datasets grow along axis 0 (chunked one frame per chunk, compressed), so a stream can
 append frames as they come (:class:`NexusWriter`).
@@ -95,7 +96,12 @@ PEAK_COLUMNS = {
     "chi2": ("chi2", ""),
 }
 _PEAK_ERRORS = {"area": "area_err", "center_px": "center_err", "sig": "sig_err", "gam": "gam_err",
-                "fwhm_px": "fwhm_err", "eta_mix": "eta_mix_err"}  # fmt: skip
+                "fwhm_px": "fwhm_err", "eta_mix": "eta_mix_err",
+                "center_two_theta": "center_two_theta_deg_err", "center_q": "center_q_err",
+                "center_d": "center_d_angstrom_err", "fwhm_two_theta": "fwhm_deg_err"}  # fmt: skip
+#: Errors of the derived columns, propagated from the px ones: files written before they
+#: existed lack them (read as None).
+_DERIVED_ERRORS = ("center_two_theta", "center_q", "center_d", "fwhm_two_theta")
 _UNITS_BY_SUFFIX = {"_um": "um", "_deg": "degree", "_px": "pixel", "_angstrom": "angstrom"}
 
 
@@ -1761,7 +1767,11 @@ def read_nexus(path: str | Path) -> Result:
         peaks = None
         if "peaks" in root["entry"]:
             cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
-            errs = {attr: get(f"entry/peaks/{name}_errors") for name, attr in _PEAK_ERRORS.items()}
+            errs = {
+                attr: get(f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS)
+                for name, attr in _PEAK_ERRORS.items()
+            }
+            errs = {k: v for k, v in errs.items() if v is not None}
             status = get("entry/peaks/status")
             n = min(n, len(status), *(len(v) for v in (*cols.values(), *errs.values())))
             lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]

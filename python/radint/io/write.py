@@ -55,6 +55,53 @@ MIDAS_FIT_FORMATS = ("fit", "fit_per_eta", "caked_peaks")
 FORMAT_EXTRAS = {"mat": ("scipy.io", "formats")}
 
 
+#: Formats that need fitted peaks in the result (``peaks``, ``fit``) or a fit to run per η.
+NEEDS_PEAKS = ("peaks", "fit")
+NEEDS_FIT_SPEC = ("fit_per_eta", "caked_peaks")
+
+
+def check_formats(result: Result, formats: Sequence[str]) -> None:
+    """Refuse, before anything is written, formats ``result`` cannot give.
+
+    Raises
+    ------
+    ValueError
+        ``peaks``/``fit`` asked of a result without fitted peaks, ``fit_per_eta``/``caked_peaks``
+        of one without a configured fit, or a format whose optional package is missing.
+    """
+    wanted = expand_formats(formats)
+    no_peaks = [f for f in wanted if f in NEEDS_PEAKS and result.peaks is None]
+    if no_peaks:
+        raise ValueError(
+            f"--format {','.join(no_peaks)}: the result has no fitted peaks (use fit= or 'radint fit'); "
+            "nothing was written"
+        )
+    per_eta = [f for f in wanted if f in NEEDS_FIT_SPEC]
+    if per_eta:
+        from radint.fit import fit_spec_of
+
+        if fit_spec_of(result) is None:
+            raise ValueError(
+                f"--format {','.join(per_eta)}: per-eta peak fits need peaks to fit: DoPeakFit 1 with "
+                "PeakLocation or AutoDetectPeaks (or --fit-peaks / --fit-auto, fit=); nothing was written"
+            )
+    missing = missing_format_packages(wanted)
+    if missing:
+        raise ValueError("; ".join(missing) + "; nothing was written")
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def missing_format_packages(formats: Sequence[str]) -> list[str]:
     """One line per wanted format whose writer's optional package is not installed, e.g.
     "--format mat needs scipy (No module named 'scipy'): pip install 'radint[formats]'"."""
@@ -158,16 +205,27 @@ def write_result(
     Raises
     ------
     ValueError
-        An unknown format name, or none.
+        An unknown format name, or none; a format the result cannot give (``peaks``/``fit``
+        without fitted peaks, per-η fits without a configured fit, ``mat`` without scipy):
+        checked for every format before anything is written.
     OSError
         The directory cannot be created or written; no partial file is left behind.
+
+    A writer that fails removes the files this call wrote before it, so a call leaves either all
+    of its outputs or none.
     """
     wanted = expand_formats(resolve_formats(formats, result.peaks is not None))
+    check_formats(result, wanted)
     out_dir = Path(path_or_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_name(result, name)
-    written = []
-    for f in wanted:
-        suffix, writer = FORMATS[f]
-        written.append(writer(result, out_dir / f"{stem}{suffix}"))
+    written: list[Path] = []
+    try:
+        for f in wanted:
+            suffix, writer = FORMATS[f]
+            written.append(writer(result, out_dir / f"{stem}{suffix}"))
+    except BaseException:
+        for path in written:
+            _remove(path)
+        raise
     return written

@@ -181,7 +181,9 @@ class Pipeline:
         Bounds, in frames, of the frame queue and of the integrated frames waiting for the
         writer.
     compression : str or None
-        HDF5 filter for the per-frame rows (``None`` is fastest).
+        HDF5 filter for the per-frame rows. ``None`` (the default, unlike the other writers'
+        Blosc-LZ4): readers in other processes open the growing file without ``hdf5plugin``,
+        and the one writer thread spends no compression time per frame.
     control_dir : path, optional
         Where ``peak_update.txt`` / ``peaks.json`` change the fitted peaks live
         (:mod:`radint.stream.control`); default ``output_dir``. Fitted peaks go to
@@ -730,12 +732,20 @@ class Pipeline:
 
     def _keep_previous_run(self) -> None:
         """Move a previous run's files out of the way into ``DIR/previous-<time>/`` (a
-        restarted stream must not overwrite what the last one recorded)."""
+        restarted stream must not overwrite what the last one recorded): ``stream.h5``, every
+        file or folder made from it under its stem (``stream.caked.hdf``, ``stream.zarr.zip``,
+        ``stream_lineout.xy``, ``stream.png``... by ``radint convert`` / ``plot``), the MIDAS
+        GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together."""
         from radint.io.midas import STREAM_BINARIES
 
-        names = ["stream.h5", *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
-                 "integrator_output.zarr.zip"]  # fmt: skip
-        found = [self.output_dir / n for n in dict.fromkeys(names)]
+        names = [self.output.name, *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
+                 "integrator_output.zarr.zip", "active_peaks.txt"]  # fmt: skip
+        stem = self.output.stem
+        derived = sorted(
+            p.name for p in self.output_dir.iterdir()
+            if p.name.startswith((f"{stem}.", f"{stem}_")) and p.name != self.output.name
+        )  # fmt: skip
+        found = [self.output_dir / n for n in dict.fromkeys([*names, *derived])]
         found = [p for p in found if p.exists()]
         if not found:
             return
