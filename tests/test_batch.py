@@ -771,7 +771,7 @@ def test_outputs_trace_every_frame_to_its_input_file_and_frame(
 @pytest.fixture
 def frame_folder(tmp_path, small_config):
     """A folder of one-frame TIFFs frame_1 .. frame_12 among files that are not frames: a
-    hidden file, notes, MIDAS maps, the parameters' dark, and radint outputs of an earlier run
+    hidden file, notes, MIDAS maps, the parameters' dark and flat, and radint outputs of an earlier run
     (NeXus .h5, Zarr store, caked.hdf, _lineout.bin, the map cache)."""
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -780,10 +780,13 @@ def frame_folder(tmp_path, small_config):
         tifffile.imwrite(folder / f"frame_{k}.tif", image, photometric="minisblack")
     tifffile.imwrite(folder / ".hidden.tif", image, photometric="minisblack")
     tifffile.imwrite(folder / "dark.tif", np.zeros_like(image), photometric="minisblack")
+    tifffile.imwrite(folder / "flat.tif", np.ones(image.shape, np.float32))
     (folder / "notes.txt").write_text("beamtime notes")
     (folder / "Map.bin").write_bytes(b"\0" * 64)
     params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text() + f"Dark {folder / 'dark.tif'}\n")
+    params.write_text(
+        small_config.midas_text() + f"Dark {folder / 'dark.tif'}\nFlatFile {folder / 'flat.tif'}\n"
+    )
     assert main(["integrate", str(params), str(folder / "frame_1.tif"), "-o", str(folder), "-q",
                  "--format", "nexus,zarr,caked,bin"]) == 0  # fmt: skip
     return tmp_path, folder, params
@@ -802,7 +805,7 @@ def test_a_folder_is_its_frame_files_in_natural_order(frame_folder, capsys, capl
     from radint.io.inputs import collect_inputs, is_frame_file
 
     tmp_path, folder, params = frame_folder
-    got = collect_inputs([str(folder)], exclude=[folder / "dark.tif"])
+    got = collect_inputs([str(folder)], exclude=[folder / "dark.tif", folder / "flat.tif"])
     assert got == [str(folder / f"frame_{k}.tif") for k in range(1, 13)]
     # Outputs are known by content, not name: written through h5py (2 frames) as well.
     one = read_nexus(folder / "frame_1.h5")
@@ -817,7 +820,7 @@ def test_a_folder_is_its_frame_files_in_natural_order(frame_folder, capsys, capl
     assert rc == 0, capsys.readouterr().err
     # hidden: .hidden.tif, .radint-cache; other: notes, Map.bin and 5 outputs of earlier runs
     want = (
-        f"{folder}: 12 frame file(s) (skipped 2 hidden, 1 dark/mask, 7 not frames: radint "
+        f"{folder}: 12 frame file(s) (skipped 2 hidden, 2 dark/mask/flat, 7 not frames: radint "
         "outputs, MIDAS maps, other formats)"
     )
     assert want in caplog.messages

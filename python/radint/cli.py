@@ -90,11 +90,11 @@ def _expand_data(
     raw_dtype: str | None,
 ) -> list[str]:  # fmt: skip
     """DATA as files: folders, ``@list`` files and quoted patterns expanded (see
-    :mod:`radint.io.inputs`), without the dark and mask files a folder or pattern also holds."""
+    :mod:`radint.io.inputs`), without the dark, mask and flat files a folder or pattern holds."""
     from radint.io.inputs import collect_inputs
 
     aux: list[str | Path] = []
-    for name in (dark, config.dark_file, config.mask_file):
+    for name in (dark, config.dark_file, config.mask_file, config.flat_file):
         if name:  # as given, or (a parameter file's names) beside the parameter file
             aux += [name, Path(params).parent / name]
     files = collect_inputs(paths, raw_dtype, exclude=aux)
@@ -877,10 +877,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 "files; write to another one (-o)"
             )
     dark_path = _dark_path(args.dark, config, args.params)
-    if args.source == "folder":  # the mask and dark may lie among the frames
+    if args.source == "folder":  # the mask, flat and dark may lie among the frames
         if not args.settle > 0:
             raise RadintError(f"--settle: expected seconds > 0, got {args.settle}")
-        source = FolderSource(args.watch, config.shape, exclude=(config.mask_file, dark_path),
+        aux = (config.mask_file, config.flat_file, dark_path)
+        source = FolderSource(args.watch, config.shape, exclude=aux,
                               zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
@@ -928,10 +929,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     config = _load_config(args.params, overrides)
     files = expand_inputs(paths, args.extension)
     # A folder often holds the parameters' own mask or dark beside the frames: not frames.
-    aux = {Path(f).resolve() for f in (config.mask_file, config.dark_file) if f}
+    aux = {Path(f).resolve() for f in (config.mask_file, config.dark_file, config.flat_file) if f}
     skipped = [f for f in files if Path(f).resolve() in aux]
     if skipped:
-        log.info("send: not sending %s (the parameters' MaskFile / Dark)",
+        log.info("send: not sending %s (the parameters' MaskFile / Dark / FlatFile)",
                  ", ".join(map(str, skipped)))  # fmt: skip
         files = [f for f in files if Path(f).resolve() not in aux]
     if not files:

@@ -164,7 +164,7 @@ class _Collector:
             f"{n} {what}"
             for n, what in (
                 (hidden, "hidden"),
-                (len(aux), "dark/mask"),
+                (len(aux), "dark/mask/flat"),
                 (len(eiger), "Eiger data read through their master"),
                 (others, "not frames: radint outputs, MIDAS maps, other formats"),
             )
@@ -203,7 +203,7 @@ class _Collector:
         skipped = ", ".join(
             f"{n} {what}"
             for n, what in (
-                (len(aux), "dark/mask"),
+                (len(aux), "dark/mask/flat"),
                 (len(eiger), "Eiger data read through their master"),
             )
             if n

@@ -1594,7 +1594,14 @@ def stored_configuration(path: str | Path) -> dict[str, Any] | None:
 
 #: Configuration fields naming a file (mask, dark, distortion, ...): stored as given.
 _FILE_FIELDS = frozenset(
-    {"mask_file", "dark_file", "distortion_file", "residual_correction_map", "panel_shifts_file"}
+    {
+        "mask_file",
+        "dark_file",
+        "flat_file",
+        "distortion_file",
+        "residual_correction_map",
+        "panel_shifts_file",
+    }
 )
 
 
