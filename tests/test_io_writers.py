@@ -728,6 +728,37 @@ def test_stream_outputs_sorted_and_named_by_the_frame_mapping(tmp_path: Path) ->
     assert root["OmegaSumFrame/LastFrameNumber_3"].attrs["Number Of Frames Summed"] == 2
 
 
+@pytest.mark.parametrize(
+    ("extra", "omegas"),
+    [("", [0, 1, 2]), ("Omega 42\n", [42, 42, 42]), ("OmegaStart 5\n", [0, 1, 2]),
+     ("OmegaStart 5\nOmegaStep 0.5\n", [5, 5.5, 6])],
+)  # fmt: skip
+def test_stream_zip_omega_and_wavelength_as_midas_post_processing(tmp_path, extra, omegas):
+    """Regression (GSAS-II reading a stream's zarr.zip): without a Wavelength line Lam was 0
+    (MIDAS's integrator_stream_process_h5.py writes 0.413263); ω came from OmegaStart alone
+    (MIDAS: from OmegaStart and OmegaStep together, else the frame index) and its `Omega`
+    key (one ω for every frame) was ignored."""
+    from radint import IntegrationConfig
+    from radint.io.midas import write_stream_outputs
+    from tests.conftest import SMALL
+
+    text = SMALL.replace("Wavelength 0.172973\n", "") + extra
+    cfg = IntegrationConfig.from_text(text, "small.txt")
+    r_edges, eta_edges = cfg.bin_edges()
+    n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
+    cakes = np.ones((3, n_r, n_eta))
+    lines = np.stack([np.column_stack([np.arange(n_r), c.mean(axis=1)]) for c in cakes])
+    (tmp_path / "RTthEtaAreaMap.bin").write_bytes(np.ones((5, n_r, n_eta)).tobytes())
+    (tmp_path / "Int2D.bin").write_bytes(cakes.tobytes())
+    (tmp_path / "lineout.bin").write_bytes(lines.tobytes())
+    (tmp_path / "lineout_simple_mean.bin").write_bytes(lines.tobytes())
+    _, zip_path = write_stream_outputs(tmp_path, cfg)
+    root = zarr.open_group(ZipStore(zip_path, mode="r"), mode="r")
+    got = [root[f"OmegaSumFrame/LastFrameNumber_{k}"].attrs["FirstOme"] for k in range(3)]
+    assert got == omegas
+    assert root["InstrumentParameters/Lam"][0] == 0.413263
+
+
 def test_nexus_written_with_q_bins_but_no_wavelength_reads_back(tmp_path: Path) -> None:
     """Before QBinSize without a Wavelength became an error such runs were binned in R; their
     stored configuration must still read back (as R bins)."""

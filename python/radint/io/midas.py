@@ -23,7 +23,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +333,26 @@ _GEOMETRY_MAPS = (
 _FIT_COLUMNS = ("area", "center_px", "sig", "gam", "fwhm_px", "eta_mix", "chi2")
 
 
+#: Wavelength (Å) MIDAS's stream post-processor writes for GSAS-II without a Wavelength line.
+STREAM_DEFAULT_LAMBDA = 0.413263
+
+
+def _stream_omega(config: Any) -> Callable[[int], float]:
+    """ω (deg) of stream frame ``k`` as integrator_stream_process_h5.py gives it: the ``Omega``
+    key's value for every frame (a key only that program reads, so radint keeps it among the
+    keys it does not use), ``OmegaStart + k·OmegaStep`` when both are set, else ``k``."""
+    for key, rest, *_ in getattr(config, "unknown", ()):
+        if key == "Omega" and rest.split():
+            with contextlib.suppress(ValueError):
+                fixed = float(rest.split()[0])
+                return lambda k: fixed
+    set_at = getattr(config, "set_at", None) or {}
+    if "OmegaStart" in set_at and "OmegaStep" in set_at:
+        start, step = float(config.omega_start_deg), float(config.omega_step_deg)
+        return lambda k: start + k * step
+    return float
+
+
 def write_stream_outputs(
     directory: str | Path,
     config: Any,
@@ -385,11 +405,7 @@ def write_stream_outputs(
     geometry = geometry.reshape(5, n_r, n_eta)
     n_frames = line_size // (16 * n_r)
     osf = int(getattr(config, "omega_sum_frames", 1))
-    known = "OmegaStart" in (getattr(config, "set_at", None) or {})
-    start, step = float(config.omega_start_deg), float(config.omega_step_deg)
-
-    def omega(index: int) -> float:
-        return start + index * step if known else float(index)
+    omega = _stream_omega(config)
 
     def frames(file: str, shape: tuple[int, ...], rows: range) -> np.ndarray:
         size = int(np.prod(shape)) * 8
@@ -462,7 +478,11 @@ def write_stream_outputs(
                 {"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
                  "FirstOme": omega(first), "LastOme": omega(last)},
             )  # fmt: skip
-        instrument = {"Lam": config.wavelength_angstrom, "Polariz": config.gsas_polariz,
+        set_at = getattr(config, "set_at", None) or {}
+        # integrator_stream_process_h5.py's λ without a Wavelength line (IntegratorZarrOMP's
+        # is 0.172978): GSAS-II takes it from here, and 0 is no wavelength.
+        lam = config.wavelength_angstrom if "Wavelength" in set_at else STREAM_DEFAULT_LAMBDA
+        instrument = {"Lam": lam, "Polariz": config.gsas_polariz,
                       "SH_L": config.gsas_sh_l, "U": config.gsas_u, "V": config.gsas_v,
                       "W": config.gsas_w, "X": config.gsas_x, "Y": config.gsas_y,
                       "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
