@@ -375,3 +375,28 @@ def test_timestamps_are_the_integration_time_and_survive_convert(tmp_path, monke
     with h5py.File(tmp_path / "conv" / "ceo2_pilatus.h5") as f:
         np.testing.assert_array_equal(f[path][()], stamps)
         assert f["entry/azint1d/reduction/date"][()].decode() == date
+
+
+def test_a_malformed_dask_address_is_one_line_and_exit_2(tmp_path, capsys):
+    """`--dask local:abc` raised a ValueError traceback from the cluster setup, `local:0` waited
+    for workers forever, `localhost:8786` started a local cluster of 8786 workers; now each
+    malformed value is refused before anything runs (nothing created)."""
+    from radint.batch.distributed import parse_address
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "o"
+    for value, says in (
+        ("local:abc", "--dask local:N needs a whole number N >= 1, got 'abc'"),
+        ("local:0", "--dask local:N needs a whole number N >= 1, got '0'"),
+        ("tcp://", "--dask 'tcp://': expected local:N or a scheduler's address HOST:PORT"),
+        (":8786", "expected local:N or a scheduler's address HOST:PORT"),
+        ("tcp://node1:99999", "port 99999 is not in 1..65535"),
+    ):
+        assert main(["batch", params, data, "-o", str(out), "--dask", value]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert parse_address("local") == 2 and parse_address("local:3") == 3
+    for scheduler in ("localhost:8786", "tcp://10.0.0.5:8786", "tls://[::1]:8786"):
+        assert parse_address(scheduler) is None

@@ -647,6 +647,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
     _integrator_py_flags(args)
+    if args.dask is not None:  # a malformed address fails here, not after the map is built
+        from radint.batch.distributed import parse_address
+
+        parse_address(args.dask)
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
     _check_frame_shapes(paths, config, args.dataLoc, args.raw_dtype)

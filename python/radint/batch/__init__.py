@@ -982,8 +982,9 @@ def run_batch(
     formats = resolve_formats(formats, FitSpec.from_config(config) is not None)
     check_outputs(files, out_dir, formats, names)
     if dask:  # refused before the map is built
-        from radint.batch.distributed import require_distributed
+        from radint.batch.distributed import parse_address, require_distributed
 
+        parse_address(dask)
         require_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
