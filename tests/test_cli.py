@@ -178,7 +178,8 @@ def test_missing_data_folder_is_an_error_not_an_override(tmp_path, capsys, monke
     for order in (["Run7", "Run8"], ["Run8", "Run7"]):
         assert main(["-q", "batch", params, *order, "RBinSize", "8", "-o", "out"]) == 1
         assert "Run8: no such file or directory" in capsys.readouterr().err
-    assert main(["info", params, "SpaceGroup", "225"]) == 0
+    assert main(["info", params, "SpaceGroup", "225"]) == 2  # an override radint does not read
+    assert "override SpaceGroup 225: not a parameter radint knows" in capsys.readouterr().err
 
 
 def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
@@ -400,3 +401,26 @@ def test_a_malformed_dask_address_is_one_line_and_exit_2(tmp_path, capsys):
     assert parse_address("local") == 2 and parse_address("local:3") == 3
     for scheduler in ("localhost:8786", "tcp://10.0.0.5:8786", "tls://[::1]:8786"):
         assert parse_address(scheduler) is None
+
+
+def test_a_misspelled_override_is_an_error_not_a_warning(tmp_path, capsys):
+    """`RBinSzie 0.5` on the command line was warned about and ignored: the run exited 0 with
+    the default binning. A key typed there is an error in every command taking overrides;
+    unknown keys inside the parameter file stay tolerated."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "o"
+    for argv in (
+        ["integrate", params, data, "RBinSzie", "0.5", "-o", str(out)],
+        ["batch", params, data, "-RBinSzie", "0.5", "-o", str(out)],
+        ["map", params, "RBinSzie", "0.5", "-o", str(out)],
+        ["info", params, "RBinSzie", "0.5"],
+        ["stream", params, "RBinSzie", "0.5", "-o", str(out), "--timeout", "1"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "override RBinSzie 0.5: not a parameter radint knows (did you mean RBinSize?)" in err
+        assert not out.exists()
+    tolerant = tmp_path / "p.txt"
+    tolerant.write_text((EXAMPLES / "parameters.txt").read_text() + "SpaceGroup 225\n")
+    assert main(["info", str(tolerant)]) == 0
