@@ -424,3 +424,18 @@ def test_a_misspelled_override_is_an_error_not_a_warning(tmp_path, capsys):
     tolerant = tmp_path / "p.txt"
     tolerant.write_text((EXAMPLES / "parameters.txt").read_text() + "SpaceGroup 225\n")
     assert main(["info", str(tolerant)]) == 0
+
+
+def test_batch_refuses_two_different_output_folders(tmp_path, capsys, monkeypatch):
+    """`-o c2 -resultFolder c3` silently wrote to c3; two folders are refused naming both, the
+    same folder given twice is fine."""
+    monkeypatch.chdir(tmp_path)
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    argv = ["-q", "batch", params, data, "RBinSize", "8"]
+    assert main([*argv, "-o", "c2", "-resultFolder", "c3"]) == 2
+    err = capsys.readouterr().err
+    assert "-o c2 and -resultFolder c3 name two different output folders" in err
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "c3").exists()
+    assert main([*argv, "-o", "c2", "-resultFolder", str(tmp_path / "c2")]) == 0
+    assert (tmp_path / "c2" / "ceo2_pilatus.h5").exists()

@@ -633,6 +633,19 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
             raise RadintError(f"radint batch: {flag} is not supported ({instead})")
 
 
+def _batch_output(args: argparse.Namespace) -> Path:
+    """The output folder of ``radint batch``: ``-o`` or MIDAS's ``-resultFolder`` (the same
+    option); two different folders are refused (the run silently wrote to one of them)."""
+    given = [(flag, value) for flag, value in (("-o", args.output),
+             ("-resultFolder", args.resultFolder)) if value is not None]  # fmt: skip
+    if len(given) == 2 and Path(given[0][1]).resolve() != Path(given[1][1]).resolve():
+        raise RadintError(
+            f"-o {given[0][1]} and -resultFolder {given[1][1]} name two different output "
+            "folders; give one of them"
+        )
+    return Path(given[0][1]) if given else Path(".")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """Many files → outputs, MIDAS integrator.py flags accepted; exit 0 only if all succeed."""
     from rich.progress import (
@@ -659,6 +672,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
     _integrator_py_flags(args)
+    out_dir = _batch_output(args)
     if args.dask is not None:  # a malformed address fails here, not after the map is built
         from radint.batch.distributed import parse_address
 
@@ -669,7 +683,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     formats = list(_formats(args.format, config))
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
-    out_dir = Path(args.resultFolder or args.output)
     dark_path = _dark_path(args.darkFN, config, params)
     dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
@@ -1174,7 +1187,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=kind, default=None, help=argparse.SUPPRESS)
     for flag in ("-liveViewer", "-peakFit"):
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
+    # default None, not ".": -o and -resultFolder naming two folders is refused (cmd_batch)
+    p.add_argument("-o", "--output", default=None, help="output directory (default: .)")
     p.add_argument(
         "--format", default="nexus", help="comma-separated output formats (see integrate)"
     )
