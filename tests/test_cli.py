@@ -439,3 +439,17 @@ def test_batch_refuses_two_different_output_folders(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "c2").exists() and not (tmp_path / "c3").exists()
     assert main([*argv, "-o", "c2", "-resultFolder", str(tmp_path / "c2")]) == 0
     assert (tmp_path / "c2" / "ceo2_pilatus.h5").exists()
+
+
+def test_out_name_with_an_output_ending_is_not_doubled(tmp_path):
+    """`-outName foo.h5` wrote `foo.h5.h5`: the ending of an output format is taken off."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    argv = ["-q", "batch", params, data, "RBinSize", "8", "--format", "nexus,xy"]
+    assert main([*argv, "-o", str(tmp_path), "-outName", "foo.h5"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "foo.h5", "foo_lineout.xy",
+    ]  # fmt: skip
+    assert main([*argv, "-o", str(tmp_path / "b"), "-outName", "bar.caked.hdf"]) == 0
+    assert (tmp_path / "b" / "bar.h5").exists()
+    assert main([*argv, "-o", str(tmp_path / "c"), "-outName", ".h5"]) == 2

@@ -633,6 +633,22 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
             raise RadintError(f"radint batch: {flag} is not supported ({instead})")
 
 
+def _out_name(name: str) -> str:
+    """``-outName`` as the stem outputs are named by: an output format's ending typed with it
+    is taken off (``-outName foo.h5`` wrote ``foo.h5.h5``; now ``foo.h5``, ``foo_lineout.xy``)."""
+    from radint.io.write import FORMATS
+
+    for suffix in sorted((s for s, _ in FORMATS.values()), key=len, reverse=True):
+        if name.lower().endswith(suffix.lower()):
+            stem = name[: -len(suffix)]
+            if not stem:
+                raise RadintError(f"-outName {name}: give the outputs' stem (e.g. scan1)")
+            log.info("-outName %s: outputs are named %s + the formats' endings (%s, ...)",
+                     name, stem, name)  # fmt: skip
+            return stem
+    return name
+
+
 def _batch_output(args: argparse.Namespace) -> Path:
     """The output folder of ``radint batch``: ``-o`` or MIDAS's ``-resultFolder`` (the same
     option); two different folders are refused (the run silently wrote to one of them)."""
@@ -689,7 +705,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
         raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
-    names = [args.outName] if args.outName else None
+    names = [_out_name(args.outName)] if args.outName else None
     check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
