@@ -453,3 +453,79 @@ def test_out_name_with_an_output_ending_is_not_doubled(tmp_path):
     assert main([*argv, "-o", str(tmp_path / "b"), "-outName", "bar.caked.hdf"]) == 0
     assert (tmp_path / "b" / "bar.h5").exists()
     assert main([*argv, "-o", str(tmp_path / "c"), "-outName", ".h5"]) == 2
+
+
+def test_messages_name_the_option_and_the_folder(tmp_path, capsys):
+    """Messages a user sweep found unclear: --peaks with --auto, -j 0 (named n_threads), an
+    unwritable -o (named a hidden temporary file), a missing result (h5py's errno text),
+    `info RESULT --map` (--map ignored), a transposed dark (no hint)."""
+    import tifffile
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "r"
+    assert main(["integrate", params, data, "RBinSize", "8", "-o", str(out), "-q"]) == 0
+    result = str(out / "ceo2_pilatus.h5")
+    assert main(["fit", result, "--peaks", "3.17", "--auto", "4"]) == 2
+    assert "--peaks and --auto exclude each other" in capsys.readouterr().err
+    for command in (["integrate", params, data], ["batch", params, data], ["map", params]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "-j", "0", "-o", str(tmp_path / "x")])
+        assert stop.value.code == 2
+        assert "-j/--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    blocked = afile / "sub"  # a folder that cannot be made (a file is in the way), even as root
+    for argv in (
+        ["map", params, "RBinSize", "8", "-o", str(blocked)],
+        ["fit", result, "--auto", "4", "-o", str(blocked)],
+        ["convert", result, "--format", "xy", "-o", str(blocked)],
+        ["integrate", params, data, "-o", str(blocked)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"cannot write to {blocked}: Not a directory" in err and ".partial" not in err
+    for argv in (
+        ["plot", "nosuch.h5"],
+        ["convert", "nosuch.h5", "--format", "xy"],
+        ["fit", "nosuch.h5", "--auto", "3"],
+    ):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == "radint: error: nosuch.h5: no such file"
+    assert main(["info", result, "--map"]) == 2
+    assert "--map builds the map of a parameter file" in capsys.readouterr().err
+    dark = tmp_path / "darkbad.tif"
+    tifffile.imwrite(dark, np.zeros((1475, 1679), "u2"))  # (NrPixelsY, NrPixelsZ)
+    assert main(["integrate", params, data, "--dark", str(dark), "-o", str(tmp_path / "d")]) == 2
+    assert "(its transpose: is the file stored transposed" in capsys.readouterr().err
+
+
+def test_early_errors_leave_no_output_folder(tmp_path, capsys, monkeypatch):
+    """A bad dark, a missing --midas-map folder, --backend cuda without CUDA: refused before
+    the map is built and without an empty -o folder left behind; the CUDA message gives the
+    install hint once (it was repeated)."""
+    import tifffile
+
+    from radint import integrator
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    dark = tmp_path / "darkbad.tif"
+    tifffile.imwrite(dark, np.zeros((10, 10), "u2"))
+    hint = "pip install 'radint[gpu]' (CUDA 12) or 'radint[gpu-cuda13]' (CUDA 13)"
+    monkeypatch.setattr(
+        integrator,
+        "_cuda_status",
+        lambda: (False, f"CuPy is not installed; install it with {hint}"),
+    )
+    out = tmp_path / "o" / "deeper"
+    for command in ("integrate", "batch"):
+        for extra, says in (
+            (["--dark", str(dark)], "darkbad.tif"),
+            (["--midas-map", str(tmp_path / "nosuchdir")], "nosuchdir: no such folder"),
+            (["--backend", "cuda"], "backend='cuda' is not available"),
+        ):
+            assert main([command, params, data, *extra, "-o", str(out)]) == 2, (command, extra)
+            err = capsys.readouterr().err
+            assert says in err and err.count("pip install") <= 1
+            assert not (tmp_path / "o").exists(), (command, extra)

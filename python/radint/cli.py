@@ -291,15 +291,35 @@ def _check_run(
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise RadintError(f"no such file or directory: {shown}")
+    _check_writable(out_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be written, before any work, naming the folder (the
+    write failed later naming a hidden temporary file, ``DIR/.x.partial``). The folder is not
+    left behind: folders made for the probe are removed, the run creates them when it has
+    something to write."""
     if out_dir.exists() and not out_dir.is_dir():
         raise RadintError(f"-o {out_dir}: exists and is not a directory")
+    missing: list[Path] = []
+    here = out_dir.absolute()
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    made: list[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
         probe = out_dir / f".radint-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise RadintError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
+        raise RadintError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _is_poni(path: str) -> bool:
@@ -356,10 +376,11 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     overrides = _only_overrides(args.overrides, "map")
     config = _load_config(args.params, overrides)
+    out = Path(args.output)
+    _check_writable(out)  # before the map is built
     t0 = time.perf_counter()
     m = DetectorMap.build(config, n_threads=args.threads)
     elapsed = time.perf_counter() - t0
-    out = Path(args.output)
     m.save_midas(out, config)
     stats = m.stats()
     files = "Map.bin, nMap.bin" + (", maskMap.bin" if (out / "maskMap.bin").exists() else "")
@@ -379,6 +400,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if _is_result_file(args.params):
         if args.overrides:
             raise RadintError(f"{args.params} is a result file: give it alone (and --row N)")
+        if args.map:  # it was silently ignored
+            raise RadintError(
+                f"{args.params} is a result file: --map builds the map of a parameter file "
+                "(radint info PARAMS --map)"
+            )
         return _describe_result(args.params, args.row, verbose=args.verbose)
     if args.row is not None:
         raise RadintError("--row N describes a row of a result file (radint info RESULT --row N)")
@@ -540,11 +566,20 @@ def _key_matches(midas_key: str, field_name: str) -> bool:
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
+def _check_midas_map(directory: str | None) -> None:
+    """``--midas-map DIR`` names a folder (a missing one failed naming DIR/Map.bin)."""
+    if directory and not Path(directory).is_dir():
+        from radint.exceptions import RadintFileNotFoundError
+
+        raise RadintFileNotFoundError(f"--midas-map {directory}: no such folder")
+
+
 def _rules(args: argparse.Namespace, config: IntegrationConfig) -> dict[str, Any]:
     """The Integrator's ``compat`` and ``detector_map`` from ``--compat`` / ``--midas-map``."""
     from radint.detector_map import DetectorMap
 
     rules: dict[str, Any] = {"compat": args.compat}
+    _check_midas_map(args.midas_map)
     if args.midas_map:
         rules["detector_map"] = DetectorMap.load_midas(args.midas_map, config)
     return rules
@@ -555,11 +590,12 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from radint.batch import check_outputs, process_file
-    from radint.integrator import Integrator
+    from radint.integrator import Integrator, require_backend
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
         raise RadintError("no data files given")
+    require_backend(args.backend)  # before the map is built
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
     _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
@@ -673,6 +709,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     )
 
     from radint.batch import check_outputs, midas_file_series, run_batch
+    from radint.integrator import require_backend
 
     if args.paramFN and args.params:
         # With -paramFN, the first positional is data, not a parameter file.
@@ -693,6 +730,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         from radint.batch.distributed import parse_address
 
         parse_address(args.dask)
+    require_backend(args.backend)
+    _check_midas_map(args.midas_map)
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
     _check_frame_shapes(paths, config, args.dataLoc, args.raw_dtype)
@@ -781,9 +820,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.fit import FitSpec
     from radint.io import read_nexus, write_nexus, write_result
 
-    if bool(args.peaks) == bool(args.auto):
+    if args.peaks and args.auto is not None:
+        raise RadintError("--peaks and --auto exclude each other: give one of them")
+    if not args.peaks and args.auto is None:
         raise RadintError("give --peaks LIST or --auto N")
-    src = Path(args.result)
+    if args.auto is not None and args.auto < 1:
+        raise RadintError(f"--auto N: expected N >= 1 peaks, got {args.auto}")
+    src = _result_path(args.result)
+    # --update alone (--format "") stores the fits in the result file and writes nothing else.
+    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
+    out_dir = Path(args.output) if args.output else src.parent
+    if formats:
+        _check_writable(out_dir)  # before the fits run
     result = read_nexus(src)
     common = {"roi_padding": args.roi_padding, "auto_roi": args.roi_auto}
     if args.auto:
@@ -798,9 +846,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
 
     stem = output_stem(src)
-    # --update alone (--format "") stores the fits in the result file and writes nothing else.
-    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
-    out_dir = Path(args.output) if args.output else src.parent
     written = write_result(result, out_dir, formats, name=stem) if formats else []
     if args.update:
         written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
@@ -845,13 +890,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _result_path(path: str) -> Path:
+    """A result file to read, or RadintFileNotFoundError "PATH: no such file" (h5py's errno
+    text was passed through)."""
+    from radint.exceptions import RadintFileNotFoundError
+
+    if not Path(path).exists():
+        raise RadintFileNotFoundError(f"{path}: no such file")
+    return Path(path)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Write a stored result (NeXus .h5 / .zarr) in other formats."""
     from radint.io import read_nexus, write_result
 
-    src = Path(args.result)
+    src = _result_path(args.result)
     formats = _format_list(args.format)
     out_dir = Path(args.output) if args.output else src.parent
+    _check_writable(out_dir)
     try:
         from radint.batch import output_stem
 
@@ -873,7 +929,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"follow: {n} redraw(s)")
         return 0
-    out = plot_nexus(args.result, args.output, args.frame, peak_param=args.peak_param)
+    out = plot_nexus(_result_path(args.result), args.output, args.frame, peak_param=args.peak_param)
     if not args.quiet:
         print(f"wrote {out}")
     return 0
@@ -1078,7 +1134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
-    p.add_argument("-j", "--threads", type=int, default=None, help="threads (default: all)")
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all)"
+    )
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser(
@@ -1102,7 +1160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dataset", default=None, help="HDF5 dataset of the frames")
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -1141,7 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["blosc-lz4", "gzip", "none"],
         help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.set_defaults(func=cmd_integrate)
 
@@ -1180,7 +1238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-nCPUs", type=int, default=1, help="files processed in parallel (processes; default 1)"
     )
     p.add_argument(
-        "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=int, default=None,
+        "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=_positive_int, default=None,
         help="threads per process",
     )  # fmt: skip
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
@@ -1244,7 +1302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update", action="store_true", help="also store the fits in the result file (peaks group)"
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
@@ -1347,7 +1405,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where peak_update.txt / peaks.json change fitted peaks live (default: -o DIR)",
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser(
@@ -1492,6 +1550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         # Setup failures outside any one input file (output directory, parameter or dark file).
         where = f"{e.filename}: " if e.filename else ""
+        if e.filename and re.fullmatch(r"\..+\.partial", Path(str(e.filename)).name):
+            # an output's hidden temporary name (radint.io.atomic) means nothing to the user
+            where = f"cannot write to {Path(str(e.filename)).parent}: "
         print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
