@@ -529,3 +529,44 @@ def test_early_errors_leave_no_output_folder(tmp_path, capsys, monkeypatch):
             err = capsys.readouterr().err
             assert says in err and err.count("pip install") <= 1
             assert not (tmp_path / "o").exists(), (command, extra)
+
+
+def test_unreadable_inputs_are_refused_before_the_map_is_built(tmp_path, capsys):
+    """A wrong --dataset, a dataset of strings, a truncated TIFF, a text file named .h5, a raw
+    file without --raw-dtype: found only after the map was built (seconds, and a cache saved).
+    Now their headers are opened first: exit 2, no map, no output folder. A batch with one good
+    file still integrates it and reports the bad one."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    params = str(tmp_path / "p.txt")
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.full((37, 53), 100, "u2"))
+    with h5py.File(tmp_path / "frames.h5", "w") as f:
+        f["exchange/data"] = np.zeros((1, 37, 53), "u2")
+    with h5py.File(tmp_path / "strings.h5", "w") as f:
+        f["exchange/data"] = np.array([b"abc", b"def"])
+    whole = tmp_path / "two.tif"
+    tifffile.imwrite(whole, np.zeros((2, 37, 53), "u2"))
+    (tmp_path / "trunc.tif").write_bytes(whole.read_bytes()[:200])
+    (tmp_path / "text.h5").write_text("not hdf5")
+    np.zeros((37, 53), "u2").tofile(tmp_path / "f.raw")
+    out = tmp_path / "o"
+    for name, extra, says in (
+        ("frames.h5", ["--dataset", "wrong/path"], "dataset 'wrong/path' does not exist"),
+        ("strings.h5", [], "byte string"),
+        ("trunc.tif", [], "truncated TIFF"),
+        ("text.h5", [], "not a readable HDF5 file"),
+        ("f.raw", [], "--raw-dtype"),
+    ):
+        for command in ("integrate", "batch"):
+            argv = [command, params, str(tmp_path / name), *extra, "-o", str(out)]
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert says in err and len(err.strip().splitlines()) == 1, err
+            assert not out.exists(), argv
+    bad = str(tmp_path / "trunc.tif")
+    assert main(["integrate", params, bad, str(good), "-o", str(out)]) == 2
+    assert "truncated TIFF" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "batch", params, bad, str(good), "-o", str(out)]) == 1
+    assert (out / "good.h5").exists() and "trunc.tif" in capsys.readouterr().err

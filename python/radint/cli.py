@@ -114,25 +114,47 @@ def _open_input(
 
 
 def _check_frame_shapes(
-    paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
-) -> None:
-    """Refuse a run in which no input's frames have the parameters' shape, before the map is
-    built: a mistyped detector size (``NrPixelsY 60000``) built a map of billions of pixels
-    first, or ran out of memory doing so, only to refuse every frame. Probing stops at the first
-    file that fits or cannot be opened (it is left to the run, which names its error)."""
+    paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None,
+    every: bool = False,
+) -> None:  # fmt: skip
+    """Refuse, before the map is built, a run whose inputs cannot be used: a mistyped detector
+    size (``NrPixelsY 60000``) built a map of billions of pixels first, or ran out of memory
+    doing so, only to refuse every frame; a wrong ``--dataset``, a dataset of strings, a
+    truncated TIFF, a file that is not HDF5, a raw file without ``--raw-dtype`` were found
+    only after the map was built. Only headers are read (no pixels).
+
+    ``every`` (``integrate``): every input is opened and any that cannot be is an error. Else
+    (``batch``, which reports a bad file and goes on): probing stops at the first file that
+    opens and fits, and the run is refused only when none does. A frame shape that does not
+    fit is refused only when no file fits (the others fail one by one)."""
     from radint.io.errors import ReaderError
 
+    unreadable: list[str] = []
     mismatched: list[tuple[str, tuple[int, ...]]] = []
+    fits = False
     for path in paths:
+        if every and not Path(path).exists():
+            continue  # reported with the other missing inputs (_check_run)
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
-        except (ReaderError, ImportError, OSError):
-            return
-        if shape == config.shape:
-            return
-        mismatched.append((path, shape))
-    if not mismatched:
+        except (ReaderError, ImportError, OSError) as e:
+            unreadable.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+            continue
+        if shape != config.shape:
+            mismatched.append((path, shape))
+            continue
+        fits = True
+        if not every:
+            break
+    if unreadable and (every or (not fits and not mismatched)):
+        more = len(unreadable) - 1
+        raise RadintError(
+            unreadable[0]
+            + (f"; and {more} more file(s) cannot be read" if more else "")
+            + "; no map built"
+        )
+    if fits or not mismatched:
         return
     path, shape = mismatched[0]
     swapped = shape == config.shape[::-1]
@@ -598,7 +620,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     require_backend(args.backend)  # before the map is built
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
-    _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
+    _check_frame_shapes(paths, config, args.dataset, args.raw_dtype, every=True)
     formats = _formats(args.format, config)
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
