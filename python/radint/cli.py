@@ -135,6 +135,8 @@ def _check_frame_shapes(
     for path in paths:
         if every and not Path(path).exists():
             continue  # reported with the other missing inputs (_check_run)
+        if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+            continue  # a FIFO or device: opening it may wait for a writer
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
@@ -611,7 +613,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
-    from radint.batch import check_outputs, process_file
+    from radint.batch import check_outputs, process_files
     from radint.integrator import Integrator, require_backend
 
     paths, overrides = _split_overrides(args.data)
@@ -633,22 +635,59 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         config, backend=args.backend, n_threads=args.threads, dark=dark,
         cache_dir=out_dir / ".radint-cache", **_rules(args, config),
     )  # fmt: skip
-    failures = 0
+    failures = n_done = frames = 0
+    reported: set[str] = set()
+    t0 = time.perf_counter()
+    started = time.time() - 1.0  # file times may be rounded down to the second
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths))
-        for p in paths:
-            o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
-                             integrator=integrator, compression=args.compression,
-                             raw_dtype=args.raw_dtype)  # fmt: skip
-            if o.ok:
-                rate = o.n_frames / max(o.seconds, 1e-9)
-                msg = f"{p}: {o.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(o.outputs)}"
-                if not args.quiet:
-                    progress.console.print(msg) if progress.live.is_started else print(msg)
-            else:
-                failures += 1
-                print(f"radint: {o.error}", file=sys.stderr)
-            progress.advance(task)
+
+        def say(line: str) -> None:
+            if not args.quiet:
+                progress.console.print(line) if progress.live.is_started else print(line)
+
+        try:
+            # The batch pipeline (reading, integrating and writing overlap across files);
+            # closing(): an interrupt stops it and removes the files it had not finished.
+            outcomes = process_files(
+                paths, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
+                skip_existing=args.skip_existing, integrator=integrator,
+                compression=args.compression, raw_dtype=args.raw_dtype,
+            )  # fmt: skip
+            with contextlib.closing(outcomes):
+                for o in outcomes:
+                    n_done += 1
+                    reported.add(o.path)
+                    if o.skipped:
+                        say(f"{o.path}: skipped (outputs exist)")
+                    elif o.ok:
+                        frames += o.n_frames
+                        rate = o.n_frames / max(o.seconds, 1e-9)
+                        say(f"{o.path}: {o.n_frames} frame(s), {rate:.1f} frames/s -> "
+                            f"{', '.join(o.outputs)}")  # fmt: skip
+                    else:
+                        failures += 1
+                        print(f"radint: {o.error}", file=sys.stderr)
+                    progress.advance(task)
+        except KeyboardInterrupt:
+            from radint.batch import finished_since, frames_written
+
+            # Files the pipeline finished before it stopped, reported or not (the one after
+            # the last reported may have been renamed into place meanwhile): from their outputs.
+            extra = [p for p in finished_since(paths, out_dir, formats, None, started)
+                     if p not in reported]  # fmt: skip
+            for p in extra:
+                say(f"{p}: done (its outputs were completed while stopping)")
+            more_frames, uncounted = frames_written(extra, out_dir, formats, None)
+            n_done += len(extra)
+            counted = f" (of {n_done - failures - uncounted} file(s))" if uncounted else ""
+            print(
+                f"radint integrate: {n_done - failures}/{len(paths)} file(s) ok, "
+                f"{frames + more_frames} frames{counted} in {time.perf_counter() - t0:.1f} s "
+                f"(interrupted; {len(paths) - n_done} not done: run again with --skip-existing "
+                "to finish them)"
+            )
+            raise
     if failures:
         print(f"radint: {failures} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
@@ -1223,6 +1262,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
+    p.add_argument(
+        "--skip-existing",
+        dest="skip_existing",
+        action="store_true",
+        help="skip files whose outputs exist and were made with the same parameters (as batch)",
+    )
     p.set_defaults(func=cmd_integrate)
 
     p = sub.add_parser(
@@ -1555,7 +1600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         resume = (" (rerun with --skip-existing to resume)"
-                  if getattr(args, "command", None) == "batch" else "")  # fmt: skip
+                  if getattr(args, "command", None) in ("batch", "integrate") else "")  # fmt: skip
         print(
             f"radint: interrupted; outputs not finished were removed, finished ones kept{resume}",
             file=sys.stderr,
