@@ -578,7 +578,8 @@ def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsy
     (tmp_path / "s.ge2").write_bytes(bytes(8192) + frames.astype("<u2").tobytes())
     (tmp_path / "s2.raw").write_bytes(frames.astype("<u4").tobytes())
     want = Integrator(small_config).integrate_stack(frames).cake
-    assert main(["integrate", str(params), str(tmp_path / "s2.raw"), "-o", str(tmp_path)]) == 1
+    # refused before the map is built (it was a per-file failure after it, exit 1)
+    assert main(["integrate", str(params), str(tmp_path / "s2.raw"), "-o", str(tmp_path)]) == 2
     assert "--raw-dtype" in capsys.readouterr().err
     assert main(["batch", str(params), str(tmp_path / "s.ge2"), str(tmp_path / "s2.raw"),
                  "--raw-dtype", "uint32", "-o", str(tmp_path / "o")]) == 0  # fmt: skip

@@ -114,42 +114,34 @@ def _open_input(
 
 
 def _check_frame_shapes(
-    paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None,
-    every: bool = False,
-) -> None:  # fmt: skip
-    """Refuse, before the map is built, a run whose inputs cannot be used: a mistyped detector
-    size (``NrPixelsY 60000``) built a map of billions of pixels first, or ran out of memory
-    doing so, only to refuse every frame; a wrong ``--dataset``, a dataset of strings, a
-    truncated TIFF, a file that is not HDF5, a raw file without ``--raw-dtype`` were found
-    only after the map was built. Only headers are read (no pixels).
-
-    ``every`` (``integrate``): every input is opened and any that cannot be is an error. Else
-    (``batch``, which reports a bad file and goes on): probing stops at the first file that
-    opens and fits, and the run is refused only when none does. A frame shape that does not
-    fit is refused only when no file fits (the others fail one by one)."""
-    from radint.io.errors import ReaderError
-
+    paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
+) -> None:
+    """Refuse, before the map is built, a run in which no input can be used: a mistyped
+    detector size (``NrPixelsY 60000``) built a map of billions of pixels first, or ran out of
+    memory doing so, only to refuse every frame; a wrong ``--dataset``, a dataset of strings,
+    a truncated TIFF, a file that is not HDF5, a raw file without ``--raw-dtype`` were found
+    only after the map was built. Only headers are read (no pixels), and probing stops at the
+    first file that opens and fits: a run that has one goes on and reports each other bad file
+    on its own, as before (a folder may hold a stray file). Missing files are left to the run
+    (``integrate`` refuses them up front, ``batch`` reports them per file)."""
     unreadable: list[str] = []
     mismatched: list[tuple[str, tuple[int, ...]]] = []
     fits = False
     for path in paths:
-        if every and not Path(path).exists():
-            continue  # reported with the other missing inputs (_check_run)
-        if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
-            continue  # a FIFO or device: opening it may wait for a writer
+        if not (Path(path).is_file() or Path(path).is_dir()):
+            continue  # missing (see above), or a FIFO or device: opening it may wait for a writer
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
-        except (ReaderError, ImportError, OSError) as e:
+        except (RadintError, ImportError, OSError) as e:  # ReaderError, DtypeError (strings)
             unreadable.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
         if shape != config.shape:
             mismatched.append((path, shape))
             continue
         fits = True
-        if not every:
-            break
-    if unreadable and (every or (not fits and not mismatched)):
+        break
+    if unreadable and not fits and not mismatched:
         more = len(unreadable) - 1
         raise RadintError(
             unreadable[0]
@@ -622,7 +614,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     require_backend(args.backend)  # before the map is built
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
-    _check_frame_shapes(paths, config, args.dataset, args.raw_dtype, every=True)
+    _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
     formats = _formats(args.format, config)
     out_dir = Path(args.output)
     check_outputs(paths, out_dir, formats)
