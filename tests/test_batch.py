@@ -578,7 +578,8 @@ def test_ge_and_raw_frames_take_the_detector_shape(tmp_path, small_config, capsy
     (tmp_path / "s.ge2").write_bytes(bytes(8192) + frames.astype("<u2").tobytes())
     (tmp_path / "s2.raw").write_bytes(frames.astype("<u4").tobytes())
     want = Integrator(small_config).integrate_stack(frames).cake
-    assert main(["integrate", str(params), str(tmp_path / "s2.raw"), "-o", str(tmp_path)]) == 1
+    # refused before the map is built (it was a per-file failure after it, exit 1)
+    assert main(["integrate", str(params), str(tmp_path / "s2.raw"), "-o", str(tmp_path)]) == 2
     assert "--raw-dtype" in capsys.readouterr().err
     assert main(["batch", str(params), str(tmp_path / "s.ge2"), str(tmp_path / "s2.raw"),
                  "--raw-dtype", "uint32", "-o", str(tmp_path / "o")]) == 0  # fmt: skip
@@ -1400,3 +1401,47 @@ def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_c
     assert m, stdout
     assert (int(m[1]), int(m[2]), m[3]) == (23, 23 * 8, None), stdout
     assert "interrupted; 1 not done" in stdout
+
+
+def test_interrupted_integrate_prints_a_summary_and_resumes_with_skip_existing(
+    tmp_path, small_config
+):
+    """Ctrl-C during `radint integrate many/` exited 130 with nothing half-written but no
+    summary: the files done were not logged. It now prints batch's summary and, as the README
+    says, resumes with --skip-existing (which integrate did not have)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 8))
+    os.mkfifo(tmp_path / "b.tif")  # its reader waits: the run is stopped while on it
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "radint.cli", "integrate", str(params), str(tmp_path / "a.h5"),
+            str(tmp_path / "b.tif"), "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "a.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "a.h5").exists()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "a.h5" in stdout
+    assert "radint integrate: 1/2 file(s) ok, 8 frames in" in stdout, stdout
+    assert "interrupted; 1 not done: run again with --skip-existing" in stdout
+    assert "rerun with --skip-existing to resume" in stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
+    os.unlink(tmp_path / "b.tif")
+    tifffile.imwrite(tmp_path / "b.tif", ring_image(small_config, dtype=np.uint16))
+    run = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "a.h5: skipped (outputs exist)" in run.stdout and (out / "b.h5").exists()

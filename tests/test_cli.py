@@ -178,7 +178,8 @@ def test_missing_data_folder_is_an_error_not_an_override(tmp_path, capsys, monke
     for order in (["Run7", "Run8"], ["Run8", "Run7"]):
         assert main(["-q", "batch", params, *order, "RBinSize", "8", "-o", "out"]) == 1
         assert "Run8: no such file or directory" in capsys.readouterr().err
-    assert main(["info", params, "SpaceGroup", "225"]) == 0
+    assert main(["info", params, "SpaceGroup", "225"]) == 2  # an override radint does not read
+    assert "override SpaceGroup 225: not a parameter radint knows" in capsys.readouterr().err
 
 
 def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
@@ -401,3 +402,198 @@ def test_pixel_weights_fraction_with_compat_is_refused(tmp_path, capsys):
     code = main(["integrate", str(EXAMPLES / "parameters.txt"), data, "PixelWeights", "fraction",
                  "-o", str(tmp_path / "out2"), "--compat", "midas-cpu", "-q"])  # fmt: skip
     assert code == 2 and "<override>:1: PixelWeights fraction" in capsys.readouterr().err
+
+
+def test_a_malformed_dask_address_is_one_line_and_exit_2(tmp_path, capsys):
+    """`--dask local:abc` raised a ValueError traceback from the cluster setup, `local:0` waited
+    for workers forever, `localhost:8786` started a local cluster of 8786 workers; now each
+    malformed value is refused before anything runs (nothing created)."""
+    from radint.batch.distributed import parse_address
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "o"
+    for value, says in (
+        ("local:abc", "--dask local:N needs a whole number N >= 1, got 'abc'"),
+        ("local:0", "--dask local:N needs a whole number N >= 1, got '0'"),
+        ("tcp://", "--dask 'tcp://': expected local:N or a scheduler's address HOST:PORT"),
+        (":8786", "expected local:N or a scheduler's address HOST:PORT"),
+        ("tcp://node1:99999", "port 99999 is not in 1..65535"),
+    ):
+        assert main(["batch", params, data, "-o", str(out), "--dask", value]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert parse_address("local") == 2 and parse_address("local:3") == 3
+    for scheduler in ("localhost:8786", "tcp://10.0.0.5:8786", "tls://[::1]:8786"):
+        assert parse_address(scheduler) is None
+
+
+def test_a_misspelled_override_is_an_error_not_a_warning(tmp_path, capsys):
+    """`RBinSzie 0.5` on the command line was warned about and ignored: the run exited 0 with
+    the default binning. A key typed there is an error in every command taking overrides;
+    unknown keys inside the parameter file stay tolerated."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "o"
+    for argv in (
+        ["integrate", params, data, "RBinSzie", "0.5", "-o", str(out)],
+        ["batch", params, data, "-RBinSzie", "0.5", "-o", str(out)],
+        ["map", params, "RBinSzie", "0.5", "-o", str(out)],
+        ["info", params, "RBinSzie", "0.5"],
+        ["stream", params, "RBinSzie", "0.5", "-o", str(out), "--timeout", "1"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "override RBinSzie 0.5: not a parameter radint knows (did you mean RBinSize?)" in err
+        assert not out.exists()
+    tolerant = tmp_path / "p.txt"
+    tolerant.write_text((EXAMPLES / "parameters.txt").read_text() + "SpaceGroup 225\n")
+    assert main(["info", str(tolerant)]) == 0
+
+
+def test_batch_refuses_two_different_output_folders(tmp_path, capsys, monkeypatch):
+    """`-o c2 -resultFolder c3` silently wrote to c3; two folders are refused naming both, the
+    same folder given twice is fine."""
+    monkeypatch.chdir(tmp_path)
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    argv = ["-q", "batch", params, data, "RBinSize", "8"]
+    assert main([*argv, "-o", "c2", "-resultFolder", "c3"]) == 2
+    err = capsys.readouterr().err
+    assert "-o c2 and -resultFolder c3 name two different output folders" in err
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "c3").exists()
+    assert main([*argv, "-o", "c2", "-resultFolder", str(tmp_path / "c2")]) == 0
+    assert (tmp_path / "c2" / "ceo2_pilatus.h5").exists()
+
+
+def test_out_name_with_an_output_ending_is_not_doubled(tmp_path):
+    """`-outName foo.h5` wrote `foo.h5.h5`: the ending of an output format is taken off."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    argv = ["-q", "batch", params, data, "RBinSize", "8", "--format", "nexus,xy"]
+    assert main([*argv, "-o", str(tmp_path), "-outName", "foo.h5"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "foo.h5", "foo_lineout.xy",
+    ]  # fmt: skip
+    assert main([*argv, "-o", str(tmp_path / "b"), "-outName", "bar.caked.hdf"]) == 0
+    assert (tmp_path / "b" / "bar.h5").exists()
+    assert main([*argv, "-o", str(tmp_path / "c"), "-outName", ".h5"]) == 2
+
+
+def test_messages_name_the_option_and_the_folder(tmp_path, capsys):
+    """Messages a user sweep found unclear: --peaks with --auto, -j 0 (named n_threads), an
+    unwritable -o (named a hidden temporary file), a missing result (h5py's errno text),
+    `info RESULT --map` (--map ignored), a transposed dark (no hint)."""
+    import tifffile
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "r"
+    assert main(["integrate", params, data, "RBinSize", "8", "-o", str(out), "-q"]) == 0
+    result = str(out / "ceo2_pilatus.h5")
+    assert main(["fit", result, "--peaks", "3.17", "--auto", "4"]) == 2
+    assert "--peaks and --auto exclude each other" in capsys.readouterr().err
+    for command in (["integrate", params, data], ["batch", params, data], ["map", params]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "-j", "0", "-o", str(tmp_path / "x")])
+        assert stop.value.code == 2
+        assert "-j/--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    blocked = afile / "sub"  # a folder that cannot be made (a file is in the way), even as root
+    for argv in (
+        ["map", params, "RBinSize", "8", "-o", str(blocked)],
+        ["fit", result, "--auto", "4", "-o", str(blocked)],
+        ["convert", result, "--format", "xy", "-o", str(blocked)],
+        ["integrate", params, data, "-o", str(blocked)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"cannot write to {blocked}: Not a directory" in err and ".partial" not in err
+    for argv in (
+        ["plot", "nosuch.h5"],
+        ["convert", "nosuch.h5", "--format", "xy"],
+        ["fit", "nosuch.h5", "--auto", "3"],
+    ):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == "radint: error: nosuch.h5: no such file"
+    assert main(["info", result, "--map"]) == 2
+    assert "--map builds the map of a parameter file" in capsys.readouterr().err
+    dark = tmp_path / "darkbad.tif"
+    tifffile.imwrite(dark, np.zeros((1475, 1679), "u2"))  # (NrPixelsY, NrPixelsZ)
+    assert main(["integrate", params, data, "--dark", str(dark), "-o", str(tmp_path / "d")]) == 2
+    assert "(its transpose: is the file stored transposed" in capsys.readouterr().err
+
+
+def test_early_errors_leave_no_output_folder(tmp_path, capsys, monkeypatch):
+    """A bad dark, a missing --midas-map folder, --backend cuda without CUDA: refused before
+    the map is built and without an empty -o folder left behind; the CUDA message gives the
+    install hint once (it was repeated)."""
+    import tifffile
+
+    from radint import integrator
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    dark = tmp_path / "darkbad.tif"
+    tifffile.imwrite(dark, np.zeros((10, 10), "u2"))
+    hint = "pip install 'radint[gpu]' (CUDA 12) or 'radint[gpu-cuda13]' (CUDA 13)"
+    monkeypatch.setattr(
+        integrator,
+        "_cuda_status",
+        lambda: (False, f"CuPy is not installed; install it with {hint}"),
+    )
+    out = tmp_path / "o" / "deeper"
+    for command in ("integrate", "batch"):
+        for extra, says in (
+            (["--dark", str(dark)], "darkbad.tif"),
+            (["--midas-map", str(tmp_path / "nosuchdir")], "nosuchdir: no such folder"),
+            (["--backend", "cuda"], "backend='cuda' is not available"),
+        ):
+            assert main([command, params, data, *extra, "-o", str(out)]) == 2, (command, extra)
+            err = capsys.readouterr().err
+            assert says in err and err.count("pip install") <= 1
+            assert not (tmp_path / "o").exists(), (command, extra)
+
+
+def test_unreadable_inputs_are_refused_before_the_map_is_built(tmp_path, capsys):
+    """A wrong --dataset, a dataset of strings, a truncated TIFF, a text file named .h5, a raw
+    file without --raw-dtype: found only after the map was built (seconds, and a cache saved).
+    Now their headers are opened first: exit 2, no map, no output folder. A run with one good
+    file still integrates it and reports the bad one."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    params = str(tmp_path / "p.txt")
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.full((37, 53), 100, "u2"))
+    with h5py.File(tmp_path / "frames.h5", "w") as f:
+        f["exchange/data"] = np.zeros((1, 37, 53), "u2")
+    with h5py.File(tmp_path / "strings.h5", "w") as f:
+        f["exchange/data"] = np.array([b"abc", b"def"])
+    whole = tmp_path / "two.tif"
+    tifffile.imwrite(whole, np.zeros((2, 37, 53), "u2"))
+    (tmp_path / "trunc.tif").write_bytes(whole.read_bytes()[:200])
+    (tmp_path / "text.h5").write_text("not hdf5")
+    np.zeros((37, 53), "u2").tofile(tmp_path / "f.raw")
+    out = tmp_path / "o"
+    for name, extra, says in (
+        ("frames.h5", ["--dataset", "wrong/path"], "dataset 'wrong/path' does not exist"),
+        ("strings.h5", [], "byte string"),
+        ("trunc.tif", [], "truncated TIFF"),
+        ("text.h5", [], "not a readable HDF5 file"),
+        ("f.raw", [], "--raw-dtype"),
+    ):
+        for command in ("integrate", "batch"):
+            argv = [command, params, str(tmp_path / name), *extra, "-o", str(out)]
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert says in err and len(err.strip().splitlines()) == 1, err
+            assert not out.exists(), argv
+    for bad in ("trunc.tif", "strings.h5"):
+        for command in ("integrate", "batch"):
+            where = out / command / bad
+            argv = ["-q", command, params, str(tmp_path / bad), str(good), "-o", str(where)]
+            assert main(argv) == 1, argv
+            assert (where / "good.h5").exists() and bad in capsys.readouterr().err

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from radint.config import IntegrationConfig, near_key
-from radint.exceptions import RadintError
+from radint.exceptions import ParameterError, RadintError
 
 log = logging.getLogger("radint")
 
@@ -116,23 +116,39 @@ def _open_input(
 def _check_frame_shapes(
     paths: list[str], config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
 ) -> None:
-    """Refuse a run in which no input's frames have the parameters' shape, before the map is
-    built: a mistyped detector size (``NrPixelsY 60000``) built a map of billions of pixels
-    first, or ran out of memory doing so, only to refuse every frame. Probing stops at the first
-    file that fits or cannot be opened (it is left to the run, which names its error)."""
-    from radint.io.errors import ReaderError
-
+    """Refuse, before the map is built, a run in which no input can be used: a mistyped
+    detector size (``NrPixelsY 60000``) built a map of billions of pixels first, or ran out of
+    memory doing so, only to refuse every frame; a wrong ``--dataset``, a dataset of strings,
+    a truncated TIFF, a file that is not HDF5, a raw file without ``--raw-dtype`` were found
+    only after the map was built. Only headers are read (no pixels), and probing stops at the
+    first file that opens and fits: a run that has one goes on and reports each other bad file
+    on its own, as before (a folder may hold a stray file). Missing files are left to the run
+    (``integrate`` refuses them up front, ``batch`` reports them per file)."""
+    unreadable: list[str] = []
     mismatched: list[tuple[str, tuple[int, ...]]] = []
+    fits = False
     for path in paths:
+        if not (Path(path).is_file() or Path(path).is_dir()):
+            continue  # missing (see above), or a FIFO or device: opening it may wait for a writer
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
-        except (ReaderError, ImportError, OSError):
-            return
-        if shape == config.shape:
-            return
-        mismatched.append((path, shape))
-    if not mismatched:
+        except (RadintError, ImportError, OSError) as e:  # ReaderError, DtypeError (strings)
+            unreadable.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+            continue
+        if shape != config.shape:
+            mismatched.append((path, shape))
+            continue
+        fits = True
+        break
+    if unreadable and not fits and not mismatched:
+        more = len(unreadable) - 1
+        raise RadintError(
+            unreadable[0]
+            + (f"; and {more} more file(s) cannot be read" if more else "")
+            + "; no map built"
+        )
+    if fits or not mismatched:
         return
     path, shape = mismatched[0]
     swapped = shape == config.shape[::-1]
@@ -204,10 +220,7 @@ def _read_config(
                 "give it as overrides: NrPixelsY N NrPixelsZ M"
             )
         config = (config.with_overrides(overrides) if overrides else config).validate()
-        for key, value, _, _ in config.unknown:
-            near = near_key(key)
-            log.warning("override %s %s: not a parameter radint knows; ignored%s", key, value,
-                        f" (did you mean {near}?)" if near else "")  # fmt: skip
+        _refuse_unknown_overrides(config)
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
             "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s",
@@ -218,11 +231,7 @@ def _read_config(
         )  # fmt: skip
         return config if args is None else _with_fit_flags(config, args)
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
-    for key, value, where, _ in config.unknown:
-        if where == "<override>":  # a typo on the command line must not pass unnoticed
-            near = near_key(key)
-            log.warning("override %s %s: not a parameter radint knows; ignored%s", key, value,
-                        f" (did you mean {near}?)" if near else "")  # fmt: skip
+    _refuse_unknown_overrides(config)
     missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
     if missing:
         log.warning(
@@ -231,6 +240,25 @@ def _read_config(
             ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
         )  # fmt: skip
     return config if args is None else _with_fit_flags(config, args)
+
+
+def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
+    """A key typed on the command line that radint does not read is an error: a typo
+    (``RBinSzie 0.5``) was only warned about and the run went on with the default binning.
+    Unknown keys inside the parameter file stay tolerated (MIDAS files carry other programs'
+    keys)."""
+    typed = [(key, value) for key, value, where, _ in config.unknown if where == "<override>"]
+    if not typed:
+        return
+    problems = []
+    for key, value in typed:
+        near = near_key(key)
+        hint = f" (did you mean {near}?)" if near else ""
+        problems.append(f"override {' '.join(v for v in (key, value) if v)}: not a parameter "
+                        f"radint knows{hint}")  # fmt: skip
+    if not any(near_key(key) for key, _ in typed):
+        problems[-1] += " (keys of other MIDAS programs belong in the parameter file)"
+    raise ParameterError("; ".join(problems))
 
 
 def _format_list(text: str, flag: str = "--format") -> list[str]:
@@ -290,15 +318,35 @@ def _check_run(
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise RadintError(f"no such file or directory: {shown}")
+    _check_writable(out_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be written, before any work, naming the folder (the
+    write failed later naming a hidden temporary file, ``DIR/.x.partial``). The folder is not
+    left behind: folders made for the probe are removed, the run creates them when it has
+    something to write."""
     if out_dir.exists() and not out_dir.is_dir():
         raise RadintError(f"-o {out_dir}: exists and is not a directory")
+    missing: list[Path] = []
+    here = out_dir.absolute()
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    made: list[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
         probe = out_dir / f".radint-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise RadintError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
+        raise RadintError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _is_poni(path: str) -> bool:
@@ -355,10 +403,11 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     overrides = _only_overrides(args.overrides, "map")
     config = _load_config(args.params, overrides)
+    out = Path(args.output)
+    _check_writable(out)  # before the map is built
     t0 = time.perf_counter()
     m = DetectorMap.build(config, n_threads=args.threads)
     elapsed = time.perf_counter() - t0
-    out = Path(args.output)
     m.save_midas(out, config)
     stats = m.stats()
     files = "Map.bin, nMap.bin" + (", maskMap.bin" if (out / "maskMap.bin").exists() else "")
@@ -378,6 +427,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if _is_result_file(args.params):
         if args.overrides:
             raise RadintError(f"{args.params} is a result file: give it alone (and --row N)")
+        if args.map:  # it was silently ignored
+            raise RadintError(
+                f"{args.params} is a result file: --map builds the map of a parameter file "
+                "(radint info PARAMS --map)"
+            )
         return _describe_result(args.params, args.row, verbose=args.verbose)
     from radint.io.describe import describe_output
 
@@ -546,11 +600,20 @@ def _key_matches(midas_key: str, field_name: str) -> bool:
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
+def _check_midas_map(directory: str | None) -> None:
+    """``--midas-map DIR`` names a folder (a missing one failed naming DIR/Map.bin)."""
+    if directory and not Path(directory).is_dir():
+        from radint.exceptions import RadintFileNotFoundError
+
+        raise RadintFileNotFoundError(f"--midas-map {directory}: no such folder")
+
+
 def _rules(args: argparse.Namespace, config: IntegrationConfig) -> dict[str, Any]:
     """The Integrator's ``compat`` and ``detector_map`` from ``--compat`` / ``--midas-map``."""
     from radint.detector_map import DetectorMap
 
     rules: dict[str, Any] = {"compat": args.compat}
+    _check_midas_map(args.midas_map)
     if args.midas_map:
         rules["detector_map"] = DetectorMap.load_midas(args.midas_map, config)
     return rules
@@ -560,12 +623,13 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
     from rich.progress import Progress
 
-    from radint.batch import check_outputs, process_file
-    from radint.integrator import Integrator
+    from radint.batch import check_outputs, process_files
+    from radint.integrator import Integrator, require_backend
 
     paths, overrides = _split_overrides(args.data)
     if not paths:
         raise RadintError("no data files given")
+    require_backend(args.backend)  # before the map is built
     config = _load_config(args.params, overrides, args)
     paths = _expand_data(paths, config, args.params, args.dark, args.raw_dtype)
     _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
@@ -581,22 +645,59 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         config, backend=args.backend, n_threads=args.threads, dark=dark,
         cache_dir=out_dir / ".radint-cache", **_rules(args, config),
     )  # fmt: skip
-    failures = 0
+    failures = n_done = frames = 0
+    reported: set[str] = set()
+    t0 = time.perf_counter()
+    started = time.time() - 1.0  # file times may be rounded down to the second
     with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
         task = progress.add_task("files", total=len(paths))
-        for p in paths:
-            o = process_file(p, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
-                             integrator=integrator, compression=args.compression,
-                             raw_dtype=args.raw_dtype)  # fmt: skip
-            if o.ok:
-                rate = o.n_frames / max(o.seconds, 1e-9)
-                msg = f"{p}: {o.n_frames} frame(s), {rate:.1f} frames/s -> {', '.join(o.outputs)}"
-                if not args.quiet:
-                    progress.console.print(msg) if progress.live.is_started else print(msg)
-            else:
-                failures += 1
-                print(f"radint: {o.error}", file=sys.stderr)
-            progress.advance(task)
+
+        def say(line: str) -> None:
+            if not args.quiet:
+                progress.console.print(line) if progress.live.is_started else print(line)
+
+        try:
+            # The batch pipeline (reading, integrating and writing overlap across files);
+            # closing(): an interrupt stops it and removes the files it had not finished.
+            outcomes = process_files(
+                paths, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
+                skip_existing=args.skip_existing, integrator=integrator,
+                compression=args.compression, raw_dtype=args.raw_dtype,
+            )  # fmt: skip
+            with contextlib.closing(outcomes):
+                for o in outcomes:
+                    n_done += 1
+                    reported.add(o.path)
+                    if o.skipped:
+                        say(f"{o.path}: skipped (outputs exist)")
+                    elif o.ok:
+                        frames += o.n_frames
+                        rate = o.n_frames / max(o.seconds, 1e-9)
+                        say(f"{o.path}: {o.n_frames} frame(s), {rate:.1f} frames/s -> "
+                            f"{', '.join(o.outputs)}")  # fmt: skip
+                    else:
+                        failures += 1
+                        print(f"radint: {o.error}", file=sys.stderr)
+                    progress.advance(task)
+        except KeyboardInterrupt:
+            from radint.batch import finished_since, frames_written
+
+            # Files the pipeline finished before it stopped, reported or not (the one after
+            # the last reported may have been renamed into place meanwhile): from their outputs.
+            extra = [p for p in finished_since(paths, out_dir, formats, None, started)
+                     if p not in reported]  # fmt: skip
+            for p in extra:
+                say(f"{p}: done (its outputs were completed while stopping)")
+            more_frames, uncounted = frames_written(extra, out_dir, formats, None)
+            n_done += len(extra)
+            counted = f" (of {n_done - failures - uncounted} file(s))" if uncounted else ""
+            print(
+                f"radint integrate: {n_done - failures}/{len(paths)} file(s) ok, "
+                f"{frames + more_frames} frames{counted} in {time.perf_counter() - t0:.1f} s "
+                f"(interrupted; {len(paths) - n_done} not done: run again with --skip-existing "
+                "to finish them)"
+            )
+            raise
     if failures:
         print(f"radint: {failures} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
@@ -639,6 +740,35 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
             raise RadintError(f"radint batch: {flag} is not supported ({instead})")
 
 
+def _out_name(name: str) -> str:
+    """``-outName`` as the stem outputs are named by: an output format's ending typed with it
+    is taken off (``-outName foo.h5`` wrote ``foo.h5.h5``; now ``foo.h5``, ``foo_lineout.xy``)."""
+    from radint.io.write import FORMATS
+
+    for suffix in sorted((s for s, _ in FORMATS.values()), key=len, reverse=True):
+        if name.lower().endswith(suffix.lower()):
+            stem = name[: -len(suffix)]
+            if not stem:
+                raise RadintError(f"-outName {name}: give the outputs' stem (e.g. scan1)")
+            log.info("-outName %s: outputs are named %s + the formats' endings (%s, ...)",
+                     name, stem, name)  # fmt: skip
+            return stem
+    return name
+
+
+def _batch_output(args: argparse.Namespace) -> Path:
+    """The output folder of ``radint batch``: ``-o`` or MIDAS's ``-resultFolder`` (the same
+    option); two different folders are refused (the run silently wrote to one of them)."""
+    given = [(flag, value) for flag, value in (("-o", args.output),
+             ("-resultFolder", args.resultFolder)) if value is not None]  # fmt: skip
+    if len(given) == 2 and Path(given[0][1]).resolve() != Path(given[1][1]).resolve():
+        raise RadintError(
+            f"-o {given[0][1]} and -resultFolder {given[1][1]} name two different output "
+            "folders; give one of them"
+        )
+    return Path(given[0][1]) if given else Path(".")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """Many files → outputs, MIDAS integrator.py flags accepted; exit 0 only if all succeed."""
     from rich.progress import (
@@ -650,6 +780,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     )
 
     from radint.batch import check_outputs, midas_file_series, run_batch
+    from radint.integrator import require_backend
 
     if args.paramFN and args.params:
         # With -paramFN, the first positional is data, not a parameter file.
@@ -665,20 +796,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not paths:
         raise RadintError("no data files: give DATA... or -dataFN")
     _integrator_py_flags(args)
+    out_dir = _batch_output(args)
+    if args.dask is not None:  # a malformed address fails here, not after the map is built
+        from radint.batch.distributed import parse_address
+
+        parse_address(args.dask)
+    require_backend(args.backend)
+    _check_midas_map(args.midas_map)
     config = _load_config(params, overrides, args)
     paths = _expand_data(paths, config, params, args.darkFN, args.raw_dtype)
     _check_frame_shapes(paths, config, args.dataLoc, args.raw_dtype)
     formats = list(_formats(args.format, config))
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
-    out_dir = Path(args.resultFolder or args.output)
     dark_path = _dark_path(args.darkFN, config, params)
     dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
         raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
-    names = [args.outName] if args.outName else None
+    names = [_out_name(args.outName)] if args.outName else None
     check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
@@ -754,9 +891,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.fit import FitSpec
     from radint.io import read_nexus, write_nexus, write_result
 
-    if bool(args.peaks) == bool(args.auto):
+    if args.peaks and args.auto is not None:
+        raise RadintError("--peaks and --auto exclude each other: give one of them")
+    if not args.peaks and args.auto is None:
         raise RadintError("give --peaks LIST or --auto N")
-    src = Path(args.result)
+    if args.auto is not None and args.auto < 1:
+        raise RadintError(f"--auto N: expected N >= 1 peaks, got {args.auto}")
+    src = _result_path(args.result)
+    # --update alone (--format "") stores the fits in the result file and writes nothing else.
+    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
+    out_dir = Path(args.output) if args.output else src.parent
+    if formats:
+        _check_writable(out_dir)  # before the fits run
     result = read_nexus(src)
     common = {"roi_padding": args.roi_padding, "auto_roi": args.roi_auto}
     if args.auto:
@@ -771,9 +917,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
 
     stem = output_stem(src)
-    # --update alone (--format "") stores the fits in the result file and writes nothing else.
-    formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
-    out_dir = Path(args.output) if args.output else src.parent
     written = write_result(result, out_dir, formats, name=stem) if formats else []
     if args.update:
         written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
@@ -818,13 +961,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _result_path(path: str) -> Path:
+    """A result file to read, or RadintFileNotFoundError "PATH: no such file" (h5py's errno
+    text was passed through)."""
+    from radint.exceptions import RadintFileNotFoundError
+
+    if not Path(path).exists():
+        raise RadintFileNotFoundError(f"{path}: no such file")
+    return Path(path)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Write a stored result (NeXus .h5 / .zarr) in other formats."""
     from radint.io import read_nexus, write_result
 
-    src = Path(args.result)
+    src = _result_path(args.result)
     formats = _format_list(args.format)
     out_dir = Path(args.output) if args.output else src.parent
+    _check_writable(out_dir)
     try:
         from radint.batch import output_stem
 
@@ -846,7 +1000,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"follow: {n} redraw(s)")
         return 0
-    out = plot_nexus(args.result, args.output, args.frame, peak_param=args.peak_param)
+    out = plot_nexus(_result_path(args.result), args.output, args.frame, peak_param=args.peak_param)
     if not args.quiet:
         print(f"wrote {out}")
     return 0
@@ -1052,7 +1206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="MIDAS parameter file or pyFAI .poni")
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
-    p.add_argument("-j", "--threads", type=int, default=None, help="threads (default: all)")
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all)"
+    )
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser(
@@ -1076,7 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dataset", default=None, help="HDF5 dataset of the frames")
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -1115,8 +1271,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["blosc-lz4", "gzip", "none"],
         help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
+    p.add_argument(
+        "--skip-existing",
+        dest="skip_existing",
+        action="store_true",
+        help="skip files whose outputs exist and were made with the same parameters (as batch)",
+    )
     p.set_defaults(func=cmd_integrate)
 
     p = sub.add_parser(
@@ -1154,7 +1316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-nCPUs", type=int, default=1, help="files processed in parallel (processes; default 1)"
     )
     p.add_argument(
-        "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=int, default=None,
+        "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=_positive_int, default=None,
         help="threads per process",
     )  # fmt: skip
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
@@ -1177,7 +1339,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=kind, default=None, help=argparse.SUPPRESS)
     for flag in ("-liveViewer", "-peakFit"):
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
+    # default None, not ".": -o and -resultFolder naming two folders is refused (cmd_batch)
+    p.add_argument("-o", "--output", default=None, help="output directory (default: .)")
     p.add_argument(
         "--format", default="nexus", help="comma-separated output formats (see integrate)"
     )
@@ -1217,7 +1380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update", action="store_true", help="also store the fits in the result file (peaks group)"
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
@@ -1320,7 +1483,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where peak_update.txt / peaks.json change fitted peaks live (default: -o DIR)",
     )
-    p.add_argument("-j", "--threads", type=int, default=None)
+    p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser(
@@ -1448,7 +1611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         resume = (" (rerun with --skip-existing to resume)"
-                  if getattr(args, "command", None) == "batch" else "")  # fmt: skip
+                  if getattr(args, "command", None) in ("batch", "integrate") else "")  # fmt: skip
         print(
             f"radint: interrupted; outputs not finished were removed, finished ones kept{resume}",
             file=sys.stderr,
@@ -1465,6 +1628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         # Setup failures outside any one input file (output directory, parameter or dark file).
         where = f"{e.filename}: " if e.filename else ""
+        if e.filename and re.fullmatch(r"\..+\.partial", Path(str(e.filename)).name):
+            # an output's hidden temporary name (radint.io.atomic) means nothing to the user
+            where = f"cannot write to {Path(str(e.filename)).parent}: "
         print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,27 @@ _SUPPORTED_DTYPES = {np.dtype(t) for t in ("u1", "u2", "u4", "i4", "i8", "f4", "
 _ETA_MAJOR_KEYS = ("cake", "cake_sigma")
 
 
+def cuda_unavailable(why: str) -> str:
+    """The message of ``backend='cuda'`` refused for ``why``, with the install hint once (the
+    reasons :func:`radint.gpu.cuda_available` gives name it already: it was said twice)."""
+    if "pip install" in why:
+        return f"backend='cuda' is not available: {why}; or use backend='cpu'"
+    return (
+        f"backend='cuda' is not available: {why}. Install the GPU extra (pip install "
+        "'radint[gpu]' for CUDA 12, 'radint[gpu-cuda13]' for CUDA 13) on a machine with "
+        "an NVIDIA GPU, or use backend='cpu'."
+    )
+
+
+def require_backend(backend: str) -> None:
+    """Raise BackendUnavailableError now when ``backend`` is 'cuda' and CUDA cannot run here (the
+    command line checks before building the map)."""
+    if backend == "cuda":
+        ok, why = _cuda_status()
+        if not ok:
+            raise BackendUnavailableError(cuda_unavailable(why))
+
+
 def _cuda_status() -> tuple[bool, str]:
     """Whether the CUDA backend can run here, and why not."""
     try:
@@ -326,11 +347,7 @@ class Integrator:
             return "cpu"
         ok, why = _cuda_status()
         if backend == "cuda" and not ok:
-            raise BackendUnavailableError(
-                f"backend='cuda' is not available: {why}. Install the GPU extra (pip install "
-                "'radint[gpu]' for CUDA 12, 'radint[gpu-cuda13]' for CUDA 13) on a machine with "
-                "an NVIDIA GPU, or use backend='cpu'."
-            )
+            raise BackendUnavailableError(cuda_unavailable(why))
         if backend == "auto" and not ok:
             log.info("backend auto: using cpu (%s)", why)
             return "cpu"

@@ -982,10 +982,10 @@ def run_batch(
     formats = resolve_formats(formats, FitSpec.from_config(config) is not None)
     check_outputs(files, out_dir, formats, names)
     if dask:  # refused before the map is built
-        from radint.batch.distributed import require_distributed
+        from radint.batch.distributed import parse_address, require_distributed
 
+        parse_address(dask)
         require_distributed()
-    out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".radint-cache"
     # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).
     build_threads = n_threads * max(1, n_procs) if n_threads and not dask else n_threads
@@ -994,6 +994,8 @@ def run_batch(
         detector_map = DetectorMap.load_midas(midas_map, config)
     else:
         detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
+    # Made once the map is there: a run refused before (a wrong MIDAS map folder) leaves no folder.
+    out_dir.mkdir(parents=True, exist_ok=True)
     names = names or [None] * len(files)
     outcomes: dict[int, FileOutcome] = {}
 

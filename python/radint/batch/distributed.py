@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from radint.batch import FileOutcome, _init_worker, process_file
-from radint.exceptions import BackendUnavailableError
+from radint.exceptions import BackendUnavailableError, InvalidInputError
+
+#: A scheduler address: an optional protocol, a host (a bracketed IPv6 address too) and a port.
+_ADDRESS = re.compile(
+    r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)"
+)
+_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+
+
+def parse_address(address: str) -> int | None:
+    """Check a ``--dask`` value before anything else runs: ``local`` (2 workers) or
+    ``local:N`` gives the number of local workers; a scheduler's ``[PROTOCOL://]HOST:PORT``
+    gives None.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming what is wrong (``local:abc``, ``local:0``, ``tcp://`` without a port, an empty
+        host, a port out of range): a malformed value raised a traceback or, ``local:0``, waited
+        for workers forever.
+    """
+    if address == "local":
+        return 2
+    if address.startswith("local:"):
+        n = address.split(":", 1)[1]
+        if not re.fullmatch(r"\+?\d+", n.strip()) or int(n) < 1:
+            raise InvalidInputError(f"--dask local:N needs a whole number N >= 1, got {n!r}")
+        return int(n)
+    m = _ADDRESS.fullmatch(address.strip())
+    problem = ""
+    if m is None:
+        problem = "expected local:N or a scheduler's address HOST:PORT"
+    elif m["scheme"] and m["scheme"] not in _SCHEMES:
+        problem = f"unknown protocol {m['scheme']!r} (one of {', '.join(_SCHEMES)})"
+    elif not 1 <= int(m["port"]) <= 65535:
+        problem = f"port {m['port']} is not in 1..65535"
+    if problem:
+        raise InvalidInputError(
+            f"--dask {address!r}: {problem} (e.g. local:4, tcp://10.0.0.5:8786, node12:8786)"
+        )
+    return None
 
 
 def require_distributed() -> Any:
@@ -23,8 +64,8 @@ def require_distributed() -> Any:
 def _client(address: str) -> Any:
     distributed = require_distributed()
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
-    if address.startswith("local"):
-        n = int(address.split(":", 1)[1]) if ":" in address else 2
+    n = parse_address(address)
+    if n is not None:
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
         )
@@ -83,5 +124,5 @@ def run_on_dask(
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
-        if cluster is not None and address.startswith("local"):
+        if cluster is not None and parse_address(address) is not None:
             cluster.close()

@@ -161,9 +161,12 @@ def _iter_source(
         if data.ndim != 2:
             raise ReaderError(f"{source.label}: frame {index} has shape {data.shape}, not 2-D")
         if shape is not None and tuple(data.shape) != tuple(shape):
+            swapped = tuple(data.shape) == tuple(shape)[::-1]
             raise ReaderError(
                 f"{source.label}: frame {index} has shape {data.shape}, expected {tuple(shape)}"
-            )
+                + (" (its transpose: is the file stored transposed, or are NrPixelsY and "
+                   "NrPixelsZ swapped?)" if swapped else "")
+            )  # fmt: skip
         if cast and dtype is not None:
             data = data.astype(dtype, copy=False)
         yield Frame(index, data, source.label, source.frame_metadata(index))
