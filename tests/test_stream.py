@@ -1450,6 +1450,30 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
     np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)
 
 
+def _pva_stream_process(
+    tmp_path: Path, tag: str, max_frames: int
+) -> tuple[str, dict[str, str], Path, subprocess.Popen]:
+    """`radint stream --source pva` in its own process, on EPICS ports of its own on
+    loopback (pvapy's client context keeps the ports it first saw in a process): the
+    channel name, the environment to start the server with, the output folder, the process."""
+    port, bport = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVAS_SERVER_PORT": str(port),
+           "EPICS_PVA_BROADCAST_PORT": str(bport), "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    channel = f"radint:{tag}{port}:image"
+    out = tmp_path / "out"
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out), "--source",
+         "pva", "--channel", channel, "--backend", "cpu", "-j", "1", "--max-frames",
+         str(max_frames), "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    return channel, env, out, stream
+
+
 _P4P_SERVER = """
 import sys, threading, time
 import numpy as np
@@ -1499,21 +1523,7 @@ def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path)
     EPICS ports it first saw)."""
     pytest.importorskip("p4p")
     pytest.importorskip("pvaccess")
-    port, bport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVAS_SERVER_PORT": str(port),
-           "EPICS_PVA_BROADCAST_PORT": str(bport), "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
-    params = tmp_path / "p.txt"
-    params.write_text(DETECTOR)
-    channel = f"radint:p4p{port}:image"
-    out = tmp_path / "out"
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out), "--source",
-         "pva", "--channel", channel, "--backend", "cpu", "-j", "1", "--max-frames", "5",
-         "--timeout", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    channel, env, out, stream = _pva_stream_process(tmp_path, "p4p", max_frames=5)
     try:
         server = subprocess.run(
             [sys.executable, "-c", _P4P_SERVER, channel, str(NY), str(NZ)],
@@ -1669,21 +1679,7 @@ def test_pvapy_area_detector_simulator_streams_into_radint(tmp_path):
     sim = shutil.which("pvapy-ad-sim-server", path=str(Path(sys.executable).parent))
     if sim is None:
         pytest.skip("pvapy-ad-sim-server not installed")
-    port, bport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVA_BROADCAST_PORT": str(bport),
-           "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
-    params = tmp_path / "p.txt"
-    params.write_text(DETECTOR)
-    channel = f"radint:sim{port}:image"
-    out = tmp_path / "out"
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out), "--source",
-         "pva", "--channel", channel, "--backend", "cpu", "-j", "1", "--max-frames", "30",
-         "--timeout", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    channel, env, out, stream = _pva_stream_process(tmp_path, "sim", max_frames=30)
     try:
         server = subprocess.run(
             [sim, "-cn", channel, "-nx", str(NY), "-ny", str(NZ), "-dt", "uint16", "-fps", "20",

@@ -1567,13 +1567,9 @@ def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any
 _NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown"})
 
 
-def stored_configuration(path: str | Path) -> dict[str, Any] | None:
-    """The configuration a radint NeXus result (HDF5 file or Zarr store) was made with, as
-    :meth:`IntegrationConfig.to_dict` gives it, fields an older radint did not store filled
-    with their defaults; None when the file holds none or cannot be read."""
-    from radint.config import IntegrationConfig
-
-    name = "entry/azint1d/reduction/input/configuration"
+def _stored_json(path: str | Path, name: str) -> Any:
+    """The JSON text stored at ``name`` in a radint NeXus result (HDF5 file or Zarr store),
+    parsed; None when it holds none or cannot be read."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -1587,8 +1583,21 @@ def stored_configuration(path: str | Path) -> dict[str, Any] | None:
                 value = np.asarray(f[name][()])
         v = value.item() if value.shape == () else value
         text = v.decode() if isinstance(v, bytes) else str(v)
-        return IntegrationConfig.from_dict(json.loads(text)).to_dict() if text else None
-    except Exception:  # not a result, unreadable, written by something else: nothing to compare
+        return json.loads(text) if text else None
+    except Exception:  # not a result, unreadable, written by something else
+        return None
+
+
+def stored_configuration(path: str | Path) -> dict[str, Any] | None:
+    """The configuration a radint NeXus result (HDF5 file or Zarr store) was made with, as
+    :meth:`IntegrationConfig.to_dict` gives it, fields an older radint did not store filled
+    with their defaults; None when the file holds none or cannot be read."""
+    from radint.config import IntegrationConfig
+
+    stored = _stored_json(path, "entry/azint1d/reduction/input/configuration")
+    try:
+        return IntegrationConfig.from_dict(stored).to_dict() if stored else None
+    except Exception:  # written by something else: nothing to compare
         return None
 
 
@@ -1623,22 +1632,8 @@ def _same_file(was: Any, now: Any) -> bool:
 def stored_file_digests(path: str | Path) -> dict[str, str]:
     """The file digests a radint NeXus result stored (:func:`file_digest` per configuration
     field naming a file); empty when it stores none (older radint) or cannot be read."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            import zarr
-
-            value = np.asarray(zarr.open_group(str(path), mode="r")[_DIGEST_PATH][()])
-        else:
-            import h5py
-
-            with h5py.File(path, "r", locking=False) as f:
-                value = np.asarray(f[_DIGEST_PATH][()])
-        v = value.item() if value.shape == () else value
-        digests = json.loads(v.decode() if isinstance(v, bytes) else str(v))
-        return {str(k): str(d) for k, d in digests.items()} if isinstance(digests, dict) else {}
-    except Exception:  # not stored, unreadable: compared by name and contents as before
-        return {}
+    digests = _stored_json(path, _DIGEST_PATH)
+    return {str(k): str(d) for k, d in digests.items()} if isinstance(digests, dict) else {}
 
 
 def configuration_changes(
