@@ -45,6 +45,28 @@ def test_write_result_removes_its_outputs_when_a_writer_fails(stored, tmp_path, 
     assert list(out.iterdir()) == []
 
 
+def test_a_failed_write_keeps_the_files_that_were_there(stored, tmp_path, monkeypatch):
+    """Regression (review): the rollback removed every file the call had written, also those
+    it had replaced: `radint fit R.h5 --format nexus,xy` rewrites R.h5 in place, and a failing
+    xy writer deleted the user's result. Only files the call created go."""
+    from radint.io import read_nexus, write
+    from radint.result import Result
+
+    result = read_nexus(stored)
+    write_result(result, stored.parent, ["caked"], name="small")  # an earlier output
+
+    def broken(result: Result, path):
+        raise OSError(f"{path}: No space left on device")
+
+    monkeypatch.setitem(write.FORMATS, "xy", ("_lineout.xy", broken))
+    with pytest.raises(OSError, match="No space"):
+        write_result(result, stored.parent, ["nexus", "caked", "bin", "xy"], name="small")
+    names = sorted(p.name for p in stored.parent.iterdir() if p.is_file())
+    assert "small.h5" in names and "small.caked.hdf" in names
+    assert "small_lineout.bin" not in names  # created by the failed call: removed
+    np.testing.assert_array_equal(read_nexus(stored).lineout, result.lineout)
+
+
 def test_info_describes_radints_own_non_nexus_outputs(stored, tmp_path, capsys):
     """`radint info X.caked.hdf` said "not a text parameter file (binary content)" and
     `radint info X_lineout.xy` "missing required parameter NrPixelsY"."""
@@ -101,7 +123,7 @@ def test_a_restarted_stream_moves_everything_made_from_the_previous_stream(tmp_p
         (tmp_path / name).write_bytes(b"previous run")
     (tmp_path / "stream.zarr").mkdir()
     (tmp_path / "stream.zarr" / "zarr.json").write_text("{}")
-    for name in ("notes.txt", "streams.txt", "dark.h5"):
+    for name in ("notes.txt", "streams.txt", "dark.h5", "stream_params.txt", "stream_mask.tif"):
         (tmp_path / name).write_text("not the stream's")
     p = Pipeline(Integrator(small_config, n_threads=1), [TcpSource(small_config.shape, host="127.0.0.1", port=0)],
                  tmp_path, idle_timeout=20.0)  # fmt: skip
@@ -110,10 +132,27 @@ def test_a_restarted_stream_moves_everything_made_from_the_previous_stream(tmp_p
     assert p.wait(30) is not None
     (kept,) = tmp_path.glob("previous-*")
     assert sorted(q.name for q in kept.iterdir()) == sorted([*before, "stream.zarr"])
-    for name in ("notes.txt", "streams.txt", "dark.h5"):
+    for name in ("notes.txt", "streams.txt", "dark.h5", "stream_params.txt", "stream_mask.tif"):
         assert (tmp_path / name).read_text() == "not the stream's"
     for name in before[1:]:
         assert name == "active_peaks.txt" or not (tmp_path / name).exists(), name
+
+
+def test_a_first_stream_moves_nothing_of_the_users(tmp_path, small_config):
+    """Regression (review): a first stream into a folder holding the user's
+    `stream_params.txt` moved it to previous-<time>/ (its name began with `stream_`), and the
+    next run found no parameter file."""
+    from radint.stream import Pipeline, TcpSource
+
+    for name in ("stream_params.txt", "stream.txt", "active_peaks.txt"):
+        (tmp_path / name).write_text("the user's")
+    p = Pipeline(Integrator(small_config, n_threads=1), [TcpSource(small_config.shape, host="127.0.0.1", port=0)],
+                 tmp_path, idle_timeout=20.0)  # fmt: skip
+    p.start()
+    p.stop()
+    assert p.wait(30) is not None
+    assert not list(tmp_path.glob("previous-*"))
+    assert (tmp_path / "stream_params.txt").read_text() == "the user's"
 
 
 PONI = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -211,21 +212,24 @@ def write_result(
     OSError
         The directory cannot be created or written; no partial file is left behind.
 
-    A writer that fails removes the files this call wrote before it, so a call leaves either all
-    of its outputs or none.
+    A writer that fails removes the files this call created before it, so a call leaves either
+    all of its new outputs or none; a file that was there before (an earlier output replaced,
+    or the result being rewritten in place, as ``radint fit`` does) is left as it now is.
     """
     wanted = expand_formats(resolve_formats(formats, result.peaks is not None))
     check_formats(result, wanted)
     out_dir = Path(path_or_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_name(result, name)
+    targets = [out_dir / f"{stem}{FORMATS[f][0]}" for f in wanted]
+    existed = {t for t in targets if os.path.lexists(t)}
     written: list[Path] = []
     try:
-        for f in wanted:
-            suffix, writer = FORMATS[f]
-            written.append(writer(result, out_dir / f"{stem}{suffix}"))
+        for f, target in zip(wanted, targets, strict=True):
+            written.append(FORMATS[f][1](result, target))
     except BaseException:
         for path in written:
-            _remove(path)
+            if path not in existed:
+                _remove(path)
         raise
     return written

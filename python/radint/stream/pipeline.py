@@ -735,20 +735,21 @@ class Pipeline:
         restarted stream must not overwrite what the last one recorded): ``stream.h5``, every
         file or folder made from it under its stem (``stream.caked.hdf``, ``stream.zarr.zip``,
         ``stream_lineout.xy``, ``stream.png``... by ``radint convert`` / ``plot``), the MIDAS
-        GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together."""
+        GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together.
+        Only when a previous run's own output is there (``stream.h5`` or the MIDAS files), and
+        only names radint writes: a ``stream_params.txt`` of the user's stays."""
         from radint.io.midas import STREAM_BINARIES
+        from radint.io.write import FORMATS
 
-        names = [self.output.name, *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
-                 "integrator_output.zarr.zip", "active_peaks.txt"]  # fmt: skip
+        primary = [self.output.name, *STREAM_BINARIES]
+        if not any((self.output_dir / n).exists() for n in primary):
+            return
+        names = [*primary, "fit.bin", "integrator_output.h5", "integrator_output.zarr.zip",
+                 "active_peaks.txt"]  # fmt: skip
         stem = self.output.stem
-        derived = sorted(
-            p.name for p in self.output_dir.iterdir()
-            if p.name.startswith((f"{stem}.", f"{stem}_")) and p.name != self.output.name
-        )  # fmt: skip
+        derived = [f"{stem}{suffix}" for suffix, _ in FORMATS.values()] + [f"{stem}.png"]
         found = [self.output_dir / n for n in dict.fromkeys([*names, *derived])]
         found = [p for p in found if p.exists()]
-        if not found:
-            return
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(found[0].stat().st_mtime))
         keep = self.output_dir / f"previous-{stamp}"
         k = 1
