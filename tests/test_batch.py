@@ -1355,6 +1355,28 @@ def test_skip_existing_redoes_outputs_whose_mask_or_dark_was_rewritten(
         assert not caplog.records
 
 
+def test_skip_existing_redoes_outputs_made_with_other_rules_or_map(tmp_path, small_config, caplog):
+    """Regression (review): --skip-existing kept outputs made with --compat midas-cpu for a run
+    without it (other lineout rule, NaN bins: up to 3.4 % apart), and those made with a MIDAS
+    Map.bin (--midas-map) for one with radint's map. The outputs store the rules and map."""
+    from radint import DetectorMap
+
+    tifffile.imwrite(tmp_path / "a.tif", ring_image(small_config, dtype=np.uint16))
+    files, out = [tmp_path / "a.tif"], tmp_path / "out"
+    maps = tmp_path / "maps"
+    DetectorMap.build(small_config).save_midas(maps, small_config)
+    run_batch(small_config, files, out, compat="midas-cpu")
+    assert read_nexus(out / "a.h5").metadata["rules"] == "midas-cpu rules, radint map"
+    for kw, label in (({}, "radint rules, radint map"),
+                      ({"midas_map": str(maps)}, "radint rules, MIDAS Map.bin")):  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            (o,) = run_batch(small_config, files, out, skip_existing=True, **kw)
+        assert not o.skipped and f"-> {label}" in caplog.text
+        (again,) = run_batch(small_config, files, out, skip_existing=True, **kw)
+        assert again.skipped
+
+
 def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):
     """Regression: an interrupted -nCPUs 2 batch printed "31/80 file(s) ok, 60 frames (of 20
     file(s))" (3 frames per file): a pool reports a run of files only when all of it is done,

@@ -272,6 +272,11 @@ class Integrator:
             detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
         self.pixel_weights = pixel_weights
         self.map = detector_map
+        #: What shaped the numbers beyond the configuration, as outputs store it (``radint
+        #: batch --skip-existing`` compares it): the rules and whose map.
+        self.rules = f"{compat or 'radint'} rules, " + (
+            "MIDAS Map.bin" if detector_map.origin.startswith("MIDAS files") else "radint map"
+        )
         if flat is None and config.flat_file:
             if compat == "midas-cpu":
                 warn_once(
@@ -761,7 +766,8 @@ class Integrator:
         # When the frames were integrated (Unix s, one per frame): every output of the result
         # stores this, not the time it happens to be written.
         n_done = int(out["n_frames"])
-        meta: dict[str, Any] = {"backend": self.backend, "timestamp": np.full(n_done, time.time())}
+        meta: dict[str, Any] = {"backend": self.backend, "timestamp": np.full(n_done, time.time()),
+                                "rules": self.rules}  # fmt: skip
         if dark_flat is self._dark:
             dark_bad = self._dark_bad
         else:

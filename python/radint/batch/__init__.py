@@ -189,20 +189,30 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig) -> list[str]:
+def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig, rules: str) -> list[str]:
     """How the configuration stored in the first of the NeXus/Zarr ``outputs`` that has one
-    differs from ``config`` (empty when it does not, or none stores one: the other formats
-    carry no configuration to compare).
+    differs from ``config``, and the rules and map it was made with from ``rules``
+    (:attr:`Integrator.rules`: ``--compat``, ``--midas-map``); empty when they do not, or none
+    stores them: the other formats carry no configuration to compare.
 
     Why: --skip-existing resumes a run; an output made with other parameters (another RBinSize)
     kept beside new ones gives a result set that mixes two binnings without a word. Such a
     file is integrated again, as a run without --skip-existing would do."""
-    from radint.io.nexus import configuration_changes, stored_configuration, stored_file_digests
+    from radint.io.nexus import (
+        configuration_changes,
+        stored_configuration,
+        stored_file_digests,
+        stored_rules,
+    )  # fmt: skip
 
     for out in outputs:
         stored = stored_configuration(out)
         if stored is not None:
-            return configuration_changes(stored, config, digests=stored_file_digests(out))
+            changes = configuration_changes(stored, config, digests=stored_file_digests(out))
+            was = stored_rules(out)  # None: made before outputs stored them
+            if was is not None and was != rules:
+                changes.insert(0, f"{was} -> {rules}")
+            return changes
     return []
 
 
@@ -444,7 +454,7 @@ def process_files(
                     log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
                 nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]
-                changes = _made_otherwise(nexus, integ.config)
+                changes = _made_otherwise(nexus, integ.config, integ.rules)
                 if not changes:
                     yield ("skip", i, path, [str(p) for p in expected])
                     continue

@@ -281,6 +281,7 @@ def _reduction_date(result: Result) -> str:
 
 
 _DIGEST_PATH = "entry/azint1d/reduction/input/file_digests"
+_RULES_PATH = "entry/azint1d/reduction/input/rules"
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
 _DIGESTS_LOCK = threading.Lock()
 
@@ -867,6 +868,8 @@ class NexusWriter:
         t.group(f"{red}/input", {"NX_class": "NXparameters"})
         t.field(f"{red}/input/configuration", json.dumps(params, sort_keys=True))
         t.field(f"{red}/input/file_digests", _file_digests_json(result))
+        if isinstance(result.metadata.get("rules"), str):
+            t.field(f"{red}/input/rules", result.metadata["rules"])
         t.field(f"{red}/input/lineout_mode", result.lineout_mode)
         for key, value in sorted(params.items()):
             if isinstance(value, bool | int | float | str):
@@ -964,6 +967,7 @@ class NexusWriter:
             result.n_r,
             result.n_eta,
             _file_digests_json(result),  # a mask rewritten under its name: the same config
+            result.metadata.get("rules"),
         )
 
     @staticmethod
@@ -1570,6 +1574,16 @@ _NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown"})
 def _stored_json(path: str | Path, name: str) -> Any:
     """The JSON text stored at ``name`` in a radint NeXus result (HDF5 file or Zarr store),
     parsed; None when it holds none or cannot be read."""
+    text = stored_text(path, name)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def stored_text(path: str | Path, name: str) -> str | None:
+    """The text stored at ``name`` in a radint NeXus result (HDF5 file or Zarr store); None
+    when it holds none or cannot be read."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -1582,8 +1596,7 @@ def _stored_json(path: str | Path, name: str) -> Any:
             with h5py.File(path, "r", locking=False) as f:
                 value = np.asarray(f[name][()])
         v = value.item() if value.shape == () else value
-        text = v.decode() if isinstance(v, bytes) else str(v)
-        return json.loads(text) if text else None
+        return v.decode() if isinstance(v, bytes) else str(v)
     except Exception:  # not a result, unreadable, written by something else
         return None
 
@@ -1627,6 +1640,12 @@ def _same_file(was: Any, now: Any) -> bool:
         return old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes()
     except OSError:
         return True
+
+
+def stored_rules(path: str | Path) -> str | None:
+    """The rules and map a radint NeXus result was made with (:attr:`Integrator.rules`, e.g.
+    ``"midas-cpu rules, MIDAS Map.bin"``); None where it does not say (older radint)."""
+    return stored_text(path, _RULES_PATH)
 
 
 def stored_file_digests(path: str | Path) -> dict[str, str]:
@@ -1800,6 +1819,8 @@ def read_nexus(path: str | Path) -> Result:
             metadata["reduction_date"] = date
         if digests := text(_DIGEST_PATH):
             metadata["file_digests"] = digests
+        if rules := text(_RULES_PATH):
+            metadata["rules"] = rules
         if file_index is not None and frame_index is not None:
             metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
             metadata["source_frame"] = frame_index[:n].astype(np.int64)
