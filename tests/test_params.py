@@ -534,3 +534,19 @@ def test_extra_values_on_a_line_are_warned(tmp_path, caplog):
         f"{p}:6: RBinSize: 1 extra value(s) ignored: 7",
         "<override>:1: EtaBinSize: 1 extra value(s) ignored: 6",
     ]
+
+
+def test_omega_is_a_key_radint_reads(tmp_path):
+    """Regression (review): `Omega` (one ω for every frame of a stream, read by MIDAS's stream
+    post-processor) was kept among the keys radint does not use, so `radint stream P Omega 42`
+    was refused as an unknown override although the stream's zarr.zip uses it."""
+    from radint.cli import main
+    from tests.conftest import SMALL
+
+    params = tmp_path / "p.txt"
+    params.write_text(SMALL)
+    config = IntegrationConfig.from_midas_params(params, ["Omega 42"])
+    assert config.omega_deg == 42 and "Omega" in config.set_at
+    assert not [u for u in config.unknown if u[0] == "Omega"]
+    assert "Omega 42" in config.midas_text()
+    assert main(["info", str(params), "Omega", "42"]) == 0

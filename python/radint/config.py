@@ -99,6 +99,7 @@ class IntegrationConfig:
     skip_frame: int = 0
     omega_start_deg: float = 0.0
     omega_step_deg: float = 0.0
+    omega_deg: float = 0.0
     write_2d: bool = False
     do_peak_fit: bool = False
     peak_locations: tuple[float, ...] = ()
@@ -477,7 +478,7 @@ class IntegrationConfig:
             elif name == "pixel_size_z_um":
                 if value != self.pixel_size_y_um:
                     items.append((key, value))
-            elif name in ("skip_frame", "omega_start_deg", "omega_step_deg"):
+            elif name in ("skip_frame", "omega_start_deg", "omega_step_deg", "omega_deg"):
                 # Written when set: they replace a MIDAS zip's own values (zip_parameters).
                 if value or key in self.set_at:
                     items.append((key, value))
@@ -561,6 +562,7 @@ _MIDAS_KEYS = {
     "skip_frame": "SkipFrame",
     "omega_start_deg": "OmegaStart",
     "omega_step_deg": "OmegaStep",
+    "omega_deg": "Omega",
     "write_2d": "Write2D",
     "do_peak_fit": "DoPeakFit",
     "peak_locations": "PeakLocation",

@@ -19,6 +19,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "q_bin": 0.0,
     "omega_start_deg": 0.0,
     "omega_step_deg": 0.0,
+    "omega_deg": 0.0,
     "omega_sum_frames": 1,
     "save_individual_frames": True,
     "sum_images": False,

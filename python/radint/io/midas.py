@@ -339,14 +339,11 @@ STREAM_DEFAULT_LAMBDA = 0.413263
 
 def _stream_omega(config: Any) -> Callable[[int], float]:
     """ω (deg) of stream frame ``k`` as integrator_stream_process_h5.py gives it: the ``Omega``
-    key's value for every frame (a key only that program reads, so radint keeps it among the
-    keys it does not use), ``OmegaStart + k·OmegaStep`` when both are set, else ``k``."""
-    for key, rest, *_ in getattr(config, "unknown", ()):
-        if key == "Omega" and rest.split():
-            with contextlib.suppress(ValueError):
-                fixed = float(rest.split()[0])
-                return lambda k: fixed
+    key's value for every frame, ``OmegaStart + k·OmegaStep`` when both are set, else ``k``."""
     set_at = getattr(config, "set_at", None) or {}
+    if "Omega" in set_at:
+        fixed = float(config.omega_deg)
+        return lambda k: fixed
     if "OmegaStart" in set_at and "OmegaStep" in set_at:
         start, step = float(config.omega_start_deg), float(config.omega_step_deg)
         return lambda k: start + k * step

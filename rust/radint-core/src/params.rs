@@ -102,6 +102,9 @@ pub struct Params {
     pub skip_frame: usize,
     pub omega_start_deg: f64,
     pub omega_step_deg: f64,
+    /// `Omega`: one ω for every frame, read by MIDAS's stream post-processor only
+    /// (integrator_stream_process_h5.py); used when the parameters set it.
+    pub omega_deg: f64,
     pub write_2d: bool,
     // peak fitting
     pub do_peak_fit: bool,
@@ -198,6 +201,7 @@ impl Default for Params {
             skip_frame: 0,
             omega_start_deg: 0.0,
             omega_step_deg: 0.0,
+            omega_deg: 0.0,
             write_2d: false,
             do_peak_fit: false,
             peak_locations: Vec::new(),
@@ -643,6 +647,7 @@ impl Params {
             "SkipFrame" => self.skip_frame = line.usize()?,
             "OmegaStart" | "OmegaFirstFile" => self.omega_start_deg = line.f64()?,
             "OmegaStep" => self.omega_step_deg = line.f64()?,
+            "Omega" => self.omega_deg = line.f64()?,
             "Write2D" => self.write_2d = line.flag()?,
             "DoPeakFit" => self.do_peak_fit = line.flag()?,
             "PeakLocation" => {

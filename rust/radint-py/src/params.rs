@@ -72,7 +72,7 @@ params_conversion! {
         sub_pixel_cardinal_width_deg, solid_angle_correction, polarization_correction,
         polarization_fraction, polarization_plane_eta_deg, normalize, gradient_correction,
         omega_sum_frames, sum_images, save_individual_frames, skip_frame, omega_start_deg,
-        omega_step_deg, write_2d, do_peak_fit, fit_roi_padding, fit_roi_auto, auto_detect_peaks,
+        omega_step_deg, omega_deg, write_2d, do_peak_fit, fit_roi_padding, fit_roi_auto, auto_detect_peaks,
         max_n_peaks, snip_iterations, doublet_separation, multiple_peaks, do_smoothing, gsas_polariz,
         gsas_sh_l, gsas_u, gsas_v, gsas_w, gsas_x, gsas_y, gsas_z, gap_intensity, bad_px_intensity, pixel_weights,
     ],
