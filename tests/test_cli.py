@@ -234,6 +234,28 @@ def test_frames_of_another_shape_are_refused_before_the_map_is_built(tmp_path, c
         assert not (tmp_path / "o" / ".radint-cache").exists()
 
 
+def test_a_tiff_cut_short_behind_its_header_is_refused_before_the_map(tmp_path, capsys):
+    """Regression (review): the header probe passed a TIFF whose pixels were cut off (its
+    header intact), so the map was built before "frame 0 is truncated" (exit 1)."""
+    import tifffile
+
+    (tmp_path / "p.txt").write_text(SMALL)
+    tifffile.imwrite(tmp_path / "whole.tif", np.full((37, 53), 100, "u2"))
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) - 1000])
+    argv = [
+        "integrate",
+        str(tmp_path / "p.txt"),
+        str(tmp_path / "cut.tif"),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cut.tif: frame 0 is truncated" in err and "no map built" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_map_too_big_for_memory_is_an_error_not_an_abort(tmp_path):
     """The map build's large allocations are fallible: under an 8 GB address-space limit a
     60000 x 60000 detector fails with a message naming NrPixelsY/NrPixelsZ (it aborted)."""

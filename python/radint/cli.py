@@ -133,6 +133,7 @@ def _check_frame_shapes(
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
                 shape = tuple(source.frame_shape)
+                _check_first_frame_extent(source, path)
         except (RadintError, ImportError, OSError) as e:  # ReaderError, DtypeError (strings)
             unreadable.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
@@ -160,6 +161,23 @@ def _check_frame_shapes(
         + (f"; {more} more file(s) do not fit either" if more else "")
         + "; no map built"
     )
+
+
+def _check_first_frame_extent(source: Any, path: str) -> None:
+    """ReaderError where the file ends before its first frame's pixels do (a TIFF cut short
+    behind an intact header), for formats that say where a frame's pixels lie; no pixels read."""
+    from radint.io.errors import ReaderError
+
+    extent = source.plain_extent(0) if source.n_frames else None
+    if extent is None or not Path(path).is_file():
+        return
+    offset, dtype = extent
+    need = offset + int(np.prod(source.frame_shape)) * np.dtype(dtype).itemsize
+    size = Path(path).stat().st_size
+    if need > size:
+        raise ReaderError(
+            f"{path}: frame 0 is truncated: its pixels end at byte {need}, the file at {size}"
+        )
 
 
 def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str | None:
