@@ -322,3 +322,13 @@ def test_derived_peak_columns_have_propagated_errors(ring_config, tmp_path, one_
         np.diff(r.two_theta_deg) / np.diff(r.radius_px),
     )
     np.testing.assert_allclose(bare.center_two_theta_deg_err, slope * sc, rtol=1e-3)
+    # A file written before the derived errors were stored reads them propagated (a
+    # conversion wrote NaN for them).
+    with h5py.File(path, "r+") as f:
+        for name in ("center_two_theta", "center_q", "center_d", "fwhm_two_theta"):
+            del f[f"entry/peaks/{name}_errors"]
+    old = read_nexus(path).peaks
+    np.testing.assert_allclose(
+        old.center_two_theta_deg_err.reshape(c.shape), p.center_two_theta_deg_err, rtol=1e-12
+    )
+    np.testing.assert_allclose(old.fwhm_deg_err.reshape(c.shape), p.fwhm_deg_err, rtol=1e-12)

@@ -1828,7 +1828,7 @@ def read_nexus(path: str | Path) -> Result:
             values = get(f"entry/scan/{name}", required=False)
             if values is not None and not (name != "omega" and np.isnan(values[:n]).all()):
                 metadata[_scan_key(name)] = values[:n]
-        return Result(
+        result = Result(
             cake=cake,
             cake_sigma=cake_sigma,
             lineout=lineout,
@@ -1853,6 +1853,13 @@ def read_nexus(path: str | Path) -> Result:
             metadata=metadata,
             peaks=peaks,
         )
+        if peaks is not None and config is not None and peaks.center_two_theta_deg_err is None:
+            # Written before the derived columns' errors were stored: propagated as the
+            # fitter does, so a conversion writes them rather than NaN.
+            from radint.fit import with_units
+
+            result.peaks = with_units(peaks, result)
+        return result
     finally:
         if hasattr(root, "close"):
             root.close()
