@@ -97,6 +97,9 @@ def test_follow_says_it_waits_for_a_missing_file_and_fails_if_it_never_appears(t
     captured = capsys.readouterr()
     assert captured.out.count("waiting for it to appear") == 1
     assert "never appeared" in captured.err
+    assert main([*args, "-q"]) == 2  # -q: the error only
+    captured = capsys.readouterr()
+    assert captured.out == "" and "never appeared" in captured.err
 
 
 def test_follow_without_fitted_peaks_leaves_the_peak_panel_out(stored, tmp_path, capsys):

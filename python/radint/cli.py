@@ -1014,7 +1014,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if args.follow:
         n = follow_nexus(args.result, args.output, peak_param=args.peak_param,
-                         interval_s=args.interval, stop_after_s=args.follow_for)  # fmt: skip
+                         interval_s=args.interval, stop_after_s=args.follow_for,
+                         quiet=args.quiet)  # fmt: skip
         if not args.quiet:
             print(f"follow: {n} redraw(s)")
         return 0

@@ -168,12 +168,14 @@ def follow_nexus(
     peak_param: str | None = None,
     interval_s: float = 2.0,
     stop_after_s: float | None = None,
+    quiet: bool = False,
 ) -> int:
     """Redraw the PNG of the newest frame whenever ``path`` (e.g. a growing ``stream.h5``) has
     new frames, until interrupted or ``stop_after_s`` seconds passed. Returns the redraw count.
 
     A ``path`` that does not exist yet is waited for (said once). With ``peak_param``, the peak
-    panel is drawn once the file holds fitted peaks (a stream without fitting has none).
+    panel is drawn once the file holds fitted peaks (a stream without fitting has none). Each
+    redraw is printed, unless ``quiet``.
 
     Point an image viewer that reloads on change at the PNG for a live view without a GUI.
 
@@ -190,8 +192,9 @@ def follow_nexus(
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     seen, redraws = -1, 0
     appeared = path.exists()
+    say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     if not appeared:
-        print(f"{path}: does not exist yet; waiting for it to appear", flush=True)
+        say(f"{path}: does not exist yet; waiting for it to appear")
     try:
         while deadline is None or time.monotonic() < deadline:
             appeared = appeared or path.exists()
@@ -202,13 +205,10 @@ def follow_nexus(
                         path, output, frame=-1, peak_param=peak_param, require_peaks=False
                     )
                     seen, redraws = n, redraws + 1
-                    print(
-                        f"{time.strftime('%H:%M:%S')} {path.name}: {n} frame(s) -> {out}",
-                        flush=True,
-                    )
+                    say(f"{time.strftime('%H:%M:%S')} {path.name}: {n} frame(s) -> {out}")
             except (OSError, KeyError, RadintError) as e:
                 # The writer may be between flushes; try again on the next tick.
-                print(f"{path}: not readable yet ({e})", flush=True)
+                say(f"{path}: not readable yet ({e})")
             time.sleep(interval_s)
     except KeyboardInterrupt:
         pass
