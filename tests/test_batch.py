@@ -1293,6 +1293,20 @@ def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small
     assert [o.skipped for o in done] == [True, True] and not caplog.records
 
 
+def test_skip_existing_keeps_outputs_of_a_radint_that_lacked_a_newer_field(small_config):
+    """Regression (review): outputs written before the ``Omega`` key existed were all redone
+    ("omega_deg None -> 0.0"). A field the stored configuration lacks counts as its default;
+    ``Omega`` (only the stream's GSAS-II zip uses it) is not compared at all."""
+    from radint.io.nexus import configuration_changes
+
+    older = small_config.to_dict()
+    del older["omega_deg"], older["omega_step_deg"]
+    assert configuration_changes(older, small_config) == []
+    assert configuration_changes(older, small_config.replace(omega_deg=30.0)) == []
+    stepped = small_config.replace(omega_step_deg=0.25)
+    assert configuration_changes(older, stepped) == ["omega_step_deg 0.0 -> 0.25"]
+
+
 def test_skip_existing_compares_mask_and_dark_files_by_name_and_contents(tmp_path, small_config):
     """A run folder moved elsewhere (the mask's absolute path changed, same file) still skips;
     a mask of the same name with other contents, both present, redoes."""
@@ -1368,13 +1382,26 @@ def test_skip_existing_redoes_outputs_made_with_other_rules_or_map(tmp_path, sma
     run_batch(small_config, files, out, compat="midas-cpu")
     assert read_nexus(out / "a.h5").metadata["rules"] == "midas-cpu rules, radint map"
     for kw, label in (({}, "radint rules, radint map"),
-                      ({"midas_map": str(maps)}, "radint rules, MIDAS Map.bin")):  # fmt: skip
+                      ({"midas_map": str(maps)}, "radint rules, MIDAS Map.bin sha256:")):  # fmt: skip
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="radint"):
             (o,) = run_batch(small_config, files, out, skip_existing=True, **kw)
         assert not o.skipped and f"-> {label}" in caplog.text
         (again,) = run_batch(small_config, files, out, skip_existing=True, **kw)
         assert again.skipped
+    # Regression (review): another Map.bin folder skipped (the rules named no map contents).
+    # The same map moved elsewhere still skips; one built for another tilt redoes.
+    moved = tmp_path / "moved"
+    maps.rename(moved)
+    (kept,) = run_batch(small_config, files, out, skip_existing=True, midas_map=str(moved))
+    assert kept.skipped
+    other = tmp_path / "other"
+    other_config = small_config.replace(ty_deg=small_config.ty_deg + 0.3)
+    DetectorMap.build(other_config).save_midas(other, other_config)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        (o,) = run_batch(small_config, files, out, skip_existing=True, midas_map=str(other))
+    assert not o.skipped and "MIDAS Map.bin sha256:" in caplog.text
 
 
 def test_interrupted_pool_summary_counts_the_files_it_finished(tmp_path, small_config):

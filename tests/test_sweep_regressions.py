@@ -102,6 +102,17 @@ def test_follow_says_it_waits_for_a_missing_file_and_fails_if_it_never_appears(t
     assert captured.out == "" and "never appeared" in captured.err
 
 
+def test_follow_of_a_file_that_is_no_radint_result_is_an_error(tmp_path, capsys):
+    """Regression (review): `radint plot frame.tif --follow -q` printed nothing and exited 0."""
+    pytest.importorskip("matplotlib")
+    tif = tmp_path / "frame.tif"
+    tif.write_bytes(b"II*\x00" + bytes(200))
+    args = ["plot", str(tif), "--follow", "-q", "--interval", "0.05", "--follow-for", "0.3"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "never drawn, not readable as a radint result" in captured.err
+
+
 def test_follow_without_fitted_peaks_leaves_the_peak_panel_out(stored, tmp_path, capsys):
     """A stream without fitting was reported "not readable yet (... no fitted peaks ...)"."""
     pytest.importorskip("matplotlib")

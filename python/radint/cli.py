@@ -164,19 +164,17 @@ def _check_frame_shapes(
 
 
 def _check_first_frame_extent(source: Any, path: str) -> None:
-    """ReaderError where the file ends before its first frame's pixels do (a TIFF cut short
-    behind an intact header), for formats that say where a frame's pixels lie; no pixels read."""
+    """ReaderError where the file ends before its first frame's data does (a TIFF cut short
+    behind an intact header), for formats that say where a frame's data lies; no pixels read."""
     from radint.io.errors import ReaderError
 
-    extent = source.plain_extent(0) if source.n_frames else None
-    if extent is None or not Path(path).is_file():
+    need = source.data_end(0) if source.n_frames else None
+    if need is None or not Path(path).is_file():
         return
-    offset, dtype = extent
-    need = offset + int(np.prod(source.frame_shape)) * np.dtype(dtype).itemsize
     size = Path(path).stat().st_size
     if need > size:
         raise ReaderError(
-            f"{path}: frame 0 is truncated: its pixels end at byte {need}, the file at {size}"
+            f"{path}: frame 0 is truncated: its data ends at byte {need}, the file at {size}"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import numbers
@@ -81,6 +82,18 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
             f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
             f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
         )
+
+
+def _midas_map_identity(directory: Path) -> str:
+    """``"MIDAS Map.bin sha256:..."``: one digest of the directory's Map.bin and nMap.bin, so
+    an output made from another map differs and one from the same map moved elsewhere does not."""
+    from radint.io.nexus import file_digest
+
+    parts = [
+        file_digest(Path(directory) / name) or "unreadable" for name in ("Map.bin", "nMap.bin")
+    ]
+    combined = hashlib.sha256(" ".join(parts).encode()).hexdigest()
+    return f"MIDAS Map.bin sha256:{combined}"
 
 
 class Integrator:
@@ -258,6 +271,7 @@ class Integrator:
                 f"the configuration for {config.shape}"
             )
         detector_map = self._sampled_as_compat(detector_map, config)
+        midas_dir = detector_map.midas_sampling[0] if detector_map.midas_sampling else None
         if config.gradient_correction and not detector_map.gradient_corrected:
             if detector_map.corrections_folded:
                 log.info("GradientCorrection: %s was read without it; used as is",
@@ -275,7 +289,7 @@ class Integrator:
         #: What shaped the numbers beyond the configuration, as outputs store it (``radint
         #: batch --skip-existing`` compares it): the rules and whose map.
         self.rules = f"{compat or 'radint'} rules, " + (
-            "MIDAS Map.bin" if detector_map.origin.startswith("MIDAS files") else "radint map"
+            _midas_map_identity(midas_dir) if midas_dir is not None else "radint map"
         )
         if flat is None and config.flat_file:
             if compat == "midas-cpu":

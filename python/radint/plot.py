@@ -182,7 +182,8 @@ def follow_nexus(
     Raises
     ------
     RadintIOError
-        ``path`` never appeared (by ``stop_after_s``, or when interrupted): a mistyped path.
+        ``path`` never appeared (by ``stop_after_s``, or when interrupted): a mistyped path;
+        or it was never drawn and its last read failed (not a radint result, e.g. a TIFF).
     """
     import time
 
@@ -191,6 +192,7 @@ def follow_nexus(
     path = Path(path)
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     seen, redraws = -1, 0
+    last_error: str | None = None  # of the latest read, None once one succeeded
     appeared = path.exists()
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     if not appeared:
@@ -200,6 +202,7 @@ def follow_nexus(
             appeared = appeared or path.exists()
             try:
                 n = _frame_count(path)
+                last_error = None
                 if n > 0 and n != seen:
                     out = plot_nexus(
                         path, output, frame=-1, peak_param=peak_param, require_peaks=False
@@ -208,6 +211,7 @@ def follow_nexus(
                     say(f"{time.strftime('%H:%M:%S')} {path.name}: {n} frame(s) -> {out}")
             except (OSError, KeyError, RadintError) as e:
                 # The writer may be between flushes; try again on the next tick.
+                last_error = str(e)
                 say(f"{path}: not readable yet ({e})")
             time.sleep(interval_s)
     except KeyboardInterrupt:
@@ -216,6 +220,8 @@ def follow_nexus(
         raise RadintIOError(
             f"{path}: never appeared (check the path; a stream writes DIR/stream.h5)"
         )
+    if redraws == 0 and last_error is not None:
+        raise RadintIOError(f"{path}: never drawn, not readable as a radint result: {last_error}")
     return redraws
 
 

@@ -38,6 +38,16 @@ class FrameSource(ABC):
         self.label = str(path)
         self._plain_file: Any = None  # raw handle of read_plain, opened on first use
 
+    def data_end(self, index: int) -> int | None:
+        """The byte of the file where frame ``index``'s stored data ends, where the format
+        says so without reading pixels (None where it does not): a file shorter than that was
+        cut short."""
+        extent = self.plain_extent(index)
+        if extent is None:
+            return None
+        offset, dtype = extent
+        return offset + int(np.prod(self.frame_shape)) * np.dtype(dtype).itemsize
+
     def read_plain(self, index: int, out: np.ndarray) -> bool:
         """Read frame ``index`` straight into ``out`` with one system call where its bytes are
         stored as plain pixels of ``out``'s type in this machine's byte order; False (``out``

@@ -1567,8 +1567,9 @@ def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any
     return {"source_files": files, "source_path": lookup[index]}
 
 
-#: Configuration fields that say where a value came from, not what was computed.
-_NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown"})
+#: Configuration fields that say where a value came from, not what was computed, and those
+#: no batch output depends on (``Omega`` is the ω of a stream's GSAS-II zarr.zip).
+_NOT_RESULT_FIELDS = frozenset({"source", "set_at", "unknown", "omega_deg"})
 
 
 def _stored_json(path: str | Path, name: str) -> Any:
@@ -1644,7 +1645,7 @@ def _same_file(was: Any, now: Any) -> bool:
 
 def stored_rules(path: str | Path) -> str | None:
     """The rules and map a radint NeXus result was made with (:attr:`Integrator.rules`, e.g.
-    ``"midas-cpu rules, MIDAS Map.bin"``); None where it does not say (older radint)."""
+    ``"midas-cpu rules, MIDAS Map.bin sha256:..."``); None where it does not say (older radint)."""
     return stored_text(path, _RULES_PATH)
 
 
@@ -1662,9 +1663,15 @@ def configuration_changes(
     IntegrationConfig ``current``, as ``"r_bin_px 1.0 -> 2.0"`` (at most ``limit``, then a
     count); where values come from (parameter file, lines) is not compared. Files (mask,
     dark, ...) compare by the stored ``digests`` of their contents where the result has them
-    and the file is there now, else by name and contents (:func:`_same_file`)."""
+    and the file is there now, else by name and contents (:func:`_same_file`). A field the
+    stored configuration lacks (written by a radint before the field existed) counts as its
+    default, which is what that radint used."""
     now = json.loads(json.dumps(current.to_dict()))  # tuples as lists, as stored
-    was = json.loads(json.dumps(stored))
+    defaults = json.loads(json.dumps(type(current)().to_dict()))
+    was = {
+        **{k: v for k, v in defaults.items() if k not in stored},
+        **json.loads(json.dumps(stored)),
+    }
     digests = digests or {}
     rewritten = set()
 

@@ -317,6 +317,12 @@ class TiffSource(FrameSource):
         dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
         return (int(page.dataoffsets[0]), dtype) if dtype.isnative else None
 
+    def data_end(self, index: int) -> int | None:
+        """Where page ``index``'s strips or tiles end, compressed or not, in any byte order."""
+        page = self._tif.pages[self._pages[index]]
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+        return max(ends) if ends else None
+
     def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
         number = self._pages[index]
         page = self._tif.pages[number]
@@ -325,7 +331,7 @@ class TiffSource(FrameSource):
                 f"{self.path}: page {number} has shape {tuple(page.shape)}, expected "
                 f"{self.frame_shape} as page {self._pages[0]}"
             )
-        end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
+        end = self.data_end(index) or 0
         if end > self._size:
             raise ReaderError(
                 f"{self.path}: page {number} is truncated: its data ends at byte {end}, "
