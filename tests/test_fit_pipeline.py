@@ -192,6 +192,14 @@ def test_cli_fit_flags_formats_and_radint_fit(ring_config, tmp_path):
     np.testing.assert_array_equal(fit_bin, r.peaks.rows())
     csv = (out / "scan_peaks.csv").read_text().splitlines()
     assert csv[0].startswith("frame_id,slot,status,center_px") and len(csv) == 1 + 9
+    # every column but χ² with its error, the derived ones propagated (were left out)
+    header = csv[0].split(",")
+    rows = np.array([line.split(",")[3:] for line in csv[1:]], dtype=np.float64)
+    by_name = dict(zip(header[3:], rows.T, strict=True))
+    np.testing.assert_allclose(by_name["center_two_theta_deg_err"],
+                               r.peaks.center_two_theta_deg_err.ravel(), rtol=1e-8)  # fmt: skip
+    for name in ("center_two_theta_deg", "center_q_invA", "center_d_A", "fwhm_two_theta_deg"):
+        assert name + "_err" in by_name and np.isfinite(by_name[name + "_err"]).all(), name
     # re-fit the stored lineouts by auto-detection and store them in the file
     assert main(["fit", str(out / "scan.h5"), "--auto", "4", "--update", "-q"]) == 0
     again = read_nexus(out / "scan.h5")

@@ -127,17 +127,25 @@ def write_mat(result: Result, path: str | Path) -> Path:
 #: Columns of the peaks CSV: (header, FitTable attribute).
 _PEAK_CSV = (
     ("center_px", "center"), ("center_px_err", "center_err"),
-    ("center_two_theta_deg", "center_two_theta_deg"), ("center_q_invA", "center_q"),
-    ("center_d_A", "center_d_angstrom"), ("area", "area"), ("area_err", "area_err"),
-    ("fwhm_px", "fwhm"), ("fwhm_px_err", "fwhm_err"), ("fwhm_two_theta_deg", "fwhm_deg"),
-    ("eta_mix", "eta_mix"), ("sig", "sig"), ("gam", "gam"), ("chi2", "chi2"),
+    ("center_two_theta_deg", "center_two_theta_deg"),
+    ("center_two_theta_deg_err", "center_two_theta_deg_err"),
+    ("center_q_invA", "center_q"), ("center_q_invA_err", "center_q_err"),
+    ("center_d_A", "center_d_angstrom"), ("center_d_A_err", "center_d_angstrom_err"),
+    ("area", "area"), ("area_err", "area_err"),
+    ("fwhm_px", "fwhm"), ("fwhm_px_err", "fwhm_err"),
+    ("fwhm_two_theta_deg", "fwhm_deg"), ("fwhm_two_theta_deg_err", "fwhm_deg_err"),
+    ("eta_mix", "eta_mix"), ("eta_mix_err", "eta_mix_err"),
+    ("sig", "sig"), ("sig_err", "sig_err"), ("gam", "gam"), ("gam_err", "gam_err"),
+    ("chi2", "chi2"),
 )  # fmt: skip
 
 
 def write_peaks_csv(result: Result, path: str | Path) -> Path:
     """Write ``result.peaks`` as CSV, atomically: one line per (frame, peak slot) with
     ``frame_id, slot, status`` and the centre (px, 2θ deg, Q Å⁻¹, d Å), area, FWHM (px, 2θ deg),
-    η-mix, MIDAS sig/gam, reduced χ² and standard errors. Absent auto-detection slots are left out.
+    η-mix, MIDAS sig/gam and reduced χ², each but χ² followed by its standard error (``_err``;
+    those of 2θ, Q, d and FWHM in 2θ propagated from the pixel ones). Absent auto-detection
+    slots are left out.
 
     Raises
     ------
