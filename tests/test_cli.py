@@ -519,6 +519,10 @@ def test_messages_name_the_option_and_the_folder(tmp_path, capsys):
             main([*command, "-j", "0", "-o", str(tmp_path / "x")])
         assert stop.value.code == 2
         assert "-j/--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # -nCPUs 0 ran one process without a word
+        main(["batch", params, data, "-nCPUs", "0", "-o", str(tmp_path / "x")])
+    assert stop.value.code == 2
+    assert "-nCPUs: expected a positive integer, got 0" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("")
     blocked = afile / "sub"  # a folder that cannot be made (a file is in the way), even as root

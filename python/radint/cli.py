@@ -1330,7 +1330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-startFileNr", type=int, default=-1, help="first file number of the series")
     p.add_argument("-endFileNr", type=int, default=-1, help="last file number of the series")
     p.add_argument(
-        "-nCPUs", type=int, default=1, help="files processed in parallel (processes; default 1)"
+        "-nCPUs",
+        type=_positive_int,
+        default=1,
+        help="files processed in parallel (processes; default 1)",
     )
     p.add_argument(
         "-nCPUsLocal", "-j", "--threads", dest="nCPUsLocal", type=_positive_int, default=None,
