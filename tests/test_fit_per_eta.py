@@ -389,3 +389,45 @@ def test_all_zero_window_gives_no_row_as_c() -> None:
     for k in keys:
         assert abs(ours[k][0] - c[k][0]) < 1e-4 and ours[k][1] == pytest.approx(c[k][1], 1e-3)
     assert len([k for k in c if k[1] == 1]) == 18 and not [k for k in ours if k[1] == 1]
+
+
+def test_midas_bounds_reproduce_c_on_wide_rings_and_off_ring_positions(small_config) -> None:
+    """Rings ~6.5 px wide in 20-bin windows (c_wide_*): C caps the pV's Γ at RBinSize·nPts/2 =
+    5 px, so its centres and SNRs differed from radint's in 53 of 54 rows (SNR up to 36×;
+    found by a C sweep). ``per_eta_bounds="midas"`` (what compat selects) takes C's box and
+    start and gives C's rows; it also finds the ring from 24.2 px (c_offset_*) as C does, where
+    radint's box lets the height go to 0."""
+    import dataclasses
+
+    from radint import Integrator
+
+    result = c_result("wide")
+    spec = rfit.FitSpec.from_config(result.config)
+    rows = c_rows("wide")
+    c = {(int(r["EtaBin"]), int(r["PeakIdx"])): (float(r["R_px"]), float(r["ChiSq"]))
+         for r in rows}  # fmt: skip
+    midas = dataclasses.replace(spec, per_eta_bounds="midas").per_eta(result)
+    ours = {(int(e), int(k)): (x, s) for e, k, x, s in
+            zip(midas.eta_bin, midas.peak, midas.center, midas.snr, strict=True)}  # fmt: skip
+    assert set(ours) == set(c) and len(c) == 54
+    for k, (centre, snr) in c.items():
+        assert abs(ours[k][0] - centre) < 1e-4 and ours[k][1] == pytest.approx(snr, rel=1e-4)
+    cap = 0.5 * result.config.r_bin_px * 20  # ±10 bins around a position between centres
+    assert (midas.pv_fwhm <= cap + 1e-9).all() and (midas.pv_fwhm == cap).sum() > 40
+    own = spec.per_eta(result)  # radint's box: the true widths, other centres
+    assert np.median(own.pv_fwhm) > cap
+    assert np.median(np.abs(own.center - midas.center)) > 1e-3
+
+    offset = c_result("offset")
+    found = dataclasses.replace(rfit.FitSpec.from_config(offset.config), per_eta_bounds="midas")
+    peaks = found.per_eta(offset)
+    c = {(int(r["EtaBin"]), int(r["PeakIdx"])): float(r["R_px"]) for r in c_rows("offset")}
+    ring = {(int(e), 1): x for e, k, x in zip(peaks.eta_bin, peaks.peak, peaks.center,
+                                              strict=True) if k == 1}  # fmt: skip
+    assert len(ring) == 18 and all(abs(x - c[k]) < 1e-3 for k, x in ring.items())
+
+    with pytest.raises(InvalidInputError, match="bounds must be 'radint' or 'midas'"):
+        rfit.FitSpec(auto=3, per_eta_bounds="nlopt")
+    compat = Integrator(small_config, compat="midas-cpu", fit=rfit.FitSpec(auto=3))
+    assert compat.fit.per_eta_bounds == "midas"
+    assert Integrator(small_config, fit=rfit.FitSpec(auto=3)).fit.per_eta_bounds == "radint"

@@ -193,9 +193,11 @@ def fit_pv(
     centers: np.ndarray,
     max_iterations: int = ...,
     n_threads: int | None = ...,
+    bounds: str = ...,
 ) -> dict[str, Any]:
     """Height-normalised pV fits (spec §6.4) of every row of ``ys`` ``(n_curves, n_x)``, row i
-    started at ``centers[i]`` (x units); e.g. the rows of a cake for per-η fits.
+    started at ``centers[i]`` (x units); e.g. the rows of a cake for per-η fits. ``bounds``:
+    ``"radint"`` or ``"midas"`` (IntegratorZarrOMP's box and start).
 
     Returns a dict: ``params``, ``std_errors`` ``(n_curves, 5)`` as ``[bg, imax, center, fwhm,
     mu]`` (NaN unless converged), ``snr`` ``(n_curves,)`` and ``status`` u8 ``(n_curves,)``."""

@@ -542,7 +542,12 @@ def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
 
 
 def fit_pv(
-    x: Any, y: Any, centers: Any, max_iterations: int = 500, n_threads: int | None = None
+    x: Any,
+    y: Any,
+    centers: Any,
+    max_iterations: int = 500,
+    n_threads: int | None = None,
+    bounds: str = "radint",
 ) -> dict[str, np.ndarray]:
     """Height-normalised pseudo-Voigt fits (spec §6.4), e.g. per η bin of a cake.
 
@@ -553,6 +558,11 @@ def fit_pv(
         One curve per row (e.g. ``result.cake`` rows, η-major); NaN points are left out.
     centers : float or array_like, shape (n_curves,)
         Starting centre of each curve (x units).
+    bounds : {"radint", "midas"}
+        The box and start: radint's (FWHM up to the window's span, height from the data's
+        range) or IntegratorZarrOMP's (``pf_fit_singlet_pv``: Γ in [bin/2, bin·n/2] from 3
+        bins, Imax in [(max − bg₀)/100, 1.5·max], bg in [0, 1.5·bg₀], bg₀ the end points'
+        mean), whose Γ cap pins a ring wider than half the window where radint fits it.
 
     Returns
     -------
@@ -574,8 +584,15 @@ def fit_pv(
             f"centers: expected a scalar or {ys2.shape[0]} values (one per curve), got {c.shape}"
         )
     c = np.ascontiguousarray(np.broadcast_to(c, (ys2.shape[0],)))
-    d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations), n_threads=n_threads)
+    d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations), n_threads=n_threads,
+                     bounds=_pv_bounds(bounds))  # fmt: skip
     return {k: v[0] for k, v in d.items()} if single else dict(d)
+
+
+def _pv_bounds(bounds: str) -> str:
+    if bounds not in ("radint", "midas"):
+        raise InvalidInputError(f"bounds must be 'radint' or 'midas', got {bounds!r}")
+    return bounds
 
 
 #: Parameters of :func:`fit_pv_doublet`, in order (as MIDAS's ``pf_fit_doublet_pv``).
@@ -611,7 +628,7 @@ def _doublet_model(x: np.ndarray, p: np.ndarray, jac: bool) -> tuple[np.ndarray,
 
 
 def fit_pv_doublet(
-    x: Any, y: Any, low: float, high: float, max_iterations: int = 200
+    x: Any, y: Any, low: float, high: float, max_iterations: int = 200, bounds: str = "radint"
 ) -> dict[str, np.ndarray]:
     """Two height-normalised pseudo-Voigts with a shared mixing μ and background (spec §6.4,
     MIDAS ``pf_fit_doublet_pv``), fitted to each curve of ``y`` (e.g. the η rows of a cake).
@@ -624,7 +641,9 @@ def fit_pv_doublet(
     by a bounded Levenberg–Marquardt (analytic Jacobian, all curves at once) from two starts,
     radint's (heights at the starting centres over the minimum) and MIDAS's (half of max − bg₀
     each, BG bg₀), keeping the lower SSR; NaN points are left out, a curve needs 9 finite
-    points.
+    points. ``bounds="midas"`` takes IntegratorZarrOMP's box and start alone (Γ in [bin/2,
+    bin·n/2] from 3 bins, Imax in [(max − bg₀)/100, 1.5·max] from half of max − bg₀ each, BG
+    in [0, 1.5·bg₀] from bg₀), as :func:`fit_pv`.
 
     Parameters
     ----------
@@ -691,15 +710,25 @@ def fit_pv_doublet(
     # MIDAS's floor on both heights (a hundredth of max − background): at Imax = 0 a peak's
     # centre and width have no gradient left, and the fit stalls with one peak gone.
     lo[:, 4] = lo[:, 6] = np.minimum(0.02 * half, hi[:, 4])
-    starts = np.concatenate([own, midas])
-    lo2, hi2 = np.concatenate([lo, lo]), np.concatenate([hi, hi])
-    p, cost, st = _doublet_lm(xs, starts, lo2, hi2, np.concatenate([yz, yz]),
-                              np.concatenate([w, w]), np.concatenate([status, status]),
-                              int(max_iterations))  # fmt: skip
-    # Per curve: a converged fit over a failed one, then the lower cost.
-    rank = np.where(st == 0, cost, np.inf).reshape(2, m)
-    pick = np.where(rank[1] < rank[0], m + rows, rows)
-    p, cost, status = p[pick], cost[pick], st[pick]
+    if _pv_bounds(bounds) == "midas":  # PeakFit.c pf_fit_doublet_pv's box and start
+        top = np.maximum(ymax, 0.0)
+        midas[:, 3] = midas[:, 5] = 3.0 * step
+        lo[:, 3] = lo[:, 5] = 0.5 * step
+        hi[:, 3] = hi[:, 5] = 0.5 * step * xs.size
+        hi[:, 4] = hi[:, 6] = 1.5 * top
+        lo[:, 4] = lo[:, 6] = np.minimum(0.02 * half, hi[:, 4])
+        lo[:, 7], hi[:, 7] = 0.0, np.where(bg0 > 0, 1.5 * bg0, 0.5 * top)
+        p, cost, status = _doublet_lm(xs, midas, lo, hi, yz, w, status, int(max_iterations))
+    else:
+        starts = np.concatenate([own, midas])
+        lo2, hi2 = np.concatenate([lo, lo]), np.concatenate([hi, hi])
+        p, cost, st = _doublet_lm(xs, starts, lo2, hi2, np.concatenate([yz, yz]),
+                                  np.concatenate([w, w]), np.concatenate([status, status]),
+                                  int(max_iterations))  # fmt: skip
+        # Per curve: a converged fit over a failed one, then the lower cost.
+        rank = np.where(st == 0, cost, np.inf).reshape(2, m)
+        pick = np.where(rank[1] < rank[0], m + rows, rows)
+        p, cost, status = p[pick], cost[pick], st[pick]
     ok = status == 0
     snr = np.full((m, 2), np.nan)
     rms = np.sqrt(cost / np.maximum(n_ok, 1))
@@ -861,6 +890,7 @@ def fit_per_eta(
     max_iterations: int = 500,
     n_threads: int | None = None,
     bin_average: bool = True,
+    bounds: str = "radint",
 ) -> EtaPeaks:
     """Fit peaks in every η bin of ``result.cake`` as IntegratorZarrOMP does with ``DoPeakFit``
     (spec §6.4–6.5), for every frame.
@@ -895,6 +925,9 @@ def fit_per_eta(
     bin_average : bool
         Auto-detected peaks: the TCH model as bin means (True) or MIDAS's values at bin
         centres (False), as :func:`fit_peaks`; the pV fits at given positions are MIDAS's.
+    bounds : {"radint", "midas"}
+        The pV fits' box and start (:func:`fit_pv`): ``"midas"`` is IntegratorZarrOMP's, as
+        ``compat`` selects.
 
     Returns
     -------
@@ -965,7 +998,8 @@ def fit_per_eta(
                     warnings.simplefilter("ignore", RuntimeWarning)
                     flat = ~(np.nanmax(y, axis=1) > np.nanmin(y, axis=1))
                 if pair:
-                    d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations)
+                    d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations,
+                                       bounds=bounds)  # fmt: skip
                     low_first = pos[k] <= pos[k + 1]
                     for j, slot in enumerate((k, k + 1) if low_first else (k + 1, k)):
                         prm = d["params"]
@@ -973,7 +1007,8 @@ def fit_per_eta(
                                               prm[:, 7]])  # fmt: skip
                         keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat, x)
                 else:
-                    d = fit_pv(x, y, pos[k], max_iterations=max_iterations, n_threads=n_threads)
+                    d = fit_pv(x, y, pos[k], max_iterations=max_iterations,
+                               n_threads=n_threads, bounds=bounds)  # fmt: skip
                     prm = d["params"]  # [bg, imax, center, fwhm, mu]
                     pv = np.column_stack([prm[:, 3], prm[:, 4], prm[:, 1], prm[:, 0]])
                     keep(curves, k, prm[:, 2], d["snr"], pv, flat, x)
@@ -1117,8 +1152,12 @@ class FitSpec:
     max_iterations: int = 500
     doublet_separation: float = 0.0
     bin_average: bool = True
+    #: The per-η pV fits' box and start (:func:`fit_per_eta`); a compat Integrator sets
+    #: ``"midas"`` (IntegratorZarrOMP's).
+    per_eta_bounds: str = "radint"
 
     def __post_init__(self) -> None:
+        _pv_bounds(self.per_eta_bounds)
         given = sum(bool(v) for v in (self.positions_px, self.positions_two_theta_deg))
         if given + (self.auto is not None) != 1:
             raise InvalidInputError(
@@ -1216,7 +1255,8 @@ class FitSpec:
         (its fit.bin, like :attr:`positions_px`, is in R order).
         """
         common = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
-                  "max_iterations": self.max_iterations, "n_threads": n_threads}  # fmt: skip
+                  "max_iterations": self.max_iterations, "n_threads": n_threads,
+                  "bounds": self.per_eta_bounds}  # fmt: skip
         if self.auto is not None:  # the spec's model (compat: MIDAS's, bin_average=False)
             return fit_per_eta(result, auto=self.auto, bin_average=self.bin_average, **common)
         cfg = result.config

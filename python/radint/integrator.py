@@ -836,14 +836,15 @@ class Integrator:
     def fit(self) -> FitSpec | None:
         """Peaks fitted in every frame's lineout (None: no fitting). Assign a FitSpec, a dict of
         its fields, ``"config"`` or None; with ``compat`` the MIDAS programs' model is fitted
-        (values at bin centres, ``bin_average=False``)."""
+        (values at bin centres, ``bin_average=False``) and the per-η fits take
+        IntegratorZarrOMP's box (``per_eta_bounds="midas"``)."""
         return self._fit
 
     @fit.setter
     def fit(self, value: Any) -> None:
         spec = FitSpec.coerce(value, self.config)
-        if spec is not None and self.compat and spec.bin_average:
-            spec = dataclasses.replace(spec, bin_average=False)
+        if spec is not None and self.compat:
+            spec = dataclasses.replace(spec, bin_average=False, per_eta_bounds="midas")
         if spec and spec.auto_roi and self.compat == "midas-cpu":
             # Only the GPU program reads FitROIAuto; IntegratorZarrOMP keeps FitROIPadding
             # (also for specs a live peak update builds from the parameter file).

@@ -29,7 +29,7 @@ pub use model::{
     c_erfc, chebyshev_x, model_gradient, model_value, n_params, pseudo_voigt, tch, tch_terms,
     widths_from_fwhm, EdgeTerms, PeakTerms, TchTerms, N_BACKGROUND, PARAMS_PER_PEAK,
 };
-pub use pv::{fit_pv, pv_height, pv_height_gradient, PvFit, PV_PARAMS};
+pub use pv::{fit_pv, pv_height, pv_height_gradient, PvBounds, PvFit, PV_PARAMS};
 pub use roi::{
     bin_size, edge_background, initial_guess, plan_jobs, snap_to_bin, Job, JobPeak, Starts,
     NARROW_START_BINS,

@@ -600,19 +600,60 @@ fn fit_per_eta_height_pv_recovers_parameters() {
         .iter()
         .map(|&v| rng.poisson(pv_height(v, &truth)))
         .collect();
-    let f = fit_pv(&x, &y, 412.0, &LmOptions::default());
+    let f = fit_pv(&x, &y, 412.0, PvBounds::Radint, &LmOptions::default());
     assert_eq!(f.status, FitStatus::Converged);
     assert!((f.params[2] - truth[2]).abs() < 0.05, "{f:?}");
     assert!((f.params[3] - truth[3]).abs() / truth[3] < 0.05, "{f:?}");
     assert!(f.snr > 10.0, "{f:?}");
     // Too few points, centre outside: statuses, not panics.
     assert_eq!(
-        fit_pv(&x[..4], &y[..4], 401.0, &LmOptions::default()).status,
+        fit_pv(
+            &x[..4],
+            &y[..4],
+            401.0,
+            PvBounds::Radint,
+            &LmOptions::default()
+        )
+        .status,
         FitStatus::InsufficientData
     );
     assert_eq!(
-        fit_pv(&x, &y, 900.0, &LmOptions::default()).status,
+        fit_pv(&x, &y, 900.0, PvBounds::Radint, &LmOptions::default()).status,
         FitStatus::OutOfRange
+    );
+}
+
+#[test]
+fn fit_per_eta_midas_bounds_are_integratorzarromps_box() {
+    let mut rng = Rng(9);
+    let x: Vec<f64> = (0..24).map(|i| 400.0 + 0.5 * i as f64).collect();
+    let lm = LmOptions::default();
+    // A narrow peak: both boxes reach the same minimum.
+    let narrow = [40.0, 900.0, 405.9, 2.0, 0.4];
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&v| rng.poisson(pv_height(v, &narrow)))
+        .collect();
+    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm);
+    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    assert_eq!(midas.status, FitStatus::Converged);
+    assert!(
+        (own.params[2] - midas.params[2]).abs() < 1e-5,
+        "{own:?} {midas:?}"
+    );
+    // A ring wider than half the 12 px window: C caps Γ at bin·n/2 = 6 px, radint does not.
+    let wide = [40.0, 900.0, 405.9, 7.5, 0.4];
+    let y: Vec<f64> = x.iter().map(|&v| pv_height(v, &wide)).collect();
+    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm);
+    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    assert!((own.params[3] - 7.5).abs() < 1e-4, "{own:?}");
+    assert_eq!(midas.params[3], 6.0, "{midas:?}");
+    // All values negative: C's box is empty; narrowed to a point, no panic.
+    let y: Vec<f64> = x.iter().map(|&v| -1.0 - (v - 405.0).abs()).collect();
+    let f = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    assert!(
+        f.params.iter().all(|v| v.is_finite()) || !f.status.is_ok(),
+        "{f:?}"
     );
 }
 

@@ -210,10 +210,12 @@ fn snip_background<'py>(
 /// Height-normalised pV fits (spec §6.4) of every row of `ys` `(n_curves, n_x)`, row i started at
 /// `centers[i]` (x units); e.g. the rows of a cake for per-η fits.
 ///
+/// `bounds` is "radint" or "midas" (IntegratorZarrOMP's box and start).
+///
 /// Returns a dict: `params`, `std_errors` `(n_curves, 5)` as `[bg, imax, center, fwhm, mu]` (NaN
 /// unless converged), `snr` `(n_curves,)` and `status` u8 `(n_curves,)`.
 #[pyfunction]
-#[pyo3(signature = (x, ys, centers, max_iterations=500, n_threads=None))]
+#[pyo3(signature = (x, ys, centers, max_iterations=500, n_threads=None, bounds="radint"))]
 fn fit_pv<'py>(
     py: Python<'py>,
     x: PyReadonlyArray1<'py, f64>,
@@ -221,7 +223,18 @@ fn fit_pv<'py>(
     centers: PyReadonlyArray1<'py, f64>,
     max_iterations: usize,
     n_threads: Option<usize>,
+    bounds: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let bounds = match bounds {
+        "radint" => core_fit::PvBounds::Radint,
+        "midas" => core_fit::PvBounds::Midas,
+        other => {
+            return Err(raise(
+                "InvalidInputError",
+                format!("pV fit: bounds must be 'radint' or 'midas', got {other:?}"),
+            ))
+        }
+    };
     let xs = slice_1d("x", &x)?;
     let (flat, n_curves) = curves(&ys, xs.len())?;
     let c0 = slice_1d("centers", &centers)?;
@@ -245,7 +258,7 @@ fn fit_pv<'py>(
         Ok(flat
             .par_chunks(xs.len())
             .zip(c0.par_iter())
-            .map(|(y, &c)| core_fit::fit_pv(xs, y, c, &lm))
+            .map(|(y, &c)| core_fit::fit_pv(xs, y, c, bounds, &lm))
             .collect::<Vec<_>>())
     })?;
     let mut params = Vec::with_capacity(n_curves * PV_PARAMS);

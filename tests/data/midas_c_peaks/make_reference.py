@@ -2,12 +2,13 @@
 
 Usage::
 
-    python tests/data/midas_c_peaks/make_reference.py /path/to/bin   # holds DetectorMapper,
-                                                                     # IntegratorZarrOMP
+    python tests/data/midas_c_peaks/make_reference.py /path/to/bin [CASE...]
+    # /path/to/bin holds DetectorMapper and IntegratorZarrOMP; default: every case
 
 Writes ``ring.tif`` (uint16, 128 × 128, four Gaussian rings at R = 22, 36, 39.5, 52 px with
 Poisson noise; the beam centre is near the left edge so the outer ring leaves the detector in
-some η bins) and, for each case ``specified`` / ``auto`` / ``offset`` (``params_<case>.txt``), runs in a
+some η bins), ``ring_wide.tif`` (the same with rings ~6.5 px wide, for case ``wide``) and, for
+each case ``specified`` / ``auto`` / ``offset`` / ``wide`` (``params_<case>.txt``), runs in a
 temporary folder::
 
     DetectorMapper params_<case>.txt -nCPUs 1
@@ -63,10 +64,14 @@ CASES = {
     "auto": "DoPeakFit 1\nFitROIPadding 10\nAutoDetectPeaks 5\nSNIPIterations 30\n",
     # 24.2: 2.2 px off the ring at 22; 58: beyond the detector (all-0 window) in η bin 4.
     "offset": "DoPeakFit 1\nFitROIPadding 6\nPeakLocation 58\nPeakLocation 24.2\nPeakLocation 36\n",
+    # Rings wider than half the 20-bin window: C caps the pV's Γ at RBinSize·nPts/2 = 5 px.
+    "wide": "DoPeakFit 1\nFitROIPadding 10\nPeakLocation 22\nPeakLocation 36\nPeakLocation 52\n",
 }
+#: The image each case integrates (``<case>.tif`` is a copy of it).
+IMAGES = {"wide": "ring_wide.tif"}
 
 
-def write_image() -> None:
+def write_images() -> None:
     import tifffile
 
     from radint.config import IntegrationConfig
@@ -74,21 +79,22 @@ def write_image() -> None:
 
     cfg = IntegrationConfig.from_midas_params(HERE / "params_specified.txt")
     tth = np.degrees(np.arctan(np.asarray(RINGS_PX) * PX / LSD))
-    fwhm = math.degrees(math.atan(2.0 * PX / LSD))  # ~2 px
-    img = ring_image(cfg, tth, fwhm_deg=fwhm, amplitude=800.0, background=30.0, noise=True,
-                     seed=7, dtype=np.uint16)  # fmt: skip
-    tifffile.imwrite(HERE / "ring.tif", img)
+    for name, width_px in (("ring.tif", 2.0), ("ring_wide.tif", 6.5)):
+        fwhm = math.degrees(math.atan(width_px * PX / LSD))
+        img = ring_image(cfg, tth, fwhm_deg=fwhm, amplitude=800.0, background=30.0,
+                         noise=True, seed=7, dtype=np.uint16)  # fmt: skip
+        tifffile.imwrite(HERE / name, img)
 
 
-def main(bindir: str) -> None:
+def main(bindir: str, cases: list[str]) -> None:
     for case, extra in CASES.items():
         (HERE / f"params_{case}.txt").write_text(COMMON + extra)
-    write_image()
-    for case in CASES:
+    write_images()
+    for case in cases or CASES:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             shutil.copy(HERE / f"params_{case}.txt", work)
-            shutil.copy(HERE / "ring.tif", work / f"{case}.tif")
+            shutil.copy(HERE / IMAGES.get(case, "ring.tif"), work / f"{case}.tif")
             run = {"cwd": work, "check": True, "stdout": subprocess.DEVNULL}
             subprocess.run([f"{bindir}/DetectorMapper", f"params_{case}.txt", "-nCPUs", "1"], **run)
             subprocess.run([f"{bindir}/IntegratorZarrOMP", "-paramFN", f"params_{case}.txt",
@@ -107,4 +113,4 @@ def main(bindir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

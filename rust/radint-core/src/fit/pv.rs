@@ -89,10 +89,24 @@ impl Residuals for PvProblem<'_> {
     }
 }
 
-/// Fit one height-normalised pV to the finite points of `(x, y)` starting at `center0`.
-/// Starts: bg = min, imax = y(nearest center0) − bg, FWHM by a half-maximum walk, μ = 0.5.
-/// Bounds: centre within the data range, FWHM in [bin/10, span], μ ∈ [0, 1], imax ≥ 0.
-pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, lm: &LmOptions) -> PvFit {
+/// Which box and start a pV fit uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PvBounds {
+    /// radint's: bg = min, imax = y(nearest centre) − bg, FWHM by a half-maximum walk; FWHM in
+    /// [bin/10, span], imax in [0, 10·range], bg within a range of the data.
+    #[default]
+    Radint,
+    /// IntegratorZarrOMP's (`PeakFit.c` `pf_fit_singlet_pv`): bg₀ = max(mean of the end
+    /// points, 0), Γ₀ = 3 bins, imax₀ = max − bg₀; Γ in [bin/2, bin·n/2], imax in
+    /// [(max − bg₀)/100, 1.5·max], bg in [0, 1.5·bg₀] (or [0, max/2] when bg₀ is 0). Where C
+    /// pins Γ on its cap (a ring wider than half the window) the fit is C's, not the best one.
+    Midas,
+}
+
+/// Fit one height-normalised pV to the finite points of `(x, y)` starting at `center0`, in
+/// the box and from the start `bounds` names; the centre stays within the data range and
+/// μ ∈ [0, 1] (start 0.5) either way.
+pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, bounds: PvBounds, lm: &LmOptions) -> PvFit {
     let (fx, fy): (Vec<f64>, Vec<f64>) = x
         .iter()
         .zip(y)
@@ -122,14 +136,36 @@ pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, lm: &LmOptions) -> PvFit {
         return failed(FitStatus::OutOfRange);
     }
     let span = xmax - xmin;
-    let bin = span / (fx.len() - 1) as f64;
-    let range = (ymax - ymin).max(1e-12);
-    let pk = fx.partition_point(|&v| v < center0).min(fx.len() - 1);
-    let imax0 = (fy[pk] - ymin).max(0.5 * range);
-    let fwhm0 = half_max_width(&fx, &fy, pk, ymin + imax0 / 2.0).clamp(bin, span);
-    let start = [ymin, imax0, center0, fwhm0, 0.5];
-    let lower = [ymin - range, 0.0, xmin, 0.1 * bin, 0.0];
-    let upper = [ymax + range, 10.0 * range, xmax, span, 1.0];
+    let n = fx.len() as f64;
+    let bin = span / (n - 1.0);
+    let (start, lower, upper) = match bounds {
+        PvBounds::Radint => {
+            let range = (ymax - ymin).max(1e-12);
+            let pk = fx.partition_point(|&v| v < center0).min(fx.len() - 1);
+            let imax0 = (fy[pk] - ymin).max(0.5 * range);
+            let fwhm0 = half_max_width(&fx, &fy, pk, ymin + imax0 / 2.0).clamp(bin, span);
+            (
+                [ymin, imax0, center0, fwhm0, 0.5],
+                [ymin - range, 0.0, xmin, 0.1 * bin, 0.0],
+                [ymax + range, 10.0 * range, xmax, span, 1.0],
+            )
+        }
+        PvBounds::Midas => {
+            let bg0 = (0.5 * (fy[0] + fy[fy.len() - 1])).max(0.0);
+            let bg_cap = if bg0 > 0.0 { 1.5 * bg0 } else { 0.5 * ymax };
+            let imax_cap = 1.5 * ymax;
+            // A box C's optimiser would reject (all values ≤ 0) is narrowed to a point.
+            let lower = [
+                0.0,
+                ((ymax - bg0) / 100.0).min(imax_cap),
+                xmin,
+                0.5 * bin,
+                0.0,
+            ];
+            let upper = [bg_cap.max(0.0), imax_cap, xmax, 0.5 * bin * n, 1.0];
+            ([bg0, ymax - bg0, center0, 3.0 * bin, 0.5], lower, upper)
+        }
+    };
     let res = levenberg_marquardt(&PvProblem { x: &fx, y: &fy }, &start, &lower, &upper, lm);
     if !res.status.is_ok() {
         return failed(res.status);
