@@ -6,6 +6,7 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -997,3 +998,66 @@ def test_stale_partials_of_killed_writers_are_removed(tmp_path: Path) -> None:
     (tmp_path / cut).write_bytes(b"x")
     os.utime(tmp_path / cut, (quiet, quiet))
     assert atomic.remove_stale_partials([long]) == [tmp_path / cut]
+
+
+def _stream_binaries(directory: Path, cfg: Any, n_frames: int) -> np.ndarray:
+    """Write a stream's lineout/Int2D/geometry binaries of ``n_frames`` random cakes."""
+    r_edges, eta_edges = cfg.bin_edges()
+    n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
+    rng = np.random.default_rng(5)
+    cakes = rng.uniform(0, 10, (n_frames, n_r, n_eta))
+    lines = np.stack([np.column_stack([np.arange(n_r), c.mean(axis=1)]) for c in cakes])
+    (directory / "RTthEtaAreaMap.bin").write_bytes(np.ones((5, n_r, n_eta)).tobytes())
+    (directory / "Int2D.bin").write_bytes(cakes.tobytes())
+    (directory / "lineout.bin").write_bytes(lines.tobytes())
+    (directory / "lineout_simple_mean.bin").write_bytes(lines.tobytes())
+    return cakes
+
+
+def test_stream_outputs_group_omega_sum_frames_below_minus_one_one_each(tmp_path: Path) -> None:
+    """Regression (stream sweep): OmegaSumFrames -2 summed every frame into one group; MIDAS's
+    integrator_stream_process_h5.py takes -1 as all frames and any other value below 1 as 1."""
+    from radint import IntegrationConfig
+    from radint.io.midas import write_stream_outputs
+    from tests.conftest import SMALL
+
+    for osf, groups in (("-2", 3), ("0", 3), ("-1", 1), ("2", 2)):
+        cfg = IntegrationConfig.from_text(SMALL + f"OmegaSumFrames {osf}\n", "small.txt")
+        _stream_binaries(tmp_path, cfg, 3)
+        h5_path, _ = write_stream_outputs(tmp_path, cfg)
+        with h5py.File(h5_path, "r") as f:
+            assert len(f["OmegaSumFrame"]) == groups, osf
+
+
+def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
+    tmp_path: Path, caplog
+) -> None:
+    """Regression (stream sweep): after a SIGKILL the binaries held 30 frames (written every
+    frame) and stream.h5 22 (flushed every 5 s); write_stream_outputs raised IndexError. Frames
+    past the stream file's rows take their fits from fit.bin (the last stored frame's peak
+    count) where its size fits, else they are left out with a warning."""
+    from radint import IntegrationConfig
+    from radint.io.midas import _FIT_COLUMNS, write_stream_outputs
+    from tests.conftest import SMALL
+
+    cfg = IntegrationConfig.from_text(SMALL, "small.txt")
+    _stream_binaries(tmp_path, cfg, 4)
+    fits = np.arange(4 * 2 * 7, dtype="<f8").reshape(4, 2, 7)
+    stream = tmp_path / "stream.h5"
+    with h5py.File(stream, "w") as f:  # two frames flushed, 3 slots of which 2 are peaks
+        status = np.array([[0, 0, 255], [0, 4, 255]], np.uint8)
+        f["entry/peaks/status"] = status
+        for i, name in enumerate(_FIT_COLUMNS):
+            f[f"entry/peaks/{name}"] = np.pad(fits[:2, :, i], ((0, 0), (0, 1)))
+    (tmp_path / "fit.bin").write_bytes(fits.tobytes())
+    h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+    with h5py.File(h5_path, "r") as f:
+        assert sorted(f["fit"]) == ["0", "1", "2", "3"]
+        for k in range(4):
+            np.testing.assert_array_equal(f[f"fit/{k}"][...], fits[k])
+    (tmp_path / "fit.bin").write_bytes(fits[:3].tobytes())  # a count that does not fit
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+    assert "their fit tables are left out" in caplog.text
+    with h5py.File(h5_path, "r") as f:
+        assert sorted(f["fit"]) == ["0", "1"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from radint._once import warn_once
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "STREAM_BINARIES",
@@ -53,7 +56,9 @@ IZ_DEFAULT_WAVELENGTH = 0.172978
 
 
 def _chunks(n: int, size: int) -> Iterator[range]:
-    size = n if size < 0 else max(1, size)  # -1 = all frames in one chunk (stream_process)
+    """Consecutive runs of ``size`` of ``n`` positions; -1 = all in one (stream_process), any
+    other value below 1 = one each, as integrator_stream_process_h5.py groups them."""
+    size = n if size == -1 else max(1, size)
     for start in range(0, n, size):
         yield range(start, min(n, start + size))
 
@@ -434,7 +439,8 @@ def write_stream_outputs(
                        ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
         summed = h5.create_group("OmegaSumFrame") if with_2d else None
         peaks = _open_peaks(stream_file)
-        fits = h5.create_group("fit") if peaks is not None else None
+        fit_table = _stream_fit_tables(directory, peaks, n_frames, config)
+        fits = h5.create_group("fit") if fit_table is not None else None
         order = list(range(n_frames))
         if mapping:  # MIDAS: mapped frames by file name (or uniqueId), unmapped ones after
             # (an unmapped frame by its number, as integrator_stream_process_h5.py sorts them)
@@ -447,12 +453,11 @@ def write_stream_outputs(
             label = _frame_label(k, mapping)
             labels[k] = f"{label}_{k}" if label in taken else label
             taken.add(labels[k])
-        for positions in _chunks(n_frames, osf if osf != 0 else 1):
+        for positions in _chunks(n_frames, osf):
             rows = [order[p] for p in positions]
             for k in rows:
-                if peaks is not None and fits is not None:
-                    present = peaks["status"][k] != 255  # an empty slot, not a peak
-                    table = np.stack([peaks[c][k][present] for c in _FIT_COLUMNS], axis=-1)
+                table = fit_table(k) if fit_table is not None else None
+                if table is not None and fits is not None:
                     ds = fits.create_dataset(labels[k], data=table, track_times=False)
                     ds.attrs["frame_index"] = k
                 for file, group in line_groups.items():
@@ -489,6 +494,42 @@ def write_stream_outputs(
         if peaks is not None:
             peaks.file.close()
     return [h5_path, zip_path] if with_2d else [h5_path]
+
+
+def _stream_fit_tables(
+    directory: Path, peaks: Any, n_frames: int, config: Any
+) -> Callable[[int], np.ndarray | None] | None:
+    """Frame k's fitted peaks × the 7 fit.bin values: from the stream file's ``entry/peaks``
+    (which knows each frame's peak count), and for frames past its last flush (a stream
+    killed outright: the binaries are written every frame, stream.h5 every few seconds) from
+    ``fit.bin``, taking the last stored frame's count (else the ``PeakLocation`` count, as
+    MIDAS's reader does) where the file's size fits that count; None without peaks."""
+    stored = int(peaks["status"].shape[0]) if peaks is not None else 0
+    present = [peaks["status"][k] != 255 for k in range(stored)]  # 255: an empty slot
+    fit_bin = directory / "fit.bin"
+    tail: dict[int, np.ndarray] = {}
+    if stored < n_frames and fit_bin.is_file():
+        count = int(present[-1].sum()) if present else len(getattr(config, "peak_locations", ()))
+        done = sum(int(p.sum()) for p in present)
+        rows = np.fromfile(fit_bin, dtype="<f8").reshape(-1, 7)
+        if count > 0 and len(rows) == done + (n_frames - stored) * count:
+            tail = {stored + i: rows[done + i * count : done + (i + 1) * count]
+                    for i in range(n_frames - stored)}  # fmt: skip
+        else:
+            log.warning(
+                "%s: %d frame(s) past the stream file's last flush; fit.bin's %d row(s) do not "
+                "give them %d peak(s) each: their fit tables are left out",
+                directory, n_frames - stored, len(rows), count,
+            )  # fmt: skip
+    if not stored and not tail:
+        return None
+
+    def table(k: int) -> np.ndarray | None:
+        if k < stored:
+            return np.stack([peaks[c][k][present[k]] for c in _FIT_COLUMNS], axis=-1)
+        return tail.get(k)
+
+    return table
 
 
 def _mapped_name(entry: dict[str, Any]) -> str:
