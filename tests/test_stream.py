@@ -366,7 +366,7 @@ def test_dataset_num_steps_back_are_the_senders_own_numbers(integrator, tmp_path
     assert caplog.text.count("numbers frames anew") == 1
 
 
-def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path, caplog):
+def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path, caplog, capsys):
     """A sender that goes on for a while after --max-frames (as `radint send` with more files
     does): every frame it sent is read and counted, written or dropped."""
     p, src = start_pipeline(integrator, tmp_path, max_frames=10)
@@ -378,6 +378,17 @@ def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path
     client.close()
     assert (summary.received, summary.written, summary.dropped) == (15, 10, 5)
     assert "5 frame(s) sent after the stream stopped taking frames" in caplog.text
+    # Regression (stream sweep): the counts were printed only, stream.h5 did not say that
+    # frames were dropped (a rejected last frame leaves no gap in frame_id to see).
+    with h5py.File(tmp_path / "stream.h5", "r") as f:
+        counts = dict(f["entry/stream"].attrs)
+    assert counts["frames_received"] == 15 and counts["frames_dropped"] == 5
+    assert counts["frames_written"] == 10 and counts["partial_frames_discarded"] == 0
+    from radint.cli import main
+
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "stream.h5")]) == 0
+    assert "stream: received 15, written 10, dropped 5" in capsys.readouterr().out
 
 
 def test_a_second_stream_on_the_same_directory_leaves_the_first_alone(integrator, tmp_path):

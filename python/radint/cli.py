@@ -569,11 +569,16 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         units = axis.attrs.get("units", "")
         units = units.decode() if isinstance(units, bytes) else units
         radial = np.asarray(axis[()])
+        counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
     finally:
         if hasattr(root, "close"):
             root.close()
     span = f", radial axis {radial[0]:.4g}..{radial[-1]:.4g} {units}" if radial.size else ""
     print(f"result {path}: {n_frames} frame(s), {n_eta} eta x {n_r} radial bins{span}")
+    if "frames_received" in counts:  # a stream's counters (entry/stream)
+        print(f"  stream: received {counts['frames_received']}, written "
+              f"{counts.get('frames_written')}, dropped {counts.get('frames_dropped')}, "
+              f"partial frames discarded {counts.get('partial_frames_discarded')}")  # fmt: skip
     prov = read_provenance(path)
     if prov is None:
         print("  no entry/provenance: written without the input files recorded")

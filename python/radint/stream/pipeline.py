@@ -125,6 +125,11 @@ class _StreamTable:
             "dataset_num": grow("dataset_num", np.int64),
         }
 
+    def record(self, counts: dict[str, int]) -> None:
+        """The stream's counters so far (frames received, dropped, ...) as attributes of
+        ``entry/stream``: what the file lacks is said there, not only in the log."""
+        self.ds["frame_id"].parent.attrs.update(counts)
+
     def append(self, items: list[StreamItem]) -> None:
         values = {
             "frame_id": [i.frame_id for i in items],
@@ -479,6 +484,7 @@ class Pipeline:
                     or self.written // self.save_interval != before // self.save_interval
                     or now - last_flush >= FLUSH_SECONDS
                 ):
+                    table.record(self._counts())
                     writer.flush()
                     for f in bins.values():
                         f.flush()
@@ -655,6 +661,7 @@ class Pipeline:
             log.warning("%d more frame(s) dropped (queue full) since the last such line",
                         self._full_unlogged)  # fmt: skip
         self._summary = self._make_summary()
+        self._record_counts()
         self._unlock_output()
         self._finished.set()
 
@@ -689,6 +696,27 @@ class Pipeline:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # releases the flock
+
+    def _counts(self) -> dict[str, int]:
+        s = self.stats
+        return {"frames_received": s.received, "frames_integrated": self.integrated,
+                "frames_written": self.written, "frames_dropped": s.dropped,
+                "partial_frames_discarded": s.partial,
+                "bad_connections": s.bad_connections}  # fmt: skip
+
+    def _record_counts(self) -> None:
+        """The final counters into ``entry/stream`` (frames dropped while draining come after
+        the writer's last flush)."""
+        if not self.written or not self.output.is_file():
+            return
+        import h5py
+
+        try:
+            with h5py.File(self.output, "r+", locking=False) as f:
+                if "entry/stream" in f:
+                    f["entry/stream"].attrs.update(self._counts())
+        except OSError as e:
+            log.error("stream: recording the frame counts in %s failed: %s", self.output, e)
 
     def _make_summary(self) -> Summary:
         s = self.stats
