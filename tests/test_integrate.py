@@ -87,6 +87,13 @@ def test_stack_equals_single_frames_and_dtypes(small_config, small_map):
         r = integ.integrate((frames[0] % 200).astype(dtype))
         ref = integ.integrate((frames[0] % 200).astype(np.float64))
         np.testing.assert_allclose(r.cake, ref.cake, rtol=1e-12, equal_nan=True)
+    # Regression (stream sweep): a float64 frame viewed after a 4-byte header (a MIDAS wire
+    # payload) is C-contiguous but unaligned; it was refused, "expected a C-contiguous array".
+    wire = (frames[0] % 200).astype("<f8")
+    buf = bytearray(4) + wire.tobytes()
+    unaligned = np.frombuffer(buf, "<f8", wire.size, 4).reshape(wire.shape)
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(integ.integrate(unaligned).cake, ref.cake)
     f32 = Integrator(small_config, detector_map=small_map, precision="float32").integrate(frames[0])
     np.testing.assert_allclose(
         f32.lineout, integ.integrate(frames[0]).lineout, rtol=1e-5, equal_nan=True

@@ -525,7 +525,9 @@ class Integrator:
                 f"{what}: expected shape {want} (NrPixelsZ rows, NrPixelsY columns), got "
                 f"{a.shape}{hint}"
             )
-        a = np.ascontiguousarray(a)
+        # Aligned too: a frame viewed in a byte buffer after a 4-byte header (a MIDAS wire
+        # payload of 8-byte pixels) is C-contiguous but cannot be read in place.
+        a = np.require(a, requirements="CA")
         if self._markers_by_map(a):
             return a  # _run leaves the marked pixels out through a map without them
         if self.dead_below is not None or self.hot_above is not None or self.invalid_values:

@@ -556,7 +556,13 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
     if !a.is_c_contiguous() {
         return Err(refuse());
     }
-    a.as_slice().map_err(|_| refuse())
+    a.as_slice().map_err(|_| {
+        shape_error(
+            "frame: its pixels are not aligned to their dtype (e.g. viewed in a byte buffer at \
+             an odd offset); pass a copy (numpy.array(frame))"
+                .into(),
+        )
+    })
 }
 
 /// Integrate one frame `(n_z, n_y)`, a stack `(n_frames, n_z, n_y)` or a list of frames
