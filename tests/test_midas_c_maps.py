@@ -64,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import logging
 import shutil
 from pathlib import Path
 
@@ -814,3 +815,23 @@ def test_a_c_caked_hdf_is_read_and_plotted(tmp_path):
     pytest.importorskip("matplotlib")
     assert main(["plot", str(tmp_path / "c.caked.hdf"), "-o", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_midas_cpu_says_where_integratorzarromp_writes_otherwise(caplog):
+    """C sweep: a parameter file with pxY and no px makes IntegratorZarrOMP write 2θ = Q = 0
+    (it reads only px), and ImTransOpt 3 makes it write nothing (exit 0); radint, like
+    DetectorMapper, uses pxY and transposes. Under compat='midas-cpu' both are said."""
+    from radint import Integrator
+    from radint.config import IntegrationConfig
+    from tests.conftest import SMALL
+
+    text = SMALL.replace("px 172", "pxY 172\npxZ 172").replace(
+        "NrPixelsZ 100", "NrPixelsZ 120") + "ImTransOpt 3\n"  # fmt: skip
+    cfg = IntegrationConfig.from_text(text, "p.txt")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        Integrator(cfg)
+    assert "IntegratorZarrOMP" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        Integrator(cfg, compat="midas-cpu")
+    assert "p.txt:4: pxY: no px line; IntegratorZarrOMP reads only px" in caplog.text
+    assert "ImTransOpt 3 (transpose): IntegratorZarrOMP refuses it" in caplog.text

@@ -84,6 +84,25 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
         )
 
 
+def _warn_where_integratorzarromp_writes_otherwise(config: IntegrationConfig) -> None:
+    """Parameter files that IntegratorZarrOMP reads otherwise than its DetectorMapper (and
+    radint) do: compat='midas-cpu' gives DetectorMapper's numbers and says what C writes."""
+    if "pxY" in config.set_at and "px" not in config.set_at:
+        warn_once(
+            ("midas-cpu pxY", config.source),
+            "%s: no px line; IntegratorZarrOMP reads only px and without it writes 2θ = Q = 0 "
+            "into REtaMap and _lineout.xy (radint, like DetectorMapper, uses pxY)",
+            config.where_set("pixel_size_y_um"),
+        )
+    if 3 in config.im_trans_opt:
+        warn_once(
+            ("midas-cpu ImTransOpt 3", config.source),
+            '%s 3 (transpose): IntegratorZarrOMP refuses it ("TransformationOptions can only '
+            'be 0, 1, 2": no output, exit 0); radint transposes, as DetectorMapper does',
+            config.where_set("im_trans_opt"),
+        )
+
+
 def _midas_map_identity(directory: Path) -> str:
     """``"MIDAS Map.bin sha256:..."``: one digest of the directory's Map.bin and nMap.bin, so
     an output made from another map differs and one from the same map moved elsewhere does not."""
@@ -226,6 +245,8 @@ class Integrator:
         self.config = config.validate()
         self.n_threads = n_threads
         self.compat = compat
+        if compat == "midas-cpu":
+            _warn_where_integratorzarromp_writes_otherwise(self.config)
         self._corrections_at_source = False  # see _corrected_at_source
         #: Whether bins are divided by their area: ``Normalize`` 1 for IntegratorZarrOMP's
         #: rules (``== 1``), any non-zero value otherwise (the GPU program, midas-integrate).
