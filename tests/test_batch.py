@@ -27,6 +27,9 @@ def test_midas_file_series():
         "/d/x_000002_000002.h5",
     ]
     assert midas_file_series("/d/nonumber.tif") == ["/d/nonumber.tif"]
+    # Regression (batch sweep): -endFileNr without a 6-digit number ran one file, exit 0.
+    with pytest.raises(RadintError, match="-endFileNr 2: img_0001.h5 holds no 6-digit"):
+        midas_file_series("/d/img_0001.h5", None, 2)
 
 
 @pytest.fixture
@@ -1494,3 +1497,48 @@ def test_interrupted_integrate_prints_a_summary_and_resumes_with_skip_existing(
     run = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "a.h5: skipped (outputs exist)" in run.stdout and (out / "b.h5").exists()
+
+
+def test_outputs_never_replace_raw_data_a_file_the_run_reads_or_a_folder(
+    tmp_path, small_config, capsys, monkeypatch
+):
+    """Regression (batch sweep): outputs replaced whatever held their name but this run's
+    frame files: raw frames x.h5 beside x.tif, the run's own dark (bg.h5 for bg.tif), a folder
+    (removed). Each is refused before any work; radint's own results are replaced on a rerun.
+    A dark named with ~ is the home folder's (was looked up as a folder named ~)."""
+    import h5py
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frame = ring_image(small_config, dtype=np.uint16)
+    d = tmp_path / "d"
+    d.mkdir()
+    tifffile.imwrite(d / "x.tif", frame)
+    with h5py.File(d / "x.h5", "w") as f:  # raw frames, not part of this run
+        f["exchange/data"] = np.stack([frame] * 2)
+    raw = (d / "x.h5").read_bytes()
+    assert main(["batch", str(params), str(d / "x.tif"), "-o", str(d), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "x.h5 exists and is not a radint result" in err and (d / "x.h5").read_bytes() == raw
+    # the run's own dark
+    tifffile.imwrite(d / "bg.tif", frame)
+    tifffile.imwrite(tmp_path / "bg.tif", np.zeros_like(frame))
+    args = ["batch", str(params), str(d / "bg.tif"), "-o", str(tmp_path), "-q"]
+    assert main([*args, "--format", "xy", "--dark", str(tmp_path / "bg.tif")]) == 0
+    with h5py.File(tmp_path / "bg.h5", "w") as f:  # the dark under the output's name
+        f["exchange/data"] = np.zeros((1, *frame.shape), frame.dtype)
+    assert main([*args, "--dark", str(tmp_path / "bg.h5")]) == 2
+    assert "which this run reads" in capsys.readouterr().err
+    # a folder where a file goes
+    out = tmp_path / "out"
+    (out / "x.h5").mkdir(parents=True)
+    (out / "x.h5" / "notes.txt").write_text("keep")
+    assert main(["batch", str(params), str(d / "x.tif"), "-o", str(out), "-q"]) == 2
+    assert "x.h5 exists and is a folder" in capsys.readouterr().err
+    assert (out / "x.h5" / "notes.txt").read_text() == "keep"
+    # radint's own result is replaced by a rerun; a ~ dark is the home folder's
+    monkeypatch.setenv("HOME", str(tmp_path))
+    again = ["batch", str(params), str(d / "x.tif"), "-o", str(tmp_path / "r"), "-q"]
+    assert main(again) == 0
+    assert main([*again, "--dark", "~/bg.tif"]) == 0
+    assert read_nexus(tmp_path / "r" / "x.h5").config.dark_file == str(tmp_path / "bg.tif")

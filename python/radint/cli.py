@@ -182,8 +182,8 @@ def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str
     """The dark to subtract: the one given on the command line, else the parameter file's
     ``Dark`` (as given, or beside the parameter file)."""
     if given or not config.dark_file:
-        return given
-    path = Path(config.dark_file)
+        return str(Path(given).expanduser()) if given else None
+    path = Path(config.dark_file).expanduser()
     if not path.is_absolute() and not path.exists():
         path = Path(params).parent / path
     if not path.exists():
@@ -656,9 +656,9 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
     formats = _formats(args.format, config)
     out_dir = Path(args.output)
-    check_outputs(paths, out_dir, formats)
-    _check_run(paths, out_dir, formats, inputs_must_exist=True)
     dark_path = _dark_path(args.dark, config, args.params)
+    check_outputs(paths, out_dir, formats, config=config, dark=dark_path)
+    _check_run(paths, out_dir, formats, inputs_must_exist=True)
     dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
@@ -837,7 +837,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.outName and len(paths) != 1:
         raise RadintError(f"-outName names the output of one input file; {len(paths)} given")
     names = [_out_name(args.outName)] if args.outName else None
-    check_outputs(paths, out_dir, tuple(formats), names)  # before anything is created
+    # before anything is created
+    check_outputs(paths, out_dir, tuple(formats), names, config=config, dark=dark_path)
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
     reported: set[str] = set()

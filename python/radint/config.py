@@ -241,10 +241,12 @@ class IntegrationConfig:
     def _resolve_files(self, base: Path) -> IntegrationConfig:
         """Relative file names written in the parameter file, looked up beside it (where they
         exist there, or nowhere else); names given as overrides stay as typed, relative to the
-        current directory like any path on a command line."""
+        current directory like any path on a command line; ``~`` is the home folder."""
         changes = {}
         for name in FILE_FIELDS:
             value = getattr(self, name)
+            if value.startswith("~"):  # a home folder, as a shell would expand it
+                value = changes[name] = str(Path(value).expanduser())
             if self.set_at.get(_MIDAS_KEYS.get(name, ""), ("",))[0] == "<override>":
                 continue
             if value and not Path(value).is_absolute():

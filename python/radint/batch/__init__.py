@@ -58,6 +58,12 @@ def midas_file_series(data_fn: str, start: int | None = None, end: int | None = 
     if start is None or start < 0:
         m = re.search(r"(?<!\d)(\d{6})(?!\d)", Path(data_fn).name)
         if m is None:
+            if end is not None and end >= 0:
+                raise RadintError(
+                    f"-endFileNr {end}: {Path(data_fn).name} holds no 6-digit file number to "
+                    "count from (MIDAS series are named like scan_000001.h5); give "
+                    "-startFileNr, or list the files"
+                )
             return [data_fn]
         start = int(m.group(1))
     if end is None or end < 0:
@@ -318,11 +324,15 @@ def check_outputs(
     out_dir: str | Path,
     formats: Sequence[str],
     names: Sequence[str | None] | None = None,
+    config: IntegrationConfig | None = None,
+    dark: str | Path | None = None,
 ) -> None:
     """Refuse, before any work, a run whose outputs would overwrite one of its inputs (an HDF5
-    or Zarr input named like its NeXus/Zarr output, in the output directory) or each other
-    (inputs of the same stem from different folders, a file given twice under one name), or
-    an output name that is a path.
+    or Zarr input named like its NeXus/Zarr output, in the output directory), a file the run
+    reads (``dark``, the parameter file and the files ``config`` names: mask, flat, ...), a
+    ``.h5``/``.zarr`` that is not a radint result (raw frames beside the inputs), a folder
+    where a file goes, or each other (inputs of the same stem from different folders, a file
+    given twice under one name), or an output name that is a path.
 
     Raises
     ------
@@ -338,8 +348,9 @@ def check_outputs(
     if missing := missing_format_packages(wanted):
         raise InvalidInputError("; ".join(missing))
     names = list(names) if names else [None] * len(paths)
-    resolved = [Path(p).resolve() for p in paths]
+    resolved = [_resolved(p) for p in paths]
     inputs = {real: str(p) for real, p in zip(resolved, paths, strict=True)}
+    read = _files_read(config, dark)
     writers: dict[Path, int] = {}
     problems: list[str] = []
     for k, (path, name) in enumerate(zip(paths, names, strict=True)):
@@ -348,10 +359,14 @@ def check_outputs(
             continue
         stem = output_stem(path, name)
         for fmt in wanted:
-            out = (Path(out_dir) / (stem + FORMATS[fmt][0])).resolve()
+            out = _resolved(Path(out_dir) / (stem + FORMATS[fmt][0]))
             first = writers.setdefault(out, k)
             if out in inputs:
                 problems.append(f"{out} would overwrite the input {inputs[out]}")
+            elif out in read:
+                problems.append(f"{out} would overwrite {read[out]}, which this run reads")
+            elif (why := _not_replaceable(out, fmt)) is not None:
+                problems.append(f"{out} {why}")
             elif first != k and resolved[first] == resolved[k]:
                 problems.append(f"{path} is given twice (its outputs would be written twice)")
                 break
@@ -365,6 +380,62 @@ def check_outputs(
             f"outputs refused: {shown}. Write to another directory (-o DIR), give each file "
             "once, or with radint batch name one file's output (-outName)"
         )
+
+
+def _resolved(path: str | Path) -> Path:
+    """``path`` made absolute with links followed; as given (absolute) where a link loops."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: that file fails on its own
+        return Path(os.path.abspath(path))
+
+
+def _files_read(config: IntegrationConfig | None, dark: str | Path | None) -> dict[Path, str]:
+    """The files besides the frames a run reads (parameter file, dark, mask, flat, ...), by
+    resolved path, each named for a message."""
+    named: list[tuple[str, Any]] = [("the dark", dark)]
+    if config is not None:
+        named += [("the parameter file", config.source), ("the dark", config.dark_file),
+                  ("the mask", config.mask_file), ("the flat", config.flat_file),
+                  ("the distortion file", config.distortion_file),
+                  ("the residual correction map", config.residual_correction_map),
+                  ("the panel shifts file", config.panel_shifts_file)]  # fmt: skip
+    return {_resolved(p): f"{what} {p}" for what, p in named if p and Path(p).is_file()}
+
+
+def _not_replaceable(out: Path, fmt: str) -> str | None:
+    """Why an existing ``out`` must not be replaced by a ``fmt`` output: a folder where a file
+    goes, or a ``.h5``/``.zarr`` that radint did not write (raw frames next to the inputs);
+    None where nothing is there or it is a radint result (a rerun replaces it)."""
+    if not os.path.lexists(out):
+        return None
+    if fmt != "zarr" and out.is_dir():
+        return "exists and is a folder (a file goes there)"
+    if fmt in ("nexus", "zarr") and not _is_radint_result(out):
+        return "exists and is not a radint result (raw data?); it is not replaced"
+    return None
+
+
+def _is_radint_result(path: Path) -> bool:
+    """Whether ``path`` holds a radint NeXus result (HDF5 file or Zarr folder), also one cut
+    short (a copy or tool killed midway: an HDF5 file whose first block names azint1d)."""
+    try:
+        if path.is_dir():
+            import zarr
+
+            root: Any = zarr.open_group(str(path), mode="r")
+            return "entry" in root and "azint1d" in root["entry"]
+        import h5py
+
+        with h5py.File(path, "r", locking=False) as f:
+            return "entry/azint1d" in f
+    except Exception:  # not HDF5 / Zarr, or unreadable
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 16)
+        except OSError:
+            return False
+        return head.startswith(b"\x89HDF\r\n\x1a\n") and b"azint1d" in head
 
 
 def process_file(
@@ -990,7 +1061,7 @@ def run_batch(
     out_dir = Path(out_dir)
     # The workers' Integrators fit as the configuration says (fit="config").
     formats = resolve_formats(formats, FitSpec.from_config(config) is not None)
-    check_outputs(files, out_dir, formats, names)
+    check_outputs(files, out_dir, formats, names, config=config)
     if dask:  # refused before the map is built
         from radint.batch.distributed import parse_address, require_distributed
 
