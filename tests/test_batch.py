@@ -695,8 +695,19 @@ def test_nexus_output_refused_before_hdf5_meets_a_full_disk(tmp_path, small_conf
     out = tmp_path / "out"
     [outcome] = run_batch(small_config, [data], out, ("nexus",))
     assert not outcome.ok
-    assert outcome.error == f"{data}: no space left on device while writing its outputs in {out}"
+    assert outcome.error == (
+        f"{data}: no space left on device while writing its outputs in {out} ({1 << 20} bytes "
+        f"free where writing needs {outcome.error.split()[-1][:-1]})"
+    )
     assert [p.name for p in out.iterdir()] == [".radint-cache"]
+    # Regression (batch sweep): under a file size limit (ulimit -f) HDF5 met EFBIG mid-write
+    # and the process segfaulted (exit 139) at exit; the limit is checked as the free space is.
+    monkeypatch.undo()
+    monkeypatch.setattr(nexus, "_file_size_limit", lambda: 600 << 10)
+    [outcome] = run_batch(small_config, [data], tmp_path / "limited", ("nexus",))
+    assert not outcome.ok and "file too large while writing its outputs" in outcome.error
+    assert "the file size limit (ulimit -f) is 614400 bytes" in outcome.error
+    assert not list((tmp_path / "limited").glob(".*.partial"))
 
 
 def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):

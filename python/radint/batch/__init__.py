@@ -817,15 +817,21 @@ _STACK_BUFFERS = _StackBuffers(keep=4)
 
 def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:
     log.debug("%s failed", path, exc_info=error)  # the traceback, for --verbose
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG):
         # HDF5's own message is a paragraph of internals; the cause is all a user needs.
         where = f" in {Path(error.filename).parent}" if getattr(error, "filename", None) else ""
-        why = f"{path}: no space left on device while writing its outputs{where}"
+        cause = "no space left on device" if error.errno == errno.ENOSPC else "file too large"
+        # radint's own check says how much was free and needed; HDF5's does not.
+        detail = error.strerror or ""
+        detail = f" ({detail.partition(': ')[2]})" if ": " in detail and "HDF" not in detail else ""
+        why = f"{path}: {cause} while writing its outputs{where}{detail}"
     elif isinstance(error, RadintError):
         why = str(error)
     else:
         why = f"{type(error).__name__}: {error}"
-    if Path(path).name not in why:
+    if not why.startswith(str(path)) and not (
+        isinstance(error, RadintError) and Path(path).name in why
+    ):
         why = f"{path}: {why}"
     return FileOutcome(path, False, seconds=time.perf_counter() - t0, error=" ".join(why.split()))
 

@@ -559,6 +559,10 @@ class _H5Tree:
         self.file.flush()
 
     def close(self) -> None:
+        # Dataset handles go first: one freed after a close that failed (EFBIG, EDQUOT: the
+        # file half closed) crashed HDF5 (segfault in H5D_close).
+        self._encoders.clear()
+        self._groups.clear()
         self.file.close()
 
 
@@ -666,12 +670,13 @@ class _ZarrTree:
 
 
 #: Room an HDF5 append leaves beyond its own bytes, for the metadata HDF5 writes at close.
-SPACE_MARGIN = 16 << 20
+SPACE_MARGIN = 4 << 20
 
 
 def _ensure_space(path: Path, nbytes: int) -> None:
-    """Fail before HDF5 writes what the disk cannot hold: HDF5 running out of space
-    mid-write leaves objects it cannot release, and the process can crash at exit."""
+    """Fail before HDF5 writes what the disk, or the file size limit (``ulimit -f``), cannot
+    hold: HDF5 failing mid-write leaves objects it cannot release, and the process crashes at
+    exit (segfault in HDF5's library shutdown)."""
     free = shutil.disk_usage(path.parent).free
     need = nbytes + SPACE_MARGIN
     if free < need:
@@ -680,6 +685,30 @@ def _ensure_space(path: Path, nbytes: int) -> None:
             f"No space left on device: {free} bytes free where writing needs {need}",
             str(path),
         )
+    limit = _file_size_limit()
+    if limit is not None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        grown = size + nbytes + (1 << 20)  # the metadata at close is far below a megabyte
+        if grown > limit:
+            raise OSError(
+                errno.EFBIG,
+                f"File too large: the file size limit (ulimit -f) is {limit} bytes, the file "
+                f"would need {grown}",
+                str(path),
+            )
+
+
+def _file_size_limit() -> int | None:
+    """The process's file size limit in bytes (RLIMIT_FSIZE), None where there is none."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _as_rows(value: Any, n: int, default: np.ndarray, dtype: type) -> np.ndarray:
@@ -1397,7 +1426,9 @@ class NexusWriter:
             if self._tree is None and self._write_image(sync=commit):
                 self._synced = commit
             else:
-                self._open().close()
+                tree = self._open()
+                self._rows = {}  # dataset handles closed before the file (see _H5Tree.close)
+                tree.close()
         except BaseException:
             self.abort()
             raise
@@ -1432,6 +1463,7 @@ class NexusWriter:
         self._held = None
         self._close_image_file()
         self._close_writeback_fd()
+        self._rows = {}
         if self._tree is not None:
             with contextlib.suppress(Exception):
                 self._tree.close()
