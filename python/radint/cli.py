@@ -178,7 +178,9 @@ def _check_first_frame_extent(source: Any, path: str) -> None:
         )
 
 
-def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str | None:
+def _dark_path(
+    given: str | None, config: IntegrationConfig, params: str, paths: Sequence[str] = ()
+) -> str | None:
     """The dark to subtract: the one given on the command line, else the parameter file's
     ``Dark`` (as given, or beside the parameter file)."""
     if given or not config.dark_file:
@@ -189,6 +191,12 @@ def _dark_path(given: str | None, config: IntegrationConfig, params: str) -> str
     if not path.exists():
         raise RadintError(f"{config.where_set('dark_file')}: {config.dark_file}: no such file")
     log.info("dark: %s (the parameters' Dark)", path)
+    if any(str(p).lower().endswith(".zip") for p in paths):
+        log.warning(
+            "%s: this dark is subtracted from the MIDAS zips too, in place of their own "
+            "exchange/dark (IntegratorZarrOMP ignores Dark and subtracts the zip's)",
+            config.where_set("dark_file"),
+        )
     return str(path)
 
 
@@ -205,8 +213,17 @@ def _read_dark(
     raw = Path(path).suffix.lower() in (".raw", ".bin")
     if raw and raw_dtype is None:
         raise RadintError(f"{path}: a raw dark needs its pixel type: --raw-dtype, e.g. uint16")
-    return read_dark(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None,
-                     zip_parameters=config.zip_parameters())  # fmt: skip
+    from radint.io.errors import ReaderError
+
+    try:
+        return read_dark(path, dataset=dataset, shape=config.shape,
+                         dtype=raw_dtype if raw else None,
+                         zip_parameters=config.zip_parameters())  # fmt: skip
+    except ReaderError as e:  # the frames' option named where the dark's is meant
+        hint = "(--dataset / -dataLoc chooses one)"
+        if hint not in str(e):
+            raise
+        raise ReaderError(str(e).replace(hint, "(--dark-dataset / -darkLoc chooses one)")) from e
 
 
 #: Geometry keys MIDAS needs (spec §1.2): their defaults describe no real detector.
@@ -656,7 +673,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     _check_frame_shapes(paths, config, args.dataset, args.raw_dtype)
     formats = _formats(args.format, config)
     out_dir = Path(args.output)
-    dark_path = _dark_path(args.dark, config, args.params)
+    dark_path = _dark_path(args.dark, config, args.params, paths)
     check_outputs(paths, out_dir, formats, config=config, dark=dark_path)
     _check_run(paths, out_dir, formats, inputs_must_exist=True)
     dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
@@ -830,7 +847,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     formats = list(_formats(args.format, config))
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
-    dark_path = _dark_path(args.darkFN, config, params)
+    dark_path = _dark_path(args.darkFN, config, params, paths)
     dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))

@@ -134,6 +134,15 @@ def _read_by_master(files: list[str], names: set[str] | None = None) -> list[str
     return out
 
 
+def _entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    """Whether a folder entry is a folder; a link that loops (or cannot be followed) is not:
+    it is then taken as a file and fails on its own, naming its reason."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 class _Collector:
     """Expands DATA tokens with one pixel type for raw files and one set of files to leave
     out of folders and patterns (their real paths)."""
@@ -153,7 +162,7 @@ class _Collector:
         files = [
             str(path / e.name)
             for e in entries
-            if _is_frame(path / e.name, e.is_dir(), self.raw_dtype)
+            if _is_frame(path / e.name, _entry_is_dir(e), self.raw_dtype)
         ]
         aux = self._aux(files)
         eiger = _read_by_master(files, {e.name.lower() for e in entries})
