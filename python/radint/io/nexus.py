@@ -603,7 +603,12 @@ class _ZarrTree:
                 await group.create_array(path, data=np.asarray(value), attributes=attributes)
 
         async def create_all() -> None:
-            await asyncio.gather(*(create(*f) for f in fields))
+            # Every create ends before the first error is raised: those still running after
+            # it wrote into the folder an abort had removed (a full disk left them behind).
+            done = await asyncio.gather(*(create(*f) for f in fields), return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
         sync(create_all())
 
