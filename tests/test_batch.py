@@ -1571,3 +1571,25 @@ def test_a_symlink_loop_fails_on_its_own(tmp_path, small_config, capsys):
         captured = capsys.readouterr()
         assert "1/2 file(s) ok" in captured.out and "loop.tif" in captured.err
         assert (out / "a.h5").is_file() and "Traceback" not in captured.err
+
+
+def test_partials_of_stopped_dask_workers_are_removed_after_the_run(tmp_path):
+    """Regression (batch sweep): SIGTERM to the process group of a `--dask local:N` batch (a
+    job scheduler's) left the temporary outputs of the files its workers were writing: a task
+    runs in a worker thread that no signal interrupts. After a local cluster closes, the
+    temporaries of this run's outputs whose writer is dead are removed; a live writer's stay."""
+    import os
+    import subprocess
+
+    from radint.batch import _remove_partials_of_dead_workers
+    from radint.io.atomic import _host_tag
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".a.h5.0123456789-{_host_tag()}-{dead.pid}.partial"
+    live = tmp_path / f".b.h5.0123456789-{_host_tag()}-{os.getpid()}.partial"
+    other = tmp_path / f".c.h5.0123456789-{_host_tag()}-{dead.pid}.partial"  # not this run's
+    for p in (gone, live, other):
+        p.write_bytes(b"half")
+    _remove_partials_of_dead_workers(["/d/a.tif", "/d/b.tif"], [None, None], tmp_path, ["nexus"])
+    assert not gone.exists() and live.exists() and other.exists()

@@ -169,6 +169,25 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _remove_partials_of_dead_workers(
+    files: Sequence[str], names: Sequence[str | None], out_dir: Path, formats: Sequence[str]
+) -> None:
+    """After a local Dask cluster closed: the temporary outputs its workers left. A task runs
+    in a worker thread, which a signal cannot interrupt, so a SIGTERM to the process group
+    (a job scheduler's) ended workers midway through files; their writers are dead now."""
+    from radint.io.atomic import partials_in, remove_stale_partials
+    from radint.io.write import FORMATS, expand_formats
+
+    listing = partials_in(Path(out_dir))
+    if not listing:
+        return
+    wanted = expand_formats(formats)
+    finals = [Path(out_dir) / (output_stem(f, n) + FORMATS[fmt][0])
+              for f, n in zip(files, names, strict=True) for fmt in wanted]  # fmt: skip
+    for gone in remove_stale_partials(finals, listing, max_age_s=0.0):
+        log.info("removed %s, left by a Dask worker that was stopped", gone)
+
+
 def _complete(path: Path) -> bool:
     """An output --skip-existing may keep: present, not empty, and whole where that is cheap to
     tell: an HDF5 file h5py opens (its end-of-file address within the file), a zip with its
@@ -1103,10 +1122,14 @@ def run_batch(
         absolute = [os.path.abspath(f) for f in files]
         cache_dir = os.path.abspath(cache)
         rules = {"compat": compat, "midas_map": midas_map}
-        for i, o in run_on_dask(
-            dask, config, cache_dir, n_threads, backend, absolute, names, opts, rules
-        ):
-            done(i, dataclasses.replace(o, path=files[i]))
+        try:
+            for i, o in run_on_dask(
+                dask, config, cache_dir, n_threads, backend, absolute, names, opts, rules
+            ):
+                done(i, dataclasses.replace(o, path=files[i]))
+        finally:
+            if parse_address(dask) is not None:
+                _remove_partials_of_dead_workers(files, names, out_dir, formats)
     elif n_procs <= 1:
         _init_worker(config, str(cache), n_threads, backend, detector_map, dark, compat)
         # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
