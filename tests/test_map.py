@@ -419,3 +419,25 @@ def test_corners_folded_across_the_beam_centre_are_warned(tmp_path, caplog, monk
     shifted = config.replace(distortion_file=str(tmp_path / "dist.bin"))
     assert DetectorMap.build(shifted, n_threads=1).fold[0] == 8  # 2 corners of 4 pixels each
     assert DetectorMap.build(config.replace(residual_correction_map=""), n_threads=1).fold is None
+
+
+def test_a_killed_map_cache_save_leaves_nothing_for_long(tmp_path, small_config):
+    """Regression (batch sweep): a run killed while saving the map cache left its 69 MB
+    temporary (tmpXXXX.partial.npz, no owner in its name) for good. The temporary is named
+    after its process now, and the next save removes one whose process is gone."""
+    import os
+    import subprocess
+
+    from radint import DetectorMap
+    from radint.io.atomic import _host_tag
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = tmp_path / "radint-map.npz"
+    left = tmp_path / f".radint-map.npz.0123456789-{_host_tag()}-{dead.pid}.partial"
+    left.write_bytes(b"half a map")
+    old = os.stat(left).st_mtime - 120  # writers dead for a minute count as gone
+    os.utime(left, (old, old))
+    DetectorMap.build(small_config).save(path)
+    assert path.is_file() and not left.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["radint-map.npz"]

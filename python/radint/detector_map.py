@@ -8,7 +8,6 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,8 +398,12 @@ class DetectorMap:
             arrays["weight"] = self.weight
         if self.fold is not None:
             arrays["fold"] = np.array(self.fold, dtype=np.float64)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
-        os.close(fd)
+        from radint.io.atomic import remove_stale_partials, temporary_sibling
+
+        # A killed save left its temporary (tens of MB) under a name with no owner; named
+        # after this process now, so the next save removes it once that process is gone.
+        remove_stale_partials([path])
+        tmp = temporary_sibling(path)
         try:
             _save_aligned_npz(tmp, arrays)
             os.replace(tmp, path)
