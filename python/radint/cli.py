@@ -731,14 +731,20 @@ def cmd_integrate(args: argparse.Namespace) -> int:
             counted = f" (of {n_done - failures - uncounted} file(s))" if uncounted else ""
             print(
                 f"radint integrate: {n_done - failures}/{len(paths)} file(s) ok, "
-                f"{frames + more_frames} frames{counted} in {time.perf_counter() - t0:.1f} s "
-                f"(interrupted; {len(paths) - n_done} not done: run again with --skip-existing "
-                "to finish them)"
+                f"{frames + more_frames} frames{counted} in {time.perf_counter() - t0:.1f} s"
+                f"{_interrupted_tail(len(paths) - n_done)}"
             )
             raise
     if failures:
         print(f"radint: {failures} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _interrupted_tail(not_done: int) -> str:
+    """The end of an interrupted run's summary line."""
+    if not not_done:
+        return " (interrupted after every file was done)"
+    return f" (interrupted; {not_done} not done: run again with --skip-existing to finish them)"
 
 
 def _integrator_py_flags(args: argparse.Namespace) -> None:
@@ -910,11 +916,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
             # outputs, files and frames alike, so the two numbers describe the same files.
             finished = finished_since(paths, out_dir, formats, names, started)
             extra = [p for p in finished if p not in reported]
+            if not args.quiet:  # each file the count holds has its line
+                for p in extra:
+                    print(f"{p}: done (its outputs were completed while stopping)")
             more_frames, uncounted = frames_written(extra, out_dir, formats, names)
             frames += more_frames
             n_done += len(extra)
-            summary(f" (interrupted; {len(paths) - n_done} not done: run again with "
-                    "--skip-existing to finish them)", uncounted)  # fmt: skip
+            summary(_interrupted_tail(len(paths) - n_done), uncounted)
             raise
     summary("")
     for _path, why in failed:
