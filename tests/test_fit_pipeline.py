@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from radint import IntegrationConfig, Integrator
-from radint.exceptions import InvalidInputError
+from radint.exceptions import InvalidInputError, ShapeError
 from radint.fit import FitSpec, concat_tables, fit_result, peak_profile
 from radint.io import NexusWriter, read_nexus, write_nexus
 from radint.testing import ring_image
@@ -106,6 +106,15 @@ def test_fit_spec_forms_and_errors(ring_config):
         Integrator(ring_config, fit="sometimes")
     with pytest.raises(InvalidInputError, match="fit:"):
         Integrator(ring_config, fit={"positions": [3.0]})
+    # Regression (review): AutoDetectPeaks 1e11 aborted the process (a 16 TB table asked
+    # for); at most one peak per bin. An empty x axis panicked in the pV fit.
+    huge = Integrator(ring_config, fit=FitSpec(auto=10**11)).integrate(frames[0])
+    assert huge.peaks.center.shape[-1] == huge.n_r
+    np.testing.assert_allclose(huge.peaks.center[huge.peaks.status == 0], found)
+    from radint.fit import fit_pv
+
+    with pytest.raises(ShapeError, match="at least 2 bin centres, got 0"):
+        fit_pv(np.array([]), np.ones((1, 0)), 1.0)
 
 
 def test_peak_profile_integrates_to_the_areas(ring_config):

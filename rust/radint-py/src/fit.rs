@@ -35,6 +35,11 @@ fn slice_1d<'a>(what: &str, a: &'a PyReadonlyArray1<'_, f64>) -> PyResult<&'a [f
 /// `ys` as a flat slice with its number of rows, checked against `x`.
 fn curves<'a>(ys: &'a PyReadonlyArray2<'_, f64>, n_x: usize) -> PyResult<(&'a [f64], usize)> {
     let shape = ys.shape();
+    if n_x < 2 {
+        return Err(shape_error(format!(
+            "peak fit: x axis needs at least 2 bin centres, got {n_x}"
+        )));
+    }
     if shape[1] != n_x {
         return Err(shape_error(format!(
             "ys: expected shape (n_curves, {n_x}) to match x, got ({}, {})",
@@ -148,6 +153,9 @@ fn fit_auto<'py>(
     }
     let xs = slice_1d("x", &x)?;
     let (flat, n_curves) = curves(&ys, xs.len())?;
+    // At most one peak per bin: the table's slots are allocated up front (an AutoDetectPeaks
+    // of 1e11 aborted the process asking for 16 TB).
+    let max_peaks = max_peaks.min(xs.len());
     let opts = fit_options(roi_padding, auto_roi, max_iterations, 32, bin_average);
     let auto = AutoOptions {
         max_peaks,
