@@ -523,6 +523,22 @@ def test_messages_name_the_option_and_the_folder(tmp_path, capsys):
         main(["batch", params, data, "-nCPUs", "0", "-o", str(tmp_path / "x")])
     assert stop.value.code == 2
     assert "-nCPUs: expected a positive integer, got 0" in capsys.readouterr().err
+    # Review: --port 70000 gave a traceback after the map was built (send: "nothing
+    # listens"), --fit-auto 0 was taken as not given, --timeout -1 "no frame for -1.0 s".
+    for argv, said in (
+        (["stream", params, "-o", str(tmp_path / "s"), "--port", "70000"],
+         "--port: expected a port in 0..65535, got 70000"),
+        (["send", params, data, "--port", "0"], "--port: expected a port in 1..65535, got 0"),
+        (["integrate", params, data, "--fit-auto", "0"],
+         "--fit-auto: expected a positive integer, got 0"),
+        (["stream", params, "-o", str(tmp_path / "s"), "--timeout", "-1"],
+         "--timeout: expected a positive number, got -1"),
+        (["stream", params, "-o", str(tmp_path / "s"), "--max-frames", "-1"],
+         "--max-frames: expected a positive integer, got -1"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err, argv
     afile = tmp_path / "afile"
     afile.write_text("")
     blocked = afile / "sub"  # a folder that cannot be made (a file is in the way), even as root

@@ -1055,6 +1055,12 @@ def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
         assert sorted(f["fit"]) == ["0", "1", "2", "3"]
         for k in range(4):
             np.testing.assert_array_equal(f[f"fit/{k}"][...], fits[k])
+    (tmp_path / "fit.bin").write_bytes(fits.tobytes() + b"\0" * 24)  # a row cut short
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+    assert "24 byte(s) of an unfinished last row left out" in caplog.text
+    with h5py.File(h5_path, "r") as f:
+        np.testing.assert_array_equal(f["fit/3"][...], fits[3])
     (tmp_path / "fit.bin").write_bytes(fits[:3].tobytes())  # a count that does not fit
     with caplog.at_level(logging.WARNING, logger="radint"):
         h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)

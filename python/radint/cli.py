@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -942,8 +942,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise RadintError("--peaks and --auto exclude each other: give one of them")
     if not args.peaks and args.auto is None:
         raise RadintError("give --peaks LIST or --auto N")
-    if args.auto is not None and args.auto < 1:
-        raise RadintError(f"--auto N: expected N >= 1 peaks, got {args.auto}")
     src = _result_path(args.result)
     # --update alone (--format "") stores the fits in the result file and writes nothing else.
     formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
@@ -1165,6 +1163,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
+def _port(lowest: int) -> Callable[[str], int]:
+    """An argparse type for a TCP port in ``lowest``..65535 (a bad one raised a traceback
+    after the map was built)."""
+
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+        if not lowest <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"expected a port in {lowest}..65535, got {value}")
+        return value
+
+    return port
+
+
 def _pixel_dtype(text: str) -> str:
     try:
         dtype = np.dtype(text)
@@ -1228,7 +1252,10 @@ def build_parser() -> argparse.ArgumentParser:
         "PeakLocation in R px)",
     )
     fitting.add_argument(
-        "--fit-auto", metavar="N", type=int, help="detect and fit up to N peaks per lineout"
+        "--fit-auto",
+        metavar="N",
+        type=_positive_int,
+        help="detect and fit up to N peaks per lineout",
     )
     rules = argparse.ArgumentParser(add_help=False)
     rules.add_argument(
@@ -1263,8 +1290,10 @@ def build_parser() -> argparse.ArgumentParser:
         "info", parents=[common],
         help="print the parsed configuration and bin/map statistics, or what a result file holds",
         description="radint info PARAMS [DATA...]: the configuration (and data files checked "
-        "against it). radint info RESULT: a result file's frames and the input file and frame "
-        "each came from (entry/provenance); --row N for one output frame.",
+        "against it). radint info RESULT: a NeXus result's frames and the input file and frame "
+        "each came from (entry/provenance; a stream's counters); --row N for one output frame. "
+        "Other outputs (caked.hdf, zarr.zip, _lineout.xy / .bin, peak CSVs, fit.bin, map "
+        "caches) are described in one line.",
     )  # fmt: skip
     p.add_argument(
         "params", help="MIDAS parameter file or pyFAI .poni; or a radint result (.h5 / .zarr)"
@@ -1307,12 +1336,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="nexus",
         help="comma-separated: nexus (default, <stem>.h5), zarr, midas (caked.hdf + zarr.zip; "
-        "with fitting also fit.bin, _fit_per_eta.csv, _caked_peaks.h5), caked, gsas, xy, bin "
+        "with fitting also _fit.bin, _fit_per_eta.csv, _caked_peaks.h5), caked, gsas, xy, bin "
         "(<stem>_lineout.bin), mat; with fitting also peaks (<stem>_peaks.csv), fit "
         "(<stem>_fit.bin), fit_per_eta / caked_peaks (IntegratorZarrOMP's per-eta fits: "
         "<stem>_fit_per_eta.csv / <stem>_caked_peaks.h5), peaks_per_eta (both)",
     )
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--backend",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="cpu (default), cuda, or auto (cuda where it works, else cpu)",
+    )
     p.add_argument(
         "--compression",
         default="blosc-lz4",
@@ -1395,7 +1429,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", default="nexus", help="comma-separated output formats (see integrate)"
     )
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--backend",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="cpu (default), cuda, or auto (cuda where it works, else cpu)",
+    )
     p.add_argument(
         "--dask", default=None, help="Dask scheduler address, or local:N for a local cluster"
     )
@@ -1418,7 +1457,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["2theta", "px"],
         help="unit of --peaks (default 2theta)",
     )
-    p.add_argument("--auto", metavar="N", type=int, help="detect and fit up to N peaks instead")
+    p.add_argument(
+        "--auto", metavar="N", type=_positive_int, help="detect and fit up to N peaks instead"
+    )
     p.add_argument("--roi-padding", type=int, default=20, help="ROI half-width in bins (20)")
     p.add_argument("--roi-auto", action="store_true", help="ROI from the peak widths (FitROIAuto)")
     p.add_argument(
@@ -1441,7 +1482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        help="comma-separated: midas, caked, gsas, xy, bin, mat, zarr, peaks, fit",
+        help="comma-separated: nexus, zarr, midas (caked + gsas), caked, gsas, xy, bin, mat, "
+        "peaks, fit, fit_per_eta, caked_peaks (see radint integrate --help)",
     )
     p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
     p.set_defaults(func=cmd_convert)
@@ -1465,8 +1507,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep redrawing the PNG as the file grows (e.g. a running 'radint stream')",
     )
-    p.add_argument("--interval", type=float, default=2.0, help="--follow: seconds between checks")
-    p.add_argument("--follow-for", type=float, default=None, help="--follow: stop after S s")
+    p.add_argument(
+        "--interval", type=_positive_float, default=2.0, help="--follow: seconds between checks"
+    )
+    p.add_argument(
+        "--follow-for", type=_positive_float, default=None, help="--follow: stop after S s"
+    )
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
@@ -1481,7 +1527,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)"
     )
-    p.add_argument("--port", type=int, default=60439, help="TCP port (default 60439)")
+    p.add_argument(
+        "--port",
+        type=_port(0),
+        default=60439,
+        help="TCP port (default 60439; 0: any free port, logged)",
+    )
     p.add_argument("--channel", help="PVA channel (NTNDArray), for --source pva")
     p.add_argument(
         "--dark", help="dark file subtracted from every frame (frames averaged; default: the "
@@ -1496,17 +1547,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="--source folder: seconds a file must stay unchanged before it is read (default 1; "
         "raise it for writers that pause longer between frames)",
     )
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto (default: cuda where it works, else cpu; live rates need the GPU), cpu, cuda",
+    )
     p.add_argument(
         "--save-interval",
         type=_positive_int,
         default=100,
         help="flush every N frames (default 100) and every 5 s",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_float,
         default=None,
         help="stop after S s without frames (default: run until Ctrl-C / SIGTERM)",
     )
@@ -1548,7 +1604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "frame_2), then 'Key value' overrides",
     )
     p.add_argument("--host", default="127.0.0.1", help="server address (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=60439, help="server port (default: 60439)")
+    p.add_argument("--port", type=_port(1), default=60439, help="server port (default: 60439)")
     p.add_argument("--compress", action="store_true", help="uint16, or hybrid dtype 6 above 65535")
     p.add_argument("--extension", help="only files with this suffix in directories (e.g. tif)")
     p.add_argument(

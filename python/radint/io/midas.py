@@ -511,7 +511,11 @@ def _stream_fit_tables(
     if stored < n_frames and fit_bin.is_file():
         count = int(present[-1].sum()) if present else len(getattr(config, "peak_locations", ()))
         done = sum(int(p.sum()) for p in present)
-        rows = np.fromfile(fit_bin, dtype="<f8").reshape(-1, 7)
+        values = np.fromfile(fit_bin, dtype="<f8")
+        if values.size % 7:  # a stream killed mid-record: its last row is not whole
+            log.warning("%s: %d byte(s) of an unfinished last row left out", fit_bin,
+                        8 * (values.size % 7))  # fmt: skip
+        rows = values[: values.size - values.size % 7].reshape(-1, 7)
         if count > 0 and len(rows) == done + (n_frames - stored) * count:
             tail = {stored + i: rows[done + i * count : done + (i + 1) * count]
                     for i in range(n_frames - stored)}  # fmt: skip
