@@ -25,9 +25,12 @@ def small_map(small_config):
 
 
 def test_flat_image_gives_flat_lineout(small_config, small_map):
+    from radint.testing import assert_lineout_close
+
     r = Integrator(small_config, detector_map=small_map).integrate(np.full(small_config.shape, 7.0))
-    finite = np.isfinite(r.lineout)
-    np.testing.assert_allclose(r.lineout[finite], 7.0, rtol=1e-6)
+    assert_lineout_close(r.lineout, np.full_like(r.lineout, 7.0), rtol=1e-6)
+    with pytest.raises(AssertionError, match="max relative difference"):
+        assert_lineout_close(r.lineout, np.full_like(r.lineout, 7.1), rtol=1e-6)
     np.testing.assert_allclose(r.cake[np.isfinite(r.cake)], 7.0, rtol=1e-6)
     assert r.cake.shape == (small_map.n_eta, small_map.n_r)
 

@@ -550,3 +550,24 @@ def test_omega_is_a_key_radint_reads(tmp_path):
     assert not [u for u in config.unknown if u[0] == "Omega"]
     assert "Omega 42" in config.midas_text()
     assert main(["info", str(params), "Omega", "42"]) == 0
+
+
+def test_replace_forgets_the_line_that_no_longer_holds_the_value():
+    """Review: replace(r_bin_px=-1) was refused as "parameters.txt:20: RBinSize: must be > 0,
+    got -1", blaming a line that says RBinSize 1; a misspelled field raised a bare TypeError."""
+    from pathlib import Path
+
+    from radint import IntegrationConfig
+    from radint.exceptions import ParameterError
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "parameters.txt"
+    config = IntegrationConfig.from_midas_params(path)
+    assert config.set_at["RBinSize"][1] > 0
+    changed = config.replace(r_bin_px=-1)
+    assert changed.set_at["RBinSize"] == (str(path), 0) and "RBinSize" in changed.set_at
+    with pytest.raises(ParameterError, match=r"parameters.txt: RBinSize: must be > 0, got -1"):
+        changed.bin_edges()
+    with pytest.raises(ParameterError, match="no field 'r_bin_pix'; did you mean r_bin_px"):
+        config.replace(r_bin_pix=2)
+    assert config.replace(lsd_um=5e5).set_at["Lsd"] == (str(path), 0)
+    assert config.set_at["Lsd"][1] > 0  # the original is unchanged

@@ -16,6 +16,7 @@ import pytest
 from radint import DetectorMap, IntegrationConfig, Integrator
 from radint.testing import ring_image
 
+pytestmark = pytest.mark.midas_integrate
 midas_integrate = pytest.importorskip("midas_integrate")
 torch = pytest.importorskip("torch")
 

@@ -1,10 +1,11 @@
-"""The hand-written stub python/radint/_core.pyi names exactly what the compiled module has.
+"""The hand-written stub python/radint/_core.pyi names exactly what the compiled module has,
+with the same parameters in the same order (from the bindings' text signatures).
 
-A cheap check without mypy (`.ci/run` also runs `mypy.stubtest`, which checks signatures): a
-binding added in Rust without its stub fails here.
+A cheap check without mypy: a binding added or changed in Rust without its stub fails here.
 """
 
 import ast
+import inspect
 from pathlib import Path
 
 import radint
@@ -54,3 +55,42 @@ def test_stub_class_members_match():
         module_cls = getattr(core, cls.name)
         public = {n for n in dir(module_cls) if not n.startswith("_")}
         assert _names(cls.body) == public, cls.name
+
+
+def _stub_params(fn: ast.FunctionDef) -> list[str]:
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args]
+    if a.vararg:
+        names.append("*" + a.vararg.arg)
+    names += [x.arg for x in a.kwonlyargs]
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def test_stub_signatures_match_the_bindings():
+    """Parameter names and order of every function and method the bindings give a text
+    signature (PyO3 writes one from #[pyo3(signature = ...)])."""
+    checked = 0
+
+    def compare(stub: ast.FunctionDef, obj: object, where: str) -> None:
+        nonlocal checked
+        try:
+            sig = inspect.signature(obj)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return  # no text signature (e.g. a property)
+        real = [("*" + p.name if p.kind is p.VAR_POSITIONAL else p.name)
+                for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD
+                and p.name not in ("self", "cls", "$self", "$cls")]  # fmt: skip
+        assert _stub_params(stub) == real, f"{where}: stub {_stub_params(stub)} != {real}"
+        checked += 1
+
+    for node in _stub_tree().body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            compare(node, getattr(core, node.name), node.name)
+        elif isinstance(node, ast.ClassDef):
+            for member in node.body:
+                if isinstance(member, ast.FunctionDef) and not member.name.startswith("_"):
+                    attr = inspect.getattr_static(getattr(core, node.name), member.name)
+                    if callable(attr):
+                        compare(member, getattr(getattr(core, node.name), member.name),
+                                f"{node.name}.{member.name}")  # fmt: skip
+    assert checked > 20

@@ -7,6 +7,7 @@ itself (comments, aliases, accumulating keys, precise errors) happens in Rust.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -257,7 +258,25 @@ class IntegrationConfig:
 
     # ----------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> IntegrationConfig:
-        """A copy with some fields changed (field names, not MIDAS keys)."""
+        """A copy with some fields changed (field names, not MIDAS keys). A changed field's
+        MIDAS key stays marked as set, in the source without the line that no longer holds its
+        value (an error about it blamed that line).
+
+        Raises
+        ------
+        ParameterError
+            A name that is no field (naming the closest one).
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            if name not in names:
+                close = difflib.get_close_matches(name, sorted(names), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ParameterError(f"IntegrationConfig has no field {name!r}{hint}")
+        if "set_at" not in changes:
+            moved = {_MIDAS_KEYS.get(n) for n in changes} & set(self.set_at)
+            if moved:
+                changes["set_at"] = {**self.set_at, **{k: (self.source, 0) for k in moved if k}}
         return dataclasses.replace(self, **_tupled(changes))
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
@@ -295,10 +314,6 @@ class IntegrationConfig:
             )
         set_at = {k: tuple(v) for k, v in d.get("set_at", {}).items()}
         return dataclasses.replace(cls(), **values, set_at=set_at)
-
-    def to_json(self) -> str:
-        """The configuration as a JSON string (for file metadata)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def core_dict(self) -> dict[str, Any]:
         """The dict the compiled core takes."""

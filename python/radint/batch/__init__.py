@@ -424,37 +424,17 @@ def _files_read(config: IntegrationConfig | None, dark: str | Path | None) -> di
 
 def _not_replaceable(out: Path, fmt: str) -> str | None:
     """Why an existing ``out`` must not be replaced by a ``fmt`` output: a folder where a file
-    goes, or a ``.h5``/``.zarr`` that radint did not write (raw frames next to the inputs);
-    None where nothing is there or it is a radint result (a rerun replaces it)."""
+    goes, or a ``.h5``/``.zarr`` that is no integration result (raw frames next to the
+    inputs); None where nothing is there or it is a result (a rerun replaces it)."""
+    from radint.io.inputs import is_reduced_result
+
     if not os.path.lexists(out):
         return None
     if fmt != "zarr" and out.is_dir():
         return "exists and is a folder (a file goes there)"
-    if fmt in ("nexus", "zarr") and not _is_radint_result(out):
+    if fmt in ("nexus", "zarr") and not is_reduced_result(out):
         return "exists and is not a radint result (raw data?); it is not replaced"
     return None
-
-
-def _is_radint_result(path: Path) -> bool:
-    """Whether ``path`` holds a radint NeXus result (HDF5 file or Zarr folder), also one cut
-    short (a copy or tool killed midway: an HDF5 file whose first block names azint1d)."""
-    try:
-        if path.is_dir():
-            import zarr
-
-            root: Any = zarr.open_group(str(path), mode="r")
-            return "entry" in root and "azint1d" in root["entry"]
-        import h5py
-
-        with h5py.File(path, "r", locking=False) as f:
-            return "entry/azint1d" in f
-    except Exception:  # not HDF5 / Zarr, or unreadable
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(1 << 16)
-        except OSError:
-            return False
-        return head.startswith(b"\x89HDF\r\n\x1a\n") and b"azint1d" in head
 
 
 def process_file(

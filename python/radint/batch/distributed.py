@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from radint.batch import FileOutcome, _init_worker, process_file
+from radint.config import IntegrationConfig
 from radint.exceptions import BackendUnavailableError, InvalidInputError
 
 #: A scheduler address: an optional protocol, a host (a bracketed IPv6 address too) and a port.
@@ -73,7 +74,16 @@ def _client(address: str) -> Any:
     return Client(address)
 
 
-def _task(config, cache, n_threads, backend, path, name, opts, rules) -> FileOutcome:
+def _task(
+    config: IntegrationConfig,
+    cache: str,
+    n_threads: int | None,
+    backend: str,
+    path: str,
+    name: str | None,
+    opts: dict[str, Any],
+    rules: dict[str, Any],
+) -> FileOutcome:
     from radint import batch
 
     dark = opts.get("dark")
@@ -96,7 +106,15 @@ def _task(config, cache, n_threads, backend, path, name, opts, rules) -> FileOut
 
 
 def run_on_dask(
-    address, config, cache, n_threads, backend, files, names, opts, rules
+    address: str,
+    config: IntegrationConfig,
+    cache: str,
+    n_threads: int | None,
+    backend: str,
+    files: Sequence[str],
+    names: Sequence[str | None],
+    opts: dict[str, Any],
+    rules: dict[str, Any],
 ) -> Iterator[tuple[int, FileOutcome]]:
     """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``);
     ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None)."""

@@ -65,9 +65,12 @@ def _output_suffixes() -> tuple[str, ...]:
     return tuple(s.lower() for s, _ in FORMATS.values() if s not in (".h5", ".zarr"))
 
 
-def _is_radint_result(path: Path) -> bool:
-    """A radint NeXus result (HDF5 file or Zarr store), judged cheaply: ``entry/azint1d`` in a
-    store, radint's marks in an HDF5 file's first bytes."""
+def is_reduced_result(path: str | Path) -> bool:
+    """Whether ``path`` is an azimuthal-integration result, not frames: a radint NeXus result
+    (HDF5 file or Zarr store) or another NXazint1d writer's, judged cheaply from an HDF5 file's
+    first bytes (so one cut short by a killed copy still counts), ``entry/azint1d`` in a store.
+    Folders and patterns leave such files out; outputs replace only such files."""
+    path = Path(path)
     if path.is_dir():
         return (path / "entry" / "azint1d").is_dir()
     try:
@@ -75,7 +78,7 @@ def _is_radint_result(path: Path) -> bool:
             head = fh.read(_HEAD_BYTES)
     except OSError:
         return False
-    return head.startswith(b"\x89HDF") and b"NXazint1d" in head and b"radint" in head
+    return head.startswith(b"\x89HDF") and b"NXazint1d" in head
 
 
 def frame_name(name: str) -> bool:
@@ -107,9 +110,9 @@ def _is_frame(p: Path, is_dir: bool, raw_dtype: str | None) -> bool:
     if name.startswith(".") or name in _OUTPUT_NAMES or name.endswith(_output_suffixes()):
         return False
     if is_dir:
-        return _is_store(p) and not _is_radint_result(p)
+        return _is_store(p) and not is_reduced_result(p)
     if name.endswith(_HDF5):
-        return not _is_radint_result(p)
+        return not is_reduced_result(p)
     if name.endswith(_TIFF_HDF5 + _OTHER) or _GE.search(name):
         return True
     return raw_dtype is not None and name.endswith(_RAW)
