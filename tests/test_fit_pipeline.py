@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from radint import IntegrationConfig, Integrator
-from radint.exceptions import InvalidInputError, ShapeError
+from radint.exceptions import InvalidInputError
 from radint.fit import FitSpec, concat_tables, fit_result, peak_profile
 from radint.io import NexusWriter, read_nexus, write_nexus
 from radint.testing import ring_image
@@ -113,7 +113,7 @@ def test_fit_spec_forms_and_errors(ring_config):
     np.testing.assert_allclose(huge.peaks.center[huge.peaks.status == 0], found)
     from radint.fit import fit_pv
 
-    with pytest.raises(ShapeError, match="at least 2 bin centres, got 0"):
+    with pytest.raises(InvalidInputError, match="at least 2 bin centres, got 0"):
         fit_pv(np.array([]), np.ones((1, 0)), 1.0)
 
 

@@ -263,18 +263,19 @@ def test_two_theta_bin_size_given_as_span_over_n_gives_n_bins():
 
 def test_with_overrides_keeps_where_keys_were_set(tmp_path):
     """with_overrides applies overrides as from_midas_params does: lists replaced, the file's
-    lines and unknown keys kept, the overridden keys at ``<override>:N``."""
+    lines and unknown keys kept, the overridden keys at ``<override>:N``; an unknown override
+    key is refused."""
     p = tmp_path / "p.txt"
     p.write_text("NrPixels 64\nRMax 40\nImTransOpt 1\nPeakLocation 10\nFooBar 2\n")
-    c = IntegrationConfig.from_midas_params(p).with_overrides(
-        ["ImTransOpt 2", "PeakLocation 20", "Bar 1"]
-    )
+    c = IntegrationConfig.from_midas_params(p).with_overrides(["ImTransOpt 2", "PeakLocation 20"])
     assert c.im_trans_opt == (2,) and c.peak_locations == (20.0,)
     assert c.set_at["RMax"] == (str(p), 2)
     assert c.set_at["PeakLocation"] == ("<override>", 2)
     assert "EtaBinSize" not in c.set_at  # a default, set nowhere
-    assert c.unknown == (("FooBar", "2", str(p), 5), ("Bar", "1", "<override>", 3))
+    assert c.unknown == (("FooBar", "2", str(p), 5),)
     assert c.source == str(p)
+    with pytest.raises(ParameterError, match="override Bar 1: not a parameter radint knows"):
+        c.with_overrides(["Bar 1"])
 
 
 def test_poni_overrides_errors_name_the_override(tmp_path):
@@ -571,3 +572,20 @@ def test_replace_forgets_the_line_that_no_longer_holds_the_value():
         config.replace(r_bin_pix=2)
     assert config.replace(lsd_um=5e5).set_at["Lsd"] == (str(path), 0)
     assert config.set_at["Lsd"][1] > 0  # the original is unchanged
+
+
+def test_the_python_api_refuses_misspelled_override_keys(tmp_path):
+    """Review: from_midas_params(path, {"RBinSzie": 2}) and with_overrides returned with the
+    default binning, where the command line refused the same typo."""
+    from pathlib import Path
+
+    from radint import IntegrationConfig
+    from radint.exceptions import ParameterError
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "parameters.txt"
+    with pytest.raises(ParameterError, match="override RBinSzie 2: .*did you mean RBinSize"):
+        IntegrationConfig.from_midas_params(path, {"RBinSzie": 2})
+    config = IntegrationConfig.from_midas_params(path)
+    with pytest.raises(ParameterError, match="override RBinSzie 2: .*did you mean RBinSize"):
+        config.with_overrides({"RBinSzie": 2})
+    assert config.with_overrides({"RBinSize": 2}).r_bin_px == 2.0

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from radint.config import IntegrationConfig, near_key
-from radint.exceptions import ParameterError, RadintError
+from radint.exceptions import RadintError
 
 log = logging.getLogger("radint")
 
@@ -253,7 +253,6 @@ def _read_config(
                 "give it as overrides: NrPixelsY N NrPixelsZ M"
             )
         config = (config.with_overrides(overrides) if overrides else config).validate()
-        _refuse_unknown_overrides(config)
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
             "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s",
@@ -264,7 +263,6 @@ def _read_config(
         )  # fmt: skip
         return config if args is None else _with_fit_flags(config, args)
     config = IntegrationConfig.from_midas_params(params, overrides).validate()
-    _refuse_unknown_overrides(config)
     missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
     if missing:
         log.warning(
@@ -273,25 +271,6 @@ def _read_config(
             ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
         )  # fmt: skip
     return config if args is None else _with_fit_flags(config, args)
-
-
-def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
-    """A key typed on the command line that radint does not read is an error: a typo
-    (``RBinSzie 0.5``) was only warned about and the run went on with the default binning.
-    Unknown keys inside the parameter file stay tolerated (MIDAS files carry other programs'
-    keys)."""
-    typed = [(key, value) for key, value, where, _ in config.unknown if where == "<override>"]
-    if not typed:
-        return
-    problems = []
-    for key, value in typed:
-        near = near_key(key)
-        hint = f" (did you mean {near}?)" if near else ""
-        problems.append(f"override {' '.join(v for v in (key, value) if v)}: not a parameter "
-                        f"radint knows{hint}")  # fmt: skip
-    if not any(near_key(key) for key, _ in typed):
-        problems[-1] += " (keys of other MIDAS programs belong in the parameter file)"
-    raise ParameterError("; ".join(problems))
 
 
 def _format_list(text: str, flag: str = "--format") -> list[str]:

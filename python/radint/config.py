@@ -178,6 +178,7 @@ class IntegrationConfig:
                     near = f"'{spelled}' (a space between key and value, not '=')"
                 log.warning("%s:%d: %s is not a key radint reads (ignored); did you mean %s?",
                             file, line, key, near)  # fmt: skip
+        _refuse_unknown_overrides(config)
         return config._resolve_files(path.parent)
 
     @classmethod
@@ -221,7 +222,7 @@ class IntegrationConfig:
         config = cls(**_tupled(fields), set_at=set_at)
         if not midas:
             return config
-        config = config.with_overrides(midas)
+        config = config._overridden(midas)
         for key, *_ in config.unknown:
             if key in midas:
                 near = near_key(key)
@@ -282,8 +283,19 @@ class IntegrationConfig:
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
         """A copy with MIDAS ``Key value`` overrides applied, as :meth:`from_midas_params`
         applies them: lists such as ImTransOpt and PeakLocation are replaced, errors and
-        :attr:`set_at` name ``<override>:N``; keys not overridden keep where they were set,
-        unknown keys are kept."""
+        :attr:`set_at` name ``<override>:N``; keys not overridden keep where they were set.
+
+        Raises
+        ------
+        ParameterError
+            An override key radint does not read (a typo such as ``RBinSzie``), naming the
+            closest key; the file's own unknown keys (other MIDAS programs') are tolerated."""
+        new = self._overridden(overrides)
+        _refuse_unknown_overrides(new)
+        return new
+
+    def _overridden(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
+        """:meth:`with_overrides` without refusing unknown keys (kept in :attr:`unknown`)."""
         lines = [f"{k} {_format_value(v)}" for k, v in self._midas_items()]
         parsed = _core.parse_params("<config>", _override_lines(overrides), "\n".join(lines))
         new = self._from_core_dict(parsed)
@@ -637,6 +649,25 @@ _OTHER_KEYS = (
 #: Keys of other MIDAS programs that differ from one radint reads only in case (checked against
 #: MIDAS_ParamParser.c, the C programs' strncmp keys and MIDAS's example parameter files).
 _OTHER_PROGRAMS_KEYS = frozenset({"doPeakFit"})
+
+
+def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
+    """A key given as an override that radint does not read is an error: a typo
+    (``RBinSzie 0.5``) was only warned about and the run went on with the default binning.
+    Unknown keys inside the parameter file stay tolerated (MIDAS files carry other programs'
+    keys)."""
+    typed = [(key, value) for key, value, where, _ in config.unknown if where == "<override>"]
+    if not typed:
+        return
+    problems = []
+    for key, value in typed:
+        near = near_key(key)
+        hint = f" (did you mean {near}?)" if near else ""
+        problems.append(f"override {' '.join(v for v in (key, value) if v)}: not a parameter "
+                        f"radint knows{hint}")  # fmt: skip
+    if not any(near_key(key) for key, _ in typed):
+        problems[-1] += " (keys of other MIDAS programs belong in the parameter file)"
+    raise ParameterError("; ".join(problems))
 
 
 def near_key(key: str) -> str | None:

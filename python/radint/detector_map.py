@@ -17,7 +17,7 @@ import numpy as np
 
 from radint import _core
 from radint.config import IntegrationConfig
-from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
+from radint.exceptions import InvalidInputError, MapFormatError, RadintFileNotFoundError, ShapeError
 
 log = logging.getLogger("radint")
 
@@ -605,7 +605,7 @@ def _stored_npz(path: Path) -> Iterator[dict[str, np.ndarray]]:
             arrays: dict[str, np.ndarray] = {}
             for info in z.infolist():
                 if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
-                    raise ValueError(f"member {info.filename}: not a stored .npy")
+                    raise InvalidInputError(f"member {info.filename}: not a stored .npy")
                 # Local header: 30 fixed bytes, then the name and an extra field of its own length.
                 name_len, extra_len = struct.unpack_from("<HH", mapped, info.header_offset + 26)
                 start = info.header_offset + 30 + name_len + extra_len
@@ -618,7 +618,7 @@ def _stored_npz(path: Path) -> Iterator[dict[str, np.ndarray]]:
                 )
                 shape, fortran, dtype = read_header(member)
                 if fortran or dtype.hasobject:
-                    raise ValueError(f"member {info.filename}: not a plain C-order array")
+                    raise InvalidInputError(f"member {info.filename}: not a plain C-order array")
                 count = int(np.prod(shape))
                 view = np.frombuffer(mapped, dtype, count=count, offset=start + member.tell())
                 if not view.flags.aligned:  # an npz not written by _save_aligned_npz

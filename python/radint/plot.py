@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.exceptions import BackendUnavailableError, RadintIOError
+from radint.exceptions import BackendUnavailableError, InvalidInputError, RadintIOError
 
 
 def _pyplot():
@@ -55,7 +55,9 @@ def plot_nexus(
 
     path = Path(path)
     if peak_param is not None and peak_param not in PEAK_PARAMS:
-        raise ValueError(f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}")
+        raise InvalidInputError(
+            f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}"
+        )
     result = _read_result(path)
     n_frames = result.n_frames
     if not -n_frames <= frame < n_frames:

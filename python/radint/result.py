@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from radint.exceptions import InvalidInputError
+
 if TYPE_CHECKING:
     from radint.config import IntegrationConfig
     from radint.fit import FitTable
@@ -149,7 +151,7 @@ class Result:
         concatenated when every part has them.
         """
         if not results:
-            raise ValueError("concatenate: no results")
+            raise InvalidInputError("concatenate: no results")
         first = results[0]
         if len(results) == 1 and first.is_stack:
             return first

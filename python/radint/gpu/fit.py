@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from radint import _core
+from radint.exceptions import InvalidInputError
 from radint.gpu import _import_cupy, _module
 
 __all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
@@ -84,7 +85,7 @@ class CudaFitter:
             ys = ys.reshape(1, -1)
         n_curves, n_x = (int(v) for v in ys.shape)
         if n_x != self.x.size:
-            raise ValueError(f"lineouts: expected rows of {self.x.size} bins, got {n_x}")
+            raise InvalidInputError(f"lineouts: expected rows of {self.x.size} bins, got {n_x}")
         n_slots = len(self.positions)
         values = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)
         errors = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)

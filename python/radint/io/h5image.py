@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from radint.exceptions import InvalidInputError
+
 __all__ = ["FileImage", "ImageUnsupported", "chunk_encoder", "filters_of"]
 
 #: Byte offset of the end-of-file address in a version-0 superblock with 8-byte addresses.
@@ -253,7 +255,7 @@ class FileImage:
             at, size = self._texts[name]
             raw = value.encode("utf-8")
             if len(raw) != size:
-                raise ValueError(f"text {name!r} must be {size} bytes, got {len(raw)}")
+                raise InvalidInputError(f"text {name!r} must be {size} bytes, got {len(raw)}")
             out[at : at + size] = raw
         struct.pack_into("<Q", out, _SUPERBLOCK_EOF_AT, end)
         for data in tail:

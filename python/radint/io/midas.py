@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from radint._once import warn_once
+from radint.exceptions import InvalidInputError
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
@@ -396,11 +397,11 @@ def write_stream_outputs(
     n_r_eta = geometry.size // 5
     line_size = directory.joinpath("lineout.bin").stat().st_size
     if n_r_eta == 0 or line_size == 0:
-        raise ValueError(f"{directory}: no frames in lineout.bin / RTthEtaAreaMap.bin")
+        raise InvalidInputError(f"{directory}: no frames in lineout.bin / RTthEtaAreaMap.bin")
     r_edges, eta_edges = config.bin_edges()
     n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
     if n_r * n_eta != n_r_eta:
-        raise ValueError(
+        raise InvalidInputError(
             f"{directory}: RTthEtaAreaMap.bin holds {n_r_eta} bins per row, the parameters "
             f"give {n_r} x {n_eta}"
         )

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from radint.exceptions import InvalidInputError
 from radint.io._common import (
     HC_KEV_ANGSTROM,
     cfg,
@@ -150,7 +151,9 @@ def _h5_filter(compression: str | None) -> dict[str, Any]:
         import hdf5plugin
 
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE))
-    raise ValueError(f"compression must be one of {COMPRESSIONS} or None, got {compression!r}")
+    raise InvalidInputError(
+        f"compression must be one of {COMPRESSIONS} or None, got {compression!r}"
+    )
 
 
 @dataclass
@@ -372,7 +375,7 @@ def _provenance(result: Result) -> tuple[list[str], np.ndarray] | None:
         if values.size == 1 and n > 1:
             values = np.repeat(values, n)
         if values.size != n:
-            raise ValueError(f"got {values.size} source paths for {n} frame(s)")
+            raise InvalidInputError(f"got {values.size} source paths for {n} frame(s)")
         texts = [_utf8(v) for v in values]
     where = _as_rows(frames, n, np.full(n, -1), np.int64)
     return texts, where
@@ -721,7 +724,7 @@ def _as_rows(value: Any, n: int, default: np.ndarray, dtype: type) -> np.ndarray
         return default.astype(dtype)
     rows = np.asarray(value, dtype=dtype).reshape(-1)
     if rows.shape[0] != n:
-        raise ValueError(f"got {rows.shape[0]} frame ids/timestamps for {n} frame(s)")
+        raise InvalidInputError(f"got {rows.shape[0]} frame ids/timestamps for {n} frame(s)")
     return rows
 
 
@@ -785,9 +788,9 @@ class NexusWriter:
         peak_slots: int | None = None,
     ) -> None:
         if backend not in ("hdf5", "zarr"):
-            raise ValueError(f"backend must be 'hdf5' or 'zarr', got {backend!r}")
+            raise InvalidInputError(f"backend must be 'hdf5' or 'zarr', got {backend!r}")
         if radial_unit not in (None, "2theta", "q"):
-            raise ValueError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
+            raise InvalidInputError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
         self.path = Path(path)
         self.backend = backend
         self.radial_unit = radial_unit
@@ -856,7 +859,7 @@ class NexusWriter:
             )
         q = np.asarray(result.q_inv_angstrom, dtype=np.float64)
         if not np.all(np.isfinite(q)):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.path}: radial_unit='q' needs a wavelength > 0; the result's q axis is NaN"
             )
         q_edges = None
@@ -1216,9 +1219,9 @@ class NexusWriter:
             Bin counts differ from the first result, or the number of ids/timestamps is wrong.
         """
         if self._closed:
-            raise ValueError(f"{self.path}: writer is closed")
+            raise InvalidInputError(f"{self.path}: writer is closed")
         if self._shape is not None and (result.n_eta, result.n_r) != self._shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.path}: result has (n_eta, n_r) = {(result.n_eta, result.n_r)}, "
                 f"file has {self._shape}"
             )
@@ -1376,7 +1379,7 @@ class NexusWriter:
             return rows
         have = int(peaks.center.shape[-1])
         if have > n_peaks:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.path}: result has {have} peak slots, the file was laid out for {n_peaks} "
                 "(NexusWriter(peak_slots=...))"
             )
@@ -1426,7 +1429,7 @@ class NexusWriter:
             return
         if self._shape is None:
             self.abort()
-            raise ValueError(f"{self.path}: nothing appended, no file written")
+            raise InvalidInputError(f"{self.path}: nothing appended, no file written")
         try:
             if self._tree is None and self._write_image(sync=commit):
                 self._synced = commit

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from radint.exceptions import InvalidInputError
 from radint.io.atomic import atomic_output
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def peaks_per_eta(result: Result) -> EtaPeaks:
     if hit is None:
         spec = fit_spec_of(result)
         if spec is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "per-eta peak fits need peaks to fit: DoPeakFit 1 with PeakLocation or "
                 "AutoDetectPeaks (or --fit-peaks / --fit-auto, fit=)"
             )
@@ -135,7 +136,7 @@ def write_caked_peaks(
             for name, dtype in PEAK_COLUMNS.items():
                 values = np.asarray(columns[name])
                 if values.shape != (n,):
-                    raise ValueError(f"caked_peaks: column {name} has shape {values.shape}, "
+                    raise InvalidInputError(f"caked_peaks: column {name} has shape {values.shape}, "
                                      f"expected ({n},)")  # fmt: skip
                 g.create_dataset(name, data=values.astype(dtype))
             rows = np.array([k.encode("ascii", "replace") for k in row_keys], dtype=object)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radint.exceptions import BackendUnavailableError
+from radint.exceptions import BackendUnavailableError, InvalidInputError
 from radint.io._common import cfg, config_dict, frame_ids, stacked
 from radint.io.atomic import atomic_output
 from radint.result import Result
@@ -45,7 +45,7 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
     elif radial_unit == "q":
         x, header = np.asarray(result.q_inv_angstrom, dtype=np.float64), "# Q_invA  intensity"
     else:
-        raise ValueError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
+        raise InvalidInputError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
     lineouts = stacked(np.asarray(result.lineout, dtype=np.float64), 1)
     columns = np.column_stack(
         [np.tile(x, lineouts.shape[0]), lineouts.reshape(-1)]
@@ -154,7 +154,9 @@ def write_peaks_csv(result: Result, path: str | Path) -> Path:
     """
     peaks = result.peaks
     if peaks is None:
-        raise ValueError(f"{path}: the result has no fitted peaks (use fit= or 'radint fit')")
+        raise InvalidInputError(
+            f"{path}: the result has no fitted peaks (use fit= or 'radint fit')"
+        )
     ids = frame_ids(result)
     status = np.asarray(peaks.status).reshape(len(ids), -1)
     names = np.asarray(peaks.status_name).reshape(status.shape)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from radint.exceptions import InvalidInputError
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import write_nexus
 from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
@@ -18,7 +19,9 @@ def _write_fit_bin(result: Result, path: Path) -> Path:
     from radint.fit import write_fit_bin
 
     if result.peaks is None:
-        raise ValueError(f"{path}: the result has no fitted peaks (use fit= or 'radint fit')")
+        raise InvalidInputError(
+            f"{path}: the result has no fitted peaks (use fit= or 'radint fit')"
+        )
     return write_fit_bin(result.peaks, path)
 
 
@@ -73,7 +76,7 @@ def check_formats(result: Result, formats: Sequence[str]) -> None:
     wanted = expand_formats(formats)
     no_peaks = [f for f in wanted if f in NEEDS_PEAKS and result.peaks is None]
     if no_peaks:
-        raise ValueError(
+        raise InvalidInputError(
             f"--format {','.join(no_peaks)}: the result has no fitted peaks (use fit= or 'radint fit'); "
             "nothing was written"
         )
@@ -82,13 +85,13 @@ def check_formats(result: Result, formats: Sequence[str]) -> None:
         from radint.fit import fit_spec_of
 
         if fit_spec_of(result) is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"--format {','.join(per_eta)}: per-eta peak fits need peaks to fit: DoPeakFit 1 with "
                 "PeakLocation or AutoDetectPeaks (or --fit-peaks / --fit-auto, fit=); nothing was written"
             )
     missing = missing_format_packages(wanted)
     if missing:
-        raise ValueError("; ".join(missing) + "; nothing was written")
+        raise InvalidInputError("; ".join(missing) + "; nothing was written")
 
 
 def _remove(path: Path) -> None:
@@ -147,12 +150,12 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
         formats = [formats]
     known = ", ".join([*FORMATS, *ALIASES])
     if not formats or any(not str(f).strip() for f in formats):
-        raise ValueError(f"no output format given (got {list(formats)!r}); known: {known}")
+        raise InvalidInputError(f"no output format given (got {list(formats)!r}); known: {known}")
     wanted: list[str] = []
     for fmt in formats:
         for f in ALIASES.get(fmt.lower(), (fmt.lower(),)):
             if f not in FORMATS:
-                raise ValueError(f"unknown output format {fmt!r}; known: {known}")
+                raise InvalidInputError(f"unknown output format {fmt!r}; known: {known}")
             if f not in wanted:
                 wanted.append(f)
     return wanted

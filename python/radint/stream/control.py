@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from radint.config import IntegrationConfig
+from radint.exceptions import InvalidInputError
 from radint.fit import FitSpec
 
 log = logging.getLogger("radint")
@@ -93,7 +94,7 @@ class PeakControl:
     def _parse_midas(self, text: str, current: FitSpec | None) -> FitSpec | None:
         lines = text.splitlines()
         if not lines:
-            raise ValueError("empty file")
+            raise InvalidInputError("empty file")
         append = "append" in lines[0]
         r_px = []
         for n, line in enumerate(lines[1:], start=2):
@@ -119,12 +120,12 @@ class PeakControl:
         try:
             cmd = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"not JSON: {e}") from None
+            raise InvalidInputError(f"not JSON: {e}") from None
         if not isinstance(cmd, dict):
-            raise ValueError(f"expected a JSON object, got {type(cmd).__name__}")
+            raise InvalidInputError(f"expected a JSON object, got {type(cmd).__name__}")
         known = {"mode", "r_px", "two_theta_deg", "auto", "off"}
         if unknown := set(cmd) - known:
-            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            raise InvalidInputError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
         if cmd.get("off"):
             return None
         if "auto" in cmd:
@@ -132,14 +133,14 @@ class PeakControl:
             if n > MAX_PEAKS:
                 # The stream's peak table holds MAX_PEAKS slots from its first frame on (a wider
                 # request failed the writer and stopped the stream).
-                raise ValueError(
+                raise InvalidInputError(
                     f"auto {n}: at most {MAX_PEAKS} peaks can be asked for while streaming "
                     "(start the stream with --fit-auto N for more)"
                 )
             return FitSpec(auto=n, **self._common())
         mode = cmd.get("mode", "replace")
         if mode not in ("replace", "append"):
-            raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
+            raise InvalidInputError(f"mode must be 'replace' or 'append', got {mode!r}")
         if "r_px" in cmd:
             r_px = [float(v) for v in cmd["r_px"]]
         elif "two_theta_deg" in cmd:
@@ -149,9 +150,9 @@ class PeakControl:
                 for v in cmd["two_theta_deg"]
             ]
         else:
-            raise ValueError("give r_px, two_theta_deg, auto or off")
+            raise InvalidInputError("give r_px, two_theta_deg, auto or off")
         if not r_px:
-            raise ValueError("no positions given")
+            raise InvalidInputError("no positions given")
         return self._positions(r_px, mode == "append", current)
 
     # ------------------------------------------------------------------ helpers
@@ -165,7 +166,7 @@ class PeakControl:
 
     def _positions(self, r_px: list[float], append: bool, current: FitSpec | None) -> FitSpec:
         if not all(math.isfinite(r) and r > 0 for r in r_px):
-            raise ValueError(f"positions must be finite radii > 0 px, got {r_px}")
+            raise InvalidInputError(f"positions must be finite radii > 0 px, got {r_px}")
         base: list[float] = []
         if append and current is not None:
             if current.positions_px:

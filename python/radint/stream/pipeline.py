@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.exceptions import RadintError
+from radint.exceptions import InvalidInputError, RadintError
 from radint.fit import ABSENT
 from radint.io import NexusWriter
 from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
@@ -218,7 +218,7 @@ class Pipeline:
         dark: np.ndarray | None = None,
     ) -> None:
         if save_interval < 1:
-            raise ValueError(f"save_interval must be >= 1, got {save_interval}")
+            raise InvalidInputError(f"save_interval must be >= 1, got {save_interval}")
         self.integrator = integrator
         self.sources = sources
         self.output_dir = Path(output_dir)

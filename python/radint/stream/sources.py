@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from radint._once import warn_once
-from radint.exceptions import RadintError
+from radint.exceptions import InvalidInputError, RadintError
 from radint.stream.protocol import (
     DTYPES,
     HEADER,
@@ -484,7 +484,7 @@ def decompress_ndarray(
     else:
         per_pixel = int(uncompressed_size or 0) // n if n else 0
         if per_pixel not in (1, 2, 4):
-            raise ValueError(
+            raise InvalidInputError(
                 f"codec {codec_name!r}: no pixel type in codec.parameters ({code!r}) and "
                 f"uncompressedSize {uncompressed_size!r} for {n} pixels"
             )
@@ -519,7 +519,7 @@ def decompress_ndarray(
             # Blosc trusts its header: a short payload would decode into garbage.
             cbytes = int.from_bytes(raw[12:16].tobytes(), "little") if raw.size >= 16 else -1
             if cbytes != raw.size:
-                raise ValueError(
+                raise InvalidInputError(
                     f"codec 'blosc': payload of {raw.size} bytes, header says {cbytes}"
                 )
             out = numcodecs.Blosc().decode(raw)
@@ -527,28 +527,30 @@ def decompress_ndarray(
             try:
                 import bitshuffle
             except ImportError as e:
-                raise ValueError(
+                raise InvalidInputError(
                     f"codec 'bslz4' needs the bitshuffle package ({e}): pip install 'radint[pva]'"
                 ) from e
             if framed:
                 if block_bytes % dtype.itemsize:
-                    raise ValueError(f"block of {block_bytes} bytes for {dtype} pixels")
+                    raise InvalidInputError(f"block of {block_bytes} bytes for {dtype} pixels")
                 out = bitshuffle.decompress_lz4(
                     raw[12:], (n,), dtype, block_bytes // dtype.itemsize
                 )
             else:
                 out = bitshuffle.decompress_lz4(raw, (n,), dtype)
         elif codec_name == "jpeg":
-            raise ValueError("codec 'jpeg' is lossy (8-bit); use lz4, bslz4 or blosc for data")
+            raise InvalidInputError(
+                "codec 'jpeg' is lossy (8-bit); use lz4, bslz4 or blosc for data"
+            )
         else:
-            raise ValueError(f"unknown codec {codec_name!r} (lz4, bslz4 and blosc are read)")
+            raise InvalidInputError(f"unknown codec {codec_name!r} (lz4, bslz4 and blosc are read)")
     except ValueError:
         raise
     except Exception as e:  # the codec libraries raise their own types on corrupt input
-        raise ValueError(f"codec {codec_name!r}: cannot decompress ({e})") from e
+        raise InvalidInputError(f"codec {codec_name!r}: cannot decompress ({e})") from e
     arr = np.frombuffer(out, dtype=np.uint8)
     if arr.size != nbytes:
-        raise ValueError(
+        raise InvalidInputError(
             f"codec {codec_name!r}: {arr.size} bytes decompressed, {shape[1]}x{shape[0]} "
             f"{dtype} pixels need {nbytes}"
         )
@@ -593,14 +595,14 @@ def _hdf5_lz4_blocks(body: bytes, nbytes: int, block_bytes: int) -> bytes:
     import numcodecs
 
     if block_bytes <= 0:
-        raise ValueError(f"block size {block_bytes}")
+        raise InvalidInputError(f"block size {block_bytes}")
     codec, out, at = numcodecs.LZ4(), bytearray(), 0
     while len(out) < nbytes:
         size = int.from_bytes(body[at : at + 4], "big")
         want = min(block_bytes, nbytes - len(out))
         chunk = body[at + 4 : at + 4 + size]
         if size <= 0 or len(chunk) != size:
-            raise ValueError(f"LZ4 block at byte {at + 12} cut short")
+            raise InvalidInputError(f"LZ4 block at byte {at + 12} cut short")
         # A block stored uncompressed (its size equals the data's) is copied as is.
         out += chunk if size == want else codec.decode(want.to_bytes(4, "little") + chunk)
         at += 4 + size
@@ -837,19 +839,19 @@ class PvaSource(Source):
             return None
         (kind, arr), *_ = branch.items()
         if kind not in _PVA_DTYPES:
-            raise ValueError(f"value union branch {kind!r} is not a numeric array")
+            raise InvalidInputError(f"value union branch {kind!r} is not a numeric array")
         arr = np.asarray(arr, dtype=_PVA_DTYPES[kind])
         if arr.size == 0:
             return None
         dims = _get(pv, "dimension") or []
         sizes = [int(_get(d, "size", 0)) for d in dims]
         if len(sizes) != 2:
-            raise ValueError(f"uniqueId {uid}: expected 2 dimensions, got {sizes}")
+            raise InvalidInputError(f"uniqueId {uid}: expected 2 dimensions, got {sizes}")
         shape = (sizes[1], sizes[0])
         if codec_name:
             arr = decompress_ndarray(codec_name, arr, codec, shape, _get(pv, "uncompressedSize"))
         if shape != self.shape or arr.size != shape[0] * shape[1]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"uniqueId {uid}: frame is {sizes[0]}x{sizes[1]} ({arr.size} values), "
                 f"the parameter file says {self.shape[1]}x{self.shape[0]}"
             )

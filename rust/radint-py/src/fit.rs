@@ -36,9 +36,10 @@ fn slice_1d<'a>(what: &str, a: &'a PyReadonlyArray1<'_, f64>) -> PyResult<&'a [f
 fn curves<'a>(ys: &'a PyReadonlyArray2<'_, f64>, n_x: usize) -> PyResult<(&'a [f64], usize)> {
     let shape = ys.shape();
     if n_x < 2 {
-        return Err(shape_error(format!(
-            "peak fit: x axis needs at least 2 bin centres, got {n_x}"
-        )));
+        return Err(raise(
+            "InvalidInputError",
+            format!("peak fit: x axis needs at least 2 bin centres, got {n_x}"),
+        ));
     }
     if shape[1] != n_x {
         return Err(shape_error(format!(
