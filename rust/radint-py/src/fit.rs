@@ -212,7 +212,7 @@ fn snip_background<'py>(
     iterations: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
     let ys = slice_1d("y", &y)?;
-    let bg = py.detach(|| core_fit::snip_background(ys, iterations));
+    let bg = crate::detached(py, || Ok(core_fit::snip_background(ys, iterations)))?;
     shaped(py, bg, &[ys.len()])
 }
 

@@ -65,6 +65,15 @@ pub(crate) fn run_detached<T: Send>(
         .map_err(|e| CoreError(e).into())
 }
 
+/// Single-threaded core work with the GIL released (no pool: nothing in it runs in parallel),
+/// its error mapped as `run_detached` maps it.
+pub(crate) fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> radint_core::Result<T> + Send,
+) -> PyResult<T> {
+    py.detach(f).map_err(|e| CoreError(e).into())
+}
+
 /// Parse a MIDAS parameter file (or text when `text` is given) with `Key value` overrides.
 #[pyfunction]
 #[pyo3(signature = (path, overrides=Vec::new(), text=None))]
@@ -123,6 +132,8 @@ fn param_hash(config: &Bound<'_, PyDict>) -> PyResult<(String, String)> {
     ))
 }
 
+/// An optional array copied out of Python: the map builder owns its inputs (mask, distortion
+/// maps: one image each, read once per map) while the GIL is released.
 fn optional_vec<T: numpy::Element + Copy>(
     what: &str,
     a: Option<PyReadonlyArrayDyn<'_, T>>,
@@ -388,7 +399,9 @@ impl MapCore {
         }
         let transform = ImageTransform::new(&p.im_trans_opt, n_y, n_z);
         let bc = (p.bc_y_px, p.bc_z_px);
-        let map = py.detach(|| map::gradient_resampled(&self.map, &transform, bc));
+        let map = detached(py, || {
+            Ok(map::gradient_resampled(&self.map, &transform, bc))
+        })?;
         Ok(MapCore::new(map))
     }
 
@@ -430,8 +443,9 @@ impl MapCore {
                 )));
             }
         }
-        py.detach(|| midas_files::write(&self.map, &directory, &header, factor.as_deref()))
-            .map_err(|e| CoreError(e).into())
+        detached(py, || {
+            midas_files::write(&self.map, &directory, &header, factor.as_deref())
+        })
     }
 }
 
@@ -460,9 +474,7 @@ fn load_midas<'py>(
         sampling,
         gradient_centre,
     };
-    let (map, info) = py
-        .detach(|| midas_files::read(&directory, &p, opts))
-        .map_err(CoreError)?;
+    let (map, info) = detached(py, || midas_files::read(&directory, &p, opts))?;
     let d = PyDict::new(py);
     d.set_item("has_header", info.header.is_some())?;
     d.set_item("hash_matches", info.hash_matches)?;
