@@ -637,3 +637,19 @@ def test_unreadable_inputs_are_refused_before_the_map_is_built(tmp_path, capsys)
             argv = ["-q", command, params, str(tmp_path / bad), str(good), "-o", str(where)]
             assert main(argv) == 1, argv
             assert (where / "good.h5").exists() and bad in capsys.readouterr().err
+
+
+def test_version_says_how_the_core_was_built_and_what_gpu_there_is(capsys):
+    """STYLE: `radint --version` carries what a bug report needs: version, build profile,
+    rayon threads, the gather kernels, and CuPy / GPU (or why there is none)."""
+    from radint import __version__, _core
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    info = _core.build_info()
+    assert out.startswith(f"radint {__version__} (Python ")
+    assert f"core: {info['profile']} build, {info['rayon_threads']} rayon threads" in out
+    assert info["profile"] in ("release", "debug") and info["rayon_threads"] >= 1
+    assert "\nGPU: " in out

@@ -10,6 +10,7 @@ __all__ = [
     "MapCore",
     "__version__",
     "bin_edges",
+    "build_info",
     "build_map",
     "copy_bytes",
     "count_equal",
@@ -30,6 +31,11 @@ __all__ = [
 ]
 
 __version__: str
+
+def build_info() -> dict[str, Any]:
+    """How this extension was built and what it finds at run time: ``profile`` ("release" /
+    "debug"), ``rayon_threads``, ``avx512_gathers`` (the gather kernels run here),
+    ``target_arch``."""
 
 def parse_params(
     path: str, overrides: list[str] = ..., text: str | None = ...

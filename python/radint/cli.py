@@ -1210,6 +1210,47 @@ def _version() -> str:
     return __version__
 
 
+def version_report() -> str:
+    """``radint --version``: the version, how the core was built, its threads and kernels, and
+    whether CuPy and a GPU are there (a bug report then carries all of it)."""
+    import platform
+
+    from radint import _core
+
+    info = _core.build_info()
+    gathers = "AVX-512 gathers" if info["avx512_gathers"] else "scalar gathers"
+    lines = [
+        f"radint {_version()} (Python {platform.python_version()}, {info['target_arch']})",
+        f"core: {info['profile']} build, {info['rayon_threads']} rayon threads, {gathers}",
+        f"GPU: {_gpu_report()}",
+    ]
+    return "\n".join(lines)
+
+
+def _gpu_report() -> str:
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy not installed (pip install 'radint[gpu]')"
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"CuPy {cupy.__version__}, {name}"
+    except Exception as e:  # no driver / no device: say why, do not fail --version
+        return f"CuPy {cupy.__version__}, no usable CUDA device ({type(e).__name__}: {e})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the report is built when asked for (it imports CuPy), not per parse."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -1218,7 +1259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    parser.add_argument("--version", action="version", version=f"radint {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="version, build and GPU")
     # The same flags after the subcommand (where users type them); SUPPRESS keeps the top-level value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)

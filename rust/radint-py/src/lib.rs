@@ -74,6 +74,24 @@ pub(crate) fn detached<T: Send>(
     py.detach(f).map_err(|e| CoreError(e).into())
 }
 
+/// How this extension was built and what it finds at run time, for `radint --version` and bug
+/// reports: build profile, rayon's default thread count, whether the AVX-512 gather kernels
+/// run here.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    d.set_item("profile", profile)?;
+    d.set_item("rayon_threads", rayon::current_num_threads())?;
+    d.set_item("avx512_gathers", radint_core::gather::available::<u32>())?;
+    d.set_item("target_arch", std::env::consts::ARCH)?;
+    Ok(d)
+}
+
 /// Parse a MIDAS parameter file (or text when `text` is given) with `Key value` overrides.
 #[pyfunction]
 #[pyo3(signature = (path, overrides=Vec::new(), text=None))]
@@ -825,6 +843,7 @@ fn count_equal(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<MapCore>()?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(parse_params, m)?)?;
     m.add_function(wrap_pyfunction!(validate_params, m)?)?;
     m.add_function(wrap_pyfunction!(bin_edges, m)?)?;
