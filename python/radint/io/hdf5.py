@@ -14,6 +14,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -366,3 +367,38 @@ class Hdf5Source(FrameSource):
     def close(self) -> None:
         """Close the HDF5 file."""
         self._file.close()
+
+
+def stored_ndim(path: Path, location: str) -> int:
+    """Dimensions of the HDF5 dataset at ``location`` (3 for a group of data files, as a stack)."""
+    with h5py.File(path, "r") as f:
+        return int(getattr(f.get(location), "ndim", 3))
+
+
+def group_members(path: Path, location: str) -> list[str] | None:
+    """The datasets of the HDF5 group at ``location`` in h5py's (name) order, as MIDAS's sender
+    takes them; None where ``location`` is not such a group (a dataset, a Dectris master
+    file's ``data_NNNNNN`` stack, or nothing: the frame reader reports those)."""
+    with h5py.File(path, "r") as f:
+        group = f.get(location)
+        if not isinstance(group, h5py.Group) or dectris_members(group):
+            return None
+        return [k for k in group if isinstance(group.get(k), h5py.Dataset)]
+
+
+def group_frames(
+    path: Path, location: str, members: list[str], base: str
+) -> Iterator[tuple[np.ndarray, str]]:
+    """Each 2-D dataset of a group as one frame named ``base/NAME`` (MIDAS's sender takes a
+    group of frames so; :func:`group_members` gives ``members``)."""
+    if not members:
+        raise ReaderError(f"{path}: group '{location}' holds no dataset to send")
+    with h5py.File(path, "r") as f:
+        for key in members:
+            ds = f[location][key]
+            if ds.ndim != 2 or ds.dtype.kind not in "iuf":
+                raise ReaderError(
+                    f"{path}: '{location}/{key}' is {ds.shape} {ds.dtype}; each dataset of a "
+                    "group is sent as one frame: expected a 2-D numeric array"
+                )
+            yield ds[()], f"{base}/{key}"

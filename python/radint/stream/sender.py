@@ -26,6 +26,7 @@ import numpy as np
 
 from radint.exceptions import RadintError
 from radint.io.errors import ReaderError
+from radint.io.hdf5 import group_frames, group_members, stored_ndim
 from radint.stream.protocol import HEADER, encode_frame, sender_encoding
 from radint.stream.sources import DEFAULT_HOST, DEFAULT_PORT
 
@@ -97,48 +98,6 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
     return out
 
 
-def _stored_ndim(path: Path, location: str) -> int:
-    """Dimensions of the HDF5 dataset at ``location`` (3 for a group of data files, as a stack)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(getattr(f.get(location), "ndim", 3))
-
-
-def _group_members(path: Path, location: str) -> list[str] | None:
-    """The datasets of the HDF5 group at ``location`` in h5py's (name) order, as MIDAS's sender
-    takes them; None where ``location`` is not such a group (a dataset, a Dectris master
-    file's ``data_NNNNNN`` stack, or nothing: the frame reader reports those)."""
-    import h5py
-
-    from radint.io.hdf5 import dectris_members
-
-    with h5py.File(path, "r") as f:
-        group = f.get(location)
-        if not isinstance(group, h5py.Group) or dectris_members(group):
-            return None
-        return [k for k in group if isinstance(group.get(k), h5py.Dataset)]
-
-
-def _group_frames(
-    path: Path, location: str, members: list[str], base: str
-) -> Iterator[tuple[np.ndarray, str]]:
-    """Each 2-D dataset of a group as one frame named ``base/NAME`` (MIDAS's sender)."""
-    import h5py
-
-    if not members:
-        raise ReaderError(f"{path}: group '{location}' holds no dataset to send")
-    with h5py.File(path, "r") as f:
-        for key in members:
-            ds = f[location][key]
-            if ds.ndim != 2 or ds.dtype.kind not in "iuf":
-                raise ReaderError(
-                    f"{path}: '{location}/{key}' is {ds.shape} {ds.dtype}; each dataset of a "
-                    "group is sent as one frame: expected a 2-D numeric array"
-                )
-            yield ds[()], f"{base}/{key}"
-
-
 def iter_file_frames(
     paths: Iterable[Path],
     h5_location: str = "exchange/data",
@@ -160,8 +119,8 @@ def iter_file_frames(
             continue
         is_h5 = path.suffix.lower() in _HDF5
         base = f"{path.name}:{h5_location}" if is_h5 else path.name
-        if is_h5 and (members := _group_members(path, h5_location)) is not None:
-            yield from _group_frames(path, h5_location, members, base)
+        if is_h5 and (members := group_members(path, h5_location)) is not None:
+            yield from group_frames(path, h5_location, members, base)
             continue
         ge = _GE.search(path.name) is not None
         with open_frames(
@@ -169,7 +128,7 @@ def iter_file_frames(
         ) as source:
             # MIDAS names every frame of a GE file and of a 3-D HDF5 dataset ":frameK", even a
             # lone one; a 2-D dataset and a one-frame TIFF go by their name alone.
-            numbered = source.n_frames > 1 or ge or (is_h5 and _stored_ndim(path, h5_location) >= 3)
+            numbered = source.n_frames > 1 or ge or (is_h5 and stored_ndim(path, h5_location) >= 3)
             for index in source.default_indices():
                 name = f"{base}:frame{index}" if numbered else base
                 extent = source.plain_extent(index)
