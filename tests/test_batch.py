@@ -1557,16 +1557,17 @@ def test_outputs_never_replace_raw_data_a_file_the_run_reads_or_a_folder(
 
 def test_a_symlink_loop_fails_on_its_own(tmp_path, small_config, capsys):
     """Regression (batch sweep): a link that loops refused the whole folder ("Too many levels
-    of symbolic links", exit 2) and, named on the command line, gave a traceback; it is one
-    failed file now, the others are integrated."""
+    of symbolic links", exit 2), named on the command line gave a traceback, matched by a
+    pattern was dropped unsaid; it is one failed file now, the others are integrated."""
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
     d = tmp_path / "d"
     d.mkdir()
     tifffile.imwrite(d / "a.tif", ring_image(small_config, dtype=np.uint16))
     (d / "loop.tif").symlink_to(d / "loop.tif")
-    for data in ([str(d)], [str(d / "a.tif"), str(d / "loop.tif")]):
-        out = tmp_path / f"out{len(data)}"
+    cases = ([str(d)], [str(d / "a.tif"), str(d / "loop.tif")], [str(d / "*.tif")])
+    for k, data in enumerate(cases):
+        out = tmp_path / f"out{k}"
         assert main(["batch", str(params), *data, "-o", str(out)]) == 1
         captured = capsys.readouterr()
         assert "1/2 file(s) ok" in captured.out and "loop.tif" in captured.err

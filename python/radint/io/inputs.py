@@ -96,7 +96,9 @@ def is_frame_file(path: str | Path, raw_dtype: str | None = None) -> bool:
     readers handle (TIFF, HDF5, Zarr store or zip, EDF/CBF, GE; raw ``.raw``/``.bin`` only
     with ``raw_dtype``), not hidden, not one of radint's (or MIDAS's) outputs."""
     p = Path(path)
-    return p.exists() and _is_frame(p, p.is_dir(), raw_dtype)
+    # A link that loops or dangles is named like a frame file: taken, it fails on its own with
+    # its reason (as in a folder listing), where dropping it hid it.
+    return os.path.lexists(p) and _is_frame(p, p.is_dir(), raw_dtype)
 
 
 def _is_store(path: Path) -> bool:
