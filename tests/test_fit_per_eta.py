@@ -431,3 +431,32 @@ def test_midas_bounds_reproduce_c_on_wide_rings_and_off_ring_positions(small_con
     compat = Integrator(small_config, compat="midas-cpu", fit=rfit.FitSpec(auto=3))
     assert compat.fit.per_eta_bounds == "midas"
     assert Integrator(small_config, fit=rfit.FitSpec(auto=3)).fit.per_eta_bounds == "radint"
+
+
+def test_midas_bounds_find_c_minimum_where_lm_from_cs_start_alone_did_not() -> None:
+    """Random C sweep (60 cases): from C's start alone, LM in C's box ended a clean singlet in a
+    corner (centre on the window's edge, height on its floor, SSR 800 000 against C's 825) and
+    a doublet at 500 iterations (no row). radint's start now runs beside C's in C's box, the
+    lower SSR kept, and a doublet whose cost no longer falls (1e-8 over 20 steps, C's ftol) is
+    converged. Windows from the sweep (rounded to 1e-4); C's numbers from PeakFit.c's
+    pf_fit_singlet_pv / pf_fit_doublet_pv with NLopt, on these values."""
+    x = 56.42 + 0.48 * np.arange(18)
+    y = np.array([83.2546, 78.9337, 76.0079, 73.7919, 72.8392, 74.7902, 77.8462, 83.8129,
+                  100.621, 171.4813, 307.0501, 491.6116, 657.7303, 631.9358, 465.7676,
+                  302.9957, 162.6249, 117.4868])  # fmt: skip
+    fit = rfit.fit_pv(x, y, 60.6432, bounds="midas")
+    assert fit["status"] == 0
+    bg, imax, centre, fwhm, mu = fit["params"]
+    assert abs(centre - 62.396333870) < 1e-5 and abs(fwhm - 2.018124413) < 1e-4
+    np.testing.assert_allclose([bg, imax, mu], [72.173341848, 593.855248465, 0.137136189],
+                               rtol=1e-4)  # fmt: skip
+    assert fit["snr"] == pytest.approx(87.70637004, rel=1e-5)
+
+    x = 67.623 + 0.318 * np.arange(16)
+    y = np.array([237.4734, 305.9542, 396.1747, 544.8536, 678.7674, 825.6269, 1074.6593,
+                  1295.8696, 1496.7757, 1655.3915, 1635.3893, 1445.7917, 1194.1191,
+                  993.1595, 843.3574, 718.9003])  # fmt: skip
+    d = rfit.fit_pv_doublet(x, y, 69.4532, 70.6316, max_iterations=500, bounds="midas")
+    assert d["status"] == 0
+    np.testing.assert_allclose(d["params"][:2], [69.945136869, 70.784727723], atol=0.02)
+    assert d["params"][5] == pytest.approx(2.544)  # Γ₂ on C's cap, RBinSize·nPts/2, as in C

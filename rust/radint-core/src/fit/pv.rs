@@ -98,8 +98,9 @@ pub enum PvBounds {
     Radint,
     /// IntegratorZarrOMP's (`PeakFit.c` `pf_fit_singlet_pv`): bg₀ = max(mean of the end
     /// points, 0), Γ₀ = 3 bins, imax₀ = max − bg₀; Γ in [bin/2, bin·n/2], imax in
-    /// [(max − bg₀)/100, 1.5·max], bg in [0, 1.5·bg₀] (or [0, max/2] when bg₀ is 0). Where C
-    /// pins Γ on its cap (a ring wider than half the window) the fit is C's, not the best one.
+    /// [(max − bg₀)/100, 1.5·max], bg in [0, 1.5·bg₀] (or [0, max/2] when bg₀ is 0); run from
+    /// C's start and from radint's (clipped into the box), the lower SSR kept. Where C pins Γ on
+    /// its cap (a ring wider than half the window) the fit is C's, not the best one.
     Midas,
 }
 
@@ -138,17 +139,18 @@ pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, bounds: PvBounds, lm: &LmOptio
     let span = xmax - xmin;
     let n = fx.len() as f64;
     let bin = span / (n - 1.0);
-    let (start, lower, upper) = match bounds {
+    // radint's start: bg = min, imax = y(nearest centre) − bg, FWHM by a half-maximum walk.
+    let range = (ymax - ymin).max(1e-12);
+    let pk = fx.partition_point(|&v| v < center0).min(fx.len() - 1);
+    let imax0 = (fy[pk] - ymin).max(0.5 * range);
+    let fwhm0 = half_max_width(&fx, &fy, pk, ymin + imax0 / 2.0).clamp(bin, span);
+    let own_start = [ymin, imax0, center0, fwhm0, 0.5];
+    let problem = PvProblem { x: &fx, y: &fy };
+    let res = match bounds {
         PvBounds::Radint => {
-            let range = (ymax - ymin).max(1e-12);
-            let pk = fx.partition_point(|&v| v < center0).min(fx.len() - 1);
-            let imax0 = (fy[pk] - ymin).max(0.5 * range);
-            let fwhm0 = half_max_width(&fx, &fy, pk, ymin + imax0 / 2.0).clamp(bin, span);
-            (
-                [ymin, imax0, center0, fwhm0, 0.5],
-                [ymin - range, 0.0, xmin, 0.1 * bin, 0.0],
-                [ymax + range, 10.0 * range, xmax, span, 1.0],
-            )
+            let lower = [ymin - range, 0.0, xmin, 0.1 * bin, 0.0];
+            let upper = [ymax + range, 10.0 * range, xmax, span, 1.0];
+            levenberg_marquardt(&problem, &own_start, &lower, &upper, lm)
         }
         PvBounds::Midas => {
             let bg0 = (0.5 * (fy[0] + fy[fy.len() - 1])).max(0.0);
@@ -163,10 +165,19 @@ pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, bounds: PvBounds, lm: &LmOptio
                 0.0,
             ];
             let upper = [bg_cap.max(0.0), imax_cap, xmax, 0.5 * bin * n, 1.0];
-            ([bg0, ymax - bg0, center0, 3.0 * bin, 0.5], lower, upper)
+            let c_start = [bg0, ymax - bg0, center0, 3.0 * bin, 0.5];
+            // C's start first; from it LM can end in a corner of the box (centre on the window's
+            // edge, height on its floor) where C's LBFGS finds the peak, so radint's start runs
+            // too (clipped into the box) and the lower SSR is kept.
+            let c = levenberg_marquardt(&problem, &c_start, &lower, &upper, lm);
+            let own = levenberg_marquardt(&problem, &own_start, &lower, &upper, lm);
+            match (c.status.is_ok(), own.status.is_ok()) {
+                (true, true) if own.ssr < c.ssr => own,
+                (false, true) => own,
+                _ => c,
+            }
         }
     };
-    let res = levenberg_marquardt(&PvProblem { x: &fx, y: &fy }, &start, &lower, &upper, lm);
     if !res.status.is_ok() {
         return failed(res.status);
     }
