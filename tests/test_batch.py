@@ -1594,3 +1594,44 @@ def test_partials_of_stopped_dask_workers_are_removed_after_the_run(tmp_path):
         p.write_bytes(b"half")
     _remove_partials_of_dead_workers(["/d/a.tif", "/d/b.tif"], [None, None], tmp_path, ["nexus"])
     assert not gone.exists() and live.exists() and other.exists()
+
+
+def test_convert_fit_and_other_formats_never_replace_a_users_files(tmp_path, small_config, capsys):
+    """Regression (output sweep): convert and fit wrote over a raw x.h5 beside a result and
+    deleted a folder named like an output with all it held; integrate --format midas replaced
+    a frame zip x.zarr.zip (which radint reads as frames) with its GSAS-II zip."""
+    import h5py
+    import zarr
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frame = ring_image(small_config, dtype=np.uint16)
+    d = tmp_path / "d"
+    d.mkdir()
+    tifffile.imwrite(d / "x.tif", frame)
+    assert main(["integrate", str(params), str(d / "x.tif"), "-o", str(d), "--format",
+                 "zarr", "-q"]) == 0  # fmt: skip
+    with h5py.File(d / "x.h5", "w") as f:  # raw frames under the NeXus output's name
+        f["exchange/data"] = np.stack([frame] * 2)
+    raw = (d / "x.h5").read_bytes()
+    assert main(["convert", str(d / "x.zarr"), "--format", "nexus"]) == 2
+    assert "x.h5 exists and is not a radint result" in capsys.readouterr().err
+    assert (d / "x.h5").read_bytes() == raw
+    (d / "x_lineout.xy").mkdir()
+    (d / "x_lineout.xy" / "precious").write_text("keep")
+    assert main(["convert", str(d / "x.zarr"), "--format", "xy"]) == 2
+    assert "x_lineout.xy exists and is a folder" in capsys.readouterr().err
+    assert (d / "x_lineout.xy" / "precious").read_text() == "keep"
+    # a frame zip named like the GSAS-II output
+    store = zarr.storage.ZipStore(d / "y.zarr.zip", mode="w")
+    zarr.open_group(store, mode="w").create_array("exchange/data", data=np.stack([frame] * 2))
+    store.close()
+    zipped = (d / "y.zarr.zip").read_bytes()
+    tifffile.imwrite(d / "y.tif", frame)
+    assert main(["integrate", str(params), str(d / "y.tif"), "-o", str(d), "--format",
+                 "midas", "-q"]) == 2  # fmt: skip
+    assert "y.zarr.zip exists and holds detector frames" in capsys.readouterr().err
+    assert (d / "y.zarr.zip").read_bytes() == zipped
+    # a rerun over radint's own outputs still replaces them
+    assert main(["convert", str(d / "x.zarr"), "--format", "bin", "-q"]) == 0
+    assert main(["convert", str(d / "x.zarr"), "--format", "bin", "-q"]) == 0

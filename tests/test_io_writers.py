@@ -1067,3 +1067,26 @@ def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
     assert "their fit tables are left out" in caplog.text
     with h5py.File(h5_path, "r") as f:
         assert sorted(f["fit"]) == ["0", "1"]
+
+
+def test_commit_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path: Path) -> None:
+    """Regression (output sweep): a finished file replacing a folder of the same name moved the
+    folder aside and deleted it with all it held. Only a Zarr store is replaced by a folder."""
+    from radint.io.atomic import commit_path, temporary_sibling
+
+    final = tmp_path / "x_lineout.xy"
+    (final / "sub").mkdir(parents=True)
+    (final / "sub" / "precious").write_text("keep")
+    tmp = temporary_sibling(final)
+    tmp.write_text("lineout")
+    with pytest.raises(IsADirectoryError, match="not an earlier output"):
+        commit_path(tmp, final)
+    assert (final / "sub" / "precious").read_text() == "keep"
+    store = tmp_path / "x.zarr"  # an earlier Zarr output: replaced
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    new = temporary_sibling(store)
+    new.mkdir()
+    (new / "zarr.json").write_text('{"new": 1}')
+    commit_path(new, store)
+    assert (store / "zarr.json").read_text() == '{"new": 1}'

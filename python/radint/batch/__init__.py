@@ -358,7 +358,7 @@ def check_outputs(
     InvalidInputError
         Listing each collision; nothing has been read or written.
     """
-    from radint.io.write import FORMATS, expand_formats, missing_format_packages
+    from radint.io.write import FORMATS, expand_formats, missing_format_packages, refusal
 
     try:
         wanted = expand_formats(formats)
@@ -384,7 +384,7 @@ def check_outputs(
                 problems.append(f"{out} would overwrite the input {inputs[out]}")
             elif out in read:
                 problems.append(f"{out} would overwrite {read[out]}, which this run reads")
-            elif (why := _not_replaceable(out, fmt)) is not None:
+            elif (why := refusal(out, fmt)) is not None:
                 problems.append(f"{out} {why}")
             elif first != k and resolved[first] == resolved[k]:
                 problems.append(f"{path} is given twice (its outputs would be written twice)")
@@ -420,21 +420,6 @@ def _files_read(config: IntegrationConfig | None, dark: str | Path | None) -> di
                   ("the residual correction map", config.residual_correction_map),
                   ("the panel shifts file", config.panel_shifts_file)]  # fmt: skip
     return {_resolved(p): f"{what} {p}" for what, p in named if p and Path(p).is_file()}
-
-
-def _not_replaceable(out: Path, fmt: str) -> str | None:
-    """Why an existing ``out`` must not be replaced by a ``fmt`` output: a folder where a file
-    goes, or a ``.h5``/``.zarr`` that is no integration result (raw frames next to the
-    inputs); None where nothing is there or it is a result (a rerun replaces it)."""
-    from radint.io.inputs import is_reduced_result
-
-    if not os.path.lexists(out):
-        return None
-    if fmt != "zarr" and out.is_dir():
-        return "exists and is a folder (a file goes there)"
-    if fmt in ("nexus", "zarr") and not is_reduced_result(out):
-        return "exists and is not a radint result (raw data?); it is not replaced"
-    return None
 
 
 def process_file(

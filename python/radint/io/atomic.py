@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import re
@@ -194,6 +195,12 @@ def commit_path(tmp: Path, final: Path, synced: bool = False) -> None:
     if not synced and tmp.is_file():
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
+    if final.is_dir() and not final.is_symlink() and not (tmp.is_dir() and _is_store(final)):
+        # A user's folder where a file goes, or a folder that is no Zarr store where one goes:
+        # it was moved aside and deleted with everything in it.
+        raise IsADirectoryError(
+            errno.EISDIR, "a folder that is not an earlier output is in the way", str(final)
+        )
     if final.is_dir() and not final.is_symlink():
         backup = temporary_sibling(final)
         os.replace(final, backup)
@@ -201,8 +208,13 @@ def commit_path(tmp: Path, final: Path, synced: bool = False) -> None:
         shutil.rmtree(backup, ignore_errors=True)
     else:
         if tmp.is_dir() and final.exists():
-            final.unlink()
+            raise FileExistsError(errno.EEXIST, "a file is in the way of a folder", str(final))
         os.replace(tmp, final)
+
+
+def _is_store(path: Path) -> bool:
+    """A Zarr store (v2 or v3 root metadata): what a ``.zarr`` output replaces."""
+    return any((path / m).is_file() for m in ("zarr.json", ".zgroup", ".zattrs"))
 
 
 @contextmanager

@@ -171,6 +171,42 @@ def output_name(result: Result, name: str | None) -> str:
     return "result"
 
 
+def refusal(path: Path, fmt: str) -> str | None:
+    """Why the existing ``path`` must not be replaced by a ``fmt`` output (an earlier run's
+    output may be; a user's data may not): a folder where a file goes, a ``.h5``/``.zarr`` that
+    is no integration result (raw frames beside the inputs), a ``.zarr.zip``/``.caked.hdf``/
+    ``_caked_peaks.h5`` holding detector frames. None where nothing is there or it may go."""
+    from radint.io.inputs import is_reduced_result
+
+    if not os.path.lexists(path):
+        return None
+    if fmt != "zarr" and path.is_dir():
+        return "exists and is a folder (a file goes there)"
+    if fmt in ("nexus", "zarr"):
+        if is_reduced_result(path):
+            return None
+        return "exists and is not a radint result (raw data?); it is not replaced"
+    if fmt in ("gsas", "caked", "caked_peaks") and _holds_frames(path):
+        return "exists and holds detector frames (exchange/data); it is not replaced"
+    return None
+
+
+def _holds_frames(path: Path) -> bool:
+    """Whether an HDF5 file or a zip holds ``exchange/data`` (a MIDAS zip, a frame file)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return any(n.startswith("exchange/data") for n in z.namelist())
+        import h5py
+
+        with h5py.File(path, "r", locking=False) as f:
+            return "exchange/data" in f
+    except Exception:  # unreadable: not frames radint could have read either
+        return False
+
+
 def write_result(
     result: Result,
     path_or_dir: str | Path,
@@ -225,6 +261,10 @@ def write_result(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_name(result, name)
     targets = [out_dir / f"{stem}{FORMATS[f][0]}" for f in wanted]
+    refused = [f"{t} {why}" for f, t in zip(wanted, targets, strict=True)
+               if (why := refusal(t, f)) is not None]  # fmt: skip
+    if refused:
+        raise InvalidInputError(f"outputs refused: {'; '.join(refused)}; write elsewhere (-o DIR)")
     existed = {t for t in targets if os.path.lexists(t)}
     written: list[Path] = []
     try:
