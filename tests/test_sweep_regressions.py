@@ -165,8 +165,13 @@ def test_a_first_stream_moves_nothing_of_the_users(tmp_path, small_config):
     p.start()
     p.stop()
     assert p.wait(30) is not None
-    assert not list(tmp_path.glob("previous-*"))
     assert (tmp_path / "stream_params.txt").read_text() == "the user's"
+    assert (tmp_path / "stream.txt").read_text() == "the user's"
+    # A file under a name the stream writes (active_peaks.txt, integrator_output.h5, fit.bin)
+    # is moved aside, not written over (output sweep: without a stream.h5 beside it, it was).
+    (kept,) = tmp_path.glob("previous-*")
+    assert [q.name for q in kept.iterdir()] == ["active_peaks.txt"]
+    assert (kept / "active_peaks.txt").read_text() == "the user's"
 
 
 PONI = (

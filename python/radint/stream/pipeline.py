@@ -764,16 +764,17 @@ class Pipeline:
         file or folder made from it under its stem (``stream.caked.hdf``, ``stream.zarr.zip``,
         ``stream_lineout.xy``, ``stream.png``... by ``radint convert`` / ``plot``), the MIDAS
         GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together.
-        Only when a previous run's own output is there (``stream.h5`` or the MIDAS files), and
-        only names radint writes: a ``stream_params.txt`` of the user's stays."""
+        Only when a file of one of those names is there, and only names radint writes: a
+        ``stream_params.txt`` of the user's stays."""
         from radint.io.midas import STREAM_BINARIES
         from radint.io.write import FORMATS
 
-        primary = [self.output.name, *STREAM_BINARIES]
-        if not any((self.output_dir / n).exists() for n in primary):
+        names = [self.output.name, *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
+                 "integrator_output.zarr.zip", "active_peaks.txt"]  # fmt: skip
+        # Any of them: one of those names holding a user's file (no stream.h5 beside it) was
+        # written over.
+        if not any((self.output_dir / n).exists() for n in names):
             return
-        names = [*primary, "fit.bin", "integrator_output.h5", "integrator_output.zarr.zip",
-                 "active_peaks.txt"]  # fmt: skip
         stem = self.output.stem
         derived = [f"{stem}{suffix}" for suffix, _ in FORMATS.values()] + [f"{stem}.png"]
         found = [self.output_dir / n for n in dict.fromkeys([*names, *derived])]
