@@ -206,26 +206,69 @@ pub fn write(
         nmap.extend_from_slice(&(w[0] as i32).to_le_bytes());
     }
     let (map_path, nmap_path, mask_path) = paths(dir);
-    write_atomic(&map_path, &records)?;
-    write_atomic(&nmap_path, &nmap)?;
-    if map.mask_hit.iter().any(|&m| m != 0) {
+    let mut files = vec![(map_path, records), (nmap_path, nmap)];
+    let masked = map.mask_hit.iter().any(|&m| m != 0);
+    if masked {
         let mut mask = Vec::with_capacity(HEADER_SIZE + map.n_bins() * 4);
         mask.extend_from_slice(&header_bytes);
         for &m in &map.mask_hit {
             mask.extend_from_slice(&(m as i32).to_le_bytes());
         }
-        write_atomic(&mask_path, &mask)?;
-    } else if mask_path.exists() {
+        files.push((mask_path.clone(), mask));
+    }
+    write_together(&files)?;
+    if !masked && mask_path.exists() {
         // A stale mask map next to a new map would NaN the wrong bins.
         fs::remove_file(&mask_path).map_err(|e| Error::io(mask_path.display().to_string(), e))?;
     }
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("bin.partial");
-    fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path.display().to_string(), e))
+/// Write every file under a hidden temporary name first and rename them only once all are
+/// written: a failure (a full disk, a folder in the way) leaves the previous set whole, never
+/// a new Map.bin beside an old nMap.bin, and no temporary behind.
+fn write_together(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let temporaries: Vec<PathBuf> = files.iter().map(|(path, _)| hidden_partial(path)).collect();
+    let written = files
+        .iter()
+        .zip(&temporaries)
+        .try_for_each(|((_, bytes), tmp)| {
+            fs::write(tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))
+        });
+    // A folder in the way fails every rename after the first: found before any.
+    let clear = written.and_then(|()| {
+        files.iter().try_for_each(|(path, _)| {
+            if path.is_dir() {
+                Err(Error::Invalid(format!(
+                    "{}: a folder is in the way of the map file",
+                    path.display()
+                )))
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let renamed = clear.and_then(|()| {
+        files
+            .iter()
+            .zip(&temporaries)
+            .try_for_each(|((path, _), tmp)| {
+                fs::rename(tmp, path).map_err(|e| Error::io(path.display().to_string(), e))
+            })
+    });
+    if renamed.is_err() {
+        for tmp in &temporaries {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    renamed
+}
+
+fn hidden_partial(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.partial"))
 }
 
 /// What a map read from MIDAS files carried besides the entries.
@@ -477,6 +520,32 @@ mod tests {
             hex(&param_hash(&p)),
             "a5a7a3c749267634cb19aeb6b071cfbdc4138e9caa8e1ad2a466b78fdbe5be79"
         );
+    }
+
+    #[test]
+    fn the_map_files_are_replaced_together_or_not_at_all() {
+        let dir =
+            std::env::temp_dir().join(format!("radint-write-together-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("nMap.bin")).unwrap(); // a folder in nMap.bin's way
+        fs::write(dir.join("Map.bin"), b"old map").unwrap();
+        let files = vec![
+            (dir.join("Map.bin"), b"new map".to_vec()),
+            (dir.join("nMap.bin"), b"new nmap".to_vec()),
+        ];
+        assert!(write_together(&files).is_err());
+        assert_eq!(fs::read(dir.join("Map.bin")).unwrap(), b"old map");
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["Map.bin", "nMap.bin"]); // no temporary behind
+        fs::remove_dir_all(dir.join("nMap.bin")).unwrap();
+        write_together(&files).unwrap();
+        assert_eq!(fs::read(dir.join("nMap.bin")).unwrap(), b"new nmap");
+        assert_eq!(fs::read(dir.join("Map.bin")).unwrap(), b"new map");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
