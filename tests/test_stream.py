@@ -1592,6 +1592,9 @@ def test_live_peak_control_midas_file_and_json(config, tmp_path):
     send([4, 5])
     drop("peaks.json", '{"mode": "sideways", "r_px": [1]}')  # rejected with a log line
     send([6])
+    # kept under another name, not deleted: it may be a user's file (output sweep)
+    assert (tmp_path / "peaks.json.rejected").read_text() == '{"mode": "sideways", "r_px": [1]}'
+    assert not (tmp_path / "peaks.json").exists()
     drop("peaks.json", '{"off": true}')
     send([7])
     s.close()

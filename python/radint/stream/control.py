@@ -78,12 +78,18 @@ class PeakControl:
             except OSError as e:
                 log.error("peak control: cannot read %s: %s", path, e)
                 continue
-            _remove(path)
             try:
                 spec = parse(text, current)
             except (ValueError, TypeError, KeyError) as e:
-                log.error("peak control: %s ignored: %s", path, e)
+                # Kept, renamed: it may be a user's file of that name, not a command.
+                rejected = path.with_name(name + ".rejected")
+                try:
+                    path.replace(rejected)
+                except OSError:
+                    _remove(path)
+                log.error("peak control: %s ignored (kept as %s): %s", path, rejected.name, e)
                 continue
+            _remove(path)
             self.updates += 1
             self._write_active(spec)
             log.info("peak control: %s applied: %s", name, _describe(spec))
