@@ -201,3 +201,32 @@ def test_from_poni_takes_midas_keys_as_from_midas_params_does(tmp_path):
     assert (mixed.r_bin_px, mixed.r_max_px) == (2, 200)
     with pytest.raises(ParameterError, match="RBinSze=2.*neither a field.*did you mean RBinSize"):
         IntegrationConfig.from_poni(path, RBinSze=2)
+
+
+def test_follow_refuses_an_unknown_peak_param_at_once(stored, tmp_path):
+    """Review: once the check raised a RadintError, follow_nexus took a bad peak_param for a
+    file not readable yet and waited (forever without stop_after_s)."""
+    pytest.importorskip("matplotlib")
+    from radint.exceptions import InvalidInputError
+    from radint.plot import follow_nexus
+
+    with pytest.raises(InvalidInputError, match="peak_param must be one of"):
+        follow_nexus(stored, tmp_path / "x.png", peak_param="bogus", interval_s=0.05)
+
+
+def test_an_output_that_is_a_symlink_is_replaced_as_a_link(tmp_path):
+    """Review: a .zarr output that was a symlink to an earlier result store failed after the
+    work ("a file is in the way of a folder"); the link is replaced, its target kept."""
+    from radint.io.atomic import commit_path, temporary_sibling
+
+    target = tmp_path / "elsewhere.zarr"
+    target.mkdir()
+    (target / "zarr.json").write_text("{}")
+    link = tmp_path / "x.zarr"
+    link.symlink_to(target)
+    new = temporary_sibling(link)
+    new.mkdir()
+    (new / "zarr.json").write_text('{"new": 1}')
+    commit_path(new, link)
+    assert not link.is_symlink() and (link / "zarr.json").read_text() == '{"new": 1}'
+    assert (target / "zarr.json").read_text() == "{}"

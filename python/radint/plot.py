@@ -192,6 +192,10 @@ def follow_nexus(
     from radint.exceptions import RadintError
 
     path = Path(path)
+    if peak_param is not None and peak_param not in PEAK_PARAMS:  # not a file to wait for
+        raise InvalidInputError(
+            f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}"
+        )
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     seen, redraws = -1, 0
     last_error: str | None = None  # of the latest read, None once one succeeded

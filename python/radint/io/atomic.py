@@ -207,7 +207,9 @@ def commit_path(tmp: Path, final: Path, synced: bool = False) -> None:
         os.replace(tmp, final)
         shutil.rmtree(backup, ignore_errors=True)
     else:
-        if tmp.is_dir() and final.exists():
+        if final.is_symlink():
+            final.unlink()  # the link is replaced, never what it points to
+        elif tmp.is_dir() and final.exists():
             raise FileExistsError(errno.EEXIST, "a file is in the way of a folder", str(final))
         os.replace(tmp, final)
 
