@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -1510,6 +1511,17 @@ def test_interrupted_integrate_prints_a_summary_and_resumes_with_skip_existing(
     assert "a.h5: skipped (outputs exist)" in run.stdout and (out / "b.h5").exists()
 
 
+def _params_and_frame(tmp_path: Path, config: IntegrationConfig) -> tuple[Path, Path, np.ndarray]:
+    """A parameter file, a folder ``d`` holding one frame as ``x.tif``, and that frame."""
+    params = tmp_path / "p.txt"
+    params.write_text(config.midas_text())
+    frame = ring_image(config, dtype=np.uint16)
+    d = tmp_path / "d"
+    d.mkdir()
+    tifffile.imwrite(d / "x.tif", frame)
+    return params, d, frame
+
+
 def test_outputs_never_replace_raw_data_a_file_the_run_reads_or_a_folder(
     tmp_path, small_config, capsys, monkeypatch
 ):
@@ -1519,12 +1531,7 @@ def test_outputs_never_replace_raw_data_a_file_the_run_reads_or_a_folder(
     A dark named with ~ is the home folder's (was looked up as a folder named ~)."""
     import h5py
 
-    params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text())
-    frame = ring_image(small_config, dtype=np.uint16)
-    d = tmp_path / "d"
-    d.mkdir()
-    tifffile.imwrite(d / "x.tif", frame)
+    params, d, frame = _params_and_frame(tmp_path, small_config)
     with h5py.File(d / "x.h5", "w") as f:  # raw frames, not part of this run
         f["exchange/data"] = np.stack([frame] * 2)
     raw = (d / "x.h5").read_bytes()
@@ -1603,12 +1610,7 @@ def test_convert_fit_and_other_formats_never_replace_a_users_files(tmp_path, sma
     import h5py
     import zarr
 
-    params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text())
-    frame = ring_image(small_config, dtype=np.uint16)
-    d = tmp_path / "d"
-    d.mkdir()
-    tifffile.imwrite(d / "x.tif", frame)
+    params, d, frame = _params_and_frame(tmp_path, small_config)
     assert main(["integrate", str(params), str(d / "x.tif"), "-o", str(d), "--format",
                  "zarr", "-q"]) == 0  # fmt: skip
     with h5py.File(d / "x.h5", "w") as f:  # raw frames under the NeXus output's name
