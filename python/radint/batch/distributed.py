@@ -67,8 +67,10 @@ def _client(address: str) -> Any:
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
     n = parse_address(address)
     if n is not None:
+        # The scheduler serves HTTP whatever the dashboard setting (None meant :8787 on every
+        # interface, and a warning where that port was taken): a free port on loopback.
         cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+            n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
         )
         return Client(cluster)
     return Client(address)
