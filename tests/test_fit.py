@@ -109,6 +109,50 @@ def test_known_peaks_recovered(kind: str, n: int) -> None:
     assert np.isfinite(t.chi2).all() and (t.chi2 > 0).all()
 
 
+def blended_doublets(
+    fwhm: float, separation: float, n: int, seed: int, bin_average: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` Poisson lineouts of two peaks blended at high S/N (FWHM and separation in bins,
+    each drawn within ±30 % / ±20 %, any Lorentzian fraction, areas 1e3–1e6 per bin of FWHM,
+    heights of either up to 1000× the other's); returns (ys, nominal positions, true centres)."""
+    rng = np.random.default_rng(seed)
+    ys = np.empty((n, X.size))
+    centres = np.empty((n, 2))
+    for i in range(n):
+        c0 = 190 + rng.uniform(-0.5, 0.5)
+        centres[i] = c0, c0 + separation * rng.uniform(0.8, 1.2)
+        p = [rng.uniform(10, 1000), rng.uniform(-50, 50)]
+        for c in centres[i]:
+            sig, gam = widths(fwhm * rng.uniform(0.7, 1.3), rng.uniform(0.0, 1.0))
+            p += [rng.uniform(1e3, 1e6) * fwhm, c, sig, gam]
+        lo, hi = round(c0) - PAD - 5, round(c0 + separation) + PAD + 5
+        curve = (binned if bin_average else model)(X, np.array(p), X[lo], X[hi])
+        ys[i] = rng.poisson(np.maximum(curve, 0)).astype(float)
+    return ys, np.round(centres), centres
+
+
+@pytest.mark.parametrize(("fwhm", "separation"), [(20, 20), (5, 6), (3, 2), (10, 8), (2, 3)])
+@pytest.mark.parametrize("bin_average", [True, False])
+def test_blended_doublets_reach_the_true_minimum(fwhm, separation, bin_average) -> None:
+    """Blended doublets used to end in a wrong minimum marked converged (one peak a spike on a
+    noise point elsewhere, or both peaks on one line; 50 of 1400 such draws, Poisson χ² up to
+    ~2000): the held-centre refit finds the true one. Every fit converges near its peaks with a
+    Poisson-normalised χ² (SSR / Σ counts over the ROI) below 2, as at the truth (~1), its
+    centres within half a FWHM or separation of the true ones."""
+    n = 40
+    ys, positions, truth = blended_doublets(fwhm, separation, n, seed=7, bin_average=bin_average)
+    bad = []
+    for i in range(n):
+        t = rfit.fit_peaks(X, ys[i], positions=positions[i], roi_padding=PAD,
+                           bin_average=bin_average)  # fmt: skip
+        lo, hi = int(positions[i, 0]) - PAD, int(positions[i, 1]) + PAD
+        poisson_chi2 = t.chi2[0] * (hi - lo + 1 - 10) / ys[i, lo : hi + 1].sum()
+        off = np.abs(t.center - truth[i]).max()
+        if not (t.status == 0).all() or not poisson_chi2 < 2 or not off < max(fwhm, separation) / 2:
+            bad.append((i, t.status_name.tolist(), round(float(poisson_chi2), 1), t.center))
+    assert len(bad) <= 1, bad
+
+
 def test_single_lineout_gives_1d_columns() -> None:
     ys, nominal, _ = synthetic("single", 1, seed=4)
     t = rfit.fit_peaks(X, ys[0], positions=nominal)

@@ -137,6 +137,20 @@ def test_fit_harness_matches_rust_on_a_long_merged_job(fit_harness):
     assert_same_fits(got, ref)
 
 
+@pytest.mark.parametrize("bin_average", [True, False])
+def test_fit_harness_matches_rust_on_blended_doublets(fit_harness, bin_average):
+    """Doublets whose first fit ends in a wrong minimum (fit.rs hold_centres): the kernel runs the
+    same held-centre refit and release and keeps the same winner."""
+    from tests.test_fit import X, blended_doublets
+
+    for fwhm, separation in [(20, 20), (5, 6), (3, 2), (2, 3)]:
+        ys, positions, _ = blended_doublets(fwhm, separation, 12, seed=7, bin_average=bin_average)
+        for y, pos in zip(ys, positions):
+            got = harness_fit(fit_harness, X, y[None], list(pos), bin_average=bin_average)
+            ref = fit_peaks(X, y[None], positions=pos, bin_average=bin_average)
+            assert_same_fits(got, ref)
+
+
 PARITY_CASES = sorted((Path(__file__).parent / "data" / "fit_parity").glob("*.npz"))
 
 

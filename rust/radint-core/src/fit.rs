@@ -567,6 +567,22 @@ fn fit_job(
             (s, res) = (wide, alt);
         }
     }
+    let (held, blended) = hold_centres(&s, job.peaks.len());
+    if job.peaks.len() > 1 && (blended || suspect(&res, &s, &held, job.peaks.len())) {
+        // Blended peaks can end in a wrong minimum marked converged: one peak collapsed onto a
+        // spike, both on one line, or their widths traded. Refit with each centre held within
+        // half the distance to its neighbours, release that fit into the full box; the lower
+        // SSR wins.
+        let staged = levenberg_marquardt(&prob, &held.start, &held.lower, &held.upper, &opts.lm);
+        if staged.status == FitStatus::Converged {
+            let freed = levenberg_marquardt(&prob, &staged.params, &s.lower, &s.upper, &opts.lm);
+            if freed.status == FitStatus::Converged
+                && (res.status != FitStatus::Converged || freed.ssr < res.ssr)
+            {
+                res = freed;
+            }
+        }
+    }
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;
     let verdict = bound_verdict(&res.params, &s.lower, &s.upper, job.peaks.len());
     job.peaks
@@ -580,6 +596,53 @@ fn fit_job(
             (p.slot, fit)
         })
         .collect()
+}
+
+/// A multi-peak fit that may have ended in a wrong minimum: not converged, a centre outside its
+/// held range, or a peak narrowed to under a quarter of its starting FWHM.
+fn suspect(res: &LmResult, s: &Starts, held: &Starts, n_peaks: usize) -> bool {
+    res.status != FitStatus::Converged
+        || (0..n_peaks).any(|k| {
+            let o = n_params(k);
+            let (c, fwhm) = (
+                res.params[o + 1],
+                tch(res.params[o + 2], res.params[o + 3]).0,
+            );
+            c < held.lower[o + 1]
+                || c > held.upper[o + 1]
+                || fwhm < 0.25 * tch(s.start[o + 2], s.start[o + 3]).0
+        })
+}
+
+/// The job's box with each peak's centre held within half the distance to its nearest
+/// neighbour's start, and whether some peak is blended with it (starting on the same bin or
+/// wider than half their gap). Peaks starting on one bin keep the full box.
+fn hold_centres(s: &Starts, n_peaks: usize) -> (Starts, bool) {
+    let mut held = s.clone();
+    let mut blended = false;
+    let centre = |k: usize| s.start[n_params(k) + 1];
+    for k in 0..n_peaks {
+        let gap = (0..n_peaks)
+            .filter(|&j| j != k)
+            .map(|j| (centre(j) - centre(k)).abs())
+            .fold(f64::INFINITY, f64::min);
+        let o = n_params(k);
+        let fwhm = tch(s.start[o + 2], s.start[o + 3]).0;
+        blended |= gap <= 2.0 * fwhm;
+        if gap > 0.0 && gap.is_finite() {
+            held.lower[o + 1] = held.lower[o + 1].max(centre(k) - gap / 2.0);
+            held.upper[o + 1] = held.upper[o + 1].min(centre(k) + gap / 2.0);
+            // A half-height walk from a blended peak spans its neighbour too: start no wider
+            // than the gap.
+            if fwhm > gap {
+                let (sig, gam) = widths_from_fwhm(gap);
+                held.start[o] *= gap / fwhm;
+                held.start[o + 2] = sig;
+                held.start[o + 3] = gam;
+            }
+        }
+    }
+    (held, blended)
 }
 
 /// Per peak of a converged job: `NoPeak` where its area collapsed onto 0 (≤ 1e-9 of the area

@@ -760,6 +760,33 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
     return true;
 }
 
+// fit.rs hold_centres: each centre held within half the distance to its nearest neighbour's
+// start (peaks starting on one bin keep the full box), a start wider than that gap narrowed to
+// it (area scaled alike); returns whether some peak is blended (gap ≤ 2 × its start FWHM).
+RF_HD bool rf_hold_centres(int n_peaks, double* start, double* lower, double* upper) {
+    double centre[RF_MAX_PEAKS];
+    for (int k = 0; k < n_peaks; ++k) centre[k] = start[2 + 4 * k + 1];
+    bool blended = false;
+    for (int k = 0; k < n_peaks; ++k) {
+        double gap = 1.0 / 0.0;
+        for (int j = 0; j < n_peaks; ++j)
+            if (j != k) gap = RF_FMIN(gap, RF_FABS(centre[j] - centre[k]));
+        const int o = 2 + 4 * k;
+        const double fwhm = rf_tch_terms(start[o + 2], start[o + 3]).gamma;
+        blended = blended || gap <= 2.0 * fwhm;
+        if (!(gap > 0.0) || !rf_finite(gap)) continue;
+        lower[o + 1] = RF_FMAX(lower[o + 1], centre[k] - gap / 2.0);
+        upper[o + 1] = RF_FMIN(upper[o + 1], centre[k] + gap / 2.0);
+        if (fwhm > gap) {
+            const double half = 0.5 * gap * 100.0;
+            start[o] *= gap / fwhm;
+            start[o + 2] = half * half / (8.0 * RF_LN2);
+            start[o + 3] = half;
+        }
+    }
+    return blended;
+}
+
 RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
     const double v = ds * ds * vs + 2.0 * ds * dg * csg + dg * dg * vg;
     if (v != v) return v;
@@ -820,8 +847,9 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
             while (w < d.n && fidx[w] <= peak_hi[k]) ++w;
             d.win_hi[k] = w;
         }
+        double start_bins = RF_NARROW_START_BINS;
         const bool narrow =
-            rf_initial_guess(d, pks, n_peaks, bin, RF_NARROW_START_BINS, p, lower, upper);
+            rf_initial_guess(d, pks, n_peaks, bin, start_bins, p, lower, upper);
         code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, w,
                                       &iters);
         if (narrow) {
@@ -840,8 +868,43 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                 }
                 code = code2;
                 iters = iters2;
+                start_bins = 2.0;
             } else if (code == RF_CONVERGED) {
                 rf_normal_equations(d, p, np, w.nrm);  // the first fit's, as it ended
+            }
+        }
+        if (n_peaks > 1) {
+            // fit.rs: blended peaks, or a fit that may have ended in a wrong minimum (fit.rs
+            // suspect), refitted with each centre held near its start, that fit released into
+            // the full box; the lower SSR wins.
+            double p3[RF_MAX_PARAMS], lower3[RF_MAX_PARAMS], upper3[RF_MAX_PARAMS];
+            double start_fwhm[RF_MAX_PEAKS];
+            rf_initial_guess(d, pks, n_peaks, bin, start_bins, p3, lower3, upper3);
+            for (int k = 0; k < n_peaks; ++k)
+                start_fwhm[k] = rf_tch_terms(p3[2 + 4 * k + 2], p3[2 + 4 * k + 3]).gamma;
+            const bool blended = rf_hold_centres(n_peaks, p3, lower3, upper3);
+            bool suspect = code != RF_CONVERGED;
+            for (int k = 0; k < n_peaks && !suspect; ++k) {
+                const int o = 2 + 4 * k;
+                const double fwhm = rf_tch_terms(p[o + 2], p[o + 3]).gamma;
+                suspect = p[o + 1] < lower3[o + 1] || p[o + 1] > upper3[o + 1] ||
+                          fwhm < 0.25 * start_fwhm[k];
+            }
+            if (blended || suspect) {
+                const double cost = w.nrm.cost;
+                int iters3 = 0;
+                int code3 = rf_levenberg_marquardt(d, p3, lower3, upper3, np, max_iterations,
+                                                   ftol, xtol, w, &iters3);
+                if (code3 == RF_CONVERGED)
+                    code3 = rf_levenberg_marquardt(d, p3, lower, upper, np, max_iterations, ftol,
+                                                   xtol, w, &iters3);
+                if (code3 == RF_CONVERGED && (code != RF_CONVERGED || w.nrm.cost < cost)) {
+                    for (int i = 0; i < np; ++i) p[i] = p3[i];
+                    code = code3;
+                    iters = iters3;
+                } else if (code == RF_CONVERGED) {
+                    rf_normal_equations(d, p, np, w.nrm);
+                }
             }
         }
     }
