@@ -1130,6 +1130,63 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
 
 
+def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_config):
+    """A worker reports a run of files at its end: killed mid-run, the files of that run it had
+    completed (outputs whole, written by this batch) are reported done with their frames, only
+    the file it was on fails (all of its run failed before)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 8)
+    for j in range(15):  # 8 frames fill a stack: a14 is integrated before z is read
+        _h5_frames(tmp_path / f"a{j:02d}.h5", frames[: 8 if j == 14 else 2])
+    os.mkfifo(tmp_path / "z.tif")  # 16 files, -nCPUs 2: runs of 2; (a14, z) is the last
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params),
+         *[str(tmp_path / f"a{j:02d}.h5") for j in range(15)], str(tmp_path / "z.tif"),
+         "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "a14.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                   if _parent_pid(p) == proc.pid
+                   and b"spawn_main" in (p.parent / "cmdline").read_bytes()]  # fmt: skip
+        assert workers
+        for k in workers:
+            os.kill(k, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "15/16 file(s) ok" in stdout, stdout
+    assert "z.tif: the worker process integrating it died" in stderr
+    assert "a14.h5: the worker process" not in stderr
+    import h5py
+
+    with h5py.File(out / "a14.h5") as f:
+        assert f["entry/azint2d/data/I"].shape[0] == 8
+    assert "a14.h5: 8 frame(s)" in stdout
+
+
+def _parent_pid(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
     """A second SIGTERM is ignored only while the worker is still cleaning up (busy); an idle
     worker that was told to stop exits on the next one (it stayed, orphaned, until SIGKILL)."""

@@ -1106,6 +1106,7 @@ def run_batch(
         import multiprocessing
 
         # spawn, not fork: forking a process whose rayon threads may hold locks can deadlock.
+        started = time.time() - 1.0  # outputs written since (mtime; coarse clocks allowed)
         pool = ProcessPoolExecutor(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
@@ -1128,7 +1129,9 @@ def run_batch(
                 except BrokenProcessPool:
                     # A worker died (killed, out of memory): the files of its run and of every
                     # run not done fail with that reason, the others' results stand.
-                    run = _lost_run(files[k : k + size], names[k : k + size], out_dir, formats)
+                    run = _lost_run(
+                        files[k : k + size], names[k : k + size], out_dir, formats, started
+                    )
                 for j, o in enumerate(run):
                     done(k + j, o)
         except BaseException:
@@ -1145,26 +1148,60 @@ def run_batch(
 
 
 def _lost_run(
-    paths: list[str], names: list[str | None], out_dir: Path, formats: Sequence[str]
+    paths: list[str],
+    names: list[str | None],
+    out_dir: Path,
+    formats: Sequence[str],
+    since: float,
 ) -> list[FileOutcome]:
-    """Outcomes of files whose worker process died before reporting them, with the temporary
-    outputs it left removed (outputs it had completed stay: --skip-existing keeps them)."""
+    """Outcomes of files whose worker process died before reporting them (a run reports all its
+    files at its end), with the temporary outputs it left removed. A file whose every output is
+    whole and was written since ``since`` (the batch's start, wall clock) was completed before
+    the worker died: it is reported done, with the frames its NeXus output holds."""
     from radint.io.write import FORMATS, expand_formats
 
     out = []
     for path, name in zip(paths, names):
         stem = output_stem(path, name)
-        for fmt in expand_formats(formats):
-            final = Path(out_dir) / (stem + FORMATS[fmt][0])
+        finals = [Path(out_dir) / (stem + FORMATS[fmt][0]) for fmt in expand_formats(formats)]
+        for final in finals:
             for temp in Path(out_dir).glob(f".{glob.escape(final.name)}.*.partial"):
                 with contextlib.suppress(OSError):
                     shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
+        if finals and all(_complete(f) and _written_since(f, since) for f in finals):
+            log.info("%s: its outputs were complete when its worker process died", path)
+            out.append(
+                FileOutcome(path, True, _frames_written(finals), 0.0, list(map(str, finals)))
+            )
+            continue
         why = RadintError(
             f"{path}: the worker process integrating it died (killed, e.g. out of memory) "
             "before reporting it; rerun with --skip-existing to redo what is missing"
         )
         out.append(_failure(path, why, time.perf_counter()))
     return out
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def _frames_written(outputs: Sequence[Path]) -> int:
+    """Rows of the first NeXus output among ``outputs`` (0 where none is one)."""
+    import h5py
+
+    for path in outputs:
+        try:
+            with h5py.File(path, "r") as f:
+                for group in ("azint2d", "azint1d"):
+                    if f"entry/{group}/data/I" in f:
+                        return int(f[f"entry/{group}/data/I"].shape[0])
+        except OSError:
+            continue
+    return 0
 
 
 def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
