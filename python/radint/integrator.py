@@ -391,6 +391,7 @@ class Integrator:
         if backend == "auto" and not ok:
             log.info("backend auto: using cpu (%s)", why)
             return "cpu"
+        log.info("backend %s: using cuda (%s)", backend, why)
         return "cuda"
 
     def _models(
