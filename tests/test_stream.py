@@ -605,7 +605,11 @@ def test_stop_drains_and_file_is_valid(integrator, tmp_path, monkeypatch):
     assert rows["cake"].shape[0] == 12
 
 
-def test_cli_stream_sigterm_and_send(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_cli_stream_sigterm_and_send(tmp_path, backend):
+    """radint send -> radint stream -> SIGTERM. ``cuda``: the CUDA backend on the stand-in CuPy
+    (tests/gpu_harness/fake_cupy: frames received into its page-locked buffers, kernels run by the
+    host harnesses), its lineouts equal to the CPU engine's."""
     import subprocess
     import sys
 
@@ -614,8 +618,22 @@ def test_cli_stream_sigterm_and_send(tmp_path):
     port = _free_port()
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if backend == "cuda":
+        from tests.test_gpu import _fake_cupy_env
+
+        env = {**_fake_cupy_env(tmp_path), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "radint.cli", "stream", str(params), "-o", str(out)]
-    cmd += ["--port", str(port), "--backend", "cpu", "--timeout", "60", "--midas-files", "-j", "1"]
+    cmd += [
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--timeout",
+        "60",
+        "--midas-files",
+        "-j",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         tif = tmp_path / "frames"
@@ -646,6 +664,11 @@ def test_cli_stream_sigterm_and_send(tmp_path):
     assert "written 3" in text and "SIGTERM" in text
     rows = stream_rows(out / "stream.h5")
     np.testing.assert_array_equal(rows["frame_id"], [0, 1, 2])
+    if backend == "cuda":
+        assert "using cuda (CUDA device radint fake CuPy" in text
+        cpu = Integrator(IntegrationConfig.from_text(DETECTOR, "p.txt"), n_threads=1)
+        want = cpu.integrate_stack(np.stack([frame(i, "u4") for i in range(3)])).lineout
+        np.testing.assert_allclose(rows["I"], want, rtol=1e-9, equal_nan=True)
     n_r = rows["I"].shape[1]
     assert (out / "lineout.bin").stat().st_size == 3 * 16 * n_r
     # Write2D 0 (MIDAS's default): no per-frame cakes, so no GSAS-II zip, as MIDAS.
