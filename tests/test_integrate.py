@@ -59,6 +59,13 @@ def test_total_intensity_conserved_without_normalize(small_config):
     assert np.nansum(counted.area) == pytest.approx(frame.size, rel=1e-6)
     with pytest.raises(InvalidInputError, match="pixel_weights='fraction'"):
         Integrator(cfg, compat="midas-cpu", pixel_weights="fraction")
+    # Regression: another fraction Integrator's map was divided by the pixel areas again.
+    fractions = Integrator(cfg, error_model=None, pixel_weights="fraction")
+    shared = Integrator(cfg, detector_map=fractions.map, error_model=None, pixel_weights="fraction")
+    assert shared.map is fractions.map
+    np.testing.assert_array_equal(shared.integrate(frame).cake, counted.cake)
+    with pytest.raises(InvalidInputError, match="weighs pixels by fraction"):
+        Integrator(cfg, detector_map=fractions.map, pixel_weights="area")
 
 
 def test_poisson_sigma_matches_scatter(small_config, small_map):

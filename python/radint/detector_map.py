@@ -136,6 +136,8 @@ class DetectorMap:
         self.corrections_folded = core.weight is not None
         #: The weights sample each entry at its bin's centre radius (``GradientCorrection``).
         self.gradient_corrected = False
+        #: The areas are pixel fractions (:meth:`with_pixel_fractions`).
+        self.pixel_fractions = False
         #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
         #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
         self.midas_sampling: tuple[Path, str, bool] | None = None
@@ -292,6 +294,8 @@ class DetectorMap:
             For maps whose signal weights are not their areas (MIDAS C maps, gradient
             correction) or without their configuration.
         """
+        if self.pixel_fractions:
+            return self  # e.g. another Integrator's map: divided once only
         if self.config is None:
             raise MapFormatError("with_pixel_fractions needs the map's IntegrationConfig")
         if self.weight is not None:
@@ -311,6 +315,7 @@ class DetectorMap:
             self.area / per_entry, self.delta_r, None, self.mask_hit, None, self.config,
         )  # fmt: skip
         m.origin = f"{self.origin}, pixel fractions"
+        m.pixel_fractions = True
         return m
 
     def with_gradient_correction(self, config: IntegrationConfig | None = None) -> DetectorMap:

@@ -305,6 +305,12 @@ class Integrator:
                 detector_map = detector_map.with_gradient_correction(config)
         if pixel_weights == "fraction":
             detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
+        elif detector_map.pixel_fractions:
+            raise InvalidInputError(
+                f"detector_map ({detector_map.origin}) weighs pixels by fraction "
+                "(an Integrator's with pixel_weights='fraction'): give pixel_weights='fraction', "
+                "or a map of areas"
+            )
         self.pixel_weights = pixel_weights
         self.map = detector_map
         #: What shaped the numbers beyond the configuration, as outputs store it (``radint
