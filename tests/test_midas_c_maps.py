@@ -72,6 +72,7 @@ import numpy as np
 import pytest
 
 from radint import DetectorMap, IntegrationConfig, Integrator, _core
+from radint.exceptions import InvalidInputError
 
 DATA = Path(__file__).resolve().parent / "data" / "midas_c"
 CASES = [
@@ -691,6 +692,12 @@ def test_gradient_correction_weighs_by_the_entry_pixels_correction(corrections, 
     np.testing.assert_allclose(own.cake, want.cake, rtol=1e-12, atol=1e-12)
     plain = Integrator(cfg.replace(gradient_correction=False), compat="midas-cpu").integrate(frame)
     assert np.nanmax(np.abs(own.cake - plain.cake)) > 0  # the correction did apply
+    # Regression: another Integrator given this one's map applied the corrections again.
+    first = Integrator(cfg, compat="midas-cpu")
+    shared = Integrator(cfg, compat="midas-cpu", detector_map=first.map).integrate(frame)
+    np.testing.assert_array_equal(shared.cake, own.cake)
+    with pytest.raises(InvalidInputError, match="at each entry's pixel"):
+        Integrator(cfg, detector_map=first.map)  # radint's rules correct after resampling
 
 
 def test_radint_map_gradient_correction_agrees_with_c(tmp_path):

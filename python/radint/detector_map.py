@@ -138,6 +138,9 @@ class DetectorMap:
         self.gradient_corrected = False
         #: The areas are pixel fractions (:meth:`with_pixel_fractions`).
         self.pixel_fractions = False
+        #: ``(solid_angle, polarization)`` models an Integrator under a MIDAS compat folded into
+        #: the weights at each entry's own pixel before gradient resampling, or None.
+        self.corrected_at_source: tuple[str | None, str | None] | None = None
         #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
         #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
         self.midas_sampling: tuple[Path, str, bool] | None = None
@@ -347,6 +350,7 @@ class DetectorMap:
         m = DetectorMap(self._core.gradient_resampled(config.core_dict()), config)
         m.corrections_folded = False
         m.gradient_corrected = True
+        m.corrected_at_source = self.corrected_at_source
         m.origin = f"{self.origin}, gradient-corrected"
         return m
 

@@ -303,6 +303,17 @@ class Integrator:
                         detector_map, solid_angle, polarization
                     )
                 detector_map = detector_map.with_gradient_correction(config)
+        elif detector_map.corrected_at_source is not None:
+            # Another Integrator's map: its weights hold the corrections already.
+            models = self._models(solid_angle, polarization)
+            if not compat or tuple(models) != detector_map.corrected_at_source:
+                raise InvalidInputError(
+                    f"detector_map ({detector_map.origin}) holds solid-angle/polarization "
+                    f"corrections {detector_map.corrected_at_source} at each entry's pixel "
+                    f"(GradientCorrection under a compat); this Integrator asks for {models} "
+                    f"with compat={compat!r}: give its own map"
+                )
+            self._corrections_at_source = True
         if pixel_weights == "fraction":
             detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
         elif detector_map.pixel_fractions:
@@ -445,6 +456,7 @@ class Integrator:
         folded, _ = detector_map._core.folded(scale=scale, n_threads=self.n_threads)
         m = DetectorMap(folded, detector_map.config)
         m.corrections_folded = False  # radint's weights: resampled as its own map's
+        m.corrected_at_source = tuple(models)
         m.origin = f"{detector_map.origin}, corrections at each entry's pixel"
         return m
 
