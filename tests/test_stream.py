@@ -1749,6 +1749,9 @@ def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):
     spec = control.poll(start)
     assert spec.positions_px == (12.25, 24.5, 30.0)
     assert (tmp_path / "active_peaks.txt").read_text() == "12.2500\n24.5000\n30.0000\n"
+    # A comment above the mode line (as a person writes one) does not hide the mode.
+    (tmp_path / "peak_update.txt").write_text("# from the viewer\n\nmode append\n80\n")
+    assert control.poll(spec).positions_px == (12.25, 24.5, 30.0, 80.0)
 
 
 def _write_failure_run(integrator, tmp_path, monkeypatch, runs: list[int], end_with_first: bool):

@@ -5,7 +5,7 @@ once and deleted when applied:
 
 ``peak_update.txt`` (MIDAS GPU integrator / live_viewer compatible, spec §6.5)::
 
-    mode replace          # or: mode append
+    mode replace          # or: mode append (blank and '#' lines before it are skipped)
     211.85                # one peak position per line, R in pixels
     244.72
 
@@ -99,11 +99,15 @@ class PeakControl:
     # ------------------------------------------------------------------ formats
     def _parse_midas(self, text: str, current: FitSpec | None) -> FitSpec | None:
         lines = text.splitlines()
-        if not lines:
+        # Blank and '#' lines before the mode line are comments (MIDAS's writers put none
+        # there; it would take such a line as the mode line and skip the real one).
+        first = next((i for i, line in enumerate(lines) if line.strip()
+                      and not line.lstrip().startswith("#")), None)  # fmt: skip
+        if first is None:
             raise InvalidInputError("empty file")
-        append = "append" in lines[0]
+        append = "append" in lines[first]
         r_px = []
-        for n, line in enumerate(lines[1:], start=2):
+        for n, line in enumerate(lines[first + 1 :], start=first + 2):
             token = line.split()[0] if line.split() else ""
             if not token:
                 continue
