@@ -77,6 +77,11 @@ def test_convert_a_stored_result(tmp_path, capsys):
     np.testing.assert_allclose(xy[: stored.n_r, 1], stored.lineout[0], rtol=1e-6, atol=1e-6)
     assert main(["convert", str(src), "--format", "fit", "-o", str(out)]) == 2  # no peaks stored
     assert "no fitted peaks" in capsys.readouterr().err
+    # Regression: without -o, --format nexus rewrote the result itself (a stream's counters lost).
+    before = src.read_bytes()
+    assert main(["convert", str(src), "--format", "nexus,xy"]) == 2
+    assert "the result being converted" in capsys.readouterr().err
+    assert src.read_bytes() == before and not (tmp_path / "ceo2_pilatus_lineout.xy").exists()
 
 
 def test_a_pyfai_poni_file_as_parameters(tmp_path, capsys):

@@ -570,6 +570,11 @@ def test_replace_forgets_the_line_that_no_longer_holds_the_value():
         changed.bin_edges()
     with pytest.raises(ParameterError, match="no field 'r_bin_pix'; did you mean r_bin_px"):
         config.replace(r_bin_pix=2)
+    # MIDAS keys name their fields (a user's likeliest slip).
+    with pytest.raises(ParameterError, match="no field 'RBinSize'; did you mean r_bin_px"):
+        config.replace(RBinSize=2)
+    with pytest.raises(ParameterError, match="did you mean bc_y_px and bc_z_px"):
+        config.replace(BC=(1, 2))
     assert config.replace(lsd_um=5e5).set_at["Lsd"] == (str(path), 0)
     assert config.set_at["Lsd"][1] > 0  # the original is unchanged
 

@@ -708,6 +708,8 @@ def test_sender_names_frames_like_midas(tmp_path):
     with h5py.File(tmp_path / "two_d.h5", "w") as f:
         f["exchange/data"] = frame(2, "u2")
     (tmp_path / "g.ge3").write_bytes(b"\0" * 8192 + frame(3, "u2").astype("<u2").tobytes())
+    (tmp_path / ".a.tif.part").write_bytes(b"II*")  # a copy in progress: left out
+    (tmp_path / ".hidden.tif").write_bytes(b"I")
     files = expand_inputs([tmp_path])
     names = [name for _, name in iter_file_frames(files, shape=SHAPE)]
     assert names == ["a.tif", "g.ge3:frame0", "one.h5:exchange/data:frame0"] + [

@@ -86,6 +86,17 @@ def test_info_describes_radints_own_non_nexus_outputs(stored, tmp_path, capsys):
         printed = capsys.readouterr().out
         assert text in printed and "not a parameter file" in printed, printed
     assert main(["info", str(out / "small.caked.hdf"), "RBinSize", "2"]) == 2
+    # A map cache, as `radint info --help` promises ("not a text parameter file" before).
+    from radint import DetectorMap, IntegrationConfig
+
+    from .conftest import SMALL
+
+    cfg = IntegrationConfig.from_text(SMALL, "small.txt")
+    DetectorMap.cached(cfg, tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("radint-map-*.npz")
+    capsys.readouterr()
+    assert main(["info", str(cache)]) == 0
+    assert "a radint detector-map cache: 100 x 120 pixels, 36 eta x" in capsys.readouterr().out
 
 
 def test_follow_says_it_waits_for_a_missing_file_and_fails_if_it_never_appears(tmp_path, capsys):

@@ -999,14 +999,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Write a stored result (NeXus .h5 / .zarr) in other formats."""
     from radint.io import read_nexus, write_result
 
+    from radint.batch import output_stem
+    from radint.io.write import FORMATS, expand_formats, resolve_formats
+
     src = _result_path(args.result)
     formats = _format_list(args.format)
     out_dir = Path(args.output) if args.output else src.parent
     _check_writable(out_dir)
     try:
-        from radint.batch import output_stem
-
-        written = write_result(read_nexus(src), out_dir, formats, name=output_stem(src))
+        result = read_nexus(src)
+        stem = output_stem(src)
+        for fmt in expand_formats(resolve_formats(formats, result.peaks is not None)):
+            target = out_dir / f"{stem}{FORMATS[fmt][0]}"
+            if target.exists() and target.resolve() == src.resolve():
+                raise RadintError(
+                    f"{src}: --format {fmt} would write {target}, the result being converted "
+                    "(its stream counters and provenance would be lost); give -o DIR"
+                )
+        written = write_result(result, out_dir, formats, name=stem)
     except ValueError as e:
         raise RadintError(f"{src}: {e}") from e
     if not args.quiet:
@@ -1514,7 +1524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a radint NeXus file (.h5), or a MIDAS caked.hdf")
     p.add_argument(
         "-o", "--output", default=None,
-        help="PNG path (default: beside the result, <name up to the first dot>.png)",
+        help="PNG path (default: beside the result, its name with .png for its last suffix)",
     )  # fmt: skip
     p.add_argument("--frame", type=int, default=-1, help="frame index (default: last)")
     p.add_argument(

@@ -271,7 +271,12 @@ class IntegrationConfig:
         names = {f.name for f in dataclasses.fields(self)}
         for name in changes:
             if name not in names:
-                close = difflib.get_close_matches(name, sorted(names), n=1)
+                # A MIDAS key (replace(RBinSize=2)) names its field; else the closest name.
+                pairs = {"BC": "bc_y_px and bc_z_px", "px": "pixel_size_y_um and pixel_size_z_um"}
+                by_key = [f for f, key in _MIDAS_KEYS.items() if key == name]
+                if name in pairs:
+                    by_key = [pairs[name]]
+                close = by_key or difflib.get_close_matches(name, sorted(names), n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ParameterError(f"IntegrationConfig has no field {name!r}{hint}")
         if "set_at" not in changes:

@@ -142,6 +142,17 @@ def _describe(path: Path) -> str | None:
     if name.endswith("_lineout.bin"):
         per_frame = _per_frame(size // 8, path, "_lineout.bin", "float64 value(s)")
         return f"raw float64 lineouts (IntegratorZarrOMP _lineout.bin): {per_frame}"
+    if name.startswith("radint-map-") and name.endswith(".npz"):
+        import numpy as np
+
+        with np.load(path) as z:
+            rows, cols = (int(v) for v in z["shape"])
+            n_r, n_eta = len(z["r_edges"]) - 1, len(z["eta_edges"]) - 1
+            entries = int(z["pixel"].shape[0])
+        return (
+            f"a radint detector-map cache: {rows} x {cols} pixels, {n_eta} eta x {n_r} radial "
+            f"bins, {entries} entries (rebuilt when missing; safe to delete)"
+        )
     if name in _STREAM_BINS:
         return f"a MIDAS GPU-stream raw float64 file ({name}): {size // 8} value(s), no header"
     return None

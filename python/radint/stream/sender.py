@@ -77,7 +77,9 @@ _GE = re.compile(r"\.ge\d*$", re.IGNORECASE)
 
 def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> list[Path]:
     """Files to send: given files as is; directories → their frame files sorted by name
-    (case-insensitive suffix match; ``extension`` restricts to one suffix)."""
+    (case-insensitive suffix match; ``extension`` restricts to one suffix). Hidden files in a
+    directory (``.name``: copies in progress, editor and rsync temporaries) are left out, as
+    ``radint integrate`` and the folder stream leave them out."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -87,6 +89,7 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
                     c
                     for c in p.iterdir()
                     if c.is_file()
+                    and not c.name.startswith(".")
                     and (c.suffix.lower() in suffixes or (not extension and _GE.search(c.name)))
                 ),
                 key=lambda c: c.name,
