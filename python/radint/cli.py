@@ -997,9 +997,8 @@ def _result_path(path: str) -> Path:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Write a stored result (NeXus .h5 / .zarr) in other formats."""
-    from radint.io import read_nexus, write_result
-
     from radint.batch import output_stem
+    from radint.io import read_nexus, write_result
     from radint.io.write import FORMATS, expand_formats, resolve_formats
 
     src = _result_path(args.result)
