@@ -60,6 +60,9 @@ def midas_integrate_tiff_rate(config, tifs: list[str], d: Path) -> float:
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     params = ROOT / "examples" / "parameters.txt"
     config = IntegrationConfig.from_midas_params(params).replace(mask_file="")

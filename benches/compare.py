@@ -192,6 +192,9 @@ def copy_bandwidth_gbs() -> float:
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     quick = "--quick" in sys.argv
     if len(sys.argv) > 2 and sys.argv[1] == "--case":
         args = json.loads(sys.argv[2])

@@ -160,6 +160,9 @@ def midas_rows(ys: np.ndarray, nominal: np.ndarray, scipy_rate: float, n: int = 
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     n_scipy = 20
     if "--scipy-curves" in sys.argv:
         n_scipy = int(sys.argv[sys.argv.index("--scipy-curves") + 1])

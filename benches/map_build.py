@@ -40,6 +40,9 @@ def midas_build_seconds(config: IntegrationConfig) -> float | None:
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     base = IntegrationConfig.from_midas_params(EXAMPLE).replace(mask_file="")
     print(f"radint {radint.__version__}; Pilatus 2M 1475x1679")
     print(

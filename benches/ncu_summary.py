@@ -14,9 +14,9 @@ _SCALE = {"nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0,
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 2
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     with open(argv[0]) as f:
         rows = [line for line in f if line.startswith('"')]  # ncu's own log lines start with ==
     launches: dict[str, dict[str, float | str]] = {}

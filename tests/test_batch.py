@@ -1347,7 +1347,7 @@ def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small
         tifffile.imwrite(tmp_path / f"{n}.tif", ring_image(small_config, dtype=np.uint16))
     files = [tmp_path / "a.tif", tmp_path / "b.tif"]
     out = tmp_path / "out"
-    run_batch(small_config, files[:1], out, formats=("nexus", "xy"))
+    run_batch(small_config, files[:1], out, formats=("nexus", "xy", "bin"))
     n_r = read_nexus(out / "a.h5").lineout.shape[-1]
     again = run_batch(small_config, files, out, formats=("nexus", "xy"), skip_existing=True)
     assert [o.skipped for o in again] == [True, False]
@@ -1357,6 +1357,9 @@ def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small
     assert [o.skipped for o in redone] == [False, False] and all(o.ok for o in redone)
     warned = [r.getMessage() for r in caplog.records if "integrated again" in r.getMessage()]
     assert len(warned) == 2 and all("r_bin_px" in w for w in warned), warned
+    # The first run's _lineout.bin of a.tif is not rewritten: said, not silently kept.
+    stale = [r.getMessage() for r in caplog.records if "from the earlier run" in r.getMessage()]
+    assert len(stale) == 1 and "a_lineout.bin" in stale[0], stale
     for n in "ab":
         assert read_nexus(out / f"{n}.h5").lineout.shape[-1] < n_r
     caplog.clear()

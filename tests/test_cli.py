@@ -77,6 +77,13 @@ def test_convert_a_stored_result(tmp_path, capsys):
     np.testing.assert_allclose(xy[: stored.n_r, 1], stored.lineout[0], rtol=1e-6, atol=1e-6)
     assert main(["convert", str(src), "--format", "fit", "-o", str(out)]) == 2  # no peaks stored
     assert "no fitted peaks" in capsys.readouterr().err
+    # convert takes --compression as integrate does (gzip: readable without hdf5plugin).
+    assert (
+        main(["convert", str(src), "--format", "nexus", "-o", str(out), "--compression", "gzip"])
+        == 0
+    )
+    with h5py.File(out / "ceo2_pilatus.h5") as f:
+        assert f["entry/azint1d/data/I"].compression == "gzip"
     # Regression: without -o, --format nexus rewrote the result itself (a stream's counters lost).
     before = src.read_bytes()
     assert main(["convert", str(src), "--format", "nexus,xy"]) == 2

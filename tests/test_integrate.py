@@ -664,6 +664,14 @@ def test_flat_file_of_the_wrong_shape_is_refused(tmp_path, small_map):
         Integrator(missing, detector_map=small_map)
     # ignored under compat="midas-cpu": not read at all
     Integrator(missing, detector_map=small_map, compat="midas-cpu")
+    # Regression: `radint integrate` built and cached the map (64 MB for a Pilatus) first.
+    from radint.cli import main
+
+    tifffile.imwrite(tmp_path / "frame.tif", np.zeros((100, 120), np.uint16))
+    out = tmp_path / "out"
+    assert main(["integrate", str(tmp_path / "p.txt"), str(tmp_path / "frame.tif"),
+                 "-o", str(out), "FlatFile", "flat.tif"]) == 2  # fmt: skip
+    assert not out.exists()
 
 
 def test_normalize_values_other_than_0_and_1(tmp_path, small_map, caplog):

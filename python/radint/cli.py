@@ -941,9 +941,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
 
     stem = output_stem(src)
-    written = write_result(result, out_dir, formats, name=stem) if formats else []
+    compression = None if args.compression == "none" else args.compression
+    written = (
+        write_result(result, out_dir, formats, name=stem, compression=compression)
+        if formats
+        else []
+    )
     if args.update:
-        written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5"))
+        written.append(write_nexus(result, src, backend="zarr" if src.is_dir() else "hdf5",
+                                   compression=compression))  # fmt: skip
     peaks = result.peaks
     status = np.asarray(peaks.status).reshape(result.n_frames, -1)
     ok = status == 0
@@ -1015,7 +1021,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     f"{src}: --format {fmt} would write {target}, the result being converted "
                     "(its stream counters and provenance would be lost); give -o DIR"
                 )
-        written = write_result(result, out_dir, formats, name=stem)
+        compression = None if args.compression == "none" else args.compression
+        written = write_result(result, out_dir, formats, name=stem, compression=compression)
     except ValueError as e:
         raise RadintError(f"{src}: {e}") from e
     if not args.quiet:
@@ -1049,6 +1056,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     overrides = _only_overrides(args.overrides, "stream")
     config = _load_config(args.params, overrides, args)
     out_dir = Path(args.output)
+    if args.source == "pva":
+        from radint.stream.sources import import_pvaccess
+
+        import_pvaccess()  # before anything is made: a missing pvapy leaves no folder behind
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.source == "tcp":
         source = TcpSource(config.shape, host=args.host, port=args.port)
@@ -1501,6 +1512,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update", action="store_true", help="also store the fits in the result file (peaks group)"
     )
+    p.add_argument(
+        "--compression",
+        default="blosc-lz4",
+        choices=["blosc-lz4", "gzip", "none"],
+        help="NeXus HDF5 compression (see integrate)",
+    )
     p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_fit)
 
@@ -1515,6 +1532,12 @@ def build_parser() -> argparse.ArgumentParser:
         "peaks, fit, fit_per_eta, caked_peaks (see radint integrate --help)",
     )
     p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
+    p.add_argument(
+        "--compression",
+        default="blosc-lz4",
+        choices=["blosc-lz4", "gzip", "none"],
+        help="NeXus HDF5 compression (see integrate)",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(

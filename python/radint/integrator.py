@@ -281,6 +281,21 @@ class Integrator:
         # Flat indices of the pixels marked in the last frames, and the map without them.
         self._marker_cache: tuple[np.ndarray, DetectorMap] | None = None
         self.backend = self._choose_backend(backend)
+        # Read before the map is built: a wrong FlatFile fails at once (and leaves no cache).
+        if flat is None and config.flat_file:
+            if compat == "midas-cpu":
+                warn_once(
+                    ("flat_file", config.flat_file),
+                    "%s %s ignored with compat='midas-cpu': IntegratorZarrOMP does not read "
+                    "FlatFile (midas-integrate's key; radint's default and compat='midas-gpu' "
+                    "divide by it)", config.where_set("flat_file"), config.flat_file,
+                )  # fmt: skip
+            else:
+                from radint.corrections import read_flat_file
+
+                flat = read_flat_file(config)
+        elif flat is not None and config.flat_file:
+            log.info("flat given: the parameters' FlatFile %s is not used", config.flat_file)
         if detector_map is None:
             if cache_dir is not None:
                 detector_map = DetectorMap.cached(config, cache_dir, n_threads=n_threads)
@@ -329,20 +344,6 @@ class Integrator:
         self.rules = f"{compat or 'radint'} rules, " + (
             _midas_map_identity(midas_dir) if midas_dir is not None else "radint map"
         )
-        if flat is None and config.flat_file:
-            if compat == "midas-cpu":
-                warn_once(
-                    ("flat_file", config.flat_file),
-                    "%s %s ignored with compat='midas-cpu': IntegratorZarrOMP does not read "
-                    "FlatFile (midas-integrate's key; radint's default and compat='midas-gpu' "
-                    "divide by it)", config.where_set("flat_file"), config.flat_file,
-                )  # fmt: skip
-            else:
-                from radint.corrections import read_flat_file
-
-                flat = read_flat_file(config)
-        elif flat is not None and config.flat_file:
-            log.info("flat given: the parameters' FlatFile %s is not used", config.flat_file)
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._dark = self._prepare_dark(dark)
         if self._dark is not None:

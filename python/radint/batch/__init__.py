@@ -214,6 +214,14 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _other_format_outputs(out_dir: Path, stem: str, expected: Sequence[Path]) -> list[Path]:
+    """Outputs of ``stem`` in formats this run does not write (an earlier run's ``.mat``)."""
+    from radint.io.write import FORMATS
+
+    names = {out_dir / f"{stem}{suffix}" for suffix, _ in FORMATS.values()}
+    return sorted(p for p in names - set(expected) if p.exists())
+
+
 def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig, rules: str) -> list[str]:
     """How the configuration stored in the first of the NeXus/Zarr ``outputs`` that has one
     differs from ``config``, and the rules and map it was made with from ``rules``
@@ -517,6 +525,13 @@ def process_files(
                     "%s: integrated again: its outputs were made with other parameters (%s)",
                     path, "; ".join(changes),
                 )  # fmt: skip
+                stale = _other_format_outputs(writer.out_dir, stem, expected)
+                if stale:
+                    log.warning(
+                        "%s: %s, from the earlier run, not written by this one: they keep the "
+                        "earlier parameters (remove them, or ask for their formats too)",
+                        path, ", ".join(p.name for p in stale),
+                    )  # fmt: skip
             yield ("start", i, path, stem)
             try:
                 # A dark given (or the integrator's own) before the file's own (MIDAS zips).
@@ -1058,6 +1073,10 @@ def run_batch(
         parse_address(dask)
         require_distributed()
     cache = out_dir / ".radint-cache"
+    if config.flat_file and compat != "midas-cpu":
+        from radint.corrections import read_flat_file
+
+        read_flat_file(config)  # a wrong FlatFile fails before the map is built and cached
     # Built before any worker runs: with the threads of all of them (-nCPUs × -nCPUsLocal).
     build_threads = n_threads * max(1, n_procs) if n_threads and not dask else n_threads
     if midas_map:

@@ -212,6 +212,7 @@ def write_result(
     path_or_dir: str | Path,
     formats: Sequence[str] = ("nexus",),
     name: str | None = None,
+    compression: str | None = "blosc-lz4",
 ) -> list[Path]:
     """Write ``result`` in each requested format into a directory, every file atomically.
 
@@ -236,6 +237,9 @@ def write_result(
     name : str, optional
         File stem; default the stem of ``result.metadata['source']`` (text before the first
         dot), else ``"result"``.
+    compression : {"blosc-lz4", "gzip", None}
+        Of the NeXus HDF5 file (:func:`~radint.io.write_nexus`; gzip is readable without
+        hdf5plugin).
 
     Returns
     -------
@@ -269,7 +273,10 @@ def write_result(
     written: list[Path] = []
     try:
         for f, target in zip(wanted, targets, strict=True):
-            written.append(FORMATS[f][1](result, target))
+            if f == "nexus":
+                written.append(write_nexus(result, target, compression=compression))
+            else:
+                written.append(FORMATS[f][1](result, target))
     except BaseException:
         for path in written:
             if path not in existed:
