@@ -531,6 +531,10 @@ def test_cli_cuda_backend_on_fake_cupy(tmp_path, example_config):
         assert run.returncode == 0, run.stderr
         outputs[backend], logs[backend] = tmp_path / backend, run.stderr
     assert "backend auto: using cuda (CUDA device radint fake CuPy" in logs["auto"], logs["auto"]
+    for backend in ("auto", "cpu"):  # which engine made each file is recorded
+        with h5py.File(outputs[backend] / "ceo2_pilatus.h5") as f:
+            stored = f["entry/azint1d/reduction/input/backend"].asstr()[()]
+        assert stored == ("cuda" if backend == "auto" else "cpu")
     fits = [np.fromfile(outputs[b] / "ceo2_pilatus_fit.bin") for b in ("auto", "cpu")]
     np.testing.assert_allclose(fits[0], fits[1], rtol=1e-9)
     with (

@@ -545,6 +545,14 @@ def _is_result_file(path: str) -> bool:
 _INFO_FILES = 20
 
 
+def _text_value(node: Any) -> str:
+    """A scalar string dataset or array of h5py / zarr as str."""
+    value = node[()]
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.size == 1 else value.tolist()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     """``radint info RESULT``: frames, bins and, from ``entry/provenance``, the input files
     with the frames each gave (or, with ``row``, where that output frame came from)."""
@@ -566,11 +574,18 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         units = units.decode() if isinstance(units, bytes) else units
         radial = np.asarray(axis[()])
         counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
+        made = [
+            _text_value(root[f"entry/azint1d/reduction/input/{key}"])
+            for key in ("rules", "backend")
+            if f"entry/azint1d/reduction/input/{key}" in root
+        ]
     finally:
         if hasattr(root, "close"):
             root.close()
     span = f", radial axis {radial[0]:.4g}..{radial[-1]:.4g} {units}" if radial.size else ""
     print(f"result {path}: {n_frames} frame(s), {n_eta} eta x {n_r} radial bins{span}")
+    if made:
+        print(f"  made with: {'; backend '.join(made) if len(made) == 2 else made[0]}")
     if "frames_received" in counts:  # a stream's counters (entry/stream)
         print(f"  stream: received {counts['frames_received']}, written "
               f"{counts.get('frames_written')}, dropped {counts.get('frames_dropped')}, "

@@ -911,6 +911,8 @@ class NexusWriter:
         t.field(f"{red}/input/file_digests", _file_digests_json(result))
         if isinstance(result.metadata.get("rules"), str):
             t.field(f"{red}/input/rules", result.metadata["rules"])
+        if isinstance(result.metadata.get("backend"), str):  # cpu / cuda: which engine ran
+            t.field(f"{red}/input/backend", result.metadata["backend"])
         t.field(f"{red}/input/lineout_mode", result.lineout_mode)
         for key, value in sorted(params.items()):
             if isinstance(value, bool | int | float | str):
