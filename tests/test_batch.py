@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -1081,11 +1082,8 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
     that reason, the other files' results stand, no temporary output is left and the run ends
     with a summary and exit code 1, not a BrokenProcessPool traceback."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
-    from pathlib import Path
 
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
@@ -1098,32 +1096,7 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
-    def children() -> list[int]:
-        kids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == proc.pid:
-                kids.append(int(stat.parent.name))
-        return kids
-
-    try:
-        deadline = time.monotonic() + 60
-        while not (out / "a.h5").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        # The pool's workers (a.h5's is idle by now, b.tif's waits on the FIFO): both killed.
-        workers = [k for k in children()
-                   if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]  # fmt: skip
-        assert workers
-        for k in workers:
-            os.kill(k, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stdout, stderr = _kill_pool_workers_when(proc, out / "a.h5", 60)
     assert proc.returncode == 1, stderr
     assert "Traceback" not in stderr and "worker process integrating it died" in stderr
     assert "1/2 file(s) ok" in stdout
@@ -1135,11 +1108,8 @@ def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_confi
     completed (outputs whole, written by this batch) are reported done with their frames, only
     the file it was on fails (all of its run failed before)."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
-    from pathlib import Path
 
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
@@ -1154,21 +1124,7 @@ def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_confi
          "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while not (out / "a14.h5").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
-                   if _parent_pid(p) == proc.pid
-                   and b"spawn_main" in (p.parent / "cmdline").read_bytes()]  # fmt: skip
-        assert workers
-        for k in workers:
-            os.kill(k, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stdout, stderr = _kill_pool_workers_when(proc, out / "a14.h5", 90)
     assert proc.returncode == 1, stderr
     assert "15/16 file(s) ok" in stdout, stdout
     assert "z.tif: the worker process integrating it died" in stderr
@@ -1180,11 +1136,41 @@ def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_confi
     assert "a14.h5: 8 frame(s)" in stdout
 
 
-def _parent_pid(stat: Path) -> int:
+def _kill_pool_workers_when(
+    proc: subprocess.Popen[str], ready: Path, timeout: float
+) -> tuple[str, str]:
+    """Once ``ready`` exists (or after ``timeout`` s), SIGKILL the pool workers of the batch
+    process ``proc`` (as the OOM killer would); returns the batch's (stdout, stderr)."""
+    import os
+    import signal
+    import time
+
+    def parent(stat: Path) -> int:
+        try:
+            return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    def is_worker(pid_dir: Path) -> bool:
+        try:
+            return b"spawn_main" in (pid_dir / "cmdline").read_bytes()
+        except OSError:
+            return False
+
     try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+        deadline = time.monotonic() + timeout
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                   if parent(p) == proc.pid and is_worker(p.parent)]  # fmt: skip
+        assert workers
+        for k in workers:
+            os.kill(k, signal.SIGKILL)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_a_stopping_worker_still_exits_on_sigterm_once_idle():
