@@ -218,6 +218,16 @@ def test_cli_fit_flags_formats_and_radint_fit(ring_config, tmp_path):
     np.testing.assert_array_equal(again.peaks.center, direct.center)
     np.testing.assert_array_equal(again.lineout, r.lineout)
     assert main(["fit", str(out / "scan.h5"), "-q"]) == 2  # neither --peaks nor --auto
+    # The backend record survives the rewrite; a stream's record would not: refused.
+    import h5py
+
+    with h5py.File(out / "scan.h5") as f:
+        assert f["entry/azint1d/reduction/input/backend"].asstr()[()] == "cpu"
+    with h5py.File(out / "scan.h5", "a") as f:
+        f["entry/stream/frame_id"] = np.arange(3)
+    before = (out / "scan.h5").read_bytes()
+    assert main(["fit", str(out / "scan.h5"), "--auto", "4", "--update", "-q"]) == 2
+    assert (out / "scan.h5").read_bytes() == before
     assert main(["integrate", str(params), str(tmp_path / "scan.tif"), "--format", "fit",
                  "-o", str(tmp_path / "none"), "-q"]) == 2  # fmt: skip
     assert not (tmp_path / "none").exists()  # refused before the map is built

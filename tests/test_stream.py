@@ -680,6 +680,26 @@ def test_cli_stream_sigterm_and_send(tmp_path, backend):
     assert "Write2D 0" in text
 
 
+def test_cli_stream_refusals_leave_no_output_folder(tmp_path, capsys):
+    """Regression (review): a missing --channel / --watch, a bad --settle or --watch on the
+    output folder were refused after the output folder was made (left behind, empty)."""
+    from radint.cli import main
+
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    out = tmp_path / "out"
+    for extra, message in (
+        (["--source", "pva"], "needs --channel"),
+        (["--source", "folder"], "needs --watch"),
+        (["--source", "folder", "--watch", str(out)], "is the output directory"),
+        (["--source", "folder", "--watch", str(tmp_path), "--settle", "0"], "--settle"),
+        (["--dark", str(tmp_path / "missing.tif")], "missing.tif"),
+    ):
+        assert main(["stream", str(params), "-o", str(out), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not out.exists(), extra
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1753,7 +1773,14 @@ def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):
     assert (tmp_path / "active_peaks.txt").read_text() == "12.2500\n24.5000\n30.0000\n"
     # A comment above the mode line (as a person writes one) does not hide the mode.
     (tmp_path / "peak_update.txt").write_text("# from the viewer\n\nmode append\n80\n")
-    assert control.poll(spec).positions_px == (12.25, 24.5, 30.0, 80.0)
+    spec = control.poll(spec)
+    assert spec.positions_px == (12.25, 24.5, 30.0, 80.0)
+    # Without a mode line, line 1 is the mode line as in MIDAS (a comment here): replace with
+    # every position after it; a comment alone changes nothing.
+    (tmp_path / "peak_update.txt").write_text("# picked in viewer\n12.25\n24.5\n")
+    assert control.poll(spec).positions_px == (12.25, 24.5)
+    (tmp_path / "peak_update.txt").write_text("# placeholder\n")
+    assert control.poll(spec).positions_px == spec.positions_px
 
 
 def _write_failure_run(integrator, tmp_path, monkeypatch, runs: list[int], end_with_first: bool):

@@ -924,6 +924,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _is_stream_result(path: Path) -> bool:
+    """Whether ``path`` is a ``radint stream`` result (it holds ``entry/stream``)."""
+    if path.is_dir():
+        return (path / "entry" / "stream").is_dir()
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return "entry/stream" in f
+    except OSError:
+        return False
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit peaks in the lineouts of an existing result file; write CSV / fit.bin / NeXus."""
     from rich.console import Console
@@ -937,6 +950,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.peaks and args.auto is None:
         raise RadintError("give --peaks LIST or --auto N")
     src = _result_path(args.result)
+    if args.update and _is_stream_result(src):
+        raise RadintError(
+            f"{src}: --update rewrites the file, and a stream's record (entry/stream: its "
+            "counters, each frame's source and dataset number) would be lost; write the fits "
+            "beside it (--format peaks,fit) or a fitted copy (-o DIR --format nexus)"
+        )
     # --update alone (--format "") stores the fits in the result file and writes nothing else.
     formats = _format_list(args.format) if args.format.strip(", ") or not args.update else []
     out_dir = Path(args.output) if args.output else src.parent
@@ -1071,18 +1090,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
     overrides = _only_overrides(args.overrides, "stream")
     config = _load_config(args.params, overrides, args)
     out_dir = Path(args.output)
+    # Every check before the output folder is made: a refused run leaves nothing behind.
     if args.source == "pva":
-        from radint.stream.sources import import_pvaccess
-
-        import_pvaccess()  # before anything is made: a missing pvapy leaves no folder behind
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if args.source == "tcp":
-        source = TcpSource(config.shape, host=args.host, port=args.port)
-    elif args.source == "pva":
         if not args.channel:
             raise RadintError("--source pva needs --channel NAME")
-        source = PvaSource(args.channel, config.shape)
-    else:
+        from radint.stream.sources import import_pvaccess
+
+        import_pvaccess()
+    elif args.source == "folder":
         if not args.watch:
             raise RadintError("--source folder needs --watch DIR")
         if Path(args.watch).resolve() == out_dir.resolve():
@@ -1090,14 +1105,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 f"--watch {args.watch} is the output directory: the stream would read its own "
                 "files; write to another one (-o)"
             )
-    dark_path = _dark_path(args.dark, config, args.params)
-    if args.source == "folder":  # the mask, flat and dark may lie among the frames
         if not args.settle > 0:
             raise RadintError(f"--settle: expected seconds > 0, got {args.settle}")
+    dark_path = _dark_path(args.dark, config, args.params)
+    dark = _read_dark(dark_path, args.dark_dataset, config, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.source == "tcp":
+        source = TcpSource(config.shape, host=args.host, port=args.port)
+    elif args.source == "pva":
+        source = PvaSource(args.channel, config.shape)
+    else:  # the mask, flat and dark may lie among the frames
         aux = (config.mask_file, config.flat_file, dark_path)
         source = FolderSource(args.watch, config.shape, exclude=aux,
                               zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip
-    dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(

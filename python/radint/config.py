@@ -272,7 +272,8 @@ class IntegrationConfig:
         for name in changes:
             if name not in names:
                 # A MIDAS key (replace(RBinSize=2)) names its field; else the closest name.
-                pairs = {"BC": "bc_y_px and bc_z_px", "px": "pixel_size_y_um and pixel_size_z_um"}
+                pairs = {"BC": "bc_y_px and bc_z_px", "px": "pixel_size_y_um and pixel_size_z_um",
+                         "NrPixels": "n_pixels_y and n_pixels_z"}  # fmt: skip
                 by_key = [f for f, key in _MIDAS_KEYS.items() if key == name]
                 if name in pairs:
                     by_key = [pairs[name]]

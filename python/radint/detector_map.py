@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import mmap
 import os
@@ -407,6 +408,14 @@ class DetectorMap:
             arrays["weight"] = self.weight
         if self.fold is not None:
             arrays["fold"] = np.array(self.fold, dtype=np.float64)
+        # What the weights and areas already hold: a reloaded map must not get them again.
+        flags = {
+            "corrections_folded": self.corrections_folded,
+            "gradient_corrected": self.gradient_corrected,
+            "pixel_fractions": self.pixel_fractions,
+            "corrected_at_source": self.corrected_at_source,
+        }
+        arrays["flags"] = np.frombuffer(json.dumps(flags).encode(), dtype=np.uint8)
         from radint.io.atomic import remove_stale_partials, temporary_sibling
 
         # A killed save left its temporary (tens of MB) under a name with no owner; named
@@ -446,11 +455,18 @@ class DetectorMap:
                 )
                 fold = z.get("fold")
                 fold = None if fold is None else np.array(fold)  # a copy: the file is unmapped
+                flags = z.get("flags")
+                flags = {} if flags is None else json.loads(bytes(np.asarray(flags)).decode())
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             if isinstance(e, MapFormatError):
                 raise
             raise MapFormatError(f"{path}: not a radint map cache ({e})") from e
         m.origin = f"cache {path}"
+        m.corrections_folded = bool(flags.get("corrections_folded", m.corrections_folded))
+        m.gradient_corrected = bool(flags.get("gradient_corrected", False))
+        m.pixel_fractions = bool(flags.get("pixel_fractions", False))
+        at_source = flags.get("corrected_at_source")
+        m.corrected_at_source = tuple(at_source) if at_source is not None else None
         if fold is not None and fold.shape == (4,):
             m.fold = (int(fold[0]), float(fold[1]), float(fold[2]), float(fold[3]))
             _warn_fold(m.fold, config)

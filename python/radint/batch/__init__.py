@@ -1209,16 +1209,21 @@ def _written_since(path: Path, since: float) -> bool:
 
 
 def _frames_written(outputs: Sequence[Path]) -> int:
-    """Rows of the first NeXus output among ``outputs`` (0 where none is one)."""
+    """Rows of the first NeXus (HDF5 or Zarr) output among ``outputs``; 0 where there is none
+    (a run of xy/bin/MIDAS outputs only: the summary then counts no frames for the file)."""
     import h5py
 
     for path in outputs:
         try:
+            if path.is_dir():
+                import zarr
+
+                root: Any = zarr.open_group(str(path), mode="r")
+                return int(root["entry/azint1d/data/I"].shape[0])
             with h5py.File(path, "r") as f:
-                for group in ("azint2d", "azint1d"):
-                    if f"entry/{group}/data/I" in f:
-                        return int(f[f"entry/{group}/data/I"].shape[0])
-        except OSError:
+                if "entry/azint1d/data/I" in f:
+                    return int(f["entry/azint1d/data/I"].shape[0])
+        except (OSError, KeyError, ValueError):
             continue
     return 0
 

@@ -285,6 +285,7 @@ def _reduction_date(result: Result) -> str:
 
 _DIGEST_PATH = "entry/azint1d/reduction/input/file_digests"
 _RULES_PATH = "entry/azint1d/reduction/input/rules"
+_BACKEND_PATH = "entry/azint1d/reduction/input/backend"
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
 _DIGESTS_LOCK = threading.Lock()
 
@@ -1874,6 +1875,8 @@ def read_nexus(path: str | Path) -> Result:
             metadata["file_digests"] = digests
         if rules := text(_RULES_PATH):
             metadata["rules"] = rules
+        if backend := text(_BACKEND_PATH):  # kept when the result is written again
+            metadata["backend"] = backend
         if file_index is not None and frame_index is not None:
             metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
             metadata["source_frame"] = frame_index[:n].astype(np.int64)

@@ -99,15 +99,19 @@ class PeakControl:
     # ------------------------------------------------------------------ formats
     def _parse_midas(self, text: str, current: FitSpec | None) -> FitSpec | None:
         lines = text.splitlines()
-        # Blank and '#' lines before the mode line are comments (MIDAS's writers put none
-        # there; it would take such a line as the mode line and skip the real one).
+        if not lines:
+            raise InvalidInputError("empty file")
+        # MIDAS takes line 1 as the mode line, whatever it holds. Blank and '#' lines before a
+        # `mode ...` line are comments (MIDAS's writers put none there; it would take the
+        # first of them as the mode line and skip the real one).
         first = next((i for i, line in enumerate(lines) if line.strip()
                       and not line.lstrip().startswith("#")), None)  # fmt: skip
-        if first is None:
-            raise InvalidInputError("empty file")
-        append = "append" in lines[first]
+        mode_at = 0
+        if first is not None and lines[first].split()[0].lower() == "mode":
+            mode_at = first
+        append = "append" in lines[mode_at]
         r_px = []
-        for n, line in enumerate(lines[first + 1 :], start=first + 2):
+        for n, line in enumerate(lines[mode_at + 1 :], start=mode_at + 2):
             token = line.split()[0] if line.split() else ""
             if not token:
                 continue

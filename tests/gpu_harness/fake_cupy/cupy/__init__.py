@@ -328,16 +328,16 @@ class RawModule:
         )  # fmt: skip
 
     def _lineout(self, args: tuple) -> None:
-        (signal, area, variance, count, mask_hit, _cake, _sigma, cross, n_eta, n_r, n_rows,
+        # As the kernel: the MIDAS reductions read the η-major cake and sigma it is given.
+        (signal, area, variance, count, mask_hit, cake, sigma, cross, n_eta, n_r, n_rows,
          *fin, line, line_sigma) = args  # fmt: skip
-        n_r, n_rows, n_eta = int(n_r), int(n_rows), int(n_eta)
-        n_frames = n_rows // n_r
-        tmp = np.empty(n_rows * n_eta)
-        tmp_sigma = np.empty(n_rows * n_eta)
-        self._finalize(_ptr(signal), _ptr(area), _ptr(variance), _ptr(count), _ptr(mask_hit),
-                       _ptr(cross), n_frames, n_r, n_eta, fin,
-                       ctypes.c_void_p(tmp.ctypes.data), ctypes.c_void_p(tmp_sigma.ctypes.data),
-                       _ptr(line), _ptr(line_sigma))  # fmt: skip
+        rules, normalize, lineout, nan_masked, empty_value = fin
+        self._lib.ri_host_lineout(
+            _ptr(signal), _ptr(area), _ptr(variance), _ptr(count), _ptr(mask_hit), _ptr(cake),
+            _ptr(sigma), _ptr(cross), _int(n_eta), _u64(n_r), _u64(n_rows), _int(rules),
+            _int(normalize), _int(lineout), _int(nan_masked), _dbl(empty_value), _ptr(line),
+            _ptr(line_sigma),
+        )  # fmt: skip
 
     def _fit_jobs(self, args: tuple) -> None:
         (x, lineouts, n_x, n_curves, job_lo, job_hi, peak_start, peak_slot, peak_index, peak_lo,
