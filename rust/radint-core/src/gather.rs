@@ -85,8 +85,10 @@ pub fn gathers_wanted() -> bool {
     })
 }
 
-/// Entries ahead whose pixel is prefetched (measured best between 96 and 768 on Zen 4).
-const PREFETCH_AHEAD: usize = 192;
+/// Entries ahead whose pixel is prefetched (measured best between 96 and 768 on Zen 4; on the
+/// Zen 5 VM of session 22, 384–512 beat 192 by 10–25 % for single frames, most where the frame
+/// is not already in the cache).
+const PREFETCH_AHEAD: usize = 512;
 
 /// Entries ahead whose CSR lines (pixel index and area) are prefetched. The hardware streamer
 /// alone left the area loads stalling on the Intel VM: single Pilatus 2D frames took 7.0 instead
@@ -105,13 +107,17 @@ unsafe fn prefetch_csr(pixel: &[u32], area: &[f32], e: usize) {
 }
 
 /// Per bin `lo..hi`: `signal = Σ area·v` and, with `variance`, `Σ area²·max(v, 1)` (Poisson).
-/// `variance` is empty or as long as `signal` (`hi − lo`). Callers check [`available`] first.
+/// `variance` is empty or as long as `signal` (`hi − lo`). `max_pixel`: the largest index in
+/// `pixel` where the caller knows it (the map caches it, [`crate::map::DetectorMap::max_pixel`]);
+/// below the frame's gatherable length it spares the per-lane bounds check (a wrong value gives
+/// wrong sums, never a read out of bounds). Callers check [`available`] first.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub fn dense_bins<T: Pixel>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
+    max_pixel: Option<u32>,
     frame: &[T],
     lo: usize,
     hi: usize,
@@ -126,23 +132,24 @@ pub fn dense_bins<T: Pixel>(
     assert!(hi <= indptr.len().saturating_sub(1) && signal.len() == hi - lo);
     assert!(variance.is_empty() || variance.len() == hi - lo);
     assert!(*indptr.get(hi).unwrap_or(&0) as usize <= pixel.len().min(area.len()));
-    // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with the
-    // frame length inside, so even a corrupt map cannot read out of bounds.
+    macro_rules! run {
+        ($kind:literal, $clamp:literal) => {
+            bins::<T, $kind, $clamp>(indptr, pixel, area, frame, lo, hi, signal, variance)
+        };
+    }
+    // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is either compared
+    // with the frame's gatherable length or clamped below it (`lanes`), so even a corrupt map
+    // cannot read out of bounds.
     unsafe {
-        let with_var = !variance.is_empty();
-        match T::GATHER.code() {
-            0 => bins::<T, 0>(
-                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
-            ),
-            1 => bins::<T, 1>(
-                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
-            ),
-            2 => bins::<T, 2>(
-                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
-            ),
-            3 => bins::<T, 3>(
-                indptr, pixel, area, frame, lo, hi, signal, variance, with_var,
-            ),
+        match (T::GATHER.code(), clamp_ok(max_pixel, frame)) {
+            (0, false) => run!(0, false),
+            (0, true) => run!(0, true),
+            (1, false) => run!(1, false),
+            (1, true) => run!(1, true),
+            (2, false) => run!(2, false),
+            (2, true) => run!(2, true),
+            (3, false) => run!(3, false),
+            (3, true) => run!(3, true),
             _ => unreachable!("checked above: integer pixels only"),
         }
     }
@@ -184,12 +191,10 @@ unsafe fn gather_f64(base: *const f64, idx: __m256i, mask: __mmask8) -> __m512d 
     _mm512_mask_i32gather_pd::<8>(_mm512_setzero_pd(), mask, idx, base)
 }
 
-/// Lane limit of a frame's gathers: indices at or past it go to the scalar (bounds-checked)
-/// fix-up. A 32-bit gather of a narrower pixel reads up to 3 bytes past it, and gather indices
-/// are signed 32-bit.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn gather_limit<T: Pixel>(frame: &[T]) -> __m256i {
+/// Pixels of `frame` a 32-bit-indexed gather may read: indices at or past it go to the scalar
+/// (bounds-checked) fix-up. A 32-bit gather of a narrower pixel reads up to 3 bytes past it, and
+/// gather indices are signed 32-bit.
+fn gatherable_len<T: Pixel>(frame: &[T]) -> usize {
     let bytes = T::GATHER.bytes();
     let frame_bytes = frame.len() * bytes;
     let gatherable = if frame_bytes >= 4 {
@@ -197,13 +202,48 @@ unsafe fn gather_limit<T: Pixel>(frame: &[T]) -> __m256i {
     } else {
         0
     };
-    _mm256_set1_epi32(gatherable.min(1 << 31) as u32 as i32)
+    gatherable.min(1 << 31)
+}
+
+/// Whether every index of a map whose largest pixel index is `max_pixel` can be gathered from
+/// `frame` without a per-lane check (see [`lanes`]).
+fn clamp_ok<T: Pixel>(max_pixel: Option<u32>, frame: &[T]) -> bool {
+    max_pixel.is_some_and(|m| (m as usize) < gatherable_len(frame))
+}
+
+/// [`gatherable_len`] of `frame` in every lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn gather_limit<T: Pixel>(frame: &[T]) -> __m256i {
+    _mm256_set1_epi32(gatherable_len(frame) as u32 as i32)
+}
+
+/// The indices to gather and the lanes to gather them in, for the lanes `mask` holds. With
+/// `CLAMP` (the caller knows every map pixel is below `limit`, [`clamp_ok`]) the indices are
+/// clamped below it and every lane is kept: one instruction, where the compare and the branch on
+/// its result made single Pilatus 2M frames 12 % slower (session 22, Zen 5). A wrong hint then
+/// gives wrong sums, never a read past the frame. Without `CLAMP`, lanes at or past `limit`
+/// leave the mask for the caller's scalar fix-up.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn lanes<const CLAMP: bool>(
+    idx: __m256i,
+    mask: __mmask8,
+    limit: __m256i,
+) -> (__m256i, __mmask8) {
+    if CLAMP {
+        let last = _mm256_sub_epi32(limit, _mm256_set1_epi32(1));
+        (_mm256_min_epu32(idx, last), mask)
+    } else {
+        (idx, _mm256_mask_cmplt_epu32_mask(mask, idx, limit))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn bins<T: Pixel, const KIND: u8>(
+unsafe fn bins<T: Pixel, const KIND: u8, const CLAMP: bool>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
@@ -212,8 +252,8 @@ unsafe fn bins<T: Pixel, const KIND: u8>(
     hi: usize,
     signal: &mut [f64],
     variance: &mut [f64],
-    with_var: bool,
 ) {
+    let with_var = !variance.is_empty();
     let base = frame.as_ptr() as *const i32;
     let limit = gather_limit(frame);
     let one = _mm512_set1_pd(1.0);
@@ -249,7 +289,7 @@ unsafe fn bins<T: Pixel, const KIND: u8>(
                 let n = (e1 - start).min(8);
                 let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
                 let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(start) as *const i32);
-                let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
+                let (idx, inside) = lanes::<CLAMP>(idx, mask, limit);
                 if inside != mask {
                     for k in 0..n {
                         if inside & (1 << k) == 0 {
@@ -317,13 +357,15 @@ pub struct MaskedSums<'a> {
 
 /// Per bin `lo..hi`, over entries whose value is not NaN (w = area·scale, value = raw − dark):
 /// `signal = Σ w·value`, `area = Σ area`, `variance = Σ w²·var`, `count = #entries`: the
-/// scalar kernel's sums (`integrate::bins_block`) for one frame. Callers check [`available`].
+/// scalar kernel's sums (`integrate::bins_block`) for one frame; `max_pixel` as for
+/// [`dense_bins`]. Callers check [`available`].
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub fn masked_bins<T: Pixel>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
+    max_pixel: Option<u32>,
     frame: &[T],
     inputs: PixelInputs,
     model: MaskedVariance,
@@ -332,7 +374,17 @@ pub fn masked_bins<T: Pixel>(
     out: MaskedSums,
 ) {
     assert_eq!(out.signal.len(), hi - lo, "outputs for bins {lo}..{hi}");
-    masked_run(indptr, pixel, area, [frame], inputs, model, lo, [out]);
+    masked_run(
+        indptr,
+        pixel,
+        area,
+        max_pixel,
+        [frame],
+        inputs,
+        model,
+        lo,
+        [out],
+    );
 }
 
 /// [`masked_bins`] for [`STACK_BLOCK`] frames at once: the CSR entry, the per-pixel scale,
@@ -345,6 +397,7 @@ pub fn masked_bins_stack<T: Pixel>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
+    max_pixel: Option<u32>,
     frames: &[&[T]],
     inputs: PixelInputs,
     model: MaskedVariance,
@@ -352,7 +405,9 @@ pub fn masked_bins_stack<T: Pixel>(
     out: [MaskedSums; STACK_BLOCK],
 ) {
     let frames: [&[T]; STACK_BLOCK] = frames.try_into().expect("one block of frames");
-    masked_run(indptr, pixel, area, frames, inputs, model, lo, out);
+    masked_run(
+        indptr, pixel, area, max_pixel, frames, inputs, model, lo, out,
+    );
 }
 
 /// Checks the inputs of the masked kernel for `NB` frames and runs it.
@@ -362,6 +417,7 @@ fn masked_run<T: Pixel, const NB: usize>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
+    max_pixel: Option<u32>,
     frames: [&[T]; NB],
     inputs: PixelInputs,
     model: MaskedVariance,
@@ -391,16 +447,27 @@ fn masked_run<T: Pixel, const NB: usize>(
         );
     }
     assert!(model != MaskedVariance::Given || inputs.variance.is_some());
-    // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked
-    // inside against the (common) frame length, which every per-pixel input shares.
+    macro_rules! run {
+        ($kind:literal, $clamp:literal) => {
+            masked::<T, $kind, NB, $clamp>(indptr, pixel, area, frames, inputs, model, lo, out)
+        };
+    }
+    // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked or
+    // clamped (`lanes`) against the (common) frame length, which every per-pixel input shares.
     unsafe {
-        match T::GATHER.code() {
-            0 => masked::<T, 0, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
-            1 => masked::<T, 1, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
-            2 => masked::<T, 2, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
-            3 => masked::<T, 3, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
-            4 => masked::<T, 4, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
-            5 => masked::<T, 5, NB>(indptr, pixel, area, frames, inputs, model, lo, out),
+        match (T::GATHER.code(), clamp_ok(max_pixel, frames[0])) {
+            (0, false) => run!(0, false),
+            (0, true) => run!(0, true),
+            (1, false) => run!(1, false),
+            (1, true) => run!(1, true),
+            (2, false) => run!(2, false),
+            (2, true) => run!(2, true),
+            (3, false) => run!(3, false),
+            (3, true) => run!(3, true),
+            (4, false) => run!(4, false),
+            (4, true) => run!(4, true),
+            (5, false) => run!(5, false),
+            (5, true) => run!(5, true),
             _ => unreachable!("checked by available()"),
         }
     }
@@ -446,13 +513,15 @@ pub const STACK_BLOCK: usize = 2;
 
 /// [`dense_bins`] for [`STACK_BLOCK`] frames at once: each CSR entry (pixel index and area) is
 /// loaded once and gathered from every frame. `signal[k]` / `variance[k]` are frame k's outputs
-/// for bins `lo..hi` (`variance` empty without a variance). Callers check [`available`].
+/// for bins `lo..hi` (`variance` empty without a variance); `max_pixel` as for [`dense_bins`].
+/// Callers check [`available`].
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub fn dense_bins_stack<T: Pixel>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
+    max_pixel: Option<u32>,
     frames: &[&[T]],
     lo: usize,
     hi: usize,
@@ -475,18 +544,24 @@ pub fn dense_bins_stack<T: Pixel>(
     );
     assert!(*indptr.get(hi).unwrap_or(&0) as usize <= pixel.len().min(area.len()));
     macro_rules! run {
-        ($kind:literal) => {
-            stack::<T, $kind, STACK_BLOCK>(indptr, pixel, area, frames, lo, hi, signal, variance)
+        ($kind:literal, $clamp:literal) => {
+            stack::<T, $kind, STACK_BLOCK, $clamp>(
+                indptr, pixel, area, frames, lo, hi, signal, variance,
+            )
         };
     }
-    // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with the
-    // (common) frame length inside.
+    // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
+    // clamped below (`lanes`) the (common) frame's gatherable length.
     unsafe {
-        match T::GATHER.code() {
-            0 => run!(0),
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
+        match (T::GATHER.code(), clamp_ok(max_pixel, frames[0])) {
+            (0, false) => run!(0, false),
+            (0, true) => run!(0, true),
+            (1, false) => run!(1, false),
+            (1, true) => run!(1, true),
+            (2, false) => run!(2, false),
+            (2, true) => run!(2, true),
+            (3, false) => run!(3, false),
+            (3, true) => run!(3, true),
             _ => unreachable!("checked above: integer pixels only"),
         }
     }
@@ -495,7 +570,7 @@ pub fn dense_bins_stack<T: Pixel>(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize>(
+unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize, const CLAMP: bool>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
@@ -535,7 +610,7 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize>(
             let n = (e1 - e).min(8);
             let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
             let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
-            let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
+            let (idx, inside) = lanes::<CLAMP>(idx, mask, limit);
             if inside != mask {
                 for j in 0..n {
                     if inside & (1 << j) == 0 {
@@ -571,7 +646,7 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize>(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn masked<T: Pixel, const KIND: u8, const NB: usize>(
+unsafe fn masked<T: Pixel, const KIND: u8, const NB: usize, const CLAMP: bool>(
     indptr: &[u64],
     pixel: &[u32],
     area: &[f32],
@@ -616,7 +691,7 @@ unsafe fn masked<T: Pixel, const KIND: u8, const NB: usize>(
             let n = (e1 - e).min(8);
             let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
             let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
-            let inside = _mm256_mask_cmplt_epu32_mask(mask, idx, limit);
+            let (idx, inside) = lanes::<CLAMP>(idx, mask, limit);
             if inside != mask {
                 for j in 0..n {
                     if inside & (1 << j) == 0 {

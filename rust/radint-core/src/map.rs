@@ -51,6 +51,7 @@ pub struct DetectorMap {
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
     runs: std::sync::OnceLock<Option<PixelRuns>>,
+    max_pixel: std::sync::OnceLock<Option<u32>>,
     eta_cross: std::sync::OnceLock<EtaCross>,
 }
 
@@ -128,6 +129,15 @@ impl DetectorMap {
                 PixelRuns::build(&self.indptr, &self.pixel, self.n_pixels())
             })
             .as_ref()
+    }
+
+    /// The largest pixel index of the entries (None without entries), found on first use: the
+    /// gather kernels skip their per-lane bounds check where it lies inside the frame.
+    pub fn max_pixel(&self) -> Option<u32> {
+        *self
+            .derived
+            .max_pixel
+            .get_or_init(|| self.pixel.iter().copied().max())
     }
 
     /// The pixels each radial row shares between η bins ([`EtaCross`]), built on first use.

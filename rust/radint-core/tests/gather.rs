@@ -1,6 +1,8 @@
 //! The AVX-512 gather kernels (one frame and a block of frames) against a plain scalar sum, on random CSR maps whose bins are
 //! unsorted, empty, long and short, and reach the frame's last pixels (where a 32-bit gather of a
-//! u8/u16 pixel would read past the frame and the kernel must fall back per lane).
+//! u8/u16 pixel would read past the frame and the kernel must fall back per lane), each with and
+//! without the map's largest pixel as a hint (with it, lanes are clamped instead of checked where
+//! every pixel can be gathered).
 
 mod common;
 
@@ -57,73 +59,129 @@ fn check<T: Pixel>(make: impl Fn(u64) -> T) {
     // Odd frame lengths put the last pixel at every alignment relative to a 4-byte load.
     for n_pixels in [1usize, 3, 17, 1000, 4097] {
         let frame: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
-        let csr = random_csr(&mut rng, 300, n_pixels);
-        for (lo, hi) in [(0, 300), (13, 214), (299, 300)] {
-            let (want_s, want_v) = reference(&csr, &frame, lo, hi);
-            let mut s = vec![f64::NAN; hi - lo];
-            let mut v = vec![f64::NAN; hi - lo];
-            gather::dense_bins(
-                &csr.indptr,
-                &csr.pixel,
-                &csr.area,
-                &frame,
-                lo,
-                hi,
-                &mut s,
-                &mut v,
-            );
-            close(&s, &want_s, "signal with variance");
-            close(&v, &want_v, "variance");
-            let mut s_only = vec![f64::NAN; hi - lo];
-            gather::dense_bins(
-                &csr.indptr,
-                &csr.pixel,
-                &csr.area,
-                &frame,
-                lo,
-                hi,
-                &mut s_only,
-                &mut [],
-            );
-            close(&s_only, &want_s, "signal only");
-            // The same frame and another one sharing the CSR pass.
-            let other: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
-            let (other_s, other_v) = reference(&csr, &other, lo, hi);
-            let mut s2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
-            let mut v2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
-            {
-                let [sa, sb] = &mut s2;
-                let [va, vb] = &mut v2;
-                gather::dense_bins_stack(
-                    &csr.indptr,
-                    &csr.pixel,
-                    &csr.area,
-                    &[&frame[..], &other[..]],
-                    lo,
-                    hi,
-                    &mut [&mut sa[..], &mut sb[..]],
-                    &mut [&mut va[..], &mut vb[..]],
-                );
+        let other: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
+        // Maps reaching the frame's last pixels, and (a u8 gather's limit) keeping 4 short of it.
+        let reaching = random_csr(&mut rng, 300, n_pixels);
+        let short = random_csr(&mut rng, 300, n_pixels.saturating_sub(4).max(1));
+        for csr in [&reaching, &short] {
+            for hint in [None, csr.pixel.iter().copied().max()] {
+                check_dense(csr, hint, &frame, &other);
             }
-            close(&s2[0], &want_s, "stack frame 0 signal");
-            close(&v2[0], &want_v, "stack frame 0 variance");
-            close(&s2[1], &other_s, "stack frame 1 signal");
-            close(&v2[1], &other_v, "stack frame 1 variance");
+        }
+    }
+}
+
+fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T]) {
+    for (lo, hi) in [(0, 300), (13, 214), (299, 300)] {
+        let (want_s, want_v) = reference(csr, frame, lo, hi);
+        let mut s = vec![f64::NAN; hi - lo];
+        let mut v = vec![f64::NAN; hi - lo];
+        gather::dense_bins(
+            &csr.indptr,
+            &csr.pixel,
+            &csr.area,
+            hint,
+            frame,
+            lo,
+            hi,
+            &mut s,
+            &mut v,
+        );
+        close(&s, &want_s, "signal with variance");
+        close(&v, &want_v, "variance");
+        let mut s_only = vec![f64::NAN; hi - lo];
+        gather::dense_bins(
+            &csr.indptr,
+            &csr.pixel,
+            &csr.area,
+            hint,
+            frame,
+            lo,
+            hi,
+            &mut s_only,
+            &mut [],
+        );
+        close(&s_only, &want_s, "signal only");
+        // The same frame and another one sharing the CSR pass.
+        let (other_s, other_v) = reference(csr, other, lo, hi);
+        let mut s2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
+        let mut v2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
+        {
             let [sa, sb] = &mut s2;
+            let [va, vb] = &mut v2;
             gather::dense_bins_stack(
                 &csr.indptr,
                 &csr.pixel,
                 &csr.area,
-                &[&other[..], &frame[..]],
+                hint,
+                &[frame, other],
                 lo,
                 hi,
                 &mut [&mut sa[..], &mut sb[..]],
-                &mut [],
+                &mut [&mut va[..], &mut vb[..]],
             );
-            close(&s2[0], &other_s, "stack signal only, frame 0");
-            close(&s2[1], &want_s, "stack signal only, frame 1");
         }
+        close(&s2[0], &want_s, "stack frame 0 signal");
+        close(&v2[0], &want_v, "stack frame 0 variance");
+        close(&s2[1], &other_s, "stack frame 1 signal");
+        close(&v2[1], &other_v, "stack frame 1 variance");
+        let [sa, sb] = &mut s2;
+        gather::dense_bins_stack(
+            &csr.indptr,
+            &csr.pixel,
+            &csr.area,
+            hint,
+            &[other, frame],
+            lo,
+            hi,
+            &mut [&mut sa[..], &mut sb[..]],
+            &mut [],
+        );
+        close(&s2[0], &other_s, "stack signal only, frame 0");
+        close(&s2[1], &want_s, "stack signal only, frame 1");
     }
+}
+
+/// A hint below the map's real largest pixel gives wrong sums but reads nothing past the frame:
+/// the lanes are clamped to the last pixel a gather can take.
+#[test]
+fn a_false_hint_stays_inside_the_frame() {
+    if !gather_here::<u8>() {
+        return;
+    }
+    // 17 u8 pixels: a 32-bit gather can take pixels 0..=13; pixel 16 is clamped to 13.
+    let frame: Vec<u8> = (0..17).map(|k| 10 + k as u8).collect();
+    let csr = Csr {
+        indptr: vec![0, 2],
+        pixel: vec![2, 16],
+        area: vec![1.0, 0.5],
+    };
+    let mut s = [0.0];
+    gather::dense_bins(
+        &csr.indptr,
+        &csr.pixel,
+        &csr.area,
+        Some(0),
+        &frame,
+        0,
+        1,
+        &mut s,
+        &mut [],
+    );
+    assert_eq!(s[0], 12.0 + 0.5 * 23.0);
+    // With the true largest pixel the last one is summed the checked way.
+    gather::dense_bins(
+        &csr.indptr,
+        &csr.pixel,
+        &csr.area,
+        Some(16),
+        &frame,
+        0,
+        1,
+        &mut s,
+        &mut [],
+    );
+    assert_eq!(s[0], 12.0 + 0.5 * 26.0);
 }
 
 #[test]
@@ -229,21 +287,40 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
         let given: Vec<f64> = (0..n_pixels)
             .map(|_| (rng.next() % 1000) as f64 / 7.0)
             .collect();
-        let csr = random_csr(&mut rng, 200, n_pixels);
+        let reaching = random_csr(&mut rng, 200, n_pixels);
+        let short = random_csr(&mut rng, 200, n_pixels.saturating_sub(4).max(1));
+        for csr in [&reaching, &short] {
+            for hint in [None, csr.pixel.iter().copied().max()] {
+                check_masked_map(csr, hint, &frame, &other, &dark, &scale, &given);
+            }
+        }
+    }
+}
+
+fn check_masked_map<T: Pixel>(
+    csr: &Csr,
+    hint: Option<u32>,
+    frame: &[T],
+    other: &[T],
+    dark: &[f64],
+    scale: &[f64],
+    given: &[f64],
+) {
+    {
         let variants = [
             (None, None, MaskedVariance::None),
-            (Some(&dark[..]), None, MaskedVariance::Poisson),
-            (None, Some(&scale[..]), MaskedVariance::Given),
-            (Some(&dark[..]), Some(&scale[..]), MaskedVariance::Poisson),
+            (Some(dark), None, MaskedVariance::Poisson),
+            (None, Some(scale), MaskedVariance::Given),
+            (Some(dark), Some(scale), MaskedVariance::Poisson),
         ];
         for (dark, scale, model) in variants {
             let inputs = PixelInputs {
                 dark,
                 scale,
-                variance: Some(&given[..]),
+                variance: Some(given),
             };
             for (lo, hi) in [(0, 200), (7, 150)] {
-                let want = masked_reference(&csr, &frame, &inputs, model, lo, hi);
+                let want = masked_reference(csr, frame, &inputs, model, lo, hi);
                 let n = hi - lo;
                 let (mut s, mut a, mut v, mut c) = (
                     vec![f64::NAN; n],
@@ -261,7 +338,8 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
                     &csr.indptr,
                     &csr.pixel,
                     &csr.area,
-                    &frame,
+                    hint,
+                    frame,
                     inputs,
                     model,
                     lo,
@@ -275,7 +353,7 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
                     close(&v, &want.variance, "masked variance");
                 }
                 // The frame and another one (its own NaNs) sharing one pass.
-                let want_other = masked_reference(&csr, &other, &inputs, model, lo, hi);
+                let want_other = masked_reference(csr, other, &inputs, model, lo, hi);
                 let mut outs: Vec<Sums4> = (0..2)
                     .map(|_| Sums4 {
                         signal: vec![f64::NAN; n],
@@ -298,7 +376,8 @@ fn check_masked<T: Pixel>(make: impl Fn(u64) -> T) {
                         &csr.indptr,
                         &csr.pixel,
                         &csr.area,
-                        &[&other[..], &frame[..]],
+                        hint,
+                        &[other, frame],
                         inputs,
                         model,
                         lo,
