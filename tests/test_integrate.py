@@ -518,6 +518,14 @@ def test_lineout_sigma_counts_a_pixel_once_across_eta_bins(eta_bin):
     got = Integrator(cfg, detector_map=m, n_threads=2).integrate(frame).lineout_sigma
     want = brute(np.maximum(frame.ravel(), 1.0), ones)
     np.testing.assert_allclose(got, want, rtol=1e-12)
+    # Stacks take each part's shared pixels right after its pass (pairs, then a single frame).
+    stack = rng.poisson(50, (3, *cfg.shape))
+    for dtype in (np.uint16, np.uint32, np.float64):
+        frames = stack.astype(dtype)
+        got = Integrator(cfg, detector_map=m, n_threads=2).integrate_stack(frames).lineout_sigma
+        for k in range(3):
+            want = brute(np.maximum(frames[k].ravel().astype(float), 1.0), ones)
+            np.testing.assert_allclose(got[k], want, rtol=1e-12)
     scale = rng.uniform(0.5, 2.0, frame.size)
     scale[rng.choice(frame.size, 200, replace=False)] = np.nan
     integ = Integrator(cfg, detector_map=m, n_threads=1, flat=(1 / scale).reshape(cfg.shape))

@@ -424,3 +424,47 @@ fn masked_gather_float_frames_with_nan_match_scalar() {
         }
     });
 }
+
+// ------------------------------------------------------------------ shared-pixel Poisson sum
+
+fn check_poisson_sum<T: Pixel>(make: impl Fn(u64) -> T) {
+    if !gather_here::<T>() {
+        return;
+    }
+    let mut rng = Lcg(23);
+    for n_pixels in [1usize, 3, 17, 4097] {
+        let frame: Vec<T> = (0..n_pixels).map(|_| make(rng.next())).collect();
+        for len in [0usize, 1, 7, 8, 9, 100, 1000] {
+            // One pixel in four from the frame's last 5 (past a narrow gather's reach).
+            let pixel: Vec<u32> = (0..len)
+                .map(|_| {
+                    if rng.next().is_multiple_of(4) {
+                        (n_pixels - 1).saturating_sub((rng.next() % 5) as usize) as u32
+                    } else {
+                        (rng.next() % n_pixels as u64) as u32
+                    }
+                })
+                .collect();
+            let weight: Vec<f64> = (0..len)
+                .map(|_| (rng.next() % 1_000_000) as f64 / 250_000.0)
+                .collect();
+            let want: f64 = pixel
+                .iter()
+                .zip(&weight)
+                .map(|(&p, &w)| w * frame[p as usize].to_f64().max(1.0))
+                .sum();
+            for hint in [None, pixel.iter().copied().max()] {
+                let got = gather::poisson_weighted_sum(&pixel, &weight, hint, &frame);
+                close(&[got], &[want], "shared-pixel Poisson sum");
+            }
+        }
+    }
+}
+
+#[test]
+fn poisson_sum_matches_scalar() {
+    check_poisson_sum::<u8>(|r| r as u8);
+    check_poisson_sum::<u16>(|r| r as u16);
+    check_poisson_sum::<u32>(|r| (r as u32) >> 4);
+    check_poisson_sum::<i32>(|r| r as i32);
+}
