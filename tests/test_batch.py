@@ -1683,3 +1683,48 @@ def test_convert_fit_and_other_formats_never_replace_a_users_files(tmp_path, sma
     # a rerun over radint's own outputs still replaces them
     assert main(["convert", str(d / "x.zarr"), "--format", "bin", "-q"]) == 0
     assert main(["convert", str(d / "x.zarr"), "--format", "bin", "-q"]) == 0
+
+
+def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_config):
+    """--skip-existing with -nCPUs: a worker killed mid-run, the files of that run it skipped
+    (outputs whole, made with these parameters, by an earlier batch) are reported skipped, not
+    failed; only the file it was on fails."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    inputs = []
+    for j in range(15):
+        _h5_frames(tmp_path / f"a{j:02d}.h5", frames)
+        inputs.append(str(tmp_path / f"a{j:02d}.h5"))
+    out = tmp_path / "out"
+    assert main(["-q", "batch", str(params), *inputs, "-o", str(out)]) == 0
+    for made in out.glob("a*.h5"):  # an earlier batch's outputs: written before this one began
+        os.utime(made, (time.time() - 3600, time.time() - 3600))
+    fifo = tmp_path / "z.tif"
+    os.mkfifo(fifo)  # 16 files, -nCPUs 2: runs of 2; (a14, z) is the last
+    opened = tmp_path / "z-opened"
+
+    def mark_when_read() -> None:
+        fd = os.open(fifo, os.O_WRONLY)  # returns once the worker opens it to read
+        opened.touch()
+        time.sleep(5)
+        os.close(fd)
+
+    threading.Thread(target=mark_when_read, daemon=True).start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), *inputs, str(fifo),
+         "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1", "--skip-existing"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stdout, stderr = _kill_pool_workers_when(proc, opened, 90)
+    assert proc.returncode == 1, stderr
+    assert "15/16 file(s) ok" in stdout, stdout
+    assert "z.tif: the worker process integrating it died" in stderr
+    assert "a14.h5: the worker process" not in stderr and "a00.h5: the worker" not in stderr
+    assert "a14.h5: skipped (outputs exist)" in stdout

@@ -115,6 +115,13 @@ def _midas_map_identity(directory: Path) -> str:
     return f"MIDAS Map.bin sha256:{combined}"
 
 
+def rules_identity(compat: str | None, midas_dir: str | Path | None) -> str:
+    """:attr:`Integrator.rules` of an Integrator with this ``compat`` on the MIDAS map in
+    ``midas_dir`` (None: radint's own map)."""
+    where = _midas_map_identity(Path(midas_dir)) if midas_dir is not None else "radint map"
+    return f"{compat or 'radint'} rules, {where}"
+
+
 class Integrator:
     """Integrate frames into (η, R) cakes and radial lineouts with one detector map.
 
@@ -341,9 +348,7 @@ class Integrator:
         self.map = detector_map
         #: What shaped the numbers beyond the configuration, as outputs store it (``radint
         #: batch --skip-existing`` compares it): the rules and whose map.
-        self.rules = f"{compat or 'radint'} rules, " + (
-            _midas_map_identity(midas_dir) if midas_dir is not None else "radint map"
-        )
+        self.rules = rules_identity(compat, midas_dir)
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
         self._dark = self._prepare_dark(dark)
         if self._dark is not None:

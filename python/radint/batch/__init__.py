@@ -1126,6 +1126,10 @@ def run_batch(
 
         # spawn, not fork: forking a process whose rayon threads may hold locks can deadlock.
         started = time.time() - 1.0  # outputs written since (mtime; coarse clocks allowed)
+        # What a worker compares stored outputs with under --skip-existing.
+        from radint.integrator import rules_identity
+
+        skipping = (config.validate(), rules_identity(compat, midas_map)) if skip_existing else None
         pool = ProcessPoolExecutor(
             n_procs,
             mp_context=multiprocessing.get_context("spawn"),
@@ -1149,8 +1153,9 @@ def run_batch(
                     # A worker died (killed, out of memory): the files of its run and of every
                     # run not done fail with that reason, the others' results stand.
                     run = _lost_run(
-                        files[k : k + size], names[k : k + size], out_dir, formats, started
-                    )
+                        files[k : k + size], names[k : k + size], out_dir, formats, started,
+                        skipping=skipping,
+                    )  # fmt: skip
                 for j, o in enumerate(run):
                     done(k + j, o)
         except BaseException:
@@ -1172,11 +1177,15 @@ def _lost_run(
     out_dir: Path,
     formats: Sequence[str],
     since: float,
+    skipping: tuple[IntegrationConfig, str] | None = None,
 ) -> list[FileOutcome]:
     """Outcomes of files whose worker process died before reporting them (a run reports all its
     files at its end), with the temporary outputs it left removed. A file whose every output is
     whole and was written since ``since`` (the batch's start, wall clock) was completed before
-    the worker died: it is reported done, with the frames its NeXus output holds."""
+    the worker died: it is reported done, with the frames its NeXus output holds. Under
+    --skip-existing (``skipping``: the configuration and :attr:`Integrator.rules` the worker
+    compares with) a file whose outputs are whole and were made with those is reported skipped,
+    as the worker reports it (it was reported failed)."""
     from radint.io.write import FORMATS, expand_formats
 
     out = []
@@ -1187,11 +1196,15 @@ def _lost_run(
             for temp in Path(out_dir).glob(f".{glob.escape(final.name)}.*.partial"):
                 with contextlib.suppress(OSError):
                     shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
-        if finals and all(_complete(f) and _written_since(f, since) for f in finals):
+        complete = bool(finals) and all(_complete(f) for f in finals)
+        if complete and all(_written_since(f, since) for f in finals):
             log.info("%s: its outputs were complete when its worker process died", path)
             out.append(
                 FileOutcome(path, True, _frames_written(finals), 0.0, list(map(str, finals)))
             )
+            continue
+        if complete and skipping is not None and not _made_otherwise(finals, *skipping):
+            out.append(FileOutcome(path, True, skipped=True, outputs=list(map(str, finals))))
             continue
         why = RadintError(
             f"{path}: the worker process integrating it died (killed, e.g. out of memory) "
