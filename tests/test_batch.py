@@ -1728,3 +1728,24 @@ def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_conf
     assert "z.tif: the worker process integrating it died" in stderr
     assert "a14.h5: the worker process" not in stderr and "a00.h5: the worker" not in stderr
     assert "a14.h5: skipped (outputs exist)" in stdout
+
+
+def test_frames_of_a_killed_workers_lineout_only_outputs_are_counted(tmp_path, small_config):
+    """A killed worker's completed file with only xy / bin outputs was reported with 0 frames:
+    their frames are counted from the map's radial bins (a NeXus output, where there is one,
+    is read first)."""
+    from radint import Integrator
+    from radint.batch import _frames_written
+    from radint.io.text import write_lineout_bin, write_lineout_xy
+
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 3)
+    integ = Integrator(small_config, n_threads=1)
+    result = integ.integrate_stack(frames)
+    n_r = result.lineout.shape[-1]
+    xy = write_lineout_xy(result, tmp_path / "a_lineout.xy")
+    binary = write_lineout_bin(result, tmp_path / "a_lineout.bin")
+    assert _frames_written([xy], n_r) == 3
+    assert _frames_written([binary], n_r) == 3
+    assert _frames_written([xy], 0) == 0  # no map size: not counted
+    nexus = write_nexus(integ.integrate_stack(frames[:2]), tmp_path / "b.h5")
+    assert _frames_written([xy, Path(nexus)], n_r) == 2

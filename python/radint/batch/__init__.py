@@ -1154,7 +1154,7 @@ def run_batch(
                     # run not done fail with that reason, the others' results stand.
                     run = _lost_run(
                         files[k : k + size], names[k : k + size], out_dir, formats, started,
-                        skipping=skipping,
+                        skipping=skipping, n_r=detector_map.n_r,
                     )  # fmt: skip
                 for j, o in enumerate(run):
                     done(k + j, o)
@@ -1178,6 +1178,7 @@ def _lost_run(
     formats: Sequence[str],
     since: float,
     skipping: tuple[IntegrationConfig, str] | None = None,
+    n_r: int = 0,
 ) -> list[FileOutcome]:
     """Outcomes of files whose worker process died before reporting them (a run reports all its
     files at its end), with the temporary outputs it left removed. A file whose every output is
@@ -1185,7 +1186,8 @@ def _lost_run(
     the worker died: it is reported done, with the frames its NeXus output holds. Under
     --skip-existing (``skipping``: the configuration and :attr:`Integrator.rules` the worker
     compares with) a file whose outputs are whole and were made with those is reported skipped,
-    as the worker reports it (it was reported failed)."""
+    as the worker reports it (it was reported failed). ``n_r``: the map's radial bins, which
+    count the frames of lineout-only outputs."""
     from radint.io.write import FORMATS, expand_formats
 
     out = []
@@ -1200,7 +1202,7 @@ def _lost_run(
         if complete and all(_written_since(f, since) for f in finals):
             log.info("%s: its outputs were complete when its worker process died", path)
             out.append(
-                FileOutcome(path, True, _frames_written(finals), 0.0, list(map(str, finals)))
+                FileOutcome(path, True, _frames_written(finals, n_r), 0.0, list(map(str, finals)))
             )
             continue
         if complete and skipping is not None and not _made_otherwise(finals, *skipping):
@@ -1221,12 +1223,17 @@ def _written_since(path: Path, since: float) -> bool:
         return False
 
 
-def _frames_written(outputs: Sequence[Path]) -> int:
-    """Rows of the first NeXus (HDF5 or Zarr) output among ``outputs``; 0 where there is none
-    (a run of xy/bin/MIDAS outputs only: the summary then counts no frames for the file)."""
+def _frames_written(outputs: Sequence[Path], n_r: int = 0) -> int:
+    """Rows of the first NeXus (HDF5 or Zarr) output among ``outputs``, else the frames of a
+    lineout output of ``n_r`` bins (`_lineout.bin`: n_r float64 per frame; `_lineout.xy`: a
+    header line, then n_r lines per frame); 0 where neither is there (MIDAS caked files
+    only: the summary then counts no frames for the file)."""
     import h5py
 
+    lineouts = [p for p in outputs if p.name.endswith(("_lineout.bin", "_lineout.xy"))]
     for path in outputs:
+        if path in lineouts:
+            continue
         try:
             if path.is_dir():
                 import zarr
@@ -1237,6 +1244,14 @@ def _frames_written(outputs: Sequence[Path]) -> int:
                 if "entry/azint1d/data/I" in f:
                     return int(f["entry/azint1d/data/I"].shape[0])
         except (OSError, KeyError, ValueError):
+            continue
+    for path in lineouts if n_r > 0 else []:
+        try:
+            if path.name.endswith(".bin"):
+                return path.stat().st_size // (8 * n_r)
+            with open(path, "rb") as f:
+                return max(sum(1 for _ in f) - 1, 0) // n_r
+        except OSError:
             continue
     return 0
 
