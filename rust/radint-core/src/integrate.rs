@@ -263,13 +263,17 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         && map.weight.is_none()
         && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson);
     let use_gather = dense_simd && gather::available::<T>();
-    let run_form = if dense_simd && !use_gather && runs::available::<T>() {
-        map.runs()
-    } else {
-        None
+    let kernels = Kernels {
+        dense,
+        use_gather,
+        run_form: if dense_simd && !use_gather && runs::available::<T>() {
+            map.runs()
+        } else {
+            None
+        },
+        // Everything else with area weights has the masked gather kernel (also float64 sums).
+        use_masked_gather: !dense && map.weight.is_none() && gather::available::<T>(),
     };
-    // Everything else with area weights has the masked gather kernel (also float64 sums).
-    let use_masked_gather = !dense && map.weight.is_none() && gather::available::<T>();
     parts
         .par_iter()
         .zip(&row_parts)
@@ -279,100 +283,29 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         .zip(count)
         .zip(cross)
         .for_each(
-            |((((((&(lo, hi), &rows), mut s), mut a), mut v), mut c), mut x)| {
+            |((((((&bins, &rows), mut s), mut a), mut v), mut c), mut x)| {
                 let mut f0 = 0;
                 while f0 < n_frames {
                     // Frames in pairs share the CSR stream (see `gather::STACK_BLOCK`).
-                    let paired =
-                        (use_gather || run_form.is_some()) && n_frames - f0 >= gather::STACK_BLOCK;
+                    let paired = (kernels.use_gather || kernels.run_form.is_some())
+                        && n_frames - f0 >= gather::STACK_BLOCK;
                     let nb = if paired {
                         gather::STACK_BLOCK
                     } else {
                         (n_frames - f0).min(FRAME_BLOCK)
                     };
                     let block = &frames[f0..f0 + nb];
-                    'block: {
-                        let mut out = OutBlock {
-                            signal: &mut s[f0..f0 + nb],
-                            area: &mut a[f0..f0 + nb],
-                            variance: if with_var {
-                                &mut v[f0..f0 + nb]
-                            } else {
-                                &mut []
-                            },
-                            count: &mut c[f0..f0 + nb],
-                        };
-                        if paired {
-                            match run_form {
-                                Some(r) => run_pair_bins(map, r, block, lo, hi, &mut out),
-                                None => gather_stack_bins(map, block, lo, hi, &mut out),
-                            }
-                            break 'block;
-                        }
-                        if dense {
-                            for k in 0..nb {
-                                let one = block[k];
-                                let mut single = out.frame(k);
-                                if let Some(r) = run_form {
-                                    run_bins(map, r, one, lo, hi, &mut single);
-                                    continue;
-                                }
-                                if use_gather {
-                                    gather_bins(map, one, lo, hi, &mut single);
-                                    continue;
-                                }
-                                match opts.precision {
-                                    Precision::Double => dense_dispatch::<T, f64>(
-                                        map,
-                                        one,
-                                        lo,
-                                        hi,
-                                        opts,
-                                        &mut single,
-                                    ),
-                                    Precision::Single => dense_dispatch::<T, f32>(
-                                        map,
-                                        one,
-                                        lo,
-                                        hi,
-                                        opts,
-                                        &mut single,
-                                    ),
-                                }
-                            }
-                            break 'block;
-                        }
-                        if use_masked_gather {
-                            let mut k = 0;
-                            while k < nb {
-                                if nb - k >= gather::STACK_BLOCK {
-                                    let pair = k..k + gather::STACK_BLOCK;
-                                    let mut sub = out.frames(pair.clone());
-                                    masked_gather_stack_bins(map, &block[pair], lo, opts, &mut sub);
-                                    k += gather::STACK_BLOCK;
-                                } else {
-                                    masked_gather_bins(
-                                        map,
-                                        block[k],
-                                        lo,
-                                        hi,
-                                        opts,
-                                        &mut out.frame(k),
-                                    );
-                                    k += 1;
-                                }
-                            }
-                            break 'block;
-                        }
-                        match opts.precision {
-                            Precision::Double => {
-                                bins_frames::<T, f64>(map, block, lo, hi, opts, &mut out)
-                            }
-                            Precision::Single => {
-                                bins_frames::<T, f32>(map, block, lo, hi, opts, &mut out)
-                            }
-                        }
-                    }
+                    let mut out = OutBlock {
+                        signal: &mut s[f0..f0 + nb],
+                        area: &mut a[f0..f0 + nb],
+                        variance: if with_var {
+                            &mut v[f0..f0 + nb]
+                        } else {
+                            &mut []
+                        },
+                        count: &mut c[f0..f0 + nb],
+                    };
+                    block_bins(map, kernels, block, bins, paired, opts, &mut out);
                     // The block's pixels of these rows were just read: their shared pixels' values
                     // are still in cache (a pass of its own read each from memory: a tenth of a
                     // Pilatus 2M stack's time).
@@ -393,6 +326,75 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         }
     }
     Ok(sums)
+}
+
+/// The kernel family [`integrate`] chose for its frames and map.
+#[derive(Clone, Copy)]
+struct Kernels<'m> {
+    /// Integer frames without dark or per-pixel scale: every entry counts.
+    dense: bool,
+    use_gather: bool,
+    use_masked_gather: bool,
+    run_form: Option<&'m PixelRuns>,
+}
+
+/// Sums of one block of frames over bins `lo..hi` into `out`; `paired`: the block is one
+/// [`gather::STACK_BLOCK`] for the pair kernels.
+fn block_bins<T: Pixel>(
+    map: &DetectorMap,
+    kernels: Kernels,
+    block: &[&[T]],
+    (lo, hi): (usize, usize),
+    paired: bool,
+    opts: &Options,
+    out: &mut OutBlock,
+) {
+    if paired {
+        match kernels.run_form {
+            Some(r) => run_pair_bins(map, r, block, lo, hi, out),
+            None => gather_stack_bins(map, block, lo, hi, out),
+        }
+        return;
+    }
+    if kernels.dense {
+        for (k, &one) in block.iter().enumerate() {
+            let mut single = out.frame(k);
+            if let Some(r) = kernels.run_form {
+                run_bins(map, r, one, lo, hi, &mut single);
+            } else if kernels.use_gather {
+                gather_bins(map, one, lo, hi, &mut single);
+            } else {
+                match opts.precision {
+                    Precision::Double => {
+                        dense_dispatch::<T, f64>(map, one, lo, hi, opts, &mut single)
+                    }
+                    Precision::Single => {
+                        dense_dispatch::<T, f32>(map, one, lo, hi, opts, &mut single)
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if kernels.use_masked_gather {
+        let mut k = 0;
+        while k < block.len() {
+            if block.len() - k >= gather::STACK_BLOCK {
+                let pair = k..k + gather::STACK_BLOCK;
+                let mut sub = out.frames(pair.clone());
+                masked_gather_stack_bins(map, &block[pair], lo, opts, &mut sub);
+                k += gather::STACK_BLOCK;
+            } else {
+                masked_gather_bins(map, block[k], lo, hi, opts, &mut out.frame(k));
+                k += 1;
+            }
+        }
+        return;
+    }
+    match opts.precision {
+        Precision::Double => bins_frames::<T, f64>(map, block, lo, hi, opts, out),
+        Precision::Single => bins_frames::<T, f32>(map, block, lo, hi, opts, out),
+    }
 }
 
 /// Shared pixels ahead whose frame values [`cross_rows`] prefetches.
