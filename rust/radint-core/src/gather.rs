@@ -53,6 +53,37 @@ impl GatherKind {
     }
 }
 
+/// `$run!(KIND, CLAMP)` for the pixel kind `$code` ([`GatherKind::code`]: 0–3, the integer
+/// kinds) and the clamp flag `$clamp` (see [`lanes`]), each pair its own instantiation.
+macro_rules! integer_kinds {
+    ($code:expr, $clamp:expr, $run:ident) => {
+        match ($code, $clamp) {
+            (0, false) => $run!(0, false),
+            (0, true) => $run!(0, true),
+            (1, false) => $run!(1, false),
+            (1, true) => $run!(1, true),
+            (2, false) => $run!(2, false),
+            (2, true) => $run!(2, true),
+            (3, false) => $run!(3, false),
+            (3, true) => $run!(3, true),
+            _ => unreachable!("checked by the caller: integer pixels only"),
+        }
+    };
+}
+
+/// [`integer_kinds`] and the float kinds (codes 4, 5).
+macro_rules! any_kinds {
+    ($code:expr, $clamp:expr, $run:ident) => {
+        match ($code, $clamp) {
+            (4, false) => $run!(4, false),
+            (4, true) => $run!(4, true),
+            (5, false) => $run!(5, false),
+            (5, true) => $run!(5, true),
+            (code, clamp) => integer_kinds!(code, clamp, $run),
+        }
+    };
+}
+
 /// Whether the gather kernels run here for pixels of type `T` ([`dense_bins`] also needs an
 /// integer `T`): AVX-512F/VL present and gathers not slowed down (see [`gathers_wanted`]).
 pub fn available<T: Pixel>() -> bool {
@@ -140,25 +171,12 @@ pub fn dense_bins<T: Pixel>(
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is either compared
     // with the frame's gatherable length or clamped below it (`lanes`), so even a corrupt map
     // cannot read out of bounds.
-    unsafe {
-        match (T::GATHER.code(), clamp_ok(max_pixel, frame)) {
-            (0, false) => run!(0, false),
-            (0, true) => run!(0, true),
-            (1, false) => run!(1, false),
-            (1, true) => run!(1, true),
-            (2, false) => run!(2, false),
-            (2, true) => run!(2, true),
-            (3, false) => run!(3, false),
-            (3, true) => run!(3, true),
-            _ => unreachable!("checked above: integer pixels only"),
-        }
-    }
+    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
 }
 
 /// `Σ weight[i]·max(frame[pixel[i]], 1)`: the Poisson variance of a row's shared pixels in
-/// its lineout (`integrate::lineout_cross`) for an integer frame, gathered 8 lanes at a time
-/// (the scalar loop took a tenth of a Pilatus 2M stack's time). `max_pixel` as for
-/// [`dense_bins`]. Callers check [`available`].
+/// its lineout (`integrate::cross_rows`) for an integer frame, gathered 8 lanes at a time.
+/// `max_pixel` as for [`dense_bins`]. Callers check [`available`].
 #[cfg(target_arch = "x86_64")]
 pub fn poisson_weighted_sum<T: Pixel>(
     pixel: &[u32],
@@ -172,21 +190,14 @@ pub fn poisson_weighted_sum<T: Pixel>(
         T::GATHER
     );
     assert_eq!(pixel.len(), weight.len(), "one weight per pixel");
+    macro_rules! run {
+        ($kind:literal, $clamp:literal) => {
+            poisson_sum::<T, $kind, $clamp>(pixel, weight, frame)
+        };
+    }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
     // clamped below (`lanes`) the frame's gatherable length.
-    unsafe {
-        match (T::GATHER.code(), clamp_ok(max_pixel, frame)) {
-            (0, false) => poisson_sum::<T, 0, false>(pixel, weight, frame),
-            (0, true) => poisson_sum::<T, 0, true>(pixel, weight, frame),
-            (1, false) => poisson_sum::<T, 1, false>(pixel, weight, frame),
-            (1, true) => poisson_sum::<T, 1, true>(pixel, weight, frame),
-            (2, false) => poisson_sum::<T, 2, false>(pixel, weight, frame),
-            (2, true) => poisson_sum::<T, 2, true>(pixel, weight, frame),
-            (3, false) => poisson_sum::<T, 3, false>(pixel, weight, frame),
-            (3, true) => poisson_sum::<T, 3, true>(pixel, weight, frame),
-            _ => unreachable!("checked above: integer pixels only"),
-        }
-    }
+    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
 }
 
 /// Shared pixels ahead whose frame value [`poisson_sum`] prefetches: each lies on another
@@ -559,23 +570,7 @@ fn masked_run<T: Pixel, const NB: usize>(
     }
     // SAFETY: AVX-512F/VL were detected by `available`; gathered indices are bounds-checked or
     // clamped (`lanes`) against the (common) frame length, which every per-pixel input shares.
-    unsafe {
-        match (T::GATHER.code(), clamp_ok(max_pixel, frames[0])) {
-            (0, false) => run!(0, false),
-            (0, true) => run!(0, true),
-            (1, false) => run!(1, false),
-            (1, true) => run!(1, true),
-            (2, false) => run!(2, false),
-            (2, true) => run!(2, true),
-            (3, false) => run!(3, false),
-            (3, true) => run!(3, true),
-            (4, false) => run!(4, false),
-            (4, true) => run!(4, true),
-            (5, false) => run!(5, false),
-            (5, true) => run!(5, true),
-            _ => unreachable!("checked by available()"),
-        }
-    }
+    unsafe { any_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frames[0]), run) }
 }
 
 /// One entry the scalar way: `(w·value, area, w²·var)`, or None when the value is NaN.
@@ -657,19 +652,7 @@ pub fn dense_bins_stack<T: Pixel>(
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
     // clamped below (`lanes`) the (common) frame's gatherable length.
-    unsafe {
-        match (T::GATHER.code(), clamp_ok(max_pixel, frames[0])) {
-            (0, false) => run!(0, false),
-            (0, true) => run!(0, true),
-            (1, false) => run!(1, false),
-            (1, true) => run!(1, true),
-            (2, false) => run!(2, false),
-            (2, true) => run!(2, true),
-            (3, false) => run!(3, false),
-            (3, true) => run!(3, true),
-            _ => unreachable!("checked above: integer pixels only"),
-        }
-    }
+    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frames[0]), run) }
 }
 
 #[cfg(target_arch = "x86_64")]
