@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 
 from radint import DetectorMap, Integrator, ShapeError
-from radint import integrator as integrator_module
 from radint.batch import process_file
 from radint.testing import ring_image
 
 FIELDS = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
-
-
-@pytest.fixture
-def no_gathers(monkeypatch):
-    """The fold is skipped where the AVX-512 gather kernels run: pretend they do not."""
-    monkeypatch.setattr(integrator_module._core, "gather_kernels", lambda: False)
 
 
 @pytest.fixture
@@ -54,7 +47,7 @@ def _assert_same(folded, general, rtol=1e-12):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32])
 @pytest.mark.parametrize("error_model", ["poisson", None])
-def test_folded_map_equals_the_general_kernel(small_config, small_map, no_gathers, dtype,
+def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
                                               error_model):  # fmt: skip
     config = small_config.replace(solid_angle_correction=True, polarization_correction=True)
     dark, mask, flat = _inputs(config)
@@ -74,7 +67,7 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, no_gather
     assert fast._folded is not None  # the folded map was used, and kept
 
 
-def test_fold_with_scale_only_and_given_variances(small_config, small_map, no_gathers):
+def test_fold_with_scale_only_and_given_variances(small_config, small_map):
     config = small_config.replace(solid_angle_correction=True)
     _, mask, _ = _inputs(config)
     frame = np.random.default_rng(2).poisson(50, config.shape).astype(np.uint16)
@@ -87,7 +80,7 @@ def test_fold_with_scale_only_and_given_variances(small_config, small_map, no_ga
                  general.integrate(frame.astype(np.float64), variance=var))  # fmt: skip
 
 
-def test_a_dark_given_per_call_takes_precedence(small_config, small_map, no_gathers):
+def test_a_dark_given_per_call_takes_precedence(small_config, small_map):
     dark, mask, _ = _inputs(small_config)
     other = np.full(small_config.shape, 2.5)
     frame = np.random.default_rng(4).poisson(30, small_config.shape).astype(np.uint32)
@@ -113,7 +106,7 @@ def test_the_dark_is_copied_read_only_and_checked(small_config, small_map):
     assert Integrator(small_config, detector_map=small_map).dark is None
 
 
-def test_no_fold_where_it_would_change_the_rules(small_config, small_map, no_gathers):
+def test_no_fold_where_it_would_change_the_rules(small_config, small_map):
     dark, mask, _ = _inputs(small_config)
     frame = np.ones(small_config.shape, np.uint16)
     assert not Integrator(small_config, detector_map=small_map)._folds(frame)  # nothing to fold
@@ -123,7 +116,7 @@ def test_no_fold_where_it_would_change_the_rules(small_config, small_map, no_gat
     assert not Integrator(small_config, compat="midas-gpu", **kw)._folds(frame)
 
 
-def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map, no_gathers,
+def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map,
                                                      tmp_path):  # fmt: skip
     import tifffile
 
@@ -137,7 +130,7 @@ def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map, no
     assert fast._folded is not None
 
 
-def test_fold_on_top_of_the_marker_map(small_config, small_map, no_gathers):
+def test_fold_on_top_of_the_marker_map(small_config, small_map):
     """Gap / bad-pixel values (``invalid_values``) leave their pixels out through a map without
     them; with a fixed dark that map is folded in turn (and again when the marked pixels move)."""
     dark, mask, _ = _inputs(small_config)

@@ -20,7 +20,6 @@ __all__ = [
     "fit_plan",
     "fit_pv",
     "fit_status_names",
-    "gather_kernels",
     "integrate",
     "load_midas",
     "param_hash",
@@ -136,9 +135,6 @@ class MapCore:
 
 def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ...) -> int:
     """How many elements of the contiguous integer array ``frame`` equal any of ``values``."""
-
-def gather_kernels() -> bool:
-    """Whether this CPU runs the AVX-512 gather kernels."""
 
 def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on

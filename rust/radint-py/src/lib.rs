@@ -767,13 +767,6 @@ fn integrate<'py>(
     Ok(d)
 }
 
-/// Whether this CPU runs the AVX-512 gather kernels (they read dark and per-pixel scale per
-/// entry at little cost, so the Integrator does not fold them into the map there).
-#[pyfunction]
-fn gather_kernels() -> bool {
-    radint_core::gather::available::<u32>()
-}
-
 /// Copy the bytes of `src` into `dst` (1-D uint8 views of equal length) on `n_threads` threads
 /// with the GIL released: the CUDA backend stages frames into pinned host memory with it.
 #[pyfunction]
@@ -854,7 +847,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_midas, m)?)?;
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(gather_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
     fit::register(m)?;
     Ok(())
