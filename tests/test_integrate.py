@@ -349,6 +349,14 @@ corr = Integrator(config, n_threads=2, solid_angle="midas", polarization="midas"
 out["f32_dark_corr"] = corr.integrate_stack(f32, dark=dark).cake
 out["f32_dark_corr_sigma"] = corr.integrate_stack(f32, dark=dark).cake_sigma
 out["given"] = plain.integrate(u16[1], variance=np.full(config.shape, 2.0)).cake_sigma
+# Few η bins: the gather kernels cut each bin into image blocks and add the pieces.
+for name, eta_bin in (("ring", 360.0), ("quadrants", 90.0)):
+    few = Integrator(config.replace(eta_bin_deg=eta_bin), n_threads=2, error_model="poisson")
+    out[f"{name}_one"] = few.integrate(u16[0]).cake
+    stack = few.integrate_stack(u16[:5])
+    out[f"{name}_stack"] = stack.cake
+    out[f"{name}_stack_sigma"] = stack.cake_sigma
+    out[f"{name}_stack_lineout_sigma"] = stack.lineout_sigma
 np.savez(sys.argv[1], **out)
 """
 

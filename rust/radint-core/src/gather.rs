@@ -14,6 +14,7 @@
 use std::arch::x86_64::*;
 
 use crate::integrate::Pixel;
+use crate::tiles::{self, Tiles};
 
 /// How a frame's pixels are gathered (32-bit gathers for the narrow types, 64-bit for f64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,9 +117,9 @@ pub fn gathers_wanted() -> bool {
     })
 }
 
-/// Entries ahead whose pixel is prefetched (measured best between 96 and 768 on Zen 4; on the
-/// Zen 5 VM of session 22, 384–512 beat 192 by 10–25 % for single frames, most where the frame
-/// is not already in the cache).
+/// Entries ahead whose pixel the masked kernels prefetch (measured best between 96 and 768 on
+/// Zen 4; on the Zen 5 VM of session 22, 384–512 beat 192 by 10–25 % for single frames). The
+/// dense kernels walk a [`Tiles`] layout and prefetch from its schedule instead.
 const PREFETCH_AHEAD: usize = 512;
 
 /// Entries ahead whose CSR lines (pixel index and area) are prefetched. The hardware streamer
@@ -137,17 +138,16 @@ unsafe fn prefetch_csr(pixel: &[u32], area: &[f32], e: usize) {
     _mm_prefetch::<_MM_HINT_T0>(area.as_ptr().wrapping_add(e + CSR_PREFETCH_AHEAD) as *const i8);
 }
 
-/// Per bin `lo..hi`: `signal = Σ area·v` and, with `variance`, `Σ area²·max(v, 1)` (Poisson).
-/// `variance` is empty or as long as `signal` (`hi − lo`). `max_pixel`: the largest index in
-/// `pixel` where the caller knows it (the map caches it, [`crate::map::DetectorMap::max_pixel`]);
-/// below the frame's gatherable length it spares the per-lane bounds check (a wrong value gives
-/// wrong sums, never a read out of bounds). Callers check [`available`] first.
+/// Per piece `lo..hi` of `tiles` ([`Tiles`]): `signal = Σ area·v` and, with `variance`,
+/// `Σ area²·max(v, 1)` (Poisson). `variance` is empty or as long as `signal` (`hi − lo`).
+/// `max_pixel`: the largest map pixel index where the caller knows it (the map caches it,
+/// [`crate::map::DetectorMap::max_pixel`]); below the frame's gatherable length it spares the
+/// per-lane bounds check (a wrong value gives wrong sums, never a read out of bounds). Callers
+/// check [`available`] first.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub fn dense_bins<T: Pixel>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     max_pixel: Option<u32>,
     frame: &[T],
     lo: usize,
@@ -160,18 +160,61 @@ pub fn dense_bins<T: Pixel>(
         "AVX-512 gather kernel called without AVX-512 or for {:?}",
         T::GATHER
     );
-    assert!(hi <= indptr.len().saturating_sub(1) && signal.len() == hi - lo);
+    assert!(hi <= tiles.n_pieces() && lo <= hi && signal.len() == hi - lo);
     assert!(variance.is_empty() || variance.len() == hi - lo);
-    assert!(*indptr.get(hi).unwrap_or(&0) as usize <= pixel.len().min(area.len()));
+    check_tiles(tiles);
     macro_rules! run {
         ($kind:literal, $clamp:literal) => {
-            bins::<T, $kind, $clamp>(indptr, pixel, area, frame, lo, hi, signal, variance)
+            bins::<T, $kind, $clamp>(tiles, frame, lo, hi, signal, variance)
         };
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is either compared
     // with the frame's gatherable length or clamped below it (`lanes`), so even a corrupt map
     // cannot read out of bounds.
     unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
+}
+
+/// The layout invariants the kernels' unchecked loads rely on.
+fn check_tiles(tiles: &Tiles) {
+    assert!(tiles.indptr.len() == tiles.n_pieces() + 1);
+    assert!(*tiles.indptr.last().unwrap_or(&0) as usize <= tiles.pixel.len().min(tiles.area.len()));
+    assert!(tiles.prefetch_slots > 0);
+    assert!(tiles.prefetch.len() == tiles.pixel.len().div_ceil(16) * tiles.prefetch_slots);
+}
+
+/// Issue the prefetches of [`Tiles::prefetch`] for groups `*next..=group` (16 entries each)
+/// and move `next` past them. Prefetch is a hint: an address past the frame never faults.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn prefetch_groups<T>(tiles: &Tiles, frames: &[&[T]], next: &mut usize, group: usize) {
+    let per_group = tiles.prefetch_slots;
+    let slots = &tiles.prefetch;
+    let last = (slots.len() / per_group).min(group + 1);
+    let ask = |p: u32| {
+        for f in frames {
+            _mm_prefetch::<_MM_HINT_T0>(f.as_ptr().wrapping_add(p as usize) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(f.as_ptr().wrapping_add(p as usize + 15) as *const i8);
+        }
+    };
+    while *next < last {
+        let first = *next * per_group;
+        // The usual two slots unrolled: a loop of a count known only at run time cost 5 %.
+        if per_group == 2 {
+            ask(*slots.get_unchecked(first));
+            ask(*slots.get_unchecked(first + 1));
+        } else {
+            for j in 0..per_group {
+                ask(*slots.get_unchecked(first + j));
+            }
+        }
+        *next += 1;
+    }
+}
+
+/// The first prefetch group a walk starting at entry `e0` issues: the lead's worth before it.
+fn first_prefetch_group(e0: usize) -> usize {
+    (e0 / 16).saturating_sub(tiles::PREFETCH_LEAD_GROUPS)
 }
 
 /// `Σ weight[i]·max(frame[pixel[i]], 1)`: the Poisson variance of a row's shared pixels in
@@ -339,9 +382,7 @@ unsafe fn lanes<const CLAMP: bool>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn bins<T: Pixel, const KIND: u8, const CLAMP: bool>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     frame: &[T],
     lo: usize,
     hi: usize,
@@ -350,9 +391,9 @@ unsafe fn bins<T: Pixel, const KIND: u8, const CLAMP: bool>(
 ) {
     // The variance as a constant: its test left in the loop cost 3 % (session 22).
     if variance.is_empty() {
-        bins_with::<T, KIND, CLAMP, false>(indptr, pixel, area, frame, lo, hi, signal, variance)
+        bins_with::<T, KIND, CLAMP, false>(tiles, frame, lo, hi, signal, variance)
     } else {
-        bins_with::<T, KIND, CLAMP, true>(indptr, pixel, area, frame, lo, hi, signal, variance)
+        bins_with::<T, KIND, CLAMP, true>(tiles, frame, lo, hi, signal, variance)
     }
 }
 
@@ -360,9 +401,7 @@ unsafe fn bins<T: Pixel, const KIND: u8, const CLAMP: bool>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     frame: &[T],
     lo: usize,
     hi: usize,
@@ -370,15 +409,17 @@ unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool
     variance: &mut [f64],
 ) {
     let with_var = VAR;
+    let (indptr, pixel, area) = (&tiles.indptr, &tiles.pixel, &tiles.area);
     let base = frame.as_ptr() as *const i32;
     let limit = gather_limit(frame);
     let one = _mm512_set1_pd(1.0);
     let n_entries = pixel.len();
+    let mut next_prefetch = first_prefetch_group(indptr[lo] as usize);
     for b in lo..hi {
         let (e0, e1) = (indptr[b] as usize, indptr[b + 1] as usize);
         assert!(
             e0 <= e1 && e1 <= n_entries.min(area.len()),
-            "CSR row {b} out of order"
+            "piece {b} out of order"
         );
         let i = b - lo;
         // Contributions of lanes the gather could not take (pixels at the very end of the frame).
@@ -389,13 +430,7 @@ unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool
         let mut v1 = _mm512_setzero_pd();
         let mut e = e0;
         while e < e1 {
-            if e + PREFETCH_AHEAD + 16 <= n_entries {
-                for k in 0..16 {
-                    let p = *pixel.get_unchecked(e + PREFETCH_AHEAD + k) as usize;
-                    // Prefetch is a hint: an address past the frame never faults.
-                    _mm_prefetch::<_MM_HINT_T0>(frame.as_ptr().wrapping_add(p) as *const i8);
-                }
-            }
+            prefetch_groups(tiles, &[frame], &mut next_prefetch, e / 16);
             prefetch_csr(pixel, area, e);
             for half in 0..2 {
                 let start = e + 8 * half;
@@ -618,9 +653,7 @@ pub const STACK_BLOCK: usize = 2;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub fn dense_bins_stack<T: Pixel>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     max_pixel: Option<u32>,
     frames: &[&[T]],
     lo: usize,
@@ -636,18 +669,16 @@ pub fn dense_bins_stack<T: Pixel>(
     let nb = STACK_BLOCK;
     assert!(frames.len() == nb && signal.len() == nb);
     assert!(frames.iter().all(|f| f.len() == frames[0].len()));
-    assert!(hi <= indptr.len().saturating_sub(1));
+    assert!(hi <= tiles.n_pieces() && lo <= hi);
     assert!(signal.iter().all(|s| s.len() == hi - lo));
     assert!(
         variance.is_empty()
             || (variance.len() == nb && variance.iter().all(|v| v.len() == hi - lo))
     );
-    assert!(*indptr.get(hi).unwrap_or(&0) as usize <= pixel.len().min(area.len()));
+    check_tiles(tiles);
     macro_rules! run {
         ($kind:literal, $clamp:literal) => {
-            stack::<T, $kind, STACK_BLOCK, $clamp>(
-                indptr, pixel, area, frames, lo, hi, signal, variance,
-            )
+            stack::<T, $kind, STACK_BLOCK, $clamp>(tiles, frames, lo, hi, signal, variance)
         };
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
@@ -659,9 +690,7 @@ pub fn dense_bins_stack<T: Pixel>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize, const CLAMP: bool>(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     frames: &[&[T]],
     lo: usize,
     hi: usize,
@@ -670,13 +699,9 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize, const CLAMP: bool>(
 ) {
     // The variance as a constant, as in `bins`.
     if variance.is_empty() {
-        stack_with::<T, KIND, NB, CLAMP, false>(
-            indptr, pixel, area, frames, lo, hi, signal, variance,
-        )
+        stack_with::<T, KIND, NB, CLAMP, false>(tiles, frames, lo, hi, signal, variance)
     } else {
-        stack_with::<T, KIND, NB, CLAMP, true>(
-            indptr, pixel, area, frames, lo, hi, signal, variance,
-        )
+        stack_with::<T, KIND, NB, CLAMP, true>(tiles, frames, lo, hi, signal, variance)
     }
 }
 
@@ -690,15 +715,15 @@ unsafe fn stack_with<
     const CLAMP: bool,
     const VAR: bool,
 >(
-    indptr: &[u64],
-    pixel: &[u32],
-    area: &[f32],
+    tiles: &Tiles,
     frames: &[&[T]],
     lo: usize,
     hi: usize,
     signal: &mut [&mut [f64]],
     variance: &mut [&mut [f64]],
 ) {
+    let (indptr, pixel, area) = (&tiles.indptr, &tiles.pixel, &tiles.area);
+    let mut next_prefetch = first_prefetch_group(indptr[lo] as usize);
     let base: [*const i32; NB] = std::array::from_fn(|k| frames[k].as_ptr() as *const i32);
     let limit = gather_limit(frames[0]);
     let one = _mm512_set1_pd(1.0);
@@ -708,7 +733,7 @@ unsafe fn stack_with<
         let (e0, e1) = (indptr[b] as usize, indptr[b + 1] as usize);
         assert!(
             e0 <= e1 && e1 <= n_entries.min(area.len()),
-            "CSR row {b} out of order"
+            "piece {b} out of order"
         );
         let i = b - lo;
         let mut s_rest = [0.0; NB];
@@ -717,14 +742,7 @@ unsafe fn stack_with<
         let mut v = [_mm512_setzero_pd(); NB];
         let mut e = e0;
         while e < e1 {
-            if e + PREFETCH_AHEAD + 8 <= n_entries {
-                for j in 0..8 {
-                    let p = *pixel.get_unchecked(e + PREFETCH_AHEAD + j) as usize;
-                    for f in frames.iter().take(NB) {
-                        _mm_prefetch::<_MM_HINT_T0>(f.as_ptr().wrapping_add(p) as *const i8);
-                    }
-                }
-            }
+            prefetch_groups(tiles, &frames[..NB], &mut next_prefetch, e / 16);
             prefetch_csr(pixel, area, e);
             let n = (e1 - e).min(8);
             let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gather::{self, GatherKind};
 use crate::map::DetectorMap;
 use crate::runs::{self, PixelRuns};
+use crate::tiles::Tiles;
 
 /// A pixel type a frame may hold; read in place, converted per entry.
 pub trait Pixel: Copy + Send + Sync + 'static {
@@ -243,17 +244,12 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         },
     };
     let parts = row_partition(map, 8 * rayon::current_num_threads());
-    let signal = split_parts(&mut sums.signal, n_bins, &parts);
-    let area = split_parts(&mut sums.area, n_bins, &parts);
-    let variance = split_parts(&mut sums.variance, n_bins, &parts);
-    let count = split_parts(&mut sums.count, n_bins, &parts);
     // The parts are whole radial rows: each fills its rows of the lineout covariance.
     let n_eta = map.n_eta().max(1);
     let row_parts: Vec<(usize, usize)> = parts
         .iter()
         .map(|&(lo, hi)| (lo / n_eta, hi / n_eta))
         .collect();
-    let cross = split_parts(&mut sums.lineout_cross, map.n_r(), &row_parts);
     if with_var {
         map.eta_cross(); // built here once, not by the first part that needs it
     }
@@ -274,9 +270,48 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         // Everything else with area weights has the masked gather kernel (also float64 sums).
         use_masked_gather: !dense && map.weight.is_none() && gather::available::<T>(),
     };
+    if kernels.use_gather {
+        // Dense area-weighted maps (the gate above): `map.tiles()` is built for them.
+        let tiles = map
+            .tiles()
+            .expect("maps without MIDAS weights have a tile layout");
+        tiled_sums(map, tiles, frames, opts, &mut sums);
+    } else {
+        block_sums(map, kernels, frames, opts, &parts, &row_parts, &mut sums);
+    }
+    if let Some(offset) = opts.signal_offset {
+        for frame in sums.signal.chunks_mut(n_bins.max(1)) {
+            for (s, o) in frame.iter_mut().zip(offset) {
+                *s -= o;
+            }
+        }
+    }
+    Ok(sums)
+}
+
+/// Every kernel family but the dense gathers: parts of whole radial rows (`parts`; `row_parts`
+/// the same as row ranges), each pass over a block of frames followed by that block's lineout
+/// covariance of the rows (their shared pixels' values are still in cache).
+fn block_sums<T: Pixel>(
+    map: &DetectorMap,
+    kernels: Kernels,
+    frames: &[&[T]],
+    opts: &Options,
+    parts: &[(usize, usize)],
+    row_parts: &[(usize, usize)],
+    sums: &mut Sums,
+) {
+    let n_frames = frames.len();
+    let n_bins = sums.n_bins;
+    let with_var = !sums.variance.is_empty();
+    let signal = split_parts(&mut sums.signal, n_bins, parts);
+    let area = split_parts(&mut sums.area, n_bins, parts);
+    let variance = split_parts(&mut sums.variance, n_bins, parts);
+    let count = split_parts(&mut sums.count, n_bins, parts);
+    let cross = split_parts(&mut sums.lineout_cross, map.n_r(), row_parts);
     parts
         .par_iter()
-        .zip(&row_parts)
+        .zip(row_parts)
         .zip(signal)
         .zip(area)
         .zip(variance)
@@ -287,8 +322,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                 let mut f0 = 0;
                 while f0 < n_frames {
                     // Frames in pairs share the CSR stream (see `gather::STACK_BLOCK`).
-                    let paired = (kernels.use_gather || kernels.run_form.is_some())
-                        && n_frames - f0 >= gather::STACK_BLOCK;
+                    let paired = kernels.run_form.is_some() && n_frames - f0 >= gather::STACK_BLOCK;
                     let nb = if paired {
                         gather::STACK_BLOCK
                     } else {
@@ -318,14 +352,182 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
                 }
             },
         );
-    if let Some(offset) = opts.signal_offset {
-        for frame in sums.signal.chunks_mut(n_bins.max(1)) {
-            for (s, o) in frame.iter_mut().zip(offset) {
-                *s -= o;
+}
+
+/// Bins one task of [`pieces_to_bins`] fills.
+const BIN_CHUNK: usize = 4096;
+
+/// Radial rows one task of the tiled path's lineout covariance takes.
+const CROSS_ROW_CHUNK: usize = 64;
+
+/// The dense gather kernels over the map's [`Tiles`]: parts of about equal entries, frames in
+/// pairs sharing each entry's load, each part's piece sums written straight into their bins
+/// where every bin is one piece (cakes), else summed into the bins afterwards; then, with a
+/// variance, the lineout covariance of shared pixels in a pass of its own (a part holds whole
+/// wedges or image blocks, not whole radial rows).
+fn tiled_sums<T: Pixel>(
+    map: &DetectorMap,
+    tiles: &Tiles,
+    frames: &[&[T]],
+    opts: &Options,
+    sums: &mut Sums,
+) {
+    let n_frames = frames.len();
+    let n_pieces = tiles.n_pieces();
+    let n_bins = sums.n_bins;
+    let with_var = !sums.variance.is_empty();
+    let direct = tiles.one_piece_per_bin;
+    let (mut piece_signal, mut piece_variance) = (Vec::new(), Vec::new());
+    let (signal_out, variance_out, stride) = if direct {
+        (
+            Scatter::of(&mut sums.signal),
+            Scatter::of(&mut sums.variance),
+            n_bins,
+        )
+    } else {
+        piece_signal = vec![0.0; n_frames * n_pieces];
+        if with_var {
+            piece_variance = vec![0.0; n_frames * n_pieces];
+        }
+        (
+            Scatter::of(&mut piece_signal),
+            Scatter::of(&mut piece_variance),
+            n_pieces,
+        )
+    };
+    let max_pixel = map.max_pixel();
+    let parts = tiles.partition(8 * rayon::current_num_threads());
+    parts.par_iter().for_each(|&(lo, hi)| {
+        let n = hi - lo;
+        let block = gather::STACK_BLOCK;
+        let mut s = vec![0.0; block * n];
+        let mut v = vec![0.0; if with_var { block * n } else { 0 }];
+        let mut f0 = 0;
+        while f0 < n_frames {
+            let nb = (n_frames - f0).min(block);
+            {
+                let mut s_rows: Vec<&mut [f64]> = s.chunks_mut(n).take(nb).collect();
+                let mut v_rows: Vec<&mut [f64]> = v.chunks_mut(n.max(1)).take(nb).collect();
+                if nb == block {
+                    let frame_block = &frames[f0..f0 + nb];
+                    gather::dense_bins_stack(
+                        tiles,
+                        max_pixel,
+                        frame_block,
+                        lo,
+                        hi,
+                        &mut s_rows,
+                        &mut v_rows,
+                    );
+                } else {
+                    let var: &mut [f64] = match v_rows.first_mut() {
+                        Some(v) => v,
+                        None => &mut [],
+                    };
+                    gather::dense_bins(tiles, max_pixel, frames[f0], lo, hi, s_rows[0], var);
+                }
             }
+            for k in 0..nb {
+                let row = (f0 + k) * stride;
+                for i in 0..n {
+                    let at = row
+                        + if direct {
+                            tiles.bin[lo + i] as usize
+                        } else {
+                            lo + i
+                        };
+                    // SAFETY: `at` is frame f0+k's slot of piece lo+i (or of its bin, which has
+                    // no other piece): the parts partition the pieces, so no two tasks write the
+                    // same element, and nothing else reads the arrays until the loop ends.
+                    unsafe {
+                        signal_out.put(at, s[k * n + i]);
+                        if with_var {
+                            variance_out.put(at, v[k * n + i]);
+                        }
+                    }
+                }
+            }
+            f0 += nb;
+        }
+    });
+    if !direct {
+        pieces_to_bins(tiles, &piece_signal, &mut sums.signal);
+        if with_var {
+            pieces_to_bins(tiles, &piece_variance, &mut sums.variance);
         }
     }
-    Ok(sums)
+    if with_var {
+        map.eta_cross();
+        let n_r = map.n_r().max(1);
+        sums.lineout_cross
+            .par_chunks_mut(n_r)
+            .zip(frames.par_iter())
+            .for_each(|(cross, frame)| {
+                cross
+                    .par_chunks_mut(CROSS_ROW_CHUNK)
+                    .enumerate()
+                    .for_each(|(c, rows)| {
+                        let first = c * CROSS_ROW_CHUNK;
+                        cross_rows(map, frame, opts, (first, first + rows.len()), rows)
+                    });
+            });
+    }
+}
+
+/// An output array the parts of [`tiled_sums`] write into at disjoint places.
+#[derive(Clone, Copy)]
+struct Scatter {
+    base: *mut f64,
+    len: usize,
+}
+
+// SAFETY: a `Scatter` is only written through `put`, whose callers guarantee that no two
+// threads write the same element and that the array outlives the parallel loop.
+unsafe impl Send for Scatter {}
+unsafe impl Sync for Scatter {}
+
+impl Scatter {
+    fn of(data: &mut [f64]) -> Scatter {
+        Scatter {
+            base: data.as_mut_ptr(),
+            len: data.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread writes or reads element `at` meanwhile.
+    unsafe fn put(&self, at: usize, value: f64) {
+        assert!(at < self.len, "scatter index {at} past {}", self.len);
+        *self.base.add(at) = value;
+    }
+}
+
+/// Per frame, each bin's value = the sum of its pieces' (`pieces`: n_frames × n_pieces).
+fn pieces_to_bins(tiles: &Tiles, pieces: &[f64], bins: &mut [f64]) {
+    let n_pieces = tiles.n_pieces();
+    let n_bins = tiles.bin_indptr.len().saturating_sub(1);
+    if n_bins == 0 || n_pieces == 0 {
+        return;
+    }
+    bins.par_chunks_mut(n_bins)
+        .zip(pieces.par_chunks(n_pieces))
+        .for_each(|(out, piece)| {
+            out.par_chunks_mut(BIN_CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    for (j, value) in chunk.iter_mut().enumerate() {
+                        let b = c * BIN_CHUNK + j;
+                        let (lo, hi) = (
+                            tiles.bin_indptr[b] as usize,
+                            tiles.bin_indptr[b + 1] as usize,
+                        );
+                        *value = tiles.bin_pieces[lo..hi]
+                            .iter()
+                            .map(|&k| piece[k as usize])
+                            .sum();
+                    }
+                });
+        });
 }
 
 /// The kernel family [`integrate`] chose for its frames and map.
@@ -350,10 +552,8 @@ fn block_bins<T: Pixel>(
     out: &mut OutBlock,
 ) {
     if paired {
-        match kernels.run_form {
-            Some(r) => run_pair_bins(map, r, block, lo, hi, out),
-            None => gather_stack_bins(map, block, lo, hi, out),
-        }
+        let runs = kernels.run_form.expect("pairs run only with the run form");
+        run_pair_bins(map, runs, block, lo, hi, out);
         return;
     }
     if kernels.dense {
@@ -361,8 +561,6 @@ fn block_bins<T: Pixel>(
             let mut single = out.frame(k);
             if let Some(r) = kernels.run_form {
                 run_bins(map, r, one, lo, hi, &mut single);
-            } else if kernels.use_gather {
-                gather_bins(map, one, lo, hi, &mut single);
             } else {
                 match opts.precision {
                     Precision::Double => {
@@ -519,58 +717,6 @@ fn run_pair_bins<T: Pixel>(
     _: &mut OutBlock,
 ) {
     unreachable!("runs::available() is false off x86-64")
-}
-
-/// [`gather::dense_bins`] for one frame (area and count are the map's, set by `integrate`).
-#[cfg(target_arch = "x86_64")]
-fn gather_bins<T: Pixel>(map: &DetectorMap, frame: &[T], lo: usize, hi: usize, out: &mut OutBlock) {
-    let variance: &mut [f64] = match out.variance.first_mut() {
-        Some(v) => v,
-        None => &mut [],
-    };
-    gather::dense_bins(
-        &map.indptr,
-        &map.pixel,
-        &map.area,
-        map.max_pixel(),
-        frame,
-        lo,
-        hi,
-        out.signal[0],
-        variance,
-    );
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn gather_bins<T: Pixel>(_: &DetectorMap, _: &[T], _: usize, _: usize, _: &mut OutBlock) {
-    unreachable!("gather::available() is false off x86-64")
-}
-
-/// [`gather::dense_bins_stack`] for one block of frames (area and count set by `integrate`).
-#[cfg(target_arch = "x86_64")]
-fn gather_stack_bins<T: Pixel>(
-    map: &DetectorMap,
-    frames: &[&[T]],
-    lo: usize,
-    hi: usize,
-    out: &mut OutBlock,
-) {
-    gather::dense_bins_stack(
-        &map.indptr,
-        &map.pixel,
-        &map.area,
-        map.max_pixel(),
-        frames,
-        lo,
-        hi,
-        out.signal,
-        out.variance,
-    );
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn gather_stack_bins<T: Pixel>(_: &DetectorMap, _: &[&[T]], _: usize, _: usize, _: &mut OutBlock) {
-    unreachable!("gather::available() is false off x86-64")
 }
 
 /// [`gather::masked_bins`] for one frame.

@@ -2,7 +2,7 @@
 //!
 //! MIDAS parameter files ([`params`]), detector geometry ([`geometry`]), exact pixel splitting into
 //! a CSR [`map::DetectorMap`], MIDAS `Map.bin` files ([`midas_files`]), CSR integration
-//! ([`integrate`]), peak fitting, a parallel byte copy for GPU staging ([`copy`]) and marker-value counts ([`scan`]).
+//! ([`integrate`]), peak fitting, a parallel byte copy for GPU staging ([`copy`]) and marker-value counts ([`scan`]); [`tiles`] lays a map out for the gather kernels.
 
 // `!(x > 0.0)` is deliberate: it is true for NaN too. Index loops mirror the CSR formulas.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
@@ -23,5 +23,6 @@ pub mod params;
 pub mod polygon;
 pub mod runs;
 pub mod scan;
+pub mod tiles;
 
 pub use error::{Error, Result};

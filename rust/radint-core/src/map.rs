@@ -14,6 +14,7 @@ use crate::panels::{self, Panel};
 use crate::params::Params;
 use crate::polygon::{Poly, Pt};
 use crate::runs::PixelRuns;
+use crate::tiles::Tiles;
 
 /// Overlaps below this (px²) are dropped, as midas-integrate 0.9 does (per-pixel loss ≤ 1e-8).
 pub const AREA_EPSILON: f64 = 1e-9;
@@ -53,6 +54,7 @@ pub struct Derived {
     runs: std::sync::OnceLock<Option<PixelRuns>>,
     max_pixel: std::sync::OnceLock<Option<u32>>,
     eta_cross: std::sync::OnceLock<EtaCross>,
+    tiles: std::sync::OnceLock<Option<Tiles>>,
 }
 
 /// Pixels split across several η bins of one radial row, with the weight of their covariance
@@ -138,6 +140,15 @@ impl DetectorMap {
             .derived
             .max_pixel
             .get_or_init(|| self.pixel.iter().copied().max())
+    }
+
+    /// The tile-by-tile layout of the entries for the dense gather kernels ([`Tiles`]), built on
+    /// first use; None for maps with MIDAS weights (their kernel keeps the C summation order).
+    pub fn tiles(&self) -> Option<&Tiles> {
+        self.derived
+            .tiles
+            .get_or_init(|| self.weight.is_none().then(|| Tiles::build(self)))
+            .as_ref()
     }
 
     /// The pixels each radial row shares between η bins ([`EtaCross`]), built on first use.

@@ -1,4 +1,5 @@
-//! The AVX-512 gather kernels (one frame and a block of frames) against a plain scalar sum, on random CSR maps whose bins are
+//! The AVX-512 gather kernels (one frame and a block of frames, over a [`Tiles`] layout that
+//! walks the map's bins in order) against a plain scalar sum, on random CSR maps whose bins are
 //! unsorted, empty, long and short, and reach the frame's last pixels (where a 32-bit gather of a
 //! u8/u16 pixel would read past the frame and the kernel must fall back per lane), each with and
 //! without the map's largest pixel as a hint (with it, lanes are clamped instead of checked where
@@ -9,6 +10,7 @@ mod common;
 use common::{close, reference, Csr, Lcg};
 use radint_core::gather::{self, GatherKind};
 use radint_core::integrate::Pixel;
+use radint_core::tiles::Tiles;
 
 fn random_csr(rng: &mut Lcg, n_bins: usize, n_pixels: usize) -> Csr {
     let mut indptr = vec![0u64];
@@ -72,35 +74,16 @@ fn check<T: Pixel>(make: impl Fn(u64) -> T) {
 }
 
 fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T]) {
+    let tiles = Tiles::in_order(&csr.indptr, &csr.pixel, &csr.area, frame.len());
     for (lo, hi) in [(0, 300), (13, 214), (299, 300)] {
         let (want_s, want_v) = reference(csr, frame, lo, hi);
         let mut s = vec![f64::NAN; hi - lo];
         let mut v = vec![f64::NAN; hi - lo];
-        gather::dense_bins(
-            &csr.indptr,
-            &csr.pixel,
-            &csr.area,
-            hint,
-            frame,
-            lo,
-            hi,
-            &mut s,
-            &mut v,
-        );
+        gather::dense_bins(&tiles, hint, frame, lo, hi, &mut s, &mut v);
         close(&s, &want_s, "signal with variance");
         close(&v, &want_v, "variance");
         let mut s_only = vec![f64::NAN; hi - lo];
-        gather::dense_bins(
-            &csr.indptr,
-            &csr.pixel,
-            &csr.area,
-            hint,
-            frame,
-            lo,
-            hi,
-            &mut s_only,
-            &mut [],
-        );
+        gather::dense_bins(&tiles, hint, frame, lo, hi, &mut s_only, &mut []);
         close(&s_only, &want_s, "signal only");
         // The same frame and another one sharing the CSR pass.
         let (other_s, other_v) = reference(csr, other, lo, hi);
@@ -110,9 +93,7 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
             let [sa, sb] = &mut s2;
             let [va, vb] = &mut v2;
             gather::dense_bins_stack(
-                &csr.indptr,
-                &csr.pixel,
-                &csr.area,
+                &tiles,
                 hint,
                 &[frame, other],
                 lo,
@@ -127,9 +108,7 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
         close(&v2[1], &other_v, "stack frame 1 variance");
         let [sa, sb] = &mut s2;
         gather::dense_bins_stack(
-            &csr.indptr,
-            &csr.pixel,
-            &csr.area,
+            &tiles,
             hint,
             &[other, frame],
             lo,
@@ -156,31 +135,12 @@ fn a_false_hint_stays_inside_the_frame() {
         pixel: vec![2, 16],
         area: vec![1.0, 0.5],
     };
+    let tiles = Tiles::in_order(&csr.indptr, &csr.pixel, &csr.area, frame.len());
     let mut s = [0.0];
-    gather::dense_bins(
-        &csr.indptr,
-        &csr.pixel,
-        &csr.area,
-        Some(0),
-        &frame,
-        0,
-        1,
-        &mut s,
-        &mut [],
-    );
+    gather::dense_bins(&tiles, Some(0), &frame, 0, 1, &mut s, &mut []);
     assert_eq!(s[0], 12.0 + 0.5 * 23.0);
     // With the true largest pixel the last one is summed the checked way.
-    gather::dense_bins(
-        &csr.indptr,
-        &csr.pixel,
-        &csr.area,
-        Some(16),
-        &frame,
-        0,
-        1,
-        &mut s,
-        &mut [],
-    );
+    gather::dense_bins(&tiles, Some(16), &frame, 0, 1, &mut s, &mut []);
     assert_eq!(s[0], 12.0 + 0.5 * 26.0);
 }
 
