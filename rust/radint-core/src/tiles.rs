@@ -7,8 +7,11 @@
 //! image block by image block), neighbouring bins share their lines while these are still in
 //! the first-level cache, and the lines a walk needs anew are few (a Pilatus 2M 1 px × 5° cake:
 //! 0.55 per 16 entries against ~6 distinct ones), so they are listed once, when the layout is
-//! built, and the kernels prefetch only those. Measured on the session-23 Zen 5 VM, kernel
-//! alone, 2 threads: Pilatus 2M cake 1.61 → 1.17 ms, 3000-bin lineout 2.70 → 2.1 ms.
+//! built, and the kernels prefetch only those. Measured on the session-23 Zen 5 VM at 2 threads
+//! (benches/compare.py's maps): a Pilatus 2M 1 px × 5° cake 1.82 → ~1.5 ms per frame, a
+//! 3000-bin lineout 2.80 → ~2.3 ms (a standalone harness timing the kernel alone: 1.61 → 1.17
+//! and 2.70 → 2.1 ms). Walked wedge by wedge with a prefetch for every entry, the cake took
+//! 1.39 ms there: the order alone gives a third of the gain, the schedule the rest.
 
 use rayon::prelude::*;
 
@@ -190,20 +193,17 @@ impl Tiles {
 /// image of `n_pixels`.
 fn prefetch_schedule(pixel: &[u32], n_pixels: usize) -> (Vec<u32>, usize) {
     let n_groups = pixel.len().div_ceil(16);
-    let mut last_use =
-        vec![
-            u32::MAX;
-            n_pixels.max(pixel.iter().map(|&p| p as usize + 1).max().unwrap_or(0)) / 16 + 1
-        ];
+    let n_lines = n_pixels.max(pixel.iter().map(|&p| p as usize + 1).max().unwrap_or(0)) / 16 + 1;
+    let mut last_use = vec![usize::MAX; n_lines];
     // (group of first use, pixel group) of each line fetched anew, in walk order.
     let mut needs: Vec<(usize, u32)> = Vec::new();
     for (e, &p) in pixel.iter().enumerate() {
         let group = p as usize / 16;
         let last = last_use[group];
-        if last == u32::MAX || e - last as usize > REUSE_WINDOW {
+        if last == usize::MAX || e - last > REUSE_WINDOW {
             needs.push((e / 16, (group * 16) as u32));
         }
-        last_use[group] = e as u32;
+        last_use[group] = e;
     }
     let per_group = (2 * needs.len())
         .div_ceil(n_groups.max(1))
@@ -215,7 +215,7 @@ fn prefetch_schedule(pixel: &[u32], n_pixels: usize) -> (Vec<u32>, usize) {
         let latest = (group as isize - PREFETCH_LEAD_GROUPS as isize + 1) * per_group as isize - 1;
         let slot = latest.min(free);
         if slot < 0 {
-            continue; // needed within the walk's first groups: the kernel's start asks for them
+            continue; // needed before the lead's worth of entries: left to the hardware
         }
         slots[slot as usize] = first;
         free = slot - 1;
