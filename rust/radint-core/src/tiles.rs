@@ -349,6 +349,18 @@ mod tests {
     }
 
     #[test]
+    fn a_map_without_entries_has_no_pieces() {
+        let mut map = random_map(8, 8, 3, 2, 1);
+        map.indptr = vec![0; 7];
+        map.pixel.clear();
+        map.area.clear();
+        let tiles = Tiles::build(&map);
+        assert_eq!(tiles.n_pieces(), 0);
+        assert!(tiles.partition(4).is_empty() && tiles.prefetch.is_empty());
+        assert_eq!(tiles.bin_indptr, vec![0; 7]);
+    }
+
+    #[test]
     fn partition_covers_the_pieces_in_balanced_ranges() {
         let map = random_map(50, 40, 60, 20, 11);
         let tiles = Tiles::build(&map);
