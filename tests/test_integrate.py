@@ -357,6 +357,26 @@ for name, eta_bin in (("ring", 360.0), ("quadrants", 90.0)):
     out[f"{name}_stack"] = stack.cake
     out[f"{name}_stack_sigma"] = stack.cake_sigma
     out[f"{name}_stack_lineout_sigma"] = stack.lineout_sigma
+# Random geometries: beam centre on or off the image, tilts, 1 to 360 η bins, odd stacks.
+geo = np.random.default_rng(11)
+for case in range(8):
+    ny, nz = (int(v) for v in geo.integers(20, 160, 2))
+    cfg = IntegrationConfig(
+        n_pixels_y=ny, n_pixels_z=nz, pixel_size_y_um=float(geo.uniform(50, 200)),
+        pixel_size_z_um=float(geo.uniform(50, 200)), lsd_um=float(geo.uniform(5e4, 1e6)),
+        bc_y_px=float(geo.uniform(-0.3, 1.3) * ny), bc_z_px=float(geo.uniform(-0.3, 1.3) * nz),
+        ty_deg=float(geo.uniform(-3, 3)), tz_deg=float(geo.uniform(-3, 3)),
+        wavelength_angstrom=0.2, r_min_px=float(geo.uniform(0, 20)),
+        r_max_px=float(geo.uniform(60, 250)), r_bin_px=float(geo.choice([0.3, 1.0, 2.5])),
+        eta_bin_deg=float(geo.choice([1.0, 10.0, 22.5, 45.0, 90.0, 180.0, 360.0])),
+    )
+    dtype = [np.uint8, np.uint16, np.uint32, np.int32][case % 4]
+    frames = geo.integers(0, 250, size=(1 + case % 5, nz, ny)).astype(dtype)
+    random_integ = Integrator(cfg, n_threads=1 + case % 3, error_model="poisson")
+    stack = random_integ.integrate_stack(frames)
+    out[f"random{case}_cake"] = stack.cake
+    out[f"random{case}_sigma"] = stack.cake_sigma
+    out[f"random{case}_lineout_sigma"] = stack.lineout_sigma
 np.savez(sys.argv[1], **out)
 """
 
