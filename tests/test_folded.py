@@ -67,6 +67,24 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
     assert fast._folded is not None  # the folded map was used, and kept
 
 
+@pytest.mark.parametrize("eta_bin", [360.0, 90.0])
+def test_folded_lineout_maps_equal_the_general_kernel(small_config, eta_bin):
+    """With few η bins the gather kernels add each bin's image-block pieces; a folded map's
+    weights go through them too."""
+    config = small_config.replace(eta_bin_deg=eta_bin, solid_angle_correction=True)
+    dark, mask, flat = _inputs(config)
+    mean = ring_image(config, noise=False, dtype=np.float64) * 0.05 + 6
+    frames = np.random.default_rng(2).poisson(mean, size=(3, *config.shape)).astype(np.uint16)
+    kw = {"mask": mask, "flat": flat, "error_model": "poisson"}
+    fast = Integrator(config, dark=dark, **kw)
+    general = Integrator(config, detector_map=fast.map, **kw)
+    assert fast._folds(frames[0])
+    _assert_same(
+        fast.integrate_stack(frames), general.integrate_stack(frames.astype(float), dark=dark)
+    )
+    _assert_same(fast.integrate(frames[1]), general.integrate(frames[1].astype(float), dark=dark))
+
+
 def test_fold_with_scale_only_and_given_variances(small_config, small_map):
     config = small_config.replace(solid_angle_correction=True)
     _, mask, _ = _inputs(config)

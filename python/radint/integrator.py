@@ -760,9 +760,10 @@ class Integrator:
     def _folds(self, a: np.ndarray) -> bool:
         """Whether frames like ``a`` integrate through the folded map (:meth:`_folded_map`):
         integer frames on the CPU with a fixed scale or dark, float64 sums, radint's own map
-        weights (MIDAS-weighted maps keep the C summation order). Also where the AVX-512
-        gather kernels run: reading dark and scale per entry made them 1.5x slower than the
-        folded map's scalar loop (Pilatus 2M cake with a dark, Zen 5: 5.3 vs 3.5 ms)."""
+        weights (MIDAS-weighted maps keep the C summation order). The folded map's weights go
+        through the same gather kernels as plain areas where those run (Pilatus 2M cake with a
+        dark and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read per entry;
+        1.9 without a dark)."""
         return (
             (self._scale is not None or self._dark is not None)
             and a.dtype.kind in "iu" and self.backend == "cpu" and self.precision == "float64"

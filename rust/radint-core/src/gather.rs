@@ -182,6 +182,7 @@ pub fn dense_bins<T: Pixel>(
 fn check_tiles(tiles: &Tiles) {
     assert!(tiles.indptr.len() == tiles.n_pieces() + 1);
     assert!(*tiles.indptr.last().unwrap_or(&0) as usize <= tiles.pixel.len().min(tiles.area.len()));
+    assert!(tiles.weight.is_empty() || tiles.weight.len() == tiles.pixel.len());
     assert!(tiles.prefetch_slots > 0);
     assert!(tiles.prefetch.len() == tiles.pixel.len().div_ceil(16) * tiles.prefetch_slots);
 }
@@ -213,6 +214,43 @@ unsafe fn prefetch_groups<T>(tiles: &Tiles, frames: &[&[T]], next: &mut usize, g
             }
         }
         *next += 1;
+    }
+}
+
+/// [`prefetch_csr`] for a tile layout: its pixel indices and the weights the kernel reads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn prefetch_tile_entries<const W64: bool>(tiles: &Tiles, e: usize) {
+    if W64 {
+        let ahead = e + CSR_PREFETCH_AHEAD;
+        _mm_prefetch::<_MM_HINT_T0>(tiles.pixel.as_ptr().wrapping_add(ahead) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(tiles.weight.as_ptr().wrapping_add(ahead) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(tiles.weight.as_ptr().wrapping_add(ahead + 8) as *const i8);
+    } else {
+        prefetch_csr(&tiles.pixel, &tiles.area, e);
+    }
+}
+
+/// The signal weight of entry `e` of `tiles`: its own weight (`W64`, folded maps) or its area.
+#[inline]
+fn entry_weight<const W64: bool>(tiles: &Tiles, e: usize) -> f64 {
+    if W64 {
+        tiles.weight[e]
+    } else {
+        tiles.area[e] as f64
+    }
+}
+
+/// [`entry_weight`] of entries `e..e + 8` (lanes where `mask` is set, else 0).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn weights8<const W64: bool>(tiles: &Tiles, mask: __mmask8, e: usize) -> __m512d {
+    if W64 {
+        _mm512_maskz_loadu_pd(mask, tiles.weight.as_ptr().add(e))
+    } else {
+        _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, tiles.area.as_ptr().add(e)))
     }
 }
 
@@ -393,18 +431,34 @@ unsafe fn bins<T: Pixel, const KIND: u8, const CLAMP: bool>(
     signal: &mut [f64],
     variance: &mut [f64],
 ) {
-    // The variance as a constant: its test left in the loop cost 3 % (session 22).
-    if variance.is_empty() {
-        bins_with::<T, KIND, CLAMP, false>(tiles, frame, lo, hi, signal, variance)
-    } else {
-        bins_with::<T, KIND, CLAMP, true>(tiles, frame, lo, hi, signal, variance)
+    // The variance and the weights' type as constants: a variance test left in the loop cost
+    // 3 % (session 22).
+    match (variance.is_empty(), tiles.weight.is_empty()) {
+        (true, true) => {
+            bins_with::<T, KIND, CLAMP, false, false>(tiles, frame, lo, hi, signal, variance)
+        }
+        (false, true) => {
+            bins_with::<T, KIND, CLAMP, true, false>(tiles, frame, lo, hi, signal, variance)
+        }
+        (true, false) => {
+            bins_with::<T, KIND, CLAMP, false, true>(tiles, frame, lo, hi, signal, variance)
+        }
+        (false, false) => {
+            bins_with::<T, KIND, CLAMP, true, true>(tiles, frame, lo, hi, signal, variance)
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool>(
+unsafe fn bins_with<
+    T: Pixel,
+    const KIND: u8,
+    const CLAMP: bool,
+    const VAR: bool,
+    const W64: bool,
+>(
     tiles: &Tiles,
     frame: &[T],
     lo: usize,
@@ -435,7 +489,7 @@ unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool
         let mut e = e0;
         while e < e1 {
             prefetch_groups(tiles, &[frame], &mut next_prefetch, e / 16);
-            prefetch_csr(pixel, area, e);
+            prefetch_tile_entries::<W64>(tiles, e);
             for half in 0..2 {
                 let start = e + 8 * half;
                 if start >= e1 {
@@ -449,14 +503,14 @@ unsafe fn bins_with<T: Pixel, const KIND: u8, const CLAMP: bool, const VAR: bool
                     for k in 0..n {
                         if inside & (1 << k) == 0 {
                             let x = frame[pixel[start + k] as usize].to_f64();
-                            let w = area[start + k] as f64;
+                            let w = entry_weight::<W64>(tiles, start + k);
                             s_rest += w * x;
                             v_rest += w * w * if x > 1.0 { x } else { 1.0 };
                         }
                     }
                 }
                 let mask = inside;
-                let w = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, area.as_ptr().add(start)));
+                let w = weights8::<W64>(tiles, mask, start);
                 let x = load8::<KIND>(base, idx, mask);
                 if half == 0 {
                     s0 = _mm512_fmadd_pd(w, x, s0);
@@ -701,11 +755,20 @@ unsafe fn stack<T: Pixel, const KIND: u8, const NB: usize, const CLAMP: bool>(
     signal: &mut [&mut [f64]],
     variance: &mut [&mut [f64]],
 ) {
-    // The variance as a constant, as in `bins`.
-    if variance.is_empty() {
-        stack_with::<T, KIND, NB, CLAMP, false>(tiles, frames, lo, hi, signal, variance)
-    } else {
-        stack_with::<T, KIND, NB, CLAMP, true>(tiles, frames, lo, hi, signal, variance)
+    // The variance and the weights' type as constants, as in `bins`.
+    match (variance.is_empty(), tiles.weight.is_empty()) {
+        (true, true) => {
+            stack_with::<T, KIND, NB, CLAMP, false, false>(tiles, frames, lo, hi, signal, variance)
+        }
+        (false, true) => {
+            stack_with::<T, KIND, NB, CLAMP, true, false>(tiles, frames, lo, hi, signal, variance)
+        }
+        (true, false) => {
+            stack_with::<T, KIND, NB, CLAMP, false, true>(tiles, frames, lo, hi, signal, variance)
+        }
+        (false, false) => {
+            stack_with::<T, KIND, NB, CLAMP, true, true>(tiles, frames, lo, hi, signal, variance)
+        }
     }
 }
 
@@ -718,6 +781,7 @@ unsafe fn stack_with<
     const NB: usize,
     const CLAMP: bool,
     const VAR: bool,
+    const W64: bool,
 >(
     tiles: &Tiles,
     frames: &[&[T]],
@@ -747,7 +811,7 @@ unsafe fn stack_with<
         let mut e = e0;
         while e < e1 {
             prefetch_groups(tiles, &frames[..NB], &mut next_prefetch, e / 16);
-            prefetch_csr(pixel, area, e);
+            prefetch_tile_entries::<W64>(tiles, e);
             let n = (e1 - e).min(8);
             let mask: __mmask8 = (0xffu32 >> (8 - n)) as u8;
             let idx = _mm256_maskz_loadu_epi32(mask, pixel.as_ptr().add(e) as *const i32);
@@ -755,7 +819,7 @@ unsafe fn stack_with<
             if inside != mask {
                 for j in 0..n {
                     if inside & (1 << j) == 0 {
-                        let w = area[e + j] as f64;
+                        let w = entry_weight::<W64>(tiles, e + j);
                         for k in 0..NB {
                             let x = frames[k][pixel[e + j] as usize].to_f64();
                             s_rest[k] += w * x;
@@ -764,7 +828,7 @@ unsafe fn stack_with<
                     }
                 }
             }
-            let w = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(inside, area.as_ptr().add(e)));
+            let w = weights8::<W64>(tiles, inside, e);
             let w2 = _mm512_mul_pd(w, w);
             for k in 0..NB {
                 let x = load8::<KIND>(base[k], idx, inside);

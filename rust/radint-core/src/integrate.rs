@@ -256,7 +256,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     // The gather and run kernels sum in float64 whatever `precision` asks: as fast as float32
     // there. Gathers where they are fast, else runs (contiguous loads, no gather unit).
     let dense_simd = dense
-        && map.weight.is_none()
+        && map.gather_weights()
         && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson);
     let use_gather = dense_simd && gather::available::<T>();
     let kernels = Kernels {

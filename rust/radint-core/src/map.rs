@@ -38,6 +38,10 @@ pub struct DetectorMap {
     /// Per-entry signal weight when it differs from `area` (MIDAS C maps fold corrections and
     /// bilinear sampling into it); `None` means the weight is `area`.
     pub weight: Option<Vec<f64>>,
+    /// Whether `weight` may be summed in any order: radint's own weights folded with a scale
+    /// ([`DetectorMap::folded`]), which the gather kernels take. False for MIDAS weights, whose
+    /// kernel keeps the C summation order.
+    pub weights_in_any_order: bool,
     /// 1 where MIDAS's rule flags the bin for a masked pixel (`maskMap.bin`): every bin of the
     /// R × η box the pixel's corners span, as DetectorMapper does, overlap or not.
     pub mask_hit: Vec<u8>,
@@ -147,8 +151,13 @@ impl DetectorMap {
     pub fn tiles(&self) -> Option<&Tiles> {
         self.derived
             .tiles
-            .get_or_init(|| self.weight.is_none().then(|| Tiles::build(self)))
+            .get_or_init(|| self.gather_weights().then(|| Tiles::build(self)))
             .as_ref()
+    }
+
+    /// Whether the gather kernels may sum this map's weights: areas, or weights in any order.
+    pub fn gather_weights(&self) -> bool {
+        self.weight.is_none() || self.weights_in_any_order
     }
 
     /// The pixels each radial row shares between η bins ([`EtaCross`]), built on first use.
@@ -287,6 +296,7 @@ impl DetectorMap {
             area,
             delta_r,
             weight: Some(weight),
+            weights_in_any_order: self.weight.is_none(),
             mask_hit: self.mask_hit.clone(),
             bin_geometric_area: self.bin_geometric_area.clone(),
             derived: Derived::default(),
@@ -1019,6 +1029,7 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> Result<DetectorMap> {
         area,
         delta_r,
         weight: None,
+        weights_in_any_order: false,
         mask_hit: Vec::new(),
         bin_geometric_area: Vec::new(),
         derived: Derived::default(),
@@ -1088,6 +1099,7 @@ pub fn gradient_resampled(
         area,
         delta_r,
         weight: Some(weight),
+        weights_in_any_order: false,
         mask_hit: map.mask_hit.clone(),
         bin_geometric_area: map.bin_geometric_area.clone(),
         derived: Derived::default(),

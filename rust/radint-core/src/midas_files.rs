@@ -488,6 +488,7 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
         area,
         delta_r,
         weight: Some(weight),
+        weights_in_any_order: false,
         mask_hit,
         bin_geometric_area: Vec::new(),
         derived: Default::default(),

@@ -44,6 +44,9 @@ pub struct Tiles {
     pub indptr: Vec<u64>,
     pub pixel: Vec<u32>,
     pub area: Vec<f32>,
+    /// The map's signal weights in walk order, where it has them (a folded map, see
+    /// [`DetectorMap::weights_in_any_order`]); empty where the weights are the areas.
+    pub weight: Vec<f64>,
     pub bin: Vec<u32>,
     /// Bin → its pieces (`bin_pieces[bin_indptr[b]..bin_indptr[b+1]]`, in walk order).
     pub bin_indptr: Vec<u64>,
@@ -59,8 +62,8 @@ pub struct Tiles {
 }
 
 impl Tiles {
-    /// The layout of `map` (its area-weighted entries; the caller keeps maps with MIDAS weights
-    /// out, their kernel keeps the C order).
+    /// The layout of `map` (the caller keeps maps with MIDAS weights out: their kernel keeps
+    /// the C order).
     pub fn build(map: &DetectorMap) -> Tiles {
         let n_eta = map.n_eta().max(1);
         let n_r = map.n_r();
@@ -88,6 +91,7 @@ impl Tiles {
             indptr: vec![0],
             pixel: vec![0; map.pixel.len()],
             area: vec![0.0; map.area.len()],
+            weight: vec![0.0; map.weight.as_ref().map_or(0, Vec::len)],
             ..Tiles::default()
         };
         // Per wedge: its pieces in (block, R) order, each bin's entries keeping their order.
@@ -118,6 +122,9 @@ impl Tiles {
                     let at = &mut start[block(k) * n_r + r];
                     tiles.pixel[*at] = map.pixel[k];
                     tiles.area[*at] = map.area[k];
+                    if let Some(weight) = &map.weight {
+                        tiles.weight[*at] = weight[k];
+                    }
                     *at += 1;
                 }
             }
@@ -346,6 +353,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_folded_maps_weights_follow_their_entries() {
+        let mut map = random_map(40, 30, 12, 3, 6);
+        map.weight = Some(map.area.iter().map(|&a| 2.0 * a as f64 + 0.25).collect());
+        map.weights_in_any_order = true;
+        let tiles = map.tiles().expect("weights in any order are tiled");
+        assert_eq!(tiles.weight.len(), tiles.pixel.len());
+        for (w, a) in tiles.weight.iter().zip(&tiles.area) {
+            assert_eq!(*w, 2.0 * *a as f64 + 0.25);
+        }
+        map.weights_in_any_order = false;
+        let midas = DetectorMap {
+            derived: Default::default(),
+            ..map
+        };
+        assert!(midas.tiles().is_none(), "MIDAS weights keep the C order");
     }
 
     #[test]

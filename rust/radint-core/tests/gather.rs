@@ -1,5 +1,5 @@
 //! The AVX-512 gather kernels (one frame and a block of frames, over a [`Tiles`] layout that
-//! walks the map's bins in order) against a plain scalar sum, on random CSR maps whose bins are
+//! walks the map's bins in order, with areas or with f64 weights of their own) against a plain scalar sum, on random CSR maps whose bins are
 //! unsorted, empty, long and short, and reach the frame's last pixels (where a 32-bit gather of a
 //! u8/u16 pixel would read past the frame and the kernel must fall back per lane), each with and
 //! without the map's largest pixel as a hint (with it, lanes are clamped instead of checked where
@@ -119,6 +119,41 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
         close(&s2[0], &other_s, "stack signal only, frame 0");
         close(&s2[1], &want_s, "stack signal only, frame 1");
     }
+    // Weights of their own (a folded map's, f64): twice the areas here, so the reference is
+    // the same CSR with doubled (exactly representable) areas.
+    let mut weighted = tiles.clone();
+    weighted.weight = csr.area.iter().map(|&a| 2.0 * a as f64).collect();
+    let doubled = Csr {
+        indptr: csr.indptr.clone(),
+        pixel: csr.pixel.clone(),
+        area: csr.area.iter().map(|&a| 2.0 * a).collect(),
+    };
+    let n = csr.indptr.len() - 1;
+    let (want_s, want_v) = reference(&doubled, frame, 0, n);
+    let (other_s, other_v) = reference(&doubled, other, 0, n);
+    let (mut s, mut v) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+    gather::dense_bins(&weighted, hint, frame, 0, n, &mut s, &mut v);
+    close(&s, &want_s, "weighted signal");
+    close(&v, &want_v, "weighted variance");
+    let mut s2 = [vec![f64::NAN; n], vec![f64::NAN; n]];
+    let mut v2 = [vec![f64::NAN; n], vec![f64::NAN; n]];
+    {
+        let [sa, sb] = &mut s2;
+        let [va, vb] = &mut v2;
+        gather::dense_bins_stack(
+            &weighted,
+            hint,
+            &[frame, other],
+            0,
+            n,
+            &mut [&mut sa[..], &mut sb[..]],
+            &mut [&mut va[..], &mut vb[..]],
+        );
+    }
+    close(&s2[0], &want_s, "weighted stack frame 0 signal");
+    close(&v2[0], &want_v, "weighted stack frame 0 variance");
+    close(&s2[1], &other_s, "weighted stack frame 1 signal");
+    close(&v2[1], &other_v, "weighted stack frame 1 variance");
 }
 
 /// A hint below the map's real largest pixel gives wrong sums but reads nothing past the frame:

@@ -304,6 +304,8 @@ impl MapCore {
                 None => vec![0.0; nnz],
             },
             weight: weight.map(|w| w.to_vec()).transpose()?,
+            // Weights read back are MIDAS's (or unknown): summed in the C order.
+            weights_in_any_order: false,
             mask_hit: Vec::new(),
             bin_geometric_area: Vec::new(),
             derived: Default::default(),
