@@ -18,6 +18,7 @@
 use std::arch::x86_64::*;
 
 use crate::integrate::Pixel;
+#[cfg(target_arch = "x86_64")]
 use crate::tiles::{self, Tiles};
 
 /// How a frame's pixels are gathered (32-bit gathers for the narrow types, 64-bit for f64).
@@ -179,6 +180,7 @@ pub fn dense_bins<T: Pixel>(
 }
 
 /// The layout invariants the kernels' unchecked loads rely on.
+#[cfg(target_arch = "x86_64")]
 fn check_tiles(tiles: &Tiles) {
     assert!(tiles.indptr.len() == tiles.n_pieces() + 1);
     assert!(*tiles.indptr.last().unwrap_or(&0) as usize <= tiles.pixel.len().min(tiles.area.len()));
@@ -233,6 +235,7 @@ unsafe fn prefetch_tile_entries<const W64: bool>(tiles: &Tiles, e: usize) {
 }
 
 /// The signal weight of entry `e` of `tiles`: its own weight (`W64`, folded maps) or its area.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn entry_weight<const W64: bool>(tiles: &Tiles, e: usize) -> f64 {
     if W64 {
@@ -255,6 +258,7 @@ unsafe fn weights8<const W64: bool>(tiles: &Tiles, mask: __mmask8, e: usize) -> 
 }
 
 /// The first prefetch group a walk starting at entry `e0` issues: the lead's worth before it.
+#[cfg(target_arch = "x86_64")]
 fn first_prefetch_group(e0: usize) -> usize {
     (e0 / 16).saturating_sub(tiles::PREFETCH_LEAD_GROUPS)
 }

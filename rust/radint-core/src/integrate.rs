@@ -410,12 +410,11 @@ fn tiled_sums<T: Pixel>(
                 let mut v_rows: Vec<&mut [f64]> = v.chunks_mut(n.max(1)).take(nb).collect();
                 if nb == block {
                     let frame_block = &frames[f0..f0 + nb];
-                    gather::dense_bins_stack(
+                    dense_pieces_stack(
                         tiles,
                         max_pixel,
                         frame_block,
-                        lo,
-                        hi,
+                        (lo, hi),
                         &mut s_rows,
                         &mut v_rows,
                     );
@@ -424,7 +423,7 @@ fn tiled_sums<T: Pixel>(
                         Some(v) => v,
                         None => &mut [],
                     };
-                    gather::dense_bins(tiles, max_pixel, frames[f0], lo, hi, s_rows[0], var);
+                    dense_pieces(tiles, max_pixel, frames[f0], (lo, hi), s_rows[0], var);
                 }
             }
             for k in 0..nb {
@@ -472,6 +471,56 @@ fn tiled_sums<T: Pixel>(
                     });
             });
     }
+}
+
+/// [`gather::dense_bins`] over pieces `lo..hi`.
+#[cfg(target_arch = "x86_64")]
+fn dense_pieces<T: Pixel>(
+    tiles: &Tiles,
+    max_pixel: Option<u32>,
+    frame: &[T],
+    (lo, hi): (usize, usize),
+    signal: &mut [f64],
+    variance: &mut [f64],
+) {
+    gather::dense_bins(tiles, max_pixel, frame, lo, hi, signal, variance);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dense_pieces<T: Pixel>(
+    _: &Tiles,
+    _: Option<u32>,
+    _: &[T],
+    _: (usize, usize),
+    _: &mut [f64],
+    _: &mut [f64],
+) {
+    unreachable!("gather::available() is false off x86-64")
+}
+
+/// [`gather::dense_bins_stack`] over pieces `lo..hi`.
+#[cfg(target_arch = "x86_64")]
+fn dense_pieces_stack<T: Pixel>(
+    tiles: &Tiles,
+    max_pixel: Option<u32>,
+    frames: &[&[T]],
+    (lo, hi): (usize, usize),
+    signal: &mut [&mut [f64]],
+    variance: &mut [&mut [f64]],
+) {
+    gather::dense_bins_stack(tiles, max_pixel, frames, lo, hi, signal, variance);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dense_pieces_stack<T: Pixel>(
+    _: &Tiles,
+    _: Option<u32>,
+    _: &[&[T]],
+    _: (usize, usize),
+    _: &mut [&mut [f64]],
+    _: &mut [&mut [f64]],
+) {
+    unreachable!("gather::available() is false off x86-64")
 }
 
 /// An output array the parts of [`tiled_sums`] write into at disjoint places.
