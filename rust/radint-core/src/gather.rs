@@ -34,6 +34,7 @@ pub enum GatherKind {
     F64,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl GatherKind {
     fn bytes(self) -> usize {
         match self {
@@ -61,6 +62,7 @@ impl GatherKind {
 
 /// `$run!(KIND, CLAMP)` for the pixel kind `$code` ([`GatherKind::code`]: 0–3, the integer
 /// kinds) and the clamp flag `$clamp` (see [`lanes`]), each pair its own instantiation.
+#[cfg(target_arch = "x86_64")]
 macro_rules! integer_kinds {
     ($code:expr, $clamp:expr, $run:ident) => {
         match ($code, $clamp) {
@@ -78,6 +80,7 @@ macro_rules! integer_kinds {
 }
 
 /// [`integer_kinds`] and the float kinds (codes 4, 5).
+#[cfg(target_arch = "x86_64")]
 macro_rules! any_kinds {
     ($code:expr, $clamp:expr, $run:ident) => {
         match ($code, $clamp) {
@@ -125,12 +128,14 @@ pub fn gathers_wanted() -> bool {
 /// Entries ahead whose pixel the masked kernels prefetch (measured best between 96 and 768 on
 /// Zen 4; on the Zen 5 VM of session 22, 384–512 beat 192 by 10–25 % for single frames). The
 /// dense kernels walk a [`Tiles`] layout and prefetch from its schedule instead.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 512;
 
 /// Entries ahead whose CSR lines (pixel index and area) are prefetched. The hardware streamer
 /// alone left the area loads stalling on the Intel VM: single Pilatus 2D frames took 7.0 instead
 /// of 8.8 ms at 2 threads with this (512–1536 measured alike). The masked kernel, bound by its
 /// extra per-pixel gathers, measured no gain and goes without.
+#[cfg(target_arch = "x86_64")]
 const CSR_PREFETCH_AHEAD: usize = 1024;
 
 /// Prefetch the CSR lines `CSR_PREFETCH_AHEAD` entries past `e` (one line of each array per 16
@@ -291,6 +296,7 @@ pub fn poisson_weighted_sum<T: Pixel>(
 
 /// Shared pixels ahead whose frame value [`poisson_sum`] prefetches: each lies on another
 /// image row of the ring.
+#[cfg(target_arch = "x86_64")]
 const POISSON_PREFETCH_AHEAD: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
@@ -378,6 +384,7 @@ unsafe fn gather_f64(base: *const f64, idx: __m256i, mask: __mmask8) -> __m512d 
 /// Pixels of `frame` a 32-bit-indexed gather may read: indices at or past it go to the scalar
 /// (bounds-checked) fix-up. A 32-bit gather of a narrower pixel reads up to 3 bytes past it, and
 /// gather indices are signed 32-bit.
+#[cfg(target_arch = "x86_64")]
 fn gatherable_len<T: Pixel>(frame: &[T]) -> usize {
     let bytes = T::GATHER.bytes();
     let frame_bytes = frame.len() * bytes;
@@ -391,6 +398,7 @@ fn gatherable_len<T: Pixel>(frame: &[T]) -> usize {
 
 /// Whether every index of a map whose largest pixel index is `max_pixel` can be gathered from
 /// `frame` without a per-lane check (see [`lanes`]).
+#[cfg(target_arch = "x86_64")]
 fn clamp_ok<T: Pixel>(max_pixel: Option<u32>, frame: &[T]) -> bool {
     max_pixel.is_some_and(|m| (m as usize) < gatherable_len(frame))
 }
@@ -672,6 +680,7 @@ fn masked_run<T: Pixel, const NB: usize>(
 
 /// One entry the scalar way: `(w·value, area, w²·var)`, or None when the value is NaN.
 #[inline]
+#[cfg(target_arch = "x86_64")]
 fn scalar_entry<T: Pixel>(
     p: usize,
     a: f32,

@@ -110,10 +110,12 @@ pub fn available<T: Pixel>() -> bool {
 
 /// Runs ahead whose first pixel is prefetched. A bin's ring was mostly just read by its
 /// neighbour bin, but the rings of a large detector's thin lineout bins outgrow L2.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 64;
 
 /// Checks shared by the kernels: bins `lo..hi` exist, the frames are as long as the image the
 /// runs were built for, and `area` holds every entry of the runs.
+#[cfg(target_arch = "x86_64")]
 fn check(runs: &PixelRuns, area: &[f32], n_pixels: usize, lo: usize, hi: usize) {
     let n_bins = runs.n_bins();
     assert!(lo <= hi && hi <= n_bins, "bins {lo}..{hi} of {n_bins}");

@@ -4,6 +4,8 @@
 //! u8/u16 pixel would read past the frame and the kernel must fall back per lane), each with and
 //! without the map's largest pixel as a hint (with it, lanes are clamped instead of checked where
 //! every pixel can be gathered).
+// The gather kernels exist on x86-64 only (elsewhere the scalar loop runs).
+#![cfg(target_arch = "x86_64")]
 
 mod common;
 
