@@ -271,7 +271,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         use_masked_gather: !dense && map.weight.is_none() && gather::available::<T>(),
     };
     if kernels.use_gather {
-        // Dense area-weighted maps (the gate above): `map.tiles()` is built for them.
+        // Areas, or weights in any order (the gate above): `map.tiles()` is built for them.
         let tiles = map
             .tiles()
             .expect("maps without MIDAS weights have a tile layout");
