@@ -399,6 +399,9 @@ fn tiled_sums<T: Pixel>(
     let parts = tiles.partition(8 * rayon::current_num_threads());
     parts.par_iter().for_each(|&(lo, hi)| {
         let n = hi - lo;
+        // What makes every `put` below land inside its array.
+        assert!(hi <= n_pieces && tiles.bin.len() == n_pieces);
+        assert!(!direct || tiles.bin[lo..hi].iter().all(|&b| (b as usize) < n_bins));
         let block = gather::STACK_BLOCK;
         let mut s = vec![0.0; block * n];
         let mut v = vec![0.0; if with_var { block * n } else { 0 }];
@@ -436,8 +439,9 @@ fn tiled_sums<T: Pixel>(
                             lo + i
                         };
                     // SAFETY: `at` is frame f0+k's slot of piece lo+i (or of its bin, which has
-                    // no other piece): the parts partition the pieces, so no two tasks write the
-                    // same element, and nothing else reads the arrays until the loop ends.
+                    // no other piece), inside the array (asserted above): the parts partition
+                    // the pieces, so no two tasks write the same element, and nothing else
+                    // reads the arrays until the loop ends.
                     unsafe {
                         signal_out.put(at, s[k * n + i]);
                         if with_var {
@@ -544,9 +548,11 @@ impl Scatter {
     }
 
     /// # Safety
-    /// No other thread writes or reads element `at` meanwhile.
+    /// `at` is below the array's length and no other thread writes or reads element `at`
+    /// meanwhile.
+    #[inline(always)]
     unsafe fn put(&self, at: usize, value: f64) {
-        assert!(at < self.len, "scatter index {at} past {}", self.len);
+        debug_assert!(at < self.len, "scatter index {at} past {}", self.len);
         *self.base.add(at) = value;
     }
 }
