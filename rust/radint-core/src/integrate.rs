@@ -376,7 +376,7 @@ fn tiled_sums<T: Pixel>(
     let n_pieces = tiles.n_pieces();
     let n_bins = sums.n_bins;
     let with_var = !sums.variance.is_empty();
-    let direct = tiles.one_piece_per_bin;
+    let direct = tiles.one_piece_per_bin();
     let (mut piece_signal, mut piece_variance) = (Vec::new(), Vec::new());
     let (signal_out, variance_out, stride) = if direct {
         (
@@ -399,9 +399,9 @@ fn tiled_sums<T: Pixel>(
     let parts = tiles.partition(8 * rayon::current_num_threads());
     parts.par_iter().for_each(|&(lo, hi)| {
         let n = hi - lo;
-        // What makes every `put` below land inside its array.
-        assert!(hi <= n_pieces && tiles.bin.len() == n_pieces);
-        assert!(!direct || tiles.bin[lo..hi].iter().all(|&b| (b as usize) < n_bins));
+        // With the layout's own invariant (every bin below its bin count), what makes every
+        // `put` below land inside its array.
+        assert!(hi <= n_pieces && tiles.n_bins() == n_bins);
         let block = gather::STACK_BLOCK;
         let mut s = vec![0.0; block * n];
         let mut v = vec![0.0; if with_var { block * n } else { 0 }];
@@ -560,7 +560,7 @@ impl Scatter {
 /// Per frame, each bin's value = the sum of its pieces' (`pieces`: n_frames × n_pieces).
 fn pieces_to_bins(tiles: &Tiles, pieces: &[f64], bins: &mut [f64]) {
     let n_pieces = tiles.n_pieces();
-    let n_bins = tiles.bin_indptr.len().saturating_sub(1);
+    let n_bins = tiles.n_bins();
     if n_bins == 0 || n_pieces == 0 {
         return;
     }

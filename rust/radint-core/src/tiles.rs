@@ -39,26 +39,32 @@ const REUSE_WINDOW: usize = 8192;
 /// with at least [`MIN_WEDGES`] η bins, the pieces are the bins themselves (wedge by wedge, R
 /// outward, each bin's entries in their map order); with fewer, each bin is cut into the image
 /// blocks its pixels fall in, and a bin's sum is the sum of its pieces.
+///
+/// The fields are read-only outside this crate, and only [`Tiles::build`] and
+/// [`Tiles::in_order`] make a layout, so the invariants the kernels' unchecked loads rely on
+/// hold for its whole life: `indptr` starts at 0 and never decreases, its last value is at most
+/// the entry count, `weight` is empty or one per entry, every `bin` is below the bin count and
+/// `prefetch` holds `prefetch_slots` per 16 entries.
 #[derive(Debug, Clone, Default)]
 pub struct Tiles {
-    pub indptr: Vec<u64>,
-    pub pixel: Vec<u32>,
-    pub area: Vec<f32>,
+    pub(crate) indptr: Vec<u64>,
+    pub(crate) pixel: Vec<u32>,
+    pub(crate) area: Vec<f32>,
     /// The map's signal weights in walk order, where it has them (a folded map, see
     /// [`DetectorMap::weights_in_any_order`]); empty where the weights are the areas.
-    pub weight: Vec<f64>,
-    pub bin: Vec<u32>,
+    pub(crate) weight: Vec<f64>,
+    pub(crate) bin: Vec<u32>,
     /// Bin → its pieces (`bin_pieces[bin_indptr[b]..bin_indptr[b+1]]`, in walk order).
-    pub bin_indptr: Vec<u64>,
-    pub bin_pieces: Vec<u32>,
+    pub(crate) bin_indptr: Vec<u64>,
+    pub(crate) bin_pieces: Vec<u32>,
     /// Whether every bin has at most one piece (then a piece's sums are its bin's).
-    pub one_piece_per_bin: bool,
+    pub(crate) one_piece_per_bin: bool,
     /// `prefetch_slots` (S) per 16 entries: slot `g·S + j` holds the first pixel of a 16-pixel
     /// group whose lines the entries of group `g + PREFETCH_LEAD_GROUPS` and later load first
     /// (placed as late as that allows). Kernels prefetch that pixel and the group's last one, so
     /// both lines of a group that straddles two are asked for, whatever the frame's alignment.
-    pub prefetch: Vec<u32>,
-    pub prefetch_slots: usize,
+    pub(crate) prefetch: Vec<u32>,
+    pub(crate) prefetch_slots: usize,
 }
 
 impl Tiles {
@@ -136,7 +142,16 @@ impl Tiles {
 
     /// The layout that walks the bins of a CSR (`indptr`, `pixel`, `area`, frames of
     /// `n_pixels`) in their own order, one piece per bin, with its prefetch schedule.
+    ///
+    /// # Panics
+    /// If `indptr` does not start at 0, decreases, or ends past `pixel` or `area`.
     pub fn in_order(indptr: &[u64], pixel: &[u32], area: &[f32], n_pixels: usize) -> Tiles {
+        assert!(
+            indptr.first() == Some(&0)
+                && indptr.windows(2).all(|w| w[0] <= w[1])
+                && indptr[indptr.len() - 1] as usize <= pixel.len().min(area.len()),
+            "indptr must rise from 0 to at most the entry count"
+        );
         let n_bins = indptr.len().saturating_sub(1);
         let mut tiles = Tiles {
             indptr: indptr.to_vec(),
@@ -148,6 +163,17 @@ impl Tiles {
         tiles.index_bins(n_bins);
         (tiles.prefetch, tiles.prefetch_slots) = prefetch_schedule(pixel, n_pixels);
         tiles
+    }
+
+    /// This layout with signal weights of its own, one per entry in walk order, read by the
+    /// kernels in place of the areas (as a folded map's are).
+    ///
+    /// # Panics
+    /// If `weight` does not hold one value per entry.
+    pub fn with_weights(mut self, weight: Vec<f64>) -> Tiles {
+        assert_eq!(weight.len(), self.pixel.len(), "one weight per entry");
+        self.weight = weight;
+        self
     }
 
     /// `bin_indptr`, `bin_pieces` and `one_piece_per_bin` from `bin`.
@@ -171,6 +197,15 @@ impl Tiles {
 
     pub fn n_pieces(&self) -> usize {
         self.bin.len()
+    }
+
+    pub fn n_bins(&self) -> usize {
+        self.bin_indptr.len().saturating_sub(1)
+    }
+
+    /// Whether every bin has at most one piece (then a piece's sums are its bin's).
+    pub fn one_piece_per_bin(&self) -> bool {
+        self.one_piece_per_bin
     }
 
     /// Piece ranges each holding about `1/n_parts` of the entries.
@@ -371,6 +406,18 @@ mod tests {
             ..map
         };
         assert!(midas.tiles().is_none(), "MIDAS weights keep the C order");
+    }
+
+    #[test]
+    #[should_panic(expected = "indptr must rise")]
+    fn a_csr_whose_indptr_falls_is_refused() {
+        Tiles::in_order(&[0, 3, 2, 4], &[0; 4], &[1.0; 4], 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "indptr must rise")]
+    fn a_csr_whose_indptr_ends_past_its_entries_is_refused() {
+        Tiles::in_order(&[0, 3, 5], &[0; 4], &[1.0; 4], 8);
     }
 
     #[test]

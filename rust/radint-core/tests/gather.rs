@@ -123,8 +123,9 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
     }
     // Weights of their own (a folded map's, f64): twice the areas here, so the reference is
     // the same CSR with doubled (exactly representable) areas.
-    let mut weighted = tiles.clone();
-    weighted.weight = csr.area.iter().map(|&a| 2.0 * a as f64).collect();
+    let weighted = tiles
+        .clone()
+        .with_weights(csr.area.iter().map(|&a| 2.0 * a as f64).collect());
     let doubled = Csr {
         indptr: csr.indptr.clone(),
         pixel: csr.pixel.clone(),
