@@ -110,10 +110,11 @@ def test_stack_equals_single_frames_and_dtypes(small_config, small_map):
     )
 
 
-@pytest.mark.parametrize("kind", ["u16", "u16+dark", "f32+nan"])
+@pytest.mark.parametrize("kind", ["u16", "u16+dark", "f32+nan", "f32", "f64", "f64+inf"])
 def test_cake_is_eta_major_and_bins_match_the_map(small_config, small_map, kind):
     """Cakes and their sigmas come out C-contiguous (n_eta, n_r); every value is the map's bin
-    (r, η) summed independently here, and integer frames carry the map's area and entry count."""
+    (r, η) summed independently here, and integer frames, and float frames without NaN or inf,
+    carry the map's area and entry count."""
     m, shape = small_map, small_config.shape
     rng = np.random.default_rng(11)
     frames = rng.integers(0, 900, size=(3, *shape)).astype(np.float64)
@@ -122,7 +123,12 @@ def test_cake_is_eta_major_and_bins_match_the_map(small_config, small_map, kind)
         dark = rng.uniform(0, 5, shape)
     if kind == "f32+nan":
         frames.reshape(3, -1)[:, rng.choice(frames[0].size, 30, replace=False)] = np.nan
-    typed = frames.astype(np.float32 if kind == "f32+nan" else np.uint16)
+    if kind == "f64+inf":  # one frame of three: the stack takes the NaN-testing kernels
+        frames[1].reshape(-1)[rng.choice(frames[0].size, 30, replace=False)] = -np.inf
+    dtype = {"f32": np.float32, "f32+nan": np.float32, "f64": np.float64, "f64+inf": np.float64}
+    if kind in dtype:
+        frames -= 2.5  # values below 1, whose Poisson variance is 1
+    typed = frames.astype(dtype.get(kind, np.uint16))
     integ = Integrator(small_config, detector_map=m)
     stack = integ.integrate_stack(typed, dark=dark)
     bins = np.repeat(np.arange(m.n_bins), np.diff(m.indptr).astype(np.int64))
@@ -132,7 +138,8 @@ def test_cake_is_eta_major_and_bins_match_the_map(small_config, small_map, kind)
             assert res.cake[idx].flags.c_contiguous and res.cake_sigma[idx].flags.c_contiguous
             assert res.cake[idx].shape == (m.n_eta, m.n_r)
         value = typed[k].astype(np.float64).ravel() - (0 if dark is None else dark.ravel())
-        ok = ~np.isnan(value[m.pixel])
+        ok = np.isfinite(value[m.pixel])
+        assert one.metadata.get("nan_pixels", 0) == np.count_nonzero(~np.isfinite(value))
         w = m.area.astype(np.float64)[ok]
         signal = np.bincount(bins[ok], weights=w * value[m.pixel][ok], minlength=m.n_bins)
         area = np.bincount(bins[ok], weights=w, minlength=m.n_bins)
@@ -144,6 +151,13 @@ def test_cake_is_eta_major_and_bins_match_the_map(small_config, small_map, kind)
         np.testing.assert_array_equal(one.count, count.reshape(m.n_r, m.n_eta).T)
         np.testing.assert_allclose(one.area, area.reshape(m.n_r, m.n_eta).T, rtol=1e-12)
         np.testing.assert_array_equal(stack.count[k], one.count)
+        if dark is None:  # Poisson sigma: sqrt(Σ a²·max(raw, 1)) / Σ a
+            var = w**2 * np.maximum(value[m.pixel][ok], 1.0)
+            var = np.bincount(bins[ok], weights=var, minlength=m.n_bins)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                want = np.where(count > 0, np.sqrt(var) / area, np.nan).reshape(m.n_r, m.n_eta).T
+            np.testing.assert_allclose(one.cake_sigma, want, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(stack.cake_sigma[k], want, rtol=1e-12, equal_nan=True)
 
 
 @pytest.mark.parametrize("error_model", [None, "poisson"])
@@ -349,6 +363,11 @@ corr = Integrator(config, n_threads=2, solid_angle="midas", polarization="midas"
 out["f32_dark_corr"] = corr.integrate_stack(f32, dark=dark).cake
 out["f32_dark_corr_sigma"] = corr.integrate_stack(f32, dark=dark).cake_sigma
 out["given"] = plain.integrate(u16[1], variance=np.full(config.shape, 2.0)).cake_sigma
+# Float frames without NaN or inf take the kernels of integer frames.
+finite = u16[:5].astype(np.float32) - 3.5
+out["f32_finite_one_sigma"] = plain.integrate(finite[0]).cake_sigma
+out["f32_finite_stack"] = plain.integrate_stack(finite).cake
+out["f64_finite_stack_lineout_sigma"] = plain.integrate_stack(finite.astype(np.float64)).lineout_sigma
 # Few η bins: the gather kernels cut each bin into image blocks and add the pieces.
 for name, eta_bin in (("ring", 360.0), ("quadrants", 90.0)):
     few = Integrator(config.replace(eta_bin_deg=eta_bin), n_threads=2, error_model="poisson")
@@ -370,7 +389,7 @@ for case in range(8):
         r_max_px=float(geo.uniform(60, 250)), r_bin_px=float(geo.choice([0.3, 1.0, 2.5])),
         eta_bin_deg=float(geo.choice([1.0, 10.0, 22.5, 45.0, 90.0, 180.0, 360.0])),
     )
-    dtype = [np.uint8, np.uint16, np.uint32, np.int32][case % 4]
+    dtype = [np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64][case % 6]
     frames = geo.integers(0, 250, size=(1 + case % 5, nz, ny)).astype(dtype)
     random_integ = Integrator(cfg, n_threads=1 + case % 3, error_model="poisson")
     stack = random_integ.integrate_stack(frames)
@@ -383,8 +402,8 @@ np.savez(sys.argv[1], **out)
 
 def test_scalar_run_and_gather_kernels_agree(tmp_path):
     """The three kernel families, forced with RADINT_GATHER / RADINT_RUNS, give the same cakes
-    and sigmas: scalar loops, run-length (AVX-512 without gathers: integer frames without dark)
-    and gathers (on a CPU without AVX-512 every run takes the scalar loops and agrees trivially)."""
+    and sigmas: scalar loops, run-length (AVX-512 without gathers: integer or finite float frames
+    without dark) and gathers (on a CPU without AVX-512 every run takes the scalar loops and agrees trivially)."""
     import os
     import subprocess
     import sys

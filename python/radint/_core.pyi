@@ -84,8 +84,9 @@ def integrate(
 ) -> dict[str, Any]:
     """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
-    ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``. ``signal_offset`` (per
-    bin) is subtracted from every frame's signal (the dark of a :meth:`MapCore.folded` map)."""
+    ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``; ``nonfinite``, the NaN and
+    ±inf values over all the frames (0 for integer frames). ``signal_offset`` (per bin) is
+    subtracted from every frame's signal (the dark of a :meth:`MapCore.folded` map)."""
 
 @final
 class MapCore:

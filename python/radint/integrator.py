@@ -838,9 +838,14 @@ class Integrator:
             dark_bad = None if dark_flat is None else ~np.isfinite(dark_flat)
             if dark_bad is not None and not dark_bad.any():
                 dark_bad = None
-        if parts[0].dtype.kind == "f" or dark_bad is not None:
-            # Pixels left out of this call: NaN / ±inf values (masked by dead_below, hot_above,
-            # invalid_values, or in the frame itself) and NaN dark pixels, counted per frame.
+        if parts[0].dtype.kind == "f" and dark_bad is None and "nonfinite" in out:
+            # NaN / ±inf values (masked by dead_below, hot_above, invalid_values, or in the frame
+            # itself), counted by the CPU engine in the pass that lets finite frames skip the
+            # NaN tests.
+            meta["nan_pixels"] = int(out["nonfinite"])
+        elif parts[0].dtype.kind == "f" or dark_bad is not None:
+            # Pixels left out of this call: NaN / ±inf values and NaN dark pixels, counted per
+            # frame.
             def left_out(p: np.ndarray) -> int:
                 flat = p.reshape(-1, p.shape[-1] * p.shape[-2])
                 bad = ~np.isfinite(flat) if p.dtype.kind == "f" else np.zeros(flat.shape, bool)

@@ -149,7 +149,9 @@ unsafe fn prefetch_csr(pixel: &[u32], area: &[f32], e: usize) {
 }
 
 /// Per piece `lo..hi` of `tiles` ([`Tiles`]): `signal = Σ area·v` and, with `variance`,
-/// `Σ area²·max(v, 1)` (Poisson). `variance` is empty or as long as `signal` (`hi − lo`).
+/// `Σ area²·max(v, 1)` (Poisson), for a frame whose every value counts: integer, or float
+/// without NaN or ±∞ (the caller checks: one would make its pieces' sums NaN). `variance` is
+/// empty or as long as `signal` (`hi − lo`).
 /// `max_pixel`: the largest map pixel index where the caller knows it (the map caches it,
 /// [`crate::map::DetectorMap::max_pixel`]); below the frame's gatherable length it spares the
 /// per-lane bounds check (a wrong value gives wrong sums, never a read out of bounds). Callers
@@ -181,7 +183,7 @@ pub fn dense_bins<T: Pixel>(
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is either compared
     // with the frame's gatherable length or clamped below it (`lanes`), so even a corrupt map
     // cannot read out of bounds.
-    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
+    unsafe { any_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
 }
 
 /// The layout invariants the kernels' unchecked loads of pieces `lo..hi` rely on that the
@@ -256,7 +258,8 @@ fn first_prefetch_group(e0: usize) -> usize {
 }
 
 /// `Σ weight[i]·max(frame[pixel[i]], 1)`: the Poisson variance of a row's shared pixels in
-/// its lineout (`integrate::cross_rows`) for an integer frame, gathered 8 lanes at a time.
+/// its lineout (`integrate::cross_rows`) for a frame whose every value counts (integer, or
+/// float without NaN and ±∞: one would make the sum NaN), gathered 8 lanes at a time.
 /// `max_pixel` as for [`dense_bins`]. Callers check [`available`].
 #[cfg(target_arch = "x86_64")]
 pub fn poisson_weighted_sum<T: Pixel>(
@@ -265,11 +268,7 @@ pub fn poisson_weighted_sum<T: Pixel>(
     max_pixel: Option<u32>,
     frame: &[T],
 ) -> f64 {
-    assert!(
-        available::<T>() && !T::IS_FLOAT,
-        "gather kernel called for {:?}",
-        T::GATHER
-    );
+    assert!(available::<T>(), "gather kernel called for {:?}", T::GATHER);
     assert_eq!(pixel.len(), weight.len(), "one weight per pixel");
     macro_rules! run {
         ($kind:literal, $clamp:literal) => {
@@ -278,7 +277,7 @@ pub fn poisson_weighted_sum<T: Pixel>(
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
     // clamped below (`lanes`) the frame's gatherable length.
-    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
+    unsafe { any_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frame), run) }
 }
 
 /// Shared pixels ahead whose frame value [`poisson_sum`] prefetches: each lies on another
@@ -576,14 +575,33 @@ impl DenseSums {
     }
 }
 
-/// Sixteen integer pixels (lanes where `mask` is set, else 0) as f64, lanes 0–7 and 8–15: one
-/// 16-lane gather, 4 % faster than two of 8 lanes on Zen 5 (session 24, kernel alone).
-/// `KIND` as for [`load8`], integer kinds only.
+/// Sixteen pixels (lanes where `mask` is set, else 0) as f64, lanes 0–7 and 8–15: one
+/// 16-lane gather, 4 % faster than two of 8 lanes on Zen 5 (session 24, kernel alone); two
+/// for f64 pixels. `KIND` as for [`load8`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 unsafe fn load16<const KIND: u8>(base: *const i32, idx: __m512i, mask: __mmask16) -> [__m512d; 2] {
     let zero = _mm512_setzero_si512();
+    let (idx_lo, idx_hi) = (
+        _mm512_castsi512_si256(idx),
+        _mm512_extracti64x4_epi64::<1>(idx),
+    );
+    if KIND == 5 {
+        let base = base as *const f64;
+        return [
+            gather_f64(base, idx_lo, mask as __mmask8),
+            gather_f64(base, idx_hi, (mask >> 8) as __mmask8),
+        ];
+    }
+    if KIND == 4 {
+        let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, base as *const f32);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        return [
+            _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+            _mm512_cvtps_pd(hi),
+        ];
+    }
     let v = match KIND {
         0 => _mm512_and_si512(
             _mm512_mask_i32gather_epi32::<1>(zero, mask, idx, base),
@@ -856,7 +874,7 @@ pub fn dense_bins_stack<T: Pixel>(
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or
     // clamped below (`lanes`) the (common) frame's gatherable length.
-    unsafe { integer_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frames[0]), run) }
+    unsafe { any_kinds!(T::GATHER.code(), clamp_ok(max_pixel, frames[0]), run) }
 }
 
 #[cfg(target_arch = "x86_64")]

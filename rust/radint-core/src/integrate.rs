@@ -31,10 +31,12 @@ pub trait Pixel: Copy + Send + Sync + 'static {
     const GATHER: GatherKind;
     fn to_f64(self) -> f64;
     fn to_f32(self) -> f32;
+    /// How many of `values` are NaN or ±∞ (none for integers).
+    fn count_nonfinite(values: &[Self]) -> usize;
 }
 
 macro_rules! impl_pixel {
-    ($is_float:expr; $($t:ty => $gather:ident),*) => {$(
+    ($is_float:expr, $count:expr; $($t:ty => $gather:ident),*) => {$(
         impl Pixel for $t {
             const IS_FLOAT: bool = $is_float;
             const GATHER: GatherKind = GatherKind::$gather;
@@ -42,11 +44,21 @@ macro_rules! impl_pixel {
             fn to_f64(self) -> f64 { self as f64 }
             #[inline(always)]
             fn to_f32(self) -> f32 { self as f32 }
+            fn count_nonfinite(values: &[Self]) -> usize { $count(values) }
         }
     )*};
 }
-impl_pixel!(false; u8 => U8, u16 => U16, u32 => U32, i32 => I32, i64 => None, u64 => None);
-impl_pixel!(true; f32 => F32, f64 => F64);
+impl_pixel!(false, |_| 0; u8 => U8, u16 => U16, u32 => U32, i32 => I32, i64 => None, u64 => None);
+// The exponent bits, summed in u32 per block: 2.7x faster than `is_finite` (0.07 against
+// 0.19 ms for a Pilatus 2M frame at 2 threads, session 24).
+impl_pixel!(true, |v: &[f32]| v
+    .chunks(1 << 16)
+    .map(|c| c
+        .iter()
+        .map(|x| (x.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+        .sum::<u32>() as usize)
+    .sum(); f32 => F32);
+impl_pixel!(true, |v: &[f64]| v.iter().filter(|x| !x.is_finite()).count(); f64 => F64);
 
 /// Accumulator precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +123,27 @@ pub struct Sums {
     /// row's η bins from pixels split between them ([`DetectorMap::eta_cross`]), which the
     /// area-weighted lineout's variance adds to the bins' own.
     pub lineout_cross: Vec<f64>,
+    /// NaN and ±∞ values over all the frames (0 for integer frames), counted whatever the
+    /// other inputs: the pixels a frame itself leaves out.
+    pub nonfinite: usize,
+}
+
+/// Values per task of [`count_nonfinite`].
+const COUNT_CHUNK: usize = 1 << 16;
+
+/// The NaN and ±∞ values in `frames` (0 for integer pixels, without reading them).
+pub fn count_nonfinite<T: Pixel>(frames: &[&[T]]) -> usize {
+    if !T::IS_FLOAT {
+        return 0;
+    }
+    frames
+        .par_iter()
+        .map(|f| {
+            f.par_chunks(COUNT_CHUNK)
+                .map(T::count_nonfinite)
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 fn check_inputs<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
@@ -211,10 +244,12 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     let n_bins = map.n_bins();
     let with_var = !matches!(opts.error_model, ErrorModel::None);
     let n = n_frames * n_bins;
-    // Integer frames without dark or per-pixel scale cannot produce NaN: every entry counts, so
-    // area and count are properties of the map, the same for every frame, made here once (no
-    // zeroed buffers refilled per part), and the kernels only sum signal (and variance).
-    let dense = !T::IS_FLOAT && opts.dark.is_none() && opts.scale.is_none();
+    // Frames without NaN or ±∞ (all integer frames; float frames checked in one pass), without
+    // dark or per-pixel scale, cannot produce NaN: every entry counts, so area and count are
+    // properties of the map, the same for every frame, made here once (no zeroed buffers
+    // refilled per part), and the kernels only sum signal (and variance).
+    let nonfinite = count_nonfinite(frames);
+    let dense = nonfinite == 0 && opts.dark.is_none() && opts.scale.is_none();
     let (area, count) = if dense {
         let area = match opts.bin_area {
             Some(a) if a.len() == n_bins => a.repeat(n_frames),
@@ -242,6 +277,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         } else {
             Vec::new()
         },
+        nonfinite,
     };
     let parts = row_partition(map, 8 * rayon::current_num_threads());
     // The parts are whole radial rows: each fills its rows of the lineout covariance.
@@ -345,7 +381,7 @@ fn block_sums<T: Pixel>(
                     // Pilatus 2M stack's time).
                     if with_var {
                         for (k, frame) in block.iter().enumerate() {
-                            cross_rows(map, frame, opts, rows, x[f0 + k]);
+                            cross_rows(map, frame, opts, kernels.dense, rows, x[f0 + k]);
                         }
                     }
                     f0 += nb;
@@ -471,7 +507,7 @@ fn tiled_sums<T: Pixel>(
                     .enumerate()
                     .for_each(|(c, rows)| {
                         let first = c * CROSS_ROW_CHUNK;
-                        cross_rows(map, frame, opts, (first, first + rows.len()), rows)
+                        cross_rows(map, frame, opts, true, (first, first + rows.len()), rows)
                     });
             });
     }
@@ -655,21 +691,20 @@ const CROSS_PREFETCH_AHEAD: usize = 16;
 
 /// [`Sums::lineout_cross`] of one frame for radial rows `rows` (into `out`, one per row): Σ over
 /// each row's shared pixels of weight·scale²·var, over the pixels the bins count (value·scale
-/// finite), as the kernels do.
+/// finite), as the kernels do. `dense`: every value of the frame counts (see `integrate`).
 fn cross_rows<T: Pixel>(
     map: &DetectorMap,
     frame: &[T],
     opts: &Options,
+    dense: bool,
     rows: (usize, usize),
     out: &mut [f64],
 ) {
     let cross = map.eta_cross();
-    // Integer frames, no dark or scale: every value counts, max(raw, 1) gathered in 8 lanes.
-    let gathered = !T::IS_FLOAT
-        && opts.dark.is_none()
-        && opts.scale.is_none()
-        && matches!(opts.error_model, ErrorModel::Poisson)
-        && gather::available::<T>();
+    // Every value counts (`dense`: finite frames, no dark or scale): max(raw, 1) gathered in 8
+    // lanes.
+    let gathered =
+        dense && matches!(opts.error_model, ErrorModel::Poisson) && gather::available::<T>();
     for (r, acc) in (rows.0..rows.1).zip(out.iter_mut()) {
         let (lo, hi) = (cross.indptr[r] as usize, cross.indptr[r + 1] as usize);
         if gathered {
@@ -1608,5 +1643,25 @@ fn finalize_row(
                 (ss, vv.sqrt())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonfinite_values_are_counted_over_every_frame() {
+        let mut a = vec![1.5f32; 200_003];
+        a[0] = f32::NAN;
+        a[70_000] = f32::INFINITY;
+        a[200_002] = f32::NEG_INFINITY;
+        a[5] = f32::MAX;
+        a[6] = f32::MIN_POSITIVE / 2.0; // subnormal: finite
+        let b: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+        assert_eq!(count_nonfinite(&[&a[..], &a[..]]), 6);
+        assert_eq!(count_nonfinite(&[&b[..]]), 3);
+        assert_eq!(count_nonfinite::<f32>(&[]), 0);
+        assert_eq!(count_nonfinite(&[&[u32::MAX; 9][..]]), 0);
     }
 }

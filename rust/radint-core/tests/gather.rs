@@ -203,6 +203,17 @@ fn gather_i32_matches_scalar() {
 }
 
 #[test]
+fn gather_finite_f32_matches_scalar() {
+    // Negative values and values below 1 (whose Poisson variance is 1) among large ones.
+    check::<f32>(|r| (r % 100_000) as f32 / 7.0 - 20.0);
+}
+
+#[test]
+fn gather_finite_f64_matches_scalar() {
+    check::<f64>(|r| (r % 1_000_003) as f64 * 1.25e-3 - 1.0);
+}
+
+#[test]
 fn no_gather_for_64_bit_integer_pixels() {
     assert_eq!(<f64 as Pixel>::GATHER, GatherKind::F64);
     assert_eq!(<u64 as Pixel>::GATHER, GatherKind::None);

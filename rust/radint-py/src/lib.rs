@@ -756,6 +756,7 @@ fn integrate<'py>(
     };
     let d = PyDict::new(py);
     d.set_item("n_frames", n_frames)?;
+    d.set_item("nonfinite", sums.nonfinite)?;
     d.set_item("signal", sums.signal.into_pyarray(py))?;
     d.set_item("area", sums.area.into_pyarray(py))?;
     d.set_item("count", sums.count.into_pyarray(py))?;
