@@ -734,8 +734,9 @@ class Integrator:
 
     def integrate_stack(self, frames: Any, dark: Any = None, variance: Any = None) -> Result:
         """Integrate a stack ``(n_frames, n_pixels_z, n_pixels_y)``, reading the map once per
-        block of frames (sparse matrix × many vectors: pairs in the AVX-512 kernels, 8 frames
-        in the portable one, which shares the map only for sums without variance).
+        block of frames (sparse matrix × many vectors: 4 frames in the AVX-512 kernels of
+        frames whose every value counts, pairs in the others, 8 frames in the portable one,
+        which shares the map only for sums without variance).
 
         ``frames`` may also be a list of frames ``(n_pixels_z, n_pixels_y)``, each in a buffer
         of its own (frames received or read separately): they are integrated as one stack on

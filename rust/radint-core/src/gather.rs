@@ -830,14 +830,21 @@ fn scalar_entry<T: Pixel>(
     Some((contribution, area, w * w * var))
 }
 
-/// Frames one pass of [`dense_bins_stack`] takes. Stacks are bound by the CSR stream (pixel
-/// index + area, 8 bytes per entry, from memory for every frame) and by the frames' own pixels,
-/// which come fresh from memory: sharing the CSR by two frames took Pilatus 2M stacks from 122
-/// to 151 frames/s and Eiger 4M 1D from 81 to 106 at 2 threads (Intel VM, Poisson variance);
-/// blocks of 3 and 4 measured the same as 2 or slower, their frame gathers then dominate.
+/// Frames one pass of the masked kernels ([`masked_bins_stack`]) and of the run kernels
+/// takes. Stacks are bound by the CSR stream (pixel index + area, 8 bytes per entry, from
+/// memory for every frame) and by the frames' own pixels, which come fresh from memory: sharing
+/// the CSR by two frames took Pilatus 2M stacks from 122 to 151 frames/s and Eiger 4M 1D from
+/// 81 to 106 at 2 threads (Intel VM, Poisson variance); blocks of 3 and 4 measured the same as 2
+/// or slower, their frame gathers then dominate.
 pub const STACK_BLOCK: usize = 2;
 
-/// [`dense_bins`] for [`STACK_BLOCK`] frames at once: each CSR entry (pixel index and area) is
+/// Frames one pass of [`dense_bins_stack`] takes: on the tile layout, whose walk reuses each
+/// frame line while it is cached, 4 beat 2 (Zen 5 VM, 40-frame stacks, 2 threads, three
+/// alternating rounds: Pilatus 2M cake 537–693 against 487–505 frames/s, 3000-bin lineout
+/// 463–480 against 438–443; with Poisson σ 405–414 against 379–393).
+pub const DENSE_STACK_BLOCK: usize = 4;
+
+/// [`dense_bins`] for [`DENSE_STACK_BLOCK`] frames at once: each CSR entry (pixel index and area) is
 /// loaded once and gathered from every frame. `signal[k]` / `variance[k]` are frame k's outputs
 /// for bins `lo..hi` (`variance` empty without a variance); `max_pixel` as for [`dense_bins`].
 /// Callers check [`available`].
@@ -857,7 +864,7 @@ pub fn dense_bins_stack<T: Pixel>(
         "AVX-512 gather kernel called without AVX-512 or for {:?}",
         T::GATHER
     );
-    let nb = STACK_BLOCK;
+    let nb = DENSE_STACK_BLOCK;
     assert!(frames.len() == nb && signal.len() == nb);
     assert!(frames.iter().all(|f| f.len() == frames[0].len()));
     assert!(hi <= tiles.n_pieces() && lo <= hi);
@@ -869,7 +876,7 @@ pub fn dense_bins_stack<T: Pixel>(
     check_tiles(tiles, lo, hi);
     macro_rules! run {
         ($kind:literal, $clamp:literal) => {
-            stack::<T, $kind, STACK_BLOCK, $clamp>(tiles, frames, lo, hi, signal, variance)
+            stack::<T, $kind, DENSE_STACK_BLOCK, $clamp>(tiles, frames, lo, hi, signal, variance)
         };
     }
     // SAFETY: AVX-512F/VL were detected by `available`; every gathered index is compared with or

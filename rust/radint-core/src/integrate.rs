@@ -397,7 +397,7 @@ const BIN_CHUNK: usize = 4096;
 const CROSS_ROW_CHUNK: usize = 64;
 
 /// The dense gather kernels over the map's [`Tiles`]: parts of about equal entries, frames in
-/// pairs sharing each entry's load, each part's piece sums written straight into their bins
+/// blocks of [`gather::DENSE_STACK_BLOCK`] sharing each entry's load (the rest one by one), each part's piece sums written straight into their bins
 /// where every bin is one piece (cakes), else summed into the bins afterwards; then, with a
 /// variance, the lineout covariance of shared pixels in a pass of its own (a part holds whole
 /// wedges or image blocks, not whole radial rows).
@@ -438,12 +438,13 @@ fn tiled_sums<T: Pixel>(
         // With the layout's own invariant (every bin below its bin count), what makes every
         // `put` below land inside its array.
         assert!(hi <= n_pieces && tiles.n_bins() == n_bins);
-        let block = gather::STACK_BLOCK;
+        let block = gather::DENSE_STACK_BLOCK;
         let mut s = vec![0.0; block * n];
         let mut v = vec![0.0; if with_var { block * n } else { 0 }];
         let mut f0 = 0;
         while f0 < n_frames {
-            let nb = (n_frames - f0).min(block);
+            // A whole block, or the rest one frame at a time.
+            let nb = if n_frames - f0 >= block { block } else { 1 };
             {
                 let mut s_rows: Vec<&mut [f64]> = s.chunks_mut(n).take(nb).collect();
                 let mut v_rows: Vec<&mut [f64]> = v.chunks_mut(n.max(1)).take(nb).collect();

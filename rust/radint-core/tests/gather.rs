@@ -10,7 +10,7 @@
 mod common;
 
 use common::{close, reference, Csr, Lcg};
-use radint_core::gather::{self, GatherKind};
+use radint_core::gather::{self, GatherKind, DENSE_STACK_BLOCK};
 use radint_core::integrate::Pixel;
 use radint_core::tiles::Tiles;
 
@@ -75,6 +75,24 @@ fn check<T: Pixel>(make: impl Fn(u64) -> T) {
     }
 }
 
+/// [`gather::dense_bins_stack`] of one block of frames over pieces `lo..hi`: per frame, signal
+/// and (with `with_var`) variance.
+fn stack_sums<T: Pixel>(
+    tiles: &Tiles,
+    hint: Option<u32>,
+    frames: &[&[T]],
+    lo: usize,
+    hi: usize,
+    with_var: bool,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let mut s = vec![vec![f64::NAN; hi - lo]; frames.len()];
+    let mut v = vec![vec![f64::NAN; hi - lo]; if with_var { frames.len() } else { 0 }];
+    let mut s_rows: Vec<&mut [f64]> = s.iter_mut().map(|r| &mut r[..]).collect();
+    let mut v_rows: Vec<&mut [f64]> = v.iter_mut().map(|r| &mut r[..]).collect();
+    gather::dense_bins_stack(tiles, hint, frames, lo, hi, &mut s_rows, &mut v_rows);
+    (s, v)
+}
+
 fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T]) {
     let tiles = Tiles::in_order(&csr.indptr, &csr.pixel, &csr.area, frame.len());
     for (lo, hi) in [(0, 300), (13, 214), (299, 300)] {
@@ -87,39 +105,27 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
         let mut s_only = vec![f64::NAN; hi - lo];
         gather::dense_bins(&tiles, hint, frame, lo, hi, &mut s_only, &mut []);
         close(&s_only, &want_s, "signal only");
-        // The same frame and another one sharing the CSR pass.
+        // Frames alternating with another one, sharing the CSR pass.
         let (other_s, other_v) = reference(csr, other, lo, hi);
-        let mut s2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
-        let mut v2 = [vec![f64::NAN; hi - lo], vec![f64::NAN; hi - lo]];
-        {
-            let [sa, sb] = &mut s2;
-            let [va, vb] = &mut v2;
-            gather::dense_bins_stack(
-                &tiles,
-                hint,
-                &[frame, other],
-                lo,
-                hi,
-                &mut [&mut sa[..], &mut sb[..]],
-                &mut [&mut va[..], &mut vb[..]],
-            );
+        for with_var in [true, false] {
+            for first in [0, 1] {
+                let block: Vec<&[T]> = (0..DENSE_STACK_BLOCK)
+                    .map(|k| if (k + first) % 2 == 0 { frame } else { other })
+                    .collect();
+                let (s, v) = stack_sums(&tiles, hint, &block, lo, hi, with_var);
+                for k in 0..DENSE_STACK_BLOCK {
+                    let (ws, wv) = if (k + first) % 2 == 0 {
+                        (&want_s, &want_v)
+                    } else {
+                        (&other_s, &other_v)
+                    };
+                    close(&s[k], ws, &format!("stack frame {k} signal"));
+                    if with_var {
+                        close(&v[k], wv, &format!("stack frame {k} variance"));
+                    }
+                }
+            }
         }
-        close(&s2[0], &want_s, "stack frame 0 signal");
-        close(&v2[0], &want_v, "stack frame 0 variance");
-        close(&s2[1], &other_s, "stack frame 1 signal");
-        close(&v2[1], &other_v, "stack frame 1 variance");
-        let [sa, sb] = &mut s2;
-        gather::dense_bins_stack(
-            &tiles,
-            hint,
-            &[other, frame],
-            lo,
-            hi,
-            &mut [&mut sa[..], &mut sb[..]],
-            &mut [],
-        );
-        close(&s2[0], &other_s, "stack signal only, frame 0");
-        close(&s2[1], &want_s, "stack signal only, frame 1");
     }
     // Weights of their own (a folded map's, f64): twice the areas here, so the reference is
     // the same CSR with doubled (exactly representable) areas.
@@ -138,25 +144,19 @@ fn check_dense<T: Pixel>(csr: &Csr, hint: Option<u32>, frame: &[T], other: &[T])
     gather::dense_bins(&weighted, hint, frame, 0, n, &mut s, &mut v);
     close(&s, &want_s, "weighted signal");
     close(&v, &want_v, "weighted variance");
-    let mut s2 = [vec![f64::NAN; n], vec![f64::NAN; n]];
-    let mut v2 = [vec![f64::NAN; n], vec![f64::NAN; n]];
-    {
-        let [sa, sb] = &mut s2;
-        let [va, vb] = &mut v2;
-        gather::dense_bins_stack(
-            &weighted,
-            hint,
-            &[frame, other],
-            0,
-            n,
-            &mut [&mut sa[..], &mut sb[..]],
-            &mut [&mut va[..], &mut vb[..]],
-        );
+    let block: Vec<&[T]> = (0..DENSE_STACK_BLOCK)
+        .map(|k| if k % 2 == 0 { frame } else { other })
+        .collect();
+    let (s, v) = stack_sums(&weighted, hint, &block, 0, n, true);
+    for k in 0..DENSE_STACK_BLOCK {
+        let (ws, wv) = if k % 2 == 0 {
+            (&want_s, &want_v)
+        } else {
+            (&other_s, &other_v)
+        };
+        close(&s[k], ws, &format!("weighted stack frame {k} signal"));
+        close(&v[k], wv, &format!("weighted stack frame {k} variance"));
     }
-    close(&s2[0], &want_s, "weighted stack frame 0 signal");
-    close(&v2[0], &want_v, "weighted stack frame 0 variance");
-    close(&s2[1], &other_s, "weighted stack frame 1 signal");
-    close(&v2[1], &other_v, "weighted stack frame 1 variance");
 }
 
 /// A hint below the map's real largest pixel gives wrong sums but reads nothing past the frame:
