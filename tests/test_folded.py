@@ -1,6 +1,7 @@
-"""Integer frames with a fixed dark and per-pixel corrections go through a copy of the map with
-both folded in (``DetectorMap.folded`` in the core): the results must be those of the general
-kernel, which reads dark and scale per entry (float frames always take it)."""
+"""Frames whose every value counts (integer, or float without NaN or inf) with a fixed dark and
+per-pixel corrections go through a copy of the map with both folded in (``DetectorMap.folded``
+in the core): the results must be those of the general kernel, which reads dark and scale per
+entry (float frames holding a NaN or inf take it)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def _assert_same(folded, general, rtol=1e-12):
     assert folded.metadata.get("nan_pixels", 0) == general.metadata.get("nan_pixels", 0)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64, "float32+nan"]
+)
 @pytest.mark.parametrize("error_model", ["poisson", None])
 def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
                                               error_model):  # fmt: skip
@@ -53,18 +56,26 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
     dark, mask, flat = _inputs(config)
     mean = ring_image(config, noise=False, dtype=np.float64) * 0.05 + 6
     rng = np.random.default_rng(1)
-    frames = rng.poisson(mean, size=(3, *config.shape)).astype(dtype)
+    frames = rng.poisson(mean, size=(3, *config.shape)).astype(np.float64)
+    with_nan = dtype == "float32+nan"
+    if with_nan:  # one NaN pixel in one frame: the whole call takes the general kernel
+        frames[1, 40, 50] = np.nan
+        dtype = np.float32
+    elif np.dtype(dtype).kind == "f":
+        frames -= 0.75  # values below 1 too, whose Poisson variance is 1
+    frames = frames.astype(dtype)
     kw = {"detector_map": small_map, "mask": mask, "flat": flat, "error_model": error_model}
     fast = Integrator(config, dark=dark, **kw)
     general = Integrator(config, **kw)
-    assert fast._folds(frames[0])
+    assert fast._folds(frames[0], 0) and not fast._folds(frames[0], 1)
     for got, want in (
         (fast.integrate(frames[0]), general.integrate(frames[0].astype(np.float64), dark=dark)),
         (fast.integrate_stack(frames), general.integrate_stack(frames.astype(float), dark=dark)),
         (fast.integrate_stack(list(frames)), general.integrate_stack(frames.astype(float), dark=dark)),
     ):  # fmt: skip
         _assert_same(got, want)
-    assert fast._folded is not None  # the folded map was used, and kept
+    # The folded map was used and kept (with a NaN frame: by the single frames without one).
+    assert fast._folded is not None
 
 
 @pytest.mark.parametrize("eta_bin", [360.0, 90.0])
@@ -78,7 +89,7 @@ def test_folded_lineout_maps_equal_the_general_kernel(small_config, eta_bin):
     kw = {"mask": mask, "flat": flat, "error_model": "poisson"}
     fast = Integrator(config, dark=dark, **kw)
     general = Integrator(config, detector_map=fast.map, **kw)
-    assert fast._folds(frames[0])
+    assert fast._folds(frames[0], 0)
     _assert_same(
         fast.integrate_stack(frames), general.integrate_stack(frames.astype(float), dark=dark)
     )
@@ -92,10 +103,11 @@ def test_fold_with_scale_only_and_given_variances(small_config, small_map):
     var = np.random.default_rng(3).uniform(1, 80, config.shape)
     fast = Integrator(config, detector_map=small_map, mask=mask)
     general = Integrator(config, detector_map=small_map, mask=mask)
-    assert fast._folds(frame)
-    _assert_same(fast.integrate(frame), general.integrate(frame.astype(np.float32)))
+    zero = np.zeros(config.shape)  # a dark given per call: the general kernel
+    assert fast._folds(frame, 0)
+    _assert_same(fast.integrate(frame), general.integrate(frame.astype(np.float32), dark=zero))
     _assert_same(fast.integrate(frame, variance=var),
-                 general.integrate(frame.astype(np.float64), variance=var))  # fmt: skip
+                 general.integrate(frame.astype(np.float64), variance=var, dark=zero))  # fmt: skip
 
 
 def test_a_dark_given_per_call_takes_precedence(small_config, small_map):
@@ -127,11 +139,11 @@ def test_the_dark_is_copied_read_only_and_checked(small_config, small_map):
 def test_no_fold_where_it_would_change_the_rules(small_config, small_map):
     dark, mask, _ = _inputs(small_config)
     frame = np.ones(small_config.shape, np.uint16)
-    assert not Integrator(small_config, detector_map=small_map)._folds(frame)  # nothing to fold
+    assert not Integrator(small_config, detector_map=small_map)._folds(frame, 0)  # nothing to fold
     kw = {"detector_map": small_map, "mask": mask, "dark": dark}
-    assert not Integrator(small_config, **kw)._folds(frame.astype(np.float32))
-    assert not Integrator(small_config, precision="float32", **kw)._folds(frame)
-    assert not Integrator(small_config, compat="midas-gpu", **kw)._folds(frame)
+    assert not Integrator(small_config, **kw)._folds(frame.astype(np.float32), 1)  # a NaN
+    assert not Integrator(small_config, precision="float32", **kw)._folds(frame, 0)
+    assert not Integrator(small_config, compat="midas-gpu", **kw)._folds(frame, 0)
 
 
 def test_batch_hands_an_equal_dark_to_the_integrator(small_config, small_map,
@@ -174,10 +186,28 @@ def test_a_signal_offset_only_goes_with_a_folded_map(small_config, small_map):
     for kw in ({"dark": np.zeros(frame.size)}, {"scale": np.ones(frame.size)}):
         with pytest.raises(RadintError, match="signal offset"):
             _core.integrate(small_map._core, frame, signal_offset=offset, **kw)
+    _core.integrate(small_map._core, frame.astype(np.float32), signal_offset=offset)  # finite
+    nan = frame.astype(np.float32)
+    nan[3, 4] = np.nan
     with pytest.raises(RadintError, match="signal offset"):
-        _core.integrate(small_map._core, frame.astype(np.float32), signal_offset=offset)
+        _core.integrate(small_map._core, nan, signal_offset=offset)
+    with pytest.raises(RadintError, match="signal offset"):  # the caller's count is believed
+        _core.integrate(small_map._core, frame.astype(np.float32), signal_offset=offset,
+                        nonfinite=1)  # fmt: skip
     with pytest.raises(ShapeError, match="signal offset"):
         _core.integrate(small_map._core, frame, signal_offset=offset[:-1])
+
+
+def test_count_nonfinite_counts_nan_and_inf_of_float_frames():
+    from radint import _core
+
+    a = np.zeros((2, 50, 30), np.float32)
+    a[0, 1, 2] = np.nan
+    a[1, 3, 4] = np.inf
+    a[1, 49, 29] = -np.inf
+    assert _core.count_nonfinite(a, n_threads=2) == 3
+    assert _core.count_nonfinite([a[0], a[1].astype(np.float64)]) == 3
+    assert _core.count_nonfinite(np.full(7, 65535, np.uint16)) == 0
 
 
 def test_count_equal_counts_marker_values_in_the_frames_own_type():

@@ -14,6 +14,7 @@ __all__ = [
     "build_map",
     "copy_bytes",
     "count_equal",
+    "count_nonfinite",
     "distortion_fold",
     "fit_auto",
     "fit_peaks",
@@ -81,12 +82,14 @@ def integrate(
     nan_masked_bins: bool = ...,
     n_threads: int | None = ...,
     signal_offset: np.ndarray | None = ...,
+    nonfinite: int | None = ...,
 ) -> dict[str, Any]:
     """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
     ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``; ``nonfinite``, the NaN and
-    ±inf values over all the frames (0 for integer frames). ``signal_offset`` (per bin) is
-    subtracted from every frame's signal (the dark of a :meth:`MapCore.folded` map)."""
+    ±inf values over all the frames (0 for integer frames; the caller's count when it passes
+    one as ``nonfinite``). ``signal_offset`` (per bin) is subtracted from every frame's signal
+    (the dark of a :meth:`MapCore.folded` map; frames without NaN or inf only)."""
 
 @final
 class MapCore:
@@ -136,6 +139,10 @@ class MapCore:
 
 def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ...) -> int:
     """How many elements of the contiguous integer array ``frame`` equal any of ``values``."""
+
+def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = ...) -> int:
+    """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
+    them; 0 for integer dtypes)."""
 
 def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on

@@ -151,7 +151,8 @@ class Integrator:
     dark : ndarray, shape (n_pixels_z, n_pixels_y), optional
         Dark image subtracted from every frame (NaN pixels ⇒ masked), copied once here. The
         same as passing it to every ``integrate`` call (a ``dark=`` there takes precedence), but
-        integer frames on the CPU then take the fast path: dark, mask, flat, solid angle and
+        integer frames, and float frames without NaN or inf, on the CPU then take the fast
+        path: dark, mask, flat, solid angle and
         polarization are folded into a copy of the map once (``DetectorMap.folded``), so a frame
         costs what an uncorrected one does.
     solid_angle : {"midas", "exact", None, "config"}
@@ -758,17 +759,18 @@ class Integrator:
         a = self._check_frames(frames, 3, "frames")
         return self._run(a, dark, variance, stack=True)
 
-    def _folds(self, a: np.ndarray) -> bool:
-        """Whether frames like ``a`` integrate through the folded map (:meth:`_folded_map`):
-        integer frames on the CPU with a fixed scale or dark, float64 sums, radint's own map
-        weights (MIDAS-weighted maps keep the C summation order). The folded map's weights go
-        through the same gather kernels as plain areas where those run (Pilatus 2M cake with a
-        dark and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read per entry;
-        1.9 without a dark)."""
+    def _folds(self, a: np.ndarray, nonfinite: int) -> bool:
+        """Whether frames like ``a`` (holding ``nonfinite`` NaN / inf values) integrate through
+        the folded map (:meth:`_folded_map`): frames whose every value counts (integer, or
+        float without NaN or inf) on the CPU with a fixed scale or dark, float64 sums, radint's
+        own map weights (MIDAS-weighted maps keep the C summation order). The folded map's
+        weights go through the same gather kernels as plain areas where those run (Pilatus 2M
+        cake with a dark and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read
+        per entry; 1.9 without a dark)."""
         return (
             (self._scale is not None or self._dark is not None)
-            and a.dtype.kind in "iu" and self.backend == "cpu" and self.precision == "float64"
-            and not self.compat and self.map.weight is None
+            and nonfinite == 0 and a.dtype.kind in "iuf" and self.backend == "cpu"
+            and self.precision == "float64" and not self.compat and self.map.weight is None
         )  # fmt: skip
 
     def _folded_map(self, core: Any) -> tuple[Any, np.ndarray]:
@@ -809,7 +811,12 @@ class Integrator:
             if self._markers_by_map(parts[0]):
                 core, parts, marked = self._marker_map(parts)
                 frames = parts if isinstance(frames, list) else parts[0]
-            if own_dark and self._folds(parts[0]):
+            # Counted once here: float frames without NaN or inf fold as integer frames do, and
+            # take the kernels that skip the NaN tests.
+            nonfinite = (
+                _core.count_nonfinite(frames, self.n_threads) if parts[0].dtype.kind == "f" else 0
+            )
+            if own_dark and self._folds(parts[0], nonfinite):
                 core, offset = self._folded_map(core)
                 scale = None
             out = _core.integrate(
@@ -827,6 +834,7 @@ class Integrator:
                 empty_value=self.empty_value,
                 nan_masked_bins=False,
                 n_threads=self.n_threads,
+                nonfinite=nonfinite,
             )
         # When the frames were integrated (Unix s, one per frame): every output of the result
         # stores this, not the time it happens to be written.

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gather::{self, GatherKind};
 use crate::map::DetectorMap;
 use crate::runs::{self, PixelRuns};
+use crate::scan::count_nonfinite;
 use crate::tiles::Tiles;
 
 /// A pixel type a frame may hold; read in place, converted per entry.
@@ -92,8 +93,11 @@ pub struct Options<'a> {
     /// `map.bin_area()`, when the caller keeps it between frames (it costs a pass over the map).
     pub bin_area: Option<&'a [f64]>,
     /// Per bin, subtracted from every frame's signal: the dark of a map from
-    /// [`DetectorMap::folded`].
+    /// [`DetectorMap::folded`]. Only for frames without NaN or ±∞.
     pub signal_offset: Option<&'a [f64]>,
+    /// The NaN and ±∞ values in the frames ([`crate::scan::count_nonfinite`]), where the caller has counted
+    /// them already; counted here otherwise.
+    pub nonfinite: Option<usize>,
 }
 
 impl Default for Options<'_> {
@@ -105,6 +109,7 @@ impl Default for Options<'_> {
             precision: Precision::Double,
             bin_area: None,
             signal_offset: None,
+            nonfinite: None,
         }
     }
 }
@@ -128,25 +133,13 @@ pub struct Sums {
     pub nonfinite: usize,
 }
 
-/// Values per task of [`count_nonfinite`].
-const COUNT_CHUNK: usize = 1 << 16;
-
-/// The NaN and ±∞ values in `frames` (0 for integer pixels, without reading them).
-pub fn count_nonfinite<T: Pixel>(frames: &[&[T]]) -> usize {
-    if !T::IS_FLOAT {
-        return 0;
-    }
-    frames
-        .par_iter()
-        .map(|f| {
-            f.par_chunks(COUNT_CHUNK)
-                .map(T::count_nonfinite)
-                .sum::<usize>()
-        })
-        .sum()
-}
-
-fn check_inputs<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<()> {
+/// `nonfinite`: the frames' NaN and ±∞ values.
+fn check_inputs<T: Pixel>(
+    map: &DetectorMap,
+    frames: &[&[T]],
+    opts: &Options,
+    nonfinite: usize,
+) -> Result<()> {
     let n = map.n_pixels();
     if let Some((k, f)) = frames.iter().enumerate().find(|(_, f)| f.len() != n) {
         return Err(Error::shape(
@@ -170,11 +163,12 @@ fn check_inputs<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) ->
         if offset.len() != map.n_bins() {
             return Err(Error::shape("signal offset", map.n_bins(), offset.len()));
         }
-        // The offset stands for a dark and scale already folded into the map: integer frames
-        // only (a NaN pixel would drop its entry, not its share of the offset).
-        if opts.dark.is_some() || opts.scale.is_some() || T::IS_FLOAT {
+        // The offset stands for a dark and scale already folded into the map: frames whose
+        // every value counts (a NaN pixel would drop its entry, not its share of the offset).
+        if opts.dark.is_some() || opts.scale.is_some() || nonfinite > 0 {
             return Err(Error::Invalid(
-                "signal offset: only for integer frames on a folded map, without dark or scale"
+                "signal offset: only on a folded map, without dark or scale, for frames without \
+                 NaN or inf"
                     .into(),
             ));
         }
@@ -239,7 +233,11 @@ const FRAME_BLOCK: usize = 8;
 /// separate buffers, a file mapped into memory), as one stack: each part of the map is read
 /// once for all of them.
 pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -> Result<Sums> {
-    check_inputs(map, frames, opts)?;
+    let nonfinite = match opts.nonfinite {
+        Some(n) if T::IS_FLOAT => n,
+        _ => count_nonfinite(frames),
+    };
+    check_inputs(map, frames, opts, nonfinite)?;
     let n_frames = frames.len();
     let n_bins = map.n_bins();
     let with_var = !matches!(opts.error_model, ErrorModel::None);
@@ -248,7 +246,6 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     // dark or per-pixel scale, cannot produce NaN: every entry counts, so area and count are
     // properties of the map, the same for every frame, made here once (no zeroed buffers
     // refilled per part), and the kernels only sum signal (and variance).
-    let nonfinite = count_nonfinite(frames);
     let dense = nonfinite == 0 && opts.dark.is_none() && opts.scale.is_none();
     let (area, count) = if dense {
         let area = match opts.bin_area {
@@ -1644,25 +1641,5 @@ fn finalize_row(
                 (ss, vv.sqrt())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nonfinite_values_are_counted_over_every_frame() {
-        let mut a = vec![1.5f32; 200_003];
-        a[0] = f32::NAN;
-        a[70_000] = f32::INFINITY;
-        a[200_002] = f32::NEG_INFINITY;
-        a[5] = f32::MAX;
-        a[6] = f32::MIN_POSITIVE / 2.0; // subnormal: finite
-        let b: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-        assert_eq!(count_nonfinite(&[&a[..], &a[..]]), 6);
-        assert_eq!(count_nonfinite(&[&b[..]]), 3);
-        assert_eq!(count_nonfinite::<f32>(&[]), 0);
-        assert_eq!(count_nonfinite(&[&[u32::MAX; 9][..]]), 0);
     }
 }

@@ -228,7 +228,7 @@ impl DetectorMap {
     /// into its entries, and the per-bin signal offset the dark leaves: entry weights become
     /// `w·scale`, entries whose weight or dark is not finite are dropped (exactly the entries
     /// the integration kernels would leave out), and `offset[b] = Σ w·scale·dark` over the
-    /// kept entries. Integrating integer frames with the result (no dark, no scale) and
+    /// kept entries. Integrating frames without NaN or ±∞ with the result (no dark, no scale) and
     /// subtracting `offset` gives the sums of the original map with `dark` and `scale`, up to
     /// summation order, through the NaN-free kernel: no per-entry scale and dark loads or
     /// validity checks per frame. `scale` and `dark` are as long as the image.

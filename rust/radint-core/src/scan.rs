@@ -1,8 +1,11 @@
 //! Whole-frame scans outside the CSR kernels: counting the pixels that hold gap / bad-pixel
 //! marker values, which the Integrator does for every integer frame when such values are
-//! configured (numpy's one pass per value took ~1.5 ms of a Pilatus 2M frame on 2 cores).
+//! configured (numpy's one pass per value took ~1.5 ms of a Pilatus 2M frame on 2 cores), and
+//! the NaN and ±∞ values of float frames, which decide their kernels.
 
 use rayon::prelude::*;
+
+use crate::integrate::Pixel;
 
 /// Pixels per rayon task (counted in u32 lanes: 32-bit sums vectorize twice as wide).
 const CHUNK: usize = 64 * 1024;
@@ -29,6 +32,18 @@ pub fn count_equal<T: Copy + PartialEq + Send + Sync>(data: &[T], values: &[T]) 
     data.par_chunks(CHUNK).map(count).sum()
 }
 
+/// The NaN and ±∞ values in `frames` (0 for integer pixels, without reading them), on the
+/// current rayon pool.
+pub fn count_nonfinite<T: Pixel>(frames: &[&[T]]) -> usize {
+    if !T::IS_FLOAT {
+        return 0;
+    }
+    frames
+        .par_iter()
+        .map(|f| f.par_chunks(CHUNK).map(T::count_nonfinite).sum::<usize>())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +61,20 @@ mod tests {
             );
             assert_eq!(count_equal(&data, &[]), 0);
         }
+    }
+
+    #[test]
+    fn nonfinite_values_are_counted_over_every_frame() {
+        let mut a = vec![1.5f32; 200_003];
+        a[0] = f32::NAN;
+        a[70_000] = f32::INFINITY;
+        a[200_002] = f32::NEG_INFINITY;
+        a[5] = f32::MAX;
+        a[6] = f32::MIN_POSITIVE / 2.0; // subnormal: finite
+        let b: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+        assert_eq!(count_nonfinite(&[&a[..], &a[..]]), 6);
+        assert_eq!(count_nonfinite(&[&b[..]]), 3);
+        assert_eq!(count_nonfinite::<f32>(&[]), 0);
+        assert_eq!(count_nonfinite(&[&[u32::MAX; 9][..]]), 0);
     }
 }

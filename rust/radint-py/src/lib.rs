@@ -21,7 +21,7 @@ use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision
 use radint_core::map::{self, DetectorMap, MapInputs};
 use radint_core::midas_files::{self, MapHeader, ReadOptions, Sampling};
 use radint_core::params::Params;
-use radint_core::{bins, panels};
+use radint_core::{bins, panels, scan};
 
 use errors::{raise, shape_error, CoreError};
 
@@ -602,7 +602,7 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
 /// arrays: per-bin sums (`signal`, `area`, `count`, `variance`) in bin order `r·n_eta + e`,
 /// `cake` and `cake_sigma` η-major (`e·n_r + r`), lineouts `n_r` per frame.
 #[pyfunction]
-#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None, signal_offset=None))]
+#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None, signal_offset=None, nonfinite=None))]
 #[allow(clippy::too_many_arguments)]
 fn integrate<'py>(
     py: Python<'py>,
@@ -620,6 +620,7 @@ fn integrate<'py>(
     nan_masked_bins: bool,
     n_threads: Option<usize>,
     signal_offset: Option<PyReadonlyArray1<'py, f64>>,
+    nonfinite: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = map.get();
     let m = &core.map;
@@ -711,6 +712,7 @@ fn integrate<'py>(
         precision,
         bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
         signal_offset,
+        nonfinite,
     };
     let fin = FinalizeOptions {
         normalize,
@@ -814,9 +816,7 @@ fn count_equal(
         ($a:expr) => {{
             let data = contiguous($a)?;
             let wanted: Vec<_> = values.iter().filter_map(|&v| v.try_into().ok()).collect();
-            run_detached(py, n_threads, || {
-                Ok(radint_core::scan::count_equal(data, &wanted))
-            })
+            run_detached(py, n_threads, || Ok(scan::count_equal(data, &wanted)))
         }};
     }
     match &frames {
@@ -835,6 +835,39 @@ fn count_equal(
     }
 }
 
+/// The NaN and ±inf values in `frames` (an array of any shape, or a list of arrays; 0 for
+/// integer dtypes), on `n_threads` threads with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (frames, n_threads=None))]
+fn count_nonfinite(
+    py: Python<'_>,
+    frames: &Bound<'_, PyAny>,
+    n_threads: Option<usize>,
+) -> PyResult<usize> {
+    let parts: Vec<Frames> = match frames.cast::<PyList>() {
+        Ok(list) => list
+            .iter()
+            .map(|f| Frames::extract(&f))
+            .collect::<PyResult<_>>()?,
+        Err(_) => vec![Frames::extract(frames)?],
+    };
+    let mut total = 0;
+    for part in &parts {
+        total += match part {
+            Frames::F32(a) => {
+                let data = contiguous(a)?;
+                run_detached(py, n_threads, || Ok(scan::count_nonfinite(&[data])))?
+            }
+            Frames::F64(a) => {
+                let data = contiguous(a)?;
+                run_detached(py, n_threads, || Ok(scan::count_nonfinite(&[data])))?
+            }
+            _ => 0,
+        };
+    }
+    Ok(total)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -851,6 +884,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
+    m.add_function(wrap_pyfunction!(count_nonfinite, m)?)?;
     fit::register(m)?;
     Ok(())
 }
