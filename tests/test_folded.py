@@ -252,3 +252,50 @@ def test_fortran_ordered_frames_are_refused_by_the_core(small_config, small_map)
     integ = Integrator(small_config, detector_map=small_map)
     np.testing.assert_allclose(integ.integrate(frame).cake,
                                integ.integrate(np.ascontiguousarray(frame)).cake, equal_nan=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_float_frames_with_nan_at_fixed_pixels_take_a_map_without_them(small_config, small_map,
+                                                                        corrected):  # fmt: skip
+    """Float frames holding NaN / inf at the same pixels call after call (gaps, dead pixels)
+    integrate through a map without those pixels once two calls in a row had them, folded with
+    a fixed dark and corrections: the general kernel's results, every time, whatever moves."""
+    config = small_config.replace(solid_angle_correction=corrected)
+    dark, mask, flat = _inputs(config) if corrected else (None, None, None)
+    kw = {"detector_map": small_map, "mask": mask, "flat": flat}
+    fast = Integrator(config, dark=dark, **kw)
+    general = Integrator(config, **kw)
+    zero = np.zeros(config.shape)
+    rng = np.random.default_rng(8)
+
+    def frames(n: int, gap: tuple) -> np.ndarray:
+        f = rng.poisson(30, (n, *config.shape)).astype(np.float32) - 0.5
+        f[(slice(None), *gap)] = np.nan
+        f[:, 5, 7] = -np.inf
+        return f
+
+    def check(stack: np.ndarray) -> None:
+        want = general.integrate_stack(stack, dark=zero if dark is None else dark)
+        _assert_same(fast.integrate_stack(stack), want)
+        _assert_same(fast.integrate(stack[0]), general.integrate(stack[0], dark=want_dark))
+
+    want_dark = zero if dark is None else dark
+    rows = (slice(40, 43), slice(None))
+    first = frames(2, rows)
+    _assert_same(fast.integrate_stack(first), general.integrate_stack(first, dark=want_dark))
+    assert fast._nan_cache is None  # seen once
+    check(frames(3, rows))  # its stack call builds the map
+    cached = fast._nan_cache
+    assert cached is not None and cached[0].size == 3 * config.shape[1] + 1
+    check(frames(1, rows))
+    assert fast._nan_cache is cached  # kept while the pixels stay
+    one = frames(1, rows)
+    assert fast._nan_map([one], True, cached[0].size) is cached[1]._core  # the map calls take
+    moved = frames(2, (slice(None), slice(60, 62)))
+    _assert_same(fast.integrate_stack(moved), general.integrate_stack(moved, dark=want_dark))
+    assert fast._nan_cache is cached  # other pixels, once: the general kernel
+    check(moved)  # twice: a map without those
+    assert fast._nan_cache is not cached and fast._nan_cache[0].size == 2 * config.shape[0] + 1
+    check(np.concatenate([frames(1, rows), moved[:1]]))  # frames that differ: general kernel
+    if dark is not None:
+        assert fast._folded is not None and fast._folded[0] is fast._nan_cache[1]._core

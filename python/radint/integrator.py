@@ -288,6 +288,10 @@ class Integrator:
         self._markers_checked = False
         # Flat indices of the pixels marked in the last frames, and the map without them.
         self._marker_cache: tuple[np.ndarray, DetectorMap] | None = None
+        # Float frames' NaN / inf pixels: those of the last call, and a map without them once
+        # two calls in a row had the same (see _nan_map).
+        self._nan_last: np.ndarray | None = None
+        self._nan_cache: tuple[np.ndarray, DetectorMap] | None = None
         self.backend = self._choose_backend(backend)
         # Read before the map is built: a wrong FlatFile fails at once (and leaves no cache).
         if flat is None and config.flat_file:
@@ -638,12 +642,53 @@ class Integrator:
             cached = self._marker_cache = (np.flatnonzero(first), self._without(first))
         return cached[1]._core, parts, int(cached[0].size)
 
+    def _nan_map(self, parts: list[np.ndarray], own_dark: bool, nonfinite: int) -> Any | None:
+        """A map core without the NaN / inf pixels of the float frames ``parts`` (``nonfinite``
+        values in all), when every frame holds them at the same pixels and the call can then
+        take the kernels of frames whose every value counts (no per-call dark; a fixed scale or
+        dark folds): such frames (gaps or dead pixels set to NaN) then integrate as fast as
+        frames without NaN, leaving out exactly what NaN would. None where they cannot.
+
+        The map is built (~0.1 s for a Pilatus 2M) once two calls in a row have NaN at the same
+        pixels, and kept while they stay there; frames whose NaN move from call to call never
+        pay for it."""
+        foldable = own_dark and self.precision == "float64"
+        if (
+            nonfinite == 0 or self.backend != "cpu" or self.compat or self.map.weight is not None
+            or not (foldable or (self._scale is None and self._dark is None and own_dark))
+        ):  # fmt: skip
+            return None
+        n_pixels = parts[0].shape[-1] * parts[0].shape[-2]
+        frames = [f for p in parts for f in p.reshape(-1, n_pixels)]
+
+        def holds(pixels: np.ndarray) -> bool:
+            # Every frame is non-finite there and nowhere else (the counts add up).
+            return nonfinite == len(frames) * pixels.size and not any(
+                np.isfinite(f[pixels]).any() for f in frames
+            )
+
+        cached = self._nan_cache
+        if cached is not None and holds(cached[0]):
+            return cached[1]._core
+        pixels = np.flatnonzero(~np.isfinite(frames[0]))
+        if not holds(pixels):
+            return None
+        last, self._nan_last = self._nan_last, pixels
+        if last is None or not np.array_equal(last, pixels):
+            return None  # seen once: built if the next call has the same
+        marked = np.zeros(n_pixels, dtype=bool)
+        marked[pixels] = True
+        self._nan_cache = (pixels, self._without(marked))
+        return self._nan_cache[1]._core
+
     def _without(self, marked: np.ndarray) -> DetectorMap:
         """This integrator's map without the entries of the ``marked`` pixels (flat bool)."""
         m = self.map
         if not marked.any():
             return m
         keep = ~marked[m.pixel]
+        if keep.all():  # marked pixels the map never reads
+            return m
         counts = np.diff(np.asarray(m.indptr, dtype=np.int64))
         bins = np.repeat(np.arange(counts.size), counts)
         indptr = np.zeros(counts.size + 1, dtype=np.uint64)
@@ -728,7 +773,9 @@ class Integrator:
 
         NaN and ±inf pixels (float frames) are treated as masked: they contribute neither signal
         nor area, and ``result.metadata["nan_pixels"]`` counts them, with the pixels ``dead_below``
-        / ``hot_above`` / ``invalid_values`` leave out and those whose dark is NaN.
+        / ``hot_above`` / ``invalid_values`` leave out and those whose dark is NaN. Frames holding
+        them at the same pixels as the previous call integrate through a map without those
+        pixels (built then, kept while they stay), as fast as frames without NaN.
         """
         a = self._check_frames(frame, 2, "frame")
         return self._run(a, dark, variance, stack=False)
@@ -793,6 +840,7 @@ class Integrator:
         var_flat = self._prepare_variance(variance)
         gpu_fit = None
         marked = 0  # pixels per frame the marker map leaves out
+        frames_nonfinite = 0  # NaN / inf values in the frames (CPU: counted below)
         parts = frames if isinstance(frames, list) else [frames]
         if self.backend == "cuda":
             gpu = self._gpu_backend()
@@ -816,6 +864,10 @@ class Integrator:
             nonfinite = (
                 _core.count_nonfinite(frames, self.n_threads) if parts[0].dtype.kind == "f" else 0
             )
+            frames_nonfinite = nonfinite
+            nan_core = self._nan_map(parts, own_dark, nonfinite)
+            if nan_core is not None:
+                core, nonfinite = nan_core, 0  # the map reads none of those pixels
             if own_dark and self._folds(parts[0], nonfinite):
                 core, offset = self._folded_map(core)
                 scale = None
@@ -847,11 +899,10 @@ class Integrator:
             dark_bad = None if dark_flat is None else ~np.isfinite(dark_flat)
             if dark_bad is not None and not dark_bad.any():
                 dark_bad = None
-        if parts[0].dtype.kind == "f" and dark_bad is None and "nonfinite" in out:
+        if parts[0].dtype.kind == "f" and dark_bad is None and self.backend == "cpu":
             # NaN / ±inf values (masked by dead_below, hot_above, invalid_values, or in the frame
-            # itself), counted by the CPU engine in the pass that lets finite frames skip the
-            # NaN tests.
-            meta["nan_pixels"] = int(out["nonfinite"])
+            # itself), counted above in the pass that picks the kernels.
+            meta["nan_pixels"] = frames_nonfinite
         elif parts[0].dtype.kind == "f" or dark_bad is not None:
             # Pixels left out of this call: NaN / ±inf values and NaN dark pixels, counted per
             # frame.
