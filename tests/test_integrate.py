@@ -746,3 +746,49 @@ def test_normalize_values_other_than_0_and_1(tmp_path, small_map, caplog):
         np.testing.assert_array_equal(got.cake, want.cake)
         np.testing.assert_array_equal(got.lineout, want.lineout)
         assert got.normalized == bool(same_as.normalize)
+
+
+def test_float64_frames_of_float32_values_integrate_as_float32(small_config, small_map):
+    """float64 frames whose values are all float32 values (counts stored as float64) go
+    through float32 copies: the same results bit for bit, NaN counted, from any thread; other
+    float64 frames, and stacks past the copy's size, keep the float64 kernels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from radint.integrator import _NARROW_MAX_FRAMES
+
+    integ = Integrator(small_config, detector_map=small_map)
+    rng = np.random.default_rng(21)
+    counts = rng.poisson(40, (3, *small_config.shape)).astype(np.float64) - 0.25
+    counts[1, 7, 3:9] = np.nan
+    assert integ._narrowed([counts]) is not None
+    inexact = counts + 0.1
+    assert integ._narrowed([inexact]) is None
+    assert integ._narrowed([np.zeros((_NARROW_MAX_FRAMES + 1, *small_config.shape))]) is None
+
+    def run(frames):  # one frame, a stack, or a list of frames
+        single = not isinstance(frames, list) and frames.ndim == 2
+        return integ.integrate(frames) if single else integ.integrate_stack(frames)
+
+    for frames, as_f32 in (
+        (counts, counts.astype(np.float32)),
+        (counts[0], counts[0].astype(np.float32)),
+        (list(counts), [f.astype(np.float32) for f in counts]),
+    ):
+        got, want = run(frames), run(as_f32)
+        for key in ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count"):
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=key)
+        assert got.metadata.get("nan_pixels") == want.metadata.get("nan_pixels")
+    assert integ.integrate_stack(counts).metadata["nan_pixels"] == 6
+    assert integ._scratch.f32.size >= counts.size  # this thread's copies were made
+    # Inexact values: the float64 kernels, against the values as given.
+    want = Integrator(small_config, detector_map=small_map).integrate(
+        inexact[0], dark=np.zeros(small_config.shape)
+    )
+    np.testing.assert_allclose(integ.integrate(inexact[0]).cake, want.cake, rtol=1e-12,
+                               equal_nan=True)  # fmt: skip
+    # One Integrator, four threads, each its own copies.
+    singles = [integ.integrate(counts[k % 3]).cake for k in range(3)]
+    with ThreadPoolExecutor(4) as pool:
+        for k, cake in enumerate(pool.map(lambda k: integ.integrate(counts[k % 3]).cake,
+                                          range(24))):  # fmt: skip
+            np.testing.assert_array_equal(cake, singles[k % 3])

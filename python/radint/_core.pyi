@@ -23,6 +23,7 @@ __all__ = [
     "fit_status_names",
     "integrate",
     "load_midas",
+    "narrow_to_f32",
     "param_hash",
     "parse_params",
     "pixel_centres",
@@ -143,6 +144,11 @@ def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ..
 def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = ...) -> int:
     """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
     them; 0 for integer dtypes)."""
+
+def narrow_to_f32(src: np.ndarray, dst: np.ndarray, n_threads: int | None = ...) -> int | None:
+    """``src`` (float64) written into ``dst`` (float32, as many elements, both C-contiguous)
+    where every finite value is exactly a float32: the NaN and ±inf count; else None (``dst``
+    partly written)."""
 
 def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import numbers
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ _SUPPORTED_DTYPES = {np.dtype(t) for t in ("u1", "u2", "u4", "i4", "i8", "f4", "
 # What both backends' integration dicts hold η-major per frame (e·n_r + r: Result.cake's layout);
 # the per-bin sums (area, count, ...) are bin-major (r·n_eta + e).
 _ETA_MAJOR_KEYS = ("cake", "cake_sigma")
+
+# float64 frames per call narrowed to float32 at most (a scratch buffer of that many frames
+# per thread); larger stacks keep the float64 kernels.
+_NARROW_MAX_FRAMES = 8
 
 
 def cuda_unavailable(why: str) -> str:
@@ -292,6 +297,8 @@ class Integrator:
         # two calls in a row had the same (see _nan_map).
         self._nan_last: np.ndarray | None = None
         self._nan_cache: tuple[np.ndarray, DetectorMap] | None = None
+        # Per thread: the float32 copies of float64 frames (see _narrowed).
+        self._scratch = threading.local()
         self.backend = self._choose_backend(backend)
         # Read before the map is built: a wrong FlatFile fails at once (and leaves no cache).
         if flat is None and config.flat_file:
@@ -642,6 +649,32 @@ class Integrator:
             cached = self._marker_cache = (np.flatnonzero(first), self._without(first))
         return cached[1]._core, parts, int(cached[0].size)
 
+    def _narrowed(self, parts: list[np.ndarray]) -> tuple[list[np.ndarray], int] | None:
+        """The float64 frames ``parts`` as float32 copies, and their NaN / inf count, where
+        every finite value is exactly a float32 (counts stored as float64, the usual case) and
+        the call holds at most ``_NARROW_MAX_FRAMES`` frames; None otherwise. The float32
+        kernels then give the same sums bit for bit (each value widens back to itself), with
+        gathers half the size: a Pilatus 2M cake 3.4 → 1.7 ms (Zen 5, 2 threads). The copies
+        live in a buffer of this thread's, reused call after call (a fresh one costs its page
+        faults)."""
+        n_pixels = parts[0].shape[-1] * parts[0].shape[-2]
+        n = sum(p.size for p in parts)
+        if n > _NARROW_MAX_FRAMES * n_pixels:
+            return None
+        buf = getattr(self._scratch, "f32", None)
+        if buf is None or buf.size < n:
+            buf = self._scratch.f32 = np.empty(n, np.float32)
+        out, at, nonfinite = [], 0, 0
+        for p in parts:
+            view = buf[at : at + p.size].reshape(p.shape)
+            count = _core.narrow_to_f32(p, view, self.n_threads)
+            if count is None:
+                return None
+            out.append(view)
+            at += p.size
+            nonfinite += count
+        return out, nonfinite
+
     def _nan_map(self, parts: list[np.ndarray], own_dark: bool, nonfinite: int) -> Any | None:
         """A map core without the NaN / inf pixels of the float frames ``parts`` (``nonfinite``
         values in all), when every frame holds them at the same pixels and the call can then
@@ -860,11 +893,18 @@ class Integrator:
             if self._markers_by_map(parts[0]):
                 core, parts, marked = self._marker_map(parts)
                 frames = parts if isinstance(frames, list) else parts[0]
-            # Counted once here: float frames without NaN or inf fold as integer frames do, and
-            # take the kernels that skip the NaN tests.
-            nonfinite = (
-                _core.count_nonfinite(frames, self.n_threads) if parts[0].dtype.kind == "f" else 0
-            )
+            narrowed = self._narrowed(parts) if parts[0].dtype == np.float64 else None
+            if narrowed is not None:
+                parts, nonfinite = narrowed
+                frames = parts if isinstance(frames, list) else parts[0]
+            else:
+                # Counted once here: float frames without NaN or inf fold as integer frames do,
+                # and take the kernels that skip the NaN tests.
+                nonfinite = (
+                    _core.count_nonfinite(frames, self.n_threads)
+                    if parts[0].dtype.kind == "f"
+                    else 0
+                )
             frames_nonfinite = nonfinite
             nan_core = self._nan_map(parts, own_dark, nonfinite)
             if nan_core is not None:

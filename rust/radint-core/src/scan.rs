@@ -1,7 +1,10 @@
 //! Whole-frame scans outside the CSR kernels: counting the pixels that hold gap / bad-pixel
 //! marker values, which the Integrator does for every integer frame when such values are
 //! configured (numpy's one pass per value took ~1.5 ms of a Pilatus 2M frame on 2 cores), and
-//! the NaN and ±∞ values of float frames, which decide their kernels.
+//! the NaN and ±∞ values of float frames, which decide their kernels; narrowing float64 frames
+//! whose values are all float32 values.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -44,9 +47,78 @@ pub fn count_nonfinite<T: Pixel>(frames: &[&[T]]) -> usize {
         .sum()
 }
 
+/// `src` written into `dst` as float32, and its NaN and ±∞ values counted, where every finite
+/// value is exactly a float32 (integer counts below 2²⁴ stored as float64, say): float64
+/// frames of such values then take the float32 kernels, whose half-size gathers give the same
+/// sums bit for bit (each value widens back to itself). None, with `dst` partly written, where
+/// a value is not; the pass stops early then.
+///
+/// # Panics
+/// If `dst` is not as long as `src`.
+pub fn narrow_to_f32(src: &[f64], dst: &mut [f32]) -> Option<usize> {
+    assert_eq!(src.len(), dst.len(), "narrow_to_f32: lengths differ");
+    let failed = AtomicBool::new(false);
+    let nonfinite = src
+        .par_chunks(CHUNK)
+        .zip(dst.par_chunks_mut(CHUNK))
+        .map(|(s, d)| {
+            if failed.load(Ordering::Relaxed) {
+                return 0;
+            }
+            // The difference a narrowing leaves is ±0 for an exact value, else nonzero, or NaN
+            // for NaN and ±∞: its bits without the sign, or-ed, flag a chunk in one
+            // vectorized pass (0.31 ms for a Pilatus 2M frame at 2 threads, where counting
+            // both kinds in the same pass took 0.69).
+            let mut flags = 0u64;
+            for (d, &x) in d.iter_mut().zip(s) {
+                let narrow = x as f32;
+                *d = narrow;
+                flags |= (f64::from(narrow) - x).to_bits() << 1;
+            }
+            if flags == 0 {
+                return 0;
+            }
+            // A chunk holding a NaN, ±∞ or an inexact value: sorted out the slow way.
+            let (mut inexact, mut nonfinite) = (0u32, 0u32);
+            for &x in s {
+                let finite = x.is_finite();
+                inexact += u32::from(finite & (f64::from(x as f32) != x));
+                nonfinite += u32::from(!finite);
+            }
+            if inexact > 0 {
+                failed.store(true, Ordering::Relaxed);
+            }
+            nonfinite as usize
+        })
+        .sum();
+    (!failed.load(Ordering::Relaxed)).then_some(nonfinite)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float64_values_narrow_only_when_every_one_is_a_float32() {
+        let n = 3 * CHUNK + 5;
+        let mut src: Vec<f64> = (0..n).map(|i| (i % 5000) as f64 * 0.25 - 7.0).collect();
+        src[1] = f64::NAN;
+        src[CHUNK] = f64::INFINITY;
+        src[n - 1] = f64::NEG_INFINITY;
+        src[2] = f64::from(f32::MAX);
+        src[3] = f64::from(f32::MIN_POSITIVE) / 4.0; // a float32 subnormal: exact
+        let mut dst = vec![0.0f32; n];
+        assert_eq!(narrow_to_f32(&src, &mut dst), Some(3));
+        for (d, s) in dst.iter().zip(&src) {
+            assert!(f64::from(*d) == *s || (d.is_nan() && s.is_nan()));
+        }
+        for bad in [0.1, 1e300, f64::from(f32::MAX) * 2.0, 16_777_217.0] {
+            let mut one = src.clone();
+            one[n - 2] = bad; // in the last chunk
+            assert_eq!(narrow_to_f32(&one, &mut dst), None, "{bad}");
+        }
+        assert_eq!(narrow_to_f32(&[], &mut []), Some(0));
+    }
 
     #[test]
     fn counts_every_listed_value_at_any_length() {

@@ -868,6 +868,36 @@ fn count_nonfinite(
     Ok(total)
 }
 
+/// `src` (float64, C-contiguous) written into `dst` (float32, as many elements) where every
+/// finite value is exactly a float32: the NaN and ±inf count, else None (`dst` partly
+/// written). On `n_threads` threads with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (src, dst, n_threads=None))]
+fn narrow_to_f32(
+    py: Python<'_>,
+    src: PyReadonlyArrayDyn<'_, f64>,
+    mut dst: numpy::PyReadwriteArrayDyn<'_, f32>,
+    n_threads: Option<usize>,
+) -> PyResult<Option<usize>> {
+    let src = contiguous(&src)?;
+    if !dst.is_c_contiguous() {
+        return Err(shape_error(
+            "narrow_to_f32: dst must be C-contiguous".into(),
+        ));
+    }
+    let dst = dst
+        .as_slice_mut()
+        .map_err(|_| shape_error("narrow_to_f32: dst must be contiguous".into()))?;
+    if dst.len() != src.len() {
+        return Err(shape_error(format!(
+            "narrow_to_f32: dst holds {} values, src {}",
+            dst.len(),
+            src.len()
+        )));
+    }
+    run_detached(py, n_threads, || Ok(scan::narrow_to_f32(src, dst)))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -885,6 +915,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
     m.add_function(wrap_pyfunction!(count_nonfinite, m)?)?;
+    m.add_function(wrap_pyfunction!(narrow_to_f32, m)?)?;
     fit::register(m)?;
     Ok(())
 }
