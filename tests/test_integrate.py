@@ -792,3 +792,36 @@ def test_float64_frames_of_float32_values_integrate_as_float32(small_config, sma
         for k, cake in enumerate(pool.map(lambda k: integ.integrate(counts[k % 3]).cake,
                                           range(24))):  # fmt: skip
             np.testing.assert_array_equal(cake, singles[k % 3])
+
+
+def test_threads_integrating_through_one_fresh_integrator_never_deadlock(small_config):
+    """Calls from several Python threads at once, on a map whose lazily built parts (tile
+    layout, shared-pixel list, NaN map, folded map) are made by the first of them: each part is
+    built under a lock inside the thread pool, and a worker waiting there must never take up
+    another call that waits on the same lock (a deadlock, found in session 24)."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(31)
+    frames = rng.poisson(30, (4, *small_config.shape)).astype(np.float64)
+    frames[1, 3, :] = np.nan
+    kw = {"n_threads": 2, "solid_angle": "midas", "dark": np.full(small_config.shape, 0.5)}
+    want = [Integrator(small_config, **kw).integrate(f).cake for f in frames]
+    for _ in range(3):
+        integ = Integrator(small_config, detector_map=DetectorMap.build(small_config), **kw)
+        got: dict[int, np.ndarray] = {}
+
+        def work(k: int, integ=integ, got=got) -> None:
+            for _ in range(3):
+                got[k] = integ.integrate(frames[k % 4]).cake
+
+        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        for t in threads:
+            t.join(timeout=max(deadline - time.monotonic(), 0))
+        assert not any(t.is_alive() for t in threads), "integration threads deadlocked"
+        assert sorted(got) == list(range(6))
+        for k, cake in got.items():
+            np.testing.assert_allclose(cake, want[k % 4], rtol=1e-12, equal_nan=True)

@@ -25,9 +25,22 @@ use radint_core::{bins, panels, scan};
 
 use errors::{raise, shape_error, CoreError};
 
-/// One rayon pool per thread count, built on first use (the global pool is never touched).
-pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+/// A rayon pool and the lock that lets one call at a time into it.
+///
+/// Why one at a time: parts of a map are built lazily, in parallel, inside a `OnceLock`
+/// (`DetectorMap::tiles`, `eta_cross`, ...). A worker waiting there for its own parallel work
+/// steals whatever else is queued; were that another Python thread's call on the same map, it
+/// would wait on the very `OnceLock` its thread is initializing: a deadlock (found with four
+/// threads integrating through one Integrator, session 24). Calls sharing a pool share its
+/// threads anyway, so taking turns costs them little.
+pub(crate) struct Pool {
+    threads: rayon::ThreadPool,
+    one_call: Mutex<()>,
+}
+
+/// One pool per thread count, built on first use (the global pool is never touched).
+pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
     let n = n_threads
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -38,31 +51,41 @@ pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>>
     if let Some(p) = guard.get(&n) {
         return Ok(p.clone());
     }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("radint-{i}"))
-            .build()
-            .map_err(|e| {
-                raise(
-                    "InvalidInputError",
-                    format!("cannot start {n} threads: {e}"),
-                )
-            })?,
-    );
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("radint-{i}"))
+        .build()
+        .map_err(|e| {
+            raise(
+                "InvalidInputError",
+                format!("cannot start {n} threads: {e}"),
+            )
+        })?;
+    let p = Arc::new(Pool {
+        threads,
+        one_call: Mutex::new(()),
+    });
     guard.insert(n, p.clone());
     Ok(p)
 }
 
-/// Run `f` on a pool of `n_threads` with the GIL released, mapping core errors.
+/// Run `f` on a pool of `n_threads` with the GIL released (waiting, also without the GIL, for
+/// the pool's other calls: see [`Pool`]), mapping core errors.
 pub(crate) fn run_detached<T: Send>(
     py: Python<'_>,
     n_threads: Option<usize>,
     f: impl FnOnce() -> radint_core::Result<T> + Send,
 ) -> PyResult<T> {
     let pool = pool(n_threads)?;
-    py.detach(|| pool.install(f))
-        .map_err(|e| CoreError(e).into())
+    py.detach(|| {
+        // A call that panicked leaves nothing behind the lock to repair.
+        let _turn = pool
+            .one_call
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.threads.install(f)
+    })
+    .map_err(|e| CoreError(e).into())
 }
 
 /// Single-threaded core work with the GIL released (no pool: nothing in it runs in parallel),
