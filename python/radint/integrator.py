@@ -138,7 +138,9 @@ class Integrator:
         ``"cpu"``: Rust/rayon. ``"cuda"``: CuPy kernels on the same map (``radint[gpu]``).
         ``"auto"``: cuda when usable, else cpu (with a log line saying why).
     n_threads : int, optional
-        CPU threads (default: all cores). The library never sizes a global pool.
+        CPU threads (default: all cores). The library never sizes a global pool: it keeps one
+        pool per thread count, and calls from several Python threads at once (one Integrator
+        or several) take turns in it, each call using all of its threads.
     detector_map : DetectorMap, optional
         A prebuilt map (e.g. ``DetectorMap.load_midas``); built (or loaded from ``cache_dir``)
         when omitted.
