@@ -210,6 +210,19 @@ def test_count_nonfinite_counts_nan_and_inf_of_float_frames():
     assert _core.count_nonfinite(np.full(7, 65535, np.uint16)) == 0
 
 
+def test_narrow_to_f32_checks_its_buffers():
+    from radint import _core
+
+    src = np.arange(12, dtype=np.float64).reshape(3, 4)
+    dst = np.empty((3, 4), np.float32)
+    assert _core.narrow_to_f32(src, dst) == 0 and np.array_equal(dst, src)
+    assert _core.narrow_to_f32(src + 0.1, dst) is None
+    with pytest.raises(ShapeError, match="dst holds 11 values, src 12"):
+        _core.narrow_to_f32(src, np.empty(11, np.float32))
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        _core.narrow_to_f32(src, np.empty((4, 3), np.float32).T)
+
+
 def test_count_equal_counts_marker_values_in_the_frames_own_type():
     from radint import DtypeError, _core
 

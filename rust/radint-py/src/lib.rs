@@ -795,6 +795,16 @@ fn integrate<'py>(
     Ok(d)
 }
 
+/// A ShapeError naming `what` unless its `dst` and `src` hold as many `unit`s.
+fn check_same_length(what: &str, dst: usize, src: usize, unit: &str) -> PyResult<()> {
+    if dst != src {
+        return Err(shape_error(format!(
+            "{what}: dst holds {dst} {unit}, src {src}"
+        )));
+    }
+    Ok(())
+}
+
 /// Copy the bytes of `src` into `dst` (1-D uint8 views of equal length) on `n_threads` threads
 /// with the GIL released: the CUDA backend stages frames into pinned host memory with it.
 #[pyfunction]
@@ -811,13 +821,7 @@ fn copy_bytes(
     let dst = dst
         .as_slice_mut()
         .map_err(|_| shape_error("copy_bytes: dst must be contiguous".into()))?;
-    if dst.len() != src.len() {
-        return Err(shape_error(format!(
-            "copy_bytes: dst holds {} bytes, src {}",
-            dst.len(),
-            src.len()
-        )));
-    }
+    check_same_length("copy_bytes", dst.len(), src.len(), "bytes")?;
     run_detached(py, n_threads, || {
         radint_core::copy::copy_parallel(dst, src);
         Ok(())
@@ -911,13 +915,7 @@ fn narrow_to_f32(
     let dst = dst
         .as_slice_mut()
         .map_err(|_| shape_error("narrow_to_f32: dst must be contiguous".into()))?;
-    if dst.len() != src.len() {
-        return Err(shape_error(format!(
-            "narrow_to_f32: dst holds {} values, src {}",
-            dst.len(),
-            src.len()
-        )));
-    }
+    check_same_length("narrow_to_f32", dst.len(), src.len(), "values")?;
     run_detached(py, n_threads, || Ok(scan::narrow_to_f32(src, dst)))
 }
 
