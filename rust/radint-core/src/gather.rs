@@ -257,10 +257,10 @@ fn first_prefetch_group(e0: usize) -> usize {
     (e0 / 16).saturating_sub(tiles::PREFETCH_LEAD_GROUPS)
 }
 
-/// `Σ weight[i]·max(frame[pixel[i]], 1)`: the Poisson variance of a row's shared pixels in
-/// its lineout (`integrate::cross_rows`) for a frame whose every value counts (integer, or
-/// float without NaN and ±∞: one would make the sum NaN), gathered 8 lanes at a time.
-/// `max_pixel` as for [`dense_bins`]. Callers check [`available`].
+/// `Σ weight[i]·max(frame[pixel[i]], 1)` over the finite values: the Poisson variance of a
+/// row's shared pixels in its lineout (`integrate::cross_rows`) for a frame without dark or
+/// per-pixel scale, gathered 8 lanes at a time (a NaN or ±∞ pixel counts in no bin, so in no
+/// covariance either). `max_pixel` as for [`dense_bins`]. Callers check [`available`].
 #[cfg(target_arch = "x86_64")]
 pub fn poisson_weighted_sum<T: Pixel>(
     pixel: &[u32],
@@ -314,12 +314,21 @@ unsafe fn poisson_sum<T: Pixel, const KIND: u8, const CLAMP: bool>(
             for k in 0..len {
                 if inside & (1 << k) == 0 {
                     let x = frame[pixel[e + k] as usize].to_f64();
-                    rest += weight[e + k] * if x > 1.0 { x } else { 1.0 };
+                    if x.is_finite() {
+                        rest += weight[e + k] * if x > 1.0 { x } else { 1.0 };
+                    }
                 }
             }
         }
-        let w = _mm512_maskz_loadu_pd(inside, weight.as_ptr().add(e));
-        let var = _mm512_maskz_max_pd(inside, load8::<KIND>(base, idx, inside), one);
+        let raw = load8::<KIND>(base, idx, inside);
+        // |x| < ∞ (ordered): false exactly for NaN and ±∞, whose lanes add nothing.
+        let counted = _mm512_mask_cmp_pd_mask::<_CMP_LT_OQ>(
+            inside,
+            _mm512_abs_pd(raw),
+            _mm512_set1_pd(f64::INFINITY),
+        );
+        let w = _mm512_maskz_loadu_pd(counted, weight.as_ptr().add(e));
+        let var = _mm512_maskz_max_pd(counted, raw, one);
         // Two sums: each group's FMA need not wait for the previous one.
         if (e / 8) % 2 == 0 {
             acc0 = _mm512_fmadd_pd(w, var, acc0);

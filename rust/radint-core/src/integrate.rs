@@ -245,8 +245,11 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     // Frames without NaN or ±∞ (all integer frames; float frames checked in one pass), without
     // dark or per-pixel scale, cannot produce NaN: every entry counts, so area and count are
     // properties of the map, the same for every frame, made here once (no zeroed buffers
-    // refilled per part), and the kernels only sum signal (and variance).
-    let dense = nonfinite == 0 && opts.dark.is_none() && opts.scale.is_none();
+    // refilled per part), and the kernels only sum signal (and variance). Float frames with a
+    // few such values take them too: those values spoil only their own bins, summed again
+    // afterwards by the kernels that leave them out.
+    let resum = nonfinite > 0 && few_spoiled_bins(map, n_frames, nonfinite);
+    let dense = (nonfinite == 0 || resum) && opts.dark.is_none() && opts.scale.is_none();
     let (area, count) = if dense {
         let area = match opts.bin_area {
             Some(a) if a.len() == n_bins => a.repeat(n_frames),
@@ -312,6 +315,9 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     } else {
         block_sums(map, kernels, frames, opts, &parts, &row_parts, &mut sums);
     }
+    if dense && resum {
+        resum_spoiled_bins(map, frames, opts, &mut sums);
+    }
     if let Some(offset) = opts.signal_offset {
         for frame in sums.signal.chunks_mut(n_bins.max(1)) {
             for (s, o) in frame.iter_mut().zip(offset) {
@@ -320,6 +326,117 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         }
     }
     Ok(sums)
+}
+
+/// Whether `nonfinite` NaN / ±∞ values over `n_frames` frames are few enough for the dense
+/// kernels plus [`resum_spoiled_bins`]: each such value spoils the bins of its pixel, about
+/// entries/pixels of them, each of entries/bins entries; their expected total stays under a
+/// quarter of the map's entries per frame (Pilatus 2M, 1 px × 5° cake: up to ~9 000 values a
+/// frame; 3000-bin lineout: ~300). Only for maps without MIDAS weights (their scalar loop
+/// keeps the C summation order).
+fn few_spoiled_bins(map: &DetectorMap, n_frames: usize, nonfinite: usize) -> bool {
+    let entries = map.pixel.len() as f64;
+    map.weight.is_none()
+        && entries > 0.0
+        && nonfinite as f64 * 4.0 * entries <= (n_frames * map.n_pixels() * map.n_bins()) as f64
+}
+
+/// After the dense kernels summed float frames holding a few NaN / ±∞ values: the bins whose
+/// signal such a value spoiled (NaN or ±∞: a finite frame's sum never is) summed again by the
+/// kernels that leave those values out, as if the whole frame had taken them (the lineout
+/// covariance of shared pixels leaves them out in every kernel family). A frame whose spoiled
+/// bins hold over a third of the map's entries (its NaN in a few wide patches) is summed
+/// again whole.
+fn resum_spoiled_bins<T: Pixel>(
+    map: &DetectorMap,
+    frames: &[&[T]],
+    opts: &Options,
+    sums: &mut Sums,
+) {
+    let n_bins = sums.n_bins;
+    if n_bins == 0 {
+        return;
+    }
+    let with_var = !sums.variance.is_empty();
+    let n_entries = map.pixel.len();
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (frame, first bin, end)
+    for (f, signal) in sums.signal.chunks(n_bins).enumerate() {
+        let mut ranges = Vec::new();
+        let mut spoiled_entries = 0;
+        let mut b = 0;
+        while b < n_bins {
+            if signal[b].is_finite() {
+                b += 1;
+                continue;
+            }
+            let lo = b;
+            while b < n_bins && !signal[b].is_finite() {
+                b += 1;
+            }
+            spoiled_entries += (map.indptr[b] - map.indptr[lo]) as usize;
+            ranges.push((lo, b));
+        }
+        if spoiled_entries * 3 > n_entries {
+            ranges = row_partition(map, 8 * rayon::current_num_threads());
+        }
+        tasks.extend(ranges.into_iter().map(|(lo, hi)| (f, lo, hi)));
+    }
+    if tasks.is_empty() {
+        return;
+    }
+    let kernels = Kernels {
+        dense: false,
+        use_gather: false,
+        use_masked_gather: gather::available::<T>(),
+        run_form: None,
+    };
+    let redone: Vec<BinSums> = tasks
+        .par_iter()
+        .map(|&(f, lo, hi)| {
+            let n = hi - lo;
+            let mut s = vec![0.0; n];
+            let mut a = vec![0.0; n];
+            let mut v = vec![0.0; if with_var { n } else { 0 }];
+            let mut c = vec![0u32; n];
+            {
+                let (mut sr, mut ar, mut cr) = ([&mut s[..]], [&mut a[..]], [&mut c[..]]);
+                let mut vr = [&mut v[..]];
+                let mut out = OutBlock {
+                    signal: &mut sr,
+                    area: &mut ar,
+                    variance: if with_var { &mut vr } else { &mut [] },
+                    count: &mut cr,
+                };
+                block_bins(
+                    map,
+                    kernels,
+                    &frames[f..f + 1],
+                    (lo, hi),
+                    false,
+                    opts,
+                    &mut out,
+                );
+            }
+            BinSums { s, a, v, c }
+        })
+        .collect();
+    for (&(f, lo, hi), r) in tasks.iter().zip(redone) {
+        let at = f * n_bins;
+        sums.signal[at + lo..at + hi].copy_from_slice(&r.s);
+        sums.area[at + lo..at + hi].copy_from_slice(&r.a);
+        sums.count[at + lo..at + hi].copy_from_slice(&r.c);
+        if with_var {
+            sums.variance[at + lo..at + hi].copy_from_slice(&r.v);
+        }
+    }
+}
+
+/// One bin range's sums from [`resum_spoiled_bins`].
+struct BinSums {
+    s: Vec<f64>,
+    a: Vec<f64>,
+    v: Vec<f64>,
+    c: Vec<u32>,
 }
 
 /// Every kernel family but the dense gathers: parts of whole radial rows (`parts`; `row_parts`

@@ -460,7 +460,9 @@ fn check_poisson_sum<T: Pixel>(make: impl Fn(u64) -> T) {
             let want: f64 = pixel
                 .iter()
                 .zip(&weight)
-                .map(|(&p, &w)| w * frame[p as usize].to_f64().max(1.0))
+                .map(|(&p, &w)| (w, frame[p as usize].to_f64()))
+                .filter(|(_, x)| x.is_finite()) // NaN / ±inf pixels count in no bin
+                .map(|(w, x)| w * x.max(1.0))
                 .sum();
             for hint in [None, pixel.iter().copied().max()] {
                 let got = gather::poisson_weighted_sum(&pixel, &weight, hint, &frame);
@@ -476,4 +478,12 @@ fn poisson_sum_matches_scalar() {
     check_poisson_sum::<u16>(|r| r as u16);
     check_poisson_sum::<u32>(|r| (r as u32) >> 4);
     check_poisson_sum::<i32>(|r| r as i32);
+    let spoiled = |r: u64| match r % 11 {
+        0 => f64::NAN,
+        1 => f64::INFINITY,
+        2 => f64::NEG_INFINITY,
+        _ => (r % 4096) as f64 / 8.0,
+    };
+    check_poisson_sum::<f32>(|r| spoiled(r) as f32);
+    check_poisson_sum::<f64>(spoiled);
 }
