@@ -41,6 +41,37 @@ def test_invariants(small_config):
     assert np.all(np.abs(a_one - 1) < 0.05)
 
 
+def test_eta_cross_weights_are_exact_for_unevenly_split_pixels(small_config):
+    """Each shared pixel's lineout covariance weight is 2·Σ_{i<j} wᵢ·wⱼ over its entries in the
+    row, to float64 rounding, also for a pixel split very unevenly between η bins (computed as
+    (Σw)² − Σw², it cancelled to ~1e-9 relative). The reference sums the pairs exactly."""
+    from fractions import Fraction
+
+    config = small_config.replace(eta_bin_deg=7.5, r_bin_px=2.4)
+    m = DetectorMap.build(config)
+    indptr, pixel, weight = m._core.eta_cross()
+    area = np.asarray(m.area, np.float64)
+    rows = np.asarray(m.indptr, np.int64)[:: m.n_eta]
+    assert indptr.size == m.n_r + 1 and pixel.size > 100
+    worst = 0.0
+    for r in range(m.n_r):
+        lo, hi = rows[r], rows[r + 1]
+        entries: dict[int, list[float]] = {}
+        for e in range(lo, hi):
+            entries.setdefault(int(m.pixel[e]), []).append(float(area[e]))
+        shared = {p: w for p, w in entries.items() if len(w) > 1}
+        got = dict(
+            zip(pixel[indptr[r] : indptr[r + 1]].tolist(), weight[indptr[r] : indptr[r + 1]])
+        )
+        assert got.keys() == shared.keys()
+        for p, w in shared.items():
+            exact = 2 * sum(
+                Fraction(w[i]) * Fraction(w[j]) for i in range(len(w)) for j in range(i + 1, len(w))
+            )
+            worst = max(worst, abs(float((Fraction(got[p]) - exact) / exact)))
+    assert worst < 1e-14
+
+
 def test_flat_geometry_pixels_have_unit_area(small_config):
     flat = small_config.replace(tx_deg=0, ty_deg=0, tz_deg=0, distortion=(0.0,) * 15)
     m = DetectorMap.build(flat)

@@ -187,9 +187,14 @@ impl DetectorMap {
                                     .iter()
                                     .map(|&k| weight(lo + (k & 0xffff_ffff) as usize))
                             };
-                            let sum: f64 = w().sum();
-                            let squares: f64 = w().map(|x| x * x).sum();
-                            shared.push(((group[0] >> 32) as u32, sum * sum - squares));
+                            // (Σw)² − Σw² as 2·Σ_{i<j} w_i·w_j: the difference cancels for
+                            // a pixel split very unevenly (relative error ~1e-9 seen).
+                            let (mut pairs, mut before) = (0.0, 0.0);
+                            for x in w() {
+                                pairs += x * before;
+                                before += x;
+                            }
+                            shared.push(((group[0] >> 32) as u32, 2.0 * pairs));
                         }
                     }
                     shared
