@@ -482,6 +482,48 @@ def test_corners_folded_across_the_beam_centre_are_warned(tmp_path, caplog, monk
     assert DetectorMap.build(config.replace(residual_correction_map=""), n_threads=1).fold is None
 
 
+def test_pixels_behind_the_sample_are_left_out_as_detectormapper_does(
+    tmp_path, caplog, monkeypatch
+):
+    """A detector tilted so that part of its plane passes behind the sample (2θ ≥ 90°: MIDAS's
+    R = Lsd·tan 2θ < 0). DetectorMapper picks radial bins between a pixel's signed corner R,
+    so it leaves out every pixel whose corners all lie there; radint mapped them mirrored
+    through the beam centre instead (58× C's area in a sweep case). Pixels wholly in front
+    stay, those wholly behind go, the build warns, and the per-pixel corner path agrees with
+    the shared corner grid. (This case against C's DetectorMapper: the same 3 840 pixels bar
+    one straddling 2θ = 90°, where R is infinite.)"""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    text = (
+        "NrPixelsY 64\nNrPixelsZ 64\npx 100\nLsd 4532\nBC 32 870\ntx 0\nty 3\ntz 0\nRMin 0\n"
+        "RMax 1000000\nRBinSize 5000\nEtaMin -180\nEtaMax 180\nEtaBinSize 30\nWavelength 0.2\n"
+    )
+    config = IntegrationConfig.from_text(text, "behind.txt")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        m = DetectorMap.build(config, n_threads=1)
+    assert "lie at 2θ ≥ 90°" in caplog.text and "left out" in caplog.text
+    assert m.fold is not None and m.fold[4] > 0 and m.fold[0] >= m.fold[4]
+    # x = Lsd + (tilted offset along the beam) per corner, written out (ty only).
+    zz = np.repeat(np.arange(65) - 0.5, 65).reshape(65, 65)  # corner rows (z), any column
+    x = 4532.0 + np.sin(np.radians(3.0)) * (zz - 870.0) * 100.0
+    corners_in_front = np.stack([x[:-1, :-1], x[:-1, 1:], x[1:, :-1], x[1:, 1:]]) > 0
+    front = corners_in_front.all(axis=0).ravel()
+    behind = (~corners_in_front).all(axis=0).ravel()
+    assert front.sum() > 3000 and behind.sum() >= 4 * 64  # four rows behind, one across
+    mapped = np.zeros(64 * 64, bool)
+    mapped[np.asarray(m.pixel)] = True
+    assert mapped[front].all() and not mapped[behind].any()
+    # Pixels shifted one by one (a zero distortion map) take each pixel's own corners.
+    np.zeros(2 * 64 * 64).tofile(tmp_path / "dist.bin")
+    shifted = DetectorMap.build(config.replace(distortion_file=str(tmp_path / "dist.bin")))
+    np.testing.assert_array_equal(np.asarray(shifted.pixel), np.asarray(m.pixel))
+    np.testing.assert_allclose(shifted.bin_geometric_area, m.bin_geometric_area, rtol=1e-12)
+    # A detector wholly behind the sample maps nothing.
+    wholly = config.replace(n_pixels_y=16, n_pixels_z=16, bc_y_px=8.0, bc_z_px=1000.0)
+    assert DetectorMap.build(wholly, n_threads=1).n_entries == 0
+
+
 def test_a_killed_map_cache_save_leaves_nothing_for_long(tmp_path, small_config):
     """Regression (batch sweep): a run killed while saving the map cache left its 69 MB
     temporary (tmpXXXX.partial.npz, no owner in its name) for good. The temporary is named

@@ -108,7 +108,7 @@ class MapCore:
     weight: np.ndarray | None
     mask_hit: np.ndarray
     bin_geometric_area: np.ndarray
-    fold: tuple[int, float, float, float] | None
+    fold: tuple[int, float, float, float, int] | None
     @staticmethod
     def from_arrays(
         n_y: int,

@@ -25,7 +25,7 @@ log = logging.getLogger("radint")
 #: Version of the map radint builds for a configuration, in every cache file's name and
 #: contents: bump it whenever a mapper change alters maps (a fix in the area clipping, the
 #: residual map's frame ...), so caches written by an older build are rebuilt, not reused.
-_CACHE_VERSION = 3  # 3: panel-shift lines keep columns they leave out (DetectorMapper)
+_CACHE_VERSION = 4  # 4: pixels with every corner at R < 0 left out, as DetectorMapper does
 
 
 def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
@@ -60,12 +60,27 @@ def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
     return np.ascontiguousarray(masked, dtype=np.uint8)
 
 
-def _warn_fold(fold: tuple[int, float, float, float], config: IntegrationConfig | None) -> None:
-    """Warn (once) that some pixel corners mapped to a negative corrected R."""
+def _warn_fold(
+    fold: tuple[int, float, float, float, int], config: IntegrationConfig | None
+) -> None:
+    """Warn (once) that some pixel corners mapped to a negative corrected R (and how many of
+    them lie behind the sample)."""
     from radint._once import warn_once
 
-    corners, worst, y, z = (int(fold[0]), *(float(v) for v in fold[1:]))
+    corners, worst, y, z = (int(fold[0]), *(float(v) for v in fold[1:4]))
+    behind = int(fold[4]) if len(fold) > 4 else 0
     source = config.source if config is not None else "map"
+    if behind:
+        warn_once(
+            ("behind", source, behind),
+            "%s: %d pixel corner(s) lie at 2θ ≥ 90°: the tilted detector plane (tx, ty, tz, "
+            "Lsd) passes behind the sample there, where MIDAS's R = Lsd·tan 2θ is negative; "
+            "pixels with every corner there are left out of the map, as MIDAS's "
+            "DetectorMapper leaves them out; check the tilts and Lsd",
+            source, behind,
+        )  # fmt: skip
+        if corners == behind:
+            return
     causes = ""
     if config is not None:
         present = [key for key, on in (
@@ -82,9 +97,10 @@ def _warn_fold(fold: tuple[int, float, float, float], config: IntegrationConfig 
         "%s: %d pixel corner(s) map to a negative corrected R (worst %.4g px, at (y, z) = "
         "(%g, %g) of the ImTransOpt-transformed image): the corrections%s move them across "
         "the beam centre, so the mapping folds the detector over there and the pixels around "
-        "it overlap in the map (MIDAS's mappers fold alike); check the residual/distortion "
-        "maps and panel shifts near the beam centre",
-        source, corners, worst, y, z, causes,
+        "it overlap in the map (pixels with every corner across are left out; MIDAS's "
+        "DetectorMapper does both alike); check the residual/distortion maps and panel shifts "
+        "near the beam centre",
+        source, corners - behind, worst, y, z, causes,
     )  # fmt: skip
 
 
@@ -145,9 +161,10 @@ class DetectorMap:
         #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
         #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
         self.midas_sampling: tuple[Path, str, bool] | None = None
-        #: ``(corners, worst R px, y, z)`` of the pixel corners the build mapped to a negative
-        #: corrected R (warned when built or loaded from the cache), or None.
-        self.fold: tuple[int, float, float, float] | None = getattr(core, "fold", None)
+        #: ``(corners, worst R px, y, z, behind)`` of the pixel corners the build mapped to a
+        #: negative corrected R, and the count of those at 2θ ≥ 90° whose pixels it left out
+        #: (warned when built or loaded from the cache), or None.
+        self.fold: tuple[int, float, float, float, int] | None = getattr(core, "fold", None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -467,8 +484,8 @@ class DetectorMap:
         m.pixel_fractions = bool(flags.get("pixel_fractions", False))
         at_source = flags.get("corrected_at_source")
         m.corrected_at_source = tuple(at_source) if at_source is not None else None
-        if fold is not None and fold.shape == (4,):
-            m.fold = (int(fold[0]), float(fold[1]), float(fold[2]), float(fold[3]))
+        if fold is not None and fold.shape == (5,):
+            m.fold = (int(fold[0]), float(fold[1]), float(fold[2]), float(fold[3]), int(fold[4]))
             _warn_fold(m.fold, config)
         return m
 

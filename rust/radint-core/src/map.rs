@@ -372,16 +372,22 @@ pub struct MapInputs {
 
 /// Pixel corners whose corrected R came out negative: there the mapping folds the detector over
 /// (a residual map below −R near the beam centre, a distortion with D < 0, distortion-map or
-/// panel shifts moving corners across the centre), so the pixels around overlap in the map.
+/// panel shifts moving corners across the centre), so the pixels around overlap in the map;
+/// pixels (or sub-pixels) whose every corner lies at R < 0 are left out, as MIDAS's
+/// DetectorMapper leaves them out. Corners at 2θ ≥ 90° (the tilted plane passing behind the
+/// sample) have R < 0 too and are counted apart (`behind`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fold {
     /// How many pixel corners map to R < 0 (each pixel's own corners where pixels are shifted
     /// one by one, else the corners of the pixel grid, shared by neighbours).
     pub corners: u64,
-    /// The most negative corrected R (px).
+    /// The most negative corrected R (px) of the corners not behind the sample.
     pub worst_r_px: f64,
     /// Where: (y, z) of that corner in the transformed image (pixel centres at integers).
     pub worst_at: (f64, f64),
+    /// Of `corners`, those at 2θ ≥ 90°, where the tilted detector plane passes behind the
+    /// sample (with an infinite R, at exactly 90°: such a pixel is left out whole).
+    pub behind: u64,
 }
 
 impl Fold {
@@ -390,11 +396,16 @@ impl Fold {
             corners: 0,
             worst_r_px: 0.0,
             worst_at: (0.0, 0.0),
+            behind: 0,
         }
     }
 
-    fn add(&mut self, r: f64, y: f64, z: f64) {
-        if r < 0.0 {
+    fn add(&mut self, corner: &Corner, y: f64, z: f64) {
+        let r = corner.r;
+        if corner.behind {
+            self.corners += 1;
+            self.behind += 1;
+        } else if r < 0.0 {
             self.corners += 1;
             if r < self.worst_r_px {
                 self.worst_r_px = r;
@@ -405,12 +416,30 @@ impl Fold {
 
     fn merge(mut self, other: Fold) -> Fold {
         self.corners += other.corners;
+        self.behind += other.behind;
         if other.worst_r_px < self.worst_r_px {
             self.worst_r_px = other.worst_r_px;
             self.worst_at = other.worst_at;
         }
         self
     }
+}
+
+/// A pixel corner in the corrected plane ([`Plan::to_plane`]).
+struct Corner {
+    /// (R cos η, R sin η); NaN where R is infinite.
+    point: Pt,
+    /// Corrected R (px).
+    r: f64,
+    /// At 2θ ≥ 90°: the tilted detector plane passes behind the sample there.
+    behind: bool,
+}
+
+/// Whether a (sub-)pixel quad is left out of the map: every corner at a negative corrected R
+/// (DetectorMapper picks its radial bins between the corners' signed R, none of them below 0)
+/// or one without a place (R infinite).
+fn left_out(negative: &[bool; 4], corners: &[Pt; 4]) -> bool {
+    negative.iter().all(|&n| n) || corners.iter().any(|p| p[0].is_nan())
 }
 
 /// Build-time description shared by all pixels.
@@ -435,6 +464,8 @@ struct Plan {
     corner_grid: Option<Vec<Pt>>,
     /// η (degrees) of the same corners.
     corner_eta: Vec<f64>,
+    /// Whether the same corners lie at a negative corrected R.
+    corner_negative: Vec<bool>,
     /// The grid's corners with a negative corrected R.
     grid_fold: Fold,
     /// Who is named when memory that grows with the pixels, or with the bins, runs out.
@@ -567,6 +598,7 @@ impl Plan {
             eta_edge_dirs,
             corner_grid: None,
             corner_eta: Vec::new(),
+            corner_negative: Vec::new(),
             grid_fold: Fold::none(),
             pixels_blame,
             bins_blame,
@@ -582,20 +614,28 @@ impl Plan {
                 [0.0, 0.0],
                 "the pixel corners' positions",
             )?;
+            let mut negative = plan.pixels_blame.vec_filled::<bool>(
+                n_corners,
+                false,
+                "the pixel corners' signs",
+            )?;
             plan.grid_fold = grid
                 .par_chunks_mut(n_y + 1)
+                .zip(negative.par_chunks_mut(n_y + 1))
                 .enumerate()
-                .map(|(j, row)| {
+                .map(|(j, (row, row_negative))| {
                     let mut fold = Fold::none();
-                    for (i, corner) in row.iter_mut().enumerate() {
+                    for (i, (corner, neg)) in row.iter_mut().zip(row_negative).enumerate() {
                         let (y, z) = (i as f64 - 0.5, j as f64 - 0.5);
-                        let (point, r) = plan.to_plane(y, z, PanelOffset::default());
-                        *corner = point;
-                        fold.add(r, y, z);
+                        let c = plan.to_plane(y, z, PanelOffset::default());
+                        *corner = c.point;
+                        *neg = c.r < 0.0;
+                        fold.add(&c, y, z);
                     }
                     fold
                 })
                 .reduce(Fold::none, Fold::merge);
+            plan.corner_negative = negative;
             let mut corner_eta = plan
                 .pixels_blame
                 .vec_with_capacity::<f64>(n_corners, "the pixel corners' η")?;
@@ -613,9 +653,19 @@ impl Plan {
     }
 
     /// Corrected-plane position (R cos η, R sin η) and R of a transformed-frame point.
-    fn to_plane(&self, y: f64, z: f64, panel: PanelOffset) -> (Pt, f64) {
-        let (r, c, s, _, _) = self.geometry.polar(y, z, panel);
-        ([r * c, r * s], r)
+    fn to_plane(&self, y: f64, z: f64, panel: PanelOffset) -> Corner {
+        let (r, c, s, rad, _) = self.geometry.polar(y, z, panel);
+        Corner {
+            // Where R < 0, (R cos η, R sin η) lies across the beam centre, as DetectorMapper
+            // places it; a point at 2θ = 90° (R infinite) has no place.
+            point: if r.is_finite() {
+                [r * c, r * s]
+            } else {
+                [f64::NAN; 2]
+            },
+            r,
+            behind: !(rad >= 0.0 && rad.is_finite()),
+        }
     }
 
     fn near_cardinal(&self, eta_deg: f64) -> bool {
@@ -660,7 +710,10 @@ impl Plan {
         let (mut r_lo, mut r_hi) = (f64::INFINITY, f64::NEG_INFINITY);
         let (mut eta_lo, mut eta_hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for (dy, dz) in [(0.0, 0.0), (0.0, step), (step, 0.0), (step, step)] {
-            let (p, r) = self.to_plane(y0 + dy, z0 + dz, panel);
+            let Corner { point: p, r, .. } = self.to_plane(y0 + dy, z0 + dz, panel);
+            if !r.is_finite() {
+                return; // a pixel the map leaves out
+            }
             let eta = p[1].atan2(p[0]).to_degrees();
             r_lo = r_lo.min(r);
             r_hi = r_hi.max(r);
@@ -721,6 +774,9 @@ impl Plan {
                 (j + 1) * w + i,
             ];
             let corners = ids.map(|k| grid[k]);
+            if left_out(&ids.map(|k| self.corner_negative[k]), &corners) {
+                return;
+            }
             let angles = ids.map(|k| self.corner_eta[k]);
             let r_centre = self.geometry.polar(ypr, zpr, panel).0;
             let mut quad = Poly::from_slice(&corners);
@@ -734,17 +790,23 @@ impl Plan {
                 let y0 = ypr - 0.5 + si as f64 * step;
                 let z0 = zpr - 0.5 + sj as f64 * step;
                 let offsets = [(0, 0), (1, 0), (1, 1), (0, 1)];
-                let corners = offsets.map(|(a, b)| {
+                let mut negative = [false; 4];
+                let corners = std::array::from_fn(|k| {
+                    let (a, b) = offsets[k];
                     let (y, z) = (y0 + a as f64 * step, z0 + b as f64 * step);
-                    let (point, r) = self.to_plane(y, z, panel);
+                    let c = self.to_plane(y, z, panel);
                     // The pixel's own corners (not those inside it, between its sub-pixels).
                     let outer = |k: usize| k == 0 || k == n_sub;
                     if self.corner_grid.is_none() && outer(si + a) && outer(sj + b) {
-                        fold.add(r, y, z);
+                        fold.add(&c, y, z);
                     }
-                    point
+                    negative[k] = c.r < 0.0;
+                    c.point
                 });
-                let (_, r_centre) = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel);
+                if left_out(&negative, &corners) {
+                    continue;
+                }
+                let r_centre = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel).r;
                 let angles = corners.map(|p| p[1].atan2(p[0]).to_degrees());
                 let mut quad = Poly::from_slice(&corners);
                 quad.make_ccw();
@@ -1393,7 +1455,7 @@ mod tests {
             plan.map_pixel(i, j, &mut out, &mut Vec::new());
             let corners: Vec<Pt> = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
                 .iter()
-                .map(|(dy, dz)| plan.to_plane(i as f64 - 0.5 + dy, j as f64 - 0.5 + dz, PanelOffset::default()).0)
+                .map(|(dy, dz)| plan.to_plane(i as f64 - 0.5 + dy, j as f64 - 0.5 + dz, PanelOffset::default()).point)
                 .collect();
             let quad = Poly::from_slice(&corners).signed_area().abs();
             let total: f64 = out.iter().map(|e| e.1).sum();

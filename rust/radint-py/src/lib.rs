@@ -351,12 +351,20 @@ impl MapCore {
     fn n_y(&self) -> usize {
         self.map.n_y
     }
-    /// `(corners, worst R px, y, z)` of the pixel corners the build mapped to a negative
-    /// corrected R (y, z of the worst one, transformed image), or None.
+    /// `(corners, worst R px, y, z, behind)` of the pixel corners the build mapped to a
+    /// negative corrected R (y, z of the worst one, transformed image), and of those at
+    /// 2θ ≥ 90° (their pixels left out), or None.
     #[getter]
-    fn fold(&self) -> Option<(u64, f64, f64, f64)> {
-        self.fold
-            .map(|f| (f.corners, f.worst_r_px, f.worst_at.0, f.worst_at.1))
+    fn fold(&self) -> Option<(u64, f64, f64, f64, u64)> {
+        self.fold.map(|f| {
+            (
+                f.corners,
+                f.worst_r_px,
+                f.worst_at.0,
+                f.worst_at.1,
+                f.behind,
+            )
+        })
     }
     #[getter]
     fn n_z(&self) -> usize {
