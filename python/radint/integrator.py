@@ -296,7 +296,7 @@ class Integrator:
         # Flat indices of the pixels marked in the last frames, and the map without them.
         self._marker_cache: tuple[np.ndarray, DetectorMap] | None = None
         # Float frames' NaN / inf pixels: those of the last call, and a map without them once
-        # two calls in a row had the same (see _nan_map).
+        # two calls in a row shared most of them (see _nan_map).
         self._nan_last: np.ndarray | None = None
         self._nan_cache: tuple[np.ndarray, DetectorMap] | None = None
         # Per thread: the float32 copies of float64 frames (see _narrowed).
@@ -677,17 +677,22 @@ class Integrator:
             nonfinite += count
         return out, nonfinite
 
-    def _nan_map(self, parts: list[np.ndarray], own_dark: bool, nonfinite: int) -> Any | None:
-        """A map core without the NaN / inf pixels of the float frames ``parts`` (``nonfinite``
-        values in all), when every frame holds them at the same pixels and the call can then
-        take the kernels of frames whose every value counts (no per-call dark; a fixed scale or
-        dark folds): such frames (gaps or dead pixels set to NaN) then integrate as fast as
-        frames without NaN, leaving out exactly what NaN would (Pilatus 2M float32 cake with
-        NaN gap rows and columns, Zen 5, 2 threads: 4.2–4.5 → 1.5 ms). None where they cannot.
+    def _nan_map(
+        self, parts: list[np.ndarray], own_dark: bool, nonfinite: int
+    ) -> tuple[Any, int] | None:
+        """A map core without the pixels where the float frames ``parts`` (``nonfinite`` NaN /
+        inf values in all) hold NaN or inf call after call, and how many such values the frames
+        hold elsewhere; None where no such map serves. Gaps or dead pixels set to NaN then
+        integrate as fast as frames without NaN: through the kernels of frames whose every value
+        counts (a fixed scale or dark folds), or, with a few NaN elsewhere too (hot pixels that
+        come and go), those kernels with their spoiled bins summed again (Pilatus 2M float32
+        cake with NaN gap rows and columns, Zen 5, 2 threads: 4.2–4.5 → 1.5 ms). Each call
+        leaves out exactly what NaN would.
 
-        The map is built (~0.1 s for a Pilatus 2M) once two calls in a row have NaN at the same
-        pixels, and kept while they stay there; frames whose NaN move from call to call never
-        pay for it."""
+        The map is built (~0.1 s for a Pilatus 2M) once two calls in a row share non-finite
+        pixels that make up most of each call's (every frame non-finite there), and kept while
+        every frame stays non-finite there; frames whose NaN move from call to call never pay
+        for it."""
         foldable = own_dark and self.precision == "float64"
         if (
             nonfinite == 0 or self.backend != "cpu" or self.compat or self.map.weight is not None
@@ -697,25 +702,33 @@ class Integrator:
         n_pixels = parts[0].shape[-1] * parts[0].shape[-2]
         frames = [f for p in parts for f in p.reshape(-1, n_pixels)]
 
-        def holds(pixels: np.ndarray) -> bool:
-            # Every frame is non-finite there and nowhere else (the counts add up).
-            return nonfinite == len(frames) * pixels.size and not any(
-                np.isfinite(f[pixels]).any() for f in frames
-            )
+        def elsewhere(pixels: np.ndarray) -> int | None:
+            # Non-finite values off `pixels`, where every frame is non-finite there; else None.
+            rest = nonfinite - len(frames) * pixels.size
+            if rest < 0 or any(np.isfinite(f[pixels]).any() for f in frames):
+                return None
+            return rest
 
         cached = self._nan_cache
-        if cached is not None and holds(cached[0]):
-            return cached[1]._core
+        if cached is not None:
+            rest = elsewhere(cached[0])
+            if rest is not None:
+                return cached[1]._core, rest
+        # Non-finite in every frame of this call.
         pixels = np.flatnonzero(~np.isfinite(frames[0]))
-        if not holds(pixels):
-            return None
+        for f in frames[1:]:
+            pixels = pixels[~np.isfinite(f[pixels])]
         last, self._nan_last = self._nan_last, pixels
-        if last is None or not np.array_equal(last, pixels):
-            return None  # seen once: built if the next call has the same
+        if last is None:
+            return None  # seen once: built if the next call shares most of them
+        shared = np.intersect1d(last, pixels, assume_unique=True)
+        if shared.size == 0 or 2 * shared.size < pixels.size or 2 * shared.size < last.size:
+            return None
         marked = np.zeros(n_pixels, dtype=bool)
-        marked[pixels] = True
-        self._nan_cache = (pixels, self._without(marked))
-        return self._nan_cache[1]._core
+        marked[shared] = True
+        self._nan_cache = (shared, self._without(marked))
+        rest = elsewhere(shared)
+        return self._nan_cache[1]._core, 0 if rest is None else rest
 
     def _without(self, marked: np.ndarray) -> DetectorMap:
         """This integrator's map without the entries of the ``marked`` pixels (flat bool)."""
@@ -908,9 +921,9 @@ class Integrator:
                     else 0
                 )
             frames_nonfinite = nonfinite
-            nan_core = self._nan_map(parts, own_dark, nonfinite)
-            if nan_core is not None:
-                core, nonfinite = nan_core, 0  # the map reads none of those pixels
+            nan_map = self._nan_map(parts, own_dark, nonfinite)
+            if nan_map is not None:
+                core, nonfinite = nan_map  # the map reads none of the fixed pixels
             if own_dark and self._folds(parts[0], nonfinite):
                 core, offset = self._folded_map(core)
                 scale = None
