@@ -186,14 +186,16 @@ def test_a_list_of_frames_is_one_stack(small_config, small_map, error_model, dty
     np.testing.assert_allclose(mixed.cake, want.cake[:2], rtol=1e-12, equal_nan=True)
 
 
-@pytest.mark.parametrize("eta_bin", [10, 360])
+@pytest.mark.parametrize("eta_bin", [10, 360, "wide"])
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_float_frames_with_a_few_nan_equal_the_masked_kernels(small_config, eta_bin, precision):
     """Float frames holding a few NaN / ±inf values (moving from frame to frame) take the dense
     kernels, then their spoiled bins are summed again: every output equals the kernels that
     test each value (reached here through a zero dark given per call), for scattered values,
     a patch, values in most bins (summed again whole), and stacks whose frames differ."""
-    config = small_config.replace(eta_bin_deg=eta_bin)
+    # "wide": six bins, so one NaN spoils a third of the map (summed again whole).
+    wide = {"eta_bin_deg": 180, "r_bin_px": 30} if eta_bin == "wide" else {"eta_bin_deg": eta_bin}
+    config = small_config.replace(**wide)
     rng = np.random.default_rng(23)
     integ = Integrator(config, error_model="poisson", precision=precision)
     zero = np.zeros(config.shape)

@@ -24,6 +24,7 @@ __all__ = [
     "integrate",
     "load_midas",
     "narrow_to_f32",
+    "nonfinite_pixels",
     "param_hash",
     "parse_params",
     "pixel_centres",
@@ -144,6 +145,10 @@ def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ..
 def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = ...) -> int:
     """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
     them; 0 for integer dtypes)."""
+
+def nonfinite_pixels(frame: np.ndarray, n_threads: int | None = ...) -> np.ndarray:
+    """The flat indices (uint32, ascending) of the NaN and ±inf values of one contiguous float
+    ``frame`` (empty for integer dtypes)."""
 
 def narrow_to_f32(src: np.ndarray, dst: np.ndarray, n_threads: int | None = ...) -> int | None:
     """``src`` (float64) written into ``dst`` (float32, as many elements, both C-contiguous)

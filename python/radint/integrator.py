@@ -715,7 +715,8 @@ class Integrator:
             if rest is not None:
                 return cached[1]._core, rest
         # Non-finite in every frame of this call.
-        pixels = np.flatnonzero(~np.isfinite(frames[0]))
+        pixels = _core.nonfinite_pixels(np.ascontiguousarray(frames[0]), self.n_threads)
+        pixels = pixels.astype(np.intp)
         for f in frames[1:]:
             pixels = pixels[~np.isfinite(f[pixels])]
         last, self._nan_last = self._nan_last, pixels

@@ -329,17 +329,25 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
 }
 
 /// Whether `nonfinite` NaN / ±∞ values over `n_frames` frames are few enough for the dense
-/// kernels plus [`resum_spoiled_bins`]: each such value spoils the bins of its pixel, about
-/// entries/pixels of them, each of entries/bins entries; their expected total stays under a
-/// quarter of the map's entries per frame (Pilatus 2M, 1 px × 5° cake: up to ~9 000 values a
-/// frame; 3000-bin lineout: ~300). Only for maps without MIDAS weights (their scalar loop
-/// keeps the C summation order).
+/// kernels plus [`resum_spoiled_bins`] to beat the kernels that test every value. Each such
+/// value spoils the bins of its pixel (entries/pixels of them); summing a bin again costs its
+/// entries plus ~[`RESUM_BIN_COST`] entries' worth of load latency (a lone bin's loads are not
+/// prefetched far ahead as a whole pass's are), while the testing kernels cost ~0.4 entry more
+/// per map entry than the dense ones (measured on a Pilatus 2M, Zen 5, 2 threads: break-even
+/// near 2 100 NaN a frame for a 1 px × 5° cake, 190 for a 1190-bin lineout). 0.3 keeps a
+/// margin. Only for maps without MIDAS weights (their scalar loop keeps the C summation
+/// order).
 fn few_spoiled_bins(map: &DetectorMap, n_frames: usize, nonfinite: usize) -> bool {
+    let (pixels, bins) = (map.n_pixels() as f64, map.n_bins() as f64);
     let entries = map.pixel.len() as f64;
     map.weight.is_none()
         && entries > 0.0
-        && nonfinite as f64 * 4.0 * entries <= (n_frames * map.n_pixels() * map.n_bins()) as f64
+        && bins > 0.0
+        && nonfinite as f64 <= n_frames as f64 * 0.3 * pixels / (RESUM_BIN_COST + entries / bins)
 }
+
+/// What summing one bin again costs beyond its own entries, in entries ([`few_spoiled_bins`]).
+const RESUM_BIN_COST: f64 = 400.0;
 
 /// After the dense kernels summed float frames holding a few NaN / ±∞ values: the bins whose
 /// signal such a value spoiled (NaN or ±∞: a finite frame's sum never is) summed again by the
@@ -359,9 +367,10 @@ fn resum_spoiled_bins<T: Pixel>(
     }
     let with_var = !sums.variance.is_empty();
     let n_entries = map.pixel.len();
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (frame, first bin, end)
+    let entries = |lo: usize, hi: usize| (map.indptr[hi] - map.indptr[lo]) as usize;
+    let mut ranges: Vec<(usize, usize, usize)> = Vec::new(); // (frame, first bin, end)
     for (f, signal) in sums.signal.chunks(n_bins).enumerate() {
-        let mut ranges = Vec::new();
+        let first = ranges.len();
         let mut spoiled_entries = 0;
         let mut b = 0;
         while b < n_bins {
@@ -373,16 +382,40 @@ fn resum_spoiled_bins<T: Pixel>(
             while b < n_bins && !signal[b].is_finite() {
                 b += 1;
             }
-            spoiled_entries += (map.indptr[b] - map.indptr[lo]) as usize;
-            ranges.push((lo, b));
+            spoiled_entries += entries(lo, b);
+            let joins = ranges.len() > first;
+            match ranges.last_mut() {
+                // A few clean bins between two spoiled ones are summed again with them: one
+                // kernel call instead of two.
+                Some((_, _, hi)) if joins && lo - *hi <= RESUM_GAP => *hi = b,
+                _ => ranges.push((f, lo, b)),
+            }
         }
         if spoiled_entries * 3 > n_entries {
-            ranges = row_partition(map, 8 * rayon::current_num_threads());
+            ranges.truncate(first);
+            let parts = row_partition(map, 8 * rayon::current_num_threads());
+            ranges.extend(parts.into_iter().map(|(lo, hi)| (f, lo, hi)));
         }
-        tasks.extend(ranges.into_iter().map(|(lo, hi)| (f, lo, hi)));
     }
-    if tasks.is_empty() {
+    if ranges.is_empty() {
         return;
+    }
+    // Tasks of consecutive ranges holding about equal entries (thousands of small ranges:
+    // one task each would cost more in scheduling than their sums).
+    let n_tasks = 8 * rayon::current_num_threads();
+    let total: usize = ranges.iter().map(|&(_, lo, hi)| entries(lo, hi) + 1).sum();
+    let per_task = total.div_ceil(n_tasks).max(1);
+    let mut tasks: Vec<&[(usize, usize, usize)]> = Vec::new();
+    let (mut start, mut held) = (0, 0);
+    for (k, &(_, lo, hi)) in ranges.iter().enumerate() {
+        held += entries(lo, hi) + 1;
+        if held >= per_task {
+            tasks.push(&ranges[start..=k]);
+            (start, held) = (k + 1, 0);
+        }
+    }
+    if start < ranges.len() {
+        tasks.push(&ranges[start..]);
     }
     let kernels = Kernels {
         dense: false,
@@ -392,15 +425,24 @@ fn resum_spoiled_bins<T: Pixel>(
     };
     let redone: Vec<BinSums> = tasks
         .par_iter()
-        .map(|&(f, lo, hi)| {
-            let n = hi - lo;
-            let mut s = vec![0.0; n];
-            let mut a = vec![0.0; n];
-            let mut v = vec![0.0; if with_var { n } else { 0 }];
-            let mut c = vec![0u32; n];
-            {
-                let (mut sr, mut ar, mut cr) = ([&mut s[..]], [&mut a[..]], [&mut c[..]]);
-                let mut vr = [&mut v[..]];
+        .map(|task| {
+            let n: usize = task.iter().map(|&(_, lo, hi)| hi - lo).sum();
+            let mut r = BinSums {
+                s: vec![0.0; n],
+                a: vec![0.0; n],
+                v: vec![0.0; if with_var { n } else { 0 }],
+                c: vec![0; n],
+            };
+            let mut at = 0;
+            for &(f, lo, hi) in task.iter() {
+                let m = hi - lo;
+                let (mut sr, mut ar) = ([&mut r.s[at..at + m]], [&mut r.a[at..at + m]]);
+                let mut cr = [&mut r.c[at..at + m]];
+                let mut vr = [if with_var {
+                    &mut r.v[at..at + m]
+                } else {
+                    &mut []
+                }];
                 let mut out = OutBlock {
                     signal: &mut sr,
                     area: &mut ar,
@@ -416,22 +458,30 @@ fn resum_spoiled_bins<T: Pixel>(
                     opts,
                     &mut out,
                 );
+                at += m;
             }
-            BinSums { s, a, v, c }
+            r
         })
         .collect();
-    for (&(f, lo, hi), r) in tasks.iter().zip(redone) {
-        let at = f * n_bins;
-        sums.signal[at + lo..at + hi].copy_from_slice(&r.s);
-        sums.area[at + lo..at + hi].copy_from_slice(&r.a);
-        sums.count[at + lo..at + hi].copy_from_slice(&r.c);
-        if with_var {
-            sums.variance[at + lo..at + hi].copy_from_slice(&r.v);
+    for (task, r) in tasks.iter().zip(redone) {
+        let mut at = 0;
+        for &(f, lo, hi) in task.iter() {
+            let (m, o) = (hi - lo, f * n_bins);
+            sums.signal[o + lo..o + hi].copy_from_slice(&r.s[at..at + m]);
+            sums.area[o + lo..o + hi].copy_from_slice(&r.a[at..at + m]);
+            sums.count[o + lo..o + hi].copy_from_slice(&r.c[at..at + m]);
+            if with_var {
+                sums.variance[o + lo..o + hi].copy_from_slice(&r.v[at..at + m]);
+            }
+            at += m;
         }
     }
 }
 
-/// One bin range's sums from [`resum_spoiled_bins`].
+/// Clean bins between two spoiled ones that [`resum_spoiled_bins`] sums again with them.
+const RESUM_GAP: usize = 4;
+
+/// The sums of one task's bin ranges in [`resum_spoiled_bins`], one after another.
 struct BinSums {
     s: Vec<f64>,
     a: Vec<f64>,

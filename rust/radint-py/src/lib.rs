@@ -903,6 +903,30 @@ fn count_nonfinite(
     Ok(total)
 }
 
+/// The flat indices of the NaN and ±inf values of one float `frame` (any shape,
+/// C-contiguous), ascending, as uint32 (empty for integer dtypes); `n_threads` threads with the
+/// GIL released.
+#[pyfunction]
+#[pyo3(signature = (frame, n_threads=None))]
+fn nonfinite_pixels<'py>(
+    py: Python<'py>,
+    frame: &Bound<'py, PyAny>,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    let pixels = match Frames::extract(frame)? {
+        Frames::F32(a) => {
+            let data = contiguous(&a)?;
+            run_detached(py, n_threads, || Ok(scan::nonfinite_pixels(data)))?
+        }
+        Frames::F64(a) => {
+            let data = contiguous(&a)?;
+            run_detached(py, n_threads, || Ok(scan::nonfinite_pixels(data)))?
+        }
+        _ => Vec::new(),
+    };
+    Ok(pixels.into_pyarray(py))
+}
+
 /// `src` (float64, C-contiguous) written into `dst` (float32, as many elements) where every
 /// finite value is exactly a float32: the NaN and ±inf count, else None (`dst` partly
 /// written). On `n_threads` threads with the GIL released.
@@ -944,6 +968,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
     m.add_function(wrap_pyfunction!(count_nonfinite, m)?)?;
+    m.add_function(wrap_pyfunction!(nonfinite_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(narrow_to_f32, m)?)?;
     fit::register(m)?;
     Ok(())
