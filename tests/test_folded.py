@@ -313,6 +313,12 @@ def test_fixed_nan_pixels_with_a_few_moving_ones_keep_the_map_without_the_fixed(
     healed[1, 40, 3] = 7.0  # a gap pixel with a value: this call cannot take the map
     check(healed)
     check(frames(1, moving=0))
+    # A wider fixed pattern (more gap rows) replaces the cached one after two calls.
+    wider = frames(2)
+    wider[:, 60:66, :] = np.nan
+    check(wider)
+    check(wider[::-1].copy())
+    assert fast._nan_cache[0].size >= 8 * config.shape[1]
 
 
 @pytest.mark.parametrize("corrected", [False, True])

@@ -710,10 +710,15 @@ class Integrator:
             return rest
 
         cached = self._nan_cache
+        fallback = None
         if cached is not None:
             rest = elsewhere(cached[0])
             if rest is not None:
-                return cached[1]._core, rest
+                fallback = cached[1]._core, rest
+                if rest <= len(frames) * cached[0].size:
+                    return fallback
+                # More non-finite values elsewhere than at the cached pixels: a wider fixed
+                # pattern (a larger gap set) replaces the cached one once two calls share it.
         # Non-finite in every frame of this call.
         pixels = _core.nonfinite_pixels(np.ascontiguousarray(frames[0]), self.n_threads)
         pixels = pixels.astype(np.intp)
@@ -721,10 +726,10 @@ class Integrator:
             pixels = pixels[~np.isfinite(f[pixels])]
         last, self._nan_last = self._nan_last, pixels
         if last is None:
-            return None  # seen once: built if the next call shares most of them
+            return fallback  # seen once: built if the next call shares most of them
         shared = np.intersect1d(last, pixels, assume_unique=True)
         if shared.size == 0 or 2 * shared.size < pixels.size or 2 * shared.size < last.size:
-            return None
+            return fallback
         marked = np.zeros(n_pixels, dtype=bool)
         marked[shared] = True
         self._nan_cache = (shared, self._without(marked))
