@@ -504,6 +504,7 @@ fn block_sums<T: Pixel>(
     let n_frames = frames.len();
     let n_bins = sums.n_bins;
     let with_var = !sums.variance.is_empty();
+    let finite = sums.nonfinite == 0;
     let signal = split_parts(&mut sums.signal, n_bins, parts);
     let area = split_parts(&mut sums.area, n_bins, parts);
     let variance = split_parts(&mut sums.variance, n_bins, parts);
@@ -545,7 +546,7 @@ fn block_sums<T: Pixel>(
                     // Pilatus 2M stack's time).
                     if with_var {
                         for (k, frame) in block.iter().enumerate() {
-                            cross_rows(map, frame, opts, kernels.dense, rows, x[f0 + k]);
+                            cross_rows(map, frame, opts, kernels.dense, finite, rows, x[f0 + k]);
                         }
                     }
                     f0 += nb;
@@ -575,6 +576,7 @@ fn tiled_sums<T: Pixel>(
     let n_frames = frames.len();
     let n_pieces = tiles.n_pieces();
     let n_bins = sums.n_bins;
+    let finite = sums.nonfinite == 0;
     let with_var = !sums.variance.is_empty();
     let direct = tiles.one_piece_per_bin();
     let (mut piece_signal, mut piece_variance) = (Vec::new(), Vec::new());
@@ -672,7 +674,15 @@ fn tiled_sums<T: Pixel>(
                     .enumerate()
                     .for_each(|(c, rows)| {
                         let first = c * CROSS_ROW_CHUNK;
-                        cross_rows(map, frame, opts, true, (first, first + rows.len()), rows)
+                        cross_rows(
+                            map,
+                            frame,
+                            opts,
+                            true,
+                            finite,
+                            (first, first + rows.len()),
+                            rows,
+                        )
                     });
             });
     }
@@ -862,18 +872,25 @@ fn cross_rows<T: Pixel>(
     frame: &[T],
     opts: &Options,
     dense: bool,
+    finite: bool,
     rows: (usize, usize),
     out: &mut [f64],
 ) {
     let cross = map.eta_cross();
-    // Every value counts (`dense`: finite frames, no dark or scale): max(raw, 1) gathered in 8
-    // lanes.
+    // No dark or scale (`dense`): max(raw, 1) gathered in 8 lanes, NaN and ±∞ left out unless
+    // the frames hold none (`finite`).
     let gathered =
         dense && matches!(opts.error_model, ErrorModel::Poisson) && gather::available::<T>();
     for (r, acc) in (rows.0..rows.1).zip(out.iter_mut()) {
         let (lo, hi) = (cross.indptr[r] as usize, cross.indptr[r + 1] as usize);
         if gathered {
-            *acc = poisson_cross(map, &cross.pixel[lo..hi], &cross.weight[lo..hi], frame);
+            *acc = poisson_cross(
+                map,
+                &cross.pixel[lo..hi],
+                &cross.weight[lo..hi],
+                frame,
+                finite,
+            );
             continue;
         }
         let mut sum = 0.0;
@@ -903,12 +920,18 @@ fn cross_rows<T: Pixel>(
 /// [`gather::poisson_weighted_sum`] of one row's shared pixels (they are map pixels, so the
 /// map's largest pixel bounds them).
 #[cfg(target_arch = "x86_64")]
-fn poisson_cross<T: Pixel>(map: &DetectorMap, pixel: &[u32], weight: &[f64], frame: &[T]) -> f64 {
-    gather::poisson_weighted_sum(pixel, weight, map.max_pixel(), frame)
+fn poisson_cross<T: Pixel>(
+    map: &DetectorMap,
+    pixel: &[u32],
+    weight: &[f64],
+    frame: &[T],
+    finite: bool,
+) -> f64 {
+    gather::poisson_weighted_sum(pixel, weight, map.max_pixel(), frame, !finite)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn poisson_cross<T: Pixel>(_: &DetectorMap, _: &[u32], _: &[f64], _: &[T]) -> f64 {
+fn poisson_cross<T: Pixel>(_: &DetectorMap, _: &[u32], _: &[f64], _: &[T], _: bool) -> f64 {
     unreachable!("gather::available() is false off x86-64")
 }
 

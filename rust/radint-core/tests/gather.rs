@@ -465,8 +465,12 @@ fn check_poisson_sum<T: Pixel>(make: impl Fn(u64) -> T) {
                 .map(|(w, x)| w * x.max(1.0))
                 .sum();
             for hint in [None, pixel.iter().copied().max()] {
-                let got = gather::poisson_weighted_sum(&pixel, &weight, hint, &frame);
+                let got = gather::poisson_weighted_sum(&pixel, &weight, hint, &frame, true);
                 close(&[got], &[want], "shared-pixel Poisson sum");
+                if frame.iter().all(|x| x.to_f64().is_finite()) {
+                    let got = gather::poisson_weighted_sum(&pixel, &weight, hint, &frame, false);
+                    close(&[got], &[want], "shared-pixel Poisson sum, finite frame");
+                }
             }
         }
     }
