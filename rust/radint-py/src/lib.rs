@@ -657,13 +657,7 @@ fn integrate<'py>(
     let m = &core.map;
     // One array (a frame or a stack), or a list of frames that may live anywhere: integrated
     // as one stack all the same, without gathering them into one buffer first.
-    let parts: Vec<Frames> = match frames.cast::<PyList>() {
-        Ok(list) => list
-            .iter()
-            .map(|f| Frames::extract(&f))
-            .collect::<PyResult<_>>()?,
-        Err(_) => vec![Frames::extract(frames)?],
-    };
+    let parts = frame_parts(frames)?;
     let listed = frames.is_instance_of::<PyList>();
     let mut n_frames = 0;
     for (k, part) in parts.iter().enumerate() {
@@ -870,6 +864,15 @@ fn count_equal(
     }
 }
 
+/// The arrays of `frames`: one array (a frame or a stack), or each of a list of frames that may
+/// live anywhere.
+fn frame_parts<'py>(frames: &Bound<'py, PyAny>) -> PyResult<Vec<Frames<'py>>> {
+    match frames.cast::<PyList>() {
+        Ok(list) => list.iter().map(|f| Frames::extract(&f)).collect(),
+        Err(_) => Ok(vec![Frames::extract(frames)?]),
+    }
+}
+
 /// The NaN and ±inf values in `frames` (an array of any shape, or a list of arrays; 0 for
 /// integer dtypes), on `n_threads` threads with the GIL released.
 #[pyfunction]
@@ -879,13 +882,7 @@ fn count_nonfinite(
     frames: &Bound<'_, PyAny>,
     n_threads: Option<usize>,
 ) -> PyResult<usize> {
-    let parts: Vec<Frames> = match frames.cast::<PyList>() {
-        Ok(list) => list
-            .iter()
-            .map(|f| Frames::extract(&f))
-            .collect::<PyResult<_>>()?,
-        Err(_) => vec![Frames::extract(frames)?],
-    };
+    let parts = frame_parts(frames)?;
     let mut total = 0;
     for part in &parts {
         total += match part {
