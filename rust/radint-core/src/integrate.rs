@@ -799,7 +799,8 @@ fn pieces_to_bins(tiles: &Tiles, pieces: &[f64], bins: &mut [f64]) {
 /// The kernel family [`integrate`] chose for its frames and map.
 #[derive(Clone, Copy)]
 struct Kernels<'m> {
-    /// Integer frames without dark or per-pixel scale: every entry counts.
+    /// Frames without dark or per-pixel scale whose every value counts (area and count from the
+    /// map), or float frames with a few NaN / ±∞, their spoiled bins summed again afterwards.
     dense: bool,
     use_gather: bool,
     use_masked_gather: bool,
