@@ -174,13 +174,19 @@ def test_batch_cli_setup_errors_exit_2_with_one_line(series, capsys):
     assert rc == 2 and len(err) == 1 and "not_a_dir" in err[0]
 
 
-def test_process_files_in_order_with_results_equal_to_direct_integration(series, small_config):
+def test_process_files_in_order_with_results_equal_to_direct_integration(
+    series, small_config, monkeypatch
+):
     """The cross-file pipeline: outcomes in input order (a bad file among them), each output
-    holding that file's frames; the stack buffers it recycles never mix frames up."""
+    holding that file's frames; the stack buffers it recycles never mix frames up; glibc is
+    asked to keep freed result blocks (radint._allocator)."""
+    import radint._allocator
     from radint import Integrator
     from radint.batch import process_files
     from radint.io import read_nexus
 
+    asked = []
+    monkeypatch.setattr(radint._allocator, "keep_freed_memory", lambda: asked.append(1))
     d, files, _ = series
     integ = Integrator(small_config, n_threads=1)
     inputs = [files[0], files[2], files[1], files[3], files[0]]
@@ -188,6 +194,7 @@ def test_process_files_in_order_with_results_equal_to_direct_integration(series,
     outcomes = list(process_files(inputs, str(d / "o"), ("nexus",), names=names, integrator=integ))
     assert [o.ok for o in outcomes] == [True, False, True, True, True]
     assert [o.path for o in outcomes] == [str(p) for p in inputs]
+    assert asked
     for name, src in (("a", files[0]), ("b", files[1]), ("c", files[3]), ("a2", files[0])):
         got = read_nexus(d / "o" / f"{name}.h5")
         want = integ.integrate_stack(tifffile.imread(src))

@@ -479,6 +479,7 @@ def process_files(
     own dark is subtracted (:func:`own_dark`), as IntegratorZarrOMP does. GE and raw files are
     read with the configuration's frame shape (``raw_dtype``: the pixel type of raw files).
     """
+    from radint._allocator import keep_freed_memory
     from radint.io.prefetch import IDLE, prefetch
     from radint.io.write import resolve_formats
 
@@ -486,6 +487,7 @@ def process_files(
     if integ is None:
         raise RadintError("process_files: pass integrator= (run_batch makes one per worker)")
     dark = integ.same_dark(dark)  # the integrator's own dark keeps its folded map
+    keep_freed_memory()  # each stack's results reuse the last one's pages
     paths = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in paths]  # not resolve(): symlinked folders kept
     names = list(names) if names else [None] * len(paths)

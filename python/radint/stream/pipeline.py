@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from radint._allocator import keep_freed_memory
 from radint.exceptions import InvalidInputError, RadintError
 from radint.fit import ABSENT
 from radint.io import NexusWriter
@@ -611,6 +612,7 @@ class Pipeline:
             raise
 
     def _start(self) -> None:
+        keep_freed_memory()  # each frame's results reuse the last one's pages
         self._keep_previous_run()
         self.control.announce(self.integrator.fit)
         self._t0 = time.monotonic()
