@@ -12,6 +12,7 @@ Run: python benches/stream.py [--frames 200] [--threads N] [--compress] [--round
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,23 @@ else:
     frame = tifffile.imread(tif)
     frames = ((frame, f"f{i}") for i in range(n))
 send_frames(frames, port=port, compress=compress, mapping_file=None)
+"""
+
+# The bare transport, for the CPU floor: the same file's pixels sent n times by os.sendfile
+# (as `radint send` sends a plain frame file) and received into one reused buffer, nothing else;
+# the sender prints the CPU seconds its loop took.
+BARE_SENDER = """
+import os, socket, sys, time
+path, offset, size, n, port = sys.argv[1], *map(int, sys.argv[2:6])
+s = socket.create_connection(("127.0.0.1", port))
+fd = os.open(path, os.O_RDONLY)
+t0 = time.process_time()
+for _ in range(n):
+    sent = 0
+    while sent < size:
+        sent += os.sendfile(s.fileno(), fd, offset + sent, size - sent)
+s.close()
+print(time.process_time() - t0)
 """
 
 
@@ -76,10 +94,13 @@ def main() -> None:
         integ.integrate(frame)
         n_only = max(20, args.frames // 4)
 
+        only_cpu: list[float] = []  # CPU seconds per frame, all threads of this process
+
         def integrate_only_rate() -> float:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(n_only):
                 integ.integrate(frame)
+            only_cpu.append((time.process_time() - c0) / n_only)
             return n_only / (time.perf_counter() - t0)
 
         def stream_rate(k: int) -> tuple[float, object]:
@@ -115,6 +136,7 @@ def main() -> None:
         stream = float(np.median(stream_rates))
         ratio = float(np.median(ratios))
         peer = midas_integrate_server(config, image, args)
+        send_cpu, receive_cpu = bare_transport_cpu(image, frame.nbytes, args.frames)
 
     print(f"{'mode':<34}{'frames/s':>10}")
     print("runs (frames/s): only " + " ".join(f"{r:.0f}" for r in only_rates)
@@ -127,6 +149,50 @@ def main() -> None:
     print(f"{label:<34}{stream:>10.1f}   ({100 * ratio:.0f} % of integrate-only, median)")
     print(f"{'send -> midas-integrate server':<34}{peer}")
     print(summary.line())
+    # What the stream cannot go below with the sender on this machine: the CPU that sending
+    # and receiving a frame take with nothing else done, plus integrating it.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    integrate_cpu = float(np.median(only_cpu))
+    floor = send_cpu + receive_cpu + integrate_cpu
+    print(
+        f"CPU floor per frame: send {1e3 * send_cpu:.2f} + receive {1e3 * receive_cpu:.2f} ms "
+        f"(bare loopback sendfile -> recv_into) + integrate {1e3 * integrate_cpu:.2f} ms = "
+        f"{1e3 * floor:.2f} ms -> at most {cores / floor:.0f} frames/s on {cores} cores "
+        f"({100 * cores / floor / only:.0f} % of integrate-only)"
+    )
+
+
+def bare_transport_cpu(image: Path, nbytes: int, n: int) -> tuple[float, float]:
+    """CPU seconds per frame of the sender and the receiver when frames only cross loopback:
+    the frame file's pixels sent by ``os.sendfile`` from another process, received into one
+    buffer; the median of three runs of ``n`` frames each."""
+    import socket
+
+    offset = image.stat().st_size - nbytes  # tifffile writes the pixels last, in one strip
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    sends, receives = [], []
+    for _ in range(3):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            port = listener.getsockname()[1]
+            cmd = [sys.executable, "-c", BARE_SENDER, str(image), str(offset), str(nbytes)]
+            sender = subprocess.Popen([*cmd, str(n), str(port)], stdout=subprocess.PIPE, text=True)
+            conn, _ = listener.accept()
+            with conn:
+                c0 = time.thread_time()
+                for _ in range(n):
+                    got = 0
+                    while got < nbytes:
+                        k = conn.recv_into(view[got:], nbytes - got)
+                        if k == 0:
+                            raise RuntimeError("bare sender closed early")
+                        got += k
+                receives.append((time.thread_time() - c0) / n)
+            out, _ = sender.communicate(timeout=60)
+            sends.append(float(out) / n)
+    return float(np.median(sends)), float(np.median(receives))
 
 
 def midas_integrate_server(config, image: Path, args) -> str:
