@@ -93,6 +93,10 @@ impl Tiles {
             Vec::new()
         };
         let block = |k: usize| block_of.get(k).map_or(0, |&b| b as usize);
+        let entries = |r: usize, e: usize| {
+            let b = r * n_eta + e;
+            map.indptr[b] as usize..map.indptr[b + 1] as usize
+        };
         let mut tiles = Tiles {
             indptr: vec![0],
             pixel: vec![0; map.pixel.len()],
@@ -100,40 +104,62 @@ impl Tiles {
             weight: vec![0.0; map.weight.as_ref().map_or(0, Vec::len)],
             ..Tiles::default()
         };
-        // Per wedge: its pieces in (block, R) order, each bin's entries keeping their order.
-        let mut start = vec![0usize; n_blocks * n_r];
-        let mut filled = 0;
-        for e in 0..n_eta {
-            let entries = |r: usize| {
-                let b = r * n_eta + e;
-                map.indptr[b] as usize..map.indptr[b + 1] as usize
-            };
-            start.fill(0);
-            for r in 0..n_r {
-                for k in entries(r) {
-                    start[block(k) * n_r + r] += 1;
-                }
-            }
-            for slot in 0..n_blocks * n_r {
-                let size = start[slot];
-                start[slot] = filled;
-                if size > 0 {
-                    filled += size;
-                    tiles.indptr.push(filled as u64);
-                    tiles.bin.push(((slot % n_r) * n_eta + e) as u32);
-                }
-            }
-            for r in 0..n_r {
-                for k in entries(r) {
-                    let at = &mut start[block(k) * n_r + r];
-                    tiles.pixel[*at] = map.pixel[k];
-                    tiles.area[*at] = map.area[k];
-                    if let Some(weight) = &map.weight {
-                        tiles.weight[*at] = weight[k];
+        // Wedge after wedge in walk order: each wedge's entries are one run of the layout, so
+        // the wedges are laid out in parallel, each into its own run.
+        let wedge_len: Vec<usize> = (0..n_eta)
+            .map(|e| (0..n_r).map(|r| entries(r, e).len()).sum())
+            .collect();
+        let weighted = map.weight.is_some();
+        let weight_len: Vec<usize> = wedge_len
+            .iter()
+            .map(|&n| if weighted { n } else { 0 })
+            .collect();
+        let runs = split_runs(&mut tiles.pixel, &wedge_len)
+            .into_iter()
+            .zip(split_runs(&mut tiles.area, &wedge_len))
+            .zip(split_runs(&mut tiles.weight, &weight_len))
+            .enumerate()
+            .collect::<Vec<_>>();
+        // Per wedge: its pieces (entry count, bin) in (block, R) order, each bin's entries
+        // keeping their order.
+        let pieces: Vec<Vec<(usize, u32)>> = runs
+            .into_par_iter()
+            .map(|(e, ((pixel, area), weight))| {
+                let mut start = vec![0usize; n_blocks * n_r];
+                for r in 0..n_r {
+                    for k in entries(r, e) {
+                        start[block(k) * n_r + r] += 1;
                     }
-                    *at += 1;
                 }
-            }
+                let mut pieces = Vec::new();
+                let mut filled = 0;
+                for (slot, at) in start.iter_mut().enumerate() {
+                    let size = *at;
+                    *at = filled;
+                    if size > 0 {
+                        filled += size;
+                        pieces.push((size, ((slot % n_r) * n_eta + e) as u32));
+                    }
+                }
+                for r in 0..n_r {
+                    for k in entries(r, e) {
+                        let at = &mut start[block(k) * n_r + r];
+                        pixel[*at] = map.pixel[k];
+                        area[*at] = map.area[k];
+                        if let Some(w) = &map.weight {
+                            weight[*at] = w[k];
+                        }
+                        *at += 1;
+                    }
+                }
+                pieces
+            })
+            .collect();
+        let mut filled = 0;
+        for (size, bin) in pieces.into_iter().flatten() {
+            filled += size;
+            tiles.indptr.push(filled as u64);
+            tiles.bin.push(bin);
         }
         tiles.index_bins(map.n_bins());
         (tiles.prefetch, tiles.prefetch_slots) = prefetch_schedule(&tiles.pixel, map.n_pixels());
@@ -231,22 +257,24 @@ impl Tiles {
     }
 }
 
+/// `values` cut into consecutive runs of `lengths` (what is left after them is not handed out).
+fn split_runs<'a, T>(mut values: &'a mut [T], lengths: &[usize]) -> Vec<&'a mut [T]> {
+    let mut runs = Vec::with_capacity(lengths.len());
+    for &len in lengths {
+        let (run, rest) = std::mem::take(&mut values).split_at_mut(len);
+        runs.push(run);
+        values = rest;
+    }
+    runs
+}
+
 /// [`Tiles::prefetch`] and its slots per 16 entries for entries `pixel` (in walk order) of an
 /// image of `n_pixels`.
 fn prefetch_schedule(pixel: &[u32], n_pixels: usize) -> (Vec<u32>, usize) {
     let n_groups = pixel.len().div_ceil(16);
     let n_lines = n_pixels.max(pixel.iter().map(|&p| p as usize + 1).max().unwrap_or(0)) / 16 + 1;
-    let mut last_use = vec![usize::MAX; n_lines];
-    // (group of first use, pixel group) of each line fetched anew, in walk order.
-    let mut needs: Vec<(usize, u32)> = Vec::new();
-    for (e, &p) in pixel.iter().enumerate() {
-        let group = p as usize / 16;
-        let last = last_use[group];
-        if last == usize::MAX || e - last > REUSE_WINDOW {
-            needs.push((e / 16, (group * 16) as u32));
-        }
-        last_use[group] = e;
-    }
+    let n_runs = rayon::current_num_threads().clamp(1, (pixel.len() >> 20).max(1));
+    let needs = lines_fetched_anew(pixel, n_lines, n_runs);
     let per_group = (2 * needs.len())
         .div_ceil(n_groups.max(1))
         .clamp(MIN_PREFETCH_SLOTS, MAX_PREFETCH_SLOTS);
@@ -272,6 +300,37 @@ fn prefetch_schedule(pixel: &[u32], n_pixels: usize) -> (Vec<u32>, usize) {
         }
     }
     (slots, per_group)
+}
+
+/// (group of first use, first pixel) of each 16-pixel line that entries `pixel` (in walk
+/// order) fetch anew: first used, or not used in the REUSE_WINDOW entries before; in walk order.
+/// Found in parallel over `n_runs` runs of entries: a run first replays the REUSE_WINDOW entries
+/// before it, which hold every use that can keep one of its lines cached, so it decides as one
+/// pass over all entries would.
+fn lines_fetched_anew(pixel: &[u32], n_lines: usize, n_runs: usize) -> Vec<(usize, u32)> {
+    let n_runs = n_runs.max(1);
+    (0..n_runs)
+        .into_par_iter()
+        .flat_map_iter(|run| {
+            let lo = pixel.len() * run / n_runs;
+            let hi = pixel.len() * (run + 1) / n_runs;
+            let mut last_use = vec![usize::MAX; n_lines];
+            let replay = lo.saturating_sub(REUSE_WINDOW);
+            for (e, &p) in pixel.iter().enumerate().take(lo).skip(replay) {
+                last_use[p as usize / 16] = e;
+            }
+            let mut needs = Vec::new();
+            for (e, &p) in pixel.iter().enumerate().take(hi).skip(lo) {
+                let group = p as usize / 16;
+                let last = last_use[group];
+                if last == usize::MAX || e - last > REUSE_WINDOW {
+                    needs.push((e / 16, (group * 16) as u32));
+                }
+                last_use[group] = e;
+            }
+            needs
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -387,6 +446,39 @@ mod tests {
                     "entry {e}: pixel {p} not prefetched"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn lines_fetched_anew_are_the_same_found_in_parallel_runs() {
+        // A walk with locality (lines come back within and past the reuse window), long
+        // enough for runs of a few windows each.
+        let mut state = 3u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let mut at = 0u64;
+        let pixel: Vec<u32> = (0..5 * REUSE_WINDOW + 123)
+            .map(|_| {
+                at = match next() % 100 {
+                    0 => next() % 40_000,
+                    1..=9 => at.saturating_sub(next() % 3000),
+                    _ => (at + next() % 20) % 40_000,
+                };
+                at as u32
+            })
+            .collect();
+        let one_pass = lines_fetched_anew(&pixel, 40_000 / 16 + 1, 1);
+        assert!(one_pass.len() > 100);
+        for n_runs in [2, 3, 7, 64] {
+            assert_eq!(
+                lines_fetched_anew(&pixel, 40_000 / 16 + 1, n_runs),
+                one_pass,
+                "{n_runs} runs"
+            );
         }
     }
 
