@@ -1,7 +1,8 @@
 """Frames whose every value counts (integer, or float without NaN or inf) with a fixed dark and
 per-pixel corrections go through a copy of the map with both folded in (``DetectorMap.folded``
 in the core): the results must be those of the general kernel, which reads dark and scale per
-entry (float frames holding a NaN or inf take it)."""
+entry. Float frames holding a few NaN or inf go through it too, the bins those spoil summed again
+with the dark entry by entry; frames holding many take the general kernel."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
     rng = np.random.default_rng(1)
     frames = rng.poisson(mean, size=(3, *config.shape)).astype(np.float64)
     with_nan = dtype == "float32+nan"
-    if with_nan:  # one NaN pixel in one frame: the whole call takes the general kernel
+    if with_nan:  # one NaN pixel in one frame: its bins are summed again
         frames[1, 40, 50] = np.nan
         dtype = np.float32
     elif np.dtype(dtype).kind == "f":
@@ -67,7 +68,8 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
     kw = {"detector_map": small_map, "mask": mask, "flat": flat, "error_model": error_model}
     fast = Integrator(config, dark=dark, **kw)
     general = Integrator(config, **kw)
-    assert fast._folds(frames[0], 0) and not fast._folds(frames[0], 1)
+    assert fast._folds(frames[0], 0) and fast._folds(frames[0], 1)
+    assert not fast._folds(frames[0], frames[0].size // 4)  # many: the general kernel
     for got, want in (
         (fast.integrate(frames[0]), general.integrate(frames[0].astype(np.float64), dark=dark)),
         (fast.integrate_stack(frames), general.integrate_stack(frames.astype(float), dark=dark)),
@@ -76,6 +78,41 @@ def test_folded_map_equals_the_general_kernel(small_config, small_map, dtype,
         _assert_same(got, want)
     # The folded map was used and kept (with a NaN frame: by the single frames without one).
     assert fast._folded is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eta_bin", [5.0, 360.0])
+def test_moving_nan_and_inf_fold_with_their_bins_summed_again(small_config, small_map, dtype,
+                                                              eta_bin):  # fmt: skip
+    """Float frames whose few NaN / ±inf move from frame to frame (hot pixels, cosmic-ray
+    filters) take the folded map: each spoiled bin is summed again with the dark per entry, and
+    every output equals the general kernel's; a frame with NaN over most of it does not fold."""
+    config = small_config.replace(
+        solid_angle_correction=True, polarization_correction=True, eta_bin_deg=eta_bin
+    )
+    dark, mask, flat = _inputs(config)
+    mean = ring_image(config, noise=False, dtype=np.float64) * 0.05 + 6
+    rng = np.random.default_rng(7)
+    frames = rng.poisson(mean, size=(4, *config.shape)).astype(np.float64) + 0.1
+    for k, f in enumerate(frames):  # a few bad values per frame, each frame elsewhere
+        rows, cols = rng.integers(0, config.shape[0], 3), rng.integers(0, config.shape[1], 3)
+        f[rows, cols] = (np.nan, np.inf, -np.inf)
+        f[20 + k, 5 + k] = np.nan
+    frames = frames.astype(dtype)
+    kw = {"mask": mask, "flat": flat, "error_model": "poisson"}
+    fast = Integrator(config, dark=dark, **kw)
+    general = Integrator(config, detector_map=fast.map, **kw)
+    got = fast.integrate(frames[0])
+    assert fast._folded is not None  # the first frame, with its NaN, took the folded map
+    _assert_same(got, general.integrate(frames[0].astype(np.float64), dark=dark))
+    _assert_same(fast.integrate_stack(frames),
+                 general.integrate_stack(frames.astype(np.float64), dark=dark))  # fmt: skip
+    _assert_same(fast.integrate_stack(list(frames)),
+                 general.integrate_stack(frames.astype(np.float64), dark=dark))  # fmt: skip
+    many = frames[1].copy()
+    many[::2] = np.nan  # half the frame: the general kernel
+    assert not fast._folds(many, int(np.isnan(many).sum()))
+    _assert_same(fast.integrate(many), general.integrate(many.astype(np.float64), dark=dark))
 
 
 @pytest.mark.parametrize("eta_bin", [360.0, 90.0])
@@ -141,7 +178,8 @@ def test_no_fold_where_it_would_change_the_rules(small_config, small_map):
     frame = np.ones(small_config.shape, np.uint16)
     assert not Integrator(small_config, detector_map=small_map)._folds(frame, 0)  # nothing to fold
     kw = {"detector_map": small_map, "mask": mask, "dark": dark}
-    assert not Integrator(small_config, **kw)._folds(frame.astype(np.float32), 1)  # a NaN
+    # NaN in a quarter of the pixels: the folded kernels would sum most bins again
+    assert not Integrator(small_config, **kw)._folds(frame.astype(np.float32), frame.size // 4)
     assert not Integrator(small_config, precision="float32", **kw)._folds(frame, 0)
     assert not Integrator(small_config, compat="midas-gpu", **kw)._folds(frame, 0)
 

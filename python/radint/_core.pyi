@@ -85,13 +85,16 @@ def integrate(
     n_threads: int | None = ...,
     signal_offset: np.ndarray | None = ...,
     nonfinite: int | None = ...,
+    offset_dark: np.ndarray | None = ...,
 ) -> dict[str, Any]:
     """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
     ``lineout``/``lineout_sigma`` ``n_r`` per frame; ``n_frames``; ``nonfinite``, the NaN and
     ±inf values over all the frames (0 for integer frames; the caller's count when it passes
     one as ``nonfinite``). ``signal_offset`` (per bin) is subtracted from every frame's signal
-    (the dark of a :meth:`MapCore.folded` map; frames without NaN or inf only)."""
+    (the dark of a :meth:`MapCore.folded` map). Frames with NaN or inf take it only where
+    :meth:`MapCore.spoils_few_bins`, with ``offset_dark``, the dark it stands for: their
+    spoiled bins are summed again subtracting it entry by entry."""
 
 @final
 class MapCore:
@@ -125,6 +128,9 @@ class MapCore:
         bin_geometric_area: np.ndarray | None = ...,
     ) -> MapCore: ...
     def eta_cross(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def spoils_few_bins(self, n_frames: int, nonfinite: int) -> bool:
+        """Whether ``nonfinite`` NaN / inf values over ``n_frames`` frames are few enough for
+        the kernels of frames whose every value counts plus a resum of their spoiled bins."""
     def gradient_resampled(self, config: dict[str, Any]) -> MapCore: ...
     def folded(
         self,

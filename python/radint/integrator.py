@@ -861,30 +861,34 @@ class Integrator:
         a = self._check_frames(frames, 3, "frames")
         return self._run(a, dark, variance, stack=True)
 
-    def _folds(self, a: np.ndarray, nonfinite: int) -> bool:
-        """Whether frames like ``a`` (holding ``nonfinite`` NaN / inf values) integrate through
-        the folded map (:meth:`_folded_map`): frames whose every value counts (integer, or
-        float without NaN or inf) on the CPU with a fixed scale or dark, float64 sums, radint's
-        own map weights (MIDAS-weighted maps keep the C summation order). The folded map's
-        weights go through the same gather kernels as plain areas where those run (Pilatus 2M
-        cake with a dark and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read
-        per entry; 1.9 without a dark)."""
+    def _folds(self, a: np.ndarray, nonfinite: int, core: Any = None, n_frames: int = 1) -> bool:
+        """Whether ``n_frames`` frames like ``a`` (holding ``nonfinite`` NaN / inf values in
+        all) integrate through the folded map of ``core`` (:meth:`_folded_map`; this
+        integrator's map by default): frames whose
+        every value counts (integer, or float without NaN or inf), or float frames with few
+        enough NaN / inf that the bins they spoil are summed again (with the dark entry by
+        entry), on the CPU with a fixed scale or dark, float64 sums, radint's own map weights
+        (MIDAS-weighted maps keep the C summation order). The folded map's weights go through
+        the same gather kernels as plain areas where those run (Pilatus 2M cake with a dark
+        and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read per entry; 1.9
+        without a dark)."""
         return (
             (self._scale is not None or self._dark is not None)
-            and nonfinite == 0 and a.dtype.kind in "iuf" and self.backend == "cpu"
+            and (nonfinite == 0 or (core or self.map._core).spoils_few_bins(n_frames, nonfinite))
+            and a.dtype.kind in "iuf" and self.backend == "cpu"
             and self.precision == "float64" and not self.compat and self.map.weight is None
         )  # fmt: skip
 
-    def _folded_map(self, core: Any) -> tuple[Any, np.ndarray]:
+    def _folded_map(self, core: Any) -> tuple[Any, np.ndarray | None]:
         """``core`` (this integrator's map, or its marker map) with the scale and dark folded
-        into its weights, and the signal offset per bin the dark leaves (built once per core,
-        ~one frame's integration time)."""
+        into its weights, and the signal offset per bin the dark leaves (None without a dark;
+        built once per core, ~one frame's integration time)."""
         cached = self._folded  # one read: another thread may replace it meanwhile
         if cached is None or cached[0] is not core:
             folded, offset = core.folded(
                 scale=self._scale, dark=self._dark, n_threads=self.n_threads
             )
-            cached = self._folded = (core, folded, offset)
+            cached = self._folded = (core, folded, None if self._dark is None else offset)
         return cached[1], cached[2]
 
     def _run(
@@ -930,7 +934,8 @@ class Integrator:
             nan_map = self._nan_map(parts, own_dark, nonfinite)
             if nan_map is not None:
                 core, nonfinite = nan_map  # the map reads none of the fixed pixels
-            if own_dark and self._folds(parts[0], nonfinite):
+            n_frames = sum(1 if p.ndim == 2 else p.shape[0] for p in parts)
+            if own_dark and self._folds(parts[0], nonfinite, core, n_frames):
                 core, offset = self._folded_map(core)
                 scale = None
             out = _core.integrate(
@@ -949,6 +954,8 @@ class Integrator:
                 nan_masked_bins=False,
                 n_threads=self.n_threads,
                 nonfinite=nonfinite,
+                # The folded dark, for bins that NaN / inf values make the kernels sum again.
+                offset_dark=None if offset is None else self._dark,
             )
         # When the frames were integrated (Unix s, one per frame): every output of the result
         # stores this, not the time it happens to be written.

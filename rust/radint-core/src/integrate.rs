@@ -93,8 +93,12 @@ pub struct Options<'a> {
     /// `map.bin_area()`, when the caller keeps it between frames (it costs a pass over the map).
     pub bin_area: Option<&'a [f64]>,
     /// Per bin, subtracted from every frame's signal: the dark of a map from
-    /// [`DetectorMap::folded`]. Only for frames without NaN or ±∞.
+    /// [`DetectorMap::folded`]. Frames with NaN or ±∞ values take it only where those are few
+    /// enough to sum their bins again ([`few_spoiled_bins`]), with `offset_dark`.
     pub signal_offset: Option<&'a [f64]>,
+    /// The dark that `signal_offset` stands for (raw-image order): the bins summed again for
+    /// NaN or ±∞ values subtract it entry by entry, from the entries that count.
+    pub offset_dark: Option<&'a [f64]>,
     /// The NaN and ±∞ values in the frames ([`crate::scan::count_nonfinite`]), where the caller has counted
     /// them already; counted here otherwise.
     pub nonfinite: Option<usize>,
@@ -109,6 +113,7 @@ impl Default for Options<'_> {
             precision: Precision::Double,
             bin_area: None,
             signal_offset: None,
+            offset_dark: None,
             nonfinite: None,
         }
     }
@@ -148,7 +153,11 @@ fn check_inputs<T: Pixel>(
             format!("{} values", f.len()),
         ));
     }
-    for (what, v) in [("dark", opts.dark), ("per-pixel scale", opts.scale)] {
+    for (what, v) in [
+        ("dark", opts.dark),
+        ("per-pixel scale", opts.scale),
+        ("offset dark", opts.offset_dark),
+    ] {
         if let Some(v) = v {
             if v.len() != n {
                 return Err(Error::shape(
@@ -163,12 +172,17 @@ fn check_inputs<T: Pixel>(
         if offset.len() != map.n_bins() {
             return Err(Error::shape("signal offset", map.n_bins(), offset.len()));
         }
-        // The offset stands for a dark and scale already folded into the map: frames whose
-        // every value counts (a NaN pixel would drop its entry, not its share of the offset).
-        if opts.dark.is_some() || opts.scale.is_some() || nonfinite > 0 {
+        // The offset stands for a dark and scale already folded into the map. A NaN pixel drops
+        // its entry, not its share of the offset: its bins are summed again with the dark
+        // itself, which only the dense kernels' resum does.
+        if opts.dark.is_some()
+            || opts.scale.is_some()
+            || (nonfinite > 0
+                && (opts.offset_dark.is_none() || !few_spoiled_bins(map, frames.len(), nonfinite)))
+        {
             return Err(Error::Invalid(
                 "signal offset: only on a folded map, without dark or scale, for frames without \
-                 NaN or inf"
+                 NaN or inf or with few enough to sum their bins again (and the offset's dark)"
                     .into(),
             ));
         }
@@ -315,15 +329,20 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     } else {
         block_sums(map, kernels, frames, opts, &parts, &row_parts, &mut sums);
     }
-    if dense && resum {
-        resum_spoiled_bins(map, frames, opts, &mut sums);
-    }
     if let Some(offset) = opts.signal_offset {
         for frame in sums.signal.chunks_mut(n_bins.max(1)) {
             for (s, o) in frame.iter_mut().zip(offset) {
                 *s -= o;
             }
         }
+    }
+    if dense && resum {
+        // Bins summed again replace their sums whole: with the offset's dark entry by entry.
+        let opts = Options {
+            dark: opts.offset_dark.filter(|_| opts.signal_offset.is_some()),
+            ..*opts
+        };
+        resum_spoiled_bins(map, frames, &opts, &mut sums);
     }
     Ok(sums)
 }
@@ -335,12 +354,12 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
 /// prefetched far ahead as a whole pass's are), while the testing kernels cost ~0.4 entry more
 /// per map entry than the dense ones (measured on a Pilatus 2M, Zen 5, 2 threads: break-even
 /// near 2 100 NaN a frame for a 1 px × 5° cake, 190 for a 1190-bin lineout). 0.3 keeps a
-/// margin. Only for maps without MIDAS weights (their scalar loop keeps the C summation
-/// order).
-fn few_spoiled_bins(map: &DetectorMap, n_frames: usize, nonfinite: usize) -> bool {
+/// margin. Only for maps whose weights may be summed in any order: areas, or a folded map's
+/// (MIDAS weights keep the C summation order).
+pub fn few_spoiled_bins(map: &DetectorMap, n_frames: usize, nonfinite: usize) -> bool {
     let (pixels, bins) = (map.n_pixels() as f64, map.n_bins() as f64);
     let entries = map.pixel.len() as f64;
-    map.weight.is_none()
+    map.gather_weights()
         && entries > 0.0
         && bins > 0.0
         && nonfinite as f64 <= n_frames as f64 * 0.3 * pixels / (RESUM_BIN_COST + entries / bins)
@@ -420,7 +439,8 @@ fn resum_spoiled_bins<T: Pixel>(
     let kernels = Kernels {
         dense: false,
         use_gather: false,
-        use_masked_gather: gather::available::<T>(),
+        // As the whole-map pass picks them: weighted maps take the scalar loop.
+        use_masked_gather: map.weight.is_none() && gather::available::<T>(),
         run_form: None,
     };
     let redone: Vec<BinSums> = tasks

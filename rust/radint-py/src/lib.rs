@@ -437,6 +437,13 @@ impl MapCore {
         )
     }
 
+    /// Whether `nonfinite` NaN / ±inf values over `n_frames` frames are few enough that the
+    /// kernels of frames whose every value counts, with the bins those values spoil summed
+    /// again, beat the kernels that test every value (then a folded map takes such frames).
+    fn spoils_few_bins(&self, n_frames: usize, nonfinite: usize) -> bool {
+        core_integrate::few_spoiled_bins(&self.map, n_frames, nonfinite)
+    }
+
     /// This map with MIDAS `GradientCorrection` applied (bilinear signal weights at each
     /// entry's bin radius), for `config`'s beam centre and ImTransOpt.
     fn gradient_resampled(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<MapCore> {
@@ -633,7 +640,7 @@ fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResu
 /// arrays: per-bin sums (`signal`, `area`, `count`, `variance`) in bin order `r·n_eta + e`,
 /// `cake` and `cake_sigma` η-major (`e·n_r + r`), lineouts `n_r` per frame.
 #[pyfunction]
-#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None, signal_offset=None, nonfinite=None))]
+#[pyo3(signature = (map, frames, dark=None, scale=None, error_model="none", variance=None, precision="float64", normalize=true, rules="radint", lineout="area_weighted", empty_value=f64::NAN, nan_masked_bins=false, n_threads=None, signal_offset=None, nonfinite=None, offset_dark=None))]
 #[allow(clippy::too_many_arguments)]
 fn integrate<'py>(
     py: Python<'py>,
@@ -652,6 +659,7 @@ fn integrate<'py>(
     n_threads: Option<usize>,
     signal_offset: Option<PyReadonlyArray1<'py, f64>>,
     nonfinite: Option<usize>,
+    offset_dark: Option<PyReadonlyArray1<'py, f64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = map.get();
     let m = &core.map;
@@ -730,6 +738,7 @@ fn integrate<'py>(
         }
     };
     let signal_offset = contiguous_opt(&signal_offset, "signal_offset")?;
+    let offset_dark = contiguous_opt(&offset_dark, "offset_dark")?;
     let opts = core_integrate::Options {
         dark,
         scale,
@@ -737,6 +746,7 @@ fn integrate<'py>(
         precision,
         bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
         signal_offset,
+        offset_dark,
         nonfinite,
     };
     let fin = FinalizeOptions {
