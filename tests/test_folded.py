@@ -234,6 +234,15 @@ def test_a_signal_offset_only_goes_with_a_folded_map(small_config, small_map):
                         nonfinite=1)  # fmt: skip
     with pytest.raises(ShapeError, match="signal offset"):
         _core.integrate(small_map._core, frame, signal_offset=offset[:-1])
+    # A few NaN with the dark the offset stands for: their bins are summed again with it.
+    dark = np.zeros(frame.size)
+    _core.integrate(small_map._core, nan, signal_offset=offset, offset_dark=dark)
+    many = nan.copy()
+    many[::2] = np.nan  # too many to sum their bins again
+    with pytest.raises(RadintError, match="signal offset"):
+        _core.integrate(small_map._core, many, signal_offset=offset, offset_dark=dark)
+    with pytest.raises(ShapeError, match="offset dark"):
+        _core.integrate(small_map._core, nan, signal_offset=offset, offset_dark=dark[:-1])
 
 
 def test_count_nonfinite_counts_nan_and_inf_of_float_frames():
