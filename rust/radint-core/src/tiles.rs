@@ -390,9 +390,23 @@ mod tests {
                 "n_eta {n_eta}"
             );
             assert_eq!(tiles.pixel.len(), map.pixel.len());
-            // Walk order: wedge by wedge.
-            let wedges: Vec<u32> = tiles.bin.iter().map(|&b| b % n_eta as u32).collect();
-            assert!(wedges.windows(2).all(|w| w[0] <= w[1]), "n_eta {n_eta}");
+            // Walk order: wedge by wedge, each wedge's pieces by (image block, R).
+            let side = if n_eta >= MIN_WEDGES {
+                1
+            } else {
+                (MIN_WEDGES as f64 / n_eta as f64).sqrt().ceil() as usize
+            };
+            let order: Vec<(u32, usize, u32)> = (0..tiles.n_pieces())
+                .map(|k| {
+                    let p = tiles.pixel[tiles.indptr[k] as usize] as usize;
+                    let (z, y) = (p / map.n_y, p % map.n_y);
+                    let block = (z * side / map.n_z).min(side - 1) * side
+                        + (y * side / map.n_y).min(side - 1);
+                    let b = tiles.bin[k];
+                    (b % n_eta as u32, block, b / n_eta as u32)
+                })
+                .collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "n_eta {n_eta}");
             for b in 0..map.n_bins() {
                 let want: Vec<(u32, u32)> = (map.indptr[b] as usize..map.indptr[b + 1] as usize)
                     .map(|k| (map.pixel[k], map.area[k].to_bits()))
