@@ -26,3 +26,15 @@ pub mod scan;
 pub mod tiles;
 
 pub use error::{Error, Result};
+
+/// A small deterministic generator for the unit tests (Knuth's MMIX LCG, high bits).
+#[cfg(test)]
+pub(crate) fn test_rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    }
+}

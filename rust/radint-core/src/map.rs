@@ -1287,13 +1287,7 @@ mod tests {
 
     #[test]
     fn eta_cross_finds_every_pixel_a_row_holds_more_than_once() {
-        let mut state = 7u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            state >> 33
-        };
+        let mut next = crate::test_rng(7u64);
         // Small images (pixels met often, in one bin or several) and a large one (rarely);
         // pixels near the end of a 64-bit word and at the image's last index.
         for (n_y, n_z, n_r, n_eta, max_len, weighted) in [

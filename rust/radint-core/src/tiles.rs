@@ -340,13 +340,7 @@ mod tests {
     /// A map of `n_r × n_eta` bins over a `n_y × n_z` image: random pixels, sorted per bin as
     /// the mapper leaves them, some bins empty.
     fn random_map(n_y: usize, n_z: usize, n_r: usize, n_eta: usize, seed: u64) -> DetectorMap {
-        let mut state = seed;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            state >> 33
-        };
+        let mut next = crate::test_rng(seed);
         let mut indptr = vec![0u64];
         let (mut pixel, mut area) = (Vec::new(), Vec::new());
         for b in 0..n_r * n_eta {
@@ -467,13 +461,7 @@ mod tests {
     fn lines_fetched_anew_are_the_same_found_in_parallel_runs() {
         // A walk with locality (lines come back within and past the reuse window), long
         // enough for runs of a few windows each.
-        let mut state = 3u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            state >> 33
-        };
+        let mut next = crate::test_rng(3u64);
         let mut at = 0u64;
         let pixel: Vec<u32> = (0..5 * REUSE_WINDOW + 123)
             .map(|_| {
