@@ -43,8 +43,9 @@ def keep_freed_memory() -> bool:
     memory there, once per process; True where that is in effect.
 
     Nothing is changed outside glibc, where ``RADINT_KEEP_FREED_MEMORY=0``, or where the user
-    set ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (their choice stands). The cost is
-    a resident size up to 256 MB above what the process holds, which it would soon map again.
+    set ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_TOP_PAD_`` (their
+    choice stands). The cost is a resident size up to 256 MB per heap above what the process
+    holds, memory it would soon map again.
     """
     global _applied
     with _lock:

@@ -864,17 +864,17 @@ class Integrator:
     def _folds(self, a: np.ndarray, nonfinite: int, core: Any = None, n_frames: int = 1) -> bool:
         """Whether ``n_frames`` frames like ``a`` (holding ``nonfinite`` NaN / inf values in
         all) integrate through the folded map of ``core`` (:meth:`_folded_map`; this
-        integrator's map by default): frames whose
-        every value counts (integer, or float without NaN or inf), or float frames with few
-        enough NaN / inf that the bins they spoil are summed again (with the dark entry by
-        entry), on the CPU with a fixed scale or dark, float64 sums, radint's own map weights
-        (MIDAS-weighted maps keep the C summation order). The folded map's weights go through
-        the same gather kernels as plain areas where those run (Pilatus 2M cake with a dark
-        and Poisson sigma, Zen 5: 2.0 ms folded against 6.1 with the dark read per entry; 1.9
-        without a dark)."""
+        integrator's map by default): frames whose every value counts (integer, or float
+        without NaN or inf), or float frames with few enough NaN / inf that the bins they spoil
+        are summed again (with the dark entry by entry), on the CPU with a fixed scale or dark,
+        float64 sums, radint's own map weights (MIDAS-weighted maps keep the C summation
+        order). The folded map's weights go through the same gather kernels as plain areas
+        where those run (Pilatus 2M cake with a dark and Poisson sigma, Zen 5: 2.0 ms folded
+        against 6.1 with the dark read per entry; 1.9 without a dark)."""
+        core = self.map._core if core is None else core
         return (
             (self._scale is not None or self._dark is not None)
-            and (nonfinite == 0 or (core or self.map._core).spoils_few_bins(n_frames, nonfinite))
+            and (nonfinite == 0 or core.spoils_few_bins(n_frames, nonfinite))
             and a.dtype.kind in "iuf" and self.backend == "cpu"
             and self.precision == "float64" and not self.compat and self.map.weight is None
         )  # fmt: skip
