@@ -756,9 +756,17 @@ class Integrator:
     def _warn_marker_values(self, a: np.ndarray, what: str) -> None:
         """Warn (once per Integrator, on its first frames) when integer frames hold, in pixels
         that reach a bin unmasked, the values detectors use to mark gaps and bad pixels."""
+        # Most frames hold none: a count (multithreaded, no temporary) or a minimum says so
+        # before a mask of the whole stack is made (~40 ms of fresh pages for eight Pilatus
+        # 2M frames in a new process, against ~2 ms).
         if a.dtype.kind == "u" and a.dtype.itemsize >= 2:
-            marked = a == np.iinfo(a.dtype).max
+            top = int(np.iinfo(a.dtype).max)
+            if a.dtype.itemsize <= 4 and not _core.count_equal(a, [top], self.n_threads):
+                return
+            marked = a == top
         elif a.dtype.kind == "i":
+            if a.size == 0 or a.min() >= 0:
+                return
             marked = a < 0
         else:
             return
