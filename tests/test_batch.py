@@ -1110,6 +1110,36 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
 
 
+def test_a_script_without_a_main_guard_is_told_why_its_workers_died(tmp_path, small_config):
+    """Spawned pool workers import the calling script; one that starts a multi-process batch
+    at its top level starts it again inside them, and they die before any file. Each file's
+    failure then says what the script needs."""
+    import subprocess
+    import sys
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    files = [tmp_path / f"a{j}.h5" for j in range(2)]
+    for f in files:
+        _h5_frames(f, np.stack([ring_image(small_config, dtype=np.uint16)] * 2))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from radint import IntegrationConfig\n"
+        "from radint.batch import run_batch\n"
+        f"config = IntegrationConfig.from_midas_params({str(params)!r})\n"
+        f"for o in run_batch(config, {[str(f) for f in files]!r}, {str(tmp_path / 'out')!r},\n"
+        "                   n_procs=2, n_threads=1):\n"
+        "    print('OUTCOME', o.ok, o.error)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=180, cwd=tmp_path)  # fmt: skip
+    outcomes = [line for line in run.stdout.splitlines() if line.startswith("OUTCOME")]
+    assert len(outcomes) == 2, run.stdout + run.stderr
+    for line in outcomes:
+        assert line.startswith("OUTCOME False") and "worker process" in line, line
+        assert 'if __name__ == "__main__":' in line, line
+
+
 def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_config):
     """A worker reports a run of files at its end: killed mid-run, the files of that run it had
     completed (outputs whole, written by this batch) are reported done with their frames, only

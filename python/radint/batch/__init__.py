@@ -1147,16 +1147,18 @@ def run_batch(
                 pool.submit(_process_run, files[k : k + size], names[k : k + size], opts): k
                 for k in range(0, len(files), size)
             }
+            finished_runs = 0
             for fut in as_completed(futures):
                 k = futures[fut]
                 try:
                     run = fut.result()
+                    finished_runs += 1
                 except BrokenProcessPool:
                     # A worker died (killed, out of memory): the files of its run and of every
                     # run not done fail with that reason, the others' results stand.
                     run = _lost_run(
                         files[k : k + size], names[k : k + size], out_dir, formats, started,
-                        skipping=skipping, n_r=detector_map.n_r,
+                        skipping=skipping, n_r=detector_map.n_r, none_finished=not finished_runs,
                     )  # fmt: skip
                 for j, o in enumerate(run):
                     done(k + j, o)
@@ -1181,6 +1183,7 @@ def _lost_run(
     since: float,
     skipping: tuple[IntegrationConfig, str] | None = None,
     n_r: int = 0,
+    none_finished: bool = False,
 ) -> list[FileOutcome]:
     """Outcomes of files whose worker process died before reporting them (a run reports all its
     files at its end), with the temporary outputs it left removed. A file whose every output is
@@ -1189,7 +1192,9 @@ def _lost_run(
     --skip-existing (``skipping``: the configuration and :attr:`Integrator.rules` the worker
     compares with) a file whose outputs are whole and were made with those is reported skipped,
     as the worker reports it (it was reported failed). ``n_r``: the map's radial bins, which
-    count the frames of lineout-only outputs."""
+    count the frames of lineout-only outputs. ``none_finished``: no run of the batch had
+    finished, so the workers may never have started (the reason then says what a script
+    needs)."""
     from radint.io.write import FORMATS, expand_formats
 
     out = []
@@ -1210,9 +1215,18 @@ def _lost_run(
         if complete and skipping is not None and not _made_otherwise(finals, *skipping):
             out.append(FileOutcome(path, True, skipped=True, outputs=list(map(str, finals))))
             continue
+        # Workers that never finished a run may not have started at all: spawned workers
+        # import the caller's script, which without a __main__ guard starts the batch again
+        # inside them (multiprocessing's RuntimeError, printed by each worker).
+        hint = (
+            "; no worker finished any file: a Python script that runs a batch with several "
+            'processes must start it under `if __name__ == "__main__":`'
+            if none_finished
+            else ""
+        )
         why = RadintError(
             f"{path}: the worker process integrating it died (killed, e.g. out of memory) "
-            "before reporting it; rerun with --skip-existing to redo what is missing"
+            f"before reporting it; rerun with --skip-existing to redo what is missing{hint}"
         )
         out.append(_failure(path, why, time.perf_counter()))
     return out
