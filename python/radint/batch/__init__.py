@@ -1059,6 +1059,8 @@ def run_batch(
     The map is built (or loaded) once here and cached in ``out_dir/.radint-cache``; workers
     load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
     ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.
+    With ``n_procs > 1`` the workers are spawned processes that import the calling script: a
+    script calls this under ``if __name__ == "__main__":``.
     """
     from radint.detector_map import DetectorMap
     from radint.fit import FitSpec
