@@ -8,6 +8,11 @@ N TIFF files and as one HDF5 stack, then times:
   stack, end to end, with the share of time spent reading, integrating and writing,
 * pyFAI: a loop of ``integrate2d`` (full split, CSR) + h5py writes of the same stack.
 
+It also prints two bounds for the HDF5 path on this machine: the CPU floor (reading, one-thread
+integration and writing, each timed alone, spread over the cores), and that floor with the path's
+cost per run added (map load, first-use layouts, closing the file), split from its cost per frame
+by timing ``radint integrate`` on a stack of N and of N/5 frames.
+
 Run: ``python benches/batch.py [N]`` (default 200).
 """
 
@@ -75,8 +80,12 @@ def main() -> None:
         frames = rng.poisson(mean, size=(n, *config.shape)).astype(np.uint32)
         for k, f in enumerate(frames):
             tifffile.imwrite(d / "tif" / f"frame_{k:06d}.tif", f)
-        with h5py.File(d / "stack.h5", "w") as h:
-            h.create_dataset("exchange/data", data=frames, chunks=(1, *config.shape))
+        # A shorter stack beside it: two lengths split the HDF5 path's time into a cost per
+        # run (map load, first-use layouts, closing the file) and a cost per frame.
+        n_short = max(8, n // 5)
+        for name, count in (("stack.h5", n), ("short.h5", n_short)):
+            with h5py.File(d / name, "w") as h:
+                h.create_dataset("exchange/data", data=frames[:count], chunks=(1, *config.shape))
         p = d / "p.txt"
         p.write_text(config.midas_text())
         # The same settings as the CLI runs below (Poisson sigma written as I_errors).
@@ -132,13 +141,23 @@ def main() -> None:
         # This VM's speed drifts by up to 1.5x within minutes: the three rates are taken in
         # turn, three times, and their medians compared.
         rates: dict[str, list[float]] = {"only": [], "h5": [], "tif": []}
+        h5_seconds: dict[str, list[float]] = {"stack.h5": [], "short.h5": []}
+        h5_cpu: list[float] = []
+
+        def integrate_h5(name: str) -> float:
+            t0, c0 = time.perf_counter(), time.process_time()
+            radint_main(["-q", "integrate", str(p), str(d / name), "-o", str(d / "out_h5"),
+                         "-j", "2"])  # fmt: skip
+            seconds = time.perf_counter() - t0
+            h5_seconds[name].append(seconds)
+            if name == "stack.h5":
+                h5_cpu.append(time.process_time() - c0)
+            return seconds
+
         for _ in range(3):
             rates["only"].append(integrate_only_rate())
-            t0 = time.perf_counter()
-            radint_main(
-                ["-q", "integrate", str(p), str(d / "stack.h5"), "-o", str(d / "out_h5"), "-j", "2"]
-            )
-            rates["h5"].append(n / (time.perf_counter() - t0))
+            rates["h5"].append(n / integrate_h5("stack.h5"))
+            integrate_h5("short.h5")
             t0 = time.perf_counter()
             radint_main(
                 ["-q", "batch", str(p), *tifs, "-o", str(d / "out_tif"), "-nCPUsLocal", "2"]
@@ -208,6 +227,29 @@ def main() -> None:
         f"thread; {1e3 * c_int / n:.2f} on 2) + write {1e3 * c_write / n:.2f} ms = "
         f"{1e3 * floor:.2f} ms -> at most {cores / floor:.0f} frames/s on {cores} cores "
         f"({cores / floor / integrate_only:.2f} of integrate-only)"
+    )
+    # The HDF5 path's seconds = per-run cost + frames x per-frame cost (medians of the runs
+    # of each length). The floor above leaves out the per-run cost; with it, even stages that
+    # overlap perfectly take n x floor / cores + per-run seconds.
+    t_long, t_short = (float(np.median(h5_seconds[k])) for k in ("stack.h5", "short.h5"))
+    per_frame = (t_long - t_short) / (n - n_short)
+    per_run = t_long - n * per_frame
+    with_run = n / (per_run + n * floor / cores)
+    allowed = n / (0.67 * integrate_only) - n * floor / cores
+    print(
+        f"HDF5 path, {n_short} and {n} frames: {1e3 * per_run:.0f} ms per run + "
+        f"{1e3 * per_frame:.2f} ms per frame ({1 / per_frame:.0f} frames/s on long stacks, "
+        f"{1 / per_frame / integrate_only:.2f} of integrate-only); CPU in the pipeline "
+        f"{1e3 * float(np.median(h5_cpu)) / n:.2f} ms per frame"
+    )
+    need = (
+        f"0.67 would need a per-run cost under {1e3 * allowed:.0f} ms with perfect overlap"
+        if allowed > 0
+        else "0.67 lies beyond the floor itself"
+    )
+    print(
+        f"CPU floor plus the per-run cost: at most {with_run:.0f} frames/s "
+        f"({with_run / integrate_only:.2f} of integrate-only) for {n} frames; {need}"
     )
 
 
