@@ -244,6 +244,71 @@ def test_cache_file_is_an_aligned_npz_and_plain_npz_caches_still_load(small_conf
         DetectorMap.load(tmp_path / "bad.npz", small_config)
 
 
+def test_a_loaded_cache_reads_its_entries_in_place_and_survives_a_replacement(
+    small_config, tmp_path, monkeypatch
+):
+    """The cache's entry arrays are mapped, not copied. A new cache renamed over the file (as
+    save() replaces one) leaves a loaded map as it was; a file renamed over between reading its
+    layout and mapping it, or laid out otherwise (np.savez), is read by copying instead."""
+    import radint.detector_map as dm
+    from radint import Integrator
+
+    built = DetectorMap.build(small_config)
+    path = built.save(tmp_path / "m.npz")
+    loaded = DetectorMap.load(path, small_config)
+    assert loaded._core.entries_mapped and not built._core.entries_mapped
+    frame = np.random.default_rng(5).uniform(0, 100, built.shape).astype(np.float32)
+    want = Integrator(small_config, detector_map=built).integrate(frame)
+
+    other = DetectorMap.build(small_config.replace(r_bin_px=0.7))
+    other.save(path)  # renamed over the file `loaded` reads
+    got = Integrator(small_config, detector_map=loaded).integrate(frame)
+    np.testing.assert_array_equal(got.cake, want.cake)
+    np.testing.assert_array_equal(loaded.pixel, built.pixel)
+    assert DetectorMap.load(path, small_config).n_r == other.n_r
+
+    built.save(path)
+    monkeypatch.setattr(dm, "_same_file", lambda path, read: False)
+    copied = DetectorMap.load(path, small_config)
+    assert not copied._core.entries_mapped
+    np.testing.assert_array_equal(copied.area, built.area)
+
+
+def test_a_cache_whose_members_run_past_its_end_is_refused(small_config, tmp_path):
+    """A member's header may claim more data than the file holds (a damaged cache): the map is
+    refused with the file named, never read past the mapping, and so is a place past the end
+    handed to the binding itself."""
+    import zipfile
+
+    from radint import _core
+
+    built = DetectorMap.build(small_config)
+    path = built.save(tmp_path / "m.npz")
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("pixel.npy")
+    name_len, extra_len = np.frombuffer(bytes(raw), "<u2", 2, info.header_offset + 26)
+    start = info.header_offset + 30 + int(name_len) + int(extra_len)
+    header = bytes(raw[start : start + 128]).split(b"\n", 1)[0]
+    count = int(header.split(b"'shape': (")[1].split(b",")[0])
+    bigger = header.replace(f"({count},".encode(), f"({count * 1000},".encode())
+    assert bigger.rstrip() == bigger[: len(header)].rstrip()  # the padding absorbs the digits
+    raw[start : start + len(header)] = bigger[: len(header)]
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    with pytest.raises(MapFormatError, match="bad.npz"):
+        DetectorMap.load(tmp_path / "bad.npz", small_config)
+
+    size = path.stat().st_size
+    n = built.n_entries
+    edges = (np.asarray(built.r_edges_px), np.asarray(built.eta_edges_deg))
+    for place, message in (((size - 8, n), "run past the end"), ((3, n), "not aligned")):
+        with pytest.raises(MapFormatError, match=message):
+            _core.MapCore.from_file(
+                str(path), built.shape[1], built.shape[0], *edges,
+                (0, built.n_bins + 1), place, (0, n), (0, n),
+            )  # fmt: skip
+
+
 # Derandomized so CI is reproducible; a 20,000-case random campaign (tx/ty/tz, BC on and off pixel
 # edges, all η widths) found no violation after the tangent-chord fix in polygon.rs.
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -103,6 +103,8 @@ class MapCore:
     n_r: int
     n_eta: int
     n_entries: int
+    #: Whether the entry arrays are read in place from a mapped file (``from_file``).
+    entries_mapped: bool
     r_edges: np.ndarray
     eta_edges: np.ndarray
     indptr: np.ndarray
@@ -127,6 +129,23 @@ class MapCore:
         mask_hit: np.ndarray | None = ...,
         bin_geometric_area: np.ndarray | None = ...,
     ) -> MapCore: ...
+    @staticmethod
+    def from_file(
+        path: str,
+        n_y: int,
+        n_z: int,
+        r_edges: np.ndarray,
+        eta_edges: np.ndarray,
+        indptr: tuple[int, int],
+        pixel: tuple[int, int],
+        area: tuple[int, int],
+        delta_r: tuple[int, int],
+        weight: tuple[int, int] | None = ...,
+        mask_hit: np.ndarray | None = ...,
+        bin_geometric_area: np.ndarray | None = ...,
+    ) -> MapCore:
+        """A map whose entry arrays (each ``(byte offset, count)`` of little-endian values in
+        ``from_arrays``'s dtypes) are read in place from ``path``, mapped read-only."""
     def eta_cross(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def spoils_few_bins(self, n_frames: int, nonfinite: int) -> bool:
         """Whether ``nonfinite`` NaN / inf values over ``n_frames`` frames are few enough for

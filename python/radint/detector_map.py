@@ -449,7 +449,12 @@ class DetectorMap:
 
     @classmethod
     def load(cls, path: str | Path, config: IntegrationConfig | None = None) -> DetectorMap:
-        """Load a map saved with :meth:`save`."""
+        """Load a map saved with :meth:`save`.
+
+        Its entry arrays are read in place from the file mapped into memory, not copied: processes
+        that load one cache (a batch's workers) share its pages. :meth:`save` replaces a cache by
+        renaming a new file over it, which leaves a loaded map's file as it was.
+        """
         path = Path(path)
         try:
             with _stored_npz(path) as z:
@@ -457,19 +462,35 @@ class DetectorMap:
                     raise MapFormatError(
                         f"{path}: cache version {int(z['version'])} is not supported"
                     )
-                m = cls.from_arrays(
-                    tuple(int(v) for v in z["shape"]),
-                    z["r_edges"],
-                    z["eta_edges"],
-                    z["indptr"],
-                    z["pixel"],
-                    z["area"],
-                    z["delta_r"],
-                    z.get("weight"),
-                    z["mask_hit"],
-                    z["bin_geometric_area"],
-                    config=config,
-                )
+                common = (z["r_edges"], z["eta_edges"])
+                tail = (z.get("weight"), z["mask_hit"], z["bin_geometric_area"])
+                places = _places_in_file(z, _ENTRY_DTYPES)
+                core = None
+                if places is not None:
+                    n_z, n_y = (int(v) for v in z["shape"])
+                    core = _core.MapCore.from_file(
+                        str(path),
+                        n_y,
+                        n_z,
+                        np.ascontiguousarray(common[0], np.float64),
+                        np.ascontiguousarray(common[1], np.float64),
+                        *(places[name] for name in ("indptr", "pixel", "area", "delta_r")),
+                        places.get("weight"),
+                        np.ascontiguousarray(tail[1], np.uint8),
+                        np.ascontiguousarray(tail[2], np.float64),
+                    )
+                    if not _same_file(path, z[_FILE]):  # renamed over since: may be another map
+                        core = None
+                if core is not None:
+                    m = cls(core, config)
+                else:  # not laid out as save() writes it: copied (and converted)
+                    m = cls.from_arrays(
+                        tuple(int(v) for v in z["shape"]),
+                        *common,
+                        *(z[name] for name in ("indptr", "pixel", "area", "delta_r")),
+                        *tail,
+                        config=config,
+                    )
                 fold = z.get("fold")
                 fold = None if fold is None else np.array(fold)  # a copy: the file is unmapped
                 flags = z.get("flags")
@@ -632,19 +653,62 @@ def _save_aligned_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
             z.writestr(info, buf.getbuffer())
 
 
+#: Key of :func:`_stored_npz`'s member locations (not a member name: those end in ``.npy``).
+_PLACES = ".places"
+#: Key of the ``os.stat_result`` of the file :func:`_stored_npz` read.
+_FILE = ".file"
+#: The dtypes the map takes its entry arrays in, little-endian as caches store them.
+_ENTRY_DTYPES = {
+    "indptr": np.dtype("<u8"),
+    "pixel": np.dtype("<u4"),
+    "area": np.dtype("<f4"),
+    "delta_r": np.dtype("<f4"),
+    "weight": np.dtype("<f8"),
+}
+
+
+def _places_in_file(
+    stored: dict[str, Any], dtypes: dict[str, np.dtype]
+) -> dict[str, tuple[int, int]] | None:
+    """``(byte offset, count)`` in the file of each member of ``dtypes`` that ``stored`` holds,
+    or None where one is not stored, as a one-dimensional array, in that dtype and aligned."""
+    places: dict[str, tuple[int, int]] = {}
+    for name, dtype in dtypes.items():
+        if name not in stored:
+            continue
+        place = stored[_PLACES].get(name)
+        if place is None or place[1] != dtype or stored[name].ndim != 1:
+            return None
+        places[name] = (place[0], place[2])
+    return places
+
+
+def _same_file(path: Path, read: os.stat_result) -> bool:
+    """Whether ``path`` still names the file whose stat is ``read``."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size) == (read.st_dev, read.st_ino, read.st_size)
+
+
 @contextlib.contextmanager
 def _stored_npz(path: Path) -> Iterator[dict[str, np.ndarray]]:
     """The arrays of an uncompressed ``.npz`` (what :meth:`DetectorMap.save` writes) as
-    read-only views of the file mapped into memory, valid inside the ``with``.
+    read-only views of the file mapped into memory, valid inside the ``with``; under the key
+    ``_PLACES``, where in the file the aligned ones lie (see :func:`_places_in_file`), and
+    under ``_FILE`` the file's ``os.fstat``.
 
     Why: ``np.load`` copies every member and checks its CRC (~50 ms for a Pilatus 2M map, on
-    every batch run and stream start); the map copies the arrays once more anyway, and its own
-    structural check (monotone indptr, pixel range) is what guards against a damaged file.
+    every batch run and stream start); the map takes its entry arrays from the file in place
+    (:meth:`DetectorMap.load`), and its own structural check (monotone indptr, pixel range) is
+    what guards against a damaged file.
     """
     with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            arrays: dict[str, np.ndarray] = {}
+            arrays: dict[str, Any] = {}
+            places: dict[str, tuple[int, np.dtype, int]] = {}
             for info in z.infolist():
                 if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
                     raise InvalidInputError(f"member {info.filename}: not a stored .npy")
@@ -663,9 +727,13 @@ def _stored_npz(path: Path) -> Iterator[dict[str, np.ndarray]]:
                     raise InvalidInputError(f"member {info.filename}: not a plain C-order array")
                 count = int(np.prod(shape))
                 view = np.frombuffer(mapped, dtype, count=count, offset=start + member.tell())
-                if not view.flags.aligned:  # an npz not written by _save_aligned_npz
+                if view.flags.aligned:
+                    places[info.filename[: -len(".npy")]] = (start + member.tell(), dtype, count)
+                else:  # an npz not written by _save_aligned_npz
                     view = view.copy()
                 arrays[info.filename[: -len(".npy")]] = view.reshape(shape)
+            arrays[_PLACES] = places
+            arrays[_FILE] = os.fstat(fh.fileno())
             yield arrays
         finally:
             arrays.clear()

@@ -23,6 +23,7 @@ pub mod params;
 pub mod polygon;
 pub mod runs;
 pub mod scan;
+pub mod storage;
 pub mod tiles;
 
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@ use crate::panels::{self, Panel};
 use crate::params::Params;
 use crate::polygon::{Poly, Pt};
 use crate::runs::PixelRuns;
+use crate::storage::Storage;
 use crate::tiles::Tiles;
 
 /// Overlaps below this (px²) are dropped, as midas-integrate 0.9 does (per-pixel loss ≤ 1e-8).
@@ -28,16 +29,16 @@ pub struct DetectorMap {
     /// Radial edges in R px (`n_r + 1`) and η edges in degrees (`n_eta + 1`).
     pub r_edges: Vec<f64>,
     pub eta_edges: Vec<f64>,
-    pub indptr: Vec<u64>,
+    pub indptr: Storage<u64>,
     /// Flat raw-image index `z·n_y + y`.
-    pub pixel: Vec<u32>,
+    pub pixel: Storage<u32>,
     /// Overlap area of pixel and bin (px², corrected plane).
-    pub area: Vec<f32>,
+    pub area: Storage<f32>,
     /// R of the pixel centre minus R of the bin centre (px), for gradient correction.
-    pub delta_r: Vec<f32>,
+    pub delta_r: Storage<f32>,
     /// Per-entry signal weight when it differs from `area` (MIDAS C maps fold corrections and
     /// bilinear sampling into it); `None` means the weight is `area`.
-    pub weight: Option<Vec<f64>>,
+    pub weight: Option<Storage<f64>>,
     /// Whether `weight` may be summed in any order: radint's own weights folded with a scale
     /// ([`DetectorMap::folded`]), which the gather kernels take. False for MIDAS weights, whose
     /// kernel keeps the C summation order.
@@ -101,7 +102,7 @@ impl DetectorMap {
     /// variance Σ w²·var becomes the per-pixel Σ (Σ w)²·var. Areas, counts and the signal stay
     /// as they were (up to rounding of the regrouped product).
     pub fn pool_shared_pixel_weights(&mut self) {
-        let Some(weight) = self.weight.as_mut() else {
+        let Some(weight) = self.weight.as_mut().map(Storage::to_mut) else {
             return;
         };
         // Per bin, its entries sorted by (pixel, entry): each run of one pixel pools on its
@@ -322,11 +323,11 @@ impl DetectorMap {
             n_z: self.n_z,
             r_edges: self.r_edges.clone(),
             eta_edges: self.eta_edges.clone(),
-            indptr,
-            pixel,
-            area,
-            delta_r,
-            weight: Some(weight),
+            indptr: indptr.into(),
+            pixel: pixel.into(),
+            area: area.into(),
+            delta_r: delta_r.into(),
+            weight: Some(weight.into()),
             weights_in_any_order: self.weight.is_none(),
             mask_hit: self.mask_hit.clone(),
             bin_geometric_area: self.bin_geometric_area.clone(),
@@ -1117,10 +1118,10 @@ fn assemble(plan: &Plan, rows: Vec<RowOutput>) -> Result<DetectorMap> {
         n_z: plan.transform.n_z,
         r_edges: plan.r_edges.clone(),
         eta_edges: plan.eta_edges(),
-        indptr,
-        pixel,
-        area,
-        delta_r,
+        indptr: indptr.into(),
+        pixel: pixel.into(),
+        area: area.into(),
+        delta_r: delta_r.into(),
         weight: None,
         weights_in_any_order: false,
         mask_hit: Vec::new(),
@@ -1187,11 +1188,11 @@ pub fn gradient_resampled(
         n_z,
         r_edges: map.r_edges.clone(),
         eta_edges: map.eta_edges.clone(),
-        indptr,
-        pixel,
-        area,
-        delta_r,
-        weight: Some(weight),
+        indptr: indptr.into(),
+        pixel: pixel.into(),
+        area: area.into(),
+        delta_r: delta_r.into(),
+        weight: Some(weight.into()),
         weights_in_any_order: false,
         mask_hit: map.mask_hit.clone(),
         bin_geometric_area: map.bin_geometric_area.clone(),
@@ -1319,9 +1320,9 @@ mod tests {
                 n_z,
                 r_edges: (0..=n_r).map(|r| r as f64).collect(),
                 eta_edges: (0..=n_eta).map(|e| e as f64).collect(),
-                indptr,
-                pixel,
-                area,
+                indptr: indptr.into(),
+                pixel: pixel.into(),
+                area: area.into(),
                 weight,
                 ..DetectorMap::default()
             };
@@ -1335,11 +1336,11 @@ mod tests {
     fn shared_pixel_weights_pool_on_the_first_entry_of_each_bin() {
         let mut map = build(&flat(1.0, 1.0, 30.0), MapInputs::default()).unwrap();
         // Bin 0 reads pixel 7 three times, bin 1 once more (another bin: not pooled).
-        map.indptr = vec![0, 4, 6];
-        map.pixel = vec![7, 3, 7, 7, 7, 3];
-        map.area = vec![1.0; 6];
-        map.delta_r = vec![0.0; 6];
-        map.weight = Some(vec![0.5, 1.0, 0.25, 0.125, 2.0, 4.0]);
+        map.indptr = vec![0, 4, 6].into();
+        map.pixel = vec![7, 3, 7, 7, 7, 3].into();
+        map.area = vec![1.0; 6].into();
+        map.delta_r = vec![0.0; 6].into();
+        map.weight = Some(vec![0.5, 1.0, 0.25, 0.125, 2.0, 4.0].into());
         map.pool_shared_pixel_weights();
         assert_eq!(
             map.weight.as_deref(),

@@ -101,7 +101,7 @@ impl Tiles {
             indptr: vec![0],
             pixel: vec![0; map.pixel.len()],
             area: vec![0.0; map.area.len()],
-            weight: vec![0.0; map.weight.as_ref().map_or(0, Vec::len)],
+            weight: vec![0.0; map.weight.as_ref().map_or(0, |w| w.len())],
             ..Tiles::default()
         };
         // Wedge after wedge in walk order: each wedge's entries are one run of the layout, so
@@ -366,9 +366,9 @@ mod tests {
             eta_edges: (0..=n_eta)
                 .map(|e| -180.0 + 360.0 * e as f64 / n_eta as f64)
                 .collect(),
-            indptr,
-            pixel,
-            area,
+            indptr: indptr.into(),
+            pixel: pixel.into(),
+            area: area.into(),
             ..DetectorMap::default()
         }
     }
@@ -517,9 +517,9 @@ mod tests {
     #[test]
     fn a_map_without_entries_has_no_pieces() {
         let mut map = random_map(8, 8, 3, 2, 1);
-        map.indptr = vec![0; 7];
-        map.pixel.clear();
-        map.area.clear();
+        map.indptr = vec![0; 7].into();
+        map.pixel = Vec::new().into();
+        map.area = Vec::new().into();
         let tiles = Tiles::build(&map);
         assert_eq!(tiles.n_pieces(), 0);
         assert!(tiles.partition(4).is_empty() && tiles.prefetch.is_empty());

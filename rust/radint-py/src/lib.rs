@@ -21,6 +21,7 @@ use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision
 use radint_core::map::{self, DetectorMap, MapInputs};
 use radint_core::midas_files::{self, MapHeader, ReadOptions, Sampling};
 use radint_core::params::Params;
+use radint_core::storage::{MappedFile, Storage};
 use radint_core::{bins, panels, scan};
 
 use errors::{raise, shape_error, CoreError};
@@ -294,6 +295,54 @@ fn view<'py, T: numpy::Element>(
     out
 }
 
+/// A map's per-entry arrays, owned or read in place from a file.
+struct Entries {
+    indptr: Storage<u64>,
+    pixel: Storage<u32>,
+    area: Storage<f32>,
+    delta_r: Option<Storage<f32>>,
+    weight: Option<Storage<f64>>,
+}
+
+/// The map of `entries` (areas, no delta_r: zeros; no mask_hit: none hit; no geometric areas:
+/// the entries' own), checked.
+fn assemble(
+    n_y: usize,
+    n_z: usize,
+    r_edges: Vec<f64>,
+    eta_edges: Vec<f64>,
+    entries: Entries,
+    mask_hit: Option<Vec<u8>>,
+    bin_geometric_area: Option<Vec<f64>>,
+) -> PyResult<MapCore> {
+    let nnz = entries.pixel.len();
+    let mut map = DetectorMap {
+        n_y,
+        n_z,
+        r_edges,
+        eta_edges,
+        indptr: entries.indptr,
+        pixel: entries.pixel,
+        area: entries.area,
+        delta_r: entries.delta_r.unwrap_or_else(|| vec![0.0; nnz].into()),
+        weight: entries.weight,
+        // Weights read back are MIDAS's (or unknown): summed in the C order.
+        weights_in_any_order: false,
+        mask_hit: Vec::new(),
+        bin_geometric_area: Vec::new(),
+        derived: Default::default(),
+    };
+    let n_bins = map.n_bins();
+    map.mask_hit = mask_hit.unwrap_or_else(|| vec![0; n_bins]);
+    map.bin_geometric_area = match bin_geometric_area {
+        Some(g) => g,
+        None if map.indptr.len() == n_bins + 1 && map.area.len() == nnz => map.bin_area(),
+        None => vec![0.0; n_bins],
+    };
+    map.check().map_err(CoreError)?;
+    Ok(MapCore::new(map))
+}
+
 #[pymethods]
 impl MapCore {
     /// Assemble a map from CSR arrays (copied into Rust memory once).
@@ -301,6 +350,7 @@ impl MapCore {
     #[pyo3(signature = (n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r=None, weight=None, mask_hit=None, bin_geometric_area=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_arrays(
+        py: Python<'_>,
         n_y: usize,
         n_z: usize,
         r_edges: PyReadonlyArray1<'_, f64>,
@@ -313,38 +363,83 @@ impl MapCore {
         mask_hit: Option<PyReadonlyArray1<'_, u8>>,
         bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
     ) -> PyResult<MapCore> {
-        let nnz = pixel.len();
-        let mut map = DetectorMap {
-            n_y,
-            n_z,
-            r_edges: r_edges.to_vec()?,
-            eta_edges: eta_edges.to_vec()?,
-            indptr: indptr.to_vec()?,
-            pixel: pixel.to_vec()?,
-            area: area.to_vec()?,
-            delta_r: match delta_r {
-                Some(d) => d.to_vec()?,
-                None => vec![0.0; nnz],
-            },
-            weight: weight.map(|w| w.to_vec()).transpose()?,
-            // Weights read back are MIDAS's (or unknown): summed in the C order.
-            weights_in_any_order: false,
-            mask_hit: Vec::new(),
-            bin_geometric_area: Vec::new(),
-            derived: Default::default(),
+        let entries = Entries {
+            indptr: indptr.to_vec()?.into(),
+            pixel: pixel.to_vec()?.into(),
+            area: area.to_vec()?.into(),
+            delta_r: delta_r.map(|d| d.to_vec()).transpose()?.map(Storage::from),
+            weight: weight.map(|w| w.to_vec()).transpose()?.map(Storage::from),
         };
-        let n_bins = map.n_bins();
-        map.mask_hit = match mask_hit {
-            Some(m) => m.to_vec()?,
-            None => vec![0; n_bins],
-        };
-        map.bin_geometric_area = match bin_geometric_area {
-            Some(g) => g.to_vec()?,
-            None if map.indptr.len() == n_bins + 1 && map.area.len() == nnz => map.bin_area(),
-            None => vec![0.0; n_bins],
-        };
-        map.check().map_err(CoreError)?;
-        Ok(MapCore::new(map))
+        let mask_hit = mask_hit.map(|m| m.to_vec()).transpose()?;
+        let bin_geometric_area = bin_geometric_area.map(|g| g.to_vec()).transpose()?;
+        let (r_edges, eta_edges) = (r_edges.to_vec()?, eta_edges.to_vec()?);
+        py.detach(|| {
+            assemble(
+                n_y,
+                n_z,
+                r_edges,
+                eta_edges,
+                entries,
+                mask_hit,
+                bin_geometric_area,
+            )
+        })
+    }
+
+    /// Assemble a map whose entry arrays are read in place from the file at `path`, mapped
+    /// read-only into memory (not copied): each is given as `(byte offset, count)` of
+    /// little-endian values of the `from_arrays` dtype.
+    #[staticmethod]
+    #[pyo3(signature = (path, n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r, weight=None, mask_hit=None, bin_geometric_area=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_file(
+        py: Python<'_>,
+        path: PathBuf,
+        n_y: usize,
+        n_z: usize,
+        r_edges: PyReadonlyArray1<'_, f64>,
+        eta_edges: PyReadonlyArray1<'_, f64>,
+        indptr: (usize, usize),
+        pixel: (usize, usize),
+        area: (usize, usize),
+        delta_r: (usize, usize),
+        weight: Option<(usize, usize)>,
+        mask_hit: Option<PyReadonlyArray1<'_, u8>>,
+        bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
+    ) -> PyResult<MapCore> {
+        if cfg!(target_endian = "big") {
+            return Err(raise(
+                "InvalidInputError",
+                "map caches are little-endian; read them with from_arrays on this machine".into(),
+            ));
+        }
+        let mask_hit = mask_hit.map(|m| m.to_vec()).transpose()?;
+        let bin_geometric_area = bin_geometric_area.map(|g| g.to_vec()).transpose()?;
+        let (r_edges, eta_edges) = (r_edges.to_vec()?, eta_edges.to_vec()?);
+        py.detach(|| {
+            let file = MappedFile::open(&path).map_err(CoreError)?;
+            let map_entries = || -> radint_core::Result<Entries> {
+                Ok(Entries {
+                    indptr: Storage::mapped(&file, indptr.0, indptr.1, "indptr")?,
+                    pixel: Storage::mapped(&file, pixel.0, pixel.1, "pixel")?,
+                    area: Storage::mapped(&file, area.0, area.1, "area")?,
+                    delta_r: Some(Storage::mapped(&file, delta_r.0, delta_r.1, "delta_r")?),
+                    weight: weight
+                        .map(|(at, n)| Storage::mapped(&file, at, n, "weight"))
+                        .transpose()?,
+                })
+            };
+            let entries = map_entries().map_err(CoreError)?;
+            assemble(
+                n_y,
+                n_z,
+                r_edges,
+                eta_edges,
+                entries,
+                mask_hit,
+                bin_geometric_area,
+            )
+        })
     }
 
     #[getter]
@@ -381,6 +476,11 @@ impl MapCore {
     #[getter]
     fn n_entries(&self) -> usize {
         self.map.n_entries()
+    }
+    /// Whether the entry arrays are read in place from a mapped file (`from_file`).
+    #[getter]
+    fn entries_mapped(&self) -> bool {
+        self.map.pixel.is_mapped()
     }
     #[getter]
     fn r_edges<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyArray1<f64>> {
