@@ -9,8 +9,8 @@ checks against the Rust engine.
 Copies that remain (everything else is zero-copy):
 
 * **Map, once per** :class:`CudaIntegrator`: ``indptr``, ``pixel``, ``area``, ``weight``,
-  ``mask_hit`` (numpy views of Rust memory, no host copy) and the per-pixel scale go host → device
-  once through ``cupy.asarray``.
+  ``mask_hit`` (numpy views of Rust memory or of the mapped map cache, no host copy) and the
+  per-pixel scale go host → device once through ``cupy.asarray``.
 * **Frames, per call**: a frame already in page-locked memory (``Integrator.host_buffer``, which
   ``radint stream`` receives into) goes host → device by DMA straight from there. Any other numpy
   frame is first copied into a pinned buffer — pageable memory cannot be DMA'd asynchronously —
