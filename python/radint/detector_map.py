@@ -453,7 +453,10 @@ class DetectorMap:
 
         Its entry arrays are read in place from the file mapped into memory, not copied: processes
         that load one cache (a batch's workers) share its pages. :meth:`save` replaces a cache by
-        renaming a new file over it, which leaves a loaded map's file as it was.
+        renaming a new file over it, which leaves a loaded map's file as it was on a local file
+        system. (On NFS, a file another host renames over or deletes is gone for this one too:
+        pages not yet read then fail. radint's caches are replaced only when missing or
+        unreadable.)
         """
         path = Path(path)
         try:
