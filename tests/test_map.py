@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,6 +254,7 @@ def test_a_loaded_cache_reads_its_entries_in_place_and_survives_a_replacement(
     import radint.detector_map as dm
     from radint import Integrator
 
+    monkeypatch.setattr(dm, "_maps_safely", lambda path: True)  # whatever file system tmp is on
     built = DetectorMap.build(small_config)
     path = built.save(tmp_path / "m.npz")
     loaded = DetectorMap.load(path, small_config)
@@ -268,10 +270,35 @@ def test_a_loaded_cache_reads_its_entries_in_place_and_survives_a_replacement(
     assert DetectorMap.load(path, small_config).n_r == other.n_r
 
     built.save(path)
-    monkeypatch.setattr(dm, "_same_file", lambda path, read: False)
-    copied = DetectorMap.load(path, small_config)
-    assert not copied._core.entries_mapped
-    np.testing.assert_array_equal(copied.area, built.area)
+    for check in ("_same_file", "_maps_safely"):
+        with monkeypatch.context() as patch:
+            patch.setattr(dm, check, lambda *args: False)
+            copied = DetectorMap.load(path, small_config)
+        assert not copied._core.entries_mapped, check
+        np.testing.assert_array_equal(copied.area, built.area)
+
+
+def test_caches_on_network_file_systems_are_copied_not_mapped(tmp_path, monkeypatch):
+    """A file another host deletes is gone for this one too on NFS (pages not yet read fail):
+    only caches on local Linux file systems are mapped, by the longest mount point above them."""
+    import radint.detector_map as dm
+
+    shared = tmp_path / "beamline data"
+    (shared / "sub").mkdir(parents=True)
+    escaped = str(shared).replace(" ", "\\040")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        f"40 22 0:50 / {escaped} rw,relatime shared:9 - nfs4 server:/export rw,vers=4.2\n"
+        f"41 22 0:51 / {escaped}2 rw,relatime - xfs /dev/vdb rw\n"
+    )
+    monkeypatch.setattr(dm, "_MOUNTINFO", str(mountinfo))
+    assert not dm._maps_safely(shared / "sub" / "m.npz")
+    assert not dm._maps_safely(shared)
+    assert dm._maps_safely(tmp_path / "m.npz")  # ext4 at /
+    assert dm._maps_safely(Path(f"{shared}2") / "m.npz")  # a sibling, not below the NFS mount
+    monkeypatch.setattr(dm, "_MOUNTINFO", str(tmp_path / "absent"))
+    assert not dm._maps_safely(tmp_path / "m.npz")
 
 
 def test_a_cache_whose_members_run_past_its_end_is_refused(small_config, tmp_path):

@@ -453,10 +453,8 @@ class DetectorMap:
 
         Its entry arrays are read in place from the file mapped into memory, not copied: processes
         that load one cache (a batch's workers) share its pages. :meth:`save` replaces a cache by
-        renaming a new file over it, which leaves a loaded map's file as it was on a local file
-        system. (On NFS, a file another host renames over or deletes is gone for this one too:
-        pages not yet read then fail. radint's caches are replaced only when missing or
-        unreadable.)
+        renaming a new file over it, which leaves a loaded map's file as it was. Caches on
+        other file systems than local Linux ones are copied as before (:func:`_maps_safely`).
         """
         path = Path(path)
         try:
@@ -469,7 +467,7 @@ class DetectorMap:
                 tail = (z.get("weight"), z["mask_hit"], z["bin_geometric_area"])
                 places = _places_in_file(z, _ENTRY_DTYPES)
                 core = None
-                if places is not None:
+                if places is not None and _maps_safely(path):
                     n_z, n_y = (int(v) for v in z["shape"])
                     core = _core.MapCore.from_file(
                         str(path),
@@ -684,6 +682,39 @@ def _places_in_file(
             return None
         places[name] = (place[0], place[2])
     return places
+
+
+#: Linux file systems whose unlinked files stay readable while mapped. Not network or cluster
+#: file systems: there a file another host deletes or renames over is gone for this one too,
+#: and pages not yet read fail (SIGBUS), nor Windows, where a mapped file cannot be replaced.
+_LOCAL_FILE_SYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs"}
+)
+
+
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _maps_safely(path: Path) -> bool:
+    """Whether ``path`` lies on a file system in :data:`_LOCAL_FILE_SYSTEMS` (by the longest
+    mount point of ``/proc/self/mountinfo`` above it)."""
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="replace") as fh:
+            mounts = fh.read().splitlines()
+        where = os.path.realpath(path)
+    except OSError:  # not Linux
+        return False
+    best, fs_type = "", ""
+    for line in mounts:
+        fields, _, after = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not after:
+            continue
+        point = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fs_type = point, after.split()[0]
+    return fs_type in _LOCAL_FILE_SYSTEMS
 
 
 def _same_file(path: Path, read: os.stat_result) -> bool:
