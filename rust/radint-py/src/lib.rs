@@ -304,23 +304,39 @@ struct Entries {
     weight: Option<Storage<f64>>,
 }
 
-/// The map of `entries` (areas, no delta_r: zeros; no mask_hit: none hit; no geometric areas:
-/// the entries' own), checked.
-fn assemble(
-    n_y: usize,
-    n_z: usize,
+/// A map's per-bin arrays, copied out of numpy.
+struct Bins {
     r_edges: Vec<f64>,
     eta_edges: Vec<f64>,
-    entries: Entries,
     mask_hit: Option<Vec<u8>>,
     bin_geometric_area: Option<Vec<f64>>,
-) -> PyResult<MapCore> {
+}
+
+impl Bins {
+    fn from_numpy(
+        r_edges: PyReadonlyArray1<'_, f64>,
+        eta_edges: PyReadonlyArray1<'_, f64>,
+        mask_hit: Option<PyReadonlyArray1<'_, u8>>,
+        bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
+    ) -> PyResult<Bins> {
+        Ok(Bins {
+            r_edges: r_edges.to_vec()?,
+            eta_edges: eta_edges.to_vec()?,
+            mask_hit: mask_hit.map(|m| m.to_vec()).transpose()?,
+            bin_geometric_area: bin_geometric_area.map(|g| g.to_vec()).transpose()?,
+        })
+    }
+}
+
+/// The map of `bins` and `entries` (no delta_r: zeros; no mask_hit: none hit; no geometric
+/// areas: the entries' own), checked.
+fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> PyResult<MapCore> {
     let nnz = entries.pixel.len();
     let mut map = DetectorMap {
         n_y,
         n_z,
-        r_edges,
-        eta_edges,
+        r_edges: bins.r_edges,
+        eta_edges: bins.eta_edges,
         indptr: entries.indptr,
         pixel: entries.pixel,
         area: entries.area,
@@ -333,8 +349,8 @@ fn assemble(
         derived: Default::default(),
     };
     let n_bins = map.n_bins();
-    map.mask_hit = mask_hit.unwrap_or_else(|| vec![0; n_bins]);
-    map.bin_geometric_area = match bin_geometric_area {
+    map.mask_hit = bins.mask_hit.unwrap_or_else(|| vec![0; n_bins]);
+    map.bin_geometric_area = match bins.bin_geometric_area {
         Some(g) => g,
         None if map.indptr.len() == n_bins + 1 && map.area.len() == nnz => map.bin_area(),
         None => vec![0.0; n_bins],
@@ -370,20 +386,8 @@ impl MapCore {
             delta_r: delta_r.map(|d| d.to_vec()).transpose()?.map(Storage::from),
             weight: weight.map(|w| w.to_vec()).transpose()?.map(Storage::from),
         };
-        let mask_hit = mask_hit.map(|m| m.to_vec()).transpose()?;
-        let bin_geometric_area = bin_geometric_area.map(|g| g.to_vec()).transpose()?;
-        let (r_edges, eta_edges) = (r_edges.to_vec()?, eta_edges.to_vec()?);
-        py.detach(|| {
-            assemble(
-                n_y,
-                n_z,
-                r_edges,
-                eta_edges,
-                entries,
-                mask_hit,
-                bin_geometric_area,
-            )
-        })
+        let bins = Bins::from_numpy(r_edges, eta_edges, mask_hit, bin_geometric_area)?;
+        py.detach(|| assemble(n_y, n_z, bins, entries))
     }
 
     /// Assemble a map whose entry arrays are read in place from the file at `path`, mapped
@@ -413,9 +417,7 @@ impl MapCore {
                 "map caches are little-endian; read them with from_arrays on this machine".into(),
             ));
         }
-        let mask_hit = mask_hit.map(|m| m.to_vec()).transpose()?;
-        let bin_geometric_area = bin_geometric_area.map(|g| g.to_vec()).transpose()?;
-        let (r_edges, eta_edges) = (r_edges.to_vec()?, eta_edges.to_vec()?);
+        let bins = Bins::from_numpy(r_edges, eta_edges, mask_hit, bin_geometric_area)?;
         py.detach(|| {
             let file = MappedFile::open(&path).map_err(CoreError)?;
             let map_entries = || -> radint_core::Result<Entries> {
@@ -430,15 +432,7 @@ impl MapCore {
                 })
             };
             let entries = map_entries().map_err(CoreError)?;
-            assemble(
-                n_y,
-                n_z,
-                r_edges,
-                eta_edges,
-                entries,
-                mask_hit,
-                bin_geometric_area,
-            )
+            assemble(n_y, n_z, bins, entries)
         })
     }
 
