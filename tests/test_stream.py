@@ -320,6 +320,78 @@ def test_stream_subtracts_a_dark(integrator, tmp_path):
         np.testing.assert_allclose(rows["I"][k], want, rtol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_pilatus_gap_values_survive_the_unsigned_wire(config, tmp_path, caplog, compress):
+    """Regression (CLI audit): int32 Pilatus frames with -1 / -2 in gaps and bad pixels go out
+    unsigned (the MIDAS protocol has no signed types; --compress casts to uint16), so they
+    arrived as 4294967295 / 65535 and were integrated as counts. A negative GapIntensity /
+    BadPxIntensity now also matches its two's-complement value in unsigned frames; frames
+    with values above 65535 under --compress cannot keep them, and the sender says so."""
+    pilatus = Integrator(config.replace(gap_intensity=-1.0, bad_px_intensity=-2.0),
+                         backend="cpu", n_threads=1)  # fmt: skip
+    frames = []
+    for i in range(3):
+        f = frame(i, "i4")
+        f[5:7, :] = -1
+        f[:, 40] = -2
+        frames.append(f)
+    frames.append(frame(3, "i4") * 1000)  # values above 65535: hybrid under --compress
+    frames[-1][5:7, :] = -1
+    p, src = start_pipeline(pilatus, tmp_path, max_frames=len(frames))
+    with caplog.at_level(logging.INFO, logger="radint"):
+        send_frames(((f, f"f{i}") for i, f in enumerate(frames)), port=src.port,
+                    mapping_file=None, compress=compress)  # fmt: skip
+    assert p.wait(30).written == len(frames)
+    rows = stream_rows(tmp_path / "stream.h5")
+    exact = 3 if compress else len(frames)
+    for k in range(exact):
+        want = pilatus.integrate(frames[k])
+        assert np.isnan(want.cake).sum() < want.cake.size
+        np.testing.assert_allclose(rows["cake"][k], want.cake, rtol=1e-12, equal_nan=True)
+    if compress:
+        assert "--compress sends values as unsigned 16-bit" in caplog.text
+        assert "negative pixel(s)" in caplog.text
+    else:
+        assert "go out as unsigned 32-bit integers" in caplog.text
+        assert "-1 arrives as 4294967295" in caplog.text
+
+
+def test_negative_markers_match_their_unsigned_wrap_in_every_path(config):
+    """uint32 / uint16 frames holding the wrapped -1 / -2 give the int32 frame's result, through
+    the marker map (integer frames on the CPU) and through the float copy (with dead_below)."""
+    base = frame(0, "i4")
+    base[3, :] = -1
+    base[:, 9] = -2
+    for extra in ({}, {"dead_below": -1e9}):
+        pilatus = Integrator(config, backend="cpu", n_threads=1, invalid_values=(-1, -2),
+                             **extra)  # fmt: skip
+        want = pilatus.integrate(base)
+        for dtype in ("u4", "u2"):
+            got = pilatus.integrate(base.astype(dtype))
+            np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(got.lineout, want.lineout, rtol=1e-12, equal_nan=True)
+            assert got.metadata["nan_pixels"] == want.metadata["nan_pixels"] > 0
+        # Without markers the wrapped values count: the rule applies to markers only.
+        plain = Integrator(config, backend="cpu", n_threads=1, invalid_values=(), **extra)
+        assert not np.allclose(plain.integrate(base.astype("u4")).lineout, want.lineout,
+                               equal_nan=True)  # fmt: skip
+
+
+def test_sender_warns_where_compress_changes_float_values(tmp_path, caplog):
+    port, _, t = _capture_one_connection()
+    f = frame(0, "f4") + 0.25
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        send_frames([(f, "a"), (f, "b")], port=port, mapping_file=None, compress=True)
+    t.join(10)
+    assert caplog.text.count("--compress sends whole numbers") == 1  # once per send
+    caplog.clear()
+    port, _, t = _capture_one_connection()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        send_frames([(frame(0, "f4"), "a")], port=port, mapping_file=None, compress=True)
+    t.join(10)
+    assert "--compress" not in caplog.text  # whole, non-negative values: nothing changes
+
+
 def test_midas_lineout_bin_follows_the_gpu_program_with_normalize_0(config, tmp_path):
     """The GPU program writes Σ_η I·A / Σ_η A whatever Normalize says; radint's own lineout
     sums over η with Normalize 0 (stream.h5 keeps that)."""

@@ -192,6 +192,9 @@ class Integrator:
     invalid_values : "config" or sequence of float
         Raw values that mark gap / bad pixels, left out like masked pixels (e.g. 65535 or
         4294967295 in Eiger frames, −1 and −2 in Pilatus frames; one float copy per frame).
+        In unsigned integer frames a negative marker also matches its two's-complement value
+        (−1: 4294967295 in uint32, 65535 in uint16), as Pilatus frames sent over the MIDAS
+        stream protocol (which has no signed types) or cast to uint16 by ``--compress`` hold it.
         ``"config"`` (default) takes the parameter file's non-zero ``GapIntensity`` and
         ``BadPxIntensity`` (as MIDAS's calibrant integrator does; IntegratorZarrOMP ignores them,
         so with ``compat`` set they are not applied).
@@ -592,7 +595,7 @@ class Integrator:
             return a  # _run leaves the marked pixels out through a map without them
         if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
             bad = np.zeros(a.shape, dtype=bool)
-            for v in self.invalid_values:  # on the stored values, before any conversion
+            for v in self._stored_markers(a.dtype):  # on the stored values, before any conversion
                 bad |= a == v
             if self.dead_below is not None:
                 bad |= a < self.dead_below
@@ -604,6 +607,24 @@ class Integrator:
             self._markers_checked = True
             self._warn_marker_values(a, what)
         return a
+
+    def _stored_markers(self, dtype: np.dtype) -> tuple[float | int, ...]:
+        """``invalid_values`` as frames of ``dtype`` hold them: in unsigned integer frames a
+        negative whole marker also matches its two's-complement value (−1 → 4294967295 in
+        uint32, 65535 in uint16). Pilatus frames (int32, −1 / −2 in gaps and bad pixels) hold
+        those where they went through an unsigned type: the MIDAS stream protocol has no
+        signed types, so senders pass them on as unsigned, and MIDAS's ``--compress`` casts
+        frames up to 65535 to uint16."""
+        values = self.invalid_values
+        if dtype.kind != "u":
+            return values
+        bits = 8 * dtype.itemsize
+        wrapped = tuple(
+            int(v) + (1 << bits)
+            for v in values
+            if v < 0 and v.is_integer() and v >= -(1 << (bits - 1))
+        )
+        return values + wrapped
 
     def _markers_by_map(self, a: np.ndarray) -> bool:
         """Whether the pixels holding ``invalid_values`` are left out by integrating the
@@ -625,9 +646,12 @@ class Integrator:
         # type cannot hold marks nothing.
         info = np.iinfo(parts[0].dtype)
         values = np.array(
-            [v for v in self.invalid_values if float(v).is_integer() and info.min <= v <= info.max],
+            [
+                v for v in self._stored_markers(parts[0].dtype)
+                if float(v).is_integer() and info.min <= v <= info.max
+            ],
             dtype=parts[0].dtype,
-        )
+        )  # fmt: skip
         frames = [f for p in parts for f in p.reshape(-1, p.shape[-2] * p.shape[-1])]
         cached = self._marker_cache
         # The cached pixels still marked and no others (a few thousand lookups, and one
@@ -786,8 +810,10 @@ class Integrator:
             top = int(np.iinfo(a.dtype).max)
             log.warning(
                 "%s: %d pixel(s) hold %d, the %s maximum, which Eiger-type detectors write in "
-                "gaps and bad pixels; they are integrated as counts. To leave them out, add "
-                "'GapIntensity %d' to the parameter file or the command line, or mask them",
+                "gaps and bad pixels (and a Pilatus frame's -1 becomes when sent unsigned, as "
+                "over the MIDAS stream protocol); they are integrated as counts. To leave them "
+                "out, add 'GapIntensity %d' (Pilatus: 'GapIntensity -1' and 'BadPxIntensity -2') "
+                "to the parameter file or the command line, or mask them",
                 what, n, top, a.dtype, top,
             )  # fmt: skip
         elif n:

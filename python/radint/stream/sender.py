@@ -269,6 +269,7 @@ def send_frames(
     t.start()
     mapping: dict[int, dict[str, object]] = {}
     n = 0
+    noted: set[str] = set()  # what the user was told once
     files = _FileSender(sock)
     try:
         while (item := items.get()) is not None:
@@ -280,14 +281,22 @@ def send_frames(
                     f"{name}: frame shape {data.shape} differs from the parameter file's {shape}"
                 )
             dataset_num = (first_dataset_num + n) % 65536
+            if data.dtype.kind == "i" and data.dtype.itemsize < 8 and not compress:
+                _note_once(noted, "signed", _SIGNED_NOTE, name, data.dtype, 8 * data.dtype.itemsize,
+                           (1 << 8 * data.dtype.itemsize) - 1, level=logging.INFO)  # fmt: skip
             if isinstance(data, FileFrame):
                 code = None if compress else _wire_code_as_stored(data.dtype)
                 if code is not None and hasattr(os, "sendfile"):
                     files.send(HEADER.pack(dataset_num, code), data)
                 else:
-                    header, payload = encode_frame(dataset_num, data.read(), compress)
+                    values = data.read()
+                    if compress:
+                        _note_compression_losses(values, name, noted)
+                    header, payload = encode_frame(dataset_num, values, compress)
                     _sendmsg_all(sock, [header, *payload])
             else:
+                if compress:
+                    _note_compression_losses(data, name, noted)
                 header, payload = encode_frame(dataset_num, data, compress)
                 _sendmsg_all(sock, [header, *payload])
             mapping[n] = {"dataset_num": dataset_num, "filename": name, "timestamp": time.time()}
@@ -309,6 +318,41 @@ def send_frames(
             write_mapping(mapping, mapping_file)
     log.info("send: %d frame(s) to %s:%d", n, host, port)
     return n
+
+
+_SIGNED_NOTE = (
+    "%s: %s frames go out as unsigned %d-bit integers (the MIDAS protocol has no signed types): "
+    "-1 arrives as %d. radint stream takes such values for a negative GapIntensity / "
+    "BadPxIntensity; other receivers may count them"
+)
+
+
+def _note_once(noted: set[str], what: str, message: str, *args: object, level: int) -> None:
+    """Log ``message`` the first time ``what`` comes up in this send."""
+    if what not in noted:
+        noted.add(what)
+        log.log(level, message, *args)
+
+
+def _note_compression_losses(data: np.ndarray, name: str, noted: set[str]) -> None:
+    """Warn (once per send) where ``--compress`` changes values: it sends whole unsigned numbers
+    (uint16, and int64 for the pixels above 65535)."""
+    if {"negative", "fraction"} <= noted or data.size == 0:
+        return
+    if "negative" not in noted and data.dtype.kind in "if" and data.min() < 0:
+        _note_once(noted, "negative",
+                   "%s: --compress sends values as unsigned 16-bit: its %d negative pixel(s) arrive "
+                   "as 65536 + value (-1 as 65535). radint stream takes those for a negative "
+                   "GapIntensity / BadPxIntensity only in frames whose values all fit 16 bits; "
+                   "send without --compress to keep them", name, int(np.count_nonzero(data < 0)),
+                   level=logging.WARNING)  # fmt: skip
+    if "fraction" not in noted and data.dtype.kind == "f":
+        finite = data[np.isfinite(data)]
+        if np.any(finite != np.trunc(finite)) or finite.size < data.size:
+            _note_once(noted, "fraction",
+                       "%s: --compress sends whole numbers: this float frame's fractional, NaN "
+                       "or infinite values are changed; send without --compress to keep them",
+                       name, level=logging.WARNING)  # fmt: skip
 
 
 def _wire_code_as_stored(dtype: np.dtype) -> int | None:
