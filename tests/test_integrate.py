@@ -13,6 +13,7 @@ from radint import (
     IntegrationConfig,
     Integrator,
     InvalidInputError,
+    MapFormatError,
     RadintError,
     ShapeError,
 )
@@ -741,6 +742,25 @@ def test_flat_file_divides_as_midas_integrate_does(tmp_path, small_map, caplog, 
     got = Integrator(config, detector_map=small_map, flat=np.full(shape, 2.0)).integrate(frame)
     want = Integrator(plain, detector_map=small_map).integrate(frame / 2.0)
     np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12)
+
+
+def test_mask_file_errors_name_the_parameter_line(tmp_path):
+    """Regression (CLI audit): MaskFile errors named neither the parameter file and line nor a
+    transposed mask, where FlatFile's did (both now read through read_parameter_image)."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "mask.tif", np.zeros((120, 100), np.uint8))
+    config = _params_file(tmp_path, "MaskFile mask.tif\n")
+    with pytest.raises(ShapeError, match=r"p.txt:23: MaskFile: .*mask.tif: expected shape "
+                       r"\(100, 120\).*got \(120, 100\) \(its transpose: are NrPixelsY"):  # fmt: skip
+        DetectorMap.build(config)
+    (tmp_path / "junk.tif").write_text("not an image")
+    junk = _params_file(tmp_path, "MaskFile junk.tif\n")
+    with pytest.raises(MapFormatError, match="p.txt:23: MaskFile: .*junk.tif: cannot be read"):
+        DetectorMap.build(junk)
+    missing = _params_file(tmp_path, "MaskFile nothing.tif\n")
+    with pytest.raises(RadintError, match="p.txt:23: MaskFile: .*nothing.tif: no such file"):
+        DetectorMap.build(missing)
 
 
 def test_flat_file_of_the_wrong_shape_is_refused(tmp_path, small_map):

@@ -90,31 +90,11 @@ def read_flat_file(config: IntegrationConfig) -> np.ndarray | None:
     if not config.flat_file:
         return None
     import logging
-    from pathlib import Path
 
-    from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
-    from radint.io import read_frames
-    from radint.io.errors import ReaderError
+    from radint.io.read import read_parameter_image
 
-    path = Path(config.flat_file)
-    where = config.where_set("flat_file")
-    if not path.is_file():
-        raise RadintFileNotFoundError(f"{where}: {path}: no such file")
-    try:
-        flat = next(read_frames(path, frames=0)).data
-    except (ReaderError, ImportError, OSError, ValueError, StopIteration) as e:
-        raise MapFormatError(f"{where}: {path}: cannot be read as an image ({e})") from e
-    if flat.dtype.kind not in "biuf":
-        raise MapFormatError(f"{where}: {path}: expected real numbers, got dtype {flat.dtype}")
-    shape = config.shape
-    if flat.shape != shape:
-        rows, cols = shape
-        swapped = flat.shape == shape[::-1] and rows != cols
-        raise ShapeError(
-            f"{where}: {path}: expected shape ({rows}, {cols}) (NrPixelsZ rows, NrPixelsY "
-            f"columns), got {flat.shape}"
-            + (" (its transpose: are NrPixelsY and NrPixelsZ swapped?)" if swapped else "")
-        )
+    flat = read_parameter_image(config, "flat_file")
+    where, path = config.where_set("flat_file"), config.flat_file
     flat = np.asarray(flat, dtype=np.float64)
     low = ~(flat > FLAT_FLOOR)
     if low.any():

@@ -33,27 +33,17 @@ def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
     (EDF masks from pyFAI, HDF5, ...); the first frame of a file holding several."""
     if not config.mask_file:
         return None
-    from radint.io import read_frames
-    from radint.io.errors import ReaderError
+    from radint.io.read import read_parameter_image
 
-    path = Path(config.mask_file)
-    if not path.is_file():
-        raise RadintFileNotFoundError(f"{path}: MaskFile not found")
-    try:
-        mask = next(read_frames(path, frames=0)).data
-    except (ReaderError, ImportError, OSError, ValueError) as e:
-        raise MapFormatError(f"MaskFile {path}: cannot be read as an image ({e})") from e
-    if mask.shape != config.shape:
-        raise ShapeError(
-            f"{path}: MaskFile shape must be {config.shape} (NrPixelsZ, NrPixelsY), got {mask.shape}"
-        )
+    mask = read_parameter_image(config, "mask_file")
+    path = f"{config.where_set('mask_file')}: {config.mask_file}"
     # MIDAS: a pixel is masked only where the mask holds exactly 1.
     masked = mask == 1
     others = int(np.count_nonzero((mask != 0) & ~masked))
     if others:
         values = np.unique(mask[(mask != 0) & ~masked])
         log.warning(
-            "%s: MaskFile masks the %d pixels holding 1 (the MIDAS rule); %d pixels holding "
+            "%s: masks the %d pixels holding 1 (the MIDAS rule); %d pixels holding "
             "other non-zero values (%s) are not masked",
             path, int(masked.sum()), others, ", ".join(f"{v:g}" for v in values[:5]),
         )  # fmt: skip

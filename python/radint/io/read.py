@@ -27,7 +27,14 @@ from radint.io._source import FrameSource, check_pixel_dtype
 from radint.io.errors import ReaderError
 from radint.io.frame import Frame
 
-__all__ = ["FrameSelection", "count_frames", "open_frames", "read_dark", "read_frames"]
+__all__ = [
+    "FrameSelection",
+    "count_frames",
+    "open_frames",
+    "read_dark",
+    "read_frames",
+    "read_parameter_image",
+]
 
 FrameSelection = int | slice | Sequence[int] | None
 
@@ -402,3 +409,37 @@ def read_dark(
     if total is None:
         raise ReaderError(f"{p}: no dark frames selected")
     return total / n
+
+
+def read_parameter_image(config: Any, name: str) -> np.ndarray:
+    """The per-pixel image a parameter names (``mask_file``: ``MaskFile``, ``flat_file``:
+    ``FlatFile``), as stored: the first frame of any format :func:`read_frames` reads, in the
+    raw orientation of the frames, checked to be real numbers of the detector's shape.
+
+    Raises
+    ------
+    RadintFileNotFoundError, MapFormatError, ShapeError
+        Naming the parameter file, line and key, and the image's path.
+    """
+    from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
+
+    path = Path(getattr(config, name))
+    where = config.where_set(name)
+    if not path.is_file():
+        raise RadintFileNotFoundError(f"{where}: {path}: no such file")
+    try:
+        image = next(read_frames(path, frames=0)).data
+    except (ReaderError, ImportError, OSError, ValueError, StopIteration) as e:
+        raise MapFormatError(f"{where}: {path}: cannot be read as an image ({e})") from e
+    if image.dtype.kind not in "biuf":
+        raise MapFormatError(f"{where}: {path}: expected real numbers, got dtype {image.dtype}")
+    shape = config.shape
+    if image.shape != shape:
+        rows, cols = shape
+        swapped = image.shape == shape[::-1] and rows != cols
+        raise ShapeError(
+            f"{where}: {path}: expected shape ({rows}, {cols}) (NrPixelsZ rows, NrPixelsY "
+            f"columns), got {image.shape}"
+            + (" (its transpose: are NrPixelsY and NrPixelsZ swapped?)" if swapped else "")
+        )
+    return image
