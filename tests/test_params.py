@@ -55,7 +55,10 @@ def test_overrides_replace(tmp_path):
     ("text", "message"),
     [
         ("NrPixels 10\nRBinSize -0.5\n", "p.txt:2: RBinSize: must be > 0, got -0.5"),
-        ("NrPixels 10\nRMin 50\nRMax 20\n", "p.txt:3: RMax: must be > RMin (50), got 20"),
+        ("NrPixels 10\nRMin 50\nRMax 20\n", "p.txt:3: RMax: must be > RMin (50, p.txt:2), got 20"),
+        # The key set last is blamed: the line just added (regression, CLI audit).
+        ("NrPixels 10\nRMax 20\nRMin 50\n", "p.txt:3: RMin: must be < RMax (20, p.txt:2), got 50"),
+        ("NrPixels 10\nEtaMin 200\n", "p.txt:2: EtaMin: must be < EtaMax (180, default), got 200"),
         ("NrPixels 10\nLsd abc\n", "p.txt:2: Lsd: expected a finite number, got 'abc'"),
         ("Lsd 1000\n", "missing required parameter NrPixelsY"),
         ("NrPixels 10\nBC 3\n", "p.txt:2: BC: expected 2 value(s) (BC y z), got 1"),

@@ -798,6 +798,28 @@ impl Params {
         }
     }
 
+    /// `low < high` (the values of `low_key` and `high_key`), else an error at the key set last
+    /// (the line just added or changed; `high_key` where neither was set), naming the other's
+    /// value and where it comes from.
+    fn check_ordered(&self, low_key: &str, low: f64, high_key: &str, high: f64) -> Result<()> {
+        if high > low {
+            return Ok(());
+        }
+        Err(if self.set_last(&[low_key, high_key]) == low_key {
+            let other = self.origin(high_key);
+            self.invalid(
+                low_key,
+                format!("must be < {high_key} ({high}, {other}), got {low}"),
+            )
+        } else {
+            let other = self.origin(low_key);
+            self.invalid(
+                high_key,
+                format!("must be > {low_key} ({low}, {other}), got {high}"),
+            )
+        })
+    }
+
     /// Check everything mapping and integration need; the first problem is reported.
     pub fn validate(&self) -> Result<()> {
         for key in ["NrPixelsY", "NrPixelsZ"] {
@@ -943,15 +965,7 @@ impl Params {
                 ));
             }
         }
-        if self.eta_max_deg <= self.eta_min_deg {
-            return Err(self.invalid(
-                "EtaMax",
-                format!(
-                    "must be > EtaMin ({}), got {}",
-                    self.eta_min_deg, self.eta_max_deg
-                ),
-            ));
-        }
+        self.check_ordered("EtaMin", self.eta_min_deg, "EtaMax", self.eta_max_deg)?;
         if self.q_bin > 0.0 && self.wavelength_angstrom <= 0.0 {
             // DetectorMapper silently bins in R then; the user asked for Q.
             return Err(self.invalid(
@@ -974,23 +988,13 @@ impl Params {
                         self.invalid("RMin", format!("must be >= 0, got {}", self.r_min_px))
                     );
                 }
-                if self.r_max_px <= self.r_min_px {
-                    return Err(self.invalid(
-                        "RMax",
-                        format!("must be > RMin ({}), got {}", self.r_min_px, self.r_max_px),
-                    ));
-                }
+                self.check_ordered("RMin", self.r_min_px, "RMax", self.r_max_px)?;
             }
             RadialMode::Q => {
                 if self.q_min < 0.0 {
                     return Err(self.invalid("QMin", format!("must be >= 0, got {}", self.q_min)));
                 }
-                if self.q_max <= self.q_min {
-                    return Err(self.invalid(
-                        "QMax",
-                        format!("must be > QMin ({}), got {}", self.q_min, self.q_max),
-                    ));
-                }
+                self.check_ordered("QMin", self.q_min, "QMax", self.q_max)?;
                 let q_limit = 4.0 * std::f64::consts::PI / self.wavelength_angstrom;
                 if self.q_max >= q_limit {
                     return Err(self.invalid(
@@ -1008,12 +1012,13 @@ impl Params {
                         self.invalid("TthMin", format!("must be >= 0, got {}", self.tth_min_deg))
                     );
                 }
-                if self.tth_max_deg <= self.tth_min_deg || self.tth_max_deg >= 90.0 {
+                self.check_ordered("TthMin", self.tth_min_deg, "TthMax", self.tth_max_deg)?;
+                if self.tth_max_deg >= 90.0 {
                     return Err(self.invalid(
                         "TthMax",
                         format!(
-                            "must be > TthMin ({}) and < 90 degrees for a flat detector, got {}",
-                            self.tth_min_deg, self.tth_max_deg
+                            "must be < 90 degrees for a flat detector, got {}",
+                            self.tth_max_deg
                         ),
                     ));
                 }
