@@ -770,6 +770,13 @@ def test_cli_stream_refusals_leave_no_output_folder(tmp_path, capsys):
         assert main(["stream", str(params), "-o", str(out), *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
         assert not out.exists(), extra
+    # A port in use fails before the map is built and cached (regression, CLI audit).
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        assert main(["stream", str(params), "-o", str(out), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
+    assert not out.exists()
 
 
 def _free_port() -> int:

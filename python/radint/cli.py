@@ -1109,12 +1109,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
             raise RadintError(f"--settle: expected seconds > 0, got {args.settle}")
     dark_path = _dark_path(args.dark, config, args.params)
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if args.source == "tcp":
+    if args.source == "tcp":  # listening first: a port in use fails before the map is built
         source = TcpSource(config.shape, host=args.host, port=args.port)
-    elif args.source == "pva":
+        source.bind()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.source == "pva":
         source = PvaSource(args.channel, config.shape)
-    else:  # the mask, flat and dark may lie among the frames
+    elif args.source == "folder":  # the mask, flat and dark may lie among the frames
         aux = (config.mask_file, config.flat_file, dark_path)
         source = FolderSource(args.watch, config.shape, exclude=aux,
                               zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip

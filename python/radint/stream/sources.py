@@ -229,11 +229,30 @@ class TcpSource(Source):
         self._listener: socket.socket | None = None
         self._conn_seq = 0
 
-    def start(self, sink: Sink, stats: SourceStats) -> None:
-        lsock = socket.create_server((self.host, self.port), backlog=10)
+    def bind(self) -> None:
+        """Listen on ``host:port`` now (``start`` does it otherwise): senders that connect before
+        ``start`` wait in the backlog, and a port in use fails before anything else is done.
+
+        Raises
+        ------
+        RadintError
+            The address cannot be listened on (in use, not this host's), naming it.
+        """
+        if self._listener is not None:
+            return
+        try:
+            lsock = socket.create_server((self.host, self.port), backlog=10)
+        except OSError as e:
+            raise RadintError(
+                f"tcp: cannot listen on {self.host}:{self.port}: {e.strerror or e} (another "
+                "server there? choose another address with --port / --host)"
+            ) from e
         lsock.settimeout(0.2)
         self._listener = lsock
         self.port = lsock.getsockname()[1]
+
+    def start(self, sink: Sink, stats: SourceStats) -> None:
+        self.bind()
         log.info("tcp: listening on %s:%d (frames %dx%d)", self.host, self.port, *self.shape[::-1])
         t = threading.Thread(
             target=self._accept_loop, args=(sink, stats), name="radint-tcp-accept", daemon=True
