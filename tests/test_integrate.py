@@ -270,10 +270,24 @@ def test_bad_input_errors(small_config, small_map):
 
 
 def test_bad_thread_counts_and_variances_are_refused(small_config, small_map):
-    for n in (-1, 0, 1.5, True):
+    from radint import DetectorMap
+    from radint.fit import fit_peaks
+
+    x = np.arange(40.0)
+    for n in (-1, 0, 1.5, True, "2"):  # "2": a bare TypeError before (API audit)
         with pytest.raises(InvalidInputError, match="n_threads"):
             Integrator(small_config, detector_map=small_map, n_threads=n)
+        with pytest.raises(InvalidInputError, match="n_threads"):
+            fit_peaks(x, np.exp(-((x - 20) ** 2) / 8), positions=[20], n_threads=n)
+        with pytest.raises(InvalidInputError, match="n_threads"):
+            DetectorMap.build(small_config, n_threads=n)
     assert Integrator(small_config, detector_map=small_map, n_threads=np.int64(2)).n_threads == 2
+    # A huge count started OS threads until the machine ran out (API audit): now held to 4 per
+    # CPU, with the same result.
+    frame = np.arange(np.prod(small_config.shape), dtype=np.float64).reshape(small_config.shape)
+    want = Integrator(small_config, detector_map=small_map, n_threads=1).integrate(frame)
+    got = Integrator(small_config, detector_map=small_map, n_threads=10**6).integrate(frame)
+    np.testing.assert_array_equal(got.cake, want.cake)  # unclamped, this never returned
     integ = Integrator(small_config, detector_map=small_map)
     frame = np.ones(small_config.shape)
     with pytest.raises(DtypeError, match="variance"):

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from radint import DetectorMap, IntegrationConfig, MapFormatError, RadintError, ShapeError
+from radint import (
+    DetectorMap,
+    IntegrationConfig,
+    InvalidInputError,
+    MapFormatError,
+    RadintError,
+    ShapeError,
+)
 from radint.corrections import pixel_geometry
 
 
@@ -299,6 +306,30 @@ def test_caches_on_network_file_systems_are_copied_not_mapped(tmp_path, monkeypa
     assert dm._maps_safely(Path(f"{shared}2") / "m.npz")  # a sibling, not below the NFS mount
     monkeypatch.setattr(dm, "_MOUNTINFO", str(tmp_path / "absent"))
     assert not dm._maps_safely(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"indptr": [0, 5, 2]}, "indptr is not non-decreasing"),  # the sums ran before the check
+        ({"indptr": [0, 1, 5]}, "indptr must run from 0 to 2 (the entry count), got 0..5"),
+        ({"pixel": [0, -1]}, "pixel: values must lie in 0..4294967295, got -1..0"),
+        ({"shape": (-10, 10)}, "shape: expected (rows, columns) >= 0"),
+        ({"area": [1.0, np.nan]}, "area must be finite and >= 0, got NaN at entry 1"),
+        ({"area": [1.0, -0.5]}, "area must be finite and >= 0, got -0.5 at entry 1"),
+        ({"r_edges_px": [0.0, 2.0, 1.0]}, "r_edges must increase, got 2 then 1"),
+    ],
+)
+def test_from_arrays_refuses_malformed_maps_with_a_message(change, message):
+    """Regression (API audit): a decreasing indptr panicked in Rust (PanicException, which
+    `except Exception` does not catch), a negative pixel read as 4294967295, NaN areas and
+    decreasing edges were taken."""
+    arrays = {"shape": (10, 10), "r_edges_px": [0.0, 1.0, 2.0], "eta_edges_deg": [-180.0, 180.0],
+              "indptr": [0, 1, 2], "pixel": [0, 1], "area": [1.0, 1.0]}  # fmt: skip
+    DetectorMap.from_arrays(**arrays)
+    with pytest.raises(InvalidInputError) as info:
+        DetectorMap.from_arrays(**{**arrays, **change})
+    assert message in str(info.value)
 
 
 def test_a_cache_whose_members_run_past_its_end_is_refused(small_config, tmp_path):

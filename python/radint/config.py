@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from radint import _core
 from radint._once import warn_once
-from radint.exceptions import ParameterError, RadintFileNotFoundError
+from radint.exceptions import InvalidInputError, ParameterError, RadintFileNotFoundError
 
 log = logging.getLogger("radint")
 
@@ -720,3 +721,14 @@ def _override_lines(overrides: list[str] | dict[str, Any] | None) -> list[str]:
 
 def _tupled(d: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def check_n_threads(n_threads: Any) -> int | None:
+    """``n_threads`` as radint takes it everywhere: None (every CPU) or a positive integer;
+    anything else is an :class:`~radint.exceptions.InvalidInputError`. (The compiled module
+    runs at most 4 threads per CPU: more only thrash, and results do not depend on the count.)"""
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 1:
+        raise InvalidInputError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+    return int(n_threads)

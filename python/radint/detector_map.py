@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import mmap
+import operator
 import os
 import struct
 import zipfile
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from radint import _core
-from radint.config import IntegrationConfig
+from radint.config import IntegrationConfig, check_n_threads
 from radint.exceptions import InvalidInputError, MapFormatError, RadintFileNotFoundError, ShapeError
 
 log = logging.getLogger("radint")
@@ -185,8 +186,9 @@ class DetectorMap:
         if file_mask is not None:
             file_mask = np.ascontiguousarray(file_mask, dtype=np.uint8).ravel()
         core = _core.build_map(
-            config.core_dict(), mask=file_mask, n_threads=n_threads, **_map_inputs(config)
-        )
+            config.core_dict(), mask=file_mask, n_threads=check_n_threads(n_threads),
+            **_map_inputs(config),
+        )  # fmt: skip
         m = cls(core, config)
         if m.fold is not None:
             _warn_fold(m.fold, config)
@@ -207,18 +209,35 @@ class DetectorMap:
         bin_geometric_area: np.ndarray | None = None,
         config: IntegrationConfig | None = None,
     ) -> DetectorMap:
-        """Assemble a map from CSR arrays (validated: lengths, monotone indptr, pixel range)."""
+        """Assemble a map from CSR arrays (validated: lengths, monotone indptr, pixel range,
+        increasing edges, finite non-negative areas; :class:`InvalidInputError` otherwise)."""
 
-        def arr(a: Any, dtype: Any) -> np.ndarray | None:
-            return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+        def arr(a: Any, dtype: Any, name: str = "") -> np.ndarray | None:
+            if a is None:
+                return None
+            a = np.asarray(a)
+            # Integers are converted only where they fit: -1 is no pixel 4294967295.
+            if np.dtype(dtype).kind == "u" and a.size and a.dtype.kind in "iu":
+                if a.min() < 0 or a.max() > np.iinfo(dtype).max:
+                    raise InvalidInputError(
+                        f"{name}: values must lie in 0..{np.iinfo(dtype).max}, got "
+                        f"{a.min()}..{a.max()}"
+                    )
+            return np.ascontiguousarray(a, dtype=dtype)
 
+        try:
+            n_z, n_y = (operator.index(v) for v in shape)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"shape: expected (rows, columns), got {shape!r}") from e
+        if n_z < 0 or n_y < 0:
+            raise InvalidInputError(f"shape: expected (rows, columns) >= 0, got {shape!r}")
         core = _core.MapCore.from_arrays(
-            int(shape[1]),
-            int(shape[0]),
+            n_y,
+            n_z,
             arr(r_edges_px, np.float64),
             arr(eta_edges_deg, np.float64),
-            arr(indptr, np.uint64),
-            arr(pixel, np.uint32),
+            arr(indptr, np.uint64, "indptr"),
+            arr(pixel, np.uint32, "pixel"),
             arr(area, np.float32),
             arr(delta_r, np.float32),
             arr(weight, np.float64),

@@ -48,6 +48,7 @@ import numpy as np
 
 from radint import _core
 from radint._once import warn_once
+from radint.config import check_n_threads
 from radint.exceptions import InvalidInputError, ShapeError
 
 log = logging.getLogger("radint")
@@ -261,6 +262,7 @@ def fit_peaks(
         raise ShapeError(
             f"y: expected last axis of length {xs.shape[0]} (len(x)), got shape {ys.shape}"
         )
+    n_threads = check_n_threads(n_threads)
     for name, v in (("roi_padding", roi_padding), ("snip_iterations", snip_iterations)):
         if int(v) < 0:
             raise InvalidInputError(f"fit_peaks: {name} must be >= 0, got {v}")
@@ -283,7 +285,10 @@ def fit_peaks(
             bin_average=bool(bin_average),
         )
     else:
-        pos = np.atleast_1d(np.asarray(positions, dtype=np.float64))
+        try:
+            pos = np.atleast_1d(np.asarray(positions, dtype=np.float64))
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"positions: expected numbers, got {positions!r}") from e
         if pos.ndim != 1:
             raise ShapeError(f"positions: expected a 1-D sequence, got shape {pos.shape}")
         d = _core.fit_peaks(
@@ -584,7 +589,8 @@ def fit_pv(
             f"centers: expected a scalar or {ys2.shape[0]} values (one per curve), got {c.shape}"
         )
     c = np.ascontiguousarray(np.broadcast_to(c, (ys2.shape[0],)))
-    d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations), n_threads=n_threads,
+    d = _core.fit_pv(xs, ys2, c, max_iterations=int(max_iterations),
+                     n_threads=check_n_threads(n_threads),
                      bounds=_pv_bounds(bounds))  # fmt: skip
     return {k: v[0] for k, v in d.items()} if single else dict(d)
 

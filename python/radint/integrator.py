@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import numbers
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 from radint import _core
 from radint._once import warn_once
-from radint.config import IntegrationConfig
+from radint.config import IntegrationConfig, check_n_threads
 from radint.corrections import pixel_geometry, polarization, solid_angle
 from radint.detector_map import DetectorMap
 from radint.exceptions import (
@@ -138,7 +137,8 @@ class Integrator:
         ``"cpu"``: Rust/rayon. ``"cuda"``: CuPy kernels on the same map (``radint[gpu]``).
         ``"auto"``: cuda when usable, else cpu (with a log line saying why).
     n_threads : int, optional
-        CPU threads (default: all cores). The library never sizes a global pool: it keeps one
+        CPU threads (default: all cores; more than 4 per core are held to that, as results
+        do not depend on the count). The library never sizes a global pool: it keeps one
         pool per thread count, and calls from several Python threads at once (one Integrator
         or several) take turns in it, each call using all of its threads.
     detector_map : DetectorMap, optional
@@ -255,13 +255,8 @@ class Integrator:
                 "pixel_weights='fraction' is radint's pyFAI-like weighting: not with compat "
                 "(MIDAS's rules weigh by area) or GradientCorrection"
             )
-        if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1
-                                      or not isinstance(n_threads, numbers.Integral)):  # fmt: skip
-            raise InvalidInputError(
-                f"n_threads must be a positive integer or None, got {n_threads!r}"
-            )
+        self.n_threads = check_n_threads(n_threads)
         self.config = config.validate()
-        self.n_threads = n_threads
         self.compat = compat
         if compat == "midas-cpu":
             _warn_where_integratorzarromp_writes_otherwise(self.config)

@@ -357,9 +357,9 @@ impl DetectorMap {
         }
         if self.indptr.first() != Some(&0) || self.indptr.last() != Some(&(nnz as u64)) {
             return Err(Error::Invalid(format!(
-                "indptr must run from 0 to {nnz}, got {:?}..{:?}",
-                self.indptr.first(),
-                self.indptr.last()
+                "indptr must run from 0 to {nnz} (the entry count), got {}..{}",
+                self.indptr.first().unwrap_or(&0),
+                self.indptr.last().unwrap_or(&0)
             )));
         }
         if self.indptr.windows(2).any(|w| w[1] < w[0]) {
@@ -370,6 +370,25 @@ impl DetectorMap {
             return Err(Error::Invalid(format!(
                 "pixel index {bad} outside the {}x{} image",
                 self.n_y, self.n_z
+            )));
+        }
+        for (what, edges) in [("r_edges", &self.r_edges), ("eta_edges", &self.eta_edges)] {
+            if let Some(k) = edges.windows(2).position(|w| !(w[1] > w[0])) {
+                return Err(Error::Invalid(format!(
+                    "{what} must increase, got {} then {} at {k}",
+                    edges[k],
+                    edges[k + 1]
+                )));
+            }
+        }
+        if let Some(k) = self
+            .area
+            .par_iter()
+            .position_any(|&a| !(a >= 0.0 && a.is_finite()))
+        {
+            return Err(Error::Invalid(format!(
+                "area must be finite and >= 0, got {} at entry {k}",
+                self.area[k]
             )));
         }
         if self.mask_hit.len() != n_bins || self.bin_geometric_area.len() != n_bins {

@@ -39,12 +39,20 @@ pub(crate) struct Pool {
     one_call: Mutex<()>,
 }
 
+/// Threads per CPU a pool may have at most.
+const MAX_THREADS_PER_CPU: usize = 4;
+
 /// One pool per thread count, built on first use (the global pool is never touched).
 pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Beyond a few threads per CPU a pool only thrashes, and a mistyped count (10**6) would
+    // start OS threads until the machine runs out of them. Results do not depend on the count,
+    // so a larger one (a command line written for a bigger node) is held to the limit.
     let n = n_threads
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or(cpus)
+        .min(MAX_THREADS_PER_CPU * cpus);
     let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut guard = pools
         .lock()
@@ -350,12 +358,13 @@ fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> PyResult<Ma
     };
     let n_bins = map.n_bins();
     map.mask_hit = bins.mask_hit.unwrap_or_else(|| vec![0; n_bins]);
-    map.bin_geometric_area = match bins.bin_geometric_area {
-        Some(g) => g,
-        None if map.indptr.len() == n_bins + 1 && map.area.len() == nnz => map.bin_area(),
-        None => vec![0.0; n_bins],
-    };
+    let derive_area = bins.bin_geometric_area.is_none();
+    map.bin_geometric_area = bins.bin_geometric_area.unwrap_or_else(|| vec![0.0; n_bins]);
     map.check().map_err(CoreError)?;
+    if derive_area {
+        // Only once the entries are known to be well formed: the sums index by `indptr`.
+        map.bin_geometric_area = map.bin_area();
+    }
     Ok(MapCore::new(map))
 }
 
