@@ -723,3 +723,26 @@ def test_narrow_peaks_are_not_left_in_a_wrong_minimum():
     ok = t.status[:, 0] == 0
     pull = (t.center[ok, 0] - centres[ok]) / t.center_err[ok, 0]
     assert ok.mean() > 0.95 and 0.7 < pull.std() < 1.25 and (np.abs(pull) > 5).sum() == 0
+
+
+def test_fit_arguments_are_checked_where_they_are_given(tmp_path) -> None:
+    """Regression (API audit): a numpy array of positions raised numpy's "truth value is
+    ambiguous"; bad FitSpec fields passed until the first integrate(); positions="abc" gave a
+    bare ValueError; an empty fit's status_name was float64; a missing fit.bin raised the
+    builtin FileNotFoundError."""
+    spec = rfit.FitSpec(positions_px=np.array([211.9, 244.7]))
+    assert spec.positions_px == (211.9, 244.7)
+    for bad in ({"positions_px": "abc"}, {"positions_px": [1.0, math.nan]},
+                {"positions_px": (5.0,), "roi_padding": -1},
+                {"positions_px": (5.0,), "max_iterations": 0},
+                {"positions_px": (5.0,), "snip_iterations": 2.5}):  # fmt: skip
+        with pytest.raises(InvalidInputError, match="FitSpec"):
+            rfit.FitSpec(**bad)
+    x = np.arange(60.0)
+    y = 3 + 100 * np.exp(-0.5 * ((x - 30) / 2) ** 2)
+    with pytest.raises(InvalidInputError, match="positions: expected numbers"):
+        rfit.fit_peaks(x, y, positions="abc")
+    empty = rfit.fit_peaks(x, y, positions=[])
+    assert empty.status_name.dtype.kind == "U"
+    with pytest.raises(radint.exceptions.RadintFileNotFoundError, match="no such fit.bin"):
+        rfit.read_fit_bin(tmp_path / "absent.bin")

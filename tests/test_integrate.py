@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+import radint
 from radint import (
     DetectorMap,
     DtypeError,
@@ -896,3 +897,40 @@ def test_threads_integrating_through_one_fresh_integrator_never_deadlock(small_c
         assert sorted(got) == list(range(6))
         for k, cake in got.items():
             np.testing.assert_allclose(cake, want[k % 4], rtol=1e-12, equal_nan=True)
+
+
+def test_api_arguments_are_checked_with_radint_errors(small_config, small_map, tmp_path):
+    """Regression (API audit): Result.concatenate joined results of other bins under the first
+    one's axes; a complex flat lost its imaginary part; a generator of frames was called a
+    dtype error; hot_above / empty_value strings failed at the first frame; stack totals were
+    copied into each frame taken out of a stack."""
+    from radint import Result
+
+    integ = Integrator(small_config, detector_map=small_map)
+    frame = np.arange(np.prod(small_config.shape), dtype=np.float64).reshape(small_config.shape)
+    a = integ.integrate(frame)
+    other = Integrator(small_config.replace(r_min_px=small_config.r_min_px + 3)).integrate(frame)
+    with pytest.raises(InvalidInputError, match="result 1 has other bins than result 0"):
+        Result.concatenate([a, other])
+    assert Result.concatenate([a, a]).cake.shape == (2, *a.cake.shape)
+    with pytest.raises(DtypeError, match="flat: expected a real numeric array"):
+        Integrator(small_config, detector_map=small_map, flat=np.ones(small_config.shape, complex))
+    with pytest.raises(InvalidInputError, match="an iterator"):
+        integ.integrate_stack(f for f in [frame, frame])
+    for bad in ({"hot_above": "x"}, {"dead_below": [1]}, {"empty_value": None}):
+        with pytest.raises(InvalidInputError, match=next(iter(bad))):
+            Integrator(small_config, detector_map=small_map, **bad)
+    holes = np.stack([frame, frame])
+    holes[0, 3, :] = np.nan
+    stack = integ.integrate_stack(holes)
+    assert stack.metadata["nan_pixels"] == small_config.shape[1]
+    assert "nan_pixels" not in stack.frame(1).metadata
+    # A misspelt field of a PONI override is named with the closest field.
+    poni = tmp_path / "g.poni"
+    poni.write_text(
+        'poni_version: 2\nDetector: Detector\nDetector_config: {"pixel1": 0.000172, '
+        '"pixel2": 0.000172, "max_shape": [100, 120]}\nDistance: 0.3\nPoni1: 0.01\n'
+        "Poni2: 0.01\nRot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    with pytest.raises(radint.exceptions.ParameterError, match="did you mean r_bin_px"):
+        IntegrationConfig.from_poni(poni, r_bin_pxx=2)

@@ -226,7 +226,9 @@ class IntegrationConfig:
         config = config._overridden(midas)
         for key, *_ in config.unknown:
             if key in midas:
-                near = near_key(key)
+                near = near_key(key) or next(
+                    iter(difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.75)), None
+                )
                 raise ParameterError(
                     f"{path}: from_poni override {key}={midas[key]!r}: neither a field of "
                     f"IntegrationConfig (e.g. r_bin_px=2) nor a MIDAS key (e.g. RBinSize=2)"

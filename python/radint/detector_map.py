@@ -19,7 +19,13 @@ import numpy as np
 
 from radint import _core
 from radint.config import IntegrationConfig, check_n_threads
-from radint.exceptions import InvalidInputError, MapFormatError, RadintFileNotFoundError, ShapeError
+from radint.exceptions import (
+    InvalidInputError,
+    MapFormatError,
+    RadintFileNotFoundError,
+    RadintIOError,
+    ShapeError,
+)
 
 log = logging.getLogger("radint")
 
@@ -451,6 +457,8 @@ class DetectorMap:
         try:
             _save_aligned_npz(tmp, arrays)
             os.replace(tmp, path)
+        except OSError as e:
+            raise RadintIOError(f"{path}: cannot save the map ({e.strerror or e})") from e
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

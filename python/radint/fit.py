@@ -5,7 +5,7 @@ background, fitted in Rust by a bounded Levenberg–Marquardt with analytic Jaco
 >>> x = np.arange(200.0)
 >>> y = 5 + 300 * np.exp(-0.5 * ((x - 80.3) / 1.7) ** 2)
 >>> t = radint.fit.fit_peaks(x, y, positions=[80])
->>> round(float(t.center[0]), 2), t.status_name[0]
+>>> round(float(t.center[0]), 2), str(t.status_name[0])
 (80.3, 'converged')
 
 Rows follow MIDAS ``fit.bin``: ``[area, center, sig, gam, fwhm, eta_mix, chi2]`` with ``center``
@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,12 @@ import numpy as np
 from radint import _core
 from radint._once import warn_once
 from radint.config import check_n_threads
-from radint.exceptions import InvalidInputError, ShapeError
+from radint.exceptions import (
+    InvalidInputError,
+    RadintFileNotFoundError,
+    RadintIOError,
+    ShapeError,
+)
 
 log = logging.getLogger("radint")
 
@@ -141,7 +147,9 @@ class FitTable:
         values, errors = d["values"], d["errors"]
         status = d["status"]
         pick = (lambda a: a[0]) if single else (lambda a: a)
-        names = np.array([STATUS_NAMES.get(int(s), f"unknown_{s}") for s in status.ravel()])
+        names = np.array(
+            [STATUS_NAMES.get(int(s), f"unknown_{s}") for s in status.ravel()], dtype=np.str_
+        )
         cols = {c: pick(values[..., i]) for i, c in enumerate(COLUMNS)}
         errs = {f"{c}_err": pick(errors[..., i]) for i, c in enumerate(COLUMNS[:-1])}
         counts = d.get("counts")
@@ -475,7 +483,12 @@ def write_fit_bin(table: FitTable, path: str | Path) -> Path:
 
 def read_fit_bin(path: str | Path, n_peaks: int | None = None) -> np.ndarray:
     """Read a ``fit.bin``: shape ``(n_rows, 7)``, or ``(n_frames, n_peaks, 7)`` given ``n_peaks``."""
-    data = np.fromfile(path, dtype="<f8")
+    try:
+        data = np.fromfile(path, dtype="<f8")
+    except FileNotFoundError as e:
+        raise RadintFileNotFoundError(f"{path}: no such fit.bin") from e
+    except OSError as e:
+        raise RadintIOError(f"{path}: cannot read ({e.strerror or e})") from e
     if data.size % 7:
         raise ShapeError(f"{path}: {data.size} doubles is not a multiple of 7 (one row per peak)")
     rows = data.reshape(-1, 7)
@@ -1174,6 +1187,23 @@ class FitSpec:
 
     def __post_init__(self) -> None:
         _pv_bounds(self.per_eta_bounds)
+        # Any sequence of numbers (a numpy array too) becomes a tuple of floats; checked here,
+        # not at the first integrate().
+        for name in ("positions_px", "positions_two_theta_deg"):
+            value = getattr(self, name)
+            try:
+                positions = tuple(float(v) for v in np.atleast_1d(np.asarray(value, np.float64)))
+            except (TypeError, ValueError) as e:
+                raise InvalidInputError(f"FitSpec: {name}: expected numbers, got {value!r}") from e
+            if not all(math.isfinite(v) for v in positions) or np.ndim(value) > 1:
+                raise InvalidInputError(f"FitSpec: {name}: expected finite numbers, got {value!r}")
+            object.__setattr__(self, name, positions)
+        for name, least in (("roi_padding", 0), ("snip_iterations", 0), ("max_iterations", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise InvalidInputError(
+                    f"FitSpec: {name} must be an integer >= {least}, got {value!r}"
+                )
         given = sum(bool(v) for v in (self.positions_px, self.positions_two_theta_deg))
         if given + (self.auto is not None) != 1:
             raise InvalidInputError(

@@ -6,8 +6,10 @@ import dataclasses
 import hashlib
 import logging
 import math
+import numbers
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +270,16 @@ class Integrator:
         self.error_model = error_model
         self.precision = precision
         self.lineout_mode = "midas_nonzero_mean" if compat == "midas-cpu" else lineout_mode
-        self.empty_value = 0.0 if compat else empty_value
+        for name, value, optional in (("empty_value", empty_value, False),
+                                      ("dead_below", dead_below, True),
+                                      ("hot_above", hot_above, True)):  # fmt: skip
+            if not (optional and value is None) and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real)
+            ):
+                raise InvalidInputError(
+                    f"{name} must be a number{' or None' if optional else ''}, got {value!r}"
+                )
+        self.empty_value = 0.0 if compat else float(empty_value)
         self.dead_below = dead_below
         self.hot_above = hot_above
         if isinstance(invalid_values, str):
@@ -506,7 +517,10 @@ class Integrator:
             correction = self._geometric_correction(solid_angle_model, polarization_model)
             used = True
         if flat is not None:
-            flat = np.asarray(flat, dtype=np.float64)
+            flat = np.asarray(flat)
+            if flat.dtype.kind not in "biuf":
+                raise DtypeError(f"flat: expected a real numeric array, got dtype {flat.dtype}")
+            flat = flat.astype(np.float64, copy=False)
             if flat.shape != shape:
                 raise ShapeError(f"flat: expected shape {shape} (rows, columns), got {flat.shape}")
             flat = flat.ravel()
@@ -556,6 +570,11 @@ class Integrator:
 
     # ------------------------------------------------------------------ checks
     def _check_frames(self, frames: Any, ndim: int, what: str) -> np.ndarray:
+        if isinstance(frames, Iterator):  # np.asarray makes a 0-d object array of it
+            raise InvalidInputError(
+                f"{what}: expected an array or a list of arrays, got {type(frames).__name__} "
+                "(an iterator: pass list(...) of it)"
+            )
         a = np.asarray(frames)
         if a.dtype not in _SUPPORTED_DTYPES:
             if a.dtype.kind in "iub" and a.dtype.itemsize <= 8:
@@ -570,8 +589,9 @@ class Integrator:
                 a = a.astype(np.float64)
             else:
                 raise DtypeError(
-                    f"{what}: dtype must be an integer or real floating type "
-                    f"(uint8/16/32, int32/64, float32/64), got {a.dtype}"
+                    f"{what}: dtype must be a real number type (integers of 1-8 bytes, float16/"
+                    f"32/64 or bool; uint8/16/32, int32/64 and float32/64 are read in place), "
+                    f"got {a.dtype}"
                 )
         shape = self.config.shape
         if a.ndim != ndim or a.shape[-2:] != shape:
@@ -860,6 +880,28 @@ class Integrator:
         / ``hot_above`` / ``invalid_values`` leave out and those whose dark is NaN. Frames holding
         them at the same pixels as the previous call integrate through a map without those
         pixels (built then, kept while they stay), as fast as frames without NaN.
+
+        Parameters
+        ----------
+        frame : ndarray ``(n_pixels_z, n_pixels_y)``
+            Integer (1–8 bytes), float or bool pixels; uint8/16/32, int32/64 and float32/64 are
+            read in place, other types converted once.
+        dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
+            Subtracted from the frame, in place of the Integrator's own dark (NaN pixels are
+            left out).
+        variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
+            Per-pixel variance (``error_model="given"``): propagated into ``cake_sigma`` and
+            ``lineout_sigma``.
+
+        Returns
+        -------
+        Result
+            ``cake (n_eta, n_r)``, ``lineout (n_r,)``, their sigmas, areas, counts and axes.
+
+        Raises
+        ------
+        ShapeError, DtypeError, InvalidInputError
+            A frame, dark or variance of the wrong shape or type, negative variances.
         """
         a = self._check_frames(frame, 2, "frame")
         return self._run(a, dark, variance, stack=False)
@@ -873,6 +915,28 @@ class Integrator:
         ``frames`` may also be a list of frames ``(n_pixels_z, n_pixels_y)``, each in a buffer
         of its own (frames received or read separately): they are integrated as one stack on
         the CPU without being copied into one first.
+
+        Parameters
+        ----------
+        frames : ndarray ``(n_frames, n_pixels_z, n_pixels_y)`` or list of 2-D ndarrays
+            Integer (1–8 bytes), float or bool pixels. An empty array gives a 0-frame Result;
+            an empty list or an iterator is refused.
+        dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
+            Subtracted from every frame, in place of the Integrator's own dark (NaN pixels are
+            left out).
+        variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
+            Per-pixel variance of every frame (``error_model="given"``); one for the stack.
+
+        Returns
+        -------
+        Result
+            ``cake (n_frames, n_eta, n_r)``, ``lineout (n_frames, n_r)`` and their sigmas;
+            ``metadata["nan_pixels"]`` is the total over the frames.
+
+        Raises
+        ------
+        ShapeError, DtypeError, InvalidInputError
+            Frames, dark or variance of the wrong shape or type, negative variances.
         """
         if isinstance(frames, (list, tuple)):
             if not frames:

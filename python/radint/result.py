@@ -53,7 +53,9 @@ class Result:
     frame_ids : ndarray or None, shape (n_frames,)
         Frame identifiers of a stack (or of a streamed frame).
     metadata : dict
-        Free-form provenance (source file, timestamps, ...). Under ``compat="midas-cpu"`` also
+        Free-form provenance (source file, timestamps, ...). ``nan_pixels``: the pixels left
+        out of the call (NaN / ±inf values, marker values, thresholds, NaN dark pixels), summed
+        over a stack's frames (:meth:`frame` leaves it out). Under ``compat="midas-cpu"`` also
         ``masked_bins`` (flat indices into an ``(n_eta, n_r)`` cake of the bins a masked pixel
         touched, NaN in ``cake``) and ``masked_bin_values`` ``(n_frames, n_masked)``, their
         intensities before that NaN, which MIDAS's ``SumFrames`` adds up (see
@@ -139,6 +141,7 @@ class Result:
             metadata={
                 k: (_frame_rows(v)[index : index + 1] if k in PER_FRAME_METADATA else v)
                 for k, v in self.metadata.items()
+                if k not in STACK_TOTAL_METADATA  # not one frame's value
             },
             peaks=None if self.peaks is None else self._peaks_of(index),
         )
@@ -155,6 +158,15 @@ class Result:
         first = results[0]
         if len(results) == 1 and first.is_stack:
             return first
+        for k, r in enumerate(results[1:], 1):
+            for axis in ("radius_px", "two_theta_deg", "q_inv_angstrom", "eta_edges_deg"):
+                mine, theirs = np.asarray(getattr(first, axis)), np.asarray(getattr(r, axis))
+                if mine.shape != theirs.shape or not np.array_equal(mine, theirs, equal_nan=True):
+                    raise InvalidInputError(
+                        f"concatenate: result {k} has other bins than result 0 ({axis}: "
+                        f"{theirs.size} values from {_first(theirs)} against {mine.size} "
+                        f"from {_first(mine)}); only results of the same bins stack"
+                    )
 
         def frames(a: np.ndarray | None, r: Result, ndim: int) -> np.ndarray | None:
             if a is None:
@@ -213,6 +225,9 @@ PER_FRAME_METADATA = (
     "omega_deg", "Temperature", "Pressure", "I", "I0", "masked_bin_values", "source_path",
     "source_frame", "timestamp",
 )  # fmt: skip
+#: Metadata keys holding a total over a stack's frames, which a single frame taken out of the
+#: stack (:meth:`Result.frame`) leaves out rather than misstate.
+STACK_TOTAL_METADATA = ("nan_pixels",)
 #: Per-frame metadata joined in their own type (the others are float64 values).
 _METADATA_DTYPES = {"source_path": object, "source_frame": np.int64}
 
@@ -234,3 +249,7 @@ def _concat_metadata(results: Sequence[Result]) -> dict:
         else:
             out.pop(key, None)
     return out
+
+
+def _first(values: np.ndarray) -> str:
+    return f"{values.flat[0]:g}" if values.size else "none"
