@@ -335,17 +335,24 @@ def _note_once(noted: set[str], what: str, message: str, *args: object, level: i
 
 
 def _note_compression_losses(data: np.ndarray, name: str, noted: set[str]) -> None:
-    """Warn (once per send) where ``--compress`` changes values: it sends whole unsigned numbers
-    (uint16, and int64 for the pixels above 65535)."""
-    if {"negative", "fraction"} <= noted or data.size == 0:
+    """Say (once per send and kind) where ``--compress`` changes values: it sends whole
+    unsigned numbers (uint16, and int64 for the pixels above 65535)."""
+    if {"negative", "negative-lost", "fraction"} <= noted or data.size == 0:
         return
-    if "negative" not in noted and data.dtype.kind in "if" and data.min() < 0:
-        _note_once(noted, "negative",
-                   "%s: --compress sends values as unsigned 16-bit: its %d negative pixel(s) arrive "
-                   "as 65536 + value (-1 as 65535). radint stream takes those for a negative "
-                   "GapIntensity / BadPxIntensity only in frames whose values all fit 16 bits; "
-                   "send without --compress to keep them", name, int(np.count_nonzero(data < 0)),
-                   level=logging.WARNING)  # fmt: skip
+    if data.dtype.kind in "if" and not {"negative", "negative-lost"} <= noted and data.min() < 0:
+        n = int(np.count_nonzero(data < 0))
+        if data.max() > 65535:  # the hybrid format: a 64-bit frame, where 65535 is a count
+            _note_once(noted, "negative-lost",
+                       "%s: --compress sends a frame with values above 65535 as 64-bit integers, "
+                       "its %d negative pixel(s) as 65536 + value, which no receiver can tell "
+                       "from counts; send without --compress to keep them", name, n,
+                       level=logging.WARNING)  # fmt: skip
+        else:
+            _note_once(noted, "negative",
+                       "%s: --compress sends values as unsigned 16-bit: its %d negative pixel(s) "
+                       "arrive as 65536 + value (-1 as 65535), which radint stream takes for a "
+                       "negative GapIntensity / BadPxIntensity; other receivers may count them",
+                       name, n, level=logging.INFO)  # fmt: skip
     if "fraction" not in noted and data.dtype.kind == "f":
         finite = data[np.isfinite(data)]
         if np.any(finite != np.trunc(finite)) or finite.size < data.size:
