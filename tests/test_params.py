@@ -597,3 +597,41 @@ def test_the_python_api_refuses_misspelled_override_keys(tmp_path):
     with pytest.raises(ParameterError, match="override RBinSzie 2: .*did you mean RBinSize"):
         config.with_overrides({"RBinSzie": 2})
     assert config.with_overrides({"RBinSize": 2}).r_bin_px == 2.0
+
+
+def test_lines_midas_reads_otherwise_are_read_as_c_does_or_warned(tmp_path, caplog):
+    """Regression (parameter-file audit against DetectorMapper / IntegratorZarrOMP runs):
+    `p01` / `p+4` were read as p1 / p4 (C: other keys); `Lsd#old 5` was refused as an Lsd line
+    without a value (C: another key); a byte-order mark, lone-CR line ends, a `;` after a file
+    name and several PeakLocation values on one line were read differently from C without a
+    word; YPixelSize's note said DetectorMapper keeps its default where it keeps px."""
+    base = "NrPixels 100\nLsd 500000\npx 172\nBC 50 50\nRMax 40\np1 0.5\n"
+    p = tmp_path / "p.txt"
+    p.write_text(base + "p01 0.001\np+4 0.01\nLsd#old 7\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        c = IntegrationConfig.from_midas_params(p).validate()
+    assert c.distortion[1] == 0.5 and c.distortion[4] == 0 and c.lsd_um == 500000
+    assert {u[0] for u in c.unknown} >= {"p01", "p+4", "Lsd#old"}
+
+    def notes(text: str | bytes) -> str:
+        caplog.clear()
+        if isinstance(text, str):
+            p.write_text(text)
+        else:
+            p.write_bytes(text)
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            IntegrationConfig.from_midas_params(p)
+        return caplog.text
+
+    assert "UTF-8 byte-order mark" in notes(("\ufeff" + base).encode())
+    lone_cr = notes(base.replace("\n", "\r").encode())
+    assert "lone CR" in lone_cr and f"{p}:1:" in lone_cr
+    (tmp_path / "mask.tif").write_bytes(b"")
+    assert "MaskFile mask.tif;: radint reads the name without the ';'" in notes(
+        base + "MaskFile mask.tif;\n"
+    )
+    assert "PeakLocation with 2 values on one line" in notes(base + "PeakLocation 20 30\n")
+    assert "DetectorMapper ignores YPixelSize and keeps px's 172" in notes(
+        base + "YPixelSize 150\n"
+    )
+    assert "radint and IntegratorZarrOMP read it" not in notes(base + "tx\t0.3\n")

@@ -237,6 +237,8 @@ struct Line<'a> {
     values: Vec<&'a str>,
     rest: &'a str,
     location: Location,
+    /// A file name that ended in `;` (stripped here).
+    semicolon_name: bool,
 }
 
 impl Line<'_> {
@@ -327,7 +329,16 @@ const FILE_KEYS: [&str; 8] = [
 fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
     // A '#' starts a comment (`RMax 60#outer` is 60, as MIDAS's sscanf reads it), except inside
     // a file name (/data/run#3/mask.tif), where only a word beginning with '#' does.
-    let anywhere = raw.find('#');
+    let start = raw.len() - raw.trim_start().len();
+    let first_end = raw[start..]
+        .find(char::is_whitespace)
+        .map_or(raw.len(), |i| start + i);
+    // A '#' inside the first word makes it another word (`Lsd#old` is no Lsd line for C, which
+    // compares the whole key), not a comment.
+    let anywhere = match raw.find('#') {
+        Some(i) if i > start && i < first_end => raw[first_end..].find('#').map(|j| first_end + j),
+        found => found,
+    };
     let key = raw[..anywhere.unwrap_or(raw.len())]
         .split_whitespace()
         .next();
@@ -355,11 +366,14 @@ fn split_line<'a>(raw: &'a str, location: Location) -> Option<Line<'a>> {
         .split_whitespace()
         .map(|v| v.trim_end_matches(';'))
         .collect();
+    // DetectorMapper reads a file name with `%s`, so a `;` after it is part of the name there.
+    let semicolon_name = FILE_KEYS.contains(&key) && without_comment.trim_end().ends_with(';');
     Some(Line {
         key,
         values,
         rest,
         location,
+        semicolon_name,
     })
 }
 
@@ -375,8 +389,31 @@ impl Params {
         let mut spelled_out = std::collections::BTreeSet::new();
         // A UTF-8 byte-order mark would glue itself to the first key; files from old Macs end
         // their lines with a lone CR.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let lines: Box<dyn Iterator<Item = &str>> = if text.contains('\r') && !text.contains('\n') {
+        let first_line = Location {
+            file: source.to_string(),
+            line: 1,
+        };
+        let without_mark = text.strip_prefix('\u{feff}');
+        if without_mark.is_some() {
+            params.midas_notes.push(ParamNote {
+                message: "the file starts with a UTF-8 byte-order mark: radint reads the first \
+                          line, MIDAS's C programs do not (its key does not match)"
+                    .to_string(),
+                location: first_line.clone(),
+            });
+        }
+        let text = without_mark.unwrap_or(text);
+        let cr_only = text.contains('\r') && !text.contains('\n');
+        if cr_only && text.trim_end_matches('\r').contains('\r') {
+            params.midas_notes.push(ParamNote {
+                message: "lines end in a lone CR (old Mac text): radint reads every line, MIDAS's \
+                          C programs read the file as one line (only its first key); save it \
+                          with LF line ends for them"
+                    .to_string(),
+                location: first_line,
+            });
+        }
+        let lines: Box<dyn Iterator<Item = &str>> = if cr_only {
             Box::new(text.split('\r'))
         } else {
             Box::new(text.lines())
@@ -398,8 +435,13 @@ impl Params {
                     );
                     (false, Some(note))
                 } else {
+                    let kept = if canonical == "pxY" && params.set_at.contains_key("px") {
+                        format!("keeps px's {}", number_text(params.pixel_size_y_um))
+                    } else {
+                        "keeps its default".to_string()
+                    };
                     let note = format!(
-                        "{} read as {canonical}; DetectorMapper ignores {} and keeps its default",
+                        "{} read as {canonical}; DetectorMapper ignores {} and {kept}",
                         line.key, line.key
                     );
                     (true, Some(note))
@@ -408,11 +450,19 @@ impl Params {
                     format!(
                         "{}: DetectorMapper reads a line only when it starts with \"{} \" (no \
                          leading blanks, one space, not a tab), so it ignores this one and keeps \
-                         its default; radint and IntegratorZarrOMP read it",
+                         its default; radint reads it",
                         line.key, line.key
                     )
                 });
-                for message in note.into_iter().chain(unmatched) {
+                let semicolon = line.semicolon_name.then(|| {
+                    format!(
+                        "{} {};: radint reads the name without the ';', DetectorMapper with it \
+                         (and finds no such file)",
+                        line.key,
+                        line.values.first().copied().unwrap_or("")
+                    )
+                });
+                for message in note.into_iter().chain(unmatched).chain(semicolon) {
                     params.midas_notes.push(ParamNote {
                         message,
                         location: line.location.clone(),
@@ -432,6 +482,12 @@ impl Params {
             "ImTransOpt" if line.values.len() > 1 => Some(format!(
                 "ImTransOpt with {} values on one line: radint (and IntegratorZarrOMP) apply all, \
                  DetectorMapper only the first",
+                line.values.len()
+            )),
+            "PeakLocation" if line.values.len() > 1 => Some(format!(
+                "PeakLocation with {} values on one line: radint fits them all, \
+                 IntegratorZarrOMP (and MIDAS's GPU and Python programs) only the first; give \
+                 one PeakLocation line per peak for them",
                 line.values.len()
             )),
             "MaxNPeaks" if self.set_at.contains_key("AutoDetectPeaks") => Some(
@@ -1100,10 +1156,15 @@ pub(crate) fn number_text(v: f64) -> String {
     }
 }
 
+/// `pN` for N in 0..15, spelled as DetectorMapper matches it (`p01`, `p+4` are other keys).
 fn distortion_index(key: &str) -> Option<usize> {
     let digits = key.strip_prefix('p')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
     let index: usize = digits.parse().ok()?;
-    (index < 15 && digits.len() <= 2).then_some(index)
+    (index < 15).then_some(index)
 }
 
 /// The keys DetectorMapper's text mode reads (DetectorMapper.c), each matched as `"Key "` at
