@@ -948,6 +948,104 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
 
 
+def test_folder_watch_natural_order_dataset_and_swmr_writers(integrator, tmp_path):
+    """Regression (stream audit): files ready together went in text order (img_10 before
+    img_2); `radint stream` had no --dataset, so areaDetector's entry/data/data files were all
+    dropped; a file held open by a writer in SWMR mode was unreadable until closed."""
+    import h5py
+    import tifffile
+
+    from radint.cli import main
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    for i in (0, 1, 2, 10, 11):
+        tifffile.imwrite(watch / f"img_{i}.tif", frame(i, "u2"))
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 5)
+    finish(p)
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == [f"file:img_{i}.tif" for i in (0, 1, 2, 10, 11)]
+
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    for i in range(2):
+        with h5py.File(ad / f"scan_{i}.h5", "w") as f:
+            f["entry/data/data"] = frame(i, "u2")[None]
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    out = tmp_path / "ad_out"
+    argv = ["stream", str(params), "-o", str(out), "--source", "folder", "--watch", str(ad),
+            "--dataset", "entry/data/data", "--settle", "0.1", "--timeout", "2", "--backend",
+            "cpu", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    rows = stream_rows(out / "stream.h5")
+    for k in range(2):
+        np.testing.assert_allclose(rows["I"][k], integrator.integrate(frame(k, "u2")).lineout,
+                                   rtol=1e-12, equal_nan=True)  # fmt: skip
+    assert main(["stream", str(params), "-o", str(tmp_path / "x"), "--dataset", "a/b"]) == 2
+
+    # A writer in SWMR mode (another process) holds the file open: its frames are read.
+    script = (
+        "import sys, time, h5py, numpy as np\n"
+        "with h5py.File(sys.argv[1], 'w', libver='latest') as f:\n"
+        "    ds = f.create_dataset('exchange/data', shape=(0, 48, 64), maxshape=(None, 48, 64),"
+        " dtype='u2', chunks=(1, 48, 64))\n"
+        "    f.swmr_mode = True\n"
+        "    for i in range(2):\n"
+        "        ds.resize(i + 1, axis=0); ds[i] = i + 1; ds.flush()\n"
+        "    print('ready', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    live = tmp_path / "live.h5"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(live)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        from radint.io import read_frames
+
+        assert [int(f.data[0, 0]) for f in read_frames(live)] == [1, 2]
+    finally:
+        writer.communicate("\n", timeout=20)
+
+
+def test_folder_watch_sends_the_written_frames_of_a_stack_being_filled(integrator, tmp_path):
+    """Regression (stream audit): a fixed-size HDF5 stack filled frame by frame (chunks
+    allocated as written) sent nothing until its last frame was written, logging "never
+    written ... (the writer stopped early?)" and then "rewritten in place"."""
+    import h5py
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    path = watch / "stack.h5"
+
+    def fill(frames: range) -> None:
+        with h5py.File(path, "a") as f:
+            ds = f.require_dataset("exchange/data", shape=(6, *SHAPE), dtype="u2",
+                                   chunks=(1, *SHAPE), fillvalue=0)  # fmt: skip
+            for i in frames:
+                ds[i] = frame(i + 1, "u2")
+
+    fill(range(2))
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 2)
+    time.sleep(0.4)
+    assert p.stats.received == 2  # the unwritten frames wait
+    fill(range(2, 6))
+    assert wait_for(lambda: p.written == 6)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (6, 0)
+    rows = stream_rows(tmp_path / "out" / "stream.h5")
+    assert rows["source"].tolist() == [f"file:stack.h5:frame{i}" for i in range(6)]
+    for k in range(6):
+        want = integrator.integrate(frame(k + 1, "u2")).lineout
+        np.testing.assert_allclose(rows["I"][k], want, rtol=1e-12, equal_nan=True)
+
+
 def test_folder_watch_takes_the_parameter_files_skipframe_for_midas_zips(integrator, tmp_path):
     """As `radint batch`, a watched MIDAS zip's SkipFrame comes from the parameter file when it
     sets one (`radint stream` read the zip's own)."""

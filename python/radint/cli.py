@@ -1107,6 +1107,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             )
         if not args.settle > 0:
             raise RadintError(f"--settle: expected seconds > 0, got {args.settle}")
+    if args.dataset is not None and args.source != "folder":
+        raise RadintError("--dataset names the HDF5 dataset of --source folder's files")
     dark_path = _dark_path(args.dark, config, args.params)
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
     if args.source == "tcp":  # listening first: a port in use fails before the map is built
@@ -1117,7 +1119,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         source = PvaSource(args.channel, config.shape)
     elif args.source == "folder":  # the mask, flat and dark may lie among the frames
         aux = (config.mask_file, config.flat_file, dark_path)
-        source = FolderSource(args.watch, config.shape, exclude=aux,
+        source = FolderSource(args.watch, config.shape, exclude=aux, dataset=args.dataset,
                               zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
@@ -1628,6 +1630,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dark-dataset", default=None, help="HDF5 dataset of the dark")
     p.add_argument("--watch", help="directory to watch, for --source folder")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="--source folder: HDF5 dataset of the frames (default exchange/data, or a Dectris "
+        "master's entry/data; areaDetector's HDF5 plugin writes entry/data/data)",
+    )
     p.add_argument(
         "--settle",
         type=float,

@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -121,17 +122,39 @@ def _filter_ids(ds: h5py.Dataset) -> list[int]:
     return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
 
 
+class UnwrittenFramesError(ReaderError):
+    """Frames of a chunked stack whose chunks were never written (``frames``, sorted)."""
+
+    def __init__(self, frames: list[int], message: str) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
+def _selected(selection: Any, n_frames: int) -> list[int]:
+    """The frame numbers a ``read_frames`` selection names (negative ones from the end)."""
+    if isinstance(selection, slice):
+        return list(range(n_frames)[selection])
+    values = [selection] if isinstance(selection, int) else list(selection)
+    return [v + n_frames if v < 0 else v for v in values]
+
+
 class Hdf5Source(FrameSource):
     """Frames of one HDF5 dataset (default ``exchange/data``), or of the ``data_NNNNNN``
     datasets of a group (a Dectris/Eiger master file's ``entry/data``, the default when the
     file has no ``exchange/data``) numbered consecutively across them."""
 
-    def __init__(self, path: Path, dataset: str | None = None) -> None:
+    def __init__(self, path: Path, dataset: str | None = None, frames: Any = None) -> None:
+        """``frames`` (a selection as :func:`~radint.io.read_frames` takes): the frames to be
+        read; unwritten frames outside it are not an error (a stack still being filled)."""
         super().__init__(path)
+        self._selection = frames
         try:
             self._file = h5py.File(path, "r")
         except OSError as exc:
-            raise ReaderError(f"{path}: not a readable HDF5 file ({exc})") from exc
+            try:  # held by a writer in SWMR mode (areaDetector's live HDF5): read as SWMR lets
+                self._file = h5py.File(path, "r", swmr=True)
+            except OSError:
+                raise ReaderError(f"{path}: not a readable HDF5 file ({exc})") from exc
         try:
             self._open(dataset)
         except BaseException:
@@ -256,13 +279,17 @@ class Hdf5Source(FrameSource):
                 self._check_virtual_sources(ds, self._starts[k])
         missing = {k: unwritten_frames(ds) for k, ds in enumerate(self._parts)}
         frames = [self._starts[k] + i for k, local in missing.items() for i in local]
+        if self._selection is not None:
+            wanted = set(_selected(self._selection, self.n_frames))
+            frames = [f for f in frames if f in wanted]
         if not frames:
             return
         files = sorted({self._parts[k].file.filename for k, local in missing.items() if local})
-        raise ReaderError(
+        raise UnwrittenFramesError(
+            frames,
             f"{self.label}: frame{'s' if len(frames) > 1 else ''} {_ranges(frames)} of "
             f"{self.n_frames} never written: their chunks are not allocated in "
-            f"{', '.join(files)} (the writer stopped early?), and would read as fill values"
+            f"{', '.join(files)} (the writer stopped early?), and would read as fill values",
         )
 
     def _member(self, group: h5py.Group, member: str) -> h5py.Dataset:

@@ -64,11 +64,14 @@ def open_frames(
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
     zip_parameters: Mapping[str, float] | None = None,
+    frames: FrameSelection = None,
 ) -> FrameSource:
     """Open a frame file and return its :class:`~radint.io._source.FrameSource` (a context manager).
 
     Parameters are those of :func:`read_frames`; the returned source has ``n_frames``,
-    ``frame_shape`` and ``read(index) -> ndarray (n_z, n_y)``.
+    ``frame_shape`` and ``read(index) -> ndarray (n_z, n_y)``. ``frames``: the frames that
+    will be read; an HDF5 stack's unwritten frames outside them are no error (default: all
+    must be written).
 
     Raises
     ------
@@ -76,7 +79,7 @@ def open_frames(
         The file does not exist, its format is not recognised, it cannot be opened, or its
         pixels are not real numbers (object, string, compound, complex...).
     """
-    source = _open_source(Path(path), dataset, shape, dtype, zip_parameters)
+    source = _open_source(Path(path), dataset, shape, dtype, zip_parameters, frames)
     if source.dtype is not None:  # formats that know it up front: before any frame is read
         try:
             check_pixel_dtype(source.label, source.dtype)
@@ -92,6 +95,7 @@ def _open_source(
     shape: tuple[int, int] | None,
     dtype: npt.DTypeLike | None,
     zip_parameters: Mapping[str, float] | None,
+    frames: FrameSelection = None,
 ) -> FrameSource:
     """The format's source for ``p`` (see :func:`open_frames`)."""
     # Each reader is imported where it is needed: zarr alone takes ~0.5 s to import, which a
@@ -130,7 +134,7 @@ def _open_source(
     if kind == "hdf5":
         from radint.io import hdf5
 
-        return hdf5.Hdf5Source(p, dataset)
+        return hdf5.Hdf5Source(p, dataset, frames)
     if kind == "zip":
         from radint.io import zarrstore
 
@@ -223,7 +227,7 @@ def read_frames(
         EDF/CBF without fabio installed (extra ``radint[formats]``).
     """
     source = open_frames(path, dataset=dataset, shape=shape, dtype=dtype,
-                         zip_parameters=zip_parameters)  # fmt: skip
+                         zip_parameters=zip_parameters, frames=frames)  # fmt: skip
     with source:
         yield from _iter_source(source, frames, shape, dtype, cast=not source.dtype_on_disk)
 

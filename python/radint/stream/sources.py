@@ -25,6 +25,8 @@ import numpy as np
 
 from radint._once import warn_once
 from radint.exceptions import InvalidInputError, RadintError
+from radint.io.hdf5 import UnwrittenFramesError
+from radint.io.inputs import natural_key
 from radint.stream.protocol import (
     DTYPES,
     HEADER,
@@ -932,7 +934,8 @@ class FolderSource(Source):
 
     A file is taken once its size and modification time have not changed for ``settle_s``
     (so a file still being written is left alone, pauses of the writer included); files
-    already present at start are processed first, in name order. A file that changes after it
+    already present at start are processed first, in natural name order (``img_2`` before
+    ``img_10``), as are files that become ready together. A file that changes after it
     was read (frames appended) or that could not be read (cut short, held open by an HDF5
     writer) is read again each time it changes, from its first frame not yet sent, so no frame
     is sent twice or lost; one that never becomes readable is counted as dropped when the
@@ -1032,7 +1035,8 @@ class FolderSource(Source):
     def _complete_files(self) -> list[Path]:
         ready = []
         try:
-            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+            # Natural order, as `radint integrate` reads a folder: img_2 before img_10.
+            entries = sorted(os.scandir(self.directory), key=lambda e: natural_key(e.name))
         except OSError as e:
             log.error("folder %s: %s", self.directory, e)
             return []
@@ -1093,11 +1097,15 @@ class FolderSource(Source):
                     name, n_held,
                 )  # fmt: skip
 
-    def _read_file(self, path: Path, sink: Sink, stats: SourceStats, read_frames: Any) -> bool:
-        """Send the frames of ``path`` not sent before; False when the sink stops taking."""
+    def _read_file(self, path: Path, sink: Sink, stats: SourceStats, read_frames: Any,
+                   upto: int | None = None) -> bool:  # fmt: skip
+        """Send the frames of ``path`` not sent before (those before frame ``upto``); False when
+        the sink stops taking."""
         name = path.name
-        sig, _ = self._pending.pop(name)
-        before, sent_before, _ = self._known.pop(name, (sig, 0, None))
+        pending = self._pending.pop(name)
+        sig = pending[0]
+        known = self._known.pop(name, None)
+        before, sent_before, _ = known or (sig, 0, None)
         if before[2] != sig[2] or sig[0] < before[0]:
             sent_before = 0  # replaced (a new inode) or cut down: a new file under an old name
         sent = sent_before
@@ -1109,7 +1117,7 @@ class FolderSource(Source):
             rewritten: list[int] = []  # digests of the frames sent before a rewrite
             if sent_before:
                 frames = read_frames(path, dataset=self.dataset, shape=self.shape,
-                                     frames=slice(sent_before, None),
+                                     frames=slice(sent_before, upto),
                                      zip_parameters=self.zip_parameters)  # fmt: skip
                 first = next(frames, None)
                 if first is not None:
@@ -1123,6 +1131,7 @@ class FolderSource(Source):
                 if not rewritten:
                     self._digests.pop(name, None)  # a new file under this name
                 frames = read_frames(path, dataset=self.dataset, shape=self.shape,
+                                     frames=None if upto is None else slice(0, upto),
                                      zip_parameters=self.zip_parameters)  # fmt: skip
             flush = name in self._flush
             self._flush.discard(name)
@@ -1150,6 +1159,22 @@ class FolderSource(Source):
                     "changes (or %.0f s)",
                     path, held[0].index, held[-1].index, self.hold_s,
                 )  # fmt: skip
+        except UnwrittenFramesError as e:
+            # A fixed-size HDF5 stack being filled: its written frames go now, the rest (read
+            # from there) when the file changes.
+            if upto is None and e.frames[0] > sent:
+                self._pending[name] = pending
+                if known is not None:
+                    self._known[name] = known
+                if not self._read_file(path, sink, stats, read_frames, upto=e.frames[0]):
+                    return False
+                sent = self._known[name][1]
+                log.info("folder: %s: frames %d.. not written yet; the rest when it changes",
+                         path, sent)  # fmt: skip
+            else:
+                log.warning("folder: %s: %s (waiting for it to change)", path, e)
+            self._known[name] = (sig, sent, str(e))
+            return True
         except (RadintError, OSError, ValueError) as e:
             # Cut short or still held by its writer: tried again when it changes.
             self._known[name] = (sig, sent, str(e))
