@@ -396,7 +396,11 @@ impl MapCore {
             weight: weight.map(|w| w.to_vec()).transpose()?.map(Storage::from),
         };
         let bins = Bins::from_numpy(r_edges, eta_edges, mask_hit, bin_geometric_area)?;
-        py.detach(|| assemble(n_y, n_z, bins, entries))
+        py.detach(|| {
+            let core = assemble(n_y, n_z, bins, entries)?;
+            core.map.check_areas().map_err(CoreError)?;
+            Ok(core)
+        })
     }
 
     /// Assemble a map whose entry arrays are read in place from the file at `path`, mapped
