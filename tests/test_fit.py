@@ -746,3 +746,15 @@ def test_fit_arguments_are_checked_where_they_are_given(tmp_path) -> None:
     assert empty.status_name.dtype.kind == "U"
     with pytest.raises(radint.exceptions.RadintFileNotFoundError, match="no such fit.bin"):
         rfit.read_fit_bin(tmp_path / "absent.bin")
+
+
+def test_fits_ending_on_their_bounds_are_warned(caplog) -> None:
+    """Regression (peak-fit audit): with FitROIPadding narrower than the peaks every fit ended
+    at_bound, NaN rows and exit 0, with no word (a converged wide peak was warned)."""
+    x = np.arange(400.0) * 0.37
+    y = 5 + sum(300 * np.exp(-0.5 * ((x - c) / 2.2) ** 2) for c in (30, 70, 110))
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        table = rfit.fit_peaks(x, y, positions=[30, 70, 110], roi_padding=3)
+    assert list(table.status_name) == ["at_bound"] * 3
+    assert "3 of 3 peak fit(s) ended on a bound of their ROI" in caplog.text
+    assert "raise FitROIPadding" in caplog.text

@@ -68,6 +68,7 @@ COLUMNS = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2")
 #: Status code → name (0 is the only success; 255 marks an empty auto-detection slot).
 STATUS_NAMES: dict[int, str] = dict(_core.fit_status_names())
 CONVERGED = 0
+AT_BOUND = next(code for code, name in STATUS_NAMES.items() if name == "at_bound")
 ABSENT = 255
 
 
@@ -319,8 +320,18 @@ def fit_peaks(
 def _warn_wide_peaks(table: FitTable, half_width: float) -> None:
     """Warn once when converged peaks are wider than their fixed ROI's half-width: the
     background then takes up the peak's tails and area and FWHM come out biased (their errors
-    do not show it), which a FitROIAuto ROI avoids."""
+    do not show it), which a FitROIAuto ROI avoids; and when at least half the fits ended on
+    a bound (peaks too wide for the ROI: all NaN rows otherwise without a word)."""
     ok = table.status == CONVERGED
+    bound = table.status == AT_BOUND
+    if bound.any() and bound.sum() * 2 >= np.count_nonzero(table.status != ABSENT):
+        warn_once(
+            ("peaks at bound", half_width),
+            "%d of %d peak fit(s) ended on a bound of their ROI (status at_bound, NaN rows): "
+            "peaks wider than the ROI (%.4g either side: FitROIPadding bins) cannot be fitted "
+            "in it; raise FitROIPadding, or FitROIAuto 1 (auto_roi=True)",
+            int(bound.sum()), int(np.count_nonzero(table.status != ABSENT)), half_width,
+        )  # fmt: skip
     wide = ok & (np.abs(table.fwhm) > half_width)
     if wide.any():
         warn_once(
