@@ -1786,3 +1786,43 @@ def test_frames_of_a_killed_workers_lineout_only_outputs_are_counted(tmp_path, s
     assert _frames_written([xy], 0) == 0  # no map size: not counted
     nexus = write_nexus(integ.integrate_stack(frames[:2]), tmp_path / "b.h5")
     assert _frames_written([xy, Path(nexus)], n_r) == 2
+
+
+def test_skip_existing_redoes_outputs_of_another_or_a_changed_input(tmp_path, small_config, caplog):
+    """Regression (batch audit): --skip-existing kept outputs made from another file of the
+    same name (run A's sample_1.tif, then run B's into the same folder) and from an input
+    overwritten since; both are integrated again with a warning. A moved input folder (the
+    stored path gone, the file unchanged) still skips."""
+    import os
+    import shutil
+
+    a, b = tmp_path / "runA", tmp_path / "runB"
+    a.mkdir()
+    b.mkdir()
+    tifffile.imwrite(a / "s.tif", ring_image(small_config, dtype=np.uint16))
+    tifffile.imwrite(b / "s.tif", ring_image(small_config, dtype=np.uint16) // 2)
+    out = tmp_path / "out"
+    run_batch(small_config, [a / "s.tif"], out)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        again = run_batch(small_config, [b / "s.tif"], out, skip_existing=True)
+    assert not again[0].skipped and f"made from {a / 's.tif'}" in caplog.text
+    from radint import Integrator
+
+    want = Integrator(small_config).integrate(tifffile.imread(b / "s.tif")).lineout
+    np.testing.assert_allclose(read_nexus(out / "s.h5").lineout[0], want, rtol=1e-12,
+                               equal_nan=True)  # fmt: skip
+    # The same input, unchanged: skipped. Rewritten after its outputs: redone.
+    assert run_batch(small_config, [b / "s.tif"], out, skip_existing=True)[0].skipped
+    later = os.stat(out / "s.h5").st_mtime + 5
+    tifffile.imwrite(b / "s.tif", ring_image(small_config, dtype=np.uint16))
+    os.utime(b / "s.tif", (later, later))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        assert not run_batch(small_config, [b / "s.tif"], out, skip_existing=True)[0].skipped
+    assert "changed after it was written" in caplog.text
+    # The input folder moved, the file as it was: still skipped.
+    moved = tmp_path / "moved"
+    shutil.move(b, moved)
+    past = os.stat(out / "s.h5").st_mtime - 5
+    os.utime(moved / "s.tif", (past, past))
+    assert run_batch(small_config, [moved / "s.tif"], out, skip_existing=True)[0].skipped

@@ -885,9 +885,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             n_done += 1
             reported.add(o.path)
             rate = frames / max(time.perf_counter() - t0, 1e-9)
-            progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
-            if not o.ok:
+            if not o.ok:  # counted before the bar shows it (the last file's failure too)
                 failed.append((o.path, o.error))
+            progress.update(task, advance=1, rate=f"{rate:.1f} frames/s, {len(failed)} failed")
             line = (f"{o.path}: skipped (outputs exist)" if o.skipped else
                     f"{o.path}: {o.n_frames} frame(s) -> {', '.join(o.outputs)}" if o.ok
                     else f"FAILED: {o.error}")  # the reason names the file  # fmt: skip

@@ -222,17 +222,22 @@ def _other_format_outputs(out_dir: Path, stem: str, expected: Sequence[Path]) ->
     return sorted(p for p in names - set(expected) if p.exists())
 
 
-def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig, rules: str) -> list[str]:
-    """How the configuration stored in the first of the NeXus/Zarr ``outputs`` that has one
-    differs from ``config``, and the rules and map it was made with from ``rules``
-    (:attr:`Integrator.rules`: ``--compat``, ``--midas-map``); empty when they do not, or none
-    stores them: the other formats carry no configuration to compare.
+def _made_otherwise(
+    outputs: Sequence[Path], config: IntegrationConfig, rules: str, source: str | Path
+) -> list[str]:
+    """How the first of the NeXus/Zarr ``outputs`` that stores its making was made otherwise:
+    its configuration against ``config``, its rules and map against ``rules``
+    (:attr:`Integrator.rules`: ``--compat``, ``--midas-map``), its input file against
+    ``source`` (another file of the same name that still exists; a moved one is the same), and
+    ``source`` changed after it was written (a newer modification time). Empty when none differs, or no output stores its making: the
+    other formats carry nothing to compare.
 
     Why: --skip-existing resumes a run; an output made with other parameters (another RBinSize)
-    kept beside new ones gives a result set that mixes two binnings without a word. Such a
-    file is integrated again, as a run without --skip-existing would do."""
+    or from another file kept beside new ones gives a result set that mixes them without a
+    word. Such a file is integrated again, as a run without --skip-existing would do."""
     from radint.io.nexus import (
         configuration_changes,
+        read_provenance,
         stored_configuration,
         stored_file_digests,
         stored_rules,
@@ -240,12 +245,29 @@ def _made_otherwise(outputs: Sequence[Path], config: IntegrationConfig, rules: s
 
     for out in outputs:
         stored = stored_configuration(out)
-        if stored is not None:
-            changes = configuration_changes(stored, config, digests=stored_file_digests(out))
-            was = stored_rules(out)  # None: made before outputs stored them
-            if was is not None and was != rules:
-                changes.insert(0, f"{was} -> {rules}")
-            return changes
+        if stored is None:
+            continue
+        changes = configuration_changes(stored, config, digests=stored_file_digests(out))
+        was = stored_rules(out)  # None: made before outputs stored them
+        if was is not None and was != rules:
+            changes.insert(0, f"{was} -> {rules}")
+        try:
+            provenance = read_provenance(out)
+        except OSError:
+            provenance = None
+        # Made from another file that is still there (a file of the same name elsewhere); a
+        # stored path that is gone is this file moved (with its folder), not another one.
+        here = {os.path.abspath(source), os.path.realpath(source)}
+        made_from = [] if provenance is None else provenance.files
+        if made_from and not here & {p for f in made_from for p in (f, os.path.realpath(f))}:
+            if any(os.path.exists(f) for f in made_from):
+                changes.append(f"made from {made_from[0]}")
+        try:
+            if os.stat(source).st_mtime > os.stat(out).st_mtime:
+                changes.append(f"{source} changed after it was written")
+        except OSError:
+            pass
+        return changes
     return []
 
 
@@ -519,12 +541,12 @@ def process_files(
                     log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
                 nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]
-                changes = _made_otherwise(nexus, integ.config, integ.rules)
+                changes = _made_otherwise(nexus, integ.config, integ.rules, path)
                 if not changes:
                     yield ("skip", i, path, [str(p) for p in expected])
                     continue
                 log.warning(
-                    "%s: integrated again: its outputs were made with other parameters (%s)",
+                    "%s: integrated again: its outputs were made otherwise (%s)",
                     path, "; ".join(changes),
                 )  # fmt: skip
                 stale = _other_format_outputs(writer.out_dir, stem, expected)
@@ -1214,7 +1236,7 @@ def _lost_run(
                 FileOutcome(path, True, _frames_written(finals, n_r), 0.0, list(map(str, finals)))
             )
             continue
-        if complete and skipping is not None and not _made_otherwise(finals, *skipping):
+        if complete and skipping is not None and not _made_otherwise(finals, *skipping, path):
             out.append(FileOutcome(path, True, skipped=True, outputs=list(map(str, finals))))
             continue
         # Workers that never finished a run may not have started at all: spawned workers
