@@ -1743,6 +1743,8 @@ def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_conf
     assert main(["-q", "batch", str(params), *inputs, "-o", str(out)]) == 0
     for made in out.glob("a*.h5"):  # an earlier batch's outputs: written before this one began
         os.utime(made, (time.time() - 3600, time.time() - 3600))
+    for given in inputs:  # (and after their inputs: an input newer than its outputs is redone)
+        os.utime(given, (time.time() - 7200, time.time() - 7200))
     fifo = tmp_path / "z.tif"
     os.mkfifo(fifo)  # 16 files, -nCPUs 2: runs of 2; (a14, z) is the last
     opened = tmp_path / "z-opened"
