@@ -62,17 +62,28 @@ impl MappedFile {
 /// An array of `T` either owned (a `Vec`) or read in place from a [`MappedFile`].
 /// It dereferences to `[T]`; [`Storage::to_mut`] copies a mapped array before changing it.
 pub struct Storage<T: Plain> {
-    inner: Inner<T>,
+    /// The values, where `mapped` is None.
+    owned: Vec<T>,
+    mapped: Option<Mapped<T>>,
 }
 
-enum Inner<T> {
-    Owned(Vec<T>),
-    Mapped {
-        file: Arc<MappedFile>,
-        offset: usize,
-        len: usize,
-        _element: PhantomData<T>,
-    },
+/// `len` values of `T` at byte `offset` of `file` (checked in bounds and aligned).
+struct Mapped<T> {
+    file: Arc<MappedFile>,
+    offset: usize,
+    len: usize,
+    _element: PhantomData<T>,
+}
+
+impl<T> Clone for Mapped<T> {
+    fn clone(&self) -> Self {
+        Mapped {
+            file: Arc::clone(&self.file),
+            offset: self.offset,
+            len: self.len,
+            _element: PhantomData,
+        }
+    }
 }
 
 impl<T: Plain> Storage<T> {
@@ -104,29 +115,28 @@ impl<T: Plain> Storage<T> {
             ));
         }
         Ok(Self {
-            inner: Inner::Mapped {
+            owned: Vec::new(),
+            mapped: Some(Mapped {
                 file: Arc::clone(file),
                 offset,
                 len,
                 _element: PhantomData,
-            },
+            }),
         })
     }
 
     /// Whether the values are read in place from a mapped file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.inner, Inner::Mapped { .. })
+        self.mapped.is_some()
     }
 
     /// The values as a `Vec` to change, copied out of the file first where they are mapped.
     pub fn to_mut(&mut self) -> &mut Vec<T> {
-        if let Inner::Mapped { .. } = self.inner {
-            self.inner = Inner::Owned(self.to_vec());
+        if self.mapped.is_some() {
+            self.owned = self.to_vec();
+            self.mapped = None;
         }
-        match &mut self.inner {
-            Inner::Owned(values) => values,
-            Inner::Mapped { .. } => unreachable!("replaced by an owned copy above"),
-        }
+        &mut self.owned
     }
 }
 
@@ -134,17 +144,13 @@ impl<T: Plain> Deref for Storage<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        match &self.inner {
-            Inner::Owned(values) => values,
-            Inner::Mapped {
-                file, offset, len, ..
-            } => {
-                // SAFETY: `mapped` checked that the range lies inside the mapping and is aligned
-                // for T; the mapping lives as long as `file`, which `self` holds; `T: Plain`.
-                unsafe {
-                    std::slice::from_raw_parts(file.map.as_ptr().add(*offset).cast::<T>(), *len)
-                }
-            }
+        match &self.mapped {
+            None => &self.owned,
+            // SAFETY: `mapped` checked that the range lies inside the mapping and is aligned
+            // for T; the mapping lives as long as `file`, which `self` holds; `T: Plain`.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts(m.file.map.as_ptr().add(m.offset).cast::<T>(), m.len)
+            },
         }
     }
 }
@@ -152,7 +158,8 @@ impl<T: Plain> Deref for Storage<T> {
 impl<T: Plain> From<Vec<T>> for Storage<T> {
     fn from(values: Vec<T>) -> Self {
         Self {
-            inner: Inner::Owned(values),
+            owned: values,
+            mapped: None,
         }
     }
 }
@@ -172,17 +179,8 @@ impl<T: Plain> Default for Storage<T> {
 impl<T: Plain> Clone for Storage<T> {
     fn clone(&self) -> Self {
         Self {
-            inner: match &self.inner {
-                Inner::Owned(values) => Inner::Owned(values.clone()),
-                Inner::Mapped {
-                    file, offset, len, ..
-                } => Inner::Mapped {
-                    file: Arc::clone(file),
-                    offset: *offset,
-                    len: *len,
-                    _element: PhantomData,
-                },
-            },
+            owned: self.owned.clone(),
+            mapped: self.mapped.clone(),
         }
     }
 }
@@ -201,11 +199,13 @@ impl<T: Plain + PartialEq> PartialEq<Vec<T>> for Storage<T> {
 
 impl<T: Plain + fmt::Debug> fmt::Debug for Storage<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.inner {
-            Inner::Owned(values) => values.fmt(f),
-            Inner::Mapped {
-                file, offset, len, ..
-            } => write!(f, "<{len} values at byte {offset} of {}>", file.path),
+        match &self.mapped {
+            None => self.owned.fmt(f),
+            Some(m) => write!(
+                f,
+                "<{} values at byte {} of {}>",
+                m.len, m.offset, m.file.path
+            ),
         }
     }
 }
