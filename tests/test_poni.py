@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from radint import IntegrationConfig
 from radint.corrections import pixel_geometry
+from radint.exceptions import ParameterError
 from radint.poni import read_poni, write_poni
 
 pyFAI = pytest.importorskip("pyFAI")
@@ -194,3 +197,27 @@ def test_binning_of_one_axis_is_inferred_too(tmp_path):
         "Rot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
     )
     assert read_poni(path)["shape"] == tuple(pyFAI.load(str(path)).detector.shape)
+
+
+@pytest.mark.parametrize(
+    ("detector_config", "message"),
+    [
+        ('{"pixel1": 1e-4}', "pixel1 and pixel2 go together, got only pixel1"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"pixel1": "abc", "pixel2": 1e-4}', "pixel1 must be a positive pixel size in m"),
+        ('{"pixel1": 1e-4, "pixel2": -1e-4}', "pixel2 must be a positive pixel size in m"),
+        ('{"max_shape": [10, "x"]}', "max_shape must be two positive integers"),
+        ('{"binning": ["a", "b"]}', "binning ['a', 'b'] is not one or two positive integers"),
+        ('{"orientation": "x"}', "orientation x is not one of pyFAI's 1-4"),
+    ],
+)
+def test_malformed_detector_config_is_refused_naming_its_line(tmp_path, detector_config, message):
+    # Each of these raised a bare TypeError, AttributeError or ValueError without the file.
+    path = tmp_path / "bad.poni"
+    path.write_text(
+        "poni_version: 2.1\nDetector: Detector\n"
+        f"Detector_config: {detector_config}\n"
+        "Distance: 0.1\nPoni1: 0.01\nPoni2: 0.01\nPixelSize1: 1e-4\nPixelSize2: 1e-4\n"
+    )
+    with pytest.raises(ParameterError, match=re.escape(f"{path}:3: Detector_config: {message}")):
+        read_poni(path)

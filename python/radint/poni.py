@@ -59,12 +59,12 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RadintFileNotFoundError(f"{path}: PONI file not found")
     values: dict[str, tuple[str, int]] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line or ":" not in line:
+    for line_no, raw in enumerate(path.read_text().splitlines(), start=1):
+        content = raw.split("#", 1)[0].strip()
+        if not content or ":" not in content:
             continue
-        key, value = line.split(":", 1)
-        values[key.strip().lower()] = (value.strip(), number)
+        key, value = content.split(":", 1)
+        values[key.strip().lower()] = (value.strip(), line_no)
 
     def number(key: str, default: float | None = None) -> float:
         if key not in values:
@@ -78,7 +78,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             raise ParameterError(f"{path}:{line}: {key}: expected a number, got '{text}'") from None
 
     pixel1 = pixel2 = None
-    shape = None
+    shape: tuple[int, int] | None = None
     orientation = 3
     binning: tuple[int, int] | None = None
     if "detector_config" in values:
@@ -87,9 +87,18 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             det = json.loads(text)
         except json.JSONDecodeError as e:
             raise ParameterError(f"{path}:{line}: Detector_config: invalid JSON ({e})") from None
-        pixel1, pixel2 = det.get("pixel1"), det.get("pixel2")
+        if not isinstance(det, dict):
+            raise ParameterError(
+                f"{path}:{line}: Detector_config: expected a JSON object, got {text!r}"
+            )
+        pixel1, pixel2 = (_config_pixel(det, key, f"{path}:{line}") for key in ("pixel1", "pixel2"))
+        if (pixel1 is None) != (pixel2 is None):
+            raise ParameterError(
+                f"{path}:{line}: Detector_config: pixel1 and pixel2 go together, got only "
+                f"{'pixel1' if pixel2 is None else 'pixel2'}"
+            )
         if det.get("max_shape"):
-            shape = tuple(int(v) for v in det["max_shape"])
+            shape = _config_shape(det["max_shape"], f"{path}:{line}")
         if det.get("splineFile") or det.get("splinefile"):
             raise ParameterError(
                 f"{path}:{line}: detectors with a distortion spline are not supported"
@@ -97,18 +106,20 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         if det.get("binning") is not None:
             b = det["binning"]
             b = (b, b) if isinstance(b, int) else tuple(b)
-            if len(b) != 2 or any(int(v) != v or v < 1 for v in b):
+            whole = (isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in b)
+            if len(b) != 2 or not all(whole) or min(b) < 1:
                 raise ParameterError(
                     f"{path}:{line}: Detector_config: binning {det['binning']} is not one or two "
                     "positive integers"
                 )
             binning = (int(b[0]), int(b[1]))
-        orientation = int(det.get("orientation") or 3)  # 0 = unset, pyFAI reads it as 3
+        orientation = det.get("orientation") or 3  # 0 = unset, pyFAI reads it as 3
         if orientation not in _ORIENTATION_FLIPS:
             raise ParameterError(
                 f"{path}:{line}: Detector_config: orientation {orientation} is not one of "
                 "pyFAI's 1-4"
             )
+        orientation = int(orientation)
     if "detector" in values:
         name, line = values["detector"]
         key = _detector_key(name)
@@ -137,7 +148,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     elif pixel1 is None and "pixelsize1" not in values and "detector" in values:
         pixel1, pixel2, pyfai_shape = _pyfai_detector(path, *values["detector"])
         shape = shape or pyfai_shape
-    if pixel1 is None:
+    if pixel1 is None or pixel2 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
     if binning is not None and shape is not None:
         # The full (max_shape or pyFAI's own) shape, read out binned: pyFAI's detector.shape.
@@ -183,6 +194,36 @@ _IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid"
 _DETECTOR_PIXEL = {
     name: 172e-6 if name.startswith("pilatus") else 75e-6 for name in _DETECTOR_SHAPES
 }
+
+
+def _config_pixel(det: dict[str, Any], key: str, where: str) -> float | None:
+    """``Detector_config``'s pixel size ``key`` in m, None when absent."""
+    value = det.get(key)
+    if value is None:
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = math.nan
+    if not size > 0 or math.isinf(size):
+        raise ParameterError(
+            f"{where}: Detector_config: {key} must be a positive pixel size in m, got {value!r}"
+        )
+    return size
+
+
+def _config_shape(value: Any, where: str) -> tuple[int, int]:
+    """``Detector_config``'s ``max_shape``: (rows, columns)."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ParameterError(
+            f"{where}: Detector_config: max_shape must be two positive integers "
+            f"[rows, columns], got {value!r}"
+        )
+    return int(value[0]), int(value[1])
 
 
 def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any]:
@@ -305,7 +346,7 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
 
 def write_poni(config: Any, path: str | Path) -> Path:
     """Write a PONI file (version 2) for a MIDAS configuration."""
-    g = {
+    g: dict[str, Any] = {
         k: (float(v) if isinstance(v, (float, np.floating)) else v)
         for k, v in poni_from_midas(config).items()
     }
