@@ -318,6 +318,8 @@ def test_caches_on_network_file_systems_are_copied_not_mapped(tmp_path, monkeypa
         ({"area": [1.0, np.nan]}, "area must be finite and >= 0, got NaN at entry 1"),
         ({"area": [1.0, -0.5]}, "area must be finite and >= 0, got -0.5 at entry 1"),
         ({"r_edges_px": [0.0, 2.0, 1.0]}, "r_edges must increase, got 2 then 1"),
+        ({"area": None}, "area: an array is required, got None"),
+        ({"mask_hit": [0, 300]}, "mask_hit: values must lie in 0..255, got 0..300"),
     ],
 )
 def test_from_arrays_refuses_malformed_maps_with_a_message(change, message):

@@ -573,7 +573,7 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         units = axis.attrs.get("units", "")
         units = units.decode() if isinstance(units, bytes) else units
         radial = np.asarray(axis[()])
-        counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
+        stream_counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
         made = [
             _text_value(root[f"entry/azint1d/reduction/input/{key}"])
             for key in ("rules", "backend")
@@ -586,10 +586,11 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     print(f"result {path}: {n_frames} frame(s), {n_eta} eta x {n_r} radial bins{span}")
     if made:
         print(f"  made with: {'; backend '.join(made) if len(made) == 2 else made[0]}")
-    if "frames_received" in counts:  # a stream's counters (entry/stream)
-        print(f"  stream: received {counts['frames_received']}, written "
-              f"{counts.get('frames_written')}, dropped {counts.get('frames_dropped')}, "
-              f"partial frames discarded {counts.get('partial_frames_discarded')}")  # fmt: skip
+    if "frames_received" in stream_counts:  # a stream's counters (entry/stream)
+        print(f"  stream: received {stream_counts['frames_received']}, written "
+              f"{stream_counts.get('frames_written')}, dropped "
+              f"{stream_counts.get('frames_dropped')}, partial frames discarded "
+              f"{stream_counts.get('partial_frames_discarded')}")  # fmt: skip
     prov = read_provenance(path)
     if prov is None:
         print("  no entry/provenance: written without the input files recorded")
@@ -1019,8 +1020,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         Console().print(table)
         print(f"wrote {', '.join(map(str, written))}")
     if not ok.any():
-        names = sorted(set(np.asarray(peaks.status_name).ravel().tolist()))
-        print(f"radint: fit: no peak converged ({', '.join(names)})", file=sys.stderr)
+        seen = sorted(set(np.asarray(peaks.status_name).ravel().tolist()))
+        print(f"radint: fit: no peak converged ({', '.join(seen)})", file=sys.stderr)
         return 1
     return 0
 
@@ -1086,6 +1087,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from radint.integrator import Integrator
     from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource
+    from radint.stream.sources import Source
 
     overrides = _only_overrides(args.overrides, "stream")
     config = _load_config(args.params, overrides, args)
@@ -1111,6 +1113,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise RadintError("--dataset names the HDF5 dataset of --source folder's files")
     dark_path = _dark_path(args.dark, config, args.params)
     dark = _read_dark(dark_path, args.dark_dataset, config, None)
+    source: Source
     if args.source == "tcp":  # listening first: a port in use fails before the map is built
         source = TcpSource(config.shape, host=args.host, port=args.port)
         source.bind()

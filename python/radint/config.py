@@ -173,8 +173,8 @@ class IntegrationConfig:
         config = cls._from_core_dict(parsed)
         for key, rest, file, line in config.unknown:
             if file != "<override>" and (near := near_key(key)):
-                head, eq, value = key.partition("=")
-                if eq and value and head == near:  # Lsd=657000, BC=55.3 47.8
+                key_part, eq, value = key.partition("=")
+                if eq and value and key_part == near:  # Lsd=657000, BC=55.3 47.8
                     spelled = " ".join(v for v in (near, value, rest) if v)
                     near = f"'{spelled}' (a space between key and value, not '=')"
                 log.warning("%s:%d: %s is not a key radint reads (ignored); did you mean %s?",
@@ -214,7 +214,7 @@ class IntegrationConfig:
         poni = read_poni(path)
         fields = midas_geometry_from_poni(poni)
         alias = {"bc_y_px": "BC", "bc_z_px": "BC", "pixel_size_y_um": "px", "pixel_size_z_um": "px"}
-        keys = {alias.get(name, _MIDAS_KEYS.get(name)) for name in fields} - {None}
+        keys = {k for name in fields if (k := alias.get(name, _MIDAS_KEYS.get(name))) is not None}
         set_at = {key: (str(path), 0) for key in sorted(keys)}  # the PONI file, no line
         names = {f.name for f in dataclasses.fields(cls)}
         midas = {k: v for k, v in overrides.items() if k not in names}
@@ -247,7 +247,7 @@ class IntegrationConfig:
         """Relative file names written in the parameter file, looked up beside it (where they
         exist there, or nowhere else); names given as overrides stay as typed, relative to the
         current directory like any path on a command line; ``~`` is the home folder."""
-        changes = {}
+        changes: dict[str, Any] = {}
         for name in FILE_FIELDS:
             value = getattr(self, name)
             if value.startswith("~"):  # a home folder, as a shell would expand it

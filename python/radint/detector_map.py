@@ -158,6 +158,8 @@ class DetectorMap:
         #: How a map read from MIDAS files sampled fractional positions (``load_midas``):
         #: ``(directory, sampling, asked)``, ``asked`` False when the default was taken.
         self.midas_sampling: tuple[Path, str, bool] | None = None
+        #: The ``Map.bin`` header as ``load_midas`` read it (its hash check included), or None.
+        self.midas_header: dict[str, Any] | None = None
         #: ``(corners, worst R px, y, z, behind)`` of the pixel corners the build mapped to a
         #: negative corrected R, and the count of those at 2θ ≥ 90° whose pixels it left out
         #: (warned when built or loaded from the cache), or None.
@@ -218,9 +220,12 @@ class DetectorMap:
         """Assemble a map from CSR arrays (validated: lengths, monotone indptr, pixel range,
         increasing edges, finite non-negative areas; :class:`InvalidInputError` otherwise)."""
 
-        def arr(a: Any, dtype: Any, name: str = "") -> np.ndarray | None:
+        def optional(a: Any, dtype: Any, name: str) -> np.ndarray | None:
+            return None if a is None else arr(a, dtype, name)
+
+        def arr(a: Any, dtype: Any, name: str) -> np.ndarray:
             if a is None:
-                return None
+                raise InvalidInputError(f"{name}: an array is required, got None")
             a = np.asarray(a)
             # Integers are converted only where they fit: -1 is no pixel 4294967295.
             if np.dtype(dtype).kind == "u" and a.size and a.dtype.kind in "iu":
@@ -240,15 +245,15 @@ class DetectorMap:
         core = _core.MapCore.from_arrays(
             n_y,
             n_z,
-            arr(r_edges_px, np.float64),
-            arr(eta_edges_deg, np.float64),
+            arr(r_edges_px, np.float64, "r_edges_px"),
+            arr(eta_edges_deg, np.float64, "eta_edges_deg"),
             arr(indptr, np.uint64, "indptr"),
             arr(pixel, np.uint32, "pixel"),
-            arr(area, np.float32),
-            arr(delta_r, np.float32),
-            arr(weight, np.float64),
-            arr(mask_hit, np.uint8),
-            arr(bin_geometric_area, np.float64),
+            arr(area, np.float32, "area"),
+            optional(delta_r, np.float32, "delta_r"),
+            optional(weight, np.float64, "weight"),
+            optional(mask_hit, np.uint8, "mask_hit"),
+            optional(bin_geometric_area, np.float64, "bin_geometric_area"),
         )
         return cls(core, config)
 
@@ -492,7 +497,10 @@ class DetectorMap:
                         n_z,
                         np.ascontiguousarray(common[0], np.float64),
                         np.ascontiguousarray(common[1], np.float64),
-                        *(places[name] for name in ("indptr", "pixel", "area", "delta_r")),
+                        places["indptr"],
+                        places["pixel"],
+                        places["area"],
+                        places["delta_r"],
                         places.get("weight"),
                         np.ascontiguousarray(tail[1], np.uint8),
                         np.ascontiguousarray(tail[2], np.float64),
@@ -502,10 +510,14 @@ class DetectorMap:
                 if core is not None:
                     m = cls(core, config)
                 else:  # not laid out as save() writes it: copied (and converted)
+                    n_z, n_y = (int(v) for v in z["shape"])
                     m = cls.from_arrays(
-                        tuple(int(v) for v in z["shape"]),
+                        (n_z, n_y),
                         *common,
-                        *(z[name] for name in ("indptr", "pixel", "area", "delta_r")),
+                        z["indptr"],
+                        z["pixel"],
+                        z["area"],
+                        z["delta_r"],
                         *tail,
                         config=config,
                     )
@@ -655,16 +667,16 @@ _NPZ_ALIGN = 64
 _NPZ_PAD_ID = 0x7261
 
 
-def _save_aligned_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+def _save_aligned_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` (uncompressed, readable by ``np.load``) with every array's data starting
     at a multiple of 64 bytes in the file, so :func:`_stored_npz` can hand out views of it."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    with open(path, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as z:
         for name, value in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             # The .npy header keeps the data 64-aligned within the member; pad the member's start.
-            start = z.fp.tell() + 30 + len(info.filename) + 4
+            start = file.tell() + 30 + len(info.filename) + 4
             info.extra = struct.pack("<HH", _NPZ_PAD_ID, (-start) % _NPZ_ALIGN) + bytes(
                 (-start) % _NPZ_ALIGN
             )
@@ -676,7 +688,7 @@ _PLACES = ".places"
 #: Key of the ``os.stat_result`` of the file :func:`_stored_npz` read.
 _FILE = ".file"
 #: The dtypes the map takes its entry arrays in, little-endian as caches store them.
-_ENTRY_DTYPES = {
+_ENTRY_DTYPES: dict[str, np.dtype] = {
     "indptr": np.dtype("<u8"),
     "pixel": np.dtype("<u4"),
     "area": np.dtype("<f4"),
@@ -744,7 +756,7 @@ def _same_file(path: Path, read: os.stat_result) -> bool:
 
 
 @contextlib.contextmanager
-def _stored_npz(path: Path) -> Iterator[dict[str, np.ndarray]]:
+def _stored_npz(path: Path) -> Iterator[dict[str, Any]]:
     """The arrays of an uncompressed ``.npz`` (what :meth:`DetectorMap.save` writes) as
     read-only views of the file mapped into memory, valid inside the ``with``; under the key
     ``_PLACES``, where in the file the aligned ones lie (see :func:`_places_in_file`), and

@@ -981,8 +981,10 @@ def fit_per_eta(
     n_frames, n_eta, n_r = cakes.shape
     cfg = result.config
     if r_bin_px is None:
-        binned_in_r = cfg is not None and not (cfg.q_bin > 0 or cfg.tth_bin_deg > 0)
-        r_bin_px = float(cfg.r_bin_px) if binned_in_r else float(np.median(np.diff(r)))
+        if cfg is not None and not (cfg.q_bin > 0 or cfg.tth_bin_deg > 0):
+            r_bin_px = float(cfg.r_bin_px)
+        else:
+            r_bin_px = float(np.median(np.diff(r)))
     profiles = cakes.reshape(-1, n_r)
     # IntegratorZarrOMP skips bins with < 5 nonzero values (it counts NaN as nonzero; radint
     # does not, so a masked-out profile is skipped rather than fitted on NaNs).
@@ -1143,7 +1145,7 @@ def _pad_slots(name: str, values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _add_curve_axis(table: FitTable) -> FitTable:
-    lifted = {}
+    lifted: dict[str, Any] = {}
     for f in dataclasses.fields(table):
         v = getattr(table, f.name)
         lifted[f.name] = v[np.newaxis] if isinstance(v, np.ndarray) else v
@@ -1235,7 +1237,7 @@ class FitSpec:
         """
         if not config.do_peak_fit:
             return None
-        common = {
+        common: dict[str, Any] = {
             "roi_padding": int(config.fit_roi_padding),
             "auto_roi": bool(config.fit_roi_auto),
             "snip_iterations": int(config.snip_iterations),
@@ -1264,8 +1266,11 @@ class FitSpec:
         if isinstance(value, FitSpec):
             return value
         if isinstance(value, dict):
+            fields: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in value.items()
+            }
             try:
-                return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+                return cls(**fields)
             except TypeError as e:
                 raise InvalidInputError(f"fit: {e}") from e
         raise InvalidInputError(
@@ -1311,7 +1316,7 @@ class FitSpec:
         order, as IntegratorZarrOMP pairs doublets and numbers its per-η peaks in that order
         (its fit.bin, like :attr:`positions_px`, is in R order).
         """
-        common = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
+        common: dict[str, Any] = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
                   "max_iterations": self.max_iterations, "n_threads": n_threads,
                   "bounds": self.per_eta_bounds}  # fmt: skip
         if self.auto is not None:  # the spec's model (compat: MIDAS's, bin_average=False)

@@ -381,7 +381,7 @@ class Integrator:
         self._dark_bad = bad if bad is not None and bad.any() else None
         self._dark_image = None if self._dark is None else self._dark.reshape(config.shape)
         # (map core, that core with scale and dark folded in, the dark's per-bin offset).
-        self._folded: tuple[Any, Any, np.ndarray] | None = None
+        self._folded: tuple[Any, Any, np.ndarray | None] | None = None
         self._axes = self._make_axes()
         self._gpu: Any = None
         self._gpu_fit: tuple[Any, Any] = (None, None)
@@ -392,7 +392,7 @@ class Integrator:
             try:
                 self._gpu_backend().warm_up()
                 if self.fit is not None and self.fit.runs_on_gpu:
-                    self._gpu_fitter()
+                    self._gpu_fitter(self.fit)
             except Exception as e:
                 why = f"{type(e).__name__}: {e}".strip()
                 if backend != "auto":
@@ -485,7 +485,7 @@ class Integrator:
         folded, _ = detector_map._core.folded(scale=scale, n_threads=self.n_threads)
         m = DetectorMap(folded, detector_map.config)
         m.corrections_folded = False  # radint's weights: resampled as its own map's
-        m.corrected_at_source = tuple(models)
+        m.corrected_at_source = models
         m.origin = f"{detector_map.origin}, corrections at each entry's pixel"
         return m
 
@@ -605,7 +605,7 @@ class Integrator:
             )
         # Aligned too: a frame viewed in a byte buffer after a 4-byte header (a MIDAS wire
         # payload of 8-byte pixels) is C-contiguous but cannot be read in place.
-        a = np.require(a, requirements="CA")
+        a = np.require(a, requirements=("C", "A"))
         if self._markers_by_map(a):
             return a  # _run leaves the marked pixels out through a map without them
         if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
@@ -683,7 +683,7 @@ class Integrator:
                 slow = []
                 for p in parts:
                     m = np.isin(p, values)
-                    q = p.astype(_exact_float(p, m))
+                    q: np.ndarray = p.astype(_exact_float(p, m))
                     q[m] = np.nan
                     slow.append(q)
                 return self.map._core, slow, -1
@@ -783,7 +783,7 @@ class Integrator:
         keep = ~marked[m.pixel]
         if keep.all():  # marked pixels the map never reads
             return m
-        counts = np.diff(np.asarray(m.indptr, dtype=np.int64))
+        counts: np.ndarray = np.diff(np.asarray(m.indptr, dtype=np.int64))
         bins = np.repeat(np.arange(counts.size), counts)
         indptr = np.zeros(counts.size + 1, dtype=np.uint64)
         np.cumsum(np.bincount(bins[keep], minlength=counts.size), out=indptr[1:])
@@ -998,14 +998,13 @@ class Integrator:
             gpu = self._gpu_backend()
             # What the Result holds (the per-bin signal only for the MIDAS CPU masked-bin
             # values); the variance sums stay on the device.
-            keys = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
-            if self.compat == "midas-cpu":
-                keys += ("signal",)
+            keys: tuple[str, ...] = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area")
+            keys += ("count", "signal") if self.compat == "midas-cpu" else ("count",)
             # A list of frames is staged frame by frame, never stacked on the host first.
             dev, out = gpu.run(frames, dark_flat, var_flat, host_keys=keys)
             if self.fit is not None and self.fit.runs_on_gpu:
                 # Fitted where the lineouts already are; only the fit table comes back.
-                gpu_fit = self._gpu_fitter().fit(dev["lineout"].reshape(-1, self.map.n_r))
+                gpu_fit = self._gpu_fitter(self.fit).fit(dev["lineout"].reshape(-1, self.map.n_r))
         else:
             core, scale, offset = self.map._core, self._scale, None
             if self._markers_by_map(parts[0]):
@@ -1149,9 +1148,8 @@ class Integrator:
             return cupyx.empty_pinned(shape, dtype=dtype)
         return np.empty(shape, dtype=dtype)
 
-    def _gpu_fitter(self) -> Any:
+    def _gpu_fitter(self, spec: FitSpec) -> Any:
         """The CUDA fitter of the current fit spec (rebuilt when ``fit`` changes)."""
-        spec = self.fit
         if self._gpu_fit[0] != spec:
             from radint.gpu.fit import CudaFitter
 
@@ -1174,18 +1172,14 @@ class Integrator:
         n_r, n_eta = self.map.n_r, self.map.n_eta
         n = int(out["n_frames"])
 
-        def cake(key: str) -> np.ndarray | None:
-            if key not in out:
-                return None
+        def cake(key: str) -> np.ndarray:
             if key in _ETA_MAJOR_KEYS:
                 c = np.asarray(out[key]).reshape(n, n_eta, n_r)
             else:  # per-bin sums, bin-major (r·n_eta + e): a transposed view
                 c = np.asarray(out[key]).reshape(n, n_r, n_eta).transpose(0, 2, 1)
             return c if stack else c[0]
 
-        def line(key: str) -> np.ndarray | None:
-            if key not in out:
-                return None
+        def line(key: str) -> np.ndarray:
             v = np.asarray(out[key]).reshape(n, n_r)
             return v if stack else v[0]
 
@@ -1193,9 +1187,9 @@ class Integrator:
             meta.update(self._masked_bin_values(out, n))
         return Result(
             cake=cake("cake"),
-            cake_sigma=cake("cake_sigma"),
+            cake_sigma=cake("cake_sigma") if "cake_sigma" in out else None,
             lineout=line("lineout"),
-            lineout_sigma=line("lineout_sigma"),
+            lineout_sigma=line("lineout_sigma") if "lineout_sigma" in out else None,
             area=cake("area"),
             count=cake("count"),
             config=self.config,
@@ -1203,7 +1197,7 @@ class Integrator:
             lineout_mode=self.lineout_mode,
             frame_ids=np.arange(n) if stack else None,
             metadata=meta,
-            **self._axes,
+            **self._axes,  # type: ignore[arg-type]  # the axis fields, all arrays
         )
 
     def _masked_bin_values(self, out: dict[str, Any], n: int) -> dict[str, np.ndarray]:

@@ -235,7 +235,7 @@ def _frame_count(path: Path) -> int:
     if path.is_dir():
         import zarr
 
-        return int(zarr.open_group(str(path), mode="r")["entry/azint1d/data/I"].shape[0])
+        return int(zarr.open_array(str(path), path="entry/azint1d/data/I", mode="r").shape[0])
     import h5py
 
     if not path.exists():

@@ -143,7 +143,7 @@ class Result:
                 for k, v in self.metadata.items()
                 if k not in STACK_TOTAL_METADATA  # not one frame's value
             },
-            peaks=None if self.peaks is None else self._peaks_of(index),
+            peaks=None if self.peaks is None else _peaks_of(self.peaks, index),
         )
 
     @classmethod
@@ -176,7 +176,14 @@ class Result:
 
         def cat(name: str, ndim: int) -> np.ndarray | None:
             parts = [frames(getattr(r, name), r, ndim) for r in results]
-            return None if any(p is None for p in parts) else np.concatenate(parts)
+            present = [p for p in parts if p is not None]
+            return np.concatenate(present) if len(present) == len(parts) else None
+
+        def cat_required(name: str, ndim: int) -> np.ndarray:
+            stacked = cat(name, ndim)
+            if stacked is None:
+                raise InvalidInputError(f"concatenate: a result has no {name}")
+            return stacked
 
         ids, start = [], 0
         for r in results:
@@ -184,18 +191,19 @@ class Result:
             ids.append(own if own is not None else np.arange(start, start + r.n_frames))
             start += r.n_frames
         peaks = None
-        if all(r.peaks is not None for r in results):
+        tables = [r.peaks for r in results if r.peaks is not None]
+        if len(tables) == len(results):
             from radint.fit import concat_tables
 
-            peaks = concat_tables([r.peaks for r in results])
+            peaks = concat_tables(tables)
         return dataclasses.replace(
             first,
-            cake=cat("cake", 2),
+            cake=cat_required("cake", 2),
             cake_sigma=cat("cake_sigma", 2),
-            lineout=cat("lineout", 1),
+            lineout=cat_required("lineout", 1),
             lineout_sigma=cat("lineout_sigma", 1),
-            area=cat("area", 2),
-            count=cat("count", 2),
+            area=cat_required("area", 2),
+            count=cat_required("count", 2),
             frame_ids=np.concatenate(ids).astype(np.int64),
             metadata=_concat_metadata(results),
             peaks=peaks,
@@ -214,10 +222,11 @@ class Result:
             flat[:, np.asarray(bins)] = np.asarray(values).reshape(cakes.shape[0], -1)
         return cakes
 
-    def _peaks_of(self, index: int) -> FitTable:
-        from radint.fit import _pick_curve
 
-        return _pick_curve(self.peaks, index)
+def _peaks_of(peaks: FitTable, index: int) -> FitTable:
+    from radint.fit import _pick_curve
+
+    return _pick_curve(peaks, index)
 
 
 #: Metadata keys holding one value (or one row) per frame (joined when stacks are joined).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import glob
 import logging
 import os
@@ -21,7 +22,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -359,7 +360,7 @@ def _frames_in(output: Path) -> int | None:
         if output.is_dir():
             import zarr
 
-            return int(zarr.open_group(str(output), mode="r")[name].shape[0])
+            return int(zarr.open_array(str(output), path=name, mode="r").shape[0])
         import h5py
 
         with h5py.File(output, "r", locking=False) as f:
@@ -485,7 +486,7 @@ def process_files(
     integrator: Any = None,
     compression: str | None = "blosc-lz4",
     raw_dtype: str | None = None,
-) -> Iterator[FileOutcome]:
+) -> Generator[FileOutcome, None, None]:
     """Integrate files one after another, yielding one outcome per file in input order.
 
     Four stages overlap, across file boundaries too: a reader thread reads the next stack of
@@ -567,7 +568,7 @@ def process_files(
                     dataset=dataset,
                     size=STACK_FRAMES,
                     max_bytes=STACK_BYTES,
-                    allocate=lambda shape, dtype, d=file_dark: group.slots(shape, dtype, d),
+                    allocate=functools.partial(group.slots, dark=file_dark),
                     shape=integ.config.shape,
                     raw_dtype=raw_dtype,
                     zip_parameters=integ.config.zip_parameters(),
@@ -795,7 +796,7 @@ class _StackBuffers:
     def __init__(self, keep: int) -> None:
         self.keep = keep
         # Free buffers with their kind ("plain", "pinned"): a kind is only reused as itself.
-        self._free: list[tuple[np.ndarray, str]] = []
+        self._free: list[tuple[Any, str]] = []  # (raw buffer, kind)
         # Buffers made here (ids alone can be reused), with their kind. Only the kind is kept,
         # not the allocator, which may be a method holding an Integrator and its GPU state.
         self._owned: dict[int, tuple[weakref.ref, str]] = {}
@@ -1069,7 +1070,7 @@ def run_batch(
     skip_existing: bool = False,
     dask: str | None = None,
     backend: str = "cpu",
-    names: list[str] | None = None,
+    names: Sequence[str | None] | None = None,
     on_done: Callable[[FileOutcome], None] | None = None,
     compression: str | None = "blosc-lz4",
     raw_dtype: str | None = None,
@@ -1112,7 +1113,7 @@ def run_batch(
         detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
     # Made once the map is there: a run refused before (a wrong MIDAS map folder) leaves no folder.
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = names or [None] * len(files)
+    names = list(names) if names else [None] * len(files)
     outcomes: dict[int, FileOutcome] = {}
 
     def done(i: int, o: FileOutcome) -> None:
@@ -1120,7 +1121,7 @@ def run_batch(
         if on_done:
             on_done(o)
 
-    opts = {"out_dir": str(out_dir), "formats": tuple(formats), "dataset": dataset, "dark": dark,
+    opts: dict[str, Any] = {"out_dir": str(out_dir), "formats": tuple(formats), "dataset": dataset, "dark": dark,
             "skip_existing": skip_existing, "compression": compression,
             "raw_dtype": raw_dtype}  # fmt: skip
     if dask:

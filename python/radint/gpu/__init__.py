@@ -544,6 +544,8 @@ class CudaIntegrator:
                 dev = self._stage(k, dtype, self._pass_blocks(flat, f0, nb), stream)
             o0, o1 = f0 * self.n_bins, (f0 + nb) * self.n_bins
             r0, r1 = f0 * self.n_r, (f0 + nb) * self.n_r
+            per_bin: dict[str, Any]
+            per_row: dict[str, Any]
             if nb == n:  # one pass: the whole arrays (slicing costs microseconds per array)
                 per_bin = {key: out[key] for key in _BIN_KEYS if key in out}
                 per_row = {key: out[key] for key in ("lineout", "lineout_sigma") if key in out}
@@ -612,7 +614,7 @@ class CudaIntegrator:
                     ),
                 )
             for key, h in host.items():
-                part = per_bin.get(key, per_row.get(key))
+                part = per_bin[key] if key in per_bin else per_row[key]
                 lo = o0 if key in per_bin else r0
                 part.data.copy_to_host_async(
                     ctypes.c_void_p(h[lo:].ctypes.data), part.nbytes, stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import math
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -58,6 +58,10 @@ def software_version() -> str:
         return "unknown"
 
 
+@overload
+def stacked(a: np.ndarray, ndim: int) -> np.ndarray: ...
+@overload
+def stacked(a: None, ndim: int) -> None: ...
 def stacked(a: np.ndarray | None, ndim: int) -> np.ndarray | None:
     """``a`` with a leading frame axis (a single-frame array gets one of length 1)."""
     if a is None:

@@ -72,7 +72,7 @@ class FrameSource(ABC):
             return False
         if self._plain_file is None:
             self._plain_file = open(self.path, "rb", buffering=0)  # closed by __exit__
-        view = memoryview(out.reshape(-1)).cast("B")
+        view = out.reshape(-1).data.cast("B")
         fd = self._plain_file.fileno()
         got = 0
         while got < out.nbytes:  # a read may return less than asked (signals); 0 = end of file

@@ -23,6 +23,7 @@ by HDF5, and anything HDF5 reads differently (or a filter this module does not k
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import uuid
@@ -53,6 +54,15 @@ def filters_of(ds: Any) -> list[tuple[int, tuple[int, ...]]]:
     return [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
 
 
+def _deflate(raw: Any, size: int, level: int) -> bytes:
+    return zlib.compress(raw, level)
+
+
+def _blosc(raw: Any, size: int, codec: Any) -> Any:
+    # Blosc shuffles by the element size it is given: the dataset's, as HDF5's filter.
+    return codec.encode(np.frombuffer(raw, f"u{size}") if size in (1, 2, 4, 8) else raw)
+
+
 def chunk_encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.ndarray], Any]:
     """The chunk encoder of an HDF5 filter pipeline ``[(filter id, client values), ...]``,
     applied in order; it returns a bytes-like object (an unfiltered chunk is not copied).
@@ -71,17 +81,12 @@ def chunk_encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.nd
             )
         elif code == _FILTER_DEFLATE:
             level = values[0] if values else 6
-            steps.append(lambda raw, size, level=level: zlib.compress(raw, level))
+            steps.append(functools.partial(_deflate, level=level))
         elif code == _FILTER_BLOSC and len(values) >= 7 and values[6] in _BLOSC_CODECS:
             from numcodecs import Blosc
 
             codec = Blosc(cname=_BLOSC_CODECS[values[6]], clevel=values[4], shuffle=values[5])
-            # Blosc shuffles by the element size it is given: the dataset's, as HDF5's filter.
-            steps.append(
-                lambda raw, size, codec=codec: codec.encode(
-                    np.frombuffer(raw, f"u{size}") if size in (1, 2, 4, 8) else raw
-                )
-            )
+            steps.append(functools.partial(_blosc, codec=codec))
         else:
             raise ImageUnsupported(f"HDF5 filter {code} {values}")
 

@@ -44,7 +44,7 @@ def list_datasets(group: h5py.Group) -> list[str]:
         if isinstance(obj, h5py.Dataset):
             found.append(f"{name} {obj.shape}")
 
-    def visit_link(name: str, link: object) -> None:
+    def visit_link(name: str, link: Any) -> None:
         if isinstance(link, h5py.HardLink):
             return  # seen by visititems
         target = (
@@ -143,6 +143,8 @@ class Hdf5Source(FrameSource):
     datasets of a group (a Dectris/Eiger master file's ``entry/data``, the default when the
     file has no ``exchange/data``) numbered consecutively across them."""
 
+    dtype: np.dtype  # known once the dataset is open
+
     def __init__(self, path: Path, dataset: str | None = None, frames: Any = None) -> None:
         """``frames`` (a selection as :func:`~radint.io.read_frames` takes): the frames to be
         read; unwritten frames outside it are not an error (a stack still being filled)."""
@@ -203,7 +205,7 @@ class Hdf5Source(FrameSource):
         self._ds = self._parts[0]
         self._layout: tuple[str, int] | None = None
         self.dtype = check_pixel_dtype(self.label, self._ds.dtype)  # before any buffer is made
-        counts = []
+        counts: list[int] = []
         for ds, member in zip(self._parts, self._part_names):
             label = f"{self.label}/{member}" if member else self.label
             n, shape = frames_from_stack(label, ds.shape)

@@ -636,8 +636,7 @@ class _ZarrTree:
 
     def set_text(self, path: str, value: str) -> None:
         """Overwrite an existing scalar string field."""
-        self._create_pending()
-        self.root[path][()] = value
+        self.dataset(path)[()] = value
 
     def growing(
         self, path: str, row: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]
@@ -723,7 +722,7 @@ def _file_size_limit() -> int | None:
 def _as_rows(value: Any, n: int, default: np.ndarray, dtype: type) -> np.ndarray:
     if value is None:
         return default.astype(dtype)
-    rows = np.asarray(value, dtype=dtype).reshape(-1)
+    rows: np.ndarray = np.asarray(value, dtype=dtype).reshape(-1)
     if rows.shape[0] != n:
         raise InvalidInputError(f"got {rows.shape[0]} frame ids/timestamps for {n} frame(s)")
     return rows
@@ -827,6 +826,14 @@ class NexusWriter:
         self._writeback_fd: int | None = None
         self._uncommitted = False  # closed, complete, still under its temporary name
         self._synced = False  # ... and already fsync-ed
+
+    @property
+    def h5_file(self) -> Any:
+        """The open ``h5py.File`` of an HDF5 output, once a result is appended (others:
+        RuntimeError)."""
+        if not isinstance(self._tree, _H5Tree):
+            raise RuntimeError(f"{self.path}: no HDF5 file open (nothing appended, or Zarr)")
+        return self._tree.file
 
     def _open(self) -> _H5Tree | _ZarrTree:
         """The open output tree, created on first use (with the held frame written to it)."""
@@ -1637,7 +1644,7 @@ def stored_text(path: str | Path, name: str) -> str | None:
         if path.is_dir():
             import zarr
 
-            value = np.asarray(zarr.open_group(str(path), mode="r")[name][()])
+            value = np.asarray(zarr.open_array(str(path), path=name, mode="r")[...])
         else:
             import h5py
 

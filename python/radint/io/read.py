@@ -285,9 +285,9 @@ def read_stacks(
     )
     with opened as source:
         indices = list(source.default_indices())
-        shape = tuple(source.frame_shape)
+        frame_shape = tuple(source.frame_shape)
         if max_bytes is not None and source.dtype is not None:
-            frame_bytes = int(np.prod(shape)) * source.dtype.itemsize
+            frame_bytes = int(np.prod(frame_shape)) * source.dtype.itemsize
             size = max(1, min(size, max_bytes // max(1, frame_bytes)))
         for k in range(0, len(indices), size):
             chunk = indices[k : k + size]
@@ -296,8 +296,8 @@ def read_stacks(
             keys = set().union(*per_frame)
             metadata = {key: [m.get(key, np.nan) for m in per_frame] for key in keys}
             ids = [source.frame_id(i) for i in chunk]
-            if allocate is not None and source.dtype is not None and len(shape) == 2:
-                out = allocate((len(chunk), *shape), source.dtype)
+            if allocate is not None and source.dtype is not None and len(frame_shape) == 2:
+                out = allocate((len(chunk), *frame_shape), source.dtype)
                 if all(source.read_plain(i, out[j]) for j, i in enumerate(chunk)):
                     data = out
                 elif contiguous:

@@ -190,7 +190,7 @@ class TiffSource(FrameSource):
             self._tif.close()
             raise ReaderError(f"{path}: all {n_pages} page(s) are reduced-resolution previews")
         self.n_frames = len(self._pages)
-        first = self._tif.pages[self._pages[0]]
+        first = self._page(self._pages[0])
         if len(first.shape) != 2:
             self._tif.close()
             hint = (
@@ -232,6 +232,11 @@ class TiffSource(FrameSource):
                     raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
             self._tif_file = tif
         return self._tif_file
+
+    def _page(self, number: int) -> tifffile.TiffPage:
+        """Page ``number`` (tifffile hands out a lighter TiffFrame only when asked to)."""
+        page = self._tif.pages[number]
+        return page if isinstance(page, tifffile.TiffPage) else page.aspage()
 
     def _frame_pages(self, n_pages: int) -> list[int]:
         """Numbers of the pages that are frames: all but those whose NewSubfileType marks them
@@ -286,7 +291,7 @@ class TiffSource(FrameSource):
         if out is None:
             return super().read_block(start, stop)
         for k, i in enumerate(range(start, stop)):
-            page = self._tif.pages[self._pages[i]]
+            page = self._page(self._pages[i])
             if page.dtype == out.dtype:
                 self._decode(i, out[k])
             else:
@@ -311,7 +316,7 @@ class TiffSource(FrameSource):
         """Where an uncompressed page's pixels lie, when they lie in one piece."""
         if self._plain is not None:
             return self._plain[0], self._plain[1]
-        page = self._tif.pages[self._pages[index]]
+        page = self._page(self._pages[index])
         if not (page.is_contiguous and page.is_final) or tuple(page.shape) != self.frame_shape:
             return None
         dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
@@ -319,13 +324,13 @@ class TiffSource(FrameSource):
 
     def data_end(self, index: int) -> int | None:
         """Where page ``index``'s strips or tiles end, compressed or not, in any byte order."""
-        page = self._tif.pages[self._pages[index]]
+        page = self._page(self._pages[index])
         ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
         return max(ends) if ends else None
 
     def _decode(self, index: int, out: np.ndarray | None) -> np.ndarray:
         number = self._pages[index]
-        page = self._tif.pages[number]
+        page = self._page(number)
         if tuple(page.shape) != self.frame_shape:
             raise ReaderError(
                 f"{self.path}: page {number} has shape {tuple(page.shape)}, expected "

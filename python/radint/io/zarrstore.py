@@ -80,15 +80,15 @@ class ZarrSource(FrameSource):
         except Exception as exc:  # zarr raises many unrelated types for a bad store
             self.close()
             raise ReaderError(f"{path}: not a readable Zarr store ({exc})") from exc
-        self.root = root
+        self.root: Any = root  # a Group, or the Array itself
         if isinstance(root, zarr.Array):
             arr = root
             self.label = str(path)
         else:
             name = dataset or DEFAULT_DATASET
             self.label = f"{path}:{name}"
-            arr = root.get(name)
-            if not isinstance(arr, zarr.Array):
+            found = root.get(name)
+            if not isinstance(found, zarr.Array):
                 available = sorted(_list_arrays(root))
                 self.close()
                 # A MIDAS zip holds ~50 parameter arrays: name the first, count the rest.
@@ -97,6 +97,7 @@ class ZarrSource(FrameSource):
                 raise ReaderError(
                     f"{path}: array '{name}' does not exist; available arrays: {shown}{more}"
                 )
+            arr = found
         self._arr = arr
         try:
             self.dtype = check_pixel_dtype(self.label, arr.dtype)  # before any buffer is made
@@ -225,12 +226,17 @@ class MidasZipSource(ZarrSource):
         # Per-frame monitors IntegratorZarrOMP averages into each OmegaSumFrame's attributes.
         self.monitors = {}
         for key in ("Temperature", "Pressure", "I", "I0"):
-            arr = self.root.get(f"{_MIDAS_SCAN}/{key}")
+            arr = self._member(f"{_MIDAS_SCAN}/{key}")
             if isinstance(arr, zarr.Array) and arr.size:
                 self.monitors[key] = np.asarray(arr[...], dtype=np.float64).reshape(-1)
 
+    def _member(self, name: str) -> Any:
+        """The array or group at ``name``; None where there is none (or the store is one
+        array, not a MIDAS zip's tree)."""
+        return self.root.get(name) if isinstance(self.root, zarr.Group) else None
+
     def _scalar(self, name: str, default: Any) -> Any:
-        arr = self.root.get(name)
+        arr = self._member(name)
         if not isinstance(arr, zarr.Array) or arr.size == 0:
             return default
         return np.asarray(arr[...]).reshape(-1)[0].item()

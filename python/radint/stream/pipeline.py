@@ -470,7 +470,7 @@ class Pipeline:
                         timestamp=[i.timestamp for i in group],
                     )
                 if table is None:
-                    table = _StreamTable(writer._tree.file)
+                    table = _StreamTable(writer.h5_file)
                 table.append(items)
                 if self.midas_files:
                     bins = self._write_midas(results, bins)

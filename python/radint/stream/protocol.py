@@ -62,6 +62,12 @@ class ProtocolError(RadintError, ValueError):
     """Bytes that are not a valid MIDAS stream frame (unknown dtype, wrong size)."""
 
 
+def _bytes_of(data: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
+    """A byte view of ``data`` (no copy)."""
+    view = data.data if isinstance(data, np.ndarray) else memoryview(data)
+    return view.cast("B")
+
+
 def payload_size(dtype: int, n_pixels: int, hybrid_count: int | None = None) -> int:
     """Payload bytes after the 4-byte header.
 
@@ -127,7 +133,7 @@ def encode_frame(
     """
     code, pieces = sender_encoding(data, compress)
     header = HEADER.pack(dataset_num % 65536, code)
-    return header, [memoryview(p).cast("B") for p in pieces]
+    return header, [_bytes_of(p) for p in pieces]
 
 
 def encode_frame_bytes(dataset_num: int, data: np.ndarray, compress: bool = False) -> bytes:
@@ -146,7 +152,7 @@ def decode_frame(dtype: int, payload: bytes | memoryview | np.ndarray, n_pixels:
     ProtocolError
         Unknown dtype or a payload of the wrong size.
     """
-    buf = memoryview(payload).cast("B")
+    buf = _bytes_of(payload)
     if dtype in DTYPES:
         want = n_pixels * DTYPES[dtype].itemsize
         if buf.nbytes != want:
@@ -163,7 +169,7 @@ def decode_frame(dtype: int, payload: bytes | memoryview | np.ndarray, n_pixels:
     return decode_hybrid(count, buf[HYBRID_COUNT.size :], n_pixels)
 
 
-def decode_hybrid(count: int, body: bytes | memoryview, n_pixels: int) -> np.ndarray:
+def decode_hybrid(count: int, body: bytes | bytearray | memoryview, n_pixels: int) -> np.ndarray:
     """Hybrid body (after the count): ``u16 base[N], i32 idx[C], i64 val[C]`` → int64 pixels."""
     body = memoryview(body).cast("B")
     base_end = 2 * n_pixels

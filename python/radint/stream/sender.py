@@ -212,7 +212,7 @@ def _sendmsg_all(sock: socket.socket, buffers: list[memoryview | bytes]) -> None
 
 
 def send_frames(
-    frames: Iterable[tuple[np.ndarray, str]],
+    frames: Iterable[tuple[np.ndarray | FileFrame, str]],
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -241,7 +241,9 @@ def send_frames(
         Expected frame shape (the receiver's NrPixelsZ, NrPixelsY); others raise RadintError
         before anything is sent for that frame.
     """
-    items: queue.Queue[tuple[np.ndarray, str] | BaseException | None] = queue.Queue(maxsize=5)
+    items: queue.Queue[tuple[np.ndarray | FileFrame, str] | BaseException | None] = queue.Queue(
+        maxsize=5
+    )
     stop = threading.Event()
 
     def reader() -> None:

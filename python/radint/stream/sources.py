@@ -404,7 +404,7 @@ class TcpSource(Source):
         if code in DTYPES:
             data = self.pool.take(self.n_pixels, DTYPES[code])
             try:
-                self._recv_exact(conn, memoryview(data).cast("B"), drain_until)
+                self._recv_exact(conn, data.data.cast("B"), drain_until)
             except BaseException:
                 self.pool.give_back(data)
                 raise
@@ -795,9 +795,10 @@ class PvaSource(Source):
             data = self._decode(pv, uid)
             if stamp is None and data is not None:
                 # The decoded array itself is kept (a copy per frame would cost ~1 ms).
-                last, self._last_pixels = self._last_pixels, self._decoded
+                decoded = self._decoded
+                last, self._last_pixels = self._last_pixels, decoded
                 if (reconnected and uid == self._last_uid and last is not None
-                        and np.array_equal(last, self._decoded)):  # fmt: skip
+                        and decoded is not None and np.array_equal(last, decoded)):  # fmt: skip
                     self.pool.give_back(data)
                     log.info("pva %s: uniqueId %d again, same pixels, first update after a "
                              "reconnect (re-sent): skipped", self.channel_name, uid)  # fmt: skip
@@ -979,7 +980,7 @@ class FolderSource(Source):
         poll_s: float = 0.2,
         dataset: str | None = None,
         settle_s: float = 1.0,
-        exclude: Iterable[str | Path] = (),
+        exclude: Iterable[str | Path | None] = (),
         zip_parameters: Mapping[str, float] | None = None,
         hold_s: float = 10.0,
     ) -> None:
@@ -1206,7 +1207,7 @@ class FolderSource(Source):
 
 def _digest(data: np.ndarray) -> int:
     """CRC-32 of a frame's pixels (~3 ms for a Pilatus 2M frame, GIL released)."""
-    return zlib.crc32(np.ascontiguousarray(data))
+    return zlib.crc32(np.ascontiguousarray(data).data)
 
 
 def _with_next(frames: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
