@@ -482,6 +482,54 @@ def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
         )
 
 
+class _ForeignDeviceArray:
+    """Another library's device array (torch, Numba): only ``__cuda_array_interface__``."""
+
+    def __init__(self, array) -> None:
+        self._array = array  # keeps the memory alive
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return self._array.__cuda_array_interface__
+
+
+@gpu
+@needs_cuda
+def test_cuda_takes_other_libraries_device_arrays_and_refuses_another_gpus(small_map_mod):
+    """Review: a torch/Numba array was taken for a CuPy array (its .flags failed), and a CuPy
+    array on another GPU than the map was read as if it were on the map's."""
+    import cupy as cp
+
+    import radint.gpu
+    from radint.exceptions import InvalidInputError
+
+    cfg, m = small_map_mod
+    rng = np.random.default_rng(5)
+    frames = rng.random((3, *m.shape)).astype(np.float32) * 1000
+    want = Integrator(cfg, backend="cpu", detector_map=m).integrate_stack(frames)
+    gpu = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
+    on_device = cp.asarray(frames)
+    for given in (_ForeignDeviceArray(on_device), [_ForeignDeviceArray(f) for f in on_device]):
+        got = gpu.integrate(given, keys=("cake",))
+        np.testing.assert_allclose(
+            got["cake"].reshape(want.cake.shape), want.cake, rtol=1e-6, atol=1e-9, equal_nan=True
+        )
+    dark = np.zeros(m.shape[0] * m.shape[1])
+    if cp.__version__ == "0.0-fake":
+        elsewhere, dark_elsewhere = cp.asarray(frames), cp.asarray(dark)
+        elsewhere._device = dark_elsewhere._device = gpu.device_id + 1
+    elif cp.cuda.runtime.getDeviceCount() > 1:
+        with cp.cuda.Device((gpu.device_id + 1) % cp.cuda.runtime.getDeviceCount()):
+            elsewhere, dark_elsewhere = cp.asarray(frames), cp.asarray(dark)
+    else:
+        return
+    other = elsewhere.device.id
+    with pytest.raises(InvalidInputError, match=f"frames: on GPU {other}, but"):
+        gpu.integrate(elsewhere, keys=("cake",))
+    with pytest.raises(InvalidInputError, match=f"dark: on GPU {other}, but"):
+        gpu.integrate(frames, dark=dark_elsewhere, keys=("cake",))
+
+
 # ---------------------------------------------------------------------------------- fake CuPy
 FAKE_CUPY = Path(__file__).resolve().parent / "gpu_harness" / "fake_cupy"
 REPO = Path(__file__).resolve().parents[1]

@@ -37,6 +37,9 @@ _SUPPORTED_DTYPES = {np.dtype(t) for t in ("u1", "u2", "u4", "i4", "i8", "f4", "
 # What both backends' integration dicts hold η-major per frame (e·n_r + r: Result.cake's layout);
 # the per-bin sums (area, count, ...) are bin-major (r·n_eta + e).
 _ETA_MAJOR_KEYS = ("cake", "cake_sigma")
+#: Results of one CUDA pass over a stack at most (device memory, and page-locked host memory
+#: for the downloads): larger stacks are integrated in blocks of frames.
+GPU_BLOCK_BYTES = 1 << 30
 
 # float64 frames per call narrowed to float32 at most (a scratch buffer of that many frames
 # per thread); larger stacks keep the float64 kernels.
@@ -1000,11 +1003,19 @@ class Integrator:
             # values); the variance sums stay on the device.
             keys: tuple[str, ...] = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area")
             keys += ("count", "signal") if self.compat == "midas-cpu" else ("count",)
+            fits_on_gpu = self.fit is not None and self.fit.runs_on_gpu
+            outs, fits = [], []
             # A list of frames is staged frame by frame, never stacked on the host first.
-            dev, out = gpu.run(frames, dark_flat, var_flat, host_keys=keys)
-            if self.fit is not None and self.fit.runs_on_gpu:
-                # Fitted where the lineouts already are; only the fit table comes back.
-                gpu_fit = self._gpu_fitter(self.fit).fit(dev["lineout"].reshape(-1, self.map.n_r))
+            for block in self._gpu_blocks(frames):
+                dev, block_out = gpu.run(block, dark_flat, var_flat, host_keys=keys)
+                outs.append(block_out)
+                if self.fit is not None and fits_on_gpu:
+                    # Fitted where the lineouts already are; only the fit table comes back.
+                    lineouts = dev["lineout"].reshape(-1, self.map.n_r)
+                    fits.append(self._gpu_fitter(self.fit).fit(lineouts))
+                del dev  # the block's device results go back to the pool before the next
+            out = outs[0] if len(outs) == 1 else _joined(outs)
+            gpu_fit = None if not fits else fits[0] if len(fits) == 1 else _joined(fits)
         else:
             core, scale, offset = self.map._core, self._scale, None
             if self._markers_by_map(parts[0]):
@@ -1156,10 +1167,22 @@ class Integrator:
             fitter = CudaFitter(
                 self._axes["radius_px"], spec.positions_in_px(self.config),
                 roi_padding=spec.roi_padding, max_iterations=spec.max_iterations,
-                bin_average=spec.bin_average,
+                bin_average=spec.bin_average, device_id=self._gpu_backend().device_id,
             )  # fmt: skip
             self._gpu_fit = (spec, fitter)
         return self._gpu_fit[1]
+
+    def _gpu_blocks(self, frames: Any) -> list[Any]:
+        """``frames`` in blocks whose results fit in :data:`GPU_BLOCK_BYTES` (one block for
+        all but very large stacks: the whole stack's results would otherwise be allocated on
+        the device, and page-locked on the host, at once)."""
+        n_frames = len(frames) if isinstance(frames, list) or frames.ndim == 3 else 1
+        # Sums, cake, sigma, count per bin; lineout and sigma per radial bin (bytes).
+        per_frame = self.map.n_r * self.map.n_eta * 44 + self.map.n_r * 16
+        size = max(1, GPU_BLOCK_BYTES // max(1, per_frame))
+        if n_frames <= size:
+            return [frames]
+        return [frames[k : k + size] for k in range(0, n_frames, size)]
 
     def _gpu_backend(self) -> Any:
         if self._gpu is None:
@@ -1302,3 +1325,13 @@ def _exact_float(a: np.ndarray, bad: np.ndarray) -> type:
         if -(2**24) <= int(lo) and int(hi) <= 2**24:
             return np.float32
     return np.float64
+
+
+def _joined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-block result dicts as one: arrays joined frame after frame, ``n_frames`` summed."""
+    return {
+        key: sum(int(p[key]) for p in parts)
+        if key == "n_frames"
+        else np.concatenate([p[key] for p in parts])
+        for key in parts[0]
+    }

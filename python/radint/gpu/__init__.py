@@ -33,7 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from radint.exceptions import BackendUnavailableError, DtypeError, ShapeError
+from radint.exceptions import (
+    BackendUnavailableError,
+    DtypeError,
+    InvalidInputError,
+    ShapeError,
+)
 
 __all__ = [
     "FRAME_DTYPES",
@@ -317,7 +322,9 @@ class CudaIntegrator:
             # views need not be contiguous.
             parts = [
                 self._check_frames(
-                    self._cp.ascontiguousarray(f) if hasattr(f, "__cuda_array_interface__") else f
+                    self._cp.ascontiguousarray(self._device_array(f, "frames"))
+                    if hasattr(f, "__cuda_array_interface__")
+                    else f
                 )
                 for f in frames
             ]
@@ -336,7 +343,7 @@ class CudaIntegrator:
                 return self._cp.concatenate([p[0] for p in parts]), n, True, parts[0][3]
             return [v for p in parts for v in p[0]], n, False, parts[0][3]
         on_device = hasattr(frames, "__cuda_array_interface__")
-        a = frames if on_device else np.asarray(frames)
+        a = self._device_array(frames, "frames") if on_device else np.asarray(frames)
         dtype = np.dtype(a.dtype)
         if dtype not in FRAME_DTYPES:
             raise DtypeError(
@@ -365,10 +372,25 @@ class CudaIntegrator:
                 break
         return out
 
+    def _device_array(self, a: Any, what: str) -> Any:
+        """Device array ``a`` as a CuPy array (a torch or Numba array becomes a view, no copy),
+        refused when it lies on another GPU than the map (the kernels would read foreign
+        memory)."""
+        if not isinstance(a, self._cp.ndarray):
+            a = self._cp.asarray(a)
+        device = getattr(getattr(a, "device", None), "id", self.device_id)
+        if device != self.device_id:
+            raise InvalidInputError(
+                f"{what}: on GPU {device}, but this Integrator's map is on GPU {self.device_id}; "
+                f"move it (cupy.asarray under cupy.cuda.Device({self.device_id})) or build the "
+                "Integrator under that device"
+            )
+        return a
+
     def _per_pixel(self, v: Any, what: str) -> Any:
         if v is None:
             return None
-        a = v if hasattr(v, "__cuda_array_interface__") else np.asarray(v)
+        a = self._device_array(v, what) if hasattr(v, "__cuda_array_interface__") else np.asarray(v)
         if a.dtype != np.float64 or a.size != self.n_pixels or not a.flags.c_contiguous:
             raise ShapeError(
                 f"{what}: expected {self.n_pixels} contiguous float64 values, got "

@@ -12,6 +12,7 @@ that are sequential per lineout; they run on the CPU after the lineouts come bac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from radint.exceptions import InvalidInputError
 from radint.gpu import _import_cupy, _module
 
 __all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
+
+log = logging.getLogger(__name__)
 
 #: Threads per block of the fitting kernel (each thread holds ~17 KB of local memory).
 FIT_BLOCK = 64
@@ -40,6 +43,8 @@ class CudaFitter:
         Peak positions in x units.
     roi_padding, max_iterations, max_peaks_per_job, bin_average
         As in :func:`radint.fit.fit_peaks`.
+    device_id : int, optional
+        The GPU that holds the lineouts (default: the current device).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class CudaFitter:
         max_iterations: int = 500,
         max_peaks_per_job: int = 32,
         bin_average: bool = True,
+        device_id: int | None = None,
     ) -> None:
         cp = _import_cupy()
         self._cp = cp
@@ -62,12 +68,17 @@ class CudaFitter:
         plan = _core.fit_plan(self.x, self.positions, self.roi_padding, self.max_peaks_per_job)
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
-        self._plan = {k: cp.asarray(plan[k]) for k in
-                      ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index", "peak_lo",
-                       "peak_hi")}  # fmt: skip
-        self._x = cp.asarray(self.x)
-        self.device_id = cp.cuda.Device().id
-        self._kernel = _module(self.device_id, "fit").get_function("rf_fit_jobs")
+        self.device_id = cp.cuda.Device().id if device_id is None else int(device_id)
+        self._warned_memory = False
+        with cp.cuda.Device(self.device_id):
+            self._plan = {k: cp.asarray(plan[k]) for k in
+                          ("job_lo", "job_hi", "peak_start", "peak_slot", "peak_index",
+                           "peak_lo", "peak_hi")}  # fmt: skip
+            self._x = cp.asarray(self.x)
+            # The uploads run on this thread's current stream; the fits may launch on another
+            # thread's (a stream's integration thread, per-thread default streams).
+            cp.cuda.get_current_stream().synchronize()
+            self._kernel = _module(self.device_id, "fit").get_function("rf_fit_jobs")
 
     def fit(self, lineouts: Any) -> dict[str, np.ndarray]:
         """Fit every row of ``lineouts`` (CuPy or numpy, shape ``(n_curves, n_x)``).
@@ -94,9 +105,8 @@ class CudaFitter:
         total = n_curves * self.n_jobs
         if total:
             p = self._plan
-            self._kernel(
+            launched = self._launch(
                 ((total + FIT_BLOCK - 1) // FIT_BLOCK,),
-                (FIT_BLOCK,),
                 (self._x, ys, np.uint32(n_x), np.uint32(n_curves), p["job_lo"], p["job_hi"],
                  p["peak_start"], p["peak_slot"], p["peak_index"], p["peak_lo"], p["peak_hi"],
                  np.uint32(self.n_jobs),
@@ -105,6 +115,8 @@ class CudaFitter:
                  np.int32(self.max_peaks_per_job), np.float64(1e-8), np.float64(1e-8),
                  values, errors, status, iterations),
             )  # fmt: skip
+            if not launched:  # every job to the CPU fitter
+                status[...] = CPU_FALLBACK
         out = {
             "values": cp.asnumpy(values),
             "errors": cp.asnumpy(errors),
@@ -113,6 +125,34 @@ class CudaFitter:
         }
         self._cpu_fallback(out, ys)
         return out
+
+    def _launch(self, grid: tuple[int], args: tuple) -> bool:
+        """Launch the fitting kernel; False when the device cannot hold its threads' stacks.
+
+        Why: each thread keeps its normal equations and work arrays in local memory (~20 KB),
+        which the driver reserves for every resident thread at launch: GiB on a large GPU. Memory
+        that CuPy's pool keeps but does not use is handed back first; if the launch still does
+        not fit, the jobs are fitted on the CPU (same plan, same fitter) with one warning.
+        """
+        for attempt in range(2):
+            try:
+                self._kernel(grid, (FIT_BLOCK,), args)
+                return True
+            except Exception as e:  # CuPy raises driver, runtime or pool errors for this
+                if not _out_of_memory(e):
+                    raise
+                if attempt == 0:
+                    self._cp.get_default_memory_pool().free_all_blocks()
+                    continue
+                if not self._warned_memory:
+                    log.warning(
+                        "GPU %d has no room for the fitting kernel's per-thread memory (%s); "
+                        "fitting on the CPU instead",
+                        self.device_id,
+                        e,
+                    )
+                    self._warned_memory = True
+        return False
 
     def _cpu_fallback(self, out: dict[str, np.ndarray], ys: Any) -> None:
         """Refit on the CPU the jobs the kernel could not hold (same plan, same fitter)."""
@@ -131,3 +171,10 @@ class CudaFitter:
             block = out[key][rows]
             block[redo] = d[key][redo]
             out[key][rows] = block
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether a CuPy launch error says the device is out of memory (the driver's
+    CUDA_ERROR_OUT_OF_MEMORY, the runtime's cudaErrorMemoryAllocation, or the pool's own)."""
+    text = f"{type(error).__name__} {error}"
+    return any(k in text for k in ("OutOfMemory", "OUT_OF_MEMORY", "MemoryAllocation"))

@@ -58,8 +58,13 @@ class _Memory:
 class ndarray:  # CuPy's name
     """A device array: a numpy array that cannot be turned into a host array implicitly."""
 
+    #: The GPU it lies on (a test may set another than 0).
+    _device = 0
+
     def __init__(self, a: np.ndarray) -> None:
         self._a = a
+
+    device = property(lambda self: Device(self._device))
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError(
@@ -119,6 +124,12 @@ def _host(a: Any) -> np.ndarray:
 def asarray(a: Any, dtype: Any = None) -> ndarray:
     if isinstance(a, ndarray):
         return a if dtype is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
+    if hasattr(a, "__cuda_array_interface__"):  # another library's device array: a view
+        iface = a.__cuda_array_interface__
+        shape, dt = tuple(iface["shape"]), np.dtype(iface["typestr"])
+        raw = (ctypes.c_char * (int(np.prod(shape)) * dt.itemsize)).from_address(iface["data"][0])
+        view = ndarray(np.frombuffer(raw, dtype=dt).reshape(shape))
+        return view if dtype is None else asarray(view, dtype)
     return ndarray(np.array(a, dtype=dtype, copy=True))
 
 
@@ -220,6 +231,23 @@ cuda = types.SimpleNamespace(
     Device=Device, Stream=Stream, Event=Event, runtime=_runtime,
     get_current_stream=lambda: Stream(),
 )  # fmt: skip
+
+
+class _MemoryPool:
+    """CuPy's default device pool: counts the times its free blocks were handed back."""
+
+    def __init__(self) -> None:
+        self.freed = 0
+
+    def free_all_blocks(self) -> None:
+        self.freed += 1
+
+
+_POOL = _MemoryPool()
+
+
+def get_default_memory_pool() -> _MemoryPool:
+    return _POOL
 
 
 # ----------------------------------------------------------------------------- kernels
