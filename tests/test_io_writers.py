@@ -385,6 +385,21 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     assert json.loads(str(mat["configuration"][0]))["lsd_um"] == 1e6
 
 
+def test_lineout_xy_q_column_is_c_s_bin_centre(tmp_path: Path) -> None:
+    """C fuzz round: IntegratorZarrOMP prints QMin + QBinSize·(j + 0.5) with %.6f; radint
+    printed the edges' midpoint, an ulp apart, so a value on a rounding tie printed one unit
+    lower in the 6th decimal (0.088346 for C's 0.088347, 25 of 782 rows of the case found)."""
+    res = make_result(n_frames=1)
+    assert res.n_r > 7
+    q_min, q_bin = 0.013402, 0.0099926
+    edges = q_min + q_bin * np.arange(res.n_r + 1)
+    res.q_inv_angstrom = 0.5 * (edges[:-1] + edges[1:])
+    assert f"{res.q_inv_angstrom[7]:.6f}" == "0.088346"  # the midpoint
+    res.config = make_config(q_bin=q_bin, q_min=q_min, q_max=9.0, wavelength_angstrom=0.5858)
+    lines = write_lineout_xy(res, tmp_path / "q_lineout.xy").read_text().splitlines()
+    assert lines[1 + 7].split()[0] == "0.088347"  # C's
+
+
 def test_write_result_names_and_formats(tmp_path: Path) -> None:
     res = make_result(n_frames=2)
     out = write_result(res, tmp_path / "out", formats=("nexus", "zarr", "midas", "xy", "mat"))

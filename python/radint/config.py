@@ -126,6 +126,10 @@ class IntegrationConfig:
     bad_px_intensity: float = 0.0
     #: "area" (MIDAS) or "fraction" (pyFAI): see ``Integrator(pixel_weights=)``.
     pixel_weights: str = "area"
+    #: ``(module rows, module columns, gap rows, gap columns)`` of a detector tiled by modules
+    #: from its raw image's first pixel (pyFAI's MODULE_SIZE / MODULE_GAP): the gap pixels are
+    #: masked, as pyFAI masks them; () = none. Set from a PONI file naming a Pilatus or Eiger.
+    module_gaps: tuple[int, ...] = ()
     #: Keys the parser did not know: (key, value, file, line).
     unknown: tuple[tuple[str, str, str, int], ...] = field(default=(), compare=False)
     #: Where each key was last set: key → (file, line).
@@ -623,6 +627,7 @@ _MIDAS_KEYS = {
     "gap_intensity": "GapIntensity",
     "bad_px_intensity": "BadPxIntensity",
     "pixel_weights": "PixelWeights",
+    "module_gaps": "ModuleGaps",
 }
 
 #: Fields that shape a detector map (and so its cache key).
@@ -634,6 +639,7 @@ _MAP_FIELDS = {
     "wavelength_angstrom", "mask_file", "distortion_file", "residual_correction_map",
     "panel_shifts_file", "n_panels_y", "n_panels_z", "panel_size_y", "panel_size_z",
     "panel_gaps_y", "panel_gaps_z", "sub_pixel_level", "sub_pixel_cardinal_width_deg",
+    "module_gaps",
 }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import operator
 import os
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,30 @@ log = logging.getLogger("radint")
 _CACHE_VERSION = 4  # 4: pixels with every corner at R < 0 left out, as DetectorMapper does
 
 
+def module_gap_mask(shape: tuple[int, int], module_gaps: Sequence[int]) -> np.ndarray:
+    """The pixels ``(n_z, n_y)`` between the modules of a detector tiled from its first pixel
+    by ``(module rows, module columns, gap rows, gap columns)``: pyFAI's mask of a Pilatus or
+    Eiger (its ``MODULE_SIZE`` and ``MODULE_GAP``), True = masked."""
+    rows, cols, gap_rows, gap_cols = (int(v) for v in module_gaps)
+    mask = np.zeros(shape, dtype=bool)
+    for start in range(rows, shape[0], rows + gap_rows):
+        mask[start : start + gap_rows, :] = True
+    for start in range(cols, shape[1], cols + gap_cols):
+        mask[:, start : start + gap_cols] = True
+    return mask
+
+
 def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
     """MaskFile as 1 = masked: a TIFF as MIDAS reads it, or any frame format radint reads
-    (EDF masks from pyFAI, HDF5, ...); the first frame of a file holding several."""
+    (EDF masks from pyFAI, HDF5, ...); the first frame of a file holding several. With
+    ``ModuleGaps``, the gaps between the detector's modules too."""
+    gaps = (
+        module_gap_mask((config.n_pixels_z, config.n_pixels_y), config.module_gaps)
+        if config.module_gaps
+        else None
+    )
     if not config.mask_file:
-        return None
+        return None if gaps is None else gaps.astype(np.uint8)
     from radint.io.read import read_parameter_image
 
     mask = read_parameter_image(config, "mask_file")
@@ -54,6 +73,8 @@ def _read_mask(config: IntegrationConfig) -> np.ndarray | None:
             "other non-zero values (%s) are not masked",
             path, int(masked.sum()), others, ", ".join(f"{v:g}" for v in values[:5]),
         )  # fmt: skip
+    if gaps is not None:
+        masked |= gaps
     return np.ascontiguousarray(masked, dtype=np.uint8)
 
 

@@ -10,14 +10,20 @@ tested against pyFAI's own pixel 2θ/χ arrays. η (MIDAS) = 90° − χ (pyFAI)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from radint.exceptions import ParameterError, RadintFileNotFoundError
+
+log = logging.getLogger(__name__)
 
 #: MIDAS lab axes expressed in pyFAI's (t1, t2, t3) = (row, column, beam).
 C = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -153,6 +159,11 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     if binning is not None and shape is not None:
         # The full (max_shape or pyFAI's own) shape, read out binned: pyFAI's detector.shape.
         shape = (shape[0] // binning[0], shape[1] // binning[1])
+    module_gaps = None
+    if "detector" in values and _detector_key(values["detector"][0]) != "detector":
+        shape, module_gaps = _named_layout(
+            path, *values["detector"], shape, (float(pixel1), float(pixel2)), binning
+        )
     return {
         "dist": number("distance"),
         "poni1": number("poni1"),
@@ -165,6 +176,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         "wavelength": number("wavelength", 0.0),
         "shape": shape,
         "orientation": orientation,
+        "module_gaps": module_gaps,
         "source": str(path),
     }
 
@@ -186,6 +198,13 @@ _DETECTOR_SHAPES = {
     "eiger1m": (1065, 1030),
 }
 
+
+#: Module rows, columns and the gap rows, columns between them (pyFAI's MODULE_SIZE and
+#: MODULE_GAP) of the detectors above; pyFAI masks those gaps.
+_MODULE_GAPS = {
+    name: (195, 487, 17, 7) if name.startswith("pilatus") else (514, 1030, 37, 10)
+    for name in _DETECTOR_SHAPES
+}
 
 #: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes).
 _IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau")
@@ -226,39 +245,161 @@ def _config_shape(value: Any, where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+@contextlib.contextmanager
+def _quiet_pyfai() -> Iterator[None]:
+    """pyFAI logs its whole detector list for a wrong name and notes on some masks, silx (on
+    import) a missing pyopencl: none of it concerns a radint user."""
+    loggers = [logging.getLogger(n) for n in ("pyFAI", "silx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _pyfai_lookup(name: str) -> Any:
+    """pyFAI's detector ``name``; None when pyFAI is not installed or does not know it."""
+    with _quiet_pyfai():
+        try:
+            import pyFAI.detectors
+
+            return pyFAI.detectors.detector_factory(name)
+        except Exception:  # not installed, or not a name pyFAI knows
+            return None
+
+
 def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any]:
     """Pixel size (m) and shape of a pyFAI detector named in a PONI file without its pixel
     size, looked up in pyFAI (when installed)."""
-    try:
-        import pyFAI.detectors
-    except ImportError:
-        raise ParameterError(
-            f"{path}:{line}: Detector '{name}': the file gives no pixel size and radint knows "
-            f"only {', '.join(sorted(_DETECTOR_SHAPES))} without pyFAI: install pyFAI, or save "
-            "the PONI with Detector_config (pyFAI >= 0.21 writes pixel1/pixel2 there)"
-        ) from None
-    import contextlib
-    import io
-    import logging
-
-    pyfai_log = logging.getLogger("pyFAI")
-    level = pyfai_log.level
-    pyfai_log.setLevel(logging.CRITICAL)  # it logs its whole detector list for a wrong name
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            det = pyFAI.detectors.detector_factory(name)
-    except Exception:
+    det = _pyfai_lookup(name)
+    if det is None:
+        try:
+            import pyFAI  # noqa: F401
+        except ImportError:
+            raise ParameterError(
+                f"{path}:{line}: Detector '{name}': the file gives no pixel size and radint "
+                f"knows only {', '.join(sorted(_DETECTOR_SHAPES))} without pyFAI: install "
+                "pyFAI, or save the PONI with Detector_config (pyFAI >= 0.21 writes pixel1/pixel2 "
+                "there)"
+            ) from None
         raise ParameterError(
             f"{path}:{line}: Detector '{name}': not a detector pyFAI knows, and the file gives "
             "no pixel size (PixelSize1/PixelSize2 or Detector_config)"
-        ) from None
-    finally:
-        pyfai_log.setLevel(level)
+        )
     if not (det.pixel1 and det.pixel2):
         raise ParameterError(f"{path}:{line}: Detector '{name}': pyFAI gives it no pixel size")
     # pyFAI's shape and pixel size as it reads this file (some detectors are binned by default).
     shape = tuple(int(v) for v in det.shape) if det.shape else None
     return float(det.pixel1), float(det.pixel2), shape
+
+
+def _named_layout(
+    path: Path,
+    name: str,
+    line: int,
+    shape: tuple[int, int] | None,
+    pixel: tuple[float, float],
+    binning: tuple[int, int] | None,
+) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None]:
+    """The shape (when the file gives none) and the module gaps (pyFAI's mask of a Pilatus or
+    Eiger) of a detector the PONI file names, from radint's table or from pyFAI.
+
+    Why: pyFAI masks the gaps between a named detector's modules by itself. Frames hold 0 or
+    a marker (-1, 2^32 - 1) there, which would be integrated into the rings.
+    """
+    where = f"{path}:{line}: Detector '{name}'"
+    key = _detector_key(name)
+    builtin = _MODULE_GAPS.get(key)
+    det = _pyfai_lookup(name) if shape is None or builtin is None else None
+    file_binning = binning or (1, 1)
+    if det is not None:
+        # The file's readout against pyFAI's unbinned detector (pyFAI writes a binned
+        # detector as its binned pixel size).
+        unbinned = (det.pixel1 / det.binning[0], det.pixel2 / det.binning[1])
+        ratio = (pixel[0] / unbinned[0], pixel[1] / unbinned[1])
+        if all(r > 0.5 and abs(r - round(r)) < 1e-6 for r in ratio):
+            file_binning = (round(ratio[0]), round(ratio[1]))
+            if shape is None and det.max_shape:
+                shape = (
+                    int(det.max_shape[0]) // file_binning[0],
+                    int(det.max_shape[1]) // file_binning[1],
+                )
+        else:
+            log.warning(
+                "%s: pixel %.4g x %.4g µm, not pyFAI's %.4g x %.4g µm nor a binning of it: its "
+                "shape and module gaps are not taken from pyFAI",
+                where,
+                *(v * 1e6 for v in (*pixel, *unbinned)),
+            )
+            det, builtin = None, None
+    if shape is None:
+        why = (
+            "pyFAI is not installed"
+            if not _has_pyfai()
+            else "pyFAI does not know this detector"
+            if _pyfai_lookup(name) is None
+            else "pyFAI gives it no shape at this pixel size"
+        )
+        log.warning(
+            "%s: the file gives no detector shape and %s; give NrPixelsY and NrPixelsZ "
+            "(from_poni(..., NrPixelsY=..., NrPixelsZ=...)) or save the PONI with "
+            "Detector_config max_shape",
+            where,
+            why,
+        )
+    layout = builtin
+    if layout is None and det is not None and hasattr(det, "MODULE_SIZE"):
+        (rows, cols), (gap_rows, gap_cols) = det.MODULE_SIZE, det.MODULE_GAP
+        layout = (int(rows), int(cols), int(gap_rows), int(gap_cols))
+    if layout is None:
+        if det is None and key.startswith(("pilatus", "eiger")) and not _has_pyfai():
+            log.warning(
+                "%s: pyFAI is not installed, so the gaps between its modules are not known and "
+                "not masked; install pyFAI or give a MaskFile",
+                where,
+            )
+        return shape, None
+    if file_binning != (1, 1):
+        log.warning(
+            "%s: read out binned %dx%d: the gaps between its modules are not masked; give a "
+            "MaskFile (pyFAI's detector.mask)",
+            where,
+            *file_binning,
+        )
+        return shape, None
+    gaps = (layout[0], layout[1], layout[2], layout[3])
+    with _quiet_pyfai():
+        det_mask = None if det is None else det.mask
+    if det_mask is not None and tuple(det_mask.shape) == shape:
+        from radint.detector_map import module_gap_mask
+
+        pyfai_mask, ours = np.asarray(det_mask, dtype=bool), module_gap_mask(shape, gaps)
+        if (ours & ~pyfai_mask).any():  # not tiled evenly from the first pixel (Lambda 9M)
+            log.warning(
+                "%s: its modules are not tiled evenly, so radint does not mask their gaps; "
+                "give pyFAI's detector.mask as MaskFile",
+                where,
+            )
+            return shape, None
+        extra = pyfai_mask & ~ours
+        if extra.any():
+            log.warning(
+                "%s: pyFAI masks %d pixels besides the gaps between modules (chip borders); "
+                "radint masks the gaps only: give pyFAI's detector.mask as MaskFile to match",
+                where,
+                int(extra.sum()),
+            )
+    return shape, gaps
+
+
+def _has_pyfai() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyFAI") is not None
 
 
 def _detector_key(name: str) -> str:
@@ -304,6 +445,8 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     }
     if poni.get("shape"):
         fields["n_pixels_z"], fields["n_pixels_y"] = poni["shape"]
+    if poni.get("module_gaps"):
+        fields["module_gaps"] = tuple(poni["module_gaps"])
     flips = _ORIENTATION_FLIPS[poni.get("orientation", 3)]
     if flips:
         fields["im_trans_opt"] = flips

@@ -16,6 +16,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "lsd_um": 1e6,
     "pixel_size_y_um": 200.0,
     "wavelength_angstrom": 0.0,
+    "q_min": 0.0,
     "q_bin": 0.0,
     "omega_start_deg": 0.0,
     "omega_step_deg": 0.0,

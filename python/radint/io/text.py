@@ -44,6 +44,12 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
         x, header = np.asarray(result.two_theta_deg, dtype=np.float64), "# 2theta_deg  intensity"
     elif radial_unit == "q":
         x, header = np.asarray(result.q_inv_angstrom, dtype=np.float64), "# Q_invA  intensity"
+        q_min, q_bin = cfg(result, "q_min"), cfg(result, "q_bin")
+        if q_bin > 0 and x.size:
+            # IntegratorZarrOMP's centre, QMin + QBinSize·(j + 0.5): the edges' midpoint can
+            # differ by an ulp, which "%.6f" shows where the value ends on a rounding tie.
+            centres = q_min + q_bin * (np.arange(x.size) + 0.5)
+            x = np.where(np.isclose(centres, x, rtol=1e-12, atol=0.0), centres, x)
     else:
         raise InvalidInputError(f"radial_unit must be '2theta' or 'q', got {radial_unit!r}")
     lineouts = stacked(np.asarray(result.lineout, dtype=np.float64), 1)

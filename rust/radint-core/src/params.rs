@@ -132,6 +132,10 @@ pub struct Params {
     /// How a pixel's value is shared among its bins: "area" (MIDAS: overlap area in the
     /// corrected plane) or "fraction" (pyFAI: the fraction of the pixel in each bin).
     pub pixel_weights: String,
+    /// `ModuleGaps` (radint's key): module rows, module columns, gap rows, gap columns of a
+    /// detector tiled by modules from the raw image's first pixel (pyFAI's MODULE_SIZE and
+    /// MODULE_GAP); the gap pixels are masked. Empty: none.
+    pub module_gaps: Vec<i64>,
     pub bad_px_intensity: f64,
     /// Keys radint does not use, in file order.
     pub unknown: Vec<UnknownKey>,
@@ -223,6 +227,7 @@ impl Default for Params {
             gsas_z: 0.0,
             gap_intensity: 0.0,
             pixel_weights: "area".to_string(),
+            module_gaps: Vec::new(),
             bad_px_intensity: 0.0,
             unknown: Vec::new(),
             midas_notes: Vec::new(),
@@ -752,6 +757,17 @@ impl Params {
                 }
                 self.pixel_weights = value;
             }
+            "ModuleGaps" => {
+                let values = (0..4).map(|i| line.int_at(i)).collect::<Result<Vec<_>>>()?;
+                if values[0] < 1 || values[1] < 1 || values[2] < 0 || values[3] < 0 {
+                    return Err(line.err(format!(
+                        "expected module rows, module columns (> 0), gap rows, gap columns \
+                         (>= 0), got {} {} {} {}",
+                        values[0], values[1], values[2], values[3]
+                    )));
+                }
+                self.module_gaps = values;
+            }
             "BadPxIntensity" => self.bad_px_intensity = line.f64()?,
             key => {
                 if let Some(index) = distortion_index(key) {
@@ -1143,6 +1159,7 @@ fn values_read(key: &str) -> Option<usize> {
     match key {
         "ImTransOpt" | "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
         "BC" => Some(2),
+        "ModuleGaps" => Some(4),
         _ => Some(1),
     }
 }
@@ -1344,6 +1361,24 @@ mod tests {
     /// Base of the validation tests below: a 53 x 37 detector binned 1..30 px x 10°.
     const SMALL: &str = "NrPixelsY 53\nNrPixelsZ 37\npx 172\nLsd 500000\nBC 26 18\n\
                          Wavelength 0.17\nRMin 1\nRMax 30\nRBinSize 1\nEtaBinSize 10\n";
+
+    #[test]
+    fn module_gaps_reads_four_integers_and_refuses_empty_modules() {
+        let p = Params::parse(&format!("{SMALL}ModuleGaps 195 487 17 7\n"), "p.txt").unwrap();
+        assert_eq!(p.module_gaps, vec![195, 487, 17, 7]);
+        assert!(p.midas_notes.is_empty());
+        let e = Params::parse(&format!("{SMALL}ModuleGaps 195 0 17 7\n"), "p.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.txt:11: ModuleGaps: expected module rows"),
+            "{e}"
+        );
+        let e = Params::parse(&format!("{SMALL}ModuleGaps 195 487\n"), "p.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 3 value(s)"), "{e}");
+    }
 
     fn error_with(overrides: &[&str]) -> String {
         let mut p = Params::parse(SMALL, "p.txt").unwrap();

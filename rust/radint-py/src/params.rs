@@ -76,5 +76,5 @@ params_conversion! {
         max_n_peaks, snip_iterations, doublet_separation, multiple_peaks, do_smoothing, gsas_polariz,
         gsas_sh_l, gsas_u, gsas_v, gsas_w, gsas_x, gsas_y, gsas_z, gap_intensity, bad_px_intensity, pixel_weights,
     ],
-    lists: [distortion, im_trans_opt, panel_gaps_y, panel_gaps_z, peak_locations]
+    lists: [distortion, im_trans_opt, panel_gaps_y, panel_gaps_z, peak_locations, module_gaps]
 }
