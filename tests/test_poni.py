@@ -210,6 +210,10 @@ def test_binning_of_one_axis_is_inferred_too(tmp_path):
         ('{"max_shape": [10, "x"]}', "max_shape must be two positive integers"),
         ('{"binning": ["a", "b"]}', "binning ['a', 'b'] is not one or two positive integers"),
         ('{"orientation": "x"}', "orientation x is not one of pyFAI's 1-4"),
+        ('{"orientation": [3]}', "orientation [3] is not one of pyFAI's 1-4"),
+        ('{"orientation": true}', "orientation True is not one of pyFAI's 1-4"),
+        ('{"pixel1": true, "pixel2": 1e-4}', "pixel1 must be a positive pixel size in m"),
+        ('{"binning": 2.5}', "binning 2.5 is not one or two positive integers"),
     ],
 )
 def test_malformed_detector_config_is_refused_naming_its_line(tmp_path, detector_config, message):
@@ -275,3 +279,46 @@ def test_named_detector_shape_and_gaps_come_from_pyfai_when_radint_has_none(tmp_
     assert "'NoSuchDetector': the file gives no detector shape and pyFAI does not know" in (
         caplog.text
     )
+
+
+def test_pyfai_s_binned_pixel_tables_and_template_detectors(tmp_path):
+    """Review: a Rayonix/Mar PONI binned 3x3 (pyFAI's table rounds its pixel: 3.0029 pixels)
+    came back without a shape; a NexusDetector (no pixel size of its own) raised TypeError."""
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    det = pyFAI.detector_factory("rayonix_mx325")
+    det.binning = (3, 3)
+    ai = AzimuthalIntegrator(dist=0.2, poni1=0.05, poni2=0.05, detector=det, wavelength=1e-10)
+    ai.write(str(tmp_path / "mx325.poni"))
+    assert (
+        read_poni(tmp_path / "mx325.poni")["shape"]
+        == tuple(pyFAI.load(str(tmp_path / "mx325.poni")).detector.shape)
+        == (2730, 2730)
+    )
+    nexus = tmp_path / "nexus.poni"
+    nexus.write_text(
+        "poni_version: 2.1\nDetector: NexusDetector\n"
+        'Detector_config: {"pixel1": 1e-4, "pixel2": 1e-4, "max_shape": [100, 120]}\n'
+        "Distance: 0.2\nPoni1: 0.005\nPoni2: 0.006\nRot1: 0\nRot2: 0\nRot3: 0\n"
+    )
+    assert read_poni(nexus)["shape"] == (100, 120)
+
+
+def test_module_gaps_checked_switched_off_and_kept_in_a_written_poni(tmp_path):
+    """Review: ModuleGaps set through replace() was not checked (a crash at map build, or
+    negative gaps taken); pixel_areas read 0 in the gaps; write_poni dropped them."""
+    from radint.detector_map import DetectorMap
+
+    cfg = IntegrationConfig.from_poni(
+        _named_poni(tmp_path, "Pilatus300k", 172e-6), RMin=10, RMax=300, RBinSize=10
+    )
+    assert cfg.module_gaps == (195, 487, 17, 7)
+    for bad in [(40, 50), (0, 1, 0, 0), (40, 50, -3, 2)]:
+        with pytest.raises(ParameterError, match="ModuleGaps: expected"):
+            cfg.replace(module_gaps=bad).validate()
+    assert cfg.with_overrides({"ModuleGaps": "0 0 0 0"}).module_gaps == ()
+    areas = DetectorMap.pixel_areas(cfg, n_threads=1).reshape(cfg.shape)
+    assert areas[195:212].min() > 0.9  # gap rows: each raw pixel's own area, gaps or not
+    back = IntegrationConfig.from_poni(write_poni(cfg, tmp_path / "back.poni"))
+    assert back.module_gaps == cfg.module_gaps
+    assert "Detector: Pilatus300k" in (tmp_path / "back.poni").read_text()

@@ -331,7 +331,7 @@ class DetectorMap:
         whole = config.replace(
             r_min_px=0.0, r_max_px=reach, r_bin_px=reach, eta_min_deg=-180.0,
             eta_max_deg=180.0, eta_bin_deg=360.0, q_min=0.0, q_max=0.0, q_bin=0.0,
-            tth_min_deg=0.0, tth_max_deg=0.0, tth_bin_deg=0.0, mask_file="",
+            tth_min_deg=0.0, tth_max_deg=0.0, tth_bin_deg=0.0, mask_file="", module_gaps=(),
             gradient_correction=False,
         )  # fmt: skip
         if cache_dir is not None:

@@ -111,16 +111,15 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             )
         if det.get("binning") is not None:
             b = det["binning"]
-            b = (b, b) if isinstance(b, int) else tuple(b)
-            whole = (isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in b)
-            if len(b) != 2 or not all(whole) or min(b) < 1:
+            b = tuple(b) if isinstance(b, (list, tuple)) else (b, b)
+            if len(b) != 2 or not all(_positive_whole(v) for v in b):
                 raise ParameterError(
                     f"{path}:{line}: Detector_config: binning {det['binning']} is not one or two "
                     "positive integers"
                 )
             binning = (int(b[0]), int(b[1]))
         orientation = det.get("orientation") or 3  # 0 = unset, pyFAI reads it as 3
-        if orientation not in _ORIENTATION_FLIPS:
+        if not _positive_whole(orientation) or int(orientation) not in _ORIENTATION_FLIPS:
             raise ParameterError(
                 f"{path}:{line}: Detector_config: orientation {orientation} is not one of "
                 "pyFAI's 1-4"
@@ -144,7 +143,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     if binning is None and native and pixel1 and pixel2:
         # pyFAI writes a binned named detector as its binned pixel size, no binning key.
         ratio = (pixel1 / native, pixel2 / native)
-        integral = all(r > 0.5 and abs(r - round(r)) < 1e-6 for r in ratio)
+        integral = all(_whole(r) for r in ratio)
         if integral and max(ratio) > 1.5:
             binning = (round(ratio[0]), round(ratio[1]))
     if pixel1 is None and "pixelsize1" not in values and native:
@@ -199,6 +198,12 @@ _DETECTOR_SHAPES = {
 }
 
 
+#: pyFAI's spelling of those names.
+_PYFAI_NAMES = {
+    key: key.replace("pilatus", "Pilatus").replace("eiger", "Eiger").replace("m", "M")
+    for key in _DETECTOR_SHAPES
+}
+
 #: Module rows, columns and the gap rows, columns between them (pyFAI's MODULE_SIZE and
 #: MODULE_GAP) of the detectors above; pyFAI masks those gaps.
 _MODULE_GAPS = {
@@ -220,10 +225,10 @@ def _config_pixel(det: dict[str, Any], key: str, where: str) -> float | None:
     value = det.get(key)
     if value is None:
         return None
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        size = math.nan
+    size = math.nan
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            size = float(value)
     if not size > 0 or math.isinf(size):
         raise ParameterError(
             f"{where}: Detector_config: {key} must be a positive pixel size in m, got {value!r}"
@@ -315,19 +320,17 @@ def _named_layout(
     key = _detector_key(name)
     builtin = _MODULE_GAPS.get(key)
     det = _pyfai_lookup(name) if shape is None or builtin is None else None
+    if det is not None and not (det.pixel1 and det.pixel2):  # a template (NexusDetector)
+        det = None
     file_binning = binning or (1, 1)
     if det is not None:
         # The file's readout against pyFAI's unbinned detector (pyFAI writes a binned
-        # detector as its binned pixel size).
+        # detector as its binned pixel size; its tables round some sizes: Rayonix 44.2708 µm).
         unbinned = (det.pixel1 / det.binning[0], det.pixel2 / det.binning[1])
-        ratio = (pixel[0] / unbinned[0], pixel[1] / unbinned[1])
-        if all(r > 0.5 and abs(r - round(r)) < 1e-6 for r in ratio):
-            file_binning = (round(ratio[0]), round(ratio[1]))
-            if shape is None and det.max_shape:
-                shape = (
-                    int(det.max_shape[0]) // file_binning[0],
-                    int(det.max_shape[1]) // file_binning[1],
-                )
+        found = _pyfai_binning(det, pixel, unbinned)
+        if found is not None:
+            file_binning, binned_shape = found
+            shape = shape or binned_shape
         else:
             log.warning(
                 "%s: pixel %.4g x %.4g µm, not pyFAI's %.4g x %.4g µm nor a binning of it: its "
@@ -356,6 +359,15 @@ def _named_layout(
         (rows, cols), (gap_rows, gap_cols) = det.MODULE_SIZE, det.MODULE_GAP
         layout = (int(rows), int(cols), int(gap_rows), int(gap_cols))
     if layout is None:
+        with _quiet_pyfai():
+            det_mask = None if det is None else det.mask
+        if det_mask is not None and np.any(det_mask) and file_binning == (1, 1):
+            log.warning(
+                "%s: pyFAI masks %d of its pixels (e.g. outside a round sensor), radint none: "
+                "give pyFAI's detector.mask as MaskFile to match",
+                where,
+                int(np.count_nonzero(det_mask)),
+            )
         if det is None and key.startswith(("pilatus", "eiger")) and not _has_pyfai():
             log.warning(
                 "%s: pyFAI is not installed, so the gaps between its modules are not known and "
@@ -394,6 +406,42 @@ def _named_layout(
                 int(extra.sum()),
             )
     return shape, gaps
+
+
+def _pyfai_binning(
+    det: Any, pixel: tuple[float, float], unbinned: tuple[float, float]
+) -> tuple[tuple[int, int], tuple[int, int] | None] | None:
+    """The binning of pyFAI detector ``det`` whose pixel is ``pixel`` (m), and pyFAI's shape at
+    that binning; None when none fits. Rayonix and Mar detectors list their binned pixel
+    sizes rounded (MX325 at 3x3: 119.135 µm, 3.0029 unbinned pixels): pyFAI's own table
+    decides there."""
+    ratio = (pixel[0] / unbinned[0], pixel[1] / unbinned[1])
+    guess = (max(1, round(ratio[0])), max(1, round(ratio[1])))
+    exact = all(_whole(r) for r in ratio)
+    with _quiet_pyfai():
+        try:
+            det.binning = guess
+            pyfai_pixel = (float(det.pixel1), float(det.pixel2))
+            pyfai_shape = tuple(int(v) for v in det.shape) if det.shape else None
+        except Exception:  # a detector pyFAI cannot bin
+            pyfai_pixel, pyfai_shape = (math.nan, math.nan), None
+    listed = all(math.isclose(p, q, rel_tol=1e-6) for p, q in zip(pixel, pyfai_pixel, strict=True))
+    if not (exact or listed):
+        return None
+    if pyfai_shape is None and det.max_shape:
+        pyfai_shape = (int(det.max_shape[0]) // guess[0], int(det.max_shape[1]) // guess[1])
+    return guess, (pyfai_shape[0], pyfai_shape[1]) if pyfai_shape else None
+
+
+def _positive_whole(value: Any) -> bool:
+    """Whether a JSON value is a positive whole number (2 or 2.0; not true, "2" or [2])."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and value >= 1 and float(value).is_integer()
+
+
+def _whole(ratio: float) -> bool:
+    """Whether a pixel-size ratio is a binning (a positive integer, to pyFAI's rounding)."""
+    return ratio > 0.5 and abs(ratio - round(ratio)) < 1e-4 * round(ratio)
 
 
 def _has_pyfai() -> bool:
@@ -487,6 +535,22 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
     }
 
 
+def _detector_named_by(config: Any) -> str:
+    """pyFAI's name of the Pilatus/Eiger ``config`` describes with its module gaps (so pyFAI
+    masks them too), else the generic "Detector"."""
+    if not config.module_gaps:
+        return "Detector"
+    for key, shape in _DETECTOR_SHAPES.items():
+        same = (
+            shape == (config.n_pixels_z, config.n_pixels_y)
+            and _MODULE_GAPS[key] == tuple(config.module_gaps)
+            and math.isclose(_DETECTOR_PIXEL[key] * 1e6, config.pixel_size_y_um, rel_tol=1e-9)
+        )
+        if same:
+            return _PYFAI_NAMES[key]
+    return "Detector"
+
+
 def write_poni(config: Any, path: str | Path) -> Path:
     """Write a PONI file (version 2) for a MIDAS configuration."""
     g: dict[str, Any] = {
@@ -494,10 +558,18 @@ def write_poni(config: Any, path: str | Path) -> Path:
         for k, v in poni_from_midas(config).items()
     }
     det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"], "max_shape": list(g["shape"])}
+    name = _detector_named_by(config)
+    if config.module_gaps and name == "Detector":
+        log.warning(
+            "%s: ModuleGaps %s has no PONI equivalent for a detector pyFAI does not name: pyFAI "
+            "integrates the gaps unless given the mask",
+            path,
+            " ".join(map(str, config.module_gaps)),
+        )
     text = (
         "# Written by radint from MIDAS geometry\n"
         "poni_version: 2\n"
-        "Detector: Detector\n"
+        f"Detector: {name}\n"
         f"Detector_config: {json.dumps(det)}\n"
         f"Distance: {g['dist']!r}\n"
         f"Poni1: {g['poni1']!r}\nPoni2: {g['poni2']!r}\n"

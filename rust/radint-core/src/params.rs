@@ -758,15 +758,14 @@ impl Params {
                 self.pixel_weights = value;
             }
             "ModuleGaps" => {
+                line.need(4, "module rows, module columns, gap rows, gap columns")?;
                 let values = (0..4).map(|i| line.int_at(i)).collect::<Result<Vec<_>>>()?;
-                if values[0] < 1 || values[1] < 1 || values[2] < 0 || values[3] < 0 {
-                    return Err(line.err(format!(
-                        "expected module rows, module columns (> 0), gap rows, gap columns \
-                         (>= 0), got {} {} {} {}",
-                        values[0], values[1], values[2], values[3]
-                    )));
-                }
-                self.module_gaps = values;
+                // All zeros: none (an override switching off what a PONI file's detector set).
+                self.module_gaps = if values.iter().all(|&v| v == 0) {
+                    Vec::new()
+                } else {
+                    values
+                };
             }
             "BadPxIntensity" => self.bad_px_intensity = line.f64()?,
             key => {
@@ -1114,6 +1113,9 @@ impl Params {
                 ),
             ));
         }
+        if let Some(message) = module_gaps_problem(&self.module_gaps) {
+            return Err(self.invalid("ModuleGaps", message));
+        }
         if self.n_panels_y > 0 || self.n_panels_z > 0 {
             if self.panel_size_y == 0 || self.panel_size_z == 0 {
                 return Err(self.invalid(
@@ -1149,6 +1151,31 @@ impl Params {
             }
         }
         Ok(())
+    }
+}
+
+/// What is wrong with a `ModuleGaps` value (empty = none), if anything.
+fn module_gaps_problem(gaps: &[i64]) -> Option<String> {
+    let shown = || {
+        let words: Vec<String> = gaps.iter().map(|v| v.to_string()).collect();
+        words.join(" ")
+    };
+    match gaps {
+        [] => None,
+        [rows, cols, gap_rows, gap_cols]
+            if *rows >= 1 && *cols >= 1 && *gap_rows >= 0 && *gap_cols >= 0 =>
+        {
+            None
+        }
+        [_, _, _, _] => Some(format!(
+            "expected module rows, module columns (> 0), gap rows, gap columns (>= 0), got {}",
+            shown()
+        )),
+        _ => Some(format!(
+            "expected 4 integers, got {} ({})",
+            gaps.len(),
+            shown()
+        )),
     }
 }
 
@@ -1367,17 +1394,27 @@ mod tests {
         let p = Params::parse(&format!("{SMALL}ModuleGaps 195 487 17 7\n"), "p.txt").unwrap();
         assert_eq!(p.module_gaps, vec![195, 487, 17, 7]);
         assert!(p.midas_notes.is_empty());
-        let e = Params::parse(&format!("{SMALL}ModuleGaps 195 0 17 7\n"), "p.txt")
-            .unwrap_err()
-            .to_string();
+        let mut p = Params::parse(&format!("{SMALL}ModuleGaps 195 0 17 7\n"), "p.txt").unwrap();
+        let e = p.validate().unwrap_err().to_string();
         assert!(
             e.contains("p.txt:11: ModuleGaps: expected module rows"),
+            "{e}"
+        );
+        p.module_gaps = vec![195, 487];
+        let e = p.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("ModuleGaps: expected 4 integers, got 2 (195 487)"),
             "{e}"
         );
         let e = Params::parse(&format!("{SMALL}ModuleGaps 195 487\n"), "p.txt")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("expected 3 value(s)"), "{e}");
+        assert!(e.contains("expected 4 value(s) (module rows"), "{e}");
+        let text = format!("{SMALL}ModuleGaps 195 487 17 7\nModuleGaps 0 0 0 0\n");
+        assert!(Params::parse(&text, "p.txt")
+            .unwrap()
+            .module_gaps
+            .is_empty());
     }
 
     fn error_with(overrides: &[&str]) -> String {
