@@ -15,6 +15,7 @@ import scipy.io
 import zarr
 from zarr.storage import ZipStore
 
+from radint.exceptions import RadintError
 from radint.io import (
     NexusWriter,
     read_nexus,
@@ -1105,3 +1106,11 @@ def test_commit_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path: P
     (new / "zarr.json").write_text('{"new": 1}')
     commit_path(new, store)
     assert (store / "zarr.json").read_text() == '{"new": 1}'
+
+
+def test_zarr_result_with_zarr_2_says_why(tmp_path: Path, monkeypatch) -> None:
+    """zarr 3 needs Python 3.11; where zarr 2 is installed (Python 3.10) a .zarr result is
+    refused by name instead of failing inside zarr."""
+    monkeypatch.setattr(zarr, "__version__", "2.18.3")
+    with pytest.raises(RadintError, match=r"a Zarr v3 result needs zarr >= 3 .* found zarr 2.18.3"):
+        write_result(make_result(n_frames=1), tmp_path / "out", formats=("zarr",))

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.exceptions import InvalidInputError
+from radint.exceptions import InvalidInputError, RadintError
 from radint.io._common import (
     HC_KEV_ANGSTROM,
     cfg,
@@ -580,6 +580,11 @@ class _ZarrTree:
     def __init__(self, path: Path) -> None:
         import zarr
 
+        if int(zarr.__version__.split(".")[0]) < 3:
+            raise RadintError(
+                f"{path}: a Zarr v3 result needs zarr >= 3 (Python >= 3.11), found zarr "
+                f"{zarr.__version__}; write HDF5 (--format nexus) instead"
+            )
         self.root = zarr.open_group(str(path), mode="w", zarr_format=3)
         self._pending: list[tuple[str, Any, dict[str, Any]]] = []
 
