@@ -630,6 +630,7 @@ def test_sigterm_removes_unfinished_outputs_and_prints_a_summary(
         [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
          str(tmp_path / "b.tif"), "-o", str(out), "--format", "nexus,xy,mat", *procs],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
+        preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -1569,7 +1570,8 @@ def test_interrupted_integrate_prints_a_summary_and_resumes_with_skip_existing(
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "radint.cli", "integrate", str(params), str(tmp_path / "a.h5"),
             str(tmp_path / "b.tif"), "-o", str(out)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not (out / "a.h5").exists() and time.monotonic() < deadline:
@@ -1592,6 +1594,14 @@ def test_interrupted_integrate_prints_a_summary_and_resumes_with_skip_existing(
     run = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "a.h5: skipped (outputs exist)" in run.stdout and (out / "b.h5").exists()
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """A child's Ctrl-C handling as a terminal starts it: a suite run in the background (`cmd &`
+    in a script) hands its children SIGINT ignored, which radint keeps, as it should."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _params_and_frame(tmp_path: Path, config: IntegrationConfig) -> tuple[Path, Path, np.ndarray]:
