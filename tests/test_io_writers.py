@@ -1114,3 +1114,18 @@ def test_zarr_result_with_zarr_2_says_why(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(zarr, "__version__", "2.18.3")
     with pytest.raises(RadintError, match=r"a Zarr v3 result needs zarr >= 3 .* found zarr 2.18.3"):
         write_result(make_result(n_frames=1), tmp_path / "out", formats=("zarr",))
+
+
+def test_midas_outputs_of_a_stream_with_repeated_frame_ids(tmp_path: Path) -> None:
+    """Docs walkthrough: two senders one after another give ids 0,1,2,0,1,2; `radint convert
+    --format midas` failed (FrameNr_0 created twice) and the .zarr.zip held duplicate keys.
+    The frames are named by their row instead."""
+    res = make_result(n_frames=4)
+    res.frame_ids = np.array([0, 1, 0, 1])
+    res.config = make_config(omega_sum_frames=1)
+    with h5py.File(write_midas_caked(res, tmp_path / "s.caked.hdf"), "r") as f:
+        assert sorted(f["IntegrationResult"]) == [f"FrameNr_{k}" for k in range(4)]
+        assert len(f["OmegaSumFrame"]) == 4
+    with zipfile.ZipFile(write_gsas_zarr_zip(res, tmp_path / "s.zarr.zip")) as z:
+        names = z.namelist()
+    assert len(names) == len(set(names))

@@ -322,3 +322,19 @@ def test_module_gaps_checked_switched_off_and_kept_in_a_written_poni(tmp_path):
     back = IntegrationConfig.from_poni(write_poni(cfg, tmp_path / "back.poni"))
     assert back.module_gaps == cfg.module_gaps
     assert "Detector: Pilatus300k" in (tmp_path / "back.poni").read_text()
+
+
+def test_detector_config_binning_without_a_pixel_size_takes_pyfai_s_binned_pixel(tmp_path):
+    """Docs walkthrough: `Detector: RayonixMx225` with `{"binning": [3, 3]}` and no pixel size
+    took pyFAI's default 2x2 detector and binned it again: (1024, 1024) at 73.24 µm where pyFAI
+    reads (2048, 2048) at 109.97 µm."""
+    path = tmp_path / "rx.poni"
+    path.write_text(
+        "poni_version: 2.1\nDetector: RayonixMx225\n"
+        'Detector_config: {"binning": [3, 3], "orientation": 3}\n'
+        "Distance: 0.2\nPoni1: 0.05\nPoni2: 0.05\nRot1: 0\nRot2: 0\nRot3: 0\n"
+        "Wavelength: 1e-10\n"
+    )
+    poni, det = read_poni(path), pyFAI.load(str(path)).detector
+    assert poni["shape"] == tuple(det.shape) == (2048, 2048)
+    assert poni["pixel1"] == pytest.approx(det.pixel1, rel=1e-12)

@@ -762,7 +762,12 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
         if value is not None:
             log.info("%s: nothing to do in radint (%s)", flag, why)
     refused = (
-        ("-preProcThresh", args.preProcThresh not in (None, -1.0), "no threshold pre-processing"),
+        (
+            "-preProcThresh",
+            args.preProcThresh not in (None, -1.0),
+            "no threshold step on the command line; in Python, Integrator(dead_below=, "
+            "hot_above=) leaves pixels out by value",
+        ),
         (
             "-shortNames",
             args.shortNames == 0,
@@ -774,7 +779,7 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
             args.peakFit or bool(args.peakParamsFN),
             "give DoPeakFit 1 and PeakLocation (or AutoDetectPeaks) in the parameters",
         ),
-        ("-brightFN", bool(args.brightFN), "no bright-field step"),
+        ("-brightFN", bool(args.brightFN), "give the flat field as FlatFile in the parameters"),
     )
     for flag, given, instead in refused:
         if given:

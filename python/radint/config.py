@@ -230,9 +230,7 @@ class IntegrationConfig:
         config = config._overridden(midas)
         for key, *_ in config.unknown:
             if key in midas:
-                near = near_key(key) or next(
-                    iter(difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.75)), None
-                )
+                near = near_key(key) or _closest_field(key, names, cutoff=0.75)
                 raise ParameterError(
                     f"{path}: from_poni override {key}={midas[key]!r}: neither a field of "
                     f"IntegrationConfig (e.g. r_bin_px=2) nor a MIDAS key (e.g. RBinSize=2)"
@@ -284,7 +282,7 @@ class IntegrationConfig:
                 by_key = [f for f, key in _MIDAS_KEYS.items() if key == name]
                 if name in pairs:
                     by_key = [pairs[name]]
-                close = by_key or difflib.get_close_matches(name, sorted(names), n=1)
+                close = by_key or [c for c in [_closest_field(name, names)] if c]
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ParameterError(f"IntegrationConfig has no field {name!r}{hint}")
         if "set_at" not in changes:
@@ -376,6 +374,14 @@ class IntegrationConfig:
                 f"the corrected radius stops growing at R ≈ {fold[0]:.4g} px (or D ≤ 0), so "
                 "pixels beyond map onto smaller radii and the map means nothing there (MIDAS's "
                 "neither); check p0..p14 and RhoD (a RhoD much smaller than the detector?)"
+            )
+        if self.module_gaps and (
+            self.module_gaps[0] >= self.n_pixels_z and self.module_gaps[1] >= self.n_pixels_y
+        ):
+            notes.append(
+                f"{where('ModuleGaps')}: modules of {self.module_gaps[0]} x "
+                f"{self.module_gaps[1]} pixels cover the whole {self.n_pixels_z} x "
+                f"{self.n_pixels_y} detector: no gap is masked"
             )
         if self.radial_mode == "q" and self.tth_bin_deg > 0:
             notes.append(
@@ -675,22 +681,39 @@ def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
     if not typed:
         return
     problems = []
+    fields = {f.name for f in dataclasses.fields(IntegrationConfig)}
     for key, value in typed:
         near = near_key(key)
         hint = f" (did you mean {near}?)" if near else ""
+        if key in fields:  # with_overrides({"r_bin_px": 2})
+            midas = _MIDAS_KEYS.get(key)
+            hint = (
+                f" ({key} is a field name: give its MIDAS key {midas} here, or use "
+                f"replace({key}=...))"
+                if midas
+                else f" ({key} is a field name: use replace({key}=...))"
+            )
         problems.append(f"override {' '.join(v for v in (key, value) if v)}: not a parameter "
                         f"radint knows{hint}")  # fmt: skip
-    if not any(near_key(key) for key, _ in typed):
+    if not any(near_key(key) or key in fields for key, _ in typed):
         problems[-1] += " (keys of other MIDAS programs belong in the parameter file)"
     raise ParameterError("; ".join(problems))
+
+
+def _closest_field(name: str, names: set[str], cutoff: float = 0.6) -> str | None:
+    """The field ``name`` most likely means: one it begins (``r_bin`` → ``r_bin_px``), else
+    the closest spelling."""
+    begun = sorted((n for n in names if n.startswith(name)), key=len)
+    if begun:
+        return begun[0]
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def near_key(key: str) -> str | None:
     """The parameter key ``key`` is most likely a misspelling of (same letters in another
     case, or a close match), or None: MIDAS files also carry keys of other MIDAS programs,
     which are not mistakes and get no suggestion."""
-    import difflib
-
     known = {*_MIDAS_KEYS.values(), *_OTHER_KEYS}
     if key in _OTHER_PROGRAMS_KEYS:
         return None

@@ -151,7 +151,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         b = binning or (1, 1)
         pixel1, pixel2 = native * b[0], native * b[1]
     elif pixel1 is None and "pixelsize1" not in values and "detector" in values:
-        pixel1, pixel2, pyfai_shape = _pyfai_detector(path, *values["detector"])
+        pixel1, pixel2, pyfai_shape = _pyfai_detector(path, *values["detector"], binning)
         shape = shape or pyfai_shape
     if pixel1 is None or pixel2 is None:
         pixel1, pixel2 = number("pixelsize1"), number("pixelsize2")
@@ -277,9 +277,12 @@ def _pyfai_lookup(name: str) -> Any:
             return None
 
 
-def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any]:
+def _pyfai_detector(
+    path: Path, name: str, line: int, binning: tuple[int, int] | None = None
+) -> tuple[float, float, Any]:
     """Pixel size (m) and shape of a pyFAI detector named in a PONI file without its pixel
-    size, looked up in pyFAI (when installed)."""
+    size, looked up in pyFAI (when installed). With the file's ``binning``, the pixel is
+    pyFAI's at that binning and the shape its full one (the caller bins it)."""
     det = _pyfai_lookup(name)
     if det is None:
         try:
@@ -297,6 +300,16 @@ def _pyfai_detector(path: Path, name: str, line: int) -> tuple[float, float, Any
         )
     if not (det.pixel1 and det.pixel2):
         raise ParameterError(f"{path}:{line}: Detector '{name}': pyFAI gives it no pixel size")
+    if binning is not None:
+        with _quiet_pyfai():
+            try:
+                det.binning = binning  # pyFAI's own table of binned pixel sizes
+            except Exception as e:
+                raise ParameterError(
+                    f"{path}:{line}: Detector '{name}': pyFAI cannot bin it {binning}: {e}"
+                ) from None
+        full = det.max_shape
+        return float(det.pixel1), float(det.pixel2), tuple(int(v) for v in full) if full else None
     # pyFAI's shape and pixel size as it reads this file (some detectors are binned by default).
     shape = tuple(int(v) for v in det.shape) if det.shape else None
     return float(det.pixel1), float(det.pixel2), shape

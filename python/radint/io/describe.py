@@ -11,8 +11,8 @@ from typing import Any
 
 __all__ = ["describe_output"]
 
-#: What to say after the description: radint info reads results and parameter files only.
-HINT = "not a parameter file; radint info describes radint NeXus results and parameter files"
+#: Said after the description: the file was given where a parameter file goes.
+HINT = "an output file, not a parameter file"
 
 
 def _caked_tree(shapes: dict[str, tuple[int, ...]], kind: str) -> str:
@@ -177,7 +177,7 @@ def describe_output(path: str | Path) -> str | None:
         text: Any = _describe(p)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         text = _describe_by_name(p, e)
-    return None if text is None else f"{p}: {text}; {HINT}"
+    return None if text is None else f"{p}: {text} ({HINT})"
 
 
 def _describe_by_name(path: Path, error: Exception) -> str | None:

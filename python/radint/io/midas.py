@@ -132,6 +132,15 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
     n_frames, n_r, n_eta = cakes_r_major.shape
     ids = frame_ids(result)
+    if np.unique(ids).size != ids.size:
+        # A stream's runs from several senders restart their ids; MIDAS names datasets by id.
+        warn_once(
+            "repeated frame ids",
+            "frame ids repeat (runs of several senders): the MIDAS caked file and .zarr.zip "
+            "name frames by their row, 0..%d, instead",
+            ids.size - 1,
+        )
+        ids = np.arange(ids.size, dtype=np.int64)
     known_omegas = omegas_deg(result)
     # Without ω IntegratorZarrOMP writes 0 for every frame and no /Omegas.
     omegas = np.zeros(n_frames) if known_omegas is None else known_omegas

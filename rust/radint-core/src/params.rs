@@ -1168,7 +1168,8 @@ fn module_gaps_problem(gaps: &[i64]) -> Option<String> {
             None
         }
         [_, _, _, _] => Some(format!(
-            "expected module rows, module columns (> 0), gap rows, gap columns (>= 0), got {}",
+            "expected module rows, module columns (> 0), gap rows, gap columns (>= 0), got {} \
+             (0 0 0 0: no gaps)",
             shown()
         )),
         _ => Some(format!(
