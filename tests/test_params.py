@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -635,3 +636,33 @@ def test_lines_midas_reads_otherwise_are_read_as_c_does_or_warned(tmp_path, capl
         base + "YPixelSize 150\n"
     )
     assert "radint and IntegratorZarrOMP read it" not in notes(base + "tx\t0.3\n")
+
+
+def test_field_name_hints_are_deterministic_and_name_the_midas_keys():
+    """Review: a name several fields begin got one of them by hash order (pixel_size_y_um or
+    _z_um from run to run); `distortion` given as an override named a key `p` that does not
+    exist."""
+    import subprocess
+    import sys
+
+    code = (
+        "from radint.config import IntegrationConfig as C\n"
+        "try: C().replace(pixel_size=1)\n"
+        "except Exception as e: print(e)"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3)
+    }
+    assert seen == {
+        "IntegrationConfig has no field 'pixel_size'; did you mean pixel_size_y_um or "
+        "pixel_size_z_um?\n"
+    }
+    with pytest.raises(ParameterError, match=r"give its MIDAS key p0 \.\. p14 here"):
+        IntegrationConfig().with_overrides({"distortion": "0 0 0"})

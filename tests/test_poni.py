@@ -209,7 +209,7 @@ def test_binning_of_one_axis_is_inferred_too(tmp_path):
         ('{"pixel1": 1e-4, "pixel2": -1e-4}', "pixel2 must be a positive pixel size in m"),
         ('{"max_shape": [10, "x"]}', "max_shape must be two positive integers"),
         ('{"binning": ["a", "b"]}', "binning ['a', 'b'] is not one or two positive integers"),
-        ('{"orientation": "x"}', "orientation x is not one of pyFAI's 1-4"),
+        ('{"orientation": "x"}', "orientation 'x' is not one of pyFAI's 1-4"),
         ('{"orientation": [3]}', "orientation [3] is not one of pyFAI's 1-4"),
         ('{"orientation": true}', "orientation True is not one of pyFAI's 1-4"),
         ('{"pixel1": true, "pixel2": 1e-4}', "pixel1 must be a positive pixel size in m"),
@@ -338,3 +338,26 @@ def test_detector_config_binning_without_a_pixel_size_takes_pyfai_s_binned_pixel
     poni, det = read_poni(path), pyFAI.load(str(path)).detector
     assert poni["shape"] == tuple(det.shape) == (2048, 2048)
     assert poni["pixel1"] == pytest.approx(det.pixel1, rel=1e-12)
+
+
+def test_second_review_of_module_gaps_and_detector_config(tmp_path):
+    """Review: one-module detectors got gaps covering nothing (and warnings); ModuleGaps set to
+    0 0 0 0 as a field was refused; write_poni named only radint's seven detectors; a
+    Detector_config pixel with a binning was not binned (pyFAI bins it)."""
+    single = IntegrationConfig.from_poni(_named_poni(tmp_path, "Eiger500k", 75e-6))
+    assert single.shape == (514, 1030) and single.module_gaps == ()
+    cfg = IntegrationConfig.from_poni(_named_poni(tmp_path, "Pilatus6M", 172e-6))
+    assert cfg.module_gaps == (195, 487, 17, 7)
+    assert cfg.replace(module_gaps=(0, 0, 0, 0)).validate().module_gaps == ()
+    assert "Detector: Pilatus6M\n" in write_poni(cfg, tmp_path / "p6m.poni").read_text()
+    binned = tmp_path / "binned.poni"
+    binned.write_text(
+        "poni_version: 2.1\nDetector: Detector\n"
+        'Detector_config: {"pixel1": 1e-4, "pixel2": 1e-4, "max_shape": [1000, 1000], '
+        '"binning": [2, 2], "orientation": 3}\n'
+        "Distance: 0.1\nPoni1: 0.01\nPoni2: 0.01\nRot1: 0\nRot2: 0\nRot3: 0\n"
+    )
+    det = pyFAI.load(str(binned)).detector
+    poni = read_poni(binned)
+    assert poni["shape"] == tuple(det.shape) == (500, 500)
+    assert poni["pixel1"] == pytest.approx(det.pixel1) == pytest.approx(2e-4)

@@ -135,6 +135,10 @@ class IntegrationConfig:
     #: Where each key was last set: key → (file, line).
     set_at: dict[str, tuple[str, int]] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.module_gaps and not any(self.module_gaps):  # 0 0 0 0: none, as the key reads
+            object.__setattr__(self, "module_gaps", ())
+
     # ----------------------------------------------------------------------------------------
     @classmethod
     def from_midas_params(
@@ -686,7 +690,7 @@ def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
         near = near_key(key)
         hint = f" (did you mean {near}?)" if near else ""
         if key in fields:  # with_overrides({"r_bin_px": 2})
-            midas = _MIDAS_KEYS.get(key)
+            midas = "p0 .. p14" if key == "distortion" else _MIDAS_KEYS.get(key)
             hint = (
                 f" ({key} is a field name: give its MIDAS key {midas} here, or use "
                 f"replace({key}=...))"
@@ -703,9 +707,9 @@ def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
 def _closest_field(name: str, names: set[str], cutoff: float = 0.6) -> str | None:
     """The field ``name`` most likely means: one it begins (``r_bin`` → ``r_bin_px``), else
     the closest spelling."""
-    begun = sorted((n for n in names if n.startswith(name)), key=len)
-    if begun:
-        return begun[0]
+    begun = sorted((n for n in names if n.startswith(name)), key=lambda n: (len(n), n))
+    if begun:  # all of the shortest: pixel_size -> pixel_size_y_um or pixel_size_z_um
+        return " or ".join(n for n in begun if len(n) == len(begun[0]))
     close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=cutoff)
     return close[0] if close else None
 

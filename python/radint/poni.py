@@ -114,14 +114,17 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             b = tuple(b) if isinstance(b, (list, tuple)) else (b, b)
             if len(b) != 2 or not all(_positive_whole(v) for v in b):
                 raise ParameterError(
-                    f"{path}:{line}: Detector_config: binning {det['binning']} is not one or two "
+                    f"{path}:{line}: Detector_config: binning {det['binning']!r} is not one or two "
                     "positive integers"
                 )
             binning = (int(b[0]), int(b[1]))
+            if pixel1 is not None and pixel2 is not None:
+                # pyFAI builds the detector at the pixel given, then bins it (pixel x binning).
+                pixel1, pixel2 = pixel1 * binning[0], pixel2 * binning[1]
         orientation = det.get("orientation") or 3  # 0 = unset, pyFAI reads it as 3
         if not _positive_whole(orientation) or int(orientation) not in _ORIENTATION_FLIPS:
             raise ParameterError(
-                f"{path}:{line}: Detector_config: orientation {orientation} is not one of "
+                f"{path}:{line}: Detector_config: orientation {orientation!r} is not one of "
                 "pyFAI's 1-4"
             )
         orientation = int(orientation)
@@ -371,9 +374,10 @@ def _named_layout(
     if layout is None and det is not None and hasattr(det, "MODULE_SIZE"):
         (rows, cols), (gap_rows, gap_cols) = det.MODULE_SIZE, det.MODULE_GAP
         layout = (int(rows), int(cols), int(gap_rows), int(gap_cols))
+    if layout is not None and shape is not None and layout[0] >= shape[0] and layout[1] >= shape[1]:
+        return shape, None  # one module (Eiger 500k, Pilatus 100k): no gaps
     if layout is None:
-        with _quiet_pyfai():
-            det_mask = None if det is None else det.mask
+        det_mask = _pyfai_mask(det)
         if det_mask is not None and np.any(det_mask) and file_binning == (1, 1):
             log.warning(
                 "%s: pyFAI masks %d of its pixels (e.g. outside a round sensor), radint none: "
@@ -397,8 +401,7 @@ def _named_layout(
         )
         return shape, None
     gaps = (layout[0], layout[1], layout[2], layout[3])
-    with _quiet_pyfai():
-        det_mask = None if det is None else det.mask
+    det_mask = _pyfai_mask(det)
     if det_mask is not None and tuple(det_mask.shape) == shape:
         from radint.detector_map import module_gap_mask
 
@@ -444,6 +447,18 @@ def _pyfai_binning(
     if pyfai_shape is None and det.max_shape:
         pyfai_shape = (int(det.max_shape[0]) // guess[0], int(det.max_shape[1]) // guess[1])
     return guess, (pyfai_shape[0], pyfai_shape[1]) if pyfai_shape else None
+
+
+def _pyfai_mask(det: Any) -> np.ndarray | None:
+    """pyFAI's mask of ``det`` (None without one, or where pyFAI cannot make it)."""
+    if det is None:
+        return None
+    with _quiet_pyfai():
+        try:
+            mask = det.mask
+        except Exception:  # e.g. a binning its mask does not divide
+            return None
+    return None if mask is None else np.asarray(mask)
 
 
 def _positive_whole(value: Any) -> bool:
@@ -549,18 +564,35 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
 
 
 def _detector_named_by(config: Any) -> str:
-    """pyFAI's name of the Pilatus/Eiger ``config`` describes with its module gaps (so pyFAI
-    masks them too), else the generic "Detector"."""
+    """pyFAI's name of the detector ``config`` describes with its module gaps (so pyFAI masks
+    them too): radint's Pilatus/Eiger table, else pyFAI's own detectors when it is installed;
+    the generic "Detector" otherwise."""
     if not config.module_gaps:
         return "Detector"
-    for key, shape in _DETECTOR_SHAPES.items():
-        same = (
-            shape == (config.n_pixels_z, config.n_pixels_y)
-            and _MODULE_GAPS[key] == tuple(config.module_gaps)
-            and math.isclose(_DETECTOR_PIXEL[key] * 1e6, config.pixel_size_y_um, rel_tol=1e-9)
-        )
-        if same:
-            return _PYFAI_NAMES[key]
+    shape, gaps = (config.n_pixels_z, config.n_pixels_y), tuple(config.module_gaps)
+    pixel_m = config.pixel_size_y_um * 1e-6
+    for key, known in _DETECTOR_SHAPES.items():
+        if known == shape and _MODULE_GAPS[key] == gaps:
+            if math.isclose(_DETECTOR_PIXEL[key], pixel_m, rel_tol=1e-9):
+                return _PYFAI_NAMES[key]
+    with _quiet_pyfai():
+        try:
+            import pyFAI.detectors
+
+            classes = set(pyFAI.detectors.ALL_DETECTORS.values())
+        except Exception:
+            return "Detector"
+        # A CdTe variant of the same layout also masks its chip borders: the plain one first.
+        for cls in sorted(classes, key=lambda c: ("cdte" in c.__name__.lower(), c.__name__)):
+            layout = (*getattr(cls, "MODULE_SIZE", ()), *getattr(cls, "MODULE_GAP", ()))
+            if tuple(getattr(cls, "MAX_SHAPE", ()) or ()) != shape or layout != gaps:
+                continue
+            try:
+                det = cls()
+            except Exception:
+                continue
+            if det.pixel1 and math.isclose(det.pixel1, pixel_m, rel_tol=1e-6):
+                return cls.__name__
     return "Detector"
 
 
@@ -574,8 +606,8 @@ def write_poni(config: Any, path: str | Path) -> Path:
     name = _detector_named_by(config)
     if config.module_gaps and name == "Detector":
         log.warning(
-            "%s: ModuleGaps %s has no PONI equivalent for a detector pyFAI does not name: pyFAI "
-            "integrates the gaps unless given the mask",
+            "%s: ModuleGaps %s: no pyFAI detector of this shape, pixel and modules to name, so "
+            "pyFAI integrates the gaps unless given the mask",
             path,
             " ".join(map(str, config.module_gaps)),
         )
