@@ -1111,9 +1111,12 @@ def test_commit_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path: P
 def test_zarr_result_with_zarr_2_says_why(tmp_path: Path, monkeypatch) -> None:
     """zarr 3 needs Python 3.11; where zarr 2 is installed (Python 3.10) a .zarr result is
     refused by name instead of failing inside zarr."""
+    (written,) = write_result(make_result(n_frames=1), tmp_path / "out", formats=("zarr",))
     monkeypatch.setattr(zarr, "__version__", "2.18.3")
     with pytest.raises(RadintError, match=r"a Zarr v3 result needs zarr >= 3 .* found zarr 2.18.3"):
-        write_result(make_result(n_frames=1), tmp_path / "out", formats=("zarr",))
+        write_result(make_result(n_frames=1), tmp_path / "again", formats=("zarr",))
+    with pytest.raises(RadintError, match=r"needs zarr >= 3 .* found zarr 2.18.3"):
+        read_nexus(written)
 
 
 def test_midas_outputs_of_a_stream_with_repeated_frame_ids(tmp_path: Path) -> None:

@@ -561,9 +561,9 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     from radint.io import read_provenance
 
     if Path(path).is_dir():
-        import zarr
+        from radint.io._common import zarr3
 
-        root: Any = zarr.open_group(path, mode="r")
+        root: Any = zarr3(path).open_group(path, mode="r")
     else:
         import h5py
 

@@ -11,6 +11,22 @@ import numpy as np
 
 from radint.result import Result
 
+
+def zarr3(path: Any) -> Any:
+    """The zarr module, for a Zarr v3 store at ``path``: zarr >= 3 (Python >= 3.11) reads and
+    writes those; with zarr 2 (Python 3.10) a RadintError says so instead of failing inside."""
+    import zarr
+
+    from radint.exceptions import RadintError
+
+    if int(zarr.__version__.split(".")[0]) < 3:
+        raise RadintError(
+            f"{path}: a Zarr v3 result needs zarr >= 3 (Python >= 3.11), found zarr "
+            f"{zarr.__version__}; use HDF5 results (--format nexus) with this Python"
+        )
+    return zarr
+
+
 # MIDAS defaults (spec §1.2, §7.4) used when a Result carries no configuration.
 CONFIG_DEFAULTS: dict[str, Any] = {
     "lsd_um": 1e6,

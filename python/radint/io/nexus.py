@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.exceptions import InvalidInputError, RadintError
+from radint.exceptions import InvalidInputError
 from radint.io._common import (
     HC_KEV_ANGSTROM,
     cfg,
@@ -64,6 +64,7 @@ from radint.io._common import (
     software_version,
     stacked,
     two_theta_edges_deg,
+    zarr3,
 )
 from radint.io.atomic import commit_path, remove_path, start_writeback, temporary_sibling
 from radint.io.h5image import FileImage, ImageUnsupported, chunk_encoder, filters_of
@@ -578,13 +579,7 @@ class _ZarrTree:
     one-frame file took ~1.4 s."""
 
     def __init__(self, path: Path) -> None:
-        import zarr
-
-        if int(zarr.__version__.split(".")[0]) < 3:
-            raise RadintError(
-                f"{path}: a Zarr v3 result needs zarr >= 3 (Python >= 3.11), found zarr "
-                f"{zarr.__version__}; write HDF5 (--format nexus) instead"
-            )
+        zarr = zarr3(path)
         self.root = zarr.open_group(str(path), mode="w", zarr_format=3)
         self._pending: list[tuple[str, Any, dict[str, Any]]] = []
 
@@ -1587,9 +1582,7 @@ def read_provenance(path: str | Path) -> Provenance | None:
     path = Path(path)
     try:
         if path.is_dir():
-            import zarr
-
-            root: Any = zarr.open_group(str(path), mode="r")
+            root: Any = zarr3(path).open_group(str(path), mode="r")
         else:
             import h5py
 
@@ -1781,9 +1774,7 @@ def read_nexus(path: str | Path) -> Result:
     path = Path(path)
     try:
         if path.is_dir():
-            import zarr
-
-            root: Any = zarr.open_group(str(path), mode="r")
+            root: Any = zarr3(path).open_group(str(path), mode="r")
         else:
             import h5py
             import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
