@@ -666,3 +666,13 @@ def test_field_name_hints_are_deterministic_and_name_the_midas_keys():
     }
     with pytest.raises(ParameterError, match=r"give its MIDAS key p0 \.\. p14 here"):
         IntegrationConfig().with_overrides({"distortion": "0 0 0"})
+
+
+def test_every_unknown_override_without_a_hint_gets_the_other_programs_note():
+    """Review: with a field name among the overrides, a plain unknown key lost its note."""
+    with pytest.raises(ParameterError) as info:
+        IntegrationConfig().with_overrides({"r_bin_px": 2, "FooBar": 1})
+    assert "give its MIDAS key RBinSize here" in str(info.value)
+    assert "override FooBar 1: not a parameter radint knows (keys of other MIDAS programs" in (
+        str(info.value)
+    )

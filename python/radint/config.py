@@ -697,10 +697,10 @@ def _refuse_unknown_overrides(config: IntegrationConfig) -> None:
                 if midas
                 else f" ({key} is a field name: use replace({key}=...))"
             )
+        if not hint:  # no typo of a key radint reads: perhaps another MIDAS program's
+            hint = " (keys of other MIDAS programs belong in the parameter file)"
         problems.append(f"override {' '.join(v for v in (key, value) if v)}: not a parameter "
                         f"radint knows{hint}")  # fmt: skip
-    if not any(near_key(key) or key in fields for key, _ in typed):
-        problems[-1] += " (keys of other MIDAS programs belong in the parameter file)"
     raise ParameterError("; ".join(problems))
 
 

@@ -378,7 +378,7 @@ def _named_layout(
         return shape, None  # one module (Eiger 500k, Pilatus 100k): no gaps
     if layout is None:
         det_mask = _pyfai_mask(det)
-        if det_mask is not None and np.any(det_mask) and file_binning == (1, 1):
+        if det_mask is not None and tuple(det_mask.shape) == shape and np.any(det_mask):
             log.warning(
                 "%s: pyFAI masks %d of its pixels (e.g. outside a round sensor), radint none: "
                 "give pyFAI's detector.mask as MaskFile to match",
