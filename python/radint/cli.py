@@ -1319,6 +1319,16 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _add_compression(
+    parser: argparse.ArgumentParser,
+    default: str = "blosc-lz4",
+    help: str = "NeXus HDF5 compression (see integrate)",
+) -> None:
+    """``--compression`` of the commands that write NeXus HDF5 (one list of choices)."""
+    choices = [default] + [c for c in ("blosc-lz4", "gzip", "none") if c != default]
+    parser.add_argument("--compression", default=default, choices=choices, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -1435,11 +1445,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cpu", "cuda", "auto"],
         help="cpu (default), cuda, or auto (cuda where it works, else cpu)",
     )
-    p.add_argument(
-        "--compression",
-        default="blosc-lz4",
-        choices=["blosc-lz4", "gzip", "none"],
-        help="NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)",
+    _add_compression(
+        p,
+        help=(
+            "NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)"
+        ),
     )
     p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
@@ -1526,12 +1536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dask", default=None, help="Dask scheduler address, or local:N for a local cluster"
     )
-    p.add_argument(
-        "--compression",
-        default="blosc-lz4",
-        choices=["blosc-lz4", "gzip", "none"],
-        help="NeXus HDF5 compression (see integrate)",
-    )
+    _add_compression(p)
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser(
@@ -1560,12 +1565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update", action="store_true", help="also store the fits in the result file (peaks group)"
     )
-    p.add_argument(
-        "--compression",
-        default="blosc-lz4",
-        choices=["blosc-lz4", "gzip", "none"],
-        help="NeXus HDF5 compression (see integrate)",
-    )
+    _add_compression(p)
     p.add_argument("-j", "--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_fit)
 
@@ -1580,12 +1580,7 @@ def build_parser() -> argparse.ArgumentParser:
         "peaks, fit, fit_per_eta, caked_peaks (see radint integrate --help)",
     )
     p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
-    p.add_argument(
-        "--compression",
-        default="blosc-lz4",
-        choices=["blosc-lz4", "gzip", "none"],
-        help="NeXus HDF5 compression (see integrate)",
-    )
+    _add_compression(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
@@ -1678,12 +1673,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write MIDAS's lineout.bin, Int2D.bin (with Write2D 1, as MIDAS), fit.bin "
         "(when fitting) and at the end integrator_output.h5 / .zarr.zip",
     )
-    p.add_argument(
-        "--compression",
+    _add_compression(
+        p,
         default="none",
-        choices=["none", "blosc-lz4", "gzip"],
-        help="stream.h5 compression (default none: fastest; a Pilatus 2M 1 px x 5 deg frame with "
-        "sigma is 1.4 MB raw, ~0.85 MB with blosc-lz4)",
+        help=(
+            "stream.h5 compression (default none: fastest; a Pilatus 2M 1 px x 5 deg frame with "
+            "sigma is 1.4 MB raw, ~0.85 MB with blosc-lz4)"
+        ),
     )
     p.add_argument(
         "--mapping-file",
