@@ -286,6 +286,12 @@ def test_midas_caked_hdf_layout(tmp_path: Path) -> None:
         assert rem.attrs["nRBins"].dtype == np.int32 and rem.attrs["nRBins"].shape == (1,)
         assert rem.attrs["nRBins"][0] == n_r and rem.attrs["nEtaBins"][0] == n_eta
         assert isinstance(rem.attrs["Header"], bytes)
+        # H5LTset_attribute_string: scalar, strlen + 1 bytes, NUL-terminated (a C reader sizes
+        # its buffer from the type and relies on the NUL).
+        header_type = rem.attrs.get_id("Header").get_type()
+        assert header_type.get_size() == len("Radius,2Theta,Eta,BinArea,Q") + 1
+        assert header_type.get_strpad() == h5py.h5t.STR_NULLTERM
+        assert rem.attrs.get_id("Header").shape == ()
         np.testing.assert_allclose(rem[0][:, 0], res.radius_px)
         np.testing.assert_allclose(rem[1][:, 0], res.two_theta_deg)
         np.testing.assert_allclose(rem[2][0], res.eta_deg)

@@ -542,6 +542,27 @@ def _assert_same_caked(got: Path, want: Path) -> None:
             assert type(value) is type(c_value), (name, key, value, c_value)
             assert getattr(value, "dtype", None) == getattr(c_value, "dtype", None), (name, key)
             assert np.array_equal(value, c_value), (name, key, value, c_value)
+    assert _attribute_types(got) == _attribute_types(want)
+
+
+def _attribute_types(path: Path) -> dict[tuple[str, str], tuple]:
+    """Each attribute's stored HDF5 type as a C reader sees it: class, size, string padding and
+    shape (H5LTset_attribute_string: scalar, strlen + 1 bytes, NUL-terminated)."""
+    import h5py
+
+    types: dict[tuple[str, str], tuple] = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            for key in obj.attrs:
+                attribute = obj.attrs.get_id(key)
+                stored = attribute.get_type()
+                pad = stored.get_strpad() if isinstance(stored, h5py.h5t.TypeStringID) else None
+                types[name, key] = (stored.get_class(), stored.get_size(), pad, attribute.shape)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return types
 
 
 def test_c_integrator_output_files_are_reproduced(tmp_path):

@@ -241,24 +241,32 @@ def write_midas_caked(result: Result, path: str | Path) -> Path:
     image = io.BytesIO()
     with h5py.File(image, "w") as f:
         for name, data, attrs in midas_tree(result):
-            f.create_dataset(name, data=data).attrs.update(
-                {key: _c_attribute(value) for key, value in attrs.items()}
-            )
+            dataset = f.create_dataset(name, data=data)
+            for key, value in attrs.items():
+                _set_c_attribute(dataset, key, value)
     with atomic_output(path) as tmp:
         Path(tmp).write_bytes(image.getbuffer())
     return Path(path)
 
 
-def _c_attribute(value: Any) -> Any:
-    """An attribute as IntegratorZarrOMP's H5LTset_attribute_{int,double,string} stores it: a
-    1-element int32 or float64 array, or a fixed-length byte string (readers index ``[0]``)."""
+def _set_c_attribute(dataset: Any, key: str, value: Any) -> None:
+    """Store an attribute as IntegratorZarrOMP's H5LTset_attribute_{int,double,string} does: a
+    1-element int32 or float64 array, or a scalar NUL-terminated string of strlen + 1 bytes
+    (a C reader sizes its buffer from the type and relies on the NUL; h5py reads the same text)."""
+    import h5py
+
     if isinstance(value, str):
-        return np.bytes_(value.encode())
-    if isinstance(value, bool | np.bool_):
-        return np.array([value], dtype=np.int32)
-    if isinstance(value, int | np.integer):
-        return np.array([value], dtype=np.int32)
-    return np.array([value], dtype=np.float64)
+        text = value.encode() + b"\0"
+        string_type = h5py.h5t.C_S1.copy()
+        string_type.set_size(len(text))
+        string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+        scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+        attribute = h5py.h5a.create(dataset.id, key.encode(), string_type, scalar)
+        attribute.write(np.array(text, dtype=f"S{len(text)}"))
+    elif isinstance(value, bool | np.bool_ | int | np.integer):
+        dataset.attrs[key] = np.array([value], dtype=np.int32)
+    else:
+        dataset.attrs[key] = np.array([value], dtype=np.float64)
 
 
 class _ZarrV2Zip:
