@@ -1099,6 +1099,56 @@ def test_folder_watch_rereads_a_file_its_writer_paused_in(integrator, tmp_path, 
     assert rows["source"].tolist() == ["file:slow.tif"]
 
 
+def test_folder_watch_goes_on_after_files_its_decoders_choke_on(integrator, tmp_path, caplog):
+    """Regression (audit): a TIFF cut inside its 8-byte header (struct.error) or with a corrupt
+    deflate strip (imagecodecs' own error) killed the watcher: later files were never read and
+    the run ended with exit 0. Now each is retried on change, then counted as dropped."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tifffile.imwrite(tmp_path / "ok.tif", frame(1, "u2"), compression="zlib")
+    data = bytearray((tmp_path / "ok.tif").read_bytes())
+    strip = tifffile.TiffFile(tmp_path / "ok.tif").pages[0].dataoffsets[0]
+    data[strip + 2 : strip + 40] = b"\xff" * 38
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    (watch / "a_header.tif").write_bytes(data[:6])
+    (watch / "b_strip.tif").write_bytes(bytes(data))
+    time.sleep(0.5)
+    (tmp_path / "ok.tif").rename(watch / "c_ok.tif")
+    assert wait_for(lambda: p.written == 1)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (1, 2)
+    assert src.failure is None
+    assert "a_header.tif: not a readable TIFF file (cut short: 6 bytes" in caplog.text
+    assert "b_strip.tif: page 0 is truncated or corrupt" in caplog.text
+    assert stream_rows(tmp_path / "out" / "stream.h5")["source"].tolist() == ["file:c_ok.tif"]
+
+
+def test_stream_stops_and_fails_when_its_only_source_dies(tmp_path, monkeypatch, capsys):
+    """A source thread that stops on a defect stops the stream (nothing left to take frames
+    from) and `radint stream` exits 1 naming the error, not 0 after its --timeout."""
+    from radint.cli import main
+
+    def broken(self):
+        raise RuntimeError("directory listing exploded")
+
+    monkeypatch.setattr(FolderSource, "_complete_files", broken)
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    watch = tmp_path / "in"
+    watch.mkdir()
+    t0 = time.monotonic()
+    rc = main(["stream", str(params), "--source", "folder", "--watch", str(watch),
+               "-o", str(tmp_path / "out"), "--timeout", "60", "--backend", "cpu", "-q"])  # fmt: skip
+    assert rc == 1 and time.monotonic() - t0 < 30
+    assert (
+        "folder source failed: RuntimeError: directory listing exploded" in capsys.readouterr().err
+    )
+
+
 def test_folder_watch_waits_for_frames_a_writer_allocated_before_filling(integrator, tmp_path):
     """A fixed-size contiguous HDF5 stack written frame by frame without file locking, with
     pauses longer than the settle time, and a pre-sized zero TIFF filled in place: every frame

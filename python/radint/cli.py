@@ -1165,6 +1165,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise
     if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
         print(summary.line())
+    if source.failure:
+        print(f"error: the {source.name} source failed: {source.failure}", file=sys.stderr)
+        return 1
     return 1 if getattr(source, "never_connected", False) else 0
 
 

@@ -213,6 +213,11 @@ class TiffSource(FrameSource):
             with _QUIET.opening():
                 try:
                     tif = tifffile.TiffFile(self.path)
+                except struct.error as exc:  # cut short inside the 8-byte header
+                    raise ReaderError(
+                        f"{self.path}: not a readable TIFF file (cut short: "
+                        f"{self.path.stat().st_size} bytes, its header alone has 8)"
+                    ) from exc
                 except (tifffile.TiffFileError, ValueError, OSError) as exc:
                     raise ReaderError(f"{self.path}: not a readable TIFF file ({exc})") from exc
                 try:
@@ -344,7 +349,7 @@ class TiffSource(FrameSource):
             )
         try:
             return page.asarray(out=out)
-        except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+        except Exception as exc:  # the codec libraries raise their own types on corrupt data
             codec = missing_codec(page)
             if codec is not None:
                 raise ReaderError(f"{self.path}: page {number} is {codec}") from exc

@@ -639,6 +639,9 @@ class Pipeline:
 
     def _shutdown(self) -> None:
         while not self._stopping.wait(0.1):
+            if self.sources and all(src.failure for src in self.sources):
+                log.error("stream: no source left to take frames from, stopping")
+                self.stop()
             if self.idle_timeout is not None:
                 if time.monotonic() - self._last_frame > self.idle_timeout:
                     log.info("stream: no frame for %.1f s, stopping", self.idle_timeout)

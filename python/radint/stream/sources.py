@@ -169,6 +169,9 @@ class Source(ABC):
     """Base class: ``start(sink, stats)``, ``stop()``, ``join()``."""
 
     name = "source"
+    #: Why the source stopped producing on its own (an unexpected error), else None: the
+    #: stream stops when every source has failed, and `radint stream` exits 1.
+    failure: str | None = None
 
     @abstractmethod
     def start(self, sink: Sink, stats: SourceStats) -> None:
@@ -1083,6 +1086,9 @@ class FolderSource(Source):
                     if not self._read_file(path, sink, stats, read_frames):
                         return
                 self._stop.wait(self.poll_s)
+        except Exception as e:  # a defect, not a bad file (those are retried): say so, stop
+            self.failure = f"{type(e).__name__}: {e}"
+            log.exception("folder: watching %s stopped on an unexpected error", self.directory)
         finally:
             for name, (_, sent, why) in self._known.items():
                 if why is None:
@@ -1176,10 +1182,13 @@ class FolderSource(Source):
                 log.warning("folder: %s: %s (waiting for it to change)", path, e)
             self._known[name] = (sig, sent, str(e))
             return True
-        except (RadintError, OSError, ValueError) as e:
-            # Cut short or still held by its writer: tried again when it changes.
-            self._known[name] = (sig, sent, str(e))
-            log.warning("folder: %s: %s (waiting for it to change)", path, e)
+        except Exception as e:
+            # Cut short, corrupt or still held by its writer: tried again when it changes (the
+            # decoding libraries raise their own types: struct.error, zlib.error, codec errors).
+            why = str(e) if isinstance(e, RadintError | OSError) else f"{type(e).__name__}: {e}"
+            self._known[name] = (sig, sent, why)
+            log.warning("folder: %s (waiting for it to change)",
+                        why if str(path) in why else f"{path}: {why}")  # fmt: skip
             return True
         self._known[name] = (sig, sent, None)
         self._prints[name] = _fingerprint(path)
