@@ -228,6 +228,45 @@ def test_malformed_detector_config_is_refused_naming_its_line(tmp_path, detector
         read_poni(path)
 
 
+V1_PONI = (
+    "poni_version: 1\nDetector: Detector\npixelsize1: 0.000172\npixelsize2: 0.000172\n"
+    "Distance: 0.2\nPoni1: 0.0172\nPoni2: 0.022016\nRot1: 0\nRot2: 0\nRot3: 0\n"
+    "Wavelength: 1.72973e-11\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # pyFAI applies a v1 file's spline: ignoring it gave the geometry without distortion.
+        (("Detector: Detector\n", "Detector: Detector\nsplinefile: /data/frelon.spline\n"),
+         ":3: SplineFile /data/frelon.spline: detectors with a distortion spline are not"),
+        # Was "<config>:1: Lsd: expected a finite number", naming neither file nor key.
+        (("Distance: 0.2", "Distance: nan"), ":5: distance: expected a finite number, got 'nan'"),
+        # Was "PONI geometry: the detector plane ..." without the file.
+        (("Rot1: 0", "Rot1: 1.6"), ": the detector plane does not face the sample (rot1 1.6 rad"),
+    ],
+)  # fmt: skip
+def test_poni_errors_name_the_file(tmp_path, change, message):
+    path = tmp_path / "v1.poni"
+    path.write_text(V1_PONI.replace(*change))
+    with pytest.raises(ParameterError, match=re.escape(f"{path}{message}")):
+        IntegrationConfig.from_poni(path, NrPixelsY=256, NrPixelsZ=200)
+
+
+def test_cli_takes_the_shape_of_a_v1_poni_from_overrides(tmp_path, capsys, caplog):
+    """Regression (audit): the shape check ran before the overrides, so a PONI without
+    Detector_config (v1) could not be used from the command line at all."""
+    from radint.cli import main
+
+    path = tmp_path / "v1.poni"
+    path.write_text(V1_PONI)
+    assert main(["info", str(path), "NrPixelsY", "256", "NrPixelsZ", "200"]) == 0
+    assert "256 x 200 pixels" in caplog.text
+    assert main(["info", str(path), "NrPixelsY", "256"]) == 2
+    assert "give it as overrides: NrPixelsY N NrPixelsZ M" in capsys.readouterr().err
+
+
 def _named_poni(tmp_path, detector: str, pixel_m: float) -> Path:
     path = tmp_path / f"{detector}.poni"
     path.write_text(

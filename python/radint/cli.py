@@ -247,12 +247,14 @@ def _read_config(
     if _is_poni(params):
         # pyFAI geometry: MIDAS binning keys (RMin, RBinSize, EtaBinSize, ...) come as overrides.
         config = IntegrationConfig.from_poni(params)
-        if not config.n_pixels_y:
+        if overrides:
+            config = config.with_overrides(overrides)
+        if not (config.n_pixels_y and config.n_pixels_z):
             raise RadintError(
                 f"{params}: the PONI file names no detector shape (Detector_config max_shape); "
                 "give it as overrides: NrPixelsY N NrPixelsZ M"
             )
-        config = (config.with_overrides(overrides) if overrides else config).validate()
+        config = config.validate()
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
             "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s%s",

@@ -79,9 +79,12 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             return default
         text, line = values[key]
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ParameterError(f"{path}:{line}: {key}: expected a number, got '{text}'") from None
+        if not math.isfinite(value):
+            raise ParameterError(f"{path}:{line}: {key}: expected a finite number, got '{text}'")
+        return value
 
     pixel1 = pixel2 = None
     shape: tuple[int, int] | None = None
@@ -128,6 +131,12 @@ def read_poni(path: str | Path) -> dict[str, Any]:
                 "pyFAI's 1-4"
             )
         orientation = int(orientation)
+    spline, line = values.get("splinefile", ("", 0))
+    if spline.lower() not in ("", "none"):  # PONI v1: the spline as its own key
+        raise ParameterError(
+            f"{path}:{line}: SplineFile {spline}: detectors with a distortion spline are not "
+            "supported"
+        )
     if "detector" in values:
         name, line = values["detector"]
         key = _detector_key(name)
@@ -499,7 +508,10 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     trs = rot @ C.T
     u = rot.T @ np.array([1.0, 0.0, 0.0])
     if u[2] <= 0:
-        raise ParameterError("PONI geometry: the detector plane does not face the sample")
+        raise ParameterError(
+            f"{poni.get('source', 'PONI')}: the detector plane does not face the sample (rot1 "
+            f"{poni['rot1']:g} rad, rot2 {poni['rot2']:g} rad: tilted by 90° or more)"
+        )
     a1 = 0.5 * px - poni["poni1"]
     a2 = 0.5 * px - poni["poni2"]
     lsd = poni["dist"] / u[2]
