@@ -163,6 +163,32 @@ def test_single_lineout_gives_1d_columns() -> None:
     np.testing.assert_array_equal(t.rows()[:, 1], t.center)
 
 
+def test_a_position_given_twice_is_fitted_once(monkeypatch, caplog) -> None:
+    """Regression (audit): `--peaks 50,50` (or PeakLocation 50 twice) started two peaks at one
+    place; each took half the ring's area (or a sliver and the rest), both "converged". The
+    repeat is fitted once and its row repeated, with a warning; positions outside the lineout
+    are warned about too (they were only out_of_range rows)."""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    x = np.arange(200.0)
+    p = np.array([10.0, 0.0, 5000.0, 80.0, 4.0, 30.0, 3000.0, 130.0, 6.0, 20.0])
+    y = np.random.default_rng(5).poisson(binned(x, p, 0, 199)).astype(float)
+    once = rfit.fit_peaks(x, y, positions=[130, 80])
+    twice = rfit.fit_peaks(x, np.stack([y, y]), positions=[80, 130, 80, -40, 80, 130])
+    assert twice.area.shape == (2, 6)
+    for k, j in enumerate([1, 0, 1, None, 1, 0]):
+        if j is None:
+            assert twice.status_name[0, k] == "out_of_range"
+            continue
+        assert twice.status[0, k] == 0
+        np.testing.assert_allclose(twice.area[:, k], once.area[j], rtol=1e-9)
+        np.testing.assert_allclose(twice.center[:, k], once.center[j], rtol=1e-12)
+    assert abs(once.area[1] / 5000 - 1) < 0.05
+    assert "given more than once: 80 (3 times), 130 (2 times); each is fitted once" in caplog.text
+    assert "peak position(s) -40 lie outside the lineout (0 .. 199)" in caplog.text
+
+
 def test_agrees_with_scipy_least_squares() -> None:
     """Same model (MIDAS's, values at bin centres), same data: scipy's minimum lies within 3
     reported standard errors (both minimise the same SSR, so they agree far better)."""

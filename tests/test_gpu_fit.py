@@ -227,6 +227,22 @@ def test_cuda_fitter_matches_rust_on_1000_lineouts():
 
 @gpu
 @needs_cuda
+def test_cuda_fitter_fits_a_repeated_position_once_as_the_cpu():
+    from radint.gpu.fit import CudaFitter
+
+    x, ys, positions = lineouts(4, seed=11)
+    repeated = [positions[2], *positions, positions[2], positions[0]]
+    got = CudaFitter(x, repeated).fit(ys)
+    ref = fit_peaks(x, ys, positions=repeated)
+    assert got["status"].shape == (4, len(repeated))
+    np.testing.assert_array_equal(got["status"], ref.status)
+    np.testing.assert_array_equal(got["values"][:, 0], got["values"][:, 3])
+    ok = ref.status == 0
+    np.testing.assert_allclose(got["values"][..., 1][ok], ref.center[ok], atol=0.005 * 0.5)
+
+
+@gpu
+@needs_cuda
 @pytest.mark.parametrize("failures", [1, 2])
 def test_cuda_fitter_out_of_device_memory_frees_the_pool_then_fits_on_the_cpu(failures, caplog):
     """Review: the kernel's per-thread stack (~20 KB × every resident thread) is reserved at

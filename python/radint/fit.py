@@ -69,6 +69,7 @@ COLUMNS = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2")
 STATUS_NAMES: dict[int, str] = dict(_core.fit_status_names())
 CONVERGED = 0
 AT_BOUND = next(code for code, name in STATUS_NAMES.items() if name == "at_bound")
+OUT_OF_RANGE = next(code for code, name in STATUS_NAMES.items() if name == "out_of_range")
 ABSENT = 255
 
 
@@ -300,10 +301,11 @@ def fit_peaks(
             raise InvalidInputError(f"positions: expected numbers, got {positions!r}") from e
         if pos.ndim != 1:
             raise ShapeError(f"positions: expected a 1-D sequence, got shape {pos.shape}")
+        unique, slots = unique_positions(pos, "fit_peaks")
         d = _core.fit_peaks(
             xs,
             ys2,
-            pos.tolist(),
+            unique.tolist(),
             roi_padding=int(roi_padding),
             auto_roi=bool(auto_roi),
             max_iterations=int(max_iterations),
@@ -312,9 +314,60 @@ def fit_peaks(
             bin_average=bool(bin_average),
         )
     table = FitTable._from_core(d, single)
+    if auto is None:
+        warn_out_of_range(unique, table.status, xs)
+        if len(slots) != len(unique):
+            table = _take_slots(table, slots)
     if not auto_roi:
         _warn_wide_peaks(table, roi_padding * float(np.median(np.diff(xs))))
     return table
+
+
+def warn_out_of_range(positions: np.ndarray, status: np.ndarray, x: np.ndarray) -> None:
+    """Warn once about requested positions the fit found outside the lineout ``x``."""
+    outside = positions[(np.atleast_2d(status) == OUT_OF_RANGE).any(axis=0)]
+    if outside.size:
+        warn_once(
+            ("positions out of range", tuple(outside), x[0], x[-1]),
+            "fit: peak position(s) %s lie outside the lineout (%.6g .. %.6g): not fitted "
+            "(status out_of_range)",
+            ", ".join(f"{v:g}" for v in outside), x[0], x[-1],
+        )  # fmt: skip
+
+
+def unique_positions(positions: np.ndarray, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique, slots)``: the positions without repeats, in their first order, and the index
+    into ``unique`` of each given position. Two peaks started at one place split its intensity
+    between them arbitrarily (half the area each, or a sliver and the rest), so a position
+    given twice (a ring listed twice, a repeated ``PeakLocation``) is fitted once."""
+    _, first, slots = np.unique(positions, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # np.unique sorts; keep the caller's order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    unique = positions[np.sort(first)]
+    if len(unique) != len(positions):
+        counts = np.bincount(slots)
+        repeated = [
+            f"{v:g} ({n} times)" for v, n in zip(unique, counts[order], strict=True) if n > 1
+        ]
+        warn_once(
+            (caller, "repeated positions", tuple(repeated)),
+            "%s: peak position(s) given more than once: %s; each is fitted once (two peaks "
+            "started at one place would split its intensity between them)",
+            caller, ", ".join(repeated),
+        )  # fmt: skip
+    return unique, rank[slots.ravel()]
+
+
+def _take_slots(table: FitTable, slots: np.ndarray) -> FitTable:
+    """``table`` with its peak slots (last axis) picked by ``slots``."""
+    picked: dict[str, Any] = {
+        f.name: np.take(getattr(table, f.name), slots, axis=-1)
+        for f in dataclasses.fields(table)
+        if f.name not in ("n_found", "background", "metadata")
+        and getattr(table, f.name) is not None
+    }
+    return dataclasses.replace(table, **picked)
 
 
 def _warn_wide_peaks(table: FitTable, half_width: float) -> None:

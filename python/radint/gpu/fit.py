@@ -19,6 +19,7 @@ import numpy as np
 
 from radint import _core
 from radint.exceptions import InvalidInputError
+from radint.fit import unique_positions, warn_out_of_range
 from radint.gpu import _import_cupy, _module
 
 __all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
@@ -60,7 +61,8 @@ class CudaFitter:
         cp = _import_cupy()
         self._cp = cp
         self.x = np.ascontiguousarray(x, dtype=np.float64)
-        self.positions = [float(p) for p in positions]
+        unique, self._slots = unique_positions(np.asarray(positions, np.float64), "fit")
+        self.positions = [float(p) for p in unique]
         self.roi_padding = int(roi_padding)
         self.max_iterations = int(max_iterations)
         self.max_peaks_per_job = int(max_peaks_per_job)
@@ -87,7 +89,11 @@ class CudaFitter:
         ``errors`` ``(n_curves, n_peaks, 7)``, ``status`` u8, ``iterations`` u32.
         """
         with self._cp.cuda.Device(self.device_id):
-            return self._fit(lineouts)
+            out = self._fit(lineouts)
+        warn_out_of_range(np.asarray(self.positions), out["status"], self.x)
+        if len(self._slots) != len(self.positions):  # a position given twice: fitted once
+            out = {k: np.take(v, self._slots, axis=1) for k, v in out.items()}
+        return out
 
     def _fit(self, lineouts: Any) -> dict[str, np.ndarray]:
         cp = self._cp
