@@ -934,3 +934,40 @@ def test_api_arguments_are_checked_with_radint_errors(small_config, small_map, t
     )
     with pytest.raises(radint.exceptions.ParameterError, match="did you mean r_bin_px"):
         IntegrationConfig.from_poni(poni, r_bin_pxx=2)
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "message"),
+    [
+        ({"r_min_px": 5000.0, "r_max_px": 6000.0}, {},
+         r"no detector pixel reaches a bin: bins R 5000\.\.6000[.0-9]* px, η -180\.\.180°; the "
+         r"detector's pixels lie at R 0\.\d\.\.\d+\.\d px"),
+        ({}, {"mask": np.ones((100, 120), np.uint8)}, "every pixel is masked .mask= is non-zero"),
+        ({}, {"dark": np.full((100, 120), np.nan)}, "dark: every pixel is NaN or inf"),
+        ({}, {"dead_below": 100, "hot_above": 10}, "dead_below 100 > hot_above 10"),
+    ],
+)  # fmt: skip
+def test_a_setup_that_leaves_no_pixel_is_refused(small_config, change, kwargs, message):
+    """Regression (audit): an R range off the detector, a mask or dark taking every pixel and
+    an empty dead/hot window gave all-NaN results with exit 0 and no word."""
+    cfg = small_config.replace(**change) if change else small_config
+    with pytest.raises(InvalidInputError, match=message):
+        Integrator(cfg, **kwargs)
+
+
+def test_a_mask_file_that_masks_everything_is_refused(small_config, tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "ones.tif", np.ones((100, 120), np.uint8))
+    cfg = small_config.replace(mask_file=str(tmp_path / "ones.tif"))
+    with pytest.raises(InvalidInputError, match="MaskFile .*ones.tif.*MIDAS masks the pixels"):
+        Integrator(cfg)
+
+
+def test_a_dark_with_nan_pixels_is_warned_about_and_counted(small_config, caplog):
+    dark = np.zeros((100, 120))
+    dark[:5] = np.nan
+    integrator = Integrator(small_config, dark=dark)
+    assert "dark: 600 of 12000 pixels are NaN or inf" in caplog.text
+    frame = ring_image(small_config, dtype=np.uint32)
+    assert integrator.integrate(frame).metadata["nan_pixels"] == 600

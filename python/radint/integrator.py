@@ -382,6 +382,7 @@ class Integrator:
             self._dark.flags.writeable = False
         bad = None if self._dark is None else ~np.isfinite(self._dark)
         self._dark_bad = bad if bad is not None and bad.any() else None
+        self._check_pixels_left(mask)
         self._dark_image = None if self._dark is None else self._dark.reshape(config.shape)
         # (map core, that core with scale and dark folded in, the dark's per-bin offset).
         self._folded: tuple[Any, Any, np.ndarray | None] | None = None
@@ -491,6 +492,42 @@ class Integrator:
         m.corrected_at_source = models
         m.origin = f"{detector_map.origin}, corrections at each entry's pixel"
         return m
+
+    def _check_pixels_left(self, mask: np.ndarray | None) -> None:
+        """Refuse a setup that leaves no pixel to integrate (every result would be NaN): an R
+        range off the detector, a mask or dark that takes every pixel, an empty value window;
+        warn when the dark takes some pixels out."""
+        cfg = self.config
+        if self.map.n_entries == 0:
+            r = pixel_geometry(cfg, self.n_threads)["r_px"]
+            r_edges, eta_edges = self.map.r_edges_px, self.map.eta_edges_deg
+            mask_file = f", MaskFile {cfg.mask_file}" if cfg.mask_file else ""
+            raise InvalidInputError(
+                f"no detector pixel reaches a bin: bins R {r_edges[0]:g}..{r_edges[-1]:g} px, "
+                f"η {eta_edges[0]:g}..{eta_edges[-1]:g}°{mask_file}; the detector's "
+                f"pixels lie at R {r.min():.1f}..{r.max():.1f} px from the beam centre (check "
+                "RMin/RMax, BC; MIDAS masks the pixels where a mask is 1)"
+            )
+        if self._scale is not None and not np.isfinite(self._scale).any():
+            raise InvalidInputError(
+                "every pixel is masked"
+                + (" (mask= is non-zero everywhere: non-zero masks a pixel, as in MIDAS)"
+                   if mask is not None else " (flat <= 0 or NaN everywhere)")
+            )  # fmt: skip
+        if self._dark_bad is not None:
+            n_bad, n = int(self._dark_bad.sum()), self._dark_bad.size
+            if n_bad == n:
+                raise InvalidInputError(f"dark: every pixel is NaN or inf ({n} pixels)")
+            log.warning(
+                "dark: %d of %d pixels are NaN or inf: they are left out of every frame "
+                "(counted in metadata['nan_pixels'])", n_bad, n,
+            )  # fmt: skip
+        if (self.dead_below is not None and self.hot_above is not None
+                and self.dead_below > self.hot_above):  # fmt: skip
+            raise InvalidInputError(
+                f"dead_below {self.dead_below:g} > hot_above {self.hot_above:g}: every pixel "
+                "would be left out"
+            )
 
     def _pixel_scale(
         self,
