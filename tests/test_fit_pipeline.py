@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from radint import IntegrationConfig, Integrator
-from radint.exceptions import InvalidInputError
+from radint.exceptions import InvalidInputError, RadintIOError
 from radint.fit import FitSpec, concat_tables, fit_result, peak_profile
 from radint.io import NexusWriter, read_nexus, write_nexus
 from radint.testing import ring_image
@@ -168,6 +168,38 @@ def test_read_nexus_of_a_file_still_open_for_writing(ring_config, tmp_path):
         assert read_nexus(tmp_path / "live.h5").n_frames == 2
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("failures", [2, 9])
+def test_read_nexus_tries_again_a_read_that_meets_a_flush(ring_config, tmp_path, monkeypatch,
+                                                          failures):  # fmt: skip
+    """Audit: reading a stream.h5 while the stream flushed failed now and then ("addr
+    overflow", 5 of 143 reads at --save-interval 1); such a read is tried again."""
+    import h5py
+
+    import radint.io.nexus as nexus
+
+    frames, _ = ring_frames(ring_config, 1)
+    with NexusWriter(tmp_path / "s.h5") as w:
+        w.append(Integrator(ring_config).integrate(frames[0]))
+    monkeypatch.setattr(nexus, "READ_RETRY_PAUSES_S", (0.0, 0.0, 0.0))
+    calls = []
+    read = h5py.Dataset.__getitem__
+
+    def flushing(self, key):
+        if self.name.endswith("azint2d/data/I_errors"):
+            calls.append(self.name)
+            if len(calls) <= failures:
+                raise OSError("Can't synchronously read data (addr overflow)")
+        return read(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", flushing)
+    if failures == 2:
+        assert read_nexus(tmp_path / "s.h5").n_frames == 1
+        assert len(calls) == 3
+    else:
+        with pytest.raises(RadintIOError, match=r"s.h5: cannot read .*I_errors: .*addr overflow"):
+            read_nexus(tmp_path / "s.h5")
 
 
 def test_concat_tables(ring_config):

@@ -1751,10 +1751,20 @@ def configuration_changes(
     return out
 
 
+#: Reads of a file that fail mid-way, tried again after these pauses (s): a stream writer
+#: flushing at that moment can leave a reader (not SWMR) a block it has not finished.
+READ_RETRY_PAUSES_S = (0.05, 0.2, 0.5)
+
+
+class _ReadFailed(Exception):
+    """A dataset of an opened HDF5 file could not be read (see READ_RETRY_PAUSES_S)."""
+
+
 def read_nexus(path: str | Path) -> Result:
     """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
 
-    A file that ``radint stream`` is still writing can be read too (the frames flushed so far).
+    A file that ``radint stream`` is still writing can be read too (the frames flushed so far;
+    a read that meets a flush half-way is tried again, up to ~0.75 s).
     Everything the writer stored comes back: cake, lineout, their errors, bin areas and counts,
     the axes, frame ids, the configuration (from ``reduction/input/configuration``), when the
     file has an ``entry/peaks`` group the fitted peaks as ``result.peaks``, and where it has
@@ -1767,11 +1777,25 @@ def read_nexus(path: str | Path) -> Result:
     RadintIOError
         The file cannot be opened or is not a radint NeXus result (names the missing path).
     """
+    from radint.exceptions import RadintIOError
+
+    path = Path(path)
+    for pause in READ_RETRY_PAUSES_S:
+        try:
+            return _read_nexus(path)
+        except _ReadFailed:
+            time.sleep(pause)
+    try:
+        return _read_nexus(path)
+    except _ReadFailed as e:
+        raise RadintIOError(f"{path}: {e}") from e.__cause__
+
+
+def _read_nexus(path: Path) -> Result:
     from radint.config import IntegrationConfig
     from radint.exceptions import RadintIOError
     from radint.fit import STATUS_NAMES, FitTable
 
-    path = Path(path)
     try:
         if path.is_dir():
             root: Any = zarr3(path).open_group(str(path), mode="r")
@@ -1799,7 +1823,7 @@ def read_nexus(path: str | Path) -> Result:
                 raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
             return None
         except OSError as e:
-            raise RadintIOError(f"{path}: cannot read {name}: {e}") from e
+            raise _ReadFailed(f"cannot read {name}: {e}") from e
 
     def text(name: str) -> str:
         v = get(name, required=False)
