@@ -19,6 +19,7 @@ import queue
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -1246,15 +1247,25 @@ def _lost_run(
         hint = (
             "; no worker finished any file: a Python script that runs a batch with several "
             'processes must start it under `if __name__ == "__main__":`'
-            if none_finished
+            if none_finished and not _main_is_the_cli()
             else ""
         )
         why = RadintError(
-            f"{path}: the worker process integrating it died (killed, e.g. out of memory) "
-            f"before reporting it; rerun with --skip-existing to redo what is missing{hint}"
+            f"{path}: the worker process integrating it died (killed, e.g. out of memory, or "
+            "crashed, e.g. in a compression filter reading a corrupt chunk) before reporting "
+            f"it; rerun with --skip-existing to redo what is missing{hint}"
         )
         out.append(_failure(path, why, time.perf_counter()))
     return out
+
+
+def _main_is_the_cli() -> bool:
+    """Whether this process is the ``radint`` command (whose workers cannot re-run it)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (spec is not None and spec.name == "radint.cli") or Path(
+        getattr(main, "__file__", None) or ""
+    ).name == "radint"
 
 
 def _written_since(path: Path, since: float) -> bool:
