@@ -601,6 +601,23 @@ def test_snip_background_is_below_data() -> None:
     assert abs(bg[200] - (100 + 0.2 * 200)) < 10
 
 
+@pytest.mark.parametrize("iterations", [2**63, 2**63 + 50, 2**64 - 1, 2**70])
+def test_huge_snip_iteration_counts_equal_half_the_lineout(iterations: int) -> None:
+    """Regression: counts >= 2**63 wrapped ``2 * p`` in the core's SNIP loop and indexed past
+    the lineout (a PanicException, which slips past ``except Exception``), a huge valid count
+    spun for ages with the GIL released, and counts >= 2**64 raised OverflowError. Windows
+    wider than half the lineout clip nothing, so any such count is the lineout's half."""
+    x = np.linspace(1.0, 10.0, 200)
+    y = 100 * np.exp(-(((x - 5) / 0.1) ** 2)) + 1 + 0.5 * x
+    half = rfit.snip_background(y, y.size // 2)
+    np.testing.assert_array_equal(rfit.snip_background(y, iterations), half)
+    assert not np.array_equal(rfit.snip_background(y, 5), half)  # the count does matter below
+    want = rfit.fit_peaks(x, y, auto=3, snip_iterations=y.size // 2)
+    got = rfit.fit_peaks(x, y, auto=3, snip_iterations=iterations)
+    for column in ("area", "center", "fwhm", "status", "background"):
+        np.testing.assert_array_equal(getattr(got, column), getattr(want, column))
+
+
 @pytest.mark.parametrize("scale", [1e-5, 1e-3, 1.0, 1e3])
 def test_fit_does_not_depend_on_the_unit_of_x(scale):
     """The width floors follow the axis' bin size, so a peak keeps its area, FWHM and η whether

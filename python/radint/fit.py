@@ -287,7 +287,9 @@ def fit_peaks(
             xs,
             ys2,
             int(auto),
-            snip_iterations=int(snip_iterations),
+            # Windows past half the lineout clip nothing: a larger count is the same, and
+            # held to the lineout's length it always fits the core's integer.
+            snip_iterations=min(int(snip_iterations), xs.shape[0]),
             roi_padding=int(roi_padding),
             auto_roi=bool(auto_roi),
             max_iterations=int(max_iterations),
@@ -620,7 +622,8 @@ def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
     ys = _as_float("y", y, (1,))
     if int(iterations) < 0:
         raise InvalidInputError(f"snip_background: iterations must be >= 0, got {iterations}")
-    return _core.snip_background(ys, int(iterations))
+    # Windows past half the lineout clip nothing (see fit_peaks).
+    return _core.snip_background(ys, min(int(iterations), ys.shape[0]))
 
 
 def fit_pv(

@@ -46,10 +46,10 @@ pub fn snip_background(y: &[f64], iterations: usize) -> Vec<f64> {
         .map(|&i| ((i.max(0.0) + 1.0).sqrt() + 1.0).ln().ln_1p())
         .collect();
     let mut old = v.clone();
-    for p in (1..=iterations).rev() {
-        if 2 * p >= n {
-            continue;
-        }
+    // A window p with 2p ≥ n clips nothing, so those iterations are skipped by bounding the
+    // range instead of testing `2 * p`, which wrapped for iterations ≥ 2^63 (then indexed out of
+    // bounds) and spun through every no-op p for a huge count.
+    for p in (1..=iterations.min(n.saturating_sub(1) / 2)).rev() {
         old.copy_from_slice(&v);
         for i in p..n - p {
             v[i] = v[i].min(0.5 * (old[i - p] + old[i + p]));
@@ -312,4 +312,71 @@ fn select_peaks(
     kept.truncate(max_peaks);
     kept.sort_by(|a, b| a.center().total_cmp(&b.center()));
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop as it was before the iteration count was bounded: every p, skipping 2p ≥ n.
+    fn snip_unbounded(y: &[f64], iterations: usize) -> Vec<f64> {
+        let n = y.len();
+        let mut v: Vec<f64> = bridge_nan(y)
+            .iter()
+            .map(|&i| ((i.max(0.0) + 1.0).sqrt() + 1.0).ln().ln_1p())
+            .collect();
+        let mut old = v.clone();
+        for p in (1..=iterations).rev() {
+            if 2 * p >= n {
+                continue;
+            }
+            old.copy_from_slice(&v);
+            for i in p..n - p {
+                v[i] = v[i].min(0.5 * (old[i - p] + old[i + p]));
+            }
+        }
+        v.iter()
+            .map(|&t| {
+                let a = (t.exp() - 1.0).exp() - 1.0;
+                (a * a - 1.0).max(0.0)
+            })
+            .collect()
+    }
+
+    fn lineout(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let x = i as f64;
+                50.0 + 0.1 * x + 400.0 * (-((x - 0.4 * n as f64) / 2.0).powi(2)).exp()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snip_bounded_loop_is_bit_identical() {
+        for n in [0, 1, 2, 3, 4, 5, 7, 8, 100, 101] {
+            let y = lineout(n);
+            for it in [0, 1, 2, 3, 20, 49, 50, 51, 200] {
+                let a = snip_background(&y, it);
+                let b = snip_unbounded(&y, it);
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "n={n} iterations={it}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn snip_huge_iteration_count_no_panic() {
+        // 2^63 + 50 wrapped `2 * p` to 100 and indexed past the end; usize::MAX spun for ages.
+        let y = lineout(200);
+        let half = snip_background(&y, 100);
+        for it in [1usize << 63, (1usize << 63) + 50, usize::MAX] {
+            assert_eq!(snip_background(&y, it), half, "iterations={it}");
+        }
+        assert!(snip_background(&[], usize::MAX).is_empty());
+        assert_eq!(snip_background(&[3.0], usize::MAX).len(), 1);
+    }
 }
