@@ -618,6 +618,24 @@ def test_huge_snip_iteration_counts_equal_half_the_lineout(iterations: int) -> N
         np.testing.assert_array_equal(getattr(got, column), getattr(want, column))
 
 
+def test_fit_pv_checks_the_x_axis_as_fit_peaks_does() -> None:
+    """Regression: fit_pv took a reversed or NaN x axis and reported status 0 (converged) with
+    Imax 0 and NaN errors; every fit entry point now runs the core's one axis check."""
+    x = np.linspace(1.0, 10.0, 200)
+    y = 100 * np.exp(-(((x - 5) / 0.1) ** 2)) + 1
+    nan = x.copy()
+    nan[7] = np.nan
+    for bad in (x[::-1].copy(), np.full_like(x, np.nan), nan):
+        with pytest.raises(InvalidInputError) as peaks:
+            rfit.fit_peaks(bad, y, [5.0])
+        with pytest.raises(InvalidInputError) as pv:
+            rfit.fit_pv(bad, y, 5.0)
+        assert str(pv.value) == str(peaks.value)
+        with pytest.raises(InvalidInputError):
+            rfit.fit_pv(bad, np.stack([y, y]), [5.0, 5.0], bounds="midas")
+    assert rfit.fit_pv(x, y, 5.0)["status"] == 0
+
+
 @pytest.mark.parametrize("scale", [1e-5, 1e-3, 1.0, 1e3])
 def test_fit_does_not_depend_on_the_unit_of_x(scale):
     """The width floors follow the axis' bin size, so a peak keeps its area, FWHM and η whether

@@ -29,7 +29,7 @@ pub use model::{
     c_erfc, chebyshev_x, model_gradient, model_value, n_params, pseudo_voigt, tch, tch_terms,
     widths_from_fwhm, EdgeTerms, PeakTerms, TchTerms, N_BACKGROUND, PARAMS_PER_PEAK,
 };
-pub use pv::{fit_pv, pv_height, pv_height_gradient, PvBounds, PvFit, PV_PARAMS};
+pub use pv::{fit_pv, fit_pv_many, pv_height, pv_height_gradient, PvBounds, PvFit, PV_PARAMS};
 pub use roi::{
     bin_size, edge_background, initial_guess, plan_jobs, snap_to_bin, Job, JobPeak, Starts,
     NARROW_START_BINS,
@@ -143,7 +143,9 @@ impl FitTable {
     }
 }
 
-/// x must be finite and strictly increasing (bin centres) with at least 2 points.
+/// x must be finite and strictly increasing (bin centres) with at least 2 points: the one axis
+/// check of every fit entry point (given positions, auto-detection, ROI plans, pV fits).
+/// Returns the axis bin size.
 fn validate_axis(x: &[f64]) -> Result<f64> {
     if x.len() < 2 {
         return Err(Error::Invalid(format!(

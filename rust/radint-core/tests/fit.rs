@@ -657,7 +657,7 @@ fn fit_per_eta_height_pv_recovers_parameters() {
         .iter()
         .map(|&v| rng.poisson(pv_height(v, &truth)))
         .collect();
-    let f = fit_pv(&x, &y, 412.0, PvBounds::Radint, &LmOptions::default());
+    let f = fit_pv(&x, &y, 412.0, PvBounds::Radint, &LmOptions::default()).unwrap();
     assert_eq!(f.status, FitStatus::Converged);
     assert!((f.params[2] - truth[2]).abs() < 0.05, "{f:?}");
     assert!((f.params[3] - truth[3]).abs() / truth[3] < 0.05, "{f:?}");
@@ -671,13 +671,44 @@ fn fit_per_eta_height_pv_recovers_parameters() {
             PvBounds::Radint,
             &LmOptions::default()
         )
+        .unwrap()
         .status,
         FitStatus::InsufficientData
     );
     assert_eq!(
-        fit_pv(&x, &y, 900.0, PvBounds::Radint, &LmOptions::default()).status,
+        fit_pv(&x, &y, 900.0, PvBounds::Radint, &LmOptions::default())
+            .unwrap()
+            .status,
         FitStatus::OutOfRange
     );
+}
+
+#[test]
+fn fit_pv_checks_the_axis_as_fit_curve_does() {
+    // A reversed or NaN axis fitted to status 0 "converged" with Imax 0 and NaN errors; it is
+    // refused now, with fit_curve's message.
+    let x: Vec<f64> = (0..25).map(|i| 400.0 + i as f64).collect();
+    let y: Vec<f64> = x
+        .iter()
+        .map(|&v| pv_height(v, &[50.0, 2000.0, 412.0, 3.0, 0.3]))
+        .collect();
+    let lm = LmOptions::default();
+    let reversed: Vec<f64> = x.iter().rev().copied().collect();
+    let mut nan = x.clone();
+    nan[3] = f64::NAN;
+    for bad in [&reversed, &nan, &x[..1].to_vec()] {
+        let pv = fit_pv(bad, &y[..bad.len()], 412.0, PvBounds::Radint, &lm).unwrap_err();
+        let many = fit_pv_many(bad, &y[..bad.len()], &[412.0], PvBounds::Midas, &lm).unwrap_err();
+        let curve = fit_curve(bad, &y[..bad.len()], &[412.0], &FitOptions::default()).unwrap_err();
+        assert_eq!(pv.to_string(), curve.to_string());
+        assert_eq!(many.to_string(), curve.to_string());
+    }
+    assert!(fit_pv(&x, &y[..10], 412.0, PvBounds::Radint, &lm).is_err());
+    assert!(fit_pv_many(&x, &y, &[412.0, 412.0], PvBounds::Radint, &lm).is_err());
+    let one = fit_pv(&x, &y, 412.0, PvBounds::Radint, &lm).unwrap();
+    let ys: Vec<f64> = y.iter().chain(&y).copied().collect();
+    let many = fit_pv_many(&x, &ys, &[412.0, 412.0], PvBounds::Radint, &lm).unwrap();
+    assert_eq!(many, vec![one, one]);
 }
 
 #[test]
@@ -691,8 +722,8 @@ fn fit_per_eta_midas_bounds_are_integratorzarromps_box() {
         .iter()
         .map(|&v| rng.poisson(pv_height(v, &narrow)))
         .collect();
-    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm);
-    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm).unwrap();
+    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm).unwrap();
     assert_eq!(midas.status, FitStatus::Converged);
     assert!(
         (own.params[2] - midas.params[2]).abs() < 1e-5,
@@ -701,13 +732,13 @@ fn fit_per_eta_midas_bounds_are_integratorzarromps_box() {
     // A ring wider than half the 12 px window: C caps Γ at bin·n/2 = 6 px, radint does not.
     let wide = [40.0, 900.0, 405.9, 7.5, 0.4];
     let y: Vec<f64> = x.iter().map(|&v| pv_height(v, &wide)).collect();
-    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm);
-    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    let own = fit_pv(&x, &y, 406.0, PvBounds::Radint, &lm).unwrap();
+    let midas = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm).unwrap();
     assert!((own.params[3] - 7.5).abs() < 1e-4, "{own:?}");
     assert_eq!(midas.params[3], 6.0, "{midas:?}");
     // All values negative: C's box is empty; narrowed to a point, no panic.
     let y: Vec<f64> = x.iter().map(|&v| -1.0 - (v - 405.0).abs()).collect();
-    let f = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm);
+    let f = fit_pv(&x, &y, 406.0, PvBounds::Midas, &lm).unwrap();
     assert!(
         f.params.iter().all(|v| v.is_finite()) || !f.status.is_ok(),
         "{f:?}"

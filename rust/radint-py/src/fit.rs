@@ -8,7 +8,6 @@ use pyo3::types::PyDict;
 use radint_core::fit::{
     self as core_fit, AutoOptions, FitOptions, FitStatus, LmOptions, PeakFit, PV_PARAMS, ROW_LEN,
 };
-use rayon::prelude::*;
 
 use crate::errors::{raise, shape_error};
 use crate::run_detached;
@@ -264,11 +263,7 @@ fn fit_pv<'py>(
         ..LmOptions::default()
     };
     let fits = run_detached(py, n_threads, || {
-        Ok(flat
-            .par_chunks(xs.len())
-            .zip(c0.par_iter())
-            .map(|(y, &c)| core_fit::fit_pv(xs, y, c, bounds, &lm))
-            .collect::<Vec<_>>())
+        core_fit::fit_pv_many(xs, flat, c0, bounds, &lm)
     })?;
     let mut params = Vec::with_capacity(n_curves * PV_PARAMS);
     let mut errs = Vec::with_capacity(n_curves * PV_PARAMS);

@@ -6,7 +6,11 @@ use std::f64::consts::LN_2;
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use super::lm::{levenberg_marquardt, FitStatus, LmOptions, Residuals};
+use super::validate_axis;
+use crate::error::{Error, Result};
 
 /// Parameters of the height-normalised pV.
 pub const PV_PARAMS: usize = 5;
@@ -104,10 +108,50 @@ pub enum PvBounds {
     Midas,
 }
 
-/// Fit one height-normalised pV to the finite points of `(x, y)` starting at `center0`, in
-/// the box and from the start `bounds` names; the centre stays within the data range and
-/// μ ∈ [0, 1] (start 0.5) either way.
-pub fn fit_pv(x: &[f64], y: &[f64], center0: f64, bounds: PvBounds, lm: &LmOptions) -> PvFit {
+/// Fit one height-normalised pV to the points of `(x, y)` with a finite `y`, starting at
+/// `center0`, in the box and from the start `bounds` names; the centre stays within the data
+/// range and μ ∈ [0, 1] (start 0.5) either way. `x` must be finite and strictly increasing (bin
+/// centres), as for every peak fit: an error otherwise.
+pub fn fit_pv(
+    x: &[f64],
+    y: &[f64],
+    center0: f64,
+    bounds: PvBounds,
+    lm: &LmOptions,
+) -> Result<PvFit> {
+    validate_axis(x)?;
+    if y.len() != x.len() {
+        return Err(Error::shape("pV fit: curve length", x.len(), y.len()));
+    }
+    Ok(fit_pv_checked(x, y, center0, bounds, lm))
+}
+
+/// [`fit_pv`] of every row of `ys` (row-major `(n_curves, x.len())`), row i started at
+/// `centers[i]`, in parallel over curves on the current rayon pool; the axis is checked once.
+pub fn fit_pv_many(
+    x: &[f64],
+    ys: &[f64],
+    centers: &[f64],
+    bounds: PvBounds,
+    lm: &LmOptions,
+) -> Result<Vec<PvFit>> {
+    validate_axis(x)?;
+    if ys.len() != centers.len() * x.len() {
+        return Err(Error::shape(
+            "pV fit: curves (n_curves × n_x)",
+            format!("{} × {}", centers.len(), x.len()),
+            ys.len(),
+        ));
+    }
+    Ok(ys
+        .par_chunks(x.len())
+        .zip(centers.par_iter())
+        .map(|(y, &c)| fit_pv_checked(x, y, c, bounds, lm))
+        .collect())
+}
+
+/// [`fit_pv`] on a checked axis.
+fn fit_pv_checked(x: &[f64], y: &[f64], center0: f64, bounds: PvBounds, lm: &LmOptions) -> PvFit {
     let (fx, fy): (Vec<f64>, Vec<f64>) = x
         .iter()
         .zip(y)
