@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -897,6 +898,62 @@ def test_threads_integrating_through_one_fresh_integrator_never_deadlock(small_c
         assert sorted(got) == list(range(6))
         for k, cake in got.items():
             np.testing.assert_allclose(cake, want[k % 4], rtol=1e-12, equal_nan=True)
+
+
+_ONLY_RADINT_THREADS = """
+import os, sys, tempfile, threading
+import numpy as np
+import radint
+from radint import DetectorMap, Integrator, IntegrationConfig, _core
+
+def tids():
+    return set(os.listdir("/proc/self/task"))
+
+before = tids()
+cfg = IntegrationConfig.from_text(sys.argv[1], "small.txt")
+frame = np.random.default_rng(3).poisson(30, cfg.shape).astype(np.uint16)
+with tempfile.TemporaryDirectory() as d:
+    Integrator(cfg, n_threads=1, cache_dir=d).integrate(frame)  # built, cached
+    integ = Integrator(cfg, n_threads=1, cache_dir=d, error_model="poisson")  # MapCore.from_file
+    integ.integrate(frame)  # bin areas, shared-pixel list (lineout sigma)
+    m = integ.map
+    m._core.eta_cross(1)
+    DetectorMap.from_arrays(m.shape, m.r_edges_px, m.eta_edges_deg, m.indptr, m.pixel, m.area,
+                            config=cfg, n_threads=1)
+    m.save_midas(d, cfg)
+    c_map = DetectorMap.load_midas(d, cfg, n_threads=1)
+    Integrator(cfg, detector_map=c_map, n_threads=1, compat="midas-gpu").integrate(frame)
+    x = np.linspace(1.0, 10.0, 200)
+    y = 100 * np.exp(-(((x - 5) / 0.1) ** 2)) + 1
+    radint.fit.fit_pv(x, y, 5.0, n_threads=1)
+    radint.fit.fit_peaks(x, y, [5.0], n_threads=1)
+    _core.build_info()
+python_threads = {str(t.native_id) for t in threading.enumerate()}
+others = {}
+for t in tids() - before - python_threads:
+    name = open(f"/proc/self/task/{t}/comm").read().strip()
+    if not name.startswith("radint-"):
+        others[t] = name
+print(others)
+sys.exit(1 if others else 0)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads from /proc")
+def test_n_threads_1_starts_no_thread_beyond_radints_pool():
+    """Regression: building, caching and loading maps (radint's cache, MIDAS files,
+    from_arrays), integrating and fitting with ``n_threads=1`` ran rayon work (per-bin area
+    sums, area checks, the shared-pixel list) outside radint's pool, some of it with the GIL
+    held, so rayon's global pool started a thread per CPU. A fresh process, so no earlier test
+    has started that pool already."""
+    import subprocess
+    import sys
+
+    from tests.conftest import SMALL
+
+    run = subprocess.run([sys.executable, "-c", _ONLY_RADINT_THREADS, SMALL],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_api_arguments_are_checked_with_radint_errors(small_config, small_map, tmp_path):

@@ -36,7 +36,7 @@ __version__: str
 
 def build_info() -> dict[str, Any]:
     """How this extension was built and what it finds at run time: ``profile`` ("release" /
-    "debug"), ``rayon_threads``, ``avx512_gathers`` (the gather kernels run here),
+    "debug"), ``rayon_threads`` (the threads of a call without ``n_threads``), ``avx512_gathers`` (the gather kernels run here),
     ``target_arch``."""
 
 def parse_params(
@@ -68,6 +68,7 @@ def load_midas(
     config: dict[str, Any],
     sampling: str = ...,
     gradient_centre: tuple[float, float] | None = ...,
+    n_threads: int | None = ...,
 ) -> tuple[MapCore, dict[str, Any]]: ...
 def integrate(
     map: MapCore,
@@ -128,6 +129,7 @@ class MapCore:
         weight: np.ndarray | None = ...,
         mask_hit: np.ndarray | None = ...,
         bin_geometric_area: np.ndarray | None = ...,
+        n_threads: int | None = ...,
     ) -> MapCore: ...
     @staticmethod
     def from_file(
@@ -143,10 +145,13 @@ class MapCore:
         weight: tuple[int, int] | None = ...,
         mask_hit: np.ndarray | None = ...,
         bin_geometric_area: np.ndarray | None = ...,
+        n_threads: int | None = ...,
     ) -> MapCore:
         """A map whose entry arrays (each ``(byte offset, count)`` of little-endian values in
         ``from_arrays``'s dtypes) are read in place from ``path``, mapped read-only."""
-    def eta_cross(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def eta_cross(
+        self, n_threads: int | None = ...
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def spoils_few_bins(self, n_frames: int, nonfinite: int) -> bool:
         """Whether ``nonfinite`` NaN / inf values over ``n_frames`` frames are few enough for
         the kernels of frames whose every value counts plus a resum of their spoiled bins."""

@@ -652,7 +652,9 @@ def _rules(args: argparse.Namespace, config: IntegrationConfig) -> dict[str, Any
     rules: dict[str, Any] = {"compat": args.compat}
     _check_midas_map(args.midas_map)
     if args.midas_map:
-        rules["detector_map"] = DetectorMap.load_midas(args.midas_map, config)
+        rules["detector_map"] = DetectorMap.load_midas(
+            args.midas_map, config, n_threads=args.threads
+        )
     return rules
 
 

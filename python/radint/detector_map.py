@@ -237,9 +237,13 @@ class DetectorMap:
         mask_hit: np.ndarray | None = None,
         bin_geometric_area: np.ndarray | None = None,
         config: IntegrationConfig | None = None,
+        n_threads: int | None = None,
     ) -> DetectorMap:
         """Assemble a map from CSR arrays (validated: lengths, monotone indptr, pixel range,
-        increasing edges, finite non-negative areas; :class:`InvalidInputError` otherwise)."""
+        increasing edges, finite non-negative areas; :class:`InvalidInputError` otherwise).
+
+        ``n_threads`` (default: all cores) runs the checks and the per-bin area sums.
+        """
 
         def optional(a: Any, dtype: Any, name: str) -> np.ndarray | None:
             return None if a is None else arr(a, dtype, name)
@@ -275,6 +279,7 @@ class DetectorMap:
             optional(weight, np.float64, "weight"),
             optional(mask_hit, np.uint8, "mask_hit"),
             optional(bin_geometric_area, np.float64, "bin_geometric_area"),
+            n_threads=check_n_threads(n_threads),
         )
         return cls(core, config)
 
@@ -285,6 +290,7 @@ class DetectorMap:
         config: IntegrationConfig,
         sampling: str | None = None,
         gradient_correction: bool | None = None,
+        n_threads: int | None = None,
     ) -> DetectorMap:
         """Read MIDAS ``Map.bin``/``nMap.bin``/``maskMap.bin`` from ``directory``.
 
@@ -295,14 +301,17 @@ class DetectorMap:
         does. The C ``frac`` (corrections folded in) becomes the signal weight and
         ``areaWeight`` the area, so integrating reproduces C numbers. With gradient correction
         (default: the config's ``GradientCorrection``) positions are first moved by −δR along
-        the radial direction from the beam centre, as MIDAS does.
+        the radial direction from the beam centre, as MIDAS does. ``n_threads`` (default: all
+        cores) sums the per-bin areas.
         """
         gradient = (
             config.gradient_correction if gradient_correction is None else gradient_correction
         )
         centre = (config.bc_y_px, config.bc_z_px) if gradient else None
         used = "bilinear" if sampling is None else sampling
-        core, info = _core.load_midas(str(directory), config.core_dict(), used, centre)
+        core, info = _core.load_midas(
+            str(directory), config.core_dict(), used, centre, n_threads=check_n_threads(n_threads)
+        )
         if info.get("hash_matches") is False:
             log.warning(
                 "%s: Map.bin header hash differs from these parameters' C hash; "
@@ -375,6 +384,7 @@ class DetectorMap:
         m = DetectorMap.from_arrays(
             self.shape, self.r_edges_px, self.eta_edges_deg, self.indptr, self.pixel,
             self.area / per_entry, self.delta_r, None, self.mask_hit, None, self.config,
+            n_threads=n_threads,
         )  # fmt: skip
         m.origin = f"{self.origin}, pixel fractions"
         m.pixel_fractions = True
@@ -491,8 +501,14 @@ class DetectorMap:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, config: IntegrationConfig | None = None) -> DetectorMap:
-        """Load a map saved with :meth:`save`.
+    def load(
+        cls,
+        path: str | Path,
+        config: IntegrationConfig | None = None,
+        n_threads: int | None = None,
+    ) -> DetectorMap:
+        """Load a map saved with :meth:`save` (checked on ``n_threads`` threads, default all
+        cores).
 
         Its entry arrays are read in place from the file mapped into memory, not copied: processes
         that load one cache (a batch's workers) share its pages. :meth:`save` replaces a cache by
@@ -525,6 +541,7 @@ class DetectorMap:
                         places.get("weight"),
                         np.ascontiguousarray(tail[1], np.uint8),
                         np.ascontiguousarray(tail[2], np.float64),
+                        n_threads=check_n_threads(n_threads),
                     )
                     if not _same_file(path, z[_FILE]):  # renamed over since: may be another map
                         core = None
@@ -541,6 +558,7 @@ class DetectorMap:
                         z["delta_r"],
                         *tail,
                         config=config,
+                        n_threads=n_threads,
                     )
                 fold = z.get("fold")
                 fold = None if fold is None else np.array(fold)  # a copy: the file is unmapped
@@ -569,7 +587,7 @@ class DetectorMap:
         path = Path(cache_dir) / f"radint-map-v{_CACHE_VERSION}-{config.map_key()}.npz"
         if path.is_file():
             try:
-                m = cls.load(path, config)
+                m = cls.load(path, config, n_threads=n_threads)
                 log.info("reusing cached detector map %s", path)
                 return m
             except MapFormatError as e:

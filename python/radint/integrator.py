@@ -429,7 +429,11 @@ class Integrator:
             return detector_map
         log.info("compat=%r: reading %s again with sampling=%r", self.compat, directory, wanted)
         return DetectorMap.load_midas(
-            directory, config, sampling=wanted, gradient_correction=detector_map.gradient_corrected
+            directory,
+            config,
+            sampling=wanted,
+            gradient_correction=detector_map.gradient_corrected,
+            n_threads=self.n_threads,
         )
 
     def _choose_backend(self, backend: str) -> str:
@@ -830,6 +834,7 @@ class Integrator:
         return DetectorMap.from_arrays(
             m.shape, m.r_edges_px, m.eta_edges_deg, indptr, m.pixel[keep], m.area[keep],
             m.delta_r[keep], None, m.mask_hit, m.bin_geometric_area, m.config,
+            n_threads=self.n_threads,
         )  # fmt: skip
 
     def _warn_marker_values(self, a: np.ndarray, what: str) -> None:

@@ -98,7 +98,7 @@ def _init_worker(
     if detector_map is not None:
         m = detector_map
     elif midas_map:
-        m = DetectorMap.load_midas(midas_map, config)
+        m = DetectorMap.load_midas(midas_map, config, n_threads=n_threads)
     else:
         m = DetectorMap.cached(config, cache_dir, n_threads=n_threads)  # the parent's cache
     _WORKER["integrator"] = Integrator(
@@ -1109,7 +1109,7 @@ def run_batch(
     build_threads = n_threads * max(1, n_procs) if n_threads and not dask else n_threads
     if midas_map:
         midas_map = os.path.abspath(midas_map)  # Dask workers run elsewhere
-        detector_map = DetectorMap.load_midas(midas_map, config)
+        detector_map = DetectorMap.load_midas(midas_map, config, n_threads=build_threads)
     else:
         detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
     # Made once the map is there: a run refused before (a wrong MIDAS map folder) leaves no folder.

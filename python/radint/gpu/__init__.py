@@ -278,7 +278,7 @@ class CudaIntegrator:
         (``MapCore.eta_cross``), on the device: built and uploaded on first use."""
         if self._eta_cross is None:
             cp = self._cp
-            indptr, pixel, weight = self.integrator.map._core.eta_cross()
+            indptr, pixel, weight = self.integrator.map._core.eta_cross(self.integrator.n_threads)
             self._eta_cross = tuple(cp.asarray(a) for a in (indptr, pixel, weight))
             cp.cuda.get_current_stream().synchronize()  # the worker streams do not wait for it
         return self._eta_cross

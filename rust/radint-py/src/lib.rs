@@ -42,17 +42,22 @@ pub(crate) struct Pool {
 /// Threads per CPU a pool may have at most.
 const MAX_THREADS_PER_CPU: usize = 4;
 
-/// One pool per thread count, built on first use (the global pool is never touched).
-pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
+/// The threads of the pool for `n_threads` (None or 0: one per CPU).
+fn pool_size(n_threads: Option<usize>) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Beyond a few threads per CPU a pool only thrashes, and a mistyped count (10**6) would
     // start OS threads until the machine runs out of them. Results do not depend on the count,
     // so a larger one (a command line written for a bigger node) is held to the limit.
-    let n = n_threads
+    n_threads
         .filter(|&n| n > 0)
         .unwrap_or(cpus)
-        .min(MAX_THREADS_PER_CPU * cpus);
+        .min(MAX_THREADS_PER_CPU * cpus)
+}
+
+/// One pool per thread count, built on first use (the global pool is never touched).
+pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
+    let n = pool_size(n_threads);
     let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut guard = pools
         .lock()
@@ -97,8 +102,12 @@ pub(crate) fn run_detached<T: Send>(
     .map_err(|e| CoreError(e).into())
 }
 
-/// Single-threaded core work with the GIL released (no pool: nothing in it runs in parallel),
-/// its error mapped as `run_detached` maps it.
+/// Serial core work with the GIL released, its error mapped as `run_detached` maps it.
+///
+/// No pool, so only for core calls that use no rayon at all, directly or through a map's
+/// lazily built parts (`bin_area`, `check_areas`, `eta_cross`, tiles, ...): rayon work here
+/// would start rayon's global pool. Anything that may run in parallel goes through
+/// [`run_detached`] with the caller's `n_threads`.
 pub(crate) fn detached<T: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> radint_core::Result<T> + Send,
@@ -107,8 +116,8 @@ pub(crate) fn detached<T: Send>(
 }
 
 /// How this extension was built and what it finds at run time, for `radint --version` and bug
-/// reports: build profile, rayon's default thread count, whether the AVX-512 gather kernels
-/// run here.
+/// reports: build profile, the threads a call without `n_threads` runs on, whether the AVX-512
+/// gather kernels run here.
 #[pyfunction]
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -118,7 +127,8 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         "release"
     };
     d.set_item("profile", profile)?;
-    d.set_item("rayon_threads", rayon::current_num_threads())?;
+    // Not rayon::current_num_threads(): called outside a pool, it starts rayon's global one.
+    d.set_item("rayon_threads", pool_size(None))?;
     d.set_item("avx512_gathers", radint_core::gather::available::<u32>())?;
     d.set_item("target_arch", std::env::consts::ARCH)?;
     Ok(d)
@@ -337,8 +347,8 @@ impl Bins {
 }
 
 /// The map of `bins` and `entries` (no delta_r: zeros; no mask_hit: none hit; no geometric
-/// areas: the entries' own), checked.
-fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> PyResult<MapCore> {
+/// areas: the entries' own), checked. Runs rayon (`bin_area`): call it inside `run_detached`.
+fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> radint_core::Result<MapCore> {
     let nnz = entries.pixel.len();
     let mut map = DetectorMap {
         n_y,
@@ -360,7 +370,7 @@ fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> PyResult<Ma
     map.mask_hit = bins.mask_hit.unwrap_or_else(|| vec![0; n_bins]);
     let derive_area = bins.bin_geometric_area.is_none();
     map.bin_geometric_area = bins.bin_geometric_area.unwrap_or_else(|| vec![0.0; n_bins]);
-    map.check().map_err(CoreError)?;
+    map.check()?;
     if derive_area {
         // Only once the entries are known to be well formed: the sums index by `indptr`.
         map.bin_geometric_area = map.bin_area();
@@ -370,9 +380,10 @@ fn assemble(n_y: usize, n_z: usize, bins: Bins, entries: Entries) -> PyResult<Ma
 
 #[pymethods]
 impl MapCore {
-    /// Assemble a map from CSR arrays (copied into Rust memory once).
+    /// Assemble a map from CSR arrays (copied into Rust memory once); checked on `n_threads`
+    /// threads with the GIL released.
     #[staticmethod]
-    #[pyo3(signature = (n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r=None, weight=None, mask_hit=None, bin_geometric_area=None))]
+    #[pyo3(signature = (n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r=None, weight=None, mask_hit=None, bin_geometric_area=None, n_threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_arrays(
         py: Python<'_>,
@@ -387,6 +398,7 @@ impl MapCore {
         weight: Option<PyReadonlyArray1<'_, f64>>,
         mask_hit: Option<PyReadonlyArray1<'_, u8>>,
         bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
+        n_threads: Option<usize>,
     ) -> PyResult<MapCore> {
         let entries = Entries {
             indptr: indptr.to_vec()?.into(),
@@ -396,18 +408,19 @@ impl MapCore {
             weight: weight.map(|w| w.to_vec()).transpose()?.map(Storage::from),
         };
         let bins = Bins::from_numpy(r_edges, eta_edges, mask_hit, bin_geometric_area)?;
-        py.detach(|| {
+        run_detached(py, n_threads, || {
             let core = assemble(n_y, n_z, bins, entries)?;
-            core.map.check_areas().map_err(CoreError)?;
+            core.map.check_areas()?;
             Ok(core)
         })
     }
 
     /// Assemble a map whose entry arrays are read in place from the file at `path`, mapped
     /// read-only into memory (not copied): each is given as `(byte offset, count)` of
-    /// little-endian values of the `from_arrays` dtype.
+    /// little-endian values of the `from_arrays` dtype. On `n_threads` threads with the GIL
+    /// released.
     #[staticmethod]
-    #[pyo3(signature = (path, n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r, weight=None, mask_hit=None, bin_geometric_area=None))]
+    #[pyo3(signature = (path, n_y, n_z, r_edges, eta_edges, indptr, pixel, area, delta_r, weight=None, mask_hit=None, bin_geometric_area=None, n_threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_file(
         py: Python<'_>,
@@ -423,6 +436,7 @@ impl MapCore {
         weight: Option<(usize, usize)>,
         mask_hit: Option<PyReadonlyArray1<'_, u8>>,
         bin_geometric_area: Option<PyReadonlyArray1<'_, f64>>,
+        n_threads: Option<usize>,
     ) -> PyResult<MapCore> {
         if cfg!(target_endian = "big") {
             return Err(raise(
@@ -431,20 +445,17 @@ impl MapCore {
             ));
         }
         let bins = Bins::from_numpy(r_edges, eta_edges, mask_hit, bin_geometric_area)?;
-        py.detach(|| {
-            let file = MappedFile::open(&path).map_err(CoreError)?;
-            let map_entries = || -> radint_core::Result<Entries> {
-                Ok(Entries {
-                    indptr: Storage::mapped(&file, indptr.0, indptr.1, "indptr")?,
-                    pixel: Storage::mapped(&file, pixel.0, pixel.1, "pixel")?,
-                    area: Storage::mapped(&file, area.0, area.1, "area")?,
-                    delta_r: Some(Storage::mapped(&file, delta_r.0, delta_r.1, "delta_r")?),
-                    weight: weight
-                        .map(|(at, n)| Storage::mapped(&file, at, n, "weight"))
-                        .transpose()?,
-                })
+        run_detached(py, n_threads, || {
+            let file = MappedFile::open(&path)?;
+            let entries = Entries {
+                indptr: Storage::mapped(&file, indptr.0, indptr.1, "indptr")?,
+                pixel: Storage::mapped(&file, pixel.0, pixel.1, "pixel")?,
+                area: Storage::mapped(&file, area.0, area.1, "area")?,
+                delta_r: Some(Storage::mapped(&file, delta_r.0, delta_r.1, "delta_r")?),
+                weight: weight
+                    .map(|(at, n)| Storage::mapped(&file, at, n, "weight"))
+                    .transpose()?,
             };
-            let entries = map_entries().map_err(CoreError)?;
             assemble(n_y, n_z, bins, entries)
         })
     }
@@ -527,21 +538,25 @@ impl MapCore {
     }
 
     /// The pixels each radial row shares between η bins and the weights of their covariance
-    /// in the row's lineout variance: `(indptr` (n_r + 1), `pixel`, `weight)`, built on first use.
+    /// in the row's lineout variance: `(indptr` (n_r + 1), `pixel`, `weight)`, built on first use
+    /// on `n_threads` threads with the GIL released.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (n_threads=None))]
     fn eta_cross<'py>(
         slf: &Bound<'py, Self>,
-    ) -> (
+        n_threads: Option<usize>,
+    ) -> PyResult<(
         Bound<'py, PyArray1<u64>>,
         Bound<'py, PyArray1<u32>>,
         Bound<'py, PyArray1<f64>>,
-    ) {
-        let cross = slf.get().map.eta_cross();
-        (
+    )> {
+        let map = &slf.get().map;
+        let cross = run_detached(slf.py(), n_threads, || Ok(map.eta_cross()))?;
+        Ok((
             view(slf, &cross.indptr),
             view(slf, &cross.pixel),
             view(slf, &cross.weight),
-        )
+        ))
     }
 
     /// Whether `nonfinite` NaN / ±inf values over `n_frames` frames are few enough that the
@@ -614,15 +629,17 @@ impl MapCore {
     }
 }
 
-/// Read a MIDAS map from `directory`; returns the map and a dict of header facts.
+/// Read a MIDAS map from `directory` on `n_threads` threads with the GIL released; returns the
+/// map and a dict of header facts.
 #[pyfunction]
-#[pyo3(signature = (directory, config, sampling="bilinear", gradient_centre=None))]
+#[pyo3(signature = (directory, config, sampling="bilinear", gradient_centre=None, n_threads=None))]
 fn load_midas<'py>(
     py: Python<'py>,
     directory: PathBuf,
     config: &Bound<'py, PyDict>,
     sampling: &str,
     gradient_centre: Option<(f64, f64)>,
+    n_threads: Option<usize>,
 ) -> PyResult<(MapCore, Bound<'py, PyDict>)> {
     let p = params::from_dict(config)?;
     let sampling = match sampling {
@@ -639,7 +656,7 @@ fn load_midas<'py>(
         sampling,
         gradient_centre,
     };
-    let (map, info) = detached(py, || midas_files::read(&directory, &p, opts))?;
+    let (map, info) = run_detached(py, n_threads, || midas_files::read(&directory, &p, opts))?;
     let d = PyDict::new(py);
     d.set_item("has_header", info.header.is_some())?;
     d.set_item("hash_matches", info.hash_matches)?;
@@ -851,7 +868,8 @@ fn integrate<'py>(
         scale,
         error_model,
         precision,
-        bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
+        // Filled in inside the pool: the first call sums it in parallel.
+        bin_area: None,
         signal_offset,
         offset_dark,
         nonfinite,
@@ -880,6 +898,10 @@ fn integrate<'py>(
                 slices.extend(contiguous(a)?.chunks_exact(n_pixels));
             }
             run_detached(py, n_threads, || {
+                let opts = core_integrate::Options {
+                    bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
+                    ..opts
+                };
                 let sums = core_integrate::integrate(m, &slices, &opts)?;
                 let f = core_integrate::finalize(m, &sums, &fin);
                 Ok((sums, f))
