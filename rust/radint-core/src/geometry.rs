@@ -264,10 +264,6 @@ impl ImageTransform {
         }
     }
 
-    pub fn is_identity(&self) -> bool {
-        self.ops.is_empty()
-    }
-
     fn apply_op(&self, op: i32, y: usize, z: usize) -> (usize, usize) {
         match op {
             1 => (self.n_y - 1 - y, z),

@@ -147,24 +147,6 @@ pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// Per-entry correction factor the C mapper folds into `frac` (spec §3.3 step 6), at the pixel centre.
-pub fn c_correction(p: &Params, r_px: f64, eta_deg: f64) -> f64 {
-    let mut factor = 1.0;
-    let two_theta = (r_px * p.pixel_size_y_um / p.lsd_um).atan();
-    if p.solid_angle_correction {
-        factor /= two_theta.cos().powi(3);
-    }
-    if p.polarization_correction {
-        let s = two_theta.sin();
-        let c = eta_deg.to_radians().cos();
-        let pol = 1.0 - p.polarization_fraction * s * s * c * c;
-        if pol > 1e-6 {
-            factor /= pol;
-        }
-    }
-    factor
-}
-
 /// Write `Map.bin`, `nMap.bin` and (when a bin is flagged) `maskMap.bin` into `dir`.
 ///
 /// `frac_factor[p]` multiplies each entry's area into `frac` (C corrections); `None` = 1. Entries of

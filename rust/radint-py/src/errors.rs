@@ -30,21 +30,11 @@ fn class_name(e: &Error) -> &'static str {
 
 impl From<CoreError> for PyErr {
     fn from(err: CoreError) -> PyErr {
-        let message = err.0.to_string();
-        let name = class_name(&err.0);
-        Python::attach(
-            |py| match py.import("radint.exceptions").and_then(|m| m.getattr(name)) {
-                Ok(class) => match class.call1((message.clone(),)) {
-                    Ok(instance) => PyErr::from_value(instance),
-                    Err(e) => e,
-                },
-                Err(_) => PyRuntimeError::new_err(message),
-            },
-        )
+        raise(class_name(&err.0), err.0.to_string())
     }
 }
 
-/// Raise a radint exception by class name from binding-level validation.
+/// Raise a radint exception by class name, from binding-level validation or a core error.
 pub fn raise(name: &'static str, message: String) -> PyErr {
     Python::attach(
         |py| match py.import("radint.exceptions").and_then(|m| m.getattr(name)) {
