@@ -228,13 +228,9 @@ class FileImage:
         except Exception as e:
             raise ImageUnsupported(f"rendered image does not read back: {e}") from e
 
-    def text_length(self, name: str) -> int:
-        """Length in bytes a text must have."""
-        return self._texts[name][1]
-
     def render(self, rows: Mapping[str, np.ndarray], texts: Mapping[str, str]) -> bytearray:
         """The file with ``rows`` (name → one row, shape = the dataset's row) and ``texts``
-        (name → string of :meth:`text_length` bytes in UTF-8)."""
+        (name → string of exactly the byte length given to :meth:`from_file`, in UTF-8)."""
         out = bytearray(self._image)
         tail: list[Any] = []
         end = len(out)

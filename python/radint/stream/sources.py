@@ -158,7 +158,6 @@ class SourceStats:
         self.dropped = 0
         self.partial = 0
         self.bad_connections = 0
-        self.connections = 0
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -275,7 +274,6 @@ class TcpSource(Source):
                     continue
                 except OSError:
                     break
-                stats.add("connections")
                 with self._lock:
                     self._conn_seq += 1
                     label = f"tcp:{addr[0]}:{addr[1]}"
