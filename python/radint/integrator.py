@@ -27,7 +27,7 @@ from radint.exceptions import (
     ShapeError,
 )
 from radint.fit import FitSpec
-from radint.result import Result
+from radint.result import Result, frame_groups
 
 log = logging.getLogger("radint")
 
@@ -1282,53 +1282,60 @@ class Integrator:
     # ------------------------------------------------------------------ frame combinations
     @staticmethod
     def sum_frames(result: Result, group: int | None = None) -> Result:
-        """MIDAS ``OmegaSumFrames`` as a stack reduction.
+        """MIDAS ``OmegaSumFrames`` as a stack reduction: the caked file's ``OmegaSumFrame``.
 
         Sums the per-frame (normalised) cakes of a stack result in consecutive groups of
-        ``group`` frames (``None`` or ≤ 0: all frames). NaN bins propagate, as in MIDAS.
-        Lineouts and sigmas are combined the same way (sums; sigmas in quadrature).
+        ``group`` frames (``None`` or -1: all frames; 0 or below -1: one each, as the MIDAS
+        programs group them, :func:`radint.result.frame_groups`). NaN bins propagate, as in
+        MIDAS. Lineouts and sigmas are combined the same way (sums; sigmas in quadrature).
         """
-        return Integrator._sum_groups(result, group, before_mask_nan=False)
+        n = result.n_frames if result.is_stack else 1
+        return Integrator._sum_groups(result, frame_groups(n, -1 if group is None else group),
+                                      whole_frames=False)  # fmt: skip
 
     @staticmethod
     def sum_images(result: Result) -> Result:
-        """MIDAS ``SumImages``: every frame of a stack result summed into one.
+        """MIDAS ``SumImages``: every frame of a stack result summed into one, the caked file's
+        ``SumFrames`` (which holds 0 where this holds NaN).
 
-        As :meth:`sum_frames` over all frames, except that under ``compat="midas-cpu"`` the
-        bins the MIDAS CPU rule sets to NaN for touching a masked pixel add up their
-        intensities from before that NaN, as IntegratorZarrOMP's ``SumFrames`` does (spec §5.5).
+        A bin NaN in some frames (a NaN pixel, a masked-touched bin under
+        ``compat="midas-cpu"``, which adds its intensity from before that NaN as
+        IntegratorZarrOMP does, spec §5.5) sums the frames that have it; NaN where no frame
+        has it.
         """
-        return Integrator._sum_groups(result, None, before_mask_nan=True)
+        n = result.n_frames if result.is_stack else 1
+        return Integrator._sum_groups(result, frame_groups(n, -1), whole_frames=True)
 
     @staticmethod
-    def _sum_groups(result: Result, group: int | None, before_mask_nan: bool) -> Result:
+    def _sum_groups(result: Result, groups: list[range], whole_frames: bool) -> Result:
         if not result.is_stack:
             raise InvalidInputError("summing frames needs a stack result (integrate_stack)")
-        n = result.n_frames
-        g = n if group is None or group <= 0 else group
-        starts = list(range(0, n, g))
-        frames = result.cakes_before_mask_nan() if before_mask_nan else result.cake
-        cakes = np.stack([frames[s : s + g].sum(axis=0) for s in starts])
-        lineouts = np.stack([result.lineout[s : s + g].sum(axis=0) for s in starts])
-        sig = None
-        if result.cake_sigma is not None:
-            sig = np.stack(
-                [np.sqrt((result.cake_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts]
-            )
-        lsig = None
-        if result.lineout_sigma is not None:
-            lsig = np.stack(
-                [np.sqrt((result.lineout_sigma[s : s + g] ** 2).sum(axis=0)) for s in starts]
-            )
+
+        def summed(values: np.ndarray, squares: bool = False) -> np.ndarray:
+            parts = []
+            for g in groups:
+                block = values[g.start : g.stop] ** 2 if squares else values[g.start : g.stop]
+                total = np.nansum(block, axis=0) if whole_frames else block.sum(axis=0)
+                if whole_frames:
+                    total[np.isnan(block).all(axis=0)] = np.nan
+                parts.append(np.sqrt(total) if squares else total)
+            return np.stack(parts)
+
+        frames = result.cakes_before_mask_nan() if whole_frames else result.cake
+        cakes = summed(frames)
+        lineouts = summed(result.lineout)
+        sig = None if result.cake_sigma is None else summed(result.cake_sigma, squares=True)
+        lsig = None if result.lineout_sigma is None else summed(result.lineout_sigma, True)
         area = result.area[0] if result.area.ndim == 3 else result.area
         count = result.count[0] if result.count.ndim == 3 else result.count
-        meta = {**result.metadata, "summed_groups": [(s, min(s + g, n) - 1) for s in starts]}
+        last = [g.stop - 1 for g in groups]
+        meta = {**result.metadata, "summed_groups": [(g.start, g.stop - 1) for g in groups]}
         if "timestamp" in meta:  # a sum is integrated when its last frame is
             stamps = np.asarray(meta["timestamp"], dtype=np.float64).reshape(-1)
-            meta["timestamp"] = stamps[[min(s + g, n) - 1 for s in starts]]
+            meta["timestamp"] = stamps[last]
         if "masked_bin_values" in meta:  # summed alike, so the sums carry their pre-NaN values
             values = np.asarray(meta["masked_bin_values"])
-            meta["masked_bin_values"] = np.stack([values[s : s + g].sum(axis=0) for s in starts])
+            meta["masked_bin_values"] = np.stack([values[g.start : g.stop].sum(0) for g in groups])
         return Result(
             cake=cakes,
             cake_sigma=sig,
@@ -1346,7 +1353,7 @@ class Integrator:
             config=result.config,
             normalized=result.normalized,
             lineout_mode=result.lineout_mode,
-            frame_ids=np.array([min(s + g, n) - 1 for s in starts]),
+            frame_ids=np.array(last),
             metadata=meta,
         )
 

@@ -223,6 +223,14 @@ class Result:
         return cakes
 
 
+def frame_groups(n: int, size: int) -> list[range]:
+    """MIDAS ``OmegaSumFrames``' groups of ``n`` frames: consecutive runs of ``size``; -1 = all
+    in one (integrator_stream_process_h5.py), 0 and other values below 1 = one frame each
+    (IntegratorZarrOMP counts 0 as 1)."""
+    size = n if size == -1 else max(1, size)
+    return [range(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 def _peaks_of(peaks: FitTable, index: int) -> FitTable:
     from radint.fit import _pick_curve
 

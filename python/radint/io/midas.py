@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from radint._once import warn_once
 from radint.exceptions import InvalidInputError
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
 from radint.io.atomic import atomic_output
-from radint.result import Result
+from radint.result import Result, frame_groups
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ _PER_CHUNK_ATTRS = ("Temperature", "Pressure", "I", "I0")
 #: then holds Q for this λ in REtaMap and as InstrumentParameters/Lam (the map, DetectorMapper's
 #: and radint's, has none: λ = 0 there).
 IZ_DEFAULT_WAVELENGTH = 0.172978
-
-
-def _chunks(n: int, size: int) -> Iterator[range]:
-    """Consecutive runs of ``size`` of ``n`` positions; -1 = all in one (stream_process), any
-    other value below 1 = one each, as integrator_stream_process_h5.py groups them."""
-    size = n if size == -1 else max(1, size)
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
 
 
 def _radial_columns(
@@ -174,7 +166,7 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
             "IntegratorZarrOMP); GSAS-II needs it to import the .zarr.zip",
             omega_sum_frames,
         )
-    for chunk in _chunks(n_frames, omega_sum_frames) if omega_sum_frames >= 0 else ():
+    for chunk in frame_groups(n_frames, omega_sum_frames) if omega_sum_frames >= 0 else ():
         first, last = chunk[0], chunk[-1]
         attrs: dict[str, Any] = {
             "LastFrameNumber": int(ids[last]),
@@ -471,7 +463,7 @@ def write_stream_outputs(
             label = _frame_label(k, mapping)
             labels[k] = f"{label}_{k}" if label in taken else label
             taken.add(labels[k])
-        for positions in _chunks(n_frames, osf):
+        for positions in frame_groups(n_frames, osf):
             rows = [order[p] for p in positions]
             for k in rows:
                 table = fit_table(k) if fit_table is not None else None
