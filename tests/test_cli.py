@@ -50,12 +50,16 @@ def test_bad_input_exit_code(tmp_path, capsys):
     assert "p.txt:2: RBinSize: must be > 0, got -1" in err
 
 
-def test_plot(tmp_path):
+def test_plot(tmp_path, capsys):
     params = str(EXAMPLES / "parameters.txt")
     data = str(EXAMPLES / "ceo2_pilatus.tif")
     assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
     assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Audit: a suffix matplotlib cannot write ended in its traceback (exit 1).
+    assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), "-o", str(tmp_path / "p.txt")]) == 2
+    assert "no image format for .txt; use one of" in capsys.readouterr().err
+    assert not (tmp_path / "p.txt").exists()
 
 
 def test_convert_a_stored_result(tmp_path, capsys):

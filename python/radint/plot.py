@@ -58,6 +58,7 @@ def plot_nexus(
         raise InvalidInputError(
             f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}"
         )
+    _check_image_path(output)
     result = _read_result(path)
     n_frames = result.n_frames
     if not -n_frames <= frame < n_frames:
@@ -132,6 +133,21 @@ def plot_nexus(
     return out
 
 
+def _check_image_path(output: str | Path | None) -> None:
+    """Refuse an output name matplotlib cannot write (its suffix picks the format), before any
+    work: ``-o plot.txt`` ended in matplotlib's traceback after the file was read."""
+    if output is None:
+        return
+    suffix = Path(output).suffix.lower().lstrip(".")
+    supported = _pyplot().figure().canvas.get_supported_filetypes()
+    _pyplot().close("all")
+    if suffix not in supported:
+        raise InvalidInputError(
+            f"{output}: no image format for {'.' + suffix if suffix else 'a name without a suffix'}"
+            f"; use one of {', '.join('.' + k for k in sorted(supported))}"
+        )
+
+
 def _read_result(path: Path) -> Any:
     """A radint NeXus result, or a MIDAS caked.hdf (IntegratorZarrOMP's) to look at."""
     from radint.io.midas import read_midas_caked
@@ -196,6 +212,7 @@ def follow_nexus(
         raise InvalidInputError(
             f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}"
         )
+    _check_image_path(output)
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     seen, redraws = -1, 0
     last_error: str | None = None  # of the latest read, None once one succeeded
