@@ -88,6 +88,24 @@ def test_fit_roi_auto_is_ignored_like_integratorzarromp_under_midas_cpu(
     assert not cpu.fit.auto_roi
 
 
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("AutoDetectPeaks -1\n", "p.txt:2: AutoDetectPeaks <= 0 turns fitting on (as IntegratorZ"),
+        ("DoPeakFit 1\n", "DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0: no peaks"),
+    ],
+)
+def test_fitting_switched_on_without_peaks_says_which_line(lines, message, caplog, monkeypatch):
+    """Audit: `AutoDetectPeaks -1` (no DoPeakFit line) was reported as "DoPeakFit 1 without
+    PeakLocation or AutoDetectPeaks", at info level, twice."""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    cfg = IntegrationConfig.from_text("NrPixelsY 64\n" + lines, "p.txt")
+    assert FitSpec.from_config(cfg) is None and FitSpec.from_config(cfg) is None
+    assert caplog.text.count(message) == 1
+
+
 def test_fit_spec_forms_and_errors(ring_config):
     frames, tth = ring_frames(ring_config, 1)
     by_dict = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate(

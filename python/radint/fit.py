@@ -1302,7 +1302,14 @@ class FitSpec:
         if config.auto_detect_peaks:
             return cls(auto=int(config.max_n_peaks), **common)
         if not config.peak_locations:
-            log.info("DoPeakFit 1 without PeakLocation or AutoDetectPeaks: no peaks fitted")
+            source, line = config.set_at.get("AutoDetectPeaks", ("", 0))
+            why = (
+                f"{source}:{line}: AutoDetectPeaks <= 0 turns fitting on (as IntegratorZarrOMP) "
+                "without detecting peaks"
+                if source and "DoPeakFit" not in config.set_at
+                else "DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0"
+            )
+            warn_once(("no peaks to fit", why), "%s: no peaks fitted", why)
             return None
         # Sorted, as PeakFit.c orders its jobs (and so its fit.bin rows) by R.
         return cls(positions_px=tuple(sorted(map(float, config.peak_locations))), **common)
