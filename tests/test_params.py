@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -555,6 +556,24 @@ def test_omega_is_a_key_radint_reads(tmp_path):
     assert not [u for u in config.unknown if u[0] == "Omega"]
     assert "Omega 42" in config.midas_text()
     assert main(["info", str(params), "Omega", "42"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_pixels_y": -5}, "n_pixels_y: expected an integer >= 0 (in range), got -5"),
+        ({"lsd_um": "far"}, "lsd_um: expected a number, got 'far'"),
+        ({"sum_images": "x"}, "sum_images: expected True or False, got 'x'"),
+    ],
+)
+def test_a_field_of_the_wrong_type_says_what_it_needs(change, message):
+    """Audit: replace(n_pixels_y=-5) said "OverflowError: can't convert negative int to
+    unsigned"."""
+    from radint import IntegrationConfig
+    from radint.exceptions import ParameterError
+
+    with pytest.raises(ParameterError, match=re.escape(f"configuration field {message}")):
+        IntegrationConfig().replace(**change).validate()
 
 
 def test_replace_forgets_the_line_that_no_longer_holds_the_value():

@@ -6,6 +6,31 @@ use radint_core::params::Params;
 
 use crate::errors::raise;
 
+/// A scalar field's value, or a ParameterError saying what it needed and what it got (an
+/// OverflowError's "can't convert negative int to unsigned" told neither).
+fn field<'a, 'py, T: FromPyObject<'a, 'py>>(
+    key: &str,
+    value: &'a Bound<'py, PyAny>,
+) -> PyResult<T> {
+    value.extract().map_err(|_| {
+        let wanted = match std::any::type_name::<T>() {
+            "usize" | "u32" | "u64" | "u8" => "an integer >= 0 (in range)",
+            "i64" | "i32" => "an integer (in range)",
+            "f64" | "f32" => "a number",
+            "bool" => "True or False",
+            _ => "a string",
+        };
+        let got = value
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        raise(
+            "ParameterError",
+            format!("configuration field {key}: expected {wanted}, got {got}"),
+        )
+    })
+}
+
 macro_rules! params_conversion {
     (scalars: [$($s:ident),* $(,)?], lists: [$($l:ident),* $(,)?]) => {
         pub fn to_dict<'py>(py: Python<'py>, p: &Params) -> PyResult<Bound<'py, PyDict>> {
@@ -36,7 +61,7 @@ macro_rules! params_conversion {
                 let key: String = key.extract()?;
                 let bad = |e: PyErr| raise("ParameterError", format!("configuration field {key}: {e}"));
                 match key.as_str() {
-                    $( stringify!($s) => p.$s = value.extract().map_err(bad)?, )*
+                    $( stringify!($s) => p.$s = field(&key, &value)?, )*
                     $( stringify!($l) => {
                         let v: Vec<_> = value.extract().map_err(bad)?;
                         p.$l = v.into_iter().collect::<Vec<_>>().try_into().map_err(|_| {
