@@ -489,6 +489,15 @@ def test_a_q_range_without_q_bins_is_r_bins_as_in_midas(tmp_path, caplog, overri
     assert "no Q bins (as in MIDAS, which bins in R unless QBinSize > 0)" in caplog.text
 
 
+def test_a_polarization_fraction_outside_its_range_is_warned(tmp_path, caplog):
+    p = tmp_path / "p.txt"
+    p.write_text(SMALL + "PolarizationFraction 2\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        IntegrationConfig.from_midas_params(p).validate()
+        IntegrationConfig.from_midas_params(p, ["PolarizationFraction 0.95"]).validate()
+    assert caplog.text.count(f"{p}:11: PolarizationFraction: 2 is outside -1 .. 1") == 1
+
+
 def test_wavelength_zero_is_midas_none_and_warned(tmp_path, caplog):
     """MIDAS reads Wavelength 0 as "no wavelength" (DetectorMapper's default): accepted, warned,
     R bins; radint's own midas_text (QBinSize 0, Wavelength 0) still reads back quietly."""

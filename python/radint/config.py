@@ -409,6 +409,12 @@ class IntegrationConfig:
                 "Q bins; the NeXus monochromator's wavelength and energy are written as 0 "
                 "(unknown)"
             )
+        if not -1.0 <= self.polarization_fraction <= 1.0:
+            notes.append(
+                f"{where('PolarizationFraction')}: {self.polarization_fraction:g} is outside "
+                "-1 .. 1 (1: fully polarized along η = PolarizationPlaneEtaDeg): the "
+                "polarization factor 1 - f·sin²2θ·cos²η then turns negative or grows with 2θ"
+            )
         if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "

@@ -911,7 +911,8 @@ class Integrator:
         bad = (v < 0) | np.isinf(v)  # NaN is let through: it marks the bins' sigma unknown
         if bad.any():
             raise InvalidInputError(
-                f"variance: must be >= 0 and finite, found {int((v < 0).sum())} negative and "
+                f"variance: must be >= 0 and not infinite (NaN marks a pixel's variance "
+                f"unknown: its bins' sigma is NaN), found {int((v < 0).sum())} negative and "
                 f"{int(np.isinf(v).sum())} infinite values"
             )
         return np.ascontiguousarray(v).ravel()

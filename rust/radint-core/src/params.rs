@@ -570,6 +570,11 @@ impl Params {
         if known {
             self.set_at
                 .insert(canonical_key(line.key).to_string(), line.location.clone());
+            if line.key == "NrPixels" {
+                // It sets both sizes: a message about NrPixelsZ names this line, not "default".
+                self.set_at
+                    .insert("NrPixelsZ".to_string(), line.location.clone());
+            }
             // MIDAS's sscanf reads as many values as it asks for and drops the rest without a
             // word, and so does radint; but a dropped value is usually a typo (`px 172 999`).
             if let Some(n) = values_read(line.key).filter(|&n| line.values.len() > n) {
@@ -1273,6 +1278,14 @@ fn canonical_key(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nr_pixels_is_where_both_sizes_were_set() {
+        let p = Params::parse("NrPixels 2048\n", "p.txt").unwrap();
+        assert_eq!((p.n_pixels_y, p.n_pixels_z), (2048, 2048));
+        assert_eq!(p.origin("NrPixelsY"), "p.txt:1");
+        assert_eq!(p.origin("NrPixelsZ"), "p.txt:1");
+    }
 
     #[test]
     fn an_alias_never_overrides_the_midas_key_of_the_same_file() {
