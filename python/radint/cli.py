@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from radint.config import IntegrationConfig, near_key
+from radint.config import FIT_ROI_PADDING, SNIP_ITERATIONS, IntegrationConfig, near_key
 from radint.exceptions import RadintError
 
 log = logging.getLogger("radint")
@@ -1331,8 +1331,10 @@ def _add_compression(
     default: str = "blosc-lz4",
     help: str = "NeXus HDF5 compression (see integrate)",
 ) -> None:
-    """``--compression`` of the commands that write NeXus HDF5 (one list of choices)."""
-    choices = [default] + [c for c in ("blosc-lz4", "gzip", "none") if c != default]
+    """``--compression`` of the commands that write NeXus HDF5 (the writer's choices)."""
+    from radint.io.nexus import COMPRESSIONS
+
+    choices = [default] + [c for c in COMPRESSIONS if c != default]
     parser.add_argument("--compression", default=default, choices=choices, help=help)
 
 
@@ -1560,10 +1562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auto", metavar="N", type=_positive_int, help="detect and fit up to N peaks instead"
     )
-    p.add_argument("--roi-padding", type=int, default=20, help="ROI half-width in bins (20)")
+    p.add_argument("--roi-padding", type=int, default=FIT_ROI_PADDING,
+                   help=f"ROI half-width in bins ({FIT_ROI_PADDING})")  # fmt: skip
     p.add_argument("--roi-auto", action="store_true", help="ROI from the peak widths (FitROIAuto)")
     p.add_argument(
-        "--snip-iterations", type=int, default=50, help="SNIP background iterations (50)"
+        "--snip-iterations",
+        type=int,
+        default=SNIP_ITERATIONS,
+        help=f"SNIP background iterations ({SNIP_ITERATIONS})",
     )
     p.add_argument(
         "--format", default="peaks", help="comma-separated: peaks (CSV, default), fit (fit.bin)"

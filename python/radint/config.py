@@ -25,6 +25,11 @@ from radint.exceptions import InvalidInputError, ParameterError, RadintFileNotFo
 log = logging.getLogger("radint")
 
 #: Keys of MIDAS files that name other files, resolved relative to the parameter file.
+#: MIDAS's FitROIPadding (ROI half-width, bins) and SNIPIterations defaults, which the fitting
+#: API's defaults are too.
+FIT_ROI_PADDING = 20
+SNIP_ITERATIONS = 50
+
 FILE_FIELDS = (
     "mask_file",
     "distortion_file",
@@ -105,11 +110,11 @@ class IntegrationConfig:
     write_2d: bool = False
     do_peak_fit: bool = False
     peak_locations: tuple[float, ...] = ()
-    fit_roi_padding: int = 20
+    fit_roi_padding: int = FIT_ROI_PADDING
     fit_roi_auto: bool = False
     auto_detect_peaks: bool = False
     max_n_peaks: int = 10
-    snip_iterations: int = 50
+    snip_iterations: int = SNIP_ITERATIONS
     doublet_separation: float = 0.0
     multiple_peaks: bool = False
     do_smoothing: bool = False

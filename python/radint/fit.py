@@ -49,7 +49,7 @@ import numpy as np
 
 from radint import _core
 from radint._once import warn_once
-from radint.config import check_n_threads
+from radint.config import FIT_ROI_PADDING, SNIP_ITERATIONS, check_n_threads
 from radint.exceptions import (
     InvalidInputError,
     RadintFileNotFoundError,
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 COLUMNS = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2")
 #: Status code → name (0 is the only success; 255 marks an empty auto-detection slot).
 STATUS_NAMES: dict[int, str] = dict(_core.fit_status_names())
+#: Levenberg–Marquardt steps a fit may take (status ``max_iterations`` beyond).
+MAX_ITERATIONS = 500
 CONVERGED = 0
 AT_BOUND = next(code for code, name in STATUS_NAMES.items() if name == "at_bound")
 OUT_OF_RANGE = next(code for code, name in STATUS_NAMES.items() if name == "out_of_range")
@@ -206,10 +208,10 @@ def fit_peaks(
     y: Any,
     positions: Any = None,
     auto: int | None = None,
-    roi_padding: int = 20,
+    roi_padding: int = FIT_ROI_PADDING,
     auto_roi: bool = False,
-    snip_iterations: int = 50,
-    max_iterations: int = 500,
+    snip_iterations: int = SNIP_ITERATIONS,
+    max_iterations: int = MAX_ITERATIONS,
     max_peaks_per_job: int = 32,
     n_threads: int | None = None,
     bin_average: bool = True,
@@ -429,10 +431,10 @@ def fit_result(
     positions_px: Any = None,
     auto: int | None = None,
     positions_two_theta_deg: Any = None,
-    roi_padding: int = 20,
+    roi_padding: int = FIT_ROI_PADDING,
     auto_roi: bool = False,
-    snip_iterations: int = 50,
-    max_iterations: int = 500,
+    snip_iterations: int = SNIP_ITERATIONS,
+    max_iterations: int = MAX_ITERATIONS,
     n_threads: int | None = None,
     bin_average: bool = True,
 ) -> FitTable:
@@ -630,7 +632,7 @@ def fit_pv(
     x: Any,
     y: Any,
     centers: Any,
-    max_iterations: int = 500,
+    max_iterations: int = MAX_ITERATIONS,
     n_threads: int | None = None,
     bounds: str = "radint",
 ) -> dict[str, np.ndarray]:
@@ -980,10 +982,10 @@ def fit_per_eta(
     positions_px: Any = None,
     auto: int | None = None,
     doublet_separation: float = 0.0,
-    roi_padding: int = 20,
-    snip_iterations: int = 50,
+    roi_padding: int = FIT_ROI_PADDING,
+    snip_iterations: int = SNIP_ITERATIONS,
     r_bin_px: float | None = None,
-    max_iterations: int = 500,
+    max_iterations: int = MAX_ITERATIONS,
     n_threads: int | None = None,
     bin_average: bool = True,
     bounds: str = "radint",
@@ -1244,10 +1246,10 @@ class FitSpec:
     positions_px: tuple[float, ...] = ()
     positions_two_theta_deg: tuple[float, ...] = ()
     auto: int | None = None
-    roi_padding: int = 20
+    roi_padding: int = FIT_ROI_PADDING
     auto_roi: bool = False
-    snip_iterations: int = 50
-    max_iterations: int = 500
+    snip_iterations: int = SNIP_ITERATIONS
+    max_iterations: int = MAX_ITERATIONS
     doublet_separation: float = 0.0
     bin_average: bool = True
     #: The per-η pV fits' box and start (:func:`fit_per_eta`); a compat Integrator sets

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from radint import _core
+from radint.config import FIT_ROI_PADDING
 from radint.exceptions import InvalidInputError
-from radint.fit import unique_positions, warn_out_of_range
+from radint.fit import MAX_ITERATIONS, unique_positions, warn_out_of_range
 from radint.gpu import _import_cupy, _module
 
 __all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
@@ -52,8 +53,8 @@ class CudaFitter:
         self,
         x: np.ndarray,
         positions: list[float],
-        roi_padding: int = 20,
-        max_iterations: int = 500,
+        roi_padding: int = FIT_ROI_PADDING,
+        max_iterations: int = MAX_ITERATIONS,
         max_peaks_per_job: int = 32,
         bin_average: bool = True,
         device_id: int | None = None,

@@ -27,37 +27,19 @@ def zarr3(path: Any) -> Any:
     return zarr
 
 
-# MIDAS defaults (spec §1.2, §7.4) used when a Result carries no configuration.
-CONFIG_DEFAULTS: dict[str, Any] = {
-    "lsd_um": 1e6,
-    "pixel_size_y_um": 200.0,
-    "wavelength_angstrom": 0.0,
-    "q_min": 0.0,
-    "q_bin": 0.0,
-    "omega_start_deg": 0.0,
-    "omega_step_deg": 0.0,
-    "omega_deg": 0.0,
-    "omega_sum_frames": 1,
-    "save_individual_frames": True,
-    "sum_images": False,
-    "solid_angle_correction": False,
-    "polarization_correction": False,
-    "gsas_polariz": 0.99,
-    "gsas_sh_l": 0.002,
-    "gsas_u": 1.163,
-    "gsas_v": -0.126,
-    "gsas_w": 0.063,
-    "gsas_x": 0.0,
-    "gsas_y": 0.0,
-    "gsas_z": 0.0,
-}
-
 HC_KEV_ANGSTROM = 12.398419843320026
 
 
 def cfg(result: Result, name: str) -> Any:
-    """``result.config.<name>``, or the MIDAS default when there is no config or no such field."""
-    return getattr(result.config, name, CONFIG_DEFAULTS[name])
+    """``result.config.<name>``, or the MIDAS default (IntegrationConfig's) without a config."""
+    return getattr(result.config or _default_config(), name)
+
+
+@functools.cache
+def _default_config() -> Any:
+    from radint.config import IntegrationConfig
+
+    return IntegrationConfig()
 
 
 def config_dict(result: Result) -> dict[str, Any]:
