@@ -536,10 +536,12 @@ def _is_result_file(path: str) -> bool:
         return (p / "entry" / "azint1d").is_dir()
     import h5py
 
+    from radint.io.nexus import open_result
+
     try:
         if not p.is_file() or not h5py.is_hdf5(p):
             return False
-        with h5py.File(p, "r", locking=False) as f:
+        with open_result(p) as f:
             return "entry/azint1d/data" in f
     except OSError:
         return False
@@ -561,16 +563,9 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     """``radint info RESULT``: frames, bins and, from ``entry/provenance``, the input files
     with the frames each gave (or, with ``row``, where that output frame came from)."""
     from radint.io import read_provenance
+    from radint.io.nexus import open_result
 
-    if Path(path).is_dir():
-        from radint.io._common import zarr3
-
-        root: Any = zarr3(path).open_group(path, mode="r")
-    else:
-        import h5py
-
-        root = h5py.File(path, "r", locking=False)
-    try:
+    with open_result(path) as root:
         n_frames, n_r = root["entry/azint1d/data/I"].shape
         n_eta = root["entry/azint2d/data/I"].shape[1] if "entry/azint2d/data/I" in root else 0
         axis = root["entry/azint1d/data/radial_axis"]
@@ -583,9 +578,6 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
             for key in ("rules", "backend")
             if f"entry/azint1d/reduction/input/{key}" in root
         ]
-    finally:
-        if hasattr(root, "close"):
-            root.close()
     span = f", radial axis {radial[0]:.4g}..{radial[-1]:.4g} {units}" if radial.size else ""
     print(f"result {path}: {n_frames} frame(s), {n_eta} eta x {n_r} radial bins{span}")
     if made:
@@ -940,10 +932,10 @@ def _is_stream_result(path: Path) -> bool:
     """Whether ``path`` is a ``radint stream`` result (it holds ``entry/stream``)."""
     if path.is_dir():
         return (path / "entry" / "stream").is_dir()
-    import h5py
+    from radint.io.nexus import open_result
 
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with open_result(path) as f:
             return "entry/stream" in f
     except OSError:
         return False

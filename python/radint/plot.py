@@ -249,14 +249,9 @@ def follow_nexus(
 
 
 def _frame_count(path: Path) -> int:
-    if path.is_dir():
-        import zarr
-
-        return int(zarr.open_array(str(path), path="entry/azint1d/data/I", mode="r").shape[0])
-    import h5py
+    from radint.io.nexus import open_result
 
     if not path.exists():
         return 0
-    # Only shapes are read here, so no compression filter is needed.
-    with h5py.File(path, "r", locking=False) as f:
-        return int(f["entry/azint1d/data/I"].shape[0]) if "entry/azint1d/data/I" in f else 0
+    with open_result(path) as root:
+        return int(root["entry/azint1d/data/I"].shape[0]) if "entry/azint1d/data/I" in root else 0

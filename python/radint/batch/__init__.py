@@ -356,17 +356,12 @@ def frames_written(
 def _frames_in(output: Path) -> int | None:
     """Frames of a radint NeXus result (HDF5 or Zarr), from its lineouts' shape; None if it
     cannot be read."""
-    name = "entry/azint1d/data/I"
+    from radint.io.nexus import open_result
+
     try:
-        if output.is_dir():
-            import zarr
-
-            return int(zarr.open_array(str(output), path=name, mode="r").shape[0])
-        import h5py
-
-        with h5py.File(output, "r", locking=False) as f:
-            return int(f[name].shape[0])
-    except Exception:  # not there, not a result: not counted
+        with open_result(output) as root:
+            return int(root["entry/azint1d/data/I"].shape[0])
+    except (OSError, KeyError, ValueError):  # not there, not a result: not counted
         return None
 
 
@@ -1280,21 +1275,16 @@ def _frames_written(outputs: Sequence[Path], n_r: int = 0) -> int:
     lineout output of ``n_r`` bins (`_lineout.bin`: n_r float64 per frame; `_lineout.xy`: a
     header line, then n_r lines per frame); 0 where neither is there (MIDAS caked files
     only: the summary then counts no frames for the file)."""
-    import h5py
+    from radint.io.nexus import open_result
 
     lineouts = [p for p in outputs if p.name.endswith(("_lineout.bin", "_lineout.xy"))]
     for path in outputs:
         if path in lineouts:
             continue
         try:
-            if path.is_dir():
-                import zarr
-
-                root: Any = zarr.open_group(str(path), mode="r")
-                return int(root["entry/azint1d/data/I"].shape[0])
-            with h5py.File(path, "r") as f:
-                if "entry/azint1d/data/I" in f:
-                    return int(f["entry/azint1d/data/I"].shape[0])
+            with open_result(path) as root:
+                if "entry/azint1d/data/I" in root:
+                    return int(root["entry/azint1d/data/I"].shape[0])
         except (OSError, KeyError, ValueError):
             continue
     for path in lineouts if n_r > 0 else []:

@@ -31,8 +31,10 @@ HC_KEV_ANGSTROM = 12.398419843320026
 
 
 def cfg(result: Result, name: str) -> Any:
-    """``result.config.<name>``, or the MIDAS default (IntegrationConfig's) without a config."""
-    return getattr(result.config or _default_config(), name)
+    """``result.config.<name>``, or the MIDAS default (IntegrationConfig's) where the result
+    has no config or its config no such field."""
+    config = result.config if hasattr(result.config, name) else _default_config()
+    return getattr(config, name)
 
 
 @functools.cache

@@ -67,11 +67,11 @@ def _text_lines(path: Path) -> tuple[str, int]:
 
 def _sibling_n_r(path: Path, suffix: str) -> int | None:
     """The radial bin count of the NeXus result ``<stem>.h5`` beside ``<stem><suffix>``."""
-    import h5py
+    from radint.io.nexus import open_result
 
     nexus = path.with_name(path.name.removesuffix(suffix) + ".h5")
     try:
-        with h5py.File(nexus, "r", locking=False) as f:
+        with open_result(nexus) as f:
             return int(f["entry/azint1d/data/I"].shape[-1])
     except (OSError, KeyError, ValueError):
         return None

@@ -44,7 +44,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1502,6 +1502,43 @@ class NexusWriter:
             self.abort()
 
 
+@contextlib.contextmanager
+def open_result(path: str | Path) -> Iterator[Any]:
+    """A radint result opened for reading, closed on exit: a Zarr store's root group (a
+    directory; zarr >= 3 checked) or the HDF5 file. A file a writer holds locked (a stream,
+    flushed as it goes, not SWMR) is opened without the lock, so its flushed frames read; in
+    the writing process itself with the same locking flag as the writer, as HDF5 requires.
+
+    Raises
+    ------
+    RadintIOError
+        It cannot be opened (missing, not HDF5 or Zarr).
+    """
+    from radint.exceptions import RadintIOError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            root: Any = zarr3(path).open_group(str(path), mode="r")
+        else:
+            import h5py
+            import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
+
+            try:
+                root = h5py.File(path, "r")
+            except OSError as e:
+                if not isinstance(e, BlockingIOError) and "lock" not in str(e):
+                    raise
+                root = h5py.File(path, "r", locking=False)
+    except (OSError, ValueError) as e:
+        raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
+    try:
+        yield root
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+
+
 def write_nexus(
     result: Result,
     path: str | Path,
@@ -1580,16 +1617,7 @@ def read_provenance(path: str | Path) -> Provenance | None:
     from radint.exceptions import RadintIOError
 
     path = Path(path)
-    try:
-        if path.is_dir():
-            root: Any = zarr3(path).open_group(str(path), mode="r")
-        else:
-            import h5py
-
-            root = h5py.File(path, "r", locking=False)  # a growing stream file too
-    except (OSError, ValueError) as e:
-        raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
-    try:
+    with open_result(path) as root:
         try:
             frame_id = np.asarray(root["entry/azint1d/data/frame_id"][()], dtype=np.int64)
         except KeyError:
@@ -1604,9 +1632,6 @@ def read_provenance(path: str | Path) -> Provenance | None:
         n = min(len(frame_id), len(file_index), len(frame_index))
         files = [v.decode() if isinstance(v, bytes) else str(v) for v in table.ravel()]
         return Provenance(files, file_index[:n], frame_index[:n], frame_id[:n])
-    finally:
-        if hasattr(root, "close"):
-            root.close()
 
 
 def _read_provenance(table: np.ndarray, file_index: np.ndarray) -> dict[str, Any]:
@@ -1637,17 +1662,9 @@ def _stored_json(path: str | Path, name: str) -> Any:
 def stored_text(path: str | Path, name: str) -> str | None:
     """The text stored at ``name`` in a radint NeXus result (HDF5 file or Zarr store); None
     when it holds none or cannot be read."""
-    path = Path(path)
     try:
-        if path.is_dir():
-            import zarr
-
-            value = np.asarray(zarr.open_array(str(path), path=name, mode="r")[...])
-        else:
-            import h5py
-
-            with h5py.File(path, "r", locking=False) as f:
-                value = np.asarray(f[name][()])
+        with open_result(path) as root:
+            value = np.asarray(root[name][()])
         v = value.item() if value.shape == () else value
         return v.decode() if isinstance(v, bytes) else str(v)
     except Exception:  # not a result, unreadable, written by something else
@@ -1792,28 +1809,14 @@ def read_nexus(path: str | Path) -> Result:
 
 
 def _read_nexus(path: Path) -> Result:
+    with open_result(path) as root:
+        return _result_of(root, path)
+
+
+def _result_of(root: Any, path: Path) -> Result:
     from radint.config import IntegrationConfig
     from radint.exceptions import RadintIOError
     from radint.fit import STATUS_NAMES, FitTable
-
-    try:
-        if path.is_dir():
-            root: Any = zarr3(path).open_group(str(path), mode="r")
-        else:
-            import h5py
-            import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
-
-            try:
-                root = h5py.File(path, "r")
-            except OSError as e:
-                if not isinstance(e, BlockingIOError) and "lock" not in str(e):
-                    raise
-                # A writer still has it open (a stream, flushed as it goes, not SWMR): read the
-                # flushed frames without the lock it holds, or (in the writing process) with
-                # the same locking flag as it.
-                root = h5py.File(path, "r", locking=False)
-    except (OSError, ValueError) as e:
-        raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
 
     def get(name: str, required: bool = True) -> Any:
         try:
@@ -1832,117 +1835,113 @@ def _read_nexus(path: Path) -> Result:
         v = v.item() if v.shape == () else v
         return v.decode() if isinstance(v, bytes) else str(v)
 
-    try:
-        d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
-        lineout = get(f"{d1}/I")
-        cake = get(f"{d2}/I")
-        conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
-        config = IntegrationConfig.from_dict(conf) if conf else None
-        if config is not None and config.q_bin > 0 and config.wavelength_angstrom <= 0:
-            # Written before QBinSize without a wavelength became an error: binned in R then.
-            config = config.replace(q_min=0.0, q_max=0.0, q_bin=0.0)
-        area = get(f"{d2}/norm")
-        count = get(f"{d2}/count", required=False)
-        cake_sigma = get(f"{d2}/I_errors", required=False)
-        lineout_sigma = get(f"{d1}/I_errors", required=False)
-        frame_id = get(f"{d1}/frame_id")
-        file_index = get(f"{PROVENANCE}/file_index", required=False)
-        frame_index = get(f"{PROVENANCE}/frame_index", required=False)
-        # A file a stream is still writing may hold more rows of one table than of another
-        # (each grows on its own): only frames every table has are complete.
-        rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id, file_index, frame_index]
-        n = min(len(a) for a in rows if a is not None)
+    d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
+    lineout = get(f"{d1}/I")
+    cake = get(f"{d2}/I")
+    conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
+    config = IntegrationConfig.from_dict(conf) if conf else None
+    if config is not None and config.q_bin > 0 and config.wavelength_angstrom <= 0:
+        # Written before QBinSize without a wavelength became an error: binned in R then.
+        config = config.replace(q_min=0.0, q_max=0.0, q_bin=0.0)
+    area = get(f"{d2}/norm")
+    count = get(f"{d2}/count", required=False)
+    cake_sigma = get(f"{d2}/I_errors", required=False)
+    lineout_sigma = get(f"{d1}/I_errors", required=False)
+    frame_id = get(f"{d1}/frame_id")
+    file_index = get(f"{PROVENANCE}/file_index", required=False)
+    frame_index = get(f"{PROVENANCE}/frame_index", required=False)
+    # A file a stream is still writing may hold more rows of one table than of another
+    # (each grows on its own): only frames every table has are complete.
+    rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id, file_index, frame_index]
+    n = min(len(a) for a in rows if a is not None)
+    lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
+    cake_sigma = None if cake_sigma is None else cake_sigma[:n]
+    lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
+    radius = get(f"{d1}/radius_px")
+    if config is not None:
+        r_edges = config.bin_edges()[0]
+        tth = config.two_theta_deg(radius)
+    else:
+        r_edges = edges_from_centres(radius)
+        tth = np.full_like(radius, np.nan)
+    wavelength = float(config.wavelength_angstrom) if config is not None else 0.0
+    q = q_from_two_theta(tth, wavelength)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_spacing = 2 * np.pi / q
+    peaks = None
+    if "peaks" in root["entry"]:
+        cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
+        errs = {
+            attr: get(f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS)
+            for name, attr in _PEAK_ERRORS.items()
+        }
+        errs = {k: v for k, v in errs.items() if v is not None}
+        status = get("entry/peaks/status")
+        n = min(n, len(status), *(len(v) for v in (*cols.values(), *errs.values())))
         lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
         cake_sigma = None if cake_sigma is None else cake_sigma[:n]
         lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
-        radius = get(f"{d1}/radius_px")
-        if config is not None:
-            r_edges = config.bin_edges()[0]
-            tth = config.two_theta_deg(radius)
-        else:
-            r_edges = edges_from_centres(radius)
-            tth = np.full_like(radius, np.nan)
-        wavelength = float(config.wavelength_angstrom) if config is not None else 0.0
-        q = q_from_two_theta(tth, wavelength)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d_spacing = 2 * np.pi / q
-        peaks = None
-        if "peaks" in root["entry"]:
-            cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
-            errs = {
-                attr: get(f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS)
-                for name, attr in _PEAK_ERRORS.items()
-            }
-            errs = {k: v for k, v in errs.items() if v is not None}
-            status = get("entry/peaks/status")
-            n = min(n, len(status), *(len(v) for v in (*cols.values(), *errs.values())))
-            lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
-            cake_sigma = None if cake_sigma is None else cake_sigma[:n]
-            lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
-            cols = {k: v[:n] for k, v in cols.items()}
-            errs = {k: v[:n] for k, v in errs.items()}
-            status = status[:n]
-            names = np.array([STATUS_NAMES.get(int(v), f"unknown_{v}") for v in status.ravel()])
-            peaks = FitTable(
-                **cols,
-                **errs,
-                status=status,
-                status_name=names.reshape(status.shape),
-                iterations=np.zeros(status.shape, dtype=np.uint32),
-                metadata={"source": str(path)},
-            )
-        metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
-        # When the frames were integrated, and the reduction's date: kept by a conversion.
-        stamps = get("entry/azint1d/data/timestamp", required=False)
-        if stamps is not None and stamps.size >= n:
-            metadata["timestamp"] = np.asarray(stamps, dtype=np.float64).reshape(-1)[:n]
-        if date := text(_DATE_PATH):
-            metadata["reduction_date"] = date
-        if digests := text(_DIGEST_PATH):
-            metadata["file_digests"] = digests
-        if rules := text(_RULES_PATH):
-            metadata["rules"] = rules
-        if backend := text(_BACKEND_PATH):  # kept when the result is written again
-            metadata["backend"] = backend
-        if file_index is not None and frame_index is not None:
-            metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
-            metadata["source_frame"] = frame_index[:n].astype(np.int64)
-        for name in _SCAN_FIELDS:  # per-frame ω and monitors (a MIDAS zip's), for its writers
-            values = get(f"entry/scan/{name}", required=False)
-            if values is not None and not (name != "omega" and np.isnan(values[:n]).all()):
-                metadata[_scan_key(name)] = values[:n]
-        result = Result(
-            cake=cake,
-            cake_sigma=cake_sigma,
-            lineout=lineout,
-            lineout_sigma=lineout_sigma,
-            area=np.broadcast_to(area, cake.shape).copy(),
-            count=(
-                np.broadcast_to(count, cake.shape).copy()
-                if count is not None
-                else np.zeros(cake.shape, dtype=np.int64)
-            ),
-            radius_px=radius,
-            two_theta_deg=tth,
-            q_inv_angstrom=q,
-            d_spacing_angstrom=d_spacing,
-            eta_deg=get(f"{d2}/azimuthal_axis"),
-            r_edges_px=np.asarray(r_edges, dtype=np.float64),
-            eta_edges_deg=get(f"{d2}/azimuthal_axis_edges"),
-            config=config,
-            normalized=bool(get("entry/azint1d/normalization_applied")),
-            lineout_mode=text("entry/azint1d/reduction/input/lineout_mode") or "area_weighted",
-            frame_ids=frame_id.astype(np.int64),
-            metadata=metadata,
-            peaks=peaks,
+        cols = {k: v[:n] for k, v in cols.items()}
+        errs = {k: v[:n] for k, v in errs.items()}
+        status = status[:n]
+        names = np.array([STATUS_NAMES.get(int(v), f"unknown_{v}") for v in status.ravel()])
+        peaks = FitTable(
+            **cols,
+            **errs,
+            status=status,
+            status_name=names.reshape(status.shape),
+            iterations=np.zeros(status.shape, dtype=np.uint32),
+            metadata={"source": str(path)},
         )
-        if peaks is not None and config is not None and peaks.center_two_theta_deg_err is None:
-            # Written before the derived columns' errors were stored: propagated as the
-            # fitter does, so a conversion writes them rather than NaN.
-            from radint.fit import with_units
+    metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
+    # When the frames were integrated, and the reduction's date: kept by a conversion.
+    stamps = get("entry/azint1d/data/timestamp", required=False)
+    if stamps is not None and stamps.size >= n:
+        metadata["timestamp"] = np.asarray(stamps, dtype=np.float64).reshape(-1)[:n]
+    if date := text(_DATE_PATH):
+        metadata["reduction_date"] = date
+    if digests := text(_DIGEST_PATH):
+        metadata["file_digests"] = digests
+    if rules := text(_RULES_PATH):
+        metadata["rules"] = rules
+    if backend := text(_BACKEND_PATH):  # kept when the result is written again
+        metadata["backend"] = backend
+    if file_index is not None and frame_index is not None:
+        metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
+        metadata["source_frame"] = frame_index[:n].astype(np.int64)
+    for name in _SCAN_FIELDS:  # per-frame ω and monitors (a MIDAS zip's), for its writers
+        values = get(f"entry/scan/{name}", required=False)
+        if values is not None and not (name != "omega" and np.isnan(values[:n]).all()):
+            metadata[_scan_key(name)] = values[:n]
+    result = Result(
+        cake=cake,
+        cake_sigma=cake_sigma,
+        lineout=lineout,
+        lineout_sigma=lineout_sigma,
+        area=np.broadcast_to(area, cake.shape).copy(),
+        count=(
+            np.broadcast_to(count, cake.shape).copy()
+            if count is not None
+            else np.zeros(cake.shape, dtype=np.int64)
+        ),
+        radius_px=radius,
+        two_theta_deg=tth,
+        q_inv_angstrom=q,
+        d_spacing_angstrom=d_spacing,
+        eta_deg=get(f"{d2}/azimuthal_axis"),
+        r_edges_px=np.asarray(r_edges, dtype=np.float64),
+        eta_edges_deg=get(f"{d2}/azimuthal_axis_edges"),
+        config=config,
+        normalized=bool(get("entry/azint1d/normalization_applied")),
+        lineout_mode=text("entry/azint1d/reduction/input/lineout_mode") or "area_weighted",
+        frame_ids=frame_id.astype(np.int64),
+        metadata=metadata,
+        peaks=peaks,
+    )
+    if peaks is not None and config is not None and peaks.center_two_theta_deg_err is None:
+        # Written before the derived columns' errors were stored: propagated as the
+        # fitter does, so a conversion writes them rather than NaN.
+        from radint.fit import with_units
 
-            result.peaks = with_units(peaks, result)
-        return result
-    finally:
-        if hasattr(root, "close"):
-            root.close()
+        result.peaks = with_units(peaks, result)
+    return result

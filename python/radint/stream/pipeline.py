@@ -52,9 +52,11 @@ class Summary:
 
     @property
     def frames_per_second(self) -> float:
+        """Frames written per second of the run (0 for a run of no time)."""
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        """The one-line summary ``radint stream`` prints at the end."""
         return (
             f"stream: received {self.received}, integrated {self.integrated}, written "
             f"{self.written}, dropped {self.dropped}, partial frames discarded {self.partial}, "
@@ -65,6 +67,7 @@ class Summary:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a dict (JSON-ready)."""
         return asdict(self)
 
 
@@ -635,6 +638,7 @@ class Pipeline:
 
     @property
     def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (or a signal, the timeout or --max-frames did)."""
         return self._stopping.is_set()
 
     def _shutdown(self) -> None:
