@@ -1054,3 +1054,67 @@ def test_a_dark_with_nan_pixels_is_warned_about_and_counted(small_config, caplog
     assert "dark: 600 of 12000 pixels are NaN or inf" in caplog.text
     frame = ring_image(small_config, dtype=np.uint32)
     assert integrator.integrate(frame).metadata["nan_pixels"] == 600
+
+
+def test_pyfai_correction_models_from_the_parameter_file(small_config, tmp_path):
+    """Audit (pyFAI users): pyFAI's exact solid angle and Kahn polarization were reachable only
+    as Integrator arguments, so the CLI, batch and stream could not apply them (2.4 % off
+    pyFAI on a tilted detector). SolidAngleModel / PolarizationModel (radint's keys) choose the
+    model SolidAngleCorrection 1 / PolarizationCorrection 1 apply."""
+    frame = ring_image(small_config, dtype=np.float64)
+    keys = ["SolidAngleCorrection 1", "SolidAngleModel exact", "PolarizationCorrection 1",
+            "PolarizationModel kahn", "PolarizationFraction 0.95"]  # fmt: skip
+    cfg = small_config.with_overrides(keys)
+    by_keys = Integrator(cfg).integrate(frame)
+    by_args = Integrator(
+        small_config.replace(polarization_fraction=0.95), solid_angle="exact", polarization="kahn"
+    ).integrate(frame)
+    np.testing.assert_array_equal(by_keys.lineout, by_args.lineout)
+    midas = Integrator(small_config.with_overrides(keys[::2] + keys[4:])).integrate(frame)
+    assert np.nanmax(np.abs(midas.lineout / by_keys.lineout - 1)) > 1e-4  # models differ
+    again = IntegrationConfig.from_text(cfg.midas_text(), "again.txt")
+    assert (again.solid_angle_model, again.polarization_model) == ("exact", "kahn")
+    with pytest.raises(InvalidInputError, match="SolidAngleModel exact is pyFAI's model: not"):
+        Integrator(cfg, compat="midas-cpu")
+    with pytest.raises(radint.ParameterError, match="SolidAngleModel: expected midas or exact"):
+        small_config.with_overrides(["SolidAngleModel cos3"])
+
+
+def test_files_record_the_corrections_the_integrator_applied(small_config, tmp_path):
+    """Audit: Integrator(solid_angle="exact", polarization="kahn", pixel_weights="fraction")
+    corrected the numbers, but the NeXus file said no solid angle, no polarization, area
+    weights: a re-reduction from the stored configuration dropped them."""
+    import h5py
+
+    from radint.io import read_nexus, write_nexus
+
+    frame = ring_image(small_config, dtype=np.float64)
+    integrator = Integrator(
+        small_config, solid_angle="exact", polarization="kahn", pixel_weights="fraction"
+    )
+    path = write_nexus(integrator.integrate(frame), tmp_path / "r.h5")
+    stored = read_nexus(path).config
+    assert stored.solid_angle_correction and stored.solid_angle_model == "exact"
+    assert stored.polarization_correction and stored.polarization_model == "kahn"
+    assert stored.pixel_weights == "fraction"
+    with h5py.File(path) as f:
+        sub = "entry/azint1d"
+        assert f[f"{sub}/solid_angle_applied"][()] and f[f"{sub}/polarization_applied"][()]
+    again = Integrator(stored).integrate(frame)
+    np.testing.assert_allclose(again.lineout, read_nexus(path).lineout[0], rtol=1e-12)
+    assert integrator.config is small_config  # the Integrator's own is left as given
+
+
+def test_pyfai_habits_that_change_nothing_silently_are_warned(small_config, caplog, monkeypatch):
+    """Audit (pyFAI users): a wavelength in metres (pyFAI's unit) gave Q off by 1e10 without a
+    word; PolarizationFraction without a polarization correction did nothing without a word."""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        cfg = small_config.with_overrides(["Wavelength 1e-10", "PolarizationFraction 0.95"])
+        cfg.validate()
+        Integrator(cfg)
+        Integrator(cfg, polarization="kahn")  # used there: no second warning
+    assert "Wavelength: 1e-10 Å is below 0.01 Å (1.2 MeV): Wavelength is in Å" in caplog.text
+    assert caplog.text.count("no polarization correction is applied") == 1

@@ -131,6 +131,11 @@ class IntegrationConfig:
     bad_px_intensity: float = 0.0
     #: "area" (MIDAS) or "fraction" (pyFAI): see ``Integrator(pixel_weights=)``.
     pixel_weights: str = "area"
+    #: The models ``SolidAngleCorrection 1`` / ``PolarizationCorrection 1`` apply: "midas"
+    #: (cos³2θ; 1 − f·sin²2θ·cos²η) or pyFAI's "exact" solid angle / "kahn" polarization
+    #: (radint's keys ``SolidAngleModel``, ``PolarizationModel``).
+    solid_angle_model: str = "midas"
+    polarization_model: str = "midas"
     #: ``(module rows, module columns, gap rows, gap columns)`` of a detector tiled by modules
     #: from its raw image's first pixel (pyFAI's MODULE_SIZE / MODULE_GAP): the gap pixels are
     #: masked, as pyFAI masks them; () = none. Set from a PONI file naming a Pilatus or Eiger.
@@ -414,6 +419,12 @@ class IntegrationConfig:
                 "Q bins; the NeXus monochromator's wavelength and energy are written as 0 "
                 "(unknown)"
             )
+        if 0 < self.wavelength_angstrom < 0.01:
+            notes.append(
+                f"{where('Wavelength')}: {self.wavelength_angstrom:g} Å is below 0.01 Å (1.2 MeV): "
+                "Wavelength is in Å; a value in metres (pyFAI's unit, 1e-10 m = 1 Å) gives Q "
+                "and d wrong by 1e10"
+            )
         if not -1.0 <= self.polarization_fraction <= 1.0:
             notes.append(
                 f"{where('PolarizationFraction')}: {self.polarization_fraction:g} is outside "
@@ -548,8 +559,8 @@ class IntegrationConfig:
             elif name in ("gap_intensity", "bad_px_intensity"):
                 if value:  # 0 = unset, as MIDAS reads it
                     items.append((key, value))
-            elif name == "pixel_weights":
-                if value != "area":  # radint's key: MIDAS files keep their own keys only
+            elif name in ("pixel_weights", "solid_angle_model", "polarization_model"):
+                if value != getattr(type(self), name):  # radint's keys: MIDAS files keep their own
                     items.append((key, value))
             elif name == "max_n_peaks":
                 if not self.auto_detect_peaks:  # else AutoDetectPeaks N
@@ -648,6 +659,8 @@ _MIDAS_KEYS = {
     "gap_intensity": "GapIntensity",
     "bad_px_intensity": "BadPxIntensity",
     "pixel_weights": "PixelWeights",
+    "solid_angle_model": "SolidAngleModel",
+    "polarization_model": "PolarizationModel",
     "module_gaps": "ModuleGaps",
 }
 

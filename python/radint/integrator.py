@@ -91,6 +91,12 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
             f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
             f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
         )
+    for name in ("solid_angle_model", "polarization_model"):
+        if compat and getattr(config, name) != "midas":
+            raise InvalidInputError(
+                f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
+                f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
+            )
 
 
 def _warn_where_integratorzarromp_writes_otherwise(config: IntegrationConfig) -> None:
@@ -168,10 +174,12 @@ class Integrator:
         polarization are folded into a copy of the map once (``DetectorMap.folded``), so a frame
         costs what an uncorrected one does.
     solid_angle : {"midas", "exact", None, "config"}
-        Solid-angle correction model; ``"config"`` (default) = ``"midas"`` if the parameter file
-        sets ``SolidAngleCorrection 1``, else none.
+        Solid-angle correction model; ``"config"`` (default) = the parameter file's
+        ``SolidAngleModel`` (``"midas"`` unless set) if it sets ``SolidAngleCorrection 1``,
+        else none.
     polarization : {"midas", "kahn", None, "config"}
-        Polarization model; ``"config"`` = ``"midas"`` if ``PolarizationCorrection 1``.
+        Polarization model; ``"config"`` = ``PolarizationModel`` (``"midas"`` unless set) if
+        ``PolarizationCorrection 1``, else none.
     error_model : {"poisson", None}
         Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma).
     precision : {"float64", "float32"}
@@ -376,6 +384,18 @@ class Integrator:
         #: batch --skip-existing`` compares it): the rules and whose map.
         self.rules = rules_identity(compat, midas_dir)
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
+        self._result_config = self._applied_config(solid_angle, polarization)
+        if (
+            "PolarizationFraction" in config.set_at
+            and not self.polarization_model
+            and not self.map.corrections_folded  # a C map's weights hold the polarization
+        ):
+            warn_once(
+                ("PolarizationFraction unused", config.where_set("polarization_fraction")),
+                "%s: no polarization correction is applied (PolarizationCorrection 1, or "
+                "polarization='midas' / 'kahn', turns it on), so the fraction is not used",
+                config.where_set("polarization_fraction"),
+            )
         self._dark = self._prepare_dark(dark)
         if self._dark is not None:
             self._dark = self._dark.copy()  # ours: a caller's later change cannot reach it
@@ -448,15 +468,31 @@ class Integrator:
         log.info("backend %s: using cuda (%s)", backend, why)
         return "cuda"
 
+    def _applied_config(
+        self, solid_angle: str | None, polarization: str | None
+    ) -> IntegrationConfig:
+        """The configuration results carry (and files store): :attr:`config` with the
+        corrections and pixel weights given as arguments instead of the file's, so a file says
+        what was applied (it said "no solid angle" after ``solid_angle="exact"``)."""
+        changes: dict[str, Any] = {}
+        for name, model in (("solid_angle", solid_angle), ("polarization", polarization)):
+            if model != "config":
+                changes[f"{name}_correction"] = model is not None
+                if model is not None:
+                    changes[f"{name}_model"] = model
+        if self.pixel_weights != self.config.pixel_weights:
+            changes["pixel_weights"] = self.pixel_weights
+        return self.config.replace(**changes) if changes else self.config
+
     def _models(
         self, solid_angle_model: str | None, polarization_model: str | None
     ) -> tuple[str | None, str | None]:
         """The solid-angle and polarization models asked for, ``"config"`` resolved."""
         cfg = self.config
         if solid_angle_model == "config":
-            solid_angle_model = "midas" if cfg.solid_angle_correction else None
+            solid_angle_model = cfg.solid_angle_model if cfg.solid_angle_correction else None
         if polarization_model == "config":
-            polarization_model = "midas" if cfg.polarization_correction else None
+            polarization_model = cfg.polarization_model if cfg.polarization_correction else None
         return solid_angle_model, polarization_model
 
     def _geometric_correction(
@@ -1258,7 +1294,7 @@ class Integrator:
             lineout_sigma=line("lineout_sigma") if "lineout_sigma" in out else None,
             area=cake("area"),
             count=cake("count"),
-            config=self.config,
+            config=self._result_config,
             normalized=self.normalize,
             lineout_mode=self.lineout_mode,
             frame_ids=np.arange(n) if stack else None,

@@ -132,6 +132,11 @@ pub struct Params {
     /// How a pixel's value is shared among its bins: "area" (MIDAS: overlap area in the
     /// corrected plane) or "fraction" (pyFAI: the fraction of the pixel in each bin).
     pub pixel_weights: String,
+    /// The models `SolidAngleCorrection 1` and `PolarizationCorrection 1` apply (radint's keys
+    /// `SolidAngleModel`, `PolarizationModel`): "midas" (cos³2θ; 1 − f·sin²2θ·cos²η, as MIDAS)
+    /// or pyFAI's "exact" solid angle and "kahn" polarization.
+    pub solid_angle_model: String,
+    pub polarization_model: String,
     /// `ModuleGaps` (radint's key): module rows, module columns, gap rows, gap columns of a
     /// detector tiled by modules from the raw image's first pixel (pyFAI's MODULE_SIZE and
     /// MODULE_GAP); the gap pixels are masked. Empty: none.
@@ -227,6 +232,8 @@ impl Default for Params {
             gsas_z: 0.0,
             gap_intensity: 0.0,
             pixel_weights: "area".to_string(),
+            solid_angle_model: "midas".to_string(),
+            polarization_model: "midas".to_string(),
             module_gaps: Vec::new(),
             bad_px_intensity: 0.0,
             unknown: Vec::new(),
@@ -316,6 +323,15 @@ impl Line<'_> {
             Some(word) => Ok(word.to_string()),
             None => Err(self.err("expected a value, got nothing")),
         }
+    }
+
+    /// The value, one of `choices`.
+    fn one_of(&self, choices: &[&str]) -> Result<String> {
+        let value = self.text()?;
+        if !choices.contains(&value.as_str()) {
+            return Err(self.err(format!("expected {}, got '{value}'", choices.join(" or "))));
+        }
+        Ok(value)
     }
 }
 
@@ -755,13 +771,9 @@ impl Params {
             "Y" => self.gsas_y = line.f64()?,
             "Z" => self.gsas_z = line.f64()?,
             "GapIntensity" => self.gap_intensity = line.f64()?,
-            "PixelWeights" => {
-                let value = line.text()?;
-                if value != "area" && value != "fraction" {
-                    return Err(line.err(format!("expected area or fraction, got '{value}'")));
-                }
-                self.pixel_weights = value;
-            }
+            "PixelWeights" => self.pixel_weights = line.one_of(&["area", "fraction"])?,
+            "SolidAngleModel" => self.solid_angle_model = line.one_of(&["midas", "exact"])?,
+            "PolarizationModel" => self.polarization_model = line.one_of(&["midas", "kahn"])?,
             "ModuleGaps" => {
                 line.need(4, "module rows, module columns, gap rows, gap columns")?;
                 let values = (0..4).map(|i| line.int_at(i)).collect::<Result<Vec<_>>>()?;
@@ -1071,12 +1083,15 @@ impl Params {
                     return Err(self.invalid("QMin", format!("must be >= 0, got {}", self.q_min)));
                 }
                 self.check_ordered("QMin", self.q_min, "QMax", self.q_max)?;
-                let q_limit = 4.0 * std::f64::consts::PI / self.wavelength_angstrom;
+                // R = Lsd·tan 2θ: a flat detector ends at 2θ = 90°, Q = 4π/λ·sin 45°.
+                let q_limit = 4.0 * std::f64::consts::PI / self.wavelength_angstrom
+                    * std::f64::consts::FRAC_1_SQRT_2;
                 if self.q_max >= q_limit {
                     return Err(self.invalid(
                         "QMax",
                         format!(
-                            "must be < 4π/λ = {q_limit:.6} Å⁻¹ (2θ < 180°), got {}",
+                            "must be < 4π/λ·sin 45° = {q_limit:.6} Å⁻¹ (2θ < 90°, as far as a \
+                             flat detector reaches), got {}",
                             self.q_max
                         ),
                     ));
@@ -1542,6 +1557,12 @@ mod tests {
             p.validate().unwrap();
             assert_eq!(p.radial_mode(), RadialMode::Radius);
         }
+        // A flat detector ends at 2θ = 90°: λ 1 Å reaches Q 8.886 Å⁻¹ (QMax 9 once passed
+        // this check, claiming 2θ < 180°, then failed on bin edges past the detector plane).
+        assert!(
+            error_with(&["Wavelength 1", "QMin 1", "QMax 9", "QBinSize 0.1"])
+                .starts_with("<override>:3: QMax: must be < 4π/λ·sin 45° = 8.885766 Å⁻¹ (2θ < 90°")
+        );
         assert!(error_with(&["TthMax 1", "TthBinSize 0"])
             .starts_with("<override>:2: TthBinSize: expected > 0, got 0"));
         assert!(error_with(&["TthBinSize -0.1"])
