@@ -1127,6 +1127,36 @@ def test_folder_watch_goes_on_after_files_its_decoders_choke_on(integrator, tmp_
     assert stream_rows(tmp_path / "out" / "stream.h5")["source"].tolist() == ["file:c_ok.tif"]
 
 
+def test_folder_streams_midas_files_are_named_by_file_and_a_missing_mapping_is_said(
+    integrator, tmp_path, caplog
+):
+    """Audit (MIDAS manual, folder workflow): integrator_output.h5 named a folder stream's
+    frames 0, 1, ... where MIDAS names them by file (its server's mapping); a --mapping-file
+    that was never written dropped integrator_output.h5 altogether, with exit 0 (MIDAS's
+    post-processing warns and writes it with frame indices)."""
+    import tifffile
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    for name in ("scan_000002.tif", "scan_000001.tif"):
+        tifffile.imwrite(watch / name, frame(len(name), "u2"))
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1)
+    p = Pipeline(integrator, [src], tmp_path / "out", midas_files=True, idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 2)
+    finish(p)
+    with h5py.File(tmp_path / "out" / "integrator_output.h5") as f:
+        assert sorted(f["lineouts"]) == ["scan_000001", "scan_000002"]
+    tcp, tcp_src = start_pipeline(integrator, tmp_path / "tcp", midas_files=True,
+                                  mapping_file=tmp_path / "never_written.json")  # fmt: skip
+    send_frames(((frame(i), f"f{i}") for i in range(2)), port=tcp_src.port, mapping_file=None)
+    assert wait_for(lambda: tcp.written == 2)
+    finish(tcp)
+    assert "never_written.json not read" in caplog.text
+    with h5py.File(tmp_path / "tcp" / "integrator_output.h5") as f:
+        assert sorted(f["lineouts"]) == ["0", "1"]
+
+
 def test_stream_stops_and_fails_when_its_only_source_dies(tmp_path, monkeypatch, capsys):
     """A source thread that stops on a defect stops the stream (nothing left to take frames
     from) and `radint stream` exits 1 naming the error, not 0 after its --timeout."""

@@ -99,6 +99,24 @@ def test_info_describes_radints_own_non_nexus_outputs(stored, tmp_path, capsys):
     assert "a radint detector-map cache: 100 x 120 pixels, 36 eta x" in capsys.readouterr().out
 
 
+def test_info_knows_midas_stream_outputs_by_content_and_counts_c_peak_frames(tmp_path, capsys):
+    """Audit (MIDAS manual): a stream output named as --output-h5 names it (not
+    integrator_output.h5) was read as a parameter file; C's caked_peaks.h5, which lists no
+    frame keys, was said to hold 0 frames."""
+    import h5py
+
+    with h5py.File(tmp_path / "scan_01_integrated.h5", "w") as f:
+        for group in ("lineouts", "geometry_maps", "OmegaSumFrame"):
+            f.create_group(group)
+    with h5py.File(tmp_path / "scan_000001_caked_peaks.h5", "w") as f:
+        f["peaks/frame_idx"] = np.zeros(72, np.int32)
+        f["metadata/frame_keys"] = np.array([], dtype="S1")
+    assert main(["info", str(tmp_path / "scan_01_integrated.h5")]) == 0
+    assert "MIDAS's post-processed stream output" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "scan_000001_caked_peaks.h5")]) == 0
+    assert "72 peak row(s), 1 frame(s)" in capsys.readouterr().out
+
+
 def test_follow_says_it_waits_for_a_missing_file_and_fails_if_it_never_appears(tmp_path, capsys):
     """`radint plot live_typo/stream.h5 --follow-for 3` waited silently and exited 0."""
     pytest.importorskip("matplotlib")

@@ -750,7 +750,13 @@ def _integrator_py_flags(args: argparse.Namespace) -> None:
         log.setLevel(level)
     for flag, value, why in (
         ("-convertFiles", args.convertFiles, "frames are read from the files directly, no zip"),
-        ("-mapDetector", args.mapDetector, "the map is built once and cached in the output folder"),
+        (
+            "-mapDetector",
+            args.mapDetector,
+            "the map is built once and cached in the output "
+            "folder; to integrate with the Map.bin/nMap.bin MIDAS's DetectorMapper wrote, give "
+            "--midas-map DIR",
+        ),
         ("-numFrameChunks", args.numFrameChunks, "frames are read in bounded stacks anyway"),
         ("-viewerTheme", args.viewerTheme, "no viewer; see radint plot --follow"),
         ("-liveViewer", args.liveViewer or None, "no viewer; see radint plot --follow"),
@@ -1115,7 +1121,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.dataset is not None and args.source != "folder":
         raise RadintError("--dataset names the HDF5 dataset of --source folder's files")
     dark_path = _dark_path(args.dark, config, args.params)
-    dark = _read_dark(dark_path, args.dark_dataset, config, None)
+    dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
     source: Source
     if args.source == "tcp":  # listening first: a port in use fails before the map is built
         source = TcpSource(config.shape, host=args.host, port=args.port)
@@ -1381,8 +1387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument(
-        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all)"
-    )
+        "-j", "--threads", "-nCPUs", dest="threads", type=_positive_int, default=None,
+        help="threads (default: all; -nCPUs as DetectorMapper's)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser(
@@ -1639,9 +1646,15 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters' Dark)",
     )  # fmt: skip
     p.add_argument("--dark-dataset", default=None, help="HDF5 dataset of the dark")
+    p.add_argument(
+        "--raw-dtype", type=_pixel_dtype, default=None,
+        help="pixel type of a raw (.bin/.raw) dark, e.g. int64 for the GPU program's "
+        "dark_avg.bin (frames of NrPixelsZ x NrPixelsY, averaged)",
+    )  # fmt: skip
     p.add_argument("--watch", help="directory to watch, for --source folder")
     p.add_argument(
         "--dataset",
+        "--h5-location",  # integrator_server.py's name
         default=None,
         help="--source folder: HDF5 dataset of the frames (default exchange/data, or a Dectris "
         "master's entry/data; areaDetector's HDF5 plugin writes entry/data/data)",

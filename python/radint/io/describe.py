@@ -9,6 +9,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["describe_output"]
 
 #: Said after the description: the file was given where a parameter file goes.
@@ -42,6 +44,18 @@ def _h5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             lambda name, obj: shapes.__setitem__(name, obj.shape) if hasattr(obj, "shape") else None
         )
     return shapes
+
+
+def _stream_output_groups(path: Path) -> list[str]:
+    """The top groups of an ``integrator_stream_process_h5.py`` output (it has ``lineouts``
+    and ``geometry_maps``), else []."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return []
+    with h5py.File(path, "r", locking=False) as f:
+        groups = sorted(f)
+    return groups if {"lineouts", "geometry_maps"} <= set(groups) else []
 
 
 def _zip_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -97,15 +111,19 @@ def _describe(path: Path) -> str | None:
         shapes = _h5_shapes(path)
         rows = shapes.get("peaks/frame_idx", (0,))[0]
         frames = shapes.get("metadata/frame_keys", (0,))[0]
+        if rows and not frames:  # C's file lists no frame keys: its rows name their frames
+            import h5py
+
+            with h5py.File(path, "r", locking=False) as f:
+                frames = len(np.unique(f["peaks/frame_idx"][()]))
         n_r = shapes.get("metadata/tth_axis", (0,))[0]
         n_eta = shapes.get("metadata/eta_axis", (0,))[0]
         return (
             f"a MIDAS per-eta peak-fit table (IntegratorZarrOMP caked_peaks.h5): {rows} peak row(s), "
             f"{frames} frame(s), {n_eta} eta x {n_r} radial bins"
         )
-    if name == "integrator_output.h5":
-        shapes = _h5_shapes(path)
-        groups = sorted({n.split("/", 1)[0] for n in shapes})
+    if name.endswith(".h5") and (groups := _stream_output_groups(path)):
+        # integrator_output.h5, or any name MIDAS's --output-h5 gave it
         return f"MIDAS's post-processed stream output (integrator_output.h5): {', '.join(groups)}"
     if name.endswith(".mat"):
         try:
@@ -143,8 +161,6 @@ def _describe(path: Path) -> str | None:
         per_frame = _per_frame(size // 8, path, "_lineout.bin", "float64 value(s)")
         return f"raw float64 lineouts (IntegratorZarrOMP _lineout.bin): {per_frame}"
     if name.startswith("radint-map-") and name.endswith(".npz"):
-        import numpy as np
-
         with np.load(path) as z:
             rows, cols = (int(v) for v in z["shape"])
             n_r, n_eta = len(z["r_edges"]) - 1, len(z["eta_edges"]) - 1

@@ -528,16 +528,36 @@ class Pipeline:
         zip_too = " / .zarr.zip" if self.integrator.config.write_2d else ""
         log.info("stream: writing integrator_output.h5%s from the binary files", zip_too)
         try:
-            mapping = None
-            if self.mapping_file is not None:
-                raw = json.loads(self.mapping_file.read_text())
-                mapping = {int(k): v for k, v in raw.items()}
+            mapping = self._frame_mapping()
             written = write_stream_outputs(
                 self.output_dir, self.integrator.config, stream_file=self.output, mapping=mapping
             )
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except (OSError, ValueError, MemoryError) as e:
             log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
+
+    def _frame_mapping(self) -> dict[int, dict[str, Any]] | None:
+        """How integrator_output.h5 names the frames: the sender's ``frame_mapping.json``
+        (``mapping_file``), else the files a folder stream read them from (as MIDAS's folder
+        workflow names them: ``name`` or ``name:frameK``), else None (frame indices)."""
+        if self.mapping_file is not None:
+            try:
+                raw = json.loads(self.mapping_file.read_text())
+                return {int(k): v for k, v in raw.items()}
+            except (OSError, ValueError, AttributeError) as e:
+                # As integrator_stream_process_h5.py: said, and the files written all the same.
+                log.warning("stream: mapping file %s not read (%s): frames named by their "
+                            "index", self.mapping_file, e)  # fmt: skip
+                return None
+        from radint.io.nexus import open_result
+
+        with open_result(self.output) as f:
+            if "entry/stream/source" not in f:
+                return None
+            sources = f["entry/stream/source"].asstr()[()]
+        named = {k: {"filename": s.removeprefix("file:")} for k, s in enumerate(sources)
+                 if s.startswith("file:")}  # fmt: skip
+        return named or None
 
     def _midas_room(self, results: list[Any]) -> None:
         """OSError (ENOSPC) unless the disk holds this block's MIDAS binary records on top of
