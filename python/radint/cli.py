@@ -1387,7 +1387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="MIDAS 'Key value' overrides")
     p.add_argument("-o", "--output", default=".", help="output directory (default: .)")
     p.add_argument(
-        "-j", "--threads", "-nCPUs", dest="threads", type=_positive_int, default=None,
+        "-nCPUs", "-j", "--threads", dest="threads", type=_positive_int, default=None,
         help="threads (default: all; -nCPUs as DetectorMapper's)",
     )  # fmt: skip
     p.set_defaults(func=cmd_map)
