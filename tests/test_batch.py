@@ -1363,6 +1363,35 @@ def test_rerun_removes_the_partials_a_killed_run_left(tmp_path, small_config):
     assert sorted(p.name for p in out.glob(".*.partial")) == sorted(kept)
 
 
+def test_a_setup_with_no_pixel_is_refused_before_worker_processes_start(tmp_path, small_config):
+    """Review: with -nCPUs 2 the refusal came from each worker's initializer, and every file
+    then failed as "the worker process integrating it died (killed ... or crashed ...)"."""
+    from radint.exceptions import InvalidInputError
+
+    files = [tmp_path / f"{name}.tif" for name in "ab"]
+    for f in files:
+        tifffile.imwrite(f, ring_image(small_config, dtype=np.uint16))
+    off = small_config.replace(r_min_px=5000.0, r_max_px=6000.0)
+    with pytest.raises(InvalidInputError, match="no detector pixel reaches a bin"):
+        run_batch(off, files, tmp_path / "out", n_procs=2, n_threads=1)
+
+
+def test_skip_existing_skips_outputs_of_an_integrator_given_corrections(tmp_path, small_config,
+                                                                       caplog):  # fmt: skip
+    """Review: results store the corrections an Integrator was given as arguments; the skip
+    compared the files with its parameter-file configuration and redid every file ("made
+    otherwise: solid_angle_correction True -> False")."""
+    from radint import Integrator
+    from radint.batch import process_files
+
+    tifffile.imwrite(tmp_path / "a.tif", ring_image(small_config, dtype=np.uint16))
+    integ = Integrator(small_config, solid_angle="exact", pixel_weights="fraction", n_threads=1)
+    runs = [list(process_files([str(tmp_path / "a.tif")], tmp_path / "out", formats=["nexus"],
+                               integrator=integ, skip_existing=True)) for _ in range(2)]  # fmt: skip
+    assert [o.skipped for o in runs[0] + runs[1]] == [False, True]
+    assert "made otherwise" not in caplog.text
+
+
 def test_skip_existing_redoes_outputs_made_with_other_parameters(tmp_path, small_config, caplog):
     """Regression: --skip-existing kept an output made with RBinSize 1 beside new ones made
     with RBinSize 2, a mixed result set without a word. The configuration each NeXus/Zarr

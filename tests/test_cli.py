@@ -60,6 +60,15 @@ def test_plot(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), "-o", str(tmp_path / "p.txt")]) == 2
     assert "no image format for .txt; use one of" in capsys.readouterr().err
     assert not (tmp_path / "p.txt").exists()
+    # Review: checking the suffix closed every figure of the caller's (a notebook's) session.
+    import matplotlib.pyplot as plt
+
+    from radint.plot import plot_nexus
+
+    mine = plt.figure()
+    plot_nexus(tmp_path / "ceo2_pilatus.h5", tmp_path / "q.png")
+    assert plt.fignum_exists(mine.number)
+    plt.close(mine)
 
 
 def test_convert_a_stored_result(tmp_path, capsys):

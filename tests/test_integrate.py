@@ -1118,3 +1118,38 @@ def test_pyfai_habits_that_change_nothing_silently_are_warned(small_config, capl
         Integrator(cfg, polarization="kahn")  # used there: no second warning
     assert "Wavelength: 1e-10 Å is below 0.01 Å (1.2 MeV): Wavelength is in Å" in caplog.text
     assert caplog.text.count("no polarization correction is applied") == 1
+
+
+def test_no_pixel_left_is_judged_on_the_pixels_the_bins_reach(small_config):
+    """Review: a mask (or NaN dark) over every pixel the bins reach, leaving only detector
+    corners outside RMax, passed the whole-detector check and gave all-NaN results; an all-NaN
+    dark given per call too."""
+    from radint.corrections import pixel_geometry
+
+    r = pixel_geometry(small_config, 1)["r_px"].reshape(small_config.shape)
+    inside = r < small_config.r_max_px + 2
+    assert not inside.all()
+    with pytest.raises(InvalidInputError, match="every pixel the bins reach is masked"):
+        Integrator(small_config, mask=inside.astype(np.uint8))
+    with pytest.raises(InvalidInputError, match="every pixel the bins reach is masked"):
+        Integrator(small_config, dark=np.where(inside, np.nan, 0.0))
+    frame = ring_image(small_config, dtype=np.float64)
+    with pytest.raises(InvalidInputError, match="dark: every pixel is NaN or inf"):
+        Integrator(small_config).integrate(frame, dark=np.full(small_config.shape, np.nan))
+
+
+def test_pyfai_models_cannot_ride_on_a_midas_map(small_config, tmp_path):
+    """Review: `radint map` with SolidAngleModel exact wrote MIDAS's cos³2θ into Map.bin, and a
+    run with that map and the key stored "exact" while cos³2θ was applied."""
+    from radint.exceptions import MapFormatError
+
+    midas = small_config.with_overrides(["SolidAngleCorrection 1"])
+    exact = midas.with_overrides(["SolidAngleModel exact"])
+    with pytest.raises(MapFormatError, match="SolidAngleModel exact: Map.bin's weights hold"):
+        DetectorMap.build(exact).save_midas(tmp_path / "exact", exact)
+    DetectorMap.build(midas).save_midas(tmp_path / "midas", midas)
+    c_map = DetectorMap.load_midas(tmp_path / "midas", exact)
+    with pytest.raises(InvalidInputError, match="which solid angle exact cannot replace"):
+        Integrator(exact, detector_map=c_map)
+    with pytest.raises(radint.ParameterError, match="SolidAngleModel: expected midas or exact"):
+        small_config.replace(solid_angle_model="kahn").validate()

@@ -36,8 +36,8 @@ __version__: str
 
 def build_info() -> dict[str, Any]:
     """How this extension was built and what it finds at run time: ``profile`` ("release" /
-    "debug"), ``rayon_threads`` (the threads of a call without ``n_threads``), ``avx512_gathers`` (the gather kernels run here),
-    ``target_arch``."""
+    "debug"), ``rayon_threads`` (the threads of a call without ``n_threads``),
+    ``avx512_gathers`` (the gather kernels run here), ``target_arch``."""
 
 def parse_params(
     path: str, overrides: list[str] = ..., text: str | None = ...

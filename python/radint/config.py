@@ -24,12 +24,12 @@ from radint.exceptions import InvalidInputError, ParameterError, RadintFileNotFo
 
 log = logging.getLogger("radint")
 
-#: Keys of MIDAS files that name other files, resolved relative to the parameter file.
 #: MIDAS's FitROIPadding (ROI half-width, bins) and SNIPIterations defaults, which the fitting
 #: API's defaults are too.
 FIT_ROI_PADDING = 20
 SNIP_ITERATIONS = 50
 
+#: Keys of MIDAS files that name other files, resolved relative to the parameter file.
 FILE_FIELDS = (
     "mask_file",
     "distortion_file",

@@ -446,6 +446,16 @@ class DetectorMap:
                 "save_midas: this map is gradient-corrected or carries per-entry weights; write "
                 "the plain map (DetectorMap.build) and let the reader apply GradientCorrection"
             )
+        for on, name, default in (
+            (config.solid_angle_correction, "solid_angle_model", "midas"),
+            (config.polarization_correction, "polarization_model", "midas"),
+        ):
+            if on and getattr(config, name) != default:
+                raise MapFormatError(
+                    f"save_midas: {config.where_set(name)} {getattr(config, name)}: Map.bin's "
+                    "weights hold MIDAS's corrections (DetectorMapper folds cos³2θ and its "
+                    "polarization into them); write the map without the key"
+                )
         factor = None
         if config.solid_angle_correction or config.polarization_correction:
             from radint.corrections import midas_frac_factor

@@ -84,15 +84,17 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
     ------
     InvalidInputError
         ``PixelWeights fraction`` with a compat: MIDAS's rules weigh by area, and dropping the
-        key silently would leave outputs whose stored configuration says fraction.
+        key silently would leave outputs whose stored configuration says fraction; likewise
+        ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on.
     """
     if compat and config.pixel_weights == "fraction":
         raise InvalidInputError(
             f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
             f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
         )
-    for name in ("solid_angle_model", "polarization_model"):
-        if compat and getattr(config, name) != "midas":
+    for name, on in (("solid_angle_model", config.solid_angle_correction),
+                     ("polarization_model", config.polarization_correction)):  # fmt: skip
+        if compat and on and getattr(config, name) != "midas":
             raise InvalidInputError(
                 f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
                 f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
@@ -384,7 +386,9 @@ class Integrator:
         #: batch --skip-existing`` compares it): the rules and whose map.
         self.rules = rules_identity(compat, midas_dir)
         self._scale = self._pixel_scale(mask, flat, solid_angle, polarization)
-        self._result_config = self._applied_config(solid_angle, polarization)
+        #: The configuration results carry (and files store): :attr:`config` with the
+        #: corrections and pixel weights given as arguments in place of the file's.
+        self.applied_config = self._applied_config(solid_angle, polarization)
         if (
             "PolarizationFraction" in config.set_at
             and not self.polarization_model
@@ -554,10 +558,16 @@ class Integrator:
                 + (" (mask= is non-zero everywhere: non-zero masks a pixel, as in MIDAS)"
                    if mask is not None else " (flat <= 0 or NaN everywhere)")
             )  # fmt: skip
+        usable = None if self._scale is None else np.isfinite(self._scale)
+        if self._dark_bad is not None:
+            usable = ~self._dark_bad if usable is None else usable & ~self._dark_bad
+        if usable is not None and not usable[np.asarray(self.map.pixel)].any():
+            raise InvalidInputError(
+                "every pixel the bins reach is masked (mask= / MaskFile, a flat <= 0 or NaN, "
+                "a NaN dark): nothing would be integrated"
+            )
         if self._dark_bad is not None:
             n_bad, n = int(self._dark_bad.sum()), self._dark_bad.size
-            if n_bad == n:
-                raise InvalidInputError(f"dark: every pixel is NaN or inf ({n} pixels)")
             log.warning(
                 "dark: %d of %d pixels are NaN or inf: they are left out of every frame "
                 "(counted in metadata['nan_pixels'])", n_bad, n,
@@ -580,6 +590,14 @@ class Integrator:
         cfg = self.config
         solid_angle_model, polarization_model = self._models(solid_angle_model, polarization_model)
         if self.map.corrections_folded and (solid_angle_model or polarization_model):
+            other = [f"{what} {model}" for what, model in (("solid angle", solid_angle_model),
+                     ("polarization", polarization_model)) if model not in (None, "midas")]  # fmt: skip
+            if other:
+                raise InvalidInputError(
+                    f"{self.map.origin}: its weights hold MIDAS's solid-angle / polarization "
+                    f"corrections (DetectorMapper folds them in), which {', '.join(other)} "
+                    "cannot replace: drop the MIDAS map (--midas-map) or the model"
+                )
             log.info(
                 "MIDAS map: corrections are already folded into its weights; not applied again"
             )
@@ -931,7 +949,10 @@ class Integrator:
             raise ShapeError(
                 f"dark: expected shape {self.config.shape} (rows, columns), got {d.shape}"
             )
-        return np.ascontiguousarray(d, dtype=np.float64).ravel()
+        flat = np.ascontiguousarray(d, dtype=np.float64).ravel()
+        if d.dtype.kind == "f" and not np.isfinite(flat).any():
+            raise InvalidInputError(f"dark: every pixel is NaN or inf ({flat.size} pixels)")
+        return flat
 
     def _prepare_variance(self, variance: Any) -> np.ndarray | None:
         if variance is None:
@@ -1294,7 +1315,7 @@ class Integrator:
             lineout_sigma=line("lineout_sigma") if "lineout_sigma" in out else None,
             area=cake("area"),
             count=cake("count"),
-            config=self._result_config,
+            config=self.applied_config,
             normalized=self.normalize,
             lineout_mode=self.lineout_mode,
             frame_ids=np.arange(n) if stack else None,

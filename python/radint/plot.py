@@ -138,9 +138,10 @@ def _check_image_path(output: str | Path | None) -> None:
     work: ``-o plot.txt`` ended in matplotlib's traceback after the file was read."""
     if output is None:
         return
+    from matplotlib.backend_bases import FigureCanvasBase
+
     suffix = Path(output).suffix.lower().lstrip(".")
-    supported = _pyplot().figure().canvas.get_supported_filetypes()
-    _pyplot().close("all")
+    supported = FigureCanvasBase.get_supported_filetypes()
     if suffix not in supported:
         raise InvalidInputError(
             f"{output}: no image format for {'.' + suffix if suffix else 'a name without a suffix'}"

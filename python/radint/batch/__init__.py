@@ -538,7 +538,7 @@ def process_files(
                     log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
                 nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]
-                changes = _made_otherwise(nexus, integ.config, integ.rules, path)
+                changes = _made_otherwise(nexus, integ.applied_config, integ.rules, path)
                 if not changes:
                     yield ("skip", i, path, [str(p) for p in expected])
                     continue
@@ -1107,6 +1107,12 @@ def run_batch(
         detector_map = DetectorMap.load_midas(midas_map, config, n_threads=build_threads)
     else:
         detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
+    if dask or n_procs > 1:
+        # Other processes build their Integrators, where a refused setup (no pixel left to
+        # integrate, an all-NaN dark) read as workers that died: refused here first, once.
+        from radint.integrator import Integrator
+
+        Integrator(config, detector_map=detector_map, dark=dark, compat=compat, n_threads=n_threads)
     # Made once the map is there: a run refused before (a wrong MIDAS map folder) leaves no folder.
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(names) if names else [None] * len(files)

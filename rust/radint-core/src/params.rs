@@ -1136,6 +1136,27 @@ impl Params {
         if let Some(message) = module_gaps_problem(&self.module_gaps) {
             return Err(self.invalid("ModuleGaps", message));
         }
+        // The parser checks these; a configuration built in Python (replace()) is not parsed.
+        for (key, value, choices) in [
+            ("PixelWeights", &self.pixel_weights, ["area", "fraction"]),
+            (
+                "SolidAngleModel",
+                &self.solid_angle_model,
+                ["midas", "exact"],
+            ),
+            (
+                "PolarizationModel",
+                &self.polarization_model,
+                ["midas", "kahn"],
+            ),
+        ] {
+            if !choices.contains(&value.as_str()) {
+                return Err(self.invalid(
+                    key,
+                    format!("expected {}, got '{value}'", choices.join(" or ")),
+                ));
+            }
+        }
         if self.n_panels_y > 0 || self.n_panels_z > 0 {
             if self.panel_size_y == 0 || self.panel_size_z == 0 {
                 return Err(self.invalid(
