@@ -1153,3 +1153,20 @@ def test_pyfai_models_cannot_ride_on_a_midas_map(small_config, tmp_path):
         Integrator(exact, detector_map=c_map)
     with pytest.raises(radint.ParameterError, match="SolidAngleModel: expected midas or exact"):
         small_config.replace(solid_angle_model="kahn").validate()
+
+
+def test_the_default_rmax_far_past_a_small_detector_is_warned(small_config, caplog, monkeypatch):
+    """Audit (pyFAI users): a PONI file run without RMin/RMax took MIDAS's RMax 1524 px; on a
+    300x200 detector whose corner is at R 222 px, 85 % of the radial bins were empty."""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    lines = small_config.midas_text().splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("RMax "))
+    default = IntegrationConfig.from_text(text, "p.txt")
+    assert "RMax" not in default.set_at and default.r_max_px == 1524
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        Integrator(small_config)
+        assert "MIDAS's default" not in caplog.text
+        Integrator(default)
+    assert "RMax 1524 px (MIDAS's default) lies far past the detector" in caplog.text

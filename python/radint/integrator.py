@@ -558,6 +558,20 @@ class Integrator:
                 + (" (mask= is non-zero everywhere: non-zero masks a pixel, as in MIDAS)"
                    if mask is not None else " (flat <= 0 or NaN everywhere)")
             )  # fmt: skip
+        if cfg.radial_mode == "r" and "RMax" not in cfg.set_at:
+            # MIDAS's default RMax (1524 px) suits a large detector: on a small one (a PONI
+            # file without RMin/RMax overrides, say) most radial bins would be NaN.
+            counts = np.diff(np.asarray(self.map.indptr, dtype=np.int64))
+            reached = np.flatnonzero(counts.reshape(self.map.n_r, self.map.n_eta).any(axis=1))
+            if reached.size and reached[-1] + 1 < self.map.n_r // 2:
+                edges = np.asarray(self.map.r_edges_px)
+                warn_once(
+                    ("default RMax past the detector", cfg.r_max_px, float(edges[reached[-1] + 1])),
+                    "RMax %g px (MIDAS's default) lies far past the detector, whose pixels end "
+                    "at R %.1f px: %d of %d radial bins hold nothing; set RMax (and RBinSize)",
+                    cfg.r_max_px, float(edges[reached[-1] + 1]),
+                    self.map.n_r - reached[-1] - 1, self.map.n_r,
+                )  # fmt: skip
         usable = None if self._scale is None else np.isfinite(self._scale)
         if self._dark_bad is not None:
             usable = ~self._dark_bad if usable is None else usable & ~self._dark_bad
