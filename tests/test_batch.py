@@ -568,8 +568,11 @@ def test_batch_midas_flags_dark_location_overrides_and_out_name(tmp_path, small_
                  "RBinSize", "2"]) == 0  # fmt: skip
     assert main(["batch", "-paramFN", str(params), "-dataFN", str(other), "-resultFolder",
                  str(tmp_path / "o3"), "-RBinSize", "2", "-outName", "named"]) == 0  # fmt: skip
+    # integrator.py strips the dashes of --Key value too (audit: it was "unrecognized").
+    assert main(["batch", "-paramFN", str(params), "-dataFN", str(other), "-resultFolder",
+                 str(tmp_path / "o6"), "--RBinSize", "2"]) == 0  # fmt: skip
     for path in (tmp_path / "o2" / "scan.h5", tmp_path / "o2" / "other.h5",
-                 tmp_path / "o3" / "named.h5"):  # fmt: skip
+                 tmp_path / "o3" / "named.h5", tmp_path / "o6" / "other.h5"):  # fmt: skip
         with h5py.File(path) as f:
             assert f["entry/azint2d/data/I"].shape[-1] == n_r
     capsys.readouterr()

@@ -1779,22 +1779,23 @@ def _take_trailing_tokens(
 
 
 def _dash_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``radint batch``: MIDAS's integrator.py takes ``-Key value`` as a parameter override
-    (spec §8.1); such a ``-Key`` that is not one of batch's own options becomes ``Key``."""
+    """``radint batch``: MIDAS's integrator.py takes ``-Key value`` (and ``--Key value``: it
+    strips the dashes) as a parameter override (spec §8.1); such a ``-Key`` / ``--Key`` that is
+    not one of batch's own options becomes ``Key``."""
     commands = [t for t in argv if not t.startswith("-")]
     if not commands or commands[0] != "batch":
         return argv
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     own = set(sub.choices["batch"]._option_string_actions)
+
+    def key(token: str) -> str:
+        name = token[2:] if token.startswith("--") else token[1:]
+        if token in own or _is_number(token) or not token.startswith("-"):
+            return token
+        return name if name[:1].isupper() or name in _LOWER_KEYS else token
+
     at = argv.index("batch")
-    rest = [
-        t[1:]
-        if t.startswith("-") and t not in own and not _is_number(t)
-        and (t[1:2].isupper() or t[1:] in _LOWER_KEYS)
-        else t
-        for t in argv[at + 1 :]
-    ]  # fmt: skip
-    return [*argv[: at + 1], *rest]
+    return [*argv[: at + 1], *map(key, argv[at + 1 :])]
 
 
 def _is_own(record: logging.LogRecord) -> bool:
