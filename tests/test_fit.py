@@ -819,3 +819,17 @@ def test_fits_ending_on_their_bounds_are_warned(caplog) -> None:
     assert list(table.status_name) == ["at_bound"] * 3
     assert "3 of 3 peak fit(s) ended on a bound of their ROI" in caplog.text
     assert "raise FitROIPadding" in caplog.text
+
+
+def test_a_fit_reports_no_error_of_zero() -> None:
+    """Audit: fits of pure noise at a requested position ended with both widths on their floors
+    ("converged", FWHM 1e-4 bin) and reported FWHM, width and centre errors of exactly 0, which
+    weigh infinitely in any weighted mean. An error is NaN where the covariance gives none."""
+    rng = np.random.default_rng(0)
+    x = np.arange(10.5, 170.5, 1.0)
+    t = rfit.fit_peaks(x, 50 + rng.normal(size=(300, x.size)) * 0.5, positions=[158.4])
+    ok = t.status == 0
+    assert ok.sum() > 100
+    for name in ("area", "center", "sig", "gam", "fwhm", "eta_mix"):
+        errors = getattr(t, f"{name}_err")[ok]
+        assert not (errors == 0).any(), name

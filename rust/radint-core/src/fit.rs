@@ -699,11 +699,11 @@ fn peak_row(res: &LmResult, k: usize, chi2: f64) -> PeakFit {
     };
     let delta = |ds: f64, dg: f64| {
         let v = ds * ds * cov(2, 2) + 2.0 * ds * dg * cov(2, 3) + dg * dg * cov(3, 3);
-        // NaN (singular covariance) must stay NaN; f64::max would turn it into 0.
-        if v.is_nan() {
-            f64::NAN
+        // A variance that is not > 0 (singular covariance, NaN) has no error: NaN, never 0.
+        if v > 0.0 {
+            v.sqrt()
         } else {
-            v.max(0.0).sqrt()
+            f64::NAN
         }
     };
     PeakFit {

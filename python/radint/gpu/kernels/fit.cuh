@@ -787,10 +787,10 @@ RF_HD bool rf_hold_centres(int n_peaks, double* start, double* lower, double* up
     return blended;
 }
 
+// fit.rs peak_row: a variance that is not > 0 (singular, NaN) gives NaN, never an error of 0.
 RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
     const double v = ds * ds * vs + 2.0 * ds * dg * csg + dg * dg * vg;
-    if (v != v) return v;
-    return RF_SQRT(v > 0.0 ? v : 0.0);
+    return v > 0.0 ? RF_SQRT(v) : 0.0 / 0.0;
 }
 
 // Fit one job: ROI x/y[lo..=hi], peaks at global bin indices peak_index[0..n_peaks), written to
@@ -956,7 +956,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         v[5] = t.eta;
         v[6] = chi2;
         for (int c = 0; c < 4; ++c)
-            e[c] = have_cov && !pinned[o + c] ? RF_SQRT(var[o + c] > 0.0 ? var[o + c] : 0.0) : nan;
+            e[c] = have_cov && !pinned[o + c] && var[o + c] > 0.0 ? RF_SQRT(var[o + c]) : nan;
         e[4] = have_cov ? rf_delta(t.dgamma_dsig, t.dgamma_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
         e[5] = have_cov ? rf_delta(t.deta_dsig, t.deta_dgam, var[o + 2], cov_sg[k], var[o + 3]) : nan;
         e[6] = nan;

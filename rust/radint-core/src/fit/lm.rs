@@ -456,7 +456,9 @@ fn finish(
         .unwrap_or_default();
     let std_errors = (0..n)
         .map(|i| match covariance.get(i * n + i) {
-            Some(v) if !pinned[i] => v.max(0.0).sqrt(),
+            // A free parameter's variance of 0 (a width floor where the model does not move
+            // with it) is no error of 0: NaN, as for a singular covariance.
+            Some(&v) if !pinned[i] && v > 0.0 => v.sqrt(),
             _ => f64::NAN,
         })
         .collect();
