@@ -1178,6 +1178,28 @@ def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_confi
     assert "a14.h5: 8 frame(s)" in stdout
 
 
+def test_a_file_failed_by_a_dead_worker_leaves_none_of_its_outputs(tmp_path):
+    """Audit (worker SIGKILLed mid-file): a file reported FAILED kept the outputs its worker had
+    already put in place (scan.caked.hdf, .zarr.zip, _lineout.xy without the .h5), which a
+    script globbing *.caked.hdf would take. Outputs of an earlier run stay."""
+    import os
+    import time
+
+    from radint.batch import _lost_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    since = time.time() - 5
+    for name in ("scan.caked.hdf", "scan_lineout.xy"):
+        (out / name).write_bytes(b"x")
+    (out / "old.caked.hdf").write_bytes(b"x")
+    os.utime(out / "old.caked.hdf", (since - 100, since - 100))
+    outcomes = _lost_run(["scan.tif", "old.tif"], [None, None], out, ["nexus", "caked", "xy"],
+                         since)  # fmt: skip
+    assert [o.ok for o in outcomes] == [False, False]
+    assert sorted(p.name for p in out.iterdir()) == ["old.caked.hdf"]
+
+
 def _kill_pool_workers_when(
     proc: subprocess.Popen[str], ready: Path, timeout: float
 ) -> tuple[str, str]:

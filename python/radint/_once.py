@@ -19,3 +19,11 @@ def warn_once(key: Hashable, message: str, *args: Any) -> None:
         return
     GIVEN.add(key)
     log.warning(message, *args)
+
+
+def info_once(key: Hashable, message: str, *args: Any) -> None:
+    """``log.info(message, *args)`` unless a message with ``key`` was given before."""
+    if key in GIVEN:
+        return
+    GIVEN.add(key)
+    log.info(message, *args)

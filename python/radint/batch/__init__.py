@@ -1242,6 +1242,12 @@ def _lost_run(
         if complete and skipping is not None and not _made_otherwise(finals, *skipping, path):
             out.append(FileOutcome(path, True, skipped=True, outputs=list(map(str, finals))))
             continue
+        # A failed file leaves none of its outputs: those the worker had already put in place
+        # (caked.hdf before the .h5, say) go, unless they are an earlier run's.
+        for final in finals:
+            if _written_since(final, since):
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(final) if final.is_dir() else final.unlink()
         # Workers that never finished a run may not have started at all: spawned workers
         # import the caller's script, which without a __main__ guard starts the batch again
         # inside them (multiprocessing's RuntimeError, printed by each worker).

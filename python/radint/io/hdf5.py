@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radint._once import info_once
 from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
 
@@ -169,13 +170,13 @@ class Hdf5Source(FrameSource):
         if dataset is None and name not in self._file:
             members = dectris_members(self._file.get(DECTRIS_GROUP))
             if members:
-                log.info(
-                    "%s: no %s; reading the Dectris master file's %s (%d data file(s))",
-                    path,
-                    DEFAULT_DATASET,
-                    DECTRIS_GROUP,
-                    len(members),
-                )
+                # Once per process: a batch of master files would say it for every file.
+                info_once(
+                    "Dectris master read",
+                    "%s: no %s; reading the Dectris master file's %s (%d data file(s)); other "
+                    "master files likewise",
+                    path, DEFAULT_DATASET, DECTRIS_GROUP, len(members),
+                )  # fmt: skip
                 name = DECTRIS_GROUP
         self.label = f"{path}:{name}"
         obj = self._file.get(name)
