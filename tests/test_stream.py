@@ -28,6 +28,7 @@ from radint.exceptions import RadintError
 from radint.integrator import Integrator
 from radint.stream import FolderSource, Pipeline, PvaSource, TcpSource, send_frames
 from radint.stream import pipeline as pipeline_mod
+from radint.stream.control import UNCHANGED
 from radint.stream.protocol import (
     DTYPES,
     ProtocolError,
@@ -2064,11 +2065,29 @@ def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):
     spec = control.poll(spec)
     assert spec.positions_px == (12.25, 24.5, 30.0, 80.0)
     # Without a mode line, line 1 is the mode line as in MIDAS (a comment here): replace with
-    # every position after it; a comment alone changes nothing.
+    # every position after it; a comment alone changes nothing and is kept as .rejected.
     (tmp_path / "peak_update.txt").write_text("# picked in viewer\n12.25\n24.5\n")
     assert control.poll(spec).positions_px == (12.25, 24.5)
     (tmp_path / "peak_update.txt").write_text("# placeholder\n")
-    assert control.poll(spec).positions_px == spec.positions_px
+    assert control.poll(spec) is UNCHANGED
+    assert (tmp_path / "peak_update.txt.rejected").read_text() == "# placeholder\n"
+
+
+def test_peak_update_txt_without_its_mode_line_is_said(config, tmp_path, caplog):
+    """Audit: a plain list of radii lost its first radius to the mode line without a word, and
+    a file with no radius (junk, `mode replace` alone) was logged "applied" and deleted."""
+    from radint.fit import FitSpec
+    from radint.stream.control import PeakControl
+
+    control = PeakControl(tmp_path, config)
+    start = FitSpec(positions_px=(30.0,))
+    (tmp_path / "peak_update.txt").write_text("57.66\n78.70\n")
+    assert control.poll(start).positions_px == (78.7,)  # as MIDAS reads it
+    assert "line 1 ('57.66') is taken as the mode line, as MIDAS reads it" in caplog.text
+    for junk in ("garbage\n", "mode replace\n"):
+        (tmp_path / "peak_update.txt").write_text(junk)
+        assert control.poll(start) is UNCHANGED
+        assert "no radius > 0 after the mode line" in caplog.text
 
 
 def _write_failure_run(integrator, tmp_path, monkeypatch, runs: list[int], end_with_first: bool):
@@ -2224,7 +2243,7 @@ def test_summary_says_how_long_each_stage_worked(integrator, tmp_path):
 def test_live_auto_beyond_the_peak_table_is_refused(tmp_path, config, caplog):
     """{"auto": N} with N above the stream's 100 peak slots is refused with a log line and the
     current peaks stay (it was applied, and the writer then failed and stopped the stream)."""
-    from radint.stream.control import MAX_PEAKS, UNCHANGED, PeakControl
+    from radint.stream.control import MAX_PEAKS, PeakControl
 
     control = PeakControl(tmp_path, config)
     (tmp_path / "peaks.json").write_text(json.dumps({"auto": MAX_PEAKS + 50}))

@@ -109,6 +109,12 @@ class PeakControl:
         mode_at = 0
         if first is not None and lines[first].split()[0].lower() == "mode":
             mode_at = first
+        elif lines[0].split() and _is_radius(lines[0].split()[0]):
+            log.warning(
+                "peak control: line 1 (%r) is taken as the mode line, as MIDAS reads it: its "
+                "radius is not used; start the file with 'mode replace' or 'mode append'",
+                lines[0],
+            )  # fmt: skip
         append = "append" in lines[mode_at]
         r_px = []
         for n, line in enumerate(lines[mode_at + 1 :], start=mode_at + 2):
@@ -126,8 +132,9 @@ class PeakControl:
                 log.warning("peak control: line %d skipped (not an R value > 0 in pixels): %r",
                             n, line)  # fmt: skip
         if not r_px:
-            # MIDAS ignores an update without positions; so do we.
-            return current
+            # MIDAS ignores an update without positions; so do we, keeping the file (a list
+            # written without its mode line loses its only radius to line 1).
+            raise InvalidInputError("no radius > 0 after the mode line: nothing changed")
         return self._positions(r_px, append, current)
 
     def _parse_json(self, text: str, current: FitSpec | None) -> FitSpec | None:
@@ -222,3 +229,10 @@ def _describe(spec: FitSpec | None) -> str:
         + ", ".join(f"{r:.2f}" for r in spec.positions_px)
         + " px"
     )
+
+
+def _is_radius(token: str) -> bool:
+    try:
+        return math.isfinite(float(token)) and float(token) > 0
+    except ValueError:
+        return False
