@@ -576,6 +576,14 @@ impl Params {
                     _ => self.peak_locations.clear(),
                 }
             }
+            // Said for an override as for a file's line (`MaxNPeaks 2` beside AutoDetectPeaks
+            // on the command line was ignored without a word).
+            if let Some(message) = self.midas_difference(&line) {
+                self.midas_notes.push(ParamNote {
+                    message,
+                    location: line.location.clone(),
+                });
+            }
             self.apply(&line)?;
         }
         Ok(())
@@ -1314,6 +1322,19 @@ fn canonical_key(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_override_midas_reads_otherwise_is_said_as_a_file_line_is() {
+        let mut p = Params::parse("AutoDetectPeaks 1\n", "p.txt").unwrap();
+        p.apply_overrides(&["MaxNPeaks 2".to_string()]).unwrap();
+        assert_eq!(p.max_n_peaks, 1);
+        assert!(
+            p.midas_notes
+                .iter()
+                .any(|n| n.message.starts_with("MaxNPeaks ignored")
+                    && n.location.file == "<override>")
+        );
+    }
 
     #[test]
     fn nr_pixels_is_where_both_sizes_were_set() {
