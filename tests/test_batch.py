@@ -68,7 +68,10 @@ def test_batch_cli_with_midas_flags(series, capsys):
     rc = main(
         ["batch", str(params), str(files[0]), str(files[1]), "-o", str(out), "--skip-existing"]
     )
-    assert rc == 0 and "skipped (outputs exist)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert rc == 0 and "skipped (outputs exist)" in printed
+    # Audit: the summary said "2/2 file(s) ok, 0 frames", not that they were skipped.
+    assert "2/2 file(s) ok (2 skipped: outputs there already), 0 frames" in printed
     # An output cut short elsewhere (a copy, a killed tool) is not taken as done.
     broken = out / "scan_000002.h5"
     broken.write_bytes(broken.read_bytes()[:3000])

@@ -869,7 +869,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     _check_run(paths, out_dir, tuple(formats), inputs_must_exist=False)
     failed: list[tuple[str, str]] = []
     reported: set[str] = set()
-    frames = n_done = 0
+    frames = n_done = skipped = 0
     t0 = time.perf_counter()
     started = time.time() - 1.0  # file times may be rounded down to the second
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -884,15 +884,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
             # Frames of files finished while stopping are read from their NeXus/Zarr outputs;
             # those without one cannot be counted, and the line says so.
             counted = f" (of {n_done - len(failed) - uncounted} file(s))" if uncounted else ""
+            kept = f" ({skipped} skipped: outputs there already)" if skipped else ""
             print(
-                f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok, {frames} frames"
-                f"{counted} in {elapsed:.1f} s{tail}"
+                f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok{kept}, {frames} "
+                f"frames{counted} in {elapsed:.1f} s{tail}"
             )
 
         def on_done(o):
-            nonlocal frames, n_done
+            nonlocal frames, n_done, skipped
             frames += o.n_frames
             n_done += 1
+            skipped += bool(o.skipped)
             reported.add(o.path)
             rate = frames / max(time.perf_counter() - t0, 1e-9)
             if not o.ok:  # counted before the bar shows it (the last file's failure too)
