@@ -1102,7 +1102,7 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
     params = tmp_path / "p.txt"
     params.write_text(small_config.midas_text())
     _h5_frames(tmp_path / "a.h5", np.stack([ring_image(small_config, dtype=np.uint16)] * 4))
-    os.mkfifo(tmp_path / "b.tif")  # its worker waits here until it is killed
+    os.mkfifo(tmp_path / "b.tif")  # a worker that reads it is killed
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "radint.cli", "batch", str(params), str(tmp_path / "a.h5"),
@@ -1110,12 +1110,57 @@ def test_a_worker_killed_fails_its_files_not_the_batch(tmp_path, small_config):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
-    stdout, stderr = _kill_pool_workers_when(proc, out / "a.h5", 60)
+    stdout, stderr, kills = _kill_workers_reading(proc, tmp_path / "b.tif", 120)
     assert proc.returncode == 1, stderr
+    assert kills == 3, stderr  # in its run, in a run of its own, alone on one process
     assert "Traceback" not in stderr and "worker process integrating it died" in stderr
+    assert "also when it integrated this file alone" in stderr
     assert "__main__" not in stderr  # the radint command is not a script to guard
     assert "1/2 file(s) ok" in stdout
     assert sorted(p.name for p in out.iterdir() if p.name != ".radint-cache") == ["a.h5"]
+
+
+def test_files_of_a_worker_killed_once_are_retried_not_failed(tmp_path, small_config):
+    """A pool worker SIGKILLed once mid-batch (the OOM killer under memory pressure) broke the
+    pool: every file not yet reported failed. The file it was on is retried and the rest go on
+    in a new pool: every file done, each once, exit code 0."""
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    inputs = []
+    for j in range(16):
+        _h5_frames(tmp_path / f"a{j:02d}.h5", frames)
+        inputs.append(str(tmp_path / f"a{j:02d}.h5"))
+    os.mkfifo(tmp_path / "m.tif")  # its reader is killed once, then it is a TIFF
+    tifffile.imwrite(tmp_path / "real.tif", frames[0])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), *inputs[:8],
+         str(tmp_path / "m.tif"), *inputs[8:], "-o", str(out), "-nCPUs", "2",
+         "-nCPUsLocal", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stdout, stderr, kills = _kill_workers_reading(
+        proc, tmp_path / "m.tif", 120, tmp_path / "real.tif"
+    )
+    assert kills == 1 and proc.returncode == 0, stderr
+    assert "17/17 file(s) ok" in stdout, stdout
+    retried = [line for line in stderr.splitlines() if "retrying" in line]
+    assert len(retried) == 1 and "worker process died" in retried[0], stderr
+    assert "m.tif" in retried[0] and "alone" not in retried[0], stderr
+    assert stderr.count("PolarizationFraction") == 1, stderr  # not once more per worker
+    made = sorted(p.name for p in out.iterdir() if p.name != ".radint-cache")
+    assert made == sorted([f"a{j:02d}.h5" for j in range(16)] + ["m.h5"])
+    assert not list((out / ".radint-cache").glob("in-flight-*"))
+    for name in made:
+        with h5py.File(out / name) as f:
+            assert f["entry/azint2d/data/I"].shape[0] == (1 if name == "m.h5" else 2)
 
 
 def test_a_script_without_a_main_guard_is_told_why_its_workers_died(tmp_path, small_config):
@@ -1169,7 +1214,7 @@ def test_files_a_killed_worker_completed_are_reported_done(tmp_path, small_confi
          "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    stdout, stderr = _kill_pool_workers_when(proc, out / "a14.h5", 90)
+    stdout, stderr, _ = _kill_workers_reading(proc, tmp_path / "z.tif", 120)
     assert proc.returncode == 1, stderr
     assert "15/16 file(s) ok" in stdout, stdout
     assert "z.tif: the worker process integrating it died" in stderr
@@ -1188,7 +1233,7 @@ def test_a_file_failed_by_a_dead_worker_leaves_none_of_its_outputs(tmp_path):
     import os
     import time
 
-    from radint.batch import _lost_run
+    from radint.batch import _salvaged
 
     out = tmp_path / "out"
     out.mkdir()
@@ -1197,10 +1242,76 @@ def test_a_file_failed_by_a_dead_worker_leaves_none_of_its_outputs(tmp_path):
         (out / name).write_bytes(b"x")
     (out / "old.caked.hdf").write_bytes(b"x")
     os.utime(out / "old.caked.hdf", (since - 100, since - 100))
-    outcomes = _lost_run(["scan.tif", "old.tif"], [None, None], out, ["nexus", "caked", "xy"],
-                         since)  # fmt: skip
-    assert [o.ok for o in outcomes] == [False, False]
+    for path in ("scan.tif", "old.tif"):
+        assert _salvaged(path, None, out, ["nexus", "caked", "xy"], since) is None
     assert sorted(p.name for p in out.iterdir()) == ["old.caked.hdf"]
+
+
+def _kill_workers_reading(
+    proc: subprocess.Popen[str], fifo: Path, timeout: float, then: Path | None = None
+) -> tuple[str, str, int]:
+    """SIGKILL every pool worker of the batch process ``proc`` that opens ``fifo`` to read it,
+    as a file that crashes its reader would, until ``proc`` ends (or ``timeout`` s); returns
+    the batch's (stdout, stderr) and how many workers were killed. With ``then``, a file, the
+    first kill is the only one: ``then`` replaces the fifo (a death that does not recur)."""
+    import errno
+    import os
+    import signal
+    import threading
+    import time
+
+    killed: set[int] = set()
+
+    def killer() -> None:
+        while proc.poll() is None and not (then and killed):
+            try:  # succeeds once a reader has the fifo open (or is blocked opening it)
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                assert e.errno == errno.ENXIO, e
+                time.sleep(0.02)
+                continue
+            try:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    readers = _pids_with_open(fifo) - killed  # the killed may linger
+                    if readers:
+                        for pid in readers:
+                            os.kill(pid, signal.SIGKILL)
+                        killed.update(readers)
+                        if then:
+                            os.replace(then, fifo)
+                        break
+                    time.sleep(0.01)
+            finally:
+                os.close(fd)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        thread.join(5)
+        return stdout, stderr, len(killed)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _pids_with_open(path: Path) -> set[int]:
+    """Processes other than this one that have ``path`` open (a scan of /proc, where
+    processes come and go)."""
+    import os
+
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if int(pid) != os.getpid() and any(
+                os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in fds
+            ):
+                pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
 
 
 def _kill_pool_workers_when(
@@ -1797,7 +1908,6 @@ def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_conf
     import os
     import subprocess
     import sys
-    import threading
     import time
 
     params = tmp_path / "p.txt"
@@ -1815,21 +1925,12 @@ def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_conf
         os.utime(given, (time.time() - 7200, time.time() - 7200))
     fifo = tmp_path / "z.tif"
     os.mkfifo(fifo)  # 16 files, -nCPUs 2: runs of 2; (a14, z) is the last
-    opened = tmp_path / "z-opened"
-
-    def mark_when_read() -> None:
-        fd = os.open(fifo, os.O_WRONLY)  # returns once the worker opens it to read
-        opened.touch()
-        time.sleep(5)
-        os.close(fd)
-
-    threading.Thread(target=mark_when_read, daemon=True).start()
     proc = subprocess.Popen(
         [sys.executable, "-m", "radint.cli", "batch", str(params), *inputs, str(fifo),
          "-o", str(out), "-nCPUs", "2", "-nCPUsLocal", "1", "--skip-existing"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    stdout, stderr = _kill_pool_workers_when(proc, opened, 90)
+    stdout, stderr, _ = _kill_workers_reading(proc, fifo, 120)
     assert proc.returncode == 1, stderr
     assert "15/16 file(s) ok" in stdout, stdout
     assert "z.tif: the worker process integrating it died" in stderr

@@ -119,7 +119,13 @@ def _init_pool_worker(*args: Any) -> None:
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), name="radint-parent-watch", daemon=True
     ).start()
-    _init_worker(*args)
+    # The parent built the same Integrator first and gave its warnings (the configuration's,
+    # the dark's): every worker of every pool repeated them.
+    logging.disable(logging.WARNING)
+    try:
+        _init_worker(*args)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 #: How often a pool worker checks that its parent is alive, and how long it may then take to
@@ -1151,119 +1157,203 @@ def run_batch(
             for i, o in enumerate(outcomes_):
                 done(i, o)
     else:
-        import multiprocessing
-
-        # spawn, not fork: forking a process whose rayon threads may hold locks can deadlock.
-        started = time.time() - 1.0  # outputs written since (mtime; coarse clocks allowed)
         # What a worker compares stored outputs with under --skip-existing.
         from radint.integrator import rules_identity
 
         skipping = (config.validate(), rules_identity(compat, midas_map)) if skip_existing else None
-        pool = ProcessPoolExecutor(
-            n_procs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_pool_worker,
-            initargs=(config, str(cache), n_threads, backend, None, dark, compat, midas_map),
-        )
-        try:
-            # Each task is a run of consecutive files through one process_files pipeline, so a
-            # worker overlaps reading, integrating and writing across them as a single process
-            # does; runs are short enough (4 per process at least) to keep the processes busy.
-            size = max(1, min(16, len(files) // (4 * n_procs)))
-            futures = {
-                pool.submit(_process_run, files[k : k + size], names[k : k + size], opts): k
-                for k in range(0, len(files), size)
-            }
-            finished_runs = 0
-            for fut in as_completed(futures):
-                k = futures[fut]
-                try:
-                    run = fut.result()
-                    finished_runs += 1
-                except BrokenProcessPool:
-                    # A worker died (killed, out of memory): the files of its run and of every
-                    # run not done fail with that reason, the others' results stand.
-                    run = _lost_run(
-                        files[k : k + size], names[k : k + size], out_dir, formats, started,
-                        skipping=skipping, n_r=detector_map.n_r, none_finished=not finished_runs,
-                    )  # fmt: skip
-                for j, o in enumerate(run):
-                    done(k + j, o)
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped and the
-            # workers are told to stop as this process was; each removes the files it had not
-            # finished (files it finished stay, reported or not: --skip-existing resumes).
-            for process in list(getattr(pool, "_processes", {}).values()):
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(process.pid, signal.SIGTERM)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        initargs = (config, str(cache), n_threads, backend, None, dark, compat, midas_map)
+        _run_in_pools(files, names, opts, n_procs, initargs, cache, formats, skipping,
+                      detector_map.n_r, done)  # fmt: skip
     return [outcomes[i] for i in range(len(files))]
 
 
-def _lost_run(
-    paths: list[str],
+#: Rounds of pools a batch may go through when a worker process dies: runs of several files on
+#: every process; then the files that were in flight, each its own run, on every process; then
+#: those again, each alone on one process, where a death can only be the file's own.
+RETRY_LEVELS = 3
+
+
+def _run_in_pools(
+    files: list[str],
     names: list[str | None],
+    opts: dict[str, Any],
+    n_procs: int,
+    initargs: tuple,
+    cache: Path,
+    formats: Sequence[str],
+    skipping: tuple[IntegrationConfig, str] | None,
+    n_r: int,
+    done: Callable[[int, FileOutcome], None],
+) -> None:
+    """Integrate ``files`` on ``n_procs`` spawned worker processes, reporting each with
+    ``done(index, outcome)``.
+
+    A worker that dies (the OOM killer, a crash inside a compression filter) breaks Python's
+    pool and every file not yet reported with it. Those files go on in a new pool: files whose
+    outputs the dead worker had completed are reported done; files that were in flight on a
+    worker that died (their marker files outlive it: a worker the pool stopped removes its own)
+    are retried one file per run, and if a worker dies again on one of them, alone on a single
+    process, where a death can only be that file's. Only a file that kills its worker alone
+    fails; a one-off death (memory pressure from its neighbours) costs a retry."""
+    import multiprocessing
+
+    started = time.time() - 1.0  # outputs written since (mtime; coarse clocks allowed)
+    out_dir = Path(opts["out_dir"])
+    marks = Path(cache) / f"in-flight-{os.getpid()}"
+    marks.mkdir(parents=True, exist_ok=True)
+    # Each task is a run of consecutive files through one process_files pipeline, so a worker
+    # overlaps reading, integrating and writing across them as a single process does; runs are
+    # short enough (4 per process at least) to keep the processes busy.
+    size = max(1, min(16, len(files) // (4 * n_procs)))
+    todo: list[list[int]] = [list(range(len(files)))] + [[] for _ in range(RETRY_LEVELS - 1)]
+    any_finished = False
+    try:
+        while any(todo):
+            level = next(k for k, pending in enumerate(todo) if pending)
+            indices, todo[level] = todo[level], []
+            step = size if level == 0 else 1
+            alone = level == RETRY_LEVELS - 1
+            lost: list[int] = []
+            # spawn, not fork: forking a process whose rayon threads may hold locks deadlocks.
+            pool = ProcessPoolExecutor(
+                1 if alone else n_procs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_pool_worker,
+                initargs=initargs,
+            )
+            try:
+                futures = {}
+                for k in range(0, len(indices), step):
+                    run = indices[k : k + step]
+                    futures[pool.submit(_process_run, [files[i] for i in run],
+                                        [names[i] for i in run], opts,
+                                        [str(marks / str(i)) for i in run])] = run  # fmt: skip
+                for fut in as_completed(futures):
+                    try:
+                        outcomes = fut.result()
+                    except BrokenProcessPool:
+                        lost += futures[fut]
+                        continue
+                    any_finished = True
+                    for i, o in zip(futures[fut], outcomes, strict=True):
+                        done(i, o)
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) or failed: runs not started are dropped and the
+                # workers are told to stop as this process was; each removes the files it had
+                # not finished (files it finished stay, reported or not: --skip-existing
+                # resumes).
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(process.pid, signal.SIGTERM)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+            if not lost:
+                continue
+            in_flight = {i for i in lost if (marks / str(i)).exists()}
+            for i in in_flight:
+                (marks / str(i)).unlink(missing_ok=True)
+            retry = []
+            for i in sorted(lost):
+                salvaged = _salvaged(files[i], names[i], out_dir, formats, started, skipping, n_r)
+                if salvaged is not None:
+                    done(i, salvaged)
+                else:
+                    retry.append(i)
+            suspects = [i for i in retry if i in in_flight]
+            if not any_finished and not suspects:
+                # No worker began a file: they die as they start (a script without a
+                # __main__ guard, say), and would in any pool.
+                for i in retry:
+                    done(i, _died(files[i], never_started=True))
+                continue
+            if alone:
+                # One file at a time on one process: the file in flight killed it. With none
+                # in flight (a death between files) the queued ones are not retried for ever.
+                for i in suspects or retry:
+                    done(i, _died(files[i]))
+                todo[level] += [i for i in retry if suspects and i not in suspects]
+                continue
+            # A death outside any file (no marker): all lost files move up a level.
+            moving = suspects or retry
+            log.warning(
+                "a radint batch worker process died (killed, e.g. out of memory, or crashed) "
+                "while it integrated %s; retrying %s%s",
+                ", ".join(files[i] for i in moving[:3]) + (" ..." if len(moving) > 3 else ""),
+                "them" if len(moving) > 1 else "it",
+                " alone" if level + 1 == RETRY_LEVELS - 1 else "",
+            )
+            todo[level + 1] += moving
+            todo[level] += [i for i in retry if i not in moving]
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def _salvaged(
+    path: str,
+    name: str | None,
     out_dir: Path,
     formats: Sequence[str],
     since: float,
     skipping: tuple[IntegrationConfig, str] | None = None,
     n_r: int = 0,
-    none_finished: bool = False,
-) -> list[FileOutcome]:
-    """Outcomes of files whose worker process died before reporting them (a run reports all its
-    files at its end), with the temporary outputs it left removed. A file whose every output is
-    whole and was written since ``since`` (the batch's start, wall clock) was completed before
-    the worker died: it is reported done, with the frames its NeXus output holds. Under
-    --skip-existing (``skipping``: the configuration and :attr:`Integrator.rules` the worker
-    compares with) a file whose outputs are whole and were made with those is reported skipped,
-    as the worker reports it (it was reported failed). ``n_r``: the map's radial bins, which
-    count the frames of lineout-only outputs. ``none_finished``: no run of the batch had
-    finished, so the workers may never have started (the reason then says what a script
-    needs)."""
+) -> FileOutcome | None:
+    """The outcome of a file whose worker process died before reporting it (a run reports all
+    its files at its end) where its outputs tell it, else None, with the temporary outputs and
+    the final ones this batch made removed (a file redone or failed leaves none of its own).
+
+    A file whose every output is whole and was written since ``since`` (the batch's start, wall
+    clock) was completed before the worker died: it is done, with the frames its NeXus output
+    holds. Under --skip-existing (``skipping``: the configuration and :attr:`Integrator.rules`
+    the worker compares with) a file whose outputs are whole and were made with those is
+    skipped, as the worker reports it. ``n_r``: the map's radial bins, which count the frames
+    of lineout-only outputs."""
     from radint.io.write import FORMATS, expand_formats
 
-    out = []
-    for path, name in zip(paths, names):
-        stem = output_stem(path, name)
-        finals = [Path(out_dir) / (stem + FORMATS[fmt][0]) for fmt in expand_formats(formats)]
-        for final in finals:
-            for temp in Path(out_dir).glob(f".{glob.escape(final.name)}.*.partial"):
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
-        complete = bool(finals) and all(_complete(f) for f in finals)
-        if complete and all(_written_since(f, since) for f in finals):
-            log.info("%s: its outputs were complete when its worker process died", path)
-            out.append(
-                FileOutcome(path, True, _frames_written(finals, n_r), 0.0, list(map(str, finals)))
-            )
-            continue
-        if complete and skipping is not None and not _made_otherwise(finals, *skipping, path):
-            out.append(FileOutcome(path, True, skipped=True, outputs=list(map(str, finals))))
-            continue
-        # A failed file leaves none of its outputs: those the worker had already put in place
-        # (caked.hdf before the .h5, say) go, unless they are an earlier run's.
-        for final in finals:
-            if _written_since(final, since):
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(final) if final.is_dir() else final.unlink()
-        # Workers that never finished a run may not have started at all: spawned workers
-        # import the caller's script, which without a __main__ guard starts the batch again
-        # inside them (multiprocessing's RuntimeError, printed by each worker).
+    stem = output_stem(path, name)
+    finals = [Path(out_dir) / (stem + FORMATS[fmt][0]) for fmt in expand_formats(formats)]
+    for final in finals:
+        for temp in Path(out_dir).glob(f".{glob.escape(final.name)}.*.partial"):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
+    complete = bool(finals) and all(_complete(f) for f in finals)
+    if complete and all(_written_since(f, since) for f in finals):
+        log.info("%s: its outputs were complete when its worker process died", path)
+        return FileOutcome(path, True, _frames_written(finals, n_r), 0.0, list(map(str, finals)))
+    if complete and skipping is not None and not _made_otherwise(finals, *skipping, path):
+        return FileOutcome(path, True, skipped=True, outputs=list(map(str, finals)))
+    # Outputs the worker had already put in place (caked.hdf before the .h5, say) go, unless
+    # they are an earlier run's.
+    for final in finals:
+        if _written_since(final, since):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+    return None
+
+
+def _died(path: str, never_started: bool = False) -> FileOutcome:
+    """The failure of a file whose worker process died integrating it, also when retried
+    alone; or, ``never_started``, of a file no worker began because they all died at start."""
+    if never_started:
+        # Spawned workers import the caller's script, which without a __main__ guard starts
+        # the batch again inside them (multiprocessing's RuntimeError, printed by each worker).
         hint = (
-            "; no worker finished any file: a Python script that runs a batch with several "
-            'processes must start it under `if __name__ == "__main__":`'
-            if none_finished and not _main_is_the_cli()
+            "; a Python script that runs a batch with several processes must start it under "
+            '`if __name__ == "__main__":`'
+            if not _main_is_the_cli()
             else ""
         )
         why = RadintError(
-            f"{path}: the worker process integrating it died (killed, e.g. out of memory, or "
-            "crashed, e.g. in a compression filter reading a corrupt chunk) before reporting "
-            f"it; rerun with --skip-existing to redo what is missing{hint}"
+            f"{path}: not integrated: the batch's worker processes died as they started, before "
+            f"any file{hint}"
         )
-        out.append(_failure(path, why, time.perf_counter()))
-    return out
+    else:
+        why = RadintError(
+            f"{path}: the worker process integrating it died (killed, e.g. out of memory, or "
+            "crashed, e.g. in a compression filter reading a corrupt chunk), also when it "
+            "integrated this file alone; rerun with --skip-existing to retry what is missing"
+        )
+    return _failure(path, why, time.perf_counter())
 
 
 def _main_is_the_cli() -> bool:
@@ -1310,13 +1400,26 @@ def _frames_written(outputs: Sequence[Path], n_r: int = 0) -> int:
     return 0
 
 
-def _process_run(paths: list[str], names: list[str | None], opts: dict[str, Any]) -> list:
+def _process_run(
+    paths: list[str], names: list[str | None], opts: dict[str, Any], marks: list[str]
+) -> list:
     """A worker's task: :func:`process_files` over consecutive files, all outcomes; nothing
-    once the worker was told to stop (runs already queued to it are not started)."""
+    once the worker was told to stop (runs already queued to it are not started). ``marks``:
+    a file per path that exists while the path is in flight here, so that a worker that dies
+    tells which files it was on (one that stops removes them)."""
     if _WORKER.get("stopping"):
         raise KeyboardInterrupt("stopping")
     _WORKER["busy"] = True
+    for mark in marks:
+        Path(mark).touch()
+    outcomes = []
     try:
-        return list(process_files(paths, names=names, **opts))
+        for outcome, mark in zip(process_files(paths, names=names, **opts), marks, strict=True):
+            outcomes.append(outcome)
+            os.unlink(mark)
+        return outcomes
     finally:
+        for mark in marks[len(outcomes) :]:
+            with contextlib.suppress(OSError):
+                os.unlink(mark)
         _WORKER["busy"] = False
