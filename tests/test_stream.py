@@ -529,6 +529,34 @@ def test_stopping_under_a_sender_that_never_pauses(integrator, tmp_path, monkeyp
     assert summary.seconds < 15
 
 
+def test_a_quiet_sender_stays_connected_and_a_stop_ends_it_promptly(integrator, tmp_path, caplog):
+    """The receive timeout (the kernel's, on a blocking socket, so that a frame is one
+    MSG_WAITALL call): a sender quiet for longer than it between frames and inside one stays
+    connected and its frames whole; a stop ends a connection left quiet mid-frame promptly,
+    with the partial frame discarded and said."""
+    from radint.stream.sources import QUIET_S
+
+    caplog.set_level(logging.INFO, logger="radint.stream")
+    p, src = start_pipeline(integrator, tmp_path)
+    s = connect(src.port)
+    s.sendall(encode_frame_bytes(0, frame(0)))
+    time.sleep(3 * QUIET_S)
+    one = encode_frame_bytes(1, frame(1))
+    s.sendall(one[:100])
+    time.sleep(3 * QUIET_S)
+    s.sendall(one[100:])
+    s.sendall(encode_frame_bytes(2, frame(2))[:500])  # then quiet inside frame 2
+    assert wait_for(lambda: p.written == 2)
+    t0 = time.monotonic()
+    p.stop()
+    summary = p.wait(30)
+    assert time.monotonic() - t0 < 5
+    s.close()
+    assert (summary.received, summary.written, summary.partial) == (2, 2, 1)
+    assert "went quiet while the stream was stopping" in caplog.text
+    assert sorted(stream_rows(tmp_path / "stream.h5")["frame_id"].tolist()) == [0, 1]
+
+
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)
