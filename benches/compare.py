@@ -217,7 +217,9 @@ def main() -> None:
 
         peers.append("midas-integrate")
     except ImportError:
-        print("# midas-integrate not installed (pip install '.[bench]'): its columns are skipped")
+        print(
+            "# midas-integrate not installed (pip install '.[bench]' && pip install --no-deps midas-integrate==0.9.0): its columns are skipped"
+        )
     n_stack, repeats = (20, 5) if quick else (100, 15)
     rows = []
     for detector in DETECTORS:

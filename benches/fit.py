@@ -140,7 +140,9 @@ def midas_rows(ys: np.ndarray, nominal: np.ndarray, scipy_rate: float, n: int = 
     try:
         from midas_integrate.peakfit import fit_peaks as midas_fit
     except ImportError:
-        print("midas-integrate peakfit: not installed (pip install '.[bench]'), row skipped")
+        print(
+            "midas-integrate peakfit: not installed (pip install '.[bench]' && pip install --no-deps midas-integrate==0.9.0), row skipped"
+        )
         return
     t0 = time.perf_counter()
     rows = np.stack(

@@ -121,7 +121,7 @@ def _midas_integrate(cfg, host: np.ndarray, reps: int, device: str = "cuda") -> 
         from midas_integrate.kernels import build_csr, integrate, profile_1d
         from midas_integrate.params import parse_params
     except ImportError as e:
-        why = f"n/a ({e.name or e} not importable: pip install 'radint[bench]')"
+        why = f"n/a ({e.name or e} not importable: pip install 'radint[bench]' && pip install --no-deps midas-integrate==0.9.0)"
         return why, why
     import os
     import tempfile

@@ -221,7 +221,7 @@ def midas_integrate_server(config, image: Path, args) -> str:
         from midas_integrate.params import parse_params
         from midas_integrate.server import FrameServer
     except ImportError:
-        return "       n/a (midas-integrate not installed: pip install '.[bench]')"
+        return "       n/a (midas-integrate not installed: pip install '.[bench]' && pip install --no-deps midas-integrate==0.9.0)"
     import socket
     import threading
 

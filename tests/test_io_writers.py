@@ -1119,10 +1119,24 @@ def test_zarr_result_with_zarr_2_says_why(tmp_path: Path, monkeypatch) -> None:
     refused by name instead of failing inside zarr."""
     (written,) = write_result(make_result(n_frames=1), tmp_path / "out", formats=("zarr",))
     monkeypatch.setattr(zarr, "__version__", "2.18.3")
-    with pytest.raises(RadintError, match=r"a Zarr v3 result needs zarr >= 3 .* found zarr 2.18.3"):
+    with pytest.raises(RadintError, match=r"a Zarr v3 result needs zarr >= 3 .* has zarr 2.18.3"):
         write_result(make_result(n_frames=1), tmp_path / "again", formats=("zarr",))
-    with pytest.raises(RadintError, match=r"needs zarr >= 3 .* found zarr 2.18.3"):
+    with pytest.raises(RadintError, match=r"needs zarr >= 3 .* has zarr 2.18.3"):
         read_nexus(written)
+    # Refused with the format names, which the commands check before any work (audit: the
+    # map was built and cached first, then every file failed).
+    from radint.exceptions import InvalidInputError
+    from radint.io.write import expand_formats
+
+    with pytest.raises(InvalidInputError, match=r"zarr: a Zarr v3 result needs zarr"):
+        expand_formats(["nexus", "zarr"])
+
+
+def test_format_given_as_one_string_is_one_format(tmp_path: Path) -> None:
+    """Audit: ``write_result(r, dir, "nexus")`` read the string letter by letter ("unknown
+    output format 'n'")."""
+    (written,) = write_result(make_result(n_frames=1), tmp_path / "out", "nexus")
+    assert written.name.endswith(".h5")
 
 
 def test_midas_outputs_of_a_stream_with_repeated_frame_ids(tmp_path: Path) -> None:

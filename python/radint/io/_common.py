@@ -21,8 +21,9 @@ def zarr3(path: Any) -> Any:
 
     if int(zarr.__version__.split(".")[0]) < 3:
         raise RadintError(
-            f"{path}: a Zarr v3 result needs zarr >= 3 (Python >= 3.11), found zarr "
-            f"{zarr.__version__}; use HDF5 results (--format nexus) with this Python"
+            f"{path}: a Zarr v3 result needs zarr >= 3 (which needs Python >= 3.11); this "
+            f"environment has zarr {zarr.__version__}: install zarr >= 3 or use HDF5 results "
+            "(--format nexus)"
         )
     return zarr
 

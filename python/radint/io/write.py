@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from radint.exceptions import InvalidInputError
+from radint.exceptions import InvalidInputError, RadintError
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import write_nexus
 from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
@@ -127,6 +127,8 @@ def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
     """``formats`` with ``"midas"`` made explicit: caked + gsas, and when peaks are fitted
     (``fitting``: DoPeakFit / ``--fit-peaks`` / ``fit=``) also IntegratorZarrOMP's fit files
     ``fit``, ``fit_per_eta`` and ``caked_peaks``. Other names are kept as given."""
+    if isinstance(formats, str):  # "nexus" is one format, not five letters
+        formats = [formats]
     out: list[str] = []
     for fmt in formats:
         if fmt.lower() == "midas":
@@ -158,6 +160,13 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
                 raise InvalidInputError(f"unknown output format {fmt!r}; known: {known}")
             if f not in wanted:
                 wanted.append(f)
+    if "zarr" in wanted:  # refused before any work, not when the first result is written
+        from radint.io._common import zarr3
+
+        try:
+            zarr3("zarr")
+        except RadintError as e:
+            raise InvalidInputError(str(e)) from None
     return wanted
 
 
