@@ -982,6 +982,41 @@ def test_n_threads_1_starts_no_thread_beyond_radints_pool():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+_FORKED_CHILD_INTEGRATES = """
+import os, signal, sys
+import numpy as np
+from radint import IntegrationConfig, Integrator
+config = IntegrationConfig.from_text(sys.argv[1], "small.txt")
+frame = np.ones(config.shape)
+parent = Integrator(config, n_threads=2)
+expected = parent.integrate(frame).lineout
+for reuse in (True, False):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)  # a hang dies of SIGALRM
+        child = parent if reuse else Integrator(config, n_threads=2)
+        ok = np.array_equal(child.integrate(frame).lineout, expected, equal_nan=True)
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (reuse, status)
+"""
+
+
+def test_a_forked_child_integrates_after_the_parent_did():
+    """Regression (library audit): a child forked after its parent had built an Integrator
+    (``multiprocessing``'s default on Linux before Python 3.14) hung for ever in its first
+    call, with the parent's Integrator or a new one of the same thread count: radint's thread
+    pools had no threads in the child. A fresh process, not a fork of pytest."""
+    import subprocess
+    import sys
+
+    from tests.conftest import SMALL
+
+    run = subprocess.run([sys.executable, "-c", _FORKED_CHILD_INTEGRATES, SMALL],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_api_arguments_are_checked_with_radint_errors(small_config, small_map, tmp_path):
     """Regression (API audit): Result.concatenate joined results of other bins under the first
     one's axes; a complex flat lost its imaginary part; a generator of frames was called a

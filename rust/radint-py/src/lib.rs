@@ -54,14 +54,35 @@ fn pool_size(n_threads: Option<usize>) -> usize {
         .min(MAX_THREADS_PER_CPU * cpus)
 }
 
+/// The pools of one process: a forked child finds its parent's here.
+struct Pools {
+    pid: u32,
+    by_size: HashMap<usize, Arc<Pool>>,
+}
+
 /// One pool per thread count, built on first use (the global pool is never touched).
 pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
+    static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
     let n = pool_size(n_threads);
-    let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
+    let pools = POOLS.get_or_init(|| {
+        Mutex::new(Pools {
+            pid: std::process::id(),
+            by_size: HashMap::new(),
+        })
+    });
     let mut guard = pools
         .lock()
         .map_err(|_| raise("InvalidInputError", "thread-pool cache poisoned".into()))?;
+    if guard.pid != std::process::id() {
+        // A child forked (multiprocessing's default on Linux) after the parent used radint:
+        // the pools' threads stayed in the parent and a call waited for them for ever. The
+        // child starts its own; the parent's are leaked, not dropped, as nothing runs them.
+        guard.pid = std::process::id();
+        for (_, stale) in guard.by_size.drain() {
+            std::mem::forget(stale);
+        }
+    }
+    let guard = &mut guard.by_size;
     if let Some(p) = guard.get(&n) {
         return Ok(p.clone());
     }
