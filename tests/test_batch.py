@@ -726,6 +726,37 @@ def test_nexus_output_refused_before_hdf5_meets_a_full_disk(tmp_path, small_conf
     assert not list((tmp_path / "limited").glob(".*.partial"))
 
 
+def test_space_held_by_other_outputs_counts_as_used(tmp_path, small_config, monkeypatch):
+    """Audit (batch on a filling 200 MB disk, --format nexus,midas,xy: segfaults and bus errors,
+    no summary): the free-space check of a NeXus append did not see the caked.hdf, zip and xy
+    outputs the batch wrote meanwhile on another thread, so HDF5 met the full disk and crashed
+    the process. Writes in progress and each open HDF5 output's close now hold their bytes."""
+    import shutil
+
+    from radint import Integrator
+    from radint.io import NexusWriter, nexus, write_result
+    from radint.io.write import estimated_bytes
+
+    result = Integrator(small_config, n_threads=1).integrate(ring_image(small_config))
+    free = {"bytes": 1 << 30}
+    real = shutil.disk_usage
+    monkeypatch.setattr(nexus.shutil, "disk_usage", lambda p: real(p)._replace(free=free["bytes"]))
+    with NexusWriter(tmp_path / "a.h5") as writer:
+        writer.append(result)
+        writer.append(result)  # an HDF5 tree now: its close is held for
+        need = estimated_bytes(result, "caked")
+        free["bytes"] = need + nexus.SPACE_MARGIN + nexus.CLOSE_RESERVE - 1
+        with pytest.raises(OSError, match=f"{nexus.CLOSE_RESERVE} of them held for other outputs"):
+            write_result(result, tmp_path / "whole", ["caked"])
+        free["bytes"] += 1
+        write_result(result, tmp_path / "whole", ["caked"])
+        with nexus.SpaceHold(10 << 20):  # another thread's write in progress
+            with pytest.raises(OSError, match="No space left on device"):
+                writer.append(result)
+        free["bytes"] = 1 << 30
+    assert read_nexus(tmp_path / "a.h5").n_frames == 2
+
+
 def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
     """GE / raw darks take NrPixelsY × NrPixelsZ as the data do; a dark of another shape fails
     once, naming the dark file, before any data file is read."""

@@ -679,18 +679,49 @@ class _ZarrTree:
 
 #: Room an HDF5 append leaves beyond its own bytes, for the metadata HDF5 writes at close.
 SPACE_MARGIN = 4 << 20
+#: Held for each open HDF5 output of this process until it closes: the metadata its close
+#: writes. Other writes of the process (a batch writes one file's caked.hdf, zip and text
+#: outputs while it appends to the next file's NeXus file) leave it free.
+CLOSE_RESERVE = 1 << 20
+
+_space_lock = threading.Lock()
+_space_held: dict[int, int] = {}  # id of a hold -> bytes
 
 
-def _ensure_space(path: Path, nbytes: int) -> None:
+class SpaceHold:
+    """Bytes this process's writers keep free for a write in progress or an open HDF5 file's
+    close; :func:`ensure_space` counts the holds of the others."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = int(nbytes)
+        with _space_lock:
+            _space_held[id(self)] = self.nbytes
+
+    def release(self) -> None:
+        with _space_lock:
+            _space_held.pop(id(self), None)
+
+    def __enter__(self) -> SpaceHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def ensure_space(path: Path, nbytes: int, own: SpaceHold | None = None) -> None:
     """Fail before HDF5 writes what the disk, or the file size limit (``ulimit -f``), cannot
     hold: HDF5 failing mid-write leaves objects it cannot release, and the process crashes at
-    exit (segfault in HDF5's library shutdown)."""
+    exit (segfault in HDF5's library shutdown). The space other writes of this process hold
+    (:class:`SpaceHold`; not ``own``) counts as used: it is theirs."""
     free = shutil.disk_usage(path.parent).free
-    need = nbytes + SPACE_MARGIN
+    with _space_lock:
+        others = sum(_space_held.values()) - (_space_held.get(id(own), 0) if own else 0)
+    need = nbytes + SPACE_MARGIN + others
     if free < need:
+        held = f", {others} of them held for other outputs being written" if others else ""
         raise OSError(
             errno.ENOSPC,
-            f"No space left on device: {free} bytes free where writing needs {need}",
+            f"No space left on device: {free} bytes free where writing needs {need}{held}",
             str(path),
         )
     limit = _file_size_limit()
@@ -807,6 +838,7 @@ class NexusWriter:
         self._lock = lock
         self._target = temporary_sibling(self.path) if atomic else self.path
         self._tree: _H5Tree | _ZarrTree | None = None
+        self._close_hold: SpaceHold | None = None  # while an HDF5 tree is open
         # An atomic HDF5 file's first frame is held back: if no other comes, close() writes the
         # file from its layout's byte image (~10x faster than h5py for one-frame files).
         self._may_hold = backend == "hdf5" and atomic and not swmr
@@ -839,11 +871,14 @@ class NexusWriter:
         """The open output tree, created on first use (with the held frame written to it)."""
         if self._tree is None:
             self._close_image_file()
-            self._tree = (
-                _H5Tree.create(self._target, self._compression, self._swmr, shared=not self._lock)
-                if self.backend == "hdf5"
-                else _ZarrTree(self._target)
-            )
+            if self.backend == "hdf5":
+                ensure_space(self._target, CLOSE_RESERVE)
+                self._close_hold = SpaceHold(CLOSE_RESERVE)
+                self._tree = _H5Tree.create(
+                    self._target, self._compression, self._swmr, shared=not self._lock
+                )
+            else:
+                self._tree = _ZarrTree(self._target)
             if self._held is not None:
                 held, self._held = self._held, None
                 self._write_rows(*held)
@@ -1307,7 +1342,8 @@ class NexusWriter:
                 self._open().append(self._rows["provenance/file"], np.array(new_files, object))
             rows.update(provenance_rows)
         if self.backend == "hdf5":
-            _ensure_space(self._target, sum(np.asarray(v).nbytes for v in rows.values()))
+            nbytes = sum(np.asarray(v).nbytes for v in rows.values())
+            ensure_space(self._target, nbytes, own=self._close_hold)
         for key, value in rows.items():
             self._open().append(self._rows[key], value)
 
@@ -1447,6 +1483,7 @@ class NexusWriter:
                 tree = self._open()
                 self._rows = {}  # dataset handles closed before the file (see _H5Tree.close)
                 tree.close()
+                self._release_close_hold()
         except BaseException:
             self.abort()
             raise
@@ -1485,7 +1522,13 @@ class NexusWriter:
         if self._tree is not None:
             with contextlib.suppress(Exception):
                 self._tree.close()
+        self._release_close_hold()
         remove_path(self._target)
+
+    def _release_close_hold(self) -> None:
+        if self._close_hold is not None:
+            self._close_hold.release()
+            self._close_hold = None
 
     def __enter__(self) -> NexusWriter:
         return self

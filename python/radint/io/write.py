@@ -8,7 +8,7 @@ from pathlib import Path
 
 from radint.exceptions import InvalidInputError, RadintError
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
-from radint.io.nexus import write_nexus
+from radint.io.nexus import SpaceHold, ensure_space, write_nexus
 from radint.io.text import write_lineout_bin, write_lineout_xy, write_mat, write_peaks_csv
 from radint.result import Result
 
@@ -170,6 +170,21 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
     return wanted
 
 
+#: Formats written as text: bytes per binary byte of their numbers, generously.
+TEXT_FORMATS = {"xy": 3, "peaks": 3, "fit_per_eta": 3}
+
+
+def estimated_bytes(result: Result, fmt: str) -> int:
+    """A generous size of the ``fmt`` file of ``result`` (its arrays uncompressed, the map
+    MIDAS caked files carry, text at :data:`TEXT_FORMATS`), for the free-space check."""
+    arrays = [result.cake, result.cake_sigma, result.lineout, result.lineout_sigma,
+              result.area, result.count]  # fmt: skip
+    nbytes = sum(int(a.nbytes) for a in arrays if a is not None)
+    if fmt in ("caked", "caked_peaks"):
+        nbytes += 4 * 8 * int(result.area.size)  # R, 2θ, η and area maps
+    return nbytes * TEXT_FORMATS.get(fmt, 1) + (64 << 10)
+
+
 def output_name(result: Result, name: str | None) -> str:
     """``name``, or the input file's stem from ``result.metadata['source']``, or ``"result"``."""
     if name:
@@ -282,10 +297,15 @@ def write_result(
     written: list[Path] = []
     try:
         for f, target in zip(wanted, targets, strict=True):
-            if f == "nexus":
-                written.append(write_nexus(result, target, compression=compression))
-            else:
-                written.append(FORMATS[f][1](result, target))
+            # Room first, held while the file is written (a batch appends to the next file's
+            # NeXus output meanwhile): HDF5 meeting a full disk crashes the process later.
+            nbytes = estimated_bytes(result, f)
+            ensure_space(target, nbytes)
+            with SpaceHold(nbytes):
+                if f == "nexus":
+                    written.append(write_nexus(result, target, compression=compression))
+                else:
+                    written.append(FORMATS[f][1](result, target))
     except BaseException:
         for path in written:
             if path not in existed:

@@ -562,7 +562,7 @@ class Pipeline:
     def _midas_room(self, results: list[Any]) -> None:
         """OSError (ENOSPC) unless the disk holds this block's MIDAS binary records on top of
         its stream.h5 rows (counted uncompressed, as the writer's own check counts them)."""
-        from radint.io.nexus import _ensure_space
+        from radint.io.nexus import ensure_space
 
         need = 0
         for r in results:
@@ -574,7 +574,7 @@ class Pipeline:
             need += r.n_frames * per_frame
             if r.peaks is not None:
                 need += 7 * 8 * int(np.asarray(r.peaks.status).size)  # fit.bin rows
-        _ensure_space(self.output_dir / "Int2D.bin", need)
+        ensure_space(self.output_dir / "Int2D.bin", need)
 
     def _write_midas(self, results: list[Any], bins: dict[str, Any]) -> dict[str, Any]:
         """Append the GPU program's per-frame files (spec §7.3): lineout.bin,
