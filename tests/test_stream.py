@@ -977,6 +977,31 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
 
 
+def test_folder_files_still_settling_at_the_stop_are_counted_and_named(
+    integrator, tmp_path, caplog
+):
+    """Audit (Ctrl-C half a second after the last files landed): files not yet settled were
+    neither read nor counted ("dropped 0"). Each is counted as one dropped and named."""
+    import tifffile
+
+    caplog.set_level(logging.INFO, logger="radint.stream")
+    watch = tmp_path / "in"
+    watch.mkdir()
+    tifffile.imwrite(watch / "a1.tif", frame(0, "u2"))
+    src = FolderSource(watch, SHAPE, poll_s=0.05, settle_s=0.1)
+    p = Pipeline(integrator, [src], tmp_path / "out", idle_timeout=20)
+    p.start()
+    assert wait_for(lambda: p.written == 1)
+    src.settle_s = 60.0  # the next ones are still settling when the stream stops
+    for k in (2, 10, 3):
+        tifffile.imwrite(watch / f"a{k}.tif", frame(k, "u2"))
+    assert wait_for(lambda: len(src._pending) == 3)
+    summary = finish(p)
+    assert (summary.written, summary.dropped) == (1, 3)
+    assert "3 file(s) new or changed within the last 60.0 s" in caplog.text
+    assert "not read: a2.tif, a3.tif, a10.tif" in caplog.text
+
+
 def test_folder_watch_natural_order_dataset_and_swmr_writers(integrator, tmp_path):
     """Regression (stream audit): files ready together went in text order (img_10 before
     img_2); `radint stream` had no --dataset, so areaDetector's entry/data/data files were all

@@ -1148,6 +1148,18 @@ class FolderSource(Source):
                     continue
                 stats.add("dropped")
                 log.error("folder: %s never became readable after %d frame(s): %s", name, sent, why)
+            # Files still settling (new or changed less than --settle ago): not read, so their
+            # frames are unknown; each is counted as one dropped, as an unreadable file is.
+            unread = sorted(self._pending, key=natural_key)
+            if unread:
+                stats.add("dropped", len(unread))
+                log.error(
+                    "folder: %d file(s) new or changed within the last %.1f s (--settle) when "
+                    "the stream stopped were not read: %s%s; integrate them with `radint "
+                    "integrate`, or stop the stream once the last file has settled",
+                    len(unread), self.settle_s, ", ".join(unread[:5]),
+                    " ..." if len(unread) > 5 else "",
+                )  # fmt: skip
             for name, (_, n_held) in self._held.items():
                 stats.add("received", n_held)  # read from the file, never sent on
                 stats.add("dropped", n_held)
