@@ -450,7 +450,7 @@ def test_frames_a_sender_sends_after_max_frames_are_counted(integrator, tmp_path
     summary = p.wait(30)
     client.close()
     assert (summary.received, summary.written, summary.dropped) == (15, 10, 5)
-    assert "5 frame(s) sent after the stream stopped taking frames" in caplog.text
+    assert "5 frame(s) read after the stream stopped taking frames" in caplog.text
     # Regression (stream sweep): the counts were printed only, stream.h5 did not say that
     # frames were dropped (a rejected last frame leaves no gap in frame_id to see).
     with h5py.File(tmp_path / "stream.h5", "r") as f:

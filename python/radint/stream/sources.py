@@ -408,8 +408,9 @@ class TcpSource(Source):
             conn.close()
             if n_refused:
                 log.warning(
-                    "%s: %d frame(s) sent after the stream stopped taking frames were read "
-                    "and counted as dropped",
+                    "%s: %d frame(s) read after the stream stopped taking frames (sent "
+                    "before the stop but still in the socket buffers, or after it) were "
+                    "counted as dropped",
                     label, n_refused,
                 )  # fmt: skip
             log.info("%s: disconnected after %d frame(s)", label, n_frames)
