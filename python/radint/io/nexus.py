@@ -1567,12 +1567,16 @@ def open_result(path: str | Path) -> Iterator[Any]:
             import h5py
             import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
 
+            # swmr: HDF5 then reads past the end of allocation its superblock gave at open (a
+            # stream writer flushing meanwhile grows the file: "addr overflow" failed most reads
+            # of a stream.h5 written at 1000 frames/s) and retries metadata whose checksum
+            # fails (a block being rewritten).
             try:
-                root = h5py.File(path, "r")
+                root = h5py.File(path, "r", swmr=True)
             except OSError as e:
                 if not isinstance(e, BlockingIOError) and "lock" not in str(e):
                     raise
-                root = h5py.File(path, "r", locking=False)
+                root = h5py.File(path, "r", locking=False, swmr=True)
     except (OSError, ValueError) as e:
         raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
     try:
