@@ -782,6 +782,31 @@ def test_stream_zip_omega_and_wavelength_as_midas_post_processing(tmp_path, extr
     assert root["InstrumentParameters/Lam"][0] == 0.413263
 
 
+def test_stream_outputs_say_progress_and_can_be_cancelled(tmp_path):
+    """Audit (Ctrl-C of a 25 000-frame stream with --midas-files: 37 s of silence making
+    integrator_output.h5, a second Ctrl-C ignored): the work reports its progress and stops,
+    writing nothing, when cancelled."""
+    from radint import IntegrationConfig
+    from radint.io.midas import write_stream_outputs
+    from tests.conftest import SMALL
+
+    cfg = IntegrationConfig.from_text(SMALL, "small.txt")
+    r_edges, eta_edges = cfg.bin_edges()
+    n_r, n_eta = len(r_edges) - 1, len(eta_edges) - 1
+    lines = np.zeros((6, n_r, 2))
+    (tmp_path / "RTthEtaAreaMap.bin").write_bytes(np.ones((5, n_r, n_eta)).tobytes())
+    (tmp_path / "lineout.bin").write_bytes(lines.tobytes())
+    (tmp_path / "lineout_simple_mean.bin").write_bytes(lines.tobytes())
+    seen: list[tuple[int, int]] = []
+    write_stream_outputs(tmp_path, cfg, progress=lambda done, n: seen.append((done, n)))
+    assert seen == [(k, 6) for k in range(1, 6)]
+    (tmp_path / "integrator_output.h5").unlink()
+    with pytest.raises(KeyboardInterrupt, match="cancelled after 4 of 6 frames"):
+        write_stream_outputs(tmp_path, cfg, cancelled=lambda: len(seen) >= 8,
+                             progress=lambda done, n: seen.append((done, n)))  # fmt: skip
+    assert not list(tmp_path.glob("integrator_output*"))
+
+
 def test_nexus_written_with_q_bins_but_no_wavelength_reads_back(tmp_path: Path) -> None:
     """Before QBinSize without a Wavelength became an error such runs were binned in R; their
     stored configuration must still read back (as R bins)."""

@@ -557,6 +557,24 @@ def test_a_quiet_sender_stays_connected_and_a_stop_ends_it_promptly(integrator, 
     assert sorted(stream_rows(tmp_path / "stream.h5")["frame_id"].tolist()) == [0, 1]
 
 
+def test_midas_outputs_skipped_on_request_say_how_to_make_them(integrator, tmp_path, caplog):
+    """A second Ctrl-C of `radint stream --midas-files` skips integrator_output.h5 (a long
+    stream's takes a while): none is written, the binary files stay and the log says how to
+    make it later."""
+    p, src = start_pipeline(integrator, tmp_path, midas_files=True)
+    s = connect(src.port)
+    s.sendall(b"".join(encode_frame_bytes(i, frame(i)) for i in range(3)))
+    assert wait_for(lambda: p.written == 3)
+    s.close()
+    p.skip_midas_outputs()
+    summary = finish(p)
+    assert summary.written == 3
+    assert (tmp_path / "lineout.bin").stat().st_size > 0
+    assert not list(tmp_path.glob("integrator_output*"))
+    assert "integrator_output.h5 not written (skipped)" in caplog.text
+    assert "write_stream_outputs(" in caplog.text
+
+
 def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)

@@ -1156,7 +1156,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     )
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("stream: %s received, draining", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if pipeline.stopping and args.midas_files:
+            log.info("stream: %s again: the MIDAS integrator_output files are skipped", name)
+            pipeline.skip_midas_outputs()
+            return
+        log.info("stream: %s received, draining", name)
         pipeline.stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -371,6 +371,8 @@ def write_stream_outputs(
     name: str = "integrator_output",
     stream_file: str | Path | None = None,
     mapping: dict[int, dict[str, Any]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> list[Path]:
     """MIDAS's post-processing of a stream (``integrator_stream_process_h5.py``, spec §7.4):
     ``<name>.h5`` and the GSAS-II ``<name>.zarr.zip`` from the binary files of ``directory``
@@ -391,6 +393,10 @@ def write_stream_outputs(
 
     Without ``Int2D.bin`` (a stream run with ``Write2D 0``, MIDAS's default) there are no cakes
     to sum: as MIDAS, ``<name>.h5`` has no ``OmegaSumFrame`` group and no zip is written.
+
+    ``progress(done, n_frames)`` is called after each frame group; ``cancelled()``, checked
+    there, stops the work (:class:`KeyboardInterrupt`, nothing written): a long stream's files
+    take a while (~1.5 ms per frame, a dataset each per lineout kind).
 
     Returns
     -------
@@ -463,7 +469,13 @@ def write_stream_outputs(
             label = _frame_label(k, mapping)
             labels[k] = f"{label}_{k}" if label in taken else label
             taken.add(labels[k])
+        done = 0
         for positions in frame_groups(n_frames, osf):
+            if cancelled is not None and cancelled():
+                raise KeyboardInterrupt(f"{name}: cancelled after {done} of {n_frames} frames")
+            if progress is not None and done:
+                progress(done, n_frames)
+            done += len(positions)
             rows = [order[p] for p in positions]
             for k in rows:
                 table = fit_table(k) if fit_table is not None else None

@@ -71,6 +71,9 @@ class Summary:
         return asdict(self)
 
 
+#: How often (s) the making of integrator_output.h5 at the end says how far it is.
+PROGRESS_EVERY_S = 5.0
+
 #: Longest time (s) frames written to stream.h5 wait for a flush, whatever the save interval.
 FLUSH_SECONDS = 5.0
 #: Most waiting frames integrated in one call (8: where sharing the map's reads stops paying).
@@ -247,6 +250,7 @@ class Pipeline:
         self.accepted = 0
         self._accept_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._skip_midas_outputs = threading.Event()
         self._refusal_logged = False
         self._sources_done = threading.Event()
         self._finished = threading.Event()
@@ -526,13 +530,29 @@ class Pipeline:
         from radint.io.midas import write_stream_outputs
 
         zip_too = " / .zarr.zip" if self.integrator.config.write_2d else ""
-        log.info("stream: writing integrator_output.h5%s from the binary files", zip_too)
+        later = (f"make them later with radint.io.midas.write_stream_outputs"
+                 f"('{self.output_dir}', config, stream_file='{self.output}')")  # fmt: skip
+        if self._skip_midas_outputs.is_set():
+            log.warning("stream: integrator_output.h5%s not written (skipped); %s", zip_too, later)
+            return
+        log.info("stream: writing integrator_output.h5%s from the binary files (a second "
+                 "Ctrl-C skips them)", zip_too)  # fmt: skip
+        said = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - said[0] >= PROGRESS_EVERY_S:
+                said[0] = time.monotonic()
+                log.info("stream: integrator_output.h5: %d of %d frames", done, total)
+
         try:
             mapping = self._frame_mapping()
             written = write_stream_outputs(
-                self.output_dir, self.integrator.config, stream_file=self.output, mapping=mapping
-            )
+                self.output_dir, self.integrator.config, stream_file=self.output,
+                mapping=mapping, progress=progress, cancelled=self._skip_midas_outputs.is_set,
+            )  # fmt: skip
             log.info("stream: wrote %s", ", ".join(map(str, written)))
+        except KeyboardInterrupt as e:
+            log.warning("stream: integrator_output.h5%s not written (%s); %s", zip_too, e, later)
         except (OSError, ValueError, MemoryError) as e:
             log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
 
@@ -655,6 +675,12 @@ class Pipeline:
     def stop(self) -> None:
         """Stop taking frames; what was taken is integrated and written, then files close."""
         self._stopping.set()
+
+    def skip_midas_outputs(self) -> None:
+        """Do not make (or stop making) ``integrator_output.h5`` / ``.zarr.zip`` at the end: a
+        long stream's take a while; they can be made later from the folder
+        (:func:`radint.io.midas.write_stream_outputs`)."""
+        self._skip_midas_outputs.set()
 
     @property
     def stopping(self) -> bool:
