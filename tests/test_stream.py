@@ -1503,9 +1503,30 @@ def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):
     assert summary.written + src.dropped_full == 3 + 40
     assert src.dropped_upstream == 2 and src.rejected == 1
     assert summary.dropped == 2 + 1 + src.dropped_full
+    # The rejected update arrived (audit: it was dropped but not received); those dropped
+    # upstream never did.
+    assert summary.received == summary.written + summary.dropped - src.dropped_upstream
     rows = stream_rows(tmp_path / "stream.h5")
     assert rows["frame_id"][:3].tolist() == [1, 2, 5]
     assert set(rows["source"].tolist()) == {"pva:sim:img"}
+
+
+def test_pva_rejected_updates_are_logged_once_a_second(integrator, tmp_path, caplog):
+    """Audit (a detector ROI change: every update of the wrong shape): one error line per
+    rejected update (1000 lines a second at 1 kHz); now one a second, the rest summed."""
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
+    p.start()
+    for uid in range(1, 101):
+        chan["c"].cb(fake_update(uid, frame(uid, "u2")[:, :10]))
+    summary = finish(p)
+    assert src.rejected == 100 and summary.received == 100 and summary.dropped == 100
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "99 more update(s) rejected since the last such line" in lines[-1]
 
 
 def test_pva_queue_gap_lines_and_a_late_first_frame(integrator, tmp_path, caplog, monkeypatch):

@@ -740,6 +740,8 @@ class PvaSource(Source):
         # uniqueId gaps not logged yet (jumps, frames) and when the next line may go out.
         self._gaps_unlogged = (0, 0)
         self._gap_next_log = 0.0
+        self._rejected_unlogged = 0
+        self._rejected_next_log = 0.0
 
     def start(self, sink: Sink, stats: SourceStats) -> None:
         self._sink = sink
@@ -836,8 +838,9 @@ class PvaSource(Source):
         except Exception as e:  # a bad update is counted and logged, never lost in pvapy
             data = None
             self.rejected += 1
+            stats.add("received")  # it arrived: received = integrated + dropped, as for TCP
             stats.add("dropped")
-            log.error("pva %s: update rejected: %s", self.channel_name, e)
+            self._log_rejected(e)
         else:
             if data is None:  # an empty value (a record that holds no frame yet)
                 return
@@ -903,6 +906,17 @@ class PvaSource(Source):
             if jumps else "",
         )  # fmt: skip
 
+    def _log_rejected(self, error: Exception) -> None:
+        """One line a second at most, as :meth:`_log_gap` (a detector whose ROI changed sends
+        a frame of the wrong shape on every update)."""
+        now = time.monotonic()
+        if now < self._rejected_next_log:
+            self._rejected_unlogged += 1
+            return
+        more, self._rejected_unlogged, self._rejected_next_log = self._rejected_unlogged, 0, now + 1
+        log.error("pva %s: update rejected: %s%s", self.channel_name, error,
+                  f" ({more} more rejected since the last such line)" if more else "")  # fmt: skip
+
     def _decode(self, pv: Any, uid: int) -> np.ndarray | None:
         codec = _get(pv, "codec")
         codec_name = _get(codec, "name", "") if codec is not None else ""
@@ -947,9 +961,13 @@ class PvaSource(Source):
         with self._lock:
             jumps, frames = self._gaps_unlogged
             self._gaps_unlogged = (0, 0)
+            rejected, self._rejected_unlogged = self._rejected_unlogged, 0
         if jumps:
             log.warning("pva %s: %d more uniqueId jump(s), %d frame(s) dropped upstream, since "
                         "the last such line", self.channel_name, jumps, frames)  # fmt: skip
+        if rejected:
+            log.error("pva %s: %d more update(s) rejected since the last such line",
+                      self.channel_name, rejected)  # fmt: skip
         if not was_stopped and self._channel is not None and self.never_connected:
             log.warning(
                 "pva %s: the channel never connected in %.0f s: check its name and that its "
