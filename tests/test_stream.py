@@ -2379,6 +2379,8 @@ def test_disk_full_keeps_stream_h5_and_the_midas_files_in_step(integrator, tmp_p
         p.wait(30)
     s.close()
     assert caught.value.errno == errno.ENOSPC
+    # Named as what was checked (audit: "Int2D.bin", a file a Write2D 0 stream never makes).
+    assert caught.value.filename == f"{tmp_path} (MIDAS binary files)"
     rows = stream_rows(tmp_path / "stream.h5")["frame_id"].tolist()
     n_r = integrator.map.n_r
     lines = np.fromfile(tmp_path / "lineout.bin", "<f8").size // (2 * n_r)

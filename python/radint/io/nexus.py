@@ -708,11 +708,14 @@ class SpaceHold:
         self.release()
 
 
-def ensure_space(path: Path, nbytes: int, own: SpaceHold | None = None) -> None:
+def ensure_space(
+    path: Path, nbytes: int, own: SpaceHold | None = None, what: str | None = None
+) -> None:
     """Fail before HDF5 writes what the disk, or the file size limit (``ulimit -f``), cannot
     hold: HDF5 failing mid-write leaves objects it cannot release, and the process crashes at
     exit (segfault in HDF5's library shutdown). The space other writes of this process hold
-    (:class:`SpaceHold`; not ``own``) counts as used: it is theirs."""
+    (:class:`SpaceHold`; not ``own``) counts as used: it is theirs. ``what``: the error's file
+    name where it is not ``path`` (several files checked at once)."""
     free = shutil.disk_usage(path.parent).free
     with _space_lock:
         others = sum(_space_held.values()) - (_space_held.get(id(own), 0) if own else 0)
@@ -722,7 +725,7 @@ def ensure_space(path: Path, nbytes: int, own: SpaceHold | None = None) -> None:
         raise OSError(
             errno.ENOSPC,
             f"No space left on device: {free} bytes free where writing needs {need}{held}",
-            str(path),
+            what or str(path),
         )
     limit = _file_size_limit()
     if limit is not None:

@@ -594,7 +594,9 @@ class Pipeline:
             need += r.n_frames * per_frame
             if r.peaks is not None:
                 need += 7 * 8 * int(np.asarray(r.peaks.status).size)  # fit.bin rows
-        ensure_space(self.output_dir / "Int2D.bin", need)
+        ensure_space(
+            self.output_dir / "lineout.bin", need, what=f"{self.output_dir} (MIDAS binary files)"
+        )
 
     def _write_midas(self, results: list[Any], bins: dict[str, Any]) -> dict[str, Any]:
         """Append the GPU program's per-frame files (spec §7.3): lineout.bin,
@@ -743,8 +745,12 @@ class Pipeline:
             log.warning("stream: cannot lock %s (%s): a second stream there would not be "
                         "stopped", self.output_dir, e)  # fmt: skip
             return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: said with the file, before any frame is taken
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.output_dir / ".radint-stream.lock")) from e
         self._lock_fd = fd
 
     def _unlock_output(self) -> None:
