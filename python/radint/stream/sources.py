@@ -337,6 +337,7 @@ class TcpSource(Source):
         went_back = False
         drain_until: float | None = None  # set once this connection's frames are refused
         n_refused = 0
+        first_id: int | None = None
         log.info("%s: connected", label)
         try:
             while True:
@@ -357,7 +358,9 @@ class TcpSource(Source):
                     hint = (
                         f" (the wire has no length field: a sender whose frames are not "
                         f"{self.shape[1]}x{self.shape[0]} pixels, NrPixelsY x NrPixelsZ, "
-                        "misaligns the stream)"
+                        "misaligns the stream, and then the frames already taken from this "
+                        f"connection, {label} ids {first_id}-{wraps * 65536 + last_num}, are "
+                        "wrong too: check them)"
                         if n_frames
                         else ""
                     )
@@ -389,6 +392,8 @@ class TcpSource(Source):
                         label, num, last_num,
                     )  # fmt: skip
                 last_num = num
+                if first_id is None:
+                    first_id = wraps * 65536 + num
                 item = StreamItem(
                     frame_id=wraps * 65536 + num,
                     data=data.reshape(self.shape),
