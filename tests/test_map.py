@@ -669,3 +669,45 @@ def test_a_killed_map_cache_save_leaves_nothing_for_long(tmp_path, small_config)
     DetectorMap.build(small_config).save(path)
     assert path.is_file() and not left.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["radint-map.npz"]
+
+
+def _midas_integrate_hash(c) -> bytes:
+    """midas-integrate 0.9.0's ``compute_param_hash`` (bin_io.py), for R bins."""
+    import hashlib
+
+    head = "|".join([
+        f"BC={c.bc_y_px:.6f},{c.bc_z_px:.6f}", f"EtaBinSize={c.eta_bin_deg:.6f}",
+        f"EtaMax={c.eta_max_deg:.6f}", f"EtaMin={c.eta_min_deg:.6f}", f"Lsd={c.lsd_um:.6f}",
+        f"NrPixelsY={c.n_pixels_y}", f"NrPixelsZ={c.n_pixels_z}", f"Parallax={c.parallax_um:.6f}",
+        f"RBinSize={c.r_bin_px:.6f}", f"RMax={c.r_max_px:.6f}", f"RMin={c.r_min_px:.6f}",
+        f"RhoD={c.rho_d_um:.6f}", f"TransOpt={len(c.im_trans_opt)}",
+        f"Wavelength={c.wavelength_angstrom:.8f}",
+    ])  # fmt: skip
+    head += "".join(f",{int(t)}" for t in c.im_trans_opt)
+    tail = [f"p{i}={p:.6f}" for i, p in enumerate(c.distortion)]
+    tail += [f"pxY={c.pixel_size_y_um:.6f}", f"pxZ={c.pixel_size_z_um:.6f}",
+             f"tx={c.tx_deg:.6f}", f"ty={c.ty_deg:.6f}", f"tz={c.tz_deg:.6f}"]  # fmt: skip
+    return hashlib.sha256((head + "|" + "|".join(tail)).encode("ascii")).digest()
+
+
+def test_a_map_midas_integrate_built_for_these_parameters_is_not_called_another(
+    small_config, tmp_path, caplog
+):
+    """Audit: midas-integrate hashes all fifteen distortion terms, Parallax and Wavelength into
+    Map.bin's header, the C programs fewer: loading its map of the very same parameter file
+    warned "the map may have been built for another geometry". Either program's hash is taken;
+    a header of other parameters still warns."""
+    import logging
+
+    config = small_config.replace(im_trans_opt=(1, 2), parallax_um=3.0)
+    DetectorMap.build(config, n_threads=1).save_midas(tmp_path, config)
+    header = bytearray((tmp_path / "Map.bin").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        header[8:40] = _midas_integrate_hash(config)
+        (tmp_path / "Map.bin").write_bytes(header)
+        DetectorMap.load_midas(tmp_path, config, n_threads=1)
+        assert "hash differs" not in caplog.text
+        header[8:40] = _midas_integrate_hash(config.replace(tz_deg=config.tz_deg + 0.5))
+        (tmp_path / "Map.bin").write_bytes(header)
+        DetectorMap.load_midas(tmp_path, config, n_threads=1)
+        assert "hash differs" in caplog.text

@@ -134,6 +134,41 @@ pub fn param_hash(p: &Params) -> [u8; 32] {
     Sha256::digest(param_hash_string(p).as_bytes()).into()
 }
 
+/// The hash midas-integrate (the Python port) writes into its Map.bin headers: the C string
+/// with `Parallax` and `Wavelength` always and all fifteen distortion terms, so that a map it
+/// built for these parameters is not taken for another geometry's.
+pub fn param_hash_string_midas_integrate(p: &Params) -> String {
+    let c = param_hash_string(p);
+    // Its alphabetised head is the C one with Parallax after NrPixelsZ and Wavelength after
+    // TransOpt's count (and its transforms); its tail holds every p term.
+    let (head, _) = c.split_once("|p0=").unwrap_or((&c, ""));
+    let (before_rbin, from_rbin) = head.split_once("|RBinSize=").unwrap_or((head, ""));
+    let (from_rbin, transforms) = match from_rbin.split_once("|TransOpt=") {
+        Some((a, b)) => (a, b),
+        None => (from_rbin, ""),
+    };
+    let (count, ops) = transforms.split_once(',').unwrap_or((transforms, ""));
+    let mut s = format!(
+        "{before_rbin}|Parallax={:.6}|RBinSize={from_rbin}|TransOpt={count}|Wavelength={:.8}",
+        p.parallax_um, p.wavelength_angstrom
+    );
+    if !ops.is_empty() {
+        s.push(',');
+        s.push_str(ops);
+    }
+    for (i, term) in p.distortion.iter().enumerate() {
+        s.push_str(&format!("|p{i}={term:.6}"));
+    }
+    s.push_str(&format!(
+        "|pxY={:.6}|pxZ={:.6}|tx={:.6}|ty={:.6}|tz={:.6}",
+        p.pixel_size_y_um, p.pixel_size_z_um, p.tx_deg, p.ty_deg, p.tz_deg
+    ));
+    if p.radial_mode() == RadialMode::Q {
+        s.push_str("|qMode=1");
+    }
+    s
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -477,7 +512,13 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
     };
     map.bin_geometric_area = map.bin_area();
     map.pool_shared_pixel_weights();
-    let hash_matches = header.map(|h| h.param_hash == param_hash(params));
+    let hash_matches = header.map(|h| {
+        h.param_hash == param_hash(params)
+            || h.param_hash
+                == <[u8; 32]>::from(Sha256::digest(
+                    param_hash_string_midas_integrate(params).as_bytes(),
+                ))
+    });
     Ok((
         map,
         ReadInfo {
