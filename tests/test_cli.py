@@ -188,6 +188,13 @@ def test_info_table_shows_where_each_key_was_set_in_80_columns(capsys, monkeypat
     lsd = next(line for line in out.splitlines() if "lsd_um" in line)
     assert "line 6" in lsd
     assert "<override>:1" in next(line for line in out.splitlines() if "r_max_px" in line)
+    # The peak count comes from AutoDetectPeaks; a MaxNPeaks beside it is ignored, and the
+    # table named its line all the same.
+    assert main(["info", str(EXAMPLES / "parameters.txt"), "AutoDetectPeaks", "3",
+                 "MaxNPeaks", "7"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "max_n_peaks" in line)
+    assert "3" in row and "<override>:1" in row, row
 
 
 def test_missing_data_folder_is_an_error_not_an_override(tmp_path, capsys, monkeypatch):

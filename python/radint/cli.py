@@ -471,7 +471,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             continue
         where = ""
         for key, (file, line) in config.set_at.items():
-            if _key_matches(key, name):
+            if _key_matches(key, name, config):
                 if file == config.source:
                     where = f"line {line}" if line else "the file"
                 else:
@@ -619,13 +619,16 @@ def _no_row(path: str, row: int, n_frames: int) -> int:
     return 2
 
 
-def _key_matches(midas_key: str, field_name: str) -> bool:
+def _key_matches(midas_key: str, field_name: str, config: IntegrationConfig) -> bool:
     from radint.config import _MIDAS_KEYS
 
     if midas_key == "BC":
         return field_name in ("bc_y_px", "bc_z_px")
     if midas_key == "px":
         return field_name in ("pixel_size_y_um", "pixel_size_z_um")
+    if field_name == "max_n_peaks" and "AutoDetectPeaks" in config.set_at:
+        # `AutoDetectPeaks N` sets the count; a MaxNPeaks line beside it is ignored.
+        return midas_key == "AutoDetectPeaks" and config.auto_detect_peaks
     return _MIDAS_KEYS.get(field_name) == midas_key
 
 
