@@ -1205,3 +1205,32 @@ def test_the_default_rmax_far_past_a_small_detector_is_warned(small_config, capl
         assert "MIDAS's default" not in caplog.text
         Integrator(default)
     assert "RMax 1524 px (MIDAS's default) lies far past the detector" in caplog.text
+
+
+def test_result_axes_are_read_only_and_shared(small_config, small_map):
+    """Audit: every Result of an Integrator holds the same axis arrays, which were writeable:
+    ``np.radians(a.two_theta_deg, out=a.two_theta_deg)`` changed every other result's axis and
+    later lineout files. They are read-only now; a converted copy leaves the others alone."""
+    integrator = Integrator(small_config, detector_map=small_map)
+    frame = ring_image(small_config)
+    a, b = integrator.integrate(frame), integrator.integrate_stack(frame[None])
+    axes = ("radius_px", "two_theta_deg", "q_inv_angstrom", "d_spacing_angstrom", "eta_deg",
+            "r_edges_px", "eta_edges_deg")  # fmt: skip
+    before = {name: getattr(b, name).copy() for name in axes}
+    for name in axes:
+        assert not getattr(a, name).flags.writeable, name
+    with pytest.raises(ValueError, match="read-only"):
+        np.radians(a.two_theta_deg, out=a.two_theta_deg)
+    with pytest.raises(ValueError, match="read-only"):
+        a.eta_deg += 180
+    radians = np.radians(a.two_theta_deg)  # the way to convert: a new array
+    later = integrator.integrate(frame)
+    for name in axes:
+        np.testing.assert_array_equal(getattr(b, name), before[name])
+        np.testing.assert_array_equal(getattr(later, name), before[name])
+    np.testing.assert_allclose(radians, np.radians(before["two_theta_deg"]), rtol=1e-15)
+    # Results derived from them (a frame of a stack, frame sums) keep working on the shared axes.
+    assert b.frame(0).two_theta_deg is b.two_theta_deg
+    summed = Integrator.sum_images(integrator.integrate_stack(np.stack([frame, frame])))
+    np.testing.assert_allclose(np.nan_to_num(summed.cake[0]), np.nan_to_num(2 * a.cake),
+                               rtol=1e-12)  # fmt: skip

@@ -670,7 +670,7 @@ class Integrator:
         q = cfg.q_inv_angstrom(r)
         with np.errstate(divide="ignore", invalid="ignore"):
             d = np.where(q > 0, 2 * math.pi / q, np.nan)
-        return {
+        axes = {
             "radius_px": r,
             "two_theta_deg": tth,
             "q_inv_angstrom": q,
@@ -679,6 +679,12 @@ class Integrator:
             "r_edges_px": r_edges,
             "eta_edges_deg": eta_edges,
         }
+        # Every Result of this integrator holds these very arrays (writers key their layout
+        # caches on them): read-only, so an in-place edit of one result's axis raises instead
+        # of changing all the others.
+        for axis in axes.values():
+            axis.flags.writeable = False
+        return axes
 
     # ------------------------------------------------------------------ checks
     def _check_frames(self, frames: Any, ndim: int, what: str) -> np.ndarray:

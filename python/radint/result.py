@@ -44,6 +44,8 @@ class Result:
         Azimuthal bin centres, degrees (0 along +Z, +90 along +Y).
     r_edges_px : ndarray, shape (n_r + 1,)
     eta_edges_deg : ndarray, shape (n_eta + 1,)
+        The axes of an Integrator's results are one set of read-only arrays, shared by all
+        of them: convert into a new array (``np.radians(r.two_theta_deg)``), not in place.
     config : IntegrationConfig
         The configuration that produced this result.
     normalized : bool
