@@ -164,12 +164,14 @@ class Integrator:
     mask : ndarray of bool, shape (n_pixels_z, n_pixels_y), optional
         Integration-time pixel mask (True = ignore), on top of the map's MaskFile.
     flat : ndarray, shape (n_pixels_z, n_pixels_y), optional
-        Flat-field response; pixels are divided by it (≤ 0 or NaN ⇒ masked). Without it the
+        Flat-field response; pixels are divided by it (≤ 0, NaN or masked in a numpy masked
+        array ⇒ masked). Without it the
         parameters' ``FlatFile`` is the flat (midas-integrate's rules: values ≤ 1e-12 or NaN
         leave the pixel undivided; ignored with ``compat="midas-cpu"``, whose C program does
         not read the key).
     dark : ndarray, shape (n_pixels_z, n_pixels_y), optional
-        Dark image subtracted from every frame (NaN pixels ⇒ masked), copied once here. The
+        Dark image subtracted from every frame (NaN pixels, or masked in a numpy masked array,
+        ⇒ masked), copied once here. The
         same as passing it to every ``integrate`` call (a ``dark=`` there takes precedence), but
         integer frames, and float frames without NaN or inf, on the CPU then take the fast
         path: dark, mask, flat, solid angle and
@@ -629,10 +631,10 @@ class Integrator:
             correction = self._geometric_correction(solid_angle_model, polarization_model)
             used = True
         if flat is not None:
-            flat = np.asarray(flat)
-            if flat.dtype.kind not in "biuf":
-                raise DtypeError(f"flat: expected a real numeric array, got dtype {flat.dtype}")
-            flat = flat.astype(np.float64, copy=False)
+            dtype = np.asarray(flat).dtype
+            if dtype.kind not in "biuf":
+                raise DtypeError(f"flat: expected a real numeric array, got dtype {dtype}")
+            flat = _as_float64(flat)
             if flat.shape != shape:
                 raise ShapeError(f"flat: expected shape {shape} (rows, columns), got {flat.shape}")
             flat = flat.ravel()
@@ -693,6 +695,9 @@ class Integrator:
                 f"{what}: expected an array or a list of arrays, got {type(frames).__name__} "
                 "(an iterator: pass list(...) of it)"
             )
+        # A numpy masked array's masked pixels are left out as NaN pixels are (np.asarray
+        # keeps only the values, the masked ones included).
+        masked = np.ma.getmask(frames) if isinstance(frames, np.ma.MaskedArray) else None
         a = np.asarray(frames)
         if a.dtype not in _SUPPORTED_DTYPES:
             if a.dtype.kind in "iub" and a.dtype.itemsize <= 8:
@@ -724,10 +729,12 @@ class Integrator:
         # Aligned too: a frame viewed in a byte buffer after a 4-byte header (a MIDAS wire
         # payload of 8-byte pixels) is C-contiguous but cannot be read in place.
         a = np.require(a, requirements=("C", "A"))
-        if self._markers_by_map(a):
+        left_out = None if masked is None or not masked.any() else np.array(masked, dtype=bool)
+        if left_out is None and self._markers_by_map(a):
             return a  # _run leaves the marked pixels out through a map without them
-        if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
-            bad = np.zeros(a.shape, dtype=bool)
+        if (left_out is not None or self.dead_below is not None or self.hot_above is not None
+                or self.invalid_values):  # fmt: skip
+            bad = np.zeros(a.shape, dtype=bool) if left_out is None else left_out
             for v in self._stored_markers(a.dtype):  # on the stored values, before any conversion
                 bad |= a == v
             if self.dead_below is not None:
@@ -969,8 +976,8 @@ class Integrator:
             raise ShapeError(
                 f"dark: expected shape {self.config.shape} (rows, columns), got {d.shape}"
             )
-        flat = np.ascontiguousarray(d, dtype=np.float64).ravel()
-        if d.dtype.kind == "f" and not np.isfinite(flat).any():
+        flat = np.ascontiguousarray(_as_float64(dark)).ravel()
+        if (d.dtype.kind == "f" or np.ma.is_masked(dark)) and not np.isfinite(flat).any():
             raise InvalidInputError(f"dark: every pixel is NaN or inf ({flat.size} pixels)")
         return flat
 
@@ -980,7 +987,7 @@ class Integrator:
         v = np.asarray(variance)
         if v.dtype.kind not in "biuf":
             raise DtypeError(f"variance: expected real numbers, got dtype {v.dtype}")
-        v = v.astype(np.float64, copy=False)
+        v = _as_float64(variance)
         if v.shape != self.config.shape:
             raise ShapeError(
                 f"variance: expected shape {self.config.shape} (rows, columns), got {v.shape}"
@@ -1000,18 +1007,20 @@ class Integrator:
 
         NaN and ±inf pixels (float frames) are treated as masked: they contribute neither signal
         nor area, and ``result.metadata["nan_pixels"]`` counts them, with the pixels ``dead_below``
-        / ``hot_above`` / ``invalid_values`` leave out and those whose dark is NaN. Frames holding
-        them at the same pixels as the previous call integrate through a map without those
-        pixels (built then, kept while they stay), as fast as frames without NaN.
+        / ``hot_above`` / ``invalid_values`` leave out, those whose dark is NaN and the masked
+        pixels of a numpy masked array (``frame.filled(nan)``, for integer frames too). Frames
+        holding them at the same pixels as the previous call integrate through a map without
+        those pixels (built then, kept while they stay), as fast as frames without NaN.
 
         Parameters
         ----------
         frame : ndarray ``(n_pixels_z, n_pixels_y)``
             Integer (1–8 bytes), float or bool pixels; uint8/16/32, int32/64 and float32/64 are
-            read in place, other types converted once.
+            read in place, other types converted once. A ``numpy.ma.MaskedArray``'s masked
+            pixels are left out (a float copy with NaN there).
         dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
-            Subtracted from the frame, in place of the Integrator's own dark (NaN pixels are
-            left out).
+            Subtracted from the frame, in place of the Integrator's own dark (NaN pixels, and a
+            masked array's masked ones, are left out).
         variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
             Per-pixel variance (``error_model="given"``): propagated into ``cake_sigma`` and
             ``lineout_sigma``.
@@ -1042,11 +1051,11 @@ class Integrator:
         Parameters
         ----------
         frames : ndarray ``(n_frames, n_pixels_z, n_pixels_y)`` or list of 2-D ndarrays
-            Integer (1–8 bytes), float or bool pixels. An empty array gives a 0-frame Result;
-            an empty list or an iterator is refused.
+            Integer (1–8 bytes), float or bool pixels; masked arrays' masked pixels are left
+            out. An empty array gives a 0-frame Result; an empty list or an iterator is refused.
         dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
-            Subtracted from every frame, in place of the Integrator's own dark (NaN pixels are
-            left out).
+            Subtracted from every frame, in place of the Integrator's own dark (NaN pixels, and
+            a masked array's masked ones, are left out).
         variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
             Per-pixel variance of every frame (``error_model="given"``); one for the stack.
 
@@ -1232,7 +1241,7 @@ class Integrator:
         own = self._dark_image
         if dark is None or own is None or dark is own:
             return dark
-        d = np.asarray(dark)
+        d = _as_float64(dark) if np.ma.is_masked(dark) else np.asarray(dark)
         if (
             d.shape == own.shape
             and d.dtype.kind in "iuf"
@@ -1437,6 +1446,14 @@ class Integrator:
 
     def __repr__(self) -> str:
         return f"Integrator(backend={self.backend!r}, map={self.map!r}, compat={self.compat!r})"
+
+
+def _as_float64(a: Any) -> np.ndarray:
+    """``a`` as float64, the masked values of a numpy masked array NaN (``a.filled(nan)``, which
+    an integer array cannot take): a dark's, flat's or variance's masked pixels count as NaN."""
+    if isinstance(a, np.ma.MaskedArray):
+        return np.ma.filled(a.astype(np.float64), np.nan)
+    return np.asarray(a, dtype=np.float64)
 
 
 def _exact_float(a: np.ndarray, bad: np.ndarray) -> type:
