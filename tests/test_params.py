@@ -339,9 +339,42 @@ def test_override_file_names_are_relative_to_the_current_directory(tmp_path, mon
     (sub / "mask.tif").write_bytes(b"")
     (tmp_path / "mask.tif").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
-    assert IntegrationConfig.from_midas_params("sub/p.txt").mask_file == "sub/mask.tif"
+    assert IntegrationConfig.from_midas_params("sub/p.txt").mask_file == str(sub / "mask.tif")
     c = IntegrationConfig.from_midas_params("sub/p.txt", ["MaskFile ./mask.tif"])
-    assert c.mask_file == "./mask.tif"
+    assert c.mask_file == str(tmp_path / "mask.tif")
+
+
+def test_file_names_are_stored_absolute(tmp_path, monkeypatch):
+    """Audit: with a relative parameter-file path, MaskFile (Dark, FlatFile, ...) was stored
+    relative to the working directory of the parse: after os.chdir the Integrator failed, or
+    read another folder's file of that name. Stored absolute, overrides too (those of
+    with_overrides as well), it names the same files wherever the process is."""
+    import numpy as np
+    import tifffile
+
+    from radint import Integrator
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shape = (48, 64)
+    mask = np.zeros(shape, np.uint8)
+    mask[:, :32] = 1
+    tifffile.imwrite(run / "mask.tif", mask)
+    tifffile.imwrite(run / "dark.tif", np.ones(shape, np.uint16))
+    (run / "p.txt").write_text(BASE + "MaskFile mask.tif\nRBinSize 1\n")
+    monkeypatch.chdir(tmp_path)
+    c = IntegrationConfig.from_midas_params("run/p.txt", ["Dark run/dark.tif"])
+    assert (c.mask_file, c.dark_file) == (str(run / "mask.tif"), str(run / "dark.tif"))
+    assert c.with_overrides(["FlatFile flat.tif"]).flat_file == str(tmp_path / "flat.tif")
+    frame = np.ones(shape, np.uint16)
+    area = Integrator(c, n_threads=1).integrate(frame).area.sum()
+    other = tmp_path / "other"
+    (other / "run").mkdir(parents=True)
+    tifffile.imwrite(other / "run" / "mask.tif", np.zeros(shape, np.uint8))  # another mask
+    monkeypatch.chdir(other)
+    assert Integrator(c, n_threads=1).integrate(frame).area.sum() == area
+    monkeypatch.chdir("/")
+    assert Integrator(c, n_threads=1).integrate(frame).area.sum() == area
 
 
 def test_misspelled_keys_with_punctuation_or_plural_are_named(tmp_path, caplog):

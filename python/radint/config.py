@@ -29,7 +29,8 @@ log = logging.getLogger("radint")
 FIT_ROI_PADDING = 20
 SNIP_ITERATIONS = 50
 
-#: Keys of MIDAS files that name other files, resolved relative to the parameter file.
+#: Keys of MIDAS files that name other files, stored as absolute paths (relative names resolved
+#: beside the parameter file, or in the current directory for overrides).
 FILE_FIELDS = (
     "mask_file",
     "distortion_file",
@@ -163,6 +164,9 @@ class IntegrationConfig:
         overrides : list of str or dict, optional
             MIDAS-style replacements, e.g. ``["RMax 800", "EtaBinSize 2"]`` or
             ``{"RMax": 800}``; they replace file values (lists such as ImTransOpt are replaced).
+            Files named (``MaskFile``, ``Dark``, ...) are stored as absolute paths: relative
+            names in the file are looked up beside it, those in overrides in the current
+            directory.
 
         Raises
         ------
@@ -259,21 +263,27 @@ class IntegrationConfig:
         d["unknown"] = tuple(tuple(u) for u in d.get("unknown", ()))
         return cls(**_tupled(d))
 
-    def _resolve_files(self, base: Path) -> IntegrationConfig:
-        """Relative file names written in the parameter file, looked up beside it (where they
-        exist there, or nowhere else); names given as overrides stay as typed, relative to the
-        current directory like any path on a command line; ``~`` is the home folder."""
+    def _resolve_files(self, base: Path | None) -> IntegrationConfig:
+        """The files named as absolute paths, so the configuration names the same files after
+        ``os.chdir`` or in a worker process started elsewhere: relative names written in the
+        parameter file in folder ``base`` are looked up beside it (where they exist there, or
+        nowhere else; None: left as they are), names given as overrides in the current
+        directory, like any path on a command line; ``~`` is the home folder."""
         changes: dict[str, Any] = {}
         for name in FILE_FIELDS:
             value = getattr(self, name)
-            if value.startswith("~"):  # a home folder, as a shell would expand it
-                value = changes[name] = str(Path(value).expanduser())
-            if self.set_at.get(_MIDAS_KEYS.get(name, ""), ("",))[0] == "<override>":
+            if not value:
                 continue
-            if value and not Path(value).is_absolute():
-                candidate = base / value
-                if candidate.exists() or not Path(value).exists():
-                    changes[name] = str(candidate)
+            path = Path(value).expanduser()  # a home folder, as a shell would expand it
+            if not path.is_absolute():
+                if self.set_at.get(_MIDAS_KEYS.get(name, ""), ("",))[0] != "<override>":
+                    if base is None:
+                        continue
+                    if (base / path).exists() or not path.exists():
+                        path = base / path
+                path = path.absolute()
+            if str(path) != value:
+                changes[name] = str(path)
         return dataclasses.replace(self, **changes) if changes else self
 
     # ----------------------------------------------------------------------------------------
@@ -317,7 +327,7 @@ class IntegrationConfig:
             closest key; the file's own unknown keys (other MIDAS programs') are tolerated."""
         new = self._overridden(overrides)
         _refuse_unknown_overrides(new)
-        return new
+        return new._resolve_files(None)
 
     def _overridden(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
         """:meth:`with_overrides` without refusing unknown keys (kept in :attr:`unknown`)."""
