@@ -703,6 +703,25 @@ class DetectorMap:
             "origin": self.origin,
         }
 
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its arrays and attributes (the compiled core cannot be pickled), so a
+        map goes to worker processes (``multiprocessing``, dask) and ``copy.deepcopy``."""
+        state = dict(self.__dict__)
+        del state["_core"]
+        state["_arrays"] = (
+            self.shape, self.r_edges_px, self.eta_edges_deg, self.indptr, self.pixel, self.area,
+            self.delta_r, self.weight, self.mask_hit, self.bin_geometric_area,
+        )  # fmt: skip
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The map again from :meth:`__getstate__`'s arrays, checked as :meth:`from_arrays`
+        checks them."""
+        state = dict(state)
+        self._core = DetectorMap.from_arrays(*state.pop("_arrays"))._core
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return (
             f"DetectorMap(shape={self.shape}, n_r={self.n_r}, n_eta={self.n_eta}, "

@@ -248,6 +248,15 @@ class Integrator:
         cache_dir: str | Path | None = None,
         fit: Any = "config",
     ) -> None:
+        # What pickling rebuilds this Integrator from (see __reduce__).
+        self._arguments: dict[str, Any] = {
+            "config": config, "backend": backend, "n_threads": n_threads, "compat": compat,
+            "mask": mask, "flat": flat, "dark": dark, "solid_angle": solid_angle,
+            "polarization": polarization, "error_model": error_model, "precision": precision,
+            "lineout_mode": lineout_mode, "empty_value": empty_value, "dead_below": dead_below,
+            "hot_above": hot_above, "invalid_values": invalid_values,
+            "pixel_weights": pixel_weights, "cache_dir": cache_dir,
+        }  # fmt: skip
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if compat not in COMPAT:
@@ -1444,8 +1453,20 @@ class Integrator:
             metadata=meta,
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled (``multiprocessing`` with spawn, dask, joblib; ``copy.deepcopy``) as its
+        constructor's arguments with its map and current fit: unpickling builds the Integrator
+        again without building the map (its thread pools, caches and GPU state belong to one
+        process; the backend is chosen again where it is unpickled)."""
+        return _rebuilt, ({**self._arguments, "detector_map": self.map, "fit": self.fit},)
+
     def __repr__(self) -> str:
         return f"Integrator(backend={self.backend!r}, map={self.map!r}, compat={self.compat!r})"
+
+
+def _rebuilt(arguments: dict[str, Any]) -> Integrator:
+    """An unpickled Integrator (see :meth:`Integrator.__reduce__`)."""
+    return Integrator(**arguments)
 
 
 def _as_float64(a: Any) -> np.ndarray:
