@@ -171,12 +171,12 @@ class Integrator:
         not read the key).
     dark : ndarray, shape (n_pixels_z, n_pixels_y), optional
         Dark image subtracted from every frame (NaN pixels, or masked in a numpy masked array,
-        ⇒ masked), copied once here. The
-        same as passing it to every ``integrate`` call (a ``dark=`` there takes precedence), but
-        integer frames, and float frames without NaN or inf, on the CPU then take the fast
-        path: dark, mask, flat, solid angle and
-        polarization are folded into a copy of the map once (``DetectorMap.folded``), so a frame
-        costs what an uncorrected one does.
+        ⇒ masked), copied once here. The same as passing it to every ``integrate`` call (a
+        ``dark=`` there takes precedence), but faster: on the CPU with float64 sums, radint's
+        own map weights and no ``compat``, integer frames (and float frames with few or no NaN
+        / inf) take a copy of the map's weights with dark, mask, flat, solid angle and
+        polarization folded in, made once on the first such frame, so a frame costs what an
+        uncorrected one does.
     solid_angle : {"midas", "exact", None, "config"}
         Solid-angle correction model; ``"config"`` (default) = the parameter file's
         ``SolidAngleModel`` (``"midas"`` unless set) if it sets ``SolidAngleCorrection 1``,
@@ -185,7 +185,9 @@ class Integrator:
         Polarization model; ``"config"`` = ``PolarizationModel`` (``"midas"`` unless set) if
         ``PolarizationCorrection 1``, else none.
     error_model : {"poisson", None}
-        Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma).
+        Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma). A
+        ``variance=`` given to :meth:`integrate` / :meth:`integrate_stack` takes its place for
+        that call.
     precision : {"float64", "float32"}
         Accumulator precision: float64 (default, ~1e-15 relative) or float32 (~1e-6, faster
         on CPUs without AVX-512 and with MIDAS-weighted maps; the AVX-512 kernels always sum in
@@ -1031,8 +1033,9 @@ class Integrator:
             Subtracted from the frame, in place of the Integrator's own dark (NaN pixels, and a
             masked array's masked ones, are left out).
         variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
-            Per-pixel variance (``error_model="given"``): propagated into ``cake_sigma`` and
-            ``lineout_sigma``.
+            Per-pixel variance, used for this call in place of the Integrator's ``error_model``
+            (also when that is None): propagated into ``cake_sigma`` and ``lineout_sigma``; NaN
+            marks a pixel's variance unknown (its bins' sigma is NaN).
 
         Returns
         -------
@@ -1066,7 +1069,8 @@ class Integrator:
             Subtracted from every frame, in place of the Integrator's own dark (NaN pixels, and
             a masked array's masked ones, are left out).
         variance : ndarray ``(n_pixels_z, n_pixels_y)``, optional
-            Per-pixel variance of every frame (``error_model="given"``); one for the stack.
+            Per-pixel variance of every frame, in place of the Integrator's ``error_model``
+            (as in :meth:`integrate`); one for the stack.
 
         Returns
         -------
