@@ -833,3 +833,22 @@ def test_a_fit_reports_no_error_of_zero() -> None:
     for name in ("area", "center", "sig", "gam", "fwhm", "eta_mix"):
         errors = getattr(t, f"{name}_err")[ok]
         assert not (errors == 0).any(), name
+
+
+def test_fitspec_positions_type_check_as_any_sequence(tmp_path):
+    """Audit: ``mypy --strict`` refused ``FitSpec(positions_px=[...])`` (annotated
+    ``tuple[float, ...]``) though FitSpec takes any sequence of numbers, a numpy array too."""
+    api = pytest.importorskip("mypy.api")
+    user = tmp_path / "user.py"
+    user.write_text(
+        "import numpy as np\n"
+        "from radint.fit import FitSpec\n"
+        "FitSpec(positions_px=[211.9, 244.7], bin_average=False)\n"
+        "FitSpec(positions_two_theta_deg=[3.172, 3.663])\n"
+        "FitSpec(positions_px=np.array([211.9]))\n"
+        "FitSpec(positions_two_theta_deg=(3.172,))\n"
+    )
+    out, err, status = api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(user)])
+    assert status == 0, out + err
+    spec = rfit.FitSpec(positions_px=np.array([211.9, 244.7]))
+    assert spec.positions_px == (211.9, 244.7)  # stored as a tuple of floats

@@ -41,6 +41,7 @@ import logging
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1243,8 +1244,9 @@ class FitSpec:
     >>> Integrator(config, fit=FitSpec(auto=12))  # doctest: +SKIP
     """
 
-    positions_px: tuple[float, ...] = ()
-    positions_two_theta_deg: tuple[float, ...] = ()
+    # Any sequence of numbers (a numpy array too), stored as a tuple of floats.
+    positions_px: Sequence[float] | np.ndarray = ()
+    positions_two_theta_deg: Sequence[float] | np.ndarray = ()
     auto: int | None = None
     roi_padding: int = FIT_ROI_PADDING
     auto_roi: bool = False
