@@ -89,7 +89,7 @@ def make_result(
         lineout=lineout,
         lineout_sigma=lineout_sigma,
         area=area,
-        count=(area > 0).astype(np.int64),
+        count=(area > 0).astype(np.uint32),  # as the integrator counts
         radius_px=radius,
         two_theta_deg=tth,
         q_inv_angstrom=q,

@@ -284,7 +284,7 @@ def test_batch_reads_cuda_stacks_into_the_integrators_host_buffer(
         seen.append(data)
         return cpu.integrate_stack(data, dark=dark)
 
-    monkeypatch.setattr(integ, "backend", "cuda")
+    monkeypatch.setitem(vars(integ), "backend", "cuda")  # past the read-only attribute
     monkeypatch.setattr(integ, "host_buffer", host_buffer)
     monkeypatch.setattr(integ, "integrate_stack", integrate_stack)
     monkeypatch.setattr(batch, "_STACK_BUFFERS", batch._StackBuffers(keep=4))

@@ -1410,3 +1410,26 @@ def test_integrator_docs_name_what_exists(small_config, small_map):
     poisson = Integrator(small_config, detector_map=small_map).integrate(frame).cake_sigma
     given = no_model.integrate(frame, variance=np.maximum(frame, 1)).cake_sigma
     np.testing.assert_allclose(given, poisson, rtol=1e-12)
+
+
+def test_results_compare_by_identity_and_integrator_settings_are_read_only(small_config, small_map):
+    """Audit: ``result == other`` raised "truth value of an array is ambiguous" (a dataclass
+    comparing arrays), and assigning a public Integrator setting (``invalid_values =
+    [65535.0]``, ``normalize = 0``) broke every later call with a TypeError. Results compare by
+    identity; settings are read-only, with a message saying what to do; fit may change."""
+    integrator = Integrator(small_config, detector_map=small_map)
+    frame = ring_image(small_config)
+    a, b = integrator.integrate(frame), integrator.integrate(frame)
+    assert a == a and a != b and len({a, b}) == 2
+    for name, value in (("invalid_values", [65535.0]), ("normalize", 0), ("map", small_map),
+                        ("n_threads", 2), ("backend", "cuda"), ("empty_value", 0.0)):  # fmt: skip
+        with pytest.raises(AttributeError, match=rf"Integrator\.{name} is read-only.*build"):
+            setattr(integrator, name, value)
+    integrator.fit = {"positions_px": [30.0]}
+    assert integrator.fit is not None and integrator.fit.positions_px == (30.0,)
+    with pytest.raises(InvalidInputError, match="fit: expected"):
+        integrator.fit = 3
+    integrator.label = "run 7"  # attributes of the user's own, and method overrides, stay free
+    integrator.label = "run 8"
+    integrator.integrate_stack = integrator.integrate_stack
+    np.testing.assert_array_equal(integrator.integrate(frame).cake, a.cake)

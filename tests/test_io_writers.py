@@ -1177,3 +1177,12 @@ def test_midas_outputs_of_a_stream_with_repeated_frame_ids(tmp_path: Path) -> No
     with zipfile.ZipFile(write_gsas_zarr_zip(res, tmp_path / "s.zarr.zip")) as z:
         names = z.namelist()
     assert len(names) == len(set(names))
+
+
+def test_read_nexus_keeps_the_count_dtype(tmp_path: Path) -> None:
+    """Audit: read_nexus returned ``count`` as int64 where the Result had uint32 (the file
+    stores int64); it reads back as the integrator made it."""
+    res = make_result(n_frames=2)
+    back = read_nexus(write_nexus(res, tmp_path / "c.h5"))
+    assert back.count.dtype == res.count.dtype == np.uint32
+    np.testing.assert_array_equal(back.count, np.broadcast_to(res.count, back.count.shape))

@@ -142,6 +142,9 @@ def rules_identity(compat: str | None, midas_dir: str | Path | None) -> str:
 class Integrator:
     """Integrate frames into (η, R) cakes and radial lineouts with one detector map.
 
+    The settings it is built with (attributes such as ``normalize``, ``invalid_values``,
+    ``map``) are read-only; only :attr:`fit` may be assigned later.
+
     Parameters
     ----------
     config : IntegrationConfig
@@ -444,6 +447,19 @@ class Integrator:
                 log.warning("backend auto: using cpu (the CUDA kernels cannot be set up: %s)", why)
                 self.backend = "cpu"
                 self._gpu, self._gpu_fit = None, (None, None)
+        # The settings are fixed once built: the map, pixel scale and caches follow from them,
+        # and a value of another form (a list for invalid_values, 0 for normalize) broke every
+        # later call. ``fit`` (a property, checked on assignment) may change.
+        self._read_only = frozenset(name for name in vars(self) if not name.startswith("_"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in getattr(self, "_read_only", ()):
+            raise AttributeError(
+                f"Integrator.{name} is read-only: the Integrator's map, corrections and caches "
+                f"are set up from it when it is built; build another Integrator for another "
+                f"{name} (configuration fields: Integrator(config.replace(...)))"
+            )
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ setup
     def _sampled_as_compat(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from radint.fit import FitTable
 
 
-@dataclass
+@dataclass(eq=False)  # arrays have no one truth value: results compare by identity
 class Result:
     """Cake, lineout and axes of one frame or a stack of frames.
 
@@ -36,7 +36,7 @@ class Result:
     lineout_sigma : ndarray or None, shape (n_r,)
     area : ndarray, shape (n_eta, n_r)
         Σ overlap area (px²) of the unmasked pixels that contributed to each bin.
-    count : ndarray, shape (n_eta, n_r)
+    count : ndarray of uint32, shape (n_eta, n_r)
         Number of map entries (pixel pieces) summed into each bin.
     radius_px, two_theta_deg, q_inv_angstrom, d_spacing_angstrom : ndarray, shape (n_r,)
         Radial bin centres (R centre of each bin; Q and d are NaN when the wavelength is 0).

@@ -644,7 +644,7 @@ def read_midas_caked(path: str | Path) -> Result:
         lineout=lineout,
         lineout_sigma=None,
         area=np.broadcast_to(area, cake.shape).copy(),
-        count=np.zeros(cake.shape, dtype=np.int64),
+        count=np.zeros(cake.shape, dtype=np.uint32),  # not stored; the integrator's dtype
         radius_px=radius,
         two_theta_deg=two_theta,
         q_inv_angstrom=q,

@@ -1969,10 +1969,11 @@ def _result_of(root: Any, path: Path) -> Result:
         lineout=lineout,
         lineout_sigma=lineout_sigma,
         area=np.broadcast_to(area, cake.shape).copy(),
+        # uint32, as the integrator counts (the file stores int64).
         count=(
-            np.broadcast_to(count, cake.shape).copy()
+            np.broadcast_to(count, cake.shape).astype(np.uint32)
             if count is not None
-            else np.zeros(cake.shape, dtype=np.int64)
+            else np.zeros(cake.shape, dtype=np.uint32)
         ),
         radius_px=radius,
         two_theta_deg=tth,
