@@ -685,3 +685,15 @@ def test_version_says_how_the_core_was_built_and_what_gpu_there_is(capsys):
     assert f"core: {info['profile']} build, {info['rayon_threads']} rayon threads" in out
     assert info["profile"] in ("release", "debug") and info["rayon_threads"] >= 1
     assert "\nGPU: " in out
+
+
+def test_map_refuses_a_map_no_pixel_reaches(tmp_path, capsys):
+    """Audit: ``radint map`` wrote an empty Map.bin (exit 0) for an η range off the detector,
+    which ``radint integrate`` refuses; it refuses too, saying what misses, and writes nothing."""
+    params = str(EXAMPLES / "parameters.txt")
+    out = tmp_path / "m"
+    assert main(["map", params, "RBinSize", "4", "EtaMin", "100", "EtaMax", "120",
+                 "BC", "0", "0", "-o", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no detector pixel reaches a bin" in err and "check EtaMin/EtaMax" in err
+    assert not (out / "Map.bin").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -1433,3 +1434,37 @@ def test_results_compare_by_identity_and_integrator_settings_are_read_only(small
     integrator.label = "run 8"
     integrator.integrate_stack = integrator.integrate_stack
     np.testing.assert_array_equal(integrator.integrate(frame).cake, a.cake)
+
+
+@pytest.mark.parametrize(
+    ("bc_z_px", "eta_min_deg", "eta_max_deg", "arc"),
+    [
+        (150.0, -90.0, 90.0, r"η 1\d\d\.\d\.\.2\d\d\.\d°"),  # the pixels' arc crosses ±180°
+        (-50.0, 100.0, 250.0, r"η -4\d\.\d\.\.5\d\.\d°"),
+    ],
+)
+def test_an_eta_range_that_misses_the_detector_is_named(
+    small_config, tmp_path, bc_z_px, eta_min_deg, eta_max_deg, arc
+):
+    """Audit: with the R range on the detector and the η range off it, the refusal blamed
+    RMin/RMax and BC, gave only the pixels' R span and spoke of masks with none in use. It
+    gives the η the pixels within the R range cover and names EtaMin/EtaMax; masks only where
+    the detector's pixels reach the bins and a mask takes them all."""
+    import tifffile
+
+    cfg = small_config.replace(bc_z_px=bc_z_px, r_min_px=60.0, r_max_px=100.0,
+                               eta_min_deg=eta_min_deg, eta_max_deg=eta_max_deg)  # fmt: skip
+    with pytest.raises(InvalidInputError) as refused:
+        Integrator(cfg)
+    text = str(refused.value)
+    assert re.search(rf"within that R range lie at {arc} .*check EtaMin/EtaMax", text), text
+    assert "RMin" not in text and "mask" not in text.lower()
+    tifffile.imwrite(tmp_path / "mask.tif", np.zeros(cfg.shape, np.uint8))
+    with pytest.raises(InvalidInputError, match="EtaMin/EtaMax") as refused:
+        Integrator(cfg.replace(mask_file=str(tmp_path / "mask.tif")))  # a mask that is no cause
+    assert "mask" not in str(refused.value).lower()
+    off = small_config.replace(
+        r_min_px=5000.0, r_max_px=6000.0, mask_file=str(tmp_path / "mask.tif")
+    )
+    with pytest.raises(InvalidInputError, match=r"check RMin/RMax, BC\)$"):
+        Integrator(off)

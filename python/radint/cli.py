@@ -424,6 +424,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     m = DetectorMap.build(config, n_threads=args.threads)
     elapsed = time.perf_counter() - t0
+    m.check_not_empty(config, args.threads)  # an empty map would integrate nothing
     m.save_midas(out, config)
     stats = m.stats()
     files = "Map.bin, nMap.bin" + (", maskMap.bin" if (out / "maskMap.bin").exists() else "")

@@ -681,6 +681,57 @@ class DetectorMap:
         """Σ overlap of all pixels incl. masked ones per bin, float64, shape (n_bins,)."""
         return self._core.bin_geometric_area
 
+    def check_not_empty(
+        self, config: IntegrationConfig | None = None, n_threads: int | None = None
+    ) -> None:
+        """Refuse a map that no pixel reaches (every integration would be empty), saying what
+        misses: the R range (RMin/RMax, BC), the η range of the pixels within it
+        (EtaMin/EtaMax), or, where both hold pixels, the mask.
+
+        Raises
+        ------
+        InvalidInputError
+            The map has no entry.
+        """
+        if self.n_entries:
+            return
+        config = config or self.config
+        r_edges, eta_edges = self.r_edges_px, self.eta_edges_deg
+        bins = (
+            f"no detector pixel reaches a bin: bins R {r_edges[0]:g}..{r_edges[-1]:g} px, "
+            f"η {eta_edges[0]:g}..{eta_edges[-1]:g}°"
+        )
+        if config is None:
+            raise InvalidInputError(f"{bins} ({self.origin})")
+        from radint.corrections import pixel_geometry
+
+        geometry = pixel_geometry(config, n_threads)
+        r, eta = geometry["r_px"], geometry["eta_deg"]
+        in_r = (r >= r_edges[0]) & (r <= r_edges[-1])
+        if not in_r.any():
+            raise InvalidInputError(
+                f"{bins}; the detector's pixels lie at R {r.min():.1f}..{r.max():.1f} px from "
+                "the beam centre (check RMin/RMax, BC)"
+            )
+        eta_width = eta_edges[-1] - eta_edges[0]
+        in_eta = (np.mod(eta - eta_edges[0], 360.0) <= eta_width) | (eta_width >= 360.0)
+        if not (in_r & in_eta).any():
+            start, end = _eta_arc(eta[in_r])
+            raise InvalidInputError(
+                f"{bins}; the detector's pixels within that R range lie at η {start:.1f}.."
+                f"{end:.1f}° (0° along +Z, 90° along +Y; check EtaMin/EtaMax, BC)"
+            )
+        masks = [f"{config.where_set('mask_file')} {config.mask_file}"] if config.mask_file else []
+        if config.module_gaps:
+            masks.append(config.where_set("module_gaps"))
+        why = (
+            f"every pixel there is masked ({', '.join(masks)}; MIDAS masks the pixels where a "
+            "mask holds 1)"
+            if masks
+            else f"the detector covers the bins but {self.origin} holds no entry"
+        )
+        raise InvalidInputError(f"{bins}; {why}")
+
     def stats(self) -> dict[str, Any]:
         """Summary numbers for ``radint info`` and benchmarks."""
         counts = np.diff(self.indptr.astype(np.int64))
@@ -727,6 +778,17 @@ class DetectorMap:
             f"DetectorMap(shape={self.shape}, n_r={self.n_r}, n_eta={self.n_eta}, "
             f"entries={self.n_entries}, origin={self.origin!r})"
         )
+
+
+def _eta_arc(eta_deg: np.ndarray) -> tuple[float, float]:
+    """The shortest arc ``(start, end)`` of the circle holding every η (degrees; ``start`` in
+    −180..180, ``end`` ≥ ``start``, past 180 where the arc crosses it)."""
+    e = np.sort(np.mod(np.asarray(eta_deg, dtype=np.float64) + 180.0, 360.0) - 180.0)
+    gaps = np.diff(e, append=e[0] + 360.0)
+    k = int(np.argmax(gaps))  # the largest empty arc follows e[k]
+    if k == e.size - 1:
+        return float(e[0]), float(e[-1])
+    return float(e[k + 1]), float(e[k] + 360.0)
 
 
 #: Alignment of the array data inside a map cache (the map takes the arrays without realigning).

@@ -571,16 +571,7 @@ class Integrator:
         range off the detector, a mask or dark that takes every pixel, an empty value window;
         warn when the dark takes some pixels out."""
         cfg = self.config
-        if self.map.n_entries == 0:
-            r = pixel_geometry(cfg, self.n_threads)["r_px"]
-            r_edges, eta_edges = self.map.r_edges_px, self.map.eta_edges_deg
-            mask_file = f", MaskFile {cfg.mask_file}" if cfg.mask_file else ""
-            raise InvalidInputError(
-                f"no detector pixel reaches a bin: bins R {r_edges[0]:g}..{r_edges[-1]:g} px, "
-                f"η {eta_edges[0]:g}..{eta_edges[-1]:g}°{mask_file}; the detector's "
-                f"pixels lie at R {r.min():.1f}..{r.max():.1f} px from the beam centre (check "
-                "RMin/RMax, BC; MIDAS masks the pixels where a mask is 1)"
-            )
+        self.map.check_not_empty(cfg, self.n_threads)
         if self._scale is not None and not np.isfinite(self._scale).any():
             raise InvalidInputError(
                 "every pixel is masked"
