@@ -1468,3 +1468,27 @@ def test_an_eta_range_that_misses_the_detector_is_named(
     )
     with pytest.raises(InvalidInputError, match=r"check RMin/RMax, BC\)$"):
         Integrator(off)
+
+
+def test_what_the_readme_says_differs_from_midas_integrate(small_config, small_map):
+    """README (against midas-integrate): with ``Normalize 0`` radint's lineout is the sum of the
+    η bins and compat="midas-gpu"'s the area-weighted mean Σ I·A / Σ A (midas-integrate's, with
+    area weights too); GapIntensity pixels are left out by default and integrated under
+    compat="midas-gpu" (midas-integrate never applies the key)."""
+    cfg = small_config.with_overrides(["Normalize 0", "GapIntensity -1"])
+    frame = ring_image(small_config).astype(np.int32)
+    frame[30:33, :] = -1
+    sums = Integrator(cfg, detector_map=small_map, error_model=None).integrate(frame)
+    gpu = Integrator(cfg, detector_map=small_map, error_model=None, compat="midas-gpu")
+    mean = gpu.integrate(frame)
+    reached = sums.area.sum(axis=0) > 0
+    # Sums of the same bins in another order: rounding only.
+    np.testing.assert_allclose(sums.lineout[reached], np.nansum(sums.cake, axis=0)[reached],
+                               rtol=1e-12)  # fmt: skip
+    weights = np.where(mean.area > 1e-9, mean.area, 0.0)
+    expected = (mean.cake * weights).sum(axis=0) / weights.sum(axis=0)
+    np.testing.assert_allclose(mean.lineout[reached], expected[reached], rtol=1e-12)
+    assert sums.metadata["nan_pixels"] == 3 * frame.shape[1]  # the -1 rows left out
+    assert mean.metadata.get("nan_pixels", 0) == 0  # integrated, as midas-integrate does
+    without_gaps = gpu.integrate(np.where(frame == -1, 0, frame))
+    assert not np.allclose(mean.cake, without_gaps.cake)  # the -1 values count
