@@ -155,10 +155,6 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _leaving(signum: int, _frame: object) -> None:
-    """A worker's signal handler once it is exiting: nothing more to stop."""
-
-
 def _raise_interrupt(signum: int, _frame: object) -> None:
     # The pool's worker loop catches the interrupt and takes its next queued run: that run
     # must not start (see _process_run). A second signal (a job scheduler's SIGTERM to the
@@ -167,13 +163,12 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
         return
     _WORKER["stopping"] = True
     if not _WORKER.get("busy"):
-        # Idle between runs: nothing to clean up, leave quietly; a signal during the exit (the
-        # group's and the parent's arrive together) would interrupt the interpreter's shutdown.
-        # (A Python no-op, not SIG_IGN: a signal already pending when SIG_IGN is set raises
-        # "Signal 15 ignored due to race condition".)
-        signal.signal(signal.SIGTERM, _leaving)
-        signal.signal(signal.SIGINT, _leaving)
-        raise SystemExit(0)
+        # Idle between runs: nothing to clean up, so leave at once. Not SystemExit: raised in
+        # the pool's own code (queueing a result, starting a run) it is caught and sent back
+        # as the run's exception, and the worker, now deaf to SIGTERM, waited for the next
+        # run for ever while the pool waited for it to exit (a batch hung after a worker
+        # death, 1 in ~20 runs).
+        os._exit(0)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -1206,7 +1201,8 @@ def _run_in_pools(
     # short enough (4 per process at least) to keep the processes busy.
     size = max(1, min(16, len(files) // (4 * n_procs)))
     todo: list[list[int]] = [list(range(len(files)))] + [[] for _ in range(RETRY_LEVELS - 1)]
-    any_finished = False
+    anything_done = False  # in the whole batch: a run reported, or a file found complete
+    empty_breaks = 0  # pool breaks in a row with no file in flight and nothing done between
     try:
         while any(todo):
             level = next(k for k, pending in enumerate(todo) if pending)
@@ -1214,6 +1210,7 @@ def _run_in_pools(
             step = size if level == 0 else 1
             alone = level == RETRY_LEVELS - 1
             lost: list[int] = []
+            progressed = False
             # spawn, not fork: forking a process whose rayon threads may hold locks deadlocks.
             pool = ProcessPoolExecutor(
                 1 if alone else n_procs,
@@ -1222,19 +1219,24 @@ def _run_in_pools(
                 initargs=initargs,
             )
             try:
+                runs = [indices[k : k + step] for k in range(0, len(indices), step)]
                 futures = {}
-                for k in range(0, len(indices), step):
-                    run = indices[k : k + step]
-                    futures[pool.submit(_process_run, [files[i] for i in run],
-                                        [names[i] for i in run], opts,
-                                        [str(marks / str(i)) for i in run])] = run  # fmt: skip
+                for n, run in enumerate(runs):
+                    try:
+                        fut = pool.submit(_process_run, [files[i] for i in run],
+                                          [names[i] for i in run], opts,
+                                          [str(marks / str(i)) for i in run])  # fmt: skip
+                    except BrokenProcessPool:  # a worker died while the runs were queued
+                        lost += [i for later in runs[n:] for i in later]
+                        break
+                    futures[fut] = run
                 for fut in as_completed(futures):
                     try:
                         outcomes = fut.result()
                     except BrokenProcessPool:
                         lost += futures[fut]
                         continue
-                    any_finished = True
+                    progressed = True
                     for i, o in zip(futures[fut], outcomes, strict=True):
                         done(i, o)
             except BaseException:
@@ -1247,8 +1249,15 @@ def _run_in_pools(
                         os.kill(process.pid, signal.SIGTERM)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+            if lost:
+                # Python's pool stops its workers when one dies, but not one it spawned for a
+                # submit racing with that (3.11): the pool then waited for it for ever.
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    with contextlib.suppress(OSError, ValueError, AttributeError):
+                        process.terminate()
             pool.shutdown(wait=True)
             if not lost:
+                anything_done = True
                 continue
             in_flight = {i for i in lost if (marks / str(i)).exists()}
             for i in in_flight:
@@ -1257,34 +1266,45 @@ def _run_in_pools(
             for i in sorted(lost):
                 salvaged = _salvaged(files[i], names[i], out_dir, formats, started, skipping, n_r)
                 if salvaged is not None:
+                    progressed = True
                     done(i, salvaged)
                 else:
                     retry.append(i)
+            anything_done = anything_done or progressed
             suspects = [i for i in retry if i in in_flight]
-            if not any_finished and not suspects:
-                # No worker began a file: they die as they start (a script without a
-                # __main__ guard, say), and would in any pool.
+            if suspects:
+                empty_breaks = 0
+                if alone:  # one file at a time on one process: the file in flight killed it
+                    for i in suspects:
+                        done(i, _died(files[i], "alone"))
+                else:
+                    log.warning(
+                        "a radint batch worker process died (killed, e.g. out of memory, or "
+                        "crashed) while it integrated %s; retrying %s%s",
+                        ", ".join(files[i] for i in suspects[:3])
+                        + (" ..." if len(suspects) > 3 else ""),
+                        "them" if len(suspects) > 1 else "it",
+                        " alone" if level + 1 == RETRY_LEVELS - 1 else "",
+                    )  # fmt: skip
+                    todo[level + 1] += suspects
+                todo[level] += [i for i in retry if i not in suspects]
+                continue
+            # No file was in flight: the worker died as it started (loading the map, where
+            # the OOM killer likes to strike) or between files. The files go on in a new pool;
+            # a second such death with nothing done between fails them (workers that die as
+            # they start, as a script without a __main__ guard makes them, die in any pool).
+            empty_breaks = 0 if progressed else empty_breaks + 1
+            if empty_breaks >= 2:
+                why = "died_between" if anything_done else "never_started"
                 for i in retry:
-                    done(i, _died(files[i], never_started=True))
+                    done(i, _died(files[i], why))
                 continue
-            if alone:
-                # One file at a time on one process: the file in flight killed it. With none
-                # in flight (a death between files) the queued ones are not retried for ever.
-                for i in suspects or retry:
-                    done(i, _died(files[i]))
-                todo[level] += [i for i in retry if suspects and i not in suspects]
-                continue
-            # A death outside any file (no marker): all lost files move up a level.
-            moving = suspects or retry
             log.warning(
                 "a radint batch worker process died (killed, e.g. out of memory, or crashed) "
-                "while it integrated %s; retrying %s%s",
-                ", ".join(files[i] for i in moving[:3]) + (" ..." if len(moving) > 3 else ""),
-                "them" if len(moving) > 1 else "it",
-                " alone" if level + 1 == RETRY_LEVELS - 1 else "",
+                "outside any file (starting, or between files); %d file(s) go on in a new pool",
+                len(retry),
             )
-            todo[level + 1] += moving
-            todo[level] += [i for i in retry if i not in moving]
+            todo[level] += retry
     finally:
         shutil.rmtree(marks, ignore_errors=True)
 
@@ -1331,10 +1351,11 @@ def _salvaged(
     return None
 
 
-def _died(path: str, never_started: bool = False) -> FileOutcome:
-    """The failure of a file whose worker process died integrating it, also when retried
-    alone; or, ``never_started``, of a file no worker began because they all died at start."""
-    if never_started:
+def _died(path: str, how: str) -> FileOutcome:
+    """The failure of a file whose worker process died: ``how`` is "alone" (integrating this
+    file, also when retried alone), "never_started" (every worker died as it started, before
+    any file) or "died_between" (workers died twice in a row outside any file)."""
+    if how == "never_started":
         # Spawned workers import the caller's script, which without a __main__ guard starts
         # the batch again inside them (multiprocessing's RuntimeError, printed by each worker).
         hint = (
@@ -1345,7 +1366,13 @@ def _died(path: str, never_started: bool = False) -> FileOutcome:
         )
         why = RadintError(
             f"{path}: not integrated: the batch's worker processes died as they started, before "
-            f"any file{hint}"
+            f"any file, twice{hint}"
+        )
+    elif how == "died_between":
+        why = RadintError(
+            f"{path}: not integrated: the batch's worker processes died twice in a row outside "
+            "any file (killed, e.g. out of memory); rerun with --skip-existing to retry what is "
+            "missing"
         )
     else:
         why = RadintError(

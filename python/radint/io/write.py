@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from radint.exceptions import InvalidInputError, RadintError
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import SpaceHold, ensure_space, write_nexus
@@ -170,19 +172,33 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
     return wanted
 
 
-#: Formats written as text: bytes per binary byte of their numbers, generously.
-TEXT_FORMATS = {"xy": 3, "peaks": 3, "fit_per_eta": 3}
+#: Formats the HDF5 library writes into the file itself (a full disk met there crashes the
+#: process later, so the free space is checked first). caked.hdf is laid out in memory and
+#: written as bytes: a full disk fails it with a plain OSError, as it does the other formats.
+HDF5_DIRECT_FORMATS = ("nexus",)
 
 
 def estimated_bytes(result: Result, fmt: str) -> int:
-    """A generous size of the ``fmt`` file of ``result`` (its arrays uncompressed, the map
-    MIDAS caked files carry, text at :data:`TEXT_FORMATS`), for the free-space check."""
-    arrays = [result.cake, result.cake_sigma, result.lineout, result.lineout_sigma,
-              result.area, result.count]  # fmt: skip
-    nbytes = sum(int(a.nbytes) for a in arrays if a is not None)
-    if fmt in ("caked", "caked_peaks"):
-        nbytes += 4 * 8 * int(result.area.size)  # R, 2θ, η and area maps
-    return nbytes * TEXT_FORMATS.get(fmt, 1) + (64 << 10)
+    """About the size of the ``fmt`` file of ``result`` (uncompressed, so at most a few times
+    too large; text as ~14 bytes a number), which the write holds (:class:`SpaceHold`) while it
+    runs and, for :data:`HDF5_DIRECT_FORMATS`, checks against the free space first."""
+    cake = 8 * int(result.cake.size)  # float64 on disk
+    lineout = 8 * int(result.lineout.size)
+    bins = 8 * int(np.prod(result.cake.shape[-2:]))  # one frame's
+    if fmt in ("nexus", "zarr", "mat"):
+        arrays = [result.cake, result.cake_sigma, result.lineout, result.lineout_sigma,
+                  result.area, result.count]  # fmt: skip
+        return sum(int(a.nbytes) for a in arrays if a is not None) + (64 << 10)
+    if fmt == "caked":  # cakes and their ω sums, the R/2θ/η/area/Q maps, lineouts
+        return 2 * cake + 5 * bins + 2 * lineout + (64 << 10)
+    if fmt == "gsas":
+        return cake + 5 * bins + (64 << 10)
+    if fmt == "xy":  # a line of 2 or 3 numbers of ~12 characters per bin
+        columns = 3 if result.lineout_sigma is not None else 2
+        return int(result.lineout.size) * columns * 14 + (64 << 10)
+    if fmt == "bin":
+        return lineout + (64 << 10)
+    return 1 << 20  # peak tables
 
 
 def output_name(result: Result, name: str | None) -> str:
@@ -297,10 +313,12 @@ def write_result(
     written: list[Path] = []
     try:
         for f, target in zip(wanted, targets, strict=True):
-            # Room first, held while the file is written (a batch appends to the next file's
-            # NeXus output meanwhile): HDF5 meeting a full disk crashes the process later.
+            # Held while the file is written (a batch appends to the next file's NeXus output
+            # meanwhile, whose check counts it); room checked first where HDF5 writes the
+            # file itself: HDF5 meeting a full disk crashes the process later.
             nbytes = estimated_bytes(result, f)
-            ensure_space(target, nbytes)
+            if f in HDF5_DIRECT_FORMATS:
+                ensure_space(target, nbytes)
             with SpaceHold(nbytes):
                 if f == "nexus":
                     written.append(write_nexus(result, target, compression=compression))

@@ -502,7 +502,10 @@ class Pipeline:
                 self._busy["write"] += time.perf_counter() - t_write
         except BaseException as e:
             self._error = e
-            log.error("stream: writing %s failed: %s", self.output, e)
+            # Named by the error where it has a file (a MIDAS binary file, the disk check's
+            # folder), else the stream file.
+            target = getattr(e, "filename", None) or self.output
+            log.error("stream: writing %s failed: %s", target, getattr(e, "strerror", None) or e)
             self.stop()
             # The block that failed and what was still coming are dropped (and counted, frame by
             # frame); the end marker may have come with the failed block.

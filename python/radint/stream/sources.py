@@ -199,10 +199,14 @@ DRAIN_S = 1.0
 QUIET_S = 0.2
 
 
+#: Receive a frame in one MSG_WAITALL call on a blocking socket with the kernel's receive
+#: timeout (see TcpSource._recv_exact). Not on Windows, where a socket whose SO_RCVTIMEO
+#: fired is in an undefined state: there Python's own timeout and a call per buffer.
+WAITALL = sys.platform != "win32"
+
+
 def _timeval(seconds: float) -> bytes:
-    """SO_RCVTIMEO's value: a ``struct timeval`` (a DWORD of milliseconds on Windows)."""
-    if sys.platform == "win32":
-        return struct.pack("@L", int(seconds * 1000))
+    """SO_RCVTIMEO's value, a ``struct timeval``."""
     whole = int(seconds)
     return struct.pack("@ll", whole, round((seconds - whole) * 1e6))
 
@@ -313,7 +317,7 @@ class TcpSource(Source):
                 # MSG_WAITALL: one call (the GIL released throughout) per frame rather than
                 # one per socket-buffer's worth; a busy Python thread held each of those
                 # returns up to a GIL switch interval (200 -> 57 Pilatus 2M frames/s).
-                k = conn.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+                k = conn.recv_into(view[got:], n - got, socket.MSG_WAITALL if WAITALL else 0)
             except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO over (see _serve)
                 if draining:
                     raise _Closed(got, "quiet") from None  # nothing more to read
@@ -327,8 +331,11 @@ class TcpSource(Source):
     def _serve(self, conn: socket.socket, label: str, sink: Sink, stats: SourceStats) -> None:
         # A blocking socket with the kernel's receive timeout: Python's own timeout makes the
         # socket non-blocking, where MSG_WAITALL returns whatever is there.
-        conn.settimeout(None)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(QUIET_S))
+        if WAITALL:
+            conn.settimeout(None)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(QUIET_S))
+        else:
+            conn.settimeout(QUIET_S)
         header = bytearray(HEADER.size)
         hview = memoryview(header)
         last_num = -1
@@ -359,8 +366,8 @@ class TcpSource(Source):
                         f" (the wire has no length field: a sender whose frames are not "
                         f"{self.shape[1]}x{self.shape[0]} pixels, NrPixelsY x NrPixelsZ, "
                         "misaligns the stream, and then the frames already taken from this "
-                        f"connection, {label} ids {first_id}-{wraps * 65536 + last_num}, are "
-                        "wrong too: check them)"
+                        f"connection, the {n_frames} from {label} id {first_id} on, are wrong "
+                        "too: check them)"
                         if n_frames
                         else ""
                     )
