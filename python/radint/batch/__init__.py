@@ -1162,6 +1162,10 @@ def run_batch(
     return [outcomes[i] for i in range(len(files))]
 
 
+#: Worker deaths outside any file, in a row with nothing done between, that fail the files
+#: left (workers that always die as they start would otherwise be restarted for ever).
+EMPTY_BREAKS_TO_FAIL = 3
+
 #: Rounds of pools a batch may go through when a worker process dies: runs of several files on
 #: every process; then the files that were in flight, each its own run, on every process; then
 #: those again, each alone on one process, where a death can only be the file's own.
@@ -1203,6 +1207,7 @@ def _run_in_pools(
     todo: list[list[int]] = [list(range(len(files)))] + [[] for _ in range(RETRY_LEVELS - 1)]
     anything_done = False  # in the whole batch: a run reported, or a file found complete
     empty_breaks = 0  # pool breaks in a row with no file in flight and nothing done between
+    workers = n_procs  # halved after each such break (memory for fewer maps at once)
     try:
         while any(todo):
             level = next(k for k, pending in enumerate(todo) if pending)
@@ -1213,7 +1218,7 @@ def _run_in_pools(
             progressed = False
             # spawn, not fork: forking a process whose rayon threads may hold locks deadlocks.
             pool = ProcessPoolExecutor(
-                1 if alone else n_procs,
+                1 if alone else workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_pool_worker,
                 initargs=initargs,
@@ -1226,7 +1231,13 @@ def _run_in_pools(
                         fut = pool.submit(_process_run, [files[i] for i in run],
                                           [names[i] for i in run], opts,
                                           [str(marks / str(i)) for i in run])  # fmt: skip
-                    except BrokenProcessPool:  # a worker died while the runs were queued
+                    except (BrokenProcessPool, OSError) as e:
+                        # A worker died while the runs were queued (Python 3.11 may say so as
+                        # "handle is closed", the pool's wake-up pipe already shut).
+                        if not isinstance(e, BrokenProcessPool) and not getattr(
+                            pool, "_broken", False
+                        ):
+                            raise
                         lost += [i for later in runs[n:] for i in later]
                         break
                     futures[fut] = run
@@ -1290,20 +1301,24 @@ def _run_in_pools(
                 todo[level] += [i for i in retry if i not in suspects]
                 continue
             # No file was in flight: the worker died as it started (loading the map, where
-            # the OOM killer likes to strike) or between files. The files go on in a new pool;
-            # a second such death with nothing done between fails them (workers that die as
-            # they start, as a script without a __main__ guard makes them, die in any pool).
+            # the OOM killer strikes when every worker loads one at once) or between files.
+            # The files go on in a new pool of half as many workers; a third such death with
+            # nothing done between fails them (workers that die as they start, as a script
+            # without a __main__ guard makes them, die in any pool).
             empty_breaks = 0 if progressed else empty_breaks + 1
-            if empty_breaks >= 2:
+            if empty_breaks >= EMPTY_BREAKS_TO_FAIL:
                 why = "died_between" if anything_done else "never_started"
                 for i in retry:
                     done(i, _died(files[i], why))
                 continue
+            if not progressed:
+                workers = max(1, workers // 2)
             log.warning(
                 "a radint batch worker process died (killed, e.g. out of memory, or crashed) "
-                "outside any file (starting, or between files); %d file(s) go on in a new pool",
-                len(retry),
-            )
+                "outside any file (starting, or between files); %d file(s) go on in a new pool "
+                "of %d worker process(es)",
+                len(retry), workers,
+            )  # fmt: skip
             todo[level] += retry
     finally:
         shutil.rmtree(marks, ignore_errors=True)
@@ -1354,7 +1369,8 @@ def _salvaged(
 def _died(path: str, how: str) -> FileOutcome:
     """The failure of a file whose worker process died: ``how`` is "alone" (integrating this
     file, also when retried alone), "never_started" (every worker died as it started, before
-    any file) or "died_between" (workers died twice in a row outside any file)."""
+    any file) or "died_between" (workers died :data:`EMPTY_BREAKS_TO_FAIL` times in a row
+    outside any file)."""
     if how == "never_started":
         # Spawned workers import the caller's script, which without a __main__ guard starts
         # the batch again inside them (multiprocessing's RuntimeError, printed by each worker).
@@ -1366,13 +1382,13 @@ def _died(path: str, how: str) -> FileOutcome:
         )
         why = RadintError(
             f"{path}: not integrated: the batch's worker processes died as they started, before "
-            f"any file, twice{hint}"
+            f"any file, {EMPTY_BREAKS_TO_FAIL} times{hint}"
         )
     elif how == "died_between":
         why = RadintError(
-            f"{path}: not integrated: the batch's worker processes died twice in a row outside "
-            "any file (killed, e.g. out of memory); rerun with --skip-existing to retry what is "
-            "missing"
+            f"{path}: not integrated: the batch's worker processes died {EMPTY_BREAKS_TO_FAIL} "
+            "times in a row outside any file (killed, e.g. out of memory); rerun with "
+            "--skip-existing to retry what is missing"
         )
     else:
         why = RadintError(
