@@ -1376,6 +1376,41 @@ def test_integrators_and_maps_pickle_and_deepcopy(small_config, tmp_path):
         assert copy.copy(integrator).map is integrator.map  # shallow: the same map
 
 
+def test_a_copied_integrator_keeps_the_arrays_and_flat_file_it_was_built_with(
+    small_config, tmp_path
+):
+    """Review: a pickled or deep-copied Integrator was rebuilt from the caller's dark, flat and
+    mask as they were at copy time (a reused dark buffer changed the copies: cake 517 off), and
+    read FlatFile again where it was unpickled (a rewritten flat changed them; a worker
+    without the file failed). Copies keep what the original was built with."""
+    import copy
+    import pickle
+
+    import tifffile
+
+    frame = ring_image(small_config)
+    dark = np.full(small_config.shape, 3.0)
+    flat = np.full(small_config.shape, 1.5)
+    mask = np.zeros(small_config.shape, bool)
+    integrator = Integrator(small_config, n_threads=1, dark=dark, flat=flat, mask=mask)
+    expected = integrator.integrate(frame).cake
+    dark[:] = 0
+    flat[:] = 2
+    mask[:5] = True
+    for again in (copy.deepcopy(integrator), pickle.loads(pickle.dumps(integrator))):
+        np.testing.assert_array_equal(again.integrate(frame).cake, expected)
+    flat_file = tmp_path / "flat.tif"
+    tifffile.imwrite(flat_file, np.full(small_config.shape, 1.5, np.float32))
+    from_file = Integrator(small_config.replace(flat_file=str(flat_file)), n_threads=1)
+    expected = from_file.integrate(frame).cake
+    tifffile.imwrite(flat_file, np.full(small_config.shape, 4.0, np.float32))
+    np.testing.assert_array_equal(copy.deepcopy(from_file).integrate(frame).cake, expected)
+    flat_file.unlink()
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(from_file)).integrate(frame).cake, expected
+    )
+
+
 def test_an_integrator_goes_to_spawned_worker_processes(small_config):
     """Pool.map(integrator.integrate, frames) under the spawn start method (macOS, Windows,
     dask, joblib's loky) pickles the bound method, so the Integrator."""

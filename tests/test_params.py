@@ -375,6 +375,14 @@ def test_file_names_are_stored_absolute(tmp_path, monkeypatch):
     assert Integrator(c, n_threads=1).integrate(frame).area.sum() == area
     monkeypatch.chdir("/")
     assert Integrator(c, n_threads=1).integrate(frame).area.sum() == area
+    # Review: from_poni's file names (by MIDAS key or field name) stayed relative.
+    from radint.poni import write_poni
+
+    monkeypatch.chdir(tmp_path)
+    write_poni(c, tmp_path / "g.poni")
+    for named in ({"MaskFile": "run/mask.tif"}, {"mask_file": "run/mask.tif"}):
+        poni = IntegrationConfig.from_poni(tmp_path / "g.poni", RBinSize=1, **named)
+        assert poni.mask_file == str(run / "mask.tif"), named
 
 
 def test_misspelled_keys_with_punctuation_or_plural_are_named(tmp_path, caplog):

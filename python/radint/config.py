@@ -242,10 +242,12 @@ class IntegrationConfig:
         midas = {k: v for k, v in overrides.items() if k not in names}
         fields.update({k: v for k, v in overrides.items() if k in names})
         fields.setdefault("source", str(path))
-        config = cls(**_tupled(fields), set_at=set_at)
+        # File names (mask_file=, MaskFile=, ...) are the caller's: taken from the current
+        # directory and stored absolute, as overrides are.
+        config = cls(**_tupled(fields), set_at=set_at)._resolve_files(Path.cwd())
         if not midas:
             return config
-        config = config._overridden(midas)
+        config = config._overridden(midas)._resolve_files(None)
         for key, *_ in config.unknown:
             if key in midas:
                 near = near_key(key) or _closest_field(key, names, cutoff=0.75)

@@ -253,10 +253,12 @@ class Integrator:
         cache_dir: str | Path | None = None,
         fit: Any = "config",
     ) -> None:
-        # What pickling rebuilds this Integrator from (see __reduce__).
+        # What pickling rebuilds this Integrator from (see __reduce__): the arrays as they are
+        # now (a caller reusing its dark buffer must not change a copy made later).
         self._arguments: dict[str, Any] = {
             "config": config, "backend": backend, "n_threads": n_threads, "compat": compat,
-            "mask": mask, "flat": flat, "dark": dark, "solid_angle": solid_angle,
+            "mask": _kept(mask), "flat": _kept(flat), "dark": _kept(dark),
+            "solid_angle": solid_angle,
             "polarization": polarization, "error_model": error_model, "precision": precision,
             "lineout_mode": lineout_mode, "empty_value": empty_value, "dead_below": dead_below,
             "hot_above": hot_above, "invalid_values": invalid_values,
@@ -353,6 +355,8 @@ class Integrator:
                 from radint.corrections import read_flat_file
 
                 flat = read_flat_file(config)
+                # A copy gets the flat read now, not the file as it is where it is unpickled.
+                self._arguments["flat"] = flat
         elif flat is not None and config.flat_file:
             log.info("flat given: the parameters' FlatFile %s is not used", config.flat_file)
         if detector_map is None:
@@ -1478,6 +1482,11 @@ class Integrator:
 def _rebuilt(arguments: dict[str, Any]) -> Integrator:
     """An unpickled Integrator (see :meth:`Integrator.__reduce__`)."""
     return Integrator(**arguments)
+
+
+def _kept(a: Any) -> Any:
+    """A copy of an array argument (numpy, masked or CuPy; others as given) for pickling."""
+    return a.copy() if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__") else a
 
 
 def _as_float64(a: Any) -> np.ndarray:
