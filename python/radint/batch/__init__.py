@@ -1451,18 +1451,26 @@ def _process_run(
     a file per path that exists while the path is in flight here, so that a worker that dies
     tells which files it was on (one that stops removes them)."""
     if _WORKER.get("stopping"):
-        raise KeyboardInterrupt("stopping")
+        os._exit(0)  # a run queued before the stop (see below)
     _WORKER["busy"] = True
     for mark in marks:
         Path(mark).touch()
     outcomes = []
     try:
-        for outcome, mark in zip(process_files(paths, names=names, **opts), marks, strict=True):
-            outcomes.append(outcome)
-            os.unlink(mark)
+        # closing(): an interrupt between two outcomes still runs the pipeline's clean-up
+        # (its unfinished outputs removed) before the worker leaves.
+        with contextlib.closing(process_files(paths, names=names, **opts)) as run:
+            for outcome, mark in zip(run, marks, strict=True):
+                outcomes.append(outcome)
+                os.unlink(mark)
         return outcomes
     finally:
         for mark in marks[len(outcomes) :]:
             with contextlib.suppress(OSError):
                 os.unlink(mark)
         _WORKER["busy"] = False
+        if _WORKER.get("stopping"):
+            # Told to stop while busy (its unfinished outputs are removed by now): leave,
+            # rather than wait for another run. A pool that broke meanwhile (another worker
+            # left) signals it only once, and that signal came while this one was busy.
+            os._exit(0)
