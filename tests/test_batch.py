@@ -513,6 +513,21 @@ def _h5_frames(path, frames, dark=None) -> None:
             f["exchange/dark"] = dark
 
 
+def _h5_inputs(
+    tmp_path: Path, config: IntegrationConfig, n_files: int, n_frames: int = 2
+) -> tuple[Path, list[str]]:
+    """``p.txt`` for ``config`` and ``n_files`` HDF5 files ``a00.h5``... of ``n_frames`` ring
+    frames each, in ``tmp_path``."""
+    params = tmp_path / "p.txt"
+    params.write_text(config.midas_text())
+    frames = np.stack([ring_image(config, dtype=np.uint16)] * n_frames)
+    inputs = []
+    for j in range(n_files):
+        _h5_frames(tmp_path / f"a{j:02d}.h5", frames)
+        inputs.append(str(tmp_path / f"a{j:02d}.h5"))
+    return params, inputs
+
+
 def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, capsys):
     """An HDF5 input named like its NeXus output in the output directory, or two inputs of one
     stem from different folders: refused before anything is read or written."""
@@ -1190,13 +1205,8 @@ def test_files_of_a_worker_killed_once_are_retried_not_failed(tmp_path, small_co
 
     import h5py
 
-    params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text())
+    params, inputs = _h5_inputs(tmp_path, small_config, 16)
     frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
-    inputs = []
-    for j in range(16):
-        _h5_frames(tmp_path / f"a{j:02d}.h5", frames)
-        inputs.append(str(tmp_path / f"a{j:02d}.h5"))
     os.mkfifo(tmp_path / "m.tif")  # its reader is killed once, then it is a TIFF
     tifffile.imwrite(tmp_path / "real.tif", frames[0])
     out = tmp_path / "out"
@@ -1234,13 +1244,7 @@ def test_a_worker_killed_as_it_starts_costs_a_new_pool_not_the_batch(tmp_path, s
     import sys
     import time
 
-    params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text())
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
-    inputs = []
-    for j in range(8):
-        _h5_frames(tmp_path / f"a{j}.h5", frames)
-        inputs.append(str(tmp_path / f"a{j}.h5"))
+    params, inputs = _h5_inputs(tmp_path, small_config, 8)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "radint.cli", "batch", str(params), *inputs, "-o", str(out),
@@ -2035,13 +2039,7 @@ def test_files_a_killed_worker_skipped_are_reported_skipped(tmp_path, small_conf
     import sys
     import time
 
-    params = tmp_path / "p.txt"
-    params.write_text(small_config.midas_text())
-    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
-    inputs = []
-    for j in range(15):
-        _h5_frames(tmp_path / f"a{j:02d}.h5", frames)
-        inputs.append(str(tmp_path / f"a{j:02d}.h5"))
+    params, inputs = _h5_inputs(tmp_path, small_config, 15)
     out = tmp_path / "out"
     assert main(["-q", "batch", str(params), *inputs, "-o", str(out)]) == 0
     for made in out.glob("a*.h5"):  # an earlier batch's outputs: written before this one began
