@@ -11,8 +11,10 @@ Without a GPU the kernels are still proven three ways:
 
 The ``gpu``-marked tests run the real kernels against Rust and skip where no device is usable.
 ``test_cuda_path_on_fake_cupy`` runs them anyway, with the stand-in CuPy of
-``tests/gpu_harness/fake_cupy`` (its kernel launches run the host harnesses), so the Python side
-of the CUDA backend runs on every CI machine.
+``tests/gpu_harness/fake_cupy``, whose ``RawModule`` compiles the kernel sources with g++ on a CPU
+runtime of CUDA (``tests/gpu_harness/cuda_emu.h``: a fiber per thread, shuffles as rendezvous of
+their lanes), so the kernels themselves (index arithmetic, grid sizes, output layout, warp
+reductions) and the Python side of the CUDA backend run on every CI machine.
 """
 
 from __future__ import annotations
@@ -540,7 +542,7 @@ def _fake_cupy_env(tmp_path: Path) -> dict[str, str]:
     import shutil
 
     if shutil.which("g++") is None:
-        pytest.skip("the fake CuPy's kernels need g++ (host harnesses)")
+        pytest.skip("the fake CuPy runs the kernels through g++")
     path = os.pathsep.join(p for p in (str(FAKE_CUPY), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, "RADINT_FAKE_CUPY_CACHE": str(tmp_path)}
 

@@ -735,8 +735,8 @@ def test_stop_drains_and_file_is_valid(integrator, tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
 def test_cli_stream_sigterm_and_send(tmp_path, backend):
     """radint send -> radint stream -> SIGTERM. ``cuda``: the CUDA backend on the stand-in CuPy
-    (tests/gpu_harness/fake_cupy: frames received into its page-locked buffers, kernels run by the
-    host harnesses), its lineouts equal to the CPU engine's."""
+    (tests/gpu_harness/fake_cupy: frames received into its page-locked buffers, the kernels run on
+    its CPU runtime of CUDA), its lineouts equal to the CPU engine's."""
     import subprocess
     import sys
 

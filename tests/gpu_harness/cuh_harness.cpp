@@ -126,26 +126,3 @@ extern "C" void ri_host_finalize(const double* signal, const double* area, const
         if (with_var) line_sigma[row] = sig;
     }
 }
-
-// ri_lineout as the kernel indexes it: per (frame, radial row), the bin-major sums of the row
-// and the cake / sigma the CSR kernel wrote η-major (frame k, bin (r, e) at k·n_bins + e·n_r + r).
-extern "C" void ri_host_lineout(const double* signal, const double* area, const double* variance,
-                                const ri_u32* count, const ri_u8* mask_hit, const double* cake,
-                                const double* sigma, const double* cross, int n_eta, ri_u64 n_r,
-                                ri_u64 n_rows, int rules, int normalize, int lineout,
-                                int nan_masked, double empty, double* line, double* line_sigma) {
-    const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};
-    const int with_var = variance != nullptr;
-    for (ri_u64 row = 0; row < n_rows; ++row) {
-        const ri_u64 i0 = row * ri_u64(n_eta);
-        const ri_u64 r = row % n_r;
-        const ri_u64 c0 = (row / n_r) * n_r * ri_u64(n_eta) + r;
-        double value, sig;
-        ri_lineout_row(f, n_eta, signal + i0, area + i0, with_var ? variance + i0 : nullptr,
-                       count + i0, mask_hit + r * ri_u64(n_eta), cake + c0,
-                       with_var ? sigma + c0 : nullptr, n_r, with_var, cross ? cross[row] : 0.0,
-                       &value, &sig);
-        line[row] = value;
-        if (with_var) line_sigma[row] = sig;
-    }
-}

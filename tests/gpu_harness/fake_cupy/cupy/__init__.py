@@ -3,9 +3,12 @@
 With this folder first on ``PYTHONPATH``, ``Integrator(backend="cuda")``, ``radint stream
 --backend cuda`` and the ``gpu``-marked tests run their whole Python path (staging, passes over
 streams, slicing, downloads, the fit launcher and its CPU fallback) on a machine without a GPU.
-Kernel launches run the host harnesses (``tests/gpu_harness/*.cpp``), which compile the kernels'
-own arithmetic headers (``integrate.cuh``, ``fit.cuh``) with g++; the kernels' thread indexing and
-warp reductions are not exercised (NVRTC compiles them in another test; a GPU runs them).
+``RawModule`` compiles the kernel source it is given (the text NVRTC would get) with g++ on a CPU
+runtime of CUDA (``tests/gpu_harness/cuda_emu.h``: a fiber per thread, warp shuffles as
+rendezvous of their lanes), so each launch runs the kernels themselves over the launcher's grid
+and block, with CuPy's argument passing; a broken shuffle or an argument of the wrong size fails
+the launch. Not modelled: timing, memory races, out-of-bounds accesses (a GPU or
+compute-sanitizer finds those).
 
 Device arrays are a wrapper, not numpy arrays: as with CuPy, ``numpy.asarray`` of one raises
 ``TypeError``, so host/device mix-ups fail here as they would on a GPU. Everything is
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -34,8 +38,6 @@ float64, float32, uint8, uint32, uint64, int32 = (
 nan = np.nan
 
 HARNESS_DIR = Path(__file__).resolve().parents[2]
-KERNELS = HARNESS_DIR.parents[1] / "python" / "radint" / "gpu" / "kernels"
-RI_MAX_NB = 8
 
 
 class _Memory:
@@ -251,132 +253,97 @@ def get_default_memory_pool() -> _MemoryPool:
 
 
 # ----------------------------------------------------------------------------- kernels
-def _build(source: str) -> ctypes.CDLL:
-    """g++ the harness once per process (cached by its sources' digest)."""
-    cpp = HARNESS_DIR / source
-    digest = hashlib.sha256()
-    for p in (cpp, *sorted(KERNELS.glob("*.cuh"))):
-        digest.update(p.read_bytes())
+_KERNEL_NAME = re.compile(
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\('
+)
+
+
+def _gxx() -> str:
+    gxx = shutil.which("g++")
+    if gxx is None:
+        raise RuntimeError("fake CuPy needs g++ to run the kernels on the CPU")
+    return gxx
+
+
+def _build(code: str) -> tuple[ctypes.CDLL, tuple[str, ...]]:
+    """g++ a kernel module's source on the CPU runtime (cuda_emu.h) once per process, cached
+    on disk by the digest of both; returns the library and the module's kernel names."""
+    emu = HARNESS_DIR / "cuda_emu.h"
+    digest = hashlib.sha256(code.encode() + emu.read_bytes()).hexdigest()[:16]
     cache = Path(os.environ.get("RADINT_FAKE_CUPY_CACHE", tempfile.gettempdir()))
-    out = cache / f"radint-fake-cupy-{cpp.stem}-{digest.hexdigest()[:16]}.so"
+    out = cache / f"radint-fake-cupy-{digest}.so"
+    # Kernels as NVRTC sees them (macro-generated ones expanded), __global__ still spelled out.
+    expanded = subprocess.run(
+        [_gxx(), "-E", "-P", "-x", "c++", "-std=c++17", "-D__CUDACC_RTC__=1", "-"],
+        input=code, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    names = tuple(dict.fromkeys(_KERNEL_NAME.findall(expanded)))
     if not out.exists():
-        gxx = shutil.which("g++")
-        if gxx is None:
-            raise RuntimeError("fake CuPy needs g++ to build the kernel harnesses")
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(
-            [gxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", f"-I{KERNELS}",
-             str(cpp), "-o", str(tmp)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        os.replace(tmp, out)
-    return ctypes.CDLL(str(out))
+        exports = "".join(f"EMU_EXPORT({n})\n" for n in names)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "module.cpp"
+            src.write_text(f'#include "cuda_emu.h"\n{code}\n{exports}')
+            built = Path(tmp) / "module.so"
+            run = subprocess.run(
+                [_gxx(), "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
+                 f"-I{HARNESS_DIR}", str(src), "-o", str(built)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if run.returncode != 0:
+                raise RuntimeError(f"fake CuPy: g++ could not build the kernels:\n{run.stderr}")
+            shutil.copy(built, out.with_suffix(f".{os.getpid()}.tmp"))
+            os.replace(out.with_suffix(f".{os.getpid()}.tmp"), out)
+    return ctypes.CDLL(str(out)), names
 
 
-def _ptr(a: Any) -> ctypes.c_void_p | None:
-    """A kernel pointer argument: a device array, or radint's null (numpy uint64 0)."""
+def _argument(a: Any) -> ctypes.Array | ctypes.c_void_p | np.ndarray:
+    """A kernel argument as CuPy passes it: a device array by its pointer, a numpy scalar by
+    value in its own size, a Python int / float / bool as int64 / float64 / bool."""
     if isinstance(a, ndarray):
         return ctypes.c_void_p(a._a.ctypes.data)
-    if isinstance(a, np.integer) and int(a) == 0:
-        return None
-    raise TypeError(f"kernel pointer argument: expected a device array, got {type(a).__name__}")
+    if isinstance(a, (bool, np.bool_)):
+        return np.array(a, dtype=np.bool_)
+    if isinstance(a, np.generic):
+        return np.array(a)
+    if isinstance(a, int):
+        return np.array(a, dtype=np.int64)
+    if isinstance(a, float):
+        return np.array(a, dtype=np.float64)
+    raise TypeError(f"Unsupported type {type(a)}")  # CuPy's words for a host array, None, ...
 
 
-def _u64(v: Any) -> ctypes.c_uint64:
-    return ctypes.c_uint64(int(v))
+class _Kernel:
+    """``cupy.RawKernel``: ``kernel(grid, block, args)`` runs it on the CPU runtime."""
 
+    def __init__(self, lib: ctypes.CDLL, name: str) -> None:
+        self.name = name
+        self._launch = getattr(lib, f"emu_launch_{name}")
+        self._launch.restype = ctypes.c_int
 
-def _int(v: Any) -> ctypes.c_int:
-    return ctypes.c_int(int(v))
-
-
-def _dbl(v: Any) -> ctypes.c_double:
-    return ctypes.c_double(float(v))
+    def __call__(self, grid: tuple, block: tuple, args: tuple, **kwargs: Any) -> None:
+        dims = lambda d: (ctypes.c_uint * 3)(*(*d, 1, 1, 1)[:3])  # noqa: E731
+        values = [_argument(a) for a in args]
+        ptrs = (ctypes.c_void_p * max(1, len(values)))()
+        sizes = (ctypes.c_ulonglong * max(1, len(values)))()
+        for i, v in enumerate(values):
+            if isinstance(v, np.ndarray):
+                ptrs[i], sizes[i] = v.ctypes.data, v.itemsize
+            else:
+                ptrs[i], sizes[i] = ctypes.addressof(v), ctypes.sizeof(v)
+        err = ctypes.create_string_buffer(1024)
+        rc = self._launch(dims(grid), dims(block), ptrs, sizes, len(values), err, len(err))
+        if rc != 0:
+            raise RuntimeError(f"fake CuPy: kernel {self.name}: {err.value.decode()}")
 
 
 class RawModule:
-    """``cupy.RawModule``: kernels by name, each run by its host harness."""
+    """``cupy.RawModule``: the module's source compiled with g++ on a CPU runtime of CUDA
+    (``tests/gpu_harness/cuda_emu.h``), so launches run the kernels themselves."""
 
     def __init__(self, code: str = "", options: tuple = (), **kwargs: Any) -> None:
-        self._fit = "rf_fit_jobs" in code
-        self._lib = _build("fit_harness.cpp" if self._fit else "cuh_harness.cpp")
+        self._lib, self._names = _build(code)
 
-    def get_function(self, name: str) -> Any:
-        if name == "rf_fit_jobs":
-            return lambda grid, block, args: self._fit_jobs(args)
-        if name.startswith("ri_csr_"):
-            return lambda grid, block, args: self._csr(name[len("ri_csr_") :], args)
-        if name.startswith("ri_cross_"):
-            return lambda grid, block, args: self._cross(name[len("ri_cross_") :], args)
-        if name == "ri_lineout":
-            return lambda grid, block, args: self._lineout(args)
-        raise AttributeError(f"fake CuPy: no kernel {name!r}")
-
-    def _finalize(self, signal, area, variance, count, mask_hit, cross, n_frames, n_r, n_eta,
-                  fin, cake, sigma, line, line_sigma) -> None:  # fmt: skip
-        rules, normalize, lineout, nan_masked, empty_value = fin
-        self._lib.ri_host_finalize(
-            signal, area, variance, count, mask_hit, cross, _u64(n_frames), _u64(n_r),
-            _int(n_eta), _int(rules), _int(normalize), _int(lineout), _int(nan_masked),
-            _dbl(empty_value), cake, sigma, line, line_sigma,
-        )  # fmt: skip
-
-    def _csr(self, suffix: str, args: tuple) -> None:
-        (indptr, pixel, area, weight, frames, n_pixels, nb, n_bins, n_eta, dark, scale,
-         var_mode, variance, mask_hit, *fin, signal, area_out, variance_out, count, cake,
-         sigma) = args  # fmt: skip
-        nb, n_bins, n_eta = int(nb), int(n_bins), int(n_eta)
-        rc = getattr(self._lib, f"ri_host_csr_{suffix}")(
-            _ptr(indptr), _ptr(pixel), _ptr(area), _ptr(weight), _ptr(frames), _u64(n_pixels),
-            _u64(nb), _u64(n_bins), _ptr(dark), _ptr(scale), _int(var_mode), _ptr(variance),
-            _ptr(signal), _ptr(area_out), _ptr(variance_out), _ptr(count), _int(RI_MAX_NB),
-        )  # fmt: skip
-        assert rc == 0
-        n_r = n_bins // n_eta
-        with_var = isinstance(variance_out, ndarray)
-        tmp = np.empty(nb * n_bins)
-        tmp_sigma = np.empty(nb * n_bins) if with_var else None
-        line, line_sigma = np.empty(nb * n_r), np.empty(nb * n_r)
-        c = lambda a: None if a is None else ctypes.c_void_p(a.ctypes.data)  # noqa: E731
-        self._finalize(_ptr(signal), _ptr(area_out), _ptr(variance_out), _ptr(count),
-                       _ptr(mask_hit), None, nb, n_r, n_eta, fin, c(tmp), c(tmp_sigma),
-                       c(line), c(line_sigma))  # fmt: skip
-        # The kernel writes the cake η-major (e·n_r + r) per frame; the harness bin-major.
-        eta_major = lambda a: a.reshape(nb, n_r, n_eta).transpose(0, 2, 1).reshape(-1)  # noqa: E731
-        cake._a[: nb * n_bins] = eta_major(tmp)
-        if with_var:
-            sigma._a[: nb * n_bins] = eta_major(tmp_sigma)
-
-    def _cross(self, suffix: str, args: tuple) -> None:
-        (indptr, pixel, weight, frames, n_pixels, n_r, n_rows, dark, scale, var_mode, variance,
-         cross) = args  # fmt: skip
-        getattr(self._lib, f"ri_host_cross_{suffix}")(
-            _ptr(indptr), _ptr(pixel), _ptr(weight), _ptr(frames), _u64(n_pixels), _u64(n_r),
-            _u64(n_rows), _ptr(dark), _ptr(scale), _int(var_mode), _ptr(variance), _ptr(cross),
-        )  # fmt: skip
-
-    def _lineout(self, args: tuple) -> None:
-        # As the kernel: the MIDAS reductions read the η-major cake and sigma it is given.
-        (signal, area, variance, count, mask_hit, cake, sigma, cross, n_eta, n_r, n_rows,
-         *fin, line, line_sigma) = args  # fmt: skip
-        rules, normalize, lineout, nan_masked, empty_value = fin
-        self._lib.ri_host_lineout(
-            _ptr(signal), _ptr(area), _ptr(variance), _ptr(count), _ptr(mask_hit), _ptr(cake),
-            _ptr(sigma), _ptr(cross), _int(n_eta), _u64(n_r), _u64(n_rows), _int(rules),
-            _int(normalize), _int(lineout), _int(nan_masked), _dbl(empty_value), _ptr(line),
-            _ptr(line_sigma),
-        )  # fmt: skip
-
-    def _fit_jobs(self, args: tuple) -> None:
-        (x, lineouts, n_x, n_curves, job_lo, job_hi, peak_start, peak_slot, peak_index, peak_lo,
-         peak_hi, n_jobs, n_slots, bin_size, bin_average, max_iterations, max_peaks_per_job,
-         ftol, xtol, values, errors, status, iterations) = args  # fmt: skip
-        u32 = lambda v: ctypes.c_uint32(int(v))  # noqa: E731
-        rc = self._lib.rf_fit_jobs_host(
-            _ptr(x), _ptr(lineouts), u32(n_x), u32(n_curves), _ptr(job_lo), _ptr(job_hi),
-            _ptr(peak_start), _ptr(peak_slot), _ptr(peak_index), _ptr(peak_lo), _ptr(peak_hi),
-            u32(n_jobs), u32(n_slots), _dbl(bin_size), _int(bin_average), _int(max_iterations),
-            _int(max_peaks_per_job), _dbl(ftol), _dbl(xtol), _ptr(values), _ptr(errors),
-            _ptr(status), _ptr(iterations),
-        )  # fmt: skip
-        assert rc == 0
+    def get_function(self, name: str) -> _Kernel:
+        if name not in self._names:
+            raise AttributeError(f"fake CuPy: no kernel {name!r} in this module")
+        return _Kernel(self._lib, name)

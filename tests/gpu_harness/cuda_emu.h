@@ -1,0 +1,345 @@
+// A CPU runtime for radint's CUDA kernels, for tests only: g++ compiles a kernel module's own
+// source (the text handed to cupy.RawModule, headers inlined) after this header, and
+// emu::launch runs a kernel over its grid as CUDA would: every thread of a block is a fiber,
+// a warp's 32 fibers take turns, and a warp shuffle (__shfl_*_sync) is a rendezvous of the
+// lanes its mask names. So the kernels' index arithmetic, grid sizing, output layout and warp
+// reductions run here as written, not as a harness re-implements them.
+//
+// Checked as a GPU would only be by luck: a shuffle whose mask names a lane that has exited or
+// waits at another shuffle, lanes of one shuffle disagreeing on mask/width/type, a width that
+// is not a power of two <= 32, a read of a lane outside the mask, a kernel called with the
+// wrong number or sizes of arguments. Each fails the launch with a message.
+//
+// Not modelled: __syncthreads and shared memory (radint's kernels use neither; a kernel that
+// does will not compile here), memory races, and timing. Warps and blocks run one after
+// another, so a kernel relying on inter-block order is not caught.
+#pragma once
+
+#include <math.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+#include <utility>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+// Compile the kernel source's device branches, as NVRTC does.
+#define __CUDACC_RTC__ 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+};
+
+// The running lane's coordinates: the scheduler sets them before it switches to a lane.
+static thread_local uint3 threadIdx, blockIdx;
+static thread_local dim3 blockDim, gridDim;
+static const int warpSize = 32;
+
+namespace emu {
+
+constexpr int kWarp = 32;
+constexpr std::size_t kStack = 512 * 1024;  // radint's fit kernel keeps ~20 KB per thread
+
+enum State { kReady, kAtShuffle, kExited };
+enum Mode { kDown, kUp, kXor, kIdx };
+
+struct Lane {
+    void* sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t ctx;
+#endif
+    std::unique_ptr<unsigned char[]> stack;  // not zeroed: pages are touched as used
+    uint3 tid{};
+    State state = kExited;
+    // The shuffle the lane waits at, and its result.
+    const void* site = nullptr;  // the shuffle's call site
+    unsigned mask = 0, count = 0;
+    int mode = 0, arg = 0, width = 0;
+    std::size_t size = 0;
+    unsigned char value[8] = {}, result[8] = {};
+};
+
+struct Warp {
+    Lane lanes[kWarp];
+    int n = 0;
+    void* sched_sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t sched_ctx;
+#endif
+    const std::function<void()>* body = nullptr;
+    char error[512] = {};
+};
+
+static thread_local Warp* g_warp = nullptr;
+
+// One per host thread, its lane stacks allocated on first use and kept.
+static Warp& the_warp() {
+    static thread_local Warp warp;
+    return warp;
+}
+static thread_local int g_lane = 0;
+
+#if defined(__x86_64__)
+// switch_stack(&save, load): push the callee-saved registers, keep the stack pointer in *save,
+// continue on `load` (a stack left by switch_stack or prepared by start_stack).
+extern "C" void emu_switch_stack(void** save, void* load);
+asm(R"(
+    .text
+    .p2align 4
+    .hidden emu_switch_stack
+    .type emu_switch_stack, @function
+emu_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_stack, .-emu_switch_stack
+)");
+#endif
+
+static void to_scheduler(Lane& lane) {
+#if defined(__x86_64__)
+    emu_switch_stack(&lane.sp, g_warp->sched_sp);
+#else
+    swapcontext(&lane.ctx, &g_warp->sched_ctx);
+#endif
+}
+
+static void lane_main() {
+    Warp* w = g_warp;
+    (*w->body)();
+    Lane& lane = w->lanes[g_lane];
+    lane.state = kExited;
+    to_scheduler(lane);  // never resumed
+}
+
+static void start_lane(Lane& lane) {
+    if (!lane.stack) lane.stack.reset(new unsigned char[kStack]);
+#if defined(__x86_64__)
+    // As if switch_stack had saved this lane just before `call lane_main`: six registers, then
+    // lane_main as the return address, entered with rsp + 8 16-byte aligned.
+    auto top = reinterpret_cast<std::uintptr_t>(lane.stack.get() + kStack) & ~std::uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;  // lane_main's own return address: it never returns
+    *--sp = reinterpret_cast<void*>(&lane_main);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    lane.sp = sp;
+#else
+    getcontext(&lane.ctx);
+    lane.ctx.uc_stack.ss_sp = lane.stack.get();
+    lane.ctx.uc_stack.ss_size = kStack;
+    lane.ctx.uc_link = nullptr;
+    makecontext(&lane.ctx, &lane_main, 0);
+#endif
+    lane.state = kReady;
+    lane.count = 0;
+}
+
+static void resume(Warp& w, int i) {
+    g_lane = i;
+    threadIdx = w.lanes[i].tid;
+#if defined(__x86_64__)
+    emu_switch_stack(&w.sched_sp, w.lanes[i].sp);
+#else
+    swapcontext(&w.sched_ctx, &w.lanes[i].ctx);
+#endif
+}
+
+template <typename... A>
+static bool fail(Warp& w, const char* fmt, A... a) {
+    std::snprintf(w.error, sizeof w.error, fmt, a...);
+    return false;
+}
+
+// All lanes that are not done wait at a shuffle. The lanes of each mask must all be there, at
+// the same call of the same shuffle; then each gets its result.
+static bool exchange(Warp& w) {
+    for (int i = 0; i < w.n; ++i) {
+        const Lane& a = w.lanes[i];
+        if (a.state != kAtShuffle) continue;
+        if (!((a.mask >> i) & 1u))
+            return fail(w, "lane %d waits at a shuffle whose mask 0x%08x does not name it", i,
+                        a.mask);
+        if (a.width <= 0 || a.width > kWarp || (a.width & (a.width - 1)))
+            return fail(w, "shuffle width %d is not a power of two <= 32", a.width);
+        for (int j = 0; j < kWarp; ++j) {
+            if (!((a.mask >> j) & 1u)) continue;
+            if (j >= w.n)
+                return fail(w, "a shuffle's mask 0x%08x names lane %d, past the block's last thread",
+                            a.mask, j);
+            const Lane& b = w.lanes[j];
+            if (b.state == kExited)
+                return fail(w, "a shuffle's mask 0x%08x names lane %d, which has exited", a.mask, j);
+            if (b.site != a.site || b.count != a.count || b.mask != a.mask || b.mode != a.mode ||
+                b.width != a.width || b.size != a.size)
+                return fail(w,
+                            "lanes %d and %d meet at different shuffles (site %p vs %p, call %u vs "
+                            "%u, mask 0x%08x vs 0x%08x, width %d vs %d, %zu vs %zu bytes)",
+                            i, j, a.site, b.site, a.count, b.count, a.mask, b.mask, a.width,
+                            b.width, a.size, b.size);
+        }
+    }
+    for (int i = 0; i < w.n; ++i) {
+        Lane& b = w.lanes[i];
+        if (b.state != kAtShuffle) continue;
+        const int seg = i & ~(b.width - 1), pos = i - seg;
+        int src = i;
+        switch (b.mode) {
+            case kDown: src = pos + b.arg < b.width ? i + b.arg : i; break;
+            case kUp: src = pos >= b.arg ? i - b.arg : i; break;
+            case kXor: src = seg + ((pos ^ b.arg) & (b.width - 1)); break;
+            default: src = seg + (b.arg & (b.width - 1)); break;
+        }
+        if (!((b.mask >> src) & 1u))
+            return fail(w, "lane %d reads lane %d, which the shuffle's mask 0x%08x leaves out", i,
+                        src, b.mask);
+        std::memcpy(b.result, w.lanes[src].value, b.size);
+    }
+    for (int i = 0; i < w.n; ++i)
+        if (w.lanes[i].state == kAtShuffle) w.lanes[i].state = kReady;
+    return true;
+}
+
+// Runs the warp's lanes to completion; false (with w.error) on a broken shuffle.
+static bool run_warp(Warp& w) {
+    for (;;) {
+        for (int i = 0; i < w.n; ++i)
+            if (w.lanes[i].state == kReady) resume(w, i);
+        bool waiting = false;
+        for (int i = 0; i < w.n; ++i) waiting |= w.lanes[i].state == kAtShuffle;
+        if (!waiting) return true;
+        if (!exchange(w)) return false;
+    }
+}
+
+template <typename T>
+static T shuffle(const void* site, Mode mode, unsigned mask, T var, int arg, int width) {
+    static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8,
+                  "shuffles move values of at most 8 bytes");
+    Warp& w = *g_warp;
+    Lane& lane = w.lanes[g_lane];
+    lane.state = kAtShuffle;
+    lane.site = site;
+    lane.mask = mask;
+    lane.mode = mode;
+    lane.arg = arg;
+    lane.width = width;
+    lane.size = sizeof(T);
+    ++lane.count;
+    std::memcpy(lane.value, &var, sizeof(T));
+    to_scheduler(lane);
+    T out;
+    std::memcpy(&out, lane.result, sizeof(T));
+    return out;
+}
+
+template <typename... P, std::size_t... I>
+static void call(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<P*>(args[I])...);
+}
+
+// Launch `kernel` on grid × block with CUDA's argument array (one pointer per parameter, to a
+// value of that parameter's size). 0 on success, else -1 with the reason in `err`.
+template <typename... P>
+int launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, void** args,
+           const unsigned long long* sizes, int n_args, char* err, int err_len) {
+    const std::size_t want[] = {sizeof(P)..., 0};
+    if (n_args != int(sizeof...(P))) {
+        std::snprintf(err, err_len, "%d arguments for a kernel of %d parameters", n_args,
+                      int(sizeof...(P)));
+        return -1;
+    }
+    for (int i = 0; i < n_args; ++i) {
+        if (sizes[i] != want[i]) {
+            std::snprintf(err, err_len, "argument %d is %llu bytes, the parameter %zu", i, sizes[i],
+                          want[i]);
+            return -1;
+        }
+    }
+    const std::function<void()> body = [&] {
+        call(kernel, args, std::index_sequence_for<P...>{});
+    };
+    Warp& warp = the_warp();
+    g_warp = &warp;
+    warp.body = &body;
+    warp.error[0] = 0;
+    gridDim = {grid[0], grid[1], grid[2]};
+    blockDim = {block[0], block[1], block[2]};
+    const unsigned long long per_block = 1ull * block[0] * block[1] * block[2];
+    int rc = 0;
+    for (unsigned bz = 0; bz < grid[2] && rc == 0; ++bz)
+        for (unsigned by = 0; by < grid[1] && rc == 0; ++by)
+            for (unsigned bx = 0; bx < grid[0] && rc == 0; ++bx) {
+                blockIdx = {bx, by, bz};
+                for (unsigned long long t0 = 0; t0 < per_block && rc == 0; t0 += kWarp) {
+                    warp.n = int(per_block - t0 < kWarp ? per_block - t0 : kWarp);
+                    for (int i = 0; i < warp.n; ++i) {
+                        const unsigned long long t = t0 + i;
+                        warp.lanes[i].tid = {unsigned(t % block[0]),
+                                             unsigned(t / block[0] % block[1]),
+                                             unsigned(t / (1ull * block[0] * block[1]))};
+                        start_lane(warp.lanes[i]);
+                    }
+                    for (int i = warp.n; i < kWarp; ++i) warp.lanes[i].state = kExited;
+                    if (!run_warp(warp)) {
+                        std::snprintf(err, err_len, "block (%u, %u, %u), threads %llu-%llu: %s",
+                                      bx, by, bz, t0, t0 + warp.n - 1, warp.error);
+                        rc = -1;
+                    }
+                }
+            }
+    return rc;
+}
+
+}  // namespace emu
+
+template <typename T>
+__attribute__((noinline)) T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    return emu::shuffle<T>(__builtin_return_address(0), emu::kDown, mask, var, int(delta), width);
+}
+template <typename T>
+__attribute__((noinline)) T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    return emu::shuffle<T>(__builtin_return_address(0), emu::kUp, mask, var, int(delta), width);
+}
+template <typename T>
+__attribute__((noinline)) T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
+    return emu::shuffle<T>(__builtin_return_address(0), emu::kXor, mask, var, lane_mask, width);
+}
+template <typename T>
+__attribute__((noinline)) T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+    return emu::shuffle<T>(__builtin_return_address(0), emu::kIdx, mask, var, src_lane, width);
+}
+
+// One exported launcher per kernel, for ctypes: emu_launch_<kernel>.
+#define EMU_EXPORT(NAME)                                                                     \
+    extern "C" int emu_launch_##NAME(const unsigned* grid, const unsigned* block, void** args, \
+                                     const unsigned long long* sizes, int n_args, char* err,   \
+                                     int err_len) {                                            \
+        return emu::launch(&NAME, grid, block, args, sizes, n_args, err, err_len);            \
+    }
