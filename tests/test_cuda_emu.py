@@ -69,6 +69,10 @@ extern "C" __global__ void half_mask(int* out, int delta, int width) {
     out[threadIdx.x] = __shfl_down_sync(mask, int(threadIdx.x), delta, width);
 }
 
+extern "C" __global__ void offset_copy(const double* in, double* out, int offset) {
+    out[threadIdx.x] = in[threadIdx.x + offset];
+}
+
 extern "C" __global__ void self_excluded(int* out) {
     out[threadIdx.x] = __shfl_down_sync(0xfffffffeu, int(threadIdx.x), 1);
 }
@@ -173,6 +177,21 @@ def test_partial_masks(cupy, mod):
         half((1,), (32,), (out, np.int32(1), np.int32(32)))
     with pytest.raises(RuntimeError, match="lane 0 waits at a shuffle whose mask 0xfffffffe does"):
         mod.get_function("self_excluded")((1,), (32,), (out,))
+
+
+def test_out_of_bounds_access_fails_the_launch(cupy, mod):
+    """Device allocations end at an inaccessible page: one element past the end is a failed
+    launch naming the thread (as compute-sanitizer reports it), and the process carries on."""
+    src, out = cupy.asarray(np.arange(40.0)), cupy.zeros(32)
+    copy = mod.get_function("offset_copy")
+    copy((1,), (32,), (src, out, np.int32(8)))
+    np.testing.assert_array_equal(out.get(), np.arange(8.0, 40.0))
+    with pytest.raises(RuntimeError, match=r"thread \(31, 0, 0\): invalid memory access at"):
+        copy((1,), (32,), (src, out, np.int32(9)))
+    with pytest.raises(RuntimeError, match="invalid memory access"):  # a write past the end
+        copy((1,), (33,), (src, out, np.int32(0)))
+    copy((1,), (32,), (src, out, np.int32(0)))
+    np.testing.assert_array_equal(out.get(), np.arange(32.0))
 
 
 def test_arguments_are_checked_like_the_parameters(cupy, mod):

@@ -13,7 +13,7 @@ The ``gpu``-marked tests run the real kernels against Rust and skip where no dev
 ``test_cuda_path_on_fake_cupy`` runs them anyway, with the stand-in CuPy of
 ``tests/gpu_harness/fake_cupy``, whose ``RawModule`` compiles the kernel sources with g++ on a CPU
 runtime of CUDA (``tests/gpu_harness/cuda_emu.h``: a fiber per thread, shuffles as rendezvous of
-their lanes), so the kernels themselves (index arithmetic, grid sizes, output layout, warp
+their lanes, device allocations ending at an inaccessible page), so the kernels themselves (index arithmetic, grid sizes, output layout, warp
 reductions) and the Python side of the CUDA backend run on every CI machine.
 """
 

@@ -5,6 +5,10 @@
 // lanes its mask names. So the kernels' index arithmetic, grid sizing, output layout and warp
 // reductions run here as written, not as a harness re-implements them.
 //
+// A kernel touching memory it may not (the fake CuPy puts an inaccessible page right after every
+// device allocation) fails its launch with the thread and the address, as compute-sanitizer would
+// report it; the fiber is abandoned, the process lives on.
+//
 // Checked as a GPU would only be by luck: a shuffle whose mask names a lane that has exited or
 // waits at another shuffle, lanes of one shuffle disagreeing on mask/width/type, a width that
 // is not a power of two <= 32, a read of a lane outside the mask, a kernel called with the
@@ -23,8 +27,12 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <type_traits>
 #include <utility>
+
+#include <setjmp.h>
+#include <signal.h>
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -259,6 +267,43 @@ static T shuffle(const void* site, Mode mode, unsigned mask, T var, int arg, int
     return out;
 }
 
+// A SIGSEGV / SIGBUS inside a launch jumps back to it; outside one the previous handler (e.g.
+// Python's faulthandler) gets the signal: ours steps aside and the access faults again.
+static thread_local sigjmp_buf g_fault_jump;
+static thread_local volatile sig_atomic_t g_in_launch = 0;
+static thread_local void* volatile g_fault_address = nullptr;
+static struct sigaction g_previous[2];
+
+static void on_fault(int sig, siginfo_t* info, void*) {
+    if (!g_in_launch) {
+        sigaction(sig, &g_previous[sig == SIGBUS], nullptr);
+        return;
+    }
+    g_fault_address = info->si_addr;
+    siglongjmp(g_fault_jump, 1);
+}
+
+static void catch_faults() {
+    static std::once_flag installed;
+    std::call_once(installed, [] {
+        struct sigaction action {};
+        action.sa_sigaction = &on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &g_previous[0]);
+        sigaction(SIGBUS, &action, &g_previous[1]);
+    });
+    // The handler needs a stack of its own: the fault may be a lane's stack overflowing.
+    static thread_local std::unique_ptr<unsigned char[]> alt;
+    if (!alt) {
+        alt.reset(new unsigned char[1 << 16]);
+        stack_t st{};
+        st.ss_sp = alt.get();
+        st.ss_size = 1 << 16;
+        sigaltstack(&st, nullptr);
+    }
+}
+
 template <typename... P, std::size_t... I>
 static void call(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
     kernel(*static_cast<P*>(args[I])...);
@@ -292,12 +337,25 @@ int launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, vo
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     const unsigned long long per_block = 1ull * block[0] * block[1] * block[2];
-    int rc = 0;
-    for (unsigned bz = 0; bz < grid[2] && rc == 0; ++bz)
-        for (unsigned by = 0; by < grid[1] && rc == 0; ++by)
-            for (unsigned bx = 0; bx < grid[0] && rc == 0; ++bx) {
+    catch_faults();
+    volatile int rc = 0;
+    volatile unsigned bx = 0, by = 0, bz = 0;
+    volatile unsigned long long t0 = 0;
+    if (sigsetjmp(g_fault_jump, 1)) {
+        g_in_launch = 0;
+        const uint3 t = threadIdx;
+        std::snprintf(err, err_len,
+                      "block (%u, %u, %u), thread (%u, %u, %u): invalid memory access at %p (past "
+                      "the end of a device allocation, or a bad pointer)",
+                      bx, by, bz, t.x, t.y, t.z, g_fault_address);
+        return -1;
+    }
+    g_in_launch = 1;
+    for (bz = 0; bz < grid[2] && rc == 0; ++bz)
+        for (by = 0; by < grid[1] && rc == 0; ++by)
+            for (bx = 0; bx < grid[0] && rc == 0; ++bx) {
                 blockIdx = {bx, by, bz};
-                for (unsigned long long t0 = 0; t0 < per_block && rc == 0; t0 += kWarp) {
+                for (t0 = 0; t0 < per_block && rc == 0; t0 += kWarp) {
                     warp.n = int(per_block - t0 < kWarp ? per_block - t0 : kWarp);
                     for (int i = 0; i < warp.n; ++i) {
                         const unsigned long long t = t0 + i;
@@ -314,6 +372,7 @@ int launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, vo
                     }
                 }
             }
+    g_in_launch = 0;
     return rc;
 }
 

@@ -6,9 +6,9 @@ streams, slicing, downloads, the fit launcher and its CPU fallback) on a machine
 ``RawModule`` compiles the kernel source it is given (the text NVRTC would get) with g++ on a CPU
 runtime of CUDA (``tests/gpu_harness/cuda_emu.h``: a fiber per thread, warp shuffles as
 rendezvous of their lanes), so each launch runs the kernels themselves over the launcher's grid
-and block, with CuPy's argument passing; a broken shuffle or an argument of the wrong size fails
-the launch. Not modelled: timing, memory races, out-of-bounds accesses (a GPU or
-compute-sanitizer finds those).
+and block, with CuPy's argument passing; a broken shuffle, an argument of the wrong size or an
+access past the end of a device allocation (each ends at an inaccessible page) fails the launch.
+Not modelled: timing and memory races (a GPU and compute-sanitizer find those).
 
 Device arrays are a wrapper, not numpy arrays: as with CuPy, ``numpy.asarray`` of one raises
 ``TypeError``, so host/device mix-ups fail here as they would on a GPU. Everything is
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -107,16 +108,47 @@ class ndarray:  # CuPy's name
         return ndarray(self._a.ravel())
 
     def astype(self, dtype: Any, copy: bool = True) -> ndarray:
-        return ndarray(self._a.astype(dtype, copy=copy))
+        if not copy and self._a.dtype == np.dtype(dtype):
+            return self
+        return ndarray(_guarded(self._a.astype(dtype)))
 
     def copy(self) -> ndarray:
-        return ndarray(self._a.copy())
+        return ndarray(_guarded(self._a))
 
     def get(self) -> np.ndarray:
         return self._a.copy()
 
     def __repr__(self) -> str:
         return f"fake_cupy.ndarray({self._a!r})"
+
+
+_PAGE = mmap.PAGESIZE
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PROT_NONE = 0
+
+
+def _guarded_empty(shape: Any, dtype: Any) -> np.ndarray:
+    """A host array standing for a device allocation: its last byte is followed by a page that
+    cannot be read or written, so a kernel running past the end of an allocation crashes the
+    test (as compute-sanitizer would report it) instead of reading a neighbour."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    span = -(-max(nbytes, 1) // _PAGE) * _PAGE
+    buf = mmap.mmap(-1, span + _PAGE)
+    anchor = ctypes.c_char.from_buffer(buf)
+    base = ctypes.addressof(anchor)
+    del anchor  # the array below keeps the mapping alive
+    if _LIBC.mprotect(ctypes.c_void_p(base + span), _PAGE, _PROT_NONE) != 0:
+        raise OSError(ctypes.get_errno(), "fake CuPy: mprotect of a guard page failed")
+    # span - nbytes is a multiple of the item size (a power of two <= 16, dividing the page).
+    return np.frombuffer(buf, np.uint8, nbytes, span - nbytes).view(dt).reshape(shape)
+
+
+def _guarded(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` in a guarded allocation."""
+    out = _guarded_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _host(a: Any) -> np.ndarray:
@@ -132,13 +164,13 @@ def asarray(a: Any, dtype: Any = None) -> ndarray:
         raw = (ctypes.c_char * (int(np.prod(shape)) * dt.itemsize)).from_address(iface["data"][0])
         view = ndarray(np.frombuffer(raw, dtype=dt).reshape(shape))
         return view if dtype is None else asarray(view, dtype)
-    return ndarray(np.array(a, dtype=dtype, copy=True))
+    return ndarray(_guarded(np.asarray(a, dtype=dtype)))
 
 
 def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     if isinstance(a, ndarray):
-        return ndarray(np.ascontiguousarray(a._a, dtype=dtype))
-    return ndarray(np.array(np.ascontiguousarray(a, dtype=dtype), copy=True))
+        a = a._a
+    return ndarray(_guarded(np.asarray(a, dtype=dtype)))
 
 
 def asnumpy(a: Any) -> np.ndarray:
@@ -147,21 +179,21 @@ def asnumpy(a: Any) -> np.ndarray:
 
 def empty(shape: Any, dtype: Any = np.float64) -> ndarray:
     # Garbage, as on a device: a kernel that leaves an element unwritten is visible.
-    a = np.empty(shape, dtype=dtype)
+    a = _guarded_empty(shape, dtype)
     a.view(np.uint8)[...] = 0xA5
     return ndarray(a)
 
 
 def zeros(shape: Any, dtype: Any = np.float64) -> ndarray:
-    return ndarray(np.zeros(shape, dtype=dtype))
+    return ndarray(_guarded(np.zeros(shape, dtype=dtype)))
 
 
 def full(shape: Any, value: Any, dtype: Any = None) -> ndarray:
-    return ndarray(np.full(shape, value, dtype=dtype))
+    return ndarray(_guarded(np.full(shape, value, dtype=dtype)))
 
 
 def concatenate(arrays: list, axis: int = 0) -> ndarray:
-    return ndarray(np.concatenate([_host(a) for a in arrays], axis=axis))
+    return ndarray(_guarded(np.concatenate([_host(a) for a in arrays], axis=axis)))
 
 
 _PINNED: list[tuple[int, int, np.ndarray]] = []
