@@ -711,3 +711,36 @@ def test_a_map_midas_integrate_built_for_these_parameters_is_not_called_another(
         (tmp_path / "Map.bin").write_bytes(header)
         DetectorMap.load_midas(tmp_path, config, n_threads=1)
         assert "hash differs" in caplog.text
+
+
+def test_a_map_is_refused_with_another_geometry_than_it_was_built_for(small_config, tmp_path):
+    """A saved map reused after a recalibration (another Lsd, other bins) would integrate with
+    the old geometry under the new axes: load, the Integrator and save_midas name what differs;
+    the same parameters (and pickled maps) pass."""
+    import pickle
+
+    from radint import Integrator
+    from radint.exceptions import MapFormatError
+
+    m = DetectorMap.build(small_config)
+    path = m.save(tmp_path / "m.npz")
+    other = small_config.with_overrides(["RBinSize 2", "Lsd 500000"])
+    for use, what in (
+        (lambda: DetectorMap.load(path, other), "the configuration it is loaded with"),
+        (lambda: Integrator(other, detector_map=DetectorMap.load(path)), "the Integrator's"),
+        (lambda: m.save_midas(tmp_path / "midas", other), "the configuration given to save_midas"),
+    ):
+        with pytest.raises(MapFormatError, match=what) as e:
+            use()
+        assert "Lsd 500000 (map: " in str(e.value) and "RBinSize 2 (map: " in str(e.value)
+    mask = tmp_path / "mask.tif"
+    import tifffile
+
+    tifffile.imwrite(mask, np.zeros(small_config.shape, np.int8))
+    with pytest.raises(MapFormatError, match="MaskFile: another file or contents"):
+        DetectorMap.load(path, small_config.with_overrides([f"MaskFile {mask}"]))
+    DetectorMap.load(path, small_config)
+    Integrator(small_config, detector_map=pickle.loads(pickle.dumps(DetectorMap.load(path))))
+    m.save_midas(tmp_path / "midas", small_config)
+    # What does not shape the map does not count (the wavelength outside Q binning).
+    DetectorMap.load(path, small_config.replace(wavelength_angstrom=0.3))

@@ -154,6 +154,19 @@ def _map_inputs(config: IntegrationConfig) -> dict[str, Any]:
     return inputs
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists), so stored and fresh compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, list):
+        return " ".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 class DetectorMap:
     """Sparse CSR map from raw-image pixels to (R, η) bins with exact overlap areas.
 
@@ -185,6 +198,10 @@ class DetectorMap:
         #: negative corrected R, and the count of those at 2θ ≥ 90° whose pixels it left out
         #: (warned when built or loaded from the cache), or None.
         self.fold: tuple[int, float, float, float, int] | None = getattr(core, "fold", None)
+        #: ``IntegrationConfig.map_shaping()`` of the configuration the map was built from (kept
+        #: in radint's cache), or None where unknown (arrays, MIDAS files): what
+        #: :meth:`check_built_for` compares.
+        self.built_for: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -219,6 +236,7 @@ class DetectorMap:
             **_map_inputs(config),
         )  # fmt: skip
         m = cls(core, config)
+        m.built_for = _plain(config.map_shaping())
         if m.fold is not None:
             _warn_fold(m.fold, config)
         return m
@@ -417,6 +435,7 @@ class DetectorMap:
                 "DetectorMap.load_midas(directory, config, gradient_correction=True)"
             )
         m = DetectorMap(self._core.gradient_resampled(config.core_dict()), config)
+        m.built_for = self.built_for
         m.corrections_folded = False
         m.gradient_corrected = True
         m.corrected_at_source = self.corrected_at_source
@@ -429,6 +448,8 @@ class DetectorMap:
         ``frac`` carries the C mapper's solid-angle / polarization factors when the config asks
         for them (evaluated at pixel centres); ``areaWeight`` is the exact overlap area.
         """
+        if config is not None:
+            self.check_built_for(config, "the configuration given to save_midas")
         config = config or self.config
         if config is None:
             raise MapFormatError("save_midas needs the IntegrationConfig the map was built from")
@@ -465,6 +486,45 @@ class DetectorMap:
         self._core.save_midas(str(directory), config.core_dict(), factor)
         return directory
 
+    def check_built_for(self, config: IntegrationConfig, what: str) -> None:
+        """Refuse ``config`` where it shapes another map than this one was built for.
+
+        Parameters
+        ----------
+        config : IntegrationConfig
+            The configuration the map is to be used or saved with.
+        what : str
+            Names ``config`` in the message.
+
+        Raises
+        ------
+        MapFormatError
+            A geometry, bin or file field differs, each named with both values (a map reused
+            after a recalibration would give wrong axes with no error). Maps whose origin is
+            unknown (``from_arrays``, MIDAS files) are not checked.
+        """
+        if self.built_for is None:
+            return
+        want = _plain(config.map_shaping())
+        if want == self.built_for:
+            return
+        from radint.config import _MIDAS_KEYS
+
+        differ = []
+        for name in [*want, *(k for k in self.built_for if k not in want)]:
+            built, asked = self.built_for.get(name), want.get(name)
+            if built == asked:
+                continue
+            if name.endswith(("_file", "_map")):
+                differ.append(f"{_MIDAS_KEYS.get(name, name)}: another file or contents")
+            else:
+                differ.append(f"{config.where_set(name)} {_shown(asked)} (map: {_shown(built)})")
+        raise MapFormatError(
+            f"detector map ({self.origin}) was built for other parameters than {what}: "
+            + "; ".join(differ)
+            + "; build the map for these parameters (or leave the map out)"
+        )
+
     # ------------------------------------------------------------------ cache
     def save(self, path: str | Path) -> Path:
         """Save to radint's own cache format (an uncompressed ``.npz``), atomically."""
@@ -494,6 +554,9 @@ class DetectorMap:
             "corrected_at_source": self.corrected_at_source,
         }
         arrays["flags"] = np.frombuffer(json.dumps(flags).encode(), dtype=np.uint8)
+        if self.built_for is not None:
+            text = json.dumps(self.built_for, sort_keys=True)
+            arrays["built_for"] = np.frombuffer(text.encode(), dtype=np.uint8)
         from radint.io.atomic import remove_stale_partials, temporary_sibling
 
         # A killed save left its temporary (tens of MB) under a name with no owner; named
@@ -574,11 +637,17 @@ class DetectorMap:
                 fold = None if fold is None else np.array(fold)  # a copy: the file is unmapped
                 flags = z.get("flags")
                 flags = {} if flags is None else json.loads(bytes(np.asarray(flags)).decode())
+                built_for = z.get("built_for")
+                if built_for is not None:
+                    built_for = json.loads(bytes(np.asarray(built_for)).decode())
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             if isinstance(e, MapFormatError):
                 raise
             raise MapFormatError(f"{path}: not a radint map cache ({e})") from e
         m.origin = f"cache {path}"
+        m.built_for = built_for
+        if config is not None:
+            m.check_built_for(config, "the configuration it is loaded with")
         m.corrections_folded = bool(flags.get("corrections_folded", m.corrections_folded))
         m.gradient_corrected = bool(flags.get("gradient_corrected", False))
         m.pixel_fractions = bool(flags.get("pixel_fractions", False))

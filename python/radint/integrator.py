@@ -364,6 +364,8 @@ class Integrator:
                 detector_map = DetectorMap.cached(config, cache_dir, n_threads=n_threads)
             else:
                 detector_map = DetectorMap.build(config, n_threads=n_threads)
+        else:
+            detector_map.check_built_for(config, "the Integrator's configuration")
         if detector_map.shape != config.shape:
             raise ShapeError(
                 f"detector map is for {detector_map.shape} (rows, columns) images, "
@@ -565,6 +567,7 @@ class Integrator:
         scale[~np.isfinite(scale)] = np.nan
         folded, _ = detector_map._core.folded(scale=scale, n_threads=self.n_threads)
         m = DetectorMap(folded, detector_map.config)
+        m.built_for = detector_map.built_for
         m.corrections_folded = False  # radint's weights: resampled as its own map's
         m.corrected_at_source = models
         m.origin = f"{detector_map.origin}, corrections at each entry's pixel"
