@@ -71,6 +71,22 @@ def test_plot(tmp_path, capsys):
     plt.close(mine)
 
 
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    """Audit: with ``-o`` a missing matplotlib ended in a ModuleNotFoundError traceback."""
+    import sys
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
+    capsys.readouterr()
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    for extra in ([], ["-o", str(tmp_path / "p.png")]):
+        assert main(["plot", str(tmp_path / "ceo2_pilatus.h5"), *extra]) == 2
+        assert "pip install 'radint[plot]'" in capsys.readouterr().err
+
+
 def test_convert_a_stored_result(tmp_path, capsys):
     import h5py
     import numpy as np

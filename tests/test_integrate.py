@@ -233,6 +233,10 @@ def test_dark_nan_and_mask(small_config, small_map):
     dark = np.full(small_config.shape, 3.0)
     r = integ.integrate(frame, dark=dark)
     np.testing.assert_allclose(r.lineout[np.isfinite(r.lineout)], 7.0)
+    assert r.metadata["nan_pixels"] == 0
+    # Audit: integer frames had no count at all (a KeyError for code reading it).
+    assert integ.integrate(frame.astype(np.uint16)).metadata["nan_pixels"] == 0
+    assert integ.integrate_stack(np.zeros((2, *frame.shape), np.int32)).metadata["nan_pixels"] == 0
     frame[5:60, 5:60] = np.nan  # NaN pixels are masked and counted
     r = integ.integrate(frame)
     assert r.metadata["nan_pixels"] == 55 * 55

@@ -51,6 +51,15 @@ def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
         list(read_frames(header_only))
 
 
+def test_a_missing_file_is_a_file_not_found_error(tmp_path: Path) -> None:
+    """Audit: a missing frame file was a ReaderError only, which ``except FileNotFoundError``
+    (as a missing parameter file allows) did not catch."""
+    for read in (lambda p: list(read_frames(p)), read_dark):
+        with pytest.raises(FileNotFoundError, match="nope.tif: no such file") as e:
+            read(tmp_path / "nope.tif")
+        assert isinstance(e.value, ReaderError)
+
+
 def test_hdf5_default_named_and_missing_dataset(tmp_path: Path) -> None:
     path = tmp_path / "scan.h5"
     with h5py.File(path, "w") as f:

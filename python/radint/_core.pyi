@@ -236,7 +236,8 @@ def fit_auto(
     ``(n_curves, n_x)``."""
 
 def snip_background(y: np.ndarray, iterations: int = ...) -> np.ndarray:
-    """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; NaN counts as 0."""
+    """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; non-finite bins are filled
+    linearly from their finite neighbours first (all non-finite: 0)."""
 
 def fit_pv(
     x: np.ndarray,

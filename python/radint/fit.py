@@ -621,7 +621,8 @@ def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> P
 
 
 def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
-    """SNIP background (spec §6.3) of a lineout, shape ``(n_x,)``; NaN counts as 0."""
+    """SNIP background (spec §6.3) of a lineout, shape ``(n_x,)``; NaN or ±inf bins (masked,
+    empty) are first filled linearly from their finite neighbours (all non-finite: 0)."""
     ys = _as_float("y", y, (1,))
     if int(iterations) < 0:
         raise InvalidInputError(f"snip_background: iterations must be >= 0, got {iterations}")

@@ -590,7 +590,7 @@ class Integrator:
             # file without RMin/RMax overrides, say) most radial bins would be NaN.
             counts = np.diff(np.asarray(self.map.indptr, dtype=np.int64))
             reached = np.flatnonzero(counts.reshape(self.map.n_r, self.map.n_eta).any(axis=1))
-            if reached.size and reached[-1] + 1 < self.map.n_r // 2:
+            if reached.size and 4 * (reached[-1] + 1) < 3 * self.map.n_r:  # a quarter empty
                 edges = np.asarray(self.map.r_edges_px)
                 warn_once(
                     ("default RMax past the detector", cfg.r_max_px, float(edges[reached[-1] + 1])),
@@ -1242,6 +1242,8 @@ class Integrator:
                 return int(np.count_nonzero(bad | dark_bad if dark_bad is not None else bad))
 
             meta["nan_pixels"] = sum(left_out(p) for p in parts)
+        else:  # integer frames, a finite dark: nothing left out but the markers below
+            meta["nan_pixels"] = 0
         if self.invalid_values and parts[0].dtype.kind in "iu":
             # Left out through the marker map (the same pixels in every frame of the call).
             n_frames = sum(1 if p.ndim == 2 else p.shape[0] for p in parts)

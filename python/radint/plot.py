@@ -138,6 +138,7 @@ def _check_image_path(output: str | Path | None) -> None:
     work: ``-o plot.txt`` ended in matplotlib's traceback after the file was read."""
     if output is None:
         return
+    _pyplot()  # matplotlib missing: the install hint, not an ImportError
     from matplotlib.backend_bases import FigureCanvasBase
 
     suffix = Path(output).suffix.lower().lstrip(".")

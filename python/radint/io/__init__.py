@@ -8,7 +8,7 @@ same as ``(n, z, y)`` stacks, for batch work), :func:`read_dark`,
 :func:`read_provenance` only where its frames came from.
 """
 
-from radint.io.errors import ReaderError
+from radint.io.errors import FrameFileNotFoundError, ReaderError
 from radint.io.frame import Frame
 from radint.io.midas import write_gsas_zarr_zip, write_midas_caked
 from radint.io.nexus import NexusWriter, Provenance, read_nexus, read_provenance, write_nexus
@@ -18,6 +18,7 @@ from radint.io.write import write_result
 
 __all__ = [
     "Frame",
+    "FrameFileNotFoundError",
     "NexusWriter",
     "Provenance",
     "ReaderError",

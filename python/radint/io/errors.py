@@ -11,3 +11,8 @@ class ReaderError(RadintIOError):
     The message always names the file (and the dataset, where there is one), what was expected
     and what was found. Subclasses :class:`radint.RadintError` and :class:`OSError`.
     """
+
+
+class FrameFileNotFoundError(ReaderError, FileNotFoundError):
+    """A frame (or dark) file does not exist: a :class:`ReaderError` that ``except
+    FileNotFoundError`` catches too, as for a missing parameter file."""

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from radint.io._source import FrameSource, check_pixel_dtype
-from radint.io.errors import ReaderError
+from radint.io.errors import FrameFileNotFoundError, ReaderError
 from radint.io.frame import Frame
 
 __all__ = [
@@ -101,7 +101,7 @@ def _open_source(
     # Each reader is imported where it is needed: zarr alone takes ~0.5 s to import, which a
     # batch of TIFF files should not pay.
     if not p.exists():
-        raise ReaderError(f"{p}: no such file or directory")
+        raise FrameFileNotFoundError(f"{p}: no such file or directory")
     suffix = p.suffix.lower()
     if p.is_dir():
         from radint.io import zarrstore

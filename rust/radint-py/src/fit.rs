@@ -202,7 +202,8 @@ fn fit_auto<'py>(
     Ok(d)
 }
 
-/// SNIP background (spec §6.3) of one lineout; NaN counts as 0.
+/// SNIP background (spec §6.3) of one lineout; non-finite bins are filled linearly from their
+/// finite neighbours first (all non-finite: 0).
 #[pyfunction]
 #[pyo3(signature = (y, iterations=50))]
 fn snip_background<'py>(
