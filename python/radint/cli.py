@@ -1358,8 +1358,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="version, build and GPU")
     # The same flags after the subcommand (where users type them); SUPPRESS keeps the top-level value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors"
+    )
     fitting = argparse.ArgumentParser(add_help=False)
     fitting.add_argument(
         "--fit-peaks",
@@ -1426,7 +1430,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dataset", default=None, help="HDF5 dataset of the frames")
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
-    p.add_argument("-j", "--threads", type=_positive_int, default=None)
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all cores)"
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -1470,7 +1476,9 @@ def build_parser() -> argparse.ArgumentParser:
             "NeXus HDF5 compression (default blosc-lz4: fast; gzip: readable without hdf5plugin)"
         ),
     )
-    p.add_argument("-j", "--threads", type=_positive_int, default=None)
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all cores)"
+    )
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.add_argument(
         "--skip-existing",
@@ -1589,7 +1597,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--update", action="store_true", help="also store the fits in the result file (peaks group)"
     )
     _add_compression(p)
-    p.add_argument("-j", "--threads", type=_positive_int, default=None)
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all cores)"
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
@@ -1600,7 +1610,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         required=True,
         help="comma-separated: nexus, zarr, midas (caked + gsas), caked, gsas, xy, bin, mat, "
-        "peaks, fit, fit_per_eta, caked_peaks (see radint integrate --help)",
+        "peaks, fit, fit_per_eta, caked_peaks, peaks_per_eta (see radint integrate --help)",
     )
     p.add_argument("-o", "--output", default=None, help="output directory (default: beside it)")
     _add_compression(p)
@@ -1721,7 +1731,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where peak_update.txt / peaks.json change fitted peaks live (default: -o DIR)",
     )
-    p.add_argument("-j", "--threads", type=_positive_int, default=None)
+    p.add_argument(
+        "-j", "--threads", type=_positive_int, default=None, help="threads (default: all cores)"
+    )
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser(

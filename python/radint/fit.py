@@ -652,6 +652,10 @@ def fit_pv(
         range) or IntegratorZarrOMP's (``pf_fit_singlet_pv``: Γ in [bin/2, bin·n/2] from 3
         bins, Imax in [(max − bg₀)/100, 1.5·max], bg in [0, 1.5·bg₀], bg₀ the end points'
         mean), whose Γ cap pins a ring wider than half the window where radint fits it.
+    max_iterations : int
+        Levenberg–Marquardt steps per fit (status ``max_iterations`` beyond).
+    n_threads : int, optional
+        Threads fitting the curves (default: all cores).
 
     Returns
     -------
@@ -743,6 +747,10 @@ def fit_pv_doublet(
     low, high : float
         Starting centres, ``low <= high`` (x units; equal ones, e.g. a ``PeakLocation``
         given twice, start both centres at the midpoint, one on each side, as MIDAS fits them).
+    max_iterations : int
+        Levenberg–Marquardt steps per curve (status ``max_iterations`` beyond).
+    bounds : {"radint", "midas"}
+        The box and start described above.
 
     Returns
     -------
@@ -1025,6 +1033,10 @@ def fit_per_eta(
     bin_average : bool
         Auto-detected peaks: the TCH model as bin means (True) or MIDAS's values at bin
         centres (False), as :func:`fit_peaks`; the pV fits at given positions are MIDAS's.
+    max_iterations : int
+        Levenberg–Marquardt steps per fit (status ``max_iterations`` beyond).
+    n_threads : int, optional
+        Threads fitting the profiles (default: all cores).
     bounds : {"radint", "midas"}
         The pV fits' box and start (:func:`fit_pv`): ``"midas"`` is IntegratorZarrOMP's, as
         ``compat`` selects.

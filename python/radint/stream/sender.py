@@ -240,6 +240,11 @@ def send_frames(
     shape : (n_z, n_y), optional
         Expected frame shape (the receiver's NrPixelsZ, NrPixelsY); others raise RadintError
         before anything is sent for that frame.
+    first_dataset_num : int
+        The wire's 16-bit dataset number of the first frame; the next ones count up from it
+        (modulo 65536), so a sender resuming a series continues its numbering.
+    connect_timeout : float
+        Seconds to wait for the receiver to accept the connection.
     """
     items: queue.Queue[tuple[np.ndarray | FileFrame, str] | BaseException | None] = queue.Queue(
         maxsize=5
