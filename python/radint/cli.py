@@ -316,6 +316,19 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
 _FIT_FORMATS = ("peaks", "fit", "fit_per_eta", "caked_peaks", "peaks_per_eta")
 
 
+def _progress(columns: tuple, quiet: bool) -> Any:
+    """Rich progress bars on a terminal; elsewhere (or with ``-q``) a disabled Progress whose
+    console writes nowhere: rich < 14.3 printed a blank line on leaving a disabled one."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if quiet or not sys.stdout.isatty():
+        return Progress(*columns, disable=True, console=Console(file=io.StringIO()))
+    return Progress(*columns)
+
+
 def _check_run(
     paths: list[str], out_dir: Path, formats: tuple[str, ...], inputs_must_exist: bool
 ) -> None:
@@ -656,7 +669,6 @@ def _rules(args: argparse.Namespace, config: IntegrationConfig) -> dict[str, Any
 
 def cmd_integrate(args: argparse.Namespace) -> int:
     """Integrate frame files; write the requested formats per input file (NeXus by default)."""
-    from rich.progress import Progress
 
     from radint.batch import check_outputs, process_files
     from radint.integrator import Integrator, require_backend
@@ -684,7 +696,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     reported: set[str] = set()
     t0 = time.perf_counter()
     started = time.time() - 1.0  # file times may be rounded down to the second
-    with Progress(disable=args.quiet or not sys.stdout.isatty()) as progress:
+    with _progress((), args.quiet) as progress:
         task = progress.add_task("files", total=len(paths))
 
         def say(line: str) -> None:
@@ -826,7 +838,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
     )
@@ -878,7 +889,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     started = time.time() - 1.0  # file times may be rounded down to the second
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, disable=args.quiet or not sys.stdout.isatty()) as progress:
+    with _progress(columns, args.quiet) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
 
         def summary(tail: str, uncounted: int = 0) -> None:

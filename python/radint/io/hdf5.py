@@ -63,7 +63,19 @@ def list_datasets(group: h5py.Group) -> list[str]:
             found.append(f"{name} (broken link to {target})")
 
     group.visititems(visit)  # objects reached through hard links only
-    group.visititems_links(visit_link)
+    # Every link of every group visititems reaches (Group.visititems_links needs h5py 3.11).
+    groups = [""]
+
+    def add_group(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group):
+            groups.append(name)
+
+    group.visititems(add_group)
+    for where in groups:
+        parent = group[where] if where else group
+        for member in parent:
+            link = parent.get(member, getlink=True)
+            visit_link(f"{where}/{member}" if where else member, link)
     return sorted(found)
 
 

@@ -603,8 +603,12 @@ class _ZarrTree:
             if isinstance(value, str):
                 arr = await group.create_array(path, shape=(), dtype=str, attributes=attributes)
                 await arr.setitem((), value)
-            else:
-                await group.create_array(path, data=np.asarray(value), attributes=attributes)
+            else:  # create_array(data=) needs zarr 3.1: created, then written
+                data = np.asarray(value)
+                arr = await group.create_array(
+                    path, shape=data.shape, dtype=data.dtype, attributes=attributes
+                )
+                await arr.setitem(Ellipsis, data)
 
         async def create_all() -> None:
             # Every create ends before the first error is raised: those still running after

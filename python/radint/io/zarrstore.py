@@ -169,8 +169,10 @@ def unwritten_frames(arr: zarr.Array) -> list[int]:
         return []
     block = getattr(arr, "shards", None) or arr.chunks
     grid = [-(-n // c) for n, c in zip(arr.shape, block)]
-    stored = _stored_keys(arr)
-    encode = arr.metadata.encode_chunk_key
+    if int(zarr.__version__.split(".")[0]) < 3:  # Python 3.10: the store is a mapping
+        stored, encode = set(arr.store.keys()), arr._chunk_key
+    else:
+        stored, encode = _stored_keys(arr), arr.metadata.encode_chunk_key
     missing = [c for c in itertools.product(*map(range, grid)) if encode(c) not in stored]
     if not missing:
         return []
