@@ -139,7 +139,7 @@ def test_peak_profile_integrates_to_the_areas(ring_config):
     frames, tth = ring_frames(ring_config, 1)
     r = Integrator(ring_config, fit={"positions_two_theta_deg": list(tth)}).integrate(frames[0])
     x = np.linspace(0, 80, 16001)
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # noqa: NPY201 (numpy < 2: trapz)
     total = trapezoid(peak_profile(x, r.peaks), x)
     assert total == pytest.approx(r.peaks.area.sum(), rel=2e-3)  # Lorentzian tails beyond x
 
