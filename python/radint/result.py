@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +179,20 @@ class Result:
         def cat(name: str, ndim: int) -> np.ndarray | None:
             parts = [frames(getattr(r, name), r, ndim) for r in results]
             present = [p for p in parts if p is not None]
-            return np.concatenate(present) if len(present) == len(parts) else None
+            if len(present) != len(parts):
+                return None
+            total = sum(p.shape[0] for p in present)
+            # One value broadcast everywhere (a placeholder, see Result.without) stays so, and
+            # so does one frame's array repeated over the frames (the bin areas of frames
+            # without NaN pixels): read-only views, not n_frames copies.
+            fill = _broadcast_value(present)
+            if fill is not None:
+                return np.broadcast_to(fill, (total, *present[0].shape[1:]))
+            row = present[0][0]
+            if all(p.strides[0] == 0 and np.array_equal(p[0], row, equal_nan=True)
+                   for p in present):  # fmt: skip
+                return np.broadcast_to(row, (total, *row.shape))
+            return np.concatenate(present)
 
         def cat_required(name: str, ndim: int) -> np.ndarray:
             stacked = cat(name, ndim)
@@ -211,6 +224,32 @@ class Result:
             peaks=peaks,
         )
 
+    def without(self, keep: Iterable[str]) -> Result:
+        """This Result with only the per-frame arrays named in ``keep`` (of ``cake``,
+        ``cake_sigma``, ``lineout``, ``lineout_sigma``, ``area``, ``count``) held: the others
+        become NaN broadcast over their shape (no memory; :meth:`concatenate` keeps them so),
+        or None where a Result may lack them; a kept array equal in every frame (the bin areas of
+        frames without NaN pixels) is held once. Axes, metadata, ids and peaks stay. A batch
+        keeps such parts of a file for the outputs written at its end."""
+        keep = set(keep)
+        unknown = keep - set(_PER_FRAME_ARRAYS)
+        if unknown:
+            raise InvalidInputError(f"without: unknown arrays {sorted(unknown)}")
+        changes: dict[str, Any] = {}
+        for name in _PER_FRAME_ARRAYS:
+            a = getattr(self, name)
+            if a is None:
+                continue
+            if name in keep:
+                a = np.asarray(a)
+                if a.ndim == 3 and a.shape[0] > 1 and (a == a[:1]).all():
+                    changes[name] = np.broadcast_to(a[0], a.shape)  # one frame's copy, once
+                continue
+            a = np.asarray(a)
+            fill = np.array(_PLACEHOLDER.get(a.dtype.kind, 0), dtype=a.dtype)
+            changes[name] = None if name.endswith("_sigma") else np.broadcast_to(fill, a.shape)
+        return dataclasses.replace(self, **changes)
+
     def cakes_before_mask_nan(self) -> np.ndarray:
         """The cakes ``(n_frames, n_eta, n_r)`` (a copy) with the bins that the MIDAS CPU rule
         set to NaN for touching a masked pixel holding their intensity from before that rule,
@@ -223,6 +262,28 @@ class Result:
             flat = cakes.reshape(cakes.shape[0], -1)
             flat[:, np.asarray(bins)] = np.asarray(values).reshape(cakes.shape[0], -1)
         return cakes
+
+
+#: The arrays a Result holds per frame (a stack's leading axis).
+_PER_FRAME_ARRAYS = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+#: What :meth:`Result.without` leaves in the place of an array, by dtype kind.
+_PLACEHOLDER = {"f": np.nan}
+
+
+def _broadcast_value(arrays: Sequence[np.ndarray]) -> Any:
+    """The one value every array is a broadcast of (all strides 0), if they all are the same
+    such placeholder; else None."""
+    first = arrays[0]
+    if first.size == 0 or any(first.strides):
+        return None
+    value = first[(0,) * first.ndim]
+    for a in arrays[1:]:
+        if a.size == 0 or any(a.strides) or a.dtype != first.dtype:
+            return None
+        other = a[(0,) * a.ndim]
+        if not (other == value or (other != other and value != value)):
+            return None
+    return value
 
 
 def frame_groups(n: int, size: int) -> list[range]:

@@ -862,7 +862,7 @@ class _FileWriter:
     on its own thread and reports each file's outcome once its outputs are final."""
 
     def __init__(self, out_dir: str, formats: tuple[str, ...], compression: str | None) -> None:
-        from radint.io.write import FORMATS, expand_formats
+        from radint.io.write import FORMAT_ARRAYS, FORMATS, expand_formats
 
         self.out_dir = Path(out_dir)
         self.compression = compression
@@ -874,6 +874,9 @@ class _FileWriter:
             self.wanted, self.format_error = [], e
         self.streamed = [f for f in self.wanted if f in ("nexus", "zarr")]
         self.at_end = [f for f in self.wanted if f not in self.streamed]
+        # A file's results are kept until its end for these formats: only the arrays they read
+        # (xy / bin need the lineouts alone; the cakes of a 500-frame Eiger 4M file took 4 GB).
+        self.kept_arrays = {a for f in self.at_end for a in FORMAT_ARRAYS[f]}
         # Only results hold memory: at most two wait. Control events (start, end, skip, error)
         # never block, so the reader is not held up by a writer busy with the previous stack.
         self.inbox: queue.Queue = queue.Queue()
@@ -977,7 +980,7 @@ class _FileWriter:
                     for w in state["writers"]:
                         w.append(result)
                     if self.at_end:
-                        state["parts"].append(result)
+                        state["parts"].append(result.without(self.kept_arrays))
                     state["n_frames"] += result.n_frames
                 except Exception as e:
                     state["error"] = e
@@ -1017,6 +1020,7 @@ class _FileWriter:
             from radint.result import Result
 
             whole = Result.concatenate(state["parts"])
+            state["parts"] = []  # held once, not twice, while the formats are written
             # One format at a time, so a failure (a full disk) removes the ones already done.
             for fmt in self.at_end:
                 done = write_result(whole, self.out_dir, [fmt], name=state["stem"])

@@ -53,6 +53,17 @@ FORMATS: dict[str, tuple[str, Callable[[Result, Path], Path]]] = {
     "fit_per_eta": ("_fit_per_eta.csv", _write_fit_per_eta),
     "caked_peaks": ("_caked_peaks.h5", _write_caked_peaks),
 }
+#: The per-frame arrays of a Result each format's writer reads (:meth:`Result.without` keeps
+#: only these for the formats a batch writes at a file's end; the axes, metadata and peaks
+#: always stay).
+_ALL_ARRAYS = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+FORMAT_ARRAYS: dict[str, tuple[str, ...]] = {
+    "nexus": _ALL_ARRAYS, "zarr": _ALL_ARRAYS, "mat": _ALL_ARRAYS,
+    "caked": ("cake", "area"), "gsas": ("cake", "area"),
+    "xy": ("lineout",), "bin": ("lineout",),
+    "peaks": (), "fit": (),
+    "fit_per_eta": ("cake",), "caked_peaks": ("cake",),
+}  # fmt: skip
 #: "midas" names the pair MIDAS users expect; "peaks_per_eta" IntegratorZarrOMP's per-η fit files.
 ALIASES = {"midas": ("caked", "gsas"), "peaks_per_eta": ("fit_per_eta", "caked_peaks")}
 #: What "midas" adds when peaks are fitted (IntegratorZarrOMP with DoPeakFit 1 writes them).
