@@ -1186,3 +1186,46 @@ def test_read_nexus_keeps_the_count_dtype(tmp_path: Path) -> None:
     back = read_nexus(write_nexus(res, tmp_path / "c.h5"))
     assert back.count.dtype == res.count.dtype == np.uint32
     np.testing.assert_array_equal(back.count, np.broadcast_to(res.count, back.count.shape))
+
+
+@pytest.mark.parametrize("backend", ["hdf5", "zarr"])
+def test_read_nexus_reads_only_the_frames_asked_for(tmp_path: Path, backend: str) -> None:
+    """Scale audit: plotting one frame of a 4 GB result read all of it (10 GB RSS). With
+    ``frames`` only those rows are read; each equals the whole file's row; the per-bin areas
+    and counts, stored once, are one read-only array, not a copy per frame."""
+    res = make_result(n_frames=6)
+    path = write_nexus(res, tmp_path / ("r.h5" if backend == "hdf5" else "r.zarr"), backend=backend)
+    whole = read_nexus(path)
+    assert not whole.area.flags.writeable and whole.area.strides[0] == 0
+    for frames in (
+        slice(-1, None),
+        slice(2, 3),
+        slice(1, 5, 2),
+        slice(None, None, -2),
+        slice(9, 12),
+    ):
+        rows = list(range(6))[frames]
+        part = read_nexus(path, frames)
+        assert part.n_frames == len(rows) and part.metadata["n_frames"] == len(rows)
+        for name in ("cake", "lineout", "cake_sigma", "lineout_sigma", "frame_ids"):
+            np.testing.assert_array_equal(getattr(part, name), getattr(whole, name)[rows])
+    with pytest.raises(ValueError, match="frames: expected a slice"):
+        read_nexus(path, 3)  # type: ignore[arg-type]
+
+
+def test_plot_reads_one_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import radint.io.nexus as nexus
+    from radint.plot import plot_nexus
+
+    path = write_nexus(make_result(n_frames=5), tmp_path / "r.h5")
+    asked: list[Any] = []
+    real = nexus.read_nexus
+    monkeypatch.setattr(
+        nexus, "read_nexus", lambda p, frames=None: asked.append(frames) or real(p, frames)
+    )
+    plot_nexus(path, tmp_path / "a.png", frame=-1)
+    plot_nexus(path, tmp_path / "b.png", frame=3)
+    assert asked == [slice(-1, None), slice(3, 4)]
+    with pytest.raises(RadintError, match="frame 5 out of range, the file has 5"):
+        plot_nexus(path, tmp_path / "c.png", frame=5)

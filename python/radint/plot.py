@@ -59,11 +59,13 @@ def plot_nexus(
             f"peak_param must be one of {sorted(PEAK_PARAMS)}, got {peak_param!r}"
         )
     _check_image_path(output)
-    result = _read_result(path)
-    n_frames = result.n_frames
+    # Only that frame is read unless every frame's peaks are plotted (a 4 GB result took 10 GB).
+    result = _read_result(path, None if peak_param else frame)
+    n_frames = int(result.metadata.get("n_frames_in_file", result.n_frames))
     if not -n_frames <= frame < n_frames:
         raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n_frames}")
-    one = result.frame(frame)
+    pos = 0 if "n_frames_in_file" in result.metadata else frame  # its row in `result`
+    one = result.frame(pos)
     if peak_param is not None and result.peaks is None and not require_peaks:
         peak_param = None
     if peak_param is not None and result.peaks is None:
@@ -87,7 +89,8 @@ def plot_nexus(
     ax.set_ylabel("intensity")
     ax.set_xlabel(label)
     k = frame % n_frames
-    fid = int(np.asarray(result.frame_ids).reshape(-1)[k]) if result.frame_ids is not None else k
+    row = pos % result.n_frames
+    fid = int(np.asarray(result.frame_ids).reshape(-1)[row]) if result.frame_ids is not None else k
     ax.set_title(f"{path.name}  frame {k + 1} of {n_frames} (id {fid})")
     row = 1
     if one.cake is not None:
@@ -150,13 +153,22 @@ def _check_image_path(output: str | Path | None) -> None:
         )
 
 
-def _read_result(path: Path) -> Any:
-    """A radint NeXus result, or a MIDAS caked.hdf (IntegratorZarrOMP's) to look at."""
+def _read_result(path: Path, frame: int | None = None) -> Any:
+    """A radint NeXus result, or a MIDAS caked.hdf (IntegratorZarrOMP's) to look at. With
+    ``frame``, a NeXus file gives only that frame (among its complete ones), its metadata
+    ``n_frames_in_file`` the file's frame count; a frame past the end gives no frame."""
     from radint.io.midas import read_midas_caked
     from radint.io.nexus import read_nexus
 
     try:
-        return read_nexus(path)
+        if frame is None:
+            return read_nexus(path)
+        n = _frame_count(path)
+        one = read_nexus(path, slice(frame, frame + 1 if frame != -1 else None))
+        if not one.n_frames:
+            raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n} complete")
+        one.metadata["n_frames_in_file"] = n
+        return one
     except RadintIOError as nexus_error:
         try:
             return read_midas_caked(path)

@@ -1831,8 +1831,13 @@ class _ReadFailed(Exception):
     """A dataset of an opened HDF5 file could not be read (see READ_RETRY_PAUSES_S)."""
 
 
-def read_nexus(path: str | Path) -> Result:
+def read_nexus(path: str | Path, frames: slice | None = None) -> Result:
     """Read a radint NeXus file (HDF5 ``.h5`` or Zarr ``.zarr``) back into a stack :class:`Result`.
+
+    ``frames``: the frames to read, as a slice of the complete frames (e.g. ``slice(-1, None)``
+    for the newest, ``slice(k, k + 1)`` for frame k); only those rows are read from the file
+    (default: all). The bin areas and counts, stored once, are the same read-only array for
+    every frame.
 
     A file that ``radint stream`` is still writing can be read too (the frames flushed so far;
     a read that meets a flush half-way is tried again, up to ~0.75 s).
@@ -1851,23 +1856,27 @@ def read_nexus(path: str | Path) -> Result:
     from radint.exceptions import RadintIOError
 
     path = Path(path)
+    if frames is not None and not isinstance(frames, slice):
+        from radint.exceptions import InvalidInputError
+
+        raise InvalidInputError(f"frames: expected a slice, got {type(frames).__name__}")
     for pause in READ_RETRY_PAUSES_S:
         try:
-            return _read_nexus(path)
+            return _read_nexus(path, frames)
         except _ReadFailed:
             time.sleep(pause)
     try:
-        return _read_nexus(path)
+        return _read_nexus(path, frames)
     except _ReadFailed as e:
         raise RadintIOError(f"{path}: {e}") from e.__cause__
 
 
-def _read_nexus(path: Path) -> Result:
+def _read_nexus(path: Path, frames: slice | None = None) -> Result:
     with open_result(path) as root:
-        return _result_of(root, path)
+        return _result_of(root, path, frames)
 
 
-def _result_of(root: Any, path: Path) -> Result:
+def _result_of(root: Any, path: Path, frames: slice | None = None) -> Result:
     from radint.config import IntegrationConfig
     from radint.exceptions import RadintIOError
     from radint.fit import STATUS_NAMES, FitTable
@@ -1889,28 +1898,65 @@ def _result_of(root: Any, path: Path) -> Result:
         v = v.item() if v.shape == () else v
         return v.decode() if isinstance(v, bytes) else str(v)
 
+    def node(name: str, required: bool = True) -> Any:
+        """A per-frame dataset, not read yet."""
+        try:
+            return root[name]
+        except KeyError:
+            if required:
+                raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
+            return None
+        except OSError as e:
+            raise _ReadFailed(f"cannot open {name}: {e}") from e
+
     d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
-    lineout = get(f"{d1}/I")
-    cake = get(f"{d2}/I")
     conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
     config = IntegrationConfig.from_dict(conf) if conf else None
     if config is not None and config.q_bin > 0 and config.wavelength_angstrom <= 0:
         # Written before QBinSize without a wavelength became an error: binned in R then.
         config = config.replace(q_min=0.0, q_max=0.0, q_bin=0.0)
-    area = get(f"{d2}/norm")
-    count = get(f"{d2}/count", required=False)
-    cake_sigma = get(f"{d2}/I_errors", required=False)
-    lineout_sigma = get(f"{d1}/I_errors", required=False)
-    frame_id = get(f"{d1}/frame_id")
-    file_index = get(f"{PROVENANCE}/file_index", required=False)
-    frame_index = get(f"{PROVENANCE}/frame_index", required=False)
+    per_frame = {
+        "lineout": node(f"{d1}/I"),
+        "cake": node(f"{d2}/I"),
+        "cake_sigma": node(f"{d2}/I_errors", required=False),
+        "lineout_sigma": node(f"{d1}/I_errors", required=False),
+        "frame_id": node(f"{d1}/frame_id"),
+        "file_index": node(f"{PROVENANCE}/file_index", required=False),
+        "frame_index": node(f"{PROVENANCE}/frame_index", required=False),
+    }
+    has_peaks = "peaks" in root["entry"]
+    if has_peaks:
+        for name, (attr, _) in PEAK_COLUMNS.items():
+            per_frame[f"peak:{attr}"] = node(f"entry/peaks/{name}")
+        for name, attr in _PEAK_ERRORS.items():
+            per_frame[f"error:{attr}"] = node(
+                f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS
+            )
+        per_frame["status"] = node("entry/peaks/status")
     # A file a stream is still writing may hold more rows of one table than of another
     # (each grows on its own): only frames every table has are complete.
-    rows = [lineout, cake, cake_sigma, lineout_sigma, frame_id, file_index, frame_index]
-    n = min(len(a) for a in rows if a is not None)
-    lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
-    cake_sigma = None if cake_sigma is None else cake_sigma[:n]
-    lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
+    n_complete = min(v.shape[0] for v in per_frame.values() if v is not None)
+    chosen = range(n_complete)[frames if frames is not None else slice(None)]
+    n = len(chosen)
+
+    def read(key: str) -> Any:
+        ds = per_frame.get(key)
+        if ds is None:
+            return None
+        forward = chosen if chosen.step > 0 else chosen[::-1]  # HDF5 reads forward only
+        try:
+            if not n:
+                return np.asarray(ds[0:0])
+            rows = np.asarray(ds[forward.start : forward.stop : forward.step])
+        except OSError as e:
+            raise _ReadFailed(f"cannot read {ds.name}: {e}") from e
+        return rows if forward is chosen else rows[::-1]
+
+    lineout, cake, frame_id = read("lineout"), read("cake"), read("frame_id")
+    cake_sigma, lineout_sigma = read("cake_sigma"), read("lineout_sigma")
+    file_index, frame_index = read("file_index"), read("frame_index")
+    area = get(f"{d2}/norm")
+    count = get(f"{d2}/count", required=False)
     radius = get(f"{d1}/radius_px")
     if config is not None:
         r_edges = config.bin_edges()[0]
@@ -1923,21 +1969,11 @@ def _result_of(root: Any, path: Path) -> Result:
     with np.errstate(divide="ignore", invalid="ignore"):
         d_spacing = 2 * np.pi / q
     peaks = None
-    if "peaks" in root["entry"]:
-        cols = {attr: get(f"entry/peaks/{name}") for name, (attr, _) in PEAK_COLUMNS.items()}
-        errs = {
-            attr: get(f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS)
-            for name, attr in _PEAK_ERRORS.items()
-        }
+    if has_peaks:
+        cols = {attr: read(f"peak:{attr}") for _, (attr, _) in PEAK_COLUMNS.items()}
+        errs = {attr: read(f"error:{attr}") for attr in _PEAK_ERRORS.values()}
         errs = {k: v for k, v in errs.items() if v is not None}
-        status = get("entry/peaks/status")
-        n = min(n, len(status), *(len(v) for v in (*cols.values(), *errs.values())))
-        lineout, cake, frame_id = lineout[:n], cake[:n], frame_id[:n]
-        cake_sigma = None if cake_sigma is None else cake_sigma[:n]
-        lineout_sigma = None if lineout_sigma is None else lineout_sigma[:n]
-        cols = {k: v[:n] for k, v in cols.items()}
-        errs = {k: v[:n] for k, v in errs.items()}
-        status = status[:n]
+        status = read("status")
         names = np.array([STATUS_NAMES.get(int(v), f"unknown_{v}") for v in status.ravel()])
         peaks = FitTable(
             **cols,
@@ -1949,9 +1985,9 @@ def _result_of(root: Any, path: Path) -> Result:
         )
     metadata: dict[str, Any] = {"source": str(path), "n_frames": n}
     # When the frames were integrated, and the reduction's date: kept by a conversion.
-    stamps = get("entry/azint1d/data/timestamp", required=False)
-    if stamps is not None and stamps.size >= n:
-        metadata["timestamp"] = np.asarray(stamps, dtype=np.float64).reshape(-1)[:n]
+    per_frame["timestamp"] = node("entry/azint1d/data/timestamp", required=False)
+    if per_frame["timestamp"] is not None and per_frame["timestamp"].shape[0] >= n_complete:
+        metadata["timestamp"] = np.asarray(read("timestamp"), dtype=np.float64).reshape(-1)
     if date := text(_DATE_PATH):
         metadata["reduction_date"] = date
     if digests := text(_DIGEST_PATH):
@@ -1961,23 +1997,25 @@ def _result_of(root: Any, path: Path) -> Result:
     if backend := text(_BACKEND_PATH):  # kept when the result is written again
         metadata["backend"] = backend
     if file_index is not None and frame_index is not None:
-        metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index[:n]))
-        metadata["source_frame"] = frame_index[:n].astype(np.int64)
+        metadata.update(_read_provenance(get(f"{PROVENANCE}/file"), file_index))
+        metadata["source_frame"] = frame_index.astype(np.int64)
     for name in _SCAN_FIELDS:  # per-frame ω and monitors (a MIDAS zip's), for its writers
-        values = get(f"entry/scan/{name}", required=False)
-        if values is not None and not (name != "omega" and np.isnan(values[:n]).all()):
-            metadata[_scan_key(name)] = values[:n]
+        per_frame[name] = node(f"entry/scan/{name}", required=False)
+        if per_frame[name] is None or per_frame[name].shape[0] < n_complete:
+            continue
+        values = read(name)
+        if not (name != "omega" and np.isnan(values).all()):
+            metadata[_scan_key(name)] = values
     result = Result(
         cake=cake,
         cake_sigma=cake_sigma,
         lineout=lineout,
         lineout_sigma=lineout_sigma,
-        area=np.broadcast_to(area, cake.shape).copy(),
+        # Stored once: one read-only array for every frame, not n_frames copies.
+        area=np.broadcast_to(np.asarray(area, dtype=np.float64), cake.shape),
         # uint32, as the integrator counts (the file stores int64).
-        count=(
-            np.broadcast_to(count, cake.shape).astype(np.uint32)
-            if count is not None
-            else np.zeros(cake.shape, dtype=np.uint32)
+        count=np.broadcast_to(
+            np.asarray(count, dtype=np.uint32) if count is not None else np.uint32(0), cake.shape
         ),
         radius_px=radius,
         two_theta_deg=tth,
