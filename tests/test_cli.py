@@ -323,8 +323,10 @@ def test_a_map_too_big_for_memory_is_an_error_not_an_abort(tmp_path):
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == (
         "radint: error: <override>:1: NrPixelsY: the detector map cannot be built: the pixel "
-        "corners' positions need 57.602 GB, more than can be allocated (NrPixelsY 60000 (command "
-        "line), NrPixelsZ 60000 (command line)); check these values"
+        "corners' positions need 57.602 GB, which cannot be allocated (a memory limit such as "
+        "ulimit -v, or too little free memory for this detector and binning); NrPixelsY 60000 "
+        "(command line), NrPixelsZ 60000 (command line): check these values if they are not the "
+        "detector's"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -643,6 +644,12 @@ class DetectorMap:
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             if isinstance(e, MapFormatError):
                 raise
+            if isinstance(e, OSError) and (e.errno == errno.ENOMEM or "os error 12" in str(e)):
+                # Not a damaged cache: rebuilding it would need the same memory and more.
+                raise RadintIOError(
+                    f"{path}: the detector map cannot be loaded: out of memory (a memory limit "
+                    f"such as ulimit -v, or too little free memory) ({e})"
+                ) from e
             raise MapFormatError(f"{path}: not a radint map cache ({e})") from e
         m.origin = f"cache {path}"
         m.built_for = built_for

@@ -308,10 +308,15 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     let dense_simd = dense
         && map.gather_weights()
         && matches!(opts.error_model, ErrorModel::None | ErrorModel::Poisson);
-    let use_gather = dense_simd && gather::available::<T>();
+    // Gathers run on the tile layout: where memory cannot hold it, the other kernels.
+    let tiles = if dense_simd && gather::available::<T>() {
+        map.tiles()
+    } else {
+        None
+    };
+    let use_gather = tiles.is_some();
     let kernels = Kernels {
         dense,
-        use_gather,
         run_form: if dense_simd && !use_gather && runs::available::<T>() {
             map.runs()
         } else {
@@ -320,11 +325,7 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
         // Everything else with area weights has the masked gather kernel (also float64 sums).
         use_masked_gather: !dense && map.weight.is_none() && gather::available::<T>(),
     };
-    if kernels.use_gather {
-        // Areas, or weights in any order (the gate above): `map.tiles()` is built for them.
-        let tiles = map
-            .tiles()
-            .expect("maps without MIDAS weights have a tile layout");
+    if let Some(tiles) = tiles {
         tiled_sums(map, tiles, frames, opts, &mut sums);
     } else {
         block_sums(map, kernels, frames, opts, &parts, &row_parts, &mut sums);
@@ -438,7 +439,6 @@ fn resum_spoiled_bins<T: Pixel>(
     }
     let kernels = Kernels {
         dense: false,
-        use_gather: false,
         // As the whole-map pass picks them: weighted maps take the scalar loop.
         use_masked_gather: map.weight.is_none() && gather::available::<T>(),
         run_form: None,
@@ -822,7 +822,6 @@ struct Kernels<'m> {
     /// Frames without dark or per-pixel scale whose every value counts (area and count from the
     /// map), or float frames with a few NaN / ±∞, their spoiled bins summed again afterwards.
     dense: bool,
-    use_gather: bool,
     use_masked_gather: bool,
     run_form: Option<&'m PixelRuns>,
 }

@@ -148,11 +148,15 @@ impl DetectorMap {
     }
 
     /// The tile-by-tile layout of the entries for the dense gather kernels ([`Tiles`]), built on
-    /// first use; None for maps with MIDAS weights (their kernel keeps the C summation order).
+    /// first use; None for maps with MIDAS weights (their kernel keeps the C summation order)
+    /// and where memory cannot hold the layout (integration then takes the kernels that read
+    /// the map as it is: slower, no failed allocation aborting the process).
     pub fn tiles(&self) -> Option<&Tiles> {
         self.derived
             .tiles
-            .get_or_init(|| self.gather_weights().then(|| Tiles::build(self)))
+            .get_or_init(|| {
+                (self.gather_weights() && Tiles::fits_in_memory(self)).then(|| Tiles::build(self))
+            })
             .as_ref()
     }
 
@@ -542,7 +546,8 @@ impl Blame {
             location: self.location.clone(),
             key: self.key.clone(),
             message: format!(
-                "the detector map cannot be built: {what} ({}); check these values",
+                "the detector map cannot be built: {what}; {}: check these values if they \
+                 are not the detector's",
                 self.values
             ),
         }
@@ -554,7 +559,8 @@ impl Blame {
         v.try_reserve_exact(n).map_err(|_| {
             let bytes = n as f64 * std::mem::size_of::<T>() as f64;
             self.error(&format!(
-                "{what} need {:.3} GB, more than can be allocated",
+                "{what} need {:.3} GB, which cannot be allocated (a memory limit such as \
+                 ulimit -v, or too little free memory for this detector and binning)",
                 bytes / 1e9
             ))
         })?;

@@ -68,6 +68,17 @@ pub struct Tiles {
 }
 
 impl Tiles {
+    /// Whether memory can take `map`'s layout now: room for twice its arrays (the copies of
+    /// the entries, and what building them holds meanwhile) can be reserved. A failed
+    /// allocation aborts a Rust process, so [`DetectorMap::tiles`] asks first (under a memory
+    /// limit the first frame of a 16M detector's 1° cake aborted building it).
+    pub fn fits_in_memory(map: &DetectorMap) -> bool {
+        let entries = map.pixel.len();
+        let per_entry = 4 + 4 + 1 + 16 + if map.weight.is_some() { 8 } else { 0 };
+        let bytes = 2 * (entries * per_entry + (map.n_bins() + 1) * 3 * 8);
+        Vec::<u8>::new().try_reserve_exact(bytes).is_ok()
+    }
+
     /// The layout of `map` (the caller keeps maps with MIDAS weights out: their kernel keeps
     /// the C order).
     pub fn build(map: &DetectorMap) -> Tiles {
