@@ -696,8 +696,19 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     reported: set[str] = set()
     t0 = time.perf_counter()
     started = time.time() - 1.0  # file times may be rounded down to the second
-    with _progress((), args.quiet) as progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with _progress(columns, args.quiet) as progress:
         task = progress.add_task("files", total=len(paths))
+        # Frames as they are integrated: a file of thousands of frames moves this one.
+        frames_task = progress.add_task("frames", total=None)
+
+        def on_frames(n: int) -> None:
+            done = progress.tasks[frames_task].completed + n
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            progress.update(frames_task, completed=done, description=f"frames ({rate:.1f}/s)")
 
         def say(line: str) -> None:
             if not args.quiet:
@@ -709,7 +720,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
             outcomes = process_files(
                 paths, str(out_dir), formats, dataset=args.dataset, dark=integrator.dark,
                 skip_existing=args.skip_existing, integrator=integrator,
-                compression=args.compression, raw_dtype=args.raw_dtype,
+                compression=args.compression, raw_dtype=args.raw_dtype, on_frames=on_frames,
             )  # fmt: skip
             with contextlib.closing(outcomes):
                 for o in outcomes:

@@ -483,6 +483,7 @@ def process_files(
     integrator: Any = None,
     compression: str | None = "blosc-lz4",
     raw_dtype: str | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> Generator[FileOutcome, None, None]:
     """Integrate files one after another, yielding one outcome per file in input order.
 
@@ -498,6 +499,8 @@ def process_files(
     carries the reason and nothing of it is left behind. Without ``dark``, a MIDAS Zarr zip's
     own dark is subtracted (:func:`own_dark`), as IntegratorZarrOMP does. GE and raw files are
     read with the configuration's frame shape (``raw_dtype``: the pixel type of raw files).
+    ``on_frames(n)`` is called (on the caller's thread, between outcomes) as each stack of ``n``
+    frames is integrated: progress within a long file.
     """
     from radint._allocator import keep_freed_memory
     from radint.io.prefetch import IDLE, prefetch
@@ -610,6 +613,8 @@ def process_files(
                     if not live:
                         continue
                     result = integ.integrate_stack(data, dark=file_dark)
+                    if on_frames is not None:
+                        on_frames(sum(m[2] for m in live))
                 except Exception as e:
                     for i_failed in dict.fromkeys(m[0] for m in live):
                         failed.add(i_failed)
