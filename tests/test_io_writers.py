@@ -1229,3 +1229,21 @@ def test_plot_reads_one_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert asked == [slice(-1, None), slice(3, 4)]
     with pytest.raises(RadintError, match="frame 5 out of range, the file has 5"):
         plot_nexus(path, tmp_path / "c.png", frame=5)
+
+
+def test_finely_binned_cakes_are_chunked_along_eta(tmp_path: Path) -> None:
+    """Scale audit: a 0.1 deg cake of a 4M detector was one 43 MB chunk per frame, so reading
+    one η row decompressed the whole frame. Chunks hold one frame's η rows up to
+    FRAME_CHUNK_BYTES; a usual cake stays one chunk per frame."""
+    from radint.io.nexus import FRAME_CHUNK_BYTES
+
+    small = write_nexus(make_result(n_frames=2, n_eta=72, n_r=300), tmp_path / "s.h5")
+    fine = make_result(n_frames=2, n_eta=3600, n_r=300)
+    big = write_nexus(fine, tmp_path / "f.h5")
+    with h5py.File(small) as f:
+        assert f["entry/azint2d/data/I"].chunks == (1, 72, 300)
+    with h5py.File(big) as f:
+        chunks = f["entry/azint2d/data/I"].chunks
+        assert chunks[0] == 1 and chunks[2] == 300 and 1 < chunks[1] < 3600
+        assert chunks[1] * 300 * 8 <= FRAME_CHUNK_BYTES
+    np.testing.assert_array_equal(read_nexus(big).cake, fine.cake)

@@ -123,6 +123,19 @@ def _scan_key(name: str) -> str:
     return "omega_deg" if name == "omega" else name
 
 
+#: The most bytes of one frame's 2-D array (a cake) in one chunk: a finely binned cake (a 16M
+#: detector's 1 px x 0.1 deg: 86 MB a frame) is split along η, so reading some η rows does not
+#: decompress the whole frame (a row of a 0.1 deg cake took as long as its frame, ~30 ms).
+FRAME_CHUNK_BYTES = 4 << 20
+
+
+def _frame_chunk(row: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """Chunk of a per-frame 2-D dataset ``(n, *row)``: one frame, as many of its leading rows
+    (η) as fit :data:`FRAME_CHUNK_BYTES` (all of a usual cake's)."""
+    per_row = max(1, int(np.prod(row[1:])) * np.dtype(dtype).itemsize)
+    return (1, max(1, min(row[0], FRAME_CHUNK_BYTES // per_row)), *row[1:])
+
+
 def _json_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -491,7 +504,7 @@ class _H5Tree:
             path,
             shape=(0, *row),
             maxshape=(None, *row),
-            chunks=(rows_per_chunk if len(row) < 2 else 1, *row),
+            chunks=(rows_per_chunk, *row) if len(row) < 2 else _frame_chunk(row, dtype),
             dtype=dtype,
             fillvalue=np.nan if dtype.kind == "f" else 0,
             # One value per frame (frame ids, timestamps) is not worth a filter: Blosc's header
@@ -649,7 +662,7 @@ class _ZarrTree:
         arr = self.root.create_array(
             path,
             shape=(0, *row),
-            chunks=(1 if len(row) >= 2 else 1024, *row),
+            chunks=_frame_chunk(row, dtype) if len(row) >= 2 else (1024, *row),
             dtype=dtype,
             fill_value=np.nan if dtype.kind == "f" else 0,
             attributes={k: _json_attr(v) for k, v in attrs.items()},
