@@ -40,7 +40,7 @@ def build_info() -> dict[str, Any]:
     ``avx512_gathers`` (the gather kernels run here), ``target_arch``."""
 
 def parse_params(
-    path: str, overrides: list[str] = ..., text: str | None = ...
+    path: str, overrides: list[str] = ..., text: str | None = None
 ) -> dict[str, Any]: ...
 def validate_params(config: dict[str, Any]) -> None: ...
 def bin_edges(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]: ...
@@ -48,45 +48,45 @@ def distortion_fold(config: dict[str, Any]) -> tuple[float, float] | None: ...
 def param_hash(config: dict[str, Any]) -> tuple[str, str]: ...
 def build_map(
     config: dict[str, Any],
-    mask: np.ndarray | None = ...,
-    distortion_y: np.ndarray | None = ...,
-    distortion_z: np.ndarray | None = ...,
-    residual: np.ndarray | None = ...,
-    panel_shifts: tuple[str, str] | None = ...,
-    n_threads: int | None = ...,
+    mask: np.ndarray | None = None,
+    distortion_y: np.ndarray | None = None,
+    distortion_z: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    panel_shifts: tuple[str, str] | None = None,
+    n_threads: int | None = None,
 ) -> MapCore: ...
 def pixel_centres(
     config: dict[str, Any],
-    distortion_y: np.ndarray | None = ...,
-    distortion_z: np.ndarray | None = ...,
-    residual: np.ndarray | None = ...,
-    panel_shifts: tuple[str, str] | None = ...,
-    n_threads: int | None = ...,
+    distortion_y: np.ndarray | None = None,
+    distortion_z: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    panel_shifts: tuple[str, str] | None = None,
+    n_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def load_midas(
     directory: str | Path,
     config: dict[str, Any],
-    sampling: str = ...,
-    gradient_centre: tuple[float, float] | None = ...,
-    n_threads: int | None = ...,
+    sampling: str = "bilinear",
+    gradient_centre: tuple[float, float] | None = None,
+    n_threads: int | None = None,
 ) -> tuple[MapCore, dict[str, Any]]: ...
 def integrate(
     map: MapCore,
     frames: np.ndarray | list[np.ndarray],
-    dark: np.ndarray | None = ...,
-    scale: np.ndarray | None = ...,
-    error_model: str = ...,
-    variance: np.ndarray | None = ...,
-    precision: str = ...,
-    normalize: bool = ...,
-    rules: str = ...,
-    lineout: str = ...,
+    dark: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    error_model: str = "none",
+    variance: np.ndarray | None = None,
+    precision: str = "float64",
+    normalize: bool = True,
+    rules: str = "radint",
+    lineout: str = "area_weighted",
     empty_value: float = ...,
-    nan_masked_bins: bool = ...,
-    n_threads: int | None = ...,
-    signal_offset: np.ndarray | None = ...,
-    nonfinite: int | None = ...,
-    offset_dark: np.ndarray | None = ...,
+    nan_masked_bins: bool = False,
+    n_threads: int | None = None,
+    signal_offset: np.ndarray | None = None,
+    nonfinite: int | None = None,
+    offset_dark: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Flat frame-major arrays: per-bin sums (``signal``, ``area``, ``count``, ``variance``)
     in bin order ``r·n_eta + e``; ``cake`` and ``cake_sigma`` η-major (``e·n_r + r``);
@@ -125,11 +125,11 @@ class MapCore:
         indptr: np.ndarray,
         pixel: np.ndarray,
         area: np.ndarray,
-        delta_r: np.ndarray | None = ...,
-        weight: np.ndarray | None = ...,
-        mask_hit: np.ndarray | None = ...,
-        bin_geometric_area: np.ndarray | None = ...,
-        n_threads: int | None = ...,
+        delta_r: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+        mask_hit: np.ndarray | None = None,
+        bin_geometric_area: np.ndarray | None = None,
+        n_threads: int | None = None,
     ) -> MapCore: ...
     @staticmethod
     def from_file(
@@ -142,15 +142,15 @@ class MapCore:
         pixel: tuple[int, int],
         area: tuple[int, int],
         delta_r: tuple[int, int],
-        weight: tuple[int, int] | None = ...,
-        mask_hit: np.ndarray | None = ...,
-        bin_geometric_area: np.ndarray | None = ...,
-        n_threads: int | None = ...,
+        weight: tuple[int, int] | None = None,
+        mask_hit: np.ndarray | None = None,
+        bin_geometric_area: np.ndarray | None = None,
+        n_threads: int | None = None,
     ) -> MapCore:
         """A map whose entry arrays (each ``(byte offset, count)`` of little-endian values in
         ``from_arrays``'s dtypes) are read in place from ``path``, mapped read-only."""
     def eta_cross(
-        self, n_threads: int | None = ...
+        self, n_threads: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def spoils_few_bins(self, n_frames: int, nonfinite: int) -> bool:
         """Whether ``nonfinite`` NaN / inf values over ``n_frames`` frames are few enough for
@@ -158,39 +158,39 @@ class MapCore:
     def gradient_resampled(self, config: dict[str, Any]) -> MapCore: ...
     def folded(
         self,
-        scale: np.ndarray | None = ...,
-        dark: np.ndarray | None = ...,
-        n_threads: int | None = ...,
+        scale: np.ndarray | None = None,
+        dark: np.ndarray | None = None,
+        n_threads: int | None = None,
     ) -> tuple[MapCore, np.ndarray]:
         """This map with the per-pixel ``scale`` and ``dark`` folded into its weights (entries
         whose weight or dark is not finite dropped) and the per-bin signal offset to pass to
         :func:`integrate` as ``signal_offset``."""
     def save_midas(
-        self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = ...
+        self, directory: str | Path, config: dict[str, Any], frac_factor: np.ndarray | None = None
     ) -> None: ...
 
-def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = ...) -> int:
+def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = None) -> int:
     """How many elements of the contiguous integer array ``frame`` equal any of ``values``."""
 
-def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = ...) -> int:
+def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = None) -> int:
     """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
     them; 0 for integer dtypes)."""
 
-def nonfinite_pixels(frame: np.ndarray, n_threads: int | None = ...) -> np.ndarray:
+def nonfinite_pixels(frame: np.ndarray, n_threads: int | None = None) -> np.ndarray:
     """The flat indices (uint32, ascending) of the NaN and ±inf values of one contiguous float
     ``frame`` (empty for integer dtypes)."""
 
-def narrow_to_f32(src: np.ndarray, dst: np.ndarray, n_threads: int | None = ...) -> int | None:
+def narrow_to_f32(src: np.ndarray, dst: np.ndarray, n_threads: int | None = None) -> int | None:
     """``src`` (float64) written into ``dst`` (float32, as many elements, both C-contiguous)
     where every finite value is exactly a float32: the NaN and ±inf count; else None (``dst``
     partly written)."""
 
-def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = ...) -> None:
+def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: int | None = None) -> None:
     """Copy the bytes of ``src`` into ``dst`` (1-D contiguous uint8 arrays of equal length) on
     ``n_threads`` threads (default: all cores) with the GIL released."""
 
 def fit_plan(
-    x: np.ndarray, positions: Sequence[float], roi_padding: int = ..., max_peaks_per_job: int = ...
+    x: np.ndarray, positions: Sequence[float], roi_padding: int = 20, max_peaks_per_job: int = 32
 ) -> dict[str, Any]:
     """The fitting jobs of ``positions`` on axis ``x`` with a fixed ROI padding (the plan the CPU
     fitter uses), flattened for the GPU fitter.
@@ -205,12 +205,12 @@ def fit_peaks(
     x: np.ndarray,
     ys: np.ndarray,
     positions: Sequence[float],
-    roi_padding: int = ...,
-    auto_roi: bool = ...,
-    max_iterations: int = ...,
-    max_peaks_per_job: int = ...,
-    n_threads: int | None = ...,
-    bin_average: bool = ...,
+    roi_padding: int = 20,
+    auto_roi: bool = False,
+    max_iterations: int = 500,
+    max_peaks_per_job: int = 32,
+    n_threads: int | None = None,
+    bin_average: bool = True,
 ) -> dict[str, Any]:
     """Fit peaks at ``positions`` (x units) in every row of ``ys`` ``(n_curves, n_x)`` float64.
 
@@ -221,12 +221,12 @@ def fit_auto(
     x: np.ndarray,
     ys: np.ndarray,
     max_peaks: int,
-    snip_iterations: int = ...,
-    roi_padding: int = ...,
-    auto_roi: bool = ...,
-    max_iterations: int = ...,
-    n_threads: int | None = ...,
-    bin_average: bool = ...,
+    snip_iterations: int = 50,
+    roi_padding: int = 20,
+    auto_roi: bool = False,
+    max_iterations: int = 500,
+    n_threads: int | None = None,
+    bin_average: bool = True,
 ) -> dict[str, Any]:
     """Detect and fit up to ``max_peaks`` peaks in every row of ``ys`` ``(n_curves, n_x)``.
 
@@ -235,7 +235,7 @@ def fit_auto(
     ``iterations``, ``counts`` u32 ``(n_curves,)`` and the subtracted SNIP ``background``
     ``(n_curves, n_x)``."""
 
-def snip_background(y: np.ndarray, iterations: int = ...) -> np.ndarray:
+def snip_background(y: np.ndarray, iterations: int = 50) -> np.ndarray:
     """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; non-finite bins are filled
     linearly from their finite neighbours first (all non-finite: 0)."""
 
@@ -243,9 +243,9 @@ def fit_pv(
     x: np.ndarray,
     ys: np.ndarray,
     centers: np.ndarray,
-    max_iterations: int = ...,
-    n_threads: int | None = ...,
-    bounds: str = ...,
+    max_iterations: int = 500,
+    n_threads: int | None = None,
+    bounds: str = "radint",
 ) -> dict[str, Any]:
     """Height-normalised pV fits (spec §6.4) of every row of ``ys`` ``(n_curves, n_x)``, row i
     started at ``centers[i]`` (x units); e.g. the rows of a cake for per-η fits. ``bounds``:

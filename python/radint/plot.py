@@ -89,8 +89,8 @@ def plot_nexus(
     ax.set_ylabel("intensity")
     ax.set_xlabel(label)
     k = frame % n_frames
-    row = pos % result.n_frames
-    fid = int(np.asarray(result.frame_ids).reshape(-1)[row]) if result.frame_ids is not None else k
+    at = pos % result.n_frames
+    fid = int(np.asarray(result.frame_ids).reshape(-1)[at]) if result.frame_ids is not None else k
     ax.set_title(f"{path.name}  frame {k + 1} of {n_frames} (id {fid})")
     row = 1
     if one.cake is not None:
@@ -120,11 +120,11 @@ def plot_nexus(
         # Frame ids restart with each stream connection: plot in file order unless they rise.
         ids = np.asarray(result.frame_ids)
         rising = ids.size < 2 or bool(np.all(np.diff(ids) > 0))
-        x = ids if rising else np.arange(n_frames)
+        along = ids if rising else np.arange(n_frames)
         for k in range(status.shape[1]):
             good = status[:, k] == 0
             if good.any():
-                ax3.plot(x[good], values[good, k], ".-", ms=3, lw=0.6, label=f"peak {k}")
+                ax3.plot(along[good], values[good, k], ".-", ms=3, lw=0.6, label=f"peak {k}")
         ax3.set_xlabel("frame id" if rising else "frame (file order)")
         ax3.set_ylabel(ylabel)
         if status.shape[1] <= 12:

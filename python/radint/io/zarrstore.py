@@ -170,7 +170,8 @@ def unwritten_frames(arr: zarr.Array) -> list[int]:
     block = getattr(arr, "shards", None) or arr.chunks
     grid = [-(-n // c) for n, c in zip(arr.shape, block)]
     if int(zarr.__version__.split(".")[0]) < 3:  # Python 3.10: the store is a mapping
-        stored, encode = set(arr.store.keys()), arr._chunk_key
+        legacy: Any = arr  # zarr 2's Array (the type hints are zarr 3's)
+        stored, encode = set(legacy.store.keys()), legacy._chunk_key
     else:
         stored, encode = _stored_keys(arr), arr.metadata.encode_chunk_key
     missing = [c for c in itertools.product(*map(range, grid)) if encode(c) not in stored]
