@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,9 @@ class CudaIntegrator:
         self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
         # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
+        # Calls from several threads take turns: they would stage into the same buffers (two
+        # threads on one Integrator got each other's frames, with no error).
+        self._lock = threading.Lock()
 
     # -------------------------------------------------------------- launch helpers
     def _cross_arrays(self) -> tuple[Any, Any, Any]:
@@ -432,7 +436,7 @@ class CudaIntegrator:
         hold ``n_frames``."""
         # On this integrator's device whatever the calling thread's current one (its streams,
         # module and map live there).
-        with self._cp.cuda.Device(self.device_id):
+        with self._lock, self._cp.cuda.Device(self.device_id):
             return self._run(frames, dark, variance, host_keys)
 
     def _run(
