@@ -28,7 +28,7 @@ import pytest
 
 from radint import _core
 from radint.detector_map import DetectorMap
-from radint.exceptions import BackendUnavailableError
+from radint.exceptions import BackendUnavailableError, InvalidInputError, ShapeError
 from radint.integrator import Integrator
 
 HARNESS = Path(__file__).resolve().parent / "gpu_harness" / "cuh_harness.cpp"
@@ -365,6 +365,47 @@ def test_auto_falls_back_to_cpu(small_config, monkeypatch):
 # ---------------------------------------------------------------------------------- GPU parity
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not _cuda_ok()[0], reason=f"no CUDA: {_cuda_ok()[1]}")
+
+
+@gpu
+def test_integrator_takes_device_frames_darks_and_variances(small_map_mod):
+    """Stress audit: README says device frames are taken without a copy, but the Integrator
+    ran np.asarray on them (TypeError); only CudaIntegrator took them. Frames, lists of frames,
+    darks and variances on the GPU now give the CPU engine's results, NaN pixels counted."""
+    import cupy
+
+    cfg, m = small_map_mod
+    rng = np.random.default_rng(8)
+    ints = rng.integers(0, 1000, (3, *m.shape)).astype(np.uint16)
+    floats = rng.uniform(0, 100, (3, *m.shape)).astype(np.float32)
+    floats[1, 3:6, 4:9] = np.nan
+    dark = rng.uniform(0, 3, m.shape)
+    dark[0, :5] = np.nan
+    variance = rng.uniform(1, 5, m.shape)
+    cpu = Integrator(cfg, backend="cpu", detector_map=m)
+    cuda = Integrator(cfg, backend="cuda", detector_map=m)
+    for frames in (ints, floats):
+        dev = cupy.asarray(frames)
+        for got, want in (
+            (cuda.integrate(dev[0]), cpu.integrate(frames[0])),
+            (cuda.integrate_stack(dev), cpu.integrate_stack(frames)),
+            (cuda.integrate_stack([dev[0], dev[1]]), cpu.integrate_stack(frames[:2])),
+            (cuda.integrate_stack(dev, dark=cupy.asarray(dark)),
+             cpu.integrate_stack(frames, dark=dark)),
+            (cuda.integrate(dev[1], variance=cupy.asarray(variance)),
+             cpu.integrate(frames[1], variance=variance)),
+        ):  # fmt: skip
+            for k in ("cake", "lineout", "cake_sigma", "lineout_sigma"):
+                np.testing.assert_allclose(getattr(got, k), getattr(want, k), rtol=1e-12,
+                                           equal_nan=True, err_msg=k)  # fmt: skip
+            assert got.metadata["nan_pixels"] == want.metadata["nan_pixels"]
+    with pytest.raises(ShapeError, match="on the GPU"):
+        cuda.integrate(cupy.asarray(ints))
+    with pytest.raises(InvalidInputError, match="on the GPU, but this Integrator runs on the CPU"):
+        cpu.integrate(cupy.asarray(ints[0]))
+    marked = Integrator(cfg, backend="cuda", detector_map=m, dead_below=1)
+    with pytest.raises(InvalidInputError, match="on the GPU, but dead_below"):
+        marked.integrate(cupy.asarray(ints[0]))
 
 
 @gpu

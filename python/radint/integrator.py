@@ -715,6 +715,13 @@ class Integrator:
 
     # ------------------------------------------------------------------ checks
     def _check_frames(self, frames: Any, ndim: int, what: str) -> np.ndarray:
+        if _on_device(frames):
+            if self.backend != "cuda":
+                raise InvalidInputError(
+                    f"{what}: on the GPU, but this Integrator runs on the CPU (backend "
+                    f"{self.backend!r}): use backend='cuda', or copy the frames to the host"
+                )
+            return self._device_frames(frames, ndim, what)
         if isinstance(frames, Iterator):  # np.asarray makes a 0-d object array of it
             raise InvalidInputError(
                 f"{what}: expected an array or a list of arrays, got {type(frames).__name__} "
@@ -991,9 +998,29 @@ class Integrator:
                 what, n, ", ".join(str(int(v)) for v in values[:4]),
             )  # fmt: skip
 
+    def _device_frames(self, frames: Any, ndim: int, what: str) -> Any:
+        """Frames on the GPU (CuPy, or any ``__cuda_array_interface__`` array) as a CuPy view,
+        for the CUDA backend to read in place; their dtype and device are checked there."""
+        from radint.gpu import _import_cupy
+
+        if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
+            raise InvalidInputError(
+                f"{what}: on the GPU, but dead_below / hot_above / invalid_values test the "
+                "pixel values on the host: pass host (numpy) frames, or leave those out"
+            )
+        a = _import_cupy().asarray(frames)  # a view of the same device memory
+        shape = self.config.shape
+        if a.ndim != ndim or tuple(a.shape[-2:]) != shape:
+            want = (
+                f"({shape[0]}, {shape[1]})" if ndim == 2 else f"(n_frames, {shape[0]}, {shape[1]})"
+            )
+            raise ShapeError(f"{what}: expected shape {want} (on the GPU), got {tuple(a.shape)}")
+        return a
+
     def _prepare_dark(self, dark: Any) -> np.ndarray | None:
         if dark is None:
             return None
+        dark = _on_host(dark)
         d = np.asarray(dark)
         if d.dtype.kind not in "iuf":
             raise DtypeError(f"dark: expected a real numeric array, got dtype {d.dtype}")
@@ -1009,6 +1036,7 @@ class Integrator:
     def _prepare_variance(self, variance: Any) -> np.ndarray | None:
         if variance is None:
             return None
+        variance = _on_host(variance)
         v = np.asarray(variance)
         if v.dtype.kind not in "biuf":
             raise DtypeError(f"variance: expected real numbers, got dtype {v.dtype}")
@@ -1101,6 +1129,8 @@ class Integrator:
             if not frames:
                 raise ShapeError("frames: an empty list")
             parts = [self._check_frames(f, 2, f"frames[{k}]") for k, f in enumerate(frames)]
+            if any(not isinstance(p, np.ndarray) for p in parts):  # on the GPU: checked there
+                return self._run(parts, dark, variance, stack=True)
             dtype = np.result_type(*parts)
             if any(p.dtype != dtype for p in parts):
                 # Integrated in the common type, so checked again in it: an integer part whose
@@ -1235,6 +1265,19 @@ class Integrator:
             # Pixels left out of this call: NaN / ±inf values and NaN dark pixels, counted per
             # frame.
             def left_out(p: np.ndarray) -> int:
+                if not isinstance(p, np.ndarray):  # frames on the GPU: counted there
+                    from radint.gpu import _import_cupy
+
+                    cp = _import_cupy()
+                    rows = p.reshape(-1, p.shape[-1] * p.shape[-2])
+                    bad_d = (
+                        cp.logical_not(cp.isfinite(rows))
+                        if p.dtype.kind == "f"
+                        else cp.zeros(rows.shape, dtype=bool)
+                    )
+                    if dark_bad is not None:
+                        bad_d = cp.logical_or(bad_d, cp.asarray(dark_bad.reshape(1, -1)))
+                    return int(cp.count_nonzero(bad_d))
                 flat = p.reshape(-1, p.shape[-1] * p.shape[-2])
                 bad = ~np.isfinite(flat) if p.dtype.kind == "f" else np.zeros(flat.shape, bool)
                 # count_nonzero: bool.sum() widens every element to int64 first (0.5 ms a
@@ -1492,6 +1535,21 @@ def _rebuilt(arguments: dict[str, Any]) -> Integrator:
 def _kept(a: Any) -> Any:
     """A copy of an array argument (numpy, masked or CuPy; others as given) for pickling."""
     return a.copy() if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__") else a
+
+
+def _on_device(a: Any) -> bool:
+    """Whether ``a`` lies in GPU memory (CuPy, torch, Numba: ``__cuda_array_interface__``)."""
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
+def _on_host(a: Any) -> Any:
+    """``a``, copied to the host if it lies on the GPU (a dark or variance: one frame, read
+    on the host for its checks and NaN pixels)."""
+    if _on_device(a):
+        from radint.gpu import _import_cupy
+
+        return _import_cupy().asnumpy(_import_cupy().asarray(a))
+    return a
 
 
 def _as_float64(a: Any) -> np.ndarray:

@@ -91,6 +91,9 @@ class ndarray:  # CuPy's name
     def __len__(self) -> int:
         return len(self._a)
 
+    def __int__(self) -> int:
+        return int(self._a)
+
     def __getitem__(self, key: Any) -> ndarray:
         if isinstance(key, ndarray):
             key = key._a
@@ -197,6 +200,23 @@ def concatenate(arrays: list, axis: int = 0) -> ndarray:
 
 
 _PINNED: list[tuple[int, int, np.ndarray]] = []
+
+
+def isfinite(a: ndarray) -> ndarray:
+    return ndarray(_guarded(np.isfinite(a._a)))
+
+
+def logical_not(a: ndarray) -> ndarray:
+    return ndarray(_guarded(np.logical_not(a._a)))
+
+
+def logical_or(a: ndarray, b: ndarray) -> ndarray:
+    return ndarray(_guarded(np.logical_or(_host(a), _host(b))))
+
+
+def count_nonzero(a: ndarray) -> ndarray:
+    """A 0-d device array, as CuPy's (``int()`` of it synchronises)."""
+    return ndarray(np.asarray(np.count_nonzero(a._a)))
 
 
 def empty_pinned(shape: Any, dtype: Any = np.float64) -> np.ndarray:
