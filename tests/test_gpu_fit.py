@@ -22,6 +22,7 @@ from radint.exceptions import BackendUnavailableError
 from radint.fit import fit_peaks
 
 HARNESS = Path(__file__).resolve().parent / "gpu_harness" / "fit_harness.cpp"
+DATA = Path(__file__).resolve().parent / "data"
 KERNELS = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "kernels"
 CPU_FALLBACK = 254
 
@@ -351,3 +352,23 @@ def test_integrator_cuda_integrates_a_large_stack_in_blocks(small_config, monkey
             np.testing.assert_array_equal(getattr(blocked, key), getattr(whole, key), err_msg=key)
         np.testing.assert_array_equal(blocked.peaks.status, whole.peaks.status)
         np.testing.assert_array_equal(blocked.peaks.center, whole.peaks.center)
+
+
+def test_a_centre_that_leaves_its_roi_is_no_peak(fit_harness):
+    """Stress audit: positions 2.0 and 39.5 near the ends of a lineout (x 1.15 .. 39.85) were
+    reported converged at centres -12.7 and 20.4, outside their own ROIs (a slope and a
+    neighbour's ring). Such a peak is now ``no_peak``, in the Rust fitter and the kernel alike,
+    and the other peaks of the lineout keep their fits."""
+    d = np.load(DATA / "fit_centre_leaves_roi.npz")
+    x, y = d["x"], d["y"]
+    positions = [10, 18.3, 19.8, 30, 33, 2.0, 39.5]
+    ref = fit_peaks(x, y[None], positions=positions, bin_average=False)
+    status = np.asarray(ref.status).reshape(-1)
+    assert list(status) == [0, 0, 0, 0, 0, 6, 6]
+    centres = np.asarray(ref.center).reshape(-1)
+    assert np.isnan(centres[5:]).all() and np.all(np.abs(centres[:5] - positions[:5]) < 0.2)
+    # The kernel (its jobs hold at most RF_MAX_PEAKS peaks: smaller jobs) says the same.
+    for subset, want in (([2.0, 10], [6, 0]), ([30, 33, 39.5], [0, 0, 6])):
+        ref = fit_peaks(x, y[None], positions=subset, bin_average=False)
+        assert list(np.asarray(ref.status).reshape(-1)) == want
+        assert_same_fits(harness_fit(fit_harness, x, y[None], subset, bin_average=False), ref)

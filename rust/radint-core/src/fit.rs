@@ -586,7 +586,12 @@ fn fit_job(
         }
     }
     let chi2 = res.ssr / (fx.len() - np).max(1) as f64;
-    let verdict = bound_verdict(&res.params, &s.lower, &s.upper, job.peaks.len());
+    let own_range: Vec<Option<(f64, f64)>> = prob
+        .windows
+        .iter()
+        .map(|&(lo, hi)| (hi > lo).then(|| (fx[lo], fx[hi - 1])))
+        .collect();
+    let verdict = bound_verdict(&res.params, &s.lower, &s.upper, &own_range);
     job.peaks
         .iter()
         .enumerate()
@@ -648,22 +653,29 @@ fn hold_centres(s: &Starts, n_peaks: usize) -> (Starts, bool) {
 }
 
 /// Per peak of a converged job: `NoPeak` where its area collapsed onto 0 (≤ 1e-9 of the area
-/// cap); else `AtBound` where the background, or one of the peak's own parameters, sits on a
-/// limit of the starting box that is not physical (background, area cap, centre, width caps;
-/// area ≥ 0 and the width floors are physical); else None (a result).
+/// cap) or where its centre left the x range of its own ROI (`own_range`, its first and last
+/// finite point: no peak there, the fit describes another feature, e.g. a neighbour's ring, or
+/// a slope pushed off the lineout's end); else `AtBound` where the background, or one of the
+/// peak's own parameters, sits on a limit of the starting box that is not physical
+/// (background, area cap, centre, width caps; area ≥ 0 and the width floors are physical);
+/// else None (a result).
 pub(crate) fn bound_verdict(
     p: &[f64],
     lower: &[f64],
     upper: &[f64],
-    n_peaks: usize,
+    own_range: &[Option<(f64, f64)>],
 ) -> Vec<Option<FitStatus>> {
     let on_lower = |i: usize| p[i] <= lower[i];
     let on_upper = |i: usize| p[i] >= upper[i];
     let background = (0..N_BACKGROUND).any(|i| on_lower(i) || on_upper(i));
-    (0..n_peaks)
-        .map(|k| {
+    own_range
+        .iter()
+        .enumerate()
+        .map(|(k, range)| {
             let o = n_params(k);
-            if on_lower(o) || p[o] <= 1e-9 * upper[o] {
+            let centre = p[o + 1];
+            let left_roi = range.is_some_and(|(lo, hi)| !(centre >= lo && centre <= hi));
+            if on_lower(o) || p[o] <= 1e-9 * upper[o] || left_roi {
                 Some(FitStatus::NoPeak)
             } else if background
                 || on_upper(o)

@@ -917,8 +917,9 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         }
         return;
     }
-    // fit.rs bound_verdict: area collapsed onto 0 → no_peak; the background or the peak's own
-    // parameter on a non-physical limit of the starting box → at_bound.
+    // fit.rs bound_verdict: area collapsed onto 0, or the centre outside the peak's own ROI →
+    // no_peak; the background or the peak's own parameter on a non-physical limit
+    // of the starting box → at_bound.
     rf_u8 verdict[RF_MAX_PEAKS];
     const bool background =
         p[0] <= lower[0] || p[0] >= upper[0] || p[1] <= lower[1] || p[1] >= upper[1];
@@ -926,7 +927,12 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         const int o = 2 + 4 * k;
         const bool own = p[o] >= upper[o] || p[o + 1] <= lower[o + 1] || p[o + 1] >= upper[o + 1] ||
                          p[o + 2] >= upper[o + 2] || p[o + 3] >= upper[o + 3];
+        // Its centre outside its own ROI's finite points: another feature (fit.rs own_range).
+        const bool left_roi =
+            d.win_hi[k] > d.win_lo[k] && !(p[o + 1] >= d.x[d.fidx[d.win_lo[k]]] &&
+                                           p[o + 1] <= d.x[d.fidx[d.win_hi[k] - 1]]);
         verdict[k] = (p[o] <= lower[o] || p[o] <= 1e-9 * upper[o]) ? rf_u8(RF_NO_PEAK)
+                     : left_roi                                    ? rf_u8(RF_NO_PEAK)
                      : (background || own)                         ? rf_u8(RF_AT_BOUND)
                                                                    : rf_u8(RF_CONVERGED);
     }
