@@ -73,6 +73,10 @@ extern "C" __global__ void offset_copy(const double* in, double* out, int offset
     out[threadIdx.x] = in[threadIdx.x + offset];
 }
 
+extern "C" __global__ void __launch_bounds__(64) bounded(int* out) {
+    out[threadIdx.x] = int(threadIdx.x);
+}
+
 extern "C" __global__ void self_excluded(int* out) {
     out[threadIdx.x] = __shfl_down_sync(0xfffffffeu, int(threadIdx.x), 1);
 }
@@ -192,6 +196,17 @@ def test_out_of_bounds_access_fails_the_launch(cupy, mod):
         copy((1,), (33,), (src, out, np.int32(0)))
     copy((1,), (32,), (src, out, np.int32(0)))
     np.testing.assert_array_equal(out.get(), np.arange(32.0))
+
+
+def test_block_sizes_are_checked_against_the_launch_bounds(cupy, mod):
+    out = cupy.asarray(np.zeros(2048, np.int32))
+    mod.get_function("bounded")((1,), (64,), (out,))
+    with pytest.raises(RuntimeError, match=r"a block of 1-64 threads \(its __launch_bounds__"):
+        mod.get_function("bounded")((1,), (65,), (out,))
+    with pytest.raises(RuntimeError, match="a block of 1-1024 threads"):
+        mod.get_function("coordinates")((1,), (2048,), (out,))
+    with pytest.raises(RuntimeError, match="non-empty grid"):
+        mod.get_function("coordinates")((0,), (32,), (out,))
 
 
 def test_arguments_are_checked_like_the_parameters(cupy, mod):

@@ -852,3 +852,22 @@ def test_fitspec_positions_type_check_as_any_sequence(tmp_path):
     assert status == 0, out + err
     spec = rfit.FitSpec(positions_px=np.array([211.9, 244.7]))
     assert spec.positions_px == (211.9, 244.7)  # stored as a tuple of floats
+
+
+def test_no_curves_give_an_empty_table():
+    """Stress audit: a 0-frame stack with fit= raised on the CPU (the CUDA path returned an
+    empty table, as integrate_stack's docstring promises)."""
+    from radint import IntegrationConfig, Integrator
+    from radint.fit import FitSpec
+
+    x = np.arange(100, dtype=np.float64)
+    for kw in ({"positions": [20.0, 50.0]}, {"auto": 3}):
+        table = rfit.fit_peaks(x, np.empty((0, 100)), **kw)
+        assert np.asarray(table.center).shape[0] == 0 and np.asarray(table.status).shape[0] == 0
+    config = IntegrationConfig.from_text(
+        "NrPixelsY 40\nNrPixelsZ 30\npx 172\nLsd 300000\nBC 20 15\nRMin 1\nRMax 20\n"
+        "RBinSize 1\nEtaBinSize 30\n", "p.txt",
+    )  # fmt: skip
+    for fit in (FitSpec(positions_px=(10.0,)), FitSpec(auto=2)):
+        r = Integrator(config, fit=fit).integrate_stack(np.empty((0, 30, 40), np.uint16))
+        assert r.n_frames == 0 and np.asarray(r.peaks.center).shape[0] == 0

@@ -283,6 +283,10 @@ def fit_peaks(
         if int(v) < 1:
             raise InvalidInputError(f"fit_peaks: {name} must be >= 1, got {v}")
     ys2 = ys.reshape(1, -1) if single else ys
+    # No curves (a 0-frame stack): the table's columns from one curve of NaN, then no rows.
+    no_curves = ys2.shape[0] == 0
+    if no_curves:
+        ys2 = np.full((1, xs.shape[0]), np.nan)
     if auto is not None:
         if int(auto) < 1:
             raise InvalidInputError(f"fit_peaks: auto must be >= 1 peaks, got {auto}")
@@ -318,6 +322,8 @@ def fit_peaks(
             n_threads=n_threads,
             bin_average=bool(bin_average),
         )
+    if no_curves:
+        d = {k: np.asarray(v)[:0] for k, v in d.items()}
     table = FitTable._from_core(d, single)
     if auto is None:
         warn_out_of_range(unique, table.status, xs)

@@ -14,6 +14,8 @@
 // is not a power of two <= 32, a read of a lane outside the mask, a kernel called with the
 // wrong number or sizes of arguments. Each fails the launch with a message.
 //
+// A block past the kernel's __launch_bounds__ (or 1024 threads), or an empty grid, fails.
+//
 // Not modelled: __syncthreads and shared memory (radint's kernels use neither; a kernel that
 // does will not compile here), memory races, and timing. Warps and blocks run one after
 // another, so a kernel relying on inter-block order is not caught.
@@ -312,9 +314,19 @@ static void call(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
 // Launch `kernel` on grid × block with CUDA's argument array (one pointer per parameter, to a
 // value of that parameter's size). 0 on success, else -1 with the reason in `err`.
 template <typename... P>
-int launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, void** args,
-           const unsigned long long* sizes, int n_args, char* err, int err_len) {
+int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
+           const unsigned* block, void** args, const unsigned long long* sizes, int n_args,
+           char* err, int err_len) {
     const std::size_t want[] = {sizeof(P)..., 0};
+    const unsigned long long threads = 1ull * block[0] * block[1] * block[2];
+    if (threads == 0 || threads > max_threads || grid[0] == 0 || grid[1] == 0 || grid[2] == 0) {
+        // A GPU refuses these launches (too many resources / invalid configuration).
+        std::snprintf(err, err_len,
+                      "grid (%u, %u, %u) of blocks (%u, %u, %u): a block of 1-%u threads (its "
+                      "__launch_bounds__, else 1024) and a non-empty grid are needed",
+                      grid[0], grid[1], grid[2], block[0], block[1], block[2], max_threads);
+        return -1;
+    }
     if (n_args != int(sizeof...(P))) {
         std::snprintf(err, err_len, "%d arguments for a kernel of %d parameters", n_args,
                       int(sizeof...(P)));
@@ -395,10 +407,12 @@ __attribute__((noinline)) T __shfl_sync(unsigned mask, T var, int src_lane, int 
     return emu::shuffle<T>(__builtin_return_address(0), emu::kIdx, mask, var, src_lane, width);
 }
 
-// One exported launcher per kernel, for ctypes: emu_launch_<kernel>.
-#define EMU_EXPORT(NAME)                                                                     \
+// One exported launcher per kernel, for ctypes: emu_launch_<kernel>; MAX_THREADS is its
+// __launch_bounds__ (else CUDA's 1024 threads a block).
+#define EMU_EXPORT(NAME, MAX_THREADS)                                                          \
     extern "C" int emu_launch_##NAME(const unsigned* grid, const unsigned* block, void** args, \
                                      const unsigned long long* sizes, int n_args, char* err,   \
                                      int err_len) {                                            \
-        return emu::launch(&NAME, grid, block, args, sizes, n_args, err, err_len);            \
+        return emu::launch(&NAME, MAX_THREADS, grid, block, args, sizes, n_args, err,         \
+                           err_len);                                                           \
     }

@@ -306,7 +306,8 @@ def get_default_memory_pool() -> _MemoryPool:
 
 # ----------------------------------------------------------------------------- kernels
 _KERNEL_NAME = re.compile(
-    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\('
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\(\s*(\d+)[^)]*\)\s*)?'
+    r"(\w+)\s*\("
 )
 
 
@@ -329,9 +330,11 @@ def _build(code: str) -> tuple[ctypes.CDLL, tuple[str, ...]]:
         [_gxx(), "-E", "-P", "-x", "c++", "-std=c++17", "-D__CUDACC_RTC__=1", "-"],
         input=code, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    names = tuple(dict.fromkeys(_KERNEL_NAME.findall(expanded)))
+    # Each kernel with the most threads a block may have: its __launch_bounds__, else CUDA's 1024.
+    bounds = {name: int(bound or 1024) for bound, name in _KERNEL_NAME.findall(expanded)}
+    names = tuple(bounds)
     if not out.exists():
-        exports = "".join(f"EMU_EXPORT({n})\n" for n in names)
+        exports = "".join(f"EMU_EXPORT({n}, {b})\n" for n, b in bounds.items())
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "module.cpp"
             src.write_text(f'#include "cuda_emu.h"\n{code}\n{exports}')
