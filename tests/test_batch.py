@@ -2174,3 +2174,24 @@ def test_whole_file_formats_from_slim_parts_equal_those_of_the_whole_result(tmp_
                 assert path.read_bytes() == got.read_bytes(), path.name
         if "mat" not in formats:
             assert "cake_sigma" not in kept and "count" not in kept
+
+
+def test_one_frame_files_with_auto_fits_and_whole_file_formats(tmp_path, small_config):
+    """Review: a folder of one-frame files with auto-fitted peaks and any format written at a
+    file's end failed every file (one frame's table held its peak count as a numpy scalar,
+    which concatenate could not stack)."""
+    import tifffile
+
+    from radint import Integrator
+    from radint.batch import process_files
+    from radint.fit import FitSpec
+
+    frames = [ring_image(small_config, noise=True, seed=k) for k in range(2)]
+    paths = []
+    for k, frame in enumerate(frames):
+        paths.append(str(tmp_path / f"f{k}.tif"))
+        tifffile.imwrite(paths[-1], frame.astype(np.uint32))
+    integ = Integrator(small_config, fit=FitSpec(auto=2))
+    for formats in (("xy",), ("midas", "fit"), ("mat",)):
+        outcomes = list(process_files(paths, str(tmp_path / formats[0]), formats, integrator=integ))
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes]

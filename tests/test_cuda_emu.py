@@ -77,6 +77,20 @@ extern "C" __global__ void __launch_bounds__(64) bounded(int* out) {
     out[threadIdx.x] = int(threadIdx.x);
 }
 
+// Valid since Volta: lane 0 shuffles alone, then every lane together.
+extern "C" __global__ void solo_then_all(int* out) {
+    int v = int(threadIdx.x) * 10;
+    if (threadIdx.x == 0) v = __shfl_sync(0x1u, v + 1, 0);
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, v, 0);
+}
+
+// A local array larger than a lane's stack.
+extern "C" __global__ void deep(double* out) {
+    volatile double big[80000];
+    for (int i = 0; i < 80000; i += 512) big[i] = i;
+    out[threadIdx.x] = big[79872];
+}
+
 extern "C" __global__ void self_excluded(int* out) {
     out[threadIdx.x] = __shfl_down_sync(0xfffffffeu, int(threadIdx.x), 1);
 }
@@ -109,8 +123,9 @@ def _cuda_shuffle(values, mode, delta, width):
             src = lane + delta if pos + delta < width else lane
         elif mode == "up":
             src = lane - delta if pos >= delta else lane
-        elif mode == "xor":
-            src = seg + ((pos ^ delta) % width)
+        elif mode == "xor":  # may read an earlier width-group; a later one: its own value
+            src = lane ^ (delta % 32)
+            src = src if src <= seg + width - 1 else lane
         else:
             src = seg + delta % width
         out.append(values[src])
@@ -196,6 +211,19 @@ def test_out_of_bounds_access_fails_the_launch(cupy, mod):
         copy((1,), (33,), (src, out, np.int32(0)))
     copy((1,), (32,), (src, out, np.int32(0)))
     np.testing.assert_array_equal(out.get(), np.arange(32.0))
+
+
+def test_divergent_shuffles_with_their_own_masks(cupy, mod):
+    out = cupy.asarray(np.zeros(32, np.int32))
+    mod.get_function("solo_then_all")((1,), (32,), (out,))
+    np.testing.assert_array_equal(out.get(), 1)
+
+
+def test_a_lane_overflowing_its_stack_fails_the_launch(cupy, mod):
+    out = cupy.zeros(32)
+    with pytest.raises(RuntimeError, match="invalid memory access .* stack"):
+        mod.get_function("deep")((1,), (32,), (out,))
+    mod.get_function("offset_copy")((1,), (32,), (cupy.asarray(np.arange(40.0)), out, np.int32(0)))
 
 
 def test_block_sizes_are_checked_against_the_launch_bounds(cupy, mod):

@@ -501,14 +501,52 @@ class IntegrationConfig:
         tth = np.arctan(np.asarray(r_px) * self.pixel_size_y_um / self.lsd_um)
         return 4 * math.pi / self.wavelength_angstrom * np.sin(tth / 2)
 
-    def map_shaping(self) -> dict[str, Any]:
+    def map_shaping(self, unreadable: str = "raise") -> dict[str, Any]:
         """Everything that shapes the detector map, by field name: geometry, bins, and for the
         mask / distortion / residual / panel files the SHA-256 of their contents (False when
         not set). What does not shape this map stays out, so it is not rebuilt for it: the Q
         keys and the wavelength outside Q binning, the 2θ keys outside 2θ binning, the files'
-        paths, SubPixelLevel 0 (= 1)."""
+        paths, SubPixelLevel 0 (= 1). ``unreadable="skip"``: a file that cannot be read gives
+        None instead of an error."""
         import hashlib
 
+        shaping = self._shaping_fields()
+        for name, path in self._shaping_files():
+            try:
+                shaping[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError as e:
+                if unreadable == "skip":
+                    shaping[name] = None
+                    continue
+                raise RadintFileNotFoundError(
+                    f"{self.where_set(name)}: {path}: cannot read: {e.strerror or e}"
+                ) from e
+        return shaping
+
+    def map_key(self) -> str:
+        """A hash of what shapes this configuration's map (:meth:`map_shaping`): its name in a
+        cache. Computed as since cache version 4, so existing caches keep their names."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self._shaping_fields(), sort_keys=True).encode())
+        for name, path in self._shaping_files():
+            try:
+                h.update(Path(path).read_bytes())
+            except OSError as e:
+                raise RadintFileNotFoundError(
+                    f"{self.where_set(name)}: {path}: cannot read: {e.strerror or e}"
+                ) from e
+        return h.hexdigest()[:24]
+
+    _SHAPING_FILES = (
+        "mask_file",
+        "distortion_file",
+        "residual_correction_map",
+        "panel_shifts_file",
+    )
+
+    def _shaping_fields(self) -> dict[str, Any]:
+        """:meth:`map_shaping` with each file field only True / False (whether one is set)."""
         shaping: dict[str, Any] = {k: v for k, v in self.core_dict().items() if k in _MAP_FIELDS}
         mode = self.radial_mode
         if mode != "q":
@@ -517,34 +555,16 @@ class IntegrationConfig:
         if mode != "2theta":
             for k in ("tth_min_deg", "tth_max_deg", "tth_bin_deg"):
                 shaping.pop(k, None)
+        for k in self._SHAPING_FILES:
+            if k in shaping:
+                shaping[k] = bool(shaping[k])
         if "sub_pixel_level" in shaping:
             shaping["sub_pixel_level"] = max(1, int(shaping["sub_pixel_level"]))
-        for name in (
-            "mask_file",
-            "distortion_file",
-            "residual_correction_map",
-            "panel_shifts_file",
-        ):
-            if name not in shaping:
-                continue
-            path = getattr(self, name)
-            if not path:
-                shaping[name] = False
-                continue
-            try:
-                shaping[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            except OSError as e:
-                raise RadintFileNotFoundError(
-                    f"{self.where_set(name)}: {path}: cannot read: {e.strerror or e}"
-                ) from e
         return shaping
 
-    def map_key(self) -> str:
-        """A hash of :meth:`map_shaping`: the name of this configuration's map in a cache."""
-        import hashlib
-
-        text = json.dumps(self.map_shaping(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+    def _shaping_files(self) -> list[tuple[str, str]]:
+        """The map-shaping files that are set, ``(field, path)``, in the order map_key hashes."""
+        return [(k, getattr(self, k)) for k in self._SHAPING_FILES if getattr(self, k)]
 
     def where_set(self, name: str) -> str:
         """``file:line: Key`` where the field ``name`` was set (its MIDAS key alone when the

@@ -506,7 +506,8 @@ class DetectorMap:
         """
         if self.built_for is None:
             return
-        want = _plain(config.map_shaping())
+        # A file that cannot be read here (a mask on another machine) is not compared.
+        want = _plain(config.map_shaping(unreadable="skip"))
         if want == self.built_for:
             return
         from radint.config import _MIDAS_KEYS
@@ -514,7 +515,7 @@ class DetectorMap:
         differ = []
         for name in [*want, *(k for k in self.built_for if k not in want)]:
             built, asked = self.built_for.get(name), want.get(name)
-            if built == asked:
+            if built == asked or (name.endswith(("_file", "_map")) and asked is None and built):
                 continue
             if name.endswith(("_file", "_map")):
                 differ.append(f"{_MIDAS_KEYS.get(name, name)}: another file or contents")
@@ -847,6 +848,7 @@ class DetectorMap:
         checks them."""
         state = dict(state)
         self._core = DetectorMap.from_arrays(*state.pop("_arrays"))._core
+        self.built_for = None  # maps pickled before it was kept
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

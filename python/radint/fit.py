@@ -1226,7 +1226,8 @@ def _add_curve_axis(table: FitTable) -> FitTable:
     lifted: dict[str, Any] = {}
     for f in dataclasses.fields(table):
         v = getattr(table, f.name)
-        lifted[f.name] = v[np.newaxis] if isinstance(v, np.ndarray) else v
+        # Numpy scalars too: one curve's n_found (auto fits) is one.
+        lifted[f.name] = np.asarray(v)[np.newaxis] if isinstance(v, (np.ndarray, np.generic)) else v
     return FitTable(**lifted)
 
 

@@ -364,7 +364,9 @@ class Integrator:
                 detector_map = DetectorMap.cached(config, cache_dir, n_threads=n_threads)
             else:
                 detector_map = DetectorMap.build(config, n_threads=n_threads)
-        else:
+        elif detector_map.config is not config:
+            # Not for a map built from this very configuration (an unpickled Integrator's own:
+            # its files need not be readable where it is unpickled).
             detector_map.check_built_for(config, "the Integrator's configuration")
         if detector_map.shape != config.shape:
             raise ShapeError(

@@ -166,7 +166,7 @@ def _read_result(path: Path, frame: int | None = None) -> Any:
         n = _frame_count(path)
         one = read_nexus(path, slice(frame, frame + 1 if frame != -1 else None))
         if not one.n_frames:
-            raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n} complete")
+            raise RadintIOError(f"{path}: frame {frame} out of range, the file has {n}")
         one.metadata["n_frames_in_file"] = n
         return one
     except RadintIOError as nexus_error:
@@ -263,9 +263,12 @@ def follow_nexus(
 
 
 def _frame_count(path: Path) -> int:
-    from radint.io.nexus import open_result
+    """Complete frames of a result (0 before it exists or holds its tables)."""
+    from radint.io.nexus import complete_frames, open_result
 
     if not path.exists():
         return 0
     with open_result(path) as root:
-        return int(root["entry/azint1d/data/I"].shape[0]) if "entry/azint1d/data/I" in root else 0
+        if "entry/azint1d/data/I" not in root:
+            return 0
+    return complete_frames(path)

@@ -170,28 +170,29 @@ class Result:
                         f"from {_first(mine)}); only results of the same bins stack"
                     )
 
-        def frames(a: np.ndarray | None, r: Result, ndim: int) -> np.ndarray | None:
-            if a is None:
-                return None
+        def frames(a: Any, r: Result, ndim: int) -> np.ndarray:
             a = np.asarray(a)
             return a if a.ndim == ndim + 1 else np.broadcast_to(a, (r.n_frames, *a.shape[-ndim:]))
 
         def cat(name: str, ndim: int) -> np.ndarray | None:
-            parts = [frames(getattr(r, name), r, ndim) for r in results]
-            present = [p for p in parts if p is not None]
-            if len(present) != len(parts):
+            given = [getattr(r, name) for r in results]
+            if any(a is None for a in given):
                 return None
+            present = [frames(a, r, ndim) for a, r in zip(given, results, strict=True)]
             total = sum(p.shape[0] for p in present)
-            # One value broadcast everywhere (a placeholder, see Result.without) stays so, and
-            # so does one frame's array repeated over the frames (the bin areas of frames
-            # without NaN pixels): read-only views, not n_frames copies.
-            fill = _broadcast_value(present)
-            if fill is not None:
-                return np.broadcast_to(fill, (total, *present[0].shape[1:]))
-            row = present[0][0]
-            if all(p.strides[0] == 0 and np.array_equal(p[0], row, equal_nan=True)
-                   for p in present):  # fmt: skip
-                return np.broadcast_to(row, (total, *row.shape))
+            # Parts that are broadcast views already (Result.without's placeholders and
+            # once-held arrays, a batch's parts) stay one view: no n_frames copies. Anything
+            # else is concatenated into a new array, as always.
+            views = [np.asarray(a) for a in given]
+            if total and all(
+                v.ndim == ndim + 1 and v.shape[0] and v.strides[0] == 0 for v in views
+            ):
+                fill = _broadcast_value(present)
+                if fill is not None:
+                    return np.broadcast_to(fill, (total, *present[0].shape[1:]))
+                row = present[0][0]
+                if all(np.array_equal(p[0], row, equal_nan=True) for p in present):
+                    return np.broadcast_to(row, (total, *row.shape))
             return np.concatenate(present)
 
         def cat_required(name: str, ndim: int) -> np.ndarray:
@@ -243,10 +244,12 @@ class Result:
             if name in keep:
                 a = np.asarray(a)
                 if a.ndim == 3 and a.shape[0] > 1 and (a == a[:1]).all():
-                    changes[name] = np.broadcast_to(a[0], a.shape)  # one frame's copy, once
+                    # One frame's copy, once (a view of a[0] would keep all of a alive).
+                    changes[name] = np.broadcast_to(a[0].copy(), a.shape)
                 continue
             a = np.asarray(a)
             fill = np.array(_PLACEHOLDER.get(a.dtype.kind, 0), dtype=a.dtype)
+            # A stack's placeholder keeps its frame axis (a single frame's has none).
             changes[name] = None if name.endswith("_sigma") else np.broadcast_to(fill, a.shape)
         return dataclasses.replace(self, **changes)
 

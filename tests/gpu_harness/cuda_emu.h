@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <cstdio>
@@ -35,6 +36,8 @@
 
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -73,12 +76,14 @@ struct Lane {
 #if !defined(__x86_64__)
     ucontext_t ctx;
 #endif
-    std::unique_ptr<unsigned char[]> stack;  // not zeroed: pages are touched as used
+    // kStack bytes above an inaccessible page, mapped on first use (pages touched as used): a
+    // lane overflowing its stack faults, and the launch fails, instead of corrupting memory.
+    unsigned char* stack = nullptr;
     uint3 tid{};
     State state = kExited;
     // The shuffle the lane waits at, and its result.
     const void* site = nullptr;  // the shuffle's call site
-    unsigned mask = 0, count = 0;
+    unsigned mask = 0;
     int mode = 0, arg = 0, width = 0;
     std::size_t size = 0;
     unsigned char value[8] = {}, result[8] = {};
@@ -150,11 +155,18 @@ static void lane_main() {
 }
 
 static void start_lane(Lane& lane) {
-    if (!lane.stack) lane.stack.reset(new unsigned char[kStack]);
+    if (!lane.stack) {
+        const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+        void* base = mmap(nullptr, kStack + page, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED) std::abort();  // no memory for a test's lane stack
+        mprotect(base, page, PROT_NONE);
+        lane.stack = static_cast<unsigned char*>(base) + page;
+    }
 #if defined(__x86_64__)
     // As if switch_stack had saved this lane just before `call lane_main`: six registers, then
     // lane_main as the return address, entered with rsp + 8 16-byte aligned.
-    auto top = reinterpret_cast<std::uintptr_t>(lane.stack.get() + kStack) & ~std::uintptr_t(15);
+    auto top = reinterpret_cast<std::uintptr_t>(lane.stack + kStack) & ~std::uintptr_t(15);
     void** sp = reinterpret_cast<void**>(top);
     *--sp = nullptr;  // lane_main's own return address: it never returns
     *--sp = reinterpret_cast<void*>(&lane_main);
@@ -162,13 +174,12 @@ static void start_lane(Lane& lane) {
     lane.sp = sp;
 #else
     getcontext(&lane.ctx);
-    lane.ctx.uc_stack.ss_sp = lane.stack.get();
+    lane.ctx.uc_stack.ss_sp = lane.stack;
     lane.ctx.uc_stack.ss_size = kStack;
     lane.ctx.uc_link = nullptr;
     makecontext(&lane.ctx, &lane_main, 0);
 #endif
     lane.state = kReady;
-    lane.count = 0;
 }
 
 static void resume(Warp& w, int i) {
@@ -187,8 +198,30 @@ static bool fail(Warp& w, const char* fmt, A... a) {
     return false;
 }
 
-// All lanes that are not done wait at a shuffle. The lanes of each mask must all be there, at
-// the same call of the same shuffle; then each gets its result.
+// Whether lanes a and b wait at the same shuffle (call site, mask, mode, width, value size).
+static bool same_shuffle(const Lane& a, const Lane& b) {
+    return b.state == kAtShuffle && b.site == a.site && b.mask == a.mask && b.mode == a.mode &&
+           b.width == a.width && b.size == a.size;
+}
+
+// Source lane of lane i's shuffle, as CUDA defines it (down/up/idx stay in the lane's
+// width-group; xor may read an earlier group, a later one gives the lane's own value).
+static int source_lane(const Lane& b, int i) {
+    const int seg = i & ~(b.width - 1), pos = i - seg;
+    switch (b.mode) {
+        case kDown: return pos + b.arg < b.width ? i + b.arg : i;
+        case kUp: return pos >= b.arg ? i - b.arg : i;
+        case kXor: {
+            const int j = i ^ (b.arg & (kWarp - 1));
+            return j <= seg + b.width - 1 ? j : i;
+        }
+        default: return seg + (b.arg & (b.width - 1));
+    }
+}
+
+// Every lane that is not done waits at a shuffle. Each shuffle whose mask's lanes all wait at
+// it is carried out (lanes of other masks may wait elsewhere: divergent code, valid since
+// Volta); if none can be, the lanes meet at different shuffles: a deadlock on a GPU.
 static bool exchange(Warp& w) {
     for (int i = 0; i < w.n; ++i) {
         const Lane& a = w.lanes[i];
@@ -203,36 +236,46 @@ static bool exchange(Warp& w) {
             if (j >= w.n)
                 return fail(w, "a shuffle's mask 0x%08x names lane %d, past the block's last thread",
                             a.mask, j);
-            const Lane& b = w.lanes[j];
-            if (b.state == kExited)
+            if (w.lanes[j].state == kExited)
                 return fail(w, "a shuffle's mask 0x%08x names lane %d, which has exited", a.mask, j);
-            if (b.site != a.site || b.count != a.count || b.mask != a.mask || b.mode != a.mode ||
-                b.width != a.width || b.size != a.size)
-                return fail(w,
-                            "lanes %d and %d meet at different shuffles (site %p vs %p, call %u vs "
-                            "%u, mask 0x%08x vs 0x%08x, width %d vs %d, %zu vs %zu bytes)",
-                            i, j, a.site, b.site, a.count, b.count, a.mask, b.mask, a.width,
-                            b.width, a.size, b.size);
         }
+    }
+    unsigned ready = 0;  // lanes whose shuffle is carried out this round
+    for (int i = 0; i < w.n; ++i) {
+        const Lane& a = w.lanes[i];
+        if (a.state != kAtShuffle || ((ready >> i) & 1u)) continue;
+        bool complete = true;
+        for (int j = 0; j < w.n && complete; ++j)
+            if ((a.mask >> j) & 1u) complete = same_shuffle(a, w.lanes[j]);
+        if (complete) ready |= a.mask;
+    }
+    if (!ready) {
+        for (int i = 0; i < w.n; ++i) {
+            const Lane& a = w.lanes[i];
+            if (a.state != kAtShuffle) continue;
+            for (int j = 0; j < w.n; ++j) {
+                const Lane& b = w.lanes[j];
+                if (((a.mask >> j) & 1u) && !same_shuffle(a, b))
+                    return fail(w,
+                                "lanes %d and %d meet at different shuffles (site %p vs %p, mask "
+                                "0x%08x vs 0x%08x, width %d vs %d, %zu vs %zu bytes)",
+                                i, j, a.site, b.site, a.mask, b.mask, a.width, b.width, a.size,
+                                b.size);
+            }
+        }
+        return fail(w, "the lanes wait at shuffles none of which can complete");
     }
     for (int i = 0; i < w.n; ++i) {
         Lane& b = w.lanes[i];
-        if (b.state != kAtShuffle) continue;
-        const int seg = i & ~(b.width - 1), pos = i - seg;
-        int src = i;
-        switch (b.mode) {
-            case kDown: src = pos + b.arg < b.width ? i + b.arg : i; break;
-            case kUp: src = pos >= b.arg ? i - b.arg : i; break;
-            case kXor: src = seg + ((pos ^ b.arg) & (b.width - 1)); break;
-            default: src = seg + (b.arg & (b.width - 1)); break;
-        }
+        if (!((ready >> i) & 1u)) continue;
+        const int src = source_lane(b, i);
         if (!((b.mask >> src) & 1u))
             return fail(w, "lane %d reads lane %d, which the shuffle's mask 0x%08x leaves out", i,
                         src, b.mask);
         std::memcpy(b.result, w.lanes[src].value, b.size);
     }
     for (int i = 0; i < w.n; ++i)
-        if (w.lanes[i].state == kAtShuffle) w.lanes[i].state = kReady;
+        if ((ready >> i) & 1u) w.lanes[i].state = kReady;
     return true;
 }
 
@@ -261,7 +304,6 @@ static T shuffle(const void* site, Mode mode, unsigned mask, T var, int arg, int
     lane.arg = arg;
     lane.width = width;
     lane.size = sizeof(T);
-    ++lane.count;
     std::memcpy(lane.value, &var, sizeof(T));
     to_scheduler(lane);
     T out;
@@ -358,7 +400,8 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
         const uint3 t = threadIdx;
         std::snprintf(err, err_len,
                       "block (%u, %u, %u), thread (%u, %u, %u): invalid memory access at %p (past "
-                      "the end of a device allocation, or a bad pointer)",
+                      "the end of a device allocation, a bad pointer, or the thread's stack, "
+                      "512 KiB here, overflowing)",
                       bx, by, bz, t.x, t.y, t.z, g_fault_address);
         return -1;
     }

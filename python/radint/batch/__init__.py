@@ -613,8 +613,6 @@ def process_files(
                     if not live:
                         continue
                     result = integ.integrate_stack(data, dark=file_dark)
-                    if on_frames is not None:
-                        on_frames(sum(m[2] for m in live))
                 except Exception as e:
                     for i_failed in dict.fromkeys(m[0] for m in live):
                         failed.add(i_failed)
@@ -622,6 +620,8 @@ def process_files(
                     continue
                 finally:
                     _STACK_BUFFERS.give_back(data)
+                if on_frames is not None:  # the caller's progress: its errors are its own
+                    on_frames(sum(m[2] for m in live))
                 for i_file, first, n, ids, metadata, indices in live:
                     part = _frames(result, first, n)
                     part.frame_ids = np.asarray(ids, dtype=np.int64)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -1849,8 +1850,7 @@ def read_nexus(path: str | Path, frames: slice | None = None) -> Result:
 
     ``frames``: the frames to read, as a slice of the complete frames (e.g. ``slice(-1, None)``
     for the newest, ``slice(k, k + 1)`` for frame k); only those rows are read from the file
-    (default: all). The bin areas and counts, stored once, are the same read-only array for
-    every frame.
+    (default: all).
 
     A file that ``radint stream`` is still writing can be read too (the frames flushed so far;
     a read that meets a flush half-way is tried again, up to ~0.75 s).
@@ -1869,10 +1869,10 @@ def read_nexus(path: str | Path, frames: slice | None = None) -> Result:
     from radint.exceptions import RadintIOError
 
     path = Path(path)
-    if frames is not None and not isinstance(frames, slice):
-        from radint.exceptions import InvalidInputError
-
-        raise InvalidInputError(f"frames: expected a slice, got {type(frames).__name__}")
+    if frames is not None and (not isinstance(frames, slice) or frames.step == 0):
+        raise InvalidInputError(
+            f"frames: expected a slice with a step other than 0, got {frames!r}"
+        )
     for pause in READ_RETRY_PAUSES_S:
         try:
             return _read_nexus(path, frames)
@@ -1887,6 +1887,55 @@ def read_nexus(path: str | Path, frames: slice | None = None) -> Result:
 def _read_nexus(path: Path, frames: slice | None = None) -> Result:
     with open_result(path) as root:
         return _result_of(root, path, frames)
+
+
+def _dataset(root: Any, path: Path, name: str, required: bool = True) -> Any:
+    """A dataset of an open result, not read yet (None where absent and not required)."""
+    from radint.exceptions import RadintIOError
+
+    try:
+        return root[name]
+    except KeyError:
+        if required:
+            raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
+        return None
+    except OSError as e:
+        raise _ReadFailed(f"cannot open {name}: {e}") from e
+
+
+def _per_frame_datasets(root: Any, path: Path) -> dict[str, Any]:
+    """The tables a frame needs a row in (not read yet): a file a stream is still writing may
+    hold more rows of one than of another (each grows on its own), so only frames every one
+    has are complete."""
+    node = functools.partial(_dataset, root, path)
+    d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
+    per_frame = {
+        "lineout": node(f"{d1}/I"),
+        "cake": node(f"{d2}/I"),
+        "cake_sigma": node(f"{d2}/I_errors", required=False),
+        "lineout_sigma": node(f"{d1}/I_errors", required=False),
+        "frame_id": node(f"{d1}/frame_id"),
+        "file_index": node(f"{PROVENANCE}/file_index", required=False),
+        "frame_index": node(f"{PROVENANCE}/frame_index", required=False),
+    }
+    if "peaks" in root["entry"]:
+        for name, (attr, _) in PEAK_COLUMNS.items():
+            per_frame[f"peak:{attr}"] = node(f"entry/peaks/{name}")
+        for name, attr in _PEAK_ERRORS.items():
+            per_frame[f"error:{attr}"] = node(
+                f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS
+            )
+        per_frame["status"] = node("entry/peaks/status")
+    return per_frame
+
+
+def complete_frames(path: str | Path) -> int:
+    """How many complete frames a radint result holds (of a file a stream is still writing:
+    those every per-frame table has a row of), without reading them."""
+    path = Path(path)
+    with open_result(path) as root:
+        tables = _per_frame_datasets(root, path).values()
+        return min(v.shape[0] for v in tables if v is not None)
 
 
 def _result_of(root: Any, path: Path, frames: slice | None = None) -> Result:
@@ -1911,43 +1960,15 @@ def _result_of(root: Any, path: Path, frames: slice | None = None) -> Result:
         v = v.item() if v.shape == () else v
         return v.decode() if isinstance(v, bytes) else str(v)
 
-    def node(name: str, required: bool = True) -> Any:
-        """A per-frame dataset, not read yet."""
-        try:
-            return root[name]
-        except KeyError:
-            if required:
-                raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
-            return None
-        except OSError as e:
-            raise _ReadFailed(f"cannot open {name}: {e}") from e
-
     d1, d2 = "entry/azint1d/data", "entry/azint2d/data"
     conf = json.loads(text("entry/azint1d/reduction/input/configuration") or "{}")
     config = IntegrationConfig.from_dict(conf) if conf else None
     if config is not None and config.q_bin > 0 and config.wavelength_angstrom <= 0:
         # Written before QBinSize without a wavelength became an error: binned in R then.
         config = config.replace(q_min=0.0, q_max=0.0, q_bin=0.0)
-    per_frame = {
-        "lineout": node(f"{d1}/I"),
-        "cake": node(f"{d2}/I"),
-        "cake_sigma": node(f"{d2}/I_errors", required=False),
-        "lineout_sigma": node(f"{d1}/I_errors", required=False),
-        "frame_id": node(f"{d1}/frame_id"),
-        "file_index": node(f"{PROVENANCE}/file_index", required=False),
-        "frame_index": node(f"{PROVENANCE}/frame_index", required=False),
-    }
-    has_peaks = "peaks" in root["entry"]
-    if has_peaks:
-        for name, (attr, _) in PEAK_COLUMNS.items():
-            per_frame[f"peak:{attr}"] = node(f"entry/peaks/{name}")
-        for name, attr in _PEAK_ERRORS.items():
-            per_frame[f"error:{attr}"] = node(
-                f"entry/peaks/{name}_errors", required=name not in _DERIVED_ERRORS
-            )
-        per_frame["status"] = node("entry/peaks/status")
-    # A file a stream is still writing may hold more rows of one table than of another
-    # (each grows on its own): only frames every table has are complete.
+    per_frame = _per_frame_datasets(root, path)
+    has_peaks = "status" in per_frame
+    node = functools.partial(_dataset, root, path)
     n_complete = min(v.shape[0] for v in per_frame.values() if v is not None)
     chosen = range(n_complete)[frames if frames is not None else slice(None)]
     n = len(chosen)
@@ -2024,11 +2045,12 @@ def _result_of(root: Any, path: Path, frames: slice | None = None) -> Result:
         cake_sigma=cake_sigma,
         lineout=lineout,
         lineout_sigma=lineout_sigma,
-        # Stored once: one read-only array for every frame, not n_frames copies.
-        area=np.broadcast_to(np.asarray(area, dtype=np.float64), cake.shape),
+        area=np.broadcast_to(area, cake.shape).copy(),
         # uint32, as the integrator counts (the file stores int64).
-        count=np.broadcast_to(
-            np.asarray(count, dtype=np.uint32) if count is not None else np.uint32(0), cake.shape
+        count=(
+            np.broadcast_to(count, cake.shape).astype(np.uint32)
+            if count is not None
+            else np.zeros(cake.shape, dtype=np.uint32)
         ),
         radius_px=radius,
         two_theta_deg=tth,

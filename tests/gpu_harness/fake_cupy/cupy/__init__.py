@@ -318,12 +318,27 @@ def _gxx() -> str:
     return gxx
 
 
+def _cache_dir() -> Path:
+    """Where built kernel modules are kept: ``RADINT_FAKE_CUPY_CACHE``, else a folder of this
+    user's in the temporary directory that nobody else can write (a module another user put
+    in a shared folder under the expected name would otherwise be loaded and run)."""
+    given = os.environ.get("RADINT_FAKE_CUPY_CACHE")
+    if given:
+        return Path(given)
+    mine = Path(tempfile.gettempdir()) / f"radint-fake-cupy-{os.getuid()}"
+    mine.mkdir(mode=0o700, exist_ok=True)
+    info = mine.stat()
+    if mine.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return Path(tempfile.mkdtemp(prefix="radint-fake-cupy-"))  # private, for this process
+    return mine
+
+
 def _build(code: str) -> tuple[ctypes.CDLL, tuple[str, ...]]:
     """g++ a kernel module's source on the CPU runtime (cuda_emu.h) once per process, cached
     on disk by the digest of both; returns the library and the module's kernel names."""
     emu = HARNESS_DIR / "cuda_emu.h"
     digest = hashlib.sha256(code.encode() + emu.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("RADINT_FAKE_CUPY_CACHE", tempfile.gettempdir()))
+    cache = _cache_dir()
     out = cache / f"radint-fake-cupy-{digest}.so"
     # Kernels as NVRTC sees them (macro-generated ones expanded), __global__ still spelled out.
     expanded = subprocess.run(
