@@ -1247,3 +1247,18 @@ def test_finely_binned_cakes_are_chunked_along_eta(tmp_path: Path) -> None:
         assert chunks[0] == 1 and chunks[2] == 300 and 1 < chunks[1] < 3600
         assert chunks[1] * 300 * 8 <= FRAME_CHUNK_BYTES
     np.testing.assert_array_equal(read_nexus(big).cake, fine.cake)
+
+
+def test_concatenate_gives_new_writeable_arrays(tmp_path: Path) -> None:
+    """Review: concatenating single frames (or a stack with itself) returned read-only views
+    of the first part, and an empty first part raised IndexError."""
+    from radint.result import Result
+
+    res = make_result(n_frames=3)
+    one = res.frame(0)
+    stack = Result.concatenate([one, one])
+    for name in ("cake", "lineout", "area", "count"):
+        a = getattr(stack, name)
+        assert a.flags.writeable and not np.shares_memory(a, getattr(one, name)), name
+    empty = read_nexus(write_nexus(res, tmp_path / "r.h5"), slice(0, 0))
+    assert Result.concatenate([empty, res]).n_frames == 3

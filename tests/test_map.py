@@ -744,3 +744,29 @@ def test_a_map_is_refused_with_another_geometry_than_it_was_built_for(small_conf
     m.save_midas(tmp_path / "midas", small_config)
     # What does not shape the map does not count (the wavelength outside Q binning).
     DetectorMap.load(path, small_config.replace(wavelength_angstrom=0.3))
+
+
+def test_an_unpickled_integrators_own_map_is_not_checked_against_its_files(small_config, tmp_path):
+    """Review: unpickling an Integrator re-read its MaskFile to compare with its own map, so a
+    worker that cannot see the mask (or a mask edited since) failed; maps pickled before
+    ``built_for`` existed could not be loaded."""
+    import pickle
+
+    import tifffile
+
+    from radint import Integrator
+
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, np.zeros(small_config.shape, np.int8))
+    config = small_config.with_overrides([f"MaskFile {mask}"])
+    integ = Integrator(config)
+    frame = np.full(config.shape, 5.0)
+    blob = pickle.dumps(integ)
+    mask.unlink()  # not reachable where it is unpickled
+    np.testing.assert_array_equal(pickle.loads(blob).integrate(frame).lineout,
+                                  integ.integrate(frame).lineout)  # fmt: skip
+    state = integ.map.__getstate__()
+    del state["built_for"]  # as pickled by a version without it
+    old = DetectorMap.__new__(DetectorMap)
+    old.__setstate__(state)
+    assert old.built_for is None
