@@ -368,6 +368,7 @@ needs_cuda = pytest.mark.skipif(not _cuda_ok()[0], reason=f"no CUDA: {_cuda_ok()
 
 
 @gpu
+@needs_cuda
 def test_integrator_takes_device_frames_darks_and_variances(small_map_mod):
     """Stress audit: README says device frames are taken without a copy, but the Integrator
     ran np.asarray on them (TypeError); only CudaIntegrator took them. Frames, lists of frames,
@@ -409,6 +410,7 @@ def test_integrator_takes_device_frames_darks_and_variances(small_map_mod):
 
 
 @gpu
+@needs_cuda
 def test_one_cuda_integrator_from_two_threads(small_map_mod):
     """Stress audit: two threads on one CUDA Integrator staged into the same buffers and got
     each other's frames (24 of 60 results wrong, no error); calls now take turns."""

@@ -1181,6 +1181,33 @@ EMPTY_BREAKS_TO_FAIL = 3
 RETRY_LEVELS = 3
 
 
+def _quiet_pool_manager_race() -> None:
+    """Keep Python 3.11's pool-manager race out of the user's output: when a worker dies while
+    the pool is starting another, the pool's manager thread can fail with "dictionary changed
+    size during iteration" as it shuts the broken pool down (a race inside CPython 3.11's
+    concurrent.futures), and its traceback was printed under a batch that then completed every
+    file. Logged at debug level instead; any other thread error is reported as before.
+    Installed once."""
+    if getattr(threading.excepthook, "_radint_pool_race", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        tb = args.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        in_pool = tb is not None and tb.tb_frame.f_code.co_filename.endswith(
+            os.path.join("concurrent", "futures", "process.py")
+        )
+        if args.exc_type is RuntimeError and in_pool and "changed size" in str(args.exc_value):
+            log.debug("process pool manager thread: %s (CPython race, harmless)", args.exc_value)
+            return
+        previous(args)
+
+    hook._radint_pool_race = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 def _run_in_pools(
     files: list[str],
     names: list[str | None],
@@ -1217,6 +1244,7 @@ def _run_in_pools(
     anything_done = False  # in the whole batch: a run reported, or a file found complete
     empty_breaks = 0  # pool breaks in a row with no file in flight and nothing done between
     workers = n_procs  # halved after each such break (memory for fewer maps at once)
+    _quiet_pool_manager_race()
     try:
         while any(todo):
             level = next(k for k, pending in enumerate(todo) if pending)
