@@ -1940,16 +1940,14 @@ def complete_frames(path: str | Path) -> int:
 
 def _result_of(root: Any, path: Path, frames: slice | None = None) -> Result:
     from radint.config import IntegrationConfig
-    from radint.exceptions import RadintIOError
     from radint.fit import STATUS_NAMES, FitTable
 
     def get(name: str, required: bool = True) -> Any:
-        try:
-            return np.asarray(root[name][()])
-        except KeyError:
-            if required:
-                raise RadintIOError(f"{path}: missing {name} (not a radint NeXus result)") from None
+        ds = _dataset(root, path, name, required)
+        if ds is None:
             return None
+        try:
+            return np.asarray(ds[()])
         except OSError as e:
             raise _ReadFailed(f"cannot read {name}: {e}") from e
 
