@@ -1072,7 +1072,8 @@ class Integrator:
         frame : ndarray ``(n_pixels_z, n_pixels_y)``
             Integer (1–8 bytes), float or bool pixels; uint8/16/32, int32/64 and float32/64 are
             read in place, other types converted once. A ``numpy.ma.MaskedArray``'s masked
-            pixels are left out (a float copy with NaN there).
+            pixels are left out (a float copy with NaN there). With ``backend="cuda"`` also a
+            GPU array (CuPy, torch, any ``__cuda_array_interface__``), read in place.
         dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
             Subtracted from the frame, in place of the Integrator's own dark (NaN pixels, and a
             masked array's masked ones, are left out).
@@ -1109,6 +1110,7 @@ class Integrator:
         frames : ndarray ``(n_frames, n_pixels_z, n_pixels_y)`` or list of 2-D ndarrays
             Integer (1–8 bytes), float or bool pixels; masked arrays' masked pixels are left
             out. An empty array gives a 0-frame Result; an empty list or an iterator is refused.
+            With ``backend="cuda"`` also GPU arrays (or a list of them), read in place.
         dark : ndarray ``(n_pixels_z, n_pixels_y)``, optional
             Subtracted from every frame, in place of the Integrator's own dark (NaN pixels, and
             a masked array's masked ones, are left out).
