@@ -404,9 +404,15 @@ def test_integrator_takes_device_frames_darks_and_variances(small_map_mod):
         cuda.integrate(cupy.asarray(ints))
     with pytest.raises(InvalidInputError, match="on the GPU, but this Integrator runs on the CPU"):
         cpu.integrate(cupy.asarray(ints[0]))
-    marked = Integrator(cfg, backend="cuda", detector_map=m, dead_below=1)
-    with pytest.raises(InvalidInputError, match="on the GPU, but dead_below"):
-        marked.integrate(cupy.asarray(ints[0]))
+    # Options that test values on the host (GapIntensity sets invalid_values): copied there.
+    for kw in ({"dead_below": 1}, {"invalid_values": (0.0,)}):
+        marked = Integrator(cfg, backend="cuda", detector_map=m, **kw)
+        want = Integrator(cfg, backend="cpu", detector_map=m, **kw).integrate(ints[0])
+        got = marked.integrate(cupy.asarray(ints[0]))
+        np.testing.assert_allclose(got.cake, want.cake, rtol=1e-12, equal_nan=True)
+        assert got.metadata["nan_pixels"] == want.metadata["nan_pixels"]
+    with_dark = Integrator(cfg, backend="cuda", detector_map=m, dark=dark)
+    assert with_dark.same_dark(cupy.asarray(dark)) is with_dark.dark  # was numpy's TypeError
 
 
 @gpu

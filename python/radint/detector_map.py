@@ -521,6 +521,8 @@ class DetectorMap:
                 differ.append(f"{_MIDAS_KEYS.get(name, name)}: another file or contents")
             else:
                 differ.append(f"{config.where_set(name)} {_shown(asked)} (map: {_shown(built)})")
+        if not differ:  # only files that cannot be read here differ: not compared
+            return
         raise MapFormatError(
             f"detector map ({self.origin}) was built for other parameters than {what}: "
             + "; ".join(differ)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from radint import _core
-from radint._once import warn_once
+from radint._once import info_once, warn_once
 from radint.config import IntegrationConfig, check_n_threads
 from radint.corrections import pixel_geometry, polarization, solid_angle
 from radint.detector_map import DetectorMap
@@ -723,7 +723,17 @@ class Integrator:
                     f"{what}: on the GPU, but this Integrator runs on the CPU (backend "
                     f"{self.backend!r}): use backend='cuda', or copy the frames to the host"
                 )
-            return self._device_frames(frames, ndim, what)
+            if self.dead_below is None and self.hot_above is None and not self.invalid_values:
+                return self._device_frames(frames, ndim, what)
+            # Those test pixel values on the host (GapIntensity / BadPxIntensity set them by
+            # default): the frames come to the host for it, once per call.
+            info_once(
+                "device frames to host",
+                "GPU frames are copied to the host: dead_below / hot_above / invalid_values "
+                "(GapIntensity, BadPxIntensity) test the pixel values there; "
+                "Integrator(..., invalid_values=()) reads them in place",
+            )
+            frames = _on_host(frames)
         if isinstance(frames, Iterator):  # np.asarray makes a 0-d object array of it
             raise InvalidInputError(
                 f"{what}: expected an array or a list of arrays, got {type(frames).__name__} "
@@ -1005,11 +1015,6 @@ class Integrator:
         for the CUDA backend to read in place; their dtype and device are checked there."""
         from radint.gpu import _import_cupy
 
-        if self.dead_below is not None or self.hot_above is not None or self.invalid_values:
-            raise InvalidInputError(
-                f"{what}: on the GPU, but dead_below / hot_above / invalid_values test the "
-                "pixel values on the host: pass host (numpy) frames, or leave those out"
-            )
         a = _import_cupy().asarray(frames)  # a view of the same device memory
         shape = self.config.shape
         if a.ndim != ndim or tuple(a.shape[-2:]) != shape:
@@ -1317,6 +1322,7 @@ class Integrator:
         own = self._dark_image
         if dark is None or own is None or dark is own:
             return dark
+        dark = _on_host(dark)
         d = _as_float64(dark) if np.ma.is_masked(dark) else np.asarray(dark)
         if (
             d.shape == own.shape
