@@ -94,6 +94,30 @@ extern "C" __global__ void deep(double* out) {
 extern "C" __global__ void self_excluded(int* out) {
     out[threadIdx.x] = __shfl_down_sync(0xfffffffeu, int(threadIdx.x), 1);
 }
+
+// Each warp its own slice of the block's shared memory: every lane writes its slot, then
+// reads its neighbour's (after a __syncwarp when `synced`); `reach` slots per warp.
+extern "C" __global__ void rotate_shared(int* out, int synced, int reach) {
+    extern __shared__ int slots[];
+    int* mine = slots + (threadIdx.x / 32) * reach;
+    const int lane = threadIdx.x & 31;
+    mine[lane] = int(blockIdx.x * blockDim.x + threadIdx.x);
+    if (synced) __syncwarp();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = mine[(lane + 1) % reach];
+}
+
+// Lanes past n leave before a full-mask __syncwarp: undefined on a GPU.
+extern "C" __global__ void sync_after_exit(int* out, int n) {
+    if (int(threadIdx.x) >= n) return;
+    __syncwarp();
+    out[threadIdx.x] = 1;
+}
+
+// Shared memory as the block starts: CUDA leaves whatever was there.
+extern "C" __global__ void read_shared(unsigned* out, int n) {
+    extern __shared__ unsigned words[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = words[i];
+}
 """
 
 
@@ -251,3 +275,45 @@ def test_arguments_are_checked_like_the_parameters(cupy, mod):
         kernel((1,), (32,), (np.zeros(32, np.int32), *outs, np.int32(1), np.int32(32)))
     with pytest.raises(AttributeError, match="no kernel 'missing'"):
         mod.get_function("missing")
+
+
+def test_syncwarp_orders_shared_memory_between_lanes(cupy, mod, monkeypatch):
+    """Dynamic shared memory is one buffer per block; with __syncwarp every lane reads its
+    neighbour's write in either lane order, without it the result depends on the order: the
+    switch the tests use to find intra-warp races."""
+    kernel = mod.get_function("rotate_shared")
+    n = 2 * 64
+    want = (np.arange(n) // 32 * 32 + (np.arange(n) % 32 + 1) % 32).astype(np.int32)
+    racy = {}
+    for order in ("forward", "reverse"):
+        monkeypatch.setenv("RADINT_FAKE_CUPY_LANE_ORDER", order)
+        out = cupy.asarray(np.zeros(n, np.int32))
+        kernel((2,), (64,), (out, np.int32(1), np.int32(32)), shared_mem=2 * 32 * 4)
+        np.testing.assert_array_equal(out.get(), want)
+        kernel((2,), (64,), (out, np.int32(0), np.int32(32)), shared_mem=2 * 32 * 4)
+        racy[order] = out.get()
+    assert not np.array_equal(racy["forward"], racy["reverse"])
+    assert (racy["forward"] == -1).sum() == 2 * 2 * 31  # unwritten slots read as 0xffffffff
+
+
+def test_shared_memory_bounds_and_limits(cupy, mod):
+    kernel = mod.get_function("rotate_shared")
+    out = cupy.asarray(np.zeros(64, np.int32))
+    with pytest.raises(RuntimeError, match="invalid memory access"):  # one slot short
+        kernel((1,), (64,), (out, np.int32(1), np.int32(32)), shared_mem=2 * 32 * 4 - 16)
+    with pytest.raises(RuntimeError, match="past the 49152 a block may have"):
+        kernel((1,), (64,), (out, np.int32(1), np.int32(32)), shared_mem=49153)
+    big = mod.get_function("rotate_shared")
+    big.max_dynamic_shared_size_bytes = 100_000
+    big((1,), (64,), (out, np.int32(1), np.int32(32)), shared_mem=100_000)
+    words = cupy.asarray(np.zeros(100, np.uint32))
+    mod.get_function("read_shared")((1,), (32,), (words, np.int32(100)), shared_mem=400)
+    np.testing.assert_array_equal(words.get(), 0xFFFFFFFF)
+
+
+def test_refuses_a_syncwarp_naming_an_exited_lane(cupy, mod):
+    out = cupy.asarray(np.zeros(32, np.int32))
+    with pytest.raises(RuntimeError, match="__syncwarp's mask 0xffffffff names lane 7"):
+        mod.get_function("sync_after_exit")((1,), (32,), (out, np.int32(7)))
+    mod.get_function("sync_after_exit")((1,), (32,), (out, np.int32(32)))
+    np.testing.assert_array_equal(out.get(), 1)

@@ -16,9 +16,20 @@
 //
 // A block past the kernel's __launch_bounds__ (or 1024 threads), or an empty grid, fails.
 //
-// Not modelled: __syncthreads and shared memory (radint's kernels use neither; a kernel that
-// does will not compile here), memory races, and timing. Warps and blocks run one after
-// another, so a kernel relying on inter-block order is not caught.
+// __syncwarp(mask) is a rendezvous like a shuffle (lanes may meet at different __syncwarp
+// calls, as on Volta and later). Dynamic shared memory (`extern __shared__ T name[];`, which
+// the fake CuPy rewrites into a pointer to emu::dynamic_shared()) is one buffer per block of the
+// launch's shared_mem bytes: filled with 0xff bytes when each block starts (NaN doubles, huge
+// integers: CUDA does not clear it), ending at an inaccessible page, and refused past 48 KiB
+// unless the kernel's max_dynamic_shared_size_bytes allows more, as on a GPU.
+// Between two rendezvous a warp's lanes run one after another, lane 0 first; with
+// RADINT_FAKE_CUPY_LANE_ORDER=reverse lane 31 first. A kernel whose lanes read each other's
+// shared or global writes without a __syncwarp between gives different results in the two
+// orders: that is how the tests look for intra-warp races.
+//
+// Not modelled: __syncthreads and static __shared__ arrays (radint's kernels use neither),
+// races between warps, and timing. Warps and blocks run one after another, so a kernel relying
+// on inter-block order is not caught.
 #pragma once
 
 #include <math.h>
@@ -66,10 +77,10 @@ static const int warpSize = 32;
 namespace emu {
 
 constexpr int kWarp = 32;
-constexpr std::size_t kStack = 512 * 1024;  // radint's fit kernel keeps ~20 KB per thread
+constexpr std::size_t kStack = 512 * 1024;  // radint's fit kernel keeps a few KB per thread
 
 enum State { kReady, kAtShuffle, kExited };
-enum Mode { kDown, kUp, kXor, kIdx };
+enum Mode { kDown, kUp, kXor, kIdx, kSync };
 
 struct Lane {
     void* sp = nullptr;
@@ -97,8 +108,13 @@ struct Warp {
     ucontext_t sched_ctx;
 #endif
     const std::function<void()>* body = nullptr;
+    bool reverse = false;  // resume lanes from the last (RADINT_FAKE_CUPY_LANE_ORDER=reverse)
     char error[512] = {};
 };
+
+// The running block's dynamic shared memory (null when the launch asked for none).
+static thread_local unsigned char* g_shared = nullptr;
+static void* dynamic_shared() { return g_shared; }
 
 static thread_local Warp* g_warp = nullptr;
 
@@ -198,10 +214,11 @@ static bool fail(Warp& w, const char* fmt, A... a) {
     return false;
 }
 
-// Whether lanes a and b wait at the same shuffle (call site, mask, mode, width, value size).
+// Whether lanes a and b wait at the same shuffle (call site, mask, mode, width, value size);
+// a __syncwarp matches any __syncwarp of the same mask.
 static bool same_shuffle(const Lane& a, const Lane& b) {
-    return b.state == kAtShuffle && b.site == a.site && b.mask == a.mask && b.mode == a.mode &&
-           b.width == a.width && b.size == a.size;
+    return b.state == kAtShuffle && (b.site == a.site || a.mode == kSync) && b.mask == a.mask &&
+           b.mode == a.mode && b.width == a.width && b.size == a.size;
 }
 
 // Source lane of lane i's shuffle, as CUDA defines it (down/up/idx stay in the lane's
@@ -215,6 +232,7 @@ static int source_lane(const Lane& b, int i) {
             const int j = i ^ (b.arg & (kWarp - 1));
             return j <= seg + b.width - 1 ? j : i;
         }
+        case kSync: return i;
         default: return seg + (b.arg & (b.width - 1));
     }
 }
@@ -237,7 +255,7 @@ static bool exchange(Warp& w) {
                 return fail(w, "a shuffle's mask 0x%08x names lane %d, past the block's last thread",
                             a.mask, j);
             if (w.lanes[j].state == kExited)
-                return fail(w, "a shuffle's mask 0x%08x names lane %d, which has exited", a.mask, j);
+                return fail(w, "a shuffle's or __syncwarp's mask 0x%08x names lane %d, which has exited", a.mask, j);
         }
     }
     unsigned ready = 0;  // lanes whose shuffle is carried out this round
@@ -282,8 +300,10 @@ static bool exchange(Warp& w) {
 // Runs the warp's lanes to completion; false (with w.error) on a broken shuffle.
 static bool run_warp(Warp& w) {
     for (;;) {
-        for (int i = 0; i < w.n; ++i)
+        for (int k = 0; k < w.n; ++k) {
+            const int i = w.reverse ? w.n - 1 - k : k;
             if (w.lanes[i].state == kReady) resume(w, i);
+        }
         bool waiting = false;
         for (int i = 0; i < w.n; ++i) waiting |= w.lanes[i].state == kAtShuffle;
         if (!waiting) return true;
@@ -309,6 +329,38 @@ static T shuffle(const void* site, Mode mode, unsigned mask, T var, int arg, int
     T out;
     std::memcpy(&out, lane.result, sizeof(T));
     return out;
+}
+
+static void sync_warp(unsigned mask) {
+    Warp& w = *g_warp;
+    Lane& lane = w.lanes[g_lane];
+    lane.state = kAtShuffle;
+    lane.site = nullptr;
+    lane.mask = mask;
+    lane.mode = kSync;
+    lane.arg = 0;
+    lane.width = kWarp;
+    lane.size = 0;
+    to_scheduler(lane);
+}
+
+// Dynamic shared memory of `bytes` (16-byte aligned) ending at most 15 bytes before an
+// inaccessible page; kept and grown per host thread.
+static unsigned char* shared_buffer(std::size_t bytes) {
+    static thread_local unsigned char* base = nullptr;
+    static thread_local std::size_t mapped = 0;  // accessible bytes below the guard page
+    const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    const std::size_t need = (bytes + 15) & ~std::size_t(15);
+    if (need > mapped) {
+        if (base) munmap(base, mapped + page);
+        mapped = (need + page - 1) / page * page;
+        void* m = mmap(nullptr, mapped + page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) std::abort();  // no memory for a test's shared memory
+        base = static_cast<unsigned char*>(m);
+        mprotect(base + mapped, page, PROT_NONE);
+    }
+    return base + mapped - need;
 }
 
 // A SIGSEGV / SIGBUS inside a launch jumps back to it; outside one the previous handler (e.g.
@@ -357,8 +409,9 @@ static void call(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
 // value of that parameter's size). 0 on success, else -1 with the reason in `err`.
 template <typename... P>
 int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
-           const unsigned* block, void** args, const unsigned long long* sizes, int n_args,
-           char* err, int err_len) {
+           const unsigned* block, unsigned long long shared_bytes,
+           unsigned long long max_shared_bytes, void** args, const unsigned long long* sizes,
+           int n_args, char* err, int err_len) {
     const std::size_t want[] = {sizeof(P)..., 0};
     const unsigned long long threads = 1ull * block[0] * block[1] * block[2];
     if (threads == 0 || threads > max_threads || grid[0] == 0 || grid[1] == 0 || grid[2] == 0) {
@@ -367,6 +420,14 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
                       "grid (%u, %u, %u) of blocks (%u, %u, %u): a block of 1-%u threads (its "
                       "__launch_bounds__, else 1024) and a non-empty grid are needed",
                       grid[0], grid[1], grid[2], block[0], block[1], block[2], max_threads);
+        return -1;
+    }
+    const unsigned long long shared_limit = max_shared_bytes > 49152 ? max_shared_bytes : 49152;
+    if (shared_bytes > shared_limit) {
+        std::snprintf(err, err_len,
+                      "%llu bytes of dynamic shared memory: past the %llu a block may have (48 "
+                      "KiB unless the kernel's max_dynamic_shared_size_bytes allows more)",
+                      shared_bytes, shared_limit);
         return -1;
     }
     if (n_args != int(sizeof...(P))) {
@@ -388,6 +449,9 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
     g_warp = &warp;
     warp.body = &body;
     warp.error[0] = 0;
+    const char* order = std::getenv("RADINT_FAKE_CUPY_LANE_ORDER");
+    warp.reverse = order && std::strcmp(order, "reverse") == 0;
+    unsigned char* shared = shared_bytes ? shared_buffer(std::size_t(shared_bytes)) : nullptr;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     const unsigned long long per_block = 1ull * block[0] * block[1] * block[2];
@@ -410,6 +474,8 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
         for (by = 0; by < grid[1] && rc == 0; ++by)
             for (bx = 0; bx < grid[0] && rc == 0; ++bx) {
                 blockIdx = {bx, by, bz};
+                if (shared) std::memset(shared, 0xff, std::size_t(shared_bytes));
+                g_shared = shared;
                 for (t0 = 0; t0 < per_block && rc == 0; t0 += kWarp) {
                     warp.n = int(per_block - t0 < kWarp ? per_block - t0 : kWarp);
                     for (int i = 0; i < warp.n; ++i) {
@@ -428,11 +494,15 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
                 }
             }
     g_in_launch = 0;
+    g_shared = nullptr;
     return rc;
 }
 
 }  // namespace emu
 
+__attribute__((noinline)) inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::sync_warp(mask);
+}
 template <typename T>
 __attribute__((noinline)) T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
     return emu::shuffle<T>(__builtin_return_address(0), emu::kDown, mask, var, int(delta), width);
@@ -453,9 +523,11 @@ __attribute__((noinline)) T __shfl_sync(unsigned mask, T var, int src_lane, int 
 // One exported launcher per kernel, for ctypes: emu_launch_<kernel>; MAX_THREADS is its
 // __launch_bounds__ (else CUDA's 1024 threads a block).
 #define EMU_EXPORT(NAME, MAX_THREADS)                                                          \
-    extern "C" int emu_launch_##NAME(const unsigned* grid, const unsigned* block, void** args, \
+    extern "C" int emu_launch_##NAME(const unsigned* grid, const unsigned* block,              \
+                                     unsigned long long shared_bytes,                          \
+                                     unsigned long long max_shared_bytes, void** args,         \
                                      const unsigned long long* sizes, int n_args, char* err,   \
                                      int err_len) {                                            \
-        return emu::launch(&NAME, MAX_THREADS, grid, block, args, sizes, n_args, err,         \
-                           err_len);                                                           \
+        return emu::launch(&NAME, MAX_THREADS, grid, block, shared_bytes, max_shared_bytes,    \
+                           args, sizes, n_args, err, err_len);                                 \
     }

@@ -305,6 +305,8 @@ def get_default_memory_pool() -> _MemoryPool:
 
 
 # ----------------------------------------------------------------------------- kernels
+# `extern __shared__ T name[];`: a kernel's dynamic shared memory, the runtime's per-block buffer.
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(\w[\w\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
 _KERNEL_NAME = re.compile(
     r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\(\s*(\d+)[^)]*\)\s*)?'
     r"(\w+)\s*\("
@@ -352,7 +354,10 @@ def _build(code: str) -> tuple[ctypes.CDLL, tuple[str, ...]]:
         exports = "".join(f"EMU_EXPORT({n}, {b})\n" for n, b in bounds.items())
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "module.cpp"
-            src.write_text(f'#include "cuda_emu.h"\n{code}\n{exports}')
+            body = _DYNAMIC_SHARED.sub(
+                r"\1* const \2 = reinterpret_cast<\1*>(emu::dynamic_shared());", code
+            )
+            src.write_text(f'#include "cuda_emu.h"\n{body}\n{exports}')
             built = Path(tmp) / "module.so"
             run = subprocess.run(
                 [_gxx(), "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
@@ -383,14 +388,18 @@ def _argument(a: Any) -> ctypes.Array | ctypes.c_void_p | np.ndarray:
 
 
 class _Kernel:
-    """``cupy.RawKernel``: ``kernel(grid, block, args)`` runs it on the CPU runtime."""
+    """``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)`` runs it on the CPU
+    runtime; ``max_dynamic_shared_size_bytes`` is the opt-in past 48 KiB of shared memory."""
 
     def __init__(self, lib: ctypes.CDLL, name: str) -> None:
         self.name = name
+        self.max_dynamic_shared_size_bytes = 0
         self._launch = getattr(lib, f"emu_launch_{name}")
         self._launch.restype = ctypes.c_int
 
-    def __call__(self, grid: tuple, block: tuple, args: tuple, **kwargs: Any) -> None:
+    def __call__(
+        self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, **kwargs: Any
+    ) -> None:
         dims = lambda d: (ctypes.c_uint * 3)(*(*d, 1, 1, 1)[:3])  # noqa: E731
         values = [_argument(a) for a in args]
         ptrs = (ctypes.c_void_p * max(1, len(values)))()
@@ -401,7 +410,9 @@ class _Kernel:
             else:
                 ptrs[i], sizes[i] = ctypes.addressof(v), ctypes.sizeof(v)
         err = ctypes.create_string_buffer(1024)
-        rc = self._launch(dims(grid), dims(block), ptrs, sizes, len(values), err, len(err))
+        rc = self._launch(dims(grid), dims(block), ctypes.c_ulonglong(int(shared_mem)),
+                          ctypes.c_ulonglong(int(self.max_dynamic_shared_size_bytes)), ptrs,
+                          sizes, len(values), err, len(err))
         if rc != 0:
             raise RuntimeError(f"fake CuPy: kernel {self.name}: {err.value.decode()}")
 
