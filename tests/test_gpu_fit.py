@@ -246,7 +246,7 @@ def test_cuda_fitter_fits_a_repeated_position_once_as_the_cpu():
 @needs_cuda
 @pytest.mark.parametrize("failures", [1, 2])
 def test_cuda_fitter_out_of_device_memory_frees_the_pool_then_fits_on_the_cpu(failures, caplog):
-    """Review: the kernel's per-thread stack (~20 KB × every resident thread) is reserved at
+    """Review: the kernel's per-thread stack (KBs × every resident thread) is reserved at
     launch; a launch that finds no room retries once after CuPy's pool hands back its free
     blocks, and fits on the CPU (same plan, same results) when it still finds none."""
     import cupy as cp
@@ -258,13 +258,13 @@ def test_cuda_fitter_out_of_device_memory_frees_the_pool_then_fits_on_the_cpu(fa
     want = fitter.fit(ys)
     kernel, calls = fitter._kernel, []
 
-    def short_of_memory(*args):
+    def short_of_memory(*args, **kwargs):
         calls.append(1)
         if failures == 2 or len(calls) == 1:  # 2: the device never has room
             raise RuntimeError(
                 "cudaErrorMemoryAllocation: out of memory (CUDA_ERROR_OUT_OF_MEMORY)"
             )
-        return kernel(*args)
+        return kernel(*args, **kwargs)
 
     fitter._kernel = short_of_memory
     pool = cp.get_default_memory_pool()
@@ -372,3 +372,96 @@ def test_a_centre_that_leaves_its_roi_is_no_peak(fit_harness):
         ref = fit_peaks(x, y[None], positions=subset, bin_average=False)
         assert list(np.asarray(ref.status).reshape(-1)) == want
         assert_same_fits(harness_fit(fit_harness, x, y[None], subset, bin_average=False), ref)
+
+
+def test_launcher_sizes_the_scratch_as_the_kernel_lays_it_out(fit_harness):
+    from radint.gpu.fit import scratch_bytes
+
+    fit_harness.rf_scratch_bytes_host.restype = ctypes.c_ulonglong
+    for params, roi, team in [(6, 41, 32), (26, 1024, 32), (10, 1, 32), (6, 41, 1), (14, 333, 32)]:
+        want = fit_harness.rf_scratch_bytes_host(params, roi, team)
+        assert scratch_bytes(params, roi, team) == want
+        assert want % 8 == 0
+
+
+def _on_the_cpu_runtime() -> bool:
+    import cupy
+
+    return cupy.__version__ == "0.0-fake"
+
+
+def _fit_cases():
+    """(x, ys, positions, roi_padding, bin_average) of every kind the harness tests check."""
+    from tests.test_fit import X, blended_doublets
+
+    x, ys, positions = lineouts(24, seed=7)
+    yield x, ys, positions, 20, True
+    yield x, ys - 100, positions, 20, False  # background below 0: HC2 errors
+    rng = np.random.default_rng(4)
+    xl = np.arange(400.0)
+    centres = 150.0 + 15.0 * np.arange(6)
+    merged = np.stack([
+        rng.poisson(80 + sum(rng.uniform(2e3, 6e3) * pv(xl, c + rng.normal(0, 0.2), 1.5, 0.5)
+                             for c in centres))
+        for _ in range(3)
+    ]).astype(float)  # fmt: skip
+    yield xl, merged, list(centres), 20, True
+    for fwhm, separation in [(5, 6), (2, 3)]:
+        ys_d, pos_d, _ = blended_doublets(fwhm, separation, 4, seed=7, bin_average=True)
+        for y, pos in zip(ys_d, pos_d):
+            yield X, y[None], list(pos), 20, True
+    for case in PARITY_CASES:
+        d = np.load(case)
+        yield (
+            d["x"],
+            d["y"][None],
+            [float(v) for v in d["positions"]],
+            int(d["pad"]),
+            bool(d["bin_average"]),
+        )
+    peak = 2e4 * pv(xl, 200.3, 4.0, 0.3)
+    gap = rng.poisson(100 + peak).astype(float)
+    gap[195:206] = np.nan
+    odd = np.stack([np.zeros_like(xl), np.full_like(xl, 100.0), gap,
+                    rng.poisson(2000 + 3e5 * pv(xl, 200.0, 30.0, 0.0)).astype(float)])  # fmt: skip
+    yield xl, odd, [200.0], 10, True
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_cuda_fitter_on_the_cpu_runtime_is_the_rust_fitter_bit_for_bit(order, monkeypatch):
+    """The kernel splits each job's points over a warp's lanes but sums every entry of the
+    normal equations and the covariance in point order: on the fake CuPy (host libm, no
+    contracted multiply-adds) its fits are the Rust fitter's exactly, status, iterations, values
+    and errors, whichever lane runs first between two __syncwarp (a lane reading a row before
+    its writer synced would change them)."""
+    if not _on_the_cpu_runtime():
+        pytest.skip(
+            "a GPU's libm and multiply-adds differ in the last bits (see the 1 000-lineout test)"
+        )
+    from radint.gpu.fit import CudaFitter
+
+    monkeypatch.setenv("RADINT_FAKE_CUPY_LANE_ORDER", order)
+    for x, ys, positions, padding, bin_average in _fit_cases():
+        got = CudaFitter(x, positions, roi_padding=padding, bin_average=bin_average).fit(ys)
+        ref = fit_peaks(x, ys, positions=positions, roi_padding=padding, bin_average=bin_average)
+        assert_same_fits(got, ref)
+
+
+@gpu
+@needs_cuda
+def test_cuda_fitter_leaves_jobs_to_the_cpu_when_the_scratch_is_short():
+    """The kernel checks the shared memory it was given against the layout it needs; short of
+    it (a launcher out of step with fit.cuh), its jobs come back for the CPU fitter, not
+    written past their scratch."""
+    from radint.gpu.fit import CudaFitter
+
+    x, ys, positions = lineouts(3, seed=5)
+    fitter = CudaFitter(x, positions)
+    fitter._scratch -= 8
+    got = fitter.fit(ys)
+    ref = fit_peaks(x, ys, positions=positions)
+    np.testing.assert_array_equal(got["status"], ref.status)
+    ok = ref.status == 0
+    np.testing.assert_array_equal(got["values"][ok], ref.rows()[ok])

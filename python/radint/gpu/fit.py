@@ -1,11 +1,13 @@
-"""CUDA peak fitting: one thread per (lineout, job) runs the Levenberg–Marquardt of
+"""CUDA peak fitting: one warp per (lineout, job) runs the Levenberg–Marquardt of
 ``kernels/fit.cuh`` (a port of the Rust fitter, checked against it on the CPU by the test suite)
 on lineouts that are already on the device. Only the fit table comes back to the host.
 
-Jobs are planned once by the Rust planner (``radint._core.fit_plan``, the same code the CPU
-fitter uses), so both backends fit the same ROIs with the same starts and bounds. A job with more
-than ``RF_MAX_PEAKS`` (6) peaks or more than 1024 ROI bins exceeds the kernel's per-thread storage
-and is fitted by the Rust fitter instead (its lineouts are copied back for that).
+The warp's lanes share the per-point work (model, gradient, the sums over the ROI) through the
+job's scratch in shared memory and take every decision together. Jobs are planned once by the
+Rust planner (``radint._core.fit_plan``, the same code the CPU fitter uses), so both backends fit
+the same ROIs with the same starts and bounds. A job with more than ``RF_MAX_PEAKS`` (6) peaks or
+more than 1024 ROI bins exceeds the kernel's fixed storage and is fitted by the Rust fitter
+instead (its lineouts are copied back for that).
 Auto-detection (SNIP + Savitzky–Golay + prominence) and ``FitROIAuto`` depend on the data in ways
 that are sequential per lineout; they run on the CPU after the lineouts come back.
 """
@@ -23,15 +25,27 @@ from radint.exceptions import InvalidInputError
 from radint.fit import MAX_ITERATIONS, unique_positions, warn_out_of_range
 from radint.gpu import _import_cupy, _module
 
-__all__ = ["CPU_FALLBACK", "FIT_BLOCK", "CudaFitter"]
+__all__ = ["CPU_FALLBACK", "CudaFitter", "scratch_bytes"]
 
 log = logging.getLogger(__name__)
 
-#: Threads per block of the fitting kernel (each thread holds ~17 KB of local memory).
-FIT_BLOCK = 64
 #: Status the kernel leaves for jobs it cannot hold (the launcher refits them on the CPU).
 CPU_FALLBACK = 254
 _OUT_OF_RANGE = 3
+#: fit.cuh's RF_MAX_PEAKS and RF_MAX_ROI: larger jobs go to the CPU fitter.
+_MAX_PEAKS = 6
+_MAX_ROI = 1024
+#: Warps (jobs) per block, at most; fewer when their scratch passes 48 KiB of shared memory.
+_WARPS_PER_BLOCK = 4
+_SHARED_LIMIT = 48 * 1024
+
+
+def scratch_bytes(max_params: int, max_roi: int, team: int = 32) -> int:
+    """Shared memory one warp's job needs: ``rf_scratch_bytes`` of ``kernels/fit.cuh`` (the
+    kernel checks it got at least that much and leaves the job to the CPU otherwise)."""
+    p = int(max_params)
+    doubles = 3 + 2 * p * p + 2 * p + _MAX_PEAKS + team * (p + 2)
+    return 8 * doubles + 8 * ((int(max_roi) + 1) // 2)
 
 
 class CudaFitter:
@@ -71,6 +85,13 @@ class CudaFitter:
         plan = _core.fit_plan(self.x, self.positions, self.roi_padding, self.max_peaks_per_job)
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
+        # The scratch is laid out for the plan's largest job the kernel holds.
+        rois = np.asarray(plan["job_hi"], np.int64) - np.asarray(plan["job_lo"], np.int64) + 1
+        peaks = np.diff(np.asarray(plan["peak_start"], np.int64))
+        self._max_roi = int(min(rois.max(initial=1), _MAX_ROI))
+        self._max_params = 2 + 4 * int(min(peaks.max(initial=1), _MAX_PEAKS))
+        self._scratch = scratch_bytes(self._max_params, self._max_roi)
+        self._warps = max(1, min(_WARPS_PER_BLOCK, _SHARED_LIMIT // self._scratch))
         self.device_id = cp.cuda.Device().id if device_id is None else int(device_id)
         self._warned_memory = False
         with cp.cuda.Device(self.device_id):
@@ -113,13 +134,14 @@ class CudaFitter:
         if total:
             p = self._plan
             launched = self._launch(
-                ((total + FIT_BLOCK - 1) // FIT_BLOCK,),
+                ((total + self._warps - 1) // self._warps,),
                 (self._x, ys, np.uint32(n_x), np.uint32(n_curves), p["job_lo"], p["job_hi"],
                  p["peak_start"], p["peak_slot"], p["peak_index"], p["peak_lo"], p["peak_hi"],
                  np.uint32(self.n_jobs),
                  np.uint32(n_slots), np.float64(self.bin), np.int32(self.bin_average),
                  np.int32(self.max_iterations),
                  np.int32(self.max_peaks_per_job), np.float64(1e-8), np.float64(1e-8),
+                 np.int32(self._max_params), np.int32(self._max_roi), np.uint64(self._scratch),
                  values, errors, status, iterations),
             )  # fmt: skip
             if not launched:  # every job to the CPU fitter
@@ -136,14 +158,16 @@ class CudaFitter:
     def _launch(self, grid: tuple[int], args: tuple) -> bool:
         """Launch the fitting kernel; False when the device cannot hold its threads' stacks.
 
-        Why: each thread keeps its normal equations and work arrays in local memory (~20 KB),
-        which the driver reserves for every resident thread at launch: GiB on a large GPU. Memory
-        that CuPy's pool keeps but does not use is handed back first; if the launch still does
-        not fit, the jobs are fitted on the CPU (same plan, same fitter) with one warning.
+        Why: each lane keeps its fit's parameters, bounds and peak terms in local memory (a few
+        KB), which the driver reserves for every resident thread at launch: up to a GiB on a
+        large GPU. Memory that CuPy's pool keeps but does not use is handed back first; if the
+        launch still does not fit, the jobs are fitted on the CPU (same plan, same fitter) with
+        one warning.
         """
         for attempt in range(2):
             try:
-                self._kernel(grid, (FIT_BLOCK,), args)
+                self._kernel(grid, (32 * self._warps,), args,
+                             shared_mem=self._warps * self._scratch)  # fmt: skip
                 return True
             except Exception as e:  # CuPy raises driver, runtime or pool errors for this
                 if not _out_of_memory(e):

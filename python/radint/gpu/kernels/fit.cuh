@@ -6,14 +6,16 @@
 // background, centi-scaled widths), the MIDAS starts and bounds of §6.2 step 3, and the same
 // bounded Levenberg–Marquardt (projection onto the box, bound-active parameters frozen, Marquardt
 // scaling by the running max of diag(JᵀJ), λ ÷3 on success and ×4 on failure). One job (one ROI
-// with its peaks, planned on the host by the Rust planner) is fitted by one call of rf_fit_job,
-// i.e. by one GPU thread. The CPU test suite checks rf_fit_job against the Rust fitter.
+// with its peaks, planned on the host by the Rust planner) is fitted by one call of rf_fit_job
+// by a team of lanes: one warp on the GPU, one thread in the host harness (see "the team"
+// below); the CPU test suite checks rf_fit_job against the Rust fitter.
 // As in Rust, each peak's x-independent terms are computed once per model evaluation, and in a
 // merged job a peak's parameters enter JᵀJ and the covariance only within its own planned ROI
 // (widened to ±10 Γ around its centre): the plan passes each peak's ROI as peak_lo / peak_hi.
 //
-// Per-thread storage is fixed: at most RF_MAX_PEAKS peaks per job and RF_MAX_ROI finite points;
-// bigger jobs return RF_CPU_FALLBACK and the launcher fits them with the Rust fitter.
+// Storage is fixed per job: at most RF_MAX_PEAKS peaks and RF_MAX_ROI ROI bins (the team's
+// scratch is sized for the plan's largest job up to those); bigger jobs return RF_CPU_FALLBACK
+// and the launcher fits them with the Rust fitter.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(__NVRTC__)
@@ -412,13 +414,84 @@ RF_HD bool rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double
     return narrow;
 }
 
-// ---------------------------------------------------------------- Levenberg–Marquardt (lm.rs)
-struct RfNormal {
-    double cost;
-    double jtj[RF_MAX_PARAMS * RF_MAX_PARAMS];
-    double jtr[RF_MAX_PARAMS];
+// ------------------------------------------------------------- the team that fits one job
+// A job is fitted by a team of lanes: a warp on the GPU (RF_TEAM 32), one thread in the host
+// harness (RF_TEAM 1). Every lane runs the same control flow on the same values (starts, LM
+// steps, verdicts); the per-point work (model, gradient, the sums over the points) is split
+// over the lanes through the job's scratch (shared memory on the GPU): the lanes each evaluate
+// one point of a chunk of RF_TEAM points into a row of the scratch, then each sum (an entry of
+// JᵀJ, of Jᵀr, the cost) belongs to one lane, which adds the chunk's rows in point order. So
+// every sum is taken in the order of one thread's loop: the team's results are the serial
+// fitter's bit for bit (the host harness checks that against the Rust fitter; on the GPU the
+// device's libm and contracted multiply-adds differ from the host's in the last bits).
+// Small serial steps (Cholesky solves, the covariance's inverse) run on lane 0, their results
+// handed to every lane through the scratch. Shared values are written, then the team syncs,
+// then read, then the team syncs again before anyone writes them anew.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(__NVRTC__)
+#define RF_TEAM 32
+RF_HD void rf_team_sync() { __syncwarp(); }
+#else
+#define RF_TEAM 1
+inline void rf_team_sync() {}
+#endif
+
+// A job's scratch, laid out by rf_scratch for jobs of at most max_params parameters and
+// max_roi ROI bins; jtj / jtr / cost are the normal equations at the team's current parameters.
+struct RfScratch {
+    int lane;
+    int stride;     // doubles per row: a weight or residual, the gradient, a χ² term
+    double* cost;   // [1] Σ r²
+    double* sum;    // [1] the covariance's Σ r²/level
+    double* flag;   // [1] lane 0's verdict, for every lane
+    double* jtj;    // [P·P] JᵀJ, n×n packed for a job of n parameters; the covariance's inverse
+    double* jtr;    // [P] Jᵀr
+    double* work;   // [P·P] the Cholesky factor; the covariance's middle term
+    double* step;   // [P] the damped step; the covariance's variances
+    double* cov_sg; // [RF_MAX_PEAKS] the covariance's C(sig, gam) per peak
+    double* rows;   // [team · stride] one point's row per lane
+    rf_u32* fidx;   // [max_roi] the job's finite points (global bin indices)
 };
 
+RF_HD unsigned long long rf_scratch_doubles(int max_params, int team) {
+    const unsigned long long p = (unsigned long long)max_params;
+    return 3 + 2 * p * p + 2 * p + RF_MAX_PEAKS + (unsigned long long)team * (p + 2);
+}
+
+// Bytes of one job's scratch (a multiple of 8); the launcher (gpu/fit.py) sizes shared memory
+// with the same formula, and the kernel refuses a job whose scratch would not fit.
+RF_HD unsigned long long rf_scratch_bytes(int max_params, int max_roi, int team) {
+    return 8 * rf_scratch_doubles(max_params, team) + 8 * (((unsigned long long)max_roi + 1) / 2);
+}
+
+RF_HD RfScratch rf_scratch(void* base, int max_params, int lane) {
+    RfScratch s;
+    double* q = static_cast<double*>(base);
+    const int p = max_params;
+    s.lane = lane;
+    s.stride = p + 2;
+    s.cost = q;
+    s.sum = q + 1;
+    s.flag = q + 2;
+    s.jtj = q + 3;
+    s.jtr = s.jtj + p * p;
+    s.work = s.jtr + p;
+    s.step = s.work + p * p;
+    s.cov_sg = s.step + p;
+    s.rows = s.cov_sg + RF_MAX_PEAKS;
+    s.fidx = reinterpret_cast<rf_u32*>(q + rf_scratch_doubles(max_params, RF_TEAM));
+    return s;
+}
+
+// Lane 0's verdict to every lane.
+RF_HD bool rf_team_flag(const RfScratch& s, bool mine) {
+    if (s.lane == 0) *s.flag = mine ? 1.0 : 0.0;
+    rf_team_sync();
+    const bool all = *s.flag != 0.0;
+    rf_team_sync();
+    return all;
+}
+
+// ---------------------------------------------------------------- Levenberg–Marquardt (lm.rs)
 // fit.rs COUPLING_FWHMS: a peak is always coupled within this many FWHMs of its centre.
 #define RF_COUPLING_FWHMS 10.0
 
@@ -444,6 +517,14 @@ RF_HD void rf_prepare(const RfData& d, const double* p, int np, RfPeak* pk, int*
         lo[k] = d.win_lo[k] < near_lo ? d.win_lo[k] : near_lo;
         hi[k] = d.win_hi[k] > near_hi ? d.win_hi[k] : near_hi;
     }
+}
+
+// Whether parameter a enters JᵀJ at finite point i: the background always, a peak's four
+// within its coupling window.
+RF_HD bool rf_coupled(int a, int i, const int* lo, const int* hi) {
+    if (a < 2) return true;
+    const int k = (a - 2) / 4;
+    return i >= lo[k] && i < hi[k];
 }
 
 // Residual and full gradient at finite point i; the coupled parameters as increasing, disjoint
@@ -474,46 +555,91 @@ RF_HD double rf_row(const RfData& d, int i, const double* p, int np, const RfPea
     return m - d.y[gi];
 }
 
-RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, RfNormal& nrm) {
-    double grad[RF_MAX_PARAMS];
+// Entry e of an n×n matrix's upper triangle, row by row: (a, b) with a <= b.
+RF_HD void rf_upper_entry(int e, int n, int* a, int* b) {
+    int r = 0;
+    while (e >= n - r) {
+        e -= n - r;
+        ++r;
+    }
+    *a = r;
+    *b = r + e;
+}
+
+// The normal equations at p into s.cost / s.jtj / s.jtr: JᵀJ over the coupled pairs, Jᵀr and
+// Σ r² over every point, each entry summed over the points in order.
+RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, const RfScratch& s) {
     RfPeak pk[RF_MAX_PEAKS];
     int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
     rf_prepare(d, p, n, pk, lo, hi);
-    nrm.cost = 0.0;
-    for (int a = 0; a < n; ++a) {
-        nrm.jtr[a] = 0.0;
-        for (int b = 0; b < n; ++b) nrm.jtj[a * n + b] = 0.0;
-    }
-    for (int i = 0; i < d.n; ++i) {
-        const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
-        nrm.cost += r * r;
-        for (int a = 0; a < n; ++a) nrm.jtr[a] += grad[a] * r;
-        for (int ka = 0; ka < nr; ++ka) {
-            for (int a = rs[ka]; a < re[ka]; ++a) {
-                const double ga = grad[a];
-                if (ga == 0.0) continue;
-                for (int b = a; b < re[ka]; ++b) nrm.jtj[a * n + b] += ga * grad[b];
-                for (int kb = ka + 1; kb < nr; ++kb)
-                    for (int b = rs[kb]; b < re[kb]; ++b) nrm.jtj[a * n + b] += ga * grad[b];
+    rf_team_sync();  // every lane is done reading the previous equations
+    for (int e = s.lane; e < n * n; e += RF_TEAM) s.jtj[e] = 0.0;
+    for (int e = s.lane; e < n; e += RF_TEAM) s.jtr[e] = 0.0;
+    if (s.lane == 0) *s.cost = 0.0;
+    rf_team_sync();
+    const int n_upper = n * (n + 1) / 2, n_sums = n_upper + n + 1;
+    for (int base = 0; base < d.n; base += RF_TEAM) {
+        if (base + s.lane < d.n) {
+            double* row = s.rows + s.lane * s.stride;
+            row[0] = rf_row(d, base + s.lane, p, n, pk, lo, hi, row + 1, rs, re, &nr);
+        }
+        rf_team_sync();
+        const int m = d.n - base < RF_TEAM ? d.n - base : RF_TEAM;
+        for (int e = s.lane; e < n_sums; e += RF_TEAM) {
+            if (e < n_upper) {
+                int a, b;
+                rf_upper_entry(e, n, &a, &b);
+                double acc = s.jtj[a * n + b];
+                for (int j = 0; j < m; ++j) {
+                    const double* row = s.rows + j * s.stride;
+                    const double ga = row[1 + a];
+                    if (ga != 0.0 && rf_coupled(a, base + j, lo, hi) &&
+                        rf_coupled(b, base + j, lo, hi))
+                        acc += ga * row[1 + b];
+                }
+                s.jtj[a * n + b] = acc;
+            } else if (e < n_upper + n) {
+                const int a = e - n_upper;
+                double acc = s.jtr[a];
+                for (int j = 0; j < m; ++j) acc += s.rows[j * s.stride + 1 + a] * s.rows[j * s.stride];
+                s.jtr[a] = acc;
+            } else {
+                double acc = *s.cost;
+                for (int j = 0; j < m; ++j) acc += s.rows[j * s.stride] * s.rows[j * s.stride];
+                *s.cost = acc;
             }
         }
+        rf_team_sync();
     }
-    for (int a = 0; a < n; ++a)
-        for (int b = 0; b < a; ++b) nrm.jtj[a * n + b] = nrm.jtj[b * n + a];
+    for (int e = s.lane; e < n * n; e += RF_TEAM) {
+        const int a = e / n, b = e % n;
+        if (b < a) s.jtj[e] = s.jtj[b * n + a];
+    }
+    rf_team_sync();
 }
 
-RF_HD double rf_cost(const RfData& d, const double* p, int n) {
+// Σ r² at p (every lane gets it).
+RF_HD double rf_cost(const RfData& d, const double* p, int n, const RfScratch& s) {
     RfPeak pk[RF_MAX_PEAKS];
     int n_peaks = 0;
     for (int o = 2; o + 4 <= n; o += 4) pk[n_peaks++] = rf_peak_terms(p + o);
     double c = 0.0;
-    for (int i = 0; i < d.n; ++i) {
-        const rf_u32 gi = d.fidx[i];
-        const double x = d.x[gi];
-        double m = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-        for (int k = 0; k < n_peaks; ++k) m += pk[k].area * rf_point_profile(d, pk[k], i);
-        const double r = m - d.y[gi];
-        c += r * r;
+    for (int base = 0; base < d.n; base += RF_TEAM) {
+        const int i = base + s.lane;
+        if (i < d.n) {
+            const rf_u32 gi = d.fidx[i];
+            const double x = d.x[gi];
+            double m = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+            for (int k = 0; k < n_peaks; ++k) m += pk[k].area * rf_point_profile(d, pk[k], i);
+            s.rows[s.lane * s.stride] = m - d.y[gi];
+        }
+        rf_team_sync();
+        const int m = d.n - base < RF_TEAM ? d.n - base : RF_TEAM;
+        for (int j = 0; j < m; ++j) {
+            const double r = s.rows[j * s.stride];
+            c += r * r;
+        }
+        rf_team_sync();
     }
     return c;
 }
@@ -547,95 +673,101 @@ RF_HD void rf_cholesky_solve(const double* l, int n, double* b) {
     }
 }
 
-// Damped step over the free parameters into step[0..n); false when singular or none free.
-RF_HD bool rf_damped_step(const RfNormal& nrm, const double* diag, const bool* free_, int n,
-                          double lambda, double* work, double* step) {
-    int idx[RF_MAX_PARAMS];
-    int m = 0;
-    for (int i = 0; i < n; ++i)
-        if (free_[i]) idx[m++] = i;
-    if (m == 0) return false;
-    double b[RF_MAX_PARAMS];
-    for (int r = 0; r < m; ++r) {
-        const int i = idx[r];
-        for (int c = 0; c < m; ++c) work[r * m + c] = nrm.jtj[i * n + idx[c]];
-        work[r * m + r] += lambda * diag[i];
-        b[r] = -nrm.jtr[i];
+// Damped step over the free parameters into step[0..n) (every lane); false when singular or
+// none free. Lane 0 solves in the scratch.
+RF_HD bool rf_damped_step(const RfScratch& s, const double* diag, const bool* free_, int n,
+                          double lambda, double* step) {
+    bool ok = false;
+    if (s.lane == 0) {
+        int idx[RF_MAX_PARAMS];
+        int m = 0;
+        for (int i = 0; i < n; ++i)
+            if (free_[i]) idx[m++] = i;
+        if (m > 0) {
+            double b[RF_MAX_PARAMS];
+            for (int r = 0; r < m; ++r) {
+                const int i = idx[r];
+                for (int c = 0; c < m; ++c) s.work[r * m + c] = s.jtj[i * n + idx[c]];
+                s.work[r * m + r] += lambda * diag[i];
+                b[r] = -s.jtr[i];
+            }
+            ok = rf_cholesky(s.work, m);
+            if (ok) {
+                rf_cholesky_solve(s.work, m, b);
+                for (int i = 0; i < n; ++i) s.step[i] = 0.0;
+                for (int r = 0; r < m; ++r) s.step[idx[r]] = b[r];
+            }
+        }
     }
-    if (!rf_cholesky(work, m)) return false;
-    rf_cholesky_solve(work, m, b);
-    for (int i = 0; i < n; ++i) step[i] = 0.0;
-    for (int r = 0; r < m; ++r) step[idx[r]] = b[r];
+    if (!rf_team_flag(s, ok)) return false;  // its syncs also order s.step
+    for (int i = 0; i < n; ++i) step[i] = s.step[i];
+    rf_team_sync();
     return true;
 }
 
-RF_HD bool rf_finite_normal(const RfNormal& nrm, int n) {
-    if (!rf_finite(nrm.cost)) return false;
+RF_HD bool rf_finite_normal(const RfScratch& s, int n) {
+    if (!rf_finite(*s.cost)) return false;
     for (int i = 0; i < n; ++i) {
-        if (!rf_finite(nrm.jtr[i])) return false;
+        if (!rf_finite(s.jtr[i])) return false;
         for (int j = 0; j < n; ++j)
-            if (!rf_finite(nrm.jtj[i * n + j])) return false;
+            if (!rf_finite(s.jtj[i * n + j])) return false;
     }
     return true;
 }
 
-struct RfWork {
-    RfNormal nrm;
-    double work[RF_MAX_PARAMS * RF_MAX_PARAMS];
-};
-
-// lm.rs levenberg_marquardt; p holds the start (clamped here) and receives the solution.
+// lm.rs levenberg_marquardt; p holds the start (clamped here) and receives the solution. The
+// normal equations at the solution are left in the scratch.
 RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower,
                                  const double* upper, int n, int max_iterations, double ftol,
-                                 double xtol, RfWork& w, int* iterations) {
+                                 double xtol, const RfScratch& s, int* iterations) {
     *iterations = 0;
     for (int i = 0; i < n; ++i) p[i] = RF_FMIN(RF_FMAX(p[i], lower[i]), upper[i]);
-    rf_normal_equations(d, p, n, w.nrm);
-    bool ok = rf_finite_normal(w.nrm, n);
+    rf_normal_equations(d, p, n, s);
+    bool ok = rf_finite_normal(s, n);
     for (int i = 0; i < n; ++i) ok = ok && rf_finite(p[i]);
     if (!ok) return RF_NON_FINITE;
     double diag[RF_MAX_PARAMS], step[RF_MAX_PARAMS], trial[RF_MAX_PARAMS];
     bool free_[RF_MAX_PARAMS];
-    for (int i = 0; i < n; ++i) diag[i] = w.nrm.jtj[i * n + i];
+    for (int i = 0; i < n; ++i) diag[i] = s.jtj[i * n + i];
     double lambda = 1e-3;
     double recent[RF_STALL_WINDOW];
-    for (int k = 0; k < RF_STALL_WINDOW; ++k) recent[k] = w.nrm.cost;
+    for (int k = 0; k < RF_STALL_WINDOW; ++k) recent[k] = *s.cost;
     while (*iterations < max_iterations) {
         for (int i = 0; i < n; ++i) {
             // lm.rs marquardt_scale
-            const double c = w.nrm.jtj[i * n + i];
+            const double c = s.jtj[i * n + i];
             double scale = RF_FMAX(diag[i], c);
             if (c > 0.0) scale = RF_FMIN(scale, RF_STALE_SCALE * c);
             diag[i] = RF_FMAX(scale, 1e-300);
-            const double g = w.nrm.jtr[i];
+            const double g = s.jtr[i];
             free_[i] = !((p[i] <= lower[i] && g > 0.0) || (p[i] >= upper[i] && g < 0.0));
         }
         for (;;) {
             double cost = 1.0 / 0.0;
-            const bool have = rf_damped_step(w.nrm, diag, free_, n, lambda, w.work, step);
+            const bool have = rf_damped_step(s, diag, free_, n, lambda, step);
             if (have) {
                 for (int i = 0; i < n; ++i)
                     trial[i] = RF_FMIN(RF_FMAX(p[i] + step[i], lower[i]), upper[i]);
-                cost = rf_cost(d, trial, n);
+                cost = rf_cost(d, trial, n, s);
             }
-            if (have && cost < w.nrm.cost) {
+            if (have && cost < *s.cost) {
                 *iterations += 1;
                 lambda = RF_FMAX(lambda / 3.0, 1e-12);
-                const double rel_drop = (w.nrm.cost - cost) / RF_FMAX(w.nrm.cost, 1e-300);
+                const double rel_drop = (*s.cost - cost) / RF_FMAX(*s.cost, 1e-300);
                 bool tiny = true;
                 for (int i = 0; i < n; ++i) {
                     const double a = p[i], b = trial[i];
                     tiny = tiny && (b - a < 0 ? a - b : b - a) <= xtol * ((a < 0 ? -a : a) + xtol);
                 }
                 for (int i = 0; i < n; ++i) p[i] = trial[i];
-                rf_normal_equations(d, p, n, w.nrm);
-                if (!rf_finite_normal(w.nrm, n)) return RF_NON_FINITE;
+                rf_normal_equations(d, p, n, s);
+                if (!rf_finite_normal(s, n)) return RF_NON_FINITE;
                 const int slot = *iterations % RF_STALL_WINDOW;
                 const double before = recent[slot];
-                recent[slot] = w.nrm.cost;
+                recent[slot] = *s.cost;
                 const bool stalled = *iterations >= RF_STALL_WINDOW &&
-                                     before - w.nrm.cost < RF_STALL_FTOL * before;
-                if (rel_drop <= ftol || tiny || w.nrm.cost == 0.0 || stalled) return RF_CONVERGED;
+                                     before - *s.cost < RF_STALL_FTOL * before;
+                if (rel_drop <= ftol || tiny || *s.cost == 0.0 || stalled) return RF_CONVERGED;
                 break;
             }
             lambda *= 4.0;
@@ -649,14 +781,11 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
 // parameters not on a bound (pinned ones get zero rows and columns, and pinned[i] = true). The
 // point variances are vᵢ = g · Mᵢ (Poisson-like, g the Poisson-weighted reduced χ²) when the
 // model Mᵢ is positive at every point, else HC2, vᵢ = rᵢ²/(1 − hᵢ) with hᵢ = gᵢᵀA⁻¹gᵢ. Writes
-// diag(C) into var[0..n) and C(sig, gam) of each peak into cov_sg[k]; false when A is singular.
-// A (nrm.jtj) and `work` are overwritten.
+// diag(C) into var[0..n) and C(sig, gam) of each peak into cov_sg[k] (every lane); false when A
+// is singular. A (s.jtj) and the rest of the scratch are overwritten.
 RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
-                         const double* upper, RfNormal& nrm, int n, double* work, double* var,
+                         const double* upper, int n, const RfScratch& s, double* var,
                          double* cov_sg, bool* pinned) {
-    double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS], grad[RF_MAX_PARAMS];
-    RfPeak pk[RF_MAX_PEAKS];
-    int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
     int fr[RF_MAX_PARAMS];
     int m = 0;
     for (int i = 0; i < n; ++i) {
@@ -665,78 +794,124 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
         pinned[i] = (p[i] <= lower[i] || p[i] >= upper[i]) && !width;
         if (!pinned[i]) fr[m++] = i;
     }
-    // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block.
-    for (int r = 0; r < m; ++r) {
-        const double dd = nrm.jtj[fr[r] * n + fr[r]];
-        scale[r] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+    rf_team_sync();  // every lane is done reading the normal equations
+    bool inverted = false;
+    if (s.lane == 0) {
+        // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block.
+        double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS];
+        for (int r = 0; r < m; ++r) {
+            const double dd = s.jtj[fr[r] * n + fr[r]];
+            scale[r] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+        }
+        for (int r = 0; r < m; ++r)
+            for (int c = 0; c < m; ++c)
+                s.work[r * m + c] = s.jtj[fr[r] * n + fr[c]] * scale[r] * scale[c];
+        inverted = rf_cholesky(s.work, m);
+        if (inverted) {
+            double* inv = s.jtj;  // A is not needed any more
+            for (int k = 0; k < n * n; ++k) inv[k] = 0.0;
+            for (int c = 0; c < m; ++c) {
+                for (int r = 0; r < m; ++r) col[r] = 0.0;
+                col[c] = 1.0;
+                rf_cholesky_solve(s.work, m, col);
+                for (int r = 0; r < m; ++r) inv[fr[r] * n + fr[c]] = col[r] * scale[r] * scale[c];
+            }
+        }
     }
-    for (int r = 0; r < m; ++r)
-        for (int c = 0; c < m; ++c)
-            work[r * m + c] = nrm.jtj[fr[r] * n + fr[c]] * scale[r] * scale[c];
-    if (!rf_cholesky(work, m)) return false;
-    double* inv = nrm.jtj;  // A is not needed any more
-    for (int k = 0; k < n * n; ++k) inv[k] = 0.0;
-    for (int c = 0; c < m; ++c) {
-        for (int r = 0; r < m; ++r) col[r] = 0.0;
-        col[c] = 1.0;
-        rf_cholesky_solve(work, m, col);
-        for (int r = 0; r < m; ++r) inv[fr[r] * n + fr[c]] = col[r] * scale[r] * scale[c];
-    }
+    if (!rf_team_flag(s, inverted)) return false;
+    const double* inv = s.jtj;
     // Noise model: the model must be positive at every point (lm.rs noise_levels filter).
     RfPeak lp[RF_MAX_PEAKS];
     int n_peaks = 0;
     for (int o = 2; o + 4 <= n; o += 4) lp[n_peaks++] = rf_peak_terms(p + o);
     bool modelled = true;
-    for (int i = 0; i < d.n && modelled; ++i) {
-        const double x = d.x[d.fidx[i]];
-        double mi = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-        for (int k = 0; k < n_peaks; ++k) mi += lp[k].area * rf_point_profile(d, lp[k], i);
-        modelled = mi > 0.0 && rf_finite(mi);
-    }
-    double* meat = work;  // the factor is not needed any more
-    for (int k = 0; k < n * n; ++k) meat[k] = 0.0;
-    rf_prepare(d, p, n, pk, lo, hi);
-    double chi2 = 0.0;
-    for (int i = 0; i < d.n; ++i) {
-        const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
-        double w;
-        if (modelled) {
+    for (int base = 0; base < d.n && modelled; base += RF_TEAM) {
+        const int i = base + s.lane;
+        if (i < d.n) {
             const double x = d.x[d.fidx[i]];
-            double level = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
-            for (int k = 0; k < n_peaks; ++k) level += lp[k].area * rf_point_profile(d, lp[k], i);
-            chi2 += r * r / level;
-            w = level;
-        } else {
-            double h = 0.0;
-            for (int ka = 0; ka < nr; ++ka) {
-                for (int a = rs[ka]; a < re[ka]; ++a) {
-                    double row = 0.0;
-                    for (int kb = 0; kb < nr; ++kb) {
-                        double t = 0.0;
-                        for (int b = rs[kb]; b < re[kb]; ++b) t += inv[a * n + b] * grad[b];
-                        row += t;
+            double mi = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+            for (int k = 0; k < n_peaks; ++k) mi += lp[k].area * rf_point_profile(d, lp[k], i);
+            s.rows[s.lane * s.stride] = mi;
+        }
+        rf_team_sync();
+        const int rows = d.n - base < RF_TEAM ? d.n - base : RF_TEAM;
+        for (int j = 0; j < rows && modelled; ++j) {
+            const double mi = s.rows[j * s.stride];
+            modelled = mi > 0.0 && rf_finite(mi);
+        }
+        rf_team_sync();
+    }
+    // meat = Σ vᵢ gᵢgᵢᵀ over the coupled pairs: each row holds vᵢ, gᵢ and rᵢ²/Mᵢ.
+    double* meat = s.work;  // the factor is not needed any more
+    for (int e = s.lane; e < n * n; e += RF_TEAM) meat[e] = 0.0;
+    if (s.lane == 0) *s.sum = 0.0;
+    RfPeak pk[RF_MAX_PEAKS];
+    int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
+    rf_prepare(d, p, n, pk, lo, hi);
+    rf_team_sync();
+    for (int base = 0; base < d.n; base += RF_TEAM) {
+        const int i = base + s.lane;
+        if (i < d.n) {
+            double* row = s.rows + s.lane * s.stride;
+            double* grad = row + 1;
+            const double r = rf_row(d, i, p, n, pk, lo, hi, grad, rs, re, &nr);
+            double w, term = 0.0;
+            if (modelled) {
+                const double x = d.x[d.fidx[i]];
+                double level = p[0] + p[1] * rf_chebyshev_x(x, d.x_lo, d.x_hi);
+                for (int k = 0; k < n_peaks; ++k)
+                    level += lp[k].area * rf_point_profile(d, lp[k], i);
+                term = r * r / level;
+                w = level;
+            } else {
+                double h = 0.0;
+                for (int ka = 0; ka < nr; ++ka) {
+                    for (int a = rs[ka]; a < re[ka]; ++a) {
+                        double hrow = 0.0;
+                        for (int kb = 0; kb < nr; ++kb) {
+                            double t = 0.0;
+                            for (int b = rs[kb]; b < re[kb]; ++b) t += inv[a * n + b] * grad[b];
+                            hrow += t;
+                        }
+                        h += grad[a] * hrow;
                     }
-                    h += grad[a] * row;
                 }
+                const double shrink = RF_FMAX(1.0 - h, 1e-3);
+                w = r * r / shrink;
             }
-            const double shrink = RF_FMAX(1.0 - h, 1e-3);
-            w = r * r / shrink;
+            row[0] = w;
+            row[1 + n] = term;
         }
-        for (int ka = 0; ka < nr; ++ka) {
-            for (int a = rs[ka]; a < re[ka]; ++a) {
-                const double ga = w * grad[a];
-                if (ga == 0.0) continue;
-                for (int kb = 0; kb < nr; ++kb)
-                    for (int b = rs[kb]; b < re[kb]; ++b) meat[a * n + b] += ga * grad[b];
+        rf_team_sync();
+        const int rows = d.n - base < RF_TEAM ? d.n - base : RF_TEAM;
+        for (int e = s.lane; e <= n * n; e += RF_TEAM) {
+            if (e < n * n) {
+                const int a = e / n, b = e % n;
+                double acc = meat[e];
+                for (int j = 0; j < rows; ++j) {
+                    if (!rf_coupled(a, base + j, lo, hi) || !rf_coupled(b, base + j, lo, hi))
+                        continue;
+                    const double* row = s.rows + j * s.stride;
+                    const double ga = row[0] * row[1 + a];
+                    if (ga != 0.0) acc += ga * row[1 + b];
+                }
+                meat[e] = acc;
+            } else if (modelled) {
+                double acc = *s.sum;
+                for (int j = 0; j < rows; ++j) acc += s.rows[j * s.stride + 1 + n];
+                *s.sum = acc;
             }
         }
+        rf_team_sync();
     }
     if (modelled) {
-        const double gain = chi2 / double(d.n - m > 1 ? d.n - m : 1);
-        for (int k = 0; k < n * n; ++k) meat[k] *= gain;
+        const double gain = *s.sum / double(d.n - m > 1 ? d.n - m : 1);
+        for (int e = s.lane; e < n * n; e += RF_TEAM) meat[e] *= gain;
+        rf_team_sync();
     }
-    // C = (inv·meat)·inv in lm.rs's order (half = inv·meat, then half·inv): errors match bit for bit.
-    for (int k = 0; k < n; ++k) {
+    // C = (inv·meat)·inv in lm.rs's order (half = inv·meat, then half·inv): errors match bit
+    // for bit. One lane per diagonal entry.
+    for (int k = s.lane; k < n; k += RF_TEAM) {
         const bool gam_row = k >= 2 && (k - 2) % 4 == 3;  // also C(sig, gam) of peak (k − 2) / 4
         double half_k[RF_MAX_PARAMS], half_sig[RF_MAX_PARAMS];
         for (int j = 0; j < n; ++j) {
@@ -750,13 +925,17 @@ RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
         }
         double v = 0.0;
         for (int j = 0; j < n; ++j) v += half_k[j] * inv[j * n + k];
-        var[k] = v;
+        s.step[k] = v;
         if (gam_row) {
             double c = 0.0;
             for (int j = 0; j < n; ++j) c += half_sig[j] * inv[j * n + k];
-            cov_sg[(k - 2) / 4] = c;
+            s.cov_sg[(k - 2) / 4] = c;
         }
     }
+    rf_team_sync();
+    for (int k = 0; k < n; ++k) var[k] = s.step[k];
+    for (int k = 0; k < n_peaks; ++k) cov_sg[k] = s.cov_sg[k];
+    rf_team_sync();
     return true;
 }
 
@@ -794,21 +973,25 @@ RF_HD double rf_delta(double ds, double dg, double vs, double csg, double vg) {
 }
 
 // Fit one job: ROI x/y[lo..=hi], peaks at global bin indices peak_index[0..n_peaks), written to
-// the rows of their slots (values/errors: RF_ROW doubles per slot; status, iterations).
+// the rows of their slots (values/errors: RF_ROW doubles per slot; status, iterations) by lane
+// 0. Every lane of the team calls it with the same job; s is the team's scratch, laid out for at
+// most max_roi ROI bins (a longer ROI, or more than RF_MAX_PEAKS peaks: RF_CPU_FALLBACK).
 RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                       const rf_u32* peak_slot, const rf_u32* peak_index, const rf_u32* peak_lo,
                       const rf_u32* peak_hi, int n_peaks, double bin, int bin_average,
                       int max_iterations, int max_peaks_per_job, double ftol, double xtol,
-                      rf_u32* fidx, RfWork& w, double* values, double* errors, rf_u8* status,
-                      rf_u32* iterations) {
+                      int max_roi, const RfScratch& s, double* values, double* errors,
+                      rf_u8* status, rf_u32* iterations) {
     const double nan = 0.0 / 0.0;
     int code = RF_CONVERGED;
     if (n_peaks > max_peaks_per_job) code = RF_TOO_MANY_PEAKS;
-    else if (n_peaks > RF_MAX_PEAKS || hi - lo + 1 > RF_MAX_ROI) code = RF_CPU_FALLBACK;
+    else if (n_peaks > RF_MAX_PEAKS || 2 + 4 * n_peaks > s.stride - 2 ||
+             hi - lo + 1 > rf_u32(max_roi))
+        code = RF_CPU_FALLBACK;
     RfData d;
     d.x = x;
     d.y = y;
-    d.fidx = fidx;
+    d.fidx = s.fidx;
     d.n = 0;
     d.x_lo = x[lo];
     d.x_hi = x[hi];
@@ -818,15 +1001,20 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
     d.bin_average = bin_average;
     const int np = 2 + 4 * n_peaks;
     if (code == RF_CONVERGED) {
-        for (rf_u32 i = lo; i <= hi; ++i)
-            if (rf_finite(y[i])) fidx[d.n++] = i;
+        // Every lane counts the finite points; point k is stored by lane k mod RF_TEAM.
+        for (rf_u32 i = lo; i <= hi; ++i) {
+            if (!rf_finite(y[i])) continue;
+            if (d.n % RF_TEAM == s.lane) s.fidx[d.n] = i;
+            ++d.n;
+        }
+        rf_team_sync();
         if (d.n <= np) code = RF_INSUFFICIENT_DATA;
         // fit.rs fit_job: a peak whose own bin is NaN; constant data hold no peak.
         for (int k = 0; k < n_peaks && code == RF_CONVERGED; ++k)
             if (!rf_finite(y[peak_index[k]])) code = RF_INSUFFICIENT_DATA;
         if (code == RF_CONVERGED) {
             bool constant = true;
-            for (int i = 1; i < d.n && constant; ++i) constant = y[fidx[i]] == y[fidx[0]];
+            for (int i = 1; i < d.n && constant; ++i) constant = y[s.fidx[i]] == y[s.fidx[0]];
             if (constant) code = RF_NO_PEAK;
         }
     }
@@ -837,30 +1025,30 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
         for (int k = 0; k < n_peaks; ++k) {
             // fit.rs: partition_point of the finite x below x[index], i.e. finite points before it.
             int c = 0;
-            while (c < d.n && fidx[c] < peak_index[k]) ++c;
+            while (c < d.n && s.fidx[c] < peak_index[k]) ++c;
             pks[k] = c < d.n - 1 ? c : d.n - 1;
             // The peak's own ROI among the finite points: [first at or after peak_lo, first after
             // peak_hi).
             int w = 0;
-            while (w < d.n && fidx[w] < peak_lo[k]) ++w;
+            while (w < d.n && s.fidx[w] < peak_lo[k]) ++w;
             d.win_lo[k] = w;
-            while (w < d.n && fidx[w] <= peak_hi[k]) ++w;
+            while (w < d.n && s.fidx[w] <= peak_hi[k]) ++w;
             d.win_hi[k] = w;
         }
         double start_bins = RF_NARROW_START_BINS;
         const bool narrow =
             rf_initial_guess(d, pks, n_peaks, bin, start_bins, p, lower, upper);
-        code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, w,
+        code = rf_levenberg_marquardt(d, p, lower, upper, np, max_iterations, ftol, xtol, s,
                                       &iters);
         if (narrow) {
             // fit.rs: a narrow peak is also fitted from MIDAS's 2-bin start; the lower SSR wins.
-            const double cost = w.nrm.cost;
+            const double cost = *s.cost;
             double p2[RF_MAX_PARAMS], lower2[RF_MAX_PARAMS], upper2[RF_MAX_PARAMS];
             int iters2 = 0;
             rf_initial_guess(d, pks, n_peaks, bin, 2.0, p2, lower2, upper2);
             const int code2 = rf_levenberg_marquardt(d, p2, lower2, upper2, np, max_iterations,
-                                                     ftol, xtol, w, &iters2);
-            if (code2 == RF_CONVERGED && (code != RF_CONVERGED || w.nrm.cost < cost)) {
+                                                     ftol, xtol, s, &iters2);
+            if (code2 == RF_CONVERGED && (code != RF_CONVERGED || *s.cost < cost)) {
                 for (int i = 0; i < np; ++i) {
                     p[i] = p2[i];
                     lower[i] = lower2[i];
@@ -870,7 +1058,7 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                 iters = iters2;
                 start_bins = 2.0;
             } else if (code == RF_CONVERGED) {
-                rf_normal_equations(d, p, np, w.nrm);  // the first fit's, as it ended
+                rf_normal_equations(d, p, np, s);  // the first fit's, as it ended
             }
         }
         if (n_peaks > 1) {
@@ -891,25 +1079,25 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                           fwhm < 0.25 * start_fwhm[k];
             }
             if (blended || suspect) {
-                const double cost = w.nrm.cost;
+                const double cost = *s.cost;
                 int iters3 = 0;
                 int code3 = rf_levenberg_marquardt(d, p3, lower3, upper3, np, max_iterations,
-                                                   ftol, xtol, w, &iters3);
+                                                   ftol, xtol, s, &iters3);
                 if (code3 == RF_CONVERGED)
                     code3 = rf_levenberg_marquardt(d, p3, lower, upper, np, max_iterations, ftol,
-                                                   xtol, w, &iters3);
-                if (code3 == RF_CONVERGED && (code != RF_CONVERGED || w.nrm.cost < cost)) {
+                                                   xtol, s, &iters3);
+                if (code3 == RF_CONVERGED && (code != RF_CONVERGED || *s.cost < cost)) {
                     for (int i = 0; i < np; ++i) p[i] = p3[i];
                     code = code3;
                     iters = iters3;
                 } else if (code == RF_CONVERGED) {
-                    rf_normal_equations(d, p, np, w.nrm);
+                    rf_normal_equations(d, p, np, s);
                 }
             }
         }
     }
     if (code != RF_CONVERGED) {
-        for (int k = 0; k < n_peaks; ++k) {
+        for (int k = 0; k < n_peaks && s.lane == 0; ++k) {
             const rf_u32 s = peak_slot[k];
             for (int c = 0; c < RF_ROW; ++c) values[s * RF_ROW + c] = errors[s * RF_ROW + c] = nan;
             status[s] = rf_u8(code);
@@ -937,12 +1125,11 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                                                                    : rf_u8(RF_CONVERGED);
     }
     const double dof = double(d.n - np > 1 ? d.n - np : 1);
-    const double chi2 = w.nrm.cost / dof;
+    const double chi2 = *s.cost / dof;
     double var[RF_MAX_PARAMS], cov_sg[RF_MAX_PEAKS];
     bool pinned[RF_MAX_PARAMS];
-    const bool have_cov =
-        rf_covariance(d, p, lower, upper, w.nrm, np, w.work, var, cov_sg, pinned);
-    for (int k = 0; k < n_peaks; ++k) {
+    const bool have_cov = rf_covariance(d, p, lower, upper, np, s, var, cov_sg, pinned);
+    for (int k = 0; k < n_peaks && s.lane == 0; ++k) {
         const rf_u32 s = peak_slot[k];
         const int o = 2 + 4 * k;
         if (verdict[k] != RF_CONVERGED) {

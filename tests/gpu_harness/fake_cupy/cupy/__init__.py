@@ -410,9 +410,17 @@ class _Kernel:
             else:
                 ptrs[i], sizes[i] = ctypes.addressof(v), ctypes.sizeof(v)
         err = ctypes.create_string_buffer(1024)
-        rc = self._launch(dims(grid), dims(block), ctypes.c_ulonglong(int(shared_mem)),
-                          ctypes.c_ulonglong(int(self.max_dynamic_shared_size_bytes)), ptrs,
-                          sizes, len(values), err, len(err))
+        rc = self._launch(
+            dims(grid),
+            dims(block),
+            ctypes.c_ulonglong(int(shared_mem)),
+            ctypes.c_ulonglong(int(self.max_dynamic_shared_size_bytes)),
+            ptrs,
+            sizes,
+            len(values),
+            err,
+            len(err),
+        )
         if rc != 0:
             raise RuntimeError(f"fake CuPy: kernel {self.name}: {err.value.decode()}")
 
