@@ -391,12 +391,23 @@ def _on_the_cpu_runtime() -> bool:
 
 
 def _fit_cases():
-    """(x, ys, positions, roi_padding, bin_average) of every kind the harness tests check."""
+    """(x, ys, positions, roi_padding, bin_average, max_iterations) of every kind the harness
+    tests check, and the LM's failure paths: a damped step whose Cholesky fails (values near
+    the float64 limit) until λ passes its cap, non-finite equations (±inf), the iteration cap."""
     from tests.test_fit import X, blended_doublets
 
     x, ys, positions = lineouts(24, seed=7)
-    yield x, ys, positions, 20, True
-    yield x, ys - 100, positions, 20, False  # background below 0: HC2 errors
+    yield x, ys, positions, 20, True, 500
+    yield x, ys - 100, positions, 20, False, 500  # background below 0: HC2 errors
+    yield x, ys[:6], positions, 20, True, 2  # max_iterations
+    extreme = ys[:6].copy()
+    extreme[0] *= 1e200
+    extreme[1] *= 1e154
+    extreme[2] *= 1e-300
+    extreme[3, 150] = 1e300
+    extreme[4, 90] = np.inf
+    extreme[5, 205] = -np.inf
+    yield x, extreme, positions, 20, True, 500
     rng = np.random.default_rng(4)
     xl = np.arange(400.0)
     centres = 150.0 + 15.0 * np.arange(6)
@@ -405,11 +416,11 @@ def _fit_cases():
                              for c in centres))
         for _ in range(3)
     ]).astype(float)  # fmt: skip
-    yield xl, merged, list(centres), 20, True
+    yield xl, merged, list(centres), 20, True, 500
     for fwhm, separation in [(5, 6), (2, 3)]:
         ys_d, pos_d, _ = blended_doublets(fwhm, separation, 4, seed=7, bin_average=True)
         for y, pos in zip(ys_d, pos_d):
-            yield X, y[None], list(pos), 20, True
+            yield X, y[None], list(pos), 20, True, 500
     for case in PARITY_CASES:
         d = np.load(case)
         yield (
@@ -418,13 +429,14 @@ def _fit_cases():
             [float(v) for v in d["positions"]],
             int(d["pad"]),
             bool(d["bin_average"]),
+            500,
         )
     peak = 2e4 * pv(xl, 200.3, 4.0, 0.3)
     gap = rng.poisson(100 + peak).astype(float)
     gap[195:206] = np.nan
     odd = np.stack([np.zeros_like(xl), np.full_like(xl, 100.0), gap,
                     rng.poisson(2000 + 3e5 * pv(xl, 200.0, 30.0, 0.0)).astype(float)])  # fmt: skip
-    yield xl, odd, [200.0], 10, True
+    yield xl, odd, [200.0], 10, True, 500
 
 
 @gpu
@@ -443,10 +455,14 @@ def test_cuda_fitter_on_the_cpu_runtime_is_the_rust_fitter_bit_for_bit(order, mo
     from radint.gpu.fit import CudaFitter
 
     monkeypatch.setenv("RADINT_FAKE_CUPY_LANE_ORDER", order)
-    for x, ys, positions, padding, bin_average in _fit_cases():
-        got = CudaFitter(x, positions, roi_padding=padding, bin_average=bin_average).fit(ys)
-        ref = fit_peaks(x, ys, positions=positions, roi_padding=padding, bin_average=bin_average)
+    statuses = set()
+    for x, ys, positions, padding, bin_average, iterations in _fit_cases():
+        options = dict(roi_padding=padding, bin_average=bin_average, max_iterations=iterations)
+        got = CudaFitter(x, positions, **options).fit(ys)
+        ref = fit_peaks(x, ys, positions=positions, **options)
         assert_same_fits(got, ref)
+        statuses |= set(np.unique(ref.status).tolist())
+    assert {0, 1, 2, 3, 4, 6, 7} <= statuses
 
 
 @gpu
