@@ -10,6 +10,7 @@ mask leaves out) and arguments CuPy would pass with another size than the parame
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -317,3 +318,36 @@ def test_refuses_a_syncwarp_naming_an_exited_lane(cupy, mod):
         mod.get_function("sync_after_exit")((1,), (32,), (out, np.int32(7)))
     mod.get_function("sync_after_exit")((1,), (32,), (out, np.int32(32)))
     np.testing.assert_array_equal(out.get(), 1)
+
+
+def test_the_fitters_team_flag_reaches_every_lane_call_after_call(cupy):
+    """fit.cuh's rf_team_flag hands lane 0's verdict to the warp; called again at once (a damped
+    step failing, then succeeding at a larger λ), no lane may read the next verdict for the
+    previous one: the review found no fit that takes that path, so it is pinned here."""
+    from radint.gpu import kernel_source
+
+    source = (
+        kernel_source("fit")
+        + r"""
+extern "C" __global__ void team_flags(const int* verdicts, int* seen, int n) {
+    extern __shared__ double scratch[];
+    const RfScratch s = rf_scratch(scratch, 6, int(threadIdx.x % 32));
+    for (int k = 0; k < n; ++k) {
+        const bool mine = threadIdx.x % 32 == 0 ? verdicts[k] != 0 : verdicts[k] == 0;
+        seen[k * 32 + threadIdx.x] = rf_team_flag(s, mine) ? 1 : 0;
+    }
+}
+"""
+    )
+    verdicts = np.array([1, 0, 0, 1, 1, 0, 1], np.int32)
+    kernel = cupy.RawModule(code=source).get_function("team_flags")
+    for order in ("forward", "reverse"):
+        os.environ["RADINT_FAKE_CUPY_LANE_ORDER"] = order
+        try:
+            seen = cupy.asarray(np.full(7 * 32, -1, np.int32))
+            kernel((1,), (32,), (cupy.asarray(verdicts), seen, np.int32(7)), shared_mem=4096)
+        finally:
+            del os.environ["RADINT_FAKE_CUPY_LANE_ORDER"]
+        np.testing.assert_array_equal(
+            seen.get().reshape(7, 32), np.repeat(verdicts[:, None], 32, 1)
+        )
