@@ -1096,21 +1096,30 @@ def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
         f["entry/peaks/status"] = status
         for i, name in enumerate(_FIT_COLUMNS):
             f[f"entry/peaks/{name}"] = np.pad(fits[:2, :, i], ((0, 0), (0, 1)))
+    fits[3, 1, 2] = np.nan  # a failed fit past the flush: a NaN row in fit.bin
     (tmp_path / "fit.bin").write_bytes(fits.tobytes())
-    h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+    h5_path, _, caked_path = write_stream_outputs(tmp_path, cfg, stream_file=stream)
     with h5py.File(h5_path, "r") as f:
         assert sorted(f["fit"]) == ["0", "1", "2", "3"]
         for k in range(4):
             np.testing.assert_array_equal(f[f"fit/{k}"][...], fits[k])
+    # caked_peaks.h5: the converged slots of the stored frames (status 0), the finite fit.bin
+    # rows of the later ones.
+    with h5py.File(caked_path, "r") as f:
+        assert f["peaks/frame_idx"][()].tolist() == [0, 0, 1, 2, 2, 3]
+        assert f["peaks/peak_nr"][()].tolist() == [0, 1, 0, 0, 1, 0]
+        want = fits[[0, 0, 1, 2, 2, 3], [0, 1, 0, 0, 1, 0]]
+        np.testing.assert_array_equal(f["peaks/area"][()], want[:, 0])
+        np.testing.assert_allclose(f["peaks/center_2theta"][()], cfg.two_theta_deg(want[:, 1]))
     (tmp_path / "fit.bin").write_bytes(fits.tobytes() + b"\0" * 24)  # a row cut short
     with caplog.at_level(logging.WARNING, logger="radint"):
-        h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+        h5_path = write_stream_outputs(tmp_path, cfg, stream_file=stream)[0]
     assert "24 byte(s) of an unfinished last row left out" in caplog.text
     with h5py.File(h5_path, "r") as f:
         np.testing.assert_array_equal(f["fit/3"][...], fits[3])
     (tmp_path / "fit.bin").write_bytes(fits[:3].tobytes())  # a count that does not fit
     with caplog.at_level(logging.WARNING, logger="radint"):
-        h5_path, _ = write_stream_outputs(tmp_path, cfg, stream_file=stream)
+        h5_path = write_stream_outputs(tmp_path, cfg, stream_file=stream)[0]
     assert "their fit tables are left out" in caplog.text
     with h5py.File(h5_path, "r") as f:
         assert sorted(f["fit"]) == ["0", "1"]

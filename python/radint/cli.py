@@ -1184,7 +1184,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
         if pipeline.stopping and args.midas_files:
-            log.info("stream: %s again: the MIDAS integrator_output files are skipped", name)
+            log.info("stream: %s again: the MIDAS integrator_output / caked_peaks files are "
+                     "skipped", name)  # fmt: skip
             pipeline.skip_midas_outputs()
             return
         log.info("stream: %s received, draining", name)
@@ -1732,7 +1733,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--midas-files",
         action="store_true",
         help="also write MIDAS's lineout.bin, Int2D.bin (with Write2D 1, as MIDAS), fit.bin "
-        "(when fitting) and at the end integrator_output.h5 / .zarr.zip",
+        "(when fitting) and at the end integrator_output.h5 / .zarr.zip and, when fitting, the "
+        "GPU program's caked_peaks.h5 (per-frame peak table); a second Ctrl-C skips the end files",
     )
     _add_compression(
         p,
@@ -1746,7 +1748,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mapping-file",
         default=None,
         help="--midas-files: the sender's frame_mapping.json, to sort and name the frames of "
-        "integrator_output.h5 by file name as MIDAS does (read at the end)",
+        "integrator_output.h5 and caked_peaks.h5 by file name as MIDAS does (read at the end)",
     )
     p.add_argument(
         "--control-dir",

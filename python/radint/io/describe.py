@@ -118,6 +118,16 @@ def _describe(path: Path) -> str | None:
                 frames = len(np.unique(f["peaks/frame_idx"][()]))
         n_r = shapes.get("metadata/tth_axis", (0,))[0]
         n_eta = shapes.get("metadata/eta_axis", (0,))[0]
+        if not n_eta:  # the GPU stream program's: lineout fits (eta_idx 0), no axes
+            if rows:
+                import h5py
+
+                with h5py.File(path, "r", locking=False) as f:  # its frame_keys is ["0"]
+                    frames = max(frames, len(np.unique(f["peaks/frame_idx"][()])))
+            return (
+                "a MIDAS per-frame peak-fit table of lineout fits (GPU stream program "
+                f"caked_peaks.h5): {rows} peak row(s), {frames} frame(s)"
+            )
         return (
             f"a MIDAS per-eta peak-fit table (IntegratorZarrOMP caked_peaks.h5): {rows} peak row(s), "
             f"{frames} frame(s), {n_eta} eta x {n_r} radial bins"

@@ -44,6 +44,7 @@ _DECTRIS_DATA = re.compile(r"(.+)_data_\d+\.h5", re.IGNORECASE)
 _OUTPUT_NAMES = {
     "map.bin", "nmap.bin", "maskmap.bin", "lineout.bin", "lineout_simple_mean.bin", "int2d.bin",
     "rtthetaareamap.bin", "fit.bin", "integrator_output.h5", "integrator_output.zarr.zip",
+    "caked_peaks.h5",
 }  # fmt: skip
 #: How many leading bytes of an HDF5 file are searched for radint's NeXus marks (the layout
 #: template puts the groups, and so these names, within the first ~4 KB).

@@ -25,6 +25,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "STREAM_BINARIES",
+    "STREAM_CAKED_PEAKS",
     "midas_tree",
     "read_midas_caked",
     "reta_map",
@@ -346,6 +348,10 @@ _GEOMETRY_MAPS = (
 
 #: stream.h5 ``entry/peaks`` columns holding fit.bin's 7 values, in fit.bin's order.
 _FIT_COLUMNS = ("area", "center_px", "sig", "gam", "fwhm_px", "eta_mix", "chi2")
+#: The GPU program's per-frame peak table in a stream directory (spec §6.5, §9.4).
+STREAM_CAKED_PEAKS = "caked_peaks.h5"
+#: ``/metadata@zarr_source`` of the GPU program's caked_peaks.h5 (``.cu``: ``"GPU"``).
+STREAM_CAKED_PEAKS_SOURCE = "GPU"
 
 
 #: Wavelength (Å) MIDAS's stream post-processor writes for GSAS-II without a Wavelength line.
@@ -394,6 +400,25 @@ def write_stream_outputs(
     Without ``Int2D.bin`` (a stream run with ``Write2D 0``, MIDAS's default) there are no cakes
     to sum: as MIDAS, ``<name>.h5`` has no ``OmegaSumFrame`` group and no zip is written.
 
+    With fitted peaks (``stream_file``'s ``entry/peaks``, else ``fit.bin``) also
+    ``caked_peaks.h5`` (:data:`STREAM_CAKED_PEAKS`), the per-frame table of the lineout fits
+    that MIDAS's GPU program writes at shutdown, in PeakFitIO.c's layout
+    (:func:`radint.io.peaks.write_caked_peaks`): one ``/peaks`` row per converged peak
+    (``peak_nr`` its slot, the row of its frame's ``fit.bin`` record), in the frame order of
+    ``<name>.h5``, with ``frame_idx`` the frame's arrival index (its ``stream.h5`` row and
+    ``frame_index`` above; the GPU program writes the sender's ``dataset_num``, the same for
+    one sender counting from 0) and ``frame_key`` its name here; ``eta_idx = 0`` and
+    ``eta_deg = 0`` (lineout rows); ``center_2theta = atan(R·px/Lsd)``, ``d_spacing_A =
+    λ/(2 sin θ)`` (0 without a wavelength); ``area``, ``sig``, ``gam``, ``eta_mix`` and
+    ``chi_sq`` the fit.bin values; ``FWHM_deg`` the FWHM in degrees 2θ (the GPU program writes
+    Γ in pixels there). ``/metadata``: ``zarr_source = "GPU"`` and empty ``tth_axis`` /
+    ``eta_axis``, as the GPU program writes them; ``frame_keys`` every frame's name in arrival
+    order, so ``frame_keys[frame_idx] == frame_key`` (the GPU program writes ``["0"]``). A
+    stream whose fits all failed gets no ``/peaks`` group (PeakFitIO.c's rule; the GPU program
+    then writes no file). Frames past the stream file's last flush (a stream killed outright)
+    take their rows from ``fit.bin``, where every finite row counts as converged. Without fits
+    (a stream that fitted nothing) the file is not written.
+
     ``progress(done, n_frames)`` is called after each frame group; ``cancelled()``, checked
     there, stops the work (:class:`KeyboardInterrupt`, nothing written): a long stream's files
     take a while (~1.5 ms per frame, a dataset each per lineout kind).
@@ -401,7 +426,13 @@ def write_stream_outputs(
     Returns
     -------
     list of Path
-        The files written, each atomically.
+        The files written, each atomically: ``<name>.h5``, then ``<name>.zarr.zip`` (with
+        ``Int2D.bin``) and ``caked_peaks.h5`` (with fits).
+
+    Raises
+    ------
+    OSError
+        A file could not be written (disk full: the error names the file).
     """
     import datetime
 
@@ -457,18 +488,8 @@ def write_stream_outputs(
         peaks = _open_peaks(stream_file)
         fit_table = _stream_fit_tables(directory, peaks, n_frames, config)
         fits = h5.create_group("fit") if fit_table is not None else None
-        order = list(range(n_frames))
-        if mapping:  # MIDAS: mapped frames by file name (or uniqueId), unmapped ones after
-            # (an unmapped frame by its number, as integrator_stream_process_h5.py sorts them)
-            order.sort(
-                key=lambda k: (0, _mapped_name(mapping[k]), 0) if k in mapping else (1, "", k)
-            )
-        labels: dict[int, str] = {}
-        taken: set[str] = set()
-        for k in order:
-            label = _frame_label(k, mapping)
-            labels[k] = f"{label}_{k}" if label in taken else label
-            taken.add(labels[k])
+        order, labels = _stream_frame_order(n_frames, mapping)
+        caked = _CakedRows(config) if fit_table is not None else None
         done = 0
         for positions in frame_groups(n_frames, osf):
             if cancelled is not None and cancelled():
@@ -478,10 +499,12 @@ def write_stream_outputs(
             done += len(positions)
             rows = [order[p] for p in positions]
             for k in rows:
-                table = fit_table(k) if fit_table is not None else None
-                if table is not None and fits is not None:
-                    ds = fits.create_dataset(labels[k], data=table, track_times=False)
+                frame_fits = fit_table(k) if fit_table is not None else None
+                if frame_fits is not None and fits is not None:
+                    ds = fits.create_dataset(labels[k], data=frame_fits.rows, track_times=False)
                     ds.attrs["frame_index"] = k
+                    if caked is not None:
+                        caked.add(k, labels[k], frame_fits)
                 for file, group in line_groups.items():
                     values = frames(file, (n_r, 2), range(k, k + 1))[0]
                     ds = group.create_dataset(labels[k], data=values, track_times=False)
@@ -515,19 +538,42 @@ def write_stream_outputs(
                 store.array(f"InstrumentParameters/{key}", np.array([value], np.float64))
         if peaks is not None:
             peaks.file.close()
-    return [h5_path, zip_path] if with_2d else [h5_path]
+        written = [h5_path, zip_path] if with_2d else [h5_path]
+        if caked is not None:
+            # Before the others are committed: a second Ctrl-C (or a full disk) here leaves
+            # none of them, and making them again later makes all three.
+            if cancelled is not None and cancelled():
+                raise KeyboardInterrupt(f"{name}: cancelled before {STREAM_CAKED_PEAKS}")
+            written.append(
+                caked.write(directory / STREAM_CAKED_PEAKS, [labels[k] for k in range(n_frames)])
+            )
+    return written
+
+
+@dataclass
+class _FrameFits:
+    """One frame's fitted peaks: ``rows`` (n, 7) fit.bin values of its present slots,
+    ``slots`` (n,) their slot numbers, ``converged`` (n,) which of them converged."""
+
+    rows: np.ndarray
+    slots: np.ndarray
+    converged: np.ndarray
 
 
 def _stream_fit_tables(
     directory: Path, peaks: Any, n_frames: int, config: Any
-) -> Callable[[int], np.ndarray | None] | None:
+) -> Callable[[int], _FrameFits | None] | None:
     """Frame k's fitted peaks × the 7 fit.bin values: from the stream file's ``entry/peaks``
-    (which knows each frame's peak count), and for frames past its last flush (a stream
-    killed outright: the binaries are written every frame, stream.h5 every few seconds) from
-    ``fit.bin``, taking the last stored frame's count (else the ``PeakLocation`` count, as
-    MIDAS's reader does) where the file's size fits that count; None without peaks."""
+    (which knows each frame's peak count and status), and for frames past its last flush (a
+    stream killed outright: the binaries are written every frame, stream.h5 every few seconds)
+    from ``fit.bin``, taking the last stored frame's count (else the ``PeakLocation`` count, as
+    MIDAS's reader does) where the file's size fits that count (there a row counts as converged
+    when all its values are finite: failed fits are NaN rows); None without peaks."""
+    from radint.fit import ABSENT, CONVERGED
+
     stored = int(peaks["status"].shape[0]) if peaks is not None else 0
-    present = [peaks["status"][k] != 255 for k in range(stored)]  # 255: an empty slot
+    status = [np.asarray(peaks["status"][k]) for k in range(stored)]
+    present = [s != ABSENT for s in status]
     fit_bin = directory / "fit.bin"
     tail: dict[int, np.ndarray] = {}
     if stored < n_frames and fit_bin.is_file():
@@ -550,12 +596,94 @@ def _stream_fit_tables(
     if not stored and not tail:
         return None
 
-    def table(k: int) -> np.ndarray | None:
+    def table(k: int) -> _FrameFits | None:
         if k < stored:
-            return np.stack([peaks[c][k][present[k]] for c in _FIT_COLUMNS], axis=-1)
-        return tail.get(k)
+            rows = np.stack([peaks[c][k][present[k]] for c in _FIT_COLUMNS], axis=-1)
+            return _FrameFits(rows, np.flatnonzero(present[k]),
+                              status[k][present[k]] == CONVERGED)  # fmt: skip
+        found = tail.get(k)
+        if found is None:
+            return None
+        return _FrameFits(found, np.arange(len(found)), np.isfinite(found).all(axis=1))
 
     return table
+
+
+class _CakedRows:
+    """The rows of the GPU program's ``caked_peaks.h5``, gathered frame by frame in the order
+    of integrator_output.h5 (see :func:`write_stream_outputs`)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.frames: list[np.ndarray] = []
+        self.keys: list[str] = []
+        self.slots: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+
+    def add(self, k: int, key: str, fits: _FrameFits) -> None:
+        ok = np.asarray(fits.converged, dtype=bool)
+        n = int(ok.sum())
+        if n:
+            self.frames.append(np.full(n, k))
+            self.keys.extend([key] * n)
+            self.slots.append(fits.slots[ok])
+            self.rows.append(np.asarray(fits.rows, dtype=np.float64)[ok])
+
+    def write(self, path: Path, frame_keys: list[str]) -> Path:
+        from radint.exceptions import RadintIOError
+        from radint.io.nexus import ensure_space
+        from radint.io.peaks import write_caked_peaks
+
+        n = len(self.keys)
+        rows = np.concatenate(self.rows) if n else np.zeros((0, 7))
+        c, w = rows[:, 1], rows[:, 4]
+        tth = np.asarray(self.config.two_theta_deg(c), dtype=np.float64)
+        fwhm = self.config.two_theta_deg(c + w / 2) - self.config.two_theta_deg(c - w / 2)
+        lam = float(self.config.wavelength_angstrom)
+        theta = np.radians(tth) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # PeakFitIO.c: 0 without a wavelength or at θ ≈ 0
+            d = np.where((theta > 1e-10) & (lam > 0), lam / (2 * np.sin(theta)), 0.0)
+        columns = {
+            "frame_idx": np.concatenate(self.frames) if n else np.zeros(0, np.int32),
+            "eta_idx": np.zeros(n, np.int32),
+            "peak_nr": np.concatenate(self.slots) if n else np.zeros(0, np.int32),
+            "eta_deg": np.zeros(n), "center_2theta": tth, "area": rows[:, 0],
+            "sig": rows[:, 2], "gam": rows[:, 3], "FWHM_deg": np.asarray(fwhm, np.float64),
+            "eta_mix": rows[:, 5], "d_spacing_A": d, "chi_sq": rows[:, 6],
+        }  # fmt: skip
+        # int32 × 3 + float64 × 9 + a short string per row, a key per frame, the metadata.
+        need = n * (3 * 4 + 9 * 8 + 32) + len(frame_keys) * 32 + (64 << 10)
+        try:
+            ensure_space(path, need)
+            return write_caked_peaks(path, columns, np.zeros(0), np.zeros(0), frame_keys,
+                                     STREAM_CAKED_PEAKS_SOURCE, self.keys)  # fmt: skip
+        except OSError as e:
+            if e.filename:  # ensure_space's: it names the file
+                raise
+            # HDF5's errors name the temporary file, or none, and carry no errno
+            if e.errno is None:
+                raise RadintIOError(f"{path}: not written ({e})") from e
+            raise RadintIOError(e.errno, f"not written ({e.strerror or e})", str(path)) from e
+
+
+def _stream_frame_order(
+    n_frames: int, mapping: dict[int, dict[str, Any]] | None
+) -> tuple[list[int], dict[int, str]]:
+    """The frames of a stream in the order MIDAS's post-processing writes them, and their
+    names: without ``mapping`` by arrival index; with it mapped frames by file name (or
+    uniqueId), unmapped ones after by their number (as integrator_stream_process_h5.py sorts
+    them), a name seen twice followed by ``_<index>``."""
+    order = list(range(n_frames))
+    if mapping:
+        order.sort(key=lambda k: (0, _mapped_name(mapping[k]), 0) if k in mapping else (1, "", k))
+    labels: dict[int, str] = {}
+    taken: set[str] = set()
+    for k in order:
+        label = _frame_label(k, mapping)
+        labels[k] = f"{label}_{k}" if label in taken else label
+        taken.add(labels[k])
+    return order, labels
 
 
 def _mapped_name(entry: dict[str, Any]) -> str:

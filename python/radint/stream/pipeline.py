@@ -182,7 +182,9 @@ class Pipeline:
         ``lineout_simple_mean.bin``, n_r pairs (R, I) float64 per frame; with ``Write2D 1``
         ``Int2D.bin``, n_r·n_eta float64, R-major, per frame; ``RTthEtaAreaMap.bin``; ``fit.bin``)
         and at the end ``integrator_output.h5`` + (with ``Int2D.bin``) the GSAS-II
-        ``integrator_output.zarr.zip`` (spec §7.4).
+        ``integrator_output.zarr.zip`` (spec §7.4) and, when peaks were fitted, the GPU
+        program's ``caked_peaks.h5`` (its per-frame peak table, ``eta_idx = 0``; spec §9.4,
+        :func:`radint.io.midas.write_stream_outputs`).
     save_interval : int
         Flush every this many frames.
     max_frames : int, optional
@@ -202,7 +204,8 @@ class Pipeline:
         ``stream.h5`` ``entry/peaks`` (and ``fit.bin`` with ``midas_files``).
     mapping_file : path, optional
         With ``midas_files``: the sender's ``frame_mapping.json`` (arrival index → file name),
-        read at the end to sort and name the frames of ``integrator_output.h5`` as MIDAS does.
+        read at the end to sort and name the frames of ``integrator_output.h5`` (and
+        ``caked_peaks.h5``) as MIDAS does.
     dark : ndarray (n_pixels_z, n_pixels_y), optional
         Subtracted from every frame (the GPU program's dark argument).
     """
@@ -251,6 +254,7 @@ class Pipeline:
         self._accept_lock = threading.Lock()
         self._stopping = threading.Event()
         self._skip_midas_outputs = threading.Event()
+        self._fitted = False  # some frame was fitted (--midas-files: fit.bin was opened)
         self._refusal_logged = False
         self._sources_done = threading.Event()
         self._finished = threading.Event()
@@ -527,25 +531,28 @@ class Pipeline:
             self._write_final_midas()
 
     def _write_final_midas(self) -> None:
-        """The files MIDAS's post-processing makes from a stream (spec §7.4),
-        ``integrator_output.h5`` and the GSAS-II ``integrator_output.zarr.zip``, from the binary
-        files written as frames arrived (read a frame group at a time)."""
-        from radint.io.midas import write_stream_outputs
+        """The files MIDAS makes from a stream at its end, from the binary files written as
+        frames arrived (read a frame group at a time): its post-processing's
+        ``integrator_output.h5`` and GSAS-II ``integrator_output.zarr.zip`` (spec §7.4), and,
+        when peaks were fitted, the GPU program's ``caked_peaks.h5`` (its per-frame peak table,
+        spec §6.5/§9.4, from ``stream.h5`` ``entry/peaks``), all in the same frame order."""
+        from radint.io.midas import STREAM_CAKED_PEAKS, write_stream_outputs
 
-        zip_too = " / .zarr.zip" if self.integrator.config.write_2d else ""
+        names = "integrator_output.h5" + (" / .zarr.zip" if self.integrator.config.write_2d else "")
+        if self._fitted:
+            names += f", {STREAM_CAKED_PEAKS}"
         later = (f"make them later with radint.io.midas.write_stream_outputs"
                  f"('{self.output_dir}', config, stream_file='{self.output}')")  # fmt: skip
         if self._skip_midas_outputs.is_set():
-            log.warning("stream: integrator_output.h5%s not written (skipped); %s", zip_too, later)
+            log.warning("stream: %s not written (skipped); %s", names, later)
             return
-        log.info("stream: writing integrator_output.h5%s from the binary files (a second "
-                 "Ctrl-C skips them)", zip_too)  # fmt: skip
+        log.info("stream: writing %s from the binary files (a second Ctrl-C skips them)", names)
         said = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
             if time.monotonic() - said[0] >= PROGRESS_EVERY_S:
                 said[0] = time.monotonic()
-                log.info("stream: integrator_output.h5: %d of %d frames", done, total)
+                log.info("stream: %s: %d of %d frames", names, done, total)
 
         try:
             mapping = self._frame_mapping()
@@ -555,9 +562,10 @@ class Pipeline:
             )  # fmt: skip
             log.info("stream: wrote %s", ", ".join(map(str, written)))
         except KeyboardInterrupt as e:
-            log.warning("stream: integrator_output.h5%s not written (%s); %s", zip_too, e, later)
+            log.warning("stream: %s not written (%s); %s", names, e, later)
         except (OSError, ValueError, MemoryError) as e:
-            log.error("stream: MIDAS integrator_output.h5 / zarr.zip not written: %s", e)
+            # An OSError's text names its file (disk full: which of them).
+            log.error("stream: MIDAS %s not written: %s; %s", names, e, later)
 
     def _frame_mapping(self) -> dict[int, dict[str, Any]] | None:
         """How integrator_output.h5 names the frames: the sender's ``frame_mapping.json``
@@ -644,6 +652,7 @@ class Pipeline:
             if result.peaks is not None:
                 if "fit.bin" not in bins:
                     bins["fit.bin"] = open(self.output_dir / "fit.bin", "wb")
+                    self._fitted = True  # caked_peaks.h5 at the end
                 # MIDAS GPU layout: 7 doubles per fitted peak, frames back to back.
                 rows = result.peaks.rows()[result.peaks.status != ABSENT]
                 bins["fit.bin"].write(np.ascontiguousarray(rows, "<f8").tobytes())
@@ -682,9 +691,9 @@ class Pipeline:
         self._stopping.set()
 
     def skip_midas_outputs(self) -> None:
-        """Do not make (or stop making) ``integrator_output.h5`` / ``.zarr.zip`` at the end: a
-        long stream's take a while; they can be made later from the folder
-        (:func:`radint.io.midas.write_stream_outputs`)."""
+        """Do not make (or stop making) ``integrator_output.h5`` / ``.zarr.zip`` /
+        ``caked_peaks.h5`` at the end: a long stream's take a while; they can be made later
+        from the folder (:func:`radint.io.midas.write_stream_outputs`)."""
         self._skip_midas_outputs.set()
 
     @property
@@ -830,11 +839,11 @@ class Pipeline:
         GPU program's files (``--midas-files``) and ``active_peaks.txt``, so they stay together.
         Only when a file of one of those names is there, and only names radint writes: a
         ``stream_params.txt`` of the user's stays."""
-        from radint.io.midas import STREAM_BINARIES
+        from radint.io.midas import STREAM_BINARIES, STREAM_CAKED_PEAKS
         from radint.io.write import FORMATS
 
         names = [self.output.name, *STREAM_BINARIES, "fit.bin", "integrator_output.h5",
-                 "integrator_output.zarr.zip", "active_peaks.txt"]  # fmt: skip
+                 "integrator_output.zarr.zip", STREAM_CAKED_PEAKS, "active_peaks.txt"]  # fmt: skip
         # Any of them: one of those names holding a user's file (no stream.h5 beside it) was
         # written over.
         if not any((self.output_dir / n).exists() for n in names):
