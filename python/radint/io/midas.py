@@ -19,12 +19,15 @@ GSAS-II (``GSASII/imports/G2pwd_MIDAS.py``) opens the zip with ``zarr.open``, re
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import io
 import json
 import logging
 import os
+import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "STREAM_BINARIES",
     "STREAM_CAKED_PEAKS",
+    "MidasEntry",
+    "caked_file_bound",
+    "midas_entries",
     "midas_tree",
     "read_midas_caked",
     "reta_map",
@@ -97,34 +103,50 @@ def reta_map(result: Result, default_wavelength: float = 0.0) -> np.ndarray:
     return out
 
 
-def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
-    """The MIDAS caked tree as ``(path, array, attrs)`` entries (R-major arrays).
+@dataclass(frozen=True)
+class MidasEntry:
+    """One dataset of the MIDAS caked tree, its array not yet made: ``path``, ``shape``
+    (R-major), ``attrs`` and ``make()``, which computes the float64 array (a frame's or a
+    chunk's worth of memory at a time)."""
 
-    Parameters
-    ----------
-    result : Result
-        One frame or a stack. ``metadata`` may carry per-frame ``omega_deg``, ``Temperature``,
-        ``Pressure``, ``I``, ``I0`` arrays (n_frames,), averaged per OmegaSumFrame chunk
-        (``I0``: last value / frames in chunk, as IntegratorZarrOMP does).
+    path: str
+    shape: tuple[int, ...]
+    attrs: dict[str, Any]
+    make: Callable[[], np.ndarray]
 
-    Returns
-    -------
-    list of (str, ndarray, dict)
-    """
-    cake = stacked(np.asarray(result.cake, dtype=np.float64), 2)
-    # IntegratorZarrOMP writes 0 where no pixel reached a bin and NaN wherever a masked pixel
-    # did, even a bin that only masked pixels reached (the compat rule): MIDAS's viewers take
-    # max() and SNIP over these arrays.
-    area = np.asarray(result.area, dtype=np.float64)
-    if area.size:
-        empty = np.isnan(cake) & ~(area > 0)
-        masked_bins = result.metadata.get("masked_bins")
-        if masked_bins is not None:
-            flat = empty.reshape(empty.shape[0], -1)
-            flat[:, np.asarray(masked_bins, dtype=np.int64)] = False
-        cake = np.where(empty, 0.0, cake)
-    cakes_r_major = np.transpose(cake, (0, 2, 1))  # (n_frames, n_r, n_eta)
-    n_frames, n_r, n_eta = cakes_r_major.shape
+    @property
+    def nbytes(self) -> int:
+        return 8 * int(np.prod(self.shape, dtype=np.int64))
+
+
+def midas_entries(result: Result) -> list[MidasEntry]:
+    """The datasets of the MIDAS caked tree in IntegratorZarrOMP's order, each computed only
+    when its :attr:`MidasEntry.make` is called, from the Result's own arrays one frame at a
+    time: no copy of the stack is made (a writer knows every dataset's size before it writes
+    anything, and holds at most one frame's or one OmegaSumFrame chunk's arrays at once).
+
+    See :func:`midas_tree` for the tree."""
+    cake = stacked(np.asarray(result.cake), 2)  # (n_frames, n_eta, n_r), not copied
+    n_frames, n_eta, n_r = cake.shape
+    area = np.asarray(result.area)
+    masked = result.metadata.get("masked_bins")
+    masked_bins = None if masked is None else np.asarray(masked, dtype=np.int64)
+
+    def cake_of(k: int) -> np.ndarray:
+        """Frame k's cake (n_eta, n_r) with the values IntegratorZarrOMP writes (a fresh
+        array where bins change, else the Result's own)."""
+        frame = np.asarray(cake[k], dtype=np.float64)
+        # IntegratorZarrOMP writes 0 where no pixel reached a bin and NaN wherever a masked
+        # pixel did, even a bin that only masked pixels reached (the compat rule): MIDAS's
+        # viewers take max() and SNIP over these arrays.
+        if area.size:
+            frame_area = np.asarray(area[k] if area.ndim == 3 else area, dtype=np.float64)
+            empty = np.isnan(frame) & ~(frame_area > 0)
+            if masked_bins is not None:
+                empty.reshape(-1)[masked_bins] = False
+            frame = np.where(empty, 0.0, frame)
+        return frame
+
     ids = frame_ids(result)
     if np.unique(ids).size != ids.size:
         # A stream's runs from several senders restart their ids; MIDAS names datasets by id.
@@ -138,25 +160,28 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     known_omegas = omegas_deg(result)
     # Without ω IntegratorZarrOMP writes 0 for every frame and no /Omegas.
     omegas = np.zeros(n_frames) if known_omegas is None else known_omegas
-    entries: list[tuple[str, np.ndarray, dict[str, Any]]] = [
-        (
+    cake_shape = (n_r, n_eta)
+    entries = [
+        MidasEntry(
             "REtaMap",
-            reta_map(result, IZ_DEFAULT_WAVELENGTH),
+            (5, n_r, n_eta),
             {
                 "nEtaBins": n_eta,
                 "nRBins": n_r,
                 "Header": "Radius,2Theta,Eta,BinArea,Q",
                 "Units": "Pixels,Degrees,Degrees,Pixels,InvAngstrom",
             },
+            lambda: reta_map(result, IZ_DEFAULT_WAVELENGTH),
         )
     ]
     if cfg(result, "save_individual_frames"):
         for k in range(n_frames):
             entries.append(
-                (
+                MidasEntry(
                     f"IntegrationResult/FrameNr_{ids[k]}",
-                    cakes_r_major[k],
+                    cake_shape,
                     {"omega": float(omegas[k]), "Header": "Radius,Eta", "Units": "Pixels,Degrees"},
+                    functools.partial(_transposed, cake_of, k),
                 )
             )
     omega_sum_frames = int(cfg(result, "omega_sum_frames"))
@@ -168,6 +193,15 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
             "IntegratorZarrOMP); GSAS-II needs it to import the .zarr.zip",
             omega_sum_frames,
         )
+
+    def chunk_sum(chunk: range) -> np.ndarray:
+        # Frame after frame onto 0.0: what numpy's sum(axis=0) of the stacked chunk gives (it
+        # starts from the identity and adds along the outer axis in order), bit for bit.
+        total = np.zeros((n_eta, n_r))
+        for k in chunk:
+            total += cake_of(k)
+        return total.T
+
     for chunk in frame_groups(n_frames, omega_sum_frames) if omega_sum_frames >= 0 else ():
         first, last = chunk[0], chunk[-1]
         attrs: dict[str, Any] = {
@@ -184,17 +218,22 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
             v = np.asarray(values, dtype=np.float64).reshape(-1)
             attrs[key] = float(v[last] / len(chunk) if key == "I0" else v[first : last + 1].mean())
         entries.append(
-            (f"OmegaSumFrame/LastFrameNumber_{ids[last]}", cakes_r_major[chunk].sum(axis=0), attrs)
+            MidasEntry(
+                f"OmegaSumFrame/LastFrameNumber_{ids[last]}",
+                cake_shape,
+                attrs,
+                functools.partial(chunk_sum, chunk),
+            )
         )
     if known_omegas is not None:
-        entries.append(("Omegas", omegas, {"Units": "Degrees"}))
+        entries.append(MidasEntry("Omegas", (n_frames,), {"Units": "Degrees"}, lambda: omegas))
     if cfg(result, "sum_images"):
         entries.append(
-            (
+            MidasEntry(
                 "SumFrames",
-                # C adds each frame's intensity before its masked-bin NaN (spec §5.5).
-                np.nansum(result.cakes_before_mask_nan(), axis=0).T,
+                cake_shape,
                 {"Header": "Radius,Eta", "Units": "Pixels,Degrees", "nFrames": n_frames},
+                lambda: _sum_frames(result, cake).T,
             )
         )
     instrument = {
@@ -210,12 +249,83 @@ def midas_tree(result: Result) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
         "Distance": cfg(result, "lsd_um"),
     }
     for key, value in instrument.items():
-        entries.append((f"InstrumentParameters/{key}", np.array([value], dtype=np.float64), {}))
+        array = np.array([value], dtype=np.float64)
+        entries.append(MidasEntry(f"InstrumentParameters/{key}", (1,), {}, array.copy))
     return entries
+
+
+def _transposed(make: Callable[[int], np.ndarray], k: int) -> np.ndarray:
+    return make(k).T
+
+
+def _sum_frames(result: Result, cake: np.ndarray) -> np.ndarray:
+    """``SumFrames`` (n_eta, n_r): the NaN-skipping sum over the frames of their cakes with
+    the masked-touched bins holding their intensity from before their NaN (C adds each frame's
+    intensity before that NaN, spec §5.5; :meth:`Result.cakes_before_mask_nan`), one frame at
+    a time, in the order and with the values ``np.nansum(..., axis=0)`` of the stack gives."""
+    bins = result.metadata.get("masked_bins")
+    given = result.metadata.get("masked_bin_values")
+    restore = bins is not None and given is not None
+    values = np.asarray(given).reshape(cake.shape[0], -1) if restore else None
+    total = np.zeros(cake.shape[1:])  # numpy's sums start from 0.0 too (-0.0 + 0.0 = 0.0)
+    for k in range(cake.shape[0]):
+        frame = np.array(cake[k], dtype=np.float64)
+        if values is not None:
+            frame.reshape(-1)[np.asarray(bins)] = values[k]
+        frame[np.isnan(frame)] = 0.0
+        total += frame
+    return total
+
+
+def midas_tree(result: Result) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """The MIDAS caked tree as ``(path, array, attrs)`` entries (R-major arrays), made one at a
+    time as the iteration reaches them (:func:`midas_entries`): a writer that writes each before
+    taking the next holds one frame's (or one OmegaSumFrame chunk's) arrays at a time.
+
+    ``REtaMap``; ``IntegrationResult/FrameNr_<id>`` per frame (``save_individual_frames``);
+    ``OmegaSumFrame/LastFrameNumber_<id>`` per chunk (``omega_sum_frames`` >= 0); ``Omegas``
+    (ω known); ``SumFrames`` (``sum_images``); ``InstrumentParameters/<key>``.
+
+    Parameters
+    ----------
+    result : Result
+        One frame or a stack. ``metadata`` may carry per-frame ``omega_deg``, ``Temperature``,
+        ``Pressure``, ``I``, ``I0`` arrays (n_frames,), averaged per OmegaSumFrame chunk
+        (``I0``: last value / frames in chunk, as IntegratorZarrOMP does).
+
+    Yields
+    ------
+    (str, ndarray, dict)
+    """
+    for entry in midas_entries(result):
+        yield entry.path, entry.make(), entry.attrs
+
+
+#: What caked.hdf's HDF5 metadata takes at most, per dataset (object header with its C-style
+#: attributes, its link in the group's symbol table and name heap: ~0.56 KB measured for
+#: FrameNr and OmegaSumFrame datasets, 0.5 KB over 3000 of them) and for the file (superblock, groups).
+_CAKED_META_PER_DATASET = 2 << 10
+_CAKED_META_FIXED = 64 << 10
+
+
+def caked_file_bound(entries: list[MidasEntry]) -> int:
+    """An upper bound of the size of the caked.hdf of ``entries`` (bytes): their float64 data,
+    stored contiguous, and the metadata HDF5 writes for them."""
+    data = sum(e.nbytes for e in entries)
+    return data + _CAKED_META_PER_DATASET * len(entries) + _CAKED_META_FIXED
 
 
 def write_midas_caked(result: Result, path: str | Path) -> Path:
     """Write ``<name>.caked.hdf`` in the IntegratorZarrOMP layout (spec §9.1), atomically.
+
+    The datasets are made and written one at a time (memory: one frame's or one OmegaSumFrame
+    chunk's arrays, not the stack's). HDF5 meeting a full disk mid-file leaves objects it cannot
+    release (errors at garbage collection, a crash at exit), so the file's room is taken before
+    HDF5 writes anything: its size is known ahead (:func:`caked_file_bound`) and reserved with
+    ``posix_fallocate`` (where that is not available, checked against the free space); a
+    write that fails all the same (another program filling a disk without fallocate) is not
+    passed on to HDF5, which closes the file normally, and the write then fails with that
+    error. The bytes are those HDF5 gives the same tree laid out in memory.
 
     Parameters
     ----------
@@ -226,21 +336,163 @@ def write_midas_caked(result: Result, path: str | Path) -> Path:
     Returns
     -------
     Path
+
+    Raises
+    ------
+    OSError
+        ENOSPC / EFBIG naming ``path`` when the disk (or ``ulimit -f``) cannot hold the file;
+        nothing is left under ``path`` or a temporary name.
     """
     import h5py
 
-    # Laid out in memory, then written as bytes: a full disk fails the plain write with a clean
-    # OSError, where HDF5 failing mid-file leaves objects it cannot release (errors at garbage
-    # collection, a crash at exit).
-    image = io.BytesIO()
-    with h5py.File(image, "w") as f:
-        for name, data, attrs in midas_tree(result):
-            dataset = f.create_dataset(name, data=data)
-            for key, value in attrs.items():
-                _set_c_attribute(dataset, key, value)
+    entries = midas_entries(result)
     with atomic_output(path) as tmp:
-        Path(tmp).write_bytes(image.getbuffer())
+        with _ReservedFile(tmp, caked_file_bound(entries), Path(path)) as fh:
+            # h5py's file-object driver, as for the in-memory image this writer made before:
+            # the same bytes.
+            with h5py.File(fh, "w") as f:
+                for entry in entries:
+                    dataset = f.create_dataset(entry.path, data=entry.make())
+                    for key, value in entry.attrs.items():
+                        _set_c_attribute(dataset, key, value)
+            fh.finish()
     return Path(path)
+
+
+class _ReservedFile(io.RawIOBase):
+    """A new file of at most ``reserve`` bytes that HDF5 (h5py's file-object driver) writes
+    through, its room taken on the disk before the first byte: ``posix_fallocate`` (the blocks
+    are the file's; a full disk or ``ulimit -f`` fails here, cleanly), else the free space is
+    checked. The size HDF5 sees is what it wrote (the reserved tail is cut off by
+    :meth:`finish`). A write that fails all the same is not passed on to HDF5 (which would leave
+    objects it cannot release): it and later writes are kept back (small ones in memory, where
+    HDF5 may read them again) and :meth:`finish` raises its error, naming ``final``."""
+
+    #: Writes kept in memory after a failed one (metadata, which HDF5 may read back); raw
+    #: data above this is dropped (the file is discarded anyway).
+    _KEEP_AFTER_FAILURE = 1 << 20
+
+    def __init__(self, path: Path, reserve: int, final: Path) -> None:
+        super().__init__()
+        self._final = final
+        # Unbuffered: a failing write fails in write(), not in a later seek or flush.
+        self._file = open(path, "w+b", buffering=0)  # closed in close()
+        self._fd = self._file.fileno()
+        self._pos = 0
+        self._size = 0
+        self._error: OSError | None = None
+        self._kept: dict[int, bytes] = {}
+        try:
+            self._reserve(int(reserve))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _fail(self, error: OSError, detail: str) -> OSError:
+        strerror = error.strerror or os.strerror(error.errno or 0)
+        return OSError(error.errno, f"{strerror}: {detail}", str(self._final))
+
+    def _reserve(self, nbytes: int) -> None:
+        from radint.io.nexus import _file_size_limit
+
+        limit = _file_size_limit()
+        if limit is not None and nbytes > limit:
+            raise OSError(
+                errno.EFBIG,
+                f"File too large: the file size limit (ulimit -f) is {limit} bytes, the file "
+                f"needs up to {nbytes}",
+                str(self._final),
+            )
+        fallocate = getattr(os, "posix_fallocate", None)
+        if fallocate is not None and nbytes > 0:
+            try:
+                fallocate(self._fd, 0, nbytes)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+                    raise self._fail(e, f"{nbytes} bytes could not be reserved") from None
+        free = shutil.disk_usage(self._final.parent).free
+        if free < nbytes:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: {free} bytes free where writing needs {nbytes}",
+                str(self._final),
+            )
+
+    # The file-object protocol h5py's driver uses: seek, tell, write, readinto, truncate, flush.
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        if self._error is None:
+            try:
+                done = 0
+                while done < n:
+                    self._file.seek(self._pos + done)
+                    done += self._file.write(view[done:]) or 0
+            except OSError as e:
+                self._error = e
+        if self._error is not None and n <= self._KEEP_AFTER_FAILURE:
+            self._kept[self._pos] = bytes(view)
+        self._pos += n
+        self._size = max(self._size, self._pos)
+        return n
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(view.nbytes, self._size - self._pos))
+        got = 0
+        try:
+            while got < n:
+                self._file.seek(self._pos + got)
+                read = self._file.readinto(view[got:n]) or 0
+                if not read:
+                    break
+                got += read
+        except OSError as e:  # not passed on to HDF5 either
+            self._error = self._error or e
+        view[got:n] = bytes(n - got)
+        for start, data in self._kept.items():  # writes kept back, over what the disk holds
+            lo, hi = max(start, self._pos), min(start + len(data), self._pos + n)
+            if lo < hi:
+                view[lo - self._pos : hi - self._pos] = data[lo - start : hi - start]
+        self._pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        self._size = self._pos if size is None else int(size)
+        return self._size
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """After HDF5 closed the file: its error if a write failed (naming the final file),
+        else the reserved tail cut off."""
+        if self._error is not None:
+            raise self._fail(self._error, "the file could not be written") from self._error
+        self._file.truncate(self._size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 def _set_c_attribute(dataset: Any, key: str, value: Any) -> None:

@@ -184,8 +184,10 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
 
 
 #: Formats the HDF5 library writes into the file itself (a full disk met there crashes the
-#: process later, so the free space is checked first). caked.hdf is laid out in memory and
-#: written as bytes: a full disk fails it with a plain OSError, as it does the other formats.
+#: process later, so the free space is checked first). caked.hdf, which HDF5 writes too, takes
+#: its computed size on the disk itself before HDF5 starts (posix_fallocate, see
+#: :func:`radint.io.midas.write_midas_caked`): a full disk fails it with a plain OSError, as it
+#: does the formats written as bytes.
 HDF5_DIRECT_FORMATS = ("nexus",)
 
 
