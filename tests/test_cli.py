@@ -705,6 +705,22 @@ def test_version_says_how_the_core_was_built_and_what_gpu_there_is(capsys):
     assert "\nGPU: " in out
 
 
+def test_python_dash_m_radint_is_the_radint_command():
+    """`python -m radint` runs the CLI (a build tree on PYTHONPATH has no entry point)."""
+    import subprocess
+    import sys
+
+    from radint import __version__
+
+    run = subprocess.run([sys.executable, "-m", "radint", "--version"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"radint {__version__} (Python ")
+    bad = subprocess.run([sys.executable, "-m", "radint", "integrate"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "usage: radint integrate" in bad.stderr
+
+
 def test_map_refuses_a_map_no_pixel_reaches(tmp_path, capsys):
     """Audit: ``radint map`` wrote an empty Map.bin (exit 0) for an η range off the detector,
     which ``radint integrate`` refuses; it refuses too, saying what misses, and writes nothing."""
