@@ -28,9 +28,11 @@
 #define RF_ERFC(x) erfc(x)
 #define RF_ATAN(x) atan(x)
 #define RF_FABS(x) fabs(x)
+#define RF_OUTLINED __device__ __noinline__
 #else
 #include <cmath>
 #define RF_HD inline
+#define RF_OUTLINED inline
 #define RF_SQRT(x) std::sqrt(x)
 #define RF_EXP(x) std::exp(x)
 #define RF_POW(x, y) std::pow(x, y)
@@ -41,6 +43,10 @@
 #define RF_FABS(x) std::fabs(x)
 #endif
 
+// RF_OUTLINED: the large steps a fit calls a few times (each LM iteration, each refit) stay
+// out of line on the device. Inlined, the kernel was 1 MB of code (the LM four times over),
+// NVRTC took ~20 s to compile it and it needed 186 registers; outlined, 345 KB, ~3 s and 164
+// registers (ptxas for sm_90, benches/kernel_resources.py), for a call per step.
 typedef unsigned int rf_u32;
 typedef unsigned char rf_u8;
 
@@ -366,7 +372,7 @@ RF_HD double rf_strictly_inside(double v, double lo, double hi) {
 
 // roi.rs initial_guess for peaks at finite-point indices pks[0..n_peaks), narrow peaks started
 // at narrow_fwhm_bins; returns Starts::narrow (some peak is narrow).
-RF_HD bool rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double bin,
+RF_OUTLINED bool rf_initial_guess(const RfData& d, const int* pks, int n_peaks, double bin,
                             double narrow_fwhm_bins, double* start, double* lower,
                             double* upper) {
     double ymin = 1.0 / 0.0, ymax = -1.0 / 0.0;
@@ -568,7 +574,7 @@ RF_HD void rf_upper_entry(int e, int n, int* a, int* b) {
 
 // The normal equations at p into s.cost / s.jtj / s.jtr: JᵀJ over the coupled pairs, Jᵀr and
 // Σ r² over every point, each entry summed over the points in order.
-RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, const RfScratch& s) {
+RF_OUTLINED void rf_normal_equations(const RfData& d, const double* p, int n, const RfScratch& s) {
     RfPeak pk[RF_MAX_PEAKS];
     int lo[RF_MAX_PEAKS], hi[RF_MAX_PEAKS], rs[RF_MAX_PEAKS + 1], re[RF_MAX_PEAKS + 1], nr;
     rf_prepare(d, p, n, pk, lo, hi);
@@ -619,7 +625,7 @@ RF_HD void rf_normal_equations(const RfData& d, const double* p, int n, const Rf
 }
 
 // Σ r² at p (every lane gets it).
-RF_HD double rf_cost(const RfData& d, const double* p, int n, const RfScratch& s) {
+RF_OUTLINED double rf_cost(const RfData& d, const double* p, int n, const RfScratch& s) {
     RfPeak pk[RF_MAX_PEAKS];
     int n_peaks = 0;
     for (int o = 2; o + 4 <= n; o += 4) pk[n_peaks++] = rf_peak_terms(p + o);
@@ -717,7 +723,7 @@ RF_HD bool rf_finite_normal(const RfScratch& s, int n) {
 
 // lm.rs levenberg_marquardt; p holds the start (clamped here) and receives the solution. The
 // normal equations at the solution are left in the scratch.
-RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower,
+RF_OUTLINED int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower,
                                  const double* upper, int n, int max_iterations, double ftol,
                                  double xtol, const RfScratch& s, int* iterations) {
     *iterations = 0;
@@ -783,7 +789,7 @@ RF_HD int rf_levenberg_marquardt(const RfData& d, double* p, const double* lower
 // model Mᵢ is positive at every point, else HC2, vᵢ = rᵢ²/(1 − hᵢ) with hᵢ = gᵢᵀA⁻¹gᵢ. Writes
 // diag(C) into var[0..n) and C(sig, gam) of each peak into cov_sg[k] (every lane); false when A
 // is singular. A (s.jtj) and the rest of the scratch are overwritten.
-RF_HD bool rf_covariance(const RfData& d, const double* p, const double* lower,
+RF_OUTLINED bool rf_covariance(const RfData& d, const double* p, const double* lower,
                          const double* upper, int n, const RfScratch& s, double* var,
                          double* cov_sg, bool* pinned) {
     int fr[RF_MAX_PARAMS];
