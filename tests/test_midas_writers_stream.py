@@ -1,6 +1,8 @@
 """The MIDAS caked.hdf and GSAS-II .zarr.zip writers stream: the files of the writers that laid
-the whole tree (and the whole HDF5 file) out in memory, bit for bit, at a small fraction of
-their memory, and a full disk or file size limit fails cleanly before or without HDF5 seeing it."""
+the whole tree (and the whole HDF5 file) out in memory, bit for bit (cakes of more than one
+bin: the sums of a one-bin cake's frames were pairwise in numpy, in order now, as in
+IntegratorZarrOMP), at a small fraction of their memory, and a full disk or file size limit
+fails cleanly before or without HDF5 seeing it."""
 
 from __future__ import annotations
 
