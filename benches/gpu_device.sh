@@ -2,13 +2,14 @@
 # Every GPU check of issues 8 and 9 in one call on a GPU machine (the `device` tool's `run`:
 # device time is scarce and each call pays the machine's start): environment, the GPU tests,
 # each kernel's registers / local memory, benches/gpu.py, benches/gpu_profile.py (plain and under
-# Nsight Compute), the CLI, compute-sanitizer and the CUDA stream benchmark. Each step has its
+# Nsight Compute), the CLI, compute-sanitizer (the fitter also for shared-memory races), Nsight
+# Compute on the fitter, and the CUDA stream benchmark. Each step has its
 # own time limit and appends to $OUT/steps.log, so a slow step never loses the others.
 #
 # The machine has Python 3.12 with CuPy, torch, h5py, tifffile, rich and pytest, no Rust and no
 # network. Prepare here first (see benches/README.md, "GPU integration"):
 #   bash benches/gpu_device.sh --prepare      # abi3 wheel + zarr and midas-integrate into .whl/
-# then call run(command="bash benches/gpu_device.sh", carry=[".whl"], timeout_s=300).
+# then call run(command="bash benches/gpu_device.sh", carry=[".whl"], timeout_s=420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -100,6 +101,15 @@ SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
     /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 step sanitizer 90 "$SAN" --tool memcheck --error-exitcode 9 python3 -m pytest -q -x \
     -p no:cacheprovider --import-mode=importlib tests/test_gpu.py -k "rules_on_random or staging"
+
+# The fitting kernel (a warp per job, its scratch in shared memory): out-of-bounds accesses,
+# shared-memory races between a warp's lanes, __syncwarp misuse; then its occupancy and stalls.
+step sanitize-fit 90 bash -c "for tool in memcheck racecheck synccheck; do echo \"-- \$tool\"; \
+    '$SAN' --tool \$tool --error-exitcode 9 python3 benches/gpu_fit_small.py --lineouts 50 \
+    || exit \$?; done"
+step ncu-fit 60 "$NCU" --clock-control none -k regex:rf_fit --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
+    --section WarpStateStats python3 benches/gpu_fit_small.py --lineouts 1000
 
 step bench-stream-cuda 60 python3 benches/stream.py --backend cuda --frames 300 --rounds 2
 
