@@ -117,6 +117,10 @@ class FitTable:
         → Q, d conversion (first order: the conversion's derivative at the centre times the px
         error; the FWHM's from both its ends, the centre–FWHM covariance taken as 0, which it
         is for a symmetric profile).
+    metadata : dict
+        Free-form extras, empty by default: :func:`with_units` sets ``"wavelength_angstrom"``
+        (float, 0.0 without a configuration) and :meth:`FitSpec.apply` sets ``"fit_spec"`` (the
+        :class:`FitSpec` that made the table).
     """
 
     area: np.ndarray
@@ -494,7 +498,27 @@ def fit_result(
 
 def with_units(table: FitTable, result: Result) -> FitTable:
     """Add the centre in 2θ, Q and d and the FWHM in degrees 2θ to a table fitted against
-    ``result.radius_px`` (``atan(R·px/Lsd)``, via ``result.config``)."""
+    ``result.radius_px`` (``atan(R·px/Lsd)``, via ``result.config``).
+
+    Without a configuration 2θ is interpolated in the result's ``radius_px``/``two_theta_deg``
+    columns (NaN outside them); without a positive wavelength Q and d (and their errors) are NaN.
+
+    Parameters
+    ----------
+    table : FitTable
+        Fitted with ``center``/``fwhm`` in R pixels on ``result.radius_px`` (single or stack).
+        Changed in place: its 2θ, Q, d and FWHM-in-degrees columns and their ``*_err`` columns
+        are set, and ``metadata["wavelength_angstrom"]`` (0.0 without a configuration).
+    result : Result
+        The result the table was fitted from; ``result.config`` gives the distance ``Lsd``
+        (um), pixel size (um) and wavelength (Angstrom).
+
+    Returns
+    -------
+    FitTable
+        ``table`` itself: ``center_two_theta_deg`` and ``fwhm_deg`` in degrees 2θ,
+        ``center_q`` in Å⁻¹, ``center_d_angstrom`` in Å, each with its standard error.
+    """
     c, w = table.center, table.fwhm
     table.center_two_theta_deg = _two_theta_deg(result, c)
     table.fwhm_deg = _two_theta_deg(result, c + w / 2) - _two_theta_deg(result, c - w / 2)
@@ -537,6 +561,14 @@ def write_fit_bin(table: FitTable, path: str | Path) -> Path:
     as in PeakFit.c); auto-detection writes only the peaks found in each frame (like the MIDAS
     GPU integrator), so frames may differ in length. Atomic.
 
+    Parameters
+    ----------
+    table : FitTable
+        Single-lineout (``(n_peaks,)``, written as one frame) or stacked (``(n_frames,
+        n_peaks)``) table; slots with ``status == 255`` (absent) are left out.
+    path : str or Path
+        File to write (replaced if it exists); its parent directory must exist.
+
     Returns
     -------
     Path
@@ -557,7 +589,30 @@ def write_fit_bin(table: FitTable, path: str | Path) -> Path:
 
 
 def read_fit_bin(path: str | Path, n_peaks: int | None = None) -> np.ndarray:
-    """Read a ``fit.bin``: shape ``(n_rows, 7)``, or ``(n_frames, n_peaks, 7)`` given ``n_peaks``."""
+    """Read a ``fit.bin``: shape ``(n_rows, 7)``, or ``(n_frames, n_peaks, 7)`` given ``n_peaks``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file: little-endian float64, 7 per row (:data:`COLUMNS` order).
+    n_peaks : int, optional
+        Rows per frame, to split the rows into frames. Default None: the rows unsplit.
+
+    Returns
+    -------
+    ndarray of float64
+        Shape ``(n_rows, 7)``, or ``(n_frames, n_peaks, 7)`` given ``n_peaks``.
+
+    Raises
+    ------
+    RadintFileNotFoundError
+        ``path`` does not exist.
+    RadintIOError
+        ``path`` cannot be read.
+    ShapeError
+        The number of doubles is not a multiple of 7, or ``n_peaks`` is below 1 or does not
+        divide the number of rows.
+    """
     try:
         data = np.fromfile(path, dtype="<f8")
     except FileNotFoundError as e:
@@ -588,6 +643,28 @@ def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> P
     own file holds per-η fits instead: :func:`radint.io.peaks.write_caked_peaks_per_eta`.
 
     ``table`` must come from :func:`fit_result` on ``result`` (it needs the 2θ columns).
+
+    Parameters
+    ----------
+    table : FitTable
+        Single or stacked lineout fits with the 2θ columns (:func:`fit_result`,
+        :func:`with_units`); ``d_spacing_A`` is NaN where ``center_d_angstrom`` is None.
+    result : Result
+        The result fitted: gives the axes (``two_theta_deg``, ``eta_deg``, degrees), the frame
+        keys (``frame_ids`` when there is one per lineout, else ``"0"``, ``"1"``, ...) and
+        ``zarr_source`` (``metadata["source"]``, empty when not set).
+    path : str or Path
+        File to write (replaced if it exists); its parent directory must exist.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InvalidInputError
+        ``table`` has no 2θ columns (``center_two_theta_deg`` or ``fwhm_deg`` is None).
     """
     from radint.io.peaks import write_caked_peaks
 
@@ -628,7 +705,28 @@ def write_caked_peaks_h5(table: FitTable, result: Result, path: str | Path) -> P
 
 def snip_background(y: Any, iterations: int = 50) -> np.ndarray:
     """SNIP background (spec §6.3) of a lineout, shape ``(n_x,)``; NaN or ±inf bins (masked,
-    empty) are first filled linearly from their finite neighbours (all non-finite: 0)."""
+    empty) are first filled linearly from their finite neighbours (all non-finite: 0).
+
+    Parameters
+    ----------
+    y : array_like, shape (n_x,)
+        The lineout's intensities (real numbers).
+    iterations : int
+        SNIP iterations (MIDAS ``SNIPIterations``), default 50; counts above ``n_x`` clip
+        nothing more and are taken as ``n_x``.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_x,)
+        The background, in the units of ``y``.
+
+    Raises
+    ------
+    InvalidInputError
+        ``y`` is not real numeric, or ``iterations`` is negative.
+    ShapeError
+        ``y`` is not 1-D.
+    """
     ys = _as_float("y", y, (1,))
     if int(iterations) < 0:
         raise InvalidInputError(f"snip_background: iterations must be >= 0, got {iterations}")
@@ -947,13 +1045,14 @@ class EtaPeaks:
         ``atan(R·px/Lsd)``, ``λ/(2 sin θ)`` (0 without a wavelength, as MIDAS) and the FWHM in
         degrees 2θ (0 where ``fwhm`` is 0).
     n_frames : int
-        Frames of the result (rows exist only for accepted peaks).
+        Frames of the result (rows exist only for accepted peaks). Default 0.
     eta_axis_deg, two_theta_axis_deg : ndarray
-        The cake's η bin centres and the 2θ of its R bin centres (the HDF5 file's axes).
+        The cake's η bin centres and the 2θ of its R bin centres (the HDF5 file's axes), in
+        degrees. Default: empty.
     source : str
-        The input the result came from (``zarr_source`` of the HDF5 file).
+        The input the result came from (``zarr_source`` of the HDF5 file). Default ``""``.
     pixel_size_um : float
-        For the CSV's ``R_um`` (NaN without a config).
+        For the CSV's ``R_um`` (NaN without a config, the default).
     """
 
     frame: np.ndarray
@@ -1195,7 +1294,20 @@ def _pick_curve(table: FitTable, index: int) -> FitTable:
 
 def concat_tables(tables: list[FitTable]) -> FitTable:
     """One stacked table ``(Σ n_curves, n_peaks)`` from single or stacked tables; tables with
-    fewer peak slots (e.g. peaks changed during a stream) are padded with absent slots."""
+    fewer peak slots (e.g. peaks changed during a stream) are padded with absent slots.
+
+    Parameters
+    ----------
+    tables : list of FitTable
+        At least one table, in order. Absent slots have ``status == 255``, NaN values and 0
+        ``iterations``. An optional column (``n_found``, ``background``, the 2θ/Q/d columns)
+        that any table lacks is None in the result; ``metadata`` is a copy of the first table's.
+
+    Returns
+    -------
+    FitTable
+        Stacked, with ``n_peaks`` the largest of the tables'.
+    """
     stacked = [t if t.is_stack else _add_curve_axis(t) for t in tables]
     width = max(int(t.center.shape[-1]) for t in stacked)
     out: dict[str, Any] = {}
@@ -1236,6 +1348,29 @@ def peak_profile(x: Any, table: FitTable) -> np.ndarray:
 
     ``table`` must be a single lineout's table; failed or absent slots contribute nothing.
     Returns shape ``(len(x),)`` in the lineout's intensity units.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_x,)
+        Where to evaluate, in the units the table was fitted in (R px for a
+        :class:`~radint.result.Result`).
+    table : FitTable
+        One lineout's fits (columns of shape ``(n_peaks,)``); each converged slot adds
+        ``area`` times a unit-area pseudo-Voigt of FWHM ``fwhm`` and Lorentzian fraction
+        ``eta_mix`` about ``center``.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_x,)
+        The sum of the converged peaks at each ``x`` (the profile's value at the point, not
+        its mean over a bin).
+
+    Raises
+    ------
+    ShapeError
+        ``table`` is stacked, or ``x`` is not 1-D.
+    InvalidInputError
+        ``x`` is not real numeric.
     """
     xs = _as_float("x", x, (1,))
     if table.is_stack:
@@ -1257,6 +1392,44 @@ class FitSpec:
     Give exactly one of ``positions_px`` (MIDAS ``PeakLocation``: radii in pixels),
     ``positions_two_theta_deg`` or ``auto`` (detect up to this many peaks, MIDAS
     ``AutoDetectPeaks 1`` + ``MaxNPeaks``). The other fields are as in :func:`fit_peaks`.
+
+    Attributes
+    ----------
+    positions_px : tuple of float
+        Peak positions as radii in pixels (MIDAS ``PeakLocation``); any sequence of finite
+        numbers (a numpy array too) is stored as a tuple of floats. Default: none.
+    positions_two_theta_deg : tuple of float
+        Peak positions in degrees 2θ (converted to R px with the result's configuration),
+        stored like ``positions_px``. Default: none.
+    auto : int or None
+        Detect and fit up to this many peaks (>= 1) per lineout. Default None.
+    roi_padding : int
+        ROI half-width in R bins (MIDAS ``FitROIPadding``), >= 0. Default 20.
+    auto_roi : bool
+        MIDAS ``FitROIAuto``: padding = max(15, 1.5 · largest estimated FWHM in bins). Default
+        False.
+    snip_iterations : int
+        SNIP iterations of the auto-detection background (MIDAS ``SNIPIterations``), >= 0.
+        Default 50.
+    max_iterations : int
+        Levenberg–Marquardt steps per fit, >= 1. Default 500.
+    doublet_separation : float
+        Per-η fits only (:meth:`per_eta`): MIDAS ``DoubletSeparation`` in R pixels; adjacent
+        positions closer than this are fitted as a doublet (0, the default: none).
+    bin_average : bool
+        Model each point as the profile's mean over its bin (True, the default) or MIDAS's
+        value at the bin centre (False), as :func:`fit_peaks`.
+    per_eta_bounds : {"radint", "midas"}
+        The per-η pV fits' box and start (``bounds`` of :func:`fit_per_eta`). Default
+        ``"radint"``.
+
+    Raises
+    ------
+    InvalidInputError
+        Not exactly one of ``positions_px``, ``positions_two_theta_deg`` and ``auto`` given;
+        positions that are not finite numbers or have more than one dimension; ``auto`` below 1; ``roi_padding`` or
+        ``snip_iterations`` not an integer >= 0, ``max_iterations`` not an integer >= 1; or
+        ``per_eta_bounds`` not ``"radint"`` or ``"midas"``.
 
     Examples
     --------
@@ -1372,7 +1545,20 @@ class FitSpec:
         return self.auto is None and not self.auto_roi
 
     def positions_in_px(self, config: IntegrationConfig) -> list[float]:
-        """The requested positions as radii in pixels."""
+        """The requested positions as radii in pixels.
+
+        Parameters
+        ----------
+        config : IntegrationConfig
+            Converts ``positions_two_theta_deg`` with ``R = tan(2θ) · Lsd / pixel size`` (its
+            ``lsd_um`` and ``pixel_size_y_um``); not used when ``positions_px`` is set.
+
+        Returns
+        -------
+        list of float
+            ``positions_px`` as given, else the converted 2θ positions, in R px (empty for
+            auto-detection).
+        """
         if self.positions_px:
             return list(self.positions_px)
         tth = np.radians(np.asarray(self.positions_two_theta_deg, dtype=np.float64))
@@ -1380,7 +1566,20 @@ class FitSpec:
 
     def apply(self, result: Result, n_threads: int | None = None) -> FitTable:
         """Fit the lineout(s) of ``result`` (see :func:`fit_result`); the table's
-        ``metadata["fit_spec"]`` is this spec (for :meth:`per_eta`)."""
+        ``metadata["fit_spec"]`` is this spec (for :meth:`per_eta`).
+
+        Parameters
+        ----------
+        result : Result
+            One frame or a stack; its ``lineout`` is fitted against ``radius_px``.
+        n_threads : int, optional
+            Threads fitting (default: all cores).
+
+        Returns
+        -------
+        FitTable
+            As :func:`fit_result`: ``center``/``fwhm`` in R px plus the 2θ, Q and d columns.
+        """
         table = fit_result(
             result,
             positions_px=list(self.positions_px) or None,
@@ -1402,6 +1601,19 @@ class FitSpec:
         Positions that are the parameter file's ``PeakLocation`` lines are taken in the file's
         order, as IntegratorZarrOMP pairs doublets and numbers its per-η peaks in that order
         (its fit.bin, like :attr:`positions_px`, is in R order).
+
+        Parameters
+        ----------
+        result : Result
+            One frame or a stack with a ``cake``. Without a configuration only
+            ``positions_px`` are fitted (``positions_two_theta_deg`` need one to convert).
+        n_threads : int, optional
+            Threads fitting (default: all cores).
+
+        Returns
+        -------
+        EtaPeaks
+            One row per accepted peak, by frame, η bin and peak.
         """
         common: dict[str, Any] = {"roi_padding": self.roi_padding, "snip_iterations": self.snip_iterations,
                   "max_iterations": self.max_iterations, "n_threads": n_threads,
@@ -1423,7 +1635,19 @@ class FitSpec:
 
 def fit_spec_of(result: Result) -> FitSpec | None:
     """The fit that made ``result.peaks`` (recorded by :meth:`FitSpec.apply`), else the
-    parameter file's (``DoPeakFit`` ...), else None."""
+    parameter file's (``DoPeakFit`` ...), else None.
+
+    Parameters
+    ----------
+    result : Result
+        Read for ``peaks.metadata["fit_spec"]`` and ``config``.
+
+    Returns
+    -------
+    FitSpec or None
+        The recorded spec, else :meth:`FitSpec.from_config` of ``result.config``, else None
+        (no recorded spec and no configuration, or a configuration that fits nothing).
+    """
     if result.peaks is not None:
         spec = result.peaks.metadata.get("fit_spec")
         if isinstance(spec, FitSpec):

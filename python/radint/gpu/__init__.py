@@ -128,7 +128,23 @@ def cuda_available() -> tuple[bool, str]:
 
 def kernel_source(name: str = "integrate") -> str:
     """Source of ``kernels/<name>.cu`` with its ``#include "<name>.cuh"`` inlined, so NVRTC needs
-    no include path and the module cache key covers the header too."""
+    no include path and the module cache key covers the header too.
+
+    Parameters
+    ----------
+    name : str
+        Kernel file stem in :data:`KERNEL_DIR`: ``"integrate"`` (default) or ``"fit"``.
+
+    Returns
+    -------
+    str
+        The CUDA C++ source, header inlined.
+
+    Raises
+    ------
+    RuntimeError
+        ``<name>.cu`` does not contain ``#include "<name>.cuh"``.
+    """
     cu = (KERNEL_DIR / f"{name}.cu").read_text()
     cuh = (KERNEL_DIR / f"{name}.cuh").read_text()
     include = f'#include "{name}.cuh"'
@@ -143,6 +159,25 @@ def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
     Uses CuPy's NVRTC binding directly (``cupy.cuda.compiler`` asks the driver for the device's
     architecture first, which fails on machines without a GPU). Raises ``RuntimeError`` with
     NVRTC's log on a compile error.
+
+    Parameters
+    ----------
+    name : str
+        Kernel file stem, as :func:`kernel_source`: ``"integrate"`` (default) or ``"fit"``.
+    arch : str
+        NVRTC virtual architecture (``-arch=``), default ``"compute_80"``.
+
+    Returns
+    -------
+    str
+        The PTX text.
+
+    Raises
+    ------
+    BackendUnavailableError
+        CuPy is not installed, or NVRTC cannot be loaded.
+    RuntimeError
+        NVRTC failed to compile (the message holds its log).
     """
     _import_cupy()
     _preload_nvrtc()
@@ -415,7 +450,42 @@ class CudaIntegrator:
     ) -> dict[str, Any]:
         """Integrate frames ``(n_z, n_y)``, ``(n_frames, n_z, n_y)`` or a list of frames (numpy
         or CuPy) of one dtype; results stay on the device (CuPy arrays, flat, frame-major; per-bin sums in bin order ``r·n_eta + e``, cake
-        and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them)."""
+        and cake sigma η-major, ``e·n_r + r``, as the CPU engine returns them).
+
+        Parameters
+        ----------
+        frames : ndarray or CuPy array or list of them
+            Detector frames of shape ``(n_z, n_y)`` (the map's shape) or ``(n_frames, n_z,
+            n_y)``, C-contiguous, of one of the :data:`FRAME_DTYPES`; a list holds such
+            arrays, all host (numpy) or all device, of one dtype. Device arrays must be on the
+            map's GPU: one is read in place, a list of them is concatenated on the device
+            (its members need not be contiguous there).
+        dark : ndarray or CuPy array, optional
+            Per-pixel dark, ``n_z · n_y`` C-contiguous float64 values (flat or ``(n_z, n_y)``)
+            in the frames' units, subtracted from every frame. Default None: none.
+        variance : ndarray or CuPy array, optional
+            Per-pixel variance of every frame, ``n_z · n_y`` contiguous float64 values, used
+            in place of the Integrator's ``error_model``. Default None: Poisson variances when
+            the Integrator's ``error_model`` is ``"poisson"``, else no variance.
+
+        Returns
+        -------
+        dict
+            ``n_frames`` (int) and CuPy arrays ``signal``, ``area``, ``count`` (uint32),
+            ``cake`` (``n_frames · n_r · n_eta`` each) and ``lineout`` (``n_frames · n_r``);
+            with a variance (given or Poisson) also ``variance``, ``cake_sigma`` and
+            ``lineout_sigma``.
+
+        Raises
+        ------
+        ShapeError
+            Frames of the wrong shape, not C-contiguous, an empty list; ``dark`` or
+            ``variance`` not ``n_z · n_y`` contiguous float64 values.
+        DtypeError
+            Frames of a dtype without a kernel, a list mixing dtypes or host and device frames.
+        InvalidInputError
+            A device array on another GPU than the map.
+        """
         return self.run(frames, dark, variance, host_keys=())[0]
 
     def integrate(
@@ -425,7 +495,27 @@ class CudaIntegrator:
         """As :meth:`integrate_device`, with the results in ``keys`` (those present) copied to
         host numpy arrays: the dict ``radint._core.integrate`` returns (``n_frames``,
         ``signal``, ``area``, ``count``, [``variance``, ``cake_sigma``, ``lineout_sigma``],
-        ``cake``, ``lineout``), restricted to ``keys``."""
+        ``cake``, ``lineout``), restricted to ``keys``.
+
+        Parameters
+        ----------
+        frames, dark, variance
+            As in :meth:`integrate_device`.
+        keys : tuple of str
+            Result arrays to copy to the host; default :data:`HOST_KEYS` (all of them). Keys
+            the call does not produce (the variance arrays without a variance) are left out.
+
+        Returns
+        -------
+        dict
+            ``n_frames`` (int) and the arrays of ``keys`` that exist, as pinned host numpy
+            arrays, flat in the layout of :meth:`integrate_device`.
+
+        Raises
+        ------
+        ShapeError, DtypeError, InvalidInputError
+            As :meth:`integrate_device`.
+        """
         return self.run(frames, dark, variance, host_keys=keys)[1]
 
     def run(
@@ -433,7 +523,32 @@ class CudaIntegrator:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Integrate; return the device results and host copies of those in ``host_keys``
         (pinned numpy arrays, each pass downloaded as soon as its kernels finish). Both dicts
-        hold ``n_frames``."""
+        hold ``n_frames``.
+
+        Calls from several threads take turns (one lock per integrator); the work runs on this
+        integrator's device whatever the calling thread's current one.
+
+        Parameters
+        ----------
+        frames : ndarray or CuPy array or list of them
+            As in :meth:`integrate_device`.
+        dark, variance : ndarray or CuPy array or None
+            As in :meth:`integrate_device` (no default here: pass None for none).
+        host_keys : tuple of str
+            Result arrays to copy to the host (those the call does not produce are left out);
+            ``()`` for none.
+
+        Returns
+        -------
+        (device, host) : (dict, dict)
+            The device results as :meth:`integrate_device` returns them, and pinned numpy
+            copies of those in ``host_keys``.
+
+        Raises
+        ------
+        ShapeError, DtypeError, InvalidInputError
+            As :meth:`integrate_device`.
+        """
         # On this integrator's device whatever the calling thread's current one (its streams,
         # module and map live there).
         with self._lock, self._cp.cuda.Device(self.device_id):

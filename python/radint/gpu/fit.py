@@ -42,7 +42,22 @@ _SHARED_LIMIT = 48 * 1024
 
 def scratch_bytes(max_params: int, max_roi: int, team: int = 32) -> int:
     """Shared memory one warp's job needs: ``rf_scratch_bytes`` of ``kernels/fit.cuh`` (the
-    kernel checks it got at least that much and leaves the job to the CPU otherwise)."""
+    kernel checks it got at least that much and leaves the job to the CPU otherwise).
+
+    Parameters
+    ----------
+    max_params : int
+        Fit parameters of the largest job (``2 + 4 · peaks``: background and 4 per peak).
+    max_roi : int
+        ROI bins of the largest job.
+    team : int
+        Lanes sharing the job (a warp, 32, by default).
+
+    Returns
+    -------
+    int
+        Bytes of shared memory.
+    """
     p = int(max_params)
     doubles = 3 + 2 * p * p + 2 * p + _MAX_PEAKS + team * (p + 2)
     return 8 * doubles + 8 * ((int(max_roi) + 1) // 2)
@@ -109,6 +124,28 @@ class CudaFitter:
 
         Returns the dict :func:`radint._core.fit_peaks` returns (host arrays): ``values`` and
         ``errors`` ``(n_curves, n_peaks, 7)``, ``status`` u8, ``iterations`` u32.
+
+        Jobs the kernel cannot hold (or all of them, when the device has no room for the
+        kernel's per-thread memory) are fitted by the Rust fitter instead, with the same plan.
+
+        Parameters
+        ----------
+        lineouts : CuPy or numpy array, shape (n_curves, n_x) or (n_x,)
+            Intensities on the bins ``x`` the fitter was built for (converted to float64; a
+            1-D array is one curve); device arrays should be on the fitter's GPU.
+
+        Returns
+        -------
+        dict of ndarray
+            ``values``/``errors`` ``(n_curves, n_peaks, 7)`` float64 in
+            :data:`radint.fit.COLUMNS` order (NaN unless fitted; ``center``/``fwhm`` in x
+            units), ``status`` ``(n_curves, n_peaks)`` uint8 and ``iterations`` uint32, one
+            slot per position given (a repeated position's slots hold the same fit).
+
+        Raises
+        ------
+        InvalidInputError
+            Rows not of ``n_x`` bins.
         """
         with self._cp.cuda.Device(self.device_id):
             out = self._fit(lineouts)

@@ -195,6 +195,17 @@ def describe_output(path: str | Path) -> str | None:
 
     The line names the kind of file, its frames and bins where the file holds them, and says it
     is not a parameter file. A file of such a name that cannot be read is described by its name.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (or directory) to look at; one that does not exist gives ``None``.
+
+    Returns
+    -------
+    str or None
+        ``"<path>: <description> (<hint>)"``, the hint saying what radint reads instead; or
+        ``None`` when ``path`` does not exist or is not recognised as such an output.
     """
     p = Path(path)
     if not p.exists():

@@ -49,7 +49,19 @@ class ImageUnsupported(Exception):
 
 
 def filters_of(ds: Any) -> list[tuple[int, tuple[int, ...]]]:
-    """An h5py dataset's filter pipeline as ``[(filter id, client values), ...]``."""
+    """An h5py dataset's filter pipeline as ``[(filter id, client values), ...]``.
+
+    Parameters
+    ----------
+    ds : h5py.Dataset
+        The dataset whose creation property list is read.
+
+    Returns
+    -------
+    list of (int, tuple of int)
+        One ``(filter id, client data values)`` pair per filter, in pipeline order (empty for
+        an unfiltered dataset).
+    """
     plist = ds.id.get_create_plist()
     return [plist.get_filter(i)[:3:2] for i in range(plist.get_nfilters())]
 
@@ -67,6 +79,19 @@ def chunk_encoder(filters: list[tuple[int, tuple[int, ...]]]) -> Callable[[np.nd
     """The chunk encoder of an HDF5 filter pipeline ``[(filter id, client values), ...]``,
     applied in order; it returns a bytes-like object (an unfiltered chunk is not copied).
     Blosc and zlib run without the GIL, unlike HDF5's own filters called through h5py.
+
+    Parameters
+    ----------
+    filters : list of (int, tuple of int)
+        The pipeline as :func:`filters_of` gives it: shuffle (2), deflate (1; client value 0
+        the level, default 6) and Blosc (32001; client values 4, 5, 6 the level, shuffle mode
+        and compressor code).
+
+    Returns
+    -------
+    callable
+        ``encode(chunk)``: the chunk (an ndarray of its dataset's dtype) filtered into the
+        bytes stored in the file.
 
     Raises
     ------
@@ -114,7 +139,19 @@ class _Chunk:
 
 
 class FileImage:
-    """The bytes of a one-row HDF5 file and how to put other rows (and strings) in them."""
+    """The bytes of a one-row HDF5 file and how to put other rows (and strings) in them.
+
+    Made by :meth:`from_file`, which fills the parameters below.
+
+    Parameters
+    ----------
+    image : bytes
+        The template file's bytes.
+    chunks : dict
+        Row name → where that row dataset's only chunk and its B-tree entry lie in ``image``.
+    texts : dict of str to (int, int)
+        Text name → (byte offset in ``image``, length in bytes) of the string to replace.
+    """
 
     def __init__(self, image: bytes, chunks: dict[str, _Chunk], texts: dict[str, tuple[int, int]]):
         self._image = image
@@ -230,7 +267,27 @@ class FileImage:
 
     def render(self, rows: Mapping[str, np.ndarray], texts: Mapping[str, str]) -> bytearray:
         """The file with ``rows`` (name → one row, shape = the dataset's row) and ``texts``
-        (name → string of exactly the byte length given to :meth:`from_file`, in UTF-8)."""
+        (name → string of exactly the byte length given to :meth:`from_file`, in UTF-8).
+
+        Parameters
+        ----------
+        rows : mapping of str to ndarray
+            One entry per row name of :meth:`from_file`: the row, converted to the dataset's
+            dtype and compressed with its filters.
+        texts : mapping of str to str
+            Text name → new string; texts not given keep the image's bytes.
+
+        Returns
+        -------
+        bytearray
+            The whole HDF5 file (chunks that do not fit in the template's place appended at
+            the end).
+
+        Raises
+        ------
+        InvalidInputError
+            A text whose UTF-8 encoding is not exactly its length in bytes.
+        """
         out = bytearray(self._image)
         tail: list[Any] = []
         end = len(out)

@@ -52,7 +52,20 @@ _HEAD_BYTES = 16384
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value: ``frame_2`` before ``frame_10``."""
+    """Sort key that orders digit runs by value: ``frame_2`` before ``frame_10``.
+
+    Parameters
+    ----------
+    name : str
+        A file name or path.
+
+    Returns
+    -------
+    tuple
+        ``(parts, name)``: ``parts`` alternates the lower-cased text between digit runs and the
+        runs' integer values; ``name`` itself breaks ties (names that differ only in case or
+        leading zeros).
+    """
     parts = re.split(r"(\d+)", name)
     return tuple(int(p) if k % 2 else p.lower() for k, p in enumerate(parts)), name
 
@@ -95,7 +108,23 @@ def frame_name(name: str) -> bool:
 def is_frame_file(path: str | Path, raw_dtype: str | None = None) -> bool:
     """Whether a file found in a folder (or by a pattern) is one to integrate: a format the
     readers handle (TIFF, HDF5, Zarr store or zip, EDF/CBF, GE; raw ``.raw``/``.bin`` only
-    with ``raw_dtype``), not hidden, not one of radint's (or MIDAS's) outputs."""
+    with ``raw_dtype``), not hidden, not one of radint's (or MIDAS's) outputs.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file or folder (a Zarr store). A link that loops or dangles counts as its name
+        says (it then fails when read, with its reason).
+    raw_dtype : str, optional
+        The dtype raw frames are read as (e.g. ``"uint16"``); only whether it is given matters
+        here: with it ``.raw``/``.bin`` files are frame files. Default None: they are not.
+
+    Returns
+    -------
+    bool
+        False for a path that does not exist, a hidden name, an output name, an HDF5 file or
+        Zarr store folder holding an integration result, or an unknown format.
+    """
     p = Path(path)
     # A link that loops or dangles is named like a frame file: taken, it fails on its own with
     # its reason (as in a folder listing), where dropping it hid it.

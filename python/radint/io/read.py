@@ -420,6 +420,19 @@ def read_parameter_image(config: Any, name: str) -> np.ndarray:
     ``FlatFile``), as stored: the first frame of any format :func:`read_frames` reads, in the
     raw orientation of the frames, checked to be real numbers of the detector's shape.
 
+    Parameters
+    ----------
+    config : IntegrationConfig
+        The parameters: the attribute ``name`` holds the image's path, ``shape`` the
+        detector's ``(NrPixelsZ, NrPixelsY)`` and ``where_set`` the line that set it.
+    name : str
+        The attribute naming the image: ``"mask_file"`` or ``"flat_file"``.
+
+    Returns
+    -------
+    ndarray, shape (NrPixelsZ, NrPixelsY)
+        The image's first frame in its stored dtype (bool, integer or float).
+
     Raises
     ------
     RadintFileNotFoundError, MapFormatError, ShapeError

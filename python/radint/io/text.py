@@ -153,10 +153,25 @@ def write_peaks_csv(result: Result, path: str | Path) -> Path:
     those of 2θ, Q, d and FWHM in 2θ propagated from the pixel ones). Absent auto-detection
     slots are left out.
 
+    Parameters
+    ----------
+    result : Result
+        A result with fitted peaks (``result.peaks``); frames are named by
+        ``result.frame_ids`` (0, 1, ... when not set). Columns the table lacks (the 2θ, Q, d
+        ones of a table fitted without units) are written as NaN.
+    path : str or Path
+        The CSV file to write (replaced if it exists); its parent directory must exist.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
     Raises
     ------
-    ValueError
-        The result has no fitted peaks (integrate with ``fit=`` or run ``radint fit``).
+    InvalidInputError
+        The result has no fitted peaks (integrate with ``fit=`` or run ``radint fit``); a
+        ``ValueError``.
     """
     peaks = result.peaks
     if peaks is None:

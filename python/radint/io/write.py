@@ -139,7 +139,21 @@ def missing_format_packages(formats: Sequence[str]) -> list[str]:
 def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
     """``formats`` with ``"midas"`` made explicit: caked + gsas, and when peaks are fitted
     (``fitting``: DoPeakFit / ``--fit-peaks`` / ``fit=``) also IntegratorZarrOMP's fit files
-    ``fit``, ``fit_per_eta`` and ``caked_peaks``. Other names are kept as given."""
+    ``fit``, ``fit_per_eta`` and ``caked_peaks``. Other names are kept as given.
+
+    Parameters
+    ----------
+    formats : sequence of str or str
+        Format names or aliases (:data:`FORMATS`, :data:`ALIASES`); one string is one name.
+        ``"midas"`` is matched in any case; names are not checked here.
+    fitting : bool
+        Whether peaks are fitted: ``"midas"`` then also adds :data:`MIDAS_FIT_FORMATS`.
+
+    Returns
+    -------
+    tuple of str
+        The names in order, each ``"midas"`` replaced by its formats (duplicates kept).
+    """
     if isinstance(formats, str):  # "nexus" is one format, not five letters
         formats = [formats]
     out: list[str] = []
@@ -155,11 +169,23 @@ def expand_formats(formats: Sequence[str]) -> list[str]:
     """Format names with aliases expanded, lower-cased, de-duplicated, in order (``"midas"`` as
     caked + gsas; :func:`resolve_formats` first adds the fit files where peaks are fitted).
 
+    Parameters
+    ----------
+    formats : sequence of str or str
+        Format names (:data:`FORMATS`) or aliases (:data:`ALIASES`), in any case; one string
+        is one name.
+
+    Returns
+    -------
+    list of str
+        Known format names (keys of :data:`FORMATS`), each once, in first-given order.
+
     Raises
     ------
-    ValueError
+    InvalidInputError
         An unknown format name, or no format at all (an empty name or list, e.g. ``--format ""``
-        from an unset shell variable, would otherwise integrate everything and write nothing).
+        from an unset shell variable, would otherwise integrate everything and write nothing);
+        or ``zarr`` asked where zarr >= 3 is not installed. A ``ValueError``.
     """
     if isinstance(formats, str):  # "nexus" is one format, not five letters
         formats = [formats]
@@ -215,7 +241,22 @@ def estimated_bytes(result: Result, fmt: str) -> int:
 
 
 def output_name(result: Result, name: str | None) -> str:
-    """``name``, or the input file's stem from ``result.metadata['source']``, or ``"result"``."""
+    """``name``, or the input file's stem from ``result.metadata['source']``, or ``"result"``.
+
+    Parameters
+    ----------
+    result : Result
+        Its ``metadata["source"]`` (the input, possibly followed by ``:`` and a location in
+        it) names the output when ``name`` is not given.
+    name : str or None
+        The output's base name; used as is when non-empty.
+
+    Returns
+    -------
+    str
+        ``name``; else the source's file name up to its first ``.`` (text after the first
+        ``:`` dropped); else ``"result"`` (no source, or an empty stem).
+    """
     if name:
         return name
     source = result.metadata.get("source")

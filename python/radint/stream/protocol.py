@@ -97,9 +97,18 @@ def sender_encoding(data: np.ndarray, compress: bool = False) -> tuple[int, list
     ``compress`` (MIDAS ``--compress``): if max ≤ 65535 the frame goes as uint16 (dtype 1, values
     cast like ``astype(uint16)``), else as hybrid dtype 6 with every pixel > 65535 listed.
 
+    Parameters
+    ----------
+    data : ndarray
+        One frame, any shape (sent flattened in C order: row-major, z·NY + y) and any dtype
+        or byte order.
+    compress : bool
+        MIDAS ``--compress`` as above; default False. An empty frame is sent plain.
+
     Returns
     -------
     code : int
+        The wire dtype code, 0–6.
     pieces : list of ndarray
         Little-endian arrays whose bytes, concatenated, form the payload.
     """
@@ -130,6 +139,23 @@ def encode_frame(
     """Header and payload buffers of one frame (for ``socket.sendmsg`` without copying).
 
     ``dataset_num`` is taken modulo 65536 like MIDAS's counter.
+
+    Parameters
+    ----------
+    dataset_num : int
+        The frame's number for the header.
+    data : ndarray
+        The frame's pixels, encoded as :func:`sender_encoding` does.
+    compress : bool
+        MIDAS ``--compress`` (uint16 or hybrid dtype 6), as in :func:`sender_encoding`;
+        default False.
+
+    Returns
+    -------
+    header : bytes
+        The 4-byte header ``uint16 dataset_num, uint16 dtype``, little-endian.
+    payload : list of memoryview
+        Byte views of the payload pieces, in wire order.
     """
     code, pieces = sender_encoding(data, compress)
     header = HEADER.pack(dataset_num % 65536, code)
@@ -137,7 +163,18 @@ def encode_frame(
 
 
 def encode_frame_bytes(dataset_num: int, data: np.ndarray, compress: bool = False) -> bytes:
-    """One frame as bytes (header + payload)."""
+    """One frame as bytes (header + payload).
+
+    Parameters
+    ----------
+    dataset_num, data, compress
+        As in :func:`encode_frame`.
+
+    Returns
+    -------
+    bytes
+        The 4-byte header followed by the payload.
+    """
     header, views = encode_frame(dataset_num, data, compress)
     return header + b"".join(bytes(v) for v in views)
 
@@ -147,10 +184,25 @@ def decode_frame(dtype: int, payload: bytes | memoryview | np.ndarray, n_pixels:
 
     Fixed dtypes decode to their wire type without copying; hybrid frames decode to int64.
 
+    Parameters
+    ----------
+    dtype : int
+        The header's wire dtype code, 0–6 (:data:`DTYPES`, :data:`HYBRID`).
+    payload : bytes-like or ndarray
+        The bytes after the header, exactly one frame's.
+    n_pixels : int
+        Pixels per frame, ``NrPixelsY·NrPixelsZ``.
+
+    Returns
+    -------
+    ndarray, shape (n_pixels,)
+        The pixels, row-major in the raw orientation: a read-only view of ``payload`` for
+        fixed dtypes, a new int64 array for hybrid frames.
+
     Raises
     ------
     ProtocolError
-        Unknown dtype or a payload of the wrong size.
+        Unknown dtype or a payload of the wrong size; a hybrid index outside the frame.
     """
     buf = _bytes_of(payload)
     if dtype in DTYPES:
@@ -186,11 +238,23 @@ def decode_hybrid(count: int, body: bytes | bytearray | memoryview, n_pixels: in
 def decode_stream(data: bytes, n_pixels: int) -> tuple[list[tuple[int, int, np.ndarray]], int]:
     """Decode back-to-back frames from a byte string.
 
+    Parameters
+    ----------
+    data : bytes
+        Frames as sent (header + payload each), from the start of a frame.
+    n_pixels : int
+        Pixels per frame, ``NrPixelsY·NrPixelsZ``.
+
     Returns
     -------
     frames : list of (dataset_num, dtype, pixels)
     consumed : int
         Bytes used; a trailing partial frame is left unconsumed.
+
+    Raises
+    ------
+    ProtocolError
+        A header with an unknown dtype code, or a hybrid index outside the frame.
     """
     frames = []
     pos = 0

@@ -39,7 +39,19 @@ __all__ = ["FileFrame", "expand_inputs", "iter_file_frames", "send_frames", "wri
 class FileFrame:
     """A frame whose pixels lie in a file in one piece, as plain little-endian pixels: sent
     with ``os.sendfile`` from the page cache, so the sender neither reads nor copies it (a 10 MB
-    Pilatus frame cost ~2 ms of CPU to read and ~3 ms to copy into a loopback socket)."""
+    Pilatus frame cost ~2 ms of CPU to read and ~3 ms to copy into a loopback socket).
+
+    Attributes
+    ----------
+    path : Path
+        The file holding the frame.
+    offset : int
+        Byte offset of the frame's first pixel in the file.
+    dtype : numpy.dtype
+        The stored pixel type (little-endian or single-byte: sent as stored).
+    shape : (int, int)
+        Frame shape ``(n_z, n_y)`` in pixels, stored row-major.
+    """
 
     path: Path
     offset: int
@@ -79,7 +91,28 @@ def expand_inputs(paths: Iterable[str | Path], extension: str | None = None) -> 
     """Files to send: given files as is; directories → their frame files sorted by name
     (case-insensitive suffix match; ``extension`` restricts to one suffix). Hidden files in a
     directory (``.name``: copies in progress, editor and rsync temporaries) are left out, as
-    ``radint integrate`` and the folder stream leave them out."""
+    ``radint integrate`` and the folder stream leave them out.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Files and directories, in order; a directory is expanded in place (its files only,
+        not its subdirectories).
+    extension : str, optional
+        Only files of this suffix from directories (``"tif"`` or ``".tif"``, any case).
+        Default None: TIFF, HDF5 (``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``), ``.npy`` and GE
+        (``.ge``, ``.ge1`` ...) files.
+
+    Returns
+    -------
+    list of Path
+        The files, each directory's sorted by file name.
+
+    Raises
+    ------
+    RadintError
+        A path that does not exist.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -110,7 +143,29 @@ def iter_file_frames(
     ``base`` (one-frame file), ``base:frameK`` (multi-frame), ``base:loc`` / ``base:loc:frameK``
     (HDF5). Frames stored as plain pixels (uncompressed TIFF, unfiltered HDF5, GE/raw) come as
     :class:`FileFrame` (where they lie, not read here); the others are decoded arrays.
-    ``shape``: the detector's frame shape, which GE files (no shape in their header) take."""
+    ``shape``: the detector's frame shape, which GE files (no shape in their header) take.
+
+    Parameters
+    ----------
+    paths : iterable of Path
+        Frame files, in order (e.g. from :func:`expand_inputs`). A ``.npy`` file holds one
+        2-D frame or a stack along axis 0.
+    h5_location : str
+        Dataset (or group of datasets) holding the frames in HDF5 files; default
+        ``"exchange/data"`` (MIDAS's).
+    shape : (int, int), optional
+        The detector's frame shape ``(n_z, n_y)`` in pixels, for GE files only.
+
+    Yields
+    ------
+    (ndarray or FileFrame, str)
+        Each frame, ``(n_z, n_y)``, and its name for the mapping file.
+
+    Raises
+    ------
+    ReaderError
+        A frame that is not 2-D (and the readers' own errors for unreadable files).
+    """
     from radint.io import open_frames
 
     for path in paths:
@@ -148,7 +203,17 @@ def iter_file_frames(
 
 
 def write_mapping(mapping: dict[int, dict[str, object]], path: str | Path) -> None:
-    """Write the frame-mapping JSON atomically (temporary file + rename)."""
+    """Write the frame-mapping JSON atomically (temporary file + rename).
+
+    Parameters
+    ----------
+    mapping : dict of int to dict
+        Frame index (0-based, in sending order) → ``{"dataset_num", "filename",
+        "timestamp"}`` (the wire's dataset number, the frame's name, the send time in seconds
+        since the epoch); the keys are written as strings.
+    path : str or Path
+        The JSON file (replaced if it exists); the temporary ``.<name>.tmp`` lies beside it.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
