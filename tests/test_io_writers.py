@@ -1080,22 +1080,24 @@ def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
     tmp_path: Path, caplog
 ) -> None:
     """Regression (stream sweep): after a SIGKILL the binaries held 30 frames (written every
-    frame) and stream.h5 22 (flushed every 5 s); write_stream_outputs raised IndexError. Frames
-    past the stream file's rows take their fits from fit.bin (the last stored frame's peak
-    count) where its size fits, else they are left out with a warning."""
+    frame) and stream.h5 22 (flushed every 5 s); write_stream_outputs raised IndexError. With
+    given positions (a fit.bin record of every slot per frame) frames past the stream file's
+    rows take their fits from fit.bin where its size fits, else they are left out with a
+    warning."""
     from radint import IntegrationConfig
     from radint.io.midas import _FIT_COLUMNS, write_stream_outputs
     from tests.conftest import SMALL
 
-    cfg = IntegrationConfig.from_text(SMALL, "small.txt")
+    cfg = IntegrationConfig.from_text(
+        SMALL + "DoPeakFit 1\nPeakLocation 10\nPeakLocation 20\n", "small.txt"
+    )
     _stream_binaries(tmp_path, cfg, 4)
     fits = np.arange(4 * 2 * 7, dtype="<f8").reshape(4, 2, 7)
     stream = tmp_path / "stream.h5"
-    with h5py.File(stream, "w") as f:  # two frames flushed, 3 slots of which 2 are peaks
-        status = np.array([[0, 0, 255], [0, 4, 255]], np.uint8)
-        f["entry/peaks/status"] = status
+    with h5py.File(stream, "w") as f:  # two frames flushed, 2 slots (one failed fit: status 4)
+        f["entry/peaks/status"] = np.array([[0, 0], [0, 4]], np.uint8)
         for i, name in enumerate(_FIT_COLUMNS):
-            f[f"entry/peaks/{name}"] = np.pad(fits[:2, :, i], ((0, 0), (0, 1)))
+            f[f"entry/peaks/{name}"] = fits[:2, :, i]
     fits[3, 1, 2] = np.nan  # a failed fit past the flush: a NaN row in fit.bin
     (tmp_path / "fit.bin").write_bytes(fits.tobytes())
     h5_path, _, caked_path = write_stream_outputs(tmp_path, cfg, stream_file=stream)
@@ -1118,11 +1120,52 @@ def test_stream_outputs_after_a_killed_stream_take_the_last_fits_from_fit_bin(
     with h5py.File(h5_path, "r") as f:
         np.testing.assert_array_equal(f["fit/3"][...], fits[3])
     (tmp_path / "fit.bin").write_bytes(fits[:3].tobytes())  # a count that does not fit
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="radint"):
         h5_path = write_stream_outputs(tmp_path, cfg, stream_file=stream)[0]
-    assert "their fit tables are left out" in caplog.text
+    assert "the fits of 2 frame(s) past the stream file's last flush are left out" in caplog.text
+    assert "do not give them 2 peak(s) each" in caplog.text
     with h5py.File(h5_path, "r") as f:
         assert sorted(f["fit"]) == ["0", "1"]
+
+
+def test_stream_outputs_after_a_killed_stream_leave_out_auto_detected_fits(
+    tmp_path: Path, caplog
+) -> None:
+    """Regression (review of caked_peaks.h5): after a kill -9, frames past stream.h5's last
+    flush took fit.bin's rows in runs of the last stored frame's peak count whenever the total
+    matched; auto-detected peaks vary in number from frame to frame (2, 1, 3 here: 6 rows, as
+    3 frames of 2), so peaks landed on the wrong frames. fit.bin has no per-frame count: the
+    fits of those frames are left out, said in a warning naming how many and why."""
+    from radint import IntegrationConfig
+    from radint.io.midas import _FIT_COLUMNS, write_stream_outputs
+    from tests.conftest import SMALL
+
+    for extra in ("DoPeakFit 1\nAutoDetectPeaks 4\n", ""):  # auto-detection; no fit given
+        cfg = IntegrationConfig.from_text(SMALL + extra, "small.txt")
+        _stream_binaries(tmp_path, cfg, 4)
+        counts = [2, 2, 1, 3]  # frame 0 stored with 2 of its 4 slots found
+        rows = [np.full((c, 7), 10.0 * k + 1) for k, c in enumerate(counts)]
+        with h5py.File(tmp_path / "stream.h5", "w") as f:
+            f["entry/peaks/status"] = np.array([[0, 0, 255, 255]], np.uint8)
+            for i, name in enumerate(_FIT_COLUMNS):
+                f[f"entry/peaks/{name}"] = np.pad(rows[0][:, i], (0, 2))[None]
+        (tmp_path / "fit.bin").write_bytes(np.concatenate(rows).astype("<f8").tobytes())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            h5_path, _, caked_path = write_stream_outputs(
+                tmp_path, cfg, stream_file=tmp_path / "stream.h5"
+            )
+        assert "the fits of 3 frame(s) past the stream file's last flush are left out" in (
+            caplog.text
+        )
+        assert "auto-detected" in caplog.text and "no per-frame count" in caplog.text
+        with h5py.File(h5_path, "r") as f:
+            assert sorted(f["fit"]) == ["0"]
+            np.testing.assert_array_equal(f["fit/0"][...], rows[0])
+        with h5py.File(caked_path, "r") as f:
+            assert f["peaks/frame_idx"][()].tolist() == [0, 0]
+            np.testing.assert_array_equal(f["peaks/area"][()], rows[0][:, 0])
 
 
 def test_commit_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path: Path) -> None:

@@ -323,13 +323,15 @@ def test_second_ctrl_c_skips_caked_peaks_and_a_failed_write_names_it(
         raise OSError("Can't write data (file write failed: time = ..., filename = "
                       "'/x/.caked_peaks.h5.abc.partial', errno = 28)")  # fmt: skip
 
-    monkeypatch.setattr(peaks_mod, "write_caked_peaks", h5_failure)
+    monkeypatch.setattr(peaks_mod, "write_caked_peaks_file", h5_failure)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="radint.stream"):
         run_stream(integ, tmp_path / "full", [rings(config, RINGS_PX)])
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failed) == 1, caplog.text
-    assert f"{tmp_path / 'full' / 'caked_peaks.h5'}: not written (Can't write data" in failed[0]
+    # Named by its final name, with the errno HDF5's text gives.
+    assert "[Errno 28] not written (Can't write data" in failed[0]
+    assert f"'{tmp_path / 'full' / 'caked_peaks.h5'}'" in failed[0]
     assert "write_stream_outputs(" in failed[0]
     assert not (tmp_path / "full" / "caked_peaks.h5").exists()
     assert not [n for n in os.listdir(tmp_path / "full") if n.endswith(".partial")]
@@ -369,3 +371,198 @@ def test_disk_full_and_cancel_before_caked_peaks_leave_no_end_file(config, tmp_p
     kept = list(out.glob("previous-*/caked_peaks.h5"))
     assert len(kept) == 1 and not (out / "caked_peaks.h5").exists()
     assert (kept[0].parent / "integrator_output.h5").exists()
+
+
+def _caked_bound_of(path: Path) -> int:
+    """caked_peaks_bound for the rows and names of the file at ``path``."""
+    from radint.io.midas import STREAM_CAKED_PEAKS_SOURCE
+    from radint.io.peaks import caked_peaks_bound
+
+    caked = read_caked(path)
+    rows = caked.get("rows", {"frame_key": []})
+    return caked_peaks_bound(len(rows["frame_key"]), rows["frame_key"], caked["frame_keys"],
+                             STREAM_CAKED_PEAKS_SOURCE)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("n_frames", "per_frame", "name"),
+    [
+        (0, 0, ""),
+        (1, 1, "0"),
+        (10, 3, "img"),
+        (100_000, 1, "s" * 53),
+        (20_000, 5, "µ" * 53),
+        (3_000, 1, "x" * 2100),
+    ],
+)
+def test_caked_peaks_size_bound_holds(tmp_path, n_frames, per_frame, name):
+    """Regression (review): the space asked for caked_peaks.h5 left out its variable-length
+    strings (a frame_key per row, a frame_keys entry per frame: ~32 bytes + the name each, in
+    HDF5's global heap), so a nearly full disk let HDF5 meet ENOSPC (SIGSEGV in HDF5, .partial
+    files left). caked_peaks_bound is an upper bound of the file, here for 100 000 rows with
+    60-byte names, multi-byte names and names past half a heap collection."""
+    from radint.io.peaks import caked_peaks_bound, write_caked_peaks
+
+    keys = [f"{name}_{k:06d}" for k in range(n_frames)]
+    row_keys = [k for k in keys for _ in range(per_frame)]
+    n = len(row_keys)
+    columns = {c: np.zeros(n, dtype=d) for c, d in PEAK_COLUMNS.items()}
+    path = write_caked_peaks(tmp_path / "c.h5", columns, np.zeros(0), np.zeros(0), keys, "GPU",
+                             row_keys)  # fmt: skip
+    size = path.stat().st_size
+    bound = caked_peaks_bound(n, row_keys, keys, "GPU")
+    assert size <= bound, (size, bound)
+    # and not far above it for many short names (names past half a 4 KiB heap collection are
+    # counted a collection each: up to 2x)
+    if n >= 3000 and len(name.encode()) < 1000:
+        assert bound < 1.1 * size, (size, bound)
+
+
+def test_caked_peaks_bound_holds_under_a_file_size_limit(config, tmp_path):
+    """The bound holds where the system enforces it: under ``ulimit -f`` of exactly the bound
+    (a child process), the stream's 100 000-row caked_peaks.h5 with 60-character names is
+    written; one byte less is refused up front (EFBIG naming caked_peaks.h5) before HDF5
+    writes, nothing left."""
+    script = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from radint import IntegrationConfig
+from radint.io.midas import STREAM_CAKED_PEAKS_SOURCE, _CakedRows, _FrameFits
+from radint.io.peaks import caked_peaks_bound
+from radint.io.atomic import temporary_sibling
+cfg = IntegrationConfig.from_text(sys.argv[1], "p.txt")
+out = Path(sys.argv[2])
+rows = _CakedRows(cfg)
+keys = [f"{'k' * 53}_{k:06d}" for k in range(100_000)]
+fit = _FrameFits(np.tile([1e3, 20.0, 1.0, 1.0, 4.0, 0.5, 1.0], (1, 1)), np.arange(1),
+                 np.ones(1, bool))
+for k, key in enumerate(keys):
+    rows.add(k, key, fit)
+bound = caked_peaks_bound(len(keys), keys, keys, STREAM_CAKED_PEAKS_SOURCE)
+limit = bound - int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+final = out / "caked_peaks.h5"
+tmp = temporary_sibling(final)
+try:
+    rows.write(tmp, final, keys)
+except OSError as e:
+    tmp.unlink(missing_ok=True)
+    print("ERROR", e.errno, e.filename)
+    sys.exit(0)
+print("OK", tmp.stat().st_size, bound)
+"""
+    for less, want in ((0, "OK"), (1, "ERROR")):
+        out = tmp_path / str(less)
+        out.mkdir()
+        r = subprocess.run([sys.executable, "-c", script, DETECTOR, str(out), str(less)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        words = r.stdout.split()
+        assert words[0] == want, r.stdout + r.stderr
+        if want == "OK":
+            assert int(words[1]) <= int(words[2])
+        else:
+            assert words[1:] == [str(errno.EFBIG), str(out / "caked_peaks.h5")]
+            assert not os.listdir(out)
+
+
+def test_nearly_full_disk_small_caked_peaks_needs_its_bound_not_the_append_margin(
+    config, tmp_path, monkeypatch
+):
+    """Regression (review): with fitting on and under ~4 MiB free, the ~15 KB caked_peaks.h5
+    asked for radint.io.nexus.SPACE_MARGIN (4 MiB) on top of its size, and its failure
+    discarded integrator_output.h5 too (written there before caked_peaks.h5 existed). It now
+    needs its size bound: with exactly that free all the files are written; a byte less is a
+    clean ENOSPC naming caked_peaks.h5 before HDF5 writes, with no file and no .partial left."""
+    import shutil
+
+    from radint.io import midas
+    from radint.io.nexus import SPACE_MARGIN
+
+    integ = Integrator(config, backend="cpu", n_threads=1, fit=FitSpec(auto=3))
+    out = tmp_path / "out"
+    run_stream(integ, out, [rings(config, RINGS_PX), rings(config, RINGS_PX[:1])])
+    bound = _caked_bound_of(out / "caked_peaks.h5")
+    assert (out / "caked_peaks.h5").stat().st_size <= bound < SPACE_MARGIN // 32
+    for name in ("integrator_output.h5", "caked_peaks.h5"):
+        (out / name).unlink()
+    usage = shutil.disk_usage(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=bound - 1))
+    with pytest.raises(OSError) as e:
+        midas.write_stream_outputs(out, config, stream_file=out / "stream.h5")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out / "caked_peaks.h5")
+    assert not [n for n in os.listdir(out) if n.endswith((".partial", "output.h5", "peaks.h5"))]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=bound))
+    made = midas.write_stream_outputs(out, config, stream_file=out / "stream.h5")
+    assert [m.name for m in made] == ["integrator_output.h5", "caked_peaks.h5"]
+
+
+def test_end_files_all_or_nothing_when_integrator_output_fails_at_close(
+    config, tmp_path, monkeypatch, caplog
+):
+    """Regression (review): caked_peaks.h5 was committed before integrator_output.h5 was
+    closed; that close (its last flush) could then fail on a full disk, leaving one file
+    without the other and a log saying neither was written, its error naming the .partial
+    temporary. Now the files are committed together once all are closed: a failing close
+    leaves none, and the error (and the stream's log) names integrator_output.h5."""
+    import h5py as h5py_mod
+
+    integ = Integrator(config, backend="cpu", n_threads=1, fit=FitSpec(auto=3))
+    original = h5py_mod.File.close
+
+    def failing_close(self):
+        name = self.filename if self.id.valid else ""
+        original(self)
+        if "integrator_output.h5" in name:
+            raise OSError(f"Can't close file (file write failed: time = ..., filename = "
+                          f"'{name}', file descriptor = 3, errno = 28, error message = "
+                          f"'No space left on device')")  # fmt: skip
+
+    monkeypatch.setattr(h5py_mod.File, "close", failing_close)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="radint.stream"):
+        run_stream(integ, out, [rings(config, RINGS_PX)])
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1, caplog.text
+    assert "integrator_output.h5, caked_peaks.h5 not written: [Errno 28]" in failed[0]
+    assert f"'{out / 'integrator_output.h5'}'" in failed[0] and ".partial" not in failed[0]
+    assert not (out / "caked_peaks.h5").exists() and not (out / "integrator_output.h5").exists()
+    assert not [n for n in os.listdir(out) if n.endswith(".partial")]
+
+    from radint.io import midas
+
+    with pytest.raises(OSError) as e:
+        midas.write_stream_outputs(out, config, stream_file=out / "stream.h5")
+    assert e.value.errno == errno.ENOSPC
+    assert e.value.filename == str(out / "integrator_output.h5")
+    assert "filename = 'integrator_output.h5'" not in str(e.value)  # the whole final path
+    assert str(out / "integrator_output.h5") in str(e.value.strerror)
+    monkeypatch.undo()
+    made = midas.write_stream_outputs(out, config, stream_file=out / "stream.h5")
+    assert [m.name for m in made] == ["integrator_output.h5", "caked_peaks.h5"]
+
+
+def test_non_ascii_frame_names_are_kept_whole(config, tmp_path):
+    """Regression (review): names from the sender's mapping such as sample_µ_0.tif collapsed
+    to '?' in frame_keys / frame_key (encode('ascii', 'replace')), so keys collided and no
+    longer named integrator_output.h5's fit/ groups. They are stored as UTF-8 bytes in
+    PeakFitIO.c's (and peak_io.py's) ASCII-typed variable-length strings: h5py reads back
+    bytes whose decode() is the group name."""
+    from radint.io import midas
+
+    integ = Integrator(config, backend="cpu", n_threads=1, fit=FitSpec(auto=4))
+    out = tmp_path / "out"
+    run_stream(integ, out, [rings(config, RINGS_PX[:2]), rings(config, RINGS_PX)] * 2)
+    mapping = {i: {"filename": f"sample_{'µé'[i % 2]}_{i // 2}.tif"} for i in range(4)}
+    midas.write_stream_outputs(out, config, stream_file=out / "stream.h5", mapping=mapping)
+    caked = read_caked(out / "caked_peaks.h5")
+    check_layout(caked)  # still PeakFitIO.c's ASCII-typed vlen strings
+    names = ["sample_µ_0", "sample_é_0", "sample_µ_1", "sample_é_1"]
+    assert caked["frame_keys"] == names
+    check_rows_against_stream(out, caked, order=[0, 2, 1, 3])  # sorted by name: µ before é
+    with h5py.File(out / "integrator_output.h5") as f:
+        assert sorted(f["fit"]) == sorted(names)
+        assert all(key in f["fit"] for key in caked["rows"]["frame_key"])
+        for name in names:
+            assert caked["frame_keys"][int(f[f"fit/{name}"].attrs["frame_index"])] == name

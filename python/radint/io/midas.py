@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ import numpy as np
 from radint._once import warn_once
 from radint.exceptions import InvalidInputError
 from radint.io._common import cfg, edges_from_centres, frame_ids, omegas_deg, stacked
-from radint.io.atomic import atomic_output
+from radint.io.atomic import atomic_output, commit_path, remove_path, temporary_sibling
 from radint.result import Result, frame_groups
 
 log = logging.getLogger(__name__)
@@ -682,11 +683,14 @@ def write_stream_outputs(
     ``chi_sq`` the fit.bin values; ``FWHM_deg`` the FWHM in degrees 2θ (the GPU program writes
     Γ in pixels there). ``/metadata``: ``zarr_source = "GPU"`` and empty ``tth_axis`` /
     ``eta_axis``, as the GPU program writes them; ``frame_keys`` every frame's name in arrival
-    order, so ``frame_keys[frame_idx] == frame_key`` (the GPU program writes ``["0"]``). A
-    stream whose fits all failed gets no ``/peaks`` group (PeakFitIO.c's rule; the GPU program
-    then writes no file). Frames past the stream file's last flush (a stream killed outright)
-    take their rows from ``fit.bin``, where every finite row counts as converged. Without fits
-    (a stream that fitted nothing) the file is not written.
+    order, so ``frame_keys[frame_idx] == frame_key`` (the GPU program writes ``["0"]``). Names
+    are stored whole, as UTF-8 bytes (in PeakFitIO.c's ASCII-typed strings). A stream whose
+    fits all failed gets no ``/peaks`` group (PeakFitIO.c's rule). Frames past the stream
+    file's last flush (a stream killed outright) take their rows from ``fit.bin`` only with
+    given positions (``PeakLocation`` in ``config``: a record of every slot per frame, where
+    every finite row counts as converged); with auto-detected peaks fit.bin does not say which
+    rows are whose, and those frames' fits are left out (a warning says how many). Without
+    fits (a stream that fitted nothing) the file is not written.
 
     ``progress(done, n_frames)`` is called after each frame group; ``cancelled()``, checked
     there, stops the work (:class:`KeyboardInterrupt`, nothing written): a long stream's files
@@ -695,16 +699,17 @@ def write_stream_outputs(
     Returns
     -------
     list of Path
-        The files written, each atomically: ``<name>.h5``, then ``<name>.zarr.zip`` (with
-        ``Int2D.bin``) and ``caked_peaks.h5`` (with fits).
+        The files written: ``<name>.h5``, then ``<name>.zarr.zip`` (with ``Int2D.bin``) and
+        ``caked_peaks.h5`` (with fits). All or none: each is written under a temporary name
+        and they are renamed together once every one is written, closed and synced.
 
     Raises
     ------
     OSError
-        A file could not be written (disk full: the error names the file).
+        A file could not be written (disk full: the error names the file that failed, by its
+        final name; none of the files is left). caked_peaks.h5 is checked against the free
+        space and the file size limit with its size bound before HDF5 writes it.
     """
-    import datetime
-
     import h5py
 
     directory = Path(directory)
@@ -733,90 +738,189 @@ def write_stream_outputs(
         return data.reshape(len(rows), *shape)
 
     h5_path, zip_path = directory / f"{name}.h5", directory / f"{name}.zarr.zip"
+    caked_path = directory / STREAM_CAKED_PEAKS
     with_2d = (directory / "Int2D.bin").exists()
-    with (
-        atomic_output(h5_path) as tmp,
-        h5py.File(tmp, "w") as h5,
-        contextlib.ExitStack() as zip_stack,
-    ):
-        store = None
-        if with_2d:
-            ztmp = zip_stack.enter_context(atomic_output(zip_path))
-            zf = zip_stack.enter_context(zipfile.ZipFile(ztmp, "w", zipfile.ZIP_STORED))
-            store = _ZarrV2Zip(zf)
-            store.array("REtaMap", geometry)
-        h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
-        h5.attrs["num_frames"] = n_frames
-        maps = h5.create_group("geometry_maps")
-        for values, (key, description, units) in zip(geometry, _GEOMETRY_MAPS, strict=True):
-            ds = maps.create_dataset(key, data=values, track_times=False)
-            ds.attrs.update({"description": np.bytes_(description), "units": np.bytes_(units)})
-        line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
-                       ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
-        summed = h5.create_group("OmegaSumFrame") if with_2d else None
-        peaks = _open_peaks(stream_file)
-        fit_table = _stream_fit_tables(directory, peaks, n_frames, config)
-        fits = h5.create_group("fit") if fit_table is not None else None
-        order, labels = _stream_frame_order(n_frames, mapping)
-        caked = _CakedRows(config) if fit_table is not None else None
-        done = 0
-        for positions in frame_groups(n_frames, osf):
-            if cancelled is not None and cancelled():
-                raise KeyboardInterrupt(f"{name}: cancelled after {done} of {n_frames} frames")
-            if progress is not None and done:
-                progress(done, n_frames)
-            done += len(positions)
-            rows = [order[p] for p in positions]
-            for k in rows:
-                frame_fits = fit_table(k) if fit_table is not None else None
-                if frame_fits is not None and fits is not None:
-                    ds = fits.create_dataset(labels[k], data=frame_fits.rows, track_times=False)
-                    ds.attrs["frame_index"] = k
-                    if caked is not None:
-                        caked.add(k, labels[k], frame_fits)
-                for file, group in line_groups.items():
-                    values = frames(file, (n_r, 2), range(k, k + 1))[0]
-                    ds = group.create_dataset(labels[k], data=values, track_times=False)
-                    ds.attrs["frame_index"] = k
-            if summed is None or store is None:
-                continue
-            total = np.zeros((n_r, n_eta))
-            for k in rows:  # one frame at a time: memory does not grow with the group
-                total += frames("Int2D.bin", (n_r, n_eta), range(k, k + 1))[0]
-            first, last = rows[0], rows[-1]
-            ds = summed.create_dataset(f"Summed_from_{labels[first]}_to_{labels[last]}", data=total)
-            ds.attrs["Number Of Frames Summed"] = len(rows)
-            ds.attrs["original_frame_indices"] = np.asarray(rows)
-            if mapping:
-                ds.attrs["last_frame_identifier"] = np.bytes_(labels[last])
-            store.array(
-                f"OmegaSumFrame/LastFrameNumber_{last}", total,
-                {"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
-                 "FirstOme": omega(first), "LastOme": omega(last)},
+    # Every file is made under a temporary name and none is committed before all of them are
+    # written and closed: a failure anywhere (a full disk at integrator_output.h5's last flush,
+    # a second Ctrl-C) leaves none of them, and its error names the file that failed.
+    temps = {final: temporary_sibling(final) for final in (h5_path, zip_path, caked_path)}
+    try:
+        with _naming(h5_path, temps), contextlib.ExitStack() as files:
+            h5 = files.enter_context(h5py.File(temps[h5_path], "w"))
+            store = None
+            if with_2d:
+                zf = zipfile.ZipFile(temps[zip_path], "w", zipfile.ZIP_STORED)
+                files.callback(_close_naming, zf, zip_path, temps)  # closed before the h5
+                store = _NamedZarrV2Zip(zf, zip_path, temps)
+                store.array("REtaMap", geometry)
+            caked, labels = _stream_h5(
+                h5, store, directory, config, frames, geometry, n_frames, (n_r, n_eta),
+                osf, omega, stream_file, mapping, name, progress, cancelled,
             )  # fmt: skip
-        set_at = getattr(config, "set_at", None) or {}
-        # integrator_stream_process_h5.py's λ without a Wavelength line (IntegratorZarrOMP's
-        # is 0.172978): GSAS-II takes it from here, and 0 is no wavelength.
-        lam = config.wavelength_angstrom if "Wavelength" in set_at else STREAM_DEFAULT_LAMBDA
-        instrument = {"Lam": lam, "Polariz": config.gsas_polariz,
-                      "SH_L": config.gsas_sh_l, "U": config.gsas_u, "V": config.gsas_v,
-                      "W": config.gsas_w, "X": config.gsas_x, "Y": config.gsas_y,
-                      "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
-        if store is not None:
-            for key, value in instrument.items():
-                store.array(f"InstrumentParameters/{key}", np.array([value], np.float64))
-        if peaks is not None:
-            peaks.file.close()
         written = [h5_path, zip_path] if with_2d else [h5_path]
         if caked is not None:
-            # Before the others are committed: a second Ctrl-C (or a full disk) here leaves
-            # none of them, and making them again later makes all three.
             if cancelled is not None and cancelled():
                 raise KeyboardInterrupt(f"{name}: cancelled before {STREAM_CAKED_PEAKS}")
-            written.append(
-                caked.write(directory / STREAM_CAKED_PEAKS, [labels[k] for k in range(n_frames)])
-            )
+            caked.write(temps[caked_path], caked_path, [labels[k] for k in range(n_frames)])
+            written.append(caked_path)
+        _commit_together({final: temps[final] for final in written})
+    except BaseException:
+        for temp in temps.values():
+            with contextlib.suppress(OSError):
+                remove_path(temp)
+        raise
     return written
+
+
+def _stream_h5(
+    h5: Any, store: _ZarrV2Zip | None, directory: Path, config: Any,
+    frames: Callable[[str, tuple[int, ...], range], np.ndarray], geometry: np.ndarray,
+    n_frames: int, shape: tuple[int, int], osf: int, omega: Callable[[int], float],
+    stream_file: str | Path | None, mapping: dict[int, dict[str, Any]] | None, name: str,
+    progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None,
+) -> tuple[_CakedRows | None, dict[int, str]]:  # fmt: skip
+    """The body of :func:`write_stream_outputs`: ``<name>.h5`` into ``h5``, the zip into
+    ``store``; returns caked_peaks.h5's rows (None without fits) and the frames' names."""
+    import datetime
+
+    h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
+    h5.attrs["num_frames"] = n_frames
+    maps = h5.create_group("geometry_maps")
+    for values, (key, description, units) in zip(geometry, _GEOMETRY_MAPS, strict=True):
+        ds = maps.create_dataset(key, data=values, track_times=False)
+        ds.attrs.update({"description": np.bytes_(description), "units": np.bytes_(units)})
+    peaks = _open_peaks(stream_file)
+    try:
+        return _stream_h5_rows(
+            h5, store, directory, config, frames, n_frames, shape, osf, omega, peaks,
+            mapping, name, progress, cancelled,
+        )  # fmt: skip
+    finally:
+        if peaks is not None:
+            peaks.file.close()
+
+
+def _stream_h5_rows(
+    h5: Any, store: _ZarrV2Zip | None, directory: Path, config: Any,
+    frames: Callable[[str, tuple[int, ...], range], np.ndarray], n_frames: int,
+    shape: tuple[int, int], osf: int, omega: Callable[[int], float], peaks: Any,
+    mapping: dict[int, dict[str, Any]] | None, name: str,
+    progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None,
+) -> tuple[_CakedRows | None, dict[int, str]]:  # fmt: skip
+    """:func:`_stream_h5` past the geometry, with the stream file's ``entry/peaks`` open."""
+    n_r, n_eta = shape
+    line_groups = {f: h5.create_group(g) for f, g in (("lineout.bin", "lineouts"),
+                   ("lineout_simple_mean.bin", "lineouts_simple_mean"))}  # fmt: skip
+    summed = h5.create_group("OmegaSumFrame") if store is not None else None
+    fit_table = _stream_fit_tables(directory, peaks, n_frames, config)
+    fits = h5.create_group("fit") if fit_table is not None else None
+    order, labels = _stream_frame_order(n_frames, mapping)
+    caked = _CakedRows(config) if fit_table is not None else None
+    done = 0
+    for positions in frame_groups(n_frames, osf):
+        if cancelled is not None and cancelled():
+            raise KeyboardInterrupt(f"{name}: cancelled after {done} of {n_frames} frames")
+        if progress is not None and done:
+            progress(done, n_frames)
+        done += len(positions)
+        rows = [order[p] for p in positions]
+        for k in rows:
+            frame_fits = fit_table(k) if fit_table is not None else None
+            if frame_fits is not None and fits is not None:
+                ds = fits.create_dataset(labels[k], data=frame_fits.rows, track_times=False)
+                ds.attrs["frame_index"] = k
+                if caked is not None:
+                    caked.add(k, labels[k], frame_fits)
+            for file, group in line_groups.items():
+                values = frames(file, (n_r, 2), range(k, k + 1))[0]
+                ds = group.create_dataset(labels[k], data=values, track_times=False)
+                ds.attrs["frame_index"] = k
+        if summed is None or store is None:
+            continue
+        total = np.zeros((n_r, n_eta))
+        for k in rows:  # one frame at a time: memory does not grow with the group
+            total += frames("Int2D.bin", (n_r, n_eta), range(k, k + 1))[0]
+        first, last = rows[0], rows[-1]
+        ds = summed.create_dataset(f"Summed_from_{labels[first]}_to_{labels[last]}", data=total)
+        ds.attrs["Number Of Frames Summed"] = len(rows)
+        ds.attrs["original_frame_indices"] = np.asarray(rows)
+        if mapping:
+            ds.attrs["last_frame_identifier"] = np.bytes_(labels[last])
+        store.array(
+            f"OmegaSumFrame/LastFrameNumber_{last}", total,
+            {"Number Of Frames Summed": len(rows), "LastFrameNumber": int(last),
+             "FirstOme": omega(first), "LastOme": omega(last)},
+        )  # fmt: skip
+    set_at = getattr(config, "set_at", None) or {}
+    # integrator_stream_process_h5.py's λ without a Wavelength line (IntegratorZarrOMP's
+    # is 0.172978): GSAS-II takes it from here, and 0 is no wavelength.
+    lam = config.wavelength_angstrom if "Wavelength" in set_at else STREAM_DEFAULT_LAMBDA
+    instrument = {"Lam": lam, "Polariz": config.gsas_polariz,
+                  "SH_L": config.gsas_sh_l, "U": config.gsas_u, "V": config.gsas_v,
+                  "W": config.gsas_w, "X": config.gsas_x, "Y": config.gsas_y,
+                  "Z": config.gsas_z, "Distance": config.lsd_um}  # fmt: skip
+    if store is not None:
+        for key, value in instrument.items():
+            store.array(f"InstrumentParameters/{key}", np.array([value], np.float64))
+    return caked, labels
+
+
+def _naming_error(error: OSError, final: Path, temps: dict[Path, Path]) -> OSError:
+    """``error`` naming ``final`` (the file being written) where it names a temporary file
+    or none: HDF5's errors carry no errno or file name, only a text naming the temporary."""
+    from radint.exceptions import RadintIOError
+
+    names = {str(t): str(f) for f, t in temps.items()}
+    if error.filename is not None and str(error.filename) not in names:
+        return error  # names a file of its own (an input, a final name)
+    text = str(error.strerror or error) if error.errno is not None else str(error)
+    for temp, real in names.items():
+        text = text.replace(temp, real).replace(Path(temp).name, Path(real).name)
+    code = error.errno
+    if code is None:  # HDF5's text carries the system error: "..., errno = 28, ..."
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found[1]) if found and int(found[1]) else None
+    if code is None:
+        return RadintIOError(f"{final}: not written ({text})")
+    return RadintIOError(code, f"not written ({text})", str(final))
+
+
+@contextlib.contextmanager
+def _naming(final: Path, temps: dict[Path, Path]) -> Iterator[None]:
+    """OSErrors raised inside name ``final`` (:func:`_naming_error`)."""
+    try:
+        yield
+    except OSError as e:
+        raise _naming_error(e, final, temps) from e
+
+
+def _close_naming(zf: zipfile.ZipFile, final: Path, temps: dict[Path, Path]) -> None:
+    with _naming(final, temps):
+        zf.close()
+
+
+class _NamedZarrV2Zip(_ZarrV2Zip):
+    """A :class:`_ZarrV2Zip` whose write errors name the final file (:func:`_naming`)."""
+
+    def __init__(self, zf: zipfile.ZipFile, final: Path, temps: dict[Path, Path]) -> None:
+        self._final, self._temps = final, temps
+        with _naming(final, temps):
+            super().__init__(zf)
+
+    def array(self, name: str, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
+        with _naming(self._final, self._temps):
+            super().array(name, data, attrs)
+
+
+def _commit_together(files: dict[Path, Path]) -> None:
+    """Move the finished temporary files onto their final names (``{final: temp}``), all
+    synced to disk first: a failure there (its error naming the final file) commits none."""
+    for final, temp in files.items():
+        with _naming(final, files), temp.open("rb") as fh:
+            os.fsync(fh.fileno())
+    for final, temp in files.items():
+        with _naming(final, files):
+            commit_path(temp, final, synced=True)
 
 
 @dataclass
@@ -835,9 +939,11 @@ def _stream_fit_tables(
     """Frame k's fitted peaks × the 7 fit.bin values: from the stream file's ``entry/peaks``
     (which knows each frame's peak count and status), and for frames past its last flush (a
     stream killed outright: the binaries are written every frame, stream.h5 every few seconds)
-    from ``fit.bin``, taking the last stored frame's count (else the ``PeakLocation`` count, as
-    MIDAS's reader does) where the file's size fits that count (there a row counts as converged
-    when all its values are finite: failed fits are NaN rows); None without peaks."""
+    from ``fit.bin`` where its framing is known (:func:`_fixed_peak_count`: given positions,
+    a record of every slot per frame) and its size fits it; there a row counts as converged
+    when all its values are finite (failed fits are NaN rows). Auto-detected peaks vary in
+    number from frame to frame and fit.bin does not say how many each frame has: those
+    frames' fits are left out, said in a warning. None without peaks."""
     from radint.fit import ABSENT, CONVERGED
 
     stored = int(peaks["status"].shape[0]) if peaks is not None else 0
@@ -846,21 +952,32 @@ def _stream_fit_tables(
     fit_bin = directory / "fit.bin"
     tail: dict[int, np.ndarray] = {}
     if stored < n_frames and fit_bin.is_file():
-        count = int(present[-1].sum()) if present else len(getattr(config, "peak_locations", ()))
+        missing = n_frames - stored
+        width = int(peaks["status"].shape[1]) if peaks is not None else None
+        count = _fixed_peak_count(config, width, any(not p.all() for p in present))
         done = sum(int(p.sum()) for p in present)
         values = np.fromfile(fit_bin, dtype="<f8")
         if values.size % 7:  # a stream killed mid-record: its last row is not whole
             log.warning("%s: %d byte(s) of an unfinished last row left out", fit_bin,
                         8 * (values.size % 7))  # fmt: skip
         rows = values[: values.size - values.size % 7].reshape(-1, 7)
-        if count > 0 and len(rows) == done + (n_frames - stored) * count:
+        if count is None:
+            log.warning(
+                "%s: the fits of %d frame(s) past the stream file's last flush are left out: "
+                "the peaks were auto-detected (or the parameters give no PeakLocation), so "
+                "their number varies by frame, and fit.bin, which has no per-frame count, "
+                "does not say which of its last %d row(s) are whose",
+                directory, missing, len(rows) - done,
+            )  # fmt: skip
+        elif count > 0 and len(rows) == done + missing * count:
             tail = {stored + i: rows[done + i * count : done + (i + 1) * count]
-                    for i in range(n_frames - stored)}  # fmt: skip
+                    for i in range(missing)}  # fmt: skip
         else:
             log.warning(
-                "%s: %d frame(s) past the stream file's last flush; fit.bin's %d row(s) do not "
-                "give them %d peak(s) each: their fit tables are left out",
-                directory, n_frames - stored, len(rows), count,
+                "%s: the fits of %d frame(s) past the stream file's last flush are left out: "
+                "fit.bin's %d row(s) do not give them %d peak(s) each after the stored "
+                "frames' %d",
+                directory, missing, len(rows), count, done,
             )  # fmt: skip
     if not stored and not tail:
         return None
@@ -876,6 +993,23 @@ def _stream_fit_tables(
         return _FrameFits(found, np.arange(len(found)), np.isfinite(found).all(axis=1))
 
     return table
+
+
+def _fixed_peak_count(config: Any, width: int | None, any_absent: bool) -> int | None:
+    """How many fit.bin rows every frame of a stream has, where that is fixed: with given
+    positions (``DoPeakFit 1`` with ``PeakLocation`` and no ``AutoDetectPeaks``) every slot
+    is a row (a failed or out-of-range one a NaN row), ``width`` of them per stored frame
+    (else one per position). None where it varies: auto-detected peaks (fit.bin holds only
+    the peaks each frame found; a stored frame with an absent slot shows it too)."""
+    positions = tuple(getattr(config, "peak_locations", ()) or ())
+    given = (
+        bool(getattr(config, "do_peak_fit", False))
+        and not getattr(config, "auto_detect_peaks", False)
+        and len(positions) > 0
+    )
+    if not given or any_absent:
+        return None
+    return width if width is not None else len(positions)
 
 
 class _CakedRows:
@@ -898,10 +1032,14 @@ class _CakedRows:
             self.slots.append(fits.slots[ok])
             self.rows.append(np.asarray(fits.rows, dtype=np.float64)[ok])
 
-    def write(self, path: Path, frame_keys: list[str]) -> Path:
-        from radint.exceptions import RadintIOError
+    def write(self, path: Path, final: Path, frame_keys: list[str]) -> None:
+        """Write the file to ``path`` (a temporary name the caller commits as ``final``):
+        first checked against the free space and the file size limit with its size bound
+        (:func:`radint.io.peaks.caked_peaks_bound`, not the margin an open HDF5 file's
+        appends need: it is written whole, small), so that HDF5 never meets a full disk;
+        errors name ``final``."""
         from radint.io.nexus import ensure_space
-        from radint.io.peaks import write_caked_peaks
+        from radint.io.peaks import caked_peaks_bound, write_caked_peaks_file
 
         n = len(self.keys)
         rows = np.concatenate(self.rows) if n else np.zeros((0, 7))
@@ -921,19 +1059,11 @@ class _CakedRows:
             "sig": rows[:, 2], "gam": rows[:, 3], "FWHM_deg": np.asarray(fwhm, np.float64),
             "eta_mix": rows[:, 5], "d_spacing_A": d, "chi_sq": rows[:, 6],
         }  # fmt: skip
-        # int32 × 3 + float64 × 9 + a short string per row, a key per frame, the metadata.
-        need = n * (3 * 4 + 9 * 8 + 32) + len(frame_keys) * 32 + (64 << 10)
-        try:
-            ensure_space(path, need)
-            return write_caked_peaks(path, columns, np.zeros(0), np.zeros(0), frame_keys,
-                                     STREAM_CAKED_PEAKS_SOURCE, self.keys)  # fmt: skip
-        except OSError as e:
-            if e.filename:  # ensure_space's: it names the file
-                raise
-            # HDF5's errors name the temporary file, or none, and carry no errno
-            if e.errno is None:
-                raise RadintIOError(f"{path}: not written ({e})") from e
-            raise RadintIOError(e.errno, f"not written ({e.strerror or e})", str(path)) from e
+        need = caked_peaks_bound(n, self.keys, frame_keys, STREAM_CAKED_PEAKS_SOURCE)
+        with _naming(final, {final: path}):
+            ensure_space(path, need, what=str(final), margin=0)
+            write_caked_peaks_file(path, columns, np.zeros(0), np.zeros(0), frame_keys,
+                                   STREAM_CAKED_PEAKS_SOURCE, self.keys)  # fmt: skip
 
 
 def _stream_frame_order(

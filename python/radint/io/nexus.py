@@ -727,17 +727,24 @@ class SpaceHold:
 
 
 def ensure_space(
-    path: Path, nbytes: int, own: SpaceHold | None = None, what: str | None = None
+    path: Path,
+    nbytes: int,
+    own: SpaceHold | None = None,
+    what: str | None = None,
+    margin: int | None = None,
 ) -> None:
     """Fail before HDF5 writes what the disk, or the file size limit (``ulimit -f``), cannot
     hold: HDF5 failing mid-write leaves objects it cannot release, and the process crashes at
     exit (segfault in HDF5's library shutdown). The space other writes of this process hold
     (:class:`SpaceHold`; not ``own``) counts as used: it is theirs. ``what``: the error's file
-    name where it is not ``path`` (several files checked at once)."""
+    name where it is not ``path`` (several files checked at once). ``margin``: the room asked
+    beyond ``nbytes`` (default :data:`SPACE_MARGIN` free, 1 MiB under the size limit: what an
+    append's close may write); a whole file whose size ``nbytes`` bounds from above needs
+    little or none."""
     free = shutil.disk_usage(path.parent).free
     with _space_lock:
         others = sum(_space_held.values()) - (_space_held.get(id(own), 0) if own else 0)
-    need = nbytes + SPACE_MARGIN + others
+    need = nbytes + (SPACE_MARGIN if margin is None else int(margin)) + others
     if free < need:
         held = f", {others} of them held for other outputs being written" if others else ""
         raise OSError(
@@ -751,7 +758,8 @@ def ensure_space(
             size = path.stat().st_size
         except OSError:
             size = 0
-        grown = size + nbytes + (1 << 20)  # the metadata at close is far below a megabyte
+        # the metadata at close is far below a megabyte
+        grown = size + nbytes + ((1 << 20) if margin is None else int(margin))
         if grown > limit:
             raise OSError(
                 errno.EFBIG,
