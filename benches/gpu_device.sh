@@ -112,6 +112,11 @@ step ncu-fit 60 "$NCU" --clock-control none -k regex:rf_fit --launch-count 1 \
     --section WarpStateStats python3 benches/gpu_fit_small.py --lineouts 1000
 
 step bench-stream-cuda 60 python3 benches/stream.py --backend cuda --frames 300 --rounds 2
+# The same over 4 sender connections (one connection's receive copy may cap the stream).
+step bench-stream-cuda-4 60 python3 benches/stream.py --backend cuda --frames 300 --rounds 2 \
+    --connections 4
+step tcp-receive 60 bash -c 'for n in 1 2 4 8; do python3 benches/tcp_receive.py --frames 400 \
+    --connections $n; done'
 
 # Per-thread local memory times resident threads is what the driver reserves on first launch.
 step kernel-attrs 40 python3 - <<'PYEOF'

@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np, tifffile
 from radint.stream.sender import iter_file_frames, send_frames
 tif, n, port, compress, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+connections = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 if mode == "files":
     frames = iter_file_frames([Path(tif)] * n)
 else:
     frame = tifffile.imread(tif)
     frames = ((frame, f"f{i}") for i in range(n))
-send_frames(frames, port=port, compress=compress, mapping_file=None)
+send_frames(frames, port=port, compress=compress, mapping_file=None, connections=connections)
 """
 
 # The bare transport, for the CPU floor: the same file's pixels sent n times by os.sendfile
@@ -78,6 +79,10 @@ def main() -> None:
         help="files: radint send on a frame file (sendfile); memory: a frame copied from memory",
     )
     ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument(
+        "--connections", type=int, default=1,
+        help="radint send --connections for radint's stream (midas-integrate's server: 1)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     config = IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")
@@ -109,7 +114,7 @@ def main() -> None:
             pipe = Pipeline(integ, [src], out, max_frames=args.frames, idle_timeout=60)
             pipe.start()
             cmd = [sys.executable, "-c", SENDER, str(image), str(args.frames), str(src.port)]
-            cmd += ["1" if args.compress else "0", args.sender]
+            cmd += ["1" if args.compress else "0", args.sender, str(args.connections)]
             sender = subprocess.Popen(cmd)
             # Sustained rate: from the first frame's arrival to the last one written (the
             # sender's interpreter start-up and imports are not part of streaming).
@@ -145,7 +150,8 @@ def main() -> None:
           + "; stream / neighbouring only " + " ".join(f"{100 * r:.0f} %" for r in ratios))  # fmt: skip
     print(f"{f'integrate only ({args.backend})':<34}{only:>10.1f}")
     label = (
-        f"send -> stream ({args.backend}, {args.sender}{', --compress' if args.compress else ''})"
+        f"send -> stream ({args.backend}, {args.sender}{', --compress' if args.compress else ''}"
+        f"{f', {args.connections} connections' if args.connections > 1 else ''})"
     )
     print(f"{label:<34}{stream:>10.1f}   ({100 * ratio:.0f} % of integrate-only, median)")
     print(f"{'send -> midas-integrate server':<34}{peer}")

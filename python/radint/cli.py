@@ -1232,6 +1232,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         mapping_file=args.mapping_file,
         save_interval=args.save_interval,
         shape=config.shape,
+        connections=args.connections,
     )
     elapsed = time.perf_counter() - t0
     if not args.quiet:
@@ -1790,6 +1791,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=500,
         help="rewrite the mapping every N frames (default 500)",
     )
+    p.add_argument(
+        "--connections", type=_positive_int, default=1, metavar="N",
+        help="spread the frames round robin over N connections, each sent by its own thread "
+        "(default 1, as MIDAS's sender): one connection's copy caps the rate at a few hundred "
+        "10 MB frames/s; radint stream and MIDAS's GPU program take a thread per client. "
+        "Frame ids keep the sending order, arrival order across connections is not kept",
+    )  # fmt: skip
     p.set_defaults(func=cmd_send)
     return parser
 
