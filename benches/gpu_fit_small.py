@@ -16,34 +16,15 @@ import sys
 import numpy as np
 
 
-def lineouts(n_curves: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Poisson lineouts of 600 bins: pseudo-Voigt peaks on a sloped background."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(600.0) * 0.5 + 10
-    centres = np.array([40.0, 47.0, 48.8, 90.0, 150.0, 200.0, 203.5, 260.0])
-    ys = np.empty((n_curves, x.size))
-    for i in range(n_curves):
-        y = 50 + 0.05 * x
-        for c in centres:
-            w, eta = rng.uniform(1, 3), rng.uniform(0, 1)
-            s = w / (2 * np.sqrt(2 * np.log(2)))
-            d = x - (c + rng.normal(0, 0.1))
-            g = np.exp(-0.5 * (d / s) ** 2) / (s * np.sqrt(2 * np.pi))
-            lor = (w / 2) / np.pi / (d**2 + (w / 2) ** 2)
-            y = y + rng.uniform(500, 3000) * (eta * lor + (1 - eta) * g)
-        ys[i] = rng.poisson(y)
-    ys[min(3, n_curves - 1), 100:110] = np.nan
-    return x, ys, [*(centres + 0.3), 500.0, float("nan")]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lineouts", type=int, default=200)
     args = parser.parse_args()
     from radint.fit import fit_peaks
     from radint.gpu.fit import CudaFitter
+    from radint.testing import peak_lineouts
 
-    x, ys, positions = lineouts(args.lineouts)
+    x, ys, positions = peak_lineouts(args.lineouts, seed=7)
     got = CudaFitter(x, positions).fit(ys)
     ref = fit_peaks(x, ys, positions=positions)
     same = np.asarray(got["status"]) == np.asarray(ref.status)

@@ -20,6 +20,7 @@ import pytest
 from radint import _core
 from radint.exceptions import BackendUnavailableError
 from radint.fit import fit_peaks
+from radint.testing import peak_lineouts, pseudo_voigt
 
 HARNESS = Path(__file__).resolve().parent / "gpu_harness" / "fit_harness.cpp"
 DATA = Path(__file__).resolve().parent / "data"
@@ -27,29 +28,8 @@ KERNELS = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "k
 CPU_FALLBACK = 254
 
 
-def pv(x, c, w, eta):
-    s = w / (2 * np.sqrt(2 * np.log(2)))
-    g = np.exp(-0.5 * ((x - c) / s) ** 2) / (s * np.sqrt(2 * np.pi))
-    return eta * (w / 2) / np.pi / ((x - c) ** 2 + (w / 2) ** 2) + (1 - eta) * g
-
-
-def lineouts(n_curves: int, seed: int = 1):
-    """Synthetic lineouts: a doublet and a triplet that merge into one job each, isolated peaks,
-    a sloped background, Poisson noise, a masked (NaN) stretch in one lineout."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(600.0) * 0.5 + 10
-    centres = np.array([40.0, 47.0, 48.8, 90.0, 150.0, 200.0, 203.5, 260.0])
-    ys = np.empty((n_curves, x.size))
-    for i in range(n_curves):
-        y = 50 + 0.05 * x
-        for c in centres:
-            y += rng.uniform(500, 3000) * pv(
-                x, c + rng.normal(0, 0.1), rng.uniform(1, 3), rng.uniform(0, 1)
-            )
-        ys[i] = rng.poisson(y)
-    ys[min(3, n_curves - 1), 100:110] = np.nan
-    positions = [*(centres + 0.3), 500.0, float("nan")]  # the last two are out of range
-    return x, ys, positions
+pv = pseudo_voigt
+lineouts = peak_lineouts
 
 
 @pytest.fixture(scope="module")

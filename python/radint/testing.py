@@ -68,3 +68,61 @@ def assert_lineout_close(
             f"lineouts differ: max relative difference {rel[worst]:.3g} > {rtol:g} "
             f"(bin {np.flatnonzero(ok)[worst]}: {actual[ok][worst]!r} vs {expected[ok][worst]!r})"
         )
+
+
+def pseudo_voigt(x: np.ndarray, center: float, fwhm: float, eta: float) -> np.ndarray:
+    """Unit-area pseudo-Voigt ``eta · L + (1 − eta) · G`` of one FWHM at ``x``.
+
+    Parameters
+    ----------
+    x : ndarray
+        Positions (any unit; ``center`` and ``fwhm`` in the same).
+    center, fwhm : float
+        Peak centre and full width at half maximum of both components.
+    eta : float
+        Lorentzian fraction, 0 (Gaussian) to 1 (Lorentzian).
+
+    Returns
+    -------
+    ndarray
+        The profile, integrating to 1 over the real line.
+    """
+    s = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    g = np.exp(-0.5 * ((x - center) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+    return eta * (fwhm / 2) / np.pi / ((x - center) ** 2 + (fwhm / 2) ** 2) + (1 - eta) * g
+
+
+def peak_lineouts(n_curves: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Synthetic lineouts for peak fitting: a doublet and a triplet that merge into one job
+    each, isolated peaks, a sloped background, Poisson noise, a masked (NaN) stretch in one
+    lineout.
+
+    Parameters
+    ----------
+    n_curves : int
+        Lineouts to make (600 bins each, x = 10 .. 309.5 in steps of 0.5).
+    seed : int
+        Seed of the random areas, widths, shapes, centre offsets and noise.
+
+    Returns
+    -------
+    x : ndarray, shape (600,)
+    ys : ndarray, shape (n_curves, 600)
+        Counts; row ``min(3, n_curves - 1)`` has NaN at bins 100-109.
+    positions : list of float
+        The eight peak positions (0.3 off the true centres), then two out of range (500, NaN).
+    """
+    rng = np.random.default_rng(seed)
+    x = np.arange(600.0) * 0.5 + 10
+    centres = np.array([40.0, 47.0, 48.8, 90.0, 150.0, 200.0, 203.5, 260.0])
+    ys = np.empty((n_curves, x.size))
+    for i in range(n_curves):
+        y = 50 + 0.05 * x
+        for c in centres:
+            y += rng.uniform(500, 3000) * pseudo_voigt(
+                x, c + rng.normal(0, 0.1), rng.uniform(1, 3), rng.uniform(0, 1)
+            )
+        ys[i] = rng.poisson(y)
+    ys[min(3, n_curves - 1), 100:110] = np.nan
+    positions = [*(centres + 0.3), 500.0, float("nan")]
+    return x, ys, positions
