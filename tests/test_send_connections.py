@@ -116,3 +116,87 @@ def test_connections_are_checked(tmp_path):
         send_frames(iter([]), port=1, mapping_file=None, connections=0)
     with pytest.raises(RadintError, match="nothing listens"):
         send_frames(iter([]), port=1, mapping_file=None, connections=2)
+
+
+def test_midas_files_name_frames_by_id_when_connections_reorder_them(integrator, tmp_path):
+    """Audit: over several connections frames arrive out of sending order; integrator_output.h5
+    named arrival row k after mapping entry k (MIDAS's keying, right for one connection) and
+    so stored lineouts under other frames' names. Rows are named by their frame id now: every
+    lineouts/<name> is that file's frame."""
+    import h5py
+
+    n = 12
+    for k in range(n):
+        tifffile.imwrite(tmp_path / f"f{k:02d}.tif", frame(3 * k, "u2"))
+    files = sorted(tmp_path.glob("f*.tif"))
+    mapping = tmp_path / "m.json"
+    p, src = start_pipeline(integrator, tmp_path / "out", max_frames=n, midas_files=True,
+                            mapping_file=mapping)  # fmt: skip
+    assert send_frames(iter_file_frames(files), port=src.port, mapping_file=mapping,
+                       connections=3) == n  # fmt: skip
+    assert p.wait(60).written == n
+    with h5py.File(tmp_path / "out" / "integrator_output.h5") as f:
+        for k in range(n):
+            got = f[f"lineouts/f{k:02d}"][()][:, 1]
+            want = integrator.integrate(frame(3 * k, "u2")).lineout
+            np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True, err_msg=f"f{k:02d}")
+
+
+_STALLED = """
+import socket, sys, threading
+import numpy as np
+from radint.stream.sender import send_frames
+n = int(sys.argv[1])
+server = socket.create_server(("127.0.0.1", 0))
+held = []  # accepted, never read
+threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in range(n)],
+                 daemon=True).start()
+frames = ((np.full((512, 512), k, dtype="u4"), f"f{k}") for k in range(100000))
+print("sending", flush=True)
+try:
+    send_frames(frames, port=server.getsockname()[1], mapping_file=None, connections=n)
+except KeyboardInterrupt:
+    print("interrupted", [t.name for t in threading.enumerate() if t.name == "radint-send"],
+          flush=True)
+"""
+
+
+def test_ctrl_c_against_a_server_that_stopped_reading_ends_at_once(tmp_path):
+    """Audit: Ctrl-C with 8 connections into a server that accepts but never reads took 40 s
+    (each connection's thread waited for in turn) and left the sending threads running. The
+    sockets are shut first now: the send ends at once, no sending thread left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED, "8"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "sending"
+    time.sleep(2.0)  # every socket buffer full, every thread blocked in a send
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10, (out, err)
+    assert "interrupted []" in out, (out, err)
+
+
+def test_a_bad_frame_with_several_connections_sends_every_frame_before_it(integrator, tmp_path):
+    """Audit: a frame of the wrong shape in the middle of a 4-connection send dropped good
+    frames already handed to the connections (frames 0, 1, 2, 6 of 0..7 arrived). As over one
+    connection, every frame before it goes out, the mapping lists them, and the error names
+    the bad frame."""
+    import json
+
+    good = [(frame(k, "u4"), f"f{k}") for k in range(8)]
+    bad = (np.zeros((40, 64), np.uint32), "f8")
+    p, src = start_pipeline(integrator, tmp_path / "out", max_frames=8)
+    mapping = tmp_path / "m.json"
+    with pytest.raises(RadintError, match=r"f8: frame shape \(40, 64\)"):
+        send_frames(iter([*good, bad, *good]), port=src.port, mapping_file=mapping,
+                    shape=good[0][0].shape, connections=4)  # fmt: skip
+    assert p.wait(30).written == 8
+    assert sorted(stream_rows(tmp_path / "out" / "stream.h5")["frame_id"].tolist()) == list(
+        range(8)
+    )
+    assert list(json.loads(mapping.read_text())) == [str(k) for k in range(8)]

@@ -1796,7 +1796,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="spread the frames round robin over N connections, each sent by its own thread "
         "(default 1, as MIDAS's sender): one connection's copy caps the rate at a few hundred "
         "10 MB frames/s; radint stream and MIDAS's GPU program take a thread per client. "
-        "Frame ids keep the sending order, arrival order across connections is not kept",
+        "Frame ids keep the sending order, arrival order across connections is not kept "
+        "(MIDAS's post-processing names frames by arrival: use 1 for it)",
     )  # fmt: skip
     p.set_defaults(func=cmd_send)
     return parser

@@ -701,7 +701,8 @@ def write_stream_outputs(
     list of Path
         The files written: ``<name>.h5``, then ``<name>.zarr.zip`` (with ``Int2D.bin``) and
         ``caked_peaks.h5`` (with fits). All or none: each is written under a temporary name
-        and they are renamed together once every one is written, closed and synced.
+        and they are renamed into place one after another once every one is written, closed
+        and synced (a failure between two renames can leave some renamed).
 
     Raises
     ------
@@ -753,9 +754,10 @@ def write_stream_outputs(
                 files.callback(_close_naming, zf, zip_path, temps)  # closed before the h5
                 store = _NamedZarrV2Zip(zf, zip_path, temps)
                 store.array("REtaMap", geometry)
+            by_row = _mapping_by_row(mapping, _stream_frame_ids(stream_file), n_frames)
             caked, labels = _stream_h5(
                 h5, store, directory, config, frames, geometry, n_frames, (n_r, n_eta),
-                osf, omega, stream_file, mapping, name, progress, cancelled,
+                osf, omega, stream_file, by_row, name, progress, cancelled,
             )  # fmt: skip
         written = [h5_path, zip_path] if with_2d else [h5_path]
         if caked is not None:
@@ -914,7 +916,8 @@ class _NamedZarrV2Zip(_ZarrV2Zip):
 
 def _commit_together(files: dict[Path, Path]) -> None:
     """Move the finished temporary files onto their final names (``{final: temp}``), all
-    synced to disk first: a failure there (its error naming the final file) commits none."""
+    synced to disk first: a failure there (its error naming the final file) commits none; the
+    renames follow one another, so a failure between two leaves the earlier ones done."""
     for final, temp in files.items():
         with _naming(final, files), temp.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -1083,6 +1086,50 @@ def _stream_frame_order(
         labels[k] = f"{label}_{k}" if label in taken else label
         taken.add(labels[k])
     return order, labels
+
+
+def _stream_frame_ids(stream_file: str | Path | None) -> list[int] | None:
+    """The frame id of each row of a stream's NeXus file (rows in arrival order, as the
+    binary files'), or None (no file, or none readable)."""
+    if stream_file is None or not Path(stream_file).is_file():
+        return None
+    import h5py
+
+    try:
+        with h5py.File(stream_file, "r", locking=False) as f:
+            ids = f.get("entry/azint1d/data/frame_id")
+            return None if ids is None else [int(v) for v in ids[()]]
+    except OSError:
+        return None
+
+
+def _mapping_by_row(
+    mapping: dict[int, dict[str, Any]] | None, row_ids: list[int] | None, n_frames: int
+) -> dict[int, dict[str, Any]] | None:
+    """The sender's mapping keyed by arrival row. MIDAS keys it by sending index, the arrival
+    row when one connection carries the frames; over several (``radint send --connections``)
+    frames arrive out of sending order, and a row's frame id (its dataset number: the sending
+    index for a sender counting from 0) names its entry. Rows past the stream file's last flush
+    (a killed stream) keep their arrival index where that entry is not taken; ids that do not
+    name entries (another numbering) leave MIDAS's keying."""
+    if not mapping or not row_ids or row_ids == list(range(len(row_ids))):
+        return mapping
+    if len(set(row_ids)) != len(row_ids) or not all(i in mapping for i in row_ids):
+        return mapping  # other ids (PVA uniqueIds, several senders): MIDAS's keying
+    by_row = {row: mapping[i] for row, i in enumerate(row_ids)}
+    taken = set(row_ids)
+    unsure = 0
+    for row in range(len(row_ids), n_frames):
+        if row in mapping and row not in taken:
+            by_row[row] = mapping[row]
+            unsure += 1
+    if unsure:
+        log.warning(
+            "stream: %d frame(s) past the stream file's last flush are named by their arrival "
+            "index; with several sender connections that may not be their file",
+            unsure,
+        )
+    return by_row
 
 
 def _mapped_name(entry: dict[str, Any]) -> str:

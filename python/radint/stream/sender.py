@@ -319,7 +319,8 @@ def send_frames(
         hundred 10 MB frames/s) caps the rate, and a server with a thread per client (radint
         stream, MIDAS's GPU program) receives them in parallel. Every frame keeps its
         dataset number, so the receiver's frame ids keep the sending order; the order in which
-        frames of different connections arrive is not kept.
+        frames of different connections arrive is not kept (MIDAS's post-processing, which
+        names frames by arrival, needs one connection).
 
     Returns
     -------
@@ -332,7 +333,9 @@ def send_frames(
         Nothing listens at ``host:port``, the server closed a connection, a frame's shape
         differs from ``shape``, or ``connections`` is out of range.
     ReaderError
-        A frame file was cut short (the frames before it went out whole).
+        A frame file was cut short (the frames before it went out whole; over several
+        connections frames after it may have gone out on the others: the mapping lists exactly
+        the frames sent).
     """
     if not 1 <= int(connections) <= MAX_CONNECTIONS:
         raise RadintError(f"send: connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -383,6 +386,17 @@ def send_frames(
             except queue.Empty:
                 continue
 
+    def shut_down() -> None:
+        # Every connection's thread leaves before the count and the mapping are final; the
+        # sockets are shut first, so a thread blocked in a send returns at once.
+        stop.set()
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 5
+        for lane in lanes:
+            lane.join(max(0.0, deadline - time.monotonic()))
+
     try:
         while (item := next_item()) is not None:
             if isinstance(item, BaseException):
@@ -407,13 +421,24 @@ def send_frames(
             lane.finish()
         sent.raise_error()
     except (BrokenPipeError, ConnectionResetError) as e:
+        shut_down()
         raise sent.closed_error(host, port) from e
     except _ConnectionClosed as e:
+        shut_down()
         raise sent.closed_error(host, port) from e.__cause__
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        # A frame this thread could not hand over (its shape, its file): the frames handed to
+        # the connections before it still go out, as they would over one connection.
+        if sent.error is None:
+            for lane in lanes:
+                lane.finish()
+        raise
     finally:
-        stop.set()
+        shut_down()
         for lane in lanes:
-            lane.close()
+            lane.close_files()
         for sock in socks:
             sock.close()
         sent.write_mapping()
@@ -546,11 +571,14 @@ class _Connection:
                 continue
         self.thread.join()
 
-    def close(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
+    def join(self, timeout: float) -> None:
+        """Wait at most ``timeout`` s for the thread to leave (``stop`` set, sockets shut)."""
+        if self.thread is not None:
             with contextlib.suppress(queue.Full):
                 self.jobs.put_nowait(None)
-            self.thread.join(timeout=5)
+            self.thread.join(timeout)
+
+    def close_files(self) -> None:
         self.files.close()
 
 
