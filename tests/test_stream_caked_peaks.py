@@ -30,23 +30,13 @@ from radint.io.peaks import PEAK_COLUMNS
 from radint.stream import Pipeline, TcpSource
 from radint.stream.protocol import encode_frame_bytes
 from radint.testing import ring_image
+from tests import test_stream as stream_tests
 
-NY, NZ = 64, 48
-DETECTOR = f"""
-NrPixelsY {NY}
-NrPixelsZ {NZ}
-px 172
-Lsd 300000
-BC 30.5 22.5
-Wavelength 0.172973
-RMin 1
-RMax 40
-RBinSize 0.5
-EtaMin -180
-EtaMax 180
-EtaBinSize 360
-"""
-SHAPE = (NZ, NY)
+# tests/test_stream.py's detector, binned finer in R and as one η bin: lineouts to fit.
+DETECTOR = stream_tests.DETECTOR.replace("RBinSize 2\n", "RBinSize 0.5\n").replace(
+    "EtaBinSize 30\n", "EtaBinSize 360\n"
+)
+NY, NZ, SHAPE = stream_tests.NY, stream_tests.NZ, stream_tests.SHAPE
 RINGS_PX = np.array([12.0, 20.0, 30.0])
 
 
