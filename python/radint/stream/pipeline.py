@@ -35,7 +35,30 @@ __all__ = ["Pipeline", "Summary"]
 
 @dataclass
 class Summary:
-    """Counts of one streaming run."""
+    """Counts of one streaming run.
+
+    Attributes
+    ----------
+    received : int
+        Frames the sources took in (TCP frames read whole, PVA updates, folder frames),
+        refused ones included.
+    integrated, written : int
+        Frames integrated, and written to the output file(s).
+    dropped : int
+        Frames received but not written (refused while stopping or with the queues full, lost
+        to an error).
+    partial : int
+        TCP frames cut short (a connection closed mid-frame) and discarded.
+    bad_connections : int
+        TCP connections closed for a protocol error (an unknown dtype, a bad hybrid frame).
+    seconds : float
+        Wall time of the run, from its start to its end.
+    output : str
+        The stream's NeXus file.
+    integrate_seconds, write_seconds : float
+        Seconds the integration thread spent integrating and the writer writing: with
+        ``seconds`` they say which stage bounds the rate.
+    """
 
     received: int
     integrated: int
@@ -814,7 +837,23 @@ class Pipeline:
     def wait(self, timeout: float | None = None) -> Summary | None:
         """Block until drained and closed; the summary, or None on timeout. Re-raises the error
         that stopped the pipeline (e.g. the disk filled up); :attr:`summary` still has the
-        counters then."""
+        counters then.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most (None: until the pipeline has finished).
+
+        Returns
+        -------
+        Summary or None
+            The run's counts, or None when ``timeout`` passed first.
+
+        Raises
+        ------
+        Exception
+            The error that stopped the pipeline (an ``OSError`` of a full disk, ...).
+        """
         self._finished.wait(timeout)
         if self._error is not None and self._finished.is_set():
             raise self._error
@@ -869,8 +908,21 @@ class Pipeline:
     def run(self, status: str = "auto") -> Summary:
         """Start, show a status line until drained, return the summary.
 
-        ``status``: ``"rich"`` (a live line), ``"log"`` (a log line every 5 s), ``"none"``, or
-        ``"auto"`` (rich on a TTY, else log).
+        Parameters
+        ----------
+        status : {"auto", "rich", "log", "none"}
+            ``"rich"``: a live line on stderr; ``"log"``: a log line every 5 s; ``"none"``;
+            ``"auto"``: rich on a TTY, else log.
+
+        Returns
+        -------
+        Summary
+            The run's counts.
+
+        Raises
+        ------
+        Exception
+            The error that stopped the pipeline (see :meth:`wait`).
         """
         if status == "auto":
             status = "rich" if sys.stderr.isatty() else "log"
