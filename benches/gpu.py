@@ -4,11 +4,13 @@ Detectors: Pilatus 2M (u32) and Eiger 4M (u32, u16); 1 px × 5° cake + lineout,
 accumulation, Poisson variance. For each: kernel-only time per frame (frames already on the
 device, CUDA events), end-to-end frames/s from host memory through ``Integrator.integrate`` /
 ``integrate_stack`` (pinned staging, upload and the Result's downloads included),
-single frame and batched (8 frames per pass over the map), from pageable and from page-locked
+single frame and batched (8 frames per pass over the map; by the frames-in-lanes kernel and,
+for comparison, by the lane-split one), from pageable and from page-locked
 (``Integrator.host_buffer``) host frames, next to two limits:
 
 * HBM limit: bytes the kernels read per frame (map + frame + outputs) ÷ measured device-to-device
-  bandwidth;
+  bandwidth (batched passes also read and write each frame once more to interleave it, which
+  this limit does not count);
 * host→device limit: frame bytes ÷ measured pinned host→device bandwidth.
 
 midas-integrate's torch CUDA path is timed on the same frames when it is importable (the
@@ -191,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import cupy as cp
 
+    import radint.gpu
     from radint import Integrator
+
+    default_lanes_min = radint.gpu.LANES_MIN_FRAMES
 
     print(f"device: {why}")
     d2d, h2d = _bandwidths(cp)
@@ -217,13 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         # them) go to the GPU by DMA with no staging copy.
         pinned = integ.host_buffer(host.shape, host.dtype)
         pinned[...] = host
-        for mode, nf, frames in (
-            ("single", 1, host), ("batch", args.frames, host),
-            ("single, pinned frames", 1, pinned), ("batch, pinned frames", args.frames, pinned),
-        ):  # fmt: skip
+        for mode, nf, frames, lanes_min in (
+            ("single", 1, host, default_lanes_min),
+            ("batch", args.frames, host, default_lanes_min),
+            # The same passes through the lane-split kernel (frames interleaved by block).
+            ("batch, lane split", args.frames, host, radint.gpu.MAX_NB + 1),
+            ("single, pinned frames", 1, pinned, default_lanes_min),
+            ("batch, pinned frames", args.frames, pinned, default_lanes_min),
+        ):
+            radint.gpu.LANES_MIN_FRAMES = lanes_min
             if frames is host:
                 k_ms = _kernel_ms_per_frame(cp, gpu, dev[0] if nf == 1 else dev, args.reps)
             fps = _end_to_end_fps(integ, frames[0] if nf == 1 else frames, args.reps)
+            radint.gpu.LANES_MIN_FRAMES = default_lanes_min
             # Batched, the map is read once per 8 frames.
             per_frame_read = frame_bytes + out_bytes + map_bytes / (1 if nf == 1 else 8)
             hbm_ms = per_frame_read / (d2d / 2 * 1e9) * 1e3

@@ -64,8 +64,9 @@ step ncu 120 "$NCU" --clock-control none --csv --log-file "$OUT/ncu.csv" --metri
     gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     python3 benches/gpu_profile.py --kernels-only
 step ncu-summary 20 python3 benches/ncu_summary.py "$OUT/ncu.csv"
-# Why the CSR kernel runs below the memory limit: occupancy, stall reasons, memory traffic.
-step ncu-csr 120 "$NCU" --clock-control none -k regex:ri_csr --launch-count 2 \
+# Why the CSR kernels run below the memory limit: occupancy, stall reasons, memory traffic (the
+# warm-up pass skipped; then one frame, 8 frames interleaved + in lanes, 8 frames lane-split).
+step ncu-csr 150 "$NCU" --clock-control none -k regex:'ri_csr|ri_interleave' --launch-skip 2 --launch-count 4 \
     --section SpeedOfLight --section Occupancy --section SchedulerStats \
     --section WarpStateStats --section MemoryWorkloadAnalysis \
     python3 benches/gpu_profile.py --kernels-only
@@ -123,8 +124,9 @@ step kernel-attrs 40 python3 - <<'PYEOF'
 import cupy
 from radint.gpu import _module
 
-names = [f"ri_csr_{t}_{a}" for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
-         for a in ("f64", "f32")] + ["ri_cross_u32", "ri_lineout"]
+names = [f"ri_csr{k}_{t}_{a}" for k in ("", "_lanes")
+         for t in ("u8", "u16", "u32", "i32", "i64", "f32", "f64")
+         for a in ("f64", "f32")] + ["ri_interleave_u32", "ri_cross_u32", "ri_lineout"]
 dev = cupy.cuda.Device(0)
 resident = dev.attributes["MultiProcessorCount"] * dev.attributes["MaxThreadsPerMultiProcessor"]
 for module, kernels in (("integrate", names), ("fit", ["rf_fit_jobs"])):

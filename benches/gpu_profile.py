@@ -1,5 +1,6 @@
 """Where a CUDA frame's time goes (issue 8): host staging copy rates, transfer rates, and
-per-kernel device times for one Pilatus 2M uint32 frame and one 8-frame pass.
+per-kernel device times for one Pilatus 2M uint32 frame and one 8-frame pass (by the
+frames-in-lanes kernel, then by the lane-split one).
 
 Run on a GPU machine: ``python benches/gpu_profile.py``; for per-kernel times and DRAM bytes
 run it under Nsight Compute, which times each kernel launch the script makes::
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import cupy as cp
 
+    import radint.gpu
     from radint import Integrator
 
     cfg = _config((1679, 1475), 172)
@@ -144,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                   "per call (device events, launch overhead included)")  # fmt: skip
         breakdown(cp, integ, gpu, rng)
         return 0
-    gpu.integrate_device(dev[0])
-    gpu.integrate_device(dev)
+    gpu.integrate_device(dev[0])  # lane split
+    gpu.integrate_device(dev)  # interleaved, frames in lanes
+    radint.gpu.LANES_MIN_FRAMES = radint.gpu.MAX_NB + 1
+    gpu.integrate_device(dev)  # the same pass by the lane split, for comparison
     cp.cuda.Device().synchronize()
     return 0
 

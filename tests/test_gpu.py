@@ -247,7 +247,8 @@ def _random_map(rng, shape=(37, 41), n_r=23, n_eta=7, weights=True) -> DetectorM
 def test_cuh_harness_matches_rust_all_dtypes(harness, small_map_mod, dtype):
     """Every frame dtype, 11 frames (one 8-frame batch + a 3-frame tail), dark + NaN-masked
     scale + Poisson variance: the header's float64 arithmetic equals Rust's to 1e-12 (only the
-    summation order differs)."""
+    summation order differs), and the frames-in-lanes sums (passes of frames, interleaved)
+    equal the lane-split sums (single frames) bit for bit."""
     _, m = small_map_mod
     rng = np.random.default_rng(10)
     frames = _inputs(m.shape, rng, 11, dtype)
@@ -255,9 +256,14 @@ def test_cuh_harness_matches_rust_all_dtypes(harness, small_map_mod, dtype):
     dark = rng.uniform(0, 3, n_pix)
     scale = rng.uniform(0.5, 1.5, n_pix)
     scale[rng.choice(n_pix, 300, replace=False)] = np.nan
+    by_batch = {}
     for batch in (1, 8):
-        got = harness_integrate(harness, m, frames, dark=dark, scale=scale, batch=batch)
+        got = by_batch[batch] = harness_integrate(
+            harness, m, frames, dark=dark, scale=scale, batch=batch
+        )
         assert_same(got, rust_integrate(m, frames, dark=dark, scale=scale), 1e-12)
+    for key, single in by_batch[1].items():
+        np.testing.assert_array_equal(by_batch[8][key], single, err_msg=key)
 
 
 @pytest.mark.parametrize("rules", list(RULES))
@@ -327,6 +333,7 @@ def test_launcher_constants_match_header():
     assert int(defined["RI_BIN_LANES"]) == radint.gpu.BIN_LANES
     assert int(defined["RI_WARP"]) == radint.gpu.ROW_LANES
     assert int(defined["RI_MAX_NB"]) == radint.gpu.MAX_NB
+    assert int(defined["RI_LANES_BLOCK"]) == radint.gpu.LANES_BLOCK
 
 
 # ---------------------------------------------------------------------------------- backend choice
@@ -564,6 +571,70 @@ def test_cuda_staging_streams_and_device_frames(small_map_mod, monkeypatch):
         np.testing.assert_allclose(
             got["lineout"].reshape(n, n_r), want.lineout, rtol=1e-6, atol=1e-9, equal_nan=True
         )
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float64])
+def test_cuda_frames_in_lanes_equal_the_lane_split_bit_for_bit(monkeypatch, precision, dtype):
+    """Passes of several frames (interleaved pixel by pixel, a thread per bin and frame) and single
+    frames (8 lanes a bin, shuffle tree) sum in the same order: a frame's cake, sums and sigmas
+    are the same bits whichever kernel integrated it, i.e. however many frames came at once
+    (passes of 1 to 8 frames here); both equal the Rust engine. A random map with MIDAS weights,
+    empty bins and repeated pixels; dark, NaN-masked scale, given variance and NaN frames."""
+    import radint.gpu
+    from radint.gpu import CudaIntegrator
+
+    rng = np.random.default_rng(23)
+    m = _random_map(rng)
+    n_pix = m.shape[0] * m.shape[1]
+    scale = rng.uniform(0.5, 1.5, n_pix)
+    scale[rng.choice(n_pix, 60, replace=False)] = np.nan
+
+    class Stub:  # the attributes CudaIntegrator reads from an Integrator
+        map = m
+        _scale = scale
+        error_model = "poisson"
+        lineout_mode = "area_weighted"
+        empty_value = np.nan
+        n_threads = None
+        normalize = 1
+        compat = None
+
+    Stub.precision = precision
+    frames = _inputs(m.shape, rng, 2 * radint.gpu.MAX_NB + 5, dtype)  # passes of 8, 8 and 5
+    dark = rng.uniform(0, 3, n_pix)
+    variance = rng.uniform(0, 9, n_pix)
+    keys = ("signal", "area", "count", "variance", "cake", "cake_sigma", "lineout",
+            "lineout_sigma")  # fmt: skip
+    for extra in ({"dark": dark}, {"variance": variance}):
+        runs = {}
+        for lanes_min in (1, radint.gpu.MAX_NB + 1, 2):  # every pass / none / passes of 2+
+            monkeypatch.setattr(radint.gpu, "LANES_MIN_FRAMES", lanes_min)
+            gpu = CudaIntegrator(Stub())
+            runs[lanes_min] = gpu.integrate(frames, keys=keys, **extra)
+            # One frame at a time and uneven pieces give the same bits as well.
+            for pieces in ([1] * 3, [3, 7]):
+                f0 = 0
+                for n in pieces:
+                    part = gpu.integrate(frames[f0 : f0 + n], keys=("cake", "count"), **extra)
+                    for key in ("cake", "count"):
+                        whole = runs[lanes_min][key].reshape(len(frames), -1)[f0 : f0 + n]
+                        np.testing.assert_array_equal(
+                            part[key].reshape(n, -1), whole, err_msg=f"{key} {pieces}"
+                        )
+                    f0 += n
+        for lanes_min, got in runs.items():
+            for key in keys:
+                np.testing.assert_array_equal(got[key], runs[1][key], err_msg=f"{key} {lanes_min}")
+        want = rust_integrate(m, frames, scale=scale, precision=precision, **extra)
+        rtol = 1e-4 if precision == "float32" else 1e-9
+        for key in ("signal", "area", "count", "variance"):
+            w = np.asarray(want[key]).reshape(len(frames), -1)
+            g = runs[1][key].reshape(w.shape)
+            floor = rtol * np.nanmax(np.abs(w))
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=floor, equal_nan=True, err_msg=key)
 
 
 class _ForeignDeviceArray:

@@ -1,59 +1,56 @@
 // Host C++ driver for python/radint/gpu/kernels/integrate.cuh: runs the kernels' arithmetic on
-// the CPU the way the CUDA kernels schedule it (RI_BIN_LANES emulated lanes per bin, lanes taking
-// strided entries, the same shuffle-down tree), so tests/test_gpu.py can compare it with the Rust
+// the CPU the way the CUDA kernels schedule it (single frames: RI_BIN_LANES emulated lanes per bin,
+// lanes taking strided entries, the same shuffle-down tree; passes of frames: interleaved pixel by
+// pixel, each bin of each frame summed whole by ri_bin_accumulate), so tests/test_gpu.py can compare it with the Rust
 // engine without a GPU. Built by the test with g++ into a shared library and called via ctypes.
+#include <vector>
+
 #include "integrate.cuh"
 
 // Emulate __shfl_down_sync(off) + merge for offsets RI_BIN_LANES/2..1: after each step lane i holds
 // lane i + lane i+off; only lanes below `off` matter for lane 0's final value.
-template <typename A, int NB>
-static void tree_reduce(RiAcc<A> (&lanes)[RI_BIN_LANES][NB]) {
-    for (int off = RI_BIN_LANES / 2; off > 0; off >>= 1) {
+template <typename A>
+static void tree_reduce(RiAcc<A> (&lanes)[RI_BIN_LANES]) {
+    for (int off = RI_BIN_LANES / 2; off > 0; off >>= 1)
         for (int i = 0; i < off; ++i) {
-            for (int k = 0; k < NB; ++k) {
-                const RiAcc<A>& o = lanes[i + off][k];
-                ri_acc_merge(lanes[i][k], o.s, o.a, o.v, o.c);
-            }
+            const RiAcc<A>& o = lanes[i + off];
+            ri_acc_merge(lanes[i], o.s, o.a, o.v, o.c);
         }
-    }
 }
 
-template <typename T, typename A, int NB>
-static void csr_pass(const ri_u64* indptr, const ri_u32* pixel, const float* area,
-                     const double* weight, const T* frames, ri_u64 n_pixels, int nb,
-                     ri_u64 n_bins, const double* dark, const double* scale, int var_mode,
-                     const double* variance, double* signal, double* area_out,
-                     double* variance_out, ri_u32* count) {
-    static thread_local RiAcc<A> lanes[RI_BIN_LANES][NB];
-    for (ri_u64 b = 0; b < n_bins; ++b) {
-        for (ri_u32 lane = 0; lane < RI_BIN_LANES; ++lane)
-            ri_lane_accumulate<T, A, NB>(lanes[lane], nb, indptr, pixel, area, weight, frames,
-                                         n_pixels, dark, scale, var_mode, variance, b, lane,
-                                         RI_BIN_LANES);
-        tree_reduce<A, NB>(lanes);
-        ri_store<A, NB>(lanes[0], nb, b, n_bins, signal, area_out, variance_out, count);
-    }
-}
-
-// n_frames frames, integrated `batch` (1 or RI_MAX_NB) at a time, as the launcher does.
+// n_frames frames, integrated `batch` at a time, as the launcher does: batch 1 by the
+// lane-split kernel (RI_BIN_LANES lanes a bin, shuffle tree), batch RI_MAX_NB by the
+// frames-in-lanes kernel (each pass interleaved pixel by pixel, each (bin, frame) summed whole).
 template <typename T, typename A>
 static int csr(const ri_u64* indptr, const ri_u32* pixel, const float* area, const double* weight,
                const T* frames, ri_u64 n_pixels, ri_u64 n_frames, ri_u64 n_bins,
                const double* dark, const double* scale, int var_mode, const double* variance,
                double* signal, double* area_out, double* variance_out, ri_u32* count, int batch) {
     if (batch != 1 && batch != RI_MAX_NB) return 1;
+    std::vector<RiPixelFrames<T>> interleaved(batch == 1 ? 0 : n_pixels);
     for (ri_u64 f0 = 0; f0 < n_frames; f0 += batch) {
         const int nb = int(n_frames - f0 < ri_u64(batch) ? n_frames - f0 : batch);
-        const ri_u64 o = f0 * n_bins;
-        double* vo = variance_out ? variance_out + o : nullptr;
-        if (batch == 1)
-            csr_pass<T, A, 1>(indptr, pixel, area, weight, frames + f0 * n_pixels, n_pixels, nb,
-                              n_bins, dark, scale, var_mode, variance, signal + o, area_out + o,
-                              vo, count + o);
-        else
-            csr_pass<T, A, RI_MAX_NB>(indptr, pixel, area, weight, frames + f0 * n_pixels,
-                                      n_pixels, nb, n_bins, dark, scale, var_mode, variance,
-                                      signal + o, area_out + o, vo, count + o);
+        for (ri_u64 p = 0; p < interleaved.size(); ++p)
+            interleaved[p] = ri_interleave_pixel<T>(frames + f0 * n_pixels, n_pixels, nb, p);
+        for (int k = 0; k < nb; ++k) {
+            const ri_u64 o = (f0 + ri_u64(k)) * n_bins;
+            double* vo = variance_out ? variance_out + o : nullptr;
+            for (ri_u64 b = 0; b < n_bins; ++b) {
+                RiAcc<A> lanes[RI_BIN_LANES];
+                if (batch == 1) {
+                    for (ri_u32 lane = 0; lane < RI_BIN_LANES; ++lane)
+                        ri_lane_accumulate<T, A>(lanes[lane], indptr, pixel, area, weight,
+                                                 frames + (f0 + k) * n_pixels, 1, dark, scale,
+                                                 var_mode, variance, b, lane, RI_BIN_LANES);
+                    tree_reduce<A>(lanes);
+                } else {
+                    ri_bin_accumulate<T, A>(lanes[0], indptr, pixel, area, weight,
+                                            interleaved[0].v + k, RI_MAX_NB, dark, scale,
+                                            var_mode, variance, b);
+                }
+                ri_store<A>(lanes[0], b, signal + o, area_out + o, vo, count + o);
+            }
+        }
     }
     return 0;
 }

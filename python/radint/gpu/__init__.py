@@ -62,11 +62,19 @@ FRAME_DTYPES = {
     np.dtype(np.float32): "f32",
     np.dtype(np.float64): "f64",
 }
-#: Frames per pass: one pinned staging buffer, one CSR launch reading the map about once (its
-#: blocks interleave the frames; RI_MAX_NB in the header).
+#: Frames per pass: one pinned staging buffer, one CSR launch reading the map once
+#: (RI_MAX_NB in the header).
 MAX_NB = 8
+#: Passes of at least this many frames are interleaved pixel by pixel on the device and
+#: integrated with the frames in lanes (``ri_csr_lanes_*``: a bin's map entries loaded once for
+#: all its frames, a pixel's values of every frame in one or two 32-byte sectors); smaller ones
+#: by the lane-split kernel (``ri_csr_*``, 8 lanes a bin), which keeps more threads busy when
+#: there are few frames. ``benches/gpu.py`` times both.
+LANES_MIN_FRAMES = 4
 #: Threads per block of every integration kernel (8 warps); must be a multiple of 32.
 CSR_BLOCK = 256
+#: Threads per block of the frames-in-lanes CSR kernel (RI_LANES_BLOCK in integrate.cu).
+LANES_BLOCK = 64
 #: Lanes per bin in the CSR kernels (RI_BIN_LANES in the header).
 BIN_LANES = 8
 #: Lanes per radial row in the cross-term and lineout kernels (a warp).
@@ -307,6 +315,8 @@ class CudaIntegrator:
         self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
         # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
+        # Per stream: a pass's frames interleaved pixel by pixel (ri_interleave_*), made on use.
+        self._interleaved: list[Any] = [None] * len(self._streams)
         # Calls from several threads take turns: they would stage into the same buffers (two
         # threads on one Integrator got each other's frames, with no error).
         self._lock = threading.Lock()
@@ -334,8 +344,10 @@ class CudaIntegrator:
         on a machine; a stream's first frames should not wait for it)."""
         for dtype in FRAME_DTYPES.values():
             self._kernel(f"ri_cross_{dtype}")
+            self._kernel(f"ri_interleave_{dtype}")
             for acc in ("f64", "f32"):
                 self._kernel(f"ri_csr_{dtype}_{acc}")
+                self._kernel(f"ri_csr_lanes_{dtype}_{acc}")
         self._kernel("ri_lineout")
 
     def _frame_buffers(self, k: int, dtype: np.dtype) -> tuple[np.ndarray, Any, Any]:
@@ -347,6 +359,13 @@ class CudaIntegrator:
         if buf is None or buf[0].dtype != dtype:
             buf = (cupyx.empty_pinned((n,), dtype=dtype), cp.empty((n,), dtype=dtype), None)
             self._buffers[k] = buf
+        return buf
+
+    def _interleaved_buffer(self, k: int, dtype: np.dtype) -> Any:
+        """Stream k's device buffer for a pass interleaved pixel by pixel (MAX_NB values each)."""
+        buf = self._interleaved[k]
+        if buf is None or buf.dtype != dtype:
+            buf = self._interleaved[k] = self._cp.empty(MAX_NB * self.n_pixels, dtype=dtype)
         return buf
 
     def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:
@@ -670,7 +689,7 @@ class CudaIntegrator:
         lineout, downloads of ``host``'s arrays) on ``streams`` in turn; the caller
         synchronises them."""
         cp = self._cp
-        csr_grid = (self.n_bins * BIN_LANES + CSR_BLOCK - 1) // CSR_BLOCK
+        lane_split_grid = (self.n_bins * BIN_LANES + CSR_BLOCK - 1) // CSR_BLOCK
         # Pixels shared between η bins add to every lineout's variance (rules as the Rust
         # finalize: ri_line_final scales or leaves it out per mode).
         use_cross = bool(var_mode)
@@ -695,17 +714,29 @@ class CudaIntegrator:
                 per_row = {
                     key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out
                 }
-            name = f"ri_csr_{FRAME_DTYPES[dtype]}_{acc}"
+            suffix = FRAME_DTYPES[dtype]
             with stream:
+                if nb >= LANES_MIN_FRAMES:
+                    csr_frames = self._interleaved_buffer(k, dtype)
+                    self._kernel(f"ri_interleave_{suffix}")(
+                        ((self.n_pixels + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
+                        (dev, np.uint64(self.n_pixels), np.int32(nb), csr_frames),
+                    )  # fmt: skip
+                    name = f"ri_csr_lanes_{suffix}_{acc}"
+                    # A thread per (bin, frame).
+                    grid, block = (self.n_bins * nb + LANES_BLOCK - 1) // LANES_BLOCK, LANES_BLOCK
+                else:
+                    csr_frames, name = dev, f"ri_csr_{suffix}_{acc}"
+                    grid, block = lane_split_grid * nb, CSR_BLOCK  # frames interleaved by block
                 self._kernel(name)(
-                    (csr_grid * nb,),  # nb frames, interleaved by block
-                    (CSR_BLOCK,),
+                    (grid,),
+                    (block,),
                     (
                         self.indptr,
                         self.pixel,
                         self.area,
                         _opt(self.weight),
-                        dev,
+                        csr_frames,
                         np.uint64(self.n_pixels),
                         np.int32(nb),
                         np.uint64(self.n_bins),
@@ -728,7 +759,7 @@ class CudaIntegrator:
                 cross = None
                 if cross_arrays is not None:
                     cross = cp.empty(rows, dtype=np.float64)
-                    self._kernel(f"ri_cross_{FRAME_DTYPES[dtype]}")(
+                    self._kernel(f"ri_cross_{suffix}")(
                         ((rows * ROW_LANES + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
                         (*cross_arrays, dev, np.uint64(self.n_pixels), np.uint64(self.n_r),
                          np.uint64(rows), _opt(dark_d), _opt(self.scale), np.int32(var_mode),

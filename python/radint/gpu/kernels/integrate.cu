@@ -4,24 +4,49 @@
 //
 // Loaded by radint.gpu through one cached cupy.RawModule; the header is inlined into this source
 // before compilation (so NVRTC needs no include path). Every kernel is `extern "C"` so names are
-// not mangled: ri_csr_<frame dtype>_<accumulator> (sums and the finalized cake),
+// not mangled: ri_csr_<frame dtype>_<accumulator> (sums and the finalized cake; lanes split a
+// bin), ri_csr_lanes_<frame dtype>_<accumulator> (the same, frames in lanes),
+// ri_interleave_<frame dtype> (a pass's frames pixel by pixel, for the latter),
 // ri_cross_<frame dtype>, ri_lineout. Null pointers (no weight / dark / scale / variance)
 // are passed as 0.
 #include "integrate.cuh"
 
 #define RI_FULL_MASK 0xffffffffu
 
-// RI_BIN_LANES lanes per bin: each lane sums a strided share of the bin's entries, then the
-// lanes are combined with a shuffle tree (offsets RI_BIN_LANES/2 … 1) and the bin's first lane
-// writes the four accumulators (bin-major, r·n_eta + e) and, finalized (ri_finalize_bin), the
-// cake value and sigma η-major (e·n_r + r), the layout the caller returns: no separate finalize
-// pass and no transpose.
+// Store bin b's reduced sums for one frame (bin-major, r·n_eta + e) and, finalized
+// (ri_finalize_bin), its cake value and sigma η-major (e·n_r + r), the layout the caller
+// returns: no separate finalize pass and no transpose. o: the frame's offset in the outputs.
+template <typename A>
+__device__ __forceinline__ void ri_write_bin(const RiAcc<A>& acc, ri_u64 b, ri_u64 o,
+                                             ri_u64 n_bins, int n_eta,
+                                             const ri_u8* __restrict__ mask_hit,
+                                             const RiFinalize& f, double* __restrict__ signal,
+                                             double* __restrict__ area_out,
+                                             double* __restrict__ variance_out,
+                                             ri_u32* __restrict__ count,
+                                             double* __restrict__ cake,
+                                             double* __restrict__ sigma) {
+    ri_store<A>(acc, b, signal + o, area_out + o, variance_out ? variance_out + o : 0,
+                count + o);
+    const int with_var = variance_out != 0;
+    const ri_u64 r = b / ri_u64(n_eta);
+    const ri_u64 eta_major = (b - r * ri_u64(n_eta)) * (n_bins / ri_u64(n_eta)) + r;
+    // The sums as stored (in double), which the Rust finalize reads.
+    double value, sig;
+    ri_finalize_bin(f, double(acc.s), double(acc.a), with_var ? double(acc.v) : 0.0, acc.c,
+                    mask_hit[b], with_var, &value, &sig);
+    cake[o + eta_major] = value;
+    if (with_var) sigma[o + eta_major] = sig;
+}
+
+// Lane split (single frames): RI_BIN_LANES lanes per bin, each summing a strided share of the
+// bin's entries, combined with a shuffle tree (offsets RI_BIN_LANES/2 … 1); the bin's first
+// lane writes the outputs.
 //
 // nb frames per launch, interleaved by block: block i integrates frame i % nb over bin block
 // i / nb, so the nb blocks that read the same map entries run side by side and all but the
-// first find them in L2 (the map is read from device memory about once per launch). One frame
-// per thread keeps registers at 32 and occupancy full: 8 frames per thread (90 registers) took
-// 63 µs per Pilatus 2M frame on an H200, more than one frame alone (49 µs).
+// first find them in L2. Passes of several frames go to the frames-in-lanes kernel below,
+// unless the launcher is told otherwise (radint.gpu.LANES_MIN_FRAMES).
 template <typename T, typename A>
 __device__ __forceinline__ void ri_csr(const ri_u64* __restrict__ indptr,
                                        const ri_u32* __restrict__ pixel,
@@ -42,35 +67,60 @@ __device__ __forceinline__ void ri_csr(const ri_u64* __restrict__ indptr,
     // No early return: the shuffles below need every lane of the warp, also those of a bin
     // past the end (they sum nothing).
     const bool active = b < n_bins;
-    RiAcc<A> acc[1];
+    RiAcc<A> acc;
     if (active) {
-        ri_lane_accumulate<T, A, 1>(acc, 1, indptr, pixel, area, weight,
-                                    frames + frame * n_pixels, n_pixels, dark, scale, var_mode,
-                                    variance, b, lane, RI_BIN_LANES);
+        ri_lane_accumulate<T, A>(acc, indptr, pixel, area, weight, frames + frame * n_pixels, 1,
+                                 dark, scale, var_mode, variance, b, lane, RI_BIN_LANES);
     } else {
-        ri_acc_zero(acc[0]);
+        ri_acc_zero(acc);
     }
 #pragma unroll
     for (int off = RI_BIN_LANES / 2; off > 0; off >>= 1) {
-        const A s = __shfl_down_sync(RI_FULL_MASK, acc[0].s, off, RI_BIN_LANES);
-        const A a = __shfl_down_sync(RI_FULL_MASK, acc[0].a, off, RI_BIN_LANES);
-        const A v = __shfl_down_sync(RI_FULL_MASK, acc[0].v, off, RI_BIN_LANES);
-        const ri_u32 c = __shfl_down_sync(RI_FULL_MASK, acc[0].c, off, RI_BIN_LANES);
-        ri_acc_merge(acc[0], s, a, v, c);
+        const A s = __shfl_down_sync(RI_FULL_MASK, acc.s, off, RI_BIN_LANES);
+        const A a = __shfl_down_sync(RI_FULL_MASK, acc.a, off, RI_BIN_LANES);
+        const A v = __shfl_down_sync(RI_FULL_MASK, acc.v, off, RI_BIN_LANES);
+        const ri_u32 c = __shfl_down_sync(RI_FULL_MASK, acc.c, off, RI_BIN_LANES);
+        ri_acc_merge(acc, s, a, v, c);
     }
     if (!active || lane != 0) return;
-    const ri_u64 o = frame * n_bins;
-    ri_store<A, 1>(acc, 1, b, n_bins, signal + o, area_out + o,
-                   variance_out ? variance_out + o : 0, count + o);
-    const int with_var = variance_out != 0;
-    const ri_u64 r = b / ri_u64(n_eta);
-    const ri_u64 eta_major = (b - r * ri_u64(n_eta)) * (n_bins / ri_u64(n_eta)) + r;
-    // The sums as stored (in double), which the Rust finalize reads.
-    double value, sig;
-    ri_finalize_bin(f, double(acc[0].s), double(acc[0].a), with_var ? double(acc[0].v) : 0.0,
-                    acc[0].c, mask_hit[b], with_var, &value, &sig);
-    cake[o + eta_major] = value;
-    if (with_var) sigma[o + eta_major] = sig;
+    ri_write_bin<A>(acc, b, frame * n_bins, n_bins, n_eta, mask_hit, f, signal, area_out,
+                    variance_out, count, cake, sigma);
+}
+
+// Frames in lanes (passes of several frames): thread t sums bin t / nb of frame t % nb over the
+// whole bin (ri_bin_accumulate: the lane-split kernel's sums, bit for bit), from the pass's
+// frames interleaved pixel by pixel (ri_interleave_*).
+// The nb threads of a bin load its map entries, dark and scale at the same addresses (one
+// request for all frames) and its frames' values of a pixel from one or two 32-byte sectors,
+// where frames apart would each cost a request and a sector: the lane-split kernel spent most
+// of its time waiting on those loads (Nsight Compute on an H200). No shuffles, so threads past
+// the last bin simply leave.
+template <typename T, typename A>
+__device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
+                                             const ri_u32* __restrict__ pixel,
+                                             const float* __restrict__ area,
+                                             const double* __restrict__ weight,
+                                             const T* __restrict__ interleaved, int nb,
+                                             ri_u64 n_bins, int n_eta,
+                                             const double* __restrict__ dark,
+                                             const double* __restrict__ scale, int var_mode,
+                                             const double* __restrict__ variance,
+                                             const ri_u8* __restrict__ mask_hit,
+                                             const RiFinalize& f, double* __restrict__ signal,
+                                             double* __restrict__ area_out,
+                                             double* __restrict__ variance_out,
+                                             ri_u32* __restrict__ count,
+                                             double* __restrict__ cake,
+                                             double* __restrict__ sigma) {
+    const ri_u64 t = ri_u64(blockIdx.x) * blockDim.x + threadIdx.x;
+    const ri_u64 b = t / ri_u64(nb);
+    if (b >= n_bins) return;
+    const ri_u64 frame = t - b * ri_u64(nb);
+    RiAcc<A> acc;
+    ri_bin_accumulate<T, A>(acc, indptr, pixel, area, weight, interleaved + frame, RI_MAX_NB,
+                            dark, scale, var_mode, variance, b);
+    ri_write_bin<A>(acc, b, frame * n_bins, n_bins, n_eta, mask_hit, f, signal, area_out,
+                    variance_out, count, cake, sigma);
 }
 
 #define RI_CSR_KERNEL(NAME, T, A)                                                               \
@@ -87,9 +137,43 @@ __device__ __forceinline__ void ri_csr(const ri_u64* __restrict__ indptr,
                      count, cake, sigma);                                                      \
     }
 
-#define RI_CSR_KERNELS(SUFFIX, T)                  \
-    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f64, T, double) \
-    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f32, T, float)
+// The same parameters as the lane-split kernel (frames: the interleaved pass, n_pixels unused).
+// Blocks of RI_LANES_BLOCK threads: its ~90 registers (float64 sums, ptxas for sm_90) leave room
+// for 23 warps an SM, of which blocks of 256 threads could use only 16, blocks of 64 threads 22.
+#define RI_LANES_BLOCK 64
+#define RI_CSR_LANES_KERNEL(NAME, T, A)                                                         \
+    extern "C" __global__ void __launch_bounds__(RI_LANES_BLOCK)                               \
+        NAME(const ri_u64* indptr, const ri_u32* pixel, const float* area,                     \
+             const double* weight, const T* frames, ri_u64 n_pixels, int nb, ri_u64 n_bins,    \
+             int n_eta, const double* dark, const double* scale, int var_mode,                 \
+             const double* variance, const ri_u8* mask_hit, int rules, int normalize,          \
+             int lineout, int nan_masked, double empty, double* signal, double* area_out,      \
+             double* variance_out, ri_u32* count, double* cake, double* sigma) {               \
+        const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};                   \
+        (void)n_pixels;                                                                        \
+        ri_csr_lanes<T, A>(indptr, pixel, area, weight, frames, nb, n_bins, n_eta, dark,       \
+                           scale, var_mode, variance, mask_hit, f, signal, area_out,           \
+                           variance_out, count, cake, sigma);                                  \
+    }
+
+// A pass's nb frames (frame-major, n_pixels each) interleaved pixel by pixel: RI_MAX_NB values
+// per pixel (RiPixelFrames), one thread per pixel. Each frame's loads are coalesced across the
+// warp; each thread stores its pixel's group with vector stores.
+#define RI_INTERLEAVE_KERNEL(SUFFIX, T)                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        ri_interleave_##SUFFIX(const T* frames, ri_u64 n_pixels, int nb, T* out) {             \
+        const ri_u64 p = ri_u64(blockIdx.x) * blockDim.x + threadIdx.x;                        \
+        if (p >= n_pixels) return;                                                             \
+        reinterpret_cast<RiPixelFrames<T>*>(out)[p] =                                         \
+            ri_interleave_pixel<T>(frames, n_pixels, nb, p);                                   \
+    }
+
+#define RI_CSR_KERNELS(SUFFIX, T)                              \
+    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f64, T, double)             \
+    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f32, T, float)              \
+    RI_CSR_LANES_KERNEL(ri_csr_lanes_##SUFFIX##_f64, T, double) \
+    RI_CSR_LANES_KERNEL(ri_csr_lanes_##SUFFIX##_f32, T, float)  \
+    RI_INTERLEAVE_KERNEL(SUFFIX, T)
 
 RI_CSR_KERNELS(u8, ri_u8)
 RI_CSR_KERNELS(u16, ri_u16)

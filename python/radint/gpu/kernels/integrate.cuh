@@ -40,9 +40,7 @@ typedef long long ri_i64;
 // and the 4 bins of a warp are finalized and stored side by side. The host harness emulates
 // the same lane split and tree.
 #define RI_BIN_LANES 8
-// Frames per pass: one CSR launch (its blocks interleave the frames). The header's accumulate
-// and store also take NB frames per thread, as the host harness checks, though the kernels
-// instantiate NB = 1.
+// Frames per pass: one staging buffer, one CSR launch reading the map once for all of them.
 #define RI_MAX_NB 8
 
 // Error models.
@@ -140,16 +138,18 @@ RI_HD RiEntry<A> ri_entry(float area_e, const double* weight, ri_u64 e, const do
 // Accumulate one raw pixel value of one frame for one map entry. `given_var` is read only for
 // RI_VAR_GIVEN. NaN or infinite contributions (NaN / inf pixel, NaN dark, masked pixel) are
 // skipped entirely.
+// `count` is the counter to increment: acc.c, or one shared by several partial sums (the count
+// is an integer, so its order does not matter, and one counter saves registers).
 template <typename A, typename T>
-RI_HD void ri_accumulate(RiAcc<A>& acc, const RiEntry<A>& en, T raw_px, int var_mode,
-                         double given_var) {
+RI_HD void ri_accumulate(RiAcc<A>& acc, ri_u32& count, const RiEntry<A>& en, T raw_px,
+                         int var_mode, double given_var) {
     const A raw = A(raw_px);
     const A value = en.has_dark ? raw + en.minus_dark : raw;
     const A contribution = en.w * value;
     if (ri_invalid(contribution)) return;
     acc.s = acc.s + contribution;
     acc.a = acc.a + en.area;
-    acc.c = acc.c + 1;
+    count = count + 1;
     if (var_mode != RI_VAR_NONE) {
         A var;
         if (var_mode == RI_VAR_POISSON) {
@@ -162,17 +162,18 @@ RI_HD void ri_accumulate(RiAcc<A>& acc, const RiEntry<A>& en, T raw_px, int var_
     }
 }
 
-// One lane's share of bin b for NB frames: entries e0 + lane, e0 + lane + n_lanes, ...
-// `frames` holds nb ≤ NB frames of n_pixels values each, contiguous. This is the whole per-lane
-// body of the CSR kernel; the kernel then reduces the lanes with warp shuffles and the host
-// harness with the same tree (ri_lane_tree_reduce).
-template <typename T, typename A, int NB>
-RI_HD void ri_lane_accumulate(RiAcc<A> (&acc)[NB], int nb, const ri_u64* indptr,
-                              const ri_u32* pixel, const float* area, const double* weight,
-                              const T* frames, ri_u64 n_pixels, const double* dark,
-                              const double* scale, int var_mode, const double* variance,
-                              ri_u64 b, ri_u32 lane, ri_u32 n_lanes) {
-    for (int k = 0; k < NB; ++k) ri_acc_zero(acc[k]);
+// One lane's share of bin b: entries e0 + lane, e0 + lane + n_lanes, ... (n_lanes = 1: the whole
+// bin, in entry order). Pixel p of the frame is frame[p · px_stride]: 1 for a frame on its own,
+// RI_MAX_NB for a pass's frames interleaved pixel by pixel (ri_interleave_pixel). This is the
+// whole per-lane body of the lane-split CSR kernel, which then reduces the lanes with warp
+// shuffles (the host harness with the same tree).
+template <typename T, typename A>
+RI_HD void ri_lane_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* pixel,
+                              const float* area, const double* weight, const T* frame,
+                              ri_u64 px_stride, const double* dark, const double* scale,
+                              int var_mode, const double* variance, ri_u64 b, ri_u32 lane,
+                              ri_u32 n_lanes) {
+    ri_acc_zero(acc);
     const ri_u64 e0 = indptr[b];
     const ri_u64 e1 = indptr[b + 1];
     // Unrolled on the GPU so that several entries' pixel loads, then their frame gathers, are
@@ -184,27 +185,81 @@ RI_HD void ri_lane_accumulate(RiAcc<A> (&acc)[NB], int nb, const ri_u64* indptr,
         const ri_u64 p = pixel[e];
         const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
         const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll
-#endif
-        for (int k = 0; k < NB; ++k) {
-            if (k < nb) ri_accumulate<A, T>(acc[k], en, frames[ri_u64(k) * n_pixels + p], var_mode, gv);
-        }
+        ri_accumulate<A, T>(acc, acc.c, en, frame[p * px_stride], var_mode, gv);
     }
 }
 
-// Store the reduced accumulators of bin b for nb frames (frame-major outputs, n_bins per frame).
-template <typename A, int NB>
-RI_HD void ri_store(const RiAcc<A> (&acc)[NB], int nb, ri_u64 b, ri_u64 n_bins, double* signal,
-                    double* area_out, double* variance_out, ri_u32* count) {
-    for (int k = 0; k < NB; ++k) {
-        if (k >= nb) break;
-        const ri_u64 i = ri_u64(k) * n_bins + b;
-        signal[i] = double(acc[k].s);
-        area_out[i] = double(acc[k].a);
-        count[i] = acc[k].c;
-        if (variance_out) variance_out[i] = double(acc[k].v);
+// Bin b summed whole by one thread, bit for bit as RI_BIN_LANES lanes of ri_lane_accumulate and
+// the shuffle tree of the lane-split kernel sum it: partial sum j takes entries e0 + j,
+// e0 + j + RI_BIN_LANES, ... in order, then the partials merge pairwise at offsets
+// RI_BIN_LANES/2 … 1. So a frame's result does not depend on which kernel, i.e. how many
+// frames at a time, integrated it. The entries go RI_BIN_LANES at a time: their loads and
+// frame gathers are independent of one another, so they are in flight together.
+template <typename T, typename A>
+RI_HD void ri_bin_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* pixel,
+                             const float* area, const double* weight, const T* frame,
+                             ri_u64 px_stride, const double* dark, const double* scale,
+                             int var_mode, const double* variance, ri_u64 b) {
+    RiAcc<A> part[RI_BIN_LANES];
+    ri_u32 count = 0;
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+    for (int j = 0; j < RI_BIN_LANES; ++j) ri_acc_zero(part[j]);
+    const ri_u64 e1 = indptr[b + 1];
+    for (ri_u64 e0 = indptr[b]; e0 < e1; e0 += RI_BIN_LANES) {
+        // Constant indices into part[] once unrolled: it stays in registers.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int j = 0; j < RI_BIN_LANES; ++j) {
+            const ri_u64 e = e0 + ri_u64(j);
+            if (e >= e1) break;
+            const ri_u64 p = pixel[e];
+            const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
+            const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
+            ri_accumulate<A, T>(part[j], count, en, frame[p * px_stride], var_mode, gv);
+        }
     }
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+    for (int off = RI_BIN_LANES / 2; off > 0; off >>= 1) {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < off; ++i)
+            ri_acc_merge(part[i], part[i + off].s, part[i + off].a, part[i + off].v,
+                         part[i + off].c);
+    }
+    acc = part[0];
+    acc.c = count;
+}
+
+// Store the reduced accumulators of bin b (outputs of one frame, n_bins long).
+template <typename A>
+RI_HD void ri_store(const RiAcc<A>& acc, ri_u64 b, double* signal, double* area_out,
+                    double* variance_out, ri_u32* count) {
+    signal[b] = double(acc.s);
+    area_out[b] = double(acc.a);
+    count[b] = acc.c;
+    if (variance_out) variance_out[b] = double(acc.v);
+}
+
+// Pixel p of a pass's nb ≤ RI_MAX_NB frames (frame-major, n_pixels values each) as one group of
+// RI_MAX_NB values, frame k at k, 0 past nb: the layout in which the frames-in-lanes CSR kernel
+// reads every frame's value of a map entry from one or two 32-byte sectors. Aligned to its
+// size, so the kernel stores a pixel's group with vector stores.
+template <typename T>
+struct alignas(sizeof(T) * RI_MAX_NB < 16 ? sizeof(T) * RI_MAX_NB : 16) RiPixelFrames {
+    T v[RI_MAX_NB];
+};
+
+template <typename T>
+RI_HD RiPixelFrames<T> ri_interleave_pixel(const T* frames, ri_u64 n_pixels, int nb, ri_u64 p) {
+    RiPixelFrames<T> g;
+    for (int k = 0; k < RI_MAX_NB; ++k) g.v[k] = k < nb ? frames[ri_u64(k) * n_pixels + p] : T(0);
+    return g;
 }
 
 // ---------------------------------------------------------------------------------------------
