@@ -637,6 +637,55 @@ def test_cuda_frames_in_lanes_equal_the_lane_split_bit_for_bit(monkeypatch, prec
             np.testing.assert_allclose(g, w, rtol=rtol, atol=floor, equal_nan=True, err_msg=key)
 
 
+@gpu
+@needs_cuda
+def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod, caplog):
+    """A device with no room for the interleaved copy of a pass: the pool's unused blocks are
+    handed back and the allocation tried again, then the pass goes to the lane-split kernel
+    with one warning, and the results are the same bits."""
+    import cupy as cp
+
+    import radint.gpu
+
+    cfg, m = small_map_mod
+    rng = np.random.default_rng(24)
+    frames = rng.integers(0, 60000, (2 * radint.gpu.MAX_NB, *m.shape)).astype(np.uint16)
+    keys = ("cake", "cake_sigma", "lineout", "lineout_sigma", "area", "count")
+    want = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
+    want = want.integrate(frames, keys=keys)
+    gpu = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
+    interleaved_size = radint.gpu.MAX_NB * gpu.n_pixels
+    freed = []
+
+    class OutOfMemoryError(Exception):  # what CuPy's pool raises, by name
+        pass
+
+    class NoRoom:  # cupy, except that the interleaved buffer never fits
+        def __getattr__(self, name):
+            return getattr(cp, name)
+
+        def empty(self, shape, dtype=float):
+            if shape == interleaved_size and np.dtype(dtype) == frames.dtype:
+                raise OutOfMemoryError(f"Out of memory allocating {interleaved_size} values")
+            return cp.empty(shape, dtype=dtype)
+
+        def get_default_memory_pool(self):
+            pool = cp.get_default_memory_pool()
+            freed.append(pool)
+            return pool
+
+    gpu._cp = NoRoom()
+    with caplog.at_level("WARNING", logger="radint.gpu"):
+        for _ in range(2):
+            got = gpu.integrate(frames, keys=keys)
+            for key in keys:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert all(buf is None for buf in gpu._interleaved)
+    assert freed, "the pool's unused blocks were not handed back before giving up"
+    warnings = [r for r in caplog.records if "no room to interleave" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
 class _ForeignDeviceArray:
     """Another library's device array (torch, Numba): only ``__cuda_array_interface__``."""
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = [
     "cuda_available",
     "kernel_source",
 ]
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'radint[gpu]' (CUDA 12) or 'radint[gpu-cuda13]' (CUDA 13)"
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
@@ -92,6 +95,13 @@ _LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
 # No fused multiply-adds: the kernels then round as the host harness that checks their
 # arithmetic does (the CSR kernels are memory-bound, so it costs nothing measurable there).
 _NVRTC_OPTIONS = ("-std=c++17", "--fmad=false")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether a CuPy error says the device is out of memory (the driver's
+    CUDA_ERROR_OUT_OF_MEMORY, the runtime's cudaErrorMemoryAllocation, or the pool's own)."""
+    text = f"{type(error).__name__} {error}"
+    return any(k in text for k in ("OutOfMemory", "OUT_OF_MEMORY", "MemoryAllocation"))
 
 
 def _import_cupy() -> Any:
@@ -317,6 +327,7 @@ class CudaIntegrator:
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
         # Per stream: a pass's frames interleaved pixel by pixel (ri_interleave_*), made on use.
         self._interleaved: list[Any] = [None] * len(self._streams)
+        self._warned_memory = False
         # Calls from several threads take turns: they would stage into the same buffers (two
         # threads on one Integrator got each other's frames, with no error).
         self._lock = threading.Lock()
@@ -362,11 +373,30 @@ class CudaIntegrator:
         return buf
 
     def _interleaved_buffer(self, k: int, dtype: np.dtype) -> Any:
-        """Stream k's device buffer for a pass interleaved pixel by pixel (MAX_NB values each)."""
+        """Stream k's device buffer for a pass interleaved pixel by pixel (MAX_NB values each),
+        or None where the device has no room for it: the pass then goes to the lane-split
+        kernel, which reads the frames where they lie (same results, bit for bit)."""
         buf = self._interleaved[k]
-        if buf is None or buf.dtype != dtype:
-            buf = self._interleaved[k] = self._cp.empty(MAX_NB * self.n_pixels, dtype=dtype)
-        return buf
+        if buf is not None and buf.dtype == dtype:
+            return buf
+        self._interleaved[k] = None  # another dtype's buffer goes back to the pool first
+        for attempt in range(2):
+            try:
+                buf = self._interleaved[k] = self._cp.empty(MAX_NB * self.n_pixels, dtype=dtype)
+                return buf
+            except Exception as e:  # CuPy's pool raises its own OutOfMemoryError
+                if not _out_of_memory(e):
+                    raise
+                if attempt == 0:
+                    self._cp.get_default_memory_pool().free_all_blocks()
+                elif not self._warned_memory:
+                    log.warning(
+                        "GPU %d has no room to interleave a pass of frames (%.0f MB); "
+                        "integrating them with the lane-split kernel instead (%s)",
+                        self.device_id, MAX_NB * self.n_pixels * dtype.itemsize / 1e6, e,
+                    )  # fmt: skip
+                    self._warned_memory = True
+        return None
 
     def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:
         """(frames, n, on_device, dtype): device frames as one flat CuPy array; host frames as a
@@ -716,8 +746,8 @@ class CudaIntegrator:
                 }
             suffix = FRAME_DTYPES[dtype]
             with stream:
-                if nb >= LANES_MIN_FRAMES:
-                    csr_frames = self._interleaved_buffer(k, dtype)
+                csr_frames = self._interleaved_buffer(k, dtype) if nb >= LANES_MIN_FRAMES else None
+                if csr_frames is not None:
                     self._kernel(f"ri_interleave_{suffix}")(
                         ((self.n_pixels + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
                         (dev, np.uint64(self.n_pixels), np.int32(nb), csr_frames),

@@ -23,7 +23,7 @@ from radint import _core
 from radint.config import FIT_ROI_PADDING
 from radint.exceptions import InvalidInputError
 from radint.fit import MAX_ITERATIONS, unique_positions, warn_out_of_range
-from radint.gpu import _import_cupy, _module
+from radint.gpu import _import_cupy, _module, _out_of_memory
 
 __all__ = ["CPU_FALLBACK", "CudaFitter", "scratch_bytes"]
 
@@ -239,10 +239,3 @@ class CudaFitter:
             block = out[key][rows]
             block[redo] = d[key][redo]
             out[key][rows] = block
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """Whether a CuPy launch error says the device is out of memory (the driver's
-    CUDA_ERROR_OUT_OF_MEMORY, the runtime's cudaErrorMemoryAllocation, or the pool's own)."""
-    text = f"{type(error).__name__} {error}"
-    return any(k in text for k in ("OutOfMemory", "OUT_OF_MEMORY", "MemoryAllocation"))
