@@ -2,11 +2,11 @@
 
 Detectors: Pilatus 2M (u32) and Eiger 4M (u32, u16); 1 px × 5° cake + lineout, float64
 accumulation, Poisson variance. For each: kernel-only time per frame (frames already on the
-device, CUDA events), end-to-end frames/s from host memory through ``Integrator.integrate`` /
-``integrate_stack`` (pinned staging, upload and the Result's downloads included),
-single frame and batched (8 frames per pass over the map; by the frames-in-lanes kernel and,
-for comparison, by the lane-split one), from pageable and from page-locked
-(``Integrator.host_buffer``) host frames, next to two limits:
+device; single frames: CUDA events around the kernels, stacks: wall time), end-to-end frames/s
+from host memory through ``Integrator.integrate`` / ``integrate_stack`` (pinned staging, upload
+and the Result's downloads included), single frame and batched (8 frames per pass over the map;
+by the frames-in-lanes kernel and, for comparison, by the lane-split one), from pageable and
+from page-locked (``Integrator.host_buffer``) host frames, next to two limits:
 
 * HBM limit: bytes the kernels read per frame (map + frame + outputs) ÷ measured device-to-device
   bandwidth (batched passes also read and write each frame once more to interleave it, which
@@ -16,8 +16,9 @@ for comparison, by the lane-split one), from pageable and from page-locked
 midas-integrate's torch CUDA path is timed on the same frames when it is importable (the
 ``bench`` extra); otherwise its column says why not.
 
-Run on a GPU machine: ``python benches/gpu.py [--frames 64] [--markdown]``. Without a usable GPU it
-prints why and exits 0.
+Run on a GPU machine: ``python benches/gpu.py [--frames 64] [--markdown]``. Without a usable GPU
+it prints why and exits 0. ``--smoke`` runs every step on tiny detectors (the test suite does so
+on the fake CuPy, so a device run never finds the script broken).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ DETECTORS = [
     ("Eiger 4M", (2167, 2070), 75, np.uint32),
     ("Eiger 4M", (2167, 2070), 75, np.uint16),
 ]
+#: --smoke: every code path of the table on detectors the fake CuPy integrates in moments.
+SMOKE_DETECTORS = [("tiny", (47, 43), 172, np.uint32), ("tiny", (47, 43), 172, np.uint16)]
 
 
 def _config(shape: tuple[int, int], px_um: float):
@@ -59,13 +62,13 @@ EtaBinSize 5
     return IntegrationConfig.from_text(text, "bench.txt")
 
 
-def _bandwidths(cp) -> tuple[float, float]:
-    """(device→device GB/s counted as read + write, pinned host→device GB/s)."""
+def _bandwidths(cp, n: int = 1 << 28) -> tuple[float, float]:
+    """(device→device GB/s counted as read + write, pinned host→device GB/s), copying n bytes
+    (256 MiB)."""
     import cupyx
 
-    n = 1 << 28  # 256 MiB
     a = cp.empty(n, dtype=np.uint8)
-    b = cp.empty_like(a)
+    b = cp.empty(n, dtype=np.uint8)
     b[...] = a
     start, stop = cp.cuda.Event(), cp.cuda.Event()
     start.record()
@@ -87,14 +90,24 @@ def _bandwidths(cp) -> tuple[float, float]:
 
 
 def _kernel_ms_per_frame(cp, gpu, frames_dev, reps: int) -> float:
+    """Device time of the kernels per frame, frames already on the device. A stack: wall time
+    of the calls (the device is the bottleneck; passes overlap on the streams). A single frame:
+    CUDA events around the pass's kernels, since a call's host time (~0.1 ms of Python and
+    launches) would otherwise be most of what is measured."""
     gpu.integrate_device(frames_dev)  # warm-up (compile, allocations)
     cp.cuda.Device().synchronize()
+    if frames_dev.ndim == 2:
+        gpu._pass_events = []
+        for _ in range(max(reps, 20)):
+            gpu.integrate_device(frames_dev)
+        cp.cuda.Device().synchronize()
+        events, gpu._pass_events = gpu._pass_events, None
+        return sum(cp.cuda.get_elapsed_time(a, b) for a, b in events) / len(events)
     t0 = time.perf_counter()
     for _ in range(reps):
         gpu.integrate_device(frames_dev)
     cp.cuda.Device().synchronize()
-    n = 1 if frames_dev.ndim == 2 else frames_dev.shape[0]
-    return (time.perf_counter() - t0) / (reps * n) * 1e3
+    return (time.perf_counter() - t0) / (reps * frames_dev.shape[0]) * 1e3
 
 
 def _end_to_end_fps(integ, frames_host, reps: int) -> float:
@@ -183,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=64, help="frames per batched run")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument(
+        "--smoke", action="store_true",
+        help="tiny detectors and fit set: check the script runs (the tests do, on the fake CuPy)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    detectors = SMOKE_DETECTORS if args.smoke else DETECTORS
 
     from radint.gpu import cuda_available
 
@@ -199,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     default_lanes_min = radint.gpu.LANES_MIN_FRAMES
 
     print(f"device: {why}")
-    d2d, h2d = _bandwidths(cp)
+    d2d, h2d = _bandwidths(cp, 1 << 20) if args.smoke else _bandwidths(cp)
     print(f"measured bandwidth: device {d2d:.0f} GB/s, pinned host->device {h2d:.1f} GB/s")
     rows = []
     rng = np.random.default_rng(0)
-    for name, shape, px, dtype in DETECTORS:
+    for name, shape, px, dtype in detectors:
         cfg = _config(shape, px)
         integ = Integrator(cfg, backend="cuda", solid_angle=None, polarization=None)
         gpu = integ._gpu_backend()
@@ -222,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         # them) go to the GPU by DMA with no staging copy.
         pinned = integ.host_buffer(host.shape, host.dtype)
         pinned[...] = host
+        kernel_ms: dict[tuple[int, int], float] = {}
         for mode, nf, frames, lanes_min in (
             ("single", 1, host, default_lanes_min),
             ("batch", args.frames, host, default_lanes_min),
@@ -231,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             ("batch, pinned frames", args.frames, pinned, default_lanes_min),
         ):
             radint.gpu.LANES_MIN_FRAMES = lanes_min
-            if frames is host:
-                k_ms = _kernel_ms_per_frame(cp, gpu, dev[0] if nf == 1 else dev, args.reps)
+            # Kernel time does not depend on where the host frames lie: pinned rows repeat it.
+            if (nf, lanes_min) not in kernel_ms:
+                kernel_ms[nf, lanes_min] = _kernel_ms_per_frame(
+                    cp, gpu, dev[0] if nf == 1 else dev, args.reps
+                )
+            k_ms = kernel_ms[nf, lanes_min]
             fps = _end_to_end_fps(integ, frames[0] if nf == 1 else frames, args.reps)
             radint.gpu.LANES_MIN_FRAMES = default_lanes_min
             # Batched, the map is read once per 8 frames.
@@ -272,20 +295,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             print("  ".join(f"{h}={v}" for h, v in zip(head, r)))
-    _fit_section(cp, args.frames, args.reps)
+    if args.smoke:
+        _fit_section(cp, args.frames, args.reps, shape=(168, 148), n_lineouts=20)
+    else:
+        _fit_section(cp, args.frames, args.reps)
     return 0
 
 
-def _fit_section(cp, n_frames: int, reps: int) -> None:
+def _fit_section(
+    cp, n_frames: int, reps: int, shape: tuple[int, int] = (1679, 1475), n_lineouts: int = 1000
+) -> None:
     """Issue 9: 10 fitted peaks per frame on the device vs integration alone, and the CUDA
-    fitter vs the Rust fitter on the same 1 000 lineouts."""
+    fitter vs the Rust fitter on the same ``n_lineouts`` lineouts (Pilatus 2M geometry; rings
+    at the same fractions of the detector on another shape)."""
     from radint import Integrator
     from radint.fit import fit_peaks
     from radint.gpu.fit import CudaFitter
     from radint.testing import ring_image
 
-    cfg = _config((1679, 1475), 172).replace(r_bin_px=0.25, eta_bin_deg=360.0)
-    tth = np.degrees(np.arctan(np.linspace(150, 700, 10) * 172 / cfg.lsd_um))
+    cfg = _config(shape, 172).replace(r_bin_px=0.25, eta_bin_deg=360.0)
+    ring_px = np.linspace(150, 700, 10) * shape[0] / 1679
+    tth = np.degrees(np.arctan(ring_px * 172 / cfg.lsd_um))
     host = np.stack(
         [ring_image(cfg, tth, fwhm_deg=0.03, noise=True, seed=k) for k in range(n_frames)]
     )
@@ -307,9 +337,9 @@ def _fit_section(cp, n_frames: int, reps: int) -> None:
             print(f"{what:17} {label:26} {ms:8.3f} ms/frame  "
                   f"({100 * (ms / base - 1):+.0f} % vs integrate)")  # fmt: skip
     lines = plain.integrate_stack(host).lineout
-    ys = np.ascontiguousarray(np.tile(lines, (1000 // n_frames + 1, 1))[:1000])
+    ys = np.ascontiguousarray(np.tile(lines, (n_lineouts // n_frames + 1, 1))[:n_lineouts])
     x = plain.integrate(host[0]).radius_px
-    positions = list(np.linspace(150, 700, 10))
+    positions = list(ring_px)
     fitter = CudaFitter(x, positions)
     fitter.fit(ys)
     t0 = time.perf_counter()
@@ -319,7 +349,7 @@ def _fit_section(cp, n_frames: int, reps: int) -> None:
     fit_peaks(x, ys, positions=positions)
     cpu_s = time.perf_counter() - t0
     n = ys.shape[0] * len(positions)
-    print(f"fits/s on 1000 lineouts x 10 peaks: CUDA {n / gpu_s:,.0f}, Rust CPU {n / cpu_s:,.0f} "
+    print(f"fits/s on {n_lineouts} lineouts x 10 peaks: CUDA {n / gpu_s:,.0f}, Rust CPU {n / cpu_s:,.0f} "
           f"({cpu_s / gpu_s:.1f}x)")  # fmt: skip
 
 

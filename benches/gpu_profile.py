@@ -113,6 +113,8 @@ def breakdown(cp, integ, gpu, rng, n: int = 64) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernels-only", action="store_true", help="only the launches ncu times")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny detector: check the script runs (the tests do, on the fake CuPy)")  # fmt: skip
     args = ap.parse_args(argv)
     from radint.gpu import cuda_available
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     import radint.gpu
     from radint import Integrator
 
-    cfg = _config((1679, 1475), 172)
+    cfg = _config((47, 43) if args.smoke else (1679, 1475), 172)
     integ = Integrator(cfg, backend="cuda", solid_angle=None, polarization=None)
     gpu = integ._gpu_backend()
     rng = np.random.default_rng(0)

@@ -686,6 +686,29 @@ def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod,
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
+@gpu
+@needs_cuda
+def test_cuda_pass_events_time_each_pass(small_map_mod):
+    """The benchmark's hook: with ``_pass_events`` a list, each pass's kernels are bracketed by
+    two timed events on its stream (benches/gpu.py reads single-frame kernel time from them);
+    without it, no events are made."""
+    import cupy as cp
+
+    import radint.gpu
+
+    cfg, m = small_map_mod
+    frames = np.random.default_rng(25).integers(0, 900, (2 * radint.gpu.MAX_NB + 1, *m.shape))
+    gpu = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
+    gpu._pass_events = []
+    gpu.integrate(frames.astype(np.uint16), keys=("cake",))
+    gpu.integrate(frames[0].astype(np.uint16), keys=("cake",))
+    cp.cuda.Device().synchronize()
+    assert len(gpu._pass_events) == 4  # passes of 8, 8 and 1 frames, then the single frame
+    assert all(cp.cuda.get_elapsed_time(a, b) >= 0 for a, b in gpu._pass_events)
+    gpu._pass_events = None
+    gpu.integrate(frames[0].astype(np.uint16), keys=("cake",))
+
+
 class _ForeignDeviceArray:
     """Another library's device array (torch, Numba): only ``__cuda_array_interface__``."""
 
@@ -763,6 +786,34 @@ def test_cuda_path_on_fake_cupy(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+
+
+def test_gpu_bench_scripts_run_on_fake_cupy(tmp_path):
+    """The GPU benchmark scripts that benches/gpu_device.sh runs on a GPU machine (whose time is
+    scarce) run to the end on tiny inputs: every table row, both CSR kernels, the fitting
+    section, the profile's launches and breakdown, the small fitter run."""
+    import sys
+
+    env = _fake_cupy_env(tmp_path)
+    runs = {
+        "gpu": ["benches/gpu.py", "--smoke", "--frames", "9", "--reps", "1", "--markdown"],
+        "profile": ["benches/gpu_profile.py", "--smoke"],
+        "profile-kernels": ["benches/gpu_profile.py", "--smoke", "--kernels-only"],
+        "fit-small": ["benches/gpu_fit_small.py", "--lineouts", "5"],
+    }
+    out = {}
+    for name, args in runs.items():
+        run = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, f"{name}: {run.stdout[-2000:]} {run.stderr[-3000:]}"
+        out[name] = run.stdout
+    table = [line for line in out["gpu"].splitlines() if line.startswith("| tiny")]
+    modes = [line.split(" | ")[1] for line in table]
+    assert modes == ["single", "batch", "batch, lane split", "single, pinned frames",
+                     "batch, pinned frames"] * 2, modes  # fmt: skip
+    assert "fits/s on 20 lineouts x 10 peaks" in out["gpu"]
+    assert "integrate_device 8 frames" in out["profile"]
+    assert "statuses equal 50/50" in out["fit-small"]
 
 
 def test_cli_cuda_backend_on_fake_cupy(tmp_path, example_config):

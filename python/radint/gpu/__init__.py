@@ -328,6 +328,8 @@ class CudaIntegrator:
         # Per stream: a pass's frames interleaved pixel by pixel (ri_interleave_*), made on use.
         self._interleaved: list[Any] = [None] * len(self._streams)
         self._warned_memory = False
+        # Benchmarks set a list here to get (start, stop) CUDA events around each pass's kernels.
+        self._pass_events: list[tuple[Any, Any]] | None = None
         # Calls from several threads take turns: they would stage into the same buffers (two
         # threads on one Integrator got each other's frames, with no error).
         self._lock = threading.Lock()
@@ -745,6 +747,10 @@ class CudaIntegrator:
                     key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out
                 }
             suffix = FRAME_DTYPES[dtype]
+            timed = self._pass_events is not None
+            if timed:
+                started = cp.cuda.Event()
+                started.record(stream)
             with stream:
                 csr_frames = self._interleaved_buffer(k, dtype) if nb >= LANES_MIN_FRAMES else None
                 if csr_frames is not None:
@@ -815,6 +821,10 @@ class CudaIntegrator:
                         _opt(per_row.get("lineout_sigma")),
                     ),
                 )
+            if timed:
+                stopped = cp.cuda.Event()
+                stopped.record(stream)
+                self._pass_events.append((started, stopped))
             for key, h in host.items():
                 part = per_bin[key] if key in per_bin else per_row[key]
                 lo = o0 if key in per_bin else r0

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,17 @@ class ndarray:  # CuPy's name
     def copy(self) -> ndarray:
         return ndarray(_guarded(self._a))
 
-    def get(self) -> np.ndarray:
-        return self._a.copy()
+    def get(self, stream: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return self._a.copy()
+        out[...] = self._a
+        return out
+
+    def set(self, arr: np.ndarray, stream: Any = None) -> None:
+        """Copy a host array of the same shape and dtype in, as CuPy's ``set``."""
+        if arr.shape != self._a.shape or arr.dtype != self._a.dtype:
+            raise ValueError(f"set: {arr.shape} {arr.dtype} into {self._a.shape} {self._a.dtype}")
+        self._a[...] = arr
 
     def __repr__(self) -> str:
         return f"fake_cupy.ndarray({self._a!r})"
@@ -231,6 +241,9 @@ class Device:
     def __init__(self, device: int = 0) -> None:
         self.id = int(device)
 
+    def synchronize(self) -> None:
+        return None
+
     def __enter__(self) -> Device:
         return self
 
@@ -256,11 +269,14 @@ class Stream:
 
 
 class Event:
+    """Kernels run when launched here, so an event's time is the host clock when recorded."""
+
     def __init__(self, block: bool = False, disable_timing: bool = False) -> None:
-        pass
+        self.time: float | None = None
+        self.disable_timing = disable_timing
 
     def record(self, stream: Stream | None = None) -> None:
-        return None
+        self.time = time.perf_counter()
 
     def synchronize(self) -> None:
         return None
@@ -281,9 +297,18 @@ _runtime = types.SimpleNamespace(
     getDeviceProperties=lambda device: {"name": b"radint fake CuPy (CPU harness)"},
     pointerGetAttributes=_pointer_attributes,
 )
+
+
+def _elapsed_ms(start: Event, stop: Event) -> float:
+    """cupy.cuda.get_elapsed_time: both events recorded, with timing, else CUDA's error."""
+    if start.time is None or stop.time is None or start.disable_timing or stop.disable_timing:
+        raise RuntimeError("cudaErrorInvalidResourceHandle: an event not recorded or untimed")
+    return (stop.time - start.time) * 1e3
+
+
 cuda = types.SimpleNamespace(
     Device=Device, Stream=Stream, Event=Event, runtime=_runtime,
-    get_current_stream=lambda: Stream(),
+    get_current_stream=lambda: Stream(), get_elapsed_time=_elapsed_ms,
 )  # fmt: skip
 
 
