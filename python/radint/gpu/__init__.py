@@ -747,8 +747,8 @@ class CudaIntegrator:
                     key: out[key][r0:r1] for key in ("lineout", "lineout_sigma") if key in out
                 }
             suffix = FRAME_DTYPES[dtype]
-            timed = self._pass_events is not None
-            if timed:
+            events = self._pass_events
+            if events is not None:
                 started = cp.cuda.Event()
                 started.record(stream)
             with stream:
@@ -821,10 +821,10 @@ class CudaIntegrator:
                         _opt(per_row.get("lineout_sigma")),
                     ),
                 )
-            if timed:
+            if events is not None:
                 stopped = cp.cuda.Event()
                 stopped.record(stream)
-                self._pass_events.append((started, stopped))
+                events.append((started, stopped))
             for key, h in host.items():
                 part = per_bin[key] if key in per_bin else per_row[key]
                 lo = o0 if key in per_bin else r0
