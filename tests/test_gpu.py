@@ -613,6 +613,7 @@ def test_cuda_frames_in_lanes_equal_the_lane_split_bit_for_bit(monkeypatch, prec
         for lanes_min in (1, radint.gpu.MAX_NB + 1, 2):  # every pass / none / passes of 2+
             monkeypatch.setattr(radint.gpu, "LANES_MIN_FRAMES", lanes_min)
             gpu = CudaIntegrator(Stub())
+            gpu._resident_lane_threads = 0  # whatever the (fake) device's size
             runs[lanes_min] = gpu.integrate(frames, keys=keys, **extra)
             # One frame at a time and uneven pieces give the same bits as well.
             for pieces in ([1] * 3, [3, 7]):
@@ -642,7 +643,8 @@ def test_cuda_frames_in_lanes_equal_the_lane_split_bit_for_bit(monkeypatch, prec
 def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod, caplog):
     """A device with no room for the interleaved copy of a pass: the pool's unused blocks are
     handed back and the allocation tried again, then the pass goes to the lane-split kernel
-    with one warning, and the results are the same bits."""
+    with one warning, and the results are the same bits; later passes and calls do not try
+    again (each failed try purges CuPy's pool and collects garbage)."""
     import cupy as cp
 
     import radint.gpu
@@ -655,7 +657,7 @@ def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod,
     want = want.integrate(frames, keys=keys)
     gpu = radint.gpu.CudaIntegrator(Integrator(cfg, backend="cuda", detector_map=m))
     interleaved_size = radint.gpu.MAX_NB * gpu.n_pixels
-    freed = []
+    freed, tries = [], []
 
     class OutOfMemoryError(Exception):  # what CuPy's pool raises, by name
         pass
@@ -666,6 +668,7 @@ def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod,
 
         def empty(self, shape, dtype=float):
             if shape == interleaved_size and np.dtype(dtype) == frames.dtype:
+                tries.append(shape)
                 raise OutOfMemoryError(f"Out of memory allocating {interleaved_size} values")
             return cp.empty(shape, dtype=dtype)
 
@@ -681,7 +684,8 @@ def test_cuda_pass_without_room_to_interleave_uses_the_lane_split(small_map_mod,
             for key in keys:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert all(buf is None for buf in gpu._interleaved)
-    assert freed, "the pool's unused blocks were not handed back before giving up"
+    assert len(freed) == 1, "the pool's unused blocks: handed back once, before giving up"
+    assert len(tries) == 2, "one try, one retry after the purge, then no more"
     warnings = [r for r in caplog.records if "no room to interleave" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 

@@ -337,6 +337,8 @@ class _Event:
 
 
 class _Device:
+    attributes = {"MultiProcessorCount": 1}  # small enough for the test maps' frames-in-lanes
+
     def __init__(self, device: int | None = None) -> None:
         self.id = 0 if device is None else int(device)
 
@@ -410,6 +412,26 @@ def _csr_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     }  # fmt: skip
 
 
+def _csr_lanes_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
+    nb, n_bins, n_pix, n_e = a["nb"], a["n_bins"], a["n_pixels"], a["pixel"]
+    keys = ("signal", "area_out", "variance_out", "count", "cake", "sigma")
+    if not 1 <= nb <= radint.gpu.MAX_NB:
+        raise LaunchError(f"nb {nb} outside 1..{radint.gpu.MAX_NB}")
+    return nb * n_bins, {
+        "indptr": ("==", n_bins + 1), "area": ("==", n_e), "weight": ("==", n_e),
+        "frames": (">=", radint.gpu.MAX_NB * n_pix), "dark": ("==", n_pix),
+        "scale": ("==", n_pix), "variance": ("==", n_pix), "mask_hit": ("==", n_bins),
+        **{k: (">=", nb * n_bins) for k in keys},
+    }  # fmt: skip
+
+
+def _interleave_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
+    nb, n_pix = a["nb"], a["n_pixels"]
+    if not 1 <= nb <= radint.gpu.MAX_NB:
+        raise LaunchError(f"nb {nb} outside 1..{radint.gpu.MAX_NB}")
+    return n_pix, {"frames": (">=", nb * n_pix), "out": (">=", radint.gpu.MAX_NB * n_pix)}
+
+
 def _cross_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     n_rows, n_r, n_pix = a["n_rows"], a["n_r"], a["n_pixels"]
     return n_rows * radint.gpu.ROW_LANES, {
@@ -439,8 +461,10 @@ def _fit_extents(a: dict[str, int]) -> tuple[int, dict[str, tuple[str, int]]]:
     }  # fmt: skip
 
 
-EXTENTS = {
+EXTENTS = {  # the first pattern a kernel's name matches applies
+    "ri_csr_lanes_*": _csr_lanes_extents,
     "ri_csr_*": _csr_extents,
+    "ri_interleave_*": _interleave_extents,
     "ri_cross_*": _cross_extents,
     "ri_lineout": _lineout_extents,
     "rf_fit_jobs": _fit_extents,
@@ -734,8 +758,8 @@ def test_parser_reads_every_kernel_as_compiled():
     ks = parse_kernels(kernel_source("integrate"))
     expected = {"ri_lineout"}
     for s in FRAME_DTYPES.values():
-        expected |= {f"ri_csr_{s}_{a}" for a in ("f64", "f32")}
-        expected.add(f"ri_cross_{s}")
+        expected |= {f"ri_csr{k}_{s}_{a}" for k in ("", "_lanes") for a in ("f64", "f32")}
+        expected |= {f"ri_cross_{s}", f"ri_interleave_{s}"}
     assert set(ks) == expected
     csr = ks["ri_csr_u16_f32"]
     assert csr.max_threads == 256
@@ -822,7 +846,8 @@ def test_integrator_launches_match_signatures(fake_cupy, config, maps, opts):
     names = {launch.kernel for launch in launched()}
     acc = "f32" if opts["precision"] == "float32" else "f64"
     want = {"ri_lineout"}
-    want |= {f"ri_csr_{s}_{acc}" for s in FRAME_DTYPES.values()}
+    want |= {f"ri_csr{k}_{s}_{acc}" for k in ("", "_lanes") for s in FRAME_DTYPES.values()}
+    want |= {f"ri_interleave_{s}" for s in FRAME_DTYPES.values()}
     # Variance given or Poisson in every drive: every lineout mode adds the shared-pixel term.
     want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}
     assert names == want, (sorted(want - names), sorted(names - want))
@@ -965,8 +990,32 @@ def test_cuda_integrator_streams_reuse_buffers(fake_cupy, config, maps):
         type(cp.cuda.Event()).synchronize = real_sync
     for s in gpu._streams:
         s.synchronize()
-    grids = {launch.kernel[:6]: launch for launch in launched()}
-    assert grids["ri_csr"].block == (radint.gpu.CSR_BLOCK,)
+    blocks = {(launch.kernel.startswith("ri_csr_lanes"), launch.block) for launch in launched()
+              if launch.kernel.startswith("ri_csr")}  # fmt: skip
+    assert blocks == {(False, (radint.gpu.CSR_BLOCK,)), (True, (radint.gpu.LANES_BLOCK,))}
+
+
+def test_frames_in_lanes_only_for_passes_that_fill_the_gpu(fake_cupy, config, maps):
+    """A pass goes to the frames-in-lanes kernel only with LANES_MIN_FRAMES frames or more and
+    (bins × frames) threads to fill every SM (a 1-D map's few long bins would leave most of
+    the GPU idle); otherwise to the lane-split kernel."""
+    it = Integrator(config, backend="cuda", detector_map=maps["plain"], fit=None)
+    gpu = radint.gpu.CudaIntegrator(it)
+    frames = _frames(config, np.uint16, MAX_NB + radint.gpu.LANES_MIN_FRAMES - 1)
+
+    def kernels(resident_threads: int) -> list[str]:
+        gpu._resident_lane_threads = resident_threads
+        _FAKE_STATE["log"].clear()
+        gpu.integrate(frames, keys=("cake",))
+        return [launch.kernel for launch in launched() if launch.kernel.startswith("ri_csr")]
+
+    # Passes of 8 and LANES_MIN_FRAMES - 1 frames.
+    assert kernels(0) == ["ri_csr_lanes_u16_f64", "ri_csr_u16_f64"]
+    assert kernels(it.map.n_bins * MAX_NB) == ["ri_csr_lanes_u16_f64", "ri_csr_u16_f64"]
+    assert kernels(it.map.n_bins * MAX_NB + 1) == ["ri_csr_u16_f64", "ri_csr_u16_f64"]
+    # The real sizing: SMs × LANES_WARPS_PER_SM warps of 32 threads.
+    fresh = radint.gpu.CudaIntegrator(it)
+    assert fresh._resident_lane_threads == radint.gpu.LANES_WARPS_PER_SM * 32
 
 
 def test_recorder_checks_extents(fake_cupy):

@@ -74,6 +74,11 @@ MAX_NB = 8
 #: by the lane-split kernel (``ri_csr_*``, 8 lanes a bin), which keeps more threads busy when
 #: there are few frames. ``benches/gpu.py`` times both.
 LANES_MIN_FRAMES = 4
+#: ... and only when the pass's (bin, frame) threads fill every SM at least once: warps of
+#: ``ri_csr_lanes_*`` an SM holds (128 registers, blocks of 64 threads). A map of few, long bins
+#: (a 1-D integration: one η bin per radius) would otherwise leave most of the GPU idle, each
+#: thread summing thousands of entries, where the lane split has 8 threads a bin.
+LANES_WARPS_PER_SM = 16
 #: Threads per block of every integration kernel (8 warps); must be a multiple of 32.
 CSR_BLOCK = 256
 #: Threads per block of the frames-in-lanes CSR kernel (RI_LANES_BLOCK in integrate.cu).
@@ -308,6 +313,8 @@ class CudaIntegrator:
         self.n_r, self.n_eta = int(m.n_r), int(m.n_eta)
         self.n_bins = self.n_r * self.n_eta
         self.device_id = cupy.cuda.Device().id
+        sm_count = int(cupy.cuda.Device(self.device_id).attributes["MultiProcessorCount"])
+        self._resident_lane_threads = sm_count * LANES_WARPS_PER_SM * 32
         # Map: numpy views of Rust memory straight to cupy.asarray, one H→D copy each.
         self.indptr = _upload(cupy, m.indptr, np.uint64, "map indptr")
         self.pixel = _upload(cupy, m.pixel, np.uint32, "map pixel")
@@ -327,7 +334,9 @@ class CudaIntegrator:
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)
         # Per stream: a pass's frames interleaved pixel by pixel (ri_interleave_*), made on use.
         self._interleaved: list[Any] = [None] * len(self._streams)
-        self._warned_memory = False
+        # Once the device had no room for an interleaved buffer, passes keep the lane split
+        # (trying again every pass would cost CuPy's pool a purge and a GC each time).
+        self._no_room_to_interleave = False
         # Benchmarks set a list here to get (start, stop) CUDA events around each pass's kernels.
         self._pass_events: list[tuple[Any, Any]] | None = None
         # Calls from several threads take turns: they would stage into the same buffers (two
@@ -374,10 +383,16 @@ class CudaIntegrator:
             self._buffers[k] = buf
         return buf
 
-    def _interleaved_buffer(self, k: int, dtype: np.dtype) -> Any:
-        """Stream k's device buffer for a pass interleaved pixel by pixel (MAX_NB values each),
-        or None where the device has no room for it: the pass then goes to the lane-split
-        kernel, which reads the frames where they lie (same results, bit for bit)."""
+    def _lanes_buffer(self, k: int, nb: int, dtype: np.dtype) -> Any:
+        """Stream k's device buffer for a pass of nb frames interleaved pixel by pixel
+        (MAX_NB values a pixel), or None where the pass goes to the lane-split kernel, which
+        reads the frames where they lie (same results, bit for bit): too few frames, too little
+        work to fill the GPU (:data:`LANES_WARPS_PER_SM`), or no room on the device for the
+        buffer (then for the rest of this object's life, with one warning)."""
+        if nb < LANES_MIN_FRAMES or self._no_room_to_interleave:
+            return None
+        if self.n_bins * nb < self._resident_lane_threads:
+            return None
         buf = self._interleaved[k]
         if buf is not None and buf.dtype == dtype:
             return buf
@@ -391,13 +406,13 @@ class CudaIntegrator:
                     raise
                 if attempt == 0:
                     self._cp.get_default_memory_pool().free_all_blocks()
-                elif not self._warned_memory:
-                    log.warning(
-                        "GPU %d has no room to interleave a pass of frames (%.0f MB); "
-                        "integrating them with the lane-split kernel instead (%s)",
-                        self.device_id, MAX_NB * self.n_pixels * dtype.itemsize / 1e6, e,
-                    )  # fmt: skip
-                    self._warned_memory = True
+                    continue
+                log.warning(
+                    "GPU %d has no room to interleave a pass of frames (%.0f MB); integrating "
+                    "passes with the lane-split kernel from now on (%s)",
+                    self.device_id, MAX_NB * self.n_pixels * dtype.itemsize / 1e6, e,
+                )  # fmt: skip
+                self._no_room_to_interleave = True
         return None
 
     def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:
@@ -752,7 +767,7 @@ class CudaIntegrator:
                 started = cp.cuda.Event()
                 started.record(stream)
             with stream:
-                csr_frames = self._interleaved_buffer(k, dtype) if nb >= LANES_MIN_FRAMES else None
+                csr_frames = self._lanes_buffer(k, nb, dtype)
                 if csr_frames is not None:
                     self._kernel(f"ri_interleave_{suffix}")(
                         ((self.n_pixels + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),

@@ -93,8 +93,9 @@ __device__ __forceinline__ void ri_csr(const ri_u64* __restrict__ indptr,
 // The nb threads of a bin load its map entries, dark and scale at the same addresses (one
 // request for all frames) and its frames' values of a pixel from one or two 32-byte sectors,
 // where frames apart would each cost a request and a sector: the lane-split kernel spent most
-// of its time waiting on those loads (Nsight Compute on an H200). No shuffles, so threads past
-// the last bin simply leave.
+// of its time waiting on those loads (Nsight Compute on an H200). A thread has a chunk's 8
+// gathers in flight at once (ri_bin_accumulate). No shuffles, so threads past the last bin
+// simply leave.
 template <typename T, typename A>
 __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
                                              const ri_u32* __restrict__ pixel,
@@ -138,8 +139,8 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
     }
 
 // The same parameters as the lane-split kernel (frames: the interleaved pass, n_pixels unused).
-// Blocks of RI_LANES_BLOCK threads: its ~90 registers (float64 sums, ptxas for sm_90) leave room
-// for 23 warps an SM, of which blocks of 256 threads could use only 16, blocks of 64 threads 22.
+// Blocks of RI_LANES_BLOCK threads, small so that an SM holds as many warps as its registers
+// allow (ptxas for sm_90: 128 registers with float64 sums, 16 warps; 80 with float32, 24).
 #define RI_LANES_BLOCK 64
 #define RI_CSR_LANES_KERNEL(NAME, T, A)                                                         \
     extern "C" __global__ void __launch_bounds__(RI_LANES_BLOCK)                               \

@@ -193,8 +193,10 @@ RI_HD void ri_lane_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32*
 // the shuffle tree of the lane-split kernel sum it: partial sum j takes entries e0 + j,
 // e0 + j + RI_BIN_LANES, ... in order, then the partials merge pairwise at offsets
 // RI_BIN_LANES/2 … 1. So a frame's result does not depend on which kernel, i.e. how many
-// frames at a time, integrated it. The entries go RI_BIN_LANES at a time: their loads and
-// frame gathers are independent of one another, so they are in flight together.
+// frames at a time, integrated it. The entries go RI_BIN_LANES at a time, a whole chunk's pixel
+// indices and then its frame values loaded before any is summed: the summing branches (an entry
+// left out), and the compiler does not move a global load above a branch, so loads interleaved
+// with the sums would wait for one another (ptxas showed each gather waited on).
 template <typename T, typename A>
 RI_HD void ri_bin_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* pixel,
                              const float* area, const double* weight, const T* frame,
@@ -207,19 +209,44 @@ RI_HD void ri_bin_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* 
 #endif
     for (int j = 0; j < RI_BIN_LANES; ++j) ri_acc_zero(part[j]);
     const ri_u64 e1 = indptr[b + 1];
-    for (ri_u64 e0 = indptr[b]; e0 < e1; e0 += RI_BIN_LANES) {
-        // Constant indices into part[] once unrolled: it stays in registers.
+    ri_u64 e0 = indptr[b];
+    // Constant indices into the arrays once unrolled: they stay in registers.
+    for (; e0 + RI_BIN_LANES <= e1; e0 += RI_BIN_LANES) {
+        ri_u32 p[RI_BIN_LANES];
+        T raw[RI_BIN_LANES];
+        float a[RI_BIN_LANES];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int j = 0; j < RI_BIN_LANES; ++j) {
+            p[j] = pixel[e0 + ri_u64(j)];
+            a[j] = area[e0 + ri_u64(j)];
+        }
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int j = 0; j < RI_BIN_LANES; ++j) raw[j] = frame[ri_u64(p[j]) * px_stride];
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
         for (int j = 0; j < RI_BIN_LANES; ++j) {
             const ri_u64 e = e0 + ri_u64(j);
-            if (e >= e1) break;
-            const ri_u64 p = pixel[e];
-            const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
-            const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
-            ri_accumulate<A, T>(part[j], count, en, frame[p * px_stride], var_mode, gv);
+            const RiEntry<A> en = ri_entry<A>(a[j], weight, e, scale, dark, p[j]);
+            const double gv = var_mode == RI_VAR_GIVEN ? variance[p[j]] : 0.0;
+            ri_accumulate<A, T>(part[j], count, en, raw[j], var_mode, gv);
         }
+    }
+    // The last, partial chunk: entries e0 .. e1 - 1 to partials 0 .. e1 - e0 - 1.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+    for (int j = 0; j < RI_BIN_LANES; ++j) {
+        const ri_u64 e = e0 + ri_u64(j);
+        if (e >= e1) break;
+        const ri_u64 p = pixel[e];
+        const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
+        const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
+        ri_accumulate<A, T>(part[j], count, en, frame[p * px_stride], var_mode, gv);
     }
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
