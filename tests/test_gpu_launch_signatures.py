@@ -337,10 +337,9 @@ class _Event:
 
 
 class _Device:
-    attributes = {"MultiProcessorCount": 1}  # small enough for the test maps' frames-in-lanes
-
     def __init__(self, device: int | None = None) -> None:
         self.id = 0 if device is None else int(device)
+        self.attributes = {"MultiProcessorCount": 1}  # the test maps fill it frames-in-lanes
 
     def __enter__(self) -> _Device:
         return self

@@ -238,11 +238,10 @@ def empty_pinned(shape: Any, dtype: Any = np.float64) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- cuda namespace
 class Device:
-    #: One SM: the launcher's "enough work to fill the GPU" tests pass for the tests' small maps.
-    attributes = {"MultiProcessorCount": 1}
-
     def __init__(self, device: int = 0) -> None:
         self.id = int(device)
+        # One SM: the launcher's "enough work to fill the GPU" tests pass for the tests' maps.
+        self.attributes = {"MultiProcessorCount": 1}
 
     def synchronize(self) -> None:
         return None
