@@ -40,7 +40,7 @@ static int csr(const ri_u64* indptr, const ri_u32* pixel, const float* area, con
                 if (batch == 1) {
                     for (ri_u32 lane = 0; lane < RI_BIN_LANES; ++lane)
                         ri_lane_accumulate<T, A>(lanes[lane], indptr, pixel, area, weight,
-                                                 frames + (f0 + k) * n_pixels, 1, dark, scale,
+                                                 frames + (f0 + k) * n_pixels, dark, scale,
                                                  var_mode, variance, b, lane, RI_BIN_LANES);
                     tree_reduce<A>(lanes);
                 } else {

@@ -69,7 +69,7 @@ __device__ __forceinline__ void ri_csr(const ri_u64* __restrict__ indptr,
     const bool active = b < n_bins;
     RiAcc<A> acc;
     if (active) {
-        ri_lane_accumulate<T, A>(acc, indptr, pixel, area, weight, frames + frame * n_pixels, 1,
+        ri_lane_accumulate<T, A>(acc, indptr, pixel, area, weight, frames + frame * n_pixels,
                                  dark, scale, var_mode, variance, b, lane, RI_BIN_LANES);
     } else {
         ri_acc_zero(acc);

@@ -40,6 +40,8 @@ typedef long long ri_i64;
 // and the 4 bins of a warp are finalized and stored side by side. The host harness emulates
 // the same lane split and tree.
 #define RI_BIN_LANES 8
+// Entries a lane of the lane-split kernel loads at once (ri_lane_accumulate).
+#define RI_LANE_BATCH 4
 // Frames per pass: one staging buffer, one CSR launch reading the map once for all of them.
 #define RI_MAX_NB 8
 
@@ -162,30 +164,51 @@ RI_HD void ri_accumulate(RiAcc<A>& acc, ri_u32& count, const RiEntry<A>& en, T r
     }
 }
 
-// One lane's share of bin b: entries e0 + lane, e0 + lane + n_lanes, ... (n_lanes = 1: the whole
-// bin, in entry order). Pixel p of the frame is frame[p · px_stride]: 1 for a frame on its own,
-// RI_MAX_NB for a pass's frames interleaved pixel by pixel (ri_interleave_pixel). This is the
-// whole per-lane body of the lane-split CSR kernel, which then reduces the lanes with warp
+// One lane's share of bin b of one frame: entries e0 + lane, e0 + lane + n_lanes, ... This is
+// the whole per-lane body of the lane-split CSR kernel, which then reduces the lanes with warp
 // shuffles (the host harness with the same tree).
 template <typename T, typename A>
 RI_HD void ri_lane_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* pixel,
                               const float* area, const double* weight, const T* frame,
-                              ri_u64 px_stride, const double* dark, const double* scale,
-                              int var_mode, const double* variance, ri_u64 b, ri_u32 lane,
-                              ri_u32 n_lanes) {
+                              const double* dark, const double* scale, int var_mode,
+                              const double* variance, ri_u64 b, ri_u32 lane, ri_u32 n_lanes) {
     ri_acc_zero(acc);
-    const ri_u64 e0 = indptr[b];
     const ri_u64 e1 = indptr[b + 1];
-    // Unrolled on the GPU so that several entries' pixel loads, then their frame gathers, are
-    // in flight at once (the loop is bound by load latency); the sums keep their order.
+    ri_u64 e = indptr[b] + lane;
+    // RI_LANE_BATCH of the lane's entries at a time: their pixel indices, then their frame
+    // values loaded before any is summed, so the gathers are in flight together (the loop is
+    // bound by load latency; summing an entry branches, and the compiler does not move a
+    // global load above a branch). The sums keep their order.
+    for (; e + (RI_LANE_BATCH - 1) * ri_u64(n_lanes) < e1; e += RI_LANE_BATCH * ri_u64(n_lanes)) {
+        ri_u32 p[RI_LANE_BATCH];
+        T raw[RI_LANE_BATCH];
+        float a[RI_LANE_BATCH];
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll 4
+#pragma unroll
 #endif
-    for (ri_u64 e = e0 + lane; e < e1; e += n_lanes) {
+        for (int i = 0; i < RI_LANE_BATCH; ++i) {
+            p[i] = pixel[e + ri_u64(i) * n_lanes];
+            a[i] = area[e + ri_u64(i) * n_lanes];
+        }
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < RI_LANE_BATCH; ++i) raw[i] = frame[p[i]];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < RI_LANE_BATCH; ++i) {
+            const ri_u64 ei = e + ri_u64(i) * n_lanes;
+            const RiEntry<A> en = ri_entry<A>(a[i], weight, ei, scale, dark, p[i]);
+            const double gv = var_mode == RI_VAR_GIVEN ? variance[p[i]] : 0.0;
+            ri_accumulate<A, T>(acc, acc.c, en, raw[i], var_mode, gv);
+        }
+    }
+    for (; e < e1; e += n_lanes) {
         const ri_u64 p = pixel[e];
         const RiEntry<A> en = ri_entry<A>(area[e], weight, e, scale, dark, p);
         const double gv = var_mode == RI_VAR_GIVEN ? variance[p] : 0.0;
-        ri_accumulate<A, T>(acc, acc.c, en, frame[p * px_stride], var_mode, gv);
+        ri_accumulate<A, T>(acc, acc.c, en, frame[p], var_mode, gv);
     }
 }
 
