@@ -316,3 +316,19 @@ def test_caked_hdf_under_a_file_size_limit_fails_cleanly(tmp_path: Path, uncheck
     why = "the file could not be written" if unchecked else "the file size limit (ulimit -f)"
     assert lines[0].startswith(f"error True True File too large: {why}"), lines
     assert lines[1:] == ["made True", "left []", "size True"]
+
+
+def test_c_int_attributes_past_int32_are_kept_whole(tmp_path: Path) -> None:
+    """Integer attributes are C ints (int32) as IntegratorZarrOMP writes them, except a value
+    int32 cannot hold (a frame number of a stream past 2^31 frames): kept whole as int64, where
+    it used to fail the whole file at the end of the stream."""
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        d = f.create_dataset("x", data=[0.0])
+        for key, value in (("small", 7), ("negative", -5), ("big", 2**31 + 5), ("edge", 2**31 - 1)):
+            midas._set_c_attribute(d, key, value)
+    with h5py.File(tmp_path / "a.h5") as f:
+        a = f["x"].attrs
+        assert {k: (a[k].dtype, int(a[k][0])) for k in a} == {
+            "small": (np.int32, 7), "negative": (np.int32, -5), "big": (np.int64, 2**31 + 5),
+            "edge": (np.int32, 2**31 - 1),
+        }  # fmt: skip

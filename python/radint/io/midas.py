@@ -528,7 +528,11 @@ def _set_c_attribute(dataset: Any, key: str, value: Any) -> None:
         attribute = h5py.h5a.create(dataset.id, key.encode(), string_type, scalar)
         attribute.write(np.array(text, dtype=f"S{len(text)}"))
     elif isinstance(value, bool | np.bool_ | int | np.integer):
-        dataset.attrs[key] = np.array([value], dtype=np.int32)
+        # C's int where the value fits; a frame number of a stream past 2^31 frames does not,
+        # and is kept whole as int64 (HDF5 converts it for a reader asking for int, or says it
+        # cannot) rather than failing the file at the end of the stream.
+        fits = np.iinfo(np.int32).min <= int(value) <= np.iinfo(np.int32).max
+        dataset.attrs[key] = np.array([value], dtype=np.int32 if fits else np.int64)
     else:
         dataset.attrs[key] = np.array([value], dtype=np.float64)
 
