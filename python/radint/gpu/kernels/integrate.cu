@@ -101,8 +101,9 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
                                              const ri_u32* __restrict__ pixel,
                                              const float* __restrict__ area,
                                              const double* __restrict__ weight,
-                                             const T* __restrict__ interleaved, int nb,
-                                             ri_u64 n_bins, int n_eta,
+                                             const T* __restrict__ interleaved,
+                                             ri_u64 /* n_pixels */, int nb, ri_u64 n_bins,
+                                             int n_eta,
                                              const double* __restrict__ dark,
                                              const double* __restrict__ scale, int var_mode,
                                              const double* __restrict__ variance,
@@ -124,26 +125,13 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
                     variance_out, count, cake, sigma);
 }
 
-#define RI_CSR_KERNEL(NAME, T, A)                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                          \
-        NAME(const ri_u64* indptr, const ri_u32* pixel, const float* area,                     \
-             const double* weight, const T* frames, ri_u64 n_pixels, int nb, ri_u64 n_bins,    \
-             int n_eta, const double* dark, const double* scale, int var_mode,                 \
-             const double* variance, const ri_u8* mask_hit, int rules, int normalize,          \
-             int lineout, int nan_masked, double empty, double* signal, double* area_out,      \
-             double* variance_out, ri_u32* count, double* cake, double* sigma) {               \
-        const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};                   \
-        ri_csr<T, A>(indptr, pixel, area, weight, frames, n_pixels, nb, n_bins, n_eta, dark,   \
-                     scale, var_mode, variance, mask_hit, f, signal, area_out, variance_out,   \
-                     count, cake, sigma);                                                      \
-    }
-
-// The same parameters as the lane-split kernel (frames: the interleaved pass, n_pixels unused).
-// Blocks of RI_LANES_BLOCK threads, small so that an SM holds as many warps as its registers
-// allow (ptxas for sm_90: 128 registers with float64 sums, 16 warps; 80 with float32, 24).
+// Both CSR kernels take the same parameters (for the frames-in-lanes one, `frames` is the
+// interleaved pass and n_pixels is unused). Its blocks are RI_LANES_BLOCK threads, small so
+// that an SM holds as many warps as its registers allow (ptxas for sm_90: 128 registers with
+// float64 sums, 16 warps; 80 with float32, 24).
 #define RI_LANES_BLOCK 64
-#define RI_CSR_LANES_KERNEL(NAME, T, A)                                                         \
-    extern "C" __global__ void __launch_bounds__(RI_LANES_BLOCK)                               \
+#define RI_CSR_KERNEL(NAME, BODY, BOUNDS, T, A)                                                 \
+    extern "C" __global__ void __launch_bounds__(BOUNDS)                                       \
         NAME(const ri_u64* indptr, const ri_u32* pixel, const float* area,                     \
              const double* weight, const T* frames, ri_u64 n_pixels, int nb, ri_u64 n_bins,    \
              int n_eta, const double* dark, const double* scale, int var_mode,                 \
@@ -151,10 +139,9 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
              int lineout, int nan_masked, double empty, double* signal, double* area_out,      \
              double* variance_out, ri_u32* count, double* cake, double* sigma) {               \
         const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};                   \
-        (void)n_pixels;                                                                        \
-        ri_csr_lanes<T, A>(indptr, pixel, area, weight, frames, nb, n_bins, n_eta, dark,       \
-                           scale, var_mode, variance, mask_hit, f, signal, area_out,           \
-                           variance_out, count, cake, sigma);                                  \
+        BODY<T, A>(indptr, pixel, area, weight, frames, n_pixels, nb, n_bins, n_eta, dark,     \
+                   scale, var_mode, variance, mask_hit, f, signal, area_out, variance_out,     \
+                   count, cake, sigma);                                                        \
     }
 
 // A pass's nb frames (frame-major, n_pixels each) interleaved pixel by pixel: RI_MAX_NB values
@@ -169,11 +156,11 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
             ri_interleave_pixel<T>(frames, n_pixels, nb, p);                                   \
     }
 
-#define RI_CSR_KERNELS(SUFFIX, T)                              \
-    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f64, T, double)             \
-    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f32, T, float)              \
-    RI_CSR_LANES_KERNEL(ri_csr_lanes_##SUFFIX##_f64, T, double) \
-    RI_CSR_LANES_KERNEL(ri_csr_lanes_##SUFFIX##_f32, T, float)  \
+#define RI_CSR_KERNELS(SUFFIX, T)                                                      \
+    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f64, ri_csr, 256, T, double)                        \
+    RI_CSR_KERNEL(ri_csr_##SUFFIX##_f32, ri_csr, 256, T, float)                         \
+    RI_CSR_KERNEL(ri_csr_lanes_##SUFFIX##_f64, ri_csr_lanes, RI_LANES_BLOCK, T, double) \
+    RI_CSR_KERNEL(ri_csr_lanes_##SUFFIX##_f32, ri_csr_lanes, RI_LANES_BLOCK, T, float)  \
     RI_INTERLEAVE_KERNEL(SUFFIX, T)
 
 RI_CSR_KERNELS(u8, ri_u8)
