@@ -56,7 +56,7 @@ step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider --import-mode=impor
 
 step bench-gpu 150 python3 benches/gpu.py --markdown --frames 64 --reps 5
 
-step profile 60 python3 benches/gpu_profile.py
+step profile 90 python3 benches/gpu_profile.py
 
 # Per-kernel device time and DRAM bytes (Nsight Compute reads the counters on this machine).
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -18,6 +18,7 @@ import ctypes
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,35 @@ def host_rates(cp, frame: np.ndarray, out_bytes: int) -> None:
         f"{_rate(lambda: cp.asnumpy(res), out_bytes):.1f} GB/s, D2H pinned "
         f"{_rate(lambda: res.get(out=pinned), out_bytes):.1f} GB/s"
     )
+
+
+def kernel_sweep(cp, gpu, dev, reps: int, label: str, counts: Any) -> None:
+    """Device time per frame of a pass of n frames on the device (n in ``counts``), by the
+    lane-split kernel and by the frames-in-lanes one (CUDA events around each pass's kernels):
+    where the second starts to pay, i.e. what ``radint.gpu.LANES_MIN_FRAMES`` and
+    ``LANES_WARPS_PER_SM`` should be."""
+    import radint.gpu
+
+    saved = radint.gpu.LANES_MIN_FRAMES, gpu._resident_lane_threads
+    print(f"{label} ({gpu.n_bins} bins): a pass of n frames, device ms per frame")
+    print(f"{'n':>2} {'lane split':>11} {'frames in lanes':>16}")
+    try:
+        for n in counts:
+            times = []
+            for lanes_min in (radint.gpu.MAX_NB + 1, 1):
+                radint.gpu.LANES_MIN_FRAMES = lanes_min
+                gpu._resident_lane_threads = 0
+                gpu.integrate_device(dev[:n])  # warm-up (the interleaved buffer)
+                gpu._pass_events = []
+                for _ in range(reps):
+                    gpu.integrate_device(dev[:n])
+                cp.cuda.Device().synchronize()
+                events, gpu._pass_events = gpu._pass_events, None
+                ms = sum(cp.cuda.get_elapsed_time(a, b) for a, b in events) / len(events)
+                times.append(ms / n)
+            print(f"{n:>2} {times[0]:11.4f} {times[1]:16.4f}")
+    finally:
+        radint.gpu.LANES_MIN_FRAMES, gpu._resident_lane_threads = saved
 
 
 def breakdown(cp, integ, gpu, rng, n: int = 64) -> None:
@@ -146,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             stop.synchronize()
             print(f"integrate_device {label}: {cp.cuda.get_elapsed_time(start, stop) / 20:.3f} ms "
                   "per call (device events, launch overhead included)")  # fmt: skip
+        reps = 1 if args.smoke else 20
+        kernel_sweep(cp, gpu, dev, reps, "1 px x 5 deg cake", range(1, radint.gpu.MAX_NB + 1))
+        # A 1-D map (one eta bin a radius: few, long bins), where the lane split should stay.
+        line = Integrator(cfg.replace(eta_bin_deg=360.0), backend="cuda", solid_angle=None,
+                          polarization=None)._gpu_backend()  # fmt: skip
+        kernel_sweep(cp, line, dev, reps, "1-D, 1 px x 360 deg", (1, 4, radint.gpu.MAX_NB))
         breakdown(cp, integ, gpu, rng)
         return 0
     gpu.integrate_device(dev[0])  # lane split
