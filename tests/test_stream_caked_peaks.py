@@ -556,3 +556,30 @@ def test_non_ascii_frame_names_are_kept_whole(config, tmp_path):
         assert all(key in f["fit"] for key in caked["rows"]["frame_key"])
         for name in names:
             assert caked["frame_keys"][int(f[f"fit/{name}"].attrs["frame_index"])] == name
+
+
+def test_caked_peaks_frame_index_past_int32_is_kept_whole(tmp_path):
+    """A /peaks frame_idx int32 cannot hold (a stream past 2^31 frames) is stored as int64,
+    exact, where it was wrapped to a negative number beside its frame_key; the other columns
+    keep their C types and the size bound still holds."""
+    import h5py
+
+    from radint.io.peaks import caked_peaks_bound, write_caked_peaks
+
+    n = 20_000
+    keys = [str(2**31 + k) for k in range(n)]
+    columns = {c: np.zeros(n, dtype=d) for c, d in PEAK_COLUMNS.items()}
+    columns["frame_idx"] = np.arange(2**31, 2**31 + n, dtype=np.int64)
+    path = write_caked_peaks(tmp_path / "c.h5", columns, np.zeros(0), np.zeros(0), keys, "GPU",
+                             keys)  # fmt: skip
+    with h5py.File(path) as f:
+        frame_idx = f["peaks/frame_idx"]
+        assert (
+            frame_idx.dtype == np.int64 and frame_idx[0] == 2**31 and frame_idx[-1] == 2**31 + n - 1
+        )
+        assert f["peaks/peak_nr"].dtype == np.int32 and f["peaks/eta_idx"].dtype == np.int32
+    assert path.stat().st_size <= caked_peaks_bound(n, keys, keys, "GPU")
+    small = {**columns, "frame_idx": np.arange(n, dtype=np.int64)}
+    path = write_caked_peaks(tmp_path / "d.h5", small, np.zeros(0), np.zeros(0), keys, "GPU", keys)
+    with h5py.File(path) as f:
+        assert f["peaks/frame_idx"].dtype == np.int32  # C's int where it fits

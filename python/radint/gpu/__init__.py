@@ -75,9 +75,10 @@ MAX_NB = 8
 #: there are few frames. ``benches/gpu.py`` times both.
 LANES_MIN_FRAMES = 4
 #: ... and only when the pass's (bin, frame) threads fill every SM at least once: warps of
-#: ``ri_csr_lanes_*`` an SM holds (128 registers, blocks of 64 threads). A map of few, long bins
-#: (a 1-D integration: one η bin per radius) would otherwise leave most of the GPU idle, each
-#: thread summing thousands of entries, where the lane split has 8 threads a bin.
+#: ``ri_csr_lanes_*`` an SM holds (float64 sums on sm_90: 128 registers, blocks of 64 threads;
+#: float32 sums hold 20-24, so there the test asks a little more than one wave). A map of few,
+#: long bins (a 1-D integration: one η bin per radius) would otherwise leave most of the GPU
+#: idle, each thread summing thousands of entries, where the lane split has 8 threads a bin.
 LANES_WARPS_PER_SM = 16
 #: Threads per block of every integration kernel (8 warps); must be a multiple of 32.
 CSR_BLOCK = 256
@@ -413,6 +414,8 @@ class CudaIntegrator:
                     self.device_id, MAX_NB * self.n_pixels * dtype.itemsize / 1e6, e,
                 )  # fmt: skip
                 self._no_room_to_interleave = True
+                # Other streams' interleaved buffers will not be used again either.
+                self._interleaved = [None] * len(self._streams)
         return None
 
     def _check_frames(self, frames: Any) -> tuple[Any, int, bool, np.dtype]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -107,8 +107,20 @@ _HEAP_OVERHEAD = 32
 #: The rest of a caked_peaks.h5: superblock, groups, 14 object headers, the zarr_source
 #: attribute (3-7 KiB measured), and its axes.
 _CAKED_PEAKS_FIXED = 64 << 10
-#: The int32 / float64 columns of one /peaks row.
-_ROW_BYTES = sum(np.dtype(d).itemsize for d in PEAK_COLUMNS.values())
+#: The int32 / float64 columns of one /peaks row, and 4 bytes more for a frame_idx that needs
+#: int64 (:func:`_column`).
+_ROW_BYTES = sum(np.dtype(d).itemsize for d in PEAK_COLUMNS.values()) + 4
+
+
+def _column(values: Any, dtype: str) -> np.ndarray:
+    """A /peaks column in its C type; an int32 column whose values int32 cannot hold (the frame
+    index of a stream past 2^31 frames) is kept whole as int64 rather than wrapped."""
+    a = np.asarray(values)
+    if np.dtype(dtype) == np.int32 and a.size and a.dtype.kind in "iu":
+        info = np.iinfo(np.int32)
+        if a.min() < info.min or a.max() > info.max:
+            return a.astype(np.int64)
+    return a.astype(dtype)
 
 
 def caked_peaks_bound(
@@ -116,9 +128,10 @@ def caked_peaks_bound(
 ) -> int:
     """An upper bound of the size (bytes) of the ``caked_peaks.h5`` :func:`write_caked_peaks`
     writes for ``n_rows`` rows, these keys (UTF-8) and ``n_axes`` axis values: 84 bytes of
-    int32/float64 columns per row, and per string its element, heap object and the room a
-    heap collection may leave unused; measured over 0-100 000 rows and names of 0-5 000 bytes
-    (within 0.3-2 % of the files, with 1/64 more for other HDF5 versions)."""
+    int32/float64 columns per row (88 with an int64 frame_idx), and per string its element,
+    heap object and the room a heap collection may leave unused; measured over 0-100 000 rows
+    and names of 0-5 000 bytes (within 0.3-2 % of the files, with 1/64 more for other HDF5
+    versions)."""
     sizes = [len(k.encode()) for k in frame_keys] + [len(k.encode()) for k in row_keys]
     largest = max((16 + -(-b // 8) * 8 for b in sizes), default=16)
     per_collection = max(1, (_HEAP_COLLECTION - _HEAP_OVERHEAD) // largest)
@@ -197,7 +210,7 @@ def write_caked_peaks_file(
         if n:
             g = f.create_group("peaks")
             for name, dtype in PEAK_COLUMNS.items():
-                g.create_dataset(name, data=np.asarray(columns[name]).astype(dtype))
+                g.create_dataset(name, data=_column(columns[name], dtype))
             g.create_dataset("frame_key", shape=(n,), dtype=ascii_vlen, data=_utf8_keys(row_keys))
 
 

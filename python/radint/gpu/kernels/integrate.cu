@@ -128,7 +128,7 @@ __device__ __forceinline__ void ri_csr_lanes(const ri_u64* __restrict__ indptr,
 // Both CSR kernels take the same parameters (for the frames-in-lanes one, `frames` is the
 // interleaved pass and n_pixels is unused). Its blocks are RI_LANES_BLOCK threads, small so
 // that an SM holds as many warps as its registers allow (ptxas for sm_90: 128 registers with
-// float64 sums, 16 warps; 80 with float32, 24).
+// float64 sums, 16 warps; 80-94 with float32, 20-24).
 #define RI_LANES_BLOCK 64
 #define RI_CSR_KERNEL(NAME, BODY, BOUNDS, T, A)                                                 \
     extern "C" __global__ void __launch_bounds__(BOUNDS)                                       \
