@@ -447,6 +447,30 @@ def test_cuda_fitter_on_the_cpu_runtime_is_the_rust_fitter_bit_for_bit(order, mo
 
 @gpu
 @needs_cuda
+def test_cuda_fitter_slots_of_no_job_are_out_of_range():
+    """The device outputs are not filled before the launch (the kernel writes every slot of
+    its jobs): positions outside the lineout, a job-less plan included, come back NaN with
+    status out_of_range and 0 iterations, as from the CPU fitter; no rows, no error."""
+    from radint.gpu.fit import CudaFitter
+
+    x, ys, positions = lineouts(3, seed=1)
+    for given in ([1e9, -5.0], [positions[0], 1e9, positions[3]]):
+        got = CudaFitter(x, given).fit(ys)
+        ref = fit_peaks(x, ys, positions=given)
+        np.testing.assert_array_equal(got["status"], ref.status)
+        ok = ref.status == 0  # a GPU's libm may differ in the last bits: the parity criteria
+        np.testing.assert_allclose(got["values"][ok], ref.rows()[ok], rtol=2e-3, atol=1e-9)
+        outside = np.array([p == 1e9 or p == -5.0 for p in given])
+        assert (got["status"][:, outside] == 3).all() and (got["iterations"][:, outside] == 0).all()
+        assert (
+            np.isnan(got["values"][:, outside]).all() and np.isnan(got["errors"][:, outside]).all()
+        )
+    empty = CudaFitter(x, positions).fit(ys[:0])
+    assert empty["values"].shape == (0, len(positions), 7) and empty["status"].shape == (0, 10)
+
+
+@gpu
+@needs_cuda
 def test_cuda_fitter_leaves_jobs_to_the_cpu_when_the_scratch_is_short():
     """The kernel checks the shared memory it was given against the layout it needs; short of
     it (a launcher out of step with fit.cuh), its jobs come back for the CPU fitter, not

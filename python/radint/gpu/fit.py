@@ -100,6 +100,10 @@ class CudaFitter:
         plan = _core.fit_plan(self.x, self.positions, self.roi_padding, self.max_peaks_per_job)
         self.bin = float(plan["bin"])
         self.n_jobs = int(plan["job_lo"].size)
+        # Slots no job fits (positions outside the lineout): set on the host after each launch.
+        self._uncovered = np.setdiff1d(
+            np.arange(len(self.positions)), np.asarray(plan["peak_slot"], np.int64)
+        )
         # The scratch is laid out for the plan's largest job the kernel holds.
         rois = np.asarray(plan["job_hi"], np.int64) - np.asarray(plan["job_lo"], np.int64) + 1
         peaks = np.diff(np.asarray(plan["peak_start"], np.int64))
@@ -163,11 +167,15 @@ class CudaFitter:
         if n_x != self.x.size:
             raise InvalidInputError(f"lineouts: expected rows of {self.x.size} bins, got {n_x}")
         n_slots = len(self.positions)
-        values = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)
-        errors = cp.full((n_curves, n_slots, 7), cp.nan, dtype=cp.float64)
-        status = cp.full((n_curves, n_slots), _OUT_OF_RANGE, dtype=cp.uint8)
-        iterations = cp.zeros((n_curves, n_slots), dtype=cp.uint32)
+        # No fills on the device: the kernel writes every slot of every job (a job it refuses
+        # gets its status, and the CPU fitter its values); the slots of no job are set on the
+        # host below. One launch, four copies into page-locked memory, one wait.
+        values = cp.empty((n_curves, n_slots, 7), dtype=cp.float64)
+        errors = cp.empty((n_curves, n_slots, 7), dtype=cp.float64)
+        status = cp.empty((n_curves, n_slots), dtype=cp.uint8)
+        iterations = cp.empty((n_curves, n_slots), dtype=cp.uint32)
         total = n_curves * self.n_jobs
+        launched = True
         if total:
             p = self._plan
             launched = self._launch(
@@ -181,16 +189,32 @@ class CudaFitter:
                  np.int32(self._max_params), np.int32(self._max_roi), np.uint64(self._scratch),
                  values, errors, status, iterations),
             )  # fmt: skip
-            if not launched:  # every job to the CPU fitter
-                status[...] = CPU_FALLBACK
-        out = {
-            "values": cp.asnumpy(values),
-            "errors": cp.asnumpy(errors),
-            "status": cp.asnumpy(status),
-            "iterations": cp.asnumpy(iterations),
-        }
+        out = self._download(
+            {"values": values, "errors": errors, "status": status, "iterations": iterations}
+        )
+        out["values"][:, self._uncovered] = np.nan
+        out["errors"][:, self._uncovered] = np.nan
+        out["status"][:, self._uncovered] = _OUT_OF_RANGE
+        out["iterations"][:, self._uncovered] = 0
+        if not launched:  # every job to the CPU fitter
+            out["status"][...] = CPU_FALLBACK
         self._cpu_fallback(out, ys)
         return out
+
+    def _download(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The device arrays copied into page-locked host arrays on the current stream, after
+        what it holds (the fit), with one wait for all of them."""
+        import ctypes
+
+        import cupyx
+
+        stream = self._cp.cuda.get_current_stream()
+        host = {k: cupyx.empty_pinned(a.shape, dtype=a.dtype) for k, a in arrays.items()}
+        for k, a in arrays.items():
+            if a.nbytes:
+                a.data.copy_to_host_async(ctypes.c_void_p(host[k].ctypes.data), a.nbytes, stream)
+        stream.synchronize()
+        return host
 
     def _launch(self, grid: tuple[int], args: tuple) -> bool:
         """Launch the fitting kernel; False when the device cannot hold its threads' stacks.
