@@ -3,8 +3,9 @@
 NVRTC (CuPy's binding and the NVRTC wheel; no driver needed) compiles ``kernels/*.cu`` to a
 cubin for one architecture with the options the runtime uses plus ``--ptxas-options=-v``; the
 table gives per kernel the registers per thread, the stack frame (local memory) per thread, spill
-stores/loads, the warps an SM can keep resident by registers alone, and the local memory the
-driver reserves for every resident thread at launch (stack × threads per SM × SMs).
+stores/loads, the warps an SM can keep resident by registers alone (and in whole blocks of the
+size the launcher uses), and the local memory the driver reserves for every resident thread at
+launch (stack × threads per SM × SMs).
 
 Run: ``python benches/kernel_resources.py [--arch sm_90] [--sms 132]``.
 """
@@ -52,10 +53,21 @@ def ptxas_report(module: str, arch: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def resident_warps(regs: int) -> int:
-    """Warps an SM keeps resident when registers are the only limit."""
+def resident_warps(regs: int, block_warps: int = 1) -> int:
+    """Warps an SM keeps resident when registers are the only limit, in whole blocks of
+    ``block_warps`` warps."""
     per_warp = -(-regs * 32 // REGISTER_UNIT) * REGISTER_UNIT
-    return min(MAX_WARPS, REGISTERS_PER_SM // max(per_warp, 1))
+    warps = min(MAX_WARPS, REGISTERS_PER_SM // max(per_warp, 1))
+    return warps // block_warps * block_warps
+
+
+def launch_warps(name: str) -> int | None:
+    """Warps per block the launcher gives a kernel (None: it varies, as the fitter's)."""
+    from radint.gpu import CSR_BLOCK, LANES_BLOCK
+
+    if name.startswith("rf_"):
+        return None
+    return (LANES_BLOCK if name.startswith("ri_csr_lanes") else CSR_BLOCK) // 32
 
 
 def main() -> None:
@@ -65,13 +77,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"ptxas for {args.arch}; reservation for {args.sms} SMs x 2048 threads")
     print(f"{'kernel':24} {'regs':>5} {'stack B':>8} {'spills st/ld':>13} "
-          f"{'warps/SM':>9} {'reserved GiB':>13}")  # fmt: skip
+          f"{'warps/SM':>9} {'in blocks':>10} {'reserved GiB':>13}")  # fmt: skip
     for module in ("integrate", "fit"):
         for name, r in sorted(ptxas_report(module, args.arch).items()):
             reserved = r["stack"] * 2048 * args.sms / 2**30
+            block = launch_warps(name)
+            in_blocks = "-" if block is None else str(resident_warps(r["regs"], block))
             print(f"{name:24} {r['regs']:5} {r['stack']:8} "
                   f"{r['spill_stores']:6}/{r['spill_loads']:<6} {resident_warps(r['regs']):9} "
-                  f"{reserved:13.2f}")  # fmt: skip
+                  f"{in_blocks:>10} {reserved:13.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
