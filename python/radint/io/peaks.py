@@ -163,7 +163,8 @@ def write_caked_peaks(
     ``/metadata``: attribute ``zarr_source`` (fixed-length string, NUL-terminated),
     ``tth_axis`` (n_r,) and ``eta_axis`` (n_eta,) float64, ``frame_keys`` (variable-length
     strings); ``/peaks`` (omitted when there are no rows): the :data:`PEAK_COLUMNS`
-    (int32 / float64, contiguous, unfiltered) and ``frame_key`` (variable-length strings).
+    (int32 / float64, contiguous, unfiltered; a ``frame_idx`` past int32 as int64) and
+    ``frame_key`` (variable-length strings).
     ``columns`` holds every :data:`PEAK_COLUMNS` entry; ``row_keys`` one string per row.
     The strings have PeakFitIO.c's (and peak_io.py's) ASCII type and hold UTF-8 bytes, so a
     non-ASCII name is stored whole (``.decode()`` of what h5py reads gives it back). The file
