@@ -84,8 +84,9 @@ RI_HOST_CSR_BOTH(f64, double)
         ri_u64 n_pixels, ri_u64 n_r, ri_u64 n_rows, const double* dark, const double* scale,  \
         int var_mode, const double* variance, double* cross) {                                \
         for (ri_u64 row = 0; row < n_rows; ++row)                                             \
-            cross[row] = ri_row_cross<T>(indptr, pixel, weight, frames + (row / n_r) * n_pixels, \
-                                         row % n_r, dark, scale, var_mode, variance);         \
+            cross[row] = ri_lane_cross<T>(indptr, pixel, weight,                              \
+                                          frames + (row / n_r) * n_pixels, row % n_r, dark,   \
+                                          scale, var_mode, variance, 0, 1);                   \
     }
 
 RI_HOST_CROSS(u8, ri_u8)

@@ -172,7 +172,7 @@ RI_CSR_KERNELS(f32, float)
 RI_CSR_KERNELS(f64, double)
 
 // One warp per (frame, radial row): the covariance term of the row's lineout variance
-// (ri_cross_term summed lane-strided, then a shuffle tree) for nb frames of n_pixels values
+// (ri_lane_cross: lane-strided, then a shuffle tree) for nb frames of n_pixels values
 // each, contiguous.
 #define RI_CROSS_KERNEL(SUFFIX, T)                                                              \
     extern "C" __global__ void __launch_bounds__(256) ri_cross_##SUFFIX(                       \
@@ -184,9 +184,8 @@ RI_CSR_KERNELS(f64, double)
         if (row >= n_rows) return;                                                             \
         const ri_u64 r = row % n_r;                                                            \
         const T* frame = frames + (row / n_r) * n_pixels;                                      \
-        double acc = 0.0;                                                                      \
-        for (ri_u64 e = indptr[r] + lane; e < indptr[r + 1]; e += RI_WARP)                     \
-            acc += ri_cross_term<T>(pixel, weight, frame, e, dark, scale, var_mode, variance); \
+        double acc = ri_lane_cross<T>(indptr, pixel, weight, frame, r, dark, scale, var_mode,  \
+                                      variance, lane, RI_WARP);                                \
         for (int off = RI_WARP / 2; off > 0; off >>= 1)                                        \
             acc += __shfl_down_sync(RI_FULL_MASK, acc, off);                                   \
         if (lane == 0) cross[row] = acc;                                                       \

@@ -376,15 +376,13 @@ RI_HD void ri_finalize_bin(const RiFinalize& f, double s, double a, double v, ri
 }
 
 // One map entry's share of the covariance term of its radial row (DetectorMap.eta_cross):
-// weight·scale²·var for a pixel the bins count (scale·(raw − dark) finite), else 0. Mirrors the
-// Rust `lineout_cross`.
+// weight·scale²·var for a pixel p the bins count (scale·(raw − dark) finite), else 0. Mirrors
+// the Rust `lineout_cross`.
 template <typename T>
-RI_HD double ri_cross_term(const ri_u32* pixel, const double* weight, const T* frame, ri_u64 e,
-                           const double* dark, const double* scale, int var_mode,
-                           const double* variance) {
-    const ri_u64 p = pixel[e];
+RI_HD double ri_cross_value(double weight, ri_u64 p, T raw_px, const double* dark,
+                            const double* scale, int var_mode, const double* variance) {
     const double sc = scale ? scale[p] : 1.0;
-    const double raw = double(frame[p]);
+    const double raw = double(raw_px);
     const double d = dark ? dark[p] : 0.0;
     if (ri_invalid(sc * (raw - d))) return 0.0;
     double var = 0.0;
@@ -393,18 +391,42 @@ RI_HD double ri_cross_term(const ri_u32* pixel, const double* weight, const T* f
     } else if (var_mode == RI_VAR_GIVEN) {
         var = variance[p];
     }
-    return weight[e] * sc * sc * var;
+    return weight * sc * sc * var;
 }
 
-// The covariance term of radial row `row` of one frame, summed in entry order (the kernel sums
-// the same terms lane-strided and combines the lanes with a shuffle tree).
+// One lane's share of the covariance term of radial row `row` of one frame: entries
+// indptr[row] + lane, + n_lanes, ... summed in order (n_lanes = 1: the whole row; the kernel's
+// lanes are then combined with a shuffle tree). RI_LANE_BATCH entries at a time, their pixel
+// indices and then their frame values loaded before any is summed, as ri_lane_accumulate.
 template <typename T>
-RI_HD double ri_row_cross(const ri_u64* indptr, const ri_u32* pixel, const double* weight,
-                          const T* frame, ri_u64 row, const double* dark, const double* scale,
-                          int var_mode, const double* variance) {
+RI_HD double ri_lane_cross(const ri_u64* indptr, const ri_u32* pixel, const double* weight,
+                           const T* frame, ri_u64 row, const double* dark, const double* scale,
+                           int var_mode, const double* variance, ri_u32 lane, ri_u32 n_lanes) {
     double acc = 0.0;
-    for (ri_u64 e = indptr[row]; e < indptr[row + 1]; ++e)
-        acc += ri_cross_term<T>(pixel, weight, frame, e, dark, scale, var_mode, variance);
+    const ri_u64 e1 = indptr[row + 1];
+    ri_u64 e = indptr[row] + lane;
+    for (; e + (RI_LANE_BATCH - 1) * ri_u64(n_lanes) < e1; e += RI_LANE_BATCH * ri_u64(n_lanes)) {
+        ri_u32 p[RI_LANE_BATCH];
+        T raw[RI_LANE_BATCH];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < RI_LANE_BATCH; ++i) p[i] = pixel[e + ri_u64(i) * n_lanes];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < RI_LANE_BATCH; ++i) raw[i] = frame[p[i]];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < RI_LANE_BATCH; ++i)
+            acc += ri_cross_value<T>(weight[e + ri_u64(i) * n_lanes], p[i], raw[i], dark, scale,
+                                     var_mode, variance);
+    }
+    for (; e < e1; e += n_lanes) {
+        const ri_u64 p = pixel[e];
+        acc += ri_cross_value<T>(weight[e], p, frame[p], dark, scale, var_mode, variance);
+    }
     return acc;
 }
 
