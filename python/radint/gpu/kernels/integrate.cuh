@@ -164,6 +164,23 @@ RI_HD void ri_accumulate(RiAcc<A>& acc, ri_u32& count, const RiEntry<A>& en, T r
     }
 }
 
+// N entries e, e + stride, ...: their pixel indices p, then the frame's values raw at
+// p · px_stride, all loaded before the caller sums any (summing branches, and the compiler does
+// not move a global load above a branch, so loads interleaved with the sums would wait for one
+// another).
+template <typename T, int N>
+RI_HD void ri_gather_batch(const ri_u32* pixel, const T* frame, ri_u64 e, ri_u64 stride,
+                           ri_u64 px_stride, ri_u32 (&p)[N], T (&raw)[N]) {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+    for (int i = 0; i < N; ++i) p[i] = pixel[e + ri_u64(i) * stride];
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#pragma unroll
+#endif
+    for (int i = 0; i < N; ++i) raw[i] = frame[ri_u64(p[i]) * px_stride];
+}
+
 // One lane's share of bin b of one frame: entries e0 + lane, e0 + lane + n_lanes, ... This is
 // the whole per-lane body of the lane-split CSR kernel, which then reduces the lanes with warp
 // shuffles (the host harness with the same tree).
@@ -175,25 +192,17 @@ RI_HD void ri_lane_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32*
     ri_acc_zero(acc);
     const ri_u64 e1 = indptr[b + 1];
     ri_u64 e = indptr[b] + lane;
-    // RI_LANE_BATCH of the lane's entries at a time: their pixel indices, then their frame
-    // values loaded before any is summed, so the gathers are in flight together (the loop is
-    // bound by load latency; summing an entry branches, and the compiler does not move a
-    // global load above a branch). The sums keep their order.
+    // RI_LANE_BATCH of the lane's entries at a time, loaded together (the loop is bound by
+    // load latency: the gathers are in flight at once). The sums keep their order.
     for (; e + (RI_LANE_BATCH - 1) * ri_u64(n_lanes) < e1; e += RI_LANE_BATCH * ri_u64(n_lanes)) {
         ri_u32 p[RI_LANE_BATCH];
         T raw[RI_LANE_BATCH];
         float a[RI_LANE_BATCH];
+        ri_gather_batch<T, RI_LANE_BATCH>(pixel, frame, e, n_lanes, 1, p, raw);
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
-        for (int i = 0; i < RI_LANE_BATCH; ++i) {
-            p[i] = pixel[e + ri_u64(i) * n_lanes];
-            a[i] = area[e + ri_u64(i) * n_lanes];
-        }
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll
-#endif
-        for (int i = 0; i < RI_LANE_BATCH; ++i) raw[i] = frame[p[i]];
+        for (int i = 0; i < RI_LANE_BATCH; ++i) a[i] = area[e + ri_u64(i) * n_lanes];
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
@@ -216,10 +225,8 @@ RI_HD void ri_lane_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32*
 // the shuffle tree of the lane-split kernel sum it: partial sum j takes entries e0 + j,
 // e0 + j + RI_BIN_LANES, ... in order, then the partials merge pairwise at offsets
 // RI_BIN_LANES/2 … 1. So a frame's result does not depend on which kernel, i.e. how many
-// frames at a time, integrated it. The entries go RI_BIN_LANES at a time, a whole chunk's pixel
-// indices and then its frame values loaded before any is summed: the summing branches (an entry
-// left out), and the compiler does not move a global load above a branch, so loads interleaved
-// with the sums would wait for one another (ptxas showed each gather waited on).
+// frames at a time, integrated it. The entries go RI_BIN_LANES at a time, a whole chunk loaded
+// before any is summed (ri_gather_batch).
 template <typename T, typename A>
 RI_HD void ri_bin_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* pixel,
                              const float* area, const double* weight, const T* frame,
@@ -238,17 +245,11 @@ RI_HD void ri_bin_accumulate(RiAcc<A>& acc, const ri_u64* indptr, const ri_u32* 
         ri_u32 p[RI_BIN_LANES];
         T raw[RI_BIN_LANES];
         float a[RI_BIN_LANES];
+        ri_gather_batch<T, RI_BIN_LANES>(pixel, frame, e0, 1, px_stride, p, raw);
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
-        for (int j = 0; j < RI_BIN_LANES; ++j) {
-            p[j] = pixel[e0 + ri_u64(j)];
-            a[j] = area[e0 + ri_u64(j)];
-        }
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll
-#endif
-        for (int j = 0; j < RI_BIN_LANES; ++j) raw[j] = frame[ri_u64(p[j]) * px_stride];
+        for (int j = 0; j < RI_BIN_LANES; ++j) a[j] = area[e0 + ri_u64(j)];
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
@@ -396,8 +397,8 @@ RI_HD double ri_cross_value(double weight, ri_u64 p, T raw_px, const double* dar
 
 // One lane's share of the covariance term of radial row `row` of one frame: entries
 // indptr[row] + lane, + n_lanes, ... summed in order (n_lanes = 1: the whole row; the kernel's
-// lanes are then combined with a shuffle tree). RI_LANE_BATCH entries at a time, their pixel
-// indices and then their frame values loaded before any is summed, as ri_lane_accumulate.
+// lanes are then combined with a shuffle tree). RI_LANE_BATCH entries at a time, loaded
+// together (ri_gather_batch), as ri_lane_accumulate.
 template <typename T>
 RI_HD double ri_lane_cross(const ri_u64* indptr, const ri_u32* pixel, const double* weight,
                            const T* frame, ri_u64 row, const double* dark, const double* scale,
@@ -408,14 +409,7 @@ RI_HD double ri_lane_cross(const ri_u64* indptr, const ri_u32* pixel, const doub
     for (; e + (RI_LANE_BATCH - 1) * ri_u64(n_lanes) < e1; e += RI_LANE_BATCH * ri_u64(n_lanes)) {
         ri_u32 p[RI_LANE_BATCH];
         T raw[RI_LANE_BATCH];
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll
-#endif
-        for (int i = 0; i < RI_LANE_BATCH; ++i) p[i] = pixel[e + ri_u64(i) * n_lanes];
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#pragma unroll
-#endif
-        for (int i = 0; i < RI_LANE_BATCH; ++i) raw[i] = frame[p[i]];
+        ri_gather_batch<T, RI_LANE_BATCH>(pixel, frame, e, n_lanes, 1, p, raw);
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #pragma unroll
 #endif
