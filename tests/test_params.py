@@ -191,6 +191,23 @@ def test_settings_that_lose_or_double_count_data_are_logged(tmp_path, caplog):
     assert caplog.text == ""
 
 
+def test_px_after_pxy_pxz_is_where_both_sizes_were_set(tmp_path):
+    """``px`` sets both sizes (DetectorMapper.c): earlier pxY/pxZ lines no longer hold them, so
+    neither messages nor ``radint info`` may point at those lines (found side by side with
+    DetectorMapper)."""
+    p = tmp_path / "p.txt"
+    p.write_text("NrPixels 10\npxY 120\npxZ 180\npx 100\n")
+    config = IntegrationConfig.from_midas_params(p)
+    assert (config.pixel_size_y_um, config.pixel_size_z_um) == (100, 100)
+    assert config.where_set("pixel_size_y_um") == f"{p}:4: px"
+    assert config.where_set("pixel_size_z_um") == f"{p}:4: px"
+    p.write_text("NrPixels 10\npxY 120\npx -5\n")
+    with pytest.raises(ParameterError, match=rf"{re.escape(str(p))}:3: px\b.*must be > 0"):
+        IntegrationConfig.from_midas_params(p).validate()
+    p.write_text("NrPixels 10\npx 100\npxZ 180\n")  # a later pxZ is where the Z size is set
+    assert IntegrationConfig.from_midas_params(p).where_set("pixel_size_z_um") == f"{p}:3: pxZ"
+
+
 def test_key_equals_value_and_lines_detectormapper_skips_are_logged(tmp_path, caplog):
     """Found side by side with DetectorMapper and midas-integrate: ``Lsd=260000`` was only
     suggested as "Lsd" (the CLI then warns the 1 m default is used), and DetectorMapper skips

@@ -570,6 +570,8 @@ class IntegrationConfig:
         """``file:line: Key`` where the field ``name`` was set (its MIDAS key alone when the
         configuration was not read from a file), for error messages about its value."""
         key = _MIDAS_KEYS.get(name, name)
+        if key in ("pxY", "pxZ") and key not in self.set_at and "px" in self.set_at:
+            key = "px"  # `px` sets both sizes
         file, line = self.set_at.get(key, ("", 0))
         return f"{file}:{line}: {key}" if file and line else (f"{file}: {key}" if file else key)
 

@@ -599,6 +599,11 @@ impl Params {
                 self.set_at
                     .insert("NrPixelsZ".to_string(), line.location.clone());
             }
+            if canonical_key(line.key) == "px" {
+                // It sets both sizes: earlier pxY/pxZ lines no longer hold the values.
+                self.set_at.remove("pxY");
+                self.set_at.remove("pxZ");
+            }
             // MIDAS's sscanf reads as many values as it asks for and drops the rest without a
             // word, and so does radint; but a dropped value is usually a typo (`px 172 999`).
             if let Some(n) = values_read(line.key).filter(|&n| line.values.len() > n) {
