@@ -72,6 +72,31 @@ def test_total_intensity_conserved_without_normalize(small_config):
         Integrator(cfg, detector_map=fractions.map, pixel_weights="area")
 
 
+def test_pixel_fractions_on_a_detector_on_a_two_theta_arm(tmp_path):
+    """Found beside pyFAI: on a steep tilt (2θ 66-80°) R = Lsd tan 2θ runs far past the
+    detector's size; the one-bin map measuring whole pixel areas stopped short of it, so pixels
+    straddling its edge counted more than once (silently) and pixels past it failed the build."""
+    pyfai = pytest.importorskip("pyFAI")
+    from pyFAI.detectors import Detector
+
+    from radint.corrections import pixel_geometry
+
+    shape = (60, 80)
+    path = tmp_path / "arm.poni"
+    detector = Detector(pixel1=1e-4, pixel2=1e-4, max_shape=shape)
+    pyfai.load({"dist": 0.03, "poni1": 0.003, "poni2": 0.004, "rot1": 0.05, "rot2": 1.3,
+                "rot3": 0.4, "detector": detector, "wavelength": 1e-10}).write(str(path))  # fmt: skip
+    cfg = IntegrationConfig.from_poni(path, TthMin=60, TthMax=85, TthBinSize=0.5,
+                                      EtaBinSize=360, Normalize=0)  # fmt: skip
+    r = pixel_geometry(cfg)["r_px"]
+    assert r.max() > 4 * (cfg.n_pixels_y + cfg.n_pixels_z + abs(cfg.bc_y_px)
+                          + abs(cfg.bc_z_px)) + 16  # fmt: skip
+    assert DetectorMap.pixel_areas(cfg).min() > 0
+    counted = Integrator(cfg, error_model=None, pixel_weights="fraction").integrate(np.ones(shape))
+    assert np.nansum(counted.area) == pytest.approx(r.size, rel=1e-9)
+    assert np.nansum(counted.cake) == pytest.approx(r.size, rel=1e-9)
+
+
 def test_poisson_sigma_matches_scatter(small_config, small_map):
     rng = np.random.default_rng(2)
     mean = ring_image(small_config, amplitude=400, background=50, dtype=np.float64)

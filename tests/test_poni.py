@@ -244,7 +244,7 @@ V1_PONI = (
         # Was "<config>:1: Lsd: expected a finite number", naming neither file nor key.
         (("Distance: 0.2", "Distance: nan"), ":5: distance: expected a finite number, got 'nan'"),
         # Was "PONI geometry: the detector plane ..." without the file.
-        (("Rot1: 0", "Rot1: 1.6"), ": the detector plane does not face the sample (rot1 1.6 rad"),
+        (("Rot1: 0", "Rot1: 1.6"), ": the forward beam never meets the detector plane (rot1 1.6 rad"),
     ],
 )  # fmt: skip
 def test_poni_errors_name_the_file(tmp_path, change, message):

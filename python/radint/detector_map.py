@@ -354,8 +354,16 @@ class DetectorMap:
 
         Read off a map of the same geometry with one bin holding every pixel whole.
         """
-        reach = 4.0 * (config.n_pixels_y + config.n_pixels_z + abs(config.bc_y_px)
-                       + abs(config.bc_z_px)) + 16.0  # fmt: skip
+        from radint.corrections import pixel_geometry
+
+        # The bin reaches past every pixel's farthest corner: the farthest centre plus the
+        # largest step in R between neighbouring centres along each axis (a corner lies half a
+        # step out along each). On a steep tilt R = Lsd tan 2θ runs far past the detector's size.
+        r = pixel_geometry(config, n_threads)["r_px"].reshape(config.shape)
+        finite = np.isfinite(r)
+        steps = [np.abs(np.diff(r, axis=a)) for a in (0, 1)]
+        step = sum(float(np.nanmax(d, initial=0.0)) for d in steps)
+        reach = float(np.nanmax(r, initial=0.0) if finite.any() else 0.0) + step + 16.0
         whole = config.replace(
             r_min_px=0.0, r_max_px=reach, r_bin_px=reach, eta_min_deg=-180.0,
             eta_max_deg=180.0, eta_bin_deg=360.0, q_min=0.0, q_max=0.0, q_bin=0.0,
@@ -397,8 +405,9 @@ class DetectorMap:
         per_entry = whole[self.pixel]
         if not (per_entry > 0).all():
             raise MapFormatError(
-                f"{self.origin}: {int((per_entry <= 0).sum())} entries belong to pixels of no "
-                "area in the one-bin map"
+                f"{self.origin}: pixel fractions: {int((per_entry <= 0).sum())} map entries "
+                "belong to pixels whose whole area measures 0 in this geometry "
+                "(DetectorMap.pixel_areas); use pixel_weights='area'"
             )
         m = DetectorMap.from_arrays(
             self.shape, self.r_edges_px, self.eta_edges_deg, self.indptr, self.pixel,

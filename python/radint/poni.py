@@ -509,8 +509,10 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     u = rot.T @ np.array([1.0, 0.0, 0.0])
     if u[2] <= 0:
         raise ParameterError(
-            f"{poni.get('source', 'PONI')}: the detector plane does not face the sample (rot1 "
-            f"{poni['rot1']:g} rad, rot2 {poni['rot2']:g} rad: tilted by 90° or more)"
+            f"{poni.get('source', 'PONI')}: the forward beam never meets the detector plane "
+            f"(rot1 {poni['rot1']:g} rad, rot2 {poni['rot2']:g} rad tilt it by 90° or more), so "
+            "MIDAS's Lsd and beam centre, which radint's geometry is built on, do not exist; "
+            "back-reflection geometries are not supported"
         )
     a1 = 0.5 * px - poni["poni1"]
     a2 = 0.5 * px - poni["poni2"]
