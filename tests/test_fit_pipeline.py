@@ -49,6 +49,28 @@ def test_fit_from_the_parameter_file(ring_config):
     assert Integrator(ring_config).integrate(frames[0]).peaks is None  # DoPeakFit 0
 
 
+def test_a_fit_dict_takes_the_parameter_files_fit_settings(ring_config):
+    """Found by a user check: ``fit={...}`` fitted with FitSpec's defaults (padding 20) where
+    the file said FitROIPadding 10 and ``--fit-peaks`` took 10: the same request gave other
+    areas, and two rings no peak, in Python."""
+    frames, _ = ring_frames(ring_config, 1)
+    cfg = ring_config.replace(
+        fit_roi_padding=10, fit_roi_auto=True, snip_iterations=30, doublet_separation=2.5
+    )
+    from_file = {"roi_padding": 10, "auto_roi": True, "snip_iterations": 30,
+                 "doublet_separation": 2.5}  # fmt: skip
+    assert FitSpec.config_settings(cfg) == from_file
+    integ = Integrator(cfg, fit={"positions_px": list(RING_R_PX)})
+    assert integ.fit == FitSpec(positions_px=tuple(RING_R_PX), **from_file)
+    given = Integrator(cfg, fit={"auto": 3, "roi_padding": 7}).fit
+    assert given == FitSpec(auto=3, **(from_file | {"roi_padding": 7}))
+    explicit = FitSpec(positions_px=tuple(RING_R_PX))  # an object is taken as it is
+    assert Integrator(cfg, fit=explicit).fit.roi_padding == explicit.roi_padding == 20
+    r = integ.integrate(frames[0])
+    cfg_fit = cfg.replace(do_peak_fit=True, peak_locations=tuple(RING_R_PX))
+    np.testing.assert_array_equal(r.peaks.area, Integrator(cfg_fit).integrate(frames[0]).peaks.area)
+
+
 def test_compat_fits_the_midas_model(ring_config):
     """compat='midas-cpu'/'midas-gpu' fit MIDAS's model (profile values at bin centres), also
     for a spec assigned later (live peak control); radint's own rules fit bin means."""

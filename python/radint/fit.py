@@ -1490,12 +1490,7 @@ class FitSpec:
         """
         if not config.do_peak_fit:
             return None
-        common: dict[str, Any] = {
-            "roi_padding": int(config.fit_roi_padding),
-            "auto_roi": bool(config.fit_roi_auto),
-            "snip_iterations": int(config.snip_iterations),
-            "doublet_separation": float(config.doublet_separation),
-        }
+        common = cls.config_settings(config)
         if config.auto_detect_peaks:
             return cls(auto=int(config.max_n_peaks), **common)
         if not config.peak_locations:
@@ -1511,10 +1506,23 @@ class FitSpec:
         # Sorted, as PeakFit.c orders its jobs (and so its fit.bin rows) by R.
         return cls(positions_px=tuple(sorted(map(float, config.peak_locations))), **common)
 
+    @staticmethod
+    def config_settings(config: IntegrationConfig) -> dict[str, Any]:
+        """How the parameter file fits, whichever peaks: ``FitROIPadding``, ``FitROIAuto``,
+        ``SNIPIterations`` and ``DoubletSeparation`` as FitSpec fields (their defaults where
+        the file does not set them)."""
+        return {
+            "roi_padding": int(config.fit_roi_padding),
+            "auto_roi": bool(config.fit_roi_auto),
+            "snip_iterations": int(config.snip_iterations),
+            "doublet_separation": float(config.doublet_separation),
+        }
+
     @classmethod
     def coerce(cls, value: Any, config: IntegrationConfig) -> FitSpec | None:
         """Accept ``"config"`` (the parameter file decides), None/False (no fitting), a FitSpec
-        or a dict of FitSpec fields."""
+        (taken as it is) or a dict of FitSpec fields (the fields it leaves out come from the
+        parameter file's fit keys, :meth:`config_settings`, as ``--fit-peaks`` takes them)."""
         if value is None or value is False:
             return None
         if isinstance(value, str):
@@ -1526,7 +1534,7 @@ class FitSpec:
         if isinstance(value, FitSpec):
             return value
         if isinstance(value, dict):
-            fields: dict[str, Any] = {
+            fields: dict[str, Any] = cls.config_settings(config) | {
                 k: tuple(v) if isinstance(v, list) else v for k, v in value.items()
             }
             try:

@@ -178,12 +178,7 @@ class PeakControl:
 
     # ------------------------------------------------------------------ helpers
     def _common(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "roi_padding": int(c.fit_roi_padding),
-            "auto_roi": bool(c.fit_roi_auto),
-            "snip_iterations": int(c.snip_iterations),
-        }
+        return FitSpec.config_settings(self.config)
 
     def _positions(self, r_px: list[float], append: bool, current: FitSpec | None) -> FitSpec:
         if not all(math.isfinite(r) and r > 0 for r in r_px):

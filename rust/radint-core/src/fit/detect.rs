@@ -1,11 +1,15 @@
 //! Automatic peak detection (spec §6.3): SNIP background, Savitzky–Golay curvature, prominence,
-//! minimum separation, greedy selection, fit on the background-subtracted lineout, width-outlier
-//! filter, keep the largest `max_peaks` by area.
+//! minimum separation, greedy selection, fit on the background-subtracted lineout, peaks the
+//! fits left in their residual added and refitted, width-outlier filter, keep the largest
+//! `max_peaks` by area.
 
 use rayon::prelude::*;
 
+use super::model::PeakTerms;
 use super::roi::bin_size;
-use super::{fit_curve_checked, validate_axis, validate_options, FitOptions, FitStatus, PeakFit};
+use super::{
+    bin_edges, fit_curve_checked, validate_axis, validate_options, FitOptions, FitStatus, PeakFit,
+};
 use crate::error::{Error, Result};
 
 /// `AutoDetectPeaks` settings.
@@ -275,11 +279,169 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let max_candidates = (3 * auto.max_peaks).min(x.len() / 2);
     let min_prominence = DETECTION_SIGMAS * noise_sigma(&corr_bridged);
     let cand = detect_candidates(&corr_bridged, max_candidates, min_sep, min_prominence);
-    let positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
-    let fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
+    let mut positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
+    let mut fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
+    let limits = (auto.max_peaks, bin, (x[0], x[x.len() - 1]));
+    if let Some(search) = ResidualSearch::new(x, &corr, &bridged, &background, min_prominence, opts)
+    {
+        for _ in 0..REFINE_ROUNDS {
+            let room = max_candidates.saturating_sub(positions.len());
+            let missed = search.candidates(&positions, &fits, min_sep, room);
+            if missed.is_empty() {
+                break;
+            }
+            let mut more = positions.clone();
+            more.extend(missed.iter().map(|&i| x[i]));
+            let refit = fit_curve_checked(x, &corr, &background, &more, bin, opts);
+            // Kept only when it adds a peak: a candidate that fits to nothing, or a refit that
+            // loses what the first fit found, leaves the first fit as it was.
+            if select_peaks(refit.clone(), limits).len() <= select_peaks(fits.clone(), limits).len()
+            {
+                break;
+            }
+            (positions, fits) = (more, refit);
+        }
+    }
     AutoFit {
         background,
-        peaks: select_peaks(fits, auto.max_peaks, bin, (x[0], x[x.len() - 1])),
+        peaks: select_peaks(fits, limits),
+    }
+}
+
+/// Rounds of looking for peaks the fits left in their residual (a second peak 1–2 FWHM from a
+/// stronger one has no maximum of its own on the smoothed curve: it was fitted into its
+/// neighbour as one broad peak, "converged"; MIDAS's maxima of −Δ² see such shoulders).
+const REFINE_ROUNDS: usize = 2;
+
+/// Smallest peak the residual search looks for, relative to the lineout's largest value: on
+/// (nearly) noise-free lineouts the 6 σ test alone would take the fits' own small misfits, and
+/// the job backgrounds they leave out, for peaks.
+const RESIDUAL_FLOOR: f64 = 0.01;
+
+/// The search for peaks the fits left in their residual `corr − Σ fitted peaks`.
+struct ResidualSearch<'a> {
+    x: &'a [f64],
+    /// Background-subtracted lineout, NaN where masked or empty.
+    corr: &'a [f64],
+    edges: Vec<(f64, f64)>,
+    bin_average: bool,
+    /// Prominence a residual peak needs, per bin: [`DETECTION_SIGMAS`] noise σ scaled for
+    /// counting statistics (variance ∝ level: `√max(1, y / median background)`, y binomially
+    /// smoothed), at least [`RESIDUAL_FLOOR`] of the largest value.
+    needed: Vec<f64>,
+}
+
+impl<'a> ResidualSearch<'a> {
+    /// `None` when the background is not positive (e.g. dark-subtracted to 0): the noise scale
+    /// says nothing then, and noise on a strong peak's flank would pass for a peak.
+    fn new(
+        x: &'a [f64],
+        corr: &'a [f64],
+        bridged: &[f64],
+        background: &[f64],
+        min_prominence: f64,
+        opts: &FitOptions,
+    ) -> Option<Self> {
+        let mut bg: Vec<f64> = background
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        if bg.is_empty() || x.len() < 5 {
+            return None;
+        }
+        let k = bg.len() / 2;
+        bg.select_nth_unstable_by(k, f64::total_cmp);
+        let level = bg[k];
+        let largest = corr
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let floor = RESIDUAL_FLOOR * largest;
+        (level > 0.0 && floor > 0.0).then(|| ResidualSearch {
+            x,
+            corr,
+            edges: bin_edges(x, bin_size(x)),
+            bin_average: opts.bin_average,
+            needed: binomial_smooth5(bridged)
+                .iter()
+                .map(|&v| (min_prominence * (v / level).max(1.0).sqrt()).max(floor))
+                .collect(),
+        })
+    }
+
+    /// Bins where the residual holds a peak of its own: a maximum of its SG7 curve standing
+    /// `needed` above its foot (as [`detect_candidates`] measures it), at least `min_sep` bins
+    /// from every position already tried, most significant first, at most `room`.
+    fn candidates(
+        &self,
+        positions: &[f64],
+        fits: &[PeakFit],
+        min_sep: usize,
+        room: usize,
+    ) -> Vec<usize> {
+        let (x, n) = (self.x, self.x.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let mut residual = self.corr.to_vec();
+        for fit in fits
+            .iter()
+            .filter(|f| f.status == FitStatus::Converged && f.area() > 0.0 && f.fwhm() > 0.0)
+        {
+            // The peak as the fit modelled it; beyond 20 FWHM its Lorentzian tail is < 1/1600
+            // of its height, far below what the search can see.
+            let peak = PeakTerms::new(&fit.values[..4]);
+            let reach = 20.0 * fit.fwhm();
+            let lo = x.partition_point(|&v| v < fit.center() - reach);
+            let hi = x.partition_point(|&v| v <= fit.center() + reach);
+            if self.bin_average && lo < hi {
+                // Neighbouring bins share an edge: each edge's terms are computed once.
+                let mut left = peak.edge(self.edges[lo].0);
+                for i in lo..hi {
+                    let (a, b) = self.edges[i];
+                    let right = peak.edge(b);
+                    residual[i] -= fit.area() * peak.bin_mean(&left, &right, 1.0 / (b - a));
+                    left = right;
+                }
+            } else if !self.bin_average {
+                for i in lo..hi {
+                    residual[i] -= fit.area() * peak.profile(x[i]);
+                }
+            }
+        }
+        // Masked bins take their neighbours' residual, not the bridged lineout's.
+        let residual = bridge_nan(&residual);
+        let taken: Vec<usize> = positions
+            .iter()
+            .map(|&p| x.partition_point(|&v| v < p).min(n - 1))
+            .collect();
+        let s = savgol_smooth7(&residual);
+        let smooth = binomial_smooth5(&residual);
+        let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
+        let mut cands: Vec<(f64, usize)> = (2..n - 2)
+            .filter(|&i| {
+                curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && residual[i] > 0.0
+            })
+            .filter(|&i| taken.iter().all(|&t| t.abs_diff(i) >= min_sep))
+            .map(|i| {
+                let z = significance(&s, &smooth, i, SIGNIFICANCE_WINDOW) / self.needed[i];
+                (z, i)
+            })
+            .filter(|&(z, _)| z >= 1.0)
+            .collect();
+        cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut chosen: Vec<usize> = Vec::new();
+        for (_, i) in cands {
+            if chosen.len() >= room {
+                break;
+            }
+            if chosen.iter().all(|&c| c.abs_diff(i) >= min_sep) {
+                chosen.push(i);
+            }
+        }
+        chosen
     }
 }
 
@@ -288,9 +450,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
 /// `max(5 · upper-median Γ, 2 · bin)`; keep the `max_peaks` largest areas, ordered by centre.
 fn select_peaks(
     fits: Vec<PeakFit>,
-    max_peaks: usize,
-    bin: f64,
-    x_range: (f64, f64),
+    (max_peaks, bin, x_range): (usize, f64, (f64, f64)),
 ) -> Vec<PeakFit> {
     let mut kept: Vec<PeakFit> = fits
         .into_iter()
