@@ -243,46 +243,59 @@ class Hdf5Source(FrameSource):
         """ReaderError naming a virtual dataset's missing source files (or datasets) and the
         frames they hold. Sources are looked up as HDF5 does: under ``HDF5_VDS_PREFIX``, beside
         the file holding the virtual dataset, then as written."""
-        here = Path(ds.file.filename).parent
         prefix = os.environ.get("HDF5_VDS_PREFIX", "")
         frame_axis = max(ds.ndim - 3, 0)
+        sources = ds.virtual_sources()
+        # A virtual dataset often maps every frame separately from a few files: each file is
+        # looked up and opened once (opened per mapping, 5 000 frames took 34 s).
+        by_file: dict[str, set[str]] = {}
+        for vs in sources:
+            by_file.setdefault(vs.file_name, set()).add(vs.dset_name)
+        problems: dict[tuple[str, str], str | None] = {}
+        for name, dset_names in by_file.items():
+            for dset_name, problem in self._source_problems(ds, name, dset_names, prefix).items():
+                problems[(name, dset_name)] = problem
         gone: dict[str, list[int]] = {}
-        for vs in ds.virtual_sources():
-            name = vs.file_name
-            if name == ".":
-                problem = None if vs.dset_name in ds.file else "dataset not in this file"
-            else:
-                written = Path(name)
-                if written.is_absolute():
-                    # An absolute source that moved with its master is found by its name
-                    # beside it (as HDF5 finds it).
-                    candidates = [written, *([Path(prefix) / written.name] if prefix else []),
-                                  here / written.name]  # fmt: skip
-                else:
-                    candidates = [*([Path(prefix) / written] if prefix else []), here / written,
-                                  written]  # fmt: skip
-                found = next((c for c in candidates if c.is_file()), None)
-                if found is None:
-                    problem = "file not found"
-                else:
-                    try:
-                        with h5py.File(found, "r") as src:
-                            ok = vs.dset_name in src
-                    except OSError as e:
-                        ok, problem = False, f"cannot open: {e}"
-                    else:
-                        problem = None if ok else f"no dataset {vs.dset_name}"
+        for vs in sources:
+            problem = problems[(vs.file_name, vs.dset_name)]
             if problem is None:
                 continue
             lo, hi = vs.vspace.get_select_bounds()
             frames = range(first_frame + lo[frame_axis], first_frame + hi[frame_axis] + 1)
-            gone.setdefault(f"{name} ({problem})", []).extend(frames)
+            gone.setdefault(f"{vs.file_name} ({problem})", []).extend(frames)
         if gone:
             detail = "; ".join(f"{src}: frames {_ranges(sorted(f))}" for src, f in gone.items())
             raise ReaderError(
                 f"{self.label}: virtual dataset sources missing, whose frames would read as "
                 f"fill values: {detail} (copy the data files with the master)"
             )
+
+    @staticmethod
+    def _source_problems(
+        ds: h5py.Dataset, name: str, dset_names: set[str], prefix: str
+    ) -> dict[str, str | None]:
+        """What is wrong with each of ``dset_names`` in the virtual source file ``name`` (None:
+        nothing), the file found as HDF5 finds it."""
+        if name == ".":
+            return {d: None if d in ds.file else "dataset not in this file" for d in dset_names}
+        here = Path(ds.file.filename).parent
+        written = Path(name)
+        if written.is_absolute():
+            # An absolute source that moved with its master is found by its name beside it
+            # (as HDF5 finds it).
+            candidates = [written, *([Path(prefix) / written.name] if prefix else []),
+                          here / written.name]  # fmt: skip
+        else:
+            candidates = [*([Path(prefix) / written] if prefix else []), here / written,
+                          written]  # fmt: skip
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            return dict.fromkeys(dset_names, "file not found")
+        try:
+            with h5py.File(found, "r") as src:
+                return {d: None if d in src else f"no dataset {d}" for d in dset_names}
+        except OSError as e:
+            return dict.fromkeys(dset_names, f"cannot open: {e}")
 
     def _check_written(self) -> None:
         """ReaderError naming the frames whose chunks were never written (a killed writer's
