@@ -1240,6 +1240,17 @@ def test_read_nexus_keeps_the_count_dtype(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.count, np.broadcast_to(res.count, back.count.shape))
 
 
+def test_read_nexus_of_a_file_already_open_in_h5py(tmp_path: Path) -> None:
+    """Found by a user check: a file open in the same process (a notebook's ``h5py.File``)
+    failed read_nexus ("SWMR read access flag not the same for file that is already open")."""
+    res = make_result(n_frames=2)
+    path = write_nexus(res, tmp_path / "open.h5")
+    with h5py.File(path, "r") as f:
+        back = read_nexus(path)
+        assert f["entry"] is not None  # the caller's handle still works
+    np.testing.assert_array_equal(back.cake, res.cake)
+
+
 @pytest.mark.parametrize("backend", ["hdf5", "zarr"])
 def test_read_nexus_reads_only_the_frames_asked_for(tmp_path: Path, backend: str) -> None:
     """Scale audit: plotting one frame of a 4 GB result read all of it (10 GB RSS). With

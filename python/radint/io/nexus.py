@@ -1603,9 +1603,14 @@ def open_result(path: str | Path) -> Iterator[Any]:
             try:
                 root = h5py.File(path, "r", swmr=True)
             except OSError as e:
-                if not isinstance(e, BlockingIOError) and "lock" not in str(e):
+                if "SWMR read access flag" in str(e):
+                    # Open in this process already without SWMR (a notebook's own h5py.File):
+                    # HDF5 shares that open file, in its mode.
+                    root = h5py.File(path, "r")
+                elif isinstance(e, BlockingIOError) or "lock" in str(e):
+                    root = h5py.File(path, "r", locking=False, swmr=True)
+                else:
                     raise
-                root = h5py.File(path, "r", locking=False, swmr=True)
     except (OSError, ValueError) as e:
         raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
     try:
