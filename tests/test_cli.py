@@ -731,3 +731,21 @@ def test_map_refuses_a_map_no_pixel_reaches(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no detector pixel reaches a bin" in err and "check EtaMin/EtaMax" in err
     assert not (out / "Map.bin").exists()
+
+
+def test_a_second_interrupt_lets_the_clean_up_finish_and_a_third_stops_it(capfd):
+    """Found by a user check: an impatient second Ctrl-C during a batch's clean-up left output
+    sets half renamed and .partial files behind (and could hang the process at exit) under a
+    message saying all was removed. The second signal is only answered; a third stops at once
+    (the first may have landed where Python drops it)."""
+    import signal
+
+    from radint import cli
+
+    cli._SIGNALS["count"] = 0
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        cli._interrupt(signal.SIGINT, None)
+    cli._interrupt(signal.SIGTERM, None)  # returns
+    assert "still stopping: unfinished outputs are being removed" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        cli._interrupt(signal.SIGINT, None)

@@ -1803,7 +1803,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How many SIGINT / SIGTERM the running command has had.
+_SIGNALS: dict[str, int] = {"count": 0}
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    """The first SIGINT or SIGTERM stops the command as Ctrl-C does. The second must not cut
+    its clean-up short (an impatient second Ctrl-C left output sets half renamed and .partial
+    files behind, and sometimes a process hung at exit, under a message saying all was
+    removed): it is only answered. A third stops at once, clean-up or not (the first may have
+    landed where Python drops it, in a finalizer)."""
+    _SIGNALS["count"] += 1
+    if _SIGNALS["count"] == 2:
+        with contextlib.suppress(OSError):
+            os.write(2, b"radint: still stopping: unfinished outputs are being removed "
+                        b"(Ctrl-C again stops at once and may leave them)\n")  # fmt: skip
+        return
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -1887,10 +1902,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    handlers = {}
     if args.command in ("integrate", "batch"):
         # SLURM's scancel / timeout and `kill` send SIGTERM: stop as Ctrl-C does, so files in
         # progress are removed and the summary still prints.
-        signal.signal(signal.SIGTERM, _interrupt)
+        _SIGNALS["count"] = 0
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not `cmd &`'s ignore
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -1917,6 +1936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f"cannot write to {Path(str(e.filename)).parent}: "
         print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in handlers.items():  # main() called from Python leaves them
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
