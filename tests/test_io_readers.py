@@ -15,7 +15,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.storage import ZipStore
 
-from radint.io import ReaderError, count_frames, read_dark, read_frames
+from radint.io import ReaderError, count_frames, open_frames, read_dark, read_frames
 
 RNG = np.random.default_rng(1234)
 STACK = RNG.integers(0, 60000, size=(4, 12, 9), dtype=np.uint16)
@@ -598,6 +598,26 @@ def test_hdf5_virtual_dataset_mapped_frame_by_frame_opens_each_source_once(
     with pytest.raises(ReaderError, match=r"src\.h5 \(no dataset nodata\): frames 7\.\.8, 30"):
         frames_of(tmp_path / "master.h5")
     assert opened.count("src.h5") == 1
+
+
+def test_hdf5_damaged_chunk_names_its_frame(tmp_path: Path) -> None:
+    """Found by a user check: a damaged chunk of one frame failed the block read, and the
+    message named all the block's frames (8..15 for frame 13)."""
+    stack = np.stack([STACK[0]] * 20)
+    path = tmp_path / "gz.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exchange/data", data=stack, chunks=(1, *stack.shape[1:]),
+                         compression="gzip")  # fmt: skip
+    with h5py.File(path) as f:
+        info = f["exchange/data"].id.get_chunk_info(13)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset : info.byte_offset + info.size] = bytes(info.size)
+    path.write_bytes(raw)
+    with open_frames(path) as src, pytest.raises(ReaderError) as e:
+        src.read_block(8, 16)
+    assert ": cannot read frame 13: " in str(e.value), e.value
+    with open_frames(path) as src:
+        np.testing.assert_array_equal(src.read_block(0, 8), stack[:8])
 
 
 def test_hdf5_frames_never_written_are_errors(tmp_path: Path) -> None:

@@ -360,11 +360,27 @@ class Hdf5Source(FrameSource):
                 ds.read_direct(
                     out[lo - start : hi - start], np.s_[lo - self._starts[k] : hi - self._starts[k]]
                 )
-            except OSError as exc:
-                raise ReaderError(
-                    f"{self.label}: cannot read {self._where(k, lo, hi - 1)}: {exc}"
-                ) from exc
+            except OSError:
+                self._read_one_by_one(k, lo, hi, out[lo - start : hi - start])
         return out
+
+    def _read_one_by_one(self, k: int, lo: int, hi: int, out: np.ndarray) -> None:
+        """Frames ``lo .. hi-1`` of dataset ``k`` read one at a time after the block read
+        failed: a ReaderError names the frames that cannot be read (a damaged chunk of one
+        frame was reported as the whole block's frames)."""
+        bad: list[int] = []
+        first_error: OSError | None = None
+        for index in range(lo, hi):
+            i = index - self._starts[k]
+            try:
+                self._parts[k].read_direct(out[index - lo : index - lo + 1], np.s_[i : i + 1])
+            except OSError as exc:
+                bad.append(index)
+                first_error = first_error or exc
+        if first_error is not None:
+            where = (self._where(k, bad[0], bad[0]) if len(bad) == 1
+                     else f"frames {_ranges(bad)}")  # fmt: skip
+            raise ReaderError(f"{self.label}: cannot read {where}: {first_error}") from first_error
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""
