@@ -731,6 +731,14 @@ def test_map_refuses_a_map_no_pixel_reaches(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no detector pixel reaches a bin" in err and "check EtaMin/EtaMax" in err
     assert not (out / "Map.bin").exists()
+    # integrate and batch refuse it too, and leave no -o folder with a cached map behind.
+    frame = EXAMPLES / "ceo2_pilatus.tif"
+    for command in ("integrate", "batch"):
+        out = tmp_path / command
+        assert main([command, params, str(frame), "RMin", "2000", "RMax", "3000",
+                     "-o", str(out)]) == 2  # fmt: skip
+        assert "no detector pixel reaches a bin" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_a_second_interrupt_lets_the_clean_up_finish_and_a_third_stops_it(capfd):

@@ -691,6 +691,8 @@ class DetectorMap:
             except MapFormatError as e:
                 log.warning("rebuilding detector map: %s", e)
         m = cls.build(config, n_threads=n_threads)
+        if m.n_entries == 0:
+            return m  # refused by its user (check_not_empty): no cache, no output folder
         try:
             m.save(path)
             log.info("saved detector map cache %s", path)

@@ -1117,6 +1117,7 @@ def run_batch(
         detector_map = DetectorMap.load_midas(midas_map, config, n_threads=build_threads)
     else:
         detector_map = DetectorMap.cached(config, cache, n_threads=build_threads)
+    detector_map.check_not_empty(config, build_threads)  # before the output folder is made
     if dask or n_procs > 1:
         # Other processes build their Integrators, where a refused setup (no pixel left to
         # integrate, an all-NaN dark) read as workers that died: refused here first, once.
