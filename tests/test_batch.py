@@ -543,6 +543,7 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, ca
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "would overwrite the input" in err and str(data) in err
+        assert err.rstrip().endswith("To fix: write to another directory (-o DIR)")
         assert data.read_bytes() == before
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
@@ -550,11 +551,15 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, small_config, ca
     out = tmp_path / "out"
     assert main(["batch", str(params), str(tmp_path / "a" / "x.tif"), str(tmp_path / "b" / "x.tif"),
                  "-o", str(out)]) == 2  # fmt: skip
-    assert "would be written for both" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "would be written for both" in err
+    # The advice fits the problem (it offered -outName, which takes a single input, here).
+    assert "separate runs, each with its own -o DIR" in err and "another directory" not in err
     assert not out.exists()
     a = str(tmp_path / "a" / "x.tif")
     assert main(["batch", str(params), a, a, "-o", str(out)]) == 2
-    assert "is given twice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is given twice" in err and err.rstrip().endswith("To fix: give each file once")
     assert main(["batch", str(params), a, "-outName", "sub/y", "-o", str(out)]) == 2
     assert "is a path, not a file stem" in capsys.readouterr().err
     assert not out.exists()

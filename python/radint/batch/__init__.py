@@ -400,6 +400,9 @@ def check_outputs(
     read = _files_read(config, dark)
     writers: dict[Path, int] = {}
     problems: list[str] = []
+    # What to do about them, once each, in the order met.
+    other_dir = "write to another directory (-o DIR)"
+    hints: dict[str, None] = {}
     for k, (path, name) in enumerate(zip(paths, names, strict=True)):
         if name is not None and Path(name).name != name:
             problems.append(f"output name {name!r} is a path, not a file stem (-o sets the folder)")
@@ -410,22 +413,28 @@ def check_outputs(
             first = writers.setdefault(out, k)
             if out in inputs:
                 problems.append(f"{out} would overwrite the input {inputs[out]}")
+                hints[other_dir] = None
             elif out in read:
                 problems.append(f"{out} would overwrite {read[out]}, which this run reads")
+                hints[other_dir] = None
             elif (why := refusal(out, fmt)) is not None:
                 problems.append(f"{out} {why}")
+                hints[other_dir] = None
             elif first != k and resolved[first] == resolved[k]:
                 problems.append(f"{path} is given twice (its outputs would be written twice)")
+                hints["give each file once"] = None
                 break
             elif first != k:
                 problems.append(f"{out} would be written for both {paths[first]} and {path}")
+                hints["integrate files of the same name in separate runs, each with its own "
+                      "-o DIR (or name a single file's output with -outName)"] = None  # fmt: skip
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
+        advice = "; ".join(hints)
         raise InvalidInputError(
-            f"outputs refused: {shown}. Write to another directory (-o DIR), give each file "
-            "once, or with radint batch name one file's output (-outName)"
+            f"outputs refused: {shown}" + (f". To fix: {advice}" if advice else "")
         )
 
 
