@@ -22,7 +22,19 @@ def test_map_info_integrate(tmp_path, capsys):
     assert main(["info", params, data, "RBinSize", "4"]) == 0
     assert "3 frame(s) of (1679, 1475) uint16; fits" in " ".join(capsys.readouterr().out.split())
     assert main(["info", params, data, "NrPixelsY", "1000"]) == 1
+    assert main(["info", params, data, "NrPixelsY", "1679", "NrPixelsZ", "1475"]) == 1
+    assert "are NrPixelsY and NrPixelsZ swapped?" in " ".join(capsys.readouterr().out.split())
     assert main(["info", params, str(tmp_path / "missing.h5")]) == 1
+    # A TIFF cut short behind its header: info says so, as integrate refuses it (info said it
+    # fits; found by a user check).
+    import tifffile
+
+    cut = tmp_path / "cut.tif"
+    tifffile.imwrite(cut, tifffile.imread(data, key=0))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["info", params, str(cut)]) == 1
+    assert "frame 0 is truncated" in " ".join(capsys.readouterr().out.split())
     args = ["integrate", params, data, "RBinSize", "2", "-o", str(tmp_path), "--format", "nexus,xy"]
     assert main(args) == 0
     with h5py.File(tmp_path / "ceo2_pilatus.h5") as f:

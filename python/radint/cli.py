@@ -525,17 +525,20 @@ def _describe_data(
     for path in paths:
         try:
             with _open_input(path, config, dataset, raw_dtype) as source:
+                _check_first_frame_extent(source, path)  # as integrate checks it
                 shape = tuple(source.frame_shape)
                 fits = shape == config.shape
                 bad += not fits
                 dtype: object = source.dtype
                 if dtype is None and source.n_frames:  # EDF/CBF: a type per frame
                     dtype = f"{source.read(0).dtype} (frame 0; each frame has its own)"
+                swapped = " (its transpose: are NrPixelsY and NrPixelsZ swapped?)"
                 console.print(
                     f"data {source.label}: {type(source).__name__.removesuffix('Source')}, "
                     f"{source.n_frames} frame(s) of {shape} {dtype}; "
                     + ("fits NrPixelsZ x NrPixelsY" if fits else
-                       f"[red]NrPixelsZ x NrPixelsY is {config.shape}[/red]")
+                       f"[red]NrPixelsZ x NrPixelsY is {config.shape}"
+                       f"{swapped if shape == config.shape[::-1] else ''}[/red]")
                 )  # fmt: skip
         except (ReaderError, ImportError, OSError) as e:
             bad += 1
