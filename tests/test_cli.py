@@ -769,3 +769,18 @@ def test_a_second_interrupt_lets_the_clean_up_finish_and_a_third_stops_it(capfd)
     assert "still stopping: unfinished outputs are being removed" in capfd.readouterr().err
     with pytest.raises(KeyboardInterrupt, match="SIGINT"):
         cli._interrupt(signal.SIGINT, None)
+
+
+def test_integrate_off_a_terminal_prints_progress_lines(tmp_path, capsys, monkeypatch):
+    """Found by a user check: off a terminal (a batch job's log) a 5 000-frame file ran 105 s
+    without a line; progress now comes every HEARTBEAT_S there."""
+    from radint import cli
+
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.0)
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "radint integrate: 3 frames in" in out and "0/1 file(s) done" in out
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path / "q"), "-q"]) == 0
+    assert "frames in" not in capsys.readouterr().out

@@ -270,7 +270,7 @@ def _read_config(
     missing = [keys[0] for keys in _GEOMETRY_KEYS if not any(k in config.set_at for k in keys)]
     if missing:
         log.warning(
-            "%s: no %s given; using the defaults (%s), which describe no real detector",
+            "%s: no %s given; using the defaults (%s), which describe no real setup",
             params, ", ".join(missing),
             ", ".join(f"{k} {_default_text(config, k)}" for k in missing),
         )  # fmt: skip
@@ -314,6 +314,10 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
 
 #: Output formats that hold fitted peaks.
 _FIT_FORMATS = ("peaks", "fit", "fit_per_eta", "caked_peaks", "peaks_per_eta")
+
+
+#: Seconds between progress lines off a terminal, where the progress bars are off.
+HEARTBEAT_S = 30.0
 
 
 def _progress(columns: tuple, quiet: bool) -> Any:
@@ -708,10 +712,19 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         # Frames as they are integrated: a file of thousands of frames moves this one.
         frames_task = progress.add_task("frames", total=None)
 
+        # Off a terminal (a batch job's log, nohup) the bars are off: a line every
+        # HEARTBEAT_S instead, so a file of thousands of frames does not look stuck.
+        heartbeat = {"next": t0 + HEARTBEAT_S if not (args.quiet or sys.stdout.isatty()) else None}
+
         def on_frames(n: int) -> None:
             done = progress.tasks[frames_task].completed + n
-            rate = done / max(time.perf_counter() - t0, 1e-9)
+            now = time.perf_counter()
+            rate = done / max(now - t0, 1e-9)
             progress.update(frames_task, completed=done, description=f"frames ({rate:.1f}/s)")
+            if heartbeat["next"] is not None and now >= heartbeat["next"]:
+                heartbeat["next"] = now + HEARTBEAT_S
+                print(f"radint integrate: {int(done)} frames in {now - t0:.0f} s ({rate:.1f}/s), "
+                      f"{n_done}/{len(paths)} file(s) done", flush=True)  # fmt: skip
 
         def say(line: str) -> None:
             if not args.quiet:
