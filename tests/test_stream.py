@@ -38,7 +38,7 @@ from radint.stream.protocol import (
     sender_encoding,
 )
 from radint.stream.sender import expand_inputs, iter_file_frames
-from radint.stream.sources import FramePool, decompress_ndarray
+from radint.stream.sources import FramePool, SourceStats, decompress_ndarray
 
 NY, NZ = 64, 48
 DETECTOR = f"""
@@ -598,6 +598,25 @@ def test_disconnect_mid_frame_discarded_other_clients_served(integrator, tmp_pat
     rows = stream_rows(tmp_path / "stream.h5")
     assert sorted(rows["frame_id"].tolist()) == [0, 0, 1, 2, 3, 4, 5]
     assert len(set(rows["source"].tolist())) == 2  # the id plus the client name is unique
+
+
+def test_a_hybrid_frame_with_a_bad_index_is_dropped_and_the_connection_goes_on(
+    integrator, tmp_path, caplog
+):
+    """Found by a stream check: a complete hybrid frame whose pixel index is out of range
+    closed the connection as misaligned, and it and the frames after it were in no counter.
+    Its size is known, so it is counted as dropped and the next frames are read."""
+    p, src = start_pipeline(integrator, tmp_path)
+    bad = struct.pack("<HHI", 1, 6, 1) + b"\x00" * (2 * N_PIX) + struct.pack("<iq", N_PIX, 7)
+    s = connect(src.port)
+    s.sendall(encode_frame_bytes(0, frame(0)) + bad + encode_frame_bytes(2, frame(2)))
+    s.close()
+    assert wait_for(lambda: p.written == 2)
+    summary = finish(p)
+    assert (summary.received, summary.written, summary.dropped) == (3, 2, 1)
+    assert summary.bad_connections == 0
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0, 2]
+    assert "dataset_num 1: hybrid index out of range" in caplog.text
 
 
 def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator, tmp_path, caplog):
@@ -1487,7 +1506,26 @@ class FakeChannel:
             self.cb(FakePv(uniqueId=0, value=[{}], dimension=[], codec={"name": ""}))
 
     def stopMonitor(self):
-        pass
+        self.stopped = True
+
+    def unsubscribe(self, name):
+        assert name == "radint"
+        self.cb = None
+
+
+def test_pva_source_stop_releases_its_channel():
+    """Found with a real pvAccess server: after a clean stop the process aborted at exit
+    ("FATAL: exception not rethrown", exit 134) in 13 of 21 runs: the channel, its monitor
+    subscription and callbacks lived into interpreter shutdown. stop() now unsubscribes and
+    lets the channel go while Python is whole."""
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+    src.start(lambda item: True, SourceStats())
+    src.stop()
+    assert chan["c"].stopped and chan["c"].cb is None and src._channel is None
+    src.stop()  # twice is harmless
 
 
 def test_pva_shape_dtype_gaps_and_full_queue(integrator, tmp_path):

@@ -188,6 +188,11 @@ class Source(ABC):
 
 
 # --------------------------------------------------------------------------------- TCP
+class _BadFrame(ProtocolError):
+    """A frame read whole whose contents are invalid (a hybrid frame's pixel index out of
+    range): dropped, and the connection goes on (its size was known, the stream is aligned)."""
+
+
 class _Closed(Exception):
     """The peer closed the connection (or the server is stopping)."""
 
@@ -360,6 +365,12 @@ class TcpSource(Source):
                 num, code = HEADER.unpack(header)
                 try:
                     data, _ = self._read_payload(conn, code, drain_until)
+                except _BadFrame as e:
+                    stats.add("received")
+                    stats.add("dropped")
+                    log.error("%s: dataset_num %d: %s; frame dropped (read whole: the stream "
+                              "stays aligned)", label, num, e)  # fmt: skip
+                    continue
                 except ProtocolError as e:
                     stats.add("bad_connections")
                     hint = (
@@ -448,7 +459,10 @@ class TcpSource(Source):
             raise ProtocolError(f"hybrid overflow count {count} exceeds {self.n_pixels} pixels")
         body = bytearray(2 * self.n_pixels + 12 * count)
         self._recv_exact(conn, memoryview(body), drain_until)
-        return decode_hybrid(count, body, self.n_pixels), HYBRID_COUNT.size + len(body)
+        try:
+            return decode_hybrid(count, body, self.n_pixels), HYBRID_COUNT.size + len(body)
+        except ProtocolError as e:
+            raise _BadFrame(str(e)) from e
 
     def stop(self) -> None:
         self._drain_until = time.monotonic() + DRAIN_S
@@ -991,6 +1005,11 @@ class PvaSource(Source):
                 self._channel.stopMonitor()
             except Exception as e:
                 log.debug("pva: stopMonitor: %s", e)
+            try:
+                self._channel.unsubscribe("radint")
+            except Exception as e:
+                log.debug("pva: unsubscribe: %s", e)
+            self._channel = None
 
     def join(self, timeout: float | None = None) -> None:
         return None
