@@ -820,10 +820,15 @@ def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
     ge.write_bytes(b"\0" * 8192 + np.full((2, rows, cols), 7, "<u2").tobytes())
     raw = d / "dark.raw"
     np.full((rows, cols), 7, "<u2").tofile(raw)
+    # MIDAS's dark_avg.bin is int64 whatever the frames' type (found by a user check: with
+    # uint16 frames its bytes were read as 4 uint16 frames, averaged, without a word).
+    raw64 = d / "dark_avg.bin"
+    np.full((rows, cols), 7, "<i8").tofile(raw64)
     want = main(["integrate", str(params), str(files[0]), "-o", str(d / "nodark"), "-q"])
     assert want == 0
-    for dark, extra in ((ge, []), (raw, ["--raw-dtype", "uint16"])):
-        out = d / f"with_{dark.suffix[1:]}"
+    for dark, extra in ((ge, []), (raw, ["--raw-dtype", "uint16"]),
+                        (raw64, ["--raw-dtype", "uint16", "--dark-dtype", "int64"])):  # fmt: skip
+        out = d / f"with_{dark.name}"
         assert main(["batch", str(params), str(files[0]), "--dark", str(dark), "-o", str(out),
                      "-q", *extra]) == 0  # fmt: skip
         with h5py.File(out / f"{files[0].stem}.h5") as f, \

@@ -204,15 +204,19 @@ def _read_dark(
     path: str | None, dataset: str | None, config: IntegrationConfig, raw_dtype: str | None
 ) -> np.ndarray | None:
     """The mean dark of ``path`` (None without one), read as the data are: GE and raw darks at
-    the detector's shape (raw ones in ``--raw-dtype``), every other format checked against
-    it, so a wrong dark fails once, naming its file, before any data file is read."""
+    the detector's shape (raw ones in ``raw_dtype``: ``--dark-dtype``, else ``--raw-dtype``),
+    every other format checked against it, so a wrong dark fails once, naming its file, before
+    any data file is read."""
     from radint.io import read_dark
 
     if not path:
         return None
     raw = Path(path).suffix.lower() in (".raw", ".bin")
     if raw and raw_dtype is None:
-        raise RadintError(f"{path}: a raw dark needs its pixel type: --raw-dtype, e.g. uint16")
+        raise RadintError(
+            f"{path}: a raw dark needs its pixel type: --dark-dtype (default: --raw-dtype), "
+            "e.g. int64 for MIDAS's dark_avg.bin"
+        )
     from radint.io.errors import ReaderError
 
     try:
@@ -692,7 +696,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     dark_path = _dark_path(args.dark, config, args.params, paths)
     check_outputs(paths, out_dir, formats, config=config, dark=dark_path)
     _check_run(paths, out_dir, formats, inputs_must_exist=True)
-    dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
+    dark = _read_dark(dark_path, args.dark_dataset, config, args.dark_dtype or args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
@@ -900,7 +904,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
     dark_path = _dark_path(args.darkFN, config, params, paths)
-    dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype)
+    dark = _read_dark(dark_path, args.darkLoc, config, args.dark_dtype or args.raw_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
@@ -1521,6 +1525,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
     p.add_argument(
+        "--dark-dtype", type=_pixel_dtype, default=None,
+        help="pixel type of a raw (.raw/.bin) dark when it differs from the frames', e.g. int64 "
+        "for MIDAS's dark_avg.bin (default: --raw-dtype)",
+    )  # fmt: skip
+    p.add_argument(
         "--skip-existing",
         dest="skip_existing",
         action="store_true",
@@ -1570,6 +1579,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads per process",
     )  # fmt: skip
     p.add_argument("--raw-dtype", type=_pixel_dtype, default=None, help=RAW_DTYPE_HELP)
+    p.add_argument(
+        "--dark-dtype", type=_pixel_dtype, default=None,
+        help="pixel type of a raw (.raw/.bin) dark when it differs from the frames', e.g. int64 "
+        "for MIDAS's dark_avg.bin (default: --raw-dtype)",
+    )  # fmt: skip
     p.add_argument("-writeMat", type=int, default=0, help="1: also write .mat")
     p.add_argument(
         "-skipExisting",
@@ -1708,7 +1722,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--dark-dataset", default=None, help="HDF5 dataset of the dark")
     p.add_argument(
-        "--raw-dtype", type=_pixel_dtype, default=None,
+        "--dark-dtype", "--raw-dtype", dest="raw_dtype", type=_pixel_dtype, default=None,
         help="pixel type of a raw (.bin/.raw) dark, e.g. int64 for the GPU program's "
         "dark_avg.bin (frames of NrPixelsZ x NrPixelsY, averaged)",
     )  # fmt: skip

@@ -221,17 +221,42 @@ fn fit_curve_checked(
     bin: f64,
     opts: &FitOptions,
 ) -> Vec<PeakFit> {
-    let jobs = plan_jobs(
-        x,
-        y,
-        positions,
-        opts.roi_padding,
-        opts.auto_roi,
-        opts.max_peaks_per_job,
-    );
+    refit_curve_checked(x, y, offset, positions, bin, opts, None)
+}
+
+/// [`fit_curve_checked`] of `positions` that extend the positions of an earlier fit
+/// (`earlier`: their count and fits, in the same slots): a job planned exactly as before, with
+/// none of the new positions, keeps its earlier fits (the same bits a new fit would give), so
+/// positions added in one place refit only the jobs they join.
+pub(crate) fn refit_curve_checked(
+    x: &[f64],
+    y: &[f64],
+    offset: &[f64],
+    positions: &[f64],
+    bin: f64,
+    opts: &FitOptions,
+    earlier: Option<&[PeakFit]>,
+) -> Vec<PeakFit> {
+    let plan = |positions: &[f64]| {
+        plan_jobs(
+            x,
+            y,
+            positions,
+            opts.roi_padding,
+            opts.auto_roi,
+            opts.max_peaks_per_job,
+        )
+    };
+    let jobs = plan(positions);
+    let kept_jobs = earlier.map_or_else(Vec::new, |fits| plan(&positions[..fits.len()]));
     let fitted: Vec<Vec<(usize, PeakFit)>> = jobs
         .par_iter()
-        .map(|job| fit_job(x, y, offset, job, bin, opts))
+        .map(|job| match earlier {
+            Some(fits) if kept_jobs.contains(job) => {
+                job.peaks.iter().map(|p| (p.slot, fits[p.slot])).collect()
+            }
+            _ => fit_job(x, y, offset, job, bin, opts),
+        })
         .collect();
     let mut out = vec![PeakFit::failed(FitStatus::OutOfRange, 0); positions.len()];
     for (slot, fit) in fitted.into_iter().flatten() {

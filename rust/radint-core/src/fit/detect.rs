@@ -8,7 +8,8 @@ use rayon::prelude::*;
 use super::model::PeakTerms;
 use super::roi::bin_size;
 use super::{
-    bin_edges, fit_curve_checked, validate_axis, validate_options, FitOptions, FitStatus, PeakFit,
+    bin_edges, fit_curve_checked, refit_curve_checked, validate_axis, validate_options, FitOptions,
+    FitStatus, PeakFit, COL_ETA,
 };
 use crate::error::{Error, Result};
 
@@ -170,15 +171,21 @@ pub fn detect_candidates(
     let s = savgol_smooth7(corr);
     let smooth = binomial_smooth5(corr);
     let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
-    let mut cands: Vec<(f64, usize)> = (2..n - 2)
+    let cands: Vec<(f64, usize)> = (2..n - 2)
         .filter(|&i| curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && corr[i] > 0.0)
         .filter(|&i| significance(&s, &smooth, i, SIGNIFICANCE_WINDOW) >= min_prominence)
         .map(|i| (prominence(&s, i, min_sep), i))
         .collect();
+    best_spaced(cands, max_candidates, min_sep)
+}
+
+/// Greedy pick of `(score, index)` candidates, best score first (ties: lower index), each at
+/// least `min_sep` bins from those picked before, at most `limit`.
+fn best_spaced(mut cands: Vec<(f64, usize)>, limit: usize, min_sep: usize) -> Vec<usize> {
     cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut chosen: Vec<usize> = Vec::new();
     for (_, i) in cands {
-        if chosen.len() >= max_candidates {
+        if chosen.len() >= limit {
             break;
         }
         if chosen.iter().all(|&c| c.abs_diff(i) >= min_sep) {
@@ -282,8 +289,15 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let mut positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
     let mut fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
     let limits = (auto.max_peaks, bin, (x[0], x[x.len() - 1]));
-    if let Some(search) = ResidualSearch::new(x, &corr, &bridged, &background, min_prominence, opts)
-    {
+    let search = ResidualSearch::new(
+        x,
+        (&corr, &corr_bridged),
+        &bridged,
+        &background,
+        min_prominence,
+        opts,
+    );
+    if let Some(search) = search {
         for _ in 0..REFINE_ROUNDS {
             let room = max_candidates.saturating_sub(positions.len());
             let missed = search.candidates(&positions, &fits, min_sep, room);
@@ -292,11 +306,13 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
             }
             let mut more = positions.clone();
             more.extend(missed.iter().map(|&i| x[i]));
-            let refit = fit_curve_checked(x, &corr, &background, &more, bin, opts);
-            // Kept only when it adds a peak: a candidate that fits to nothing, or a refit that
-            // loses what the first fit found, leaves the first fit as it was.
-            if select_peaks(refit.clone(), limits).len() <= select_peaks(fits.clone(), limits).len()
-            {
+            let refit = refit_curve_checked(x, &corr, &background, &more, bin, opts, Some(&fits));
+            // Kept only when it adds a distinct peak (counted before `max_peaks` keeps the
+            // largest): a candidate that fits to nothing, a refit that loses what the first fit
+            // found, or one that splits a peak into a pair or a spike, leaves the first fit.
+            let all = (usize::MAX, bin, limits.2);
+            let kept = select_peaks(refit.clone(), all);
+            if kept.len() <= select_peaks(fits.clone(), all).len() || !distinct(&kept, bin) {
                 break;
             }
             (positions, fits) = (more, refit);
@@ -312,6 +328,10 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
 /// stronger one has no maximum of its own on the smoothed curve: it was fitted into its
 /// neighbour as one broad peak, "converged"; MIDAS's maxima of −Δ² see such shoulders).
 const REFINE_ROUNDS: usize = 2;
+
+/// Smallest peak the residual search looks for, relative to the fitted peaks' height within
+/// [`SIGNIFICANCE_WINDOW`] bins: a strong peak's model misfit is a few % of it.
+const RESIDUAL_NEAR: f64 = 0.03;
 
 /// Smallest peak the residual search looks for, relative to the lineout's largest value: on
 /// (nearly) noise-free lineouts the 6 σ test alone would take the fits' own small misfits, and
@@ -329,14 +349,26 @@ struct ResidualSearch<'a> {
     /// counting statistics (variance ∝ level: `√max(1, y / median background)`, y binomially
     /// smoothed), at least [`RESIDUAL_FLOOR`] of the largest value.
     needed: Vec<f64>,
+    /// Bins where the lineout itself has a peak of curvature (MIDAS's candidates: maxima of
+    /// −Δ² of its SG7 curve) standing [`CURVATURE_SIGMAS`] above the noise there. A second
+    /// peak has one even as a shoulder without a maximum of its own; what a symmetric model
+    /// leaves of an asymmetric peak (a tail, a steeper side) has none: the lineout is convex
+    /// there. Only residual peaks at such a bin count.
+    shoulders: Vec<bool>,
 }
+
+/// Curvature, in noise σ of −Δ² of the SG7 curve, that a shoulder needs (see
+/// `ResidualSearch::shoulders`).
+const CURVATURE_SIGMAS: f64 = 3.0;
+/// ‖SG7 ∗ (−1, 2, −1)‖₂: the noise σ of −Δ² of the SG7 curve per noise σ of the lineout.
+const CURVATURE_NOISE: f64 = 0.534_522_483_824_848_7;
 
 impl<'a> ResidualSearch<'a> {
     /// `None` when the background is not positive (e.g. dark-subtracted to 0): the noise scale
     /// says nothing then, and noise on a strong peak's flank would pass for a peak.
     fn new(
         x: &'a [f64],
-        corr: &'a [f64],
+        (corr, corr_bridged): (&'a [f64], &[f64]),
         bridged: &[f64],
         background: &[f64],
         min_prominence: f64,
@@ -359,21 +391,50 @@ impl<'a> ResidualSearch<'a> {
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max);
         let floor = RESIDUAL_FLOOR * largest;
-        (level > 0.0 && floor > 0.0).then(|| ResidualSearch {
+        if !(level > 0.0 && floor > 0.0) {
+            return None;
+        }
+        let scale: Vec<f64> = binomial_smooth5(bridged)
+            .iter()
+            .map(|&v| (v / level).max(1.0).sqrt())
+            .collect();
+        let s = savgol_smooth7(corr_bridged);
+        let n = s.len();
+        let neg_d2: Vec<f64> = (0..n)
+            .map(|i| {
+                if i == 0 || i + 1 == n {
+                    0.0
+                } else {
+                    -(s[i + 1] - 2.0 * s[i] + s[i - 1])
+                }
+            })
+            .collect();
+        let sigma = min_prominence / DETECTION_SIGMAS;
+        let shoulders = (0..n)
+            .map(|i| {
+                (2..n - 2).contains(&i)
+                    && neg_d2[i] >= neg_d2[i - 1]
+                    && neg_d2[i] >= neg_d2[i + 1]
+                    && neg_d2[i] > CURVATURE_SIGMAS * CURVATURE_NOISE * sigma * scale[i]
+            })
+            .collect();
+        Some(ResidualSearch {
             x,
             corr,
             edges: bin_edges(x, bin_size(x)),
             bin_average: opts.bin_average,
-            needed: binomial_smooth5(bridged)
+            needed: scale
                 .iter()
-                .map(|&v| (min_prominence * (v / level).max(1.0).sqrt()).max(floor))
+                .map(|&k| (min_prominence * k).max(floor))
                 .collect(),
+            shoulders,
         })
     }
 
     /// Bins where the residual holds a peak of its own: a maximum of its SG7 curve standing
-    /// `needed` above its foot (as [`detect_candidates`] measures it), at least `min_sep` bins
-    /// from every position already tried, most significant first, at most `room`.
+    /// `needed` above its foot (as [`detect_candidates`] measures it), within a bin of one of
+    /// the lineout's `shoulders`, at least `min_sep` bins from every position already tried,
+    /// most significant first, at most `room`.
     fn candidates(
         &self,
         positions: &[f64],
@@ -390,10 +451,11 @@ impl<'a> ResidualSearch<'a> {
             .iter()
             .filter(|f| f.status == FitStatus::Converged && f.area() > 0.0 && f.fwhm() > 0.0)
         {
-            // The peak as the fit modelled it; beyond 20 FWHM its Lorentzian tail is < 1/1600
-            // of its height, far below what the search can see.
+            // The peak as the fit modelled it, out to where it is < 1/400 of its height, far
+            // below what the search takes (RESIDUAL_NEAR): 3 FWHM of a Gaussian, 10 of a
+            // Lorentzian's tail (Γ²/4d² of the height).
             let peak = PeakTerms::new(&fit.values[..4]);
-            let reach = 20.0 * fit.fwhm();
+            let reach = (3.0 + 7.0 * fit.values[COL_ETA].clamp(0.0, 1.0)) * fit.fwhm();
             let lo = x.partition_point(|&v| v < fit.center() - reach);
             let hi = x.partition_point(|&v| v <= fit.center() + reach);
             if self.bin_average && lo < hi {
@@ -413,6 +475,20 @@ impl<'a> ResidualSearch<'a> {
         }
         // Masked bins take their neighbours' residual, not the bridged lineout's.
         let residual = bridge_nan(&residual);
+        // The fitted peaks' height near each bin: a residual peak under RESIDUAL_NEAR of it is
+        // the fits' own misfit (where SNIP bends under a strong peak's tails), not a peak.
+        let model: Vec<f64> = bridge_nan(self.corr)
+            .iter()
+            .zip(&residual)
+            .map(|(c, r)| c - r)
+            .collect();
+        let near_height = |i: usize| {
+            let (lo, hi) = (
+                i.saturating_sub(SIGNIFICANCE_WINDOW),
+                (i + SIGNIFICANCE_WINDOW).min(n - 1),
+            );
+            model[lo..=hi].iter().copied().fold(0.0, f64::max)
+        };
         let taken: Vec<usize> = positions
             .iter()
             .map(|&p| x.partition_point(|&v| v < p).min(n - 1))
@@ -420,29 +496,34 @@ impl<'a> ResidualSearch<'a> {
         let s = savgol_smooth7(&residual);
         let smooth = binomial_smooth5(&residual);
         let curvature = |i: usize| -(s[i - 1] - 2.0 * s[i] + s[i + 1]);
-        let mut cands: Vec<(f64, usize)> = (2..n - 2)
+        let cands: Vec<(f64, usize)> = (2..n - 2)
             .filter(|&i| {
                 curvature(i) > 0.0 && s[i] >= s[i - 1] && s[i] > s[i + 1] && residual[i] > 0.0
             })
             .filter(|&i| taken.iter().all(|&t| t.abs_diff(i) >= min_sep))
+            .filter(|&i| self.shoulders[i - 1..=i + 1].iter().any(|&b| b))
             .map(|i| {
-                let z = significance(&s, &smooth, i, SIGNIFICANCE_WINDOW) / self.needed[i];
+                let needed = self.needed[i].max(RESIDUAL_NEAR * near_height(i));
+                let z = significance(&s, &smooth, i, SIGNIFICANCE_WINDOW) / needed;
                 (z, i)
             })
             .filter(|&(z, _)| z >= 1.0)
             .collect();
-        cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut chosen: Vec<usize> = Vec::new();
-        for (_, i) in cands {
-            if chosen.len() >= room {
-                break;
-            }
-            if chosen.iter().all(|&c| c.abs_diff(i) >= min_sep) {
-                chosen.push(i);
-            }
-        }
-        chosen
+        best_spaced(cands, room, min_sep)
     }
+}
+
+/// Whether peaks (ordered by centre) are distinct ones: none narrower than a quarter bin (a
+/// spike on a noise point), no two closer than 3/4 of the wider one's FWHM (one peak split in
+/// two), and of two within 3 FWHM, the smaller at least [`RESIDUAL_NEAR`] of the larger's area
+/// (a sliver of misfit beside a strong peak).
+fn distinct(peaks: &[PeakFit], bin: f64) -> bool {
+    peaks.iter().all(|p| p.fwhm() >= 0.25 * bin)
+        && peaks.windows(2).all(|w| {
+            let (gap, wide) = (w[1].center() - w[0].center(), w[0].fwhm().max(w[1].fwhm()));
+            let (small, large) = (w[0].area().min(w[1].area()), w[0].area().max(w[1].area()));
+            gap >= 0.75 * wide && (gap >= 3.0 * wide || small >= RESIDUAL_NEAR * large)
+        })
 }
 
 /// Keep converged peaks with area > 0, Γ > 0 and the centre on the axis (a candidate at the
