@@ -410,6 +410,33 @@ def test_midas_lineout_bin_follows_the_gpu_program_with_normalize_0(config, tmp_
     assert not np.allclose(lines, np.nan_to_num(r.lineout))
 
 
+def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path):
+    """Found by a user check: `radint convert stream.h5 --format nexus,zarr` dropped
+    entry/stream (per-row source and dataset_num, the counters `radint info` prints)."""
+    from radint.cli import main
+
+    live = tmp_path / "live"
+    p, src = start_pipeline(integrator, live, max_frames=3)
+    send_frames(((frame(i), f"f{i}") for i in range(3)), port=src.port, mapping_file=None,
+                first_dataset_num=7)  # fmt: skip
+    assert p.wait(30).written == 3
+    out = tmp_path / "conv"
+    assert main(["convert", str(live / "stream.h5"), "--format", "nexus,zarr", "-o", str(out),
+                 "-q"]) == 0  # fmt: skip
+    want = stream_rows(live / "stream.h5")
+    np.testing.assert_array_equal(stream_rows(out / "stream.h5")["source"], want["source"])
+    np.testing.assert_array_equal(stream_rows(out / "stream.h5")["dataset_num"], [7, 8, 9])
+    with h5py.File(live / "stream.h5") as f, h5py.File(out / "stream.h5") as g:
+        assert g["entry/stream"].attrs["frames_written"] == 3
+        assert dict(g["entry/stream"].attrs) == dict(f["entry/stream"].attrs)
+    import zarr
+
+    z = zarr.open_group(str(out / "stream.zarr"), mode="r")
+    assert list(z["entry/stream/dataset_num"][:]) == [7, 8, 9]
+    assert list(z["entry/stream/source"][:]) == list(want["source"])
+    assert z["entry/stream"].attrs["frames_written"] == 3
+
+
 def test_a_restarted_stream_keeps_the_previous_runs_files(integrator, tmp_path, caplog):
     for run in range(2):
         p, src = start_pipeline(integrator, tmp_path, max_frames=3)

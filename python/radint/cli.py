@@ -1097,6 +1097,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Write a stored result (NeXus .h5 / .zarr) in other formats."""
     from radint.batch import output_stem
     from radint.io import read_nexus, write_result
+    from radint.io.nexus import copy_stream_table
     from radint.io.write import FORMATS, expand_formats, resolve_formats
 
     src = _result_path(args.result)
@@ -1111,10 +1112,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
             if target.exists() and target.resolve() == src.resolve():
                 raise RadintError(
                     f"{src}: --format {fmt} would write {target}, the result being converted "
-                    "(its stream counters and provenance would be lost); give -o DIR"
+                    "(it would be rewritten in place from what was read); give -o DIR"
                 )
         compression = None if args.compression == "none" else args.compression
         written = write_result(result, out_dir, formats, name=stem, compression=compression)
+        for path in written:  # a stream's record goes along into its NeXus copies
+            if Path(path).suffix in (FORMATS["nexus"][0], FORMATS["zarr"][0]):
+                copy_stream_table(src, path, result.n_frames)
     except ValueError as e:
         raise RadintError(f"{src}: {e}") from e
     if not args.quiet:
@@ -1932,14 +1936,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    handlers = {}
+    previous: dict[signal.Signals, Any] = {}
     if args.command in ("integrate", "batch"):
         # SLURM's scancel / timeout and `kill` send SIGTERM: stop as Ctrl-C does, so files in
         # progress are removed and the summary still prints.
         _SIGNALS["count"] = 0
-        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not `cmd &`'s ignore
-            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -1967,8 +1971,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     finally:
-        for signum, handler in handlers.items():  # main() called from Python leaves them
-            signal.signal(signum, handler)
+        for signum, was in previous.items():  # main() called from Python leaves them as they were
+            signal.signal(signum, was)
 
 
 if __name__ == "__main__":

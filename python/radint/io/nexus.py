@@ -1620,6 +1620,48 @@ def open_result(path: str | Path) -> Iterator[Any]:
             root.close()
 
 
+def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
+    """Copy a ``radint stream`` result's ``entry/stream`` (per row: frame id, source, timestamp,
+    dataset_num; the stream's counters as attributes) into ``dst``, a NeXus result (HDF5 or
+    Zarr) written from it with ``n_frames`` rows (rows past them are left out). False when
+    ``src`` has none."""
+    with open_result(src) as root:
+        if "entry/stream" not in root:
+            return False
+        group = root["entry/stream"]
+        attrs = dict(group.attrs)
+        columns: dict[str, np.ndarray] = {}
+        for name in group:
+            ds = group[name]
+            text = np.dtype(ds.dtype).kind in "OSUT"
+            values = ds.asstr()[:n_frames] if hasattr(ds, "asstr") and text else ds[:n_frames]
+            columns[name] = np.asarray(values, dtype=object if text else None)
+    dst = Path(dst)
+    if dst.is_dir():
+        root = zarr3(dst).open_group(str(dst), mode="a")
+        out = root.require_group("entry/stream")
+        out.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
+        for name, values in columns.items():
+            if values.dtype == object:
+                arr = out.create_array(name, shape=values.shape, dtype=str, fill_value="")
+                arr[:] = values.astype(str)
+            else:
+                out.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
+        return True
+    import h5py
+
+    with h5py.File(dst, "a") as f:
+        out = f.require_group("entry/stream")
+        out.attrs.update(attrs)
+        for name, values in columns.items():
+            if values.dtype == object:
+                out.create_dataset(name, data=values.astype(str).tolist(),
+                                   dtype=h5py.string_dtype())  # fmt: skip
+            else:
+                out.create_dataset(name, data=values)
+    return True
+
+
 def write_nexus(
     result: Result,
     path: str | Path,
