@@ -362,7 +362,7 @@ def _midas_zip(path, frames, dark, skip):
     store.close()
 
 
-def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
+def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config, capsys):
     """A MIDAS Zarr zip integrated without --dark: its exchange/dark (after SkipFrame) is
     subtracted, and results number the frames from 0 after SkipFrame (FrameNr_0 is the first
     frame kept), both as IntegratorZarrOMP does; a zip without dark frames after SkipFrame
@@ -413,6 +413,13 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config):
             chunk = f["OmegaSumFrame/LastFrameNumber_2"].attrs
             assert chunk["Temperature"] == 303.0 and chunk["I0"] == 1030.0
     assert not np.allclose(with_dark.cake, without.cake, equal_nan=True)
+    # `radint info` says how many frames a run takes (it said 4 where 3 were integrated).
+    from radint.cli import main
+
+    params = tmp_path / "p.txt"
+    params.write_text(small_config.midas_text())
+    assert main(["info", str(params), str(tmp_path / "a.analysis.MIDAS.zip")]) == 0
+    assert "4 frame(s) (3 integrated: SkipFrame) of" in " ".join(capsys.readouterr().out.split())
 
 
 def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_config, caplog):

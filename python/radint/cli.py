@@ -541,9 +541,11 @@ def _describe_data(
                 if dtype is None and source.n_frames:  # EDF/CBF: a type per frame
                     dtype = f"{source.read(0).dtype} (frame 0; each frame has its own)"
                 swapped = " (its transpose: are NrPixelsY and NrPixelsZ swapped?)"
+                used = len(source.default_indices())
+                skipped = f" ({used} integrated: SkipFrame)" if used != source.n_frames else ""
                 console.print(
                     f"data {source.label}: {type(source).__name__.removesuffix('Source')}, "
-                    f"{source.n_frames} frame(s) of {shape} {dtype}; "
+                    f"{source.n_frames} frame(s){skipped} of {shape} {dtype}; "
                     + ("fits NrPixelsZ x NrPixelsY" if fits else
                        f"[red]NrPixelsZ x NrPixelsY is {config.shape}"
                        f"{swapped if shape == config.shape[::-1] else ''}[/red]")
