@@ -634,7 +634,9 @@ def process_files(
                 for i_file, first, n, ids, metadata, indices in live:
                     part = _frames(result, first, n)
                     part.frame_ids = np.asarray(ids, dtype=np.int64)
-                    part.metadata["source"] = str(paths[i_file])
+                    # Absolute (caked_peaks.h5's zarr_source, ...): the same from a pool, a
+                    # Dask cluster (which is given absolute paths) or one process.
+                    part.metadata["source"] = absolute[i_file]
                     # Provenance in the outputs: absolute, so it survives moving the folder.
                     part.metadata["source_path"] = np.full(n, absolute[i_file], dtype=object)
                     part.metadata["source_frame"] = np.asarray(indices, dtype=np.int64)
