@@ -2198,7 +2198,7 @@ def test_whole_file_formats_from_slim_parts_equal_those_of_the_whole_result(tmp_
             assert "cake_sigma" not in kept and "count" not in kept
 
 
-def test_one_frame_files_with_auto_fits_and_whole_file_formats(tmp_path, small_config):
+def test_one_frame_files_with_auto_fits_and_whole_file_formats(tmp_path, small_config, monkeypatch):
     """Review: a folder of one-frame files with auto-fitted peaks and any format written at a
     file's end failed every file (one frame's table held its peak count as a numpy scalar,
     which concatenate could not stack)."""
@@ -2217,3 +2217,10 @@ def test_one_frame_files_with_auto_fits_and_whole_file_formats(tmp_path, small_c
     for formats in (("xy",), ("midas", "fit"), ("mat",)):
         outcomes = list(process_files(paths, str(tmp_path / formats[0]), formats, integrator=integ))
         assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    # caked_peaks.h5's zarr_source is the input's absolute path, given relative or not (it was
+    # as typed from a pool, absolute from Dask).
+    monkeypatch.chdir(tmp_path)
+    outcomes = list(process_files(["f0.tif"], "cp", ("caked_peaks",), integrator=integ))
+    assert outcomes[0].ok, outcomes[0].error
+    with h5py.File(tmp_path / "cp" / "f0_caked_peaks.h5") as f:
+        assert f["metadata"].attrs["zarr_source"].decode() == str(tmp_path / "f0.tif")
