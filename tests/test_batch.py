@@ -420,6 +420,11 @@ def test_midas_zip_own_dark_and_c_frame_numbers(tmp_path, small_config, capsys):
     params.write_text(small_config.midas_text())
     assert main(["info", str(params), str(tmp_path / "a.analysis.MIDAS.zip")]) == 0
     assert "4 frame(s) (3 integrated: SkipFrame) of" in " ".join(capsys.readouterr().out.split())
+    params.write_text(small_config.midas_text() + "SkipFrame 2\n")  # the file's wins, as in a run
+    assert main(["info", str(params), str(tmp_path / "a.analysis.MIDAS.zip")]) == 0
+    assert "4 frame(s) (2 integrated: SkipFrame) of" in " ".join(capsys.readouterr().out.split())
+    params.write_text(small_config.midas_text() + "SkipFrame 4\n")
+    assert main(["info", str(params), str(tmp_path / "a.analysis.MIDAS.zip")]) == 1
 
 
 def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_config, caplog):
@@ -818,7 +823,7 @@ def test_outputs_written_as_plain_bytes_are_not_refused_on_a_nearly_full_disk(
         write_result(stack, tmp_path / "n", ["nexus"])
 
 
-def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
+def test_darks_are_read_at_the_detector_shape(series, small_config, capsys, caplog):
     """GE / raw darks take NrPixelsY × NrPixelsZ as the data do; a dark of another shape fails
     once, naming the dark file, before any data file is read."""
     d, files, params = series
@@ -844,6 +849,13 @@ def test_darks_are_read_at_the_detector_shape(series, small_config, capsys):
             ok = np.isfinite(plain)
             np.testing.assert_allclose(lineout[ok], plain[ok] - 7, rtol=1e-9)
     capsys.readouterr()
+    # Without --dark-dtype the int64 dark passes for 4 uint16 frames: said (the review found
+    # it read without a word).
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        assert main(["integrate", str(params), str(files[0]), "--dark", str(raw64),
+                     "--raw-dtype", "uint16", "-o", str(d / "narrow"), "-q"]) == 0  # fmt: skip
+    assert "it holds 4 of them, but it is exactly one frame of 8-byte pixels" in caplog.text
+    assert "give --dark-dtype int64" in caplog.text
     assert main(["integrate", str(params), str(files[0]), "--dark", str(raw), "-o", str(d)]) == 2
     assert "a raw dark needs its pixel type" in capsys.readouterr().err
     small = d / "small_dark.tif"

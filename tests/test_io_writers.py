@@ -1245,10 +1245,11 @@ def test_read_nexus_of_a_file_already_open_in_h5py(tmp_path: Path) -> None:
     failed read_nexus ("SWMR read access flag not the same for file that is already open")."""
     res = make_result(n_frames=2)
     path = write_nexus(res, tmp_path / "open.h5")
-    with h5py.File(path, "r") as f:
-        back = read_nexus(path)
-        assert f["entry"] is not None  # the caller's handle still works
-    np.testing.assert_array_equal(back.cake, res.cake)
+    for flags in ({}, {"locking": False}, {"swmr": True}):
+        with h5py.File(path, "r", **flags) as f:
+            back = read_nexus(path)
+            assert f["entry"] is not None  # the caller's handle still works
+        np.testing.assert_array_equal(back.cake, res.cake)
 
 
 @pytest.mark.parametrize("backend", ["hdf5", "zarr"])

@@ -106,11 +106,13 @@ def _expand_data(
 def _open_input(
     path: str | Path, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
 ) -> Any:
-    """The frame source of a data file, raw ones (``.raw``/``.bin``) read as ``raw_dtype``."""
+    """The frame source of a data file as a run opens it: raw ones (``.raw``/``.bin``) read as
+    ``raw_dtype``, MIDAS zips with the parameter file's SkipFrame / ω."""
     from radint.io import open_frames
 
     raw = Path(path).suffix.lower() in (".raw", ".bin")
-    return open_frames(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None)
+    return open_frames(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None,
+                       zip_parameters=config.zip_parameters())  # fmt: skip
 
 
 def _check_frame_shapes(
@@ -201,22 +203,39 @@ def _dark_path(
 
 
 def _read_dark(
-    path: str | None, dataset: str | None, config: IntegrationConfig, raw_dtype: str | None
+    path: str | None,
+    dataset: str | None,
+    config: IntegrationConfig,
+    raw_dtype: str | None,
+    dark_dtype: str | None = None,
 ) -> np.ndarray | None:
     """The mean dark of ``path`` (None without one), read as the data are: GE and raw darks at
-    the detector's shape (raw ones in ``raw_dtype``: ``--dark-dtype``, else ``--raw-dtype``),
-    every other format checked against it, so a wrong dark fails once, naming its file, before
-    any data file is read."""
+    the detector's shape (raw ones in ``dark_dtype``, else the frames' ``raw_dtype``), every
+    other format checked against it, so a wrong dark fails once, naming its file, before any
+    data file is read."""
     from radint.io import read_dark
 
     if not path:
         return None
     raw = Path(path).suffix.lower() in (".raw", ".bin")
-    if raw and raw_dtype is None:
+    if raw and (dark_dtype or raw_dtype) is None:
         raise RadintError(
             f"{path}: a raw dark needs its pixel type: --dark-dtype (default: --raw-dtype), "
             "e.g. int64 for MIDAS's dark_avg.bin"
         )
+    if raw and dark_dtype is None and raw_dtype is not None:
+        # MIDAS's dark_avg.bin is one int64 frame whatever the frames' type: read in a
+        # narrower frame type it passes for several frames, averaged into nonsense.
+        n_pixels = config.n_pixels_y * config.n_pixels_z
+        if (np.dtype(raw_dtype).itemsize < 8 and Path(path).is_file()
+                and Path(path).stat().st_size == 8 * n_pixels):  # fmt: skip
+            log.warning(
+                "%s: read as %s frames (--raw-dtype) it holds %d of them, but it is exactly one "
+                "frame of 8-byte pixels, as MIDAS's int64 dark_avg.bin: if it is one, give "
+                "--dark-dtype int64", path, np.dtype(raw_dtype).name,
+                8 // np.dtype(raw_dtype).itemsize,
+            )  # fmt: skip
+    raw_dtype = dark_dtype or raw_dtype
     from radint.io.errors import ReaderError
 
     try:
@@ -543,6 +562,9 @@ def _describe_data(
                 swapped = " (its transpose: are NrPixelsY and NrPixelsZ swapped?)"
                 used = len(source.default_indices())
                 skipped = f" ({used} integrated: SkipFrame)" if used != source.n_frames else ""
+                if used == 0 and source.n_frames:
+                    bad += 1
+                    skipped = f" [red](none integrated: SkipFrame {source.n_frames} or more)[/red]"
                 console.print(
                     f"data {source.label}: {type(source).__name__.removesuffix('Source')}, "
                     f"{source.n_frames} frame(s){skipped} of {shape} {dtype}; "
@@ -698,7 +720,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
     dark_path = _dark_path(args.dark, config, args.params, paths)
     check_outputs(paths, out_dir, formats, config=config, dark=dark_path)
     _check_run(paths, out_dir, formats, inputs_must_exist=True)
-    dark = _read_dark(dark_path, args.dark_dataset, config, args.dark_dtype or args.raw_dtype)
+    dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype, args.dark_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
@@ -906,7 +928,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.writeMat and "mat" not in formats:
         formats.append("mat")
     dark_path = _dark_path(args.darkFN, config, params, paths)
-    dark = _read_dark(dark_path, args.darkLoc, config, args.dark_dtype or args.raw_dtype)
+    dark = _read_dark(dark_path, args.darkLoc, config, args.raw_dtype, args.dark_dtype)
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     if args.outName and len(paths) != 1:
@@ -1175,7 +1197,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.dataset is not None and args.source != "folder":
         raise RadintError("--dataset names the HDF5 dataset of --source folder's files")
     dark_path = _dark_path(args.dark, config, args.params)
-    dark = _read_dark(dark_path, args.dark_dataset, config, args.raw_dtype)
+    dark = _read_dark(dark_path, args.dark_dataset, config, None, args.raw_dtype)
     source: Source
     if args.source == "tcp":  # listening first: a port in use fails before the map is built
         source = TcpSource(config.shape, host=args.host, port=args.port)
@@ -1217,14 +1239,16 @@ def cmd_stream(args: argparse.Namespace) -> int:
         log.info("stream: %s received, draining", name)
         pipeline.stop()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = pipeline.run(status="none" if args.quiet else "auto")
     except Exception:
         if pipeline.summary is not None:
             print(pipeline.summary.line())  # what was written before the error
         raise
+    finally:
+        for sig, was in previous.items():  # main() called from Python: its caller's again
+            signal.signal(sig, was)
     if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
         print(summary.line())
     if source.failure:
@@ -1852,8 +1876,8 @@ def _interrupt(signum: int, _frame: object) -> None:
     _SIGNALS["count"] += 1
     if _SIGNALS["count"] == 2:
         with contextlib.suppress(OSError):
-            os.write(2, b"radint: still stopping: unfinished outputs are being removed "
-                        b"(Ctrl-C again stops at once and may leave them)\n")  # fmt: skip
+            os.write(2, b"radint: stopping: unfinished outputs are being removed (one more "
+                        b"Ctrl-C or SIGTERM stops at once and may leave them)\n")  # fmt: skip
         return
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -1951,10 +1975,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         resume = (" (rerun with --skip-existing to resume)"
                   if getattr(args, "command", None) in ("batch", "integrate") else "")  # fmt: skip
+        cut_short = previous and _SIGNALS["count"] >= 3
         print(
+            "radint: interrupted while removing unfinished outputs: some may be left (hidden "
+            f".*.partial files, which a later run in the folder removes); finished ones kept{resume}"
+            if cut_short else
             f"radint: interrupted; outputs not finished were removed, finished ones kept{resume}",
             file=sys.stderr,
-        )
+        )  # fmt: skip
         return 130
     except BrokenPipeError:
         # The reader of our output went away (radint info ... | head): not an error of ours.

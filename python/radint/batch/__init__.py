@@ -427,7 +427,7 @@ def check_outputs(
             elif first != k:
                 problems.append(f"{out} would be written for both {paths[first]} and {path}")
                 hints["integrate files of the same name in separate runs, each with its own "
-                      "-o DIR (or name a single file's output with -outName)"] = None  # fmt: skip
+                      "-o DIR"] = None  # fmt: skip
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""

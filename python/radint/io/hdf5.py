@@ -378,8 +378,13 @@ class Hdf5Source(FrameSource):
                 bad.append(index)
                 first_error = first_error or exc
         if first_error is not None:
-            where = (self._where(k, bad[0], bad[0]) if len(bad) == 1
-                     else f"frames {_ranges(bad)}")  # fmt: skip
+            where = self._where(k, bad[0], bad[0])
+            if len(bad) > 1:
+                where = f"frames {_ranges(bad)}"
+                if len(self._parts) > 1:
+                    inner = _ranges([i - self._starts[k] for i in bad])
+                    where += (f" (frames {inner} of {self._part_names[k]} in "
+                              f"{self._parts[k].file.filename})")  # fmt: skip
             raise ReaderError(f"{self.label}: cannot read {where}: {first_error}") from first_error
 
     def read(self, index: int) -> np.ndarray:
@@ -392,7 +397,8 @@ class Hdf5Source(FrameSource):
             return ds[(0,) * (ds.ndim - 3) + (i,)]
         except OSError as exc:
             hint = ""
-            if "filter" in str(exc).lower():
+            if "not registered" in str(exc) or "can't open directory" in str(exc):
+                # a filter HDF5 has no plugin for, not a damaged chunk ("filter returned failure")
                 hint = " (compressed with a filter h5py lacks: install hdf5plugin)"
             raise ReaderError(
                 f"{self.label}: cannot read {self._where(k, index, index)}{hint}: {exc}"

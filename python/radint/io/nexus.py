@@ -1593,24 +1593,13 @@ def open_result(path: str | Path) -> Iterator[Any]:
         if path.is_dir():
             root: Any = zarr3(path).open_group(str(path), mode="r")
         else:
-            import h5py
             import hdf5plugin  # noqa: F401  (registers the Blosc filter the writer's default uses)
 
             # swmr: HDF5 then reads past the end of allocation its superblock gave at open (a
             # stream writer flushing meanwhile grows the file: "addr overflow" failed most reads
             # of a stream.h5 written at 1000 frames/s) and retries metadata whose checksum
             # fails (a block being rewritten).
-            try:
-                root = h5py.File(path, "r", swmr=True)
-            except OSError as e:
-                if "SWMR read access flag" in str(e):
-                    # Open in this process already without SWMR (a notebook's own h5py.File):
-                    # HDF5 shares that open file, in its mode.
-                    root = h5py.File(path, "r")
-                elif isinstance(e, BlockingIOError) or "lock" in str(e):
-                    root = h5py.File(path, "r", locking=False, swmr=True)
-                else:
-                    raise
+            root = _open_h5_reading(path)
     except (OSError, ValueError) as e:
         raise RadintIOError(f"{path}: cannot open as a NeXus file ({e})") from e
     try:
@@ -1618,6 +1607,25 @@ def open_result(path: str | Path) -> Iterator[Any]:
     finally:
         if hasattr(root, "close"):
             root.close()
+
+
+def _open_h5_reading(path: Path) -> Any:
+    """``path`` opened to read, SWMR where it can be. A file another process holds locked is
+    opened without the lock; a file this process has open already (a notebook's own
+    ``h5py.File``) is shared by HDF5 only with the same SWMR and locking flags: without SWMR,
+    then also without the lock."""
+    import h5py
+
+    tries: list[dict[str, bool]] = [{"swmr": True}, {"swmr": True, "locking": False}, {}]
+    for kwargs in tries:
+        try:
+            return h5py.File(path, "r", **kwargs)
+        except OSError as e:
+            message = str(e)
+            if not ("SWMR read access flag" in message or "lock" in message
+                    or isinstance(e, BlockingIOError)):  # fmt: skip
+                raise
+    return h5py.File(path, "r", locking=False)
 
 
 def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:

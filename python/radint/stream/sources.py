@@ -190,7 +190,8 @@ class Source(ABC):
 # --------------------------------------------------------------------------------- TCP
 class _BadFrame(ProtocolError):
     """A frame read whole whose contents are invalid (a hybrid frame's pixel index out of
-    range): dropped, and the connection goes on (its size was known, the stream is aligned)."""
+    range): counted as received and dropped. The connection still closes: such an index is
+    what a sender of another detector size sends, and the bytes after it are no frames."""
 
 
 class _Closed(Exception):
@@ -365,13 +366,10 @@ class TcpSource(Source):
                 num, code = HEADER.unpack(header)
                 try:
                     data, _ = self._read_payload(conn, code, drain_until)
-                except _BadFrame as e:
-                    stats.add("received")
-                    stats.add("dropped")
-                    log.error("%s: dataset_num %d: %s; frame dropped (read whole: the stream "
-                              "stays aligned)", label, num, e)  # fmt: skip
-                    continue
                 except ProtocolError as e:
+                    if isinstance(e, _BadFrame):  # read whole, so it is counted
+                        stats.add("received")
+                        stats.add("dropped")
                     stats.add("bad_connections")
                     hint = (
                         f" (the wire has no length field: a sender whose frames are not "
