@@ -785,3 +785,7 @@ def test_integrate_off_a_terminal_prints_progress_lines(tmp_path, capsys, monkey
     assert "radint integrate: 3 frames in" in out and "0/1 file(s) done" in out
     assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path / "q"), "-q"]) == 0
     assert "frames in" not in capsys.readouterr().out
+    # radint batch reports files as they finish: a line every HEARTBEAT_S in between.
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.05)
+    assert main(["batch", params, data, "RBinSize", "4", "-o", str(tmp_path / "b")]) == 0
+    assert "radint batch: 0/1 file(s) done, 0 frames," in capsys.readouterr().out

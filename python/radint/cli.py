@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -976,6 +977,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not args.quiet:
                 progress.console.print(line) if progress.live.is_started else print(line)
 
+        # Off a terminal (a job's log) the bars are off: a line every HEARTBEAT_S, so a long
+        # file (files are reported when done) does not look stuck.
+        quiet_beat = threading.Event()
+
+        def heartbeat() -> None:
+            while not quiet_beat.wait(HEARTBEAT_S):
+                print(f"radint batch: {n_done}/{len(paths)} file(s) done, {frames} frames, "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+
+        if not (args.quiet or sys.stdout.isatty()):
+            threading.Thread(target=heartbeat, name="radint-heartbeat", daemon=True).start()
         try:
             run_batch(
                 config, paths, out_dir, tuple(formats), n_procs=args.nCPUs,
@@ -1000,6 +1012,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             n_done += len(extra)
             summary(_interrupted_tail(len(paths) - n_done), uncounted)
             raise
+        finally:
+            quiet_beat.set()
     summary("")
     for _path, why in failed:
         print(f"radint: failed: {why}", file=sys.stderr)  # the reason names the file
