@@ -854,8 +854,20 @@ def test_darks_are_read_at_the_detector_shape(series, small_config, capsys, capl
     with caplog.at_level(logging.WARNING, logger="radint"):
         assert main(["integrate", str(params), str(files[0]), "--dark", str(raw64),
                      "--raw-dtype", "uint16", "-o", str(d / "narrow"), "-q"]) == 0  # fmt: skip
-    assert "it holds 4 of them, but it is exactly one frame of 8-byte pixels" in caplog.text
-    assert "give --dark-dtype int64" in caplog.text
+    assert "its size and values look like int64 frames" in caplog.text
+    assert "give --dark-dtype int64 if so" in caplog.text
+    # Several int64 frames (MIDAS averages them) are said too; a uint16 stack of that size is
+    # not (its 8-byte values are huge).
+    np.full((3, rows, cols), 7, "<i8").tofile(raw64)
+    stack16 = d / "stack16.raw"
+    np.full((12, rows, cols), 7, "<u2").tofile(stack16)
+    for dark, said in ((raw64, True), (stack16, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            assert main(["integrate", str(params), str(files[0]), "--dark", str(dark),
+                         "--raw-dtype", "uint16", "-o", str(d / f"n_{dark.stem}"),
+                         "-q"]) == 0  # fmt: skip
+        assert ("look like int64 frames" in caplog.text) == said, dark
     assert main(["integrate", str(params), str(files[0]), "--dark", str(raw), "-o", str(d)]) == 2
     assert "a raw dark needs its pixel type" in capsys.readouterr().err
     small = d / "small_dark.tif"
@@ -2236,3 +2248,29 @@ def test_one_frame_files_with_auto_fits_and_whole_file_formats(tmp_path, small_c
     assert outcomes[0].ok, outcomes[0].error
     with h5py.File(tmp_path / "cp" / "f0_caked_peaks.h5") as f:
         assert f["metadata"].attrs["zarr_source"].decode() == str(tmp_path / "f0.tif")
+
+
+def test_a_batch_whose_output_reader_goes_away_integrates_every_file(series):
+    """Found by a review: `radint batch ... | head -2` stopped the batch after 2 of 40 files
+    with exit code 0 (BrokenPipe taken as "not an error"); the run now goes on without its
+    report."""
+    import os
+    import subprocess
+    import sys
+
+    d, files, params = series
+    good = []
+    for k in range(30):  # enough files that the batch is still running when the reader goes
+        good.append(d / f"many_{k:02d}.tif")
+        os.link(files[k % 2], good[-1])
+    out = d / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radint.cli", "batch", str(params), *map(str, good), "-o", str(out),
+         "-nCPUs", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader went away
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert sorted(p.name for p in out.glob("*.h5")) == sorted(f"{f.stem}.h5" for f in good)

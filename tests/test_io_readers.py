@@ -620,6 +620,22 @@ def test_hdf5_damaged_chunk_names_its_frame(tmp_path: Path) -> None:
         np.testing.assert_array_equal(src.read_block(0, 8), stack[:8])
 
 
+@pytest.mark.parametrize(
+    ("message", "hinted"),
+    [("Can't synchronously read data (can't open directory (/usr/local/lib/plugin). Please "
+      "verify its existence)", True),
+     ("can't find plugin. Check either HDF5_VOL_CONNECTOR, HDF5_PLUGIN_PATH", True),
+     ("required filter 'bshuf' is not registered", True),
+     ("Can't synchronously read data (filter returned failure during read)", False)],
+)  # fmt: skip
+def test_a_missing_filter_plugin_is_named_and_a_damaged_chunk_is_not(message, hinted):
+    """Found by reviews: HDF5 says 'no plugin' in several ways (the block read, which integrate
+    uses, gave no hint at all); a damaged chunk must not be blamed on a missing plugin."""
+    from radint.io.hdf5 import _missing_filter_hint
+
+    assert ("install hdf5plugin" in _missing_filter_hint(OSError(message))) == hinted
+
+
 def test_hdf5_frames_never_written_are_errors(tmp_path: Path) -> None:
     """A chunked dataset pre-allocated for more frames than a (killed) writer stored reads the
     rest as fill values: the frames with a chunk never written are named, whatever the chunk

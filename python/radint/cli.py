@@ -105,15 +105,20 @@ def _expand_data(
 
 
 def _open_input(
-    path: str | Path, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None
+    path: str | Path,
+    config: IntegrationConfig,
+    dataset: str | None,
+    raw_dtype: str | None,
+    zip_parameters: bool = True,
 ) -> Any:
     """The frame source of a data file as a run opens it: raw ones (``.raw``/``.bin``) read as
-    ``raw_dtype``, MIDAS zips with the parameter file's SkipFrame / ω."""
+    ``raw_dtype``, MIDAS zips with the parameter file's SkipFrame / ω (``zip_parameters``;
+    applying them also says which replace the zip's)."""
     from radint.io import open_frames
 
     raw = Path(path).suffix.lower() in (".raw", ".bin")
     return open_frames(path, dataset=dataset, shape=config.shape, dtype=raw_dtype if raw else None,
-                       zip_parameters=config.zip_parameters())  # fmt: skip
+                       zip_parameters=config.zip_parameters() if zip_parameters else None)  # fmt: skip
 
 
 def _check_frame_shapes(
@@ -134,7 +139,9 @@ def _check_frame_shapes(
         if not (Path(path).is_file() or Path(path).is_dir()):
             continue  # missing (see above), or a FIFO or device: opening it may wait for a writer
         try:
-            with _open_input(path, config, dataset, raw_dtype) as source:
+            # Without the parameter file's SkipFrame / ω: the shapes do not depend on them,
+            # and the run (a pool worker, perhaps) says which replace the zip's.
+            with _open_input(path, config, dataset, raw_dtype, zip_parameters=False) as source:
                 shape = tuple(source.frame_shape)
                 _check_first_frame_extent(source, path)
         except (RadintError, ImportError, OSError) as e:  # ReaderError, DtypeError (strings)
@@ -203,6 +210,22 @@ def _dark_path(
     return str(path)
 
 
+def _looks_int64(path: str, frame_dtype: str, config: IntegrationConfig) -> bool:
+    """Whether a raw dark read as ``frame_dtype`` (narrower than 8 bytes) is more likely whole
+    int64 frames: a multiple of 8 bytes a pixel long, and each 8-byte value within the frame
+    type's range (narrow pixels read 8 bytes at a time would make most of them huge)."""
+    width = np.dtype(frame_dtype).itemsize
+    n_pixels = config.n_pixels_y * config.n_pixels_z
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return False
+    if width >= 8 or not n_pixels or size == 0 or size % (8 * n_pixels):
+        return False
+    values = np.fromfile(path, dtype="<i8", count=min(size // 8, 1 << 22))
+    return bool(((values >= -(1 << (8 * width - 1))) & (values < (1 << (8 * width)))).all())
+
+
 def _read_dark(
     path: str | None,
     dataset: str | None,
@@ -221,21 +244,23 @@ def _read_dark(
     raw = Path(path).suffix.lower() in (".raw", ".bin")
     if raw and (dark_dtype or raw_dtype) is None:
         raise RadintError(
-            f"{path}: a raw dark needs its pixel type: --dark-dtype (default: --raw-dtype), "
-            "e.g. int64 for MIDAS's dark_avg.bin"
+            f"{path}: a raw dark needs its pixel type: --dark-dtype, e.g. int64 for MIDAS's "
+            "dark_avg.bin"
         )
-    if raw and dark_dtype is None and raw_dtype is not None:
-        # MIDAS's dark_avg.bin is one int64 frame whatever the frames' type: read in a
-        # narrower frame type it passes for several frames, averaged into nonsense.
-        n_pixels = config.n_pixels_y * config.n_pixels_z
-        if (np.dtype(raw_dtype).itemsize < 8 and Path(path).is_file()
-                and Path(path).stat().st_size == 8 * n_pixels):  # fmt: skip
-            log.warning(
-                "%s: read as %s frames (--raw-dtype) it holds %d of them, but it is exactly one "
-                "frame of 8-byte pixels, as MIDAS's int64 dark_avg.bin: if it is one, give "
-                "--dark-dtype int64", path, np.dtype(raw_dtype).name,
-                8 // np.dtype(raw_dtype).itemsize,
-            )  # fmt: skip
+    if (
+        raw
+        and dark_dtype is None
+        and raw_dtype is not None
+        and _looks_int64(path, raw_dtype, config)
+    ):
+        # MIDAS's darks are int64 frames whatever the frames' type: read in a narrower frame
+        # type they pass for 2-4 times as many frames, averaged into nonsense.
+        log.warning(
+            "%s: read as %s (--raw-dtype, the frames' type), but its size and values look like "
+            "int64 frames (MIDAS's dark_avg.bin: every 8-byte value fits a %s pixel): give "
+            "--dark-dtype int64 if so, --dark-dtype %s if not", path, np.dtype(raw_dtype).name,
+            np.dtype(raw_dtype).name, np.dtype(raw_dtype).name,
+        )  # fmt: skip
     raw_dtype = dark_dtype or raw_dtype
     from radint.io.errors import ReaderError
 
@@ -338,6 +363,17 @@ def _formats(text: str, config: IntegrationConfig) -> tuple[str, ...]:
 
 #: Output formats that hold fitted peaks.
 _FIT_FORMATS = ("peaks", "fit", "fit_per_eta", "caked_peaks", "peaks_per_eta")
+
+
+def _echo(text: str) -> None:
+    """print() for a running command's report: a reader that went away (`radint batch ... |
+    head`) must not stop the run (it stopped a batch after 2 of 40 files, exit 0); from then
+    on the lines go nowhere."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 #: Seconds between progress lines off a terminal, where the progress bars are off.
@@ -752,12 +788,12 @@ def cmd_integrate(args: argparse.Namespace) -> int:
             progress.update(frames_task, completed=done, description=f"frames ({rate:.1f}/s)")
             if heartbeat["next"] is not None and now >= heartbeat["next"]:
                 heartbeat["next"] = now + HEARTBEAT_S
-                print(f"radint integrate: {int(done)} frames in {now - t0:.0f} s ({rate:.1f}/s), "
-                      f"{n_done}/{len(paths)} file(s) done", flush=True)  # fmt: skip
+                _echo(f"radint integrate: {int(done)} frames in {now - t0:.0f} s ({rate:.1f}/s), "
+                      f"{n_done}/{len(paths)} file(s) done")  # fmt: skip
 
         def say(line: str) -> None:
             if not args.quiet:
-                progress.console.print(line) if progress.live.is_started else print(line)
+                progress.console.print(line) if progress.live.is_started else _echo(line)
 
         try:
             # The batch pipeline (reading, integrating and writing overlap across files);
@@ -794,7 +830,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
             more_frames, uncounted = frames_written(extra, out_dir, formats, None)
             n_done += len(extra)
             counted = f" (of {n_done - failures - uncounted} file(s))" if uncounted else ""
-            print(
+            _echo(
                 f"radint integrate: {n_done - failures}/{len(paths)} file(s) ok, "
                 f"{frames + more_frames} frames{counted} in {time.perf_counter() - t0:.1f} s"
                 f"{_interrupted_tail(len(paths) - n_done)}"
@@ -956,7 +992,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             # those without one cannot be counted, and the line says so.
             counted = f" (of {n_done - len(failed) - uncounted} file(s))" if uncounted else ""
             kept = f" ({skipped} skipped: outputs there already)" if skipped else ""
-            print(
+            _echo(
                 f"radint batch: {n_done - len(failed)}/{len(paths)} file(s) ok{kept}, {frames} "
                 f"frames{counted} in {elapsed:.1f} s{tail}"
             )
@@ -975,7 +1011,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                     f"{o.path}: {o.n_frames} frame(s) -> {', '.join(o.outputs)}" if o.ok
                     else f"FAILED: {o.error}")  # the reason names the file  # fmt: skip
             if not args.quiet:
-                progress.console.print(line) if progress.live.is_started else print(line)
+                progress.console.print(line) if progress.live.is_started else _echo(line)
 
         # Off a terminal (a job's log) the bars are off: a line every HEARTBEAT_S, so a long
         # file (files are reported when done) does not look stuck.
@@ -983,8 +1019,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         def heartbeat() -> None:
             while not quiet_beat.wait(HEARTBEAT_S):
-                print(f"radint batch: {n_done}/{len(paths)} file(s) done, {frames} frames, "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+                _echo(f"radint batch: {n_done}/{len(paths)} file(s) done, {frames} frames, "
+                      f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
 
         if not (args.quiet or sys.stdout.isatty()):
             threading.Thread(target=heartbeat, name="radint-heartbeat", daemon=True).start()
@@ -1006,7 +1042,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             extra = [p for p in finished if p not in reported]
             if not args.quiet:  # each file the count holds has its line
                 for p in extra:
-                    print(f"{p}: done (its outputs were completed while stopping)")
+                    _echo(f"{p}: done (its outputs were completed while stopping)")
             more_frames, uncounted = frames_written(extra, out_dir, formats, names)
             frames += more_frames
             n_done += len(extra)

@@ -114,6 +114,17 @@ def unwritten_frames(ds: h5py.Dataset) -> list[int]:
     return [f for f in range(ds.shape[axis]) if written[f - f % step] < per_row]
 
 
+def _missing_filter_hint(exc: BaseException) -> str:
+    """What to do about a read that failed for want of a filter plugin (HDF5 says so in several
+    ways); nothing for a damaged chunk ("filter returned failure during read")."""
+    text = str(exc)
+    missing = ("not registered", "can't open directory", "can't find plugin",
+               "unable to load plugin")  # fmt: skip
+    if any(m in text for m in missing):
+        return " (compressed with a filter this HDF5 has no plugin for: install hdf5plugin)"
+    return ""
+
+
 def _ranges(numbers: list[int]) -> str:
     """``[2, 3, 4, 7]`` as ``"2..4, 7"``."""
     runs: list[list[int]] = []
@@ -385,7 +396,10 @@ class Hdf5Source(FrameSource):
                     inner = _ranges([i - self._starts[k] for i in bad])
                     where += (f" (frames {inner} of {self._part_names[k]} in "
                               f"{self._parts[k].file.filename})")  # fmt: skip
-            raise ReaderError(f"{self.label}: cannot read {where}: {first_error}") from first_error
+            raise ReaderError(
+                f"{self.label}: cannot read {where}{_missing_filter_hint(first_error)}: "
+                f"{first_error}"
+            ) from first_error
 
     def read(self, index: int) -> np.ndarray:
         """Read frame ``index`` (decompressing only its chunks)."""
@@ -396,12 +410,9 @@ class Hdf5Source(FrameSource):
                 return ds[()]
             return ds[(0,) * (ds.ndim - 3) + (i,)]
         except OSError as exc:
-            hint = ""
-            if "not registered" in str(exc) or "can't open directory" in str(exc):
-                # a filter HDF5 has no plugin for, not a damaged chunk ("filter returned failure")
-                hint = " (compressed with a filter h5py lacks: install hdf5plugin)"
             raise ReaderError(
-                f"{self.label}: cannot read {self._where(k, index, index)}{hint}: {exc}"
+                f"{self.label}: cannot read {self._where(k, index, index)}"
+                f"{_missing_filter_hint(exc)}: {exc}"
             ) from exc
 
     def _frame_extent(self, index: int) -> tuple[int, np.dtype] | None:

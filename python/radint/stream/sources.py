@@ -371,18 +371,22 @@ class TcpSource(Source):
                         stats.add("received")
                         stats.add("dropped")
                     stats.add("bad_connections")
-                    hint = (
-                        f" (the wire has no length field: a sender whose frames are not "
-                        f"{self.shape[1]}x{self.shape[0]} pixels, NrPixelsY x NrPixelsZ, "
-                        "misaligns the stream, and then the frames already taken from this "
-                        f"connection, the {n_frames} from {label} id {first_id} on, are wrong "
-                        "too: check them)"
-                        if n_frames
-                        else ""
-                    )
+                    size = (f"a sender whose frames are not {self.shape[1]}x{self.shape[0]} "
+                            "pixels, NrPixelsY x NrPixelsZ")  # fmt: skip
+                    if n_frames:
+                        hint = (
+                            f" (the wire has no length field: {size}, misaligns the stream, and "
+                            "then the frames already taken from this connection, the "
+                            f"{n_frames} from {label} id {first_id} on, are wrong too: check "
+                            "them)"
+                        )
+                    elif isinstance(e, _BadFrame):
+                        hint = f" (is it {size}?)"
+                    else:
+                        hint = ""
                     log.error(
-                        "%s: %s; closing this connection after %d frame(s)%s",
-                        label, e, n_frames, hint,
+                        "%s: dataset_num %d: %s; closing this connection after %d frame(s)%s",
+                        label, num, e, n_frames, hint,
                     )  # fmt: skip
                     break
                 except _Closed as e:
