@@ -208,27 +208,16 @@ pub fn fit_curve(
     if y.len() != x.len() {
         return Err(Error::shape("peak fit: lineout length", x.len(), y.len()));
     }
-    Ok(fit_curve_checked(x, y, &[], positions, bin, opts))
+    Ok(fit_curve_checked(x, y, &[], positions, bin, opts, None))
 }
 
 /// [`fit_curve`] on a checked axis. `offset` (same length as `y`, or empty for none) is what was
 /// subtracted from the counts before `y` (auto-detection's background): it carries noise too.
+/// `earlier`: the fits of a first part of `positions` (same slots), which the rest extend: a
+/// job planned exactly as for those alone, with none of the new positions, keeps its earlier
+/// fits (the same bits a new fit would give), so positions added in one place refit only the
+/// jobs they join.
 fn fit_curve_checked(
-    x: &[f64],
-    y: &[f64],
-    offset: &[f64],
-    positions: &[f64],
-    bin: f64,
-    opts: &FitOptions,
-) -> Vec<PeakFit> {
-    refit_curve_checked(x, y, offset, positions, bin, opts, None)
-}
-
-/// [`fit_curve_checked`] of `positions` that extend the positions of an earlier fit
-/// (`earlier`: their count and fits, in the same slots): a job planned exactly as before, with
-/// none of the new positions, keeps its earlier fits (the same bits a new fit would give), so
-/// positions added in one place refit only the jobs they join.
-pub(crate) fn refit_curve_checked(
     x: &[f64],
     y: &[f64],
     offset: &[f64],
@@ -281,7 +270,7 @@ pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> 
     }
     let rows: Vec<Vec<PeakFit>> = ys
         .par_chunks(x.len())
-        .map(|y| fit_curve_checked(x, y, &[], positions, bin, opts))
+        .map(|y| fit_curve_checked(x, y, &[], positions, bin, opts, None))
         .collect();
     Ok(FitTable::from_rows(rows, positions.len()))
 }

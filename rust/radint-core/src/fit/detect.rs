@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use super::model::PeakTerms;
 use super::roi::bin_size;
 use super::{
-    bin_edges, fit_curve_checked, refit_curve_checked, validate_axis, validate_options, FitOptions,
-    FitStatus, PeakFit, COL_ETA,
+    bin_edges, fit_curve_checked, validate_axis, validate_options, FitOptions, FitStatus, PeakFit,
+    COL_ETA,
 };
 use crate::error::{Error, Result};
 
@@ -287,7 +287,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let min_prominence = DETECTION_SIGMAS * noise_sigma(&corr_bridged);
     let cand = detect_candidates(&corr_bridged, max_candidates, min_sep, min_prominence);
     let mut positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
-    let mut fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts);
+    let mut fits = fit_curve_checked(x, &corr, &background, &positions, bin, opts, None);
     let limits = (auto.max_peaks, bin, (x[0], x[x.len() - 1]));
     let search = ResidualSearch::new(
         x,
@@ -306,7 +306,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
             }
             let mut more = positions.clone();
             more.extend(missed.iter().map(|&i| x[i]));
-            let refit = refit_curve_checked(x, &corr, &background, &more, bin, opts, Some(&fits));
+            let refit = fit_curve_checked(x, &corr, &background, &more, bin, opts, Some(&fits));
             // Kept only when it adds a distinct peak (counted before `max_peaks` keeps the
             // largest): a candidate that fits to nothing, a refit that loses what the first fit
             // found, or one that splits a peak into a pair or a spike, leaves the first fit.
