@@ -640,10 +640,15 @@ def test_a_hybrid_frame_with_a_bad_index_is_counted_and_closes_the_connection(
     s.sendall(encode_frame_bytes(0, frame(0)) + bad + encode_frame_bytes(2, frame(2)))
     s.close()
     assert wait_for(lambda: p.stats.bad_connections == 1)
+    first = connect(src.port)  # a bad first frame: the detector size is asked about
+    first.sendall(bad)
+    first.close()
+    assert wait_for(lambda: p.stats.bad_connections == 2)
     summary = finish(p)
-    assert (summary.received, summary.written, summary.dropped) == (2, 1, 1)
+    assert (summary.received, summary.written, summary.dropped) == (3, 1, 2)
     assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0]
-    assert "hybrid index out of range" in caplog.text
+    assert "dataset_num 1: hybrid index out of range" in caplog.text
+    assert "after 0 frame(s) (is it a sender whose frames are not" in caplog.text
 
 
 def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator, tmp_path, caplog):

@@ -223,6 +223,8 @@ def _looks_int64(path: str, frame_dtype: str, config: IntegrationConfig) -> bool
     if width >= 8 or not n_pixels or size == 0 or size % (8 * n_pixels):
         return False
     values = np.fromfile(path, dtype="<i8", count=min(size // 8, 1 << 22))
+    if not ((values != 0) & (values != -1)).any():
+        return False  # all 0 / -1: both readings give the same dark, nothing to say
     return bool(((values >= -(1 << (8 * width - 1))) & (values < (1 << (8 * width)))).all())
 
 
@@ -255,11 +257,11 @@ def _read_dark(
     ):
         # MIDAS's darks are int64 frames whatever the frames' type: read in a narrower frame
         # type they pass for 2-4 times as many frames, averaged into nonsense.
+        name = np.dtype(raw_dtype).name
         log.warning(
             "%s: read as %s (--raw-dtype, the frames' type), but its size and values look like "
-            "int64 frames (MIDAS's dark_avg.bin: every 8-byte value fits a %s pixel): give "
-            "--dark-dtype int64 if so, --dark-dtype %s if not", path, np.dtype(raw_dtype).name,
-            np.dtype(raw_dtype).name, np.dtype(raw_dtype).name,
+            "int64 frames (MIDAS's dark_avg.bin: every 8-byte value is a small integer): give "
+            "--dark-dtype int64 if so, --dark-dtype %s if not", path, name, name,
         )  # fmt: skip
     raw_dtype = dark_dtype or raw_dtype
     from radint.io.errors import ReaderError

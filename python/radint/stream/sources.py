@@ -380,8 +380,8 @@ class TcpSource(Source):
                             f"{n_frames} from {label} id {first_id} on, are wrong too: check "
                             "them)"
                         )
-                    elif isinstance(e, _BadFrame):
-                        hint = f" (is it {size}?)"
+                    elif isinstance(e, _BadFrame) or "hybrid" in str(e):
+                        hint = f" (is it {size}?)"  # a hybrid frame's index or count beyond N
                     else:
                         hint = ""
                     log.error(
