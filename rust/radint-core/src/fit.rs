@@ -208,15 +208,32 @@ pub fn fit_curve(
     if y.len() != x.len() {
         return Err(Error::shape("peak fit: lineout length", x.len(), y.len()));
     }
-    Ok(fit_curve_checked(x, y, &[], positions, bin, opts, None))
+    Ok(fit_curve_checked(
+        x,
+        y,
+        &[],
+        positions,
+        bin,
+        opts,
+        Positions::Given,
+    ))
+}
+
+/// Where the positions of [`fit_curve_checked`] come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Positions<'a> {
+    /// The caller's: each job is fitted as planned.
+    Given,
+    /// Auto-detection's: every one stands well above the noise, so a merged job in which some
+    /// fail is fitted again in parts ([`fit_job_or_parts`]). `earlier`: the fits of a first part
+    /// of the positions (same slots), which the rest extend: a job planned exactly as for those
+    /// alone, with none of the new positions, keeps its earlier fits (the same bits a new fit
+    /// would give), so positions added in one place refit only the jobs they join.
+    Detected { earlier: Option<&'a [PeakFit]> },
 }
 
 /// [`fit_curve`] on a checked axis. `offset` (same length as `y`, or empty for none) is what was
 /// subtracted from the counts before `y` (auto-detection's background): it carries noise too.
-/// `earlier`: the fits of a first part of `positions` (same slots), which the rest extend: a
-/// job planned exactly as for those alone, with none of the new positions, keeps its earlier
-/// fits (the same bits a new fit would give), so positions added in one place refit only the
-/// jobs they join.
 fn fit_curve_checked(
     x: &[f64],
     y: &[f64],
@@ -224,7 +241,7 @@ fn fit_curve_checked(
     positions: &[f64],
     bin: f64,
     opts: &FitOptions,
-    earlier: Option<&[PeakFit]>,
+    source: Positions,
 ) -> Vec<PeakFit> {
     let plan = |positions: &[f64]| {
         plan_jobs(
@@ -237,14 +254,19 @@ fn fit_curve_checked(
         )
     };
     let jobs = plan(positions);
+    let earlier = match source {
+        Positions::Detected { earlier } => earlier,
+        Positions::Given => None,
+    };
     let kept_jobs = earlier.map_or_else(Vec::new, |fits| plan(&positions[..fits.len()]));
     let fitted: Vec<Vec<(usize, PeakFit)>> = jobs
         .par_iter()
-        .map(|job| match earlier {
-            Some(fits) if kept_jobs.contains(job) => {
+        .map(|job| match (source, earlier) {
+            (_, Some(fits)) if kept_jobs.contains(job) => {
                 job.peaks.iter().map(|p| (p.slot, fits[p.slot])).collect()
             }
-            _ => fit_job(x, y, offset, job, bin, opts),
+            (Positions::Detected { .. }, _) => fit_job_or_parts(x, y, offset, job, bin, opts),
+            (Positions::Given, _) => fit_job(x, y, offset, job, bin, opts),
         })
         .collect();
     let mut out = vec![PeakFit::failed(FitStatus::OutOfRange, 0); positions.len()];
@@ -270,7 +292,7 @@ pub fn fit_many(x: &[f64], ys: &[f64], positions: &[f64], opts: &FitOptions) -> 
     }
     let rows: Vec<Vec<PeakFit>> = ys
         .par_chunks(x.len())
-        .map(|y| fit_curve_checked(x, y, &[], positions, bin, opts, None))
+        .map(|y| fit_curve_checked(x, y, &[], positions, bin, opts, Positions::Given))
         .collect();
     Ok(FitTable::from_rows(rows, positions.len()))
 }
@@ -484,6 +506,44 @@ impl Residuals for JobProblem<'_> {
 }
 
 /// Fit one job; returns `(slot, fit)` for each of its peaks.
+/// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
+/// converges wider than its whole ROI), the job again in two parts ([`roi::halve`], each in turn
+/// the same way), kept when more of its peaks fit so. A merged job has one straight background:
+/// across a long chain of rings the lineout left by SNIP can bulge (the rings' tails, a sloping
+/// background), and the whole chain failed, every peak lost, or one peak took the bulge as a
+/// 100-bin-wide peak, where each part's background follows it.
+fn fit_job_or_parts(
+    x: &[f64],
+    y: &[f64],
+    offset: &[f64],
+    job: &Job,
+    bin: f64,
+    opts: &FitOptions,
+) -> Vec<(usize, PeakFit)> {
+    let whole = fit_job(x, y, offset, job, bin, opts);
+    let fitted = |fits: &[(usize, PeakFit)]| {
+        fits.iter()
+            .filter(|(slot, f)| {
+                let roi = job.peaks.iter().find(|p| p.slot == *slot);
+                f.status.is_ok() && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
+            })
+            .count()
+    };
+    if fitted(&whole) == whole.len() {
+        return whole;
+    }
+    let Some((left, right)) = roi::halve(job) else {
+        return whole;
+    };
+    let mut parts = fit_job_or_parts(x, y, offset, &left, bin, opts);
+    parts.extend(fit_job_or_parts(x, y, offset, &right, bin, opts));
+    if fitted(&parts) > fitted(&whole) {
+        parts
+    } else {
+        whole
+    }
+}
+
 fn fit_job(
     x: &[f64],
     y: &[f64],

@@ -114,42 +114,50 @@ pub fn plan_jobs(
 }
 
 /// Push `job`, cut at the widest gap between consecutive peaks while it has more than
-/// `max_peaks` (the left part ends half-way across the gap, the right part starts after it).
+/// `max_peaks`.
 fn split_job(job: Job, max_peaks: usize, out: &mut Vec<Job>) {
     if job.peaks.len() <= max_peaks {
         out.push(job);
         return;
     }
+    match halve(&job) {
+        Some((left, right)) => {
+            split_job(left, max_peaks, out);
+            split_job(right, max_peaks, out);
+        }
+        None => out.push(job),
+    }
+}
+
+/// `job` cut in two at the widest gap between consecutive peaks (among equal ones the most
+/// central): the left part ends half-way across the gap, the right part starts after it, and
+/// each peak's own ROI is clipped to its part. `None` when every peak sits on one bin (each
+/// side's ROI would end before the other's peak).
+pub fn halve(job: &Job) -> Option<(Job, Job)> {
     let n = job.peaks.len();
-    // Widest gap; among equal ones the most central. Peaks at one bin cannot be parted (each
-    // side's ROI would end before the other's peak): such a job stays whole (too many peaks).
-    let Some(cut) = (1..n)
+    let cut = (1..n)
         .filter(|&k| job.peaks[k].index > job.peaks[k - 1].index)
         .max_by_key(|&k| {
             let gap = job.peaks[k].index - job.peaks[k - 1].index;
             (gap, std::cmp::Reverse(k.abs_diff(n / 2)))
-        })
-    else {
-        out.push(job);
-        return;
-    };
+        })?;
     let mid = (job.peaks[cut - 1].index + job.peaks[cut].index) / 2;
-    let mut left = job.peaks;
-    let right = left.split_off(cut);
-    let clip = |peaks: Vec<JobPeak>, lo: usize, hi: usize| Job {
+    let clip = |peaks: &[JobPeak], lo: usize, hi: usize| Job {
         lo,
         hi,
         peaks: peaks
-            .into_iter()
+            .iter()
             .map(|pk| JobPeak {
                 lo: pk.lo.max(lo),
                 hi: pk.hi.min(hi),
-                ..pk
+                ..*pk
             })
             .collect(),
     };
-    split_job(clip(left, job.lo, mid), max_peaks, out);
-    split_job(clip(right, mid + 1, job.hi), max_peaks, out);
+    Some((
+        clip(&job.peaks[..cut], job.lo, mid),
+        clip(&job.peaks[cut..], mid + 1, job.hi),
+    ))
 }
 
 /// FitROIAuto padding: `max(15, 1.5 · max FWHM_bins)` with each FWHM estimated in a ±50-bin window.
