@@ -608,27 +608,36 @@ def test_auto_detection_on_bins_finer_than_a_pixel_finds_only_the_rings(r_bin_px
 
 
 @pytest.mark.parametrize(
-    ("name", "strong_snr", "lost_before"),
-    [("eig75_r2", 75, [155.9, 392.3]), ("pil172_r1", 100, [424.3])],
+    ("name", "bin_average", "strong_snr", "lost_before"),
+    [
+        ("eig75_r2", True, 75, [155.9, 392.3]),
+        ("eig75_r2_radint", False, 75, [360.0, 392.3, 532.4]),
+        ("pil172_r1", True, 100, [424.3]),
+    ],
 )
 def test_auto_detection_keeps_a_chain_of_rings_on_a_bulging_background(
-    name: str, strong_snr: float, lost_before: list[float]
+    name: str, bin_average: bool, strong_snr: float, lost_before: list[float]
 ) -> None:
-    """IntegratorZarrOMP lineouts of synthetic CeO2-like frames (tests/data/PROVENANCE.md): the
-    candidates chain into one job, whose straight background cannot follow the bulge SNIP leaves
-    under a long run of rings; its peaks ended at_bound/no_peak and were all lost (eig75_r2: 0
-    of 13 rings found) or one took the bulge as a 400-px-wide peak. Such a job is now fitted
-    again in parts: every ring of 1-D S/N ≥ ``strong_snr`` is found, at its radius (pil172_r1's
-    450 px ring, S/N 88, 6 px beside a ring 14× stronger, is not: a close doublet)."""
+    """Lineouts of synthetic CeO2-like frames (tests/data/PROVENANCE.md): the candidates chain
+    into one job, whose straight background cannot follow the bulge SNIP leaves under a long
+    run of rings; its peaks ended at_bound/no_peak and were all lost (eig75_r2: 0 of 13 rings
+    found) or one took the bulge as a 400-px-wide peak; with MIDAS's centre-sampled model
+    (``bin_average=False``, as ``compat="midas-cpu"`` fits) candidates collapsed into spikes
+    (FWHM 0.01–0.05 px, areas up to 33× a ring's, errors NaN) kept in the rings' place. Such a
+    job is now fitted again in parts and spikes are dropped: every ring of 1-D S/N ≥
+    ``strong_snr`` is found, at its radius (pil172_r1's 450 px ring, S/N 88, 6 px beside a ring
+    14× stronger, is not: a close doublet), and no peak is narrower than a quarter bin."""
     d = np.load(DATA / "fit_detect" / f"{name}.npz")
-    t = rfit.fit_peaks(d["x"], d["lineout"], auto=20)
-    found = np.ravel(t.center)[np.isfinite(np.ravel(t.center))]
+    t = rfit.fit_peaks(d["x"], d["lineout"], auto=20, bin_average=bin_average)
+    keep = np.isfinite(np.ravel(t.center))
+    found, fwhm = np.ravel(t.center)[keep], np.ravel(t.fwhm)[keep]
     strong = d["ring_r_px"][d["ring_snr"] >= strong_snr]
     off = np.abs(strong[:, None] - found[None, :]).min(axis=1)
     assert (off < 0.2).all(), (strong[off >= 0.2], found)
     assert all(np.abs(found - r).min() < 0.2 for r in lost_before)
-    # Nothing where there is no ring.
+    # Nothing where there is no ring, and no spike.
     assert (np.abs(found[:, None] - d["ring_r_px"][None, :]).min(axis=1) < 1.0).all(), found
+    assert (fwhm >= 0.25 * (d["x"][1] - d["x"][0])).all(), fwhm
 
 
 def test_fit_result_on_stack() -> None:

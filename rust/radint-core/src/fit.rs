@@ -106,6 +106,11 @@ impl PeakFit {
     pub fn fwhm(&self) -> f64 {
         self.values[COL_FWHM]
     }
+    /// Narrower than [`detect::SPIKE_FWHM_BINS`] of a `bin` with an area its errors do not
+    /// bound (NaN, or an error above the area itself): see there.
+    pub(crate) fn is_spike(&self, bin: f64) -> bool {
+        self.fwhm() < detect::SPIKE_FWHM_BINS * bin && !(self.errors[COL_AREA] <= self.area())
+    }
 }
 
 /// Fits of many curves, flat for zero-copy hand-over: `values`/`errors` are
@@ -507,7 +512,7 @@ impl Residuals for JobProblem<'_> {
 
 /// Fit one job; returns `(slot, fit)` for each of its peaks.
 /// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
-/// converges wider than its whole ROI), the job again in two parts ([`roi::halve`], each in turn
+/// converges wider than its whole ROI or as a spike, [`PeakFit::is_spike`]), the job again in two parts ([`roi::halve`], each in turn
 /// the same way), kept when more of its peaks fit so. A merged job has one straight background:
 /// across a long chain of rings the lineout left by SNIP can bulge (the rings' tails, a sloping
 /// background), and the whole chain failed, every peak lost, or one peak took the bulge as a
@@ -525,7 +530,9 @@ fn fit_job_or_parts(
         fits.iter()
             .filter(|(slot, f)| {
                 let roi = job.peaks.iter().find(|p| p.slot == *slot);
-                f.status.is_ok() && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
+                f.status.is_ok()
+                    && !f.is_spike(bin)
+                    && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
             })
             .count()
     };

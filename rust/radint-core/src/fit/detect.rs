@@ -639,7 +639,7 @@ impl<'a> ResidualSearch<'a> {
 /// two), and of two within 3 FWHM, the smaller at least [`RESIDUAL_NEAR`] of the larger's area
 /// (a sliver of misfit beside a strong peak).
 fn distinct(peaks: &[PeakFit], bin: f64) -> bool {
-    peaks.iter().all(|p| p.fwhm() >= 0.25 * bin)
+    peaks.iter().all(|p| p.fwhm() >= SPIKE_FWHM_BINS * bin)
         && peaks.windows(2).all(|w| {
             let (gap, wide) = (w[1].center() - w[0].center(), w[0].fwhm().max(w[1].fwhm()));
             let (small, large) = (w[0].area().min(w[1].area()), w[0].area().max(w[1].area()));
@@ -647,9 +647,21 @@ fn distinct(peaks: &[PeakFit], bin: f64) -> bool {
         })
 }
 
-/// Keep converged peaks with area > 0, Γ > 0 and the centre on the axis (a candidate at the
-/// lineout's edge can slide off it onto the edge's slope); with more than 2, drop widths above
-/// `max(5 · upper-median Γ, 2 · bin)`; keep the `max_peaks` largest areas, ordered by centre.
+/// A detected peak that fits narrower than this many bins, with an area its errors do not bound
+/// ([`PeakFit::is_spike`]), is a spike, not a ring: under MIDAS's centre-sampled model
+/// (`bin_average` off) its area is a height times a vanishing width (33× a ring's true area
+/// where a candidate collapsed onto a bin centre, error NaN or 1e6×). Such a peak is dropped,
+/// and its job counts as failed ([`fit_job_or_parts`]). A real ring narrower than a bin fitted
+/// with bin means (the default) can collapse as narrow, but its area stays bounded (0.7-bin
+/// Gaussians: errors 4–8 %), and it is kept.
+///
+/// [`fit_job_or_parts`]: super::fit_job_or_parts
+pub(crate) const SPIKE_FWHM_BINS: f64 = 0.25;
+
+/// Keep converged peaks with area > 0, Γ > 0, no spike ([`SPIKE_FWHM_BINS`]) and the centre on the axis
+/// (a candidate at the lineout's edge can slide off it onto the edge's slope); with more than 2,
+/// drop widths above `max(5 · upper-median Γ, 2 · bin)`; keep the `max_peaks` largest areas,
+/// ordered by centre.
 fn select_peaks(
     fits: Vec<PeakFit>,
     (max_peaks, bin, x_range): (usize, f64, (f64, f64)),
@@ -660,6 +672,7 @@ fn select_peaks(
             f.status == FitStatus::Converged
                 && f.area() > 0.0
                 && f.fwhm() > 0.0
+                && !f.is_spike(bin)
                 && f.center() >= x_range.0
                 && f.center() <= x_range.1
         })
