@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -130,6 +132,49 @@ def test_convert_a_stored_result(tmp_path, capsys):
     assert main(["convert", str(src), "--format", "nexus,xy"]) == 2
     assert "the result being converted" in capsys.readouterr().err
     assert src.read_bytes() == before and not (tmp_path / "ceo2_pilatus_lineout.xy").exists()
+
+
+def test_convert_midas_after_fit_update(tmp_path, capsys):
+    """README walk-through: `radint fit --update` then `radint convert --format midas` failed
+    ("per-eta peak fits need peaks to fit", naming formats never typed): the stored
+    configuration did not say how the peaks were fitted. It now does, so the per-η fits run
+    at the same positions; a result whose peaks came from elsewhere gets the other MIDAS files."""
+    from radint.fit import FitSpec
+    from radint.io import read_nexus, write_result
+
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path), "-q"]) == 0
+    src = tmp_path / "ceo2_pilatus.h5"
+    assert main(["fit", str(src), "--peaks", "3.172,3.663", "--update", "-q"]) == 0
+    stored = read_nexus(src)
+    spec = FitSpec.from_config(stored.config)
+    assert spec is not None and len(spec.positions_px) == 2
+    np.testing.assert_allclose(stored.config.two_theta_deg(np.array(spec.positions_px)),
+                               [3.172, 3.663], atol=1e-9)  # fmt: skip
+    out = tmp_path / "conv"
+    assert main(["convert", str(src), "--format", "midas,xy", "-o", str(out), "-q"]) == 0
+    for suffix in (".caked.hdf", ".zarr.zip", "_fit.bin", "_fit_per_eta.csv", "_caked_peaks.h5"):
+        assert (out / f"ceo2_pilatus{suffix}").exists(), suffix
+    # Peaks fitted in Python into a result whose configuration fits nothing.
+    plain = read_nexus(src)
+    plain.config = plain.config.replace(do_peak_fit=False, peak_locations=())
+    written = write_result(plain, tmp_path / "plain", ["midas"])
+    assert sorted(p.name for p in map(Path, written)) == [
+        "ceo2_pilatus.caked.hdf", "ceo2_pilatus.zarr.zip", "ceo2_pilatus_fit.bin"
+    ]  # fmt: skip
+
+
+def test_a_mistyped_option_is_answered_by_its_subcommand(tmp_path, capsys):
+    """README walk-through: `radint integrate ... --formt xy` printed the top-level usage and
+    no hint; now the subcommand's usage and the closest option."""
+    params, data = str(EXAMPLES / "parameters.txt"), str(EXAMPLES / "ceo2_pilatus.tif")
+    with pytest.raises(SystemExit) as e:
+        main(["integrate", params, data, "--formt", "xy", "-o", str(tmp_path)])
+    assert e.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "usage: radint integrate" in err and "did you mean --format?" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_pyfai_poni_file_as_parameters(tmp_path, capsys):

@@ -671,6 +671,10 @@ def test_fit_bin_layout(tmp_path) -> None:
     assert rfit.read_fit_bin(tmp_path / "auto.bin").shape == (int(ta.n_found.sum()), 7)
     with pytest.raises(ShapeError):
         rfit.read_fit_bin(path, n_peaks=4)
+    # A missing folder is named, not the hidden temporary file the writer would have opened.
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nodir/fit\.bin: no folder") as e:
+        rfit.write_fit_bin(t, tmp_path / "nodir" / "fit.bin")
+    assert ".partial" not in str(e.value)
 
 
 def test_caked_peaks_h5_layout(tmp_path) -> None:

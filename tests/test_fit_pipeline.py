@@ -114,12 +114,15 @@ def test_fit_roi_auto_is_ignored_like_integratorzarromp_under_midas_cpu(
     ("lines", "message"),
     [
         ("AutoDetectPeaks -1\n", "p.txt:2: AutoDetectPeaks <= 0 turns fitting on (as IntegratorZ"),
-        ("DoPeakFit 1\n", "DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0: no peaks"),
+        ("DoPeakFit 1\n", "p.txt:2: DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0"),
+        # As in MIDAS's own example files: the AutoDetectPeaks line switches fitting back on.
+        ("DoPeakFit 0\nAutoDetectPeaks 0\n", "p.txt:3: AutoDetectPeaks <= 0 turns fitting on"),
     ],
 )
 def test_fitting_switched_on_without_peaks_says_which_line(lines, message, caplog, monkeypatch):
     """Audit: `AutoDetectPeaks -1` (no DoPeakFit line) was reported as "DoPeakFit 1 without
-    PeakLocation or AutoDetectPeaks", at info level, twice."""
+    PeakLocation or AutoDetectPeaks", at info level, twice; after `DoPeakFit 0` it still was
+    (the user was told of a DoPeakFit 1 they had switched off)."""
     import radint._once
 
     monkeypatch.setattr(radint._once, "GIVEN", set())

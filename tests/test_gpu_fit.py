@@ -181,6 +181,18 @@ def test_nvrtc_compiles_fit_kernel():
     assert ".entry rf_fit_jobs(" in ptx
 
 
+def test_cuda_fitter_without_a_usable_device_names_the_extra(monkeypatch):
+    """CUDA audit: CuPy installed without a usable driver made ``CudaFitter`` raise CuPy's bare
+    ``cudaErrorInsufficientDriver``; it now says what ``Integrator(backend="cuda")`` says."""
+    import radint.gpu.fit as gpu_fit
+
+    why = "no usable CUDA driver/runtime (...); pip install 'radint[gpu]'"
+    monkeypatch.setattr(gpu_fit, "_import_cupy", lambda: object())
+    monkeypatch.setattr(gpu_fit, "cuda_available", lambda: (False, why))
+    with pytest.raises(BackendUnavailableError, match=r"not available: .*radint\[gpu\]"):
+        gpu_fit.CudaFitter(np.arange(100.0), [50.0])
+
+
 def _cuda_ok() -> tuple[bool, str]:
     from radint.gpu import cuda_available
 

@@ -1106,6 +1106,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result.peaks = spec.apply(result, n_threads=args.threads)
     elapsed = time.perf_counter() - t0
+    if result.config is not None:  # the files written say how their peaks were fitted
+        result.config = spec.recorded_in(result.config)
     from radint.batch import output_stem
 
     stem = output_stem(src)
@@ -1174,7 +1176,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from radint.batch import output_stem
     from radint.io import read_nexus, write_result
     from radint.io.nexus import copy_stream_table
-    from radint.io.write import FORMATS, expand_formats, resolve_formats
+    from radint.io.write import FORMATS, expand_formats, fitting_of, resolve_formats
 
     src = _result_path(args.result)
     formats = _format_list(args.format)
@@ -1183,7 +1185,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         result = read_nexus(src)
         stem = output_stem(src)
-        for fmt in expand_formats(resolve_formats(formats, result.peaks is not None)):
+        for fmt in expand_formats(resolve_formats(formats, *fitting_of(result))):
             target = out_dir / f"{stem}{FORMATS[fmt][0]}"
             if target.exists() and target.resolve() == src.resolve():
                 raise RadintError(
@@ -1958,7 +1960,16 @@ def _take_trailing_tokens(
         else:
             unknown.append(tok)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # Said by the subcommand (its usage, not the top level's), with the closest option.
+        import difflib
+
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices.get(getattr(args, "command", None) or "", parser)
+        options = sorted(command._option_string_actions)
+        hints = [f"{tok}: did you mean {close[0]}?" for tok in unknown
+                 if (close := difflib.get_close_matches(tok.split("=")[0], options, n=1))]  # fmt: skip
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def _dash_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:

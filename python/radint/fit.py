@@ -1494,13 +1494,18 @@ class FitSpec:
         if config.auto_detect_peaks:
             return cls(auto=int(config.max_n_peaks), **common)
         if not config.peak_locations:
+            # An AutoDetectPeaks line turns fitting on whatever its value (as IntegratorZarrOMP),
+            # also after `DoPeakFit 0`: name the line that did.
             source, line = config.set_at.get("AutoDetectPeaks", ("", 0))
-            why = (
-                f"{source}:{line}: AutoDetectPeaks <= 0 turns fitting on (as IntegratorZarrOMP) "
-                "without detecting peaks"
-                if source and "DoPeakFit" not in config.set_at
-                else "DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0"
-            )
+            if source:
+                why = (
+                    f"{source}:{line}: AutoDetectPeaks <= 0 turns fitting on (as IntegratorZarrOMP) "
+                    "without detecting peaks, and no PeakLocation is given"
+                )
+            else:
+                source, line = config.set_at.get("DoPeakFit", ("", 0))
+                where = f"{source}:{line}: " if source else ""
+                why = f"{where}DoPeakFit 1 without PeakLocation or AutoDetectPeaks N > 0"
             warn_once(("no peaks to fit", why), "%s: no peaks fitted", why)
             return None
         # Sorted, as PeakFit.c orders its jobs (and so its fit.bin rows) by R.
@@ -1571,6 +1576,38 @@ class FitSpec:
             return list(self.positions_px)
         tth = np.radians(np.asarray(self.positions_two_theta_deg, dtype=np.float64))
         return list(np.tan(tth) * config.lsd_um / config.pixel_size_y_um)
+
+    def recorded_in(self, config: IntegrationConfig) -> IntegrationConfig:
+        """``config`` with this fit as its parameter file would give it (``DoPeakFit 1`` with
+        ``PeakLocation`` in R px or ``AutoDetectPeaks N``, ``FitROIPadding``, ``FitROIAuto``,
+        ``SNIPIterations``, ``DoubletSeparation``), so a result file that stores it says how
+        its peaks were fitted and :meth:`from_config` gives them again (``radint convert
+        --format midas`` fits the same peaks per η).
+
+        Parameters
+        ----------
+        config : IntegrationConfig
+            The result's configuration; 2θ positions are converted with it
+            (:meth:`positions_in_px`).
+
+        Returns
+        -------
+        IntegrationConfig
+            A copy with the fit fields replaced.
+        """
+        fields: dict[str, Any] = {
+            "do_peak_fit": True,
+            "fit_roi_padding": int(self.roi_padding),
+            "fit_roi_auto": bool(self.auto_roi),
+            "snip_iterations": int(self.snip_iterations),
+            "doublet_separation": float(self.doublet_separation),
+        }
+        if self.auto is not None:
+            fields |= {"auto_detect_peaks": True, "max_n_peaks": int(self.auto)}
+        else:
+            fields |= {"auto_detect_peaks": False,
+                       "peak_locations": tuple(map(float, self.positions_in_px(config)))}  # fmt: skip
+        return config.replace(**fields)
 
     def apply(self, result: Result, n_threads: int | None = None) -> FitTable:
         """Fit the lineout(s) of ``result`` (see :func:`fit_result`); the table's

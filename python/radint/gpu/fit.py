@@ -21,9 +21,9 @@ import numpy as np
 
 from radint import _core
 from radint.config import FIT_ROI_PADDING
-from radint.exceptions import InvalidInputError
+from radint.exceptions import BackendUnavailableError, InvalidInputError
 from radint.fit import MAX_ITERATIONS, unique_positions, warn_out_of_range
-from radint.gpu import _import_cupy, _module, _out_of_memory
+from radint.gpu import _import_cupy, _module, _out_of_memory, cuda_available
 
 __all__ = ["CPU_FALLBACK", "CudaFitter", "scratch_bytes"]
 
@@ -89,6 +89,9 @@ class CudaFitter:
         device_id: int | None = None,
     ) -> None:
         cp = _import_cupy()
+        ok, why = cuda_available()
+        if not ok:  # as CudaIntegrator says it, not the driver's bare error
+            raise BackendUnavailableError(f"the CUDA backend is not available: {why}")
         self._cp = cp
         self.x = np.ascontiguousarray(x, dtype=np.float64)
         unique, self._slots = unique_positions(np.asarray(positions, np.float64), "fit")

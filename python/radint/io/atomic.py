@@ -240,6 +240,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     ...     tmp.write_text("done")
     """
     final = Path(path)
+    if not final.parent.is_dir():  # else the writer's error names the hidden temporary file
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot write {final}: no folder {final.parent}", str(final)
+        )
     tmp = temporary_sibling(final)
     try:
         yield tmp

@@ -136,7 +136,17 @@ def missing_format_packages(formats: Sequence[str]) -> list[str]:
     return missing
 
 
-def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
+def fitting_of(result: Result) -> tuple[bool, bool]:
+    """Whether ``result`` has fitted peaks, and whether a fit is known to run per η."""
+    from radint.fit import fit_spec_of
+
+    fitted = result.peaks is not None
+    return fitted, fitted and fit_spec_of(result) is not None
+
+
+def resolve_formats(
+    formats: Sequence[str], fitting: bool, per_eta: bool | None = None
+) -> tuple[str, ...]:
     """``formats`` with ``"midas"`` made explicit: caked + gsas, and when peaks are fitted
     (``fitting``: DoPeakFit / ``--fit-peaks`` / ``fit=``) also IntegratorZarrOMP's fit files
     ``fit``, ``fit_per_eta`` and ``caked_peaks``. Other names are kept as given.
@@ -148,6 +158,10 @@ def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
         ``"midas"`` is matched in any case; names are not checked here.
     fitting : bool
         Whether peaks are fitted: ``"midas"`` then also adds :data:`MIDAS_FIT_FORMATS`.
+    per_eta : bool, optional
+        Whether the per-η fits can run (a fit is known: :func:`radint.fit.fit_spec_of`);
+        default ``fitting``. Where not, ``"midas"`` adds only ``fit`` (peaks fitted by hand
+        into a result whose configuration fits nothing).
 
     Returns
     -------
@@ -156,10 +170,13 @@ def resolve_formats(formats: Sequence[str], fitting: bool) -> tuple[str, ...]:
     """
     if isinstance(formats, str):  # "nexus" is one format, not five letters
         formats = [formats]
+    fit_formats: tuple[str, ...] = MIDAS_FIT_FORMATS if fitting else ()
+    if fitting and per_eta is False:
+        fit_formats = tuple(f for f in fit_formats if f not in NEEDS_FIT_SPEC)
     out: list[str] = []
     for fmt in formats:
         if fmt.lower() == "midas":
-            out += [*ALIASES["midas"], *(MIDAS_FIT_FORMATS if fitting else ())]
+            out += [*ALIASES["midas"], *fit_formats]
         else:
             out.append(fmt)
     return tuple(out)
@@ -353,7 +370,7 @@ def write_result(
     all of its new outputs or none; a file that was there before (an earlier output replaced,
     or the result being rewritten in place, as ``radint fit`` does) is left as it now is.
     """
-    wanted = expand_formats(resolve_formats(formats, result.peaks is not None))
+    wanted = expand_formats(resolve_formats(formats, *fitting_of(result)))
     check_formats(result, wanted)
     out_dir = Path(path_or_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

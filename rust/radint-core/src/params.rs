@@ -511,16 +511,21 @@ impl Params {
                  one PeakLocation line per peak for them",
                 line.values.len()
             )),
-            "MaxNPeaks" if self.set_at.contains_key("AutoDetectPeaks") => Some(
+            // Only where AutoDetectPeaks N > 0 counts peaks: `AutoDetectPeaks 0` counts none.
+            "MaxNPeaks" if self.auto_detect_peaks => Some(
                 "MaxNPeaks ignored: AutoDetectPeaks N sets the number of peaks (IntegratorZarrOMP \
                  does not read MaxNPeaks)"
                     .to_string(),
             ),
-            "AutoDetectPeaks" if self.set_at.contains_key("MaxNPeaks") => Some(
-                "AutoDetectPeaks N sets the number of peaks, not the earlier MaxNPeaks \
-                 (IntegratorZarrOMP does not read MaxNPeaks)"
-                    .to_string(),
-            ),
+            "AutoDetectPeaks"
+                if self.set_at.contains_key("MaxNPeaks") && line.int_at(0).is_ok_and(|n| n > 0) =>
+            {
+                Some(
+                    "AutoDetectPeaks N sets the number of peaks, not the earlier MaxNPeaks \
+                     (IntegratorZarrOMP does not read MaxNPeaks)"
+                        .to_string(),
+                )
+            }
             "pxY"
                 if self.set_at.contains_key("px")
                     && line.f64().is_ok_and(|v| v != self.pixel_size_y_um) =>
@@ -1339,6 +1344,19 @@ mod tests {
                 .any(|n| n.message.starts_with("MaxNPeaks ignored")
                     && n.location.file == "<override>")
         );
+    }
+
+    #[test]
+    fn max_n_peaks_beside_auto_detect_peaks_0_is_not_said_to_be_ignored() {
+        // MIDAS's own example files: `DoPeakFit 0`, `AutoDetectPeaks 0`, `MaxNPeaks 10`.
+        for text in ["AutoDetectPeaks 0\nMaxNPeaks 10\n", "MaxNPeaks 10\nAutoDetectPeaks 0\n"] {
+            let p = Params::parse(text, "p.txt").unwrap();
+            assert!(p.midas_notes.is_empty(), "{text:?}: {:?}", p.midas_notes);
+        }
+        for text in ["AutoDetectPeaks 3\nMaxNPeaks 10\n", "MaxNPeaks 10\nAutoDetectPeaks 3\n"] {
+            let p = Params::parse(text, "p.txt").unwrap();
+            assert_eq!(p.midas_notes.len(), 1, "{text:?}");
+        }
     }
 
     #[test]
