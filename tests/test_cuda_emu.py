@@ -286,7 +286,7 @@ def test_syncwarp_orders_shared_memory_between_lanes(cupy, mod, monkeypatch):
     n = 2 * 64
     want = (np.arange(n) // 32 * 32 + (np.arange(n) % 32 + 1) % 32).astype(np.int32)
     racy = {}
-    for order in ("forward", "reverse"):
+    for order in ("forward", "reverse", "random:1", "random:2"):
         monkeypatch.setenv("RADINT_FAKE_CUPY_LANE_ORDER", order)
         out = cupy.asarray(np.zeros(n, np.int32))
         kernel((2,), (64,), (out, np.int32(1), np.int32(32)), shared_mem=2 * 32 * 4)
@@ -295,6 +295,12 @@ def test_syncwarp_orders_shared_memory_between_lanes(cupy, mod, monkeypatch):
         racy[order] = out.get()
     assert not np.array_equal(racy["forward"], racy["reverse"])
     assert (racy["forward"] == -1).sum() == 2 * 2 * 31  # unwritten slots read as 0xffffffff
+    # A shuffled order: some lanes read their neighbour's write, some the poison, and another
+    # seed another mix (neither end first).
+    for order in ("random:1", "random:2"):
+        read_poison = (racy[order] == -1).sum()
+        assert 0 < read_poison < 2 * 2 * 31, order
+    assert not np.array_equal(racy["random:1"], racy["random:2"])
 
 
 def test_shared_memory_bounds_and_limits(cupy, mod):
@@ -341,7 +347,7 @@ extern "C" __global__ void team_flags(const int* verdicts, int* seen, int n) {
     )
     verdicts = np.array([1, 0, 0, 1, 1, 0, 1], np.int32)
     kernel = cupy.RawModule(code=source).get_function("team_flags")
-    for order in ("forward", "reverse"):
+    for order in ("forward", "reverse", "random:3"):
         os.environ["RADINT_FAKE_CUPY_LANE_ORDER"] = order
         try:
             seen = cupy.asarray(np.full(7 * 32, -1, np.int32))

@@ -433,7 +433,7 @@ def _fit_cases():
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("order", ["forward", "reverse", "random:1", "random:2"])
 def test_cuda_fitter_on_the_cpu_runtime_is_the_rust_fitter_bit_for_bit(order, monkeypatch):
     """The kernel splits each job's points over a warp's lanes but sums every entry of the
     normal equations and the covariance in point order: on the fake CuPy (host libm, no

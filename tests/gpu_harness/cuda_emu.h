@@ -23,9 +23,11 @@
 // integers: CUDA does not clear it), ending at an inaccessible page, and refused past 48 KiB
 // unless the kernel's max_dynamic_shared_size_bytes allows more, as on a GPU.
 // Between two rendezvous a warp's lanes run one after another, lane 0 first; with
-// RADINT_FAKE_CUPY_LANE_ORDER=reverse lane 31 first. A kernel whose lanes read each other's
-// shared or global writes without a __syncwarp between gives different results in the two
-// orders: that is how the tests look for intra-warp races.
+// RADINT_FAKE_CUPY_LANE_ORDER=reverse lane 31 first, with =random:SEED in an order shuffled
+// anew at every rendezvous (a GPU interleaves its lanes' instructions: a race that needs
+// neither end first shows only so). A kernel whose lanes read each other's shared or global
+// writes without a __syncwarp between gives different results in different orders: that is
+// how the tests look for intra-warp races.
 //
 // Not modelled: __syncthreads and static __shared__ arrays (radint's kernels use neither),
 // races between warps, and timing. Warps and blocks run one after another, so a kernel relying
@@ -110,6 +112,7 @@ struct Warp {
 #endif
     const std::function<void()>* body = nullptr;
     bool reverse = false;  // resume lanes from the last (RADINT_FAKE_CUPY_LANE_ORDER=reverse)
+    unsigned long long shuffle = 0;  // xorshift state of =random:SEED; 0: no shuffling
     char error[512] = {};
 };
 
@@ -301,8 +304,19 @@ static bool exchange(Warp& w) {
 // Runs the warp's lanes to completion; false (with w.error) on a broken shuffle.
 static bool run_warp(Warp& w) {
     for (;;) {
+        int order[kWarp];
+        for (int k = 0; k < w.n; ++k) order[k] = w.reverse ? w.n - 1 - k : k;
+        for (int k = w.n - 1; w.shuffle && k > 0; --k) {  // Fisher–Yates
+            w.shuffle ^= w.shuffle << 13;
+            w.shuffle ^= w.shuffle >> 7;
+            w.shuffle ^= w.shuffle << 17;
+            const int j = int(w.shuffle % (unsigned long long)(k + 1));
+            const int t = order[k];
+            order[k] = order[j];
+            order[j] = t;
+        }
         for (int k = 0; k < w.n; ++k) {
-            const int i = w.reverse ? w.n - 1 - k : k;
+            const int i = order[k];
             if (w.lanes[i].state == kReady) resume(w, i);
         }
         bool waiting = false;
@@ -452,6 +466,10 @@ int launch(void (*kernel)(P...), unsigned max_threads, const unsigned* grid,
     warp.error[0] = 0;
     const char* order = std::getenv("RADINT_FAKE_CUPY_LANE_ORDER");
     warp.reverse = order && std::strcmp(order, "reverse") == 0;
+    // Seeded once per launch, so a launch is repeatable; never 0 (which means "no shuffling").
+    warp.shuffle = order && std::strncmp(order, "random:", 7) == 0
+                       ? std::strtoull(order + 7, nullptr, 10) * 2654435761ull + 88172645463325252ull
+                       : 0;
     unsigned char* shared = shared_bytes ? shared_buffer(std::size_t(shared_bytes)) : nullptr;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
