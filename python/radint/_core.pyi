@@ -227,13 +227,15 @@ def fit_auto(
     max_iterations: int = 500,
     n_threads: int | None = None,
     bin_average: bool = True,
+    correlated_noise: bool = False,
 ) -> dict[str, Any]:
     """Detect and fit up to ``max_peaks`` peaks in every row of ``ys`` ``(n_curves, n_x)``.
 
     Returns a dict: ``values``, ``errors`` ``(n_curves, max_peaks, 7)`` padded with NaN rows
     after the ``counts[i]`` kept peaks (ordered by centre), ``status`` (255 on padding),
     ``iterations``, ``counts`` u32 ``(n_curves,)`` and the subtracted SNIP ``background``
-    ``(n_curves, n_x)``."""
+    ``(n_curves, n_x)``. ``correlated_noise``: neighbouring bins share counts (bins finer than
+    a pixel)."""
 
 def snip_background(y: np.ndarray, iterations: int = 50) -> np.ndarray:
     """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; non-finite bins are filled

@@ -75,7 +75,7 @@ fn main() {
     let opts = FitOptions::default();
     let auto = AutoOptions {
         max_peaks: N_PEAKS,
-        snip_iterations: 50,
+        ..AutoOptions::default()
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -98,7 +98,7 @@ fn main() {
                 t[0] += clock.elapsed().as_secs_f64();
                 let corr: Vec<f64> = y.iter().zip(&bg).map(|(&v, &b)| (v - b).max(0.0)).collect();
                 let clock = Instant::now();
-                let sigma = noise_sigma(&corr);
+                let sigma = noise_sigma(&corr, false);
                 t[1] += clock.elapsed().as_secs_f64();
                 let clock = Instant::now();
                 let cand = detect_candidates(&corr, 3 * N_PEAKS, 3, DETECTION_SIGMAS * sigma);

@@ -512,11 +512,16 @@ impl Residuals for JobProblem<'_> {
 
 /// Fit one job; returns `(slot, fit)` for each of its peaks.
 /// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
-/// converges wider than its whole ROI or as a spike, [`PeakFit::is_spike`]), the job again in two parts ([`roi::halve`], each in turn
-/// the same way), kept when more of its peaks fit so. A merged job has one straight background:
-/// across a long chain of rings the lineout left by SNIP can bulge (the rings' tails, a sloping
-/// background), and the whole chain failed, every peak lost, or one peak took the bulge as a
-/// 100-bin-wide peak, where each part's background follows it.
+/// converges wider than its whole ROI or as a spike, [`PeakFit::is_spike`]), the job again in
+/// two parts ([`roi::halve`], each in turn the same way). A merged job has one straight
+/// background: across a long chain of rings the lineout left by SNIP can bulge (the rings'
+/// tails, a sloping background), and the whole chain failed, every peak lost, or one peak took
+/// the bulge as a 100-bin-wide peak, where each part's background follows it.
+///
+/// A failed peak takes its fit in the parts where it fits there; a peak the whole job fitted
+/// keeps that fit (in a part cut through a strong ring's tail its area came out 11–13 % high),
+/// unless the whole job left it without errors (a spike beside it makes the covariance singular)
+/// and its part gives them.
 fn fit_job_or_parts(
     x: &[f64],
     y: &[f64],
@@ -526,17 +531,13 @@ fn fit_job_or_parts(
     opts: &FitOptions,
 ) -> Vec<(usize, PeakFit)> {
     let whole = fit_job(x, y, offset, job, bin, opts);
-    let fitted = |fits: &[(usize, PeakFit)]| {
-        fits.iter()
-            .filter(|(slot, f)| {
-                let roi = job.peaks.iter().find(|p| p.slot == *slot);
-                f.status.is_ok()
-                    && !f.is_spike(bin)
-                    && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
-            })
-            .count()
+    let fitted = |slot: usize, f: &PeakFit| {
+        let roi = job.peaks.iter().find(|p| p.slot == slot);
+        f.status.is_ok()
+            && !f.is_spike(bin)
+            && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
     };
-    if fitted(&whole) == whole.len() {
+    if whole.iter().all(|(slot, f)| fitted(*slot, f)) {
         return whole;
     }
     let Some((left, right)) = roi::halve(job) else {
@@ -544,11 +545,23 @@ fn fit_job_or_parts(
     };
     let mut parts = fit_job_or_parts(x, y, offset, &left, bin, opts);
     parts.extend(fit_job_or_parts(x, y, offset, &right, bin, opts));
-    if fitted(&parts) > fitted(&whole) {
-        parts
-    } else {
-        whole
-    }
+    whole
+        .into_iter()
+        .map(|(slot, w)| {
+            let part = parts.iter().find(|(s, _)| *s == slot).map(|(_, f)| *f);
+            match part {
+                Some(p) if fitted(slot, &p) => {
+                    let without_errors = |f: &PeakFit| !f.errors[COL_AREA].is_finite();
+                    if !fitted(slot, &w) || (without_errors(&w) && !without_errors(&p)) {
+                        (slot, p)
+                    } else {
+                        (slot, w)
+                    }
+                }
+                _ => (slot, w),
+            }
+        })
+        .collect()
 }
 
 fn fit_job(

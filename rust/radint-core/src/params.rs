@@ -1349,11 +1349,17 @@ mod tests {
     #[test]
     fn max_n_peaks_beside_auto_detect_peaks_0_is_not_said_to_be_ignored() {
         // MIDAS's own example files: `DoPeakFit 0`, `AutoDetectPeaks 0`, `MaxNPeaks 10`.
-        for text in ["AutoDetectPeaks 0\nMaxNPeaks 10\n", "MaxNPeaks 10\nAutoDetectPeaks 0\n"] {
+        for text in [
+            "AutoDetectPeaks 0\nMaxNPeaks 10\n",
+            "MaxNPeaks 10\nAutoDetectPeaks 0\n",
+        ] {
             let p = Params::parse(text, "p.txt").unwrap();
             assert!(p.midas_notes.is_empty(), "{text:?}: {:?}", p.midas_notes);
         }
-        for text in ["AutoDetectPeaks 3\nMaxNPeaks 10\n", "MaxNPeaks 10\nAutoDetectPeaks 3\n"] {
+        for text in [
+            "AutoDetectPeaks 3\nMaxNPeaks 10\n",
+            "MaxNPeaks 10\nAutoDetectPeaks 3\n",
+        ] {
             let p = Params::parse(text, "p.txt").unwrap();
             assert_eq!(p.midas_notes.len(), 1, "{text:?}");
         }

@@ -20,6 +20,9 @@ pub struct AutoOptions {
     pub max_peaks: usize,
     /// `SNIPIterations` (MIDAS default 50).
     pub snip_iterations: usize,
+    /// Neighbouring bins share counts (radial bins narrower than a pixel): the noise σ is also
+    /// read from the lineout's own maxima ([`noise_sigma`]). Off, it is the bin-to-bin one.
+    pub correlated_noise: bool,
 }
 
 impl Default for AutoOptions {
@@ -27,6 +30,7 @@ impl Default for AutoOptions {
         AutoOptions {
             max_peaks: 10,
             snip_iterations: 50,
+            correlated_noise: false,
         }
     }
 }
@@ -128,18 +132,25 @@ pub fn binomial_smooth5(y: &[f64]) -> Vec<f64> {
     s
 }
 
-/// Noise σ of `corr` that the detection test measures in: the larger of the bin-to-bin estimate
-/// ([`white_noise_sigma`]) and one read from the significance of the lineout's own noise
-/// maxima ([`maxima_noise_sigma`]). The two agree on white noise; on radial bins finer than a pixel
-/// neighbouring bins share the pixels' counts, the bin-to-bin wiggle understates the noise the
-/// test sees (at `RBinSize 0.25` about sevenfold) and noise stood for peaks. NaN-free input.
-pub fn noise_sigma(corr: &[f64]) -> f64 {
-    noise_sigma_with(corr, &LocalMaxima::of(corr))
+/// Noise σ of `corr` that the detection test measures in: the bin-to-bin estimate
+/// ([`white_noise_sigma`]), and with `correlated` the larger of that and one read from the
+/// significance of the lineout's own noise maxima ([`maxima_noise_sigma`]). On radial bins
+/// finer than a pixel neighbouring bins share the pixels' counts, the bin-to-bin wiggle
+/// understates the noise the test sees (at `RBinSize 0.25` about sevenfold) and noise stood for
+/// peaks. The maxima's median is that of noise only where noise makes most maxima: on whole-pixel
+/// bins a pattern of many weak rings has more ring maxima than noise ones (30 of 38), and read
+/// from them the σ doubled and weak rings were lost, so it is used only where bins share pixels.
+/// NaN-free input.
+pub fn noise_sigma(corr: &[f64], correlated: bool) -> f64 {
+    noise_sigma_with(corr, &LocalMaxima::of(corr), correlated)
 }
 
 /// [`noise_sigma`] with the maxima of `corr` already found.
-fn noise_sigma_with(corr: &[f64], maxima: &LocalMaxima) -> f64 {
+fn noise_sigma_with(corr: &[f64], maxima: &LocalMaxima, correlated: bool) -> f64 {
     let white = white_noise_sigma(corr);
+    if !correlated {
+        return white;
+    }
     let significances: Vec<f64> = maxima.iter().map(|(_, sig)| sig).collect();
     // Peaks are left out as maxima above the detection threshold, starting at the white σ and
     // rising with the estimate: where peaks are most of the maxima (a noise-free lineout) the
@@ -387,7 +398,8 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let min_sep = 3;
     let max_candidates = (3 * auto.max_peaks).min(x.len() / 2);
     let maxima = LocalMaxima::of(&corr_bridged);
-    let min_prominence = DETECTION_SIGMAS * noise_sigma_with(&corr_bridged, &maxima);
+    let min_prominence =
+        DETECTION_SIGMAS * noise_sigma_with(&corr_bridged, &maxima, auto.correlated_noise);
     let cand = candidates_among(&maxima, max_candidates, min_sep, min_prominence);
     let mut positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
     let mut fits = fit_curve_checked(
