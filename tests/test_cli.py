@@ -152,6 +152,17 @@ def test_convert_midas_after_fit_update(tmp_path, capsys):
     assert spec is not None and len(spec.positions_px) == 2
     np.testing.assert_allclose(stored.config.two_theta_deg(np.array(spec.positions_px)),
                                [3.172, 3.663], atol=1e-9)  # fmt: skip
+    # The parameter file's fit settings stay (review: --update wrote the CLI's defaults over
+    # DoubletSeparation and FitROIPadding, and the per-η fits changed).
+    fitted = tmp_path / "fitted"
+    args = ["integrate", params, data, "RBinSize", "4", "DoPeakFit", "1", "PeakLocation", "211.8",
+            "PeakLocation", "220", "DoubletSeparation", "10", "FitROIPadding", "10",
+            "-o", str(fitted), "-q"]  # fmt: skip
+    assert main(args) == 0
+    refit = fitted / "ceo2_pilatus.h5"
+    assert main(["fit", str(refit), "--peaks", "211.8,220", "--unit", "px", "--update", "-q"]) == 0
+    kept = read_nexus(refit).config
+    assert (kept.doublet_separation, kept.fit_roi_padding) == (10.0, 10)
     out = tmp_path / "conv"
     assert main(["convert", str(src), "--format", "midas,xy", "-o", str(out), "-q"]) == 0
     for suffix in (".caked.hdf", ".zarr.zip", "_fit.bin", "_fit_per_eta.csv", "_caked_peaks.h5"):

@@ -1096,9 +1096,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if formats:
         _check_writable(out_dir)  # before the fits run
     result = read_nexus(src)
-    common = {"roi_padding": args.roi_padding, "auto_roi": args.roi_auto}
+    # How the result's parameter file fits (FitROIPadding, FitROIAuto, SNIPIterations,
+    # DoubletSeparation), with the options given on top: --update records the spec in the file,
+    # and its settings must not fall back to defaults there.
+    common: dict[str, Any] = (
+        FitSpec.config_settings(result.config) if result.config is not None else {}
+    )
+    given = {"roi_padding": args.roi_padding, "auto_roi": args.roi_auto,
+             "snip_iterations": args.snip_iterations}  # fmt: skip
+    common |= {k: v for k, v in given.items() if v is not None}
     if args.auto:
-        spec = FitSpec(auto=args.auto, snip_iterations=args.snip_iterations, **common)
+        spec = FitSpec(auto=args.auto, **common)
     elif args.unit == "px":
         spec = FitSpec(positions_px=tuple(_float_list(args.peaks, "--peaks")), **common)
     else:
@@ -1718,14 +1726,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auto", metavar="N", type=_positive_int, help="detect and fit up to N peaks instead"
     )
-    p.add_argument("--roi-padding", type=int, default=FIT_ROI_PADDING,
-                   help=f"ROI half-width in bins ({FIT_ROI_PADDING})")  # fmt: skip
-    p.add_argument("--roi-auto", action="store_true", help="ROI from the peak widths (FitROIAuto)")
+    # Unset, these come from the result's parameter file (its FitROIPadding ...), else defaults.
+    p.add_argument("--roi-padding", type=int, default=None,
+                   help=f"ROI half-width in bins (the result's FitROIPadding, else {FIT_ROI_PADDING})")  # fmt: skip
+    p.add_argument("--roi-auto", action="store_true", default=None,
+                   help="ROI from the peak widths (FitROIAuto; default: the result's)")  # fmt: skip
     p.add_argument(
         "--snip-iterations",
         type=int,
-        default=SNIP_ITERATIONS,
-        help=f"SNIP background iterations ({SNIP_ITERATIONS})",
+        default=None,
+        help=f"SNIP background iterations (the result's SNIPIterations, else {SNIP_ITERATIONS})",
     )
     p.add_argument(
         "--format", default="peaks", help="comma-separated: peaks (CSV, default), fit (fit.bin)"

@@ -106,10 +106,13 @@ impl PeakFit {
     pub fn fwhm(&self) -> f64 {
         self.values[COL_FWHM]
     }
-    /// Narrower than [`detect::SPIKE_FWHM_BINS`] of a `bin` with an area its errors do not
-    /// bound (NaN, or an error above the area itself): see there.
-    pub(crate) fn is_spike(&self, bin: f64) -> bool {
-        self.fwhm() < detect::SPIKE_FWHM_BINS * bin && !(self.errors[COL_AREA] <= self.area())
+    /// Fitted with the centre-sampled model (`bin_average` off), narrower than
+    /// [`detect::SPIKE_FWHM_BINS`] of a `bin` with an area its errors do not bound (NaN, or an
+    /// error above the area itself): see there.
+    pub(crate) fn is_spike(&self, bin: f64, bin_average: bool) -> bool {
+        !bin_average
+            && self.fwhm() < detect::SPIKE_FWHM_BINS * bin
+            && !(self.errors[COL_AREA] <= self.area())
     }
 }
 
@@ -270,7 +273,9 @@ fn fit_curve_checked(
             (_, Some(fits)) if kept_jobs.contains(job) => {
                 job.peaks.iter().map(|p| (p.slot, fits[p.slot])).collect()
             }
-            (Positions::Detected { .. }, _) => fit_job_or_parts(x, y, offset, job, bin, opts),
+            (Positions::Detected { .. }, _) => {
+                fit_job_or_parts(x, y, offset, job, bin, opts, SPLIT_DEPTH)
+            }
             (Positions::Given, _) => fit_job(x, y, offset, job, bin, opts),
         })
         .collect();
@@ -511,9 +516,15 @@ impl Residuals for JobProblem<'_> {
 }
 
 /// Fit one job; returns `(slot, fit)` for each of its peaks.
+/// Times [`fit_job_or_parts`] cuts a job, at most (into 16 parts): cut at its widest gap, a job
+/// whose gaps grow steadily was otherwise peeled one peak at a time, every part refitted (10×
+/// the time on a lineout of single-bin spikes; 4× with this bound). Three cuts were too few for
+/// a 9-ring chain on SNIP's bulge.
+const SPLIT_DEPTH: usize = 4;
+
 /// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
 /// converges wider than its whole ROI or as a spike, [`PeakFit::is_spike`]), the job again in
-/// two parts ([`roi::halve`], each in turn the same way). A merged job has one straight
+/// two parts ([`roi::halve`], each in turn the same way, [`SPLIT_DEPTH`] deep). A merged job has one straight
 /// background: across a long chain of rings the lineout left by SNIP can bulge (the rings'
 /// tails, a sloping background), and the whole chain failed, every peak lost, or one peak took
 /// the bulge as a 100-bin-wide peak, where each part's background follows it.
@@ -529,22 +540,31 @@ fn fit_job_or_parts(
     job: &Job,
     bin: f64,
     opts: &FitOptions,
+    cuts_left: usize,
 ) -> Vec<(usize, PeakFit)> {
     let whole = fit_job(x, y, offset, job, bin, opts);
     let fitted = |slot: usize, f: &PeakFit| {
         let roi = job.peaks.iter().find(|p| p.slot == slot);
         f.status.is_ok()
-            && !f.is_spike(bin)
+            && !f.is_spike(bin, opts.bin_average)
             && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
     };
-    if whole.iter().all(|(slot, f)| fitted(*slot, f)) {
+    if cuts_left == 0 || whole.iter().all(|(slot, f)| fitted(*slot, f)) {
         return whole;
     }
     let Some((left, right)) = roi::halve(job) else {
         return whole;
     };
-    let mut parts = fit_job_or_parts(x, y, offset, &left, bin, opts);
-    parts.extend(fit_job_or_parts(x, y, offset, &right, bin, opts));
+    let mut parts = fit_job_or_parts(x, y, offset, &left, bin, opts, cuts_left - 1);
+    parts.extend(fit_job_or_parts(
+        x,
+        y,
+        offset,
+        &right,
+        bin,
+        opts,
+        cuts_left - 1,
+    ));
     whole
         .into_iter()
         .map(|(slot, w)| {

@@ -411,7 +411,12 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
         opts,
         Positions::Detected { earlier: None },
     );
-    let limits = (auto.max_peaks, bin, (x[0], x[x.len() - 1]));
+    let limits = (
+        auto.max_peaks,
+        bin,
+        (x[0], x[x.len() - 1]),
+        opts.bin_average,
+    );
     let search = ResidualSearch::new(
         x,
         (&corr, &corr_bridged),
@@ -443,7 +448,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
             // Kept only when it adds a distinct peak (counted before `max_peaks` keeps the
             // largest): a candidate that fits to nothing, a refit that loses what the first fit
             // found, or one that splits a peak into a pair or a spike, leaves the first fit.
-            let all = (usize::MAX, bin, limits.2);
+            let all = (usize::MAX, bin, limits.2, limits.3);
             let kept = select_peaks(refit.clone(), all);
             if kept.len() <= select_peaks(fits.clone(), all).len() || !distinct(&kept, bin) {
                 break;
@@ -659,13 +664,13 @@ fn distinct(peaks: &[PeakFit], bin: f64) -> bool {
         })
 }
 
-/// A detected peak that fits narrower than this many bins, with an area its errors do not bound
-/// ([`PeakFit::is_spike`]), is a spike, not a ring: under MIDAS's centre-sampled model
-/// (`bin_average` off) its area is a height times a vanishing width (33× a ring's true area
+/// A detected peak that fits narrower than this many bins under MIDAS's centre-sampled model
+/// (`bin_average` off), with an area its errors do not bound ([`PeakFit::is_spike`]), is a
+/// spike, not a ring: its area is a height times a vanishing width (33× a ring's true area
 /// where a candidate collapsed onto a bin centre, error NaN or 1e6×). Such a peak is dropped,
-/// and its job counts as failed ([`fit_job_or_parts`]). A real ring narrower than a bin fitted
-/// with bin means (the default) can collapse as narrow, but its area stays bounded (0.7-bin
-/// Gaussians: errors 4–8 %), and it is kept.
+/// and its job counts as failed ([`fit_job_or_parts`]). With bin means (the default) a ring
+/// inside one bin fits as narrow, its width undetermined (error NaN), but its area is the
+/// bin's excess: it is kept.
 ///
 /// [`fit_job_or_parts`]: super::fit_job_or_parts
 pub(crate) const SPIKE_FWHM_BINS: f64 = 0.25;
@@ -676,7 +681,7 @@ pub(crate) const SPIKE_FWHM_BINS: f64 = 0.25;
 /// ordered by centre.
 fn select_peaks(
     fits: Vec<PeakFit>,
-    (max_peaks, bin, x_range): (usize, f64, (f64, f64)),
+    (max_peaks, bin, x_range, bin_average): (usize, f64, (f64, f64), bool),
 ) -> Vec<PeakFit> {
     let mut kept: Vec<PeakFit> = fits
         .into_iter()
@@ -684,7 +689,7 @@ fn select_peaks(
             f.status == FitStatus::Converged
                 && f.area() > 0.0
                 && f.fwhm() > 0.0
-                && !f.is_spike(bin)
+                && !f.is_spike(bin, bin_average)
                 && f.center() >= x_range.0
                 && f.center() <= x_range.1
         })
