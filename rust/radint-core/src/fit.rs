@@ -274,7 +274,9 @@ fn fit_curve_checked(
                 job.peaks.iter().map(|p| (p.slot, fits[p.slot])).collect()
             }
             (Positions::Detected { .. }, _) => {
-                fit_job_or_parts(x, y, offset, job, bin, opts, SPLIT_DEPTH)
+                fit_job_or_parts(job, (bin, opts.bin_average), SPLIT_DEPTH, &|part: &Job| {
+                    fit_job(x, y, offset, part, bin, opts)
+                })
             }
             (Positions::Given, _) => fit_job(x, y, offset, job, bin, opts),
         })
@@ -534,19 +536,16 @@ const SPLIT_DEPTH: usize = 4;
 /// unless the whole job left it without errors (a spike beside it makes the covariance singular)
 /// and its part gives them.
 fn fit_job_or_parts(
-    x: &[f64],
-    y: &[f64],
-    offset: &[f64],
     job: &Job,
-    bin: f64,
-    opts: &FitOptions,
+    (bin, bin_average): (f64, bool),
     cuts_left: usize,
+    fit: &impl Fn(&Job) -> Vec<(usize, PeakFit)>,
 ) -> Vec<(usize, PeakFit)> {
-    let whole = fit_job(x, y, offset, job, bin, opts);
+    let whole = fit(job);
     let fitted = |slot: usize, f: &PeakFit| {
         let roi = job.peaks.iter().find(|p| p.slot == slot);
         f.status.is_ok()
-            && !f.is_spike(bin, opts.bin_average)
+            && !f.is_spike(bin, bin_average)
             && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
     };
     if cuts_left == 0 || whole.iter().all(|(slot, f)| fitted(*slot, f)) {
@@ -555,16 +554,10 @@ fn fit_job_or_parts(
     let Some((left, right)) = roi::halve(job) else {
         return whole;
     };
-    let mut parts = fit_job_or_parts(x, y, offset, &left, bin, opts, cuts_left - 1);
-    parts.extend(fit_job_or_parts(
-        x,
-        y,
-        offset,
-        &right,
-        bin,
-        opts,
-        cuts_left - 1,
-    ));
+    let parts: Vec<(usize, PeakFit)> = [left, right]
+        .iter()
+        .flat_map(|part| fit_job_or_parts(part, (bin, bin_average), cuts_left - 1, fit))
+        .collect();
     whole
         .into_iter()
         .map(|(slot, w)| {
