@@ -1441,7 +1441,7 @@ def _kill_workers_reading(
                 time.sleep(0.02)
                 continue
             try:
-                deadline = time.monotonic() + 30  # a loaded machine is slow to show the reader
+                deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     readers = _pids_with_open(fifo) - killed  # the killed may linger
                     if readers:
