@@ -249,6 +249,27 @@ def test_info_on_a_result_without_provenance_and_row_on_parameters(tmp_path, cap
     assert "--row N describes a row of a result file" in capsys.readouterr().err
 
 
+def test_info_on_a_result_summarises_its_fitted_peaks(tmp_path, capsys):
+    """`radint info RESULT` said nothing of entry/peaks: now per slot the converged fits and
+    their median centre (in the radial axis's unit) and area, and why the others failed."""
+    params = str(EXAMPLES / "parameters.txt")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    out = tmp_path / "out"
+    assert main(["integrate", params, data, "--fit-peaks", "3.172,3.663,40", "-o", str(out),
+                 "--format", "nexus,zarr", "-q"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for result in ("ceo2_pilatus.h5", "ceo2_pilatus.zarr"):
+        assert main(["info", str(out / result)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        summary = next(line for line in lines if "entry/peaks" in line)
+        assert "3 slot(s) per frame; 6 of 9 fits converged (3 out_of_range)" in summary
+        rows = {int(line.split()[0]): line.split() for line in lines
+                if line.strip()[:1].isdigit()}  # fmt: skip
+        assert abs(float(rows[0][1]) - 3.172) < 0.01 and rows[0][3] == "3/3"
+        assert abs(float(rows[1][1]) - 3.663) < 0.01 and float(rows[1][2]) > 0
+        assert rows[2][1:] == ["-", "-", "0/3"]
+
+
 def test_fit_formats_without_fitting_are_refused_up_front(tmp_path, capsys):
     """`--format peaks` (fit, fit_per_eta, caked_peaks) with nothing fitted: one error before
     the map is built (it failed per file after the map, as a ValueError)."""

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -661,6 +662,20 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         units = units.decode() if isinstance(units, bytes) else units
         radial = np.asarray(axis[()])
         stream_counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
+        peak_columns = None
+        if "entry/peaks/status" in root:
+            centre = "center_two_theta" if units == "degrees" else "center_q"
+            if f"entry/peaks/{centre}" not in root or units not in ("degrees", "1/angstrom"):
+                centre = "center_px"
+            centres = np.asarray(root[f"entry/peaks/{centre}"][()])
+            if np.isnan(centres).all():  # no geometry known to convert R
+                centre, centres = "center_px", np.asarray(root["entry/peaks/center_px"][()])
+            peak_columns = (
+                np.asarray(root["entry/peaks/status"][()]),
+                centres,
+                np.asarray(root["entry/peaks/area"][()]),
+                {"center_two_theta": "2θ (deg)", "center_q": "q (1/Å)"}.get(centre, "R (px)"),
+            )
         made = [
             _text_value(root[f"entry/azint1d/reduction/input/{key}"])
             for key in ("rules", "backend")
@@ -675,6 +690,8 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
               f"{stream_counts.get('frames_written')}, dropped "
               f"{stream_counts.get('frames_dropped')}, partial frames discarded "
               f"{stream_counts.get('partial_frames_discarded')}")  # fmt: skip
+    if peak_columns is not None:
+        _describe_peaks(*peak_columns, verbose=verbose)
     prov = read_provenance(path)
     if prov is None:
         print("  no entry/provenance: written without the input files recorded")
@@ -700,6 +717,41 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     if len(shown) < len(used):
         print(f"  ... and {len(used) - len(shown)} more input file(s) (-v lists them all)")
     return 0
+
+
+def _describe_peaks(
+    status: np.ndarray, centre: np.ndarray, area: np.ndarray, centre_label: str, verbose: bool
+) -> None:
+    """The fitted peaks of ``entry/peaks``: per slot that any frame filled, how many frames
+    converged and the median centre and area of those fits."""
+    from radint.fit import STATUS_NAMES
+
+    n_rows = min(len(status), len(centre), len(area))  # a stream may be mid-append
+    status, centre, area = status[:n_rows], centre[:n_rows], area[:n_rows]
+    present = status != 255
+    converged = status == 0
+    failures = Counter(STATUS_NAMES.get(int(v), f"code {v}") for v in status[present & ~converged])
+    why = ", ".join(f"{n} {name}" for name, n in failures.most_common())
+    print(f"  peaks (entry/peaks): {status.shape[1]} slot(s) per frame; "
+          f"{int(converged.sum())} of {int(present.sum())} fits converged"
+          + (f" ({why})" if why else ""))  # fmt: skip
+    filled = [k for k in range(status.shape[1]) if present[:, k].any()]
+    slots = filled if verbose else filled[:_INFO_FILES]
+    if not slots:
+        return
+    print(f"  {'slot':>4}  {'centre ' + centre_label:>16}  {'area':>11}  converged "
+          "(centre, area: medians of the converged fits)")  # fmt: skip
+    for k in slots:
+        good = converged[:, k]
+        n_present = int(present[:, k].sum())
+        if good.any():
+            mid_centre = f"{np.median(centre[good, k]):.6g}"
+            mid_area = f"{np.median(area[good, k]):.4g}"
+        else:
+            mid_centre = mid_area = "-"
+        print(f"  {k:>4}  {mid_centre:>16}  {mid_area:>11}  {int(good.sum())}/{n_present}")
+    if len(slots) < len(filled):
+        print(f"  ... and {len(filled) - len(slots)} more slot(s) (-v lists them all)")
 
 
 def _no_row(path: str, row: int, n_frames: int) -> int:
