@@ -14,7 +14,7 @@ import pytest
 import radint
 import radint.fit as rfit
 from radint.exceptions import InvalidInputError, RadintError, ShapeError
-from radint.testing import ring_image
+from radint.testing import pseudo_voigt, ring_image
 
 from .conftest import SMALL
 
@@ -289,6 +289,27 @@ def test_standard_errors_of_a_narrow_peak(auto: bool) -> None:
     for name in ("center", "area"):
         r = _scatter_over_error(t, ok, name)
         assert 0.85 < r[0] < 1.15, (name, r)
+
+
+@pytest.mark.parametrize("bin_average", [True, False])
+def test_a_listed_position_without_a_ring_leaves_its_neighbours_their_errors(bin_average):
+    """A PeakLocation where no ring is, in a ring's job: its area ends on 0 (no_peak) and its
+    centre and widths no longer move the model, so JᵀJ is singular. The ring lost every error
+    (NaN) in about half the draws; now the undetermined parameters are held and the ring's
+    errors are those of the fit without them (scatter/error as for the ring fitted alone)."""
+    rng = np.random.default_rng(11)
+    x = np.arange(200.0)
+    ys = rng.poisson(50 + 0.05 * x + 3e3 * pseudo_voigt(x, 100.0, 4.0, 0.0), (200, x.size))
+    t = rfit.fit_peaks(x, ys.astype(float), positions=[100.0, 110.0], bin_average=bin_average)
+    ring = t.status[:, 0] == 0
+    assert ring.all()
+    for name in ("area", "center", "fwhm", "sig"):
+        assert np.isfinite(getattr(t, f"{name}_err")[:, 0]).all(), name
+    empty = ring & (t.status[:, 1] == 6)  # no_peak
+    assert empty.sum() > 50
+    for name in ("area", "center"):
+        values, errors = getattr(t, name)[empty, 0], getattr(t, f"{name}_err")[empty, 0]
+        assert 0.7 < np.std(values) / np.median(errors) < 1.3, name
 
 
 def test_non_convergent_fit_reports_failure_not_zeros() -> None:

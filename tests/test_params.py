@@ -160,13 +160,14 @@ def test_lines_detectormapper_reads_differently_are_logged(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="radint"):
         config = IntegrationConfig.from_midas_params(params)
     assert config.lsd_um == 400000 and config.eta_min_deg == -90
-    assert config.im_trans_opt == (1, 2)
+    assert config.im_trans_opt == (1,)  # as DetectorMapper and midas-integrate read it
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         f"{params}:3: DetDist ignored: Lsd is given in this file (DetectorMapper reads only Lsd)",
         f"{params}:4: MinEta read as EtaMin; DetectorMapper ignores MinEta and keeps its default",
-        f"{params}:5: ImTransOpt with 2 values on one line: radint (and IntegratorZarrOMP) apply "
-        "all, DetectorMapper only the first",
+        f"{params}:5: ImTransOpt: 1 extra value(s) ignored: 2 (one transform per line, as "
+        "DetectorMapper and midas-integrate read it: give each on its own ImTransOpt line to "
+        "apply it too)",
         f"{params}:6: PanelGapsY before NPanelsY: radint applies the gaps, DetectorMapper ignores "
         "them",
     ]
@@ -590,7 +591,9 @@ def test_integer_keys_refuse_spellings_atoi_reads_otherwise(tmp_path, line):
 
 def test_extra_values_on_a_line_are_warned(tmp_path, caplog):
     """`px 172 999`, `BC 26 18 5` ...: the extra values were dropped without a word (MIDAS's
-    sscanf drops them too, so they stay accepted); keys that take a list stay quiet."""
+    sscanf drops them too, so they stay accepted); keys that take a list stay quiet.
+    `ImTransOpt 1 2` is one transform in DetectorMapper's Map.bin (IntegratorZarrOMP applies
+    none itself) and in midas-integrate: the second was applied too, a 180° turn from MIDAS."""
     p = tmp_path / "p.txt"
     p.write_text(
         "NrPixelsY 53\nNrPixelsZ 37\npx 172 999\nLsd 500000 junk\nBC 26 18 5\nRBinSize 1 7\n"
@@ -599,12 +602,16 @@ def test_extra_values_on_a_line_are_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="radint"):
         c = IntegrationConfig.from_midas_params(p, ["EtaBinSize 5 6"])
     assert (c.pixel_size_y_um, c.lsd_um, c.bc_z_px, c.r_bin_px) == (172, 500000, 18, 1)
+    assert c.im_trans_opt == (1,)
     extra = [r.getMessage() for r in caplog.records if "extra value" in r.getMessage()]
     assert extra == [
         f"{p}:3: px: 1 extra value(s) ignored: 999",
         f"{p}:4: Lsd: 1 extra value(s) ignored: junk",
         f"{p}:5: BC: 1 extra value(s) ignored: 5",
         f"{p}:6: RBinSize: 1 extra value(s) ignored: 7",
+        f"{p}:7: ImTransOpt: 1 extra value(s) ignored: 2 (one transform per line, as "
+        "DetectorMapper and midas-integrate read it: give each on its own ImTransOpt line to "
+        "apply it too)",
         "<override>:1: EtaBinSize: 1 extra value(s) ignored: 6",
     ]
 

@@ -500,11 +500,6 @@ impl Params {
     /// How DetectorMapper reads a line with a MIDAS key differently, if it does.
     fn midas_difference(&self, line: &Line) -> Option<String> {
         match line.key {
-            "ImTransOpt" if line.values.len() > 1 => Some(format!(
-                "ImTransOpt with {} values on one line: radint (and IntegratorZarrOMP) apply all, \
-                 DetectorMapper only the first",
-                line.values.len()
-            )),
             "PeakLocation" if line.values.len() > 1 => Some(format!(
                 "PeakLocation with {} values on one line: radint fits them all, \
                  IntegratorZarrOMP (and MIDAS's GPU and Python programs) only the first; give \
@@ -613,9 +608,15 @@ impl Params {
             // word, and so does radint; but a dropped value is usually a typo (`px 172 999`).
             if let Some(n) = values_read(line.key).filter(|&n| line.values.len() > n) {
                 let extra = &line.values[n..];
+                let hint = if line.key == "ImTransOpt" {
+                    " (one transform per line, as DetectorMapper and midas-integrate read it: \
+                     give each on its own ImTransOpt line to apply it too)"
+                } else {
+                    ""
+                };
                 self.midas_notes.push(ParamNote {
                     message: format!(
-                        "{}: {} extra value(s) ignored: {}",
+                        "{}: {} extra value(s) ignored: {}{hint}",
                         line.key,
                         extra.len(),
                         extra.join(" ")
@@ -662,17 +663,19 @@ impl Params {
             "NrPixelsZ" => self.n_pixels_z = line.usize()?,
             "RhoD" | "MaxRingRad" => self.rho_d_um = line.f64()?,
             "Parallax" => self.parallax_um = line.f64()?,
+            // One transform per line, as DetectorMapper (which bakes them into Map.bin) and
+            // midas-integrate read it: `ImTransOpt 1 2` is a flip left-right only there
+            // (IntegratorZarrOMP parses the rest but applies none), so the rest is ignored with
+            // the extra-values warning.
             "ImTransOpt" => {
                 line.need(1, "image transform 0..3")?;
-                for i in 0..line.values.len() {
-                    let op = line.int_at(i)?;
-                    if !(0..=3).contains(&op) {
-                        return Err(line.err(format!(
-                            "expected an image transform 0 (none), 1 (flip left-right), 2 (flip top-bottom) or 3 (transpose), got {op}"
-                        )));
-                    }
-                    self.im_trans_opt.push(op as i32);
+                let op = line.int_at(0)?;
+                if !(0..=3).contains(&op) {
+                    return Err(line.err(format!(
+                        "expected an image transform 0 (none), 1 (flip left-right), 2 (flip top-bottom) or 3 (transpose), got {op}"
+                    )));
                 }
+                self.im_trans_opt.push(op as i32);
             }
             "RMin" => self.r_min_px = line.f64()?,
             "RMax" => self.r_max_px = line.f64()?,
@@ -1240,11 +1243,11 @@ fn module_gaps_problem(gaps: &[i64]) -> Option<String> {
 }
 
 /// How many values a known key reads: the rest of its line is ignored (as by MIDAS's sscanf).
-/// `None` for keys that read every value (ImTransOpt, PeakLocation, PanelGapsY/Z) and for
+/// `None` for keys that read every value (PeakLocation, PanelGapsY/Z) and for
 /// DistortionOrder, which nothing reads.
 fn values_read(key: &str) -> Option<usize> {
     match key {
-        "ImTransOpt" | "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
+        "PeakLocation" | "PanelGapsY" | "PanelGapsZ" | "DistortionOrder" => None,
         "BC" => Some(2),
         "ModuleGaps" => Some(4),
         _ => Some(1),
@@ -1405,7 +1408,7 @@ mod tests {
         );
         assert_eq!(
             notes("ImTransOpt 1 2\nPanelGapsY 3\nNPanelsY 2\nPanelGapsZ 1\nNPanelsZ 2\nImTransOpt 2\n"),
-            [(1, "ImTransOpt with".into()), (2, "PanelGapsY before".into()), (4, "PanelGapsZ before".into())]
+            [(1, "ImTransOpt: 1".into()), (2, "PanelGapsY before".into()), (4, "PanelGapsZ before".into())]
         );
         // DetectorMapper matches "Key " at the start of a line only.
         assert_eq!(
@@ -1561,6 +1564,12 @@ mod tests {
                 at(2, "Lsd: 1 extra value(s) ignored: junk"),
                 at(3, "BC: 1 extra value(s) ignored: 5"),
                 at(4, "RBinSize: 2 extra value(s) ignored: 7 8"),
+                at(
+                    5,
+                    "ImTransOpt: 1 extra value(s) ignored: 2 (one transform per line, as \
+                     DetectorMapper and midas-integrate read it: give each on its own \
+                     ImTransOpt line to apply it too)"
+                ),
                 at(9, "MaskFile: 1 extra value(s) ignored: x"),
                 (
                     "<override>".into(),
@@ -1573,6 +1582,7 @@ mod tests {
             (p.pixel_size_y_um, p.bc_z_px, p.r_bin_px),
             (172.0, 18.0, 1.0)
         );
+        assert_eq!(p.im_trans_opt, [1]);
     }
 
     #[test]

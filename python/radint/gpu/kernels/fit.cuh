@@ -650,11 +650,13 @@ RF_OUTLINED double rf_cost(const RfData& d, const double* p, int n, const RfScra
     return c;
 }
 
-RF_HD bool rf_cholesky(double* a, int n) {
+// lm.rs cholesky: in place, lower factor; the column whose pivot is not > 0, or -1 when a is
+// positive definite.
+RF_HD int rf_cholesky(double* a, int n) {
     for (int j = 0; j < n; ++j) {
         double dj = a[j * n + j];
         for (int k = 0; k < j; ++k) dj -= a[j * n + k] * a[j * n + k];
-        if (!(dj > 0.0 && rf_finite(dj))) return false;
+        if (!(dj > 0.0 && rf_finite(dj))) return j;
         dj = RF_SQRT(dj);
         a[j * n + j] = dj;
         for (int i = j + 1; i < n; ++i) {
@@ -663,7 +665,7 @@ RF_HD bool rf_cholesky(double* a, int n) {
             a[i * n + j] = s / dj;
         }
     }
-    return true;
+    return -1;
 }
 
 RF_HD void rf_cholesky_solve(const double* l, int n, double* b) {
@@ -697,7 +699,7 @@ RF_HD bool rf_damped_step(const RfScratch& s, const double* diag, const bool* fr
                 s.work[r * m + r] += lambda * diag[i];
                 b[r] = -s.jtr[i];
             }
-            ok = rf_cholesky(s.work, m);
+            ok = rf_cholesky(s.work, m) < 0;
             if (ok) {
                 rf_cholesky_solve(s.work, m, b);
                 for (int i = 0; i < n; ++i) s.step[i] = 0.0;
@@ -788,7 +790,8 @@ RF_OUTLINED int rf_levenberg_marquardt(const RfData& d, double* p, const double*
 // point variances are vᵢ = g · Mᵢ (Poisson-like, g the Poisson-weighted reduced χ²) when the
 // model Mᵢ is positive at every point, else HC2, vᵢ = rᵢ²/(1 − hᵢ) with hᵢ = gᵢᵀA⁻¹gᵢ. Writes
 // diag(C) into var[0..n) and C(sig, gam) of each peak into cov_sg[k] (every lane); false when A
-// is singular. A (s.jtj) and the rest of the scratch are overwritten.
+// is not finite. A parameter the data do not determine (its Cholesky pivot fails) is held too
+// (lm.rs free_inverse). A (s.jtj) and the rest of the scratch are overwritten.
 RF_OUTLINED bool rf_covariance(const RfData& d, const double* p, const double* lower,
                          const double* upper, int n, const RfScratch& s, double* var,
                          double* cov_sg, bool* pinned) {
@@ -798,23 +801,34 @@ RF_OUTLINED bool rf_covariance(const RfData& d, const double* p, const double* l
         // fit.rs held_at_bound: the width floors (sig, gam) are counted free.
         const bool width = i >= 2 && (i - 2) % 4 >= 2;
         pinned[i] = (p[i] <= lower[i] || p[i] >= upper[i]) && !width;
-        if (!pinned[i]) fr[m++] = i;
     }
     rf_team_sync();  // every lane is done reading the normal equations
     bool inverted = false;
     if (s.lane == 0) {
-        // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block.
-        double scale[RF_MAX_PARAMS], col[RF_MAX_PARAMS];
-        for (int r = 0; r < m; ++r) {
-            const double dd = s.jtj[fr[r] * n + fr[r]];
-            scale[r] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
-        }
-        for (int r = 0; r < m; ++r)
-            for (int c = 0; c < m; ++c)
-                s.work[r * m + c] = s.jtj[fr[r] * n + fr[c]] * scale[r] * scale[c];
-        inverted = rf_cholesky(s.work, m);
-        if (inverted) {
+        bool finite = true;
+        for (int k = 0; k < n * n; ++k) finite = finite && rf_finite(s.jtj[k]);
+        // lm.rs free_inverse / spd_inverse: equilibrated Cholesky of the free block; a failed
+        // pivot holds its parameter and the rest is factorised again.
+        while (finite && !inverted) {
+            m = 0;
+            for (int i = 0; i < n; ++i)
+                if (!pinned[i]) fr[m++] = i;
+            double scale[RF_MAX_PARAMS];
+            for (int r = 0; r < m; ++r) {
+                const double dd = s.jtj[fr[r] * n + fr[r]];
+                scale[r] = dd > 0.0 ? 1.0 / RF_SQRT(dd) : 1.0;
+            }
+            for (int r = 0; r < m; ++r)
+                for (int c = 0; c < m; ++c)
+                    s.work[r * m + c] = s.jtj[fr[r] * n + fr[c]] * scale[r] * scale[c];
+            const int failed = rf_cholesky(s.work, m);
+            if (failed >= 0) {
+                pinned[fr[failed]] = true;
+                continue;
+            }
+            inverted = true;
             double* inv = s.jtj;  // A is not needed any more
+            double col[RF_MAX_PARAMS];
             for (int k = 0; k < n * n; ++k) inv[k] = 0.0;
             for (int c = 0; c < m; ++c) {
                 for (int r = 0; r < m; ++r) col[r] = 0.0;
@@ -823,8 +837,15 @@ RF_OUTLINED bool rf_covariance(const RfData& d, const double* p, const double* l
                 for (int r = 0; r < m; ++r) inv[fr[r] * n + fr[c]] = col[r] * scale[r] * scale[c];
             }
         }
+        for (int i = 0; i < n; ++i) s.step[i] = pinned[i] ? 1.0 : 0.0;  // free until the variances
     }
-    if (!rf_team_flag(s, inverted)) return false;
+    if (!rf_team_flag(s, inverted)) return false;  // its syncs also order s.step
+    m = 0;
+    for (int i = 0; i < n; ++i) {
+        pinned[i] = s.step[i] != 0.0;
+        m += !pinned[i];
+    }
+    rf_team_sync();
     const double* inv = s.jtj;
     // Noise model: the model must be positive at every point (lm.rs noise_levels filter).
     RfPeak lp[RF_MAX_PEAKS];

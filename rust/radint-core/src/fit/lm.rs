@@ -143,10 +143,10 @@ pub struct LmResult {
     /// Accepted steps taken.
     pub iterations: usize,
     pub status: FitStatus,
-    /// Standard errors `sqrt(diag(covariance))`; NaN where JᵀJ is singular.
+    /// Standard errors `sqrt(diag(covariance))`; NaN for a held parameter (see `finish`).
     pub std_errors: Vec<f64>,
     /// Sandwich covariance (see `finish`), row-major `n_params × n_params`; empty when JᵀJ is
-    /// singular.
+    /// not finite.
     pub covariance: Vec<f64>,
 }
 
@@ -211,13 +211,13 @@ fn normal_equations(prob: &impl Residuals, p: &[f64]) -> Normal {
 }
 
 /// In-place Cholesky factorisation of a symmetric positive-definite `n × n` matrix (lower factor).
-/// Returns false when the matrix is not numerically positive definite.
-fn cholesky(a: &mut [f64], n: usize) -> bool {
+/// `Err(j)` when the matrix is not numerically positive definite: column `j`'s pivot is not > 0.
+fn cholesky(a: &mut [f64], n: usize) -> std::result::Result<(), usize> {
     for j in 0..n {
         let (row_j, below) = a[j * n..].split_at_mut(n);
         let d = minus_dot(row_j[j], &row_j[..j], &row_j[..j]);
         if !(d > 0.0 && d.is_finite()) {
-            return false;
+            return Err(j);
         }
         let d = d.sqrt();
         row_j[j] = d;
@@ -226,7 +226,7 @@ fn cholesky(a: &mut [f64], n: usize) -> bool {
             row_i[j] = minus_dot(row_i[j], &row_i[..j], lj) / d;
         }
     }
-    true
+    Ok(())
 }
 
 /// `init − Σ a_k b_k`, subtracting term by term in index order (as the GPU port).
@@ -252,8 +252,9 @@ fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
     }
 }
 
-/// Inverse of a symmetric positive-definite matrix, or None when singular.
-pub(crate) fn spd_inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
+/// Inverse of a symmetric positive-definite matrix; `Err(j)` when singular, `j` the column
+/// whose Cholesky pivot failed.
+fn spd_inverse(a: &[f64], n: usize) -> std::result::Result<Vec<f64>, usize> {
     // Equilibrate first: the parameters differ by many orders of magnitude in scale.
     let scale: Vec<f64> = (0..n)
         .map(|i| {
@@ -268,9 +269,7 @@ pub(crate) fn spd_inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l: Vec<f64> = (0..n * n)
         .map(|k| a[k] * scale[k / n] * scale[k % n])
         .collect();
-    if !cholesky(&mut l, n) {
-        return None;
-    }
+    cholesky(&mut l, n)?;
     let mut inv = vec![0.0; n * n];
     let mut col = vec![0.0; n];
     for j in 0..n {
@@ -281,7 +280,7 @@ pub(crate) fn spd_inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
             inv[i * n + j] = col[i] * scale[i] * scale[j];
         }
     }
-    Some(inv)
+    Ok(inv)
 }
 
 /// A parameter on a bound whose descent direction (−gradient) points out of the box is frozen.
@@ -308,7 +307,7 @@ fn damped_step(nrm: &Normal, diag: &[f64], free: &[bool], lambda: f64) -> Option
         a[r * m + r] += lambda * diag[i];
         b[r] = -nrm.jtr[i];
     }
-    if !cholesky(&mut a, m) {
+    if cholesky(&mut a, m).is_err() {
         return None;
     }
     cholesky_solve(&a, m, &mut b);
@@ -426,7 +425,8 @@ fn finite_normal(nrm: &Normal) -> bool {
 /// 0 and its standard error is NaN (the linearised error of a parameter on its bound means
 /// nothing). Half of all fits of Gaussian peaks end with `gam` on its floor (η = 0); counting
 /// `gam` as free there let area errors absorb a Lorentzian freedom the fit did not have, and
-/// came out 1.3–1.8× the scatter of the areas.
+/// came out 1.3–1.8× the scatter of the areas. A parameter the data do not determine (JᵀJ
+/// singular: its Cholesky pivot fails) is held alike, and the others keep their errors.
 fn finish(
     prob: &impl Residuals,
     p: Vec<f64>,
@@ -437,14 +437,15 @@ fn finish(
     upper: &[f64],
 ) -> LmResult {
     let n = p.len();
-    let pinned: Vec<bool> = (0..n)
+    let mut pinned: Vec<bool> = (0..n)
         .map(|i| (p[i] <= lower[i] || p[i] >= upper[i]) && prob.held_at_bound(i))
         .collect();
+    let inverse = free_inverse(&nrm.jtj, n, &mut pinned);
     let n_free = pinned.iter().filter(|&&b| !b).count();
     let levels = prob
         .noise_levels(&p)
         .filter(|l| l.iter().all(|&v| v > 0.0 && v.is_finite()));
-    let covariance: Vec<f64> = free_inverse(&nrm.jtj, n, &pinned)
+    let covariance: Vec<f64> = inverse
         .map(|inv| {
             let meat = match &levels {
                 Some(l) => modelled_outer(prob, &p, l, n_free),
@@ -499,15 +500,28 @@ fn modelled_outer(prob: &impl Residuals, p: &[f64], levels: &[f64], n_free: usiz
 }
 
 /// Inverse of the `n × n` SPD matrix `a` restricted to the parameters not `pinned`, spread back to
-/// `n × n` with zero rows and columns for the pinned ones; None when that block is singular.
-fn free_inverse(a: &[f64], n: usize, pinned: &[bool]) -> Option<Vec<f64>> {
-    let free: Vec<usize> = (0..n).filter(|&i| !pinned[i]).collect();
+/// `n × n` with zero rows and columns for the pinned ones. Where that block is singular, the
+/// parameter whose Cholesky pivot failed is pinned too (flagged in `pinned`) and the rest inverted
+/// again: a listed peak that is not there (area 0) leaves its centre and widths without
+/// curvature, and every other peak of its job lost its errors with it (half the fits of a ring
+/// beside such a position). None only for a non-finite `a`.
+fn free_inverse(a: &[f64], n: usize, pinned: &mut [bool]) -> Option<Vec<f64>> {
+    if !a.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let (free, inv) = loop {
+        let free: Vec<usize> = (0..n).filter(|&i| !pinned[i]).collect();
+        let m = free.len();
+        let block: Vec<f64> = free
+            .iter()
+            .flat_map(|&i| free.iter().map(move |&j| a[i * n + j]))
+            .collect();
+        match spd_inverse(&block, m) {
+            Ok(inv) => break (free, inv),
+            Err(j) => pinned[free[j]] = true,
+        }
+    };
     let m = free.len();
-    let block: Vec<f64> = free
-        .iter()
-        .flat_map(|&i| free.iter().map(move |&j| a[i * n + j]))
-        .collect();
-    let inv = spd_inverse(&block, m)?;
     let mut out = vec![0.0; n * n];
     for (r, &i) in free.iter().enumerate() {
         for (c, &j) in free.iter().enumerate() {
