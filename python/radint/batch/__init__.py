@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -152,14 +152,28 @@ def _watch_parent(parent: int) -> None:
     time.sleep(PARENT_POLL_S)  # the interrupt reaches the main thread first
     while _WORKER.get("busy") and time.monotonic() < deadline:
         time.sleep(0.05)
-    os._exit(1)
+    _leave_now(1)
+
+
+def _leave_now(code: int) -> NoReturn:
+    """``os._exit`` once the named semaphores this process made are unlinked (numcodecs'
+    Blosc makes one per process): without that the resource tracker warned of "leaked
+    semaphore objects" at the end of every interrupted batch. Only multiprocessing's finalizers
+    of priority ≥ 0 run (semaphores, queue closing); the lower ones join the pool's queue
+    threads, which would flush to a parent that may be gone."""
+    import multiprocessing.util
+
+    _WORKER["leaving"] = True  # a second signal must not cut the unlinking short
+    with contextlib.suppress(Exception):
+        multiprocessing.util._run_finalizers(0)
+    os._exit(code)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
     # The pool's worker loop catches the interrupt and takes its next queued run: that run
     # must not start (see _process_run). A second signal (a job scheduler's SIGTERM to the
     # whole process group, then the parent's) must not cut the first one's clean-up short.
-    if _WORKER.get("stopping") and _WORKER.get("busy"):
+    if _WORKER.get("leaving") or (_WORKER.get("stopping") and _WORKER.get("busy")):
         return
     _WORKER["stopping"] = True
     if not _WORKER.get("busy"):
@@ -168,7 +182,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
         # as the run's exception, and the worker, now deaf to SIGTERM, waited for the next
         # run for ever while the pool waited for it to exit (a batch hung after a worker
         # death, 1 in ~20 runs).
-        os._exit(0)
+        _leave_now(0)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -1500,7 +1514,7 @@ def _process_run(
     a file per path that exists while the path is in flight here, so that a worker that dies
     tells which files it was on (one that stops removes them)."""
     if _WORKER.get("stopping"):
-        os._exit(0)  # a run queued before the stop (see below)
+        _leave_now(0)  # a run queued before the stop (see below)
     _WORKER["busy"] = True
     for mark in marks:
         Path(mark).touch()
@@ -1522,4 +1536,4 @@ def _process_run(
             # Told to stop while busy (its unfinished outputs are removed by now): leave,
             # rather than wait for another run. A pool that broke meanwhile (another worker
             # left) signals it only once, and that signal came while this one was busy.
-            os._exit(0)
+            _leave_now(0)
