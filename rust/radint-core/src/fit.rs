@@ -533,8 +533,9 @@ const SPLIT_DEPTH: usize = 4;
 ///
 /// A failed peak takes its fit in the parts where it fits there; a peak the whole job fitted
 /// keeps that fit (in a part cut through a strong ring's tail its area came out 11–13 % high),
-/// unless the whole job left it without errors (a spike beside it makes the covariance singular)
-/// and its part gives them.
+/// unless the whole job left its area without a bounding error (NaN, or above the area: a
+/// near-spike beside it leaves the whole job's areas undetermined, up to 3× the true one at
+/// RBinSize 2) and its part gives one.
 fn fit_job_or_parts(
     job: &Job,
     (bin, bin_average): (f64, bool),
@@ -564,7 +565,9 @@ fn fit_job_or_parts(
             let part = parts.iter().find(|(s, _)| *s == slot).map(|(_, f)| *f);
             match part {
                 Some(p) if fitted(slot, &p) => {
-                    let without_errors = |f: &PeakFit| !f.errors[COL_AREA].is_finite();
+                    // An error above the area bounds nothing: a near-spike beside it left the
+                    // whole job's area undetermined (held in the covariance, or 10³× the area).
+                    let without_errors = |f: &PeakFit| !(f.errors[COL_AREA] <= f.area());
                     if !fitted(slot, &w) || (without_errors(&w) && !without_errors(&p)) {
                         (slot, p)
                     } else {
