@@ -1538,7 +1538,7 @@ def test_a_stopping_worker_still_exits_on_sigterm_once_idle(monkeypatch):
     def exit_now(code: int) -> None:
         raise Exited(code)
 
-    monkeypatch.setattr(batch.os, "_exit", exit_now)
+    monkeypatch.setattr(batch, "_leave_now", exit_now)
     saved = dict(batch._WORKER)
     try:
         batch._WORKER.update(stopping=True, busy=True)
@@ -1549,6 +1549,10 @@ def test_a_stopping_worker_still_exits_on_sigterm_once_idle(monkeypatch):
         batch._WORKER.update(stopping=False, busy=False)  # idle, first signal: leaves too
         with pytest.raises(Exited):
             batch._raise_interrupt(signal.SIGTERM, None)
+        # Leaving (unlinking its semaphores): a second signal (Ctrl-C reaches the whole
+        # group, then the parent's SIGTERM) must not cut that short.
+        batch._WORKER.update(leaving=True)
+        assert batch._raise_interrupt(signal.SIGTERM, None) is None
     finally:
         batch._WORKER.clear()
         batch._WORKER.update(saved)
