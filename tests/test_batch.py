@@ -340,8 +340,9 @@ def test_process_pool_runs_files_in_chunks_in_order(series, small_config):
     assert written == [f"n{k:02d}.h5" for k in range(16) if k % 4 != 2]
 
 
-def _midas_zip(path, frames, dark, skip):
-    """A MIDAS *.analysis.MIDAS.zip (spec §8.2) holding ``frames`` and the ``dark`` stack."""
+def _midas_zip(path, frames, dark, skip, parameters=None):
+    """A MIDAS *.analysis.MIDAS.zip (spec §8.2) holding ``frames`` and the ``dark`` stack, and
+    ``parameters`` ({name: array}) in its analysis_parameters."""
     import zarr
     from numcodecs import Blosc
     from zarr.storage import ZipStore
@@ -354,6 +355,8 @@ def _midas_zip(path, frames, dark, skip):
     root.create_array("exchange/dark", data=dark, chunks=chunks, compressors=blosc)
     params = "analysis/process/analysis_parameters"
     root.create_array(f"{params}/SkipFrame", data=np.array([skip], dtype=np.int32))
+    for name, value in (parameters or {}).items():
+        root.create_array(f"{params}/{name}", data=np.asarray(value))
     scan = "measurement/process/scan_parameters"
     root.create_array(f"{scan}/start", data=np.array([30.0]))
     root.create_array(f"{scan}/step", data=np.array([0.25]))
@@ -456,7 +459,9 @@ def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_con
         assert f["entry/azint2d/data/frame_id"][()].tolist() == [0, 1, 2, 3]
         np.testing.assert_allclose(f["entry/azint2d/data/I"][()], want.cake, rtol=1e-12)
         np.testing.assert_allclose(f["entry/scan/omega"][()], [100, 102, 104, 106])
-    assert IntegrationConfig.from_text(small_config.midas_text(), "p.txt").zip_parameters() == {}
+    replacing = {"SkipFrame", "OmegaStart", "OmegaStep"}
+    plain = IntegrationConfig.from_text(small_config.midas_text(), "p.txt").zip_parameters()
+    assert not replacing & set(plain)
     # The parameter file the zip was made from: OmegaStart is the ω of the first frame after
     # SkipFrame (the zip stores start = OmegaStart − SkipFrame·OmegaStep): same ω, no warning.
     same = IntegrationConfig.from_text(
@@ -470,6 +475,29 @@ def test_parameter_file_skipframe_and_omega_replace_the_zips(tmp_path, small_con
     assert outcomes[0].ok and "replaces the zip's" not in caplog.text
     with h5py.File(tmp_path / "same" / "b.h5") as f:
         np.testing.assert_allclose(f["entry/scan/omega"][()], [30.25, 30.5, 30.75])
+
+
+def test_zip_parameters_radint_does_not_use_are_warned(tmp_path, small_config, caplog):
+    """A zip's OmegaSumFrames 2 (and Normalize 0) where the parameter file has none: MIDAS
+    given the zip alone sums frame pairs, radint (as MIDAS's integrator.py, from the parameter
+    file) integrates single frames: that went without a word. One warning names each key that
+    differs; the zip's own values equal to the file's (Lsd, ImTransOpt 0 as none) are not."""
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 4)
+    dark = np.zeros((1, *frames.shape[1:]), np.uint16)
+    zip_path = tmp_path / "a.analysis.MIDAS.zip"
+    _midas_zip(zip_path, frames, dark, skip=0, parameters={
+        "OmegaSumFrames": np.array([2], np.int64), "Normalize": np.array([0], np.int32),
+        "Lsd": np.array([small_config.lsd_um]), "ImTransOpt": np.array([0], np.int32),
+    })  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        outcomes = run_batch(small_config, [zip_path], tmp_path / "out", formats=("nexus",),
+                             n_threads=1)  # fmt: skip
+    assert outcomes[0].ok, outcomes[0].error
+    lines = [r.getMessage() for r in caplog.records if "analysis_parameters" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(": Normalize 0 (used: 1); OmegaSumFrames 2 (used: 1)"), lines[0]
+    with h5py.File(tmp_path / "out" / "a.h5") as f:
+        assert f["entry/azint2d/data/I"].shape[0] == 4  # the parameter file's rule: 4 frames
 
 
 def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_config):

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,13 +371,20 @@ class IntegrationConfig:
         d.pop("unknown")
         return d
 
-    def zip_parameters(self) -> dict[str, float]:
-        """The ``SkipFrame``, ``OmegaStart`` and ``OmegaStep`` this parameter file sets: they
-        replace a MIDAS Zarr zip's own values, as MIDAS's integrator.py, which regenerates the
-        zip from the parameter file, has them do (the zip's fill in what the file leaves out)."""
+    def zip_parameters(self) -> dict[str, Any]:
+        """What a MIDAS Zarr zip's ``analysis_parameters`` are read against. The ``SkipFrame``,
+        ``OmegaStart`` and ``OmegaStep`` this parameter file sets replace the zip's own values,
+        as MIDAS's integrator.py, which regenerates the zip from the parameter file, has them do
+        (the zip's fill in what the file leaves out). The other keys (:data:`ZIP_KEYS`) are the
+        values radint integrates with, set or default: a zip that holds others is warned about
+        (IntegratorZarrOMP given the zip alone would use the zip's)."""
         fields = (("SkipFrame", "skip_frame"), ("OmegaStart", "omega_start_deg"),
                   ("OmegaStep", "omega_step_deg"))  # fmt: skip
-        return {key: getattr(self, name) for key, name in fields if key in self.set_at}
+        out: dict[str, Any] = {key: getattr(self, name) for key, name in fields
+                               if key in self.set_at}  # fmt: skip
+        for key, value in ZIP_KEYS.items():
+            out[key] = value(self) if callable(value) else getattr(self, value)
+        return out
 
     def validate(self) -> IntegrationConfig:
         """Check the configuration; raises :class:`ParameterError` naming file, line and key.
@@ -705,6 +713,30 @@ _MIDAS_KEYS = {
     "polarization_model": "PolarizationModel",
     "module_gaps": "ModuleGaps",
 }
+
+
+def _distortion_term(k: int) -> Callable[[IntegrationConfig], float]:
+    return lambda config: config.distortion[k]
+
+
+#: ``analysis_parameters`` of a MIDAS Zarr zip that IntegratorZarrOMP or DetectorMapper read
+#: (their names there) → the configuration field (or how to get it) radint uses instead.
+#: Paths (MaskFile, DistortionFN, ...) are left out: a zip's are another machine's.
+ZIP_KEYS: dict[str, str | Callable[[IntegrationConfig], Any]] = {
+    "Lsd": "lsd_um", "YCen": "bc_y_px", "ZCen": "bc_z_px", "tx": "tx_deg", "ty": "ty_deg",
+    "tz": "tz_deg", "PixelSize": "pixel_size_y_um", "PixelSizeY": "pixel_size_y_um",
+    "PixelSizeZ": "pixel_size_z_um", "RhoD": "rho_d_um", "MaxRingRad": "rho_d_um",
+    **{f"p{k}": _distortion_term(k) for k in range(15)},
+    "ImTransOpt": "im_trans_opt", "RMin": "r_min_px", "RMax": "r_max_px",
+    "RBinSize": "r_bin_px", "EtaMin": "eta_min_deg", "EtaMax": "eta_max_deg",
+    "EtaBinSize": "eta_bin_deg", "QMin": "q_min", "QMax": "q_max", "QBinSize": "q_bin",
+    "Wavelength": "wavelength_angstrom", "Normalize": "normalize",
+    "OmegaSumFrames": "omega_sum_frames", "SumImages": "sum_images",
+    "SaveIndividualFrames": "save_individual_frames", "GapIntensity": "gap_intensity",
+    "BadPxIntensity": "bad_px_intensity", "NPanelsY": "n_panels_y", "NPanelsZ": "n_panels_z",
+    "PanelSizeY": "panel_size_y", "PanelSizeZ": "panel_size_z", "DoPeakFit": "do_peak_fit",
+    "FitROIPadding": "fit_roi_padding",
+}  # fmt: skip
 
 #: Fields that shape a detector map (and so its cache key).
 _MAP_FIELDS = {

@@ -694,7 +694,7 @@ def process_files(
 
 
 def own_dark(
-    path: str | Path, zip_parameters: Mapping[str, float] | None = None
+    path: str | Path, zip_parameters: Mapping[str, Any] | None = None
 ) -> np.ndarray | None:
     """The dark a file carries and IntegratorZarrOMP subtracts without being asked: a MIDAS
     Zarr zip's ``exchange/dark`` (mean, SkipFrame honoured; ``zip_parameters`` as for

@@ -63,7 +63,7 @@ def open_frames(
     dataset: str | None = None,
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
-    zip_parameters: Mapping[str, float] | None = None,
+    zip_parameters: Mapping[str, Any] | None = None,
     frames: FrameSelection = None,
 ) -> FrameSource:
     """Open a frame file and return its :class:`~radint.io._source.FrameSource` (a context manager).
@@ -94,7 +94,7 @@ def _open_source(
     dataset: str | None,
     shape: tuple[int, int] | None,
     dtype: npt.DTypeLike | None,
-    zip_parameters: Mapping[str, float] | None,
+    zip_parameters: Mapping[str, Any] | None,
     frames: FrameSelection = None,
 ) -> FrameSource:
     """The format's source for ``p`` (see :func:`open_frames`)."""
@@ -190,7 +190,7 @@ def read_frames(
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
     frames: FrameSelection = None,
-    zip_parameters: Mapping[str, float] | None = None,
+    zip_parameters: Mapping[str, Any] | None = None,
 ) -> Iterator[Frame]:
     """Yield the frames of a detector file one at a time (only one frame held in memory).
 
@@ -252,7 +252,7 @@ def read_stacks(
     allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
     shape: tuple[int, int] | None = None,
     raw_dtype: npt.DTypeLike | None = None,
-    zip_parameters: Mapping[str, float] | None = None,
+    zip_parameters: Mapping[str, Any] | None = None,
 ) -> Iterator[Stack]:
     """Yield the frames of a file as :class:`Stack` ``(data (n ≤ size, n_z, n_y), ids,
     metadata, indices)``: frame ids are the positions in the file (for a MIDAS Zarr zip counted
@@ -365,7 +365,7 @@ def read_dark(
     shape: tuple[int, int] | None = None,
     dtype: npt.DTypeLike | None = None,
     frames: FrameSelection = None,
-    zip_parameters: Mapping[str, float] | None = None,
+    zip_parameters: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Mean of the frames of a dark file, accumulated in float64 one frame at a time.
 

@@ -196,14 +196,15 @@ class MidasZipSource(ZarrSource):
     the file has ``omega_deg = OmegaStart + (index − SkipFrame)·OmegaStep``, summed in C's
     order. ``parameters`` (``SkipFrame``, ``OmegaStart``, ``OmegaStep``: a parameter file's,
     :meth:`IntegrationConfig.zip_parameters`) replace the zip's values, with a warning where
-    they differ; the zip's fill in the others.
+    they differ; the zip's fill in the others. Its other ``analysis_parameters`` are not used
+    (the parameter file's are): one warning names those that differ.
     """
 
     def __init__(
         self,
         path: Path,
         dataset: str | None = None,
-        parameters: Mapping[str, float] | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(path, dataset)
         skip = int(self._scalar(f"{_MIDAS_PARAMS}/SkipFrame", 0))
@@ -215,7 +216,10 @@ class MidasZipSource(ZarrSource):
             "OmegaStart": None if start is None else start + skip * (step or 0.0),
         }
         values = dict(own)
-        for key, value in (parameters or {}).items():
+        parameters = dict(parameters or {})
+        self._warn_unused_parameters(path, {k: parameters.pop(k) for k in list(parameters)
+                                            if k not in own})  # fmt: skip
+        for key, value in parameters.items():
             was = own[key]
             differs = was is not None and not math.isclose(value, was, rel_tol=1e-12, abs_tol=1e-9)
             if differs:  # once per zip, not for its dark and its data
@@ -232,6 +236,35 @@ class MidasZipSource(ZarrSource):
             arr = self._member(f"{_MIDAS_SCAN}/{key}")
             if isinstance(arr, zarr.Array) and arr.size:
                 self.monitors[key] = np.asarray(arr[...], dtype=np.float64).reshape(-1)
+
+    def _warn_unused_parameters(self, path: Path, in_effect: Mapping[str, Any]) -> None:
+        """One warning per zip naming the ``analysis_parameters`` it holds that differ from
+        the values radint integrates with (the parameter file's, or defaults): MIDAS's
+        integrator.py rebuilds the zip from the parameter file, but IntegratorZarrOMP given
+        this zip alone would use them (OmegaSumFrames 2 in a zip: frame pairs summed there,
+        single frames here, with no word)."""
+        differ = []
+        for key, value in in_effect.items():
+            arr = self._member(f"{_MIDAS_PARAMS}/{key}")
+            if not isinstance(arr, zarr.Array) or arr.size == 0:
+                continue
+            stored = np.asarray(arr[...]).reshape(-1)
+            if stored.dtype.kind not in "biuf":
+                continue
+            ours = np.asarray(value, dtype=np.float64).reshape(-1)
+            theirs = stored.astype(np.float64) if key == "ImTransOpt" else stored[:1]
+            if key == "ImTransOpt":  # 0 is no transform
+                theirs, ours = theirs[theirs != 0], ours[ours != 0]
+            same = theirs.shape == ours.shape and np.allclose(theirs, ours, rtol=1e-9, atol=1e-9)
+            if not same:
+                shown = " ".join(f"{v:g}" for v in theirs) or "(none)"
+                differ.append(f"{key} {shown} (used: {' '.join(f'{v:g}' for v in ours) or 'none'})")
+        if differ:
+            warn_once((str(path), "analysis_parameters"),
+                      "%s: the zip's analysis_parameters differ from the parameter file (or its "
+                      "defaults), which radint uses, as MIDAS's integrator.py does by rebuilding "
+                      "the zip from it; IntegratorZarrOMP given the zip alone would use the "
+                      "zip's: %s", path, "; ".join(differ))  # fmt: skip
 
     def _member(self, name: str) -> Any:
         """The array or group at ``name``; None where there is none (or the store is one
