@@ -274,7 +274,8 @@ fn fit_curve_checked(
                 job.peaks.iter().map(|p| (p.slot, fits[p.slot])).collect()
             }
             (Positions::Detected { .. }, _) => {
-                fit_job_or_parts(job, (bin, opts.bin_average), SPLIT_DEPTH, &|part: &Job| {
+                let model = (bin, opts.bin_average);
+                fit_job_or_parts(job, model, positions, SPLIT_DEPTH, &|part: &Job| {
                     fit_job(x, y, offset, part, bin, opts)
                 })
             }
@@ -525,7 +526,10 @@ impl Residuals for JobProblem<'_> {
 const SPLIT_DEPTH: usize = 4;
 
 /// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
-/// converges wider than its whole ROI or as a spike, [`PeakFit::is_spike`]), the job again in
+/// converges wider than its whole ROI, as a spike, [`PeakFit::is_spike`], or away from its
+/// start, `starts[slot]`, onto another peak of the job, closer than 0.75 of the wider FWHM as
+/// [`detect`]'s distinct peaks are not: it left its ring for the neighbour's, which then counts
+/// twice), the job again in
 /// two parts ([`roi::halve`], each in turn the same way, [`SPLIT_DEPTH`] deep). A merged job has one straight
 /// background: across a long chain of rings the lineout left by SNIP can bulge (the rings'
 /// tails, a sloping background), and the whole chain failed, every peak lost, or one peak took
@@ -539,17 +543,28 @@ const SPLIT_DEPTH: usize = 4;
 fn fit_job_or_parts(
     job: &Job,
     (bin, bin_average): (f64, bool),
+    starts: &[f64],
     cuts_left: usize,
     fit: &impl Fn(&Job) -> Vec<(usize, PeakFit)>,
 ) -> Vec<(usize, PeakFit)> {
     let whole = fit(job);
-    let fitted = |slot: usize, f: &PeakFit| {
+    let fitted = |slot: usize, f: &PeakFit, fits: &[(usize, PeakFit)]| {
         let roi = job.peaks.iter().find(|p| p.slot == slot);
+        let moved = starts
+            .get(slot)
+            .is_some_and(|&s| (f.center() - s).abs() > 0.75 * f.fwhm());
+        let collapsed = moved
+            && fits.iter().any(|(other, g)| {
+                *other != slot
+                    && g.status.is_ok()
+                    && (g.center() - f.center()).abs() < 0.75 * f.fwhm().max(g.fwhm())
+            });
         f.status.is_ok()
             && !f.is_spike(bin, bin_average)
+            && !collapsed
             && roi.is_none_or(|p| f.fwhm() <= (p.hi - p.lo + 1) as f64 * bin)
     };
-    if cuts_left == 0 || whole.iter().all(|(slot, f)| fitted(*slot, f)) {
+    if cuts_left == 0 || whole.iter().all(|(slot, f)| fitted(*slot, f, &whole)) {
         return whole;
     }
     let Some((left, right)) = roi::halve(job) else {
@@ -557,18 +572,18 @@ fn fit_job_or_parts(
     };
     let parts: Vec<(usize, PeakFit)> = [left, right]
         .iter()
-        .flat_map(|part| fit_job_or_parts(part, (bin, bin_average), cuts_left - 1, fit))
+        .flat_map(|part| fit_job_or_parts(part, (bin, bin_average), starts, cuts_left - 1, fit))
         .collect();
     whole
-        .into_iter()
-        .map(|(slot, w)| {
+        .iter()
+        .map(|&(slot, w)| {
             let part = parts.iter().find(|(s, _)| *s == slot).map(|(_, f)| *f);
             match part {
-                Some(p) if fitted(slot, &p) => {
+                Some(p) if fitted(slot, &p, &parts) => {
                     // An error above the area bounds nothing: a near-spike beside it left the
                     // whole job's area undetermined (held in the covariance, or 10³× the area).
                     let without_errors = |f: &PeakFit| !(f.errors[COL_AREA] <= f.area());
-                    if !fitted(slot, &w) || (without_errors(&w) && !without_errors(&p)) {
+                    if !fitted(slot, &w, &whole) || (without_errors(&w) && !without_errors(&p)) {
                         (slot, p)
                     } else {
                         (slot, w)
