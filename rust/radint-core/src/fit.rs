@@ -525,12 +525,12 @@ impl Residuals for JobProblem<'_> {
 /// a 9-ring chain on SNIP's bulge.
 const SPLIT_DEPTH: usize = 4;
 
-/// [`fit_job`], and where a peak of a merged job fails (ends `at_bound` or `no_peak`, or
-/// converges wider than its whole ROI, as a spike, [`PeakFit::is_spike`], or away from its
-/// start, `starts[slot]`, onto another peak of the job, closer than 0.75 of the wider FWHM as
-/// [`detect`]'s distinct peaks are not: it left its ring for the neighbour's, which then counts
-/// twice), the job again in
-/// two parts ([`roi::halve`], each in turn the same way, [`SPLIT_DEPTH`] deep). A merged job has one straight
+/// [`fit_job`], and where a peak of a merged job fails, the job again in two parts
+/// ([`roi::halve`], each in turn the same way, [`SPLIT_DEPTH`] deep). A peak fails where it ends
+/// `at_bound` or `no_peak`, converges wider than its whole ROI or as a spike
+/// ([`PeakFit::is_spike`]), or moves from its start (`starts[slot]`) onto another peak of the
+/// job, closer than 0.75 of the wider FWHM as [`detect`]'s distinct peaks are not (it left its
+/// ring for the neighbour's, which then counts twice). A merged job has one straight
 /// background: across a long chain of rings the lineout left by SNIP can bulge (the rings'
 /// tails, a sloping background), and the whole chain failed, every peak lost, or one peak took
 /// the bulge as a 100-bin-wide peak, where each part's background follows it.
