@@ -484,18 +484,20 @@ def test_zip_parameters_radint_does_not_use_are_warned(tmp_path, small_config, c
     differs; the zip's own values equal to the file's (Lsd, ImTransOpt 0 as none) are not."""
     frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 4)
     dark = np.zeros((1, *frames.shape[1:]), np.uint16)
-    zip_path = tmp_path / "a.analysis.MIDAS.zip"
-    _midas_zip(zip_path, frames, dark, skip=0, parameters={
-        "OmegaSumFrames": np.array([2], np.int64), "Normalize": np.array([0], np.int32),
-        "Lsd": np.array([small_config.lsd_um]), "ImTransOpt": np.array([0], np.int32),
-    })  # fmt: skip
+    zips = [tmp_path / f"{name}.analysis.MIDAS.zip" for name in ("a", "b")]
+    for zip_path in zips:  # a scan's zips share their parameters: warned once
+        _midas_zip(zip_path, frames, dark, skip=0, parameters={
+            "OmegaSumFrames": np.array([2], np.int64), "Normalize": np.array([0], np.int32),
+            "Lsd": np.array([small_config.lsd_um]), "ImTransOpt": np.array([0], np.int32),
+        })  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="radint"):
-        outcomes = run_batch(small_config, [zip_path], tmp_path / "out", formats=("nexus",),
+        outcomes = run_batch(small_config, zips, tmp_path / "out", formats=("nexus",),
                              n_threads=1)  # fmt: skip
-    assert outcomes[0].ok, outcomes[0].error
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     lines = [r.getMessage() for r in caplog.records if "analysis_parameters" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert lines[0].endswith(": Normalize 0 (used: 1); OmegaSumFrames 2 (used: 1)"), lines[0]
+    assert lines[0].endswith(": Normalize 0 (used: 1); OmegaSumFrames 2 (used: 1) (not "
+                             "repeated for other zips alike)"), lines[0]  # fmt: skip
     with h5py.File(tmp_path / "out" / "a.h5") as f:
         assert f["entry/azint2d/data/I"].shape[0] == 4  # the parameter file's rule: 4 frames
 

@@ -260,11 +260,13 @@ class MidasZipSource(ZarrSource):
                 shown = " ".join(f"{v:g}" for v in theirs) or "(none)"
                 differ.append(f"{key} {shown} (used: {' '.join(f'{v:g}' for v in ours) or 'none'})")
         if differ:
-            warn_once((str(path), "analysis_parameters"),
+            # Once per difference, not per zip: a scan's zips share their parameters.
+            warn_once(("zip analysis_parameters", *differ),
                       "%s: the zip's analysis_parameters differ from the parameter file (or its "
                       "defaults), which radint uses, as MIDAS's integrator.py does by rebuilding "
                       "the zip from it; IntegratorZarrOMP given the zip alone would use the "
-                      "zip's: %s", path, "; ".join(differ))  # fmt: skip
+                      "zip's: %s (not repeated for other zips alike)", path,
+                      "; ".join(differ))  # fmt: skip
 
     def _member(self, name: str) -> Any:
         """The array or group at ``name``; None where there is none (or the store is one
