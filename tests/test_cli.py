@@ -268,6 +268,15 @@ def test_info_on_a_result_summarises_its_fitted_peaks(tmp_path, capsys):
         assert abs(float(rows[0][1]) - 3.172) < 0.01 and rows[0][3] == "3/3"
         assert abs(float(rows[1][1]) - 3.663) < 0.01 and float(rows[1][2]) > 0
         assert rows[2][1:] == ["-", "-", "0/3"]
+        # One frame: its source and its own fits, with the area's error.
+        assert main(["info", str(out / result), "--row", "1"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert any("row 1 (frame_id 1)" in line for line in lines)
+        peaks = [line.split() for line in lines if line.strip().startswith("peak ")]
+        assert [p[:3] for p in peaks] == [["peak", "0:", "centre"], ["peak", "1:", "centre"],
+                                          ["peak", "2:", "out_of_range"]]  # fmt: skip
+        assert abs(float(peaks[0][3]) - 3.172) < 0.01 and "±" in peaks[0]
+        assert float(peaks[0][-1]) > 0  # the area's error
 
 
 def test_fit_formats_without_fitting_are_refused_up_front(tmp_path, capsys):

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -670,12 +671,13 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
             centres = np.asarray(root[f"entry/peaks/{centre}"][()])
             if np.isnan(centres).all():  # no geometry known to convert R
                 centre, centres = "center_px", np.asarray(root["entry/peaks/center_px"][()])
-            peak_columns = (
-                np.asarray(root["entry/peaks/status"][()]),
-                centres,
-                np.asarray(root["entry/peaks/area"][()]),
+            area = np.asarray(root["entry/peaks/area"][()])
+            area_err = (np.asarray(root["entry/peaks/area_errors"][()])
+                        if "entry/peaks/area_errors" in root else np.full_like(area, np.nan))  # fmt: skip
+            peak_columns = _PeakColumns(
+                np.asarray(root["entry/peaks/status"][()]), centres, area, area_err,
                 {"center_two_theta": "2θ (deg)", "center_q": "q (1/Å)"}.get(centre, "R (px)"),
-            )
+            )  # fmt: skip
         made = [
             _text_value(root[f"entry/azint1d/reduction/input/{key}"])
             for key in ("rules", "backend")
@@ -690,8 +692,8 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
               f"{stream_counts.get('frames_written')}, dropped "
               f"{stream_counts.get('frames_dropped')}, partial frames discarded "
               f"{stream_counts.get('partial_frames_discarded')}")  # fmt: skip
-    if peak_columns is not None:
-        _describe_peaks(*peak_columns, verbose=verbose)
+    if peak_columns is not None and row is None:
+        _describe_peaks(peak_columns, verbose=verbose)
     prov = read_provenance(path)
     if prov is None:
         print("  no entry/provenance: written without the input files recorded")
@@ -702,6 +704,8 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         file, index = prov.source(row)
         where = f"{file}, frame {index}" if file else "not known"
         print(f"  row {row % n_frames} (frame_id {prov.frame_id[row]}): {where}")
+        if peak_columns is not None:
+            _describe_peak_row(peak_columns, row % n_frames)
         return 0
     # Rows grouped by input file in one sort (a 100 000-file result lists quickly with -v).
     order = np.argsort(prov.file_index, kind="stable")
@@ -719,15 +723,45 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
     return 0
 
 
-def _describe_peaks(
-    status: np.ndarray, centre: np.ndarray, area: np.ndarray, centre_label: str, verbose: bool
-) -> None:
+@dataclass(frozen=True)
+class _PeakColumns:
+    """What ``radint info RESULT`` shows of ``entry/peaks`` ([n_frames, n_slots] each)."""
+
+    status: np.ndarray
+    centre: np.ndarray
+    area: np.ndarray
+    area_err: np.ndarray
+    centre_label: str
+
+
+def _describe_peak_row(peaks: _PeakColumns, row: int) -> None:
+    """The fits of one output frame (``radint info RESULT --row N``), slots it filled only."""
+    from radint.fit import STATUS_NAMES
+
+    if row >= min(len(peaks.status), len(peaks.centre), len(peaks.area)):
+        print("  its peaks: not written yet")  # a stream mid-append
+        return
+    for k, code in enumerate(peaks.status[row]):
+        if code == 255:  # an absent slot
+            continue
+        if code == 0:
+            fit = (f"centre {peaks.centre[row, k]:.6g} {peaks.centre_label}, area "
+                   f"{peaks.area[row, k]:.4g} ± {peaks.area_err[row, k]:.2g}")  # fmt: skip
+        else:
+            fit = STATUS_NAMES.get(int(code), f"code {code}")
+        print(f"  peak {k}: {fit}")
+
+
+def _describe_peaks(peaks: _PeakColumns, verbose: bool) -> None:
     """The fitted peaks of ``entry/peaks``: per slot that any frame filled, how many frames
     converged and the median centre and area of those fits."""
     from radint.fit import STATUS_NAMES
 
-    n_rows = min(len(status), len(centre), len(area))  # a stream may be mid-append
-    status, centre, area = status[:n_rows], centre[:n_rows], area[:n_rows]
+    n_rows = min(
+        len(peaks.status), len(peaks.centre), len(peaks.area)
+    )  # a stream may be mid-append
+    status, centre, area = peaks.status[:n_rows], peaks.centre[:n_rows], peaks.area[:n_rows]
+    centre_label = peaks.centre_label
     present = status != 255
     converged = status == 0
     failures = Counter(STATUS_NAMES.get(int(v), f"code {v}") for v in status[present & ~converged])
