@@ -72,6 +72,37 @@ def test_total_intensity_conserved_without_normalize(small_config):
         Integrator(cfg, detector_map=fractions.map, pixel_weights="area")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"sub_pixel_level": 3, "sub_pixel_cardinal_width_deg": 20.0},
+     {"im_trans_opt": (2,), "bc_y_px": 0.5, "bc_z_px": 40.0}, {"ty_deg": 40.0, "tz_deg": 30.0}],
+)  # fmt: skip
+def test_pixel_areas_are_what_one_bin_holding_every_pixel_adds_up(small_config, change):
+    """pixel_areas is measured directly from each pixel's quads (no second map is built); it
+    must equal the sum of the entries of a map whose one bin holds every pixel whole, rounded as
+    map entries are, so that a pixel inside one bin has fraction exactly 1. Beam centre inside the
+    detector (a pixel holding it), sub-pixels, a flip and a steep tilt."""
+    cfg = small_config.replace(**change)
+    whole = DetectorMap.pixel_areas(cfg)
+    one_bin = DetectorMap.build(cfg.replace(
+        r_min_px=0.0, r_max_px=1e6, r_bin_px=1e6, eta_min_deg=-180.0, eta_max_deg=180.0,
+        eta_bin_deg=360.0, mask_file="", gradient_correction=False,
+    ))  # fmt: skip
+    assert one_bin.n_bins == 1
+    np.testing.assert_array_equal(
+        whole, np.bincount(one_bin.pixel, weights=one_bin.area, minlength=whole.size)
+    )
+    if change.get("ty_deg"):
+        assert whole.min() < 0.9 or whole.max() > 1.1
+    coarse = cfg.replace(r_bin_px=40.0, eta_bin_deg=90.0)
+    areas = DetectorMap.build(coarse)
+    inside = areas.area == whole[areas.pixel].astype(np.float32)  # wholly inside one bin
+    assert inside.mean() > 0.5
+    fractions = Integrator(coarse, error_model=None, pixel_weights="fraction").map
+    np.testing.assert_array_equal(fractions.pixel, areas.pixel)
+    np.testing.assert_array_equal(fractions.area[inside], 1.0)
+
+
 def test_pixel_fractions_on_a_detector_on_a_two_theta_arm(tmp_path):
     """Found beside pyFAI: on a steep tilt (2θ 66-80°) R = Lsd tan 2θ runs far past the
     detector's size; the one-bin map measuring whole pixel areas stopped short of it, so pixels

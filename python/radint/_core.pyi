@@ -27,6 +27,7 @@ __all__ = [
     "nonfinite_pixels",
     "param_hash",
     "parse_params",
+    "pixel_areas",
     "pixel_centres",
     "snip_background",
     "validate_params",
@@ -63,6 +64,16 @@ def pixel_centres(
     panel_shifts: tuple[str, str] | None = None,
     n_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def pixel_areas(
+    config: dict[str, Any],
+    distortion_y: np.ndarray | None = None,
+    distortion_z: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    panel_shifts: tuple[str, str] | None = None,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """Each raw pixel's whole area (px², flat) in the plane where bins are cut."""
+
 def load_midas(
     directory: str | Path,
     config: dict[str, Any],
@@ -156,6 +167,8 @@ class MapCore:
         """Whether ``nonfinite`` NaN / inf values over ``n_frames`` frames are few enough for
         the kernels of frames whose every value counts plus a resum of their spoiled bins."""
     def gradient_resampled(self, config: dict[str, Any]) -> MapCore: ...
+    def with_pixel_fractions(self, whole: np.ndarray, n_threads: int | None = None) -> MapCore:
+        """This map with each entry's area divided by its pixel's ``whole`` area."""
     def folded(
         self,
         scale: np.ndarray | None = None,

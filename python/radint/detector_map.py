@@ -345,41 +345,18 @@ class DetectorMap:
         return m
 
     @staticmethod
-    def pixel_areas(
-        config: IntegrationConfig, n_threads: int | None = None, cache_dir: str | Path | None = None
-    ) -> np.ndarray:
+    def pixel_areas(config: IntegrationConfig, n_threads: int | None = None) -> np.ndarray:
         """Each raw pixel's area (px², flat, float64) in the plane where the bins are cut (after
         tilt, distortion and panel corrections): what its map entries add up to when it lies
-        wholly inside the binned range. 1 on an untilted, undistorted detector.
-
-        Read off a map of the same geometry with one bin holding every pixel whole.
+        wholly inside the binned range. 1 on an untilted, undistorted detector; 0 for a pixel
+        the map leaves out (e.g. one reaching 2θ = 90°). Masks play no part.
         """
-        from radint.corrections import pixel_geometry
+        config.validate()
+        return _core.pixel_areas(
+            config.core_dict(), n_threads=check_n_threads(n_threads), **_map_inputs(config)
+        )
 
-        # The bin reaches past every pixel's farthest corner: the farthest centre plus the
-        # largest step in R between neighbouring centres along each axis (a corner lies half a
-        # step out along each). On a steep tilt R = Lsd tan 2θ runs far past the detector's size.
-        r = pixel_geometry(config, n_threads)["r_px"].reshape(config.shape)
-        finite = np.isfinite(r)
-        steps = [np.abs(np.diff(r, axis=a)) for a in (0, 1)]
-        step = sum(float(np.nanmax(d, initial=0.0)) for d in steps)
-        reach = float(np.nanmax(r, initial=0.0) if finite.any() else 0.0) + step + 16.0
-        whole = config.replace(
-            r_min_px=0.0, r_max_px=reach, r_bin_px=reach, eta_min_deg=-180.0,
-            eta_max_deg=180.0, eta_bin_deg=360.0, q_min=0.0, q_max=0.0, q_bin=0.0,
-            tth_min_deg=0.0, tth_max_deg=0.0, tth_bin_deg=0.0, mask_file="", module_gaps=(),
-            gradient_correction=False,
-        )  # fmt: skip
-        if cache_dir is not None:
-            m = DetectorMap.cached(whole, cache_dir, n_threads=n_threads)
-        else:
-            m = DetectorMap.build(whole, n_threads=n_threads)
-        n = config.n_pixels_y * config.n_pixels_z
-        return np.bincount(m.pixel, weights=m.area, minlength=n)[:n]
-
-    def with_pixel_fractions(
-        self, n_threads: int | None = None, cache_dir: str | Path | None = None
-    ) -> DetectorMap:
+    def with_pixel_fractions(self, n_threads: int | None = None) -> DetectorMap:
         """This map with each entry's area divided by its pixel's whole area
         (:meth:`pixel_areas`): every pixel then counts once, split over bins in proportion to
         its overlap, as in pyFAI. With ``Normalize 0`` a bin's sum is then its share of the
@@ -401,19 +378,15 @@ class DetectorMap:
                 f"{self.origin}: pixel fractions need a map whose weights are its areas "
                 "(radint's own, without GradientCorrection), not MIDAS C factors or resampling"
             )
-        whole = self.pixel_areas(self.config, n_threads, cache_dir)
-        per_entry = whole[self.pixel]
-        if not (per_entry > 0).all():
+        whole = self.pixel_areas(self.config, n_threads)
+        try:
+            core = self._core.with_pixel_fractions(whole, n_threads=check_n_threads(n_threads))
+        except InvalidInputError as e:
             raise MapFormatError(
-                f"{self.origin}: pixel fractions: {int((per_entry <= 0).sum())} map entries "
-                "belong to pixels whose whole area measures 0 in this geometry "
-                "(DetectorMap.pixel_areas); use pixel_weights='area'"
-            )
-        m = DetectorMap.from_arrays(
-            self.shape, self.r_edges_px, self.eta_edges_deg, self.indptr, self.pixel,
-            self.area / per_entry, self.delta_r, None, self.mask_hit, None, self.config,
-            n_threads=n_threads,
-        )  # fmt: skip
+                f"{self.origin}: pixel fractions: {e} (DetectorMap.pixel_areas); "
+                "use pixel_weights='area'"
+            ) from e
+        m = DetectorMap(core, self.config)
         m.origin = f"{self.origin}, pixel fractions"
         m.pixel_fractions = True
         return m

@@ -397,9 +397,8 @@ class Integrator:
                 )
             self._corrections_at_source = True
         if pixel_weights == "fraction":
-            # An empty map is refused before the whole-pixel map is built and cached.
             detector_map.check_not_empty(config, n_threads)
-            detector_map = detector_map.with_pixel_fractions(n_threads, cache_dir)
+            detector_map = detector_map.with_pixel_fractions(n_threads)
         elif detector_map.pixel_fractions:
             raise InvalidInputError(
                 f"detector_map ({detector_map.origin}) weighs pixels by fraction "

@@ -340,6 +340,62 @@ impl DetectorMap {
         Ok((map, offset))
     }
 
+    /// This map with each entry's area divided by its pixel's whole area `whole[pixel]`
+    /// ([`pixel_areas`]): every pixel then counts once, split over bins in proportion to its
+    /// overlap, as in pyFAI. The per-bin sums of the new areas become `bin_geometric_area`.
+    /// Refused for maps with signal weights of their own (MIDAS C factors, resampling) and where
+    /// an entry's pixel has no positive whole area.
+    pub fn with_pixel_fractions(&self, whole: &[f64]) -> Result<DetectorMap> {
+        if self.weight.is_some() {
+            return Err(Error::Invalid(
+                "pixel fractions need a map whose signal weights are its areas".into(),
+            ));
+        }
+        if whole.len() != self.n_pixels() {
+            return Err(Error::shape(
+                "whole pixel areas",
+                self.n_pixels(),
+                whole.len(),
+            ));
+        }
+        self.check()?;
+        let no_area = self
+            .pixel
+            .par_iter()
+            .filter(|&&p| !(whole[p as usize] > 0.0))
+            .count();
+        if no_area > 0 {
+            return Err(Error::Invalid(format!(
+                "{no_area} map entries belong to pixels whose whole area measures 0 in this \
+                 geometry"
+            )));
+        }
+        let mut area = Vec::new();
+        area.par_extend(
+            self.pixel
+                .par_iter()
+                .zip(self.area.par_iter())
+                .map(|(&p, &a)| (a as f64 / whole[p as usize]) as f32),
+        );
+        let mut map = DetectorMap {
+            n_y: self.n_y,
+            n_z: self.n_z,
+            r_edges: self.r_edges.clone(),
+            eta_edges: self.eta_edges.clone(),
+            indptr: self.indptr.clone(),
+            pixel: self.pixel.clone(),
+            area: area.into(),
+            delta_r: self.delta_r.clone(),
+            weight: None,
+            weights_in_any_order: false,
+            mask_hit: self.mask_hit.clone(),
+            bin_geometric_area: Vec::new(),
+            derived: Derived::default(),
+        };
+        map.bin_geometric_area = map.bin_area();
+        Ok(map)
+    }
+
     /// Areas finite and non-negative: a pass over every entry, for arrays from elsewhere; not
     /// for maps radint built or cached (on a cache it costs a fresh process ~10 ms of page
     /// faults).
@@ -823,8 +879,37 @@ impl Plan {
         eta_bins: &mut Vec<usize>,
         fold: &mut Fold,
     ) {
-        let (ypr, zpr, panel, n_sub) = self.pixel_centre(i, j);
         out.clear();
+        self.for_each_quad(i, j, fold, |quad, angles, r_centre| {
+            self.split(quad, angles, r_centre(), out, eta_bins)
+        });
+    }
+
+    /// Transformed pixel (i, j)'s whole area in the corrected plane: the sum of its (sub-)pixel
+    /// quads as [`Plan::split`] takes them, which is what its entries add up to when it lies
+    /// wholly inside the binned range.
+    fn pixel_area(&self, i: usize, j: usize) -> f64 {
+        let mut whole = 0.0;
+        self.for_each_quad(i, j, &mut Fold::none(), |quad, _, _| {
+            let area = quad.signed_area();
+            if area > 0.0 {
+                whole += area;
+            }
+        });
+        whole
+    }
+
+    /// Calls `visit(quad, corner η in degrees, centre R)` for each counter-clockwise (sub-)pixel
+    /// quad of transformed pixel (i, j) that the map does not leave out. The centre R is asked
+    /// for lazily: finding it costs a full geometry evaluation.
+    fn for_each_quad(
+        &self,
+        i: usize,
+        j: usize,
+        fold: &mut Fold,
+        mut visit: impl FnMut(&Poly, &[f64; 4], &dyn Fn() -> f64),
+    ) {
+        let (ypr, zpr, panel, n_sub) = self.pixel_centre(i, j);
         if let (Some(grid), 1) = (&self.corner_grid, n_sub) {
             let w = self.transform.n_y + 1;
             let ids = [
@@ -838,10 +923,9 @@ impl Plan {
                 return;
             }
             let angles = ids.map(|k| self.corner_eta[k]);
-            let r_centre = self.geometry.polar(ypr, zpr, panel).0;
             let mut quad = Poly::from_slice(&corners);
             quad.make_ccw();
-            self.split(&quad, &angles, r_centre, out, eta_bins);
+            visit(&quad, &angles, &|| self.geometry.polar(ypr, zpr, panel).0);
             return;
         }
         let step = 1.0 / n_sub as f64;
@@ -866,11 +950,12 @@ impl Plan {
                 if left_out(&negative, &corners) {
                     continue;
                 }
-                let r_centre = self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel).r;
                 let angles = corners.map(|p| p[1].atan2(p[0]).to_degrees());
                 let mut quad = Poly::from_slice(&corners);
                 quad.make_ccw();
-                self.split(&quad, &angles, r_centre, out, eta_bins);
+                visit(&quad, &angles, &|| {
+                    self.to_plane(y0 + 0.5 * step, z0 + 0.5 * step, panel).r
+                });
             }
         }
     }
@@ -1236,6 +1321,39 @@ pub fn gradient_resampled(
 }
 
 /// Per raw pixel: R (px) and η (deg) of its centre, and its exact relative solid angle
+
+/// Each raw pixel's whole area (px², flat raw index) in the plane where bins are cut, after
+/// tilt, distortion and panel corrections: what its map entries add up to when it lies wholly
+/// inside the binned range (1 on an untilted, undistorted detector; 0 for a pixel the map leaves
+/// out). Masks play no part.
+pub fn pixel_areas(params: &Params, inputs: MapInputs) -> Result<Vec<f64>> {
+    let plan = Plan::new(
+        params,
+        MapInputs {
+            mask: None,
+            ..inputs
+        },
+    )?;
+    let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
+    let mut transformed = plan
+        .pixels_blame
+        .vec_with_capacity::<f64>(n_y * n_z, "the pixels' areas")?;
+    // Rounded as the map's entries are: a pixel wholly inside one bin then has fraction 1
+    // exactly (unrounded, the quotient of the two roundings drifts, mostly below 1).
+    transformed.par_extend(
+        (0..n_y * n_z)
+            .into_par_iter()
+            .map(|k| plan.pixel_area(k % n_y, k / n_y) as f32 as f64),
+    );
+    let mut raw = plan
+        .pixels_blame
+        .vec_filled::<f64>(n_y * n_z, 0.0, "the pixels' areas")?;
+    for (k, &area) in transformed.iter().enumerate() {
+        let (ry, rz) = plan.transform.raw_of_transformed(k % n_y, k / n_y);
+        raw[rz * n_y + ry] = area;
+    }
+    Ok(raw)
+}
 /// ([`Geometry::relative_solid_angle`]).
 pub fn pixel_centres(
     params: &Params,

@@ -301,6 +301,25 @@ fn pixel_centres<'py>(
     ))
 }
 
+/// Each raw pixel's whole area (px², flat) in the corrected plane (see the core's
+/// `map::pixel_areas`).
+#[pyfunction]
+#[pyo3(signature = (config, distortion_y=None, distortion_z=None, residual=None, panel_shifts=None, n_threads=None))]
+fn pixel_areas<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyDict>,
+    distortion_y: Option<PyReadonlyArrayDyn<'py, f64>>,
+    distortion_z: Option<PyReadonlyArrayDyn<'py, f64>>,
+    residual: Option<PyReadonlyArrayDyn<'py, f64>>,
+    panel_shifts: Option<(String, String)>,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let p = params::from_dict(config)?;
+    let inputs = map_inputs(&p, None, distortion_y, distortion_z, residual, panel_shifts)?;
+    let areas = run_detached(py, n_threads, || map::pixel_areas(&p, inputs))?;
+    Ok(areas.into_pyarray(py))
+}
+
 /// A detector map owned by Rust; its arrays are exposed as read-only numpy views (no copy).
 #[pyclass(module = "radint._core", name = "MapCore", frozen)]
 pub struct MapCore {
@@ -603,6 +622,22 @@ impl MapCore {
         let map = detached(py, || {
             Ok(map::gradient_resampled(&self.map, &transform, bc))
         })?;
+        Ok(MapCore::new(map))
+    }
+
+    /// This map with each entry's area divided by its pixel's `whole` area (see the core's
+    /// `DetectorMap::with_pixel_fractions`).
+    #[pyo3(signature = (whole, n_threads=None))]
+    fn with_pixel_fractions(
+        &self,
+        py: Python<'_>,
+        whole: PyReadonlyArray1<'_, f64>,
+        n_threads: Option<usize>,
+    ) -> PyResult<MapCore> {
+        let whole = whole
+            .as_slice()
+            .map_err(|_| shape_error("whole: expected a contiguous array".into()))?;
+        let map = run_detached(py, n_threads, || self.map.with_pixel_fractions(whole))?;
         Ok(MapCore::new(map))
     }
 
@@ -1120,6 +1155,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(param_hash, m)?)?;
     m.add_function(wrap_pyfunction!(build_map, m)?)?;
     m.add_function(wrap_pyfunction!(pixel_centres, m)?)?;
+    m.add_function(wrap_pyfunction!(pixel_areas, m)?)?;
     m.add_function(wrap_pyfunction!(load_midas, m)?)?;
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
