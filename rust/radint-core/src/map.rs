@@ -1320,8 +1320,6 @@ pub fn gradient_resampled(
     resampled
 }
 
-/// Per raw pixel: R (px) and η (deg) of its centre, and its exact relative solid angle
-
 /// Each raw pixel's whole area (px², flat raw index) in the plane where bins are cut, after
 /// tilt, distortion and panel corrections: what its map entries add up to when it lies wholly
 /// inside the binned range (1 on an untilted, undistorted detector; 0 for a pixel the map leaves
@@ -1354,6 +1352,8 @@ pub fn pixel_areas(params: &Params, inputs: MapInputs) -> Result<Vec<f64>> {
     }
     Ok(raw)
 }
+
+/// Per raw pixel: R (px) and η (deg) of its centre, and its exact relative solid angle
 /// ([`Geometry::relative_solid_angle`]).
 pub fn pixel_centres(
     params: &Params,
