@@ -15,7 +15,7 @@ use crate::params::Params;
 use crate::polygon::{Poly, Pt};
 use crate::runs::PixelRuns;
 use crate::storage::Storage;
-use crate::tiles::Tiles;
+use crate::tiles::{split_runs, Tiles};
 
 /// Overlaps below this (px²) are dropped, as midas-integrate 0.9 does (per-pixel loss ≤ 1e-8).
 pub const AREA_EPSILON: f64 = 1e-9;
@@ -282,46 +282,61 @@ impl DetectorMap {
             }
         }
         self.check()?;
-        let kept: Vec<(Vec<usize>, Vec<f64>, f64)> = self
+        let folded_weight = |e: usize| -> Option<(f64, f64)> {
+            let p = self.pixel[e] as usize;
+            let base = match &self.weight {
+                Some(weight) => weight[e],
+                None => self.area[e] as f64,
+            };
+            let weight = base * scale.map_or(1.0, |s| s[p]);
+            let d = dark.map_or(0.0, |d| d[p]);
+            (weight.is_finite() && d.is_finite()).then_some((weight, d))
+        };
+        // Two passes over the bins in parallel: count the kept entries (and sum the offsets),
+        // then write each bin's into its own slice of the new arrays.
+        let (kept, offset): (Vec<usize>, Vec<f64>) = self
             .indptr
             .par_windows(2)
             .map(|w| {
-                let (mut entries, mut weights, mut offset) = (Vec::new(), Vec::new(), 0.0);
-                for e in w[0] as usize..w[1] as usize {
-                    let p = self.pixel[e] as usize;
-                    let base = match &self.weight {
-                        Some(weight) => weight[e],
-                        None => self.area[e] as f64,
-                    };
-                    let weight = base * scale.map_or(1.0, |s| s[p]);
-                    let d = dark.map_or(0.0, |d| d[p]);
-                    if weight.is_finite() && d.is_finite() {
-                        entries.push(e);
-                        weights.push(weight);
-                        offset += weight * d;
-                    }
+                let (mut n, mut offset) = (0, 0.0);
+                for (weight, d) in (w[0] as usize..w[1] as usize).filter_map(folded_weight) {
+                    n += 1;
+                    offset += weight * d;
                 }
-                (entries, weights, offset)
+                (n, offset)
             })
-            .collect();
-        let n_kept: usize = kept.iter().map(|k| k.0.len()).sum();
+            .unzip();
         let mut indptr = Vec::with_capacity(self.indptr.len());
         indptr.push(0u64);
-        let mut pixel = Vec::with_capacity(n_kept);
-        let mut area = Vec::with_capacity(n_kept);
-        let mut delta_r = Vec::with_capacity(n_kept);
-        let mut weight = Vec::with_capacity(n_kept);
-        let mut offset = Vec::with_capacity(kept.len());
-        for (entries, weights, bin_offset) in kept {
-            for &e in &entries {
-                pixel.push(self.pixel[e]);
-                area.push(self.area[e]);
-                delta_r.push(self.delta_r[e]);
-            }
-            weight.extend(weights);
-            indptr.push(pixel.len() as u64);
-            offset.push(bin_offset);
+        for &n in &kept {
+            indptr.push(indptr[indptr.len() - 1] + n as u64);
         }
+        let n_kept = indptr[indptr.len() - 1] as usize;
+        let mut pixel = vec![0u32; n_kept];
+        let mut area = vec![0f32; n_kept];
+        let mut delta_r = vec![0f32; n_kept];
+        let mut weight = vec![0f64; n_kept];
+        let slices = split_runs(&mut pixel, &kept)
+            .into_iter()
+            .zip(split_runs(&mut area, &kept))
+            .zip(split_runs(&mut delta_r, &kept))
+            .zip(split_runs(&mut weight, &kept))
+            .collect::<Vec<_>>();
+        slices
+            .into_par_iter()
+            .zip(self.indptr.par_windows(2))
+            .for_each(|((((p, a), d), w), bin)| {
+                let mut k = 0;
+                for e in bin[0] as usize..bin[1] as usize {
+                    if let Some((weight, _)) = folded_weight(e) {
+                        p[k] = self.pixel[e];
+                        a[k] = self.area[e];
+                        d[k] = self.delta_r[e];
+                        w[k] = weight;
+                        k += 1;
+                    }
+                }
+            });
         let map = DetectorMap {
             n_y: self.n_y,
             n_z: self.n_z,

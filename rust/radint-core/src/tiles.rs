@@ -269,7 +269,7 @@ impl Tiles {
 }
 
 /// `values` cut into consecutive runs of `lengths` (what is left after them is not handed out).
-fn split_runs<'a, T>(mut values: &'a mut [T], lengths: &[usize]) -> Vec<&'a mut [T]> {
+pub(crate) fn split_runs<'a, T>(mut values: &'a mut [T], lengths: &[usize]) -> Vec<&'a mut [T]> {
     let mut runs = Vec::with_capacity(lengths.len());
     for &len in lengths {
         let (run, rest) = std::mem::take(&mut values).split_at_mut(len);
