@@ -240,15 +240,15 @@ def fit_auto(
     max_iterations: int = 500,
     n_threads: int | None = None,
     bin_average: bool = True,
-    correlated_noise: bool = False,
+    bin_width_px: float = 0.0,
 ) -> dict[str, Any]:
     """Detect and fit up to ``max_peaks`` peaks in every row of ``ys`` ``(n_curves, n_x)``.
 
     Returns a dict: ``values``, ``errors`` ``(n_curves, max_peaks, 7)`` padded with NaN rows
     after the ``counts[i]`` kept peaks (ordered by centre), ``status`` (255 on padding),
     ``iterations``, ``counts`` u32 ``(n_curves,)`` and the subtracted SNIP ``background``
-    ``(n_curves, n_x)``. ``correlated_noise``: neighbouring bins share counts (bins finer than
-    a pixel)."""
+    ``(n_curves, n_x)``. ``bin_width_px``: the radial bins' width in detector pixels (0:
+    unknown, taken as a pixel or more; narrower bins are detected on ~pixel-wide sums)."""
 
 def snip_background(y: np.ndarray, iterations: int = 50) -> np.ndarray:
     """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; non-finite bins are filled

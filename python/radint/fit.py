@@ -220,7 +220,7 @@ def fit_peaks(
     max_peaks_per_job: int = 32,
     n_threads: int | None = None,
     bin_average: bool = True,
-    correlated_noise: bool = False,
+    bin_width_px: float | None = None,
 ) -> FitTable:
     """Fit pseudo-Voigt peaks in one lineout or a stack of lineouts.
 
@@ -258,13 +258,15 @@ def fit_peaks(
         model, the profile's value at the bin centre, which widens FWHMs by the bin
         (~Δ²/(12σ²) relatively) and for peaks of FWHM ≲ 2 bins biases FWHM, area and their
         errors (see the module docs).
-    correlated_noise : bool
-        With ``auto``: neighbouring bins share counts (radial bins narrower than a pixel, which
-        :func:`fit_result` tells from the result). The noise σ of the 6 σ test is then also read
-        from the lineout's own noise maxima, as the bin-to-bin scatter understates it (at
-        ``RBinSize 0.25`` about sevenfold: noise humps passed for peaks). Off (default), it is
-        the bin-to-bin scatter: on bins of a pixel or more the maxima of a pattern of many weak
-        rings are mostly rings, and read from them the σ doubled.
+    bin_width_px : float, optional
+        With ``auto``: the radial bins' width in detector pixels (:func:`fit_result` and the
+        per-η fits take it from the result; None: a pixel or more). Bins narrower than a pixel
+        share each pixel's counts, so their noise moves in humps about a pixel wide: peaks are
+        then detected on the lineout averaged over ⌊1/width⌋ bins at a time (about a pixel
+        each, ROIs ``roi_padding`` of the lineout's bins wide) and fitted again on the lineout
+        itself at the centres found there. Where even those are narrower than a pixel (bins
+        wider than half a pixel), the noise σ of the 6 σ test is also read from the lineout's
+        own noise maxima.
 
     Returns
     -------
@@ -314,7 +316,7 @@ def fit_peaks(
             max_iterations=int(max_iterations),
             n_threads=n_threads,
             bin_average=bool(bin_average),
-            correlated_noise=bool(correlated_noise),
+            bin_width_px=0.0 if bin_width_px is None else float(bin_width_px),
         )
     else:
         try:
@@ -501,18 +503,17 @@ def fit_result(
         max_iterations=max_iterations,
         n_threads=n_threads,
         bin_average=bin_average,
-        correlated_noise=bins_share_pixels(result),
+        bin_width_px=radial_bin_width_px(result),
     )
     return with_units(table, result)
 
 
-def bins_share_pixels(result: Result) -> bool:
-    """Whether ``result``'s radial bins are narrower than a pixel (median width of
-    ``r_edges_px`` under 1 px), so neighbouring bins share the pixels' counts and their noise
-    is correlated (``correlated_noise`` of :func:`fit_peaks`)."""
+def radial_bin_width_px(result: Result) -> float | None:
+    """Median width of ``result``'s radial bins in detector pixels (``r_edges_px``; None
+    without finite ones): ``bin_width_px`` of :func:`fit_peaks`."""
     widths = np.diff(np.asarray(result.r_edges_px, dtype=np.float64))
     widths = widths[np.isfinite(widths)]
-    return bool(widths.size) and float(np.median(widths)) < 1.0
+    return float(np.median(widths)) if widths.size else None
 
 
 def with_units(table: FitTable, result: Result) -> FitTable:
@@ -1207,7 +1208,7 @@ def fit_per_eta(
         table = fit_peaks(r, profiles[curves], auto=int(auto), roi_padding=roi_padding,
                           snip_iterations=snip_iterations, max_iterations=max_iterations,
                           n_threads=n_threads, bin_average=bin_average,
-                          correlated_noise=bins_share_pixels(result))  # fmt: skip
+                          bin_width_px=radial_bin_width_px(result))  # fmt: skip
         for k in range(table.center.shape[-1]):
             ok = (table.status[:, k] == CONVERGED) & (table.center[:, k] != 0)
             if not ok.any():
@@ -1727,7 +1728,6 @@ __all__ = [
     "EtaPeaks",
     "FitSpec",
     "FitTable",
-    "bins_share_pixels",
     "concat_tables",
     "fit_peaks",
     "fit_per_eta",
@@ -1736,6 +1736,7 @@ __all__ = [
     "fit_result",
     "fit_spec_of",
     "peak_profile",
+    "radial_bin_width_px",
     "read_fit_bin",
     "snip_background",
     "with_units",

@@ -882,7 +882,7 @@ fn auto_detection_takes_no_correlated_noise_for_peaks() {
             .collect();
         let auto = AutoOptions {
             max_peaks: 10,
-            correlated_noise: true,
+            bin_width_px: 0.25,
             ..AutoOptions::default()
         };
         let fit = fit_auto(&x, &y, &auto, &FitOptions::default()).unwrap();
@@ -890,7 +890,7 @@ fn auto_detection_takes_no_correlated_noise_for_peaks() {
         assert_eq!(centres.len(), 3, "seed {seed}: {centres:?}");
         // Measured bin to bin (whole-pixel bins), such noise passes for peaks.
         let white = AutoOptions {
-            correlated_noise: false,
+            bin_width_px: 1.0,
             ..auto
         };
         let fooled = fit_auto(&x, &y, &white, &FitOptions::default()).unwrap();

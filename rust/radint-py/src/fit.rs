@@ -130,9 +130,10 @@ fn fit_peaks<'py>(
 /// Returns a dict: `values`, `errors` `(n_curves, max_peaks, 7)` padded with NaN rows after the
 /// `counts[i]` kept peaks (ordered by centre), `status` (255 on padding), `iterations`,
 /// `counts` u32 `(n_curves,)` and the subtracted SNIP `background` `(n_curves, n_x)`.
-/// `correlated_noise`: neighbouring bins share counts (bins finer than a pixel).
+/// `bin_width_px`: the radial bins' width in detector pixels (0: unknown, taken as ≥ 1; see the
+/// core's `AutoOptions`).
 #[pyfunction]
-#[pyo3(signature = (x, ys, max_peaks, snip_iterations=50, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None, bin_average=true, correlated_noise=false))]
+#[pyo3(signature = (x, ys, max_peaks, snip_iterations=50, roi_padding=20, auto_roi=false, max_iterations=500, n_threads=None, bin_average=true, bin_width_px=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn fit_auto<'py>(
     py: Python<'py>,
@@ -145,7 +146,7 @@ fn fit_auto<'py>(
     max_iterations: usize,
     n_threads: Option<usize>,
     bin_average: bool,
-    correlated_noise: bool,
+    bin_width_px: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
     if max_peaks == 0 {
         return Err(raise(
@@ -162,7 +163,7 @@ fn fit_auto<'py>(
     let auto = AutoOptions {
         max_peaks,
         snip_iterations,
-        correlated_noise,
+        bin_width_px,
     };
     let fits = run_detached(py, n_threads, || {
         core_fit::fit_auto_many(xs, flat, &auto, &opts)
