@@ -39,13 +39,13 @@ impl Default for AutoOptions {
 }
 
 impl AutoOptions {
-    /// Bins summed into one for detection: as many as make at most a pixel (1 for bins wider
-    /// than half a pixel).
+    /// Bins averaged into one for detection: as many as make at most [`GROUPED_WIDTH_PX`]
+    /// (1 for bins wider than a quarter pixel).
     pub fn group(&self) -> usize {
         let w = self.bin_width_px;
-        if w > 0.0 && w < 1.0 {
-            // A hair of slack: 0.1 px bins make 10 per pixel, not 9.
-            (1.0 / w + 1e-9).floor() as usize
+        if w > 0.0 && w < GROUPED_WIDTH_PX {
+            // A hair of slack: 0.1 px bins make 5 per half pixel, not 4.
+            (GROUPED_WIDTH_PX / w + 1e-9).floor() as usize
         } else {
             1
         }
@@ -495,15 +495,20 @@ fn above_background(y: &[f64], background: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// Width (px) of the bins auto-detection runs on where the lineout's are narrower: half a pixel
+/// keeps rings of FWHM 1.5–2.5 px a handful of bins wide (on whole-pixel bins a weak ring 2.6
+/// FWHM beside a strong one merged into it) while the noise humps a pixel's spread counts make
+/// no longer pass for peaks.
+pub const GROUPED_WIDTH_PX: f64 = 0.5;
+
 /// Fewest grouped bins a lineout is detected on ([`fit_auto_grouped`]); shorter ones are
 /// detected bin by bin.
 const MIN_GROUPED_BINS: usize = 16;
 
 /// Narrowest ROI half-width, in grouped bins (about pixels), of the fits that decide which
-/// candidates are peaks: `FitROIPadding 20` on tenth-pixel bins is 2 of them, too few points
-/// for a peak and its background, and every candidate failed there. MIDAS's default, 20 bins
-/// of `RBinSize 0.25`, is 5.
-const MIN_GROUPED_PADDING: usize = 5;
+/// candidates are peaks: `FitROIPadding 20` on tenth-pixel bins is 4 of them, too few points
+/// for a peak and its background. MIDAS's default, 20 bins of `RBinSize 0.25`, is 10.
+const MIN_GROUPED_PADDING: usize = 10;
 
 /// [`fit_auto`] on bins narrower than half a pixel: peaks are found on the lineout averaged
 /// `group` bins at a time (about a pixel each; its SNIP background, candidates, fits and
