@@ -248,7 +248,8 @@ def fit_auto(
     after the ``counts[i]`` kept peaks (ordered by centre), ``status`` (255 on padding),
     ``iterations``, ``counts`` u32 ``(n_curves,)`` and the subtracted SNIP ``background``
     ``(n_curves, n_x)``. ``bin_width_px``: the radial bins' width in detector pixels (0:
-    unknown, taken as a pixel or more; narrower bins are detected on ~pixel-wide sums)."""
+    unknown, taken as a pixel or more; bins of a quarter pixel or less are detected on
+    half-pixel averages)."""
 
 def snip_background(y: np.ndarray, iterations: int = 50) -> np.ndarray:
     """SNIP background (spec §6.3) of one lineout ``(n_x,)`` float64; non-finite bins are filled

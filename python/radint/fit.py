@@ -261,12 +261,12 @@ def fit_peaks(
     bin_width_px : float, optional
         With ``auto``: the radial bins' width in detector pixels (:func:`fit_result` and the
         per-η fits take it from the result; None: a pixel or more). Bins narrower than a pixel
-        share each pixel's counts, so their noise moves in humps about a pixel wide: peaks are
-        then detected on the lineout averaged over ⌊1/width⌋ bins at a time (about a pixel
-        each, ROIs ``roi_padding`` of the lineout's bins wide) and fitted again on the lineout
-        itself at the centres found there. Where even those are narrower than a pixel (bins
-        wider than half a pixel), the noise σ of the 6 σ test is also read from the lineout's
-        own noise maxima.
+        share each pixel's counts, so their noise moves in humps about a pixel wide. On bins of
+        a quarter pixel or less, peaks are detected on the lineout averaged ⌊0.5/width⌋ bins
+        at a time (about half a pixel each; ROIs ``roi_padding`` of the lineout's bins, at least
+        10 of those) and fitted again on the lineout itself at the centres found there; on the
+        bins detection runs on, where narrower than a pixel, the noise σ of the 6 σ test is also
+        read from the lineout's own noise maxima.
 
     Returns
     -------

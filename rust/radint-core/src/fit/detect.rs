@@ -21,10 +21,10 @@ pub struct AutoOptions {
     /// `SNIPIterations` (MIDAS default 50).
     pub snip_iterations: usize,
     /// Width of the radial bins in detector pixels (their median; 0 where unknown: taken as a
-    /// pixel or more). Bins narrower than a pixel share the pixels' counts: peaks are detected
-    /// on the lineout summed [`AutoOptions::group`] bins at a time, and where those sums are
-    /// still narrower than a pixel the noise σ is also read from the lineout's own maxima
-    /// ([`noise_sigma`]).
+    /// pixel or more). Bins narrower than a pixel share the pixels' counts: on bins under a
+    /// quarter pixel peaks are detected on the lineout averaged [`AutoOptions::group`] bins at
+    /// a time ([`fit_auto_grouped`]), and where the bins detection runs on are narrower than a
+    /// pixel the noise σ is also read from the lineout's own maxima ([`noise_sigma`]).
     pub bin_width_px: f64,
 }
 
@@ -510,16 +510,17 @@ const MIN_GROUPED_BINS: usize = 16;
 /// for a peak and its background. MIDAS's default, 20 bins of `RBinSize 0.25`, is 10.
 const MIN_GROUPED_PADDING: usize = 10;
 
-/// [`fit_auto`] on bins narrower than half a pixel: peaks are found on the lineout averaged
-/// `group` bins at a time (about a pixel each; its SNIP background, candidates, fits and
-/// residual search, ROIs `roi_padding / group` such bins wide, at least
-/// [`MIN_GROUPED_PADDING`]), then fitted again on the
-/// lineout itself, at the centres found there, under its own SNIP background.
+/// [`fit_auto`] on bins of a quarter pixel or less: peaks are found on the lineout averaged
+/// `group` bins at a time (about [`GROUPED_WIDTH_PX`] each; its SNIP background, candidates,
+/// fits and residual search, ROIs `roi_padding / group` such bins wide, at least
+/// [`MIN_GROUPED_PADDING`]), then fitted again on the lineout itself, at the centres found
+/// there, under its own SNIP background.
 ///
 /// Why: a pixel's counts spread over every bin it overlaps, so on bins of a tenth of a pixel
 /// the noise moves in humps about a pixel wide; SG7 curves and significance windows counted in
-/// bins measure them as peaks (synthetic CeO2 frames at `RBinSize 0.1`: 9 of 20 peaks noise,
-/// with `FitROIAuto`), while the same lineout summed to whole pixels came back with 0.
+/// bins measured them as peaks (synthetic CeO2 frames at `RBinSize 0.1`: 5–16 of 20 peaks
+/// noise, per-η 5° fits 236–457 false), and detection now sees a lineout as it would at
+/// `RBinSize 0.5`, whatever the finer bins.
 fn fit_auto_grouped(
     x: &[f64],
     y: &[f64],
