@@ -264,9 +264,10 @@ def fit_peaks(
         share each pixel's counts, so their noise moves in humps about a pixel wide. On bins of
         a quarter pixel or less, peaks are detected on the lineout averaged ⌊0.5/width⌋ bins
         at a time (about half a pixel each; ROIs ``roi_padding`` of the lineout's bins, at least
-        10 of those) and fitted again on the lineout itself at the centres found there; on the
-        bins detection runs on, where narrower than a pixel, the noise σ of the 6 σ test is also
-        read from the lineout's own noise maxima.
+        10 of those; lineouts of at least 16 such bins) and fitted again on the lineout itself at
+        the centres found there; on the bins detection runs on, where narrower than a pixel, the
+        noise σ of the 6 σ test is also read from the lineout's own noise maxima. A NaN or
+        negative width is refused.
 
     Returns
     -------

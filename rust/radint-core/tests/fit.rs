@@ -956,3 +956,28 @@ fn auto_detection_on_tenth_pixel_bins_finds_the_rings_not_the_noise_humps() {
     }
     assert!(fooled_seeds >= 3, "{fooled_seeds} of 6");
 }
+
+/// A bin width that is no width is refused, not taken as "unknown" (a NaN or negative width
+/// brought back the noise peaks grouping removes) nor grouped past the lineout (a width of
+/// 2⁻⁶¹ px overflowed the group count and panicked).
+#[test]
+fn auto_detection_refuses_a_bin_width_that_is_no_width() {
+    let x: Vec<f64> = (0..400).map(|i| 0.1 * i as f64).collect();
+    let y: Vec<f64> = x
+        .iter()
+        .map(|v| 10.0 + (-(v - 20.0).powi(2)).exp())
+        .collect();
+    for bad in [f64::NAN, -0.1, f64::INFINITY] {
+        let auto = AutoOptions {
+            bin_width_px: bad,
+            ..AutoOptions::default()
+        };
+        let err = fit_auto(&x, &y, &auto, &FitOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("bin_width_px"), "{err}");
+    }
+    let tiny = AutoOptions {
+        bin_width_px: 2f64.powi(-61),
+        ..AutoOptions::default()
+    };
+    assert!(fit_auto(&x, &y, &tiny, &FitOptions::default()).is_ok());
+}

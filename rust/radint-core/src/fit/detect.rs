@@ -21,10 +21,11 @@ pub struct AutoOptions {
     /// `SNIPIterations` (MIDAS default 50).
     pub snip_iterations: usize,
     /// Width of the radial bins in detector pixels (their median; 0 where unknown: taken as a
-    /// pixel or more). Bins narrower than a pixel share the pixels' counts: on bins under a
-    /// quarter pixel peaks are detected on the lineout averaged [`AutoOptions::group`] bins at
-    /// a time ([`fit_auto_grouped`]), and where the bins detection runs on are narrower than a
-    /// pixel the noise σ is also read from the lineout's own maxima ([`noise_sigma`]).
+    /// pixel or more). Bins narrower than a pixel share the pixels' counts: on bins of a quarter
+    /// pixel or less (lineouts of at least [`MIN_GROUPED_BINS`] groups) peaks are detected on the
+    /// lineout averaged [`AutoOptions::group`] bins at a time ([`fit_auto_grouped`]), and where
+    /// the bins detection runs on are narrower than a pixel the noise σ is also read from the
+    /// lineout's own maxima ([`noise_sigma`]).
     pub bin_width_px: f64,
 }
 
@@ -49,6 +50,16 @@ impl AutoOptions {
         } else {
             1
         }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.bin_width_px >= 0.0 && self.bin_width_px.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "auto peak fit: bin_width_px must be a finite width >= 0 (0: unknown), got {}",
+                self.bin_width_px
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the bins detection runs on (grouped) are narrower than a pixel, so that their
@@ -373,6 +384,7 @@ fn prominence(s: &[f64], i: usize, w: usize) -> f64 {
 pub fn fit_auto(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions) -> Result<AutoFit> {
     validate_axis(x)?;
     validate_options(opts)?;
+    auto.validate()?;
     if y.len() != x.len() {
         return Err(Error::shape(
             "auto peak fit: lineout length",
@@ -392,6 +404,7 @@ pub fn fit_auto_many(
 ) -> Result<Vec<AutoFit>> {
     validate_axis(x)?;
     validate_options(opts)?;
+    auto.validate()?;
     if !ys.len().is_multiple_of(x.len()) {
         return Err(Error::shape(
             "auto peak fit: lineouts (n_curves × n_x)",
@@ -407,7 +420,7 @@ pub fn fit_auto_many(
 
 fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions) -> AutoFit {
     let group = auto.group();
-    if group > 1 && x.len() >= MIN_GROUPED_BINS * group {
+    if group > 1 && x.len() / group >= MIN_GROUPED_BINS {
         return fit_auto_grouped(x, y, group, auto, opts);
     }
     let bin = bin_size(x);
