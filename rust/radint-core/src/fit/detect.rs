@@ -562,10 +562,18 @@ fn fit_auto_grouped(
         ..*opts
     };
     let found = fit_auto_checked(&grouped_x, &grouped_y, &grouped_auto, &grouped_opts);
-    let positions: Vec<f64> = found.peaks.iter().map(PeakFit::center).collect();
+    let mut positions: Vec<f64> = found.peaks.iter().map(PeakFit::center).collect();
     let bin = bin_size(x);
     let background = snip_background(y, auto.snip_iterations);
     let corr = above_background(y, &background);
+    let near_found = |i: usize| {
+        found
+            .peaks
+            .iter()
+            .any(|p| (x[i] - p.center()).abs() < p.fwhm().max(2.0 * group as f64 * bin))
+    };
+    let edges = edge_candidates(y, &background, group, auto);
+    positions.extend(edges.into_iter().filter(|&i| !near_found(i)).map(|i| x[i]));
     let fits = fit_curve_checked(
         x,
         &corr,
@@ -585,6 +593,26 @@ fn fit_auto_grouped(
         background,
         peaks: select_peaks(fits, limits),
     }
+}
+
+/// Grouped bins at each end of a lineout where no maximum is taken (SG7 needs two neighbours
+/// on each side): [`LocalMaxima::of`]'s margin.
+const EDGE_GROUPS: usize = 2;
+
+/// Candidates of the lineout itself, bin by bin (as on bins of more than a quarter pixel),
+/// within the bins its grouped detection ([`fit_auto_grouped`]) cannot reach: the first and
+/// last [`EDGE_GROUPS`] groups, and the bins past the last whole group. A ring centred within
+/// ~1 px of either end of the radial range was lost there, and its neighbour, fitted alone,
+/// came back converged with half its area.
+fn edge_candidates(y: &[f64], background: &[f64], group: usize, auto: &AutoOptions) -> Vec<usize> {
+    let n = y.len();
+    let head = EDGE_GROUPS * group;
+    let tail = (n / group).saturating_sub(EDGE_GROUPS) * group;
+    let corr = above_background(&bridge_nan(y), background);
+    let mut maxima = LocalMaxima::of(&corr);
+    let sigma = noise_sigma_with(&corr, &maxima, auto.bin_width_px < 1.0);
+    maxima.maxima.retain(|&(i, _)| i < head || i >= tail);
+    candidates_among(&maxima, 2 * auto.max_peaks, 3, DETECTION_SIGMAS * sigma)
 }
 
 /// Rounds of looking for peaks the fits left in their residual (a second peak 1–2 FWHM from a
