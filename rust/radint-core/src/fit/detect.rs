@@ -223,6 +223,68 @@ fn white_noise_sigma(corr: &[f64]) -> f64 {
     robust_sigma(r) / (2.0f64 / 3.0).sqrt()
 }
 
+/// Bins per block over which [`local_noise`] measures the noise.
+const LOCAL_NOISE_BINS: usize = 128;
+
+/// σ of Gaussian samples from the lower quartile of their absolute deviations from the median
+/// (0.3186 σ): rings leave most of a block's bin-to-bin scatter to noise only where they are
+/// sparse, and a quartile stays noise's while rings fill up to three quarters of it.
+fn quartile_sigma(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = median(&mut v);
+    for x in v.iter_mut() {
+        *x = (*x - m).abs();
+    }
+    let k = v.len() / 4;
+    *v.select_nth_unstable_by(k, f64::total_cmp).1 / 0.318_639_363_964_375_7
+}
+
+/// Per bin, how much noisier `corr` is in its block of [`LOCAL_NOISE_BINS`] than over the whole
+/// lineout (bin-to-bin scatter, as [`white_noise_sigma`] takes it, measured by
+/// [`quartile_sigma`]), at least 1: the 6 σ test counts a candidate's prominence in that many σ
+/// more. Why: a profile's noise varies along it (a per-η profile's bins hold few pixels near
+/// the beam centre, many far out), and measured against the lineout's median noise, the noisy
+/// stretch passed noise for peaks.
+fn local_noise(corr: &[f64]) -> Vec<f64> {
+    let n = corr.len();
+    let mut factor = vec![1.0; n];
+    if n < 7 {
+        return factor;
+    }
+    let s = savgol_smooth7(corr);
+    let scatter: Vec<f64> = (0..n)
+        .map(|i| {
+            if (3..n - 3).contains(&i) {
+                corr[i] - s[i]
+            } else {
+                f64::NAN
+            }
+        })
+        .collect();
+    let finite = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect::<Vec<_>>()
+    };
+    let overall = quartile_sigma(finite(&scatter));
+    if !(overall > 0.0) {
+        return factor;
+    }
+    for (block, out) in scatter
+        .chunks(LOCAL_NOISE_BINS)
+        .zip(factor.chunks_mut(LOCAL_NOISE_BINS))
+    {
+        let values = finite(block);
+        if values.len() >= LOCAL_NOISE_BINS / 4 {
+            out.fill((quartile_sigma(values) / overall).max(1.0));
+        }
+    }
+    factor
+}
+
 /// Median `significance` of white-noise maxima per noise σ, rounded up from 0.39 (0.32–0.48 over
 /// 60 flat Poisson lineouts of 3 000 bins, means 5, 200 and 5 000) so that white noise keeps
 /// its bin-to-bin σ.
@@ -305,23 +367,21 @@ pub fn detect_candidates(
     min_sep: usize,
     min_prominence: f64,
 ) -> Vec<usize> {
-    candidates_among(
-        &LocalMaxima::of(corr),
-        max_candidates,
-        min_sep,
-        min_prominence,
-    )
+    candidates_among(&LocalMaxima::of(corr), max_candidates, min_sep, &|_| {
+        min_prominence
+    })
 }
 
+/// [`detect_candidates`] among `maxima`, a candidate at bin i standing at least `needed(i)`.
 fn candidates_among(
     maxima: &LocalMaxima,
     max_candidates: usize,
     min_sep: usize,
-    min_prominence: f64,
+    needed: &dyn Fn(usize) -> f64,
 ) -> Vec<usize> {
     let cands: Vec<(f64, usize)> = maxima
         .iter()
-        .filter(|&(_, sig)| sig >= min_prominence)
+        .filter(|&(i, sig)| sig >= needed(i))
         .map(|(i, _)| (prominence(&maxima.savgol, i, min_sep), i))
         .collect();
     best_spaced(cands, max_candidates, min_sep)
@@ -438,7 +498,16 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let maxima = LocalMaxima::of(&corr_bridged);
     let min_prominence =
         DETECTION_SIGMAS * noise_sigma_with(&corr_bridged, &maxima, auto.correlated_noise());
-    let cand = candidates_among(&maxima, max_candidates, min_sep, min_prominence);
+    // On bins of a pixel or more a sharp ring is a bin or two wide: its own curvature fills
+    // the bin-to-bin scatter of its block, and measured there its weak neighbours were lost.
+    let local = if auto.correlated_noise() {
+        local_noise(&corr_bridged)
+    } else {
+        vec![1.0; corr_bridged.len()]
+    };
+    let cand = candidates_among(&maxima, max_candidates, min_sep, &|i| {
+        min_prominence * local[i]
+    });
     let mut positions: Vec<f64> = cand.iter().map(|&i| x[i]).collect();
     let mut fits = fit_curve_checked(
         x,
@@ -612,7 +681,10 @@ fn edge_candidates(y: &[f64], background: &[f64], group: usize, auto: &AutoOptio
     let mut maxima = LocalMaxima::of(&corr);
     let sigma = noise_sigma_with(&corr, &maxima, auto.bin_width_px < 1.0);
     maxima.maxima.retain(|&(i, _)| i < head || i >= tail);
-    candidates_among(&maxima, 2 * auto.max_peaks, 3, DETECTION_SIGMAS * sigma)
+    let local = local_noise(&corr);
+    candidates_among(&maxima, 2 * auto.max_peaks, 3, &|i| {
+        DETECTION_SIGMAS * sigma * local[i]
+    })
 }
 
 /// Rounds of looking for peaks the fits left in their residual (a second peak 1–2 FWHM from a
