@@ -518,12 +518,7 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
         opts,
         Positions::Detected { earlier: None },
     );
-    let limits = (
-        auto.max_peaks,
-        bin,
-        (x[0], x[x.len() - 1]),
-        opts.bin_average,
-    );
+    let limits = selection_limits(x, bin, auto, opts);
     let search = ResidualSearch::new(
         x,
         (&corr, &corr_bridged),
@@ -652,12 +647,7 @@ fn fit_auto_grouped(
         opts,
         Positions::Detected { earlier: None },
     );
-    let limits = (
-        auto.max_peaks,
-        bin,
-        (x[0], x[x.len() - 1]),
-        opts.bin_average,
-    );
+    let limits = selection_limits(x, bin, auto, opts);
     AutoFit {
         background,
         peaks: select_peaks(fits, limits),
@@ -899,6 +889,22 @@ fn distinct(peaks: &[PeakFit], bin: f64) -> bool {
 ///
 /// [`fit_job_or_parts`]: super::fit_job_or_parts
 pub(crate) const SPIKE_FWHM_BINS: f64 = 0.25;
+
+/// What [`select_peaks`] keeps a lineout's fits within: at most `max_peaks`, its bin size, its
+/// x range, and the model's sampling.
+fn selection_limits(
+    x: &[f64],
+    bin: f64,
+    auto: &AutoOptions,
+    opts: &FitOptions,
+) -> (usize, f64, (f64, f64), bool) {
+    (
+        auto.max_peaks,
+        bin,
+        (x[0], x[x.len() - 1]),
+        opts.bin_average,
+    )
+}
 
 /// Keep converged peaks with area > 0, Γ > 0, no spike ([`SPIKE_FWHM_BINS`]) and the centre on the axis
 /// (a candidate at the lineout's edge can slide off it onto the edge's slope); with more than 2,
