@@ -717,6 +717,39 @@ def test_auto_detection_measures_each_stretch_of_a_per_eta_profile_against_its_o
         assert found.sum() == 12, (row, rings[~found])
 
 
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+@pytest.mark.parametrize("missing", [np.nan, 0.0])
+def test_auto_detection_sees_no_noise_where_half_the_lineout_has_no_data(where, missing) -> None:
+    """Review: bins without data (NaN: past the detector, a beam stop, a masked band; 0-filled
+    under ``compat="midas-cpu"``) counted as noise-free data in the noise estimates: with half
+    the lineout missing, the lineout's σ fell to ~0 (hundreds of noise maxima passed) and each
+    stretch's noise factor rose 10⁵× (every ring lost). Quarter-pixel bins, 10 rings of 15 σ,
+    half of them where data is missing: every visible ring is found, and no peak where there is
+    none (but at the step a 0-filled run ends in)."""
+    x = 50.125 + 0.25 * np.arange(2000)
+    rings = np.arange(80.0, 531.0, 50.0)
+    gone = {"start": slice(0, 1000), "middle": slice(500, 1500), "end": slice(1000, 2000)}[where]
+    ys = []
+    for seed in range(5):
+        y = 1000 + 10 * np.random.default_rng(seed).standard_normal(x.size)
+        y += sum(150 * np.exp(-4 * np.log(2) * ((x - c) / 2.0) ** 2) for c in rings)
+        y[gone] = missing
+        ys.append(y)
+    t = rfit.fit_peaks(x, np.array(ys), auto=20, bin_width_px=0.25)
+    kept = np.ones(x.size, bool)
+    kept[gone] = False
+    visible = rings[kept[((rings - 50.0) / 0.25).astype(int)]]
+    # A 0-filled run ends in a step from 0 to the data, which SNIP and the fits can take for a
+    # peak's flank (as before); NaN runs have no such step.
+    steps = [x[i] for i in (gone.start, gone.stop) if 0 < i < x.size] if missing == 0 else []
+    for row in range(len(ys)):
+        centre = t.center[row][t.status[row] == 0]
+        off_rings = centre[(np.abs(centre[:, None] - rings[None, :]) > 2).all(axis=1)]
+        assert all(any(abs(c - s) < 3 for s in steps) for c in off_rings), (off_rings, steps)
+        found = (np.abs(visible[:, None] - centre[None, :]) <= 2).any(axis=1)
+        assert found.all(), (visible[~found], centre)
+
+
 def test_auto_detection_keeps_a_ring_inside_one_bin() -> None:
     """Review: a strong ring narrower than a bin (FWHM 0.3 bin, area 1e5) fits with its width
     undetermined (error NaN) but its area right; with bin means it must not be taken for a

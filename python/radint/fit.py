@@ -236,9 +236,10 @@ def fit_peaks(
     auto : int, optional
         Instead of ``positions``: detect (SNIP + Savitzky–Golay) and fit up to ``auto`` peaks.
         A candidate must stand 6 σ above the col towards its nearest higher neighbour (within
-        ±15 bins), σ being the lineout's noise estimated from the data (on bins narrower than a
-        pixel, the larger of that and the noise of the candidate's own 128-bin stretch); pure
-        noise reaches ~4 σ, so a flat lineout gives no peaks.
+        ±15 bins), σ being the lineout's noise estimated from the data (NaN and 0-filled bins
+        left out; on bins narrower than a pixel, times how much noisier the candidate's own
+        ~128-bin stretch is than the median stretch); pure noise reaches ~4 σ, so a flat
+        lineout gives no peaks.
     roi_padding : int
         ROI half-width in bins (MIDAS ``FitROIPadding``).
     auto_roi : bool

@@ -175,12 +175,12 @@ pub fn binomial_smooth5(y: &[f64]) -> Vec<f64> {
 /// peaks. The maxima's median is that of noise only where noise makes most maxima: on whole-pixel
 /// bins a pattern of many weak rings has more ring maxima than noise ones (30 of 38), and read
 /// from them the σ doubled and weak rings were lost, so it is used only where bins share pixels.
-/// NaN-free input.
+/// NaN bins and the exact zeros of 0-filled runs take no part.
 pub fn noise_sigma(corr: &[f64], correlated: bool) -> f64 {
     noise_sigma_with(corr, &LocalMaxima::of(corr), correlated)
 }
 
-/// [`noise_sigma`] with the maxima of `corr` already found.
+/// [`noise_sigma`] with `maxima` already found (on `corr` with its NaN bins bridged).
 fn noise_sigma_with(corr: &[f64], maxima: &LocalMaxima, correlated: bool) -> f64 {
     let white = white_noise_sigma(corr);
     if !correlated {
@@ -218,7 +218,10 @@ fn white_noise_sigma(corr: &[f64]) -> f64 {
         .iter()
         .zip(&s[3..corr.len() - 3])
         .map(|(a, b)| a - b)
-        .filter(|v| v.is_finite())
+        // Bins without data take no part (see `local_noise`): NaN, and the exact zeros of
+        // 0-filled runs. Bridged or counted, a lineout half without data had σ ≈ 0, and
+        // hundreds of noise maxima passed the 6 σ test.
+        .filter(|v| v.is_finite() && *v != 0.0)
         .collect();
     robust_sigma(r) / (2.0f64 / 3.0).sqrt()
 }
@@ -241,12 +244,18 @@ fn quartile_sigma(mut v: Vec<f64>) -> f64 {
     *v.select_nth_unstable_by(k, f64::total_cmp).1 / 0.318_639_363_964_375_7
 }
 
-/// Per bin, how much noisier `corr` is in its block of [`LOCAL_NOISE_BINS`] than over the whole
-/// lineout (bin-to-bin scatter, as [`white_noise_sigma`] takes it, measured by
+/// Per bin, how much noisier `corr` is in its stretch of about [`LOCAL_NOISE_BINS`] bins than
+/// in the median stretch (bin-to-bin scatter, as [`white_noise_sigma`] takes it, measured by
 /// [`quartile_sigma`]), at least 1: the 6 σ test counts a candidate's prominence in that many σ
 /// more. Why: a profile's noise varies along it (a per-η profile's bins hold few pixels near
 /// the beam centre, many far out), and measured against the lineout's median noise, the noisy
 /// stretch passed noise for peaks.
+///
+/// Bins without data take no part: NaN (`corr` is not bridged) and runs of exact zeros (a
+/// `compat="midas-cpu"` row beyond the detector's edge), whose scatter is exactly 0. Counted,
+/// they pulled the reference towards 0 and every factor up by 10–10⁵: rings were lost on rows
+/// half NaN or a quarter 0-filled. Stretches with fewer than a quarter of their bins usable keep
+/// factor 1, and so does a lineout with fewer than two such stretches.
 fn local_noise(corr: &[f64]) -> Vec<f64> {
     let n = corr.len();
     let mut factor = vec![1.0; n];
@@ -263,23 +272,31 @@ fn local_noise(corr: &[f64]) -> Vec<f64> {
             }
         })
         .collect();
-    let finite = |v: &[f64]| {
-        v.iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .collect::<Vec<_>>()
-    };
-    let overall = quartile_sigma(finite(&scatter));
-    if !(overall > 0.0) {
+    // Stretches of n / k bins for the k nearest n / LOCAL_NOISE_BINS: no short last one.
+    let n_stretches = ((n as f64 / LOCAL_NOISE_BINS as f64).round() as usize).max(1);
+    let bounds = |k: usize| (k * n / n_stretches, (k + 1) * n / n_stretches);
+    let sigmas: Vec<Option<f64>> = (0..n_stretches)
+        .map(|k| {
+            let (lo, hi) = bounds(k);
+            let usable: Vec<f64> = scatter[lo..hi]
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite() && *v != 0.0)
+                .collect();
+            (usable.len() >= (hi - lo) / 4)
+                .then(|| quartile_sigma(usable))
+                .filter(|&sigma| sigma > 0.0)
+        })
+        .collect();
+    let mut known: Vec<f64> = sigmas.iter().flatten().copied().collect();
+    if known.len() < 2 {
         return factor;
     }
-    for (block, out) in scatter
-        .chunks(LOCAL_NOISE_BINS)
-        .zip(factor.chunks_mut(LOCAL_NOISE_BINS))
-    {
-        let values = finite(block);
-        if values.len() >= LOCAL_NOISE_BINS / 4 {
-            out.fill((quartile_sigma(values) / overall).max(1.0));
+    let reference = median(&mut known);
+    for (k, sigma) in sigmas.iter().enumerate() {
+        if let Some(sigma) = sigma {
+            let (lo, hi) = bounds(k);
+            factor[lo..hi].fill((sigma / reference).max(1.0));
         }
     }
     factor
@@ -497,11 +514,11 @@ fn fit_auto_checked(x: &[f64], y: &[f64], auto: &AutoOptions, opts: &FitOptions)
     let max_candidates = (3 * auto.max_peaks).min(x.len() / 2);
     let maxima = LocalMaxima::of(&corr_bridged);
     let min_prominence =
-        DETECTION_SIGMAS * noise_sigma_with(&corr_bridged, &maxima, auto.correlated_noise());
+        DETECTION_SIGMAS * noise_sigma_with(&corr, &maxima, auto.correlated_noise());
     // On bins of a pixel or more a sharp ring is a bin or two wide: its own curvature fills
     // the bin-to-bin scatter of its block, and measured there its weak neighbours were lost.
     let local = if auto.correlated_noise() {
-        local_noise(&corr_bridged)
+        local_noise(&corr)
     } else {
         vec![1.0; corr_bridged.len()]
     };
@@ -667,8 +684,8 @@ fn edge_candidates(y: &[f64], background: &[f64], group: usize, auto: &AutoOptio
     let n = y.len();
     let head = EDGE_GROUPS * group;
     let tail = (n / group).saturating_sub(EDGE_GROUPS) * group;
-    let corr = above_background(&bridge_nan(y), background);
-    let mut maxima = LocalMaxima::of(&corr);
+    let corr = above_background(y, background);
+    let mut maxima = LocalMaxima::of(&above_background(&bridge_nan(y), background));
     let sigma = noise_sigma_with(&corr, &maxima, auto.bin_width_px < 1.0);
     maxima.maxima.retain(|&(i, _)| i < head || i >= tail);
     let local = local_noise(&corr);
