@@ -328,6 +328,32 @@ def test_missing_data_folder_is_an_error_not_an_override(tmp_path, capsys, monke
     assert "override SpaceGroup 225: not a parameter radint knows" in capsys.readouterr().err
 
 
+def test_a_quoted_override_is_an_override_not_a_missing_file(tmp_path, capsys):
+    """``radint integrate p.txt frames.tif 'RBinSize 0.25'`` (the override quoted as one
+    argument) said "no such file or directory: RBinSize 0.25"; it is taken as its words, and a
+    file whose name has a space and that exists stays a file."""
+    from radint import IntegrationConfig
+    from radint.cli import _split_overrides
+
+    assert _split_overrides(["a.tif", "RBinSize 0.25", "RMax 800"]) == (
+        ["a.tif"], ["RBinSize 0.25", "RMax 800"],
+    )  # fmt: skip
+    spaced = tmp_path / "RMax 800"
+    spaced.write_bytes(b"")
+    assert _split_overrides([str(spaced)]) == ([str(spaced)], [])
+    out = tmp_path / "out"
+    params = str(EXAMPLES / "parameters.txt")
+    frames = str(EXAMPLES / "ceo2_pilatus.tif")
+    assert (
+        main(["-q", "integrate", params, frames, "RMax 300", "-o", str(out), "--format", "xy"]) == 0
+    )
+    lineout = np.loadtxt(next(out.glob("*_lineout.xy")), comments="#")
+    n_r = (
+        len(IntegrationConfig.from_midas_params(params).replace(r_max_px=300.0).bin_edges()[0]) - 1
+    )
+    assert lineout.shape[0] == 3 * n_r  # three frames' lines
+
+
 def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
     """``radint map`` / ``radint stream`` take no data: a stray word or a lower-case key is an
     error naming it (both were dropped silently)."""

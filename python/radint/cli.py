@@ -66,7 +66,19 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     of ``MaskFile``, ``PanelShiftsFile`` ...), so ``RMax 80 a.tif b.tif`` keeps both files.
     A key-like word radint does not know counts as a key only when a number follows it (another
     MIDAS program's ``Key 3``); otherwise it is a path, so a missing folder named ``Run8`` is
-    reported as missing instead of being dropped as an unknown override."""
+    reported as missing instead of being dropped as an unknown override. A quoted override
+    (``'RBinSize 0.25'``, one argument) is taken as its words: it was reported as a missing
+    file."""
+    tokens = [
+        word
+        for tok in tokens
+        for word in (
+            tok.split()
+            if len(tok.split()) > 1 and _is_key(tok.split()[0]) and _known_key(tok.split()[0])
+            and not Path(tok).exists()
+            else [tok]
+        )
+    ]  # fmt: skip
     paths: list[str] = []
     overrides: list[str] = []
     i = 0
