@@ -295,9 +295,10 @@ class IntegrationConfig:
 
     # ----------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> IntegrationConfig:
-        """A copy with some fields changed (field names, not MIDAS keys). A changed field's
-        MIDAS key stays marked as set, in the source without the line that no longer holds its
-        value (an error about it blamed that line).
+        """A copy with some fields changed (field names, not MIDAS keys). The values are
+        checked where the configuration is used (:meth:`validate`), as a parameter file's are;
+        a changed field's MIDAS key is marked as set by ``replace()`` (``set_at``), so an error
+        about it names that, not the parameter file's line that no longer holds the value.
 
         Raises
         ------
@@ -317,9 +318,9 @@ class IntegrationConfig:
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ParameterError(f"IntegrationConfig has no field {name!r}{hint}")
         if "set_at" not in changes:
-            moved = {_MIDAS_KEYS.get(n) for n in changes} & set(self.set_at)
-            if moved:
-                changes["set_at"] = {**self.set_at, **{k: (self.source, 0) for k in moved if k}}
+            keys = {"BC" if n in ("bc_y_px", "bc_z_px") else _MIDAS_KEYS.get(n) for n in changes}
+            by = (f"{self.source}, changed by replace()" if self.source else "replace()", 0)
+            changes["set_at"] = {**self.set_at, **{k: by for k in keys if k and k != "p"}}
         return dataclasses.replace(self, **_tupled(changes))
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
