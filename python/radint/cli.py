@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from radint.config import FIT_ROI_PADDING, SNIP_ITERATIONS, IntegrationConfig, near_key
+from radint.config import (
+    FILE_KEYS,
+    FIT_ROI_PADDING,
+    SNIP_ITERATIONS,
+    IntegrationConfig,
+    near_key,
+)
 from radint.exceptions import RadintError
 
 log = logging.getLogger("radint")
@@ -68,7 +74,19 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     MIDAS program's ``Key 3``); otherwise it is a path, so a missing folder named ``Run8`` is
     reported as missing instead of being dropped as an unknown override. A quoted override
     (``'RBinSize 0.25'``, one argument) is taken as its words: it was reported as a missing
-    file."""
+    file. A file key's path with a space is refused: a MIDAS parameter line (which the
+    overrides are, and which the outputs record) ends a value at a space."""
+    for k, tok in enumerate(tokens):
+        words = tok.split(maxsplit=1)
+        key, value = (words[0], words[1]) if len(words) == 2 and not Path(tok).exists() else (
+            (tok, tokens[k + 1]) if k + 1 < len(tokens) else ("", "")
+        )  # fmt: skip
+        if key in FILE_KEYS and len(value.split()) > 1:
+            raise RadintError(
+                f"{key} {value!r}: a path with a space cannot be given (MIDAS parameter lines, "
+                "which overrides are and outputs record, end a value at a space): rename it, or "
+                "give a link to it without spaces"
+            )
     tokens = [
         word
         for tok in tokens

@@ -729,6 +729,9 @@ _MIDAS_KEYS = {
     "module_gaps": "ModuleGaps",
 }
 
+#: The MIDAS keys of :data:`FILE_FIELDS` (values that are a file's path).
+FILE_KEYS = frozenset(_MIDAS_KEYS[name] for name in FILE_FIELDS)
+
 
 def _distortion_term(k: int) -> Callable[[IntegrationConfig], float]:
     return lambda config: config.distortion[k]
