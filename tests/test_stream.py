@@ -410,6 +410,37 @@ def test_midas_lineout_bin_follows_the_gpu_program_with_normalize_0(config, tmp_
     assert not np.allclose(lines, np.nan_to_num(r.lineout))
 
 
+def test_midas_outputs_without_a_mapping_name_frames_of_several_connections_by_id(
+    integrator, tmp_path
+):
+    """Review (D3): frames of one sender over two connections arrived as ids 0 2 4 1 3 5 and,
+    without --mapping-file, integrator_output.h5 named them by arrival (lineouts/1 held frame
+    2), though its ids say which frame each is. They are sorted and named by id now; ids that
+    are no sending indices (PVA's, several senders') keep MIDAS's arrival naming."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=6, midas_files=True)
+    first, second = connect(src.port), connect(src.port)  # one sender, two connections
+    with first, second:
+        for i in (0, 2, 4):
+            first.sendall(encode_frame_bytes(i, frame(i)))
+        assert wait_for(lambda: p.written == 3)  # this arrival order, whatever the threads do
+        for i in (1, 3, 5):
+            second.sendall(encode_frame_bytes(i, frame(i)))
+        assert p.wait(30).written == 6
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0, 2, 4, 1, 3, 5]
+    with h5py.File(tmp_path / "integrator_output.h5") as f:
+        assert list(f["lineouts"]) == [str(i) for i in range(6)]
+        for i in range(6):
+            want = np.nan_to_num(integrator.integrate(frame(i)).lineout)
+            np.testing.assert_allclose(f[f"lineouts/{i}"][:, 1], want, rtol=1e-12, err_msg=i)
+    from radint.io.midas import _sender_ids_by_row
+
+    tcp = ["tcp:127.0.0.1:1"] * 3
+    assert _sender_ids_by_row([0, 2, 1], tcp) == {0: 0, 1: 2, 2: 1}
+    assert _sender_ids_by_row([0, 1, 2], tcp) is None  # one connection: MIDAS's names
+    assert _sender_ids_by_row([0, 1, 0], tcp) is None  # two senders one after another
+    assert _sender_ids_by_row([7, 3, 5], ["pva:IOC:Image"] * 3) is None
+
+
 def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path):
     """Found by a user check: `radint convert stream.h5 --format nexus,zarr` dropped
     entry/stream (per-row source and dataset_num, the counters `radint info` prints)."""
