@@ -5,6 +5,7 @@ Every server listens on 127.0.0.1 with an ephemeral port, every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -686,12 +687,15 @@ def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator,
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)
     for payload in (
-        encode_frame_bytes(0, frame(0)) + struct.pack("<HH", 1, 7) + b"\x00" * 64,
+        encode_frame_bytes(0, frame(0)),  # taken (nothing follows yet), then a bad header
         b"GET / HTTP/1.1\r\n\r\n",
         struct.pack("<HHI", 0, 6, 0xFFFFFFFF),  # hybrid count larger than the frame
     ):
         s = connect(src.port)
         s.sendall(payload)
+        if p.stats.bad_connections == 0:
+            assert wait_for(lambda: p.written == 1)
+            s.sendall(struct.pack("<HH", 1, 7) + b"\x00" * 64)
         # the server closes its end: EOF, or a reset when unread bytes were left behind
         try:
             assert s.recv(16) == b""
@@ -709,6 +713,49 @@ def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator,
     # After frames: the frames already taken from the connection are named as suspect (audit:
     # a sender of another frame size had its glued frames written as valid data, unsaid).
     assert "the 1 from" in caplog.text and "id 0 on, are wrong too: check them" in caplog.text
+
+
+def test_a_sender_of_another_frame_size_has_no_frame_written_and_the_stream_fails(
+    integrator, tmp_path, capsys
+):
+    """Review (D4): a sender of bigger frames (a 1475x1679 detector into a 300x200 stream) had
+    its first 300x200 pixels' worth integrated and written as a frame, the run ending with
+    "bad connections 1" and exit 0. The header that cannot be one right after that frame is
+    seen before the frame is handed on: it is dropped, not written, and radint stream exits 1
+    (as radint batch does when a file failed). A sender that pauses between frames (MIDAS's
+    own: no frame size on the wire) has every frame written."""
+    from radint.cli import main
+
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    port = _free_port()
+    out = tmp_path / "out"
+    big = np.full((NZ + 8, NY), 20 << 16, np.uint32)  # the pixel read as a header: dtype 20
+
+    def senders() -> None:
+        assert wait_for(lambda: _port_open(port), 30)
+        with connect(port) as s, contextlib.suppress(OSError):
+            s.sendall(encode_frame_bytes(0, big))
+            s.recv(16)  # until the stream closes it
+        with connect(port) as s:
+            for i in range(3):
+                s.sendall(encode_frame_bytes(i, frame(i)))
+                time.sleep(0.1)
+
+    t = threading.Thread(target=senders, daemon=True)
+    t.start()
+    code = main(["stream", str(params), "-o", str(out), "--port", str(port), "--timeout", "2",
+                 "--backend", "cpu", "-j", "1"])  # fmt: skip
+    t.join(30)
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert "error: 1 connection(s) closed for bytes that are no frames of 64x48 pixels" in (
+        captured.err)  # fmt: skip
+    assert "written 3, dropped 1" in captured.out, captured
+    rows = stream_rows(out / "stream.h5")
+    assert rows["frame_id"].tolist() == [0, 1, 2] and len(set(rows["source"])) == 1
+    want = integrator.integrate_stack(np.stack([frame(i) for i in range(3)])).lineout
+    np.testing.assert_allclose(rows["I"], want, rtol=1e-12, equal_nan=True)
 
 
 @pytest.fixture(scope="module")

@@ -1417,6 +1417,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if source.failure:
         print(f"error: the {source.name} source failed: {source.failure}", file=sys.stderr)
         return 1
+    if summary.bad_connections:
+        # As a file that failed in `radint batch`: a sender whose bytes were no frames (another
+        # frame size misaligns the wire) must not end as a clean run in a script.
+        print(f"error: {summary.bad_connections} connection(s) closed for bytes that are no "
+              f"frames of {config.shape[1]}x{config.shape[0]} pixels (NrPixelsY x NrPixelsZ; "
+              "the log above names them)", file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if getattr(source, "never_connected", False) else 0
 
 
