@@ -354,6 +354,20 @@ def test_a_quoted_override_is_an_override_not_a_missing_file(tmp_path, capsys):
     assert lineout.shape[0] == 3 * n_r  # three frames' lines
 
 
+def test_a_file_override_with_a_space_is_refused_by_name(tmp_path):
+    """Review: ``MaskFile "my mask.tif"`` was cut at the space ("MaskFile: .../my: cannot
+    read"), and ``"MaskFile my mask.tif"`` (one argument) said "no such file: mask.tif"."""
+    from radint.cli import _split_overrides
+    from radint.exceptions import RadintError
+
+    (tmp_path / "my mask.tif").write_bytes(b"")
+    spaced = str(tmp_path / "my mask.tif")
+    for tokens in (["a.tif", "MaskFile", spaced], ["a.tif", f"MaskFile {spaced}"]):
+        with pytest.raises(RadintError, match=r"MaskFile '.*my mask.tif': a path with a space"):
+            _split_overrides(tokens)
+    assert _split_overrides(["MaskFile", "m.tif", spaced]) == ([spaced], ["MaskFile m.tif"])
+
+
 def test_map_and_stream_refuse_what_is_not_an_override(tmp_path, capsys):
     """``radint map`` / ``radint stream`` take no data: a stray word or a lower-case key is an
     error naming it (both were dropped silently)."""

@@ -452,3 +452,20 @@ def test_uncompressed_peaks_of_a_stream_do_not_take_megabytes_up_front(ring_conf
                     if isinstance(f["entry/peaks"][k], h5py.Dataset))  # fmt: skip
     assert peaks < 3 << 20, peaks
     assert read_nexus(path).peaks.status.shape == (1, 100)
+
+
+def test_a_position_outside_the_lineout_is_named_in_the_unit_it_was_given(
+    small_config, monkeypatch, caplog
+):
+    """Review: `fit={"positions_two_theta_deg": [40]}` warned "peak position(s) 1258.65 lie
+    outside the lineout (5.5 .. 159.5)": pixels, no unit, not the number the user gave."""
+    import radint._once
+
+    monkeypatch.setattr(radint._once, "GIVEN", set())
+    result = Integrator(small_config, fit=None).integrate(ring_image(small_config))
+    far = fit_result(result, positions_two_theta_deg=[40.0])
+    assert far.status_name.tolist() == ["out_of_range"]
+    assert "peak position(s) 2θ 40° (R " in caplog.text
+    assert f"(2θ {result.two_theta_deg[0]:g}° (R {result.radius_px[0]:g} px) .." in caplog.text
+    fit_result(result, positions_px=[5000.0])
+    assert "peak position(s) R 5000 px lie outside the lineout (R " in caplog.text

@@ -115,6 +115,9 @@ def test_zarr_directory_array_and_group(tmp_path: Path, zarr_format: int) -> Non
     arr_path = tmp_path / "a.zarr"
     zarr.create_array(str(arr_path), data=STACK, chunks=(1, 12, 9), zarr_format=zarr_format)
     np.testing.assert_array_equal(frames_of(arr_path), STACK)
+    # Review: --dataset on a bare array was ignored without a word.
+    with pytest.raises(ReaderError, match="a bare Zarr array, not a group, so there is no array"):
+        list(read_frames(arr_path, dataset="entry/data"))
     grp_path = tmp_path / "g.zarr"
     root = zarr.open_group(str(grp_path), mode="w", zarr_format=zarr_format)
     root.create_array("exchange/data", data=STACK, chunks=(1, 12, 9))

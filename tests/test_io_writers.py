@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import zipfile
@@ -371,7 +372,16 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     lines = xy.read_text().splitlines()
     assert lines[0] == "# 2theta_deg  intensity"
     assert len(lines) == 1 + 2 * res.n_r
-    assert lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.6f}"
+    assert lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.10g}"
+    # C's "%.6f" for C's lineout rule; radint's keeps 10 digits of small intensities (a
+    # reviewer's frames scaled by 1e-7 came out as 0.000005, 0.000006, ...).
+    res.lineout_mode = "midas_nonzero_mean"
+    c_lines = write_lineout_xy(res, tmp_path / "c_lineout.xy").read_text().splitlines()
+    assert c_lines[1] == f"{res.two_theta_deg[0]:.6f}  {res.lineout[0, 0]:.6f}"
+    res.lineout_mode = "area_weighted"
+    small = dataclasses.replace(res, lineout=res.lineout * 1e-7)
+    values = np.loadtxt(write_lineout_xy(small, tmp_path / "small_lineout.xy"))[:, 1]
+    np.testing.assert_allclose(values, small.lineout.reshape(-1), rtol=1e-9)
     q = write_lineout_xy(res, tmp_path / "q_lineout.xy", radial_unit="q")
     assert q.read_text().startswith("# Q_invA  intensity\n")
     # n_r lines per frame, an empty (NaN) bin as 0 as IntegratorZarrOMP's lineout holds it, so
@@ -379,11 +389,11 @@ def test_lineout_xy_and_mat(tmp_path: Path) -> None:
     res.lineout[1, 3] = np.nan
     lines = write_lineout_xy(res, tmp_path / "nan_lineout.xy").read_text().splitlines()
     assert len(lines) == 1 + 2 * res.n_r
-    assert lines[1 + res.n_r + 3] == f"{res.two_theta_deg[3]:.6f}  0.000000"
+    assert lines[1 + res.n_r + 3] == f"{res.two_theta_deg[3]:.6f}  0"
     res.config = make_config(q_bin=0.01, q_min=0.5, q_max=3.0, wavelength_angstrom=0.17)
     q_mode = write_lineout_xy(res, tmp_path / "q_mode_lineout.xy").read_text().splitlines()
     assert q_mode[0] == "# Q_invA  intensity"
-    assert q_mode[1] == f"{res.q_inv_angstrom[0]:.6f}  {res.lineout[0, 0]:.6f}"
+    assert q_mode[1] == f"{res.q_inv_angstrom[0]:.6f}  {res.lineout[0, 0]:.10g}"
     raw = np.fromfile(write_lineout_bin(res, tmp_path / "scan_lineout.bin"), dtype="<f8")
     np.testing.assert_array_equal(raw.reshape(2, res.n_r), res.lineout)  # NaN kept, as C
     mat = scipy.io.loadmat(write_mat(res, tmp_path / "scan.mat"))

@@ -662,9 +662,16 @@ def test_replace_forgets_the_line_that_no_longer_holds_the_value():
     config = IntegrationConfig.from_midas_params(path)
     assert config.set_at["RBinSize"][1] > 0
     changed = config.replace(r_bin_px=-1)
-    assert changed.set_at["RBinSize"] == (str(path), 0) and "RBinSize" in changed.set_at
-    with pytest.raises(ParameterError, match=r"parameters.txt: RBinSize: must be > 0, got -1"):
+    by_replace = (f"{path}, changed by replace()", 0)
+    assert changed.set_at["RBinSize"] == by_replace
+    # Review: the error blamed "parameters.txt: RBinSize" where the file says RBinSize 0.25.
+    with pytest.raises(
+        ParameterError,
+        match=r"parameters.txt, changed by replace\(\): RBinSize: must be > 0, got -1",
+    ):
         changed.bin_edges()
+    # A key the file did not set is marked too (it counted as a default).
+    assert config.replace(tth_bin_deg=0.1).set_at["TthBinSize"] == by_replace
     with pytest.raises(ParameterError, match="no field 'r_bin_pix'; did you mean r_bin_px"):
         config.replace(r_bin_pix=2)
     # MIDAS keys name their fields (a user's likeliest slip).
@@ -672,7 +679,7 @@ def test_replace_forgets_the_line_that_no_longer_holds_the_value():
         config.replace(RBinSize=2)
     with pytest.raises(ParameterError, match="did you mean bc_y_px and bc_z_px"):
         config.replace(BC=(1, 2))
-    assert config.replace(lsd_um=5e5).set_at["Lsd"] == (str(path), 0)
+    assert config.replace(lsd_um=5e5).set_at["Lsd"] == by_replace
     assert config.set_at["Lsd"][1] > 0  # the original is unchanged
 
 

@@ -400,3 +400,88 @@ def test_second_review_of_module_gaps_and_detector_config(tmp_path):
     poni = read_poni(binned)
     assert poni["shape"] == tuple(det.shape) == (500, 500)
     assert poni["pixel1"] == pytest.approx(det.pixel1) == pytest.approx(2e-4)
+
+
+def _pyfai_pair(tmp_path: Path, det, frame: np.ndarray, name: str):
+    """pyFAI's 1-D lineout of ``frame`` (full split, 2θ 2–20° in 0.1° bins, no solid angle) and
+    radint's through the PONI file pyFAI writes for ``det``, with the counts pyFAI saw."""
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+    from pyFAI.method_registry import IntegrationMethod
+
+    from radint import Integrator
+
+    ai = AzimuthalIntegrator(dist=0.2, poni1=0.05, poni2=0.05, detector=det, wavelength=1e-10)
+    poni = tmp_path / f"{name}.poni"
+    ai.write(str(poni))
+    cfg = IntegrationConfig.from_poni(poni, TthMin=2, TthMax=20, TthBinSize=0.1, EtaBinSize=360)
+    ours = Integrator(cfg, pixel_weights="fraction", fit=None, n_threads=1).integrate(frame)
+    # radint's I = Σ a·v/flat / Σ a is pyFAI's unweighted average (README, pyFAI section).
+    method = IntegrationMethod.select_one_available(("full", "csr", "cython"), dim=1).unweighted
+    ref = ai.integrate1d(frame, 180, unit="2th_deg", radial_range=(2, 20), method=method,
+                         correctSolidAngle=False)  # fmt: skip
+    return cfg, ours.lineout, ref
+
+
+def test_a_nexus_detector_s_mask_and_flat_are_applied_as_pyfai_applies_them(tmp_path, caplog):
+    """Peer sweep: a PONI naming a NexusDetector (pyFAI's Detector.save) lost the file's mask
+    without a word (a Pilatus 1M with -1 in its gaps: pyFAI 100 everywhere, radint down to
+    67.8). The file's mask and flat field are now MaskFile / FlatFile (``file.h5::/dataset``)."""
+    pilatus = pyFAI.detector_factory("Pilatus1M")
+    pilatus.flatfield = np.linspace(0.8, 1.2, pilatus.shape[1])[None, :] * np.ones(pilatus.shape)
+    pilatus.save(str(tmp_path / "p1m.h5"))
+    det = pyFAI.detectors.NexusDetector(str(tmp_path / "p1m.h5"))
+    frame = np.random.default_rng(1).poisson(400.0, det.shape).astype(np.int32)
+    frame[det.mask.astype(bool)] = -1
+    cfg, lineout, ref = _pyfai_pair(tmp_path, det, frame, "nexus")
+    assert cfg.mask_file.endswith("p1m.h5::/entry_0000/pyFAI/Pilatus_1M/mask")
+    assert cfg.flat_file.endswith("p1m.h5::/entry_0000/pyFAI/Pilatus_1M/flatfield")
+    assert (cfg.gap_intensity, cfg.bad_px_intensity) == (-1.0, -2.0)  # pyFAI's dummy -2 ± 1.5
+    filled = ref.count > 0
+    filled[[0, -1]] = False  # pyFAI squashes pixels past the range into its edge bins
+    assert filled.sum() > 150 and np.isfinite(lineout[filled]).all()
+    np.testing.assert_allclose(lineout[filled], ref.intensity[filled], rtol=1e-5)
+    # Looked up beside the PONI file too; a missing file is said, not passed over.
+    (tmp_path / "p1m.h5").rename(tmp_path / "gone.h5")
+    IntegrationConfig.from_poni(tmp_path / "nexus.poni")
+    assert "its detector file" in caplog.text and "is not found" in caplog.text
+
+
+def test_named_detectors_leave_out_pyfai_s_dummy_values(tmp_path):
+    """Peer sweep: pyFAI leaves out a Pilatus's or Eiger's pixels within 1.5 of its dummy -2
+    (bad pixels -2, 2^32 - 1 in uint32 Eiger frames); radint integrated them as counts (an
+    Eiger lineout up to 1.3e6 where pyFAI's is 100). They are now GapIntensity/BadPxIntensity."""
+    rng = np.random.default_rng(2)
+    for name, dtype, bad in (("Eiger4M", np.uint32, 2**32 - 1), ("Pilatus1M", np.int32, -2)):
+        det = pyFAI.detector_factory(name)
+        frame = rng.poisson(400.0, det.shape).astype(dtype)
+        frame[rng.integers(0, det.shape[0], 50), rng.integers(0, det.shape[1], 50)] = bad
+        cfg, lineout, ref = _pyfai_pair(tmp_path, det, frame, name)
+        assert (cfg.gap_intensity, cfg.bad_px_intensity) == (-1.0, -2.0)
+        filled = ref.count > 0
+        filled[[0, -1]] = False  # pyFAI squashes pixels past the range into its edge bins
+        np.testing.assert_allclose(lineout[filled], ref.intensity[filled], rtol=1e-5)
+
+
+def test_mask_file_names_a_dataset_inside_an_hdf5_file(small_config, tmp_path):
+    """``MaskFile mask.h5::/path`` reads that dataset (pyFAI's and fabio's form); the map cache
+    tells two masks of one file apart."""
+    import h5py
+    import tifffile
+
+    from radint.detector_map import _read_mask
+
+    mask = np.zeros(small_config.shape, np.uint8)
+    mask[10:20, 30:60] = 1
+    with h5py.File(tmp_path / "masks.h5", "w") as f:
+        f["entry/first"] = mask
+        f["entry/second"] = mask[::-1]
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    in_h5 = small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/first"})
+    np.testing.assert_array_equal(
+        _read_mask(in_h5),
+        _read_mask(small_config.with_overrides({"MaskFile": f"{tmp_path}/mask.tif"})),
+    )
+    other = small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/second"})
+    assert other.map_key() != in_h5.map_key()
+    with pytest.raises(Exception, match="entry/third"):
+        _read_mask(small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/third"}))

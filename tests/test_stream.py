@@ -5,6 +5,7 @@ Every server listens on 127.0.0.1 with an ephemeral port, every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -410,6 +411,37 @@ def test_midas_lineout_bin_follows_the_gpu_program_with_normalize_0(config, tmp_
     assert not np.allclose(lines, np.nan_to_num(r.lineout))
 
 
+def test_midas_outputs_without_a_mapping_name_frames_of_several_connections_by_id(
+    integrator, tmp_path
+):
+    """Review (D3): frames of one sender over two connections arrived as ids 0 2 4 1 3 5 and,
+    without --mapping-file, integrator_output.h5 named them by arrival (lineouts/1 held frame
+    2), though its ids say which frame each is. They are sorted and named by id now; ids that
+    are no sending indices (PVA's, several senders') keep MIDAS's arrival naming."""
+    p, src = start_pipeline(integrator, tmp_path, max_frames=6, midas_files=True)
+    first, second = connect(src.port), connect(src.port)  # one sender, two connections
+    with first, second:
+        for i in (0, 2, 4):
+            first.sendall(encode_frame_bytes(i, frame(i)))
+        assert wait_for(lambda: p.written == 3)  # this arrival order, whatever the threads do
+        for i in (1, 3, 5):
+            second.sendall(encode_frame_bytes(i, frame(i)))
+        assert p.wait(30).written == 6
+    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [0, 2, 4, 1, 3, 5]
+    with h5py.File(tmp_path / "integrator_output.h5") as f:
+        assert list(f["lineouts"]) == [str(i) for i in range(6)]
+        for i in range(6):
+            want = np.nan_to_num(integrator.integrate(frame(i)).lineout)
+            np.testing.assert_allclose(f[f"lineouts/{i}"][:, 1], want, rtol=1e-12, err_msg=i)
+    from radint.io.midas import _sender_ids_by_row
+
+    tcp = ["tcp:127.0.0.1:1"] * 3
+    assert _sender_ids_by_row([0, 2, 1], tcp) == {0: 0, 1: 2, 2: 1}
+    assert _sender_ids_by_row([0, 1, 2], tcp) is None  # one connection: MIDAS's names
+    assert _sender_ids_by_row([0, 1, 0], tcp) is None  # two senders one after another
+    assert _sender_ids_by_row([7, 3, 5], ["pva:IOC:Image"] * 3) is None
+
+
 def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path):
     """Found by a user check: `radint convert stream.h5 --format nexus,zarr` dropped
     entry/stream (per-row source and dataset_num, the counters `radint info` prints)."""
@@ -655,12 +687,15 @@ def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator,
     caplog.set_level(logging.INFO, logger="radint.stream")
     p, src = start_pipeline(integrator, tmp_path)
     for payload in (
-        encode_frame_bytes(0, frame(0)) + struct.pack("<HH", 1, 7) + b"\x00" * 64,
+        encode_frame_bytes(0, frame(0)),  # taken (nothing follows yet), then a bad header
         b"GET / HTTP/1.1\r\n\r\n",
         struct.pack("<HHI", 0, 6, 0xFFFFFFFF),  # hybrid count larger than the frame
     ):
         s = connect(src.port)
         s.sendall(payload)
+        if p.stats.bad_connections == 0:
+            assert wait_for(lambda: p.written == 1)
+            s.sendall(struct.pack("<HH", 1, 7) + b"\x00" * 64)
         # the server closes its end: EOF, or a reset when unread bytes were left behind
         try:
             assert s.recv(16) == b""
@@ -678,6 +713,49 @@ def test_unknown_dtype_and_garbage_close_connection_server_continues(integrator,
     # After frames: the frames already taken from the connection are named as suspect (audit:
     # a sender of another frame size had its glued frames written as valid data, unsaid).
     assert "the 1 from" in caplog.text and "id 0 on, are wrong too: check them" in caplog.text
+
+
+def test_a_sender_of_another_frame_size_has_no_frame_written_and_the_stream_fails(
+    integrator, tmp_path, capsys
+):
+    """Review (D4): a sender of bigger frames (a 1475x1679 detector into a 300x200 stream) had
+    its first 300x200 pixels' worth integrated and written as a frame, the run ending with
+    "bad connections 1" and exit 0. The header that cannot be one right after that frame is
+    seen before the frame is handed on: it is dropped, not written, and radint stream exits 1
+    (as radint batch does when a file failed). A sender that pauses between frames (MIDAS's
+    own: no frame size on the wire) has every frame written."""
+    from radint.cli import main
+
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    port = _free_port()
+    out = tmp_path / "out"
+    big = np.full((NZ + 8, NY), 20 << 16, np.uint32)  # the pixel read as a header: dtype 20
+
+    def senders() -> None:
+        assert wait_for(lambda: _port_open(port), 30)
+        with connect(port) as s, contextlib.suppress(OSError):
+            s.sendall(encode_frame_bytes(0, big))
+            s.recv(16)  # until the stream closes it
+        with connect(port) as s:
+            for i in range(3):
+                s.sendall(encode_frame_bytes(i, frame(i)))
+                time.sleep(0.1)
+
+    t = threading.Thread(target=senders, daemon=True)
+    t.start()
+    code = main(["stream", str(params), "-o", str(out), "--port", str(port), "--timeout", "2",
+                 "--backend", "cpu", "-j", "1"])  # fmt: skip
+    t.join(30)
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert "error: 1 connection(s) closed for bytes that are no frames of 64x48 pixels" in (
+        captured.err)  # fmt: skip
+    assert "written 3, dropped 1" in captured.out, captured
+    rows = stream_rows(out / "stream.h5")
+    assert rows["frame_id"].tolist() == [0, 1, 2] and len(set(rows["source"])) == 1
+    want = integrator.integrate_stack(np.stack([frame(i) for i in range(3)])).lineout
+    np.testing.assert_allclose(rows["I"], want, rtol=1e-12, equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -1023,6 +1101,84 @@ def test_sender_stops_before_a_truncated_file_frame(tmp_path):
         send_frames(iter(items), port=port, mapping_file=None)
     t.join(20)
     assert b"".join(got) == encode_frame_bytes(0, frame(0, "u2"))
+
+
+def _interrupt_after_frame(monkeypatch, target: object, method: str, k: int) -> None:
+    """SIGINT to this process right after the k-th call of ``target.method`` (a frame's bytes
+    handed to the kernel): where a Ctrl-C lands that is between a frame and its record."""
+    import signal
+
+    calls = [0]
+    original = getattr(target, method)
+
+    def sent_then_signal(*args, **kw):
+        original(*args, **kw)
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(target, method, sent_then_signal)
+
+
+def _whole_frames(got: list[bytes], nbytes: int) -> int:
+    return len(b"".join(got)) // nbytes
+
+
+def test_ctrl_c_right_after_a_frame_went_out_keeps_it_in_the_mapping(tmp_path, monkeypatch):
+    """Review (D2): a Ctrl-C landing after a frame's last byte went out but before its mapping
+    entry was made left the receiver with a frame the mapping did not list (1 run in 6 of 450
+    Pilatus frames). The frames go out on the connection's thread now; the Ctrl-C stops the
+    send with a SendInterrupted that counts them, and the mapping lists each frame the
+    receiver got whole."""
+    import signal
+
+    from radint.stream import sender
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _interrupt_after_frame(monkeypatch, sender, "_sendmsg_all", 5)
+    port, got, t = _capture_one_connection()
+    mapping = tmp_path / "m.json"
+    items = ((frame(i, "u4"), f"f{i}") for i in range(200))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        send_frames(items, port=port, mapping_file=mapping)
+    t.join(20)
+    whole = _whole_frames(got, 4 + 4 * N_PIX)
+    assert whole >= 5
+    assert list(json.loads(mapping.read_text())) == [str(i) for i in range(whole)]
+    e = caught.value
+    assert isinstance(e, sender.SendInterrupted), type(e)
+    assert (e.sent, e.first_unsent, e.first_unsent_name, e.sent_after) == (
+        whole, whole, f"f{whole}", 0)  # fmt: skip
+
+
+def test_cli_send_interrupted_says_what_was_sent_and_what_to_resend(tmp_path, monkeypatch, capsys):
+    """Review (D2): Ctrl-C in radint send printed batch's "outputs not finished were removed,
+    finished ones kept". It says how many frames went out, that the mapping lists them, and
+    which frame to resend from (plain TIFFs: sent by sendfile)."""
+    import tifffile
+
+    from radint.cli import main
+    from radint.stream import sender
+
+    params = tmp_path / "p.txt"
+    params.write_text(DETECTOR)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(40):
+        tifffile.imwrite(folder / f"img_{i:03d}.tif", frame(i, "u4"))
+    _interrupt_after_frame(monkeypatch, sender._FileSender, "send", 3)
+    port, got, t = _capture_one_connection()
+    mapping = tmp_path / "m.json"
+    code = main(["send", str(params), str(folder), "--port", str(port),
+                 "--mapping-file", str(mapping)])  # fmt: skip
+    t.join(20)
+    err = capsys.readouterr().err
+    whole = _whole_frames(got, 4 + 4 * N_PIX)
+    assert code == 130, err
+    assert len(json.loads(mapping.read_text())) == whole >= 3
+    assert "outputs not finished" not in err
+    assert (f"send interrupted: {whole} frame(s) sent whole ({mapping} lists them); the first "
+            f"not sent is img_{whole:03d}.tif (frame {whole}): resend from it") in err, err  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- folder

@@ -19,12 +19,21 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from radint.config import FIT_ROI_PADDING, SNIP_ITERATIONS, IntegrationConfig, near_key
+from radint.config import (
+    FILE_KEYS,
+    FIT_ROI_PADDING,
+    SNIP_ITERATIONS,
+    IntegrationConfig,
+    near_key,
+)
 from radint.exceptions import RadintError
+
+if TYPE_CHECKING:
+    from radint.stream.sender import SendInterrupted
 
 log = logging.getLogger("radint")
 
@@ -68,7 +77,19 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     MIDAS program's ``Key 3``); otherwise it is a path, so a missing folder named ``Run8`` is
     reported as missing instead of being dropped as an unknown override. A quoted override
     (``'RBinSize 0.25'``, one argument) is taken as its words: it was reported as a missing
-    file."""
+    file. A file key's path with a space is refused: a MIDAS parameter line (which the
+    overrides are, and which the outputs record) ends a value at a space."""
+    for k, tok in enumerate(tokens):
+        words = tok.split(maxsplit=1)
+        key, value = (words[0], words[1]) if len(words) == 2 and not Path(tok).exists() else (
+            (tok, tokens[k + 1]) if k + 1 < len(tokens) else ("", "")
+        )  # fmt: skip
+        if key in FILE_KEYS and len(value.split()) > 1:
+            raise RadintError(
+                f"{key} {value!r}: a path with a space cannot be given (MIDAS parameter lines, "
+                "which overrides are and outputs record, end a value at a space): rename it, or "
+                "give a link to it without spaces"
+            )
     tokens = [
         word
         for tok in tokens
@@ -1414,12 +1435,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if source.failure:
         print(f"error: the {source.name} source failed: {source.failure}", file=sys.stderr)
         return 1
+    if summary.bad_connections:
+        # As a file that failed in `radint batch`: a sender whose bytes were no frames (another
+        # frame size misaligns the wire) must not end as a clean run in a script.
+        print(f"error: {summary.bad_connections} connection(s) closed for bytes that are no "
+              f"frames of {config.shape[1]}x{config.shape[0]} pixels (NrPixelsY x NrPixelsZ; "
+              "the log above names them)", file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if getattr(source, "never_connected", False) else 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send frame files to a MIDAS-protocol server (radint stream or MIDAS's GPU program)."""
-    from radint.stream.sender import expand_inputs, iter_file_frames, send_frames
+    from radint.stream.sender import SendInterrupted, expand_inputs, iter_file_frames, send_frames
 
     paths, overrides = _split_overrides(args.data)
     config = _load_config(args.params, overrides)
@@ -1434,20 +1462,42 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not files:
         raise RadintError("no frame files to send")
     t0 = time.perf_counter()
-    n = send_frames(
-        iter_file_frames(files, args.h5_location, shape=config.shape),
-        host=args.host,
-        port=args.port,
-        compress=args.compress,
-        mapping_file=args.mapping_file,
-        save_interval=args.save_interval,
-        shape=config.shape,
-        connections=args.connections,
-    )
+    try:
+        n = send_frames(
+            iter_file_frames(files, args.h5_location, shape=config.shape),
+            host=args.host,
+            port=args.port,
+            compress=args.compress,
+            mapping_file=args.mapping_file,
+            save_interval=args.save_interval,
+            shape=config.shape,
+            connections=args.connections,
+        )
+    except SendInterrupted as e:
+        print(f"radint: send interrupted: {_send_stopped(e)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second one while it stopped: nothing counted
+        print("radint: send interrupted before the frames sent were counted", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         print(f"send: {n} frame(s) in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} frames/s)")
     return 0
+
+
+def _send_stopped(e: SendInterrupted) -> str:
+    """How far an interrupted ``radint send`` got (a :class:`SendInterrupted`) and what to
+    send again: batch's "outputs removed" said nothing a sender's user needs."""
+    listed = f" ({e.mapping_file} lists them)" if e.mapping_file and e.sent else ""
+    if e.first_unsent is None:
+        return f"all {e.sent} frame(s) sent whole{listed}"
+    text = f"{e.sent} frame(s) sent whole{listed}"
+    first = f"{e.first_unsent_name} (frame {e.first_unsent})" if e.first_unsent_name else (
+        f"frame {e.first_unsent} in sending order")  # fmt: skip
+    text += f"; the first not sent is {first}: resend from it"
+    if e.sent_after:
+        text += f" ({e.sent_after} later frame(s) went out on the other connections, listed too)"
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -2044,6 +2094,11 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _stop_send(signum: int, _frame: object) -> None:
+    """SIGTERM in ``radint send``: a KeyboardInterrupt, as Ctrl-C."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _is_number(token: str) -> bool:
     try:
         float(token)
@@ -2141,6 +2196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not `cmd &`'s ignore
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+    elif args.command == "send":
+        # `kill` / `timeout` stop a send as Ctrl-C does: its mapping then lists the frames sent.
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _stop_send)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -272,12 +272,15 @@ class IntegrationConfig:
         parameter file in folder ``base`` are looked up beside it (where they exist there, or
         nowhere else; None: left as they are), names given as overrides in the current
         directory, like any path on a command line; ``~`` is the home folder."""
+        from radint.io.read import split_dataset
+
         changes: dict[str, Any] = {}
         for name in FILE_FIELDS:
             value = getattr(self, name)
             if not value:
                 continue
-            path = Path(value).expanduser()  # a home folder, as a shell would expand it
+            file, dataset = split_dataset(value)  # "mask.h5::/entry/mask": resolve the file
+            path = Path(file).expanduser()  # a home folder, as a shell would expand it
             if not path.is_absolute():
                 if self.set_at.get(_MIDAS_KEYS.get(name, ""), ("",))[0] != "<override>":
                     if base is None:
@@ -285,15 +288,17 @@ class IntegrationConfig:
                     if (base / path).exists() or not path.exists():
                         path = base / path
                 path = path.absolute()
-            if str(path) != value:
-                changes[name] = str(path)
+            resolved = str(path) if dataset is None else f"{path}::{dataset}"
+            if resolved != value:
+                changes[name] = resolved
         return dataclasses.replace(self, **changes) if changes else self
 
     # ----------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> IntegrationConfig:
-        """A copy with some fields changed (field names, not MIDAS keys). A changed field's
-        MIDAS key stays marked as set, in the source without the line that no longer holds its
-        value (an error about it blamed that line).
+        """A copy with some fields changed (field names, not MIDAS keys). The values are
+        checked where the configuration is used (:meth:`validate`), as a parameter file's are;
+        a changed field's MIDAS key is marked as set by ``replace()`` (``set_at``), so an error
+        about it names that, not the parameter file's line that no longer holds the value.
 
         Raises
         ------
@@ -313,9 +318,9 @@ class IntegrationConfig:
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ParameterError(f"IntegrationConfig has no field {name!r}{hint}")
         if "set_at" not in changes:
-            moved = {_MIDAS_KEYS.get(n) for n in changes} & set(self.set_at)
-            if moved:
-                changes["set_at"] = {**self.set_at, **{k: (self.source, 0) for k in moved if k}}
+            keys = {"BC" if n in ("bc_y_px", "bc_z_px") else _MIDAS_KEYS.get(n) for n in changes}
+            by = (f"{self.source}, changed by replace()" if self.source else "replace()", 0)
+            changes["set_at"] = {**self.set_at, **{k: by for k in keys if k and k != "p"}}
         return dataclasses.replace(self, **_tupled(changes))
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> IntegrationConfig:
@@ -521,7 +526,7 @@ class IntegrationConfig:
         shaping = self._shaping_fields()
         for name, path in self._shaping_files():
             try:
-                shaping[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                shaping[name] = hashlib.sha256(self._shaping_bytes(path)).hexdigest()
             except OSError as e:
                 if unreadable == "skip":
                     shaping[name] = None
@@ -539,7 +544,7 @@ class IntegrationConfig:
         h = hashlib.sha256(json.dumps(self._shaping_fields(), sort_keys=True).encode())
         for name, path in self._shaping_files():
             try:
-                h.update(Path(path).read_bytes())
+                h.update(self._shaping_bytes(path))
             except OSError as e:
                 raise RadintFileNotFoundError(
                     f"{self.where_set(name)}: {path}: cannot read: {e.strerror or e}"
@@ -573,6 +578,16 @@ class IntegrationConfig:
     def _shaping_files(self) -> list[tuple[str, str]]:
         """The map-shaping files that are set, ``(field, path)``, in the order map_key hashes."""
         return [(k, getattr(self, k)) for k in self._SHAPING_FILES if getattr(self, k)]
+
+    @staticmethod
+    def _shaping_bytes(value: str) -> bytes:
+        """What :meth:`map_key` hashes of a map-shaping file: its contents, and the dataset of a
+        ``file.h5::/dataset`` value (one file can hold several masks)."""
+        from radint.io.read import split_dataset
+
+        file, dataset = split_dataset(value)
+        data = Path(file).read_bytes()
+        return data if dataset is None else data + b"::" + dataset.encode()
 
     def where_set(self, name: str) -> str:
         """``file:line: Key`` where the field ``name`` was set (its MIDAS key alone when the
@@ -713,6 +728,9 @@ _MIDAS_KEYS = {
     "polarization_model": "PolarizationModel",
     "module_gaps": "ModuleGaps",
 }
+
+#: The MIDAS keys of :data:`FILE_FIELDS` (values that are a file's path).
+FILE_KEYS = frozenset(_MIDAS_KEYS[name] for name in FILE_FIELDS)
 
 
 def _distortion_term(k: int) -> Callable[[IntegrationConfig], float]:

@@ -41,7 +41,7 @@ import logging
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,8 @@ COLUMNS = ("area", "center", "sig", "gam", "fwhm", "eta_mix", "chi2")
 STATUS_NAMES: dict[int, str] = dict(_core.fit_status_names())
 #: Levenberg–Marquardt steps a fit may take (status ``max_iterations`` beyond).
 MAX_ITERATIONS = 500
+#: Most peaks fitted together in one job (longer chains of overlapping ROIs are cut).
+MAX_PEAKS_PER_JOB = 32
 CONVERGED = 0
 AT_BOUND = next(code for code, name in STATUS_NAMES.items() if name == "at_bound")
 OUT_OF_RANGE = next(code for code, name in STATUS_NAMES.items() if name == "out_of_range")
@@ -217,7 +219,7 @@ def fit_peaks(
     auto_roi: bool = False,
     snip_iterations: int = SNIP_ITERATIONS,
     max_iterations: int = MAX_ITERATIONS,
-    max_peaks_per_job: int = 32,
+    max_peaks_per_job: int = MAX_PEAKS_PER_JOB,
     n_threads: int | None = None,
     bin_average: bool = True,
     bin_width_px: float | None = None,
@@ -283,6 +285,27 @@ def fit_peaks(
     InvalidInputError
         Neither or both of ``positions``/``auto``, non-increasing or non-finite ``x``, bad options.
     """
+    return _fit_peaks(x, y, positions, auto, roi_padding, auto_roi, snip_iterations,
+                      max_iterations, max_peaks_per_job, n_threads, bin_average, bin_width_px)  # fmt: skip
+
+
+def _fit_peaks(
+    x: Any,
+    y: Any,
+    positions: Any,
+    auto: int | None,
+    roi_padding: int,
+    auto_roi: bool,
+    snip_iterations: int,
+    max_iterations: int,
+    max_peaks_per_job: int,
+    n_threads: int | None,
+    bin_average: bool,
+    bin_width_px: float | None,
+    described: Callable[[np.ndarray], str] | None = None,
+) -> FitTable:
+    """:func:`fit_peaks`; ``described(positions)`` names out-of-range positions in the
+    caller's terms (default: in ``x``'s)."""
     if (positions is None) == (auto is None):
         raise InvalidInputError("fit_peaks: give exactly one of positions= or auto=")
     xs = _as_float("x", x, (1,))
@@ -344,7 +367,7 @@ def fit_peaks(
         d = {k: np.asarray(v)[:0] for k, v in d.items()}
     table = FitTable._from_core(d, single)
     if auto is None:
-        warn_out_of_range(unique, table.status, xs)
+        warn_out_of_range(unique, table.status, xs, described)
         if len(slots) != len(unique):
             table = _take_slots(table, slots)
     if not auto_roi:
@@ -352,15 +375,22 @@ def fit_peaks(
     return table
 
 
-def warn_out_of_range(positions: np.ndarray, status: np.ndarray, x: np.ndarray) -> None:
-    """Warn once about requested positions the fit found outside the lineout ``x``."""
+def warn_out_of_range(
+    positions: np.ndarray,
+    status: np.ndarray,
+    x: np.ndarray,
+    described: Callable[[np.ndarray], str] | None = None,
+) -> None:
+    """Warn once about requested positions the fit found outside the lineout ``x``;
+    ``described(values)`` writes positions (and the lineout's ends) in the caller's terms."""
     outside = positions[(np.atleast_2d(status) == OUT_OF_RANGE).any(axis=0)]
     if outside.size:
+        say = described or (lambda v: ", ".join(f"{p:g}" for p in v))
         warn_once(
             ("positions out of range", tuple(outside), x[0], x[-1]),
-            "fit: peak position(s) %s lie outside the lineout (%.6g .. %.6g): not fitted "
+            "fit: peak position(s) %s lie outside the lineout (%s .. %s): not fitted "
             "(status out_of_range)",
-            ", ".join(f"{v:g}" for v in outside), x[0], x[-1],
+            say(outside), say(x[:1]), say(x[-1:]),
         )  # fmt: skip
 
 
@@ -495,19 +525,17 @@ def fit_result(
         positions_px = _r_from_two_theta_px(
             result, np.asarray(positions_two_theta_deg, dtype=np.float64)
         )
-    table = fit_peaks(
-        result.radius_px,
-        result.lineout,
-        positions=positions_px,
-        auto=auto,
-        roi_padding=roi_padding,
-        auto_roi=auto_roi,
-        snip_iterations=snip_iterations,
-        max_iterations=max_iterations,
-        n_threads=n_threads,
-        bin_average=bin_average,
-        bin_width_px=radial_bin_width_px(result),
-    )
+
+    def described(r_px: np.ndarray) -> str:
+        # A position given in 2θ is named in 2θ (the user's number), with its R.
+        two_theta = _two_theta_deg(result, r_px)
+        if positions_two_theta_deg is None:
+            return ", ".join(f"R {r:g} px" for r in r_px)
+        return ", ".join(f"2θ {t:g}° (R {r:g} px)" for t, r in zip(two_theta, r_px, strict=True))
+
+    table = _fit_peaks(result.radius_px, result.lineout, positions_px, auto, roi_padding,
+                       auto_roi, snip_iterations, max_iterations, MAX_PEAKS_PER_JOB, n_threads, bin_average,
+                       radial_bin_width_px(result), described)  # fmt: skip
     return with_units(table, result)
 
 

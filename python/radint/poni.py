@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,6 +90,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
     shape: tuple[int, int] | None = None
     orientation = 3
     binning: tuple[int, int] | None = None
+    det: dict[str, Any] = {}
     if "detector_config" in values:
         text, line = values["detector_config"]
         try:
@@ -137,6 +138,16 @@ def read_poni(path: str | Path) -> dict[str, Any]:
             f"{path}:{line}: SplineFile {spline}: detectors with a distortion spline are not "
             "supported"
         )
+    images: dict[str, str] | None = {}  # None: a NexusDetector whose file was not read
+    dummies: tuple[float | None, float | None] = (None, None)
+    if "detector" in values and _detector_key(values["detector"][0]) == "nexusdetector":
+        line = values.get("detector_config", values["detector"])[1]
+        nexus = _read_nexus_detector(path, line, det.get("filename"))
+        images = nexus.images if nexus.read else None
+        dummies = nexus.dummies
+        if pixel1 is None and "pixelsize1" not in values and nexus.pixel is not None:
+            pixel1, pixel2 = nexus.pixel
+        shape = shape or nexus.shape
     if "detector" in values:
         name, line = values["detector"]
         key = _detector_key(name)
@@ -162,6 +173,12 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         # Named detectors carry their pixel size in pyFAI, not in the file.
         b = binning or (1, 1)
         pixel1, pixel2 = native * b[0], native * b[1]
+    elif pixel1 is None and "pixelsize1" not in values and images is None:
+        name, line = values["detector"]
+        raise ParameterError(
+            f"{path}:{line}: Detector '{name}': neither Detector_config nor its detector file "
+            "(see the warning above) gives the pixel size"
+        )
     elif pixel1 is None and "pixelsize1" not in values and "detector" in values:
         pixel1, pixel2, pyfai_shape = _pyfai_detector(path, *values["detector"], binning)
         shape = shape or pyfai_shape
@@ -171,10 +188,15 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         # The full (max_shape or pyFAI's own) shape, read out binned: pyFAI's detector.shape.
         shape = (shape[0] // binning[0], shape[1] // binning[1])
     module_gaps = None
-    if "detector" in values and _detector_key(values["detector"][0]) != "detector":
+    if "detector" in values and _detector_key(values["detector"][0]) not in _FILE_DETECTORS:
         shape, module_gaps = _named_layout(
             path, *values["detector"], shape, (float(pixel1), float(pixel2)), binning
         )
+        dummies = _named_dummies(values["detector"][0])
+    if dummies[0] == 0:
+        log.warning("%s: Detector '%s': pyFAI leaves out its pixels holding 0 (the detector's "
+                    "dummy value), radint integrates them as counts: mask them (MaskFile) to "
+                    "match", path, values["detector"][0])  # fmt: skip
     return {
         "dist": number("distance"),
         "poni1": number("poni1"),
@@ -188,8 +210,130 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         "shape": shape,
         "orientation": orientation,
         "module_gaps": module_gaps,
+        "invalid_values": _markers(*dummies),
+        **(images or {}),
         "source": str(path),
     }
+
+
+#: pyFAI's ``DUMMY`` and ``DELTA_DUMMY`` of Pilatus and Eiger detectors: it leaves out pixels
+#: within 1.5 of -2 (the -1 of gaps, -2 of bad pixels; in unsigned frames 2^N - 1, 2^N - 2).
+_PILATUS_EIGER_DUMMIES = (-2.0, 1.5)
+
+
+def _named_dummies(name: str) -> tuple[float | None, float | None]:
+    """pyFAI's dummy value and its tolerance for the detector ``name`` (None, None: none)."""
+    if _detector_key(name).startswith(("pilatus", "eiger")):
+        return _PILATUS_EIGER_DUMMIES
+    det = _pyfai_lookup(name)
+    if det is None or det.dummy is None:
+        return None, None
+    return float(det.dummy), None if det.delta_dummy is None else float(det.delta_dummy)
+
+
+def _markers(dummy: float | None, delta: float | None) -> tuple[float, ...]:
+    """The pixel values pyFAI's ``dummy`` ± ``delta_dummy`` leaves out, as radint's exact
+    markers (``GapIntensity``, ``BadPxIntensity``): the whole numbers in that range, the two
+    nearest the dummy (the third of -2 ± 1.5, -3, no detector writes); the dummy alone when it
+    is not whole or without a tolerance."""
+    if dummy is None or not math.isfinite(dummy) or dummy == 0:
+        return ()
+    if not delta or not math.isfinite(delta) or not float(dummy).is_integer():
+        return (float(dummy),)
+    whole = range(math.ceil(dummy - delta), math.floor(dummy + delta) + 1)
+    nearest = sorted((v for v in whole if v != 0), key=lambda v: (abs(v - dummy), -v))
+    return tuple(sorted((float(v) for v in nearest[:2]), reverse=True))  # gap -1, bad -2
+
+
+#: Detectors a PONI names by a file of their own rather than by a name pyFAI knows.
+_FILE_DETECTORS = ("detector", "nexusdetector")
+
+
+class _NexusDetector(NamedTuple):
+    read: bool
+    pixel: tuple[float, float] | None
+    shape: tuple[int, int] | None
+    #: ``mask_file`` / ``flat_file`` as ``file.h5::/dataset``.
+    images: dict[str, str]
+    #: pyFAI's ``dummy`` and ``delta_dummy`` (None where the file gives none).
+    dummies: tuple[float | None, float | None]
+
+
+def _read_nexus_detector(path: Path, line: int, filename: Any) -> _NexusDetector:
+    """Pixel size, shape, mask and flat field of the detector file a PONI's ``NexusDetector``
+    names (pyFAI's ``Detector.save``): pyFAI masks and divides by what that file holds, so
+    radint takes the same pixels out and divides by the same flat.
+
+    The file is looked up as pyFAI does (from the current folder), then beside the PONI file.
+    """
+    where = f"{path}:{line}: Detector 'NexusDetector'"
+    nothing = _NexusDetector(False, None, None, {}, (None, None))
+    if not isinstance(filename, str) or not filename:
+        log.warning("%s: Detector_config names no detector file: a mask or flat field kept "
+                    "there is not applied (give them as MaskFile / FlatFile)", where)  # fmt: skip
+        return nothing
+    file = next((p for p in (Path(filename), path.parent / filename) if p.is_file()), None)
+    if file is None:
+        log.warning("%s: its detector file %s is not found (looked in the current folder and "
+                    "beside the PONI file): a mask or flat field kept there is not applied",
+                    where, filename)  # fmt: skip
+        return nothing
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as f:
+            group = _nx_detector(f)
+            if group is None:
+                raise ParameterError(f"{where}: {file} holds no NXdetector group")
+            if "pixel_corners" in group:
+                raise ParameterError(
+                    f"{where}: {file} places its pixels by their corners ({group.name}/"
+                    "pixel_corners), which a MIDAS geometry of one pixel size cannot describe"
+                )
+            pixel = shape = None
+            if "pixel_size" in group:
+                p1, p2 = (float(v) for v in np.ravel(group["pixel_size"][()])[:2])
+                pixel = (p1, p2)
+            for key in ("shape", "max_shape", "mask"):
+                if shape is None and key in group:
+                    value = group[key]
+                    dims = value.shape if key == "mask" else np.ravel(value[()])
+                    shape = (int(dims[0]), int(dims[1])) if len(dims) == 2 else None
+            images: dict[str, str] = {}
+            absolute = file.resolve()
+            mask = group.get("mask")
+            if isinstance(mask, h5py.Dataset) and np.any(mask[()]):
+                images["mask_file"] = f"{absolute}::{mask.name}"
+            flat = group.get("flatfield")
+            if isinstance(flat, h5py.Dataset):
+                images["flat_file"] = f"{absolute}::{flat.name}"
+            if "darkcurrent" in group:
+                log.warning("%s: %s's darkcurrent is not applied by radint: give the dark with "
+                            "--dark (or Dark)", where, file)  # fmt: skip
+            dummies = tuple(
+                float(group[key][()]) if key in group and np.ndim(group[key]) == 0 else None
+                for key in ("dummy", "delta_dummy")
+            )
+            return _NexusDetector(True, pixel, shape, images, (dummies[0], dummies[1]))
+    except OSError as e:
+        raise ParameterError(f"{where}: {file}: not a readable HDF5 file ({e})") from None
+
+
+def _nx_detector(f: Any) -> Any:
+    """The first NXdetector group of an HDF5 file (where pyFAI's ``NexusDetector`` looks)."""
+    found: list[Any] = []
+
+    def visit(_name: str, obj: Any) -> Any:
+        nx_class = obj.attrs.get("NX_class")
+        if isinstance(nx_class, bytes):
+            nx_class = nx_class.decode()
+        if nx_class == "NXdetector":
+            found.append(obj)
+            return True
+        return None
+
+    f.visititems(visit)
+    return found[0] if found else None
 
 
 #: pyFAI detector orientation → the MIDAS ImTransOpt flips that put the image in orientation 3
@@ -537,6 +681,12 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
         fields["n_pixels_z"], fields["n_pixels_y"] = poni["shape"]
     if poni.get("module_gaps"):
         fields["module_gaps"] = tuple(poni["module_gaps"])
+    for name in ("mask_file", "flat_file"):
+        if poni.get(name):
+            fields[name] = poni[name]
+    # pyFAI leaves the detector's dummy values out (as MIDAS's GapIntensity / BadPxIntensity).
+    for name, value in zip(("gap_intensity", "bad_px_intensity"), poni.get("invalid_values", ())):
+        fields[name] = value
     flips = _ORIENTATION_FLIPS[poni.get("orientation", 3)]
     if flips:
         fields["im_trans_opt"] = flips

@@ -665,7 +665,10 @@ def write_stream_outputs(
     group's R-major cakes; attrs ``Number Of Frames Summed``, ``original_frame_indices``);
     with fitted peaks in ``stream_file`` (a stream's NeXus file) also ``fit/<i>`` (the frame's
     fitted peaks × the 7 fit.bin values; attr ``frame_index``). Without ``mapping`` frames are
-    named by their index in arrival order; with the sender's frame mapping (``frame_mapping.json``:
+    named by their index in arrival order, except the rows of one TCP sender (``stream_file``'s
+    frame ids, each once), sorted and named by frame id: its sending index, which is the
+    arrival index over one connection but not over several (``radint send --connections N``);
+    with the sender's frame mapping (``frame_mapping.json``:
     arrival index → ``filename``/``uniqueId``/``dataset_num``) they are sorted by file name and
     named by it (extension dropped), and each sum carries ``last_frame_identifier``, as MIDAS
     does. The zip: ``REtaMap``, ``OmegaSumFrame/LastFrameNumber_<last>`` (attrs as MIDAS's:
@@ -758,10 +761,12 @@ def write_stream_outputs(
                 files.callback(_close_naming, zf, zip_path, temps)  # closed before the h5
                 store = _NamedZarrV2Zip(zf, zip_path, temps)
                 store.array("REtaMap", geometry)
-            by_row = _mapping_by_row(mapping, _stream_frame_ids(stream_file), n_frames)
+            row_ids, sources = _stream_rows(stream_file)
+            by_row = _mapping_by_row(mapping, row_ids, n_frames)
+            ids = None if by_row else _sender_ids_by_row(row_ids, sources)
             caked, labels = _stream_h5(
                 h5, store, directory, config, frames, geometry, n_frames, (n_r, n_eta),
-                osf, omega, stream_file, by_row, name, progress, cancelled,
+                osf, omega, stream_file, by_row, ids, name, progress, cancelled,
             )  # fmt: skip
         written = [h5_path, zip_path] if with_2d else [h5_path]
         if caked is not None:
@@ -782,11 +787,13 @@ def _stream_h5(
     h5: Any, store: _ZarrV2Zip | None, directory: Path, config: Any,
     frames: Callable[[str, tuple[int, ...], range], np.ndarray], geometry: np.ndarray,
     n_frames: int, shape: tuple[int, int], osf: int, omega: Callable[[int], float],
-    stream_file: str | Path | None, mapping: dict[int, dict[str, Any]] | None, name: str,
+    stream_file: str | Path | None, mapping: dict[int, dict[str, Any]] | None,
+    ids: dict[int, int] | None, name: str,
     progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None,
 ) -> tuple[_CakedRows | None, dict[int, str]]:  # fmt: skip
     """The body of :func:`write_stream_outputs`: ``<name>.h5`` into ``h5``, the zip into
-    ``store``; returns caked_peaks.h5's rows (None without fits) and the frames' names."""
+    ``store``; returns caked_peaks.h5's rows (None without fits) and the frames' names
+    (``ids``: the frame id naming each row without a mapping, see :func:`_stream_frame_order`)."""
     import datetime
 
     h5.attrs["creation_date"] = np.bytes_(datetime.datetime.now().isoformat())
@@ -799,7 +806,7 @@ def _stream_h5(
     try:
         return _stream_h5_rows(
             h5, store, directory, config, frames, n_frames, shape, osf, omega, peaks,
-            mapping, name, progress, cancelled,
+            mapping, ids, name, progress, cancelled,
         )  # fmt: skip
     finally:
         if peaks is not None:
@@ -810,7 +817,7 @@ def _stream_h5_rows(
     h5: Any, store: _ZarrV2Zip | None, directory: Path, config: Any,
     frames: Callable[[str, tuple[int, ...], range], np.ndarray], n_frames: int,
     shape: tuple[int, int], osf: int, omega: Callable[[int], float], peaks: Any,
-    mapping: dict[int, dict[str, Any]] | None, name: str,
+    mapping: dict[int, dict[str, Any]] | None, ids: dict[int, int] | None, name: str,
     progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None,
 ) -> tuple[_CakedRows | None, dict[int, str]]:  # fmt: skip
     """:func:`_stream_h5` past the geometry, with the stream file's ``entry/peaks`` open."""
@@ -820,7 +827,7 @@ def _stream_h5_rows(
     summed = h5.create_group("OmegaSumFrame") if store is not None else None
     fit_table = _stream_fit_tables(directory, peaks, n_frames, config)
     fits = h5.create_group("fit") if fit_table is not None else None
-    order, labels = _stream_frame_order(n_frames, mapping)
+    order, labels = _stream_frame_order(n_frames, mapping, ids)
     caked = _CakedRows(config) if fit_table is not None else None
     done = 0
     for positions in frame_groups(n_frames, osf):
@@ -1074,37 +1081,63 @@ class _CakedRows:
 
 
 def _stream_frame_order(
-    n_frames: int, mapping: dict[int, dict[str, Any]] | None
+    n_frames: int, mapping: dict[int, dict[str, Any]] | None, ids: dict[int, int] | None = None
 ) -> tuple[list[int], dict[int, str]]:
     """The frames of a stream in the order MIDAS's post-processing writes them, and their
-    names: without ``mapping`` by arrival index; with it mapped frames by file name (or
-    uniqueId), unmapped ones after by their number (as integrator_stream_process_h5.py sorts
-    them), a name seen twice followed by ``_<index>``."""
+    names: without ``mapping`` by arrival index, or, given ``ids`` (arrival row → frame id,
+    :func:`_sender_ids_by_row`), those rows by frame id and the rows without one after;
+    with ``mapping`` mapped frames by file name (or uniqueId), unmapped ones after by their
+    number (as integrator_stream_process_h5.py sorts them); a name seen twice followed by
+    ``_<index>``."""
     order = list(range(n_frames))
     if mapping:
         order.sort(key=lambda k: (0, _mapped_name(mapping[k]), 0) if k in mapping else (1, "", k))
+    elif ids:
+        order.sort(key=lambda k: (0, ids[k]) if k in ids else (1, k))
     labels: dict[int, str] = {}
     taken: set[str] = set()
     for k in order:
-        label = _frame_label(k, mapping)
+        label = str(ids[k]) if not mapping and ids and k in ids else _frame_label(k, mapping)
         labels[k] = f"{label}_{k}" if label in taken else label
         taken.add(labels[k])
     return order, labels
 
 
-def _stream_frame_ids(stream_file: str | Path | None) -> list[int] | None:
-    """The frame id of each row of a stream's NeXus file (rows in arrival order, as the
-    binary files'), or None (no file, or none readable)."""
+def _stream_rows(stream_file: str | Path | None) -> tuple[list[int] | None, list[str] | None]:
+    """The frame id and the source of each row of a stream's NeXus file (rows in arrival
+    order, as the binary files'); None for what it does not hold (no file, none readable)."""
     if stream_file is None or not Path(stream_file).is_file():
-        return None
+        return None, None
     import h5py
 
     try:
         with h5py.File(stream_file, "r", locking=False) as f:
             ids = f.get("entry/azint1d/data/frame_id")
-            return None if ids is None else [int(v) for v in ids[()]]
+            sources = f.get("entry/stream/source")
+            return (
+                None if ids is None else [int(v) for v in ids[()]],
+                None if sources is None else list(sources.asstr()[()]),
+            )
     except OSError:
+        return None, None
+
+
+def _sender_ids_by_row(
+    row_ids: list[int] | None, sources: list[str] | None
+) -> dict[int, int] | None:
+    """Without a mapping: arrival row → frame id where the rows came from one TCP sender
+    (every id once), whose ids are its sending indices. Over several connections (``radint
+    send --connections``) frames arrive out of that order, and named by arrival index a frame
+    had another frame's name. None where the ids are the arrival indices already (one
+    connection: MIDAS's naming) or are no sending indices (PVA uniqueIds, which an IOC
+    restart starts anew; several senders, whose ids repeat): frames keep MIDAS's naming."""
+    if not row_ids or sources is None or len(sources) != len(row_ids):
         return None
+    if row_ids == list(range(len(row_ids))) or len(set(row_ids)) != len(row_ids):
+        return None
+    if not all(s.startswith("tcp:") for s in sources):
+        return None
+    return dict(enumerate(row_ids))
 
 
 def _mapping_by_row(

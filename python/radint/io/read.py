@@ -34,6 +34,7 @@ __all__ = [
     "read_dark",
     "read_frames",
     "read_parameter_image",
+    "split_dataset",
 ]
 
 FrameSelection = int | slice | Sequence[int] | None
@@ -415,10 +416,22 @@ def read_dark(
     return total / n
 
 
+def split_dataset(name: str) -> tuple[str, str | None]:
+    """``"file.h5::/entry/mask"`` → ``("file.h5", "/entry/mask")``: the file and the dataset
+    inside it that a ``MaskFile``/``FlatFile`` value names (the ``file::path`` form pyFAI and
+    fabio take); a name without ``::``, or naming an existing file as a whole, is the file
+    alone (dataset None)."""
+    file, sep, dataset = name.rpartition("::")
+    if not sep or not file or not dataset or Path(name).exists():
+        return name, None
+    return file, dataset
+
+
 def read_parameter_image(config: Any, name: str) -> np.ndarray:
     """The per-pixel image a parameter names (``mask_file``: ``MaskFile``, ``flat_file``:
     ``FlatFile``), as stored: the first frame of any format :func:`read_frames` reads, in the
-    raw orientation of the frames, checked to be real numbers of the detector's shape.
+    raw orientation of the frames, checked to be real numbers of the detector's shape. A value
+    ``file.h5::/path`` names a dataset inside an HDF5 (or Zarr) file (:func:`split_dataset`).
 
     Parameters
     ----------
@@ -440,12 +453,15 @@ def read_parameter_image(config: Any, name: str) -> np.ndarray:
     """
     from radint.exceptions import MapFormatError, RadintFileNotFoundError, ShapeError
 
-    path = Path(getattr(config, name))
+    value = getattr(config, name)
+    file, dataset = split_dataset(value)
+    path = Path(file)
     where = config.where_set(name)
-    if not path.is_file():
+    if not path.exists():
         raise RadintFileNotFoundError(f"{where}: {path}: no such file")
+    path = Path(value) if dataset is None else path
     try:
-        image = next(read_frames(path, frames=0)).data
+        image = next(read_frames(path, dataset=dataset, frames=0)).data
     except (ReaderError, ImportError, OSError, ValueError, StopIteration) as e:
         raise MapFormatError(f"{where}: {path}: cannot be read as an image ({e})") from e
     if image.dtype.kind not in "biuf":

@@ -19,11 +19,14 @@ __all__ = ["write_lineout_bin", "write_lineout_xy", "write_mat", "write_peaks_cs
 def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | None = None) -> Path:
     """Write the lineout(s) as IntegratorZarrOMP's ``<prefix>_lineout.xy``, atomically.
 
-    One header line (``# 2theta_deg  intensity`` or ``# Q_invA  intensity``), then
-    ``"%.6f  %.6f"`` lines, the frames of a stack one after another without separators: n_r
-    lines per frame, so the file splits into frames by line count. A bin with no unmasked pixel
-    (NaN in the Result) is written as 0, as IntegratorZarrOMP's lineout holds it (its NaN test
-    never fires: its empty bins are 0).
+    One header line (``# 2theta_deg  intensity`` or ``# Q_invA  intensity``), then one line
+    per bin, the frames of a stack one after another without separators: n_r lines per frame,
+    so the file splits into frames by line count. A bin with no unmasked pixel (NaN in the
+    Result) is written as 0, as IntegratorZarrOMP's lineout holds it (its NaN test never fires:
+    its empty bins are 0). The lines are C's ``"%.6f  %.6f"`` for a lineout by C's rule (a
+    ``compat="midas-cpu"`` result: the file is then IntegratorZarrOMP's to the byte); other
+    intensities are written to 10 significant digits (``%.10g``), as six decimals would round
+    small intensities (scaled or normalised frames) to one or two digits, or to 0.
 
     Parameters
     ----------
@@ -59,7 +62,8 @@ def write_lineout_xy(result: Result, path: str | Path, *, radial_unit: str | Non
     columns[np.isnan(columns[:, 1]), 1] = 0.0
     with atomic_output(path) as tmp, tmp.open("w") as fh:
         fh.write(header + "\n")
-        np.savetxt(fh, columns, fmt="%.6f", delimiter="  ")
+        c_rule = getattr(result, "lineout_mode", "") == "midas_nonzero_mean"
+        np.savetxt(fh, columns, fmt=("%.6f", "%.6f" if c_rule else "%.10g"), delimiter="  ")
     return Path(path)
 
 

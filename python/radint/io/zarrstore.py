@@ -82,6 +82,12 @@ class ZarrSource(FrameSource):
             raise ReaderError(f"{path}: not a readable Zarr store ({exc})") from exc
         self.root: Any = root  # a Group, or the Array itself
         if isinstance(root, zarr.Array):
+            if dataset not in (None, "", "/"):
+                self.close()
+                raise ReaderError(
+                    f"{path}: a bare Zarr array, not a group, so there is no array "
+                    f"'{dataset}' to choose (--dataset / -dataLoc): leave it out"
+                )
             arr = root
             self.label = str(path)
         else:

@@ -600,8 +600,8 @@ class Pipeline:
                 return {int(k): v for k, v in raw.items()}
             except (OSError, ValueError, AttributeError) as e:
                 # As integrator_stream_process_h5.py: said, and the files written all the same.
-                log.warning("stream: mapping file %s not read (%s): frames named by their "
-                            "index", self.mapping_file, e)  # fmt: skip
+                log.warning("stream: mapping file %s not read (%s): frames named as without "
+                            "one (by index)", self.mapping_file, e)  # fmt: skip
                 return None
         from radint.io.nexus import open_result
 

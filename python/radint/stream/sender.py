@@ -34,7 +34,14 @@ from radint.stream.sources import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("radint.stream")
 
-__all__ = ["FileFrame", "expand_inputs", "iter_file_frames", "send_frames", "write_mapping"]
+__all__ = [
+    "FileFrame",
+    "SendInterrupted",
+    "expand_inputs",
+    "iter_file_frames",
+    "send_frames",
+    "write_mapping",
+]
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,10 @@ def send_frames(
         A frame file was cut short (the frames before it went out whole; over several
         connections frames after it may have gone out on the others: the mapping lists exactly
         the frames sent).
+    SendInterrupted
+        Ctrl-C (a KeyboardInterrupt): the connections are shut at once (a frame cut off
+        mid-way is discarded by the receiver and not listed), the mapping is written, and the
+        exception says how many frames went out and which was the first that did not.
     """
     if not 1 <= int(connections) <= MAX_CONNECTIONS:
         raise RadintError(f"send: connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -343,10 +354,13 @@ def send_frames(
         maxsize=5
     )
     stop = threading.Event()
+    read: list[str] = []  # every frame's name in reading (= sending) order
+    reader_done = threading.Event()
 
     def reader() -> None:
         try:
             for item in frames:
+                read.append(item[1])
                 while not stop.is_set():
                     try:
                         items.put(item, timeout=0.1)
@@ -355,6 +369,7 @@ def send_frames(
                         continue
                 if stop.is_set():
                     return
+            reader_done.set()
             items.put(None)
         except BaseException as e:  # handed to the sending thread, which re-raises
             items.put(e)
@@ -376,6 +391,7 @@ def send_frames(
     noted: set[str] = set()  # what the user was told once
     lanes = [_Connection(sock, compress, noted, sent, stop) for sock in socks]
     n = 0
+    interrupted: KeyboardInterrupt | None = None
 
     def next_item() -> tuple[np.ndarray | FileFrame, str] | BaseException | None:
         # A connection's thread that fails stops the reader too: its error, not a wait.
@@ -410,11 +426,10 @@ def send_frames(
             if data.dtype.kind == "i" and data.dtype.itemsize < 8 and not compress:
                 _note_once(noted, "signed", _SIGNED_NOTE, name, data.dtype, 8 * data.dtype.itemsize,
                            (1 << 8 * data.dtype.itemsize) - 1, level=logging.INFO)  # fmt: skip
-            lane = lanes[n % len(lanes)]
-            if len(lanes) == 1:
-                lane.send(n, dataset_num, data, name)  # on this thread: no hand-over
-            else:
-                lane.put((n, dataset_num, data, name))
+            # Sent by the connection's thread even with one connection: Ctrl-C raises only
+            # in this thread, so it cannot land between a frame's last byte and its mapping
+            # entry (the receiver had frames the mapping did not list).
+            lanes[n % len(lanes)].put((n, dataset_num, data, name))
             n += 1
             sent.raise_error()
         for lane in lanes:
@@ -426,8 +441,8 @@ def send_frames(
     except _ConnectionClosed as e:
         shut_down()
         raise sent.closed_error(host, port) from e.__cause__
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as e:
+        interrupted = e
     except BaseException:
         # A frame this thread could not hand over (its shape, its file): the frames handed to
         # the connections before it still go out, as they would over one connection.
@@ -437,11 +452,13 @@ def send_frames(
         raise
     finally:
         shut_down()
+        sent.write_mapping()  # first: final once the threads have left
         for lane in lanes:
             lane.close_files()
         for sock in socks:
             sock.close()
-        sent.write_mapping()
+    if interrupted is not None:
+        raise sent.interrupted(read, reader_done.is_set()) from interrupted
     log.info("send: %d frame(s) to %s:%d over %d connection(s)", sent.count, host, port,
              len(socks))  # fmt: skip
     return sent.count
@@ -449,6 +466,36 @@ def send_frames(
 
 #: Most connections one send opens.
 MAX_CONNECTIONS = 64
+
+
+class SendInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM in ``radint send``) stopped :func:`send_frames`; the mapping file
+    was written, listing exactly the frames sent.
+
+    Attributes
+    ----------
+    sent : int
+        Frames sent whole (a frame cut off mid-way the receiver discards).
+    first_unsent : int or None
+        Index (in sending order) of the first frame not sent; None when every frame was.
+    first_unsent_name : str or None
+        Its mapping name (``file`` or ``file:frameK``); None when it had not been read yet.
+    sent_after : int
+        Frames after it that went out all the same, on the other connections.
+    mapping_file : path or None
+        The frame-mapping JSON written.
+    """
+
+    def __init__(
+        self, sent: int, first_unsent: int | None, first_unsent_name: str | None,
+        sent_after: int, mapping_file: str | Path | None,
+    ) -> None:  # fmt: skip
+        super().__init__(f"send interrupted after {sent} frame(s)")
+        self.sent = sent
+        self.first_unsent = first_unsent
+        self.first_unsent_name = first_unsent_name
+        self.sent_after = sent_after
+        self.mapping_file = mapping_file
 
 
 class _ConnectionClosed(Exception):
@@ -498,10 +545,20 @@ class _Sent:
             if self.mapping_file is not None and self.mapping:
                 write_mapping(dict(sorted(self.mapping.items())), self.mapping_file)
 
+    def interrupted(self, names: list[str], all_read: bool) -> SendInterrupted:
+        """How far a send stopped by Ctrl-C got, once its threads have left: ``names`` are
+        the frames read so far, in sending order; ``all_read``: the input had no more."""
+        first = next((k for k in range(len(names)) if k not in self.mapping), None)
+        if first is None and not all_read:
+            first = len(names)  # not read yet: its name is not known
+        later = 0 if first is None else sum(k > first for k in self.mapping)
+        name = names[first] if first is not None and first < len(names) else None
+        return SendInterrupted(self.count, first, name, later, self.mapping_file)
+
 
 class _Connection:
-    """One connection and, when frames are spread over several, the thread that sends the
-    frames handed to it, in order (``put``; ``finish`` waits for the last)."""
+    """One connection and the thread that sends the frames handed to it, in order (``put``;
+    ``finish`` waits for the last)."""
 
     def __init__(
         self, sock: socket.socket, compress: bool, noted: set[str], sent: _Sent,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
+import select
 import socket
 import struct
 import sys
@@ -194,6 +196,12 @@ class _BadFrame(ProtocolError):
     what a sender of another detector size sends, and the bytes after it are no frames."""
 
 
+class _Misaligned(_BadFrame):
+    """A frame read whole but followed by bytes that cannot be a frame header: the sender's
+    frames are of another size, so this frame's bytes were no frame of this size either.
+    Counted as received and dropped, never integrated; the connection closes."""
+
+
 class _Closed(Exception):
     """The peer closed the connection (or the server is stopping)."""
 
@@ -205,10 +213,41 @@ DRAIN_S = 1.0
 QUIET_S = 0.2
 
 
+#: How long a frame waits for the next frame's header before it is handed on unchecked (a
+#: sender that pauses between frames): the wire has no length field, and a header that cannot
+#: be one right after a frame is the only sign, before the frame is written, that the sender's
+#: frames are of another size. A misaligned sender is mid-frame there, its bytes already on
+#: the way; a sender faster than the stream has the next header waiting.
+NEXT_HEADER_S = 0.02
+
+
 #: Receive a frame in one MSG_WAITALL call on a blocking socket with the kernel's receive
 #: timeout (see TcpSource._recv_exact). Not on Windows, where a socket whose SO_RCVTIMEO
 #: fired is in an undefined state: there Python's own timeout and a call per buffer.
 WAITALL = sys.platform != "win32"
+
+
+def _readable(conn: socket.socket, timeout: float) -> bool:
+    """Whether ``conn`` has bytes (or its end) to read within ``timeout`` seconds; poll where
+    there is one (select cannot wait on descriptors past 1023)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        return bool(poller.poll(math.ceil(timeout * 1000)))
+    return bool(select.select([conn], [], [], timeout)[0])
+
+
+def _peek(conn: socket.socket, size: int) -> bytes | None:
+    """Up to ``size`` bytes waiting on ``conn``, left there; None when none is there yet, and
+    b"" at its end (or an error, which the next read reports)."""
+    try:
+        if hasattr(socket, "MSG_DONTWAIT"):
+            return conn.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return conn.recv(size, socket.MSG_PEEK) if _readable(conn, 0) else None
+    except (BlockingIOError, TimeoutError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _timeval(seconds: float) -> bytes:
@@ -225,7 +264,9 @@ class TcpSource(Source):
     sink blocks (queue full) the client's socket is not read, so TCP flow control stops the
     sender instead of memory growing. A connection that ends mid-frame has that partial frame
     discarded and logged; an unknown dtype code closes that connection with a logged error;
-    the server keeps serving everyone else. Once frames are refused (stopping), the connection
+    the server keeps serving everyone else. A frame is handed on once the next header is
+    there (or after :data:`NEXT_HEADER_S` without one): one followed by a header that cannot
+    be one is dropped, not integrated (the sender's frames are of another size). Once frames are refused (stopping), the connection
     is read for up to :data:`DRAIN_S` more, until the sender goes quiet, and every complete
     frame is counted as dropped; a sender still sending after that has the connection closed
     (it sees a reset; what was still in its own socket buffers never reached this server).
@@ -366,6 +407,8 @@ class TcpSource(Source):
                 num, code = HEADER.unpack(header)
                 try:
                     data, _ = self._read_payload(conn, code, drain_until)
+                    if drain_until is None and not self._stop.is_set():  # frames still taken
+                        self._check_next_header(conn, data)
                 except ProtocolError as e:
                     if isinstance(e, _BadFrame):  # read whole, so it is counted
                         stats.add("received")
@@ -373,7 +416,13 @@ class TcpSource(Source):
                     stats.add("bad_connections")
                     size = (f"a sender whose frames are not {self.shape[1]}x{self.shape[0]} "
                             "pixels, NrPixelsY x NrPixelsZ")  # fmt: skip
-                    if n_frames:
+                    if isinstance(e, _Misaligned):
+                        before = (f", and the {n_frames} taken before it from {label}, id "
+                                  f"{first_id} on, may be wrong too: check them" if n_frames
+                                  else "")  # fmt: skip
+                        hint = (f" (the wire has no length field: {size}, misaligns the stream; "
+                                f"this frame was not integrated{before})")  # fmt: skip
+                    elif n_frames:
                         hint = (
                             f" (the wire has no length field: {size}, misaligns the stream, and "
                             "then the frames already taken from this connection, the "
@@ -439,6 +488,42 @@ class TcpSource(Source):
                     label, n_refused,
                 )  # fmt: skip
             log.info("%s: disconnected after %d frame(s)", label, n_frames)
+
+    def _check_next_header(self, conn: socket.socket, data: np.ndarray) -> None:
+        """Raise :class:`_Misaligned` (``data`` given back to the pool) when the bytes after the
+        frame just read, waited for up to :data:`NEXT_HEADER_S`, cannot be a frame header: an
+        unknown dtype code, or a hybrid count beyond the frame. Bytes not there in time, or the
+        connection's end, pass: the frame is handed on, as MIDAS's receiver would."""
+        size = HEADER.size + HYBRID_COUNT.size  # a hybrid header with its count
+        deadline = time.monotonic() + NEXT_HEADER_S
+        while True:
+            peek = _peek(conn, size)
+            if peek == b"":
+                return  # the connection's end (or an error, which the next read reports)
+            if peek is not None and len(peek) >= HEADER.size:
+                code = HEADER.unpack_from(peek)[1]
+                if code != HYBRID or len(peek) == size:
+                    break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if peek is None or len(peek) < HEADER.size:
+                    return
+                break  # a hybrid header whose count is not there yet: its code is valid
+            if peek is None:
+                _readable(conn, left)
+            else:
+                time.sleep(min(left, 0.001))  # part of a header: readable at once, no wait
+        if code not in DTYPES and code != HYBRID:
+            why = f"unknown dtype code {code}"
+        elif code == HYBRID and len(peek) == size:
+            (count,) = HYBRID_COUNT.unpack_from(peek, HEADER.size)
+            if count <= self.n_pixels:
+                return
+            why = f"hybrid overflow count {count}"
+        else:
+            return
+        self.pool.give_back(data)
+        raise _Misaligned(f"the bytes after this frame are no frame header ({why})")
 
     def _read_payload(
         self, conn: socket.socket, code: int, drain_until: float | None = None
