@@ -3,7 +3,7 @@
 //
 // Everything numerical lives here as __host__ __device__ inline functions so that the CPU-only
 // test suite checks the exact arithmetic the GPU runs against the Rust engine
-// (rust/radint-core/src/integrate.rs). The kernels only add index arithmetic, warp shuffles,
+// (rust/radint-core/src/integrate/). The kernels only add index arithmetic, warp shuffles,
 // loads and stores.
 //
 // Contract (same as the Rust engine), per bin over its map entries e (pixel p, overlap a,
