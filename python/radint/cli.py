@@ -1442,6 +1442,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
               f"frames of {config.shape[1]}x{config.shape[0]} pixels (NrPixelsY x NrPixelsZ; "
               "the log above names them)", file=sys.stderr)  # fmt: skip
         return 1
+    rejected = getattr(source, "rejected", 0)
+    if rejected:
+        # A review: every frame of another shape than the parameter file's was rejected, and
+        # the stream ended "nothing written (no frames)" with exit status 0.
+        print(f"error: {rejected} frame(s) received but rejected, not integrated (the log "
+              f"above says why: e.g. not {config.shape[1]}x{config.shape[0]} pixels, "
+              "NrPixelsY x NrPixelsZ, or an undecodable payload)", file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if getattr(source, "never_connected", False) else 0
 
 

@@ -249,9 +249,8 @@ def estimated_bytes(result: Result, fmt: str) -> int:
         return 2 * cake + 5 * bins + 2 * lineout + (64 << 10)
     if fmt == "gsas":
         return cake + 5 * bins + (64 << 10)
-    if fmt == "xy":  # a line of 2 or 3 numbers of ~12 characters per bin
-        columns = 3 if result.lineout_sigma is not None else 2
-        return int(result.lineout.size) * columns * 14 + (64 << 10)
+    if fmt == "xy":  # a line per bin: "%.6f" 2θ/Q, two spaces, "%.10g" intensity (≤ 28 bytes)
+        return int(result.lineout.size) * 28 + (64 << 10)
     if fmt == "bin":
         return lineout + (64 << 10)
     return 1 << 20  # peak tables

@@ -841,7 +841,6 @@ class PvaSource(Source):
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.dropped_upstream = 0
-        self.dropped_full = 0
         self.rejected = 0
         #: Monitor updates seen, the record's initial value included (1 once connected).
         self.updates = 0
@@ -998,10 +997,8 @@ class PvaSource(Source):
         item = StreamItem(
             uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid}, pool=self.pool
         )
-        if not self._sink(item):
+        if not self._sink(item):  # stopping: counted as dropped by the sink
             item.release()
-            self.dropped_full += 1
-            stats.add("dropped")
 
     def _log_gap(self, last: int, uid: int, gap: int) -> None:
         """One line a second at most (a publisher far faster than radint jumps on every
