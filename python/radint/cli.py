@@ -1432,6 +1432,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
             signal.signal(sig, was)
     if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
         print(summary.line())
+        upstream = getattr(source, "dropped_upstream", 0)
+        if upstream:  # never received: counted from uniqueId gaps
+            print(f"stream: of the {summary.dropped} dropped, {upstream} never arrived "
+                  "(gaps in uniqueId: dropped in the IOC or in pvAccess's client queue)")  # fmt: skip
     if source.failure:
         print(f"error: the {source.name} source failed: {source.failure}", file=sys.stderr)
         return 1

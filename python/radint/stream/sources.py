@@ -1080,8 +1080,11 @@ class PvaSource(Source):
                       self.channel_name, rejected)  # fmt: skip
         if not was_stopped and self._channel is not None and self.never_connected:
             log.warning(
-                "pva %s: the channel never connected in %.0f s: check its name and that its "
-                "IOC is reachable (EPICS_PVA_ADDR_LIST / EPICS_PVA_AUTO_ADDR_LIST)",
+                "pva %s: the channel never connected in %.0f s: check its name, that its "
+                "IOC is reachable (EPICS_PVA_ADDR_LIST / EPICS_PVA_AUTO_ADDR_LIST), and that "
+                "it was up long enough: pvAccess searches less often the longer a channel is "
+                "missing, so an IOC started after radint is found only seconds later (start "
+                "the IOC first, or radint again)",
                 self.channel_name, time.time() - self._subscribed_at,
             )  # fmt: skip
         if self._channel is not None:
