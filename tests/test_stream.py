@@ -2188,18 +2188,17 @@ with Server(providers=[{name: pv}]):
 """
 
 
-def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path):
-    """A real PVA server of the other Python EPICS library (p4p): its NTNDArray value types,
-    its dimension order, no timeStamps (p4p's default) and a server-side disconnect whose
-    reconnect re-sends the current value. `radint stream` writes every frame once, equal to
-    integrating it directly. Both in their own processes (pvapy's client context keeps the
-    EPICS ports it first saw)."""
+def _p4p_into_stream(
+    tmp_path: Path, tag: str, n_z: int, timeout_s: int = 30
+) -> tuple[int, str, Path]:
+    """Run :data:`_P4P_SERVER` (frames of NY x ``n_z`` pixels) into `radint stream --source pva
+    --max-frames 5`: the stream's exit status, its output and its output folder."""
     pytest.importorskip("p4p")
     pytest.importorskip("pvaccess")
-    channel, env, out, stream = _pva_stream_process(tmp_path, "p4p", max_frames=5)
+    channel, env, out, stream = _pva_stream_process(tmp_path, tag, 5, timeout_s)
     try:
         server = subprocess.run(
-            [sys.executable, "-c", _P4P_SERVER, channel, str(NY), str(NZ)],
+            [sys.executable, "-c", _P4P_SERVER, channel, str(NY), str(n_z)],
             capture_output=True, text=True, timeout=90, env=env,
         )  # fmt: skip
         text = stream.communicate(timeout=60)[0].decode()
@@ -2207,7 +2206,17 @@ def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path)
         if stream.poll() is None:
             stream.kill()
     assert server.returncode == 0, server.stdout + server.stderr
-    assert stream.returncode == 0, text
+    return stream.returncode, text, out
+
+
+def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path):
+    """A real PVA server of the other Python EPICS library (p4p): its NTNDArray value types,
+    its dimension order, no timeStamps (p4p's default) and a server-side disconnect whose
+    reconnect re-sends the current value. `radint stream` writes every frame once, equal to
+    integrating it directly. Both in their own processes (pvapy's client context keeps the
+    EPICS ports it first saw)."""
+    returncode, text, out = _p4p_into_stream(tmp_path, "p4p", NZ)
+    assert returncode == 0, text
     assert "written 5" in text and "dropped 0" in text, text
     assert "uniqueId 4 again, same pixels, first update after a reconnect" in text, text
     rows = stream_rows(out / "stream.h5")
@@ -2221,20 +2230,8 @@ def test_a_pva_stream_whose_frames_were_all_rejected_exits_1(tmp_path):
     """Review: an IOC sending frames of another shape than the parameter file's had every
     frame rejected (each logged), and `radint stream` ended "nothing written (no frames)" with
     exit status 0, as if it had worked."""
-    pytest.importorskip("p4p")
-    pytest.importorskip("pvaccess")
-    channel, env, _, stream = _pva_stream_process(tmp_path, "shape", max_frames=5, timeout_s=4)
-    try:
-        server = subprocess.run(  # frames one row taller than the parameter file's
-            [sys.executable, "-c", _P4P_SERVER, channel, str(NY), str(NZ + 1)],
-            capture_output=True, text=True, timeout=90, env=env,
-        )  # fmt: skip
-        text = stream.communicate(timeout=60)[0].decode()
-    finally:
-        if stream.poll() is None:
-            stream.kill()
-    assert server.returncode == 0, server.stdout + server.stderr
-    assert stream.returncode == 1, text
+    returncode, text, _ = _p4p_into_stream(tmp_path, "shape", NZ + 1, timeout_s=4)  # a row more
+    assert returncode == 1, text
     assert "frame(s) received but rejected, not integrated" in text, text
     assert "written 0" in text or "nothing written" in text, text
 
