@@ -28,6 +28,7 @@ from radint.io import (
     write_nexus,
     write_result,
 )
+from radint.io._common import omegas_deg
 from tests.io_helpers import make_config, make_result
 
 # Every field/group/attribute the application definitions make required (no optional="true"):
@@ -337,6 +338,11 @@ def test_midas_caked_omegas_only_when_the_parameter_file_gives_them(tmp_path: Pa
     with h5py.File(write_midas_caked(res, tmp_path / "b.caked.hdf"), "r") as f:
         np.testing.assert_array_equal(f["Omegas"][...], [0.0, 0.25])
         assert f["IntegrationResult/FrameNr_8"].attrs["omega"][0] == 0.25
+    # A configuration built in Python gives ω by its values, also once replace() (an
+    # Integrator's own settings) marked keys as set: a review found ω lost there.
+    res.config = make_config(omega_start_deg=10.0, omega_step_deg=0.5, source="<defaults>",
+                             set_at={"PixelWeights": ("<defaults>, changed by replace()", 0)})  # fmt: skip
+    np.testing.assert_array_equal(omegas_deg(res), [10.0, 10.5])
 
 
 def test_gsas_zarr_zip_opens_the_way_gsas_ii_reads_it(tmp_path: Path) -> None:

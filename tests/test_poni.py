@@ -483,5 +483,16 @@ def test_mask_file_names_a_dataset_inside_an_hdf5_file(small_config, tmp_path):
     )
     other = small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/second"})
     assert other.map_key() != in_h5.map_key()
+    # Review: --skip-existing compared such values as paths that are no files (a mask moved to
+    # another file with the same dataset path went unnoticed), and a folder of frames holding
+    # the mask file took it for frames.
+    from radint.cli import _files_named
+    from radint.io.nexus import _same_file, file_digest
+
+    first, second = in_h5.mask_file, other.mask_file
+    assert file_digest(first) not in (None, file_digest(second))
+    assert _same_file(first, first) and not _same_file(first, second)
+    assert not _same_file(first, first.replace("masks.h5", "copy.h5"))
+    assert _files_named(first, None, "") == [str(tmp_path / "masks.h5")]
     with pytest.raises(Exception, match="entry/third"):
         _read_mask(small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/third"}))

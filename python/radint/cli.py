@@ -121,6 +121,14 @@ def _split_overrides(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+def _files_named(*names: str | Path | None) -> list[str]:
+    """The files of a run's dark / mask / flat values that are set (the file of a
+    ``file.h5::/dataset`` value), which a folder of frames may hold beside them."""
+    from radint.io.read import split_dataset
+
+    return [split_dataset(str(name))[0] for name in names if name]
+
+
 def _expand_data(
     paths: list[str], config: IntegrationConfig, params: str, dark: str | None,
     raw_dtype: str | None,
@@ -130,9 +138,9 @@ def _expand_data(
     from radint.io.inputs import collect_inputs
 
     aux: list[str | Path] = []
-    for name in (dark, config.dark_file, config.mask_file, config.flat_file):
-        if name:  # as given, or (a parameter file's names) beside the parameter file
-            aux += [name, Path(params).parent / name]
+    for name in _files_named(dark, config.dark_file, config.mask_file, config.flat_file):
+        # as given, or (a parameter file's names) beside the parameter file
+        aux += [name, Path(params).parent / name]
     files = collect_inputs(paths, raw_dtype, exclude=aux)
     if not files:
         raise RadintError("no data files given")
@@ -1387,7 +1395,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.source == "pva":
         source = PvaSource(args.channel, config.shape)
     elif args.source == "folder":  # the mask, flat and dark may lie among the frames
-        aux = (config.mask_file, config.flat_file, dark_path)
+        aux = _files_named(config.mask_file, config.flat_file, dark_path)
         source = FolderSource(args.watch, config.shape, exclude=aux, dataset=args.dataset,
                               zip_parameters=config.zip_parameters(), settle_s=args.settle)  # fmt: skip
     if dark_path:  # recorded in the outputs' configuration (MIDAS key Dark)
@@ -1465,7 +1473,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     config = _load_config(args.params, overrides)
     files = expand_inputs(paths, args.extension)
     # A folder often holds the parameters' own mask or dark beside the frames: not frames.
-    aux = {Path(f).resolve() for f in (config.mask_file, config.dark_file, config.flat_file) if f}
+    aux = {Path(f).resolve() for f in _files_named(config.mask_file, config.dark_file,
+                                                   config.flat_file)}  # fmt: skip
     skipped = [f for f in files if Path(f).resolve() in aux]
     if skipped:
         log.info("send: not sending %s (the parameters' MaskFile / Dark / FlatFile)",

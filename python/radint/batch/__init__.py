@@ -471,7 +471,10 @@ def _files_read(config: IntegrationConfig | None, dark: str | Path | None) -> di
                   ("the distortion file", config.distortion_file),
                   ("the residual correction map", config.residual_correction_map),
                   ("the panel shifts file", config.panel_shifts_file)]  # fmt: skip
-    return {_resolved(p): f"{what} {p}" for what, p in named if p and Path(p).is_file()}
+    from radint.io.read import split_dataset
+
+    files = [(what, split_dataset(str(p))[0]) for what, p in named if p]  # "m.h5::/mask": m.h5
+    return {_resolved(p): f"{what} {p}" for what, p in files if Path(p).is_file()}
 
 
 def process_file(

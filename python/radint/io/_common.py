@@ -102,15 +102,20 @@ def omegas_deg(result: Result) -> np.ndarray | None:
 
     Known as IntegratorZarrOMP decides it: the parameter file names ``OmegaStart`` (or
     ``OmegaFirstFile``), or the frames carry ω (a MIDAS zip's scan start). A configuration built
-    in Python rather than read from a file counts as giving ω when start or step is not 0."""
+    in Python rather than read from a file (``source`` ``"<defaults>"``) counts as giving ω when
+    start or step is not 0."""
     given = result.metadata.get("omega_deg")
     if given is not None:
         return np.asarray(given, dtype=np.float64).reshape(-1)
     if result.config is None:
         return None
     start, step = cfg(result, "omega_start_deg"), cfg(result, "omega_step_deg")
-    set_at = getattr(result.config, "set_at", None)
-    known = "OmegaStart" in set_at if set_at else bool(start or step)
+    set_at = getattr(result.config, "set_at", None) or {}
+    # Not whether set_at is empty: replace() marks what it changes (an Integrator's own
+    # settings too), which made a Python-built configuration lose its ω.
+    source = getattr(result.config, "source", None)
+    from_file = bool(set_at) if source is None else source not in ("", "<defaults>")
+    known = "OmegaStart" in set_at if from_file else bool(start or step)
     return start + step * np.arange(result.n_frames, dtype=np.float64) if known else None
 
 

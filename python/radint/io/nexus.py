@@ -301,17 +301,21 @@ def _reduction_date(result: Result) -> str:
 _DIGEST_PATH = "entry/azint1d/reduction/input/file_digests"
 _RULES_PATH = "entry/azint1d/reduction/input/rules"
 _BACKEND_PATH = "entry/azint1d/reduction/input/backend"
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, str | None], str] = {}
 _DIGESTS_LOCK = threading.Lock()
 
 
 def file_digest(path: str | Path) -> str | None:
     """``"sha256:<hex>"`` of a file's contents, None when it cannot be read. Cached per
     process by (path, inode, size, mtime): a batch writes it into every output, and the dark
-    or mask it names is read once per run anyway."""
+    or mask it names is read once per run anyway. A ``file.h5::/dataset`` value: the file's
+    contents and the dataset's name (:func:`radint.io.read.split_dataset`)."""
+    from radint.io.read import split_dataset
+
+    path, dataset = split_dataset(str(path))
     try:
         st = os.stat(path)
-        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, dataset)
         with _DIGESTS_LOCK:
             if key in _DIGESTS:
                 return _DIGESTS[key]
@@ -319,6 +323,8 @@ def file_digest(path: str | Path) -> str | None:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
+        if dataset is not None:
+            h.update(b"::" + dataset.encode())
     except OSError:
         return None
     digest = f"sha256:{h.hexdigest()}"
@@ -1831,7 +1837,14 @@ _FILE_FIELDS = frozenset(
 def _same_file(was: Any, now: Any) -> bool:
     """Whether two stored paths name the same file: equal names, and where both files are
     there, equal contents (a folder moved or mounted elsewhere is the same run; the contents
-    of a file rewritten under its old path cannot be compared)."""
+    of a file rewritten under its old path cannot be compared). ``file.h5::/dataset`` values:
+    the same dataset of the same file."""
+    from radint.io.read import split_dataset
+
+    if was and now:
+        (was, was_dataset), (now, now_dataset) = split_dataset(str(was)), split_dataset(str(now))
+        if was_dataset != now_dataset:
+            return False
     if not was or not now or Path(was).name != Path(now).name:
         return was == now
     old, new = Path(was), Path(now)
