@@ -463,7 +463,9 @@ def read_parameter_image(config: Any, name: str) -> np.ndarray:
     try:
         image = next(read_frames(path, dataset=dataset, frames=0)).data
     except (ReaderError, ImportError, OSError, ValueError, StopIteration) as e:
-        raise MapFormatError(f"{where}: {path}: cannot be read as an image ({e})") from e
+        # The reader's hint names the frames' option; here the dataset is the value's "::" part.
+        why = str(e).replace("(--dataset / -dataLoc chooses one)", f"(name one: {file}::/path)")
+        raise MapFormatError(f"{where}: {path}: cannot be read as an image ({why})") from e
     if image.dtype.kind not in "biuf":
         raise MapFormatError(f"{where}: {path}: expected real numbers, got dtype {image.dtype}")
     shape = config.shape
