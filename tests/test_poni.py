@@ -440,6 +440,19 @@ def test_a_nexus_detector_s_mask_and_flat_are_applied_as_pyfai_applies_them(tmp_
     filled[[0, -1]] = False  # pyFAI squashes pixels past the range into its edge bins
     assert filled.sum() > 150 and np.isfinite(lineout[filled]).all()
     np.testing.assert_allclose(lineout[filled], ref.intensity[filled], rtol=1e-5)
+    # A binned detector's file: its own shape, not Detector_config's unbinned max_shape (a
+    # review: "MaskFile: expected shape (512, 2068), got (256, 1034)").
+    eiger = pyFAI.detector_factory("Eiger2_1M-W")
+    eiger.binning = (2, 2)
+    eiger.save(str(tmp_path / "e1m.h5"))
+    binned = pyFAI.detectors.NexusDetector(str(tmp_path / "e1m.h5"))
+    b_cfg, b_lineout, b_ref = _pyfai_pair(
+        tmp_path, binned, np.full(binned.shape, 50, np.uint32), "binned"
+    )
+    assert b_cfg.shape == tuple(binned.shape) == (256, 1034)
+    b_filled = b_ref.count > 0
+    b_filled[[0, -1]] = False
+    np.testing.assert_allclose(b_lineout[b_filled], b_ref.intensity[b_filled], rtol=1e-5)
     # Looked up beside the PONI file too; a missing file is said, not passed over.
     (tmp_path / "p1m.h5").rename(tmp_path / "gone.h5")
     IntegrationConfig.from_poni(tmp_path / "nexus.poni")

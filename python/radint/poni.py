@@ -147,7 +147,8 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         dummies = nexus.dummies
         if pixel1 is None and "pixelsize1" not in values and nexus.pixel is not None:
             pixel1, pixel2 = nexus.pixel
-        shape = shape or nexus.shape
+        # The file's own (binned) shape: Detector_config's max_shape is the unbinned one.
+        shape = nexus.shape or shape
     if "detector" in values:
         name, line = values["detector"]
         key = _detector_key(name)
