@@ -2121,17 +2121,24 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
     np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)
 
 
+def _loopback_pva_env() -> tuple[int, dict[str, str]]:
+    """EPICS ports of a process's own on loopback: the server port and the environment."""
+    port, bport = _free_port(), _free_port()
+    return port, {
+        **os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVAS_SERVER_PORT": str(port),
+        "EPICS_PVA_BROADCAST_PORT": str(bport), "EPICS_PVAS_BROADCAST_PORT": str(bport),
+    }  # fmt: skip
+
+
 def _pva_stream_process(
     tmp_path: Path, tag: str, max_frames: int, timeout_s: int = 30
 ) -> tuple[str, dict[str, str], Path, subprocess.Popen]:
     """`radint stream --source pva` in its own process, on EPICS ports of its own on
     loopback (pvapy's client context keeps the ports it first saw in a process): the
     channel name, the environment to start the server with, the output folder, the process."""
-    port, bport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_SERVER_PORT": str(port), "EPICS_PVAS_SERVER_PORT": str(port),
-           "EPICS_PVA_BROADCAST_PORT": str(bport), "EPICS_PVAS_BROADCAST_PORT": str(bport)}  # fmt: skip
+    port, env = _loopback_pva_env()
     params = tmp_path / "p.txt"
     params.write_text(DETECTOR)
     channel = f"radint:{tag}{port}:image"
@@ -2222,6 +2229,65 @@ def test_p4p_server_without_timestamps_streams_into_radint(integrator, tmp_path)
     for row, (uid, dtype) in enumerate(((1, "u2"), (2, "i4"), (3, "f4"), (4, "f8"), (5, "u1"))):
         want = integrator.integrate(frame(uid, dtype)).lineout
         np.testing.assert_allclose(rows["I"][row], want, rtol=1e-12, equal_nan=True)
+
+
+_STOPPED_WHILE_BUSY = """
+import sys, threading, time
+import numpy as np
+import pvaccess as pva
+from radint.stream.pipeline import SourceStats
+from radint.stream.sources import PvaSource
+
+name = sys.argv[1]
+server = pva.PvaServer()
+
+def update(uid):
+    value = pva.NtNdArray()
+    value["uniqueId"] = uid
+    value["dimension"] = [pva.PvDimension(8, 0, 8, 1, False), pva.PvDimension(4, 0, 4, 1, False)]
+    value["value"] = {"ushortValue": np.full(32, uid, np.uint16)}
+    value["timeStamp"] = pva.PvTimeStamp(time.time(), 0)
+    return value
+
+server.addRecord(name, update(0))
+source = PvaSource(name, (4, 8))
+inside, leave = threading.Event(), threading.Event()
+
+def sink(item):  # the stream is busy with this frame when it is told to stop
+    item.release()
+    inside.set()
+    leave.wait(5)
+    return True
+
+source.start(sink, SourceStats())
+time.sleep(0.5)
+server.update(name, update(1))
+if not inside.wait(10):
+    sys.exit("no frame arrived")
+stopping = threading.Thread(target=source.stop)
+stopping.start()
+time.sleep(0.5)  # past the 0.1 s pvapy's channel destructor waits for its monitor thread
+leave.set()
+stopping.join()
+time.sleep(0.5)
+print("stopped cleanly", flush=True)
+"""
+
+
+def test_a_pva_source_stopped_inside_a_callback_does_not_crash(tmp_path):
+    """CI (two full runs, 1 stop in ~7 of a fast publisher's stream): a PVA stream stopped
+    while pvapy's monitor thread was in radint's callback ended by a segmentation fault. The
+    source dropped pvapy's channel, whose destructor waits only 0.1 s for that thread; the
+    thread then freed the callback without the GIL. stop() now waits for the callback and
+    keeps the channel."""
+    pytest.importorskip("pvaccess")
+    _, env = _loopback_pva_env()
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WHILE_BUSY, f"radint:busy{env['EPICS_PVA_SERVER_PORT']}"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stdout + done.stderr)
+    assert "stopped cleanly" in done.stdout
 
 
 def test_a_pva_stream_whose_frames_were_all_rejected_exits_1(tmp_path):

@@ -841,6 +841,9 @@ class PvaSource(Source):
         self._subscribed_at = float("inf")
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        #: Threads in a pvapy callback now (see :meth:`stop`: none may be once it returns).
+        self._callback_threads: set[int] = set()
+        self._callbacks_done = threading.Condition(threading.Lock())
         self.dropped_upstream = 0
         self.dropped_full = 0
         self.rejected = 0
@@ -907,6 +910,17 @@ class PvaSource(Source):
 
     def on_update(self, pv: Any) -> None:
         """Monitor callback: one NTNDArray update → one StreamItem (or a counted drop)."""
+        thread = threading.get_ident()
+        with self._callbacks_done:
+            self._callback_threads.add(thread)
+        try:
+            self._take_update(pv)
+        finally:
+            with self._callbacks_done:
+                self._callback_threads.discard(thread)
+                self._callbacks_done.notify_all()
+
+    def _take_update(self, pv: Any) -> None:
         self.updates += 1
         if self._stopped.is_set() or self._sink is None or self._stats is None:
             return
@@ -1091,19 +1105,57 @@ class PvaSource(Source):
                 "the IOC first, or radint again)",
                 self.channel_name, time.time() - self._subscribed_at,
             )  # fmt: skip
-        if self._channel is not None:
-            try:
-                self._channel.stopMonitor()
-            except Exception as e:
-                log.debug("pva: stopMonitor: %s", e)
-            try:
-                self._channel.unsubscribe("radint")
-            except Exception as e:
-                log.debug("pva: unsubscribe: %s", e)
-            self._channel = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            _retire_pvapy_channel(channel)
+            self._wait_for_callbacks()
+
+    #: How long :meth:`stop` lets pvapy's thread run into a callback it had begun before the
+    #: monitor stopped (it checks the monitor, then takes the GIL: microseconds).
+    CALLBACK_GRACE_S = 0.05
+
+    def _wait_for_callbacks(self, timeout: float = 10.0) -> None:
+        """Return once no monitor callback runs or can still begin, the GIL released meanwhile
+        (a callback ends at once after stop). A sink that stops the source from within its
+        callback waits for the others only."""
+        time.sleep(self.CALLBACK_GRACE_S)
+        me = {threading.get_ident()}
+        with self._callbacks_done:
+            if not self._callbacks_done.wait_for(lambda: self._callback_threads <= me, timeout):
+                log.warning("pva %s: a monitor callback still runs %.0f s after stopping",
+                            self.channel_name, timeout)  # fmt: skip
 
     def join(self, timeout: float | None = None) -> None:
         return None
+
+
+#: pvapy channels stopped by :meth:`PvaSource.stop`, kept until the process ends (see
+#: :func:`_retire_pvapy_channel`).
+_RETIRED_CHANNELS: list[Any] = []
+
+
+def _retire_pvapy_channel(channel: Any) -> None:
+    """Stop a pvapy channel's monitor and keep the channel object alive for good.
+
+    A pvapy ``Channel`` must outlive its threads: its destructor waits only 0.1 s for the
+    monitor thread, which may then be waiting for the GIL to call the subscriber; that thread
+    later drops its reference to the subscriber without the GIL, and where the channel (the
+    other holder) is gone the callable is freed there: a segmentation fault (1 stop in ~7 of
+    a stream stopped while frames arrived). Its connection callback, called from pvAccess's
+    threads up to process exit (a server going away, the client context's own teardown), is
+    set to None, which pvapy checks before taking the GIL. A stream holds one channel, so
+    keeping it costs nothing that matters.
+    """
+    for method, args in (("stopMonitor", ()), ("unsubscribe", ("radint",)),
+                         ("setConnectionCallback", (None,))):  # fmt: skip
+        call = getattr(channel, method, None)
+        if call is None:  # a test's stand-in channel
+            continue
+        try:
+            call(*args)
+        except Exception as e:
+            log.debug("pva: %s: %s", method, e)
+    _RETIRED_CHANNELS.append(channel)
 
 
 # ------------------------------------------------------------------------------ folder
