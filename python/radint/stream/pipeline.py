@@ -287,9 +287,6 @@ class Pipeline:
         self._error: BaseException | None = None
         self._summary: Summary | None = None
         self._lock_fd: int | None = None
-        # Queue-full drops (PVA) are logged at most once a second, with the count since.
-        self._full_unlogged = 0
-        self._full_next_log = 0.0
 
     # ------------------------------------------------------------------ sinks
     def _admit(self) -> bool:
@@ -304,7 +301,11 @@ class Pipeline:
             return True
 
     def _blocking_sink(self, item: StreamItem) -> bool:
-        """TCP/folder: wait for room (the source stops reading meanwhile)."""
+        """Wait for room. TCP/folder: the source stops reading meanwhile (backpressure reaches
+        the sender). PVA: pvAccess's client queue (up to 100 updates) holds what the IOC sends
+        meanwhile; what overflows it shows as gaps in uniqueId, counted as dropped upstream.
+        (PVA dropped a frame at once when this queue was full: a pause of ~40 ms at 200 Hz
+        lost frames with the client queue empty. The source's stop waits for this.)"""
         if not self._admit():
             self.stats.add("dropped")
             if not self._refusal_logged:  # once: the summary counts them all
@@ -324,28 +325,6 @@ class Pipeline:
                 if self._error is not None:
                     self.stats.add("dropped")
                     return False
-
-    def _nonblocking_sink(self, item: StreamItem) -> bool:
-        """PVA: no backpressure possible, so a full queue means a counted drop."""
-        if not self._admit():
-            return False
-        self._last_frame = time.monotonic()
-        try:
-            self.frames.put_nowait(item)
-            return True
-        except queue.Full:
-            with self._accept_lock:
-                self.accepted -= 1
-                self._full_unlogged += 1
-                now = time.monotonic()
-                if now < self._full_next_log:
-                    return False
-                n, self._full_unlogged, self._full_next_log = self._full_unlogged, 0, now + 1.0
-            log.warning(
-                "%s: queue full, frame %d dropped%s", item.source, item.frame_id,
-                f" ({n} frame(s) dropped since the last such line)" if n > 1 else "",
-            )  # fmt: skip
-            return False
 
     # ------------------------------------------------------------------ threads
     def _poll_control(self) -> None:
@@ -705,8 +684,7 @@ class Pipeline:
             pool = getattr(src, "pool", None)
             if pool is not None:  # frames land where the integrator reads them best
                 pool.allocate = self.integrator.host_buffer
-            sink = self._nonblocking_sink if src.name == "pva" else self._blocking_sink
-            src.start(sink, self.stats)
+            src.start(self._blocking_sink, self.stats)
         threading.Thread(target=self._shutdown, name="radint-shutdown", daemon=True).start()
 
     def stop(self) -> None:
@@ -749,9 +727,6 @@ class Pipeline:
                 break
             item.release()
             self.stats.add("dropped")
-        if self._full_unlogged:
-            log.warning("%d more frame(s) dropped (queue full) since the last such line",
-                        self._full_unlogged)  # fmt: skip
         self._summary = self._make_summary()
         self._record_counts()
         self._unlock_output()

@@ -791,8 +791,9 @@ class PvaSource(Source):
     The frame shape comes from the ``dimension`` field (``dimension[0]`` = columns / fast axis,
     ``dimension[1]`` = rows) and the pixel type from the selected branch of the ``value`` union,
     so any detector works. Arrays compressed by areaDetector's codec plugin (``lz4``, ``bslz4``,
-    ``blosc``) are decompressed (:func:`decompress_ndarray`). PVA has no backpressure: when the queue is full the update is
-    counted as dropped; gaps in ``uniqueId`` are counted as frames dropped upstream.
+    ``blosc``) are decompressed (:func:`decompress_ndarray`). PVA has no backpressure: while the
+    stream's queue is full the callback waits and pvAccess's client queue holds the updates;
+    what overflows that shows as gaps in ``uniqueId``, counted as frames dropped upstream.
 
     Parameters
     ----------
@@ -845,7 +846,6 @@ class PvaSource(Source):
         self._callback_threads: set[int] = set()
         self._callbacks_done = threading.Condition(threading.Lock())
         self.dropped_upstream = 0
-        self.dropped_full = 0
         self.rejected = 0
         #: Monitor updates seen, the record's initial value included (1 once connected).
         self.updates = 0
@@ -1013,10 +1013,8 @@ class PvaSource(Source):
         item = StreamItem(
             uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid}, pool=self.pool
         )
-        if not self._sink(item):
+        if not self._sink(item):  # stopping: counted as dropped by the sink
             item.release()
-            self.dropped_full += 1
-            stats.add("dropped")
 
     def _log_gap(self, last: int, uid: int, gap: int) -> None:
         """One line a second at most (a publisher far faster than radint jumps on every
