@@ -1,8 +1,9 @@
 """Frame sources for the streaming server: MIDAS TCP, EPICS PVA (pvapy), folder watch.
 
 Every source runs in its own thread(s) and hands :class:`StreamItem` objects to a *sink*: a
-callable that blocks while the pipeline's bounded queue is full (TCP, folder: backpressure) or
-one that refuses (PVA: the frame is counted as dropped, never silently lost).
+callable that blocks while the pipeline's bounded queue is full (TCP, folder: backpressure
+reaches the sender; PVA: pvAccess's client queue holds the updates) and refuses once the
+stream stops (the frame is counted as dropped, never silently lost).
 """
 
 from __future__ import annotations
