@@ -110,6 +110,7 @@ def stream_rows(path: Path) -> dict[str, np.ndarray]:
             "cake": f["entry/azint2d/data/I"][()],
             "source": f["entry/stream/source"].asstr()[()],
             "dataset_num": f["entry/stream/dataset_num"][()],
+            "source_timestamp": f["entry/stream/source_timestamp"][()],
         }
 
 
@@ -191,6 +192,7 @@ def test_2000_frames_written_exactly_once(integrator, tmp_path):
     rows = stream_rows(tmp_path / "stream.h5")
     np.testing.assert_array_equal(rows["frame_id"], np.arange(n))
     assert len(set(rows["frame_id"].tolist())) == n
+    assert np.isnan(rows["source_timestamp"]).all()  # MIDAS's protocol carries no time
     # Frame buffers are recycled (bounded by the queues), and no frame was overwritten by a
     # later one before it was integrated: rows spread over the run match direct integrations.
     assert src.pool.allocated <= 6  # slabs of 8 frames
@@ -461,10 +463,14 @@ def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path
     with h5py.File(live / "stream.h5") as f, h5py.File(out / "stream.h5") as g:
         assert g["entry/stream"].attrs["frames_written"] == 3
         assert dict(g["entry/stream"].attrs) == dict(f["entry/stream"].attrs)
+        for name in f["entry/stream"]:  # the columns' descriptions and units go along
+            assert dict(g["entry/stream"][name].attrs) == dict(f["entry/stream"][name].attrs)
+        assert g["entry/stream/timestamp"].attrs["units"] == "s"
     import zarr
 
     z = zarr.open_group(str(out / "stream.zarr"), mode="r")
     assert list(z["entry/stream/dataset_num"][:]) == [7, 8, 9]
+    assert z["entry/stream/source_timestamp"].attrs["units"] == "s"
     assert list(z["entry/stream/source"][:]) == list(want["source"])
     assert z["entry/stream"].attrs["frames_written"] == 3
 
@@ -1208,6 +1214,8 @@ def test_folder_watch_takes_complete_files_only(integrator, tmp_path):
     assert summary.written == 2
     rows = stream_rows(tmp_path / "out" / "stream.h5")
     assert rows["source"].tolist() == ["file:old.tif", "file:new.tif"]
+    mtimes = [(watch / name).stat().st_mtime for name in ("old.tif", "new.tif")]
+    np.testing.assert_array_equal(rows["source_timestamp"], mtimes)
 
 
 def test_folder_files_still_settling_at_the_stop_are_counted_and_named(
@@ -1838,13 +1846,17 @@ def test_pva_a_channel_connecting_with_a_new_frame_has_it_integrated(integrator,
     p = Pipeline(integrator, [src], tmp_path, idle_timeout=20)
     p.start()
     first = fake_update(1, frame(1, "u2"))
-    first["timeStamp"] = {"secondsPastEpoch": int(time.time()) + 1, "nanoseconds": 0}
+    stamp = int(time.time()) + 1
+    first["timeStamp"] = {"secondsPastEpoch": stamp, "nanoseconds": 250_000_000}
     chan["c"].cb(first)
     chan["c"].cb(fake_update(2, frame(2, "u2")))
     assert wait_for(lambda: p.written == 2)
     summary = finish(p)
     assert (summary.written, summary.dropped) == (2, 0)
-    assert stream_rows(tmp_path / "stream.h5")["frame_id"].tolist() == [1, 2]
+    rows = stream_rows(tmp_path / "stream.h5")
+    assert rows["frame_id"].tolist() == [1, 2]
+    # The IOC's time of the frame is kept (NaN for the update that carries none).
+    np.testing.assert_array_equal(rows["source_timestamp"], [stamp + 0.25, np.nan])
 
 
 def test_pva_reconnect_resend_is_skipped_a_publisher_without_ids_is_not(integrator, tmp_path):
@@ -2454,8 +2466,11 @@ def test_pvapy_area_detector_simulator_streams_into_radint(tmp_path):
     assert server.returncode == 0, server.stdout + server.stderr
     assert stream.returncode == 0, text
     assert "written 30" in text and "dropped 0" in text, text
-    ids = stream_rows(out / "stream.h5")["frame_id"]
+    rows = stream_rows(out / "stream.h5")
+    ids, stamps = rows["frame_id"], rows["source_timestamp"]
     assert len(ids) == 30 and (np.diff(ids) == 1).all()
+    # the simulator's timeStamps: when it published each frame, 20 a second
+    assert (np.diff(stamps) > 0).all() and abs(np.median(np.diff(stamps)) - 0.05) < 0.02, stamps
 
 
 def test_peak_update_txt_reads_as_the_gpu_program_does(config, tmp_path):

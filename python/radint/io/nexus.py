@@ -1635,7 +1635,7 @@ def _open_h5_reading(path: Path) -> Any:
 
 
 def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
-    """Copy a ``radint stream`` result's ``entry/stream`` (per row: frame id, source, timestamp,
+    """Copy a ``radint stream`` result's ``entry/stream`` (per row: frame id, source, timestamps,
     dataset_num; the stream's counters as attributes) into ``dst``, a NeXus result (HDF5 or
     Zarr) written from it with ``n_frames`` rows (rows past them are left out). False when
     ``src`` has none."""
@@ -1645,11 +1645,13 @@ def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
         group = root["entry/stream"]
         attrs = dict(group.attrs)
         columns: dict[str, np.ndarray] = {}
+        column_attrs: dict[str, dict[str, Any]] = {}
         for name in group:
             ds = group[name]
             text = np.dtype(ds.dtype).kind in "OSUT"
             values = ds.asstr()[:n_frames] if hasattr(ds, "asstr") and text else ds[:n_frames]
             columns[name] = np.asarray(values, dtype=object if text else None)
+            column_attrs[name] = dict(ds.attrs)
     dst = Path(dst)
     if dst.is_dir():
         root = zarr3(dst).open_group(str(dst), mode="a")
@@ -1660,7 +1662,9 @@ def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
                 arr = out.create_array(name, shape=values.shape, dtype=str, fill_value="")
                 arr[:] = values.astype(str)
             else:
-                out.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
+                arr = out.create_array(name, shape=values.shape, dtype=values.dtype)
+                arr[:] = values
+            arr.attrs.update({k: _json_attr(v) for k, v in column_attrs[name].items()})
         return True
     import h5py
 
@@ -1669,10 +1673,11 @@ def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
         out.attrs.update(attrs)
         for name, values in columns.items():
             if values.dtype == object:
-                out.create_dataset(name, data=values.astype(str).tolist(),
-                                   dtype=h5py.string_dtype())  # fmt: skip
+                ds = out.create_dataset(name, data=values.astype(str).tolist(),
+                                        dtype=h5py.string_dtype())  # fmt: skip
             else:
-                out.create_dataset(name, data=values)
+                ds = out.create_dataset(name, data=values)
+            ds.attrs.update(column_attrs[name])
     return True
 
 

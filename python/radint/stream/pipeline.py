@@ -132,7 +132,8 @@ class _FrameBudget:
 
 
 class _StreamTable:
-    """Per-frame ``entry/stream/{frame_id,source,timestamp,dataset_num}`` next to the NeXus rows.
+    """Per-frame ``entry/stream/{frame_id,source,timestamp,source_timestamp,dataset_num}`` next
+    to the NeXus rows.
 
     NexusWriter stores frame_id and timestamp; the source name (which client / PV / file) is
     stream-specific, so it lives in its own NXcollection of the same file.
@@ -145,15 +146,27 @@ class _StreamTable:
         g.attrs["NX_class"] = "NXcollection"
         g.attrs["description"] = "one row per written frame, in the order of entry/azint*/data"
 
-        def grow(name: str, dtype: Any) -> Any:
-            return g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
+        def grow(name: str, dtype: Any, description: str, units: str | None = None) -> Any:
+            ds = g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
+            ds.attrs["description"] = description
+            if units:
+                ds.attrs["units"] = units
+            return ds
 
         self.ds = {
-            "frame_id": grow("frame_id", np.int64),
-            "source": grow("source", h5py.string_dtype()),
-            "timestamp": grow("timestamp", np.float64),
-            "dataset_num": grow("dataset_num", np.int64),
-        }
+            "frame_id": grow("frame_id", np.int64, "TCP dataset_num unwrapped, PVA uniqueId, "
+                             "or a running count (folder)"),
+            "source": grow("source", h5py.string_dtype(), "tcp:HOST:PORT, pva:CHANNEL or file:NAME"),
+            "timestamp": grow("timestamp", np.float64, "Unix time radint had the whole frame",
+                              "s"),
+            "source_timestamp": grow(
+                "source_timestamp", np.float64, "Unix time the source gives the frame: PVA "
+                "timeStamp (dataTimeStamp where that is 0), a folder file's modification time; "
+                "NaN where none (TCP)", "s",
+            ),
+            "dataset_num": grow("dataset_num", np.int64, "the TCP header's dataset_num, -1 "
+                                "for other sources"),
+        }  # fmt: skip
 
     def record(self, counts: dict[str, int]) -> None:
         """The stream's counters so far (frames received, dropped, ...) as attributes of
@@ -165,6 +178,7 @@ class _StreamTable:
             "frame_id": [i.frame_id for i in items],
             "source": [i.source for i in items],
             "timestamp": [i.timestamp for i in items],
+            "source_timestamp": [float(i.metadata.get("source_timestamp", np.nan)) for i in items],
             "dataset_num": [int(i.metadata.get("dataset_num", -1)) for i in items],
         }
         for key, ds in self.ds.items():

@@ -8,6 +8,7 @@ stream stops (the frame is counted as dropped, never silently lost).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -62,6 +63,9 @@ class StreamItem:
     timestamp : float
         Unix time the frame was complete at the server.
     metadata : dict
+        Per source: ``dataset_num`` (TCP), ``uniqueId`` (PVA), ``file`` and ``frame`` (folder);
+        ``source_timestamp``, Unix time the source gives the frame (PVA's ``timeStamp`` or
+        ``dataTimeStamp``, a folder file's modification time), where it gives one.
     """
 
     frame_id: int
@@ -1011,8 +1015,11 @@ class PvaSource(Source):
             return
         self._frames_taken += 1
         stats.add("received")
+        metadata: dict[str, Any] = {"uniqueId": uid}
+        if stamp is not None:
+            metadata["source_timestamp"] = stamp[0] + stamp[1] * 1e-9
         item = StreamItem(
-            uid, data, f"pva:{self.channel_name}", time.time(), {"uniqueId": uid}, pool=self.pool
+            uid, data, f"pva:{self.channel_name}", time.time(), metadata, pool=self.pool
         )
         if not self._sink(item):  # stopping: counted as dropped by the sink
             item.release()
@@ -1457,8 +1464,10 @@ class FolderSource(Source):
         digests.extend([-1] * (fr.index + 1 - len(digests)))
         digests[fr.index] = _digest(fr.data)
         label = f"file:{path.name}:frame{fr.index}" if several else f"file:{path.name}"
-        item = StreamItem(self._next_id, fr.data, label, time.time(),
-                          {"file": str(path), "frame": fr.index})  # fmt: skip
+        metadata = {"file": str(path), "frame": fr.index}
+        with contextlib.suppress(OSError):  # gone meanwhile: the frame was read all the same
+            metadata["source_timestamp"] = path.stat().st_mtime
+        item = StreamItem(self._next_id, fr.data, label, time.time(), metadata)
         self._next_id += 1
         stats.add("received")
         return sink(item)
