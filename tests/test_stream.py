@@ -454,6 +454,10 @@ def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path
     send_frames(((frame(i), f"f{i}") for i in range(3)), port=src.port, mapping_file=None,
                 first_dataset_num=7)  # fmt: skip
     assert p.wait(30).written == 3
+    with h5py.File(live / "stream.h5", "a") as f:  # as a PVA stream's NDAttributes
+        f["entry/stream/attributes/Sample"] = ["a", "b", "c"]
+        f["entry/stream/attributes/AcquireTime"] = [0.5, np.nan, 1.0]
+        f["entry/stream/attributes"].attrs["NX_class"] = "NXcollection"
     out = tmp_path / "conv"
     assert main(["convert", str(live / "stream.h5"), "--format", "nexus,zarr", "-o", str(out),
                  "-q"]) == 0  # fmt: skip
@@ -466,11 +470,16 @@ def test_convert_of_a_stream_result_keeps_its_stream_record(integrator, tmp_path
         for name in f["entry/stream"]:  # the columns' descriptions and units go along
             assert dict(g["entry/stream"][name].attrs) == dict(f["entry/stream"][name].attrs)
         assert g["entry/stream/timestamp"].attrs["units"] == "s"
+        assert g["entry/stream/attributes/Sample"].asstr()[()].tolist() == ["a", "b", "c"]
+        np.testing.assert_array_equal(g["entry/stream/attributes/AcquireTime"], [0.5, np.nan, 1])
+        assert g["entry/stream/attributes"].attrs["NX_class"] == "NXcollection"
     import zarr
 
     z = zarr.open_group(str(out / "stream.zarr"), mode="r")
     assert list(z["entry/stream/dataset_num"][:]) == [7, 8, 9]
     assert z["entry/stream/source_timestamp"].attrs["units"] == "s"
+    assert list(z["entry/stream/attributes/Sample"][:]) == ["a", "b", "c"]
+    np.testing.assert_array_equal(z["entry/stream/attributes/AcquireTime"][:], [0.5, np.nan, 1])
     assert list(z["entry/stream/source"][:]) == list(want["source"])
     assert z["entry/stream"].attrs["frames_written"] == 3
 
@@ -2100,6 +2109,14 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
         # Connected once the record's initial (empty) value arrived; a fixed sleep was too
         # short on a loaded machine.
         assert wait_for(lambda: src.updates >= 1, 20)
+        attributes = {  # areaDetector's NDAttributes: each frame's exposure, sample, ...
+            1: [pva.NtAttribute("AcquireTime", pva.PvDouble(0.5)),
+                pva.NtAttribute("Sample", pva.PvString("CeO2")),
+                pva.NtAttribute("ROI", pva.PvObject({"value": [pva.INT]}, {"value": [1, 2]}))],
+            2: [pva.NtAttribute("AcquireTime", pva.PvDouble(0.25)),
+                pva.NtAttribute("a/b", pva.PvInt(7))],
+            4: [],
+        }  # fmt: skip
         for uid in (1, 2, 4):
             nt = pva.NtNdArray()
             nt["uniqueId"] = uid
@@ -2108,6 +2125,7 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
                 pva.PvDimension(NY, 0, NY, 1, False),
                 pva.PvDimension(NZ, 0, NZ, 1, False),
             ]
+            nt["attribute"] = attributes[uid]
             server.update(name, nt)
             time.sleep(0.2)
         # As areaDetector sends a frame through its codec plugin: bslz4 bytes, uint32 (pvUInt 7).
@@ -2130,6 +2148,14 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
     assert summary.written == 4 and src.dropped_upstream == 1
     rows = stream_rows(tmp_path / "stream.h5")
     assert rows["frame_id"].tolist() == [1, 2, 4, 5]
+    # Scalar NDAttributes, a column each, empty where a frame has none; arrays left out.
+    with h5py.File(tmp_path / "stream.h5") as f:
+        g = f["entry/stream/attributes"]
+        assert sorted(g) == ["AcquireTime", "Sample", "a_b"]
+        np.testing.assert_array_equal(g["AcquireTime"][()], [0.5, 0.25, np.nan, np.nan])
+        assert g["Sample"].asstr()[()].tolist() == ["CeO2", "", "", ""]
+        np.testing.assert_array_equal(g["a_b"][()], [np.nan, 7, np.nan, np.nan])
+        assert g["a_b"].attrs["attribute_name"] == "a/b"
     want = integrator.integrate(frame(4, "u2")).lineout
     np.testing.assert_allclose(rows["I"][2], want, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)

@@ -1636,48 +1636,55 @@ def _open_h5_reading(path: Path) -> Any:
 
 def copy_stream_table(src: str | Path, dst: str | Path, n_frames: int) -> bool:
     """Copy a ``radint stream`` result's ``entry/stream`` (per row: frame id, source, timestamps,
-    dataset_num; the stream's counters as attributes) into ``dst``, a NeXus result (HDF5 or
-    Zarr) written from it with ``n_frames`` rows (rows past them are left out). False when
-    ``src`` has none."""
+    dataset_num, ``attributes/`` NDAttributes; the stream's counters as attributes) into
+    ``dst``, a NeXus result (HDF5 or Zarr) written from it with ``n_frames`` rows (rows past
+    them are left out). False when ``src`` has none."""
+    groups: dict[str, dict[str, Any]] = {}  # path under entry/stream -> its attributes
+    columns: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+
+    def read(node: Any, path: str) -> None:
+        groups[path] = dict(node.attrs)
+        for name in node:
+            child, where = node[name], f"{path}/{name}"
+            if not hasattr(child, "shape"):
+                read(child, where)
+                continue
+            text = np.dtype(child.dtype).kind in "OSUT"
+            values = (
+                child.asstr()[:n_frames] if hasattr(child, "asstr") and text else child[:n_frames]
+            )
+            columns[where] = (np.asarray(values, dtype=object if text else None), dict(child.attrs))
+
     with open_result(src) as root:
         if "entry/stream" not in root:
             return False
-        group = root["entry/stream"]
-        attrs = dict(group.attrs)
-        columns: dict[str, np.ndarray] = {}
-        column_attrs: dict[str, dict[str, Any]] = {}
-        for name in group:
-            ds = group[name]
-            text = np.dtype(ds.dtype).kind in "OSUT"
-            values = ds.asstr()[:n_frames] if hasattr(ds, "asstr") and text else ds[:n_frames]
-            columns[name] = np.asarray(values, dtype=object if text else None)
-            column_attrs[name] = dict(ds.attrs)
+        read(root["entry/stream"], "entry/stream")
     dst = Path(dst)
     if dst.is_dir():
         root = zarr3(dst).open_group(str(dst), mode="a")
-        out = root.require_group("entry/stream")
-        out.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
-        for name, values in columns.items():
+        for path, attrs in groups.items():
+            root.require_group(path).attrs.update({k: _json_attr(v) for k, v in attrs.items()})
+        for path, (values, attrs) in columns.items():
             if values.dtype == object:
-                arr = out.create_array(name, shape=values.shape, dtype=str, fill_value="")
+                arr = root.create_array(path, shape=values.shape, dtype=str, fill_value="")
                 arr[:] = values.astype(str)
             else:
-                arr = out.create_array(name, shape=values.shape, dtype=values.dtype)
+                arr = root.create_array(path, shape=values.shape, dtype=values.dtype)
                 arr[:] = values
-            arr.attrs.update({k: _json_attr(v) for k, v in column_attrs[name].items()})
+            arr.attrs.update({k: _json_attr(v) for k, v in attrs.items()})
         return True
     import h5py
 
     with h5py.File(dst, "a") as f:
-        out = f.require_group("entry/stream")
-        out.attrs.update(attrs)
-        for name, values in columns.items():
+        for path, attrs in groups.items():
+            f.require_group(path).attrs.update(attrs)
+        for path, (values, attrs) in columns.items():
             if values.dtype == object:
-                ds = out.create_dataset(name, data=values.astype(str).tolist(),
-                                        dtype=h5py.string_dtype())  # fmt: skip
+                ds = f.create_dataset(path, data=values.astype(str).tolist(),
+                                      dtype=h5py.string_dtype())  # fmt: skip
             else:
-                ds = out.create_dataset(name, data=values)
-            ds.attrs.update(column_attrs[name])
+                ds = f.create_dataset(path, data=values)
+            ds.attrs.update(attrs)
     return True
 
 

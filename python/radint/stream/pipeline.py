@@ -143,6 +143,9 @@ class _StreamTable:
         import h5py
 
         g = h5file.require_group("entry/stream")
+        self.group = g
+        #: NDAttributes columns (``entry/stream/attributes/NAME``), made as names first appear.
+        self.attributes: dict[str, Any] = {}
         g.attrs["NX_class"] = "NXcollection"
         g.attrs["description"] = "one row per written frame, in the order of entry/azint*/data"
 
@@ -181,10 +184,55 @@ class _StreamTable:
             "source_timestamp": [float(i.metadata.get("source_timestamp", np.nan)) for i in items],
             "dataset_num": [int(i.metadata.get("dataset_num", -1)) for i in items],
         }
+        n = self.ds["frame_id"].shape[0]
         for key, ds in self.ds.items():
-            n = ds.shape[0]
             ds.resize(n + len(items), axis=0)
             ds[n:] = values[key]
+        self._append_attributes(items, n)
+
+    def _append_attributes(self, items: list[StreamItem], n: int) -> None:
+        """Each frame's NDAttributes (PVA) in a column per name: NaN (numbers) or "" (text)
+        where a frame has none, including the rows before the name first appeared."""
+        given = [i.metadata.get("attributes") or {} for i in items]
+        for name, value in (kv for attrs in given for kv in attrs.items()):
+            if name not in self.attributes:
+                self.attributes[name] = self._attribute_column(name, isinstance(value, str), n)
+        for name, ds in self.attributes.items():
+            text = ds.dtype.kind == "O"
+            column = [_attribute_value(attrs.get(name), text) for attrs in given]
+            ds.resize(n + len(items), axis=0)
+            ds[n:] = column
+
+    def _attribute_column(self, name: str, text: bool, rows: int) -> Any:
+        import h5py
+
+        g = self.group.require_group("attributes")
+        if not g.attrs.get("NX_class"):
+            g.attrs["NX_class"] = "NXcollection"
+            g.attrs["description"] = (
+                "areaDetector NDAttributes of each frame (PVA), one column per name: NaN or "
+                "an empty string where a frame had none"
+            )
+        dtype = h5py.string_dtype() if text else np.float64
+        key = name.replace("/", "_")  # HDF5 names: no "/", not "." or ".."; unique
+        while key in (".", "..") or key in g:
+            key += "_"
+        ds = g.create_dataset(key, shape=(rows,), maxshape=(None,),
+                              chunks=(1024,), dtype=dtype, fillvalue=None if text else np.nan)  # fmt: skip
+        ds.attrs["attribute_name"] = name
+        return ds
+
+
+def _attribute_value(value: float | str | None, text: bool) -> float | str:
+    """A frame's NDAttribute as its column holds it (the column's type is its first value's)."""
+    if value is None:
+        return "" if text else np.nan
+    if text:
+        return str(value)
+    try:
+        return float(value)
+    except ValueError:  # text in a column of numbers
+        return np.nan
 
 
 def _mark_provenance(result: Any, items: list[StreamItem]) -> None:
