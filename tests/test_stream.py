@@ -2087,7 +2087,7 @@ def test_pva_missing_pvapy_message(monkeypatch):
         PvaSource("x", SHAPE).start(lambda item: True, pipeline_mod.SourceStats())
 
 
-def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
+def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch, capsys):
     port, bport = _free_port(), _free_port()
     for k, v in {
         "EPICS_PVA_ADDR_LIST": "127.0.0.1",
@@ -2156,6 +2156,12 @@ def test_pva_real_server_on_loopback(integrator, tmp_path, monkeypatch):
         assert g["Sample"].asstr()[()].tolist() == ["CeO2", "", "", ""]
         np.testing.assert_array_equal(g["a_b"][()], [np.nan, 7, np.nan, np.nan])
         assert g["a_b"].attrs["attribute_name"] == "a/b"
+    from radint.cli import main
+
+    assert main(["info", str(tmp_path / "stream.h5")]) == 0
+    assert "NDAttributes per frame (entry/stream/attributes): AcquireTime, Sample, a_b" in (
+        capsys.readouterr().out
+    )
     want = integrator.integrate(frame(4, "u2")).lineout
     np.testing.assert_allclose(rows["I"][2], want, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(rows["I"][3], integrator.integrate(data).lineout, rtol=1e-6)
