@@ -1463,9 +1463,13 @@ def _kill_workers_reading(
     import time
 
     killed: set[int] = set()
+    stop = threading.Event()
+
+    def running() -> bool:
+        return not stop.is_set() and proc.poll() is None
 
     def killer() -> None:
-        while proc.poll() is None and not (then and killed):
+        while running() and not (then and killed):
             try:  # succeeds once a reader has the fifo open (or is blocked opening it)
                 fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             except OSError as e:
@@ -1474,8 +1478,11 @@ def _kill_workers_reading(
                 continue
             try:
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    readers = _pids_with_open(fifo) - killed  # the killed may linger
+                while time.monotonic() < deadline and running():
+                    # Only the batch's own pool workers (the killed may linger): a process
+                    # this one forks holds this thread's fd on the fifo until its exec (the
+                    # next test's `radint batch` Popen, say), and was SIGKILLed as a reader.
+                    readers = (_pids_with_open(fifo) & set(_pool_workers(proc.pid))) - killed
                     if readers:
                         for pid in readers:
                             os.kill(pid, signal.SIGKILL)
@@ -1491,11 +1498,14 @@ def _kill_workers_reading(
     thread.start()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
-        thread.join(5)
-        return stdout, stderr, len(killed)
     finally:
+        # Stopped and joined here, never left running past the test: it outlived
+        # `thread.join(5)` by up to 10 s, holding its fd on the fifo (see above).
+        stop.set()
+        thread.join()
         if proc.poll() is None:
             proc.kill()
+    return stdout, stderr, len(killed)
 
 
 def _pids_with_open(path: Path) -> set[int]:
