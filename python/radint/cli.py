@@ -704,8 +704,8 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
         units = units.decode() if isinstance(units, bytes) else units
         radial = np.asarray(axis[()])
         stream_counts = dict(root["entry/stream"].attrs) if "entry/stream" in root else {}
-        attributes = (sorted(root["entry/stream/attributes"])
-                      if "entry/stream/attributes" in root else [])  # fmt: skip
+        columns = root["entry/stream/attributes"] if "entry/stream/attributes" in root else {}
+        attributes = sorted(str(columns[key].attrs.get("attribute_name", key)) for key in columns)
         peak_columns = None
         if "entry/peaks/status" in root:
             centre = "center_two_theta" if units == "degrees" else "center_q"
@@ -736,9 +736,9 @@ def _describe_result(path: str, row: int | None, verbose: bool = False) -> int:
               f"{stream_counts.get('frames_dropped')}, partial frames discarded "
               f"{stream_counts.get('partial_frames_discarded')}")  # fmt: skip
     if attributes:
-        shown = ", ".join(attributes[:_INFO_FILES])
+        names = ", ".join(attributes[:_INFO_FILES])
         more = f" and {len(attributes) - _INFO_FILES} more" if len(attributes) > _INFO_FILES else ""
-        print(f"  NDAttributes per frame (entry/stream/attributes): {shown}{more}")
+        print(f"  NDAttributes per frame (entry/stream/attributes): {names}{more}")
     if peak_columns is not None and row is None:
         _describe_peaks(peak_columns, verbose=verbose)
     prov = read_provenance(path)

@@ -192,47 +192,64 @@ class _StreamTable:
 
     def _append_attributes(self, items: list[StreamItem], n: int) -> None:
         """Each frame's NDAttributes (PVA) in a column per name: NaN (numbers) or "" (text)
-        where a frame has none, including the rows before the name first appeared."""
+        where a frame has none, including the rows before the name first appeared. A column of
+        numbers that meets text becomes a column of text (its numbers written as text)."""
         given = [i.metadata.get("attributes") or {} for i in items]
         for name, value in (kv for attrs in given for kv in attrs.items()):
+            text = isinstance(value, str)
             if name not in self.attributes:
-                self.attributes[name] = self._attribute_column(name, isinstance(value, str), n)
+                self.attributes[name] = self._attribute_column(name, text, n)
+            elif text and self.attributes[name].dtype.kind != "O":
+                self.attributes[name] = self._as_text_column(self.attributes[name], name, n)
         for name, ds in self.attributes.items():
             text = ds.dtype.kind == "O"
             column = [_attribute_value(attrs.get(name), text) for attrs in given]
             ds.resize(n + len(items), axis=0)
             ds[n:] = column
 
-    def _attribute_column(self, name: str, text: bool, rows: int) -> Any:
+    def _attribute_column(self, name: str, text: bool, rows: int, key: str | None = None) -> Any:
         import h5py
 
         g = self.group.require_group("attributes")
         if not g.attrs.get("NX_class"):
             g.attrs["NX_class"] = "NXcollection"
             g.attrs["description"] = (
-                "areaDetector NDAttributes of each frame (PVA), one column per name: NaN or "
-                "an empty string where a frame had none"
+                "areaDetector NDAttributes of each frame (PVA), one column per name (its "
+                "attribute_name; in the column's name %, / and \\ are written %25, %2F, %5C): "
+                "NaN or an empty string where a frame had none"
             )
         dtype = h5py.string_dtype() if text else np.float64
-        key = name.replace("/", "_")  # HDF5 names: no "/", not "." or ".."; unique
-        while key in (".", "..") or key in g:
-            key += "_"
-        ds = g.create_dataset(key, shape=(rows,), maxshape=(None,),
+        ds = g.create_dataset(key or _attribute_key(name), shape=(rows,), maxshape=(None,),
                               chunks=(1024,), dtype=dtype, fillvalue=None if text else np.nan)  # fmt: skip
         ds.attrs["attribute_name"] = name
         return ds
 
+    def _as_text_column(self, ds: Any, name: str, rows: int) -> Any:
+        """A column of numbers rewritten as text, for a name whose value turned to text."""
+        numbers = ds[:rows]
+        key = ds.name.rsplit("/", 1)[1]
+        del self.group["attributes"][key]
+        column = self._attribute_column(name, True, rows, key)
+        column[:rows] = ["" if np.isnan(v) else repr(float(v)) for v in numbers]
+        log.info("stream: NDAttribute %r sent text after numbers: its column holds text from "
+                 "here on (the numbers before as text)", name)  # fmt: skip
+        return column
+
+
+def _attribute_key(name: str) -> str:
+    """An NDAttribute's name as an HDF5 / Zarr member name, one to one: "%", "/" and "\\"
+    written %25, %2F, %5C, and a name of dots only (".", "..") as %2E each."""
+    key = name.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+    return "%2E" * len(key) if set(key) == {"."} else key
+
 
 def _attribute_value(value: float | str | None, text: bool) -> float | str:
-    """A frame's NDAttribute as its column holds it (the column's type is its first value's)."""
+    """A frame's NDAttribute as its column holds it (text once any frame sent text)."""
     if value is None:
         return "" if text else np.nan
     if text:
         return str(value)
-    try:
-        return float(value)
-    except ValueError:  # text in a column of numbers
-        return np.nan
+    return float(value)
 
 
 def _mark_provenance(result: Any, items: list[StreamItem]) -> None:

@@ -872,6 +872,12 @@ class PvaSource(Source):
         self._subscribed_at = float("inf")
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        #: Set by stop() while it takes what is still on its way (see DRAIN_MAX_S).
+        self._draining = threading.Event()
+        self._stop_time = math.inf
+        self._caught_up = False
+        self._last_update_at = -math.inf
+        self.dropped_at_stop = 0
         #: Threads in a pvapy callback now (see :meth:`stop`: none may be once it returns).
         self._callback_threads: set[int] = set()
         self._callbacks_done = threading.Condition(threading.Lock())
@@ -943,6 +949,7 @@ class PvaSource(Source):
         thread = threading.get_ident()
         with self._callbacks_done:
             self._callback_threads.add(thread)
+            self._last_update_at = time.monotonic()
         try:
             self._take_update(pv)
         finally:
@@ -981,6 +988,9 @@ class PvaSource(Source):
                          "skipped", self.channel_name, uid)  # fmt: skip
                 return
             self._last_stamp = stamp
+        if self._draining.is_set():
+            self._count_at_stop(pv, uid, stamp, stats)
+            return
         try:
             data = self._decode(pv, uid)
             if stamp is None and data is not None:
@@ -1002,8 +1012,43 @@ class PvaSource(Source):
         else:
             if data is None:  # an empty value (a record that holds no frame yet)
                 return
+        self._note_uid(uid, stats, frame=data is not None)
+        if data is None:
+            return
+        self._frames_taken += 1
+        stats.add("received")
+        metadata: dict[str, Any] = {"uniqueId": uid}
+        if stamp is not None:
+            metadata["source_timestamp"] = stamp[0] + stamp[1] * 1e-9
+        attributes = _nd_attributes(pv)
+        if attributes:
+            metadata["attributes"] = attributes
+        item = StreamItem(
+            uid, data, f"pva:{self.channel_name}", time.time(), metadata, pool=self.pool
+        )
+        if not self._sink(item):  # stopping: counted as dropped by the sink
+            item.release()
+
+    def _count_at_stop(self, pv: Any, uid: int, stamp: tuple[int, int] | None,
+                       stats: SourceStats) -> None:  # fmt: skip
+        """An update that arrives while the source stops: one published before the stop (it
+        waited in pvAccess's queues while radint was behind) is counted as dropped, not lost
+        without a word; the first one published after it ends the stop's wait."""
+        if stamp is not None and stamp[0] + stamp[1] * 1e-9 > self._stop_time:
+            self._caught_up = True
+            return
+        if not _holds_frame(pv):
+            return
+        self._note_uid(uid, stats, frame=True)
+        self.dropped_at_stop += 1
+        stats.add("received")
+        stats.add("dropped")
+
+    def _note_uid(self, uid: int, stats: SourceStats, frame: bool) -> None:
+        """Frames the uniqueId sequence says were skipped (counted as dropped upstream), and
+        what it says about the publisher (restarted, not numbering its frames)."""
         with self._lock:
-            if self._last_uid is None and self._frames_taken == 0 and data is not None:
+            if self._last_uid is None and self._frames_taken == 0 and frame:
                 if uid > 1:
                     log.warning(
                         "pva %s: the first frame received is uniqueId %d: frames the publisher "
@@ -1036,21 +1081,6 @@ class PvaSource(Source):
                     "were not received and are not counted" if uid > 1 else "",
                 )  # fmt: skip
             self._last_uid = uid
-        if data is None:
-            return
-        self._frames_taken += 1
-        stats.add("received")
-        metadata: dict[str, Any] = {"uniqueId": uid}
-        if stamp is not None:
-            metadata["source_timestamp"] = stamp[0] + stamp[1] * 1e-9
-        attributes = _nd_attributes(pv)
-        if attributes:
-            metadata["attributes"] = attributes
-        item = StreamItem(
-            uid, data, f"pva:{self.channel_name}", time.time(), metadata, pool=self.pool
-        )
-        if not self._sink(item):  # stopping: counted as dropped by the sink
-            item.release()
 
     def _log_gap(self, last: int, uid: int, gap: int) -> None:
         """One line a second at most (a publisher far faster than radint jumps on every
@@ -1119,6 +1149,8 @@ class PvaSource(Source):
 
     def stop(self) -> None:
         was_stopped = self._stopped.is_set()
+        if not was_stopped:
+            self._drain()
         self._stopped.set()
         with self._lock:
             jumps, frames = self._gaps_unlogged
@@ -1143,6 +1175,33 @@ class PvaSource(Source):
         if channel is not None:
             _retire_pvapy_channel(channel)
             self._wait_for_callbacks()
+
+    #: A stop takes the updates still on their way (published before it, queued in pvAccess
+    #: and the network while radint was behind: seconds of frames under overload) and counts
+    #: them as dropped, until one published after the stop arrives, none came for
+    #: DRAIN_QUIET_S, or DRAIN_MAX_S passed. stopMonitor would discard them uncounted.
+    DRAIN_QUIET_S = 0.1
+    DRAIN_MAX_S = 2.0
+
+    def _drain(self) -> None:
+        self._stop_time = time.time()
+        self._draining.set()
+        start = time.monotonic()
+        with self._callbacks_done:
+            while not self._caught_up:
+                now = time.monotonic()
+                quiet_at = self._last_update_at + self.DRAIN_QUIET_S
+                if (now >= quiet_at and not self._callback_threads) or (
+                    now >= start + self.DRAIN_MAX_S
+                ):
+                    break
+                self._callbacks_done.wait(max(0.005, min(quiet_at, start + self.DRAIN_MAX_S) - now))
+        if self.dropped_at_stop:
+            log.warning(
+                "pva %s: %d frame(s) published before the stop were still on their way (radint "
+                "was behind): counted as dropped, not integrated",
+                self.channel_name, self.dropped_at_stop,
+            )  # fmt: skip
 
     #: How long :meth:`stop` lets pvapy's thread run into a callback it had begun before the
     #: monitor stopped (it checks the monitor, then takes the GIL: microseconds).
@@ -1177,7 +1236,8 @@ def _retire_pvapy_channel(channel: Any) -> None:
     other holder) is gone the callable is freed there: a segmentation fault (1 stop in ~7 of
     a stream stopped while frames arrived). Its connection callback, called from pvAccess's
     threads up to process exit (a server going away, the client context's own teardown), is
-    set to None, which pvapy checks before taking the GIL. A stream holds one channel, so
+    set to None, which pvapy checks before taking the GIL (pvapy then sleeps 0.1 s holding
+    the GIL: once per stop). A stream holds one channel, so
     keeping it costs nothing that matters.
     """
     for method, args in (("stopMonitor", ()), ("unsubscribe", ("radint",)),
