@@ -1446,10 +1446,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
             signal.signal(sig, was)
     if not args.quiet or summary.dropped or summary.partial or summary.bad_connections:
         print(summary.line())
+        why = []
         upstream = getattr(source, "dropped_upstream", 0)
         if upstream:  # never received: counted from uniqueId gaps
-            print(f"stream: of the {summary.dropped} dropped, {upstream} never arrived "
-                  "(gaps in uniqueId: dropped in the IOC or in pvAccess's client queue)")  # fmt: skip
+            why.append(f"{upstream} never arrived (gaps in uniqueId: dropped in the IOC or in "
+                       "pvAccess's queues)")  # fmt: skip
+        late = pipeline.refused_stopping + getattr(source, "dropped_at_stop", 0)
+        if late:
+            full = args.max_frames is not None and pipeline.accepted >= args.max_frames
+            why.append(f"{late} arrived as the stream stopped"
+                       f"{f' (--max-frames {args.max_frames} taken)' if full else ''}, "
+                       "not integrated")  # fmt: skip
+        if why:
+            print(f"stream: of the {summary.dropped} dropped, {'; '.join(why)}")
     if source.failure:
         print(f"error: the {source.name} source failed: {source.failure}", file=sys.stderr)
         return 1

@@ -358,6 +358,8 @@ class Pipeline:
         self._skip_midas_outputs = threading.Event()
         self._fitted = False  # some frame was fitted (--midas-files: fit.bin was opened)
         self._refusal_logged = False
+        #: Frames refused because the stream was stopping (or had its --max-frames).
+        self.refused_stopping = 0
         self._sources_done = threading.Event()
         self._finished = threading.Event()
         self._last_frame = time.monotonic()
@@ -387,6 +389,8 @@ class Pipeline:
         lost frames with the client queue empty. The source's stop waits for this.)"""
         if not self._admit():
             self.stats.add("dropped")
+            with self._accept_lock:
+                self.refused_stopping += 1
             if not self._refusal_logged:  # once: the summary counts them all
                 self._refusal_logged = True
                 log.warning(
