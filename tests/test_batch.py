@@ -1003,7 +1003,10 @@ def test_a_folder_is_its_frame_files_in_natural_order(frame_folder, capsys, capl
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="radint"):
         rc = main(["integrate", str(params), str(folder), "-o", str(out)])
-    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    # several files end with the run in one line, as radint batch does
+    assert "radint integrate: 12/12 file(s) ok, 12 frames in " in printed.out, printed.out
     # hidden: .hidden.tif, .radint-cache; other: notes, Map.bin and 5 outputs of earlier runs
     want = (
         f"{folder}: 12 frame file(s) (skipped 2 hidden, 2 dark/mask/flat, 7 not frames: radint "

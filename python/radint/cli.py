@@ -971,6 +971,9 @@ def cmd_integrate(args: argparse.Namespace) -> int:
                 f"{_interrupted_tail(len(paths) - n_done)}"
             )
             raise
+    if len(paths) > 1 and not args.quiet:  # as radint batch ends: the run in one line
+        _echo(f"radint integrate: {n_done - failures}/{len(paths)} file(s) ok, {frames} frames "
+              f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     if failures:
         print(f"radint: {failures} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
