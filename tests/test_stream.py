@@ -1811,6 +1811,24 @@ def test_pva_frames_still_on_their_way_at_a_stop_are_counted(caplog):
     assert chan["c"].stopped
 
 
+def test_pva_a_sink_may_stop_its_source_from_the_callback():
+    """stop() waits for the callbacks in progress but the one it is called from."""
+    chan = {}
+    src = PvaSource(
+        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+    )
+
+    def sink(item):
+        item.release()
+        src.stop()
+        return True
+
+    src.start(sink, SourceStats())
+    started = time.monotonic()
+    chan["c"].cb(fake_update(1, frame(1, "u2")))
+    assert time.monotonic() - started < 1.0 and chan["c"].stopped
+
+
 def test_pva_a_stop_without_timestamps_waits_for_a_quiet_channel(monkeypatch):
     """Without timestamps the stop takes updates until none came for DRAIN_QUIET_S, at most
     DRAIN_MAX_S (a publisher that never pauses)."""

@@ -1186,12 +1186,12 @@ class PvaSource(Source):
     def _drain(self) -> None:
         self._stop_time = time.time()
         self._draining.set()
-        start = time.monotonic()
+        start, me = time.monotonic(), {threading.get_ident()}  # a sink may stop its source
         with self._callbacks_done:
             while not self._caught_up:
                 now = time.monotonic()
                 quiet_at = self._last_update_at + self.DRAIN_QUIET_S
-                if (now >= quiet_at and not self._callback_threads) or (
+                if (now >= quiet_at and self._callback_threads <= me) or (
                     now >= start + self.DRAIN_MAX_S
                 ):
                     break
@@ -1237,8 +1237,8 @@ def _retire_pvapy_channel(channel: Any) -> None:
     a stream stopped while frames arrived). Its connection callback, called from pvAccess's
     threads up to process exit (a server going away, the client context's own teardown), is
     set to None, which pvapy checks before taking the GIL (pvapy then sleeps 0.1 s holding
-    the GIL: once per stop). A stream holds one channel, so
-    keeping it costs nothing that matters.
+    the GIL: once per stop). A stream holds one channel, so keeping it costs nothing that
+    matters.
     """
     for method, args in (("stopMonitor", ()), ("unsubscribe", ("radint",)),
                          ("setConnectionCallback", (None,))):  # fmt: skip
