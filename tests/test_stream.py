@@ -1835,46 +1835,33 @@ def test_pva_a_stop_without_timestamps_waits_for_a_quiet_channel(monkeypatch):
     import threading
 
     monkeypatch.setattr(PvaSource, "DRAIN_MAX_S", 0.6)
-    chan, stats = {}, SourceStats()
-    src = PvaSource(
-        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
-    )
-    src.start(lambda item: item.release() or True, stats)
-    cb = chan["c"].cb
-    cb(fake_update(1, frame(1, "u2")))
-    ended = threading.Event()
 
-    def publish(uids, gap_s):
+    def stopping_source(uids, gap_s):
+        """A source told to stop while ``uids`` arrive ``gap_s`` apart: it and its stats."""
+        chan, stats = {}, SourceStats()
+        src = PvaSource(
+            "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
+        )
+        src.start(lambda item: item.release() or True, stats)
+        cb = chan["c"].cb
+        cb(fake_update(1, frame(1, "u2")))
+        stopping = threading.Thread(target=src.stop)
+        stopping.start()
+        assert wait_for(src._draining.is_set)
         for uid in uids:
-            if ended.is_set():
-                return
+            if not stopping.is_alive():
+                break
             cb(fake_update(uid, frame(uid, "u2")))
             time.sleep(gap_s)
+        stopping.join(5)
+        return src, stats
 
-    stopping = threading.Thread(target=src.stop)
-    stopping.start()
-    assert wait_for(src._draining.is_set)
-    publish(range(2, 6), 0.02)  # a short backlog, then quiet
-    stopping.join(5)
+    src, stats = stopping_source(range(2, 6), 0.02)  # a short backlog, then quiet
     assert src.dropped_at_stop == 4 and stats.dropped == 4
     # A publisher that never pauses: the stop ends at DRAIN_MAX_S all the same.
-    chan, stats = {}, SourceStats()
-    src = PvaSource(
-        "sim:img", SHAPE, channel_factory=lambda n: chan.setdefault("c", FakeChannel(n))
-    )
-    src.start(lambda item: item.release() or True, stats)
-    cb = chan["c"].cb
-    cb(fake_update(1, frame(1, "u2")))
-    stopping = threading.Thread(target=src.stop)
     started = time.monotonic()
-    stopping.start()
-    assert wait_for(src._draining.is_set)
-    feeder = threading.Thread(target=publish, args=(range(2, 10_000), 0.01))
-    feeder.start()
-    stopping.join(5)
+    src, stats = stopping_source(range(2, 10_000), 0.01)
     took = time.monotonic() - started
-    ended.set()
-    feeder.join()
     assert 0.6 <= took < 1.5 and src.dropped_at_stop > 10
 
 
