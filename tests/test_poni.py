@@ -509,3 +509,44 @@ def test_mask_file_names_a_dataset_inside_an_hdf5_file(small_config, tmp_path):
     assert _files_named(first, None, "") == [str(tmp_path / "masks.h5")]
     with pytest.raises(Exception, match=r"entry/third.*\(name one: .*masks.h5::/path\)"):
         _read_mask(small_config.with_overrides({"MaskFile": f"{tmp_path}/masks.h5::/entry/third"}))
+
+
+def test_write_poni_names_what_a_poni_cannot_carry(small_config, tmp_path, caplog):
+    """write_poni wrote the geometry alone: a MaskFile, FlatFile, dark or GapIntensity the
+    configuration applies went without a word (pyFAI, given the file, integrated those
+    pixels), and Parallax, DistortionFile, ResidualCorrectionMap and PanelShiftsFile (pixels
+    moved) were written as if absent."""
+    plain = small_config.replace(distortion=(0.0,) * 15)
+    caplog.set_level("WARNING", logger="radint.poni")
+    write_poni(plain, tmp_path / "plain.poni")
+    assert "has no key" not in caplog.text
+    mask = tmp_path / "mask.tif"
+    with_pixels = plain.replace(
+        mask_file=str(mask), flat_file="flat.tif", dark_file="dark.tif", gap_intensity=-1.0
+    )
+    write_poni(with_pixels, tmp_path / "pixels.poni")
+    for said in (f"MaskFile {mask}", "FlatFile flat.tif", "Dark dark.tif", "GapIntensity -1"):
+        assert said in caplog.text
+    assert "dummy=-1" in caplog.text and "BadPxIntensity" not in caplog.text
+    for change, key in [
+        ({"parallax_um": 450.0}, "Parallax"),
+        ({"distortion_file": "d.bin"}, "DistortionFile"),
+        ({"residual_correction_map": "r.bin"}, "ResidualCorrectionMap"),
+        ({"panel_shifts_file": "shifts.txt"}, "PanelShiftsFile"),
+        ({"im_trans_opt": (2,)}, "ImTransOpt"),
+        ({"distortion": (1e-4,) + (0.0,) * 14}, "p0 .. p14"),
+    ]:
+        with pytest.raises(ParameterError, match=re.escape(key)):
+            write_poni(plain.replace(**change), tmp_path / "moved.poni")
+
+
+def test_write_poni_of_a_pilatus_keeps_quiet_about_the_dummies_pyfai_applies(tmp_path, caplog):
+    """A Pilatus read from a PONI has GapIntensity -1 / BadPxIntensity -2, which pyFAI's
+    Pilatus leaves out by itself (dummy -2 ± 1.5): written back, nothing to warn about."""
+    cfg = IntegrationConfig.from_poni(_named_poni(tmp_path, "Pilatus300k", 172e-6))
+    assert (cfg.gap_intensity, cfg.bad_px_intensity) == (-1.0, -2.0)
+    caplog.set_level("WARNING", logger="radint.poni")
+    write_poni(cfg, tmp_path / "back.poni")
+    assert "has no key" not in caplog.text
+    write_poni(cfg.replace(bad_px_intensity=-7.0), tmp_path / "seven.poni")
+    assert "BadPxIntensity -7" in caplog.text and "GapIntensity" not in caplog.text

@@ -697,11 +697,15 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
 def poni_from_midas(config: Any) -> dict[str, Any]:
     """The PONI geometry of a MIDAS configuration (inverse of :func:`midas_geometry_from_poni`).
 
-    Distortion, panels and ImTransOpt have no PONI equivalent and must be absent.
+    Distortion (pN, DistortionFile, ResidualCorrectionMap), panels, parallax and ImTransOpt
+    move pixels in ways a PONI cannot describe, so they must be absent.
     """
-    if any(config.distortion) or config.im_trans_opt or config.n_panels_y:
+    moved = _pixel_moves(config)
+    if moved:
         raise ParameterError(
-            "PONI export needs a geometry without distortion, panels or ImTransOpt"
+            "PONI export needs a geometry pyFAI can describe: "
+            + ", ".join(moved)
+            + " move pixels in ways a PONI file has no key for"
         )
     px = config.pixel_size_y_um * 1e-6
     trs = midas_tilt_matrix(config.tx_deg, config.ty_deg, config.tz_deg)
@@ -726,6 +730,39 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
         "wavelength": config.wavelength_angstrom * 1e-10,
         "shape": (config.n_pixels_z, config.n_pixels_y),
     }
+
+
+def _pixel_moves(config: Any) -> list[str]:
+    """The MIDAS keys of ``config`` that place pixels where a PONI geometry would not."""
+    moves = {
+        "p0 .. p14": any(config.distortion),
+        "DistortionFile": bool(config.distortion_file),
+        "ResidualCorrectionMap": bool(config.residual_correction_map),
+        "NPanelsY/NPanelsZ": bool(config.n_panels_y or config.n_panels_z),
+        "PanelShiftsFile": bool(config.panel_shifts_file),
+        "Parallax": bool(config.parallax_um),
+        "ImTransOpt": bool(config.im_trans_opt),
+    }
+    return [key for key, present in moves.items() if present]
+
+
+def _left_to_the_user(config: Any, detector_name: str) -> list[str]:
+    """What radint leaves out or corrects per pixel that pyFAI, given only the written PONI,
+    would not: each with the pyFAI argument that does it."""
+    left = []
+    if config.mask_file:
+        left.append(f"MaskFile {config.mask_file} (pyFAI: ai.detector.mask = ..., or mask=)")
+    if config.flat_file:
+        left.append(f"FlatFile {config.flat_file} (pyFAI: flat=)")
+    if config.dark_file:
+        left.append(f"Dark {config.dark_file} (pyFAI: dark=)")
+    dummy, delta = _named_dummies(detector_name) if detector_name != "Detector" else (None, None)
+    for key, value in (("GapIntensity", config.gap_intensity),
+                       ("BadPxIntensity", config.bad_px_intensity)):  # fmt: skip
+        covered = dummy is not None and abs(float(value) - dummy) <= (delta or 0.0)
+        if value and not covered:
+            left.append(f"{key} {value:g} (pyFAI: dummy={value:g}, delta_dummy=0.5)")
+    return left
 
 
 def _detector_named_by(config: Any) -> str:
@@ -762,7 +799,32 @@ def _detector_named_by(config: Any) -> str:
 
 
 def write_poni(config: Any, path: str | Path) -> Path:
-    """Write a PONI file (version 2) for a MIDAS configuration."""
+    """Write a PONI file (version 2) for a MIDAS configuration.
+
+    The PONI holds the geometry and, where the configuration's ``ModuleGaps`` are a Pilatus's or
+    an Eiger's, that detector's name (pyFAI then masks its gaps and dummy values). What else
+    radint leaves out or corrects per pixel (``MaskFile``, ``FlatFile``, a dark,
+    ``GapIntensity``/``BadPxIntensity`` the named detector does not cover) has no PONI key:
+    one warning names each, with the pyFAI argument that applies it.
+
+    Parameters
+    ----------
+    config : IntegrationConfig
+        The MIDAS configuration.
+    path : str or Path
+        The PONI file to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ParameterError
+        The geometry moves pixels in a way a PONI cannot describe (distortion, panels,
+        parallax, ImTransOpt).
+    """
     g: dict[str, Any] = {
         k: (float(v) if isinstance(v, (float, np.floating)) else v)
         for k, v in poni_from_midas(config).items()
@@ -775,6 +837,14 @@ def write_poni(config: Any, path: str | Path) -> Path:
             "pyFAI integrates the gaps unless given the mask",
             path,
             " ".join(map(str, config.module_gaps)),
+        )
+    left = _left_to_the_user(config, name)
+    if left:
+        log.warning(
+            "%s: a PONI file has no key for %s: pyFAI given this file alone integrates those "
+            "pixels as radint does not",
+            path,
+            "; ".join(left),
         )
     text = (
         "# Written by radint from MIDAS geometry\n"

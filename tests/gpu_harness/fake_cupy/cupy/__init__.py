@@ -52,11 +52,11 @@ class _Memory:
     def ptr(self) -> int:
         return self._a.ctypes.data
 
-    def copy_from_host_async(self, src: Any, nbytes: int, stream: Any = None) -> None:
-        ctypes.memmove(self._a.ctypes.data, src, nbytes)
+    def copy_from_host_async(self, mem: Any, size: int, stream: Any = None) -> None:
+        ctypes.memmove(self._a.ctypes.data, mem, size)
 
-    def copy_to_host_async(self, dst: Any, nbytes: int, stream: Any = None) -> None:
-        ctypes.memmove(dst, self._a.ctypes.data, nbytes)
+    def copy_to_host_async(self, mem: Any, size: int, stream: Any = None) -> None:
+        ctypes.memmove(mem, self._a.ctypes.data, size)
 
 
 class ndarray:  # CuPy's name
@@ -68,7 +68,7 @@ class ndarray:  # CuPy's name
     def __init__(self, a: np.ndarray) -> None:
         self._a = a
 
-    device = property(lambda self: Device(self._device))
+    device = property(lambda self: _Device(self._device))
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError(
@@ -95,15 +95,15 @@ class ndarray:  # CuPy's name
     def __int__(self) -> int:
         return int(self._a)
 
-    def __getitem__(self, key: Any) -> ndarray:
-        if isinstance(key, ndarray):
-            key = key._a
-        return ndarray(self._a[key])
+    def __getitem__(self, slices: Any) -> ndarray:
+        if isinstance(slices, ndarray):
+            slices = slices._a
+        return ndarray(self._a[slices])
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if isinstance(key, ndarray):
-            key = key._a
-        self._a[key] = value._a if isinstance(value, ndarray) else value
+    def __setitem__(self, slices: Any, value: Any) -> None:
+        if isinstance(slices, ndarray):
+            slices = slices._a
+        self._a[slices] = value._a if isinstance(value, ndarray) else value
 
     def reshape(self, *shape: Any) -> ndarray:
         return ndarray(self._a.reshape(*shape))
@@ -111,7 +111,7 @@ class ndarray:  # CuPy's name
     def ravel(self) -> ndarray:
         return ndarray(self._a.ravel())
 
-    def astype(self, dtype: Any, copy: bool = True) -> ndarray:
+    def astype(self, dtype: Any, *, copy: bool = True) -> ndarray:
         if not copy and self._a.dtype == np.dtype(dtype):
             return self
         return ndarray(_guarded(self._a.astype(dtype)))
@@ -119,7 +119,7 @@ class ndarray:  # CuPy's name
     def copy(self) -> ndarray:
         return ndarray(_guarded(self._a))
 
-    def get(self, stream: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+    def get(self, stream: Any = None, *, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             return self._a.copy()
         out[...] = self._a
@@ -201,27 +201,27 @@ def zeros(shape: Any, dtype: Any = np.float64) -> ndarray:
     return ndarray(_guarded(np.zeros(shape, dtype=dtype)))
 
 
-def full(shape: Any, value: Any, dtype: Any = None) -> ndarray:
-    return ndarray(_guarded(np.full(shape, value, dtype=dtype)))
+def full(shape: Any, fill_value: Any, dtype: Any = None) -> ndarray:
+    return ndarray(_guarded(np.full(shape, fill_value, dtype=dtype)))
 
 
-def concatenate(arrays: list, axis: int = 0) -> ndarray:
-    return ndarray(_guarded(np.concatenate([_host(a) for a in arrays], axis=axis)))
+def concatenate(tup: list, axis: int = 0) -> ndarray:
+    return ndarray(_guarded(np.concatenate([_host(a) for a in tup], axis=axis)))
 
 
 _PINNED: list[tuple[int, int, np.ndarray]] = []
 
 
-def isfinite(a: ndarray) -> ndarray:
-    return ndarray(_guarded(np.isfinite(a._a)))
+def isfinite(x: ndarray, /) -> ndarray:
+    return ndarray(_guarded(np.isfinite(x._a)))
 
 
-def logical_not(a: ndarray) -> ndarray:
-    return ndarray(_guarded(np.logical_not(a._a)))
+def logical_not(x: ndarray, /) -> ndarray:
+    return ndarray(_guarded(np.logical_not(x._a)))
 
 
-def logical_or(a: ndarray, b: ndarray) -> ndarray:
-    return ndarray(_guarded(np.logical_or(_host(a), _host(b))))
+def logical_or(x1: ndarray, x2: ndarray, /) -> ndarray:
+    return ndarray(_guarded(np.logical_or(_host(x1), _host(x2))))
 
 
 def count_nonzero(a: ndarray) -> ndarray:
@@ -237,27 +237,28 @@ def empty_pinned(shape: Any, dtype: Any = np.float64) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- cuda namespace
-class Device:
-    def __init__(self, device: int = 0) -> None:
-        self.id = int(device)
+# CuPy has these under cupy.cuda only: private here, so a `cupy.Stream` fails as it would there.
+class _Device:
+    def __init__(self, device: int | None = None) -> None:
+        self.id = int(device or 0)
         # One SM: the launcher's "enough work to fill the GPU" tests pass for the tests' maps.
         self.attributes = {"MultiProcessorCount": 1}
 
     def synchronize(self) -> None:
         return None
 
-    def __enter__(self) -> Device:
+    def __enter__(self) -> _Device:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         return None
 
 
-class Stream:
-    def __init__(self, non_blocking: bool = False) -> None:
-        self.non_blocking = non_blocking
+class _Stream:
+    def __init__(self, *, non_blocking: bool = False) -> None:
+        self._non_blocking = non_blocking
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> _Stream:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -266,19 +267,19 @@ class Stream:
     def synchronize(self) -> None:
         return None
 
-    def wait_event(self, event: Event) -> None:
+    def wait_event(self, event: _Event) -> None:
         return None
 
 
-class Event:
+class _Event:
     """Kernels run when launched here, so an event's time is the host clock when recorded."""
 
     def __init__(self, block: bool = False, disable_timing: bool = False) -> None:
-        self.time: float | None = None
-        self.disable_timing = disable_timing
+        self._time: float | None = None
+        self._disable_timing = disable_timing
 
-    def record(self, stream: Stream | None = None) -> None:
-        self.time = time.perf_counter()
+    def record(self, stream: _Stream | None = None) -> None:
+        self._time = time.perf_counter()
 
     def synchronize(self) -> None:
         return None
@@ -301,16 +302,17 @@ _runtime = types.SimpleNamespace(
 )
 
 
-def _elapsed_ms(start: Event, stop: Event) -> float:
+def _elapsed_ms(start_event: _Event, end_event: _Event) -> float:
     """cupy.cuda.get_elapsed_time: both events recorded, with timing, else CUDA's error."""
-    if start.time is None or stop.time is None or start.disable_timing or stop.disable_timing:
+    start, stop = start_event, end_event
+    if start._time is None or stop._time is None or start._disable_timing or stop._disable_timing:
         raise RuntimeError("cudaErrorInvalidResourceHandle: an event not recorded or untimed")
-    return (stop.time - start.time) * 1e3
+    return (stop._time - start._time) * 1e3
 
 
 cuda = types.SimpleNamespace(
-    Device=Device, Stream=Stream, Event=Event, runtime=_runtime,
-    get_current_stream=lambda: Stream(), get_elapsed_time=_elapsed_ms,
+    Device=_Device, Stream=_Stream, Event=_Event, runtime=_runtime,
+    get_current_stream=lambda device_id=-1: _Stream(), get_elapsed_time=_elapsed_ms,
 )  # fmt: skip
 
 
@@ -425,7 +427,7 @@ class _Kernel:
         self._launch.restype = ctypes.c_int
 
     def __call__(
-        self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, **kwargs: Any
+        self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0, **kwargs: Any
     ) -> None:
         dims = lambda d: (ctypes.c_uint * 3)(*(*d, 1, 1, 1)[:3])  # noqa: E731
         values = [_argument(a) for a in args]
@@ -456,7 +458,7 @@ class RawModule:
     """``cupy.RawModule``: the module's source compiled with g++ on a CPU runtime of CUDA
     (``tests/gpu_harness/cuda_emu.h``), so launches run the kernels themselves."""
 
-    def __init__(self, code: str = "", options: tuple = (), **kwargs: Any) -> None:
+    def __init__(self, code: str | None = None, *, options: tuple = ()) -> None:
         self._lib, self._names = _build(code)
 
     def get_function(self, name: str) -> _Kernel:
