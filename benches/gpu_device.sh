@@ -44,12 +44,19 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, append to $LOG
     echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-step env 40 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total \
+step env 90 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total \
     --format=csv; python3 -c "
 import cupy, radint
 from radint.gpu import cuda_available
 print(\"radint\", radint.__version__, radint.__file__)
-print(\"cupy\", cupy.__version__, \"cuda_available:\", cuda_available())"'
+print(\"cupy\", cupy.__version__, \"cuda_available:\", cuda_available())
+import time
+from radint.gpu import _module, cupy_nvrtc_options
+print(\"nvrtc options:\", cupy_nvrtc_options())
+for name, kernel in ((\"integrate\", \"ri_lineout\"), (\"fit\", \"rf_fit_jobs\")):
+    t = time.perf_counter()
+    _module(0, name).get_function(kernel)
+    print(name, \"compiled and loaded in\", round(time.perf_counter() - t, 1), \"s\")"'
 
 step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
     --timeout 90 tests/test_gpu.py tests/test_gpu_fit.py

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from radint.gpu import _NVRTC_OPTIONS, _preload_nvrtc, kernel_source
+from radint.gpu import _preload_nvrtc, cupy_nvrtc_options, kernel_source
 
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
 PROPERTIES = re.compile(r"Function properties for (\w+)")
@@ -33,7 +33,9 @@ def ptxas_report(module: str, arch: str) -> dict[str, dict[str, int]]:
 
     prog = nvrtc.createProgram(kernel_source(module), f"{module}.cu", [], [])
     try:
-        nvrtc.compileProgram(prog, [f"-arch={arch}", *_NVRTC_OPTIONS, "--ptxas-options=-v"])
+        # CuPy's own options (its -ftz=true changes some kernels' registers by up to 9).
+        options = [f"-arch={arch}", *cupy_nvrtc_options(), "--ptxas-options=-v"]
+        nvrtc.compileProgram(prog, options)
         log = nvrtc.getProgramLog(prog)
     finally:
         nvrtc.destroyProgram(prog)

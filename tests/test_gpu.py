@@ -300,8 +300,9 @@ def test_nvrtc_compiles_every_kernel():
     """NVRTC compiles integrate.cu (header inlined) to PTX without a GPU or driver, and every
     kernel the launcher asks for is in it."""
     pytest.importorskip("cupy", reason="NVRTC compile check needs CuPy (pip install 'radint[gpu]')")
-    from radint.gpu import FRAME_DTYPES, compile_ptx
+    from radint.gpu import FRAME_DTYPES, compile_ptx, cupy_nvrtc_options
 
+    cupy_nvrtc_options()  # CuPy without the CUDA headers fails here, not as a skip below
     try:
         ptx = compile_ptx(arch="compute_80")
     except BackendUnavailableError as e:  # NVRTC shared library absent (no nvidia-cuda-nvrtc)
@@ -312,6 +313,56 @@ def test_nvrtc_compiles_every_kernel():
         names.append(f"ri_cross_{s}")
     for name in names:
         assert f".entry {name}(" in ptx, name
+
+
+def test_kernels_compile_with_the_options_and_headers_cupy_uses():
+    """Audit: CuPy 14 compiles every kernel with the CUDA runtime headers on its include path
+    and refuses ("Failed to find CUDA headers") where they are missing, which the NVRTC wheel
+    alone left them: Integrator(backend="cuda") failed at set-up, "auto" fell back to the CPU.
+    The extras bring nvidia-cuda-runtime; compile_ptx compiles with CuPy's options (its include
+    paths, -ftz=true), so this CPU check fails where a GPU would."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install 'radint[gpu]')")
+    from radint.gpu import cupy_nvrtc_options
+
+    options = cupy_nvrtc_options()
+    assert options.count("--fmad=false") == 1 and options[-1] == "-ftz=true"
+    if int(cupy.__version__.split(".")[0]) >= 14:
+        includes = [Path(o[2:]) for o in options if o.startswith("-I")]
+        assert any((d / "cuda_runtime.h").is_file() for d in includes), options
+
+
+def test_missing_cuda_headers_name_the_extra_that_brings_them(monkeypatch):
+    pytest.importorskip("cupy", reason="needs CuPy")
+    core = pytest.importorskip("cupy._core.core")
+    if not hasattr(core, "assemble_cupy_compiler_options"):
+        pytest.skip("this CuPy needs no CUDA headers")
+    import radint.gpu
+
+    def no_headers(options):
+        raise RuntimeError("Failed to find CUDA headers.")
+
+    monkeypatch.setattr(core, "assemble_cupy_compiler_options", no_headers)
+    with pytest.raises(BackendUnavailableError, match=r"radint\[gpu\].*nvidia-cuda-runtime"):
+        radint.gpu.cupy_nvrtc_options()
+
+
+def test_only_the_nvrtc_of_cupy_s_cuda_major_is_preloaded(monkeypatch):
+    """Audit: the first libnvrtc found was loaded (CUDA 12's wheel before CUDA 13's), and CuPy
+    takes an NVRTC already loaded over the one it looks for: a CUDA 13 CuPy beside torch's
+    CUDA 12 wheel would compile with NVRTC 12."""
+    pytest.importorskip("cupy", reason="needs CuPy")
+    import importlib.util
+
+    import radint.gpu
+
+    spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
+    if spec is None:
+        pytest.skip("no CUDA 12 NVRTC wheel here")
+    monkeypatch.setattr(radint.gpu, "_cupy_cuda_major", lambda: 13)
+    loaded = radint.gpu._preload_nvrtc.__wrapped__()
+    assert loaded is None or ".so.13" in loaded
+    monkeypatch.setattr(radint.gpu, "_cupy_cuda_major", lambda: 12)
+    assert ".so.12" in str(radint.gpu._preload_nvrtc.__wrapped__())
 
 
 def test_kernel_source_inlines_header():
@@ -859,3 +910,23 @@ def test_cli_cuda_backend_on_fake_cupy(tmp_path, example_config):
     ):
         for name in ("entry/azint2d/data/I", "entry/azint1d/data/I", "entry/peaks/center_px"):
             np.testing.assert_allclose(g[name][()], c[name][()], rtol=1e-9, equal_nan=True)
+
+
+@pytest.mark.gpu
+def test_the_pinned_staging_of_the_map_upload_is_handed_back(small_config):
+    """Audit: cupy.asarray stages each host array through page-locked memory of its size, and
+    CuPy's pinned pool keeps those blocks; the CUDA engine hands them back once its map is on
+    the device."""
+    cupy = pytest.importorskip("cupy")
+    from radint.gpu import cuda_available
+
+    if not cuda_available()[0]:
+        pytest.skip("no CUDA device")
+    pool = cupy.get_default_pinned_memory_pool()
+    before = getattr(pool, "freed", None)
+    m = DetectorMap.build(small_config)
+    Integrator(small_config, detector_map=m, backend="cuda")._gpu_backend()
+    if before is not None:  # the fake CuPy counts the hand-backs
+        assert pool.freed > before
+    else:
+        assert pool.n_free_blocks() == 0

@@ -622,6 +622,8 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
 
     cp.asnumpy = asnumpy
     cp.RawModule = _RawModule
+    pinned_pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    cp.get_default_pinned_memory_pool = lambda: pinned_pool
 
     cuda = types.SimpleNamespace(
         Device=_Device,

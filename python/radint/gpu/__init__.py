@@ -100,7 +100,11 @@ _RULES = {None: 0, "radint": 0, "midas-cpu": 1, "midas-gpu": 2}
 _LINEOUT = {"area_weighted": 0, "midas_nonzero_mean": 1}
 # No fused multiply-adds: the kernels then round as the host harness that checks their
 # arithmetic does (the CSR kernels are memory-bound, so it costs nothing measurable there).
+# CuPy adds its own to these (cupy_nvrtc_options), -ftz=true among them.
 _NVRTC_OPTIONS = ("-std=c++17", "--fmad=false")
+#: What CuPy appends to every NVRTC compile of a RawModule (cupy/cuda/compiler.py), after the
+#: options it is given: a later -ftz wins, so float32 subnormals are flushed on the device.
+_CUPY_APPENDS = ("--device-as-default-execution-space", "-ftz=true")
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -177,12 +181,43 @@ def kernel_source(name: str = "integrate") -> str:
     return cu.replace(include, cuh)
 
 
+def cupy_nvrtc_options() -> tuple[str, ...]:
+    """The NVRTC options CuPy compiles radint's kernels with, but the architecture: radint's
+    own, CuPy's include paths (its CCCL headers and the CUDA runtime headers, which CuPy 14
+    requires for every kernel) and the flags it appends.
+
+    Returns
+    -------
+    tuple of str
+        The options, as ``cupy.RawModule`` hands them to NVRTC on a GPU.
+
+    Raises
+    ------
+    BackendUnavailableError
+        CuPy is not installed, or finds no CUDA headers (the ``nvidia-cuda-runtime`` wheel of
+        the ``gpu`` extras, or a CUDA toolkit).
+    """
+    _import_cupy()
+    try:
+        from cupy._core.core import assemble_cupy_compiler_options
+    except ImportError:  # CuPy 13 passes its include path itself and needs no CUDA headers
+        return (*_NVRTC_OPTIONS, *_CUPY_APPENDS)
+    try:
+        options = tuple(assemble_cupy_compiler_options(_NVRTC_OPTIONS))
+    except RuntimeError as e:
+        raise BackendUnavailableError(
+            f"CuPy finds no CUDA headers to compile the kernels with ({e}); {INSTALL_HINT} "
+            "brings them (the nvidia-cuda-runtime wheel), or set CUDA_PATH to a CUDA toolkit"
+        ) from e
+    return (*options, *_CUPY_APPENDS)
+
+
 def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
     """Compile ``kernels/<name>.cu`` to PTX with NVRTC, without a GPU or driver.
 
     Uses CuPy's NVRTC binding directly (``cupy.cuda.compiler`` asks the driver for the device's
-    architecture first, which fails on machines without a GPU). Raises ``RuntimeError`` with
-    NVRTC's log on a compile error.
+    architecture first, which fails on machines without a GPU), with the options CuPy would
+    use (:func:`cupy_nvrtc_options`), so a kernel that compiles here compiles on a GPU.
 
     Parameters
     ----------
@@ -199,11 +234,11 @@ def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
     Raises
     ------
     BackendUnavailableError
-        CuPy is not installed, or NVRTC cannot be loaded.
+        CuPy is not installed, finds no CUDA headers, or NVRTC cannot be loaded.
     RuntimeError
         NVRTC failed to compile (the message holds its log).
     """
-    _import_cupy()
+    options = cupy_nvrtc_options()
     _preload_nvrtc()
     from cupy_backends.cuda.libs import nvrtc
 
@@ -216,7 +251,7 @@ def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
         ) from e
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-arch={arch}", *_NVRTC_OPTIONS])
+            nvrtc.compileProgram(prog, [f"-arch={arch}", *options])
         except nvrtc.NVRTCError as e:
             raise RuntimeError(
                 f"NVRTC failed on {name}.cu: {e}\n{nvrtc.getProgramLog(prog)}"
@@ -234,10 +269,14 @@ def _preload_nvrtc() -> str | None:
     CuPy's library finder looks in the interpreter's own site-packages; in a virtual environment
     that reaches its packages through a ``.pth`` path (or a similar layering) it misses the wheel
     and NVRTC fails to load although it is installed. Loading it once with ``RTLD_GLOBAL`` makes
-    the later lookup by soname succeed. Returns the path loaded, or None (nothing to do).
+    the later lookup by soname succeed. Only the NVRTC of CuPy's own CUDA major is loaded: CuPy
+    takes an NVRTC already loaded over the one it would find (a CUDA 12 wheel, which torch
+    brings, would otherwise compile a CUDA 13 CuPy's kernels against CUDA 13 headers). Returns
+    the path loaded, or None (nothing to do).
     """
     import importlib.util
 
+    major = _cupy_cuda_major()
     libs: list[Path] = []
     # nvidia-cuda-nvrtc-cu12: nvidia/cuda_nvrtc/lib; nvidia-cuda-nvrtc 13: nvidia/cu13/lib.
     for module, sub in (("nvidia.cuda_nvrtc", "lib"), ("nvidia", "cu13/lib")):
@@ -248,6 +287,8 @@ def _preload_nvrtc() -> str | None:
         for loc in (spec.submodule_search_locations or []) if spec else []:
             libs += sorted(Path(loc, sub).glob("libnvrtc.so.*"))
     for lib in libs:
+        if major is not None and lib.name.split(".")[2:3] != [str(major)]:
+            continue
         try:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
             return str(lib)
@@ -256,11 +297,22 @@ def _preload_nvrtc() -> str | None:
     return None
 
 
+def _cupy_cuda_major() -> int | None:
+    """The CUDA major version CuPy was built for (no GPU needed); None where CuPy does not say."""
+    try:
+        from cupy_backends.cuda.api import runtime
+
+        return int(runtime._getCUDAMajorVersion())
+    except Exception:  # another CuPy layout: keep the first NVRTC found
+        return None
+
+
 @functools.lru_cache(maxsize=8)
 def _module(device_id: int, name: str = "integrate") -> Any:
     """The RawModule of ``kernels/<name>.cu`` for one device, compiled once per process (and
     cached on disk by CuPy)."""
     cupy = _import_cupy()
+    cupy_nvrtc_options()  # no CUDA headers: say which wheel brings them, before CuPy compiles
     _preload_nvrtc()
     with cupy.cuda.Device(device_id):
         return cupy.RawModule(code=kernel_source(name), options=_NVRTC_OPTIONS)
@@ -330,6 +382,9 @@ class CudaIntegrator:
         # The uploads above are asynchronous on the current stream, which the non-blocking
         # worker streams do not wait for.
         cupy.cuda.get_current_stream().synchronize()
+        # CuPy staged each upload through page-locked memory of its size, which its pinned pool
+        # keeps (hundreds of MB for a large map): hand it back to the system.
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
         self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
         # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.
         self._buffers: list[tuple[np.ndarray, Any, Any] | None] = [None] * len(self._streams)

@@ -333,6 +333,23 @@ def get_default_memory_pool() -> _MemoryPool:
     return _POOL
 
 
+class _PinnedMemoryPool:
+    """CuPy's page-locked host pool: counts the times its free blocks were handed back."""
+
+    def __init__(self) -> None:
+        self.freed = 0
+
+    def free_all_blocks(self) -> None:
+        self.freed += 1
+
+
+_PINNED_POOL = _PinnedMemoryPool()
+
+
+def get_default_pinned_memory_pool() -> _PinnedMemoryPool:
+    return _PINNED_POOL
+
+
 # ----------------------------------------------------------------------------- kernels
 # `extern __shared__ T name[];`: a kernel's dynamic shared memory, the runtime's per-block buffer.
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(\w[\w\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
