@@ -583,7 +583,9 @@ class CudaIntegrator:
             n_y)``, C-contiguous, of one of the :data:`FRAME_DTYPES`; a list holds such
             arrays, all host (numpy) or all device, of one dtype. Device arrays must be on the
             map's GPU: one is read in place, a list of them is concatenated on the device
-            (its members need not be contiguous there).
+            (its members need not be contiguous there). Work queued on the calling thread's
+            current stream (the frames' upload or the kernel that wrote them) finishes before
+            they are read; work on another of the caller's streams must be synchronised first.
         dark : ndarray or CuPy array, optional
             Per-pixel dark, ``n_z · n_y`` C-contiguous float64 values (flat or ``(n_z, n_y)``)
             in the frames' units, subtracted from every frame. Default None: none.
