@@ -162,7 +162,6 @@ _TWINS = {
     "_Memory": "cupy.cuda.MemoryPointer",
     "_Kernel": "cupy.RawKernel",
     "_MemoryPool": "cupy.cuda.MemoryPool",
-    "_PinnedMemoryPool": "cupy.cuda.PinnedMemoryPool",
     "_Attributes": "cupy.cuda.runtime.PointerAttributes",
 }
 _DUNDERS = ("__init__", "__call__", "__enter__", "__exit__", "__getitem__", "__setitem__",

@@ -317,7 +317,8 @@ cuda = types.SimpleNamespace(
 
 
 class _MemoryPool:
-    """CuPy's default device pool: counts the times its free blocks were handed back."""
+    """CuPy's default device (or pinned host) pool: counts the times its free blocks were
+    handed back."""
 
     def __init__(self) -> None:
         self.freed = 0
@@ -333,20 +334,10 @@ def get_default_memory_pool() -> _MemoryPool:
     return _POOL
 
 
-class _PinnedMemoryPool:
-    """CuPy's page-locked host pool: counts the times its free blocks were handed back."""
-
-    def __init__(self) -> None:
-        self.freed = 0
-
-    def free_all_blocks(self) -> None:
-        self.freed += 1
+_PINNED_POOL = _MemoryPool()  # CuPy's page-locked host pool: the same free_all_blocks()
 
 
-_PINNED_POOL = _PinnedMemoryPool()
-
-
-def get_default_pinned_memory_pool() -> _PinnedMemoryPool:
+def get_default_pinned_memory_pool() -> _MemoryPool:
     return _PINNED_POOL
 
 
