@@ -1587,3 +1587,15 @@ def test_what_the_readme_says_differs_from_midas_integrate(small_config, small_m
     assert mean.metadata.get("nan_pixels", 0) == 0  # integrated, as midas-integrate does
     without_gaps = gpu.integrate(np.where(frame == -1, 0, frame))
     assert not np.allclose(mean.cake, without_gaps.cake)  # the -1 values count
+
+
+def test_a_nonzero_mean_lineout_with_midas_gpu_rules_is_refused(small_config):
+    """midas-integrate side by side: Integrator(compat="midas-gpu",
+    lineout_mode="midas_nonzero_mean") was taken, the result said midas_nonzero_mean, and its
+    lineout was the area-weighted one of the GPU rules (2.7 % off the non-zero mean)."""
+    with pytest.raises(InvalidInputError, match="compat='midas-cpu' sets it"):
+        Integrator(small_config, compat="midas-gpu", lineout_mode="midas_nonzero_mean")
+    cpu = Integrator(small_config, compat="midas-cpu", fit=None)
+    assert cpu.lineout_mode == "midas_nonzero_mean"
+    gpu = Integrator(small_config, compat="midas-gpu", fit=None)
+    assert gpu.lineout_mode == "area_weighted"

@@ -197,7 +197,8 @@ class Integrator:
         float64, as fast).
     lineout_mode : {"area_weighted", "midas_nonzero_mean"}
         η reduction of the lineout: Σ signal / Σ area (default) or MIDAS CPU's mean of the
-        non-zero η bins.
+        non-zero η bins. ``compat="midas-cpu"`` sets the latter; ``compat="midas-gpu"`` takes
+        only the former (the GPU program's) and refuses the latter.
     empty_value : float
         Value of cake bins no pixel reached (NaN by default); their sigma takes it too unless
         it is negative (then NaN: a sigma is never negative).
@@ -275,6 +276,13 @@ class Integrator:
         if lineout_mode not in ("area_weighted", "midas_nonzero_mean"):
             raise InvalidInputError(
                 f"lineout_mode must be 'area_weighted' or 'midas_nonzero_mean', got {lineout_mode!r}"
+            )
+        if compat == "midas-gpu" and lineout_mode == "midas_nonzero_mean":
+            raise InvalidInputError(
+                "lineout_mode='midas_nonzero_mean' with compat='midas-gpu': MIDAS's GPU "
+                "integrator and midas-integrate average the lineout over the bins' area, so "
+                "compat='midas-gpu' does too; the mean of the non-zero η bins is "
+                "IntegratorZarrOMP's (compat='midas-cpu' sets it) or radint's own without compat"
             )
         if pixel_weights == "config":
             check_compat(config, compat)
