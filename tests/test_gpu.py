@@ -925,7 +925,11 @@ def test_the_pinned_staging_of_the_map_upload_is_handed_back(small_config):
 
     if not cuda_available()[0]:
         pytest.skip("no CUDA device")
+    import gc
+
     pool = cupy.get_default_pinned_memory_pool()
+    gc.collect()  # earlier tests' page-locked arrays back in the pool now, not mid-test
+    pool.free_all_blocks()
     before = getattr(pool, "freed", None)
     m = DetectorMap.build(small_config)
     Integrator(small_config, detector_map=m, backend="cuda")._gpu_backend()
