@@ -138,10 +138,9 @@ def _more_permissive(fake: list[inspect.Parameter], real: list[inspect.Parameter
 
 def _compare_callable(where: str, fake: Any, real: Any, failures: list[str]) -> None:
     fake_params, real_params = _parameters(fake), _parameters(real)
-    if fake_params is None or real_params is None:
-        failures.append(
-            f"{where}: no signature to compare (fake {fake_params}, real {real_params})"
-        )
+    if fake_params is None:
+        failures.append(f"{where}: the fake's callable has no signature to compare")
+    if fake_params is None or real_params is None:  # some CuPy versions document none
         return
     failures.extend(f"{where}: {p}" for p in _more_permissive(fake_params, real_params))
 
@@ -159,10 +158,10 @@ def _public(module: types.ModuleType) -> dict[str, Any]:
 
 # The fake's own helper classes stand for these CuPy classes; dunders the fake defines on purpose.
 _TWINS = {
-    "_Memory": "cupy.cuda.MemoryPointer",
-    "_Kernel": "cupy.RawKernel",
-    "_MemoryPool": "cupy.cuda.MemoryPool",
-    "_Attributes": "cupy.cuda.runtime.PointerAttributes",
+    "_Memory": ("cupy.cuda.MemoryPointer",),
+    "_Kernel": ("cupy.RawKernel",),
+    "_MemoryPool": ("cupy.cuda.MemoryPool", "cupy.cuda.PinnedMemoryPool"),  # both pools
+    "_Attributes": ("cupy.cuda.runtime.PointerAttributes",),
 }
 _DUNDERS = ("__init__", "__call__", "__enter__", "__exit__", "__getitem__", "__setitem__",
             "__len__", "__int__", "__cuda_array_interface__")  # fmt: skip
@@ -195,7 +194,7 @@ def _compare_class(
         _compare_callable(f"{where}.{name}", attr, real_attr, failures)
 
 
-def _instance_attributes(fake: Any, cls: type, real_cls: type, failures: list[str]) -> None:
+def _instance_attributes(cls: type, real_cls: type, failures: list[str]) -> None:
     try:
         instance = cls()
     except TypeError:
@@ -208,17 +207,18 @@ def _instance_attributes(fake: Any, cls: type, real_cls: type, failures: list[st
             )
 
 
-def test_the_fake_cupy_accepts_no_call_the_real_cupy_refuses() -> None:
-    cupy = _real_cupy()
+def _surface_failures(
+    public: dict[str, Any], cuda: Any, twins: dict[Any, tuple[str, ...]], cupy: Any
+) -> list[str]:
+    """Every way the fake's names (``public``: its cupy module's, ``cuda``: its cupy.cuda)
+    and its helper classes (``twins``: class -> CuPy classes it stands for) accept more than
+    CuPy."""
     import cupyx
 
-    fake = _load_fake()
     failures: list[str] = []
-    for name, obj in _public(fake).items():
+    for name, obj in public.items():
         if name == "empty_pinned":  # CuPy's lives in cupyx (the fake's cupyx re-exports it)
             real: Any = cupyx.empty_pinned
-        elif name in ("HARNESS_DIR", "cuda"):
-            continue
         elif not hasattr(cupy, name):
             failures.append(f"cupy.{name}: CuPy has no such name")
             continue
@@ -232,7 +232,7 @@ def test_the_fake_cupy_accepts_no_call_the_real_cupy_refuses() -> None:
             _compare_callable(f"cupy.{name}", obj, real, failures)
         else:
             failures.append(f"cupy.{name}: {obj!r} here, {real!r} in CuPy")
-    for name, obj in vars(fake.cuda).items():
+    for name, obj in vars(cuda).items():
         real = getattr(cupy.cuda, name, None)
         if real is None:
             failures.append(f"cupy.cuda.{name}: CuPy has no such name")
@@ -245,13 +245,38 @@ def test_the_fake_cupy_accepts_no_call_the_real_cupy_refuses() -> None:
                     _compare_callable(f"cupy.cuda.runtime.{fn_name}", fn, real_fn, failures)
         elif isinstance(obj, type):
             _compare_class(f"cupy.cuda.{name}", obj, real, failures)
-            _instance_attributes(fake, obj, real, failures)
+            _instance_attributes(obj, real, failures)
         else:
             _compare_callable(f"cupy.cuda.{name}", obj, real, failures)
-    for fake_name, real_name in _TWINS.items():
-        real_cls = _resolve(cupy, real_name)
-        _compare_class(fake_name, getattr(fake, fake_name), real_cls, failures, built_by_cupy=True)
+    for fake_cls, real_names in twins.items():
+        for real_name in real_names:
+            real_cls = _resolve(cupy, real_name)
+            _compare_class(fake_cls.__name__, fake_cls, real_cls, failures, built_by_cupy=True)
+    return failures
+
+
+def test_the_fake_cupy_accepts_no_call_the_real_cupy_refuses() -> None:
+    cupy = _real_cupy()
+    fake = _load_fake()
+    public = {k: v for k, v in _public(fake).items() if k not in ("HARNESS_DIR", "cuda")}
+    twins = {getattr(fake, name): real for name, real in _TWINS.items()}
+    failures = _surface_failures(public, fake.cuda, twins, cupy)
     assert not failures, "the fake CuPy accepts what CuPy refuses:\n" + "\n".join(failures)
+
+
+def test_the_launch_signature_fake_accepts_no_call_the_real_cupy_refuses() -> None:
+    """The second stand-in, tests/test_gpu_launch_signatures.py's recorder of launches."""
+    cupy = _real_cupy()
+    from tests import test_gpu_launch_signatures as launches
+
+    cp, _cupyx = launches.make_fake_cupy()
+    public = {k: v for k, v in vars(cp).items() if not k.startswith("_") and k != "cuda"}
+    twins = {
+        launches._MemoryPointer: ("cupy.cuda.MemoryPointer",),
+        launches.KernelRecorder: ("cupy.RawKernel",),
+    }
+    failures = _surface_failures(public, cp.cuda, twins, cupy)
+    assert not failures, "the launch fake accepts what CuPy refuses:\n" + "\n".join(failures)
 
 
 def test_the_surface_check_catches_a_fake_more_permissive_than_cupy() -> None:

@@ -342,19 +342,65 @@ def test_missing_cuda_headers_name_the_extra_that_brings_them(monkeypatch):
         raise RuntimeError("Failed to find CUDA headers.")
 
     monkeypatch.setattr(core, "assemble_cupy_compiler_options", no_headers)
-    with pytest.raises(BackendUnavailableError, match=r"radint\[gpu\].*nvidia-cuda-runtime"):
+    monkeypatch.setattr(radint.gpu, "_headers_hint", lambda: "install radint[gpu]")
+    with pytest.raises(BackendUnavailableError, match=r"no CUDA headers.*radint\[gpu\]"):
         radint.gpu.cupy_nvrtc_options()
+    radint.gpu._module.cache_clear()
+    try:  # the module set-up says so before CuPy compiles (or needs a device)
+        with pytest.raises(BackendUnavailableError, match="no CUDA headers"):
+            radint.gpu._module(0)
+    finally:
+        radint.gpu._module.cache_clear()
+
+    def no_nvrtc(options):
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12")
+
+    monkeypatch.setattr(core, "assemble_cupy_compiler_options", no_nvrtc)
+    with pytest.raises(BackendUnavailableError, match="cannot prepare a kernel compile"):
+        radint.gpu.cupy_nvrtc_options()
+
+
+def test_the_headers_hint_names_an_installed_wheel_cupy_does_not_see(tmp_path, monkeypatch):
+    """Review: where Python imports the nvidia-cuda-runtime wheel but CuPy does not look there
+    (an environment layered through .pth files), "install radint[gpu]" misled."""
+    import importlib.util
+
+    import radint.gpu
+
+    include = tmp_path / "nvidia" / "cuda_runtime" / "include"
+    include.mkdir(parents=True)
+    (include / "cuda_runtime.h").write_text("")
+    spec = importlib.machinery.ModuleSpec("nvidia.cuda_runtime", None, is_package=True)
+    spec.submodule_search_locations = [str(include.parent)]
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: spec if name == "nvidia.cuda_runtime" else None
+    )
+    assert "set CUDA_PATH to that folder" in radint.gpu._headers_hint()
+    assert str(include.parent) in radint.gpu._headers_hint()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "radint[gpu]" in radint.gpu._headers_hint()
 
 
 def test_only_the_nvrtc_of_cupy_s_cuda_major_is_preloaded(monkeypatch):
     """Audit: the first libnvrtc found was loaded (CUDA 12's wheel before CUDA 13's), and CuPy
     takes an NVRTC already loaded over the one it looks for: a CUDA 13 CuPy beside torch's
     CUDA 12 wheel would compile with NVRTC 12."""
-    pytest.importorskip("cupy", reason="needs CuPy")
     import importlib.util
 
     import radint.gpu
 
+    names = ["libnvrtc.so.12", "libnvrtc.so.12.9.86", "libnvrtc.so.13", "libnvrtc.so.130"]
+    libs = [Path("/x", n) for n in names]
+    assert [p.name for p in radint.gpu._of_cuda_major(libs, 12)] == names[:2]
+    assert [p.name for p in radint.gpu._of_cuda_major(libs, 13)] == ["libnvrtc.so.13"]
+    assert radint.gpu._of_cuda_major(libs, None) == libs
+    cupy = pytest.importorskip("cupy", reason="needs CuPy")
+    try:
+        built_for = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    except Exception:  # no CUDA runtime library to ask (or the fake CuPy)
+        built_for = None
+    if built_for is not None:
+        assert radint.gpu._cupy_cuda_major() == built_for
     try:
         spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
     except ImportError:  # no nvidia namespace package at all

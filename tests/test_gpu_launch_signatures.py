@@ -208,27 +208,27 @@ class _MemoryPointer:
     def ptr(self) -> int:
         return self._owner._a.ctypes.data
 
-    def copy_from_host_async(self, src: Any, nbytes: int, stream: Any = None) -> None:
+    def copy_from_host_async(self, mem: Any, size: int, stream: Any = None) -> None:
         a = self._owner._a
-        if not isinstance(nbytes, (int, np.integer)) or not 0 <= nbytes <= a.nbytes:
-            raise LaunchError(f"copy_from_host_async: {nbytes} bytes into a {a.nbytes}-byte buffer")
+        if not isinstance(size, (int, np.integer)) or not 0 <= size <= a.nbytes:
+            raise LaunchError(f"copy_from_host_async: {size} bytes into a {a.nbytes}-byte buffer")
         if stream is not None and not isinstance(stream, _Stream):
             raise LaunchError(f"copy_from_host_async: stream {stream!r}")
-        addr = src.value if isinstance(src, ctypes.c_void_p) else int(src)
-        ctypes.memmove(a.ctypes.data, addr, int(nbytes))
+        addr = mem.value if isinstance(mem, ctypes.c_void_p) else int(mem)
+        ctypes.memmove(a.ctypes.data, addr, int(size))
         if isinstance(stream, _Stream):
-            stream.pending.append((addr, addr + int(nbytes), next(_COPY_IDS)))
+            stream._pending.append((addr, addr + int(size), next(_COPY_IDS)))
 
-    def copy_to_host_async(self, dst: Any, nbytes: int, stream: Any = None) -> None:
+    def copy_to_host_async(self, mem: Any, size: int, stream: Any = None) -> None:
         a = self._owner._a
-        if not isinstance(nbytes, (int, np.integer)) or not 0 <= nbytes <= a.nbytes:
-            raise LaunchError(f"copy_to_host_async: {nbytes} bytes from a {a.nbytes}-byte buffer")
+        if not isinstance(size, (int, np.integer)) or not 0 <= size <= a.nbytes:
+            raise LaunchError(f"copy_to_host_async: {size} bytes from a {a.nbytes}-byte buffer")
         if stream is not None and not isinstance(stream, _Stream):
             raise LaunchError(f"copy_to_host_async: stream {stream!r}")
         if not a.flags.c_contiguous:
             raise LaunchError("copy_to_host_async: from a non-contiguous view")
-        addr = dst.value if isinstance(dst, ctypes.c_void_p) else int(dst)
-        ctypes.memmove(addr, a.ctypes.data, int(nbytes))
+        addr = mem.value if isinstance(mem, ctypes.c_void_p) else int(mem)
+        ctypes.memmove(addr, a.ctypes.data, int(size))
 
 
 class DeviceArray:
@@ -259,15 +259,15 @@ class DeviceArray:
     def __len__(self) -> int:
         return len(self._a)
 
-    def __getitem__(self, key: Any) -> DeviceArray:
-        if isinstance(key, DeviceArray):
-            key = key._a
-        elif isinstance(key, tuple):
-            key = tuple(k._a if isinstance(k, DeviceArray) else k for k in key)
-        return DeviceArray(self._a[key])
+    def __getitem__(self, slices: Any) -> DeviceArray:
+        if isinstance(slices, DeviceArray):
+            slices = slices._a
+        elif isinstance(slices, tuple):
+            slices = tuple(k._a if isinstance(k, DeviceArray) else k for k in slices)
+        return DeviceArray(self._a[slices])
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._a[key] = value._a if isinstance(value, DeviceArray) else value
+    def __setitem__(self, slices: Any, value: Any) -> None:
+        self._a[slices] = value._a if isinstance(value, DeviceArray) else value
 
     def reshape(self, *shape: Any) -> DeviceArray:
         return DeviceArray(self._a.reshape(*shape))
@@ -278,7 +278,7 @@ class DeviceArray:
     def ravel(self) -> DeviceArray:
         return DeviceArray(self._a.ravel())
 
-    def astype(self, dtype: Any, copy: bool = True) -> DeviceArray:
+    def astype(self, dtype: Any, *, copy: bool = True) -> DeviceArray:
         return DeviceArray(self._a.astype(dtype, copy=copy))
 
     def copy(self) -> DeviceArray:
@@ -296,13 +296,13 @@ class _Stream:
     stream or an event recorded after them synchronised): a host write into such a range is
     the race the staging buffers must avoid (see ``_checked_copy_bytes``)."""
 
-    def __init__(self, non_blocking: bool = False, null: bool = False) -> None:
-        self.non_blocking = non_blocking
-        self.pending: list[tuple[int, int, int]] = []  # (lo, hi, copy id)
+    def __init__(self, null: bool = False, non_blocking: bool = False) -> None:
+        self._non_blocking = non_blocking
+        self._pending: list[tuple[int, int, int]] = []  # (lo, hi, copy id)
         _FAKE_STATE.setdefault("streams", []).append(self)
 
     def synchronize(self) -> None:
-        self.pending.clear()
+        self._pending.clear()
 
     def wait_event(self, event: Any) -> None:
         if not isinstance(event, _Event):
@@ -318,22 +318,22 @@ class _Stream:
 class _Event:
     def __init__(self, block: bool = False, disable_timing: bool = False,
                  interprocess: bool = False) -> None:  # fmt: skip
-        self.recorded = False
+        self._recorded = False
         self._stream: _Stream | None = None
         self._covers: set[int] = set()  # ids of the copies enqueued before the record
 
     def record(self, stream: Any = None) -> None:
         if stream is not None and not isinstance(stream, _Stream):
             raise LaunchError(f"Event.record({stream!r})")
-        self.recorded = True
+        self._recorded = True
         self._stream = stream
-        self._covers = {c for _, _, c in stream.pending} if stream is not None else set()
+        self._covers = {c for _, _, c in stream._pending} if stream is not None else set()
 
     def synchronize(self) -> None:
-        if not self.recorded:
+        if not self._recorded:
             raise LaunchError("Event.synchronize() before record()")
         if self._stream is not None:  # the copies enqueued before the record are done
-            self._stream.pending = [r for r in self._stream.pending if r[2] not in self._covers]
+            self._stream._pending = [r for r in self._stream._pending if r[2] not in self._covers]
 
 
 class _Device:
@@ -543,9 +543,9 @@ def _mismatch(p: Param, a: Any) -> str | None:
 
 
 class _RawModule:
-    def __init__(self, code: str = "", options: tuple = (), name_expressions: Any = None,
-                 **kwargs: Any) -> None:  # fmt: skip
-        self.kernels = parse_kernels(code)
+    def __init__(self, code: str | None = None, *, options: tuple = (),
+                 name_expressions: Any = None) -> None:  # fmt: skip
+        self.kernels = parse_kernels(code or "")
         self.options = tuple(options)
         _FAKE_STATE["modules"].append(self)
 
@@ -566,7 +566,7 @@ def _checked_copy_bytes(real: Any) -> Any:
     def copy_bytes(dst: np.ndarray, src: np.ndarray, n_threads: Any = None) -> None:
         lo, hi = dst.ctypes.data, dst.ctypes.data + dst.nbytes
         for stream in _FAKE_STATE["streams"]:
-            for a, b, _ in stream.pending:
+            for a, b, _ in stream._pending:
                 if lo < b and a < hi:
                     raise LaunchError(
                         "host write into pinned memory that a host→device copy may still read"
@@ -605,14 +605,14 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
         return DeviceArray(np.array(a, dtype=dtype, copy=True))
 
     cp.asarray = asarray
-    cp.array = lambda a, dtype=None, copy=True: DeviceArray(np.array(_host(a), dtype=dtype))
+    cp.array = lambda obj, dtype=None, copy=True: DeviceArray(np.array(_host(obj), dtype=dtype))
     cp.zeros = lambda shape, dtype=float: DeviceArray(np.zeros(shape, dtype=dtype))
     # Uninitialised device memory: NaN / all-ones bits, never conveniently zero.
     cp.empty = lambda shape, dtype=float: DeviceArray(
         np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1).astype(dtype)
     )
     cp.full = lambda shape, fill_value, dtype=None: DeviceArray(np.full(shape, fill_value, dtype))
-    cp.concatenate = lambda arrays: DeviceArray(np.concatenate([_host(a) for a in arrays]))
+    cp.concatenate = lambda tup: DeviceArray(np.concatenate([_host(a) for a in tup]))
     cp.ascontiguousarray = lambda a, dtype=None: DeviceArray(
         np.ascontiguousarray(_host(a), dtype=dtype)
     )
@@ -632,7 +632,7 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
         get_current_stream=lambda: _Stream(null=True),
         runtime=types.SimpleNamespace(
             getDeviceCount=lambda: 1,
-            getDeviceProperties=lambda i: {"name": b"fake GPU (launch signature test)"},
+            getDeviceProperties=lambda device: {"name": b"fake GPU (launch signature test)"},
             pointerGetAttributes=pointer_attributes,
         ),
     )

@@ -550,3 +550,25 @@ def test_write_poni_of_a_pilatus_keeps_quiet_about_the_dummies_pyfai_applies(tmp
     assert "has no key" not in caplog.text
     write_poni(cfg.replace(bad_px_intensity=-7.0), tmp_path / "seven.poni")
     assert "BadPxIntensity -7" in caplog.text and "GapIntensity" not in caplog.text
+
+
+def test_write_poni_dummy_advice_is_one_window_pyfai_can_take(small_config, tmp_path, caplog):
+    """Review: the advice printed markers with %g (2³²−1 as 4.29497e+09, which masks nothing),
+    gave two dummies where pyFAI takes one, warned about a named detector's unsigned dummy
+    that pyFAI applies in unsigned frames, and refused panels that move no pixel."""
+    plain = small_config.replace(distortion=(0.0,) * 15)
+    caplog.set_level("WARNING", logger="radint.poni")
+    write_poni(plain.replace(gap_intensity=-1.0, bad_px_intensity=-2.0), tmp_path / "a.poni")
+    assert "dummy=-1.5, delta_dummy=1" in caplog.text and "dummy=-1," not in caplog.text
+    caplog.clear()
+    write_poni(plain.replace(gap_intensity=4294967295.0), tmp_path / "b.poni")
+    assert "GapIntensity 4294967295 (pyFAI: dummy=4294967295, delta_dummy=0.5)" in caplog.text
+    caplog.clear()
+    write_poni(plain.replace(gap_intensity=-1.0, bad_px_intensity=65535.0), tmp_path / "c.poni")
+    assert "mask those pixels" in caplog.text
+    caplog.clear()
+    pilatus = IntegrationConfig.from_poni(_named_poni(tmp_path, "Pilatus300k", 172e-6))
+    write_poni(pilatus.replace(gap_intensity=4294967295.0), tmp_path / "d.poni")  # 2³² − 1
+    assert "has no key" not in caplog.text
+    panels = plain.replace(n_panels_y=2, n_panels_z=2, panel_size_y=50, panel_size_z=60)
+    assert "Detector:" in write_poni(panels, tmp_path / "e.poni").read_text()

@@ -738,7 +738,7 @@ def _pixel_moves(config: Any) -> list[str]:
         "p0 .. p14": any(config.distortion),
         "DistortionFile": bool(config.distortion_file),
         "ResidualCorrectionMap": bool(config.residual_correction_map),
-        "NPanelsY/NPanelsZ": bool(config.n_panels_y or config.n_panels_z),
+        # Panels move pixels only by the shifts file's offsets.
         "PanelShiftsFile": bool(config.panel_shifts_file),
         "Parallax": bool(config.parallax_um),
         "ImTransOpt": bool(config.im_trans_opt),
@@ -757,12 +757,27 @@ def _left_to_the_user(config: Any, detector_name: str) -> list[str]:
     if config.dark_file:
         left.append(f"Dark {config.dark_file} (pyFAI: dark=)")
     dummy, delta = _named_dummies(detector_name) if detector_name != "Detector" else (None, None)
-    for key, value in (("GapIntensity", config.gap_intensity),
-                       ("BadPxIntensity", config.bad_px_intensity)):  # fmt: skip
-        covered = dummy is not None and abs(float(value) - dummy) <= (delta or 0.0)
-        if value and not covered:
-            left.append(f"{key} {value:g} (pyFAI: dummy={value:g}, delta_dummy=0.5)")
+    # pyFAI moves a negative dummy to its unsigned form in unsigned frames (get_dummies).
+    dummies = [] if dummy is None else [dummy] + [dummy + 2.0**n for n in (16, 32) if dummy < 0]
+    markers = {key: float(value)
+               for key, value in (("GapIntensity", config.gap_intensity),
+                                  ("BadPxIntensity", config.bad_px_intensity))
+               if value and not any(abs(float(value) - d) <= (delta or 0.0) for d in dummies)}  # fmt: skip
+    if not markers:
+        return left
+    said = " and ".join(f"{key} {_exact(value)}" for key, value in markers.items())
+    low, high = min(markers.values()), max(markers.values())
+    if high - low <= 2:  # one window takes them all, and no whole number between
+        centre, half = (low + high) / 2, (high - low) / 2 + 0.5
+        left.append(f"{said} (pyFAI: dummy={_exact(centre)}, delta_dummy={_exact(half)})")
+    else:
+        left.append(f"{said} (pyFAI takes one dummy value: mask those pixels instead)")
     return left
+
+
+def _exact(value: float) -> str:
+    """A number as written in a file: whole numbers without a fraction, others in full."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _detector_named_by(config: Any) -> str:
@@ -841,8 +856,8 @@ def write_poni(config: Any, path: str | Path) -> Path:
     left = _left_to_the_user(config, name)
     if left:
         log.warning(
-            "%s: a PONI file has no key for %s: pyFAI given this file alone integrates those "
-            "pixels as radint does not",
+            "%s: a PONI file has no key for %s: pyFAI given this file alone does not apply "
+            "them as radint does",
             path,
             "; ".join(left),
         )

@@ -48,6 +48,7 @@ __all__ = [
     "CudaIntegrator",
     "compile_ptx",
     "cuda_available",
+    "cupy_nvrtc_options",
     "kernel_source",
 ]
 
@@ -182,9 +183,10 @@ def kernel_source(name: str = "integrate") -> str:
 
 
 def cupy_nvrtc_options() -> tuple[str, ...]:
-    """The NVRTC options CuPy compiles radint's kernels with, but the architecture: radint's
-    own, CuPy's include paths (its CCCL headers and the CUDA runtime headers, which CuPy 14
-    requires for every kernel) and the flags it appends.
+    """The NVRTC options CuPy compiles radint's kernels with, except the architecture.
+
+    radint's own options, CuPy's include paths (its CCCL headers and, from CuPy 14, the CUDA
+    runtime headers, without which CuPy compiles no kernel) and the flags CuPy appends.
 
     Returns
     -------
@@ -194,22 +196,46 @@ def cupy_nvrtc_options() -> tuple[str, ...]:
     Raises
     ------
     BackendUnavailableError
-        CuPy is not installed, or finds no CUDA headers (the ``nvidia-cuda-runtime`` wheel of
-        the ``gpu`` extras, or a CUDA toolkit).
+        CuPy is not installed, NVRTC cannot be loaded, or CuPy finds no CUDA headers (the
+        ``nvidia-cuda-runtime`` wheel of the ``gpu`` extras, or a CUDA toolkit).
     """
     _import_cupy()
+    _preload_nvrtc()  # CuPy asks NVRTC its version while it assembles the options
     try:
         from cupy._core.core import assemble_cupy_compiler_options
-    except ImportError:  # CuPy 13 passes its include path itself and needs no CUDA headers
+    except ImportError:  # older CuPy: it adds its include path when it compiles
         return (*_NVRTC_OPTIONS, *_CUPY_APPENDS)
     try:
         options = tuple(assemble_cupy_compiler_options(_NVRTC_OPTIONS))
     except RuntimeError as e:
+        if "header" not in str(e).lower():
+            raise BackendUnavailableError(
+                f"CuPy cannot prepare a kernel compile ({e}); NVRTC comes with {INSTALL_HINT}"
+            ) from e
         raise BackendUnavailableError(
-            f"CuPy finds no CUDA headers to compile the kernels with ({e}); {INSTALL_HINT} "
-            "brings them (the nvidia-cuda-runtime wheel), or set CUDA_PATH to a CUDA toolkit"
+            f"CuPy finds no CUDA headers to compile the kernels with ({e}); " + _headers_hint()
         ) from e
     return (*options, *_CUPY_APPENDS)
+
+
+def _headers_hint() -> str:
+    """What to do about missing CUDA headers: where the wheel lies when Python can import it
+    but CuPy does not look there (an environment layered through .pth files), else what to
+    install."""
+    import importlib.util
+
+    for module, sub in (("nvidia.cuda_runtime", "include"), ("nvidia", "cu13/include")):
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            if Path(loc, sub, "cuda_runtime.h").is_file():
+                return (
+                    f"the nvidia-cuda-runtime wheel is installed at {Path(loc, sub).parent} but "
+                    "CuPy does not look there: set CUDA_PATH to that folder"
+                )
+    return f"{INSTALL_HINT} brings them (the nvidia-cuda-runtime wheel), or set CUDA_PATH to a CUDA toolkit"
 
 
 def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
@@ -239,7 +265,6 @@ def compile_ptx(name: str = "integrate", arch: str = "compute_80") -> str:
         NVRTC failed to compile (the message holds its log).
     """
     options = cupy_nvrtc_options()
-    _preload_nvrtc()
     from cupy_backends.cuda.libs import nvrtc
 
     try:
@@ -276,7 +301,6 @@ def _preload_nvrtc() -> str | None:
     """
     import importlib.util
 
-    major = _cupy_cuda_major()
     libs: list[Path] = []
     # nvidia-cuda-nvrtc-cu12: nvidia/cuda_nvrtc/lib; nvidia-cuda-nvrtc 13: nvidia/cu13/lib.
     for module, sub in (("nvidia.cuda_nvrtc", "lib"), ("nvidia", "cu13/lib")):
@@ -286,15 +310,18 @@ def _preload_nvrtc() -> str | None:
             continue
         for loc in (spec.submodule_search_locations or []) if spec else []:
             libs += sorted(Path(loc, sub).glob("libnvrtc.so.*"))
-    for lib in libs:
-        if major is not None and lib.name.split(".")[2:3] != [str(major)]:
-            continue
+    for lib in _of_cuda_major(libs, _cupy_cuda_major()):
         try:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
             return str(lib)
         except OSError:
             continue
     return None
+
+
+def _of_cuda_major(libs: list[Path], major: int | None) -> list[Path]:
+    """The ``libnvrtc.so.<major>[.minor…]`` among ``libs`` (all of them where major is None)."""
+    return [lib for lib in libs if major is None or lib.name.split(".")[2:3] == [str(major)]]
 
 
 def _cupy_cuda_major() -> int | None:
@@ -312,8 +339,7 @@ def _module(device_id: int, name: str = "integrate") -> Any:
     """The RawModule of ``kernels/<name>.cu`` for one device, compiled once per process (and
     cached on disk by CuPy)."""
     cupy = _import_cupy()
-    cupy_nvrtc_options()  # no CUDA headers: say which wheel brings them, before CuPy compiles
-    _preload_nvrtc()
+    cupy_nvrtc_options()  # NVRTC loaded; no CUDA headers: say what brings them, before CuPy does
     with cupy.cuda.Device(device_id):
         return cupy.RawModule(code=kernel_source(name), options=_NVRTC_OPTIONS)
 
@@ -383,7 +409,8 @@ class CudaIntegrator:
         # worker streams do not wait for.
         cupy.cuda.get_current_stream().synchronize()
         # CuPy staged each upload through page-locked memory of its size, which its pinned pool
-        # keeps (hundreds of MB for a large map): hand it back to the system.
+        # keeps (hundreds of MB for a large map): hand it back to the system. (CuPy 14 first
+        # returns the staging blocks whose copies are done to the pool, then frees them.)
         cupy.get_default_pinned_memory_pool().free_all_blocks()
         self._streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(max(1, n_streams))]
         # Per stream: (pinned host buffer, device buffer, event after its H→D copy), grown on use.

@@ -434,9 +434,7 @@ class _Kernel:
         self._launch = getattr(lib, f"emu_launch_{name}")
         self._launch.restype = ctypes.c_int
 
-    def __call__(
-        self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0, **kwargs: Any
-    ) -> None:
+    def __call__(self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0) -> None:
         dims = lambda d: (ctypes.c_uint * 3)(*(*d, 1, 1, 1)[:3])  # noqa: E731
         values = [_argument(a) for a in args]
         ptrs = (ctypes.c_void_p * max(1, len(values)))()
