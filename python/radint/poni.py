@@ -154,7 +154,7 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         key = _detector_key(name)
         if shape is None:
             shape = _known_detector_shape(name)
-        if key.startswith(_IRREGULAR_DETECTORS):
+        if key.startswith(_IRREGULAR_DETECTORS) and key not in _REGULAR_FAMILY_MEMBERS:
             raise ParameterError(
                 f"{path}:{line}: Detector '{name}': pyFAI places its pixels on an irregular grid "
                 "(tiles at angles, double-size pixels), which a MIDAS geometry of one pixel size "
@@ -370,6 +370,9 @@ _MODULE_GAPS = {
 
 #: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes).
 _IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau")
+#: Members of those families that pyFAI places on a regular grid (checked against its pixel
+#: positions): the assembled Jungfrau 1M / 4M (module gaps, as an Eiger) and one ImXPad chip.
+_REGULAR_FAMILY_MEMBERS = ("jungfrau1m", "jungfrau4m", "imxpads10")
 
 #: Their pixel size (m): Pilatus 172 µm, Eiger 75 µm.
 _DETECTOR_PIXEL = {
@@ -525,20 +528,16 @@ def _named_layout(
             why,
         )
     layout = builtin
-    if layout is None and det is not None and hasattr(det, "MODULE_SIZE"):
-        (rows, cols), (gap_rows, gap_cols) = det.MODULE_SIZE, det.MODULE_GAP
+    module, module_gap = getattr(det, "MODULE_SIZE", None), getattr(det, "MODULE_GAP", None)
+    if layout is None and module and module_gap:  # ImXPadS10 has a module size, no gap
+        (rows, cols), (gap_rows, gap_cols) = module, module_gap
         layout = (int(rows), int(cols), int(gap_rows), int(gap_cols))
     if layout is not None and shape is not None and layout[0] >= shape[0] and layout[1] >= shape[1]:
-        return shape, None  # one module (Eiger 500k, Pilatus 100k): no gaps
+        # One module (Eiger 500k, Pilatus 100k): no gaps; a CdTe one's chip borders are masked.
+        _warn_of_pyfai_mask(where, det, shape, "chip borders")
+        return shape, None
     if layout is None:
-        det_mask = _pyfai_mask(det)
-        if det_mask is not None and tuple(det_mask.shape) == shape and np.any(det_mask):
-            log.warning(
-                "%s: pyFAI masks %d of its pixels (e.g. outside a round sensor), radint none: "
-                "give pyFAI's detector.mask as MaskFile to match",
-                where,
-                int(np.count_nonzero(det_mask)),
-            )
+        _warn_of_pyfai_mask(where, det, shape, "e.g. chip borders, or outside a round sensor")
         if det is None and key.startswith(("pilatus", "eiger")) and not _has_pyfai():
             log.warning(
                 "%s: pyFAI is not installed, so the gaps between its modules are not known and "
@@ -547,20 +546,27 @@ def _named_layout(
             )
         return shape, None
     if file_binning != (1, 1):
-        log.warning(
-            "%s: read out binned %dx%d: the gaps between its modules are not masked; give a "
-            "MaskFile (pyFAI's detector.mask)",
-            where,
-            *file_binning,
-        )
-        return shape, None
+        (b0, b1), (rows, cols, gap_rows, gap_cols) = file_binning, layout
+        if rows % b0 or gap_rows % b0 or cols % b1 or gap_cols % b1:
+            log.warning(
+                "%s: read out binned %dx%d, which splits the gaps between its modules: they "
+                "are not masked; give a MaskFile (pyFAI's detector.mask)",
+                where,
+                *file_binning,
+            )
+            return shape, None
+        # Gaps of whole binned pixels: the same tiling at the binned scale (pyFAI's binned
+        # mask, where it can make one, is checked against it below).
+        layout = (rows // b0, cols // b1, gap_rows // b0, gap_cols // b1)
     gaps = (layout[0], layout[1], layout[2], layout[3])
     det_mask = _pyfai_mask(det)
     if det_mask is not None and tuple(det_mask.shape) == shape:
         from radint.detector_map import module_gap_mask
 
         pyfai_mask, ours = np.asarray(det_mask, dtype=bool), module_gap_mask(shape, gaps)
-        if (ours & ~pyfai_mask).any():  # not tiled evenly from the first pixel (Lambda 9M)
+        if not pyfai_mask.any():  # pyFAI masks none (Lambda 9M): neither does radint
+            return shape, None
+        if (ours & ~pyfai_mask).any():  # not tiled evenly from the first pixel
             log.warning(
                 "%s: its modules are not tiled evenly, so radint does not mask their gaps; "
                 "give pyFAI's detector.mask as MaskFile",
@@ -576,6 +582,19 @@ def _named_layout(
                 int(extra.sum()),
             )
     return shape, gaps
+
+
+def _warn_of_pyfai_mask(where: str, det: Any, shape: tuple[int, int] | None, what: str) -> None:
+    """Warn where pyFAI masks pixels of the detector (``what``: which) that radint does not."""
+    det_mask = _pyfai_mask(det)
+    if det_mask is not None and tuple(det_mask.shape) == shape and np.any(det_mask):
+        log.warning(
+            "%s: pyFAI masks %d of its pixels (%s), radint none: give pyFAI's detector.mask "
+            "as MaskFile to match",
+            where,
+            int(np.count_nonzero(det_mask)),
+            what,
+        )
 
 
 def _pyfai_binning(
