@@ -222,19 +222,13 @@ def _headers_hint() -> str:
     """What to do about missing CUDA headers: where the wheel lies when Python can import it
     but CuPy does not look there (an environment layered through .pth files), else what to
     install."""
-    import importlib.util
-
-    for module, sub in (("nvidia.cuda_runtime", "include"), ("nvidia", "cu13/include")):
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            if Path(loc, sub, "cuda_runtime.h").is_file():
-                return (
-                    f"the nvidia-cuda-runtime wheel is installed at {Path(loc, sub).parent} but "
-                    "CuPy does not look there: set CUDA_PATH to that folder"
-                )
+    # nvidia-cuda-runtime-cu12: nvidia/cuda_runtime/include; nvidia-cuda-runtime 13: cu13.
+    for folder in _wheel_folders((("nvidia.cuda_runtime", "include"), ("nvidia", "cu13/include"))):
+        if (folder / "cuda_runtime.h").is_file():
+            return (
+                f"the nvidia-cuda-runtime wheel is installed at {folder.parent} but CuPy does "
+                "not look there: set CUDA_PATH to that folder"
+            )
     return f"{INSTALL_HINT} brings them (the nvidia-cuda-runtime wheel), or set CUDA_PATH to a CUDA toolkit"
 
 
@@ -299,17 +293,9 @@ def _preload_nvrtc() -> str | None:
     brings, would otherwise compile a CUDA 13 CuPy's kernels against CUDA 13 headers). Returns
     the path loaded, or None (nothing to do).
     """
-    import importlib.util
-
-    libs: list[Path] = []
     # nvidia-cuda-nvrtc-cu12: nvidia/cuda_nvrtc/lib; nvidia-cuda-nvrtc 13: nvidia/cu13/lib.
-    for module, sub in (("nvidia.cuda_nvrtc", "lib"), ("nvidia", "cu13/lib")):
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            libs += sorted(Path(loc, sub).glob("libnvrtc.so.*"))
+    folders = _wheel_folders((("nvidia.cuda_nvrtc", "lib"), ("nvidia", "cu13/lib")))
+    libs = [lib for folder in folders for lib in sorted(folder.glob("libnvrtc.so.*"))]
     for lib in _of_cuda_major(libs, _cupy_cuda_major()):
         try:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
@@ -317,6 +303,22 @@ def _preload_nvrtc() -> str | None:
         except OSError:
             continue
     return None
+
+
+def _wheel_folders(places: tuple[tuple[str, str], ...]) -> list[Path]:
+    """The folders ``sub`` of the packages ``module`` Python can import, for each
+    ``(module, sub)`` of ``places`` (the NVIDIA wheels' layouts)."""
+    import importlib.util
+
+    folders = []
+    for module, sub in places:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # no nvidia namespace package at all
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            folders.append(Path(loc, sub))
+    return folders
 
 
 def _of_cuda_major(libs: list[Path], major: int | None) -> list[Path]:
