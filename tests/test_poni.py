@@ -600,14 +600,15 @@ def test_every_pyfai_detector_sweep_regular_jungfrau_and_binned_gaps(
     np.testing.assert_array_equal(module_gap_mask(cfg.shape, cfg.module_gaps), det.mask != 0)
 
 
-def test_every_pyfai_detector_sweep_one_module_and_one_chip(tmp_path, caplog):
+def test_every_pyfai_detector_sweep_one_module_cdte_and_unverifiable_binning(tmp_path, caplog):
     """The same sweep: a one-module Eiger2 CdTe 500k left its 1 024 chip-border pixels (masked
-    by pyFAI) unmasked without the warning every other CdTe detector gets; ImXPad S10 (one
-    chip, a regular grid) was refused as irregular."""
+    by pyFAI) unmasked without the warning every other CdTe detector gets. A binned Lambda 9M,
+    whose mask pyFAI cannot make (and which it masks nowhere unbinned), keeps no gaps."""
     caplog.set_level("WARNING", logger="radint.poni")
     IntegrationConfig.from_poni(_named_poni(tmp_path, "Eiger2CdTe_500k", 75e-6))
     assert "pyFAI masks 1024 of its pixels (chip borders), radint none" in caplog.text
-    chip = IntegrationConfig.from_poni(_named_poni(tmp_path, "ImXPadS10", 130e-6))
-    assert chip.shape == (120, 80)
-    with pytest.raises(ParameterError, match="irregular grid"):
-        IntegrationConfig.from_poni(_named_poni(tmp_path, "Jungfrau8M", 75e-6))
+    assert IntegrationConfig.from_poni(_named_poni(tmp_path, "Lambda9M", 110e-6)).module_gaps == ()
+    assert "pyFAI makes no mask to check the gaps" in caplog.text
+    for irregular in ("Jungfrau8M", "ImXPadS10"):
+        with pytest.raises(ParameterError, match="irregular grid"):
+            IntegrationConfig.from_poni(_named_poni(tmp_path, irregular, 75e-6))

@@ -371,8 +371,8 @@ _MODULE_GAPS = {
 #: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes).
 _IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau")
 #: Members of those families that pyFAI places on a regular grid (checked against its pixel
-#: positions): the assembled Jungfrau 1M / 4M (module gaps, as an Eiger) and one ImXPad chip.
-_REGULAR_FAMILY_MEMBERS = ("jungfrau1m", "jungfrau4m", "imxpads10")
+#: positions, binned too): the assembled Jungfrau 1M / 4M (module gaps, as an Eiger's).
+_REGULAR_FAMILY_MEMBERS = ("jungfrau1m", "jungfrau4m")
 
 #: Their pixel size (m): Pilatus 172 µm, Eiger 75 µm.
 _DETECTOR_PIXEL = {
@@ -555,8 +555,17 @@ def _named_layout(
                 *file_binning,
             )
             return shape, None
-        # Gaps of whole binned pixels: the same tiling at the binned scale (pyFAI's binned
-        # mask, where it can make one, is checked against it below).
+        det_mask = _pyfai_mask(det)
+        if det_mask is None or tuple(det_mask.shape) != shape:
+            log.warning(
+                "%s: read out binned %dx%d, for which pyFAI makes no mask to check the gaps "
+                "between its modules against: they are not masked; give a MaskFile",
+                where,
+                *file_binning,
+            )
+            return shape, None
+        # Gaps of whole binned pixels: the same tiling at the binned scale, checked against
+        # pyFAI's binned mask below.
         layout = (rows // b0, cols // b1, gap_rows // b0, gap_cols // b1)
     gaps = (layout[0], layout[1], layout[2], layout[3])
     det_mask = _pyfai_mask(det)
