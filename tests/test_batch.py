@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -340,9 +341,11 @@ def test_process_pool_runs_files_in_chunks_in_order(series, small_config):
     assert written == [f"n{k:02d}.h5" for k in range(16) if k % 4 != 2]
 
 
-def _midas_zip(path, frames, dark, skip, parameters=None):
+def _midas_zip(path, frames, dark, skip, parameters=None, unstored=()):
     """A MIDAS *.analysis.MIDAS.zip (spec §8.2) holding ``frames`` and the ``dark`` stack, and
-    ``parameters`` ({name: array}) in its analysis_parameters."""
+    ``parameters`` ({name: array}) in its analysis_parameters, each with its chunk stored (as
+    MIDAS's zarr 2 writer stores it) but those named in ``unstored``, written as zarr 3 does
+    by default: no chunk where the value equals the fill value."""
     import zarr
     from numcodecs import Blosc
     from zarr.storage import ZipStore
@@ -356,7 +359,8 @@ def _midas_zip(path, frames, dark, skip, parameters=None):
     params = "analysis/process/analysis_parameters"
     root.create_array(f"{params}/SkipFrame", data=np.array([skip], dtype=np.int32))
     for name, value in (parameters or {}).items():
-        root.create_array(f"{params}/{name}", data=np.asarray(value))
+        root.create_array(f"{params}/{name}", data=np.asarray(value),
+                          config={"write_empty_chunks": name not in unstored})  # fmt: skip
     scan = "measurement/process/scan_parameters"
     root.create_array(f"{scan}/start", data=np.array([30.0]))
     root.create_array(f"{scan}/step", data=np.array([0.25]))
@@ -500,6 +504,36 @@ def test_zip_parameters_radint_does_not_use_are_warned(tmp_path, small_config, c
                              "repeated for other zips alike)"), lines[0]  # fmt: skip
     with h5py.File(tmp_path / "out" / "a.h5") as f:
         assert f["entry/azint2d/data/I"].shape[0] == 4  # the parameter file's rule: 4 frames
+
+
+def test_a_zip_parameter_with_no_chunk_is_read_as_c_reads_it(tmp_path, small_config, caplog):
+    """A zip written by zarr 3 stores no chunk for a value equal to the fill value (Normalize 0):
+    zarr reads 0, IntegratorZarrOMP finds no chunk and keeps its default 1. radint integrated
+    with the parameter file's 0 without a word (cakes off by the bin area against C given the
+    zip); the warning now says what C reads. A stored Normalize 0 equal to the file's is not
+    warned about, nor an unstored one where the file has C's default."""
+    frames = np.stack([ring_image(small_config, dtype=np.uint16)] * 2)
+    dark = np.zeros((1, *frames.shape[1:]), np.uint16)
+    normalize_0 = dataclasses.replace(small_config, normalize=0)
+    cases = [("unstored", normalize_0, ("Normalize",)), ("stored", normalize_0, ()),
+             ("default", small_config, ("Normalize",))]  # fmt: skip
+    for name, config, unstored in cases:
+        zip_path = tmp_path / f"{name}.analysis.MIDAS.zip"
+        _midas_zip(zip_path, frames, dark, skip=0, unstored=unstored,
+                   parameters={"Normalize": np.array([0], np.int32)})  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="radint"):
+            outcomes = run_batch(config, [zip_path], tmp_path / name, formats=("nexus",),
+                                 n_threads=1)  # fmt: skip
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+        lines = [r.getMessage() for r in caplog.records if "analysis_parameters" in r.getMessage()]
+        if name == "unstored":
+            assert len(lines) == 1, lines
+            assert lines[0].endswith(": Normalize not stored (its value equals the fill value 0, "
+                                     "a chunk zarr 3 leaves out: C reads its default 1) (used: 0) "
+                                     "(not repeated for other zips alike)"), lines[0]  # fmt: skip
+        else:
+            assert lines == [], (name, lines)
 
 
 def test_consecutive_small_files_are_integrated_as_one_stack(tmp_path, small_config):

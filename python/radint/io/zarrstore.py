@@ -19,6 +19,7 @@ import zarr
 from zarr.storage import ZipStore
 
 from radint._once import warn_once
+from radint.config import IntegrationConfig
 from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
 
@@ -250,6 +251,7 @@ class MidasZipSource(ZarrSource):
         this zip alone would use them (OmegaSumFrames 2 in a zip: frame pairs summed there,
         single frames here, with no word)."""
         differ = []
+        defaults = IntegrationConfig().zip_parameters()
         for key, value in in_effect.items():
             arr = self._member(f"{_MIDAS_PARAMS}/{key}")
             if not isinstance(arr, zarr.Array) or arr.size == 0:
@@ -258,12 +260,21 @@ class MidasZipSource(ZarrSource):
             if stored.dtype.kind not in "biuf":
                 continue
             ours = np.asarray(value, dtype=np.float64).reshape(-1)
+            # IntegratorZarrOMP reads the chunk files: an array whose value equals its fill
+            # value has none where zarr 3 wrote it (write_empty_chunks=False), and C then
+            # keeps its default, not the fill value zarr reads.
+            unstored = arr.nchunks_initialized == 0
+            if unstored:
+                stored = np.asarray(defaults.get(key, 0), dtype=np.float64).reshape(-1)
             theirs = stored.astype(np.float64) if key == "ImTransOpt" else stored[:1]
             if key == "ImTransOpt":  # 0 is no transform
                 theirs, ours = theirs[theirs != 0], ours[ours != 0]
             same = theirs.shape == ours.shape and np.allclose(theirs, ours, rtol=1e-9, atol=1e-9)
             if not same:
                 shown = " ".join(f"{v:g}" for v in theirs) or "(none)"
+                if unstored:
+                    shown = (f"not stored (its value equals the fill value {arr.fill_value}, a "
+                             f"chunk zarr 3 leaves out: C reads its default {shown})")
                 differ.append(f"{key} {shown} (used: {' '.join(f'{v:g}' for v in ours) or 'none'})")
         if differ:
             # Once per difference, not per zip: a scan's zips share their parameters.
