@@ -915,3 +915,27 @@ def test_integrate_off_a_terminal_prints_progress_lines(tmp_path, capsys, monkey
     monkeypatch.setattr(cli, "HEARTBEAT_S", 0.05)
     assert main(["batch", params, data, "RBinSize", "4", "-o", str(tmp_path / "b")]) == 0
     assert "radint batch: 0/1 file(s) done, 0 frames," in capsys.readouterr().out
+
+
+def test_two_theta_bins_with_midas_cpu_compat_are_refused(tmp_path, capsys):
+    """Audit (MIDAS C sweep): TthMin/TthMax/TthBinSize under --compat midas-cpu were integrated
+    in 2θ bins (140 of them), while DetectorMapper and IntegratorZarrOMP ignore the keys and
+    bin in R (390): "C's numbers" that C never writes. Refused now, naming the line; the GPU
+    compat (midas-integrate has 2θ bins), no compat and an explicit pixel_weights keep them."""
+    from radint import IntegrationConfig, Integrator, InvalidInputError
+    from tests.conftest import SMALL
+
+    params = tmp_path / "p.txt"
+    params.write_text(SMALL + "TthMin 1\nTthMax 5\nTthBinSize 0.05\n")
+    data = str(EXAMPLES / "ceo2_pilatus.tif")
+    code = main(["integrate", str(params), data, "-o", str(tmp_path / "out"), "--compat",
+                 "midas-cpu", "-q"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "p.txt:25: TthBinSize 0.05: DetectorMapper and IntegratorZarrOMP have no 2θ bins" in err
+    config = IntegrationConfig.from_midas_params(params)
+    for weights in ("config", "area"):
+        with pytest.raises(InvalidInputError, match="p.txt:25: TthBinSize 0.05: Detector"):
+            Integrator(config, compat="midas-cpu", pixel_weights=weights)
+    for compat in ("midas-gpu", None):
+        assert Integrator(config, compat=compat).map.n_r == 80

@@ -76,7 +76,9 @@ def _cuda_status() -> tuple[bool, str]:
     return cuda_available()
 
 
-def check_compat(config: IntegrationConfig, compat: str | None) -> None:
+def check_compat(
+    config: IntegrationConfig, compat: str | None, weights_from_config: bool = True
+) -> None:
     """Refuse parameters that a MIDAS compat's rules cannot honour, naming where they were set
     (the CLI calls this before reading any data; :class:`Integrator` on construction).
 
@@ -85,9 +87,11 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
     InvalidInputError
         ``PixelWeights fraction`` with a compat: MIDAS's rules weigh by area, and dropping the
         key silently would leave outputs whose stored configuration says fraction; likewise
-        ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on.
+        ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on;
+        2θ bins (``TthBinSize``) with ``compat="midas-cpu"``: neither C program reads those
+        keys, both bin in R there.
     """
-    if compat and config.pixel_weights == "fraction":
+    if compat and weights_from_config and config.pixel_weights == "fraction":
         raise InvalidInputError(
             f"{config.where_set('pixel_weights')} fraction is radint's pyFAI-like weighting: not "
             f"with compat={compat!r} (MIDAS's rules weigh by area); remove the key or the compat"
@@ -99,6 +103,14 @@ def check_compat(config: IntegrationConfig, compat: str | None) -> None:
                 f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
                 f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
             )
+    if compat == "midas-cpu" and config.radial_mode == "2theta":
+        raise InvalidInputError(
+            f"{config.where_set('tth_bin_deg')} {config.tth_bin_deg:g}: DetectorMapper and "
+            "IntegratorZarrOMP have no 2θ bins (they ignore TthMin/TthMax/TthBinSize and bin "
+            "in R), so compat='midas-cpu' cannot give C's numbers for them; remove the keys for "
+            "C's R bins, give Q bins (QMin/QMax/QBinSize, which C reads), or use "
+            "compat='midas-gpu' (midas-integrate's 2θ bins) or no compat"
+        )
 
 
 def _warn_where_integratorzarromp_writes_otherwise(config: IntegrationConfig) -> None:
@@ -284,8 +296,8 @@ class Integrator:
                 "compat='midas-gpu' does too; the mean of the non-zero η bins is "
                 "IntegratorZarrOMP's (compat='midas-cpu' sets it) or radint's own without compat"
             )
+        check_compat(config, compat, weights_from_config=pixel_weights == "config")
         if pixel_weights == "config":
-            check_compat(config, compat)
             pixel_weights = config.pixel_weights
         if pixel_weights not in ("area", "fraction"):
             raise InvalidInputError(
