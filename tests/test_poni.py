@@ -612,3 +612,28 @@ def test_every_pyfai_detector_sweep_one_module_cdte_and_unverifiable_binning(tmp
     for irregular in ("Jungfrau8M", "ImXPadS10"):
         with pytest.raises(ParameterError, match="irregular grid"):
             IntegrationConfig.from_poni(_named_poni(tmp_path, irregular, 75e-6))
+
+
+@pytest.mark.parametrize(("name", "binning"), [("Eiger2_4M", (2, 2)), ("Eiger2_1M", (2, 2)),
+                                               ("Lambda750k", (2, 2)), ("Pilatus1M", (1, 1))])  # fmt: skip
+def test_write_poni_names_a_binned_detector_again(tmp_path, caplog, name, binning):
+    """Audit (pyFAI option sweep): a binned Eiger2 4M read from pyFAI's PONI was written back as
+    a plain Detector (warned: "no pyFAI detector ... to name"), so pyFAI given radint's PONI
+    integrated its module gaps (a flat 100 frame with −1 in them: median 94.9, radint 100).
+    Now named with its binned pixel and no max_shape, as pyFAI writes it, and pyFAI masks the
+    same pixels as from its own file."""
+    import pyFAI.detectors
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    det = pyFAI.detectors.detector_factory(name)
+    det.binning = binning
+    own = tmp_path / "own.poni"
+    AzimuthalIntegrator(dist=0.3, poni1=0.03, poni2=0.04, detector=det, wavelength=1e-10).save(own)
+    cfg = IntegrationConfig.from_poni(own)
+    assert cfg.module_gaps  # read with its gaps at the binned scale
+    caplog.set_level("WARNING", logger="radint.poni")
+    back = pyFAI.load(str(write_poni(cfg, tmp_path / "back.poni"))).detector
+    assert "no pyFAI detector" not in caplog.text
+    assert (type(back).__name__, tuple(back.binning), back.shape) == (name, binning, det.shape)
+    np.testing.assert_array_equal(np.asarray(back.mask, bool), np.asarray(det.mask, bool))
+    assert IntegrationConfig.from_poni(tmp_path / "back.poni").module_gaps == cfg.module_gaps

@@ -808,37 +808,59 @@ def _exact(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _detector_named_by(config: Any) -> str:
+def _detector_named_by(config: Any) -> tuple[str, tuple[int, int]]:
     """pyFAI's name of the detector ``config`` describes with its module gaps (so pyFAI masks
-    them too): radint's Pilatus/Eiger table, else pyFAI's own detectors when it is installed;
-    the generic "Detector" otherwise."""
+    them too), and the binning it is read out at: radint's Pilatus/Eiger table, else pyFAI's
+    own detectors when it is installed; the generic "Detector" otherwise."""
     if not config.module_gaps:
-        return "Detector"
+        return "Detector", (1, 1)
     shape, gaps = (config.n_pixels_z, config.n_pixels_y), tuple(config.module_gaps)
     pixel_m = config.pixel_size_y_um * 1e-6
+
+    def binning(
+        full_shape: Any, layout: Any, pixel: float | None = None, rel_tol: float = 1e-9
+    ) -> tuple[int, int]:
+        """The (square) binning that reads the detector out as ``config`` has it; (0, 0) if
+        none: the shape a whole multiple, the pixel (unless None) that multiple of the
+        detector's, the gaps whole binned pixels laid out as ``ModuleGaps`` says (from_poni's
+        rule)."""
+        full_shape, layout = tuple(full_shape or ()), tuple(layout)
+        if len(full_shape) != 2 or len(layout) != 4 or full_shape[0] % shape[0]:
+            return 0, 0
+        b = full_shape[0] // shape[0]
+        if full_shape != (shape[0] * b, shape[1] * b):
+            return 0, 0
+        if pixel is not None and not math.isclose(pixel * b, pixel_m, rel_tol=rel_tol):
+            return 0, 0
+        if any(n % b for n in layout) or tuple(n // b for n in layout) != gaps:
+            return 0, 0
+        return b, b
+
     for key, known in _DETECTOR_SHAPES.items():
-        if known == shape and _MODULE_GAPS[key] == gaps:
-            if math.isclose(_DETECTOR_PIXEL[key], pixel_m, rel_tol=1e-9):
-                return _PYFAI_NAMES[key]
+        found = binning(known, _MODULE_GAPS[key], _DETECTOR_PIXEL[key])
+        if found[0]:
+            return _PYFAI_NAMES[key], found
     with _quiet_pyfai():
         try:
             import pyFAI.detectors
 
             classes = set(pyFAI.detectors.ALL_DETECTORS.values())
         except Exception:
-            return "Detector"
+            return "Detector", (1, 1)
         # A CdTe variant of the same layout also masks its chip borders: the plain one first.
         for cls in sorted(classes, key=lambda c: ("cdte" in c.__name__.lower(), c.__name__)):
             layout = (*getattr(cls, "MODULE_SIZE", ()), *getattr(cls, "MODULE_GAP", ()))
-            if tuple(getattr(cls, "MAX_SHAPE", ()) or ()) != shape or layout != gaps:
-                continue
+            max_shape = getattr(cls, "MAX_SHAPE", None)
+            if not binning(max_shape, layout)[0]:
+                continue  # the layout first: instances of some classes are slow to make
             try:
                 det = cls()
             except Exception:
                 continue
-            if det.pixel1 and math.isclose(det.pixel1, pixel_m, rel_tol=1e-6):
-                return cls.__name__
-    return "Detector"
+            found = binning(max_shape, layout, det.pixel1 or 0.0, 1e-6)
+            if found[0]:
+                return cls.__name__, found
+    return "Detector", (1, 1)
 
 
 def write_poni(config: Any, path: str | Path) -> Path:
@@ -872,8 +894,10 @@ def write_poni(config: Any, path: str | Path) -> Path:
         k: (float(v) if isinstance(v, (float, np.floating)) else v)
         for k, v in poni_from_midas(config).items()
     }
-    det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"], "max_shape": list(g["shape"])}
-    name = _detector_named_by(config)
+    name, binned = _detector_named_by(config)
+    det = {"pixel1": g["pixel1"], "pixel2": g["pixel2"]}
+    if binned == (1, 1):  # pyFAI takes the binning from the pixel size, and fails on max_shape
+        det["max_shape"] = list(g["shape"])
     if config.module_gaps and name == "Detector":
         log.warning(
             "%s: ModuleGaps %s: no pyFAI detector of this shape, pixel and modules to name, so "
