@@ -897,7 +897,7 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, dark=dark,
-        cache_dir=out_dir / ".radint-cache", **_rules(args, config),
+        cache_dir=_map_cache(args, out_dir), **_rules(args, config),
     )  # fmt: skip
     failures = n_done = frames = 0
     reported: set[str] = set()
@@ -1050,6 +1050,11 @@ def _out_name(name: str) -> str:
     return name
 
 
+def _map_cache(args: argparse.Namespace, out_dir: Path) -> Path:
+    """``--map-cache DIR``, else the output folder's ``.radint-cache``."""
+    return Path(args.map_cache) if args.map_cache else out_dir / ".radint-cache"
+
+
 def _batch_output(args: argparse.Namespace) -> Path:
     """The output folder of ``radint batch``: ``-o`` or MIDAS's ``-resultFolder`` (the same
     option); two different folders are refused (the run silently wrote to one of them)."""
@@ -1169,6 +1174,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 skip_existing=args.skipExisting, dask=args.dask, backend=args.backend,
                 names=names, on_done=on_done, compression=args.compression,
                 raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
+                cache_dir=_map_cache(args, out_dir),
             )  # fmt: skip
         except KeyboardInterrupt:
             from radint.batch import finished_since, frames_written
@@ -1411,7 +1417,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         config = config.replace(dark_file=str(Path(dark_path).resolve()))
     integrator = Integrator(
         config, backend=args.backend, n_threads=args.threads, dark=dark,
-        cache_dir=out_dir / ".radint-cache", **_rules(args, config),
+        cache_dir=_map_cache(args, out_dir), **_rules(args, config),
     )  # fmt: skip
     pipeline = Pipeline(
         integrator,
@@ -1715,6 +1721,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="integrate with the Map.bin/nMap.bin (and maskMap.bin) MIDAS's DetectorMapper "
         "wrote in DIR instead of radint's exact map; with --compat midas-cpu the numbers are "
         "IntegratorZarrOMP's",
+    )
+    rules.add_argument(
+        "--map-cache",
+        metavar="DIR",
+        help="where built detector maps are cached and looked up (default: OUT/.radint-cache); "
+        "one folder shared by scans of the same geometry builds and stores each map once",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

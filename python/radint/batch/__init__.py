@@ -1111,10 +1111,12 @@ def run_batch(
     raw_dtype: str | None = None,
     compat: str | None = None,
     midas_map: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[FileOutcome]:
     """Integrate many files with one map; returns one outcome per file (in input order).
 
-    The map is built (or loaded) once here and cached in ``out_dir/.radint-cache``; workers
+    The map is built (or loaded) once here and cached in ``cache_dir`` (default
+    ``out_dir/.radint-cache``); workers
     load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
     ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.
     With ``n_procs > 1`` the workers are spawned processes that import the calling script: a
@@ -1134,7 +1136,7 @@ def run_batch(
 
         parse_address(dask)
         require_distributed()
-    cache = out_dir / ".radint-cache"
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / ".radint-cache"
     if config.flat_file and compat != "midas-cpu":
         from radint.corrections import read_flat_file
 
