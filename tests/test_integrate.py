@@ -1599,3 +1599,37 @@ def test_a_nonzero_mean_lineout_with_midas_gpu_rules_is_refused(small_config):
     assert cpu.lineout_mode == "midas_nonzero_mean"
     gpu = Integrator(small_config, compat="midas-gpu", fit=None)
     assert gpu.lineout_mode == "area_weighted"
+
+
+def test_a_stack_too_large_for_memory_is_an_error_not_an_abort(tmp_path):
+    """Audit (large jobs): under a job's memory limit a 16M detector's fine cake aborted the
+    Python process inside Rust ("memory allocation of 344448000 bytes failed", SIGABRT). The
+    sums and results a call needs are now asked for first: RadintMemoryError (a MemoryError)
+    with the size, and the process goes on."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "limit.py"
+    script.write_text(
+        "import resource, numpy as np\n"
+        "from radint import IntegrationConfig, Integrator, RadintMemoryError\n"
+        "cfg = IntegrationConfig.from_text('NrPixelsY 120\\nNrPixelsZ 100\\npx 172\\nLsd 200000\\n"
+        "BC 60 50\\nRMin 0\\nRMax 80\\nRBinSize 0.1\\nEtaBinSize 0.5\\n', 'p.txt')\n"
+        "integrator = Integrator(cfg, n_threads=1)\n"
+        "frames = np.ones((400, 100, 120), np.uint8)\n"
+        "vm = int([x for x in open('/proc/self/status') if x.startswith('VmSize')][0].split()[1])\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm * 1024 + (512 << 20), -1))\n"
+        "try:\n"
+        "    integrator.integrate_stack(frames)\n"
+        "except RadintMemoryError as e:\n"
+        "    assert isinstance(e, MemoryError)\n"
+        "    print('refused:', e)\n"
+        "print('small:', integrator.integrate_stack(frames[:2]).cake.shape)\n"
+    )  # fmt: skip
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused: 400 frame(s) integrated into 576000 bins (their sums and results) need " in (
+        run.stdout
+    ), run.stdout
+    assert "cannot be allocated" in run.stdout and "small: (2, 720, 800)" in run.stdout

@@ -23,6 +23,7 @@ from radint.exceptions import (
     RadintError,
     RadintFileNotFoundError,
     RadintIOError,
+    RadintMemoryError,
     ShapeError,
 )
 from radint.integrator import Integrator
@@ -40,6 +41,7 @@ __all__ = [
     "RadintError",
     "RadintFileNotFoundError",
     "RadintIOError",
+    "RadintMemoryError",
     "Result",
     "ShapeError",
     "__version__",

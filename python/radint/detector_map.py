@@ -663,6 +663,9 @@ class DetectorMap:
                 return m
             except MapFormatError as e:
                 log.warning("rebuilding detector map: %s", e)
+        # A large detector's build takes tens of seconds: say what is happening.
+        log.info("building the detector map (%d x %d pixels; cached in %s for the next run)",
+                 config.n_pixels_z, config.n_pixels_y, path.parent)  # fmt: skip
         m = cls.build(config, n_threads=n_threads)
         if m.n_entries == 0:
             return m  # refused by its user (check_not_empty): no cache, no output folder

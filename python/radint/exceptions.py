@@ -32,6 +32,10 @@ class InvalidInputError(RadintError, ValueError):
     """An argument is outside its valid range."""
 
 
+class RadintMemoryError(RadintError, MemoryError):
+    """The memory a call's arrays need (the frames and bins given) cannot be allocated."""
+
+
 class RadintIOError(RadintError, OSError):
     """A file could not be read or written."""
 
@@ -53,5 +57,6 @@ __all__ = [
     "RadintError",
     "RadintFileNotFoundError",
     "RadintIOError",
+    "RadintMemoryError",
     "ShapeError",
 ]

@@ -273,8 +273,10 @@ class MidasZipSource(ZarrSource):
             if not same:
                 shown = " ".join(f"{v:g}" for v in theirs) or "(none)"
                 if unstored:
-                    shown = (f"not stored (its value equals the fill value {arr.fill_value}, a "
-                             f"chunk zarr 3 leaves out: C reads its default {shown})")
+                    shown = (
+                        f"not stored (its value equals the fill value {arr.fill_value}, a "
+                        f"chunk zarr 3 leaves out: C reads its default {shown})"
+                    )
                 differ.append(f"{key} {shown} (used: {' '.join(f'{v:g}' for v in ours) or 'none'})")
         if differ:
             # Once per difference, not per zip: a scan's zips share their parameters.

@@ -55,6 +55,25 @@ pub enum Error {
     /// An argument outside its valid range (not from a file).
     #[error("{0}")]
     Invalid(String),
+    /// Memory for a call's arrays could not be had (a failed allocation would abort).
+    #[error("{0}")]
+    OutOfMemory(String),
+}
+
+/// Whether `bytes` more can be allocated now, asked by reserving them once: a failed
+/// allocation aborts a Rust process, so calls that size their arrays from the caller's frames
+/// and bins ask first and report instead (under a job's memory limit a 16M detector's fine
+/// cake aborted the Python process). `what` says what the memory is for.
+pub fn check_room(bytes: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if Vec::<u8>::new().try_reserve_exact(bytes).is_ok() {
+        return Ok(());
+    }
+    Err(Error::OutOfMemory(format!(
+        "{} need {:.2} GB, which cannot be allocated (a memory limit such as ulimit -v or a \
+         job's, or too little free memory)",
+        what(),
+        bytes as f64 / 1e9
+    )))
 }
 
 impl Error {

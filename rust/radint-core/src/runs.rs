@@ -46,6 +46,11 @@ impl PixelRuns {
         if n_pixels > MAX_PIXELS || indptr.last().is_some_and(|&e| e as usize > pixel.len()) {
             return None;
         }
+        // An optional layout: without the memory for it the other kernels run.
+        let bytes = indptr.len() * 16 + pixel.len() * 4;
+        if crate::error::check_room(bytes, String::new).is_err() {
+            return None;
+        }
         let mut run_ptr = Vec::with_capacity(indptr.len());
         let mut runs = Vec::with_capacity(pixel.len() / 2);
         run_ptr.push(0);

@@ -25,6 +25,7 @@ fn class_name(e: &Error) -> &'static str {
         }
         Error::Io { .. } => "RadintIOError",
         Error::Invalid(_) => "InvalidInputError",
+        Error::OutOfMemory(_) => "RadintMemoryError",
     }
 }
 

@@ -272,6 +272,11 @@ pub fn integrate<T: Pixel>(map: &DetectorMap, frames: &[&[T]], opts: &Options) -
     let n_bins = map.n_bins();
     let with_var = !matches!(opts.error_model, ErrorModel::None);
     let n = n_frames * n_bins;
+    // The sums (signal, area, count, variance) and what finalize makes of them (cake, σ).
+    let per_bin = 8 + 8 + 4 + 8 + if with_var { 8 + 8 } else { 0 };
+    crate::error::check_room(n * per_bin + n_frames * map.n_r() * 32, || {
+        format!("{n_frames} frame(s) integrated into {n_bins} bins (their sums and results)")
+    })?;
     // Frames without NaN or ±∞ (all integer frames; float frames checked in one pass), without
     // dark or per-pixel scale, cannot produce NaN: every entry counts, so area and count are
     // properties of the map, the same for every frame, made here once (no zeroed buffers
