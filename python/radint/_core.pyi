@@ -185,6 +185,12 @@ class MapCore:
 def count_equal(frame: np.ndarray, values: list[int], n_threads: int | None = None) -> int:
     """How many elements of the contiguous integer array ``frame`` equal any of ``values``."""
 
+def decode_bitshuffle_lz4(
+    chunks: list[bytes], elem_size: int, out: np.ndarray, n_threads: int | None = None
+) -> None:
+    """Decode bitshuffle/LZ4 chunks (HDF5 filter 32008) into the rows of ``out`` (uint8, 2-D,
+    C-contiguous, one row per chunk); a damaged chunk raises InvalidInputError naming it."""
+
 def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = None) -> int:
     """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
     them; 0 for integer dtypes)."""

@@ -1,8 +1,10 @@
 """HDF5 reader (h5py): one dataset holding a 2-D frame or a 3-D stack, read frame by frame, or
 the ``data_NNNNNN`` datasets of a Dectris/Eiger master file read as one stack.
 
-Eiger/Dectris files need the bitshuffle/LZ4 filters of ``hdf5plugin``; it is imported (which
-registers the filters) when a file is opened, and its absence only matters for such files.
+Eiger/Dectris files store frames as bitshuffle/LZ4 chunks: one chunk per frame is decoded by
+radint's bounds-checked decoder (a damaged chunk made the filter of ``hdf5plugin`` read past its
+end and kill the process), other layouts by ``hdf5plugin``'s filters, imported (which registers
+them) when a file needs them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radint import _core
 from radint._once import info_once
 from radint.io._source import FrameSource, check_pixel_dtype, frames_from_stack
 from radint.io.errors import ReaderError
@@ -144,6 +147,23 @@ def _filter_ids(ds: h5py.Dataset) -> list[int]:
     """The filter ids of a dataset's pipeline."""
     plist = ds.id.get_create_plist()
     return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
+#: HDF5's id of the bitshuffle filter; its options: version (2), element size, block size,
+#: compression (2: LZ4).
+_BITSHUFFLE, _BITSHUFFLE_LZ4 = 32008, 2
+
+
+def _bitshuffle_lz4_frames(ds: h5py.Dataset, frame_shape: tuple[int, ...]) -> bool:
+    """Whether ``ds`` is a stack of one bitshuffle/LZ4 chunk per frame (the Eiger/Dectris
+    layout), in a little-endian type: those chunks radint decodes itself."""
+    if ds.ndim != 3 or ds.chunks != (1, *frame_shape) or ds.dtype.byteorder == ">":
+        return False
+    plist = ds.id.get_create_plist()
+    if plist.get_nfilters() != 1:
+        return False
+    code, _, values, _ = plist.get_filter(0)
+    return code == _BITSHUFFLE and len(values) > 4 and values[4] == _BITSHUFFLE_LZ4
 
 
 class UnwrittenFramesError(ReaderError):
@@ -367,6 +387,8 @@ class Hdf5Source(FrameSource):
             lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
             if lo >= hi:
                 continue
+            if self._decode_chunks(k, lo, hi, out[lo - start : hi - start]):
+                continue
             try:
                 ds.read_direct(
                     out[lo - start : hi - start], np.s_[lo - self._starts[k] : hi - self._starts[k]]
@@ -374,6 +396,35 @@ class Hdf5Source(FrameSource):
             except OSError:
                 self._read_one_by_one(k, lo, hi, out[lo - start : hi - start])
         return out
+
+    def _decode_chunks(self, k: int, lo: int, hi: int, out: np.ndarray) -> bool:
+        """Frames ``lo .. hi-1`` of dataset ``k`` decoded by radint from their bitshuffle/LZ4
+        chunks, in parallel; False (nothing read) where the dataset is laid out otherwise or a
+        chunk is not stored filtered (HDF5 reads those). A damaged chunk is a ReaderError
+        naming its frame."""
+        ds = self._parts[k]
+        if not (out.flags.c_contiguous and _bitshuffle_lz4_frames(ds, self.frame_shape)):
+            return False
+        chunks = []
+        for index in range(lo, hi):
+            try:
+                mask, chunk = ds.id.read_direct_chunk((index - self._starts[k], 0, 0))
+            except (OSError, KeyError, ValueError):  # not stored (an unwritten frame)
+                return False
+            if mask:  # the filter was skipped for this chunk: HDF5 reads it as stored
+                return False
+            chunks.append(chunk)
+        try:
+            _core.decode_bitshuffle_lz4(
+                chunks, ds.dtype.itemsize, out.reshape(hi - lo, -1).view(np.uint8)
+            )
+        except ValueError as exc:
+            bad = re.match(r"chunk (\d+): (.*)", str(exc), re.S)
+            index, why = (lo + int(bad[1]), bad[2]) if bad else (lo, str(exc))
+            raise ReaderError(
+                f"{self.label}: cannot read {self._where(k, index, index)}: {why}"
+            ) from exc
+        return True
 
     def _read_one_by_one(self, k: int, lo: int, hi: int, out: np.ndarray) -> None:
         """Frames ``lo .. hi-1`` of dataset ``k`` read one at a time after the block read
@@ -405,6 +456,10 @@ class Hdf5Source(FrameSource):
         """Read frame ``index`` (decompressing only its chunks)."""
         k, i = self._locate(index)
         ds = self._parts[k]
+        if ds.ndim == 3:
+            frame = np.empty(self.frame_shape, self.dtype)
+            if self._decode_chunks(k, index, index + 1, frame[np.newaxis]):
+                return frame
         try:
             if ds.ndim == 2:
                 return ds[()]

@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
 pub mod bins;
+pub mod bitshuffle;
 pub mod copy;
 pub mod error;
 pub mod fit;

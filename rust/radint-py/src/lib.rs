@@ -14,7 +14,7 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use radint_core::geometry::ImageTransform;
 use radint_core::integrate as core_integrate;
 use radint_core::integrate::{ErrorModel, FinalizeOptions, LineoutMode, Precision, Rules, Sums};
@@ -1025,6 +1025,28 @@ fn copy_bytes(
     })
 }
 
+/// Decode bitshuffle/LZ4 chunks (HDF5 filter 32008, Eiger/Dectris frames) into the rows of
+/// `out` (uint8, one contiguous row per chunk) on `n_threads` threads with the GIL released;
+/// a damaged chunk is an InvalidInputError naming it, never a read past its end.
+#[pyfunction]
+#[pyo3(signature = (chunks, elem_size, out, n_threads=None))]
+fn decode_bitshuffle_lz4(
+    py: Python<'_>,
+    chunks: Vec<Bound<'_, PyBytes>>,
+    elem_size: usize,
+    mut out: numpy::PyReadwriteArray2<'_, u8>,
+    n_threads: Option<usize>,
+) -> PyResult<()> {
+    let row_bytes = out.shape()[1];
+    let out = out
+        .as_slice_mut()
+        .map_err(|_| shape_error("decode_bitshuffle_lz4: out must be contiguous".into()))?;
+    let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
+    run_detached(py, n_threads, || {
+        radint_core::bitshuffle::decode_bitshuffle_lz4_many(&chunks, elem_size, out, row_bytes)
+    })
+}
+
 /// How many elements of the integer array `frame` equal any of `values` (values its dtype
 /// cannot hold match nothing), on `n_threads` threads with the GIL released.
 #[pyfunction]
@@ -1160,6 +1182,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(integrate, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_bitshuffle_lz4, m)?)?;
     m.add_function(wrap_pyfunction!(count_nonfinite, m)?)?;
     m.add_function(wrap_pyfunction!(nonfinite_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(narrow_to_f32, m)?)?;
