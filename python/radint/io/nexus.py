@@ -276,7 +276,7 @@ def _one_frame_image(
                     file, numeric, {"date": (_DATE_PATH, len(_now_iso())), **(texts or {})}
                 )
             except ImageUnsupported as e:
-                log.info("NeXus one-frame files are written through h5py: %s", e)
+                log.debug("NeXus one-frame files are written through h5py: %s", e)
                 entry.image = False
             finally:
                 file.close()
