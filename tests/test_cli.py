@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -908,7 +909,8 @@ def test_integrate_off_a_terminal_prints_progress_lines(tmp_path, capsys, monkey
     data = str(EXAMPLES / "ceo2_pilatus.tif")
     assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "radint integrate: 3 frames in" in out and "0/1 file(s) done" in out
+    # "3 of 3 frames" once the files' frames are counted (beside the run, so maybe not yet).
+    assert re.search(r"radint integrate: 3( of 3)? frames in", out) and "0/1 file(s) done" in out
     assert main(["integrate", params, data, "RBinSize", "4", "-o", str(tmp_path / "q"), "-q"]) == 0
     assert "frames in" not in capsys.readouterr().out
     # radint batch reports files as they finish: a line every HEARTBEAT_S in between.

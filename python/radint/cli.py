@@ -909,12 +909,35 @@ def cmd_integrate(args: argparse.Namespace) -> int:
                TimeRemainingColumn())  # fmt: skip
     with _progress(columns, args.quiet) as progress:
         task = progress.add_task("files", total=len(paths))
-        # Frames as they are integrated: a file of thousands of frames moves this one.
+        # Frames as they are integrated: a file of thousands of frames moves this one; its
+        # total (and so an ETA) once the files' headers are counted, beside the run.
         frames_task = progress.add_task("frames", total=None)
+        frame_counts: dict[str, int] = {}
+        skipped: set[str] = set()
+
+        def count_all() -> None:
+            for path in paths:
+                try:
+                    with _open_input(path, config, args.dataset, args.raw_dtype) as source:
+                        frame_counts[path] = len(source.default_indices())
+                except Exception:  # the run reports a file it cannot read
+                    return
+            set_total()
+
+        def set_total() -> None:
+            if len(frame_counts) == len(paths):
+                total = sum(n for p, n in frame_counts.items() if p not in skipped)
+                progress.update(frames_task, total=total)
+                heartbeat["of"] = f" of {total}"
 
         # Off a terminal (a batch job's log, nohup) the bars are off: a line every
         # HEARTBEAT_S instead, so a file of thousands of frames does not look stuck.
-        heartbeat = {"next": t0 + HEARTBEAT_S if not (args.quiet or sys.stdout.isatty()) else None}
+        heartbeat: dict[str, Any] = {
+            "next": t0 + HEARTBEAT_S if not (args.quiet or sys.stdout.isatty()) else None,
+            "of": "",
+        }
+        if not args.quiet:
+            threading.Thread(target=count_all, name="radint-count", daemon=True).start()
 
         def on_frames(n: int) -> None:
             done = progress.tasks[frames_task].completed + n
@@ -923,8 +946,8 @@ def cmd_integrate(args: argparse.Namespace) -> int:
             progress.update(frames_task, completed=done, description=f"frames ({rate:.1f}/s)")
             if heartbeat["next"] is not None and now >= heartbeat["next"]:
                 heartbeat["next"] = now + HEARTBEAT_S
-                _echo(f"radint integrate: {int(done)} frames in {now - t0:.0f} s ({rate:.1f}/s), "
-                      f"{n_done}/{len(paths)} file(s) done")  # fmt: skip
+                _echo(f"radint integrate: {int(done)}{heartbeat['of']} frames in {now - t0:.0f} s "
+                      f"({rate:.1f}/s), {n_done}/{len(paths)} file(s) done")  # fmt: skip
 
         def say(line: str) -> None:
             if not args.quiet:
@@ -944,6 +967,8 @@ def cmd_integrate(args: argparse.Namespace) -> int:
                     reported.add(o.path)
                     if o.skipped:
                         say(f"{o.path}: skipped (outputs exist)")
+                        skipped.add(o.path)
+                        set_total()
                     elif o.ok:
                         frames += o.n_frames
                         rate = o.n_frames / max(o.seconds, 1e-9)
