@@ -891,6 +891,63 @@ def _failure(path: str, error: BaseException, t0: float) -> FileOutcome:
     return FileOutcome(path, False, seconds=time.perf_counter() - t0, error=" ".join(why.split()))
 
 
+class _SpilledCakes:
+    """The cakes (and their σ) of a file's results kept for the formats written at its end
+    (``caked``, ``gsas``, ``mat``, the per-η fits), held in hidden files beside the outputs
+    instead of in memory, and read back mapped when those are written: a long file's cakes
+    outgrew memory (6 000 frames of a 1M detector peaked at 5.3 GB with ``--format midas``, 2×
+    the cakes while they were joined). Removed when the file's outputs are done or abandoned;
+    a run killed meanwhile leaves them as ``.partial`` files, which the next run removes."""
+
+    NAMES = ("cake", "cake_sigma")
+
+    def __init__(self, out_dir: Path, stem: str, names: Iterable[str]) -> None:
+        self.out_dir, self.stem = out_dir, stem
+        self.names = [n for n in self.NAMES if n in set(names)]
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def take(self, part: Any) -> Any:
+        """``part`` (a Result) with its cakes written out, a placeholder in their place."""
+        from radint.io.atomic import temporary_sibling
+
+        changes = {}
+        for name in self.names:
+            a = getattr(part, name)
+            if a is None:
+                continue
+            arr = np.asarray(a)
+            frames = arr if arr.ndim == 3 else arr[np.newaxis]
+            entry = self.files.get(name)
+            if entry is None:
+                path = temporary_sibling(self.out_dir / f"{self.stem}.{name}")
+                entry = self.files[name] = {"path": path, "file": open(path, "wb"), "n": 0,
+                                            "dtype": frames.dtype, "shape": frames.shape[1:]}  # fmt: skip
+            if (frames.dtype, frames.shape[1:]) != (entry["dtype"], entry["shape"]):
+                raise RadintError(f"{self.stem}: results of other bins or types in one file")
+            np.ascontiguousarray(frames).tofile(entry["file"])
+            entry["n"] += frames.shape[0]
+            changes[name] = np.broadcast_to(np.array(np.nan, arr.dtype), arr.shape)
+        return dataclasses.replace(part, **changes)
+
+    def restore(self, whole: Any) -> Any:
+        """The joined Result ``whole`` with its cakes read back (mapped, read-only)."""
+        changes = {}
+        for name, entry in self.files.items():
+            entry["file"].close()
+            if getattr(whole, name) is not None:  # None: a part had none (joined as None)
+                changes[name] = np.memmap(entry["path"], dtype=entry["dtype"], mode="r",
+                                          shape=(entry["n"], *entry["shape"]))  # fmt: skip
+        return dataclasses.replace(whole, **changes)
+
+    def remove(self) -> None:
+        """Delete the files (a mapping still open keeps reading them until it is dropped)."""
+        for entry in self.files.values():
+            with contextlib.suppress(OSError):
+                entry["file"].close()
+                Path(entry["path"]).unlink()
+        self.files.clear()
+
+
 class _FileWriter:
     """The writer stage of :func:`process_files`: consumes ``(kind, file index, ...)`` events
     on its own thread and reports each file's outcome once its outputs are final."""
@@ -1014,7 +1071,11 @@ class _FileWriter:
                     for w in state["writers"]:
                         w.append(result)
                     if self.at_end:
-                        state["parts"].append(result.without(self.kept_arrays))
+                        part = result.without(self.kept_arrays)
+                        if "spill" not in state:
+                            state["spill"] = _SpilledCakes(self.out_dir, state["stem"],
+                                                           self.kept_arrays)  # fmt: skip
+                        state["parts"].append(state["spill"].take(part))
                     state["n_frames"] += result.n_frames
                 except Exception as e:
                     state["error"] = e
@@ -1055,11 +1116,19 @@ class _FileWriter:
 
             whole = Result.concatenate(state["parts"])
             state["parts"] = []  # held once, not twice, while the formats are written
-            # One format at a time, so a failure (a full disk) removes the ones already done.
-            for fmt in self.at_end:
-                done = write_result(whole, self.out_dir, [fmt], name=state["stem"])
-                state.setdefault("finals", []).extend(done)
-                written += done
+            spill = state.pop("spill", None)
+            try:
+                if spill is not None:
+                    whole = spill.restore(whole)
+                # One format at a time, so a failure (a full disk) removes the ones already done.
+                for fmt in self.at_end:
+                    done = write_result(whole, self.out_dir, [fmt], name=state["stem"])
+                    state.setdefault("finals", []).extend(done)
+                    written += done
+            finally:
+                del whole
+                if spill is not None:
+                    spill.remove()
         return written
 
     def _commit_or_fail(self, i: int, state: dict[str, Any], written: list[Path]) -> None:
@@ -1085,6 +1154,9 @@ class _FileWriter:
         for w in state["writers"]:
             with contextlib.suppress(Exception):
                 w.abort()
+        spill = state.pop("spill", None)
+        if spill is not None:
+            spill.remove()
         for path in state.pop("finals", []):
             with contextlib.suppress(OSError):
                 if Path(path).is_dir():
