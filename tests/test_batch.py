@@ -1647,11 +1647,11 @@ def test_pool_workers_keep_an_ignored_sigint(monkeypatch):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        batch._init_pool_worker()
+        batch._init_pool_worker(None)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGTERM) is batch._raise_interrupt
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        batch._init_pool_worker()
+        batch._init_pool_worker(None)
         assert signal.getsignal(signal.SIGINT) is batch._raise_interrupt
     finally:
         for s, handler in handlers.items():

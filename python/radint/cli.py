@@ -912,32 +912,19 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         # Frames as they are integrated: a file of thousands of frames moves this one; its
         # total (and so an ETA) once the files' headers are counted, beside the run.
         frames_task = progress.add_task("frames", total=None)
-        frame_counts: dict[str, int] = {}
-        skipped: set[str] = set()
-
-        def count_all() -> None:
-            for path in paths:
-                try:
-                    with _open_input(path, config, args.dataset, args.raw_dtype) as source:
-                        frame_counts[path] = len(source.default_indices())
-                except Exception:  # the run reports a file it cannot read
-                    return
-            set_total()
-
-        def set_total() -> None:
-            if len(frame_counts) == len(paths):
-                total = sum(n for p, n in frame_counts.items() if p not in skipped)
-                progress.update(frames_task, total=total)
-                heartbeat["of"] = f" of {total}"
-
         # Off a terminal (a batch job's log, nohup) the bars are off: a line every
         # HEARTBEAT_S instead, so a file of thousands of frames does not look stuck.
         heartbeat: dict[str, Any] = {
             "next": t0 + HEARTBEAT_S if not (args.quiet or sys.stdout.isatty()) else None,
             "of": "",
         }
-        if not args.quiet:
-            threading.Thread(target=count_all, name="radint-count", daemon=True).start()
+
+        def set_total(total: int) -> None:
+            progress.update(frames_task, total=total)
+            heartbeat["of"] = f" of {total}"
+
+        totals = None if args.quiet else _FrameTotal(paths, config, args.dataset, args.raw_dtype,
+                                                     set_total)  # fmt: skip
 
         def on_frames(n: int) -> None:
             done = progress.tasks[frames_task].completed + n
@@ -967,8 +954,8 @@ def cmd_integrate(args: argparse.Namespace) -> int:
                     reported.add(o.path)
                     if o.skipped:
                         say(f"{o.path}: skipped (outputs exist)")
-                        skipped.add(o.path)
-                        set_total()
+                        if totals is not None:
+                            totals.skip(o.path)
                     elif o.ok:
                         frames += o.n_frames
                         rate = o.n_frames / max(o.seconds, 1e-9)
@@ -1075,6 +1062,47 @@ def _out_name(name: str) -> str:
     return name
 
 
+class _FrameTotal:
+    """The frames a run's files hold, counted from their headers on a thread beside the run
+    (thousands of files take a while), for the progress bar's total and ETA: ``on_total(n)``
+    once every file is counted, and again as files are skipped (their outputs exist). A file
+    that cannot be opened leaves the total unknown (the run reports it)."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        config: IntegrationConfig,
+        dataset: str | None,
+        raw_dtype: str | None,
+        on_total: Callable[[int], None],
+    ) -> None:
+        self.paths, self.on_total = paths, on_total
+        self.counts: dict[str, int] = {}
+        self.skipped: set[str] = set()
+        self.lock = threading.Lock()
+        args = (config, dataset, raw_dtype)
+        threading.Thread(target=self._count, args=args, name="radint-count", daemon=True).start()
+
+    def _count(self, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None) -> None:
+        for path in self.paths:
+            try:
+                with _open_input(path, config, dataset, raw_dtype) as source:
+                    self.counts[path] = len(source.default_indices())
+            except Exception:  # the run reports a file it cannot read
+                return
+        self._update()
+
+    def skip(self, path: str) -> None:
+        """``path`` was skipped: its frames leave the total."""
+        self.skipped.add(path)
+        self._update()
+
+    def _update(self) -> None:
+        with self.lock:
+            if len(self.counts) == len(self.paths):
+                self.on_total(sum(n for p, n in self.counts.items() if p not in self.skipped))
+
+
 def _map_cache(args: argparse.Namespace, out_dir: Path) -> Path:
     """``--map-cache DIR``, else the output folder's ``.radint-cache``."""
     return Path(args.map_cache) if args.map_cache else out_dir / ".radint-cache"
@@ -1151,6 +1179,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
     with _progress(columns, args.quiet) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
+        # Frames as the workers integrate them (a file of thousands moves this one), and their
+        # total once the headers are counted; none with Dask.
+        frames_task = progress.add_task("frames", total=None, rate="", visible=not args.dask)
+        live: dict[str, Any] = {"frames": 0, "of": ""}
+
+        def set_total(total: int) -> None:
+            progress.update(frames_task, total=total)
+            live["of"] = f" of {total}"
+
+        totals = None if args.quiet or args.dask else _FrameTotal(
+            paths, config, args.dataLoc, args.raw_dtype, set_total)  # fmt: skip
+
+        def on_frames(n: int) -> None:
+            live["frames"] += n
+            progress.update(frames_task, completed=live["frames"])
 
         def summary(tail: str, uncounted: int = 0) -> None:
             if args.quiet and not failed and not tail:
@@ -1171,6 +1214,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             n_done += 1
             skipped += bool(o.skipped)
             reported.add(o.path)
+            if o.skipped and totals is not None:
+                totals.skip(o.path)
             rate = frames / max(time.perf_counter() - t0, 1e-9)
             if not o.ok:  # counted before the bar shows it (the last file's failure too)
                 failed.append((o.path, o.error))
@@ -1187,7 +1232,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         def heartbeat() -> None:
             while not quiet_beat.wait(HEARTBEAT_S):
-                _echo(f"radint batch: {n_done}/{len(paths)} file(s) done, {frames} frames, "
+                _echo(f"radint batch: {n_done}/{len(paths)} file(s) done, {frames} frames; "
+                      f"{live['frames']}{live['of']} integrated, "
                       f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
 
         if not (args.quiet or sys.stdout.isatty()):
@@ -1199,7 +1245,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 skip_existing=args.skipExisting, dask=args.dask, backend=args.backend,
                 names=names, on_done=on_done, compression=args.compression,
                 raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
-                cache_dir=_map_cache(args, out_dir),
+                cache_dir=_map_cache(args, out_dir), on_frames=None if args.dask else on_frames,
             )  # fmt: skip
         except KeyboardInterrupt:
             from radint.batch import finished_since, frames_written

@@ -106,10 +106,12 @@ def _init_worker(
     )
 
 
-def _init_pool_worker(*args: Any) -> None:
+def _init_pool_worker(frames_done: Any, *args: Any) -> None:
     """A worker process: SIGTERM and SIGINT stop it (its pipeline then removes the files it
     had not finished), whether they come from the parent, a terminal or a job scheduler; and it
-    stops by itself when its parent dies (:func:`_watch_parent`)."""
+    stops by itself when its parent dies (:func:`_watch_parent`). ``frames_done``: a shared
+    counter of the frames integrated (the parent's progress), or None."""
+    _WORKER["frames_done"] = frames_done
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # Ctrl-C reaches every process of the terminal's group: the worker's own SIGINT, then the
     # parent's SIGTERM, must not cut the first one's clean-up short (Python's default SIGINT
@@ -1184,11 +1186,13 @@ def run_batch(
     compat: str | None = None,
     midas_map: str | None = None,
     cache_dir: str | Path | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> list[FileOutcome]:
     """Integrate many files with one map; returns one outcome per file (in input order).
 
-    The map is built (or loaded) once here and cached in ``cache_dir`` (default
-    ``out_dir/.radint-cache``); workers
+    ``on_frames(n)`` is called as frames are integrated (from another thread with worker
+    processes; not with Dask), for progress within long files. The map is built (or loaded)
+    once here and cached in ``cache_dir`` (default ``out_dir/.radint-cache``); workers
     load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
     ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.
     With ``n_procs > 1`` the workers are spawned processes that import the calling script: a
@@ -1261,7 +1265,8 @@ def run_batch(
         _init_worker(config, str(cache), n_threads, backend, detector_map, dark, compat)
         # closing(): an interrupt in `done` (Ctrl-C, SIGTERM) still stops the pipeline and
         # removes the files it had not finished.
-        with contextlib.closing(process_files(files, names=names, **opts)) as outcomes_:
+        with contextlib.closing(process_files(files, names=names, on_frames=on_frames,
+                                              **opts)) as outcomes_:  # fmt: skip
             for i, o in enumerate(outcomes_):
                 done(i, o)
     else:
@@ -1271,7 +1276,7 @@ def run_batch(
         skipping = (config.validate(), rules_identity(compat, midas_map)) if skip_existing else None
         initargs = (config, str(cache), n_threads, backend, None, dark, compat, midas_map)
         _run_in_pools(files, names, opts, n_procs, initargs, cache, formats, skipping,
-                      detector_map.n_r, done)  # fmt: skip
+                      detector_map.n_r, done, on_frames)  # fmt: skip
     return [outcomes[i] for i in range(len(files))]
 
 
@@ -1323,6 +1328,7 @@ def _run_in_pools(
     skipping: tuple[IntegrationConfig, str] | None,
     n_r: int,
     done: Callable[[int, FileOutcome], None],
+    on_frames: Callable[[int], None] | None = None,
 ) -> None:
     """Integrate ``files`` on ``n_procs`` spawned worker processes, reporting each with
     ``done(index, outcome)``.
@@ -1349,6 +1355,26 @@ def _run_in_pools(
     empty_breaks = 0  # pool breaks in a row with no file in flight and nothing done between
     workers = n_procs  # halved after each such break (memory for fewer maps at once)
     _quiet_pool_manager_race()
+    # Frames the workers integrated, read every 0.25 s for on_frames (a file retried after a
+    # worker died counts its frames again: progress, not the outcome).
+    counter = multiprocessing.get_context("spawn").Value("q", 0) if on_frames else None
+    initargs = (counter, *initargs)
+    polled = threading.Event()
+
+    def poll() -> None:
+        seen = 0
+        while True:
+            stop = polled.wait(0.25)
+            now = counter.value if counter is not None else 0
+            if now > seen and on_frames is not None:
+                on_frames(now - seen)
+                seen = now
+            if stop:
+                return
+
+    poller = threading.Thread(target=poll, name="radint-frames", daemon=True)
+    if on_frames is not None:
+        poller.start()
     try:
         while any(todo):
             level = next(k for k, pending in enumerate(todo) if pending)
@@ -1462,6 +1488,9 @@ def _run_in_pools(
             )  # fmt: skip
             todo[level] += retry
     finally:
+        polled.set()
+        if poller.is_alive():
+            poller.join()  # the last frames counted before the batch returns
         shutil.rmtree(marks, ignore_errors=True)
 
 
@@ -1584,6 +1613,12 @@ def _frames_written(outputs: Sequence[Path], n_r: int = 0) -> int:
     return 0
 
 
+def _add_frames(counter: Any, n: int) -> None:
+    """Count ``n`` frames integrated in the parent's shared counter."""
+    with counter.get_lock():
+        counter.value += n
+
+
 def _process_run(
     paths: list[str], names: list[str | None], opts: dict[str, Any], marks: list[str]
 ) -> list:
@@ -1600,7 +1635,10 @@ def _process_run(
     try:
         # closing(): an interrupt between two outcomes still runs the pipeline's clean-up
         # (its unfinished outputs removed) before the worker leaves.
-        with contextlib.closing(process_files(paths, names=names, **opts)) as run:
+        counter = _WORKER.get("frames_done")
+        on_frames = None if counter is None else functools.partial(_add_frames, counter)
+        with contextlib.closing(process_files(paths, names=names, on_frames=on_frames,
+                                              **opts)) as run:  # fmt: skip
             for outcome, mark in zip(run, marks, strict=True):
                 outcomes.append(outcome)
                 os.unlink(mark)
