@@ -1,13 +1,21 @@
 //! Bitshuffle/LZ4 chunks (HDF5 filter 32008, how Eiger/Dectris detectors store frames), decoded
 //! with every length a chunk states checked against the chunk. The filter's own decoder trusts
 //! the block sizes a chunk states: a damaged chunk made it read past the chunk's end and the
-//! process died with a segfault, no file or frame named.
+//! process died with a segfault, no file or frame named. Blocks decode in parallel, through the
+//! C LZ4 library's bounds-checked `LZ4_decompress_safe`, and an SSE2 bit transpose on x86-64.
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use std::os::raw::{c_char, c_int};
 
 /// Bitshuffle works on blocks of a multiple of 8 elements; the last `n % 8` are stored as is.
 const BLOCKED_MULT: usize = 8;
+
+/// One block of a chunk: its LZ4 bytes and how many bytes they decode to.
+struct Block<'a> {
+    packed: &'a [u8],
+    bytes: usize,
+}
 
 /// Decode one chunk into `out`, the raw bytes of its `out.len() / elem_size` elements.
 ///
@@ -37,7 +45,11 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
     }
     let block_bytes = u32::from_be_bytes(header[8..].try_into().expect("4 bytes")) as usize;
     let block = block_bytes / elem_size;
-    if block == 0 || !block_bytes.is_multiple_of(elem_size) || !block.is_multiple_of(BLOCKED_MULT) {
+    if block == 0
+        || !block_bytes.is_multiple_of(elem_size)
+        || !block.is_multiple_of(BLOCKED_MULT)
+        || block_bytes > c_int::MAX as usize
+    {
         return Err(damaged(format!(
             "block size {block_bytes} bytes is not a multiple of 8 elements of {elem_size} bytes"
         )));
@@ -45,10 +57,8 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
     let n = out.len() / elem_size;
     let tail = n % block - n % block % BLOCKED_MULT;
     let sizes = std::iter::repeat_n(block, n / block).chain((tail > 0).then_some(tail));
-    let mut transposed = vec![0u8; block * elem_size];
-    let mut at = 0;
+    let mut blocks = Vec::with_capacity(n / block + 1);
     for (k, size) in sizes.enumerate() {
-        let bytes = size * elem_size;
         let Some((count, after)) = rest.split_at_checked(4) else {
             return Err(damaged(format!("it ends before block {k}")));
         };
@@ -59,26 +69,64 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
                 after.len()
             )));
         };
-        let unpacked = lz4_flex::block::decompress_into(packed, &mut transposed[..bytes])
-            .map_err(|e| damaged(format!("block {k}: {e}")))?;
-        if unpacked != bytes {
-            return Err(damaged(format!(
-                "block {k} holds {unpacked} bytes, expected {bytes}"
-            )));
-        }
-        untranspose_bits(&transposed[..bytes], &mut out[at..at + bytes], elem_size);
-        at += bytes;
+        blocks.push(Block {
+            packed,
+            bytes: size * elem_size,
+        });
         rest = after;
     }
-    let left = out.len() - at;
-    let Some(plain) = rest.get(..left) else {
+    let (whole, left) = out.split_at_mut(out.len() - (n % BLOCKED_MULT) * elem_size);
+    let Some(plain) = rest.get(..left.len()) else {
         return Err(damaged(format!(
-            "its last {left} bytes are missing ({} remain)",
+            "its last {} bytes are missing ({} remain)",
+            left.len(),
             rest.len()
         )));
     };
-    out[at..].copy_from_slice(plain);
-    Ok(())
+    left.copy_from_slice(plain);
+    whole
+        .par_chunks_mut(block_bytes)
+        .zip(blocks.par_iter())
+        .enumerate()
+        .try_for_each_init(
+            || (vec![0u8; block_bytes], vec![0u8; block_bytes]),
+            |(transposed, planes), (k, (dst, b))| {
+                let got = lz4_decompress(b.packed, &mut transposed[..b.bytes]);
+                if got != Some(b.bytes) {
+                    return Err(damaged(match got {
+                        None => format!("block {k} is not a valid LZ4 block"),
+                        Some(got) => format!("block {k} holds {got} bytes, expected {}", b.bytes),
+                    }));
+                }
+                untranspose_bits(
+                    &transposed[..b.bytes],
+                    dst,
+                    elem_size,
+                    &mut planes[..b.bytes],
+                );
+                Ok(())
+            },
+        )
+}
+
+/// `src` decoded into `dst` by the C library's `LZ4_decompress_safe`: the bytes written, or
+/// None for a malformed block (or one larger than `dst`).
+fn lz4_decompress(src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    if src.len() > c_int::MAX as usize || dst.len() > c_int::MAX as usize {
+        return None;
+    }
+    // SAFETY: LZ4_decompress_safe reads at most `src.len()` bytes of `src` and writes at most
+    // `dst.len()` bytes into `dst`, whatever the input ("protected against malicious data",
+    // lz4.h); both lengths are those of the slices passed.
+    let n = unsafe {
+        lz4_sys::LZ4_decompress_safe(
+            src.as_ptr() as *const c_char,
+            dst.as_mut_ptr() as *mut c_char,
+            src.len() as c_int,
+            dst.len() as c_int,
+        )
+    };
+    usize::try_from(n).ok()
 }
 
 /// Decode `chunks` into the rows of `out` (`chunks.len()` rows of `row_bytes`) in parallel;
@@ -112,23 +160,60 @@ pub fn decode_bitshuffle_lz4_many(
     }
 }
 
-/// The inverse of bitshuffle's transpose of one block: `src` holds, for byte `b` of the elements
-/// and bit `i`, a row of `n / 8` bytes whose byte `m` has in bit `j` bit `i` of byte `b` of
-/// element `8m + j`.
-fn untranspose_bits(src: &[u8], dst: &mut [u8], elem_size: usize) {
+/// The inverse of bitshuffle's transpose of one block of `n` elements: `src` holds, for byte
+/// `b` of the elements and bit `i`, a row of `n / 8` bytes whose byte `m` has in bit `j` bit
+/// `i` of byte `b` of element `8m + j`. Each byte plane is transposed into `planes` (element
+/// order), then the planes are interleaved into `dst`.
+fn untranspose_bits(src: &[u8], dst: &mut [u8], elem_size: usize, planes: &mut [u8]) {
     let n = dst.len() / elem_size;
-    let row = n / 8;
+    if elem_size == 1 {
+        untranspose_plane(src, dst);
+        return;
+    }
     for b in 0..elem_size {
-        let rows = &src[b * 8 * row..(b + 1) * 8 * row];
-        for m in 0..row {
-            let mut x = 0u64;
-            for i in 0..8 {
-                x |= (rows[i * row + m] as u64) << (8 * i);
-            }
-            let y = transpose_8x8(x);
-            for j in 0..8 {
-                dst[(8 * m + j) * elem_size + b] = (y >> (8 * j)) as u8;
-            }
+        untranspose_plane(&src[b * n..(b + 1) * n], &mut planes[b * n..(b + 1) * n]);
+    }
+    interleave_planes(planes, dst, elem_size, n);
+}
+
+/// One byte plane: 8 rows of `n / 8` bytes (bit `i` of the elements' byte in row `i`) into the
+/// `n` bytes in element order.
+fn untranspose_plane(rows: &[u8], plane: &mut [u8]) {
+    let row = plane.len() / 8;
+    let mut m = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of x86-64; the loads and stores stay within `rows` and `plane`
+        // (16 columns from m while m + 16 <= row).
+        while m + 16 <= row {
+            unsafe { sse2::untranspose_16(rows, plane, row, m) };
+            m += 16;
+        }
+    }
+    for m in m..row {
+        let mut x = 0u64;
+        for i in 0..8 {
+            x |= (rows[i * row + m] as u64) << (8 * i);
+        }
+        plane[8 * m..8 * m + 8].copy_from_slice(&transpose_8x8(x).to_le_bytes());
+    }
+}
+
+/// `dst[e * elem_size + b] = planes[b * n + e]`.
+fn interleave_planes(planes: &[u8], dst: &mut [u8], elem_size: usize, n: usize) {
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    if elem_size == 2 || elem_size == 4 {
+        while e + 16 <= n {
+            // SAFETY: SSE2 is part of x86-64; 16 elements from e lie within every plane and
+            // `dst` (e + 16 <= n).
+            unsafe { sse2::interleave_16(planes, dst, elem_size, n, e) };
+            e += 16;
+        }
+    }
+    for e in e..n {
+        for b in 0..elem_size {
+            dst[e * elem_size + b] = planes[b * n + e];
         }
     }
 }
@@ -141,6 +226,95 @@ fn transpose_8x8(mut x: u64) -> u64 {
     x ^= t ^ (t << 14);
     let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
     x ^ t ^ (t << 28)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::transpose_8x8`] on both 64-bit lanes.
+    #[inline(always)]
+    unsafe fn transpose_8x8_x2(mut x: __m128i) -> __m128i {
+        let m1 = _mm_set1_epi64x(0x00AA_00AA_00AA_00AA);
+        let m2 = _mm_set1_epi64x(0x0000_CCCC_0000_CCCC);
+        let m3 = _mm_set1_epi64x(0x0000_0000_F0F0_F0F0);
+        let t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 7)), m1);
+        x = _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 7)));
+        let t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 14)), m2);
+        x = _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 14)));
+        let t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 28)), m3);
+        _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 28)))
+    }
+
+    /// Columns `m .. m + 16` of the 8 rows (of `row` bytes) into elements `8m .. 8m + 128`:
+    /// the bytes of a column gathered by a byte transpose (three rounds of unpacks), then each
+    /// column's 8 × 8 bits transposed.
+    ///
+    /// # Safety
+    /// `m + 16 <= row`, `rows.len() >= 8 * row`, `plane.len() >= 8 * row`.
+    pub(super) unsafe fn untranspose_16(rows: &[u8], plane: &mut [u8], row: usize, m: usize) {
+        let r = |i: usize| _mm_loadu_si128(rows.as_ptr().add(i * row + m) as *const __m128i);
+        let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+        let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+        let a = [
+            _mm_unpacklo_epi8(r0, r1),
+            _mm_unpackhi_epi8(r0, r1),
+            _mm_unpacklo_epi8(r2, r3),
+            _mm_unpackhi_epi8(r2, r3),
+            _mm_unpacklo_epi8(r4, r5),
+            _mm_unpackhi_epi8(r4, r5),
+            _mm_unpacklo_epi8(r6, r7),
+            _mm_unpackhi_epi8(r6, r7),
+        ];
+        let b = [
+            _mm_unpacklo_epi16(a[0], a[2]),
+            _mm_unpackhi_epi16(a[0], a[2]),
+            _mm_unpacklo_epi16(a[1], a[3]),
+            _mm_unpackhi_epi16(a[1], a[3]),
+            _mm_unpacklo_epi16(a[4], a[6]),
+            _mm_unpackhi_epi16(a[4], a[6]),
+            _mm_unpacklo_epi16(a[5], a[7]),
+            _mm_unpackhi_epi16(a[5], a[7]),
+        ];
+        let out = plane.as_mut_ptr().add(8 * m) as *mut __m128i;
+        for k in 0..4 {
+            let lo = _mm_unpacklo_epi32(b[k], b[k + 4]); // columns m + 4k, m + 4k + 1
+            let hi = _mm_unpackhi_epi32(b[k], b[k + 4]); // columns m + 4k + 2, m + 4k + 3
+            _mm_storeu_si128(out.add(2 * k), transpose_8x8_x2(lo));
+            _mm_storeu_si128(out.add(2 * k + 1), transpose_8x8_x2(hi));
+        }
+    }
+
+    /// Elements `e .. e + 16` of 2 or 4 byte planes (of `n` bytes) interleaved into `dst`.
+    ///
+    /// # Safety
+    /// `elem_size` is 2 or 4, `e + 16 <= n`, `planes.len() >= elem_size * n`,
+    /// `dst.len() >= elem_size * n`.
+    pub(super) unsafe fn interleave_16(
+        planes: &[u8],
+        dst: &mut [u8],
+        elem_size: usize,
+        n: usize,
+        e: usize,
+    ) {
+        let p = |b: usize| _mm_loadu_si128(planes.as_ptr().add(b * n + e) as *const __m128i);
+        let out = dst.as_mut_ptr().add(e * elem_size) as *mut __m128i;
+        let (p0, p1) = (p(0), p(1));
+        let lo = _mm_unpacklo_epi8(p0, p1);
+        let hi = _mm_unpackhi_epi8(p0, p1);
+        if elem_size == 2 {
+            _mm_storeu_si128(out, lo);
+            _mm_storeu_si128(out.add(1), hi);
+            return;
+        }
+        let (p2, p3) = (p(2), p(3));
+        let lo23 = _mm_unpacklo_epi8(p2, p3);
+        let hi23 = _mm_unpackhi_epi8(p2, p3);
+        _mm_storeu_si128(out, _mm_unpacklo_epi16(lo, lo23));
+        _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(lo, lo23));
+        _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(hi, hi23));
+        _mm_storeu_si128(out.add(3), _mm_unpackhi_epi16(hi, hi23));
+    }
 }
 
 #[cfg(test)]
@@ -204,13 +378,18 @@ mod tests {
 
     #[test]
     fn round_trips_whole_and_partial_blocks() {
-        for elem_size in [1, 2, 4, 8] {
-            for n in [0, 5, 8, 64, 1000, 4099] {
-                let data: Vec<u8> = (0..n * elem_size).map(|k| (k * 37 % 251) as u8).collect();
-                let chunk = encode(&data, elem_size, 512);
-                let mut out = vec![0u8; data.len()];
-                decode_bitshuffle_lz4(&chunk, elem_size, &mut out).unwrap();
-                assert_eq!(out, data, "elem_size {elem_size}, n {n}");
+        // Blocks of 512 (rows of 64 bytes: the SSE2 path), 520 (a scalar column after it), 8.
+        for elem_size in [1, 2, 3, 4, 8] {
+            for block in [512, 520, 8] {
+                for n in [0, 5, 8, 64, 1000, 4099] {
+                    let data: Vec<u8> = (0..n * elem_size)
+                        .map(|k| ((k * 2654435761) >> 7) as u8)
+                        .collect();
+                    let chunk = encode(&data, elem_size, block);
+                    let mut out = vec![0u8; data.len()];
+                    decode_bitshuffle_lz4(&chunk, elem_size, &mut out).unwrap();
+                    assert_eq!(out, data, "elem_size {elem_size}, block {block}, n {n}");
+                }
             }
         }
     }
