@@ -1124,3 +1124,18 @@ def test_no_curves_give_an_empty_table():
     for fit in (FitSpec(positions_px=(10.0,)), FitSpec(auto=2)):
         r = Integrator(config, fit=fit).integrate_stack(np.empty((0, 30, 40), np.uint16))
         assert r.n_frames == 0 and np.asarray(r.peaks.center).shape[0] == 0
+
+
+def test_snip_iterations_0_detects_on_the_data_itself():
+    """Audit (MIDAS C peak sweep): with SNIPIterations 0 radint's SNIP background was the data
+    itself, so auto-detection found nothing, silently (C's fit.bin held the rings). No
+    iterations is no background now, as C's pf_snip_background has it: the rings are found."""
+    from radint.fit import fit_peaks
+
+    x = np.arange(20, 190) + 0.5
+    rings = [(60.0, 400.0), (100.3, 300.0), (150.6, 250.0)]
+    y = 50 + sum(a * np.exp(-0.5 * ((x - r) / (3 / 2.3548)) ** 2) for r, a in rings)
+    fits = fit_peaks(x, y, auto=5, snip_iterations=0, bin_average=False)
+    found = np.sort(fits.center[np.isfinite(fits.center)])
+    assert found.size == 3, fits.center
+    np.testing.assert_allclose(found, [r for r, _ in rings], atol=0.05)

@@ -5,6 +5,7 @@ checked against the C program's own outputs in tests/data/midas_c_peaks (PROVENA
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -460,3 +461,20 @@ def test_midas_bounds_find_c_minimum_where_lm_from_cs_start_alone_did_not() -> N
     assert d["status"] == 0
     np.testing.assert_allclose(d["params"][:2], [69.945136869, 70.784727723], atol=0.02)
     assert d["params"][5] == pytest.approx(2.544)  # Γ₂ on C's cap, RBinSize·nPts/2, as in C
+
+
+def test_doublet_member_stopped_on_the_pairs_midpoint_gives_no_row() -> None:
+    """Audit (MIDAS C peak sweep): positions 37 and 41.5 px with DoubletSeparation 5, the ring
+    at 37 only (its partner's place past the data): the absent member's centre stopped on the
+    pair's midpoint (39.25), the bound between the two, in every η bin, with SNR 2-3, and was
+    written as a peak. Dropped now, as a centre on the window's edge is; the real ring kept."""
+    result = _synthetic()
+    r = np.asarray(result.radius_px)
+    rng = np.random.default_rng(2)
+    cakes = 10 + pv(r, 0, 500, 37.0, 1.8, 0.4) + rng.normal(0, 3, (2, 4, r.size))
+    result = dataclasses.replace(result, cake=cakes, lineout=cakes.mean(axis=1))
+    fits = rfit.fit_per_eta(result, positions_px=[37.0, 41.5], doublet_separation=5,
+                            roi_padding=6)  # fmt: skip
+    real = fits.center[fits.peak == 0]
+    assert real.size == 8 and np.abs(real - 37.0).max() < 0.05, fits.center
+    assert not np.isclose(fits.center[fits.peak == 1], 39.25).any(), fits.center

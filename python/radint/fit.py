@@ -1220,11 +1220,15 @@ def fit_per_eta(
     rows: list[tuple[np.ndarray, int, dict[str, np.ndarray]]] = []  # (curve ids, peak, cols)
 
     def keep(curves: np.ndarray, peak: int, center: np.ndarray, snr: np.ndarray,
-             pv: np.ndarray, flat: np.ndarray, x: np.ndarray) -> None:  # fmt: skip
+             pv: np.ndarray, flat: np.ndarray, x: np.ndarray,
+             box: tuple[float, float] | None = None) -> None:  # fmt: skip
         # A centre stopped on the window's edge is a ring's flank outside it, not a peak in it
-        # (the 1-D fits call it at_bound): no row, where C keeps it when its SNR passes.
+        # (the 1-D fits call it at_bound): no row, where C keeps it when its SNR passes. A
+        # doublet member's box ends at the pair's midpoint too (``box``): one whose partner
+        # is not there (past RMax) stopped on it in every η bin.
+        low, high = box if box is not None else (x[0], x[-1])
         tol = 1e-6 * (x[-1] - x[0])
-        inside = (center > x[0] + tol) & (center < x[-1] - tol)
+        inside = (center > low + tol) & (center < high - tol)
         ok = np.isfinite(snr) & (snr > 1.0) & (center != 0) & ~flat & inside
         if ok.any():
             zero = np.zeros(int(ok.sum()))
@@ -1272,11 +1276,13 @@ def fit_per_eta(
                     d = fit_pv_doublet(x, y, lo_r, hi_r, max_iterations=max_iterations,
                                        bounds=bounds)  # fmt: skip
                     low_first = pos[k] <= pos[k + 1]
+                    mid = (lo_r + hi_r) / 2
                     for j, slot in enumerate((k, k + 1) if low_first else (k + 1, k)):
                         prm = d["params"]
                         pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
                                               prm[:, 7]])  # fmt: skip
-                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat, x)
+                        box = (x[0], mid) if j == 0 else (mid, x[-1])
+                        keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat, x, box)
                 else:
                     d = fit_pv(x, y, pos[k], max_iterations=max_iterations,
                                n_threads=n_threads, bounds=bounds)  # fmt: skip

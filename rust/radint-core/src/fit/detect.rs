@@ -80,11 +80,17 @@ pub struct AutoFit {
     pub peaks: Vec<PeakFit>,
 }
 
-/// SNIP background (LLS-transformed, decreasing clipping window `p = iterations … 1`), ≥ 0.
+/// SNIP background (LLS-transformed, decreasing clipping window `p = iterations … 1`), ≥ 0; 0
+/// for 0 iterations.
 /// NaN bins (masked or empty) are bridged linearly from their finite neighbours first: read as
 /// 0, one such bin pulled the clipped background down to ~0 for hundreds of bins around it.
 pub fn snip_background(y: &[f64], iterations: usize) -> Vec<f64> {
     let n = y.len();
+    if iterations == 0 {
+        // No clipping: no background (C's pf_snip_background), not the data itself, which
+        // left nothing above it to detect.
+        return vec![0.0; n];
+    }
     let mut v: Vec<f64> = bridge_nan(y)
         .iter()
         .map(|&i| ((i.max(0.0) + 1.0).sqrt() + 1.0).ln().ln_1p())
@@ -996,7 +1002,8 @@ mod tests {
     fn snip_bounded_loop_is_bit_identical() {
         for n in [0, 1, 2, 3, 4, 5, 7, 8, 100, 101] {
             let y = lineout(n);
-            for it in [0, 1, 2, 3, 20, 49, 50, 51, 200] {
+            assert!(snip_background(&y, 0).iter().all(|&v| v == 0.0), "n={n}");
+            for it in [1, 2, 3, 20, 49, 50, 51, 200] {
                 let a = snip_background(&y, it);
                 let b = snip_unbounded(&y, it);
                 assert_eq!(
