@@ -15,6 +15,7 @@ __all__ = [
     "copy_bytes",
     "count_equal",
     "count_nonfinite",
+    "decode_bitshuffle_lz4",
     "distortion_fold",
     "fit_auto",
     "fit_peaks",
