@@ -921,3 +921,34 @@ def test_a_damaged_bitshuffle_chunk_names_its_frame_and_does_not_crash(tmp_path)
     assert run.returncode == 0, (run.returncode, run.stderr[-1500:])
     assert "cannot read frame 2: damaged bitshuffle/LZ4 chunk: block 1 says " in run.stdout
     assert run.stdout.splitlines()[-1] == str(int(stack[3].sum()))
+
+
+def test_bitshuffle_frames_stored_unfiltered_or_unwritten_beside_a_damaged_one(tmp_path):
+    """Review: a block holding a chunk stored unfiltered (filter mask set) fell back to HDF5
+    for the whole block, so a damaged chunk beside it reached hdf5plugin's filter (segfault).
+    Each frame is read on its own terms now: unfiltered ones as stored, unwritten ones as
+    the fill value, the damaged one a ReaderError naming it. In a process of its own."""
+    pytest.importorskip("hdf5plugin")
+    script = (
+        "import sys, h5py, hdf5plugin, numpy as np\nfrom pathlib import Path\n"
+        "from radint.io import ReaderError\nfrom radint.io.hdf5 import Hdf5Source\n"
+        "a = np.random.default_rng(1).integers(0, 1000, (6, 64, 48)).astype(np.uint32)\n"
+        "path = Path(sys.argv[1])\n"
+        "with h5py.File(path, 'w') as f:\n"
+        "    ds = f.create_dataset('exchange/data', shape=a.shape, dtype=a.dtype,\n"
+        "                          chunks=(1, 64, 48), **hdf5plugin.Bitshuffle(cname='lz4'))\n"
+        "    for i in (0, 1, 3, 5):\n        ds[i] = a[i]\n"
+        "    c = ds.id.read_direct_chunk((3, 0, 0))[1]\n"
+        "    ds.id.write_direct_chunk((3, 0, 0), c[: len(c) // 3])\n"
+        "    ds.id.write_direct_chunk((1, 0, 0), a[1].tobytes(), filter_mask=1)\n"
+        "source = Hdf5Source(path, frames=[0, 1, 3, 5])\n"
+        "try:\n    source.read_block(0, 6)\nexcept ReaderError as e:\n    print(e)\n"
+        "got = source.read_block(0, 3)\n"
+        "print(np.array_equal(got[:2], a[:2]), int(got[2].max()), np.array_equal(source.read(5), a[5]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "e.h5")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, (run.returncode, run.stderr[-1500:])
+    lines = run.stdout.splitlines()
+    assert "cannot read frame 3: damaged bitshuffle/LZ4 chunk" in lines[0], lines
+    assert lines[-1] == "True 0 True", lines

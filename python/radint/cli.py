@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -899,6 +899,9 @@ def cmd_integrate(args: argparse.Namespace) -> int:
         config, backend=args.backend, n_threads=args.threads, dark=dark,
         cache_dir=_map_cache(args, out_dir), **_rules(args, config),
     )  # fmt: skip
+    from radint.io.hdf5 import set_decode_threads
+
+    set_decode_threads(args.threads)  # Eiger frames decoded on as many threads as integrated
     failures = n_done = frames = 0
     reported: set[str] = set()
     t0 = time.perf_counter()
@@ -1066,7 +1069,9 @@ class _FrameTotal:
     """The frames a run's files hold, counted from their headers on a thread beside the run
     (thousands of files take a while), for the progress bar's total and ETA: ``on_total(n)``
     once every file is counted, and again as files are skipped (their outputs exist). A file
-    that cannot be opened leaves the total unknown (the run reports it)."""
+    that cannot be opened, or is not a regular file (a FIFO would block), leaves the total
+    unknown (the run reports it). :meth:`stop` ends the count before the run returns: a thread
+    still inside h5py as the interpreter shut down hung or crashed an interrupted run."""
 
     def __init__(
         self,
@@ -1080,11 +1085,31 @@ class _FrameTotal:
         self.counts: dict[str, int] = {}
         self.skipped: set[str] = set()
         self.lock = threading.Lock()
+        self.stopped = threading.Event()
         args = (config, dataset, raw_dtype)
-        threading.Thread(target=self._count, args=args, name="radint-count", daemon=True).start()
+        self.thread = threading.Thread(target=self._count, args=args, name="radint-count",
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+        self.running.append(self)
+
+    #: Counts started by this process's command, stopped as it returns (:func:`main`).
+    running: ClassVar[list[_FrameTotal]] = []
+
+    def stop(self) -> None:
+        """End the count (after the file it is reading) and wait for it."""
+        self.stopped.set()
+        self.thread.join(timeout=10.0)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every count still running."""
+        while cls.running:
+            cls.running.pop().stop()
 
     def _count(self, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None) -> None:
         for path in self.paths:
+            if self.stopped.is_set() or not Path(path).is_file():
+                return
             try:
                 with _open_input(path, config, dataset, raw_dtype) as source:
                     self.counts[path] = len(source.default_indices())
@@ -1104,8 +1129,14 @@ class _FrameTotal:
 
 
 def _map_cache(args: argparse.Namespace, out_dir: Path) -> Path:
-    """``--map-cache DIR``, else the output folder's ``.radint-cache``."""
-    return Path(args.map_cache) if args.map_cache else out_dir / ".radint-cache"
+    """``--map-cache DIR``, else the output folder's ``.radint-cache``; a DIR that exists as
+    something else than a folder is refused."""
+    if not args.map_cache:
+        return out_dir / ".radint-cache"
+    cache = Path(args.map_cache)
+    if cache.exists() and not cache.is_dir():
+        raise RadintError(f"--map-cache {cache}: not a folder")
+    return cache
 
 
 def _batch_output(args: argparse.Namespace) -> Path:
@@ -2352,6 +2383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"radint: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     finally:
+        _FrameTotal.stop_all()
         for signum, was in previous.items():  # main() called from Python leaves them as they were
             signal.signal(signum, was)
 

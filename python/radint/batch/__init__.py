@@ -94,7 +94,9 @@ def _init_worker(
 ) -> None:
     from radint.detector_map import DetectorMap
     from radint.integrator import Integrator
+    from radint.io.hdf5 import set_decode_threads
 
+    set_decode_threads(n_threads)  # Eiger frames decoded on as many threads as integrated
     if detector_map is not None:
         m = detector_map
     elif midas_map:
@@ -204,6 +206,8 @@ def _remove_partials_of_dead_workers(
     wanted = expand_formats(formats)
     finals = [Path(out_dir) / (output_stem(f, n) + FORMATS[fmt][0])
               for f, n in zip(files, names, strict=True) for fmt in wanted]  # fmt: skip
+    finals += [Path(out_dir) / f"{output_stem(f, n)}.{spill}" for f, n in zip(files, names)
+               for spill in _SpilledCakes.NAMES]  # fmt: skip
     for gone in remove_stale_partials(finals, listing, max_age_s=0.0):
         log.info("removed %s, left by a Dask worker that was stopped", gone)
 
@@ -567,7 +571,8 @@ def process_files(
             stem = output_stem(path, names[i])
             expected = writer.expected(stem)
             if leftovers:
-                for gone in remove_stale_partials(expected, leftovers):
+                spills = [writer.out_dir / f"{stem}.{n}" for n in _SpilledCakes.NAMES]
+                for gone in remove_stale_partials(expected + spills, leftovers):
                     log.info("removed %s, left by a run that was killed", gone)
             if skip_existing and expected and all(_complete(p) for p in expected):
                 nexus = [writer.out_dir / (stem + writer.suffix[f][0]) for f in writer.streamed]

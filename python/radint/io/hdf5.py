@@ -152,6 +152,14 @@ def _filter_ids(ds: h5py.Dataset) -> list[int]:
 #: HDF5's id of the bitshuffle filter; its options: version (2), element size, block size,
 #: compression (2: LZ4).
 _BITSHUFFLE, _BITSHUFFLE_LZ4 = 32008, 2
+#: Threads decoding bitshuffle/LZ4 frames (None: one per CPU); see set_decode_threads.
+_DECODE_THREADS: list[int | None] = [None]
+
+
+def set_decode_threads(n_threads: int | None) -> None:
+    """Decode bitshuffle/LZ4 frames on ``n_threads`` threads (None: one per CPU), as a run's
+    ``--threads`` asks; the decoding runs on a pool of its own, beside the integration."""
+    _DECODE_THREADS[0] = n_threads
 
 
 def _bitshuffle_lz4_frames(ds: h5py.Dataset, frame_shape: tuple[int, ...]) -> bool:
@@ -399,31 +407,48 @@ class Hdf5Source(FrameSource):
 
     def _decode_chunks(self, k: int, lo: int, hi: int, out: np.ndarray) -> bool:
         """Frames ``lo .. hi-1`` of dataset ``k`` decoded by radint from their bitshuffle/LZ4
-        chunks, in parallel; False (nothing read) where the dataset is laid out otherwise or a
-        chunk is not stored filtered (HDF5 reads those). A damaged chunk is a ReaderError
-        naming its frame."""
+        chunks, in parallel; False (nothing read) where the dataset is laid out otherwise.
+        Frames whose chunk was stored unfiltered are copied as stored, and unwritten ones read
+        by HDF5 (its fill value: no filter runs), each on its own, so no chunk of the block
+        reaches the filter. A damaged chunk is a ReaderError naming its frame."""
         ds = self._parts[k]
         if not (out.flags.c_contiguous and _bitshuffle_lz4_frames(ds, self.frame_shape)):
             return False
-        chunks = []
-        for index in range(lo, hi):
+        rows = out.reshape(hi - lo, -1).view(np.uint8)
+        chunks, filtered = [], []
+        for j, index in enumerate(range(lo, hi)):
+            i = index - self._starts[k]
             try:
-                mask, chunk = ds.id.read_direct_chunk((index - self._starts[k], 0, 0))
-            except (OSError, KeyError, ValueError):  # not stored (an unwritten frame)
-                return False
-            if mask:  # the filter was skipped for this chunk: HDF5 reads it as stored
-                return False
-            chunks.append(chunk)
+                mask, chunk = ds.id.read_direct_chunk((i, 0, 0))
+            except (OSError, KeyError, ValueError, RuntimeError):  # not stored (unwritten)
+                ds.read_direct(out[j : j + 1], np.s_[i : i + 1])
+                continue
+            if not mask:
+                chunks.append(chunk)
+                filtered.append(j)
+            elif len(chunk) == rows.shape[1]:  # the filter skipped this chunk: stored as is
+                rows[j] = np.frombuffer(chunk, np.uint8)
+            else:
+                raise ReaderError(
+                    f"{self.label}: cannot read {self._where(k, index, index)}: its chunk is "
+                    f"stored unfiltered with {len(chunk)} bytes, the frame has {rows.shape[1]}"
+                )
+        if not chunks:
+            return True
+        whole = len(filtered) == hi - lo  # decoded in place, else through a copy
+        target = rows if whole else np.empty((len(filtered), rows.shape[1]), np.uint8)
         try:
             _core.decode_bitshuffle_lz4(
-                chunks, ds.dtype.itemsize, out.reshape(hi - lo, -1).view(np.uint8)
+                chunks, ds.dtype.itemsize, target, n_threads=_DECODE_THREADS[0]
             )
         except ValueError as exc:
             bad = re.match(r"chunk (\d+): (.*)", str(exc), re.S)
-            index, why = (lo + int(bad[1]), bad[2]) if bad else (lo, str(exc))
+            index, why = (lo + filtered[int(bad[1])], bad[2]) if bad else (lo, str(exc))
             raise ReaderError(
                 f"{self.label}: cannot read {self._where(k, index, index)}: {why}"
             ) from exc
+        if not whole:
+            rows[filtered] = target
         return True
 
     def _read_one_by_one(self, k: int, lo: int, hi: int, out: np.ndarray) -> None:

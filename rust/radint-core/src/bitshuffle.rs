@@ -43,7 +43,11 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
             out.len()
         )));
     }
-    let block_bytes = u32::from_be_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+    let mut block_bytes = u32::from_be_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+    if block_bytes == 0 {
+        // bitshuffle's default block (bshuf_default_block_size), as its decoder takes a 0.
+        block_bytes = (8192 / elem_size / BLOCKED_MULT * BLOCKED_MULT).max(128) * elem_size;
+    }
     let block = block_bytes / elem_size;
     if block == 0
         || !block_bytes.is_multiple_of(elem_size)
@@ -358,9 +362,19 @@ mod tests {
     }
 
     fn encode(data: &[u8], elem_size: usize, block: usize) -> Vec<u8> {
+        encode_with_header(data, elem_size, block, block * elem_size)
+    }
+
+    /// A chunk of blocks of `block` elements whose header states `header_bytes` per block.
+    fn encode_with_header(
+        data: &[u8],
+        elem_size: usize,
+        block: usize,
+        header_bytes: usize,
+    ) -> Vec<u8> {
         let n = data.len() / elem_size;
         let mut chunk = (data.len() as u64).to_be_bytes().to_vec();
-        chunk.extend(((block * elem_size) as u32).to_be_bytes());
+        chunk.extend((header_bytes as u32).to_be_bytes());
         let tail = n % block - n % block % 8;
         let sizes = std::iter::repeat_n(block, n / block).chain((tail > 0).then_some(tail));
         let mut at = 0;
@@ -391,6 +405,17 @@ mod tests {
                     assert_eq!(out, data, "elem_size {elem_size}, block {block}, n {n}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_block_size_of_0_is_bitshuffles_default() {
+        for (elem_size, default) in [(1, 8192), (2, 4096), (4, 2048), (8, 1024), (128, 128)] {
+            let data: Vec<u8> = (0..5000 * elem_size).map(|k| (k % 253) as u8).collect();
+            let chunk = encode_with_header(&data, elem_size, default, 0);
+            let mut out = vec![0u8; data.len()];
+            decode_bitshuffle_lz4(&chunk, elem_size, &mut out).unwrap();
+            assert_eq!(out, data, "elem_size {elem_size}");
         }
     }
 

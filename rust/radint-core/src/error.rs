@@ -62,15 +62,17 @@ pub enum Error {
 
 /// Whether `bytes` more can be allocated now, asked by reserving them once: a failed
 /// allocation aborts a Rust process, so calls that size their arrays from the caller's frames
-/// and bins ask first and report instead (under a job's memory limit a 16M detector's fine
-/// cake aborted the Python process). `what` says what the memory is for.
+/// and bins ask first and report instead (under an 8 GiB `ulimit -v` a 16M detector's fine
+/// cake aborted the Python process). The probe reserves address space: a cgroup's limit (a
+/// container's, a scheduler's `--mem`) is met only when pages are touched, past any check.
+/// `what` says what the memory is for.
 pub fn check_room(bytes: usize, what: impl FnOnce() -> String) -> Result<()> {
     if Vec::<u8>::new().try_reserve_exact(bytes).is_ok() {
         return Ok(());
     }
     Err(Error::OutOfMemory(format!(
-        "{} need {:.2} GB, which cannot be allocated (a memory limit such as ulimit -v or a \
-         job's, or too little free memory)",
+        "{} need {:.2} GB, which cannot be allocated (an address-space limit such as ulimit \
+         -v, or more than the machine has): integrate fewer frames per call or coarser bins",
         what(),
         bytes as f64 / 1e9
     )))

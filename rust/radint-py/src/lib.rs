@@ -54,14 +54,28 @@ fn pool_size(n_threads: Option<usize>) -> usize {
         .min(MAX_THREADS_PER_CPU * cpus)
 }
 
+/// What a pool's threads do: integration and fitting share one pool per thread count; frames
+/// are decoded on pools of their own, so a reader thread decoding the next frames does not wait
+/// for the integration of the last ones (each pool runs one call at a time).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Work {
+    Compute,
+    Decode,
+}
+
 /// The pools of one process: a forked child finds its parent's here.
 struct Pools {
     pid: u32,
-    by_size: HashMap<usize, Arc<Pool>>,
+    by_size: HashMap<(Work, usize), Arc<Pool>>,
 }
 
 /// One pool per thread count, built on first use (the global pool is never touched).
 pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
+    pool_for(Work::Compute, n_threads)
+}
+
+/// One pool per kind of work and thread count, built on first use.
+pub(crate) fn pool_for(work: Work, n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
     static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
     let n = pool_size(n_threads);
     let pools = POOLS.get_or_init(|| {
@@ -83,7 +97,7 @@ pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
         }
     }
     let guard = &mut guard.by_size;
-    if let Some(p) = guard.get(&n) {
+    if let Some(p) = guard.get(&(work, n)) {
         return Ok(p.clone());
     }
     let threads = rayon::ThreadPoolBuilder::new()
@@ -100,7 +114,7 @@ pub(crate) fn pool(n_threads: Option<usize>) -> PyResult<Arc<Pool>> {
         threads,
         one_call: Mutex::new(()),
     });
-    guard.insert(n, p.clone());
+    guard.insert((work, n), p.clone());
     Ok(p)
 }
 
@@ -111,7 +125,15 @@ pub(crate) fn run_detached<T: Send>(
     n_threads: Option<usize>,
     f: impl FnOnce() -> radint_core::Result<T> + Send,
 ) -> PyResult<T> {
-    let pool = pool(n_threads)?;
+    run_on(py, pool(n_threads)?, f)
+}
+
+/// Run `f` on `pool` with the GIL released, as [`run_detached`].
+fn run_on<T: Send>(
+    py: Python<'_>,
+    pool: Arc<Pool>,
+    f: impl FnOnce() -> radint_core::Result<T> + Send,
+) -> PyResult<T> {
     py.detach(|| {
         // A call that panicked leaves nothing behind the lock to repair.
         let _turn = pool
@@ -1042,7 +1064,7 @@ fn decode_bitshuffle_lz4(
         .as_slice_mut()
         .map_err(|_| shape_error("decode_bitshuffle_lz4: out must be contiguous".into()))?;
     let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
-    run_detached(py, n_threads, || {
+    run_on(py, pool_for(Work::Decode, n_threads)?, || {
         radint_core::bitshuffle::decode_bitshuffle_lz4_many(&chunks, elem_size, out, row_bytes)
     })
 }
