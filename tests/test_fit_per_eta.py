@@ -478,3 +478,12 @@ def test_doublet_member_stopped_on_the_pairs_midpoint_gives_no_row() -> None:
     real = fits.center[fits.peak == 0]
     assert real.size == 8 and np.abs(real - 37.0).max() < 0.05, fits.center
     assert not np.isclose(fits.center[fits.peak == 1], 39.25).any(), fits.center
+    # Review: a member whose position lies inside the data keeps C's rule: positions 24 / 28
+    # with rings at 24 and 25.9 (by the midpoint, 26): the second ring's rows stay (on the
+    # bound, as C writes them; dropped by a first version of this rule).
+    cakes = (10 + pv(r, 0, 500, 24.0, 1.8, 0.4) + pv(r, 0, 400, 25.9, 1.8, 0.4)
+             + rng.normal(0, 3, (2, 4, r.size)))  # fmt: skip
+    result = dataclasses.replace(result, cake=cakes, lineout=cakes.mean(axis=1))
+    fits = rfit.fit_per_eta(result, positions_px=[24.0, 28.0], doublet_separation=5,
+                            roi_padding=6)  # fmt: skip
+    assert (fits.peak == 1).sum() == 8 and (fits.peak == 0).sum() == 8, fits.center

@@ -1224,8 +1224,8 @@ def fit_per_eta(
              box: tuple[float, float] | None = None) -> None:  # fmt: skip
         # A centre stopped on the window's edge is a ring's flank outside it, not a peak in it
         # (the 1-D fits call it at_bound): no row, where C keeps it when its SNR passes. A
-        # doublet member's box ends at the pair's midpoint too (``box``): one whose partner
-        # is not there (past RMax) stopped on it in every η bin.
+        # doublet member whose position lies past the data has the pair's midpoint as an edge
+        # too (``box``): it stopped there in every η bin.
         low, high = box if box is not None else (x[0], x[-1])
         tol = 1e-6 * (x[-1] - x[0])
         inside = (center > low + tol) & (center < high - tol)
@@ -1281,7 +1281,12 @@ def fit_per_eta(
                         prm = d["params"]
                         pv = np.column_stack([prm[:, 3 + 2 * j], prm[:, 2], prm[:, 4 + 2 * j],
                                               prm[:, 7]])  # fmt: skip
-                        box = (x[0], mid) if j == 0 else (mid, x[-1])
+                        # The midpoint is an edge only for a member whose own position
+                        # lies past the window's data (no ring of its own can be there); one
+                        # inside keeps C's rule (a ring by the midpoint is fitted on it).
+                        own = pos[slot]
+                        past = own < x[0] or own > x[-1]
+                        box = None if not past else (x[0], mid) if j == 0 else (mid, x[-1])
                         keep(curves, slot, prm[:, j], d["snr"][:, j], pv, flat, x, box)
                 else:
                     d = fit_pv(x, y, pos[k], max_iterations=max_iterations,
