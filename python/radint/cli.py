@@ -1075,7 +1075,7 @@ class _FrameTotal:
     """The frames a run's files hold, counted from their headers on a thread beside the run
     (thousands of files take a while), for the progress bar's total and ETA: ``on_total(n)``
     once every file is counted, and again as files are skipped (their outputs exist). A file
-    that cannot be opened, or is not a regular file (a FIFO would block), leaves the total
+    that cannot be opened, or is neither a file nor a folder (a FIFO would block), leaves the total
     unknown (the run reports it). :meth:`stop` ends the count before the run returns: a thread
     still inside h5py as the interpreter shut down hung or crashed an interrupted run."""
 
@@ -1118,8 +1118,8 @@ class _FrameTotal:
 
     def _count(self, config: IntegrationConfig, dataset: str | None, raw_dtype: str | None) -> None:
         for path in self.paths:
-            if self.stopped.is_set() or not Path(path).is_file():
-                return
+            if self.stopped.is_set() or not (Path(path).is_file() or Path(path).is_dir()):
+                return  # a Zarr store is a folder; a FIFO would block
             try:
                 with _open_input(path, config, dataset, raw_dtype) as source:
                     self.counts[path] = len(source.default_indices())
