@@ -30,20 +30,24 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
             out.len()
         )));
     }
-    let Some((header, mut rest)) = chunk.split_at_checked(12) else {
+    let Some((total, block_bytes, mut rest)) = chunk
+        .split_first_chunk::<8>()
+        .and_then(|(total, after)| Some((total, after.split_first_chunk::<4>()?)))
+        .map(|(total, (block, rest))| (total, block, rest))
+    else {
         return Err(damaged(format!(
             "{} bytes, shorter than its 12-byte header",
             chunk.len()
         )));
     };
-    let total = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+    let total = u64::from_be_bytes(*total);
     if total != out.len() as u64 {
         return Err(damaged(format!(
             "its header says {total} bytes, the frame has {}",
             out.len()
         )));
     }
-    let mut block_bytes = u32::from_be_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+    let mut block_bytes = u32::from_be_bytes(*block_bytes) as usize;
     if block_bytes == 0 {
         // bitshuffle's default block (bshuf_default_block_size), as its decoder takes a 0.
         block_bytes = (8192 / elem_size / BLOCKED_MULT * BLOCKED_MULT).max(128) * elem_size;
@@ -59,10 +63,10 @@ pub fn decode_bitshuffle_lz4(chunk: &[u8], elem_size: usize, out: &mut [u8]) -> 
     let sizes = std::iter::repeat_n(block, n / block).chain((tail > 0).then_some(tail));
     let mut blocks = Vec::with_capacity(n / block + 1);
     for (k, size) in sizes.enumerate() {
-        let Some((count, after)) = rest.split_at_checked(4) else {
+        let Some((count, after)) = rest.split_first_chunk::<4>() else {
             return Err(damaged(format!("it ends before block {k}")));
         };
-        let count = u32::from_be_bytes(count.try_into().expect("4 bytes")) as usize;
+        let count = u32::from_be_bytes(*count) as usize;
         let Some((packed, after)) = after.split_at_checked(count) else {
             return Err(damaged(format!(
                 "block {k} says {count} bytes, {} remain",
