@@ -369,6 +369,39 @@ def test_a_cache_whose_members_run_past_its_end_is_refused(small_config, tmp_pat
             )  # fmt: skip
 
 
+def test_a_damaged_cache_is_refused_by_its_crc_and_rebuilt(small_config, tmp_path, caplog):
+    """Audit (large jobs): a cache with 64 KiB overwritten inside its areas was used as it was
+    (1 576 of 397 440 bins wrong), since the map is read in place and its structural check sees
+    indices, not values. The members' CRC-32s are checked now: refused naming the member, and
+    `cached` rebuilds it. A file cut short is refused too."""
+    import zipfile
+
+    built = DetectorMap.build(small_config)
+    DetectorMap.cached(small_config, tmp_path)
+    (path,) = tmp_path.glob("radint-map-*.npz")
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("area.npy")
+    raw = bytearray(path.read_bytes())
+    middle = info.header_offset + info.file_size // 2
+    raw[middle : middle + 16] = np.full(4, 0.5, np.float32).tobytes()  # areas that look right
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MapFormatError, match=r"member area\.npy is damaged \(its CRC-32 is"):
+        DetectorMap.load(path, small_config)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        rebuilt = DetectorMap.cached(small_config, tmp_path)
+    assert "rebuilding detector map" in caplog.text and "area.npy is damaged" in caplog.text
+    np.testing.assert_array_equal(rebuilt.area, built.area)
+    np.testing.assert_array_equal(DetectorMap.load(path, small_config).area, built.area)
+
+    cut = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        last = max(z.infolist(), key=lambda i: i.header_offset)
+    # Cut inside the last member: the central directory is gone with it, so it is not a ZIP.
+    (tmp_path / "cut.npz").write_bytes(cut[: last.header_offset + 40])
+    with pytest.raises(MapFormatError, match="cut.npz"):
+        DetectorMap.load(tmp_path / "cut.npz", small_config)
+
+
 # Derandomized so CI is reproducible; a 20,000-case random campaign (tx/ty/tz, BC on and off pixel
 # edges, all η widths) found no violation after the tangent-chord fix in polygon.rs.
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -15,6 +15,7 @@ __all__ = [
     "copy_bytes",
     "count_equal",
     "count_nonfinite",
+    "crc32",
     "decode_bitshuffle_lz4",
     "distortion_fold",
     "fit_auto",
@@ -195,6 +196,9 @@ def decode_bitshuffle_lz4(
 def count_nonfinite(frames: np.ndarray | list[np.ndarray], n_threads: int | None = None) -> int:
     """The NaN and ±inf values in ``frames`` (a contiguous array of any shape or a list of
     them; 0 for integer dtypes)."""
+
+def crc32(data: np.ndarray, n_threads: int | None = None) -> int:
+    """The CRC-32 (ZIP's, IEEE) of the contiguous uint8 array ``data``."""
 
 def nonfinite_pixels(frame: np.ndarray, n_threads: int | None = None) -> np.ndarray:
     """The flat indices (uint32, ascending) of the NaN and ±inf values of one contiguous float

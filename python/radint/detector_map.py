@@ -576,7 +576,7 @@ class DetectorMap:
         """
         path = Path(path)
         try:
-            with _stored_npz(path) as z:
+            with _stored_npz(path, n_threads) as z:
                 if int(z["version"]) != _CACHE_VERSION:
                     raise MapFormatError(
                         f"{path}: cache version {int(z['version'])} is not supported"
@@ -943,6 +943,26 @@ def _maps_safely(path: Path) -> bool:
     return fs_type in _LOCAL_FILE_SYSTEMS
 
 
+def _check_member_crc(
+    path: Path, info: zipfile.ZipInfo, mapped: mmap.mmap, start: int, n_threads: int | None
+) -> None:
+    """Raise :class:`MapFormatError` unless the ``info.file_size`` bytes of ``mapped`` from
+    ``start`` (a stored member's data) have the CRC-32 the ZIP gives for them."""
+    if start + info.file_size > len(mapped):
+        raise MapFormatError(
+            f"{path}: member {info.filename} is cut short ({len(mapped) - start} of "
+            f"{info.file_size} bytes in the file); delete the file, or let radint rebuild it"
+        )
+    data = np.frombuffer(mapped, np.uint8, count=info.file_size, offset=start)
+    crc = _core.crc32(data, n_threads=check_n_threads(n_threads))
+    del data  # no view may outlive the mapping
+    if crc != info.CRC:
+        raise MapFormatError(
+            f"{path}: member {info.filename} is damaged (its CRC-32 is {crc:08x}, the file "
+            f"records {info.CRC:08x}); delete the file, or let radint rebuild it"
+        )
+
+
 def _same_file(path: Path, read: os.stat_result) -> bool:
     """Whether ``path`` still names the file whose stat is ``read``."""
     try:
@@ -953,16 +973,17 @@ def _same_file(path: Path, read: os.stat_result) -> bool:
 
 
 @contextlib.contextmanager
-def _stored_npz(path: Path) -> Iterator[dict[str, Any]]:
+def _stored_npz(path: Path, n_threads: int | None = None) -> Iterator[dict[str, Any]]:
     """The arrays of an uncompressed ``.npz`` (what :meth:`DetectorMap.save` writes) as
     read-only views of the file mapped into memory, valid inside the ``with``; under the key
     ``_PLACES``, where in the file the aligned ones lie (see :func:`_places_in_file`), and
-    under ``_FILE`` the file's ``os.fstat``.
+    under ``_FILE`` the file's ``os.fstat``. Every member's CRC-32 is checked against the
+    ZIP's (on ``n_threads`` threads): a damaged member raises :class:`MapFormatError`.
 
-    Why: ``np.load`` copies every member and checks its CRC (~50 ms for a Pilatus 2M map, on
-    every batch run and stream start); the map takes its entry arrays from the file in place
-    (:meth:`DetectorMap.load`), and its own structural check (monotone indptr, pixel range) is
-    what guards against a damaged file.
+    Why: ``np.load`` copies every member (~50 ms for a Pilatus 2M map, on every batch run and
+    stream start); the map takes its entry arrays from the file in place
+    (:meth:`DetectorMap.load`). Its structural check (monotone indptr, pixel range) cannot see
+    damaged areas, which the CRCs do.
     """
     with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
@@ -985,6 +1006,7 @@ def _stored_npz(path: Path) -> Iterator[dict[str, Any]]:
                 shape, fortran, dtype = read_header(member)
                 if fortran or dtype.hasobject:
                     raise InvalidInputError(f"member {info.filename}: not a plain C-order array")
+                _check_member_crc(path, info, mapped, start, n_threads)
                 count = int(np.prod(shape))
                 view = np.frombuffer(mapped, dtype, count=count, offset=start + member.tell())
                 if view.flags.aligned:

@@ -2,7 +2,7 @@
 //! marker values, which the Integrator does for every integer frame when such values are
 //! configured (numpy's one pass per value took ~1.5 ms of a Pilatus 2M frame on 2 cores), and
 //! the NaN and ±∞ values of float frames, which decide their kernels; narrowing float64 frames
-//! whose values are all float32 values.
+//! whose values are all float32 values; the CRC-32 of a map cache's members.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -119,9 +119,48 @@ pub fn narrow_to_f32(src: &[f64], dst: &mut [f32]) -> Option<usize> {
     (!failed.load(Ordering::Relaxed)).then_some(nonfinite)
 }
 
+/// Bytes per rayon task of [`crc32`].
+const CRC_CHUNK: usize = 4 << 20;
+
+/// The CRC-32 (ZIP's, IEEE) of `data`, chunks on the current rayon pool, combined in order.
+///
+/// Why: a map cache is read in place rather than through `np.load`, which checked its members'
+/// CRCs; checked here instead, a 1.5 GB map costs ~0.1 s where zlib's one thread took 0.7.
+pub fn crc32(data: &[u8]) -> u32 {
+    let parts: Vec<crc32fast::Hasher> = data
+        .par_chunks(CRC_CHUNK)
+        .map(|chunk| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(chunk);
+            h
+        })
+        .collect();
+    let mut whole = crc32fast::Hasher::new();
+    for part in &parts {
+        whole.combine(part);
+    }
+    whole.finalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32_of_chunks_combined_is_the_whole_ones() {
+        // Known value: CRC-32 of "123456789" is 0xCBF43926.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(&[]), 0);
+        let data: Vec<u8> = (0..2 * CRC_CHUNK + 12_345)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&data);
+        assert_eq!(crc32(&data), h.finalize());
+        let mut damaged = data.clone();
+        damaged[CRC_CHUNK + 7] ^= 1;
+        assert_ne!(crc32(&damaged), crc32(&data));
+    }
 
     #[test]
     fn float64_values_narrow_only_when_every_one_is_a_float32() {

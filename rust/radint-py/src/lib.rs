@@ -1112,6 +1112,21 @@ fn frame_parts<'py>(frames: &Bound<'py, PyAny>) -> PyResult<Vec<Frames<'py>>> {
     }
 }
 
+/// The CRC-32 (ZIP's) of the contiguous uint8 array `data`, on `n_threads` threads with the
+/// GIL released.
+#[pyfunction]
+#[pyo3(signature = (data, n_threads=None))]
+fn crc32(
+    py: Python<'_>,
+    data: PyReadonlyArray1<'_, u8>,
+    n_threads: Option<usize>,
+) -> PyResult<u32> {
+    let bytes = data
+        .as_slice()
+        .map_err(|_| shape_error("crc32: data must be contiguous".into()))?;
+    run_detached(py, n_threads, || Ok(scan::crc32(bytes)))
+}
+
 /// The NaN and ±inf values in `frames` (an array of any shape, or a list of arrays; 0 for
 /// integer dtypes), on `n_threads` threads with the GIL released.
 #[pyfunction]
@@ -1206,6 +1221,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(count_equal, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bitshuffle_lz4, m)?)?;
     m.add_function(wrap_pyfunction!(count_nonfinite, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32, m)?)?;
     m.add_function(wrap_pyfunction!(nonfinite_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(narrow_to_f32, m)?)?;
     fit::register(m)?;
