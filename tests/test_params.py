@@ -192,6 +192,46 @@ def test_settings_that_lose_or_double_count_data_are_logged(tmp_path, caplog):
     assert caplog.text == ""
 
 
+def test_pixel_shape_rectangular_takes_pxz_and_is_kept_apart_from_midas(tmp_path, caplog):
+    """``PixelShape rectangular`` (radint's key, set by a PONI with pixel1 ≠ pixel2) makes pxZ
+    the pixels' height; without it pxZ stays unused as in MIDAS, and the note says how to use
+    it. A MIDAS compat refuses it (C has one pixel size); the map key tells the two apart and
+    the configuration's MIDAS text keeps the key."""
+    from radint import Integrator, InvalidInputError
+
+    text = "NrPixels 40\nLsd 1e5\nBC 20 20\npx 100\npxZ 250\nRMin 0\nRMax 30\nEtaBinSize 90\n"
+    p = tmp_path / "p.txt"
+    p.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        square = IntegrationConfig.from_midas_params(p).validate()
+    assert "pxZ is not used (as in MIDAS); for pixels pxZ high, add 'PixelShape rectangular'" in (
+        caplog.text
+    )
+    caplog.clear()
+    p.write_text(text + "PixelShape rectangular\n")
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        rect = IntegrationConfig.from_midas_params(p).validate()
+    assert caplog.text == "" and rect.pixel_shape == "rectangular"
+    assert rect.map_key() != square.map_key()
+    assert "PixelShape rectangular" in rect.midas_text()
+    assert "PixelShape" not in square.midas_text()
+    assert IntegrationConfig.from_text(rect.midas_text(), str(p)) == rect
+    # Pixel (y 20, z 24) lies 4 rows of 250 µm above the beam: R 8.75..11.25 px of pxY.
+    import numpy as np
+
+    m = DetectorMap.build(rect.replace(r_bin_px=1.0, eta_bin_deg=360.0))
+    entries = np.flatnonzero(np.asarray(m.pixel) == 24 * 40 + 20)
+    bins = np.searchsorted(np.asarray(m.indptr), entries, side="right") - 1
+    assert list(m.r_edges_px[bins]) == [8.0, 9.0, 10.0, 11.0]
+    for compat in ("midas-cpu", "midas-gpu"):
+        with pytest.raises(InvalidInputError, match=rf"p.txt:9: PixelShape rectangular .*{compat}"):
+            Integrator(rect, compat=compat)
+    Integrator(square, compat="midas-cpu")
+    p.write_text(text + "PixelShape oblong\n")
+    with pytest.raises(ParameterError, match="p.txt:9: PixelShape: expected square or rectangular"):
+        IntegrationConfig.from_midas_params(p)
+
+
 def test_px_after_pxy_pxz_is_where_both_sizes_were_set(tmp_path):
     """``px`` sets both sizes (DetectorMapper.c): earlier pxY/pxZ lines no longer hold them, so
     neither messages nor ``radint info`` may point at those lines (found side by side with

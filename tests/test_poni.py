@@ -33,13 +33,16 @@ def test_midas_to_poni_matches_pyfai_pixel_angles(small_config, tmp_path):
     assert arc_px.max() < 1e-4
 
 
-def _random_geometry(rng: np.random.Generator) -> IntegrationConfig:
+def _random_geometry(rng: np.random.Generator, rectangular: bool = False) -> IntegrationConfig:
     """A detector of 30–160 px a side, the beam anywhere within 50 px of it, any rotation about
-    the beam, tilts up to 3° (up to 15° in a third of the draws)."""
+    the beam, tilts up to 3° (up to 15° in a third of the draws); ``rectangular``: pixels of
+    another height (pxZ), ``PixelShape rectangular``."""
     ny, nz = (int(n) for n in rng.integers(30, 160, size=2))
     tilt = 15.0 if rng.random() < 1 / 3 else 3.0
+    sizes = rng.choice([50.0, 75.0, 100.0, 172.0, 200.0], 2, replace=False)
+    height = f"pxZ {sizes[1]}\nPixelShape rectangular\n" if rectangular else ""
     text = (
-        f"NrPixelsY {ny}\nNrPixelsZ {nz}\npx {rng.choice([75.0, 100.0, 172.0, 200.0])}\n"
+        f"NrPixelsY {ny}\nNrPixelsZ {nz}\npx {sizes[0]}\n{height}"
         f"Lsd {rng.uniform(5e4, 2e6)}\n"
         f"BC {rng.uniform(-50, ny + 50)} {rng.uniform(-50, nz + 50)}\n"
         f"tx {rng.uniform(-180, 180)}\nty {rng.uniform(-tilt, tilt)}\n"
@@ -49,14 +52,17 @@ def _random_geometry(rng: np.random.Generator) -> IntegrationConfig:
     return IntegrationConfig.from_text(text, "random.txt")
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_midas_to_poni_on_random_geometries_matches_pyfai_in_float64(seed, tmp_path):
+@pytest.mark.parametrize(("seed", "rectangular"), [(s, False) for s in range(12)] + [
+    (s, True) for s in range(100, 106)
+])  # fmt: skip
+def test_midas_to_poni_on_random_geometries_matches_pyfai_in_float64(seed, rectangular, tmp_path):
     """pyFAI's float64 geometry (``tth``/``chi`` at pixel indices, not its float32 position
     arrays) agrees with radint's on geometries no example uses: 2026-12-04, 100 draws, worst
-    2e-14 relative in 2θ and 2e-12 px of arc in η."""
+    2e-14 relative in 2θ and 2e-12 px of arc in η. Rectangular pixels too (pixel1 = pxZ):
+    they were refused before ``PixelShape``."""
     rng = np.random.default_rng(seed)
     for k in range(4):
-        cfg = _random_geometry(rng)
+        cfg = _random_geometry(rng, rectangular)
         ai = pyFAI.load(str(write_poni(cfg, tmp_path / f"g{k}.poni")))
         rows, cols = np.meshgrid(
             np.arange(cfg.shape[0], dtype=float), np.arange(cfg.shape[1], dtype=float),
@@ -70,6 +76,14 @@ def test_midas_to_poni_on_random_geometries_matches_pyfai_in_float64(seed, tmp_p
         eta_from_chi = (90.0 - np.degrees(ai.chi(rows, cols)) + 180.0) % 360.0 - 180.0
         d = (g["eta_deg"].reshape(cfg.shape) - eta_from_chi + 180.0) % 360.0 - 180.0
         assert (np.abs(np.radians(d)) * g["r_px"].reshape(cfg.shape)).max() < 1e-9
+        if rectangular:
+            assert (ai.detector.pixel1, ai.detector.pixel2) == pytest.approx(
+                (cfg.pixel_size_z_um * 1e-6, cfg.pixel_size_y_um * 1e-6), rel=1e-12
+            )
+            back = IntegrationConfig.from_poni(tmp_path / f"g{k}.poni")
+            assert back.pixel_shape == "rectangular"
+            for name in ("pixel_size_y_um", "pixel_size_z_um", "bc_y_px", "bc_z_px", "lsd_um"):
+                assert getattr(back, name) == pytest.approx(getattr(cfg, name), rel=1e-9), name
 
 
 def test_poni_to_midas_round_trip(tmp_path):
@@ -93,20 +107,23 @@ def test_poni_to_midas_round_trip(tmp_path):
         assert back[k] == pytest.approx(ref[k], abs=1e-12), k
 
 
+@pytest.mark.parametrize("pixel1", [100e-6, 40e-6])
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])
-def test_detector_orientation_becomes_image_flips(orientation, tmp_path):
+def test_detector_orientation_becomes_image_flips(orientation, pixel1, tmp_path):
     """pyFAI's detector orientation (PONI 2.1) flips where pixel rows / columns sit; radint
-    maps it onto ImTransOpt flips, so every raw pixel keeps pyFAI's 2θ and χ."""
+    maps it onto ImTransOpt flips, so every raw pixel keeps pyFAI's 2θ and χ; with pixels
+    40 µm high too (``PixelShape rectangular``)."""
     from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-    det = Detector(pixel1=100e-6, pixel2=100e-6, max_shape=(120, 96), orientation=orientation)
+    det = Detector(pixel1=pixel1, pixel2=100e-6, max_shape=(120, 96), orientation=orientation)
     ai = AzimuthalIntegrator(dist=0.1, poni1=0.004, poni2=0.006, rot1=0.05, rot2=0.02,
                              rot3=0.1, detector=det, wavelength=1e-10)  # fmt: skip
     path = tmp_path / "o.poni"
     ai.write(str(path))
     cfg = IntegrationConfig.from_poni(path, r_min_px=0, r_max_px=300, r_bin_px=1)
     assert cfg.im_trans_opt == {1: (1, 2), 2: (2,), 3: (), 4: (1,)}[orientation]
+    assert cfg.pixel_shape == ("square" if pixel1 == 100e-6 else "rectangular")
     g = pixel_geometry(cfg)
     tth = ai.twoThetaArray(cfg.shape).astype(np.float64)
     np.testing.assert_allclose(g["two_theta_rad"].reshape(cfg.shape), tth, atol=1e-7)

@@ -351,10 +351,12 @@ def _read_config(
         config = config.validate()
         log.info(
             "%s: pyFAI geometry as MIDAS: Lsd %.1f µm, BC %.3f %.3f px, tx %.4f ty %.4f tz %.4f "
-            "deg, px %g µm, Wavelength %g Å, %d x %d pixels%s%s",
+            "deg, px %g µm%s, Wavelength %g Å, %d x %d pixels%s%s",
             params, config.lsd_um, config.bc_y_px, config.bc_z_px, config.tx_deg, config.ty_deg,
-            config.tz_deg, config.pixel_size_y_um, config.wavelength_angstrom, config.n_pixels_y,
-            config.n_pixels_z,
+            config.tz_deg, config.pixel_size_y_um,
+            f", pxZ {config.pixel_size_z_um:g} µm (PixelShape rectangular: pixels of "
+            "pyFAI's pixel1 high)" if config.pixel_shape == "rectangular" else "",
+            config.wavelength_angstrom, config.n_pixels_y, config.n_pixels_z,
             f", ImTransOpt {' '.join(map(str, config.im_trans_opt))}" if config.im_trans_opt else "",
             f", ModuleGaps {' '.join(map(str, config.module_gaps))} (the gaps between modules "
             "masked, as pyFAI masks them)" if config.module_gaps else "",

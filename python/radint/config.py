@@ -138,6 +138,9 @@ class IntegrationConfig:
     #: (radint's keys ``SolidAngleModel``, ``PolarizationModel``).
     solid_angle_model: str = "midas"
     polarization_model: str = "midas"
+    #: "square" (MIDAS: pxY along both axes, pxZ unused) or "rectangular" (pyFAI's pixel1 ≠
+    #: pixel2: pxZ is the pixels' height; R stays in units of pxY) (radint's key ``PixelShape``).
+    pixel_shape: str = "square"
     #: ``(module rows, module columns, gap rows, gap columns)`` of a detector tiled by modules
     #: from its raw image's first pixel (pyFAI's MODULE_SIZE / MODULE_GAP): the gap pixels are
     #: masked, as pyFAI masks them; () = none. Set from a PONI file naming a Pilatus or Eiger.
@@ -219,7 +222,8 @@ class IntegrationConfig:
         The PONI frame (dim1 = rows, dim2 = columns, beam along x3) is related to MIDAS's
         (beam along x, y = −column, z = row) by a fixed rotation C, so the MIDAS tilt matrix is
         ``TRs = C·R·Cᵀ`` with R pyFAI's rotation; Lsd and the beam centre follow from the point
-        of the detector plane the beam hits. Needs square pixels (MIDAS uses one pixel size).
+        of the detector plane the beam hits. Pixels with pixel1 ≠ pixel2 (rectangular) set
+        ``PixelShape rectangular``: pxZ = pixel1, pxY = pixel2 (R's unit, as px).
 
         Binning and other settings may be given as keyword overrides, by field name
         (``r_bin_px=2``) or by MIDAS key (``RBinSize=2``, read as :meth:`from_midas_params` reads
@@ -456,11 +460,15 @@ class IntegrationConfig:
                 "-1 .. 1 (1: fully polarized along η = PolarizationPlaneEtaDeg): the "
                 "polarization factor 1 - f·sin²2θ·cos²η then turns negative or grows with 2θ"
             )
-        if "pxZ" in self.set_at and self.pixel_size_z_um != self.pixel_size_y_um:
+        if (
+            "pxZ" in self.set_at
+            and self.pixel_size_z_um != self.pixel_size_y_um
+            and self.pixel_shape != "rectangular"
+        ):
             notes.append(
                 f"{where('pxZ')}: {self.pixel_size_z_um} µm differs from pxY "
-                f"{self.pixel_size_y_um} µm; the geometry (MIDAS's and radint's) has one pixel "
-                "size, pxY, so pxZ is not used"
+                f"{self.pixel_size_y_um} µm; MIDAS's geometry has one pixel size, pxY, so pxZ "
+                "is not used (as in MIDAS); for pixels pxZ high, add 'PixelShape rectangular'"
             )
         span = self.eta_max_deg - self.eta_min_deg
         n_eta = math.ceil(span / self.eta_bin_deg - 1e-9)
@@ -624,7 +632,12 @@ class IntegrationConfig:
             elif name in ("gap_intensity", "bad_px_intensity"):
                 if value:  # 0 = unset, as MIDAS reads it
                     items.append((key, value))
-            elif name in ("pixel_weights", "solid_angle_model", "polarization_model"):
+            elif name in (
+                "pixel_weights",
+                "solid_angle_model",
+                "polarization_model",
+                "pixel_shape",
+            ):
                 if value != getattr(type(self), name):  # radint's keys: MIDAS files keep their own
                     items.append((key, value))
             elif name == "max_n_peaks":
@@ -726,6 +739,7 @@ _MIDAS_KEYS = {
     "pixel_weights": "PixelWeights",
     "solid_angle_model": "SolidAngleModel",
     "polarization_model": "PolarizationModel",
+    "pixel_shape": "PixelShape",
     "module_gaps": "ModuleGaps",
 }
 
@@ -765,7 +779,7 @@ _MAP_FIELDS = {
     "wavelength_angstrom", "mask_file", "distortion_file", "residual_correction_map",
     "panel_shifts_file", "n_panels_y", "n_panels_z", "panel_size_y", "panel_size_z",
     "panel_gaps_y", "panel_gaps_z", "sub_pixel_level", "sub_pixel_cardinal_width_deg",
-    "module_gaps",
+    "module_gaps", "pixel_shape",
 }  # fmt: skip
 
 

@@ -89,7 +89,8 @@ def check_compat(
         key silently would leave outputs whose stored configuration says fraction; likewise
         ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on;
         2θ bins (``TthBinSize``) with ``compat="midas-cpu"``: neither C program reads those
-        keys, both bin in R there.
+        keys, both bin in R there; ``PixelShape rectangular`` with pxZ ≠ pxY: MIDAS's
+        geometry has one pixel size.
     """
     if compat and weights_from_config and config.pixel_weights == "fraction":
         raise InvalidInputError(
@@ -103,6 +104,16 @@ def check_compat(
                 f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
                 f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
             )
+    if (
+        compat
+        and config.pixel_shape == "rectangular"
+        and (config.pixel_size_z_um != config.pixel_size_y_um)
+    ):
+        raise InvalidInputError(
+            f"{config.where_set('pixel_shape')} rectangular (pxZ {config.pixel_size_z_um:g} µm, "
+            f"pxY {config.pixel_size_y_um:g} µm): not with compat={compat!r} (MIDAS's geometry "
+            "has one pixel size, pxY, for both axes); remove the key or the compat"
+        )
     if compat == "midas-cpu" and config.radial_mode == "2theta":
         raise InvalidInputError(
             f"{config.where_set('tth_bin_deg')} {config.tth_bin_deg:g}: DetectorMapper and "

@@ -670,13 +670,11 @@ def _known_detector_shape(name: str) -> tuple[int, int] | None:
 
 def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     """MIDAS fields (``IntegrationConfig`` names) equivalent to a PONI geometry."""
+    # pixel1 is the rows' height (MIDAS Z), pixel2 the columns' width (MIDAS Y, R's unit).
     p1, p2 = poni["pixel1"], poni["pixel2"]
-    if not math.isclose(p1, p2, rel_tol=1e-9):
-        raise ParameterError(
-            f"{poni.get('source', 'PONI')}: MIDAS geometry needs square pixels, "
-            f"got pixel1={p1} m, pixel2={p2} m"
-        )
-    px = p1
+    square = math.isclose(p1, p2, rel_tol=1e-9)
+    if square:
+        p1 = p2
     rot = C @ pyfai_rotation(poni["rot1"], poni["rot2"], poni["rot3"])
     trs = rot @ C.T
     u = rot.T @ np.array([1.0, 0.0, 0.0])
@@ -687,11 +685,11 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
             "MIDAS's Lsd and beam centre, which radint's geometry is built on, do not exist; "
             "back-reflection geometries are not supported"
         )
-    a1 = 0.5 * px - poni["poni1"]
-    a2 = 0.5 * px - poni["poni2"]
+    a1 = 0.5 * p1 - poni["poni1"]
+    a2 = 0.5 * p2 - poni["poni2"]
     lsd = poni["dist"] / u[2]
-    z_cen = (lsd * u[0] - a1) / px
-    y_cen = (lsd * u[1] - a2) / px
+    z_cen = (lsd * u[0] - a1) / p1
+    y_cen = (lsd * u[1] - a2) / p2
     ty = math.degrees(math.asin(max(-1.0, min(1.0, trs[0, 2]))))
     tz = math.degrees(math.atan2(-trs[0, 1], trs[0, 0]))
     tx = math.degrees(math.atan2(-trs[1, 2], trs[2, 2]))
@@ -702,10 +700,12 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
         "tx_deg": tx,
         "ty_deg": ty,
         "tz_deg": tz,
-        "pixel_size_y_um": px * 1e6,
-        "pixel_size_z_um": px * 1e6,
+        "pixel_size_y_um": p2 * 1e6,
+        "pixel_size_z_um": p1 * 1e6,
         "wavelength_angstrom": poni["wavelength"] * 1e10,
     }
+    if not square:
+        fields["pixel_shape"] = "rectangular"
     if poni.get("shape"):
         fields["n_pixels_z"], fields["n_pixels_y"] = poni["shape"]
     if poni.get("module_gaps"):
@@ -736,6 +736,7 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
             + " move pixels in ways a PONI file has no key for"
         )
     px = config.pixel_size_y_um * 1e-6
+    px_z = config.pixel_size_z_um * 1e-6 if config.pixel_shape == "rectangular" else px
     trs = midas_tilt_matrix(config.tx_deg, config.ty_deg, config.tz_deg)
     rot = C.T @ trs @ C
     rot2 = math.asin(max(-1.0, min(1.0, rot[2, 0])))
@@ -744,16 +745,16 @@ def poni_from_midas(config: Any) -> dict[str, Any]:
     lsd = config.lsd_um * 1e-6
     u = rot[2]  # third row of R = Rᵀ·e3 = (C·R)ᵀ·x̂
     dist = lsd * u[2]
-    a1 = lsd * u[0] - config.bc_z_px * px
+    a1 = lsd * u[0] - config.bc_z_px * px_z
     a2 = lsd * u[1] - config.bc_y_px * px
     return {
         "dist": dist,
-        "poni1": 0.5 * px - a1,
+        "poni1": 0.5 * px_z - a1,
         "poni2": 0.5 * px - a2,
         "rot1": rot1,
         "rot2": rot2,
         "rot3": rot3,
-        "pixel1": px,
+        "pixel1": px_z,
         "pixel2": px,
         "wavelength": config.wavelength_angstrom * 1e-10,
         "shape": (config.n_pixels_z, config.n_pixels_y),
@@ -811,8 +812,10 @@ def _exact(value: float) -> str:
 def _detector_named_by(config: Any) -> tuple[str, tuple[int, int]]:
     """pyFAI's name of the detector ``config`` describes with its module gaps (so pyFAI masks
     them too), and the binning it is read out at: radint's Pilatus/Eiger table, else pyFAI's
-    own detectors when it is installed; the generic "Detector" otherwise."""
-    if not config.module_gaps:
+    own detectors when it is installed; the generic "Detector" otherwise (and for rectangular
+    pixels: the named ones are binned alike along both axes)."""
+    rectangular = config.pixel_shape == "rectangular"
+    if not config.module_gaps or (rectangular and config.pixel_size_z_um != config.pixel_size_y_um):
         return "Detector", (1, 1)
     shape, gaps = (config.n_pixels_z, config.n_pixels_y), tuple(config.module_gaps)
     pixel_m = config.pixel_size_y_um * 1e-6

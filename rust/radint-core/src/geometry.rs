@@ -64,7 +64,10 @@ pub struct Geometry {
     pub lsd_um: f64,
     pub bc_y_px: f64,
     pub bc_z_px: f64,
+    /// pxY: the pixel's width along Y, and the unit of R ("px").
     pub pixel_size_um: f64,
+    /// The pixel's height along Z: pxY unless `PixelShape rectangular` (MIDAS has one size).
+    pub pixel_size_z_um: f64,
     pub tilt: Matrix3,
     pub rho_d_um: f64,
     pub p: [f64; 15],
@@ -96,8 +99,14 @@ impl Geometry {
             lsd_um: params.lsd_um,
             bc_y_px: params.bc_y_px,
             bc_z_px: params.bc_z_px,
-            // The MIDAS C geometry uses pxY for both axes (spec §10.2 item 11).
+            // The MIDAS C geometry uses pxY for both axes (spec §10.2 item 11); pyFAI's
+            // rectangular pixels (PixelShape rectangular) take pxZ along Z.
             pixel_size_um: params.pixel_size_y_um,
+            pixel_size_z_um: if params.rectangular_pixels() {
+                params.pixel_size_z_um
+            } else {
+                params.pixel_size_y_um
+            },
             tilt: tilt_matrix(params.tx_deg, params.ty_deg, params.tz_deg),
             rho_d_um: params.rho_d_um,
             p,
@@ -130,7 +139,7 @@ impl Geometry {
     pub fn polar(&self, y: f64, z: f64, panel: PanelOffset) -> (f64, f64, f64, f64, f64) {
         let l = self.lsd_um + panel.d_lsd_um;
         let yc = (self.bc_y_px - y) * self.pixel_size_um;
-        let zc = (z - self.bc_z_px) * self.pixel_size_um;
+        let zc = (z - self.bc_z_px) * self.pixel_size_z_um;
         let t = &self.tilt;
         let a = t[0][1] * yc + t[0][2] * zc;
         let b = t[1][1] * yc + t[1][2] * zc;
@@ -222,6 +231,11 @@ impl Geometry {
         None
     }
 
+    /// Area of a pixel in px² (pxY²) of the detector plane: pxZ / pxY.
+    pub fn pixel_aspect(&self) -> f64 {
+        self.pixel_size_z_um / self.pixel_size_um
+    }
+
     /// 2θ (radians) of a radius in pixels: `atan(R·px/Lsd)` with the global Lsd (spec §2.2).
     pub fn two_theta_rad(&self, r_px: f64) -> f64 {
         (r_px * self.pixel_size_um / self.lsd_um).atan()
@@ -234,7 +248,7 @@ impl Geometry {
     pub fn relative_solid_angle(&self, y: f64, z: f64, panel: PanelOffset) -> f64 {
         let l = self.lsd_um + panel.d_lsd_um;
         let yc = (self.bc_y_px - y) * self.pixel_size_um;
-        let zc = (z - self.bc_z_px) * self.pixel_size_um;
+        let zc = (z - self.bc_z_px) * self.pixel_size_z_um;
         let t = &self.tilt;
         let x = l + t[0][1] * yc + t[0][2] * zc;
         let b = t[1][1] * yc + t[1][2] * zc;
@@ -328,6 +342,29 @@ mod tests {
             0.001909017437,
         ]);
         p
+    }
+
+    #[test]
+    fn rectangular_pixels_take_pxz_along_z_only_when_said() {
+        let mut p = Params {
+            lsd_um: 1e6,
+            bc_y_px: 10.0,
+            bc_z_px: 20.0,
+            pixel_size_y_um: 100.0,
+            pixel_size_z_um: 40.0,
+            ..Params::default()
+        };
+        let up = |g: &Geometry| g.point(10.0, 30.0, PanelOffset::default());
+        let side = |g: &Geometry| g.point(0.0, 20.0, PanelOffset::default());
+        let square = Geometry::new(&p);
+        assert!((up(&square).r_px - 10.0).abs() < 1e-12 && square.pixel_aspect() == 1.0);
+        p.pixel_shape = "rectangular".into();
+        let rect = Geometry::new(&p);
+        // Ten rows of 40 µm: 400 µm, 4 px of pxY; columns keep pxY; η as before.
+        assert!((up(&rect).r_px - 4.0).abs() < 1e-12, "{:?}", up(&rect));
+        assert!((up(&rect).eta_deg - up(&square).eta_deg).abs() < 1e-12);
+        assert!((side(&rect).r_px - 10.0).abs() < 1e-12);
+        assert!((rect.pixel_aspect() - 0.4).abs() < 1e-15);
     }
 
     #[test]

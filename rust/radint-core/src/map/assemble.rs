@@ -221,4 +221,36 @@ mod tests {
         let s: f64 = e.iter().map(|x| x.2).sum();
         assert!((s - 1.0).abs() < 1e-6, "{s}");
     }
+
+    #[test]
+    fn rectangular_pixels_are_pxz_high_and_each_counts_as_one() {
+        // Pixels 100 µm wide (R's unit) and 250 µm high: pixel (3, 4)'s rows lie 2.5 px apart.
+        let square = flat(0.0, 0.5, 360.0);
+        let mut p = square.clone();
+        p.pixel_size_z_um = 250.0;
+        assert_eq!(build(&p, MapInputs::default()).unwrap(), {
+            build(&square, MapInputs::default()).unwrap() // pxZ unused until PixelShape says
+        });
+        p.pixel_shape = "rectangular".into();
+        let map = build(&p, MapInputs::default()).unwrap();
+        map.check().unwrap();
+        // Pixel (y 3, z 4): R from hypot(2.5, 3.5 · 2.5) to hypot(3.5, 4.5 · 2.5) px, area 1.
+        let e = entries_of(&map, 4 * 20 + 3);
+        let r_lo = 2.5f64.hypot(3.5 * 2.5);
+        let r_hi = 3.5f64.hypot(4.5 * 2.5);
+        let s: f64 = e.iter().map(|x| x.2).sum();
+        assert!((s - 1.0).abs() < 1e-6, "{s}");
+        for &(k, _, _) in &e {
+            let (lo, hi) = (map.r_edges[k], map.r_edges[k + 1]);
+            assert!(
+                hi > r_lo && lo < r_hi,
+                "bin {lo}..{hi} outside {r_lo}..{r_hi}"
+            );
+        }
+        let reaches = |r: f64| {
+            e.iter()
+                .any(|&(k, _, _)| map.r_edges[k] <= r && r < map.r_edges[k + 1])
+        };
+        assert!(reaches(r_lo + 1e-3) && reaches(r_hi - 1e-3));
+    }
 }

@@ -91,6 +91,9 @@ pub(super) struct Plan {
     pub(super) eta_min: f64,
     pub(super) eta_bin: f64,
     pub(super) n_eta: usize,
+    /// What an area in the corrected plane (pxY²) is in entry areas, whose unit is a whole
+    /// pixel's plane area (px² for square pixels): 1 / (pxZ / pxY).
+    pub(super) area_scale: f64,
     sub_pixel_level: u32,
     cardinal_width: f64,
     /// Transformed-frame per-pixel inputs.
@@ -208,8 +211,10 @@ impl Plan {
             location: params.location_of(bins_key),
             values: params.described(&bin_sizes),
         };
+        let area_scale = 1.0 / geometry.pixel_aspect();
         let mut plan = Plan {
             geometry,
+            area_scale,
             r_edges: bins::radial_edges(params)?,
             eta_min: eta_edges[0],
             eta_bin: params.eta_bin_deg,
@@ -406,7 +411,7 @@ impl Plan {
                 whole += area;
             }
         });
-        whole
+        whole * self.area_scale
     }
 
     /// Calls `visit(quad, corner η in degrees, centre R)` for each counter-clockwise (sub-)pixel

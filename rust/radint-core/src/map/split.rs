@@ -74,7 +74,7 @@ impl Plan {
             let mut below = disk(r_edges[k_first]);
             for k in k_first..k_last {
                 let above = disk(r_edges[k + 1]);
-                let area = above - below;
+                let area = (above - below) * self.area_scale;
                 below = above;
                 if area > AREA_EPSILON {
                     let bin = (k * self.n_eta + e) as u32;

@@ -147,6 +147,9 @@ pub struct Params {
     /// or pyFAI's "exact" solid angle and "kahn" polarization.
     pub solid_angle_model: String,
     pub polarization_model: String,
+    /// `PixelShape` (radint's key): "square" (MIDAS: pxY along both axes, pxZ unused) or
+    /// "rectangular" (pyFAI's pixel1 ≠ pixel2: pxZ along Z; R stays in units of pxY).
+    pub pixel_shape: String,
     /// `ModuleGaps` (radint's key): module rows, module columns, gap rows, gap columns of a
     /// detector tiled by modules from the raw image's first pixel (pyFAI's MODULE_SIZE and
     /// MODULE_GAP); the gap pixels are masked. Empty: none.
@@ -244,6 +247,7 @@ impl Default for Params {
             pixel_weights: "area".to_string(),
             solid_angle_model: "midas".to_string(),
             polarization_model: "midas".to_string(),
+            pixel_shape: "square".to_string(),
             module_gaps: Vec::new(),
             bad_px_intensity: 0.0,
             unknown: Vec::new(),
@@ -254,6 +258,11 @@ impl Default for Params {
 }
 
 impl Params {
+    /// Whether pxZ is the pixels' height (`PixelShape rectangular`), not pxY as in MIDAS.
+    pub fn rectangular_pixels(&self) -> bool {
+        self.pixel_shape == "rectangular"
+    }
+
     /// The radial binning mode: Q when `QBinSize > 0` and `Wavelength > 0` (as DetectorMapper),
     /// else 2θ when `TthBinSize > 0`, else R.
     pub fn radial_mode(&self) -> RadialMode {

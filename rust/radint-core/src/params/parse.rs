@@ -405,6 +405,7 @@ impl Params {
             "PixelWeights" => self.pixel_weights = line.one_of(&["area", "fraction"])?,
             "SolidAngleModel" => self.solid_angle_model = line.one_of(&["midas", "exact"])?,
             "PolarizationModel" => self.polarization_model = line.one_of(&["midas", "kahn"])?,
+            "PixelShape" => self.pixel_shape = line.one_of(&["square", "rectangular"])?,
             "ModuleGaps" => {
                 line.need(4, "module rows, module columns, gap rows, gap columns")?;
                 let values = (0..4).map(|i| line.int_at(i)).collect::<Result<Vec<_>>>()?;

@@ -268,6 +268,7 @@ impl Params {
                 &self.polarization_model,
                 ["midas", "kahn"],
             ),
+            ("PixelShape", &self.pixel_shape, ["square", "rectangular"]),
         ] {
             if !choices.contains(&value.as_str()) {
                 return Err(self.invalid(
