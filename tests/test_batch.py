@@ -94,11 +94,15 @@ def test_batch_cli_with_midas_flags(series, capsys):
 def test_batch_on_local_dask(series, small_config):
     pytest.importorskip("dask.distributed")
     d, files, _ = series
+    counted: list[int] = []
     outcomes = run_batch(
-        small_config, [files[0], files[1]], d / "dask", dask="local:2", n_threads=1
-    )
+        small_config, [files[0], files[1]], d / "dask", dask="local:2", n_threads=1,
+        on_frames=counted.append,
+    )  # fmt: skip
     assert [o.ok for o in outcomes] == [True, True]
     assert all(o.n_frames == 2 for o in outcomes)
+    # Frames progress came from the workers too (it was the process pool's alone).
+    assert sum(counted) == 4 and all(n > 0 for n in counted)
 
 
 def test_prefetch_order_errors_and_early_stop():

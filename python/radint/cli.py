@@ -1223,15 +1223,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with _progress(columns, args.quiet) as progress:
         task = progress.add_task("files", total=len(paths), rate="")
         # Frames as the workers integrate them (a file of thousands moves this one), and their
-        # total once the headers are counted; none with Dask.
-        frames_task = progress.add_task("frames", total=None, rate="", visible=not args.dask)
+        # total once the headers are counted.
+        frames_task = progress.add_task("frames", total=None, rate="")
         live: dict[str, Any] = {"frames": 0, "of": ""}
 
         def set_total(total: int) -> None:
             progress.update(frames_task, total=total)
             live["of"] = f" of {total}"
 
-        totals = None if args.quiet or args.dask or len(paths) > _FrameTotal.MAX_FILES else _FrameTotal(
+        totals = None if args.quiet or len(paths) > _FrameTotal.MAX_FILES else _FrameTotal(
             paths, config, args.dataLoc, args.raw_dtype, set_total)  # fmt: skip
 
         def on_frames(n: int) -> None:
@@ -1292,7 +1292,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 skip_existing=args.skipExisting, dask=args.dask, backend=args.backend,
                 names=names, on_done=on_done, compression=args.compression,
                 raw_dtype=args.raw_dtype, compat=args.compat, midas_map=args.midas_map,
-                cache_dir=_map_cache(args, out_dir), on_frames=None if args.dask else on_frames,
+                cache_dir=_map_cache(args, out_dir), on_frames=on_frames,
             )  # fmt: skip
         except KeyboardInterrupt:
             from radint.batch import finished_since, frames_written

@@ -494,13 +494,14 @@ def process_file(
     integrator: Any = None,
     compression: str | None = "blosc-lz4",
     raw_dtype: str | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> FileOutcome:
     """Integrate every frame of one file and write its outputs (atomically). Never raises for a
     bad file: the outcome carries the reason. See :func:`process_files`."""
     outcomes = process_files(
         [path], out_dir, formats, names=[name], dataset=dataset, dark=dark,
         skip_existing=skip_existing, integrator=integrator, compression=compression,
-        raw_dtype=raw_dtype,
+        raw_dtype=raw_dtype, on_frames=on_frames,
     )  # fmt: skip
     return next(iter(outcomes))
 
@@ -1196,7 +1197,7 @@ def run_batch(
     """Integrate many files with one map; returns one outcome per file (in input order).
 
     ``on_frames(n)`` is called as frames are integrated (from another thread with worker
-    processes; not with Dask), for progress within long files. The map is built (or loaded)
+    processes or Dask), for progress within long files. The map is built (or loaded)
     once here and cached in ``cache_dir`` (default ``out_dir/.radint-cache``); workers
     load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
     ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.
@@ -1260,7 +1261,16 @@ def run_batch(
         rules = {"compat": compat, "midas_map": midas_map}
         try:
             for i, o in run_on_dask(
-                dask, config, cache_dir, n_threads, backend, absolute, names, opts, rules
+                dask,
+                config,
+                cache_dir,
+                n_threads,
+                backend,
+                absolute,
+                names,
+                opts,
+                rules,
+                on_frames,
             ):
                 done(i, dataclasses.replace(o, path=files[i]))
         finally:

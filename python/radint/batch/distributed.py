@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from radint.batch import FileOutcome, _init_worker, process_file
@@ -76,6 +78,29 @@ def _client(address: str) -> Any:
     return Client(address)
 
 
+#: Seconds a worker gathers frame counts before it sends them on (events go through the
+#: scheduler: one per stack of a few frames would be thousands a second on a large cluster).
+_FRAMES_EVERY_S = 0.25
+
+
+class _FramesEvents:
+    """Frame counts of one task, sent to the client as events on ``topic``, at most every
+    :data:`_FRAMES_EVERY_S` and once more as the task ends."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.pending, self.sent_at = topic, 0, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.pending += n
+        if time.monotonic() - self.sent_at >= _FRAMES_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            require_distributed().get_worker().log_event(self.topic, self.pending)
+            self.pending, self.sent_at = 0, time.monotonic()
+
+
 def _task(
     config: IntegrationConfig,
     cache: str,
@@ -85,6 +110,7 @@ def _task(
     name: str | None,
     opts: dict[str, Any],
     rules: dict[str, Any],
+    frames_topic: str | None = None,
 ) -> FileOutcome:
     from radint import batch
 
@@ -104,7 +130,13 @@ def _task(
         _init_worker(config, cache, n_threads, backend, dark=dark, **rules)
         integ = batch._WORKER["integrator"]
         batch._WORKER["key"] = key
-    return process_file(path, name=name, integrator=integ, **opts)
+    if frames_topic is None:
+        return process_file(path, name=name, integrator=integ, **opts)
+    events = _FramesEvents(frames_topic)
+    try:
+        return process_file(path, name=name, integrator=integ, on_frames=events, **opts)
+    finally:
+        events.flush()
 
 
 def run_on_dask(
@@ -117,11 +149,24 @@ def run_on_dask(
     names: Sequence[str | None],
     opts: dict[str, Any],
     rules: dict[str, Any],
+    on_frames: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, FileOutcome]]:
     """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``);
-    ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None)."""
+    ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None).
+    ``on_frames(n)`` is called (on the client's event thread) as the workers integrate frames:
+    they send their counts as events on a topic of this run's own."""
     client = _client(address)
     as_completed = require_distributed().as_completed
+    topic = None
+    received = [0]  # frames the events told of, and those the outcomes did
+    if on_frames is not None:
+        topic = f"radint-frames-{uuid.uuid4().hex}"
+
+        def on_event(event: tuple[float, Any]) -> None:
+            received[0] += int(event[1])
+            on_frames(int(event[1]))
+
+        client.subscribe_topic(topic, on_event)
     try:
         futures = [
             client.submit(
@@ -134,14 +179,25 @@ def run_on_dask(
                 names[i],
                 opts,
                 rules,
+                topic,
                 pure=False,
             )
             for i, f in enumerate(files)
         ]
         index = {f.key: i for i, f in enumerate(futures)}
+        integrated = 0
         for fut in as_completed(futures):
-            yield index[fut.key], fut.result()
+            outcome = fut.result()
+            integrated += outcome.n_frames
+            yield index[fut.key], outcome
+        # Events come by way of the scheduler, after their task's result: the last ones
+        # are waited for (briefly), so the count is whole when the run returns.
+        until = time.monotonic() + 2.0
+        while topic is not None and received[0] < integrated and time.monotonic() < until:
+            time.sleep(0.01)
     finally:
+        if topic is not None:
+            client.unsubscribe_topic(topic)
         cluster = getattr(client, "cluster", None)
         client.close()
         if cluster is not None and parse_address(address) is not None:
