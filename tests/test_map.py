@@ -393,6 +393,17 @@ def test_a_damaged_cache_is_refused_by_its_crc_and_rebuilt(small_config, tmp_pat
     np.testing.assert_array_equal(rebuilt.area, built.area)
     np.testing.assert_array_equal(DetectorMap.load(path, small_config).area, built.area)
 
+    # A member's offset in the central directory pointing past the file (one byte flipped)
+    # raised struct.error from the header read, before any CRC: no rebuild, a bare traceback.
+    raw = bytearray(path.read_bytes())
+    entries = [k for k in range(len(raw) - 54) if raw[k : k + 4] == b"PK\x01\x02"]
+    (directory,) = [k for k in entries if raw[k + 46 : k + 54] == b"area.npy"]
+    raw[directory + 45] ^= 0x7F  # the top byte of the member's local header offset
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MapFormatError, match="not a radint map cache"):
+        DetectorMap.load(path, small_config)
+    np.testing.assert_array_equal(DetectorMap.cached(small_config, tmp_path).area, built.area)
+
     cut = path.read_bytes()
     with zipfile.ZipFile(path) as z:
         last = max(z.infolist(), key=lambda i: i.header_offset)

@@ -230,6 +230,27 @@ def test_pixel_shape_rectangular_takes_pxz_and_is_kept_apart_from_midas(tmp_path
     p.write_text(text + "PixelShape oblong\n")
     with pytest.raises(ParameterError, match="p.txt:9: PixelShape: expected square or rectangular"):
         IntegrationConfig.from_midas_params(p)
+    # Review: a pxZ of 1e-300 built a map of no entries without a word.
+    p.write_text(text.replace("pxZ 250", "pxZ 1e-300") + "PixelShape rectangular\n")
+    with pytest.raises(ParameterError, match=r"p.txt:5: pxZ: pxZ / pxY = 1e-302 with PixelShape "
+                       r"rectangular; expected 1e-4 to 1e4 \(px 100 \(.*p.txt:4\)"):  # fmt: skip
+        IntegrationConfig.from_midas_params(p).validate()
+
+
+def test_a_rectangular_poni_made_square_by_an_override_is_warned(tmp_path, caplog):
+    """Review: ``from_poni(..., PixelShape="square")`` on pixels 50 × 100 µm left pxZ unused
+    without the warning a parameter file gets (the PONI's sizes were both filed under px)."""
+    path = tmp_path / "r.poni"
+    path.write_text(
+        'poni_version: 2.1\nDetector: Detector\nDetector_config: {"pixel1": 5e-05, "pixel2": '
+        '0.0001, "max_shape": [100, 120]}\nDistance: 0.1\nPoni1: 0.002\nPoni2: 0.003\n'
+        "Rot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        assert IntegrationConfig.from_poni(path).validate().pixel_shape == "rectangular"
+        assert caplog.text == ""
+        IntegrationConfig.from_poni(path, PixelShape="square").validate()
+    assert f"{path}: pxZ: 50.0 µm differs from pxY 100.0 µm" in caplog.text
 
 
 def test_px_after_pxy_pxz_is_where_both_sizes_were_set(tmp_path):

@@ -632,13 +632,17 @@ def test_every_pyfai_detector_sweep_one_module_cdte_and_unverifiable_binning(tmp
 
 
 @pytest.mark.parametrize(("name", "binning"), [("Eiger2_4M", (2, 2)), ("Eiger2_1M", (2, 2)),
-                                               ("Lambda750k", (2, 2)), ("Pilatus1M", (1, 1))])  # fmt: skip
+                                               ("Lambda750k", (2, 2)), ("Pilatus1M", (1, 1)),
+                                               ("Eiger2_1M", (1, 2)), ("Eiger2_1M", (2, 1)),
+                                               ("Eiger1M", (1, 2))])  # fmt: skip
 def test_write_poni_names_a_binned_detector_again(tmp_path, caplog, name, binning):
     """Audit (pyFAI option sweep): a binned Eiger2 4M read from pyFAI's PONI was written back as
     a plain Detector (warned: "no pyFAI detector ... to name"), so pyFAI given radint's PONI
     integrated its module gaps (a flat 100 frame with −1 in them: median 94.9, radint 100).
     Now named with its binned pixel and no max_shape, as pyFAI writes it, and pyFAI masks the
-    same pixels as from its own file."""
+    same pixels as from its own file. Binned along one axis too (rectangular pixels): an
+    Eiger 1M at 1×2, in radint's own table, had its gaps left unmasked ("pyFAI makes no mask",
+    which it does), and those read-outs were written back unnamed."""
     import pyFAI.detectors
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 

@@ -241,6 +241,8 @@ class IntegrationConfig:
         poni = read_poni(path)
         fields = midas_geometry_from_poni(poni)
         alias = {"bc_y_px": "BC", "bc_z_px": "BC", "pixel_size_y_um": "px", "pixel_size_z_um": "px"}
+        if fields.get("pixel_shape") == "rectangular":
+            alias["pixel_size_z_um"] = "pxZ"  # its own size: an override of PixelShape is warned
         keys = {k for name in fields if (k := alias.get(name, _MIDAS_KEYS.get(name))) is not None}
         set_at = {key: (str(path), 0) for key in sorted(keys)}  # the PONI file, no line
         names = {f.name for f in dataclasses.fields(cls)}

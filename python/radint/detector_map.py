@@ -346,10 +346,11 @@ class DetectorMap:
 
     @staticmethod
     def pixel_areas(config: IntegrationConfig, n_threads: int | None = None) -> np.ndarray:
-        """Each raw pixel's area (px², flat, float64) in the plane where the bins are cut (after
-        tilt, distortion and panel corrections): what its map entries add up to when it lies
-        wholly inside the binned range. 1 on an untilted, undistorted detector; 0 for a pixel
-        the map leaves out (e.g. one reaching 2θ = 90°). Masks play no part.
+        """Each raw pixel's area (px², flat, float64; units of pxY·pxZ with ``PixelShape
+        rectangular``) in the plane where the bins are cut (after tilt, distortion and panel
+        corrections): what its map entries add up to when it lies wholly inside the binned
+        range. 1 on an untilted, undistorted detector; 0 for a pixel the map leaves out (e.g.
+        one reaching 2θ = 90°). Masks play no part.
         """
         config.validate()
         return _core.pixel_areas(
@@ -626,7 +627,7 @@ class DetectorMap:
                 built_for = z.get("built_for")
                 if built_for is not None:
                     built_for = json.loads(bytes(np.asarray(built_for)).decode())
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, struct.error) as e:
             if isinstance(e, MapFormatError):
                 raise
             if isinstance(e, OSError) and (e.errno == errno.ENOMEM or "os error 12" in str(e)):

@@ -555,6 +555,13 @@ def _named_layout(
                 *file_binning,
             )
             return shape, None
+        if det is None:  # radint's table gave the layout: pyFAI's binned mask checks it
+            det = _pyfai_lookup(name)
+            with _quiet_pyfai():
+                try:
+                    det.binning = file_binning
+                except Exception:  # pyFAI not installed, or cannot bin it so
+                    det = None
         det_mask = _pyfai_mask(det)
         if det_mask is None or tuple(det_mask.shape) != shape:
             log.warning(
@@ -812,32 +819,40 @@ def _exact(value: float) -> str:
 def _detector_named_by(config: Any) -> tuple[str, tuple[int, int]]:
     """pyFAI's name of the detector ``config`` describes with its module gaps (so pyFAI masks
     them too), and the binning it is read out at: radint's Pilatus/Eiger table, else pyFAI's
-    own detectors when it is installed; the generic "Detector" otherwise (and for rectangular
-    pixels: the named ones are binned alike along both axes)."""
-    rectangular = config.pixel_shape == "rectangular"
-    if not config.module_gaps or (rectangular and config.pixel_size_z_um != config.pixel_size_y_um):
+    own detectors when it is installed; the generic "Detector" otherwise."""
+    if not config.module_gaps:
         return "Detector", (1, 1)
     shape, gaps = (config.n_pixels_z, config.n_pixels_y), tuple(config.module_gaps)
-    pixel_m = config.pixel_size_y_um * 1e-6
+    # (rows' height, columns' width) in m, as pyFAI's (pixel1, pixel2).
+    rectangular = config.pixel_shape == "rectangular"
+    pixel_m = (
+        (config.pixel_size_z_um if rectangular else config.pixel_size_y_um) * 1e-6,
+        config.pixel_size_y_um * 1e-6,
+    )
 
     def binning(
         full_shape: Any, layout: Any, pixel: float | None = None, rel_tol: float = 1e-9
     ) -> tuple[int, int]:
-        """The (square) binning that reads the detector out as ``config`` has it; (0, 0) if
-        none: the shape a whole multiple, the pixel (unless None) that multiple of the
+        """The binning (rows, columns) that reads the detector out as ``config`` has it; (0, 0)
+        if none: the shape a whole multiple, the pixel (unless None) that multiple of the
         detector's, the gaps whole binned pixels laid out as ``ModuleGaps`` says (from_poni's
         rule)."""
         full_shape, layout = tuple(full_shape or ()), tuple(layout)
         if len(full_shape) != 2 or len(layout) != 4 or full_shape[0] % shape[0]:
             return 0, 0
-        b = full_shape[0] // shape[0]
-        if full_shape != (shape[0] * b, shape[1] * b):
+        b = (full_shape[0] // shape[0], full_shape[1] // shape[1])
+        if full_shape != (shape[0] * b[0], shape[1] * b[1]):
             return 0, 0
-        if pixel is not None and not math.isclose(pixel * b, pixel_m, rel_tol=rel_tol):
+        if pixel is not None and not all(
+            math.isclose(pixel * k, size, rel_tol=rel_tol) for k, size in zip(b, pixel_m)
+        ):
             return 0, 0
-        if any(n % b for n in layout) or tuple(n // b for n in layout) != gaps:
+        per_axis = (b[0], b[1], b[0], b[1])  # module rows, columns, gap rows, gap columns
+        if any(n % k for n, k in zip(layout, per_axis)):
             return 0, 0
-        return b, b
+        if tuple(n // k for n, k in zip(layout, per_axis)) != gaps:
+            return 0, 0
+        return b
 
     for key, known in _DETECTOR_SHAPES.items():
         found = binning(known, _MODULE_GAPS[key], _DETECTOR_PIXEL[key])

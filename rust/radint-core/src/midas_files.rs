@@ -127,7 +127,16 @@ pub fn param_hash_string(p: &Params) -> String {
     if p.radial_mode() == RadialMode::Q {
         s.push_str(&format!("|qMode=1|Wavelength={:.8}", p.wavelength_angstrom));
     }
+    push_pixel_shape(&mut s, p);
     s
+}
+
+/// radint's `PixelShape rectangular` (no MIDAS program builds such maps): in the hash, so a
+/// map of either shape read with the other's parameters is told apart.
+fn push_pixel_shape(s: &mut String, p: &Params) {
+    if p.rectangular_pixels() {
+        s.push_str("|PixelShape=rectangular");
+    }
 }
 
 pub fn param_hash(p: &Params) -> [u8; 32] {
@@ -141,7 +150,8 @@ pub fn param_hash_string_midas_integrate(p: &Params) -> String {
     let c = param_hash_string(p);
     // Its alphabetised head is the C one with Parallax after NrPixelsZ and Wavelength after
     // TransOpt's count (and its transforms); its tail holds every p term.
-    let (head, _) = c.split_once("|p0=").unwrap_or((&c, ""));
+    let c = c.trim_end_matches("|PixelShape=rectangular");
+    let (head, _) = c.split_once("|p0=").unwrap_or((c, ""));
     let (before_rbin, from_rbin) = head.split_once("|RBinSize=").unwrap_or((head, ""));
     let (from_rbin, transforms) = match from_rbin.split_once("|TransOpt=") {
         Some((a, b)) => (a, b),
@@ -166,6 +176,7 @@ pub fn param_hash_string_midas_integrate(p: &Params) -> String {
     if p.radial_mode() == RadialMode::Q {
         s.push_str("|qMode=1");
     }
+    push_pixel_shape(&mut s, p);
     s
 }
 
@@ -337,10 +348,18 @@ pub fn bilinear_pieces(y: f64, z: f64, n_y: usize, n_z: usize) -> [(usize, f64);
     ]
 }
 
-/// Gradient correction of a position (spec §5.2): move it by −δ along the direction from (bc_y, bc_z).
-pub fn gradient_shift(y: f64, z: f64, delta_r: f64, bc_y: f64, bc_z: f64) -> (f64, f64) {
+/// Gradient correction of a position (spec §5.2): move it by −δ (px of pxY) along the direction
+/// from (bc_y, bc_z), measured on the detector: `aspect` = pxZ / pxY (1 for square pixels, as C),
+/// so a step along Z is δ / aspect rows.
+pub fn gradient_shift(
+    y: f64,
+    z: f64,
+    delta_r: f64,
+    (bc_y, bc_z): (f64, f64),
+    aspect: f64,
+) -> (f64, f64) {
     let (dy, dz) = (y - bc_y, z - bc_z);
-    let rho = (dy * dy + dz * dz).sqrt();
+    let rho = (dy * dy + dz * dz * aspect * aspect).sqrt();
     if delta_r != 0.0 && rho > 1.0 {
         (y - delta_r * dy / rho, z - delta_r * dz / rho)
     } else {
@@ -440,7 +459,7 @@ pub fn read(dir: &Path, params: &Params, opts: ReadOptions) -> Result<(DetectorM
                 ));
             }
             let (y, z) = match opts.gradient_centre {
-                Some((bc_y, bc_z)) => gradient_shift(y, z, dr as f64, bc_y, bc_z),
+                Some(bc) => gradient_shift(y, z, dr as f64, bc, params.pixel_aspect()),
                 None => (y, z),
             };
             let mut first = true;
@@ -543,6 +562,44 @@ mod tests {
         assert_eq!(
             hex(&param_hash(&p)),
             "a5a7a3c749267634cb19aeb6b071cfbdc4138e9caa8e1ad2a466b78fdbe5be79"
+        );
+    }
+
+    #[test]
+    fn a_rectangular_map_hashes_apart_from_a_square_one() {
+        let mut p = Params::parse("NrPixels 10\npx 100\npxZ 250\n", "t").unwrap();
+        let square = (param_hash(&p), param_hash_string_midas_integrate(&p));
+        p.pixel_shape = "rectangular".into();
+        assert!(param_hash_string(&p).ends_with(
+            "|pxZ=250.000000|tx=0.000000|ty=0.000000|tz=0.000000|PixelShape=rectangular"
+        ));
+        assert!(param_hash_string_midas_integrate(&p).ends_with("|PixelShape=rectangular"));
+        assert_eq!(
+            param_hash_string_midas_integrate(&p)
+                .matches("PixelShape")
+                .count(),
+            1
+        );
+        assert_ne!(param_hash(&p), square.0);
+        assert_ne!(param_hash_string_midas_integrate(&p), square.1);
+    }
+
+    #[test]
+    fn gradient_shift_steps_along_the_detector_in_px_of_py() {
+        // 10 rows above the centre; rows 4× as high: a step of 1 px (pxY) is a quarter row.
+        let (y, z) = gradient_shift(5.0, 30.0, 1.0, (5.0, 20.0), 4.0);
+        assert!(
+            (y - 5.0).abs() < 1e-15 && (z - 29.75).abs() < 1e-15,
+            "{y} {z}"
+        );
+        let (y, z) = gradient_shift(15.0, 20.0, 1.0, (5.0, 20.0), 4.0);
+        assert!(
+            (y - 14.0).abs() < 1e-15 && (z - 20.0).abs() < 1e-15,
+            "{y} {z}"
+        );
+        assert_eq!(
+            gradient_shift(5.0, 30.0, 1.0, (5.0, 20.0), 1.0),
+            (5.0, 29.0)
         );
     }
 

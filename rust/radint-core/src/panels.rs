@@ -22,14 +22,16 @@ impl Panel {
         y >= self.y_min && y <= self.y_max && z >= self.z_min && z <= self.z_max
     }
 
-    /// Offsets (dY, dZ) of a transformed-frame pixel and the panel's geometry offsets.
-    fn correct(&self, y: i64, z: i64) -> (f64, f64, PanelOffset) {
+    /// Offsets (dY, dZ) of a transformed-frame pixel and the panel's geometry offsets. The
+    /// rotation dθ turns the panel on the detector: rows `aspect` (pxZ / pxY) times as high as
+    /// columns are wide are rotated in those units, not as a shear of pixel indices.
+    fn correct(&self, y: i64, z: i64, aspect: f64) -> (f64, f64, PanelOffset) {
         let cy = 0.5 * (self.y_min + self.y_max) as f64;
         let cz = 0.5 * (self.z_min + self.z_max) as f64;
         let (s, c) = self.d_theta_deg.to_radians().sin_cos();
         let (ry, rz) = (y as f64 - cy, z as f64 - cz);
-        let y_corr = cy + c * ry - s * rz + self.d_y;
-        let z_corr = cz + s * ry + c * rz + self.d_z;
+        let y_corr = cy + c * ry - s * rz * aspect + self.d_y;
+        let z_corr = cz + s * ry / aspect + c * rz + self.d_z;
         (
             y_corr - y as f64,
             z_corr - z as f64,
@@ -134,12 +136,13 @@ pub fn apply_shifts(panels: &mut [Panel], text: &str, source: &str) -> Result<()
 }
 
 /// (dY, dZ, offsets) of a transformed pixel: the first panel whose box holds it; gaps get none.
-pub fn pixel_offset(panels: &[Panel], y: usize, z: usize) -> (f64, f64, PanelOffset) {
+/// `aspect`: pxZ / pxY (1 for square pixels).
+pub fn pixel_offset(panels: &[Panel], y: usize, z: usize, aspect: f64) -> (f64, f64, PanelOffset) {
     let (y, z) = (y as i64, z as i64);
     panels
         .iter()
         .find(|p| p.contains(y, z))
-        .map(|p| p.correct(y, z))
+        .map(|p| p.correct(y, z, aspect))
         .unwrap_or((0.0, 0.0, PanelOffset::default()))
 }
 
@@ -169,6 +172,48 @@ mod tests {
         assert_eq!((p.d_y, p.d_z), (0.5, 0.4));
         assert_eq!((p.d_theta_deg, p.d_lsd_um, p.d_p2), (1.5, 400.0, 0.001));
         assert_eq!(panels[1], panel());
+    }
+
+    #[test]
+    fn a_panel_turns_on_the_detector_whatever_its_pixels_aspect() {
+        // 90° about the panel's centre (4.5, 4.5); rows twice as high as columns are wide.
+        let p = Panel {
+            d_theta_deg: 90.0,
+            ..panel()
+        };
+        let turned = |y: i64, z: i64, aspect: f64| {
+            let (dy, dz, _) =
+                pixel_offset(std::slice::from_ref(&p), y as usize, z as usize, aspect);
+            (y as f64 + dy, z as f64 + dz)
+        };
+        let close =
+            |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() < 1e-12 && (a.1 - b.1).abs() < 1e-12;
+        // (4, 5) lies (−0.5, +1.0) column widths from the centre on the detector; turned by 90°
+        // that is (−1.0, −0.5): column 3.5, row 4.5 − 0.5 / 2. Square pixels: (4.0, 4.0).
+        assert!(
+            close(turned(4, 5, 2.0), (3.5, 4.25)),
+            "{:?}",
+            turned(4, 5, 2.0)
+        );
+        assert!(
+            close(turned(6, 4, 2.0), (5.5, 5.25)),
+            "{:?}",
+            turned(6, 4, 2.0)
+        );
+        assert!(
+            close(turned(4, 5, 1.0), (4.0, 4.0)),
+            "{:?}",
+            turned(4, 5, 1.0)
+        );
+        // A rigid turn: the distance between two pixels on the detector is kept.
+        let on_detector = |(y, z): (f64, f64)| (y, 2.0 * z);
+        let dist = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).hypot(a.1 - b.1);
+        let (a, b) = (on_detector((4.0, 5.0)), on_detector((6.0, 4.0)));
+        let (ta, tb) = (
+            on_detector(turned(4, 5, 2.0)),
+            on_detector(turned(6, 4, 2.0)),
+        );
+        assert!((dist(a, b) - dist(ta, tb)).abs() < 1e-12);
     }
 
     #[test]

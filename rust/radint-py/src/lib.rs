@@ -641,8 +641,9 @@ impl MapCore {
         }
         let transform = ImageTransform::new(&p.im_trans_opt, n_y, n_z);
         let bc = (p.bc_y_px, p.bc_z_px);
+        let aspect = p.pixel_aspect();
         let map = detached(py, || {
-            Ok(map::gradient_resampled(&self.map, &transform, bc))
+            Ok(map::gradient_resampled(&self.map, &transform, bc, aspect))
         })?;
         Ok(MapCore::new(map))
     }

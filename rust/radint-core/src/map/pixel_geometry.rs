@@ -50,6 +50,7 @@ pub fn pixel_centres(
     inputs: &MapInputs,
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let plan = Plan::new(params, inputs.clone())?;
+    let aspect = plan.geometry.pixel_aspect();
     let (n_y, n_z) = (plan.transform.n_y, plan.transform.n_z);
     let n = n_y * n_z;
     let mut r = vec![0.0; n];
@@ -64,7 +65,7 @@ pub fn pixel_centres(
                     let (mut y, mut z) = (i as f64, j as f64);
                     let mut panel = PanelOffset::default();
                     if !plan.panels.is_empty() {
-                        let (dy, dz, off) = panels::pixel_offset(&plan.panels, i, j);
+                        let (dy, dz, off) = panels::pixel_offset(&plan.panels, i, j, aspect);
                         y += dy;
                         z += dz;
                         panel = off;

@@ -312,7 +312,8 @@ impl Plan {
         let (mut ypr, mut zpr) = (i as f64, j as f64);
         let mut panel = PanelOffset::default();
         if !self.panels.is_empty() {
-            let (dy, dz, off) = panels::pixel_offset(&self.panels, i, j);
+            let (dy, dz, off) =
+                panels::pixel_offset(&self.panels, i, j, self.geometry.pixel_aspect());
             ypr += dy;
             zpr += dz;
             panel = off;

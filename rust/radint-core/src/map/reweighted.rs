@@ -195,11 +195,12 @@ impl DetectorMap {
 /// bilinearly, so its signal weight spreads over up to four pixels. Unlike the C integrator the
 /// ray lives in the transformed frame (where `bc` is given), so ImTransOpt flips keep the
 /// direction right. Areas stay with the entry's first piece; positions past the image edge
-/// clamp as in C.
+/// clamp as in C. `aspect`: pxZ / pxY (see [`gradient_shift`]).
 pub fn gradient_resampled(
     map: &DetectorMap,
     transform: &ImageTransform,
     bc: (f64, f64),
+    aspect: f64,
 ) -> DetectorMap {
     let (n_y, n_z) = (map.n_y, map.n_z);
     let n = map.n_entries();
@@ -214,7 +215,7 @@ pub fn gradient_resampled(
             let p = map.pixel[e] as usize;
             let (ty, tz) = transform.transformed_of_raw(p % n_y, p / n_y);
             let dr = map.delta_r[e];
-            let (y, z) = gradient_shift(ty as f64, tz as f64, dr as f64, bc.0, bc.1);
+            let (y, z) = gradient_shift(ty as f64, tz as f64, dr as f64, bc, aspect);
             let w0 = map.weight.as_ref().map_or(map.area[e] as f64, |w| w[e]);
             let mut first = true;
             for (tp, w) in bilinear_pieces(y, z, n_y, n_z) {
@@ -334,7 +335,7 @@ mod tests {
         let p = flat(0.0, 0.7, 7.0);
         let map = build(&p, MapInputs::default()).unwrap();
         let t = ImageTransform::new(&[], map.n_y, map.n_z);
-        let g = gradient_resampled(&map, &t, (p.bc_y_px, p.bc_z_px));
+        let g = gradient_resampled(&map, &t, (p.bc_y_px, p.bc_z_px), 1.0);
         g.check().unwrap();
         assert!(g.n_entries() > map.n_entries());
         let w = g.weight.as_ref().unwrap();

@@ -263,6 +263,15 @@ impl Params {
         self.pixel_shape == "rectangular"
     }
 
+    /// The pixels' height over their width (pxZ / pxY): 1 unless `PixelShape rectangular`.
+    pub fn pixel_aspect(&self) -> f64 {
+        if self.rectangular_pixels() {
+            self.pixel_size_z_um / self.pixel_size_y_um
+        } else {
+            1.0
+        }
+    }
+
     /// The radial binning mode: Q when `QBinSize > 0` and `Wavelength > 0` (as DetectorMapper),
     /// else 2θ when `TthBinSize > 0`, else R.
     pub fn radial_mode(&self) -> RadialMode {

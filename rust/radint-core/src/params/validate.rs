@@ -136,6 +136,31 @@ impl Params {
                 return Err(self.invalid(key, format!("must be > 0, got {value}")));
             }
         }
+        let aspect = self.pixel_aspect();
+        if !(1e-4..=1e4).contains(&aspect) {
+            // A strip detector's pixels are ~160:1; past 10⁴:1 the sizes are mistyped (a unit).
+            let key = if self.set_at.contains_key("pxZ") {
+                "pxZ"
+            } else {
+                "PixelShape"
+            };
+            let width_key = if self.set_at.contains_key("pxY") {
+                "pxY"
+            } else {
+                "px"
+            };
+            return Err(self.invalid(
+                key,
+                format!(
+                    "pxZ / pxY = {} with PixelShape rectangular; expected 1e-4 to 1e4 ({})",
+                    crate::params::number_text(aspect),
+                    self.described(&[
+                        (width_key, self.pixel_size_y_um),
+                        ("pxZ", self.pixel_size_z_um)
+                    ])
+                ),
+            ));
+        }
         if self.wavelength_angstrom < 0.0 {
             return Err(self.invalid(
                 "Wavelength",
