@@ -188,7 +188,8 @@ def run_on_dask(
         integrated = 0
         for fut in as_completed(futures):
             outcome = fut.result()
-            integrated += outcome.n_frames
+            if outcome.ok and not outcome.skipped:  # a skipped file integrated nothing
+                integrated += outcome.n_frames
             yield index[fut.key], outcome
         # Events come by way of the scheduler, after their task's result: the last ones
         # are waited for (briefly), so the count is whole when the run returns.
