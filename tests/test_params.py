@@ -237,6 +237,29 @@ def test_pixel_shape_rectangular_takes_pxz_and_is_kept_apart_from_midas(tmp_path
         IntegrationConfig.from_midas_params(p).validate()
 
 
+def test_rectangular_pixels_need_their_own_pxz_and_square_maps_keep_their_cache_names(tmp_path):
+    """Review: ``PixelShape rectangular`` with no pxZ line took the default 200 µm rows, and a
+    ``px`` after pxZ set both sizes, without a word (pxZ had never been used before). And the
+    new field changed every square configuration's map key: each cache rebuilt once."""
+    p = tmp_path / "p.txt"
+    for text, why in (("NrPixels 10\npxY 75\nPixelShape rectangular\n", "; give pxZ"),
+                      ("NrPixels 10\npxZ 150\npx 75\nPixelShape rectangular\n",
+                       ", or a later px set both sizes; give pxZ after px")):  # fmt: skip
+        p.write_text(text)
+        with pytest.raises(ParameterError, match=re.escape(
+            f"PixelShape: rectangular needs the rows' height: no pxZ line sets it{why}"
+        )):  # fmt: skip
+            IntegrationConfig.from_midas_params(p).validate()
+    p.write_text("NrPixels 10\npx 75\npxZ 150\nPixelShape rectangular\n")
+    assert IntegrationConfig.from_midas_params(p).validate().pixel_size_z_um == 150
+    # The key a square configuration had before PixelShape existed (cache version 4).
+    from tests.conftest import EXAMPLES
+
+    example = IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")
+    assert example.map_key() == "a71134a921106d766c491b46"
+    assert example.replace(pixel_shape="rectangular").map_key() != example.map_key()
+
+
 def test_a_rectangular_poni_made_square_by_an_override_is_warned(tmp_path, caplog):
     """Review: ``from_poni(..., PixelShape="square")`` on pixels 50 × 100 µm left pxZ unused
     without the warning a parameter file gets (the PONI's sizes were both filed under px)."""

@@ -107,6 +107,19 @@ def test_poni_to_midas_round_trip(tmp_path):
         assert back[k] == pytest.approx(ref[k], abs=1e-12), k
 
 
+def test_pixel_sizes_equal_to_1e_9_keep_pixel1_as_before(tmp_path):
+    """Review: pixel1 and pixel2 within 1e-9 of each other are one square pixel, and that
+    size is pixel1 as it was before rectangular pixels were read (pixel2 moved px by 1e-10)."""
+    path = tmp_path / "n.poni"
+    path.write_text(
+        'poni_version: 2.1\nDetector: Detector\nDetector_config: {"pixel1": 7.5e-05, "pixel2": '
+        '7.50000000001e-05, "max_shape": [100, 120]}\nDistance: 0.1\nPoni1: 0.002\n'
+        "Poni2: 0.003\nRot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    cfg = IntegrationConfig.from_poni(path)
+    assert (cfg.pixel_shape, cfg.pixel_size_y_um, cfg.pixel_size_z_um) == ("square", 75.0, 75.0)
+
+
 @pytest.mark.parametrize("pixel1", [100e-6, 40e-6])
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])
 def test_detector_orientation_becomes_image_flips(orientation, pixel1, tmp_path):

@@ -578,6 +578,8 @@ class IntegrationConfig:
         if mode != "2theta":
             for k in ("tth_min_deg", "tth_max_deg", "tth_bin_deg"):
                 shaping.pop(k, None)
+        if shaping.get("pixel_shape") == "square":  # as before the key existed: caches kept
+            del shaping["pixel_shape"]
         for k in self._SHAPING_FILES:
             if k in shaping:
                 shaping[k] = bool(shaping[k])

@@ -952,7 +952,7 @@ def _check_member_crc(
     if start + info.file_size > len(mapped):
         raise MapFormatError(
             f"{path}: member {info.filename} is cut short ({len(mapped) - start} of "
-            f"{info.file_size} bytes in the file); delete the file, or let radint rebuild it"
+            f"{info.file_size} bytes in the file)"
         )
     data = np.frombuffer(mapped, np.uint8, count=info.file_size, offset=start)
     crc = _core.crc32(data, n_threads=check_n_threads(n_threads))
@@ -960,7 +960,7 @@ def _check_member_crc(
     if crc != info.CRC:
         raise MapFormatError(
             f"{path}: member {info.filename} is damaged (its CRC-32 is {crc:08x}, the file "
-            f"records {info.CRC:08x}); delete the file, or let radint rebuild it"
+            f"records {info.CRC:08x})"
         )
 
 

@@ -681,7 +681,7 @@ def midas_geometry_from_poni(poni: dict[str, Any]) -> dict[str, Any]:
     p1, p2 = poni["pixel1"], poni["pixel2"]
     square = math.isclose(p1, p2, rel_tol=1e-9)
     if square:
-        p1 = p2
+        p2 = p1  # pixel1, as before rectangular pixels were read
     rot = C @ pyfai_rotation(poni["rot1"], poni["rot2"], poni["rot3"])
     trs = rot @ C.T
     u = rot.T @ np.array([1.0, 0.0, 0.0])

@@ -1197,7 +1197,8 @@ def run_batch(
     """Integrate many files with one map; returns one outcome per file (in input order).
 
     ``on_frames(n)`` is called as frames are integrated (from another thread with worker
-    processes or Dask), for progress within long files. The map is built (or loaded)
+    processes or Dask), for progress within long files; a file retried after its worker died
+    counts its frames again. The map is built (or loaded)
     once here and cached in ``cache_dir`` (default ``out_dir/.radint-cache``); workers
     load that cache instead of rebuilding it. ``compat`` is the Integrator's (MIDAS rules);
     ``midas_map`` a directory whose MIDAS ``Map.bin``/``nMap.bin`` replace radint's map.

@@ -82,22 +82,30 @@ def _client(address: str) -> Any:
 #: scheduler: one per stack of a few frames would be thousands a second on a large cluster).
 _FRAMES_EVERY_S = 0.25
 
+#: The one event topic of every run's frame counts, each event ``[run, n]``: the scheduler
+#: keeps a topic's recent events for as long as it runs, so a topic per run would pile up on a
+#: long-lived cluster.
+_FRAMES_TOPIC = "radint-frames"
+
 
 class _FramesEvents:
-    """Frame counts of one task, sent to the client as events on ``topic``, at most every
+    """Frame counts of one task of run ``run``, sent to the client as events, at most every
     :data:`_FRAMES_EVERY_S` and once more as the task ends."""
 
-    def __init__(self, topic: str) -> None:
-        self.topic, self.pending, self.sent_at = topic, 0, time.monotonic()
+    def __init__(self, run: str) -> None:
+        self.run, self.pending, self.sent_at = run, 0, time.monotonic()
 
     def __call__(self, n: int) -> None:
+        """Count ``n`` more frames integrated; send the count when it is due."""
         self.pending += n
         if time.monotonic() - self.sent_at >= _FRAMES_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
+        """Send the frames counted since the last event, if any."""
         if self.pending:
-            require_distributed().get_worker().log_event(self.topic, self.pending)
+            worker = require_distributed().get_worker()
+            worker.log_event(_FRAMES_TOPIC, [self.run, self.pending])
             self.pending, self.sent_at = 0, time.monotonic()
 
 
@@ -110,7 +118,7 @@ def _task(
     name: str | None,
     opts: dict[str, Any],
     rules: dict[str, Any],
-    frames_topic: str | None = None,
+    frames_run: str | None = None,
 ) -> FileOutcome:
     from radint import batch
 
@@ -130,9 +138,9 @@ def _task(
         _init_worker(config, cache, n_threads, backend, dark=dark, **rules)
         integ = batch._WORKER["integrator"]
         batch._WORKER["key"] = key
-    if frames_topic is None:
+    if frames_run is None:
         return process_file(path, name=name, integrator=integ, **opts)
-    events = _FramesEvents(frames_topic)
+    events = _FramesEvents(frames_run)
     try:
         return process_file(path, name=name, integrator=integ, on_frames=events, **opts)
     finally:
@@ -154,19 +162,22 @@ def run_on_dask(
     """Yield (index, outcome) as files finish on the cluster at ``address`` (or ``local:N``);
     ``rules``: the Integrator's ``compat`` and the ``midas_map`` directory (or None).
     ``on_frames(n)`` is called (on the client's event thread) as the workers integrate frames:
-    they send their counts as events on a topic of this run's own."""
+    they send their counts as Dask events; a file retried after its worker died counts its
+    frames again."""
     client = _client(address)
     as_completed = require_distributed().as_completed
-    topic = None
-    received = [0]  # frames the events told of, and those the outcomes did
+    run = None
+    received = [0]  # frames this run's events told of
     if on_frames is not None:
-        topic = f"radint-frames-{uuid.uuid4().hex}"
+        run = uuid.uuid4().hex
 
         def on_event(event: tuple[float, Any]) -> None:
-            received[0] += int(event[1])
-            on_frames(int(event[1]))
+            message = event[1]
+            if isinstance(message, (list, tuple)) and len(message) == 2 and message[0] == run:
+                received[0] += int(message[1])
+                on_frames(int(message[1]))
 
-        client.subscribe_topic(topic, on_event)
+        client.subscribe_topic(_FRAMES_TOPIC, on_event)
     try:
         futures = [
             client.submit(
@@ -179,7 +190,7 @@ def run_on_dask(
                 names[i],
                 opts,
                 rules,
-                topic,
+                run,
                 pure=False,
             )
             for i, f in enumerate(files)
@@ -194,11 +205,11 @@ def run_on_dask(
         # Events come by way of the scheduler, after their task's result: the last ones
         # are waited for (briefly), so the count is whole when the run returns.
         until = time.monotonic() + 2.0
-        while topic is not None and received[0] < integrated and time.monotonic() < until:
+        while run is not None and received[0] < integrated and time.monotonic() < until:
             time.sleep(0.01)
     finally:
-        if topic is not None:
-            client.unsubscribe_topic(topic)
+        if run is not None:
+            client.unsubscribe_topic(_FRAMES_TOPIC)
         cluster = getattr(client, "cluster", None)
         client.close()
         if cluster is not None and parse_address(address) is not None:

@@ -136,6 +136,25 @@ impl Params {
                 return Err(self.invalid(key, format!("must be > 0, got {value}")));
             }
         }
+        if self.rectangular_pixels()
+            && self.set_at.contains_key("PixelShape")
+            && !self.set_at.contains_key("pxZ")
+        {
+            // Until PixelShape, pxZ was read and unused: its default (200) or a px line after it
+            // would now set the rows' height without a word.
+            return Err(self.invalid(
+                "PixelShape",
+                format!(
+                    "rectangular needs the rows' height: no pxZ line sets it{} (pxZ is {} µm)",
+                    if self.set_at.contains_key("px") {
+                        ", or a later px set both sizes; give pxZ after px"
+                    } else {
+                        "; give pxZ"
+                    },
+                    crate::params::number_text(self.pixel_size_z_um)
+                ),
+            ));
+        }
         let aspect = self.pixel_aspect();
         if !(1e-4..=1e4).contains(&aspect) {
             // A strip detector's pixels are ~160:1; past 10⁴:1 the sizes are mistyped (a unit).
