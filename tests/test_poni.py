@@ -157,6 +157,10 @@ def test_detectors_without_a_regular_grid_are_refused(tmp_path):
     )
     with pytest.raises(Exception, match=r"x.poni:2: Detector 'ImXPadS140': pyFAI places"):
         read_poni(path)
+    # Pixirad's hexagonal pixels (pixel1 ≠ pixel2) were read as rectangles once those were.
+    path.write_text(path.read_text().replace("ImXPadS140", "Pixirad1"))
+    with pytest.raises(Exception, match=r"Detector 'Pixirad1': .* irregular grid .*hexagons"):
+        read_poni(path)
     v1 = tmp_path / "v1.poni"
     v1.write_text("PixelSize1: 0.0002\nPixelSize2: 0.0002\nDetector: Perkin\nDistance: 0.5\n"
                   "Poni1: 0.2\nPoni2: 0.2\nRot1: 0\nRot2: 0\nRot3: 0\n")  # fmt: skip

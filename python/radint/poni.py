@@ -157,9 +157,9 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         if key.startswith(_IRREGULAR_DETECTORS) and key not in _REGULAR_FAMILY_MEMBERS:
             raise ParameterError(
                 f"{path}:{line}: Detector '{name}': pyFAI places its pixels on an irregular grid "
-                "(tiles at angles, double-size pixels), which a MIDAS geometry of one pixel size "
-                "cannot describe; radint reads plain 'Detector' grids and named detectors of "
-                "equal square pixels"
+                "(tiles at angles, double-size pixels, hexagons), which a MIDAS geometry of one "
+                "grid cannot describe; radint reads plain 'Detector' grids and named detectors "
+                "of one grid of square or rectangular pixels"
             )
     native = (
         _DETECTOR_PIXEL.get(_detector_key(values["detector"][0])) if "detector" in values else None
@@ -368,8 +368,12 @@ _MODULE_GAPS = {
     for name in _DETECTOR_SHAPES
 }
 
-#: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes).
-_IRREGULAR_DETECTORS = ("imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau")
+#: pyFAI detector families whose pixels do not sit on one regular grid (name prefixes); the
+#: Pixirad's hexagons (rows shifted by half a pixel) were refused as rectangles until radint
+#: read rectangular pixels, and must still be.
+_IRREGULAR_DETECTORS = (
+    "imxpad", "xpad", "cirpad", "xcirpad", "aarhus", "rapid", "d5", "jungfrau", "pixirad",
+)  # fmt: skip
 #: Members of those families that pyFAI places on a regular grid (checked against its pixel
 #: positions, binned too): the assembled Jungfrau 1M / 4M (module gaps, as an Eiger's).
 _REGULAR_FAMILY_MEMBERS = ("jungfrau1m", "jungfrau4m")
