@@ -145,7 +145,7 @@ def test_detector_orientation_becomes_image_flips(orientation, pixel1, tmp_path)
     assert (np.abs(np.radians(d)) * g["r_px"].reshape(cfg.shape)).max() < 1e-3
 
 
-def test_detectors_without_a_regular_grid_are_refused(tmp_path):
+def test_detectors_without_a_regular_grid_are_refused(tmp_path, monkeypatch):
     """ImXPad tiles sit at angles (1° of 2θ off if read as a grid): refused with the reason; a
     PONI 1 file naming another detector with its pixel sizes is read (pyFAI reads it too)."""
     path = tmp_path / "x.poni"
@@ -161,6 +161,14 @@ def test_detectors_without_a_regular_grid_are_refused(tmp_path):
     path.write_text(path.read_text().replace("ImXPadS140", "Pixirad1"))
     with pytest.raises(Exception, match=r"Detector 'Pixirad1': .* irregular grid .*hexagons"):
         read_poni(path)
+    # Found by pyFAI's own flags too (a detector a later pyFAI adds is not in radint's list).
+    from radint import poni as poni_module
+
+    monkeypatch.setattr(poni_module, "_IRREGULAR_DETECTORS", ())
+    for name in ("Pixirad1", "ImXPadS140", "Aarhus"):
+        path.write_text(re.sub(r"Detector: \w+", f"Detector: {name}", path.read_text()))
+        with pytest.raises(ParameterError, match=f"Detector '{name}': pyFAI places"):
+            read_poni(path)
     v1 = tmp_path / "v1.poni"
     v1.write_text("PixelSize1: 0.0002\nPixelSize2: 0.0002\nDetector: Perkin\nDistance: 0.5\n"
                   "Poni1: 0.2\nPoni2: 0.2\nRot1: 0\nRot2: 0\nRot3: 0\n")  # fmt: skip

@@ -154,7 +154,8 @@ def read_poni(path: str | Path) -> dict[str, Any]:
         key = _detector_key(name)
         if shape is None:
             shape = _known_detector_shape(name)
-        if key.startswith(_IRREGULAR_DETECTORS) and key not in _REGULAR_FAMILY_MEMBERS:
+        listed = key.startswith(_IRREGULAR_DETECTORS) and key not in _REGULAR_FAMILY_MEMBERS
+        if listed or _off_one_grid(name):
             raise ParameterError(
                 f"{path}:{line}: Detector '{name}': pyFAI places its pixels on an irregular grid "
                 "(tiles at angles, double-size pixels, hexagons), which a MIDAS geometry of one "
@@ -428,6 +429,20 @@ def _quiet_pyfai() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def _off_one_grid(name: str) -> bool:
+    """Whether pyFAI (when installed) says its detector ``name`` has pixels off one flat grid
+    of equal pixels (``uniform_pixel``, ``IS_CONTIGUOUS``, ``IS_FLAT``): detectors a later pyFAI
+    adds are refused as :data:`_IRREGULAR_DETECTORS` are, not read as a grid."""
+    key = _detector_key(name)
+    if key in _REGULAR_FAMILY_MEMBERS or key in _DETECTOR_SHAPES:
+        return False
+    det = _pyfai_lookup(name)
+    if det is None:
+        return False
+    flags = (getattr(det, name, True) for name in ("uniform_pixel", "IS_CONTIGUOUS", "IS_FLAT"))
+    return not all(bool(flag) for flag in flags)
 
 
 def _pyfai_lookup(name: str) -> Any:
