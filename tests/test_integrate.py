@@ -441,6 +441,47 @@ def test_midas_gpu_rules(small_config, small_map):
     np.testing.assert_allclose(r.lineout[finite], radint_rules.lineout[finite], rtol=1e-12)
 
 
+def test_midas_gpu_counts_2theta_bins_as_midas_integrate(tmp_path, caplog):
+    """Found reading midas-integrate 0.9.0 (``build_tth_bin_edges_in_R``): its 2θ bins are
+    ⌈(max − min)/size⌉ of the floating-point quotient, 0.5…4.4 in 0.3° bins 14 (3.9 / 0.3 =
+    13.000000000000002; the 14th a whole bin, 4.4–4.7°), where radint's own count is 13 (a
+    quotient within 1e-9 of n is n): under compat="midas-gpu" the cake had one bin fewer than
+    the peer's. Now its count, said once; the Integrator, run_batch and the CLI agree (the
+    map they build and cache is the compat's)."""
+    import math
+
+    import tifffile
+
+    from radint.batch import run_batch
+    from radint.cli import main
+    from radint.io import read_nexus
+    from tests.conftest import SMALL
+
+    text = SMALL + "TthMin 0.5\nTthMax 4.4\nTthBinSize 0.3\nEtaBinSize 360\nWavelength 0.5\n"
+    (tmp_path / "p.txt").write_text(text)
+    cfg = IntegrationConfig.from_midas_params(tmp_path / "p.txt")
+    theirs = math.ceil((4.4 - 0.5) / 0.3)  # midas_integrate.params.n_r_bins
+    frame = ring_image(cfg, dtype=np.float64)
+    with caplog.at_level(logging.WARNING, logger="radint"):
+        r = Integrator(cfg, compat="midas-gpu", fit=None).integrate(frame)
+    assert "is 14 bins as midas-integrate counts them" in caplog.text
+    assert (r.n_r, theirs) == (14, 14)
+    np.testing.assert_allclose(r.two_theta_deg[-1], 4.55, atol=1e-9)  # 4.4–4.7°, centre
+    own = Integrator(cfg, fit=None).integrate(frame)
+    assert own.n_r == 13
+    finite = np.isfinite(own.lineout)  # the compat's empty bins are 0
+    assert finite.sum() >= 5
+    np.testing.assert_allclose(r.lineout[:13][finite], own.lineout[finite], rtol=1e-12)
+    tifffile.imwrite(tmp_path / "f.tif", frame.astype(np.float32))
+    (done,) = run_batch(cfg, [tmp_path / "f.tif"], tmp_path / "b", compat="midas-gpu")
+    assert done.ok
+    rc = main(["integrate", str(tmp_path / "p.txt"), str(tmp_path / "f.tif"), "-o",
+               str(tmp_path / "c"), "--compat", "midas-gpu", "-q"])  # fmt: skip
+    assert rc == 0
+    for out in (tmp_path / "b" / "f.h5", tmp_path / "c" / "f.h5"):
+        assert read_nexus(out).n_r == 14
+
+
 def test_sum_frames(small_config, small_map):
     frames = np.stack([np.full(small_config.shape, v, np.float64) for v in (1, 2, 3, 4, 5)])
     r = Integrator(small_config, detector_map=small_map).integrate_stack(frames)

@@ -329,9 +329,10 @@ def _load_config(
 ) -> IntegrationConfig:
     config = _read_config(params, overrides, args)
     if args is not None and getattr(args, "compat", None):
-        from radint.integrator import check_compat
+        from radint.integrator import check_compat, config_for_compat
 
         check_compat(config, args.compat)  # before any data is read (batch workers too)
+        config = config_for_compat(config, args.compat)
     return config
 
 

@@ -78,6 +78,10 @@ class IntegrationConfig:
     tth_min_deg: float = 0.0
     tth_max_deg: float = 0.0
     tth_bin_deg: float = 0.0
+    #: 2θ bins counted as midas-integrate counts them: ⌈(max − min)/size⌉ of the floating-point
+    #: quotient (0.5…4.4 in 0.3° bins: 14, the last past TthMax), where radint's own count takes
+    #: a quotient within 1e-9 of a whole n as n (13). ``compat="midas-gpu"`` sets it; no key.
+    tth_bins_ceil: bool = False
     wavelength_angstrom: float = 0.0
     mask_file: str = ""
     distortion_file: str = ""
@@ -575,6 +579,8 @@ class IntegrationConfig:
         if mode != "q":
             for k in ("q_min", "q_max", "q_bin", "wavelength_angstrom"):
                 shaping.pop(k, None)
+        if mode != "2theta" or not shaping.get("tth_bins_ceil"):
+            shaping.pop("tth_bins_ceil", None)  # as before the field existed: caches kept
         if mode != "2theta":
             for k in ("tth_min_deg", "tth_max_deg", "tth_bin_deg"):
                 shaping.pop(k, None)
@@ -780,8 +786,8 @@ _MAP_FIELDS = {
     "pixel_size_z_um", "n_pixels_y", "n_pixels_z", "rho_d_um", "distortion", "parallax_um",
     "im_trans_opt", "r_min_px", "r_max_px", "r_bin_px", "eta_min_deg", "eta_max_deg",
     "eta_bin_deg", "q_min", "q_max", "q_bin", "tth_min_deg", "tth_max_deg", "tth_bin_deg",
-    "wavelength_angstrom", "mask_file", "distortion_file", "residual_correction_map",
-    "panel_shifts_file", "n_panels_y", "n_panels_z", "panel_size_y", "panel_size_z",
+    "tth_bins_ceil", "wavelength_angstrom", "mask_file", "distortion_file",
+    "residual_correction_map", "panel_shifts_file", "n_panels_y", "n_panels_z", "panel_size_y", "panel_size_z",
     "panel_gaps_y", "panel_gaps_z", "sub_pixel_level", "sub_pixel_cardinal_width_deg",
     "module_gaps", "pixel_shape",
 }  # fmt: skip

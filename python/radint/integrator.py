@@ -76,6 +76,27 @@ def _cuda_status() -> tuple[bool, str]:
     return cuda_available()
 
 
+def config_for_compat(config: IntegrationConfig, compat: str | None) -> IntegrationConfig:
+    """``config`` as ``compat`` bins it: under ``"midas-gpu"`` 2θ bins are counted as
+    midas-integrate counts them (``tth_bins_ceil``; said when that count differs from
+    radint's). Every place that builds a map for a compat run calls this first (the CLI,
+    :func:`~radint.batch.run_batch`, :class:`Integrator`), so maps and results agree."""
+    if compat != "midas-gpu" or config.tth_bins_ceil or config.radial_mode != "2theta":
+        return config
+    adjusted = config.replace(tth_bins_ceil=True)
+    ours, theirs = len(config.bin_edges()[0]) - 1, len(adjusted.bin_edges()[0]) - 1
+    if ours != theirs:
+        warn_once(
+            ("midas-gpu 2θ count", config.source, theirs),
+            "%s: %g..%g° in %g° bins is %d bins as midas-integrate counts them "
+            "(compat='midas-gpu': ⌈(max − min)/size⌉ of the floating-point quotient; the last "
+            "ends at %g°, past TthMax), %d in radint's own count",
+            config.where_set("tth_max_deg"), config.tth_min_deg, config.tth_max_deg,
+            config.tth_bin_deg, theirs, config.tth_min_deg + theirs * config.tth_bin_deg, ours,
+        )  # fmt: skip
+    return adjusted
+
+
 def check_compat(
     config: IntegrationConfig, compat: str | None, weights_from_config: bool = True
 ) -> None:
@@ -186,7 +207,9 @@ class Integrator:
     compat : {None, "midas-cpu", "midas-gpu"}
         Intensity rules: radint's own (default: empty bins NaN, area-weighted lineout), the
         MIDAS C CPU integrator's (masked-touched bins NaN, empty 0, lineout = mean of non-zero η
-        bins) or the MIDAS GPU program's (A > 1e-9 else 0, area-weighted lineout).
+        bins) or the MIDAS GPU program's (A > 1e-9 else 0, area-weighted lineout; 2θ bins
+        counted as midas-integrate counts them, so a ``detector_map`` given is built for
+        ``config_for_compat(config, "midas-gpu")``).
     mask : ndarray of bool, shape (n_pixels_z, n_pixels_y), optional
         Integration-time pixel mask (True = ignore), on top of the map's MaskFile.
     flat : ndarray, shape (n_pixels_z, n_pixels_y), optional
@@ -320,7 +343,7 @@ class Integrator:
                 "(MIDAS's rules weigh by area) or GradientCorrection"
             )
         self.n_threads = check_n_threads(n_threads)
-        self.config = config.validate()
+        self.config = config = config_for_compat(config, compat).validate()
         self.compat = compat
         if compat == "midas-cpu":
             _warn_where_integratorzarromp_writes_otherwise(self.config)

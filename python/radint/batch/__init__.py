@@ -1207,8 +1207,10 @@ def run_batch(
     """
     from radint.detector_map import DetectorMap
     from radint.fit import FitSpec
+    from radint.integrator import config_for_compat
     from radint.io.write import resolve_formats
 
+    config = config_for_compat(config, compat)  # the map built here is the workers'
     files = [str(f) for f in files]
     out_dir = Path(out_dir)
     # The workers' Integrators fit as the configuration says (fit="config").

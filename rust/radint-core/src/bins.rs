@@ -39,7 +39,7 @@ pub fn radial_count(p: &Params) -> Result<usize> {
         RadialMode::TwoTheta => {
             let x = (p.tth_max_deg - p.tth_min_deg) / p.tth_bin_deg;
             let near = x.round();
-            if near >= 1.0 && (x - near).abs() <= 1e-9 * near {
+            if !p.tth_bins_ceil && near >= 1.0 && (x - near).abs() <= 1e-9 * near {
                 near
             } else {
                 x.ceil()

@@ -92,6 +92,7 @@ params_conversion! {
         source, lsd_um, bc_y_px, bc_z_px, tx_deg, ty_deg, tz_deg, pixel_size_y_um, pixel_size_z_um,
         n_pixels_y, n_pixels_z, rho_d_um, parallax_um, r_min_px, r_max_px, r_bin_px, eta_min_deg,
         eta_max_deg, eta_bin_deg, q_min, q_max, q_bin, tth_min_deg, tth_max_deg, tth_bin_deg,
+        tth_bins_ceil,
         wavelength_angstrom, mask_file, distortion_file, residual_correction_map, panel_shifts_file,
         dark_file, flat_file, n_panels_y, n_panels_z, panel_size_y, panel_size_z, sub_pixel_level,
         sub_pixel_cardinal_width_deg, solid_angle_correction, polarization_correction,

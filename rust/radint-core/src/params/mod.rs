@@ -76,6 +76,10 @@ pub struct Params {
     pub tth_min_deg: f64,
     pub tth_max_deg: f64,
     pub tth_bin_deg: f64,
+    /// 2θ bins counted as midas-integrate counts them, ⌈(max − min)/size⌉ of the floating-point
+    /// quotient (`compat="midas-gpu"` sets it; no key): radint's own count takes a quotient
+    /// within 1e-9 of a whole n as n bins.
+    pub tth_bins_ceil: bool,
     pub wavelength_angstrom: f64,
     // files that shape the map
     pub mask_file: String,
@@ -196,6 +200,7 @@ impl Default for Params {
             tth_min_deg: 0.0,
             tth_max_deg: 0.0,
             tth_bin_deg: 0.0,
+            tth_bins_ceil: false,
             wavelength_angstrom: 0.0,
             mask_file: String::new(),
             distortion_file: String::new(),
