@@ -145,6 +145,10 @@ class IntegrationConfig:
     #: "square" (MIDAS: pxY along both axes, pxZ unused) or "rectangular" (pyFAI's pixel1 ≠
     #: pixel2: pxZ is the pixels' height; R stays in units of pxY) (radint's key ``PixelShape``).
     pixel_shape: str = "square"
+    #: How each bin's sigma is estimated (radint's key ``ErrorModel``): "poisson" (variance =
+    #: counts), "azimuthal" (pyFAI's: the spread of the corrected pixel values within the bin)
+    #: or "none" (no sigma). See ``Integrator(error_model=)``.
+    error_model: str = "poisson"
     #: ``(module rows, module columns, gap rows, gap columns)`` of a detector tiled by modules
     #: from its raw image's first pixel (pyFAI's MODULE_SIZE / MODULE_GAP): the gap pixels are
     #: masked, as pyFAI masks them; () = none. Set from a PONI file naming a Pilatus or Eiger.
@@ -647,6 +651,7 @@ class IntegrationConfig:
                 "solid_angle_model",
                 "polarization_model",
                 "pixel_shape",
+                "error_model",
             ):
                 if value != getattr(type(self), name):  # radint's keys: MIDAS files keep their own
                     items.append((key, value))
@@ -750,6 +755,7 @@ _MIDAS_KEYS = {
     "solid_angle_model": "SolidAngleModel",
     "polarization_model": "PolarizationModel",
     "pixel_shape": "PixelShape",
+    "error_model": "ErrorModel",
     "module_gaps": "ModuleGaps",
 }
 

@@ -111,7 +111,7 @@ def check_compat(
         ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on;
         2θ bins (``TthBinSize``) with ``compat="midas-cpu"``: neither C program reads those
         keys, both bin in R there; ``PixelShape rectangular`` with pxZ ≠ pxY: MIDAS's
-        geometry has one pixel size.
+        geometry has one pixel size; ``ErrorModel azimuthal``: MIDAS's sigmas are Poisson.
     """
     if compat and weights_from_config and config.pixel_weights == "fraction":
         raise InvalidInputError(
@@ -125,6 +125,11 @@ def check_compat(
                 f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
                 f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
             )
+    if compat and config.error_model == "azimuthal":
+        raise InvalidInputError(
+            f"{config.where_set('error_model')} azimuthal is pyFAI's error model: not with "
+            f"compat={compat!r} (MIDAS's sigmas are Poisson); remove the key or the compat"
+        )
     if (
         compat
         and config.pixel_shape == "rectangular"
@@ -233,10 +238,16 @@ class Integrator:
     polarization : {"midas", "kahn", None, "config"}
         Polarization model; ``"config"`` = ``PolarizationModel`` (``"midas"`` unless set) if
         ``PolarizationCorrection 1``, else none.
-    error_model : {"poisson", None}
-        Per-pixel variance: ``max(raw, 1)`` (Poisson) or none (faster, no sigma). A
-        ``variance=`` given to :meth:`integrate` / :meth:`integrate_stack` takes its place for
-        that call.
+    error_model : {"config", "poisson", "azimuthal", None}
+        How sigmas are estimated; ``"config"`` (default) = the parameter file's ``ErrorModel``
+        (``poisson`` unless set). ``"poisson"``: per-pixel variance ``max(raw, 1)``, propagated.
+        ``"azimuthal"``: pyFAI's ``error_model="azimuthal"``, the spread of the corrected pixel
+        values within each bin: σ = √(Σ a²·(x − I)²) / Σ a over a bin's pixels (values x,
+        overlaps a, mean I), the lineout's over its whole ring (a pixel split between η bins
+        counted once); a second pass over the map (CPU: ~2-3x a Poisson integration). Not with
+        ``compat``, ``lineout_mode="midas_nonzero_mean"`` or MIDAS-weighted maps
+        (GradientCorrection, MIDAS C maps). None: no sigma (faster). A ``variance=`` given to
+        :meth:`integrate` / :meth:`integrate_stack` takes the place of either for that call.
     precision : {"float64", "float32"}
         Accumulator precision: float64 (default, ~1e-15 relative) or float32 (~1e-6, faster
         on CPUs without AVX-512 and with MIDAS-weighted maps; the AVX-512 kernels always sum in
@@ -289,7 +300,7 @@ class Integrator:
         dark: np.ndarray | None = None,
         solid_angle: str | None = "config",
         polarization: str | None = "config",
-        error_model: str | None = "poisson",
+        error_model: str | None = "config",
         precision: str = "float64",
         lineout_mode: str = "area_weighted",
         empty_value: float = math.nan,
@@ -315,8 +326,23 @@ class Integrator:
             raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if compat not in COMPAT:
             raise InvalidInputError(f"compat must be one of {COMPAT}, got {compat!r}")
-        if error_model not in ("poisson", None):
-            raise InvalidInputError(f"error_model must be 'poisson' or None, got {error_model!r}")
+        if error_model not in ("config", "poisson", "azimuthal", None):
+            raise InvalidInputError(
+                f"error_model must be 'config', 'poisson', 'azimuthal' or None, got {error_model!r}"
+            )
+        if error_model == "config":
+            error_model = None if config.error_model == "none" else config.error_model
+        elif error_model == "azimuthal" and compat:
+            raise InvalidInputError(
+                f"error_model='azimuthal' is pyFAI's error model: not with compat={compat!r} "
+                "(MIDAS's sigmas are Poisson)"
+            )
+        if error_model == "azimuthal" and lineout_mode == "midas_nonzero_mean":
+            raise InvalidInputError(
+                "error_model='azimuthal' with lineout_mode='midas_nonzero_mean': the azimuthal "
+                "spread of a lineout is taken over its whole ring, which the area-weighted "
+                "lineout averages; the mean of the non-zero η bins has no such ring"
+            )
         if precision not in ("float64", "float32"):
             raise InvalidInputError(f"precision must be 'float64' or 'float32', got {precision!r}")
         if lineout_mode not in ("area_weighted", "midas_nonzero_mean"):
@@ -461,6 +487,13 @@ class Integrator:
             )
         self.pixel_weights = pixel_weights
         self.map = detector_map
+        if error_model == "azimuthal" and detector_map.weight is not None:
+            raise InvalidInputError(
+                f"error_model='azimuthal': the map ({detector_map.origin}) carries per-entry "
+                "weights (GradientCorrection, or a MIDAS C map's folded corrections); the "
+                "spread is taken about the mean over overlap areas, so it needs radint's own map "
+                "without GradientCorrection"
+            )
         #: What shaped the numbers beyond the configuration, as outputs store it (``radint
         #: batch --skip-existing`` compares it): the rules and whose map.
         self.rules = rules_identity(compat, midas_dir)
@@ -555,6 +588,15 @@ class Integrator:
     def _choose_backend(self, backend: str) -> str:
         if backend == "cpu":
             return "cpu"
+        if self.error_model == "azimuthal":
+            # The spread is a second pass over the map that only the Rust engine has.
+            if backend == "cuda":
+                raise InvalidInputError(
+                    "error_model='azimuthal' runs on the CPU backend (the CUDA kernels "
+                    "propagate Poisson or given variances only): use backend='cpu' or 'auto'"
+                )
+            log.info("backend auto: using cpu (error_model='azimuthal' is CPU-only)")
+            return "cpu"
         ok, why = _cuda_status()
         if backend == "cuda" and not ok:
             raise BackendUnavailableError(cuda_unavailable(why))
@@ -578,6 +620,8 @@ class Integrator:
                     changes[f"{name}_model"] = model
         if self.pixel_weights != self.config.pixel_weights:
             changes["pixel_weights"] = self.pixel_weights
+        if (self.error_model or "none") != self.config.error_model:
+            changes["error_model"] = self.error_model or "none"
         return self.config.replace(**changes) if changes else self.config
 
     def _models(
@@ -1223,6 +1267,7 @@ class Integrator:
             and (nonfinite == 0 or core.spoils_few_bins(n_frames, nonfinite))
             and a.dtype.kind in "iuf" and self.backend == "cpu"
             and self.precision == "float64" and not self.compat and self.map.weight is None
+            and self.error_model != "azimuthal"  # the spread needs each pixel's own value
         )  # fmt: skip
 
     def _folded_map(self, core: Any) -> tuple[Any, np.ndarray | None]:

@@ -894,15 +894,18 @@ fn integrate<'py>(
     let dark = contiguous_opt(&dark, "dark")?;
     let scale = contiguous_opt(&scale, "scale")?;
     let variance = contiguous_opt(&variance, "variance")?;
+    // The azimuthal spread is a pass of its own after the sums (which then need no variance).
+    let azimuthal = error_model == "azimuthal";
     let error_model = match (error_model, variance) {
-        ("none", _) => ErrorModel::None,
+        ("none" | "azimuthal", _) => ErrorModel::None,
         ("poisson", _) => ErrorModel::Poisson,
         ("given", Some(v)) => ErrorModel::Given(v),
         (other, _) => {
             return Err(raise(
                 "InvalidInputError",
                 format!(
-                "error_model must be 'none', 'poisson' or 'given' (with variance=), got '{other}'"
+                "error_model must be 'none', 'poisson', 'azimuthal' or 'given' (with variance=), \
+                 got '{other}'"
             ),
             ))
         }
@@ -942,6 +945,22 @@ fn integrate<'py>(
     };
     let signal_offset = contiguous_opt(&signal_offset, "signal_offset")?;
     let offset_dark = contiguous_opt(&offset_dark, "offset_dark")?;
+    if azimuthal && (rules != Rules::Radint || lineout != LineoutMode::AreaWeighted) {
+        return Err(raise(
+            "InvalidInputError",
+            "error_model='azimuthal' takes radint's rules and the area-weighted lineout (no \
+             compat, no midas_nonzero_mean)"
+                .to_string(),
+        ));
+    }
+    if azimuthal && signal_offset.is_some() {
+        return Err(raise(
+            "InvalidInputError",
+            "error_model='azimuthal' needs the pixels' own values: not on a folded map \
+             (signal_offset)"
+                .to_string(),
+        ));
+    }
     let opts = core_integrate::Options {
         dark,
         scale,
@@ -981,7 +1000,12 @@ fn integrate<'py>(
                     bin_area: Some(core.bin_area.get_or_init(|| m.bin_area())),
                     ..opts
                 };
-                let sums = core_integrate::integrate(m, &slices, &opts)?;
+                let mut sums = core_integrate::integrate(m, &slices, &opts)?;
+                if azimuthal {
+                    let spread = core_integrate::azimuthal_spread(m, &slices, dark, scale, &sums)?;
+                    sums.variance = spread.variance;
+                    sums.lineout_cross = spread.lineout_cross;
+                }
                 let f = core_integrate::finalize(m, &sums, &fin);
                 Ok((sums, f))
             })?

@@ -101,7 +101,7 @@ params_conversion! {
         omega_step_deg, omega_deg, write_2d, do_peak_fit, fit_roi_padding, fit_roi_auto, auto_detect_peaks,
         max_n_peaks, snip_iterations, doublet_separation, multiple_peaks, do_smoothing, gsas_polariz,
         gsas_sh_l, gsas_u, gsas_v, gsas_w, gsas_x, gsas_y, gsas_z, gap_intensity, bad_px_intensity, pixel_weights,
-        solid_angle_model, polarization_model, pixel_shape,
+        solid_angle_model, polarization_model, pixel_shape, error_model,
     ],
     lists: [distortion, im_trans_opt, panel_gaps_y, panel_gaps_z, peak_locations, module_gaps]
 }

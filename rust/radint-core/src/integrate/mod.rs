@@ -18,8 +18,10 @@
 //! Here: the entry point, its options and sums, and what the kernel families share. `row_parts`
 //! runs every family but the dense gathers over parts of whole radial rows, `tiled` the dense
 //! gathers over the map's tiles; `simd` adapts the AVX-512 kernels; `spoiled` sums again the bins
-//! a few NaN / ±∞ spoiled; `finalize` turns sums into cake and lineout.
+//! a few NaN / ±∞ spoiled; `finalize` turns sums into cake and lineout; `azimuthal` gives the
+//! variances of pyFAI's azimuthal error model.
 
+mod azimuthal;
 mod finalize;
 mod row_parts;
 mod scalar;
@@ -27,6 +29,7 @@ mod simd;
 mod spoiled;
 mod tiled;
 
+pub use azimuthal::{azimuthal_spread, AzimuthalSpread};
 pub use finalize::{finalize, FinalizeOptions, Finalized, LineoutMode, Rules};
 pub use spoiled::few_spoiled_bins;
 

@@ -244,12 +244,12 @@ pub struct MapInputs {
 
 /// The unit tests' detector.
 #[cfg(test)]
-mod test_detector {
+pub(crate) mod test_detector {
     use crate::params::Params;
 
     /// 20 × 20 pixels of 100 µm at 1 m, untilted, beam centre on pixel (0, 0); R bins from
     /// `r_min` over 40 px.
-    pub(super) fn flat(r_min: f64, r_bin: f64, eta_bin: f64) -> Params {
+    pub(crate) fn flat(r_min: f64, r_bin: f64, eta_bin: f64) -> Params {
         Params {
             lsd_um: 1e6,
             bc_y_px: 0.0,

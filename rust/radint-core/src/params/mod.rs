@@ -154,6 +154,9 @@ pub struct Params {
     /// `PixelShape` (radint's key): "square" (MIDAS: pxY along both axes, pxZ unused) or
     /// "rectangular" (pyFAI's pixel1 ≠ pixel2: pxZ along Z; R stays in units of pxY).
     pub pixel_shape: String,
+    /// `ErrorModel` (radint's key): how each bin's sigma is estimated: "poisson" (variance =
+    /// counts), "azimuthal" (pyFAI's: the spread of the pixel values within the bin) or "none".
+    pub error_model: String,
     /// `ModuleGaps` (radint's key): module rows, module columns, gap rows, gap columns of a
     /// detector tiled by modules from the raw image's first pixel (pyFAI's MODULE_SIZE and
     /// MODULE_GAP); the gap pixels are masked. Empty: none.
@@ -253,6 +256,7 @@ impl Default for Params {
             solid_angle_model: "midas".to_string(),
             polarization_model: "midas".to_string(),
             pixel_shape: "square".to_string(),
+            error_model: "poisson".to_string(),
             module_gaps: Vec::new(),
             bad_px_intensity: 0.0,
             unknown: Vec::new(),

@@ -406,6 +406,9 @@ impl Params {
             "SolidAngleModel" => self.solid_angle_model = line.one_of(&["midas", "exact"])?,
             "PolarizationModel" => self.polarization_model = line.one_of(&["midas", "kahn"])?,
             "PixelShape" => self.pixel_shape = line.one_of(&["square", "rectangular"])?,
+            "ErrorModel" => {
+                self.error_model = line.one_of(&["poisson", "azimuthal", "none"])?;
+            }
             "ModuleGaps" => {
                 line.need(4, "module rows, module columns, gap rows, gap columns")?;
                 let values = (0..4).map(|i| line.int_at(i)).collect::<Result<Vec<_>>>()?;

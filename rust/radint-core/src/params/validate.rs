@@ -301,18 +301,27 @@ impl Params {
         }
         // The parser checks these; a configuration built in Python (replace()) is not parsed.
         for (key, value, choices) in [
-            ("PixelWeights", &self.pixel_weights, ["area", "fraction"]),
+            (
+                "PixelWeights",
+                &self.pixel_weights,
+                &["area", "fraction"][..],
+            ),
             (
                 "SolidAngleModel",
                 &self.solid_angle_model,
-                ["midas", "exact"],
+                &["midas", "exact"],
             ),
             (
                 "PolarizationModel",
                 &self.polarization_model,
-                ["midas", "kahn"],
+                &["midas", "kahn"],
             ),
-            ("PixelShape", &self.pixel_shape, ["square", "rectangular"]),
+            ("PixelShape", &self.pixel_shape, &["square", "rectangular"]),
+            (
+                "ErrorModel",
+                &self.error_model,
+                &["poisson", "azimuthal", "none"],
+            ),
         ] {
             if !choices.contains(&value.as_str()) {
                 return Err(self.invalid(
