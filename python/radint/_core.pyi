@@ -108,7 +108,10 @@ def integrate(
     one as ``nonfinite``). ``signal_offset`` (per bin) is subtracted from every frame's signal
     (the dark of a :meth:`MapCore.folded` map). Frames with NaN or inf take it only where
     :meth:`MapCore.spoils_few_bins`, with ``offset_dark``, the dark it stands for: their
-    spoiled bins are summed again subtracting it entry by entry."""
+    spoiled bins are summed again subtracting it entry by entry. ``error_model``: ``"none"``,
+    ``"poisson"``, ``"given"`` (with ``variance``) or ``"azimuthal"`` (pyFAI's: ``variance``
+    holds Σ a²·(x − I)² per bin, a second pass over the map; radint's rules, area-weighted
+    lineout and an area-weighted map without ``signal_offset`` only)."""
 
 @final
 class MapCore:
