@@ -47,9 +47,12 @@ def example_config() -> IntegrationConfig:
     return IntegrationConfig.from_midas_params(EXAMPLES / "parameters.txt")
 
 
-def compile_cuh_harness(source: Path, out: Path):
+def compile_cuh_harness(
+    source: Path, out: Path, kernels: Path | None = None, defines: tuple[str, ...] = ()
+):
     """Build a host C++ harness of a kernel header (tests/gpu_harness/*.cpp) with g++ and load it
-    with ctypes; skips the calling test where no g++ exists."""
+    with ctypes (the headers from ``kernels``, radint's own by default; ``defines`` as
+    ``NAME=VALUE``); skips the calling test where no g++ exists."""
     import ctypes
     import shutil
     import subprocess
@@ -57,9 +60,11 @@ def compile_cuh_harness(source: Path, out: Path):
     gxx = shutil.which("g++")
     if gxx is None:
         pytest.skip(f"g++ not found: the host harness {source.name} needs a C++ compiler")
-    kernels = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "kernels"
+    if kernels is None:
+        kernels = Path(__file__).resolve().parents[1] / "python" / "radint" / "gpu" / "kernels"
     # -ffp-contract=off: no FMA contraction, so the host sums are the plain IEEE ones Rust does.
     cmd = [gxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-           "-shared", "-fPIC", f"-I{kernels}", str(source), "-o", str(out)]  # fmt: skip
+           "-shared", "-fPIC", f"-I{kernels}", *(f"-D{d}" for d in defines), str(source),
+           "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(out))

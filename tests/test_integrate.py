@@ -1539,7 +1539,9 @@ def test_integrator_docs_name_what_exists(small_config, small_map):
     named = {m for doc in docs for m in re.findall(r"DetectorMap\.(\w+)", doc)}
     assert named and all(hasattr(DetectorMap, m) for m in named), named
     assert not any("given" in m for doc in docs for m in re.findall(r"error_model=\S+", doc))
-    with pytest.raises(InvalidInputError, match="error_model must be 'poisson' or None"):
+    with pytest.raises(
+        InvalidInputError, match="error_model must be 'config', 'poisson', 'azimuthal' or None"
+    ):
         Integrator(small_config, detector_map=small_map, error_model="given")
     frame = ring_image(small_config)
     no_model = Integrator(small_config, detector_map=small_map, error_model=None)

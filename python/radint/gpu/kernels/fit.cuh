@@ -363,6 +363,8 @@ RF_HD int rf_fwhm_walk(const RfData& d, int pk, double bg, double amp) {
 // is narrow; the first fit starts it at 1 bin, a second one at MIDAS's 2 (Starts::narrow).
 #define RF_NARROW_WALK 1
 #define RF_NARROW_START_BINS 1.0
+// fit.rs REFIT_TIE: relative cost within which a multi-peak job's held-centre refit wins.
+#define RF_REFIT_TIE 1e-9
 
 RF_HD double rf_strictly_inside(double v, double lo, double hi) {
     const double eps = 1e-6 * (hi - lo);
@@ -1113,7 +1115,10 @@ RF_HD void rf_fit_job(const double* x, const double* y, rf_u32 lo, rf_u32 hi,
                 if (code3 == RF_CONVERGED)
                     code3 = rf_levenberg_marquardt(d, p3, lower, upper, np, max_iterations, ftol,
                                                    xtol, s, &iters3);
-                if (code3 == RF_CONVERGED && (code != RF_CONVERGED || *s.cost < cost)) {
+                // fit.rs REFIT_TIE: the refit wins a tie (the first fit may hold the same
+                // minimum with two peaks swapped between their slots).
+                if (code3 == RF_CONVERGED &&
+                    (code != RF_CONVERGED || *s.cost <= cost * (1.0 + RF_REFIT_TIE))) {
                     for (int i = 0; i < np; ++i) p[i] = p3[i];
                     code = code3;
                     iters = iters3;
