@@ -110,8 +110,8 @@ def test_the_key_round_trips_and_the_file_says_what_was_applied(small_config, tm
 
 
 def test_refused_where_it_has_no_meaning(small_config, small_map):
-    """MIDAS's compats (Poisson sigmas), the mean of non-zero η bins (no ring), MIDAS-weighted
-    maps (GradientCorrection) and the CUDA backend (no such kernel) say so at construction."""
+    """MIDAS's compats (Poisson sigmas), the mean of non-zero η bins (no ring) and MIDAS-weighted
+    maps (GradientCorrection) say so at construction."""
     cfg = small_config.replace(error_model="azimuthal")
     with pytest.raises(InvalidInputError, match="compat='midas-cpu'"):
         Integrator(cfg, compat="midas-cpu")
@@ -121,8 +121,6 @@ def test_refused_where_it_has_no_meaning(small_config, small_map):
         Integrator(cfg, detector_map=small_map, lineout_mode="midas_nonzero_mean")
     with pytest.raises(InvalidInputError, match="per-entry weights"):
         Integrator(cfg.replace(gradient_correction=True))
-    with pytest.raises(InvalidInputError, match="CPU backend"):
-        Integrator(cfg, detector_map=small_map, backend="cuda")
     with pytest.raises(InvalidInputError, match="'config', 'poisson', 'azimuthal' or None"):
         Integrator(small_config, detector_map=small_map, error_model="gaussian")
     # A variance given with a call takes the model's place, as for Poisson.
@@ -208,3 +206,36 @@ def test_cli_integrate_with_the_key(tmp_path, small_config):
         np.testing.assert_allclose(h["entry/azint1d/data/I_errors"][0], want.lineout_sigma,
                                    rtol=1e-12)  # fmt: skip
         assert h["entry/azint1d/reduction/input/error_model"][()] == b"azimuthal"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
+def test_cuda_spread_equals_the_cpu(small_config, small_map, dtype):
+    """The CUDA path (ri_spread_* after the CSR sums, then ri_lineout) gives the Rust engine's
+    azimuthal sigmas: single frames and stacks (passes of 8 and frames in lanes), with a dark,
+    a mask, NaN pixels, one η bin, and a variance given with a call in its place."""
+    from radint.gpu import cuda_available
+
+    if not cuda_available()[0]:
+        pytest.skip(f"no CUDA: {cuda_available()[1]}")
+    rng = np.random.default_rng(11)
+    frames = rng.poisson(300.0, (11, *small_config.shape)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        frames[2, 5:9, 30:40] = np.nan
+    dark = rng.uniform(0.0, 4.0, small_config.shape)
+    mask = np.zeros(small_config.shape, bool)
+    mask[40:50, 10:30] = True
+    for cfg in (small_config, small_config.replace(eta_bin_deg=360.0)):
+        m = small_map if cfg is small_config else DetectorMap.build(cfg)
+        kw = dict(detector_map=m, mask=mask, dark=dark, error_model="azimuthal", fit=None)
+        cpu = Integrator(cfg, backend="cpu", **kw)
+        cuda = Integrator(cfg, backend="cuda", **kw)
+        for got, want in (
+            (cuda.integrate(frames[0]), cpu.integrate(frames[0])),
+            (cuda.integrate_stack(frames), cpu.integrate_stack(frames)),
+            (cuda.integrate(frames[1], variance=np.full(cfg.shape, 9.0)),
+             cpu.integrate(frames[1], variance=np.full(cfg.shape, 9.0))),
+        ):  # fmt: skip
+            for k in ("cake", "lineout", "cake_sigma", "lineout_sigma"):
+                np.testing.assert_allclose(getattr(got, k), getattr(want, k), rtol=1e-11,
+                                           atol=1e-13, equal_nan=True, err_msg=k)  # fmt: skip

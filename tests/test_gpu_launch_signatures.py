@@ -701,6 +701,21 @@ OPTIONS = [
     for em in ("poisson", None)
     for pr in ("float64", "float32")
     for sc, wm in (("noscale", "plain"), ("scale", "weighted"))
+] + [
+    # pyFAI's azimuthal model: radint's rules and area-weighted maps only.
+    pytest.param(
+        dict(
+            compat=None,
+            lineout_mode="area_weighted",
+            error_model="azimuthal",
+            precision=pr,
+            scale=sc,
+            wmap="plain",
+        ),
+        id=f"radint-area-azimuthal-{pr}-{sc}-plain",
+    )
+    for pr in ("float64", "float32")
+    for sc in ("noscale", "scale")
 ]
 
 
@@ -760,7 +775,7 @@ def test_parser_reads_every_kernel_as_compiled():
     expected = {"ri_lineout"}
     for s in FRAME_DTYPES.values():
         expected |= {f"ri_csr{k}_{s}_{a}" for k in ("", "_lanes") for a in ("f64", "f32")}
-        expected |= {f"ri_cross_{s}", f"ri_interleave_{s}"}
+        expected |= {f"ri_cross_{s}", f"ri_interleave_{s}", f"ri_spread_{s}"}
     assert set(ks) == expected
     csr = ks["ri_csr_u16_f32"]
     assert csr.max_threads == 256
@@ -851,6 +866,8 @@ def test_integrator_launches_match_signatures(fake_cupy, config, maps, opts):
     want |= {f"ri_interleave_{s}" for s in FRAME_DTYPES.values()}
     # Variance given or Poisson in every drive: every lineout mode adds the shared-pixel term.
     want |= {f"ri_cross_{s}" for s in FRAME_DTYPES.values()}
+    if opts["error_model"] == "azimuthal":  # the spread where no variance is given
+        want |= {f"ri_spread_{s}" for s in FRAME_DTYPES.values()}
     assert names == want, (sorted(want - names), sorted(names - want))
 
 
@@ -862,6 +879,10 @@ def test_every_kernel_is_launched(fake_cupy, config, maps):
                     precision=precision, scale="scale", wmap="plain")  # fmt: skip
         it = _integrator(config, maps, opts)
         _drive_integrator(it, config, list(FRAME_DTYPES), counts=(None, MAX_NB + 1), extras=False)
+    opts = dict(compat=None, lineout_mode="area_weighted", error_model="azimuthal",
+                precision="float64", scale="scale", wmap="plain")  # fmt: skip
+    it = _integrator(config, maps, opts)
+    _drive_integrator(it, config, list(FRAME_DTYPES), counts=(None,), extras=False)
     _drive_fitter(config, maps)
     names = {launch.kernel for launch in launched()}
     assert names <= set(all_kernels())  # get_function refuses any other name

@@ -244,7 +244,8 @@ class Integrator:
         ``"azimuthal"``: pyFAI's ``error_model="azimuthal"``, the spread of the corrected pixel
         values within each bin: σ = √(Σ a²·(x − I)²) / Σ a over a bin's pixels (values x,
         overlaps a, mean I), the lineout's over its whole ring (a pixel split between η bins
-        counted once); a second pass over the map (CPU: ~2-3x a Poisson integration). Not with
+        counted once); a second pass over the map (CPU: ~3-4x a Poisson integration; CUDA:
+        its own kernel after the sums). Not with
         ``compat``, ``lineout_mode="midas_nonzero_mean"`` or MIDAS-weighted maps
         (GradientCorrection, MIDAS C maps). None: no sigma (faster). A ``variance=`` given to
         :meth:`integrate` / :meth:`integrate_stack` takes the place of either for that call.
@@ -587,15 +588,6 @@ class Integrator:
 
     def _choose_backend(self, backend: str) -> str:
         if backend == "cpu":
-            return "cpu"
-        if self.error_model == "azimuthal":
-            # The spread is a second pass over the map that only the Rust engine has.
-            if backend == "cuda":
-                raise InvalidInputError(
-                    "error_model='azimuthal' runs on the CPU backend (the CUDA kernels "
-                    "propagate Poisson or given variances only): use backend='cpu' or 'auto'"
-                )
-            log.info("backend auto: using cpu (error_model='azimuthal' is CPU-only)")
             return "cpu"
         ok, why = _cuda_status()
         if backend == "cuda" and not ok:

@@ -451,6 +451,7 @@ class CudaIntegrator:
         on a machine; a stream's first frames should not wait for it)."""
         for dtype in FRAME_DTYPES.values():
             self._kernel(f"ri_cross_{dtype}")
+            self._kernel(f"ri_spread_{dtype}")
             self._kernel(f"ri_interleave_{dtype}")
             for acc in ("f64", "f32"):
                 self._kernel(f"ri_csr_{dtype}_{acc}")
@@ -720,6 +721,8 @@ class CudaIntegrator:
         dark_d = self._per_pixel(dark, "dark")
         var_d = self._per_pixel(variance, "variance")
         var_mode = 2 if var_d is not None else (1 if it.error_model == "poisson" else 0)
+        # pyFAI's azimuthal error model: the CSR kernel sums no variance, ri_spread_* adds it.
+        azimuthal = var_d is None and it.error_model == "azimuthal"
         acc = "f32" if it.precision == "float32" else "f64"
         total = n * self.n_bins
         # Every element is written by the kernels: no zeroing needed.
@@ -730,7 +733,7 @@ class CudaIntegrator:
             "cake": cp.empty(total, dtype=np.float64),
             "lineout": cp.empty(n * self.n_r, dtype=np.float64),
         }
-        if var_mode:
+        if var_mode or azimuthal:
             out["variance"] = cp.empty(total, dtype=np.float64)
             out["cake_sigma"] = cp.empty(total, dtype=np.float64)
             out["lineout_sigma"] = cp.empty(n * self.n_r, dtype=np.float64)
@@ -757,8 +760,8 @@ class CudaIntegrator:
                 s.wait_event(ready)
             try:
                 self._launch_passes(
-                    streams, flat, n, on_device, dtype, dark_d, var_d, var_mode, acc, fin,
-                    out, host,
+                    streams, flat, n, on_device, dtype, dark_d, var_d, var_mode, azimuthal,
+                    acc, fin, out, host,
                 )  # fmt: skip
             finally:
                 # Also after an error or an interrupt: nothing may still be copying into or
@@ -818,17 +821,17 @@ class CudaIntegrator:
 
     def _launch_passes(
         self, streams: list[Any], flat: Any, n: int, on_device: bool, dtype: np.dtype,
-        dark_d: Any, var_d: Any, var_mode: int, acc: str, fin: tuple, out: dict[str, Any],
-        host: dict[str, np.ndarray],
+        dark_d: Any, var_d: Any, var_mode: int, azimuthal: bool, acc: str, fin: tuple,
+        out: dict[str, Any], host: dict[str, np.ndarray],
     ) -> None:  # fmt: skip
-        """Enqueue every pass of up to MAX_NB frames (upload, CSR + finalize, cross term,
-        lineout, downloads of ``host``'s arrays) on ``streams`` in turn; the caller
-        synchronises them."""
+        """Enqueue every pass of up to MAX_NB frames (upload, CSR + finalize, cross term or
+        the azimuthal spread, lineout, downloads of ``host``'s arrays) on ``streams`` in turn;
+        the caller synchronises them."""
         cp = self._cp
         lane_split_grid = (self.n_bins * BIN_LANES + CSR_BLOCK - 1) // CSR_BLOCK
         # Pixels shared between η bins add to every lineout's variance (rules as the Rust
         # finalize: ri_line_final scales or leaves it out per mode).
-        use_cross = bool(var_mode)
+        use_cross = bool(var_mode) or azimuthal
         cross_arrays = self._cross_arrays() if use_cross else None
         for j, f0 in enumerate(range(0, n, MAX_NB)):
             nb = min(MAX_NB, n - f0)
@@ -889,15 +892,25 @@ class CudaIntegrator:
                         *fin,
                         per_bin["signal"],
                         per_bin["area"],
-                        _opt(per_bin.get("variance")),
+                        _opt(None if azimuthal else per_bin.get("variance")),
                         per_bin["count"],
                         per_bin["cake"],
-                        _opt(per_bin.get("cake_sigma")),
+                        _opt(None if azimuthal else per_bin.get("cake_sigma")),
                     ),
                 )
                 rows = nb * self.n_r
                 cross = None
-                if cross_arrays is not None:
+                if azimuthal and cross_arrays is not None:
+                    cross = cp.empty(rows, dtype=np.float64)
+                    self._kernel(f"ri_spread_{suffix}")(
+                        ((rows * ROW_LANES + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),
+                        (self.indptr, self.pixel, self.area, *cross_arrays, dev,
+                         np.uint64(self.n_pixels), np.int32(self.n_eta), np.uint64(self.n_r),
+                         np.uint64(rows), _opt(dark_d), _opt(self.scale), per_bin["signal"],
+                         per_bin["area"], per_bin["count"], self.mask_hit, *fin,
+                         per_bin["variance"], per_bin["cake_sigma"], cross),
+                    )  # fmt: skip
+                elif cross_arrays is not None:
                     cross = cp.empty(rows, dtype=np.float64)
                     self._kernel(f"ri_cross_{suffix}")(
                         ((rows * ROW_LANES + CSR_BLOCK - 1) // CSR_BLOCK,), (CSR_BLOCK,),

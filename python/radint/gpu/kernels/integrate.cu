@@ -7,7 +7,7 @@
 // not mangled: ri_csr_<frame dtype>_<accumulator> (sums and the finalized cake; lanes split a
 // bin), ri_csr_lanes_<frame dtype>_<accumulator> (the same, frames in lanes),
 // ri_interleave_<frame dtype> (a pass's frames pixel by pixel, for the latter),
-// ri_cross_<frame dtype>, ri_lineout. Null pointers (no weight / dark / scale / variance)
+// ri_cross_<frame dtype>, ri_spread_<frame dtype> (the azimuthal error model), ri_lineout. Null pointers (no weight / dark / scale / variance)
 // are passed as 0.
 #include "integrate.cuh"
 
@@ -198,6 +198,70 @@ RI_CROSS_KERNEL(i32, ri_i32)
 RI_CROSS_KERNEL(i64, ri_i64)
 RI_CROSS_KERNEL(f32, float)
 RI_CROSS_KERNEL(f64, double)
+
+// One warp per (frame, radial row): pyFAI's azimuthal error model (Rust integrate/azimuthal.rs)
+// after the CSR kernel's sums, for nb frames of n_pixels values each, contiguous. For each of the
+// row's bins, the lanes' strided shares of Σ a²·(x − mean)² are merged by a shuffle tree and the
+// first lane writes the bin's variance sum and its finalized sigma (η-major, as ri_csr_*); the
+// row's ring term (about the ring's mean, each pixel once) less the bins' goes to cross[row],
+// which ri_lineout adds as it adds the Poisson covariance term. Every lane computes the ring's
+// mean itself, from the row's sums in order (the Rust sum's bits).
+#define RI_SPREAD_KERNEL(SUFFIX, T)                                                             \
+    extern "C" __global__ void __launch_bounds__(256) ri_spread_##SUFFIX(                      \
+        const ri_u64* indptr, const ri_u32* pixel, const float* area,                          \
+        const ri_u64* cross_indptr, const ri_u32* cross_pixel, const double* cross_weight,     \
+        const T* frames, ri_u64 n_pixels, int n_eta, ri_u64 n_r, ri_u64 n_rows,                \
+        const double* dark, const double* scale, const double* signal,                         \
+        const double* area_sum, const ri_u32* count, const ri_u8* mask_hit, int rules,         \
+        int normalize, int lineout, int nan_masked, double empty, double* variance,            \
+        double* sigma, double* cross) {                                                        \
+        const ri_u32 lane = threadIdx.x & (RI_WARP - 1);                                       \
+        const ri_u64 row = (ri_u64(blockIdx.x) * blockDim.x + threadIdx.x) / RI_WARP;          \
+        /* blockDim.x is a multiple of 32: a whole warp leaves together (full-mask shuffles). */ \
+        if (row >= n_rows) return;                                                             \
+        const RiFinalize f = {rules, normalize, lineout, nan_masked, empty};                   \
+        const ri_u64 r = row % n_r;                                                            \
+        const T* frame = frames + (row / n_r) * n_pixels;                                      \
+        const ri_u64 i0 = row * ri_u64(n_eta); /* this row's bins in the frame-major sums */   \
+        const ri_u64 n_bins = n_r * ri_u64(n_eta);                                             \
+        const ri_u64 c0 = (row / n_r) * n_bins + r; /* its η-major cake column */              \
+        double ring_signal = 0.0, ring_area = 0.0;                                             \
+        for (int e = 0; e < n_eta; ++e) {                                                      \
+            ring_signal += signal[i0 + e];                                                     \
+            ring_area += area_sum[i0 + e];                                                     \
+        }                                                                                      \
+        const double ring_mean = ri_spread_mean(ring_signal, ring_area);                       \
+        double ring = 0.0, bins_total = 0.0;                                                   \
+        for (int e = 0; e < n_eta; ++e) {                                                      \
+            const ri_u64 i = i0 + ri_u64(e);                                                   \
+            const double mean = ri_spread_mean(signal[i], area_sum[i]);                        \
+            double own = ri_lane_spread<T>(indptr, pixel, area, frame, r * n_eta + e, dark,    \
+                                           scale, mean, ring_mean, &ring, lane, RI_WARP);      \
+            for (int off = RI_WARP / 2; off > 0; off >>= 1)                                    \
+                own += __shfl_down_sync(RI_FULL_MASK, own, off);                               \
+            if (lane == 0) {                                                                   \
+                double value, sig;                                                             \
+                ri_finalize_bin(f, signal[i], area_sum[i], own, count[i],                      \
+                                mask_hit[r * n_eta + e], 1, &value, &sig);                     \
+                variance[i] = own;                                                             \
+                sigma[c0 + ri_u64(e) * n_r] = sig;                                             \
+                bins_total += own;                                                             \
+            }                                                                                  \
+        }                                                                                      \
+        ring += ri_lane_spread_cross<T>(cross_indptr, cross_pixel, cross_weight, frame, r,     \
+                                        dark, scale, ring_mean, lane, RI_WARP);                \
+        for (int off = RI_WARP / 2; off > 0; off >>= 1)                                        \
+            ring += __shfl_down_sync(RI_FULL_MASK, ring, off);                                 \
+        if (lane == 0) cross[row] = ring - bins_total;                                         \
+    }
+
+RI_SPREAD_KERNEL(u8, ri_u8)
+RI_SPREAD_KERNEL(u16, ri_u16)
+RI_SPREAD_KERNEL(u32, ri_u32)
+RI_SPREAD_KERNEL(i32, ri_i32)
+RI_SPREAD_KERNEL(i64, ri_i64)
+RI_SPREAD_KERNEL(f32, float)
+RI_SPREAD_KERNEL(f64, double)
 
 // One warp per (frame, radial row): lineout value and sigma over the row's n_eta bins, lanes
 // taking strided bins (ri_line_add), merged by a shuffle tree; the per-bin sums are bin-major,

@@ -557,3 +557,61 @@ RI_HD void ri_lineout_row(const RiFinalize& f, int n_eta, const double* s, const
                     cake[e * cake_stride], with_var ? sigma[e * cake_stride] : 0.0);
     ri_line_final(f, kind, acc, with_var, cross, line, line_sigma);
 }
+
+// pyFAI's azimuthal error model (Rust integrate/azimuthal.rs): pixel p's corrected value
+// x = (raw − dark)·scale, NaN where the integration leaves it out (NaN or ±inf).
+template <typename T>
+RI_HD double ri_spread_value(ri_u64 p, T raw_px, const double* dark, const double* scale) {
+    const double d = double(raw_px) - (dark ? dark[p] : 0.0);
+    const double x = scale ? d * scale[p] : d;
+    return ri_invalid(x) ? ri_nan() : x;
+}
+
+// A bin's or a ring's mean from its sums; 0 where it holds no area (azimuthal.rs).
+RI_HD double ri_spread_mean(double s, double a) {
+    return a > 0.0 ? s / a : 0.0;
+}
+
+// One lane's share of bin b's squared deviations, entries indptr[b] + lane, + n_lanes, ... in
+// order: returned about the bin's mean (Σ a²·(x − mean)²), added to *ring about the ring's.
+template <typename T>
+RI_HD double ri_lane_spread(const ri_u64* indptr, const ri_u32* pixel, const float* area,
+                            const T* frame, ri_u64 b, const double* dark, const double* scale,
+                            double mean, double ring_mean, double* ring, ri_u32 lane,
+                            ri_u32 n_lanes) {
+    double own = 0.0;
+    double around_ring = *ring;
+    const ri_u64 e1 = indptr[b + 1];
+    for (ri_u64 e = indptr[b] + lane; e < e1; e += n_lanes) {
+        const ri_u64 p = pixel[e];
+        const double x = ri_spread_value<T>(p, frame[p], dark, scale);
+        if (x != x) continue;
+        const double w = double(area[e]);
+        const double w2 = w * w;
+        const double to_bin = x - mean;
+        const double to_ring = x - ring_mean;
+        own += w2 * (to_bin * to_bin);
+        around_ring += w2 * (to_ring * to_ring);
+    }
+    *ring = around_ring;
+    return own;
+}
+
+// One lane's share of the ring's squared deviations of the pixels split between its η bins
+// (DetectorMap.eta_cross: each such pixel's weight (Σ a)² − Σ a²), entries of radial row r.
+template <typename T>
+RI_HD double ri_lane_spread_cross(const ri_u64* cross_indptr, const ri_u32* cross_pixel,
+                                  const double* cross_weight, const T* frame, ri_u64 r,
+                                  const double* dark, const double* scale, double ring_mean,
+                                  ri_u32 lane, ri_u32 n_lanes) {
+    double acc = 0.0;
+    const ri_u64 k1 = cross_indptr[r + 1];
+    for (ri_u64 k = cross_indptr[r] + lane; k < k1; k += n_lanes) {
+        const ri_u64 p = cross_pixel[k];
+        const double x = ri_spread_value<T>(p, frame[p], dark, scale);
+        if (x != x) continue;
+        const double to_ring = x - ring_mean;
+        acc += cross_weight[k] * (to_ring * to_ring);
+    }
+    return acc;
+}
