@@ -73,6 +73,9 @@ pub fn azimuthal_spread<T: Pixel>(
         return Ok(spread);
     }
     let cross = map.eta_cross();
+    // Plain slices, dereferenced once (a possibly file-mapped Storage is an enum).
+    let (indptr, entry_pixel, entry_area): (&[u64], &[u32], &[f32]) =
+        (&map.indptr, &map.pixel, &map.area);
     // A row of one frame per task: its bins (bin-major) and its ring, frame-major like `Sums`.
     spread
         .variance
@@ -104,10 +107,14 @@ pub fn azimuthal_spread<T: Pixel>(
                     0.0
                 };
                 let b = r * n_eta + e;
+                let entries = indptr[b] as usize..indptr[b + 1] as usize;
                 let mut own = 0.0;
-                for j in map.indptr[b] as usize..map.indptr[b + 1] as usize {
-                    if let Some(x) = value(map.pixel[j] as usize) {
-                        let w2 = (map.area[j] as f64).powi(2);
+                for (&p, &a) in entry_pixel[entries.clone()]
+                    .iter()
+                    .zip(&entry_area[entries])
+                {
+                    if let Some(x) = value(p as usize) {
+                        let w2 = (a as f64).powi(2);
                         own += w2 * (x - mean).powi(2);
                         ring_vv += w2 * (x - ring_mean).powi(2);
                     }
