@@ -239,3 +239,49 @@ def test_cuda_spread_equals_the_cpu(small_config, small_map, dtype):
             for k in ("cake", "lineout", "cake_sigma", "lineout_sigma"):
                 np.testing.assert_allclose(getattr(got, k), getattr(want, k), rtol=1e-11,
                                            atol=1e-13, equal_nan=True, err_msg=k)  # fmt: skip
+
+
+def test_a_stack_too_large_for_its_spread_is_an_error_not_an_abort(tmp_path):
+    """Review: the integration's memory check counted no variance under the azimuthal model,
+    so a stack that fit without one aborted the process (SIGABRT in finalize) when the spread's
+    variances and sigmas came on top. They are asked for too: RadintMemoryError, and the
+    process goes on."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "limit.py"
+    script.write_text(
+        "import resource, numpy as np\n"
+        "from radint import IntegrationConfig, Integrator, RadintMemoryError\n"
+        "cfg = IntegrationConfig.from_text('NrPixelsY 120\\nNrPixelsZ 100\\npx 172\\nLsd 200000\\n"
+        "BC 60 50\\nRMin 0\\nRMax 80\\nRBinSize 0.1\\nEtaBinSize 0.5\\n', 'p.txt')\n"
+        "integrator = Integrator(cfg, n_threads=1, error_model='azimuthal', fit=None)\n"
+        "frames = np.ones((25, 100, 120), np.uint8)\n"
+        "vm = int([x for x in open('/proc/self/status') if x.startswith('VmSize')][0].split()[1])\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm * 1024 + (512 << 20), -1))\n"
+        "try:\n"
+        "    integrator.integrate_stack(frames)\n"
+        "    print('integrated')\n"
+        "except RadintMemoryError as e:\n"
+        "    print('refused:', e)\n"
+        "print('small:', integrator.integrate_stack(frames[:2]).cake_sigma.shape)\n"
+    )  # fmt: skip
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused: 25 frame(s) of 576000 bins with their azimuthal variances" in run.stdout, (
+        run.stdout
+    )
+    assert "small: (2, 720, 800)" in run.stdout
+
+
+def test_float32_sums_and_an_explicit_model_under_a_compat(small_config, small_map):
+    """Review: float32 sums put each bin's mean's rounding into the spread (sigmas 4e-3 off at
+    1e6 counts): refused. An explicit error_model overrides the file's ErrorModel azimuthal
+    under a compat, as an explicit pixel_weights overrides the file's."""
+    cfg = small_config.replace(error_model="azimuthal")
+    with pytest.raises(InvalidInputError, match="precision='float32'"):
+        Integrator(cfg, detector_map=small_map, precision="float32")
+    it = Integrator(cfg, error_model="poisson", compat="midas-gpu", fit=None)
+    assert it.applied_config.error_model == "poisson"
+    assert Integrator(cfg, error_model=None, compat="midas-cpu").error_model is None

@@ -98,7 +98,10 @@ def config_for_compat(config: IntegrationConfig, compat: str | None) -> Integrat
 
 
 def check_compat(
-    config: IntegrationConfig, compat: str | None, weights_from_config: bool = True
+    config: IntegrationConfig,
+    compat: str | None,
+    weights_from_config: bool = True,
+    error_model_from_config: bool = True,
 ) -> None:
     """Refuse parameters that a MIDAS compat's rules cannot honour, naming where they were set
     (the CLI calls this before reading any data; :class:`Integrator` on construction).
@@ -125,7 +128,7 @@ def check_compat(
                 f"{config.where_set(name)} {getattr(config, name)} is pyFAI's model: not with "
                 f"compat={compat!r} (MIDAS corrects by its own); remove the key or the compat"
             )
-    if compat and config.error_model == "azimuthal":
+    if compat and error_model_from_config and config.error_model == "azimuthal":
         raise InvalidInputError(
             f"{config.where_set('error_model')} azimuthal is pyFAI's error model: not with "
             f"compat={compat!r} (MIDAS's sigmas are Poisson); remove the key or the compat"
@@ -331,12 +334,19 @@ class Integrator:
             raise InvalidInputError(
                 f"error_model must be 'config', 'poisson', 'azimuthal' or None, got {error_model!r}"
             )
-        if error_model == "config":
+        error_model_from_config = error_model == "config"
+        if error_model_from_config:
             error_model = None if config.error_model == "none" else config.error_model
         elif error_model == "azimuthal" and compat:
             raise InvalidInputError(
                 f"error_model='azimuthal' is pyFAI's error model: not with compat={compat!r} "
                 "(MIDAS's sigmas are Poisson)"
+            )
+        if error_model == "azimuthal" and precision == "float32":
+            raise InvalidInputError(
+                "error_model='azimuthal' with precision='float32': the spread is taken about "
+                "each bin's mean, and float32 sums put that mean's rounding into it (sigmas off "
+                "by ~1e-3 at 1e6 counts); use precision='float64'"
             )
         if error_model == "azimuthal" and lineout_mode == "midas_nonzero_mean":
             raise InvalidInputError(
@@ -357,7 +367,8 @@ class Integrator:
                 "compat='midas-gpu' does too; the mean of the non-zero η bins is "
                 "IntegratorZarrOMP's (compat='midas-cpu' sets it) or radint's own without compat"
             )
-        check_compat(config, compat, weights_from_config=pixel_weights == "config")
+        check_compat(config, compat, weights_from_config=pixel_weights == "config",
+                     error_model_from_config=error_model_from_config)  # fmt: skip
         if pixel_weights == "config":
             pixel_weights = config.pixel_weights
         if pixel_weights not in ("area", "fraction"):

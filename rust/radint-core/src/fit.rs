@@ -732,9 +732,13 @@ fn fit_job(
 
 /// Relative SSR difference within which the held-centre refit of a multi-peak job wins over the
 /// first fit. A first fit can end with two blended peaks swapped between their slots: the same
-/// model, so the same minimum as the refit (whose centres start at their own positions) to a
-/// few 1e-14, and which of the two a strict `<` kept was left to the last bits of `exp`/`erfc`,
-/// which differ between libm and CUDA's (a GPU test saw slots 5 and 6 of one lineout swapped).
+/// model, and the same minimum as the refit (whose centres start at their own positions), here
+/// to a few 1e-14; which of the two a strict `<` kept was then left to the last bits of
+/// `exp`/`erfc`, which differ between libm and CUDA's (the 1 000-lineout GPU test's doublet
+/// swapped in 6 of 12 one-ulp patterns, none now). Not a cure for every such case: from two
+/// starts the solver stops within its `ftol` (1e-8) of a minimum, so for heavily blended jobs
+/// (peaks under ~1.5 FWHM apart) the CPU and the GPU may still put the same peaks in swapped
+/// slots.
 pub const REFIT_TIE: f64 = 1e-9;
 
 /// A multi-peak fit that may have ended in a wrong minimum: not converged, a centre outside its

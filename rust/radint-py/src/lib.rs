@@ -953,6 +953,14 @@ fn integrate<'py>(
                 .to_string(),
         ));
     }
+    if azimuthal && precision != Precision::Double {
+        return Err(raise(
+            "InvalidInputError",
+            "error_model='azimuthal' takes float64 sums: the spread is taken about each bin's \
+             mean, and float32 sums put that mean's rounding into it"
+                .to_string(),
+        ));
+    }
     if azimuthal && signal_offset.is_some() {
         return Err(raise(
             "InvalidInputError",

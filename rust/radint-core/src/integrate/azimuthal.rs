@@ -65,6 +65,15 @@ pub fn azimuthal_spread<T: Pixel>(
             format!("{} frames of {} bins", sums.n_frames, sums.n_bins),
         ));
     }
+    // The integration checked room for its sums and cake without a variance: the variance and
+    // the sigmas finalize makes of it come on top, beside the sums already held.
+    let n = frames.len() * n_bins;
+    crate::error::check_room(n * 24 + frames.len() * n_r * 24, || {
+        format!(
+            "{} frame(s) of {n_bins} bins with their azimuthal variances and sigmas",
+            frames.len()
+        )
+    })?;
     let mut spread = AzimuthalSpread {
         variance: vec![0.0; frames.len() * n_bins],
         lineout_cross: vec![0.0; frames.len() * n_r],
