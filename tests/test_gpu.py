@@ -883,17 +883,20 @@ def _fake_cupy_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "RADINT_FAKE_CUPY_CACHE": str(tmp_path)}
 
 
-def test_cuda_path_on_fake_cupy(tmp_path):
+@pytest.mark.parametrize("sms", [1, 132])
+def test_cuda_path_on_fake_cupy(tmp_path, sms):
     """Every ``gpu``-marked test passes on the fake CuPy: launches, staging over streams, device
     and page-locked frames, downloads, the fit launcher and its CPU fallback (a test's stand-in
     Integrator once lacked an attribute CudaIntegrator reads, which only a GPU run would have
-    shown)."""
+    shown). With one SM (the fake's default) and with an H100's 132: a test whose small map
+    counted on its passes being interleaved failed only on a real device's size (review)."""
     import sys
 
+    env = {**_fake_cupy_env(tmp_path), "RADINT_FAKE_CUPY_SMS": str(sms)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
-         "-m", "gpu", "tests/test_gpu.py", "tests/test_gpu_fit.py"],
-        cwd=REPO, env=_fake_cupy_env(tmp_path), capture_output=True, text=True, timeout=600,
+         "-m", "gpu", "tests/test_gpu.py", "tests/test_gpu_fit.py", "tests/test_azimuthal_error.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]

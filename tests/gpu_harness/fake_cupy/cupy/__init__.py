@@ -241,8 +241,10 @@ def empty_pinned(shape: Any, dtype: Any = np.float64) -> np.ndarray:
 class _Device:
     def __init__(self, device: int | None = None) -> None:
         self.id = int(device or 0)
-        # One SM: the launcher's "enough work to fill the GPU" tests pass for the tests' maps.
-        self.attributes = {"MultiProcessorCount": 1}
+        # One SM by default: the launcher's "enough work to fill the GPU" tests pass for the
+        # tests' maps. RADINT_FAKE_CUPY_SMS=132 reports an H100's, whose size keeps those maps'
+        # passes off the interleaved path (a test that assumed otherwise fails then, as on one).
+        self.attributes = {"MultiProcessorCount": int(os.environ.get("RADINT_FAKE_CUPY_SMS", "1"))}
 
     def synchronize(self) -> None:
         return None
