@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     d2d, h2d = _bandwidths(cp, 1 << 20) if args.smoke else _bandwidths(cp)
     print(f"measured bandwidth: device {d2d:.0f} GB/s, pinned host->device {h2d:.1f} GB/s")
     rows = []
+    spread_lines = []  # pyFAI's azimuthal error model against Poisson, batched from pinned frames
     rng = np.random.default_rng(0)
     for name, shape, px, dtype in detectors:
         cfg = _config(shape, px)
@@ -258,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             k_ms = kernel_ms[nf, lanes_min]
             fps = _end_to_end_fps(integ, frames[0] if nf == 1 else frames, args.reps)
             radint.gpu.LANES_MIN_FRAMES = default_lanes_min
+            if mode == "batch, pinned frames":
+                spread = Integrator(cfg, backend="cuda", detector_map=m, solid_angle=None,
+                                    polarization=None, error_model="azimuthal")  # fmt: skip
+                spread_fps = _end_to_end_fps(spread, frames, args.reps)
+                spread_lines.append(
+                    f"{name} {np.dtype(dtype).name}: azimuthal {spread_fps:.0f} fps, Poisson "
+                    f"{fps:.0f} fps ({spread_fps / fps:.2f}x)"
+                )
             # Batched, the map is read once per 8 frames.
             per_frame_read = frame_bytes + out_bytes + map_bytes / (1 if nf == 1 else 8)
             hbm_ms = per_frame_read / (d2d / 2 * 1e9) * 1e3
@@ -295,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             print("  ".join(f"{h}={v}" for h, v in zip(head, r)))
+    print(
+        "\nerror_model='azimuthal' (ri_spread_* after the sums), batch, pinned frames, end to end:"
+    )
+    for line in spread_lines:
+        print(f"  {line}")
     if args.smoke:
         _fit_section(cp, args.frames, args.reps, shape=(168, 148), n_lineouts=20)
     else:

@@ -926,6 +926,7 @@ def test_gpu_bench_scripts_run_on_fake_cupy(tmp_path):
     assert modes == ["single", "batch", "batch, lane split", "single, pinned frames",
                      "batch, pinned frames"] * 2, modes  # fmt: skip
     assert "fits/s on 20 lineouts x 10 peaks" in out["gpu"]
+    assert out["gpu"].count(": azimuthal ") == 2, out["gpu"]
     assert "integrate_device 8 frames" in out["profile"]
     assert "1 px x 5 deg cake" in out["profile"] and "1-D, 1 px x 360 deg" in out["profile"]
     assert "statuses equal 50/50" in out["fit-small"]
