@@ -59,7 +59,8 @@ for name, kernel in ((\"integrate\", \"ri_lineout\"), (\"fit\", \"rf_fit_jobs\")
     print(name, \"compiled and loaded in\", round(time.perf_counter() - t, 1), \"s\")"'
 
 step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
-    --timeout 90 tests/test_gpu.py tests/test_gpu_fit.py
+    --timeout 90 tests/test_gpu.py tests/test_gpu_fit.py \
+    tests/test_azimuthal_error.py::test_cuda_spread_equals_the_cpu
 
 step bench-gpu 150 python3 benches/gpu.py --markdown --frames 64 --reps 5
 
