@@ -15,6 +15,28 @@ use super::{Pixel, Sums};
 use crate::error::{Error, Result};
 use crate::map::DetectorMap;
 
+/// Entries ahead whose pixel's frame value the spread prefetches (a random line each: 1-D
+/// Pilatus 2M at one thread 34 -> 28 ms with it; 16 to 256 measured alike).
+const AHEAD: usize = 64;
+
+/// Prefetch the frame's value of entry `k`'s pixel when `k` is before `end` (a hint: nothing
+/// is read).
+#[inline(always)]
+fn prefetch_value<T>(frame: &[T], pixel: &[u32], k: usize, end: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if k < end {
+        if let Some(&p) = pixel.get(k) {
+            // SAFETY: a prefetch never faults; the address is computed, not dereferenced.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(frame.as_ptr().wrapping_add(p as usize) as *const i8);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (frame, pixel, k, end);
+}
+
 /// Per-bin variance sums (`n_frames·n_bins`, bin-major) and, per frame and radial row, what the
 /// ring's VV adds to the sum of its bins' ([`super::Sums::lineout_cross`]'s meaning), so that
 /// [`super::finalize`] turns them into sigmas as it does Poisson variances.
@@ -109,6 +131,7 @@ pub fn azimuthal_spread<T: Pixel>(
             };
             // Squared deviations about each bin's mean and about the ring's.
             let (mut bins_total, mut ring_vv) = (0.0, 0.0);
+            let row_end = indptr[(r + 1) * n_eta] as usize;
             for (e, vv) in bins_vv.iter_mut().enumerate() {
                 let mean = if area[e] > 0.0 {
                     signal[e] / area[e]
@@ -116,14 +139,11 @@ pub fn azimuthal_spread<T: Pixel>(
                     0.0
                 };
                 let b = r * n_eta + e;
-                let entries = indptr[b] as usize..indptr[b + 1] as usize;
                 let mut own = 0.0;
-                for (&p, &a) in entry_pixel[entries.clone()]
-                    .iter()
-                    .zip(&entry_area[entries])
-                {
-                    if let Some(x) = value(p as usize) {
-                        let w2 = (a as f64).powi(2);
+                for j in indptr[b] as usize..indptr[b + 1] as usize {
+                    prefetch_value(frame, entry_pixel, j + AHEAD, row_end);
+                    if let Some(x) = value(entry_pixel[j] as usize) {
+                        let w2 = (entry_area[j] as f64).powi(2);
                         own += w2 * (x - mean).powi(2);
                         ring_vv += w2 * (x - ring_mean).powi(2);
                     }
