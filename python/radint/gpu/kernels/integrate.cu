@@ -200,12 +200,13 @@ RI_CROSS_KERNEL(f32, float)
 RI_CROSS_KERNEL(f64, double)
 
 // One warp per (frame, radial row): pyFAI's azimuthal error model (Rust integrate/azimuthal.rs)
-// after the CSR kernel's sums, for nb frames of n_pixels values each, contiguous. For each of the
-// row's bins, the lanes' strided shares of Σ a²·(x − mean)² are merged by a shuffle tree and the
-// first lane writes the bin's variance sum and its finalized sigma (η-major, as ri_csr_*); the
-// row's ring term (about the ring's mean, each pixel once) less the bins' goes to cross[row],
-// which ri_lineout adds as it adds the Poisson covariance term. Every lane computes the ring's
-// mean itself, from the row's sums in order (the Rust sum's bits).
+// after the CSR kernel's sums, for nb frames of n_pixels values each, contiguous. Each bin's
+// Σ a²·(x − mean)² goes to its variance sum and its finalized sigma (η-major, as ri_csr_*): with
+// 32 η bins or more a lane takes whole bins (in entry order, the Rust sum's bits), with fewer
+// the lanes share a bin's entries and a shuffle tree merges them. The row's ring term (about
+// the ring's mean, each pixel once) less the bins' goes to cross[row], which ri_lineout adds as
+// it adds the Poisson covariance term. Every lane computes the ring's mean itself, from the
+// row's sums in order (the Rust sum's bits).
 #define RI_SPREAD_KERNEL(SUFFIX, T)                                                             \
     extern "C" __global__ void __launch_bounds__(256) ri_spread_##SUFFIX(                      \
         const ri_u64* indptr, const ri_u32* pixel, const float* area,                          \
@@ -232,26 +233,42 @@ RI_CROSS_KERNEL(f64, double)
         }                                                                                      \
         const double ring_mean = ri_spread_mean(ring_signal, ring_area);                       \
         double ring = 0.0, bins_total = 0.0;                                                   \
-        for (int e = 0; e < n_eta; ++e) {                                                      \
-            const ri_u64 i = i0 + ri_u64(e);                                                   \
-            const double mean = ri_spread_mean(signal[i], area_sum[i]);                        \
-            double own = ri_lane_spread<T>(indptr, pixel, area, frame, r * n_eta + e, dark,    \
-                                           scale, mean, ring_mean, &ring, lane, RI_WARP);      \
-            for (int off = RI_WARP / 2; off > 0; off >>= 1)                                    \
-                own += __shfl_down_sync(RI_FULL_MASK, own, off);                               \
-            if (lane == 0) {                                                                   \
-                double value, sig;                                                             \
-                ri_finalize_bin(f, signal[i], area_sum[i], own, count[i],                      \
-                                mask_hit[r * n_eta + e], 1, &value, &sig);                     \
-                variance[i] = own;                                                             \
-                sigma[c0 + ri_u64(e) * n_r] = sig;                                             \
+        if (n_eta >= RI_WARP) {                                                                \
+            /* Lanes take whole bins (a cake's η bins hold few entries each): no shuffles. */  \
+            for (int e = lane; e < n_eta; e += RI_WARP) {                                      \
+                const ri_u64 i = i0 + ri_u64(e);                                               \
+                const double mean = ri_spread_mean(signal[i], area_sum[i]);                    \
+                const double own = ri_lane_spread<T>(indptr, pixel, area, frame, r * n_eta + e, \
+                                                     dark, scale, mean, ring_mean, &ring, 0, 1); \
+                ri_spread_write(f, own, signal[i], area_sum[i], count[i],                      \
+                                mask_hit[r * n_eta + e], variance + i,                         \
+                                sigma + c0 + ri_u64(e) * n_r);                                 \
                 bins_total += own;                                                             \
+            }                                                                                  \
+        } else {                                                                               \
+            /* Lanes share each bin's entries (a lineout's bins hold many). */                 \
+            for (int e = 0; e < n_eta; ++e) {                                                  \
+                const ri_u64 i = i0 + ri_u64(e);                                               \
+                const double mean = ri_spread_mean(signal[i], area_sum[i]);                    \
+                double own = ri_lane_spread<T>(indptr, pixel, area, frame, r * n_eta + e,      \
+                                               dark, scale, mean, ring_mean, &ring, lane,      \
+                                               RI_WARP);                                       \
+                for (int off = RI_WARP / 2; off > 0; off >>= 1)                                \
+                    own += __shfl_down_sync(RI_FULL_MASK, own, off);                           \
+                if (lane == 0) {                                                               \
+                    ri_spread_write(f, own, signal[i], area_sum[i], count[i],                  \
+                                    mask_hit[r * n_eta + e], variance + i,                     \
+                                    sigma + c0 + ri_u64(e) * n_r);                             \
+                    bins_total += own;                                                         \
+                }                                                                              \
             }                                                                                  \
         }                                                                                      \
         ring += ri_lane_spread_cross<T>(cross_indptr, cross_pixel, cross_weight, frame, r,     \
                                         dark, scale, ring_mean, lane, RI_WARP);                \
-        for (int off = RI_WARP / 2; off > 0; off >>= 1)                                        \
+        for (int off = RI_WARP / 2; off > 0; off >>= 1) {                                      \
             ring += __shfl_down_sync(RI_FULL_MASK, ring, off);                                 \
+            bins_total += __shfl_down_sync(RI_FULL_MASK, bins_total, off);                     \
+        }                                                                                      \
         if (lane == 0) cross[row] = ring - bins_total;                                         \
     }
 

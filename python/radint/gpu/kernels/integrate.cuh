@@ -615,3 +615,12 @@ RI_HD double ri_lane_spread_cross(const ri_u64* cross_indptr, const ri_u32* cros
     }
     return acc;
 }
+
+// A bin's azimuthal variance sum and its finalized sigma (ri_finalize_bin with that variance).
+RI_HD void ri_spread_write(const RiFinalize& f, double own, double s, double a, ri_u32 c,
+                           ri_u8 masked, double* variance, double* sigma) {
+    double value, sig;
+    ri_finalize_bin(f, s, a, own, c, masked, 1, &value, &sig);
+    *variance = own;
+    *sigma = sig;
+}
