@@ -80,7 +80,19 @@ def config_for_compat(config: IntegrationConfig, compat: str | None) -> Integrat
     """``config`` as ``compat`` bins it: under ``"midas-gpu"`` 2θ bins are counted as
     midas-integrate counts them (``tth_bins_ceil``; said when that count differs from
     radint's). Every place that builds a map for a compat run calls this first (the CLI,
-    :func:`~radint.batch.run_batch`, :class:`Integrator`), so maps and results agree."""
+    :func:`~radint.batch.run_batch`, :class:`Integrator`), so maps and results agree. Under
+    ``"midas-cpu"`` a ``PolarizationPlaneEtaDeg`` is dropped, with a warning: neither C program
+    reads it (their plane is at η = 0); midas-integrate's does, so ``"midas-gpu"`` keeps it."""
+    if compat == "midas-cpu" and config.polarization_plane_eta_deg != 0.0:
+        if config.polarization_correction:
+            warn_once(
+                ("midas-cpu PolarizationPlaneEtaDeg", config.source),
+                "%s %g ignored with compat='midas-cpu': DetectorMapper and IntegratorZarrOMP "
+                "do not read it (their polarization plane is at η = 0)",
+                config.where_set("polarization_plane_eta_deg"),
+                config.polarization_plane_eta_deg,
+            )
+        return config.replace(polarization_plane_eta_deg=0.0)
     if compat != "midas-gpu" or config.tth_bins_ceil or config.radial_mode != "2theta":
         return config
     adjusted = config.replace(tth_bins_ceil=True)
@@ -114,7 +126,8 @@ def check_compat(
         ``SolidAngleModel exact`` / ``PolarizationModel kahn`` for a correction that is on;
         2θ bins (``TthBinSize``) with ``compat="midas-cpu"``: neither C program reads those
         keys, both bin in R there; ``PixelShape rectangular`` with pxZ ≠ pxY: MIDAS's
-        geometry has one pixel size; ``ErrorModel azimuthal``: MIDAS's sigmas are Poisson.
+        geometry has one pixel size; ``ErrorModel azimuthal``: MIDAS's sigmas are Poisson;
+        ``ModuleGaps``: neither MIDAS program reads it (C leaves those pixels in).
     """
     if compat and weights_from_config and config.pixel_weights == "fraction":
         raise InvalidInputError(
@@ -142,6 +155,13 @@ def check_compat(
             f"{config.where_set('pixel_shape')} rectangular (pxZ {config.pixel_size_z_um:g} µm, "
             f"pxY {config.pixel_size_y_um:g} µm): not with compat={compat!r} (MIDAS's geometry "
             "has one pixel size, pxY, for both axes); remove the key or the compat"
+        )
+    if compat and config.module_gaps:
+        raise InvalidInputError(
+            f"{config.where_set('module_gaps')} {' '.join(map(str, config.module_gaps))} is "
+            f"radint's key (pyFAI's module gaps, set from a PONI): not with compat={compat!r} "
+            "(neither MIDAS program reads it, so C leaves those pixels in); remove the key, or "
+            "the compat, or give the gaps in a MaskFile"
         )
     if compat == "midas-cpu" and config.radial_mode == "2theta":
         raise InvalidInputError(
