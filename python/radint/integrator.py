@@ -267,7 +267,7 @@ class Integrator:
         ``"azimuthal"``: pyFAI's ``error_model="azimuthal"``, the spread of the corrected pixel
         values within each bin: σ = √(Σ a²·(x − I)²) / Σ a over a bin's pixels (values x,
         overlaps a, mean I), the lineout's over its whole ring (a pixel split between η bins
-        counted once); a second pass over the map (CPU: 4-6x a Poisson integration; CUDA:
+        counted once); a second pass over the map (CPU: 4.5-5x a Poisson integration; CUDA:
         its own kernel after the sums). Not with
         ``compat``, ``lineout_mode="midas_nonzero_mean"`` or MIDAS-weighted maps
         (GradientCorrection, MIDAS C maps). None: no sigma (faster). A ``variance=`` given to
